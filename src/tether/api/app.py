@@ -1,0 +1,86 @@
+"""The HTTP API: health and the decision endpoint.
+
+``POST /v1/decide`` answers every JSON body with a decision: a body that is JSON but not a
+valid request is denied ``invalid-request`` with status 200, because that deny *is* the
+contract's answer to it. Only a body that is not acceptable JSON at all (or too large) is an
+HTTP error, as RFC 9457 problem details.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tether import __version__
+from tether.api.problems import PROBLEM_JSON, Problem, install_problem_handlers, problem
+from tether.api.schemas import DECIDE_REQUEST_SCHEMA, DecisionBody, Health
+from tether.api.state import AppState
+from tether.jsoninput import JsonInputError, parse_json
+
+MAX_BODY_BYTES: Final = 1 << 20
+
+_PROBLEM_RESPONSE: Final[dict[str, Any]] = {
+    "model": Problem,
+    "content": {PROBLEM_JSON: {}},
+}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(state: AppState) -> FastAPI:
+    """The API application serving from ``state``."""
+    app = FastAPI(
+        title="Tether",
+        version=__version__,
+        summary="Privileged access broker for AI agents",
+        docs_url="/docs",
+    )
+    install_problem_handlers(app)
+    _add_routes(app, state)
+    return app
+
+
+def _add_routes(app: FastAPI, state: AppState) -> None:
+    @app.get("/healthz", response_model=Health, tags=["node"])
+    async def healthz() -> Health:
+        """Liveness, and the version of the policy set in force."""
+        current = state.policies.current
+        return Health(status="ok", policy_version=current.version, rules=len(current.rules))
+
+    @app.post(
+        "/v1/decide",
+        tags=["policy"],
+        response_model=DecisionBody,
+        responses={400: _PROBLEM_RESPONSE, 413: _PROBLEM_RESPONSE},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": DECIDE_REQUEST_SCHEMA}},
+            }
+        },
+    )
+    async def decide(request: Request) -> JSONResponse:
+        """Decide one request of the policy contract against the policy set in force."""
+        try:
+            body = parse_json(await _read_body(request))
+        except _BodyTooLarge:
+            return problem(413, f"request body: larger than {MAX_BODY_BYTES} bytes")
+        except JsonInputError as error:
+            return problem(400, f"request body: {error}")
+        decision = state.policies.current.decide(body)
+        return JSONResponse(decision.to_dict())
+
+
+async def _read_body(request: Request) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,39 @@
+"""What the HTTP API serves from: the policy set in force, swapped whole on reload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tether.policy import PolicySet
+
+if TYPE_CHECKING:
+    from tether.store import Store
+
+
+class PolicyHolder:
+    """Holds the policy set in force.
+
+    A reload builds a complete new set first and then replaces the reference in one
+    assignment, so a decision always runs against one whole set, never a mix of two.
+    """
+
+    def __init__(self, policy_set: PolicySet) -> None:
+        self._current = policy_set
+
+    @property
+    def current(self) -> PolicySet:
+        return self._current
+
+    def replace(self, policy_set: PolicySet) -> PolicySet:
+        """Put ``policy_set`` in force; returns the set it replaces."""
+        previous, self._current = self._current, policy_set
+        return previous
+
+
+@dataclass(frozen=True)
+class AppState:
+    """Everything the API needs; built by ``tether serve`` (or a test) and handed to the app."""
+
+    policies: PolicyHolder
+    store: Store | None = None

@@ -1,0 +1,45 @@
+"""What every command shares: exit codes, error output, loading a policy directory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Final, NoReturn
+
+import typer
+
+from tether.policy import PolicySet, load_policies
+from tether.policy.errors import PolicyLoadError
+from tether.policyfiles import read_policy_dir
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1  # the command ran, and what it checked failed (a test, a lint error)
+EXIT_UNUSABLE: Final = 2  # the command could not run: bad config, policies that do not load
+EXIT_INTERNAL: Final = 70  # a bug in Tether (EX_SOFTWARE)
+
+
+def fail(message: str, code: int = EXIT_UNUSABLE) -> NoReturn:
+    """Print ``tether: error: message`` on standard error and exit with ``code``."""
+    typer.echo(f"tether: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load_or_exit(directory: Path) -> tuple[PolicySet, int]:
+    """The policy set of ``directory`` and its file count; exits 2 if it does not load."""
+    try:
+        sources = read_policy_dir(directory)
+        return load_policies(sources), len(sources)
+    except PolicyLoadError as error:
+        fail(f"policies did not load: {error}")
+
+
+def configure_logging(level: str) -> None:
+    """One handler on standard error for Tether, uvicorn and everything else."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -1,0 +1,54 @@
+"""The ``tether`` command: entry point and top-level commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from tether import __version__
+from tether.cli import policy, serve
+from tether.cli.common import EXIT_INTERNAL
+
+app = typer.Typer(
+    name="tether",
+    help="Tether: a privileged access broker for AI agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(policy.app, name="policy")
+app.command("serve")(serve.serve)
+
+
+@app.command("version")
+def version() -> None:
+    """Print Tether's version."""
+    typer.echo(f"tether {__version__}")
+
+
+def main() -> None:
+    """Run the command line; an unexpected error is one line on stderr, not a traceback."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, and keep Python from complaining
+        # again when it flushes standard output at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except Exception as error:
+        if os.environ.get("TETHER_DEBUG"):
+            raise
+        typer.echo(
+            f"tether: internal error: {type(error).__name__}: {error} "
+            "(set TETHER_DEBUG=1 for a traceback)",
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    main()

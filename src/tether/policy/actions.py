@@ -1,0 +1,290 @@
+"""Action blocks of a rule (spec section 5), compiled once per load.
+
+Each block becomes a matcher: ``match(part)`` returns the ``{name}`` captures of
+an HTTP path (an empty mapping for other kinds) when the part falls inside the
+block, and None when it does not.
+
+How a *deny* rule matches differs from an *allow* rule where a part carries a
+set (SQL statements have several classes and relations): an allow rule must
+cover **all** of them, a deny rule matches when it touches **any** of them. That
+is the reading under which "deny wins" cannot be sidestepped by adding an extra
+table or class to a statement. A deny rule's absent ``tables`` means any table;
+an allow rule's absent ``tables`` means no relation at all (only relation-free
+statements such as ``SELECT 1`` or ``BEGIN``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from tether.policy import globs, httpmatch, sql
+from tether.policy.errors import PatternError
+from tether.policy.names import NameSet, compile_name_glob
+from tether.policy.request import (
+    FilesPart,
+    HttpPart,
+    McpResourcePart,
+    McpToolPart,
+    Part,
+    SqlPart,
+    SshCommandPart,
+    SshForwardPart,
+    SshShellPart,
+)
+
+NO_CAPTURES: Mapping[str, str] = MappingProxyType({})
+Captures = Mapping[str, str]
+
+
+class BlockError(PatternError):
+    """A malformed action block; ``key`` names the offending key inside the block."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+def _str_list(body: Mapping[str, Any], key: str, *, required: bool = False) -> list[str] | None:
+    if key not in body:
+        if required:
+            raise BlockError(key, f"{key!r} is required")
+        return None
+    value = body[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise BlockError(key, f"{key!r} must be a list of non-empty strings")
+    if not value:
+        raise BlockError(key, f"{key!r} must not be empty")
+    return value
+
+
+def _check_keys(body: Mapping[str, Any], kind: str, allowed: tuple[str, ...]) -> None:
+    for key in body:
+        if key not in allowed:
+            raise BlockError(key, f"unknown key {key!r} in {kind} (expected: {', '.join(allowed)})")
+    if not body:
+        raise BlockError(kind, f"an empty {kind} block matches nothing")
+
+
+def _compiled(key: str, compile_one: Callable[[str], Any], items: list[str]) -> list[Any]:
+    out = []
+    for item in items:
+        try:
+            out.append(compile_one(item))
+        except PatternError as error:
+            raise BlockError(key, f"{key}: {item!r}: {error}") from None
+    return out
+
+
+# --- HTTP (5.1) -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HttpBlock:
+    methods: frozenset[str]
+    patterns: tuple[httpmatch.PathPattern, ...]
+
+    def match(self, part: Part) -> Captures | None:
+        if not isinstance(part, HttpPart) or not httpmatch.methods_match(self.methods, part.method):
+            return None
+        for pattern in self.patterns:
+            captures = pattern.match(part.path)
+            if captures is not None:
+                return captures
+        return None
+
+
+def compile_http(body: Mapping[str, Any], deny: bool) -> HttpBlock:
+    _check_keys(body, "http", ("methods", "paths"))
+    methods = _str_list(body, "methods", required=True) or []
+    for method in methods:
+        if method != "*" and not httpmatch.method_ok(method):
+            raise BlockError("methods", f"methods: {method!r} is not an HTTP method token")
+    paths = _str_list(body, "paths", required=True) or []
+    patterns = _compiled("paths", httpmatch.PathPattern.compile, paths)
+    return HttpBlock(frozenset(methods), tuple(patterns))
+
+
+# --- SSH (5.2) --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SshBlock:
+    commands: tuple[globs.ArgvPattern, ...]
+    shell: bool
+    forwards: NameSet | None
+
+    def match(self, part: Part) -> Captures | None:
+        if isinstance(part, SshCommandPart):
+            hit = any(p.matches(part.argv) for p in self.commands)
+        elif isinstance(part, SshShellPart):
+            hit = self.shell
+        elif isinstance(part, SshForwardPart):
+            hit = self.forwards is not None and self.forwards(part.destination)
+        else:
+            hit = False
+        return NO_CAPTURES if hit else None
+
+
+def compile_ssh(body: Mapping[str, Any], deny: bool) -> SshBlock:
+    _check_keys(body, "ssh", ("commands", "shell", "forwards"))
+    commands = _str_list(body, "commands") or []
+    shell = body.get("shell", False)
+    if not isinstance(shell, bool):
+        raise BlockError("shell", "'shell' must be true or false")
+    forwards = _str_list(body, "forwards")
+    if not commands and not shell and forwards is None:
+        raise BlockError("commands", "an ssh block needs commands, shell: true or forwards")
+    return SshBlock(
+        tuple(_compiled("commands", globs.ArgvPattern.compile, commands)),
+        shell,
+        NameSet.compile(forwards) if forwards is not None else None,
+    )
+
+
+# --- SQL (5.3) --------------------------------------------------------------------------------
+
+
+def _compile_table_glob(pattern: str, deny: bool) -> Callable[[str], bool]:
+    """``schema.table`` with ``*`` inside a part.
+
+    For an allow rule ``*`` never crosses the dot; for a deny rule it may, so a
+    quoted name holding a dot (``"a.b"``) cannot slip past a deny rule.
+    """
+    schema, dot, table = pattern.partition(".")
+    if not dot or not schema or not table or "." in table:
+        raise PatternError("a table pattern is schema.table (use * within a part: public.*)")
+    star = ".*" if deny else "[^.]*"
+    regex = re.compile(
+        r"\.".join(star.join(re.escape(s) for s in part.split("*")) for part in (schema, table)),
+        re.DOTALL,
+    )
+    return lambda name: regex.fullmatch(name) is not None
+
+
+def _function_matchers(names: list[str]) -> tuple[Callable[[str], bool], ...]:
+    return tuple(compile_name_glob(n.lower()) for n in names)
+
+
+def _function_hit(matchers: tuple[Callable[[str], bool], ...], function: str) -> bool:
+    bare = function.rpartition(".")[2]
+    return any(m(function) or m(bare) for m in matchers)
+
+
+@dataclass(frozen=True, slots=True)
+class SqlBlock:
+    deny: bool
+    statements: frozenset[str] | None  # None: every class ("*")
+    tables: tuple[Callable[[str], bool], ...] | None
+    functions: tuple[Callable[[str], bool], ...]
+
+    def match(self, part: Part) -> Captures | None:
+        if not isinstance(part, SqlPart):
+            return None
+        hit = self._deny_hit(part.statement) if self.deny else self._allow_hit(part.statement)
+        return NO_CAPTURES if hit else None
+
+    def _allow_hit(self, stmt: sql.SqlStatement) -> bool:
+        if stmt.forbidden is not None:
+            return False
+        if self.statements is not None and not stmt.classes <= self.statements:
+            return False
+        tables = self.tables or ()
+        if not all(any(t(r) for t in tables) for r in stmt.relations):
+            return False
+        return all(_function_hit(self.functions, f) for f in stmt.forbidden_functions)
+
+    def _deny_hit(self, stmt: sql.SqlStatement) -> bool:
+        if self.statements is not None and not stmt.classes & self.statements:
+            return False
+        if self.tables is not None and not any(t(r) for r in stmt.relations for t in self.tables):
+            return False
+        if self.functions:
+            return any(_function_hit(self.functions, f) for f in stmt.functions)
+        return True
+
+
+def compile_sql(body: Mapping[str, Any], deny: bool) -> SqlBlock:
+    _check_keys(body, "sql", ("statements", "tables", "functions"))
+    statements = _str_list(body, "statements", required=True) or []
+    for name in statements:
+        if name != "*" and name not in sql.STATEMENT_CLASSES:
+            classes = ", ".join(sorted(sql.STATEMENT_CLASSES))
+            raise BlockError("statements", f"statements: unknown class {name!r} ({classes})")
+    tables = _str_list(body, "tables")
+    functions = _str_list(body, "functions") or []
+    return SqlBlock(
+        deny=deny,
+        statements=None if "*" in statements else frozenset(statements),
+        tables=None
+        if tables is None
+        else tuple(_compiled("tables", lambda p: _compile_table_glob(p, deny), tables)),
+        functions=_function_matchers(functions),
+    )
+
+
+# --- MCP (5.4) --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class McpBlock:
+    tools: NameSet | None
+    resources: tuple[Callable[[str], bool], ...]
+
+    def match(self, part: Part) -> Captures | None:
+        if isinstance(part, McpToolPart):
+            hit = self.tools is not None and self.tools(part.tool)
+        elif isinstance(part, McpResourcePart):
+            hit = any(m(part.uri) for m in self.resources)
+        else:
+            hit = False
+        return NO_CAPTURES if hit else None
+
+
+def compile_mcp(body: Mapping[str, Any], deny: bool) -> McpBlock:
+    _check_keys(body, "mcp", ("tools", "resources"))
+    tools = _str_list(body, "tools")
+    resources = _str_list(body, "resources") or []
+    return McpBlock(
+        NameSet.compile(tools) if tools is not None else None,
+        tuple(_compiled("resources", globs.compile_token_glob, resources)),
+    )
+
+
+# --- files (5.5) ------------------------------------------------------------------------------
+
+FILE_OPS = ("read", "list", "write", "delete")
+
+
+@dataclass(frozen=True, slots=True)
+class FilesBlock:
+    ops: Mapping[str, tuple[Callable[[str], bool], ...]]
+
+    def match(self, part: Part) -> Captures | None:
+        if not isinstance(part, FilesPart):
+            return None
+        matchers = self.ops.get(part.op, ())
+        return NO_CAPTURES if any(m(part.path) for m in matchers) else None
+
+
+def compile_files(body: Mapping[str, Any], deny: bool) -> FilesBlock:
+    _check_keys(body, "files", FILE_OPS)
+    ops = {
+        op: tuple(_compiled(op, globs.compile_path_glob, _str_list(body, op) or []))
+        for op in FILE_OPS
+        if op in body
+    }
+    return FilesBlock(MappingProxyType(ops))
+
+
+ActionBlock = HttpBlock | SshBlock | SqlBlock | McpBlock | FilesBlock
+COMPILERS: Mapping[str, Callable[[Mapping[str, Any], bool], ActionBlock]] = {
+    "http": compile_http,
+    "ssh": compile_ssh,
+    "sql": compile_sql,
+    "mcp": compile_mcp,
+    "files": compile_files,
+}

@@ -1,0 +1,90 @@
+"""CEL ``when`` conditions (spec section 6), compiled at load, failing closed at run time.
+
+A condition is checked at load for syntax, for the variables it names (only
+those of spec 6) and for the functions it calls (CEL's standard functions and
+macros): a typo is a load error, not a runtime surprise. At run time anything
+but a boolean result (an error, a missing field, a wrong type, a non-boolean)
+is reported as :data:`ERROR`; the engine then treats an allow rule as not
+matching and a deny rule as matching.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import cel
+
+from tether.policy.errors import PatternError
+
+VARIABLES: Final = frozenset(
+    {"agent", "runtime", "delegation", "task", "target", "source_ip", "time", "request"}
+)
+
+# CEL's standard functions and macros as implemented by the `cel` engine. Operators
+# are reported by the compiler as names like ``_==_``, ``!_`` or ``@in``.
+FUNCTIONS: Final = frozenset(
+    {
+        "has", "all", "exists", "exists_one", "map", "filter",
+        "int", "uint", "double", "string", "bytes", "bool", "timestamp", "duration", "dyn",
+        "type", "size", "contains", "startsWith", "endsWith", "matches",
+        "getFullYear", "getMonth", "getDayOfYear", "getDayOfMonth", "getDate",
+        "getDayOfWeek", "getHours", "getMinutes", "getSeconds", "getMilliseconds",
+        "max", "min",
+    }
+)  # fmt: skip
+
+ERROR: Final = object()
+
+# Comprehension macros bind a variable: ``list.all(x, x > 0)``.
+_MACRO_BINDING: Final = re.compile(
+    r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,"
+)
+
+
+def _is_operator(name: str) -> bool:
+    return name.startswith(("_", "@", "!", "-")) or name in {"in"}
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    source: str
+    program: Any
+    uses_time: bool
+
+    @classmethod
+    def compile(cls, source: str) -> Condition:
+        if not isinstance(source, str) or not source.strip():
+            raise PatternError("'when' must be a non-empty CEL expression")
+        try:
+            program = cel.compile(source)
+            variables = set(program.variables())
+            functions = set(program.functions())
+        except (ValueError, RuntimeError) as error:
+            raise PatternError(f"CEL does not compile: {_first_line(error)}") from None
+        unknown = variables - VARIABLES - set(_MACRO_BINDING.findall(source))
+        if unknown:
+            raise PatternError(
+                f"CEL names unknown variable(s) {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(VARIABLES))})"
+            )
+        unknown = {f for f in functions if not _is_operator(f)} - FUNCTIONS
+        if unknown:
+            raise PatternError(f"CEL calls unknown function(s) {', '.join(sorted(unknown))}")
+        return cls(source, program, "time" in variables)
+
+    def evaluate(self, context: dict[str, Any]) -> object:
+        """``True``/``False``, or :data:`ERROR` for anything else (never raises)."""
+        try:
+            result = self.program.execute(context)
+        except Exception:  # noqa: BLE001 - every evaluation failure fails closed
+            return ERROR
+        if result is True or result is False:
+            return result
+        return ERROR
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,308 @@
+"""The decision (spec section 4) over a compiled, indexed policy set.
+
+Security-relevant structure, in the order a request meets it:
+
+1. ``normalize`` validates the request and splits the action into parts; any
+   failure is a deny carrying the failure's reason (``invalid-request``,
+   ``ambiguous-path``, ``shell-construct``, ``sql-parse-error``).
+2. Scope: a target outside ``scope.targets`` is denied ``out-of-scope``.
+3. Candidate rules come from an index keyed by (action kind, exact target
+   name, exact agent id), so rules that cannot apply are never looked at; the
+   candidates are then filtered by subject, runtime, target and
+   ``on_behalf_of`` once per request.
+4. Each part is decided on its own: candidates are ordered deny rules first,
+   so a deny is always seen before any allow can return; a ``when`` that errors
+   makes an allow rule miss and a deny rule hit.
+5. The request gets the most restrictive decision of its parts.
+6. With ``delegation``, the same parts are decided again with the user as the
+   subject (human and subject-less rules); if that is not an allow, the answer is
+   deny ``delegation-denied``.
+
+``decide`` never raises: an unexpected exception anywhere is a deny
+(``invalid-request``, detail "internal error") so that an engine bug fails closed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tether.policy import celexpr
+from tether.policy import request as req
+from tether.policy.actions import NO_CAPTURES, Captures
+from tether.policy.errors import RequestError
+from tether.policy.model import (
+    ALLOW,
+    ALLOWED,
+    APPROVAL_NEEDED,
+    APPROVAL_REQUIRED,
+    DEFAULT_DENY,
+    DELEGATION_DENIED,
+    DENIED_BY_RULE,
+    DENY,
+    INVALID_REQUEST,
+    OUT_OF_SCOPE,
+    SQL_FORBIDDEN,
+    Decision,
+    more_restrictive,
+)
+from tether.policy.names import compile_name_glob
+from tether.policy.rules import AGENT, ANY, HUMAN, Rule
+
+Clock = Callable[[], datetime]
+_MAX_INDEX_FANOUT = 64
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTest:
+    """One entry of a file's ``tests:`` list."""
+
+    name: str
+    file: str
+    line: int
+    request: Any
+    expect: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Principal:
+    """Who a pass of the decision is for: the agent, or the delegating user."""
+
+    kind: str  # AGENT | HUMAN
+    ident: str
+    labels: dict[str, str]
+    groups: frozenset[str] = frozenset()
+
+
+def _rule_order(rule: Rule) -> tuple[int, int]:
+    return (0 if rule.deny else 1, rule.index)
+
+
+class _Index:
+    """Rules of one principal kind, bucketed by (action kind, target name, agent id)."""
+
+    def __init__(self, rules: Iterable[Rule], use_agent_key: bool) -> None:
+        buckets: dict[tuple[str, str | None, str | None], list[Rule]] = {}
+        for rule in rules:
+            for key in self._keys(rule, use_agent_key):
+                buckets.setdefault(key, []).append(rule)
+        self._buckets = {k: tuple(sorted(v, key=_rule_order)) for k, v in buckets.items()}
+
+    @staticmethod
+    def _keys(rule: Rule, use_agent_key: bool) -> list[tuple[str, str | None, str | None]]:
+        targets: Iterable[str | None] = (None,)
+        agents: Iterable[str | None] = (None,)
+        if rule.targets is not None and rule.targets.exact_names is not None:
+            targets = rule.targets.exact_names
+        if use_agent_key and rule.agents is not None and rule.agents.exact_names is not None:
+            agents = rule.agents.exact_names
+        pairs = [(rule.kind, t, a) for t in targets for a in agents]
+        if len(pairs) > _MAX_INDEX_FANOUT:
+            pairs = [(rule.kind, t, None) for t in targets]
+        return pairs
+
+    def candidates(self, kind: str, target: str, agent: str | None) -> Sequence[Rule]:
+        get = self._buckets.get
+        found = [
+            b
+            for b in (
+                get((kind, target, agent)) if agent is not None else None,
+                get((kind, target, None)),
+                get((kind, None, agent)) if agent is not None else None,
+                get((kind, None, None)),
+            )
+            if b
+        ]
+        if not found:
+            return ()
+        if len(found) == 1:
+            return found[0]
+        return sorted({r.id: r for b in found for r in b}.values(), key=_rule_order)
+
+
+@dataclass
+class PolicySet:
+    """A loaded, compiled and indexed policy set. Immutable once built; thread-safe to share."""
+
+    version: str
+    rules: tuple[Rule, ...]
+    tests: tuple[PolicyTest, ...]
+    files: tuple[str, ...]
+    clock: Clock = field(default=_utcnow, repr=False)
+
+    def __post_init__(self) -> None:
+        self._agent_index = _Index((r for r in self.rules if r.subject in (AGENT, ANY)), True)
+        self._human_index = _Index((r for r in self.rules if r.subject in (HUMAN, ANY)), False)
+        self.by_id = {r.id: r for r in self.rules}
+
+    def decide(self, request: object, *, default_schema: str = "public") -> Decision:
+        """The decision for one spec request (any JSON value). Never raises."""
+        try:
+            return self._decide(request, default_schema)
+        except Exception as error:  # noqa: BLE001 - an engine bug must fail closed
+            return self._deny(None, INVALID_REQUEST, f"internal error: {type(error).__name__}")
+
+    def normalize(self, request: object, *, default_schema: str = "public") -> req.Request:
+        """The validated request and its parts (raises ``RequestError``)."""
+        return req.normalize(request, default_schema=default_schema)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _deny(self, rule: str | None, reason: str, detail: str | None = None) -> Decision:
+        return Decision(DENY, rule, reason, detail, self.version)
+
+    def _decide(self, value: object, default_schema: str) -> Decision:
+        try:
+            request = req.normalize(value, default_schema=default_schema)
+        except RequestError as error:
+            return self._deny(None, error.reason, error.detail)
+        if request.scope_targets is not None and not _in_scope(
+            request.scope_targets, request.target_name
+        ):
+            return self._deny(None, OUT_OF_SCOPE, f"target {request.target_name!r} is not in scope")
+        agent = _Principal(AGENT, request.agent_id, request.agent_labels)
+        decision = self._decide_for(self._agent_index, agent, request)
+        if request.delegation is None or decision.decision == DENY:
+            return decision
+        user = _Principal(HUMAN, request.delegation.user, {}, request.delegation.groups)
+        user_decision = self._decide_for(self._human_index, user, request)
+        if user_decision.decision != ALLOW:
+            detail = f"user {user.ident!r} is not allowed this action ({user_decision.reason})"
+            rule = user_decision.rule if user_decision.decision == DENY else None
+            return self._deny(rule, DELEGATION_DENIED, detail)
+        return decision
+
+    def _decide_for(self, index: _Index, who: _Principal, request: req.Request) -> Decision:
+        agent_key = who.ident if who.kind == AGENT else None
+        candidates = [
+            r
+            for r in index.candidates(request.kind, request.target_name, agent_key)
+            if _applies(r, who, request)
+        ]
+        evaluator = _Evaluator(request, self.clock)
+        result: Decision | None = None
+        for part in request.parts:
+            decision = self._decide_part(candidates, part, request, evaluator)
+            result = decision if result is None else more_restrictive(result, decision)
+            if result.decision == DENY:
+                break
+        assert result is not None  # normalize always yields at least one part
+        return result
+
+    def _decide_part(
+        self, candidates: Sequence[Rule], part: req.Part, request: req.Request, ev: _Evaluator
+    ) -> Decision:
+        if isinstance(part, req.SqlPart) and part.statement.forbidden is not None:
+            return self._deny(None, SQL_FORBIDDEN, part.statement.forbidden)
+        pending: Rule | None = None
+        for rule in candidates:
+            captures = rule.action.match(part)
+            if captures is None or not ev.when(rule, captures):
+                continue
+            if rule.deny:
+                return self._deny(rule.id, DENIED_BY_RULE, rule.description or None)
+            if rule.approval is None or rule.id in request.approvals:
+                return Decision(ALLOW, rule.id, ALLOWED, None, self.version)
+            pending = pending or rule
+        if pending is not None:
+            return Decision(APPROVAL_REQUIRED, pending.id, APPROVAL_NEEDED, None, self.version)
+        if isinstance(part, req.SqlPart) and part.statement.forbidden_functions:
+            names = ", ".join(sorted(part.statement.forbidden_functions))
+            return self._deny(None, SQL_FORBIDDEN, f"forbidden function(s): {names}")
+        return self._deny(None, DEFAULT_DENY, None)
+
+
+def _applies(rule: Rule, who: _Principal, request: req.Request) -> bool:
+    """Subject, runtime, target and on_behalf_of: everything but the action and ``when``."""
+    if who.kind == AGENT:
+        if rule.agents is not None and not rule.agents(who.ident, who.labels):
+            return False
+    elif rule.subject == HUMAN:
+        user_hit = rule.users is not None and rule.users(who.ident)
+        group_hit = rule.groups is not None and any(rule.groups(g) for g in who.groups)
+        if not (user_hit or group_hit):
+            return False
+    if rule.runtimes is not None and not rule.runtimes(request.runtime_id, request.runtime_labels):
+        return False
+    if rule.targets is not None and not rule.targets(request.target_name, request.target_labels):
+        return False
+    return _on_behalf_of(rule, request)
+
+
+def _on_behalf_of(rule: Rule, request: req.Request) -> bool:
+    obo = rule.on_behalf_of
+    if obo.mode == "any":
+        return True
+    delegation = request.delegation
+    if obo.mode == "none":
+        return delegation is None
+    if delegation is None:
+        return False
+    if obo.users is not None and obo.users(delegation.user):
+        return True
+    return obo.groups is not None and any(obo.groups(g) for g in delegation.groups)
+
+
+@functools.lru_cache(maxsize=4096)
+def _scope_matcher(pattern: str) -> Callable[[str], bool]:
+    try:
+        return compile_name_glob(pattern)
+    except ValueError:
+        return lambda name: False
+
+
+def _in_scope(patterns: Sequence[str], target: str) -> bool:
+    return any(_scope_matcher(p)(target) for p in patterns)
+
+
+class _Evaluator:
+    """Evaluates ``when`` conditions; builds the CEL context once, on first need."""
+
+    __slots__ = ("_base", "_clock", "_request")
+
+    def __init__(self, request: req.Request, clock: Clock) -> None:
+        self._request = request
+        self._clock = clock
+        self._base: dict[str, Any] | None = None
+
+    def when(self, rule: Rule, captures: Captures) -> bool:
+        if rule.when is None:
+            return True
+        context = self._context(captures)
+        result = rule.when.evaluate(context)
+        if result is celexpr.ERROR:
+            return rule.deny  # fail closed: an allow misses, a deny hits
+        return bool(result)
+
+    def _context(self, captures: Captures) -> dict[str, Any]:
+        if self._base is None:
+            self._base = self._build()
+        if captures is NO_CAPTURES or "http" not in self._base["request"]:
+            return self._base
+        http = dict(self._base["request"]["http"], params=dict(captures))
+        return dict(self._base, request={"http": http})
+
+    def _build(self) -> dict[str, Any]:
+        r = self._request
+        delegation: dict[str, Any] = {}
+        if r.delegation is not None:
+            delegation = {"user": r.delegation.user, "groups": sorted(r.delegation.groups)}
+        return {
+            "agent": {"id": r.agent_id, "labels": r.agent_labels},
+            "runtime": {"id": r.runtime_id, "labels": r.runtime_labels}
+            if r.runtime_id is not None
+            else {},
+            "delegation": delegation,
+            "task": r.task,
+            "target": {"name": r.target_name, "labels": r.target_labels},
+            "source_ip": r.source_ip,
+            "time": r.time if r.time is not None else self._clock(),
+            "request": r.view,
+        }

@@ -1,0 +1,81 @@
+"""Reading a policy directory from disk, so that the policy package itself stays pure.
+
+A policy directory holds ``*.yaml`` and ``*.yml`` files, found recursively and read in the
+lexical order of their paths relative to the directory (``a.yaml`` < ``b/c.yaml`` < ``d.yaml``);
+that relative path is the file's name in every error message. Names starting with ``.`` are
+skipped, files and directories alike: editors' temporary files, ``.git``, and the ``..data``
+directory behind a Kubernetes ConfigMap mount (whose visible files are symlinks, which are
+followed). Symlinked directories are not descended into, so a link cycle cannot loop.
+
+A directory with no policy file is an error rather than an empty policy set: it is almost always
+a wrong path, and an empty set would deny everything without saying why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from tether.policy import PolicySet, PolicySource, load_policies
+from tether.policy.errors import PolicyLoadError
+
+POLICY_SUFFIXES: Final = frozenset({".yaml", ".yml"})
+
+
+def is_policy_file(relative: Path) -> bool:
+    """Whether a path (relative to the policy directory) names a policy file that is read."""
+    hidden = any(part.startswith(".") for part in relative.parts)
+    return not hidden and relative.suffix in POLICY_SUFFIXES
+
+
+def read_policy_dir(path: Path) -> list[PolicySource]:
+    """The policy files under ``path`` in lexical order; raises :class:`PolicyLoadError`."""
+    if not path.exists():
+        raise PolicyLoadError("policy directory not found", file=str(path))
+    if not path.is_dir():
+        raise PolicyLoadError("not a directory", file=str(path))
+    files = sorted(_policy_files(path, path), key=lambda file: file.relative_to(path).as_posix())
+    if not files:
+        raise PolicyLoadError("no policy files (*.yaml, *.yml) in the directory", file=str(path))
+    return [_read_source(file, file.relative_to(path).as_posix()) for file in files]
+
+
+def load_policy_dir(path: Path) -> PolicySet:
+    """The policy set of a directory: :func:`read_policy_dir` then ``load_policies``."""
+    return load_policies(read_policy_dir(path))
+
+
+def _policy_files(directory: Path, root: Path) -> list[Path]:
+    try:
+        entries = list(directory.iterdir())
+    except OSError as error:
+        raise PolicyLoadError(_os_message(error), file=str(directory)) from None
+    found: list[Path] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            found.extend(_policy_files(entry, root))
+        elif is_policy_file(entry.relative_to(root)):
+            found.append(entry)
+    return found
+
+
+def _read_source(file: Path, name: str) -> PolicySource:
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise PolicyLoadError(_os_message(error), file=name) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        byte = data[error.start]
+        raise PolicyLoadError(
+            f"not valid UTF-8 (byte 0x{byte:02x})", file=name, line=line
+        ) from None
+    return PolicySource(name=name, text=text)
+
+
+def _os_message(error: OSError) -> str:
+    return f"cannot read: {(error.strerror or str(error)).lower()}"

@@ -1,0 +1,132 @@
+"""Loading the policy directory into the running node, at startup and whenever it changes.
+
+A reload builds the whole new set off the event loop and puts it in force only if it loaded
+whole; a set that does not load is refused loudly (an ERROR log with the load error) and the
+set in force stays. Every attempt is recorded in ``policy_loads``, except a reload that yields
+the version already in force (a file touched or an editor's temporary file, nothing changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import watchfiles
+
+from tether.api.state import PolicyHolder
+from tether.policy import PolicySet, load_policies
+from tether.policy.errors import PolicyLoadError
+from tether.policyfiles import read_policy_dir
+from tether.store import PolicyLoad, Store
+
+log = logging.getLogger(__name__)
+
+# After the watcher itself fails (directory removed, watch limit reached), wait and retry.
+RETRY_SECONDS: Final = 2.0
+
+
+class LoadRefused(Exception):
+    """The policy directory did not load; the message is the load error."""
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    policy_set: PolicySet | None
+    file_count: int
+    error: str | None = None
+
+
+def _load(directory: Path) -> _Attempt:
+    """Read and load ``directory`` (blocking: run it in a thread)."""
+    try:
+        sources = read_policy_dir(directory)
+    except PolicyLoadError as error:
+        return _Attempt(None, 0, str(error))
+    try:
+        return _Attempt(load_policies(sources), len(sources))
+    except PolicyLoadError as error:
+        return _Attempt(None, len(sources), str(error))
+
+
+async def _attempt(directory: Path, store: Store, in_force: str | None) -> _Attempt:
+    """Load ``directory`` and record the attempt unless it yields ``in_force`` again."""
+    attempt = await asyncio.to_thread(_load, directory)
+    if attempt.policy_set is None:
+        load = PolicyLoad(status="rejected", file_count=attempt.file_count, error=attempt.error)
+    elif attempt.policy_set.version != in_force:
+        load = PolicyLoad(
+            status="active",
+            file_count=attempt.file_count,
+            version=attempt.policy_set.version,
+            rule_count=len(attempt.policy_set.rules),
+        )
+    else:
+        return attempt
+    await store.record_policy_load(load)
+    return attempt
+
+
+def _log_in_force(policy_set: PolicySet) -> None:
+    log.info("policy set %s in force: %d rules", policy_set.version, len(policy_set.rules))
+
+
+async def load_initial(directory: Path, store: Store) -> PolicyHolder:
+    """The set a node starts with; raises :class:`LoadRefused` if it does not load."""
+    attempt = await _attempt(directory, store, in_force=None)
+    if attempt.policy_set is None:
+        raise LoadRefused(attempt.error)
+    _log_in_force(attempt.policy_set)
+    return PolicyHolder(attempt.policy_set)
+
+
+class PolicyReloader:
+    """Reloads ``directory`` into ``holder`` on change, recording each attempt in ``store``."""
+
+    def __init__(self, directory: Path, store: Store, holder: PolicyHolder) -> None:
+        self.directory = directory
+        self.store = store
+        self.holder = holder
+
+    async def reload(self) -> bool:
+        """Load the directory again; True when a new set was put in force."""
+        in_force = self.holder.current.version
+        attempt = await _attempt(self.directory, self.store, in_force)
+        if attempt.policy_set is None:
+            log.error("policy reload refused, %s stays in force: %s", in_force, attempt.error)
+            return False
+        if attempt.policy_set.version == in_force:
+            log.debug("policy directory touched, set unchanged (%s)", in_force)
+            return False
+        self.holder.replace(attempt.policy_set)
+        _log_in_force(attempt.policy_set)
+        return True
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Reload on every change under the directory until ``stop`` is set.
+
+        Any change triggers a reload, hidden paths included: a Kubernetes ConfigMap
+        update only swaps its hidden ``..data`` link. An unchanged result costs a read.
+        """
+        while not stop.is_set():
+            try:
+                async for _changes in watchfiles.awatch(self.directory, stop_event=stop):
+                    await self._reload_logged()
+            # The watcher failed (not a load): whatever it was, keep serving and retry.
+            except Exception as error:  # noqa: BLE001
+                log.error("watching %s failed (%s); retrying", self.directory, error)
+                await _sleep_unless(stop, RETRY_SECONDS)
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except Exception:  # e.g. the store is unreachable: the set in force stays
+            log.exception("policy reload failed, %s stays in force", self.holder.current.version)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,45 @@
+"""The async engine for a database URL, with SQLite made ready to use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used; the message says which and why."""
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url``; a SQLite file's directory is created when missing."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError("malformed database URL") from None
+    if parsed.get_backend_name() == "sqlite":
+        _prepare_sqlite_dir(parsed.database)
+        engine = create_async_engine(parsed)
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        return engine
+    return create_async_engine(parsed, pool_pre_ping=True)
+
+
+def _prepare_sqlite_dir(database: str | None) -> None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create {Path(database).parent}: {error.strerror}") from None
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # SQLite leaves foreign keys off unless asked, per connection.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

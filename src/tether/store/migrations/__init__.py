@@ -1,0 +1,1 @@
+"""Alembic migrations of the Tether store (run by tether.store.migrate)."""

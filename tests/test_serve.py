@@ -1,0 +1,195 @@
+"""End to end: the real ``tether serve`` process, its reloads and its shutdown."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+
+RULES = """\
+rules:
+  - id: {id}
+    effect: allow
+    agents: [bot]
+    targets: [github]
+    mcp: {{tools: ["{tool}"]}}
+"""
+T = TypeVar("T")
+
+SEARCH = {
+    "agent": {"id": "bot"},
+    "target": {"name": "github"},
+    "action": {"mcp": {"tool": "search_code", "arguments": {}}},
+}
+
+
+class Node:
+    """A ``tether serve`` subprocess whose standard error is collected as it comes."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.url = ""
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 15) -> re.Match[str]:
+        return wait_until(lambda: re.search(pattern, self.stderr), timeout, self)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=20)
+        self._reader.join(timeout=5)
+        return code
+
+
+def wait_until(probe: Callable[[], T | None], timeout: float, node: Node) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        if node.process.poll() is not None:
+            node._reader.join(timeout=5)
+            pytest.fail(f"tether exited {node.process.returncode}:\n{node.stderr}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out; tether's stderr:\n{node.stderr}")
+
+
+@pytest.fixture
+def start(
+    tmp_path: Path, tether_bin: Path, clean_env: dict[str, str]
+) -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def start(*extra: str) -> Node:
+        args = [str(tether_bin), "serve", "--policies", "pol", "--data-dir", "data", *extra]
+        node = Node(args, tmp_path, clean_env)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        if node.process.poll() is None:
+            node.process.kill()
+            node.process.wait()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write like an editor that saves safely: a hidden temporary file, then a rename."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+
+
+def test_serve_decides_reloads_refuses_and_stops(
+    tmp_path: Path, start: Callable[..., Node]
+) -> None:
+    policy = tmp_path / "pol" / "github.yaml"
+    policy.parent.mkdir()
+    policy.write_text(RULES.format(id="search", tool="search_*"))
+    node = start("--listen", "127.0.0.1:0")
+    url = "http://" + node.wait_for_log(r"tether serving on http://(127\.0\.0\.1:\d+)")[1]
+
+    with httpx.Client(base_url=url, timeout=5) as client:
+        health = client.get("/healthz").json()
+        first = health["policy_version"]
+        assert health == {"status": "ok", "policy_version": first, "rules": 1}
+        answer = client.post("/v1/decide", json=SEARCH).json()
+        assert (answer["decision"], answer["rule"], answer["policy_version"]) == (
+            "allow", "search", first
+        )  # fmt: skip
+
+        # A valid change takes effect without a restart.
+        write_atomically(policy, RULES.format(id="list", tool="list_*"))
+        second = wait_until(lambda: _new_version(client, first), 15, node)
+        node.wait_for_log(f"policy set {re.escape(second)} in force: 1 rules")
+        answer = client.post("/v1/decide", json=SEARCH).json()
+        assert (answer["decision"], answer["reason"], answer["policy_version"]) == (
+            "deny", "default-deny", second
+        )  # fmt: skip
+
+        # An invalid change is refused loudly; the set in force stays, and so does the node.
+        write_atomically(policy, "rules:\n  - id: broken\n    effect: perhaps\n")
+        node.wait_for_log(r"ERROR .*policy reload refused, " + re.escape(second))
+        assert "github.yaml" in node.stderr.split("policy reload refused")[-1]
+        assert client.get("/healthz").json()["policy_version"] == second
+        assert client.post("/v1/decide", json=SEARCH).json()["policy_version"] == second
+
+    assert node.stop() == 0
+    assert "SIGTERM received, shutting down" in node.stderr
+    assert "tether stopped" in node.stderr
+    assert "Traceback" not in node.stderr
+    with sqlite3.connect(tmp_path / "data" / "tether.db") as db:
+        loads = db.execute("SELECT status, version FROM policy_loads ORDER BY id").fetchall()
+    assert loads == [("active", first), ("active", second), ("rejected", None)]
+
+
+def _new_version(client: httpx.Client, old: str) -> str | None:
+    version: str = client.get("/healthz").json()["policy_version"]
+    return version if version != old else None
+
+
+def test_sigint_stops_cleanly_too(tmp_path: Path, start: Callable[..., Node]) -> None:
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "a.yaml").write_text(RULES.format(id="a", tool="x"))
+    node = start("--listen", "127.0.0.1:0")
+    node.wait_for_log("tether serving on")
+    node.process.send_signal(signal.SIGINT)
+    assert node.stop() == 0
+    assert "SIGINT received" in node.stderr
+
+
+def test_serve_refuses_to_start_on_policies_that_do_not_load(
+    tmp_path: Path, start: Callable[..., Node]
+) -> None:
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "a.yaml").write_text("rules:\n  - id: x\n    effect: perhaps\n")
+    node = start("--listen", "127.0.0.1:0")
+    assert node.process.wait(timeout=30) == 2
+    node._reader.join(timeout=5)
+    assert "tether: error: policies did not load: a.yaml:" in node.stderr
+    assert "Traceback" not in node.stderr
+
+
+def test_serve_refuses_a_bad_config(tmp_path: Path, start: Callable[..., Node]) -> None:
+    (tmp_path / "tether.yaml").write_text("listen: nowhere\n")
+    node = start("--config", "tether.yaml")
+    assert node.process.wait(timeout=30) == 2
+    node._reader.join(timeout=5)
+    assert node.stderr.strip() == (
+        "tether: error: tether.yaml: listen: expected HOST:PORT, got 'nowhere'"
+    )
+
+
+def test_serve_refuses_a_busy_port(tmp_path: Path, start: Callable[..., Node]) -> None:
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "a.yaml").write_text(RULES.format(id="a", tool="x"))
+    first = start("--listen", "127.0.0.1:0")
+    address = first.wait_for_log(r"tether serving on http://(127\.0\.0\.1:\d+)")[1]
+    second = start("--listen", address)
+    assert second.process.wait(timeout=30) == 2
+    second._reader.join(timeout=5)
+    assert f"tether: error: cannot listen on {address}: address already in use" in second.stderr
+    assert first.stop() == 0
