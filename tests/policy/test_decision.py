@@ -240,8 +240,10 @@ def test_delegation_is_the_intersection() -> None:
         return ps.decide(http_request(path, method, agent="helper", **extra))
 
     # Both allowed: allow, named by the agent's rule.
-    assert (d("GET", "/v1/invoices/1", alice).rule, d("GET", "/v1/invoices/1", alice).decision) \
-        == ("agent-reads", "allow")
+    assert (d("GET", "/v1/invoices/1", alice).rule, d("GET", "/v1/invoices/1", alice).decision) == (
+        "agent-reads",
+        "allow",
+    )
     # Agent allowed, user not: delegation-denied.
     r = d("GET", "/v1/payroll/1", alice)
     assert (r.decision, r.reason) == ("deny", "delegation-denied")
@@ -260,8 +262,7 @@ def test_delegation_is_the_intersection() -> None:
 
 def test_delegation_user_deny_rule_is_named() -> None:
     ps = policies(
-        DELEGATION
-        + "  - id: no-bob\n    effect: deny\n    users: [bob]\n"
+        DELEGATION + "  - id: no-bob\n    effect: deny\n    users: [bob]\n"
         "    http: {methods: ['*'], paths: ['/**']}\n"
     )
     r = ps.decide(http_request("/v1/invoices/1", "POST", agent="helper",

@@ -85,7 +85,8 @@ def load_error(text: str) -> PolicyLoadError:
             4, "r1", "unknown key 'rename'",
         ),
         (
-            "rules:\n  - id: r1\n    effect: allow\n    sql: {statements: [select], tables: [users]}\n",
+            "rules:\n  - id: r1\n    effect: allow\n"
+            "    sql: {statements: [select], tables: [users]}\n",
             4, "r1", "schema.table",
         ),
     ],

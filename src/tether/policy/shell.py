@@ -119,7 +119,9 @@ _PARSERS: Final = _ThreadParser()
 
 # --- the result -----------------------------------------------------------------------------
 
-_SAFE_WORD: Final = re.compile(r"[A-Za-z0-9_@+,./:-]+")
+# Left unquoted by quote_word: an argument may also hold '=' (not first: zsh's `=cmd`).
+_SAFE_NAME: Final = re.compile(r"[A-Za-z0-9_@+,./:-]+")
+_SAFE_ARGUMENT: Final = re.compile(r"[A-Za-z0-9_@+,./:-][A-Za-z0-9_@+,./:=-]*")
 # Reserved words of sh, bash, ksh and zsh: never an ordinary command name when unquoted.
 _RESERVED_WORDS: Final = frozenset(
     {
@@ -128,6 +130,11 @@ _RESERVED_WORDS: Final = frozenset(
         "repeat", "select", "then", "time", "until", "while",
     }
 )  # fmt: skip
+# Quoted as command names: reserved words, and the builtins bash parses as declarations
+# (their `a=b` arguments are assignments to tree-sitter and to bash).
+_QUOTED_NAMES: Final = _RESERVED_WORDS | {
+    "declare", "export", "local", "readonly", "typeset", "unset",
+}  # fmt: skip
 _RESERVED_WORD_BYTES: Final = frozenset(word.encode() for word in _RESERVED_WORDS)
 _REDIRECT_FORM: Final = re.compile(r"[0-9]?(?:(?:>|>>|<)/dev/null|[<>]&[0-9])")
 _BAD_CHAR: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -135,7 +142,10 @@ _BAD_CHAR: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 def quote_word(word: str, *, command_name: bool = False) -> str:
     """``word`` as one POSIX shell word that expands to itself (see the module docstring)."""
-    if _SAFE_WORD.fullmatch(word) and not (command_name and word in _RESERVED_WORDS):
+    if command_name:
+        if _SAFE_NAME.fullmatch(word) and word not in _QUOTED_NAMES:
+            return word
+    elif _SAFE_ARGUMENT.fullmatch(word):
         return word
     return "'" + word.replace("'", "'\"'\"'") + "'"
 
