@@ -4,8 +4,9 @@ Run: ``.venv/bin/python bench/policy_decision.py [--json] [--quick] [--seed N]``
 (``make bench``). See ``bench/README.md`` for what each figure means.
 
 For each size (10, 1,000 and 10,000 rules) the benchmark generates, from a fixed
-seed, one policy set per action kind (HTTP, SSH, SQL) over a synthetic estate of
-about N/10 targets and up to 300 agents, in teams. Rules mix exact names, globs,
+seed, an HTTP policy set of N HTTP rules and an SSH+SQL set of N rules (half each:
+loading YAML is the slow part of the run), over a synthetic estate of about N/10
+targets and up to 300 agents, in teams. Rules mix exact names, globs,
 label selectors, subject-less rules, deny rules, ``when`` conditions and approvals,
 in the proportions of :data:`SHAPES`, so the engine's index (action kind, exact
 target, exact agent) is exercised the way a real policy directory would exercise it:
@@ -15,6 +16,10 @@ The HTTP set is also written in Cedar (one policy per rule, see :func:`cedar_pol
 and evaluated with cedarpy on pre-parsed ``PolicySet`` and ``Entities`` handles. The
 translation is exact for the requests generated here (canonical paths, no trailing
 slash), so the two engines must agree on allow/deny; the agreement rate is printed.
+
+SSH commands repeat (their parse is cached) except in ``ssh-uncached``; SQL is one
+statement repeated (``sql``), the same statement with new literal values every call
+(``sql-literals``), and a new statement shape every call (``sql-uncached``).
 
 Every latency is one ``decide`` call on a request dict, timed with
 ``time.perf_counter_ns`` (GC off while timing, warmed up first). The figures are
@@ -55,14 +60,14 @@ TEAMS = (
 
 # (agent side, target side, weight per mille). "exact" sides are what the index keys on.
 SHAPES = (
-    ("exact", "exact", 615),
+    ("exact", "exact", 619),
     ("glob", "exact", 100),
     ("labels", "exact", 60),
     ("any", "exact", 60),
     ("exact", "glob", 100),
     ("exact", "labels", 55),
-    ("labels", "glob", 5),  # team-wide rule: keyed on neither side
-    ("any", "labels", 5),  # org-wide guardrail: keyed on neither side
+    ("labels", "glob", 4),  # team-wide rule: keyed on neither side
+    ("any", "labels", 2),  # org-wide guardrail: keyed on neither side
 )
 DENY_SHARE = 0.15
 WHEN_SHARE = 0.03
@@ -268,7 +273,9 @@ def cedar_path(pattern: str) -> str:
     return f"({exact} || (context.depth > {depth} && {below}))"
 
 
-def http_block(deny: bool, rng: random.Random) -> tuple[Json, str, Callable[[], Json]]:
+def http_block(
+    deny: bool, rng: random.Random, anchor: bool = False
+) -> tuple[Json, str, Callable[[], Json]]:
     """The ``http`` block, its Cedar condition, and a maker of a matching request action."""
     methods = _weighted(rng, DENY_METHODS if deny else ALLOW_METHODS)
     res = rng.choice(RESOURCES)
@@ -284,13 +291,17 @@ def http_block(deny: bool, rng: random.Random) -> tuple[Json, str, Callable[[], 
     return {"methods": methods, "paths": paths}, cond, make
 
 
+def _identifier(rng: random.Random) -> str:
+    return str(rng.randint(1, 99_999)) if rng.random() < 0.7 else f"c-{rng.randint(1, 999)}"
+
+
 def instantiate_path(pattern: str, rng: random.Random) -> str:
     out = []
     for segment in pattern[1:].split("/"):
         if segment == "**":
-            out += rng.sample(SUBS + ("42", "v", "raw"), rng.choice((0, 1, 1, 2)))
+            out += rng.sample((*SUBS, "42", "v", "raw"), rng.choice((0, 1, 1, 2)))
         elif segment.startswith("{") or segment == "*":
-            out.append(str(rng.randint(1, 99_999)) if rng.random() < 0.7 else f"c-{rng.randint(1, 999)}")
+            out.append(_identifier(rng))
         elif "*" in segment:
             out.append(segment.replace("*", str(rng.randint(1, 9999))))
         else:
@@ -331,10 +342,14 @@ SSH_DENY_BUNDLES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "secrets": (["cat /etc/shadow", "cat /root/**"], ["cat /etc/shadow", "cat /root/.ssh/id_rsa"]),
 }
-ALL_SSH_COMMANDS = sorted({c for b in (SSH_BUNDLES, SSH_DENY_BUNDLES) for v in b.values() for c in v[1]})
+ALL_SSH_COMMANDS = sorted(
+    {c for b in (SSH_BUNDLES, SSH_DENY_BUNDLES) for v in b.values() for c in v[1]}
+)
 
 
-def ssh_block(deny: bool, rng: random.Random) -> tuple[Json, str, Callable[[], Json]]:
+def ssh_block(
+    deny: bool, rng: random.Random, anchor: bool = False
+) -> tuple[Json, str, Callable[[], Json]]:
     patterns, examples = rng.choice(list((SSH_DENY_BUNDLES if deny else SSH_BUNDLES).values()))
     return {"commands": patterns}, "", lambda: {"ssh": {"command": rng.choice(examples)}}
 
@@ -350,13 +365,21 @@ SQL_QUERY = (
 WORDS = ("open", "paid", "void", "draft", "overdue", "refunded", "disputed", "pending")
 
 
-def sql_block(deny: bool, rng: random.Random) -> tuple[Json, str, Callable[[], Json]]:
+def sql_block(
+    deny: bool, rng: random.Random, anchor: bool = False
+) -> tuple[Json, str, Callable[[], Json]]:
+    """``anchor``: the set's first SQL rule, an allow that speaks to the measured statement
+    (without it a 10-rule set would only ever answer default-deny)."""
     schema = rng.choice(SCHEMAS)
-    if deny:
+    if anchor:
+        tables, statements = ["billing.*"], ["select"]
+    elif deny:
         tables = [rng.choice((f"{schema}.secrets", "auth.*", "*.pii_*"))]
         statements = _weighted(rng, SQL_DENY)
     else:
-        tables = rng.sample([f"{schema}.*", f"{schema}.invoices", f"{schema}.orders"], rng.choice((1, 2)))
+        tables = rng.sample(
+            [f"{schema}.*", f"{schema}.invoices", f"{schema}.orders"], rng.choice((1, 2))
+        )
         statements = _weighted(rng, SQL_ALLOW)
     query = SQL_QUERY.format(n=42, w="open")
     return {"statements": statements, "tables": tables}, "", lambda: {"sql": {"query": query}}
@@ -384,10 +407,12 @@ def make_rule(kind: str, index: int, estate: Estate, rng: random.Random) -> Gene
     team = rng.choice(estate.teams)
     guardrail = a_shape == "any" and t_shape == "labels"
     deny = rng.random() < (0.8 if guardrail else DENY_SHARE)
+    anchor = kind == "sql" and index < 2  # the first SQL rule (kinds take turns)
+    deny = deny and not anchor
     rule_id = f"{kind}-{team}-{index:05d}"
     agents = agent_side(a_shape, team, estate, rng)
     targets = target_side(t_shape, team, estate, rng)
-    block, action_cond, make_action = BLOCKS[kind](deny, rng)
+    block, action_cond, make_action = BLOCKS[kind](deny, rng, anchor)
     rule: Json = {"id": rule_id, "effect": "deny" if deny else "allow"}
     if agents.yaml is not None:
         rule["agents"] = agents.yaml
@@ -445,12 +470,16 @@ class Generated:
         return "".join(r.cedar for r in self.rules)
 
     def cedar_entities(self) -> str:
+        groups = (("Agent", self.estate.all_agents), ("Target", self.estate.all_targets))
         entities = [
-            {"uid": {"type": etype, "id": e.ident}, "attrs": {"name": e.ident, "labels": e.labels},
-             "parents": []}
-            for etype, group in (("Agent", self.estate.all_agents), ("Target", self.estate.all_targets))
+            {
+                "uid": {"type": t, "id": e.ident},
+                "attrs": {"name": e.ident, "labels": e.labels},
+                "parents": [],
+            }
+            for t, group in groups
             for e in group
-        ]  # fmt: skip
+        ]
         return json.dumps(entities)
 
 
@@ -475,6 +504,8 @@ def make_requests(gen: Generated, kind: str, count: int, rng: random.Random) -> 
     out = []
     estate = gen.estate
     rules = gen.of_kind(kind)
+    if kind == "sql":  # aim at rules that can say something about the measured query
+        rules = [r for r in rules if _sql_reaches_invoices(r.yaml["sql"])] or rules
     for _ in range(count):
         request: Json
         if rng.random() < 0.55:
@@ -498,6 +529,10 @@ def make_requests(gen: Generated, kind: str, count: int, rng: random.Random) -> 
         request["target"] = _identity(target, "name")
         out.append(request)
     return out
+
+
+def _sql_reaches_invoices(block: Json) -> bool:
+    return bool({"billing.*", "billing.invoices"} & set(block["tables"]))
 
 
 def random_action(kind: str, rng: random.Random) -> Json:
@@ -535,11 +570,55 @@ def cedar_request(request: Json) -> Json:
 # --- measuring --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How many timed calls: as many as fit in ``seconds``, within [least, most]."""
+
+    seconds: float
+    least: int
+    most: int
+
+    def calls(self, per_call_s: float) -> int:
+        return max(self.least, min(self.most, int(self.seconds / max(per_call_s, 1e-9))))
+
+
 @dataclass
-class Timing:
-    samples_ns: list[int]
-    results: list[Any]
-    outcomes: Counter[str]
+class Series:
+    """One measurement: ``call`` timed on ``requests`` (cycled), after ``warmup``."""
+
+    call: Callable[[Json], Any]
+    requests: Sequence[Json]
+    warmup: Sequence[Json]
+    budget: Budget
+    outcome: Callable[[Any], str]
+    planned: int = 0
+    samples_ns: list[int] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def warm(self) -> None:
+        """Run the warm-up calls, and size the series from their speed."""
+        start = time.perf_counter()
+        for request in self.warmup:
+            self.call(request)
+        per_call = (time.perf_counter() - start) / max(1, len(self.warmup))
+        self.planned = self.budget.calls(per_call)
+
+    def run(self, count: int) -> None:
+        """``count`` more timed calls, one ``perf_counter_ns`` pair around each."""
+        call, requests, clock = self.call, self.requests, time.perf_counter_ns
+        samples, results = self.samples_ns, self.results
+        n = len(requests)
+        for i in range(len(samples), len(samples) + count):
+            request = requests[i % n]
+            begin = clock()
+            result = call(request)
+            samples.append(clock() - begin)
+            results.append(result)
+
+    def tally(self) -> None:
+        """Count the outcomes (this is where an engine failure surfaces)."""
+        self.outcomes = Counter(self.outcome(r) for r in self.results)
 
     def percentile_us(self, p: float) -> float:
         ordered = sorted(self.samples_ns)
@@ -547,36 +626,39 @@ class Timing:
         return ordered[rank] / 1000
 
 
-def time_calls(
-    call: Callable[[Json], Any], requests: Sequence[Json], iterations: int,
-    outcome: Callable[[Any], str], warmup: Sequence[Json] | None = None,
-) -> Timing:  # fmt: skip
-    """Warm up (on the pool, or on ``warmup``), then time ``iterations`` calls cycling
-    through the pool, GC off."""
-    for request in warmup if warmup is not None else requests[:1_000]:
-        call(request)
-    samples = [0] * iterations
-    results: list[Any] = [None] * iterations
-    n = len(requests)
-    clock = time.perf_counter_ns
+ROUNDS = 10
+
+
+def measure(group: Sequence[Series]) -> None:
+    """Warm every series up, then run them in interleaved rounds, GC off.
+
+    Interleaving makes the ratios between the series of a group (sizes, Tether against
+    cedarpy) fair on a machine that gets busier or quieter while the benchmark runs.
+    """
+    for series in group:
+        series.warm()
     gc.collect()
+    gc.freeze()  # the loaded policy sets are not garbage: keep them out of any collection
     gc.disable()
     try:
-        for i in range(iterations):
-            request = requests[i % n]
-            start = clock()
-            result = call(request)
-            samples[i] = clock() - start
-            results[i] = result
+        for r in range(ROUNDS):
+            for series in group:
+                series.run(series.planned * (r + 1) // ROUNDS - series.planned * r // ROUNDS)
     finally:
         gc.enable()
-    return Timing(samples, results, Counter(outcome(r) for r in results))
+        gc.unfreeze()
+    for series in group:
+        series.tally()
 
 
 def engine_outcome(decision: Any) -> str:
     if decision.reason == "invalid-request":
         raise EngineFailure(f"{decision.reason}: {decision.detail}")
     return str(decision.decision)
+
+
+def cedar_outcome(result: Any) -> str:
+    return "allow" if result.allowed else "deny"
 
 
 class EngineFailure(Exception):
@@ -587,14 +669,17 @@ class EngineFailure(Exception):
 class Row:
     kind: str
     rules: int
-    timing: Timing
-    iterations: int
+    of_kind: int  # rules of this action kind in the set (the index keys on the kind)
+    timing: Series
     load_s: float
-    of_kind: int = 0  # rules of this action kind in the set (the index keys on the kind)
-    cedar: Timing | None = None
+    cedar: Series | None = None
     agreement: float | None = None
-    baseline_p50: float | None = None  # same kind at 10 rules
+    baseline_p50: float | None = None  # same kind at the smallest size
     goals: list[tuple[str, bool]] = field(default_factory=list)
+
+    @property
+    def iterations(self) -> int:
+        return len(self.timing.samples_ns)
 
     @property
     def p50(self) -> float:
@@ -616,26 +701,28 @@ class Row:
     def ratio_vs_10(self) -> float | None:
         return self.p50 / self.baseline_p50 if self.baseline_p50 else None
 
+    def share(self, outcome: str) -> float:
+        return self.timing.outcomes[outcome] / max(1, self.iterations)
+
     def to_json(self) -> Json:
-        mix = self.timing.outcomes
-        total = sum(mix.values())
         return {
             "kind": self.kind,
             "rules": self.rules,
-            "rules_of_kind": self.of_kind,
             "p50_us": round(self.p50, 2),
             "p99_us": round(self.p99, 2),
             "cedarpy_p50_us": _round(self.cedar_p50),
             "ratio_vs_cedarpy": _round(self.ratio_vs_cedarpy),
+            "rules_of_kind": self.of_kind,
+            "calls": self.iterations,
             "cedarpy_p99_us": _round(self.cedar.percentile_us(0.99) if self.cedar else None),
+            "cedarpy_calls": len(self.cedar.samples_ns) if self.cedar else None,
             "cedarpy_agreement": _round(self.agreement, 4),
             "ratio_vs_10_rules": _round(self.ratio_vs_10),
-            "iterations": self.iterations,
-            "allow_share": round(mix["allow"] / total, 3),
-            "deny_share": round(mix["deny"] / total, 3),
-            "approval_share": round(mix["approval_required"] / total, 3),
+            "allow_share": round(self.share("allow"), 3),
+            "deny_share": round(self.share("deny"), 3),
+            "approval_share": round(self.share("approval_required"), 3),
             "load_s": round(self.load_s, 2),
-            "goals": {name: met for name, met in self.goals},
+            "goals": dict(self.goals),
         }
 
 
@@ -643,31 +730,19 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
-# --- the run ----------------------------------------------------------------------------------
+# --- the workloads ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Plan:
     sizes: tuple[int, ...]
-    iterations: dict[str, int]
-    cedar_budget_s: float  # per size: cedarpy at 10,000 rules is milliseconds a call
-    cedar_max: int
+    cached: Budget  # decisions whose parse is cached (and every HTTP decision)
+    uncached: Budget  # first parses: every call a new text
+    cedar: Budget  # cedarpy at 10,000 rules takes tens of milliseconds a call
 
 
-FULL = Plan(
-    SIZES,
-    {"http": 30_000, "ssh": 20_000, "ssh-uncached": 2_000, "sql": 30_000,
-     "sql-literals": 10_000, "sql-uncached": 2_000},
-    cedar_budget_s=1.5,
-    cedar_max=3_000,
-)  # fmt: skip
-QUICK = Plan(
-    SIZES,
-    {"http": 5_000, "ssh": 3_000, "ssh-uncached": 300, "sql": 5_000,
-     "sql-literals": 2_000, "sql-uncached": 300},
-    cedar_budget_s=0.3,
-    cedar_max=500,
-)  # fmt: skip
+FULL = Plan(SIZES, Budget(0.6, 2_000, 30_000), Budget(0.4, 300, 3_000), Budget(0.8, 30, 3_000))
+QUICK = Plan(SIZES[:2], Budget(0.2, 500, 5_000), Budget(0.1, 100, 500), Budget(0.2, 10, 500))
 
 _unique = iter(range(10**9))  # parse caches are process-wide: never reuse an "uncached" text
 Log = Callable[[str], None]
@@ -682,84 +757,65 @@ def load(gen: Generated, log: Log) -> tuple[PolicySet, float]:
     return policy_set, elapsed
 
 
-def run_http(size: int, plan: Plan, seed: int, log: Log) -> Row:
+def _cycle(items: list[Json], count: int) -> list[Json]:
+    return (items * (count // len(items) + 1))[:count]
+
+
+def http_row(size: int, plan: Plan, seed: int, log: Log) -> tuple[Row, list[Json], list[Json]]:
+    """The HTTP row (Tether and cedarpy series), with both engines' request lists."""
     gen = generate(("http",), size, seed)
     policy_set, load_s = load(gen, log)
     requests = make_requests(gen, "http", POOL, random.Random(f"{seed}-req-http-{size}"))
-    iterations = plan.iterations["http"]
-    timing = time_calls(policy_set.decide, requests, iterations, engine_outcome)
-    row = Row("http", size, timing, iterations, load_s, size)
-    row.cedar, row.agreement = run_cedar(gen, requests, timing, plan, log)
-    return row
-
-
-def run_cedar(
-    gen: Generated, requests: list[Json], tether: Timing, plan: Plan, log: Log
-) -> tuple[Timing, float]:
+    series = Series(policy_set.decide, requests, requests[:1_000], plan.cached, engine_outcome)
+    row = Row("http", size, size, series, load_s)
     start = time.perf_counter()
     policies = cedarpy.PolicySet.from_str(gen.cedar_text())
     entities = cedarpy.Entities.from_json_str(gen.cedar_entities())
-    log(f"  cedarpy parsed {gen.size:>6,} policies in {time.perf_counter() - start:5.2f} s")
+    log(f"  cedarpy parsed {size:>6,} policies in {time.perf_counter() - start:5.2f} s")
     cedar_requests = [cedar_request(r) for r in requests]
 
-    def call(request: Json) -> Any:
+    def cedar_call(request: Json) -> Any:
         return cedarpy.is_authorized(request, policies, entities)
 
-    probe = time.perf_counter()
-    for request in cedar_requests[:20]:
-        call(request)
-    per_call = (time.perf_counter() - probe) / 20
-    iterations = max(100, min(plan.cedar_max, int(plan.cedar_budget_s / per_call)))
-    warmup = cedar_requests[: min(200, iterations)]
-    timing = time_calls(call, cedar_requests, iterations, cedar_outcome, warmup)
-    return timing, agreement(requests, cedar_requests, tether, timing, log)
+    warmup = cedar_requests[-10:]  # the timed calls start at the pool's first request
+    row.cedar = Series(cedar_call, cedar_requests, warmup, plan.cedar, cedar_outcome)
+    return row, requests, cedar_requests
 
 
-def cedar_outcome(result: Any) -> str:
-    return "allow" if result.allowed else "deny"
-
-
-def agreement(
-    requests: list[Json], cedar_requests: list[Json], tether: Timing, cedar: Timing, log: Log
-) -> float:
+def agreement(row: Row, requests: list[Json], cedar_requests: list[Json], log: Log) -> float:
     """Share of compared requests where both engines say allow, or both say not-allow."""
-    n = min(len(requests), len(cedar.results), len(tether.results))
+    assert row.cedar is not None
+    ours, theirs = row.timing.results, row.cedar.results
+    n = min(len(ours), len(theirs))
     same = 0
-    shown = 0
     for i in range(n):
-        ours = tether.results[i].decision == "allow"
-        theirs = cedar.results[i].allowed
-        errors = cedar.results[i].diagnostics.errors
-        if ours == theirs and not errors:
+        allowed, errors = theirs[i].allowed, theirs[i].diagnostics.errors
+        if (ours[i].decision == "allow") == allowed and not errors:
             same += 1
-        elif shown < 3:
-            shown += 1
-            log(f"    disagreement: {json.dumps(requests[i])} -> tether "
-                f"{tether.results[i].to_dict()} cedar {theirs} {errors} {cedar_requests[i]}")  # fmt: skip
-    return same / n
+        elif i - same < 3:  # the first three disagreements
+            log(f"  disagreement: {json.dumps(requests[i % len(requests)])} -> Tether "
+                f"{ours[i].to_dict()}, cedarpy {allowed} {errors} "
+                f"{json.dumps(cedar_requests[i % len(cedar_requests)])}")  # fmt: skip
+    return same / max(1, n)
 
 
-def run_ssh(gen: Generated, policy_set: PolicySet, load_s: float, plan: Plan, seed: int) -> list[Row]:
-    size = gen.size
-    requests = make_requests(gen, "ssh", POOL, random.Random(f"{seed}-req-ssh-{size}"))
-    iterations = plan.iterations["ssh"]
-    timing = time_calls(policy_set.decide, requests, iterations, engine_outcome)
+def ssh_rows(
+    gen: Generated, policy_set: PolicySet, load_s: float, plan: Plan, seed: int
+) -> list[Row]:
+    requests = make_requests(gen, "ssh", POOL, random.Random(f"{seed}-req-ssh-{gen.size}"))
     of_kind = len(gen.of_kind("ssh"))
-    rows = [Row("ssh", size, timing, iterations, load_s, of_kind)]
-    fresh = plan.iterations["ssh-uncached"]
+    cached = Series(policy_set.decide, requests, requests[:1_000], plan.cached, engine_outcome)
 
     def unique_command(_: int) -> Json:
         return {"ssh": {"command": f"ls -la /var/log/app-{next(_unique)} | grep error"}}
 
-    warmup = with_action(requests[:200], unique_command)
-    distinct = with_action(_cycle(requests, fresh), unique_command)
-    timing = time_calls(policy_set.decide, distinct, fresh, engine_outcome, warmup)
-    rows.append(Row("ssh-uncached", size, timing, fresh, load_s, of_kind))
-    return rows
-
-
-def _cycle(items: list[Json], count: int) -> list[Json]:
-    return (items * (count // len(items) + 1))[:count]
+    warmup = with_action(requests[:100], unique_command)
+    distinct = with_action(_cycle(requests, plan.uncached.most), unique_command)
+    fresh = Series(policy_set.decide, distinct, warmup, plan.uncached, engine_outcome)
+    return [
+        Row("ssh", gen.size, of_kind, cached, load_s),
+        Row("ssh-uncached", gen.size, of_kind, fresh, load_s),
+    ]
 
 
 def sql_queries(rng: random.Random) -> dict[str, Callable[[], str]]:
@@ -778,20 +834,23 @@ def sql_queries(rng: random.Random) -> dict[str, Callable[[], str]]:
     }
 
 
-def run_sql(gen: Generated, policy_set: PolicySet, load_s: float, plan: Plan, seed: int) -> list[Row]:
+def sql_rows(
+    gen: Generated, policy_set: PolicySet, load_s: float, plan: Plan, seed: int
+) -> list[Row]:
     rng = random.Random(f"{seed}-req-sql-{gen.size}")
     pool = make_requests(gen, "sql", POOL, rng)
+    of_kind = len(gen.of_kind("sql"))
     rows = []
     for kind, make_query in sql_queries(rng).items():
-        iterations = plan.iterations[kind]
+        budget = plan.uncached if kind == "sql-uncached" else plan.cached
 
         def action(_: int, make: Callable[[], str] = make_query) -> Json:
             return {"sql": {"query": make()}}
 
-        requests = with_action(_cycle(pool, iterations), action)
         warmup = with_action(pool[:200], action)
-        timing = time_calls(policy_set.decide, requests, iterations, engine_outcome, warmup)
-        rows.append(Row(kind, gen.size, timing, iterations, load_s, len(gen.of_kind("sql"))))
+        requests = with_action(_cycle(pool, budget.most), action)
+        series = Series(policy_set.decide, requests, warmup, budget, engine_outcome)
+        rows.append(Row(kind, gen.size, of_kind, series, load_s))
     return rows
 
 
@@ -801,6 +860,7 @@ HTTP_P50_GOAL_US = 20.0
 CEDAR_SPEEDUP_GOAL = 20.0
 SCALING_GOAL = 2.0
 SQL_GOALS_US = {"sql": 30.0, "sql-literals": 60.0}
+ORDER = ("http", "ssh", "ssh-uncached", "sql", "sql-literals", "sql-uncached")
 
 
 def judge(rows: list[Row]) -> None:
@@ -826,40 +886,43 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def _mix(row: Row) -> str:
-    mix = row.timing.outcomes
-    total = sum(mix.values())
-    parts = [f"{100 * mix[k] / total:.0f}" for k in ("allow", "deny", "approval_required")]
-    return "/".join(parts)
+    return "/".join(f"{100 * row.share(k):.0f}" for k in ("allow", "deny", "approval_required"))
 
 
 def table(rows: list[Row]) -> str:
-    header = ("kind", "rules", "of kind", "p50 us", "p99 us", "cedarpy p50", "x cedarpy", "x @10",
-              "allow/deny/appr %", "calls", "goal")  # fmt: skip
+    header = ("kind", "rules", "of kind", "p50 us", "p99 us", "cedarpy p50", "x cedarpy",
+              "x @10", "allow/deny/appr %", "calls", "goal")  # fmt: skip
     lines = [header]
     for r in rows:
         goal = "; ".join(f"{name} {'✓' if met else '✗'}" for name, met in r.goals) or "-"
         lines.append((
-            r.kind, f"{r.rules:,}", f"{r.of_kind:,}", f"{r.p50:.1f}", f"{r.p99:.1f}", _fmt(r.cedar_p50, ".1f"),
-            _fmt(r.ratio_vs_cedarpy, ".1f", "x"), _fmt(r.ratio_vs_10, ".2f", "x"), _mix(r),
-            f"{r.iterations:,}", goal,
+            r.kind, f"{r.rules:,}", f"{r.of_kind:,}", f"{r.p50:.1f}", f"{r.p99:.1f}",
+            _fmt(r.cedar_p50, ".1f"), _fmt(r.ratio_vs_cedarpy, ".1f", "x"),
+            _fmt(r.ratio_vs_10, ".2f", "x"), _mix(r), f"{r.iterations:,}", goal,
         ))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     left = {0, len(header) - 1}
     out = [
-        "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+        "  ".join(
+            cell.ljust(width) if i in left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
         for line in lines
-    ]  # fmt: skip
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in out)
 
 
-def notes(rows: list[Row], seed: int, elapsed: float) -> str:
+def notes(rows: list[Row], seed: int, elapsed: float, cpu: float) -> str:
     goals = [met for r in rows for _, met in r.goals]
+    loading = sum({(r.rules, r.kind == "http"): r.load_s for r in rows}.values())
     lines = [
         f"seed {seed}; Python {platform.python_version()}; cedarpy {metadata.version('cedarpy')}; "
-        f"run took {elapsed:.1f} s",
+        f"run took {elapsed:.1f} s wall, {cpu:.1f} s CPU (a busy machine if they differ much), "
+        f"{loading:.1f} s of it in load_policies",
         "x cedarpy = cedarpy p50 / Tether p50 (same HTTP rules and requests, same run); "
         "x @10 = p50 / p50 of the same kind at 10 rules",
+        "ssh and sql rows share one policy set per size (half ssh, half sql rules: 'of kind')",
     ]
     for r in rows:
         if r.agreement is not None and r.cedar is not None:
@@ -872,44 +935,54 @@ def notes(rows: list[Row], seed: int, elapsed: float) -> str:
 
 
 def run(plan: Plan, seed: int, log: Log) -> list[Row]:
+    """Load every set first, then measure each kind's series interleaved across sizes."""
     rows: list[Row] = []
+    cedar_inputs: dict[int, tuple[list[Json], list[Json]]] = {}
     for size in plan.sizes:
         log(f"{size:,} rules")
-        rows.append(run_http(size, plan, seed, log))
+        row, requests, cedar_requests = http_row(size, plan, seed, log)
+        rows.append(row)
+        cedar_inputs[size] = (requests, cedar_requests)
         gen = generate(("ssh", "sql"), size, seed)  # one set: loading YAML is the slow part
         policy_set, load_s = load(gen, log)
-        rows.extend(run_ssh(gen, policy_set, load_s, plan, seed))
-        rows.extend(run_sql(gen, policy_set, load_s, plan, seed))
-    order = ("http", "ssh", "ssh-uncached", "sql", "sql-literals", "sql-uncached")
-    rows.sort(key=lambda r: (order.index(r.kind), r.rules))
+        rows.extend(ssh_rows(gen, policy_set, load_s, plan, seed))
+        rows.extend(sql_rows(gen, policy_set, load_s, plan, seed))
+    rows.sort(key=lambda r: (ORDER.index(r.kind), r.rules))
+    for kind in ORDER:
+        log(f"measuring {kind}")
+        group = [r for r in rows if r.kind == kind]
+        measure([r.timing for r in group] + [r.cedar for r in group if r.cedar is not None])
+    for row in rows:
+        if row.cedar is not None:
+            row.agreement = agreement(row, *cedar_inputs[row.rules], log)
     judge(rows)
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description="Policy decision latency, Tether vs cedarpy.")
     parser.add_argument("--json", action="store_true", help="one JSON object per measurement")
-    parser.add_argument("--quick", action="store_true", help="fewer calls per measurement")
+    parser.add_argument("--quick", action="store_true", help="10 and 1,000 rules, fewer calls")
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         rows = run(QUICK if args.quick else FULL, args.seed, log)
     except EngineFailure as error:
         print(f"policy_decision: the engine failed on a valid request: {error}", file=sys.stderr)
         return 1
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if args.json:
         for row in rows:
             print(json.dumps(row.to_json()))
     else:
         print(table(rows))
         print()
-        print(notes(rows, args.seed, elapsed))
+        print(notes(rows, args.seed, elapsed, cpu))
     return 0
 
 

@@ -114,3 +114,29 @@ async def test_watch_reloads_on_change_and_stops(tmp_path: Path, store: Store) -
         stop.set()
         await watcher
     assert [rule.id for rule in holder.current.rules] == ["renamed"]
+
+
+async def test_watch_survives_the_directory_being_replaced(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("tether.policywatch.RETRY_SECONDS", 0.1)
+    directory = tmp_path / "pol"
+    write(directory, "a.yaml", RULES.format(id="a"))
+    holder = await load_initial(directory, store)
+    first = holder.current
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(PolicyReloader(directory, store, holder).watch(stop))
+    await asyncio.sleep(0.3)  # let the watch start
+    async with asyncio.timeout(15):
+        (directory / "a.yaml").unlink()
+        directory.rmdir()
+        while "watching" not in caplog.text:
+            await asyncio.sleep(0.05)
+        assert holder.current is first  # nothing to load: the set in force stays
+        write(directory, "a.yaml", RULES.format(id="back"))
+        while [rule.id for rule in holder.current.rules] != ["back"]:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await watcher
+    newest = (await store.policy_loads())[0]
+    assert (newest.status, newest.version) == ("active", holder.current.version)

@@ -56,9 +56,9 @@ class Node:
     def wait_for_log(self, pattern: str, timeout: float = 15) -> re.Match[str]:
         return wait_until(lambda: re.search(pattern, self.stderr), timeout, self)
 
-    def stop(self) -> int:
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(sig)
         code = self.process.wait(timeout=20)
         self._reader.join(timeout=5)
         return code
@@ -156,9 +156,8 @@ def test_sigint_stops_cleanly_too(tmp_path: Path, start: Callable[..., Node]) ->
     (tmp_path / "pol" / "a.yaml").write_text(RULES.format(id="a", tool="x"))
     node = start("--listen", "127.0.0.1:0")
     node.wait_for_log("tether serving on")
-    node.process.send_signal(signal.SIGINT)
-    assert node.stop() == 0
-    assert "SIGINT received" in node.stderr
+    assert node.stop(signal.SIGINT) == 0
+    assert "SIGINT received, shutting down" in node.stderr
 
 
 def test_serve_refuses_to_start_on_policies_that_do_not_load(

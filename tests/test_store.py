@@ -91,11 +91,18 @@ async def test_unusable_location_is_a_clean_error(tmp_path: Path) -> None:
         await Store.open(url(blocker / "sub" / "t.db"))
 
 
-async def test_unreachable_database_is_a_clean_error(tmp_path: Path) -> None:
+async def test_a_directory_is_not_a_database(tmp_path: Path) -> None:
     directory = tmp_path / "a-directory.db"
     directory.mkdir()
-    with pytest.raises(StoreError, match="cannot open the database"):
+    with pytest.raises(StoreError, match=r"a-directory\.db is a directory"):
         await Store.open(url(directory))
+
+
+async def test_a_file_that_is_not_a_database_is_a_clean_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    path.write_bytes(b"definitely not SQLite" * 100)
+    with pytest.raises(StoreError, match="cannot open the database: file is not a database"):
+        await Store.open(url(path))
 
 
 async def test_malformed_url() -> None:

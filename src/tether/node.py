@@ -91,7 +91,7 @@ def _uvicorn_config(settings: Settings, state: AppState) -> uvicorn.Config:
         create_app(state),
         host=settings.host,
         port=settings.port,
-        log_config=None,  # Tether configures logging (see tether.cli.logs)
+        log_config=None,  # the CLI configures logging (tether.cli.common.configure_logging)
         log_level=settings.log_level,
         lifespan="off",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

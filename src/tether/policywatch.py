@@ -110,15 +110,31 @@ class PolicyReloader:
 
         Any change triggers a reload, hidden paths included: a Kubernetes ConfigMap
         update only swaps its hidden ``..data`` link. An unchanged result costs a read.
+        If the watch fails (the directory was removed, say), the node keeps serving the
+        set in force and retries; once the watch is back it reloads, since changes may
+        have been missed meanwhile.
         """
+        failures = 0
         while not stop.is_set():
+            if failures and self.directory.is_dir():
+                await self._reload_logged()
             try:
-                async for _changes in watchfiles.awatch(self.directory, stop_event=stop):
-                    await self._reload_logged()
+                await self._watch_until_gone(stop)
+                failures = 0
             # The watcher failed (not a load): whatever it was, keep serving and retry.
             except Exception as error:  # noqa: BLE001
-                log.error("watching %s failed (%s); retrying", self.directory, error)
+                failures += 1
+                level = logging.ERROR if failures == 1 else logging.DEBUG
+                log.log(level, "watching %s failed (%s); retrying", self.directory, error)
+            if not stop.is_set():
                 await _sleep_unless(stop, RETRY_SECONDS)
+
+    async def _watch_until_gone(self, stop: asyncio.Event) -> None:
+        """Watch until ``stop`` is set; raises when the directory itself disappears."""
+        async for _changes in watchfiles.awatch(self.directory, stop_event=stop):
+            await self._reload_logged()
+            if not self.directory.is_dir():
+                raise FileNotFoundError("the policy directory was removed")
 
     async def _reload_logged(self) -> None:
         try:

@@ -88,9 +88,7 @@ def test_random_paths(path: str, method: str) -> None:
         assert d.decision == "deny"
 
 
-PATH_CHARS = st.sampled_from(
-    [*"admin/.;%\\2eEfF5cC0", "%2e", "%2f", "%61", "%5c", "..", "//"]
-)
+PATH_CHARS = st.sampled_from([*"admin/.;%\\2eEfF5cC0", "%2e", "%2f", "%61", "%5c", "..", "//"])
 
 
 @SETTINGS

@@ -20,8 +20,9 @@ EXIT_INTERNAL: Final = 70  # a bug in Tether (EX_SOFTWARE)
 
 
 def fail(message: str, code: int = EXIT_UNUSABLE) -> NoReturn:
-    """Print ``tether: error: message`` on standard error and exit with ``code``."""
-    typer.echo(f"tether: error: {message}", err=True)
+    """Print ``tether: error: message`` (each line of it) on standard error; exit ``code``."""
+    for line in message.splitlines() or [""]:
+        typer.echo(f"tether: error: {line}", err=True)
     raise typer.Exit(code)
 
 

@@ -78,7 +78,7 @@ def _eval_stream(policy_set: PolicySet, source: BinaryIO, out: TextIO, *, flush:
 
 @app.command("test")
 def test_command(directory: PoliciesDir) -> None:
-    """Run the tests: of the policy files; exit 1 listing every miss, 2 if they do not load."""
+    """Run the policy files' tests; exit 1 listing every miss, 2 if the files do not load."""
     policy_set, _files = load_or_exit(directory)
     outcomes = run_tests(policy_set)
     # A pipe or CI log gets 120 columns rather than Rich's 80, a terminal its own width.
@@ -88,7 +88,8 @@ def test_command(directory: PoliciesDir) -> None:
     console.print(_outcome_table(outcomes))
     misses = [outcome for outcome in outcomes if not outcome.passed]
     for miss in misses:
-        console.print(Text(f"FAIL {miss.file}:{miss.line}: {miss.name}: {miss.message}"))
+        line = f"FAIL {miss.file}:{miss.line}: {miss.name}: {miss.message}"
+        console.print(Text(line), soft_wrap=True)  # one line per miss, for grep
     console.print(Text(f"{len(outcomes) - len(misses)} passed, {len(misses)} failed"))
     raise typer.Exit(EXIT_FAILED if misses else EXIT_OK)
 

@@ -81,7 +81,8 @@ def serve(
     configure_logging(settings.log_level)
     try:
         sock = bind(settings)
-        asyncio.run(run_node(settings, sock))
+        with sock:
+            asyncio.run(run_node(settings, sock))
     except StartupError as error:
         fail(str(error))
 

@@ -39,6 +39,35 @@ from tether.policy.request import (
 NO_CAPTURES: Mapping[str, str] = MappingProxyType({})
 Captures = Mapping[str, str]
 
+# Index keys of parts that are not named by a string of their own. They hold a NUL, which
+# no command name, tool name or path segment can.
+SHELL_KEY = "\0shell"
+FORWARD_KEY = "\0forward"
+RESOURCE_KEY = "\0resource"
+
+
+def part_key(part: Part) -> str | None:
+    """The key under which the rules that can match ``part`` are indexed (None: no key).
+
+    A block's ``keys()`` must contain ``part_key(part)`` for every part it can match:
+    the index only ever skips rules that could not have matched.
+    """
+    if isinstance(part, HttpPart):
+        return part.path.segments[0] if part.path.segments else ""
+    if isinstance(part, SshCommandPart):
+        return part.argv[0]
+    if isinstance(part, SshShellPart):
+        return SHELL_KEY
+    if isinstance(part, SshForwardPart):
+        return FORWARD_KEY
+    if isinstance(part, McpToolPart):
+        return part.tool
+    if isinstance(part, McpResourcePart):
+        return RESOURCE_KEY
+    if isinstance(part, FilesPart):
+        return part.op
+    return None
+
 
 class BlockError(PatternError):
     """A malformed action block; ``key`` names the offending key inside the block."""
@@ -87,6 +116,12 @@ class HttpBlock:
     methods: frozenset[str]
     patterns: tuple[httpmatch.PathPattern, ...]
 
+    def keys(self) -> frozenset[str] | None:
+        """First path segments this block can match, or None when any."""
+        if all(p.literal_prefix for p in self.patterns):
+            return frozenset(p.literal_prefix[0] for p in self.patterns)
+        return None
+
     def match(self, part: Part) -> Captures | None:
         if not isinstance(part, HttpPart) or not httpmatch.methods_match(self.methods, part.method):
             return None
@@ -116,6 +151,14 @@ class SshBlock:
     commands: tuple[globs.ArgvPattern, ...]
     shell: bool
     forwards: NameSet | None
+
+    def keys(self) -> frozenset[str] | None:
+        keys = {p.command_name for p in self.commands}
+        if self.shell:
+            keys.add(SHELL_KEY)
+        if self.forwards is not None:
+            keys.add(FORWARD_KEY)
+        return frozenset(keys)
 
     def match(self, part: Part) -> Captures | None:
         if isinstance(part, SshCommandPart):
@@ -181,6 +224,9 @@ class SqlBlock:
     tables: tuple[Callable[[str], bool], ...] | None
     functions: tuple[Callable[[str], bool], ...]
 
+    def keys(self) -> frozenset[str] | None:
+        return None
+
     def match(self, part: Part) -> Captures | None:
         if not isinstance(part, SqlPart):
             return None
@@ -234,6 +280,13 @@ class McpBlock:
     tools: NameSet | None
     resources: tuple[Callable[[str], bool], ...]
 
+    def keys(self) -> frozenset[str] | None:
+        if self.tools is None:
+            return frozenset((RESOURCE_KEY,))
+        if self.tools.globs:
+            return None
+        return self.tools.exact | ({RESOURCE_KEY} if self.resources else set())
+
     def match(self, part: Part) -> Captures | None:
         if isinstance(part, McpToolPart):
             hit = self.tools is not None and self.tools(part.tool)
@@ -262,6 +315,9 @@ FILE_OPS = ("read", "list", "write", "delete")
 @dataclass(frozen=True, slots=True)
 class FilesBlock:
     ops: Mapping[str, tuple[Callable[[str], bool], ...]]
+
+    def keys(self) -> frozenset[str] | None:
+        return frozenset(self.ops)
 
     def match(self, part: Part) -> Captures | None:
         if not isinstance(part, FilesPart):

@@ -24,6 +24,7 @@ Security-relevant structure, in the order a request meets it:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import Any
 
 from tether.policy import celexpr
 from tether.policy import request as req
-from tether.policy.actions import NO_CAPTURES, Captures
+from tether.policy.actions import Captures, part_key
 from tether.policy.errors import RequestError
 from tether.policy.model import (
     ALLOW,
@@ -54,6 +55,7 @@ from tether.policy.rules import AGENT, ANY, HUMAN, Rule
 
 Clock = Callable[[], datetime]
 _MAX_INDEX_FANOUT = 64
+_CANDIDATE_CACHE_SIZE = 8192
 
 
 def _utcnow() -> datetime:
@@ -127,6 +129,50 @@ class _Index:
         return sorted({r.id: r for b in found for r in b}.values(), key=_rule_order)
 
 
+class _Candidates:
+    """The rules that apply to one (principal, runtime, target, delegation) context.
+
+    Filtered once by everything but the action and ``when``, then indexed by action key
+    (first path segment, command name, tool name, file op) on first use of each key.
+    """
+
+    __slots__ = ("_by_key", "_keyed", "_unkeyed", "rules")
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self._by_key: dict[str, tuple[Rule, ...]] = {}
+        keyed: dict[str, list[Rule]] = {}
+        unkeyed: list[Rule] = []
+        for rule in self.rules:
+            keys = rule.action.keys()
+            if keys is None:
+                unkeyed.append(rule)
+            else:
+                for key in keys:
+                    keyed.setdefault(key, []).append(rule)
+        self._keyed = keyed
+        self._unkeyed = tuple(unkeyed)
+
+    def for_key(self, key: str | None) -> Sequence[Rule]:
+        if key is None:
+            return self.rules
+        found = self._by_key.get(key)
+        if found is None:
+            merged = self._keyed.get(key, [])
+            found = (
+                tuple(sorted((*merged, *self._unkeyed), key=_rule_order))
+                if merged
+                else (self._unkeyed)
+            )
+            if len(self._by_key) < 1024:
+                self._by_key[key] = found
+        return found
+
+
+def _frozen(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels.items())) if labels else ()
+
+
 @dataclass
 class PolicySet:
     """A loaded, compiled and indexed policy set. Immutable once built; thread-safe to share."""
@@ -141,6 +187,8 @@ class PolicySet:
         self._agent_index = _Index((r for r in self.rules if r.subject in (AGENT, ANY)), True)
         self._human_index = _Index((r for r in self.rules if r.subject in (HUMAN, ANY)), False)
         self.by_id = {r.id: r for r in self.rules}
+        # Context -> applicable rules. The set is immutable, so entries never go stale.
+        self._candidate_cache: dict[tuple[Any, ...], _Candidates] = {}
 
     def decide(self, request: object, *, default_schema: str = "public") -> Decision:
         """The decision for one spec request (any JSON value). Never raises."""
@@ -179,17 +227,44 @@ class PolicySet:
             return self._deny(rule, DELEGATION_DENIED, detail)
         return decision
 
+    def _candidates(self, index: _Index, who: _Principal, request: req.Request) -> _Candidates:
+        delegation = request.delegation
+        key = (
+            who.kind,
+            request.kind,
+            who.ident,
+            _frozen(who.labels),
+            who.groups,
+            request.target_name,
+            _frozen(request.target_labels),
+            request.runtime_id,
+            _frozen(request.runtime_labels),
+            None if delegation is None else (delegation.user, delegation.groups),
+        )
+        found = self._candidate_cache.get(key)
+        if found is None:
+            agent_key = who.ident if who.kind == AGENT else None
+            found = _Candidates(
+                [
+                    r
+                    for r in index.candidates(request.kind, request.target_name, agent_key)
+                    if _applies(r, who, request)
+                ]
+            )
+            cache = self._candidate_cache
+            if len(cache) >= _CANDIDATE_CACHE_SIZE:
+                with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                    del cache[next(iter(cache))]  # oldest first; a race only skips one eviction
+            cache[key] = found
+        return found
+
     def _decide_for(self, index: _Index, who: _Principal, request: req.Request) -> Decision:
-        agent_key = who.ident if who.kind == AGENT else None
-        candidates = [
-            r
-            for r in index.candidates(request.kind, request.target_name, agent_key)
-            if _applies(r, who, request)
-        ]
+        candidates = self._candidates(index, who, request)
         evaluator = _Evaluator(request, self.clock)
         result: Decision | None = None
         for part in request.parts:
-            decision = self._decide_part(candidates, part, request, evaluator)
+            rules = candidates.for_key(part_key(part))
+            decision = self._decide_part(rules, part, request, evaluator)
             result = decision if result is None else more_restrictive(result, decision)
             if result.decision == DENY:
                 break
@@ -284,7 +359,7 @@ class _Evaluator:
     def _context(self, captures: Captures) -> dict[str, Any]:
         if self._base is None:
             self._base = self._build()
-        if captures is NO_CAPTURES or "http" not in self._base["request"]:
+        if not captures or "http" not in self._base["request"]:
             return self._base
         http = dict(self._base["request"]["http"], params=dict(captures))
         return dict(self._base, request={"http": http})
@@ -304,5 +379,5 @@ class _Evaluator:
             "target": {"name": r.target_name, "labels": r.target_labels},
             "source_ip": r.source_ip,
             "time": r.time if r.time is not None else self._clock(),
-            "request": r.view,
+            "request": r.cel_view(),
         }

@@ -86,8 +86,9 @@ def unicode_problem(text: str) -> str | None:
     for char in text:
         if char.isascii():
             continue
-        if unicodedata.category(char) in _BANNED_CATEGORIES:
-            return f"the Unicode control, format or unassigned character U+{ord(char):04X}"
+        category = unicodedata.category(char)
+        if category in _BANNED_CATEGORIES:
+            return f"the character U+{ord(char):04X} (Unicode category {category})"
         if char in _LOOKALIKES:
             return f"the separator or dot look-alike U+{ord(char):04X}"
     if not unicodedata.is_normalized("NFKC", text):

@@ -145,7 +145,7 @@ def _pattern_regex(pattern: str) -> str:
     """Regex for a whole token pattern, with whole-segment ``**`` matching 0+ segments."""
     segments = _merge_double_stars(pattern.split("/"))
     if len(segments) == 1:
-        return _segment_regex(pattern)
+        return _segment_regex(segments[0])
     out: list[str] = []
     for index, segment in enumerate(segments):
         if not _is_double_star(segment):

@@ -25,8 +25,8 @@ the request target (path and optional query) and denies:
 
 Where the spec is silent the safe choice is made (deny), each for a concrete confusion:
 
-* raw characters RFC 3986 does not allow in a path: space, ``"``, ``<``, ``>``, ``^``, `````,
-  ``{``, ``|``, ``}``, ``[``, ``]`` and any raw non-ASCII character (they must arrive
+* raw characters RFC 3986 does not allow in a path: space, ``"``, ``<``, ``>``, ``^``, the
+  backtick, ``{``, ``|``, ``}``, ``[``, ``]`` and any raw non-ASCII character (they must arrive
   percent-encoded; servers disagree on how to read them raw);
 * an encoded ``%`` (``%25``): double encoding; a server or middleware that decodes twice would
   see ``%2e%2e`` as ``..`` after the policy saw a harmless name;
@@ -80,9 +80,13 @@ override value, so an override ``delete`` yields both ``delete`` and ``DELETE``:
 allowed, and a deny rule on ``DELETE`` catches it. A value that is not a method token (empty,
 a list) is an ``invalid-request``.
 
-Performance: ``canonicalize_path`` of a plain path is one regex plus a split; percent-encoded
-paths take a slower per-segment route. Patterns are compiled once into per-segment tests
-(tuple comparison for all-literal patterns, a length check first when there is no ``**``).
+Performance (this runs on every request): ``canonicalize_path`` of a path without ``%`` is one
+character-class regex and a split; percent-encoded paths take a slower per-segment route that
+also produces the detail of a denial. Patterns are compiled once: an all-literal pattern is a
+tuple comparison; otherwise each run of segments between ``**`` compares all its literal
+positions at once (``operator.itemgetter``), checks ``*``/``{name}`` positions for non-empty
+values the same way and calls a test only for globs; without ``**`` the length is checked
+first. Several ``**`` cost O(segments x runs), never exponential backtracking.
 """
 
 from __future__ import annotations
@@ -119,9 +123,12 @@ _PCHAR: Final = r"A-Za-z0-9\-._~!$&'()*+,=:@"
 # A '/' then plain RFC 3986 path characters: no '%', no ';'. Without '//' such a path has no
 # empty segment but a trailing one, and needs no decoding.
 _PLAIN_PATH: Final = re.compile(rf"/[{_PCHAR}/]*")
-_RAW_BAD: Final = re.compile(rf"[^{_PCHAR}%]")
+_RAW_BAD: Final = re.compile(rf"[^{_PCHAR}%/]")
 _BAD_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DECODED_BAD: Final = re.compile(r"[\x00-\x1f\x7f/\\;%?#]")
+_DECODED_BAD_INSIDE: Final = re.compile(r"[\x00-\x1f\x7f\\;%?#]")  # the same without '/'
+# The escapes of the characters above: C0 controls, '#', '%', '/', ';', '?', '\', DEL.
+_ENCODED_DANGER: Final = re.compile(r"%(?:[01][0-9A-Fa-f]|2[35Ff]|3[BbFf]|5[Cc]|7[Ff])")
 _QUERY_CHARS: Final = re.compile(r"[!\"$-~]*")  # printable ASCII but space and '#'
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -171,36 +178,60 @@ def canonicalize_path(target: str) -> HttpPath:
 
 
 def _decode_path(path: str) -> tuple[str, ...]:
-    """The slow route: check and percent-decode every segment of ``path``."""
+    """Check a path that is not plain (percent-encoded, or not canonical) and decode it.
+
+    Every check scans the whole path once, so a long hostile path costs a few linear scans,
+    not work per segment. Encoded '/' is refused before decoding, so splitting the decoded
+    path gives exactly the decoded segments.
+    """
     if not path.startswith("/"):
         raise AmbiguousPath(f"path {_show(path)} does not start with '/'")
-    raw_segments = path[1:].split("/")
-    last = len(raw_segments) - 1
-    segments: list[str] = []
-    for index, raw in enumerate(raw_segments):
-        if not raw and index != last:
-            raise AmbiguousPath(f"path {_show(path)} holds an empty segment ('//')")
-        segments.append(_decode_segment(raw))
-    _reject_dot_segments(segments)
-    return tuple(segments)
-
-
-def _decode_segment(raw: str) -> str:
-    bad = _RAW_BAD.search(raw)
+    bad = _RAW_BAD.search(path)
     if bad is not None:
-        raise AmbiguousPath(f"path segment {_show(raw)} holds {_raw_char(bad.group())}")
-    if "%" not in raw:
-        return raw
-    if _BAD_PERCENT.search(raw) is not None:
-        raise AmbiguousPath(f"path segment {_show(raw)} holds an invalid percent-encoding")
+        problem = _raw_char(bad.group())
+        raise AmbiguousPath(f"path segment {_segment_at(path, bad.start())} holds {problem}")
+    if "//" in path:
+        raise AmbiguousPath(f"path {_show(path)} holds an empty segment ('//')")
+    bad = _BAD_PERCENT.search(path)
+    if bad is not None:
+        where = _segment_at(path, bad.start())
+        raise AmbiguousPath(f"path segment {where} holds an invalid percent-encoding")
+    bad = _ENCODED_DANGER.search(path)
+    if bad is not None:
+        problem = _DECODED_MESSAGES.get(
+            chr(int(bad.group()[1:], 16)), "an encoded control character"
+        )
+        raise AmbiguousPath(f"path segment {_segment_at(path, bad.start())} holds {problem}")
+    decoded = _decode_utf8(path)
+    # Defence in depth: the checks above must have left nothing for this one to find.
+    if decoded.count("/") != path.count("/") or _DECODED_BAD_INSIDE.search(decoded):
+        raise AmbiguousPath(f"path {_show(path)} decodes to a separator or control character")
+    segments = tuple(decoded[1:].split("/"))
+    if not decoded.isascii():
+        _reject_unicode(segments)
+    _reject_dot_segments(segments)
+    return segments
+
+
+def _decode_utf8(path: str) -> str:
     try:
-        decoded = unquote_to_bytes(raw).decode("utf-8")
+        return unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
-        raise AmbiguousPath(f"path segment {_show(raw)} does not decode to UTF-8") from None
-    problem = _decoded_problem(decoded)
-    if problem is not None:
-        raise AmbiguousPath(f"path segment {_show(raw)} holds {problem}")
-    return decoded
+        raise AmbiguousPath(f"path {_show(path)} does not decode to UTF-8") from None
+
+
+def _reject_unicode(segments: tuple[str, ...]) -> None:
+    for segment in segments:
+        problem = unicode_problem(segment)
+        if problem is not None:
+            raise AmbiguousPath(f"path segment {_show(segment)} (decoded) holds {problem}")
+
+
+def _segment_at(path: str, index: int) -> str:
+    """The raw segment of ``path`` holding the character at ``index``, for error details."""
+    start = path.rfind("/", 0, index) + 1
+    end = path.find("/", index)
+    return _show(path[start : end if end >= 0 else len(path)])
 
 
 def _raw_char(char: str) -> str:
@@ -218,15 +249,7 @@ def _raw_char(char: str) -> str:
     return f"the character {char!r}, which RFC 3986 does not allow in a path"
 
 
-def _decoded_problem(decoded: str) -> str | None:
-    """Why a decoded segment is unsafe, or None."""
-    bad = _DECODED_BAD.search(decoded)
-    if bad is not None:
-        return _DECODED_MESSAGES.get(bad.group(), "an encoded control character")
-    return unicode_problem(decoded)
-
-
-def _reject_dot_segments(segments: tuple[str, ...] | list[str]) -> None:
+def _reject_dot_segments(segments: tuple[str, ...]) -> None:
     for segment in segments:
         if segment and not segment.strip("."):
             raise AmbiguousPath(f"path holds the segment {segment!r} (after decoding)")

@@ -20,7 +20,7 @@ Choices where the spec is silent (all deny-side):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -127,6 +127,14 @@ class Request:
     approvals: frozenset[str]
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
     shell_command: shell.ParsedCommand | None = None
+    view_builder: Callable[[], dict[str, Any]] | None = field(repr=False, default=None)
+
+    def cel_view(self) -> dict[str, Any]:
+        """The ``request`` object of CEL, built on first use (most decisions never need it)."""
+        if self.view_builder is not None:
+            self.view = self.view_builder()
+            self.view_builder = None
+        return self.view
 
 
 def normalize(value: object, *, default_schema: str = "public") -> Request:
@@ -137,8 +145,8 @@ def normalize(value: object, *, default_schema: str = "public") -> Request:
     """
     if not isinstance(value, dict):
         raise InvalidRequest("the request must be a JSON object")
-    unknown = value.keys() - _TOP_KEYS
-    if unknown:
+    if not value.keys() <= _TOP_KEYS:
+        unknown = value.keys() - _TOP_KEYS
         raise InvalidRequest(f"unknown request field(s): {', '.join(sorted(map(str, unknown)))}")
     agent_id, agent_labels = _identity(value, "agent", required=True)
     runtime_id, runtime_labels = _identity(value, "runtime", required=False)
@@ -172,6 +180,9 @@ def normalize(value: object, *, default_schema: str = "public") -> Request:
 # --- identities and context ------------------------------------------------------------------
 
 
+_ID_KEYS = {"id": frozenset({"id", "labels"}), "name": frozenset({"name", "labels"})}
+
+
 def _identity(
     value: Mapping[str, Any], key: str, *, required: bool, id_key: str = "id"
 ) -> tuple[str | None, dict[str, str]]:
@@ -180,25 +191,29 @@ def _identity(
         if required:
             raise InvalidRequest(f"{key!r} is required")
         return None, {}
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise InvalidRequest(f"{key!r} must be an object")
-    extra = obj.keys() - {id_key, "labels"}
-    if extra:
+    if not obj.keys() <= _ID_KEYS[id_key]:
+        extra = obj.keys() - _ID_KEYS[id_key]
         raise InvalidRequest(f"unknown field(s) in {key!r}: {', '.join(sorted(map(str, extra)))}")
     ident = obj.get(id_key)
-    if not isinstance(ident, str) or not ident or len(ident) > 1024:
+    if type(ident) is not str or not ident or len(ident) > 1024:
         raise InvalidRequest(f"{key}.{id_key} must be a non-empty string")
-    return ident, _labels(obj.get("labels"), f"{key}.labels")
-
-
-def _labels(labels: object, where: str) -> dict[str, str]:
+    labels = obj.get("labels")
     if labels is None:
-        return {}
-    if not isinstance(labels, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-    ):
-        raise InvalidRequest(f"{where} must be an object of string values")
-    return labels
+        return ident, {}
+    if not _is_str_map(labels):
+        raise InvalidRequest(f"{key}.labels must be an object of string values")
+    return ident, labels
+
+
+def _is_str_map(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    for k, v in value.items():  # noqa: SIM110 - a plain loop is faster than all() here
+        if type(k) is not str or type(v) is not str:
+            return False
+    return True
 
 
 def _delegation(obj: object) -> Delegation | None:
@@ -278,8 +293,8 @@ def _action(obj: object) -> tuple[str, dict[str, Any]]:
 
 
 def _fields(body: Mapping[str, Any], kind: str, allowed: frozenset[str]) -> None:
-    extra = body.keys() - allowed
-    if extra:
+    if not body.keys() <= allowed:
+        extra = body.keys() - allowed
         raise InvalidRequest(f"unknown field(s) in action.{kind}: {', '.join(sorted(extra))}")
 
 
@@ -300,15 +315,18 @@ def _http(request: Request, body: dict[str, Any]) -> None:
     method = _text(body, "method", "action.http")
     if not httpmatch.method_ok(method):
         raise InvalidRequest(f"action.http.method is not a valid method: {method[:64]!r}")
-    headers = body.get("headers", {})
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
+    headers = body.get("headers")
+    if headers is None:
+        headers = {}
+    elif not _is_str_map(headers):
         raise InvalidRequest("action.http.headers must be an object of string values")
     path = httpmatch.canonicalize_path(_text(body, "path", "action.http"))
-    methods = (method, *(m for m in httpmatch.override_methods(headers) if m != method))
-    request.parts = tuple(HttpPart(m, path) for m in methods)
-    request.view = {
+    if headers:
+        overrides = [m for m in httpmatch.override_methods(headers) if m != method]
+        request.parts = (HttpPart(method, path), *(HttpPart(m, path) for m in overrides))
+    else:
+        request.parts = (HttpPart(method, path),)
+    request.view_builder = lambda: {
         "http": {
             "method": method,
             "path": path.path,
@@ -342,7 +360,7 @@ def _ssh(request: Request, body: dict[str, Any]) -> None:
     parsed = shell.parse_command(_text(body, "command", "action.ssh"))
     request.shell_command = parsed
     request.parts = tuple(SshCommandPart(c.argv) for c in parsed.commands)
-    request.view = {
+    request.view_builder = lambda: {
         "ssh": {"command": parsed.canonical(), "argv": [list(c.argv) for c in parsed.commands]}
     }
 
@@ -365,7 +383,7 @@ def _sql(request: Request, body: dict[str, Any], default_schema: str) -> None:
         raise InvalidRequest("action.sql.database must be a string")
     analysis = sql.analyze_sql(_text(body, "query", "action.sql"), default_schema)
     request.parts = tuple(SqlPart(s) for s in analysis.statements)
-    request.view = {
+    request.view_builder = lambda: {
         "sql": {
             "query": body["query"],
             "database": database,

@@ -142,7 +142,7 @@ def compile_rule(node: object, file: str, index: int, line: int) -> Rule:
 
 
 def _effect(node: Node, where: _Where) -> bool:
-    effect = node.get("effect")
+    effect: object = node.get("effect")
     if effect not in ("allow", "deny"):
         raise where.error("effect" if "effect" in node else None, "'effect' must be allow or deny")
     return effect == "deny"

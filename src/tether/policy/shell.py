@@ -15,15 +15,17 @@ How a command is read
 1. Before parsing: denied are a non-string, a command longer than :data:`MAX_COMMAND_LENGTH`
    characters, a blank command, NUL and every control character other than tab and newline
    (C0, DEL, C1 -- including ``\\r``), and lone surrogates (text that is not valid Unicode).
-2. The grammar is tree-sitter-bash. Its tree is walked with an **allow-list** of node types:
-   ``program``, ``list`` (``&&`` ``||``), ``pipeline`` (``|``), ``command``,
-   ``redirected_statement``, ``command_name``, ``file_redirect`` and the word nodes ``word``,
-   ``number``, ``raw_string`` ('...'), ``string`` ("..." holding only ``string_content``) and
-   ``concatenation`` of those. Any other node -- ``ERROR`` and missing nodes included -- is
-   denied, named after what it is: command or process substitution, variable or arithmetic
-   expansion, ANSI-C quoting, assignment, subshell, group, function, ``if``/``for``/``while``/
-   ``until``/``case``/``select``, ``[[ ]]``, ``(( ))``, negation ``!``, here-document,
-   here-string, ``&``, ``|&``, ``;;``, comments, ``export``/``local``/``declare``/``unset``.
+2. The grammar is tree-sitter-bash; a tree with an ``ERROR`` or missing node is denied
+   ("does not parse"). The tree is walked with an **allow-list** of node types: ``program``,
+   ``list`` (``&&`` ``||``), ``pipeline`` (``|``), ``command``, ``redirected_statement``,
+   ``command_name``, ``file_redirect`` and the word nodes ``word``, ``number``, ``raw_string``
+   ('...'), ``string`` ("..." holding only ``string_content``) and ``concatenation`` of those.
+   Any other node is denied, named after what it is: command or process substitution, variable
+   or arithmetic expansion, ANSI-C quoting, assignment, subshell, group, function,
+   ``if``/``for``/``while``/``until``/``case``/``select``, ``[ ]``/``[[ ]]``, ``(( ))``,
+   negation ``!``, here-document, here-string, ``&``, ``|&``, ``;;``, comments, and
+   ``export``/``local``/``declare``/``readonly``/``typeset``/``unset`` (bash parses their
+   ``a=b`` arguments as assignments).
 3. **Words are decoded from the source bytes here, not taken from tree-sitter**: single quotes
    are literal; inside double quotes a backslash escapes only ``$`` `````` ``"`` ``\\`` and
    newline; unquoted, a backslash escapes any character (``r\\m`` is ``rm``). Denied inside any
@@ -32,20 +34,26 @@ How a command is read
    spec lists ``* ? [ {``; the closing ones are denied too, spec silent), an unquoted ``~`` at
    the start of a word or after an unquoted ``=`` or ``:`` (bash expands ``a=~/x`` and
    ``PATH=a:~/b`` even as arguments), a ``#`` starting a word, and any unquoted blank or
-   metacharacter ``| & ; < > ( )`` (meaning tree-sitter and the shell disagree on the word).
+   metacharacter ``| & ; < > ( )`` (it would mean tree-sitter and sh disagree on the word:
+   tree-sitter reads ``a<newline>\\|`` as one command with the word ``<newline>|``).
 4. **Coverage**: every byte of the command must belong to a node that was read, or be a blank
    (space, tab, newline) or a line continuation between them. tree-sitter silently skips
-   ``\\<space>`` between words (``ls \\ -la`` is ``ls`` and `` -la`` to sh, ``ls`` and ``-la``
-   to tree-sitter) and Unicode blanks; the coverage check denies such disagreements.
-   Two words of one command must be separated by a real blank: ``r\\<newline>m`` is ``rm`` to
-   sh but two words to tree-sitter, so it is denied.
+   ``\\<space>`` between words (sh reads ``ls \\ -la`` as ``ls`` and `` -la``); the coverage
+   check denies that. Two words of one command need a real blank between them: sh joins
+   ``r\\<newline>m`` into ``rm``, tree-sitter makes two words, so it is denied. Two word nodes
+   with nothing at all between them are one shell word (tree-sitter splits ``'a'\\x`` but not
+   ``'a'\\'``): their whole span is decoded again as one word, as sh reads it.
 5. Redirections: allowed are ``>``, ``>>`` and ``<`` to or from ``/dev/null`` and the descriptor
    duplications ``N>&M`` / ``N<&M`` with single-digit descriptors (``2>&1``). Denied: any other
    file, ``&>``, ``&>>``, ``>|``, ``<>``, closing (``>&-``), ``>&word`` (bash: a file), and
    descriptors above 9 (dash reads ``10>x`` as the word ``10``). They are kept, in order, as
    canonical text (``2>/dev/null``, ``2>&1``) after the words of their simple command: where
    a redirection stands among the words does not change its meaning, their order does.
-   A command made only of redirections is denied.
+   A command made only of redirections is denied. tree-sitter hangs the words after a
+   redirection on it (``ls >/dev/null -la``) and a redirection after a list on the whole list
+   (``a && b 2>/dev/null``); both are read as sh reads them (``-la`` is an argument, the
+   redirection is ``b``'s). Where tree-sitter reads a descriptor number as a word
+   (``ls 1>&2 0<&3``: the argument ``0``, then ``<&3``) the command is denied.
 6. The command name (``argv[0]``): an unquoted reserved word (``if``, ``time``, ``coproc``,
    ``function``, ``select``, zsh's ``repeat``/``foreach``/``noglob`` ...) is denied -- it is
    not a simple command; an unquoted ``NAME=`` prefix is an assignment and is denied.
@@ -56,26 +64,31 @@ Decisions where the spec is silent (each the deny side, or the shell's own behav
   no question of where a comment ends.
 * **Line continuations** (backslash-newline) are joined, as sh does, inside quotes and between
   words (``ls \\<newline> -la``); inside an unquoted word they are denied (see 4).
-* **Newlines** separate commands like ``;`` and come back as ``;`` in :attr:`operators`; a
-  newline after ``&&``, ``||`` or ``|`` continues the list, as in sh. A trailing ``;`` or
-  newline is dropped; an empty command (``;;``, ``; ;``, a leading ``;``) does not parse.
+* **Newlines** separate commands like ``;`` and come back as ``;`` in
+  :attr:`ParsedCommand.operators`; a newline after ``&&``, ``||`` or ``|`` continues the list,
+  as in sh. A trailing ``;`` or newline is dropped; an empty command (``;;``, ``; ;``, a
+  leading ``;``) does not parse.
 * **bash extensions** that POSIX sh lacks are denied through the allow-list; a quoted reserved
   word (``'time' ls``) is an ordinary command name, as in sh.
+* Known false denials, from tree-sitter's grammar (safe, rare): a word that begins with an
+  escaped blank (``ls \\ x``), ``a && b 1>&2 0<&3``-style descriptor numbers after a word.
 
 Canonical text
 ==============
 
-:meth:`ParsedCommand.canonical` quotes every word that holds anything but ``A-Z a-z 0-9`` and
-``_ @ + , . / : -`` in single quotes (``'`` itself as ``'"'"'``), the empty word as ``''``,
-and a command name that is a reserved word of sh, bash or zsh; ``=``, ``~``, ``%``, ``!``,
-``^``, ``#`` are always quoted (assignments, zsh ``=cmd`` expansion, job specs, history and
-zsh extended globs). So ``shlex.split`` of each simple command's text gives back its argv, and
+:func:`quote_word` leaves a word bare only if it is made of ``A-Z a-z 0-9 _ @ + , . / : -``
+and ``=`` (not first: zsh expands ``=cmd``); a command name only if made of ``A-Z a-z 0-9 _ .
+/ -`` and not a reserved word or declaration builtin of sh, bash, ksh or zsh. Anything else
+goes in single quotes (``'`` itself as ``'"'"'``), the empty word as ``''``; so ``~``, ``%``,
+``!``, ``^``, ``#`` and every non-ASCII character are always quoted. ``shlex.split`` of each
+simple command's text gives back its argv and redirections, and
 ``parse_command(p.canonical()) == p``. The target shell is assumed to be a POSIX shell (sh,
 dash, bash, ksh, zsh); fish and csh read quotes differently.
 
-Pure: no I/O. Parsing costs one tree-sitter parse plus a walk in Python; results (and deny
-details) for commands of up to :data:`CACHEABLE_LENGTH` characters are kept in a small LRU
-cache. One tree-sitter parser per thread (a parser object is not safe to share).
+Pure: no I/O. Parsing costs one tree-sitter parse plus a walk in Python that loops (no
+recursion) over tree-sitter's left-nested lists. Results and deny details for commands of up
+to :data:`CACHEABLE_LENGTH` characters are kept in an LRU cache of :data:`CACHE_SIZE` entries
+(results are immutable). One tree-sitter parser per thread (a parser is not safe to share).
 """
 
 from __future__ import annotations
@@ -93,6 +106,7 @@ from tether.policy.errors import ShellConstruct
 
 __all__ = [
     "CACHEABLE_LENGTH",
+    "CACHE_SIZE",
     "MAX_COMMAND_LENGTH",
     "OPERATORS",
     "ParsedCommand",
@@ -103,8 +117,11 @@ __all__ = [
 
 MAX_COMMAND_LENGTH: Final = 65536
 """Longest accepted command, in characters."""
-CACHEABLE_LENGTH: Final = 4096
-"""Longest command whose parse result is cached (bounds the cache to a few tens of MiB)."""
+CACHEABLE_LENGTH: Final = 512
+"""Longest command whose parse result is cached."""
+CACHE_SIZE: Final = 2048
+"""Entries of the parse cache: at most ~11 KiB each (512 characters of two-letter words), so
+an agent sending distinct commands can pin ~22 MiB at most."""
 OPERATORS: Final = frozenset({"|", "&&", "||", ";"})
 
 _LANGUAGE: Final = tree_sitter.Language(tree_sitter_bash.language())
@@ -119,8 +136,9 @@ _PARSERS: Final = _ThreadParser()
 
 # --- the result -----------------------------------------------------------------------------
 
-# Left unquoted by quote_word: an argument may also hold '=' (not first: zsh's `=cmd`).
-_SAFE_NAME: Final = re.compile(r"[A-Za-z0-9_@+,./:-]+")
+# Left unquoted by quote_word. A command name keeps to fewer characters: tree-sitter does not
+# parse `a@` or `a+:` as a command; an argument may also hold '=' (not first: zsh's `=cmd`).
+_SAFE_NAME: Final = re.compile(r"[A-Za-z0-9_./-]+")
 _SAFE_ARGUMENT: Final = re.compile(r"[A-Za-z0-9_@+,./:-][A-Za-z0-9_@+,./:=-]*")
 # Reserved words of sh, bash, ksh and zsh: never an ordinary command name when unquoted.
 _RESERVED_WORDS: Final = frozenset(
@@ -181,20 +199,23 @@ class ParsedCommand:
     """Simple commands joined by ``|``, ``&&``, ``||`` or ``;`` (newlines become ``;``)."""
 
     commands: tuple[SimpleCommand, ...]
-    operators: tuple[str, ...] = field(default=())
+    operators: tuple[str, ...] = ()
+    _canonical: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.commands or len(self.operators) != len(self.commands) - 1:
             raise ValueError("need at least one command and one operator between two commands")
         if not OPERATORS.issuperset(self.operators):
             raise ValueError(f"operators must be among {sorted(OPERATORS)}")
-
-    def canonical(self) -> str:
-        """The text the SSH front-end sends: every word re-quoted, nothing left to expand."""
+        # computed once: parse results are cached and canonical() is asked on every request
         parts = [self.commands[0].canonical()]
         for operator, command in zip(self.operators, self.commands[1:], strict=True):
             parts.append(("; " if operator == ";" else f" {operator} ") + command.canonical())
-        return "".join(parts)
+        object.__setattr__(self, "_canonical", "".join(parts))
+
+    def canonical(self) -> str:
+        """The text the SSH front-end sends: every word re-quoted, nothing left to expand."""
+        return self._canonical
 
 
 # --- entry point ----------------------------------------------------------------------------
@@ -218,9 +239,11 @@ def _parse_or_detail(command: str) -> ParsedCommand | str:
         return _parse(command)
     except ShellConstruct as exc:
         return exc.detail
+    except RecursionError:  # defence in depth: the walk loops over the deep (left) nesting
+        return "does not parse (nested too deeply)"
 
 
-_parse_cached: Final = lru_cache(maxsize=4096)(_parse_or_detail)
+_parse_cached: Final = lru_cache(maxsize=CACHE_SIZE)(_parse_or_detail)
 
 
 def _parse(command: str) -> ParsedCommand:
@@ -282,7 +305,7 @@ def _decode_step(text: str, index: int, out: list[str]) -> int:
         return _decode_double_quoted(text, index + 1, out)
     if char == "\\":
         if index + 1 >= len(text):
-            raise ShellConstruct("backslash at the end of the command")
+            raise ShellConstruct("backslash at the end of a word")
         if text[index + 1] != "\n":  # backslash-newline is a line continuation
             out.append(text[index + 1])
         return index + 2
@@ -349,10 +372,15 @@ _Node = tree_sitter.Node
 
 _WORD_NODES: Final = frozenset({"word", "number", "raw_string", "string", "concatenation"})
 _LEAF_WORD_NODES: Final = frozenset({"word", "number", "raw_string"})
+# Tokens tree-sitter makes of the arguments `==` and `=~` (test operators): words to sh.
+_ARGUMENT_TOKENS: Final = frozenset({"==", "=~"})
 _SIMPLE_NODES: Final = frozenset({"command", "redirected_statement"})
 _STATEMENT_NODES: Final = _SIMPLE_NODES | {"list", "pipeline"}
 _LIST_OPERATORS: Final = frozenset({"&&", "||"})
 _PIPE_OPERATORS: Final = frozenset({"|"})
+_LIST_BODIES: Final = frozenset({"list", "pipeline"})
+_ANY_NODE: Final = frozenset({"redirected_statement"})
+_OPERAND, _OPERATOR, _REOPEN = 0, 1, 2  # tasks of the statement walk
 _STRING_PARTS: Final = frozenset({'"', "string_content"})
 _FILE_REDIRECTS: Final = frozenset({">", ">>", "<"})
 _DUP_REDIRECTS: Final = frozenset({">&", "<&"})
@@ -385,7 +413,7 @@ _DENIED: Final = {
     "c_style_for_statement": "compound command 'for (( ))'",
     "while_statement": "compound command 'while' or 'until'",
     "case_statement": "compound command 'case'",
-    "test_command": "test command [[ ]]",
+    "test_command": "test command [ ] or [[ ]]",
     "negated_command": "negation !",
     "heredoc_redirect": "here-document",
     "herestring_redirect": "here-string",
@@ -418,7 +446,16 @@ class _Walker:
     coverage check, done on the fly.
     """
 
-    __slots__ = ("commands", "first_item", "operators", "position", "source", "text")
+    __slots__ = (
+        "commands",
+        "digits_end",
+        "first_item",
+        "operators",
+        "position",
+        "source",
+        "text",
+        "word_start",
+    )
 
     def __init__(self, source: bytes, text: str | None) -> None:
         self.source = source
@@ -427,6 +464,8 @@ class _Walker:
         self.operators: list[str] = []
         self.position = 0  # end of the last span read
         self.first_item = True  # no word or redirection of the current command read yet
+        self.digits_end = -1  # end of the last word if it was all digits
+        self.word_start = -1  # start of the last word read, -1 after a redirection
 
     def advance(self, start: int, end: int, *, blank: bool, newline: bool) -> None:
         """Read ``source[start:end]``; the gap before it must be blanks (see ``_check_gap``)."""
@@ -476,30 +515,28 @@ class _Walker:
             raise ShellConstruct("empty command")
 
     def statement(self, node: _Node, kind: str) -> None:
-        if kind in _SIMPLE_NODES:
-            self.simple(node, kind)
-        elif kind == "list":
-            self.sequence(node, _LIST_OPERATORS, _STATEMENT_NODES)
-        elif kind == "pipeline":
-            self.sequence(node, _PIPE_OPERATORS, _SIMPLE_NODES)
-        else:
-            raise _denied(node)
+        """Read a statement: lists, pipelines and simple commands, with an explicit stack.
 
-    def sequence(self, node: _Node, operators: frozenset[str], operands: frozenset[str]) -> None:
-        """``a && b || c`` or ``a | b``: operands and operators alternate."""
-        want_operand = True
-        for child in node.children:
-            kind = child.type
-            if kind not in (operands if want_operand else operators):
-                raise _denied(child)
-            if want_operand:
-                self.statement(child, kind)
-            else:
-                self.operator(child, kind)
+        tree-sitter nests ``a && b && c`` (and redirected lists, below) on the left, one level
+        per operator, so a recursive walk would run out of stack on long chains.
+        """
+        stack: list[tuple[int, _Node, frozenset[str]]] = [(_OPERAND, node, _STATEMENT_NODES)]
+        while stack:
+            task, node, allowed = stack.pop()
+            kind = node.type
+            if kind not in allowed:
+                raise _denied(node)
+            if task == _OPERATOR:
+                self.operator(node, kind)
                 self.operators.append(kind)
-            want_operand = not want_operand
-        if want_operand:
-            raise ShellConstruct("does not parse (operator without a command after it)")
+            elif task == _REOPEN:
+                self.reopen(node)
+            elif kind == "command":
+                self.simple(node, None)
+            elif kind == "redirected_statement":
+                self.redirected(node, stack)
+            else:
+                _push_sequence(node, kind, stack)
 
     def operator(self, node: _Node, kind: str) -> None:
         """Read an operator token: no newline before it, its span exactly its characters."""
@@ -510,33 +547,56 @@ class _Walker:
 
     # simple commands
 
-    def simple(self, node: _Node, kind: str) -> None:
+    def redirected(self, node: _Node, stack: list[tuple[int, _Node, frozenset[str]]]) -> None:
+        """A command with redirections -- or, to tree-sitter, a list with redirections.
+
+        ``a && b 2>/dev/null`` comes as a redirected list. In sh a redirection belongs to one
+        simple command (nothing here can group commands): the last one before it. So the list
+        is read first, then its last command is reopened to take the redirections and any
+        words after them.
+        """
+        body = node.children[0]
+        body_kind = body.type
+        if body_kind == "command":
+            self.simple(body, node)
+        elif body_kind in _LIST_BODIES:
+            stack.append((_REOPEN, node, _ANY_NODE))
+            stack.append((_OPERAND, body, _LIST_BODIES))
+        else:
+            raise _denied(body) if body_kind in _DENIED else _no_command()
+
+    def simple(self, command: _Node, redirected: _Node | None) -> None:
+        """One simple command: a ``command`` node and the redirections hung on it, if any."""
         argv: list[str] = []
         redirects: list[str] = []
         self.first_item = True
-        if kind == "command":
-            self.command(node, argv, redirects)
-        else:  # redirected_statement: a command, then redirections
-            children = node.children
-            body = children[0]
-            if body.type != "command":
-                raise _denied(body) if body.type in _DENIED else _no_command()
-            self.command(body, argv, redirects)
-            for child in children[1:]:
-                if child.type != "file_redirect":
-                    raise _denied(child)
-                self.redirect(child, argv, redirects)
+        self.command(command, argv, redirects)
+        if redirected is not None:
+            self.redirections(redirected, argv, redirects)
         if not argv:
             raise _no_command()
         self.commands.append(SimpleCommand(tuple(argv), tuple(redirects)))
+
+    def reopen(self, redirected: _Node) -> None:
+        """Give the redirections of a redirected list to the last command read."""
+        last = self.commands.pop()
+        argv, redirects = list(last.argv), list(last.redirects)
+        self.redirections(redirected, argv, redirects)
+        self.commands.append(SimpleCommand(tuple(argv), tuple(redirects)))
+
+    def redirections(self, redirected: _Node, argv: list[str], redirects: list[str]) -> None:
+        for child in redirected.children[1:]:
+            if child.type != "file_redirect":
+                raise _denied(child)
+            self.redirect(child, argv, redirects)
 
     def command(self, node: _Node, argv: list[str], redirects: list[str]) -> None:
         for child in node.children:
             kind = child.type
             if kind == "command_name" and not argv:
-                argv.append(self.command_name(child))
-            elif kind in _WORD_NODES and argv:
-                argv.append(self.word(child))
+                self.command_name(child, argv)
+            elif (kind in _WORD_NODES or kind in _ARGUMENT_TOKENS) and argv:
+                self.add_word(child, argv)
             elif kind == "file_redirect":
                 self.redirect(child, argv, redirects)
             elif kind in _WORD_NODES or kind == "command_name":
@@ -544,30 +604,41 @@ class _Walker:
             else:
                 raise _denied(child)
 
-    def command_name(self, node: _Node) -> str:
+    def command_name(self, node: _Node, argv: list[str]) -> None:
         children = node.children
         if len(children) != 1 or children[0].type not in _WORD_NODES:
             raise _denied(children[-1] if children else node)
-        word = children[0]
-        raw = self.source[word.start_byte : word.end_byte]
-        if b"=" in raw and _ASSIGNMENT.match(raw):
-            raise ShellConstruct("variable assignment")
-        if raw in _RESERVED_WORD_BYTES:
-            raise ShellConstruct(f"reserved word {raw.decode()!r} as a command")
-        return self.word(word)
+        self.add_word(children[0], argv)
 
-    def word(self, node: _Node, *, redirect_target: bool = False) -> str:
-        """Decode one word node (its type already allowed) after reading its span."""
+    def add_word(self, node: _Node, argv: list[str]) -> None:
+        """Read one word node (its type already allowed) into ``argv``.
+
+        A node that starts right where the previous word ended, without a blank, is the same
+        shell word: tree-sitter splits ``'a'\\x`` in two (but not ``'a'\\'``). The whole span
+        is then decoded again as one word, as sh reads it.
+        """
         if node.child_count:
             _check_word_tree(node)
         start, end = node.start_byte, node.end_byte
         position = self.position
-        if redirect_target:
-            self.advance(start, end, blank=False, newline=False)
-        elif start - position == 1 and self.source[position] == 0x20 and not self.first_item:
-            self.position = end  # the common case: one space after the previous word
+        if start == position and self.word_start >= 0 and not self.first_item:
+            start = self.word_start
+            self.position = end
+            argv[-1] = self.decode(start, end)
         else:
-            self.item(start, end, blank=True)
+            if start - position == 1 and self.source[position] == 0x20 and not self.first_item:
+                self.position = end  # the common case: one space after the previous word
+            else:
+                self.item(start, end, blank=True)
+            argv.append(self.decode(start, end))
+        self.word_start = start
+        raw = self.source[start:end]
+        self.digits_end = end if raw.isdigit() else -1
+        if len(argv) == 1:
+            _check_command_name(raw)
+
+    def decode(self, start: int, end: int) -> str:
+        """The decoded shell word of ``source[start:end]``."""
         if self.text is not None:
             text = self.text[start:end]
             return text if _PLAIN_WORD.fullmatch(text) else _decode_word(text)
@@ -588,14 +659,19 @@ class _Walker:
         operator, target = children[has_fd], children[1 + has_fd]
         kind = operator.type
         fd = self.descriptor(first, operator) if has_fd else ""
+        if not has_fd and first.start_byte == self.digits_end:
+            # `ls 1>&2 0<&3`: sh reads `0<&3` as a redirection of descriptor 0, tree-sitter
+            # as the argument `0` followed by `<&3`.
+            raise ShellConstruct("does not parse (a descriptor number read as a word)")
         if operator.end_byte - operator.start_byte != len(kind):
             raise ShellConstruct(f"does not parse (split operator {kind!r})")
         self.item(first.start_byte, operator.end_byte, blank=has_fd)
+        self.word_start = -1  # a word right after the target is not part of a previous word
         redirects.append(fd + kind + self.redirect_target(kind, operator, target))
         for child in children[2 + has_fd :]:  # `ls >/dev/null -la`: -la is hung on the redirect
             if child.type not in _WORD_NODES or not argv:
                 raise _denied(child)
-            argv.append(self.word(child))
+            self.add_word(child, argv)
 
     def descriptor(self, descriptor: _Node, operator: _Node) -> str:
         start, end = descriptor.start_byte, descriptor.end_byte
@@ -616,7 +692,11 @@ class _Walker:
             return raw.decode()
         if kind not in _FILE_REDIRECTS:
             raise _denied(operator) if kind in _DENIED else ShellConstruct(f"redirection {kind}")
-        path = self.word(target, redirect_target=True)
+        if target.child_count:
+            _check_word_tree(target)
+        start, end = target.start_byte, target.end_byte
+        self.advance(start, end, blank=False, newline=False)
+        path = self.decode(start, end)
         if path != "/dev/null":
             raise ShellConstruct(f"redirection {kind} to a file other than /dev/null")
         return path
@@ -634,6 +714,29 @@ def _check_gap(gap: bytes, overlap: bool, *, blank: bool, newline: bool) -> None
         raise ShellConstruct("line continuation inside a word")
     if not newline and _has_bare_newline(gap):
         raise ShellConstruct("does not parse (newline inside a command)")
+
+
+def _push_sequence(node: _Node, kind: str, stack: list[tuple[int, _Node, frozenset[str]]]) -> None:
+    """Queue ``a && b || c`` or ``a | b``: operands and operators alternate."""
+    children = node.children
+    if len(children) % 2 == 0:
+        raise ShellConstruct("does not parse (operator without a command after it)")
+    is_list = kind == "list"
+    operands = _STATEMENT_NODES if is_list else _SIMPLE_NODES
+    operators = _LIST_OPERATORS if is_list else _PIPE_OPERATORS
+    for index in range(len(children) - 1, -1, -1):
+        if index % 2:
+            stack.append((_OPERATOR, children[index], operators))
+        else:
+            stack.append((_OPERAND, children[index], operands))
+
+
+def _check_command_name(raw: bytes) -> None:
+    """Deny a command name that sh would not read as a plain name (raw source bytes)."""
+    if b"=" in raw and _ASSIGNMENT.match(raw):
+        raise ShellConstruct("variable assignment")
+    if raw in _RESERVED_WORD_BYTES:
+        raise ShellConstruct(f"reserved word {raw.decode()!r} as a command")
 
 
 def _no_command() -> ShellConstruct:

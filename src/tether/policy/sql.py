@@ -1,38 +1,42 @@
 """SQL queries for the PostgreSQL action (spec 5.3): parse, analyse, redact, cache.
 
 :func:`analyze_sql` parses a query with PostgreSQL's own grammar (``pglast.parser.parse_sql_json``,
-libpg_query) and returns one :class:`SqlStatement` per statement, with the classes, relations and
-functions the policy checks (what they mean, and every decision taken where the spec is silent,
-is documented in :mod:`tether.policy.sql_analyze`).
+libpg_query) and returns one :class:`SqlStatement` per statement with the classes, relations and
+functions the policy checks. What those mean, and every decision taken where the spec is silent,
+is documented in :mod:`tether.policy.sql_analyze`.
 
 Rejected with :class:`~tether.policy.errors.SqlParseError` (a deny, ``sql-parse-error``): text
-PostgreSQL's grammar rejects; an empty query or one of only comments and semicolons; a NUL
-character (the C parser would stop at it and check less than the server may run); text that is
-not valid Unicode (a lone surrogate); more than :data:`MAX_QUERY_BYTES` bytes of UTF-8; nesting so
-deep that the tree cannot be walked (Python's recursion limit); a query that is not a ``str``.
+PostgreSQL's grammar rejects; an empty query, or one of only comments and semicolons; a NUL
+character (the C parser would stop there and check less than the server may be sent); text that
+is not valid Unicode (a lone surrogate); more than :data:`MAX_QUERY_BYTES` bytes of UTF-8; nesting
+too deep to walk (Python's recursion limit); a query that is not a ``str``.
 
-``redacted`` is the query with every literal token (string, number, bit string, dollar-quoted
-body) replaced by ``?``, found with PostgreSQL's own scanner (``pglast.parser.scan``); comments,
-identifiers and ``$n`` parameters stay. A statement's ``text`` is its exact source (from
-``stmt_location``/``stmt_len``, trailing blanks removed), literals included.
+``SqlStatement.text`` is the statement's exact source (``stmt_location``/``stmt_len``, trailing
+blanks removed), literals included. ``SqlAnalysis.redacted`` is the whole query with every literal
+token (string, number, bit string, dollar-quoted body) replaced by ``?``; comments, identifiers and
+``$n`` parameters stay. Literal tokens are found by a small lexer that accepts only a plain subset
+of the token grammar (ASCII outside quotes, standard strings, decimal numbers, ``--`` and
+non-nested ``/* */`` comments) and by PostgreSQL's own scanner (``pglast.parser.scan``) for
+anything else; tests prove the two agree on the subset. ``redacted`` is for audit only: no
+decision reads it.
 
-Caches (both bounded LRU, :data:`CACHE_ENTRIES` entries each, only for queries of at most
-:data:`CACHEABLE_CHARS` characters, thread-safe: every read and write holds a lock, and entries
-are immutable and keyed by the full query text and default schema, so a hit can never be
-another query's result):
+Caches (bounded LRU, :data:`CACHE_ENTRIES` entries and :data:`CACHE_BUDGET` characters of keys
+and texts each; every read and write holds a lock; entries are immutable):
+
+Both serve only queries of at most :data:`CACHEABLE_CHARS` characters.
 
 * exact: ``(query, default_schema)`` -> :class:`SqlAnalysis`.
-* shape: ``(query with its literal tokens replaced by a kind marker, default_schema)`` -> a
-  template. Two queries with one shape differ only in the values of literal tokens of the same
-  kinds, so PostgreSQL's grammar builds the same tree for both except for those values. A hit is
-  still parsed (``parse_sql_json`` only, no tree walk) because a few grammar actions reject some
-  literal values (``float(0)``), and the statement texts are re-sliced from the new query through
-  token indices; ``redacted`` depends on the shape only. Sound only for analyses that read no
-  literal value: an analysis with a literal-sensitive statement (any DDL, SET, COPY, GRANT, an
-  EXPLAIN option with a value...) is never stored as a template. One literal is not a value: the
-  string after ``UESCAPE`` changes how a ``U&"..."`` identifier decodes, so it is kept verbatim
-  in the shape. A query without a quote, a ``$`` or a digit has no literal token and skips the
-  scanner. ``analyze_sql_uncached`` bypasses both caches (tests prove the two agree).
+* shape: ``(parse tree without constants and positions, default_schema)`` -> the statements'
+  facts. The key is the parser's JSON with every ``A_Const`` body and every source position
+  removed, so two queries share it exactly when PostgreSQL built the same tree for both except
+  for constant values and positions, neither of which the analysis reads. Soundness therefore
+  does not rest on any tokenisation; a few statements do read a constant (``SET search_path``)
+  or might (any DDL, ``SET``, ``COPY``, ``GRANT``, ``EXPLAIN`` option values): an analysis with
+  such a *literal-sensitive* statement is never stored. A hit costs one parse (which also
+  rejects a grammar error caused by a value, ``float(0)``), one regular-expression pass over the
+  JSON, and re-slicing the statement texts and redaction from the new query.
+
+``analyze_sql_uncached`` bypasses both caches; tests prove it returns what the caches return.
 """
 
 from __future__ import annotations
@@ -40,10 +44,9 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from threading import Lock
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from pglast import parser as pg_parser
 
@@ -52,12 +55,14 @@ from tether.policy.sql_analyze import (
     FORBIDDEN_FUNCTION_PREFIXES,
     FORBIDDEN_FUNCTIONS,
     STATEMENT_CLASSES,
+    StatementFacts,
     analyze_statement,
     is_forbidden_function,
 )
 
 __all__ = [
     "CACHEABLE_CHARS",
+    "CACHE_BUDGET",
     "CACHE_ENTRIES",
     "FORBIDDEN_FUNCTIONS",
     "FORBIDDEN_FUNCTION_PREFIXES",
@@ -73,7 +78,8 @@ __all__ = [
 
 MAX_QUERY_BYTES: Final = 1 << 20
 CACHE_ENTRIES: Final = 10_000
-CACHEABLE_CHARS: Final = 4096
+CACHE_BUDGET: Final = 32 << 20
+CACHEABLE_CHARS: Final = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,17 +109,18 @@ def analyze_sql(query: str, default_schema: str = "public") -> SqlAnalysis:
     if hit is not None:
         return hit
     _check(query)
-    analysis = _analyze_shaped(query, default_schema)
-    if len(query) <= CACHEABLE_CHARS:
-        _EXACT.put(key, analysis)
+    cacheable = len(query) <= CACHEABLE_CHARS
+    analysis = _analyze(query, default_schema, shapes=cacheable)
+    if cacheable:
+        _EXACT.put(key, analysis, 3 * len(query))
     return analysis
 
 
 def analyze_sql_uncached(query: str, default_schema: str = "public") -> SqlAnalysis:
-    """:func:`analyze_sql` without any cache (same result, for tests and benchmarks)."""
+    """:func:`analyze_sql` without any cache: same result, for tests and benchmarks."""
     query = _as_str(query)
     _check(query)
-    return _analyze_fresh(query, default_schema, None)[0]
+    return _analyze(query, default_schema, shapes=False)
 
 
 def clear_sql_caches() -> None:
@@ -149,103 +156,23 @@ def _check(query: str) -> None:
 # --- analysis ----------------------------------------------------------------------------------
 
 
-class _Token(Protocol):
-    @property
-    def start(self) -> int: ...
-    @property
-    def end(self) -> int: ...  # inclusive
-    @property
-    def name(self) -> str: ...
-
-
-_LITERAL_TOKENS: Final = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
-_MAY_HOLD_LITERALS: Final = re.compile(r"['$0-9]").search
-_PG_BLANKS: Final = " \t\n\r\f\v"
-
-
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    key: str  # the query with each literal token replaced by NUL + its kind's letter
-    redacted: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Template:
-    """An analysis that reads no literal: statements and the token range of each one's text."""
-
-    statements: tuple[tuple[SqlStatement, int, int], ...]
-    redacted: str
-
-    def instantiate(self, query: str, tokens: Sequence[_Token]) -> SqlAnalysis:
-        return SqlAnalysis(
-            tuple(
-                SqlStatement(
-                    query[tokens[first].start : tokens[last].end + 1],
-                    s.classes,
-                    s.relations,
-                    s.functions,
-                    s.forbidden_functions,
-                    s.forbidden,
-                    s.search_path,
-                )
-                for s, first, last in self.statements
-            ),
-            self.redacted,
-        )
-
-
-def _analyze_shaped(query: str, default_schema: str) -> SqlAnalysis:
-    """Serve from the shape cache when the query's literal-free shape was seen before."""
-    if _MAY_HOLD_LITERALS(query) is None:
-        return _analyze_fresh(query, default_schema, None)[0]
+def _analyze(query: str, default_schema: str, *, shapes: bool) -> SqlAnalysis:
+    tree = _parse_json(query)
+    key = (_tree_shape(tree), default_schema) if shapes else None
+    if key is not None:
+        cached = _SHAPES.get(key)
+        if cached is not None:
+            return _assemble(query, cached, _json_positions(tree, len(cached)), _redact(query))
+    raw = _load(tree)
     try:
-        tokens = pg_parser.scan(query)
-    except pg_parser.ParseError:
-        return _analyze_fresh(query, default_schema, None)[0]  # raises the parser's error
-    shape = _shape(query, tokens)
-    key = (shape.key, default_schema)
-    template = _SHAPES.get(key)
-    if template is not None:
-        _parse_json(query)  # the grammar may still reject this literal's value
-        return template.instantiate(query, tokens)
-    analysis, template = _analyze_fresh(query, default_schema, tokens)
-    if template is not None and len(query) <= CACHEABLE_CHARS:
-        _SHAPES.put(key, template)
+        facts = tuple(analyze_statement(item.get("stmt", {}), default_schema) for item in raw)
+    except RecursionError:
+        raise SqlParseError("the query is nested too deeply") from None
+    positions = [(item.get("stmt_location", 0), item.get("stmt_len", 0)) for item in raw]
+    analysis = _assemble(query, facts, positions, _redact(query))
+    if key is not None and not any(f.literal_sensitive for f in facts):
+        _SHAPES.put(key, facts, len(key[0]))
     return analysis
-
-
-def _analyze_fresh(
-    query: str, default_schema: str, tokens: Sequence[_Token] | None
-) -> tuple[SqlAnalysis, _Template | None]:
-    raw = _parse(query)
-    spans = _spans(query, raw)
-    statements: list[SqlStatement] = []
-    sensitive = False
-    for item, (start, end) in zip(raw, spans, strict=True):
-        try:
-            facts = analyze_statement(item.get("stmt", {}), default_schema)
-        except RecursionError:
-            raise SqlParseError("the query is nested too deeply") from None
-        sensitive = sensitive or facts.literal_sensitive
-        statements.append(
-            SqlStatement(
-                query[start:end],
-                facts.classes,
-                facts.relations,
-                facts.functions,
-                facts.forbidden_functions,
-                facts.forbidden,
-                facts.search_path,
-            )
-        )
-    if tokens is None and _MAY_HOLD_LITERALS(query) is not None:
-        tokens = _scan(query)
-    if tokens is None:
-        return SqlAnalysis(tuple(statements), query), None
-    shape = _shape(query, tokens)
-    analysis = SqlAnalysis(tuple(statements), shape.redacted)
-    template = None if sensitive else _template(statements, spans, tokens, shape.redacted)
-    return analysis, template
 
 
 def _parse_json(query: str) -> str:
@@ -255,9 +182,9 @@ def _parse_json(query: str) -> str:
         raise SqlParseError(str(exc)) from None
 
 
-def _parse(query: str) -> list[dict[str, Any]]:
+def _load(tree: str) -> list[dict[str, Any]]:
     try:
-        stmts: list[dict[str, Any]] = json.loads(_parse_json(query)).get("stmts", [])
+        stmts: list[dict[str, Any]] = json.loads(tree).get("stmts", [])
     except RecursionError:
         raise SqlParseError("the query is nested too deeply") from None
     if not stmts:
@@ -265,63 +192,169 @@ def _parse(query: str) -> list[dict[str, Any]]:
     return stmts
 
 
-def _scan(query: str) -> Sequence[_Token]:
-    try:
-        tokens: Sequence[_Token] = pg_parser.scan(query)
-    except pg_parser.ParseError as exc:
-        raise SqlParseError(str(exc)) from None
-    return tokens
+def _assemble(
+    query: str,
+    facts: tuple[StatementFacts, ...],
+    positions: list[tuple[int, int]],
+    redacted: str,
+) -> SqlAnalysis:
+    texts = _texts(query, positions)
+    return SqlAnalysis(
+        tuple(
+            SqlStatement(
+                text,
+                f.classes,
+                f.relations,
+                f.functions,
+                f.forbidden_functions,
+                f.forbidden,
+                f.search_path,
+            )
+            for text, f in zip(texts, facts, strict=True)
+        ),
+        redacted,
+    )
 
 
-def _spans(query: str, raw: list[dict[str, Any]]) -> list[tuple[int, int]]:
-    """Each statement's source as character offsets (the parser counts UTF-8 bytes)."""
-    encoded = None if query.isascii() else query.encode("utf-8")
-    spans = []
-    for item in raw:
-        start = item.get("stmt_location", 0)
-        length = item.get("stmt_len", 0)
-        end = start + length if length else None
-        if encoded is not None:
-            start = len(encoded[:start].decode("utf-8"))
-            end = None if end is None else len(encoded[:end].decode("utf-8"))
-        text = query[start:end].rstrip(_PG_BLANKS)
-        spans.append((start, start + len(text)))
+# The parser's JSON minus what the analysis never reads: constant values and source positions.
+# A JSON string value cannot hold an unescaped quote, so the patterns only meet real keys.
+# (Two passes: Python's regular expressions are fast only with a literal first character.)
+_JSON_STRING: Final = r'"(?:[^"\\]++|\\.)*+"'
+_CONSTANTS_AND_LOCATIONS: Final = re.compile(
+    r'"(?:location":\d++|A_Const":\{(?:[^{}"]++|'
+    + _JSON_STRING
+    + r'|\{(?:[^{}"]++|'
+    + _JSON_STRING
+    + r")*+\})*+\})"
+)
+_OTHER_POSITIONS: Final = re.compile(r'"[a-z]++(?:_[a-z]++)*?_(?:location|len|start|end)":\d++')
+
+
+def _tree_shape(tree: str) -> str:
+    shape = _CONSTANTS_AND_LOCATIONS.sub("", tree)
+    if '_len"' in shape or '_location"' in shape or '_start"' in shape or '_end"' in shape:
+        shape = _OTHER_POSITIONS.sub("", shape)
+    return shape
+
+
+_STMT_POSITION: Final = re.compile(r'"stmt_(location|len)":(\d+)')
+_PG_BLANKS: Final = " \t\n\r\f\v"
+
+
+def _json_positions(tree: str, count: int) -> list[tuple[int, int]]:
+    """Each statement's ``(stmt_location, stmt_len)`` read from the JSON text without loading it.
+
+    Only ``RawStmt`` carries these keys in a raw parse tree; a zero is omitted. Every statement
+    after the first has a location and every one before the last a length, so a location starts
+    a new statement unless the current one is still empty, and so does a second length.
+    """
+    positions: list[list[int]] = [[0, 0, 0]]  # location, length, seen
+    for match in _STMT_POSITION.finditer(tree):
+        current = positions[-1]
+        is_location = match.group(1) == "location"
+        if current[2] and (is_location or current[1]):
+            current = [0, 0, 0]
+            positions.append(current)
+        current[0 if is_location else 1] = int(match.group(2))
+        current[2] = 1
+    if len(positions) != count:  # cannot happen for a parse tree; stay exact anyway
+        return [(i.get("stmt_location", 0), i.get("stmt_len", 0)) for i in _load(tree)]
+    return [(location, length) for location, length, _ in positions]
+
+
+def _texts(query: str, positions: list[tuple[int, int]]) -> list[str]:
+    """Statement texts from byte positions (the parser counts UTF-8 bytes, Python characters)."""
+    if query.isascii():
+        return [
+            query[start : start + length if length else None].rstrip(_PG_BLANKS)
+            for start, length in positions
+        ]
+    encoded = query.encode("utf-8")
+    return [
+        encoded[start : start + length if length else None].decode("utf-8").rstrip(_PG_BLANKS)
+        for start, length in positions
+    ]
+
+
+# --- redaction ---------------------------------------------------------------------------------
+
+_MAY_HOLD_LITERALS: Final = re.compile(r"['$0-9]").search
+_LITERAL_TOKENS: Final = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+
+# Literal tokens of a plain subset of PostgreSQL's token grammar. Each match skips plain text
+# (names, keywords, blanks, operators: never a literal) and ends on one token that may hold a
+# quote or a digit; a token outside the subset matches ``bail`` and the real scanner is used.
+_LEXER: Final = re.compile(
+    r"""
+    (?:
+        [ \t\n\r\f\v(),;:+*<>=!~@#%^&|`?\[\]]++
+      | (?![bBxXeEuU]['&])[A-Za-z_][A-Za-z0-9_$]*+              # a name, not b'' x'' e'' u&''
+      | -(?!-) | /(?!\*) | \.\. | \.(?![0-9])                       # .. is one token
+    )*+
+    (?:
+        (?P<skip>
+            "(?:[^"]|"")*+"                                     # quoted identifier
+          | --[^\n\r]*+                                         # comment to the end of the line
+          | /\*(?:[^*/]|\*(?!/)|/(?!\*))*+\*/                   # comment, not nested
+          | \$[0-9]++(?![A-Za-z0-9_$])                          # parameter $n
+        )
+      | (?P<string>[bBxX]'[^']*+'|'(?:[^']|'')*+')              # bit string, standard string
+      | (?P<number>
+            (?:[0-9][0-9_]*+(?:\.[0-9_]*+)?|\.[0-9][0-9_]*+)(?:[eE][+-]?[0-9][0-9_]*+)?
+            (?![A-Za-z0-9_$.])
+        )
+      | (?P<end>\Z)
+      | (?P<bail>[\s\S])                # E'', U&'', $$, nested comment, non-ASCII name, 1e, ...
+    )
+    """,
+    re.VERBOSE,
+)
+# A string followed by blanks and comments holding a newline, then a quote, continues.
+_CONTINUATION: Final = re.compile(r"(?:[ \t\n\r\f\v]++|--[^\n\r]*+)*+'")
+
+
+def _redact(query: str) -> str:
+    if _MAY_HOLD_LITERALS(query) is None:
+        return query
+    spans = _lexed_literals(query)
+    if spans is None:
+        spans = _scanned_literals(query)
+    parts = []
+    position = 0
+    for start, end in spans:
+        parts.append(query[position:start])
+        position = end
+    parts.append(query[position:])
+    return "?".join(parts)
+
+
+def _lexed_literals(query: str) -> list[tuple[int, int]] | None:
+    spans: list[tuple[int, int]] = []
+    for match in _LEXER.finditer(query):
+        kind = match.lastgroup
+        if kind == "end":
+            return spans
+        if kind is None or kind == "bail":
+            return None
+        if kind != "skip":
+            span = match.span(kind)
+            if kind == "string" and _continues(query, span[1]):
+                return None
+            spans.append(span)
     return spans
 
 
-def _shape(query: str, tokens: Sequence[_Token]) -> _Shape:
-    parts: list[str] = []
-    kinds: list[str] = []
-    pos = 0
-    after_uescape = False
-    for token in tokens:
-        name = token.name
-        if name in _LITERAL_TOKENS and not after_uescape:
-            parts.append(query[pos : token.start])
-            kinds.append(name[0])
-            pos = token.end + 1
-        after_uescape = name == "UESCAPE"
-    parts.append(query[pos:])
-    return _Shape("\x00".join(parts) + "\x00" + "".join(kinds), "?".join(parts))
+def _continues(query: str, end: int) -> bool:
+    following = _CONTINUATION.match(query, end)
+    return following is not None and ("\n" in following[0] or "\r" in following[0])
 
 
-def _template(
-    statements: list[SqlStatement],
-    spans: list[tuple[int, int]],
-    tokens: Sequence[_Token],
-    redacted: str,
-) -> _Template | None:
-    """Map each statement's span to token indices; ``None`` if a span does not fall on tokens."""
-    first_at = {token.start: index for index, token in enumerate(tokens)}
-    last_at = {token.end + 1: index for index, token in enumerate(tokens)}
-    entries = []
-    for statement, (start, end) in zip(statements, spans, strict=True):
-        first = first_at.get(start)
-        last = last_at.get(end)
-        if first is None or last is None:
-            return None
-        entries.append((statement, first, last))
-    return _Template(tuple(entries), redacted)
+def _scanned_literals(query: str) -> list[tuple[int, int]]:
+    try:
+        tokens = pg_parser.scan(query)
+    except pg_parser.ParseError as exc:
+        raise SqlParseError(str(exc)) from None
+    return [(t.start, t.end + 1) for t in tokens if t.name in _LITERAL_TOKENS]
 
 
 # --- caches ------------------------------------------------------------------------------------
@@ -331,31 +364,43 @@ V = TypeVar("V")
 
 
 class _Lru(Generic[K, V]):
-    """A bounded least-recently-used map; every operation holds the lock."""
+    """A least-recently-used map bounded in entries and in total weight; locked throughout."""
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[K, V] = OrderedDict()
+    def __init__(self, entries: int, budget: int) -> None:
+        self._entries = entries
+        self._budget = budget
+        self._weight = 0
+        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._lock = Lock()
 
     def get(self, key: K) -> V | None:
         with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._data[key] = value
+            item = self._data.get(key)
+            if item is None:
+                return None
             self._data.move_to_end(key)
-            if len(self._data) > self._size:
-                self._data.popitem(last=False)
+            return item[0]
+
+    def put(self, key: K, value: V, weight: int) -> None:
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._weight -= old[1]
+            self._data[key] = (value, weight)
+            self._weight += weight
+            while self._data and (len(self._data) > self._entries or self._weight > self._budget):
+                self._weight -= self._data.popitem(last=False)[1][1]
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._weight = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
-_EXACT: Final[_Lru[tuple[str, str], SqlAnalysis]] = _Lru(CACHE_ENTRIES)
-_SHAPES: Final[_Lru[tuple[str, str], _Template]] = _Lru(CACHE_ENTRIES)
+_EXACT: Final[_Lru[tuple[str, str], SqlAnalysis]] = _Lru(CACHE_ENTRIES, CACHE_BUDGET)
+_SHAPES: Final[_Lru[tuple[str, str], tuple[StatementFacts, ...]]] = _Lru(
+    CACHE_ENTRIES, CACHE_BUDGET
+)

@@ -155,7 +155,11 @@ def analyze_statement(stmt: JsonNode, default_schema: str) -> StatementFacts:
 
 
 def _struct_fields() -> dict[tuple[str, str], str]:
-    """(node kind, field) -> struct kind, for the fields the JSON holds as a bare struct."""
+    """(node kind, field) -> struct kind, for the fields the JSON holds as a bare struct.
+
+    Those are the fields typed with a specific node struct, by pointer (``RangeVar *``) or
+    embedded (``CreateForeignTableStmt.base`` is a ``CreateStmt``).
+    """
     generic = {"Node", "List", "Expr", "char", "Bitmapset"}
     fields: dict[tuple[str, str], str] = {}
     for kind in dir(pg_ast):
@@ -164,14 +168,26 @@ def _struct_fields() -> dict[tuple[str, str], str]:
         if not isinstance(cls, type) or not isinstance(slots, dict):
             continue
         for field, info in slots.items():
-            c_type = getattr(info, "c_type", "")
-            target = c_type[:-1]
-            if c_type.endswith("*") and target not in generic and hasattr(pg_ast, target):
+            target = str(getattr(info, "c_type", "")).removesuffix("*")
+            if target not in generic and isinstance(getattr(pg_ast, target, None), type):
                 fields[kind, field] = target
     return fields
 
 
 _STRUCT_FIELDS: Final = _struct_fields()
+_STRUCTS_OF: Final[dict[str, dict[str, str]]] = {}
+for (_kind, _field), _struct in _STRUCT_FIELDS.items():
+    _STRUCTS_OF.setdefault(_kind, {})[_field] = _struct
+_NO_STRUCTS: Final[dict[str, str]] = {}
+_KINDS: Final = frozenset(
+    name for name in dir(pg_ast) if isinstance(getattr(pg_ast, name), type) and name[:1].isupper()
+) | {"List", "IntList", "OidList", "XidList"}
+# Nodes that hold no statement, relation or call: constants and column references; plain names
+# too, except inside statements whose names may refer to functions.
+_LEAVES: Final = frozenset(
+    {"A_Const", "ColumnRef", "ParamRef", "A_Star", "Integer", "Float", "Boolean", "BitString"}
+)
+_LEAVES_AND_NAMES: Final = _LEAVES | {"String"}
 _NO_SCOPE: Final[Scope] = frozenset()
 
 _EXPLICIT_CLASSES: Final = {
@@ -297,11 +313,11 @@ def _option_is_on(elem: JsonNode) -> bool:
     if arg is None:
         return True
     if "Integer" in arg:
-        return arg["Integer"].get("ival", 0) != 0
+        return bool(arg["Integer"].get("ival", 0) != 0)
     if "Boolean" in arg:
         return bool(arg["Boolean"].get("boolval", False))
     if "String" in arg:
-        return arg["String"].get("sval", "").lower() not in _FALSE_WORDS
+        return str(arg["String"].get("sval", "")).lower() not in _FALSE_WORDS
     return True
 
 
@@ -316,7 +332,7 @@ class _Walker:
         self.depth = depth
         self.top: Any = None
         self.count_classes = True
-        self.names_functions = False
+        self.leaves = _LEAVES_AND_NAMES
         self.sensitive = False
         self.classes: set[str] = set()
         self.relations: set[str] = set()
@@ -339,44 +355,39 @@ class _Walker:
     # generic traversal
 
     def node(self, node: JsonNode, scope: Scope) -> None:
-        """A wrapped node ``{"Kind": {...}}``; a bare struct of unknown kind is walked too."""
+        """A wrapped node ``{"Kind": {...}}`` (a bare struct of unknown kind is walked too)."""
         for kind, body in node.items():
-            if type(body) is dict and kind[:1].isupper():
-                self.visit(kind, body, scope)
+            if kind in self.leaves:
+                return
+            handler = _DISPATCH.get(kind)
+            if handler is not None and type(body) is dict:
+                handler(self, body, scope)
             else:
                 self.unknown_struct(node, scope)
-                return
-
-    def visit(self, kind: str, body: JsonNode, scope: Scope) -> None:
-        handler = _HANDLERS.get(kind)
-        if handler is not None:
-            handler(self, body, scope)
             return
-        cls = _STMT_CLASS.get(kind)
-        if cls is None and kind.endswith("Stmt"):
-            cls = _default_class(kind)
-        if cls is not None:
-            self.statement(kind, cls)
-        self.children(kind, body, scope)
 
     def children(
         self, kind: str, body: JsonNode, scope: Scope, skip: frozenset[str] = _NOTHING
     ) -> None:
+        structs = _STRUCTS_OF.get(kind, _NO_STRUCTS)
         for field, value in body.items():
-            if type(value) is dict:
-                if field in skip:
-                    continue
-                struct = _STRUCT_FIELDS.get((kind, field))
+            if type(value) is list:
+                if field not in skip:
+                    for item in value:
+                        if type(item) is dict:
+                            self.node(item, scope)
+            elif type(value) is dict and field not in skip:
+                struct = structs.get(field)
                 if struct is None:
                     self.node(value, scope)
-                else:
-                    self.visit(struct, value, scope)
-            elif type(value) is list and field not in skip:
-                for item in value:
-                    if type(item) is dict:
-                        self.node(item, scope)
+                elif struct not in self.leaves:
+                    _DISPATCH[struct](self, value, scope)
 
     def unknown_struct(self, body: JsonNode, scope: Scope) -> None:
+        """Safety net for a struct the field table does not know (never seen in tests)."""
+        for kind in body:
+            if kind.endswith("Stmt"):
+                self.statement(kind, _default_class(kind))
         if type(body.get("relname")) is str:
             self.relation(body, scope)
         self.children("", body, scope)
@@ -488,12 +499,9 @@ class _Walker:
 Handler = Callable[[_Walker, JsonNode, Scope], None]
 
 
-def _skip(w: _Walker, body: JsonNode, scope: Scope) -> None:
-    """Leaves that hold no statement, relation or call (constants, column references)."""
-
-
 def _string(w: _Walker, body: JsonNode, scope: Scope) -> None:
-    if w.names_functions and is_forbidden_function(body.get("sval", "")):
+    """Only reached where a name may be a function's (see ``_names_functions``)."""
+    if is_forbidden_function(body.get("sval", "")):
         w.function([body.get("sval", "")])
 
 
@@ -517,9 +525,9 @@ def _object_with_args(w: _Walker, body: JsonNode, scope: Scope) -> None:
 def _names_functions(kind: str) -> Handler:
     def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
         w.statement(kind, _STMT_CLASS[kind])
-        saved, w.names_functions = w.names_functions, True
+        saved, w.leaves = w.leaves, _LEAVES
         w.children(kind, body, scope)
-        w.names_functions = saved
+        w.leaves = saved
 
     return handler
 
@@ -601,7 +609,8 @@ def _variable_set(w: _Walker, body: JsonNode, scope: Scope) -> None:
     else:
         cls = "set"
     w.statement("VariableSetStmt", cls)
-    if body is w.top and (name == "search_path" or kind == "VAR_RESET_ALL"):
+    changes_path = name == "search_path" and kind != "VAR_SET_CURRENT"  # FROM CURRENT: as is
+    if body is w.top and (changes_path or kind == "VAR_RESET_ALL"):
         values = body.get("args", []) if kind == "VAR_SET_VALUE" else []
         w.search_path = tuple(_const_text(v) for v in values)
     w.children("VariableSetStmt", body, scope)
@@ -697,8 +706,10 @@ def _default_privileges(w: _Walker, body: JsonNode, scope: Scope) -> None:
         if elem.get("defname") == "schemas"
         for schema in _strings(elem.get("arg", {}))
     ]
-    for schema in schemas or ["*"]:
+    for schema in schemas:
         w.whole_schema(schema)
+    if not schemas:
+        w.relations.add("*.*")
     w.children("AlterDefaultPrivilegesStmt", body, scope)
 
 
@@ -733,10 +744,6 @@ def _reindex(w: _Walker, body: JsonNode, scope: Scope) -> None:
 
 
 _HANDLERS: Final[dict[str, Handler]] = {
-    **dict.fromkeys(
-        ("A_Const", "ColumnRef", "ParamRef", "A_Star", "Integer", "Float", "Boolean", "BitString"),
-        _skip,
-    ),
     "String": _string,
     "RangeVar": _range_var,
     "FuncCall": _func_call,
@@ -769,4 +776,28 @@ _HANDLERS: Final[dict[str, Handler]] = {
     "ClusterStmt": _everywhere("ClusterStmt", "other", lambda body: "relation" in body),
     "ReindexStmt": _reindex,
     **{kind: _names_functions(kind) for kind in _NAMES_FUNCTIONS},
+}
+
+
+def _plain(kind: str) -> Handler:
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        w.children(kind, body, scope)
+
+    return handler
+
+
+def _statement(kind: str, cls: str) -> Handler:
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        w.statement(kind, cls)
+        w.children(kind, body, scope)
+
+    return handler
+
+
+# One handler for every node kind PostgreSQL's JSON can hold; a kind missing here is walked by
+# ``unknown_struct``.
+_DISPATCH: Final[dict[str, Handler]] = {
+    **{kind: _plain(kind) for kind in _KINDS},
+    **{kind: _statement(kind, cls) for kind, cls in _STMT_CLASS.items()},
+    **_HANDLERS,
 }

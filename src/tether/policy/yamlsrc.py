@@ -24,8 +24,12 @@ class Node(dict[str, Any]):
         return self.key_lines.get(key, self.line)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose mappings remember lines and refuse duplicate keys."""
+# libyaml's parser when present (about 3x faster on large policy sets); same line marks.
+_Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):  # type: ignore[valid-type,misc]
+    """A safe loader whose mappings remember lines and refuse duplicate keys."""
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Node:

@@ -32,10 +32,13 @@ def create_engine(url: str) -> AsyncEngine:
 def _prepare_sqlite_dir(database: str | None) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
+    path = Path(database)
+    if path.is_dir():
+        raise StoreError(f"the SQLite database {path} is a directory")
     try:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise StoreError(f"cannot create {Path(database).parent}: {error.strerror}") from None
+        raise StoreError(f"cannot create {path.parent}: {error.strerror}") from None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -1,0 +1,226 @@
+"""The claims of a Tether access token, as typed frozen values, and their JSON form.
+
+A token's payload (RFC 9068 profile plus Tether's own claims)::
+
+    iss, aud, sub, jti        strings; sub is the agent id, or the user id when delegated
+    iat, nbf, exp             integers (UNIX seconds)
+    task     {"id", "purpose"}
+    scope    ["target-glob", ...]
+    runtime  {"id", "labels": {name: value}}
+    cnf      {"jkt": thumbprint} (DPoP, RFC 9449)  or  {"x5t#S256": hash} (mTLS, RFC 8705)
+    act      {"sub", "act": {...}}   optional, RFC 8693 actor chain (delegation)
+    agent    "agent-id"              optional, present when sub is a user
+
+Security decisions:
+
+* **Exactly one binding.** ``cnf`` must hold exactly one of ``jkt`` and ``x5t#S256``;
+  a token without proof-of-possession binding cannot be built, issued or accepted, so
+  a stolen token alone is useless (DESIGN invariant 3).
+* **Types are checked, not coerced.** Dates are integers (``bool`` is not), strings are
+  non-empty strings, lists hold strings; anything else is ``TokenInvalid`` naming the
+  claim. ``aud`` is a single string: Tether is the only issuer, so the array form is
+  not accepted either.
+* **Unknown claims are ignored** (a newer node may add some during a rolling upgrade),
+  while unknown *header* members are refused by the verifier; the payload is only read
+  after its signature verified.
+* Actor chains are at most ``MAX_ACTOR_DEPTH`` deep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+from tether.identity.errors import TokenInvalid
+
+MAX_ACTOR_DEPTH: Final = 8
+
+
+@dataclass(frozen=True)
+class Task:
+    """The task a token was issued for."""
+
+    id: str
+    purpose: str
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The attested runtime the agent runs in."""
+
+    id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Claims are shared through the verification cache: make them truly read-only.
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The ``cnf`` claim: exactly one of a DPoP key thumbprint or a certificate hash."""
+
+    jkt: str | None = None
+    x5t_s256: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.jkt is None) == (self.x5t_s256 is None):
+            raise ValueError("cnf needs exactly one of jkt and x5t#S256")
+        if not (self.jkt or self.x5t_s256):
+            raise ValueError("cnf binding is empty")
+
+    def to_json(self) -> dict[str, str]:
+        """The JSON object of the claim."""
+        return {"jkt": self.jkt} if self.jkt is not None else {"x5t#S256": str(self.x5t_s256)}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """An RFC 8693 ``act`` claim: who acts for the subject, and who acted for them."""
+
+    sub: str
+    act: Actor | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of the claim (nested for chains)."""
+        doc: dict[str, Any] = {"sub": self.sub}
+        if self.act is not None:
+            doc["act"] = self.act.to_json()
+        return doc
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The verified (or just issued) claims of an access token."""
+
+    iss: str
+    aud: str
+    sub: str
+    jti: str
+    iat: int
+    nbf: int
+    exp: int
+    task: Task
+    scope: tuple[str, ...]
+    runtime: Runtime
+    cnf: Confirmation
+    act: Actor | None = None
+    agent: str | None = None
+
+    @property
+    def agent_id(self) -> str:
+        """The agent acting: ``agent`` for a delegated token, else ``sub``."""
+        return self.agent if self.agent is not None else self.sub
+
+    def to_json(self) -> dict[str, Any]:
+        """The payload as signed."""
+        doc: dict[str, Any] = {
+            "iss": self.iss,
+            "aud": self.aud,
+            "sub": self.sub,
+            "jti": self.jti,
+            "iat": self.iat,
+            "nbf": self.nbf,
+            "exp": self.exp,
+            "task": {"id": self.task.id, "purpose": self.task.purpose},
+            "scope": list(self.scope),
+            "runtime": {"id": self.runtime.id, "labels": dict(self.runtime.labels)},
+            "cnf": self.cnf.to_json(),
+        }
+        if self.act is not None:
+            doc["act"] = self.act.to_json()
+        if self.agent is not None:
+            doc["agent"] = self.agent
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Claims:
+        """Claims from a verified payload; ``TokenInvalid`` naming the first bad claim."""
+        task, runtime = _object(doc, "task"), _object(doc, "runtime")
+        act = doc.get("act")
+        return cls(
+            iss=_string(doc, "iss"),
+            aud=_string(doc, "aud"),
+            sub=_string(doc, "sub"),
+            jti=_string(doc, "jti"),
+            iat=_date(doc, "iat"),
+            nbf=_date(doc, "nbf"),
+            exp=_date(doc, "exp"),
+            task=Task(_string(task, "id", "task.id"), _string(task, "purpose", "task.purpose")),
+            scope=_strings(doc.get("scope"), "scope"),
+            runtime=Runtime(_string(runtime, "id", "runtime.id"), _labels(runtime.get("labels"))),
+            cnf=_confirmation(doc.get("cnf")),
+            act=None if act is None else _actor(act, 1),
+            agent=None if doc.get("agent") is None else _string(doc, "agent"),
+        )
+
+
+def _object(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = doc.get(name)
+    if not isinstance(value, dict):
+        raise TokenInvalid(f"claim {name} missing or not an object")
+    return value
+
+
+def _string(doc: Mapping[str, Any], key: str, name: str | None = None) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise TokenInvalid(f"claim {name or key} missing or not a string")
+    return value
+
+
+def _date(doc: Mapping[str, Any], name: str) -> int:
+    value = doc.get(name)
+    if type(value) is not int:
+        raise TokenInvalid(f"claim {name} missing or not an integer")
+    return value
+
+
+def _strings(value: object, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise TokenInvalid(f"claim {name} is not a list of strings")
+    return tuple(value)
+
+
+def _labels(value: object) -> Mapping[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise TokenInvalid("claim runtime.labels is not an object of strings")
+    return value
+
+
+def _confirmation(value: object) -> Confirmation:
+    if not isinstance(value, dict) or len(value) != 1:
+        raise TokenInvalid("claim cnf must hold exactly one binding")
+    jkt, x5t = value.get("jkt"), value.get("x5t#S256")
+    if not isinstance(jkt, str | None) or not isinstance(x5t, str | None):
+        raise TokenInvalid("claim cnf binding is not a string")
+    try:
+        return Confirmation(jkt=jkt, x5t_s256=x5t)
+    except ValueError:
+        raise TokenInvalid("claim cnf must hold exactly one binding") from None
+
+
+def _actor(value: object, depth: int) -> Actor:
+    if depth > MAX_ACTOR_DEPTH or not isinstance(value, dict):
+        raise TokenInvalid("claim act is not an actor chain")
+    inner = value.get("act")
+    return Actor(
+        _string(value, "sub", "act.sub"), None if inner is None else _actor(inner, depth + 1)
+    )
+
+
+def validate_new(
+    subject: str, task: Task, scope: Sequence[str], runtime: Runtime, agent: str | None
+) -> None:
+    """``ValueError`` if values handed to the issuer would not survive ``from_json``."""
+    names = [subject, task.id, task.purpose, runtime.id] + ([] if agent is None else [agent])
+    if not all(isinstance(n, str) and n for n in names):
+        raise ValueError("subject, task, runtime and agent ids must be non-empty strings")
+    if isinstance(scope, str) or not all(isinstance(s, str) and s for s in scope):
+        raise ValueError("scope must be a sequence of non-empty strings")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in runtime.labels.items()):
+        raise ValueError("runtime labels must map strings to strings")
