@@ -252,10 +252,10 @@ def test_malformed_jwk_is_refused(
 
 def test_ec_point_off_the_curve_is_refused(verifier: DPoPVerifier) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": jose.public_jwk(key)}
-    y = bytearray(jose.b64url_decode(header["jwk"]["y"]))
+    jwk = jose.public_jwk(key)
+    y = bytearray(jose.b64url_decode(jwk["y"]))
     y[-1] ^= 1
-    header["jwk"] = {**header["jwk"], "y": jose.b64url_encode(bytes(y))}
+    header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": {**jwk, "y": jose.b64url_encode(bytes(y))}}
     claims = good_parts(key)[1]
     with pytest.raises(DPoPInvalid, match="invalid DPoP jwk"):
         verifier.verify(raw_proof(key, header, claims, alg="ES256"), htm="GET", htu=URL)

@@ -184,7 +184,7 @@ def test_failed_creation_is_a_clear_error_and_leaves_nothing(
     def refuse(src: object, dst: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(masterkey.os, "link", refuse)
+    monkeypatch.setattr("tether.crypto.masterkey.os.link", refuse)
     with pytest.raises(MasterKeyError, match="cannot create"):
         load_master_key(tmp_path, environ={})
     assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ from asyncssh.public_key import CERT_TYPE_USER
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.identity.conftest_sshd import Sshd, openssh_available, running_sshd, write_key_pair
+from tests.identity.conftest_sshd import Sshd, running_sshd, write_key_pair
 from tether.identity.sshca import (
     BACKDATE_SECONDS,
     CaPurpose,
@@ -26,7 +26,6 @@ from tether.identity.sshca import (
 )
 
 NOW = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
-needs_openssh = pytest.mark.skipif(not openssh_available(), reason="openssh-server not installed")
 KEY_ID = format_key_id(agent="billing-bot", task="T-118", jti="9f2c")
 
 
@@ -130,7 +129,6 @@ def test_asyncssh_parses_and_validates_what_was_issued(ca: SshUserCA, agent_pub:
         cert.validate(CERT_TYPE_USER, "root")
 
 
-@needs_openssh
 def test_ssh_keygen_reads_what_was_issued(tmp_path: Path, agent_pub: str) -> None:
     ca = fixed(NOW)
     path = tmp_path / "agent-cert.pub"
@@ -373,7 +371,6 @@ def _refused(sshd: Sshd, key: Path, cert: Path, reason: str) -> None:
     sshd.wait_for_log(reason, since=mark)
 
 
-@needs_openssh
 def test_real_ssh_logs_in_with_an_issued_certificate(
     sshd: Sshd, ca: SshUserCA, agent_key: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -395,7 +392,6 @@ def test_real_ssh_logs_in_with_an_issued_certificate(
     sshd.wait_for_log(rf"Accepted publickey for {sshd.user} .* ID {key_id} \(serial", since=mark)
 
 
-@needs_openssh
 def test_real_sshd_refuses_the_key_without_its_certificate(
     sshd: Sshd, agent_key: tuple[Path, str]
 ) -> None:
@@ -405,7 +401,6 @@ def test_real_sshd_refuses_the_key_without_its_certificate(
     sshd.wait_for_log(r"Connection closed by authenticating user", since=mark)
 
 
-@needs_openssh
 def test_real_sshd_refuses_an_expired_certificate(
     sshd: Sshd, ca: SshUserCA, agent_key: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -414,7 +409,6 @@ def test_real_sshd_refuses_an_expired_certificate(
     _refused(sshd, agent_key[0], _cert_file(tmp_path, line), "Certificate invalid: expired")
 
 
-@needs_openssh
 def test_real_sshd_refuses_a_certificate_not_yet_valid(
     sshd: Sshd, ca: SshUserCA, agent_key: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -423,7 +417,6 @@ def test_real_sshd_refuses_a_certificate_not_yet_valid(
     _refused(sshd, agent_key[0], _cert_file(tmp_path, line), "Certificate invalid: not yet valid")
 
 
-@needs_openssh
 def test_real_sshd_refuses_a_certificate_from_a_foreign_ca(
     sshd: Sshd, agent_key: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -438,7 +431,6 @@ def test_real_sshd_refuses_a_certificate_from_a_foreign_ca(
     )
 
 
-@needs_openssh
 def test_real_sshd_refuses_a_source_address_that_excludes_loopback(
     sshd: Sshd, ca: SshUserCA, agent_key: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -452,7 +444,6 @@ def test_real_sshd_refuses_a_source_address_that_excludes_loopback(
     _refused(sshd, agent_key[0], _cert_file(tmp_path, line), "not from a permitted source address")
 
 
-@needs_openssh
 def test_real_sshd_refuses_a_principal_it_does_not_list(
     sshd: Sshd, ca: SshUserCA, agent_key: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -465,7 +456,6 @@ def test_real_sshd_refuses_a_principal_it_does_not_list(
     )
 
 
-@needs_openssh
 def test_a_target_trusting_the_target_ca_refuses_agent_login_certificates(
     ca: SshUserCA, agent_key: tuple[Path, str], tmp_path: Path
 ) -> None:

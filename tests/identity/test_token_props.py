@@ -195,7 +195,7 @@ def test_validly_signed_odd_proofs_only_raise_credential_errors(
     header_changes: dict[str, Any], claim_changes: dict[str, Any], with_token: bool
 ) -> None:
     header = {"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jose.public_jwk(AGENT), **header_changes}
-    claims = {"jti": "j", "htm": "GET", "htu": URL, "iat": int(T0)}
+    claims: dict[str, Any] = {"jti": "j", "htm": "GET", "htu": URL, "iat": int(T0)}
     if with_token:
         claims["ath"] = access_token_hash(TOKEN)
     claims.update(claim_changes)

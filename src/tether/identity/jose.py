@@ -57,6 +57,10 @@ SUPPORTED_ALGS: Final = frozenset({ED25519, ES256})
 PRIVATE_JWK_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 _B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+_B64_VALUE: Final = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+_UNUSED_BITS: Final = {2: 0x0F, 3: 0x03}
 _SIGNATURE_SIZE: Final = 64  # Ed25519, and ES256 as r || s (RFC 7518 section 3.4)
 _P256_COORD: Final = 32
 
@@ -68,15 +72,17 @@ def b64url_encode(data: bytes) -> str:
 
 def b64url_decode(text: str) -> bytes:
     """Strict unpadded, canonical base64url; ``ValueError`` otherwise."""
-    if len(text) % 4 == 1 or not _B64URL.fullmatch(text):
+    remainder = len(text) % 4
+    if remainder == 1 or not _B64URL.fullmatch(text):
         raise ValueError("not unpadded base64url")
+    # The last character of a 2- or 3-character group carries 4 or 2 unused low bits,
+    # which must be zero: otherwise several spellings would decode to the same bytes.
+    if remainder and _B64_VALUE[text[-1]] & _UNUSED_BITS[remainder]:
+        raise ValueError("non-canonical base64url")
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.urlsafe_b64decode(text + "=" * (-remainder % 4))
     except binascii.Error as exc:
         raise ValueError("not base64url") from exc
-    if b64url_encode(raw) != text:
-        raise ValueError("non-canonical base64url")
-    return raw
 
 
 def json_bytes(value: Mapping[str, Any]) -> bytes:
