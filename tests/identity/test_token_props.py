@@ -44,6 +44,7 @@ TOKEN, CLAIMS = ISSUER.issue(
     runtime=Runtime("r1", {"env": "prod"}),
     cnf=Confirmation(jkt=AGENT_JKT),
 )
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CIPHER = EnvelopeCipher(MasterKey(bytes(range(32)), source="test"))
 ENVELOPE = CIPHER.encrypt(b"secret value", purpose="p", name="n")
 
@@ -70,12 +71,18 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+jwk_values = st.one_of(
+    st.sampled_from(["OKP", "EC", "RSA", "oct", "Ed25519", "P-256", "AQAB"]),
+    st.text(alphabet=B64, max_size=50),
+    json_scalars,
+)
 b64_segments = st.text(alphabet=B64 + "=.+/ ", max_size=120)
 
 
 # --- access tokens --------------------------------------------------------------------
 
 
+@SETTINGS
 @given(st.text(max_size=300))
 def test_random_text_is_never_a_token(text: str) -> None:
     try:
@@ -85,6 +92,7 @@ def test_random_text_is_never_a_token(text: str) -> None:
     raise AssertionError("random text verified")
 
 
+@SETTINGS
 @given(st.lists(b64_segments, min_size=1, max_size=5))
 def test_random_segments_are_never_a_token(segments: list[str]) -> None:
     try:
@@ -94,6 +102,7 @@ def test_random_segments_are_never_a_token(segments: list[str]) -> None:
     raise AssertionError("random segments verified")
 
 
+@SETTINGS
 @given(json_values, json_values, st.binary(min_size=64, max_size=64))
 def test_random_json_with_a_random_signature_is_never_a_token(
     header: Any, payload: Any, signature: bytes
@@ -110,6 +119,7 @@ def test_random_json_with_a_random_signature_is_never_a_token(
     raise AssertionError("unsigned token verified")
 
 
+@SETTINGS
 @given(st.data())
 def test_mutated_token_never_verifies(data: st.DataObject) -> None:
     position = data.draw(st.integers(0, len(TOKEN) - 1))
@@ -150,7 +160,7 @@ claim_names = st.sampled_from(
 )
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@SETTINGS
 @given(
     st.dictionaries(st.sampled_from(["alg", "typ", "kid", "jku", "crit"]), json_values, max_size=3),
     st.dictionaries(claim_names, json_values, max_size=4),
@@ -174,6 +184,7 @@ def test_validly_signed_odd_tokens_only_raise_token_invalid(
 # --- DPoP proofs ----------------------------------------------------------------------
 
 
+@SETTINGS
 @given(
     st.one_of(st.none(), st.text(max_size=300), st.lists(b64_segments, max_size=5).map(".".join))
 )
@@ -185,7 +196,7 @@ def test_random_text_is_never_a_proof(text: str | None) -> None:
     raise AssertionError("random text accepted as a proof")
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@SETTINGS
 @given(
     st.dictionaries(st.sampled_from(["typ", "alg", "jwk", "crit", "kid"]), json_values, max_size=2),
     st.dictionaries(st.sampled_from(["jti", "htm", "htu", "iat", "ath"]), json_values, max_size=3),
@@ -216,6 +227,7 @@ def test_validly_signed_odd_proofs_only_raise_credential_errors(
     assert abs(float(claims["iat"]) - T0) <= 60
 
 
+@SETTINGS
 @given(st.data())
 def test_mutated_proof_never_verifies(data: st.DataObject) -> None:
     proof = make_proof(AGENT, "GET", URL, now=T0, access_token=TOKEN, jti="fixed")
@@ -235,6 +247,7 @@ def test_mutated_proof_never_verifies(data: st.DataObject) -> None:
 # --- envelope and master key ----------------------------------------------------------
 
 
+@SETTINGS
 @given(st.binary(max_size=300))
 def test_random_bytes_never_decrypt(blob: bytes) -> None:
     try:
@@ -244,6 +257,7 @@ def test_random_bytes_never_decrypt(blob: bytes) -> None:
     raise AssertionError("random bytes decrypted")
 
 
+@SETTINGS
 @given(st.text(max_size=300))
 def test_random_text_never_decrypts(text: str) -> None:
     try:
@@ -253,6 +267,7 @@ def test_random_text_never_decrypts(text: str) -> None:
     raise AssertionError("random text decrypted")
 
 
+@SETTINGS
 @given(st.integers(0, len(ENVELOPE) * 8 - 1))
 def test_every_single_bit_flip_is_detected(bit: int) -> None:
     blob = bytearray(ENVELOPE)
@@ -264,6 +279,7 @@ def test_every_single_bit_flip_is_detected(bit: int) -> None:
     raise AssertionError(f"bit {bit} flipped undetected")
 
 
+@SETTINGS
 @given(st.text(max_size=100))
 def test_master_key_parser_returns_32_bytes_or_a_clear_error(text: str) -> None:
     try:
@@ -274,6 +290,7 @@ def test_master_key_parser_returns_32_bytes_or_a_clear_error(text: str) -> None:
             assert text.strip() not in str(exc)
 
 
+@SETTINGS
 @given(st.binary(min_size=32, max_size=32))
 def test_master_key_spellings_round_trip(key: bytes) -> None:
     assert parse_master_key(key.hex(), source="x") == key
@@ -283,11 +300,13 @@ def test_master_key_spellings_round_trip(key: bytes) -> None:
 # --- building blocks ------------------------------------------------------------------
 
 
+@SETTINGS
 @given(st.binary(max_size=100))
 def test_b64url_round_trip(raw: bytes) -> None:
     assert jose.b64url_decode(jose.b64url_encode(raw)) == raw
 
 
+@SETTINGS
 @given(st.text(max_size=100))
 def test_b64url_decode_is_strict_and_canonical(text: str) -> None:
     try:
@@ -297,12 +316,14 @@ def test_b64url_decode_is_strict_and_canonical(text: str) -> None:
     assert jose.b64url_encode(raw) == text
 
 
+@SETTINGS
 @given(st.binary(max_size=200))
 def test_json_object_returns_a_dict_or_value_error(data: bytes) -> None:
     with contextlib.suppress(ValueError):
         assert isinstance(jose.json_object(data), dict)
 
 
+@SETTINGS
 @given(st.integers(1, 20_000))
 def test_deeply_nested_json_is_a_value_error(depth: int) -> None:
     data = b'{"a":' * depth + b"1" + b"}" * depth
@@ -312,6 +333,7 @@ def test_deeply_nested_json_is_a_value_error(depth: int) -> None:
         assert depth > 100
 
 
+@SETTINGS
 @given(st.text(max_size=100))
 def test_normalize_htu_is_idempotent_or_a_value_error(uri: str) -> None:
     try:
@@ -321,7 +343,8 @@ def test_normalize_htu_is_idempotent_or_a_value_error(uri: str) -> None:
     assert normalize_htu(normal, strip_query=False) == normal
 
 
-@given(st.dictionaries(st.sampled_from(["kty", "crv", "x", "y", "n", "e", "k", "d"]), json_values))
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(["kty", "crv", "x", "y", "n", "e", "k", "d"]), jwk_values))
 def test_jwk_helpers_only_raise_value_error(jwk: dict[str, Any]) -> None:
     with contextlib.suppress(ValueError):
         assert len(jwk_thumbprint(jwk)) == 43

@@ -104,6 +104,7 @@ def test_chaining_gives_every_simple_command(
         ("echo 'a\\'", ("echo", "a\\")),
         ("echo \\'", ("echo", "'")),
         ("echo 'it'\\''s'", ("echo", "it's")),
+        ("echo 'a'\\$ 'b'\\x", ("echo", "a$", "bx")),  # tree-sitter splits these words
         ("echo a\\ b", ("echo", "a b")),
         ("echo a\\\\b", ("echo", "a\\b")),
         ("echo '' \"\"", ("echo", "", "")),

@@ -33,6 +33,7 @@ Security decisions:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -55,6 +56,8 @@ DEFAULT_ALGS: Final = frozenset({jose.ED25519, jose.ES256})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _PERCENT: Final = re.compile(r"%[0-9A-Fa-f]{2}")
 _QUERY_OR_FRAGMENT: Final = re.compile(r"[?#]")
+_PRINTABLE: Final = re.compile(r"[!-~]+")
+_JWK_FIELDS: Final = ("kty", "crv", "x", "y")
 _MAX_SAFE_INT: Final = 2**53
 _UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -122,7 +125,7 @@ class DPoPVerifier:
         expected_jkt: str | None = None,
     ) -> DPoPResult:
         """Every check but the replay cache (for callers that record the jti themselves)."""
-        header, claims = self._decode(proof)
+        jkt, claims = self._decode(proof)
         jti, iat = _claim_jti(claims), _claim_iat(claims)
         if claims.get("htm") != htm:
             raise DPoPInvalid("htm does not match the request method")
@@ -133,7 +136,6 @@ class DPoPVerifier:
             raise DPoPInvalid("DPoP proof is stale")
         if iat - now > self._future_leeway:
             raise DPoPInvalid("DPoP proof is issued in the future")
-        jkt = jwk_thumbprint(header["jwk"])
         if access_token is not None:
             _check_ath(claims.get("ath"), access_token)
             if expected_jkt is None:
@@ -142,7 +144,7 @@ class DPoPVerifier:
             raise BindingMismatch("DPoP key does not match the token binding")
         return DPoPResult(jkt, jti, int(iat), _replay_key(jkt, jti), iat + self._max_age + 1)
 
-    def _decode(self, proof: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _decode(self, proof: str | None) -> tuple[str, dict[str, Any]]:
         if not proof:
             raise DPoPInvalid("missing DPoP proof")
         if len(proof) > MAX_PROOF_SIZE or not proof.isascii():
@@ -159,11 +161,11 @@ class DPoPVerifier:
             raise DPoPInvalid("unsupported DPoP algorithm")
         if "crit" in header:
             raise DPoPInvalid("unsupported critical header")
-        key = _jwk_key(header.get("jwk"), alg)
+        key, jkt = _jwk_key(header.get("jwk"), alg)
         if not jose.verify_signature(alg, key, jws.signature, jws.signing_input):
             raise DPoPInvalid("bad DPoP proof signature")
         try:
-            return header, jws.payload()
+            return jkt, jws.payload()
         except ValueError:
             raise DPoPInvalid("malformed DPoP proof payload") from None
 
@@ -196,13 +198,14 @@ def access_token_hash(access_token: str) -> str:
     return jose.b64url_encode(hashlib.sha256(_utf8(access_token)).digest())
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_htu(uri: str, *, strip_query: bool = True) -> str:
     """``uri`` normalised for htu comparison; ``ValueError`` if it is not an http(s) URI
     (or, with ``strip_query=False``, if it has a query or fragment)."""
     base = _QUERY_OR_FRAGMENT.split(uri, maxsplit=1)[0]
     if not strip_query and base != uri:
         raise ValueError("htu has a query or fragment")
-    if not base or not all("!" <= c <= "~" for c in base):
+    if not _PRINTABLE.fullmatch(base):
         raise ValueError("not a printable ASCII URI")
     parts = urlsplit(base)
     scheme = parts.scheme.lower()
@@ -231,13 +234,26 @@ def _same_htu(claimed: object, request_uri: str) -> bool:
         return False
 
 
-def _jwk_key(jwk: object, alg: str) -> jose.PublicKey:
-    if isinstance(jwk, dict) and jose.PRIVATE_JWK_MEMBERS.intersection(jwk):
+def _jwk_key(jwk: object, alg: str) -> tuple[jose.PublicKey, str]:
+    if not isinstance(jwk, dict):
+        raise DPoPInvalid("invalid DPoP jwk")
+    if jose.PRIVATE_JWK_MEMBERS.intersection(jwk):
         raise DPoPInvalid("DPoP jwk contains a private key")
+    fields = tuple(jwk.get(name) for name in _JWK_FIELDS)
+    if jwk.get("alg", alg) != alg or not all(f is None or isinstance(f, str) for f in fields):
+        raise DPoPInvalid("invalid DPoP jwk")
     try:
-        return jose.public_key_from_jwk(jwk, alg)
+        return _public_key(alg, *fields)
     except ValueError:
         raise DPoPInvalid("invalid DPoP jwk") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(alg: str, *fields: str | None) -> tuple[jose.PublicKey, str]:
+    # An agent signs every proof with the same key: memoise the key object and its
+    # thumbprint (a pure function of these members; errors are not memoised).
+    jwk = {name: value for name, value in zip(_JWK_FIELDS, fields, strict=True) if value}
+    return jose.public_key_from_jwk(jwk, alg), jwk_thumbprint(jwk)
 
 
 def _claim_jti(claims: dict[str, Any]) -> str:

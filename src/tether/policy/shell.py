@@ -372,8 +372,10 @@ _Node = tree_sitter.Node
 
 _WORD_NODES: Final = frozenset({"word", "number", "raw_string", "string", "concatenation"})
 _LEAF_WORD_NODES: Final = frozenset({"word", "number", "raw_string"})
-# Tokens tree-sitter makes of the arguments `==` and `=~` (test operators): words to sh.
-_ARGUMENT_TOKENS: Final = frozenset({"==", "=~"})
+# Tokens tree-sitter makes of some arguments: `==` and `=~` (test operators), and `\$` after a
+# quoted string (`'a'\$`). Words to sh; their text is decoded like any word, so an unescaped
+# `$` is still denied.
+_ARGUMENT_TOKENS: Final = frozenset({"==", "=~", "$"})
 _SIMPLE_NODES: Final = frozenset({"command", "redirected_statement"})
 _STATEMENT_NODES: Final = _SIMPLE_NODES | {"list", "pipeline"}
 _LIST_OPERATORS: Final = frozenset({"&&", "||"})

@@ -18,7 +18,7 @@ token (string, number, bit string, dollar-quoted body) replaced by ``?``; commen
 of the token grammar (ASCII outside quotes, standard strings, decimal numbers, ``--`` and
 non-nested ``/* */`` comments) and by PostgreSQL's own scanner (``pglast.parser.scan``) for
 anything else; tests prove the two agree on the subset. ``redacted`` is for audit only: no
-decision reads it.
+decision reads it, so it is made on first access, off the decision path.
 
 Caches (bounded LRU, :data:`CACHE_ENTRIES` entries and :data:`CACHE_BUDGET` characters of keys
 and texts each; every read and write holds a lock; entries are immutable):
@@ -34,7 +34,7 @@ Both serve only queries of at most :data:`CACHEABLE_CHARS` characters.
   or might (any DDL, ``SET``, ``COPY``, ``GRANT``, ``EXPLAIN`` option values): an analysis with
   such a *literal-sensitive* statement is never stored. A hit costs one parse (which also
   rejects a grammar error caused by a value, ``float(0)``), one regular-expression pass over the
-  JSON, and re-slicing the statement texts and redaction from the new query.
+  JSON, and slicing the statement texts from the new query.
 
 ``analyze_sql_uncached`` bypasses both caches; tests prove it returns what the caches return.
 """
@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any, Final, Generic, TypeVar
 
@@ -97,8 +97,21 @@ class SqlStatement:
 
 @dataclass(frozen=True, slots=True)
 class SqlAnalysis:
+    """Every statement of one query, and the query itself."""
+
     statements: tuple[SqlStatement, ...]
-    redacted: str
+    query: str
+    _redacted: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def redacted(self) -> str:
+        """The query with every literal replaced by ``?``, for audit: made on first use, so that
+        deciding does not pay for it."""
+        value = self._redacted
+        if value is None:
+            value = _redact(self.query)
+            object.__setattr__(self, "_redacted", value)
+        return value
 
 
 def analyze_sql(query: str, default_schema: str = "public") -> SqlAnalysis:
@@ -162,14 +175,14 @@ def _analyze(query: str, default_schema: str, *, shapes: bool) -> SqlAnalysis:
     if key is not None:
         cached = _SHAPES.get(key)
         if cached is not None:
-            return _assemble(query, cached, _json_positions(tree, len(cached)), _redact(query))
+            return _assemble(query, cached, _json_positions(tree, len(cached)))
     raw = _load(tree)
     try:
         facts = tuple(analyze_statement(item.get("stmt", {}), default_schema) for item in raw)
     except RecursionError:
         raise SqlParseError("the query is nested too deeply") from None
     positions = [(item.get("stmt_location", 0), item.get("stmt_len", 0)) for item in raw]
-    analysis = _assemble(query, facts, positions, _redact(query))
+    analysis = _assemble(query, facts, positions)
     if key is not None and not any(f.literal_sensitive for f in facts):
         _SHAPES.put(key, facts, len(key[0]))
     return analysis
@@ -196,7 +209,6 @@ def _assemble(
     query: str,
     facts: tuple[StatementFacts, ...],
     positions: list[tuple[int, int]],
-    redacted: str,
 ) -> SqlAnalysis:
     texts = _texts(query, positions)
     return SqlAnalysis(
@@ -212,7 +224,7 @@ def _assemble(
             )
             for text, f in zip(texts, facts, strict=True)
         ),
-        redacted,
+        query,
     )
 
 
@@ -249,7 +261,8 @@ def _json_positions(tree: str, count: int) -> list[tuple[int, int]]:
     a new statement unless the current one is still empty, and so does a second length.
     """
     positions: list[list[int]] = [[0, 0, 0]]  # location, length, seen
-    for match in _STMT_POSITION.finditer(tree):
+    start = len(tree) - 64 if count == 1 else 0  # a lone RawStmt's keys end the text
+    for match in _STMT_POSITION.finditer(tree, max(start, 0)):
         current = positions[-1]
         is_location = match.group(1) == "location"
         if current[2] and (is_location or current[1]):
@@ -350,10 +363,11 @@ def _continues(query: str, end: int) -> bool:
 
 
 def _scanned_literals(query: str) -> list[tuple[int, int]]:
+    """Literal tokens by PostgreSQL's scanner; all of the text if it cannot be scanned."""
     try:
         tokens = pg_parser.scan(query)
-    except pg_parser.ParseError as exc:
-        raise SqlParseError(str(exc)) from None
+    except pg_parser.ParseError:
+        return [(0, len(query))]  # cannot happen for text that parsed; hide everything
     return [(t.start, t.end + 1) for t in tokens if t.name in _LITERAL_TOKENS]
 
 

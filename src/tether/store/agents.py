@@ -1,0 +1,376 @@
+"""Agents, the runtimes they were attested in, their join tokens, and offboarding.
+
+Security decisions:
+
+* **Offboarded is final.** :func:`set_agent_state` only moves between ``active`` and
+  ``disabled`` and never touches an offboarded agent; only :func:`offboard_agent` offboards,
+  and it revokes the agent and expires its unused join tokens in the caller's transaction.
+* **A join token is consumed at most once**, by one conditional ``UPDATE`` (unused, not
+  expired, right secret, agent active) whose row count decides: of any number of concurrent
+  consumers, on any number of nodes, exactly one wins. A wrong secret consumes nothing.
+* **A runtime never changes hands**: re-attesting a runtime id under another agent is
+  refused (:class:`RuntimeOfAnotherAgent`) rather than rewriting whose runtime it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, RowMapping, and_, exists, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.store.credentials import Revocation, insert_revocation
+from tether.store.identity import (
+    Labels,
+    RuntimeOfAnotherAgent,
+    frozen_labels,
+    insert_if_agent_active,
+    upsert_insert,
+)
+from tether.store.schema import agents, join_tokens, runtimes
+
+AgentState = Literal["active", "disabled", "offboarded"]
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A non-human identity, owned by a person or team."""
+
+    id: str
+    owner: str
+    purpose: str | None
+    labels: Labels
+    state: AgentState
+    created_at: datetime
+    updated_at: datetime
+    last_seen_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Where an agent was attested to run; ``attested_by`` names the join method or issuer."""
+
+    id: str
+    agent_id: str
+    platform: str
+    labels: Labels
+    attested_by: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+    address: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinToken:
+    """A one-time join token; its secret's hash is deliberately not part of the row."""
+
+    id: str
+    agent_id: str
+    runtime_labels: Labels
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None
+    used_by_runtime: str | None
+
+
+_JOIN_TOKEN_COLUMNS = [c for c in join_tokens.c if c.name != "token_hash"]
+
+
+@dataclass(frozen=True, slots=True)
+class Offboarding:
+    """What :func:`offboard_agent` did."""
+
+    agent: Agent
+    revocation: Revocation
+    expired_join_tokens: int
+
+
+# --- agents ------------------------------------------------------------------------------------
+
+
+async def create_agent(
+    conn: AsyncConnection,
+    *,
+    id: str,
+    owner: str,
+    now: datetime,
+    purpose: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Agent:
+    """Record a new, active agent; a duplicate id is an ``IntegrityError``."""
+    values = {
+        "id": id,
+        "owner": owner,
+        "purpose": purpose,
+        "labels": dict(labels or {}),
+        "state": "active",
+        "created_at": now,
+        "updated_at": now,
+        "last_seen_at": None,
+    }
+    row = (await conn.execute(insert(agents).values(values).returning(agents))).mappings().one()
+    return _agent(row)
+
+
+async def get_agent(conn: AsyncConnection, agent_id: str) -> Agent | None:
+    row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).mappings().first()
+    return None if row is None else _agent(row)
+
+
+async def list_agents(
+    conn: AsyncConnection,
+    *,
+    state: AgentState | None = None,
+    owner: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> list[Agent]:
+    """Agents matching every filter given (``labels``: each name has that value), by id."""
+    where: list[ColumnElement[bool]] = []
+    if state is not None:
+        where.append(agents.c.state == state)
+    if owner is not None:
+        where.append(agents.c.owner == owner)
+    for name, value in (labels or {}).items():
+        where.append(agents.c.labels[name].as_string() == value)
+    query = select(agents).where(*where).order_by(agents.c.id)
+    return [_agent(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def set_agent_state(
+    conn: AsyncConnection, agent_id: str, state: Literal["active", "disabled"], now: datetime
+) -> Agent | None:
+    """Enable or disable an agent; None when it is unknown or offboarded (which is final)."""
+    if state not in ("active", "disabled"):
+        raise ValueError(f"set_agent_state cannot set {state!r}: use offboard_agent")
+    query = (
+        update(agents)
+        .where(agents.c.id == agent_id, agents.c.state != "offboarded")
+        .values(state=state, updated_at=now)
+        .returning(agents)
+    )
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else _agent(row)
+
+
+async def touch_agent(conn: AsyncConnection, agent_id: str, now: datetime) -> None:
+    """Move ``last_seen_at`` forward to ``now`` (never backward: nodes' calls may cross)."""
+    seen = agents.c.last_seen_at
+    await conn.execute(
+        update(agents)
+        .where(agents.c.id == agent_id, or_(seen.is_(None), seen < now))
+        .values(last_seen_at=now)
+    )
+
+
+async def offboard_agent(
+    conn: AsyncConnection,
+    agent_id: str,
+    *,
+    reason: str,
+    revoked_by: str,
+    now: datetime,
+    revocation_expires_at: datetime | None = None,
+) -> Offboarding | None:
+    """Offboard an agent: state, revocation and join tokens, all in the caller's transaction.
+
+    Run it inside ``engine.begin()`` so that either all three happen or none. The agent
+    revocation is what stops credentials already issued; by default it is never pruned
+    (``revocation_expires_at`` None), since a credential issued concurrently on another
+    node may outlive any bound computed here. None when the agent is unknown.
+    """
+    query = (
+        update(agents)
+        .where(agents.c.id == agent_id)
+        .values(state="offboarded", updated_at=now)
+        .returning(agents)
+    )
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        return None
+    revocation, _ = await insert_revocation(
+        conn,
+        kind="agent",
+        value=agent_id,
+        reason=reason,
+        revoked_by=revoked_by,
+        now=now,
+        expires_at=revocation_expires_at,
+    )
+    unused = and_(
+        join_tokens.c.agent_id == agent_id,
+        join_tokens.c.used_at.is_(None),
+        join_tokens.c.expires_at > now,
+    )
+    expired = await conn.execute(update(join_tokens).where(unused).values(expires_at=now))
+    return Offboarding(_agent(row), revocation, expired.rowcount)
+
+
+# --- runtimes ----------------------------------------------------------------------------------
+
+
+async def upsert_runtime(
+    conn: AsyncConnection,
+    *,
+    id: str,
+    agent_id: str,
+    platform: str,
+    attested_by: str,
+    now: datetime,
+    labels: Mapping[str, str] | None = None,
+    address: str | None = None,
+) -> Runtime:
+    """Record an attestation of runtime ``id``: first sight inserts, later ones update.
+
+    ``first_seen_at`` is kept; the rest is what the latest attestation said. Raises
+    :class:`RuntimeOfAnotherAgent` when ``id`` is known under another agent.
+    """
+    values: dict[str, Any] = {
+        "id": id,
+        "agent_id": agent_id,
+        "platform": platform,
+        "labels": dict(labels or {}),
+        "attested_by": attested_by,
+        "first_seen_at": now,
+        "last_seen_at": now,
+        "address": address,
+    }
+    stmt = upsert_insert(conn, runtimes).values(values)
+    new = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[runtimes.c.id],
+        set_={
+            "platform": new.platform,
+            "labels": new.labels,
+            "attested_by": new.attested_by,
+            "last_seen_at": new.last_seen_at,
+            "address": new.address,
+        },
+        where=runtimes.c.agent_id == new.agent_id,
+    )
+    row = (await conn.execute(stmt.returning(runtimes))).mappings().first()
+    if row is None:
+        raise RuntimeOfAnotherAgent(f"runtime {id!r} belongs to another agent")
+    return _runtime(row)
+
+
+async def get_runtime(conn: AsyncConnection, runtime_id: str) -> Runtime | None:
+    query = select(runtimes).where(runtimes.c.id == runtime_id)
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else _runtime(row)
+
+
+async def list_runtimes(conn: AsyncConnection, agent_id: str) -> list[Runtime]:
+    """The runtimes of an agent, most recently seen first."""
+    query = (
+        select(runtimes)
+        .where(runtimes.c.agent_id == agent_id)
+        .order_by(runtimes.c.last_seen_at.desc(), runtimes.c.id)
+    )
+    return [_runtime(row) for row in (await conn.execute(query)).mappings()]
+
+
+# --- join tokens -------------------------------------------------------------------------------
+
+
+async def insert_join_token(
+    conn: AsyncConnection,
+    *,
+    id: str,
+    token_hash: bytes,
+    agent_id: str,
+    now: datetime,
+    expires_at: datetime,
+    runtime_labels: Mapping[str, str] | None = None,
+) -> JoinToken:
+    """Record a join token for an active agent (else :class:`AgentNotActive`).
+
+    ``token_hash`` is ``identity.digest(secret)``; the secret itself never reaches the store.
+    """
+    values: dict[str, Any] = {
+        "id": id,
+        "token_hash": token_hash,
+        "agent_id": agent_id,
+        "runtime_labels": dict(runtime_labels or {}),
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    await insert_if_agent_active(conn, join_tokens, values)
+    token = await get_join_token(conn, id)
+    assert token is not None  # just inserted in this transaction
+    return token
+
+
+async def get_join_token(conn: AsyncConnection, token_id: str) -> JoinToken | None:
+    query = select(*_JOIN_TOKEN_COLUMNS).where(join_tokens.c.id == token_id)
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else _join_token(row)
+
+
+async def consume_join_token(
+    conn: AsyncConnection, *, id: str, token_hash: bytes, runtime_id: str, now: datetime
+) -> JoinToken | None:
+    """Use up join token ``id`` for ``runtime_id``; None unless this very call consumed it.
+
+    The single ``UPDATE`` checks everything (secret, unused, unexpired, agent active) and
+    marks the token used; the database's row lock makes a concurrent second consumer find
+    it used. The reason of a refusal is not told, so it cannot be used to probe tokens.
+    """
+    agent_active = exists().where(agents.c.id == join_tokens.c.agent_id, agents.c.state == "active")
+    query = (
+        update(join_tokens)
+        .where(
+            join_tokens.c.id == id,
+            join_tokens.c.token_hash == token_hash,
+            join_tokens.c.used_at.is_(None),
+            join_tokens.c.expires_at > now,
+            agent_active,
+        )
+        .values(used_at=now, used_by_runtime=runtime_id)
+        .returning(*_JOIN_TOKEN_COLUMNS)
+    )
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else _join_token(row)
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+
+def _agent(row: RowMapping) -> Agent:
+    return Agent(
+        id=row["id"],
+        owner=row["owner"],
+        purpose=row["purpose"],
+        labels=frozen_labels(row["labels"]),
+        state=row["state"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_seen_at=row["last_seen_at"],
+    )
+
+
+def _runtime(row: RowMapping) -> Runtime:
+    return Runtime(
+        id=row["id"],
+        agent_id=row["agent_id"],
+        platform=row["platform"],
+        labels=frozen_labels(row["labels"]),
+        attested_by=row["attested_by"],
+        first_seen_at=row["first_seen_at"],
+        last_seen_at=row["last_seen_at"],
+        address=row["address"],
+    )
+
+
+def _join_token(row: RowMapping) -> JoinToken:
+    return JoinToken(
+        id=row["id"],
+        agent_id=row["agent_id"],
+        runtime_labels=frozen_labels(row["runtime_labels"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        used_at=row["used_at"],
+        used_by_runtime=row["used_by_runtime"],
+    )

@@ -1,0 +1,220 @@
+"""Issued credentials (what went to whom, and where) and revocations.
+
+Security decisions:
+
+* **Nothing is issued to an agent that is not active**, checked in the inserting statement
+  itself (:class:`~tether.store.identity.AgentNotActive`), and a credential's runtime must
+  be one of its agent's runtimes (a composite foreign key).
+* **Revocation ids follow commit order**, so a node that polls ``id > cursor`` and keeps
+  the highest id it saw never skips an entry. On PostgreSQL a sequence hands out ids at
+  insert time while transactions may commit in another order; :func:`insert_revocation`
+  therefore takes an ``EXCLUSIVE`` lock on the table (readers are not blocked) so writers go
+  one at a time. SQLite has a single writer anyway, and ``AUTOINCREMENT`` keeps it from
+  reusing the id of a pruned newest row.
+* **Revoking is idempotent and never weakened**: revoking again returns the existing entry
+  unchanged. :func:`is_revoked` ignores ``expires_at`` (an entry past it is revoked still,
+  only prunable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, RowMapping, delete, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.store.identity import insert_if_agent_active, upsert_insert
+from tether.store.schema import credentials, revocations
+
+CredentialKind = Literal["access_token", "ssh_certificate", "x509_certificate"]
+RevocationKind = Literal["token", "agent", "task", "runtime"]
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A credential as issued. ``subject`` is the user of a delegated token, else the agent;
+    ``actor_chain`` lists the actors of a delegation, outermost first."""
+
+    jti: str
+    kind: CredentialKind
+    agent_id: str
+    subject: str
+    scope: tuple[str, ...]
+    issued_at: datetime
+    expires_at: datetime
+    runtime_id: str | None = None
+    task_id: str | None = None
+    actor_chain: tuple[str, ...] | None = None
+    serial: str | None = None
+    key_thumbprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revoked token, agent, task or runtime; prunable after ``expires_at`` if set."""
+
+    id: int
+    kind: RevocationKind
+    value: str
+    reason: str
+    revoked_by: str
+    revoked_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationBatch:
+    """Entries after a cursor, oldest first; ``cursor`` is the id to poll after next time."""
+
+    entries: tuple[Revocation, ...]
+    cursor: int
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+
+async def insert_credential(conn: AsyncConnection, credential: Credential) -> None:
+    """Record an issued credential; :class:`AgentNotActive` unless its agent is active."""
+    values: dict[str, Any] = {
+        "jti": credential.jti,
+        "kind": credential.kind,
+        "agent_id": credential.agent_id,
+        "runtime_id": credential.runtime_id,
+        "task_id": credential.task_id,
+        "subject": credential.subject,
+        "actor_chain": None if credential.actor_chain is None else list(credential.actor_chain),
+        "scope": list(credential.scope),
+        "issued_at": credential.issued_at,
+        "expires_at": credential.expires_at,
+        "serial": credential.serial,
+        "key_thumbprint": credential.key_thumbprint,
+    }
+    await insert_if_agent_active(conn, credentials, values)
+
+
+async def list_credentials(
+    conn: AsyncConnection,
+    *,
+    agent_id: str | None = None,
+    task_id: str | None = None,
+    runtime_id: str | None = None,
+    live_at: datetime | None = None,
+) -> list[Credential]:
+    """Credentials matching every filter given (at least one id), in issue order.
+
+    ``live_at`` keeps those that have not expired at that time.
+    """
+    where: list[ColumnElement[bool]] = []
+    if agent_id is not None:
+        where.append(credentials.c.agent_id == agent_id)
+    if task_id is not None:
+        where.append(credentials.c.task_id == task_id)
+    if runtime_id is not None:
+        where.append(credentials.c.runtime_id == runtime_id)
+    if not where:
+        raise ValueError("list_credentials needs an agent_id, task_id or runtime_id")
+    if live_at is not None:
+        where.append(credentials.c.expires_at > live_at)
+    query = select(credentials).where(*where).order_by(credentials.c.issued_at, credentials.c.jti)
+    return [_credential(row) for row in (await conn.execute(query)).mappings()]
+
+
+# --- revocations -------------------------------------------------------------------------------
+
+
+async def insert_revocation(
+    conn: AsyncConnection,
+    *,
+    kind: RevocationKind,
+    value: str,
+    reason: str,
+    revoked_by: str,
+    now: datetime,
+    expires_at: datetime | None = None,
+) -> tuple[Revocation, bool]:
+    """Revoke ``(kind, value)``; returns the entry and whether this call created it.
+
+    ``expires_at`` must not come before the expiry of the longest credential the entry can
+    affect; None keeps it forever.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("LOCK TABLE revocations IN EXCLUSIVE MODE"))
+    values = {
+        "kind": kind,
+        "value": value,
+        "reason": reason,
+        "revoked_by": revoked_by,
+        "revoked_at": now,
+        "expires_at": expires_at,
+    }
+    stmt = upsert_insert(conn, revocations).values(values)
+    stmt = stmt.on_conflict_do_nothing(index_elements=[revocations.c.kind, revocations.c.value])
+    row = (await conn.execute(stmt.returning(revocations))).mappings().first()
+    if row is not None:
+        return _revocation(row), True
+    existing = select(revocations).where(revocations.c.kind == kind, revocations.c.value == value)
+    return _revocation((await conn.execute(existing)).mappings().one()), False
+
+
+async def revocations_since(
+    conn: AsyncConnection, after_id: int, limit: int = 1000
+) -> RevocationBatch:
+    """Up to ``limit`` entries with an id above ``after_id``, for a polling revocation set."""
+    query = (
+        select(revocations)
+        .where(revocations.c.id > after_id)
+        .order_by(revocations.c.id)
+        .limit(limit)
+    )
+    entries = tuple(_revocation(row) for row in (await conn.execute(query)).mappings())
+    return RevocationBatch(entries, entries[-1].id if entries else after_id)
+
+
+async def is_revoked(conn: AsyncConnection, kind: RevocationKind, value: str) -> bool:
+    query = select(revocations.c.id).where(revocations.c.kind == kind, revocations.c.value == value)
+    return (await conn.execute(query)).first() is not None
+
+
+async def prune_revocations(conn: AsyncConnection, now: datetime) -> int:
+    """Delete the entries whose ``expires_at`` has passed; returns how many."""
+    query = delete(revocations).where(revocations.c.expires_at <= now)
+    return (await conn.execute(query)).rowcount
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+
+def _strings(value: Sequence[Any] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(str(v) for v in value)
+
+
+def _credential(row: RowMapping) -> Credential:
+    return Credential(
+        jti=row["jti"],
+        kind=row["kind"],
+        agent_id=row["agent_id"],
+        subject=row["subject"],
+        scope=_strings(row["scope"]) or (),
+        issued_at=row["issued_at"],
+        expires_at=row["expires_at"],
+        runtime_id=row["runtime_id"],
+        task_id=row["task_id"],
+        actor_chain=_strings(row["actor_chain"]),
+        serial=row["serial"],
+        key_thumbprint=row["key_thumbprint"],
+    )
+
+
+def _revocation(row: RowMapping) -> Revocation:
+    return Revocation(
+        id=row["id"],
+        kind=row["kind"],
+        value=row["value"],
+        reason=row["reason"],
+        revoked_by=row["revoked_by"],
+        revoked_at=row["revoked_at"],
+        expires_at=row["expires_at"],
+    )

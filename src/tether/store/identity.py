@@ -1,0 +1,91 @@
+"""The identity store: conventions shared by its repository modules, and its errors.
+
+The repository functions live in ``agents`` (agents, runtimes, join tokens, offboarding),
+``credentials`` (issued credentials and revocations) and ``keys`` (signing keys and admin
+tokens). Each takes an ``AsyncConnection`` and leaves the transaction to the caller::
+
+    async with store.engine.begin() as conn:
+        agent = await agents.create_agent(conn, id="ag-1", owner="alice", now=clock())
+
+Conventions, each a security decision:
+
+* **The clock is the caller's.** Every function that stamps or compares a time takes
+  ``now``; nothing reads the system clock, so several nodes and the tests agree on time.
+* **Times are aware UTC** (``schema.UTCDateTime``): naive values are refused on write.
+* **Secrets are never stored**, only their SHA-256 (:func:`digest`), and the database
+  refuses a ``token_hash`` that is not 32 bytes long.
+* **Rules hold in the database too**: CHECKs, unique keys and foreign keys back the rules
+  the functions follow, so a bug above or a second node cannot break them. Their
+  violations surface as ``sqlalchemy.exc.IntegrityError``; refusals that are decided by a
+  query (not a constraint) raise the errors below.
+
+Errors::
+
+    StoreError (tether.store.database)
+    ├── AgentNotActive          a credential for an agent that is unknown, disabled or gone
+    └── RuntimeOfAnotherAgent   a runtime id already recorded for a different agent
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from sqlalchemy import Table, exists, insert, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.store.database import StoreError
+from tether.store.schema import agents
+
+Labels = Mapping[str, str]
+
+
+class AgentNotActive(StoreError):
+    """The agent is unknown, disabled or offboarded: nothing may be issued to it."""
+
+
+class RuntimeOfAnotherAgent(StoreError):
+    """The runtime id is already recorded for another agent; runtimes never change hands."""
+
+
+def digest(secret: str | bytes) -> bytes:
+    """The SHA-256 of a token secret: what the store keeps and looks tokens up by."""
+    data = secret.encode() if isinstance(secret, str) else secret
+    return hashlib.sha256(data).digest()
+
+
+def frozen_labels(value: Mapping[str, Any] | None) -> Labels:
+    """Labels as read from a JSON column, read-only (rows are shared, never edited)."""
+    return MappingProxyType({str(k): str(v) for k, v in (value or {}).items()})
+
+
+def upsert_insert(conn: AsyncConnection, table: Table) -> sqlite.Insert | postgresql.Insert:
+    """An INSERT that can take ``ON CONFLICT``, in the dialect of ``conn``.
+
+    Both supported backends have the same clause; a single statement is atomic where a
+    select-then-insert would race with another node.
+    """
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise StoreError(f"unsupported database dialect {name!r}")
+
+
+async def insert_if_agent_active(
+    conn: AsyncConnection, table: Table, values: dict[str, Any]
+) -> None:
+    """Insert one row into ``table`` only while ``values["agent_id"]`` is an active agent.
+
+    One ``INSERT ... SELECT ... WHERE EXISTS`` statement: checking the agent first and
+    inserting after would let an offboarding commit in between. Raises :class:`AgentNotActive`.
+    """
+    active = exists().where(agents.c.id == values["agent_id"], agents.c.state == "active")
+    row = select(*(literal(v, table.c[k].type).label(k) for k, v in values.items())).where(active)
+    result = await conn.execute(insert(table).from_select(list(values), row))
+    if result.rowcount != 1:
+        raise AgentNotActive(f"agent {values['agent_id']!r} is not active")

@@ -1,0 +1,215 @@
+"""Signing keys (token signer and CAs) and the admin API's tokens.
+
+Security decisions:
+
+* **The store never sees a plaintext private key.** ``private_encrypted`` is sealed by the
+  caller (envelope encryption, ``tether.crypto.envelope``); a value that begins like a PEM,
+  OpenSSH or JWK key is refused, to catch the mistake of handing one over unsealed.
+* **One active key per purpose**, by a partial unique index: two nodes rotating at once
+  cannot both activate a key. :func:`rotate_signing_key` demotes the active key before it
+  inserts the new one, in the caller's transaction. ``retired`` is final.
+* **Admin tokens are looked up by the hash of their secret**, and :func:`find_admin_token`
+  only returns a token that is neither revoked nor expired at ``now``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import RowMapping, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.store.schema import admin_tokens, signing_keys
+
+KeyPurpose = Literal["access-token", "ssh-user-ca", "ssh-target-ca", "x509-ca"]
+KeyState = Literal["active", "previous", "retired"]
+
+# How plaintext private keys begin (PEM, raw OpenSSH, JWK); a sealed envelope begins otherwise.
+_PLAINTEXT_KEY_STARTS = (b"-----BEGIN", b"openssh-key-v1", b"{")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A signing key as stored; ``public`` is a JWK (JSON), an OpenSSH key or a PEM."""
+
+    kid: str
+    purpose: KeyPurpose
+    algorithm: str
+    public: str
+    private_encrypted: bytes = field(repr=False)
+    created_at: datetime
+    active_from: datetime
+    state: KeyState = "active"
+    retire_after: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminToken:
+    """An admin API token; the hash of its secret is deliberately not part of the row."""
+
+    id: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+# --- signing keys ------------------------------------------------------------------------------
+
+
+async def insert_signing_key(conn: AsyncConnection, key: StoredKey) -> None:
+    """Store ``key``; a second active key of its purpose is an ``IntegrityError``."""
+    if key.private_encrypted.lstrip().startswith(_PLAINTEXT_KEY_STARTS):
+        raise ValueError("refusing a private key that is not encrypted")
+    values = {
+        "kid": key.kid,
+        "purpose": key.purpose,
+        "algorithm": key.algorithm,
+        "public": key.public,
+        "private_encrypted": key.private_encrypted,
+        "created_at": key.created_at,
+        "active_from": key.active_from,
+        "retire_after": key.retire_after,
+        "state": key.state,
+    }
+    await conn.execute(insert(signing_keys).values(values))
+
+
+async def list_signing_keys(
+    conn: AsyncConnection, purpose: KeyPurpose, states: Collection[KeyState] | None = None
+) -> list[StoredKey]:
+    """The keys of ``purpose`` (in ``states`` if given), newest ``active_from`` first."""
+    query = select(signing_keys).where(signing_keys.c.purpose == purpose)
+    if states is not None:
+        query = query.where(signing_keys.c.state.in_(list(states)))
+    query = query.order_by(signing_keys.c.active_from.desc(), signing_keys.c.kid)
+    return [_key(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def set_signing_key_state(
+    conn: AsyncConnection, kid: str, state: KeyState, retire_after: datetime | None = None
+) -> StoredKey | None:
+    """Change a key's state (and ``retire_after``); None when unknown or already retired."""
+    query = (
+        update(signing_keys)
+        .where(signing_keys.c.kid == kid, signing_keys.c.state != "retired")
+        .values(state=state, retire_after=retire_after)
+        .returning(signing_keys)
+    )
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else _key(row)
+
+
+async def rotate_signing_key(
+    conn: AsyncConnection, new: StoredKey, retire_previous_after: datetime | None
+) -> list[str]:
+    """Make ``new`` the active key of its purpose; returns the kids it demoted to previous.
+
+    The old key stays as ``previous`` (still verifying what it signed) until
+    ``retire_previous_after``. Run inside ``engine.begin()``.
+    """
+    if new.state != "active":
+        raise ValueError("rotate_signing_key takes the new active key")
+    demote = (
+        update(signing_keys)
+        .where(signing_keys.c.purpose == new.purpose, signing_keys.c.state == "active")
+        .values(state="previous", retire_after=retire_previous_after)
+        .returning(signing_keys.c.kid)
+    )
+    demoted = list((await conn.execute(demote)).scalars())
+    await insert_signing_key(conn, new)
+    return demoted
+
+
+# --- admin tokens ------------------------------------------------------------------------------
+
+
+async def insert_admin_token(
+    conn: AsyncConnection,
+    *,
+    id: str,
+    name: str,
+    token_hash: bytes,
+    now: datetime,
+    expires_at: datetime | None = None,
+) -> AdminToken:
+    """Record an admin token by the hash of its secret (``identity.digest``)."""
+    values = {
+        "id": id,
+        "name": name,
+        "token_hash": token_hash,
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    query = insert(admin_tokens).values(values).returning(*_ADMIN_COLUMNS)
+    return _admin((await conn.execute(query)).mappings().one())
+
+
+async def find_admin_token(
+    conn: AsyncConnection, token_hash: bytes, now: datetime
+) -> AdminToken | None:
+    """The token with this hash if it is usable at ``now`` (not revoked, not expired)."""
+    query = select(*_ADMIN_COLUMNS).where(
+        admin_tokens.c.token_hash == token_hash,
+        admin_tokens.c.revoked_at.is_(None),
+        or_(admin_tokens.c.expires_at.is_(None), admin_tokens.c.expires_at > now),
+    )
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else _admin(row)
+
+
+async def list_admin_tokens(conn: AsyncConnection) -> list[AdminToken]:
+    query = select(*_ADMIN_COLUMNS).order_by(admin_tokens.c.created_at, admin_tokens.c.id)
+    return [_admin(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def revoke_admin_token(conn: AsyncConnection, token_id: str, now: datetime) -> bool:
+    """Revoke a token; False when it is unknown or was revoked already."""
+    query = (
+        update(admin_tokens)
+        .where(admin_tokens.c.id == token_id, admin_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return (await conn.execute(query)).rowcount == 1
+
+
+async def touch_admin_token(conn: AsyncConnection, token_id: str, now: datetime) -> None:
+    """Move ``last_used_at`` forward to ``now`` (never backward)."""
+    used = admin_tokens.c.last_used_at
+    await conn.execute(
+        update(admin_tokens)
+        .where(admin_tokens.c.id == token_id, or_(used.is_(None), used < now))
+        .values(last_used_at=now)
+    )
+
+
+_ADMIN_COLUMNS = [c for c in admin_tokens.c if c.name != "token_hash"]
+
+
+def _key(row: RowMapping) -> StoredKey:
+    return StoredKey(
+        kid=row["kid"],
+        purpose=row["purpose"],
+        algorithm=row["algorithm"],
+        public=row["public"],
+        private_encrypted=bytes(row["private_encrypted"]),
+        created_at=row["created_at"],
+        active_from=row["active_from"],
+        state=row["state"],
+        retire_after=row["retire_after"],
+    )
+
+
+def _admin(row: RowMapping) -> AdminToken:
+    return AdminToken(
+        id=row["id"],
+        name=row["name"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        last_used_at=row["last_used_at"],
+    )
