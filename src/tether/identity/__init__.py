@@ -1,7 +1,7 @@
 """Identity: agents' short-lived credentials, Tether's signing keys, proof of possession.
 
-Credentials core: ``errors`` (the credential error tree), ``keys`` (signing keys, key
-ring, JWKS), ``jose`` (strict JWS/JWK building blocks), ``claims`` and ``tokens`` (access
-tokens), ``dpop`` (RFC 9449 proofs), ``replay`` (the replay cache), ``certbind``
-(RFC 8705 certificate binding). ``sshca``: Tether's SSH user certificate authorities.
+The credentials core is ``errors`` (the credential error tree), ``jose`` (strict JWS/JWK
+building blocks), ``keys`` (signing keys, key ring, JWKS), ``claims`` and ``tokens``
+(access tokens), ``dpop`` (RFC 9449 proofs), ``replay`` and ``certbind`` (RFC 8705).
+Each module's docstring states its security decisions.
 """

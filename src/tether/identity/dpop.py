@@ -198,7 +198,7 @@ def access_token_hash(access_token: str) -> str:
     return jose.b64url_encode(hashlib.sha256(_utf8(access_token)).digest())
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)  # a pure function; bounded (URIs are at most 8 KiB)
 def normalize_htu(uri: str, *, strip_query: bool = True) -> str:
     """``uri`` normalised for htu comparison; ``ValueError`` if it is not an http(s) URI
     (or, with ``strip_query=False``, if it has a query or fragment)."""
