@@ -11,14 +11,16 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Connection, inspect, select, text
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy import Connection, inspect, make_url, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from tests import pg
 from tether.store import Store
 from tether.store import agents as ag
 from tether.store import credentials as cr
@@ -147,7 +149,7 @@ async def test_state_changes_and_offboarded_is_final(engine: AsyncEngine) -> Non
     enabled = await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "active", at(2)))
     assert enabled.state == "active"
     with pytest.raises(ValueError, match="offboard_agent"):
-        await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "offboarded", at(3)))
+        await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "offboarded", at(3)))  # type: ignore[arg-type]
     await run(engine, lambda c: ag.offboard_agent(c, "ag-1", reason="r", revoked_by="a", now=at(3)))
     assert await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "active", at(4))) is None
     assert (await run(engine, lambda c: ag.get_agent(c, "ag-1"))).state == "offboarded"
@@ -408,7 +410,7 @@ async def test_credential_rules_hold_in_the_database(engine: AsyncEngine) -> Non
 # --- revocations -----------------------------------------------------------------------------
 
 
-async def revoke(engine: AsyncEngine, kind: Any, value: str, **kw: Any) -> tuple[Any, bool]:
+async def revoke(engine: AsyncEngine, kind: Any, value: str, **kw: Any) -> Any:
     return await run(
         engine,
         lambda c: cr.insert_revocation(
@@ -654,3 +656,44 @@ async def test_naive_times_are_refused(engine: AsyncEngine) -> None:
 def test_digest_is_the_sha256_of_the_secret() -> None:
     assert digest("abc") == digest(b"abc") == hashlib.sha256(b"abc").digest()
     assert len(digest("")) == 32
+
+
+# --- the test server itself (tests/pg.py) ----------------------------------------------------
+
+
+async def test_session_database_is_on_loopback_behind_a_password(pg_url: str) -> None:
+    engine = create_async_engine(pg_url)
+    wrong = create_async_engine(make_url(pg_url).set(password="not-the-password"))
+    try:
+        async with engine.connect() as conn:
+            row = (await conn.execute(text("SELECT current_database(), inet_server_addr()"))).one()
+        with pytest.raises(DBAPIError, match="password authentication failed"):
+            async with wrong.connect():
+                pass
+    finally:
+        await engine.dispose()
+        await wrong.dispose()
+    assert (row[0], str(row[1])) == ("tether_test", "127.0.0.1")
+
+
+def test_missing_binaries_fail_with_the_package_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(pg, "DEBIAN_BIN_DIRS", tmp_path)
+    with pytest.raises(pg.PostgresUnavailable, match="install the Debian package `postgresql`"):
+        pg.find_bin_dir()
+
+
+def test_the_newest_debian_version_is_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for version in ("9.6", "15", "13", "16"):
+        bin_dir = tmp_path / version / "bin"
+        bin_dir.mkdir(parents=True)
+        for name in ("initdb", "pg_ctl") if version != "16" else ("initdb",):
+            (bin_dir / name).write_text("#!/bin/sh\n")
+            (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(pg, "DEBIAN_BIN_DIRS", tmp_path)
+    assert pg.find_bin_dir() == tmp_path / "15" / "bin"  # 16 lacks pg_ctl

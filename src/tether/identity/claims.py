@@ -108,6 +108,7 @@ class Claims:
     cnf: Confirmation
     act: Actor | None = None
     agent: str | None = None
+    groups: tuple[str, ...] = ()  # the delegating user's groups (delegated tokens only)
 
     @property
     def agent_id(self) -> str:
@@ -133,6 +134,8 @@ class Claims:
             doc["act"] = self.act.to_json()
         if self.agent is not None:
             doc["agent"] = self.agent
+        if self.groups:
+            doc["groups"] = list(self.groups)
         return doc
 
     @classmethod
@@ -154,6 +157,7 @@ class Claims:
             cnf=_confirmation(doc.get("cnf")),
             act=None if act is None else _actor(act, 1),
             agent=None if doc.get("agent") is None else _string(doc, "agent"),
+            groups=() if doc.get("groups") is None else _strings(doc.get("groups"), "groups"),
         )
 
 

@@ -123,6 +123,7 @@ class TokenIssuer:
         act: Actor | None = None,
         agent: str | None = None,
         lifetime: int | None = None,
+        groups: Sequence[str] = (),
     ) -> tuple[str, Claims]:
         """A signed token and its claims. ``IssuanceError`` if the lifetime is above the cap
         (or not a positive integer), or if a value is not a non-empty string."""
@@ -150,6 +151,7 @@ class TokenIssuer:
             cnf=cnf,
             act=act,
             agent=agent,
+            groups=tuple(groups),
         )
         token = self._sign(claims)
         if len(token) > MAX_TOKEN_SIZE:

@@ -246,13 +246,29 @@ def _parse_or_detail(command: str) -> ParsedCommand | str:
 _parse_cached: Final = lru_cache(maxsize=CACHE_SIZE)(_parse_or_detail)
 
 
+# Every byte of a multi-byte UTF-8 character (all >= 0x80) as an ASCII letter.
+_ASCII_LETTERS: Final = bytes(range(128)) + b"a" * 128
+
+
+def _grammar_bytes(source: bytes) -> bytes:
+    """What the grammar parses: ``source`` with every non-ASCII byte replaced by ``a``.
+
+    tree-sitter-bash's external scanner crashes the process (a segmentation fault, found by
+    fuzzing) on some non-BMP characters, e.g. ``{`` followed by U+D02C3. No shell gives a
+    non-ASCII character any syntactic meaning (metacharacters, quotes, ``$`` and blanks
+    are ASCII), so parsing letters in their place yields the same structure, at the same
+    byte offsets; words are then decoded from the original bytes.
+    """
+    return source if source.isascii() else source.translate(_ASCII_LETTERS)
+
+
 def _parse(command: str) -> ParsedCommand:
     _check_text(command)
     try:
         source = command.encode("utf-8")
     except UnicodeEncodeError:
         raise ShellConstruct("text that is not valid Unicode (a lone surrogate)") from None
-    root = _PARSERS.parser.parse(source).root_node
+    root = _PARSERS.parser.parse(_grammar_bytes(source)).root_node
     if root.has_error:  # an ERROR or a missing node anywhere in the tree
         raise ShellConstruct("does not parse")
     walker = _Walker(source, command if command.isascii() else None)

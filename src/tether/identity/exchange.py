@@ -1,0 +1,125 @@
+"""The OAuth 2.0 token endpoint's grant: token exchange (RFC 8693), Tether's only grant.
+
+Every credential starts with a proof of where the agent runs, presented as the
+``subject_token`` of a token exchange, together with a DPoP proof (RFC 9449) whose key the
+new token is bound to:
+
+======================================================  ====================================
+``subject_token_type``                                  what it proves
+======================================================  ====================================
+``urn:tether:params:oauth:token-type:join-token``       a one-time join token (single use)
+``urn:ietf:params:oauth:token-type:jwt``                a workload token (Kubernetes, CI
+                                                        OIDC, SPIFFE JWT-SVID) of a trusted
+                                                        issuer, mapped to an agent by config
+``urn:ietf:params:oauth:token-type:access_token``       a Tether token of the same agent
+                                                        (re-scoped for another task)
+``urn:ietf:params:oauth:token-type:id_token`` + actor   a user's OIDC token with the agent's
+                                                        Tether token as ``actor_token``:
+                                                        delegation, ``act`` names the agent
+======================================================  ====================================
+
+A token derived from another one (re-scoping, delegation) only ever narrows: its scope must
+be covered by what the presenting token holds, and it expires no later than any token it
+came from. Delegation chains are limited in depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+JOIN_TOKEN: Final = "urn:tether:params:oauth:token-type:join-token"  # noqa: S105
+JWT: Final = "urn:ietf:params:oauth:token-type:jwt"
+ACCESS_TOKEN: Final = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+ID_TOKEN: Final = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
+SUBJECT_TYPES: Final = frozenset({JOIN_TOKEN, JWT, ACCESS_TOKEN, ID_TOKEN})
+_MAX_FIELD: Final = 16384
+_FIELDS: Final = frozenset(
+    {
+        "grant_type", "subject_token", "subject_token_type", "actor_token", "actor_token_type",
+        "scope", "task_id", "task_purpose", "requested_lifetime", "resource", "audience",
+        "requested_token_type",
+    }
+)  # fmt: skip
+
+
+class ExchangeError(Exception):
+    """An exchange refused; ``error`` is the RFC 6749/8693 error code (HTTP 400)."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        self.error = error
+        self.description = description
+        self.status = status
+        super().__init__(f"{error}: {description}")
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRequest:
+    """A validated token-exchange form."""
+
+    subject_token: str
+    subject_token_type: str
+    actor_token: str | None
+    actor_token_type: str | None
+    scope: tuple[str, ...] | None
+    task_id: str
+    task_purpose: str
+    lifetime: int | None
+
+
+def parse_form(form: Mapping[str, str]) -> ExchangeRequest:
+    """Validate the form of a token request; ``ExchangeError`` says what is wrong."""
+    unknown = set(form) - _FIELDS
+    if unknown:
+        raise ExchangeError(
+            "invalid_request", f"unknown parameter(s): {', '.join(sorted(unknown))}"
+        )
+    for key, value in form.items():
+        if len(value) > _MAX_FIELD:
+            raise ExchangeError("invalid_request", f"{key} is too long")
+    if form.get("grant_type") != GRANT_TYPE:
+        raise ExchangeError("unsupported_grant_type", f"grant_type must be {GRANT_TYPE}")
+    subject, subject_type = form.get("subject_token"), form.get("subject_token_type")
+    if not subject or subject_type not in SUBJECT_TYPES:
+        raise ExchangeError("invalid_request", "subject_token and a known subject_token_type")
+    actor, actor_type = form.get("actor_token") or None, form.get("actor_token_type") or None
+    if (actor is None) != (actor_type is None):
+        raise ExchangeError("invalid_request", "actor_token and actor_token_type go together")
+    if actor_type not in (None, ACCESS_TOKEN):
+        raise ExchangeError("invalid_request", "actor_token_type must be an access_token")
+    if subject_type == ID_TOKEN and actor is None:
+        raise ExchangeError("invalid_request", "a user's token needs the agent's actor_token")
+    if subject_type != ID_TOKEN and actor is not None:
+        raise ExchangeError("invalid_request", "actor_token is only for delegation (id_token)")
+    task_id = form.get("task_id", "")
+    if not task_id or len(task_id) > 200 or not task_id.isprintable():
+        raise ExchangeError("invalid_request", "task_id is required (printable, ≤200 characters)")
+    return ExchangeRequest(
+        subject_token=subject,
+        subject_token_type=subject_type,
+        actor_token=actor,
+        actor_token_type=actor_type,
+        scope=_scope(form.get("scope")),
+        task_id=task_id,
+        task_purpose=form.get("task_purpose") or "unspecified",
+        lifetime=_lifetime(form.get("requested_lifetime")),
+    )
+
+
+def _scope(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    parts = tuple(value.split())
+    if not parts or any(not p.isprintable() for p in parts):
+        raise ExchangeError("invalid_scope", "scope is a space-separated list of target globs")
+    return parts
+
+
+def _lifetime(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or not 0 < int(value) <= 86400:
+        raise ExchangeError("invalid_request", "requested_lifetime is a number of seconds")
+    return int(value)

@@ -1,0 +1,189 @@
+"""Tether's own keys, kept in the store encrypted under the master key.
+
+Each key is one ``signing_keys`` row whose private part is an envelope (AES-256-GCM data
+key wrapped by a key derived from the master key) bound to the key's purpose and kid, so a
+ciphertext cannot be moved to another row. The store refuses plaintext private keys.
+
+On start, :func:`load_or_create` reads the access-token key ring (the active key and the
+previous keys still inside their overlap window) and the CAs, creating any that do not exist
+yet. :func:`rotate_access_key` adds a new active key; the old one keeps verifying for the
+overlap (the longest token lifetime), then is retired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tether.crypto.envelope import EnvelopeCipher
+from tether.identity.keys import KeyRing, RetiredKey, SigningKey
+from tether.identity.sshca import CaPurpose, SshUserCA
+from tether.identity.x509ca import X509ClientCA
+from tether.store import keys as stored
+
+_PURPOSE: stored.KeyPurpose = "access-token"
+_ACTIVE: tuple[stored.KeyState, ...] = ("active",)
+
+
+@dataclass
+class TetherKeys:
+    """The keys a node signs with: the token key ring and the certificate authorities."""
+
+    ring: KeyRing
+    ssh_user_ca: SshUserCA
+    ssh_target_ca: SshUserCA
+    x509_ca: X509ClientCA
+
+
+def _ts(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def _dt(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _seal(cipher: EnvelopeCipher, purpose: str, kid: str, private: bytes) -> bytes:
+    return cipher.encrypt(private, purpose=f"signing-key:{purpose}", name=kid)
+
+
+def _open(cipher: EnvelopeCipher, row: stored.StoredKey) -> bytes:
+    return cipher.decrypt(row.private_encrypted, purpose=f"signing-key:{row.purpose}", name=row.kid)
+
+
+def _raw(key: SigningKey) -> bytes:
+    return key.private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def _row(cipher: EnvelopeCipher, key: SigningKey, now: datetime) -> stored.StoredKey:
+    return stored.StoredKey(
+        kid=key.kid,
+        purpose=_PURPOSE,
+        algorithm="EdDSA",
+        public=json.dumps(key.public_jwk(), sort_keys=True),
+        private_encrypted=_seal(cipher, _PURPOSE, key.kid, _raw(key)),
+        created_at=now,
+        active_from=now,
+    )
+
+
+def _signing_key(cipher: EnvelopeCipher, row: stored.StoredKey) -> SigningKey:
+    private = Ed25519PrivateKey.from_private_bytes(_open(cipher, row))
+    return SigningKey.from_private_key(private, _ts(row.created_at))
+
+
+async def _load_ring(
+    conn: AsyncConnection, cipher: EnvelopeCipher, now: datetime, overlap: float
+) -> KeyRing | None:
+    rows = await stored.list_signing_keys(conn, _PURPOSE, ("active", "previous"))
+    active = [r for r in rows if r.state == "active"]
+    if not active:
+        return None
+    previous = tuple(
+        RetiredKey(_signing_key(cipher, r), _ts(r.active_from), _ts(r.retire_after))
+        for r in rows
+        if r.state == "previous" and r.retire_after is not None and r.retire_after > now
+    )
+    return KeyRing(_signing_key(cipher, active[0]), previous, overlap=overlap)
+
+
+async def _load_ca(
+    conn: AsyncConnection,
+    cipher: EnvelopeCipher,
+    purpose: stored.KeyPurpose,
+    now: datetime,
+    make: Callable[[], tuple[str, str, bytes, str]],
+) -> tuple[bytes, str]:
+    """(private bytes, public) of the CA of ``purpose``, created by ``make`` if missing."""
+    rows = await stored.list_signing_keys(conn, purpose, _ACTIVE)
+    if rows:
+        return _open(cipher, rows[0]), rows[0].public
+    kid, public, private, algorithm = make()
+    row = stored.StoredKey(
+        kid=kid,
+        purpose=purpose,
+        algorithm=algorithm,
+        public=public,
+        private_encrypted=_seal(cipher, purpose, kid, private),
+        created_at=now,
+        active_from=now,
+    )
+    await stored.insert_signing_key(conn, row)
+    return private, public
+
+
+async def load_or_create(
+    engine: AsyncEngine,
+    cipher: EnvelopeCipher,
+    *,
+    clock: Callable[[], datetime],
+    overlap: float,
+    trust_domain: str,
+) -> TetherKeys:
+    """The node's keys, creating those that do not exist yet (first start)."""
+    now = clock()
+    async with engine.begin() as conn:
+        ring = await _load_ring(conn, cipher, now, overlap)
+        if ring is None:
+            ring = KeyRing.generate(_ts(now), overlap=overlap)
+            await stored.insert_signing_key(conn, _row(cipher, ring.active, now))
+        ssh_user = await _load_ssh_ca(conn, cipher, "ssh-user-ca", CaPurpose.AGENT_LOGIN, clock)
+        ssh_target = await _load_ssh_ca(
+            conn, cipher, "ssh-target-ca", CaPurpose.TARGET_SESSION, clock
+        )
+        x509 = await _load_x509_ca(conn, cipher, clock, trust_domain)
+    return TetherKeys(ring, ssh_user, ssh_target, x509)
+
+
+async def _load_ssh_ca(
+    conn: AsyncConnection,
+    cipher: EnvelopeCipher,
+    purpose: stored.KeyPurpose,
+    ca_purpose: CaPurpose,
+    clock: Callable[[], datetime],
+) -> SshUserCA:
+    def make() -> tuple[str, str, bytes, str]:
+        ca = SshUserCA.generate(clock=clock, purpose=ca_purpose)
+        public = ca.ca_public_key_openssh()
+        kid = f"{purpose}:" + hashlib.sha256(public.encode()).hexdigest()[:24]
+        return kid, public, ca.private_key_bytes(), "ssh-ed25519"
+
+    private, _public = await _load_ca(conn, cipher, purpose, clock(), make)
+    return SshUserCA.from_private_key_bytes(private, clock=clock, purpose=ca_purpose)
+
+
+async def _load_x509_ca(
+    conn: AsyncConnection,
+    cipher: EnvelopeCipher,
+    clock: Callable[[], datetime],
+    trust_domain: str,
+) -> X509ClientCA:
+    def make() -> tuple[str, str, bytes, str]:
+        ca = X509ClientCA.generate(trust_domain, clock=clock)
+        pem = ca.ca_cert_pem()
+        kid = "x509-ca:" + hashlib.sha256(pem).hexdigest()[:24]
+        return kid, pem.decode(), ca.private_key_bytes(), "ES256"
+
+    private, public = await _load_ca(conn, cipher, "x509-ca", clock(), make)
+    return X509ClientCA.from_pem(private, public.encode(), clock=clock)
+
+
+async def rotate_access_key(
+    engine: AsyncEngine, cipher: EnvelopeCipher, ring: KeyRing, now: datetime
+) -> SigningKey:
+    """A new active token key; the old one verifies for the ring's overlap, then retires."""
+    key = ring.rotate(_ts(now))
+    async with engine.begin() as conn:
+        await stored.rotate_signing_key(
+            conn, _row(cipher, key, now), now + timedelta(seconds=ring.overlap)
+        )
+    return key

@@ -1,0 +1,65 @@
+"""The in-memory revocation set every front-end consults on every use of a credential.
+
+Revocations live in the store (``revocations`` table); each node keeps a copy in memory,
+filled at start and then refreshed by polling entries past a cursor (ids follow commit
+order, see :mod:`tether.store.credentials`). A node's own revocations are applied at once,
+before the API answers, and other nodes' within one poll interval (one second by default):
+that bound is what "a revocation ends live sessions within a second" relies on, since
+front-ends re-check live sessions on the same interval.
+
+Revocation is permanent for every kind: a revoked token id, agent, task or runtime is never
+accepted again (``tether agent disable`` is the reversible switch). Entries are only pruned
+by the store after everything they could affect has expired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tether.identity.claims import Claims
+from tether.store.credentials import Revocation
+
+KINDS = ("token", "agent", "task", "runtime")
+
+
+@dataclass
+class RevocationSet:
+    """Revoked values by kind, and the store cursor they are current up to."""
+
+    cursor: int = 0
+    _revoked: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in KINDS})
+
+    def apply(self, entries: Iterable[Revocation], cursor: int | None = None) -> None:
+        for entry in entries:
+            self._revoked[entry.kind].add(entry.value)
+        if cursor is not None and cursor > self.cursor:
+            self.cursor = cursor
+
+    def add(self, kind: str, value: str) -> None:
+        self._revoked[kind].add(value)
+
+    def __contains__(self, item: tuple[str, str]) -> bool:
+        kind, value = item
+        return value in self._revoked[kind]
+
+    def reason(self, claims: Claims) -> str | None:
+        """Why ``claims`` is revoked (naming the kind), or None when it is not."""
+        revoked = self._revoked
+        if claims.jti in revoked["token"]:
+            return "the token is revoked"
+        if claims.agent_id in revoked["agent"]:
+            return "the agent is revoked"
+        if claims.task.id in revoked["task"]:
+            return "the task is revoked"
+        if claims.runtime.id in revoked["runtime"]:
+            return "the runtime is revoked"
+        actor = claims.act
+        while actor is not None:
+            if actor.sub in revoked["agent"]:
+                return "an actor of the delegation is revoked"
+            actor = actor.act
+        return None
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._revoked.values())

@@ -1,0 +1,414 @@
+"""The identity service: who an agent is, the credentials it gets, and their every use.
+
+This is the one authorization sequence for credentials (STYLE 4): every front-end calls
+:meth:`IdentityService.authenticate` with what the agent presented, and gets either the
+verified :class:`~tether.identity.claims.Claims` or a
+:class:`~tether.identity.errors.CredentialError` — signature, expiry, audience, issuer,
+proof of possession (DPoP or certificate binding), revocation and the agent's state are all
+checked there, on every use, so no front-end can forget one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.crypto.envelope import EnvelopeCipher
+from tether.identity import exchange as ex
+from tether.identity.certbind import check_binding
+from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
+from tether.identity.dpop import DPoPVerifier
+from tether.identity.errors import CredentialError, TokenInvalid, TokenRevoked
+from tether.identity.keystore import TetherKeys, rotate_access_key
+from tether.identity.replay import MemoryReplayCache
+from tether.identity.revocation import RevocationSet
+from tether.identity.scope import narrowed
+from tether.identity.tokens import TokenIssuer, TokenVerifier
+from tether.identity.workload import (
+    TrustedIssuers,
+    WorkloadTokenError,
+    verify_user_token,
+    verify_workload_token,
+)
+from tether.store import agents as agent_store
+from tether.store import credentials as cred_store
+from tether.store.identity import AgentNotActive, digest
+
+log = logging.getLogger(__name__)
+
+JOIN_TOKEN_PREFIX = "tjt_"  # noqa: S105 - a public prefix, not a secret
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """The identity part of the configuration (validated by :mod:`tether.config`)."""
+
+    issuer: str = "http://127.0.0.1:8765"
+    audience: str = "tether"
+    trust_domain: str = "tether.local"
+    token_lifetime: int = 600
+    max_token_lifetime: int = 3600
+    join_token_ttl: int = 900
+    max_delegation_depth: int = 2
+    certificate_lifetime: int = 600
+    revocation_poll: float = 1.0
+    # Workload identities mapped to agents: {issuer name: {subject: agent id}}.
+    workload_agents: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    claims: Claims
+
+    def response(self) -> dict[str, Any]:
+        """The RFC 8693 token response."""
+        return {
+            "access_token": self.token,
+            "issued_token_type": ex.ACCESS_TOKEN,
+            "token_type": "DPoP" if self.claims.cnf.jkt else "Bearer",
+            "expires_in": self.claims.exp - self.claims.iat,
+            "scope": " ".join(self.claims.scope),
+        }
+
+
+@dataclass(frozen=True)
+class Presented:
+    """What an agent presented with one request, for :meth:`IdentityService.authenticate`."""
+
+    token: str
+    method: str
+    url: str
+    dpop: str | None = None
+    peer_certificate_der: bytes | None = None
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class IdentityService:
+    """Issues, verifies and revokes Tether's credentials over the store."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        keys: TetherKeys,
+        cipher: EnvelopeCipher,
+        settings: IdentitySettings,
+        *,
+        issuers: TrustedIssuers | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.engine, self.keys, self.cipher, self.settings = engine, keys, cipher, settings
+        self.clock = clock
+        self.issuers = issuers or TrustedIssuers([])
+        def seconds() -> float:
+            return clock().timestamp()
+        self.tokens = TokenIssuer(
+            keys.ring,
+            issuer=settings.issuer,
+            audience=settings.audience,
+            clock=seconds,
+            default_lifetime=settings.token_lifetime,
+            max_lifetime=settings.max_token_lifetime,
+        )
+        self.verifier = TokenVerifier(
+            keys.ring, issuer=settings.issuer, audience=settings.audience, clock=seconds
+        )
+        self.dpop = DPoPVerifier(clock=seconds, replay_cache=MemoryReplayCache(seconds))
+        self.revoked = RevocationSet()
+        self._inactive: dict[str, tuple[str, float]] = {}  # agent -> (state, checked at)
+
+    # --- every use ----------------------------------------------------------------------------
+
+    async def authenticate(self, presented: Presented) -> Claims:
+        """The verified claims of a presented token, or ``CredentialError`` (fails closed)."""
+        claims = self.verifier.verify(presented.token)
+        if claims.cnf.jkt is not None:
+            self.dpop.verify(
+                presented.dpop,
+                htm=presented.method,
+                htu=presented.url,
+                access_token=presented.token,
+                expected_jkt=claims.cnf.jkt,
+            )
+        else:
+            if presented.peer_certificate_der is None:
+                raise TokenInvalid("a certificate-bound token needs the client certificate")
+            check_binding(claims, presented.peer_certificate_der)
+        await self.check_live(claims)
+        return claims
+
+    async def check_live(self, claims: Claims) -> None:
+        """Revocation and agent state: what a live session re-checks every second."""
+        reason = self.revoked.reason(claims)
+        if reason is not None:
+            raise TokenRevoked(reason)
+        state = await self._agent_state(claims.agent_id)
+        if state != "active":
+            raise TokenRevoked(f"the agent is {state}")
+
+    async def _agent_state(self, agent_id: str) -> str:
+        now = self.clock().timestamp()
+        cached = self._inactive.get(agent_id)
+        if cached is not None and now - cached[1] < self.settings.revocation_poll:
+            return cached[0]
+        async with self.engine.connect() as conn:
+            agent = await agent_store.get_agent(conn, agent_id)
+        state = "unknown" if agent is None else agent.state
+        self._inactive[agent_id] = (state, now)
+        return state
+
+    # --- revocation ---------------------------------------------------------------------------
+
+    async def revoke(
+        self, kind: cred_store.RevocationKind, value: str, *, reason: str, by: str
+    ) -> bool:
+        """Revoke a token id, agent, task or runtime; True when newly revoked."""
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            _entry, created = await cred_store.insert_revocation(
+                conn, kind=kind, value=value, reason=reason, revoked_by=by, now=now
+            )
+        self.revoked.add(kind, value)
+        return created
+
+    async def refresh_revocations(self) -> int:
+        """Apply entries other nodes added since the last refresh; returns how many."""
+        async with self.engine.connect() as conn:
+            batch = await cred_store.revocations_since(conn, self.revoked.cursor)
+        self.revoked.apply(batch.entries, batch.cursor)
+        return len(batch.entries)
+
+    async def watch_revocations(self, stop: asyncio.Event) -> None:
+        """Poll the store until ``stop`` is set (one poll interval bounds propagation)."""
+        while not stop.is_set():
+            try:
+                await self.refresh_revocations()
+            except Exception as error:  # noqa: BLE001 - keep polling; the next poll retries
+                log.error("refreshing revocations failed: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.revocation_poll)
+
+    async def rotate_keys(self) -> str:
+        """Rotate the access-token signing key; returns the new kid."""
+        key = await rotate_access_key(self.engine, self.cipher, self.keys.ring, self.clock())
+        return key.kid
+
+    # --- join tokens --------------------------------------------------------------------------
+
+    async def create_join_token(
+        self,
+        agent_id: str,
+        *,
+        runtime_labels: Mapping[str, str] | None = None,
+        ttl: int | None = None,
+    ) -> tuple[str, agent_store.JoinToken]:
+        """A one-time join token for ``agent_id``: the secret (shown once) and its record."""
+        ttl = ttl or self.settings.join_token_ttl
+        if not 0 < ttl <= 86400:
+            raise ValueError("a join token lives between 1 second and 1 day")
+        token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            record = await agent_store.insert_join_token(
+                conn, id=token_id, token_hash=digest(secret), agent_id=agent_id, now=now,
+                expires_at=now + timedelta(seconds=ttl), runtime_labels=runtime_labels,
+            )  # fmt: skip
+        return f"{JOIN_TOKEN_PREFIX}{token_id}.{secret}", record
+
+    # --- the token endpoint -------------------------------------------------------------------
+
+    async def exchange(
+        self, form: Mapping[str, str], *, dpop: str | None, url: str, address: str | None = None
+    ) -> IssuedToken:
+        """RFC 8693 token exchange; ``ExchangeError`` (HTTP 400) or ``CredentialError``."""
+        request = ex.parse_form(form)
+        if request.subject_token_type == ex.ID_TOKEN:
+            return await self._delegate(request, dpop, url)
+        if request.subject_token_type == ex.ACCESS_TOKEN:
+            held = await self.authenticate(Presented(request.subject_token, "POST", url, dpop))
+            return await self._issue(
+                request, held.sub, held.runtime, held.cnf, held.scope, held.exp, held.act,
+                held.agent,
+            )  # fmt: skip
+        proof = self.dpop.verify(dpop, htm="POST", htu=url)
+        cnf = Confirmation(jkt=proof.jkt)
+        if request.subject_token_type == ex.JOIN_TOKEN:
+            agent_id, runtime = await self._join(request.subject_token, address)
+        else:
+            agent_id, runtime = await self._attest(request.subject_token, address)
+        return await self._issue(request, agent_id, runtime, cnf, None, None, None, None)
+
+    async def _join(self, token: str, address: str | None) -> tuple[str, Runtime]:
+        token_id, _, secret = token.removeprefix(JOIN_TOKEN_PREFIX).partition(".")
+        if not token.startswith(JOIN_TOKEN_PREFIX) or not token_id or not secret:
+            raise ex.ExchangeError("invalid_grant", "malformed join token")
+        runtime_id = f"join/{token_id}"
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            record = await agent_store.consume_join_token(
+                conn, id=token_id, token_hash=digest(secret), runtime_id=runtime_id, now=now
+            )
+            if record is None:
+                raise ex.ExchangeError(
+                    "invalid_grant",
+                    "the join token is unknown, used, expired or its agent inactive",
+                )
+            labels = {**record.runtime_labels, "platform": "join-token"}
+            await agent_store.upsert_runtime(
+                conn, id=runtime_id, agent_id=record.agent_id, platform="join-token",
+                attested_by="join-token", now=now, labels=labels, address=address,
+            )  # fmt: skip
+        return record.agent_id, Runtime(runtime_id, labels)
+
+    async def _attest(self, token: str, address: str | None) -> tuple[str, Runtime]:
+        try:
+            workload = await verify_workload_token(token, self.issuers, self.clock())
+        except WorkloadTokenError as error:
+            raise ex.ExchangeError("invalid_grant", f"workload token refused: {error}") from None
+        mapped = self.settings.workload_agents.get(workload.issuer_name, {})
+        agent_id = mapped.get(workload.subject)
+        if agent_id is None:
+            raise ex.ExchangeError("invalid_grant", "no agent is mapped to this workload")
+        labels = dict(workload.labels)
+        async with self.engine.begin() as conn:
+            try:
+                await agent_store.upsert_runtime(
+                    conn, id=workload.runtime_id, agent_id=agent_id,
+                    platform=labels.get("platform", "workload"),
+                    attested_by=workload.issuer_name, now=self.clock(), labels=labels,
+                    address=address,
+                )  # fmt: skip
+            except AgentNotActive:
+                raise ex.ExchangeError("invalid_grant", "the agent is not active") from None
+        return agent_id, Runtime(workload.runtime_id, labels)
+
+    async def _delegate(
+        self, request: ex.ExchangeRequest, dpop: str | None, url: str
+    ) -> IssuedToken:
+        assert request.actor_token is not None  # parse_form guarantees it
+        actor = await self.authenticate(Presented(request.actor_token, "POST", url, dpop))
+        depth = 1
+        chain = actor.act
+        while chain is not None:
+            depth, chain = depth + 1, chain.act
+        if depth > self.settings.max_delegation_depth:
+            raise ex.ExchangeError("invalid_request", "delegation chain too deep")
+        try:
+            user = await verify_user_token(request.subject_token, self.issuers, self.clock())
+        except WorkloadTokenError as error:
+            raise ex.ExchangeError("invalid_grant", f"user token refused: {error}") from None
+        act = Actor(actor.agent_id, actor.act)
+        expiry = min(actor.exp, int(user.expires_at.timestamp()))
+        return await self._issue(
+            request, user.user, actor.runtime, actor.cnf, actor.scope, expiry, act,
+            actor.agent_id, groups=user.groups,
+        )  # fmt: skip
+
+    async def _issue(
+        self,
+        request: ex.ExchangeRequest,
+        subject: str,
+        runtime: Runtime,
+        cnf: Confirmation,
+        held_scope: Sequence[str] | None,
+        not_after: int | None,
+        act: Actor | None,
+        agent: str | None,
+        groups: Sequence[str] = (),
+    ) -> IssuedToken:
+        scope = (
+            narrowed(request.scope, held_scope)
+            if held_scope is not None
+            else (request.scope or ("*",))
+        )
+        if scope is None:
+            raise ex.ExchangeError("invalid_scope", "the requested scope is wider than held")
+        lifetime = request.lifetime or self.settings.token_lifetime
+        if lifetime > self.settings.max_token_lifetime:
+            raise ex.ExchangeError("invalid_request", "requested_lifetime is above the cap")
+        now = int(self.clock().timestamp())
+        if not_after is not None:
+            if request.lifetime is not None and now + request.lifetime > not_after:
+                raise ex.ExchangeError("invalid_request", "requested_lifetime outlives its source")
+            lifetime = min(lifetime, not_after - now)
+            if lifetime <= 0:
+                raise ex.ExchangeError("invalid_grant", "the presented token has expired")
+        token, claims = self.tokens.issue(
+            subject=subject, task=Task(request.task_id, request.task_purpose), scope=scope,
+            runtime=runtime, cnf=cnf, act=act, agent=agent, lifetime=lifetime, groups=groups,
+        )  # fmt: skip
+        await self._record(claims, "access_token", key_thumbprint=cnf.jkt)
+        return IssuedToken(token, claims)
+
+    async def _record(
+        self,
+        claims: Claims,
+        kind: cred_store.CredentialKind,
+        *,
+        key_thumbprint: str | None,
+        serial: str | None = None,
+        groups: Sequence[str] = (),
+    ) -> None:
+        chain: list[str] = []
+        actor = claims.act
+        while actor is not None:
+            chain.append(actor.sub)
+            actor = actor.act
+        credential = cred_store.Credential(
+            jti=claims.jti, kind=kind, agent_id=claims.agent_id, subject=claims.sub,
+            scope=claims.scope, issued_at=_utc(claims.iat), expires_at=_utc(claims.exp),
+            runtime_id=claims.runtime.id, task_id=claims.task.id,
+            actor_chain=tuple(chain) or None, serial=serial, key_thumbprint=key_thumbprint,
+        )  # fmt: skip
+        try:
+            async with self.engine.begin() as conn:
+                await cred_store.insert_credential(conn, credential)
+        except AgentNotActive:
+            raise TokenRevoked("the agent is not active") from None
+
+    # --- certificates -------------------------------------------------------------------------
+
+    async def ssh_certificate(
+        self, claims: Claims, public_key: str, principals: Sequence[str], source: str | None
+    ) -> str:
+        """An OpenSSH user certificate for the token's agent, as long as the token at most."""
+        await self.check_live(claims)
+        now = int(self.clock().timestamp())
+        validity = min(self.settings.certificate_lifetime, claims.exp - now)
+        if validity <= 0:
+            raise TokenInvalid("the token has expired")
+        key_id = f"agent={claims.agent_id} task={claims.task.id} jti={claims.jti}"
+        return self.keys.ssh_user_ca.issue(
+            public_key, principals=list(principals), key_id=key_id, validity_seconds=validity,
+            source_address=[source] if source else None,
+        )  # fmt: skip
+
+    async def x509_certificate(self, claims: Claims, csr_pem: str) -> str:
+        """A SPIFFE client certificate (URI SAN) for the token's agent and task."""
+        await self.check_live(claims)
+        now = int(self.clock().timestamp())
+        validity = min(self.settings.certificate_lifetime, claims.exp - now)
+        if validity <= 0:
+            raise TokenInvalid("the token has expired")
+        spiffe = f"spiffe://{self.settings.trust_domain}/agent/{claims.agent_id}"
+        return self.keys.x509_ca.issue(csr_pem, spiffe_id=spiffe, validity_seconds=validity)
+
+
+__all__ = [
+    "CredentialError",
+    "IdentityService",
+    "IdentitySettings",
+    "IssuedToken",
+    "Presented",
+]
