@@ -152,7 +152,7 @@ class PostgresServer:
         """An empty database (from ``template0``, so nothing leaks in from ``template1``)."""
         # FILE_COPY (PostgreSQL 15+) copies the few template files instead of WAL-logging
         # every block: several times faster, and durability does not matter here.
-        strategy = " STRATEGY FILE_COPY"
+        strategy = " STRATEGY FILE_COPY" if self.version_num >= 150000 else ""
         self.psql(f'CREATE DATABASE "{_checked(name)}" TEMPLATE template0{strategy}')
 
     def drop_database(self, name: str) -> None:

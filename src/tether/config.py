@@ -11,8 +11,9 @@ environment, a flag or a default resolves against the current directory.
 Environment variables: ``TETHER_<KEY>`` sets the top-level key ``<key>`` (``TETHER_LISTEN``,
 ``TETHER_DATA_DIR``). A double underscore descends into a section, so that later sections
 work the same way (``TETHER_API__LISTEN`` would set ``api.listen``). ``TETHER_CONFIG`` names
-the config file and is not a setting. Any other ``TETHER_*`` variable is an error, so a typo
-never passes silently.
+the config file and is not a setting, nor are the variables other parts read
+(``NON_SETTING_VARIABLES``: the master key, the CLI's admin token and server). Any other
+``TETHER_*`` variable is an error, so a typo never passes silently.
 """
 
 from __future__ import annotations
@@ -34,8 +35,14 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from tether.identity.config import IdentityConfig
+
 ENV_PREFIX: Final = "TETHER_"
 CONFIG_ENV: Final = "TETHER_CONFIG"
+# TETHER_* variables that are not settings: read by the master key loader and by the CLI.
+NON_SETTING_VARIABLES: Final = frozenset(
+    {CONFIG_ENV, "TETHER_MASTER_KEY", "TETHER_ADMIN_TOKEN", "TETHER_SERVER", "TETHER_DEBUG"}
+)
 DEFAULT_LISTEN: Final = "127.0.0.1:8765"
 DATABASE_FILE: Final = "tether.db"
 
@@ -108,6 +115,7 @@ class Settings(BaseModel):
     )
     log_level: Annotated[LogLevel, BeforeValidator(_lower)] = "info"
     policy_watch: bool = True
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
 
     @property
     def host(self) -> str:
@@ -237,7 +245,7 @@ def _env_layer(environ: Mapping[str, str], cwd: Path) -> _Layer:
     values: dict[str, Any] = {}
     names: dict[str, str] = {}
     for name, value in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_VARIABLES:
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         if not all(parts):
@@ -277,6 +285,25 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in _PATH_KEYS & resolved.keys():
         if isinstance(resolved[key], str):
             resolved[key] = str(base / Path(resolved[key]).expanduser())
+    identity = resolved.get("identity")
+    if isinstance(identity, dict):
+        resolved["identity"] = _resolve_jwks_files(identity, base)
+    return resolved
+
+
+def _resolve_jwks_files(identity: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``jwks_file`` of each trusted issuer, relative to its source's directory."""
+    resolved = dict(identity)
+    for section in ("workload_issuers", "user_issuers"):
+        issuers = resolved.get(section)
+        if not isinstance(issuers, list):
+            continue
+        resolved[section] = [
+            {**i, "jwks_file": str(base / Path(i["jwks_file"]).expanduser())}
+            if isinstance(i, dict) and isinstance(i.get("jwks_file"), str)
+            else i
+            for i in issuers
+        ]
     return resolved
 
 

@@ -1,4 +1,8 @@
-"""Running one Tether node: store, policy set, HTTP API and policy watcher, until a signal.
+"""Running one Tether node: store, identity, policy set, HTTP API and watchers, until a signal.
+
+At start the node opens the store, loads the master key and its signing keys (creating them
+on first start), builds the identity service with the revocations in force, and on a store
+without any admin token creates one and prints it, once, on standard error.
 
 ``SIGTERM`` or ``SIGINT`` stops the node gracefully: the server stops accepting, finishes
 the requests in flight, the watcher stops and the store closes; then the process exits 0.
@@ -12,13 +16,21 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Final
 
 import uvicorn
 
 from tether.api import AppState, create_app
 from tether.config import Settings
+from tether.crypto.envelope import DecryptionError, EnvelopeCipher
+from tether.crypto.masterkey import MasterKeyError, load_master_key
+from tether.identity.admintokens import first_admin_token
+from tether.identity.keystore import load_or_create
+from tether.identity.service import IdentityService
+from tether.identity.workload import TrustedIssuers
 from tether.policywatch import LoadRefused, PolicyReloader, load_initial
 from tether.store import Store, StoreError
 
@@ -62,17 +74,19 @@ async def run_node(settings: Settings, sock: socket.socket) -> None:
 
 
 async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
+    identity = await open_identity(settings, store, default_issuer(sock))
     try:
         holder = await load_initial(settings.policies, store)
     except LoadRefused as error:
         raise StartupError(f"policies did not load: {error}") from None
-    server = _Server(_uvicorn_config(settings, AppState(holder, store)))
+    await _announce_first_admin_token(store)
+    server = _Server(_uvicorn_config(settings, AppState(holder, store, identity)))
     stop = asyncio.Event()
     _handle_signals(server, stop)
-    watcher = None
+    watchers = [asyncio.create_task(identity.watch_revocations(stop))]
     if settings.policy_watch:
         reloader = PolicyReloader(settings.policies, store, holder)
-        watcher = asyncio.create_task(reloader.watch(stop))
+        watchers.append(asyncio.create_task(reloader.watch(stop)))
     host, port = sock.getsockname()[:2]
     log.info(
         "tether serving on http://%s:%d (policies: %s)", _bracket(host), port, settings.policies
@@ -81,9 +95,65 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
         await server.serve(sockets=[sock])
     finally:
         stop.set()
-        if watcher is not None:
-            await watcher
+        await asyncio.gather(*watchers)
     log.info("tether stopped")
+
+
+async def open_identity(
+    settings: Settings,
+    store: Store,
+    issuer: str,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> IdentityService:
+    """The identity service over ``store``: master key, signing keys, revocations in force."""
+    config = settings.identity
+    identity_settings = config.identity_settings(issuer)
+    try:
+        cipher = EnvelopeCipher(load_master_key(settings.data_dir))
+        keys = await load_or_create(
+            store.engine, cipher, clock=clock, trust_domain=identity_settings.trust_domain,
+            overlap=float(identity_settings.max_token_lifetime),
+        )  # fmt: skip
+    except (MasterKeyError, DecryptionError) as error:
+        raise StartupError(f"signing keys unusable: {error}") from None
+    if keys.x509_ca.trust_domain != identity_settings.trust_domain:
+        raise StartupError(
+            f"identity.trust_domain is {identity_settings.trust_domain!r} but this database's "
+            f"X.509 CA signs for {keys.x509_ca.trust_domain!r}"
+        )
+    issuers = TrustedIssuers.from_configs(config.issuer_configs(), clock=clock)
+    service = IdentityService(
+        store.engine, keys, cipher, identity_settings, issuers=issuers, clock=clock
+    )
+    await service.refresh_revocations()
+    return service
+
+
+def default_issuer(sock: socket.socket) -> str:
+    """``http://HOST:PORT`` of the bound socket: the issuer when none is configured."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
+        log.warning(
+            "identity.issuer is not set and the node listens on every address: tokens "
+            "will name http://127.0.0.1:%d; set identity.issuer to the URL agents use",
+            port,
+        )
+        host = "127.0.0.1"
+    return f"http://{_bracket(host)}:{port}"
+
+
+async def _announce_first_admin_token(store: Store) -> None:
+    token = await first_admin_token(store.engine, now=datetime.now(UTC))
+    if token is None:
+        return
+    # Printed, not logged: it must reach the operator whatever the log level, exactly once.
+    print(
+        "tether: first start: created an admin token. It is shown only this once; keep it "
+        f"secret (TETHER_ADMIN_TOKEN for the CLI):\n\n    {token}\n",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _uvicorn_config(settings: Settings, state: AppState) -> uvicorn.Config:

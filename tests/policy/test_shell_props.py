@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tether.policy.errors import ShellConstruct
-from tether.policy.shell import ParsedCommand, parse_command, quote_word
+from tether.policy.shell import ParsedCommand, SimpleCommand, parse_command, quote_word
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHELLS = [path for name in ("dash", "bash") if (path := shutil.which(name))]
@@ -137,7 +137,7 @@ REDIRECTS = ["2>/dev/null", ">/dev/null", ">>/dev/null", "</dev/null", "2>&1", "
 @st.composite
 def command_texts(draw: st.DrawFn) -> tuple[str, list[tuple[str, ...]], list[str], list[str]]:
     """Shell text with the argv lists, operators and redirections it must parse to."""
-    argvs = draw(st.lists(st.lists(words, min_size=1, max_size=4), min_size=1, max_size=3))
+    argvs = draw(st.lists(st.lists(words, min_size=1, max_size=4), min_size=1, max_size=5))
     parts: list[str] = []
     operators: list[str] = []
     redirects: list[str] = []
@@ -175,15 +175,29 @@ def test_quoted_words_parse_back(
     assert_well_formed(parsed)
 
 
+simple_commands = st.builds(
+    SimpleCommand,
+    st.lists(words, min_size=1, max_size=5).map(tuple),
+    st.lists(st.sampled_from(REDIRECTS), max_size=2).map(tuple),
+)
+
+
 @SETTINGS
-@given(st.lists(st.lists(words, min_size=1, max_size=5), min_size=1, max_size=4))
-def test_canonical_of_any_words_parses_back(argvs: list[list[str]]) -> None:
-    text = " && ".join(
-        " ".join([quote_word(a[0], command_name=True), *map(quote_word, a[1:])]) for a in argvs
+@given(st.lists(simple_commands, min_size=1, max_size=4), st.data())
+def test_canonical_of_any_command_parses_back(
+    commands: list[SimpleCommand], data: st.DataObject
+) -> None:
+    operators = data.draw(
+        st.lists(
+            st.sampled_from(["|", "&&", "||", ";"]),
+            min_size=len(commands) - 1,
+            max_size=len(commands) - 1,
+        )
     )
-    parsed = parse_command(text)
-    assert [list(c.argv) for c in parsed.commands] == argvs
+    parsed = ParsedCommand(tuple(commands), tuple(operators))
     assert parse_command(parsed.canonical()) == parsed
+    for command in commands:
+        assert shlex.split(command.canonical()) == [*command.argv, *command.redirects]
 
 
 # --- (c) dangerous fragments ----------------------------------------------------------------

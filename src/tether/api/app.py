@@ -1,4 +1,6 @@
-"""The HTTP API: health and the decision endpoint.
+"""The HTTP API: health, the decision endpoint, and (with an identity service) the token
+endpoint, the agent API and the admin API (:mod:`tether.api.oauth`, :mod:`tether.api.certs`,
+:mod:`tether.api.agents`, :mod:`tether.api.admin`).
 
 ``POST /v1/decide`` answers every JSON body with a decision: a body that is JSON but not a
 valid request is denied ``invalid-request`` with status 200, because that deny *is* the
@@ -14,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tether import __version__
+from tether.api import admin, agents, certs, oauth
 from tether.api.problems import PROBLEM_JSON, Problem, install_problem_handlers, problem
 from tether.api.schemas import DECIDE_REQUEST_SCHEMA, DecisionBody, Health
 from tether.api.state import AppState
@@ -40,7 +43,11 @@ def create_app(state: AppState) -> FastAPI:
         docs_url="/docs",
     )
     install_problem_handlers(app)
+    app.state.tether = state
     _add_routes(app, state)
+    if state.identity is not None:
+        for router in (oauth.router, certs.router, agents.router, admin.router):
+            app.include_router(router)
     return app
 
 

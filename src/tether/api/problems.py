@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Final
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,16 +27,44 @@ class Problem(BaseModel):
     detail: str | None = None
 
 
-def problem(status: int, detail: str | None = None) -> JSONResponse:
+def problem(
+    status: int,
+    detail: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **members: Any,
+) -> JSONResponse:
     """An ``application/problem+json`` response.
 
     The type is ``about:blank`` (RFC 9457 section 4.2.1): the status code says what kind of
     problem it is, its phrase is the title, and ``detail`` says what went wrong this time.
+    ``members`` are extension members (RFC 9457 section 3.2), such as OAuth's ``error``.
     """
     body = Problem(title=_phrase(status), status=status, detail=detail)
+    content = {**body.model_dump(exclude_none=True), **members}
     return JSONResponse(
-        body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON
+        content, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {})
     )
+
+
+class ProblemError(Exception):
+    """Raised by a route to answer with a problem; ``members`` are extension members."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **members: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+        self.headers = dict(headers or {})
+        self.members = members
+
+    def response(self) -> JSONResponse:
+        return problem(self.status, self.detail, headers=self.headers, **self.members)
 
 
 def _phrase(status: int) -> str:
@@ -47,9 +76,14 @@ def _phrase(status: int) -> str:
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Make routing errors, validation errors and crashes answer as problem details."""
+    app.add_exception_handler(ProblemError, _problem_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
+
+
+async def _problem_error(_request: Request, error: ProblemError) -> JSONResponse:
+    return error.response()
 
 
 async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from tether.policy import PolicySet
 
 if TYPE_CHECKING:
+    from tether.identity.service import IdentityService
     from tether.store import Store
 
 
@@ -37,3 +38,4 @@ class AppState:
 
     policies: PolicyHolder
     store: Store | None = None
+    identity: IdentityService | None = None

@@ -16,6 +16,10 @@ from tether.policyfiles import read_policy_dir
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # the command ran, and what it checked failed (a test, a lint error)
 EXIT_UNUSABLE: Final = 2  # the command could not run: bad config, policies that do not load
+EXIT_UNREACHABLE: Final = 3  # the Tether server did not answer
+EXIT_UNAUTHORIZED: Final = 4  # the server refused the admin token (401/403)
+EXIT_NOT_FOUND: Final = 5  # the server has no such thing (404)
+EXIT_CONFLICT: Final = 6  # the server refused the change in the current state (409)
 EXIT_INTERNAL: Final = 70  # a bug in Tether (EX_SOFTWARE)
 
 

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from tether import __version__
-from tether.cli import policy, serve
+from tether.cli import admintoken, agent, policy, revoke, serve
 from tether.cli.common import EXIT_INTERNAL
 
 app = typer.Typer(
@@ -19,6 +19,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(policy.app, name="policy")
+app.add_typer(agent.app, name="agent")
+app.add_typer(revoke.revoke_app, name="revoke")
+app.add_typer(revoke.keys_app, name="keys")
+app.add_typer(admintoken.app, name="admin-token")
 app.command("serve")(serve.serve)
 
 

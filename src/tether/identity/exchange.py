@@ -21,6 +21,12 @@ new token is bound to:
 A token derived from another one (re-scoping, delegation) only ever narrows: its scope must
 be covered by what the presenting token holds, and it expires no later than any token it
 came from. Delegation chains are limited in depth.
+
+The one exception is **renewal**: an agent's own (not delegated) token exchanged for the
+*same task* may outlive it, so that a long task keeps going on short tokens. A renewal
+still narrows the scope and keeps the key, and is bounded by ``max_session_lifetime``
+counted from the runtime's last attestation (join or workload token): past it, the agent
+must prove again where it runs.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
+
+from tether.identity.names import TASK_ID_TEXT, is_task_id
 
 GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
 JOIN_TOKEN: Final = "urn:tether:params:oauth:token-type:join-token"  # noqa: S105
@@ -94,8 +102,13 @@ def parse_form(form: Mapping[str, str]) -> ExchangeRequest:
     if subject_type != ID_TOKEN and actor is not None:
         raise ExchangeError("invalid_request", "actor_token is only for delegation (id_token)")
     task_id = form.get("task_id", "")
-    if not task_id or len(task_id) > 200 or not task_id.isprintable():
-        raise ExchangeError("invalid_request", "task_id is required (printable, ≤200 characters)")
+    if not is_task_id(task_id):
+        raise ExchangeError("invalid_request", f"task_id is required: {TASK_ID_TEXT}")
+    purpose = form.get("task_purpose") or "unspecified"
+    if len(purpose) > 500 or not purpose.isprintable():
+        raise ExchangeError("invalid_request", "task_purpose is printable text of ≤500 characters")
+    if form.get("requested_token_type") not in (None, ACCESS_TOKEN):
+        raise ExchangeError("invalid_request", "requested_token_type must be an access_token")
     return ExchangeRequest(
         subject_token=subject,
         subject_token_type=subject_type,
@@ -103,7 +116,7 @@ def parse_form(form: Mapping[str, str]) -> ExchangeRequest:
         actor_token_type=actor_type,
         scope=_scope(form.get("scope")),
         task_id=task_id,
-        task_purpose=form.get("task_purpose") or "unspecified",
+        task_purpose=purpose,
         lifetime=_lifetime(form.get("requested_lifetime")),
     )
 

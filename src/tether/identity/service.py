@@ -17,8 +17,10 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
+import asyncssh
+from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.envelope import EnvelopeCipher
@@ -26,11 +28,12 @@ from tether.identity import exchange as ex
 from tether.identity.certbind import check_binding
 from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
 from tether.identity.dpop import DPoPVerifier
-from tether.identity.errors import CredentialError, TokenInvalid, TokenRevoked
+from tether.identity.errors import CredentialError, IssuanceError, TokenInvalid, TokenRevoked
 from tether.identity.keystore import TetherKeys, rotate_access_key
 from tether.identity.replay import MemoryReplayCache
 from tether.identity.revocation import RevocationSet
 from tether.identity.scope import narrowed
+from tether.identity.sshca import describe_certificate, format_key_id
 from tether.identity.tokens import TokenIssuer, TokenVerifier
 from tether.identity.workload import (
     TrustedIssuers,
@@ -40,11 +43,12 @@ from tether.identity.workload import (
 )
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
-from tether.store.identity import AgentNotActive, digest
+from tether.store.identity import AgentNotActive, RuntimeOfAnotherAgent, digest
 
 log = logging.getLogger(__name__)
 
 JOIN_TOKEN_PREFIX = "tjt_"  # noqa: S105 - a public prefix, not a secret
+_REVOCATION_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class IdentitySettings:
     join_token_ttl: int = 900
     max_delegation_depth: int = 2
     certificate_lifetime: int = 600
+    max_session_lifetime: int = 86400
     revocation_poll: float = 1.0
     # Workload identities mapped to agents: {issuer name: {subject: agent id}}.
     workload_agents: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
@@ -111,8 +116,10 @@ class IdentityService:
         self.engine, self.keys, self.cipher, self.settings = engine, keys, cipher, settings
         self.clock = clock
         self.issuers = issuers or TrustedIssuers([])
+
         def seconds() -> float:
             return clock().timestamp()
+
         self.tokens = TokenIssuer(
             keys.ring,
             issuer=settings.issuer,
@@ -126,7 +133,7 @@ class IdentityService:
         )
         self.dpop = DPoPVerifier(clock=seconds, replay_cache=MemoryReplayCache(seconds))
         self.revoked = RevocationSet()
-        self._inactive: dict[str, tuple[str, float]] = {}  # agent -> (state, checked at)
+        self._states: dict[str, tuple[str, float]] = {}  # agent -> (state, checked at)
 
     # --- every use ----------------------------------------------------------------------------
 
@@ -159,14 +166,38 @@ class IdentityService:
 
     async def _agent_state(self, agent_id: str) -> str:
         now = self.clock().timestamp()
-        cached = self._inactive.get(agent_id)
-        if cached is not None and now - cached[1] < self.settings.revocation_poll:
+        cached = self._states.get(agent_id)
+        if cached is not None and 0 <= now - cached[1] < self.settings.revocation_poll:
             return cached[0]
         async with self.engine.connect() as conn:
             agent = await agent_store.get_agent(conn, agent_id)
         state = "unknown" if agent is None else agent.state
-        self._inactive[agent_id] = (state, now)
+        self._states[agent_id] = (state, now)
         return state
+
+    # --- agents' state ------------------------------------------------------------------------
+
+    async def set_agent_state(
+        self, agent_id: str, state: Literal["active", "disabled"]
+    ) -> agent_store.Agent | None:
+        """Enable or disable an agent (None: unknown or offboarded); effective here at once."""
+        async with self.engine.begin() as conn:
+            agent = await agent_store.set_agent_state(conn, agent_id, state, self.clock())
+        self._states.pop(agent_id, None)
+        return agent
+
+    async def offboard(
+        self, agent_id: str, *, reason: str, by: str
+    ) -> agent_store.Offboarding | None:
+        """Offboard an agent: final state, agent revocation, unused join tokens expired."""
+        async with self.engine.begin() as conn:
+            done = await agent_store.offboard_agent(
+                conn, agent_id, reason=reason, revoked_by=by, now=self.clock()
+            )
+        if done is not None:
+            self.revoked.add("agent", agent_id)
+            self._states.pop(agent_id, None)
+        return done
 
     # --- revocation ---------------------------------------------------------------------------
 
@@ -184,10 +215,16 @@ class IdentityService:
 
     async def refresh_revocations(self) -> int:
         """Apply entries other nodes added since the last refresh; returns how many."""
-        async with self.engine.connect() as conn:
-            batch = await cred_store.revocations_since(conn, self.revoked.cursor)
-        self.revoked.apply(batch.entries, batch.cursor)
-        return len(batch.entries)
+        applied = 0
+        while True:  # every batch: the first refresh loads the whole table
+            async with self.engine.connect() as conn:
+                batch = await cred_store.revocations_since(
+                    conn, self.revoked.cursor, _REVOCATION_BATCH
+                )
+            self.revoked.apply(batch.entries, batch.cursor)
+            applied += len(batch.entries)
+            if len(batch.entries) < _REVOCATION_BATCH:
+                return applied
 
     async def watch_revocations(self, stop: asyncio.Event) -> None:
         """Poll the store until ``stop`` is set (one poll interval bounds propagation)."""
@@ -233,13 +270,19 @@ class IdentityService:
     ) -> IssuedToken:
         """RFC 8693 token exchange; ``ExchangeError`` (HTTP 400) or ``CredentialError``."""
         request = ex.parse_form(form)
+        # Checked before anything is consumed: a refused lifetime must not burn a join token.
+        if (request.lifetime or 0) > self.settings.max_token_lifetime:
+            raise ex.ExchangeError("invalid_request", "requested_lifetime is above the cap")
         if request.subject_token_type == ex.ID_TOKEN:
             return await self._delegate(request, dpop, url)
         if request.subject_token_type == ex.ACCESS_TOKEN:
             held = await self.authenticate(Presented(request.subject_token, "POST", url, dpop))
+            not_after = held.exp
+            if request.task_id == held.task.id and held.act is None:
+                not_after = await self._session_end(held)  # renewal, see exchange's docstring
             return await self._issue(
-                request, held.sub, held.runtime, held.cnf, held.scope, held.exp, held.act,
-                held.agent,
+                request, held.sub, held.runtime, held.cnf, held.scope, not_after, held.act,
+                held.agent, groups=held.groups,
             )  # fmt: skip
         proof = self.dpop.verify(dpop, htm="POST", htu=url)
         cnf = Confirmation(jkt=proof.jkt)
@@ -282,6 +325,9 @@ class IdentityService:
             raise ex.ExchangeError("invalid_grant", "no agent is mapped to this workload")
         labels = dict(workload.labels)
         async with self.engine.begin() as conn:
+            agent = await agent_store.get_agent(conn, agent_id)
+            if agent is None or agent.state != "active":
+                raise ex.ExchangeError("invalid_grant", "the agent is not active")
             try:
                 await agent_store.upsert_runtime(
                     conn, id=workload.runtime_id, agent_id=agent_id,
@@ -289,9 +335,20 @@ class IdentityService:
                     attested_by=workload.issuer_name, now=self.clock(), labels=labels,
                     address=address,
                 )  # fmt: skip
-            except AgentNotActive:
-                raise ex.ExchangeError("invalid_grant", "the agent is not active") from None
+            except RuntimeOfAnotherAgent:
+                raise ex.ExchangeError(
+                    "invalid_grant", "this runtime was attested for another agent"
+                ) from None
         return agent_id, Runtime(workload.runtime_id, labels)
+
+    async def _session_end(self, held: Claims) -> int:
+        """When renewals of ``held``'s task must stop: last attestation + the session cap."""
+        async with self.engine.connect() as conn:
+            runtime = await agent_store.get_runtime(conn, held.runtime.id)
+        if runtime is None:
+            raise ex.ExchangeError("invalid_grant", "the token's runtime is unknown")
+        attested = int(runtime.last_seen_at.timestamp())
+        return attested + self.settings.max_session_lifetime
 
     async def _delegate(
         self, request: ex.ExchangeRequest, dpop: str | None, url: str
@@ -358,18 +415,21 @@ class IdentityService:
         *,
         key_thumbprint: str | None,
         serial: str | None = None,
-        groups: Sequence[str] = (),
+        validity: tuple[int, int] | None = None,
     ) -> None:
+        """Record a credential issued for ``claims`` (a certificate: its serial and validity)."""
         chain: list[str] = []
         actor = claims.act
         while actor is not None:
             chain.append(actor.sub)
             actor = actor.act
+        issued, expires = validity or (claims.iat, claims.exp)
         credential = cred_store.Credential(
-            jti=claims.jti, kind=kind, agent_id=claims.agent_id, subject=claims.sub,
-            scope=claims.scope, issued_at=_utc(claims.iat), expires_at=_utc(claims.exp),
-            runtime_id=claims.runtime.id, task_id=claims.task.id,
-            actor_chain=tuple(chain) or None, serial=serial, key_thumbprint=key_thumbprint,
+            jti=claims.jti if serial is None else f"{kind}:{serial}", kind=kind,
+            agent_id=claims.agent_id, subject=claims.sub, scope=claims.scope,
+            issued_at=_utc(issued), expires_at=_utc(expires), runtime_id=claims.runtime.id,
+            task_id=claims.task.id, actor_chain=tuple(chain) or None, serial=serial,
+            key_thumbprint=key_thumbprint,
         )  # fmt: skip
         try:
             async with self.engine.begin() as conn:
@@ -382,33 +442,55 @@ class IdentityService:
     async def ssh_certificate(
         self, claims: Claims, public_key: str, principals: Sequence[str], source: str | None
     ) -> str:
-        """An OpenSSH user certificate for the token's agent, as long as the token at most."""
+        """An OpenSSH user certificate for the token's agent, as long as the token at most.
+
+        ``IssuanceError`` (an ``SshCaError``) for a key or principals the CA refuses.
+        """
         await self.check_live(claims)
-        now = int(self.clock().timestamp())
-        validity = min(self.settings.certificate_lifetime, claims.exp - now)
-        if validity <= 0:
-            raise TokenInvalid("the token has expired")
-        key_id = f"agent={claims.agent_id} task={claims.task.id} jti={claims.jti}"
-        return self.keys.ssh_user_ca.issue(
+        now, validity = self._certificate_validity(claims)
+        key_id = format_key_id(agent=claims.agent_id, task=claims.task.id, jti=claims.jti)
+        certificate = self.keys.ssh_user_ca.issue(
             public_key, principals=list(principals), key_id=key_id, validity_seconds=validity,
             source_address=[source] if source else None,
         )  # fmt: skip
+        info = describe_certificate(certificate)
+        fingerprint = asyncssh.import_public_key(public_key.strip()).get_fingerprint("sha256")
+        await self._record(
+            claims, "ssh_certificate", key_thumbprint=fingerprint, serial=str(info.serial),
+            validity=(now, now + validity),
+        )  # fmt: skip
+        return certificate
 
     async def x509_certificate(self, claims: Claims, csr_pem: str) -> str:
-        """A SPIFFE client certificate (URI SAN) for the token's agent and task."""
+        """A SPIFFE client certificate (URI SAN) for the token's agent.
+
+        ``IssuanceError`` (an ``X509CaError``) for a CSR the CA refuses.
+        """
         await self.check_live(claims)
+        now, validity = self._certificate_validity(claims)
+        spiffe = f"spiffe://{self.settings.trust_domain}/agent/{claims.agent_id}"
+        pem = self.keys.x509_ca.issue(csr_pem, spiffe_id=spiffe, validity_seconds=validity)
+        serial = format(x509.load_pem_x509_certificate(pem.encode()).serial_number, "x")
+        await self._record(
+            claims, "x509_certificate", key_thumbprint=None, serial=serial,
+            validity=(now, now + validity),
+        )  # fmt: skip
+        return pem
+
+    def _certificate_validity(self, claims: Claims) -> tuple[int, int]:
+        """(now, seconds): a certificate lives as long as its token at most."""
         now = int(self.clock().timestamp())
         validity = min(self.settings.certificate_lifetime, claims.exp - now)
         if validity <= 0:
             raise TokenInvalid("the token has expired")
-        spiffe = f"spiffe://{self.settings.trust_domain}/agent/{claims.agent_id}"
-        return self.keys.x509_ca.issue(csr_pem, spiffe_id=spiffe, validity_seconds=validity)
+        return now, validity
 
 
 __all__ = [
     "CredentialError",
     "IdentityService",
     "IdentitySettings",
+    "IssuanceError",
     "IssuedToken",
     "Presented",
 ]

@@ -43,6 +43,10 @@ How a command is read
    ``r\\<newline>m`` into ``rm``, tree-sitter makes two words, so it is denied. Two word nodes
    with nothing at all between them are one shell word (tree-sitter splits ``'a'\\x`` but not
    ``'a'\\'``): their whole span is decoded again as one word, as sh reads it.
+   The nesting of lists and pipelines in the tree is not used (tree-sitter-bash gets their
+   precedence wrong: ``a | b | c && d`` comes as a pipeline holding a list): commands and
+   operators are taken in source order -- the coverage check makes sure none is missed --
+   and the shell applies its own precedence to the canonical text.
 5. Redirections: allowed are ``>``, ``>>`` and ``<`` to or from ``/dev/null`` and the descriptor
    duplications ``N>&M`` / ``N<&M`` with single-digit descriptors (``2>&1``). Denied: any other
    file, ``&>``, ``&>>``, ``>|``, ``<>``, closing (``>&-``), ``>&word`` (bash: a file), and
@@ -77,13 +81,15 @@ Canonical text
 ==============
 
 :func:`quote_word` leaves a word bare only if it is made of ``A-Z a-z 0-9 _ @ + , . / : -``
-and ``=`` (not first: zsh expands ``=cmd``); a command name only if made of ``A-Z a-z 0-9 _ .
-/ -`` and not a reserved word or declaration builtin of sh, bash, ksh or zsh. Anything else
-goes in single quotes (``'`` itself as ``'"'"'``), the empty word as ``''``; so ``~``, ``%``,
-``!``, ``^``, ``#`` and every non-ASCII character are always quoted. ``shlex.split`` of each
-simple command's text gives back its argv and redirections, and
-``parse_command(p.canonical()) == p``. The target shell is assumed to be a POSIX shell (sh,
-dash, bash, ksh, zsh); fish and csh read quotes differently.
+and ``=`` (not first: zsh expands ``=cmd``), except ``-`` alone (tree-sitter drops the ``-`` of
+``cat - 2>&1``, which the coverage check then denies); a command name only if it is made of
+``A-Z a-z 0-9 _ . / -`` and is not a reserved word or declaration builtin of sh, bash, ksh or
+zsh (tree-sitter cannot read a bare ``a@b`` as a command). Anything else goes in single quotes
+(``'`` itself as ``'"'"'``), the empty word as ``''``; so ``~``, ``%``, ``!``, ``^``, ``#``
+and every non-ASCII character are always quoted. ``shlex.split`` of each simple command's text
+gives back its argv and redirections, and ``parse_command(p.canonical()) == p``. The target
+shell is assumed to be a POSIX shell (sh, dash, bash, ksh, zsh); fish and csh read quotes
+differently.
 
 Pure: no I/O. Parsing costs one tree-sitter parse plus a walk in Python that loops (no
 recursion) over tree-sitter's left-nested lists. Results and deny details for commands of up
@@ -163,7 +169,7 @@ def quote_word(word: str, *, command_name: bool = False) -> str:
     if command_name:
         if _SAFE_NAME.fullmatch(word) and word not in _QUOTED_NAMES:
             return word
-    elif _SAFE_ARGUMENT.fullmatch(word):
+    elif _SAFE_ARGUMENT.fullmatch(word) and word != "-":  # tree-sitter loses `- 2>&1`'s `-`
         return word
     return "'" + word.replace("'", "'\"'\"'") + "'"
 
@@ -739,14 +745,12 @@ def _push_sequence(node: _Node, kind: str, stack: list[tuple[int, _Node, frozens
     children = node.children
     if len(children) % 2 == 0:
         raise ShellConstruct("does not parse (operator without a command after it)")
-    is_list = kind == "list"
-    operands = _STATEMENT_NODES if is_list else _SIMPLE_NODES
-    operators = _LIST_OPERATORS if is_list else _PIPE_OPERATORS
+    operators = _LIST_OPERATORS if kind == "list" else _PIPE_OPERATORS
     for index in range(len(children) - 1, -1, -1):
         if index % 2:
             stack.append((_OPERATOR, children[index], operators))
-        else:
-            stack.append((_OPERAND, children[index], operands))
+        else:  # any statement: tree-sitter may nest a list in a pipeline (`a | b | c && d`)
+            stack.append((_OPERAND, children[index], _STATEMENT_NODES))
 
 
 def _check_command_name(raw: bytes) -> None:

@@ -1,0 +1,52 @@
+"""Admin API: revocations and signing-key rotation.
+
+A revocation takes effect on this node before the answer is sent, and on every other node
+sharing the database within one ``identity.revocation_poll``; it is permanent. Rotating the
+signing key makes a new key sign from now on, while the previous one keeps verifying the
+tokens it signed until they expire (the overlap is ``identity.max_token_lifetime``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from tether.api.adminauth import AdminCall, admin_call
+
+router = APIRouter(tags=["revocation"])
+
+
+class RevocationCreate(BaseModel):
+    """What to revoke: a token id (``jti``), an agent, a task or a runtime id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["token", "agent", "task", "runtime"]
+    value: Annotated[str, Field(min_length=1, max_length=512)]
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+@router.post("/v1/revocations", status_code=201)
+async def revoke(
+    body: RevocationCreate, call: Annotated[AdminCall, Depends(admin_call("revoke"))]
+) -> JSONResponse:
+    """Revoke for good; 201 when new, 200 when it was revoked already (unchanged)."""
+    call.target = f"{body.kind}:{body.value}"
+    call.detail["reason"] = body.reason
+    created = await call.identity.revoke(body.kind, body.value, reason=body.reason, by=call.actor)
+    answer: dict[str, Any] = {"kind": body.kind, "value": body.value, "created": created}
+    return JSONResponse(answer, status_code=201 if created else 200)
+
+
+@router.post("/v1/keys/rotate")
+async def rotate_keys(
+    call: Annotated[AdminCall, Depends(admin_call("keys.rotate"))],
+) -> dict[str, Any]:
+    """Make a new access-token signing key active; returns its kid."""
+    call.target = "access-token-key"
+    kid = await call.identity.rotate_keys()
+    call.detail["kid"] = kid
+    return {"kid": kid, "overlap_seconds": int(call.identity.keys.ring.overlap)}

@@ -1,0 +1,77 @@
+"""``tether admin-token create``: a new admin token, made directly in the database.
+
+It needs no server and no other admin token: it is the way back in when the first token,
+printed once at first start, is lost. Whoever can run it can read the node's configuration
+and database anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tether.cli.common import fail
+from tether.config import CONFIG_ENV, ConfigError, load_settings
+
+app = typer.Typer(help="Admin API tokens.", no_args_is_help=True, add_completion=False)
+
+
+@app.command("create")
+def create(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar=CONFIG_ENV,
+            show_default=False,
+            help="The node's config file (for its database).",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            "-d",
+            show_default=False,
+            help="The node's data directory (its SQLite database). Default: ./.tether.",
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option("--name", "-n", help="A name to tell tokens apart.")] = "cli",
+    ttl: Annotated[
+        int | None,
+        typer.Option(
+            "--ttl", min=1, show_default=False, help="Seconds until it expires. Default: never."
+        ),
+    ] = None,
+) -> None:
+    """Create an admin token in the node's database; prints it once, on standard output."""
+    from tether.identity.admintokens import create_admin_token
+    from tether.store import Store, StoreError
+
+    overrides = {"data_dir": None if data_dir is None else str(data_dir)}
+    try:
+        settings = load_settings(config, overrides=overrides)
+    except ConfigError as error:
+        fail(str(error))
+
+    async def run() -> str:
+        store = await Store.open(settings.database)
+        try:
+            text, _ = await create_admin_token(
+                store.engine, name=name, now=datetime.now(UTC), ttl=ttl
+            )
+        finally:
+            await store.close()
+        return text
+
+    try:
+        token = asyncio.run(run())
+    except StoreError as error:
+        fail(str(error))
+    typer.echo(token)
+    typer.echo("admin token created; it is shown only this once", err=True)
