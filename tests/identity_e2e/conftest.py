@@ -27,7 +27,7 @@ from tether.identity.claims import Claims
 from tether.identity.dpop import make_proof
 from tether.identity.jwks import JwksCache, JwksSource
 from tether.identity.keystore import load_or_create
-from tether.identity.service import IdentitySettings, IdentityService, IssuedToken, Presented
+from tether.identity.service import IdentityService, IdentitySettings, IssuedToken, Presented
 from tether.identity.workload import IssuerConfig, TrustedIssuers
 from tether.store import Store
 from tether.store import agents as agent_store
@@ -112,9 +112,13 @@ class Stack:
         **kw: Any,
     ) -> str:
         return make_proof(
-            agent.key, method, url, now=self.clock.now if now is None else now,
-            access_token=token, **kw,
-        )  # fmt: skip
+            agent.key,
+            method,
+            url,
+            now=self.clock.now if now is None else now,
+            access_token=token,
+            **kw,
+        )
 
     async def join(
         self, agent: Agent, *, task: str = "T-1", extra: Mapping[str, str] | None = None
@@ -138,19 +142,32 @@ class Stack:
 
     def user_token(self, user: str = "alice", *, iss: str = IDP_ISS, **claims: Any) -> str:
         now = int(self.clock.now)
-        body = {"iss": iss, "aud": "tether", "sub": user, "iat": now, "exp": now + 900,
-                "groups": ["finance"], **claims}  # fmt: skip
+        body = {
+            "iss": iss,
+            "aud": "tether",
+            "sub": user,
+            "iat": now,
+            "exp": now + 900,
+            "groups": ["finance"],
+            **claims,
+        }
         return jwt.encode(body, USER_KEY, algorithm="EdDSA", headers={"kid": "idp-1"})
 
     def workload_token(self, pod: str = "billing-7f9c", **claims: Any) -> str:
         now = int(self.clock.now)
         body = {
-            "iss": K8S_ISS, "aud": ["tether"], "sub": "system:serviceaccount:prod:billing",
-            "iat": now, "exp": now + 600,
-            "kubernetes.io": {"namespace": "prod", "pod": {"name": pod, "uid": "p"},
-                              "serviceaccount": {"name": "billing", "uid": "s"}},
+            "iss": K8S_ISS,
+            "aud": ["tether"],
+            "sub": "system:serviceaccount:prod:billing",
+            "iat": now,
+            "exp": now + 600,
+            "kubernetes.io": {
+                "namespace": "prod",
+                "pod": {"name": pod, "uid": "p"},
+                "serviceaccount": {"name": "billing", "uid": "s"},
+            },
             **claims,
-        }  # fmt: skip
+        }
         return jwt.encode(body, WORKLOAD_KEY, algorithm="ES256", headers={"kid": "k8s-1"})
 
 
@@ -169,7 +186,9 @@ def rescope_form(token: str, task: str, **extra: str) -> dict[str, str]:
     return {**join_form(token, task, **extra), "subject_token_type": ex.ACCESS_TOKEN}
 
 
-def delegate_form(user_token: str, actor_token: str, task: str = "T-1", **extra: str) -> dict[str, str]:
+def delegate_form(
+    user_token: str, actor_token: str, task: str = "T-1", **extra: str
+) -> dict[str, str]:
     return {
         **join_form(user_token, task, **extra),
         "subject_token_type": ex.ID_TOKEN,
@@ -209,9 +228,12 @@ async def build_service(
     """A service as a node builds it (``load_or_create`` finds or makes the keys)."""
     config = settings(**overrides)
     keys = await load_or_create(
-        store.engine, cipher, clock=clock, overlap=float(config.max_token_lifetime),
+        store.engine,
+        cipher,
+        clock=clock,
+        overlap=float(config.max_token_lifetime),
         trust_domain=config.trust_domain,
-    )  # fmt: skip
+    )
     service = IdentityService(
         store.engine, keys, cipher, config, issuers=trusted_issuers(clock), clock=clock
     )

@@ -195,6 +195,34 @@ def test_redirections_belong_to_one_simple_command(
     assert [(*c.argv, *c.redirects) for c in parsed.commands] == expected
 
 
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        # tree-sitter can run one command over a line break; to sh the newline ends it
+        ("a | b | c\nd 2>/dev/null", [("a",), ("b",), ("c",), ("d", "2>/dev/null")]),
+        ("a|b|c\n\nd e 2>&1 f", [("a",), ("b",), ("c",), ("d", "e", "f", "2>&1")]),
+        ("a | b| c\n2>&1 d", [("a",), ("b",), ("c",), ("d", "2>&1")]),
+    ],
+)
+def test_a_newline_ends_a_command(command: str, expected: list[tuple[str, ...]]) -> None:
+    parsed = parse_command(command)
+    assert [(*c.argv, *c.redirects) for c in parsed.commands] == expected
+    assert parsed.operators == ("|", "|", ";")
+
+
+@pytest.mark.parametrize(
+    ("command", "detail"),
+    [
+        ("a | b| c\nif 2>&1", "reserved word 'if'"),
+        ("a | b| c\nA=b 2>&1", "variable assignment"),
+        ("a | b| c\n2>&1", "redirection without a command"),
+        ("a | b | c\n>/dev/null", "redirection without a command"),
+    ],
+)
+def test_a_command_after_a_newline_is_checked_as_a_command(command: str, detail: str) -> None:
+    assert detail in denied(command)
+
+
 def test_long_redirected_chains() -> None:
     for operator in (" && ", " | ", "; "):
         parsed = parse_command(operator.join(f"c{i} x 2>&1" for i in range(1000)))
@@ -252,6 +280,8 @@ def test_quote_word(word: str, quoted: str) -> None:
 def test_quote_word_for_command_names() -> None:
     assert quote_word("ls", command_name=True) == "ls"
     assert quote_word("a=b", command_name=True) == "'a=b'"
+    assert quote_word("-", command_name=True) == "'-'"
+    assert quote_word("a@b", command_name=True) == "'a@b'"
     for word in ("if", "then", "time", "coproc", "export", "declare", "repeat", "!"):
         assert quote_word(word, command_name=True) == f"'{word}'"
         assert quote_word(word) == (word if word.isalpha() else f"'{word}'")

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.api.adminauth import AdminCall, admin_call
+from tether.api.bodies import body_schema, json_body
 
 router = APIRouter(tags=["revocation"])
 
@@ -29,9 +30,10 @@ class RevocationCreate(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
-@router.post("/v1/revocations", status_code=201)
+@router.post("/v1/revocations", status_code=201, openapi_extra=body_schema(RevocationCreate))
 async def revoke(
-    body: RevocationCreate, call: Annotated[AdminCall, Depends(admin_call("revoke"))]
+    call: Annotated[AdminCall, Depends(admin_call("revoke"))],
+    body: Annotated[RevocationCreate, Depends(json_body(RevocationCreate))],
 ) -> JSONResponse:
     """Revoke for good; 201 when new, 200 when it was revoked already (unchanged)."""
     call.target = f"{body.kind}:{body.value}"

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from tether.api.problems import ProblemError
 from tether.api.state import AppState
@@ -87,6 +88,9 @@ def admin_call(action: str) -> Callable[[Request], AsyncIterator[AdminCall]]:
             raise
         except RequestValidationError:
             _audit(call, "refused", status=422, reason="invalid request body")
+            raise
+        except HTTPException as refused:
+            _audit(call, "refused", status=refused.status_code, reason=str(refused.detail))
             raise
         except Exception:
             _audit(call, "error", status=500)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.api.adminauth import AdminCall, admin_call
+from tether.api.bodies import body_schema, json_body
 from tether.api.problems import ProblemError
 from tether.identity.names import AGENT_ID
 from tether.store import agents as agent_store
@@ -75,9 +76,10 @@ def _time(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, openapi_extra=body_schema(AgentCreate))
 async def create_agent(
-    body: AgentCreate, call: Annotated[AdminCall, Depends(admin_call("agent.create"))]
+    call: Annotated[AdminCall, Depends(admin_call("agent.create"))],
+    body: Annotated[AgentCreate, Depends(json_body(AgentCreate))],
 ) -> dict[str, Any]:
     """Record a new, active agent (409 if the id exists)."""
     call.target = f"agent:{body.id}"
@@ -85,9 +87,13 @@ async def create_agent(
     try:
         async with identity.engine.begin() as conn:
             agent = await agent_store.create_agent(
-                conn, id=body.id, owner=body.owner, purpose=body.purpose, labels=body.labels,
+                conn,
+                id=body.id,
+                owner=body.owner,
+                purpose=body.purpose,
+                labels=body.labels,
                 now=identity.clock(),
-            )  # fmt: skip
+            )
     except IntegrityError:
         raise ProblemError(409, f"agent {body.id!r} already exists") from None
     return agent_json(agent)
@@ -140,15 +146,15 @@ async def enable_agent(
     return await _set_state(call, agent_id, "active")
 
 
-@router.post("/{agent_id}/offboard")
+@router.post("/{agent_id}/offboard", openapi_extra=body_schema(Offboard))
 async def offboard_agent(
     agent_id: str,
     call: Annotated[AdminCall, Depends(admin_call("agent.offboard"))],
-    body: Offboard | None = None,
+    body: Annotated[Offboard, Depends(json_body(Offboard))],
 ) -> dict[str, Any]:
     """Offboard for good: everything the agent holds is revoked, its join tokens expire."""
     call.target = f"agent:{agent_id}"
-    reason = (body or Offboard()).reason
+    reason = body.reason
     done = await call.identity.offboard(agent_id, reason=reason, by=call.actor)
     if done is None:
         raise ProblemError(404, f"no agent {agent_id!r}")
@@ -156,15 +162,15 @@ async def offboard_agent(
     return {**agent_json(done.agent), "expired_join_tokens": done.expired_join_tokens}
 
 
-@router.post("/{agent_id}/join-tokens", status_code=201)
+@router.post("/{agent_id}/join-tokens", status_code=201, openapi_extra=body_schema(JoinTokenCreate))
 async def create_join_token(
     agent_id: str,
     call: Annotated[AdminCall, Depends(admin_call("agent.join-token"))],
-    body: JoinTokenCreate | None = None,
+    body: Annotated[JoinTokenCreate, Depends(json_body(JoinTokenCreate))],
 ) -> dict[str, Any]:
     """A one-time join token for the agent; its text is in this answer and nowhere else."""
     call.target = f"agent:{agent_id}"
-    request = body or JoinTokenCreate()
+    request = body
     identity = call.identity
     async with identity.engine.connect() as conn:
         await _existing(conn, agent_id)

@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.api.adminauth import identity_of
-from tether.api.oauth import DPOP_ALGS, credential_problem, single_dpop
+from tether.api.bodies import body_schema, json_body
+from tether.api.oauth import DPOP_ALGS, audit_refusal, credential_problem, single_dpop
 from tether.api.problems import ProblemError
 from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError, IssuanceError
@@ -31,6 +32,7 @@ async def agent_claims(request: Request) -> Claims:
     identity = identity_of(request)
     values = request.headers.getlist("authorization")
     if not values:
+        audit_refusal(request, error="missing_token", reason="no access token", status=401)
         challenge = f'DPoP algs="{DPOP_ALGS}"'
         raise ProblemError(
             401, "an access token is required", headers={"WWW-Authenticate": challenge}
@@ -49,6 +51,7 @@ async def agent_claims(request: Request) -> Claims:
             )
         )
     except CredentialError as error:
+        audit_refusal(request, error=error.code, reason=error.reason, status=error.status)
         raise credential_problem(error) from None
     except ReplayCacheFull:
         raise ProblemError(503, "DPoP replay cache is full; try again shortly") from None
@@ -80,9 +83,11 @@ async def whoami(claims: Agent) -> dict[str, Any]:
     return {**claims.to_json(), "agent_id": claims.agent_id}
 
 
-@router.post("/v1/certificates/ssh")
+@router.post("/v1/certificates/ssh", openapi_extra=body_schema(SshCertificateRequest))
 async def ssh_certificate(
-    body: SshCertificateRequest, claims: Agent, request: Request
+    claims: Agent,
+    body: Annotated[SshCertificateRequest, Depends(json_body(SshCertificateRequest))],
+    request: Request,
 ) -> dict[str, Any]:
     """An SSH user certificate for the agent's key, usable from the caller's address only."""
     identity = identity_of(request)
@@ -97,9 +102,11 @@ async def ssh_certificate(
     return {"certificate": certificate}
 
 
-@router.post("/v1/certificates/x509")
+@router.post("/v1/certificates/x509", openapi_extra=body_schema(X509CertificateRequest))
 async def x509_certificate(
-    body: X509CertificateRequest, claims: Agent, request: Request
+    claims: Agent,
+    body: Annotated[X509CertificateRequest, Depends(json_body(X509CertificateRequest))],
+    request: Request,
 ) -> dict[str, Any]:
     """A short-lived SPIFFE client certificate for the CSR's key, and the CA certificate."""
     identity = identity_of(request)

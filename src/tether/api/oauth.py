@@ -19,6 +19,7 @@ replay cache saturated                  503     ``temporarily_unavailable``
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -39,6 +40,27 @@ FORM: Final = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES: Final = 64 * 1024
 DPOP_ALGS: Final = " ".join(sorted(DEFAULT_ALGS))
 _NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+AUDIT_LOGGER: Final = "tether.audit.credentials"
+_audit_log = logging.getLogger(AUDIT_LOGGER)
+
+
+def audit_refusal(request: Request, *, error: str, reason: str, status: int) -> None:
+    """The audit-ready record of a refused credential (the audit issue wires it to the trail).
+
+    ``reason`` is always a text Tether wrote, never one copied from the request.
+    """
+    record = {
+        "event": "credential.refused",
+        "endpoint": f"{request.method} {request.url.path}",
+        "peer": request.client.host if request.client else None,
+        "error": error,
+        "reason": reason,
+        "status": status,
+    }
+    _audit_log.info(
+        "credential refused on %s: %s (%s)", record["endpoint"], reason, error,
+        extra={"audit": record},
+    )  # fmt: skip
 
 
 def oauth_problem(status: int, error: str, description: str, **headers: str) -> ProblemError:
@@ -97,10 +119,13 @@ async def token(request: Request) -> JSONResponse:
             address=request.client.host if request.client else None,
         )
     except ExchangeError as error:
+        audit_refusal(request, error=error.error, reason=error.description, status=error.status)
         raise oauth_problem(error.status, error.error, error.description) from None
     except DPoPInvalid as error:
+        audit_refusal(request, error=error.code, reason=error.reason, status=400)
         raise oauth_problem(400, error.code, error.reason) from None
     except CredentialError as error:
+        audit_refusal(request, error=error.code, reason=error.reason, status=error.status)
         raise credential_problem(error) from None
     except ReplayCacheFull:
         raise oauth_problem(503, "temporarily_unavailable", "try again shortly") from None

@@ -137,13 +137,34 @@ def show(
     console.print(about)
     runtimes = Table("runtime", "platform", "attested by", "labels", "last seen", title="runtimes")
     for r in agent["runtimes"]:
-        runtimes.add_row(*(Text(str(x)) for x in (r["id"], r["platform"], r["attested_by"],
-                         _labels(r["labels"]), r["last_seen_at"])))  # fmt: skip
+        runtimes.add_row(
+            *(
+                Text(str(x))
+                for x in (
+                    r["id"],
+                    r["platform"],
+                    r["attested_by"],
+                    _labels(r["labels"]),
+                    r["last_seen_at"],
+                )
+            )
+        )
     console.print(runtimes)
     creds = Table("id", "kind", "task", "runtime", "scope", "expires", title="live credentials")
     for c in agent["credentials"]:
-        creds.add_row(*(Text(str(x)) for x in (c["id"], c["kind"], c["task_id"], c["runtime_id"],
-                      " ".join(c["scope"]), c["expires_at"])))  # fmt: skip
+        creds.add_row(
+            *(
+                Text(str(x))
+                for x in (
+                    c["id"],
+                    c["kind"],
+                    c["task_id"],
+                    c["runtime_id"],
+                    " ".join(c["scope"]),
+                    c["expires_at"],
+                )
+            )
+        )
     console.print(creds)
 
 

@@ -9,6 +9,7 @@ import typer
 
 from tether import __version__
 from tether.cli import admintoken, agent, policy, revoke, serve
+from tether.cli import sessions as sessions_cli
 from tether.cli.common import EXIT_INTERNAL
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(revoke.revoke_app, name="revoke")
 app.add_typer(revoke.keys_app, name="keys")
 app.add_typer(admintoken.app, name="admin-token")
+app.add_typer(sessions_cli.app, name="sessions")
 app.command("serve")(serve.serve)
 
 

@@ -94,8 +94,9 @@ class WorkloadIssuer(_Issuer):
     def _agent_ids(self) -> Self:
         for subject, agent in self.agents.items():
             if not is_agent_id(agent):
-                raise ValueError(f"agents: {subject!r} maps to {agent!r}: an agent id is "
-                                 f"{AGENT_ID_TEXT}")  # fmt: skip
+                raise ValueError(
+                    f"agents: {subject!r} maps to {agent!r}: an agent id is {AGENT_ID_TEXT}"
+                )
         return self
 
     def to_issuer_config(self) -> IssuerConfig:

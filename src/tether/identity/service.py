@@ -15,25 +15,28 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
-import asyncssh
-from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.envelope import EnvelopeCipher
 from tether.identity import exchange as ex
 from tether.identity.certbind import check_binding
+from tether.identity.certificates import CertificateIssuer
 from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
 from tether.identity.dpop import DPoPVerifier
 from tether.identity.errors import CredentialError, IssuanceError, TokenInvalid, TokenRevoked
+from tether.identity.issued import (
+    IdentitySettings,
+    IssuedToken,
+    Presented,
+    credential_record,
+)
 from tether.identity.keystore import TetherKeys, rotate_access_key
 from tether.identity.replay import MemoryReplayCache
 from tether.identity.revocation import RevocationSet
 from tether.identity.scope import narrowed
-from tether.identity.sshca import describe_certificate, format_key_id
 from tether.identity.tokens import TokenIssuer, TokenVerifier
 from tether.identity.workload import (
     TrustedIssuers,
@@ -49,55 +52,6 @@ log = logging.getLogger(__name__)
 
 JOIN_TOKEN_PREFIX = "tjt_"  # noqa: S105 - a public prefix, not a secret
 _REVOCATION_BATCH = 1000
-
-
-@dataclass(frozen=True)
-class IdentitySettings:
-    """The identity part of the configuration (validated by :mod:`tether.config`)."""
-
-    issuer: str = "http://127.0.0.1:8765"
-    audience: str = "tether"
-    trust_domain: str = "tether.local"
-    token_lifetime: int = 600
-    max_token_lifetime: int = 3600
-    join_token_ttl: int = 900
-    max_delegation_depth: int = 2
-    certificate_lifetime: int = 600
-    max_session_lifetime: int = 86400
-    revocation_poll: float = 1.0
-    # Workload identities mapped to agents: {issuer name: {subject: agent id}}.
-    workload_agents: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class IssuedToken:
-    token: str
-    claims: Claims
-
-    def response(self) -> dict[str, Any]:
-        """The RFC 8693 token response."""
-        return {
-            "access_token": self.token,
-            "issued_token_type": ex.ACCESS_TOKEN,
-            "token_type": "DPoP" if self.claims.cnf.jkt else "Bearer",
-            "expires_in": self.claims.exp - self.claims.iat,
-            "scope": " ".join(self.claims.scope),
-        }
-
-
-@dataclass(frozen=True)
-class Presented:
-    """What an agent presented with one request, for :meth:`IdentityService.authenticate`."""
-
-    token: str
-    method: str
-    url: str
-    dpop: str | None = None
-    peer_certificate_der: bytes | None = None
-
-
-def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 class IdentityService:
@@ -133,6 +87,7 @@ class IdentityService:
         )
         self.dpop = DPoPVerifier(clock=seconds, replay_cache=MemoryReplayCache(seconds))
         self.revoked = RevocationSet()
+        self.certificates = CertificateIssuer(keys, settings, clock)
         self._states: dict[str, tuple[str, float]] = {}  # agent -> (state, checked at)
 
     # --- every use ----------------------------------------------------------------------------
@@ -405,32 +360,10 @@ class IdentityService:
             subject=subject, task=Task(request.task_id, request.task_purpose), scope=scope,
             runtime=runtime, cnf=cnf, act=act, agent=agent, lifetime=lifetime, groups=groups,
         )  # fmt: skip
-        await self._record(claims, "access_token", key_thumbprint=cnf.jkt)
+        await self._record(credential_record(claims, "access_token", key_thumbprint=cnf.jkt))
         return IssuedToken(token, claims)
 
-    async def _record(
-        self,
-        claims: Claims,
-        kind: cred_store.CredentialKind,
-        *,
-        key_thumbprint: str | None,
-        serial: str | None = None,
-        validity: tuple[int, int] | None = None,
-    ) -> None:
-        """Record a credential issued for ``claims`` (a certificate: its serial and validity)."""
-        chain: list[str] = []
-        actor = claims.act
-        while actor is not None:
-            chain.append(actor.sub)
-            actor = actor.act
-        issued, expires = validity or (claims.iat, claims.exp)
-        credential = cred_store.Credential(
-            jti=claims.jti if serial is None else f"{kind}:{serial}", kind=kind,
-            agent_id=claims.agent_id, subject=claims.sub, scope=claims.scope,
-            issued_at=_utc(issued), expires_at=_utc(expires), runtime_id=claims.runtime.id,
-            task_id=claims.task.id, actor_chain=tuple(chain) or None, serial=serial,
-            key_thumbprint=key_thumbprint,
-        )  # fmt: skip
+    async def _record(self, credential: cred_store.Credential) -> None:
         try:
             async with self.engine.begin() as conn:
                 await cred_store.insert_credential(conn, credential)
@@ -447,18 +380,8 @@ class IdentityService:
         ``IssuanceError`` (an ``SshCaError``) for a key or principals the CA refuses.
         """
         await self.check_live(claims)
-        now, validity = self._certificate_validity(claims)
-        key_id = format_key_id(agent=claims.agent_id, task=claims.task.id, jti=claims.jti)
-        certificate = self.keys.ssh_user_ca.issue(
-            public_key, principals=list(principals), key_id=key_id, validity_seconds=validity,
-            source_address=[source] if source else None,
-        )  # fmt: skip
-        info = describe_certificate(certificate)
-        fingerprint = asyncssh.import_public_key(public_key.strip()).get_fingerprint("sha256")
-        await self._record(
-            claims, "ssh_certificate", key_thumbprint=fingerprint, serial=str(info.serial),
-            validity=(now, now + validity),
-        )  # fmt: skip
+        certificate, record = self.certificates.ssh(claims, public_key, principals, source)
+        await self._record(record)
         return certificate
 
     async def x509_certificate(self, claims: Claims, csr_pem: str) -> str:
@@ -467,23 +390,9 @@ class IdentityService:
         ``IssuanceError`` (an ``X509CaError``) for a CSR the CA refuses.
         """
         await self.check_live(claims)
-        now, validity = self._certificate_validity(claims)
-        spiffe = f"spiffe://{self.settings.trust_domain}/agent/{claims.agent_id}"
-        pem = self.keys.x509_ca.issue(csr_pem, spiffe_id=spiffe, validity_seconds=validity)
-        serial = format(x509.load_pem_x509_certificate(pem.encode()).serial_number, "x")
-        await self._record(
-            claims, "x509_certificate", key_thumbprint=None, serial=serial,
-            validity=(now, now + validity),
-        )  # fmt: skip
+        pem, record = self.certificates.x509(claims, csr_pem)
+        await self._record(record)
         return pem
-
-    def _certificate_validity(self, claims: Claims) -> tuple[int, int]:
-        """(now, seconds): a certificate lives as long as its token at most."""
-        now = int(self.clock().timestamp())
-        validity = min(self.settings.certificate_lifetime, claims.exp - now)
-        if validity <= 0:
-            raise TokenInvalid("the token has expired")
-        return now, validity
 
 
 __all__ = [

@@ -81,15 +81,15 @@ Canonical text
 ==============
 
 :func:`quote_word` leaves a word bare only if it is made of ``A-Z a-z 0-9 _ @ + , . / : -``
-and ``=`` (not first: zsh expands ``=cmd``), except ``-`` alone (tree-sitter drops the ``-`` of
-``cat - 2>&1``, which the coverage check then denies); a command name only if it is made of
+and ``=`` (not first: zsh expands ``=cmd``); a command name only if it is made of
 ``A-Z a-z 0-9 _ . / -`` and is not a reserved word or declaration builtin of sh, bash, ksh or
-zsh (tree-sitter cannot read a bare ``a@b`` as a command). Anything else goes in single quotes
-(``'`` itself as ``'"'"'``), the empty word as ``''``; so ``~``, ``%``, ``!``, ``^``, ``#``
-and every non-ASCII character are always quoted. ``shlex.split`` of each simple command's text
-gives back its argv and redirections, and ``parse_command(p.canonical()) == p``. The target
-shell is assumed to be a POSIX shell (sh, dash, bash, ksh, zsh); fish and csh read quotes
-differently.
+zsh (tree-sitter cannot read a bare ``a@b`` as a command); never ``-`` alone (tree-sitter drops
+the ``-`` of ``cat - 2>&1``, which the coverage check then denies). Anything else goes in
+single quotes (``'`` itself as ``'"'"'``), the empty word as ``''``; so ``~``, ``%``, ``!``,
+``^``, ``#`` and every non-ASCII character are always quoted. ``shlex.split`` of each simple
+command's text gives back its argv and redirections, and ``parse_command(p.canonical()) == p``.
+The target shell is assumed to be a POSIX shell (sh, dash, bash, ksh, zsh); fish and csh read
+quotes differently.
 
 Pure: no I/O. Parsing costs one tree-sitter parse plus a walk in Python that loops (no
 recursion) over tree-sitter's left-nested lists. Results and deny details for commands of up
@@ -167,9 +167,10 @@ _BAD_CHAR: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def quote_word(word: str, *, command_name: bool = False) -> str:
     """``word`` as one POSIX shell word that expands to itself (see the module docstring)."""
     if command_name:
-        if _SAFE_NAME.fullmatch(word) and word not in _QUOTED_NAMES:
-            return word
-    elif _SAFE_ARGUMENT.fullmatch(word) and word != "-":  # tree-sitter loses `- 2>&1`'s `-`
+        bare = _SAFE_NAME.fullmatch(word) is not None and word not in _QUOTED_NAMES
+    else:
+        bare = _SAFE_ARGUMENT.fullmatch(word) is not None
+    if bare and word != "-":  # tree-sitter loses a bare `-` before `2>&1`
         return word
     return "'" + word.replace("'", "'\"'\"'") + "'"
 
@@ -606,6 +607,8 @@ class _Walker:
         last = self.commands.pop()
         argv, redirects = list(last.argv), list(last.redirects)
         self.redirections(redirected, argv, redirects)
+        if not argv:  # a newline split the command before its redirections
+            raise _no_command()
         self.commands.append(SimpleCommand(tuple(argv), tuple(redirects)))
 
     def redirections(self, redirected: _Node, argv: list[str], redirects: list[str]) -> None:
@@ -618,9 +621,9 @@ class _Walker:
         for child in node.children:
             kind = child.type
             if kind == "command_name" and not argv:
-                self.command_name(child, argv)
+                self.command_name(child, argv, redirects)
             elif (kind in _WORD_NODES or kind in _ARGUMENT_TOKENS) and argv:
-                self.add_word(child, argv)
+                self.add_word(child, argv, redirects)
             elif kind == "file_redirect":
                 self.redirect(child, argv, redirects)
             elif kind in _WORD_NODES or kind == "command_name":
@@ -628,13 +631,13 @@ class _Walker:
             else:
                 raise _denied(child)
 
-    def command_name(self, node: _Node, argv: list[str]) -> None:
+    def command_name(self, node: _Node, argv: list[str], redirects: list[str]) -> None:
         children = node.children
         if len(children) != 1 or children[0].type not in _WORD_NODES:
             raise _denied(children[-1] if children else node)
-        self.add_word(children[0], argv)
+        self.add_word(children[0], argv, redirects)
 
-    def add_word(self, node: _Node, argv: list[str]) -> None:
+    def add_word(self, node: _Node, argv: list[str], redirects: list[str]) -> None:
         """Read one word node (its type already allowed) into ``argv``.
 
         A node that starts right where the previous word ended, without a blank, is the same
@@ -653,6 +656,7 @@ class _Walker:
             if start - position == 1 and self.source[position] == 0x20 and not self.first_item:
                 self.position = end  # the common case: one space after the previous word
             else:
+                self.split_at_newline(start, argv, redirects)
                 self.item(start, end, blank=True)
             argv.append(self.decode(start, end))
         self.word_start = start
@@ -660,6 +664,27 @@ class _Walker:
         self.digits_end = end if raw.isdigit() else -1
         if len(argv) == 1:
             _check_command_name(raw)
+
+    def split_at_newline(self, start: int, argv: list[str], redirects: list[str]) -> None:
+        """End the simple command if a newline comes before its next word or redirection.
+
+        tree-sitter can run one command over a line break (``a | b | c<newline>d 2>&1`` holds
+        the command ``c<newline>d``); to sh the newline ends ``c`` like a ``;``, so ``d`` starts
+        a new command (and is checked as a command name).
+        """
+        position = self.position
+        if self.first_item or start <= position:
+            return
+        if not _has_bare_newline(self.source[position:start]):
+            return
+        if not argv:
+            raise _no_command()
+        self.commands.append(SimpleCommand(tuple(argv), tuple(redirects)))
+        self.operators.append(";")
+        argv.clear()
+        redirects.clear()
+        self.first_item = True
+        self.word_start = -1
 
     def decode(self, start: int, end: int) -> str:
         """The decoded shell word of ``source[start:end]``."""
@@ -689,13 +714,14 @@ class _Walker:
             raise ShellConstruct("does not parse (a descriptor number read as a word)")
         if operator.end_byte - operator.start_byte != len(kind):
             raise ShellConstruct(f"does not parse (split operator {kind!r})")
+        self.split_at_newline(first.start_byte, argv, redirects)
         self.item(first.start_byte, operator.end_byte, blank=has_fd)
         self.word_start = -1  # a word right after the target is not part of a previous word
         redirects.append(fd + kind + self.redirect_target(kind, operator, target))
         for child in children[2 + has_fd :]:  # `ls >/dev/null -la`: -la is hung on the redirect
             if child.type not in _WORD_NODES or not argv:
                 raise _denied(child)
-            self.add_word(child, argv)
+            self.add_word(child, argv, redirects)
 
     def descriptor(self, descriptor: _Node, operator: _Node) -> str:
         start, end = descriptor.start_byte, descriptor.end_byte
@@ -734,10 +760,10 @@ def _check_gap(gap: bytes, overlap: bool, *, blank: bool, newline: bool) -> None
     """
     if overlap or not _GAP.fullmatch(gap):
         raise _skipped()
-    if blank and b" " not in gap and b"\t" not in gap:
-        raise ShellConstruct("line continuation inside a word")
     if not newline and _has_bare_newline(gap):
         raise ShellConstruct("does not parse (newline inside a command)")
+    if blank and b" " not in gap and b"\t" not in gap:
+        raise ShellConstruct("line continuation inside a word")
 
 
 def _push_sequence(node: _Node, kind: str, stack: list[tuple[int, _Node, frozenset[str]]]) -> None:

@@ -1,0 +1,218 @@
+"""The audit event: one semantic fact about what an agent, a person or Tether did.
+
+:class:`AuditEvent` is immutable and carries every field an investigation asks about: when
+(``time``), who (``agent``, ``runtime``, ``task``, and for a delegation ``user`` and the
+``actor_chain``), where from (``source_ip``, ``session_id``), on what (``target``), doing
+what (``action``, kind-specific), the verdict (``decision``, ``rule``, ``reason``,
+``policy_version``) and how much (``bytes_in``, ``bytes_out``, ``rows``, ``duration_ms``).
+
+Security decisions:
+
+* **Events are built already redacted.** The emitter (:mod:`tether.audit.emit`) passes
+  ``action`` and ``detail`` through :mod:`tether.audit.redact` before an event exists, so
+  no code path holds an unredacted event that could be stored or exported by mistake.
+* **Only JSON values, checked at construction.** ``action`` and ``detail`` hold strings,
+  integers, finite floats, booleans, None, lists and string-keyed mappings; anything else
+  (bytes, NaN, a datetime) is refused here rather than serialised in some ad-hoc way, so
+  the canonical form that is hashed (:mod:`tether.audit.canonical`) is always defined.
+  They are copied into read-only mappings and tuples: an event cannot change once built.
+* **Strings are storable everywhere.** A NUL character (PostgreSQL's ``text`` cannot hold
+  it) or a lone surrogate (not UTF-8) in a string field is rewritten as its backslash
+  escape (``\\x00``, ``\\udc80``) when the event is built, so an agent cannot make an append
+  fail, and the evidence is kept rather than dropped.
+* **Times are aware UTC with microseconds**, the precision both stores keep; a naive
+  time is refused, since its zone would be a guess.
+* ``seq``, ``prev_hash`` and ``hash`` are None until the store appends the event: the
+  chain position is the store's to give (:mod:`tether.audit.log`), never the emitter's.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final, NoReturn
+
+KINDS: Final = frozenset(
+    {
+        "session.start",
+        "session.end",
+        "decision",
+        "http.exchange",
+        "ssh.command",
+        "file.transfer",
+        "sql.statement",
+        "mcp.call",
+        "token.issued",
+        "token.refused",
+        "revocation",
+        "admin.change",
+        "approval",
+    }
+)
+
+# The count fields: non-negative integers when given.
+_COUNTS: Final = ("bytes_in", "bytes_out", "rows")
+_STRINGS: Final = (
+    "id", "kind", "agent", "runtime", "task", "user", "target", "decision", "rule", "reason",
+    "policy_version", "session_id", "source_ip",
+)  # fmt: skip
+
+
+class FrozenJson(dict[str, Any]):
+    """A JSON object that refuses changes; a ``dict`` so the C JSON encoder takes it as is."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise TypeError("audit event fields cannot change")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse
+    __ior__ = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=lambda item: item[0])))
+
+
+_EMPTY: Final[Mapping[str, Any]] = FrozenJson()
+
+
+class EventError(ValueError):
+    """An event that cannot exist: unknown kind, naive time, a value that is not JSON."""
+
+
+def new_event_id() -> str:
+    """A fresh event id: a random UUID as 32 lowercase hex digits."""
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEvent:
+    """One audit event. Build it with keywords; the store fills ``seq`` and the hashes."""
+
+    seq: int | None = None
+    id: str = field(default_factory=new_event_id)
+    time: datetime = field(default_factory=utc_now)
+    kind: str
+    agent: str | None = None
+    runtime: str | None = None
+    task: str | None = None
+    user: str | None = None
+    actor_chain: tuple[str, ...] = ()
+    target: str | None = None
+    action: Mapping[str, Any] = _EMPTY
+    decision: str | None = None
+    rule: str | None = None
+    reason: str | None = None
+    policy_version: str | None = None
+    session_id: str | None = None
+    source_ip: str | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    rows: int | None = None
+    duration_ms: float | None = None
+    detail: Mapping[str, Any] = _EMPTY
+    prev_hash: str | None = None
+    hash: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in _STRINGS:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, storable(value, name))
+        if self.kind not in KINDS:
+            raise EventError(f"unknown audit event kind {self.kind!r}")
+        if self.time.tzinfo is None or self.time.utcoffset() is None:
+            raise EventError("an audit event's time must be timezone-aware")
+        if self.time.tzinfo is not UTC:
+            object.__setattr__(self, "time", self.time.astimezone(UTC))
+        if not isinstance(self.actor_chain, tuple):
+            object.__setattr__(self, "actor_chain", tuple(self.actor_chain))
+        if not all(isinstance(actor, str) for actor in self.actor_chain):
+            raise EventError("actor_chain holds strings only")
+        object.__setattr__(
+            self, "actor_chain", tuple(storable(a, "actor_chain") for a in self.actor_chain)
+        )
+        for name in _COUNTS:
+            _check_count(name, getattr(self, name))
+        if self.duration_ms is not None:
+            _check_duration(self.duration_ms)
+            # Stored as a double: an int would read back as a float and hash differently.
+            object.__setattr__(self, "duration_ms", float(self.duration_ms))
+        object.__setattr__(self, "action", frozen_json(self.action, "action"))
+        object.__setattr__(self, "detail", frozen_json(self.detail, "detail"))
+
+    def chained(self, seq: int, prev_hash: str, hash: str) -> AuditEvent:
+        """This event at position ``seq`` of the chain (the store calls this)."""
+        return replace(self, seq=seq, prev_hash=prev_hash, hash=hash)
+
+
+def storable(value: object, where: str) -> str:
+    """``value`` with NUL and lone surrogates written as backslash escapes."""
+    if not isinstance(value, str):
+        raise EventError(f"{where} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _check_count(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise EventError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _check_duration(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EventError(f"duration_ms must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise EventError(f"duration_ms must be finite and non-negative, got {value!r}")
+
+
+def frozen_json(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """A read-only deep copy of a JSON object; :class:`EventError` naming ``where`` if it
+    holds anything but JSON values."""
+    if not isinstance(value, Mapping):
+        raise EventError(f"{where} must be a mapping")
+    frozen = _freeze(value, where, 0)
+    assert isinstance(frozen, Mapping)
+    return frozen
+
+
+_MAX_DEPTH: Final = 64
+
+
+def _freeze(value: Any, where: str, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise EventError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, str):
+        return storable(value, where)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EventError(f"{where}: {value!r} is not a JSON number")
+        return value
+    if isinstance(value, Mapping):
+        frozen: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EventError(f"{where}: key {key!r} is not a string")
+            frozen[storable(key, where)] = _freeze(item, f"{where}.{key}", depth + 1)
+        return FrozenJson(frozen)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item, f"{where}[]", depth + 1) for item in value)
+    raise EventError(f"{where}: a {type(value).__name__} is not a JSON value")

@@ -1,0 +1,356 @@
+"""Session recordings: terminals and exec output as asciicast v2, transfers as records.
+
+One session leaves up to three files in ``<root>/YYYY/MM/DD/`` (the UTC day it started)::
+
+    <session>.cast.gz          asciicast v2, gzip; written event by event
+    <session>.transfers.jsonl  one JSON record per file transfer (path, direction, size, sha256)
+    <session>.json             the summary, written once when the recording is closed
+
+The cast is an asciicast v2 stream: a header line (``version``, ``width``, ``height``,
+``timestamp``, ``title``, ``env`` and Tether's own ``tether`` object, which players ignore),
+then one ``[seconds, code, data]`` line per event: ``"o"`` output, ``"i"`` input, ``"r"``
+resize (``"WxH"``), ``"m"`` marker.
+
+Security and durability decisions:
+
+* **A crash leaves a readable prefix.** Every event is followed by a zlib *sync flush* and a
+  write to the file, so the bytes on disk always decompress up to the last whole event;
+  :mod:`tether.audit.recordings_read` reads such a truncated gzip without its trailer.
+  The summary file is missing for such a recording, which marks it incomplete.
+* **Keystrokes are not recorded by default.** Terminal input holds what the echo hides —
+  passwords typed at a ``sudo`` or ``passwd`` prompt — and secrets must never land in a
+  recording. ``RecordingOptions.record_input`` turns it on for deployments that want it.
+* **Exec output is capped** (``max_output_bytes``): past the cap output is dropped, the
+  recording says ``truncated`` and a marker event shows where. A runaway command cannot fill
+  the disk through its recording.
+* **Never overwritten, private.** Files are created exclusively (``O_EXCL``) with mode 0600
+  in 0700 directories: a second recording under the same session id is refused rather than
+  replacing the first, and other local users cannot read what the terminal showed.
+* **Session ids are file names**, so they are checked against :data:`SESSION_ID_PATTERN`
+  (no ``/``, no leading dot) before any path is built from them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import gzip
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+CAST_SUFFIX: Final = ".cast.gz"
+TRANSFERS_SUFFIX: Final = ".transfers.jsonl"
+SUMMARY_SUFFIX: Final = ".json"
+SESSION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
+# Only these variables of the client's environment are kept in the header (as asciinema does):
+# anything else may hold a secret.
+KEPT_ENV: Final = frozenset({"TERM", "SHELL"})
+_FILE_MODE: Final = 0o600
+_DIR_MODE: Final = 0o700
+
+Direction = Literal["upload", "download"]
+
+
+class RecordingError(Exception):
+    """A recording cannot be started, written or found; the message says which and why."""
+
+
+def check_session_id(session_id: str) -> str:
+    """``session_id`` if it is safe as a file name, else :class:`RecordingError`."""
+    if not SESSION_ID_PATTERN.fullmatch(session_id):
+        raise RecordingError(f"invalid session id {session_id!r}")
+    return session_id
+
+
+def day_dir(root: Path, started: datetime) -> Path:
+    """``root/YYYY/MM/DD`` for the UTC day of ``started``."""
+    day = started.astimezone(UTC)
+    return root / f"{day.year:04d}" / f"{day.month:02d}" / f"{day.day:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingMeta:
+    """What is known of a session when its recording starts."""
+
+    width: int = 80
+    height: int = 24
+    title: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    protocol: str = "ssh"
+    agent: str | None = None
+    runtime: str | None = None
+    task: str | None = None
+    user: str | None = None
+    target: str | None = None
+    command: str | None = None  # an exec session's command; None for a shell
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingOptions:
+    """How recordings are made: see the module docstring for why these defaults."""
+
+    record_input: bool = False
+    max_output_bytes: int | None = None  # None: no cap
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRecord:
+    """One file that went through a session."""
+
+    time: float  # seconds since the recording started
+    path: str
+    direction: Direction
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingSummary:
+    """The summary file of a closed recording."""
+
+    session_id: str
+    started_at: str  # ISO 8601, UTC
+    ended_at: str
+    duration: float
+    output_bytes: int
+    truncated: bool
+    transfers: int
+    exit_status: int | None
+    meta: dict[str, Any]
+
+
+def cast_header(meta: RecordingMeta, session_id: str, started: datetime) -> dict[str, Any]:
+    """The asciicast v2 header line for a session starting at ``started``."""
+    header: dict[str, Any] = {
+        "version": 2,
+        "width": meta.width,
+        "height": meta.height,
+        "timestamp": int(started.timestamp()),
+        "env": {k: v for k, v in sorted(meta.env.items()) if k in KEPT_ENV},
+    }
+    header["title"] = meta.title if meta.title is not None else f"tether session {session_id}"
+    if meta.command is not None:
+        header["command"] = meta.command
+    header["tether"] = {"session_id": session_id, **_meta_fields(meta)}
+    return header
+
+
+def _meta_fields(meta: RecordingMeta) -> dict[str, Any]:
+    fields = asdict(meta)
+    for key in ("width", "height", "title", "env"):
+        fields.pop(key)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class Recorder:
+    """Records one session; create with :meth:`start`, finish with :meth:`close`.
+
+    Not thread-safe; each method does a little blocking file I/O (compression and one
+    ``write``), no ``fsync`` until :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        directory: Path,
+        cast: gzip.GzipFile,
+        raw: Any,
+        options: RecordingOptions,
+        started: datetime,
+        monotonic: Callable[[], float],
+        meta: RecordingMeta,
+    ) -> None:
+        self.session_id = session_id
+        self.directory = directory
+        self.options = options
+        self.started = started
+        self.meta = meta
+        self.output_bytes = 0
+        self.truncated = False
+        self.transfer_count = 0
+        self._cast = cast
+        self._raw = raw
+        self._monotonic = monotonic
+        self._t0 = monotonic()
+        self._decoders = {
+            code: codecs.getincrementaldecoder("utf-8")(errors="replace") for code in "oi"
+        }
+        self._closed = False
+
+    @classmethod
+    def start(
+        cls,
+        session_id: str,
+        meta: RecordingMeta,
+        *,
+        root: Path,
+        options: RecordingOptions | None = None,
+        now: datetime | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> Recorder:
+        """Create the session's cast file and write its header; raises :class:`RecordingError`."""
+        check_session_id(session_id)
+        started = (now or datetime.now(UTC)).astimezone(UTC)
+        directory = day_dir(root, started)
+        path = directory / f"{session_id}{CAST_SUFFIX}"
+        try:
+            directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            raw = _create_exclusive(path, "wb")
+        except FileExistsError:
+            raise RecordingError(f"a recording of session {session_id} exists already") from None
+        except OSError as error:
+            raise RecordingError(f"cannot create {path}: {error.strerror or error}") from None
+        cast = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+        recorder = cls(
+            session_id, directory, cast, raw, options or RecordingOptions(), started, monotonic,
+            meta,
+        )  # fmt: skip
+        recorder._write_line(cast_header(meta, session_id, started))
+        return recorder
+
+    @property
+    def cast_path(self) -> Path:
+        return self.directory / f"{self.session_id}{CAST_SUFFIX}"
+
+    def output(self, data: bytes | str) -> None:
+        """Terminal or exec output, up to ``max_output_bytes`` in all."""
+        raw = data.encode("utf-8", "replace") if isinstance(data, str) else data
+        cap = self.options.max_output_bytes
+        if cap is not None:
+            if self.truncated:
+                return
+            room = cap - self.output_bytes
+            if len(raw) > room:
+                self._output_chunk(raw[:room])
+                self.truncated = True
+                self._event("m", f"output truncated at {cap} bytes")
+                return
+        self._output_chunk(raw)
+
+    def _output_chunk(self, raw: bytes) -> None:
+        self.output_bytes += len(raw)
+        text = self._decoders["o"].decode(raw)
+        if text:
+            self._event("o", text)
+
+    def input(self, data: bytes | str) -> None:
+        """Keystrokes: dropped unless ``record_input`` (they may hold a hidden password)."""
+        if not self.options.record_input:
+            return
+        raw = data.encode("utf-8", "replace") if isinstance(data, str) else data
+        text = self._decoders["i"].decode(raw)
+        if text:
+            self._event("i", text)
+
+    def resize(self, width: int, height: int) -> None:
+        """The terminal changed size."""
+        self._event("r", f"{int(width)}x{int(height)}")
+
+    def marker(self, label: str) -> None:
+        """A named point in the recording (asciicast ``"m"``)."""
+        self._event("m", label)
+
+    def transfer(self, path: str, direction: Direction, size: int, sha256: str) -> None:
+        """A file that went through the session, appended to the transfers file at once."""
+        if direction not in ("upload", "download"):
+            raise ValueError(f"direction must be upload or download, not {direction!r}")
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        record = TransferRecord(round(self._elapsed(), 6), path, direction, size, sha256)
+        line = json.dumps(asdict(record), ensure_ascii=False) + "\n"
+        target = self.directory / f"{self.session_id}{TRANSFERS_SUFFIX}"
+        with _open_append(target) as handle:
+            handle.write(line.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.transfer_count += 1
+
+    def close(self, exit_status: int | None = None) -> RecordingSummary:
+        """Finish the cast (gzip trailer, fsync) and write the summary file."""
+        if self._closed:
+            raise RecordingError(f"recording of session {self.session_id} is closed")
+        tail = self._decoders["o"].decode(b"", final=True)
+        if tail:
+            self._event("o", tail)
+        self._closed = True
+        duration = self._elapsed()
+        self._cast.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        summary = self._summary(duration, exit_status)
+        _write_atomically(
+            self.directory / f"{self.session_id}{SUMMARY_SUFFIX}",
+            json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n",
+        )
+        return summary
+
+    def _summary(self, duration: float, exit_status: int | None) -> RecordingSummary:
+        ended = self.started.timestamp() + duration
+        return RecordingSummary(
+            session_id=self.session_id,
+            started_at=self.started.isoformat(),
+            ended_at=datetime.fromtimestamp(ended, UTC).isoformat(),
+            duration=round(duration, 6),
+            output_bytes=self.output_bytes,
+            truncated=self.truncated,
+            transfers=self.transfer_count,
+            exit_status=exit_status,
+            meta=_meta_fields(self.meta),
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._closed:
+            self.close()
+
+    def _elapsed(self) -> float:
+        return max(0.0, self._monotonic() - self._t0)
+
+    def _event(self, code: str, data: str) -> None:
+        self._write_line([round(self._elapsed(), 6), code, data])
+
+    def _write_line(self, value: object) -> None:
+        if self._closed:
+            raise RecordingError(f"recording of session {self.session_id} is closed")
+        line = json.dumps(value, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+        self._cast.write(line.encode("utf-8", "replace"))
+        # Sync flush: the bytes so far become a decodable gzip prefix (see module docstring).
+        self._cast.flush()
+        self._raw.flush()
+
+
+def _create_exclusive(path: Path, mode: Literal["wb"]) -> Any:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    return os.fdopen(fd, mode)
+
+
+def _open_append(path: Path) -> Any:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, _FILE_MODE)
+    return os.fdopen(fd, "ab")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    with _create_exclusive(tmp, "wb") as handle:
+        handle.write(text.encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)

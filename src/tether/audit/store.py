@@ -1,0 +1,216 @@
+"""Reading and writing audit rows: the queries behind the log, search, verify and sinks.
+
+Each function takes an ``AsyncConnection`` and leaves the transaction to the caller, like
+the rest of :mod:`tether.store`. Readers (:func:`events_after`, :func:`search_events`)
+return :class:`~tether.audit.events.AuditEvent` values in chain (``seq``) order; the only
+writer is :class:`tether.audit.log.AuditLog`, through :func:`insert_rows`.
+
+:func:`events_after` is the stable cursor API of the sinks: an event is visible to it only
+once its batch has committed, and since ``seq`` is assigned under the chain lock in commit
+order, a reader that keeps the highest ``seq`` it saw never skips one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, RowMapping, and_, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.audit.canonical import json_text
+from tether.audit.events import AuditEvent
+from tether.audit.schema import audit_checkpoints, audit_events
+
+# Columns that hold an event's scalar fields under the field's own name.
+_SCALARS = (
+    "id", "time", "kind", "agent", "runtime", "task", "user", "target", "decision", "rule",
+    "reason", "policy_version", "session_id", "source_ip", "bytes_in", "bytes_out", "rows",
+    "duration_ms", "prev_hash", "hash",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The last event of the chain: its ``seq`` (0 when empty) and ``hash``."""
+
+    seq: int
+    hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed checkpoint: ``signature`` (base64url Ed25519) by key ``kid`` over the
+    canonical statement of ``(seq, hash, time)``."""
+
+    seq: int
+    hash: str
+    time: datetime
+    kid: str
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """What :func:`search_events` keeps. String filters match exactly, or as a pattern
+    when they hold ``*`` (any run of characters); ``since`` is inclusive, ``until`` not."""
+
+    agent: str | None = None
+    runtime: str | None = None
+    task: str | None = None
+    user: str | None = None
+    target: str | None = None
+    kind: str | None = None
+    decision: str | None = None
+    session_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+# --- writing (the AuditLog only) ---------------------------------------------------------------
+
+
+def event_row(event: AuditEvent) -> dict[str, Any]:
+    """The row of a chained event (``seq``, ``prev_hash`` and ``hash`` set)."""
+    row = {name: getattr(event, name) for name in _SCALARS}
+    row["seq"] = event.seq
+    row["actor_chain"] = json_text(event.actor_chain)
+    row["action"] = json_text(event.action)
+    row["detail"] = json_text(event.detail)
+    return row
+
+
+async def insert_rows(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert chained event rows (one ``executemany``)."""
+    await conn.execute(insert(audit_events), list(rows))
+
+
+async def insert_checkpoint(conn: AsyncConnection, checkpoint: Checkpoint) -> None:
+    values = {
+        "seq": checkpoint.seq,
+        "hash": checkpoint.hash,
+        "time": checkpoint.time,
+        "kid": checkpoint.kid,
+        "signature": checkpoint.signature,
+    }
+    await conn.execute(insert(audit_checkpoints).values(values))
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+async def chain_head(conn: AsyncConnection) -> ChainHead:
+    """The last event's ``seq`` and ``hash``; ``ChainHead(0, None)`` for an empty trail."""
+    query = select(audit_events.c.seq, audit_events.c.hash).order_by(audit_events.c.seq.desc())
+    row = (await conn.execute(query.limit(1))).first()
+    return ChainHead(0, None) if row is None else ChainHead(row[0], row[1])
+
+
+async def last_checkpoint(conn: AsyncConnection) -> Checkpoint | None:
+    query = select(audit_checkpoints).order_by(audit_checkpoints.c.seq.desc()).limit(1)
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else _checkpoint(row)
+
+
+async def checkpoints(conn: AsyncConnection) -> list[Checkpoint]:
+    """Every checkpoint, by ``seq``."""
+    query = select(audit_checkpoints).order_by(audit_checkpoints.c.seq)
+    return [_checkpoint(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def events_after(conn: AsyncConnection, after_seq: int, limit: int = 1000) -> list[AuditEvent]:
+    """Up to ``limit`` committed events with ``seq > after_seq``, in ``seq`` order."""
+    query = (
+        select(audit_events)
+        .where(audit_events.c.seq > after_seq)
+        .order_by(audit_events.c.seq)
+        .limit(limit)
+    )
+    return [event_from_row(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def search_events(
+    conn: AsyncConnection,
+    where: EventFilter,
+    *,
+    limit: int = 100,
+    after_seq: int | None = None,
+    before_seq: int | None = None,
+) -> list[AuditEvent]:
+    """Events matching ``where``, in ``seq`` order: the first ``limit`` after ``after_seq``
+    when it is given, else the last ``limit`` (before ``before_seq`` if given)."""
+    conditions = _conditions(where)
+    if after_seq is not None:
+        conditions.append(audit_events.c.seq > after_seq)
+    if before_seq is not None:
+        conditions.append(audit_events.c.seq < before_seq)
+    seq = audit_events.c.seq
+    order = seq if after_seq is not None else seq.desc()
+    query = select(audit_events).where(and_(True, *conditions)).order_by(order).limit(limit)
+    events = [event_from_row(row) for row in (await conn.execute(query)).mappings()]
+    return events if after_seq is not None else events[::-1]
+
+
+async def count_events(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(audit_events))).scalar_one())
+
+
+def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    for name in ("agent", "runtime", "task", "user", "target", "kind", "decision", "session_id"):
+        value = getattr(where, name)
+        if value is not None:
+            conditions.append(_match(audit_events.c[name], value))
+    if where.since is not None:
+        conditions.append(audit_events.c.time >= where.since)
+    if where.until is not None:
+        conditions.append(audit_events.c.time < where.until)
+    return conditions
+
+
+def _match(column: Any, pattern: str) -> ColumnElement[bool]:
+    if "*" not in pattern:
+        return column == pattern  # type: ignore[no-any-return]
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(escaped.replace("*", "%"), escape="\\")  # type: ignore[no-any-return]
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+
+def event_from_row(row: RowMapping | Mapping[str, Any]) -> AuditEvent:
+    """The event a row holds; ``ValueError`` (an ``EventError`` or a JSON error) if the row
+    cannot be one."""
+    fields = {name: row[name] for name in _SCALARS}
+    return AuditEvent(
+        seq=row["seq"],
+        actor_chain=tuple(_json(row["actor_chain"], list)),
+        action=_json(row["action"], dict),
+        detail=_json(row["detail"], dict),
+        **fields,
+    )
+
+
+def _json(text: str, kind: type[list[Any]] | type[dict[str, Any]]) -> Any:
+    value = json.loads(text)
+    if not isinstance(value, kind):
+        raise ValueError(f"expected a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _checkpoint(row: RowMapping) -> Checkpoint:
+    return Checkpoint(
+        seq=row["seq"],
+        hash=row["hash"],
+        time=row["time"],
+        kid=row["kid"],
+        signature=row["signature"],
+    )
+
+
+def kinds_of(events: Iterable[AuditEvent]) -> set[str]:
+    """The kinds present (a helper for reports)."""
+    return {event.kind for event in events}

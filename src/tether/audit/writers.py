@@ -1,0 +1,265 @@
+"""How one batch reaches the database: a locked transaction per batch, one per backend.
+
+The rest of Tether talks to the store through SQLAlchemy; the audit writer does not, on
+its hot path. Through SQLAlchemy's aiosqlite adapter every statement costs several
+hand-offs between the event loop and the driver's thread (cursor, execute, fetch, close),
+and a batch is five statements: measured, that alone capped appends far below the goal.
+So each backend runs the batch in the fewest round trips its driver allows:
+
+* :class:`SqliteWriter` keeps its own ``sqlite3`` connection in its own thread and runs the
+  whole transaction (``BEGIN IMMEDIATE``, read the head, ``executemany``, checkpoint,
+  ``COMMIT``) as one call there: one hand-off per batch, and the event loop keeps serving
+  while SQLite waits for the disk.
+* :class:`PostgresWriter` uses the asyncpg connection under a pooled SQLAlchemy
+  connection: ``pg_advisory_xact_lock``, the head, a pipelined ``executemany``, COMMIT.
+
+Both call the same pure ``plan`` (``tether.audit.log``) between reading the head and
+inserting, so chaining and the checkpoint rule are written once. Reads (search, verify,
+sinks) stay on SQLAlchemy: they are not on any action's path.
+
+Security decisions:
+
+* **The head is read under the lock that the insert holds until COMMIT**: SQLite's write
+  lock taken by ``BEGIN IMMEDIATE``, PostgreSQL's transaction-scoped advisory lock. A
+  second writer (another process, another node) waits, then reads the new head.
+* **The SQLite connection's durability is explicit**: WAL mode, ``synchronous`` as
+  configured, ``busy_timeout`` so a writer waits for the lock instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal, Protocol
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tether.audit.events import AuditEvent
+from tether.audit.store import ChainHead, Checkpoint
+
+# pg_advisory_xact_lock key of the audit chain: "tetherau" as a big-endian int64.
+CHAIN_LOCK_KEY: Final = int.from_bytes(b"tetherau", "big")
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+
+# The columns of audit_events in insert order (quoted: ``user`` is reserved in SQL).
+COLUMNS: Final = (
+    "seq", "id", "time", "kind", "agent", "runtime", "task", "user", "actor_chain", "target",
+    "action", "decision", "rule", "reason", "policy_version", "session_id", "source_ip",
+    "bytes_in", "bytes_out", "rows", "duration_ms", "detail", "prev_hash", "hash",
+)  # fmt: skip
+_CHECKPOINT_COLUMNS: Final = ("seq", "hash", "time", "kid", "signature")
+
+Synchronous = Literal["full", "normal"]
+
+
+class WriterError(Exception):
+    """A batch could not be written; ``transient`` when another try may succeed."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one transaction writes: the chained events, their rows, maybe a checkpoint."""
+
+    events: Sequence[AuditEvent]
+    rows: Sequence[tuple[Any, ...]]
+    checkpoint: Checkpoint | None
+
+
+# Given the head and the last checkpoint read under the lock, what to write.
+Planner = Callable[[ChainHead, Checkpoint | None], Plan]
+
+
+class BatchWriter(Protocol):
+    async def open(self) -> None: ...
+
+    async def write(self, planner: Planner) -> Plan: ...
+
+    async def close(self) -> None: ...
+
+
+def _insert_sql(table: str, columns: Sequence[str], placeholder: Callable[[int], str]) -> str:
+    names = ", ".join(f'"{c}"' for c in columns)
+    values = ", ".join(placeholder(i + 1) for i in range(len(columns)))
+    return f"INSERT INTO {table} ({names}) VALUES ({values})"
+
+
+def _sqlite_time(moment: datetime) -> str:
+    # SQLAlchemy's SQLite DATETIME storage format, which the readers parse (UTC).
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class SqliteWriter:
+    """One ``sqlite3`` connection in one thread; a batch is one call into that thread."""
+
+    def __init__(self, path: str, synchronous: Synchronous) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tether-audit-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._insert = _insert_sql("audit_events", COLUMNS, lambda _: "?")
+        self._insert_checkpoint = _insert_sql("audit_checkpoints", _CHECKPOINT_COLUMNS, lambda _: "?")
+        self.journal_mode = ""
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    async def write(self, planner: Planner) -> Plan:
+        return await self._call(self._write, planner)
+
+    async def close(self) -> None:
+        try:
+            await self._call(self._close)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        self.journal_mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _write(self, planner: Planner) -> Plan:
+        if self._db is None:
+            self._open()
+        db = self._db
+        assert db is not None
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                plan = planner(self._head(db), self._last_checkpoint(db))
+                db.executemany(self._insert, [_sqlite_row(row) for row in plan.rows])
+                if plan.checkpoint is not None:
+                    db.execute(self._insert_checkpoint, _sqlite_checkpoint(plan.checkpoint))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as error:
+            raise WriterError(f"conflict: {error}", transient=True) from error
+        except sqlite3.OperationalError as error:
+            transient = "locked" in str(error) or "busy" in str(error)
+            if not transient:
+                self._close()
+            raise WriterError(str(error), transient=transient) from error
+        except sqlite3.Error as error:
+            self._close()
+            raise WriterError(str(error), transient=False) from error
+        return plan
+
+    @staticmethod
+    def _head(db: sqlite3.Connection) -> ChainHead:
+        row = db.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+        return ChainHead(0, None) if row is None else ChainHead(int(row[0]), str(row[1]))
+
+    @staticmethod
+    def _last_checkpoint(db: sqlite3.Connection) -> Checkpoint | None:
+        row = db.execute(
+            "SELECT seq, hash, time, kid, signature FROM audit_checkpoints "
+            "ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        moment = datetime.fromisoformat(row[2] + "+00:00")
+        return Checkpoint(int(row[0]), str(row[1]), moment, str(row[3]), str(row[4]))
+
+
+def _sqlite_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (*row[:2], _sqlite_time(row[2]), *row[3:])
+
+
+def _sqlite_checkpoint(checkpoint: Checkpoint) -> tuple[Any, ...]:
+    c = checkpoint
+    return (c.seq, c.hash, _sqlite_time(c.time), c.kid, c.signature)
+
+
+class PostgresWriter:
+    """The asyncpg connection under one pooled SQLAlchemy connection, held while open."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+        self._insert = _insert_sql("audit_events", COLUMNS, lambda i: f"${i}")
+        self._insert_checkpoint = _insert_sql(
+            "audit_checkpoints", _CHECKPOINT_COLUMNS, lambda i: f"${i}"
+        )
+
+    async def open(self) -> None:
+        self._conn = await self._engine.connect()
+        raw = await self._conn.get_raw_connection()
+        self._driver = raw.driver_connection
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn, self._driver = self._conn, None, None
+            await conn.close()
+
+    async def write(self, planner: Planner) -> Plan:
+        import asyncpg  # the PostgreSQL driver, present whenever this backend is
+
+        if self._driver is None or self._driver.is_closed():
+            await self.close()
+            await self.open()
+        driver = self._driver
+        try:
+            async with driver.transaction():
+                await driver.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK_KEY)
+                plan = planner(await self._head(driver), await self._last_checkpoint(driver))
+                await driver.executemany(self._insert, plan.rows)
+                if plan.checkpoint is not None:
+                    c = plan.checkpoint
+                    await driver.execute(
+                        self._insert_checkpoint, c.seq, c.hash, c.time, c.kid, c.signature
+                    )
+        except asyncpg.UniqueViolationError as error:
+            raise WriterError(f"conflict: {error}", transient=True) from error
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as error:
+            raise WriterError(str(error), transient=True) from error
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            await self.close()
+            raise WriterError(f"{type(error).__name__}: {error}", transient=False) from error
+        return plan
+
+    @staticmethod
+    async def _head(driver: Any) -> ChainHead:
+        row = await driver.fetchrow("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        return ChainHead(0, None) if row is None else ChainHead(int(row[0]), str(row[1]))
+
+    @staticmethod
+    async def _last_checkpoint(driver: Any) -> Checkpoint | None:
+        row = await driver.fetchrow(
+            "SELECT seq, hash, time, kid, signature FROM audit_checkpoints "
+            "ORDER BY seq DESC LIMIT 1"
+        )
+        if row is None:
+            return None
+        return Checkpoint(int(row[0]), str(row[1]), row[2], str(row[3]), str(row[4]))
+
+
+def writer_for(engine: AsyncEngine, synchronous: Synchronous) -> BatchWriter:
+    """The batch writer for ``engine``'s database; ``ValueError`` for an in-memory SQLite."""
+    if engine.dialect.name == "postgresql":
+        return PostgresWriter(engine)
+    database = make_url(str(engine.url.render_as_string(hide_password=False))).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        raise ValueError("the audit trail needs a SQLite database file, not an in-memory one")
+    return SqliteWriter(database, synchronous)

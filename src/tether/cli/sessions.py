@@ -1,0 +1,250 @@
+"""``tether sessions``: list, show, replay and export session recordings.
+
+It reads the recordings directory of a node (``<data_dir>/recordings``, or ``--recordings``)
+directly, without a server: whoever can run it can read that directory anyway. Sessions that
+left audit events but no recording (an HTTP or SQL session) are listed too when the node's
+audit store can be opened.
+
+Everything a recording holds was produced by an agent, so names and values are shown with
+terminal control stripped (:func:`~tether.audit.recordings_play.strip_ansi`); only
+``replay`` writes the raw output, since showing it as the terminal did is its purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tether.audit.recordings import RecordingError
+from tether.audit.recordings_play import cast_lines, plain_text, replay, strip_ansi
+from tether.audit.recordings_read import (
+    Cast,
+    RecordedSession,
+    find_recording,
+    iter_recordings,
+    read_cast,
+)
+from tether.cli.common import EXIT_NOT_FOUND, fail
+from tether.config import CONFIG_ENV, ConfigError, load_settings
+
+RECORDINGS_DIR: Final = "recordings"
+
+app = typer.Typer(
+    help="Session recordings: list, show, replay, export.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+SessionId = Annotated[str, typer.Argument(help="The session's id.", show_default=False)]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar=CONFIG_ENV,
+        show_default=False,
+        help="The node's config file (for its data directory).",
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        "-d",
+        show_default=False,
+        help="The node's data directory. Default: ./.tether.",
+    ),
+]
+RecordingsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--recordings",
+        show_default=False,
+        help="The recordings directory. Default: <data_dir>/recordings.",
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def recordings_root(config: Path | None, data_dir: Path | None, recordings: Path | None) -> Path:
+    """The recordings directory the options name; exits 2 on a bad config."""
+    if recordings is not None:
+        return recordings
+    try:
+        settings = load_settings(config, overrides={"data_dir": _str(data_dir)})
+    except ConfigError as error:
+        fail(str(error))
+    return settings.data_dir / RECORDINGS_DIR
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _find(root: Path, session_id: str) -> RecordedSession:
+    try:
+        return find_recording(root, session_id)
+    except RecordingError as error:
+        fail(str(error), EXIT_NOT_FOUND)
+
+
+def _row(session: RecordedSession) -> dict[str, Any]:
+    summary = session.summary or {}
+    return {
+        "session_id": session.session_id,
+        "started_at": session.started_at.isoformat(),
+        "state": session.state,
+        "duration": summary.get("duration"),
+        "output_bytes": summary.get("output_bytes"),
+        "truncated": summary.get("truncated"),
+        "exit_status": summary.get("exit_status"),
+        **{key: session.meta.get(key) for key in ("protocol", "agent", "user", "target")},
+        "path": str(session.cast_path),
+    }
+
+
+@app.command("list")
+def list_sessions(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    recordings: RecordingsOpt = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", show_default=False, help="Only this agent's.")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """List recorded sessions, oldest first."""
+    root = recordings_root(config, data_dir, recordings)
+    rows = [_row(s) for s in iter_recordings(root) if agent in (None, s.meta.get("agent"))]
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, sort_keys=True))
+        return
+    table = Table("session", "started (UTC)", "protocol", "agent", "target", "duration", "state")
+    for row in rows:
+        table.add_row(
+            *(_cell(row[key]) for key in ("session_id", "started_at", "protocol", "agent")),
+            _cell(row["target"]),
+            "" if row["duration"] is None else f"{row['duration']:.1f}s",
+            _cell(row["state"]),
+        )
+    _console().print(table)
+
+
+@app.command("show")
+def show(
+    session_id: SessionId,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    recordings: RecordingsOpt = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show a session's metadata, summary and file transfers. Exits 5 if there is none."""
+    session = _find(recordings_root(config, data_dir, recordings), session_id)
+    cast = _read(session.cast_path)
+    info = {
+        **_row(session),
+        "header": session.header,
+        "events": len(cast.events),
+        "readable_to_end": cast.complete,
+        "transfers": [_transfer(t) for t in session.transfers()],
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    console = _console()
+    for key in ("session_id", "started_at", "state", "protocol", "agent", "user", "target"):
+        console.print(Text(f"{key}: ") + _cell(info[key]))
+    for key in ("duration", "output_bytes", "truncated", "exit_status", "events", "path"):
+        console.print(Text(f"{key}: ") + _cell(info[key]))
+    for transfer in info["transfers"]:
+        line = "{direction} {path} ({size} bytes, sha256 {sha256})".format(**transfer)
+        console.print(Text("transfer: ") + _cell(line))
+
+
+def _transfer(record: Any) -> dict[str, Any]:
+    fields = ("time", "path", "direction", "size", "sha256")
+    return {name: getattr(record, name) for name in fields}
+
+
+@app.command("replay")
+def replay_session(
+    session_id: SessionId,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    recordings: RecordingsOpt = None,
+    speed: Annotated[
+        float, typer.Option("--speed", "-s", min=0.001, help="Playback speed (2: twice as fast).")
+    ] = 1.0,
+    max_idle: Annotated[
+        float | None,
+        typer.Option(
+            "--max-idle", "-i", min=0.0, show_default=False, help="Cap each pause at SECONDS."
+        ),
+    ] = None,
+) -> None:
+    """Replay a session's terminal output on standard output, with its timing."""
+    session = _find(recordings_root(config, data_dir, recordings), session_id)
+    cast = _read(session.cast_path)
+    out = sys.stdout
+
+    def write(data: str) -> None:
+        out.write(data)
+        out.flush()
+
+    replay(cast, write, time.sleep, speed=speed, max_idle=max_idle)
+    if not cast.complete:
+        typer.echo("tether: the recording ends early (its writer stopped)", err=True)
+
+
+@app.command("export")
+def export(
+    session_id: SessionId,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    recordings: RecordingsOpt = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="cast (asciicast v2) or text (escapes stripped).")
+    ] = "cast",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", show_default=False, help="File to write. Default: stdout."),
+    ] = None,
+) -> None:
+    """Export a session as an uncompressed ``.cast`` or as plain text."""
+    if fmt not in ("cast", "text"):
+        fail(f"--format: expected cast or text, got {fmt!r}")
+    session = _find(recordings_root(config, data_dir, recordings), session_id)
+    cast = _read(session.cast_path)
+    text = "".join(cast_lines(cast)) if fmt == "cast" else plain_text(cast)
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        fail(f"cannot write {output}: {error.strerror or error}")
+
+
+def _read(path: Path) -> Cast:
+    try:
+        return read_cast(path)
+    except RecordingError as error:
+        fail(str(error))
+
+
+def _cell(value: object) -> Text:
+    return Text("" if value is None else strip_ansi(str(value)))
+
+
+def _console() -> Console:
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)

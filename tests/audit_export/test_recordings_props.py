@@ -1,0 +1,123 @@
+"""Property tests of the recording formats: the cast reader, the escape stripper, replay timing."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tether.audit.recordings import Recorder, RecordingError, RecordingMeta
+from tether.audit.recordings_play import output_text, replay_delays, strip_ansi
+from tether.audit.recordings_read import (
+    CastEvent,
+    gunzip_prefix,
+    parse_cast,
+    parse_event,
+    read_cast,
+)
+
+T0 = datetime(2026, 11, 29, tzinfo=UTC)
+_PRINTABLE = st.text(st.characters(codec="utf-8", categories=("L", "N", "P", "S", "Zs")))
+_CSI = st.builds(
+    lambda params, final: f"\x1b[{params}{final}",
+    st.text("0123456789;?", max_size=8),
+    st.sampled_from("ABCDHJKmhlsu"),
+)
+_OSC = st.builds(
+    lambda body, end: f"\x1b]{body}{end}", _PRINTABLE, st.sampled_from(["\x07", "\x1b\\"])
+)
+_ESCAPE = st.one_of(_CSI, _OSC, st.sampled_from(["\x1b7", "\x1b8", "\x1b(B", "\x1bc", "\x9b2J"]))
+
+
+@given(st.text())
+def test_stripped_text_holds_no_terminal_control(text: str) -> None:
+    stripped = strip_ansi(text)
+    assert not any(
+        (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F for c in stripped
+    )
+    assert strip_ansi(stripped) == stripped
+
+
+@given(_PRINTABLE)
+def test_plain_text_is_left_alone(text: str) -> None:
+    assert strip_ansi(text) == text
+
+
+@given(st.lists(st.one_of(_PRINTABLE, _ESCAPE)))
+def test_escape_sequences_vanish_and_the_text_around_them_stays(parts: list[str]) -> None:
+    plain = "".join(p for p in parts if not p.startswith(("\x1b", "\x9b")))
+    assert strip_ansi("".join(parts)) == plain
+
+
+@given(st.binary())
+def test_any_bytes_parse_to_a_cast_or_a_recording_error(data: bytes) -> None:
+    try:
+        cast = parse_cast(data)
+    except RecordingError:
+        return
+    assert cast.header["version"] == 2
+
+
+@given(st.binary(max_size=200))
+def test_any_line_is_an_event_or_none(line: bytes) -> None:
+    event = parse_event(line)
+    assert event is None or (event.code in "oirm" and event.time >= 0)
+
+
+@given(st.binary(max_size=300))
+def test_gunzip_prefix_never_raises(data: bytes) -> None:
+    out, ended = gunzip_prefix(data)
+    assert isinstance(out, bytes) and isinstance(ended, bool)
+
+
+_CHUNKS = st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=_CHUNKS, cut=st.floats(0, 1))
+def test_a_cast_cut_anywhere_reads_as_a_prefix(chunks: list[bytes], cut: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        recorder = Recorder.start("p", RecordingMeta(), root=Path(tmp), now=T0)
+        for chunk in chunks:
+            recorder.output(chunk)
+        recorder.close()
+        data = recorder.cast_path.read_bytes()
+        full = read_cast(recorder.cast_path)
+        assert full.complete
+        assert output_text(full.events) == b"".join(chunks).decode("utf-8", "replace")
+        cut_path = recorder.cast_path.with_name("cut.cast.gz")
+        cut_path.write_bytes(data[: int(len(data) * cut)])
+        try:
+            partial = read_cast(cut_path)
+        except RecordingError:
+            return  # cut inside the header: nothing to show
+        assert partial.events == full.events[: len(partial.events)]
+        assert partial.complete == (cut == 1)
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 1e5, allow_nan=False), st.sampled_from("oirm")),
+        max_size=30,
+    ),
+    st.floats(0.01, 100),
+    st.one_of(st.none(), st.floats(0, 10)),
+)
+def test_replay_pauses_are_gaps_capped_and_scaled(
+    steps: list[tuple[float, str]], speed: float, max_idle: float | None
+) -> None:
+    events, now = [], 0.0
+    for gap, code in steps:
+        now += gap
+        events.append(CastEvent(now, code, "x"))
+    delays = list(replay_delays(events, speed=speed, max_idle=max_idle))
+    assert [e for _, e in delays] == [e for e in events if e.code == "o"]
+    assert all(d >= 0 for d, _ in delays)
+    if max_idle is not None:
+        assert all(d <= max_idle / speed + 1e-9 for d, _ in delays)
+    if max_idle is None and delays:
+        assert sum(d for d, _ in delays) == pytest.approx(delays[-1][1].time / speed, rel=1e-6)

@@ -1,0 +1,132 @@
+"""``tether sessions`` on recordings of a real pty session.
+
+Replay into a pipe runs the installed ``tether`` command; the other commands run in process
+(``CliRunner``) since each start of the command costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tether.audit.recordings import Recorder, RecordingMeta
+from tether.audit.recordings_read import parse_cast
+from tether.cli.main import app
+from tests.audit_export.ptyshell import run_shell
+
+T0 = datetime(2026, 11, 28, 23, 59, tzinfo=UTC)
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> tuple[Path, bytes]:
+    """A recordings directory holding one real bash session; and the bytes it showed."""
+    root = tmp_path / "data" / "recordings"
+    meta = RecordingMeta(agent="deploy-bot", target="web-1", user="alice")
+    recorder = Recorder.start("s-42", meta, root=root, now=T0)
+    shown = run_shell(recorder, ["printf '\\033[1;32mgreen\\033[0m\\n'\n", "sleep 0.3\n"])
+    recorder.transfer("/etc/motd", "download", 12, "0" * 64)
+    recorder.close(exit_status=0)
+    return root, shown
+
+
+def _tether(
+    tether_bin: Path, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [str(tether_bin), "sessions", *args], capture_output=True, env=env, timeout=60
+    )
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: bytes, stderr: bytes) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _run(env: dict[str, str] | None, *args: str) -> Result:
+    result = CliRunner().invoke(app, ["sessions", *args], env=env)
+    return Result(result.exit_code, result.stdout_bytes, result.stderr_bytes)
+
+
+def test_replay_into_a_pipe_reproduces_the_output_bytes(
+    recorded: tuple[Path, bytes], tether_bin: Path, clean_env: dict[str, str]
+) -> None:
+    root, shown = recorded
+    done = _tether(tether_bin, clean_env, "replay", "s-42", "--recordings", str(root), "-s", "1000")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == shown
+
+
+def test_replay_takes_the_recorded_time_at_speed_one(recorded: tuple[Path, bytes]) -> None:
+    root, _ = recorded
+    args = ("replay", "s-42", "--recordings", str(root))
+    started = time.monotonic()
+    assert _run(None, *args).returncode == 0
+    slow = time.monotonic() - started
+    started = time.monotonic()
+    assert _run(None, *args, "--max-idle", "0").returncode == 0
+    fast = time.monotonic() - started
+    assert slow - fast >= 0.25  # the recorded `sleep 0.3`, skipped by --max-idle 0
+
+
+def test_export_text_strips_escape_sequences(
+    recorded: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    root, shown = recorded
+    out = tmp_path / "s.txt"
+    args = ("export", "s-42", "--recordings", str(root), "--format", "text", "-o", str(out))
+    done = _run(None, *args)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert b"\x1b[1;32mgreen" in shown
+    assert "\ngreen\n" in text
+    assert "\x1b" not in text and "\r" not in text
+    assert "tether$ sleep 0.3\n" in text
+
+
+def test_export_cast_is_uncompressed_asciicast(recorded: tuple[Path, bytes]) -> None:
+    root, shown = recorded
+    done = _run(None, "export", "s-42", "--recordings", str(root))
+    assert done.returncode == 0, done.stderr
+    first = json.loads(done.stdout.splitlines()[0])
+    assert first["version"] == 2 and first["width"] == 80
+    cast = parse_cast(done.stdout)
+    assert cast.complete
+    assert "".join(e.data for e in cast.events if e.code == "o").encode() == shown
+
+
+def test_list_and_show(recorded: tuple[Path, bytes]) -> None:
+    root, _ = recorded
+    env = {"TETHER_DATA_DIR": str(root.parent)}  # the default: <data_dir>/recordings
+    listed = _run(env, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["session_id"] == "s-42" and row["agent"] == "deploy-bot"
+    assert row["state"] == "complete" and row["exit_status"] == 0
+    assert row["started_at"] == T0.isoformat()
+    assert _run(env, "list", "--json", "--agent", "other").stdout == b""
+
+    table = _run(env, "list")
+    assert b"s-42" in table.stdout and b"deploy-bot" in table.stdout
+
+    shown = _run(env, "show", "s-42", "--json")
+    info = json.loads(shown.stdout)
+    assert info["target"] == "web-1" and info["user"] == "alice"
+    assert info["transfers"][0]["path"] == "/etc/motd"
+    assert info["readable_to_end"] is True
+    assert b"transfer: download /etc/motd" in _run(env, "show", "s-42").stdout
+
+
+def test_unknown_session_exits_5(recorded: tuple[Path, bytes]) -> None:
+    root, _ = recorded
+    for command in ("show", "replay", "export"):
+        done = _run(None, command, "nope", "--recordings", str(root))
+        assert done.returncode == 5
+        assert done.stderr.startswith(b"tether: error: no recording of session nope")
+    bad = _run(None, "show", "../x", "--recordings", str(root))
+    assert bad.returncode == 5 and b"invalid session id" in bad.stderr
