@@ -75,6 +75,8 @@ class X509CertificateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     csr: Annotated[str, Field(min_length=1, max_length=16384)]
+    # Also issue an access token bound to the certificate (RFC 8705 cnf.x5t#S256).
+    bind_token: bool = False
 
 
 @router.get("/v1/whoami")
@@ -112,11 +114,20 @@ async def x509_certificate(
     identity = identity_of(request)
     try:
         certificate = await identity.x509_certificate(claims, body.csr)
+        bound = (
+            await identity.certificate_bound_token(claims, certificate) if body.bind_token else None
+        )
     except CredentialError as error:
         raise credential_problem(error) from None
     except IssuanceError as error:
         raise ProblemError(400, f"certificate refused: {error}") from None
-    return {"certificate": certificate, "ca": identity.keys.x509_ca.ca_cert_pem().decode()}
+    answer: dict[str, Any] = {
+        "certificate": certificate,
+        "ca": identity.keys.x509_ca.ca_cert_pem().decode(),
+    }
+    if bound is not None:
+        answer["access_token"] = bound.response()
+    return answer
 
 
 def _source(request: Request) -> str | None:

@@ -49,7 +49,8 @@ from tether.audit.events import AuditEvent
 FORMAT_VERSION: Final = 1
 GENESIS: Final = "0" * 64
 
-_encode = json.JSONEncoder(
+# Canonical JSON text of a value (see above); UTF-8 encode it for the bytes.
+encode: Final = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
 
@@ -70,7 +71,7 @@ def parse_time(text: str) -> datetime:
 
 def json_text(value: Mapping[str, Any] | list[Any] | tuple[Any, ...]) -> str:
     """``value`` as canonical JSON text (sorted keys, no whitespace)."""
-    return _encode(value)
+    return encode(value)
 
 
 def event_document(event: AuditEvent, seq: int, prev_hash: str) -> dict[str, Any]:
@@ -105,7 +106,7 @@ def event_document(event: AuditEvent, seq: int, prev_hash: str) -> dict[str, Any
 
 def canonical_bytes(event: AuditEvent, seq: int, prev_hash: str) -> bytes:
     """The exact bytes hashed for ``event`` at position ``seq`` after ``prev_hash``."""
-    return _encode(event_document(event, seq, prev_hash)).encode("utf-8")
+    return encode(event_document(event, seq, prev_hash)).encode("utf-8")
 
 
 def event_hash(event: AuditEvent, seq: int, prev_hash: str) -> str:
@@ -122,7 +123,7 @@ def stored_hash(event: AuditEvent) -> str:
 
 def checkpoint_statement(seq: int, hash: str, time: datetime) -> bytes:
     """The bytes a checkpoint signs: ``{"hash":..,"seq":..,"time":..}``, canonical."""
-    return _encode({"hash": hash, "seq": seq, "time": format_time(time)}).encode("utf-8")
+    return encode({"hash": hash, "seq": seq, "time": format_time(time)}).encode("utf-8")
 
 
 def event_json(event: AuditEvent) -> dict[str, Any]:

@@ -28,10 +28,11 @@ Security decisions:
 
 from __future__ import annotations
 
+import copy
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
@@ -122,35 +123,44 @@ class AuditEvent:
     hash: str | None = None
 
     def __post_init__(self) -> None:
+        setter = object.__setattr__
         for name in _STRINGS:
             value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, storable(value, name))
+            if value is not None and not _plain(value):
+                setter(self, name, storable(value, name))
         if self.kind not in KINDS:
             raise EventError(f"unknown audit event kind {self.kind!r}")
-        if self.time.tzinfo is None or self.time.utcoffset() is None:
-            raise EventError("an audit event's time must be timezone-aware")
-        if self.time.tzinfo is not UTC:
-            object.__setattr__(self, "time", self.time.astimezone(UTC))
-        if not isinstance(self.actor_chain, tuple):
-            object.__setattr__(self, "actor_chain", tuple(self.actor_chain))
-        if not all(isinstance(actor, str) for actor in self.actor_chain):
-            raise EventError("actor_chain holds strings only")
-        object.__setattr__(
-            self, "actor_chain", tuple(storable(a, "actor_chain") for a in self.actor_chain)
-        )
+        moment = self.time
+        if moment.tzinfo is not UTC:
+            if moment.tzinfo is None or moment.utcoffset() is None:
+                raise EventError("an audit event's time must be timezone-aware")
+            setter(self, "time", moment.astimezone(UTC))
+        if self.actor_chain:
+            setter(self, "actor_chain", tuple(storable(a, "actor_chain") for a in self.actor_chain))
+        elif not isinstance(self.actor_chain, tuple):
+            setter(self, "actor_chain", ())
         for name in _COUNTS:
             _check_count(name, getattr(self, name))
         if self.duration_ms is not None:
             _check_duration(self.duration_ms)
             # Stored as a double: an int would read back as a float and hash differently.
-            object.__setattr__(self, "duration_ms", float(self.duration_ms))
-        object.__setattr__(self, "action", frozen_json(self.action, "action"))
-        object.__setattr__(self, "detail", frozen_json(self.detail, "detail"))
+            setter(self, "duration_ms", float(self.duration_ms))
+        setter(self, "action", frozen_json(self.action, "action"))
+        setter(self, "detail", frozen_json(self.detail, "detail"))
 
     def chained(self, seq: int, prev_hash: str, hash: str) -> AuditEvent:
-        """This event at position ``seq`` of the chain (the store calls this)."""
-        return replace(self, seq=seq, prev_hash=prev_hash, hash=hash)
+        """This event at position ``seq`` of the chain (the store calls this). The copy is
+        not validated again: it differs only by the three fields set here."""
+        chained = copy.copy(self)
+        object.__setattr__(chained, "seq", seq)
+        object.__setattr__(chained, "prev_hash", prev_hash)
+        object.__setattr__(chained, "hash", hash)
+        return chained
+
+
+def _plain(value: object) -> bool:
+    """A str that needs no rewriting: ASCII without NUL (the common case, checked fast)."""
+    return type(value) is str and value.isascii() and "\x00" not in value
 
 
 def storable(value: object, where: str) -> str:
@@ -182,12 +192,27 @@ def _check_duration(value: object) -> None:
         raise EventError(f"duration_ms must be finite and non-negative, got {value!r}")
 
 
+class _NotJson(Exception):
+    """Raised inside :func:`_freeze`; the path is collected on the way out."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str] = []
+
+
 def frozen_json(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
-    """A read-only deep copy of a JSON object; :class:`EventError` naming ``where`` if it
-    holds anything but JSON values."""
+    """A read-only deep copy of a JSON object; :class:`EventError` naming ``where`` and the
+    path inside it if it holds anything but JSON values."""
     if not isinstance(value, Mapping):
         raise EventError(f"{where} must be a mapping")
-    frozen = _freeze(value, where, 0)
+    if not value:
+        return _EMPTY
+    try:
+        frozen = _freeze(value, 0)
+    except _NotJson as error:
+        path = "".join(reversed(error.path))
+        raise EventError(f"{where}{path}: {error.problem}") from None
     assert isinstance(frozen, Mapping)
     return frozen
 
@@ -195,24 +220,35 @@ def frozen_json(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
 _MAX_DEPTH: Final = 64
 
 
-def _freeze(value: Any, where: str, depth: int) -> Any:
-    if depth > _MAX_DEPTH:
-        raise EventError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
+def _freeze(value: Any, depth: int) -> Any:
     if isinstance(value, str):
-        return storable(value, where)
+        return value if _plain(value) else storable(value, "")
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise EventError(f"{where}: {value!r} is not a JSON number")
+            raise _NotJson(f"{value!r} is not a JSON number")
         return value
+    if depth >= _MAX_DEPTH:
+        raise _NotJson(f"nested deeper than {_MAX_DEPTH} levels")
     if isinstance(value, Mapping):
         frozen: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise EventError(f"{where}: key {key!r} is not a string")
-            frozen[storable(key, where)] = _freeze(item, f"{where}.{key}", depth + 1)
+                raise _NotJson(f"key {key!r} is not a string")
+            try:
+                frozen[key if _plain(key) else storable(key, "")] = _freeze(item, depth + 1)
+            except _NotJson as error:
+                error.path.append(f".{key}")
+                raise
         return FrozenJson(frozen)
     if isinstance(value, list | tuple):
-        return tuple(_freeze(item, f"{where}[]", depth + 1) for item in value)
-    raise EventError(f"{where}: a {type(value).__name__} is not a JSON value")
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_freeze(item, depth + 1))
+            except _NotJson as error:
+                error.path.append(f"[{index}]")
+                raise
+        return tuple(items)
+    raise _NotJson(f"a {type(value).__name__} is not a JSON value")

@@ -74,11 +74,17 @@ class Plan:
     checkpoint: Checkpoint | None
 
 
+# The value bound for an event's time, from the datetime and its canonical RFC 3339 text.
+TimeValue = Callable[[datetime, str], Any]
+
 # Given the head and the last checkpoint read under the lock, what to write.
 Planner = Callable[[ChainHead, Checkpoint | None], Plan]
 
 
 class BatchWriter(Protocol):
+    @staticmethod
+    def time_value(moment: datetime, canonical: str) -> Any: ...
+
     async def open(self) -> None: ...
 
     async def write(self, planner: Planner) -> Plan: ...
@@ -97,6 +103,11 @@ def _sqlite_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def _sqlite_time_value(_moment: datetime, canonical: str) -> str:
+    # "2026-11-29T10:00:00.000000Z" -> "2026-11-29 10:00:00.000000", as _sqlite_time does.
+    return f"{canonical[:10]} {canonical[11:26]}"
+
+
 class SqliteWriter:
     """One ``sqlite3`` connection in one thread; a batch is one call into that thread."""
 
@@ -108,6 +119,8 @@ class SqliteWriter:
         self._insert = _insert_sql("audit_events", COLUMNS, lambda _: "?")
         self._insert_checkpoint = _insert_sql("audit_checkpoints", _CHECKPOINT_COLUMNS, lambda _: "?")
         self.journal_mode = ""
+
+    time_value = staticmethod(_sqlite_time_value)
 
     async def open(self) -> None:
         await self._call(self._open)
@@ -145,7 +158,7 @@ class SqliteWriter:
             db.execute("BEGIN IMMEDIATE")
             try:
                 plan = planner(self._head(db), self._last_checkpoint(db))
-                db.executemany(self._insert, [_sqlite_row(row) for row in plan.rows])
+                db.executemany(self._insert, plan.rows)
                 if plan.checkpoint is not None:
                     db.execute(self._insert_checkpoint, _sqlite_checkpoint(plan.checkpoint))
                 db.execute("COMMIT")
@@ -182,10 +195,6 @@ class SqliteWriter:
         return Checkpoint(int(row[0]), str(row[1]), moment, str(row[3]), str(row[4]))
 
 
-def _sqlite_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (*row[:2], _sqlite_time(row[2]), *row[3:])
-
-
 def _sqlite_checkpoint(checkpoint: Checkpoint) -> tuple[Any, ...]:
     c = checkpoint
     return (c.seq, c.hash, _sqlite_time(c.time), c.kid, c.signature)
@@ -202,6 +211,10 @@ class PostgresWriter:
         self._insert_checkpoint = _insert_sql(
             "audit_checkpoints", _CHECKPOINT_COLUMNS, lambda i: f"${i}"
         )
+
+    @staticmethod
+    def time_value(moment: datetime, _canonical: str) -> datetime:
+        return moment
 
     async def open(self) -> None:
         self._conn = await self._engine.connect()

@@ -18,11 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.envelope import EnvelopeCipher
 from tether.identity import exchange as ex
-from tether.identity.certbind import check_binding
+from tether.identity.certbind import check_binding, x5t_s256
 from tether.identity.certificates import CertificateIssuer
 from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
 from tether.identity.dpop import DPoPVerifier
@@ -44,6 +46,7 @@ from tether.identity.workload import (
     verify_user_token,
     verify_workload_token,
 )
+from tether.identity.x509ca import spiffe_ids_of
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
 from tether.store.identity import AgentNotActive, RuntimeOfAnotherAgent, digest
@@ -393,6 +396,34 @@ class IdentityService:
         pem, record = self.certificates.x509(claims, csr_pem)
         await self._record(record)
         return pem
+
+    async def certificate_bound_token(self, claims: Claims, certificate_pem: str) -> IssuedToken:
+        """A token bound to a client certificate Tether issued (RFC 8705 ``cnf.x5t#S256``).
+
+        Same subject, task, scope, runtime and delegation as ``claims``; it expires with
+        the certificate or the presenting token, whichever is first. Only a certificate of
+        Tether's own client CA for this very agent can be bound: the agent proved it holds
+        the key when the CA checked the CSR's signature.
+        """
+        await self.check_live(claims)
+        cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+        if cert.issuer != self.keys.x509_ca.ca_cert.subject:
+            raise TokenInvalid("only certificates of Tether's client CA can be bound")
+        expected = f"spiffe://{self.settings.trust_domain}/agent/{claims.agent_id}"
+        if spiffe_ids_of(certificate_pem) != [expected]:
+            raise TokenInvalid("the certificate is not this agent's")
+        now = int(self.clock().timestamp())
+        lifetime = min(int(cert.not_valid_after_utc.timestamp()), claims.exp) - now
+        if lifetime <= 0:
+            raise TokenInvalid("the certificate or the token has expired")
+        der = cert.public_bytes(serialization.Encoding.DER)
+        token, bound = self.tokens.issue(
+            subject=claims.sub, task=claims.task, scope=claims.scope, runtime=claims.runtime,
+            cnf=Confirmation(x5t_s256=x5t_s256(der)), act=claims.act, agent=claims.agent,
+            lifetime=lifetime, groups=claims.groups,
+        )  # fmt: skip
+        await self._record(credential_record(bound, "access_token", key_thumbprint=None))
+        return IssuedToken(token, bound)
 
 
 __all__ = [

@@ -1,0 +1,128 @@
+"""The syslog sink: RFC 5424 messages, RFC 6587 octet-counting frames, over TCP or TLS.
+
+The message format is :mod:`.rfc5424`; this module holds the connection. One connection is
+kept open and reused; it is dropped on any error and opened again at the next batch.
+
+What acknowledgement means here: syslog over TCP has no application-level
+acknowledgement (RELP has one; RFC 6587 does not). A batch counts as delivered once all of
+its bytes were accepted by the connection (``drain``) while the receiver had not closed
+it. Before each batch the sink checks that the receiver has not closed the connection
+(a receiver that stopped sends FIN, seen as end of stream) and reconnects if it has, so a
+batch is not written into a connection that is already dead. What the receiver had
+accepted but not yet processed when it crashed is lost: choose a receiver that queues to
+disk (rsyslog with a disk-assisted queue) or the HEC sink with ``use_ack`` where that
+matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+from collections.abc import Sequence
+
+from tether.audit.events import AuditEvent
+from tether.audit.ocsf import to_ocsf
+from tether.audit.sinks import rfc5424
+from tether.audit.sinks.base import SinkError
+from tether.audit.sinks.config import SyslogSinkConfig
+from tether.audit.sinks.tls import client_context
+
+
+class SyslogSink:
+    """Sends batches to one syslog receiver."""
+
+    def __init__(self, config: SyslogSinkConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self.hostname = config.hostname or socket.gethostname()
+        self.procid = str(os.getpid())
+        self._tls: ssl.SSLContext | None = None
+        if config.transport == "tls":
+            self._tls = client_context(config.ca_file, config.cert_file, config.key_file)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.connects = 0  # connections opened, for tests and logs
+
+    def message(self, event: AuditEvent) -> bytes:
+        """The RFC 5424 message of one event (unframed)."""
+        ocsf = to_ocsf(event)
+        sd = rfc5424.structured_data(
+            self.config.sd_id,
+            {
+                "seq": event.seq,
+                "id": event.id,
+                "agent": event.agent,
+                "decision": event.decision,
+                "session": event.session_id,
+                "target": event.target,
+            },
+        )
+        return rfc5424.format_message(
+            facility=self.config.facility,
+            severity=rfc5424.SYSLOG_SEVERITY.get(ocsf["severity_id"], 5),
+            time=event.time,
+            hostname=self.hostname,
+            app_name=self.config.app_name,
+            procid=self.procid,
+            msgid=event.kind,
+            sd=sd,
+            msg=rfc5424.ocsf_message(ocsf),
+        )
+
+    async def deliver(self, events: Sequence[AuditEvent]) -> None:
+        data = b"".join(rfc5424.frame(self.message(event)) for event in events)
+        writer = await self._connection()
+        try:
+            writer.write(data)
+            await asyncio.wait_for(writer.drain(), self.config.timeout)
+        except (OSError, TimeoutError) as error:
+            await self._drop()
+            raise SinkError(f"syslog {self._peer()}: send failed: {_reason(error)}") from None
+
+    async def close(self) -> None:
+        await self._drop()
+
+    async def _connection(self) -> asyncio.StreamWriter:
+        if self._writer is not None and not self._alive():
+            await self._drop()
+        if self._writer is None:
+            self._reader, self._writer = await self._connect()
+            self.connects += 1
+        return self._writer
+
+    def _alive(self) -> bool:
+        assert self._reader is not None and self._writer is not None
+        reader = self._reader
+        return not (reader.at_eof() or reader.exception() or self._writer.is_closing())
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        config = self.config
+        server_name = (config.server_name or config.host) if self._tls is not None else None
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(
+                    config.host, config.port, ssl=self._tls, server_hostname=server_name
+                ),
+                config.timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as error:
+            raise SinkError(f"syslog {self._peer()}: cannot connect: {_reason(error)}") from None
+
+    async def _drop(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
+                await asyncio.wait_for(writer.wait_closed(), 2)
+
+    def _peer(self) -> str:
+        return f"{self.config.transport}://{self.config.host}:{self.config.port}"
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__

@@ -1,0 +1,29 @@
+"""The TLS client context every network sink uses.
+
+Certificates are always verified, and the server's name is always checked (Python's
+default context does both): there is no option to turn verification off, since an audit
+trail sent to whoever answers is a leak. A private CA is given with ``ca_file``; a client
+certificate (``cert_file``, ``key_file``) for receivers that authenticate their senders.
+TLS 1.2 is the minimum.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from tether.audit.sinks.config import SinkConfigError
+
+
+def client_context(
+    ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
+) -> ssl.SSLContext:
+    """A verifying client context; :class:`SinkConfigError` if a file is unusable."""
+    try:
+        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+        if cert_file is not None:
+            context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as error:
+        raise SinkConfigError(f"TLS files unusable: {error}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
