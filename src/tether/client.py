@@ -85,6 +85,9 @@ class X509Credential:
     private_key_pem: str
     certificate: str
     ca: str
+    # With ``bind_token=True``: an access token bound to this certificate (RFC 8705), to
+    # present over mutual TLS instead of DPoP.
+    bound_token: str | None = None
 
 
 def decode_claims(token: str) -> dict[str, Any]:
@@ -293,22 +296,27 @@ class Session:
         ]
         return certificate
 
-    def x509_certificate(self) -> X509Credential:
-        """A new P-256 key and a short-lived client certificate (SPIFFE ID) for it."""
+    def x509_certificate(self, *, bind_token: bool = False) -> X509Credential:
+        """A new P-256 key and a short-lived client certificate (SPIFFE ID) for it;
+        with ``bind_token``, also an access token bound to the certificate."""
         key = ec.generate_private_key(ec.SECP256R1())
         csr = (
             x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([]))
             .sign(key, hashes.SHA256())
         )
-        body = {"csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii")}
+        body: dict[str, Any] = {
+            "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+            "bind_token": bind_token,
+        }
         answer = self.request("POST", "/v1/certificates/x509", json=body).json()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ).decode("ascii")
-        return X509Credential(pem, answer["certificate"], answer["ca"])
+        bound = answer.get("access_token", {}).get("access_token") if bind_token else None
+        return X509Credential(pem, answer["certificate"], answer["ca"], bound)
 
 
 def _form(

@@ -6,6 +6,9 @@ every refusal as RFC 9457 problem details, never a traceback.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -292,8 +295,34 @@ async def test_x509_certificate(api: Api) -> None:
     cert = x509.load_pem_x509_certificate(answer.json()["certificate"].encode())
     ca = x509.load_pem_x509_certificate(answer.json()["ca"].encode())
     cert.verify_directly_issued_by(ca)
+    assert "access_token" not in answer.json()
     bad = await api.call(agent, "POST", "/v1/certificates/x509", json={"csr": "not a csr"})
     problem(bad, 400)
+
+
+async def test_x509_certificate_with_a_bound_token(api: Api) -> None:
+    agent = await api.agent()
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    answer = await api.call(
+        agent,
+        "POST",
+        "/v1/certificates/x509",
+        json={"csr": csr.public_bytes(Encoding.PEM).decode(), "bind_token": True},
+    )
+    assert answer.status_code == 200, answer.text
+    bound = answer.json()["access_token"]
+    assert bound["token_type"] == "Bearer"
+    payload = bound["access_token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    cert = x509.load_pem_x509_certificate(answer.json()["certificate"].encode())
+    digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
+    expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    assert claims["cnf"] == {"x5t#S256": expected}
 
 
 # --- admin endpoints --------------------------------------------------------------------------

@@ -58,7 +58,7 @@ encode: Final = json.JSONEncoder(
 def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds and ``Z``: ``2026-11-29T10:00:00.000000Z``."""
     utc = moment.astimezone(UTC) if moment.tzinfo is not UTC else moment
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:

@@ -1,0 +1,129 @@
+"""The Splunk HTTP Event Collector sink.
+
+A batch is one ``POST`` to the collector URL (``https://splunk:8088/services/collector/event``)
+whose body is the batch's events, each a JSON object, one after another (HEC's batch
+format)::
+
+    {"time": 1795953600.123, "host": "...", "source": "tether", "sourcetype": "ocsf",
+     "index": "...", "event": { ...OCSF... }}
+
+authenticated with ``Authorization: Splunk <token>``. Acknowledgement is HEC's answer 200
+with ``"code": 0``; anything else (a refused token 401/403, a bad request 400, a busy
+server 503) fails the batch, which is retried. With ``use_ack`` the sink also waits for
+Splunk's *indexer acknowledgement*: it sends a ``X-Splunk-Request-Channel`` and polls
+``/services/collector/ack`` until the batch's ``ackId`` is reported indexed, so that the
+cursor moves only once the events are searchable, not merely received.
+
+The token is never logged nor put in an error message (errors name the URL and the
+status only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final
+from urllib.parse import urljoin
+
+import httpx
+
+from tether.audit.events import AuditEvent
+from tether.audit.ocsf import to_ocsf
+from tether.audit.sinks.base import SinkError
+from tether.audit.sinks.config import HecSinkConfig
+from tether.audit.sinks.tls import client_context
+
+ACK_PATH: Final = "/services/collector/ack"
+ACK_POLL_SECONDS: Final = 0.5
+
+
+def hec_event(event: AuditEvent, config: HecSinkConfig) -> dict[str, Any]:
+    """One event in HEC's event format."""
+    envelope: dict[str, Any] = {
+        "time": round(event.time.timestamp(), 3),
+        "source": config.source,
+        "sourcetype": config.sourcetype,
+        "event": to_ocsf(event),
+    }
+    if config.host is not None:
+        envelope["host"] = config.host
+    if config.index is not None:
+        envelope["index"] = config.index
+    return envelope
+
+
+def hec_body(events: Sequence[AuditEvent], config: HecSinkConfig) -> bytes:
+    """A batch: the events' JSON objects, newline-separated (HEC accepts any whitespace)."""
+    return "\n".join(
+        json.dumps(hec_event(event, config), separators=(",", ":"), allow_nan=False)
+        for event in events
+    ).encode("utf-8")
+
+
+class HecSink:
+    """Posts batches to one HTTP Event Collector."""
+
+    def __init__(
+        self, config: HecSinkConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.channel = str(uuid.uuid4())
+        self._headers = {
+            "Authorization": f"Splunk {config.secret()}",
+            "Content-Type": "application/json",
+        }
+        if config.use_ack:
+            self._headers["X-Splunk-Request-Channel"] = self.channel
+        verify = client_context(config.ca_file, config.cert_file, config.key_file)
+        self._client = httpx.AsyncClient(
+            verify=verify, timeout=config.timeout, transport=transport, follow_redirects=False
+        )
+
+    async def deliver(self, events: Sequence[AuditEvent]) -> None:
+        answer = await self._post(self.config.url, hec_body(events, self.config))
+        if self.config.use_ack:
+            ack_id = answer.get("ackId")
+            if not isinstance(ack_id, int):
+                raise SinkError(f"HEC {self.config.url}: no ackId in the answer (is useACK on?)")
+            await self._wait_indexed(ack_id)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _post(self, url: str, body: bytes) -> dict[str, Any]:
+        try:
+            response = await self._client.post(url, content=body, headers=self._headers)
+        except httpx.HTTPError as error:
+            raise SinkError(f"HEC {url}: {type(error).__name__}: {error}") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if response.status_code != 200 or not isinstance(answer, dict):
+            raise SinkError(f"HEC {url}: status {response.status_code}: {_text(answer)}")
+        if answer.get("code", 0) != 0:
+            raise SinkError(f"HEC {url}: code {answer.get('code')}: {_text(answer)}")
+        return answer
+
+    async def _wait_indexed(self, ack_id: int) -> None:
+        url = urljoin(self.config.url, ACK_PATH) + f"?channel={self.channel}"
+        body = json.dumps({"acks": [ack_id]}).encode()
+        deadline = time.monotonic() + self.config.ack_timeout
+        while True:
+            answer = await self._post(url, body)
+            acks = answer.get("acks")
+            if isinstance(acks, dict) and acks.get(str(ack_id)) is True:
+                return
+            if time.monotonic() >= deadline:
+                raise SinkError(f"HEC: ackId {ack_id} not indexed after {self.config.ack_timeout}s")
+            await asyncio.sleep(ACK_POLL_SECONDS)
+
+
+def _text(answer: Any) -> str:
+    if isinstance(answer, dict) and isinstance(answer.get("text"), str):
+        return str(answer["text"])[:200]
+    return "unexpected answer"

@@ -1,0 +1,91 @@
+"""Building the configured sinks and running one delivery loop for each.
+
+A node calls :func:`start_sinks` once its store is open and awaits the returned
+:class:`SinkRunner`'s :meth:`~SinkRunner.stop` at shutdown. A sink whose configuration
+cannot be turned into a sink (a secret variable that is not set, an unreadable CA file)
+stops the node at start: a SIEM that silently receives nothing is worse than a refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.audit.sinks.base import DeliveryLoop, Sink
+from tether.audit.sinks.config import (
+    HecSinkConfig,
+    JsonlSinkConfig,
+    SinkConfig,
+    SyslogSinkConfig,
+    WebhookSinkConfig,
+)
+
+
+def build_sink(config: SinkConfig) -> Sink:
+    """The sink a configuration describes; raises ``SinkConfigError`` when unusable."""
+    if isinstance(config, JsonlSinkConfig):
+        from tether.audit.sinks.jsonl import JsonlSink
+
+        return JsonlSink(config)
+    if isinstance(config, SyslogSinkConfig):
+        from tether.audit.sinks.syslog import SyslogSink
+
+        return SyslogSink(config)
+    if isinstance(config, HecSinkConfig):
+        from tether.audit.sinks.hec import HecSink
+
+        return HecSink(config)
+    assert isinstance(config, WebhookSinkConfig)
+    from tether.audit.sinks.webhook import WebhookSink
+
+    return WebhookSink(config)
+
+
+def delivery_loop(
+    engine: AsyncEngine, config: SinkConfig, *, node_id: str | None = None
+) -> DeliveryLoop:
+    """The delivery loop of one configured sink."""
+    return DeliveryLoop(
+        build_sink(config),
+        engine,
+        batch_size=config.batch_size,
+        poll_interval=config.poll_interval,
+        backoff=config.backoff,
+        start=config.start,
+        node_id=node_id,
+    )
+
+
+@dataclass
+class SinkRunner:
+    """The running loops of a node's sinks."""
+
+    loops: list[DeliveryLoop]
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        """New events were appended: every sink looks now."""
+        for loop in self.loops:
+            loop.wake()
+
+    async def stop(self) -> None:
+        """Stop every loop after its batch in flight, and close the sinks."""
+        self.stopping.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def start_sinks(
+    engine: AsyncEngine, configs: Sequence[SinkConfig], *, node_id: str | None = None
+) -> SinkRunner:
+    """Build every enabled sink and start its loop; raises ``SinkConfigError`` first."""
+    loops = [delivery_loop(engine, c, node_id=node_id) for c in configs if c.enabled]
+    runner = SinkRunner(loops)
+    runner.tasks = [
+        asyncio.create_task(loop.run(runner.stopping), name=f"tether-sink-{loop.sink.name}")
+        for loop in loops
+    ]
+    return runner
