@@ -7,6 +7,7 @@
     inside quotes -- the words are exactly what a real POSIX shell reads (dash and bash, run
     with an empty PATH, in a directory whose files a glob would find, HOME pointing nowhere);
 (e) the same differential check on random shell-ish text.
+The glob properties, (d), are in test_globs.py.
 """
 
 from __future__ import annotations

@@ -85,7 +85,9 @@ def signature_valid(key: Ed25519PublicKey, checkpoint: Checkpoint) -> bool:
     """Whether ``checkpoint.signature`` is ``key``'s signature of its statement."""
     try:
         signature = b64url_decode(checkpoint.signature)
-        key.verify(signature, checkpoint_statement(checkpoint.seq, checkpoint.hash, checkpoint.time))
+        key.verify(
+            signature, checkpoint_statement(checkpoint.seq, checkpoint.hash, checkpoint.time)
+        )
     except (InvalidSignature, binascii.Error, ValueError):
         return False
     return True

@@ -142,10 +142,8 @@ class AuditEvent:
             if moment.tzinfo is None or moment.utcoffset() is None:
                 raise EventError("an audit event's time must be timezone-aware")
             setter(self, "time", moment.astimezone(UTC))
-        if self.actor_chain:
+        if self.actor_chain or not isinstance(self.actor_chain, tuple):
             setter(self, "actor_chain", tuple(storable(a, "actor_chain") for a in self.actor_chain))
-        elif not isinstance(self.actor_chain, tuple):
-            setter(self, "actor_chain", ())
         for name in _COUNTS:
             _check_count(name, getattr(self, name))
         if self.duration_ms is not None:

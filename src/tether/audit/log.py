@@ -81,7 +81,8 @@ def _prepare(
     """What does not depend on the chain position, computed by the appending task."""
     document = event_document(event, 0, GENESIS)
     row = (
-        event.id, time_value(event.time, document["time"]), event.kind, event.agent, event.runtime, event.task, event.user,
+        event.id, time_value(event.time, document["time"]), event.kind, event.agent,
+        event.runtime, event.task, event.user,
         _json(event.actor_chain), event.target, _json(event.action), event.decision,
         event.rule, event.reason, event.policy_version, event.session_id, event.source_ip,
         event.bytes_in, event.bytes_out, event.rows, event.duration_ms, _json(event.detail),

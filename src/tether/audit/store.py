@@ -121,7 +121,9 @@ async def checkpoints(conn: AsyncConnection) -> list[Checkpoint]:
     return [_checkpoint(row) for row in (await conn.execute(query)).mappings()]
 
 
-async def events_after(conn: AsyncConnection, after_seq: int, limit: int = 1000) -> list[AuditEvent]:
+async def events_after(
+    conn: AsyncConnection, after_seq: int, limit: int = 1000
+) -> list[AuditEvent]:
     """Up to ``limit`` committed events with ``seq > after_seq``, in ``seq`` order."""
     query = (
         select(audit_events)

@@ -82,8 +82,9 @@ Planner = Callable[[ChainHead, Checkpoint | None], Plan]
 
 
 class BatchWriter(Protocol):
-    @staticmethod
-    def time_value(moment: datetime, canonical: str) -> Any: ...
+    def time_value(self, moment: datetime, canonical: str) -> Any:
+        """The parameter to bind for an event's time (its datetime, its RFC 3339 text)."""
+        ...
 
     async def open(self) -> None: ...
 
@@ -95,7 +96,7 @@ class BatchWriter(Protocol):
 def _insert_sql(table: str, columns: Sequence[str], placeholder: Callable[[int], str]) -> str:
     names = ", ".join(f'"{c}"' for c in columns)
     values = ", ".join(placeholder(i + 1) for i in range(len(columns)))
-    return f"INSERT INTO {table} ({names}) VALUES ({values})"
+    return f"INSERT INTO {table} ({names}) VALUES ({values})"  # noqa: S608 - constant names
 
 
 def _sqlite_time(moment: datetime) -> str:
@@ -117,16 +118,20 @@ class SqliteWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tether-audit-sqlite")
         self._db: sqlite3.Connection | None = None
         self._insert = _insert_sql("audit_events", COLUMNS, lambda _: "?")
-        self._insert_checkpoint = _insert_sql("audit_checkpoints", _CHECKPOINT_COLUMNS, lambda _: "?")
+        self._insert_checkpoint = _insert_sql(
+            "audit_checkpoints", _CHECKPOINT_COLUMNS, lambda _: "?"
+        )
         self.journal_mode = ""
 
-    time_value = staticmethod(_sqlite_time_value)
+    def time_value(self, moment: datetime, canonical: str) -> str:
+        return _sqlite_time_value(moment, canonical)
 
     async def open(self) -> None:
         await self._call(self._open)
 
     async def write(self, planner: Planner) -> Plan:
-        return await self._call(self._write, planner)
+        plan: Plan = await self._call(self._write, planner)
+        return plan
 
     async def close(self) -> None:
         try:
@@ -212,8 +217,7 @@ class PostgresWriter:
             "audit_checkpoints", _CHECKPOINT_COLUMNS, lambda i: f"${i}"
         )
 
-    @staticmethod
-    def time_value(moment: datetime, _canonical: str) -> datetime:
+    def time_value(self, moment: datetime, canonical: str) -> datetime:
         return moment
 
     async def open(self) -> None:
@@ -227,7 +231,7 @@ class PostgresWriter:
             await conn.close()
 
     async def write(self, planner: Planner) -> Plan:
-        import asyncpg  # the PostgreSQL driver, present whenever this backend is
+        import asyncpg  # type: ignore[import-untyped]  # the driver of this backend
 
         if self._driver is None or self._driver.is_closed():
             await self.close()

@@ -11,13 +11,33 @@ those as settings.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-_ENV_PATTERN = r"^(?!TETHER_)[A-Za-z_][A-Za-z0-9_]*$"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError("expected an environment variable name")
+    if value.upper().startswith("TETHER_"):
+        raise ValueError("TETHER_* variables are settings; name another variable")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
 
 
 class SinkConfigError(ValueError):
@@ -96,7 +116,7 @@ class HecSinkConfig(_SinkBase, _TlsOptions):
     kind: Literal["hec"]
     url: Annotated[str, Field(pattern=r"^https?://")]
     token: SecretStr | None = None
-    token_env: Annotated[str, Field(pattern=_ENV_PATTERN)] | None = None
+    token_env: EnvName | None = None
     index: str | None = None
     source: str = "tether"
     sourcetype: str = "ocsf"
@@ -121,7 +141,7 @@ class WebhookSinkConfig(_SinkBase, _TlsOptions):
     kind: Literal["webhook"]
     url: Annotated[str, Field(pattern=r"^https?://")]
     secret: SecretStr | None = None
-    secret_env: Annotated[str, Field(pattern=_ENV_PATTERN)] | None = None
+    secret_env: EnvName | None = None
     timeout: float = Field(default=10.0, gt=0, le=600)
 
     @model_validator(mode="after")

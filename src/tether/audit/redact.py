@@ -1,0 +1,224 @@
+"""Redaction: secrets never reach an audit event.
+
+The :class:`Redactor` is applied by the emitter (:mod:`tether.audit.emit`) to everything
+that came from outside Tether (headers, paths, commands, SQL, tool arguments, free-form
+detail) before an :class:`~tether.audit.events.AuditEvent` is built. What it removes:
+
+* **Headers**: the values of ``Authorization``, ``Proxy-Authorization``, ``Cookie``,
+  ``Set-Cookie`` and ``DPoP`` always, of every header named in
+  ``audit.sensitive_headers``, and of every header whose name contains a sensitive field
+  name (``X-Api-Key``, ``X-Auth-Token``). Names are compared case-insensitively.
+* **Sensitive fields at any depth** of a JSON value: a key whose name, lowercased and
+  without ``_``, ``-``, ``.`` and spaces, *contains* one of ``audit.sensitive_fields``
+  (``password``, ``secret``, ``token``, ``apikey``...) has its value replaced, whatever
+  it is (a string, a number, a whole object). Containment, not equality: ``db_password``
+  and ``X-Access-Token`` are as secret as ``password``; a harmless ``max_tokens`` is
+  redacted too, which costs a little evidence and never a secret.
+* **Secrets inside any string**: JWTs and JWS/JWE compact serialisations (so access
+  tokens and DPoP proofs), credentials after ``Bearer``, ``DPoP`` or ``Basic``, Tether's
+  own join and admin tokens (``tjt_``/``tat_``: the id stays, the secret goes), the
+  password of a URL (``scheme://user:PASSWORD@host``), PEM private keys, and the value of
+  ``name=value``, ``name: value`` and ``--name value`` when the name is sensitive (query
+  strings, connection strings, environment assignments, command-line flags).
+* **Passwords in SQL**: the string literal after the ``PASSWORD`` keyword (``CREATE|ALTER
+  ROLE|USER ... [ENCRYPTED] PASSWORD '...'``, ``OPTIONS (password '...')``), found with
+  PostgreSQL's own scanner (``pglast.parser.scan``) so that every quoting form (standard,
+  ``E''``, ``U&''``, dollar quotes, continued strings) is recognised as PostgreSQL would.
+  A ``$n`` parameter there marks bound parameter ``n`` as secret. Text the scanner cannot
+  scan (an unterminated quote) is redacted from the ``PASSWORD`` keyword to the end.
+
+Security decisions:
+
+* **Over-redact rather than leak.** Every rule errs towards hiding: containment for names,
+  anything after a sensitive name up to a delimiter, the rest of an unscannable query.
+* **A redacted value says it was redacted** (:data:`REDACTED`), so an investigator knows
+  a value existed; its length is not kept, since a length narrows a guess.
+* **No secret is ever hashed into an event** either: a hash of a low-entropy password is
+  as good as the password to anyone who can guess.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pglast import parser as pg_parser
+
+REDACTED: Final = "[REDACTED]"
+
+ALWAYS_SENSITIVE_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "dpop"}
+)
+DEFAULT_SENSITIVE_FIELDS: Final = (
+    "password", "passwd", "secret", "token", "apikey", "privatekey", "authorization",
+    "cookie", "dpop", "sessionkey",
+)  # fmt: skip
+
+_NORMALISE: Final = str.maketrans("", "", "_-. ")
+_STRING_TOKENS: Final = frozenset({"SCONST", "USCONST"})
+
+# Secrets recognised by their shape, wherever they are.
+_SHAPES: Final = re.compile(
+    r"""
+    (?P<jwt>eyJ[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*){2,4})        # JWS (3 parts), JWE (5)
+  | (?P<pem>-----BEGIN[A-Z ]*PRIVATE\ KEY-----[\s\S]*?(?:-----END[A-Z ]*PRIVATE\ KEY-----|\Z))
+  | (?P<scheme>\b(?:[Bb]earer|DPoP|dpop|[Bb]asic)\s+)[A-Za-z0-9._~+/=-]+
+  | (?P<tether>\bt[aj]t_[A-Za-z0-9_-]*\.)[A-Za-z0-9_-]+           # tat_<id>.<secret>
+  | (?P<userinfo>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+(?=@)
+  | (?P<flag>--?(?P<flagname>[A-Za-z][A-Za-z0-9_-]*)(?:\s+|=))
+        (?P<flagvalue>"[^"]*"|'[^']*'|[^\s"']+)
+  | (?P<pair>(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)["']?\s*[:=]\s*)
+        (?P<value>(?:[Bb]earer|DPoP|dpop|[Bb]asic)\s+[A-Za-z0-9._~+/=-]+
+                 |"(?:[^"\\]|\\.)*"|'[^']*'|[^\s&;,"'}\]]+)
+    """,
+    re.VERBOSE,
+)
+_MAY_HOLD_SHAPE: Final = re.compile(
+    r"eyJ|-----BEGIN|[Bb]earer|DPoP|dpop|[Bb]asic|t[aj]t_|[:=]|--?[A-Za-z]"
+)
+
+
+def _normal(name: str) -> str:
+    return name.lower().translate(_NORMALISE)
+
+
+@dataclass(frozen=True)
+class Redactor:
+    """Removes secrets; configured by ``audit.sensitive_headers`` and ``sensitive_fields``."""
+
+    sensitive_headers: frozenset[str] = ALWAYS_SENSITIVE_HEADERS
+    sensitive_fields: tuple[str, ...] = DEFAULT_SENSITIVE_FIELDS
+    _fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        headers = ALWAYS_SENSITIVE_HEADERS | {h.lower() for h in self.sensitive_headers}
+        object.__setattr__(self, "sensitive_headers", frozenset(headers))
+        fields = tuple(sorted({_normal(f) for f in self.sensitive_fields if _normal(f)}))
+        object.__setattr__(self, "_fields", fields)
+
+    @classmethod
+    def of(cls, headers: Iterable[str] = (), fields: Iterable[str] | None = None) -> Redactor:
+        """A redactor with extra sensitive ``headers`` and these sensitive ``fields``."""
+        chosen = DEFAULT_SENSITIVE_FIELDS if fields is None else tuple(fields)
+        return cls(frozenset(headers), chosen)
+
+    # --- names -----------------------------------------------------------------------------
+
+    def sensitive_name(self, name: str) -> bool:
+        """Whether a field, parameter or flag called ``name`` holds a secret."""
+        normal = _normal(name)
+        return any(f in normal for f in self._fields)
+
+    def sensitive_header(self, name: str) -> bool:
+        return name.lower() in self.sensitive_headers or self.sensitive_name(name)
+
+    # --- values ----------------------------------------------------------------------------
+
+    def text(self, value: str) -> str:
+        """``value`` with every secret recognised by its shape or its name replaced."""
+        if _MAY_HOLD_SHAPE.search(value) is None:
+            return value
+        return _SHAPES.sub(self._replace, value)
+
+    def _replace(self, match: re.Match[str]) -> str:
+        kind = match.lastgroup
+        if kind in ("jwt", "pem"):
+            return REDACTED
+        if kind == "flagvalue":
+            if not self.sensitive_name(match["flagname"]):
+                return match["flag"] + self.text(match["flagvalue"])
+            return match["flag"] + _quoted_like(match["flagvalue"], REDACTED)
+        if kind == "value":
+            if not self.sensitive_name(match["name"]):
+                return match["pair"] + self.text(match["value"])
+            return match["pair"] + _quoted_like(match["value"], REDACTED)
+        return match[kind or 0] + REDACTED  # scheme, tether, userinfo: the prefix stays
+
+    def json(self, value: Any) -> Any:
+        """A copy of a JSON value: sensitive keys' values replaced at any depth, strings
+        passed through :meth:`text`."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {
+                key: REDACTED if self.sensitive_name(str(key)) and item is not None
+                else self.json(item)
+                for key, item in value.items()
+            }  # fmt: skip
+        if isinstance(value, list | tuple):
+            return [self.json(item) for item in value]
+        return value
+
+    def headers(self, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> Any:
+        """Headers with sensitive values replaced, in the shape given (a mapping, or a list
+        of ``(name, value)`` pairs, which keeps repeated headers)."""
+        if isinstance(headers, Mapping):
+            return {name: self._header(name, value) for name, value in headers.items()}
+        return [[name, self._header(name, value)] for name, value in headers]
+
+    def _header(self, name: str, value: Any) -> Any:
+        if self.sensitive_header(str(name)):
+            return REDACTED
+        return self.text(value) if isinstance(value, str) else self.json(value)
+
+    # --- SQL -------------------------------------------------------------------------------
+
+    def sql(self, query: str) -> str:
+        """``query`` with the literal after every ``PASSWORD`` replaced (then :meth:`text`)."""
+        return self.sql_with_params(query, ())[0]
+
+    def sql_with_params(self, query: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``(query, params)`` with passwords redacted in both (``PASSWORD $n``)."""
+        out_params = [self.json(p) for p in params]
+        if "password" not in query.lower():
+            return self.text(query), out_params
+        spans, secret_params = _password_spans(query)
+        for number in secret_params:
+            if 0 < number <= len(out_params):
+                out_params[number - 1] = REDACTED
+        return self.text(_cut(query, spans)), out_params
+
+
+def _quoted_like(original: str, replacement: str) -> str:
+    if original[:1] in ("'", '"') and len(original) >= 2:
+        return original[0] + replacement + original[0]
+    return replacement
+
+
+def _password_spans(query: str) -> tuple[list[tuple[int, int]], list[int]]:
+    """Spans of the string literals after ``PASSWORD`` and the ``$n`` numbers there."""
+    try:
+        tokens = pg_parser.scan(query)
+    except pg_parser.ParseError:
+        start = query.lower().find("password")
+        return [(start + len("password"), len(query))], []
+    spans: list[tuple[int, int]] = []
+    numbers: list[int] = []
+    for index, token in enumerate(tokens):
+        if query[token.start : token.end + 1].lower() != "password":
+            continue
+        for following in tokens[index + 1 :]:
+            if following.name in _STRING_TOKENS:
+                spans.append((following.start, following.end + 1))
+                continue
+            if following.name == "PARAM":
+                text = query[following.start + 1 : following.end + 1]
+                if text.isdigit():
+                    numbers.append(int(text))
+            break
+    return spans, numbers
+
+
+def _cut(query: str, spans: list[tuple[int, int]]) -> str:
+    parts: list[str] = []
+    position = 0
+    for start, end in sorted(spans):
+        if start < position:
+            continue
+        parts.append(query[position:start])
+        parts.append(f"'{REDACTED}'")
+        position = end
+    parts.append(query[position:])
+    return "".join(parts)

@@ -1,0 +1,218 @@
+"""``tether audit verify``: recompute the chain and check the signed checkpoints.
+
+:func:`verify_trail` reads every event in ``seq`` order and checks, for each:
+
+1. its ``seq`` follows the previous one (a gap is a deletion);
+2. its stored ``hash`` is the hash of its stored content, ``seq`` and ``prev_hash``
+   included (a mismatch is a changed event; when the content hashes right under a
+   neighbouring ``seq``, the event was moved, so one was inserted, deleted or reordered);
+3. its ``prev_hash`` is the stored hash of the event before it (a mismatch is a broken
+   link: an event was inserted, deleted, moved, or the one before was rewritten);
+4. a checkpoint at its ``seq`` holds its hash.
+
+Then every checkpoint is checked: its signature, by the stored public key whose
+thumbprint is its ``kid``; and that its event still exists, which catches a truncation
+of checkpointed events. Events after the last checkpoint are *unanchored*: they verify
+as a chain, but nothing signed vouches for them yet, so a truncation among them would go
+unseen; the report gives their number.
+
+Findings name the ``seq`` and what mismatched. The report is data
+(:class:`VerifyReport`); the CLI and the API render it.
+
+Limits, stated in docs/audit.md: deleting the last checkpoints together with the events
+after the new last one looks like a trail with fewer events; sinks keep an external copy
+of every event and hash, which is what catches that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import RowMapping, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.audit.canonical import GENESIS, event_hash
+from tether.audit.checkpoints import signature_valid, verification_keys
+from tether.audit.events import AuditEvent
+from tether.audit.schema import audit_events
+from tether.audit.store import Checkpoint, checkpoints, event_from_row
+
+CHUNK: Final = 5000
+MAX_FINDINGS: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One integrity problem: at event (or checkpoint) ``seq``, ``what`` is wrong."""
+
+    seq: int
+    problem: str  # a short code: "gap", "hash", "moved", "link", "checkpoint", ...
+    what: str  # one sentence for a person
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "problem": self.problem, "what": self.what}
+
+
+@dataclass
+class VerifyReport:
+    """What verification found. ``ok`` when no finding; ``unanchored`` is not a finding."""
+
+    events: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    checkpoints: int = 0
+    last_checkpoint_seq: int | None = None
+    unanchored: int = 0
+    keys: set[str] = field(default_factory=set)
+    findings: list[Finding] = field(default_factory=list)
+    more_findings: int = 0  # findings beyond MAX_FINDINGS, counted only
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def add(self, seq: int, problem: str, what: str) -> None:
+        if len(self.findings) < MAX_FINDINGS:
+            self.findings.append(Finding(seq, problem, what))
+        else:
+            self.more_findings += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "checkpoints": self.checkpoints,
+            "last_checkpoint_seq": self.last_checkpoint_seq,
+            "unanchored": self.unanchored,
+            "keys": sorted(self.keys),
+            "findings": [f.to_dict() for f in self.findings],
+            "more_findings": self.more_findings,
+        }
+
+
+async def verify_trail(conn: AsyncConnection) -> VerifyReport:
+    """Verify the whole trail readable through ``conn`` (read-only)."""
+    report = VerifyReport()
+    marks = {c.seq: c for c in await checkpoints(conn)}
+    expected, prev, prev_seq = 1, GENESIS, 0
+    async for row in _rows(conn):
+        seq = int(row["seq"])
+        report.events += 1
+        report.first_seq = seq if report.first_seq is None else report.first_seq
+        report.last_seq = seq
+        if seq != expected:
+            _gap(report, expected, seq)
+        stored = str(row["hash"])
+        _check_event(report, row, seq, prev, prev_seq)
+        mark = marks.get(seq)
+        if mark is not None and mark.hash != stored:
+            report.add(seq, "checkpoint", f"event {seq}: hash differs from checkpoint {seq}'s")
+        expected, prev, prev_seq = seq + 1, stored, seq
+    await _check_checkpoints(conn, report, marks)
+    return report
+
+
+async def _rows(conn: AsyncConnection) -> AsyncIterator[RowMapping]:
+    after = None
+    while True:
+        query = select(audit_events).order_by(audit_events.c.seq).limit(CHUNK)
+        if after is not None:
+            query = query.where(audit_events.c.seq > after)
+        rows = list((await conn.execute(query)).mappings())
+        for row in rows:
+            yield row
+        if len(rows) < CHUNK:
+            return
+        after = rows[-1]["seq"]
+
+
+def _gap(report: VerifyReport, expected: int, seq: int) -> None:
+    if seq > expected:
+        missing = f"{expected}" if seq == expected + 1 else f"{expected} to {seq - 1}"
+        report.add(expected, "gap", f"events {missing} are missing (deleted)")
+    else:
+        report.add(seq, "order", f"event {seq} comes after {expected - 1}: order broken")
+
+
+def _check_event(
+    report: VerifyReport, row: RowMapping, seq: int, prev: str, prev_seq: int
+) -> None:
+    try:
+        event = event_from_row(row)
+    except (ValueError, TypeError, KeyError) as error:
+        report.add(seq, "unreadable", f"event {seq}: the row is not an event ({error})")
+        return
+    stored_prev = str(row["prev_hash"])
+    if event_hash(event, seq, stored_prev) != event.hash:
+        report.add(seq, *_why_hash_differs(event, seq, stored_prev))
+    if stored_prev != prev:
+        before = f"event {prev_seq}'s hash" if prev_seq else "the genesis value (64 zeros)"
+        report.add(
+            seq,
+            "link",
+            f"event {seq}: prev_hash does not match {before} "
+            "(an event was inserted, deleted or moved here, or the one before was changed)",
+        )
+
+
+def _why_hash_differs(event: AuditEvent, seq: int, prev: str) -> tuple[str, str]:
+    for moved_from in (seq - 1, seq + 1):
+        if moved_from > 0 and event_hash(event, moved_from, prev) == event.hash:
+            return "moved", (
+                f"event {seq}: was written as event {moved_from} "
+                "(events were inserted, deleted or reordered)"
+            )
+    return "hash", f"event {seq}: content does not match its hash (the event was changed)"
+
+
+async def _check_checkpoints(
+    conn: AsyncConnection, report: VerifyReport, marks: dict[int, Checkpoint]
+) -> None:
+    keys = await verification_keys(conn)
+    report.checkpoints = len(marks)
+    for seq in sorted(marks):
+        _check_signature(report, marks[seq], keys)
+    if marks:
+        last = max(marks)
+        report.last_checkpoint_seq = last
+        head = report.last_seq or 0
+        if head < last:
+            report.add(
+                last,
+                "truncated",
+                f"checkpoint {last} signs event {last}, but the trail ends at {head or 'nothing'}"
+                f": events {head + 1} to {last} (and any after) were deleted",
+            )
+        report.unanchored = max(0, head - last)
+    else:
+        report.unanchored = report.events
+    _check_checkpointed_events_exist(report, marks)
+
+
+def _check_signature(
+    report: VerifyReport, mark: Checkpoint, keys: dict[str, Ed25519PublicKey | str]
+) -> None:
+    key = keys.get(mark.kid)
+    if key is None:
+        report.add(mark.seq, "checkpoint-key", f"checkpoint {mark.seq}: unknown key {mark.kid}")
+    elif isinstance(key, str):
+        report.add(mark.seq, "checkpoint-key", f"checkpoint {mark.seq}: key {mark.kid}: {key}")
+    elif not signature_valid(key, mark):
+        report.add(mark.seq, "signature", f"checkpoint {mark.seq}: the signature is not valid")
+    else:
+        report.keys.add(mark.kid)
+
+
+def _check_checkpointed_events_exist(report: VerifyReport, marks: dict[int, Checkpoint]) -> None:
+    """A checkpoint inside the trail's range whose event is gone is reported by the gap;
+    one before the first event means the start of the trail was cut."""
+    first = report.first_seq
+    for seq in sorted(marks):
+        if first is not None and seq < first:
+            report.add(seq, "truncated", f"checkpoint {seq}: its event is gone (trail cut)")
+            break

@@ -1,0 +1,139 @@
+"""Fixtures of the audit core tests: a real store on each backend, a stored signing key, the
+writer and the emitter, and a way to tamper with the tables as someone with database access."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.audit.emit import Auditor, Subject
+from tether.audit.events import AuditEvent
+from tether.audit.log import AuditLog
+from tether.audit.verify import VerifyReport, verify_trail
+from tether.crypto.envelope import EnvelopeCipher
+from tether.crypto.masterkey import MasterKey
+from tether.identity.keys import SigningKey
+from tether.store import Store
+from tether.store import keys as stored_keys
+
+TABLES = ("audit_events", "audit_checkpoints")
+
+
+async def store_signing_key(engine: AsyncEngine, key: SigningKey, state: str = "active") -> None:
+    """Record ``key`` as an access-token key, as the identity keystore does."""
+    cipher = EnvelopeCipher(MasterKey(os.urandom(32), "test"))
+    now = datetime.now(UTC)
+    row = stored_keys.StoredKey(
+        kid=key.kid,
+        purpose="access-token",
+        algorithm="EdDSA",
+        public=json.dumps(key.public_jwk(), sort_keys=True),
+        private_encrypted=cipher.encrypt(b"not used here", purpose="signing-key", name=key.kid),
+        created_at=now,
+        active_from=now,
+        state=state,  # type: ignore[arg-type]
+    )
+    async with engine.begin() as conn:
+        await stored_keys.insert_signing_key(conn, row)
+
+
+def sample(i: int, **fields: Any) -> AuditEvent:
+    """The i-th event of a small realistic mix."""
+    kinds = ("http.exchange", "ssh.command", "sql.statement", "decision")
+    values: dict[str, Any] = {
+        "kind": kinds[i % len(kinds)],
+        "agent": f"agent-{i % 3}",
+        "runtime": "rt-1",
+        "task": f"T-{i % 5}",
+        "target": f"target-{i % 2}",
+        "action": {"n": i, "path": f"/items/{i}"},
+        "decision": "allow" if i % 4 else "deny",
+        "session_id": f"s-{i // 10}",
+        "duration_ms": i / 4,
+    }
+    values.update(fields)
+    return AuditEvent(**values)
+
+
+@dataclass
+class Trail:
+    """A store with an audit trail being written."""
+
+    url: str
+    store: Store
+    log: AuditLog
+    key: SigningKey
+    auditor: Auditor
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.store.engine
+
+    async def append(self, count: int, start: int = 0) -> list[AuditEvent]:
+        return [await self.log.append(sample(i)) for i in range(start, start + count)]
+
+    async def verify(self) -> VerifyReport:
+        async with self.engine.connect() as conn:
+            return await verify_trail(conn)
+
+    async def tamper(self, *statements: str, params: Sequence[dict[str, Any]] = ()) -> None:
+        """Run SQL as a database administrator would: append-only triggers dropped first."""
+        await drop_append_only_triggers(self.engine)
+        async with self.engine.begin() as conn:
+            for index, statement in enumerate(statements):
+                await conn.execute(text(statement), params[index] if params else {})
+
+
+async def drop_append_only_triggers(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        for table in TABLES:
+            if engine.dialect.name == "postgresql":
+                for trigger in ("append_only", "no_truncate"):
+                    await conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_{trigger} ON {table}"))
+            else:
+                for verb in ("update", "delete"):
+                    await conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{verb}"))
+
+
+async def open_trail(url: str, **log_options: Any) -> Trail:
+    store = await Store.open(url)
+    key = SigningKey.generate(time.time())
+    await store_signing_key(store.engine, key)
+    options: dict[str, Any] = {"checkpoint_every": 10, "checkpoint_interval": 3600.0}
+    options.update(log_options)
+    log = AuditLog(store.engine, lambda: key, **options)
+    await log.start()
+    return Trail(url, store, log, key, Auditor(log))
+
+
+@pytest.fixture
+async def trail(store_url: str) -> AsyncIterator[Trail]:
+    """A trail on SQLite, then on PostgreSQL; checkpoints every 10 events."""
+    opened = await open_trail(store_url)
+    try:
+        yield opened
+    finally:
+        await opened.log.close()
+        await opened.store.close()
+
+
+@pytest.fixture
+async def sqlite_trail(tmp_path: Any) -> AsyncIterator[Trail]:
+    opened = await open_trail(f"sqlite+aiosqlite:///{tmp_path / 'tether.db'}")
+    try:
+        yield opened
+    finally:
+        await opened.log.close()
+        await opened.store.close()
+
+
+AGENT = Subject(agent="billing-bot", runtime="k8s/prod/b-1", task="T-118", session_id="sess-1")

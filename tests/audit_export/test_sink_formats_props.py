@@ -1,0 +1,129 @@
+"""Property tests of the wire formats, each read back by an independent parser."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tether.audit.events import KINDS, AuditEvent
+from tether.audit.ocsf import to_ocsf
+from tether.audit.sinks import rfc5424
+from tether.audit.sinks.config import HecSinkConfig, SyslogSinkConfig
+from tether.audit.sinks.hec import hec_body
+from tether.audit.sinks.jsonl import ocsf_line
+from tether.audit.sinks.syslog import SyslogSink
+from tether.audit.sinks.webhook import sign, verify_signature, webhook_body
+from tests.audit_export.receivers.http_receiver import hec_objects, signature_ok
+from tests.audit_export.receivers.syslog_receiver import parse_message, read_frame
+
+# Strings an agent controls: quotes, brackets, backslashes, newlines, non-ASCII, controls.
+_NASTY = st.text(st.sampled_from(list('ab"]\\[= \n\r\t\x00é€😀-')) | st.characters(), max_size=30)
+_OPT = st.none() | _NASTY.filter(bool)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> AuditEvent:
+    return AuditEvent(
+        seq=draw(st.integers(1, 2**62)),
+        kind=draw(st.sampled_from(sorted(KINDS))),
+        time=draw(st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1), timezones=st.just(UTC))),
+        agent=draw(_OPT),
+        target=draw(_OPT),
+        session_id=draw(_OPT),
+        decision=draw(st.sampled_from([None, "allow", "deny", "error"])),
+        action=draw(st.dictionaries(st.sampled_from(["command", "path", "method"]), _NASTY)),
+    )
+
+
+def _normal(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+_SYSLOG = SyslogSink(
+    SyslogSinkConfig(name="s", kind="syslog", host="h", transport="tcp", hostname="node-1")
+)
+
+
+@settings(max_examples=150)
+@given(st.lists(events(), min_size=1, max_size=4))
+def test_syslog_frames_parse_back_with_an_independent_parser(batch: list[AuditEvent]) -> None:
+    stream = io.BytesIO(b"".join(rfc5424.frame(_SYSLOG.message(e)) for e in batch))
+    for event in batch:
+        frame = read_frame(stream)
+        assert frame is not None
+        parsed = parse_message(frame)
+        assert parsed["msgid"] == event.kind and parsed["app"] == "tether"
+        assert parsed["hostname"] == "node-1" and parsed["facility"] == 13
+        sd = parsed["sd"]["tether@32473"]
+        assert sd["seq"] == str(event.seq) and sd["id"] == event.id
+        for param, value in (("agent", event.agent), ("session", event.session_id),
+                             ("target", event.target), ("decision", event.decision)):  # fmt: skip
+            assert sd.get(param) == value
+        assert json.loads(parsed["msg"]) == _normal(to_ocsf(event))
+        assert parsed["msg"].isascii()
+        stamp = datetime.fromisoformat(parsed["timestamp"].replace("Z", "+00:00"))
+        assert stamp == event.time
+    assert read_frame(stream) is None
+
+
+@given(st.text(), st.integers(1, 300))
+def test_header_fields_are_printable_ascii_of_bounded_length(value: str, limit: int) -> None:
+    field = rfc5424.header_field(value, limit)
+    assert 1 <= len(field) <= limit
+    assert all(33 <= ord(char) <= 126 for char in field)
+
+
+@given(st.binary(min_size=1, max_size=200))
+def test_octet_counting_frames_any_payload(payload: bytes) -> None:
+    stream = io.BytesIO(rfc5424.frame(payload) * 2)
+    assert read_frame(stream) == payload
+    assert read_frame(stream) == payload
+    assert read_frame(stream) is None
+
+
+_SECRET = st.binary(min_size=1, max_size=64)
+
+
+@given(_SECRET, st.binary(max_size=300), st.integers(1_000_000_000, 4_000_000_000))
+def test_webhook_signatures_verify_both_ways(secret: bytes, body: bytes, stamp: int) -> None:
+    header = sign(secret, stamp, body)
+    assert verify_signature(secret, header, body, now=stamp + 10)
+    assert not verify_signature(secret, header, body + b"x", now=stamp)
+    assert not verify_signature(secret + b"x", header, body, now=stamp)
+    assert not verify_signature(secret, header, body, now=stamp + 301)  # a replay, later
+    assert not verify_signature(secret, header.replace("v1=", "v0="), body, now=stamp)
+
+
+@given(_SECRET, st.binary(max_size=100))
+def test_the_independent_receiver_agrees_with_sign(secret: bytes, body: bytes) -> None:
+    import time
+
+    now = int(time.time())
+    assert signature_ok(sign(secret, now, body), body, secret)
+
+
+@given(st.text(max_size=200), st.binary(max_size=50))
+def test_any_signature_header_is_refused_without_raising(header: str, body: bytes) -> None:
+    assert verify_signature(b"key", header, body, now=0) in (True, False)
+
+
+@settings(max_examples=50)
+@given(st.lists(events(), min_size=1, max_size=5))
+def test_hec_batches_and_webhook_arrays_hold_every_event_in_order(
+    batch: list[AuditEvent],
+) -> None:
+    config = HecSinkConfig(name="h", kind="hec", url="https://splunk", token="t")  # type: ignore[arg-type]
+    objects = hec_objects(hec_body(batch, config))
+    assert [o["event"]["metadata"]["uid"] for o in objects] == [e.id for e in batch]
+    assert [o["time"] for o in objects] == [round(e.time.timestamp(), 3) for e in batch]
+    array = json.loads(webhook_body(batch))
+    assert array == [_normal(to_ocsf(e)) for e in batch]
+    for event in batch:
+        line = ocsf_line(event)
+        assert line.count(b"\n") == 1 and line.endswith(b"\n") and line.isascii()
+        assert json.loads(line) == _normal(to_ocsf(event))
