@@ -103,9 +103,7 @@ def make_certs(directory: Path) -> Certs:
         ca_key, ca_cert, "localhost", ExtendedKeyUsageOID.SERVER_AUTH,
         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
     )  # fmt: skip
-    client_key, client = _leaf(
-        ca_key, ca_cert, "tether-node", ExtendedKeyUsageOID.CLIENT_AUTH, []
-    )
+    client_key, client = _leaf(ca_key, ca_cert, "tether-node", ExtendedKeyUsageOID.CLIENT_AUTH, [])
     _write(directory / "ca.pem", ca_cert, None)
     _write(directory / "rogue.pem", rogue, None)
     _write(directory / "server.pem", server, server_key)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.audit_export.certs import Certs, make_certs
 from tether.audit.events import AuditEvent
 from tether.audit.log import AuditLog
 from tether.identity.keys import SigningKey
 from tether.store import Store
-from tests.audit_export.certs import Certs, make_certs
 
 KINDS_CYCLE = ("ssh.command", "http.exchange", "sql.statement", "decision", "file.transfer")
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
-
 from collections.abc import Sequence
+from pathlib import Path
 
 from tether.audit.events import AuditEvent
 from tether.audit.sinks.base import DeliveryLoop

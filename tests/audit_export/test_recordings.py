@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.audit_export.ptyshell import run_shell
 from tether.audit.recordings import (
     Recorder,
     RecordingError,
@@ -24,7 +25,6 @@ from tether.audit.recordings import (
 )
 from tether.audit.recordings_play import output_text, plain_text, replay
 from tether.audit.recordings_read import find_recording, iter_recordings, read_cast
-from tests.audit_export.ptyshell import run_shell
 
 T0 = datetime(2026, 11, 29, 10, 30, tzinfo=UTC)
 

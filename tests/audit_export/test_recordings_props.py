@@ -36,9 +36,7 @@ _ESCAPE = st.one_of(_CSI, _OSC, st.sampled_from(["\x1b7", "\x1b8", "\x1b(B", "\x
 @given(st.text())
 def test_stripped_text_holds_no_terminal_control(text: str) -> None:
     stripped = strip_ansi(text)
-    assert not any(
-        (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F for c in stripped
-    )
+    assert not any((ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F for c in stripped)
     assert strip_ansi(stripped) == stripped
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.audit_export.ptyshell import run_shell
 from tether.audit.recordings import Recorder, RecordingMeta
 from tether.audit.recordings_read import parse_cast
 from tether.cli.main import app
-from tests.audit_export.ptyshell import run_shell
 
 T0 = datetime(2026, 11, 28, 23, 59, tzinfo=UTC)
 
@@ -74,9 +74,7 @@ def test_replay_takes_the_recorded_time_at_speed_one(recorded: tuple[Path, bytes
     assert slow - fast >= 0.25  # the recorded `sleep 0.3`, skipped by --max-idle 0
 
 
-def test_export_text_strips_escape_sequences(
-    recorded: tuple[Path, bytes], tmp_path: Path
-) -> None:
+def test_export_text_strips_escape_sequences(recorded: tuple[Path, bytes], tmp_path: Path) -> None:
     root, shown = recorded
     out = tmp_path / "s.txt"
     args = ("export", "s-42", "--recordings", str(root), "--format", "text", "-o", str(out))

@@ -10,6 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.audit_export.receivers.http_receiver import hec_objects, signature_ok
+from tests.audit_export.receivers.syslog_receiver import parse_message, read_frame
 from tether.audit.events import KINDS, AuditEvent
 from tether.audit.ocsf import to_ocsf
 from tether.audit.sinks import rfc5424
@@ -18,8 +20,6 @@ from tether.audit.sinks.hec import hec_body
 from tether.audit.sinks.jsonl import ocsf_line
 from tether.audit.sinks.syslog import SyslogSink
 from tether.audit.sinks.webhook import sign, verify_signature, webhook_body
-from tests.audit_export.receivers.http_receiver import hec_objects, signature_ok
-from tests.audit_export.receivers.syslog_receiver import parse_message, read_frame
 
 # Strings an agent controls: quotes, brackets, backslashes, newlines, non-ASCII, controls.
 _NASTY = st.text(st.sampled_from(list('ab"]\\[= \n\r\t\x00é€😀-')) | st.characters(), max_size=30)

@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.audit_export.certs import Certs
+from tests.audit_export.conftest import Trail, seqs_check, wait_for
+from tests.audit_export.receivers.harness import ReceiverProcess
 from tether.audit.sinks.base import DeliveryLoop, SinkError, sink_status
 from tether.audit.sinks.config import (
     Backoff,
@@ -18,9 +21,6 @@ from tether.audit.sinks.config import (
 )
 from tether.audit.sinks.hec import HecSink
 from tether.audit.sinks.webhook import WebhookSink
-from tests.audit_export.certs import Certs
-from tests.audit_export.conftest import Trail, seqs_check, wait_for
-from tests.audit_export.receivers.harness import ReceiverProcess
 
 MODULE = "tests.audit_export.receivers.http_receiver"
 TOKEN = "hec-token-0123456789"
@@ -117,9 +117,7 @@ async def test_hec_refuses_a_wrong_token_and_the_cursor_stays(
     assert _accepted(hec) == [] and {"refused": 401} in hec.records()
 
 
-async def test_hec_with_indexer_acknowledgement(
-    trail: Trail, tmp_path: Path, certs: Certs
-) -> None:
+async def test_hec_with_indexer_acknowledgement(trail: Trail, tmp_path: Path, certs: Certs) -> None:
     receiver = _receiver(tmp_path, certs, "hec", TOKEN, "--ack")
     receiver.start()
     try:

@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.audit_export.conftest import Trail, seqs_check
+from tests.audit_export.receivers.harness import ROOT
 from tether.audit.sinks.base import DeliveryLoop, sink_status
 from tether.audit.sinks.config import JsonlSinkConfig
 from tether.audit.sinks.jsonl import JsonlSink, ocsf_line
-from tests.audit_export.conftest import Trail, seqs_check
-from tests.audit_export.receivers.harness import ROOT
 
 
 def _seqs(path: Path) -> list[int]:

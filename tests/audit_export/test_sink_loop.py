@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.audit_export.conftest import Trail
 from tether.audit.events import AuditEvent
 from tether.audit.sinks import cursors
 from tether.audit.sinks.base import LEASE_SECONDS, DeliveryLoop, SinkError, sink_status
 from tether.audit.sinks.config import Backoff, SinksConfig
-from tests.audit_export.conftest import Trail
 
 
 class FlakySink:
@@ -102,9 +102,7 @@ async def test_a_new_sink_may_start_at_the_end(trail: Trail) -> None:
 async def test_status_lists_configured_sinks_without_a_cursor(trail: Trail) -> None:
     await trail.emit(3)
     statuses = await sink_status(trail.engine, ["fresh"])
-    assert [(s.name, s.last_seq, s.lag, s.updated_at) for s in statuses] == [
-        ("fresh", 0, 3, None)
-    ]
+    assert [(s.name, s.last_seq, s.lag, s.updated_at) for s in statuses] == [("fresh", 0, 3, None)]
 
 
 async def test_stopping_the_loop_releases_the_lease_and_closes_the_sink(trail: Trail) -> None:
@@ -154,7 +152,7 @@ def test_backoff_is_capped_and_jittered_downwards(
 ) -> None:
     backoff = Backoff(initial=initial, max=cap, multiplier=multiplier, jitter=jitter)
     delay = backoff.delay(attempt, random)
-    base = min(cap, initial * multiplier**min(attempt, 64))
+    base = min(cap, initial * multiplier ** min(attempt, 64))
     assert 0 < delay <= cap
     assert base * (1 - jitter) - 1e-9 <= delay <= base + 1e-9
     assert backoff.delay(attempt + 1, 0) >= backoff.delay(attempt, 0) - 1e-9

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from tests.audit_export.certs import Certs
+from tests.audit_export.conftest import Trail, seqs_check, wait_for
+from tests.audit_export.receivers.harness import ReceiverProcess
 from tether.audit.sinks.base import DeliveryLoop, SinkError, sink_status
 from tether.audit.sinks.config import Backoff, SyslogSinkConfig
 from tether.audit.sinks.cursors import get_cursor
 from tether.audit.sinks.syslog import SyslogSink
-from tests.audit_export.certs import Certs
-from tests.audit_export.conftest import Trail, seqs_check, wait_for
-from tests.audit_export.receivers.harness import ReceiverProcess
 
 MODULE = "tests.audit_export.receivers.syslog_receiver"
 FAST = Backoff(initial=0.05, max=0.5, jitter=0.5)
@@ -125,7 +125,9 @@ async def test_delivery_resumes_from_the_cursor_after_a_restart(
     assert _seqs(receiver.records()) == list(range(1, 51))  # nothing sent twice
 
 
-async def test_tls_with_a_test_ca(trail: Trail, tls_receiver: ReceiverProcess, certs: Certs) -> None:
+async def test_tls_with_a_test_ca(
+    trail: Trail, tls_receiver: ReceiverProcess, certs: Certs
+) -> None:
     await trail.emit(12)
     config = _config(tls_receiver.port, transport="tls", ca_file=certs.ca, server_name="localhost")
     loop = DeliveryLoop(SyslogSink(config), trail.engine, batch_size=5)

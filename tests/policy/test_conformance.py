@@ -147,7 +147,7 @@ def test_ssh_shell_constructs_are_denied(command: str) -> None:
         ("ls 2>&1", "allow", "allowed"),
         ("ls 2>/dev/null", "allow", "allowed"),
         ("cat /var/log/syslog", "allow", "allowed"),
-        ("cat /var/log/../../etc/shadow", "deny", "default-deny"),
+        ("cat /var/log/../../etc/shadow", "deny", "denied-by-rule"),
         ("rm -f /tmp/../etc/passwd", "deny", "default-deny"),
         ("rm -f /tmp/x", "allow", "allowed"),
         ("/bin/ls", "deny", "default-deny"),
@@ -296,3 +296,41 @@ def test_mcp(body: dict[str, object], decision: str, reason: str) -> None:
 def test_files(body: dict[str, object], decision: str, reason: str) -> None:
     d = MCP_FILES.decide(request("files", body))
     assert (d.decision, d.reason) == (decision, reason), body
+
+
+FOLDING = policies(
+    """
+    rules:
+      - id: cat-anything
+        effect: allow
+        ssh: {commands: ["cat **", "tar --file=* **"]}
+      - id: no-shadow
+        effect: deny
+        ssh: {commands: ["cat /etc/shadow", "tar --file=/etc/shadow **"]}
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "cat /etc/shadow",
+        "cat /etc/../etc/shadow",
+        "cat /etc//shadow",
+        "cat /./etc/shadow",
+        "cat //etc/shadow",
+        "cat /tmp/../../../etc/shadow",
+        "cat /etc/shadow/.",
+        "tar --file=/etc/./shadow -c",
+    ],
+)
+def test_deny_rules_see_through_path_spellings(command: str) -> None:
+    d = FOLDING.decide(request("ssh", {"command": command}))
+    assert (d.decision, d.rule) == ("deny", "no-shadow"), command
+
+
+def test_path_folding_only_widens_deny_rules() -> None:
+    d = FOLDING.decide(request("ssh", {"command": "cat /etc/passwd"}))
+    assert (d.decision, d.rule) == ("allow", "cat-anything")
+    d = FOLDING.decide(request("ssh", {"command": "cat etc/../shadow"}))
+    assert d.decision == "allow"  # relative: not the denied absolute path

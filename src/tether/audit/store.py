@@ -13,9 +13,9 @@ order, a reader that keeps the highest ``seq`` it saw never skips one.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, RowMapping, and_, func, insert, select
@@ -187,6 +187,8 @@ def event_from_row(row: RowMapping | Mapping[str, Any]) -> AuditEvent:
     """The event a row holds; ``ValueError`` (an ``EventError`` or a JSON error) if the row
     cannot be one."""
     fields = {name: row[name] for name in _SCALARS}
+    if isinstance(fields["time"], str):  # a raw SQLite value (a text() query)
+        fields["time"] = _sqlite_time(fields["time"])
     return AuditEvent(
         seq=row["seq"],
         actor_chain=tuple(_json(row["actor_chain"], list)),
@@ -194,6 +196,14 @@ def event_from_row(row: RowMapping | Mapping[str, Any]) -> AuditEvent:
         detail=_json(row["detail"], dict),
         **fields,
     )
+
+
+def _sqlite_time(value: str) -> datetime:
+    """A time as SQLAlchemy stores it in SQLite (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC)."""
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is not None:
+        raise ValueError(f"time {value!r} carries an offset; SQLite times are stored in UTC")
+    return moment.replace(tzinfo=UTC)
 
 
 def _json(text: str, kind: type[list[Any]] | type[dict[str, Any]]) -> Any:
@@ -211,8 +221,3 @@ def _checkpoint(row: RowMapping) -> Checkpoint:
         kid=row["kid"],
         signature=row["signature"],
     )
-
-
-def kinds_of(events: Iterable[AuditEvent]) -> set[str]:
-    """The kinds present (a helper for reports)."""
-    return {event.kind for event in events}

@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import RowMapping, select
+from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.audit.canonical import GENESIS, event_hash
 from tether.audit.checkpoints import signature_valid, verification_keys
 from tether.audit.events import AuditEvent
-from tether.audit.schema import audit_events
 from tether.audit.store import Checkpoint, checkpoints, event_from_row
 
 CHUNK: Final = 5000
@@ -117,13 +116,18 @@ async def verify_trail(conn: AsyncConnection) -> VerifyReport:
     return report
 
 
+# Raw values, without SQLAlchemy's type processing: a tampered value that the column type
+# cannot parse (a malformed time in SQLite) must be a finding about its row, not an error.
+_CHUNK_QUERY: Final = text(
+    "SELECT * FROM audit_events WHERE seq > :after ORDER BY seq LIMIT :limit"
+)
+
+
 async def _rows(conn: AsyncConnection) -> AsyncIterator[RowMapping]:
-    after = None
+    after = -(2**62)
     while True:
-        query = select(audit_events).order_by(audit_events.c.seq).limit(CHUNK)
-        if after is not None:
-            query = query.where(audit_events.c.seq > after)
-        rows = list((await conn.execute(query)).mappings())
+        result = await conn.execute(_CHUNK_QUERY, {"after": after, "limit": CHUNK})
+        rows = list(result.mappings())
         for row in rows:
             yield row
         if len(rows) < CHUNK:

@@ -151,6 +151,7 @@ class SshBlock:
     commands: tuple[globs.ArgvPattern, ...]
     shell: bool
     forwards: NameSet | None
+    deny: bool = False
 
     def keys(self) -> frozenset[str] | None:
         keys = {p.command_name for p in self.commands}
@@ -163,6 +164,9 @@ class SshBlock:
     def match(self, part: Part) -> Captures | None:
         if isinstance(part, SshCommandPart):
             hit = any(p.matches(part.argv) for p in self.commands)
+            if not hit and self.deny:
+                lexical = _lexical_argv(part.argv)
+                hit = lexical != part.argv and any(p.matches(lexical) for p in self.commands)
         elif isinstance(part, SshShellPart):
             hit = self.shell
         elif isinstance(part, SshForwardPart):
@@ -170,6 +174,44 @@ class SshBlock:
         else:
             hit = False
         return NO_CAPTURES if hit else None
+
+
+def _lexical_path(path: str) -> str:
+    """``path`` with ``.``, ``..`` and empty segments folded away (no file system access)."""
+    absolute = path.startswith("/")
+    out: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if out and out[-1] != "..":
+                out.pop()
+            elif not absolute:
+                out.append(segment)
+            continue
+        out.append(segment)
+    folded = "/".join(out)
+    return ("/" + folded) if absolute else (folded or ".")
+
+
+def _lexical_arg(arg: str) -> str:
+    if "/" not in arg:
+        return arg
+    name, eq, value = arg.partition("=")
+    if eq and arg.startswith("-") and "/" not in name:
+        return f"{name}={_lexical_path(value)}" if "/" in value else arg
+    return _lexical_path(arg)
+
+
+def _lexical_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """The argv with every path-like argument folded lexically (the command name kept).
+
+    A deny rule is also tried against this form, so that ``cat /etc/../etc/shadow``,
+    ``cat /etc//shadow`` or ``cat /./etc/shadow`` cannot step around a deny rule on
+    ``cat /etc/shadow`` when a broad allow rule (``cat **``) would let them through.
+    Allow rules never see the folded form: what they allow is what was written.
+    """
+    return (argv[0], *(_lexical_arg(a) for a in argv[1:])) if argv else argv
 
 
 def compile_ssh(body: Mapping[str, Any], deny: bool) -> SshBlock:
@@ -185,6 +227,7 @@ def compile_ssh(body: Mapping[str, Any], deny: bool) -> SshBlock:
         tuple(_compiled("commands", globs.ArgvPattern.compile, commands)),
         shell,
         NameSet.compile(forwards) if forwards is not None else None,
+        deny,
     )
 
 

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
@@ -187,7 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     State.mode, State.secret, State.fail, State.ack = args.mode, args.secret, args.fail, args.ack
     State.no_answer = args.no_answer
-    State.out = open(args.out, "ab")  # noqa: SIM115 - open for the process's life
+    State.out = Path(args.out).open("ab")  # noqa: SIM115 - open for the process's life
     server = Server(("127.0.0.1", args.port), Handler)
     if args.cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

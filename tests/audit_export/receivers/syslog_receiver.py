@@ -21,12 +21,11 @@ import socketserver
 import ssl
 import sys
 import threading
+from pathlib import Path
 from typing import Any, BinaryIO
 
 MAX_FRAME = 1 << 24
-_TIMESTAMP = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})\Z"
-)
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})\Z")
 _lock = threading.Lock()
 
 
@@ -206,7 +205,7 @@ def main() -> None:
         if args.client_ca:
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(args.client_ca)
-    _Handler.out = open(args.out, "ab")  # noqa: SIM115 - open for the process's life
+    _Handler.out = Path(args.out).open("ab")  # noqa: SIM115 - open for the process's life
     server = _Server(args.port, context)
     print(f"listening {server.server_address[1]}", flush=True)
     sys.stdout.close()
