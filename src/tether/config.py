@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from tether.audit.config import AuditConfig
 from tether.identity.config import IdentityConfig
 
 ENV_PREFIX: Final = "TETHER_"
@@ -116,6 +117,7 @@ class Settings(BaseModel):
     log_level: Annotated[LogLevel, BeforeValidator(_lower)] = "info"
     policy_watch: bool = True
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @property
     def host(self) -> str:

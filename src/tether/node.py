@@ -24,6 +24,7 @@ from typing import Final
 import uvicorn
 
 from tether.api import AppState, create_app
+from tether.audit.startup import AuditStartError, start_auditor
 from tether.config import Settings
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.masterkey import MasterKeyError, load_master_key
@@ -80,7 +81,13 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
     except LoadRefused as error:
         raise StartupError(f"policies did not load: {error}") from None
     await _announce_first_admin_token(store)
-    server = _Server(_uvicorn_config(settings, AppState(holder, store, identity)))
+    try:
+        auditor = await start_auditor(
+            settings.audit, store.engine, lambda: identity.keys.ring.active
+        )
+    except AuditStartError as error:
+        raise StartupError(str(error)) from None
+    server = _Server(_uvicorn_config(settings, AppState(holder, store, identity, auditor)))
     stop = asyncio.Event()
     _handle_signals(server, stop)
     watchers = [asyncio.create_task(identity.watch_revocations(stop))]
@@ -96,6 +103,7 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
     finally:
         stop.set()
         await asyncio.gather(*watchers)
+        await auditor.log.close()
     log.info("tether stopped")
 
 

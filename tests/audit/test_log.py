@@ -160,13 +160,16 @@ async def test_two_writers_on_one_database_never_fork_the_chain(trail: Trail) ->
 
 
 async def test_the_sqlite_writer_uses_wal_and_the_chosen_synchronous(tmp_path: object) -> None:
+    """The default is FULL (see test_the_default_sqlite_durability_is_full)."""
     path = f"{tmp_path}/t.db"
     trail = await open_trail(f"sqlite+aiosqlite:///{path}", sqlite_synchronous="normal")
     try:
         await trail.append(1)
         with sqlite3.connect(path) as fresh:
             assert fresh.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert trail.log._writer.journal_mode == "wal"  # type: ignore[attr-defined]
+        writer = trail.log._writer
+        assert writer.journal_mode == "wal"  # type: ignore[attr-defined]
+        assert writer.synchronous_level == 1  # type: ignore[attr-defined]  # NORMAL
     finally:
         await trail.log.close()
         await trail.store.close()
@@ -187,3 +190,7 @@ async def test_event_with_a_non_utc_time_is_stored_in_utc(sqlite_trail: Trail) -
     stored = await sqlite_trail.log.append(AuditEvent(kind="decision", time=local))
     assert stored.time == datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
     assert stored.time.tzinfo is UTC
+
+
+async def test_the_default_sqlite_durability_is_full(sqlite_trail: Trail) -> None:
+    assert sqlite_trail.log._writer.synchronous_level == 2  # type: ignore[attr-defined]

@@ -27,8 +27,8 @@ def sample_event(i: int) -> AuditEvent:
         "ssh.command": {"command": f"echo {i}", "n": i},
         "http.exchange": {"method": "GET", "path": f"/items/{i}", "n": i},
         "sql.statement": {"statement": "SELECT * FROM t WHERE id = ?", "n": i},
-        "decision": {"protocol": "ssh", "command": "rm -rf /", "n": i},
-        "file.transfer": {"path": f"/srv/f{i}", "direction": "download", "size": i, "n": i},
+        "decision": {"ssh": {"command": "rm -rf /"}, "n": i},
+        "file.transfer": {"op": "read", "path": f"/srv/f{i}", "size": i, "n": i},
     }[kind]
     return AuditEvent(
         kind=kind,

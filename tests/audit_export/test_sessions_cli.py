@@ -6,19 +6,24 @@ Replay into a pipe runs the installed ``tether`` command; the other commands run
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from tests.audit_export.ptyshell import run_shell
+from tether.audit.events import AuditEvent
+from tether.audit.log import AuditLog
 from tether.audit.recordings import Recorder, RecordingMeta
 from tether.audit.recordings_read import parse_cast
 from tether.cli.main import app
+from tether.identity.keys import SigningKey
+from tether.store import Store
 
 T0 = datetime(2026, 11, 28, 23, 59, tzinfo=UTC)
 
@@ -128,3 +133,31 @@ def test_unknown_session_exits_5(recorded: tuple[Path, bytes]) -> None:
         assert done.stderr.startswith(b"tether: error: no recording of session nope")
     bad = _run(None, "show", "../x", "--recordings", str(root))
     assert bad.returncode == 5 and b"invalid session id" in bad.stderr
+
+
+async def test_list_adds_the_sessions_of_the_audit_trail(recorded: tuple[Path, bytes]) -> None:
+    root, _ = recorded
+    data_dir = root.parent
+    store = await Store.open(f"sqlite+aiosqlite:///{data_dir / 'tether.db'}")
+    key = SigningKey.generate(time.time())
+    log = AuditLog(store.engine, lambda: key)
+    await log.start()
+    try:
+        for session, protocol in (("s-42", "ssh"), ("sql-7", "postgres")):
+            fields = {"agent": "deploy-bot", "target": "db-1", "session_id": session}
+            await log.append(AuditEvent(kind="session.start", action={"protocol": protocol},
+                                        time=T0 + timedelta(minutes=1), **fields))  # fmt: skip
+        await log.append(AuditEvent(kind="session.end", action={"protocol": "postgres"},
+                                    duration_ms=2500.0, agent="deploy-bot", session_id="sql-7",
+                                    time=T0 + timedelta(minutes=2)))  # fmt: skip
+    finally:
+        await log.close()
+        await store.close()
+    listed = await asyncio.to_thread(_run, {"TETHER_DATA_DIR": str(data_dir)}, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["session_id"], r["state"]) for r in rows] == [
+        ("s-42", "complete"),  # recorded: listed once, from its recording
+        ("sql-7", "no recording"),
+    ]
+    assert rows[1]["protocol"] == "postgres" and rows[1]["duration"] == 2.5

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tether import __version__
-from tether.api import admin, agents, certs, oauth
+from tether.api import admin, agents, audit, certs, oauth
 from tether.api.problems import PROBLEM_JSON, Problem, install_problem_handlers, problem
 from tether.api.schemas import DECIDE_REQUEST_SCHEMA, DecisionBody, Health
 from tether.api.state import AppState
@@ -46,7 +46,7 @@ def create_app(state: AppState) -> FastAPI:
     app.state.tether = state
     _add_routes(app, state)
     if state.identity is not None:
-        for router in (oauth.router, certs.router, agents.router, admin.router):
+        for router in (oauth.router, certs.router, agents.router, admin.router, audit.router):
             app.include_router(router)
     return app
 

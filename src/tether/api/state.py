@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from tether.policy import PolicySet
 
 if TYPE_CHECKING:
+    from tether.audit.emit import Auditor
     from tether.identity.service import IdentityService
     from tether.store import Store
 
@@ -39,3 +40,4 @@ class AppState:
     policies: PolicyHolder
     store: Store | None = None
     identity: IdentityService | None = None
+    auditor: Auditor | None = None  # the node's audit emitter (tether.audit.emit)

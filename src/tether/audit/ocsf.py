@@ -51,6 +51,18 @@ _DECISION_OUTCOME: Final = {
     "error": (STATUS_FAILURE, SEVERITY_HIGH),
 }
 
+# The ``outcome`` of admin calls (success, refused, denied, error) and approvals (raised,
+# granted, refused, expired).
+_OUTCOMES: Final = {
+    "success": (STATUS_SUCCESS, SEVERITY_INFORMATIONAL),
+    "granted": (STATUS_SUCCESS, SEVERITY_INFORMATIONAL),
+    "raised": (STATUS_SUCCESS, SEVERITY_LOW),
+    "refused": (STATUS_FAILURE, SEVERITY_LOW),
+    "expired": (STATUS_FAILURE, SEVERITY_LOW),
+    "denied": (STATUS_FAILURE, SEVERITY_MEDIUM),
+    "error": (STATUS_FAILURE, SEVERITY_HIGH),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class OcsfClass:
@@ -94,7 +106,7 @@ DATASTORE_ACTIVITY: Final = OcsfClass(
 )  # fmt: skip
 FILE_HOSTING: Final = OcsfClass(
     6006, "File Hosting Activity", 6, "Application Activity",
-    {1: "Upload", 2: "Download", 99: "Other"},
+    {1: "Upload", 2: "Download", 4: "Delete", 5: "Rename", 99: "Other"},
 )  # fmt: skip
 
 # Attributes each class requires beyond the base event's (OCSF 1.1), for tests and docs.
@@ -141,7 +153,10 @@ def _http(event: AuditEvent) -> tuple[OcsfClass, int, dict[str, Any]]:
 
 
 def _mcp(event: AuditEvent) -> tuple[OcsfClass, int, dict[str, Any]]:
-    return API_ACTIVITY, 99, obj.api_mcp(event)
+    reads = (
+        obj.text(event.action, "resource") is not None and obj.text(event.action, "tool") is None
+    )
+    return API_ACTIVITY, 2 if reads else 99, obj.api_mcp(event)
 
 
 def _ssh_command(event: AuditEvent) -> tuple[OcsfClass, int, dict[str, Any]]:
@@ -155,9 +170,7 @@ def _ssh_command(event: AuditEvent) -> tuple[OcsfClass, int, dict[str, Any]]:
 
 
 def _transfer(event: AuditEvent) -> tuple[OcsfClass, int, dict[str, Any]]:
-    direction = obj.text(event.action, "direction")
-    activity = {"upload": 1, "download": 2}.get(direction or "", 99)
-    return FILE_HOSTING, activity, obj.file_transfer(event)
+    return FILE_HOSTING, obj.file_activity(event), obj.file_transfer(event)
 
 
 def _sql(event: AuditEvent) -> tuple[OcsfClass, int, dict[str, Any]]:
@@ -169,19 +182,21 @@ def _token(event: AuditEvent) -> tuple[OcsfClass, int, dict[str, Any]]:
 
 
 def _revocation(event: AuditEvent) -> tuple[OcsfClass, int, dict[str, Any]]:
-    revoked = obj.text(event.action, "kind", "what")
+    revoked = obj.text(event.action, "kind") or "credential"
     if revoked == "agent":
         return ACCOUNT_CHANGE, 5, obj.account(event)
-    return ENTITY_MANAGEMENT, 4, obj.entity(event, default_type=revoked or "credential")
+    return ENTITY_MANAGEMENT, 99, obj.entity(event, revoked) | {"activity_name": "Revoke"}
 
 
 def _admin(event: AuditEvent) -> tuple[OcsfClass, int, dict[str, Any]]:
-    operation = (obj.text(event.action, "operation", "op", "verb") or "").lower()
-    if obj.entity_type(event) == "agent":
-        activity = obj.ACCOUNT_ACTIVITY.get(operation, 99)
-        return ACCOUNT_CHANGE, activity, obj.account(event)
+    entity, operation = obj.admin_call(event)
+    if entity == "agent" and operation in obj.ACCOUNT_ACTIVITY:
+        return ACCOUNT_CHANGE, obj.ACCOUNT_ACTIVITY[operation], obj.account(event)
     activity = obj.ENTITY_ACTIVITY.get(operation, 99)
-    return ENTITY_MANAGEMENT, activity, obj.entity(event, default_type="setting")
+    specific = obj.entity(event, entity) | {"activity_name": operation or "Other"}
+    if activity != 99:
+        del specific["activity_name"]
+    return ENTITY_MANAGEMENT, activity, specific
 
 
 KIND_CLASSES: Final[Mapping[str, Mapper]] = {
@@ -233,11 +248,18 @@ def to_ocsf(event: AuditEvent) -> dict[str, Any]:
 
 
 def outcome(event: AuditEvent) -> tuple[int, int]:
-    """``(status_id, severity_id)`` from the decision (or the kind, for events without one)."""
+    """``(status_id, severity_id)``: from the decision, else from the kind's own outcome
+    (an admin call's or an approval's ``outcome``); an allowed action that then failed
+    (an SQL ``error``, an MCP ``is_error``) is a Failure of Low severity."""
     if event.kind == "token.refused":
         return STATUS_FAILURE, SEVERITY_MEDIUM
-    if event.decision in _DECISION_OUTCOME:
+    if event.kind in ("admin.change", "approval"):
+        said = (obj.text(event.action, "outcome") or "").lower()
+        return _OUTCOMES.get(said, (STATUS_SUCCESS, SEVERITY_INFORMATIONAL))
+    if event.decision in _DECISION_OUTCOME and event.decision != "allow":
         return _DECISION_OUTCOME[event.decision]
+    if obj.text(event.action, "error") is not None or event.action.get("is_error") is True:
+        return STATUS_FAILURE, SEVERITY_LOW
     return STATUS_SUCCESS, SEVERITY_INFORMATIONAL
 
 

@@ -30,8 +30,13 @@ SQL_ACTIVITY: Final = {
 }  # fmt: skip
 ACCOUNT_ACTIVITY: Final = {"create": 1, "enable": 2, "disable": 5, "offboard": 6, "delete": 6}
 ENTITY_ACTIVITY: Final = {
-    "create": 1, "add": 1, "issue": 1, "read": 2, "get": 2, "list": 2, "update": 3, "set": 3,
-    "patch": 3, "rotate": 3, "reload": 3, "delete": 4, "remove": 4, "revoke": 4,
+    "create": 1, "join-token": 1, "issue": 1, "read": 2, "show": 2, "list": 2, "search": 2,
+    "verify": 2, "update": 3, "rotate": 3, "reload": 3, "delete": 4, "remove": 4,
+}  # fmt: skip
+# file.transfer ``op`` (or ``direction``) -> File Hosting activity.
+FILE_ACTIVITY: Final = {
+    "write": 1, "upload": 1, "put": 1, "read": 2, "download": 2, "get": 2, "delete": 4,
+    "remove": 4, "rename": 5,
 }  # fmt: skip
 SHA256_ALGORITHM_ID: Final = 3
 AUTH_PROTOCOL_OAUTH2: Final = 6
@@ -65,12 +70,24 @@ def protocol(event: AuditEvent) -> str | None:
     return found.lower() if found else None
 
 
+def request_body(event: AuditEvent) -> tuple[str | None, Mapping[str, Any]]:
+    """The protocol and the body of the action: a decision's action is the policy request's
+    ``{protocol: body}``; other kinds' actions are the body itself."""
+    action = event.action
+    if len(action) == 1:
+        [(key, body)] = action.items()
+        if isinstance(body, Mapping):
+            return key, body
+    return text(action, "protocol"), action
+
+
 def describe(event: AuditEvent) -> str:
-    """A short description of the action, for ``privileges`` and ``message``."""
+    """A short description of the action, for ``privileges``."""
+    protocol, body = request_body(event)
     parts = [
-        text(event.action, "protocol", "type"),
-        text(event.action, "method", "operation", "verb"),
-        text(event.action, "path", "command", "tool", "statement", "query"),
+        protocol,
+        text(body, "method", "op", "operation", "name"),
+        text(body, "path", "command", "tool", "resource", "query", "statement"),
     ]
     words = [part for part in parts if part]
     return " ".join(words) if words else event.kind
@@ -191,14 +208,23 @@ def api_http(event: AuditEvent) -> dict[str, Any]:
 
 
 def api_mcp(event: AuditEvent) -> dict[str, Any]:
-    """API Activity for an MCP call: the JSON-RPC method, the server and the tool."""
-    method = text(event.action, "method") or "tools/call"
+    """API Activity for an MCP call: the tool called or the resource read, on the server."""
+    tool = text(event.action, "tool")
+    resource = text(event.action, "resource")
+    method = text(event.action, "method") or ("tools/call" if tool or not resource else
+                                              "resources/read")  # fmt: skip
     server = text(event.action, "server") or event.target or "unknown"
     result: dict[str, Any] = {"api": {"operation": method, "service": {"name": server}}}
-    tool = text(event.action, "tool", "name")
     if tool is not None:
         result["resources"] = [{"name": tool, "type": "MCP tool"}]
+    elif resource is not None:
+        result["resources"] = [{"name": resource, "type": "MCP resource"}]
     return result
+
+
+def file_activity(event: AuditEvent) -> int:
+    operation = text(event.action, "op", "direction") or ""
+    return FILE_ACTIVITY.get(operation.lower(), 99)
 
 
 def file_transfer(event: AuditEvent) -> dict[str, Any]:
@@ -242,13 +268,16 @@ def datastore(event: AuditEvent) -> dict[str, Any]:
     return result
 
 
-def entity_type(event: AuditEvent) -> str | None:
-    found = text(event.action, "entity", "resource", "object_type")
-    return found.lower() if found else None
+def admin_call(event: AuditEvent) -> tuple[str, str]:
+    """``(entity, operation)`` of an admin call named ``entity.operation`` (``agent.create``,
+    ``keys.rotate``); a name without a dot is an operation on ``setting``."""
+    name = (text(event.action, "name") or "").lower()
+    entity, dot, operation = name.partition(".")
+    return (entity, operation) if dot else ("setting", name)
 
 
 def entity_id(event: AuditEvent) -> str:
-    return text(event.action, "id", "uid", "name", "value") or event.target or "unknown"
+    return text(event.action, "id", "value") or event.target or "unknown"
 
 
 def account(event: AuditEvent) -> dict[str, Any]:
@@ -256,10 +285,10 @@ def account(event: AuditEvent) -> dict[str, Any]:
     return {"user": user(entity_id(event), USER_SERVICE)}
 
 
-def entity(event: AuditEvent, *, default_type: str) -> dict[str, Any]:
+def entity(event: AuditEvent, kind: str) -> dict[str, Any]:
     """Entity Management's ``entity``: what was created, changed or revoked."""
     name = entity_id(event)
-    return {"entity": {"name": name, "uid": name, "type": entity_type(event) or default_type}}
+    return {"entity": {"name": name, "uid": name, "type": kind}}
 
 
 def status_detail(event: AuditEvent) -> dict[str, Any]:

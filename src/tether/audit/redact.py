@@ -46,15 +46,13 @@ from typing import Any, Final
 
 from pglast import parser as pg_parser
 
+from tether.audit.config import DEFAULT_SENSITIVE_FIELDS
+
 REDACTED: Final = "[REDACTED]"
 
 ALWAYS_SENSITIVE_HEADERS: Final = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "dpop"}
 )
-DEFAULT_SENSITIVE_FIELDS: Final = (
-    "password", "passwd", "secret", "token", "apikey", "privatekey", "authorization",
-    "cookie", "dpop", "sessionkey",
-)  # fmt: skip
 
 _NORMALISE: Final = str.maketrans("", "", "_-. ")
 _STRING_TOKENS: Final = frozenset({"SCONST", "USCONST"})

@@ -156,6 +156,22 @@ async def search_events(
     return events if after_seq is not None else events[::-1]
 
 
+async def follow(
+    conn: AsyncConnection, where: EventFilter, after_seq: int, limit: int = 1000
+) -> tuple[list[AuditEvent], int]:
+    """The next matches after ``after_seq`` and the cursor to follow from.
+
+    The cursor moves past the events that did not match too: the head is read first, and
+    every event up to it had committed by then (``seq`` follows commit order), so the
+    search saw them all. A full page moves it only to its last event.
+    """
+    head = (await chain_head(conn)).seq
+    found = await search_events(conn, where, limit=limit, after_seq=after_seq)
+    last = found[-1].seq if found else after_seq
+    assert last is not None
+    return found, last if len(found) == limit else max(last, head, after_seq)
+
+
 async def count_events(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.count()).select_from(audit_events))).scalar_one())
 

@@ -143,9 +143,7 @@ def _gap(report: VerifyReport, expected: int, seq: int) -> None:
         report.add(seq, "order", f"event {seq} comes after {expected - 1}: order broken")
 
 
-def _check_event(
-    report: VerifyReport, row: RowMapping, seq: int, prev: str, prev_seq: int
-) -> None:
+def _check_event(report: VerifyReport, row: RowMapping, seq: int, prev: str, prev_seq: int) -> None:
     try:
         event = event_from_row(row)
     except (ValueError, TypeError, KeyError) as error:

@@ -122,6 +122,7 @@ class SqliteWriter:
             "audit_checkpoints", _CHECKPOINT_COLUMNS, lambda _: "?"
         )
         self.journal_mode = ""
+        self.synchronous_level = -1
 
     def time_value(self, moment: datetime, canonical: str) -> str:
         return _sqlite_time_value(moment, canonical)
@@ -147,6 +148,8 @@ class SqliteWriter:
         db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         self.journal_mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
         db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+        # What SQLite took (0 off, 1 normal, 2 full), for the tests and the benchmark.
+        self.synchronous_level = int(db.execute("PRAGMA synchronous").fetchone()[0])
         self._db = db
 
     def _close(self) -> None:

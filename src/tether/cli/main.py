@@ -9,6 +9,7 @@ import typer
 
 from tether import __version__
 from tether.cli import admintoken, agent, policy, revoke, serve
+from tether.cli import audit as audit_cli
 from tether.cli import sessions as sessions_cli
 from tether.cli.common import EXIT_INTERNAL
 
@@ -25,6 +26,7 @@ app.add_typer(revoke.revoke_app, name="revoke")
 app.add_typer(revoke.keys_app, name="keys")
 app.add_typer(admintoken.app, name="admin-token")
 app.add_typer(sessions_cli.app, name="sessions")
+app.add_typer(audit_cli.app, name="audit")
 app.command("serve")(serve.serve)
 
 

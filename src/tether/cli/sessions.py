@@ -1,9 +1,10 @@
 """``tether sessions``: list, show, replay and export session recordings.
 
 It reads the recordings directory of a node (``<data_dir>/recordings``, or ``--recordings``)
-directly, without a server: whoever can run it can read that directory anyway. Sessions that
-left audit events but no recording (an HTTP or SQL session) are listed too when the node's
-audit store can be opened.
+directly, without a server: whoever can run it can read that directory anyway. ``list``
+also reads the node's audit trail (``session.start`` and ``session.end`` events, through
+:mod:`tether.audit.sessions_index`), so that sessions that left no recording (SQL, MCP)
+are listed too; a database that cannot be read is skipped with a warning.
 
 Everything a recording holds was produced by an agent, so names and values are shown with
 terminal control stripped (:func:`~tether.audit.recordings_play.strip_ansi`); only
@@ -12,6 +13,7 @@ terminal control stripped (:func:`~tether.audit.recordings_play.strip_ansi`); on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -33,7 +35,7 @@ from tether.audit.recordings_read import (
     read_cast,
 )
 from tether.cli.common import EXIT_NOT_FOUND, fail
-from tether.config import CONFIG_ENV, ConfigError, load_settings
+from tether.config import CONFIG_ENV, ConfigError, Settings, load_settings
 
 RECORDINGS_DIR: Final = "recordings"
 
@@ -74,15 +76,18 @@ RecordingsOpt = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _settings(config: Path | None, data_dir: Path | None) -> Settings:
+    try:
+        return load_settings(config, overrides={"data_dir": _str(data_dir)})
+    except ConfigError as error:
+        fail(str(error))
+
+
 def recordings_root(config: Path | None, data_dir: Path | None, recordings: Path | None) -> Path:
     """The recordings directory the options name; exits 2 on a bad config."""
     if recordings is not None:
         return recordings
-    try:
-        settings = load_settings(config, overrides={"data_dir": _str(data_dir)})
-    except ConfigError as error:
-        fail(str(error))
-    return settings.data_dir / RECORDINGS_DIR
+    return _settings(config, data_dir).data_dir / RECORDINGS_DIR
 
 
 def _str(path: Path | None) -> str | None:
@@ -121,9 +126,12 @@ def list_sessions(
     ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """List recorded sessions, oldest first."""
+    """List sessions, oldest first: those recorded, and those the audit trail knows of."""
     root = recordings_root(config, data_dir, recordings)
-    rows = [_row(s) for s in iter_recordings(root) if agent in (None, s.meta.get("agent"))]
+    rows = [_row(s) for s in iter_recordings(root)]
+    if recordings is None:
+        rows = _with_audited(rows, _settings(config, data_dir))
+    rows = [row for row in rows if agent in (None, row["agent"])]
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, sort_keys=True))
@@ -168,6 +176,24 @@ def show(
     for transfer in info["transfers"]:
         line = "{direction} {path} ({size} bytes, sha256 {sha256})".format(**transfer)
         console.print(Text("transfer: ") + _cell(line))
+
+
+def _with_audited(rows: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
+    """``rows`` and the sessions of the audit trail that have no recording, by start time."""
+    from tether.audit.sessions_index import AuditIndexError, audited_sessions
+
+    try:
+        audited = asyncio.run(audited_sessions(settings.database))
+    except AuditIndexError as error:
+        typer.echo(f"tether: warning: audit trail not read: {error}", err=True)
+        return rows
+    recorded = {row["session_id"] for row in rows}
+    extra = [
+        {**session.as_row(), "state": "no recording", "path": None}
+        for session in audited
+        if session.session_id not in recorded
+    ]
+    return sorted(rows + extra, key=lambda row: str(row["started_at"]))
 
 
 def _transfer(record: Any) -> dict[str, Any]:

@@ -8,7 +8,9 @@ acknowledgement (RELP has one; RFC 6587 does not). A batch counts as delivered o
 its bytes were accepted by the connection (``drain``) while the receiver had not closed
 it. Before each batch the sink checks that the receiver has not closed the connection
 (a receiver that stopped sends FIN, seen as end of stream) and reconnects if it has, so a
-batch is not written into a connection that is already dead. What the receiver had
+batch is not written into a connection that is already dead, and after a TLS handshake
+it waits for a TLS 1.3 receiver's verdict on its client certificate (see
+:meth:`SyslogSink._await_verdict`). What the receiver had
 accepted but not yet processed when it crashed is lost: choose a receiver that queues to
 disk (rsyslog with a disk-assisted queue) or the HEC sink with ``use_ack`` where that
 matters.
@@ -21,6 +23,7 @@ import contextlib
 import os
 import socket
 import ssl
+import time
 from collections.abc import Sequence
 
 from tether.audit.events import AuditEvent
@@ -101,8 +104,9 @@ class SyslogSink:
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         config = self.config
         server_name = (config.server_name or config.host) if self._tls is not None else None
+        started = time.monotonic()
         try:
-            return await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
                     config.host, config.port, ssl=self._tls, server_hostname=server_name
                 ),
@@ -110,6 +114,32 @@ class SyslogSink:
             )
         except (OSError, TimeoutError, ssl.SSLError) as error:
             raise SinkError(f"syslog {self._peer()}: cannot connect: {_reason(error)}") from None
+        if self._tls is not None:
+            await self._await_verdict(reader, writer, time.monotonic() - started)
+        return reader, writer
+
+    async def _await_verdict(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handshake: float
+    ) -> None:
+        """Wait for a TLS 1.3 server to refuse our client certificate, if it is going to.
+
+        In TLS 1.3 the client's handshake completes before the server has checked the
+        client's certificate; a refusal arrives as an alert one round trip later. Writing
+        at once would put the first batch into a connection the receiver drops, and the
+        batch would be lost. So after connecting, the sink reads for twice the handshake's
+        duration (at least 50 ms, at most 2 s): an alert or a close there is a refusal.
+        """
+        wait = min(2.0, max(0.05, 2 * handshake))
+        try:
+            data = await asyncio.wait_for(reader.read(1), wait)
+        except TimeoutError:
+            return  # nothing said: accepted
+        except (OSError, ssl.SSLError) as error:
+            writer.close()
+            raise SinkError(f"syslog {self._peer()}: refused: {_reason(error)}") from None
+        if not data:
+            writer.close()
+            raise SinkError(f"syslog {self._peer()}: refused: closed after the handshake")
 
     async def _drop(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None

@@ -1,0 +1,81 @@
+"""Sessions as the audit trail knows them: ``session.start`` and ``session.end`` events.
+
+``tether sessions list`` merges these with the recordings, since only terminals and
+transfers are recorded while every front-end's sessions are audited. The database is
+opened read-only in spirit (no migration is run): a node that never wrote an audit event
+has nothing to list, and an old schema is reported, not upgraded, by a listing command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from tether.audit.events import AuditEvent
+from tether.audit.store import EventFilter, search_events
+from tether.store.database import StoreError, create_engine
+
+MAX_SESSIONS: Final = 10_000
+
+
+class AuditIndexError(Exception):
+    """The audit trail could not be read; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditedSession:
+    """One session from its start event, and its end event when it has ended."""
+
+    session_id: str
+    started_at: datetime
+    start: AuditEvent
+    end: AuditEvent | None
+
+    def as_row(self) -> dict[str, Any]:
+        protocol = self.start.action.get("protocol")
+        return {
+            "session_id": self.session_id,
+            "started_at": self.started_at.isoformat(),
+            "protocol": protocol if isinstance(protocol, str) else None,
+            "agent": self.start.agent,
+            "user": self.start.user,
+            "target": self.start.target,
+            "duration": None
+            if self.end is None or self.end.duration_ms is None
+            else round(self.end.duration_ms / 1000, 3),
+            "output_bytes": None,
+            "truncated": None,
+            "exit_status": None,
+        }
+
+
+async def audited_sessions(url: str, limit: int = MAX_SESSIONS) -> list[AuditedSession]:
+    """The last ``limit`` sessions started, oldest first; :class:`AuditIndexError` if the
+    trail cannot be read (an empty list when a SQLite database does not exist yet)."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and not Path(database).exists():
+        return []
+    try:
+        engine = create_engine(url)
+    except StoreError as error:
+        raise AuditIndexError(str(error)) from None
+    try:
+        async with engine.connect() as conn:
+            starts = await search_events(conn, EventFilter(kind="session.start"), limit=limit)
+            ends = await search_events(conn, EventFilter(kind="session.end"), limit=limit)
+    except (SQLAlchemyError, OSError, ValueError) as error:
+        raise AuditIndexError(str(error).splitlines()[0] if str(error) else "error") from None
+    finally:
+        await engine.dispose()
+    ended = {event.session_id: event for event in ends if event.session_id is not None}
+    return [
+        AuditedSession(event.session_id, event.time, event, ended.get(event.session_id))
+        for event in starts
+        if event.session_id is not None
+    ]

@@ -1,0 +1,341 @@
+"""Handlers of the node kinds that :mod:`tether.policy.sql_walk` does not walk generically.
+
+One handler per statement kind with classes, relations or forbidden parts of its own (see
+:mod:`tether.policy.sql_analyze`); ``_DISPATCH`` maps every node kind to its handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from tether.policy.sql_tables import (
+    _DML_OWN,
+    _FUNCNAME,
+    _INSERT_OWN,
+    _KINDS,
+    _LEAVES,
+    _NAMES_FUNCTIONS,
+    _RELATION,
+    _RELATION_OBJECTS,
+    _SELECT_OWN,
+    _STMT_CLASS,
+    _TWO_PHASE,
+    JsonNode,
+    Scope,
+    _const_text,
+    _defelems,
+    _option_is_on,
+    _qualified,
+    _strings,
+    is_forbidden_function,
+)
+
+if TYPE_CHECKING:
+    from tether.policy.sql_walk import _Walker
+
+    Handler = Callable[[_Walker, JsonNode, Scope], None]
+
+
+def _string(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    """Only reached where a name may be a function's (see ``_names_functions``)."""
+    if is_forbidden_function(body.get("sval", "")):
+        w.function([body.get("sval", "")])
+
+
+def _range_var(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.relation(body, scope)
+    w.children("RangeVar", body, scope)
+
+
+def _func_call(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.function(_strings(body.get("funcname", [])))
+    w.children("FuncCall", body, scope, skip=_FUNCNAME)
+
+
+def _object_with_args(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    names = _strings(body.get("objname", []))
+    if names and is_forbidden_function(names[-1]):
+        w.function(names)
+    w.children("ObjectWithArgs", body, scope)
+
+
+def _names_functions(kind: str) -> Handler:
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        w.statement(kind, _STMT_CLASS[kind])
+        saved, w.leaves = w.leaves, _LEAVES
+        w.children(kind, body, scope)
+        w.leaves = saved
+
+    return handler
+
+
+def _select(w: _Walker, body: JsonNode, scope: Scope, *, count: bool = True) -> None:
+    if count:
+        w.statement("SelectStmt", "select")
+    into = body.get("intoClause")
+    if into is not None:
+        w.add_class("ddl")
+        if "rel" in into:
+            w.relation(into["rel"], scope, target=True)
+    if "lockingClause" in body:
+        w.add_class("update")
+    inner = w.with_scope(body.get("withClause"), scope)
+    w.children("SelectStmt", body, inner, skip=_SELECT_OWN)
+
+
+def _dml(kind: str) -> Handler:
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        w.statement(kind, _STMT_CLASS[kind])
+        inner = w.with_scope(body.get("withClause"), scope)
+        if "relation" in body:
+            w.relation(body["relation"], inner, target=True)
+        w.children(kind, body, inner, skip=_DML_OWN)
+
+    return handler
+
+
+def _insert(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("InsertStmt", "insert")
+    inner = w.with_scope(body.get("withClause"), scope)
+    if "relation" in body:
+        w.relation(body["relation"], inner, target=True)
+    source = body.get("selectStmt")
+    if source is not None:
+        values = source.get("SelectStmt")
+        if values is not None and "valuesLists" in values:
+            _select(w, values, inner, count=False)
+        else:
+            w.node(source, inner)
+    if body.get("onConflictClause", {}).get("action") == "ONCONFLICT_UPDATE":
+        w.add_class("update")
+    w.children("InsertStmt", body, inner, skip=_INSERT_OWN)
+
+
+def _copy(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("CopyStmt", "insert" if body.get("is_from") else "select")
+    w.sensitive = True  # the file name's presence depends on a literal ('' is dropped)
+    if body.get("is_program"):
+        w.forbid("COPY ... PROGRAM runs a command on the database server")
+    elif "filename" in body:
+        w.forbid("COPY to or from a file on the database server")
+    if "relation" in body:
+        w.relation(body["relation"], scope, target=True)
+    w.children("CopyStmt", body, scope, skip=_RELATION)
+
+
+def _explain(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("ExplainStmt", "explain")
+    analyze = False
+    for elem in _defelems(body.get("options", [])):
+        if "arg" in elem:
+            w.sensitive = True
+        if elem.get("defname") == "analyze":
+            analyze = _option_is_on(elem)
+    saved, w.count_classes = w.count_classes, w.count_classes and analyze
+    w.children("ExplainStmt", body, scope)
+    w.count_classes = saved
+
+
+def _variable_set(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    name = body.get("name", "")
+    kind = body.get("kind", "")
+    if name in ("role", "session_authorization"):
+        cls = "role"
+    elif kind == "VAR_SET_MULTI" and name.startswith("TRANSACTION"):
+        cls = "transaction"
+    else:
+        cls = "set"
+    w.statement("VariableSetStmt", cls)
+    changes_path = name == "search_path" and kind != "VAR_SET_CURRENT"  # FROM CURRENT: as is
+    if body is w.top and (changes_path or kind == "VAR_RESET_ALL"):
+        values = body.get("args", []) if kind == "VAR_SET_VALUE" else []
+        w.search_path = tuple(_const_text(v) for v in values)
+    w.children("VariableSetStmt", body, scope)
+
+
+def _discard(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("DiscardStmt", "other")
+    if body is w.top and body.get("target") == "DISCARD_ALL":
+        w.search_path = ()
+
+
+def _transaction(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    two_phase = body.get("kind") in _TWO_PHASE
+    w.statement("TransactionStmt", "other" if two_phase else "transaction")
+
+
+def _create_function(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("CreateFunctionStmt", "ddl")
+    language: str | None = "sql" if "sql_body" in body else None
+    source: list[str] = []
+    for elem in _defelems(body.get("options", [])):
+        if elem.get("defname") == "language":
+            language = "".join(_strings(elem.get("arg", {})))
+        elif elem.get("defname") == "as":
+            source = _strings(elem.get("arg", {}))
+    if language != "sql":
+        w.forbid(f"CREATE FUNCTION in language {language!r}: its body cannot be checked")
+    elif source:
+        if len(source) == 1:
+            w.sql_body(source[0])
+        else:
+            w.forbid("CREATE FUNCTION with an object file")
+    w.children("CreateFunctionStmt", body, scope)
+
+
+def _alter_subscription(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("AlterSubscriptionStmt", "ddl")
+    if body.get("kind") == "ALTER_SUBSCRIPTION_CONNECTION":
+        w.forbid("ALTER SUBSCRIPTION ... CONNECTION makes the server connect to another server")
+    w.children("AlterSubscriptionStmt", body, scope)
+
+
+def _objects(kind: str, type_field: str, objects_field: str) -> Handler:
+    """DROP, COMMENT, SECURITY LABEL, ALTER ... OWNER: relations behind object names."""
+
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        w.statement(kind, _STMT_CLASS[kind])
+        objtype = body.get(type_field, "")
+        objects = body.get(objects_field)
+        if objects is not None:
+            for obj in objects if isinstance(objects, list) else [objects]:
+                w.object_relations(objtype, obj)
+        w.children(kind, body, scope)
+
+    return handler
+
+
+def _rename(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("RenameStmt", "ddl")
+    rename_type = body.get("renameType", "")
+    if rename_type == "OBJECT_SCHEMA":
+        w.whole_schema(body.get("subname", ""))
+        w.whole_schema(body.get("newname", ""))
+    elif rename_type in _RELATION_OBJECTS and "relation" in body:
+        rel = body["relation"]
+        schema = rel.get("schemaname") or w.resolve(rel.get("relname", ""))
+        w.relations.add(_qualified(schema, body.get("newname", "")))
+    elif "object" in body:
+        w.object_relations(rename_type, body["object"])
+    w.children("RenameStmt", body, scope)
+
+
+def _set_schema(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("AlterObjectSchemaStmt", "ddl")
+    if body.get("objectType") in _RELATION_OBJECTS and "relation" in body:
+        w.relations.add(_qualified(body.get("newschema", ""), body["relation"].get("relname", "")))
+    w.children("AlterObjectSchemaStmt", body, scope)
+
+
+def _grant(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("GrantStmt", "grant")
+    if body.get("targtype") == "ACL_TARGET_ALL_IN_SCHEMA" or body.get("objtype") == "OBJECT_SCHEMA":
+        for schema in _strings(body.get("objects", [])):
+            w.whole_schema(schema)
+    w.children("GrantStmt", body, scope)
+
+
+def _default_privileges(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("AlterDefaultPrivilegesStmt", "ddl")
+    schemas = [
+        schema
+        for elem in _defelems(body.get("options", []))
+        if elem.get("defname") == "schemas"
+        for schema in _strings(elem.get("arg", {}))
+    ]
+    for schema in schemas:
+        w.whole_schema(schema)
+    if not schemas:
+        w.relations.add("*.*")
+    w.children("AlterDefaultPrivilegesStmt", body, scope)
+
+
+def _create_schema(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("CreateSchemaStmt", "ddl")
+    schema = body.get("schemaname") or body.get("authrole", {}).get("rolename") or "*"
+    saved, w.schema = w.schema, schema
+    w.children("CreateSchemaStmt", body, scope)
+    w.schema = saved
+
+
+def _everywhere(kind: str, cls: str, present: Callable[[JsonNode], bool]) -> Handler:
+    """Statements that act on every schema unless they name their relations."""
+
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        w.statement(kind, cls)
+        if not present(body):
+            w.relations.add("*.*")
+        w.children(kind, body, scope)
+
+    return handler
+
+
+def _reindex(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    w.statement("ReindexStmt", "other")
+    kind = body.get("kind", "")
+    if kind == "REINDEX_OBJECT_SCHEMA":
+        w.whole_schema(body.get("name", ""))
+    elif kind in ("REINDEX_OBJECT_SYSTEM", "REINDEX_OBJECT_DATABASE"):
+        w.relations.add("*.*")
+    w.children("ReindexStmt", body, scope)
+
+
+_HANDLERS: Final[dict[str, Handler]] = {
+    "String": _string,
+    "RangeVar": _range_var,
+    "FuncCall": _func_call,
+    "ObjectWithArgs": _object_with_args,
+    "SelectStmt": _select,
+    "InsertStmt": _insert,
+    "UpdateStmt": _dml("UpdateStmt"),
+    "DeleteStmt": _dml("DeleteStmt"),
+    "MergeStmt": _dml("MergeStmt"),
+    "CopyStmt": _copy,
+    "ExplainStmt": _explain,
+    "VariableSetStmt": _variable_set,
+    "DiscardStmt": _discard,
+    "TransactionStmt": _transaction,
+    "CreateFunctionStmt": _create_function,
+    "AlterSubscriptionStmt": _alter_subscription,
+    "DropStmt": _objects("DropStmt", "removeType", "objects"),
+    "CommentStmt": _objects("CommentStmt", "objtype", "object"),
+    "SecLabelStmt": _objects("SecLabelStmt", "objtype", "object"),
+    "AlterOwnerStmt": _objects("AlterOwnerStmt", "objectType", "object"),
+    "RenameStmt": _rename,
+    "AlterObjectSchemaStmt": _set_schema,
+    "GrantStmt": _grant,
+    "AlterDefaultPrivilegesStmt": _default_privileges,
+    "CreateSchemaStmt": _create_schema,
+    "DropOwnedStmt": _everywhere("DropOwnedStmt", "ddl", lambda body: False),
+    "ReassignOwnedStmt": _everywhere("ReassignOwnedStmt", "ddl", lambda body: False),
+    "AlterTableMoveAllStmt": _everywhere("AlterTableMoveAllStmt", "ddl", lambda body: False),
+    "VacuumStmt": _everywhere("VacuumStmt", "other", lambda body: "rels" in body),
+    "ClusterStmt": _everywhere("ClusterStmt", "other", lambda body: "relation" in body),
+    "ReindexStmt": _reindex,
+    **{kind: _names_functions(kind) for kind in _NAMES_FUNCTIONS},
+}
+
+
+def _plain(kind: str) -> Handler:
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        w.children(kind, body, scope)
+
+    return handler
+
+
+def _statement(kind: str, cls: str) -> Handler:
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        w.statement(kind, cls)
+        w.children(kind, body, scope)
+
+    return handler
+
+
+# One handler for every node kind PostgreSQL's JSON can hold; a kind missing here is walked by
+# ``unknown_struct``.
+_DISPATCH: Final[dict[str, Handler]] = {
+    **{kind: _plain(kind) for kind in _KINDS},
+    **{kind: _statement(kind, cls) for kind, cls in _STMT_CLASS.items()},
+    **_HANDLERS,
+}
