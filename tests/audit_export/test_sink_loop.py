@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -9,11 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.audit_export.conftest import Trail
+from tests.audit_export.conftest import Trail, sample_event
 from tether.audit.events import AuditEvent
+from tether.audit.log import AuditLog
 from tether.audit.sinks import cursors
 from tether.audit.sinks.base import LEASE_SECONDS, DeliveryLoop, SinkError, sink_status
 from tether.audit.sinks.config import Backoff, SinksConfig
+from tether.identity.keys import SigningKey
+from tether.store import Store
 
 
 class FlakySink:
@@ -156,3 +160,32 @@ def test_backoff_is_capped_and_jittered_downwards(
     assert 0 < delay <= cap
     assert base * (1 - jitter) - 1e-9 <= delay <= base + 1e-9
     assert backoff.delay(attempt + 1, 0) >= backoff.delay(attempt, 0) - 1e-9
+
+
+async def test_cursors_and_leases_on_both_backends(store_url: str) -> None:
+    store = await Store.open(store_url)
+    key = SigningKey.generate(time.time())
+    log = AuditLog(store.engine, lambda: key)
+    await log.start()
+    try:
+        for i in range(5):
+            await log.append(sample_event(i))
+        clock = Clock()
+        first, second = FlakySink("pg", failures=1), FlakySink("pg")
+        a = DeliveryLoop(first, store.engine, node_id="a", clock=clock, batch_size=3)
+        b = DeliveryLoop(second, store.engine, node_id="b", clock=clock, batch_size=3)
+        assert await a._step() > 0  # refused: backoff, error recorded
+        [status] = await sink_status(store.engine)
+        assert (status.last_seq, status.lag, status.last_error) == (0, 5, "receiver down")
+        assert await a.deliver_once() == 3
+        assert await b.deliver_once() is None
+        assert await a.deliver_once() == 2
+        assert first.batches == [[1, 2, 3], [4, 5]] and second.batches == []
+        statuses = await sink_status(store.engine, ["pg", "other"])
+        assert [(s.name, s.last_seq, s.lag, s.last_error) for s in statuses] == [
+            ("other", 0, 5, None),
+            ("pg", 5, 0, None),
+        ]
+    finally:
+        await log.close()
+        await store.close()

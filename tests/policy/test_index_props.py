@@ -121,3 +121,71 @@ def test_indexed_engine_equals_linear_scan(
     assert (indexed.decision, indexed.rule, indexed.reason) == (
         linear.decision, linear.rule, linear.reason,
     )  # fmt: skip
+
+
+SELECTOR_RULES = """
+rules:
+  - id: s1
+    effect: allow
+    agents: ["bil*", exact-bot]
+    targets: ["svc-1*", db]
+    mcp: {tools: ["*"]}
+  - id: s2
+    effect: deny
+    agents: {labels: {team: [red, blue]}}
+    targets: {labels: {env: "*"}}
+    mcp: {tools: ["drop*"]}
+  - id: s3
+    effect: allow
+    targets: {labels: {pci: "false", env: prod}}
+    mcp: {tools: [read, write]}
+  - id: s4
+    effect: allow
+    agents: ["*-bot"]
+    mcp: {tools: [read]}
+  - id: s5
+    effect: deny
+    agents: [exact-bot]
+    targets: ["*"]
+    mcp: {tools: [write]}
+"""
+
+LABELS = st.dictionaries(
+    st.sampled_from(["team", "env", "pci"]),
+    st.sampled_from(["red", "blue", "green", "prod", "dev", "true", "false"]),
+    max_size=3,
+)
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["billing", "bil", "exact-bot", "x-bot", "other"]),
+    LABELS,
+    st.sampled_from(["svc-1", "svc-12", "svc-2", "db", "dbx", "s"]),
+    LABELS,
+    st.sampled_from(["read", "write", "drop_all", "list"]),
+)
+def test_selector_index_equals_linear_scan(
+    agent: str,
+    agent_labels: dict[str, str],
+    target: str,
+    target_labels: dict[str, str],
+    tool: str,
+) -> None:
+    ps = policies(SELECTOR_RULES)
+    req: dict[str, Any] = {
+        "agent": {"id": agent, "labels": agent_labels},
+        "target": {"name": target, "labels": target_labels},
+        "action": {"mcp": {"tool": tool}},
+    }
+    indexed = ps.decide(req)
+    request = ps.normalize(req)
+    who = engine._Principal(engine.AGENT, agent, agent_labels)
+    rules = sorted(
+        (r for r in ps.rules if engine._applies(r, who, request)), key=engine._rule_order
+    )
+    ev = engine._Evaluator(request, ps.clock)
+    linear = ps._decide_part(rules, request.parts[0], request, ev)
+    assert (indexed.decision, indexed.rule, indexed.reason) == (
+        linear.decision, linear.rule, linear.reason,
+    )  # fmt: skip

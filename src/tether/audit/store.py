@@ -144,7 +144,7 @@ async def search_events(
 ) -> list[AuditEvent]:
     """Events matching ``where``, in ``seq`` order: the first ``limit`` after ``after_seq``
     when it is given, else the last ``limit`` (before ``before_seq`` if given)."""
-    conditions = _conditions(where)
+    conditions = _conditions(where, conn.dialect.name)
     if after_seq is not None:
         conditions.append(audit_events.c.seq > after_seq)
     if before_seq is not None:
@@ -176,12 +176,12 @@ async def count_events(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.count()).select_from(audit_events))).scalar_one())
 
 
-def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
+def _conditions(where: EventFilter, dialect: str) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     for name in ("agent", "runtime", "task", "user", "target", "kind", "decision", "session_id"):
         value = getattr(where, name)
         if value is not None:
-            conditions.append(_match(audit_events.c[name], value))
+            conditions.append(_match(audit_events.c[name], value, dialect))
     if where.since is not None:
         conditions.append(audit_events.c.time >= where.since)
     if where.until is not None:
@@ -189,9 +189,15 @@ def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def _match(column: Any, pattern: str) -> ColumnElement[bool]:
+def _match(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
+    """Equality, or a case-sensitive pattern where ``*`` is any run of characters (and no
+    other character is special) on both backends: SQLite's ``LIKE`` ignores case, so it
+    gets ``GLOB`` with ``?`` and ``[`` bracketed; PostgreSQL gets ``LIKE`` escaped."""
     if "*" not in pattern:
         return column == pattern  # type: ignore[no-any-return]
+    if dialect == "sqlite":
+        globbed = pattern.replace("[", "[[]").replace("?", "[?]")
+        return column.op("GLOB")(globbed)  # type: ignore[no-any-return]
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return column.like(escaped.replace("*", "%"), escape="\\")  # type: ignore[no-any-return]
 

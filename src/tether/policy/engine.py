@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,7 +51,7 @@ from tether.policy.model import (
     more_restrictive,
 )
 from tether.policy.names import compile_name_glob
-from tether.policy.rules import AGENT, ANY, HUMAN, Rule
+from tether.policy.rules import AGENT, ANY, HUMAN, IndexKey, Rule, probe_keys
 
 Clock = Callable[[], datetime]
 _MAX_INDEX_FANOUT = 64
@@ -87,46 +87,65 @@ def _rule_order(rule: Rule) -> tuple[int, int]:
     return (0 if rule.deny else 1, rule.index)
 
 
+_ANY: IndexKey = ("*",)
+
+
 class _Index:
-    """Rules of one principal kind, bucketed by (action kind, target name, agent id)."""
+    """Rules of one principal kind, bucketed by (action kind, target key, agent key).
+
+    A rule is filed under the keys of its target selector and of its agent selector
+    (:meth:`Selector.index_keys`: exact names, glob heads, one label), or under ``*`` on a
+    side it does not restrict or cannot be keyed on. A request probes the keys its target
+    and agent can be filed under, so the only rules ever looked at are those whose target
+    and agent *might* match; :func:`_applies` then decides exactly.
+    """
 
     def __init__(self, rules: Iterable[Rule], use_agent_key: bool) -> None:
-        buckets: dict[tuple[str, str | None, str | None], list[Rule]] = {}
+        buckets: dict[tuple[str, IndexKey, IndexKey], list[Rule]] = {}
         for rule in rules:
             for key in self._keys(rule, use_agent_key):
                 buckets.setdefault(key, []).append(rule)
         self._buckets = {k: tuple(sorted(v, key=_rule_order)) for k, v in buckets.items()}
+        self._target_keys = {k[1] for k in buckets}
+        self._agent_keys = {k[2] for k in buckets}
+        self._target_heads = sorted({len(k[1][1]) for k in buckets if k[1][0] == "^"})
+        self._agent_heads = sorted({len(k[2][1]) for k in buckets if k[2][0] == "^"})
 
     @staticmethod
-    def _keys(rule: Rule, use_agent_key: bool) -> list[tuple[str, str | None, str | None]]:
-        targets: Iterable[str | None] = (None,)
-        agents: Iterable[str | None] = (None,)
-        if rule.targets is not None and rule.targets.exact_names is not None:
-            targets = rule.targets.exact_names
-        if use_agent_key and rule.agents is not None and rule.agents.exact_names is not None:
-            agents = rule.agents.exact_names
-        pairs = [(rule.kind, t, a) for t in targets for a in agents]
-        if len(pairs) > _MAX_INDEX_FANOUT:
-            pairs = [(rule.kind, t, None) for t in targets]
-        return pairs
+    def _keys(rule: Rule, use_agent_key: bool) -> list[tuple[str, IndexKey, IndexKey]]:
+        targets = rule.targets.index_keys() if rule.targets is not None else None
+        agents = rule.agents.index_keys() if use_agent_key and rule.agents is not None else None
+        target_keys = sorted(targets) if targets else [_ANY]
+        agent_keys = sorted(agents) if agents else [_ANY]
+        if len(target_keys) * len(agent_keys) > _MAX_INDEX_FANOUT:
+            agent_keys = [_ANY]
+            if len(target_keys) > _MAX_INDEX_FANOUT:
+                target_keys = [_ANY]
+        return [(rule.kind, t, a) for t in target_keys for a in agent_keys]
 
-    def candidates(self, kind: str, target: str, agent: str | None) -> Sequence[Rule]:
-        get = self._buckets.get
-        found = [
-            b
-            for b in (
-                get((kind, target, agent)) if agent is not None else None,
-                get((kind, target, None)),
-                get((kind, None, agent)) if agent is not None else None,
-                get((kind, None, None)),
+    def candidates(
+        self,
+        kind: str,
+        target: str,
+        target_labels: Mapping[str, str],
+        agent: str | None,
+        agent_labels: Mapping[str, str],
+    ) -> Sequence[Rule]:
+        known_t, known_a = self._target_keys, self._agent_keys
+        tprobes = [k for k in probe_keys(target, target_labels, self._target_heads) if k in known_t]
+        tprobes.append(_ANY)
+        aprobes = [_ANY]
+        if agent is not None:
+            aprobes.extend(
+                k for k in probe_keys(agent, agent_labels, self._agent_heads) if k in known_a
             )
-            if b
-        ]
+        get = self._buckets.get
+        found = [b for t in tprobes for a in aprobes if (b := get((kind, t, a)))]
         if not found:
             return ()
         if len(found) == 1:
             return found[0]
-        return sorted({r.id: r for b in found for r in b}.values(), key=_rule_order)
+        return sorted({r.index: r for b in found for r in b}.values(), key=_rule_order)
 
 
 class _Candidates:
@@ -247,7 +266,13 @@ class PolicySet:
             found = _Candidates(
                 [
                     r
-                    for r in index.candidates(request.kind, request.target_name, agent_key)
+                    for r in index.candidates(
+                        request.kind,
+                        request.target_name,
+                        request.target_labels,
+                        agent_key,
+                        who.labels,
+                    )
                     if _applies(r, who, request)
                 ]
             )

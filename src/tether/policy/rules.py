@@ -8,7 +8,7 @@ the line of the offending key.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
@@ -53,6 +53,46 @@ class Selector:
         if self.names is not None and not self.names.globs:
             return self.names.exact
         return None
+
+    def index_keys(self) -> frozenset[IndexKey] | None:
+        """Keys such that whatever this selector matches probes at least one of them
+        (see :func:`probe_keys`); None when no such small set exists.
+
+        Exact names give ``("=", name)``, a glob with a literal head ``("^", head)``, a
+        label selector its first label: ``("l", key, value)`` per accepted value, or
+        ``("h", key)`` when any value is accepted.
+        """
+        if self.names is not None:
+            keys: set[IndexKey] = {("=", name) for name in self.names.exact}
+            for glob in self.names.globs:
+                head = glob.split("*", 1)[0]
+                if not head:
+                    return None
+                keys.add(("^", head))
+            return frozenset(keys)
+        if self.labels is not None and self.labels.required:
+            key, values = self.labels.required[0]
+            if values is None:
+                return frozenset({("h", key)})
+            return frozenset(("l", key, value) for value in values)
+        return None
+
+
+IndexKey = tuple[str, ...]
+
+
+def probe_keys(
+    ident: str | None, labels: Mapping[str, str], head_lengths: Iterable[int]
+) -> list[IndexKey]:
+    """The index keys an identity can be filed under (the counterpart of ``index_keys``)."""
+    keys: list[IndexKey] = []
+    if ident is not None:
+        keys.append(("=", ident))
+        keys.extend(("^", ident[:n]) for n in head_lengths if n <= len(ident))
+    for key, value in labels.items():
+        keys.append(("l", key, value))
+        keys.append(("h", key))
+    return keys
 
 
 @dataclass(frozen=True, slots=True)
