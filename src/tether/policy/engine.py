@@ -189,7 +189,8 @@ class _Candidates:
 
 
 def _frozen(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(labels.items())) if labels else ()
+    # Not sorted: the same labels in another order only cost a cache miss, never a wrong hit.
+    return tuple(labels.items()) if labels else ()
 
 
 @dataclass
@@ -208,6 +209,14 @@ class PolicySet:
         self.by_id = {r.id: r for r in self.rules}
         # Context -> applicable rules. The set is immutable, so entries never go stale.
         self._candidate_cache: dict[tuple[Any, ...], _Candidates] = {}
+        # The decisions a rule can make are values: built once, not per request.
+        v = self.version
+        self._allow = {r.id: Decision(ALLOW, r.id, ALLOWED, None, v) for r in self.rules}
+        self._approval = {r.id: Decision(APPROVAL_REQUIRED, r.id, APPROVAL_NEEDED, None, v)
+                          for r in self.rules if r.approval is not None}  # fmt: skip
+        self._denied = {r.id: Decision(DENY, r.id, DENIED_BY_RULE, r.description or None, v)
+                        for r in self.rules if r.deny}  # fmt: skip
+        self._default_deny = Decision(DENY, None, DEFAULT_DENY, None, v)
 
     def decide(self, request: object, *, default_schema: str = "public") -> Decision:
         """The decision for one spec request (any JSON value). Never raises."""
@@ -307,16 +316,16 @@ class PolicySet:
             if captures is None or not ev.when(rule, captures):
                 continue
             if rule.deny:
-                return self._deny(rule.id, DENIED_BY_RULE, rule.description or None)
+                return self._denied[rule.id]
             if rule.approval is None or rule.id in request.approvals:
-                return Decision(ALLOW, rule.id, ALLOWED, None, self.version)
+                return self._allow[rule.id]
             pending = pending or rule
         if pending is not None:
-            return Decision(APPROVAL_REQUIRED, pending.id, APPROVAL_NEEDED, None, self.version)
+            return self._approval[pending.id]
         if isinstance(part, req.SqlPart) and part.statement.forbidden_functions:
             names = ", ".join(sorted(part.statement.forbidden_functions))
             return self._deny(None, SQL_FORBIDDEN, f"forbidden function(s): {names}")
-        return self._deny(None, DEFAULT_DENY, None)
+        return self._default_deny
 
 
 def _applies(rule: Rule, who: _Principal, request: req.Request) -> bool:
