@@ -93,7 +93,9 @@ class BatchWriter(Protocol):
     async def close(self) -> None: ...
 
 
-def _insert_sql(table: str, columns: Sequence[str], placeholder: Callable[[int], str]) -> str:
+def insert_sql(table: str, columns: Sequence[str], placeholder: Callable[[int], str]) -> str:
+    """``INSERT INTO table (columns) VALUES (placeholders)``; ``placeholder(n)`` for the
+    n-th value (``?`` for sqlite3, ``$n`` for asyncpg)."""
     names = ", ".join(f'"{c}"' for c in columns)
     values = ", ".join(placeholder(i + 1) for i in range(len(columns)))
     return f"INSERT INTO {table} ({names}) VALUES ({values})"  # noqa: S608 - constant names
@@ -104,7 +106,7 @@ def _sqlite_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _sqlite_time_value(_moment: datetime, canonical: str) -> str:
+def sqlite_time_value(_moment: datetime, canonical: str) -> str:
     # "2026-11-29T10:00:00.000000Z" -> "2026-11-29 10:00:00.000000", as _sqlite_time does.
     return f"{canonical[:10]} {canonical[11:26]}"
 
@@ -117,15 +119,15 @@ class SqliteWriter:
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tether-audit-sqlite")
         self._db: sqlite3.Connection | None = None
-        self._insert = _insert_sql("audit_events", COLUMNS, lambda _: "?")
-        self._insert_checkpoint = _insert_sql(
+        self._insert = insert_sql("audit_events", COLUMNS, lambda _: "?")
+        self._insert_checkpoint = insert_sql(
             "audit_checkpoints", _CHECKPOINT_COLUMNS, lambda _: "?"
         )
         self.journal_mode = ""
         self.synchronous_level = -1
 
     def time_value(self, moment: datetime, canonical: str) -> str:
-        return _sqlite_time_value(moment, canonical)
+        return sqlite_time_value(moment, canonical)
 
     async def open(self) -> None:
         await self._call(self._open)
@@ -215,8 +217,8 @@ class PostgresWriter:
         self._engine = engine
         self._conn: AsyncConnection | None = None
         self._driver: Any = None
-        self._insert = _insert_sql("audit_events", COLUMNS, lambda i: f"${i}")
-        self._insert_checkpoint = _insert_sql(
+        self._insert = insert_sql("audit_events", COLUMNS, lambda i: f"${i}")
+        self._insert_checkpoint = insert_sql(
             "audit_checkpoints", _CHECKPOINT_COLUMNS, lambda i: f"${i}"
         )
 

@@ -1,0 +1,306 @@
+"""Durable hash-chained audit appends per second, and the latency an event adds to an action.
+
+Run: ``.venv/bin/python bench/audit_append.py [--json] [--seconds S] [--pg-url URL]
+[--backends sqlite-full,sqlite-normal,postgresql] [--emitters 1,8,64]``.
+
+For each backend and each number of concurrent emitters (default 1, 8 and 64), two series
+run for ``--seconds`` each on a fresh database:
+
+* ``chained``: each emitter loops on ``Auditor.http_exchange`` (build the event, redact its
+  headers, append through the ``AuditLog`` writer: hash chain, group commit, signed
+  checkpoints every 1,000 events) and waits for the acknowledgement, that is for COMMIT.
+* ``baseline``: each emitter inserts the same row, unchained, in a transaction of its own,
+  with the same durability (what a naive durable audit log does): on SQLite through one
+  ``sqlite3`` connection in one thread (SQLite has one writer anyway), on PostgreSQL
+  through a pool of up to 16 asyncpg connections.
+
+``per_second`` is acknowledged events over elapsed time; ``p50_ms``/``p99_ms`` are the
+append-to-acknowledgement latencies, that is what auditing adds to an action before its
+effect may be returned; ``batch`` is the mean number of events per commit;
+``x_baseline`` compares with the baseline at the same concurrency. Compare ratios across
+machines, not rates. After every chained series, ``tether audit verify``'s check runs and
+must find the chain intact, or the benchmark exits 1.
+
+Backends: ``sqlite-full`` (WAL, ``synchronous=FULL``: Tether's default, survives power
+loss), ``sqlite-normal`` (WAL, ``NORMAL``: survives a killed process only), ``postgresql``
+(``fsync=on``, ``synchronous_commit=on``: a server started for the run from the Debian
+binaries like the tests' fixture, or ``--pg-url``).
+
+Goal (from the issue; informational, never an exit status): >= 20,000 events/s on SQLite.
+``--json`` prints one object per series. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.pg: the same PostgreSQL launcher as the tests
+
+from tests.audit.conftest import store_signing_key  # noqa: E402
+
+from tether.audit.canonical import format_time  # noqa: E402
+from tether.audit.emit import Auditor, Subject  # noqa: E402
+from tether.audit.events import AuditEvent  # noqa: E402
+from tether.audit.log import AuditLog  # noqa: E402
+from tether.audit.store import event_row  # noqa: E402
+from tether.audit.verify import verify_trail  # noqa: E402
+from tether.audit.writers import COLUMNS, insert_sql, sqlite_time_value  # noqa: E402
+from tether.identity.keys import SigningKey  # noqa: E402
+from tether.store import Store  # noqa: E402
+
+GOAL = 20_000
+WHO = Subject(agent="billing-bot", runtime="k8s/prod/b-7f9c", task="T-118", session_id="s-1",
+              source_ip="10.1.2.3")  # fmt: skip
+HEADERS = {"authorization": "Bearer eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln",
+           "accept": "application/json", "user-agent": "agent-sdk/1.0"}  # fmt: skip
+
+
+@dataclass
+class Series:
+    backend: str
+    kind: str
+    emitters: int
+    events: int
+    seconds: float
+    latencies: list[float]
+    batches: int | None = None
+
+    def row(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        return {
+            "backend": self.backend,
+            "kind": self.kind,
+            "emitters": self.emitters,
+            "events": self.events,
+            "per_second": round(self.events / self.seconds, 1),
+            "p50_ms": round(statistics.median(lat) * 1000, 3),
+            "p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000 if len(lat) > 1 else 0, 3),
+            "batch": round(self.events / self.batches, 1) if self.batches else None,
+        }
+
+
+async def run_emitters(
+    emitters: int, seconds: float, one: Callable[[int], Awaitable[Any]]
+) -> tuple[int, float, list[float]]:
+    """``emitters`` tasks each awaiting ``one(i)`` in a loop for ``seconds``."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def emitter(n: int) -> None:
+        i = n
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
+            await one(i)
+            latencies.append(time.perf_counter() - began)
+            i += emitters
+
+    started = time.perf_counter()
+    await asyncio.gather(*(emitter(n) for n in range(emitters)))
+    return len(latencies), time.perf_counter() - started, latencies
+
+
+async def chained(backend: str, url: str, emitters: int, seconds: float, sync: str) -> Series:
+    store = await Store.open(url)
+    key = SigningKey.generate(time.time())
+    await store_signing_key(store.engine, key)
+    log = AuditLog(store.engine, lambda: key, sqlite_synchronous=sync)  # type: ignore[arg-type]
+    await log.start()
+    auditor = Auditor(log)
+
+    async def one(i: int) -> int:
+        return await auditor.http_exchange(
+            WHO, target="billing-api", method="GET", path=f"/v1/invoices/{i}", status=200,
+            request_headers=HEADERS, bytes_in=120, bytes_out=2048, duration_ms=3.5,
+            decision="allow", rule="billing-read",
+        )  # fmt: skip
+
+    try:
+        count, elapsed, latencies = await run_emitters(emitters, seconds, one)
+        batches = log.batches
+    finally:
+        await log.close()
+    async with store.engine.connect() as conn:
+        report = await verify_trail(conn)
+    await store.close()
+    if not report.ok or report.events != count:
+        raise SystemExit(f"{backend}: the chain does not verify: {report.findings[:3]}")
+    return Series(backend, "chained", emitters, count, elapsed, latencies, batches)
+
+
+def baseline_row(sqlite: bool) -> tuple[Any, ...]:
+    """The row of an event like the chained series', in column order, hashes dummy."""
+    event = AuditEvent(
+        kind="http.exchange", agent=WHO.agent, runtime=WHO.runtime, task=WHO.task,
+        session_id=WHO.session_id, source_ip=WHO.source_ip, target="billing-api",
+        action={"method": "GET", "path": "/v1/invoices/1", "status": 200,
+                "request_headers": {**HEADERS, "authorization": "[REDACTED]"}},
+        bytes_in=120, bytes_out=2048, duration_ms=3.5, decision="allow", rule="billing-read",
+    )  # fmt: skip
+    row = event_row(event.chained(1, "0" * 64, "0" * 64))
+    if sqlite:
+        row["time"] = sqlite_time_value(event.time, format_time(event.time))
+    return tuple(row[column] for column in COLUMNS)
+
+
+async def baseline_sqlite(backend: str, url: str, emitters: int, seconds: float,
+                          sync: str) -> Series:  # fmt: skip
+    store = await Store.open(url)
+    await store.close()
+    path = url.removeprefix("sqlite+aiosqlite:///")
+    executor = ThreadPoolExecutor(1)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={sync.upper()}")
+    insert = insert_sql("audit_events", COLUMNS, lambda _: "?")
+    template = baseline_row(sqlite=True)
+    loop = asyncio.get_running_loop()
+
+    def write(i: int) -> None:
+        db.execute("BEGIN")
+        db.execute(insert, (i + 1, *template[1:]))
+        db.execute("COMMIT")
+
+    async def one(i: int) -> None:
+        await loop.run_in_executor(executor, write, i)
+
+    try:
+        count, elapsed, latencies = await run_emitters(emitters, seconds, one)
+    finally:
+        db.close()
+        executor.shutdown()
+    return Series(backend, "baseline", emitters, count, elapsed, latencies)
+
+
+async def baseline_postgres(backend: str, url: str, emitters: int, seconds: float) -> Series:
+    import asyncpg
+
+    store = await Store.open(url)
+    await store.close()
+    plain = url.replace("postgresql+asyncpg://", "postgresql://")
+    pool = await asyncpg.create_pool(plain, min_size=1, max_size=min(emitters, 16))
+    insert = insert_sql("audit_events", COLUMNS, lambda i: f"${i}")
+    template = baseline_row(sqlite=False)
+
+    async def one(i: int) -> None:
+        await pool.execute(insert, i + 1, *template[1:])
+
+    try:
+        count, elapsed, latencies = await run_emitters(emitters, seconds, one)
+    finally:
+        await pool.close()
+    return Series(backend, "baseline", emitters, count, elapsed, latencies)
+
+
+class Databases:
+    """Fresh databases: SQLite files in a temporary directory, PostgreSQL databases."""
+
+    def __init__(self, pg_url: str | None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+        self.pg_url, self.server = pg_url, None
+
+    def sqlite(self) -> str:
+        return f"sqlite+aiosqlite:///{self.dir / secrets.token_hex(6)}.db"
+
+    def postgresql(self) -> str:
+        if self.pg_url is not None:
+            return self.pg_url
+        if self.server is None:
+            from tests import pg
+
+            # Durable, unlike the tests' server: the benchmark measures commits to disk.
+            pg._SERVER_SETTINGS.update(fsync="on", synchronous_commit="on",
+                                       full_page_writes="on", shared_buffers="128MB")  # fmt: skip
+            progress("starting PostgreSQL (fsync on)...")
+            self.server = pg.PostgresServer.start()
+        name = f"bench_{secrets.token_hex(6)}"
+        self.server.create_database(name)
+        return self.server.url(name)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    databases = Databases(args.pg_url)
+    rows: list[dict[str, Any]] = []
+    try:
+        for backend in args.backends:
+            for emitters in args.emitters:
+                rows += await measure_pair(databases, backend, emitters, args.seconds)
+    finally:
+        databases.close()
+    return rows
+
+
+async def measure_pair(databases: Databases, backend: str, emitters: int,
+                       seconds: float) -> list[dict[str, Any]]:  # fmt: skip
+    progress(f"{backend}, {emitters} emitters...")
+    if backend == "postgresql":
+        base = await baseline_postgres(backend, databases.postgresql(), emitters, seconds)
+        chain = await chained(backend, databases.postgresql(), emitters, seconds, "full")
+    else:
+        sync = backend.removeprefix("sqlite-")
+        base = await baseline_sqlite(backend, databases.sqlite(), emitters, seconds, sync)
+        chain = await chained(backend, databases.sqlite(), emitters, seconds, sync)
+    chain_row, base_row = chain.row(), base.row()
+    chain_row["x_baseline"] = round(chain_row["per_second"] / base_row["per_second"], 2)
+    base_row["x_baseline"] = 1.0
+    if backend.startswith("sqlite"):
+        chain_row["goal"], chain_row["met"] = GOAL, chain_row["per_second"] >= GOAL
+    return [base_row, chain_row]
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = ("backend", "kind", "emitters", "per_second", "p50_ms", "p99_ms", "batch",
+              "x_baseline")  # fmt: skip
+    print("  ".join(f"{h:>13}" for h in header))
+    for row in rows:
+        print("  ".join(f"{'-' if row.get(h) is None else row[h]!s:>13}" for h in header))
+    best = max((r for r in rows if r["kind"] == "chained" and "goal" in r),
+               key=lambda r: r["per_second"], default=None)  # fmt: skip
+    if best is not None:
+        verdict = "met" if best["met"] else "not met"
+        print(f"\ngoal {GOAL}/s on SQLite: {verdict} (best {best['per_second']}/s, "
+              f"{best['backend']}, {best['emitters']} emitters)")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per series (default 3)")
+    parser.add_argument("--pg-url", help="an existing PostgreSQL database (asyncpg URL)")
+    parser.add_argument("--backends", default="sqlite-full,sqlite-normal,postgresql",
+                        type=lambda s: s.split(","))  # fmt: skip
+    parser.add_argument("--emitters", default="1,8,64",
+                        type=lambda s: [int(n) for n in s.split(",")])  # fmt: skip
+    args = parser.parse_args()
+    rows = asyncio.run(measure(args))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
