@@ -14,10 +14,10 @@ import sys
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.audit.conftest import sample
 from tether.audit.log import AuditLog
 from tether.identity.keys import SigningKey
 from tether.store import Store
-from tests.audit.conftest import sample
 
 
 async def main(url: str, key_text: str, synchronous: str, emitters: int) -> None:

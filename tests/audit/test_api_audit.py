@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.audit.conftest import sample, store_signing_key
+from tests.test_serve import Node
 from tether.audit.log import AuditLog
 from tether.identity.keys import SigningKey
 from tether.store import Store
-from tests.audit.conftest import sample, store_signing_key
-from tests.test_serve import Node
 
 TOKEN = re.compile(r"tat_[0-9a-f]{12}\.[A-Za-z0-9_-]{43}")
 

@@ -15,12 +15,12 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy import select
 
+from tests.audit.conftest import sample, store_signing_key
 from tether.audit.log import AuditLog
 from tether.audit.schema import audit_events
 from tether.audit.verify import verify_trail
 from tether.identity.keys import SigningKey
 from tether.store import Store
-from tests.audit.conftest import sample, store_signing_key
 
 ROOT = Path(__file__).resolve().parents[2]
 ACKS_BEFORE_KILL = 3000

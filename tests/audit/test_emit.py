@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
+from tests.audit.conftest import AGENT, Trail
 from tether.audit import store
 from tether.audit.emit import Subject
 from tether.audit.events import AuditEvent, EventError
 from tether.policy import load_policies
 from tether.policyfiles import PolicySource
-from tests.audit.conftest import AGENT, Trail
 
 SECRET = "hunter2-Sup3rS3cret-value"
 POLICY = """
@@ -149,7 +149,7 @@ def test_events_refuse_what_they_cannot_hold() -> None:
     with pytest.raises(EventError, match="unknown audit event kind"):
         AuditEvent(kind="login")
     with pytest.raises(EventError, match="timezone-aware"):
-        AuditEvent(kind="decision", time=datetime(2026, 1, 1))  # noqa: DTZ001
+        AuditEvent(kind="decision", time=datetime(2026, 1, 1))
     with pytest.raises(EventError, match="rows must be a non-negative integer"):
         AuditEvent(kind="decision", rows=-1)
     with pytest.raises(EventError, match=r"action\.a\[1\]: a bytes is not a JSON value"):

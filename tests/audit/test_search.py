@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from tests.audit.conftest import Trail, sample
 from tether.audit import store
 from tether.audit.store import EventFilter
-from tests.audit.conftest import Trail, sample
 
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -27,7 +27,8 @@ async def test_every_filter_and_their_combination(trail: Trail) -> None:
     assert await search(trail, EventFilter(decision="deny", runtime="rt-1")) == [
         i + 1 for i in range(0, 40, 4)
     ]
-    assert await search(trail, EventFilter(user="u1", agent="agent-0")) == [4, 10, 16, 22, 28, 34, 40]
+    expected = [4, 10, 16, 22, 28, 34, 40]
+    assert await search(trail, EventFilter(user="u1", agent="agent-0")) == expected
     assert await search(trail, EventFilter(agent="nobody")) == []
     window = EventFilter(since=T0 + timedelta(minutes=5), until=T0 + timedelta(minutes=8))
     assert await search(trail, window) == [6, 7, 8]

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import insert, select, text
 
+from tests.audit.conftest import Trail, open_trail
 from tether.audit import store
 from tether.audit.canonical import event_hash
 from tether.audit.checkpoints import sign_checkpoint
 from tether.audit.schema import audit_checkpoints, audit_events
 from tether.audit.verify import VerifyReport
 from tether.identity.keys import SigningKey
-from tests.audit.conftest import Trail, open_trail
 
 
 @pytest.fixture
@@ -75,9 +75,7 @@ async def test_a_changed_field_is_found_at_its_seq(written: Trail) -> None:
     [("agent", "'someone-else'"), ("action", "'{\"n\": 7}'"), ("time", "time"),
      ("decision", "'maybe'"), ("rows", "42"), ("duration_ms", "1.25")],
 )  # fmt: skip
-async def test_every_column_is_covered_by_the_hash(
-    written: Trail, column: str, value: str
-) -> None:
+async def test_every_column_is_covered_by_the_hash(written: Trail, column: str, value: str) -> None:
     quoted = f'"{column}"'
     if column == "time":  # a different instant, in each backend's own storage form
         value = "time + interval '1 second'"

@@ -9,8 +9,8 @@ poll: when nothing matches yet it waits for new events before answering, which i
 report (``ok`` false when tampering was found; the status is 200 either way, since the
 verification itself succeeded).
 
-Both take the admin bearer token (:func:`tether.api.adminauth.admin_call`), so every look
-at the trail is itself audited.
+Both take the admin bearer token through :func:`tether.api.adminauth.admin_call`, which
+records every call (actions ``audit.search`` and ``audit.verify``) like any admin call.
 """
 
 from __future__ import annotations

@@ -28,58 +28,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from tether.audit.events import AuditEvent
 from tether.audit.log import AuditLog
 from tether.audit.redact import Redactor
+from tether.audit.subject import Subject, id_of, object_of, text_of
+
+__all__ = ["Auditor", "Subject"]
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """Who acts, from where, in which session: the identity part of every event.
-
-    ``user`` and ``actor_chain`` are set for a delegation (the user the agent acts for,
-    and the actors of the token exchange, outermost first: the token's ``act`` claims).
-    For admin events ``user`` is the admin principal (``admin-token:<id>``).
-    """
-
-    agent: str | None = None
-    runtime: str | None = None
-    task: str | None = None
-    user: str | None = None
-    actor_chain: tuple[str, ...] = ()
-    source_ip: str | None = None
-    session_id: str | None = None
-
-    @classmethod
-    def from_request(cls, request: Mapping[str, Any], session_id: str | None = None) -> Subject:
-        """The subject of a policy request (``shared/spec/policy.md`` section 2)."""
-        delegation = _object(request.get("delegation"))
-        return cls(
-            agent=_id(request.get("agent")),
-            runtime=_id(request.get("runtime")),
-            task=_id(request.get("task")),
-            user=_text(delegation.get("user")),
-            source_ip=_text(request.get("source_ip")),
-            session_id=session_id,
-        )
-
-
-def _object(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _id(value: Any, key: str = "id") -> str | None:
-    return _text(_object(value).get(key))
 
 
 class Auditor:
@@ -103,8 +62,8 @@ class Auditor:
         redact = self.redactor
         cleaned = dataclasses.replace(
             event,
-            action=redact.json(event.action),
-            detail=redact.json(event.detail),
+            action=redact.event_json(event.action, "action"),
+            detail=redact.event_json(event.detail, "detail"),
             target=None if event.target is None else redact.text(event.target),
             reason=None if event.reason is None else redact.text(event.reason),
         )
@@ -134,8 +93,8 @@ class Auditor:
             session_id=who.session_id,
             target=None if target is None else redact.text(target),
             reason=None if reason is None else redact.text(reason),
-            action=redact.json(action),
-            detail=redact.json(detail or {}),
+            action=redact.event_json(action, "action"),
+            detail=redact.event_json(detail or {}, "detail"),
             **fields,
         )
         return await self._append(event)
@@ -191,12 +150,12 @@ class Auditor:
         return await self._record(
             "decision",
             who or Subject.from_request(request),
-            target=_id(request.get("target"), "name"),
-            action=self._request_action(_object(request.get("action"))),
-            decision=_text(verdict.get("decision")),
-            rule=_text(verdict.get("rule")),
-            reason=_text(verdict.get("reason")),
-            policy_version=_text(verdict.get("policy_version")),
+            target=id_of(request.get("target"), "name"),
+            action=self._request_action(object_of(request.get("action"))),
+            decision=text_of(verdict.get("decision")),
+            rule=text_of(verdict.get("rule")),
+            reason=text_of(verdict.get("reason")),
+            policy_version=text_of(verdict.get("policy_version")),
             duration_ms=duration_ms,
             detail=detail,
         )
@@ -205,9 +164,9 @@ class Auditor:
         """A request's ``action`` with its protocol-specific secrets redacted first."""
         cleaned: dict[str, Any] = {}
         for kind, body in action.items():
-            body = dict(_object(body))
+            body = dict(object_of(body))
             if kind == "http" and "headers" in body:
-                body["headers"] = self.redactor.headers(_object(body["headers"]))
+                body["headers"] = self.redactor.headers(object_of(body["headers"]))
             if kind == "sql" and isinstance(body.get("query"), str):
                 body["query"] = self.redactor.sql(body["query"])
             cleaned[kind] = body

@@ -28,13 +28,13 @@ Security decisions:
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
 
 KINDS: Final = frozenset(
     {
@@ -77,7 +77,7 @@ class FrozenJson(dict[str, Any]):
         return hash(tuple(sorted(self.items(), key=lambda item: item[0])))
 
 
-_EMPTY: Final[Mapping[str, Any]] = FrozenJson()
+_EMPTY: Final[Mapping[str, Any]] = FrozenJson()  # checked: nothing in it
 
 
 class EventError(ValueError):
@@ -156,10 +156,13 @@ class AuditEvent:
     def chained(self, seq: int, prev_hash: str, hash: str) -> AuditEvent:
         """This event at position ``seq`` of the chain (the store calls this). The copy is
         not validated again: it differs only by the three fields set here."""
-        chained = copy.copy(self)
-        object.__setattr__(chained, "seq", seq)
-        object.__setattr__(chained, "prev_hash", prev_hash)
-        object.__setattr__(chained, "hash", hash)
+        chained = object.__new__(AuditEvent)
+        setter = object.__setattr__
+        for name in _COPIED:
+            setter(chained, name, getattr(self, name))
+        setter(chained, "seq", seq)
+        setter(chained, "prev_hash", prev_hash)
+        setter(chained, "hash", hash)
         return chained
 
 
@@ -197,6 +200,25 @@ def _check_duration(value: object) -> None:
         raise EventError(f"duration_ms must be finite and non-negative, got {value!r}")
 
 
+class Cleaner(Protocol):
+    """What :func:`frozen_json` can apply while it walks (the redactor): a replacement for
+    the value of a sensitive key, and a rewrite of every string."""
+
+    @property
+    def replacement(self) -> str: ...
+
+    def sensitive_name(self, name: str) -> bool: ...
+
+    def text(self, value: str) -> str: ...
+
+
+class _Checked(FrozenJson):
+    """A JSON object that :func:`frozen_json` built and checked: events take it as it is.
+    Private, so only this module makes one; a plain :class:`FrozenJson` is checked again."""
+
+    __slots__ = ()
+
+
 class _NotJson(Exception):
     """Raised inside :func:`_freeze`; the path is collected on the way out."""
 
@@ -206,15 +228,20 @@ class _NotJson(Exception):
         self.path: list[str] = []
 
 
-def frozen_json(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
-    """A read-only deep copy of a JSON object; :class:`EventError` naming ``where`` and the
-    path inside it if it holds anything but JSON values."""
+def frozen_json(
+    value: Mapping[str, Any], where: str, cleaner: Cleaner | None = None
+) -> Mapping[str, Any]:
+    """A read-only deep copy of a JSON object, cleaned by ``cleaner`` if given, in one walk;
+    :class:`EventError` naming ``where`` and the path inside it if it holds anything but
+    JSON values."""
+    if type(value) is _Checked and cleaner is None:
+        return value
     if type(value) is not dict and not isinstance(value, Mapping):
         raise EventError(f"{where} must be a mapping")
     if not value:
         return _EMPTY
     try:
-        frozen = _freeze(value, 0)
+        frozen = _freeze(value, 0, cleaner)
     except _NotJson as error:
         path = "".join(reversed(error.path))
         raise EventError(f"{where}{path}: {error.problem}") from None
@@ -225,8 +252,10 @@ def frozen_json(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
 _MAX_DEPTH: Final = 64
 
 
-def _freeze(value: Any, depth: int) -> Any:
+def _freeze(value: Any, depth: int, cleaner: Cleaner | None) -> Any:
     if isinstance(value, str):
+        if cleaner is not None:
+            value = cleaner.text(value)
         return value if _plain(value) else storable(value, "")
     if value is None or isinstance(value, bool | int):
         return value
@@ -236,24 +265,38 @@ def _freeze(value: Any, depth: int) -> Any:
         return value
     if depth >= _MAX_DEPTH:
         raise _NotJson(f"nested deeper than {_MAX_DEPTH} levels")
-    if type(value) is dict or type(value) is FrozenJson or isinstance(value, Mapping):
-        frozen: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _NotJson(f"key {key!r} is not a string")
-            try:
-                frozen[key if _plain(key) else storable(key, "")] = _freeze(item, depth + 1)
-            except _NotJson as error:
-                error.path.append(f".{key}")
-                raise
-        return FrozenJson(frozen)
+    if type(value) is dict or isinstance(value, Mapping):
+        return _freeze_object(value, depth, cleaner)
     if isinstance(value, list | tuple):
         items = []
         for index, item in enumerate(value):
             try:
-                items.append(_freeze(item, depth + 1))
+                items.append(_freeze(item, depth + 1, cleaner))
             except _NotJson as error:
                 error.path.append(f"[{index}]")
                 raise
         return tuple(items)
     raise _NotJson(f"a {type(value).__name__} is not a JSON value")
+
+
+def _freeze_object(value: Mapping[Any, Any], depth: int, cleaner: Cleaner | None) -> _Checked:
+    frozen: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise _NotJson(f"key {key!r} is not a string")
+        name = key if _plain(key) else storable(key, "")
+        if cleaner is not None and item is not None and cleaner.sensitive_name(key):
+            frozen[name] = cleaner.replacement
+            continue
+        try:
+            frozen[name] = _freeze(item, depth + 1, cleaner)
+        except _NotJson as error:
+            error.path.append(f".{key}")
+            raise
+    return _Checked(frozen)
+
+
+# The fields ``chained`` copies as they are (the other three it sets).
+_COPIED: Final = tuple(
+    f.name for f in dataclasses.fields(AuditEvent) if f.name not in ("seq", "prev_hash", "hash")
+)

@@ -32,17 +32,17 @@ Security decisions:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.audit.canonical import GENESIS, encode, event_document, json_text
+from tether.audit.canonical import GENESIS, Spliced, splice
 from tether.audit.checkpoints import Signer, sign_checkpoint
 from tether.audit.events import AuditEvent
 from tether.audit.store import ChainHead, Checkpoint
@@ -67,11 +67,12 @@ class AuditUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    """A queued append: the event, its hashed document and row so far, its waiter."""
+    """A queued append: the event, its canonical text around the chain position, the
+    columns of its row after ``seq`` and before ``prev_hash``, and its waiter."""
 
     event: AuditEvent
-    document: dict[str, Any]
-    row: tuple[Any, ...]  # every column after seq, up to prev_hash (excluded)
+    spliced: Spliced
+    row: tuple[Any, ...]
     done: asyncio.Future[AuditEvent]
 
 
@@ -79,21 +80,15 @@ def _prepare(
     event: AuditEvent, done: asyncio.Future[AuditEvent], time_value: TimeValue
 ) -> _Pending:
     """What does not depend on the chain position, computed by the appending task."""
-    document = event_document(event, 0, GENESIS)
+    spliced = splice(event)
     row = (
-        event.id, time_value(event.time, document["time"]), event.kind, event.agent,
-        event.runtime, event.task, event.user,
-        _json(event.actor_chain), event.target, _json(event.action), event.decision,
-        event.rule, event.reason, event.policy_version, event.session_id, event.source_ip,
-        event.bytes_in, event.bytes_out, event.rows, event.duration_ms, _json(event.detail),
+        event.id, time_value(event.time, spliced.time), event.kind, event.agent,
+        event.runtime, event.task, event.user, spliced.actor_chain, event.target,
+        spliced.action, event.decision, event.rule, event.reason, event.policy_version,
+        event.session_id, event.source_ip, event.bytes_in, event.bytes_out, event.rows,
+        event.duration_ms, spliced.detail,
     )  # fmt: skip
-    return _Pending(event, document, row, done)
-
-
-def _json(value: Any) -> str:
-    if not value:
-        return "{}" if isinstance(value, Mapping) else "[]"
-    return json_text(value)
+    return _Pending(event, spliced, row, done)
 
 
 class AuditLog:
@@ -173,6 +168,8 @@ class AuditLog:
         while len(self._queue) >= _QUEUE_LIMIT:
             self._room.clear()
             await self._room.wait()
+            if not self.running:
+                raise AuditUnavailable("the audit log stopped")
         done: asyncio.Future[AuditEvent] = asyncio.get_running_loop().create_future()
         self._queue.append(_prepare(event, done, self._writer.time_value))
         self._wake.set()
@@ -198,6 +195,18 @@ class AuditLog:
     # --- the writer task ------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except BaseException as error:
+            # A bug or a cancellation: nobody may wait forever for an event never written.
+            self._closing = True
+            self._room.set()
+            failure = AuditUnavailable(f"the audit writer stopped: {type(error).__name__}")
+            self._fail(list(self._queue), failure)
+            self._queue.clear()
+            raise
+
+    async def _loop(self) -> None:
         while True:
             if not self._queue:
                 if self._closing:
@@ -228,9 +237,7 @@ class AuditLog:
             plan = await self._write(lambda head, last: self._plan(batch, head, last))
         except AuditUnavailable as failure:
             log.error("audit batch of %d events not committed: %s", len(batch), failure)
-            for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_exception(failure)
+            self._fail(batch, failure)
             return
         self.batches += 1
         self._unanchored = plan.checkpoint is None
@@ -239,6 +246,12 @@ class AuditLog:
             if not pending.done.done():
                 pending.done.set_result(event)
 
+    @staticmethod
+    def _fail(batch: list[_Pending], failure: AuditUnavailable) -> None:
+        for pending in batch:
+            if not pending.done.done():
+                pending.done.set_exception(failure)
+
     def _plan(self, batch: list[_Pending], head: ChainHead, last: Checkpoint | None) -> Plan:
         """Chain ``batch`` after ``head``; add a checkpoint if one is due (pure, no I/O)."""
         seq, prev = head.seq, head.hash or GENESIS
@@ -246,9 +259,7 @@ class AuditLog:
         rows: list[tuple[Any, ...]] = []
         for pending in batch:
             seq += 1
-            document = pending.document
-            document["seq"], document["prev_hash"] = seq, prev
-            digest = hashlib.sha256(encode(document).encode("utf-8")).hexdigest()
+            digest = sha256(pending.spliced.text(seq, prev).encode("utf-8")).hexdigest()
             events.append(pending.event.chained(seq, prev, digest))
             rows.append((seq, *pending.row, prev, digest))
             prev = digest
@@ -285,5 +296,9 @@ class AuditLog:
                 if not error.transient and attempt > 0:
                     raise AuditUnavailable(f"audit trail unavailable: {error}") from error
                 log.info("audit write failed (attempt %d), retrying: %s", attempt + 1, error)
+            except Exception as error:  # whatever failed (a bug, the signer), the batch is refused
+                log.exception("audit write failed")
+                reason = f"{type(error).__name__}: {error}"
+                raise AuditUnavailable(f"audit trail unavailable: {reason}") from error
             await asyncio.sleep(0.001 * 2**attempt)
         raise AuditUnavailable("audit trail unavailable: conflicts with another writer persist")

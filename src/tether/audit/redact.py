@@ -47,6 +47,7 @@ from typing import Any, Final
 from pglast import parser as pg_parser
 
 from tether.audit.config import DEFAULT_SENSITIVE_FIELDS
+from tether.audit.events import frozen_json
 
 REDACTED: Final = "[REDACTED]"
 
@@ -65,7 +66,7 @@ _SHAPES: Final = re.compile(
   | (?P<scheme>\b(?:[Bb]earer|DPoP|dpop|[Bb]asic)\s+)[A-Za-z0-9._~+/=-]+
   | (?P<tether>\bt[aj]t_[A-Za-z0-9_-]*\.)[A-Za-z0-9_-]+           # tat_<id>.<secret>
   | (?P<userinfo>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+(?=@)
-  | (?P<flag>--?(?P<flagname>[A-Za-z][A-Za-z0-9_-]*)(?:\s+|=))
+  | (?P<flag>(?<!\S)--?(?P<flagname>[A-Za-z][A-Za-z0-9_-]*)(?:\s+|=))    # after a blank
         (?P<flagvalue>"[^"]*"|'[^']*'|[^\s"']+)
   | (?P<pair>(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)["']?\s*[:=]\s*)
         (?P<value>(?:[Bb]earer|DPoP|dpop|[Bb]asic)\s+[A-Za-z0-9._~+/=-]+
@@ -74,8 +75,13 @@ _SHAPES: Final = re.compile(
     re.VERBOSE,
 )
 _MAY_HOLD_SHAPE: Final = re.compile(
-    r"eyJ|-----BEGIN|[Bb]earer|DPoP|dpop|[Bb]asic|t[aj]t_|[:=]|--?[A-Za-z]"
+    r"eyJ|-----BEGIN|[Bb]earer|DPoP|dpop|[Bb]asic|t[aj]t_|[:=]|(?<!\S)-"
 )
+# Bounded memo of the answers for strings and names seen before: the same agent names,
+# paths, methods and keys come back on every event. Only *clean* strings are remembered,
+# so the memo never holds a secret.
+_MEMO_LIMIT: Final = 8192
+_MEMO_MAX_CHARS: Final = 256
 
 
 def _normal(name: str) -> str:
@@ -88,13 +94,18 @@ class Redactor:
 
     sensitive_headers: frozenset[str] = ALWAYS_SENSITIVE_HEADERS
     sensitive_fields: tuple[str, ...] = DEFAULT_SENSITIVE_FIELDS
+    replacement: str = field(default=REDACTED, init=False)
     _fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _clean: dict[str, None] = field(init=False, repr=False, compare=False)
+    _names: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         headers = ALWAYS_SENSITIVE_HEADERS | {h.lower() for h in self.sensitive_headers}
         object.__setattr__(self, "sensitive_headers", frozenset(headers))
         fields = tuple(sorted({_normal(f) for f in self.sensitive_fields if _normal(f)}))
         object.__setattr__(self, "_fields", fields)
+        object.__setattr__(self, "_clean", {})
+        object.__setattr__(self, "_names", {})
 
     @classmethod
     def of(cls, headers: Iterable[str] = (), fields: Iterable[str] | None = None) -> Redactor:
@@ -106,8 +117,13 @@ class Redactor:
 
     def sensitive_name(self, name: str) -> bool:
         """Whether a field, parameter or flag called ``name`` holds a secret."""
-        normal = _normal(name)
-        return any(f in normal for f in self._fields)
+        known = self._names.get(name)
+        if known is None:
+            normal = _normal(name)
+            known = any(f in normal for f in self._fields)
+            if len(name) <= _MEMO_MAX_CHARS:
+                _remember(self._names, name, known)
+        return known
 
     def sensitive_header(self, name: str) -> bool:
         return name.lower() in self.sensitive_headers or self.sensitive_name(name)
@@ -116,9 +132,12 @@ class Redactor:
 
     def text(self, value: str) -> str:
         """``value`` with every secret recognised by its shape or its name replaced."""
-        if _MAY_HOLD_SHAPE.search(value) is None:
+        if value in self._clean or _MAY_HOLD_SHAPE.search(value) is None:
             return value
-        return _SHAPES.sub(self._replace, value)
+        redacted = _SHAPES.sub(self._replace, value)
+        if redacted == value and len(value) <= _MEMO_MAX_CHARS:
+            _remember(self._clean, value, None)
+        return redacted
 
     def _replace(self, match: re.Match[str]) -> str:
         kind = match.lastgroup
@@ -149,6 +168,11 @@ class Redactor:
             return [self.json(item) for item in value]
         return value
 
+    def event_json(self, value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+        """What :meth:`json` does, into the read-only, checked form an
+        :class:`~tether.audit.events.AuditEvent` holds, in one walk."""
+        return frozen_json(value, where, self)
+
     def headers(self, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> Any:
         """Headers with sensitive values replaced, in the shape given (a mapping, or a list
         of ``(name, value)`` pairs, which keeps repeated headers)."""
@@ -177,6 +201,12 @@ class Redactor:
             if 0 < number <= len(out_params):
                 out_params[number - 1] = REDACTED
         return self.text(_cut(query, spans)), out_params
+
+
+def _remember(memo: dict[str, Any], key: str, value: Any) -> None:
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
 
 
 def _quoted_like(original: str, replacement: str) -> str:

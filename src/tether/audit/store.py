@@ -3,7 +3,8 @@
 Each function takes an ``AsyncConnection`` and leaves the transaction to the caller, like
 the rest of :mod:`tether.store`. Readers (:func:`events_after`, :func:`search_events`)
 return :class:`~tether.audit.events.AuditEvent` values in chain (``seq``) order; the only
-writer is :class:`tether.audit.log.AuditLog`, through :func:`insert_rows`.
+writer is :class:`tether.audit.log.AuditLog` (its SQL is in :mod:`tether.audit.writers`);
+:func:`event_row` is the row of an event, for tests and tools that build one.
 
 :func:`events_after` is the stable cursor API of the sinks: an event is visible to it only
 once its batch has committed, and since ``seq`` is assigned under the chain lock in commit
@@ -13,12 +14,12 @@ order, a reader that keeps the highest ``seq`` it saw never skips one.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, and_, func, insert, select
+from sqlalchemy import ColumnElement, RowMapping, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.audit.canonical import json_text
@@ -70,7 +71,7 @@ class EventFilter:
     until: datetime | None = None
 
 
-# --- writing (the AuditLog only) ---------------------------------------------------------------
+# --- rows of events --------------------------------------------------------------------------
 
 
 def event_row(event: AuditEvent) -> dict[str, Any]:
@@ -81,22 +82,6 @@ def event_row(event: AuditEvent) -> dict[str, Any]:
     row["action"] = json_text(event.action)
     row["detail"] = json_text(event.detail)
     return row
-
-
-async def insert_rows(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert chained event rows (one ``executemany``)."""
-    await conn.execute(insert(audit_events), list(rows))
-
-
-async def insert_checkpoint(conn: AsyncConnection, checkpoint: Checkpoint) -> None:
-    values = {
-        "seq": checkpoint.seq,
-        "hash": checkpoint.hash,
-        "time": checkpoint.time,
-        "kid": checkpoint.kid,
-        "signature": checkpoint.signature,
-    }
-    await conn.execute(insert(audit_checkpoints).values(values))
 
 
 # --- reading -----------------------------------------------------------------------------------
