@@ -192,3 +192,20 @@ def test_serve_refuses_a_busy_port(tmp_path: Path, start: Callable[..., Node]) -
     second._reader.join(timeout=5)
     assert f"tether: error: cannot listen on {address}: address already in use" in second.stderr
     assert first.stop() == 0
+
+
+def test_serve_refuses_a_sink_whose_secret_is_missing(
+    tmp_path: Path, start: Callable[..., Node]
+) -> None:
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "a.yaml").write_text(RULES.format(id="a", tool="x"))
+    (tmp_path / "tether.yaml").write_text(
+        "audit:\n  sinks:\n    - name: splunk\n      kind: hec\n"
+        "      url: https://127.0.0.1:8088\n      token_env: SPLUNK_HEC_TOKEN_UNSET\n"
+    )
+    node = start("--config", "tether.yaml", "--listen", "127.0.0.1:0")
+    assert node.process.wait(timeout=60) == 2
+    node._reader.join(timeout=5)
+    assert "tether: error: audit.sinks:" in node.stderr
+    assert "SPLUNK_HEC_TOKEN_UNSET" in node.stderr
+    assert "Traceback" not in node.stderr

@@ -24,6 +24,8 @@ from typing import Final
 import uvicorn
 
 from tether.api import AppState, create_app
+from tether.audit.sinks.config import SinkConfigError
+from tether.audit.sinks.runner import start_sinks
 from tether.audit.startup import AuditStartError, start_auditor
 from tether.config import Settings
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
@@ -87,6 +89,11 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
         )
     except AuditStartError as error:
         raise StartupError(str(error)) from None
+    try:
+        sinks = start_sinks(store.engine, settings.audit.sinks)
+    except SinkConfigError as error:
+        await auditor.log.close()
+        raise StartupError(f"audit.sinks: {error}") from None
     server = _Server(_uvicorn_config(settings, AppState(holder, store, identity, auditor)))
     stop = asyncio.Event()
     _handle_signals(server, stop)
@@ -104,6 +111,7 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
         stop.set()
         await asyncio.gather(*watchers)
         await auditor.log.close()
+        await sinks.stop()  # after the last events (the final checkpoint) are in the trail
     log.info("tether stopped")
 
 
