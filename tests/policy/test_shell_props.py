@@ -266,7 +266,6 @@ def test_a_dangerous_prefix_is_always_denied(argv: list[str], prefix: str) -> No
         parse_command(prefix + text)
 
 
-@pytest.mark.skipif(not SHELLS, reason="no POSIX shell installed")
 @SETTINGS
 @given(command_texts(), st.sampled_from(DANGEROUS), st.data())
 def test_a_dangerous_fragment_anywhere_is_denied_or_literal(
@@ -292,7 +291,6 @@ WEIGHTED = [
 ]  # fmt: skip
 
 
-@pytest.mark.skipif(not SHELLS, reason="no POSIX shell installed")
 @SETTINGS
 @given(st.lists(st.sampled_from(WEIGHTED), min_size=1, max_size=20).map("".join))
 def test_accepted_text_reads_like_a_posix_shell(sandbox: Path, tail: str) -> None:
