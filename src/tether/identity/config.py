@@ -12,6 +12,7 @@ command); the identity modules are imported when an issuer is checked or built.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Self
 from urllib.parse import urlsplit
@@ -59,9 +60,9 @@ class _Issuer(BaseModel):
         self.to_issuer_config()  # every rule of IssuerConfig, reported at load
         return self
 
+    @abstractmethod
     def to_issuer_config(self) -> IssuerConfig:
         """The runtime form; ``ValueError`` naming the issuer and the key if invalid."""
-        raise NotImplementedError
 
     def _build(self, kind: str, **extra: object) -> IssuerConfig:
         from datetime import timedelta
