@@ -78,6 +78,7 @@ class Series:
     seconds: float
     latencies: list[float]
     batches: int | None = None
+    cpu_seconds: float | None = None
 
     def row(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -90,6 +91,7 @@ class Series:
             "p50_ms": round(statistics.median(lat) * 1000, 3),
             "p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000 if len(lat) > 1 else 0, 3),
             "batch": round(self.events / self.batches, 1) if self.batches else None,
+            "cpu_us": round(self.cpu_seconds / self.events * 1e6, 1) if self.cpu_seconds else None,
         }
 
 
@@ -129,7 +131,9 @@ async def chained(backend: str, url: str, emitters: int, seconds: float, sync: s
         )  # fmt: skip
 
     try:
+        cpu = time.process_time()
         count, elapsed, latencies = await run_emitters(emitters, seconds, one)
+        cpu = time.process_time() - cpu
         batches = log.batches
     finally:
         await log.close()
@@ -138,7 +142,7 @@ async def chained(backend: str, url: str, emitters: int, seconds: float, sync: s
     await store.close()
     if not report.ok or report.events != count:
         raise SystemExit(f"{backend}: the chain does not verify: {report.findings[:3]}")
-    return Series(backend, "chained", emitters, count, elapsed, latencies, batches)
+    return Series(backend, "chained", emitters, count, elapsed, latencies, batches, cpu)
 
 
 def baseline_row(sqlite: bool) -> tuple[Any, ...]:
@@ -271,7 +275,7 @@ async def measure_pair(databases: Databases, backend: str, emitters: int,
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = ("backend", "kind", "emitters", "per_second", "p50_ms", "p99_ms", "batch",
-              "x_baseline")  # fmt: skip
+              "cpu_us", "x_baseline")  # fmt: skip
     print("  ".join(f"{h:>13}" for h in header))
     for row in rows:
         print("  ".join(f"{'-' if row.get(h) is None else row[h]!s:>13}" for h in header))

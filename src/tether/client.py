@@ -296,6 +296,47 @@ class Session:
         ]
         return certificate
 
+    def request_access(
+        self,
+        target: str,
+        action: Mapping[str, Any] | None = None,
+        *,
+        rule: str | None = None,
+        reason: str | None = None,
+        wait: float = 0.0,
+    ) -> dict[str, Any]:
+        """Ask a human ahead for an ``action`` of the policy contract on ``target`` (or a
+        whole ``rule`` with ``approval.scope: rule``) within this task.
+
+        Answers the access request (``status`` ``pending``, ``approved``, ``denied``...),
+        or ``{"status": "not-needed"}`` when the policy allows the action already; with
+        ``wait``, waits up to that many seconds (at most 60) for the decision. A policy
+        deny raises :class:`TetherRefused` (403).
+        """
+        body: dict[str, Any] = {"target": target, "reason": reason}
+        if action is not None:
+            body["action"] = dict(action)
+        if rule is not None:
+            body["rule"] = rule
+        response = self.request("POST", "/v1/access-requests", json=body)
+        if not response.is_success:
+            raise TetherRefused.of(response)
+        answer: dict[str, Any] = response.json()
+        if wait > 0 and answer.get("status") == "pending":
+            answer = self.access_request(answer["id"], wait=wait)
+        return answer
+
+    def access_request(self, request_id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        """One of this agent's access requests; ``wait`` long-polls for its decision."""
+        response = self.request(
+            "GET", f"/v1/access-requests/{request_id}", params={"wait": min(wait, 60.0)},
+            timeout=wait + 30,
+        )  # fmt: skip
+        if not response.is_success:
+            raise TetherRefused.of(response)
+        answer: dict[str, Any] = response.json()
+        return answer
+
     def x509_certificate(self, *, bind_token: bool = False) -> X509Credential:
         """A new P-256 key and a short-lived client certificate (SPIFFE ID) for it;
         with ``bind_token``, also an access token bound to the certificate."""

@@ -35,8 +35,13 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from tether.approvals.config import ApprovalsConfig
 from tether.audit.config import AuditConfig
 from tether.identity.config import IdentityConfig
+from tether.proxy.http.config import HttpProxyConfig
+from tether.proxy.pg.config import PgProxyConfig
+from tether.proxy.ssh.config import SshConfig
+from tether.users.config import UsersConfig
 
 ENV_PREFIX: Final = "TETHER_"
 CONFIG_ENV: Final = "TETHER_CONFIG"
@@ -118,6 +123,11 @@ class Settings(BaseModel):
     policy_watch: bool = True
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    users: UsersConfig = Field(default_factory=UsersConfig)
+    http_proxy: HttpProxyConfig = Field(default_factory=HttpProxyConfig)
+    pg_proxy: PgProxyConfig = Field(default_factory=PgProxyConfig)
+    ssh: SshConfig = Field(default_factory=SshConfig)
 
     @property
     def host(self) -> str:

@@ -22,12 +22,15 @@ from datetime import UTC, datetime
 from typing import Final
 
 import uvicorn
+from starlette.middleware import Middleware
 
 from tether.api import AppState, create_app
+from tether.approvals.config import ApprovalsConfigError
+from tether.approvals.runtime import start_humans
 from tether.audit.sinks.config import SinkConfigError
 from tether.audit.sinks.runner import start_sinks
 from tether.audit.startup import AuditStartError, start_auditor
-from tether.config import Settings
+from tether.config import Settings, split_listen
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.masterkey import MasterKeyError, load_master_key
 from tether.identity.admintokens import first_admin_token
@@ -35,7 +38,14 @@ from tether.identity.keystore import load_or_create
 from tether.identity.service import IdentityService
 from tether.identity.workload import TrustedIssuers
 from tether.policywatch import LoadRefused, PolicyReloader, load_initial
+from tether.proxy.core import AgentLabels, Services
+from tether.proxy.http.broker import BrokerMiddleware, HttpBroker
+from tether.proxy.http.demo import DemoUpstream
+from tether.proxy.pg.server import PgBroker
+from tether.proxy.ssh.server import SshBroker
 from tether.store import Store, StoreError
+from tether.vault.secrets import SecretStore
+from tether.vault.targets import TargetStore
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +100,40 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
     except AuditStartError as error:
         raise StartupError(str(error)) from None
     try:
+        humans = start_humans(
+            settings.approvals, identity, lambda: holder.current, auditor, settings.users
+        )
+    except ApprovalsConfigError as error:
+        await auditor.log.close()
+        raise StartupError(f"approvals: {error}") from None
+    try:
         sinks = start_sinks(store.engine, settings.audit.sinks)
     except SinkConfigError as error:
         await auditor.log.close()
         raise StartupError(f"audit.sinks: {error}") from None
-    server = _Server(_uvicorn_config(settings, AppState(holder, store, identity, auditor)))
+    vault_secrets, targets = SecretStore(store.engine, identity.cipher), TargetStore(store.engine)
+    state = AppState(
+        holder, store, identity, auditor, approvals=humans.approvals, users=humans.users,
+        secrets=vault_secrets, targets=targets,
+    )  # fmt: skip
+    broker = _http_broker(settings, state)
+    demo = await _demo_upstream(settings)
+    try:
+        pg_broker = await _pg_broker(settings, state)
+    except OSError as error:
+        await auditor.log.close()
+        where = settings.pg_proxy.listen
+        raise StartupError(f"pg_proxy: cannot listen on {where}: {error}") from None
+    try:
+        ssh_broker = await _ssh_broker(settings, state)
+    except OSError as error:
+        await auditor.log.close()
+        raise StartupError(f"ssh: cannot listen on {settings.ssh.listen}: {error}") from None
+    middleware = [Middleware(BrokerMiddleware, broker=broker)] if broker is not None else []
+    server = _Server(_uvicorn_config(settings, state, middleware))
     stop = asyncio.Event()
     _handle_signals(server, stop)
-    watchers = [asyncio.create_task(identity.watch_revocations(stop))]
+    watchers = [asyncio.create_task(identity.watch_revocations(stop)), *humans.start(stop)]
     if settings.policy_watch:
         reloader = PolicyReloader(settings.policies, store, holder)
         watchers.append(asyncio.create_task(reloader.watch(stop)))
@@ -109,10 +145,86 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
         await server.serve(sockets=[sock])
     finally:
         stop.set()
+        if pg_broker is not None:
+            await pg_broker.stop()  # sessions end (and are audited) before the trail closes
+        if ssh_broker is not None:
+            await ssh_broker.stop()  # SSH sessions end (and are audited) before the trail closes
         await asyncio.gather(*watchers)
         await auditor.log.close()
         await sinks.stop()  # after the last events (the final checkpoint) are in the trail
+        if broker is not None:
+            await broker.close()
+        if demo is not None:
+            await demo.stop()
     log.info("tether stopped")
+
+
+async def _demo_upstream(settings: Settings) -> DemoUpstream | None:
+    """The demo API of the quickstart, when ``http_proxy.demo_upstream`` asks for it."""
+    listen = settings.http_proxy.demo_upstream
+    if not listen:
+        return None
+    host, port = split_listen(listen)
+    try:
+        sock = socket.create_server((host, port))
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise StartupError(
+            f"http_proxy.demo_upstream: cannot listen on {listen}: {reason}"
+        ) from None
+    demo = DemoUpstream(sock)
+    await demo.start()
+    log.info("demo upstream API on %s (README quickstart)", demo.url)
+    return demo
+
+
+def _http_broker(settings: Settings, state: AppState) -> HttpBroker | None:
+    """The HTTP broker on the node's listener (``http_proxy``), unless disabled."""
+    if not settings.http_proxy.enabled or state.identity is None:
+        return None
+    assert state.secrets is not None and state.targets is not None and state.store is not None
+    identity = state.identity
+    services = Services(
+        policies=state.policies, identity=identity, secrets=state.secrets,
+        targets=state.targets, auditor=state.auditor,
+        agents=AgentLabels(state.store.engine, ttl=identity.settings.revocation_poll),
+    )  # fmt: skip
+    return HttpBroker(services, settings.http_proxy, issuer=identity.settings.issuer)
+
+
+async def _pg_broker(settings: Settings, state: AppState) -> PgBroker | None:
+    """The PostgreSQL broker on its own listener (``pg_proxy``), started; None if disabled."""
+    if not settings.pg_proxy.enabled or state.identity is None:
+        return None
+    assert state.secrets is not None and state.targets is not None and state.store is not None
+    identity = state.identity
+    services = Services(
+        policies=state.policies, identity=identity, secrets=state.secrets,
+        targets=state.targets, auditor=state.auditor,
+        agents=AgentLabels(state.store.engine, ttl=identity.settings.revocation_poll),
+    )  # fmt: skip
+    broker = PgBroker(
+        settings.pg_proxy, services, settings.data_dir,
+        client_ca_pem=identity.keys.x509_ca.ca_cert_pem(),
+    )  # fmt: skip
+    await broker.start()
+    return broker
+
+
+async def _ssh_broker(settings: Settings, state: AppState) -> SshBroker | None:
+    """The SSH and SFTP broker on its own listener (``ssh``), started; None if disabled."""
+    if not settings.ssh.enabled or state.identity is None:
+        return None
+    assert state.secrets is not None and state.targets is not None and state.store is not None
+    identity = state.identity
+    services = Services(
+        policies=state.policies, identity=identity, secrets=state.secrets,
+        targets=state.targets, auditor=state.auditor,
+        agents=AgentLabels(state.store.engine, ttl=identity.settings.revocation_poll),
+    )  # fmt: skip
+    broker = SshBroker(services, settings.ssh, settings.data_dir)
+    await broker.start()
+    return broker
 
 
 async def open_identity(
@@ -172,9 +284,11 @@ async def _announce_first_admin_token(store: Store) -> None:
     )
 
 
-def _uvicorn_config(settings: Settings, state: AppState) -> uvicorn.Config:
+def _uvicorn_config(
+    settings: Settings, state: AppState, middleware: list[Middleware]
+) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(state),
+        create_app(state, middleware=middleware),
         host=settings.host,
         port=settings.port,
         log_config=None,  # the CLI configures logging (tether.cli.common.configure_logging)

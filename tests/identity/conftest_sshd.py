@@ -114,13 +114,26 @@ def write_key_pair(directory: Path, name: str, algorithm: str = "ssh-ed25519") -
 
 @contextmanager
 def running_sshd(
-    directory: Path, *, trusted_ca_keys: list[str], principals: list[str]
+    directory: Path,
+    *,
+    trusted_ca_keys: list[str],
+    principals: list[str],
+    authorized_keys: list[str] | None = None,
+    extra_config: str = "",
 ) -> Iterator[Sshd]:
-    """Start ``sshd -D -e`` on a free loopback port; stop it on exit."""
+    """Start ``sshd -D -e`` on a free loopback port; stop it on exit.
+
+    ``authorized_keys`` (plain public key lines) are accepted too when given;
+    ``extra_config`` lines are appended to the configuration (``ForceCommand`` ...).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     host_key, _ = write_key_pair(directory, "host_ed25519")
     (directory / "trusted_ca.pub").write_text("\n".join(trusted_ca_keys) + "\n")
     (directory / "principals").write_text("\n".join(principals) + "\n")
+    keys_file = "none"
+    if authorized_keys is not None:
+        (directory / "authorized_keys").write_text("\n".join(authorized_keys) + "\n")
+        keys_file = str(directory / "authorized_keys")
     port = _free_port()
     config = directory / "sshd_config"
     config.write_text(
@@ -129,14 +142,14 @@ def running_sshd(
         f"PidFile {directory / 'sshd.pid'}\n"
         f"TrustedUserCAKeys {directory / 'trusted_ca.pub'}\n"
         f"AuthorizedPrincipalsFile {directory / 'principals'}\n"
-        "AuthorizedKeysFile none\n"
+        f"AuthorizedKeysFile {keys_file}\n"
         "PubkeyAuthentication yes\n"
         "PasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\n"
         "UsePAM no\n"
         "StrictModes no\n"
-        "LogLevel VERBOSE\n"
+        "LogLevel VERBOSE\n" + extra_config
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

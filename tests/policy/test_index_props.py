@@ -12,10 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tether.policy import engine
-from tether.policy.actions import compile_http, compile_mcp, compile_ssh, part_key
+from tether.policy.actions import compile_http, compile_mcp, compile_sql, compile_ssh, part_keys
 from tether.policy.errors import AmbiguousPath, PatternError
 from tether.policy.httpmatch import canonicalize_path
-from tether.policy.request import HttpPart, McpToolPart, SshCommandPart
+from tether.policy.request import HttpPart, McpToolPart, SqlPart, SshCommandPart
+from tether.policy.rules import AGENT
+from tether.policy.sql import STATEMENT_CLASSES, SqlStatement
 
 from .conftest import policies
 
@@ -37,7 +39,7 @@ def test_http_keys_cover_matches(patterns: list[list[str]], path: list[str]) -> 
         return
     keys = block.keys()
     if block.match(part) is not None and keys is not None:
-        assert part_key(part) in keys
+        assert set(part_keys(part)) & keys
 
 
 @SETTINGS
@@ -50,7 +52,7 @@ def test_ssh_keys_cover_matches(commands: list[str], argv: list[str]) -> None:
     part = SshCommandPart(tuple(argv))
     keys = block.keys()
     if block.match(part) is not None:
-        assert keys is not None and part_key(part) in keys
+        assert keys is not None and set(part_keys(part)) & keys
 
 
 @SETTINGS
@@ -60,7 +62,28 @@ def test_mcp_keys_cover_matches(tools: list[str], tool: str) -> None:
     part = McpToolPart(tool)
     keys = block.keys()
     if block.match(part) is not None and keys is not None:
-        assert part_key(part) in keys
+        assert set(part_keys(part)) & keys
+
+
+CLASSES = st.sampled_from(sorted(STATEMENT_CLASSES))
+
+
+@SETTINGS
+@given(
+    st.lists(CLASSES | st.just("*"), min_size=1, max_size=3),
+    st.frozensets(CLASSES, min_size=1, max_size=3),
+    st.booleans(),
+    st.frozensets(st.sampled_from(["public.t", "s.u"]), max_size=2),
+)
+def test_sql_keys_cover_matches(
+    statements: list[str], classes: frozenset[str], deny: bool, relations: frozenset[str]
+) -> None:
+    block = compile_sql({"statements": statements, "tables": ["public.*"]}, deny)
+    stmt = SqlStatement("x", classes, relations, frozenset(), frozenset(), None, None)
+    part = SqlPart(stmt)
+    keys = block.keys()
+    if block.match(part) is not None and keys is not None:
+        assert set(part_keys(part)) & keys
 
 
 RULES = """
@@ -111,7 +134,7 @@ def test_indexed_engine_equals_linear_scan(
     indexed = ps.decide(req)
     # The same decision with every index bypassed: all rules, deny first, no action keys.
     request = ps.normalize(req)
-    who = engine._Principal(engine.AGENT, agent, labels)
+    who = engine._Principal(AGENT, agent, labels)
     rules = sorted(
         (r for r in ps.rules if r.subject in ("agent", "any") and engine._applies(r, who, request)),
         key=engine._rule_order,
@@ -180,7 +203,7 @@ def test_selector_index_equals_linear_scan(
     }
     indexed = ps.decide(req)
     request = ps.normalize(req)
-    who = engine._Principal(engine.AGENT, agent, agent_labels)
+    who = engine._Principal(AGENT, agent, agent_labels)
     rules = sorted(
         (r for r in ps.rules if engine._applies(r, who, request)), key=engine._rule_order
     )

@@ -8,6 +8,7 @@ import pytest
 
 from tether.policy import sql, sql_analyze
 from tether.policy.errors import SqlParseError
+from tether.policy.lru import Lru
 from tether.policy.sql import (
     STATEMENT_CLASSES,
     SqlStatement,
@@ -649,8 +650,42 @@ def test_shape_cache_distinguishes_different_trees() -> None:
     assert one("SELECT * FROM t WHERE a = b").relations == {"public.t"}
 
 
+def test_normalized_cache_serves_new_literals_without_the_json_parse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    analyze_sql("  /* c */ SELECT a FROM billing.invoices WHERE id = 1 AND s = 'x'  ")
+    assert len(sql._NORMALIZED) == 1
+
+    def no_json(query: str) -> str:
+        raise AssertionError("parsed to JSON")
+
+    monkeypatch.setattr(sql, "_parse_json", no_json)
+    query = "  /* c */ SELECT a FROM billing.invoices WHERE id = -12345 AND s = 'it''s'  "
+    cached = analyze_sql(query)
+    assert (
+        cached.statements[0].text
+        == "SELECT a FROM billing.invoices WHERE id = -12345 AND s = 'it''s'"
+    )
+    assert cached.statements[0].relations == {"billing.invoices"}
+    monkeypatch.undo()
+    assert cached == analyze_sql_uncached(query)
+
+
+def test_normalized_cache_keeps_names_schemas_and_non_dml_apart() -> None:
+    analyze_sql("SELECT * FROM t WHERE a = 1")
+    assert one("SELECT * FROM u WHERE a = 2").relations == {"public.u"}
+    assert one("SELECT * FROM t WHERE a = 3", "s").relations == {"s.t"}
+    assert one("SELECT * FROM t WHERE a = b").relations == {"public.t"}
+    for query in ("SET search_path TO a", "COPY t TO '/x'", "SELECT 1; SELECT 2", "SELECT $1"):
+        analyze_sql(query)
+    assert not any(
+        key[0].startswith(("SET", "COPY")) or ";" in key[0] for key in sql._NORMALIZED._data
+    )
+    assert one("SET search_path TO b").search_path == ("b",)
+
+
 def test_cache_bounds() -> None:
-    lru: sql._Lru[int, str] = sql._Lru(entries=3, budget=100)
+    lru: Lru[int, str] = Lru(entries=3, budget=100)
     for key in range(5):
         lru.put(key, str(key), 1)
     assert len(lru) == 3

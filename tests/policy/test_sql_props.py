@@ -213,6 +213,22 @@ LITERAL_TEMPLATES = [
     "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS {}",
     "SELECT * FROM t WHERE a = {} FOR UPDATE",
     "  /* c */ SELECT {} ;; SELECT {}",
+    # One statement, no ';': the normalized-text cache serves these.
+    "SELECT a FROM t WHERE b = {} LIMIT {} OFFSET {}",
+    "  -- lead\n SELECT a, {} FROM t AS x WHERE x.b IN ({}, {}) /* tail */ ",
+    "SELECT * FROM t WHERE a = {} FETCH FIRST {} ROWS ONLY",
+    "SELECT f({}), {}::text, CAST({} AS varchar(10)) FROM s.t",
+    "INSERT INTO s.t VALUES ({}, {})",
+    "SELECT * FROM t WHERE a = {} AND b = 'é' AND c = {}",
+    "SELECT {} {} FROM t",
+    "SELECT * FROM t WHERE a = {}{}",
+    "SELECT - {}, -{}, +{} FROM t",
+    "SELECT * FROM t WHERE a = {} OR pg_read_file({}) IS NULL",
+    "SELECT * FROM {}",
+    "SELECT * FROM t WHERE a = {} UNION SELECT * FROM u WHERE b = {}",
+    "WITH d AS (DELETE FROM t WHERE a = {} RETURNING *) SELECT * FROM d",
+    "SELECT set_config({}, {}, false)",
+    "SELECT {}::regclass",
 ]
 
 

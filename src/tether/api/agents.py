@@ -155,10 +155,11 @@ async def offboard_agent(
     """Offboard for good: everything the agent holds is revoked, its join tokens expire."""
     call.target = f"agent:{agent_id}"
     reason = body.reason
+    call.detail["reason"] = reason
     done = await call.identity.offboard(agent_id, reason=reason, by=call.actor)
     if done is None:
         raise ProblemError(404, f"no agent {agent_id!r}")
-    call.detail["expired_join_tokens"] = done.expired_join_tokens
+    call.detail["expired_joins"] = done.expired_join_tokens
     return {**agent_json(done.agent), "expired_join_tokens": done.expired_join_tokens}
 
 
@@ -180,7 +181,7 @@ async def create_join_token(
         )
     except AgentNotActive:
         raise ProblemError(409, f"agent {agent_id!r} is not active") from None
-    call.detail["join_token_id"] = record.id
+    call.detail["join_id"] = record.id
     return {
         "join_token": text,
         "id": record.id,

@@ -5,21 +5,27 @@ endpoint, the agent API and the admin API (:mod:`tether.api.oauth`, :mod:`tether
 ``POST /v1/decide`` answers every JSON body with a decision: a body that is JSON but not a
 valid request is denied ``invalid-request`` with status 200, because that deny *is* the
 contract's answer to it. Only a body that is not acceptable JSON at all (or too large) is an
-HTTP error, as RFC 9457 problem details.
+HTTP error, as RFC 9457 problem details. Each decision is a ``decision`` audit event,
+committed before it is answered; when the trail cannot commit it the answer is a ``503``
+problem, never a decision.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.middleware import Middleware
 
 from tether import __version__
-from tether.api import admin, agents, audit, certs, oauth
+from tether.api import access_requests, admin, agents, audit, certs, oauth, oidc_login, users, vault
 from tether.api.problems import PROBLEM_JSON, Problem, install_problem_handlers, problem
 from tether.api.schemas import DECIDE_REQUEST_SCHEMA, DecisionBody, Health
 from tether.api.state import AppState
+from tether.audit.log import AuditUnavailable
 from tether.jsoninput import JsonInputError, parse_json
 
 MAX_BODY_BYTES: Final = 1 << 20
@@ -34,19 +40,25 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def create_app(state: AppState) -> FastAPI:
-    """The API application serving from ``state``."""
+def create_app(state: AppState, *, middleware: Sequence[Middleware] = ()) -> FastAPI:
+    """The API application serving from ``state``; ``middleware`` mounts front-ends served
+    on the same listener (the HTTP broker's ``/t/...`` routes, built by the node)."""
     app = FastAPI(
         title="Tether",
         version=__version__,
         summary="Privileged access broker for AI agents",
         docs_url="/docs",
+        middleware=list(middleware),
     )
     install_problem_handlers(app)
     app.state.tether = state
     _add_routes(app, state)
     if state.identity is not None:
         for router in (oauth.router, certs.router, agents.router, admin.router, audit.router):
+            app.include_router(router)
+        for router in vault.routers:
+            app.include_router(router)
+        for router in (access_requests.router, users.router, oidc_login.router):  # humans
             app.include_router(router)
     return app
 
@@ -78,7 +90,15 @@ def _add_routes(app: FastAPI, state: AppState) -> None:
             return problem(413, f"request body: larger than {MAX_BODY_BYTES} bytes")
         except JsonInputError as error:
             return problem(400, f"request body: {error}")
+        began = time.perf_counter()
         decision = state.policies.current.decide(body)
+        if state.auditor is not None:  # audited before it is answered, allowed or not
+            took = (time.perf_counter() - began) * 1000
+            request_object = body if isinstance(body, Mapping) else {}
+            try:
+                await state.auditor.decision(request_object, decision, duration_ms=took)
+            except AuditUnavailable:
+                return problem(503, "the audit trail is unavailable: no decision is given")
         return JSONResponse(decision.to_dict())
 
 

@@ -5,6 +5,12 @@ front-end uses): ``Authorization: DPoP <access token>`` plus a ``DPoP`` proof fo
 method and URL (the external URL: ``identity.issuer`` plus the path). A refusal is a 401
 problem with ``WWW-Authenticate: DPoP error="...", error_description="...", algs="..."``;
 without any credential, the challenge carries no error (RFC 6750 section 3.1).
+
+Every refusal is a ``token.refused`` audit event and every certificate (and certificate-
+bound token) a ``token.issued`` one, committed before the answer is sent
+(:func:`tether.api.oauth.audit_issued`); events carry the credential's id
+(``ssh_certificate:<serial>``, ``x509_certificate:<hex serial>``, a token's ``jti``),
+never the certificate or the token.
 """
 
 from __future__ import annotations
@@ -12,17 +18,25 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any
 
+from cryptography import x509
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.api.adminauth import identity_of
 from tether.api.bodies import body_schema, json_body
-from tether.api.oauth import DPOP_ALGS, audit_refusal, credential_problem, single_dpop
+from tether.api.oauth import (
+    DPOP_ALGS,
+    audit_issued,
+    audit_refusal,
+    credential_problem,
+    single_dpop,
+)
 from tether.api.problems import ProblemError
 from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError, IssuanceError
 from tether.identity.replay import ReplayCacheFull
 from tether.identity.service import Presented
+from tether.identity.sshca import describe_certificate
 
 router = APIRouter(tags=["agent"])
 
@@ -32,7 +46,7 @@ async def agent_claims(request: Request) -> Claims:
     identity = identity_of(request)
     values = request.headers.getlist("authorization")
     if not values:
-        audit_refusal(request, error="missing_token", reason="no access token", status=401)
+        await audit_refusal(request, error="missing_token", reason="no access token", status=401)
         challenge = f'DPoP algs="{DPOP_ALGS}"'
         raise ProblemError(
             401, "an access token is required", headers={"WWW-Authenticate": challenge}
@@ -51,9 +65,11 @@ async def agent_claims(request: Request) -> Claims:
             )
         )
     except CredentialError as error:
-        audit_refusal(request, error=error.code, reason=error.reason, status=error.status)
+        await audit_refusal(request, error=error.code, reason=error.reason, status=error.status)
         raise credential_problem(error) from None
     except ReplayCacheFull:
+        await audit_refusal(request, error="temporarily_unavailable", reason="replay cache full",
+                            status=503)  # fmt: skip
         raise ProblemError(503, "DPoP replay cache is full; try again shortly") from None
 
 
@@ -93,14 +109,23 @@ async def ssh_certificate(
 ) -> dict[str, Any]:
     """An SSH user certificate for the agent's key, usable from the caller's address only."""
     identity = identity_of(request)
+    source = _source(request)
     try:
         certificate = await identity.ssh_certificate(
-            claims, body.public_key, body.principals, _source(request)
+            claims, body.public_key, body.principals, source
         )
     except CredentialError as error:
+        await _refused(request, claims, error.code, error.reason, error.status)
         raise credential_problem(error) from None
     except IssuanceError as error:
+        await _refused(request, claims, "certificate_refused", str(error), 400)
         raise ProblemError(400, f"certificate refused: {error}") from None
+    described = describe_certificate(certificate)
+    await audit_issued(
+        request, claims, issued="ssh_certificate", jti=f"ssh_certificate:{described.serial}",
+        expires_at=int(described.valid_before.timestamp()), principals=list(body.principals),
+        source_address=source,
+    )  # fmt: skip
     return {"certificate": certificate}
 
 
@@ -118,9 +143,22 @@ async def x509_certificate(
             await identity.certificate_bound_token(claims, certificate) if body.bind_token else None
         )
     except CredentialError as error:
+        await _refused(request, claims, error.code, error.reason, error.status)
         raise credential_problem(error) from None
     except IssuanceError as error:
+        await _refused(request, claims, "certificate_refused", str(error), 400)
         raise ProblemError(400, f"certificate refused: {error}") from None
+    cert = x509.load_pem_x509_certificate(certificate.encode())
+    serial = format(cert.serial_number, "x")
+    await audit_issued(
+        request, claims, issued="x509_certificate", jti=f"x509_certificate:{serial}",
+        expires_at=int(cert.not_valid_after_utc.timestamp()),
+    )  # fmt: skip
+    if bound is not None:
+        await audit_issued(
+            request, bound.claims, issued="access_token", jti=bound.claims.jti,
+            expires_at=bound.claims.exp, bound_to=f"x509_certificate:{serial}",
+        )  # fmt: skip
     answer: dict[str, Any] = {
         "certificate": certificate,
         "ca": identity.keys.x509_ca.ca_cert_pem().decode(),
@@ -128,6 +166,13 @@ async def x509_certificate(
     if bound is not None:
         answer["access_token"] = bound.response()
     return answer
+
+
+async def _refused(request: Request, claims: Claims, error: str, reason: str, status: int) -> None:
+    await audit_refusal(
+        request, error=error, reason=reason, status=status, agent=claims.agent_id,
+        task=claims.task.id, jti=claims.jti,
+    )  # fmt: skip
 
 
 def _source(request: Request) -> str | None:

@@ -8,9 +8,13 @@ from typing import TYPE_CHECKING
 from tether.policy import PolicySet
 
 if TYPE_CHECKING:
+    from tether.approvals.service import ApprovalService
     from tether.audit.emit import Auditor
     from tether.identity.service import IdentityService
     from tether.store import Store
+    from tether.users.service import UserService
+    from tether.vault.secrets import SecretStore
+    from tether.vault.targets import TargetStore
 
 
 class PolicyHolder:
@@ -41,3 +45,7 @@ class AppState:
     store: Store | None = None
     identity: IdentityService | None = None
     auditor: Auditor | None = None  # the node's audit emitter (tether.audit.emit)
+    approvals: ApprovalService | None = None  # access requests and grants (tether.approvals)
+    users: UserService | None = None  # humans, their roles and personal tokens (tether.users)
+    secrets: SecretStore | None = None  # the credential vault (tether.vault.secrets)
+    targets: TargetStore | None = None  # the target registry (tether.vault.targets)

@@ -59,10 +59,34 @@ encode: Final = json.JSONEncoder(
 ).encode
 
 
+def _not_json(value: object) -> Any:
+    raise TypeError(f"a {type(value).__name__} is not a JSON value")
+
+
+# The json module's C encoder with exactly :data:`encode`'s options, made once: ``encode``
+# builds one per call. No circularity check: event values are trees copied when the event
+# was built (:func:`tether.audit.events.frozen_json`), they cannot hold a cycle.
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_encode_chunks: Final[Any] = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(None, _not_json, _encode_string, None, ":", ",", True, False, False)
+)
+
+
+def encode_value(value: Any) -> str:
+    """:data:`encode`'s text of ``value``, through the prebuilt C encoder when there is one."""
+    if _encode_chunks is None:
+        return encode(value)
+    return "".join(_encode_chunks(value, 0))
+
+
 def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds and ``Z``: ``2026-11-29T10:00:00.000000Z``."""
     utc = moment.astimezone(UTC) if moment.tzinfo is not UTC else moment
-    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if utc.microsecond:  # isoformat() leaves out a zero fraction
+        return utc.isoformat()[:-6] + "Z"  # drops "+00:00"
+    return utc.isoformat()[:-6] + ".000000Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -75,7 +99,7 @@ def parse_time(text: str) -> datetime:
 
 def json_text(value: Mapping[str, Any] | list[Any] | tuple[Any, ...]) -> str:
     """``value`` as canonical JSON text (sorted keys, no whitespace)."""
-    return encode(value)
+    return encode_value(value)
 
 
 def event_document(event: AuditEvent, seq: int, prev_hash: str) -> dict[str, Any]:
@@ -130,35 +154,35 @@ class Spliced:
 
 def splice(event: AuditEvent) -> Spliced:
     """The :class:`Spliced` pieces of ``event`` (tests prove them equal to the encoder's)."""
-    action, detail = _object_text(event.action), _object_text(event.detail)
-    time = format_time(event.time)
-    chain = encode(event.actor_chain) if event.actor_chain else "[]"
-    s, n, f = _string, _number, _float
+    e, s = event, _encode_string
+    action = encode_value(e.action) if e.action else "{}"
+    detail = encode_value(e.detail) if e.detail else "{}"
+    chain = encode_value(e.actor_chain) if e.actor_chain else "[]"
+    time = format_time(e.time)
+    n, f = _number, _float
     head = (
-        f'{{"action":{action},"actor_chain":{chain},"agent":{s(event.agent)},'
-        f'"bytes_in":{n(event.bytes_in)},"bytes_out":{n(event.bytes_out)},'
-        f'"decision":{s(event.decision)},"detail":{detail},'
-        f'"duration_ms":{f(event.duration_ms)},"id":{s(event.id)},"kind":{s(event.kind)},'
-        f'"policy_version":{s(event.policy_version)},"prev_hash":"'
+        f'{{"action":{action},"actor_chain":{chain},'
+        f'"agent":{"null" if e.agent is None else s(e.agent)},'
+        f'"bytes_in":{n(e.bytes_in)},"bytes_out":{n(e.bytes_out)},'
+        f'"decision":{"null" if e.decision is None else s(e.decision)},"detail":{detail},'
+        f'"duration_ms":{f(e.duration_ms)},"id":{s(e.id)},"kind":{s(e.kind)},'
+        f'"policy_version":{"null" if e.policy_version is None else s(e.policy_version)},'
+        f'"prev_hash":"'
     )
     middle = (
-        f'","reason":{s(event.reason)},"rows":{n(event.rows)},"rule":{s(event.rule)},'
-        f'"runtime":{s(event.runtime)},"seq":'
+        f'","reason":{"null" if e.reason is None else s(e.reason)},"rows":{n(e.rows)},'
+        f'"rule":{"null" if e.rule is None else s(e.rule)},'
+        f'"runtime":{"null" if e.runtime is None else s(e.runtime)},"seq":'
     )
     tail = (
-        f',"session_id":{s(event.session_id)},"source_ip":{s(event.source_ip)},'
-        f'"target":{s(event.target)},"task":{s(event.task)},'
-        f'"time":"{time}","user":{s(event.user)},"v":{FORMAT_VERSION}}}'
+        f',"session_id":{"null" if e.session_id is None else s(e.session_id)},'
+        f'"source_ip":{"null" if e.source_ip is None else s(e.source_ip)},'
+        f'"target":{"null" if e.target is None else s(e.target)},'
+        f'"task":{"null" if e.task is None else s(e.task)},'
+        f'"time":"{time}","user":{"null" if e.user is None else s(e.user)},'
+        f'"v":{FORMAT_VERSION}}}'
     )
     return Spliced(head, middle, tail, time, action, detail, chain)
-
-
-def _object_text(value: Mapping[str, Any]) -> str:
-    return encode(value) if value else "{}"
-
-
-def _string(value: str | None) -> str:
-    return "null" if value is None else _encode_string(value)
 
 
 def _number(value: int | None) -> str:

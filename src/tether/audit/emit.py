@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from tether.audit.events import AuditEvent
 from tether.audit.log import AuditLog
@@ -39,6 +39,7 @@ from tether.audit.subject import Subject, id_of, object_of, text_of
 __all__ = ["Auditor", "Subject"]
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+_ADMIN_DECISIONS: Final = {"success": "allow", "refused": "deny", "denied": "deny"}
 
 
 class Auditor:
@@ -100,9 +101,7 @@ class Auditor:
         return await self._append(event)
 
     async def _append(self, event: AuditEvent) -> int:
-        stored = await self.log.append(event)
-        assert stored.seq is not None
-        return stored.seq
+        return (await self.log.append_position(event))[0]
 
     # --- sessions -------------------------------------------------------------------------
 
@@ -364,11 +363,13 @@ class Auditor:
         *,
         source_ip: str | None = None,
     ) -> int:
-        """An admin API call by ``actor`` and how it ended: ``success``, ``refused``,
-        ``denied`` (unauthenticated) or ``error``."""
+        """An admin API call by ``actor`` and how it ended: ``success`` (decision
+        ``allow``), ``refused`` or ``denied`` (unauthenticated; decision ``deny``) or
+        ``error`` (no decision)."""
         return await self._record(
             "admin.change", Subject(user=actor, source_ip=source_ip), target=target,
             action={"name": action, "outcome": outcome}, reason=outcome, detail=detail,
+            decision=_ADMIN_DECISIONS.get(outcome),
         )  # fmt: skip
 
     async def approval(

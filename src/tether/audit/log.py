@@ -42,7 +42,7 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.audit.canonical import GENESIS, Spliced, splice
+from tether.audit.canonical import GENESIS, splice
 from tether.audit.checkpoints import Signer, sign_checkpoint
 from tether.audit.events import AuditEvent
 from tether.audit.store import ChainHead, Checkpoint
@@ -65,20 +65,24 @@ class AuditUnavailable(Exception):
     """The event could not be made durable: the action it audits must be refused."""
 
 
+# Where an appended event landed: its ``seq``, ``prev_hash`` and ``hash``.
+Position = tuple[int, str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    """A queued append: the event, its canonical text around the chain position, the
-    columns of its row after ``seq`` and before ``prev_hash``, and its waiter."""
+    """A queued append: the event's canonical text around the chain position (``head``,
+    ``middle``, ``tail``), the columns of its row after ``seq`` and before ``prev_hash``,
+    and its waiter, which receives the event's :data:`Position`."""
 
-    event: AuditEvent
-    spliced: Spliced
+    head: str
+    middle: str
+    tail: str
     row: tuple[Any, ...]
-    done: asyncio.Future[AuditEvent]
+    done: asyncio.Future[Position]
 
 
-def _prepare(
-    event: AuditEvent, done: asyncio.Future[AuditEvent], time_value: TimeValue
-) -> _Pending:
+def _prepare(event: AuditEvent, done: asyncio.Future[Position], time_value: TimeValue) -> _Pending:
     """What does not depend on the chain position, computed by the appending task."""
     spliced = splice(event)
     row = (
@@ -88,7 +92,7 @@ def _prepare(
         event.session_id, event.source_ip, event.bytes_in, event.bytes_out, event.rows,
         event.duration_ms, spliced.detail,
     )  # fmt: skip
-    return _Pending(event, spliced, row, done)
+    return _Pending(spliced.head, spliced.middle, spliced.tail, row, done)
 
 
 class AuditLog:
@@ -110,6 +114,7 @@ class AuditLog:
         if checkpoint_every < 1 or checkpoint_interval <= 0 or max_batch < 1:
             raise ValueError("checkpoint_every, checkpoint_interval and max_batch must be > 0")
         self._writer = writer or writer_for(engine, sqlite_synchronous)
+        self._time_value = self._writer.time_value
         self._signer = signer
         self._every = checkpoint_every
         self._interval = checkpoint_interval
@@ -163,6 +168,11 @@ class AuditLog:
         Raises :class:`AuditUnavailable` when it could not be committed. Cancelling the
         caller does not withdraw the event: it is written all the same.
         """
+        seq, prev_hash, hash = await self.append_position(event)
+        return event.chained(seq, prev_hash, hash)
+
+    async def append_position(self, event: AuditEvent) -> Position:
+        """:meth:`append`, answering only where the event landed (no copy of the event)."""
         if not self.running:
             raise AuditUnavailable("the audit log is not running")
         while len(self._queue) >= _QUEUE_LIMIT:
@@ -170,8 +180,8 @@ class AuditLog:
             await self._room.wait()
             if not self.running:
                 raise AuditUnavailable("the audit log stopped")
-        done: asyncio.Future[AuditEvent] = asyncio.get_running_loop().create_future()
-        self._queue.append(_prepare(event, done, self._writer.time_value))
+        done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
+        self._queue.append(_prepare(event, done, self._time_value))
         self._wake.set()
         # If the caller is cancelled, ``done`` is cancelled with it; the writer still
         # writes the event and skips the cancelled waiter.
@@ -242,9 +252,9 @@ class AuditLog:
         self.batches += 1
         self._unanchored = plan.checkpoint is None
         self._anchored(plan.checkpoint)
-        for pending, event in zip(batch, plan.events, strict=True):
+        for pending, position in zip(batch, plan.positions, strict=True):
             if not pending.done.done():
-                pending.done.set_result(event)
+                pending.done.set_result(position)
 
     @staticmethod
     def _fail(batch: list[_Pending], failure: AuditUnavailable) -> None:
@@ -255,15 +265,16 @@ class AuditLog:
     def _plan(self, batch: list[_Pending], head: ChainHead, last: Checkpoint | None) -> Plan:
         """Chain ``batch`` after ``head``; add a checkpoint if one is due (pure, no I/O)."""
         seq, prev = head.seq, head.hash or GENESIS
-        events: list[AuditEvent] = []
+        positions: list[Position] = []
         rows: list[tuple[Any, ...]] = []
         for pending in batch:
             seq += 1
-            digest = sha256(pending.spliced.text(seq, prev).encode("utf-8")).hexdigest()
-            events.append(pending.event.chained(seq, prev, digest))
+            text = f"{pending.head}{prev}{pending.middle}{seq}{pending.tail}"
+            digest = sha256(text.encode("utf-8")).hexdigest()
+            positions.append((seq, prev, digest))
             rows.append((seq, *pending.row, prev, digest))
             prev = digest
-        return Plan(events, rows, self._due_checkpoint(ChainHead(seq, prev), last))
+        return Plan(positions, rows, self._due_checkpoint(ChainHead(seq, prev), last))
 
     def _due_checkpoint(self, head: ChainHead, last: Checkpoint | None) -> Checkpoint | None:
         now = self._clock()

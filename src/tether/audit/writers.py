@@ -34,12 +34,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any, Final, Literal, Protocol
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.audit.events import AuditEvent
 from tether.audit.store import ChainHead, Checkpoint
 
 # pg_advisory_xact_lock key of the audit chain: "tetherau" as a big-endian int64.
@@ -70,9 +70,10 @@ class WriterError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What one transaction writes: the chained events, their rows, maybe a checkpoint."""
+    """What one transaction writes: where each event lands (``seq``, ``prev_hash``,
+    ``hash``), their rows, maybe a checkpoint."""
 
-    events: Sequence[AuditEvent]
+    positions: Sequence[tuple[int, str, str]]
     rows: Sequence[tuple[Any, ...]]
     checkpoint: Checkpoint | None
 
@@ -204,7 +205,7 @@ class SqliteWriter:
                 statement = self._insert + (", " + self._values) * (len(chunk) - 1)
                 if len(self._statements) < 64:
                     self._statements[len(chunk)] = statement
-            db.execute(statement, [value for row in chunk for value in row])
+            db.execute(statement, list(chain.from_iterable(chunk)))
 
     @staticmethod
     def _head(db: sqlite3.Connection) -> ChainHead:

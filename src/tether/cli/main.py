@@ -8,9 +8,11 @@ import sys
 import typer
 
 from tether import __version__
-from tether.cli import admintoken, agent, policy, revoke, serve
+from tether.cli import admintoken, agent, demo, policy, revoke, secret, serve, target
+from tether.cli import approvals as approvals_cli
 from tether.cli import audit as audit_cli
 from tether.cli import sessions as sessions_cli
+from tether.cli import users as users_cli
 from tether.cli.common import EXIT_INTERNAL
 
 app = typer.Typer(
@@ -27,7 +29,14 @@ app.add_typer(revoke.keys_app, name="keys")
 app.add_typer(admintoken.app, name="admin-token")
 app.add_typer(sessions_cli.app, name="sessions")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(secret.app, name="secret")
+app.add_typer(target.app, name="target")
 app.command("serve")(serve.serve)
+app.command("demo-upstream")(demo.demo_upstream)
+app.add_typer(approvals_cli.app, name="approvals")
+app.add_typer(users_cli.app, name="user")
+app.command("login")(users_cli.login)
+app.command("logout")(users_cli.logout)
 
 
 @app.command("version")

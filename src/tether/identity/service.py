@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -92,6 +92,8 @@ class IdentityService:
         self.revoked = RevocationSet()
         self.certificates = CertificateIssuer(keys, settings, clock)
         self._states: dict[str, tuple[str, float]] = {}  # agent -> (state, checked at)
+        # Called with (kind, value, reason) after a revocation here (approvals cancel theirs).
+        self.revocation_listeners: list[Callable[[str, str, str], Awaitable[object]]] = []
 
     # --- every use ----------------------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class IdentityService:
         if done is not None:
             self.revoked.add("agent", agent_id)
             self._states.pop(agent_id, None)
+            await self._notify_revocation("agent", agent_id, reason)
         return done
 
     # --- revocation ---------------------------------------------------------------------------
@@ -169,7 +172,12 @@ class IdentityService:
                 conn, kind=kind, value=value, reason=reason, revoked_by=by, now=now
             )
         self.revoked.add(kind, value)
+        await self._notify_revocation(kind, value, reason)
         return created
+
+    async def _notify_revocation(self, kind: str, value: str, reason: str) -> None:
+        for listener in self.revocation_listeners:
+            await listener(kind, value, reason)
 
     async def refresh_revocations(self) -> int:
         """Apply entries other nodes added since the last refresh; returns how many."""

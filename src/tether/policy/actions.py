@@ -46,27 +46,35 @@ FORWARD_KEY = "\0forward"
 RESOURCE_KEY = "\0resource"
 
 
-def part_key(part: Part) -> str | None:
-    """The key under which the rules that can match ``part`` are indexed (None: no key).
+def part_keys(part: Part) -> tuple[str, ...]:
+    """The keys under which the rules that can match ``part`` are indexed.
 
-    A block's ``keys()`` must contain ``part_key(part)`` for every part it can match:
-    the index only ever skips rules that could not have matched.
+    A block's ``keys()`` must hold one of ``part_keys(part)`` for every part it can match:
+    the index only ever skips rules that could not have matched. An HTTP path probes two
+    keys: its first segment, and its first two segments joined by ``/`` (no decoded segment
+    holds a ``/``, so the two never collide); a pattern is filed under the longer one when its
+    literal prefix has two segments, so ``/v1/orders/*`` is never looked at for ``/v1/users/7``.
+    A SQL statement probes every class it has (never none: a statement has at least one).
     """
     if isinstance(part, HttpPart):
-        return part.path.segments[0] if part.path.segments else ""
+        segments = part.path.segments
+        if len(segments) > 1:
+            return (segments[0], f"{segments[0]}/{segments[1]}")
+        return (segments[0] if segments else "",)
+    if isinstance(part, SqlPart):
+        classes = part.statement.classes
+        return tuple(classes) if len(classes) == 1 else tuple(sorted(classes))
     if isinstance(part, SshCommandPart):
-        return part.argv[0]
+        return (part.argv[0],)
     if isinstance(part, SshShellPart):
-        return SHELL_KEY
+        return (SHELL_KEY,)
     if isinstance(part, SshForwardPart):
-        return FORWARD_KEY
+        return (FORWARD_KEY,)
     if isinstance(part, McpToolPart):
-        return part.tool
+        return (part.tool,)
     if isinstance(part, McpResourcePart):
-        return RESOURCE_KEY
-    if isinstance(part, FilesPart):
-        return part.op
-    return None
+        return (RESOURCE_KEY,)
+    return (part.op,)  # FilesPart, the only kind left
 
 
 class BlockError(PatternError):
@@ -117,13 +125,16 @@ class HttpBlock:
     patterns: tuple[httpmatch.PathPattern, ...]
 
     def keys(self) -> frozenset[str] | None:
-        """First path segments this block can match, or None when any."""
+        """The path keys (see :func:`part_keys`) this block can match, or None when any."""
         if all(p.literal_prefix for p in self.patterns):
-            return frozenset(p.literal_prefix[0] for p in self.patterns)
+            return frozenset("/".join(p.literal_prefix[:2]) for p in self.patterns)
         return None
 
     def match(self, part: Part) -> Captures | None:
-        if not isinstance(part, HttpPart) or not httpmatch.methods_match(self.methods, part.method):
+        if not isinstance(part, HttpPart):
+            return None
+        methods = self.methods  # httpmatch.methods_match, inlined: this is the hot path
+        if part.method not in methods and "*" not in methods:
             return None
         for pattern in self.patterns:
             captures = pattern.match(part.path)
@@ -268,7 +279,9 @@ class SqlBlock:
     functions: tuple[Callable[[str], bool], ...]
 
     def keys(self) -> frozenset[str] | None:
-        return None
+        """The statement classes: an allow rule covers all of a statement's classes and a deny
+        rule touches one, so either is filed under a class the statement probes."""
+        return self.statements
 
     def match(self, part: Part) -> Captures | None:
         if not isinstance(part, SqlPart):
@@ -282,8 +295,12 @@ class SqlBlock:
         if self.statements is not None and not stmt.classes <= self.statements:
             return False
         tables = self.tables or ()
-        if not all(any(t(r) for t in tables) for r in stmt.relations):
-            return False
+        for relation in stmt.relations:  # every relation covered; plain loops: the hot path
+            for table in tables:
+                if table(relation):
+                    break
+            else:
+                return False
         return all(_function_hit(self.functions, f) for f in stmt.forbidden_functions)
 
     def _deny_hit(self, stmt: sql.SqlStatement) -> bool:

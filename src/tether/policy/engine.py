@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tether.policy import celexpr
+from tether.policy import celexpr, request_fast
 from tether.policy import request as req
-from tether.policy.actions import Captures, part_key
+from tether.policy.actions import Captures, part_keys
 from tether.policy.errors import RequestError
 from tether.policy.model import (
     ALLOW,
@@ -152,14 +152,15 @@ class _Candidates:
     """The rules that apply to one (principal, runtime, target, delegation) context.
 
     Filtered once by everything but the action and ``when``, then indexed by action key
-    (first path segment, command name, tool name, file op) on first use of each key.
+    (first path segments, command name, tool name, file op, statement class; see
+    :func:`~tether.policy.actions.part_keys`), merged per probe on first use.
     """
 
     __slots__ = ("_by_key", "_keyed", "_unkeyed", "rules")
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
-        self._by_key: dict[str, tuple[Rule, ...]] = {}
+        self._by_key: dict[tuple[str, ...], tuple[Rule, ...]] = {}
         keyed: dict[str, list[Rule]] = {}
         unkeyed: list[Rule] = []
         for rule in self.rules:
@@ -172,25 +173,34 @@ class _Candidates:
         self._keyed = keyed
         self._unkeyed = tuple(unkeyed)
 
-    def for_key(self, key: str | None) -> Sequence[Rule]:
-        if key is None:
-            return self.rules
-        found = self._by_key.get(key)
+    def for_keys(self, keys: tuple[str, ...]) -> Sequence[Rule]:
+        """The rules filed under any of ``keys`` and the unkeyed ones, deny first."""
+        keyed = self._keyed
+        if len(keys) == 2 and keys[1] not in keyed:  # only keys some rule is filed under:
+            keys = keys[:1]  # the cache key stays bounded by the rules, not by the paths seen
+        found = self._by_key.get(keys)
         if found is None:
-            merged = self._keyed.get(key, [])
+            merged = {r.index: r for k in keys for r in keyed.get(k, ())}
             found = (
-                tuple(sorted((*merged, *self._unkeyed), key=_rule_order))
+                tuple(sorted((*merged.values(), *self._unkeyed), key=_rule_order))
                 if merged
-                else (self._unkeyed)
+                else self._unkeyed
             )
             if len(self._by_key) < 1024:
-                self._by_key[key] = found
+                self._by_key[keys] = found
         return found
 
 
-def _frozen(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    # Not sorted: the same labels in another order only cost a cache miss, never a wrong hit.
-    return tuple(labels.items()) if labels else ()
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """A candidate-cache entry: the context's labels and groups, and its applicable rules."""
+
+    labels: dict[str, str]
+    target_labels: dict[str, str]
+    runtime_labels: dict[str, str]
+    groups: frozenset[str]
+    delegated: frozenset[str] | None
+    candidates: _Candidates
 
 
 @dataclass
@@ -208,7 +218,7 @@ class PolicySet:
         self._human_index = _Index((r for r in self.rules if r.subject in (HUMAN, ANY)), False)
         self.by_id = {r.id: r for r in self.rules}
         # Context -> applicable rules. The set is immutable, so entries never go stale.
-        self._candidate_cache: dict[tuple[Any, ...], _Candidates] = {}
+        self._candidate_cache: dict[tuple[str | None, ...], _Context] = {}
         # The decisions a rule can make are values: built once, not per request.
         v = self.version
         self._allow = {r.id: Decision(ALLOW, r.id, ALLOWED, None, v) for r in self.rules}
@@ -227,7 +237,7 @@ class PolicySet:
 
     def normalize(self, request: object, *, default_schema: str = "public") -> req.Request:
         """The validated request and its parts (raises ``RequestError``)."""
-        return req.normalize(request, default_schema=default_schema)
+        return request_fast.normalize(request, default_schema=default_schema)
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -236,7 +246,7 @@ class PolicySet:
 
     def _decide(self, value: object, default_schema: str) -> Decision:
         try:
-            request = req.normalize(value, default_schema=default_schema)
+            request = request_fast.normalize(value, default_schema=default_schema)
         except RequestError as error:
             return self._deny(None, error.reason, error.detail)
         if request.scope_targets is not None and not _in_scope(
@@ -256,48 +266,66 @@ class PolicySet:
         return decision
 
     def _candidates(self, index: _Index, who: _Principal, request: req.Request) -> _Candidates:
+        """The rules that apply to the request's context, cached per context.
+
+        The cache is keyed by the context's names; the labels and groups are stored with the
+        entry (copies: the caller owns the request's dicts) and compared in full on a hit, so
+        a hit is exact and labels in another order still hit.
+        """
         delegation = request.delegation
         key = (
             who.kind,
             request.kind,
             who.ident,
-            _frozen(who.labels),
-            who.groups,
             request.target_name,
-            _frozen(request.target_labels),
             request.runtime_id,
-            _frozen(request.runtime_labels),
-            None if delegation is None else (delegation.user, delegation.groups),
+            None if delegation is None else delegation.user,
         )
-        found = self._candidate_cache.get(key)
-        if found is None:
-            agent_key = who.ident if who.kind == AGENT else None
-            found = _Candidates(
-                [
-                    r
-                    for r in index.candidates(
-                        request.kind,
-                        request.target_name,
-                        request.target_labels,
-                        agent_key,
-                        who.labels,
-                    )
-                    if _applies(r, who, request)
-                ]
-            )
-            cache = self._candidate_cache
-            if len(cache) >= _CANDIDATE_CACHE_SIZE:
-                with contextlib.suppress(StopIteration, KeyError, RuntimeError):
-                    del cache[next(iter(cache))]  # oldest first; a race only skips one eviction
-            cache[key] = found
+        labels, target_labels, runtime_labels = (
+            who.labels,
+            request.target_labels,
+            request.runtime_labels,
+        )
+        delegated = None if delegation is None else delegation.groups
+        entry = self._candidate_cache.get(key)
+        if (
+            entry is not None
+            and entry.target_labels == target_labels
+            and entry.labels == labels
+            and entry.runtime_labels == runtime_labels
+            and entry.groups == who.groups
+            and entry.delegated == delegated
+        ):
+            return entry.candidates
+        agent_key = who.ident if who.kind == AGENT else None
+        found = _Candidates(
+            [
+                r
+                for r in index.candidates(
+                    request.kind, request.target_name, target_labels, agent_key, labels
+                )
+                if _applies(r, who, request)
+            ]
+        )
+        cache = self._candidate_cache
+        if len(cache) >= _CANDIDATE_CACHE_SIZE:
+            with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                del cache[next(iter(cache))]  # oldest first; a race only skips one eviction
+        cache[key] = _Context(
+            dict(labels), dict(target_labels), dict(runtime_labels), who.groups, delegated, found
+        )
         return found
 
     def _decide_for(self, index: _Index, who: _Principal, request: req.Request) -> Decision:
         candidates = self._candidates(index, who, request)
         evaluator = _Evaluator(request, self.clock)
+        parts = request.parts
+        if len(parts) == 1:
+            part = parts[0]
+            return self._decide_part(candidates.for_keys(part_keys(part)), part, request, evaluator)
         result: Decision | None = None
-        for part in request.parts:
-            rules = candidates.for_key(part_key(part))
+        for part in parts:
+            rules = candidates.for_keys(part_keys(part))
             decision = self._decide_part(rules, part, request, evaluator)
             result = decision if result is None else more_restrictive(result, decision)
             if result.decision == DENY:
@@ -313,7 +341,7 @@ class PolicySet:
         pending: Rule | None = None
         for rule in candidates:
             captures = rule.action.match(part)
-            if captures is None or not ev.when(rule, captures):
+            if captures is None or (rule.when is not None and not ev.when(rule, captures)):
                 continue
             if rule.deny:
                 return self._denied[rule.id]

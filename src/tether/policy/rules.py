@@ -23,7 +23,7 @@ RULE_KEYS: Final = (
     "id", "description", "effect", "agents", "users", "groups", "runtimes", "on_behalf_of",
     "targets", "http", "ssh", "sql", "mcp", "files", "when", "approval",
 )  # fmt: skip
-APPROVAL_KEYS: Final = ("approvers", "valid_for")
+APPROVAL_KEYS: Final = ("approvers", "valid_for", "scope", "count", "allow_self", "bind_body")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}")
 _APPROVER = re.compile(r"(group|user):[^\s:]+|owner")
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
@@ -106,6 +106,10 @@ class OnBehalfOf:
 class Approval:
     approvers: tuple[str, ...]
     valid_for: timedelta
+    scope: str = "action"  # "action": the grant covers the approved action; "rule": the rule
+    count: int = 1  # distinct approvals required
+    allow_self: bool = False  # the delegating user / the agent's owner may approve too
+    bind_body: bool = False  # HTTP: the approved action includes the body's SHA-256
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +292,22 @@ def _approval(node: Node, where: _Where, deny: bool) -> Approval | None:
     valid_for = parse_duration(value.get("valid_for", "1h"))
     if valid_for is None:
         raise where.error("valid_for", "approval.valid_for: a duration like 30m, 1h, 2d", value)
-    return Approval(tuple(approvers), valid_for)
+    return Approval(tuple(approvers), valid_for, *_approval_options(value, where))
+
+
+def _approval_options(value: Node, where: _Where) -> tuple[str, int, bool, bool]:
+    scope, count = value.get("scope", "action"), value.get("count", 1)
+    if scope not in ("action", "rule"):
+        raise where.error("scope", "approval.scope: action or rule", value)
+    if type(count) is not int or not 1 <= count <= 20:
+        raise where.error("count", "approval.count: a number of approvals from 1 to 20", value)
+    flags = []
+    for key in ("allow_self", "bind_body"):
+        flag = value.get(key, False)
+        if type(flag) is not bool:
+            raise where.error(key, f"approval.{key}: true or false", value)
+        flags.append(flag)
+    return scope, count, flags[0], flags[1]
 
 
 def _optional_text(node: Node, key: str, where: _Where) -> str:

@@ -23,7 +23,7 @@ decision reads it, so it is made on first access, off the decision path.
 Caches (bounded LRU, :data:`CACHE_ENTRIES` entries and :data:`CACHE_BUDGET` characters of keys
 and texts each; every read and write holds a lock; entries are immutable):
 
-Both serve only queries of at most :data:`CACHEABLE_CHARS` characters.
+All serve only queries of at most :data:`CACHEABLE_CHARS` characters.
 
 * exact: ``(query, default_schema)`` -> :class:`SqlAnalysis`.
 * shape: ``(parse tree without constants and positions, default_schema)`` -> the statements'
@@ -36,21 +36,35 @@ Both serve only queries of at most :data:`CACHEABLE_CHARS` characters.
   rejects a grammar error caused by a value, ``float(0)``), one regular-expression pass over the
   JSON, and slicing the statement texts from the new query.
 
-``analyze_sql_uncached`` bypasses both caches; tests prove it returns what the caches return.
+* normalized: ``(pglast.parser.normalize(query), default_schema)`` -> one statement's facts and
+  its start offset. ``normalize`` is libpg_query's (pg_stat_statements') query normalisation: it
+  parses the query (so a value that breaks the grammar still fails, and then the full path
+  reports the parser's own error) and replaces the token of every constant with ``$n``, keeping
+  all other text verbatim. It costs about a third of a JSON parse plus the shape key, and is
+  what a query that only changes its literals pays. It is used only where its key is as exact
+  as the shape key: queries without ``$`` (so every ``$n`` stands for a replaced constant, never
+  a parameter or a dollar quote) and without ``;`` (one statement, whose text runs from its
+  start offset to the end, trailing blanks removed), and only facts of one plain DML statement
+  (``select``, ``insert``, ``update``, ``delete``, nothing literal-sensitive) are stored. Two such
+  queries with the same key are the same text but for tokens that PostgreSQL's raw grammar made
+  ``A_Const`` nodes in both, and no stored analysis reads a constant. Property tests substitute
+  every kind of literal (strings, numbers, bit strings, typed and negative literals, names where
+  a constant may stand) into DML templates and check the cached analysis against an uncached one.
+
+``analyze_sql_uncached`` bypasses every cache; tests prove it returns what the caches return.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from threading import Lock
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 from pglast import parser as pg_parser
 
 from tether.policy.errors import SqlParseError
+from tether.policy.lru import Lru as _Lru
 from tether.policy.sql_analyze import (
     FORBIDDEN_FUNCTION_PREFIXES,
     FORBIDDEN_FUNCTIONS,
@@ -123,7 +137,15 @@ def analyze_sql(query: str, default_schema: str = "public") -> SqlAnalysis:
         return hit
     _check(query)
     cacheable = len(query) <= CACHEABLE_CHARS
-    analysis = _analyze(query, default_schema, shapes=cacheable)
+    normalized = _normalized(query) if cacheable else None
+    analysis = None
+    if normalized is not None:
+        found = _NORMALIZED.get((normalized, default_schema))
+        if found is not None:
+            facts, location = found
+            analysis = _assemble(query, (facts,), [(location, 0)])
+    if analysis is None:
+        analysis = _analyze(query, default_schema, shapes=cacheable, normalized=normalized)
     if cacheable:
         _EXACT.put(key, analysis, 3 * len(query))
     return analysis
@@ -133,12 +155,13 @@ def analyze_sql_uncached(query: str, default_schema: str = "public") -> SqlAnaly
     """:func:`analyze_sql` without any cache: same result, for tests and benchmarks."""
     query = _as_str(query)
     _check(query)
-    return _analyze(query, default_schema, shapes=False)
+    return _analyze(query, default_schema, shapes=False, normalized=None)
 
 
 def clear_sql_caches() -> None:
     _EXACT.clear()
     _SHAPES.clear()
+    _NORMALIZED.clear()
 
 
 # --- input checks ------------------------------------------------------------------------------
@@ -169,23 +192,41 @@ def _check(query: str) -> None:
 # --- analysis ----------------------------------------------------------------------------------
 
 
-def _analyze(query: str, default_schema: str, *, shapes: bool) -> SqlAnalysis:
+def _analyze(
+    query: str, default_schema: str, *, shapes: bool, normalized: str | None
+) -> SqlAnalysis:
     tree = _parse_json(query)
     key = (_tree_shape(tree), default_schema) if shapes else None
-    if key is not None:
-        cached = _SHAPES.get(key)
-        if cached is not None:
-            return _assemble(query, cached, _json_positions(tree, len(cached)))
-    raw = _load(tree)
+    facts = _SHAPES.get(key) if key is not None else None
+    if facts is not None:
+        positions = _json_positions(tree, len(facts))
+    else:
+        raw = _load(tree)
+        try:
+            facts = tuple(analyze_statement(item.get("stmt", {}), default_schema) for item in raw)
+        except RecursionError:
+            raise SqlParseError("the query is nested too deeply") from None
+        positions = [(item.get("stmt_location", 0), item.get("stmt_len", 0)) for item in raw]
+        if key is not None and not any(f.literal_sensitive for f in facts):
+            _SHAPES.put(key, facts, len(key[0]))
+    if normalized is not None and len(facts) == 1 and _normalizable(facts[0]):
+        _NORMALIZED.put((normalized, default_schema), (facts[0], positions[0][0]), len(normalized))
+    return _assemble(query, facts, positions)
+
+
+def _normalized(query: str) -> str | None:
+    """The normalized-text key of a query that may use it (see the module docstring), or None."""
+    if "$" in query or ";" in query:
+        return None
     try:
-        facts = tuple(analyze_statement(item.get("stmt", {}), default_schema) for item in raw)
-    except RecursionError:
-        raise SqlParseError("the query is nested too deeply") from None
-    positions = [(item.get("stmt_location", 0), item.get("stmt_len", 0)) for item in raw]
-    analysis = _assemble(query, facts, positions)
-    if key is not None and not any(f.literal_sensitive for f in facts):
-        _SHAPES.put(key, facts, len(key[0]))
-    return analysis
+        return str(pg_parser.normalize(query))
+    except pg_parser.ParseError:
+        return None  # the full analysis raises the parser's own error
+
+
+def _normalizable(facts: StatementFacts) -> bool:
+    """Facts that the normalized-text cache may serve: plain DML, no literal-sensitive part."""
+    return not facts.literal_sensitive and facts.classes <= _DML
 
 
 def _parse_json(query: str) -> str:
@@ -211,6 +252,18 @@ def _assemble(
     positions: list[tuple[int, int]],
 ) -> SqlAnalysis:
     texts = _texts(query, positions)
+    if len(facts) == 1:  # the usual case, without a generator
+        f = facts[0]
+        statement = SqlStatement(
+            texts[0],
+            f.classes,
+            f.relations,
+            f.functions,
+            f.forbidden_functions,
+            f.forbidden,
+            f.search_path,
+        )
+        return SqlAnalysis((statement,), query)
     return SqlAnalysis(
         tuple(
             SqlStatement(
@@ -373,48 +426,11 @@ def _scanned_literals(query: str) -> list[tuple[int, int]]:
 
 # --- caches ------------------------------------------------------------------------------------
 
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Lru(Generic[K, V]):
-    """A least-recently-used map bounded in entries and in total weight; locked throughout."""
-
-    def __init__(self, entries: int, budget: int) -> None:
-        self._entries = entries
-        self._budget = budget
-        self._weight = 0
-        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._lock = Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            item = self._data.get(key)
-            if item is None:
-                return None
-            self._data.move_to_end(key)
-            return item[0]
-
-    def put(self, key: K, value: V, weight: int) -> None:
-        with self._lock:
-            old = self._data.pop(key, None)
-            if old is not None:
-                self._weight -= old[1]
-            self._data[key] = (value, weight)
-            self._weight += weight
-            while self._data and (len(self._data) > self._entries or self._weight > self._budget):
-                self._weight -= self._data.popitem(last=False)[1][1]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self._weight = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
 _EXACT: Final[_Lru[tuple[str, str], SqlAnalysis]] = _Lru(CACHE_ENTRIES, CACHE_BUDGET)
 _SHAPES: Final[_Lru[tuple[str, str], tuple[StatementFacts, ...]]] = _Lru(
     CACHE_ENTRIES, CACHE_BUDGET
 )
+_NORMALIZED: Final[_Lru[tuple[str, str], tuple[StatementFacts, int]]] = _Lru(
+    CACHE_ENTRIES, CACHE_BUDGET
+)
+_DML: Final = frozenset({"select", "insert", "update", "delete"})

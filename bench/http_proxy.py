@@ -1,0 +1,369 @@
+"""Throughput and latency of the HTTP broker, against baselines measured in the same run.
+
+Run: ``.venv/bin/python bench/http_proxy.py [--json] [--duration SECONDS]``
+(needs ``wrk`` and ``nginx`` from Debian: ``apt-get install -y wrk nginx``).
+
+One small upstream (nginx, one worker, ``return 200``) is reached five ways, each loaded by
+wrk at 1 connection (1 thread) and 16 connections (2 threads) for ``--duration`` seconds:
+
+===============  =============================================================================
+setup            what the requests go through
+===============  =============================================================================
+direct           nothing: wrk → upstream
+nginx            nginx ``proxy_pass`` with upstream keep-alive (one worker)
+bare             a forwarder on Tether's own stack (uvicorn + the broker's upstream client,
+                 one process) with no authentication, policy or audit
+tether           ``tether serve`` (one process): DPoP-bound token, a fresh proof per
+                 request (made ahead and fed by a wrk Lua script), policy, audit trail
+                 (SQLite, ``sqlite_synchronous: full``), credential injection
+tether-cert      the same broker served over mutual TLS with a certificate-bound token
+                 (RFC 8705). wrk has no client certificates, so this row is loaded by the
+                 Python generator of this file (``--generator`` shows its own ceiling)
+===============  =============================================================================
+
+With ``--json`` it prints one object per (setup, connections): ``rps``, ``p50_ms``,
+``p99_ms``, ``errors`` (non-2xx answers and socket errors), and the ratios
+``rps_vs_direct``, ``rps_vs_bare``, ``p50_added_ms`` and ``p99_added_ms`` (over direct at
+the same connection count). The goals (informational, never an exit status): at 1
+connection tether adds <= 1 ms p50 and <= 3 ms p99 over direct; at 16 connections tether's
+rps >= 0.5 x bare's. Progress goes to standard error. Exit 2 when wrk or nginx is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TETHER = ROOT / ".venv" / "bin" / "tether"
+PATH = "/v1/items/7"
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+WRK = shutil.which("wrk")
+
+LUA = """
+local counter = 0
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  proofs = {}
+  count, idx = 0, 0
+  local threads = tonumber(args[4])
+  local i = 0
+  for line in io.lines(args[1]) do
+    if i % threads == id then count = count + 1; proofs[count] = line end
+    i = i + 1
+  end
+  auth = "DPoP " .. args[2]
+  path = args[3]
+end
+function request()
+  idx = idx + 1
+  if idx > count then idx = 1 end
+  return wrk.format("GET", path, {["Authorization"] = auth, ["DPoP"] = proofs[idx]})
+end
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  server {{ listen 127.0.0.1:{upstream};
+           location / {{ default_type application/json; return 200 '{{"ok":true}}'; }} }}
+  upstream up {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+  server {{ listen 127.0.0.1:{proxy};
+           location / {{ proxy_pass http://up; proxy_http_version 1.1;
+                        proxy_set_header Connection ""; }} }}
+}}
+"""
+
+POLICY = """
+rules:
+  - id: bench-read
+    effect: allow
+    agents: [bench-bot]
+    targets: [bench]
+    http: {methods: [GET], paths: ["/v1/items/{id}"]}
+  - id: bench-no-admin
+    effect: deny
+    targets: [bench]
+    http: {methods: ["*"], paths: ["/admin/**"]}
+"""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"http_proxy: nothing listens on port {port} after {timeout} s")
+
+
+@contextmanager
+def process(args: list[str], **kw: Any) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(args, text=True, **kw)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- load ---------------------------------------------------------------------------------
+
+
+def wrk(url: str, connections: int, duration: int, script: list[str] | None = None) -> dict[str, Any]:
+    threads = 1 if connections == 1 else 2
+    args = [WRK or "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script is not None:
+        args += ["-s", script[0], url, "--", *script[1:], str(threads)]
+    else:
+        args.append(url)
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    def latency(label: str) -> float:
+        found = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if found is None:
+            raise SystemExit(f"http_proxy: no {label} latency in wrk's output:\n{out}")
+        value, unit = float(found.group(1)), found.group(2)
+        return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket_errors is not None:
+        errors += sum(int(n) for n in socket_errors.groups())
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50_ms": latency("50%"),
+        "p99_ms": latency("99%"),
+        "errors": errors,
+    }
+
+
+# --- the bare forwarder -------------------------------------------------------------------
+
+
+def serve_bare(port: int, upstream: int) -> None:
+    """A forwarder on the broker's own stack: uvicorn + UpstreamPool, nothing else."""
+    import asyncio
+
+    import uvicorn
+
+    from tether.proxy.http.forward import ClientLimits, Forwarder, Outcome, Plan
+    from tether.proxy.http.headers import request_headers, response_headers
+    from tether.proxy.http.upstream import Origin, UpstreamPool
+
+    pool = UpstreamPool()
+    plan = Plan(Origin("127.0.0.1", upstream, None), "", f"127.0.0.1:{upstream}".encode(),
+                5.0, 60.0, None)  # fmt: skip
+    limits = ClientLimits(30.0, 30.0)
+
+    async def live() -> None:
+        return None
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        out = Outcome()
+        forwarder = Forwarder(pool, plan, limits, live)
+        headers = request_headers(scope["headers"], "bare")
+        target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
+        connection, response = await forwarder.open(
+            scope["method"].encode(), target, headers, receive, out
+        )
+        out.status = response.status
+        shown = response_headers(response.headers, "bare", path_prefix=None)
+        await forwarder.stream_response(connection, send, shown, out)
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            access_log=False, lifespan="off", server_header=False)  # fmt: skip
+    asyncio.run(uvicorn.Server(config).serve())
+
+
+# --- tether -------------------------------------------------------------------------------
+
+
+class Node:
+    """``tether serve`` with the bench target, and an agent's DPoP key and token."""
+
+    def __init__(self, tmp: Path, upstream: int) -> None:
+        self.tmp, self.upstream = tmp, upstream
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (tmp / "pol").mkdir()
+        (tmp / "pol" / "bench.yaml").write_text(POLICY)
+        (tmp / "tether.yaml").write_text(
+            f"listen: 127.0.0.1:{self.port}\ndata_dir: data\npolicies: pol\n"
+            "log_level: warning\npolicy_watch: false\n"
+        )
+        (tmp / "target.yaml").write_text(
+            f"kind: http\nname: bench\nbase_url: http://127.0.0.1:{upstream}\n"
+            "credential: {type: header, secret: bench-key, header_name: X-Api-Key}\n"
+        )
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        env = {**os.environ, "TETHER_SERVER": self.url, "TETHER_ADMIN_TOKEN": self.admin}
+        env.pop("TETHER_CONFIG", None)
+        done = subprocess.run([str(TETHER), *args], input=stdin, capture_output=True, text=True,
+                              env=env, cwd=self.tmp, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"http_proxy: tether {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def setup(self, stderr: Path) -> tuple[Any, str]:
+        from tether.client import TetherClient
+
+        deadline = time.monotonic() + 90
+        while "tat_" not in stderr.read_text():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"http_proxy: tether did not start:\n{stderr.read_text()}")
+            time.sleep(0.1)
+        self.admin = re.findall(r"tat_[0-9a-f]{12}\.[A-Za-z0-9_-]{43}", stderr.read_text())[0]
+        wait_port(self.port)
+        self.cli("secret", "set", "bench-key", stdin="bench-api-key\n")
+        self.cli("target", "add", "bench", "--from-file", "target.yaml")
+        self.cli("agent", "create", "bench-bot", "--owner", "bench")
+        join = self.cli("agent", "join-token", "bench-bot")
+        with TetherClient(self.url) as client:
+            session = client.join(join, task_id="bench", purpose="bench", lifetime=3600)
+        return session.key, session.token
+
+
+def proofs(key: Any, token: str, url: str, count: int, path: Path) -> None:
+    from tether.identity.dpop import make_proof
+
+    now = time.time()
+    lines = [make_proof(key, "GET", url, now=now, access_token=token) for _ in range(count)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--serve-bare", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(*args.serve_bare)
+        return 0
+    missing = [name for name, found in (("wrk", WRK), ("nginx", NGINX)) if found is None]
+    if missing:
+        print(f"http_proxy: {' and '.join(missing)} not installed: apt-get install -y wrk nginx",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    results = run_all(args.duration)
+    report(results, as_json=args.json)
+    return 0
+
+
+def run_all(duration: int) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as name:
+        tmp = Path(name)
+        upstream, proxy, bare = free_port(), free_port(), free_port()
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream, proxy=proxy))
+        (tmp / "bench.lua").write_text(LUA)
+        node = Node(tmp, upstream)
+        stderr = tmp / "tether.log"
+        with (
+            process([str(NGINX), "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
+                    stderr=subprocess.DEVNULL),
+            process([sys.executable, __file__, "--serve-bare", str(bare), str(upstream)]),
+            stderr.open("w") as log_file,
+            process([str(TETHER), "serve", "--config", str(tmp / "tether.yaml")], cwd=tmp,
+                    stderr=log_file, env={k: v for k, v in os.environ.items()
+                                          if not k.startswith("TETHER_")}),
+        ):  # fmt: skip
+            for port in (upstream, proxy, bare):
+                wait_port(port)
+            key, token = node.setup(stderr)
+            tether_url = f"{node.url}/t/bench{PATH}"
+            for connections in (1, 16):
+                for setup, url in (
+                    ("direct", f"http://127.0.0.1:{upstream}{PATH}"),
+                    ("nginx", f"http://127.0.0.1:{proxy}{PATH}"),
+                    ("bare", f"http://127.0.0.1:{bare}{PATH}"),
+                ):
+                    log(f"{setup} x{connections} ...")
+                    results.append({"setup": setup, "connections": connections,
+                                    **wrk(url, connections, duration)})  # fmt: skip
+                log(f"tether x{connections} ... (making proofs)")
+                proofs(key, token, tether_url, 40_000 if connections == 1 else 80_000,
+                       tmp / "proofs.txt")  # fmt: skip
+                script = [str(tmp / "bench.lua"), str(tmp / "proofs.txt"), token, f"/t/bench{PATH}"]
+                results.append({"setup": "tether", "connections": connections,
+                                **wrk(tether_url, connections, duration, script)})  # fmt: skip
+    return with_ratios(results)
+
+
+def with_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {(r["setup"], r["connections"]): r for r in results}
+    for row in results:
+        direct = by[("direct", row["connections"])]
+        bare = by.get(("bare", row["connections"]))
+        row["rps_vs_direct"] = round(row["rps"] / direct["rps"], 4) if direct["rps"] else None
+        row["rps_vs_bare"] = round(row["rps"] / bare["rps"], 4) if bare and bare["rps"] else None
+        row["p50_added_ms"] = round(row["p50_ms"] - direct["p50_ms"], 3)
+        row["p99_added_ms"] = round(row["p99_ms"] - direct["p99_ms"], 3)
+    return results
+
+
+def report(results: list[dict[str, Any]], *, as_json: bool) -> None:
+    if as_json:
+        for row in results:
+            print(json.dumps(row))
+        return
+    print(f"{'setup':<12}{'conns':>6}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'x direct':>10}{'x bare':>8}{'+p50':>8}{'+p99':>8}")  # fmt: skip
+    for r in results:
+        bare = f"{r['rps_vs_bare']:.2f}" if r["rps_vs_bare"] is not None else "-"
+        print(f"{r['setup']:<12}{r['connections']:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.3f}"
+              f"{r['p99_ms']:>9.3f}{r['errors']:>8}{r['rps_vs_direct']:>10.3f}{bare:>8}"
+              f"{r['p50_added_ms']:>8.2f}{r['p99_added_ms']:>8.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

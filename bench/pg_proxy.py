@@ -1,0 +1,223 @@
+"""PostgreSQL broker throughput: pgbench directly, through pgbouncer and through Tether.
+
+Run: ``.venv/bin/python bench/pg_proxy.py [--json] [--seconds S] [--clients N]``
+
+One run starts a PostgreSQL server (tests/pg.py: fsync off, loopback), loads ``pgbench -i -s 1``
+into it, starts pgbouncer (Debian's ``pgbouncer``, transaction pooling, plain TCP) and the
+Tether broker in this process (SQLite store, full audit: two events per statement, committed
+with ``synchronous=FULL``; TLS, a certificate-bound token as the password), then runs each
+workload against each path, interleaved, with ``-c N -j 2 -T S``:
+
+* ``select-only``: ``pgbench -S`` (the builtin select-only script, simple protocol);
+* ``mixed``: ``BEGIN; UPDATE pgbench_accounts ...; SELECT ...; END;`` per transaction.
+
+Each row gives the TPS pgbench reports (without connection time) and the ratio to the direct
+path of the same workload. The issue's goal is Tether >= 0.5x direct on ``select-only``;
+the figures are informational and the script exits 0 whatever they are. Progress goes to
+stderr. pgbench and PostgreSQL run on the same machine as the broker, so on a small machine
+the three compete for the same cores (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests import pg
+from tests.proxy_pg.conftest import (
+    ADMIN_PASSWORD,
+    APP_PASSWORD,
+    DATABASE,
+    SCHEMA,
+    TABLES,
+    make_broker,
+)
+
+from tether.audit.config import AuditConfig
+
+POLICY = """
+rules:
+  - id: bench
+    effect: allow
+    agents: [bot]
+    sql: {statements: [select, update, transaction], tables: ["public.pgbench_*", "pg_catalog.*"]}
+"""
+MIXED = """\\set aid random(1, 100000 * :scale)
+\\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+END;
+"""
+_TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+async def pgbench(args: list[str], extra_env: dict[str, str]) -> float:
+    process = await asyncio.create_subprocess_exec(
+        "pgbench", *args, env={**env(), **extra_env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    found = _TPS.search(out.decode())
+    if process.returncode != 0 or found is None:
+        raise RuntimeError(f"pgbench {' '.join(args)} failed: {err.decode()[-500:]}")
+    return float(found.group(1))
+
+
+def start_pgbouncer(server: pg.PostgresServer, root: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = pg.free_port()
+    (root / "users.txt").write_text(f'"app_user" "{APP_PASSWORD}"\n')
+    (root / "pgbouncer.ini").write_text(
+        textwrap.dedent(f"""
+        [databases]
+        {DATABASE} = host=127.0.0.1 port={server.port} dbname={DATABASE}
+        [pgbouncer]
+        listen_addr = 127.0.0.1
+        listen_port = {port}
+        unix_socket_dir =
+        auth_type = plain
+        auth_file = {root / "users.txt"}
+        pool_mode = transaction
+        default_pool_size = 20
+        max_client_conn = 200
+        logfile = {root / "pgbouncer.log"}
+        """)
+    )
+    user = pg.server_user()
+    if user is not None:
+        shutil.chown(root, user)
+        for name in ("users.txt", "pgbouncer.ini"):
+            shutil.chown(root / name, user)
+    command = ["pgbouncer", str(root / "pgbouncer.ini")]
+    if user is not None:
+        command = ["runuser", "-u", user, "--", *command]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return process, port
+
+
+async def wait_port(port: int) -> None:
+    for _ in range(100):
+        try:
+            _r, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    server = pg.PostgresServer.start()
+    root = Path(tempfile.mkdtemp(prefix="tether-bench-pg-", dir="/tmp"))
+    bouncer: subprocess.Popen[bytes] | None = None
+    try:
+        server.psql(SCHEMA.format(app=APP_PASSWORD, admin=ADMIN_PASSWORD))
+        server.create_database(DATABASE)
+        server.psql(TABLES, database=DATABASE)
+        log("loading pgbench -i -s 1")
+        init = ["pgbench", "-i", "-s", "1", "-q", "-h", str(server.socket_dir), "-p",
+                str(server.port), "-U", pg.SUPERUSER, DATABASE]  # fmt: skip
+        subprocess.run(init, env=env(), check=True, capture_output=True)
+        server.psql("GRANT ALL ON ALL TABLES IN SCHEMA public TO app_user", database=DATABASE)
+        (root / "mixed.sql").write_text(MIXED)
+        bouncer, bouncer_port = start_pgbouncer(server, root)
+        await wait_port(bouncer_port)
+        brokers = []
+        for name, sync in (("tether", "full"), ("tether-normal", "normal")):
+            made = await make_broker(
+                server,
+                root / name,
+                AuditConfig(sqlite_synchronous=sync),  # type: ignore[arg-type]
+            )
+            brokers.append((name, *made))
+        try:
+            paths: dict[str, tuple[list[str], dict[str, str]]] = {
+                "direct": (["-h", "127.0.0.1", "-p", str(server.port), "-U", "app_user", DATABASE],
+                           {"PGPASSWORD": APP_PASSWORD}),
+                "pgbouncer": (["-h", "127.0.0.1", "-p", str(bouncer_port), "-U", "app_user",
+                               DATABASE], {"PGPASSWORD": APP_PASSWORD}),
+            }  # fmt: skip
+            for name, broker, _store in brokers:
+                broker.set_policy(POLICY)
+                agent = await broker.agent()
+                token, cert, key = await broker.bound_login(agent, root / name)
+                paths[name] = (
+                    ["-h", "127.0.0.1", "-p", str(broker.port), "-U", "bot", "app"],
+                    {"PGPASSWORD": token, "PGSSLMODE": "require", "PGSSLCERT": str(cert),
+                     "PGSSLKEY": str(key)},
+                )  # fmt: skip
+            workloads = {
+                "select-only": ["-S"],
+                "mixed": ["-f", str(root / "mixed.sql")],
+            }
+            common = ["-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
+            results: list[dict[str, Any]] = []
+            for workload, script in workloads.items():
+                for path, (where, extra) in paths.items():
+                    log(f"{workload} via {path}")
+                    tps = await pgbench([*script, *common, *where], extra)
+                    results.append({"workload": workload, "path": path, "tps": round(tps, 1),
+                                    "clients": args.clients, "seconds": args.seconds})  # fmt: skip
+            for row in results:
+                direct = next(r for r in results if r["workload"] == row["workload"]
+                              and r["path"] == "direct")  # fmt: skip
+                row["x_direct"] = round(row["tps"] / direct["tps"], 3)
+                if row["workload"] == "select-only" and row["path"] == "tether":
+                    row["goal"] = ">=0.5x direct " + (
+                        "met" if row["x_direct"] >= 0.5 else "not met"
+                    )
+            return results
+        finally:
+            for _name, broker, store in brokers:
+                await broker.broker.stop()
+                await broker.auditor.log.close()
+                await store.close()
+    finally:
+        if bouncer is not None:
+            bouncer.terminate()
+            bouncer.wait(10)
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--seconds", type=int, default=10, help="pgbench -T per series")
+    parser.add_argument("--clients", type=int, default=8, help="pgbench -c")
+    args = parser.parse_args()
+    results = asyncio.run(measure(args))
+    if args.json:
+        for row in results:
+            print(json.dumps(row))
+        return 0
+    print(f"{'workload':<12} {'path':<10} {'tps':>10} {'x direct':>9}  goal")
+    for row in results:
+        goal = row.get("goal", "-")
+        print(f"{row['workload']:<12} {row['path']:<10} {row['tps']:>10.1f} "
+              f"{row['x_direct']:>8.2f}x  {goal}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

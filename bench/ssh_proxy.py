@@ -1,0 +1,266 @@
+"""SSH broker: round trip, many concurrent sessions and SFTP throughput, against direct sshd.
+
+Run: ``.venv/bin/python bench/ssh_proxy.py [--json] [--rounds N] [--sessions N] [--mb N]``
+
+One run starts a real OpenSSH ``sshd`` on loopback (tests/identity/conftest_sshd.py, trusting
+Tether's target CA) and the Tether broker in this process (SQLite store, full audit, the
+policy allowing ``true``, ``sleep 1`` and files under the bench directory), then measures,
+with the real OpenSSH clients:
+
+* ``round-trip``: ``ssh ... true`` (connect + authenticate + exec + exit) through Tether
+  (agent certificate; Tether dials the target with a per-session certificate) and directly
+  to the same sshd (a certificate of the same target CA); median of N interleaved rounds.
+  Goal: Tether <= 2x direct.
+* ``concurrent``: N sessions at once (default 500), each ``sleep 1``, from a separate client
+  process (asyncssh clients, so that 500 OpenSSH processes do not starve the broker of the
+  machine's two cores); errors counted, and the broker's peak RSS over its RSS before, per
+  session. Goal: zero errors.
+* ``sftp-put``, ``sftp-get``: an N MB file (default 200) with ``sftp -b``, through Tether and
+  direct; MB/s and the ratio. Goal: Tether >= 0.5x direct.
+
+The figures are informational: the script exits 0 whatever they are (bench/README.md).
+Progress goes to stderr; ``--json`` prints one object per measurement on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.identity.conftest_sshd import running_sshd  # noqa: E402
+from tests.proxy_ssh.harness import (  # noqa: E402
+    Agent,
+    Stack,
+    build_stack,
+    known_hosts_line,
+    run,
+)
+
+POLICY = """
+rules:
+  - id: bench
+    effect: allow
+    agents: [bench-bot]
+    ssh: {commands: ["true", "sleep 1"]}
+  - id: bench-files
+    effect: allow
+    agents: [bench-bot]
+    files: {read: ["/tmp/**"], write: ["/tmp/**"], list: ["/tmp/**"]}
+"""
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+
+CLIENTS = """
+import asyncio, json, sys, time
+import asyncssh
+
+async def one(port, key, cert, user):
+    try:
+        async with asyncssh.connect("127.0.0.1", port, username=user, client_keys=[(key, cert)],
+                                    known_hosts=None, agent_path=None, config=None) as conn:
+            result = await conn.run("sleep 1")
+            return result.exit_status == 0
+    except Exception as error:
+        print(repr(error), file=sys.stderr)
+        return False
+
+async def main():
+    port, key_path, cert_path, user, n = sys.argv[1:6]
+    key = asyncssh.read_private_key(key_path)
+    cert = asyncssh.read_certificate(cert_path)
+    started = time.monotonic()
+    results = await asyncio.gather(*(one(int(port), key, cert, user) for _ in range(int(n))))
+    print(json.dumps({"ok": sum(results), "errors": len(results) - sum(results),
+                      "seconds": time.monotonic() - started}))
+
+asyncio.run(main())
+"""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Paths:
+    """The two ways to the same sshd: through Tether and direct."""
+
+    def __init__(self, stack: Stack, agent: Agent, sshd_port: int, direct_key: Path) -> None:
+        self.stack, self.agent, self.sshd_port, self.direct_key = stack, agent, sshd_port, direct_key
+
+    def ssh_argv(self, via: str, program: str = "ssh") -> list[str]:
+        flag = "-P" if program in ("sftp", "scp") else "-p"
+        if via == "tether":
+            args = self.agent.ssh_args()
+            return [program, flag, str(self.stack.broker.port), *args]
+        args = [
+            "-F", "/dev/null", "-i", str(self.direct_key),
+            "-o", f"CertificateFile={self.direct_key}-cert.pub",
+            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+        ]  # fmt: skip
+        return [program, flag, str(self.sshd_port), *args]
+
+    def destination(self, via: str) -> str:
+        return "root@web-1@127.0.0.1" if via == "tether" else "root@127.0.0.1"
+
+
+async def round_trip(paths: Paths, rounds: int) -> list[dict[str, Any]]:
+    times: dict[str, list[float]] = {"direct": [], "tether": []}
+    for _ in range(rounds):
+        for via in ("direct", "tether"):
+            started = time.perf_counter()
+            status, _, err = await run([*paths.ssh_argv(via), paths.destination(via), "true"])
+            times[via].append(time.perf_counter() - started)
+            if status != 0:
+                raise SystemExit(f"round trip via {via} failed: {err.decode()}")
+    direct = statistics.median(times["direct"])
+    tether = statistics.median(times["tether"])
+    return [
+        {"kind": "round-trip", "via": "direct", "ms": round(direct * 1000, 1)},
+        {"kind": "round-trip", "via": "tether", "ms": round(tether * 1000, 1),
+         "x_direct": round(tether / direct, 2), "goal": "<= 2x direct",
+         "met": tether <= 2 * direct},
+    ]  # fmt: skip
+
+
+async def concurrent(paths: Paths, sessions: int) -> dict[str, Any]:
+    before = rss_bytes()
+    peak = before
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENTS, str(paths.stack.broker.port), str(paths.agent.key_path),
+        str(paths.agent.cert_path), "root@web-1", str(sessions),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, rss_bytes())
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+    out, err = await process.communicate()
+    sampler.cancel()
+    if process.returncode != 0:
+        raise SystemExit(f"client process failed: {err.decode()[-2000:]}")
+    result = json.loads(out)
+    return {
+        "kind": "concurrent", "sessions": sessions, "errors": result["errors"],
+        "seconds": round(result["seconds"], 2),
+        "rss_per_session_kb": round((peak - before) / sessions / 1024, 1),
+        "goal": "zero errors", "met": result["errors"] == 0,
+    }  # fmt: skip
+
+
+async def sftp(paths: Paths, directory: Path, mb: int) -> list[dict[str, Any]]:
+    source = directory / "payload.bin"
+    with source.open("wb") as handle:
+        for _ in range(mb):
+            handle.write(os.urandom(1 << 20))
+    rows: list[dict[str, Any]] = []
+    rates: dict[tuple[str, str], float] = {}
+    for op in ("put", "get"):
+        for via in ("direct", "tether"):
+            remote = directory / f"remote-{via}.bin"
+            if op == "put":
+                batch = f"put {source} {remote}\n"
+            else:
+                batch = f"get {remote} {directory / f'back-{via}.bin'}\n"
+            started = time.perf_counter()
+            argv = [*paths.ssh_argv(via, "sftp"), "-b", "-", paths.destination(via)]
+            status, _, err = await run(argv, batch.encode(), timeout=1800)
+            elapsed = time.perf_counter() - started
+            if status != 0:
+                raise SystemExit(f"sftp {op} via {via} failed: {err.decode()}")
+            rates[(op, via)] = mb / elapsed
+    for op in ("put", "get"):
+        direct, tether = rates[(op, "direct")], rates[(op, "tether")]
+        rows.append({"kind": f"sftp-{op}", "via": "direct", "mb": mb, "mb_per_s": round(direct, 1)})
+        rows.append({
+            "kind": f"sftp-{op}", "via": "tether", "mb": mb, "mb_per_s": round(tether, 1),
+            "x_direct": round(tether / direct, 2), "goal": ">= 0.5x direct",
+            "met": tether >= 0.5 * direct,
+        })  # fmt: skip
+    return rows
+
+
+async def setup(directory: Path, sshd_port: int, sshd_dir: Path, stack: Stack) -> Paths:
+    await stack.add_target(
+        "web-1",
+        {
+            "host": "127.0.0.1", "port": sshd_port, "users": ["root"],
+            "known_hosts": known_hosts_line(sshd_dir, sshd_port),
+            "credential": {"type": "certificate", "validity_seconds": 600},
+        },
+    )  # fmt: skip
+    agent = await stack.agent("bench-bot")
+    issued = await stack.broker.context.target_ca.session_credential(
+        login="root", agent="bench", task="direct", session="direct", validity_seconds=600,
+        allow_pty=False,
+    )  # fmt: skip
+    direct_key = directory / "direct"
+    direct_key.write_bytes(issued.private_key.export_private_key("openssh"))
+    direct_key.chmod(0o600)
+    Path(f"{direct_key}-cert.pub").write_bytes(issued.certificate.export_certificate("openssh"))
+    return Paths(stack, agent, sshd_port, direct_key)
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="tether-bench-ssh-", dir="/tmp") as tmp:
+        directory = Path(tmp)
+        stack = await build_stack(directory, POLICY)
+        try:
+            ca_line = await stack.broker.context.target_ca.public_key_line()
+            sshd_dir = directory / "sshd"
+            sshd_dir.mkdir()
+            extra = f"Subsystem sftp {SFTP_SERVER}\nMaxStartups 4000\nMaxSessions 100\n"
+            with running_sshd(
+                sshd_dir, trusted_ca_keys=[ca_line], principals=["root"], extra_config=extra
+            ) as sshd:
+                paths = await setup(directory, sshd.port, sshd_dir, stack)
+                rows: list[dict[str, Any]] = []
+                log(f"round trip, {args.rounds} rounds...")
+                rows += await round_trip(paths, args.rounds)
+                log(f"{args.sessions} concurrent sessions...")
+                rows.append(await concurrent(paths, args.sessions))
+                log(f"sftp, {args.mb} MB each way...")
+                rows += await sftp(paths, directory, args.mb)
+                return rows
+        finally:
+            await stack.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--sessions", type=int, default=500)
+    parser.add_argument("--mb", type=int, default=200)
+    args = parser.parse_args()
+    rows = asyncio.run(main_async(args))
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Repository functions for access requests, votes and grants.
+
+Each takes an ``AsyncConnection`` (the caller owns the transaction) and the caller's
+``now``. :func:`lock_pending` is how a vote serialises with every other vote on the same
+request, on one node or several: its first statement is an ``UPDATE`` of the request row,
+which takes PostgreSQL's row lock and SQLite's write lock before anything is read, so two
+approvers can never both count "one approval so far" and both miss the quorum (or both
+reach it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.approvals.model import AccessRequest, Grant, Vote
+from tether.approvals.schema import access_requests, approval_votes, grants
+from tether.store.identity import upsert_insert
+
+
+async def expire_stale(conn: AsyncConnection, pending_key: str, now: datetime) -> None:
+    """Give up the key of a pending request whose time to be decided has passed."""
+    await conn.execute(
+        update(access_requests)
+        .where(access_requests.c.pending_key == pending_key, access_requests.c.expires_at <= now)
+        .values(
+            status="expired", pending_key=None, decided_at=now, updated_at=now,
+            revision=access_requests.c.revision + 1,
+        )
+    )  # fmt: skip
+
+
+async def expire_due(conn: AsyncConnection, now: datetime) -> list[str]:
+    """Mark every pending request past its deadline ``expired``; their ids."""
+    due = list(
+        await conn.scalars(
+            select(access_requests.c.id).where(
+                access_requests.c.status == "pending", access_requests.c.expires_at <= now
+            )
+        )
+    )
+    for request_id in due:
+        await decide(conn, request_id, "expired", "nobody decided in time", now)
+    return due
+
+
+async def insert_pending(conn: AsyncConnection, values: Mapping[str, Any]) -> str:
+    """Insert a pending request unless one holds its key; the id of the one that does."""
+    stmt = upsert_insert(conn, access_requests).values(**values)
+    await conn.execute(stmt.on_conflict_do_nothing(index_elements=["pending_key"]))
+    found = await conn.scalar(
+        select(access_requests.c.id).where(access_requests.c.pending_key == values["pending_key"])
+    )
+    assert found is not None  # just inserted, or held by a committed pending request
+    return str(found)
+
+
+async def load(conn: AsyncConnection, request_id: str) -> AccessRequest | None:
+    row = (
+        (await conn.execute(select(access_requests).where(access_requests.c.id == request_id)))
+        .mappings()
+        .first()
+    )
+    return None if row is None else await _full(conn, row)
+
+
+async def search(
+    conn: AsyncConnection,
+    *,
+    status: str | None = None,
+    agent_id: str | None = None,
+    limit: int = 100,
+) -> list[AccessRequest]:
+    query = select(access_requests).order_by(
+        access_requests.c.requested_at.desc(), access_requests.c.id
+    )
+    if status is not None:
+        query = query.where(access_requests.c.status == status)
+    if agent_id is not None:
+        query = query.where(access_requests.c.agent_id == agent_id)
+    rows = (await conn.execute(query.limit(limit))).mappings().all()
+    return [await _full(conn, row) for row in rows]
+
+
+async def changed_since(conn: AsyncConnection, since: datetime, limit: int) -> list[AccessRequest]:
+    """Requests updated at or after ``since``, oldest change first (the event stream)."""
+    query = (
+        select(access_requests)
+        .where(access_requests.c.updated_at >= since)
+        .order_by(access_requests.c.updated_at, access_requests.c.id)
+        .limit(limit)
+    )
+    return [await _full(conn, row) for row in (await conn.execute(query)).mappings().all()]
+
+
+async def lock_pending(conn: AsyncConnection, request_id: str, now: datetime) -> bool:
+    """Lock a request that is still pending and not past its deadline; False otherwise."""
+    result = await conn.execute(
+        update(access_requests)
+        .where(
+            access_requests.c.id == request_id,
+            access_requests.c.status == "pending",
+            access_requests.c.expires_at > now,
+        )
+        .values(revision=access_requests.c.revision + 1, updated_at=now)
+    )
+    return result.rowcount == 1
+
+
+async def insert_vote(
+    conn: AsyncConnection,
+    request_id: str,
+    user_id: str,
+    vote: str,
+    reason: str | None,
+    now: datetime,
+) -> None:
+    await conn.execute(
+        insert(approval_votes).values(
+            request_id=request_id, user_id=user_id, vote=vote, reason=reason, created_at=now
+        )
+    )
+
+
+async def decide(
+    conn: AsyncConnection, request_id: str, status: str, reason: str | None, now: datetime
+) -> None:
+    """Move a pending request to ``status`` and give up its pending key."""
+    await conn.execute(
+        update(access_requests)
+        .where(access_requests.c.id == request_id, access_requests.c.status == "pending")
+        .values(
+            status=status, pending_key=None, decided_at=now, decided_reason=reason,
+            updated_at=now,
+        )
+    )  # fmt: skip
+
+
+async def insert_grant(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
+    await conn.execute(insert(grants).values(**values))
+
+
+async def held_rules(
+    conn: AsyncConnection,
+    *,
+    agent_id: str,
+    task_id: str,
+    digests: Mapping[str, str | None],
+    now: datetime,
+) -> set[str]:
+    """The rules of ``digests`` (rule id -> the action's digest for it) with a live grant."""
+    matches = [
+        and_(
+            grants.c.rule_id == rule,
+            or_(grants.c.scope == "rule", grants.c.digest == digest)
+            if digest is not None
+            else grants.c.scope == "rule",
+        )
+        for rule, digest in digests.items()
+    ]
+    if not matches:
+        return set()
+    rows = await conn.scalars(
+        select(grants.c.rule_id).where(
+            grants.c.agent_id == agent_id,
+            grants.c.task_id == task_id,
+            grants.c.revoked_at.is_(None),
+            grants.c.expires_at > now,
+            or_(*matches),
+        )
+    )
+    return set(rows)
+
+
+async def live_grant_request(
+    conn: AsyncConnection, *, agent_id: str, task_id: str, rule_id: str, digest: str, now: datetime
+) -> str | None:
+    """The request id of a live grant covering this action, if any."""
+    found = await conn.scalar(
+        select(grants.c.request_id)
+        .where(
+            grants.c.agent_id == agent_id,
+            grants.c.task_id == task_id,
+            grants.c.rule_id == rule_id,
+            grants.c.revoked_at.is_(None),
+            grants.c.expires_at > now,
+            or_(grants.c.scope == "rule", grants.c.digest == digest),
+        )
+        .order_by(grants.c.expires_at.desc())
+        .limit(1)
+    )
+    return None if found is None else str(found)
+
+
+async def cancel_for(
+    conn: AsyncConnection, column: str, value: str, reason: str, now: datetime
+) -> list[str]:
+    """Cancel the pending requests and revoke the live grants whose ``column`` is ``value``;
+    the ids of the requests affected."""
+    pending = list(
+        await conn.scalars(
+            select(access_requests.c.id).where(
+                access_requests.c[column] == value, access_requests.c.status == "pending"
+            )
+        )
+    )
+    for request_id in pending:
+        await decide(conn, request_id, "cancelled", reason, now)
+    affected = set(pending)
+    if column in ("agent_id", "task_id"):
+        revoked = await conn.scalars(
+            select(grants.c.request_id).where(
+                grants.c[column] == value, grants.c.revoked_at.is_(None)
+            )
+        )
+        affected.update(revoked)
+        await conn.execute(
+            update(grants)
+            .where(grants.c[column] == value, grants.c.revoked_at.is_(None))
+            .values(revoked_at=now, revoked_reason=reason)
+        )
+    return sorted(affected)
+
+
+async def _full(conn: AsyncConnection, row: RowMapping) -> AccessRequest:
+    votes = (
+        await conn.execute(
+            select(approval_votes)
+            .where(approval_votes.c.request_id == row["id"])
+            .order_by(approval_votes.c.created_at, approval_votes.c.user_id)
+        )
+    ).mappings()
+    grant_row = (
+        (await conn.execute(select(grants).where(grants.c.request_id == row["id"])))
+        .mappings()
+        .first()
+    )
+    return AccessRequest(
+        id=row["id"], agent_id=row["agent_id"], runtime_id=row["runtime_id"],
+        task_id=row["task_id"], delegation_user=row["delegation_user"], owner=row["owner"],
+        target=row["target"], kind=row["kind"], action=row["action"], digest=row["digest"],
+        rule_id=row["rule_id"], scope=row["scope"], required=row["required"],
+        approvers=tuple(row["approvers"]), allow_self=bool(row["allow_self"]),
+        valid_for=row["valid_for"], reason=row["reason"], status=row["status"],
+        requested_at=row["requested_at"], expires_at=row["expires_at"],
+        decided_at=row["decided_at"], decided_reason=row["decided_reason"],
+        revision=row["revision"],
+        votes=tuple(Vote(v["user_id"], v["vote"], v["reason"], v["created_at"]) for v in votes),
+        grant=None if grant_row is None else _grant(grant_row), updated_at=row["updated_at"],
+    )  # fmt: skip
+
+
+def _grant(row: RowMapping) -> Grant:
+    return Grant(
+        row["id"], row["request_id"], row["agent_id"], row["task_id"], row["rule_id"],
+        row["scope"], row["digest"], row["created_at"], row["expires_at"], row["revoked_at"],
+    )  # fmt: skip
+
+
+def ids(requests: Iterable[AccessRequest]) -> list[str]:
+    return [r.id for r in requests]

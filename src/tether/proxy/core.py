@@ -1,0 +1,158 @@
+"""What every front-end shares: its services, and one action's request and decision.
+
+Every front-end runs the same sequence (DESIGN.md): authenticate the credential → build the
+policy request → decide → enforce → audit. This module builds the request and takes the
+decision, so that the HTTP, SSH and PostgreSQL front-ends cannot differ in what they tell
+the engine about who acts.
+
+Security decisions:
+
+* **The request is built from the verified claims only.** Agent, runtime, task, scope and
+  delegation come from the access token (or the certificate) the identity service
+  verified; nothing the agent sends in the action can set them.
+* **Agent labels come from the store**, cached for at most ``labels_ttl`` seconds (the
+  identity service's revocation poll interval by default), so a relabelled agent is
+  decided under its new labels within that bound. An agent missing from the store gets
+  no labels, and the identity service refuses it anyway (``check_live``).
+* **A decision never raises** (``PolicySet.decide`` fails closed); :func:`decide` only
+  adds the policy set in force at the moment of the call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final
+
+from tether.audit.subject import Subject
+from tether.store import agents as agent_store
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from tether.api.state import PolicyHolder
+    from tether.audit.emit import Auditor
+    from tether.identity.claims import Claims
+    from tether.identity.service import IdentityService
+    from tether.policy.model import Decision
+    from tether.vault.secrets import SecretStore
+    from tether.vault.targets import Target, TargetStore
+
+_NO_LABELS: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+class AgentLabels:
+    """The labels of agents, read from the store and cached for ``ttl`` seconds each."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 100_000,
+    ) -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._clock = clock
+        self._max = max_entries
+        self._cache: dict[str, tuple[Mapping[str, str], float]] = {}
+
+    async def get(self, agent_id: str) -> Mapping[str, str]:
+        """The agent's labels (empty for an unknown agent)."""
+        now = self._clock()
+        hit = self._cache.get(agent_id)
+        if hit is not None and 0 <= now - hit[1] < self._ttl:
+            return hit[0]
+        async with self._engine.connect() as conn:
+            agent = await agent_store.get_agent(conn, agent_id)
+        labels = _NO_LABELS if agent is None else MappingProxyType(dict(agent.labels))
+        if len(self._cache) >= self._max:
+            self._cache.clear()
+        self._cache[agent_id] = (labels, now)
+        return labels
+
+    def forget(self, agent_id: str | None = None) -> None:
+        """Drop one agent's cached labels (or all)."""
+        if agent_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(agent_id, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What a front-end needs from the node; built once by the node and shared."""
+
+    policies: PolicyHolder
+    identity: IdentityService
+    secrets: SecretStore
+    targets: TargetStore
+    agents: AgentLabels
+    auditor: Auditor | None = None
+
+
+def actor_chain(claims: Claims) -> tuple[str, ...]:
+    """The actors of a delegated token, outermost first (empty when not delegated)."""
+    chain: list[str] = []
+    actor = claims.act
+    while actor is not None:
+        chain.append(actor.sub)
+        actor = actor.act
+    return tuple(chain)
+
+
+def subject_of(
+    claims: Claims, *, source_ip: str | None = None, session_id: str | None = None
+) -> Subject:
+    """The audit subject of the holder of ``claims``."""
+    delegated = claims.agent is not None
+    return Subject(
+        agent=claims.agent_id,
+        runtime=claims.runtime.id,
+        task=claims.task.id,
+        user=claims.sub if delegated else None,
+        actor_chain=actor_chain(claims),
+        source_ip=source_ip,
+        session_id=session_id,
+    )
+
+
+def policy_request(
+    claims: Claims,
+    agent_labels: Mapping[str, str],
+    target: Target,
+    action: Mapping[str, Any],
+    *,
+    source_ip: str | None = None,
+    approvals: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The spec request (shared/spec/policy.md section 2) for one action.
+
+    ``action`` is the one-key action object (``{"http": {...}}``, ``{"ssh": {...}}``...).
+    """
+    request: dict[str, Any] = {
+        "agent": {"id": claims.agent_id, "labels": dict(agent_labels)},
+        "runtime": {"id": claims.runtime.id, "labels": dict(claims.runtime.labels)},
+        "task": {"id": claims.task.id, "purpose": claims.task.purpose},
+        "scope": {"targets": list(claims.scope)},
+        "target": {"name": target.name, "labels": dict(target.labels)},
+        "action": dict(action),
+    }
+    if claims.agent is not None:  # delegated: ``sub`` is the user the agent acts for
+        request["delegation"] = {"user": claims.sub, "groups": list(claims.groups)}
+    if source_ip is not None:
+        request["source_ip"] = source_ip
+    held = list(approvals)
+    if held:
+        request["approvals"] = held
+    return request
+
+
+def decide(
+    services: Services, request: Mapping[str, Any], *, default_schema: str = "public"
+) -> Decision:
+    """The decision of the policy set in force now; never raises (fails closed)."""
+    return services.policies.current.decide(request, default_schema=default_schema)

@@ -1,0 +1,302 @@
+"""The HTTP broker: agents reach HTTP targets through Tether, which injects the credential.
+
+Per request, in this order (DESIGN.md, the path of one action)::
+
+    route (raw path / Host) → limits → authenticate (DPoP or certificate, revocation)
+      → target → decide (policy, ``http`` action) → audit the decision
+      → allow: inject the credential → forward exactly the decided request target
+               → stream the response → audit the exchange
+      → otherwise: RFC 9457 refusal (401 / 403 / 404 / 413 / 414 / 431 / 502 / 503 / 504)
+
+Security decisions:
+
+* **Authenticate before anything about targets is revealed**: an unknown target is a 404
+  only to an authenticated agent, so target names cannot be probed anonymously.
+* **The engine sees the raw request target** (path and query from the ASGI ``raw_path``
+  and ``query_string``); it refuses every non-canonical path (``ambiguous-path``), and the
+  broker forwards exactly that string, the credential's query parameter appended.
+* **The decision event is durable before the request leaves**: ``Auditor.decision`` is
+  awaited first; when the trail is unavailable the request is refused (503), never sent.
+  The decision event records the path and the query's keys, not its values.
+* **Errors fail closed**: any unexpected exception is a 500 problem (or an aborted
+  response), audited; a credential failure is a 401; the agent's token is re-checked
+  during long transfers (:mod:`tether.proxy.http.forward`).
+* **Certificate-bound tokens** use the client certificate of the TLS connection as the
+  server reports it in the ASGI ``tls`` extension (``client_cert_chain``); without TLS
+  there is no certificate and such tokens are refused.
+* **WebSocket upgrades** are decided like any request (the policy sees the ``upgrade``
+  header); a denied one is a 403. This server stack cannot tunnel an upgraded connection,
+  so an allowed upgrade is answered 501 and never forwarded half-way.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import ssl
+import time
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tether.audit.log import AuditUnavailable
+from tether.audit.subject import Subject
+from tether.identity.claims import Claims
+from tether.identity.errors import CredentialError, TokenInvalid
+from tether.identity.issued import Presented
+from tether.identity.replay import ReplayCacheFull
+from tether.policy.model import Decision
+from tether.proxy.core import Services, decide, policy_request, subject_of
+from tether.proxy.http import refusals
+from tether.proxy.http.config import HttpProxyConfig
+from tether.proxy.http.exchange import Exchange
+from tether.proxy.http.forward import Plan
+from tether.proxy.http.routing import Route, Router, query_keys
+from tether.proxy.http.upstream import Origin, TlsContexts, UpstreamPool
+from tether.vault.oauth2 import OAuth2Tokens
+from tether.vault.target_specs import HttpTargetSpec
+from tether.vault.targets import Target
+
+log = logging.getLogger(__name__)
+
+_HIDDEN: Final = frozenset({b"authorization", b"dpop", b"cookie", b"proxy-authorization"})
+
+
+class HttpBroker:
+    """The broker of one node: routes, upstream pool, OAuth token cache, target plans."""
+
+    def __init__(
+        self,
+        services: Services,
+        config: HttpProxyConfig,
+        *,
+        issuer: str,
+        pool: UpstreamPool | None = None,
+        oauth: OAuth2Tokens | None = None,
+    ) -> None:
+        self.services, self.config = services, config
+        self.router = Router(issuer=issuer, domain=config.domain, scheme=config.scheme)
+        self.pool = pool or UpstreamPool(
+            pool_size=config.upstream_pool_size,
+            idle_timeout=config.upstream_idle_timeout,
+            max_header_bytes=config.max_header_bytes,
+        )
+        self.oauth = oauth or OAuth2Tokens()
+        self.tls = TlsContexts()
+        self._plans: dict[str, tuple[datetime, Plan]] = {}
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request for ``route`` (never raises before the response started)."""
+        request_id = secrets.token_hex(8)
+        started = time.perf_counter()
+        too_big = self._over_limits(route, scope["headers"])
+        if too_big is not None:
+            await refusals.plain(*too_big, request_id)(scope, receive, send)
+            return
+        claims = await self._authenticate(route, scope, request_id, receive, send)
+        if claims is None:
+            return
+        source_ip = _client_ip(scope)
+        who = subject_of(claims, source_ip=source_ip)
+        target = await self.services.targets.get(route.target)
+        if target is None or not isinstance(target.spec, HttpTargetSpec):
+            await self._unknown_target(route, scope, who, request_id, receive, send)
+            return
+        policy_headers = _policy_headers(scope["headers"])
+        action = {"method": scope["method"], "path": route.request_target,
+                  "headers": policy_headers}  # fmt: skip
+        labels = await self.services.agents.get(claims.agent_id)
+        request = policy_request(claims, labels, target, {"http": action}, source_ip=source_ip)
+        decision = decide(self.services, request)
+        if not await self._audit_decision(request, route, decision, who, started):
+            await refusals.plain(503, "the audit trail is unavailable", request_id)(
+                scope, receive, send
+            )
+            return
+        if not decision.allowed:
+            await refusals.denied(decision, request_id)(scope, receive, send)
+        elif "upgrade" in policy_headers:
+            await refusals.plain(501, "WebSocket tunnelling is not available", request_id)(
+                scope, receive, send
+            )
+        else:
+            exchange = Exchange(self, route, target, self.plan(target), claims, who, decision)
+            await exchange.run(scope, receive, send, request_id, started)
+
+    def _over_limits(
+        self, route: Route, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, str] | None:
+        config = self.config
+        if len(route.request_target) > config.max_request_line:
+            return 414, f"request target longer than {config.max_request_line} bytes"
+        size = sum(len(name) + len(value) + 4 for name, value in headers)
+        if len(headers) > config.max_headers or size > config.max_header_bytes:
+            return 431, "request headers too large"
+        return None
+
+    async def _authenticate(
+        self, route: Route, scope: Scope, request_id: str, receive: Receive, send: Send
+    ) -> Claims | None:
+        values = [v for n, v in scope["headers"] if n == b"authorization"]
+        if not values:
+            await self._refused_audit(scope, route, "no access token", "missing_token", request_id)
+            await refusals.unauthenticated(request_id)(scope, receive, send)
+            return None
+        try:
+            return await self._verify(route, scope, values)
+        except CredentialError as error:
+            await self._refused_audit(scope, route, error.reason, error.code, request_id)
+            await refusals.credential_refused(error, request_id)(scope, receive, send)
+        except ReplayCacheFull:
+            await refusals.plain(503, "DPoP replay cache is full; try again shortly", request_id)(
+                scope, receive, send
+            )
+        return None
+
+    async def _verify(self, route: Route, scope: Scope, values: list[bytes]) -> Claims:
+        scheme, _, token = values[0].decode("latin-1").partition(" ")
+        proofs = [v for n, v in scope["headers"] if n == b"dpop"]
+        if len(values) > 1 or scheme.lower() not in ("dpop", "bearer") or not token.strip():
+            raise TokenInvalid("use one Authorization: DPoP <token> header")
+        if len(proofs) > 1:
+            raise TokenInvalid("send at most one DPoP header")
+        claims = await self.services.identity.authenticate(
+            Presented(
+                token=token.strip(),
+                method=scope["method"],
+                url=route.url,
+                dpop=proofs[0].decode("latin-1") if proofs else None,
+                peer_certificate_der=_peer_certificate(scope),
+            )
+        )
+        if claims.cnf.jkt is not None and scheme.lower() != "dpop":
+            raise TokenInvalid("a DPoP-bound token is sent with the DPoP scheme")
+        return claims
+
+    async def _refused_audit(
+        self, scope: Scope, route: Route, reason: str, code: str, request_id: str
+    ) -> None:
+        auditor = self.services.auditor
+        if auditor is None:
+            return
+        detail = {"error": code, "status": 401, "request_id": request_id,
+                  "method": scope["method"], "path": route.path}  # fmt: skip
+        try:
+            await auditor.token_refused(
+                Subject(source_ip=_client_ip(scope)), reason=reason, audience=route.target,
+                detail=detail,
+            )  # fmt: skip
+        except AuditUnavailable:
+            log.error("audit trail unavailable; a refused credential went unrecorded")
+
+    async def _audit_decision(
+        self,
+        request: dict[str, Any],
+        route: Route,
+        decision: Decision,
+        who: Subject,
+        started: float,
+    ) -> bool:
+        auditor = self.services.auditor
+        if auditor is None:
+            return True
+        http = request["action"]["http"]
+        shown = {**http, "path": route.path, "query_keys": query_keys(route.query)}
+        try:
+            await auditor.decision(
+                {**request, "action": {"http": shown}}, decision, who=who,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )  # fmt: skip
+        except AuditUnavailable:
+            log.error("audit trail unavailable: refusing %s %s", http["method"], route.target)
+            return False
+        return True
+
+    async def _unknown_target(
+        self, route: Route, scope: Scope, who: Subject, request_id: str, r: Receive, s: Send
+    ) -> None:
+        auditor = self.services.auditor
+        if auditor is not None:
+            try:
+                await auditor.http_exchange(
+                    who, target=route.target, method=scope["method"], path=route.path,
+                    status=404, decision="deny",
+                    detail={"reason": "unknown-target", "request_id": request_id},
+                )  # fmt: skip
+            except AuditUnavailable:
+                log.error("audit trail unavailable; an unknown-target refusal went unrecorded")
+        await refusals.plain(404, f"no HTTP target {route.target!r}", request_id)(scope, r, s)
+
+    def plan(self, target: Target) -> Plan:
+        """How to reach ``target``, rebuilt when its spec changes."""
+        cached = self._plans.get(target.name)
+        if cached is not None and cached[0] == target.updated_at:
+            return cached[1]
+        spec = target.spec
+        assert isinstance(spec, HttpTargetSpec)
+        parts = urlsplit(spec.base_url)
+        https = parts.scheme.lower() == "https"
+        tls = self.tls.get(verify=spec.tls_verify, ca_bundle=spec.ca_bundle) if https else None
+        if https and not spec.tls_verify:
+            log.warning("target %s: upstream TLS verification is OFF (tls_verify: false)",
+                        target.name)  # fmt: skip
+        host = parts.hostname or ""
+        port = parts.port or (443 if https else 80)
+        plan = Plan(
+            origin=Origin(host, port, tls, verified=spec.tls_verify or not https),
+            base_path=parts.path.rstrip("/"),
+            host=parts.netloc.rpartition("@")[2].encode("idna"),
+            connect_timeout=spec.connect_timeout,
+            read_timeout=spec.read_timeout,
+            max_body=spec.max_request_body,
+        )
+        self._plans[target.name] = (target.updated_at, plan)
+        return plan
+
+
+def _policy_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The agent's headers for the policy (repeated names joined), credentials left out."""
+    shown: dict[str, str] = {}
+    for name, value in headers:
+        if name in _HIDDEN:
+            continue
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        shown[key] = f"{shown[key]}, {text}" if key in shown else text
+    return shown
+
+
+def _client_ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def _peer_certificate(scope: Scope) -> bytes | None:
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or ()
+    return _pem_to_der(chain[0]) if chain else None
+
+
+@lru_cache(maxsize=1024)
+def _pem_to_der(pem: str) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem)
+
+
+class BrokerMiddleware:
+    """ASGI middleware putting the broker's routes in front of the node's API."""
+
+    def __init__(self, app: ASGIApp, broker: HttpBroker) -> None:
+        self.app, self.broker = app, broker
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = self.broker.router.route(scope)
+            if route is not None:
+                await self.broker.handle(route, scope, receive, send)
+                return
+        await self.app(scope, receive, send)

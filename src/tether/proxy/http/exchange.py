@@ -1,0 +1,185 @@
+"""One allowed request: credential injection, forwarding, response, and its audit event.
+
+Security decisions:
+
+* **The credential is injected last**, into headers already filtered
+  (:func:`tether.proxy.http.headers.request_headers`), and never leaves on the response
+  side: response headers holding it are dropped, refusals are Tether's own texts, and the
+  audit event records header names and sizes through the redactor, never the value.
+* **Upstream failures are refusals**: 502 (unreachable, TLS failure, broken framing,
+  unusable credential) or 504 (timeout), audited with Tether's reason; the target's own
+  error body is never read into a refusal.
+* **The exchange event is always written**, whatever happened (in ``finally``), with the
+  status (None when the target never answered), sizes, duration, the decision and rule,
+  the policy version, the query's keys and whether upstream TLS was verified.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Receive, Scope, Send
+
+from tether.audit.log import AuditUnavailable
+from tether.audit.subject import Subject
+from tether.identity.claims import Claims
+from tether.identity.errors import CredentialError
+from tether.policy.model import Decision
+from tether.proxy.http import refusals
+from tether.proxy.http.forward import (
+    BodyTooLarge,
+    ClientGone,
+    ClientLimits,
+    ClientStalled,
+    Forwarder,
+    Outcome,
+    Plan,
+)
+from tether.proxy.http.headers import request_headers, response_headers
+from tether.proxy.http.routing import Route, query_keys
+from tether.proxy.http.upstream import UpstreamError, UpstreamTimeout
+from tether.vault.http_inject import InjectionError, injection_for
+from tether.vault.target_specs import HttpTargetSpec
+from tether.vault.targets import Target
+
+if TYPE_CHECKING:
+    from tether.proxy.http.broker import HttpBroker
+
+log = logging.getLogger(__name__)
+
+
+class Exchange:
+    """Forwards one allowed request and audits it."""
+
+    def __init__(
+        self,
+        broker: HttpBroker,
+        route: Route,
+        target: Target,
+        plan: Plan,
+        claims: Claims,
+        who: Subject,
+        decision: Decision,
+    ) -> None:
+        self.broker, self.route, self.target, self.plan = broker, route, target, plan
+        self.claims, self.who, self.decision = claims, who, decision
+        self.out = Outcome()
+
+    async def run(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, started: float
+    ) -> None:
+        refusal: tuple[int, str] | None = None
+        try:
+            await self._forward(scope, receive, send, request_id)
+        except BodyTooLarge:
+            refusal = (413, f"request body larger than {self.plan.max_body} bytes")
+        except InjectionError as error:
+            self.out.extra["credential_error"] = str(error)
+            refusal = (502, "the target's credential is not usable; see the audit trail")
+        except UpstreamTimeout as error:
+            refusal = (504, f"the target did not answer in time: {error}")
+        except UpstreamError as error:
+            refusal = (502, f"the target failed: {error}")
+        except ClientStalled as error:
+            refusal = (408, str(error))
+        except ClientGone as error:
+            self.out.error = str(error)
+        except CredentialError as error:  # revoked during a long transfer
+            self.out.error = f"token no longer valid: {error.reason}"
+        finally:
+            if refusal is not None:
+                self.out.error = refusal[1]
+                if not self.out.started:
+                    self.out.status = refusal[0]
+                    await _quietly(refusals.plain(refusal[0], refusal[1], request_id), scope,
+                                   receive, send)  # fmt: skip
+            await self._audit(scope, request_id, started)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        spec = self.target.spec
+        assert isinstance(spec, HttpTargetSpec)
+        broker = self.broker
+        declared = _content_length(scope["headers"])
+        if (
+            self.plan.max_body is not None
+            and declared is not None
+            and declared > self.plan.max_body
+        ):
+            raise BodyTooLarge
+        injection = await injection_for(
+            spec.credential, broker.services.secrets, broker.oauth, self.plan.origin.tls
+        )
+        headers = request_headers(scope["headers"], self.target.name,
+                                  injected=injection.header_names)  # fmt: skip
+        headers.extend(injection.headers)
+        query = injection.query(self.route.query)
+        target = self.route.path + ("?" + query if query else "")
+        limits = ClientLimits(broker.config.client_body_timeout, broker.config.client_send_timeout)
+        identity = broker.services.identity
+
+        async def live() -> None:
+            await identity.check_live(self.claims)
+
+        forwarder = Forwarder(broker.pool, self.plan, limits, live)
+        method = scope["method"].encode("ascii")
+        connection, response = await forwarder.open(
+            method, target.encode("latin-1"), headers, receive, self.out
+        )
+        self.out.status = response.status
+        if response.status == 401 and injection.oauth_client is not None:
+            broker.oauth.forget(injection.oauth_client)
+        shown = response_headers(
+            response.headers, self.target.name,
+            path_prefix=self.route.path_prefix, secrets=injection.secrets,
+        )  # fmt: skip
+        self.out.response_headers = shown
+        shown.append((refusals.REQUEST_ID.lower().encode(), request_id.encode()))
+        await forwarder.stream_response(connection, send, shown, self.out)
+
+    async def _audit(self, scope: Scope, request_id: str, started: float) -> None:
+        auditor = self.broker.services.auditor
+        if auditor is None:
+            return
+        detail: dict[str, Any] = {
+            "request_id": request_id,
+            "query_keys": query_keys(self.route.query),
+            "policy_version": self.decision.policy_version,
+            "upstream_connection": "reused" if self.out.reused else "new",
+            **self.out.extra,
+        }
+        if not self.plan.origin.verified:
+            detail["tls_verify"] = False
+        if self.out.error is not None:
+            detail["error"] = self.out.error
+        try:
+            await auditor.http_exchange(
+                self.who, target=self.target.name, method=scope["method"], path=self.route.path,
+                status=self.out.status, response_headers=_text_headers(self.out.response_headers),
+                bytes_in=self.out.bytes_in, bytes_out=self.out.bytes_out,
+                duration_ms=(time.perf_counter() - started) * 1000,
+                decision=self.decision.decision, rule=self.decision.rule, detail=detail,
+            )  # fmt: skip
+        except AuditUnavailable:
+            log.error("audit trail unavailable: exchange %s on %s unrecorded", request_id,
+                      self.target.name)  # fmt: skip
+
+
+def _text_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return None
+
+
+async def _quietly(response: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    try:
+        await response(scope, receive, send)
+    except OSError:
+        log.debug("the agent left before its refusal was sent")

@@ -1,0 +1,135 @@
+"""Which headers cross the broker, each way (pure functions over ``(name, value)`` bytes).
+
+Request (agent → target), :func:`request_headers` drops:
+
+* the agent's credentials for Tether: ``Authorization``, ``DPoP``, ``Proxy-Authorization``;
+* hop-by-hop headers (RFC 9110 section 7.6.1: ``Connection``, ``Keep-Alive``,
+  ``Proxy-Connection``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``) and every
+  header the agent's ``Connection`` header names, since they were meant for Tether;
+* ``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``: a target must not believe what the
+  agent says about where the request came from;
+* ``Host`` (the target's own is set), ``Expect`` (Tether answers ``100-continue`` itself)
+  and any header named like the injected credential, so the agent cannot shadow it;
+* cookies of other targets. Cookies are scoped by name: the broker renames every cookie a
+  target sets to ``<target>.<name>`` (:func:`response_headers`), and forwards to a target
+  only the cookies carrying its prefix, with the prefix removed. On the shared ``/t/``
+  origin an agent's cookie jar holds every target's cookies; none leaks to another target.
+
+Response (target → agent), :func:`response_headers` drops hop-by-hop and
+``Connection``-listed headers, and any header whose value contains the injected credential
+(a target that echoes it must not hand it to the agent); it renames cookies as above,
+drops their ``Domain`` and, on the path form, confines their ``Path`` to ``/t/<target>``.
+
+Security decisions: names compare case-insensitively (ASGI gives them lower-cased, h11
+too); a malformed ``Connection`` value still removes what it names and never adds
+anything; nothing here can add a header the agent sent under another name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+Header = tuple[bytes, bytes]
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+        b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+    }
+)  # fmt: skip
+_AGENT_ONLY: Final = frozenset(
+    {b"authorization", b"dpop", b"forwarded", b"x-real-ip", b"host", b"expect", b"cookie"}
+)
+COOKIE_SEPARATOR: Final = b"."
+
+
+def connection_listed(headers: Iterable[Header]) -> frozenset[bytes]:
+    """The header names listed in every ``Connection`` header, lower-cased."""
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed.update(p.strip().lower() for p in value.split(b",") if p.strip())
+    return frozenset(listed)
+
+
+def request_headers(
+    headers: Sequence[Header], target: str, *, injected: Iterable[bytes] = ()
+) -> list[Header]:
+    """The agent's headers that may reach ``target`` (cookies re-scoped, see above)."""
+    drop = HOP_BY_HOP | _AGENT_ONLY | connection_listed(headers)
+    drop |= {name.lower() for name in injected}
+    kept: list[Header] = []
+    cookies: list[bytes] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"cookie":
+            cookies.extend(_own_cookies(value, target))
+        elif lower not in drop and not lower.startswith(b"x-forwarded-"):
+            kept.append((lower, value))
+    if cookies:
+        kept.append((b"cookie", b"; ".join(cookies)))
+    return kept
+
+
+def _own_cookies(value: bytes, target: str) -> list[bytes]:
+    prefix = target.encode("ascii") + COOKIE_SEPARATOR
+    own: list[bytes] = []
+    for pair in value.split(b";"):
+        pair = pair.strip()
+        if pair.startswith(prefix) and b"=" in pair[len(prefix) :]:
+            own.append(pair[len(prefix) :])
+    return own
+
+
+def response_headers(
+    headers: Sequence[Header],
+    target: str,
+    *,
+    path_prefix: str | None,
+    secrets: Sequence[bytes] = (),
+) -> list[Header]:
+    """The target's headers that may reach the agent.
+
+    ``path_prefix`` is ``/t/<target>`` on the path form (cookie paths and relative
+    redirects are moved under it), None on the host form.
+    """
+    drop = HOP_BY_HOP | connection_listed(headers)
+    kept: list[Header] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop or any(s and s in value for s in secrets):
+            continue
+        if lower == b"set-cookie":
+            cookie = _scoped_cookie(value, target, path_prefix)
+            if cookie is not None:
+                kept.append((lower, cookie))
+        elif lower == b"location" and path_prefix is not None and value.startswith(b"/"):
+            if not value.startswith(b"//"):
+                kept.append((lower, path_prefix.encode("ascii") + value))
+        else:
+            kept.append((lower, value))
+    return kept
+
+
+def _scoped_cookie(value: bytes, target: str, path_prefix: str | None) -> bytes | None:
+    """``Set-Cookie`` renamed to ``<target>.<name>``, without ``Domain``, path confined."""
+    first, *attributes = value.split(b";")
+    name, eq, cookie_value = first.strip().partition(b"=")
+    if not eq or not name.strip():
+        return None
+    path = b"/"
+    kept: list[bytes] = []
+    for attribute in attributes:
+        key, _, rest = attribute.strip().partition(b"=")
+        lowered = key.strip().lower()
+        if lowered == b"domain":
+            continue
+        if lowered == b"path":
+            path = rest.strip() if rest.strip().startswith(b"/") else b"/"
+            continue
+        kept.append(attribute.strip())
+    if path_prefix is not None:
+        path = path_prefix.encode("ascii") + path
+    renamed = target.encode("ascii") + COOKIE_SEPARATOR + name.strip()
+    return b"; ".join([renamed + b"=" + cookie_value, b"Path=" + path, *kept])

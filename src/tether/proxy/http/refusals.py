@@ -1,0 +1,64 @@
+"""The broker's refusals: RFC 9457 problem responses, one builder per kind of refusal.
+
+Every refusal carries the request id (also in the ``X-Request-Id`` header) so that an agent
+or its operator can find the audit events of the request. Texts are Tether's own: nothing
+from the target's answer or the vault reaches a refusal body (a target's error page could
+echo the injected credential).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from starlette.responses import JSONResponse
+
+from tether.api.problems import problem
+from tether.identity.dpop import DEFAULT_ALGS
+from tether.identity.errors import CredentialError
+from tether.policy.model import Decision
+
+DPOP_ALGS: Final = " ".join(sorted(DEFAULT_ALGS))
+REQUEST_ID: Final = "X-Request-Id"
+
+
+def unauthenticated(request_id: str) -> JSONResponse:
+    """401 without an error code: no credential was presented (RFC 6750 section 3.1)."""
+    return problem(
+        401, "an access token is required",
+        headers={"WWW-Authenticate": f'DPoP algs="{DPOP_ALGS}"', REQUEST_ID: request_id},
+        request_id=request_id,
+    )  # fmt: skip
+
+
+def credential_refused(error: CredentialError, request_id: str) -> JSONResponse:
+    """401 with ``WWW-Authenticate: DPoP error=...`` naming the failed check."""
+    headers = {"WWW-Authenticate": error.challenge("DPoP", algs=DPOP_ALGS), REQUEST_ID: request_id}
+    return problem(
+        error.status, error.reason, headers=headers, error=error.code, request_id=request_id
+    )
+
+
+def denied(decision: Decision, request_id: str) -> JSONResponse:
+    """403 naming the reason, the rule (or null) and the request id."""
+    members: dict[str, Any] = {
+        "decision": decision.decision,
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "request_id": request_id,
+    }
+    if decision.decision == "approval_required":
+        detail = f"rule {decision.rule!r} needs a human approval for this request"
+    elif decision.rule is not None:
+        detail = f"denied by rule {decision.rule!r} ({decision.reason})"
+    else:
+        detail = f"denied ({decision.reason})"
+    if decision.detail and decision.decision != "approval_required":
+        detail = f"{detail}: {decision.detail}"
+    return problem(403, detail, headers={REQUEST_ID: request_id}, **members)
+
+
+def plain(status: int, detail: str, request_id: str, **members: Any) -> JSONResponse:
+    """Any other refusal: 404, 413, 414, 431, 502, 503, 504..."""
+    return problem(
+        status, detail, headers={REQUEST_ID: request_id}, request_id=request_id, **members
+    )

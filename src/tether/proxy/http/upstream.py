@@ -1,0 +1,238 @@
+"""The broker's HTTP/1.1 client to targets: h11 framing over asyncio streams, with a pool.
+
+Chosen by measurement over httpx and aiohttp (docs/http-broker.md, "Upstream client"): the
+broker needs only one request at a time per connection, streamed both ways, and h11 gives
+the framing rules (chunked, ``Content-Length``, ``HEAD``/``204``/``304``, ``Connection:
+close``) without the URL, cookie and header models a general client builds per request.
+
+Security decisions:
+
+* **TLS is verified** (system trust store, or the target's ``ca_bundle`` only) with the
+  host name checked, unless the target sets ``tls_verify: false``; such contexts are
+  marked so the broker can log and audit the opt-out (:attr:`Origin.verified`).
+* **A connection is reused only after a complete, well-framed exchange** (h11 back in
+  ``IDLE`` on both sides); any error, a partial read or a timeout discards it, so a
+  response can never be read from the tail of another one.
+* **Bounded**: at most ``pool_size`` idle connections per origin, idle ones closed after
+  ``idle_timeout``; response header blocks over ``max_header_bytes`` fail the exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import h11
+
+READ_CHUNK: Final = 65536
+Header = tuple[bytes, bytes]
+
+
+class UpstreamError(Exception):
+    """The target could not be reached or broke the protocol (502)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The target did not connect or answer in time (504)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where to connect: scheme, host, port and the TLS context (None for plain HTTP)."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    verified: bool = True
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.host, self.port, id(self.tls))
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response head from the target."""
+
+    status: int
+    headers: Sequence[Header]
+
+
+class TlsContexts:
+    """SSL contexts per (verify, CA bundle), built once: loading trust stores is slow."""
+
+    def __init__(self) -> None:
+        self._contexts: dict[tuple[bool, str | None], ssl.SSLContext] = {}
+
+    def get(self, *, verify: bool, ca_bundle: str | None) -> ssl.SSLContext:
+        key = (verify, ca_bundle if verify else None)
+        context = self._contexts.get(key)
+        if context is None:
+            context = self._contexts[key] = _context(verify, ca_bundle)
+        return context
+
+
+def _context(verify: bool, ca_bundle: str | None) -> ssl.SSLContext:
+    if not verify:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if ca_bundle is not None:
+        context = ssl.create_default_context(cadata=ca_bundle)
+    else:
+        context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class Connection:
+    """One connection to a target, one exchange at a time."""
+
+    def __init__(
+        self,
+        origin: Origin,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        max_header_bytes: int,
+    ) -> None:
+        self.origin, self.reader, self.writer = origin, reader, writer
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self.idle_since = 0.0
+
+    async def send_head(self, method: bytes, target: bytes, headers: Sequence[Header]) -> None:
+        self._write(h11.Request(method=method, target=target, headers=list(headers)))
+        await self.writer.drain()
+
+    async def send_body(self, data: bytes) -> None:
+        if data:
+            self._write(h11.Data(data=data))
+            await self.writer.drain()
+
+    async def end_body(self) -> None:
+        self._write(h11.EndOfMessage())
+        await self.writer.drain()
+
+    def _write(self, event: h11.Event) -> None:
+        try:
+            data = self.h11.send(event)
+        except h11.LocalProtocolError as error:
+            raise UpstreamError(f"request not sendable: {error}") from None
+        if data:
+            self.writer.write(data)
+
+    async def response(self, timeout: float) -> Response:
+        """The next final response head (1xx interim responses are skipped)."""
+        while True:
+            event = await self._next(timeout)
+            if isinstance(event, h11.Response):
+                return Response(event.status_code, event.headers)
+            if not isinstance(event, h11.InformationalResponse):
+                raise UpstreamError("the target sent no response")
+
+    async def body(self, timeout: float) -> AsyncIterator[bytes]:
+        """The response body, chunk by chunk, as it arrives."""
+        while True:
+            event = await self._next(timeout)
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise UpstreamError("the target broke the response framing")
+
+    async def _next(self, timeout: float) -> h11.Event:
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as error:
+                raise UpstreamError(f"invalid response: {error}") from None
+            if event is not h11.NEED_DATA:
+                assert not isinstance(event, type)  # PAUSED is handled by reuse()
+                return event
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(READ_CHUNK)
+            except TimeoutError:
+                raise UpstreamTimeout("the target did not answer in time") from None
+            except OSError as error:
+                raise UpstreamError(f"connection to the target failed: {error}") from None
+            self.h11.receive_data(data)
+
+    def reusable(self) -> bool:
+        """Whether the exchange ended cleanly and the connection can take another."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            with contextlib.suppress(h11.LocalProtocolError):
+                self.h11.start_next_cycle()
+        return self.h11.our_state is h11.IDLE and self.h11.their_state is h11.IDLE
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class UpstreamPool:
+    """Keep-alive connections to targets, by origin."""
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 32,
+        idle_timeout: float = 30.0,
+        max_header_bytes: int = 32768,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._size, self._idle_timeout = pool_size, idle_timeout
+        self._max_header_bytes = max_header_bytes
+        self._clock = clock
+        self._idle: dict[tuple[str, int, int], list[Connection]] = {}
+
+    async def connect(self, origin: Origin, timeout: float) -> tuple[Connection, bool]:
+        """A connection to ``origin`` and whether it was reused from the pool."""
+        idle = self._idle.get(origin.key)
+        now = self._clock()
+        while idle:
+            connection = idle.pop()
+            if now - connection.idle_since < self._idle_timeout and not _closed(connection):
+                return connection, True
+            connection.close()
+        return await self._open(origin, timeout), False
+
+    async def _open(self, origin: Origin, timeout: float) -> Connection:
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    origin.host, origin.port, ssl=origin.tls, limit=READ_CHUNK * 2
+                )
+        except TimeoutError:
+            raise UpstreamTimeout("connecting to the target timed out") from None
+        except ssl.SSLError as error:
+            raise UpstreamError(f"TLS with the target failed: {error.reason}") from None
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise UpstreamError(f"cannot connect to the target: {reason}") from None
+        return Connection(origin, reader, writer, self._max_header_bytes)
+
+    def release(self, connection: Connection) -> None:
+        """Return ``connection`` to the pool when reusable, else close it."""
+        idle = self._idle.setdefault(connection.origin.key, [])
+        if len(idle) < self._size and connection.reusable() and not _closed(connection):
+            connection.idle_since = self._clock()
+            idle.append(connection)
+        else:
+            connection.close()
+
+    async def close(self) -> None:
+        """Close every idle connection."""
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+
+
+def _closed(connection: Connection) -> bool:
+    return connection.writer.is_closing() or connection.reader.at_eof()

@@ -1,0 +1,541 @@
+"""PostgreSQL wire protocol v3: framing and the messages the broker reads or writes (sans-IO).
+
+:class:`FrontendDecoder` turns the bytes a client sends into frontend messages; its
+``feed`` returns whole messages only and keeps a partial one buffered. :class:`BackendFramer`
+splits what a server sends into ``(type, body, raw)`` frames without decoding them, so that
+``DataRow`` and the other result messages go through as the bytes they arrived as; the few
+the broker reads are decoded by the functions of :mod:`tether.proxy.pg.backend`. Every
+message class has ``encode()``; ``decode(encode(m)) == m`` and, for accepted input,
+``encode(decode(raw)) == raw`` (property tests), so the raw bytes a broker forwards are
+exactly the message it checked.
+
+Security decisions:
+
+* **Strict, or a** :class:`ProtocolViolation` (SQLSTATE ``08P01``). A length below 4 or
+  above its type's limit, a body that ends inside a field, bytes after the last field, a
+  string without its terminator, text that is not UTF-8, an unknown message type, a count
+  that is negative: all raise, and the connection ends. Nothing is ever passed on from a
+  message that did not decode whole.
+* **Limits.** The startup packet is at most 10,000 bytes (PostgreSQL's own limit); the
+  fixed-size messages (``Sync``, ``Flush``, ``Terminate``, ``CopyDone``, ``Describe``,
+  ``Close``, ``Execute``) at most 10,000; ``PasswordMessage`` at most
+  :data:`MAX_PASSWORD_MESSAGE`; every other message at most the decoder's ``max_message``.
+  A frame's declared length is checked before any byte of its body is buffered, so a
+  client cannot make the broker hold more than one limit's worth of input.
+* **Text is UTF-8.** The broker runs every session with ``client_encoding=UTF8``
+  (:mod:`tether.proxy.pg.session`); text that is not valid UTF-8 cannot be what the
+  policy parsed, so it is a violation, never a guess.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+MAX_STARTUP_PACKET: Final = 10_000
+MAX_SMALL_MESSAGE: Final = 10_000
+MAX_PASSWORD_MESSAGE: Final = 16_384
+DEFAULT_MAX_MESSAGE: Final = 16 << 20
+PROTOCOL_3_0: Final = 196608
+SSL_REQUEST_CODE: Final = 80877103
+GSSENC_REQUEST_CODE: Final = 80877104
+CANCEL_REQUEST_CODE: Final = 80877102
+MAX_PARAMS: Final = 65535
+
+_I32: Final = struct.Struct("!i")
+_I16: Final = struct.Struct("!h")
+_HEADER: Final = struct.Struct("!ci")
+_SMALL_TYPES: Final = frozenset(b"SHXcDCE")
+
+
+class ProtocolViolation(Exception):
+    """Input that is not a valid protocol message: SQLSTATE 08P01, the connection ends."""
+
+    sqlstate: Final = "08P01"
+
+
+# --- reading and writing fields ------------------------------------------------------------
+
+
+class FieldReader:
+    """Reads the fields of one message body; any overrun or leftover is a violation."""
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def int32(self) -> int:
+        end = self._pos + 4
+        if end > len(self._data):
+            raise ProtocolViolation("message ends inside an Int32")
+        (value,) = _I32.unpack_from(self._data, self._pos)
+        self._pos = end
+        return int(value)
+
+    def int16(self) -> int:
+        end = self._pos + 2
+        if end > len(self._data):
+            raise ProtocolViolation("message ends inside an Int16")
+        (value,) = _I16.unpack_from(self._data, self._pos)
+        self._pos = end
+        return int(value)
+
+    def count(self) -> int:
+        value = self.int16()
+        if value < 0:
+            raise ProtocolViolation("negative count")
+        return value
+
+    def byte(self) -> int:
+        if self._pos >= len(self._data):
+            raise ProtocolViolation("message ends inside a Byte1")
+        value = self._data[self._pos]
+        self._pos += 1
+        return value
+
+    def raw(self, size: int) -> bytes:
+        end = self._pos + size
+        if size < 0 or end > len(self._data):
+            raise ProtocolViolation("message ends inside a field")
+        value = self._data[self._pos : end]
+        self._pos = end
+        return value
+
+    def cstring(self) -> str:
+        end = self._data.find(b"\x00", self._pos)
+        if end < 0:
+            raise ProtocolViolation("string without its terminator")
+        value = _text(self._data[self._pos : end])
+        self._pos = end + 1
+        return value
+
+    def rest(self) -> bytes:
+        value = self._data[self._pos :]
+        self._pos = len(self._data)
+        return value
+
+    def done(self) -> None:
+        if self._pos != len(self._data):
+            raise ProtocolViolation("bytes after the message's last field")
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolViolation("text that is not UTF-8") from None
+
+
+def cstr(value: str) -> bytes:
+    data = value.encode("utf-8")
+    if b"\x00" in data:
+        raise ValueError("a protocol string cannot hold NUL")
+    return data + b"\x00"
+
+
+def frame(kind: bytes, body: bytes) -> bytes:
+    """One typed message: type byte, Int32 length (itself included), body."""
+    return kind + _I32.pack(len(body) + 4) + body
+
+
+def _i16s(values: tuple[int, ...]) -> bytes:
+    return _I16.pack(len(values)) + b"".join(_I16.pack(v) for v in values)
+
+
+# --- startup-phase messages (no type byte) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartupMessage:
+    version: int
+    params: tuple[tuple[str, str], ...]
+
+    def encode(self) -> bytes:
+        body = _I32.pack(self.version)
+        body += b"".join(cstr(k) + cstr(v) for k, v in self.params) + b"\x00"
+        return _I32.pack(len(body) + 4) + body
+
+    def get(self, key: str) -> str | None:
+        for name, value in self.params:
+            if name == key:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SSLRequest:
+    def encode(self) -> bytes:
+        return _I32.pack(8) + _I32.pack(SSL_REQUEST_CODE)
+
+
+@dataclass(frozen=True, slots=True)
+class GSSENCRequest:
+    def encode(self) -> bytes:
+        return _I32.pack(8) + _I32.pack(GSSENC_REQUEST_CODE)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    process_id: int
+    secret_key: bytes  # 4 bytes in protocol 3.0
+
+    def encode(self) -> bytes:
+        body = _I32.pack(CANCEL_REQUEST_CODE) + _I32.pack(self.process_id) + self.secret_key
+        return _I32.pack(len(body) + 4) + body
+
+
+StartupPacket = StartupMessage | SSLRequest | GSSENCRequest | CancelRequest
+
+
+def decode_startup(body: bytes) -> StartupPacket:
+    """The packet after its length word (``body`` starts with the Int32 code)."""
+    reader = FieldReader(body)
+    code = reader.int32()
+    if code == SSL_REQUEST_CODE:
+        reader.done()
+        return SSLRequest()
+    if code == GSSENC_REQUEST_CODE:
+        reader.done()
+        return GSSENCRequest()
+    if code == CANCEL_REQUEST_CODE:
+        pid = reader.int32()
+        key = reader.rest()
+        if len(key) != 4:
+            raise ProtocolViolation("a cancel request's key is 4 bytes")
+        return CancelRequest(pid, key)
+    if code >> 16 != 3:
+        raise ProtocolViolation(f"unsupported protocol version {code >> 16}.{code & 0xFFFF}")
+    params: list[tuple[str, str]] = []
+    while True:
+        name = reader.cstring()
+        if not name:
+            break
+        params.append((name, reader.cstring()))
+    reader.done()
+    names = [n for n, _ in params]
+    if len(set(names)) != len(names):
+        raise ProtocolViolation("a startup parameter is given twice")
+    return StartupMessage(code, tuple(params))
+
+
+# --- frontend messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordMessage:
+    """``p``: a password, or a SASL initial response / response (the same type byte)."""
+
+    data: bytes
+
+    def encode(self) -> bytes:
+        return frame(b"p", self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    text: str
+
+    def encode(self) -> bytes:
+        return frame(b"Q", cstr(self.text))
+
+
+@dataclass(frozen=True, slots=True)
+class Parse:
+    name: str
+    query: str
+    param_types: tuple[int, ...] = ()
+
+    def encode(self) -> bytes:
+        types = _I16.pack(len(self.param_types)) + b"".join(_I32.pack(t) for t in self.param_types)
+        return frame(b"P", cstr(self.name) + cstr(self.query) + types)
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    portal: str
+    statement: str
+    param_formats: tuple[int, ...] = ()
+    params: tuple[bytes | None, ...] = ()
+    result_formats: tuple[int, ...] = ()
+
+    def encode(self) -> bytes:
+        values = _I16.pack(len(self.params)) + b"".join(
+            _I32.pack(-1) if v is None else _I32.pack(len(v)) + v for v in self.params
+        )
+        body = cstr(self.portal) + cstr(self.statement) + _i16s(self.param_formats) + values
+        return frame(b"B", body + _i16s(self.result_formats))
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    kind: str  # "S" statement, "P" portal
+    name: str
+
+    def encode(self) -> bytes:
+        return frame(b"D", self.kind.encode("ascii") + cstr(self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    portal: str
+    max_rows: int = 0
+
+    def encode(self) -> bytes:
+        return frame(b"E", cstr(self.portal) + _I32.pack(self.max_rows))
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    kind: str  # "S" statement, "P" portal
+    name: str
+
+    def encode(self) -> bytes:
+        return frame(b"C", self.kind.encode("ascii") + cstr(self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    def encode(self) -> bytes:
+        return b"S\x00\x00\x00\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    def encode(self) -> bytes:
+        return b"H\x00\x00\x00\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    def encode(self) -> bytes:
+        return b"X\x00\x00\x00\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyData:
+    data: bytes
+
+    def encode(self) -> bytes:
+        return frame(b"d", self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyDone:
+    def encode(self) -> bytes:
+        return b"c\x00\x00\x00\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyFail:
+    message: str
+
+    def encode(self) -> bytes:
+        return frame(b"f", cstr(self.message))
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """``F``: the fast-path function call; decoded only to be refused (it bypasses SQL)."""
+
+    body: bytes
+
+    def encode(self) -> bytes:
+        return frame(b"F", self.body)
+
+
+FrontendMessage = (
+    PasswordMessage | Query | Parse | Bind | Describe | Execute | Close | Sync | Flush
+    | Terminate | CopyData | CopyDone | CopyFail | FunctionCall
+)  # fmt: skip
+
+
+def _decode_parse(r: FieldReader) -> Parse:
+    name, query = r.cstring(), r.cstring()
+    types = tuple(r.int32() for _ in range(r.count()))
+    return Parse(name, query, types)
+
+
+def _decode_bind(r: FieldReader) -> Bind:
+    portal, statement = r.cstring(), r.cstring()
+    formats = tuple(r.int16() for _ in range(r.count()))
+    values: list[bytes | None] = []
+    for _ in range(r.count()):
+        size = r.int32()
+        if size < -1:
+            raise ProtocolViolation("a parameter length below -1")
+        values.append(None if size == -1 else r.raw(size))
+    results = tuple(r.int16() for _ in range(r.count()))
+    if any(f not in (0, 1) for f in (*formats, *results)):
+        raise ProtocolViolation("a format code other than 0 (text) or 1 (binary)")
+    if len(formats) not in (0, 1, len(values)):
+        raise ProtocolViolation("parameter format codes do not match the parameters")
+    return Bind(portal, statement, formats, tuple(values), results)
+
+
+def _decode_target(r: FieldReader) -> tuple[str, str]:
+    kind = chr(r.byte())
+    if kind not in ("S", "P"):
+        raise ProtocolViolation("Describe/Close of something other than S or P")
+    return kind, r.cstring()
+
+
+def _decode_execute(r: FieldReader) -> Execute:
+    portal = r.cstring()
+    max_rows = r.int32()
+    if max_rows < 0:
+        raise ProtocolViolation("a negative row limit")
+    return Execute(portal, max_rows)
+
+
+def decode_frontend(kind: int, body: bytes) -> FrontendMessage:
+    """One typed frontend message from its type byte and body; strict."""
+    r = FieldReader(body)
+    message: FrontendMessage
+    if kind == 0x51:  # Q
+        message = Query(r.cstring())
+    elif kind == 0x50:  # P
+        message = _decode_parse(r)
+    elif kind == 0x42:  # B
+        message = _decode_bind(r)
+    elif kind == 0x44:  # D
+        message = Describe(*_decode_target(r))
+    elif kind == 0x45:  # E
+        message = _decode_execute(r)
+    elif kind == 0x43:  # C
+        message = Close(*_decode_target(r))
+    elif kind == 0x53:  # S
+        message = Sync()
+    elif kind == 0x48:  # H
+        message = Flush()
+    elif kind == 0x58:  # X
+        message = Terminate()
+    elif kind == 0x64:  # d
+        message = CopyData(r.rest())
+    elif kind == 0x63:  # c
+        message = CopyDone()
+    elif kind == 0x66:  # f
+        message = CopyFail(r.cstring())
+    elif kind == 0x70:  # p
+        message = PasswordMessage(r.rest())
+    elif kind == 0x46:  # F
+        message = FunctionCall(r.rest())
+    else:
+        raise ProtocolViolation(f"unknown frontend message type {bytes([kind])!r}")
+    r.done()
+    return message
+
+
+# --- framing ------------------------------------------------------------------------------------
+
+
+class FrontendDecoder:
+    """Bytes from a client in, whole messages out; the first packet has no type byte."""
+
+    def __init__(self, *, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self._buffer = bytearray()
+        self._startup = True
+        self._max = max_message
+
+    def expect_startup(self) -> None:
+        """The next packet is a startup-phase packet again (after an SSL or GSS answer)."""
+        self._startup = True
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def take_buffer(self) -> bytes:
+        """Unread bytes (e.g. sent before the TLS handshake, which must be refused)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    def feed(self, data: bytes) -> list[tuple[StartupPacket | FrontendMessage, bytes]]:
+        """Every whole packet now buffered, each with its raw bytes."""
+        self._buffer += data
+        out: list[tuple[StartupPacket | FrontendMessage, bytes]] = []
+        while True:
+            item = self._next()
+            if item is None:
+                return out
+            out.append(item)
+            if isinstance(item[0], SSLRequest | GSSENCRequest):
+                return out  # what follows is TLS (or a retry), not more packets
+
+    def _next(self) -> tuple[StartupPacket | FrontendMessage, bytes] | None:
+        buf = self._buffer
+        if self._startup:
+            if len(buf) < 4:
+                return None
+            (length,) = _I32.unpack_from(buf, 0)
+            if length < 8 or length > MAX_STARTUP_PACKET:
+                raise ProtocolViolation("invalid startup packet length")
+            if len(buf) < length:
+                return None
+            raw = bytes(buf[:length])
+            del buf[:length]
+            packet = decode_startup(raw[4:])
+            self._startup = False
+            return packet, raw
+        if len(buf) < 5:
+            return None
+        kind = buf[0]
+        (length,) = _I32.unpack_from(buf, 1)
+        limit = MAX_PASSWORD_MESSAGE if kind == 0x70 else self._max
+        if kind in _SMALL_TYPES:
+            limit = MAX_SMALL_MESSAGE
+        if length < 4 or length > limit:
+            raise ProtocolViolation(f"invalid length for message type {bytes([kind])!r}")
+        if len(buf) < length + 1:
+            return None
+        raw = bytes(buf[: length + 1])
+        del buf[: length + 1]
+        return decode_frontend(kind, raw[5:]), raw
+
+
+class BackendFramer:
+    """Bytes from a server in, ``(type, body, raw)`` frames out, bodies undecoded."""
+
+    def __init__(self, *, max_message: int = 1 << 30) -> None:
+        self._buffer = bytearray()
+        self._max = max_message
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes, bytes]]:
+        buf = self._buffer
+        buf += data
+        out: list[tuple[int, bytes, bytes]] = []
+        pos, size = 0, len(buf)
+        while size - pos >= 5:
+            kind = buf[pos]
+            (length,) = _I32.unpack_from(buf, pos + 1)
+            if length < 4 or length > self._max:
+                raise ProtocolViolation(f"invalid length for server message {bytes([kind])!r}")
+            end = pos + 1 + length
+            if end > size:
+                break
+            raw = bytes(buf[pos:end])
+            out.append((kind, raw[5:], raw))
+            pos = end
+        del buf[:pos]
+        return out
+
+    def take_buffer(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
+def reader(body: bytes) -> FieldReader:
+    """A strict field reader over a message body (for :mod:`tether.proxy.pg.backend`)."""
+    return FieldReader(body)
+
+
+def int32(value: int) -> bytes:
+    return _I32.pack(value)
+
+
+def int16(value: int) -> bytes:
+    return _I16.pack(value)

@@ -1,0 +1,209 @@
+"""The asyncio driver of one logged-in session: moves bytes, runs the machine's commands.
+
+Three tasks per session: the client reader, the server reader and the watcher. Each reader
+feeds its side's decoder and hands whole messages to the :class:`~tether.proxy.pg.session.Session`,
+then carries out the commands in order: an ``AuditDecided`` is awaited (committed) before
+the next ``ToServer`` or ``ToClient`` is written (DESIGN invariant 5), an ``AuditResult`` is
+appended in the background (and awaited before ``session.end``). The watcher re-checks the
+credential every :data:`LIVE_CHECK_SECONDS` (revocation, agent disabled) and ends the session
+at its deadline (the token's expiry, or a dynamic role's ``VALID UNTIL``).
+
+Failing closed: a protocol violation from either side, an audit append that fails, a
+revocation or an error in a task ends the session with a ``FATAL`` ``ErrorResponse``; the
+first reason to end wins and is what ``session.end`` records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from tether.audit.log import AuditUnavailable
+from tether.identity.errors import CredentialError
+from tether.proxy.pg import backend as be
+from tether.proxy.pg import codec as c
+from tether.proxy.pg.audit import SessionAudit
+from tether.proxy.pg.session import (
+    AuditDecided,
+    AuditResult,
+    Command,
+    End,
+    Session,
+    ToClient,
+    ToServer,
+)
+from tether.proxy.pg.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+LIVE_CHECK_SECONDS: Final = 0.25
+READ_SIZE: Final = 256 * 1024
+
+
+class Pump:
+    """One session's byte pump (see the module docstring)."""
+
+    def __init__(
+        self,
+        session: Session,
+        audit: SessionAudit,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        decoder: c.FrontendDecoder,
+        upstream: Upstream,
+        *,
+        check_live: Callable[[], Awaitable[None]],
+        deadline: float,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.session = session
+        self.audit = audit
+        self.client_reader, self.client_writer = client
+        self.decoder = decoder
+        self.upstream = upstream
+        self.check_live = check_live
+        self.deadline = deadline
+        self.refresh = refresh
+        self.reason: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._results: set[asyncio.Task[None]] = set()
+        self._done = asyncio.Event()
+
+    async def run(self) -> str:
+        """Pump until the session ends; the reason it ended."""
+        tasks = [
+            asyncio.create_task(self._client_loop()),
+            asyncio.create_task(self._server_loop()),
+            asyncio.create_task(self._watch()),
+        ]
+        try:
+            await self._done.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._results:
+                await asyncio.gather(*self._results, return_exceptions=True)
+            self.upstream.close()
+            with contextlib.suppress(OSError, RuntimeError):
+                await asyncio.wait_for(self.client_writer.drain(), 5)
+            self.client_writer.close()
+        return self.reason or "closed"
+
+    def end(self, reason: str, message: bytes | None = None) -> None:
+        """End the session (the first reason wins), telling the client ``message``."""
+        if self.reason is None:
+            self.reason = reason
+            self.session.ended = True
+            if message is not None and not self.client_writer.is_closing():
+                self.client_writer.write(message)
+        self._done.set()
+
+    async def _client_loop(self) -> None:
+        try:
+            while True:
+                data = await self.client_reader.read(READ_SIZE)
+                if not data:
+                    self.end("client-closed")
+                    return
+                self.bytes_in += len(data)
+                for message, raw in self.decoder.feed(data):
+                    await self._run(self.session.client(message, raw))
+                    if self.reason is not None:
+                        return
+        except c.ProtocolViolation as error:
+            fatal = be.error("08P01", str(error), severity="FATAL").encode()
+            self.end("protocol", fatal)
+        except (OSError, ConnectionError):
+            self.end("client-closed")
+        except AuditUnavailable:
+            self.end("audit-unavailable", _fatal("the audit trail is unavailable"))
+        except Exception:
+            log.exception("postgres session failed")
+            self.end("error", _fatal("internal error in the broker"))
+
+    async def _server_loop(self) -> None:
+        upstream = self.upstream
+        try:
+            if upstream.leftover:
+                await self._run(self.session.server(upstream.leftover))
+            while True:
+                data = await upstream.reader.read(READ_SIZE)
+                if not data:
+                    self.end("server-closed")
+                    return
+                frames = upstream.framer.feed(data)
+                if frames:
+                    commands = self.session.server(frames)
+                    if len(commands) == 1 and type(commands[0]) is ToClient:
+                        self._to_client(commands[0].data)  # the common case: rows only
+                        await self.client_writer.drain()
+                    else:
+                        await self._run(commands)
+                if self.reason is not None:
+                    return
+        except c.ProtocolViolation:
+            self.end("protocol", _fatal("the target sent an invalid message"))
+        except (OSError, ConnectionError):
+            self.end("server-closed")
+        except AuditUnavailable:
+            self.end("audit-unavailable", _fatal("the audit trail is unavailable"))
+        except Exception:
+            log.exception("postgres session failed")
+            self.end("error", _fatal("internal error in the broker"))
+
+    async def _watch(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(LIVE_CHECK_SECONDS)
+                if time.time() >= self.deadline:
+                    self.end("expired", _fatal("the session's credential expired", "28000"))
+                    return
+                await self.check_live()
+                if self.refresh is not None:
+                    await self.refresh()
+        except CredentialError as error:
+            log.info("ending postgres session: %s", error)
+            self.end("revoked", _fatal("the agent's credential was revoked", "28000"))
+        except Exception:
+            log.exception("postgres session watcher failed")
+            self.end("error", _fatal("internal error in the broker"))
+
+    def _to_client(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.client_writer.write(data)
+
+    async def _run(self, commands: list[Command]) -> None:
+        for command in commands:
+            if type(command) is ToServer:
+                self.upstream.writer.write(command.data)
+            elif type(command) is ToClient:
+                self._to_client(command.data)
+            elif type(command) is AuditDecided:
+                await self.audit.decided(command.records)
+            elif type(command) is AuditResult:
+                task = asyncio.create_task(self._completed(command))
+                self._results.add(task)
+                task.add_done_callback(self._results.discard)
+            elif isinstance(command, End):
+                if command.reason == "closed":
+                    with contextlib.suppress(OSError, RuntimeError):
+                        await self.upstream.writer.drain()
+                self.end(command.reason, command.message)
+                return
+        await self.upstream.writer.drain()
+        await self.client_writer.drain()
+
+    async def _completed(self, result: AuditResult) -> None:
+        try:
+            await self.audit.completed(result)
+        except AuditUnavailable:
+            self.end("audit-unavailable", _fatal("the audit trail is unavailable"))
+
+
+def _fatal(message: str, sqlstate: str = "57P01") -> bytes:
+    return be.error(sqlstate, message, severity="FATAL").encode()

@@ -1,0 +1,116 @@
+"""Deciding one query text for a session, and the set of schemas unqualified names may mean.
+
+:class:`Decider` keeps the session's *schema set*: the schemas an unqualified name might
+resolve to on the server right now. It starts as the target's default schema. Before a
+statement that sets the search path runs (``SET search_path``, ``RESET``, ``DISCARD ALL``),
+every schema it names is added (``"$user"`` is the session's user, an empty path the
+target's default); the set only ever grows until the session machine replaces it with what
+the server reports (``current_schemas(false)``) at an idle moment, which it asks for after
+such a statement and after any transaction control once the path was touched (a rollback
+or a savepoint can undo a ``SET``). A query is decided under every schema of the set, the
+most restrictive decision winning, so the policy never decides under fewer schemas than
+the server may use. Within one query, a ``SET`` followed by more statements has each
+statement decided alone under the old and the new schemas (spec 5.3: most restrictive).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tether.policy.errors import SqlParseError
+from tether.policy.model import Decision, more_restrictive
+from tether.policy.sql import SqlAnalysis, analyze_sql
+from tether.proxy.pg.commands import Policy, StatementRecord, record_for
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decided query: the decision, its audit records, and what it does to the path."""
+
+    decision: Decision
+    records: tuple[StatementRecord, ...]
+    schemas: tuple[str, ...]  # the schema set it was decided under
+    paths: tuple[tuple[str, ...], ...]  # search paths its statements set
+    transaction: bool  # it holds transaction control (which may undo a SET)
+
+
+class Decider:
+    """Decisions for one session, and its schema set (see the module docstring)."""
+
+    def __init__(self, policy: Policy, *, default_schema: str, user: str) -> None:
+        self.policy = policy
+        self.default_schema = default_schema
+        self.user = user
+        self.schemas: tuple[str, ...] = (default_schema,)
+        self.path_touched = False
+        self.refresh = False
+
+    def decide(self, text: str, protocol: str) -> Verdict:
+        schemas = self.schemas
+        try:
+            analysis: SqlAnalysis | None = analyze_sql(text, schemas[0])
+        except SqlParseError:
+            analysis = None
+        parts: list[str] = [text]
+        candidates = list(schemas)
+        paths: tuple[tuple[str, ...], ...] = ()
+        transaction = False
+        if analysis is not None:
+            statements = analysis.statements
+            paths = tuple(s.search_path for s in statements if s.search_path is not None)
+            transaction = any("transaction" in s.classes for s in statements)
+            later = [s.search_path for s in statements[:-1] if s.search_path is not None]
+            if later:
+                parts = [s.text for s in statements]
+                for path in later:
+                    candidates.extend(x for x in self._path_schemas(path) if x not in candidates)
+        decision: Decision | None = None
+        for part in parts:
+            for schema in candidates:
+                verdict = self.policy.decide(part, schema)
+                decision = verdict if decision is None else more_restrictive(decision, verdict)
+        assert decision is not None
+        records = self._records(text, analysis, decision, protocol)
+        return Verdict(decision, records, schemas, paths, transaction)
+
+    def _records(
+        self, text: str, analysis: SqlAnalysis | None, decision: Decision, protocol: str
+    ) -> tuple[StatementRecord, ...]:
+        if analysis is None:
+            return (record_for(decision, protocol, size=len(text)),)
+        statements = analysis.statements
+        if len(statements) == 1:
+            s = statements[0]
+            record = StatementRecord(
+                analysis.redacted, len(text), s.classes, s.relations, decision, protocol
+            )
+            return (record,)
+        schema = self.schemas[0]
+        return tuple(
+            StatementRecord(
+                analyze_sql(s.text, schema).redacted, len(s.text), s.classes, s.relations,
+                decision, protocol,
+            )  # fmt: skip
+            for s in statements
+        )
+
+    def _path_schemas(self, path: tuple[str, ...]) -> list[str]:
+        if not path:  # RESET: the server's default, which the target names
+            return [self.default_schema]
+        return [self.user if name == "$user" else name for name in path]
+
+    def touch(self, verdict: Verdict) -> None:
+        """Before a statement runs: widen the schema set if it may change the search path."""
+        if verdict.paths:
+            for path in verdict.paths:
+                for name in self._path_schemas(path):
+                    if name not in self.schemas:
+                        self.schemas = (*self.schemas, name)
+            self.path_touched = True
+            self.refresh = True
+        elif self.path_touched and verdict.transaction:
+            self.refresh = True
+
+    def reported(self, schemas: list[str]) -> None:
+        """The server's answer: exactly these schemas are in the path now."""
+        self.schemas = tuple(schemas) or (self.default_schema,)

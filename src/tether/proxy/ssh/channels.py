@@ -1,0 +1,240 @@
+"""Session channels: ``exec`` and interactive shells, decided, forwarded and recorded.
+
+``exec``: the command string is decided as ``{"ssh": {"command": ...}}`` (spec 5.2). On
+allow, the target receives :meth:`ParsedCommand.canonical` of the parse the engine decided on
+(re-quoted from the parsed words, DESIGN invariant 4), **never the raw string**. stdin,
+stdout and stderr are streamed both ways with flow control; the exit status (or the exit
+signal) is passed back. A denial or ``approval_required`` is one ``Tether: ...`` line on
+stderr and exit status 1; the target is never contacted.
+
+Shell: refused unless a rule allows ``{"ssh": {"shell": true}}``. An allowed shell is
+recorded as asciicast v2 (output always, keystrokes only with ``ssh.recording.record_input``).
+What is typed *inside* an allowed shell is recorded, not authorized: the policy decides
+whether the shell may start, nothing more.
+
+Other subsystems than ``sftp`` are refused. Each channel is recorded under
+``<session id>.<channel number>``; a recording that cannot be started refuses the channel
+(fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import asyncssh
+
+from tether.audit.recordings import Recorder, RecordingError, RecordingMeta, RecordingOptions
+from tether.policy.model import Decision
+from tether.policy.shell import parse_command
+from tether.proxy.ssh.session import BrokerSession, UpstreamError, refusal_text
+
+log = logging.getLogger(__name__)
+
+CHUNK = 65536
+ServerProcess = asyncssh.SSHServerProcess[bytes]
+ClientProcess = asyncssh.SSHClientProcess[bytes]
+
+
+async def handle_process(process: ServerProcess, session: BrokerSession) -> None:
+    """Run one session channel (exec, shell or a non-SFTP subsystem) to its end."""
+    session.channel_opened()
+    try:
+        if process.subsystem is not None:
+            await _fail(process, f"Tether: subsystem {process.subsystem!r} is not available")
+        elif process.command is None:
+            await _run_shell(process, session)
+        else:
+            await _run_exec(process, session, process.command)
+    except Exception as error:
+        log.exception("session %s: channel failed", session.id)
+        await _fail(process, f"Tether: internal error ({type(error).__name__})")
+    finally:
+        session.channel_closed()
+
+
+async def _fail(process: ServerProcess, message: str, status: int = 1) -> None:
+    with contextlib.suppress(Exception):
+        process.stderr.write(message.encode("utf-8", "replace") + b"\r\n")
+        await process.stderr.drain()
+    process.exit(status)
+
+
+async def _run_exec(process: ServerProcess, session: BrokerSession, command: str) -> None:
+    decision = await session.decide({"ssh": {"command": command}})
+    if not decision.allowed:
+        await _audit_command(session, command, decision, None, 0, 0.0, refused=True)
+        await _fail(process, refusal_text(decision))
+        return
+    canonical = parse_command(command).canonical()
+    meta = _meta(process, session, command=canonical)
+    await _forward(process, session, decision, canonical, meta)
+
+
+async def _run_shell(process: ServerProcess, session: BrokerSession) -> None:
+    decision = await session.decide({"ssh": {"shell": True}})
+    if not decision.allowed:
+        await _audit_command(session, "(shell)", decision, None, 0, 0.0, refused=True)
+        await _fail(process, refusal_text(decision))
+        return
+    await _forward(process, session, decision, None, _meta(process, session, command=None))
+
+
+def _meta(process: ServerProcess, session: BrokerSession, *, command: str | None) -> RecordingMeta:
+    width, height = process.get_terminal_size()[:2]
+    term = process.get_terminal_type()
+    claims = session.identity.claims
+    return RecordingMeta(
+        width=width or 80,
+        height=height or 24,
+        env={"TERM": term} if term else {},
+        protocol="ssh",
+        agent=claims.agent_id,
+        runtime=claims.runtime.id,
+        task=claims.task.id,
+        target=session.target.name,
+        command=command,
+    )
+
+
+async def _forward(
+    process: ServerProcess,
+    session: BrokerSession,
+    decision: Decision,
+    command: str | None,
+    meta: RecordingMeta,
+) -> None:
+    """Run ``command`` (None: a shell) on the target and stream it to the agent."""
+    shown = command if command is not None else "(shell)"
+    config = session.context.config.recording
+    options = RecordingOptions(config.record_input, config.max_output_bytes)
+    try:
+        recorder = Recorder.start(
+            session.next_channel_id(), meta, root=session.context.recordings, options=options
+        )
+    except RecordingError as error:
+        log.error("session %s: %s", session.id, error)
+        await _fail(process, "Tether: the session cannot be recorded, refused")
+        return
+    started = time.monotonic()
+    status: int | None = None
+    output = 0
+    try:
+        upstream = await session.upstream()
+        term = process.get_terminal_type()
+        remote = await upstream.create_process(
+            command,
+            encoding=None,
+            term_type=term,
+            term_size=process.get_terminal_size() if term else None,
+        )
+    except (UpstreamError, asyncssh.Error, OSError) as error:
+        text = str(error) if isinstance(error, UpstreamError) else "the target refused the channel"
+        recorder.marker(text)
+        recorder.close(None)
+        await _audit_command(session, shown, decision, None, 0, 0.0, error=text)
+        await _fail(process, f"Tether: {text}")
+        return
+    try:
+        output = await _pump(process, remote, session, recorder)
+        status = remote.exit_status
+        signal = remote.exit_signal
+    finally:
+        remote.close()
+        recorder.close(status)
+    duration = time.monotonic() - started
+    await _audit_command(session, shown, decision, status, output, duration)
+    if signal is not None:
+        name, core, message, lang = signal
+        process.exit_with_signal(name, core, message, lang)
+    else:
+        process.exit(status if status is not None else 255)
+
+
+async def _pump(
+    process: ServerProcess, remote: ClientProcess, session: BrokerSession, recorder: Recorder
+) -> int:
+    """Copy both ways until the remote side exits; returns the bytes sent to the agent."""
+    counted = [0]
+
+    async def down(source: asyncssh.SSHReader[bytes], sink: asyncssh.SSHWriter[bytes]) -> None:
+        while data := await source.read(CHUNK):
+            recorder.output(data)
+            counted[0] += len(data)
+            session.bytes_out += len(data)
+            sink.write(data)
+            await sink.drain()
+
+    up = asyncio.create_task(_pump_stdin(process, remote, session, recorder))
+    try:
+        await asyncio.gather(
+            down(remote.stdout, process.stdout), down(remote.stderr, process.stderr)
+        )
+        await remote.wait_closed()
+    finally:
+        up.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await up
+    return counted[0]
+
+
+async def _pump_stdin(
+    process: ServerProcess, remote: ClientProcess, session: BrokerSession, recorder: Recorder
+) -> None:
+    while True:
+        try:
+            data = await process.stdin.read(CHUNK)
+        except asyncssh.TerminalSizeChanged as change:
+            remote.change_terminal_size(
+                change.width, change.height, change.pixwidth, change.pixheight
+            )
+            recorder.resize(change.width, change.height)
+            continue
+        except asyncssh.SignalReceived as received:
+            remote.send_signal(received.signal)
+            continue
+        except asyncssh.BreakReceived as brk:
+            remote.send_break(brk.msec)
+            continue
+        if not data:
+            remote.stdin.write_eof()
+            return
+        recorder.input(data)
+        session.bytes_in += len(data)
+        remote.stdin.write(data)
+        await remote.stdin.drain()
+
+
+async def _audit_command(
+    session: BrokerSession,
+    command: str,
+    decision: Decision,
+    status: int | None,
+    output: int,
+    duration: float,
+    *,
+    refused: bool = False,
+    error: str | None = None,
+) -> None:
+    auditor = session.context.services.auditor
+    if auditor is None:
+        return
+    detail: dict[str, Any] = {"policy_version": decision.policy_version}
+    if refused:
+        detail["refused"] = decision.reason
+    if error is not None:
+        detail["error"] = error
+    await auditor.command(
+        session.subject,
+        target=session.target.name,
+        command=command,
+        exit_status=status,
+        bytes_out=output,
+        duration_ms=duration * 1000,
+        decision=decision.decision,
+        rule=decision.rule,
+        detail=detail,
+    )

@@ -1,0 +1,349 @@
+"""The SFTP subsystem: Tether is the SFTP server to the agent and an SFTP client to the target.
+
+Every operation is decided (spec 5.5) on the absolute path it names
+(:mod:`tether.proxy.ssh.sftp_paths`) before anything reaches the target:
+
+==================  ===========================================================
+SFTP request        decided as
+==================  ===========================================================
+open                ``read`` (read flag) and/or ``write`` (write, append, create,
+                    truncate flags): every one needed must be allowed
+opendir, readlink,  ``list``
+statvfs
+stat, lstat         ``read``, ``write`` or ``list`` (metadata of a path the agent
+                    may use in any way); only the deciding one is audited
+setstat, lsetstat,  ``write``
+mkdir
+remove, rmdir       ``delete``
+rename,             ``rename`` (``delete`` on the source, ``write`` on the target)
+posix-rename
+symlink, link       always refused: a link would give a path the policy allowed a
+                    meaning it did not see
+realpath            answered here, lexically; touches no file
+==================  ===========================================================
+
+``opendir`` of ``dir/`` is decided as ``dir`` (``sftp``'s ``ls`` sends the slash; only a
+directory can be listed, so both name the same thing). On a handle: ``read`` and ``write``
+were decided at ``open``; ``fsetstat`` needs a handle opened for writing. A refusal is
+``SSH_FX_PERMISSION_DENIED`` with the ``Tether: ...`` reason. Each file closed after data
+went through is audited with ``file_transfer`` (op ``read`` or ``write``, path, bytes,
+SHA-256) and added to the channel's recording; removals and renames are audited as well.
+The upstream connection is opened by the first operation that needs it (the home
+directory, for a relative path, or the first allowed operation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import asyncssh
+from asyncssh import FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC, FXF_WRITE
+
+from tether.audit.recordings import Recorder, RecordingError, RecordingMeta
+from tether.proxy.ssh.session import BrokerSession, UpstreamError, refusal_text
+from tether.proxy.ssh.sftp_io import RemoteHandle
+from tether.proxy.ssh.sftp_paths import PathRefused, absolute_path, decode_path, resolve_realpath
+
+log = logging.getLogger(__name__)
+
+_WRITE_FLAGS: Final = FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC
+
+
+@dataclass(eq=False)
+class _File:
+    path: str
+    handle: RemoteHandle
+    reading: bool
+    writing: bool
+    opened: float = field(default_factory=time.monotonic)
+
+
+class BrokerSftp(asyncssh.SFTPServer):
+    """One SFTP channel of a broker session."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], session: BrokerSession) -> None:
+        super().__init__(chan)
+        self.session = session
+        self._client: asyncssh.SFTPClient | None = None
+        self._home: str | None = None
+        self._files: set[_File] = set()
+        self._recorder: Recorder | None = None
+        session.channel_opened()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    async def _sftp(self) -> asyncssh.SFTPClient:
+        if self._client is None:
+            try:
+                upstream = await self.session.upstream()
+                self._client = await upstream.start_sftp_client()
+            except (UpstreamError, asyncssh.Error, OSError) as error:
+                text = str(error) if isinstance(error, UpstreamError) else "target SFTP refused"
+                raise asyncssh.SFTPFailure(f"Tether: {text}") from None
+        return self._client
+
+    async def _home_dir(self) -> str:
+        if self._home is None:
+            client = await self._sftp()
+            self._home = decode_path(await client.realpath(b"."))
+        return self._home
+
+    async def _path(self, raw: bytes) -> str:
+        try:
+            text = decode_path(raw)
+            return absolute_path(raw, "" if text.startswith("/") else await self._home_dir())
+        except PathRefused as refused:
+            raise asyncssh.SFTPPermissionDenied(f"Tether: {refused}") from None
+
+    async def _allow(self, *actions: dict[str, Any]) -> None:
+        """Every action must be allowed (each one audited)."""
+        for action in actions:
+            decision = await self.session.decide({"files": action})
+            if not decision.allowed:
+                raise asyncssh.SFTPPermissionDenied(refusal_text(decision))
+
+    async def _allow_any(self, path: str, ops: tuple[str, ...]) -> None:
+        actions = [{"files": {"op": op, "path": path}} for op in ops]
+        decision = await self.session.decide_any(actions)
+        if not decision.allowed:
+            raise asyncssh.SFTPPermissionDenied(refusal_text(decision))
+
+    @staticmethod
+    def _encode(path: str) -> bytes:
+        return path.encode("utf-8")
+
+    # --- paths -------------------------------------------------------------------------------
+
+    async def realpath(self, path: bytes) -> bytes:
+        text = decode_path(path) if path else "."
+        home = "/" if text.startswith("/") else await self._home_dir()
+        try:
+            return self._encode(resolve_realpath(path or b".", home))
+        except PathRefused as refused:
+            raise asyncssh.SFTPNoSuchFile(f"Tether: {refused}") from None
+
+    async def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
+        target = await self._path(path)
+        await self._allow_any(target, ("read", "write", "list"))
+        return await (await self._sftp()).stat(self._encode(target))
+
+    async def lstat(self, path: bytes) -> asyncssh.SFTPAttrs:
+        target = await self._path(path)
+        await self._allow_any(target, ("read", "write", "list"))
+        return await (await self._sftp()).lstat(self._encode(target))
+
+    async def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        target = await self._path(path)
+        await self._allow({"op": "write", "path": target})
+        await (await self._sftp()).setstat(self._encode(target), attrs)
+
+    async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        await self.setstat(path, attrs)
+
+    async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+        # OpenSSH's sftp opens "dir/": on a directory-only operation one trailing '/' names
+        # the same directory, so it is the one spelling taken off before the decision.
+        if len(path) > 1 and path.endswith(b"/") and not path.endswith(b"//"):
+            path = path[:-1]
+        target = await self._path(path)
+        await self._allow({"op": "list", "path": target})
+        async for entry in (await self._sftp()).scandir(self._encode(target)):
+            yield entry
+
+    async def readlink(self, path: bytes) -> bytes:
+        target = await self._path(path)
+        await self._allow({"op": "list", "path": target})
+        return await (await self._sftp()).readlink(self._encode(target))
+
+    async def statvfs(self, path: bytes) -> asyncssh.SFTPVFSAttrs:
+        target = await self._path(path)
+        await self._allow({"op": "list", "path": target})
+        return await (await self._sftp()).statvfs(self._encode(target))
+
+    async def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        target = await self._path(path)
+        await self._allow({"op": "write", "path": target})
+        await (await self._sftp()).mkdir(self._encode(target), attrs)
+
+    async def remove(self, path: bytes) -> None:
+        target = await self._path(path)
+        await self._allow({"op": "delete", "path": target})
+        await (await self._sftp()).remove(self._encode(target))
+        await self._audit("delete", target, None, None)
+
+    async def rmdir(self, path: bytes) -> None:
+        target = await self._path(path)
+        await self._allow({"op": "delete", "path": target})
+        await (await self._sftp()).rmdir(self._encode(target))
+        await self._audit("delete", target, None, None)
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        old, new = await self._path(oldpath), await self._path(newpath)
+        await self._allow({"op": "rename", "path": old, "to": new})
+        await (await self._sftp()).rename(self._encode(old), self._encode(new))
+        await self._audit("rename", old, None, None, to=new)
+
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        old, new = await self._path(oldpath), await self._path(newpath)
+        await self._allow({"op": "rename", "path": old, "to": new})
+        await (await self._sftp()).posix_rename(self._encode(old), self._encode(new))
+        await self._audit("rename", old, None, None, to=new)
+
+    def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        raise asyncssh.SFTPPermissionDenied("Tether: links cannot be created through Tether")
+
+    def link(self, oldpath: bytes, newpath: bytes) -> None:
+        raise asyncssh.SFTPPermissionDenied("Tether: links cannot be created through Tether")
+
+    # --- files -------------------------------------------------------------------------------
+
+    async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+        target = await self._path(path)
+        reading, writing = bool(pflags & FXF_READ), bool(pflags & _WRITE_FLAGS)
+        if not reading and not writing:
+            reading = True
+        ops = [op for op, wanted in (("read", reading), ("write", writing)) if wanted]
+        await self._allow(*({"op": op, "path": target} for op in ops))
+        config = self.session.context.config
+        remote = await (await self._sftp()).open(
+            self._encode(target),
+            pflags,
+            attrs,
+            encoding=None,
+            block_size=config.sftp_block_size,
+            max_requests=config.sftp_max_requests,
+        )
+        file = _File(target, RemoteHandle(remote, depth=config.sftp_max_requests), reading, writing)
+        self._files.add(file)
+        return file
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        file = _file(file_obj)
+        data = await file.handle.read(offset, size)
+        self.session.bytes_out += len(data)
+        return data
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        file = _file(file_obj)
+        self.session.bytes_in += len(data)
+        return await file.handle.write(offset, data)
+
+    async def close(self, file_obj: object) -> None:
+        file = _file(file_obj)
+        self._files.discard(file)
+        error: BaseException | None = None
+        try:
+            await file.handle.close()
+        except BaseException as failure:  # noqa: BLE001 - audited, then re-raised
+            error = failure
+        await self._finish(file, error)
+        if error is not None:
+            raise error
+
+    async def _finish(self, file: _File, error: BaseException | None) -> None:
+        digest = file.handle.digest
+        if digest.size == 0 and not (file.writing and error is None):
+            return
+        op = "write" if file.writing else "read"
+        sha = digest.hexdigest()
+        duration = time.monotonic() - file.opened
+        await self._audit(op, file.path, digest.size, sha, duration=duration, failed=error)
+        if sha is not None and error is None:
+            recorder = self._recording()
+            if recorder is not None:
+                if file.writing:
+                    recorder.transfer(file.path, "upload", digest.size, sha)
+                else:
+                    recorder.transfer(file.path, "download", digest.size, sha)
+
+    async def fstat(self, file_obj: object) -> asyncssh.SFTPAttrs:
+        file = _file(file_obj)
+        await file.handle.flush()
+        return await file.handle.remote.stat()
+
+    async def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
+        file = _file(file_obj)
+        if not file.writing:
+            raise asyncssh.SFTPPermissionDenied("Tether: the file was not opened for writing")
+        await file.handle.flush()
+        await file.handle.remote.setstat(attrs)
+
+    async def fsync(self, file_obj: object) -> None:
+        file = _file(file_obj)
+        await file.handle.flush()
+        await file.handle.remote.fsync()
+
+    async def fstatvfs(self, file_obj: object) -> asyncssh.SFTPVFSAttrs:
+        return await _file(file_obj).handle.remote.statvfs()
+
+    async def exit(self) -> None:
+        for file in list(self._files):
+            await self.close(file)
+        if self._client is not None:
+            self._client.exit()
+        if self._recorder is not None:
+            self._recorder.close(0)
+        self.session.channel_closed()
+        # OpenSSH's sftp-server ends with exit status 0, and scp checks it.
+        with contextlib.suppress(Exception):
+            self.channel.exit(0)
+
+    # --- audit -------------------------------------------------------------------------------
+
+    def _recording(self) -> Recorder | None:
+        if self._recorder is None:
+            claims = self.session.identity.claims
+            meta = RecordingMeta(
+                title=f"sftp {self.session.target.name}",
+                protocol="sftp",
+                agent=claims.agent_id,
+                runtime=claims.runtime.id,
+                task=claims.task.id,
+                target=self.session.target.name,
+            )
+            try:
+                self._recorder = Recorder.start(
+                    self.session.next_channel_id(), meta, root=self.session.context.recordings
+                )
+            except RecordingError as error:
+                log.error("session %s: %s", self.session.id, error)
+        return self._recorder
+
+    async def _audit(
+        self,
+        op: str,
+        path: str,
+        size: int | None,
+        sha256: str | None,
+        *,
+        to: str | None = None,
+        duration: float | None = None,
+        failed: BaseException | None = None,
+    ) -> None:
+        auditor = self.session.context.services.auditor
+        if auditor is None:
+            return
+        detail = {"error": type(failed).__name__} if failed is not None else None
+        await auditor.file_transfer(
+            self.session.subject,
+            target=self.session.target.name,
+            op=op,
+            path=path,
+            size=size,
+            sha256=sha256,
+            to=to,
+            duration_ms=None if duration is None else duration * 1000,
+            decision="allow",
+            detail=detail,
+        )
+
+
+def _file(file_obj: object) -> _File:
+    if not isinstance(file_obj, _File):
+        raise asyncssh.SFTPInvalidHandle("Tether: unknown handle")
+    return file_obj

@@ -1,0 +1,159 @@
+"""Moving file bytes between the agent's SFTP channel and the target's, fast and counted.
+
+The SFTP server of asyncssh answers one request at a time, so a request that waited for the
+target before the next is read would cap a transfer at one block per round trip. A handle
+therefore keeps the target busy:
+
+* **reads ahead** while the agent reads sequentially: up to ``depth`` blocks past the last
+  request are already asked of the target (only of a file the policy allowed to be read);
+* **writes behind**: a write is acknowledged once it is handed to the target, with at most
+  ``depth`` writes in flight. A failed write is reported to the agent on its next request on
+  that handle, and at ``close`` at the latest, which then fails: the agent never sees a
+  successful close of a file the target did not fully accept, and the audit record of the
+  transfer says it failed.
+
+:class:`StreamDigest` hashes what went through in file order (SFTP clients pipeline and may
+answer out of order), so the audit record carries the SHA-256 of the file as transferred;
+a transfer that was not one sequential pass (seeks, rewrites, holes) gets no digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from typing import Final
+
+import asyncssh
+
+MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
+
+
+class StreamDigest:
+    """SHA-256 of bytes fed at offsets, in offset order; None once not one sequential pass."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._next = 0
+        self._pending: dict[int, bytes] = {}
+        self._pending_bytes = 0
+        self.size = 0
+        self.broken = False
+
+    def feed(self, offset: int, data: bytes) -> None:
+        self.size += len(data)
+        if self.broken or not data:
+            return
+        if offset < self._next or offset in self._pending:
+            self._break()
+            return
+        if offset > self._next:
+            self._pending[offset] = data
+            self._pending_bytes += len(data)
+            if self._pending_bytes > MAX_PENDING_BYTES:
+                self._break()
+            return
+        self._take(data)
+        while self._next in self._pending:
+            chunk = self._pending.pop(self._next)
+            self._pending_bytes -= len(chunk)
+            self._take(chunk)
+
+    def _take(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._next += len(data)
+
+    def _break(self) -> None:
+        self.broken = True
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def hexdigest(self) -> str | None:
+        if self.broken or self._pending:
+            return None
+        return self._hash.hexdigest()
+
+
+class RemoteHandle:
+    """An open file on the target, with read-ahead and write-behind."""
+
+    def __init__(self, remote: asyncssh.SFTPClientFile, *, depth: int) -> None:
+        self.remote = remote
+        self.depth = depth
+        self.digest = StreamDigest()
+        self._ahead: dict[int, asyncio.Task[bytes]] = {}
+        self._ahead_size = 0
+        self._writes: set[asyncio.Task[int]] = set()
+        self._slots = asyncio.Semaphore(depth)
+        self._error: BaseException | None = None
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def read(self, offset: int, size: int) -> bytes:
+        self.raise_pending()
+        task = self._ahead.pop(offset, None)
+        if task is None or size != self._ahead_size:
+            if task is not None:
+                task.cancel()
+            self._drop_ahead()
+            task = self._fetch(offset, size)
+        self._ahead_size = size
+        data = await task
+        self.digest.feed(offset, data)
+        if len(data) == size:
+            self._extend_ahead(offset + size, size)
+        else:
+            self._drop_ahead()
+        return data
+
+    def _fetch(self, offset: int, size: int) -> asyncio.Task[bytes]:
+        return asyncio.ensure_future(self.remote.read(size, offset))
+
+    def _extend_ahead(self, start: int, size: int) -> None:
+        for i in range(self.depth):
+            offset = start + i * size
+            if offset not in self._ahead:
+                self._ahead[offset] = self._fetch(offset, size)
+
+    def _drop_ahead(self) -> None:
+        for task in self._ahead.values():
+            task.cancel()
+        self._ahead.clear()
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def write(self, offset: int, data: bytes) -> int:
+        self.raise_pending()
+        await self._slots.acquire()
+        self.raise_pending()
+        self.digest.feed(offset, data)
+        task = asyncio.ensure_future(self.remote.write(data, offset))
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+        return len(data)
+
+    def _write_done(self, task: asyncio.Task[int]) -> None:
+        self._writes.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None and self._error is None:
+            self._error = task.exception()
+
+    async def flush(self) -> None:
+        """Wait for every write in flight; raise the first failure."""
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+        self.raise_pending()
+
+    def raise_pending(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    async def close(self) -> None:
+        """Flush, then close the remote file (raises the first failure)."""
+        self._drop_ahead()
+        try:
+            await self.flush()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.remote.close()

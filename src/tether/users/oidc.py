@@ -1,0 +1,253 @@
+"""Sign-in through an OIDC provider: authorization code flow with PKCE (RFC 7636).
+
+::
+
+    CLI ──POST /v1/login/oidc──▶ Tether: state, nonce, PKCE verifier (kept here, 10 min)
+     │       ◀── authorization URL + poll id
+     └─ browser ──▶ provider (user signs in) ──▶ /v1/login/oidc/callback?code&state
+                                   Tether: code + verifier ──▶ token endpoint ──▶ ID token
+                                   verify ID token, map groups, personal token for the poll
+    CLI ──GET /v1/login/oidc/poll/{id}──▶ the personal token, once
+
+Security decisions:
+
+* **PKCE S256 always**, a fresh 256-bit verifier per login; ``state`` (256 bits, one use,
+  ``LOGIN_TTL``) binds the callback to a login this node started, and ``nonce`` binds the
+  ID token to it (a token minted for another login is refused).
+* **The ID token is verified like every user token** (:func:`verify_user_token`: the
+  issuer's keys from its JWKS, ``iss``, ``aud`` — the provider's configured audiences must
+  include ``client_id`` —, expiry, algorithm allow-list); the user id and the groups come
+  from that issuer's ``user_claim`` and ``groups_claim``.
+* **Accounts do not change hands**: an id that is a local user is refused (a provider cannot
+  take over a password account), a disabled user stays out, and an id Tether cannot use as
+  a user id is refused, never rewritten.
+* Groups and roles (``roles``: group -> roles) are replaced at every sign-in, so removing
+  someone from a group at the provider removes the role at their next sign-in; existing
+  personal tokens keep working until they expire (``token_ttl``) or are revoked.
+* The token never reaches the browser: the callback page only says to go back to the
+  terminal; the poll id (256 bits, one use) is what the CLI holds.
+* Pending logins live in this node's memory: the callback and the poll must reach the node
+  that started the login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import httpx
+
+from tether.identity.workload import TrustedIssuers, WorkloadTokenError, verify_user_token
+from tether.users.config import OidcLoginConfig
+from tether.users.service import USER_ID, UserService
+from tether.users.store import User, UserToken
+
+CALLBACK_PATH: Final = "/v1/login/oidc/callback"
+LOGIN_TTL: Final = 600.0
+MAX_PENDING: Final = 10_000
+TIMEOUT: Final = 10.0
+
+
+class OidcLoginError(Exception):
+    """A sign-in that cannot complete; the message is safe to show."""
+
+
+@dataclass
+class _Pending:
+    verifier: str
+    nonce: str
+    poll_id: str
+    started: float
+
+
+@dataclass
+class _Result:
+    token: str
+    record: UserToken
+    user: User
+    ready: float
+
+
+@dataclass
+class _Polls:
+    results: dict[str, _Result | None] = field(default_factory=dict)
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def pkce_challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class OidcLogin:
+    """Pending OIDC sign-ins of this node, and their completion."""
+
+    def __init__(
+        self,
+        config: OidcLoginConfig,
+        issuers: Callable[[], TrustedIssuers],
+        users: UserService,
+        *,
+        redirect_uri: str,
+        clock: Callable[[], datetime],
+        transport: httpx.AsyncBaseTransport | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config, self.issuers, self.users = config, issuers, users
+        self.redirect_uri = config.redirect_uri or redirect_uri
+        self.clock, self.monotonic = clock, monotonic
+        self._transport = transport
+        self._pending: dict[str, _Pending] = {}
+        self._polls = _Polls()
+        self._endpoints: tuple[str, str] | None = None
+
+    async def start(self) -> tuple[str, str]:
+        """The authorization URL to open in a browser, and the poll id for the CLI."""
+        self._prune()
+        if len(self._pending) >= MAX_PENDING:
+            raise OidcLoginError("too many sign-ins in progress; try again shortly")
+        authorize, _token = await self._discover()
+        state, poll_id = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        pending = _Pending(secrets.token_urlsafe(48), secrets.token_urlsafe(32), poll_id,
+                           self.monotonic())  # fmt: skip
+        self._pending[state] = pending
+        self._polls.results[poll_id] = None
+        query = urlencode({
+            "response_type": "code", "client_id": self.config.client_id,
+            "redirect_uri": self.redirect_uri, "scope": " ".join(self.config.scopes),
+            "state": state, "nonce": pending.nonce,
+            "code_challenge": pkce_challenge(pending.verifier), "code_challenge_method": "S256",
+        })  # fmt: skip
+        separator = "&" if "?" in authorize else "?"
+        return f"{authorize}{separator}{query}", poll_id
+
+    async def callback(self, code: str, state: str) -> User:
+        """Complete the sign-in of ``state`` with the provider's ``code``."""
+        pending = self._pending.pop(state, None)
+        if pending is None or self.monotonic() - pending.started > LOGIN_TTL:
+            raise OidcLoginError("unknown or expired sign-in (state); start again")
+        id_token = await self._exchange(code, pending.verifier)
+        try:
+            identity = await verify_user_token(id_token, self.issuers(), self.clock())
+        except WorkloadTokenError as error:
+            raise OidcLoginError(f"the ID token is refused: {error}") from None
+        if identity.claims.get("iss") != self.config.issuer:
+            raise OidcLoginError("the ID token is from another issuer")
+        if identity.claims.get("nonce") != pending.nonce:
+            raise OidcLoginError("the ID token is not for this sign-in (nonce)")
+        user = await self._upsert(identity.user, identity.groups)
+        text, record = await self.users.create_token(
+            user.id, name="oidc login", ttl=self.config.token_ttl
+        )
+        self._polls.results[pending.poll_id] = _Result(text, record, user, self.monotonic())
+        self._polls.event.set()
+        self._polls.event = asyncio.Event()
+        return user
+
+    async def poll(self, poll_id: str, wait: float) -> _Result | None:
+        """The completed sign-in of ``poll_id`` (handed out once), or None while pending;
+        ``KeyError`` for an unknown, expired or already collected poll id."""
+        deadline = self.monotonic() + wait
+        while True:
+            if poll_id not in self._polls.results:
+                raise KeyError(poll_id)
+            result = self._polls.results[poll_id]
+            if result is not None:
+                del self._polls.results[poll_id]
+                return result
+            left = deadline - self.monotonic()
+            if left <= 0:
+                return None
+            event = self._polls.event
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(left, 1.0))
+
+    def _prune(self) -> None:
+        now = self.monotonic()
+        for state, pending in list(self._pending.items()):
+            if now - pending.started > LOGIN_TTL:
+                del self._pending[state]
+                self._polls.results.pop(pending.poll_id, None)
+        for poll_id, result in list(self._polls.results.items()):
+            if result is not None and now - result.ready > LOGIN_TTL:
+                del self._polls.results[poll_id]
+
+    async def _discover(self) -> tuple[str, str]:
+        if self._endpoints is not None:
+            return self._endpoints
+        config = self.config
+        if config.authorization_endpoint is not None and config.token_endpoint is not None:
+            self._endpoints = (config.authorization_endpoint, config.token_endpoint)
+            return self._endpoints
+        url = config.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        document = await self._get_json(url)
+        authorize = config.authorization_endpoint or document.get("authorization_endpoint")
+        token = config.token_endpoint or document.get("token_endpoint")
+        if (
+            document.get("issuer") != config.issuer
+            or not isinstance(authorize, str)
+            or not (isinstance(token, str))
+        ):
+            raise OidcLoginError("the provider's discovery document does not fit its issuer")
+        self._endpoints = (authorize, token)
+        return self._endpoints
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        try:
+            async with httpx.AsyncClient(transport=self._transport, timeout=TIMEOUT) as http:
+                answer = await http.get(url)
+            data = answer.json() if answer.is_success else None
+        except (httpx.HTTPError, ValueError):
+            data = None
+        if not isinstance(data, dict):
+            raise OidcLoginError("the OIDC provider cannot be reached or answered nonsense")
+        return data
+
+    async def _exchange(self, code: str, verifier: str) -> str:
+        _authorize, token_url = await self._discover()
+        form = {
+            "grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri,
+            "client_id": self.config.client_id, "code_verifier": verifier,
+        }  # fmt: skip
+        try:
+            secret = self.config.secret()
+        except ValueError as error:
+            raise OidcLoginError(str(error)) from None
+        auth = None if secret is None else httpx.BasicAuth(self.config.client_id, secret)
+        try:
+            async with httpx.AsyncClient(
+                transport=self._transport, timeout=TIMEOUT, auth=auth
+            ) as http:
+                answer = await http.post(token_url, data=form)
+            data = answer.json() if answer.is_success else None
+        except (httpx.HTTPError, ValueError):
+            data = None
+        id_token = data.get("id_token") if isinstance(data, dict) else None
+        if not isinstance(id_token, str):
+            raise OidcLoginError("the provider refused the authorization code")
+        return id_token
+
+    async def _upsert(self, user_id: str, groups: tuple[str, ...]) -> User:
+        if not USER_ID.fullmatch(user_id):
+            raise OidcLoginError(
+                f"the provider's user id {user_id[:100]!r} is not a Tether user id"
+            )
+        roles = sorted({r for g in groups for r in self.config.roles.get(g, [])})
+        existing = await self.users.find(user_id)
+        if existing is None:
+            return await self.users.add(user_id, password=None, roles=roles, groups=groups,
+                                        source="oidc")  # fmt: skip
+        if existing.source != "oidc":
+            raise OidcLoginError(f"{user_id} is a local user; sign in with a password")
+        if not existing.active:
+            raise OidcLoginError(f"{user_id} is disabled")
+        return await self.users.update(user_id, roles=roles, groups=groups)

@@ -1,0 +1,273 @@
+"""Humans: local users, their roles and groups, login, and personal API tokens.
+
+A personal API token reads ``tpt_<id>.<secret>``; like admin tokens
+(:mod:`tether.identity.admintokens`) only the SHA-256 of the whole text is stored and is
+the lookup key, so a copy of the database opens nothing and no comparison runs over a
+secret. Every token expires (at most ``MAX_TOKEN_TTL``) and can be revoked; a disabled
+user's tokens stop working at once (the lookup joins the user's state), and disabling
+also revokes them for good.
+
+Login (:meth:`UserService.login`) checks the argon2 password hash and, when the user has
+enrolled TOTP, a one-time code that is then spent. Every refusal is the same
+:class:`LoginRefused` whatever failed (unknown user, wrong password, missing or wrong
+code, disabled), so the answer does not tell which names exist. TOTP secrets are stored
+encrypted under the master key (:class:`~tether.crypto.envelope.EnvelopeCipher`, bound to
+the user id), since the server must read them back to check a code.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.crypto.envelope import EnvelopeCipher
+from tether.store.identity import digest
+from tether.users import passwords, totp
+from tether.users import store as user_store
+from tether.users.schema import ROLES
+from tether.users.store import User, UserToken
+
+if TYPE_CHECKING:
+    from tether.users.oidc import OidcLogin
+
+USER_TOKEN_PREFIX: Final = "tpt_"  # noqa: S105 - a public prefix, not a secret
+USER_ID: Final = re.compile(r"[a-z0-9][a-z0-9._@-]{0,99}")
+GROUP_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,99}")
+DEFAULT_TOKEN_TTL: Final = 30 * 86400
+MAX_TOKEN_TTL: Final = 365 * 86400
+MAX_PRESENTED: Final = 256
+_TOTP_PURPOSE: Final = "user.totp"
+
+
+class UserError(Exception):
+    """A change the user store refuses; ``status`` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LoginRefused(Exception):
+    """Wrong name, password or code, or a disabled user: deliberately not saying which."""
+
+
+class UserService:
+    """Users, roles, groups, login and personal tokens over the store."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cipher: EnvelopeCipher | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.engine, self.cipher, self.clock = engine, cipher, clock
+        self.oidc: OidcLogin | None = None  # sign-in through a provider, when configured
+
+    # --- users ----------------------------------------------------------------------------
+
+    async def add(
+        self,
+        user_id: str,
+        *,
+        password: str | None,
+        roles: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        display_name: str | None = None,
+        email: str | None = None,
+        source: str = "local",
+    ) -> User:
+        """A new active user; ``UserError`` (409) when the id is taken."""
+        _check_id(user_id)
+        roles, groups = _check_roles(roles), _check_groups(groups)
+        hashed = None
+        if password is not None:
+            hashed = _hash(password)
+        now = self.clock()
+        try:
+            async with self.engine.begin() as conn:
+                await user_store.insert_user(
+                    conn, id=user_id, source=source, now=now, password_hash=hashed,
+                    display_name=display_name, email=email,
+                )  # fmt: skip
+                await user_store.set_roles(conn, user_id, roles)
+                await user_store.set_groups(conn, user_id, groups, now)
+        except IntegrityError:
+            raise UserError(f"user {user_id!r} already exists", 409) from None
+        return await self.get(user_id)
+
+    async def get(self, user_id: str) -> User:
+        async with self.engine.connect() as conn:
+            user = await user_store.get_user(conn, user_id)
+        if user is None:
+            raise UserError(f"no user {user_id!r}", 404)
+        return user
+
+    async def find(self, user_id: str) -> User | None:
+        async with self.engine.connect() as conn:
+            return await user_store.get_user(conn, user_id)
+
+    async def all(self) -> list[User]:
+        async with self.engine.connect() as conn:
+            return await user_store.list_users(conn)
+
+    async def update(
+        self,
+        user_id: str,
+        *,
+        roles: Iterable[str] | None = None,
+        groups: Iterable[str] | None = None,
+    ) -> User:
+        """Replace a user's roles and/or groups."""
+        checked_roles = None if roles is None else _check_roles(roles)
+        checked_groups = None if groups is None else _check_groups(groups)
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            if not await user_store.update_user(conn, user_id, now):
+                raise UserError(f"no user {user_id!r}", 404)
+            if checked_roles is not None:
+                await user_store.set_roles(conn, user_id, checked_roles)
+            if checked_groups is not None:
+                await user_store.set_groups(conn, user_id, checked_groups, now)
+        return await self.get(user_id)
+
+    async def set_password(self, user_id: str, password: str) -> None:
+        hashed = _hash(password)
+        async with self.engine.begin() as conn:
+            if not await user_store.update_user(conn, user_id, self.clock(), password_hash=hashed):
+                raise UserError(f"no user {user_id!r}", 404)
+
+    async def set_state(self, user_id: str, state: str) -> User:
+        """Enable or disable; disabling also revokes every personal token of the user."""
+        if state not in ("active", "disabled"):
+            raise UserError("state is active or disabled")
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            if not await user_store.update_user(conn, user_id, now, state=state):
+                raise UserError(f"no user {user_id!r}", 404)
+            if state == "disabled":
+                await user_store.revoke_user_tokens(conn, user_id, now)
+        return await self.get(user_id)
+
+    async def enroll_totp(self, user_id: str) -> str:
+        """A new TOTP secret for the user (returned once, stored encrypted)."""
+        if self.cipher is None:
+            raise UserError("TOTP needs the master key on this node", 503)
+        secret = totp.new_secret()
+        sealed = self.cipher.encrypt_text(secret.encode(), purpose=_TOTP_PURPOSE, name=user_id)
+        async with self.engine.begin() as conn:
+            done = await user_store.update_user(
+                conn, user_id, self.clock(), totp_secret=sealed, totp_last_step=None
+            )
+        if not done:
+            raise UserError(f"no user {user_id!r}", 404)
+        return secret
+
+    # --- login and tokens -----------------------------------------------------------------
+
+    async def login(self, user_id: str, password: str, code: str | None = None) -> User:
+        """The user, when the password (and the TOTP code, if enrolled) are right."""
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            row = await user_store.credentials_row(conn, user_id)
+            ok = passwords.verify_password(None if row is None else row["password_hash"], password)
+            if row is None or not ok or row["state"] != "active":
+                raise LoginRefused
+            if row["totp_secret"] is not None:
+                step = self._totp_step(row["totp_secret"], user_id, code, row["totp_last_step"])
+                if step is None:
+                    raise LoginRefused
+                await user_store.update_user(conn, user_id, now, totp_last_step=step)
+            if passwords.needs_rehash(row["password_hash"]):
+                await user_store.update_user(
+                    conn, user_id, now, password_hash=passwords.hash_password(password)
+                )
+            user = await user_store.get_user(conn, user_id)
+        assert user is not None
+        return user
+
+    def _totp_step(
+        self, sealed: str, user_id: str, code: str | None, last: int | None
+    ) -> int | None:
+        if code is None or self.cipher is None:
+            return None
+        secret = self.cipher.decrypt_text(sealed, purpose=_TOTP_PURPOSE, name=user_id).decode()
+        return totp.verify(secret, code, self.clock().timestamp(), last)
+
+    async def create_token(
+        self, user_id: str, *, name: str, ttl: int | None = None
+    ) -> tuple[str, UserToken]:
+        """A personal API token: its text (shown once) and its record."""
+        ttl = DEFAULT_TOKEN_TTL if ttl is None else ttl
+        if not 0 < ttl <= MAX_TOKEN_TTL:
+            raise UserError(f"a personal token lives between 1 second and {MAX_TOKEN_TTL} s")
+        token_id = secrets.token_hex(8)
+        text = f"{USER_TOKEN_PREFIX}{token_id}.{secrets.token_urlsafe(32)}"
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            user = await user_store.get_user(conn, user_id)
+            if user is None or not user.active:
+                raise UserError(f"no active user {user_id!r}", 404)
+            record = await user_store.insert_token(
+                conn, id=token_id, user_id=user_id, name=name[:200] or "token",
+                token_hash=digest(text), now=now, expires_at=now + timedelta(seconds=ttl),
+            )  # fmt: skip
+        return text, record
+
+    async def authenticate(self, presented: str) -> User | None:
+        """The active user a personal token belongs to, else None (the use is recorded)."""
+        if not presented.startswith(USER_TOKEN_PREFIX) or len(presented) > MAX_PRESENTED:
+            return None
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            token = await user_store.find_token(conn, digest(presented), now)
+            if token is None:
+                return None
+            await user_store.touch_token(conn, token.id, now)
+            return await user_store.get_user(conn, token.user_id)
+
+    async def tokens(self, user_id: str | None = None) -> list[UserToken]:
+        async with self.engine.connect() as conn:
+            return await user_store.list_tokens(conn, user_id)
+
+    async def revoke_token(self, token_id: str, *, user_id: str | None = None) -> bool:
+        async with self.engine.begin() as conn:
+            return await user_store.revoke_token(conn, token_id, self.clock(), user_id)
+
+    async def group_members(self, group: str) -> set[str]:
+        async with self.engine.connect() as conn:
+            return await user_store.group_member_ids(conn, group)
+
+
+def _hash(password: str) -> str:
+    try:
+        return passwords.hash_password(password)
+    except passwords.WeakPassword as error:
+        raise UserError(str(error)) from None
+
+
+def _check_id(user_id: str) -> None:
+    if not USER_ID.fullmatch(user_id):
+        raise UserError("a user id is lowercase letters, digits and . _ @ - (at most 100)")
+
+
+def _check_roles(roles: Iterable[str]) -> list[str]:
+    checked = sorted(set(roles))
+    unknown = [r for r in checked if r not in ROLES]
+    if unknown:
+        raise UserError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+    return checked
+
+
+def _check_groups(groups: Iterable[str]) -> list[str]:
+    checked = sorted(set(groups))
+    bad = [g for g in checked if not GROUP_NAME.fullmatch(g)]
+    if bad:
+        raise UserError(f"invalid group name(s): {', '.join(bad)}")
+    return checked

@@ -1,0 +1,160 @@
+"""The credential an HTTP target gets on every forwarded request, built from the vault.
+
+:func:`injection_for` reads the secret named by the target's credential
+(:mod:`tether.vault.target_specs`) and returns an :class:`Injection`: headers to add, a
+query parameter to add, and the values that must never reach the agent.
+
+Security decisions:
+
+* **Read per request, from the store's short cache**: a rotated secret is used by the next
+  request on this node (``SecretStore`` invalidates at once on ``put``), within the cache
+  TTL on other nodes; nothing is kept here.
+* **Values are checked before use**: a secret holding CR, LF, NUL or another control
+  character, or bytes that are not valid in a header, is refused (:class:`InjectionError`)
+  rather than sent, so a bad secret cannot split or smuggle a request.
+* **The agent cannot shadow the credential**: the injected header names are returned so
+  the broker drops the agent's headers of those names, and the agent's own occurrences of
+  a query credential's parameter are removed before Tether's is appended.
+* **Errors never carry values**: an :class:`InjectionError` names the secret and the
+  problem, never a byte of the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import quote
+
+from tether.vault.oauth2 import ClientCredentials, OAuth2Error, OAuth2Tokens
+from tether.vault.secrets import SecretNotFound, SecretStore
+from tether.vault.target_specs import (
+    BasicCredential,
+    BearerCredential,
+    HeaderCredential,
+    HttpCredential,
+    OAuth2ClientCredentials,
+    QueryCredential,
+)
+
+Header = tuple[bytes, bytes]
+_HEADER_VALUE: Final = re.compile(rb"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+
+
+class InjectionError(Exception):
+    """The target's credential cannot be used (the broker answers 502, and audits it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Injection:
+    """What to add to one forwarded request."""
+
+    headers: tuple[Header, ...] = ()
+    query_param: tuple[str, str] | None = None
+    secrets: tuple[bytes, ...] = ()  # never sent to the agent, in any header
+    oauth_client: ClientCredentials | None = None  # to forget its token on a 401
+
+    @property
+    def header_names(self) -> tuple[bytes, ...]:
+        return tuple(name for name, _ in self.headers)
+
+    def query(self, query: str) -> str:
+        """``query`` without the agent's occurrences of the parameter, then Tether's."""
+        if self.query_param is None:
+            return query
+        name, value = self.query_param
+        kept = [p for p in query.split("&") if p and p.partition("=")[0] != name]
+        kept.append(f"{name}={quote(value, safe='')}")
+        return "&".join(kept)
+
+
+NO_INJECTION: Final = Injection()
+
+
+async def injection_for(
+    credential: HttpCredential | None,
+    secrets: SecretStore,
+    tokens: OAuth2Tokens,
+    tls: ssl.SSLContext | None = None,
+) -> Injection:
+    """The injection of ``credential`` with the secret's current value."""
+    if credential is None:
+        return NO_INJECTION
+    value = await _secret(secrets, credential.secret)
+    if isinstance(credential, HeaderCredential):
+        header = _header_value(value, credential.secret)
+        name = credential.header_name.lower().encode("ascii")
+        return Injection(headers=((name, header),), secrets=(header,))
+    if isinstance(credential, BearerCredential):
+        token = _header_value(value, credential.secret)
+        return Injection(headers=((b"authorization", b"Bearer " + token),), secrets=(token,))
+    if isinstance(credential, BasicCredential):
+        return _basic(credential, value)
+    if isinstance(credential, QueryCredential):
+        text = _text(value, credential.secret)
+        return Injection(query_param=(credential.param, text), secrets=(value, _quoted(text)))
+    assert isinstance(credential, OAuth2ClientCredentials)
+    return await _oauth2(credential, value, tokens, tls)
+
+
+async def _secret(secrets: SecretStore, name: str) -> bytes:
+    try:
+        return await secrets.get(name)
+    except SecretNotFound:
+        raise InjectionError(f"secret {name!r} does not exist") from None
+
+
+def _header_value(value: bytes, name: str) -> bytes:
+    if _HEADER_VALUE.fullmatch(value) is None:
+        raise InjectionError(f"secret {name!r} is not a valid header value")
+    return value
+
+
+def _text(value: bytes, name: str) -> str:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InjectionError(f"secret {name!r} is not UTF-8 text") from None
+    if not text or not text.isprintable():
+        raise InjectionError(f"secret {name!r} holds control characters")
+    return text
+
+
+def _quoted(text: str) -> bytes:
+    return quote(text, safe="").encode("ascii")
+
+
+def _basic(credential: BasicCredential, value: bytes) -> Injection:
+    password = _text(value, credential.secret)
+    pair = f"{credential.username}:{password}".encode()
+    encoded = base64.b64encode(pair)
+    header = (b"authorization", b"Basic " + encoded)
+    return Injection(headers=(header,), secrets=(encoded, value))
+
+
+async def _oauth2(
+    credential: OAuth2ClientCredentials,
+    value: bytes,
+    tokens: OAuth2Tokens,
+    tls: ssl.SSLContext | None,
+) -> Injection:
+    client = ClientCredentials(
+        token_url=credential.token_url,
+        client_id=credential.client_id,
+        client_secret=value,
+        scope=credential.scope,
+        audience=credential.audience,
+        auth_method=credential.auth_method,
+    )
+    try:
+        token = await tokens.token(client, tls)
+    except OAuth2Error as error:
+        raise InjectionError(f"OAuth token for {credential.client_id!r}: {error}") from None
+    encoded = _header_value(token.encode("ascii", errors="replace"), credential.secret)
+    return Injection(
+        headers=((b"authorization", b"Bearer " + encoded),),
+        secrets=(encoded, value),
+        oauth_client=client,
+    )

@@ -1,0 +1,184 @@
+"""OAuth 2.0 client credentials (RFC 6749 section 4.4) for targets that want a bearer token.
+
+Tether, not the agent, is the OAuth client: it asks the target's token endpoint for an
+access token with the client secret held in the vault, caches the token, and injects it as
+``Authorization: Bearer``. The agent never sees the client secret nor the token.
+
+Security decisions:
+
+* **Refreshed before expiry**: a cached token is used only while more than
+  ``refresh_margin`` of its life (at least ``min_margin`` seconds) remains; a token without
+  ``expires_in`` is used for ``default_lifetime`` seconds at most.
+* **Single flight**: concurrent requests that find no usable token wait for one fetch, so a
+  burst of traffic cannot hammer the token endpoint (nor trip its rate limit).
+* **Keyed by the secret's value** (its SHA-256) as well as endpoint, client, scope and
+  audience, so a rotated client secret is used by the next fetch, and a token fetched with
+  the old secret is not served after the rotation.
+* **Failures are never cached** and never carry the endpoint's response body into errors
+  (it may echo the secret): :class:`OAuth2Error` names the status or the missing field only.
+* **TLS**: the token endpoint is reached with the target's TLS settings (verification on,
+  its CA bundle if any); ``http://`` endpoints are allowed only on loopback addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+MAX_RESPONSE_BYTES: Final = 65536
+
+
+class OAuth2Error(Exception):
+    """The token endpoint did not give a usable token (the broker answers 502)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """One OAuth client of one target."""
+
+    token_url: str
+    client_id: str
+    client_secret: bytes
+    scope: str | None = None
+    audience: str | None = None
+    auth_method: str = "client_secret_basic"
+
+    def key(self) -> tuple[str, str, str, str, str, str]:
+        digest = hashlib.sha256(self.client_secret).hexdigest()
+        scope, audience = self.scope or "", self.audience or ""
+        return (self.token_url, self.client_id, scope, audience, self.auth_method, digest)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    token: str
+    refresh_at: float
+
+
+class OAuth2Tokens:
+    """Cached client-credentials tokens, fetched once per expiry window."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_margin: float = 0.2,
+        min_margin: float = 10.0,
+        default_lifetime: float = 300.0,
+        timeout: float = 10.0,
+    ) -> None:
+        self._clock = clock
+        self._margin, self._min_margin = refresh_margin, min_margin
+        self._default_lifetime, self._timeout = default_lifetime, timeout
+        self._cache: dict[tuple[str, ...], _Cached] = {}
+        self._inflight: dict[tuple[str, ...], asyncio.Future[str]] = {}
+        self.fetches = 0  # how many times a token endpoint was asked (for tests, metrics)
+
+    async def token(self, client: ClientCredentials, tls: ssl.SSLContext | None) -> str:
+        """A valid access token for ``client``; fetched when none is cached or it is due."""
+        key = client.key()
+        cached = self._cache.get(key)
+        if cached is not None and self._clock() < cached.refresh_at:
+            return cached.token
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            token = await self._fetch(client, tls)
+        except BaseException as error:
+            future.set_exception(error if isinstance(error, Exception) else OAuth2Error("aborted"))
+            future.exception()  # retrieved: waiters get it; nobody else must log it
+            raise
+        finally:
+            del self._inflight[key]
+        future.set_result(token)
+        return token
+
+    def forget(self, client: ClientCredentials) -> None:
+        """Drop ``client``'s cached token (the target refused it)."""
+        self._cache.pop(client.key(), None)
+
+    async def _fetch(self, client: ClientCredentials, tls: ssl.SSLContext | None) -> str:
+        _check_url(client.token_url)
+        self.fetches += 1
+        started = self._clock()
+        form, headers = _request(client)
+        try:
+            async with httpx.AsyncClient(verify=tls or True, timeout=self._timeout) as http:
+                response = await http.post(client.token_url, data=form, headers=headers)
+        except httpx.HTTPError as error:
+            raise OAuth2Error(f"token endpoint unreachable: {type(error).__name__}") from None
+        if response.status_code != 200:
+            raise OAuth2Error(f"token endpoint answered {response.status_code}")
+        token, expires_in = _parse(response)
+        lifetime = self._default_lifetime if expires_in is None else expires_in
+        refresh_in = lifetime - max(self._min_margin, lifetime * self._margin)
+        self._cache[client.key()] = _Cached(token, started + max(0.0, refresh_in))
+        return token
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname:
+        try:
+            if ipaddress.ip_address(parts.hostname).is_loopback:
+                return
+        except ValueError:
+            if parts.hostname == "localhost":
+                return
+    raise OAuth2Error("token_url must be https (http only on loopback)")
+
+
+def _request(client: ClientCredentials) -> tuple[dict[str, str], dict[str, str]]:
+    form = {"grant_type": "client_credentials"}
+    if client.scope:
+        form["scope"] = client.scope
+    if client.audience:
+        form["audience"] = client.audience
+    secret = client.client_secret.decode("utf-8", errors="strict")
+    headers = {"Accept": "application/json"}
+    if client.auth_method == "client_secret_post":
+        form["client_id"], form["client_secret"] = client.client_id, secret
+    else:  # RFC 6749 section 2.3.1: form-urlencode both parts, then Basic
+        pair = f"{quote(client.client_id, safe='')}:{quote(secret, safe='')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    return form, headers
+
+
+def _parse(response: httpx.Response) -> tuple[str, float | None]:
+    if len(response.content) > MAX_RESPONSE_BYTES:
+        raise OAuth2Error("token response too large")
+    try:
+        body = response.json()
+    except ValueError:
+        raise OAuth2Error("token response is not JSON") from None
+    if not isinstance(body, dict):
+        raise OAuth2Error("token response is not a JSON object")
+    token = body.get("access_token")
+    if not isinstance(token, str) or not token or not token.isprintable() or len(token) > 8192:
+        raise OAuth2Error("token response has no usable access_token")
+    token_type = body.get("token_type", "Bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise OAuth2Error("token response is not a bearer token")
+    expires_in = body.get("expires_in")
+    if expires_in is None:
+        return token, None
+    if isinstance(expires_in, str) and expires_in.isdigit():
+        expires_in = int(expires_in)
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
+        raise OAuth2Error("token response has an invalid expires_in")
+    return token, float(expires_in)

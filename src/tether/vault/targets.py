@@ -1,0 +1,204 @@
+"""The target registry: what each target is, how to reach it, which secret to use.
+
+Rows hold the validated JSON form of the kind's spec (:mod:`tether.vault.target_specs`),
+which names secrets and never contains one. Reading a row validates it again, so a row
+edited behind Tether's back into something invalid fails closed (:class:`TargetError`)
+instead of being used.
+
+Lookups by name (:meth:`TargetStore.get`, what front-ends call per request) are cached for
+at most ``cache_ttl`` seconds, absent names included; a change through this object
+invalidates the cache at once (:mod:`tether.vault.cache`), so this node sees it at the next
+request and other nodes sharing the database within ``cache_ttl``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.vault import names
+from tether.vault.cache import TtlCache
+from tether.vault.names import InvalidName, check_target_name
+from tether.vault.schema import targets
+from tether.vault.target_specs import (
+    HttpTargetSpec,
+    PostgresTargetSpec,
+    SpecError,
+    SshTargetSpec,
+    TargetSpec,
+    parse_spec,
+)
+
+
+class TargetError(Exception):
+    """A target that cannot be stored or used as given; the message says why."""
+
+
+class TargetExists(TargetError):
+    """``add`` of a name that is taken."""
+
+
+class TargetNotFound(LookupError):
+    """No target of that name."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One registered target."""
+
+    name: str
+    kind: Literal["http", "ssh", "postgres"]
+    labels: Mapping[str, str]
+    spec: HttpTargetSpec | SshTargetSpec | PostgresTargetSpec
+    created_at: datetime
+    updated_at: datetime
+
+
+class TargetStore:
+    """Targets in the store's ``targets`` table; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        cache_ttl: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine, self._clock = engine, clock
+        self._cache: TtlCache[Target | None] = TtlCache(cache_ttl, clock=monotonic)
+
+    async def get(self, name: str) -> Target | None:
+        """The target called ``name``, or ``None`` (also for a malformed name)."""
+        hit, cached = self._cache.get(name)
+        if hit:
+            return cached
+        try:
+            check_target_name(name)
+        except InvalidName:
+            return None
+        generation = self._cache.generation
+        query = select(targets).where(targets.c.name == name)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        found = None if row is None else _target(row)
+        self._cache.put(name, found, generation)
+        return found
+
+    async def list(self, kind: str | None = None) -> list[Target]:
+        """Every target (of ``kind``, if given), by name."""
+        query = select(targets).order_by(targets.c.name)
+        if kind is not None:
+            query = query.where(targets.c.kind == kind)
+        async with self._engine.connect() as conn:
+            return [_target(row) for row in await conn.execute(query)]
+
+    async def add(
+        self,
+        name: str,
+        kind: str,
+        spec: TargetSpec | Mapping[str, Any],
+        labels: Mapping[str, str] | None = None,
+    ) -> Target:
+        """Register a new target; raises :class:`TargetExists`, :class:`TargetError`."""
+        target = self._validated(name, kind, spec, labels, created_at=self._clock())
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(targets).values(_row(target)))
+        except IntegrityError:
+            raise TargetExists(f"target {name!r} already exists") from None
+        finally:
+            self._cache.invalidate(name)
+        return target
+
+    async def replace(
+        self,
+        name: str,
+        kind: str,
+        spec: TargetSpec | Mapping[str, Any],
+        labels: Mapping[str, str] | None = None,
+    ) -> Target:
+        """Replace a target's kind, spec and labels; raises :class:`TargetNotFound`."""
+        target = self._validated(name, kind, spec, labels, created_at=self._clock())
+        values = _row(target)
+        del values["name"], values["created_at"]
+        statement = (
+            update(targets)
+            .where(targets.c.name == name)
+            .values(values)
+            .returning(targets.c.created_at)
+        )
+        try:
+            async with self._engine.begin() as conn:
+                created_at = (await conn.execute(statement)).scalar_one_or_none()
+        finally:
+            self._cache.invalidate(name)
+        if created_at is None:
+            raise TargetNotFound(f"no target named {name!r}")
+        return Target(
+            target.name, target.kind, target.labels, target.spec, created_at, target.updated_at
+        )
+
+    async def remove(self, name: str) -> None:
+        """Remove a target; raises :class:`TargetNotFound`."""
+        try:
+            async with self._engine.begin() as conn:
+                done = await conn.execute(delete(targets).where(targets.c.name == name))
+        finally:
+            self._cache.invalidate(name)
+        if done.rowcount == 0:
+            raise TargetNotFound(f"no target named {name!r}")
+
+    def _validated(
+        self,
+        name: str,
+        kind: str,
+        spec: TargetSpec | Mapping[str, Any],
+        labels: Mapping[str, str] | None,
+        *,
+        created_at: datetime,
+    ) -> Target:
+        try:
+            check_target_name(name)
+            parsed = parse_spec(kind, spec if isinstance(spec, TargetSpec) else dict(spec))
+        except (InvalidName, SpecError) as error:
+            raise TargetError(str(error)) from None
+        checked = check_labels(labels or {})
+        valid_kind = cast(Literal["http", "ssh", "postgres"], kind)
+        return Target(name, valid_kind, checked, parsed, created_at, created_at)
+
+
+def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    """``labels`` if well formed, read-only; raises :class:`TargetError`."""
+    try:
+        return names.check_labels(labels)
+    except InvalidName as error:
+        raise TargetError(str(error)) from None
+
+
+def _row(target: Target) -> dict[str, Any]:
+    return {
+        "name": target.name,
+        "kind": target.kind,
+        "labels": dict(target.labels),
+        "spec": target.spec.model_dump(mode="json"),
+        "created_at": target.created_at,
+        "updated_at": target.updated_at,
+    }
+
+
+def _target(row: Row[Any]) -> Target:
+    try:
+        spec = parse_spec(row.kind, row.spec)
+        labels = check_labels(row.labels)
+    except (SpecError, TargetError) as error:
+        raise TargetError(f"stored target {row.name!r} is invalid: {error}") from None
+    return Target(row.name, row.kind, labels, spec, row.created_at, row.updated_at)

@@ -1,0 +1,75 @@
+"""Shared pieces of the approval tests: a clock the test moves, policies, requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.identity_e2e.conftest import Clock
+from tether.policy import PolicySet, PolicySource, load_policies
+
+__all__ = ["POLICY", "Clock", "http_request", "policies", "ssh_request"]
+
+POLICY = """
+rules:
+  - id: restart
+    effect: allow
+    agents: [bot, other-bot]
+    targets: [web]
+    ssh: {commands: ["systemctl restart *"]}
+    approval: {approvers: ["group:sre"], valid_for: 10m}
+  - id: invoices-write
+    effect: allow
+    agents: [bot]
+    targets: [billing]
+    http: {methods: [POST], paths: ["/v1/invoices/*"]}
+    approval: {approvers: ["group:finance", "user:carol"], valid_for: 5m, count: 2}
+  - id: drop-table
+    effect: allow
+    agents: [bot]
+    targets: [db]
+    sql: {statements: [ddl], tables: ["public.*"]}
+    approval: {approvers: [owner], valid_for: 5m, scope: rule}
+  - id: own
+    effect: allow
+    agents: [bot]
+    targets: [files]
+    files: {write: ["/srv/**"]}
+    approval: {approvers: ["group:sre"], valid_for: 5m, allow_self: true}
+  - id: sam-may-restart
+    effect: allow
+    users: [sam]
+    targets: [web]
+    ssh: {commands: ["systemctl restart *"]}
+  - id: read
+    effect: allow
+    agents: [bot]
+    targets: [billing]
+    http: {methods: [GET], paths: ["/**"]}
+"""
+
+
+def policies() -> PolicySet:
+    return load_policies([PolicySource("approvals.yaml", POLICY)])
+
+
+def ssh_request(
+    command: str, *, agent: str = "bot", task: str = "T-1", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "agent": {"id": agent},
+        "task": {"id": task},
+        "target": {"name": "web"},
+        "action": {"ssh": {"command": command}},
+        **extra,
+    }
+
+
+def http_request(
+    method: str, path: str, *, agent: str = "bot", task: str = "T-1"
+) -> dict[str, Any]:
+    return {
+        "agent": {"id": agent},
+        "task": {"id": task},
+        "target": {"name": "billing"},
+        "action": {"http": {"method": method, "path": path}},
+    }

@@ -1,0 +1,171 @@
+"""The approval service over a real store (SQLite and PostgreSQL): requests, votes, grants."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.approvals.helpers import Clock, http_request, policies, ssh_request
+from tether.approvals.model import Conflict, NotAllowed, NotFound
+from tether.approvals.service import ApprovalService
+from tether.store import Store
+from tether.store import agents as agent_store
+from tether.users.service import UserService
+from tether.users.store import User
+
+
+@dataclass
+class World:
+    store: Store
+    clock: Clock
+    users: UserService
+    approvals: ApprovalService
+
+    async def user(self, name: str, *groups: str) -> User:
+        return await self.users.add(name, password=None, groups=groups, roles=["approver"])
+
+
+@pytest.fixture
+async def world(store_url: str) -> AsyncIterator[World]:
+    store = await Store.open(store_url)
+    clock = Clock()
+    policy_set = policies()
+    async with store.engine.begin() as conn:
+        for agent in ("bot", "other-bot"):
+            await agent_store.create_agent(conn, id=agent, owner="olivia", now=clock())
+    service = ApprovalService(store.engine, lambda: policy_set, clock=clock)
+    try:
+        yield World(store, clock, UserService(store.engine, clock=clock), service)
+    finally:
+        await store.close()
+
+
+async def test_pending_approved_held_for_exactly_that_action_until_expiry(world: World) -> None:
+    sam = await world.user("sam", "sre")
+    decision, pending = await world.approvals.decide(ssh_request("systemctl restart app"))
+    assert decision.decision == "approval_required" and decision.rule == "restart"
+    assert pending is not None and pending.status == "pending" and pending.owner == "olivia"
+    assert pending.action == {"command": "systemctl restart app"}
+
+    approved = await world.approvals.approve(pending.id, sam, "ok")
+    assert approved.status == "approved" and approved.grant is not None
+    decision, none = await world.approvals.decide(ssh_request("'systemctl' restart  app"))
+    assert decision.decision == "allow" and none is None  # same canonical command
+    other, again = await world.approvals.decide(ssh_request("systemctl restart db"))
+    assert other.decision == "approval_required" and again is not None
+    assert again.id != pending.id
+    for replay in (ssh_request("systemctl restart app", agent="other-bot"),
+                   ssh_request("systemctl restart app", task="T-2")):  # fmt: skip
+        refused, _ = await world.approvals.decide(replay)
+        assert refused.decision == "approval_required"
+
+    world.clock.advance(10 * 60 - 1)
+    assert (await world.approvals.decide(ssh_request("systemctl restart app")))[
+        0
+    ].decision == "allow"
+    world.clock.advance(1)
+    decision, renewed = await world.approvals.decide(ssh_request("systemctl restart app"))
+    assert decision.decision == "approval_required" and renewed is not None
+    assert renewed.id != pending.id and renewed.status == "pending"
+
+
+async def test_n_of_m_distinct_approvers_and_exclusions(world: World) -> None:
+    fay = await world.user("fay", "finance")
+    carol = await world.user("carol")
+    olivia = await world.user("olivia", "finance")  # the agents' owner
+    sam = await world.user("sam", "sre")
+    _, pending = await world.approvals.decide(http_request("POST", "/v1/invoices/7"))
+    assert pending is not None and pending.required == 2
+    with pytest.raises(NotAllowed, match="not an approver"):
+        await world.approvals.approve(pending.id, sam, None)
+    with pytest.raises(NotAllowed, match="owner"):
+        await world.approvals.approve(pending.id, olivia, None)
+    first = await world.approvals.approve(pending.id, fay, "one")
+    assert first.status == "pending" and first.approvals == 1
+    with pytest.raises(Conflict, match="already voted"):
+        await world.approvals.approve(pending.id, fay, "twice")
+    done = await world.approvals.approve(pending.id, carol, "two")
+    assert done.status == "approved" and done.approvals == 2
+    finn = await world.user("finn", "finance")
+    with pytest.raises(Conflict, match="not pending"):
+        await world.approvals.deny(pending.id, finn, None)
+
+
+async def test_delegating_user_cannot_approve_unless_the_rule_allows_self(world: World) -> None:
+    sam = await world.user("sam", "sre")
+    sue = await world.user("sue", "sre")
+    request = ssh_request("systemctl restart app", delegation={"user": "sam", "groups": []})
+    decision, pending = await world.approvals.decide(request)
+    assert decision.decision == "approval_required" and pending is not None
+    assert pending.delegation_user == "sam"
+    with pytest.raises(NotAllowed, match="caused"):
+        await world.approvals.approve(pending.id, sam, None)
+    assert (await world.approvals.approve(pending.id, sue, None)).status == "approved"
+    olivia = await world.user("olivia", "sre")
+    _, own = await world.approvals.decide(
+        {**ssh_request(""), "target": {"name": "files"},
+         "action": {"files": {"op": "write", "path": "/srv/a"}}}
+    )  # fmt: skip
+    assert own is not None and own.allow_self and own.owner == "olivia"
+    assert world.approvals.may_vote(own, olivia) is None  # allow_self: the owner may
+
+
+async def test_deny_and_unknown(world: World) -> None:
+    sam = await world.user("sam", "sre")
+    _, pending = await world.approvals.decide(ssh_request("systemctl restart app"))
+    assert pending is not None
+    denied = await world.approvals.deny(pending.id, sam, "not now")
+    assert denied.status == "denied" and denied.grant is None
+    assert (await world.approvals.decide(ssh_request("systemctl restart app")))[1] is not None
+    with pytest.raises(NotFound):
+        await world.approvals.approve("ar_forged", sam, None)
+
+
+async def test_rule_scope_covers_every_action_of_the_rule_for_the_task(world: World) -> None:
+    olivia = await world.user("olivia")
+    drop = {**ssh_request(""), "target": {"name": "db"},
+            "action": {"sql": {"query": "DROP TABLE public.a"}}}  # fmt: skip
+    _, pending = await world.approvals.decide(drop)
+    assert pending is not None and pending.scope == "rule"
+    await world.approvals.approve(pending.id, olivia, None)
+    other = {**drop, "action": {"sql": {"query": "CREATE TABLE public.b (x int)"}}}
+    assert (await world.approvals.decide(other))[0].decision == "allow"
+    assert (await world.approvals.decide({**other, "task": {"id": "T-9"}}))[0].decision != "allow"
+
+
+async def test_revocation_cancels_pending_and_grants(world: World) -> None:
+    sam = await world.user("sam", "sre")
+    _, first = await world.approvals.decide(ssh_request("systemctl restart app"))
+    _, second = await world.approvals.decide(ssh_request("systemctl restart db"))
+    assert first is not None and second is not None
+    await world.approvals.approve(first.id, sam, None)
+    affected = await world.approvals.on_revocation("task", "T-1", "incident")
+    assert sorted(affected) == sorted([first.id, second.id])
+    assert (await world.approvals.get(second.id)).status == "cancelled"
+    assert (await world.approvals.decide(ssh_request("systemctl restart app")))[
+        0
+    ].decision != "allow"
+
+
+async def test_concurrent_identical_requests_make_one(world: World) -> None:
+    answers = await asyncio.gather(
+        *(world.approvals.decide(ssh_request("systemctl restart app")) for _ in range(8))
+    )
+    ids = {pending.id for _, pending in answers if pending is not None}
+    assert len(ids) == 1
+    assert len(await world.approvals.search(status="pending")) == 1
+
+
+async def test_undecided_requests_lapse_and_free_their_key(world: World) -> None:
+    sam = await world.user("sam", "sre")
+    _, pending = await world.approvals.decide(ssh_request("systemctl restart app"))
+    assert pending is not None
+    world.clock.advance(24 * 3600)
+    assert (await world.approvals.get(pending.id)).status == "expired"
+    with pytest.raises(Conflict, match="not pending"):
+        await world.approvals.approve(pending.id, sam, None)
+    _, fresh = await world.approvals.decide(ssh_request("systemctl restart app"))
+    assert fresh is not None and fresh.id != pending.id and fresh.status == "pending"

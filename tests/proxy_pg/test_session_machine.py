@@ -1,0 +1,204 @@
+"""The sans-IO session machine, scripted: messages in, commands out (no sockets, no server)."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tether.policy.model import Decision
+from tether.proxy.pg import backend as be
+from tether.proxy.pg import codec as c
+from tether.proxy.pg.session import (
+    SCHEMAS_SQL,
+    SENTINEL_SQL,
+    AuditDecided,
+    AuditResult,
+    End,
+    Session,
+    ToClient,
+    ToServer,
+)
+
+ALLOWED_TABLES = ("items",)
+
+
+class FakePolicy:
+    """Allows statements that read only ``items`` in schema ``public`` (a stand-in for a
+    unit test of the machine alone; the end-to-end tests use the real engine)."""
+
+    version = "v1"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def decide(self, query: str, default_schema: str) -> Decision:
+        self.calls.append((query, default_schema))
+        words = query.lower().replace(";", " ").split()
+        ok = (
+            default_schema == "public"
+            and words[:1] in (["select"], ["set"], ["begin"], ["rollback"])
+            and "secrets" not in words
+        )
+        if ok:
+            return Decision("allow", "r1", "allowed", None, "v1")
+        return Decision("deny", "d1", "denied-by-rule", None, "v1")
+
+    def current(self) -> object:
+        return self
+
+
+def _session() -> tuple[Session, FakePolicy]:
+    policy = FakePolicy()
+    return Session(policy, default_schema="public", user="u1"), policy
+
+
+def _sent(commands: list[object]) -> bytes:
+    return b"".join(cmd.data for cmd in commands if isinstance(cmd, ToServer))
+
+
+def _to_client(commands: list[object]) -> bytes:
+    return b"".join(cmd.data for cmd in commands if isinstance(cmd, ToClient))
+
+
+def _frames(*messages: bytes) -> list[tuple[int, bytes, bytes]]:
+    return c.BackendFramer().feed(b"".join(messages))
+
+
+def test_allowed_query_audited_before_forwarding() -> None:
+    session, _ = _session()
+    raw = c.Query("SELECT * FROM items").encode()
+    commands = session.client(c.Query("SELECT * FROM items"), raw)
+    assert isinstance(commands[0], AuditDecided)
+    assert commands[1] == ToServer(raw)
+    out = session.server(_frames(be.CommandComplete("SELECT 3").encode(), be.ready("I")))
+    results = [cmd for cmd in out if isinstance(cmd, AuditResult)]
+    assert len(results) == 1 and results[0].rows == 3
+    assert _to_client(out).endswith(be.ready("I"))
+
+
+def test_denied_query_idle_is_answered_locally() -> None:
+    session, _ = _session()
+    commands = session.client(c.Query("DELETE FROM items"), b"")
+    assert not _sent(commands)
+    reply = _to_client(commands)
+    assert b"42501" in reply and reply.endswith(be.ready("I"))
+
+
+def test_denied_query_in_transaction_uses_the_sentinel() -> None:
+    session, _ = _session()
+    session.status = "T"
+    commands = session.client(c.Query("DELETE FROM items"), b"")
+    assert _sent(commands) == c.Query(SENTINEL_SQL).encode()
+    server_error = be.error("42601", "syntax error at or near TETHER").encode()
+    out = _to_client(session.server(_frames(server_error, be.ready("E"))))
+    assert b"42501" in out and b"42601" not in out and out.endswith(be.ready("E"))
+
+
+def test_extended_refusal_skips_to_sync() -> None:
+    session, _ = _session()
+    sent = b""
+    for message in (
+        c.Parse("", "SELECT 1"), c.Bind("", ""), c.Execute(""),
+        c.Parse("", "DELETE FROM items"), c.Bind("", ""), c.Execute(""), c.Sync(),
+    ):  # fmt: skip
+        sent += _sent(session.client(message, message.encode()))
+    decoder = c.FrontendDecoder()
+    decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
+    forwarded = [m for m, _ in decoder.feed(sent)]
+    assert forwarded == [
+        c.Parse("", "SELECT 1"), c.Bind("", ""), c.Execute(""),
+        c.Parse("tether.refused", SENTINEL_SQL), c.Sync(),
+    ]  # fmt: skip
+    reply = session.server(
+        _frames(
+            b"1\x00\x00\x00\x04",
+            b"2\x00\x00\x00\x04",
+            be.CommandComplete("SELECT 1").encode(),
+            be.error("42601", "syntax error").encode(),
+            be.ready("I"),
+        )
+    )
+    body = _to_client(reply)
+    assert b"42501" in body and b"42601" not in body
+
+
+def test_search_path_widens_then_refreshes() -> None:
+    session, _policy = _session()
+    session.client(c.Query("SET search_path = vault"), c.Query("SET search_path = vault").encode())
+    assert session.schemas == ("public", "vault")
+    session.server(_frames(be.CommandComplete("SET").encode(), be.ready("I")))
+    # Next statement: the machine asks the server first and holds the client's message.
+    commands = session.client(
+        c.Query("SELECT * FROM items"), c.Query("SELECT * FROM items").encode()
+    )
+    assert _sent(commands) == c.Query(SCHEMAS_SQL).encode()
+    row = (
+        b"D" + (4 + 2 + 4 + 5).to_bytes(4, "big") + b"\x00\x01" + (5).to_bytes(4, "big") + b"vault"
+    )
+    out = session.server(_frames(row, be.CommandComplete("SELECT 1").encode(), be.ready("I")))
+    assert session.schemas == ("vault",)
+    # The held query is decided under the new schema: the fake policy denies it.
+    assert not _sent(out)
+    assert b"42501" in _to_client(out) and b"vault" not in _to_client(out)
+
+
+def test_unsafe_parameter_ends_the_session() -> None:
+    session, _ = _session()
+    out = session.server(_frames(be.ParameterStatus("client_encoding", "SJIS").encode()))
+    assert isinstance(out[-1], End) and session.ended
+    assert b"SJIS" not in b"".join(cmd.data for cmd in out if isinstance(cmd, ToClient))
+
+
+def test_copy_data_outside_copy_mode_is_dropped() -> None:
+    session, _ = _session()
+    assert session.client(c.CopyData(b"x"), c.CopyData(b"x").encode()) == []
+
+
+# --- property: nothing the policy refused ever reaches the server -----------------------------
+
+TEXTS = ["SELECT * FROM items", "DELETE FROM items", "SELECT * FROM secrets", "SET search_path = x",
+         "BEGIN", "ROLLBACK", "SELECT 1; DELETE FROM items", "", "DROP TABLE items"]  # fmt: skip
+NAMES = ["", "a", "b"]
+messages = st.one_of(
+    st.builds(c.Query, st.sampled_from(TEXTS)),
+    st.builds(c.Parse, st.sampled_from(NAMES), st.sampled_from(TEXTS)),
+    st.builds(c.Bind, st.sampled_from(NAMES), st.sampled_from(NAMES)),
+    st.builds(c.Execute, st.sampled_from(NAMES)),
+    st.builds(c.Describe, st.sampled_from("SP"), st.sampled_from(NAMES)),
+    st.builds(c.Close, st.sampled_from("SP"), st.sampled_from(NAMES)),
+    st.builds(c.Sync),
+    st.builds(c.Flush),
+    st.builds(c.CopyData, st.binary(max_size=4)),
+    st.builds(c.FunctionCall, st.binary(max_size=4)),
+)
+server_replies = st.lists(
+    st.sampled_from([
+        be.ready("I"), be.ready("T"), be.ready("E"), be.CommandComplete("SELECT 1").encode(),
+        be.error("42601", "x").encode(), b"1\x00\x00\x00\x04", b"2\x00\x00\x00\x04",
+        b"G\x00\x00\x00\x07\x00\x00\x00", be.ParameterStatus("TimeZone", "UTC").encode(),
+    ]),
+    max_size=4,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(messages, server_replies), max_size=12))
+def test_refused_text_never_reaches_the_server(
+    steps: list[tuple[c.FrontendMessage, list[bytes]]],
+) -> None:
+    session, policy = _session()
+    decoder = c.FrontendDecoder()
+    decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
+    for message, replies in steps:
+        commands = session.client(message, message.encode())
+        for sent, _raw in decoder.feed(_sent(commands)):
+            if isinstance(sent, c.Query | c.Parse):
+                text = sent.text if isinstance(sent, c.Query) else sent.query
+                if text in (SENTINEL_SQL, SCHEMAS_SQL) or not text.strip(" ;"):
+                    continue
+                assert policy.decide(text, "public").allowed, text
+            assert not isinstance(sent, c.FunctionCall)
+        if replies:
+            session.server(c.BackendFramer().feed(b"".join(replies)))
+        if session.ended:
+            return

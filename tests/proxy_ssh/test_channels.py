@@ -1,0 +1,113 @@
+"""Shells (recorded), port forwarding, refused forwarding kinds, many concurrent sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from pathlib import Path
+
+import asyncssh
+
+from tests.proxy_ssh.conftest import Env
+from tests.proxy_ssh.harness import received
+
+
+async def test_shell_is_refused_without_a_rule(env: Env) -> None:
+    agent = await env.stack.agent()
+    status, _, err = await agent.ssh("root@web-1", None, args=["-tt"])
+    assert status == 1 and b"Tether: denied: default-deny" in err
+    assert received(env.sshd_dir) == []
+
+
+async def test_allowed_shell_is_recorded_as_asciicast(env: Env) -> None:
+    agent = await env.stack.agent("shell-bot")
+    async with agent.connect("root@web-1") as conn:
+        process = await conn.create_process(term_type="xterm", term_size=(100, 30))
+        process.stdin.write("echo recorded-$((40+2))\n")
+        process.stdin.write("exit 7\n")
+        await process.wait_closed()
+        assert process.exit_status == 7
+    assert received(env.sshd_dir) == ["<shell>"]
+    await env.stack.broker.stop()
+    casts = list((env.stack.broker.data_dir / "recordings").rglob("*.cast.gz"))
+    assert len(casts) == 1
+    lines = gzip.decompress(casts[0].read_bytes()).decode().splitlines()
+    header = json.loads(lines[0])
+    assert (header["version"], header["width"], header["height"]) == (2, 100, 30)
+    assert header["tether"]["agent"] == "shell-bot" and header["env"] == {"TERM": "xterm"}
+    output = "".join(json.loads(line)[2] for line in lines[1:] if json.loads(line)[1] == "o")
+    assert "recorded-42" in output
+    assert all(json.loads(line)[1] != "i" for line in lines[1:])  # keystrokes: off by default
+    summary = json.loads(casts[0].with_name(casts[0].name.replace(".cast.gz", ".json")).read_text())
+    assert summary["exit_status"] == 7
+
+
+async def _echo_server() -> tuple[asyncio.Server, int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_allowed_forward_relays_and_is_recorded(env: Env) -> None:
+    server, port = await _echo_server()
+    agent = await env.stack.agent()
+    try:
+        async with agent.connect("root@web-1") as conn:
+            reader, writer = await conn.open_connection("127.0.0.1", port)
+            writer.write(b"ping" * 1000)
+            writer.write_eof()
+            assert await reader.read() == b"ping" * 1000
+            writer.close()
+            refused_reader, _ = await conn.open_connection("localhost", port)
+            assert await refused_reader.read() == b""
+    finally:
+        server.close()
+    await env.stack.broker.stop()
+    ends = [e for e in await env.stack.events("session.end")
+            if json.loads(e["action"])["protocol"] == "ssh-forward"]  # fmt: skip
+    assert [(e["bytes_in"], e["bytes_out"]) for e in ends] == [(4000, 4000)]
+    assert json.loads(ends[0]["detail"])["forward"] == f"127.0.0.1:{port}"
+    denied = [e for e in await env.stack.events("decision") if e["decision"] == "deny"]
+    assert {json.loads(e["action"])["ssh"]["forward"] for e in denied} == {f"localhost:{port}"}
+
+
+async def test_agent_x11_and_remote_forwarding_are_refused(env: Env) -> None:
+    agent = await env.stack.agent()
+    async with agent.connect("root@web-1") as conn:
+        try:
+            await conn.start_server(lambda: None, "127.0.0.1", 0)  # type: ignore[arg-type]
+        except asyncssh.ChannelListenError:
+            pass
+        else:
+            raise AssertionError("remote forwarding was accepted")
+    status, out, _ = await agent.ssh("root@web-1", "echo ok", args=["-A", "-X"])
+    assert (status, out) == (0, b"ok\n")
+    # sshd sets SSH_AUTH_SOCK on the target when agent forwarding is on; it must be absent.
+    command = "sh -c 'echo ${SSH_AUTH_SOCK-none} ${DISPLAY-none}'"
+    status, out, _ = await agent.ssh("root@web-1", command, args=["-A", "-X"])
+    assert (status, out) == (0, b"none none\n")
+
+
+async def test_fifty_concurrent_sessions(env: Env) -> None:
+    agents = [await env.stack.agent() for _ in range(3)]
+    results = await asyncio.gather(
+        *(agents[i % 3].ssh("root@web-1", f"echo session-{i}") for i in range(60))
+    )
+    assert [r[1] for r in results] == [f"session-{i}\n".encode() for i in range(60)]
+    assert all(r[0] == 0 for r in results)
+    assert sorted(received(env.sshd_dir)) == sorted(f"echo session-{i}" for i in range(60))
+
+
+async def test_broker_host_key_is_private_and_stable(env: Env) -> None:
+    path = Path(env.stack.broker.data_dir) / env.stack.broker.config.host_key
+    assert path.stat().st_mode & 0o777 == 0o600
+    first = path.read_bytes()
+    await env.stack.broker.stop()
+    await env.stack.broker.start()
+    assert path.read_bytes() == first

@@ -1,0 +1,120 @@
+"""OIDC sign-in (authorization code + PKCE) against a real provider on loopback, through the
+real Tether API: groups from the configured claim, roles mapped from groups; state, nonce and
+PKCE each refuse what does not belong to the sign-in."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.approvals.conftest import Api, api  # noqa: F401 - the fixture
+from tests.users.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider
+from tether.identity.jwks import JwksSource
+from tether.identity.workload import IssuerConfig, TrustedIssuers
+from tether.users.config import OidcLoginConfig
+from tether.users.oidc import CALLBACK_PATH, OidcLogin
+
+
+@pytest.fixture
+async def provider(api: Api) -> AsyncIterator[Provider]:  # noqa: F811
+    sock = socket.create_server(("127.0.0.1", 0))
+    issuer = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    idp = Provider(issuer, api.clock)
+    server = uvicorn.Server(uvicorn.Config(idp, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    config = IssuerConfig(
+        name="corp", issuer=issuer, audiences=[CLIENT_ID], kind="oidc",
+        jwks=JwksSource(url=issuer + "/jwks"), user_claim="preferred_username",
+        groups_claim="groups",
+    )  # fmt: skip
+    api.stack.service.issuers = TrustedIssuers.from_configs([config], clock=api.clock)
+    login = OidcLoginConfig(
+        issuer=issuer, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,  # type: ignore[arg-type]
+        roles={"tether-admins": ["admin"], "sre": ["approver"]},
+    )  # fmt: skip
+    api.users.oidc = OidcLogin(
+        login, lambda: api.stack.service.issuers, api.users, clock=api.clock,
+        redirect_uri=str(api.http.base_url).rstrip("/") + CALLBACK_PATH,
+    )  # fmt: skip
+    try:
+        yield idp
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def sign_in(api: Api) -> tuple[httpx.Response, str]:  # noqa: F811
+    started = await api.http.post("/v1/login/oidc")
+    assert started.status_code == 201, started.text
+    async with httpx.AsyncClient(follow_redirects=True, timeout=30) as browser:
+        page = await browser.get(started.json()["authorization_url"])
+    return page, started.json()["poll_id"]
+
+
+async def test_sign_in_maps_groups_and_roles(api: Api, provider: Provider) -> None:  # noqa: F811
+    page, poll_id = await sign_in(api)
+    assert page.status_code == 200 and "Signed in to Tether as alice" in page.text
+    assert "tpt_" not in page.text  # the token never reaches the browser
+    got = await api.http.get(f"/v1/login/oidc/poll/{poll_id}")
+    assert got.status_code == 200 and got.json()["token"].startswith("tpt_")
+    assert (await api.http.get(f"/v1/login/oidc/poll/{poll_id}")).status_code == 404  # once
+    auth = {"Authorization": f"Bearer {got.json()['token']}"}
+    me = (await api.http.get("/v1/me", headers=auth)).json()
+    assert me["source"] == "oidc" and me["groups"] == ["sre", "tether-admins"]
+    assert me["roles"] == ["admin", "approver"]
+    assert (await api.http.get("/v1/users", headers=auth)).status_code == 200  # admin via group
+
+    provider.groups = ["sre"]  # removed from the admin group at the provider
+    _, second = await sign_in(api)
+    token = (await api.http.get(f"/v1/login/oidc/poll/{second}")).json()["token"]
+    again = {"Authorization": f"Bearer {token}"}
+    assert (await api.http.get("/v1/me", headers=again)).json()["roles"] == ["approver"]
+    assert (await api.http.get("/v1/users", headers=again)).status_code == 403
+
+
+async def test_poll_waits_for_the_callback(api: Api, provider: Provider) -> None:  # noqa: F811
+    started = (await api.http.post("/v1/login/oidc")).json()
+    pending = await api.http.get(f"/v1/login/oidc/poll/{started['poll_id']}")
+    assert pending.status_code == 202
+    waiting = asyncio.create_task(api.http.get(f"/v1/login/oidc/poll/{started['poll_id']}?wait=20"))
+    async with httpx.AsyncClient(follow_redirects=True) as browser:
+        await browser.get(started["authorization_url"])
+    assert (await asyncio.wait_for(waiting, 10)).status_code == 200
+
+
+async def test_state_nonce_and_pkce_refuse_foreign_logins(api: Api, provider: Provider) -> None:  # noqa: F811
+    first = (await api.http.post("/v1/login/oidc")).json()
+    second = (await api.http.post("/v1/login/oidc")).json()
+    async with httpx.AsyncClient(follow_redirects=False) as browser:
+        redirect = await browser.get(first["authorization_url"])
+    assert redirect.status_code == 302
+    code = httpx.URL(redirect.headers["location"]).params["code"]
+    second_state = httpx.URL(second["authorization_url"]).params["state"]
+    # The first login's code with the second login's state: the verifier does not match.
+    swapped = await api.http.get(f"{CALLBACK_PATH}?code={code}&state={second_state}")
+    assert swapped.status_code == 400 and "refused the authorization code" in swapped.text
+    replay = await api.http.get(f"{CALLBACK_PATH}?code={code}&state={second_state}")
+    assert replay.status_code == 400 and "unknown or expired" in replay.text  # state spent
+    forged = await api.http.get(f"{CALLBACK_PATH}?code={code}&state=made-up")
+    assert forged.status_code == 400
+
+    provider.nonce_override = "a-nonce-of-another-login"
+    page, poll_id = await sign_in(api)
+    assert page.status_code == 400 and "nonce" in page.text
+    assert (await api.http.get(f"/v1/login/oidc/poll/{poll_id}")).status_code == 202
+
+
+async def test_a_provider_cannot_take_over_a_local_account(api: Api, provider: Provider) -> None:  # noqa: F811
+    await api.http.post("/v1/users", json={"id": "alice", "password": "x" * 16}, headers=api.admin)
+    page, _ = await sign_in(api)
+    assert page.status_code == 400 and "local user" in page.text
+    provider.user = "Not A Valid Id"
+    page, _ = await sign_in(api)
+    assert page.status_code == 400 and "not a Tether user id" in page.text

@@ -1,0 +1,134 @@
+"""Users over a real store (SQLite and PostgreSQL): argon2 passwords, TOTP (RFC 6238),
+personal API tokens hashed at rest, expiring, revocable, and dead with their user."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from tests.identity_e2e.conftest import Clock
+from tether.crypto.envelope import EnvelopeCipher
+from tether.crypto.masterkey import MasterKey
+from tether.store import Store
+from tether.users import totp
+from tether.users.passwords import hash_password, verify_password
+from tether.users.schema import user_tokens
+from tether.users.schema import users as users_table
+from tether.users.service import LoginRefused, UserError, UserService
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+async def service(store_url: str) -> AsyncIterator[tuple[UserService, Clock]]:
+    store = await Store.open(store_url)
+    clock = Clock()
+    cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))
+    try:
+        yield UserService(store.engine, cipher, clock=clock), clock
+    finally:
+        await store.close()
+
+
+async def test_login_checks_password_and_refuses_alike(service: tuple[UserService, Clock]) -> None:
+    users, _ = service
+    await users.add("alice", password=PASSWORD, roles=["approver"], groups=["sre"])
+    assert (await users.login("alice", PASSWORD)).groups == {"sre"}
+    for name, password in (("alice", PASSWORD + "x"), ("nobody", PASSWORD)):
+        with pytest.raises(LoginRefused):
+            await users.login(name, password)
+    await users.set_state("alice", "disabled")
+    with pytest.raises(LoginRefused):
+        await users.login("alice", PASSWORD)
+    async with users.engine.connect() as conn:
+        stored = await conn.scalar(select(users_table.c.password_hash))
+    assert stored is not None and stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+async def test_weak_passwords_ids_roles_refused(service: tuple[UserService, Clock]) -> None:
+    users, _ = service
+    with pytest.raises(UserError, match="at least"):
+        await users.add("bob", password="short")
+    with pytest.raises(UserError, match="user id"):
+        await users.add("Bob Smith", password=PASSWORD)
+    with pytest.raises(UserError, match="unknown role"):
+        await users.add("bob", password=PASSWORD, roles=["root"])
+    await users.add("bob", password=PASSWORD)
+    with pytest.raises(UserError, match="exists") as caught:
+        await users.add("bob", password=PASSWORD)
+    assert caught.value.status == 409
+
+
+async def test_totp_needed_once_enrolled_and_each_code_used_once(
+    service: tuple[UserService, Clock],
+) -> None:
+    users, clock = service
+    await users.add("carol", password=PASSWORD)
+    secret = await users.enroll_totp("carol")
+    with pytest.raises(LoginRefused):
+        await users.login("carol", PASSWORD)  # no code
+    code = totp.code_at(secret, clock.now)
+    assert (await users.login("carol", PASSWORD, code)).has_totp
+    with pytest.raises(LoginRefused):
+        await users.login("carol", PASSWORD, code)  # replayed
+    clock.advance(30)
+    await users.login("carol", PASSWORD, totp.code_at(secret, clock.now))
+
+
+async def test_personal_tokens_hashed_expiring_revocable(
+    service: tuple[UserService, Clock],
+) -> None:
+    users, clock = service
+    await users.add("dave", password=PASSWORD, roles=["admin"])
+    text, record = await users.create_token("dave", name="laptop", ttl=60)
+    assert text.startswith("tpt_") and (await users.authenticate(text)) is not None
+    async with users.engine.connect() as conn:
+        stored = await conn.scalar(select(user_tokens.c.token_hash))
+    assert stored is not None and len(stored) == 32 and text.encode() not in stored
+    assert await users.authenticate(text[:-1] + ("A" if text[-1] != "A" else "B")) is None
+    clock.advance(60)
+    assert await users.authenticate(text) is None  # expired
+    second, record = await users.create_token("dave", name="ci")
+    assert await users.revoke_token(record.id, user_id="someone-else") is False
+    assert await users.revoke_token(record.id, user_id="dave") is True
+    assert await users.authenticate(second) is None
+    third, _ = await users.create_token("dave", name="x")
+    await users.set_state("dave", "disabled")
+    await users.set_state("dave", "active")
+    assert await users.authenticate(third) is None  # disabling revoked it for good
+    with pytest.raises(UserError):
+        await users.create_token("dave", name="x", ttl=400 * 86400)
+
+
+def test_rfc6238_vectors() -> None:
+    secret = base64.b32encode(b"12345678901234567890").decode()
+    for moment, expected in ((59, "287082"), (1111111109, "081804"), (1234567890, "005924"),
+                             (2000000000, "279037")):  # fmt: skip
+        assert totp.code_at(secret, moment) == expected
+    assert totp.verify(secret, "287082", 59) == 1
+    assert totp.verify(secret, "287082", 59, last_step=1) is None
+    assert totp.verify(secret, "287082", 59 + 90) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(code=st.text(max_size=12), moment=st.integers(min_value=0, max_value=2**40))
+def test_totp_verify_never_crashes_and_needs_the_right_code(code: str, moment: int) -> None:
+    secret = base64.b32encode(b"12345678901234567890").decode()
+    step = totp.verify(secret, code, moment)
+    if step is not None:
+        assert code.strip() == totp.hotp(secret, step)
+
+
+@settings(max_examples=3, deadline=None)
+@given(password=st.text(min_size=12, max_size=40))
+def test_password_round_trip(password: str) -> None:
+    stored = hash_password(password)
+    assert verify_password(stored, password)
+    assert not verify_password(stored, password + "!")
+    assert not verify_password("not a hash", password)
