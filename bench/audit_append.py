@@ -17,7 +17,9 @@ run for ``--seconds`` each on a fresh database:
 ``per_second`` is acknowledged events over elapsed time; ``p50_ms``/``p99_ms`` are the
 append-to-acknowledgement latencies, that is what auditing adds to an action before its
 effect may be returned; ``batch`` is the mean number of events per commit;
-``x_baseline`` compares with the baseline at the same concurrency. Compare ratios across
+``x_baseline`` compares with the baseline at the same concurrency; ``cpu_us`` is the
+process CPU time (every thread) per chained event, the figure that least depends on what
+else the machine runs. Compare ratios across
 machines, not rates. After every chained series, ``tether audit verify``'s check runs and
 must find the chain intact, or the benchmark exits 1.
 

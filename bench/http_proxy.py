@@ -226,7 +226,7 @@ def serve_bare(port: int, upstream: int) -> None:
 class Node:
     """``tether serve`` with the bench target, and an agent's DPoP key and token."""
 
-    def __init__(self, tmp: Path, upstream: int) -> None:
+    def __init__(self, tmp: Path, upstream: int, synchronous: str) -> None:
         self.tmp, self.upstream = tmp, upstream
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -235,6 +235,7 @@ class Node:
         (tmp / "tether.yaml").write_text(
             f"listen: 127.0.0.1:{self.port}\ndata_dir: data\npolicies: pol\n"
             "log_level: warning\npolicy_watch: false\n"
+            f"audit: {{sqlite_synchronous: {synchronous}}}\n"
         )
         (tmp / "target.yaml").write_text(
             f"kind: http\nname: bench\nbase_url: http://127.0.0.1:{upstream}\n"
@@ -284,6 +285,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--setups", default="direct,nginx,bare,tether",
+                        help="comma-separated setups to run (default: all)")
+    parser.add_argument("--connections", default="1,16", help="comma-separated (default 1,16)")
+    parser.add_argument("--sqlite-synchronous", choices=("full", "normal"), default="full",
+                        help="tether's audit.sqlite_synchronous (default: full, the default)")
     parser.add_argument("--serve-bare", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -294,19 +300,22 @@ def main() -> int:
         print(f"http_proxy: {' and '.join(missing)} not installed: apt-get install -y wrk nginx",
               file=sys.stderr)  # fmt: skip
         return 2
-    results = run_all(args.duration)
+    results = run_all(args.duration, args.setups.split(","),
+                      [int(c) for c in args.connections.split(",")], args.sqlite_synchronous)
     report(results, as_json=args.json)
     return 0
 
 
-def run_all(duration: int) -> list[dict[str, Any]]:
+def run_all(
+    duration: int, setups: list[str], connection_counts: list[int], synchronous: str
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as name:
         tmp = Path(name)
         upstream, proxy, bare = free_port(), free_port(), free_port()
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream, proxy=proxy))
         (tmp / "bench.lua").write_text(LUA)
-        node = Node(tmp, upstream)
+        node = Node(tmp, upstream, synchronous)
         stderr = tmp / "tether.log"
         with (
             process([str(NGINX), "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
@@ -321,15 +330,19 @@ def run_all(duration: int) -> list[dict[str, Any]]:
                 wait_port(port)
             key, token = node.setup(stderr)
             tether_url = f"{node.url}/t/bench{PATH}"
-            for connections in (1, 16):
+            for connections in connection_counts:
                 for setup, url in (
                     ("direct", f"http://127.0.0.1:{upstream}{PATH}"),
                     ("nginx", f"http://127.0.0.1:{proxy}{PATH}"),
                     ("bare", f"http://127.0.0.1:{bare}{PATH}"),
                 ):
+                    if setup not in setups and setup != "direct":
+                        continue
                     log(f"{setup} x{connections} ...")
                     results.append({"setup": setup, "connections": connections,
                                     **wrk(url, connections, duration)})  # fmt: skip
+                if "tether" not in setups:
+                    continue
                 log(f"tether x{connections} ... (making proofs)")
                 proofs(key, token, tether_url, 40_000 if connections == 1 else 80_000,
                        tmp / "proofs.txt")  # fmt: skip

@@ -11,9 +11,11 @@ with the real OpenSSH clients:
   (agent certificate; Tether dials the target with a per-session certificate) and directly
   to the same sshd (a certificate of the same target CA); median of N interleaved rounds.
   Goal: Tether <= 2x direct.
-* ``concurrent``: N sessions at once (default 500), each ``sleep 1``, from a separate client
-  process (asyncssh clients, so that 500 OpenSSH processes do not starve the broker of the
-  machine's two cores); errors counted, and the broker's peak RSS over its RSS before, per
+* ``concurrent``: N sessions open at once (default 500) from a separate client process
+  (asyncssh clients, so that 500 OpenSSH processes do not starve the broker of the machine's
+  two cores). The clients log in 32 at a time; once all N are logged in, all of them run
+  ``sleep 1`` at the same moment (so N upstream logins and N commands run concurrently).
+  Errors are counted by kind; memory is the broker's peak RSS over its RSS before, per
   session. Goal: zero errors.
 * ``sftp-put``, ``sftp-get``: an N MB file (default 200) with ``sftp -b``, through Tether and
   direct; MB/s and the ratio. Goal: Tether >= 0.5x direct.
@@ -60,27 +62,48 @@ rules:
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 CLIENTS = """
-import asyncio, json, sys, time
+import asyncio, collections, json, sys, time
 import asyncssh
 
-async def one(port, key, cert, user):
+ERRORS = collections.Counter()
+
+async def one(port, key, cert, user, handshakes, connected, go):
     try:
-        async with asyncssh.connect("127.0.0.1", port, username=user, client_keys=[(key, cert)],
-                                    known_hosts=None, agent_path=None, config=None) as conn:
-            result = await conn.run("sleep 1")
-            return result.exit_status == 0
+        async with handshakes:
+            conn = await asyncssh.connect(
+                "127.0.0.1", port, username=user, client_keys=[(key, cert)], known_hosts=None,
+                agent_path=None, config=None, login_timeout=300, connect_timeout=300)
     except Exception as error:
-        print(repr(error), file=sys.stderr)
+        ERRORS[repr(error)[:100]] += 1
+        connected.append(False)
         return False
+    connected.append(True)
+    async with conn:
+        await go.wait()
+        try:
+            result = await conn.run("sleep 1")
+        except Exception as error:
+            ERRORS[repr(error)[:100]] += 1
+            return False
+        if result.exit_status != 0:
+            ERRORS[str(result.stderr).strip()[:100] or f"exit {result.exit_status}"] += 1
+        return result.exit_status == 0
 
 async def main():
     port, key_path, cert_path, user, n = sys.argv[1:6]
+    n = int(n)
     key = asyncssh.read_private_key(key_path)
     cert = asyncssh.read_certificate(cert_path)
+    handshakes, connected, go = asyncio.Semaphore(32), [], asyncio.Event()
+    tasks = [asyncio.create_task(one(int(port), key, cert, user, handshakes, connected, go))
+             for _ in range(n)]
+    while len(connected) < n:
+        await asyncio.sleep(0.05)
     started = time.monotonic()
-    results = await asyncio.gather(*(one(int(port), key, cert, user) for _ in range(int(n))))
+    go.set()  # every session is open: now all of them run their command at once
+    results = await asyncio.gather(*tasks)
     print(json.dumps({"ok": sum(results), "errors": len(results) - sum(results),
-                      "seconds": time.monotonic() - started}))
+                      "seconds": time.monotonic() - started, "kinds": dict(ERRORS)}))
 
 asyncio.run(main())
 """
@@ -101,7 +124,12 @@ class Paths:
     """The two ways to the same sshd: through Tether and direct."""
 
     def __init__(self, stack: Stack, agent: Agent, sshd_port: int, direct_key: Path) -> None:
-        self.stack, self.agent, self.sshd_port, self.direct_key = stack, agent, sshd_port, direct_key
+        self.stack, self.agent, self.sshd_port, self.direct_key = (
+            stack,
+            agent,
+            sshd_port,
+            direct_key,
+        )
 
     def ssh_argv(self, via: str, program: str = "ssh") -> list[str]:
         flag = "-P" if program in ("sftp", "scp") else "-p"
@@ -165,6 +193,7 @@ async def concurrent(paths: Paths, sessions: int) -> dict[str, Any]:
         "kind": "concurrent", "sessions": sessions, "errors": result["errors"],
         "seconds": round(result["seconds"], 2),
         "rss_per_session_kb": round((peak - before) / sessions / 1024, 1),
+        "error_kinds": result["kinds"],
         "goal": "zero errors", "met": result["errors"] == 0,
     }  # fmt: skip
 

@@ -60,10 +60,15 @@ def bind(settings: Settings) -> socket.socket:
     """The listening socket for ``settings.listen``; raises :class:`StartupError`."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     try:
-        return socket.create_server((settings.host, settings.port), family=family, backlog=2048)
+        sock = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
     except OSError as error:
         reason = (error.strerror or str(error)).lower()
         raise StartupError(f"cannot listen on {settings.listen}: {reason}") from None
+    # Accepted sockets inherit TCP_NODELAY. asyncio sets it only on sockets whose proto is
+    # IPPROTO_TCP, and create_server's is 0: without it, every keep-alive response waits
+    # ~40 ms for the client's delayed ACK (Nagle), headers and body being two writes.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -149,11 +154,11 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
             await pg_broker.stop()  # sessions end (and are audited) before the trail closes
         if ssh_broker is not None:
             await ssh_broker.stop()  # SSH sessions end (and are audited) before the trail closes
+        if broker is not None:
+            await broker.close()  # its last exchange events go in before the trail closes
         await asyncio.gather(*watchers)
         await auditor.log.close()
         await sinks.stop()  # after the last events (the final checkpoint) are in the trail
-        if broker is not None:
-            await broker.close()
         if demo is not None:
             await demo.stop()
     log.info("tether stopped")

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from tether.store import Store
 from tether.store import keys as stored_keys
 
 TABLES = ("audit_events", "audit_checkpoints")
+NO_HEAD_FILE = Path("/nonexistent/tether-tests/no.audit-head")
 
 
 async def store_signing_key(engine: AsyncEngine, key: SigningKey, state: str = "active") -> None:
@@ -81,9 +83,11 @@ class Trail:
     async def append(self, count: int, start: int = 0) -> list[AuditEvent]:
         return [await self.log.append(sample(i)) for i in range(start, start + count)]
 
-    async def verify(self) -> VerifyReport:
+    async def verify(self, head_file: Path | None = None) -> VerifyReport:
+        """Verify the trail: against ``head_file`` when given, else against no head file
+        at all (the head file has its own tests, in test_head.py)."""
         async with self.engine.connect() as conn:
-            return await verify_trail(conn)
+            return await verify_trail(conn, head_file=head_file or NO_HEAD_FILE)
 
     async def tamper(self, *statements: str, params: Sequence[dict[str, Any]] = ()) -> None:
         """Run SQL as a database administrator would: append-only triggers dropped first."""

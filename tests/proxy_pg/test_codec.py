@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
+from tether.proxy.pg import framing
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -56,7 +57,7 @@ startup_packets = st.one_of(
 
 
 def decoded(data: bytes, startup: bool = False) -> list[object]:
-    decoder = c.FrontendDecoder(max_message=1 << 16)
+    decoder = framing.FrontendDecoder(max_message=1 << 16)
     if not startup:
         decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
     return [m for m, _ in decoder.feed(data)]
@@ -66,7 +67,7 @@ def decoded(data: bytes, startup: bool = False) -> list[object]:
 @given(frontend_messages)
 def test_frontend_round_trip(message: c.FrontendMessage) -> None:
     raw = message.encode()
-    decoder = c.FrontendDecoder()
+    decoder = framing.FrontendDecoder()
     decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
     assert decoder.feed(raw) == [(message, raw)]
 
@@ -75,7 +76,7 @@ def test_frontend_round_trip(message: c.FrontendMessage) -> None:
 @given(startup_packets)
 def test_startup_round_trip(packet: c.StartupPacket) -> None:
     raw = packet.encode()
-    assert c.FrontendDecoder().feed(raw) == [(packet, raw)]
+    assert framing.FrontendDecoder().feed(raw) == [(packet, raw)]
 
 
 @PROPS
@@ -83,7 +84,7 @@ def test_startup_round_trip(packet: c.StartupPacket) -> None:
 def test_split_anywhere(messages: list[c.FrontendMessage], step: int) -> None:
     """Bytes arriving in any chunking give the same messages."""
     stream = b"".join(m.encode() for m in messages)
-    decoder = c.FrontendDecoder()
+    decoder = framing.FrontendDecoder()
     decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
     out = []
     for i in range(0, len(stream), step):
@@ -96,7 +97,7 @@ def test_split_anywhere(messages: list[c.FrontendMessage], step: int) -> None:
 @given(st.binary(max_size=300), st.booleans())
 def test_arbitrary_bytes_only_violation(data: bytes, startup: bool) -> None:
     """Random input decodes or raises ProtocolViolation; what decodes re-encodes to itself."""
-    decoder = c.FrontendDecoder(max_message=1 << 16)
+    decoder = framing.FrontendDecoder(max_message=1 << 16)
     if not startup:
         decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
     try:
@@ -115,7 +116,7 @@ def test_mutated_frames_never_misdecode(message: c.FrontendMessage, data: st.Dat
     raw = bytearray(message.encode())
     index = data.draw(st.integers(0, len(raw) - 1))
     raw[index] = data.draw(st.integers(0, 255))
-    decoder = c.FrontendDecoder(max_message=1 << 16)
+    decoder = framing.FrontendDecoder(max_message=1 << 16)
     decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
     try:
         items = decoder.feed(bytes(raw))
@@ -130,7 +131,7 @@ def test_mutated_frames_never_misdecode(message: c.FrontendMessage, data: st.Dat
 def test_truncated_stays_pending(message: c.FrontendMessage, data: st.DataObject) -> None:
     raw = message.encode()
     cut = data.draw(st.integers(0, len(raw) - 1))
-    decoder = c.FrontendDecoder()
+    decoder = framing.FrontendDecoder()
     decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
     assert decoder.feed(raw[:cut]) == []
 
@@ -145,7 +146,7 @@ def test_backend_decoder_total(kind: int, body: bytes) -> None:
 @PROPS
 @given(st.binary(max_size=300), st.integers(1, 9))
 def test_backend_framer_total(data: bytes, step: int) -> None:
-    framer = c.BackendFramer(max_message=1 << 12)
+    framer = framing.BackendFramer(max_message=1 << 12)
     total = 0
     try:
         for i in range(0, len(data), step):
@@ -191,7 +192,7 @@ def test_violations(raw: bytes, why: str) -> None:
 
 
 def test_oversized_frame_refused_before_body() -> None:
-    decoder = c.FrontendDecoder(max_message=1000)
+    decoder = framing.FrontendDecoder(max_message=1000)
     decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
     with pytest.raises(c.ProtocolViolation):
         decoder.feed(b"Q" + struct.pack("!i", 1001))

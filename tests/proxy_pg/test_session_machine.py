@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from tether.policy.model import Decision
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
+from tether.proxy.pg import framing
 from tether.proxy.pg.session import (
     SCHEMAS_SQL,
     SENTINEL_SQL,
@@ -61,7 +62,7 @@ def _to_client(commands: list[object]) -> bytes:
 
 
 def _frames(*messages: bytes) -> list[tuple[int, bytes, bytes]]:
-    return c.BackendFramer().feed(b"".join(messages))
+    return framing.BackendFramer().feed(b"".join(messages))
 
 
 def test_allowed_query_audited_before_forwarding() -> None:
@@ -102,7 +103,7 @@ def test_extended_refusal_skips_to_sync() -> None:
         c.Parse("", "DELETE FROM items"), c.Bind("", ""), c.Execute(""), c.Sync(),
     ):  # fmt: skip
         sent += _sent(session.client(message, message.encode()))
-    decoder = c.FrontendDecoder()
+    decoder = framing.FrontendDecoder()
     decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
     forwarded = [m for m, _ in decoder.feed(sent)]
     assert forwarded == [
@@ -125,7 +126,7 @@ def test_extended_refusal_skips_to_sync() -> None:
 def test_search_path_widens_then_refreshes() -> None:
     session, _policy = _session()
     session.client(c.Query("SET search_path = vault"), c.Query("SET search_path = vault").encode())
-    assert session.schemas == ("public", "vault")
+    assert session.decider.schemas == ("public", "vault")
     session.server(_frames(be.CommandComplete("SET").encode(), be.ready("I")))
     # Next statement: the machine asks the server first and holds the client's message.
     commands = session.client(
@@ -136,7 +137,7 @@ def test_search_path_widens_then_refreshes() -> None:
         b"D" + (4 + 2 + 4 + 5).to_bytes(4, "big") + b"\x00\x01" + (5).to_bytes(4, "big") + b"vault"
     )
     out = session.server(_frames(row, be.CommandComplete("SELECT 1").encode(), be.ready("I")))
-    assert session.schemas == ("vault",)
+    assert session.decider.schemas == ("vault",)
     # The held query is decided under the new schema: the fake policy denies it.
     assert not _sent(out)
     assert b"42501" in _to_client(out) and b"vault" not in _to_client(out)
@@ -187,7 +188,7 @@ def test_refused_text_never_reaches_the_server(
     steps: list[tuple[c.FrontendMessage, list[bytes]]],
 ) -> None:
     session, policy = _session()
-    decoder = c.FrontendDecoder()
+    decoder = framing.FrontendDecoder()
     decoder.feed(c.StartupMessage(c.PROTOCOL_3_0, ()).encode())
     for message, replies in steps:
         commands = session.client(message, message.encode())
@@ -199,6 +200,6 @@ def test_refused_text_never_reaches_the_server(
                 assert policy.decide(text, "public").allowed, text
             assert not isinstance(sent, c.FunctionCall)
         if replies:
-            session.server(c.BackendFramer().feed(b"".join(replies)))
+            session.server(framing.BackendFramer().feed(b"".join(replies)))
         if session.ended:
             return

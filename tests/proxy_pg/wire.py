@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
+from tether.proxy.pg import framing
 
 
 def client_tls() -> ssl.SSLContext:
@@ -21,7 +22,7 @@ def client_tls() -> ssl.SSLContext:
 class Wire:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    framer: c.BackendFramer = field(default_factory=c.BackendFramer)
+    framer: framing.BackendFramer = field(default_factory=framing.BackendFramer)
     frames: list[tuple[int, bytes, bytes]] = field(default_factory=list)
 
     @classmethod

@@ -20,7 +20,7 @@ from tether.users import totp
 from tether.users.passwords import hash_password, verify_password
 from tether.users.schema import user_tokens
 from tether.users.schema import users as users_table
-from tether.users.service import LoginRefused, UserError, UserService
+from tether.users.service import LoginRefused, LoginThrottled, UserError, UserService
 
 PASSWORD = "correct horse battery"
 
@@ -132,3 +132,18 @@ def test_password_round_trip(password: str) -> None:
     assert verify_password(stored, password)
     assert not verify_password(stored, password + "!")
     assert not verify_password("not a hash", password)
+
+
+async def test_repeated_failures_throttle_one_name(service: tuple[UserService, Clock]) -> None:
+    users, clock = service
+    await users.add("erin", password=PASSWORD)
+    for _ in range(10):
+        with pytest.raises(LoginRefused) as caught:
+            await users.login("erin", "wrong password!")
+        assert not isinstance(caught.value, LoginThrottled)
+    with pytest.raises(LoginThrottled):
+        await users.login("erin", PASSWORD)  # even the right password, for now
+    await users.add("fred", password=PASSWORD)
+    assert (await users.login("fred", PASSWORD)).id == "fred"  # other names are not affected
+    clock.advance(900)
+    assert (await users.login("erin", PASSWORD)).id == "erin"

@@ -5,9 +5,9 @@
 ``after_seq`` next time. With ``after_seq`` and ``wait`` (seconds, at most 60) it is a long
 poll: when nothing matches yet it waits for new events before answering, which is how
 ``tether audit tail -f --server`` follows the trail without hammering the database.
-``GET /v1/audit/verify`` runs :func:`tether.audit.verify.verify_trail` and answers its
-report (``ok`` false when tampering was found; the status is 200 either way, since the
-verification itself succeeded).
+``GET /v1/audit/verify`` runs :func:`tether.audit.verify.verify_trail` (with this node's
+head file, :mod:`tether.audit.head`) and answers its report (``ok`` false when tampering
+was found; the status is 200 either way, since the verification itself succeeded).
 
 Both take the admin bearer token through :func:`tether.api.adminauth.admin_call`, which
 records every call (actions ``audit.search`` and ``audit.verify``) like any admin call.
@@ -130,6 +130,8 @@ async def verify(
     """Recompute the hash chain and check the signed checkpoints; the report says where
     anything was changed, deleted, inserted, reordered or truncated."""
     call.target = "audit-trail"
-    report = await _read(_engine(request), verify_trail)
+    auditor = tether_state(request).auditor
+    head_file = None if auditor is None else auditor.log.head_file
+    report = await _read(_engine(request), partial(verify_trail, head_file=head_file))
     call.detail["ok"] = report.ok
     return report.to_dict()

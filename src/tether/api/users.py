@@ -32,7 +32,7 @@ from tether.api.adminauth import AdminCall, admin_call, audit_admin, peer_of
 from tether.api.bodies import body_schema, json_body
 from tether.api.humans import signed_in, signed_in_user, users_of
 from tether.api.problems import ProblemError
-from tether.users.service import LoginRefused, UserError, UserService
+from tether.users.service import LoginRefused, LoginThrottled, UserError, UserService
 from tether.users.store import User, UserToken
 from tether.users.totp import provisioning_uri
 
@@ -127,10 +127,15 @@ async def login(request: Request) -> dict[str, Any]:
     users = users_of(request)
     try:
         user = await users.login(body.user, body.password, body.totp)
-    except LoginRefused:
+    except LoginRefused as refused:
+        throttled = isinstance(refused, LoginThrottled)
+        status = 429 if throttled else 401
         await audit_admin(request, actor="anonymous", action="user.login",
-                          target=f"user:{body.user}"[:200], outcome="denied", status=401,
+                          target=f"user:{body.user}"[:200], outcome="denied", status=status,
                           source=peer_of(request))  # fmt: skip
+        if throttled:
+            raise ProblemError(429, "too many failed sign-ins for this user; try again later",
+                               headers={"Retry-After": "900"}) from None  # fmt: skip
         raise ProblemError(401, "wrong user, password or code") from None
     text, record = await _new_token(users, user.id, body.token_name, body.ttl)
     await audit_admin(request, actor=f"user:{user.id}", action="user.login",

@@ -1,7 +1,7 @@
 """The ``audit`` section of the configuration, validated once at load.
 
 It configures the writer (:class:`tether.audit.log.AuditLog`: checkpoint cadence, batch
-size, SQLite durability), redaction (:class:`tether.audit.redact.Redactor`: extra
+size, SQLite durability, the head file), redaction (:class:`tether.audit.redact.Redactor`: extra
 sensitive headers and the sensitive field names) and the SIEM sinks (``audit.sinks``,
 :mod:`tether.audit.sinks.config`). Every key is documented in docs/audit.md and
 docs/configuration.md.
@@ -21,6 +21,7 @@ Security decisions:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -49,6 +50,9 @@ class AuditConfig(BaseModel):
         default_factory=lambda: list(DEFAULT_SENSITIVE_FIELDS)
     )
     sinks: list[SinkConfig] = Field(default_factory=list)
+    # Where each checkpoint is also recorded (tether.audit.head). Default: next to a SQLite
+    # database file; none for PostgreSQL.
+    head_file: Path | None = None
 
     @model_validator(mode="after")
     def _unique_sinks(self) -> Self:

@@ -26,7 +26,9 @@ Security decisions:
   (whichever comes first; by time even while no event arrives; and at close), signed in
   the same transaction as the events they anchor, with the key the signer returns at that
   moment (:mod:`tether.audit.checkpoints`). The rule counts from the last checkpoint of
-  any node, read under the lock, so several nodes do not multiply checkpoints.
+  any node, read under the lock, so several nodes do not multiply checkpoints. Each
+  checkpoint is also recorded, after its commit, in the head file
+  (:mod:`tether.audit.head`), outside the database.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
+from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -45,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tether.audit.canonical import GENESIS, splice
 from tether.audit.checkpoints import Signer, sign_checkpoint
 from tether.audit.events import AuditEvent
+from tether.audit.head import default_head_file, write_head
 from tether.audit.store import ChainHead, Checkpoint
 from tether.audit.writers import (
     BatchWriter,
@@ -110,10 +114,13 @@ class AuditLog:
         sqlite_synchronous: Synchronous = "full",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         writer: BatchWriter | None = None,
+        head_file: Path | None = None,
     ) -> None:
         if checkpoint_every < 1 or checkpoint_interval <= 0 or max_batch < 1:
             raise ValueError("checkpoint_every, checkpoint_interval and max_batch must be > 0")
         self._writer = writer or writer_for(engine, sqlite_synchronous)
+        # Where each checkpoint is also recorded (tether.audit.head); None: nowhere.
+        self.head_file = head_file or default_head_file(engine.url)
         self._time_value = self._writer.time_value
         self._signer = signer
         self._every = checkpoint_every
@@ -200,6 +207,7 @@ class AuditLog:
         if plan.checkpoint is None:
             self._unanchored = False  # the head was checkpointed (maybe by another node)
         self._anchored(plan.checkpoint)
+        await self._record_head(plan.checkpoint)
         return plan.checkpoint
 
     # --- the writer task ------------------------------------------------------------------
@@ -255,6 +263,7 @@ class AuditLog:
         for pending, position in zip(batch, plan.positions, strict=True):
             if not pending.done.done():
                 pending.done.set_result(position)
+        await self._record_head(plan.checkpoint)
 
     @staticmethod
     def _fail(batch: list[_Pending], failure: AuditUnavailable) -> None:
@@ -288,6 +297,16 @@ class AuditLog:
     def _anchored(self, checkpoint: Checkpoint | None) -> None:
         if checkpoint is not None:
             self._anchor_time, self._unanchored = checkpoint.time, False
+
+    async def _record_head(self, checkpoint: Checkpoint | None) -> None:
+        """Record a committed checkpoint in the head file too (after the commit, so the
+        file never runs ahead of the trail); a failure is logged, appends go on."""
+        if checkpoint is None or self.head_file is None:
+            return
+        try:
+            await asyncio.to_thread(write_head, self.head_file, checkpoint)
+        except OSError as error:
+            log.error("audit head file %s not written: %s", self.head_file, error)
 
     async def _timed_checkpoint(self) -> None:
         try:

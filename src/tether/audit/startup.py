@@ -35,6 +35,7 @@ async def start_auditor(config: AuditConfig, engine: AsyncEngine, signer: Signer
             checkpoint_interval=config.checkpoint_interval,
             max_batch=config.max_batch,
             sqlite_synchronous=config.sqlite_synchronous,
+            head_file=config.head_file,
         )
         await log.start()
     except (ValueError, WriterError, OSError) as error:

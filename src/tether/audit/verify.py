@@ -19,15 +19,22 @@ unseen; the report gives their number.
 Findings name the ``seq`` and what mismatched. The report is data
 (:class:`VerifyReport`); the CLI and the API render it.
 
-Limits, stated in docs/audit.md: deleting the last checkpoints together with the events
-after the new last one looks like a trail with fewer events; sinks keep an external copy
-of every event and hash, which is what catches that.
+Last, the head file (:mod:`tether.audit.head`), when there is one: the writer records
+each checkpoint there too, outside the database, so deleting the last checkpoints
+together with every event after the new last one (which leaves a shorter trail that
+verifies) is caught as a trail that ends before its head file's checkpoint. The head
+file's signature is checked like a checkpoint's.
+
+Limits, stated in docs/audit.md: without a head file (or with an older one put back by
+someone who can write it too), that truncation looks like a trail with fewer events; the
+sinks' external copies of every event and hash catch it then.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -37,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tether.audit.canonical import GENESIS, event_hash
 from tether.audit.checkpoints import signature_valid, verification_keys
 from tether.audit.events import AuditEvent
+from tether.audit.head import HeadFileError, check_head, default_head_file, read_head
 from tether.audit.store import Checkpoint, checkpoints, event_from_row
 
 CHUNK: Final = 5000
@@ -68,6 +76,8 @@ class VerifyReport:
     keys: set[str] = field(default_factory=set)
     findings: list[Finding] = field(default_factory=list)
     more_findings: int = 0  # findings beyond MAX_FINDINGS, counted only
+    head_file: str | None = None  # the head file checked, if any
+    head_seq: int | None = None  # the checkpoint it records, None when absent
 
     @property
     def ok(self) -> bool:
@@ -91,13 +101,19 @@ class VerifyReport:
             "keys": sorted(self.keys),
             "findings": [f.to_dict() for f in self.findings],
             "more_findings": self.more_findings,
+            "head_file": self.head_file,
+            "head_seq": self.head_seq,
         }
 
 
-async def verify_trail(conn: AsyncConnection) -> VerifyReport:
-    """Verify the whole trail readable through ``conn`` (read-only)."""
+async def verify_trail(conn: AsyncConnection, *, head_file: Path | None = None) -> VerifyReport:
+    """Verify the whole trail readable through ``conn`` (read-only), and against
+    ``head_file`` (default: the SQLite database's own, :func:`default_head_file`)."""
     report = VerifyReport()
     marks = {c.seq: c for c in await checkpoints(conn)}
+    head_file = head_file or default_head_file(conn.engine.url)
+    head = _read_head(report, head_file)
+    hash_at_head: str | None = None
     expected, prev, prev_seq = 1, GENESIS, 0
     async for row in _rows(conn):
         seq = int(row["seq"])
@@ -111,9 +127,30 @@ async def verify_trail(conn: AsyncConnection) -> VerifyReport:
         mark = marks.get(seq)
         if mark is not None and mark.hash != stored:
             report.add(seq, "checkpoint", f"event {seq}: hash differs from checkpoint {seq}'s")
+        if head is not None and seq == head.seq:
+            hash_at_head = stored
         expected, prev, prev_seq = seq + 1, stored, seq
-    await _check_checkpoints(conn, report, marks)
+    keys = await _check_checkpoints(conn, report, marks)
+    if head is not None:
+        _check_signature(report, head, keys, "the head file's checkpoint")
+        for seq, problem, what in check_head(
+            head, report.last_seq or 0, hash_at_head, marks.get(head.seq)
+        ):
+            report.add(seq, problem, what)
     return report
+
+
+def _read_head(report: VerifyReport, path: Path | None) -> Checkpoint | None:
+    if path is None:
+        return None
+    report.head_file = str(path)
+    try:
+        head = read_head(path)
+    except HeadFileError as error:
+        report.add(0, "head", f"head file unreadable: {error}")
+        return None
+    report.head_seq = None if head is None else head.seq
+    return head
 
 
 # Raw values, without SQLAlchemy's type processing: a tampered value that the column type
@@ -174,7 +211,7 @@ def _why_hash_differs(event: AuditEvent, seq: int, prev: str) -> tuple[str, str]
 
 async def _check_checkpoints(
     conn: AsyncConnection, report: VerifyReport, marks: dict[int, Checkpoint]
-) -> None:
+) -> dict[str, Ed25519PublicKey | str]:
     keys = await verification_keys(conn)
     report.checkpoints = len(marks)
     for seq in sorted(marks):
@@ -194,18 +231,23 @@ async def _check_checkpoints(
     else:
         report.unanchored = report.events
     _check_checkpointed_events_exist(report, marks)
+    return keys
 
 
 def _check_signature(
-    report: VerifyReport, mark: Checkpoint, keys: dict[str, Ed25519PublicKey | str]
+    report: VerifyReport,
+    mark: Checkpoint,
+    keys: dict[str, Ed25519PublicKey | str],
+    name: str | None = None,
 ) -> None:
+    what = name or f"checkpoint {mark.seq}"
     key = keys.get(mark.kid)
     if key is None:
-        report.add(mark.seq, "checkpoint-key", f"checkpoint {mark.seq}: unknown key {mark.kid}")
+        report.add(mark.seq, "checkpoint-key", f"{what}: unknown key {mark.kid}")
     elif isinstance(key, str):
-        report.add(mark.seq, "checkpoint-key", f"checkpoint {mark.seq}: key {mark.kid}: {key}")
+        report.add(mark.seq, "checkpoint-key", f"{what}: key {mark.kid}: {key}")
     elif not signature_valid(key, mark):
-        report.add(mark.seq, "signature", f"checkpoint {mark.seq}: the signature is not valid")
+        report.add(mark.seq, "signature", f"{what}: the signature is not valid")
     else:
         report.keys.add(mark.kid)
 

@@ -17,6 +17,8 @@ the user id), since the server must read them back to check a code.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 import secrets
 from collections.abc import Callable, Iterable
@@ -43,6 +45,8 @@ DEFAULT_TOKEN_TTL: Final = 30 * 86400
 MAX_TOKEN_TTL: Final = 365 * 86400
 MAX_PRESENTED: Final = 256
 _TOTP_PURPOSE: Final = "user.totp"
+MAX_FAILURES: Final = 10
+FAILURE_WINDOW: Final = 900.0
 
 
 class UserError(Exception):
@@ -57,6 +61,16 @@ class LoginRefused(Exception):
     """Wrong name, password or code, or a disabled user: deliberately not saying which."""
 
 
+class LoginThrottled(LoginRefused):
+    """Too many failed logins for this name lately; try again later."""
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A real argon2 hash of a random password, checked for unknown users."""
+    return passwords.hash_password(secrets.token_urlsafe(24))
+
+
 class UserService:
     """Users, roles, groups, login and personal tokens over the store."""
 
@@ -69,6 +83,7 @@ class UserService:
     ) -> None:
         self.engine, self.cipher, self.clock = engine, cipher, clock
         self.oidc: OidcLogin | None = None  # sign-in through a provider, when configured
+        self._failures: dict[str, list[float]] = {}  # user id -> recent failed logins
 
     # --- users ----------------------------------------------------------------------------
 
@@ -88,7 +103,7 @@ class UserService:
         roles, groups = _check_roles(roles), _check_groups(groups)
         hashed = None
         if password is not None:
-            hashed = _hash(password)
+            hashed = await asyncio.to_thread(_hash, password)
         now = self.clock()
         try:
             async with self.engine.begin() as conn:
@@ -138,7 +153,7 @@ class UserService:
         return await self.get(user_id)
 
     async def set_password(self, user_id: str, password: str) -> None:
-        hashed = _hash(password)
+        hashed = await asyncio.to_thread(_hash, password)
         async with self.engine.begin() as conn:
             if not await user_store.update_user(conn, user_id, self.clock(), password_hash=hashed):
                 raise UserError(f"no user {user_id!r}", 404)
@@ -172,25 +187,49 @@ class UserService:
     # --- login and tokens -----------------------------------------------------------------
 
     async def login(self, user_id: str, password: str, code: str | None = None) -> User:
-        """The user, when the password (and the TOTP code, if enrolled) are right."""
+        """The user, when the password (and the TOTP code, if enrolled) are right.
+
+        The argon2 check runs in a worker thread (it takes tens of milliseconds of CPU), and
+        against a dummy hash for an unknown user, so the time taken does not tell whether a
+        name exists. After ``MAX_FAILURES`` failures for one name within ``FAILURE_WINDOW``
+        seconds, that name is refused (``LoginThrottled``) until the window has passed.
+        """
+        self._check_throttle(user_id)
+        async with self.engine.connect() as conn:
+            row = await user_store.credentials_row(conn, user_id)
+        stored = row["password_hash"] if row is not None else None
+        ok = await asyncio.to_thread(passwords.verify_password, stored or _dummy_hash(), password)
+        if row is None or stored is None or not ok or row["state"] != "active":
+            raise self._failed(user_id)
         now = self.clock()
         async with self.engine.begin() as conn:
-            row = await user_store.credentials_row(conn, user_id)
-            ok = passwords.verify_password(None if row is None else row["password_hash"], password)
-            if row is None or not ok or row["state"] != "active":
-                raise LoginRefused
             if row["totp_secret"] is not None:
                 step = self._totp_step(row["totp_secret"], user_id, code, row["totp_last_step"])
-                if step is None:
-                    raise LoginRefused
-                await user_store.update_user(conn, user_id, now, totp_last_step=step)
-            if passwords.needs_rehash(row["password_hash"]):
-                await user_store.update_user(
-                    conn, user_id, now, password_hash=passwords.hash_password(password)
-                )
+                # Conditional on the step stored when read: two logins cannot spend one code.
+                if step is None or not await user_store.spend_totp_step(
+                    conn, user_id, row["totp_last_step"], step, now
+                ):
+                    raise self._failed(user_id)
+            if passwords.needs_rehash(stored):
+                rehashed = await asyncio.to_thread(passwords.hash_password, password)
+                await user_store.update_user(conn, user_id, now, password_hash=rehashed)
             user = await user_store.get_user(conn, user_id)
+        self._failures.pop(user_id, None)
         assert user is not None
         return user
+
+    def _check_throttle(self, user_id: str) -> None:
+        now = self.clock().timestamp()
+        recent = [t for t in self._failures.get(user_id, []) if now - t < FAILURE_WINDOW]
+        self._failures[user_id] = recent
+        if len(recent) >= MAX_FAILURES:
+            raise LoginThrottled
+
+    def _failed(self, user_id: str) -> LoginRefused:
+        if len(self._failures) > 100_000:
+            self._failures.clear()
+        self._failures.setdefault(user_id, []).append(self.clock().timestamp())
+        return LoginRefused()
 
     def _totp_step(
         self, sealed: str, user_id: str, code: str | None, last: int | None

@@ -108,6 +108,18 @@ async def update_user(conn: AsyncConnection, user_id: str, now: datetime, **valu
     return result.rowcount == 1
 
 
+async def spend_totp_step(
+    conn: AsyncConnection, user_id: str, last: int | None, step: int, now: datetime
+) -> bool:
+    """Record ``step`` as used if the stored last step is still ``last``; False otherwise."""
+    stored = users.c.totp_last_step
+    same = stored.is_(None) if last is None else stored == last
+    result = await conn.execute(
+        update(users).where(users.c.id == user_id, same).values(totp_last_step=step, updated_at=now)
+    )
+    return result.rowcount == 1
+
+
 async def set_roles(conn: AsyncConnection, user_id: str, roles: Iterable[str]) -> None:
     await conn.execute(delete(user_roles).where(user_roles.c.user_id == user_id))
     for role in sorted(set(roles)):

@@ -51,6 +51,7 @@ from tether.identity.replay import ReplayCacheFull
 from tether.policy.model import Decision
 from tether.proxy.core import Services, decide, policy_request, subject_of
 from tether.proxy.http import refusals
+from tether.proxy.http.auditlater import AuditLater
 from tether.proxy.http.config import HttpProxyConfig
 from tether.proxy.http.exchange import Exchange
 from tether.proxy.http.forward import Plan
@@ -86,9 +87,13 @@ class HttpBroker:
         )
         self.oauth = oauth or OAuth2Tokens()
         self.tls = TlsContexts()
+        self.audit_later = AuditLater()
         self._plans: dict[str, tuple[datetime, Plan]] = {}
 
     async def close(self) -> None:
+        """Append the pending exchange events and close idle upstream connections; call it
+        after the server stopped and before the audit trail closes."""
+        await self.audit_later.close()
         await self.pool.close()
 
     async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
@@ -208,6 +213,7 @@ class HttpBroker:
             return True
         http = request["action"]["http"]
         shown = {**http, "path": route.path, "query_keys": query_keys(route.query)}
+        self.audit_later.flush()  # pending exchange events join this decision's commit
         try:
             await auditor.decision(
                 {**request, "action": {"http": shown}}, decision, who=who,

@@ -100,6 +100,7 @@ class DemoUpstream:
 
     def __init__(self, sock: socket.socket, api_key: str = DEMO_API_KEY) -> None:
         self.sock = sock
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see tether.node.bind
         config = uvicorn.Config(
             demo_app(api_key), log_config=None, lifespan="off", server_header=False,
             access_log=False,

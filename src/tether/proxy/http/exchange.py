@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
 
-from tether.audit.log import AuditUnavailable
 from tether.audit.subject import Subject
 from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
@@ -96,7 +95,7 @@ class Exchange:
                     self.out.status = refusal[0]
                     await _quietly(refusals.plain(refusal[0], refusal[1], request_id), scope,
                                    receive, send)  # fmt: skip
-            await self._audit(scope, request_id, started)
+            self._audit(scope, request_id, started)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         spec = self.target.spec
@@ -139,7 +138,7 @@ class Exchange:
         shown.append((refusals.REQUEST_ID.lower().encode(), request_id.encode()))
         await forwarder.stream_response(connection, send, shown, self.out)
 
-    async def _audit(self, scope: Scope, request_id: str, started: float) -> None:
+    def _audit(self, scope: Scope, request_id: str, started: float) -> None:
         auditor = self.broker.services.auditor
         if auditor is None:
             return
@@ -154,17 +153,19 @@ class Exchange:
             detail["tls_verify"] = False
         if self.out.error is not None:
             detail["error"] = self.out.error
-        try:
-            await auditor.http_exchange(
-                self.who, target=self.target.name, method=scope["method"], path=self.route.path,
-                status=self.out.status, response_headers=_text_headers(self.out.response_headers),
-                bytes_in=self.out.bytes_in, bytes_out=self.out.bytes_out,
-                duration_ms=(time.perf_counter() - started) * 1000,
-                decision=self.decision.decision, rule=self.decision.rule, detail=detail,
+        who, target, method, path = self.who, self.target.name, scope["method"], self.route.path
+        status, out, decision = self.out.status, self.out, self.decision
+        duration_ms = (time.perf_counter() - started) * 1000
+
+        def append() -> Coroutine[Any, Any, int]:
+            return auditor.http_exchange(
+                who, target=target, method=method, path=path, status=status,
+                response_headers=_text_headers(out.response_headers), bytes_in=out.bytes_in,
+                bytes_out=out.bytes_out, duration_ms=duration_ms,
+                decision=decision.decision, rule=decision.rule, detail=detail,
             )  # fmt: skip
-        except AuditUnavailable:
-            log.error("audit trail unavailable: exchange %s on %s unrecorded", request_id,
-                      self.target.name)  # fmt: skip
+
+        self.broker.audit_later.add(append, f"exchange {request_id} on {target}")
 
 
 def _text_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:

@@ -4,7 +4,8 @@ The broker writes authentication requests, ``ParameterStatus``, ``BackendKeyData
 ``ReadyForQuery``, ``ErrorResponse`` and ``NoticeResponse`` to clients. From a server it
 reads authentication requests (as a client), ``ParameterStatus``, ``BackendKeyData``,
 ``ReadyForQuery``, ``CommandComplete`` and ``ErrorResponse``; everything else from the
-server is forwarded as the bytes it arrived as (:class:`~tether.proxy.pg.codec.BackendFramer`).
+server is forwarded as the bytes it arrived as
+(:class:`~tether.proxy.pg.framing.BackendFramer`).
 :func:`decode_backend` validates any backend message strictly (used by the property tests
 and for the messages read); a malformed one is a
 :class:`~tether.proxy.pg.codec.ProtocolViolation`.

@@ -26,6 +26,7 @@ from tether.audit.log import AuditUnavailable
 from tether.identity.errors import CredentialError
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
+from tether.proxy.pg import framing
 from tether.proxy.pg.audit import SessionAudit
 from tether.proxy.pg.session import (
     AuditDecided,
@@ -52,7 +53,7 @@ class Pump:
         session: Session,
         audit: SessionAudit,
         client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        decoder: c.FrontendDecoder,
+        decoder: framing.FrontendDecoder,
         upstream: Upstream,
         *,
         check_live: Callable[[], Awaitable[None]],

@@ -88,9 +88,13 @@ class Decider:
         schema = self.schemas[0]
         return tuple(
             StatementRecord(
-                analyze_sql(s.text, schema).redacted, len(s.text), s.classes, s.relations,
-                decision, protocol,
-            )  # fmt: skip
+                analyze_sql(s.text, schema).redacted,
+                len(s.text),
+                s.classes,
+                s.relations,
+                decision,
+                protocol,
+            )
             for s in statements
         )
 

@@ -54,10 +54,11 @@ def _hmac(key: bytes, data: bytes) -> bytes:
 class ScramClient:
     """One SCRAM-SHA-256 exchange: ``first``, ``final(server_first)``, ``verify(server_final)``."""
 
-    def __init__(self, password: str, *, nonce: str | None = None) -> None:
+    def __init__(self, password: str, *, nonce: str | None = None, username: str = "") -> None:
+        # PostgreSQL ignores the SCRAM user name (the startup packet names the user).
         self._password = password.encode("utf-8")
         self._nonce = nonce or base64.b64encode(secrets.token_bytes(18)).decode("ascii")
-        self._first_bare = f"n=,r={self._nonce}"
+        self._first_bare = f"n={username},r={self._nonce}"
         self._server_signature: bytes | None = None
 
     def first(self) -> bytes:

@@ -39,7 +39,7 @@ from tether.identity.errors import CredentialError
 from tether.proxy.core import Services, policy_request, subject_of
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
-from tether.proxy.pg import credentials, tls
+from tether.proxy.pg import credentials, framing, tls
 from tether.proxy.pg.audit import SessionAudit
 from tether.proxy.pg.auth import LoginRefused, parse_password
 from tether.proxy.pg.config import PgProxyConfig
@@ -174,7 +174,7 @@ class PgBroker:
             writer.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = c.FrontendDecoder(max_message=self.config.max_message_bytes)
+        decoder = framing.FrontendDecoder(max_message=self.config.max_message_bytes)
         startup, secure = await asyncio.wait_for(
             self._startup(reader, writer, decoder), self.config.login_timeout
         )
@@ -192,7 +192,7 @@ class PgBroker:
         await self._serve(reader, writer, decoder, startup, claims, target, source_ip)
 
     async def _read_packets(
-        self, reader: asyncio.StreamReader, decoder: c.FrontendDecoder
+        self, reader: asyncio.StreamReader, decoder: framing.FrontendDecoder
     ) -> list[tuple[c.StartupPacket | c.FrontendMessage, bytes]]:
         while True:
             data = await reader.read(16384)
@@ -203,7 +203,10 @@ class PgBroker:
                 return items
 
     async def _startup(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: c.FrontendDecoder
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decoder: framing.FrontendDecoder,
     ) -> tuple[c.StartupMessage | None, bool]:
         secure = False
         while True:
@@ -250,7 +253,7 @@ class PgBroker:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        decoder: c.FrontendDecoder,
+        decoder: framing.FrontendDecoder,
         database: str,
         secure: bool,
     ) -> Claims:
@@ -278,7 +281,7 @@ class PgBroker:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        decoder: c.FrontendDecoder,
+        decoder: framing.FrontendDecoder,
         startup: c.StartupMessage,
         claims: Claims,
         target: Target,
@@ -302,7 +305,7 @@ class PgBroker:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        decoder: c.FrontendDecoder,
+        decoder: framing.FrontendDecoder,
         startup: c.StartupMessage,
         claims: Claims,
         target: Target,

@@ -51,13 +51,31 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final
 
-from tether.policy.errors import SqlParseError
-from tether.policy.model import Decision, more_restrictive
-from tether.policy.sql import SqlAnalysis, analyze_sql
+from tether.policy.model import Decision
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
+from tether.proxy.pg.commands import (
+    AuditDecided,
+    AuditResult,
+    Command,
+    End,
+    Policy,
+    StatementRecord,
+    ToClient,
+    ToServer,
+    parameter_safe,
+    record_for,
+    refusal,
+    with_params,
+)
+from tether.proxy.pg.deciding import Decider, Verdict
+
+__all__ = [
+    "SCHEMAS_SQL", "SENTINEL_NAME", "SENTINEL_SQL", "AuditDecided", "AuditResult", "Command",
+    "End", "Session", "StatementRecord", "ToClient", "ToServer", "parameter_safe", "refusal",
+]  # fmt: skip
 
 SENTINEL_SQL: Final = "TETHER REFUSED THIS STATEMENT"
 SENTINEL_NAME: Final = "tether.refused"
@@ -121,7 +139,6 @@ class Session:
         self._portals: dict[str, _Prepared] = {}
         self._skipping = False
         self._copy_in = False
-        self._path_touched = False
         self.decider.refresh = False
         self._held: list[tuple[c.FrontendMessage, bytes]] = []
 
@@ -246,7 +263,9 @@ class Session:
             return
         policy = self.policy.current()
         if prepared.policy is not policy or prepared.verdict.schemas != self.decider.schemas:
-            prepared = _Prepared(prepared.query, self.decider.decide(prepared.query, "extended"), policy)
+            prepared = _Prepared(
+                prepared.query, self.decider.decide(prepared.query, "extended"), policy
+            )
             self._statements[message.statement] = prepared
             if not prepared.verdict.decision.allowed:
                 out.append(AuditDecided(prepared.verdict.records))

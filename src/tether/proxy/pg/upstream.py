@@ -26,6 +26,7 @@ from typing import Final
 
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
+from tether.proxy.pg import framing
 from tether.proxy.pg.scram import MECHANISM, ScramClient, ScramError, md5_password
 
 FORWARDED_PARAMETERS: Final = frozenset(
@@ -58,7 +59,7 @@ class Login:
 class Upstream:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    framer: c.BackendFramer
+    framer: framing.BackendFramer
     parameters: dict[str, str]
     key: be.BackendKeyData | None
     status: str
@@ -99,7 +100,9 @@ async def connect(
     params = [("user", login.user), ("database", login.database), ("client_encoding", "UTF8")]
     params += [(k, v) for k, v in client_parameters.items() if k.lower() in FORWARDED_PARAMETERS]
     writer.write(c.StartupMessage(c.PROTOCOL_3_0, tuple(params)).encode())
-    upstream = Upstream(reader, writer, c.BackendFramer(max_message=max_message), {}, None, "", [])
+    upstream = Upstream(
+        reader, writer, framing.BackendFramer(max_message=max_message), {}, None, "", []
+    )
     try:
         await asyncio.wait_for(_login(upstream, login), timeout)
     except (OSError, TimeoutError, asyncio.IncompleteReadError) as error:

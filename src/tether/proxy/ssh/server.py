@@ -169,7 +169,8 @@ class _AgentServer(asyncssh.SSHServer):
         return identity
 
     async def _target(self, login: Login) -> Target:
-        target = await self.broker.context.services.targets.get(login.target)
+        async with self.broker.context.lookups:
+            target = await self.broker.context.services.targets.get(login.target)
         if target is None or not isinstance(target.spec, SshTargetSpec):
             raise AuthRefused(f"no SSH target named {login.target!r}")
         if login.remote_user not in target.spec.users:
@@ -232,6 +233,7 @@ class SshBroker:
         self._server: asyncio.Server | None = None
         self._servers: set[_AgentServer] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -275,6 +277,7 @@ class SshBroker:
             self._server = await loop.create_server(
                 factory, self.config.host, self.config.port, backlog=4096, reuse_address=True
             )
+        self._watcher = asyncio.create_task(self.context.watch(), name="tether-ssh-watch")
         log.info("tether ssh broker listening on %s", self.config.listen)
 
     def _new_server(self) -> asyncssh.SSHServer:
@@ -316,6 +319,10 @@ class SshBroker:
         """Stop listening, close every connection, and wait for the session-end events."""
         if self._server is not None:
             self._server.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         for server in list(self._servers):
             if server.conn is not None:
                 server.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "Tether is shutting down")

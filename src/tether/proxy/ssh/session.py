@@ -11,9 +11,11 @@ Security decisions:
   action: a session whose every action is denied never touches the target.
 * **Audit first** (DESIGN invariant 5): :meth:`BrokerSession.decide` returns only after the
   decision event is committed; if the audit trail is unavailable the action is refused.
-* **Revocation ends the session** (DESIGN invariant 6): a watcher re-checks the credential
-  every ``live_check_interval`` (at most one second); on revocation, agent disablement or
-  certificate expiry it disconnects the agent and closes the upstream connection.
+* **Revocation ends the session** (DESIGN invariant 6): one watcher per broker re-checks
+  every session's credential every ``live_check_interval`` (at most one second); on
+  revocation, agent disablement or certificate expiry it disconnects the agent and closes the
+  upstream connection. A check that cannot be made (the store unreachable) ends the session
+  too: fail closed.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ log = logging.getLogger(__name__)
 PROTOCOL = "ssh"
 
 
+#: Upstream logins in progress at once, for the whole broker: a burst of sessions reaches the
+#: targets as a queue, not as a storm of simultaneous handshakes (sshd drops those past its
+#: ``MaxStartups``).
+MAX_CONCURRENT_DIALS = 32
+
+
 @dataclass
 class BrokerContext:
     """What every session of one broker shares."""
@@ -54,13 +62,28 @@ class BrokerContext:
     config: SshConfig
     target_ca: TargetCA
     recordings: Path
+    dials: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_DIALS)
+    )
+    # Store lookups behind short caches (agent labels, targets) go one at a time, so a burst
+    # of sessions finding a cache entry expired makes one query, not one each.
+    lookups: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sessions: set[BrokerSession] = field(default_factory=set)
+
+    async def watch(self) -> None:
+        """Check every live session every ``live_check_interval`` seconds, one after another
+        (one store read per agent per poll, through the identity service's cache)."""
+        while True:
+            await asyncio.sleep(self.config.live_check_interval)
+            for session in list(self.sessions):
+                await session.check()
 
 
 def new_session_id() -> str:
     return "ssh-" + secrets.token_hex(8)
 
 
-@dataclass
+@dataclass(eq=False)
 class BrokerSession:
     """An authenticated agent connection and its (lazy) upstream connection."""
 
@@ -79,7 +102,6 @@ class BrokerSession:
     last_active: float = field(default_factory=time.monotonic)
     _upstream: asyncssh.SSHClientConnection | None = None
     _dial_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _watcher: asyncio.Task[None] | None = None
     _channels: int = 0
     _ended: bool = False
 
@@ -111,13 +133,13 @@ class BrokerSession:
     # --- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Audit the session start and begin watching the credential."""
+        """Audit the session start; from then on the broker's watcher checks it."""
         auditor = self.context.services.auditor
         if auditor is not None:
             await auditor.session_start(
                 self.subject, protocol=PROTOCOL, target=self.target.name, detail=self._detail()
             )
-        self._watcher = asyncio.create_task(self._watch(), name=f"tether-ssh-watch-{self.id}")
+        self.context.sessions.add(self)
 
     def _detail(self) -> dict[str, Any]:
         return {
@@ -127,40 +149,34 @@ class BrokerSession:
             "policy_version": self.context.services.policies.current.version,
         }
 
-    async def _watch(self) -> None:
-        interval = self.context.config.live_check_interval
-        identity = self.context.services.identity
-        while True:
-            await asyncio.sleep(interval)
-            if self.idle(time.monotonic()):
-                self.end_reason = "idle"
-                self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "Tether: idle timeout")
-                await self.close_upstream()
-                return
-            try:
-                await check_live(identity, self.identity)
-            except AuthRefused as refused:
-                self.end_reason = "revoked"
-                log.info("session %s ended: %s", self.id, refused)
-                self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"Tether: {refused}")
-                await self.close_upstream()
-                return
-            except Exception as error:  # noqa: BLE001 - cannot check: fail closed
-                self.end_reason = "error"
-                log.error("session %s: liveness check failed: %r", self.id, error)
-                self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "Tether: internal error")
-                await self.close_upstream()
-                return
+    async def check(self) -> None:
+        """One check of the session: idle, revoked, expired or agent inactive ends it."""
+        if self._ended:
+            return
+        if self.idle(time.monotonic()):
+            await self._terminate("idle", "idle timeout")
+            return
+        try:
+            await check_live(self.context.services.identity, self.identity)
+        except AuthRefused as refused:
+            log.info("session %s ended: %s", self.id, refused)
+            await self._terminate("revoked", str(refused))
+        except Exception as error:  # noqa: BLE001 - cannot check: fail closed
+            log.error("session %s: liveness check failed: %r", self.id, error)
+            await self._terminate("error", "internal error")
+
+    async def _terminate(self, reason: str, message: str) -> None:
+        self.end_reason = reason
+        self.context.sessions.discard(self)
+        self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"Tether: {message}")
+        await self.close_upstream()
 
     async def end(self) -> None:
         """Stop watching, close upstream, audit the end (once)."""
         if self._ended:
             return
         self._ended = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        self.context.sessions.discard(self)
         await self.close_upstream()
         auditor = self.context.services.auditor
         if auditor is not None:
@@ -194,7 +210,8 @@ class BrokerSession:
         """
         services = self.context.services
         claims = self.identity.claims
-        labels = await services.agents.get(claims.agent_id)
+        async with self.context.lookups:
+            labels = await services.agents.get(claims.agent_id)
         started = time.perf_counter()
         for action in actions:
             request = policy_request(claims, labels, self.target, action, source_ip=self.peer_ip)
@@ -226,12 +243,13 @@ class BrokerSession:
                     allow_pty=True,
                 )
                 config = self.context.config
-                self._upstream = await dial(
-                    request,
-                    self.context.services.secrets,
-                    self.context.target_ca,
-                    Tuning(config.window, config.max_packet),
-                )
+                async with self.context.dials:
+                    self._upstream = await dial(
+                        request,
+                        self.context.services.secrets,
+                        self.context.target_ca,
+                        Tuning(config.window, config.max_packet),
+                    )
             return self._upstream
 
 

@@ -4,8 +4,9 @@ The SFTP server of asyncssh answers one request at a time, so a request that wai
 target before the next is read would cap a transfer at one block per round trip. A handle
 therefore keeps the target busy:
 
-* **reads ahead** while the agent reads sequentially: up to ``depth`` blocks past the last
-  request are already asked of the target (only of a file the policy allowed to be read);
+* **reads ahead** while the agent reads sequentially: up to ``depth`` blocks (and at most
+  :data:`READ_AHEAD_BYTES`) past the last request are already asked of the target (only of a
+  file the policy allowed to be read);
 * **writes behind**: a write is acknowledged once it is handed to the target, with at most
   ``depth`` writes in flight. A failed write is reported to the agent on its next request on
   that handle, and at ``close`` at the latest, which then fails: the agent never sees a
@@ -22,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from typing import Final
+from collections.abc import Coroutine
+from typing import Any, Final, cast
 
 import asyncssh
 
 MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
+READ_AHEAD_BYTES: Final = 8 * 1024 * 1024
 
 
 class StreamDigest:
@@ -74,6 +77,12 @@ class StreamDigest:
         return self._hash.hexdigest()
 
 
+def _retrieve(task: asyncio.Task[bytes]) -> None:
+    """Mark a read's outcome as seen (a dropped read ahead may fail unobserved)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class RemoteHandle:
     """An open file on the target, with read-ahead and write-behind."""
 
@@ -93,8 +102,6 @@ class RemoteHandle:
         self.raise_pending()
         task = self._ahead.pop(offset, None)
         if task is None or size != self._ahead_size:
-            if task is not None:
-                task.cancel()
             self._drop_ahead()
             task = self._fetch(offset, size)
         self._ahead_size = size
@@ -107,17 +114,21 @@ class RemoteHandle:
         return data
 
     def _fetch(self, offset: int, size: int) -> asyncio.Task[bytes]:
-        return asyncio.ensure_future(self.remote.read(size, offset))
+        read = cast(Coroutine[Any, Any, bytes], self.remote.read(size, offset))
+        task = asyncio.ensure_future(read)
+        task.add_done_callback(_retrieve)
+        return task
 
     def _extend_ahead(self, start: int, size: int) -> None:
-        for i in range(self.depth):
+        blocks = max(1, min(self.depth, READ_AHEAD_BYTES // max(size, 1)))
+        for i in range(blocks):
             offset = start + i * size
             if offset not in self._ahead:
                 self._ahead[offset] = self._fetch(offset, size)
 
     def _drop_ahead(self) -> None:
-        for task in self._ahead.values():
-            task.cancel()
+        # Not cancelled: asyncssh splits a large read into sub-requests whose errors would go
+        # unretrieved; a read ahead that is no longer wanted just finishes and is dropped.
         self._ahead.clear()
 
     # --- writes ------------------------------------------------------------------------------
