@@ -9,6 +9,7 @@ with ``synchronous=FULL``; TLS, a certificate-bound token as the password), then
 workload against each path, interleaved, with ``-c N -j 2 -T S``:
 
 * ``select-only``: ``pgbench -S`` (the builtin select-only script, simple protocol);
+* ``select-prepared``: the same with ``-M prepared`` (Parse once, then Bind/Execute);
 * ``mixed``: ``BEGIN; UPDATE pgbench_accounts ...; SELECT ...; END;`` per transaction.
 
 Each row gives the TPS pgbench reports (without connection time) and the ratio to the direct
@@ -168,12 +169,15 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )  # fmt: skip
             workloads = {
                 "select-only": ["-S"],
+                "select-prepared": ["-S", "-M", "prepared"],
                 "mixed": ["-f", str(root / "mixed.sql")],
             }
             common = ["-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
             results: list[dict[str, Any]] = []
             for workload, script in workloads.items():
                 for path, (where, extra) in paths.items():
+                    if workload == "select-prepared" and path == "pgbouncer":
+                        continue  # transaction pooling cannot keep prepared statements
                     log(f"{workload} via {path}")
                     tps = await pgbench([*script, *common, *where], extra)
                     results.append({"workload": workload, "path": path, "tps": round(tps, 1),

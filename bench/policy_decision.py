@@ -21,6 +21,11 @@ SSH commands repeat (their parse is cached) except in ``ssh-uncached``; SQL is o
 statement repeated (``sql``), the same statement with new literal values every call
 (``sql-literals``), and a new statement shape every call (``sql-uncached``).
 
+Each series is measured in the steady state: its warm-up decides every request of the pool
+once, so each (agent, target) context the timed calls meet has been decided before, as in a
+session of an agent on a target. What the first decision of a context costs is measured
+apart, in ``http-new-context``: the same HTTP requests, each from a runtime never seen before.
+
 Every latency is one ``decide`` call on a request dict, timed with
 ``time.perf_counter_ns`` (GC off while timing, warmed up first). The figures are
 ratios against baselines measured in the same run; nothing here gates CI, and the
@@ -582,6 +587,15 @@ class Budget:
         return max(self.least, min(self.most, int(self.seconds / max(per_call_s, 1e-9))))
 
 
+WARM_TIMED = 200  # the last warm-up calls, timed to size the series
+
+
+def steady_warmup(pool: list[Json]) -> list[Json]:
+    """Every request of the pool once (so every context the timed calls meet has been decided
+    before), then the first ones again: the timed tail of the warm-up is in the steady state."""
+    return pool + pool[:WARM_TIMED]
+
+
 @dataclass
 class Series:
     """One measurement: ``call`` timed on ``requests`` (cycled), after ``warmup``."""
@@ -597,11 +611,14 @@ class Series:
     outcomes: Counter[str] = field(default_factory=Counter)
 
     def warm(self) -> None:
-        """Run the warm-up calls, and size the series from their speed."""
-        start = time.perf_counter()
-        for request in self.warmup:
+        """Run the warm-up calls, and size the series from the speed of the last ones."""
+        timed = min(WARM_TIMED, len(self.warmup))
+        for request in self.warmup[: len(self.warmup) - timed]:
             self.call(request)
-        per_call = (time.perf_counter() - start) / max(1, len(self.warmup))
+        start = time.perf_counter()
+        for request in self.warmup[len(self.warmup) - timed :]:
+            self.call(request)
+        per_call = (time.perf_counter() - start) / max(1, timed)
         self.planned = self.budget.calls(per_call)
 
     def run(self, count: int) -> None:
@@ -761,13 +778,31 @@ def _cycle(items: list[Json], count: int) -> list[Json]:
     return (items * (count // len(items) + 1))[:count]
 
 
-def http_row(size: int, plan: Plan, seed: int, log: Log) -> tuple[Row, list[Json], list[Json]]:
-    """The HTTP row (Tether and cedarpy series), with both engines' request lists."""
+def with_new_runtime(requests: list[Json]) -> list[Json]:
+    """The requests, each from a runtime never seen before (no rule here selects runtimes, so
+    every decision stays the same): the first decision of each (agent, runtime, target)."""
+    return [{**r, "runtime": {"id": f"rt-{next(_unique)}"}} for r in requests]
+
+
+def http_row(
+    size: int, plan: Plan, seed: int, log: Log
+) -> tuple[list[Row], list[Json], list[Json]]:
+    """The HTTP rows (Tether and cedarpy; new contexts), with both engines' request lists."""
     gen = generate(("http",), size, seed)
     policy_set, load_s = load(gen, log)
     requests = make_requests(gen, "http", POOL, random.Random(f"{seed}-req-http-{size}"))
-    series = Series(policy_set.decide, requests, requests[:1_000], plan.cached, engine_outcome)
+    series = Series(
+        policy_set.decide, requests, steady_warmup(requests), plan.cached, engine_outcome
+    )
     row = Row("http", size, size, series, load_s)
+    new_contexts = Series(
+        policy_set.decide,
+        with_new_runtime(_cycle(requests, plan.uncached.most)),
+        with_new_runtime(requests[-WARM_TIMED:]),
+        plan.uncached,
+        engine_outcome,
+    )
+    new_row = Row("http-new-context", size, size, new_contexts, load_s)
     start = time.perf_counter()
     policies = cedarpy.PolicySet.from_str(gen.cedar_text())
     entities = cedarpy.Entities.from_json_str(gen.cedar_entities())
@@ -779,7 +814,7 @@ def http_row(size: int, plan: Plan, seed: int, log: Log) -> tuple[Row, list[Json
 
     warmup = cedar_requests[-10:]  # the timed calls start at the pool's first request
     row.cedar = Series(cedar_call, cedar_requests, warmup, plan.cedar, cedar_outcome)
-    return row, requests, cedar_requests
+    return [row, new_row], requests, cedar_requests
 
 
 def agreement(row: Row, requests: list[Json], cedar_requests: list[Json], log: Log) -> float:
@@ -804,12 +839,14 @@ def ssh_rows(
 ) -> list[Row]:
     requests = make_requests(gen, "ssh", POOL, random.Random(f"{seed}-req-ssh-{gen.size}"))
     of_kind = len(gen.of_kind("ssh"))
-    cached = Series(policy_set.decide, requests, requests[:1_000], plan.cached, engine_outcome)
+    cached = Series(
+        policy_set.decide, requests, steady_warmup(requests), plan.cached, engine_outcome
+    )
 
     def unique_command(_: int) -> Json:
         return {"ssh": {"command": f"ls -la /var/log/app-{next(_unique)} | grep error"}}
 
-    warmup = with_action(requests[:100], unique_command)
+    warmup = with_action(steady_warmup(requests), unique_command)
     distinct = with_action(_cycle(requests, plan.uncached.most), unique_command)
     fresh = Series(policy_set.decide, distinct, warmup, plan.uncached, engine_outcome)
     return [
@@ -847,7 +884,7 @@ def sql_rows(
         def action(_: int, make: Callable[[], str] = make_query) -> Json:
             return {"sql": {"query": make()}}
 
-        warmup = with_action(pool[:200], action)
+        warmup = with_action(steady_warmup(pool), action)
         requests = with_action(_cycle(pool, budget.most), action)
         series = Series(policy_set.decide, requests, warmup, budget, engine_outcome)
         rows.append(Row(kind, gen.size, of_kind, series, load_s))
@@ -860,7 +897,7 @@ HTTP_P50_GOAL_US = 20.0
 CEDAR_SPEEDUP_GOAL = 20.0
 SCALING_GOAL = 2.0
 SQL_GOALS_US = {"sql": 30.0, "sql-literals": 60.0}
-ORDER = ("http", "ssh", "ssh-uncached", "sql", "sql-literals", "sql-uncached")
+ORDER = ("http", "http-new-context", "ssh", "ssh-uncached", "sql", "sql-literals", "sql-uncached")
 
 
 def judge(rows: list[Row]) -> None:
@@ -940,8 +977,8 @@ def run(plan: Plan, seed: int, log: Log) -> list[Row]:
     cedar_inputs: dict[int, tuple[list[Json], list[Json]]] = {}
     for size in plan.sizes:
         log(f"{size:,} rules")
-        row, requests, cedar_requests = http_row(size, plan, seed, log)
-        rows.append(row)
+        http_rows, requests, cedar_requests = http_row(size, plan, seed, log)
+        rows.extend(http_rows)
         cedar_inputs[size] = (requests, cedar_requests)
         gen = generate(("ssh", "sql"), size, seed)  # one set: loading YAML is the slow part
         policy_set, load_s = load(gen, log)

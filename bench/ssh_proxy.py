@@ -39,8 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.identity.conftest_sshd import running_sshd  # noqa: E402
-from tests.proxy_ssh.harness import (  # noqa: E402
+from tests.identity.conftest_sshd import running_sshd
+from tests.proxy_ssh.harness import (
     Agent,
     Stack,
     build_stack,

@@ -191,7 +191,7 @@ def _http_broker(settings: Settings, state: AppState) -> HttpBroker | None:
     identity = state.identity
     services = Services(
         policies=state.policies, identity=identity, secrets=state.secrets,
-        targets=state.targets, auditor=state.auditor,
+        targets=state.targets, auditor=state.auditor, approvals=state.approvals,
         agents=AgentLabels(state.store.engine, ttl=identity.settings.revocation_poll),
     )  # fmt: skip
     return HttpBroker(services, settings.http_proxy, issuer=identity.settings.issuer)
@@ -205,7 +205,7 @@ async def _pg_broker(settings: Settings, state: AppState) -> PgBroker | None:
     identity = state.identity
     services = Services(
         policies=state.policies, identity=identity, secrets=state.secrets,
-        targets=state.targets, auditor=state.auditor,
+        targets=state.targets, auditor=state.auditor, approvals=state.approvals,
         agents=AgentLabels(state.store.engine, ttl=identity.settings.revocation_poll),
     )  # fmt: skip
     broker = PgBroker(
@@ -224,7 +224,7 @@ async def _ssh_broker(settings: Settings, state: AppState) -> SshBroker | None:
     identity = state.identity
     services = Services(
         policies=state.policies, identity=identity, secrets=state.secrets,
-        targets=state.targets, auditor=state.auditor,
+        targets=state.targets, auditor=state.auditor, approvals=state.approvals,
         agents=AgentLabels(state.store.engine, ttl=identity.settings.revocation_poll),
     )  # fmt: skip
     broker = SshBroker(services, settings.ssh, settings.data_dir)

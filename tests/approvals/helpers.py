@@ -35,6 +35,12 @@ rules:
     targets: [files]
     files: {write: ["/srv/**"]}
     approval: {approvers: ["group:sre"], valid_for: 5m, allow_self: true}
+  - id: refund
+    effect: allow
+    agents: [bot]
+    targets: [billing]
+    http: {methods: [POST], paths: ["/v1/refunds"]}
+    approval: {approvers: ["group:finance"], valid_for: 5m, bind_body: true}
   - id: sam-may-restart
     effect: allow
     users: [sam]

@@ -228,3 +228,24 @@ async def test_every_step_is_in_the_audit_trail(api: Api) -> None:
         "/v1/audit/events?kind=admin.change&user=user:sam", headers=api.admin
     )
     assert any(e["action"]["name"] == "user.login" for e in logins.json()["events"])
+
+
+async def test_users_without_a_role_see_only_what_they_may_decide(api: Api) -> None:
+    bot = await api.agent("bot")
+    carol = await api.human("carol", roles=())  # named by rule invoices-write as user:carol
+    nobody = await api.human("nemo", roles=())
+    invoice = {"http": {"method": "POST", "path": "/v1/invoices/7"}}
+    for_carol = (await ask(api, bot, invoice, target="billing")).json()
+    restart = (await ask(api, bot, RESTART)).json()
+    listed = (await api.http.get("/v1/access-requests", headers=carol)).json()
+    assert [r["id"] for r in listed["access_requests"]] == [for_carol["id"]]
+    assert (
+        await api.http.get(f"/v1/access-requests/{for_carol['id']}", headers=carol)
+    ).status_code == 200
+    assert (
+        await api.http.get(f"/v1/access-requests/{restart['id']}", headers=carol)
+    ).status_code == 404
+    assert (await api.http.get("/v1/access-requests", headers=nobody)).json()[
+        "access_requests"
+    ] == []
+    assert (await api.http.get("/v1/access-requests/events", headers=nobody)).status_code == 403

@@ -169,3 +169,17 @@ async def test_undecided_requests_lapse_and_free_their_key(world: World) -> None
         await world.approvals.approve(pending.id, sam, None)
     _, fresh = await world.approvals.decide(ssh_request("systemctl restart app"))
     assert fresh is not None and fresh.id != pending.id and fresh.status == "pending"
+
+
+async def test_a_body_bound_approval_holds_for_that_body_only(world: World) -> None:
+    fay = await world.user("fay", "finance")
+    refund = http_request("POST", "/v1/refunds")
+    decision, none = await world.approvals.decide(refund)  # the body was not read
+    assert decision.decision == "approval_required" and none is None
+    _, pending = await world.approvals.decide(refund, body=b'{"amount": 10}')
+    assert pending is not None and "body_sha256" in pending.action
+    await world.approvals.approve(pending.id, fay, None)
+    assert (await world.approvals.decide(refund, body=b'{"amount": 10}'))[0].decision == "allow"
+    other, _ = await world.approvals.decide(refund, body=b'{"amount": 10000}')
+    assert other.decision == "approval_required"
+    assert (await world.approvals.decide(refund))[0].decision == "approval_required"

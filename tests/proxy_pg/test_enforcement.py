@@ -182,3 +182,17 @@ async def test_copy_stdin_and_stdout(broker: Broker) -> None:
     assert rows(await wire.query("SELECT count(*) FROM items WHERE id = 201")) == [["0"]]
     await wire.query("DELETE FROM items WHERE id = 200")
     wire.close()
+
+
+async def test_empty_queries_and_path_refresh_after_an_error(broker: Broker) -> None:
+    wire = await _session(broker)
+    frames = await wire.query(" ; ")
+    assert [f[0] for f in frames] == [0x49, T_READY]  # EmptyQueryResponse from the server
+    # A search path touched in a transaction that then fails: no refresh while aborted.
+    assert status(await wire.query("BEGIN")) == "T"
+    assert not errors(await wire.query("SET LOCAL search_path = vault"))
+    assert [e.sqlstate for e in errors(await wire.query("SELECT 1/0"))] == ["22012"]
+    assert [e.sqlstate for e in errors(await wire.query("SELECT 1"))] == ["25P02"]
+    assert status(await wire.query("ROLLBACK")) == "I"
+    assert rows(await wire.query("SELECT count(*) > 0 FROM items")) == [["t"]]
+    wire.close()

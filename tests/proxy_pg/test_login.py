@@ -48,6 +48,10 @@ async def test_dpop_login_and_refusals(broker: Broker) -> None:
     assert await _login_error(broker, "") == "28P01"
     events = await broker.events("session.start")
     assert len(events) == 1 and events[0]["agent"] == "bot"
+    refused = await broker.events("token.refused")
+    assert len(refused) == 7 and all(e["target"] in ("app", "dyn") for e in refused)
+    assert all(e["source_ip"] == "127.0.0.1" for e in refused)
+    assert agent.token not in str(refused)
 
 
 async def test_tls_required_and_unknown_database(broker: Broker) -> None:

@@ -29,7 +29,7 @@ def test_rfc7677_example() -> None:
         b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
         b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
     )
-    client.verify(b"v=6rriTRBi23WpRR/wcL4XD2OaMNB4uBkLEuOpwKQ5E4Q=")
+    client.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,7 @@ def test_node_serves_ssh(tmp_path: Path, tether_bin: Path, clean_env: dict[str, 
                 "ssh", "-F", "/dev/null", "-p", str(ssh_port), "-i", str(tmp_path / "id"),
                 "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes",
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR",
                 "root@web-1@127.0.0.1", "echo", "through", "tether",
             ]  # fmt: skip
             status, out, err = asyncio.run(run(argv))

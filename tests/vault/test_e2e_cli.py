@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.identity_e2e.test_e2e_serve import Cluster
+from tests.test_serve import Node
 
 from .conftest import ca_pem, ssh_public_key
 
@@ -23,9 +24,21 @@ TOKEN = re.compile(r"tat_[0-9a-f]{12}\.[A-Za-z0-9_-]{43}")
 VALUE = "sk_live_E2E-value-0123456789"
 
 
+class PatientCluster(Cluster):
+    """Waits longer for the node to start: the test machine is shared and often loaded."""
+
+    def start(self) -> Node:
+        args = [str(self.tether), "serve", "--policies", "pol", "--data-dir", "data",
+                "--listen", f"127.0.0.1:{self.port}"]  # fmt: skip
+        node = Node(args, self.root, self.env)
+        self.nodes.append(node)
+        node.wait_for_log("tether serving on", timeout=90)
+        return node
+
+
 @pytest.fixture
 def cluster(tmp_path: Path, tether_bin: Path, clean_env: dict[str, str]) -> Cluster:
-    made = Cluster(tmp_path, tether_bin, clean_env)
+    made = PatientCluster(tmp_path, tether_bin, clean_env)
     yield made  # type: ignore[misc]
     made.stop()
 

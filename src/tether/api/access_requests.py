@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tether.api.adminauth import audit_admin
 from tether.api.bodies import body_schema, json_body
 from tether.api.certs import agent_claims
-from tether.api.humans import signed_in, signed_in_user
+from tether.api.humans import Caller, signed_in, signed_in_user
 from tether.api.problems import ProblemError
 from tether.api.state import AppState
 from tether.approvals.digest import ActionDigest, canonical_json
@@ -186,11 +186,17 @@ async def list_requests(
     caller = await signed_in(request)
     service = _approvals(request)
     found = await service.search(status=status, agent_id=agent, limit=limit)
-    if actionable:
-        user = caller.user
+    user = caller.user
+    if actionable or not _reads_all(caller):
         found = [r for r in found if user is not None and r.status == "pending"
                  and service.may_vote(r, user) is None and user.id not in _voters(r)]  # fmt: skip
     return {"access_requests": [r.to_json() for r in found]}
+
+
+def _reads_all(caller: Caller) -> bool:
+    """Admin tokens and users with a role read every request; other users (named as
+    approvers by a rule, without a role) see only the requests they may vote on."""
+    return caller.user is None or bool(caller.user.roles)
 
 
 def _voters(found: AccessRequest) -> set[str]:
@@ -203,7 +209,8 @@ async def events(
     seconds: Annotated[float, Query(gt=0, le=3600)] = STREAM_SECONDS,
 ) -> StreamingResponse:
     """Server-sent events: one ``access-request`` event per change, for ``seconds``."""
-    await signed_in(request)
+    if not _reads_all(await signed_in(request)):
+        raise ProblemError(403, "the event stream needs a role (admin, approver or auditor)")
     service = _approvals(request)
     return StreamingResponse(
         _stream(request, service, seconds),
@@ -245,7 +252,7 @@ async def show(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0,
 ) -> JSONResponse:
     """One access request; with ``wait``, answers once it is decided or ``wait`` passed."""
-    agent_id = await _reader(request)
+    agent_id, caller = await _reader(request)
     service = _approvals(request)
     deadline = time.monotonic() + wait
     while True:
@@ -255,19 +262,31 @@ async def show(
             raise _problem(error) from None
         if agent_id is not None and found.agent_id != agent_id:
             raise ProblemError(404, f"no access request {request_id!r}")
+        if caller is not None and not _reads_all(caller) and not _concerns(found, caller):
+            raise ProblemError(404, f"no access request {request_id!r}")
         left = deadline - time.monotonic()
         if found.status != "pending" or left <= 0 or await request.is_disconnected():
             return _answer(request, found)
         await service.bell.wait(min(left, 1.0))
 
 
-async def _reader(request: Request) -> str | None:
-    """The agent id for an agent's DPoP call; None for a signed-in human (or 401)."""
+async def _reader(request: Request) -> tuple[str | None, Caller | None]:
+    """The agent id for an agent's DPoP call, or the signed-in human (or 401)."""
     values = request.headers.getlist("authorization")
     if values and values[0].partition(" ")[0].lower() == "dpop":
-        return (await agent_claims(request)).agent_id
-    await signed_in(request)
-    return None
+        return (await agent_claims(request)).agent_id, None
+    return None, await signed_in(request)
+
+
+def _concerns(found: AccessRequest, caller: Caller) -> bool:
+    """Whether a user without a role may read ``found``: they are named as its approver."""
+    user = caller.user
+    return user is not None and any(
+        spec == f"user:{user.id}"
+        or (spec.startswith("group:") and spec[6:] in user.groups)
+        or (spec == "owner" and found.owner == user.id)
+        for spec in found.approvers
+    )
 
 
 @router.post("/{request_id}/approve", openapi_extra=body_schema(VoteBody))

@@ -40,7 +40,8 @@ class Bell:
 
 class ActionDigests:
     """The digests of one request's action (with and without the HTTP body), made on demand;
-    None when the action does not normalise (the engine denies it anyway)."""
+    None when the action does not normalise (the engine denies it anyway), or when a rule
+    binds the body and the caller gave none (an absent body is not an empty one)."""
 
     def __init__(self, request: Mapping[str, Any], body: bytes | None, default_schema: str):
         self.request, self.body, self.default_schema = request, body, default_schema
@@ -48,6 +49,8 @@ class ActionDigests:
 
     def for_rule(self, approval: Approval | None) -> ActionDigest | None:
         bind_body = approval is not None and approval.bind_body
+        if bind_body and self.body is None:
+            return None  # the front-end did not read the body: nothing to bind, refuse
         if bind_body not in self._made:
             try:
                 self._made[bind_body] = action_digest(
@@ -97,3 +100,16 @@ def delegation_user(request: Mapping[str, Any]) -> str | None:
     if isinstance(delegation, Mapping) and isinstance(delegation.get("user"), str):
         return str(delegation["user"])
     return None
+
+
+def status_path(request_id: str) -> str:
+    """The API path an agent polls for the request's decision."""
+    return f"/v1/access-requests/{request_id}"
+
+
+def pending_detail(pending: AccessRequest) -> str:
+    """What a refusal says of the access request it raised."""
+    return (
+        f"access request {pending.id} is {pending.status} "
+        f"({pending.approvals}/{pending.required} approvals); status: {status_path(pending.id)}"
+    )

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
+from tether.approvals.binding import pending_detail, status_path
 from tether.approvals.model import AccessRequest
 from tether.approvals.service import ApprovalService
 from tether.policy import Decision
@@ -32,20 +33,11 @@ REASON_HEADER: Final = "x-tether-reason"
 _WAIT: Final = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d{1,6})(?:\s*(?:[;,]|$))", re.IGNORECASE)
 
 
-def status_path(request_id: str) -> str:
-    """The API path an agent polls for the request's decision."""
-    return f"/v1/access-requests/{request_id}"
-
-
 def refusal_line(decision: Decision, pending: AccessRequest | None) -> str:
     """One line naming the rule, the access request, its status and where to follow it."""
     if pending is None:
         return f"Tether: approval required by rule {decision.rule} (no access request: no task)"
-    return (
-        f"Tether: approval required by rule {pending.rule_id}: access request {pending.id} "
-        f"is {pending.status} ({pending.approvals}/{pending.required} approvals); "
-        f"status: {status_path(pending.id)}"
-    )
+    return f"Tether: approval required by rule {pending.rule_id}: {pending_detail(pending)}"
 
 
 def problem_members(pending: AccessRequest, base_url: str = "") -> dict[str, Any]:

@@ -28,6 +28,7 @@ Security decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Callable, Collection, Mapping
@@ -46,6 +47,7 @@ from tether.approvals.binding import (
     grant_row,
     ident,
     names,
+    pending_detail,
     pending_key,
 )
 from tether.approvals.digest import ActionDigest
@@ -96,7 +98,8 @@ class ApprovalService:
         default_schema: str = "public",
     ) -> tuple[Decision, AccessRequest | None]:
         """The decision for a spec request with the approvals held for it, and the access
-        request (created or found) when the answer is ``approval_required``.
+        request (created or found) when the answer is ``approval_required``; the decision's
+        ``detail`` then names that request, its status and its status path.
 
         Grants are looked up only for the rule an ``approval_required`` names, one rule at
         a time (an action of several parts may need several): an allowed or denied action
@@ -124,7 +127,8 @@ class ApprovalService:
                     runtime_id=ident(request.get("runtime")),
                     delegation_user=delegation_user(request), reason=reason,
                 )  # fmt: skip
-                return decision, await self.request(ask)
+                pending = await self.request(ask)
+                return dataclasses.replace(decision, detail=pending_detail(pending)), pending
             held.append(rule_id)
             decision = policies.decide(
                 {**request, "approvals": held}, default_schema=default_schema

@@ -158,13 +158,14 @@ class _Candidates:
 
     __slots__ = ("_by_key", "_keyed", "_unkeyed", "rules")
 
-    def __init__(self, rules: Sequence[Rule]) -> None:
+    def __init__(self, rules: Sequence[Rule], keys_of: Mapping[int, frozenset[str] | None]) -> None:
+        """``keys_of[rule.index]`` is ``rule.action.keys()``, computed once per load."""
         self.rules = tuple(rules)
         self._by_key: dict[tuple[str, ...], tuple[Rule, ...]] = {}
         keyed: dict[str, list[Rule]] = {}
         unkeyed: list[Rule] = []
         for rule in self.rules:
-            keys = rule.action.keys()
+            keys = keys_of[rule.index]
             if keys is None:
                 unkeyed.append(rule)
             else:
@@ -217,6 +218,7 @@ class PolicySet:
         self._agent_index = _Index((r for r in self.rules if r.subject in (AGENT, ANY)), True)
         self._human_index = _Index((r for r in self.rules if r.subject in (HUMAN, ANY)), False)
         self.by_id = {r.id: r for r in self.rules}
+        self._action_keys = {r.index: r.action.keys() for r in self.rules}
         # Context -> applicable rules. The set is immutable, so entries never go stale.
         self._candidate_cache: dict[tuple[str | None, ...], _Context] = {}
         # The decisions a rule can make are values: built once, not per request.
@@ -305,7 +307,8 @@ class PolicySet:
                     request.kind, request.target_name, target_labels, agent_key, labels
                 )
                 if _applies(r, who, request)
-            ]
+            ],
+            self._action_keys,
         )
         cache = self._candidate_cache
         if len(cache) >= _CANDIDATE_CACHE_SIZE:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from tether.api.state import PolicyHolder
+    from tether.approvals.service import ApprovalService
     from tether.audit.emit import Auditor
     from tether.identity.claims import Claims
     from tether.identity.service import IdentityService
@@ -92,6 +93,7 @@ class Services:
     targets: TargetStore
     agents: AgentLabels
     auditor: Auditor | None = None
+    approvals: ApprovalService | None = None  # grants and access requests (tether.approvals)
 
 
 def actor_chain(claims: Claims) -> tuple[str, ...]:

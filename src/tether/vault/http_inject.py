@@ -25,11 +25,11 @@ import base64
 import re
 import ssl
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import quote
 
 from tether.vault.oauth2 import ClientCredentials, OAuth2Error, OAuth2Tokens
-from tether.vault.secrets import SecretNotFound, SecretStore
+from tether.vault.secrets import SecretNotFound
 from tether.vault.target_specs import (
     BasicCredential,
     BearerCredential,
@@ -41,6 +41,12 @@ from tether.vault.target_specs import (
 
 Header = tuple[bytes, bytes]
 _HEADER_VALUE: Final = re.compile(rb"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+
+
+class SecretSource(Protocol):
+    """Where secret values come from: a :class:`tether.vault.secrets.SecretStore`."""
+
+    async def get(self, name: str) -> bytes: ...
 
 
 class InjectionError(Exception):
@@ -75,7 +81,7 @@ NO_INJECTION: Final = Injection()
 
 async def injection_for(
     credential: HttpCredential | None,
-    secrets: SecretStore,
+    secrets: SecretSource,
     tokens: OAuth2Tokens,
     tls: ssl.SSLContext | None = None,
 ) -> Injection:
@@ -99,7 +105,7 @@ async def injection_for(
     return await _oauth2(credential, value, tokens, tls)
 
 
-async def _secret(secrets: SecretStore, name: str) -> bytes:
+async def _secret(secrets: SecretSource, name: str) -> bytes:
     try:
         return await secrets.get(name)
     except SecretNotFound:

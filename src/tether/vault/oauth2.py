@@ -97,9 +97,13 @@ class OAuth2Tokens:
         self._inflight[key] = future
         try:
             token = await self._fetch(client, tls)
-        except BaseException as error:
-            future.set_exception(error if isinstance(error, Exception) else OAuth2Error("aborted"))
+        except asyncio.CancelledError:
+            future.set_exception(OAuth2Error("the token fetch was cancelled"))
             future.exception()  # retrieved: waiters get it; nobody else must log it
+            raise
+        except Exception as error:
+            future.set_exception(error)
+            future.exception()
             raise
         finally:
             del self._inflight[key]

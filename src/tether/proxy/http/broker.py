@@ -42,6 +42,8 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tether.approvals.frontend import agent_reason, prefer_wait, problem_members, wait_decided
+from tether.approvals.model import AccessRequest
 from tether.audit.log import AuditUnavailable
 from tether.audit.subject import Subject
 from tether.identity.claims import Claims
@@ -54,6 +56,7 @@ from tether.proxy.http import refusals
 from tether.proxy.http.auditlater import AuditLater
 from tether.proxy.http.config import HttpProxyConfig
 from tether.proxy.http.exchange import Exchange
+from tether.proxy.http.flight import SingleFlight
 from tether.proxy.http.forward import Plan
 from tether.proxy.http.routing import Route, Router, query_keys
 from tether.proxy.http.upstream import Origin, TlsContexts, UpstreamPool
@@ -79,6 +82,7 @@ class HttpBroker:
         oauth: OAuth2Tokens | None = None,
     ) -> None:
         self.services, self.config = services, config
+        self.issuer = issuer
         self.router = Router(issuer=issuer, domain=config.domain, scheme=config.scheme)
         self.pool = pool or UpstreamPool(
             pool_size=config.upstream_pool_size,
@@ -88,6 +92,10 @@ class HttpBroker:
         self.oauth = oauth or OAuth2Tokens()
         self.tls = TlsContexts()
         self.audit_later = AuditLater()
+        # One store query per expired cache entry, however many requests need it at once.
+        self.targets = SingleFlight(services.targets.get)
+        self.secrets = SingleFlight(services.secrets.get)
+        self.labels = SingleFlight(services.agents.get)
         self._plans: dict[str, tuple[datetime, Plan]] = {}
 
     async def close(self) -> None:
@@ -109,23 +117,24 @@ class HttpBroker:
             return
         source_ip = _client_ip(scope)
         who = subject_of(claims, source_ip=source_ip)
-        target = await self.services.targets.get(route.target)
+        target = await self.targets.get(route.target)
         if target is None or not isinstance(target.spec, HttpTargetSpec):
             await self._unknown_target(route, scope, who, request_id, receive, send)
             return
         policy_headers = _policy_headers(scope["headers"])
         action = {"method": scope["method"], "path": route.request_target,
                   "headers": policy_headers}  # fmt: skip
-        labels = await self.services.agents.get(claims.agent_id)
+        labels = await self.labels.get(claims.agent_id)
         request = policy_request(claims, labels, target, {"http": action}, source_ip=source_ip)
-        decision = decide(self.services, request)
+        decision, pending = await self._decide(request, scope["headers"])
         if not await self._audit_decision(request, route, decision, who, started):
             await refusals.plain(503, "the audit trail is unavailable", request_id)(
                 scope, receive, send
             )
             return
         if not decision.allowed:
-            await refusals.denied(decision, request_id)(scope, receive, send)
+            access = None if pending is None else problem_members(pending, self.issuer)
+            await refusals.denied(decision, request_id, access)(scope, receive, send)
         elif "upgrade" in policy_headers:
             await refusals.plain(501, "WebSocket tunnelling is not available", request_id)(
                 scope, receive, send
@@ -133,6 +142,22 @@ class HttpBroker:
         else:
             exchange = Exchange(self, route, target, self.plan(target), claims, who, decision)
             await exchange.run(scope, receive, send, request_id, started)
+
+    async def _decide(
+        self, request: dict[str, Any], headers: list[tuple[bytes, bytes]]
+    ) -> tuple[Decision, AccessRequest | None]:
+        """The decision with the grants held (tether.approvals); ``Prefer: wait=N`` waits
+        for a raised access request to be decided, then decides again."""
+        approvals = self.services.approvals
+        if approvals is None:
+            return decide(self.services, request), None
+        reason = agent_reason(v.decode("latin-1") for n, v in headers if n == b"x-tether-reason")
+        decision, pending = await approvals.decide(request, reason=reason)
+        wait = prefer_wait(v.decode("latin-1") for n, v in headers if n == b"prefer")
+        if pending is not None and wait > 0:
+            await wait_decided(approvals, pending.id, wait)
+            decision, pending = await approvals.decide(request, reason=reason)
+        return decision, pending
 
     def _over_limits(
         self, route: Route, headers: list[tuple[bytes, bytes]]

@@ -109,7 +109,7 @@ class Exchange:
         ):
             raise BodyTooLarge
         injection = await injection_for(
-            spec.credential, broker.services.secrets, broker.oauth, self.plan.origin.tls
+            spec.credential, broker.secrets, broker.oauth, self.plan.origin.tls
         )
         headers = request_headers(scope["headers"], self.target.name,
                                   injected=injection.header_names)  # fmt: skip

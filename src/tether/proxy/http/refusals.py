@@ -8,11 +8,13 @@ echo the injected credential).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from starlette.responses import JSONResponse
 
 from tether.api.problems import problem
+from tether.approvals.frontend import RETRY_AFTER
 from tether.identity.dpop import DEFAULT_ALGS
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
@@ -38,23 +40,31 @@ def credential_refused(error: CredentialError, request_id: str) -> JSONResponse:
     )
 
 
-def denied(decision: Decision, request_id: str) -> JSONResponse:
-    """403 naming the reason, the rule (or null) and the request id."""
+def denied(
+    decision: Decision, request_id: str, access: Mapping[str, Any] | None = None
+) -> JSONResponse:
+    """403 naming the reason, the rule (or null) and the request id; for an approval, the
+    access request raised (``access``: its id, status and status URL) and ``Retry-After``."""
     members: dict[str, Any] = {
         "decision": decision.decision,
         "reason": decision.reason,
         "rule": decision.rule,
         "request_id": request_id,
+        **(access or {}),
     }
+    headers = {REQUEST_ID: request_id}
     if decision.decision == "approval_required":
         detail = f"rule {decision.rule!r} needs a human approval for this request"
+        if access is not None:
+            detail += f": access request {access['access_request']}, see {access['status_url']}"
+            headers["Retry-After"] = str(RETRY_AFTER)
     elif decision.rule is not None:
         detail = f"denied by rule {decision.rule!r} ({decision.reason})"
     else:
         detail = f"denied ({decision.reason})"
     if decision.detail and decision.decision != "approval_required":
         detail = f"{detail}: {decision.detail}"
-    return problem(403, detail, headers={REQUEST_ID: request_id}, **members)
+    return problem(403, detail, headers=headers, **members)
 
 
 def plain(status: int, detail: str, request_id: str, **members: Any) -> JSONResponse:

@@ -50,17 +50,23 @@ class ToClient:
 
 @dataclass(frozen=True, slots=True)
 class AuditDecided:
-    """Statements decided; the driver commits these events before the next command."""
+    """Statements decided; the driver commits these events before the next command.
+    ``ref`` (unique in the session, 0 for refusals) ties later results to these events."""
 
     records: tuple[StatementRecord, ...]
+    ref: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class AuditResult:
+    """The server's answer to statement ``index`` of the ``AuditDecided`` ``ref``."""
+
     record: StatementRecord
     rows: int | None
     error: str | None
     duration_ms: float
+    ref: int = 0
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,10 +112,12 @@ class Pump:
                     self.end("client-closed")
                     return
                 self.bytes_in += len(data)
+                commands: list[Command] = []
                 for message, raw in self.decoder.feed(data):
-                    await self._run(self.session.client(message, raw))
-                    if self.reason is not None:
-                        return
+                    commands += self.session.client(message, raw)
+                await self._run(commands)
+                if self.reason is not None:
+                    return
         except c.ProtocolViolation as error:
             fatal = be.error("08P01", str(error), severity="FATAL").encode()
             self.end("protocol", fatal)
@@ -179,25 +181,37 @@ class Pump:
         self.client_writer.write(data)
 
     async def _run(self, commands: list[Command]) -> None:
+        """Carry out ``commands`` in order. Bytes are gathered and written once at the end
+        (or before an ``End``), so they always follow the audit events awaited before them:
+        a statement is never written before its ``AuditDecided`` committed."""
+        to_server, to_client = bytearray(), bytearray()
         for command in commands:
-            if type(command) is ToServer:
-                self.upstream.writer.write(command.data)
-            elif type(command) is ToClient:
-                self._to_client(command.data)
-            elif type(command) is AuditDecided:
+            if isinstance(command, ToServer):
+                to_server += command.data
+            elif isinstance(command, ToClient):
+                to_client += command.data
+            elif isinstance(command, AuditDecided):
                 await self.audit.decided(command.records)
-            elif type(command) is AuditResult:
+            elif isinstance(command, AuditResult):
                 task = asyncio.create_task(self._completed(command))
                 self._results.add(task)
                 task.add_done_callback(self._results.discard)
             elif isinstance(command, End):
+                self._write(to_server, to_client)
                 if command.reason == "closed":
                     with contextlib.suppress(OSError, RuntimeError):
                         await self.upstream.writer.drain()
                 self.end(command.reason, command.message)
                 return
+        self._write(to_server, to_client)
         await self.upstream.writer.drain()
         await self.client_writer.drain()
+
+    def _write(self, to_server: bytearray, to_client: bytearray) -> None:
+        if to_server:
+            self.upstream.writer.write(bytes(to_server))
+        if to_client:
+            self._to_client(bytes(to_client))
 
     async def _completed(self, result: AuditResult) -> None:
         try:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from tether.audit.subject import Subject
 from tether.identity.errors import CredentialError
 from tether.proxy.core import Services, policy_request, subject_of
 from tether.proxy.pg import backend as be
@@ -184,7 +185,8 @@ class PgBroker:
         source_ip = peer[0] if isinstance(peer, tuple) else None
         database = startup.get("database") or startup.get("user") or ""
         claims = await asyncio.wait_for(
-            self._authenticate(reader, writer, decoder, database, secure), self.config.login_timeout
+            self._authenticate(reader, writer, decoder, database, secure, source_ip),
+            self.config.login_timeout,
         )
         target = await self.services.targets.get(database)
         if target is None or target.kind != "postgres":
@@ -256,6 +258,7 @@ class PgBroker:
         decoder: framing.FrontendDecoder,
         database: str,
         secure: bool,
+        source_ip: str | None,
     ) -> Claims:
         writer.write(be.Authentication(be.AUTH_CLEARTEXT).encode())
         await writer.drain()
@@ -271,11 +274,20 @@ class PgBroker:
             )  # fmt: skip
             return await self.services.identity.authenticate(presented)
         except LoginRefused as refused:
-            log.info("postgres login refused: %s", refused)
+            await self._refused(str(refused), database, source_ip)
             raise Fatal(refused.sqlstate, "authentication failed") from None
         except CredentialError as error:
-            log.info("postgres login refused: %s", error)
+            await self._refused(str(error), database, source_ip)
             raise Fatal("28P01", "authentication failed") from None
+
+    async def _refused(self, reason: str, database: str, source_ip: str | None) -> None:
+        """A refused login is audited (``token.refused``) before the client hears of it."""
+        log.info("postgres login refused: %s", reason)
+        if self.services.auditor is not None:
+            await self.services.auditor.token_refused(
+                Subject(source_ip=source_ip), reason=reason, grant_type="postgres-login",
+                audience=database,
+            )  # fmt: skip
 
     async def _serve(
         self,

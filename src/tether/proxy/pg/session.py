@@ -111,6 +111,7 @@ class _Unit:
     started: float = field(default_factory=time.monotonic)
     index: int = 0
     schemas: list[str] = field(default_factory=list)
+    ref: int = 0
 
 
 def _first_error_code(body: bytes) -> str | None:
@@ -141,6 +142,7 @@ class Session:
         self._copy_in = False
         self.decider.refresh = False
         self._held: list[tuple[c.FrontendMessage, bytes]] = []
+        self._refs = 0
 
     # --- client side ------------------------------------------------------------------------
 
@@ -153,7 +155,8 @@ class Session:
             return self._violation("a startup packet in the middle of a session")
         if isinstance(message, c.CancelRequest | c.PasswordMessage):
             return self._violation("unexpected message type in a session")
-        if self._held or (self.decider.refresh and not self._pending and not self._copy_in):
+        idle = not self._pending and not self._copy_in and self.status != be.FAILED_TRANSACTION
+        if self._held or (self.decider.refresh and idle):
             if not self._held:
                 out.append(ToServer(_SCHEMAS_QUERY))
                 self._pending.append(_Unit(INTERNAL))
@@ -197,6 +200,10 @@ class Session:
         else:  # FunctionCall
             self._refuse_simple(self._fixed_denial("the fast-path function call is refused"), out)
 
+    def _next_ref(self) -> int:
+        self._refs += 1
+        return self._refs
+
     def _forward(self, kind: int, raw: bytes, out: list[Command]) -> None:
         self._pending.append(_Unit(kind))
         out.append(ToServer(raw))
@@ -210,22 +217,18 @@ class Session:
         self._portals.pop("", None)
         text = message.text
         if not text.strip(" \t\r\n;"):
-            out.append(ToClient(self._empty_query()))
+            self._forward(QUERY, raw, out)  # the server answers EmptyQueryResponse
             return
         verdict = self.decider.decide(text, "simple")
-        out.append(AuditDecided(verdict.records))
         if not verdict.decision.allowed:
+            out.append(AuditDecided(verdict.records))
             self._refuse_simple(verdict.decision, out)
             return
+        ref = self._next_ref()
+        out.append(AuditDecided(verdict.records, ref))
         self.decider.touch(verdict)
-        self._pending.append(_Unit(QUERY, verdict.records, started=self._clock()))
+        self._pending.append(_Unit(QUERY, verdict.records, started=self._clock(), ref=ref))
         out.append(ToServer(raw))
-
-    def _empty_query(self) -> bytes:
-        if self._pending:
-            self._pending.append(_Unit(QUERY))
-            return b""
-        return b"I\x00\x00\x00\x04" + be.ready(self.status)
 
     def _refuse_simple(self, decision: Decision, out: list[Command]) -> None:
         if not self._pending and self.status == be.IDLE:
@@ -290,9 +293,10 @@ class Session:
             self._refuse_extended(denial, out)
             return
         records = portal.verdict.records
-        out.append(AuditDecided(records))
+        ref = self._next_ref()
+        out.append(AuditDecided(records, ref))
         self.decider.touch(portal.verdict)
-        self._pending.append(_Unit(EXECUTE, records, started=self._clock()))
+        self._pending.append(_Unit(EXECUTE, records, started=self._clock(), ref=ref))
         out.append(ToServer(raw))
 
     # --- deciding ---------------------------------------------------------------------------
@@ -374,7 +378,7 @@ class Session:
             assert isinstance(message, be.CommandComplete)
             rows = message.rows
         elapsed = max(0.0, (self._clock() - unit.started) * 1000.0)
-        out.append(AuditResult(unit.records[index], rows, error, elapsed))
+        out.append(AuditResult(unit.records[index], rows, error, elapsed, unit.ref, index))
 
     def _error(self, body: bytes, raw: bytes, out: list[Command], chunk: bytearray) -> bytes | None:
         pending = self._pending

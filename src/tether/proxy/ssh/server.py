@@ -74,7 +74,6 @@ class _AgentServer(asyncssh.SSHServer):
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer_ip = ""
         self.login: Login | None = None
-        self.login_error: str | None = None
         self.identity: SessionIdentity | None = None
         self.target: Target | None = None
         self.session: BrokerSession | None = None
@@ -94,10 +93,8 @@ class _AgentServer(asyncssh.SSHServer):
         self.broker.connection_closed(self)
 
     def begin_auth(self, username: str) -> bool:
-        try:
-            self.login = parse_login(username)
-        except LoginError as error:
-            self.login, self.login_error = None, str(error)
+        with contextlib.suppress(LoginError):
+            self.login = parse_login(username)  # for the audit of a refusal; checked again
         return True
 
     def public_key_auth_supported(self) -> bool:
@@ -129,17 +126,24 @@ class _AgentServer(asyncssh.SSHServer):
 
     # --- authentication ----------------------------------------------------------------------
 
-    async def check_key(self, key_data: bytes, msg: bytes, signature: bytes, sid: bytes) -> bool:
-        """The agent's key (query when ``msg`` is empty, else signed); False refuses."""
+    async def check_key(
+        self, username: str, key_data: bytes, msg: bytes, signature: bytes, sid: bytes
+    ) -> bool:
+        """The agent's key for ``username`` (a query when ``msg`` is empty, else signed).
+
+        The user name is parsed on every attempt: SSH lets a client change it between two.
+        """
         try:
-            if self.login is None:
-                raise AuthRefused(self.login_error or "malformed user name")
-            identity = await self._check(self.login, key_data, msg, signature, sid)
+            try:
+                login = parse_login(username)
+            except LoginError as error:
+                raise AuthRefused(str(error)) from None
+            identity = await self._check(login, key_data, msg, signature, sid)
         except AuthRefused as refused:
             await self._audit_refusal(str(refused))
             return False
         if identity is not None:
-            self.identity = identity
+            self.login, self.identity = login, identity
         return True
 
     async def _check(
@@ -218,7 +222,7 @@ class _AgentConnection(asyncssh.SSHServerConnection):
     ) -> bool:
         owner = cast(_AgentServer, self.get_owner())
         # The session id is what RFC 4252 section 7 signs; asyncssh keeps it private.
-        return await owner.check_key(key_data, msg, signature, self._session_id)
+        return await owner.check_key(username, key_data, msg, signature, self._session_id)
 
 
 class SshBroker:

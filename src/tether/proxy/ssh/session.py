@@ -216,7 +216,10 @@ class BrokerSession:
         for action in actions:
             request = policy_request(claims, labels, self.target, action, source_ip=self.peer_ip)
             request["task"] = {"id": claims.task.id}  # no purpose: see tether.proxy.ssh.auth
-            decision = decide(services, request)
+            if services.approvals is not None and len(actions) == 1:  # grants held count
+                decision, _pending = await services.approvals.decide(request)
+            else:
+                decision = decide(services, request)
             if decision.allowed:
                 break
         if services.auditor is not None:
@@ -256,7 +259,8 @@ class BrokerSession:
 def refusal_text(decision: Decision) -> str:
     """The one line an agent sees on stderr (or as an SFTP error) for a refused action."""
     if decision.decision == "approval_required":
-        return f"Tether: approval required by rule {decision.rule} before this action"
+        pending = f": {decision.detail}" if decision.detail else ""  # the access request
+        return f"Tether: approval required by rule {decision.rule} before this action{pending}"
     why = decision.reason + (f": {decision.detail}" if decision.detail else "")
     rule = f" (rule {decision.rule})" if decision.rule else ""
     return f"Tether: denied{rule}: {why}"

@@ -1,0 +1,106 @@
+"""Approvals through the real HTTP front-end: a refused request names its access request,
+the approved action (and only it) then reaches the target, ``Prefer: wait`` lets the agent's
+request proceed once approved, and the grant expires."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.identity_e2e.conftest import Clock
+from tests.proxy_http.conftest import Harness, upstream  # noqa: F401 - the fixture
+from tests.proxy_http.upstream import Upstream
+from tether.approvals.service import ApprovalService
+from tether.users.service import UserService
+from tether.users.store import User
+
+
+@dataclasses.dataclass
+class Gated:
+    harness: Harness
+    approvals: ApprovalService
+    clock: Clock
+    lead: User
+
+
+@pytest.fixture
+def gated(tmp_path: Path, upstream: Upstream) -> Iterator[Gated]:  # noqa: F811
+    harness = Harness(tmp_path)
+    clock = Clock(datetime.now(UTC))
+
+    async def wire() -> tuple[ApprovalService, User]:
+        holder = harness.broker.services.policies
+        approvals = ApprovalService(harness.store.engine, lambda: holder.current,
+                                    auditor=harness.auditor, clock=clock)  # fmt: skip
+        harness.broker.services = dataclasses.replace(harness.broker.services, approvals=approvals)
+        lead = await UserService(harness.store.engine).add("lee", password=None, groups=["leads"])
+        return approvals, lead
+
+    approvals, lead = harness.run(wire())
+    harness.add_target("api", base_url=upstream.url)
+    try:
+        yield Gated(harness, approvals, clock, lead)
+    finally:
+        harness.stop()
+
+
+def delete(gated: Gated, agent: object, item: int, **headers: str) -> httpx.Response:
+    url = f"{gated.harness.url}/t/api/v1/items/{item}"
+    return httpx.delete(url, headers={**agent.headers("DELETE", url), **headers}, timeout=30)  # type: ignore[attr-defined]
+
+
+def test_refusal_names_the_request_then_exactly_the_approved_action_passes(
+    gated: Gated,
+    upstream: Upstream,  # noqa: F811
+) -> None:
+    agent = gated.harness.agent()
+    first = delete(gated, agent, 3, **{"X-Tether-Reason": "cleanup of item 3"})
+    assert first.status_code == 403 and first.headers["retry-after"] == "5"
+    body = first.json()
+    assert body["decision"] == "approval_required" and body["access_request_status"] == "pending"
+    request_id = body["access_request"]
+    assert body["status_url"] == f"{gated.harness.url}/v1/access-requests/{request_id}"
+    assert request_id in body["detail"]
+    assert delete(gated, agent, 3).json()["access_request"] == request_id  # one request
+
+    pending = gated.harness.run(gated.approvals.get(request_id))
+    assert pending.reason == "cleanup of item 3"
+    assert pending.action["path"] == "/v1/items/3" and pending.action["methods"] == ["DELETE"]
+    gated.harness.run(gated.approvals.approve(request_id, gated.lead, "ok"))
+    before = len(upstream.seen)
+    allowed = delete(gated, agent, 3)
+    assert allowed.status_code == 200, allowed.text
+    assert upstream.seen[-1].target == "/v1/items/3" and len(upstream.seen) == before + 1
+    other = delete(gated, agent, 4)
+    assert other.status_code == 403 and other.json()["access_request"] != request_id
+    assert len(upstream.seen) == before + 1  # nothing else reached the target
+
+    gated.clock.advance(30 * 60)
+    expired = delete(gated, agent, 3)
+    assert expired.status_code == 403 and expired.json()["access_request"] != request_id
+
+
+def test_prefer_wait_proceeds_once_approved(gated: Gated, upstream: Upstream) -> None:  # noqa: F811
+    agent = gated.harness.agent()
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(delete(gated, agent, 9, Prefer="wait=20"))
+    )
+    waiting.start()
+
+    async def approve_when_asked() -> None:
+        while not (found := await gated.approvals.search(status="pending")):
+            await asyncio.sleep(0.05)
+        await gated.approvals.approve(found[0].id, gated.lead, "go")
+
+    gated.harness.run(approve_when_asked())
+    waiting.join(30)
+    assert answers and answers[0].status_code == 200, answers[0].text if answers else None
+    assert upstream.seen[-1].target == "/v1/items/9"

@@ -1,0 +1,42 @@
+"""Approvals through the real SSH front-end and a real OpenSSH target: the refusal on
+standard error names the access request; once approved, exactly that command reaches the
+target, and a different one is still refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tests.proxy_ssh.conftest import (  # noqa: F401 - the fixtures
+    Env,
+    env,
+    sshd,
+    stack,
+    target_ca_line,
+)
+from tests.proxy_ssh.harness import received
+from tether.approvals.service import ApprovalService
+from tether.users.service import UserService
+
+
+async def test_ssh_refusal_names_the_request_and_the_grant_is_exact(env: Env) -> None:  # noqa: F811
+    holder = env.stack.holder
+    approvals = ApprovalService(env.stack.store.engine, lambda: holder.current,
+                                auditor=env.stack.auditor)  # fmt: skip
+    context = env.stack.broker.context
+    context.services = dataclasses.replace(context.services, approvals=approvals)
+    ops = await UserService(env.stack.store.engine).add("ola", password=None, groups=["ops"])
+    agent = await env.stack.agent()
+
+    status, _, err = await agent.ssh("root@web-1", "systemctl restart nginx")
+    assert status != 0 and b"approval required by rule restart-needs-approval" in err
+    (pending,) = await approvals.search(status="pending")
+    assert pending.id.encode() in err and f"/v1/access-requests/{pending.id}".encode() in err
+    assert pending.action == {"command": "systemctl restart nginx"}
+    assert received(env.sshd_dir) == []
+
+    await approvals.approve(pending.id, ops, "maintenance window")
+    await agent.ssh("root@web-1", "'systemctl' restart nginx")  # same words: the same action
+    assert received(env.sshd_dir) == ["systemctl restart nginx"]
+    _, _, err = await agent.ssh("root@web-1", "systemctl restart postgres")
+    assert b"approval required" in err
+    assert received(env.sshd_dir) == ["systemctl restart nginx"]
