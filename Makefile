@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench clean distclean
+.PHONY: venv run test lint bench bench-http clean distclean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ test: lint
 
 bench: venv
 	$(BIN)/python bench/policy_decision.py
+
+# The HTTP broker against nginx and a bare forwarder (needs wrk and nginx: bench/README.md).
+bench-http: venv
+	$(BIN)/python bench/http_proxy.py
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist src/*.egg-info

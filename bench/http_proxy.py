@@ -148,7 +148,9 @@ def process(args: list[str], **kw: Any) -> Iterator[subprocess.Popen[str]]:
 # --- load ---------------------------------------------------------------------------------
 
 
-def wrk(url: str, connections: int, duration: int, script: list[str] | None = None) -> dict[str, Any]:
+def wrk(
+    url: str, connections: int, duration: int, script: list[str] | None = None
+) -> dict[str, Any]:
     threads = 1 if connections == 1 else 2
     args = [WRK or "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
     if script is not None:
@@ -169,7 +171,9 @@ def parse_wrk(out: str) -> dict[str, Any]:
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
     if socket_errors is not None:
         errors += sum(int(n) for n in socket_errors.groups())
     return {
@@ -207,7 +211,9 @@ def serve_bare(port: int, upstream: int) -> None:
         out = Outcome()
         forwarder = Forwarder(pool, plan, limits, live)
         headers = request_headers(scope["headers"], "bare")
-        target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
+        target = scope["raw_path"] + (
+            b"?" + scope["query_string"] if scope["query_string"] else b""
+        )
         connection, response = await forwarder.open(
             scope["method"].encode(), target, headers, receive, out
         )
@@ -285,11 +291,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
-    parser.add_argument("--setups", default="direct,nginx,bare,tether",
-                        help="comma-separated setups to run (default: all)")
+    parser.add_argument(
+        "--setups",
+        default="direct,nginx,bare,tether",
+        help="comma-separated setups to run (default: all)",
+    )
     parser.add_argument("--connections", default="1,16", help="comma-separated (default 1,16)")
-    parser.add_argument("--sqlite-synchronous", choices=("full", "normal"), default="full",
-                        help="tether's audit.sqlite_synchronous (default: full, the default)")
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=("full", "normal"),
+        default="full",
+        help="tether's audit.sqlite_synchronous (default: full, the default)",
+    )
     parser.add_argument("--serve-bare", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -300,8 +313,12 @@ def main() -> int:
         print(f"http_proxy: {' and '.join(missing)} not installed: apt-get install -y wrk nginx",
               file=sys.stderr)  # fmt: skip
         return 2
-    results = run_all(args.duration, args.setups.split(","),
-                      [int(c) for c in args.connections.split(",")], args.sqlite_synchronous)
+    results = run_all(
+        args.duration,
+        args.setups.split(","),
+        [int(c) for c in args.connections.split(",")],
+        args.sqlite_synchronous,
+    )
     report(results, as_json=args.json)
     return 0
 
@@ -344,8 +361,8 @@ def run_all(
                 if "tether" not in setups:
                     continue
                 log(f"tether x{connections} ... (making proofs)")
-                proofs(key, token, tether_url, 40_000 if connections == 1 else 80_000,
-                       tmp / "proofs.txt")  # fmt: skip
+                # Proofs live 60 s: made just before the run, enough for ~3,000 req/s.
+                proofs(key, token, tether_url, 3000 * duration, tmp / "proofs.txt")
                 script = [str(tmp / "bench.lua"), str(tmp / "proofs.txt"), token, f"/t/bench{PATH}"]
                 results.append({"setup": "tether", "connections": connections,
                                 **wrk(tether_url, connections, duration, script)})  # fmt: skip

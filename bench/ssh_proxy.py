@@ -237,6 +237,7 @@ async def setup(directory: Path, sshd_port: int, sshd_dir: Path, stack: Stack) -
             "host": "127.0.0.1", "port": sshd_port, "users": ["root"],
             "known_hosts": known_hosts_line(sshd_dir, sshd_port),
             "credential": {"type": "certificate", "validity_seconds": 600},
+            "connect_timeout": 120.0,  # 500 logins at once queue at sshd on a 2-core machine
         },
     )  # fmt: skip
     agent = await stack.agent("bench-bot")

@@ -78,8 +78,11 @@ async def test_audit_per_statement(broker: Broker) -> None:
     assert decided[1]["action"]["params"] == 1
     assert decided[2]["rule"] == "no-secrets"
     assert "hunter2" not in str(events)
-    assert [e["rows"] for e in done] == [1, 1]
-    assert all(e["duration_ms"] is not None for e in done)
+    results = [r for e in done for r in e["action"]["results"]]
+    assert [r["rows"] for r in results] == [1, 1]
+    assert [r["seq"] for r in results] == [e["seq"] for e in decided[:2]]
+    assert results[0]["fingerprint"] == decided[0]["action"]["fingerprint"]
+    assert all(r["duration_ms"] >= 0 for r in results)
     kinds = [e["kind"] for e in await broker.events()]
     assert kinds[0] == "session.start" and kinds[-1] == "session.end"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
@@ -160,16 +160,11 @@ class Exchange:
         def append() -> Coroutine[Any, Any, int]:
             return auditor.http_exchange(
                 who, target=target, method=method, path=path, status=status,
-                response_headers=_text_headers(out.response_headers), bytes_in=out.bytes_in,
-                bytes_out=out.bytes_out, duration_ms=duration_ms,
+                bytes_in=out.bytes_in, bytes_out=out.bytes_out, duration_ms=duration_ms,
                 decision=decision.decision, rule=decision.rule, detail=detail,
             )  # fmt: skip
 
         self.broker.audit_later.add(append, f"exchange {request_id} on {target}")
-
-
-def _text_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

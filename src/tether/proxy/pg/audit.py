@@ -1,12 +1,17 @@
 """The PostgreSQL broker's audit events: session start and end, and two events per statement.
 
-Per statement (:class:`~tether.proxy.pg.session.StatementRecord`):
+Per statement (:class:`~tether.proxy.pg.commands.StatementRecord`), a ``sql.statement``
+event with ``action.phase = "decided"``, committed **before** the statement reaches the
+server (or before the refusal reaches the client): the normalised text, its fingerprint,
+classes and relations, the decision, rule, reason and policy version.
 
-* ``sql.statement`` with ``action.phase = "decided"``, committed **before** the statement
-  reaches the server (or before the refusal reaches the client): the normalised text, its
-  fingerprint, classes and relations, the decision, rule, reason and policy version.
-* ``sql.statement`` with ``action.phase = "completed"`` once the server answered: rows
-  returned or affected (from ``CommandComplete``), the duration, and the SQLSTATE of an error.
+What the server answered is batched: a ``sql.statement`` event with ``action.phase =
+"completed"`` holds ``action.results``, one entry per statement run (``seq`` of its decided
+event, ``fingerprint``, ``rows`` returned or affected from ``CommandComplete``,
+``duration_ms``, and the SQLSTATE ``error`` of a failure), for up to :data:`BATCH` statements
+or one second of a session, and at its end (before ``session.end``). Results are facts
+*after* the effect, so invariant 5 does not need them before it; batching them keeps the
+trail to about one event per statement.
 
 Security decisions:
 
@@ -30,9 +35,24 @@ from tether.audit.events import AuditEvent
 if TYPE_CHECKING:
     from tether.audit.emit import Auditor
     from tether.audit.subject import Subject
-    from tether.proxy.pg.session import AuditResult, StatementRecord
+    from tether.proxy.pg.commands import StatementRecord
 
 PROTOCOL = "postgres"
+BATCH = 100
+
+
+def result_entry(seq: int | None, record: StatementRecord, rows: int | None,
+                 duration_ms: float, error: str | None) -> dict[str, Any]:  # fmt: skip
+    """One statement's entry in a ``completed`` batch."""
+    entry: dict[str, Any] = {
+        "seq": seq,
+        "fingerprint": None if record.redacted is None else fingerprint(record.redacted),
+        "rows": rows,
+        "duration_ms": round(duration_ms, 3),
+    }
+    if error is not None:
+        entry["error"] = error
+    return entry
 
 
 def fingerprint(redacted: str) -> str:
@@ -63,36 +83,34 @@ class SessionAudit:
                 bytes_in=bytes_in, bytes_out=bytes_out, reason=reason,
             )  # fmt: skip
 
-    async def decided(self, records: tuple[StatementRecord, ...]) -> None:
+    async def decided(self, records: tuple[StatementRecord, ...]) -> list[int]:
+        """Commit one event per record; their ``seq`` numbers."""
         auditor = self.auditor
         if auditor is None:
-            return
+            return []
         if len(records) == 1:
-            await auditor.emit(self._event(records[0], "decided"))
-        else:
+            return [await auditor.emit(self._event(records[0], "decided"))]
+        return list(
             await asyncio.gather(*(auditor.emit(self._event(r, "decided")) for r in records))
+        )
 
-    async def completed(self, result: AuditResult) -> None:
-        if self.auditor is not None:
-            await self.auditor.emit(
-                self._event(
-                    result.record,
-                    "completed",
-                    rows=result.rows,
-                    duration_ms=result.duration_ms,
-                    error=result.error,
-                )
-            )
+    async def completed(self, results: list[dict[str, Any]]) -> None:
+        """One event for a batch of results (see the module docstring)."""
+        if self.auditor is None or not results:
+            return
+        counted = [r["rows"] for r in results if r.get("rows") is not None]
+        action = {"phase": "completed", "database": self.database, "results": results}
+        who = self.who
+        event = AuditEvent(
+            kind="sql.statement", agent=who.agent, runtime=who.runtime, task=who.task,
+            user=who.user, actor_chain=who.actor_chain, source_ip=who.source_ip,
+            session_id=who.session_id, target=self.target, action=action,
+            rows=sum(counted) if counted else None,
+            duration_ms=sum(r["duration_ms"] for r in results),
+        )  # fmt: skip
+        await self.auditor.emit(event)
 
-    def _event(
-        self,
-        record: StatementRecord,
-        phase: str,
-        *,
-        rows: int | None = None,
-        duration_ms: float | None = None,
-        error: str | None = None,
-    ) -> AuditEvent:
+    def _event(self, record: StatementRecord, phase: str) -> AuditEvent:
         who, decision = self.who, record.decision
         action: dict[str, Any] = {
             "phase": phase,
@@ -107,14 +125,11 @@ class SessionAudit:
             action["params"] = record.params
         if record.redacted is None:
             action["size"] = record.size
-        if error is not None:
-            action["error"] = error
         detail = {"detail": decision.detail} if decision.detail else {}
         return AuditEvent(
             kind="sql.statement", agent=who.agent, runtime=who.runtime, task=who.task,
             user=who.user, actor_chain=who.actor_chain, source_ip=who.source_ip,
             session_id=who.session_id, target=self.target, action=action,
             decision=decision.decision, rule=decision.rule, reason=decision.reason,
-            policy_version=decision.policy_version or None, rows=rows,
-            duration_ms=duration_ms, detail=detail,
+            policy_version=decision.policy_version or None, detail=detail,
         )  # fmt: skip

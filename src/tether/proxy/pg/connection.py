@@ -3,8 +3,9 @@
 Three tasks per session: the client reader, the server reader and the watcher. Each reader
 feeds its side's decoder and hands whole messages to the :class:`~tether.proxy.pg.session.Session`,
 then carries out the commands in order: an ``AuditDecided`` is awaited (committed) before
-the next ``ToServer`` or ``ToClient`` is written (DESIGN invariant 5), an ``AuditResult`` is
-appended in the background (and awaited before ``session.end``). The watcher re-checks the
+the next ``ToServer`` or ``ToClient`` is written (DESIGN invariant 5); ``AuditResult`` s are
+gathered and appended in batches in the background (:mod:`tether.proxy.pg.audit`), the last
+batch before ``session.end``. The watcher re-checks the
 credential every :data:`LIVE_CHECK_SECONDS` (revocation, agent disabled) and ends the session
 at its deadline (the token's expiry, or a dynamic role's ``VALID UNTIL``).
 
@@ -19,15 +20,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 from tether.audit.log import AuditUnavailable
 from tether.identity.errors import CredentialError
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
 from tether.proxy.pg import framing
-from tether.proxy.pg.audit import SessionAudit
+from tether.proxy.pg.audit import BATCH, SessionAudit, result_entry
 from tether.proxy.pg.session import (
     AuditDecided,
     AuditResult,
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 LIVE_CHECK_SECONDS: Final = 0.25
 READ_SIZE: Final = 256 * 1024
+BATCH_SECONDS: Final = 1.0
+MAX_REMEMBERED: Final = 1024
 
 
 class Pump:
@@ -72,6 +76,9 @@ class Pump:
         self.bytes_in = 0
         self.bytes_out = 0
         self._results: set[asyncio.Task[None]] = set()
+        self._batch: list[dict[str, Any]] = []
+        self._batch_since = 0.0
+        self._seqs: OrderedDict[int, list[int]] = OrderedDict()
         self._done = asyncio.Event()
 
     async def run(self) -> str:
@@ -87,6 +94,7 @@ class Pump:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._flush()
             if self._results:
                 await asyncio.gather(*self._results, return_exceptions=True)
             self.upstream.close()
@@ -167,6 +175,8 @@ class Pump:
                     self.end("expired", _fatal("the session's credential expired", "28000"))
                     return
                 await self.check_live()
+                if self._batch and time.monotonic() - self._batch_since >= BATCH_SECONDS:
+                    self._flush()
                 if self.refresh is not None:
                     await self.refresh()
         except CredentialError as error:
@@ -191,11 +201,11 @@ class Pump:
             elif isinstance(command, ToClient):
                 to_client += command.data
             elif isinstance(command, AuditDecided):
-                await self.audit.decided(command.records)
+                seqs = await self.audit.decided(command.records)
+                if command.ref:
+                    self._remember(command.ref, seqs)
             elif isinstance(command, AuditResult):
-                task = asyncio.create_task(self._completed(command))
-                self._results.add(task)
-                task.add_done_callback(self._results.discard)
+                self._result(command)
             elif isinstance(command, End):
                 self._write(to_server, to_client)
                 if command.reason == "closed":
@@ -213,9 +223,33 @@ class Pump:
         if to_client:
             self._to_client(bytes(to_client))
 
-    async def _completed(self, result: AuditResult) -> None:
+    def _remember(self, ref: int, seqs: list[int]) -> None:
+        self._seqs[ref] = seqs
+        if len(self._seqs) > MAX_REMEMBERED:
+            self._seqs.popitem(last=False)
+
+    def _result(self, result: AuditResult) -> None:
+        seqs = self._seqs.get(result.ref, [])
+        seq = seqs[result.index] if result.index < len(seqs) else None
+        entry = result_entry(seq, result.record, result.rows, result.duration_ms, result.error)
+        if not self._batch:
+            self._batch_since = time.monotonic()
+        self._batch.append(entry)
+        if len(self._batch) >= BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Append the gathered results as one event, in the background."""
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        task = asyncio.create_task(self._completed(batch))
+        self._results.add(task)
+        task.add_done_callback(self._results.discard)
+
+    async def _completed(self, batch: list[dict[str, Any]]) -> None:
         try:
-            await self.audit.completed(result)
+            await self.audit.completed(batch)
         except AuditUnavailable:
             self.end("audit-unavailable", _fatal("the audit trail is unavailable"))
 

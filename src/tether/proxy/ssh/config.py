@@ -78,7 +78,7 @@ class SshConfig(BaseModel):
     window: Annotated[int, Field(ge=65536, le=1 << 30)] = 8 * 1024 * 1024
     max_packet: Annotated[int, Field(ge=4096, le=262144)] = 262144
     # SFTP client side (to the target): bytes per request and requests in flight per transfer.
-    sftp_block_size: Annotated[int, Field(ge=4096, le=261120)] = 131072
+    sftp_block_size: Annotated[int, Field(ge=4096, le=261120)] = 261120
     sftp_max_requests: Annotated[int, Field(ge=1, le=1024)] = 128
     # Ciphers offered to agents, in order. AES-GCM only by default: asyncssh's AES-GCM
     # (OpenSSL) runs ~3x faster than its ChaCha20-Poly1305, and every OpenSSH since 6.2 has it.
