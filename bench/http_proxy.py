@@ -257,7 +257,7 @@ class Node:
             raise SystemExit(f"http_proxy: tether {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout.strip()
 
-    def setup(self, stderr: Path) -> tuple[Any, str]:
+    def setup(self, stderr: Path) -> Any:
         from tether.client import TetherClient
 
         deadline = time.monotonic() + 90
@@ -271,9 +271,8 @@ class Node:
         self.cli("target", "add", "bench", "--from-file", "target.yaml")
         self.cli("agent", "create", "bench-bot", "--owner", "bench")
         join = self.cli("agent", "join-token", "bench-bot")
-        with TetherClient(self.url) as client:
-            session = client.join(join, task_id="bench", purpose="bench", lifetime=3600)
-        return session.key, session.token
+        self.client = TetherClient(self.url)
+        return self.client.join(join, task_id="bench", purpose="bench", lifetime=3600)
 
 
 def proofs(key: Any, token: str, url: str, count: int, path: Path) -> None:
@@ -282,6 +281,169 @@ def proofs(key: Any, token: str, url: str, count: int, path: Path) -> None:
     now = time.time()
     lines = [make_proof(key, "GET", url, now=now, access_token=token) for _ in range(count)]
     path.write_text("\n".join(lines) + "\n")
+
+
+# --- certificate-bound tokens over mutual TLS ----------------------------------------------
+
+
+def cert_bound(
+    tmp: Path, node: Node, session: Any, upstream: int, counts: list[int], duration: int
+) -> list[dict[str, Any]]:
+    """``tether-cert`` rows (and ``pygen-direct``, the Python generator's own ceiling)."""
+    import asyncio
+    import ssl
+
+    credential = session.x509_certificate(bind_token=True)
+    tls = tmp / "tls"
+    tls.mkdir()
+    server_cert, server_key = self_signed()
+    for name, text in (("server.crt", server_cert), ("server.key", server_key),
+                       ("clients.pem", credential.ca), ("agent.crt", credential.certificate),
+                       ("agent.key", credential.private_key_pem)):  # fmt: skip
+        (tls / name).write_text(text)
+    port = free_port()
+    context = ssl.create_default_context(cadata=server_cert)
+    context.load_cert_chain(tls / "agent.crt", tls / "agent.key")
+    request = (f"GET /t/bench{PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+               f"Authorization: Bearer {credential.bound_token}\r\n\r\n").encode()  # fmt: skip
+    direct = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    rows: list[dict[str, Any]] = []
+    serve = [sys.executable, __file__, "--serve-tls", str(tmp / "tether.yaml"), str(port),
+             node.url, str(tls)]  # fmt: skip
+    with process(serve, cwd=tmp):
+        wait_port(port)
+        for connections in counts:
+            log(f"pygen-direct x{connections} ...")
+            rows.append(
+                {
+                    "setup": "pygen-direct",
+                    "connections": connections,
+                    **asyncio.run(pygen(upstream, direct, None, connections, duration)),
+                }
+            )
+            log(f"tether-cert x{connections} ...")
+            rows.append(
+                {
+                    "setup": "tether-cert",
+                    "connections": connections,
+                    **asyncio.run(pygen(port, request, context, connections, duration)),
+                }
+            )
+    return rows
+
+
+def self_signed() -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())  # fmt: skip
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), pem.decode()
+
+
+async def pygen(
+    port: int, request: bytes, tls: Any, connections: int, duration: int
+) -> dict[str, Any]:
+    """Closed-loop keep-alive load: each connection sends ``request`` again as soon as the
+    previous answer (``Content-Length`` framed) is read."""
+    import asyncio
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + duration
+
+    async def one_connection() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            writer.write(request)
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:  # the server closed (nginx: every 1000)
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+                continue
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            latencies.append(time.perf_counter() - started)
+            if not head.startswith(b"HTTP/1.1 2"):
+                errors += 1
+        writer.close()
+
+    began = time.monotonic()
+    await asyncio.gather(*(one_connection() for _ in range(connections)))
+    elapsed = time.monotonic() - began
+    latencies.sort()
+    count = len(latencies)
+    return {
+        "rps": round(count / elapsed, 2),
+        "p50_ms": round(latencies[count // 2] * 1000, 3) if count else 0.0,
+        "p99_ms": round(latencies[min(count - 1, int(count * 0.99))] * 1000, 3) if count else 0.0,
+        "errors": errors,
+    }
+
+
+def serve_tls(config: str, port: int, issuer: str, tls: str) -> None:
+    """The node's API and broker over mutual TLS (what ``tether serve`` would run with TLS),
+    on the same database as the bench's ``tether serve``, one process."""
+    import asyncio
+    import ssl
+
+    import uvicorn
+    from starlette.middleware import Middleware
+
+    from tether.api import AppState, create_app
+    from tether.audit.startup import start_auditor
+    from tether.config import load_settings
+    from tether.node import _http_broker, open_identity
+    from tether.policywatch import load_initial
+    from tether.proxy.http.broker import BrokerMiddleware
+    from tether.proxy.http.tlsserver import TlsH11Protocol
+    from tether.store import Store
+    from tether.vault.secrets import SecretStore
+    from tether.vault.targets import TargetStore
+
+    async def main() -> None:
+        settings = load_settings(Path(config), environ={})
+        store = await Store.open(settings.database)
+        identity = await open_identity(settings, store, issuer)
+        holder = await load_initial(settings.policies, store)
+        auditor = await start_auditor(settings.audit, store.engine,
+                                      lambda: identity.keys.ring.active)  # fmt: skip
+        state = AppState(holder, store, identity, auditor,
+                         secrets=SecretStore(store.engine, identity.cipher),
+                         targets=TargetStore(store.engine))  # fmt: skip
+        broker = _http_broker(settings, state)
+        assert broker is not None
+        app = create_app(state, middleware=[Middleware(BrokerMiddleware, broker=broker)])
+        server = uvicorn.Config(
+            app, host="127.0.0.1", port=port, http=TlsH11Protocol, log_level="warning",
+            access_log=False, lifespan="off", server_header=False,
+            ssl_certfile=f"{tls}/server.crt", ssl_keyfile=f"{tls}/server.key",
+            ssl_ca_certs=f"{tls}/clients.pem", ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        )  # fmt: skip
+        await uvicorn.Server(server).serve()
+
+    asyncio.run(main())
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -293,7 +455,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument(
         "--setups",
-        default="direct,nginx,bare,tether",
+        default="direct,nginx,bare,tether,tether-cert",
         help="comma-separated setups to run (default: all)",
     )
     parser.add_argument("--connections", default="1,16", help="comma-separated (default 1,16)")
@@ -304,9 +466,14 @@ def main() -> int:
         help="tether's audit.sqlite_synchronous (default: full, the default)",
     )
     parser.add_argument("--serve-bare", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-tls", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare(*args.serve_bare)
+        return 0
+    if args.serve_tls:
+        config, port, issuer, tls = args.serve_tls
+        serve_tls(config, int(port), issuer, tls)
         return 0
     missing = [name for name, found in (("wrk", WRK), ("nginx", NGINX)) if found is None]
     if missing:
@@ -345,7 +512,8 @@ def run_all(
         ):  # fmt: skip
             for port in (upstream, proxy, bare):
                 wait_port(port)
-            key, token = node.setup(stderr)
+            session = node.setup(stderr)
+            key, token = session.key, session.token
             tether_url = f"{node.url}/t/bench{PATH}"
             for connections in connection_counts:
                 for setup, url in (
@@ -366,6 +534,8 @@ def run_all(
                 script = [str(tmp / "bench.lua"), str(tmp / "proofs.txt"), token, f"/t/bench{PATH}"]
                 results.append({"setup": "tether", "connections": connections,
                                 **wrk(tether_url, connections, duration, script)})  # fmt: skip
+            if "tether-cert" in setups:
+                results += cert_bound(tmp, node, session, upstream, connection_counts, duration)
     return with_ratios(results)
 
 

@@ -183,3 +183,18 @@ async def test_a_body_bound_approval_holds_for_that_body_only(world: World) -> N
     other, _ = await world.approvals.decide(refund, body=b'{"amount": 10000}')
     assert other.decision == "approval_required"
     assert (await world.approvals.decide(refund))[0].decision == "approval_required"
+
+
+async def test_concurrent_votes_reach_the_quorum_once(world: World) -> None:
+    voters = [await world.user(name, "finance") for name in ("f1", "f2", "f3", "f4")]
+    _, pending = await world.approvals.decide(http_request("POST", "/v1/invoices/9"))
+    assert pending is not None and pending.required == 2
+    results = await asyncio.gather(
+        *(world.approvals.approve(pending.id, user, None) for user in voters),
+        return_exceptions=True,
+    )
+    done = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(done) == 2 and all(isinstance(r, Conflict) for r in refused)
+    final = await world.approvals.get(pending.id)
+    assert final.status == "approved" and final.approvals == 2 and final.grant is not None

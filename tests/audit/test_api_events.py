@@ -380,3 +380,36 @@ async def test_without_a_trail_nothing_is_answered_unaudited(api: Api) -> None:
     assert ssh.status_code == 503 and "certificate" not in ssh.json()
     refused = await api.http.get("/v1/agents")  # a refusal stays a refusal
     assert refused.status_code == 401
+
+
+async def test_following_the_trail_does_not_feed_on_its_own_events(api: Api) -> None:
+    async def poll(**params: Any) -> dict[str, Any]:
+        answer = await api.http.get("/v1/audit/events", params=params, headers=api.admin)
+        assert answer.status_code == 200, answer.text
+        page: dict[str, Any] = answer.json()
+        return page
+
+    async def searches() -> int:
+        events = await api.events("admin.change")
+        return sum(e["action"]["name"] == "audit.search" for e in events)
+
+    await api.http.post("/v1/decide", json=decide_body("/v1/invoices/1"))
+    first = await poll(limit=5)  # a search: audited
+    assert await searches() == 1
+    cursor = first["last_seq"]
+    for _ in range(3):  # follow polls that only see the searches' own events: not audited
+        page = await poll(after_seq=cursor)
+        assert all(e["kind"] == "admin.change" for e in page["events"])
+        cursor = page["last_seq"]
+    assert await searches() == 1
+    await api.http.post("/v1/decide", json=decide_body("/v1/invoices/2"))
+    page = await poll(after_seq=cursor)  # a real event arrived: this poll is audited
+    assert [e["kind"] for e in page["events"]] == ["decision"]
+    assert await searches() == 2
+    bulk = await poll(after_seq=0)  # reading the trail from its start is audited too
+    assert len(bulk["events"]) > 2
+    assert await searches() == 3
+    refused = await api.http.get("/v1/audit/events", params={"after_seq": 0})
+    assert refused.status_code == 401
+    denied = [e for e in await api.events("admin.change") if e["action"]["outcome"] == "denied"]
+    assert len(denied) == 1

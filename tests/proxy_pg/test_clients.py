@@ -63,13 +63,18 @@ async def test_audit_per_statement(broker: Broker) -> None:
             conn.execute("SELECT name FROM items WHERE id = %s", (8,))
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT value FROM secrets WHERE value = 'hunter2'")
+            conn.execute("SELECT 1; SELECT count(*) FROM items WHERE id < 3")
 
     await _run(work)
     await broker.wait_for("session.end")
     events = await broker.events("sql.statement")
     decided = [e for e in events if e["action"]["phase"] == "decided"]
     done = [e for e in events if e["action"]["phase"] == "completed"]
-    assert [e["decision"] for e in decided] == ["allow", "allow", "deny"]
+    assert [e["decision"] for e in decided] == ["allow", "allow", "deny", "allow", "allow"]
+    assert [e["action"]["query"] for e in decided[3:]] == [
+        "SELECT ?",
+        "SELECT count(*) FROM items WHERE id < ?",
+    ]
     first = decided[0]
     assert first["action"]["query"] == "SELECT name FROM items WHERE id = ? AND name <> ?"
     assert first["action"]["relations"] == ["public.items"]
@@ -79,8 +84,8 @@ async def test_audit_per_statement(broker: Broker) -> None:
     assert decided[2]["rule"] == "no-secrets"
     assert "hunter2" not in str(events)
     results = [r for e in done for r in e["action"]["results"]]
-    assert [r["rows"] for r in results] == [1, 1]
-    assert [r["seq"] for r in results] == [e["seq"] for e in decided[:2]]
+    assert [r["rows"] for r in results] == [1, 1, 1, 1]
+    assert [r["seq"] for r in results] == [e["seq"] for e in decided if e["decision"] == "allow"]
     assert results[0]["fingerprint"] == decided[0]["action"]["fingerprint"]
     assert all(r["duration_ms"] >= 0 for r in results)
     kinds = [e["kind"] for e in await broker.events()]

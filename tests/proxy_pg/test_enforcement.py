@@ -196,3 +196,17 @@ async def test_empty_queries_and_path_refresh_after_an_error(broker: Broker) -> 
     assert status(await wire.query("ROLLBACK")) == "I"
     assert rows(await wire.query("SELECT count(*) > 0 FROM items")) == [["t"]]
     wire.close()
+
+
+async def test_savepoint_recovers_from_a_refusal(broker: Broker) -> None:
+    wire = await _session(broker)
+    assert status(await wire.query("BEGIN")) == "T"
+    assert not errors(await wire.query("INSERT INTO items VALUES (110, 'kept')"))
+    assert not errors(await wire.query("SAVEPOINT s1"))
+    frames = await wire.query("DELETE FROM secrets")
+    assert [e.sqlstate for e in errors(frames)] == ["42501"] and status(frames) == "E"
+    assert status(await wire.query("ROLLBACK TO SAVEPOINT s1")) == "T"
+    assert status(await wire.query("COMMIT")) == "I"
+    assert rows(await wire.query("SELECT name FROM items WHERE id = 110")) == [["kept"]]
+    assert not errors(await wire.query("DELETE FROM items WHERE id = 110"))
+    wire.close()

@@ -20,6 +20,15 @@ async def test_shell_is_refused_without_a_rule(env: Env) -> None:
     assert received(env.sshd_dir) == []
 
 
+async def test_exec_with_a_terminal_needs_the_shell_rule(env: Env) -> None:
+    agent = await env.stack.agent()
+    status, _, err = await agent.ssh("root@web-1", "echo hi", args=["-tt"])
+    assert status == 1 and b"Tether: denied: default-deny" in err
+    assert received(env.sshd_dir) == []
+    decisions = [json.loads(e["action"])["ssh"] for e in await env.stack.events("decision")]
+    assert decisions == [{"command": "echo hi"}, {"shell": True}]
+
+
 async def test_allowed_shell_is_recorded_as_asciicast(env: Env) -> None:
     agent = await env.stack.agent("shell-bot")
     async with agent.connect("root@web-1") as conn:

@@ -101,6 +101,9 @@ class AdminCall:
     identity: IdentityService
     target: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    # False: the route found that this successful call must not be audited (a follow
+    # poll of the audit trail that read only such polls' own events). Refusals always are.
+    audited: bool = True
 
 
 def tether_state(request: Request) -> AppState:
@@ -142,6 +145,8 @@ def admin_call(action: str) -> Callable[..., Any]:
         except Exception:
             await _audit_refusal(request, call, "error", status=500)
             raise
+        if not call.audited:
+            return
         try:
             await _audit(request, call, "success")
         except AuditUnavailable:

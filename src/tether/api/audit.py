@@ -10,7 +10,11 @@ head file, :mod:`tether.audit.head`) and answers its report (``ok`` false when t
 was found; the status is 200 either way, since the verification itself succeeded).
 
 Both take the admin bearer token through :func:`tether.api.adminauth.admin_call`, which
-records every call (actions ``audit.search`` and ``audit.verify``) like any admin call.
+records every call (actions ``audit.search`` and ``audit.verify``) like any admin call, with
+one exception: a follow poll (``after_seq`` given) whose answer holds nothing but earlier
+``audit.search`` events, or nothing, is not recorded when it succeeds. Otherwise a follower
+(``tether audit tail -f --server``) would read its own previous poll's event on every poll
+and feed on itself; any poll that returns another event, and every refusal, is recorded.
 """
 
 from __future__ import annotations
@@ -106,8 +110,13 @@ async def events(
             engine, partial(follow, where=where, after_seq=cursor, limit=limit)
         )
         if found or time.monotonic() >= deadline or await request.is_disconnected():
+            call.audited = not all(_is_search_audit(e) for e in found)
             return _page(found, cursor)
         await asyncio.sleep(POLL_SECONDS)
+
+
+def _is_search_audit(event: AuditEvent) -> bool:
+    return event.kind == "admin.change" and event.action.get("name") == "audit.search"
 
 
 def _page(found: list[AuditEvent], last_seq: int | None) -> dict[str, Any]:

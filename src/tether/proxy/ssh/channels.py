@@ -7,7 +7,9 @@ stdout and stderr are streamed both ways with flow control; the exit status (or 
 signal) is passed back. A denial or ``approval_required`` is one ``Tether: ...`` line on
 stderr and exit status 1; the target is never contacted.
 
-Shell: refused unless a rule allows ``{"ssh": {"shell": true}}``. An allowed shell is
+Shell and terminal: refused unless a rule allows ``{"ssh": {"shell": true}}``; an ``exec``
+that asked for a pty (``ssh -t``) needs both its command and ``ssh.shell`` allowed, since a
+terminal makes an allowed command interactive. An allowed shell is
 recorded as asciicast v2 (output always, keystrokes only with ``ssh.recording.record_input``).
 What is typed *inside* an allowed shell is recorded, not authorized: the policy decides
 whether the shell may start, nothing more.
@@ -65,6 +67,8 @@ async def _fail(process: ServerProcess, message: str, status: int = 1) -> None:
 
 async def _run_exec(process: ServerProcess, session: BrokerSession, command: str) -> None:
     decision = await session.decide({"ssh": {"command": command}})
+    if decision.allowed and process.get_terminal_type() is not None:
+        decision = await session.decide({"ssh": {"shell": True}})  # a terminal: see above
     if not decision.allowed:
         await _audit_command(session, command, decision, None, 0, 0.0, refused=True)
         await _fail(process, refusal_text(decision))
