@@ -1,6 +1,7 @@
 """PostgreSQL broker throughput: pgbench directly, through pgbouncer and through Tether.
 
-Run: ``.venv/bin/python bench/pg_proxy.py [--json] [--seconds S] [--clients N]``
+Run: ``.venv/bin/python bench/pg_proxy.py [--json] [--seconds S] [--clients N]
+[--workloads select-only,...] [--paths direct,tether,...]``
 
 One run starts a PostgreSQL server (tests/pg.py: fsync off, loopback), loads ``pgbench -i -s 1``
 into it, starts pgbouncer (Debian's ``pgbouncer``, transaction pooling, plain TCP) and the
@@ -12,11 +13,15 @@ workload against each path, interleaved, with ``-c N -j 2 -T S``:
 * ``select-prepared``: the same with ``-M prepared`` (Parse once, then Bind/Execute);
 * ``mixed``: ``BEGIN; UPDATE pgbench_accounts ...; SELECT ...; END;`` per transaction.
 
-Each row gives the TPS pgbench reports (without connection time) and the ratio to the direct
-path of the same workload. The issue's goal is Tether >= 0.5x direct on ``select-only``;
-the figures are informational and the script exits 0 whatever they are. Progress goes to
-stderr. pgbench and PostgreSQL run on the same machine as the broker, so on a small machine
-the three compete for the same cores (see bench/README.md).
+Each row gives the TPS pgbench reports (without connection time), the ratio to the direct
+path of the same workload, and the machine's 1-minute load average when the series started
+(the broker shares the machine with pgbench and PostgreSQL, so a loaded machine lowers its
+ratio more than the direct path's: it is one process against ten). ``tether`` commits the
+audit trail with ``synchronous=full`` (the default), ``tether-normal`` with ``normal``. The
+issue's goal is Tether >= 0.5x direct on ``select-only``; the figures are informational and
+the script exits 0 whatever they are. Progress goes to stderr. pgbench and PostgreSQL run
+on the same machine as the broker, so on a small machine the three compete for the same
+cores (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -62,7 +67,17 @@ UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
 SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
 END;
 """
+WORKLOADS = ("select-only", "select-prepared", "mixed")
+PATHS = ("direct", "pgbouncer", "tether", "tether-normal")
 _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+
+def _names(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in WORKLOADS + PATHS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown name(s): {', '.join(unknown) or value!r}")
+    return names
 
 
 def log(message: str) -> None:
@@ -175,16 +190,24 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             common = ["-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
             results: list[dict[str, Any]] = []
             for workload, script in workloads.items():
+                if workload not in args.workloads:
+                    continue
                 for path, (where, extra) in paths.items():
+                    if path not in args.paths:
+                        continue
                     if workload == "select-prepared" and path == "pgbouncer":
                         continue  # transaction pooling cannot keep prepared statements
-                    log(f"{workload} via {path}")
+                    load = round(os.getloadavg()[0], 1)
+                    log(f"{workload} via {path} (load {load})")
                     tps = await pgbench([*script, *common, *where], extra)
                     results.append({"workload": workload, "path": path, "tps": round(tps, 1),
-                                    "clients": args.clients, "seconds": args.seconds})  # fmt: skip
+                                    "clients": args.clients, "seconds": args.seconds,
+                                    "load": load})  # fmt: skip
             for row in results:
-                direct = next(r for r in results if r["workload"] == row["workload"]
-                              and r["path"] == "direct")  # fmt: skip
+                direct = next((r for r in results if r["workload"] == row["workload"]
+                               and r["path"] == "direct"), None)  # fmt: skip
+                if direct is None:
+                    continue
                 row["x_direct"] = round(row["tps"] / direct["tps"], 3)
                 if row["workload"] == "select-only" and row["path"] == "tether":
                     row["goal"] = ">=0.5x direct " + (
@@ -209,17 +232,22 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--seconds", type=int, default=10, help="pgbench -T per series")
     parser.add_argument("--clients", type=int, default=8, help="pgbench -c")
+    parser.add_argument("--workloads", type=_names, default=WORKLOADS,
+                        help="comma-separated, of " + ",".join(WORKLOADS))  # fmt: skip
+    parser.add_argument("--paths", type=_names, default=PATHS,
+                        help="comma-separated, of " + ",".join(PATHS))  # fmt: skip
     args = parser.parse_args()
     results = asyncio.run(measure(args))
     if args.json:
         for row in results:
             print(json.dumps(row))
         return 0
-    print(f"{'workload':<12} {'path':<10} {'tps':>10} {'x direct':>9}  goal")
+    print(f"{'workload':<16} {'path':<14} {'tps':>10} {'x direct':>9} {'load':>6}  goal")
     for row in results:
         goal = row.get("goal", "-")
-        print(f"{row['workload']:<12} {row['path']:<10} {row['tps']:>10.1f} "
-              f"{row['x_direct']:>8.2f}x  {goal}")  # fmt: skip
+        ratio = f"{row['x_direct']:>8.2f}x" if "x_direct" in row else f"{'-':>9}"
+        print(f"{row['workload']:<16} {row['path']:<14} {row['tps']:>10.1f} {ratio} "
+              f"{row['load']:>6.1f}  {goal}")  # fmt: skip
     return 0
 
 

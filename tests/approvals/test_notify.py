@@ -1,5 +1,7 @@
-"""Webhook notifications delivered to a real HTTP receiver on loopback: Slack-compatible
-body, HMAC signature over timestamp and body, retries on 5xx, one webhook per group."""
+"""Webhook notifications through the durable outbox, delivered to a real HTTP receiver on
+loopback: Slack-compatible body, HMAC signature over timestamp and body, retries on 5xx,
+one webhook per group; nothing lost across a restart; one delivery per entry when two
+nodes share PostgreSQL; a receiver that is down gets the news when it is back."""
 
 from __future__ import annotations
 
@@ -8,16 +10,19 @@ import hashlib
 import hmac
 import json
 import socket
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.approvals.helpers import Clock, http_request, policies, ssh_request
+from tether.approvals import outbox
 from tether.approvals.config import ApprovalsConfig, ApprovalsConfigError
 from tether.approvals.digest import action_digest
 from tether.approvals.model import AccessRequest
@@ -33,6 +38,7 @@ class Receiver:
     """An ASGI app that records POSTs, failing the first ``fail_first`` with 503."""
 
     fail_first: int = 0
+    delay: float = 0.0
     seen: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     attempts: int = 0
     got: asyncio.Event = field(default_factory=asyncio.Event)
@@ -46,6 +52,7 @@ class Receiver:
             if not message.get("more_body"):
                 break
         self.attempts += 1
+        await asyncio.sleep(self.delay)
         status = 503 if self.attempts <= self.fail_first else 200
         if status == 200:
             headers = {k.decode(): v.decode() for k, v in scope["headers"]}
@@ -55,19 +62,63 @@ class Receiver:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
+class Served:
+    """A receiver on a loopback port, started and stopped by the test."""
+
+    def __init__(self, app: Receiver, port: int = 0) -> None:
+        self.app, self.port = app, port
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen()
+        self.port = sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_config=None, lifespan="off"))
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+
+
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
-    app = Receiver(fail_first=2)
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
+    served = Served(Receiver(fail_first=2))
+    await served.start()
     try:
-        yield app, f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield served.app, served.base
     finally:
-        server.should_exit = True
-        await task
+        await served.stop()
+
+
+async def running(
+    notifier: WebhookNotifier, until: Callable[[], bool], seconds: float = 15
+) -> None:
+    """Run the delivery loop until ``until()`` holds (or fail after ``seconds``)."""
+    stop = asyncio.Event()
+    worker = asyncio.create_task(notifier.run(stop))
+    try:
+        async with asyncio.timeout(seconds):
+            while not until():
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await worker
+
+
+async def entries(store: Store, request_id: str) -> list[outbox.Entry]:
+    async with store.engine.connect() as conn:
+        return await outbox.for_request(conn, request_id)
 
 
 async def test_signed_slack_compatible_delivery_with_retries(
@@ -79,20 +130,20 @@ async def test_signed_slack_compatible_delivery_with_retries(
         Webhook("sre", base + "/sre", SECRET, 5.0),
         Webhook("finance", base + "/fin", SECRET, 5.0),
     ]
-    notifier = WebhookNotifier(hooks, retries=3, backoff=0.05, link_base="https://tether.example")
+    notifier = WebhookNotifier(
+        store.engine, hooks, retries=3, backoff=0.05, link_base="https://tether.example"
+    )
     policy_set = policies()
     service = ApprovalService(store.engine, lambda: policy_set, clock=Clock(), notify=notifier)
-    stop = asyncio.Event()
-    worker = asyncio.create_task(notifier.run(stop))
     try:
         _, pending = await service.decide(ssh_request("systemctl restart app"), reason="deploy")
         assert pending is not None
-        await asyncio.wait_for(app.got.wait(), 10)
+        await running(notifier, lambda: notifier.delivered == 1)
+        (entry,) = await entries(store, pending.id)  # one webhook: the sre group's
     finally:
-        stop.set()
-        await worker
         await store.close()
-    assert app.attempts == 3 and notifier.delivered == 1  # two 503s, then delivered
+    assert app.attempts == 3  # two 503s, then delivered
+    assert entry.delivered_at is not None and entry.attempts == 3 and entry.last_error is None
     ((path, headers, body),) = app.seen
     assert path == "/sre"  # the rule's approvers are group:sre only
     timestamp = headers["x-tether-timestamp"]
@@ -105,7 +156,98 @@ async def test_signed_slack_compatible_delivery_with_retries(
     assert message["tether"]["status_url"].startswith("https://tether.example/v1/access-requests/")
 
 
-async def test_final_client_errors_are_not_retried() -> None:
+async def test_a_restarted_node_delivers_what_was_queued(store_url: str) -> None:
+    app = Receiver()
+    served = Served(app)
+    await served.start()
+    hooks = [Webhook("sre", served.base + "/sre", SECRET, 5.0)]
+    policy_set = policies()
+    try:
+        first = await Store.open(store_url)
+        notifier = WebhookNotifier(first.engine, hooks)  # never runs: the node stops first
+        service = ApprovalService(first.engine, lambda: policy_set, clock=Clock(), notify=notifier)
+        _, pending = await service.decide(ssh_request("systemctl restart app"))
+        assert pending is not None
+        await first.close()  # the node stops with the notification undelivered
+
+        second = await Store.open(store_url)  # the restarted node, same database
+        try:
+            restarted = WebhookNotifier(second.engine, hooks)
+            await running(restarted, lambda: restarted.delivered == 1)
+            (entry,) = await entries(second, pending.id)
+        finally:
+            await second.close()
+    finally:
+        await served.stop()
+    assert [json.loads(body)["tether"]["id"] for _, _, body in app.seen] == [pending.id]
+    assert entry.delivered_at is not None and entry.attempts == 1
+
+
+async def test_two_nodes_on_one_postgresql_deliver_each_entry_once(pg_fresh_url: str) -> None:
+    app = Receiver(delay=0.02)  # slow enough for both loops to contend for every batch
+    served = Served(app)
+    await served.start()
+    hooks = [Webhook("*", served.base + "/all", SECRET, 5.0)]
+    node_a, node_b = await Store.open(pg_fresh_url), await Store.open(pg_fresh_url)
+    count = 30
+    try:
+        writer = WebhookNotifier(node_a.engine, hooks)
+        async with node_a.engine.begin() as conn:
+            for n in range(count):
+                await writer.enqueue(conn, sample_request(f"ar_{n}"))
+        loops = [
+            WebhookNotifier(node.engine, hooks, holder=f"node-{name}", poll_interval=0.05)
+            for name, node in (("a", node_a), ("b", node_b))
+        ]
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(loop.run(stop)) for loop in loops]
+        async with asyncio.timeout(30):
+            while sum(loop.delivered for loop in loops) < count:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # a duplicate, if any, would arrive now
+        stop.set()
+        await asyncio.gather(*workers)
+    finally:
+        await node_a.close()
+        await node_b.close()
+        await served.stop()
+    delivered = sorted(headers["x-tether-delivery"] for _, headers, _ in app.seen)
+    assert delivered == sorted(f"ar_{n}" for n in range(count))  # each once, none lost
+    assert all(loop.delivered > 0 for loop in loops)  # both nodes took part
+
+
+async def test_a_receiver_down_then_up_gets_the_notification(tmp_path: Path) -> None:
+    app = Receiver()
+    served = Served(app)
+    await served.start()
+    await served.stop()  # the port is known and nothing listens on it
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    hooks = [Webhook("*", served.base + "/all", SECRET, 2.0)]
+    notifier = WebhookNotifier(store.engine, hooks, retries=20, backoff=0.05)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(notifier.run(stop))
+    try:
+        async with store.engine.begin() as conn:
+            await notifier.enqueue(conn, sample_request("ar_down"))
+        notifier.wake()
+        async with asyncio.timeout(15):
+            while not (await entries(store, "ar_down"))[0].attempts >= 2:
+                await asyncio.sleep(0.02)  # refused twice while the receiver is down
+            await served.start()
+            while not app.seen:
+                await asyncio.sleep(0.02)
+        stop.set()
+        await worker
+        (entry,) = await entries(store, "ar_down")
+    finally:
+        stop.set()
+        await store.close()
+        await served.stop()
+    assert entry.delivered_at is not None and entry.attempts >= 3
+    assert [headers["x-tether-delivery"] for _, headers, _ in app.seen] == ["ar_down"]
+
+
+async def test_final_client_errors_are_not_retried(tmp_path: Path) -> None:
     attempts = 0
 
     async def not_found(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
@@ -114,25 +256,57 @@ async def test_final_client_errors_are_not_retried() -> None:
         await send({"type": "http.response.start", "status": 404, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
     notifier = WebhookNotifier(
-        [Webhook("*", "http://hooks/gone", SECRET, 5.0)], retries=3, backoff=0.01,
-        transport=httpx.ASGITransport(app=not_found),
+        store.engine, [Webhook("*", "http://hooks/gone", SECRET, 5.0)], retries=3,
+        backoff=0.01, transport=httpx.ASGITransport(app=not_found),
     )  # fmt: skip
-    notifier(sample_request())
-    stop = asyncio.Event()
-    worker = asyncio.create_task(notifier.run(stop))
-    while notifier.failed == 0:
-        await asyncio.sleep(0.01)
-    stop.set()
-    await worker
+    try:
+        async with store.engine.begin() as conn:
+            await notifier.enqueue(conn, sample_request())
+        await running(notifier, lambda: notifier.failed == 1)
+        await asyncio.sleep(0.1)
+        (entry,) = await entries(store, "ar_1")
+    finally:
+        await store.close()
     assert attempts == 1 and notifier.delivered == 0
+    assert entry.failed_at is not None and entry.last_error == "HTTP 404"
 
 
-def sample_request() -> AccessRequest:
+async def test_leases_and_retention(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    clock = Clock()
+    hooks = [Webhook("*", "http://hooks/x", SECRET, 5.0)]
+    notifier = WebhookNotifier(store.engine, hooks, retention=3600, clock=lambda: clock())
+    try:
+        async with store.engine.begin() as conn:
+            await notifier.enqueue(conn, sample_request("ar_a"))
+            await notifier.enqueue(conn, sample_request("ar_b"))
+        first, second = await entries(store, "ar_a"), await entries(store, "ar_b")
+        now = clock()
+        async with store.engine.begin() as conn:
+            assert await outbox.claim(conn, first[0].id, "a", now, 30) is not None
+            assert await outbox.claim(conn, first[0].id, "b", now, 30) is None  # leased
+            assert await outbox.due_ids(conn, now, 10) == [second[0].id]
+            later = now + timedelta(seconds=31)  # a's lease lapsed: b may take over
+            assert await outbox.claim(conn, first[0].id, "b", later, 30) is not None
+            await outbox.reschedule(conn, first[0].id, "a", 1, "late", None, later)  # lost it
+            assert (await outbox.get(conn, first[0].id)).holder == "b"  # type: ignore[union-attr]
+            await outbox.mark_delivered(conn, first[0].id, 1, later)
+        clock.advance(3000)
+        assert await notifier.prune() == 0  # within the retention period
+        clock.advance(700)
+        assert await notifier.prune() == 1  # the delivered entry; the pending one stays
+        assert [e.id for e in await entries(store, "ar_b")] == [second[0].id]
+    finally:
+        await store.close()
+
+
+def sample_request(request_id: str = "ar_1") -> AccessRequest:
     digest = action_digest(http_request("POST", "/v1/invoices/1"))
     now = Clock()()
     return AccessRequest(
-        id="ar_1", agent_id="bot", runtime_id=None, task_id="T-1", delegation_user=None,
+        id=request_id, agent_id="bot", runtime_id=None, task_id="T-1", delegation_user=None,
         owner=None, target="billing", kind="http", action=dict(digest.canonical),
         digest=digest.digest, rule_id="invoices-write", scope="action", required=2,
         approvers=("group:finance",), allow_self=False, valid_for=60, reason=None,
@@ -141,7 +315,7 @@ def sample_request() -> AccessRequest:
     )  # fmt: skip
 
 
-def test_missing_secret_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_missing_secret_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("APPROVALS_TEST_HOOK", raising=False)
     config = ApprovalsConfig.model_validate(
         {
@@ -154,9 +328,11 @@ def test_missing_secret_variable_is_a_config_error(monkeypatch: pytest.MonkeyPat
             ]
         }
     )
+    engine = create_async_engine("sqlite+aiosqlite://")
     with pytest.raises(ApprovalsConfigError, match="APPROVALS_TEST_HOOK"):
-        WebhookNotifier.from_config(config)
+        WebhookNotifier.from_config(config, engine)
     monkeypatch.setenv("APPROVALS_TEST_HOOK", "x")
-    assert WebhookNotifier.from_config(config).hooks[0].key == b"x"
+    assert WebhookNotifier.from_config(config, engine).hooks[0].key == b"x"
     with pytest.raises(ValueError, match="exactly one"):
         ApprovalsConfig.model_validate({"webhooks": [{"group": "sre", "url": "https://h/x"}]})
+    await engine.dispose()

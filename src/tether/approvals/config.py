@@ -59,3 +59,4 @@ class ApprovalsConfig(BaseModel):
     retries: int = Field(default=5, ge=0, le=20)
     retry_backoff: float = Field(default=1.0, gt=0, le=300)
     link_base: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    notification_retention: int = Field(default=7 * 86400, ge=60, le=365 * 86400)

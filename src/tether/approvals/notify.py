@@ -10,15 +10,24 @@ the whole request under ``tether``. Each POST carries::
 so a receiver checks the signature over the exact bytes, rejects stale timestamps
 (replays), and deduplicates on the delivery id (deliveries are at least once).
 
-Security decisions:
+Security and reliability decisions:
 
-* **Never blocks a decision.** :meth:`WebhookNotifier.__call__` only queues; a worker
-  task delivers, retrying connection errors, 429 and 5xx with exponential backoff
-  (``retry_backoff * 2**attempt``) up to ``retries`` times. Other 4xx answers are final.
-  The queue is bounded; when full, the oldest news is dropped and logged (approvers can
-  always list pending requests).
+* **Durable, never lost once committed.** :meth:`WebhookNotifier.enqueue` writes one
+  outbox entry per matching webhook (:mod:`tether.approvals.outbox`) in the transaction
+  that creates the access request; a restart, a crash or a receiver that is down loses
+  nothing: whichever node runs :meth:`WebhookNotifier.run` over the same database
+  delivers it later.
+* **One node delivers an entry at a time** (a lease on the entry, see
+  :mod:`tether.approvals.outbox`): exactly once in the normal case, at least once when a
+  node stalls past its lease after sending.
+* **Never blocks a decision.** Enqueueing is one INSERT; the delivery loop retries
+  connection errors, 429 and 5xx with exponential backoff (``retry_backoff * 2**n`` after
+  the n+1-th failed attempt) up to ``retries`` times, then gives up (the entry keeps the
+  last error). Other 4xx answers are final. Delivered and given-up entries are deleted
+  after ``notification_retention``.
 * The body carries what an approver needs to decide (agent, task, target, the canonical
-  action, rule, reason) and no credential.
+  action, rule, reason) and no credential; the signing secret stays in the configuration,
+  never in the database.
 """
 
 from __future__ import annotations
@@ -29,19 +38,26 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tether.approvals import outbox
 from tether.approvals.config import ApprovalsConfig
 from tether.approvals.model import AccessRequest
 
 log = logging.getLogger(__name__)
 
-QUEUE_SIZE: Final = 10_000
+BATCH: Final = 20  # entries claimed and attempted together
+LEASE_MARGIN: Final = 30.0  # seconds a lease outlives the slowest webhook's timeout
+PRUNE_EVERY: Final = 300.0  # seconds between deletions of old entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,94 +92,155 @@ def message(request: AccessRequest, link_base: str | None) -> dict[str, Any]:
 
 
 class WebhookNotifier:
-    """Queues notifications and delivers them from :meth:`run`."""
+    """Writes notifications to the outbox and delivers them from :meth:`run`."""
 
     def __init__(
         self,
+        engine: AsyncEngine,
         hooks: list[Webhook],
         *,
         retries: int = 5,
         backoff: float = 1.0,
         link_base: str | None = None,
+        retention: float = 7 * 86400.0,
+        poll_interval: float = 2.0,
+        holder: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.hooks, self.retries, self.backoff = hooks, retries, backoff
-        self.link_base, self.clock = link_base, clock
+        self.engine, self.hooks, self.retries, self.backoff = engine, hooks, retries, backoff
+        self.link_base, self.retention, self.poll_interval = link_base, retention, poll_interval
+        self.holder = holder or "notifier-" + secrets.token_hex(8)
+        self.clock = clock
+        self.lease_ttl = max((h.timeout for h in hooks), default=10.0) + LEASE_MARGIN
         self._transport = transport
-        self._queue: asyncio.Queue[tuple[Webhook, AccessRequest]] = asyncio.Queue(QUEUE_SIZE)
+        self._by_address = {(h.group, h.url): h for h in hooks}
+        self._wake = asyncio.Event()
+        self._soonest: datetime | None = None  # the earliest retry this node scheduled
+        self._pruned = -PRUNE_EVERY
         self.delivered = 0
         self.failed = 0
 
     @classmethod
-    def from_config(cls, config: ApprovalsConfig) -> WebhookNotifier:
+    def from_config(cls, config: ApprovalsConfig, engine: AsyncEngine) -> WebhookNotifier:
         """Raises ``ApprovalsConfigError`` when a secret variable is missing."""
         hooks = [Webhook(h.group, h.url, h.signing_key(), h.timeout) for h in config.webhooks]
         return cls(
-            hooks, retries=config.retries, backoff=config.retry_backoff,
-            link_base=config.link_base,
+            engine, hooks, retries=config.retries, backoff=config.retry_backoff,
+            link_base=config.link_base, retention=float(config.notification_retention),
         )  # fmt: skip
 
-    def __call__(self, request: AccessRequest) -> None:
-        groups = {spec.partition(":")[2] for spec in request.approvers if spec.startswith("group:")}
-        for hook in self.hooks:
-            if hook.group == "*" or hook.group in groups:
-                self._put(hook, request)
+    # --- writing --------------------------------------------------------------------------
 
-    def _put(self, hook: Webhook, request: AccessRequest) -> None:
-        if self._queue.full():
-            dropped = self._queue.get_nowait()
-            log.error("approval notification queue full: dropped %s", dropped[1].id)
-        self._queue.put_nowait((hook, request))
+    def rows(self, request: AccessRequest) -> list[dict[str, Any]]:
+        """The outbox entries announcing ``request``: one per webhook of its groups."""
+        groups = {spec.partition(":")[2] for spec in request.approvers if spec.startswith("group:")}
+        now, body = self.clock(), message(request, self.link_base)
+        return [
+            {"id": "nt_" + secrets.token_hex(12), "request_id": request.id, "channel": hook.group,
+             "url": hook.url, "payload": body, "created_at": now}
+            for hook in self.hooks
+            if hook.group == "*" or hook.group in groups
+        ]  # fmt: skip
+
+    async def enqueue(self, conn: AsyncConnection, request: AccessRequest) -> None:
+        """Write the notifications of ``request`` in the caller's transaction."""
+        await outbox.enqueue(conn, self.rows(request))
+
+    def wake(self) -> None:
+        """Deliver now rather than at the next poll (after the enqueueing commit)."""
+        self._wake.set()
+
+    # --- delivering -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver queued notifications until ``stop`` is set."""
+        """Deliver due entries until ``stop`` is set; database errors are logged and the
+        loop carries on at the next poll."""
         async with httpx.AsyncClient(transport=self._transport) as http:
             while not stop.is_set():
-                item = await self._next(stop)
-                if item is not None:
-                    await self._deliver(http, *item)
+                attempted = 0
+                try:
+                    attempted = await self.deliver_due(http)
+                    if time.monotonic() - self._pruned >= PRUNE_EVERY:
+                        await self.prune()
+                        self._pruned = time.monotonic()
+                except (SQLAlchemyError, OSError) as error:
+                    log.error("approval notifications: the outbox is unavailable: %s", error)
+                if not attempted:
+                    await self._sleep(stop)
 
-    async def _next(self, stop: asyncio.Event) -> tuple[Webhook, AccessRequest] | None:
-        getter = asyncio.ensure_future(self._queue.get())
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _pending = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await getter
-        return None
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        timeout = self.poll_interval
+        if self._soonest is not None:
+            timeout = min(timeout, max(0.0, (self._soonest - self.clock()).total_seconds()))
+            self._soonest = None
+        waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
+        _done, pending = await asyncio.wait(
+            waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in pending:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        self._wake.clear()
 
-    async def _deliver(
-        self, http: httpx.AsyncClient, hook: Webhook, request: AccessRequest
-    ) -> bool:
-        body = json.dumps(message(request, self.link_base), separators=(",", ":")).encode()
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-            timestamp = str(int(self.clock()))
-            headers = {
-                "Content-Type": "application/json",
-                "X-Tether-Timestamp": timestamp,
-                "X-Tether-Signature": signature(hook.key, timestamp, body),
-                "X-Tether-Delivery": request.id,
-            }
-            try:
-                answer = await http.post(
-                    hook.url, content=body, headers=headers, timeout=hook.timeout
-                )
-            except httpx.HTTPError as error:
-                log.warning("approval webhook %s: %s (attempt %d)", hook.group, error, attempt + 1)
-                continue
-            if answer.is_success:
-                self.delivered += 1
-                return True
-            if answer.status_code != 429 and answer.status_code < 500:
-                break
-            log.warning("approval webhook %s: HTTP %d (attempt %d)", hook.group,
-                        answer.status_code, attempt + 1)  # fmt: skip
-        self.failed += 1
-        log.error("approval webhook %s: giving up on %s", hook.group, request.id)
-        return False
+    async def deliver_due(self, http: httpx.AsyncClient) -> int:
+        """Claim up to :data:`BATCH` due entries and attempt each once; how many."""
+        now = self.clock()
+        async with self.engine.connect() as conn:
+            candidates = await outbox.due_ids(conn, now, BATCH)
+        claimed: list[outbox.Entry] = []
+        for entry_id in candidates:
+            async with self.engine.begin() as conn:
+                entry = await outbox.claim(conn, entry_id, self.holder, now, self.lease_ttl)
+            if entry is not None:
+                claimed.append(entry)
+        await asyncio.gather(*(self._attempt(http, entry) for entry in claimed))
+        return len(claimed)
+
+    async def prune(self) -> int:
+        """Delete entries delivered or given up longer than ``retention`` ago."""
+        before = self.clock() - timedelta(seconds=self.retention)
+        async with self.engine.begin() as conn:
+            return await outbox.prune(conn, before)
+
+    async def _attempt(self, http: httpx.AsyncClient, entry: outbox.Entry) -> None:
+        hook = self._by_address.get((entry.channel, entry.url))
+        if hook is None:
+            await self._failed(entry, "the webhook is no longer configured", retryable=False)
+            return
+        body = json.dumps(entry.payload, separators=(",", ":")).encode()
+        timestamp = str(int(self.clock().timestamp()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Tether-Timestamp": timestamp,
+            "X-Tether-Signature": signature(hook.key, timestamp, body),
+            "X-Tether-Delivery": entry.request_id,
+        }
+        try:
+            answer = await http.post(hook.url, content=body, headers=headers, timeout=hook.timeout)
+        except httpx.HTTPError as error:
+            await self._failed(entry, str(error) or type(error).__name__, retryable=True)
+            return
+        if answer.is_success:
+            async with self.engine.begin() as conn:
+                await outbox.mark_delivered(conn, entry.id, entry.attempts + 1, self.clock())
+            self.delivered += 1
+            return
+        retryable = answer.status_code == 429 or answer.status_code >= 500
+        await self._failed(entry, f"HTTP {answer.status_code}", retryable=retryable)
+
+    async def _failed(self, entry: outbox.Entry, error: str, *, retryable: bool) -> None:
+        attempts, now = entry.attempts + 1, self.clock()
+        retry_at = None
+        if retryable and attempts <= self.retries:
+            retry_at = now + timedelta(seconds=self.backoff * 2 ** (attempts - 1))
+            if self._soonest is None or retry_at < self._soonest:
+                self._soonest = retry_at
+            log.warning("approval webhook %s: %s (attempt %d)", entry.channel, error, attempts)
+        else:
+            self.failed += 1
+            log.error("approval webhook %s: giving up on %s after %d attempt(s): %s",
+                      entry.channel, entry.request_id, attempts, error)  # fmt: skip
+        async with self.engine.begin() as conn:
+            await outbox.reschedule(conn, entry.id, self.holder, attempts, error, retry_at, now)

@@ -3,8 +3,9 @@
 The node calls :func:`start_humans` once its identity service and audit trail exist: the
 approval service follows the policy set in force, honours the node's revocation set, and
 is registered with the identity service so that a revocation cancels pending requests and
-grants at once; :meth:`Humans.start` runs the webhook notifier (when webhooks are
-configured) until the node stops.
+grants at once; :meth:`Humans.start` runs the webhook notifier's delivery loop over the
+durable outbox (when webhooks are configured) until the node stops. Every node of a
+deployment runs it; the outbox's leases let one node deliver each notification.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def start_humans(
 ) -> Humans:
     """The services, wired; raises ``ApprovalsConfigError`` for a missing webhook or OIDC
     client secret."""
-    notifier = WebhookNotifier.from_config(config) if config.webhooks else None
+    notifier = WebhookNotifier.from_config(config, identity.engine) if config.webhooks else None
     approvals = ApprovalService(
         identity.engine, policies, auditor=auditor, revoked=identity.revoked,
         clock=identity.clock, pending_ttl=timedelta(seconds=config.pending_ttl),

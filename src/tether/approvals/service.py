@@ -33,11 +33,11 @@ import logging
 import secrets
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.approvals import store as db
 from tether.approvals.binding import (
@@ -63,7 +63,17 @@ from tether.users.store import User
 
 log = logging.getLogger(__name__)
 
-Notify = Callable[[AccessRequest], None]
+
+class Notify(Protocol):
+    """Announces new requests (:class:`tether.approvals.notify.WebhookNotifier`)."""
+
+    async def enqueue(self, conn: AsyncConnection, request: AccessRequest) -> None:
+        """Record the announcement in the transaction creating ``request``."""
+
+    def wake(self) -> None:
+        """The transaction committed: deliver soon."""
+
+
 MAX_ROUNDS = 8  # rules needing approval that one action may name in turn
 _REVOCATION_COLUMNS = {"agent": "agent_id", "task": "task_id", "runtime": "runtime_id"}
 
@@ -196,12 +206,14 @@ class ApprovalService:
                 conn, self._row(new_id, ask, approval, agent, key, now)
             )
             created = await db.load(conn, request_id)
-        assert created is not None
+            assert created is not None
+            if request_id == new_id and self.notify is not None:
+                await self.notify.enqueue(conn, created)  # committed with the request, or not
         if request_id == new_id:
             await self._audit(created, None, "requested")
             self.bell.ring()
             if self.notify is not None:
-                self.notify(created)
+                self.notify.wake()
         return created
 
     def _approval(self, rule_id: str) -> Approval:

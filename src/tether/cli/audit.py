@@ -31,7 +31,7 @@ from tether.cli.apiclient import AdminClient, TokenFile, admin_token
 from tether.cli.audit_sinks import sinks
 from tether.cli.auditview import console, events_table, print_json_lines, print_report, summary
 from tether.cli.common import EXIT_FAILED, EXIT_UNUSABLE, fail
-from tether.config import CONFIG_ENV, DATABASE_FILE, ConfigError, load_settings
+from tether.config import CONFIG_ENV, DATABASE_FILE, ConfigError, Settings, load_settings
 
 T = TypeVar("T")
 
@@ -115,7 +115,8 @@ def verify(
     else:
         from tether.audit.verify import verify_trail
 
-        report = _offline(config, data_dir, verify_trail).to_dict()
+        head_file = _load(config, data_dir).audit.head_file
+        report = _offline(config, data_dir, partial(verify_trail, head_file=head_file)).to_dict()
     if as_json:
         print_json_lines([report])
     else:
@@ -335,12 +336,16 @@ def _offline(config: Path | None, data_dir: Path | None, query: Callable[[Any], 
         fail(f"the audit trail cannot be read: {reason}")
 
 
-def _database(config: Path | None, data_dir: Path | None) -> str:
+def _load(config: Path | None, data_dir: Path | None) -> Settings:
     overrides = {"data_dir": None if data_dir is None else str(data_dir)}
     try:
-        settings = load_settings(config, overrides=overrides)
+        return load_settings(config, overrides=overrides)
     except ConfigError as error:
         fail(str(error))
+
+
+def _database(config: Path | None, data_dir: Path | None) -> str:
+    settings = _load(config, data_dir)
     url = settings.database
     if settings.database_url is None:
         path = settings.data_dir / DATABASE_FILE

@@ -2,7 +2,7 @@
 
 ::
 
-    CLI ──POST /v1/login/oidc──▶ Tether: state, nonce, PKCE verifier (kept here, 10 min)
+    CLI ──POST /v1/login/oidc──▶ Tether: state, nonce, PKCE verifier (in the database, 10 min)
      │       ◀── authorization URL + poll id
      └─ browser ──▶ provider (user signs in) ──▶ /v1/login/oidc/callback?code&state
                                    Tether: code + verifier ──▶ token endpoint ──▶ ID token
@@ -12,8 +12,13 @@
 Security decisions:
 
 * **PKCE S256 always**, a fresh 256-bit verifier per login; ``state`` (256 bits, one use,
-  ``LOGIN_TTL``) binds the callback to a login this node started, and ``nonce`` binds the
+  ``LOGIN_TTL``) binds the callback to a login Tether started, and ``nonce`` binds the
   ID token to it (a token minted for another login is refused).
+* **Any node completes a sign-in**: pending sign-ins are rows of the shared database
+  (:mod:`tether.users.logins`), keyed by digests of ``state`` and the poll id, their
+  verifier and token sealed under keys derived from those secrets. The state is spent
+  atomically before the code is exchanged, so a replayed callback fails on every node,
+  and the token is collected once, by one poll.
 * **The ID token is verified like every user token** (:func:`verify_user_token`: the
   issuer's keys from its JWKS, ``iss``, ``aud`` — the provider's configured audiences must
   include ``client_id`` —, expiry, algorithm allow-list); the user id and the groups come
@@ -26,8 +31,6 @@ Security decisions:
   personal tokens keep working until they expire (``token_ttl``) or are revoked.
 * The token never reaches the browser: the callback page only says to go back to the
   terminal; the poll id (256 bits, one use) is what the CLI holds.
-* Pending logins live in this node's memory: the callback and the poll must reach the node
-  that started the login.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -47,6 +50,8 @@ from urllib.parse import urlencode
 import httpx
 
 from tether.identity.workload import TrustedIssuers, WorkloadTokenError, verify_user_token
+from tether.users import logins
+from tether.users import store as user_store
 from tether.users.config import OidcLoginConfig
 from tether.users.service import USER_ID, UserService
 from tether.users.store import User, UserToken
@@ -55,32 +60,20 @@ CALLBACK_PATH: Final = "/v1/login/oidc/callback"
 LOGIN_TTL: Final = 600.0
 MAX_PENDING: Final = 10_000
 TIMEOUT: Final = 10.0
+POLL_STEP: Final = 0.5  # seconds between database checks while a poll waits
 
 
 class OidcLoginError(Exception):
     """A sign-in that cannot complete; the message is safe to show."""
 
 
-@dataclass
-class _Pending:
-    verifier: str
-    nonce: str
-    poll_id: str
-    started: float
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """A completed sign-in, as its poll collects it."""
 
-
-@dataclass
-class _Result:
     token: str
     record: UserToken
     user: User
-    ready: float
-
-
-@dataclass
-class _Polls:
-    results: dict[str, _Result | None] = field(default_factory=dict)
-    event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -89,7 +82,7 @@ def pkce_challenge(verifier: str) -> str:
 
 
 class OidcLogin:
-    """Pending OIDC sign-ins of this node, and their completion."""
+    """OIDC sign-ins: started, completed and collected through the shared database."""
 
     def __init__(
         self,
@@ -100,86 +93,93 @@ class OidcLogin:
         redirect_uri: str,
         clock: Callable[[], datetime],
         transport: httpx.AsyncBaseTransport | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config, self.issuers, self.users = config, issuers, users
         self.redirect_uri = config.redirect_uri or redirect_uri
-        self.clock, self.monotonic = clock, monotonic
+        self.clock = clock
         self._transport = transport
-        self._pending: dict[str, _Pending] = {}
-        self._polls = _Polls()
+        self._completed = asyncio.Event()  # rung when this node completes a sign-in
         self._endpoints: tuple[str, str] | None = None
 
     async def start(self) -> tuple[str, str]:
         """The authorization URL to open in a browser, and the poll id for the CLI."""
-        self._prune()
-        if len(self._pending) >= MAX_PENDING:
-            raise OidcLoginError("too many sign-ins in progress; try again shortly")
         authorize, _token = await self._discover()
-        state, poll_id = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        pending = _Pending(secrets.token_urlsafe(48), secrets.token_urlsafe(32), poll_id,
-                           self.monotonic())  # fmt: skip
-        self._pending[state] = pending
-        self._polls.results[poll_id] = None
+        state = secrets.token_urlsafe(32)
+        started = logins.Started(
+            secrets.token_urlsafe(48), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        )
+        now = self.clock()
+        async with self.users.engine.begin() as conn:
+            await logins.prune(conn, now)
+            if await logins.live_count(conn, now) >= MAX_PENDING:
+                raise OidcLoginError("too many sign-ins in progress; try again shortly")
+            await logins.insert_login(conn, state, started, now, LOGIN_TTL)
         query = urlencode({
             "response_type": "code", "client_id": self.config.client_id,
             "redirect_uri": self.redirect_uri, "scope": " ".join(self.config.scopes),
-            "state": state, "nonce": pending.nonce,
-            "code_challenge": pkce_challenge(pending.verifier), "code_challenge_method": "S256",
+            "state": state, "nonce": started.nonce,
+            "code_challenge": pkce_challenge(started.verifier), "code_challenge_method": "S256",
         })  # fmt: skip
         separator = "&" if "?" in authorize else "?"
-        return f"{authorize}{separator}{query}", poll_id
+        return f"{authorize}{separator}{query}", started.poll_id
 
     async def callback(self, code: str, state: str) -> User:
-        """Complete the sign-in of ``state`` with the provider's ``code``."""
-        pending = self._pending.pop(state, None)
-        if pending is None or self.monotonic() - pending.started > LOGIN_TTL:
+        """Complete the sign-in of ``state`` with the provider's ``code``; the state is
+        spent first, whatever happens next."""
+        async with self.users.engine.begin() as conn:
+            started = await logins.consume(conn, state, self.clock())
+        if started is None:
             raise OidcLoginError("unknown or expired sign-in (state); start again")
-        id_token = await self._exchange(code, pending.verifier)
+        id_token = await self._exchange(code, started.verifier)
         try:
             identity = await verify_user_token(id_token, self.issuers(), self.clock())
         except WorkloadTokenError as error:
             raise OidcLoginError(f"the ID token is refused: {error}") from None
         if identity.claims.get("iss") != self.config.issuer:
             raise OidcLoginError("the ID token is from another issuer")
-        if identity.claims.get("nonce") != pending.nonce:
+        if identity.claims.get("nonce") != started.nonce:
             raise OidcLoginError("the ID token is not for this sign-in (nonce)")
         user = await self._upsert(identity.user, identity.groups)
         text, record = await self.users.create_token(
             user.id, name="oidc login", ttl=self.config.token_ttl
         )
-        self._polls.results[pending.poll_id] = _Result(text, record, user, self.monotonic())
-        self._polls.event.set()
-        self._polls.event = asyncio.Event()
+        async with self.users.engine.begin() as conn:
+            await logins.complete(conn, started.poll_id, text, user.id, record.id,
+                                  self.clock(), LOGIN_TTL)  # fmt: skip
+        self._completed.set()
+        self._completed = asyncio.Event()
         return user
 
-    async def poll(self, poll_id: str, wait: float) -> _Result | None:
+    async def poll(self, poll_id: str, wait: float) -> LoginResult | None:
         """The completed sign-in of ``poll_id`` (handed out once), or None while pending;
-        ``KeyError`` for an unknown, expired or already collected poll id."""
-        deadline = self.monotonic() + wait
+        ``KeyError`` for an unknown, expired or already collected poll id. A sign-in
+        completed on another node is seen within :data:`POLL_STEP` seconds."""
+        deadline = time.monotonic() + wait
         while True:
-            if poll_id not in self._polls.results:
-                raise KeyError(poll_id)
-            result = self._polls.results[poll_id]
-            if result is not None:
-                del self._polls.results[poll_id]
-                return result
-            left = deadline - self.monotonic()
+            async with self.users.engine.begin() as conn:
+                ready = await logins.poll_state(conn, poll_id, self.clock())
+                if ready is None:
+                    raise KeyError(poll_id)
+                collected = await logins.collect(conn, poll_id, self.clock()) if ready else None
+            if ready:
+                return await self._result(poll_id, collected)
+            left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            event = self._polls.event
+            event = self._completed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(left, 1.0))
+                await asyncio.wait_for(event.wait(), min(left, POLL_STEP))
 
-    def _prune(self) -> None:
-        now = self.monotonic()
-        for state, pending in list(self._pending.items()):
-            if now - pending.started > LOGIN_TTL:
-                del self._pending[state]
-                self._polls.results.pop(pending.poll_id, None)
-        for poll_id, result in list(self._polls.results.items()):
-            if result is not None and now - result.ready > LOGIN_TTL:
-                del self._polls.results[poll_id]
+    async def _result(self, poll_id: str, collected: logins.Collected | None) -> LoginResult:
+        if collected is None:
+            raise KeyError(poll_id)  # another poll collected it first
+        async with self.users.engine.connect() as conn:
+            user = await user_store.get_user(conn, collected.user_id)
+            tokens = await user_store.list_tokens(conn, collected.user_id)
+        record = next((t for t in tokens if t.id == collected.token_id), None)
+        if user is None or record is None:
+            raise KeyError(poll_id)
+        return LoginResult(collected.token, record, user)
 
     async def _discover(self) -> tuple[str, str]:
         if self._endpoints is not None:

@@ -2,9 +2,9 @@
 
 The ``billing-api`` of examples/policies/http.yaml, in memory: ``GET /v1/invoices``,
 ``GET /v1/invoices/{id}``, ``POST /v1/invoices/{id}/refund``, ``DELETE /v1/invoices/{id}``
-and ``GET /admin/stats``. Every route but
-``/healthz`` wants ``X-Api-Key`` to hold the demo key, so a call that works through Tether
-shows the credential was injected on the way, while the agent never had it.
+and ``GET /admin/stats``. Every route but ``/healthz`` wants ``X-Api-Key`` to hold the demo
+key, so a call that works through Tether shows the credential was injected on the way,
+while the agent never had it.
 
 It is a demo, not a target to keep: the key is a public value (``DEMO_API_KEY``, or the
 content of a file given to ``tether demo-upstream --key-file``), the data lives in memory,

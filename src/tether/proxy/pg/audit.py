@@ -26,6 +26,7 @@ Security decisions:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 PROTOCOL = "postgres"
 BATCH = 100
+_SHAPES = 256  # statement shapes whose decided action is kept per session
 
 
 def result_entry(seq: int | None, record: StatementRecord, rows: int | None,
@@ -55,7 +57,9 @@ def result_entry(seq: int | None, record: StatementRecord, rows: int | None,
     return entry
 
 
+@functools.lru_cache(maxsize=1024)
 def fingerprint(redacted: str) -> str:
+    """SHA-256 of ``redacted`` with runs of white space folded, 16 hex digits (cached)."""
     return hashlib.sha256(" ".join(redacted.split()).encode("utf-8")).hexdigest()[:16]
 
 
@@ -69,6 +73,7 @@ class SessionAudit:
         self.who = who
         self.target = target
         self.database = database
+        self._actions: dict[tuple[Any, ...], Mapping[str, Any]] = {}
 
     async def start(self, detail: Mapping[str, Any]) -> None:
         if self.auditor is not None:
@@ -89,10 +94,22 @@ class SessionAudit:
         if auditor is None:
             return []
         if len(records) == 1:
-            return [await auditor.emit(self._event(records[0], "decided"))]
-        return list(
-            await asyncio.gather(*(auditor.emit(self._event(r, "decided")) for r in records))
-        )
+            return [await auditor.emit(self._event(records[0]))]
+        return list(await asyncio.gather(*(auditor.emit(self._event(r)) for r in records)))
+
+    async def decided_many(self, batches: list[tuple[StatementRecord, ...]]) -> list[list[int]]:
+        """:meth:`decided` for several statements' records at once: every event is appended
+        before any is awaited, so they share one group commit. Raises if any failed."""
+        if self.auditor is None:
+            return [[] for _ in batches]
+        emit = self.auditor.emit
+        flat = await asyncio.gather(*(emit(self._event(r)) for rs in batches for r in rs))
+        out: list[list[int]] = []
+        at = 0
+        for records in batches:
+            out.append(list(flat[at : at + len(records)]))
+            at += len(records)
+        return out
 
     async def completed(self, results: list[dict[str, Any]]) -> None:
         """One event for a batch of results (see the module docstring)."""
@@ -110,10 +127,29 @@ class SessionAudit:
         )  # fmt: skip
         await self.auditor.emit(event)
 
-    def _event(self, record: StatementRecord, phase: str) -> AuditEvent:
+    def _event(self, record: StatementRecord) -> AuditEvent:
         who, decision = self.who, record.decision
+        detail = {"detail": decision.detail} if decision.detail else {}
+        return AuditEvent(
+            kind="sql.statement", agent=who.agent, runtime=who.runtime, task=who.task,
+            user=who.user, actor_chain=who.actor_chain, source_ip=who.source_ip,
+            session_id=who.session_id, target=self.target, action=self._action(record),
+            decision=decision.decision, rule=decision.rule, reason=decision.reason,
+            policy_version=decision.policy_version or None, detail=detail,
+        )  # fmt: skip
+
+    def _action(self, record: StatementRecord) -> Mapping[str, Any]:
+        """The ``decided`` event's action: the same for every statement of one shape (its
+        redacted text, protocol, classes, relations, parameter count), so it is built,
+        redacted and frozen once per shape and shared (it is read-only)."""
+        size = record.size if record.redacted is None else 0
+        key = (record.redacted, record.protocol, record.classes, record.relations,
+               record.params, size)  # fmt: skip
+        cached = self._actions.get(key)
+        if cached is not None:
+            return cached
         action: dict[str, Any] = {
-            "phase": phase,
+            "phase": "decided",
             "query": record.redacted,
             "database": self.database,
             "protocol": record.protocol,
@@ -125,11 +161,10 @@ class SessionAudit:
             action["params"] = record.params
         if record.redacted is None:
             action["size"] = record.size
-        detail = {"detail": decision.detail} if decision.detail else {}
-        return AuditEvent(
-            kind="sql.statement", agent=who.agent, runtime=who.runtime, task=who.task,
-            user=who.user, actor_chain=who.actor_chain, source_ip=who.source_ip,
-            session_id=who.session_id, target=self.target, action=action,
-            decision=decision.decision, rule=decision.rule, reason=decision.reason,
-            policy_version=decision.policy_version or None, detail=detail,
-        )  # fmt: skip
+        frozen = (
+            action if self.auditor is None else self.auditor.redactor.event_json(action, "action")
+        )
+        if len(self._actions) >= _SHAPES:
+            self._actions.clear()
+        self._actions[key] = frozen
+        return frozen

@@ -192,30 +192,50 @@ class Pump:
 
     async def _run(self, commands: list[Command]) -> None:
         """Carry out ``commands`` in order. Bytes are gathered and written once at the end
-        (or before an ``End``), so they always follow the audit events awaited before them:
-        a statement is never written before its ``AuditDecided`` committed."""
+        (or before an ``End``), after every audit event of the batch committed: a statement
+        is never written before its ``AuditDecided`` committed. The ``AuditDecided`` s of one
+        batch (a pipelining client's messages read at once) are appended together, so they
+        share one group commit instead of waiting for one commit each."""
         to_server, to_client = bytearray(), bytearray()
+        decided: list[AuditDecided] = []
         for command in commands:
             if isinstance(command, ToServer):
                 to_server += command.data
             elif isinstance(command, ToClient):
                 to_client += command.data
             elif isinstance(command, AuditDecided):
-                seqs = await self.audit.decided(command.records)
-                if command.ref:
-                    self._remember(command.ref, seqs)
+                decided.append(command)
             elif isinstance(command, AuditResult):
+                if decided:  # its decided event must be numbered first
+                    await self._decided(decided)
                 self._result(command)
             elif isinstance(command, End):
+                if decided:
+                    await self._decided(decided)
                 self._write(to_server, to_client)
                 if command.reason == "closed":
                     with contextlib.suppress(OSError, RuntimeError):
                         await self.upstream.writer.drain()
                 self.end(command.reason, command.message)
                 return
+        if decided:
+            await self._decided(decided)
         self._write(to_server, to_client)
         await self.upstream.writer.drain()
         await self.client_writer.drain()
+
+    async def _decided(self, decided: list[AuditDecided]) -> None:
+        """Commit the events of ``decided`` (emptied), all at once; raises
+        :class:`AuditUnavailable` if any of them did not commit."""
+        batch = decided[:]
+        decided.clear()
+        if len(batch) == 1:
+            results = [await self.audit.decided(batch[0].records)]
+        else:
+            results = await self.audit.decided_many([d.records for d in batch])
+        for command, seqs in zip(batch, results, strict=True):
+            if command.ref:
+                self._remember(command.ref, seqs)
 
     def _write(self, to_server: bytearray, to_client: bytearray) -> None:
         if to_server:

@@ -11,16 +11,26 @@ or a savepoint can undo a ``SET``). A query is decided under every schema of the
 most restrictive decision winning, so the policy never decides under fewer schemas than
 the server may use. Within one query, a ``SET`` followed by more statements has each
 statement decided alone under the old and the new schemas (spec 5.3: most restrictive).
+
+Trailing terminators (``;`` and white space at the end of the text, as pgbench and many
+scripts send) are dropped before deciding: a final ``;`` is either a statement terminator,
+which PostgreSQL ignores at the end, or part of a comment or of an unterminated literal or
+identifier, whose meaning (or invalidity) does not change without it. Deciding on the
+trimmed text lets the policy engine serve the parse from its literal-normalised cache,
+which it never uses for text holding a ``;``. The server still receives the text as sent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from tether.policy.errors import SqlParseError
 from tether.policy.model import Decision, more_restrictive
 from tether.policy.sql import SqlAnalysis, analyze_sql
 from tether.proxy.pg.commands import Policy, StatementRecord, record_for
+
+_TERMINATORS: Final = " \t\r\n;"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +55,9 @@ class Decider:
         self.path_touched = False
         self.refresh = False
 
-    def decide(self, text: str, protocol: str) -> Verdict:
+    def decide(self, query: str, protocol: str) -> Verdict:
         schemas = self.schemas
+        text = query.rstrip(_TERMINATORS) or query
         try:
             analysis: SqlAnalysis | None = analyze_sql(text, schemas[0])
         except SqlParseError:
@@ -70,19 +81,23 @@ class Decider:
                 verdict = self.policy.decide(part, schema)
                 decision = verdict if decision is None else more_restrictive(decision, verdict)
         assert decision is not None
-        records = self._records(text, analysis, decision, protocol)
+        records = self._records(query, analysis, decision, protocol)
         return Verdict(decision, records, schemas, paths, transaction)
 
     def _records(
-        self, text: str, analysis: SqlAnalysis | None, decision: Decision, protocol: str
+        self,
+        query: str,
+        analysis: SqlAnalysis | None,
+        decision: Decision,
+        protocol: str,
     ) -> tuple[StatementRecord, ...]:
         if analysis is None:
-            return (record_for(decision, protocol, size=len(text)),)
+            return (record_for(decision, protocol, size=len(query)),)
         statements = analysis.statements
         if len(statements) == 1:
             s = statements[0]
             record = StatementRecord(
-                analysis.redacted, len(text), s.classes, s.relations, decision, protocol
+                analysis.redacted, len(query), s.classes, s.relations, decision, protocol
             )
             return (record,)
         schema = self.schemas[0]

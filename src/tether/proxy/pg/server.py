@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL: Final = 600.0
+CACHED_DECISIONS: Final = 512  # per session
+CACHED_QUERY_CHARS: Final = 4096
 _SAFE_CLIENT_ENCODINGS: Final = frozenset({"UTF8", "UNICODE", "SQLASCII"})
 
 
@@ -69,17 +71,50 @@ class Fatal(Exception):
 
 
 class SessionPolicy:
-    """The session's :class:`~tether.proxy.pg.session.Policy`: one request template per session."""
+    """The session's :class:`~tether.proxy.pg.session.Policy`: one request template per session.
+
+    Decisions are cached per exact query text and default schema while nothing they depend
+    on can change: the cache belongs to one policy set (another set in force empties it),
+    holds only for the session's context as it is (new agent labels empty it), and is not
+    used at all when the set has a rule with a ``when`` condition (which may read the clock
+    or the query text). Inside those bounds the engine is a pure function of the request, so
+    a cached decision is the one it would make again.
+    """
 
     def __init__(self, services: Services, base: dict[str, Any], database: str) -> None:
         self.services = services
         self.base = base
         self.database = database
+        self._set: object = None
+        self._cacheable = False
+        self._cache: dict[tuple[str, str], Decision] = {}
 
     def decide(self, query: str, default_schema: str) -> Decision:
+        current = self.services.policies.current
+        if current is not self._set:
+            self._set = current
+            self._cache.clear()
+            self._cacheable = all(rule.when is None for rule in current.rules)
+        key = (query, default_schema)
+        if self._cacheable:
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
         request = dict(self.base)
         request["action"] = {"sql": {"query": query, "database": self.database}}
-        return self.services.policies.current.decide(request, default_schema=default_schema)
+        decision = current.decide(request, default_schema=default_schema)
+        if self._cacheable and len(query) <= CACHED_QUERY_CHARS:
+            if len(self._cache) >= CACHED_DECISIONS:
+                self._cache.clear()
+            self._cache[key] = decision
+        return decision
+
+    def set_labels(self, agent_id: str, labels: Mapping[str, str]) -> None:
+        """The agent's labels as they are now (the cache is emptied if they changed)."""
+        agent = {"id": agent_id, "labels": dict(labels)}
+        if agent != self.base.get("agent"):
+            self.base["agent"] = agent
+            self._cache.clear()
 
     def current(self) -> object:
         return self.services.policies.current
@@ -367,8 +402,7 @@ class PgBroker:
                 await self.services.identity.check_live(claims)
 
             async def refresh_labels() -> None:
-                fresh = await self.services.agents.get(claims.agent_id)
-                policy.base["agent"] = {"id": claims.agent_id, "labels": dict(fresh)}
+                policy.set_labels(claims.agent_id, await self.services.agents.get(claims.agent_id))
 
             pump = Pump(session, audit, (reader, writer), decoder, upstream,
                         check_live=check_live, deadline=credential.deadline,

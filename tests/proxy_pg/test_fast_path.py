@@ -1,0 +1,131 @@
+"""The broker's fast paths keep every decision and every audit guarantee.
+
+* Trailing terminators are trimmed before deciding (:mod:`tether.proxy.pg.deciding`): the
+  verdict matches the real engine's on the text as sent, and never allows what it denies.
+* A pipelining client's statements read at once share one group commit
+  (:meth:`tether.proxy.pg.connection.Pump._run`): each is still audited, in order, before
+  the server answers it.
+* The decided event's action is built once per statement shape and shared.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tether.policy import PolicySource, load_policies
+from tether.policy.model import Decision
+from tether.proxy.pg import codec as c
+from tether.proxy.pg.backend import T_READY
+from tether.proxy.pg.deciding import Decider
+
+from .conftest import POLICY, Broker
+from .test_enforcement import BYPASSES, _session
+from .wire import rows
+
+_POLICIES = load_policies([PolicySource("p.yaml", textwrap.dedent(POLICY))])
+_BASE = {
+    "agent": {"id": "bot", "labels": {}},
+    "runtime": {"id": "rt-1", "labels": {}},
+    "task": {"id": "T-1", "purpose": "testing"},
+    "scope": {"targets": ["app"]},
+    "target": {"name": "app", "labels": {}},
+}
+
+
+class EnginePolicy:
+    """The real policy engine behind the session's Policy interface."""
+
+    def decide(self, query: str, default_schema: str) -> Decision:
+        request = dict(_BASE, action={"sql": {"query": query, "database": "broker_app"}})
+        return _POLICIES.decide(request, default_schema=default_schema)
+
+    def current(self) -> object:
+        return _POLICIES
+
+
+_QUERIES = [
+    "SELECT * FROM items WHERE id = 1",
+    "SELECT * FROM secrets",
+    "SELECT * FROM items -- a comment",
+    "SELECT * FROM items /* unterminated",
+    "SELECT 'unterminated",
+    "SELECT E'abc\\'",
+    'SELECT "unterminated',
+    "SELECT 1; DELETE FROM secrets",
+    "DELETE FROM secrets; SELECT 1",
+    "SELECT * FROM items -- ; DELETE FROM secrets",
+    "INSERT INTO items VALUES (1, 'a;b')",
+    "SET search_path = vault; SELECT * FROM items",
+    "",
+    *BYPASSES,
+]
+_SUFFIXES = st.text(alphabet=" \t\r\n;", max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(_QUERIES), _SUFFIXES)
+def test_trimmed_decision_matches_the_engine_on_the_text_as_sent(query: str, suffix: str) -> None:
+    text = query + suffix
+    if not text.strip(" \t\r\n;"):
+        return  # the session forwards an empty query without deciding it
+    verdict = Decider(EnginePolicy(), default_schema="public", user="u").decide(text, "simple")
+    engine = EnginePolicy().decide(text, "public")
+    assert engine.allowed or not verdict.decision.allowed, (text, verdict.decision, engine)
+    if "search_path" not in text:  # a SET widens the schemas: stricter than one decision
+        assert verdict.decision.allowed == engine.allowed, (text, verdict.decision, engine)
+    if len(verdict.records) == 1:
+        assert verdict.records[0].size == len(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet="SELECT *FROMitemsecrt;'\"-/\\ \n$1", max_size=40), _SUFFIXES)
+def test_trimming_never_turns_a_deny_into_an_allow(query: str, suffix: str) -> None:
+    text = query + suffix
+    if not text.strip(" \t\r\n;"):
+        return
+    verdict = Decider(EnginePolicy(), default_schema="public", user="u").decide(text, "simple")
+    if verdict.decision.allowed:
+        assert EnginePolicy().decide(text, "public").allowed, text
+
+
+async def test_pipelined_queries_share_a_commit_and_stay_in_order(broker: Broker) -> None:
+    wire = await _session(broker)
+    queries = [f"SELECT id FROM items WHERE id = {n};" for n in range(1, 7)]
+    batches = broker.auditor.log.batches
+    wire.send(b"".join(c.Query(q).encode() for q in queries))
+    answered = []
+    for _ in queries:
+        answered.append(rows(await wire.until({T_READY})))
+    assert answered == [[[str(n)]] for n in range(1, 7)]
+    assert broker.auditor.log.batches - batches < len(queries)  # grouped, not one each
+    decided = [e for e in await broker.events("sql.statement") if e["action"]["phase"] == "decided"]
+    assert [e["action"]["query"] for e in decided[-6:]] == ["SELECT id FROM items WHERE id = ?"] * 6
+    seqs = [e["seq"] for e in decided[-6:]]
+    assert seqs == sorted(seqs)
+    fingerprints = {e["action"]["fingerprint"] for e in decided[-6:]}
+    assert len(fingerprints) == 1
+    wire.close()
+    completed = await broker.wait_for("sql.statement", count=len(decided) + 1)
+    results = [
+        r for e in completed if e["action"]["phase"] == "completed" for r in e["action"]["results"]
+    ]
+    assert [r["seq"] for r in results[-6:]] == seqs
+
+
+async def test_a_denied_statement_in_a_pipeline_is_not_run(broker: Broker) -> None:
+    wire = await _session(broker)
+    wire.send(
+        c.Query("SELECT 1;").encode()
+        + c.Query("DELETE FROM secrets;").encode()
+        + c.Query("SELECT count(*) FROM secrets;").encode()
+    )
+    first = await wire.until({T_READY})
+    second = await wire.until({T_READY})
+    await wire.until({T_READY})
+    assert rows(first) == [["1"]]
+    assert any(kind == ord("E") and b"42501" in body for kind, body, _raw in second)
+    assert broker.pg.psql("SELECT count(*) FROM secrets", database="broker_app").strip() == "1"
+    wire.close()
