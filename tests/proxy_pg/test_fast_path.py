@@ -6,20 +6,26 @@
   (:meth:`tether.proxy.pg.connection.Pump._run`): each is still audited, in order, before
   the server answers it.
 * The decided event's action is built once per statement shape and shared.
+* A session's decisions are cached per text only while the policy set, the agent's labels
+  are unchanged and no rule has a ``when`` condition (:class:`SessionPolicy`).
 """
 
 from __future__ import annotations
 
 import textwrap
+from types import SimpleNamespace
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tether.api.state import PolicyHolder
 from tether.policy import PolicySource, load_policies
 from tether.policy.model import Decision
 from tether.proxy.pg import codec as c
 from tether.proxy.pg.backend import T_READY
 from tether.proxy.pg.deciding import Decider
+from tether.proxy.pg.server import SessionPolicy
 
 from .conftest import POLICY, Broker
 from .test_enforcement import BYPASSES, _session
@@ -129,3 +135,48 @@ async def test_a_denied_statement_in_a_pipeline_is_not_run(broker: Broker) -> No
     assert any(kind == ord("E") and b"42501" in body for kind, body, _raw in second)
     assert broker.pg.psql("SELECT count(*) FROM secrets", database="broker_app").strip() == "1"
     wire.close()
+
+
+def _session_policy(text: str, labels: dict[str, str] | None = None) -> tuple[Any, Any]:
+    holder = PolicyHolder(load_policies([PolicySource("p.yaml", textwrap.dedent(text))]))
+    base = dict(_BASE, agent={"id": "bot", "labels": labels or {}})
+    services = SimpleNamespace(policies=holder)  # the only part SessionPolicy reads
+    return SessionPolicy(services, base, "broker_app"), holder  # type: ignore[arg-type]
+
+
+LABELLED = """
+rules:
+  - id: prod-readers
+    effect: allow
+    agents: {labels: {env: prod}}
+    sql: {statements: [select], tables: ["public.items"]}
+"""
+TIMED = """
+rules:
+  - id: short-queries
+    effect: allow
+    agents: [bot]
+    sql: {statements: [select], tables: ["public.items"]}
+    when: 'request.sql.query.size() < 40'
+"""
+
+
+def test_cached_decisions_follow_the_policy_set_and_the_labels() -> None:
+    policy, holder = _session_policy(LABELLED, {"env": "prod"})
+    query = "SELECT * FROM items"
+    first = policy.decide(query, "public")
+    assert first.allowed and policy.decide(query, "public") is first  # served from the cache
+    policy.set_labels("bot", {"env": "dev"})  # labels changed: decided again
+    assert not policy.decide(query, "public").allowed
+    policy.set_labels("bot", {"env": "prod"})
+    assert policy.decide(query, "public").allowed
+    holder.replace(load_policies([PolicySource("p.yaml", "rules: []\n")]))  # a new set
+    assert not policy.decide(query, "public").allowed
+
+
+def test_no_cache_when_a_rule_has_a_condition() -> None:
+    policy, _ = _session_policy(TIMED)
+    short = "SELECT * FROM items"
+    assert policy.decide(short, "public").allowed
+    assert policy.decide(short, "public") is not policy.decide(short, "public")
+    assert not policy.decide(short + " WHERE id = 1 AND name = 'abc'", "public").allowed

@@ -20,6 +20,7 @@ Security decisions:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -60,13 +61,28 @@ class AgentLabels:
         self._clock = clock
         self._max = max_entries
         self._cache: dict[str, tuple[Mapping[str, str], float]] = {}
+        self._loading: dict[str, asyncio.Future[Mapping[str, str]]] = {}
 
     async def get(self, agent_id: str) -> Mapping[str, str]:
-        """The agent's labels (empty for an unknown agent)."""
-        now = self._clock()
+        """The agent's labels (empty for an unknown agent).
+
+        Single-flight: concurrent misses for one agent share one store read, so a burst
+        of new sessions cannot exhaust the store's connection pool.
+        """
         hit = self._cache.get(agent_id)
-        if hit is not None and 0 <= now - hit[1] < self._ttl:
+        if hit is not None and 0 <= self._clock() - hit[1] < self._ttl:
             return hit[0]
+        loading = self._loading.get(agent_id)
+        if loading is None:
+            # The read runs in a task of its own: a caller cancelled while waiting does
+            # not cancel the read the others wait for.
+            loading = asyncio.ensure_future(self._load(agent_id))
+            self._loading[agent_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(agent_id, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, agent_id: str) -> Mapping[str, str]:
+        now = self._clock()
         async with self._engine.connect() as conn:
             agent = await agent_store.get_agent(conn, agent_id)
         labels = _NO_LABELS if agent is None else MappingProxyType(dict(agent.labels))
