@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -22,12 +23,16 @@ import uvicorn
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.approvals.helpers import Clock, http_request, policies, ssh_request
+from tests.identity_e2e.conftest import build_service
 from tether.approvals import outbox
 from tether.approvals.config import ApprovalsConfig, ApprovalsConfigError
 from tether.approvals.digest import action_digest
 from tether.approvals.model import AccessRequest
 from tether.approvals.notify import Webhook, WebhookNotifier
+from tether.approvals.runtime import start_humans
 from tether.approvals.service import ApprovalService
+from tether.crypto.envelope import EnvelopeCipher
+from tether.crypto.masterkey import MasterKey
 from tether.store import Store
 
 SECRET = b"s3cret-for-the-receiver"
@@ -336,3 +341,32 @@ async def test_missing_secret_variable_is_a_config_error(monkeypatch: pytest.Mon
     with pytest.raises(ValueError, match="exactly one"):
         ApprovalsConfig.model_validate({"webhooks": [{"group": "sre", "url": "https://h/x"}]})
     await engine.dispose()
+
+
+async def test_a_node_wires_the_outbox_and_its_delivery_loop(
+    receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    app, base = receiver
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    clock = Clock()
+    cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))
+    identity = await build_service(store, clock, cipher)
+    config = ApprovalsConfig.model_validate(
+        {"webhooks": [{"group": "sre", "url": base + "/sre", "secret": SECRET.decode()}],
+         "retry_backoff": 0.05}
+    )  # fmt: skip
+    policy_set = policies()
+    humans = start_humans(config, identity, lambda: policy_set, None)
+    stop = asyncio.Event()
+    tasks = humans.start(stop)
+    try:
+        _, pending = await humans.approvals.decide(ssh_request("systemctl restart app"))
+        assert pending is not None
+        async with asyncio.timeout(15):
+            while not app.seen:
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await store.close()
+    assert [headers["x-tether-delivery"] for _, headers, _ in app.seen] == [pending.id]

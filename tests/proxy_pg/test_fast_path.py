@@ -8,23 +8,28 @@
 * The decided event's action is built once per statement shape and shared.
 * A session's decisions are cached per text only while the policy set, the agent's labels
   are unchanged and no rule has a ``when`` condition (:class:`SessionPolicy`).
+* The sessions of one token share its liveness checks (:class:`LiveChecks`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tether.api.state import PolicyHolder
+from tether.identity.errors import TokenRevoked
 from tether.policy import PolicySource, load_policies
 from tether.policy.model import Decision
 from tether.proxy.pg import codec as c
 from tether.proxy.pg.backend import T_READY
 from tether.proxy.pg.deciding import Decider
+from tether.proxy.pg.live import LiveChecks
 from tether.proxy.pg.server import SessionPolicy
 
 from .conftest import POLICY, Broker
@@ -180,3 +185,34 @@ def test_no_cache_when_a_rule_has_a_condition() -> None:
     assert policy.decide(short, "public").allowed
     assert policy.decide(short, "public") is not policy.decide(short, "public")
     assert not policy.decide(short + " WHERE id = 1 AND name = 'abc'", "public").allowed
+
+
+async def test_live_checks_are_shared_per_token_and_errors_reach_everyone() -> None:
+    calls: list[str] = []
+    gate = asyncio.Event()
+    now = [0.0]
+
+    async def check(claims: Any) -> None:
+        calls.append(claims.jti)
+        await gate.wait()
+        if claims.jti == "revoked":
+            raise TokenRevoked("the token was revoked")
+
+    live = LiveChecks(check, fresh_for=0.2, clock=lambda: now[0])
+    token = SimpleNamespace(jti="t1", agent_id="bot")
+    revoked = SimpleNamespace(jti="revoked", agent_id="bot")
+    waiting = [asyncio.create_task(live.check(token)) for _ in range(8)]  # type: ignore[arg-type]
+    failing = [asyncio.create_task(live.check(revoked)) for _ in range(3)]  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*waiting)
+    outcomes = await asyncio.gather(*failing, return_exceptions=True)
+    assert all(isinstance(o, TokenRevoked) for o in outcomes)
+    assert sorted(calls) == ["revoked", "t1"]  # one check per token for eleven sessions
+    await live.check(token)  # type: ignore[arg-type]
+    assert len(calls) == 2  # fresh: reused
+    now[0] = 0.3
+    await live.check(token)  # type: ignore[arg-type]
+    assert len(calls) == 3  # stale: checked again
+    with pytest.raises(TokenRevoked):
+        await live.check(revoked)  # type: ignore[arg-type]

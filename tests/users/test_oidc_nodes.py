@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -44,6 +44,10 @@ class Cluster:
     b: Node
 
 
+def issuers_of(issuers: TrustedIssuers) -> Callable[[], TrustedIssuers]:
+    return lambda: issuers
+
+
 @pytest.fixture
 async def cluster(store_url: str) -> AsyncIterator[Cluster]:
     sock = socket.create_server(("127.0.0.1", 0))
@@ -67,7 +71,7 @@ async def cluster(store_url: str) -> AsyncIterator[Cluster]:
         store = await Store.open(store_url)
         issuers = TrustedIssuers.from_configs([trusted], clock=clock)
         users = UserService(store.engine, clock=clock)
-        login = OidcLogin(config, lambda i=issuers: i, users, redirect_uri=REDIRECT, clock=clock)
+        login = OidcLogin(config, issuers_of(issuers), users, redirect_uri=REDIRECT, clock=clock)
         nodes.append(Node(store, login))
     try:
         yield Cluster(idp, clock, nodes[0], nodes[1])

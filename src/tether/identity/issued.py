@@ -71,7 +71,9 @@ def credential_record(
     """The store record of a credential issued under ``claims``.
 
     A token is recorded under its jti; a certificate under ``<kind>:<serial>`` with its own
-    ``validity`` (issued, expires), and the task, runtime and scope of the token it came from.
+    ``validity`` (issued, expires), and the task, runtime and scope of the token it came from
+    and that token's jti. Both keep the task purpose and, when delegated, the user's groups,
+    so a front-end that authenticates by certificate (SSH) builds the same policy request.
     """
     chain: list[str] = []
     actor = claims.act
@@ -92,6 +94,9 @@ def credential_record(
         actor_chain=tuple(chain) or None,
         serial=serial,
         key_thumbprint=key_thumbprint,
+        task_purpose=claims.task.purpose,
+        groups=claims.groups if claims.agent is not None else None,
+        token_jti=None if serial is None else claims.jti,
     )
 
 

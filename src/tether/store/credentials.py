@@ -50,6 +50,9 @@ class Credential:
     actor_chain: tuple[str, ...] | None = None
     serial: str | None = None
     key_thumbprint: str | None = None
+    task_purpose: str | None = None  # None: recorded before migration 0008
+    groups: tuple[str, ...] | None = None  # the delegating user's groups (delegated only)
+    token_jti: str | None = None  # a certificate's issuing token
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,9 @@ async def insert_credential(conn: AsyncConnection, credential: Credential) -> No
         "expires_at": credential.expires_at,
         "serial": credential.serial,
         "key_thumbprint": credential.key_thumbprint,
+        "task_purpose": credential.task_purpose,
+        "user_groups": None if credential.groups is None else list(credential.groups),
+        "token_jti": credential.token_jti,
     }
     await insert_if_agent_active(conn, credentials, values)
 
@@ -205,6 +211,9 @@ def _credential(row: RowMapping) -> Credential:
         actor_chain=_strings(row["actor_chain"]),
         serial=row["serial"],
         key_thumbprint=row["key_thumbprint"],
+        task_purpose=row["task_purpose"],
+        groups=_strings(row["user_groups"]),
+        token_jti=row["token_jti"],
     )
 
 

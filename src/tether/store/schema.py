@@ -147,6 +147,9 @@ credentials = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("serial", Text, nullable=True),  # certificates only
     Column("key_thumbprint", Text, nullable=True),
+    Column("task_purpose", Text, nullable=True),  # 0008: null in rows recorded before it
+    Column("user_groups", NullableJSON, nullable=True),  # 0008: the user's groups when delegated
+    Column("token_jti", Text, nullable=True),  # 0008: certificates: the token it was issued under
     CheckConstraint("kind IN ('access_token', 'ssh_certificate', 'x509_certificate')", name="kind"),
     CheckConstraint("expires_at > issued_at", name="lifetime"),
     ForeignKeyConstraint(

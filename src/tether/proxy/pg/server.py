@@ -45,6 +45,7 @@ from tether.proxy.pg.audit import SessionAudit
 from tether.proxy.pg.auth import LoginRefused, parse_password
 from tether.proxy.pg.config import PgProxyConfig
 from tether.proxy.pg.connection import Pump
+from tether.proxy.pg.live import LiveChecks
 from tether.proxy.pg.session import Session, parameter_safe
 from tether.proxy.pg.upstream import Login, UpstreamError, connect, send_cancel
 
@@ -148,6 +149,7 @@ class PgBroker:
         self._pumps: set[Pump] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self._live_checks = LiveChecks(services.identity.check_live)
 
     @property
     def port(self) -> int:
@@ -399,7 +401,7 @@ class PgBroker:
             await writer.drain()
 
             async def check_live() -> None:
-                await self.services.identity.check_live(claims)
+                await self._live_checks.check(claims)
 
             async def refresh_labels() -> None:
                 policy.set_labels(claims.agent_id, await self.services.agents.get(claims.agent_id))

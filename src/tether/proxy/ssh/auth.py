@@ -13,29 +13,32 @@ these holds, in this order, each failure refusing the login:
    than ignored);
 3. the requested remote login, or the whole ``<login>@<target>``, is one of its principals;
 4. its key id parses, and the store holds the record of this very certificate (kind
-   ``ssh_certificate``, same serial, agent, task and key fingerprint): a certificate Tether
-   did not record is refused even if the signature verifies;
-5. the issuing token was not delegated: the record keeps no user groups, so the policy could
-   not decide a delegated session faithfully (fail closed);
+   ``ssh_certificate``, same serial, agent, task, key fingerprint and issuing token): a
+   certificate Tether did not record is refused even if the signature verifies;
+5. the record holds the issuing token's context (task purpose, issuing token, and the user's
+   groups when delegated; recorded since migration 0008): without it the policy request could
+   not be built as for the token, so the login is refused (fail closed);
 6. the identity service's ``check_live`` passes (token, agent, task, runtime not revoked,
    agent active), and the certificate record itself is not revoked.
 
-The session's claims are rebuilt from the record (agent, task id, scope, runtime and its
-labels from the store) with the token id from the key id, so revoking the token the
-certificate came from ends the session. The task *purpose* is recorded nowhere, so the policy
-request of an SSH session carries no ``task.purpose``: a ``when`` that reads it fails, which
-makes an allow rule not match and a deny rule match (spec section 4, fail closed).
+The session's claims are rebuilt from the record: subject (the user of a delegated token,
+else the agent), agent, actor chain, the user's groups, task id and purpose, scope, and the
+runtime with its labels from the store; their jti is the issuing token's. The policy request
+of an SSH session is therefore the one the token would get over HTTP
+(:func:`tether.proxy.core.policy_request`): ``task.purpose`` is there, and a delegated
+session carries ``delegation`` (user and groups), so the engine grants it only what both the
+agent and the user may do. Revoking the issuing token ends the session.
 
 With ``ssh.allow_plain_keys``, a bare key is accepted when a live certificate record names its
-fingerprint (the newest one): the session then runs under that certificate's claims, but the
-issuing token's id is unknown, so only revoking the agent, task, runtime or the certificate
-itself reaches it.
+fingerprint (the newest one): the session runs under that certificate's claims, issuing token
+included, so revoking that token, the agent, task, runtime or the certificate ends it too.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -43,7 +46,7 @@ import asyncssh
 from asyncssh.public_key import SSHOpenSSHCertificate, decode_ssh_certificate
 from sqlalchemy import select
 
-from tether.identity.claims import Claims, Confirmation, Runtime, Task
+from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
 from tether.identity.errors import CredentialError
 from tether.identity.service import IdentityService
 from tether.identity.sshca import describe_certificate
@@ -152,13 +155,14 @@ async def certificate_identity(
     if row is None:
         raise AuthRefused("Tether has no record of this certificate")
     record = _credential(row)
-    if (record.agent_id, record.task_id, record.key_thumbprint) != (
+    if (record.agent_id, record.task_id, record.key_thumbprint, record.token_jti) != (
         cert.agent,
         cert.task,
         cert.fingerprint,
+        cert.jti,
     ):
         raise AuthRefused("the certificate does not match Tether's record of it")
-    session = await _identity_of(identity, record, jti=cert.jti, not_after=cert.valid_before)
+    session = await _identity_of(identity, record, not_after=cert.valid_before)
     return SessionIdentity(session.claims, record.jti, str(cert.serial), cert.valid_before, True)
 
 
@@ -186,16 +190,19 @@ async def plain_key_identity(identity: IdentityService, key: asyncssh.SSHKey) ->
         raise AuthRefused("no live certificate of Tether's names this key")
     record = _credential(row)
     not_after = record.expires_at.timestamp()
-    return await _identity_of(identity, record, jti=record.jti, not_after=not_after)
+    return await _identity_of(identity, record, not_after=not_after)
 
 
 async def _identity_of(
-    identity: IdentityService, record: Credential, *, jti: str, not_after: float
+    identity: IdentityService, record: Credential, *, not_after: float
 ) -> SessionIdentity:
-    if record.actor_chain or record.subject != record.agent_id:
-        raise AuthRefused("delegated credentials cannot open SSH sessions")
     if record.runtime_id is None or record.task_id is None:
         raise AuthRefused("the certificate record names no runtime or task")
+    delegated = bool(record.actor_chain) or record.subject != record.agent_id
+    if record.task_purpose is None or record.token_jti is None:
+        raise AuthRefused("the certificate predates Tether recording its task: get a new one")
+    if delegated and (record.groups is None or not record.actor_chain):
+        raise AuthRefused("the certificate's delegation is not recorded: get a new one")
     async with identity.engine.connect() as conn:
         runtime = await agent_store.get_runtime(conn, record.runtime_id)
     if runtime is None or runtime.agent_id != record.agent_id:
@@ -203,19 +210,30 @@ async def _identity_of(
     claims = Claims(
         iss=identity.settings.issuer,
         aud=identity.settings.audience,
-        sub=record.agent_id,
-        jti=jti,
+        sub=record.subject,
+        jti=record.token_jti,
         iat=int(record.issued_at.timestamp()),
         nbf=int(record.issued_at.timestamp()),
         exp=int(not_after),
-        task=Task(record.task_id, ""),  # the purpose is not recorded: see the module docstring
+        task=Task(record.task_id, record.task_purpose),
         scope=record.scope,
         runtime=Runtime(runtime.id, dict(runtime.labels)),
         cnf=Confirmation(jkt=record.key_thumbprint or record.jti),
+        act=_actor(record.actor_chain or ()) if delegated else None,
+        agent=record.agent_id if delegated else None,
+        groups=(record.groups or ()) if delegated else (),
     )
     session = SessionIdentity(claims, record.jti, record.serial or "", not_after, False)
     await check_live(identity, session)
     return session
+
+
+def _actor(chain: Sequence[str]) -> Actor | None:
+    """The ``act`` claim of an actor chain recorded outermost first."""
+    actor: Actor | None = None
+    for sub in reversed(chain):
+        actor = Actor(sub, actor)
+    return actor
 
 
 async def check_live(identity: IdentityService, session: SessionIdentity) -> None:

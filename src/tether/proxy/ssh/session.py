@@ -215,7 +215,6 @@ class BrokerSession:
         started = time.perf_counter()
         for action in actions:
             request = policy_request(claims, labels, self.target, action, source_ip=self.peer_ip)
-            request["task"] = {"id": claims.task.id}  # no purpose: see tether.proxy.ssh.auth
             if services.approvals is not None and len(actions) == 1:  # grants held count
                 decision, _pending = await services.approvals.decide(request)
             else:
