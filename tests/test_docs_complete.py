@@ -217,3 +217,14 @@ def test_a_missing_command_or_option_is_caught(needle: str, expected: str | None
         assert "tether audit sinks --max-lag" in problems
     else:
         assert expected in problems
+
+
+@pytest.mark.parametrize("name", ["cli.md", "configuration.md"])
+def test_code_spans_close_on_their_line(name: str) -> None:
+    """A span broken across lines would shift every later pair of backticks."""
+    fenced = False
+    for number, line in enumerate((DOCS / name).read_text("utf-8").splitlines(), 1):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            assert line.count("`") % 2 == 0, f"docs/{name}:{number}: unclosed code span"

@@ -307,12 +307,12 @@ def test_most_restrictive_part_wins() -> None:
 
 def test_engine_bug_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     ps = policies(BASE)
-    from tether.policy import engine
+    from tether.policy import context
 
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyError("bug")
 
-    monkeypatch.setattr(engine, "_applies", boom)
+    monkeypatch.setattr(context, "applies", boom)
     d = ps.decide(http_request("/v1/invoices/7"))
     assert (d.decision, d.reason) == ("deny", "invalid-request")
     assert "internal error" in (d.detail or "")

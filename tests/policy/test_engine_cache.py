@@ -56,7 +56,7 @@ def test_labels_in_another_order_hit_the_same_entry() -> None:
         "/v1/orders/8", agent="a", agent_labels={"env": "p", "team": "x"}, target_labels=prod
     )
     assert ps.decide(first).rule == ps.decide(second).rule == "team-x"
-    assert len(ps._candidate_cache) == 1
+    assert len(ps._contexts) == 1
 
 
 def test_two_segment_keys() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tether.policy import engine
+from tether.policy import context, engine
 from tether.policy.actions import compile_http, compile_mcp, compile_sql, compile_ssh, part_keys
 from tether.policy.errors import AmbiguousPath, PatternError
 from tether.policy.httpmatch import canonicalize_path
@@ -134,13 +134,13 @@ def test_indexed_engine_equals_linear_scan(
     indexed = ps.decide(req)
     # The same decision with every index bypassed: all rules, deny first, no action keys.
     request = ps.normalize(req)
-    who = engine._Principal(AGENT, agent, labels)
+    who = context.Principal(AGENT, agent, labels)
     rules = sorted(
-        (r for r in ps.rules if r.subject in ("agent", "any") and engine._applies(r, who, request)),
-        key=engine._rule_order,
+        (r for r in ps.rules if r.subject in ("agent", "any") and context.applies(r, who, request)),
+        key=context.rule_order,
     )
     ev = engine._Evaluator(request, ps.clock)
-    linear = ps._decide_part(rules, request.parts[0], request, ev)
+    linear = ps._decide_part(ps.checks_of(rules), request.parts[0], request, ev)
     assert (indexed.decision, indexed.rule, indexed.reason) == (
         linear.decision, linear.rule, linear.reason,
     )  # fmt: skip
@@ -203,12 +203,12 @@ def test_selector_index_equals_linear_scan(
     }
     indexed = ps.decide(req)
     request = ps.normalize(req)
-    who = engine._Principal(AGENT, agent, agent_labels)
+    who = context.Principal(AGENT, agent, agent_labels)
     rules = sorted(
-        (r for r in ps.rules if engine._applies(r, who, request)), key=engine._rule_order
+        (r for r in ps.rules if context.applies(r, who, request)), key=context.rule_order
     )
     ev = engine._Evaluator(request, ps.clock)
-    linear = ps._decide_part(rules, request.parts[0], request, ev)
+    linear = ps._decide_part(ps.checks_of(rules), request.parts[0], request, ev)
     assert (indexed.decision, indexed.rule, indexed.reason) == (
         linear.decision, linear.rule, linear.reason,
     )  # fmt: skip

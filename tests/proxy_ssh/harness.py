@@ -7,11 +7,20 @@ and an SSH certificate from Tether's agent-login CA, and runs ``ssh``/``sftp``/`
 the broker. The target ``sshd`` runs every command through a ``ForceCommand`` logger that
 appends what it received (NUL-terminated) to ``received.log``, so tests assert on what the
 target actually got.
+
+The test ``sshd`` gets ``SetEnv SHLVL=1``: ``sshd`` runs every command through the login
+shell, and Debian's bash sources ``~/.bashrc`` when started by ``sshd`` as a top-level shell;
+on a machine whose ``.bashrc`` does slow work (``pyenv init`` takes 0.6 s here) every command,
+direct or brokered, would pay it. With ``SHLVL`` set, bash is not top-level and skips it.
+
+``USER_ISSUER`` is a trusted OIDC issuer (keys in memory) whose ID tokens ``Stack.delegate``
+exchanges, with an agent's token as actor, for a delegated token, as a user signing in would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import textwrap
@@ -22,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from jwt.algorithms import OKPAlgorithm
 from sqlalchemy import select
 
 from tether.api.state import PolicyHolder
@@ -35,8 +46,10 @@ from tether.crypto.masterkey import MasterKey
 from tether.identity import exchange as ex
 from tether.identity.claims import Claims
 from tether.identity.dpop import make_proof
+from tether.identity.jwks import JwksCache, JwksSource
 from tether.identity.keystore import load_or_create
-from tether.identity.service import IdentityService, IdentitySettings
+from tether.identity.service import IdentityService, IdentitySettings, IssuedToken
+from tether.identity.workload import IssuerConfig, TrustedIssuers
 from tether.policy.loader import PolicySource, load_policies
 from tether.proxy.core import AgentLabels, Services
 from tether.proxy.ssh.config import SshConfig
@@ -48,6 +61,8 @@ from tether.vault.target_specs import parse_spec
 from tether.vault.targets import TargetStore
 
 ISSUER = "http://tether"
+USER_ISSUER = "https://idp.test"
+USER_KEY = ed25519.Ed25519PrivateKey.generate()
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 LOGGER_SCRIPT = """\
@@ -90,6 +105,7 @@ def sshd_extra(directory: Path) -> str:
         "MaxStartups 2000\n"
         "MaxSessions 100\n"
         "AllowTcpForwarding yes\n"
+        "SetEnv SHLVL=1\n"  # no ~/.bashrc for commands: see the module docstring
     )
 
 
@@ -182,6 +198,8 @@ class Stack:
     targets: TargetStore
     services: Services
     broker: SshBroker
+    _dpop_key: ed25519.Ed25519PrivateKey = field(default_factory=ed25519.Ed25519PrivateKey.generate)
+    _tokens: dict[str, str] = field(default_factory=dict)  # jti -> token, for delegation
 
     async def close(self) -> None:
         await self.broker.stop()
@@ -195,14 +213,20 @@ class Stack:
         principals: Sequence[str] = ("root",),
         task: str = "T-1",
         source: str | None = "127.0.0.1/32",
+        purpose: str = "deploy",
+        on_behalf_of: tuple[str, Sequence[str]] | None = None,
     ) -> Agent:
+        """An agent holding a certificate for its task token, or, with ``on_behalf_of``
+        (user, groups), for a token delegated to it by that user."""
         engine = self.store.engine
         async with engine.begin() as conn:
             if await agent_store.get_agent(conn, agent_id) is None:
                 await agent_store.create_agent(
                     conn, id=agent_id, owner="alice", now=datetime.now(UTC)
                 )
-        claims = await self.join(agent_id, task)
+        claims = await self.join(agent_id, task, purpose)
+        if on_behalf_of is not None:
+            claims = (await self.delegate(claims, *on_behalf_of)).claims
         key = asyncssh.generate_private_key("ssh-ed25519")
         public = key.export_public_key("openssh").decode().strip()
         certificate = await self.identity.ssh_certificate(claims, public, list(principals), source)
@@ -214,20 +238,44 @@ class Stack:
         cert_path.write_text(certificate + "\n")
         return Agent(agent_id, claims, key_path, cert_path, public, certificate, self)
 
-    async def join(self, agent_id: str, task: str) -> Claims:
+    async def join(self, agent_id: str, task: str, purpose: str = "deploy") -> Claims:
         text, _ = await self.identity.create_join_token(agent_id)
-        dpop_key = ed25519.Ed25519PrivateKey.generate()
-        url = ISSUER + "/oauth/token"
         form = {
             "grant_type": ex.GRANT_TYPE,
             "subject_token": text,
             "subject_token_type": ex.JOIN_TOKEN,
             "task_id": task,
-            "task_purpose": "deploy",
+            "task_purpose": purpose,
         }
-        proof = make_proof(dpop_key, "POST", url, now=datetime.now(UTC).timestamp())
-        issued = await self.identity.exchange(form, dpop=proof, url=url, address="127.0.0.1")
+        issued = await self._exchange(form, None)
         return issued.claims
+
+    async def delegate(self, actor: Claims, user: str, groups: Sequence[str]) -> IssuedToken:
+        """A token for ``actor``'s agent acting for ``user``, from the user's ID token."""
+        now = int(datetime.now(UTC).timestamp())
+        body = {"iss": USER_ISSUER, "aud": "tether", "sub": user, "iat": now, "exp": now + 600}
+        id_token = jwt.encode(
+            {**body, "groups": list(groups)}, USER_KEY, algorithm="EdDSA", headers={"kid": "u1"}
+        )
+        actor_token = self._tokens[actor.jti]
+        form = {
+            "grant_type": ex.GRANT_TYPE,
+            "subject_token": id_token,
+            "subject_token_type": ex.ID_TOKEN,
+            "actor_token": actor_token,
+            "actor_token_type": ex.ACCESS_TOKEN,
+            "task_id": actor.task.id,
+            "task_purpose": actor.task.purpose,
+        }
+        return await self._exchange(form, actor_token)
+
+    async def _exchange(self, form: dict[str, str], ath: str | None) -> IssuedToken:
+        url = ISSUER + "/oauth/token"
+        now = datetime.now(UTC).timestamp()
+        proof = make_proof(self._dpop_key, "POST", url, now=now, access_token=ath)
+        issued = await self.identity.exchange(form, dpop=proof, url=url, address="127.0.0.1")
+        self._tokens[issued.claims.jti] = issued.token
+        return issued
 
     async def add_target(
         self, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None
@@ -243,6 +291,21 @@ class Stack:
             return [dict(row) for row in (await conn.execute(query)).mappings()]
 
 
+def user_issuer() -> TrustedIssuers:
+    """The trusted OIDC issuer of the test's users (its JWKS served from memory)."""
+    jwk = OKPAlgorithm.to_jwk(USER_KEY.public_key(), as_dict=True)
+    document = json.dumps({"keys": [{**jwk, "kid": "u1", "use": "sig"}]}).encode()
+
+    async def fetch() -> bytes:
+        return document
+
+    config = IssuerConfig(
+        name="idp", issuer=USER_ISSUER, audiences=["tether"],
+        jwks=JwksSource(url="https://idp.test/jwks"), kind="oidc",
+    )  # fmt: skip
+    return TrustedIssuers([(config, JwksCache(fetch, clock=lambda: datetime.now(UTC)))])
+
+
 async def build_stack(directory: Path, rules: str, **config: Any) -> Stack:
     store = await Store.open(f"sqlite+aiosqlite:///{directory / 'tether.db'}")
     cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))
@@ -251,7 +314,7 @@ async def build_stack(directory: Path, rules: str, **config: Any) -> Stack:
         store.engine, cipher, clock=lambda: datetime.now(UTC),
         trust_domain=settings.trust_domain, overlap=3600.0,
     )  # fmt: skip
-    identity = IdentityService(store.engine, keys, cipher, settings)
+    identity = IdentityService(store.engine, keys, cipher, settings, issuers=user_issuer())
     await identity.refresh_revocations()
     auditor = await start_auditor(
         AuditConfig(sqlite_synchronous="normal"), store.engine, lambda: keys.ring.active

@@ -81,6 +81,17 @@ def test_node_serves_ssh(tmp_path: Path, tether_bin: Path, clean_env: dict[str, 
             assert received(sshd_dir) == ["echo through tether"]
             status, _, err = asyncio.run(run([*argv[:-3], "id"]))
             assert status == 1 and err.startswith(b"Tether: denied: default-deny")
+        staged = cluster.cli("target", "ssh-ca", "--rotate", "--data-dir", "data")
+        assert staged.returncode == 0 and "staged" in staged.stderr, staged.stderr
+        old, new = staged.stdout.splitlines()
+        assert old == ca.stdout.strip() and new != old and new.endswith("target-session")
+        listed = cluster.cli("target", "ssh-ca", "--data-dir", "data")
+        assert listed.stdout.splitlines() == [old, new]  # both, while the rotation runs
+        promoted = cluster.cli("target", "ssh-ca", "--rotate", "--data-dir", "data")
+        assert promoted.returncode == 0 and "promoted" in promoted.stderr
+        assert promoted.stdout.splitlines() == [new]
+        after = cluster.cli("target", "ssh-ca", "--data-dir", "data")
+        assert after.stdout.splitlines() == [new]
         node.process.terminate()
         node.process.wait(timeout=20)
         assert node.process.returncode == 0

@@ -238,8 +238,15 @@ def ssh_ca(
         Path | None,
         typer.Option("--data-dir", "-d", show_default=False, help="The node's data directory."),
     ] = None,
+    rotate: Annotated[
+        bool,
+        typer.Option(
+            "--rotate",
+            help="Stage a new CA key (first run) or promote the staged one (second run).",
+        ),
+    ] = False,
 ) -> None:
-    """Print the public key of Tether's target-facing SSH CA, for TrustedUserCAKeys."""
+    """Print the public key(s) of Tether's target-facing SSH CA, for TrustedUserCAKeys."""
     import asyncio
 
     from tether.config import ConfigError, load_settings
@@ -250,9 +257,16 @@ def ssh_ca(
 
     try:
         settings = load_settings(config, overrides={"data_dir": data_dir and str(data_dir)})
-        typer.echo(asyncio.run(target_ca_public_key(settings)))
+        rotation = asyncio.run(target_ca_public_key(settings, rotate=rotate))
     except (ConfigError, MasterKeyError, StoreError, DecryptionError) as error:
         fail(str(error))
+    typer.echo("\n".join(rotation.trusted_lines))
+    if rotation.step == "staged":
+        typer.echo("staged a new CA key: trust both lines on every host, then --rotate", err=True)
+    elif rotation.step == "promoted":
+        typer.echo(
+            "promoted: hosts must trust the old key 11 more minutes, then this one only", err=True
+        )
 
 
 def where(target: dict[str, Any]) -> str:

@@ -5,8 +5,10 @@ key wrapped by a key derived from the master key) bound to the key's purpose and
 ciphertext cannot be moved to another row. The store refuses plaintext private keys.
 
 On start, :func:`load_or_create` reads the access-token key ring (the active key and the
-previous keys still inside their overlap window) and the CAs, creating any that do not exist
-yet. :func:`rotate_access_key` adds a new active key; the old one keeps verifying for the
+previous keys still inside their overlap window) and the CAs agents get certificates from
+(the SSH agent-login CA and the X.509 client CA), creating any that do not exist yet. The
+target-facing SSH CA is not one of them: it lives in the vault (:mod:`tether.vault.ssh_certs`).
+:func:`rotate_access_key` adds a new active key; the old one keeps verifying for the
 overlap (the longest token lifetime), then is retired.
 """
 
@@ -34,11 +36,10 @@ _ACTIVE: tuple[stored.KeyState, ...] = ("active",)
 
 @dataclass
 class TetherKeys:
-    """The keys a node signs with: the token key ring and the certificate authorities."""
+    """The keys a node signs agents' credentials with: the token key ring and the CAs."""
 
     ring: KeyRing
     ssh_user_ca: SshUserCA
-    ssh_target_ca: SshUserCA
     x509_ca: X509ClientCA
 
 
@@ -136,29 +137,24 @@ async def load_or_create(
         if ring is None:
             ring = KeyRing.generate(_ts(now), overlap=overlap)
             await stored.insert_signing_key(conn, _row(cipher, ring.active, now))
-        ssh_user = await _load_ssh_ca(conn, cipher, "ssh-user-ca", CaPurpose.AGENT_LOGIN, clock)
-        ssh_target = await _load_ssh_ca(
-            conn, cipher, "ssh-target-ca", CaPurpose.TARGET_SESSION, clock
-        )
+        ssh_user = await _load_ssh_ca(conn, cipher, clock)
         x509 = await _load_x509_ca(conn, cipher, clock, trust_domain)
-    return TetherKeys(ring, ssh_user, ssh_target, x509)
+    return TetherKeys(ring, ssh_user, x509)
 
 
 async def _load_ssh_ca(
-    conn: AsyncConnection,
-    cipher: EnvelopeCipher,
-    purpose: stored.KeyPurpose,
-    ca_purpose: CaPurpose,
-    clock: Callable[[], datetime],
+    conn: AsyncConnection, cipher: EnvelopeCipher, clock: Callable[[], datetime]
 ) -> SshUserCA:
+    """The agent-login CA (store purpose ``ssh-user-ca``)."""
+
     def make() -> tuple[str, str, bytes, str]:
-        ca = SshUserCA.generate(clock=clock, purpose=ca_purpose)
+        ca = SshUserCA.generate(clock=clock, purpose=CaPurpose.AGENT_LOGIN)
         public = ca.ca_public_key_openssh()
-        kid = f"{purpose}:" + hashlib.sha256(public.encode()).hexdigest()[:24]
+        kid = "ssh-user-ca:" + hashlib.sha256(public.encode()).hexdigest()[:24]
         return kid, public, ca.private_key_bytes(), "ssh-ed25519"
 
-    private, _public = await _load_ca(conn, cipher, purpose, clock(), make)
-    return SshUserCA.from_private_key_bytes(private, clock=clock, purpose=ca_purpose)
+    private, _public = await _load_ca(conn, cipher, "ssh-user-ca", clock(), make)
+    return SshUserCA.from_private_key_bytes(private, clock=clock, purpose=CaPurpose.AGENT_LOGIN)
 
 
 async def _load_x509_ca(

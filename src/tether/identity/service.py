@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.envelope import EnvelopeCipher
 from tether.identity import exchange as ex
+from tether.identity.agentstates import AgentStates
 from tether.identity.certbind import check_binding, x5t_s256
 from tether.identity.certificates import CertificateIssuer
 from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
@@ -91,7 +92,8 @@ class IdentityService:
         self.dpop = DPoPVerifier(clock=seconds, replay_cache=MemoryReplayCache(seconds))
         self.revoked = RevocationSet()
         self.certificates = CertificateIssuer(keys, settings, clock)
-        self._states: dict[str, tuple[str, float]] = {}  # agent -> (state, checked at)
+        # Agents' states, read single-flight and refreshed by watch_revocations.
+        self.agent_states = AgentStates(engine, settings.revocation_poll, seconds)
         # Called with (kind, value, reason) after a revocation here (approvals cancel theirs).
         self.revocation_listeners: list[Callable[[str, str, str], Awaitable[object]]] = []
 
@@ -125,15 +127,7 @@ class IdentityService:
             raise TokenRevoked(f"the agent is {state}")
 
     async def _agent_state(self, agent_id: str) -> str:
-        now = self.clock().timestamp()
-        cached = self._states.get(agent_id)
-        if cached is not None and 0 <= now - cached[1] < self.settings.revocation_poll:
-            return cached[0]
-        async with self.engine.connect() as conn:
-            agent = await agent_store.get_agent(conn, agent_id)
-        state = "unknown" if agent is None else agent.state
-        self._states[agent_id] = (state, now)
-        return state
+        return await self.agent_states.get(agent_id)
 
     # --- agents' state ------------------------------------------------------------------------
 
@@ -143,7 +137,7 @@ class IdentityService:
         """Enable or disable an agent (None: unknown or offboarded); effective here at once."""
         async with self.engine.begin() as conn:
             agent = await agent_store.set_agent_state(conn, agent_id, state, self.clock())
-        self._states.pop(agent_id, None)
+        self.agent_states.forget(agent_id)
         return agent
 
     async def offboard(
@@ -156,7 +150,7 @@ class IdentityService:
             )
         if done is not None:
             self.revoked.add("agent", agent_id)
-            self._states.pop(agent_id, None)
+            self.agent_states.forget(agent_id)
             await self._notify_revocation("agent", agent_id, reason)
         return done
 
@@ -193,10 +187,13 @@ class IdentityService:
                 return applied
 
     async def watch_revocations(self, stop: asyncio.Event) -> None:
-        """Poll the store until ``stop`` is set (one poll interval bounds propagation)."""
+        """Poll the store until ``stop`` is set (one poll interval bounds propagation):
+        revocations, and the state of every agent in the cache, so that requests find
+        their agent's state fresh instead of reading it themselves."""
         while not stop.is_set():
             try:
                 await self.refresh_revocations()
+                await self.agent_states.refresh()
             except Exception as error:  # noqa: BLE001 - keep polling; the next poll retries
                 log.error("refreshing revocations failed: %s", error)
             with contextlib.suppress(TimeoutError):

@@ -155,12 +155,11 @@ async def certificate_identity(
     if row is None:
         raise AuthRefused("Tether has no record of this certificate")
     record = _credential(row)
-    if (record.agent_id, record.task_id, record.key_thumbprint, record.token_jti) != (
+    if (record.agent_id, record.task_id, record.key_thumbprint) != (
         cert.agent,
         cert.task,
         cert.fingerprint,
-        cert.jti,
-    ):
+    ) or record.token_jti not in (None, cert.jti):  # None: refused below, as too old
         raise AuthRefused("the certificate does not match Tether's record of it")
     session = await _identity_of(identity, record, not_after=cert.valid_before)
     return SessionIdentity(session.claims, record.jti, str(cert.serial), cert.valid_before, True)
