@@ -8,6 +8,8 @@ The conventions the docs follow, so that this test can check them:
   (``ssh.recording.record_input``); a list of models adds ``[]`` (``audit.sinks[].name``,
   ``identity.workload_issuers[].agents``), and for a discriminated union (the sink kinds)
   the fields of every variant are documented. The list or section itself has its row too.
+  Where a row's `default` cell is a code span (optionally followed by a parenthesis naming
+  the sink kinds), it must equal the model's default.
 * **Commands.** Every command path (``tether target ssh-ca``) is named, in backticks, by a
   heading of docs/cli.md (```### `tether target ssh-ca` ```; a heading may name several
   commands). Each of the command's long options (``--flag``, and the negative form of a
@@ -105,6 +107,81 @@ def test_a_missing_config_row_is_caught() -> None:
     text = (DOCS / "configuration.md").read_text("utf-8")
     kept = "\n".join(line for line in text.splitlines() if "`ssh.listen`" not in line[:40])
     assert "ssh.listen" not in documented_config_keys(kept)
+
+
+def model_defaults(model: type[BaseModel], prefix: str = "") -> dict[str, list[Any]]:
+    """The defaults of every optional key (several for a key of several union variants)."""
+    found: dict[str, list[Any]] = {}
+    for name, field in model.model_fields.items():
+        key = prefix + name
+        if not field.is_required():
+            found.setdefault(key, []).append(field.get_default(call_default_factory=True))
+        for sub, in_list in _models_in(field.annotation):
+            for subkey, values in model_defaults(sub, key + ("[]." if in_list else ".")).items():
+                found.setdefault(subkey, []).extend(values)
+    return found
+
+
+def documented_defaults(text: str) -> dict[str, str]:
+    """``key -> value`` for rows whose `default` cell starts with a code span: the span, when
+    nothing but a parenthesis (the sink kinds it applies to) follows it."""
+    found: dict[str, str] = {}
+    header: list[str] | None = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+            continue
+        keys = _SPAN.findall(cells[0])
+        if "default" not in header or len(cells) != len(header) or len(keys) != 1:
+            continue
+        cell = cells[header.index("default")]
+        match = re.fullmatch(r"`([^`]*)`(\s*\(.*\))?", cell)
+        if match:
+            found[keys[0]] = match.group(1)
+    return found
+
+
+def _same(documented: str, default: Any) -> bool:
+    if isinstance(default, bool):
+        return documented == str(default).lower()
+    if isinstance(default, int | float):
+        return re.fullmatch(r"-?[0-9.]+", documented) is not None and float(documented) == default
+    if isinstance(default, Path):
+        return Path(documented) == default
+    if isinstance(default, list | dict):
+        inner = ", ".join(map(str, default))
+        return documented == ("[" + inner + "]" if isinstance(default, list) else "{" + inner + "}")
+    return documented == (f'"{default}"' if default == "" else str(default))
+
+
+def wrong_defaults(text: str) -> list[str]:
+    defaults = model_defaults(Settings)
+    wrong = []
+    for key, documented in documented_defaults(text).items():
+        values = [v for v in defaults.get(key, []) if v is not None]
+        if values and all(v == values[0] for v in values) and not _same(documented, values[0]):
+            wrong.append(f"{key}: documented {documented!r}, default {values[0]!r}")
+    return wrong
+
+
+def test_documented_defaults_are_the_defaults() -> None:
+    text = (DOCS / "configuration.md").read_text("utf-8")
+    assert len(documented_defaults(text)) > 80  # most rows are checked
+    assert not wrong_defaults(text)
+
+
+def test_a_wrong_default_is_caught() -> None:
+    text = (DOCS / "configuration.md").read_text("utf-8")
+    row = "| `ssh.listen` | `127.0.0.1:2222` |"
+    assert row in text
+    changed = text.replace(row, "| `ssh.listen` | `127.0.0.1:2223` |")
+    assert wrong_defaults(changed) == [
+        "ssh.listen: documented '127.0.0.1:2223', default '127.0.0.1:2222'"
+    ]
 
 
 # --- commands --------------------------------------------------------------------------------
