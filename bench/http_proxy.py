@@ -13,6 +13,9 @@ direct           nothing: wrk → upstream
 nginx            nginx ``proxy_pass`` with upstream keep-alive (one worker)
 bare             a forwarder on Tether's own stack (uvicorn + the broker's upstream client,
                  one process) with no authentication, policy or audit
+bare-h11         the same forwarder with uvicorn's pure-Python h11 protocol forced (``bare``
+                 and ``tether`` use uvicorn's default, httptools when installed, as it is
+                 since Tether depends on it): shows what the HTTP parser costs
 tether           ``tether serve`` (one process): DPoP-bound token, a fresh proof per
                  request (made ahead and fed by a wrk Lua script), policy, audit trail
                  (SQLite, ``sqlite_synchronous: full``), credential injection
@@ -187,8 +190,9 @@ def parse_wrk(out: str) -> dict[str, Any]:
 # --- the bare forwarder -------------------------------------------------------------------
 
 
-def serve_bare(port: int, upstream: int) -> None:
-    """A forwarder on the broker's own stack: uvicorn + UpstreamPool, nothing else."""
+def serve_bare(port: int, upstream: int, http: str = "auto") -> None:
+    """A forwarder on the broker's own stack: uvicorn + UpstreamPool, nothing else
+    (``http``: uvicorn's HTTP protocol implementation, ``auto``, ``h11`` or ``httptools``)."""
     import asyncio
 
     import uvicorn
@@ -221,7 +225,7 @@ def serve_bare(port: int, upstream: int) -> None:
         shown = response_headers(response.headers, "bare", path_prefix=None)
         await forwarder.stream_response(connection, send, shown, out)
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=http,
                             access_log=False, lifespan="off", server_header=False)  # fmt: skip
     asyncio.run(uvicorn.Server(config).serve())
 
@@ -455,7 +459,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument(
         "--setups",
-        default="direct,nginx,bare,tether,tether-cert",
+        default="direct,nginx,bare,bare-h11,tether,tether-cert",
         help="comma-separated setups to run (default: all)",
     )
     parser.add_argument("--connections", default="1,16", help="comma-separated (default 1,16)")
@@ -465,11 +469,12 @@ def main() -> int:
         default="full",
         help="tether's audit.sqlite_synchronous (default: full, the default)",
     )
-    parser.add_argument("--serve-bare", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--serve-tls", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
-        serve_bare(*args.serve_bare)
+        port, upstream, http = args.serve_bare
+        serve_bare(int(port), int(upstream), http)
         return 0
     if args.serve_tls:
         config, port, issuer, tls = args.serve_tls
@@ -496,7 +501,7 @@ def run_all(
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as name:
         tmp = Path(name)
-        upstream, proxy, bare = free_port(), free_port(), free_port()
+        upstream, proxy, bare, bare_h11 = free_port(), free_port(), free_port(), free_port()
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream, proxy=proxy))
         (tmp / "bench.lua").write_text(LUA)
         node = Node(tmp, upstream, synchronous)
@@ -504,13 +509,15 @@ def run_all(
         with (
             process([str(NGINX), "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
                     stderr=subprocess.DEVNULL),
-            process([sys.executable, __file__, "--serve-bare", str(bare), str(upstream)]),
+            process([sys.executable, __file__, "--serve-bare", str(bare), str(upstream), "auto"]),
+            process([sys.executable, __file__, "--serve-bare", str(bare_h11), str(upstream),
+                     "h11"]),
             stderr.open("w") as log_file,
             process([str(TETHER), "serve", "--config", str(tmp / "tether.yaml")], cwd=tmp,
                     stderr=log_file, env={k: v for k, v in os.environ.items()
                                           if not k.startswith("TETHER_")}),
         ):  # fmt: skip
-            for port in (upstream, proxy, bare):
+            for port in (upstream, proxy, bare, bare_h11):
                 wait_port(port)
             session = node.setup(stderr)
             key, token = session.key, session.token
@@ -520,6 +527,7 @@ def run_all(
                     ("direct", f"http://127.0.0.1:{upstream}{PATH}"),
                     ("nginx", f"http://127.0.0.1:{proxy}{PATH}"),
                     ("bare", f"http://127.0.0.1:{bare}{PATH}"),
+                    ("bare-h11", f"http://127.0.0.1:{bare_h11}{PATH}"),
                 ):
                     if setup not in setups and setup != "direct":
                         continue

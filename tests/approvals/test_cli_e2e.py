@@ -27,8 +27,9 @@ def node(tmp_path: Path, tether_bin: Path, clean_env: dict[str, str]) -> Iterato
     args = [str(tether_bin), "serve", "--policies", "pol", "--data-dir", "data",
             "--listen", "127.0.0.1:0"]  # fmt: skip
     started = Node(args, tmp_path, clean_env)
-    started.url = "http://" + started.wait_for_log(r"serving on http://([\d.:]+)").group(1)
-    try:
+    try:  # the node is stopped even when it does not come up
+        found = started.wait_for_log(r"serving on http://([\d.:]+)", 60)  # a loaded machine
+        started.url = "http://" + found.group(1)
         yield started
     finally:
         if started.process.poll() is None:

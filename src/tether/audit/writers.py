@@ -7,9 +7,12 @@ and a batch is five statements: measured, that alone capped appends far below th
 So each backend runs the batch in the fewest round trips its driver allows:
 
 * :class:`SqliteWriter` keeps its own ``sqlite3`` connection in its own thread and runs the
-  whole transaction (``BEGIN IMMEDIATE``, read the head, one multi-row ``INSERT`` per 1,000
-  events, checkpoint, ``COMMIT``) as one call there: one hand-off per batch, and the event
-  loop keeps serving while SQLite waits for the disk.
+  whole transaction (``BEGIN IMMEDIATE``, read the head and the last checkpoint in one
+  statement, one multi-row ``INSERT`` per 1,000 events, checkpoint, ``COMMIT``) as one call
+  there: one hand-off per batch, and the event loop keeps serving while SQLite waits for the
+  disk. Few statements matter: after each one the thread must take the GIL back from the
+  busy event loop. The fsync (``synchronous=FULL``, WAL) happens once per batch, at
+  ``COMMIT``.
 * :class:`PostgresWriter` uses the asyncpg connection under a pooled SQLAlchemy
   connection: ``pg_advisory_xact_lock``, the head, a pipelined ``executemany``, COMMIT.
 
@@ -56,6 +59,13 @@ COLUMNS: Final = (
     "bytes_in", "bytes_out", "rows", "duration_ms", "detail", "prev_hash", "hash",
 )  # fmt: skip
 _CHECKPOINT_COLUMNS: Final = ("seq", "hash", "time", "kid", "signature")
+# The chain head (seq, hash) and the last checkpoint's columns, NULLs when there is none.
+_HEAD_AND_CHECKPOINT: Final = (
+    "SELECT h.seq, h.hash, c.seq, c.hash, c.time, c.kid, c.signature FROM (SELECT 1) "
+    "LEFT JOIN (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS h "
+    "LEFT JOIN (SELECT seq, hash, time, kid, signature FROM audit_checkpoints "
+    "ORDER BY seq DESC LIMIT 1) AS c"
+)
 
 Synchronous = Literal["full", "normal"]
 
@@ -173,7 +183,7 @@ class SqliteWriter:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                plan = planner(self._head(db), self._last_checkpoint(db))
+                plan = planner(*self._head_and_checkpoint(db))
                 self._insert_rows(db, plan.rows)
                 if plan.checkpoint is not None:
                     db.execute(self._insert_checkpoint, _sqlite_checkpoint(plan.checkpoint))
@@ -208,20 +218,16 @@ class SqliteWriter:
             db.execute(statement, list(chain.from_iterable(chunk)))
 
     @staticmethod
-    def _head(db: sqlite3.Connection) -> ChainHead:
-        row = db.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
-        return ChainHead(0, None) if row is None else ChainHead(int(row[0]), str(row[1]))
-
-    @staticmethod
-    def _last_checkpoint(db: sqlite3.Connection) -> Checkpoint | None:
-        row = db.execute(
-            "SELECT seq, hash, time, kid, signature FROM audit_checkpoints "
-            "ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        if row is None:
-            return None
-        moment = datetime.fromisoformat(row[2] + "+00:00")
-        return Checkpoint(int(row[0]), str(row[1]), moment, str(row[3]), str(row[4]))
+    def _head_and_checkpoint(db: sqlite3.Connection) -> tuple[ChainHead, Checkpoint | None]:
+        """The head and the last checkpoint in one statement: each statement the writer
+        thread runs hands the GIL back and must take it again from the busy event loop, so
+        the batch transaction is kept to four (BEGIN, this, INSERT, COMMIT)."""
+        row = db.execute(_HEAD_AND_CHECKPOINT).fetchone()
+        head = ChainHead(0, None) if row[0] is None else ChainHead(int(row[0]), str(row[1]))
+        if row[2] is None:
+            return head, None
+        moment = datetime.fromisoformat(row[4] + "+00:00")
+        return head, Checkpoint(int(row[2]), str(row[3]), moment, str(row[5]), str(row[6]))
 
 
 def _sqlite_checkpoint(checkpoint: Checkpoint) -> tuple[Any, ...]:
