@@ -4,7 +4,8 @@ A front-end decides through :meth:`ApprovalService.decide
 <tether.approvals.service.ApprovalService.decide>`; on ``approval_required`` it holds the
 access request and refuses with these helpers (HTTP: a 403 problem with
 :func:`problem_members` and ``Retry-After``; SSH: :func:`refusal_line` on standard error;
-PostgreSQL: :func:`refusal_line` as the ``ErrorResponse`` detail). An HTTP agent may ask to
+PostgreSQL: :func:`~tether.approvals.binding.pending_detail` as the ``ErrorResponse`` detail,
+see :mod:`tether.proxy.pg.approvals`). An HTTP agent may ask to
 wait instead with ``Prefer: wait=N`` (RFC 7240); :func:`prefer_wait` reads it, bounded by
 ``MAX_WAIT``, and :func:`wait_decided` waits for the decision, after which the front-end
 decides again (the grant is then held, or the request was denied).

@@ -63,8 +63,10 @@ class Pump:
         check_live: Callable[[], Awaitable[None]],
         deadline: float,
         refresh: Callable[[], Awaitable[None]] | None = None,
+        before: Callable[[object], Awaitable[None] | None] | None = None,
     ) -> None:
         self.session = session
+        self.before = before  # async work before the machine sees a message (approvals)
         self.audit = audit
         self.client_reader, self.client_writer = client
         self.decoder = decoder
@@ -122,6 +124,10 @@ class Pump:
                 self.bytes_in += len(data)
                 commands: list[Command] = []
                 for message, raw in self.decoder.feed(data):
+                    if self.before is not None:
+                        work = self.before(message)
+                        if work is not None:
+                            await work
                     commands += self.session.client(message, raw)
                 await self._run(commands)
                 if self.reason is not None:

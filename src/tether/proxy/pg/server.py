@@ -37,10 +37,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tether.audit.subject import Subject
 from tether.identity.errors import CredentialError
+from tether.policy.model import APPROVAL_REQUIRED
 from tether.proxy.core import Services, policy_request, subject_of
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
 from tether.proxy.pg import credentials, framing, tls
+from tether.proxy.pg.approvals import SessionApprovals
 from tether.proxy.pg.audit import SessionAudit
 from tether.proxy.pg.auth import LoginRefused, parse_password
 from tether.proxy.pg.config import PgProxyConfig
@@ -82,10 +84,17 @@ class SessionPolicy:
     a cached decision is the one it would make again.
     """
 
-    def __init__(self, services: Services, base: dict[str, Any], database: str) -> None:
+    def __init__(
+        self,
+        services: Services,
+        base: dict[str, Any],
+        database: str,
+        approvals: SessionApprovals | None = None,
+    ) -> None:
         self.services = services
         self.base = base
         self.database = database
+        self.approvals = approvals  # grants held by the session (tether.proxy.pg.approvals)
         self._set: object = None
         self._cacheable = False
         self._cache: dict[tuple[str, str], Decision] = {}
@@ -100,6 +109,8 @@ class SessionPolicy:
         if self._cacheable:
             hit = self._cache.get(key)
             if hit is not None:
+                if self.approvals is not None and hit.decision == APPROVAL_REQUIRED:
+                    return self._approved(hit, query, default_schema)
                 return hit
         request = dict(self.base)
         request["action"] = {"sql": {"query": query, "database": self.database}}
@@ -108,7 +119,16 @@ class SessionPolicy:
             if len(self._cache) >= CACHED_DECISIONS:
                 self._cache.clear()
             self._cache[key] = decision
+        if self.approvals is not None and decision.decision == APPROVAL_REQUIRED:
+            return self._approved(decision, query, default_schema)
         return decision
+
+    def _approved(self, decision: Decision, query: str, default_schema: str) -> Decision:
+        """``decision`` with the session's grants applied (``approval_required`` only)."""
+        assert self.approvals is not None
+        request = dict(self.base)
+        request["action"] = {"sql": {"query": query, "database": self.database}}
+        return self.approvals.resolve(decision, request, default_schema)
 
     def set_labels(self, agent_id: str, labels: Mapping[str, str]) -> None:
         """The agent's labels as they are now (the cache is emptied if they changed)."""
@@ -118,6 +138,8 @@ class SessionPolicy:
             self._cache.clear()
 
     def current(self) -> object:
+        if self.approvals is not None and self.approvals.active():
+            return self.approvals.epoch()  # changes with the held grants too
         return self.services.policies.current
 
 
@@ -384,7 +406,11 @@ class PgBroker:
                     )
             labels = await self.services.agents.get(claims.agent_id)
             base = policy_request(claims, labels, target, {}, source_ip=source_ip)
-            policy = SessionPolicy(self.services, base, spec.database)
+            approvals = None
+            if self.services.approvals is not None:
+                approvals = SessionApprovals(self.services.approvals, self.services.policies, base)
+                await approvals.refresh()
+            policy = SessionPolicy(self.services, base, spec.database, approvals)
             session = Session(
                 policy, default_schema=spec.default_schema, user=credential.login.user
             )
@@ -405,10 +431,13 @@ class PgBroker:
 
             async def refresh_labels() -> None:
                 policy.set_labels(claims.agent_id, await self.services.agents.get(claims.agent_id))
+                if approvals is not None:
+                    await approvals.refresh()
 
+            before = None if approvals is None else approvals.before_for(session.decider.decide)
             pump = Pump(session, audit, (reader, writer), decoder, upstream,
                         check_live=check_live, deadline=credential.deadline,
-                        refresh=refresh_labels)  # fmt: skip
+                        refresh=refresh_labels, before=before)  # fmt: skip
             self._pumps.add(pump)
             try:
                 reason = await pump.run()

@@ -270,10 +270,10 @@ class Session:
                 prepared.query, self.decider.decide(prepared.query, "extended"), policy
             )
             self._statements[message.statement] = prepared
-            if not prepared.verdict.decision.allowed:
-                out.append(AuditDecided(prepared.verdict.records))
-                self._refuse_extended(prepared.verdict.decision, out)
-                return
+        if not prepared.verdict.decision.allowed:  # refused now, or at an earlier Bind
+            out.append(AuditDecided(prepared.verdict.records))
+            self._refuse_extended(prepared.verdict.decision, out)
+            return
         params = len(message.params)
         verdict = prepared.verdict
         if params:
