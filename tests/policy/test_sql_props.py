@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pglast import parser as pg_parser
 
-from tether.policy import sql
+from tether.policy import sql_redact
 from tether.policy.errors import SqlParseError
 from tether.policy.sql import STATEMENT_CLASSES, SqlAnalysis, analyze_sql, analyze_sql_uncached
 
@@ -297,14 +297,14 @@ LEXER_INPUTS = st.one_of(
 @PROPS
 @given(LEXER_INPUTS)
 def test_lexer_finds_exactly_the_scanners_literals(query: str) -> None:
-    lexed = sql._lexed_literals(query)
+    lexed = sql_redact._lexed_literals(query)
     if lexed is None:
         return  # outside the subset: the scanner is used
     try:
         pg_parser.scan(query)
     except (pg_parser.ParseError, UnicodeEncodeError):
         return  # not SQL text: never redacted (the parse rejects it first)
-    assert lexed == sql._scanned_literals(query), query
+    assert lexed == sql_redact._scanned_literals(query), query
 
 
 def test_lexer_accepts_ordinary_queries() -> None:
@@ -315,9 +315,9 @@ def test_lexer_accepts_ordinary_queries() -> None:
         "SELECT 'ünïcode' FROM t WHERE a = .5 OR b = 5. OR c = 1_000",
     ]
     for query in queries:
-        lexed = sql._lexed_literals(query)
+        lexed = sql_redact._lexed_literals(query)
         assert lexed is not None, query
-        assert lexed == sql._scanned_literals(query)
+        assert lexed == sql_redact._scanned_literals(query)
 
 
 @PROPS
@@ -339,4 +339,4 @@ def test_redacted_text_never_holds_a_string_literal(secret: str) -> None:
 def test_scanner_literal_kinds_are_the_ones_redacted() -> None:
     tokens = pg_parser.scan("SELECT 1, 1.5, 'a', B'1', X'f', U&'x', $$y$$, E'z'")
     kinds = {t.name for t in tokens} - {"SELECT", "ASCII_44"}
-    assert kinds <= sql._LITERAL_TOKENS
+    assert kinds <= sql_redact._LITERAL_TOKENS

@@ -15,6 +15,7 @@ statements such as ``SELECT 1`` or ``BEGIN``).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -143,6 +144,13 @@ class HttpBlock:
         return None
 
 
+# Compiled patterns and method sets are immutable values, shared by every rule (of every
+# loaded set) that writes the same text: a large policy set repeats a few hundred patterns,
+# and sharing them keeps what a decision reads small enough to stay in the CPU caches.
+_shared_pattern = functools.lru_cache(maxsize=8192)(httpmatch.PathPattern.compile)
+_shared_methods = functools.lru_cache(maxsize=1024)(frozenset[str])
+
+
 def compile_http(body: Mapping[str, Any], deny: bool) -> HttpBlock:
     _check_keys(body, "http", ("methods", "paths"))
     methods = _str_list(body, "methods", required=True) or []
@@ -150,8 +158,8 @@ def compile_http(body: Mapping[str, Any], deny: bool) -> HttpBlock:
         if method != "*" and not httpmatch.method_ok(method):
             raise BlockError("methods", f"methods: {method!r} is not an HTTP method token")
     paths = _str_list(body, "paths", required=True) or []
-    patterns = _compiled("paths", httpmatch.PathPattern.compile, paths)
-    return HttpBlock(frozenset(methods), tuple(patterns))
+    patterns = _compiled("paths", _shared_pattern, paths)
+    return HttpBlock(_shared_methods(tuple(sorted(set(methods)))), tuple(patterns))
 
 
 # --- SSH (5.2) --------------------------------------------------------------------------------

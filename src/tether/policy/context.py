@@ -16,25 +16,28 @@ the delegation. Security decisions:
   labels and groups it was built for and is used only when they are equal to the request's
   (a caller that changes its dicts afterwards cannot change a cached answer). The policy
   set is immutable, so entries never go stale; the cache is bounded (oldest out first).
-* Each rule is compiled once per load into a :data:`Check`: its action matcher, its
-  ``when`` (or None), the approval it needs (or None) and the decisions it makes. The hot
-  loop then touches one tuple per rule instead of the rule, its action block and two
-  decision tables, which matters at 10,000 rules where those are cold in the CPU caches.
+* Each rule is compiled once per load into a :data:`Check`: its action block, its ``when``
+  (or None), the approval it needs (or None) and the decisions it makes. The decision loop
+  then reads one tuple per rule instead of the rule and two decision tables of the whole
+  set. At 10,000 rules each request meets other rules, far apart in memory and no longer in
+  the CPU caches, so what a decision reads per rule, more than what it computes, sets its
+  cost (compiled path patterns and method sets are shared between rules for the same
+  reason, see :mod:`tether.policy.actions`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tether.policy import request as req
-from tether.policy.actions import Captures
+from tether.policy.actions import ActionBlock
 from tether.policy.model import Decision
 from tether.policy.rules import AGENT, HUMAN, IndexKey, Rule, probe_keys
 
-Check = tuple[Callable[[req.Part], Captures | None], Rule | None, str | None, Decision, Decision]
-"""``(match, rule if it has a when, id of the approval it needs, hit, approval needed)``.
+Check = tuple[ActionBlock, Rule | None, str | None, Decision, Decision]
+"""``(action block, rule if it has a when, id of the approval it needs, hit, approval needed)``.
 
 ``hit`` is the decision when the rule matches (and its ``when`` holds, and it needs no
 approval or has it): the rule's deny, or its allow. Deny rules never need an approval."""

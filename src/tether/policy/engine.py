@@ -154,8 +154,8 @@ class PolicySet:
         if isinstance(part, req.SqlPart) and part.statement.forbidden is not None:
             return self._deny(None, SQL_FORBIDDEN, part.statement.forbidden)
         pending: Decision | None = None
-        for match, when, approval, hit, ask in checks:
-            captures = match(part)
+        for block, when, approval, hit, ask in checks:
+            captures = block.match(part)
             if captures is None:
                 continue
             if when is not None:
@@ -191,7 +191,7 @@ def _check(rule: Rule, version: str) -> Check:
         if approval is None
         else Decision(APPROVAL_REQUIRED, rule.id, APPROVAL_NEEDED, None, version)
     )
-    return (rule.action.match, rule if rule.when is not None else None, approval, hit, ask)
+    return (rule.action, rule if rule.when is not None else None, approval, hit, ask)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -383,7 +383,11 @@ def _sql(request: Request, body: dict[str, Any], default_schema: str) -> None:
     if database is not None and not isinstance(database, str):
         raise InvalidRequest("action.sql.database must be a string")
     analysis = sql.analyze_sql(_text(body, "query", "action.sql"), default_schema)
-    request.parts = tuple(SqlPart(s) for s in analysis.statements)
+    statements = analysis.statements
+    if len(statements) == 1:  # the usual case, without a generator
+        request.parts = (SqlPart(statements[0]),)
+    else:
+        request.parts = tuple(SqlPart(s) for s in statements)
     request.view_builder = lambda: {
         "sql": {
             "query": body["query"],

@@ -13,12 +13,8 @@ too deep to walk (Python's recursion limit); a query that is not a ``str``.
 
 ``SqlStatement.text`` is the statement's exact source (``stmt_location``/``stmt_len``, trailing
 blanks removed), literals included. ``SqlAnalysis.redacted`` is the whole query with every literal
-token (string, number, bit string, dollar-quoted body) replaced by ``?``; comments, identifiers and
-``$n`` parameters stay. Literal tokens are found by a small lexer that accepts only a plain subset
-of the token grammar (ASCII outside quotes, standard strings, decimal numbers, ``--`` and
-non-nested ``/* */`` comments) and by PostgreSQL's own scanner (``pglast.parser.scan``) for
-anything else; tests prove the two agree on the subset. ``redacted`` is for audit only: no
-decision reads it, so it is made on first access, off the decision path.
+token replaced by ``?`` (:mod:`tether.policy.sql_redact`). It is for audit only: no decision
+reads it, so it is made on first access, off the decision path.
 
 Caches (bounded LRU, :data:`CACHE_ENTRIES` entries and :data:`CACHE_BUDGET` characters of keys
 and texts each; every read and write holds a lock; entries are immutable):
@@ -73,6 +69,7 @@ from tether.policy.sql_analyze import (
     analyze_statement,
     is_forbidden_function,
 )
+from tether.policy.sql_redact import redact
 
 __all__ = [
     "CACHEABLE_CHARS",
@@ -123,7 +120,7 @@ class SqlAnalysis:
         deciding does not pay for it."""
         value = self._redacted
         if value is None:
-            value = _redact(self.query)
+            value = redact(self.query)
             object.__setattr__(self, "_redacted", value)
         return value
 
@@ -340,88 +337,6 @@ def _texts(query: str, positions: list[tuple[int, int]]) -> list[str]:
         encoded[start : start + length if length else None].decode("utf-8").rstrip(_PG_BLANKS)
         for start, length in positions
     ]
-
-
-# --- redaction ---------------------------------------------------------------------------------
-
-_MAY_HOLD_LITERALS: Final = re.compile(r"['$0-9]").search
-_LITERAL_TOKENS: Final = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
-
-# Literal tokens of a plain subset of PostgreSQL's token grammar. Each match skips plain text
-# (names, keywords, blanks, operators: never a literal) and ends on one token that may hold a
-# quote or a digit; a token outside the subset matches ``bail`` and the real scanner is used.
-_LEXER: Final = re.compile(
-    r"""
-    (?:
-        [ \t\n\r\f\v(),;:+*<>=!~@#%^&|`?\[\]]++
-      | (?![bBxXeEuU]['&])[A-Za-z_][A-Za-z0-9_$]*+              # a name, not b'' x'' e'' u&''
-      | -(?!-) | /(?!\*) | \.\. | \.(?![0-9])                       # .. is one token
-    )*+
-    (?:
-        (?P<skip>
-            "(?:[^"]|"")*+"                                     # quoted identifier
-          | --[^\n\r]*+                                         # comment to the end of the line
-          | /\*(?:[^*/]|\*(?!/)|/(?!\*))*+\*/                   # comment, not nested
-          | \$[0-9]++(?![A-Za-z0-9_$])                          # parameter $n
-        )
-      | (?P<string>[bBxX]'[^']*+'|'(?:[^']|'')*+')              # bit string, standard string
-      | (?P<number>
-            (?:[0-9][0-9_]*+(?:\.[0-9_]*+)?|\.[0-9][0-9_]*+)(?:[eE][+-]?[0-9][0-9_]*+)?
-            (?![A-Za-z0-9_$.])
-        )
-      | (?P<end>\Z)
-      | (?P<bail>[\s\S])                # E'', U&'', $$, nested comment, non-ASCII name, 1e, ...
-    )
-    """,
-    re.VERBOSE,
-)
-# A string followed by blanks and comments holding a newline, then a quote, continues.
-_CONTINUATION: Final = re.compile(r"(?:[ \t\n\r\f\v]++|--[^\n\r]*+)*+'")
-
-
-def _redact(query: str) -> str:
-    if _MAY_HOLD_LITERALS(query) is None:
-        return query
-    spans = _lexed_literals(query)
-    if spans is None:
-        spans = _scanned_literals(query)
-    parts = []
-    position = 0
-    for start, end in spans:
-        parts.append(query[position:start])
-        position = end
-    parts.append(query[position:])
-    return "?".join(parts)
-
-
-def _lexed_literals(query: str) -> list[tuple[int, int]] | None:
-    spans: list[tuple[int, int]] = []
-    for match in _LEXER.finditer(query):
-        kind = match.lastgroup
-        if kind == "end":
-            return spans
-        if kind is None or kind == "bail":
-            return None
-        if kind != "skip":
-            span = match.span(kind)
-            if kind == "string" and _continues(query, span[1]):
-                return None
-            spans.append(span)
-    return spans
-
-
-def _continues(query: str, end: int) -> bool:
-    following = _CONTINUATION.match(query, end)
-    return following is not None and ("\n" in following[0] or "\r" in following[0])
-
-
-def _scanned_literals(query: str) -> list[tuple[int, int]]:
-    """Literal tokens by PostgreSQL's scanner; all of the text if it cannot be scanned."""
-    try:
-        tokens = pg_parser.scan(query)
-    except pg_parser.ParseError:
-        return [(0, len(query))]  # cannot happen for text that parsed; hide everything
-    return [(t.start, t.end + 1) for t in tokens if t.name in _LITERAL_TOKENS]
 
 
 # --- caches ------------------------------------------------------------------------------------
