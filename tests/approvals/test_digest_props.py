@@ -67,7 +67,13 @@ def test_commands_equal_exactly_when_their_words_are(words: list[str], other: li
     quoted = "cmd " + " ".join(f"'{w}'" for w in words)
     plain = "cmd " + " ".join(words)
     one = action_digest(request({"ssh": {"command": quoted}}))
-    assert one.digest == action_digest(request({"ssh": {"command": plain}})).digest
+    try:
+        unquoted = action_digest(request({"ssh": {"command": plain}}))
+    except DigestError:
+        # The shell grammar refuses some bare words (``==``): refused, never a match.
+        pass
+    else:
+        assert one.digest == unquoted.digest
     two = action_digest(request({"ssh": {"command": "cmd " + " ".join(f"'{w}'" for w in other)}}))
     assert (one.digest == two.digest) == (words == other)
 
