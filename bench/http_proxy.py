@@ -13,9 +13,9 @@ direct           nothing: wrk → upstream
 nginx            nginx ``proxy_pass`` with upstream keep-alive (one worker)
 bare             a forwarder on Tether's own stack (uvicorn + the broker's upstream client,
                  one process) with no authentication, policy or audit
-bare-h11         the same forwarder with uvicorn's pure-Python h11 protocol forced (``bare``
-                 and ``tether`` use uvicorn's default, httptools when installed, as it is
-                 since Tether depends on it): shows what the HTTP parser costs
+bare-httptools   the same forwarder on uvicorn's httptools protocol, when httptools is
+                 installed (Tether does not use it: it drops the request target's fragment
+                 before the engine can refuse it); ``bare`` pins h11, Tether's protocol
 tether           ``tether serve`` (one process): DPoP-bound token, a fresh proof per
                  request (made ahead and fed by a wrk Lua script), policy, audit trail
                  (SQLite, ``sqlite_synchronous: full``), credential injection
@@ -35,6 +35,7 @@ rps >= 0.5 x bare's. Progress goes to standard error. Exit 2 when wrk or nginx i
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -54,6 +55,7 @@ TETHER = ROOT / ".venv" / "bin" / "tether"
 PATH = "/v1/items/7"
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 WRK = shutil.which("wrk")
+HTTPTOOLS = importlib.util.find_spec("httptools") is not None
 
 LUA = """
 local counter = 0
@@ -459,8 +461,8 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument(
         "--setups",
-        default="direct,nginx,bare,bare-h11,tether,tether-cert",
-        help="comma-separated setups to run (default: all)",
+        default="direct,nginx,bare,tether,tether-cert",
+        help="comma-separated setups to run (default: all but bare-httptools)",
     )
     parser.add_argument("--connections", default="1,16", help="comma-separated (default 1,16)")
     parser.add_argument(
@@ -501,7 +503,7 @@ def run_all(
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as name:
         tmp = Path(name)
-        upstream, proxy, bare, bare_h11 = free_port(), free_port(), free_port(), free_port()
+        upstream, proxy, bare, bare_ht = free_port(), free_port(), free_port(), free_port()
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream, proxy=proxy))
         (tmp / "bench.lua").write_text(LUA)
         node = Node(tmp, upstream, synchronous)
@@ -509,15 +511,15 @@ def run_all(
         with (
             process([str(NGINX), "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
                     stderr=subprocess.DEVNULL),
-            process([sys.executable, __file__, "--serve-bare", str(bare), str(upstream), "auto"]),
-            process([sys.executable, __file__, "--serve-bare", str(bare_h11), str(upstream),
-                     "h11"]),
+            process([sys.executable, __file__, "--serve-bare", str(bare), str(upstream), "h11"]),
+            process([sys.executable, __file__, "--serve-bare", str(bare_ht), str(upstream),
+                     "httptools" if HTTPTOOLS else "h11"]),
             stderr.open("w") as log_file,
             process([str(TETHER), "serve", "--config", str(tmp / "tether.yaml")], cwd=tmp,
                     stderr=log_file, env={k: v for k, v in os.environ.items()
                                           if not k.startswith("TETHER_")}),
         ):  # fmt: skip
-            for port in (upstream, proxy, bare, bare_h11):
+            for port in (upstream, proxy, bare, bare_ht):
                 wait_port(port)
             session = node.setup(stderr)
             key, token = session.key, session.token
@@ -527,9 +529,12 @@ def run_all(
                     ("direct", f"http://127.0.0.1:{upstream}{PATH}"),
                     ("nginx", f"http://127.0.0.1:{proxy}{PATH}"),
                     ("bare", f"http://127.0.0.1:{bare}{PATH}"),
-                    ("bare-h11", f"http://127.0.0.1:{bare_h11}{PATH}"),
+                    ("bare-httptools", f"http://127.0.0.1:{bare_ht}{PATH}"),
                 ):
                     if setup not in setups and setup != "direct":
+                        continue
+                    if setup == "bare-httptools" and not HTTPTOOLS:
+                        log("bare-httptools skipped: httptools is not installed")
                         continue
                     log(f"{setup} x{connections} ...")
                     results.append({"setup": setup, "connections": connections,

@@ -301,6 +301,9 @@ def _uvicorn_config(
         lifespan="off",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
+        # h11, always: httptools mode hands the app only the parsed path (a ``#fragment``
+        # reached the target in a test), and the HTTP broker decides on the raw path.
+        http="h11",
     )
 
 

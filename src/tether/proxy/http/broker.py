@@ -50,9 +50,9 @@ from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError, TokenInvalid
 from tether.identity.issued import Presented
 from tether.identity.replay import ReplayCacheFull
-from tether.policy.model import Decision
+from tether.policy.model import APPROVAL_REQUIRED, Decision
 from tether.proxy.core import Services, decide, policy_request, subject_of
-from tether.proxy.http import refusals
+from tether.proxy.http import bodybind, refusals
 from tether.proxy.http.auditlater import AuditLater
 from tether.proxy.http.config import HttpProxyConfig
 from tether.proxy.http.exchange import Exchange
@@ -127,6 +127,12 @@ class HttpBroker:
         labels = await self.labels.get(claims.agent_id)
         request = policy_request(claims, labels, target, {"http": action}, source_ip=source_ip)
         decision, pending = await self._decide(request, scope["headers"])
+        if decision.decision == APPROVAL_REQUIRED:  # approval.bind_body reads the body first
+            bound = await bodybind.bind_body(self, request, route, target, who, decision,
+                                             scope, receive, send, request_id)  # fmt: skip
+            if bound is None:
+                return
+            decision, pending, receive = bound[0], bound[1] or pending, bound[2]
         if not await self._audit_decision(request, route, decision, who, started):
             await refusals.plain(503, "the audit trail is unavailable", request_id)(
                 scope, receive, send
@@ -144,7 +150,10 @@ class HttpBroker:
             await exchange.run(scope, receive, send, request_id, started)
 
     async def _decide(
-        self, request: dict[str, Any], headers: list[tuple[bytes, bytes]]
+        self,
+        request: dict[str, Any],
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None = None,
     ) -> tuple[Decision, AccessRequest | None]:
         """The decision with the grants held (tether.approvals); ``Prefer: wait=N`` waits
         for a raised access request to be decided, then decides again."""
@@ -152,11 +161,11 @@ class HttpBroker:
         if approvals is None:
             return decide(self.services, request), None
         reason = agent_reason(v.decode("latin-1") for n, v in headers if n == b"x-tether-reason")
-        decision, pending = await approvals.decide(request, reason=reason)
+        decision, pending = await approvals.decide(request, body=body, reason=reason)
         wait = prefer_wait(v.decode("latin-1") for n, v in headers if n == b"prefer")
         if pending is not None and wait > 0:
             await wait_decided(approvals, pending.id, wait)
-            decision, pending = await approvals.decide(request, reason=reason)
+            decision, pending = await approvals.decide(request, body=body, reason=reason)
         return decision, pending
 
     def _over_limits(
