@@ -4,20 +4,26 @@ it) then reaches a real upstream byte for byte, and a body too large to bind is 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.types import Message
 
 from tests.identity_e2e.conftest import Clock
-from tests.proxy_http.conftest import POLICY, Harness, upstream  # noqa: F401 - the fixture
+from tests.proxy_http.conftest import POLICY, Agent, Harness, upstream  # noqa: F401 - the fixture
 from tests.proxy_http.upstream import Upstream
 from tether.approvals.service import ApprovalService
-from tether.proxy.http.bodybind import MAX_BOUND_BODY
+from tether.proxy.http.bodybind import MAX_BOUND_BODY, BodyRefused, read_body, replay
 from tether.users.service import UserService
 from tether.users.store import User
 
@@ -27,7 +33,7 @@ BOUND_POLICY = (
   - id: refund
     effect: allow
     agents: [bot]
-    http: {methods: [POST], paths: ["/v1/refunds", "/small/refunds"]}
+    http: {methods: [POST], paths: ["/v1/refunds"]}
     approval: {approvers: ["group:leads"], valid_for: 30m, bind_body: true}
 """
 )
@@ -62,9 +68,9 @@ def gated(tmp_path: Path, upstream: Upstream) -> Iterator[Gated]:  # noqa: F811
         harness.stop()
 
 
-def post(gated: Gated, agent: object, body: bytes, target: str = "api") -> httpx.Response:
+def post(gated: Gated, agent: Agent, body: bytes, target: str = "api") -> httpx.Response:
     url = f"{gated.harness.url}/t/{target}/v1/refunds"
-    headers = agent.headers("POST", url)  # type: ignore[attr-defined]
+    headers = agent.headers("POST", url)
     return httpx.post(url, content=body, headers=headers, timeout=30)
 
 
@@ -109,7 +115,7 @@ def test_a_chunked_body_is_bound_and_forwarded_whole(
     url = f"{gated.harness.url}/t/api/v1/refunds"
 
     def send() -> httpx.Response:
-        headers = agent.headers("POST", url)  # type: ignore[attr-defined]
+        headers = agent.headers("POST", url)
         return httpx.post(url, content=iter(parts), headers=headers, timeout=30)
 
     refused = send()
@@ -120,6 +126,34 @@ def test_a_chunked_body_is_bound_and_forwarded_whole(
     gated.harness.run(gated.approvals.approve(request_id, gated.lead, "ok"))
     assert send().status_code == 200
     assert upstream.seen[-1].body == b"".join(parts)
+
+
+def test_prefer_wait_forwards_the_read_body_once_approved(
+    gated: Gated,
+    upstream: Upstream,  # noqa: F811
+) -> None:
+    agent = gated.harness.agent()
+    body = b'{"invoice": "INV-9", "amount": 5}'
+    url = f"{gated.harness.url}/t/api/v1/refunds"
+    answers: list[httpx.Response] = []
+
+    def send() -> None:
+        headers = {**agent.headers("POST", url), "Prefer": "wait=20"}
+        answers.append(httpx.post(url, content=body, headers=headers, timeout=30))
+
+    waiting = threading.Thread(target=send)
+    waiting.start()
+
+    async def approve_when_asked() -> None:
+        while not (found := await gated.approvals.search(status="pending")):
+            await asyncio.sleep(0.05)
+        assert found[0].action["body_sha256"] == hashlib.sha256(body).hexdigest()
+        await gated.approvals.approve(found[0].id, gated.lead, "go")
+
+    gated.harness.run(approve_when_asked())
+    waiting.join(30)
+    assert answers and answers[0].status_code == 200, answers[0].text if answers else None
+    assert upstream.seen[-1].target == "/v1/refunds" and upstream.seen[-1].body == body
 
 
 def test_a_body_too_large_to_bind_is_refused_413(
@@ -137,3 +171,65 @@ def test_a_body_too_large_to_bind_is_refused_413(
     assert gated.harness.run(gated.approvals.search(status="pending")) == []
     refused = gated.harness.exchanges(2, target="small")
     assert any(e.detail.get("reason") == "bind-body" for e in refused), refused
+
+
+def _receiver(chunks: list[bytes]) -> Any:
+    messages: list[Message] = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks or [b""])
+    ]
+    messages.append({"type": "http.disconnect"})
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    return receive
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    chunks=st.lists(st.binary(max_size=40), max_size=8),
+    limit=st.integers(min_value=0, max_value=200),
+    declare=st.booleans(),
+)
+def test_read_body_returns_the_exact_body_or_refuses(
+    chunks: list[bytes], limit: int, declare: bool
+) -> None:
+    whole = b"".join(chunks)
+    headers = [(b"content-length", str(len(whole)).encode())] if declare else []
+
+    async def run() -> tuple[bytes | None, Message | None]:
+        try:
+            body = await read_body(headers, _receiver(chunks), limit, 5)
+        except BodyRefused as error:  # the refusal: a 413, never a partial body
+            assert error.status == 413 and len(whole) > limit
+            return None, None
+        again = replay(body, _receiver([]))
+        first = await again()
+        return body, first
+
+    body, first = asyncio.run(run())
+    if len(whole) <= limit:
+        assert body == whole and first is not None
+        assert first["body"] == whole and first["more_body"] is False
+    else:
+        assert body is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(value=st.binary(max_size=12))
+def test_a_malformed_content_length_is_refused(value: bytes) -> None:
+    headers = [(b"content-length", value)]
+
+    async def run() -> int | None:
+        try:
+            await read_body(headers, _receiver([b"abc"]), 100, 5)
+        except BodyRefused as error:
+            return error.status
+        return None
+
+    status = asyncio.run(run())
+    if value.isdigit() and int(value) <= 100:
+        assert status is None
+    else:
+        assert status == 413

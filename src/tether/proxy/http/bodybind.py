@@ -45,7 +45,9 @@ MAX_BOUND_BODY: Final = 1024 * 1024  # bytes held in memory to bind an approval 
 Bound = tuple[Decision, AccessRequest | None, Receive]
 
 
-class _Refused(Exception):
+class BodyRefused(Exception):
+    """The body cannot be bound: refused with ``status`` (413, 408; 499 when the agent left)."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
@@ -87,7 +89,7 @@ async def bind_body(
     try:
         body = await read_body(scope["headers"], receive, limit,
                                broker.config.client_body_timeout)  # fmt: skip
-    except _Refused as refused:
+    except BodyRefused as refused:
         await _refuse(broker, route, who, decision, refused, scope, receive, send, request_id)
         return None
     decided, pending = await broker._decide(request, scope["headers"], body=body)
@@ -97,8 +99,8 @@ async def bind_body(
 async def read_body(
     headers: list[tuple[bytes, bytes]], receive: Receive, limit: int, timeout: float
 ) -> bytes:
-    """The whole request body, at most ``limit`` bytes (else :class:`_Refused`, 413)."""
-    too_big = _Refused(
+    """The whole request body, at most ``limit`` bytes (else :class:`BodyRefused`, 413)."""
+    too_big = BodyRefused(
         413, f"request body larger than {limit} bytes: an approval bound to the body "
              "(approval.bind_body) reads it whole first",
     )  # fmt: skip
@@ -112,9 +114,9 @@ async def read_body(
             async with asyncio.timeout(timeout):
                 message = await receive()
         except TimeoutError:
-            raise _Refused(408, "the agent stopped sending the request body") from None
+            raise BodyRefused(408, "the agent stopped sending the request body") from None
         if message["type"] == "http.disconnect":
-            raise _Refused(499, "the agent disconnected")
+            raise BodyRefused(499, "the agent disconnected")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -143,7 +145,7 @@ async def _refuse(
     route: Route,
     who: Subject,
     decision: Decision,
-    refused: _Refused,
+    refused: BodyRefused,
     scope: Scope,
     receive: Receive,
     send: Send,
