@@ -105,12 +105,20 @@ class RealClock:
         return time.time()
 
 
+_PREPARED: list[PostgresServer] = []
+
+
 @pytest.fixture(scope="session")
 def app_db(pg_server: PostgresServer) -> PostgresServer:
-    """The session's application database with its roles and tables."""
-    pg_server.psql(SCHEMA.format(app=APP_PASSWORD, admin=ADMIN_PASSWORD))
-    pg_server.create_database(DATABASE)
-    pg_server.psql(TABLES, database=DATABASE)
+    """The session's application database with its roles and tables.
+
+    Other test packages import this fixture, which gives each importing module its own
+    session-scoped instance; the roles and the database are created once per server."""
+    if not any(server is pg_server for server in _PREPARED):
+        pg_server.psql(SCHEMA.format(app=APP_PASSWORD, admin=ADMIN_PASSWORD))
+        pg_server.create_database(DATABASE)
+        pg_server.psql(TABLES, database=DATABASE)
+        _PREPARED.append(pg_server)
     return pg_server
 
 
