@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench bench-http clean distclean
+.PHONY: venv run test lint bench bench-http bench-ssh bench-pg clean distclean
 
 venv: $(STAMP)
 
@@ -32,6 +32,14 @@ bench: venv
 # The HTTP broker against nginx and a bare forwarder (needs wrk and nginx: bench/README.md).
 bench-http: venv
 	$(BIN)/python bench/http_proxy.py
+
+# The SSH/SFTP broker against direct OpenSSH (bench/README.md).
+bench-ssh: venv
+	$(BIN)/python bench/ssh_proxy.py
+
+# The PostgreSQL broker against direct connections and pgbouncer (bench/README.md).
+bench-pg: venv
+	$(BIN)/python bench/pg_proxy.py
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist src/*.egg-info
