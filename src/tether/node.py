@@ -121,16 +121,21 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
         holder, store, identity, auditor, approvals=humans.approvals, users=humans.users,
         secrets=vault_secrets, targets=targets,
     )  # fmt: skip
-    broker = _http_broker(settings, state)
+    services = Services(  # shared by every broker: one agent-label cache
+        policies=holder, identity=identity, secrets=vault_secrets, targets=targets,
+        auditor=auditor, approvals=humans.approvals,
+        agents=AgentLabels(store.engine, ttl=identity.settings.revocation_poll),
+    )  # fmt: skip
+    broker = _http_broker(settings, services)
     demo = await _demo_upstream(settings)
     try:
-        pg_broker = await _pg_broker(settings, state)
+        pg_broker = await _pg_broker(settings, services)
     except OSError as error:
         await auditor.log.close()
         where = settings.pg_proxy.listen
         raise StartupError(f"pg_proxy: cannot listen on {where}: {error}") from None
     try:
-        ssh_broker = await _ssh_broker(settings, state)
+        ssh_broker = await _ssh_broker(settings, services)
     except OSError as error:
         await auditor.log.close()
         raise StartupError(f"ssh: cannot listen on {settings.ssh.listen}: {error}") from None
@@ -183,31 +188,19 @@ async def _demo_upstream(settings: Settings) -> DemoUpstream | None:
     return demo
 
 
-def _http_broker(settings: Settings, state: AppState) -> HttpBroker | None:
+def _http_broker(settings: Settings, services: Services) -> HttpBroker | None:
     """The HTTP broker on the node's listener (``http_proxy``), unless disabled."""
-    if not settings.http_proxy.enabled or state.identity is None:
+    if not settings.http_proxy.enabled:
         return None
-    assert state.secrets is not None and state.targets is not None and state.store is not None
-    identity = state.identity
-    services = Services(
-        policies=state.policies, identity=identity, secrets=state.secrets,
-        targets=state.targets, auditor=state.auditor, approvals=state.approvals,
-        agents=AgentLabels(state.store.engine, ttl=identity.settings.revocation_poll),
-    )  # fmt: skip
+    identity = services.identity
     return HttpBroker(services, settings.http_proxy, issuer=identity.settings.issuer)
 
 
-async def _pg_broker(settings: Settings, state: AppState) -> PgBroker | None:
+async def _pg_broker(settings: Settings, services: Services) -> PgBroker | None:
     """The PostgreSQL broker on its own listener (``pg_proxy``), started; None if disabled."""
-    if not settings.pg_proxy.enabled or state.identity is None:
+    if not settings.pg_proxy.enabled:
         return None
-    assert state.secrets is not None and state.targets is not None and state.store is not None
-    identity = state.identity
-    services = Services(
-        policies=state.policies, identity=identity, secrets=state.secrets,
-        targets=state.targets, auditor=state.auditor, approvals=state.approvals,
-        agents=AgentLabels(state.store.engine, ttl=identity.settings.revocation_poll),
-    )  # fmt: skip
+    identity = services.identity
     broker = PgBroker(
         settings.pg_proxy, services, settings.data_dir,
         client_ca_pem=identity.keys.x509_ca.ca_cert_pem(),
@@ -216,17 +209,10 @@ async def _pg_broker(settings: Settings, state: AppState) -> PgBroker | None:
     return broker
 
 
-async def _ssh_broker(settings: Settings, state: AppState) -> SshBroker | None:
+async def _ssh_broker(settings: Settings, services: Services) -> SshBroker | None:
     """The SSH and SFTP broker on its own listener (``ssh``), started; None if disabled."""
-    if not settings.ssh.enabled or state.identity is None:
+    if not settings.ssh.enabled:
         return None
-    assert state.secrets is not None and state.targets is not None and state.store is not None
-    identity = state.identity
-    services = Services(
-        policies=state.policies, identity=identity, secrets=state.secrets,
-        targets=state.targets, auditor=state.auditor, approvals=state.approvals,
-        agents=AgentLabels(state.store.engine, ttl=identity.settings.revocation_poll),
-    )  # fmt: skip
     broker = SshBroker(services, settings.ssh, settings.data_dir)
     await broker.start()
     return broker
