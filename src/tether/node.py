@@ -121,11 +121,7 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
         holder, store, identity, auditor, approvals=humans.approvals, users=humans.users,
         secrets=vault_secrets, targets=targets,
     )  # fmt: skip
-    services = Services(  # shared by every broker: one agent-label cache
-        policies=holder, identity=identity, secrets=vault_secrets, targets=targets,
-        auditor=auditor, approvals=humans.approvals,
-        agents=AgentLabels(store.engine, ttl=identity.settings.revocation_poll),
-    )  # fmt: skip
+    services = broker_services(state)  # shared by every broker: one agent-label cache
     broker = _http_broker(settings, services)
     demo = await _demo_upstream(settings)
     try:
@@ -186,6 +182,17 @@ async def _demo_upstream(settings: Settings) -> DemoUpstream | None:
     await demo.start()
     log.info("demo upstream API on %s (README quickstart)", demo.url)
     return demo
+
+
+def broker_services(state: AppState) -> Services:
+    """What every broker front-end needs, built from the API's state of a started node."""
+    assert state.identity is not None and state.store is not None
+    assert state.secrets is not None and state.targets is not None
+    return Services(
+        policies=state.policies, identity=state.identity, secrets=state.secrets,
+        targets=state.targets, auditor=state.auditor, approvals=state.approvals,
+        agents=AgentLabels(state.store.engine, ttl=state.identity.settings.revocation_poll),
+    )  # fmt: skip
 
 
 def _http_broker(settings: Settings, services: Services) -> HttpBroker | None:

@@ -33,7 +33,7 @@ from tether.audit.store import EventFilter, search_events
 from tether.client import TetherClient
 from tether.config import Settings
 from tether.identity.dpop import make_proof
-from tether.node import _http_broker, open_identity
+from tether.node import _http_broker, broker_services, open_identity
 from tether.policywatch import load_initial
 from tether.proxy.http.broker import BrokerMiddleware, HttpBroker
 from tether.proxy.http.tlsserver import TlsH11Protocol
@@ -124,7 +124,7 @@ class Harness:
         self.targets = TargetStore(self.store.engine)
         state = AppState(holder, self.store, self.identity, self.auditor,
                          secrets=self.secrets, targets=self.targets)  # fmt: skip
-        broker = _http_broker(self.settings, state)
+        broker = _http_broker(self.settings, broker_services(state))
         assert broker is not None
         self.broker: HttpBroker = broker
         app = create_app(state, middleware=[Middleware(BrokerMiddleware, broker=broker)])
