@@ -38,7 +38,7 @@ from pydantic_core import ErrorDetails
 from tether.approvals.config import ApprovalsConfig
 from tether.audit.config import AuditConfig
 from tether.identity.config import IdentityConfig
-from tether.proxy.http.config import HttpProxyConfig
+from tether.proxy.http.config import HttpProxyConfig, ListenerTlsConfig
 from tether.proxy.pg.config import PgProxyConfig
 from tether.proxy.ssh.config import SshConfig
 from tether.users.config import UsersConfig
@@ -125,6 +125,7 @@ class Settings(BaseModel):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     users: UsersConfig = Field(default_factory=UsersConfig)
+    tls: ListenerTlsConfig = Field(default_factory=ListenerTlsConfig)
     http_proxy: HttpProxyConfig = Field(default_factory=HttpProxyConfig)
     pg_proxy: PgProxyConfig = Field(default_factory=PgProxyConfig)
     ssh: SshConfig = Field(default_factory=SshConfig)

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from typing import Final
 
 import uvicorn
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from tether.api import AppState, create_app
 from tether.approvals.config import ApprovalsConfigError
@@ -41,6 +43,8 @@ from tether.policywatch import LoadRefused, PolicyReloader, load_initial
 from tether.proxy.core import AgentLabels, Services
 from tether.proxy.http.broker import BrokerMiddleware, HttpBroker
 from tether.proxy.http.demo import DemoUpstream
+from tether.proxy.http.tlsserver import ListenerTlsError, TlsH11Protocol, server_context
+from tether.proxy.http.upgrade import UpgradeProtocol
 from tether.proxy.pg.server import PgBroker
 from tether.proxy.ssh.server import SshBroker
 from tether.store import Store, StoreError
@@ -92,7 +96,9 @@ async def run_node(settings: Settings, sock: socket.socket) -> None:
 
 
 async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
-    identity = await open_identity(settings, store, default_issuer(sock))
+    scheme = "https" if settings.tls.enabled else "http"
+    identity = await open_identity(settings, store, default_issuer(sock, scheme=scheme))
+    listener_tls = _listener_tls(settings, identity)
     try:
         holder = await load_initial(settings.policies, store)
     except LoadRefused as error:
@@ -136,7 +142,7 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
         await auditor.log.close()
         raise StartupError(f"ssh: cannot listen on {settings.ssh.listen}: {error}") from None
     middleware = [Middleware(BrokerMiddleware, broker=broker)] if broker is not None else []
-    server = _Server(_uvicorn_config(settings, state, middleware))
+    server = _Server(_uvicorn_config(settings, state, middleware, listener_tls))
     stop = asyncio.Event()
     _handle_signals(server, stop)
     watchers = [asyncio.create_task(identity.watch_revocations(stop)), *humans.start(stop)]
@@ -145,8 +151,9 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
         watchers.append(asyncio.create_task(reloader.watch(stop)))
     host, port = sock.getsockname()[:2]
     log.info(
-        "tether serving on http://%s:%d (policies: %s)", _bracket(host), port, settings.policies
-    )
+        "tether serving on %s://%s:%d (policies: %s)",
+        scheme, _bracket(host), port, settings.policies,
+    )  # fmt: skip
     try:
         await server.serve(sockets=[sock])
     finally:
@@ -256,8 +263,19 @@ async def open_identity(
     return service
 
 
-def default_issuer(sock: socket.socket) -> str:
-    """``http://HOST:PORT`` of the bound socket: the issuer when none is configured."""
+def _listener_tls(settings: Settings, identity: IdentityService) -> ssl.SSLContext | None:
+    """The listener's TLS context (``tls``), None for plain HTTP; raises StartupError."""
+    if not settings.tls.enabled:
+        return None
+    client_ca = identity.keys.x509_ca.ca_cert_pem().decode("ascii")
+    try:
+        return server_context(settings.tls, settings.data_dir, client_ca)
+    except ListenerTlsError as error:
+        raise StartupError(str(error)) from None
+
+
+def default_issuer(sock: socket.socket, *, scheme: str = "http") -> str:
+    """``http(s)://HOST:PORT`` of the bound socket: the issuer when none is configured."""
     host, port = sock.getsockname()[:2]
     if host in ("0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
         log.warning(
@@ -266,7 +284,7 @@ def default_issuer(sock: socket.socket) -> str:
             port,
         )
         host = "127.0.0.1"
-    return f"http://{_bracket(host)}:{port}"
+    return f"{scheme}://{_bracket(host)}:{port}"
 
 
 async def _announce_first_admin_token(store: Store) -> None:
@@ -283,10 +301,17 @@ async def _announce_first_admin_token(store: Store) -> None:
 
 
 def _uvicorn_config(
-    settings: Settings, state: AppState, middleware: list[Middleware]
+    settings: Settings,
+    state: AppState,
+    middleware: list[Middleware],
+    tls: ssl.SSLContext | None = None,
 ) -> uvicorn.Config:
+    def context(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        assert tls is not None
+        return tls  # built and checked at start (_listener_tls)
+
     return uvicorn.Config(
-        create_app(state, middleware=middleware),
+        _outermost(middleware, create_app(state)),
         host=settings.host,
         port=settings.port,
         log_config=None,  # the CLI configures logging (tether.cli.common.configure_logging)
@@ -296,8 +321,21 @@ def _uvicorn_config(
         server_header=False,
         # h11, always: httptools mode hands the app only the parsed path (a ``#fragment``
         # reached the target in a test), and the HTTP broker decides on the raw path.
-        http="h11",
+        # With TLS, the h11 protocol that also reports the client certificate (tlsserver).
+        http="h11" if tls is None else TlsH11Protocol,
+        ssl_context_factory=None if tls is None else context,
+        # WebSocket upgrades reach the HTTP broker, which tunnels the allowed ones.
+        ws=UpgradeProtocol,
     )
+
+
+def _outermost(middleware: list[Middleware], app: ASGIApp) -> ASGIApp:
+    """``app`` behind ``middleware`` (the first outermost), in front of FastAPI's own stack:
+    a broker request then costs no FastAPI middleware (about a tenth of the HTTP broker's
+    CPU per request, bench/http_proxy.py); uvicorn answers 500 to anything that escapes."""
+    for layer in reversed(middleware):
+        app = layer.cls(app, *layer.args, **layer.kwargs)
+    return app
 
 
 def _handle_signals(server: uvicorn.Server, stop: asyncio.Event) -> None:

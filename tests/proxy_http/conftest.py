@@ -37,6 +37,7 @@ from tether.node import _http_broker, broker_services, open_identity
 from tether.policywatch import load_initial
 from tether.proxy.http.broker import BrokerMiddleware, HttpBroker
 from tether.proxy.http.tlsserver import TlsH11Protocol
+from tether.proxy.http.upgrade import UpgradeProtocol
 from tether.store import Store
 from tether.store import agents as agent_store
 from tether.vault.secrets import SecretStore
@@ -128,7 +129,9 @@ class Harness:
         assert broker is not None
         self.broker: HttpBroker = broker
         app = create_app(state, middleware=[Middleware(BrokerMiddleware, broker=broker)])
-        config = uvicorn.Config(app, log_config=None, lifespan="off", server_header=False)
+        config = uvicorn.Config(
+            app, log_config=None, lifespan="off", server_header=False, ws=UpgradeProtocol
+        )
         if self.tls is not None:  # mutual TLS: client certificates from Tether's X.509 CA
             files = self.root / "tls"
             files.mkdir(exist_ok=True)
@@ -139,7 +142,7 @@ class Harness:
                 app, log_config=None, lifespan="off", server_header=False,
                 http=TlsH11Protocol, ssl_certfile=files / "cert.pem",
                 ssl_keyfile=files / "key.pem", ssl_ca_certs=str(files / "clients.pem"),
-                ssl_cert_reqs=ssl.CERT_OPTIONAL,
+                ssl_cert_reqs=ssl.CERT_OPTIONAL, ws=UpgradeProtocol,
             )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.serving = asyncio.ensure_future(self.server.serve(sockets=[self.sock]))
@@ -169,7 +172,11 @@ class Harness:
         self.run(self.secrets.put(name, value))
 
     def agent(
-        self, agent_id: str = "bot", scope: list[str] | None = None, task: str = "T-1"
+        self,
+        agent_id: str = "bot",
+        scope: list[str] | None = None,
+        task: str = "T-1",
+        lifetime: int | None = None,
     ) -> Agent:
         async def create() -> str:
             now = dt.datetime.now(dt.UTC)
@@ -182,7 +189,9 @@ class Harness:
         join = self.run(create())
         client = TetherClient(self.url, http=httpx.Client(verify=self.client_tls()))
         self.clients.append(client)  # open until stop(): the session may be used further
-        self.last_session = client.join(join, task_id=task, purpose="tests", scope=scope)
+        self.last_session = client.join(
+            join, task_id=task, purpose="tests", scope=scope, lifetime=lifetime
+        )
         return Agent(agent_id, self.last_session.key, self.last_session.token, self.url)
 
     def client_tls(self) -> ssl.SSLContext | bool:

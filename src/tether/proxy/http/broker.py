@@ -25,8 +25,10 @@ Security decisions:
   server reports it in the ASGI ``tls`` extension (``client_cert_chain``); without TLS
   there is no certificate and such tokens are refused.
 * **WebSocket upgrades** are decided like any request (the policy sees the ``upgrade``
-  header); a denied one is a 403. This server stack cannot tunnel an upgraded connection,
-  so an allowed upgrade is answered 501 and never forwarded half-way.
+  header); a denied one is a 403. An allowed one is tunnelled
+  (:mod:`tether.proxy.http.websocket`) when it reached the broker through
+  :class:`tether.proxy.http.upgrade.UpgradeProtocol`; any other allowed upgrade is a 501,
+  never forwarded half-way.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from tether.identity.issued import Presented
 from tether.identity.replay import ReplayCacheFull
 from tether.policy.model import APPROVAL_REQUIRED, Decision
 from tether.proxy.core import Services, decide, policy_request, subject_of
-from tether.proxy.http import bodybind, refusals
+from tether.proxy.http import bodybind, refusals, websocket
 from tether.proxy.http.auditlater import AuditLater
 from tether.proxy.http.config import HttpProxyConfig
 from tether.proxy.http.exchange import Exchange
@@ -141,10 +143,9 @@ class HttpBroker:
         if not decision.allowed:
             access = None if pending is None else problem_members(pending, self.issuer)
             await refusals.denied(decision, request_id, access)(scope, receive, send)
-        elif "upgrade" in policy_headers:
-            await refusals.plain(501, "WebSocket tunnelling is not available", request_id)(
-                scope, receive, send
-            )
+        elif "upgrade" in policy_headers:  # a WebSocket tunnel (tether.proxy.http.websocket)
+            await websocket.upgrade(self, route, target, claims, who, decision,
+                                    scope, receive, send, request_id)  # fmt: skip
         else:
             exchange = Exchange(self, route, target, self.plan(target), claims, who, decision)
             await exchange.run(scope, receive, send, request_id, started)

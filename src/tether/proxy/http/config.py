@@ -1,4 +1,5 @@
-"""The ``http_proxy`` section of the configuration: the HTTP broker (docs/http-broker.md).
+"""The ``http_proxy`` section of the configuration: the HTTP broker (docs/http-broker.md),
+and the ``tls`` section: HTTPS on the node's listener (API and HTTP broker).
 
 This module needs only pydantic at import time: ``tether.config`` imports it for every
 command.
@@ -11,6 +12,10 @@ Security decisions:
   rule allows a request. ``enabled: false`` removes the routes.
 * **Host routing only under a configured domain.** ``domain`` empty (the default) turns
   host-based routing off, so a forged ``Host`` header can never select a target.
+* **TLS on the listener is opt-in and all or nothing**: ``tls.cert_file`` set turns the
+  whole listener (API and broker) to HTTPS; client certificates are asked for but optional
+  (``client_certificates: optional``), verified against Tether's own X.509 CA, so that
+  certificate-bound tokens work and DPoP-bound ones need no certificate.
 * **Limits are closed by default**: headers, request line and body reads have bounds, and
   a client that stalls is cut off rather than holding an upstream connection open.
 """
@@ -18,9 +23,10 @@ Security decisions:
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _DOMAIN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 
@@ -63,3 +69,26 @@ class HttpProxyConfig(BaseModel):
         if value and re.fullmatch(_DOMAIN, value) is None:
             raise ValueError(f"not a DNS domain name: {value!r}")
         return value
+
+
+class ListenerTlsConfig(BaseModel):
+    """Every key of the ``tls`` section (paths relative to ``data_dir``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # PEM certificate chain of the listener; None: plain HTTP.
+    cert_file: Path | None = None
+    # Its PEM private key (unencrypted); None: the key is in ``cert_file``.
+    key_file: Path | None = None
+    # Ask agents for a certificate from Tether's X.509 CA (certificate-bound tokens), or not.
+    client_certificates: Literal["optional", "off"] = "optional"
+
+    @model_validator(mode="after")
+    def _cert_for_key(self) -> ListenerTlsConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("tls.key_file is set but tls.cert_file is not")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None

@@ -202,6 +202,10 @@ class UpstreamPool:
             connection.close()
         return await self._open(origin, timeout), False
 
+    async def open_fresh(self, origin: Origin, timeout: float) -> Connection:
+        """A new connection to ``origin``, never from the pool (WebSocket tunnels)."""
+        return await self._open(origin, timeout)
+
     async def _open(self, origin: Origin, timeout: float) -> Connection:
         try:
             async with asyncio.timeout(timeout):
