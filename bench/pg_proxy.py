@@ -17,7 +17,10 @@ Each row gives the TPS pgbench reports (without connection time), the ratio to t
 path of the same workload, and the machine's 1-minute load average when the series started
 (the broker shares the machine with pgbench and PostgreSQL, so a loaded machine lowers its
 ratio more than the direct path's: it is one process against ten). ``tether`` commits the
-audit trail with ``synchronous=full`` (the default), ``tether-normal`` with ``normal``. The
+audit trail with ``synchronous=full`` (the default), ``tether-normal`` with ``normal``;
+``tether-noaudit`` is the same broker with no auditor at all (an in-process experiment, not
+a mode Tether offers: it shows what the audit commit costs). ``latency_ms`` is pgbench's
+average latency per transaction. The
 issue's goal is Tether >= 0.5x direct on ``select-only``; the figures are informational and
 the script exits 0 whatever they are. Progress goes to stderr. pgbench and PostgreSQL run
 on the same machine as the broker, so on a small machine the three compete for the same
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -68,8 +72,9 @@ SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
 END;
 """
 WORKLOADS = ("select-only", "select-prepared", "mixed")
-PATHS = ("direct", "pgbouncer", "tether", "tether-normal")
+PATHS = ("direct", "pgbouncer", "tether", "tether-normal", "tether-noaudit")
 _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+_LATENCY = re.compile(r"latency average = ([0-9.]+) ms")
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -88,7 +93,8 @@ def env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
-async def pgbench(args: list[str], extra_env: dict[str, str]) -> float:
+async def pgbench(args: list[str], extra_env: dict[str, str]) -> tuple[float, float | None]:
+    """pgbench's TPS and average latency (ms)."""
     process = await asyncio.create_subprocess_exec(
         "pgbench", *args, env={**env(), **extra_env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -97,7 +103,8 @@ async def pgbench(args: list[str], extra_env: dict[str, str]) -> float:
     found = _TPS.search(out.decode())
     if process.returncode != 0 or found is None:
         raise RuntimeError(f"pgbench {' '.join(args)} failed: {err.decode()[-500:]}")
-    return float(found.group(1))
+    latency = _LATENCY.search(out.decode())
+    return float(found.group(1)), None if latency is None else float(latency.group(1))
 
 
 def start_pgbouncer(server: pg.PostgresServer, root: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -159,12 +166,16 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         bouncer, bouncer_port = start_pgbouncer(server, root)
         await wait_port(bouncer_port)
         brokers = []
-        for name, sync in (("tether", "full"), ("tether-normal", "normal")):
+        for name, sync in (("tether", "full"), ("tether-normal", "normal"), ("tether-noaudit", "")):
+            if name not in args.paths:
+                continue
             made = await make_broker(
                 server,
                 root / name,
-                AuditConfig(sqlite_synchronous=sync),  # type: ignore[arg-type]
+                AuditConfig(sqlite_synchronous=sync or "full"),  # type: ignore[arg-type]
             )
+            if not sync:  # no auditor: what the broker costs without the audit commit
+                made[0].broker.services = dataclasses.replace(made[0].broker.services, auditor=None)
             brokers.append((name, *made))
         try:
             paths: dict[str, tuple[list[str], dict[str, str]]] = {
@@ -199,10 +210,10 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                         continue  # transaction pooling cannot keep prepared statements
                     load = round(os.getloadavg()[0], 1)
                     log(f"{workload} via {path} (load {load})")
-                    tps = await pgbench([*script, *common, *where], extra)
+                    tps, latency = await pgbench([*script, *common, *where], extra)
                     results.append({"workload": workload, "path": path, "tps": round(tps, 1),
-                                    "clients": args.clients, "seconds": args.seconds,
-                                    "load": load})  # fmt: skip
+                                    "latency_ms": latency, "clients": args.clients,
+                                    "seconds": args.seconds, "load": load})  # fmt: skip
             for row in results:
                 direct = next((r for r in results if r["workload"] == row["workload"]
                                and r["path"] == "direct"), None)  # fmt: skip
@@ -242,12 +253,14 @@ def main() -> int:
         for row in results:
             print(json.dumps(row))
         return 0
-    print(f"{'workload':<16} {'path':<14} {'tps':>10} {'x direct':>9} {'load':>6}  goal")
+    print(f"{'workload':<16} {'path':<14} {'tps':>10} {'x direct':>9} {'lat ms':>7} "
+          f"{'load':>6}  goal")  # fmt: skip
     for row in results:
         goal = row.get("goal", "-")
         ratio = f"{row['x_direct']:>8.2f}x" if "x_direct" in row else f"{'-':>9}"
+        latency = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f}"
         print(f"{row['workload']:<16} {row['path']:<14} {row['tps']:>10.1f} {ratio} "
-              f"{row['load']:>6.1f}  {goal}")  # fmt: skip
+              f"{latency:>7} {row['load']:>6.1f}  {goal}")  # fmt: skip
     return 0
 
 

@@ -49,7 +49,7 @@ _BASE = {
 class EnginePolicy:
     """The real policy engine behind the session's Policy interface."""
 
-    def decide(self, query: str, default_schema: str) -> Decision:
+    def decide(self, query: str, default_schema: str, shape: object = None) -> Decision:
         request = dict(_BASE, action={"sql": {"query": query, "database": "broker_app"}})
         return _POLICIES.decide(request, default_schema=default_schema)
 
@@ -218,3 +218,53 @@ async def test_live_checks_are_shared_per_token_and_errors_reach_everyone() -> N
     assert len(calls) == 3  # stale: checked again
     with pytest.raises(TokenRevoked):
         await live.check(revoked)  # type: ignore[arg-type]
+
+
+_TEMPLATES = [
+    "SELECT name FROM {t} WHERE id = {v}",
+    "SELECT * FROM {t} WHERE name = '{v}' AND id > {v}",
+    "UPDATE {t} SET name = '{v}' WHERE id = {v}",
+    "DELETE FROM {t} WHERE id = {v}",
+    "INSERT INTO {t} VALUES ({v}, '{v}')",
+    "SELECT count(*) FROM {t} WHERE id = {v}",
+    "SELECT pg_read_file('{v}') FROM {t}",
+    "TRUNCATE {t}",
+    "SELECT * FROM {t} WHERE id = {v} FOR UPDATE",
+]
+_TABLES = ["items", "public.items", "secrets", "vault.items", "pgbench_accounts", '"items"']
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_TEMPLATES),
+            st.sampled_from(_TABLES),
+            st.integers(min_value=-5, max_value=10**6),
+            st.sampled_from(["", ";", " ;\n"]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_shape_cached_decisions_match_the_engine(
+    queries: list[tuple[str, str, int, str]],
+) -> None:
+    """Texts of one shape share a decision; every one is the engine's own for the text."""
+    policy, _ = _session_policy(POLICY)
+    decider = Decider(policy, default_schema="public", user="u")
+    for template, table, value, end in queries:
+        text = template.format(t=table, v=value) + end
+        verdict = decider.decide(text, "simple")
+        engine = EnginePolicy().decide(text.rstrip(" \t\r\n;"), "public")
+        assert verdict.decision == engine, (text, verdict.decision, engine)
+
+
+def test_one_engine_call_per_shape() -> None:
+    policy, _ = _session_policy(POLICY)
+    decider = Decider(policy, default_schema="public", user="u")
+    for value in range(20):
+        assert decider.decide(f"SELECT name FROM items WHERE id = {value};", "simple").read_only
+    assert len(policy._cache) == 1
+    assert not decider.decide("SELECT name FROM secrets WHERE id = 3", "simple").decision.allowed
+    assert len(policy._cache) == 2

@@ -32,7 +32,7 @@ class FakePolicy:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    def decide(self, query: str, default_schema: str) -> Decision:
+    def decide(self, query: str, default_schema: str, shape: object = None) -> Decision:
         self.calls.append((query, default_schema))
         words = query.lower().replace(";", " ").split()
         ok = (

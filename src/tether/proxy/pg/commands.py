@@ -7,6 +7,7 @@ driver (:mod:`tether.proxy.pg.connection`) carries them out in order. A
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -18,9 +19,15 @@ _SAFE_ENCODINGS: Final = frozenset({"UTF8", "UNICODE"})
 
 
 class Policy(Protocol):
-    """What the session asks: a decision for one query text, and which policy set is in force."""
+    """What the session asks: a decision for one query text, and which policy set is in force.
 
-    def decide(self, query: str, default_schema: str) -> Decision: ...
+    ``shape``, when given, is everything the engine's SQL matching reads of ``query`` parsed
+    under ``default_schema`` (:data:`~tether.proxy.pg.deciding.Shape`): a policy may reuse a
+    decision for another text of the same shape while nothing else it depends on changed."""
+
+    def decide(
+        self, query: str, default_schema: str, shape: Hashable | None = None
+    ) -> Decision: ...
 
     def current(self) -> object: ...
 
@@ -51,10 +58,14 @@ class ToClient:
 @dataclass(frozen=True, slots=True)
 class AuditDecided:
     """Statements decided; the driver commits these events before the next command.
-    ``ref`` (unique in the session, 0 for refusals) ties later results to these events."""
+    ``ref`` (unique in the session, 0 for refusals) ties later results to these events.
+    ``early``: allowed and read-only (:class:`~tether.proxy.pg.deciding.Verdict`), so the
+    driver may forward the statement while the events commit, holding back the server's
+    answer until they have."""
 
     records: tuple[StatementRecord, ...]
     ref: int = 0
+    early: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,27 @@
 Three tasks per session: the client reader, the server reader and the watcher. Each reader
 feeds its side's decoder and hands whole messages to the :class:`~tether.proxy.pg.session.Session`,
 then carries out the commands in order: an ``AuditDecided`` is awaited (committed) before
-the next ``ToServer`` or ``ToClient`` is written (DESIGN invariant 5); ``AuditResult`` s are
+the next ``ToServer`` or ``ToClient`` is written (DESIGN invariant 5), with one exception
+below; ``AuditResult`` s are
 gathered and appended in batches in the background (:mod:`tether.proxy.pg.audit`), the last
 batch before ``session.end``. The watcher re-checks the
 credential every :data:`LIVE_CHECK_SECONDS` (revocation, agent disabled) and ends the session
 at its deadline (the token's expiry, or a dynamic role's ``VALID UNTIL``).
+
+**Read-only statements are forwarded while their event commits.** When every
+``AuditDecided`` of a batch (the commands of one read from the client) is ``early``
+(allowed, every statement a plain ``select`` calling no function:
+:class:`~tether.proxy.pg.deciding.Verdict`) and the batch answers the client nothing itself,
+the statements are written to the server first and their events committed while the server
+runs them. The server reader holds a *gate* meanwhile: it reads no further server message
+into the session, and so writes no byte of any answer to the client, until the commit
+succeeded; if it failed the session ends (``FATAL``) and the answer is never delivered. So
+the agent still sees no effect of a statement before its committed event (invariant 5), the
+statement the server runs is still exactly the one decided, and a statement's latency is
+the longer of the commit and the query instead of their sum. A statement of any other class
+(a write, DDL, transaction control, a ``select`` calling a function, which might write) is
+still committed before it is forwarded. The client reader awaits the commit before reading
+on, so the events of one session stay in statement order.
 
 Failing closed: a protocol violation from either side, an audit append that fails, a
 revocation or an error in a task ends the session with a ``FATAL`` ``ErrorResponse``; the
@@ -82,6 +98,7 @@ class Pump:
         self._batch_since = 0.0
         self._seqs: OrderedDict[int, list[int]] = OrderedDict()
         self._done = asyncio.Event()
+        self._gate: asyncio.Future[bool] | None = None  # early events committing
 
     async def run(self) -> str:
         """Pump until the session ends; the reason it ended."""
@@ -153,6 +170,9 @@ class Pump:
                 if not data:
                     self.end("server-closed")
                     return
+                gate = self._gate
+                if gate is not None and not await asyncio.shield(gate):
+                    return  # the early events did not commit: the session is ending
                 frames = upstream.framer.feed(data)
                 if frames:
                     commands = self.session.server(frames)
@@ -202,6 +222,9 @@ class Pump:
         is never written before its ``AuditDecided`` committed. The ``AuditDecided`` s of one
         batch (a pipelining client's messages read at once) are appended together, so they
         share one group commit instead of waiting for one commit each."""
+        if _early(commands):
+            await self._run_early(commands)
+            return
         to_server, to_client = bytearray(), bytearray()
         decided: list[AuditDecided] = []
         for command in commands:
@@ -229,6 +252,24 @@ class Pump:
         self._write(to_server, to_client)
         await self.upstream.writer.drain()
         await self.client_writer.drain()
+
+    async def _run_early(self, commands: list[Command]) -> None:
+        """A batch of ``ToServer`` and early ``AuditDecided`` only: forward the statements,
+        then commit their events while the gate holds back the server's answers."""
+        decided = [command for command in commands if isinstance(command, AuditDecided)]
+        data = b"".join(command.data for command in commands if isinstance(command, ToServer))
+        gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._gate = gate
+        committed = False
+        try:
+            self.upstream.writer.write(data)
+            await self._decided(decided)
+            committed = True
+        finally:
+            if self._gate is gate:
+                self._gate = None
+            gate.set_result(committed)
+        await self.upstream.writer.drain()
 
     async def _decided(self, decided: list[AuditDecided]) -> None:
         """Commit the events of ``decided`` (emptied), all at once; raises
@@ -278,6 +319,19 @@ class Pump:
             await self.audit.completed(batch)
         except AuditUnavailable:
             self.end("audit-unavailable", _fatal("the audit trail is unavailable"))
+
+
+def _early(commands: list[Command]) -> bool:
+    """Whether ``commands`` are statements to forward and early events only (at least one)."""
+    early = False
+    for command in commands:
+        if type(command) is AuditDecided:
+            if not command.early:
+                return False
+            early = True
+        elif type(command) is not ToServer:
+            return False
+    return early
 
 
 def _fatal(message: str, sqlstate: str = "57P01") -> bytes:

@@ -18,6 +18,22 @@ which PostgreSQL ignores at the end, or part of a comment or of an unterminated 
 identifier, whose meaning (or invalidity) does not change without it. Deciding on the
 trimmed text lets the policy engine serve the parse from its literal-normalised cache,
 which it never uses for text holding a ``;``. The server still receives the text as sent.
+
+The decision of a one-statement text under a one-schema set is asked with its *shape*:
+per statement, the facts the engine's SQL matching reads (classes, relations, functions,
+forbidden functions, the always-forbidden reason), as the analysis of that very text under
+that very schema found them. The session's policy may answer a shape it decided before with
+the same decision (:class:`~tether.proxy.pg.server.SessionPolicy`: only while the policy
+set, the agent's labels and everything else in the request are unchanged, and never when a
+rule has a ``when`` condition, which may read the text): ``SELECT ... WHERE aid = 17`` and
+``... aid = 18`` are one decision, not two engine calls.
+
+A verdict is **read-only** when the text parsed and every statement in it is of class
+``select`` alone and calls no function: no write, no DDL, no ``FOR UPDATE`` lock (those add
+``update``), no ``SELECT INTO`` (``ddl``), no transaction control (``COMMIT`` would make
+earlier writes take effect), no ``nextval`` or other function that could change anything.
+The driver may forward such a statement while its audit event commits
+(:mod:`tether.proxy.pg.connection`); everything else waits for the commit.
 """
 
 from __future__ import annotations
@@ -31,6 +47,20 @@ from tether.policy.sql import SqlAnalysis, analyze_sql
 from tether.proxy.pg.commands import Policy, StatementRecord, record_for
 
 _TERMINATORS: Final = " \t\r\n;"
+_READ: Final = frozenset({"select"})
+
+
+Shape = tuple[
+    tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str], str | None], ...
+]
+
+
+def shape_of(analysis: SqlAnalysis) -> Shape:
+    """What the engine's SQL matching reads of ``analysis`` (the statement texts excluded)."""
+    return tuple(
+        (s.classes, s.relations, s.functions, s.forbidden_functions, s.forbidden)
+        for s in analysis.statements
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +72,7 @@ class Verdict:
     schemas: tuple[str, ...]  # the schema set it was decided under
     paths: tuple[tuple[str, ...], ...]  # search paths its statements set
     transaction: bool  # it holds transaction control (which may undo a SET)
+    read_only: bool = False  # every statement a plain select calling no function
 
 
 class Decider:
@@ -66,8 +97,10 @@ class Decider:
         candidates = list(schemas)
         paths: tuple[tuple[str, ...], ...] = ()
         transaction = False
+        read_only = False
         if analysis is not None:
             statements = analysis.statements
+            read_only = all(s.classes == _READ and not s.functions for s in statements)
             paths = tuple(s.search_path for s in statements if s.search_path is not None)
             transaction = any("transaction" in s.classes for s in statements)
             later = [s.search_path for s in statements[:-1] if s.search_path is not None]
@@ -76,13 +109,16 @@ class Decider:
                 for path in later:
                     candidates.extend(x for x in self._path_schemas(path) if x not in candidates)
         decision: Decision | None = None
+        if analysis is not None and len(parts) == 1 and len(candidates) == 1:
+            decision = self.policy.decide(text, candidates[0], shape_of(analysis))
+            parts = []
         for part in parts:
             for schema in candidates:
                 verdict = self.policy.decide(part, schema)
                 decision = verdict if decision is None else more_restrictive(decision, verdict)
         assert decision is not None
         records = self._records(query, analysis, decision, protocol)
-        return Verdict(decision, records, schemas, paths, transaction)
+        return Verdict(decision, records, schemas, paths, transaction, read_only)
 
     def _records(
         self,

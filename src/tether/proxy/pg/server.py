@@ -30,7 +30,7 @@ import secrets
 import ssl
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -76,12 +76,15 @@ class Fatal(Exception):
 class SessionPolicy:
     """The session's :class:`~tether.proxy.pg.session.Policy`: one request template per session.
 
-    Decisions are cached per exact query text and default schema while nothing they depend
-    on can change: the cache belongs to one policy set (another set in force empties it),
-    holds only for the session's context as it is (new agent labels empty it), and is not
-    used at all when the set has a rule with a ``when`` condition (which may read the clock
-    or the query text). Inside those bounds the engine is a pure function of the request, so
-    a cached decision is the one it would make again.
+    Decisions are cached per exact query text and default schema, or per statement shape
+    (:func:`~tether.proxy.pg.deciding.shape_of`: the facts of the parsed text that the
+    engine's SQL matching reads) and default schema when the decider gives one, while nothing
+    they depend on can change: the cache belongs to one policy set (another set in force
+    empties it), holds only for the session's context as it is (new agent labels empty it),
+    and is not used at all when the set has a rule with a ``when`` condition (which may read
+    the clock or the query text). Inside those bounds the engine is a pure function of the
+    request, and of a query only through its shape, so a cached decision is the one it would
+    make again.
     """
 
     def __init__(
@@ -97,16 +100,17 @@ class SessionPolicy:
         self.approvals = approvals  # grants held by the session (tether.proxy.pg.approvals)
         self._set: object = None
         self._cacheable = False
-        self._cache: dict[tuple[str, str], Decision] = {}
+        self._cache: dict[tuple[Hashable, str], Decision] = {}
 
-    def decide(self, query: str, default_schema: str) -> Decision:
+    def decide(self, query: str, default_schema: str, shape: Hashable | None = None) -> Decision:
         current = self.services.policies.current
         if current is not self._set:
             self._set = current
             self._cache.clear()
             self._cacheable = all(rule.when is None for rule in current.rules)
-        key = (query, default_schema)
-        if self._cacheable:
+        key: tuple[Hashable, str] = (query if shape is None else shape, default_schema)
+        cacheable = self._cacheable and len(query) <= CACHED_QUERY_CHARS
+        if cacheable:
             hit = self._cache.get(key)
             if hit is not None:
                 if self.approvals is not None and hit.decision == APPROVAL_REQUIRED:
@@ -115,7 +119,7 @@ class SessionPolicy:
         request = dict(self.base)
         request["action"] = {"sql": {"query": query, "database": self.database}}
         decision = current.decide(request, default_schema=default_schema)
-        if self._cacheable and len(query) <= CACHED_QUERY_CHARS:
+        if cacheable:
             if len(self._cache) >= CACHED_DECISIONS:
                 self._cache.clear()
             self._cache[key] = decision

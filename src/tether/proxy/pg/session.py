@@ -3,8 +3,10 @@
 :class:`Session` is fed decoded client messages (:meth:`Session.client`) and raw server
 frames (:meth:`Session.server`) and answers with commands for its driver: bytes for the
 server, bytes for the client, audit records, and the end of the session. It never awaits;
-the driver (:mod:`tether.proxy.pg.server`) carries out the commands *in order*, so an
-:class:`AuditDecided` is committed before any later :class:`ToServer` is written.
+the driver (:mod:`tether.proxy.pg.connection`) carries out the commands *in order*, so an
+:class:`AuditDecided` is committed before any later :class:`ToServer` is written, except an
+``early`` one (allowed, read-only): its statement may be forwarded while it commits, and no
+byte of the server's answer reaches the client before it has committed.
 
 Enforcement (security decisions):
 
@@ -225,7 +227,7 @@ class Session:
             self._refuse_simple(verdict.decision, out)
             return
         ref = self._next_ref()
-        out.append(AuditDecided(verdict.records, ref))
+        out.append(AuditDecided(verdict.records, ref, early=verdict.read_only))
         self.decider.touch(verdict)
         self._pending.append(_Unit(QUERY, verdict.records, started=self._clock(), ref=ref))
         out.append(ToServer(raw))
@@ -279,8 +281,9 @@ class Session:
         if params:
             records = tuple(with_params(r, params) for r in verdict.records)
             verdict = Verdict(
-                verdict.decision, records, verdict.schemas, verdict.paths, verdict.transaction
-            )
+                verdict.decision, records, verdict.schemas, verdict.paths, verdict.transaction,
+                verdict.read_only,
+            )  # fmt: skip
         self._portals[message.portal] = _Prepared(prepared.query, verdict, prepared.policy)
         self._forward(BIND, raw, out)
 
@@ -294,7 +297,7 @@ class Session:
             return
         records = portal.verdict.records
         ref = self._next_ref()
-        out.append(AuditDecided(records, ref))
+        out.append(AuditDecided(records, ref, early=portal.verdict.read_only))
         self.decider.touch(portal.verdict)
         self._pending.append(_Unit(EXECUTE, records, started=self._clock(), ref=ref))
         out.append(ToServer(raw))
