@@ -30,7 +30,7 @@ from tether.proxy.pg import codec as c
 from tether.proxy.pg.backend import T_READY
 from tether.proxy.pg.deciding import Decider
 from tether.proxy.pg.live import LiveChecks
-from tether.proxy.pg.server import SessionPolicy
+from tether.proxy.pg.policy import SessionPolicy
 
 from .conftest import POLICY, Broker
 from .test_enforcement import BYPASSES, _session

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from tether.proxy.pg.codec import FieldReader, ProtocolViolation, cstr, frame, int32, reader
+from tether.proxy.pg.fields import FieldReader, ProtocolViolation, cstr, frame, int32, reader
 
 # Authentication request codes.
 AUTH_OK: Final = 0

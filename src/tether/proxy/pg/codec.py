@@ -1,10 +1,11 @@
 """PostgreSQL wire protocol v3: the frontend messages the broker reads or writes (sans-IO).
 
 Byte streams are cut into messages by :mod:`tether.proxy.pg.framing`; this module decodes
-and encodes one message. Backend messages are in :mod:`tether.proxy.pg.backend`. Every
-message class has ``encode()``; ``decode(encode(m)) == m`` and, for accepted input,
-``encode(decode(raw)) == raw`` (property tests), so the raw bytes a broker forwards are
-exactly the message it checked.
+and encodes one message from its fields (:mod:`tether.proxy.pg.fields`, whose
+:class:`ProtocolViolation` it re-exports). Backend messages are in
+:mod:`tether.proxy.pg.backend`. Every message class has ``encode()``; ``decode(encode(m))
+== m`` and, for accepted input, ``encode(decode(raw)) == raw`` (property tests), so the raw
+bytes a broker forwards are exactly the message it checked.
 
 Security decisions:
 
@@ -26,9 +27,13 @@ Security decisions:
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Final
+
+from tether.proxy.pg.fields import I16, I32, FieldReader, cstr
+from tether.proxy.pg.fields import ProtocolViolation as ProtocolViolation
+from tether.proxy.pg.fields import frame as frame
+from tether.proxy.pg.fields import reader as reader
 
 MAX_STARTUP_PACKET: Final = 10_000
 MAX_SMALL_MESSAGE: Final = 10_000
@@ -40,106 +45,11 @@ GSSENC_REQUEST_CODE: Final = 80877104
 CANCEL_REQUEST_CODE: Final = 80877102
 MAX_PARAMS: Final = 65535
 
-_I32: Final = struct.Struct("!i")
-_I16: Final = struct.Struct("!h")
-_HEADER: Final = struct.Struct("!ci")
-_SMALL_TYPES: Final = frozenset(b"SHXcDCE")
-
-
-class ProtocolViolation(Exception):
-    """Input that is not a valid protocol message: SQLSTATE 08P01, the connection ends."""
-
-    sqlstate: Final = "08P01"
-
-
-# --- reading and writing fields ------------------------------------------------------------
-
-
-class FieldReader:
-    """Reads the fields of one message body; any overrun or leftover is a violation."""
-
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def int32(self) -> int:
-        end = self._pos + 4
-        if end > len(self._data):
-            raise ProtocolViolation("message ends inside an Int32")
-        (value,) = _I32.unpack_from(self._data, self._pos)
-        self._pos = end
-        return int(value)
-
-    def int16(self) -> int:
-        end = self._pos + 2
-        if end > len(self._data):
-            raise ProtocolViolation("message ends inside an Int16")
-        (value,) = _I16.unpack_from(self._data, self._pos)
-        self._pos = end
-        return int(value)
-
-    def count(self) -> int:
-        value = self.int16()
-        if value < 0:
-            raise ProtocolViolation("negative count")
-        return value
-
-    def byte(self) -> int:
-        if self._pos >= len(self._data):
-            raise ProtocolViolation("message ends inside a Byte1")
-        value = self._data[self._pos]
-        self._pos += 1
-        return value
-
-    def raw(self, size: int) -> bytes:
-        end = self._pos + size
-        if size < 0 or end > len(self._data):
-            raise ProtocolViolation("message ends inside a field")
-        value = self._data[self._pos : end]
-        self._pos = end
-        return value
-
-    def cstring(self) -> str:
-        end = self._data.find(b"\x00", self._pos)
-        if end < 0:
-            raise ProtocolViolation("string without its terminator")
-        value = _text(self._data[self._pos : end])
-        self._pos = end + 1
-        return value
-
-    def rest(self) -> bytes:
-        value = self._data[self._pos :]
-        self._pos = len(self._data)
-        return value
-
-    def done(self) -> None:
-        if self._pos != len(self._data):
-            raise ProtocolViolation("bytes after the message's last field")
-
-
-def _text(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolViolation("text that is not UTF-8") from None
-
-
-def cstr(value: str) -> bytes:
-    data = value.encode("utf-8")
-    if b"\x00" in data:
-        raise ValueError("a protocol string cannot hold NUL")
-    return data + b"\x00"
-
-
-def frame(kind: bytes, body: bytes) -> bytes:
-    """One typed message: type byte, Int32 length (itself included), body."""
-    return kind + _I32.pack(len(body) + 4) + body
+SMALL_TYPES: Final = frozenset(b"SHXcDCE")  # at most MAX_SMALL_MESSAGE bytes (framing)
 
 
 def _i16s(values: tuple[int, ...]) -> bytes:
-    return _I16.pack(len(values)) + b"".join(_I16.pack(v) for v in values)
+    return I16.pack(len(values)) + b"".join(I16.pack(v) for v in values)
 
 
 # --- startup-phase messages (no type byte) ----------------------------------------------------
@@ -151,9 +61,9 @@ class StartupMessage:
     params: tuple[tuple[str, str], ...]
 
     def encode(self) -> bytes:
-        body = _I32.pack(self.version)
+        body = I32.pack(self.version)
         body += b"".join(cstr(k) + cstr(v) for k, v in self.params) + b"\x00"
-        return _I32.pack(len(body) + 4) + body
+        return I32.pack(len(body) + 4) + body
 
     def get(self, key: str) -> str | None:
         for name, value in self.params:
@@ -165,13 +75,13 @@ class StartupMessage:
 @dataclass(frozen=True, slots=True)
 class SSLRequest:
     def encode(self) -> bytes:
-        return _I32.pack(8) + _I32.pack(SSL_REQUEST_CODE)
+        return I32.pack(8) + I32.pack(SSL_REQUEST_CODE)
 
 
 @dataclass(frozen=True, slots=True)
 class GSSENCRequest:
     def encode(self) -> bytes:
-        return _I32.pack(8) + _I32.pack(GSSENC_REQUEST_CODE)
+        return I32.pack(8) + I32.pack(GSSENC_REQUEST_CODE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +90,8 @@ class CancelRequest:
     secret_key: bytes  # 4 bytes in protocol 3.0
 
     def encode(self) -> bytes:
-        body = _I32.pack(CANCEL_REQUEST_CODE) + _I32.pack(self.process_id) + self.secret_key
-        return _I32.pack(len(body) + 4) + body
+        body = I32.pack(CANCEL_REQUEST_CODE) + I32.pack(self.process_id) + self.secret_key
+        return I32.pack(len(body) + 4) + body
 
 
 StartupPacket = StartupMessage | SSLRequest | GSSENCRequest | CancelRequest
@@ -246,7 +156,7 @@ class Parse:
     param_types: tuple[int, ...] = ()
 
     def encode(self) -> bytes:
-        types = _I16.pack(len(self.param_types)) + b"".join(_I32.pack(t) for t in self.param_types)
+        types = I16.pack(len(self.param_types)) + b"".join(I32.pack(t) for t in self.param_types)
         return frame(b"P", cstr(self.name) + cstr(self.query) + types)
 
 
@@ -259,8 +169,8 @@ class Bind:
     result_formats: tuple[int, ...] = ()
 
     def encode(self) -> bytes:
-        values = _I16.pack(len(self.params)) + b"".join(
-            _I32.pack(-1) if v is None else _I32.pack(len(v)) + v for v in self.params
+        values = I16.pack(len(self.params)) + b"".join(
+            I32.pack(-1) if v is None else I32.pack(len(v)) + v for v in self.params
         )
         body = cstr(self.portal) + cstr(self.statement) + _i16s(self.param_formats) + values
         return frame(b"B", body + _i16s(self.result_formats))
@@ -281,7 +191,7 @@ class Execute:
     max_rows: int = 0
 
     def encode(self) -> bytes:
-        return frame(b"E", cstr(self.portal) + _I32.pack(self.max_rows))
+        return frame(b"E", cstr(self.portal) + I32.pack(self.max_rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,16 +333,3 @@ def decode_frontend(kind: int, body: bytes) -> FrontendMessage:
         raise ProtocolViolation(f"unknown frontend message type {bytes([kind])!r}")
     r.done()
     return message
-
-
-def reader(body: bytes) -> FieldReader:
-    """A strict field reader over a message body (for :mod:`tether.proxy.pg.backend`)."""
-    return FieldReader(body)
-
-
-def int32(value: int) -> bytes:
-    return _I32.pack(value)
-
-
-def int16(value: int) -> bytes:
-    return _I16.pack(value)

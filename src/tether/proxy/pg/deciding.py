@@ -23,7 +23,7 @@ The decision of a one-statement text under a one-schema set is asked with its *s
 per statement, the facts the engine's SQL matching reads (classes, relations, functions,
 forbidden functions, the always-forbidden reason), as the analysis of that very text under
 that very schema found them. The session's policy may answer a shape it decided before with
-the same decision (:class:`~tether.proxy.pg.server.SessionPolicy`: only while the policy
+the same decision (:class:`~tether.proxy.pg.policy.SessionPolicy`: only while the policy
 set, the agent's labels and everything else in the request are unchanged, and never when a
 rule has a ``when`` condition, which may read the text): ``SELECT ... WHERE aid = 17`` and
 ``... aid = 18`` are one decision, not two engine calls.

@@ -17,12 +17,11 @@ packet), never more messages of the same read.
 from __future__ import annotations
 
 from tether.proxy.pg.codec import (
-    _I32,
-    _SMALL_TYPES,
     DEFAULT_MAX_MESSAGE,
     MAX_PASSWORD_MESSAGE,
     MAX_SMALL_MESSAGE,
     MAX_STARTUP_PACKET,
+    SMALL_TYPES,
     FrontendMessage,
     GSSENCRequest,
     ProtocolViolation,
@@ -31,6 +30,7 @@ from tether.proxy.pg.codec import (
     decode_frontend,
     decode_startup,
 )
+from tether.proxy.pg.fields import I32
 
 
 class FrontendDecoder:
@@ -72,7 +72,7 @@ class FrontendDecoder:
         if self._startup:
             if len(buf) < 4:
                 return None
-            (length,) = _I32.unpack_from(buf, 0)
+            (length,) = I32.unpack_from(buf, 0)
             if length < 8 or length > MAX_STARTUP_PACKET:
                 raise ProtocolViolation("invalid startup packet length")
             if len(buf) < length:
@@ -85,9 +85,9 @@ class FrontendDecoder:
         if len(buf) < 5:
             return None
         kind = buf[0]
-        (length,) = _I32.unpack_from(buf, 1)
+        (length,) = I32.unpack_from(buf, 1)
         limit = MAX_PASSWORD_MESSAGE if kind == 0x70 else self._max
-        if kind in _SMALL_TYPES:
+        if kind in SMALL_TYPES:
             limit = MAX_SMALL_MESSAGE
         if length < 4 or length > limit:
             raise ProtocolViolation(f"invalid length for message type {bytes([kind])!r}")
@@ -112,7 +112,7 @@ class BackendFramer:
         pos, size = 0, len(buf)
         while size - pos >= 5:
             kind = buf[pos]
-            (length,) = _I32.unpack_from(buf, pos + 1)
+            (length,) = I32.unpack_from(buf, pos + 1)
             if length < 4 or length > self._max:
                 raise ProtocolViolation(f"invalid length for server message {bytes([kind])!r}")
             end = pos + 1 + length

@@ -15,9 +15,10 @@ Enforcement (security decisions):
   sees it and again at ``Bind`` when the policy set or the search path changed since. A
   ``Bind`` names a statement this session parsed and was allowed, an ``Execute`` a portal
   it bound: anything else (statements made with SQL ``PREPARE``, cursors from ``DECLARE``)
-  is refused. The fast-path ``FunctionCall`` is always refused (it bypasses SQL), as is a
-  replication or ``CopyBoth`` stream. Raw bytes are forwarded only for messages that were
-  decoded whole (the codec's round trip makes them the same message).
+  is refused (:mod:`tether.proxy.pg.extended`). The fast-path ``FunctionCall`` is always
+  refused (it bypasses SQL), as is a replication or ``CopyBoth`` stream. Raw bytes are
+  forwarded only for messages that were decoded whole (the codec's round trip makes them
+  the same message).
 * **What the policy saw resolves as the server resolves it.** Unqualified names are decided
   under every schema they might resolve to: the target's default schema at first; every
   schema named by a ``SET search_path`` (or ``"$user"``, or a ``RESET``) forwarded since is
@@ -34,17 +35,17 @@ Enforcement (security decisions):
   ``insert``, ``TO STDOUT`` ``select``, file and program forms are forbidden by the
   engine. ``CopyData`` is forwarded only while the server is in copy-in mode.
 
-Refusals. A denied or approval-needing statement is answered with ``ErrorResponse``
-SQLSTATE ``42501`` naming the reason and the rule. So that the server's transaction state
-is exactly what a server-side error would leave, the refused message is replaced by a
-*sentinel* that fails to parse on the server (``TETHER REFUSED THIS STATEMENT``: a syntax
-error, whatever objects exist); the server's error for it is swapped for the refusal and
-its ``ReadyForQuery`` forwarded. Inside a transaction block the refusal therefore aborts
-the transaction like any error (status ``E``; only ``ROLLBACK`` or ``ROLLBACK TO
-SAVEPOINT`` go on); in an extended-protocol pipeline the server skips to ``Sync`` and rolls
-back the implicit transaction, and the broker drops the client's messages up to that
-``Sync`` (the server would have ignored them). A refused simple ``Query`` outside a
-transaction block with nothing in flight is answered locally, without the sentinel.
+Refusals. A denied or approval-needing statement is answered with ``ErrorResponse`` SQLSTATE
+``42501`` naming the reason and the rule. So that the server's transaction state is exactly
+what a server-side error would leave, the refused message is replaced by a *sentinel* that
+fails to parse on the server (``TETHER REFUSED THIS STATEMENT``: a syntax error, whatever
+objects exist, :mod:`tether.proxy.pg.pending`); the server's error for it is swapped for the
+refusal and its ``ReadyForQuery`` forwarded. Inside a transaction block the refusal
+therefore aborts the transaction like any error (status ``E``; only ``ROLLBACK`` or
+``ROLLBACK TO SAVEPOINT`` go on); in an extended-protocol pipeline the server skips to
+``Sync`` and rolls back the implicit transaction, and the broker drops the client's messages
+up to that ``Sync`` (the server would have ignored them). A refused simple ``Query`` outside
+a transaction block with nothing in flight is answered locally, without the sentinel.
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Final
 
 from tether.policy.model import Decision
 from tether.proxy.pg import backend as be
@@ -68,57 +67,36 @@ from tether.proxy.pg.commands import (
     ToClient,
     ToServer,
     parameter_safe,
-    record_for,
     refusal,
-    with_params,
 )
 from tether.proxy.pg.deciding import Decider, Verdict
+from tether.proxy.pg.extended import Refused, Statements, fixed_denial
+from tether.proxy.pg.pending import (
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    EXECUTE,
+    INTERNAL,
+    PARSE,
+    PASS,
+    QUERY,
+    SCHEMAS_QUERY,
+    SCHEMAS_SQL,
+    SENTINEL_NAME,
+    SENTINEL_PARSE,
+    SENTINEL_QUERY,
+    SENTINEL_SQL,
+    SYNC,
+    TERMINAL,
+    Unit,
+    first_error_code,
+    single_text,
+)
 
 __all__ = [
     "SCHEMAS_SQL", "SENTINEL_NAME", "SENTINEL_SQL", "AuditDecided", "AuditResult", "Command",
     "End", "Session", "StatementRecord", "ToClient", "ToServer", "parameter_safe", "refusal",
 ]  # fmt: skip
-
-SENTINEL_SQL: Final = "TETHER REFUSED THIS STATEMENT"
-SENTINEL_NAME: Final = "tether.refused"
-SCHEMAS_SQL: Final = "SELECT pg_catalog.unnest(pg_catalog.current_schemas(false))"
-_SENTINEL_QUERY: Final = c.Query(SENTINEL_SQL).encode()
-_SENTINEL_PARSE: Final = c.Parse(SENTINEL_NAME, SENTINEL_SQL).encode()
-_SCHEMAS_QUERY: Final = c.Query(SCHEMAS_SQL).encode()
-
-# Unit kinds: what the server owes an answer for, in order.
-QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, INTERNAL = range(8)
-_TERMINAL: Final = {
-    PARSE: frozenset({be.T_PARSE_COMPLETE}),
-    BIND: frozenset({be.T_BIND_COMPLETE}),
-    DESCRIBE: frozenset({be.T_ROW_DESCRIPTION, be.T_NO_DATA}),
-    EXECUTE: frozenset({be.T_COMMAND_COMPLETE, be.T_EMPTY_QUERY, be.T_PORTAL_SUSPENDED}),
-    CLOSE: frozenset({be.T_CLOSE_COMPLETE}),
-}
-_PASS: Final = frozenset({be.T_DATA_ROW, be.T_COPY_DATA, be.T_NOTICE, be.T_NOTIFICATION})
-
-
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    query: str
-    verdict: Verdict
-    policy: object
-
-
-@dataclass(slots=True)
-class _Unit:
-    kind: int
-    records: tuple[StatementRecord, ...] = ()
-    refusal: bytes | None = None
-    started: float = field(default_factory=time.monotonic)
-    index: int = 0
-    schemas: list[str] = field(default_factory=list)
-    ref: int = 0
-
-
-def _first_error_code(body: bytes) -> str | None:
-    message = be.decode_backend(be.T_ERROR, body)
-    return message.sqlstate if isinstance(message, be.ErrorResponse) else None
 
 
 class Session:
@@ -137,9 +115,8 @@ class Session:
         self.status = be.IDLE
         self.ended = False
         self._clock = clock
-        self._pending: deque[_Unit] = deque()
-        self._statements: dict[str, _Prepared] = {}
-        self._portals: dict[str, _Prepared] = {}
+        self._pending: deque[Unit] = deque()
+        self._extended = Statements(policy, self.decider)
         self._skipping = False
         self._copy_in = False
         self.decider.refresh = False
@@ -160,8 +137,8 @@ class Session:
         idle = not self._pending and not self._copy_in and self.status != be.FAILED_TRANSACTION
         if self._held or (self.decider.refresh and idle):
             if not self._held:
-                out.append(ToServer(_SCHEMAS_QUERY))
-                self._pending.append(_Unit(INTERNAL))
+                out.append(ToServer(SCHEMAS_QUERY))
+                self._pending.append(Unit(INTERNAL))
                 self.decider.refresh = False
             self._held.append((message, raw))
             return out
@@ -179,16 +156,15 @@ class Session:
         if isinstance(message, c.Query):
             self._query(message, raw, out)
         elif isinstance(message, c.Parse):
-            self._parse(message, raw, out)
+            self._prepare(self._extended.parse(message), PARSE, raw, out)
         elif isinstance(message, c.Bind):
-            self._bind(message, raw, out)
+            self._prepare(self._extended.bind(message), BIND, raw, out)
         elif isinstance(message, c.Execute):
             self._execute(message, raw, out)
         elif isinstance(message, c.Describe):
             self._forward(DESCRIBE, raw, out)
         elif isinstance(message, c.Close):
-            target = self._statements if message.kind == "S" else self._portals
-            target.pop(message.name, None)
+            self._extended.close(message)
             self._forward(CLOSE, raw, out)
         elif isinstance(message, c.Sync):
             self._skipping = False
@@ -200,23 +176,19 @@ class Session:
             out.append(End("closed"))
             self.ended = True
         else:  # FunctionCall
-            self._refuse_simple(self._fixed_denial("the fast-path function call is refused"), out)
+            denial = fixed_denial(self.policy, "the fast-path function call is refused")
+            self._refuse_simple(denial, out)
 
     def _next_ref(self) -> int:
         self._refs += 1
         return self._refs
 
     def _forward(self, kind: int, raw: bytes, out: list[Command]) -> None:
-        self._pending.append(_Unit(kind))
+        self._pending.append(Unit(kind))
         out.append(ToServer(raw))
 
-    def _fixed_denial(self, detail: str) -> Decision:
-        version = getattr(self.policy.current(), "version", "")
-        return Decision("deny", None, "sql-forbidden", detail, str(version))
-
     def _query(self, message: c.Query, raw: bytes, out: list[Command]) -> None:
-        self._statements.pop("", None)  # a simple Query drops the unnamed statement and portal
-        self._portals.pop("", None)
+        self._extended.forget_unnamed()  # a simple Query drops the unnamed statement and portal
         text = message.text
         if not text.strip(" \t\r\n;"):
             self._forward(QUERY, raw, out)  # the server answers EmptyQueryResponse
@@ -226,83 +198,42 @@ class Session:
             out.append(AuditDecided(verdict.records))
             self._refuse_simple(verdict.decision, out)
             return
+        self._run(QUERY, verdict, raw, out)
+
+    def _run(self, kind: int, verdict: Verdict, raw: bytes, out: list[Command]) -> None:
+        """Forward an allowed statement after its decided events (early when read-only)."""
         ref = self._next_ref()
         out.append(AuditDecided(verdict.records, ref, early=verdict.read_only))
         self.decider.touch(verdict)
-        self._pending.append(_Unit(QUERY, verdict.records, started=self._clock(), ref=ref))
+        self._pending.append(Unit(kind, verdict.records, started=self._clock(), ref=ref))
         out.append(ToServer(raw))
 
     def _refuse_simple(self, decision: Decision, out: list[Command]) -> None:
         if not self._pending and self.status == be.IDLE:
             out.append(ToClient(refusal(decision) + be.ready(be.IDLE)))
             return
-        self._pending.append(_Unit(QUERY, refusal=refusal(decision)))
-        out.append(ToServer(_SENTINEL_QUERY))
+        self._pending.append(Unit(QUERY, refusal=refusal(decision)))
+        out.append(ToServer(SENTINEL_QUERY))
 
-    def _refuse_extended(self, decision: Decision, out: list[Command]) -> None:
-        self._pending.append(_Unit(PARSE, refusal=refusal(decision)))
-        out.append(ToServer(_SENTINEL_PARSE))
+    def _refuse_extended(self, refused: Refused, out: list[Command]) -> None:
+        out.append(AuditDecided(refused.records))
+        self._pending.append(Unit(PARSE, refusal=refusal(refused.decision)))
+        out.append(ToServer(SENTINEL_PARSE))
         self._skipping = True
 
-    def _parse(self, message: c.Parse, raw: bytes, out: list[Command]) -> None:
-        verdict = self.decider.decide(message.query, "extended")
-        if message.name == "":
-            self._statements.pop("", None)
-        if not verdict.decision.allowed:
-            out.append(AuditDecided(verdict.records))
-            self._refuse_extended(verdict.decision, out)
-            return
-        if message.name not in self._statements:  # an existing name: the server refuses it
-            prepared = _Prepared(message.query, verdict, self.policy.current())
-            self._statements[message.name] = prepared
-        self._forward(PARSE, raw, out)
-
-    def _bind(self, message: c.Bind, raw: bytes, out: list[Command]) -> None:
-        prepared = self._statements.get(message.statement)
-        if prepared is None:
-            denial = self._fixed_denial(
-                f"statement {message.statement!r} was not prepared through the broker"
-            )
-            out.append(AuditDecided((record_for(denial, "extended"),)))
-            self._refuse_extended(denial, out)
-            return
-        policy = self.policy.current()
-        if prepared.policy is not policy or prepared.verdict.schemas != self.decider.schemas:
-            prepared = _Prepared(
-                prepared.query, self.decider.decide(prepared.query, "extended"), policy
-            )
-            self._statements[message.statement] = prepared
-        if not prepared.verdict.decision.allowed:  # refused now, or at an earlier Bind
-            out.append(AuditDecided(prepared.verdict.records))
-            self._refuse_extended(prepared.verdict.decision, out)
-            return
-        params = len(message.params)
-        verdict = prepared.verdict
-        if params:
-            records = tuple(with_params(r, params) for r in verdict.records)
-            verdict = Verdict(
-                verdict.decision, records, verdict.schemas, verdict.paths, verdict.transaction,
-                verdict.read_only,
-            )  # fmt: skip
-        self._portals[message.portal] = _Prepared(prepared.query, verdict, prepared.policy)
-        self._forward(BIND, raw, out)
+    def _prepare(self, refused: Refused | None, kind: int, raw: bytes, out: list[Command]) -> None:
+        """Forward a ``Parse`` or ``Bind`` its check allowed, or refuse it."""
+        if refused is None:
+            self._forward(kind, raw, out)
+        else:
+            self._refuse_extended(refused, out)
 
     def _execute(self, message: c.Execute, raw: bytes, out: list[Command]) -> None:
-        portal = self._portals.get(message.portal)
-        if portal is None:
-            what = f"portal {message.portal!r} was not bound through the broker"
-            denial = self._fixed_denial(what)
-            out.append(AuditDecided((record_for(denial, "extended"),)))
-            self._refuse_extended(denial, out)
+        verdict = self._extended.execute(message)
+        if isinstance(verdict, Refused):
+            self._refuse_extended(verdict, out)
             return
-        records = portal.verdict.records
-        ref = self._next_ref()
-        out.append(AuditDecided(records, ref, early=portal.verdict.read_only))
-        self.decider.touch(portal.verdict)
-        self._pending.append(_Unit(EXECUTE, records, started=self._clock(), ref=ref))
-        out.append(ToServer(raw))
-
-    # --- deciding ---------------------------------------------------------------------------
+        self._run(EXECUTE, verdict, raw, out)
 
     # --- server side ------------------------------------------------------------------------
 
@@ -313,7 +244,7 @@ class Session:
         for kind, body, raw in frames:
             if self.ended:
                 break
-            if kind in _PASS and not (self._pending and self._pending[0].kind == INTERNAL):
+            if kind in PASS and not (self._pending and self._pending[0].kind == INTERNAL):
                 chunk += raw
                 continue
             forward = self._frame(kind, body, raw, out, chunk)
@@ -354,19 +285,19 @@ class Session:
             if kind in (be.T_COMMAND_COMPLETE, be.T_EMPTY_QUERY):
                 self._query_result(unit, kind, body, out)
             return raw
-        if kind in _TERMINAL.get(unit.kind, ()):
+        if kind in TERMINAL.get(unit.kind, ()):
             pending.popleft()
             if unit.kind == EXECUTE:
                 self._result(unit, 0, kind, body, None, out)
         return raw
 
-    def _query_result(self, unit: _Unit, kind: int, body: bytes, out: list[Command]) -> None:
+    def _query_result(self, unit: Unit, kind: int, body: bytes, out: list[Command]) -> None:
         self._result(unit, unit.index, kind, body, None, out)
         unit.index += 1
 
     def _result(
         self,
-        unit: _Unit,
+        unit: Unit,
         index: int,
         kind: int,
         body: bytes,
@@ -394,7 +325,7 @@ class Session:
                 pending.popleft()
             self._drop_to_sync()
             return replacement
-        code = _first_error_code(body)
+        code = first_error_code(body)
         if unit.kind == QUERY:
             self._result(unit, unit.index, be.T_ERROR, body, code, out)
             unit.index = len(unit.records)
@@ -425,10 +356,10 @@ class Session:
         return raw
 
     def _internal(
-        self, kind: int, body: bytes, unit: _Unit, out: list[Command], chunk: bytearray
+        self, kind: int, body: bytes, unit: Unit, out: list[Command], chunk: bytearray
     ) -> bytes | None:
         if kind == be.T_DATA_ROW:
-            value = _single_text(body)
+            value = single_text(body)
             if value is not None:
                 unit.schemas.append(value)
         elif kind == be.T_ERROR:
@@ -452,15 +383,3 @@ class Session:
     def _violation(self, text: str) -> list[Command]:
         self.ended = True
         return [End("protocol", be.error("08P01", text, severity="FATAL").encode())]
-
-
-def _single_text(body: bytes) -> str | None:
-    r = c.reader(body)
-    if r.count() != 1:
-        raise c.ProtocolViolation("expected one column")
-    size = r.int32()
-    if size < 0:
-        return None
-    value = r.raw(size).decode("utf-8", "strict")
-    r.done()
-    return value

@@ -27,6 +27,7 @@ from typing import Final
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
 from tether.proxy.pg import framing
+from tether.proxy.pg.fields import cstr
 from tether.proxy.pg.scram import MECHANISM, ScramClient, ScramError, md5_password
 
 FORWARDED_PARAMETERS: Final = frozenset(
@@ -176,7 +177,7 @@ def _answer_auth(
         write(c.PasswordMessage(md5_password(login.user, login.password, message.data)).encode())
         return scram
     if code == be.AUTH_CLEARTEXT and tls:
-        write(c.PasswordMessage(c.cstr(login.password)).encode())
+        write(c.PasswordMessage(cstr(login.password)).encode())
         return scram
     raise UpstreamError(f"unsupported or unsafe authentication request {code} from the target")
 

@@ -1,0 +1,126 @@
+"""The extended query protocol's names: statements a session parsed, portals it bound.
+
+:class:`Statements` is the session machine's (:mod:`tether.proxy.pg.session`) record of
+the prepared statements and portals made through the broker, with the verdict each was
+allowed under. For a ``Parse``, ``Bind`` or ``Execute`` it says whether the message may go
+on (the machine then forwards it) or is :class:`Refused` (the machine audits the records
+and answers with the refusal). It never sends anything itself.
+
+Security decisions:
+
+* **A ``Parse`` is decided before the server sees it**, and again at ``Bind`` when the
+  policy set in force or the session's schema set changed since: a statement is never run
+  under a decision made for other rules or other schemas. A statement refused at ``Parse``
+  never reaches the server and is not recorded; one refused at a later ``Bind`` keeps its
+  refusal, so every ``Bind`` of it is refused until it is decided again.
+* **Only names made through the broker are used.** A ``Bind`` must name a statement this
+  session parsed and was allowed, an ``Execute`` a portal it bound: anything else
+  (statements made with SQL ``PREPARE``, cursors from ``DECLARE``) is refused as
+  ``sql-forbidden``. A ``Parse`` of a name already in use keeps the first statement (the
+  server refuses the second one). A ``Close``, and a simple ``Query`` for the unnamed
+  statement and portal, forget names as the server does.
+* The number of parameters a ``Bind`` carries is recorded with each statement's audit
+  record (never their values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tether.policy.model import Decision
+from tether.proxy.pg import codec as c
+from tether.proxy.pg.commands import Policy, StatementRecord, record_for, with_params
+from tether.proxy.pg.deciding import Decider, Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A statement or portal: its text, the verdict it has, and the policy set it was for."""
+
+    query: str
+    verdict: Verdict
+    policy: object
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A message refused: the decision the client hears, and the records to audit."""
+
+    decision: Decision
+    records: tuple[StatementRecord, ...]
+
+
+def fixed_denial(policy: Policy, detail: str) -> Decision:
+    """A ``sql-forbidden`` denial that no rule made (a protocol feature the broker refuses)."""
+    version = getattr(policy.current(), "version", "")
+    return Decision("deny", None, "sql-forbidden", detail, str(version))
+
+
+def _unknown(policy: Policy, detail: str) -> Refused:
+    denial = fixed_denial(policy, detail)
+    return Refused(denial, (record_for(denial, "extended"),))
+
+
+class Statements:
+    """One session's prepared statements and portals (see the module docstring)."""
+
+    def __init__(self, policy: Policy, decider: Decider) -> None:
+        self.policy = policy
+        self.decider = decider
+        self._statements: dict[str, Prepared] = {}
+        self._portals: dict[str, Prepared] = {}
+
+    def forget_unnamed(self) -> None:
+        """A simple ``Query`` drops the unnamed statement and portal."""
+        self._statements.pop("", None)
+        self._portals.pop("", None)
+
+    def close(self, message: c.Close) -> None:
+        target = self._statements if message.kind == "S" else self._portals
+        target.pop(message.name, None)
+
+    def parse(self, message: c.Parse) -> Refused | None:
+        """``None`` when the ``Parse`` may go to the server."""
+        verdict = self.decider.decide(message.query, "extended")
+        if message.name == "":
+            self._statements.pop("", None)
+        if not verdict.decision.allowed:
+            return Refused(verdict.decision, verdict.records)
+        if message.name not in self._statements:  # an existing name: the server refuses it
+            prepared = Prepared(message.query, verdict, self.policy.current())
+            self._statements[message.name] = prepared
+        return None
+
+    def bind(self, message: c.Bind) -> Refused | None:
+        """``None`` when the ``Bind`` may go to the server (its portal is then recorded)."""
+        prepared = self._statements.get(message.statement)
+        if prepared is None:
+            what = f"statement {message.statement!r} was not prepared through the broker"
+            return _unknown(self.policy, what)
+        policy = self.policy.current()
+        if prepared.policy is not policy or prepared.verdict.schemas != self.decider.schemas:
+            prepared = Prepared(
+                prepared.query, self.decider.decide(prepared.query, "extended"), policy
+            )
+            self._statements[message.statement] = prepared
+        if not prepared.verdict.decision.allowed:  # refused now, or at an earlier Bind
+            return Refused(prepared.verdict.decision, prepared.verdict.records)
+        params = len(message.params)
+        verdict = prepared.verdict
+        if params:
+            records = tuple(with_params(r, params) for r in verdict.records)
+            verdict = Verdict(
+                verdict.decision, records, verdict.schemas, verdict.paths, verdict.transaction,
+                verdict.read_only,
+            )  # fmt: skip
+        self._portals[message.portal] = Prepared(prepared.query, verdict, prepared.policy)
+        return None
+
+    def execute(self, message: c.Execute) -> Verdict | Refused:
+        """The verdict of the portal the ``Execute`` runs, or a refusal for an unknown one."""
+        portal = self._portals.get(message.portal)
+        if portal is None:
+            return _unknown(
+                self.policy, f"portal {message.portal!r} was not bound through the broker"
+            )
+        return portal.verdict
