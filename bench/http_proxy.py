@@ -22,10 +22,15 @@ tether           ``tether serve`` (one process): DPoP-bound token, a fresh proof
 tether-cert      the same broker served over mutual TLS with a certificate-bound token
                  (RFC 8705). wrk has no client certificates, so this row is loaded by the
                  Python generator of this file (``--generator`` shows its own ceiling)
+tether-stages    only when named in ``--setups``: the node's broker in a process of its own
+                 with a timer around each stage of a request (``bench/http_stages.py``),
+                 loaded like ``tether``; its rows add ``stages`` (p50/p90/mean per stage,
+                 and the disk's fsync cost measured just before)
 ===============  =============================================================================
 
 With ``--json`` it prints one object per (setup, connections): ``rps``, ``p50_ms``,
-``p99_ms``, ``errors`` (non-2xx answers and socket errors), and the ratios
+``p99_ms``, ``errors`` (non-2xx answers and socket errors), ``load1`` (the 1-minute load
+average right after the measurement: the machine is shared), and the ratios
 ``rps_vs_direct``, ``rps_vs_bare``, ``p50_added_ms`` and ``p99_added_ms`` (over direct at
 the same connection count). The goals (informational, never an exit status): at 1
 connection tether adds <= 1 ms p50 and <= 3 ms p99 over direct; at 16 connections tether's
@@ -186,6 +191,7 @@ def parse_wrk(out: str) -> dict[str, Any]:
         "p50_ms": latency("50%"),
         "p99_ms": latency("99%"),
         "errors": errors,
+        "load1": round(os.getloadavg()[0], 2),
     }
 
 
@@ -290,6 +296,31 @@ def proofs(key: Any, token: str, url: str, count: int, path: Path) -> None:
 
 
 # --- certificate-bound tokens over mutual TLS ----------------------------------------------
+
+
+def stages(
+    tmp: Path, node: Node, session: Any, counts: list[int], duration: int
+) -> list[dict[str, Any]]:
+    """``tether-stages`` rows: a timed broker process per connection count (its proofs
+    are made for the node's URL, the issuer, which is the htu the broker expects)."""
+    rows: list[dict[str, Any]] = []
+    for connections in counts:
+        port, out = free_port(), tmp / f"stages-{connections}.json"
+        serve = [sys.executable, __file__, "--serve-stages", str(tmp / "tether.yaml"),
+                 str(port), node.url, str(out)]  # fmt: skip
+        with process(serve, cwd=tmp):
+            wait_port(port)
+            log(f"tether-stages x{connections} ... (making proofs)")
+            proofs(session.key, session.token, f"{node.url}/t/bench{PATH}", 3000 * duration,
+                   tmp / "proofs.txt")  # fmt: skip
+            script = [str(tmp / "bench.lua"), str(tmp / "proofs.txt"), session.token,
+                      f"/t/bench{PATH}"]  # fmt: skip
+            row = wrk(f"http://127.0.0.1:{port}/t/bench{PATH}", connections, duration, script)
+        if not out.exists():
+            raise SystemExit("http_proxy: the timed broker wrote no stage timings")
+        rows.append({"setup": "tether-stages", "connections": connections, **row,
+                     "stages": json.loads(out.read_text())})  # fmt: skip
+    return rows
 
 
 def cert_bound(
@@ -405,6 +436,7 @@ async def pygen(
         "p50_ms": round(latencies[count // 2] * 1000, 3) if count else 0.0,
         "p99_ms": round(latencies[min(count - 1, int(count * 0.99))] * 1000, 3) if count else 0.0,
         "errors": errors,
+        "load1": round(os.getloadavg()[0], 2),
     }
 
 
@@ -415,12 +447,11 @@ def serve_tls(config: str, port: int, issuer: str, tls: str) -> None:
     import ssl
 
     import uvicorn
-    from starlette.middleware import Middleware
 
     from tether.api import AppState, create_app
     from tether.audit.startup import start_auditor
     from tether.config import load_settings
-    from tether.node import _http_broker, open_identity
+    from tether.node import _http_broker, broker_services, open_identity
     from tether.policywatch import load_initial
     from tether.proxy.http.broker import BrokerMiddleware
     from tether.proxy.http.tlsserver import TlsH11Protocol
@@ -438,9 +469,9 @@ def serve_tls(config: str, port: int, issuer: str, tls: str) -> None:
         state = AppState(holder, store, identity, auditor,
                          secrets=SecretStore(store.engine, identity.cipher),
                          targets=TargetStore(store.engine))  # fmt: skip
-        broker = _http_broker(settings, state)
+        broker = _http_broker(settings, broker_services(state))
         assert broker is not None
-        app = create_app(state, middleware=[Middleware(BrokerMiddleware, broker=broker)])
+        app = BrokerMiddleware(create_app(state), broker)  # outermost, as the node
         server = uvicorn.Config(
             app, host="127.0.0.1", port=port, http=TlsH11Protocol, log_level="warning",
             access_log=False, lifespan="off", server_header=False,
@@ -473,10 +504,17 @@ def main() -> int:
     )
     parser.add_argument("--serve-bare", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--serve-tls", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-stages", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         port, upstream, http = args.serve_bare
         serve_bare(int(port), int(upstream), http)
+        return 0
+    if args.serve_stages:
+        from http_stages import serve
+
+        config, port, issuer, out = args.serve_stages
+        serve(config, int(port), issuer, out)
         return 0
     if args.serve_tls:
         config, port, issuer, tls = args.serve_tls
@@ -547,6 +585,8 @@ def run_all(
                 script = [str(tmp / "bench.lua"), str(tmp / "proofs.txt"), token, f"/t/bench{PATH}"]
                 results.append({"setup": "tether", "connections": connections,
                                 **wrk(tether_url, connections, duration, script)})  # fmt: skip
+            if "tether-stages" in setups:
+                results += stages(tmp, node, session, connection_counts, duration)
             if "tether-cert" in setups:
                 results += cert_bound(tmp, node, session, upstream, connection_counts, duration)
     return with_ratios(results)
@@ -569,13 +609,20 @@ def report(results: list[dict[str, Any]], *, as_json: bool) -> None:
         for row in results:
             print(json.dumps(row))
         return
-    print(f"{'setup':<12}{'conns':>6}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-          f"{'x direct':>10}{'x bare':>8}{'+p50':>8}{'+p99':>8}")  # fmt: skip
+    print(f"{'setup':<14}{'conns':>6}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'x direct':>10}{'x bare':>8}{'+p50':>8}{'+p99':>8}{'load':>7}")  # fmt: skip
     for r in results:
         bare = f"{r['rps_vs_bare']:.2f}" if r["rps_vs_bare"] is not None else "-"
-        print(f"{r['setup']:<12}{r['connections']:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.3f}"
+        print(f"{r['setup']:<14}{r['connections']:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.3f}"
               f"{r['p99_ms']:>9.3f}{r['errors']:>8}{r['rps_vs_direct']:>10.3f}{bare:>8}"
-              f"{r['p50_added_ms']:>8.2f}{r['p99_added_ms']:>8.2f}")  # fmt: skip
+              f"{r['p50_added_ms']:>8.2f}{r['p99_added_ms']:>8.2f}{r['load1']:>7.1f}")  # fmt: skip
+    for r in results:
+        if "stages" in r:
+            print(f"\ntether-stages x{r['connections']}: {'stage':<15}{'count':>7}{'p50 ms':>9}"
+                  f"{'p90 ms':>9}{'mean ms':>9}")  # fmt: skip
+            for stage, t in r["stages"].items():
+                print(f"{'':<19}{stage:<15}{t['count']:>7}{t['p50_ms']:>9.3f}{t['p90_ms']:>9.3f}"
+                      f"{t['mean_ms']:>9.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
