@@ -6,6 +6,9 @@ verified :class:`~tether.identity.claims.Claims` or a
 :class:`~tether.identity.errors.CredentialError` — signature, expiry, audience, issuer,
 proof of possession (DPoP or certificate binding), revocation and the agent's state are all
 checked there, on every use, so no front-end can forget one.
+
+The token endpoint (:meth:`IdentityService.exchange`) is in :mod:`tether.identity.grants`,
+which documents what each grant checks before it issues a token.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.envelope import EnvelopeCipher
-from tether.identity import exchange as ex
+from tether.identity import grants
 from tether.identity.agentstates import AgentStates
 from tether.identity.certbind import check_binding, x5t_s256
 from tether.identity.certificates import CertificateIssuer
-from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
+from tether.identity.claims import Claims, Confirmation
 from tether.identity.dpop import DPoPVerifier
 from tether.identity.errors import CredentialError, IssuanceError, TokenInvalid, TokenRevoked
+from tether.identity.grants import JOIN_TOKEN_PREFIX
 from tether.identity.issued import (
     IdentitySettings,
     IssuedToken,
@@ -39,22 +43,15 @@ from tether.identity.issued import (
 from tether.identity.keystore import TetherKeys, rotate_access_key
 from tether.identity.replay import MemoryReplayCache
 from tether.identity.revocation import RevocationSet
-from tether.identity.scope import narrowed
 from tether.identity.tokens import TokenIssuer, TokenVerifier
-from tether.identity.workload import (
-    TrustedIssuers,
-    WorkloadTokenError,
-    verify_user_token,
-    verify_workload_token,
-)
+from tether.identity.workload import TrustedIssuers
 from tether.identity.x509ca import spiffe_ids_of
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
-from tether.store.identity import AgentNotActive, RuntimeOfAnotherAgent, digest
+from tether.store.identity import AgentNotActive, digest
 
 log = logging.getLogger(__name__)
 
-JOIN_TOKEN_PREFIX = "tjt_"  # noqa: S105 - a public prefix, not a secret
 _REVOCATION_BATCH = 1000
 
 
@@ -232,146 +229,10 @@ class IdentityService:
         self, form: Mapping[str, str], *, dpop: str | None, url: str, address: str | None = None
     ) -> IssuedToken:
         """RFC 8693 token exchange; ``ExchangeError`` (HTTP 400) or ``CredentialError``."""
-        request = ex.parse_form(form)
-        # Checked before anything is consumed: a refused lifetime must not burn a join token.
-        if (request.lifetime or 0) > self.settings.max_token_lifetime:
-            raise ex.ExchangeError("invalid_request", "requested_lifetime is above the cap")
-        if request.subject_token_type == ex.ID_TOKEN:
-            return await self._delegate(request, dpop, url)
-        if request.subject_token_type == ex.ACCESS_TOKEN:
-            held = await self.authenticate(Presented(request.subject_token, "POST", url, dpop))
-            not_after = held.exp
-            if request.task_id == held.task.id and held.act is None:
-                not_after = await self._session_end(held)  # renewal, see exchange's docstring
-            return await self._issue(
-                request, held.sub, held.runtime, held.cnf, held.scope, not_after, held.act,
-                held.agent, groups=held.groups,
-            )  # fmt: skip
-        proof = self.dpop.verify(dpop, htm="POST", htu=url)
-        cnf = Confirmation(jkt=proof.jkt)
-        if request.subject_token_type == ex.JOIN_TOKEN:
-            agent_id, runtime = await self._join(request.subject_token, address)
-        else:
-            agent_id, runtime = await self._attest(request.subject_token, address)
-        return await self._issue(request, agent_id, runtime, cnf, None, None, None, None)
+        return await grants.exchange(self, form, dpop=dpop, url=url, address=address)
 
-    async def _join(self, token: str, address: str | None) -> tuple[str, Runtime]:
-        token_id, _, secret = token.removeprefix(JOIN_TOKEN_PREFIX).partition(".")
-        if not token.startswith(JOIN_TOKEN_PREFIX) or not token_id or not secret:
-            raise ex.ExchangeError("invalid_grant", "malformed join token")
-        runtime_id = f"join/{token_id}"
-        now = self.clock()
-        async with self.engine.begin() as conn:
-            record = await agent_store.consume_join_token(
-                conn, id=token_id, token_hash=digest(secret), runtime_id=runtime_id, now=now
-            )
-            if record is None:
-                raise ex.ExchangeError(
-                    "invalid_grant",
-                    "the join token is unknown, used, expired or its agent inactive",
-                )
-            labels = {**record.runtime_labels, "platform": "join-token"}
-            await agent_store.upsert_runtime(
-                conn, id=runtime_id, agent_id=record.agent_id, platform="join-token",
-                attested_by="join-token", now=now, labels=labels, address=address,
-            )  # fmt: skip
-        return record.agent_id, Runtime(runtime_id, labels)
-
-    async def _attest(self, token: str, address: str | None) -> tuple[str, Runtime]:
-        try:
-            workload = await verify_workload_token(token, self.issuers, self.clock())
-        except WorkloadTokenError as error:
-            raise ex.ExchangeError("invalid_grant", f"workload token refused: {error}") from None
-        mapped = self.settings.workload_agents.get(workload.issuer_name, {})
-        agent_id = mapped.get(workload.subject)
-        if agent_id is None:
-            raise ex.ExchangeError("invalid_grant", "no agent is mapped to this workload")
-        labels = dict(workload.labels)
-        async with self.engine.begin() as conn:
-            agent = await agent_store.get_agent(conn, agent_id)
-            if agent is None or agent.state != "active":
-                raise ex.ExchangeError("invalid_grant", "the agent is not active")
-            try:
-                await agent_store.upsert_runtime(
-                    conn, id=workload.runtime_id, agent_id=agent_id,
-                    platform=labels.get("platform", "workload"),
-                    attested_by=workload.issuer_name, now=self.clock(), labels=labels,
-                    address=address,
-                )  # fmt: skip
-            except RuntimeOfAnotherAgent:
-                raise ex.ExchangeError(
-                    "invalid_grant", "this runtime was attested for another agent"
-                ) from None
-        return agent_id, Runtime(workload.runtime_id, labels)
-
-    async def _session_end(self, held: Claims) -> int:
-        """When renewals of ``held``'s task must stop: last attestation + the session cap."""
-        async with self.engine.connect() as conn:
-            runtime = await agent_store.get_runtime(conn, held.runtime.id)
-        if runtime is None:
-            raise ex.ExchangeError("invalid_grant", "the token's runtime is unknown")
-        attested = int(runtime.last_seen_at.timestamp())
-        return attested + self.settings.max_session_lifetime
-
-    async def _delegate(
-        self, request: ex.ExchangeRequest, dpop: str | None, url: str
-    ) -> IssuedToken:
-        assert request.actor_token is not None  # parse_form guarantees it
-        actor = await self.authenticate(Presented(request.actor_token, "POST", url, dpop))
-        depth = 1
-        chain = actor.act
-        while chain is not None:
-            depth, chain = depth + 1, chain.act
-        if depth > self.settings.max_delegation_depth:
-            raise ex.ExchangeError("invalid_request", "delegation chain too deep")
-        try:
-            user = await verify_user_token(request.subject_token, self.issuers, self.clock())
-        except WorkloadTokenError as error:
-            raise ex.ExchangeError("invalid_grant", f"user token refused: {error}") from None
-        act = Actor(actor.agent_id, actor.act)
-        expiry = min(actor.exp, int(user.expires_at.timestamp()))
-        return await self._issue(
-            request, user.user, actor.runtime, actor.cnf, actor.scope, expiry, act,
-            actor.agent_id, groups=user.groups,
-        )  # fmt: skip
-
-    async def _issue(
-        self,
-        request: ex.ExchangeRequest,
-        subject: str,
-        runtime: Runtime,
-        cnf: Confirmation,
-        held_scope: Sequence[str] | None,
-        not_after: int | None,
-        act: Actor | None,
-        agent: str | None,
-        groups: Sequence[str] = (),
-    ) -> IssuedToken:
-        scope = (
-            narrowed(request.scope, held_scope)
-            if held_scope is not None
-            else (request.scope or ("*",))
-        )
-        if scope is None:
-            raise ex.ExchangeError("invalid_scope", "the requested scope is wider than held")
-        lifetime = request.lifetime or self.settings.token_lifetime
-        if lifetime > self.settings.max_token_lifetime:
-            raise ex.ExchangeError("invalid_request", "requested_lifetime is above the cap")
-        now = int(self.clock().timestamp())
-        if not_after is not None:
-            if request.lifetime is not None and now + request.lifetime > not_after:
-                raise ex.ExchangeError("invalid_request", "requested_lifetime outlives its source")
-            lifetime = min(lifetime, not_after - now)
-            if lifetime <= 0:
-                raise ex.ExchangeError("invalid_grant", "the presented token has expired")
-        token, claims = self.tokens.issue(
-            subject=subject, task=Task(request.task_id, request.task_purpose), scope=scope,
-            runtime=runtime, cnf=cnf, act=act, agent=agent, lifetime=lifetime, groups=groups,
-        )  # fmt: skip
-        await self._record(credential_record(claims, "access_token", key_thumbprint=cnf.jkt))
-        return IssuedToken(token, claims)
-
-    async def _record(self, credential: cred_store.Credential) -> None:
+    async def record_credential(self, credential: cred_store.Credential) -> None:
+        """Record an issued credential; ``TokenRevoked`` if its agent is no longer active."""
         try:
             async with self.engine.begin() as conn:
                 await cred_store.insert_credential(conn, credential)
@@ -389,7 +250,7 @@ class IdentityService:
         """
         await self.check_live(claims)
         certificate, record = self.certificates.ssh(claims, public_key, principals, source)
-        await self._record(record)
+        await self.record_credential(record)
         return certificate
 
     async def x509_certificate(self, claims: Claims, csr_pem: str) -> str:
@@ -399,7 +260,7 @@ class IdentityService:
         """
         await self.check_live(claims)
         pem, record = self.certificates.x509(claims, csr_pem)
-        await self._record(record)
+        await self.record_credential(record)
         return pem
 
     async def certificate_bound_token(self, claims: Claims, certificate_pem: str) -> IssuedToken:
@@ -427,11 +288,12 @@ class IdentityService:
             cnf=Confirmation(x5t_s256=x5t_s256(der)), act=claims.act, agent=claims.agent,
             lifetime=lifetime, groups=claims.groups,
         )  # fmt: skip
-        await self._record(credential_record(bound, "access_token", key_thumbprint=None))
+        await self.record_credential(credential_record(bound, "access_token", key_thumbprint=None))
         return IssuedToken(token, bound)
 
 
 __all__ = [
+    "JOIN_TOKEN_PREFIX",
     "CredentialError",
     "IdentityService",
     "IdentitySettings",

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from tether.policy import httpmatch
+from tether.policy import httpmatch, request_action, request_fields
 from tether.policy import request as req
-from tether.policy.request import HttpPart, Request
+from tether.policy.request_model import HttpPart, Request
 
 # Methods that are RFC 9110 tokens (checked by a test): no regular expression for these.
 _COMMON_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -59,7 +59,7 @@ def _labels(obj: dict[str, Any]) -> dict[str, str] | None:
 
 def _fast(value: dict[str, Any], default_schema: str) -> Request | None:
     """The request, or None to let the full validator decide (see the module docstring)."""
-    if not value.keys() <= req._TOP_KEYS:
+    if not value.keys() <= request_fields.TOP_KEYS:
         return None
     agent = value.get("agent")
     if type(agent) is not dict or not agent.keys() <= _AGENT_KEYS:
@@ -73,7 +73,7 @@ def _fast(value: dict[str, Any], default_schema: str) -> Request | None:
     runtime_id: str | None = None
     runtime_labels: dict[str, str] = {}
     if value.get("runtime") is not None:  # checked before the target, as the full validator does
-        runtime_id, runtime_labels = req._identity(value, "runtime", required=False)
+        runtime_id, runtime_labels = request_fields.identity(value, "runtime", required=False)
     target = value.get("target")
     if type(target) is not dict or not target.keys() <= _TARGET_KEYS:
         return None
@@ -87,7 +87,7 @@ def _fast(value: dict[str, Any], default_schema: str) -> Request | None:
     if type(action) is not dict or len(action) != 1:
         return None
     ((kind, body),) = action.items()
-    if type(body) is not dict or kind not in req._KINDS:
+    if type(body) is not dict or kind not in request_action.KINDS:
         return None
     # Everything the full validator checks before these helpers has passed: the same order.
     get = value.get
@@ -102,26 +102,26 @@ def _fast(value: dict[str, Any], default_schema: str) -> Request | None:
         agent_labels,
         runtime_id,
         runtime_labels,
-        None if delegation is None else req._delegation(delegation),
-        {} if task is None else req._task(task),
-        None if scope is None else req._scope(scope),
+        None if delegation is None else request_fields.delegation(delegation),
+        {} if task is None else request_fields.task(task),
+        None if scope is None else request_fields.scope(scope),
         target_name,
         target_labels,
         kind,
         (),
         {},
-        None if source_ip is None else req._optional_str(value, "source_ip"),
-        None if when is None else req._time(when),
-        _NO_APPROVALS if approvals is None else req._approvals(approvals),
+        None if source_ip is None else request_fields.optional_str(value, "source_ip"),
+        None if when is None else request_fields.timestamp(when),
+        _NO_APPROVALS if approvals is None else request_fields.approvals(approvals),
         value,
     )
     if kind == "http":
         if not _http(request, body):
-            req._http(request, body)
+            request_action.normalize_http(request, body)
     elif kind == "sql":
-        req._sql(request, body, default_schema)
+        request_action.normalize_sql(request, body, default_schema)
     else:
-        req._NORMALIZERS[kind](request, body)
+        request_action.NORMALIZERS[kind](request, body)
     return request
 
 
@@ -137,13 +137,5 @@ def _http(request: Request, body: dict[str, Any]) -> bool:
         return False
     canonical = httpmatch.canonicalize_path(path)  # raises exactly as in the full check
     request.parts = (HttpPart(method, canonical),)
-    request.view_builder = lambda: {
-        "http": {
-            "method": method,
-            "path": canonical.path,
-            "query": canonical.query,
-            "params": {},
-            "headers": {},
-        }
-    }
+    request.view_builder = lambda: request_action.http_view(method, canonical, {})
     return True

@@ -2,27 +2,34 @@
 
 The allow-list of node types, the coverage check, the reading of redirections and command names
 are documented in :mod:`tether.policy.shell` ("How a command is read", points 2 and 4 to 6).
+The walk reads the structure (program, lists, pipelines, simple commands, redirections) in
+source order; the checks of single nodes and of the text between them are in
+:mod:`tether.policy.shell_nodes`.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 import tree_sitter
 
 from tether.policy.errors import ShellConstruct
-from tether.policy.shell_words import (
-    _PLAIN_WORD,
-    _RESERVED_WORD_BYTES,
-    SimpleCommand,
-    _decode_word,
+from tether.policy.shell_nodes import (
+    DENIED,
+    GAP,
+    check_command_name,
+    check_gap,
+    check_word_tree,
+    denied,
+    has_bare_newline,
+    no_command,
+    skipped,
 )
+from tether.policy.shell_words import _PLAIN_WORD, SimpleCommand, _decode_word
 
 _Node = tree_sitter.Node
 
 _WORD_NODES: Final = frozenset({"word", "number", "raw_string", "string", "concatenation"})
-_LEAF_WORD_NODES: Final = frozenset({"word", "number", "raw_string"})
 # Tokens tree-sitter makes of some arguments: `==` and `=~` (test operators), and `\$` after a
 # quoted string (`'a'\$`). Words to sh; their text is decoded like any word, so an unescaped
 # `$` is still denied.
@@ -34,61 +41,9 @@ _PIPE_OPERATORS: Final = frozenset({"|"})
 _LIST_BODIES: Final = frozenset({"list", "pipeline"})
 _ANY_NODE: Final = frozenset({"redirected_statement"})
 _OPERAND, _OPERATOR, _REOPEN = 0, 1, 2  # tasks of the statement walk
-_STRING_PARTS: Final = frozenset({'"', "string_content"})
 _FILE_REDIRECTS: Final = frozenset({">", ">>", "<"})
 _DUP_REDIRECTS: Final = frozenset({">&", "<&"})
 _DIGITS: Final = frozenset(b"0123456789")
-_ASSIGNMENT: Final = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*\+?=")
-_GAP: Final = re.compile(rb"(?:[ \t\n]|\\\n)*")
-_CONTINUATION: Final = re.compile(rb"\\\n")
-
-_DENIED: Final = {
-    "command_substitution": "command substitution",
-    "process_substitution": "process substitution",
-    "simple_expansion": "variable expansion",
-    "expansion": "variable expansion",
-    "$": "variable expansion",
-    "arithmetic_expansion": "arithmetic expansion",
-    "ansi_c_string": "ANSI-C quoting $'..'",
-    "translated_string": 'locale translation $".."',
-    "brace_expression": "brace expansion",
-    "extglob_pattern": "extended glob",
-    "variable_assignment": "variable assignment",
-    "variable_assignments": "variable assignment",
-    "array": "array assignment",
-    "declaration_command": "declaration command (export, local, declare, readonly, typeset)",
-    "unset_command": "unset command",
-    "subshell": "subshell",
-    "compound_statement": "group { ..; } or arithmetic command (( ))",
-    "function_definition": "function definition",
-    "if_statement": "compound command 'if'",
-    "for_statement": "compound command 'for' or 'select'",
-    "c_style_for_statement": "compound command 'for (( ))'",
-    "while_statement": "compound command 'while' or 'until'",
-    "case_statement": "compound command 'case'",
-    "test_command": "test command [ ] or [[ ]]",
-    "negated_command": "negation !",
-    "heredoc_redirect": "here-document",
-    "herestring_redirect": "here-string",
-    "comment": "comment",
-    "ERROR": "does not parse",
-    ">&-": "redirection >&- (closes a descriptor)",
-    "<&-": "redirection <&- (closes a descriptor)",
-    "&": "background &",
-    "|&": "|& (pipes standard error)",
-    ";;": "case terminator ;;",
-    ";&": "case terminator ;&",
-    ";;&": "case terminator ;;&",
-}
-
-
-def _denied(node: _Node) -> ShellConstruct:
-    if node.is_missing:
-        return ShellConstruct(f"does not parse (missing {node.type!r})")
-    detail = _DENIED.get(node.type)
-    if detail is None:
-        detail = f"unsupported shell syntax ({node.type})"
-    return ShellConstruct(detail)
 
 
 class _Walker:
@@ -121,12 +76,12 @@ class _Walker:
         self.word_start = -1  # start of the last word read, -1 after a redirection
 
     def advance(self, start: int, end: int, *, blank: bool, newline: bool) -> None:
-        """Read ``source[start:end]``; the gap before it must be blanks (see ``_check_gap``)."""
+        """Read ``source[start:end]``; the gap before it must be blanks (see ``check_gap``)."""
         position = self.position
         if start != position:
             gap = self.source[position:start]
             if gap != b" ":
-                _check_gap(gap, start < position, blank=blank, newline=newline)
+                check_gap(gap, start < position, blank=blank, newline=newline)
         elif blank:
             raise ShellConstruct("does not parse (words not separated by a blank)")
         self.position = end
@@ -140,8 +95,8 @@ class _Walker:
             self.advance(start, end, blank=blank, newline=False)
 
     def finish(self) -> None:
-        if not _GAP.fullmatch(self.source, self.position):
-            raise _skipped()
+        if not GAP.fullmatch(self.source, self.position):
+            raise skipped()
 
     # structure: program, list, pipeline
 
@@ -152,7 +107,7 @@ class _Walker:
             if kind in _STATEMENT_NODES:
                 if seen:
                     gap = self.source[self.position : child.start_byte]
-                    if not separated and not _has_bare_newline(gap):
+                    if not separated and not has_bare_newline(gap):
                         raise ShellConstruct("does not parse (commands without a separator)")
                     self.operators.append(";")
                 self.statement(child, kind)
@@ -163,7 +118,7 @@ class _Walker:
             elif kind == ";":
                 raise ShellConstruct("empty command before ';'")
             else:
-                raise _denied(child)
+                raise denied(child)
         if not seen:
             raise ShellConstruct("empty command")
 
@@ -178,7 +133,7 @@ class _Walker:
             task, node, allowed = stack.pop()
             kind = node.type
             if kind not in allowed:
-                raise _denied(node)
+                raise denied(node)
             if task == _OPERATOR:
                 self.operator(node, kind)
                 self.operators.append(kind)
@@ -216,7 +171,7 @@ class _Walker:
             stack.append((_REOPEN, node, _ANY_NODE))
             stack.append((_OPERAND, body, _LIST_BODIES))
         else:
-            raise _denied(body) if body_kind in _DENIED else _no_command()
+            raise denied(body) if body_kind in DENIED else no_command()
 
     def simple(self, command: _Node, redirected: _Node | None) -> None:
         """One simple command: a ``command`` node and the redirections hung on it, if any."""
@@ -227,7 +182,7 @@ class _Walker:
         if redirected is not None:
             self.redirections(redirected, argv, redirects)
         if not argv:
-            raise _no_command()
+            raise no_command()
         self.commands.append(SimpleCommand(tuple(argv), tuple(redirects)))
 
     def reopen(self, redirected: _Node) -> None:
@@ -236,13 +191,13 @@ class _Walker:
         argv, redirects = list(last.argv), list(last.redirects)
         self.redirections(redirected, argv, redirects)
         if not argv:  # a newline split the command before its redirections
-            raise _no_command()
+            raise no_command()
         self.commands.append(SimpleCommand(tuple(argv), tuple(redirects)))
 
     def redirections(self, redirected: _Node, argv: list[str], redirects: list[str]) -> None:
         for child in redirected.children[1:]:
             if child.type != "file_redirect":
-                raise _denied(child)
+                raise denied(child)
             self.redirect(child, argv, redirects)
 
     def command(self, node: _Node, argv: list[str], redirects: list[str]) -> None:
@@ -257,12 +212,12 @@ class _Walker:
             elif kind in _WORD_NODES or kind == "command_name":
                 raise ShellConstruct("does not parse (words around the command name)")
             else:
-                raise _denied(child)
+                raise denied(child)
 
     def command_name(self, node: _Node, argv: list[str], redirects: list[str]) -> None:
         children = node.children
         if len(children) != 1 or children[0].type not in _WORD_NODES:
-            raise _denied(children[-1] if children else node)
+            raise denied(children[-1] if children else node)
         self.add_word(children[0], argv, redirects)
 
     def add_word(self, node: _Node, argv: list[str], redirects: list[str]) -> None:
@@ -273,7 +228,7 @@ class _Walker:
         is then decoded again as one word, as sh reads it.
         """
         if node.child_count:
-            _check_word_tree(node)
+            check_word_tree(node)
         start, end = node.start_byte, node.end_byte
         position = self.position
         if start == position and self.word_start >= 0 and not self.first_item:
@@ -291,7 +246,7 @@ class _Walker:
         raw = self.source[start:end]
         self.digits_end = end if raw.isdigit() else -1
         if len(argv) == 1:
-            _check_command_name(raw)
+            check_command_name(raw)
 
     def split_at_newline(self, start: int, argv: list[str], redirects: list[str]) -> None:
         """End the simple command if a newline comes before its next word or redirection.
@@ -303,10 +258,10 @@ class _Walker:
         position = self.position
         if self.first_item or start <= position:
             return
-        if not _has_bare_newline(self.source[position:start]):
+        if not has_bare_newline(self.source[position:start]):
             return
         if not argv:
-            raise _no_command()
+            raise no_command()
         self.commands.append(SimpleCommand(tuple(argv), tuple(redirects)))
         self.operators.append(";")
         argv.clear()
@@ -332,7 +287,7 @@ class _Walker:
         first = children[0]
         has_fd = first.type == "file_descriptor"
         if len(children) < 2 + has_fd:
-            raise _denied(children[-1])
+            raise denied(children[-1])
         operator, target = children[has_fd], children[1 + has_fd]
         kind = operator.type
         fd = self.descriptor(first, operator) if has_fd else ""
@@ -348,7 +303,7 @@ class _Walker:
         redirects.append(fd + kind + self.redirect_target(kind, operator, target))
         for child in children[2 + has_fd :]:  # `ls >/dev/null -la`: -la is hung on the redirect
             if child.type not in _WORD_NODES or not argv:
-                raise _denied(child)
+                raise denied(child)
             self.add_word(child, argv, redirects)
 
     def descriptor(self, descriptor: _Node, operator: _Node) -> str:
@@ -360,7 +315,7 @@ class _Walker:
 
     def redirect_target(self, kind: str, operator: _Node, target: _Node) -> str:
         if target.type not in _WORD_NODES:
-            raise _denied(target)
+            raise denied(target)
         if kind in _DUP_REDIRECTS:
             start, end = target.start_byte, target.end_byte
             raw = self.source[start:end]
@@ -369,29 +324,15 @@ class _Walker:
             self.advance(start, end, blank=False, newline=False)
             return raw.decode()
         if kind not in _FILE_REDIRECTS:
-            raise _denied(operator) if kind in _DENIED else ShellConstruct(f"redirection {kind}")
+            raise denied(operator) if kind in DENIED else ShellConstruct(f"redirection {kind}")
         if target.child_count:
-            _check_word_tree(target)
+            check_word_tree(target)
         start, end = target.start_byte, target.end_byte
         self.advance(start, end, blank=False, newline=False)
         path = self.decode(start, end)
         if path != "/dev/null":
             raise ShellConstruct(f"redirection {kind} to a file other than /dev/null")
         return path
-
-
-def _check_gap(gap: bytes, overlap: bool, *, blank: bool, newline: bool) -> None:
-    """The text between two read spans: blanks and line continuations only.
-
-    ``blank``: at least one space or tab is required (between two words). ``newline``: a
-    newline (not a line continuation) is allowed (before the first word of a command).
-    """
-    if overlap or not _GAP.fullmatch(gap):
-        raise _skipped()
-    if not newline and _has_bare_newline(gap):
-        raise ShellConstruct("does not parse (newline inside a command)")
-    if blank and b" " not in gap and b"\t" not in gap:
-        raise ShellConstruct("line continuation inside a word")
 
 
 def _push_sequence(node: _Node, kind: str, stack: list[tuple[int, _Node, frozenset[str]]]) -> None:
@@ -405,43 +346,3 @@ def _push_sequence(node: _Node, kind: str, stack: list[tuple[int, _Node, frozens
             stack.append((_OPERATOR, children[index], operators))
         else:  # any statement: tree-sitter may nest a list in a pipeline (`a | b | c && d`)
             stack.append((_OPERAND, children[index], _STATEMENT_NODES))
-
-
-def _check_command_name(raw: bytes) -> None:
-    """Deny a command name that sh would not read as a plain name (raw source bytes)."""
-    if b"=" in raw and _ASSIGNMENT.match(raw):
-        raise ShellConstruct("variable assignment")
-    if raw in _RESERVED_WORD_BYTES:
-        raise ShellConstruct(f"reserved word {raw.decode()!r} as a command")
-
-
-def _no_command() -> ShellConstruct:
-    return ShellConstruct("redirection without a command")
-
-
-def _skipped() -> ShellConstruct:
-    return ShellConstruct("does not parse (text the grammar skipped)")
-
-
-def _has_bare_newline(gap: bytes) -> bool:
-    """A newline in ``gap`` that is not part of a line continuation."""
-    return b"\n" in gap and b"\n" in _CONTINUATION.sub(b"", gap)
-
-
-def _check_word_tree(node: _Node) -> None:
-    """A word node made only of literal parts (``string`` with nothing but its content)."""
-    kind = node.type
-    if kind in _LEAF_WORD_NODES:
-        if node.child_count:
-            raise _denied(node.children[0])
-    elif kind == "string":
-        for child in node.children:
-            if child.type not in _STRING_PARTS or child.child_count:
-                raise _denied(child)
-    elif kind == "concatenation":
-        for child in node.children:
-            if child.type == "concatenation":
-                raise _denied(child)
-            _check_word_tree(child)
-    else:
-        raise _denied(node)

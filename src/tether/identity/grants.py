@@ -1,0 +1,195 @@
+"""The token endpoint's grants: what :meth:`IdentityService.exchange` does with an RFC 8693
+token exchange (the grant itself is documented in :mod:`tether.identity.exchange`).
+
+Each function takes the :class:`~tether.identity.service.IdentityService` whose store, keys
+and settings it uses. Security decisions:
+
+* The requested lifetime is checked against the cap before anything is consumed: a refused
+  lifetime must not burn a single-use join token.
+* A new key is bound only with a DPoP proof of it; a token derived from a Tether token (re-scoping,
+  renewal, delegation) keeps the key (or certificate) of the token presented.
+* A join token is consumed in the same transaction that records its runtime; an unknown, used
+  or expired token, or one whose agent is not active, is ``invalid_grant``.
+* A workload token gives a credential only to the agent the configuration maps its issuer and
+  subject to, only while that agent is active, and never for a runtime already attested for
+  another agent.
+* Derived tokens only narrow: the scope must be covered by the one held, the expiry is no later
+  than any token it came from, except a renewal (same task, not delegated), which is bounded by
+  ``max_session_lifetime`` from the runtime's last attestation instead.
+* Delegation chains are limited to ``max_delegation_depth``, and a delegated token expires with
+  the user's ID token if that comes first.
+* Every issued token is recorded before it is returned; recording fails (the token is never
+  handed out) when its agent stopped being active meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from tether.identity import exchange as ex
+from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
+from tether.identity.issued import IssuedToken, Presented, credential_record
+from tether.identity.scope import narrowed
+from tether.identity.workload import WorkloadTokenError, verify_user_token, verify_workload_token
+from tether.store import agents as agent_store
+from tether.store.identity import RuntimeOfAnotherAgent, digest
+
+if TYPE_CHECKING:
+    from tether.identity.service import IdentityService
+
+JOIN_TOKEN_PREFIX = "tjt_"  # noqa: S105 - a public prefix, not a secret
+
+
+async def exchange(
+    service: IdentityService,
+    form: Mapping[str, str],
+    *,
+    dpop: str | None,
+    url: str,
+    address: str | None = None,
+) -> IssuedToken:
+    """RFC 8693 token exchange; ``ExchangeError`` (HTTP 400) or ``CredentialError``."""
+    request = ex.parse_form(form)
+    # Checked before anything is consumed: a refused lifetime must not burn a join token.
+    if (request.lifetime or 0) > service.settings.max_token_lifetime:
+        raise ex.ExchangeError("invalid_request", "requested_lifetime is above the cap")
+    if request.subject_token_type == ex.ID_TOKEN:
+        return await _delegate(service, request, dpop, url)
+    if request.subject_token_type == ex.ACCESS_TOKEN:
+        held = await service.authenticate(Presented(request.subject_token, "POST", url, dpop))
+        not_after = held.exp
+        if request.task_id == held.task.id and held.act is None:
+            not_after = await _session_end(service, held)  # renewal, see exchange's docstring
+        return await _issue(
+            service, request, held.sub, held.runtime, held.cnf, held.scope, not_after,
+            held.act, held.agent, groups=held.groups,
+        )  # fmt: skip
+    proof = service.dpop.verify(dpop, htm="POST", htu=url)
+    cnf = Confirmation(jkt=proof.jkt)
+    if request.subject_token_type == ex.JOIN_TOKEN:
+        agent_id, runtime = await _join(service, request.subject_token, address)
+    else:
+        agent_id, runtime = await _attest(service, request.subject_token, address)
+    return await _issue(service, request, agent_id, runtime, cnf, None, None, None, None)
+
+
+async def _join(service: IdentityService, token: str, address: str | None) -> tuple[str, Runtime]:
+    token_id, _, secret = token.removeprefix(JOIN_TOKEN_PREFIX).partition(".")
+    if not token.startswith(JOIN_TOKEN_PREFIX) or not token_id or not secret:
+        raise ex.ExchangeError("invalid_grant", "malformed join token")
+    runtime_id = f"join/{token_id}"
+    now = service.clock()
+    async with service.engine.begin() as conn:
+        record = await agent_store.consume_join_token(
+            conn, id=token_id, token_hash=digest(secret), runtime_id=runtime_id, now=now
+        )
+        if record is None:
+            raise ex.ExchangeError(
+                "invalid_grant",
+                "the join token is unknown, used, expired or its agent inactive",
+            )
+        labels = {**record.runtime_labels, "platform": "join-token"}
+        await agent_store.upsert_runtime(
+            conn, id=runtime_id, agent_id=record.agent_id, platform="join-token",
+            attested_by="join-token", now=now, labels=labels, address=address,
+        )  # fmt: skip
+    return record.agent_id, Runtime(runtime_id, labels)
+
+
+async def _attest(service: IdentityService, token: str, address: str | None) -> tuple[str, Runtime]:
+    try:
+        workload = await verify_workload_token(token, service.issuers, service.clock())
+    except WorkloadTokenError as error:
+        raise ex.ExchangeError("invalid_grant", f"workload token refused: {error}") from None
+    mapped = service.settings.workload_agents.get(workload.issuer_name, {})
+    agent_id = mapped.get(workload.subject)
+    if agent_id is None:
+        raise ex.ExchangeError("invalid_grant", "no agent is mapped to this workload")
+    labels = dict(workload.labels)
+    async with service.engine.begin() as conn:
+        agent = await agent_store.get_agent(conn, agent_id)
+        if agent is None or agent.state != "active":
+            raise ex.ExchangeError("invalid_grant", "the agent is not active")
+        try:
+            await agent_store.upsert_runtime(
+                conn, id=workload.runtime_id, agent_id=agent_id,
+                platform=labels.get("platform", "workload"),
+                attested_by=workload.issuer_name, now=service.clock(), labels=labels,
+                address=address,
+            )  # fmt: skip
+        except RuntimeOfAnotherAgent:
+            raise ex.ExchangeError(
+                "invalid_grant", "this runtime was attested for another agent"
+            ) from None
+    return agent_id, Runtime(workload.runtime_id, labels)
+
+
+async def _session_end(service: IdentityService, held: Claims) -> int:
+    """When renewals of ``held``'s task must stop: last attestation + the session cap."""
+    async with service.engine.connect() as conn:
+        runtime = await agent_store.get_runtime(conn, held.runtime.id)
+    if runtime is None:
+        raise ex.ExchangeError("invalid_grant", "the token's runtime is unknown")
+    attested = int(runtime.last_seen_at.timestamp())
+    return attested + service.settings.max_session_lifetime
+
+
+async def _delegate(
+    service: IdentityService, request: ex.ExchangeRequest, dpop: str | None, url: str
+) -> IssuedToken:
+    assert request.actor_token is not None  # parse_form guarantees it
+    actor = await service.authenticate(Presented(request.actor_token, "POST", url, dpop))
+    depth = 1
+    chain = actor.act
+    while chain is not None:
+        depth, chain = depth + 1, chain.act
+    if depth > service.settings.max_delegation_depth:
+        raise ex.ExchangeError("invalid_request", "delegation chain too deep")
+    try:
+        user = await verify_user_token(request.subject_token, service.issuers, service.clock())
+    except WorkloadTokenError as error:
+        raise ex.ExchangeError("invalid_grant", f"user token refused: {error}") from None
+    act = Actor(actor.agent_id, actor.act)
+    expiry = min(actor.exp, int(user.expires_at.timestamp()))
+    return await _issue(
+        service, request, user.user, actor.runtime, actor.cnf, actor.scope, expiry, act,
+        actor.agent_id, groups=user.groups,
+    )  # fmt: skip
+
+
+async def _issue(
+    service: IdentityService,
+    request: ex.ExchangeRequest,
+    subject: str,
+    runtime: Runtime,
+    cnf: Confirmation,
+    held_scope: Sequence[str] | None,
+    not_after: int | None,
+    act: Actor | None,
+    agent: str | None,
+    groups: Sequence[str] = (),
+) -> IssuedToken:
+    scope = (
+        narrowed(request.scope, held_scope) if held_scope is not None else (request.scope or ("*",))
+    )
+    if scope is None:
+        raise ex.ExchangeError("invalid_scope", "the requested scope is wider than held")
+    lifetime = request.lifetime or service.settings.token_lifetime
+    if lifetime > service.settings.max_token_lifetime:
+        raise ex.ExchangeError("invalid_request", "requested_lifetime is above the cap")
+    now = int(service.clock().timestamp())
+    if not_after is not None:
+        if request.lifetime is not None and now + request.lifetime > not_after:
+            raise ex.ExchangeError("invalid_request", "requested_lifetime outlives its source")
+        lifetime = min(lifetime, not_after - now)
+        if lifetime <= 0:
+            raise ex.ExchangeError("invalid_grant", "the presented token has expired")
+    token, claims = service.tokens.issue(
+        subject=subject, task=Task(request.task_id, request.task_purpose), scope=scope,
+        runtime=runtime, cnf=cnf, act=act, agent=agent, lifetime=lifetime, groups=groups,
+    )  # fmt: skip
+    await service.record_credential(
+        credential_record(claims, "access_token", key_thumbprint=cnf.jkt)
+    )
+    return IssuedToken(token, claims)

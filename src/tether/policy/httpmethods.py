@@ -1,0 +1,57 @@
+"""HTTP methods and method-override headers (spec 5.1), for :mod:`tether.policy.httpmatch`.
+
+Methods
+=======
+
+Method names compare case-sensitively, ``"*"`` allows any method. ``method_ok`` checks the
+RFC 9110 token syntax (and, spec silent, a length of at most 64). Override headers
+(``X-HTTP-Method-Override``, ``X-HTTP-Method``, ``X-Method-Override``) are found in any case,
+and (spec silent) also when spelled with ``_`` for ``-`` or surrounded by blanks, because CGI,
+WSGI and some proxies fold those spellings together. Frameworks commonly upper-case the
+override value, so an override ``delete`` yields both ``delete`` and ``DELETE``: each must be
+allowed, and a deny rule on ``DELETE`` catches it. A value that is not a method token (empty,
+a list) is an ``invalid-request``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Final
+
+from tether.policy.errors import InvalidRequest
+from tether.policy.httppath import show
+
+__all__ = ["OVERRIDE_HEADERS", "method_ok", "methods_match", "override_methods"]
+
+OVERRIDE_HEADERS: Final = frozenset(
+    {"x-http-method-override", "x-http-method", "x-method-override"}
+)
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+
+
+def method_ok(method: str) -> bool:
+    """True if ``method`` is an RFC 9110 token of at most 64 characters."""
+    return _TOKEN.fullmatch(method) is not None
+
+
+def methods_match(allowed: frozenset[str], method: str) -> bool:
+    """True if ``method`` is listed in ``allowed`` (case-sensitive) or ``allowed`` has ``*``."""
+    return method in allowed or "*" in allowed
+
+
+def override_methods(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The methods named by method-override headers, each also upper-cased, without repeats.
+
+    Raises ``InvalidRequest`` if an override value is not a method token.
+    """
+    found: dict[str, None] = {}
+    for name, value in headers.items():
+        if name.strip(" \t").replace("_", "-").lower() not in OVERRIDE_HEADERS:
+            continue
+        method = value.strip(" \t")
+        if not method_ok(method):
+            raise InvalidRequest(f"header {show(name)} names no valid method: {show(value)}")
+        found[method] = None
+        found[method.upper()] = None
+    return tuple(found)

@@ -1,0 +1,227 @@
+"""Validation of a request's action (spec section 4, step 1), for
+:func:`tether.policy.request.normalize` and its fast path.
+
+``split_action`` checks that the action holds exactly one known kind; the normaliser of that
+kind checks its body, sets the request's *parts* (one per simple command, SQL statement, or
+HTTP method to authorise, including the methods named by override headers) and its CEL view.
+Anything malformed raises :class:`~tether.policy.errors.InvalidRequest` (or the parsers'
+own ``RequestError`` subclasses).
+
+Choices where the spec is silent (all deny-side):
+
+* Unknown keys inside ``action.<kind>`` are ``invalid-request``: an enforcement point that
+  sends a field the engine does not understand is a bug that must surface, not be ignored.
+* Strings are at most 1 MiB (``_MAX_STRING`` characters).
+* A file ``rename`` is authorised as a ``delete`` of its source and a ``write`` of its
+  destination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tether.policy import filepath, httpmatch, shell, sql
+from tether.policy.errors import InvalidRequest
+from tether.policy.request_fields import is_str_map
+from tether.policy.request_model import (
+    FilesPart,
+    HttpPart,
+    McpResourcePart,
+    McpToolPart,
+    Request,
+    SqlPart,
+    SshCommandPart,
+    SshForwardPart,
+    SshShellPart,
+)
+
+_FILE_OPS = frozenset({"read", "list", "write", "delete", "rename"})
+_MAX_STRING = 1 << 20
+
+
+def split_action(obj: object) -> tuple[str, dict[str, Any]]:
+    if not isinstance(obj, dict):
+        raise InvalidRequest("'action' is required and must be an object")
+    if len(obj) != 1:
+        raise InvalidRequest("'action' must hold exactly one of: http, ssh, sql, mcp, files")
+    ((kind, body),) = obj.items()
+    if kind not in KINDS:
+        raise InvalidRequest(f"unknown action kind {kind!r}")
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"action.{kind} must be an object")
+    return kind, body
+
+
+def _fields(body: Mapping[str, Any], kind: str, allowed: frozenset[str]) -> None:
+    if not body.keys() <= allowed:
+        extra = body.keys() - allowed
+        raise InvalidRequest(f"unknown field(s) in action.{kind}: {', '.join(sorted(extra))}")
+
+
+def _text(body: Mapping[str, Any], key: str, where: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{where}.{key} must be a string")
+    if len(value) > _MAX_STRING:
+        raise InvalidRequest(f"{where}.{key} is longer than {_MAX_STRING} characters")
+    return value
+
+
+_HTTP_FIELDS = frozenset({"method", "path", "headers"})
+
+
+def normalize_http(request: Request, body: dict[str, Any]) -> None:
+    _fields(body, "http", _HTTP_FIELDS)
+    method = _text(body, "method", "action.http")
+    if not httpmatch.method_ok(method):
+        raise InvalidRequest(f"action.http.method is not a valid method: {method[:64]!r}")
+    headers = body.get("headers")
+    if headers is None:
+        headers = {}
+    elif not is_str_map(headers):
+        raise InvalidRequest("action.http.headers must be an object of string values")
+    path = httpmatch.canonicalize_path(_text(body, "path", "action.http"))
+    if headers:
+        overrides = [m for m in httpmatch.override_methods(headers) if m != method]
+        request.parts = (HttpPart(method, path), *(HttpPart(m, path) for m in overrides))
+    else:
+        request.parts = (HttpPart(method, path),)
+    request.view_builder = lambda: http_view(method, path, headers)
+
+
+def http_view(method: str, path: httpmatch.HttpPath, headers: Mapping[str, str]) -> dict[str, Any]:
+    """The CEL ``request`` view of an HTTP action; header names are lower-cased."""
+    return {
+        "http": {
+            "method": method,
+            "path": path.path,
+            "query": path.query,
+            "params": {},
+            "headers": {k.lower(): v for k, v in headers.items()},
+        }
+    }
+
+
+_SSH_FIELDS = frozenset({"command", "shell", "forward"})
+
+
+def normalize_ssh(request: Request, body: dict[str, Any]) -> None:
+    _fields(body, "ssh", _SSH_FIELDS)
+    present = [k for k in ("command", "shell", "forward") if k in body]
+    if len(present) != 1:
+        raise InvalidRequest("action.ssh holds exactly one of: command, shell, forward")
+    if "shell" in body:
+        if body["shell"] is not True:
+            raise InvalidRequest("action.ssh.shell must be true")
+        request.parts = (SshShellPart(),)
+        request.view = {"ssh": {"shell": True, "argv": []}}
+        return
+    if "forward" in body:
+        destination = _text(body, "forward", "action.ssh")
+        _check_forward(destination)
+        request.parts = (SshForwardPart(destination),)
+        request.view = {"ssh": {"forward": destination, "argv": []}}
+        return
+    parsed = shell.parse_command(_text(body, "command", "action.ssh"))
+    request.shell_command = parsed
+    request.parts = tuple(SshCommandPart(c.argv) for c in parsed.commands)
+    request.view_builder = lambda: {
+        "ssh": {"command": parsed.canonical(), "argv": [list(c.argv) for c in parsed.commands]}
+    }
+
+
+def _check_forward(destination: str) -> None:
+    host, sep, port = destination.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidRequest(f"action.ssh.forward must be host:port, got {destination[:64]!r}")
+    if any(c.isspace() or ord(c) < 32 for c in host):
+        raise InvalidRequest("action.ssh.forward holds a space or control character")
+
+
+_SQL_FIELDS = frozenset({"query", "database"})
+
+
+def normalize_sql(request: Request, body: dict[str, Any], default_schema: str) -> None:
+    _fields(body, "sql", _SQL_FIELDS)
+    database = body.get("database")
+    if database is not None and not isinstance(database, str):
+        raise InvalidRequest("action.sql.database must be a string")
+    analysis = sql.analyze_sql(_text(body, "query", "action.sql"), default_schema)
+    statements = analysis.statements
+    if len(statements) == 1:  # the usual case, without a generator
+        request.parts = (SqlPart(statements[0]),)
+    else:
+        request.parts = tuple(SqlPart(s) for s in statements)
+    request.view_builder = lambda: {
+        "sql": {
+            "query": body["query"],
+            "database": database,
+            "statements": [_statement_view(s) for s in analysis.statements],
+        }
+    }
+
+
+def _statement_view(statement: sql.SqlStatement) -> dict[str, Any]:
+    return {
+        "text": statement.text,
+        "classes": sorted(statement.classes),
+        "relations": sorted(statement.relations),
+        "functions": sorted(statement.functions),
+    }
+
+
+_MCP_FIELDS = frozenset({"tool", "arguments", "resource"})
+
+
+def normalize_mcp(request: Request, body: dict[str, Any]) -> None:
+    _fields(body, "mcp", _MCP_FIELDS)
+    if ("tool" in body) == ("resource" in body):
+        raise InvalidRequest("action.mcp holds exactly one of: tool (with arguments), resource")
+    if "resource" in body:
+        if "arguments" in body:
+            raise InvalidRequest("action.mcp.arguments goes with a tool, not a resource")
+        uri = _text(body, "resource", "action.mcp")
+        if not uri or any(ord(c) < 32 or ord(c) == 127 for c in uri):
+            raise InvalidRequest("action.mcp.resource must be a URI without control characters")
+        request.parts = (McpResourcePart(uri),)
+        request.view = {"mcp": {"resource": uri}}
+        return
+    tool = _text(body, "tool", "action.mcp")
+    if not tool:
+        raise InvalidRequest("action.mcp.tool must not be empty")
+    arguments = body.get("arguments", {})
+    if not isinstance(arguments, dict):
+        raise InvalidRequest("action.mcp.arguments must be an object")
+    request.parts = (McpToolPart(tool),)
+    request.view = {"mcp": {"tool": tool, "arguments": arguments}}
+
+
+_FILES_FIELDS = frozenset({"op", "path", "to"})
+
+
+def normalize_files(request: Request, body: dict[str, Any]) -> None:
+    _fields(body, "files", _FILES_FIELDS)
+    op = _text(body, "op", "action.files")
+    if op not in _FILE_OPS:
+        raise InvalidRequest(f"action.files.op must be one of {sorted(_FILE_OPS)}, got {op!r}")
+    path = filepath.canonical_file_path(_text(body, "path", "action.files"))
+    view: dict[str, Any] = {"op": op, "path": path}
+    if op == "rename":
+        to = filepath.canonical_file_path(_text(body, "to", "action.files"))
+        request.parts = (FilesPart("delete", path), FilesPart("write", to))
+        view["to"] = to
+    else:
+        if "to" in body:
+            raise InvalidRequest("action.files.to goes with op 'rename' only")
+        request.parts = (FilesPart(op, path),)
+    request.view = {"files": view}
+
+
+NORMALIZERS = {
+    "http": normalize_http,
+    "ssh": normalize_ssh,
+    "mcp": normalize_mcp,
+    "files": normalize_files,
+}
+KINDS = frozenset({*NORMALIZERS, "sql"})
