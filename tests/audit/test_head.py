@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.audit.conftest import Trail, open_trail
+from tether.audit import log as audit_log
 from tether.audit.head import default_head_file, read_head, write_head
 from tether.audit.store import Checkpoint
 
@@ -132,3 +134,33 @@ async def test_offline_verify_uses_the_databases_own_head_file(
         env=clean_env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert again.returncode == 0 and json.loads(again.stdout)["head_seq"] is None
+
+
+async def test_appends_do_not_wait_for_the_head_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head file is written after each checkpoint's commit, in the background: a slow
+    disk there delays no append; close() waits for it, and it ends at the last checkpoint."""
+    release, started = threading.Event(), threading.Event()
+
+    def slow_write_head(path: Path, checkpoint: Checkpoint) -> bool:
+        started.set()
+        release.wait(10)
+        return write_head(path, checkpoint)
+
+    monkeypatch.setattr(audit_log, "write_head", slow_write_head)
+    trail = await open_trail(
+        f"sqlite+aiosqlite:///{tmp_path / 'tether.db'}", head_file=tmp_path / "node.audit-head"
+    )
+    try:
+        await trail.append(25)  # checkpoints at 10 and 20, their head file writes held
+        assert started.is_set() and read_head(head_path(trail)) is None
+        release.set()
+        await trail.log.close()  # a last checkpoint at 25; waits for the head file
+        head = read_head(head_path(trail))
+        assert head is not None and head.seq == 25
+        assert (await trail.verify(head_path(trail))).ok
+    finally:
+        release.set()
+        await trail.log.close()
+        await trail.store.close()

@@ -153,24 +153,30 @@ class Spliced:
 
 
 def splice(event: AuditEvent) -> Spliced:
-    """The :class:`Spliced` pieces of ``event`` (tests prove them equal to the encoder's)."""
-    e, s = event, _encode_string
+    """The :class:`Spliced` pieces of ``event`` (tests prove them equal to the encoder's).
+
+    Every call here is a C function (the string encoder, ``int.__repr__``, ``float.__repr__``:
+    exact ints and floats print as the json module does, whatever their subclass)."""
+    e, s, i = event, _encode_string, int.__repr__
     action = encode_value(e.action) if e.action else "{}"
     detail = encode_value(e.detail) if e.detail else "{}"
     chain = encode_value(e.actor_chain) if e.actor_chain else "[]"
     time = format_time(e.time)
-    n, f = _number, _float
+    bytes_in, bytes_out, rows, duration = e.bytes_in, e.bytes_out, e.rows, e.duration_ms
     head = (
         f'{{"action":{action},"actor_chain":{chain},'
         f'"agent":{"null" if e.agent is None else s(e.agent)},'
-        f'"bytes_in":{n(e.bytes_in)},"bytes_out":{n(e.bytes_out)},'
+        f'"bytes_in":{"null" if bytes_in is None else i(bytes_in)},'
+        f'"bytes_out":{"null" if bytes_out is None else i(bytes_out)},'
         f'"decision":{"null" if e.decision is None else s(e.decision)},"detail":{detail},'
-        f'"duration_ms":{f(e.duration_ms)},"id":{s(e.id)},"kind":{s(e.kind)},'
+        f'"duration_ms":{"null" if duration is None else float.__repr__(duration)},'
+        f'"id":{s(e.id)},"kind":{s(e.kind)},'
         f'"policy_version":{"null" if e.policy_version is None else s(e.policy_version)},'
         f'"prev_hash":"'
     )
     middle = (
-        f'","reason":{"null" if e.reason is None else s(e.reason)},"rows":{n(e.rows)},'
+        f'","reason":{"null" if e.reason is None else s(e.reason)},'
+        f'"rows":{"null" if rows is None else i(rows)},'
         f'"rule":{"null" if e.rule is None else s(e.rule)},'
         f'"runtime":{"null" if e.runtime is None else s(e.runtime)},"seq":'
     )
@@ -183,14 +189,6 @@ def splice(event: AuditEvent) -> Spliced:
         f'"v":{FORMAT_VERSION}}}'
     )
     return Spliced(head, middle, tail, time, action, detail, chain)
-
-
-def _number(value: int | None) -> str:
-    return "null" if value is None else int.__repr__(value)
-
-
-def _float(value: float | None) -> str:
-    return "null" if value is None else float.__repr__(value)
 
 
 def canonical_bytes(event: AuditEvent, seq: int, prev_hash: str) -> bytes:

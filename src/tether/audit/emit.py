@@ -98,7 +98,7 @@ class Auditor:
             detail=redact.event_json(detail or {}, "detail"),
             **fields,
         )
-        return await self._append(event)
+        return (await self.log.append_position(event))[0]
 
     async def _append(self, event: AuditEvent) -> int:
         return (await self.log.append_position(event))[0]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,7 +78,14 @@ class FrozenJson(dict[str, Any]):
         return hash(tuple(sorted(self.items(), key=lambda item: item[0])))
 
 
-_EMPTY: Final[Mapping[str, Any]] = FrozenJson()  # checked: nothing in it
+class _Checked(FrozenJson):
+    """A JSON object that :func:`frozen_json` built and checked: events take it as it is.
+    Private, so only this module makes one; a plain :class:`FrozenJson` is checked again."""
+
+    __slots__ = ()
+
+
+_EMPTY: Final[Mapping[str, Any]] = _Checked()  # checked: nothing in it
 
 
 class EventError(ValueError):
@@ -141,9 +149,16 @@ class AuditEvent:
     hash: str | None = None
 
     def __post_init__(self) -> None:
+        # The common case costs a few C calls: every string field plain ASCII without NUL
+        # (checked on their concatenation), known kind, UTC time, no counts or a float.
         setter = object.__setattr__
-        strings = [getattr(self, name) for name in _STRINGS]
-        if not _plain("".join(s if type(s) is str else "\x00" for s in strings if s is not None)):
+        strings = _string_fields(self)
+        try:
+            joined = "".join([value for value in strings if value is not None])
+            plain = joined.isascii() and "\x00" not in joined
+        except TypeError:  # a non-string: the loop below names it
+            plain = False
+        if not plain:
             for name, value in zip(_STRINGS, strings, strict=True):
                 if value is not None and not _plain(value):
                     setter(self, name, storable(value, name))
@@ -154,17 +169,16 @@ class AuditEvent:
             if moment.tzinfo is None or moment.utcoffset() is None:
                 raise EventError("an audit event's time must be timezone-aware")
             setter(self, "time", moment.astimezone(UTC))
-        if self.actor_chain or not isinstance(self.actor_chain, tuple):
+        if self.actor_chain or type(self.actor_chain) is not tuple:
             setter(self, "actor_chain", tuple(storable(a, "actor_chain") for a in self.actor_chain))
         if self.bytes_in is not None or self.bytes_out is not None or self.rows is not None:
             for name in _COUNTS:
                 _check_count(name, getattr(self, name))
         duration = self.duration_ms
-        if duration is not None:
+        if duration is not None and not (type(duration) is float and 0.0 <= duration < math.inf):
             _check_duration(duration)
-            if type(duration) is not float:
-                # Stored as a double: an int would read back as a float and hash differently.
-                setter(self, "duration_ms", float(duration))
+            # Stored as a double: an int would read back as a float and hash differently.
+            setter(self, "duration_ms", float(duration))
         if type(self.action) is not _Checked:
             setter(self, "action", frozen_json(self.action, "action"))
         if type(self.detail) is not _Checked:
@@ -227,13 +241,6 @@ class Cleaner(Protocol):
     def sensitive_name(self, name: str) -> bool: ...
 
     def text(self, value: str) -> str: ...
-
-
-class _Checked(FrozenJson):
-    """A JSON object that :func:`frozen_json` built and checked: events take it as it is.
-    Private, so only this module makes one; a plain :class:`FrozenJson` is checked again."""
-
-    __slots__ = ()
 
 
 class _NotJson(Exception):
@@ -310,8 +317,11 @@ def _freeze(value: Any, depth: int, cleaner: Cleaner | None) -> Any:
 
 
 def _freeze_object(value: Mapping[Any, Any], depth: int, cleaner: Cleaner | None) -> _Checked:
+    # Strings, None, ints and bools (most values) are handled inline, as in _freeze.
     frozen: dict[str, Any] = {}
-    sensitive = None if cleaner is None else cleaner.sensitive_name
+    sensitive = text = None
+    if cleaner is not None:
+        sensitive, text = cleaner.sensitive_name, cleaner.text
     inner = depth + 1
     for key, item in value.items():
         if type(key) is not str:
@@ -323,6 +333,15 @@ def _freeze_object(value: Mapping[Any, Any], depth: int, cleaner: Cleaner | None
             assert cleaner is not None
             frozen[name] = cleaner.replacement
             continue
+        kind = type(item)
+        if kind is str:
+            if text is not None:
+                item = text(item)
+            frozen[name] = item if item.isascii() and "\x00" not in item else storable(item, "")
+            continue
+        if item is None or kind is int or kind is bool:
+            frozen[name] = item
+            continue
         try:
             frozen[name] = _freeze(item, inner, cleaner)
         except _NotJson as error:
@@ -330,6 +349,9 @@ def _freeze_object(value: Mapping[Any, Any], depth: int, cleaner: Cleaner | None
             raise
     return _Checked(frozen)
 
+
+# The string fields' values, in :data:`_STRINGS` order, in one C call.
+_string_fields: Final = operator.attrgetter(*_STRINGS)
 
 # The fields ``chained`` copies as they are (the other three it sets).
 _COPIED: Final = tuple(
