@@ -1,8 +1,8 @@
 """SSH broker: round trip, many concurrent sessions and SFTP throughput, against direct sshd.
 
 Run: ``.venv/bin/python bench/ssh_proxy.py [--json] [--rounds N] [--sessions N] [--mb N]
-[--sftp-rounds N] [--only round-trip|concurrent|sftp]`` (``--only`` may be repeated; default:
-all three).
+[--sftp-rounds N] [--only round-trip|concurrent|sftp] [--loop uvloop|asyncio]`` (``--only``
+may be repeated; default: all three; the broker's event loop defaults to uvloop).
 
 One run starts a real OpenSSH ``sshd`` on loopback (tests/identity/conftest_sshd.py, trusting
 Tether's target CA) and the Tether broker in this process (SQLite store, full audit, the
@@ -22,7 +22,11 @@ with the real OpenSSH clients:
 * ``sftp-put``, ``sftp-get``: an N MB file (default 200) with ``sftp -b``, through Tether and
   direct; median MB/s of ``--sftp-rounds`` interleaved rounds (default 3) and the ratio, and
   ``broker_cpu_share``, the broker's CPU time over the wall time of the Tether transfers (near
-  1: the broker's event loop was the limit). Goal: Tether >= 0.5x direct.
+  1: the broker's event loop was the limit). Goal: Tether >= 0.5x direct. ``cpu_ms_per_mb``
+  gives the CPU milliseconds per MB of each party (median): the ``sftp`` client, ``sshd``
+  with its session processes (``sftp-server``), and on the Tether row the broker (this
+  process, its hashing thread included). Unlike MB/s these barely move with the machine's
+  load: with both cores busy, every path runs at a speed set by its total CPU per MB.
 
 The ``sshd`` sets ``SetEnv SHLVL=1`` so that bash, the login shell ``sshd`` runs every command
 through, does not read ``~/.bashrc`` (Debian's bash does when ``sshd`` starts it as a
@@ -55,7 +59,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.identity.conftest_sshd import running_sshd
+from tests.identity.conftest_sshd import Sshd, running_sshd
 from tests.proxy_ssh.harness import (
     Agent,
     Stack,
@@ -78,6 +82,7 @@ rules:
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 KEX = ["-o", "KexAlgorithms=curve25519-sha256"]  # the same key exchange on every leg
 PARTS = ("round-trip", "concurrent", "sftp")
+LOOPS = ("uvloop", "asyncio")
 
 CLIENTS = """
 import asyncio, collections, json, sys, time
@@ -141,13 +146,9 @@ def rss_bytes() -> int:
 class Paths:
     """The two ways to the same sshd: through Tether and direct."""
 
-    def __init__(self, stack: Stack, agent: Agent, sshd_port: int, direct_key: Path) -> None:
-        self.stack, self.agent, self.sshd_port, self.direct_key = (
-            stack,
-            agent,
-            sshd_port,
-            direct_key,
-        )
+    def __init__(self, stack: Stack, agent: Agent, sshd: Sshd, direct_key: Path) -> None:
+        self.stack, self.agent, self.direct_key = stack, agent, direct_key
+        self.sshd_port, self.sshd_pid = sshd.port, sshd.process.pid
 
     def ssh_argv(self, via: str, program: str = "ssh") -> list[str]:
         flag = "-P" if program in ("sftp", "scp") else "-p"
@@ -216,18 +217,39 @@ async def concurrent(paths: Paths, sessions: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def sftp_once(paths: Paths, via: str, batch: str) -> tuple[float, float]:
-    """Seconds one ``sftp -b`` batch took, and the broker's CPU share meanwhile."""
-    started, cpu = time.perf_counter(), os.times()
+def sshd_cpu(pid: int) -> float:
+    """CPU seconds of ``sshd`` and of its reaped children (the per-connection ``sshd`` and
+    ``sftp-server`` processes of finished transfers)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class Transfer:
+    """One ``sftp -b`` batch: wall seconds and the CPU seconds of each party."""
+
+    def __init__(self, elapsed: float, broker: float, client: float, server: float) -> None:
+        self.elapsed, self.broker, self.client, self.server = elapsed, broker, client, server
+
+
+async def sftp_once(paths: Paths, via: str, batch: str) -> Transfer:
+    """Run one ``sftp -b`` batch through ``via``; the CPU each party spent on it."""
+    started, cpu, server = time.perf_counter(), os.times(), sshd_cpu(paths.sshd_pid)
     argv = [*paths.ssh_argv(via, "sftp"), "-b", "-", paths.destination(via)]
     status, _, err = await run(argv, batch.encode(), timeout=1800)
     elapsed = time.perf_counter() - started
     if status != 0:
         raise SystemExit(f"sftp via {via} failed: {err.decode()}")
+    await asyncio.sleep(0.3)  # sshd reaps the session's processes (their CPU joins its own)
     used = os.times()
-    # The broker runs in this process: its CPU time over the wall time tells whether a
-    # transfer through it was bound by its one event loop (a share near 1) or by waiting.
-    return elapsed, (used.user - cpu.user + used.system - cpu.system) / elapsed
+    # The broker runs in this process, the sftp client is its child, and sshd counts its
+    # reaped children: the CPU time per MB of each path does not depend on the machine's load
+    # the way wall time does (with other work on both cores, every process waits its turn).
+    return Transfer(
+        elapsed,
+        broker=used.user - cpu.user + used.system - cpu.system,
+        client=used.children_user - cpu.children_user + used.children_system - cpu.children_system,
+        server=sshd_cpu(paths.sshd_pid) - server,
+    )
 
 
 async def sftp(paths: Paths, directory: Path, mb: int, rounds: int) -> list[dict[str, Any]]:
@@ -237,8 +259,7 @@ async def sftp(paths: Paths, directory: Path, mb: int, rounds: int) -> list[dict
             handle.write(os.urandom(1 << 20))
     rows: list[dict[str, Any]] = []
     for op in ("put", "get"):
-        rates: dict[str, list[float]] = {"direct": [], "tether": []}
-        shares: list[float] = []
+        runs: dict[str, list[Transfer]] = {"direct": [], "tether": []}
         for _ in range(rounds):  # interleaved, so that a change of load hits both paths
             for via in ("direct", "tether"):
                 remote = directory / f"remote-{via}.bin"
@@ -246,21 +267,33 @@ async def sftp(paths: Paths, directory: Path, mb: int, rounds: int) -> list[dict
                     batch = f"put {source} {remote}\n"
                 else:
                     batch = f"get {remote} {directory / f'back-{via}.bin'}\n"
-                elapsed, share = await sftp_once(paths, via, batch)
-                rates[via].append(mb / elapsed)
-                if via == "tether":
-                    shares.append(share)
-        direct, tether = statistics.median(rates["direct"]), statistics.median(rates["tether"])
-        rows.append({"kind": f"sftp-{op}", "via": "direct", "mb": mb, "mb_per_s": round(direct, 1)})
+                runs[via].append(await sftp_once(paths, via, batch))
+        rate = {via: statistics.median(mb / t.elapsed for t in done) for via, done in runs.items()}
+        direct, tether = rate["direct"], rate["tether"]
+
+        def ms_per_mb(done: list[Transfer], part: str) -> float:
+            return round(statistics.median(getattr(t, part) for t in done) * 1000 / mb, 1)
+
+        rows.append({
+            "kind": f"sftp-{op}", "via": "direct", "mb": mb, "mb_per_s": round(direct, 1),
+            "cpu_ms_per_mb": {"client": ms_per_mb(runs["direct"], "client"),
+                              "sshd": ms_per_mb(runs["direct"], "server")},
+        })  # fmt: skip
         rows.append({
             "kind": f"sftp-{op}", "via": "tether", "mb": mb, "mb_per_s": round(tether, 1),
             "x_direct": round(tether / direct, 2), "goal": ">= 0.5x direct",
-            "met": tether >= 0.5 * direct, "broker_cpu_share": round(statistics.median(shares), 2),
+            "met": tether >= 0.5 * direct,
+            "broker_cpu_share": round(
+                statistics.median(t.broker / t.elapsed for t in runs["tether"]), 2),
+            "cpu_ms_per_mb": {"broker": ms_per_mb(runs["tether"], "broker"),
+                              "client": ms_per_mb(runs["tether"], "client"),
+                              "sshd": ms_per_mb(runs["tether"], "server")},
         })  # fmt: skip
     return rows
 
 
-async def setup(directory: Path, sshd_port: int, sshd_dir: Path, stack: Stack) -> Paths:
+async def setup(directory: Path, sshd: Sshd, sshd_dir: Path, stack: Stack) -> Paths:
+    sshd_port = sshd.port
     await stack.add_target(
         "web-1",
         {
@@ -279,7 +312,7 @@ async def setup(directory: Path, sshd_port: int, sshd_dir: Path, stack: Stack) -
     direct_key.write_bytes(issued.private_key.export_private_key("openssh"))
     direct_key.chmod(0o600)
     Path(f"{direct_key}-cert.pub").write_bytes(issued.certificate.export_certificate("openssh"))
-    return Paths(stack, agent, sshd_port, direct_key)
+    return Paths(stack, agent, sshd, direct_key)
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -297,7 +330,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             with running_sshd(
                 sshd_dir, trusted_ca_keys=[ca_line], principals=["root"], extra_config=extra
             ) as sshd:
-                paths = await setup(directory, sshd.port, sshd_dir, stack)
+                paths = await setup(directory, sshd, sshd_dir, stack)
                 load_before = os.getloadavg()[0]
                 rows: list[dict[str, Any]] = []
                 only = set(args.only or PARTS)
@@ -312,7 +345,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                     rows += await sftp(paths, directory, args.mb, args.sftp_rounds)
                 rows.append({
                     "kind": "load", "cores": os.cpu_count(), "load_1m_before": load_before,
-                    "load_1m_after": os.getloadavg()[0],
+                    "load_1m_after": os.getloadavg()[0], "loop": args.loop,
                 })  # fmt: skip
                 return rows
         finally:
@@ -327,8 +360,20 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--sftp-rounds", type=int, default=3, help="median of N per path")
     parser.add_argument("--only", action="append", choices=PARTS, help="run only this part")
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=LOOPS[0],
+        help="the broker's event loop (default: %(default)s)",
+    )
     args = parser.parse_args()
-    rows = asyncio.run(main_async(args))
+    if args.loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            rows = runner.run(main_async(args))
+    else:
+        rows = asyncio.run(main_async(args))
     for row in rows:
         if args.json:
             print(json.dumps(row))
