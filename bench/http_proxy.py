@@ -201,9 +201,9 @@ def parse_wrk(out: str) -> dict[str, Any]:
 def serve_bare(port: int, upstream: int, http: str = "auto") -> None:
     """A forwarder on the broker's own stack: uvicorn + UpstreamPool, nothing else
     (``http``: uvicorn's HTTP protocol implementation, ``auto``, ``h11`` or ``httptools``)."""
-    import asyncio
 
     import uvicorn
+    import uvloop
 
     from tether.proxy.http.forward import ClientLimits, Forwarder, Outcome, Plan
     from tether.proxy.http.headers import request_headers, response_headers
@@ -235,7 +235,7 @@ def serve_bare(port: int, upstream: int, http: str = "auto") -> None:
 
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=http,
                             access_log=False, lifespan="off", server_header=False)  # fmt: skip
-    asyncio.run(uvicorn.Server(config).serve())
+    uvloop.run(uvicorn.Server(config).serve())  # the same loop as the node
 
 
 # --- tether -------------------------------------------------------------------------------
@@ -443,10 +443,10 @@ async def pygen(
 def serve_tls(config: str, port: int, issuer: str, tls: str) -> None:
     """The node's API and broker over mutual TLS (what ``tether serve`` would run with TLS),
     on the same database as the bench's ``tether serve``, one process."""
-    import asyncio
     import ssl
 
     import uvicorn
+    import uvloop
 
     from tether.api import AppState, create_app
     from tether.audit.startup import start_auditor
@@ -480,7 +480,7 @@ def serve_tls(config: str, port: int, issuer: str, tls: str) -> None:
         )  # fmt: skip
         await uvicorn.Server(server).serve()
 
-    asyncio.run(main())
+    uvloop.run(main())  # the same loop as the node
 
 
 # --- main ---------------------------------------------------------------------------------

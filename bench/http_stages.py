@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 STAGES = ("handle", "authenticate", "decide", "audit_decision", "audit_write", "forward")
 
 
@@ -162,4 +164,4 @@ def serve(config: str, port: int, issuer: str, out: str) -> None:
         report["fsync"] = summary(fsync)
         Path(out).write_text(json.dumps(report))
 
-    asyncio.run(main())
+    uvloop.run(main())  # the same loop as the node

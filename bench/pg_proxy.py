@@ -43,6 +43,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import pg
@@ -248,7 +250,7 @@ def main() -> int:
     parser.add_argument("--paths", type=_names, default=PATHS,
                         help="comma-separated, of " + ",".join(PATHS))  # fmt: skip
     args = parser.parse_args()
-    results = asyncio.run(measure(args))
+    results = uvloop.run(measure(args))  # the broker runs on the node's loop
     if args.json:
         for row in results:
             print(json.dumps(row))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import uvloop
 
 from tether.cli.common import configure_logging, fail
 from tether.config import CONFIG_ENV, ConfigError, load_settings
@@ -82,7 +82,7 @@ def serve(
     try:
         sock = bind(settings)
         with sock:
-            asyncio.run(run_node(settings, sock))
+            uvloop.run(run_node(settings, sock))  # the node's loop (docs/configuration.md)
     except StartupError as error:
         fail(str(error))
 
