@@ -17,6 +17,7 @@ import uvicorn
 
 from tests.approvals.helpers import POLICY, Clock
 from tests.identity_e2e.conftest import TOKEN_URL, Agent, Stack, build_service, join_form
+from tests.node_loop import pytest_asyncio_loop_factories  # noqa: F401 - the node's loop
 from tether.api import AppState, PolicyHolder, create_app
 from tether.approvals.service import ApprovalService
 from tether.audit.config import AuditConfig

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
+import uvloop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.middleware import Middleware
 
@@ -102,7 +103,7 @@ class Harness:
             data_dir=root / "data", policies=root / "pol", policy_watch=False,
             database_url=f"sqlite:///{root / 'tether.db'}", http_proxy=proxy,
         )  # fmt: skip
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # the node's loop (tether serve runs uvloop)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.sock = socket.create_server(("127.0.0.1", 0))

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from sqlalchemy import select
 
 from tests.identity_e2e.conftest import build_service
+from tests.node_loop import pytest_asyncio_loop_factories  # noqa: F401 - the node's loop
 from tests.pg import PostgresServer
 from tether.api.state import PolicyHolder
 from tether.audit.config import AuditConfig

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.identity.conftest_sshd import Sshd, openssh_available, running_sshd
+from tests.node_loop import pytest_asyncio_loop_factories  # noqa: F401 - the node's loop
 from tests.proxy_ssh.harness import Stack, build_stack, known_hosts_line, sshd_extra
 
 RULES = """
