@@ -218,7 +218,12 @@ class BrokerSftp(asyncssh.SFTPServer):
             block_size=config.sftp_block_size,
             max_requests=config.sftp_max_requests,
         )
-        file = _File(target, RemoteHandle(remote, depth=config.sftp_max_requests), reading, writing)
+        file = _File(
+            target,
+            RemoteHandle(remote, depth=config.sftp_max_requests, gather=config.sftp_block_size),
+            reading,
+            writing,
+        )
         self._files.add(file)
         return file
 
