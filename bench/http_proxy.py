@@ -448,29 +448,13 @@ def serve_tls(config: str, port: int, issuer: str, tls: str) -> None:
     import uvicorn
     import uvloop
 
-    from tether.api import AppState, create_app
-    from tether.audit.startup import start_auditor
-    from tether.config import load_settings
-    from tether.node import _http_broker, broker_services, open_identity
-    from tether.policywatch import load_initial
+    from http_stages import node_parts
+    from tether.api import create_app
     from tether.proxy.http.broker import BrokerMiddleware
     from tether.proxy.http.tlsserver import TlsH11Protocol
-    from tether.store import Store
-    from tether.vault.secrets import SecretStore
-    from tether.vault.targets import TargetStore
 
     async def main() -> None:
-        settings = load_settings(Path(config), environ={})
-        store = await Store.open(settings.database)
-        identity = await open_identity(settings, store, issuer)
-        holder = await load_initial(settings.policies, store)
-        auditor = await start_auditor(settings.audit, store.engine,
-                                      lambda: identity.keys.ring.active)  # fmt: skip
-        state = AppState(holder, store, identity, auditor,
-                         secrets=SecretStore(store.engine, identity.cipher),
-                         targets=TargetStore(store.engine))  # fmt: skip
-        broker = _http_broker(settings, broker_services(state))
-        assert broker is not None
+        _, state, broker = await node_parts(config, issuer)
         app = BrokerMiddleware(create_app(state), broker)  # outermost, as the node
         server = uvicorn.Config(
             app, host="127.0.0.1", port=port, http=TlsH11Protocol, log_level="warning",

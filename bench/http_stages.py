@@ -103,21 +103,40 @@ def _server_class() -> type[Any]:
     return Server
 
 
+async def node_parts(config: str, issuer: str) -> tuple[Any, Any, Any]:
+    """What ``tether serve`` builds for its HTTP broker, in this process: the settings, the
+    API state and the broker (``tether.node``), on the bench node's configuration."""
+    from tether.api import AppState
+    from tether.audit.startup import start_auditor
+    from tether.config import load_settings
+    from tether.node import _http_broker, broker_services, open_identity
+    from tether.policywatch import load_initial
+    from tether.store import Store
+    from tether.vault.secrets import SecretStore
+    from tether.vault.targets import TargetStore
+
+    settings = load_settings(Path(config), environ={})
+    store = await Store.open(settings.database)
+    identity = await open_identity(settings, store, issuer)
+    holder = await load_initial(settings.policies, store)
+    auditor = await start_auditor(settings.audit, store.engine,
+                                  lambda: identity.keys.ring.active)  # fmt: skip
+    state = AppState(holder, store, identity, auditor,
+                     secrets=SecretStore(store.engine, identity.cipher),
+                     targets=TargetStore(store.engine))  # fmt: skip
+    broker = _http_broker(settings, broker_services(state))
+    assert broker is not None
+    return settings, state, broker
+
+
 def serve(config: str, port: int, issuer: str, out: str) -> None:
     """The node's API and broker with stage timers, until SIGTERM; then the JSON to ``out``."""
     import uvicorn
 
-    from tether.api import AppState, create_app
-    from tether.audit.startup import start_auditor
+    from tether.api import create_app
     from tether.audit.writers import SqliteWriter
-    from tether.config import load_settings
-    from tether.node import _http_broker, broker_services, open_identity
-    from tether.policywatch import load_initial
     from tether.proxy.http.broker import BrokerMiddleware, HttpBroker
     from tether.proxy.http.exchange import Exchange
-    from tether.store import Store
-    from tether.vault.secrets import SecretStore
-    from tether.vault.targets import TargetStore
 
     _Server = _server_class()
     timings: dict[str, list[float]] = defaultdict(list)
@@ -129,18 +148,10 @@ def serve(config: str, port: int, issuer: str, out: str) -> None:
     _timed_sync(timings, SqliteWriter, "_write", "audit_write")
 
     async def main() -> None:
-        settings = load_settings(Path(config), environ={})
+        settings, state, broker = await node_parts(config, issuer)
         fsync = fsync_cost(settings.data_dir)
-        store = await Store.open(settings.database)
-        identity = await open_identity(settings, store, issuer)
-        holder = await load_initial(settings.policies, store)
-        auditor = await start_auditor(settings.audit, store.engine,
-                                      lambda: identity.keys.ring.active)  # fmt: skip
-        state = AppState(holder, store, identity, auditor,
-                         secrets=SecretStore(store.engine, identity.cipher),
-                         targets=TargetStore(store.engine))  # fmt: skip
-        broker = _http_broker(settings, broker_services(state))
-        assert broker is not None
+        identity, auditor = state.identity, state.auditor
+        assert identity is not None
         stop = asyncio.Event()
         watcher = asyncio.create_task(identity.watch_revocations(stop))
         server = uvicorn.Config(

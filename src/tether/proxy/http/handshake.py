@@ -15,7 +15,6 @@ Security decisions:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 from typing import Final
@@ -23,8 +22,7 @@ from typing import Final
 import h11
 from starlette.types import Scope
 
-from tether.proxy.http.upgrade import READ_CHUNK
-from tether.proxy.http.upstream import Connection, Response, UpstreamError, UpstreamTimeout
+from tether.proxy.http.upstream import Connection, Response, UpstreamError
 
 _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
@@ -57,7 +55,7 @@ def accept_for(key: bytes) -> bytes:
 async def answer(connection: Connection, timeout: float, accept: bytes) -> Response:
     """The target's WebSocket 101, or its final answer; other interim answers are skipped."""
     while True:
-        event = await _next(connection, timeout)
+        event = await connection.next_event(timeout)
         if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
             upgrade = {v.strip().lower() for n, v in event.headers if n == b"upgrade"}
             if upgrade != {b"websocket"}:
@@ -70,20 +68,3 @@ async def answer(connection: Connection, timeout: float, accept: bytes) -> Respo
             return Response(event.status_code, event.headers)
         if not isinstance(event, h11.InformationalResponse):
             raise UpstreamError("the target sent no response")
-
-
-async def _next(connection: Connection, timeout: float) -> h11.Event:
-    while True:
-        try:
-            event = connection.h11.next_event()
-        except h11.RemoteProtocolError as error:
-            raise UpstreamError(f"invalid response: {error}") from None
-        if event is not h11.NEED_DATA:
-            assert not isinstance(event, type)
-            return event
-        try:
-            async with asyncio.timeout(timeout):
-                data = await connection.reader.read(READ_CHUNK)
-        except TimeoutError:
-            raise UpstreamTimeout("the target did not answer in time") from None
-        connection.h11.receive_data(data)

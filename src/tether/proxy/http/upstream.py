@@ -129,7 +129,7 @@ class Connection:
     async def response(self, timeout: float) -> Response:
         """The next final response head (1xx interim responses are skipped)."""
         while True:
-            event = await self._next(timeout)
+            event = await self.next_event(timeout)
             if isinstance(event, h11.Response):
                 return Response(event.status_code, event.headers)
             if not isinstance(event, h11.InformationalResponse):
@@ -138,7 +138,7 @@ class Connection:
     async def body(self, timeout: float) -> AsyncIterator[bytes]:
         """The response body, chunk by chunk, as it arrives."""
         while True:
-            event = await self._next(timeout)
+            event = await self.next_event(timeout)
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -146,7 +146,8 @@ class Connection:
             else:
                 raise UpstreamError("the target broke the response framing")
 
-    async def _next(self, timeout: float) -> h11.Event:
+    async def next_event(self, timeout: float) -> h11.Event:
+        """The next h11 event of the target's answer, reading as needed (``timeout`` a read)."""
         while True:
             try:
                 event = self.h11.next_event()
