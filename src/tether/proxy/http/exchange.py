@@ -75,13 +75,8 @@ class Exchange:
             await self._forward(scope, receive, send, request_id)
         except BodyTooLarge:
             refusal = (413, f"request body larger than {self.plan.max_body} bytes")
-        except InjectionError as error:
-            self.out.extra["credential_error"] = str(error)
-            refusal = (502, "the target's credential is not usable; see the audit trail")
-        except UpstreamTimeout as error:
-            refusal = (504, f"the target did not answer in time: {error}")
-        except UpstreamError as error:
-            refusal = (502, f"the target failed: {error}")
+        except (InjectionError, UpstreamError) as error:
+            refusal = target_refusal(error, self.out)
         except ClientStalled as error:
             refusal = (408, str(error))
         except ClientGone as error:
@@ -179,3 +174,14 @@ async def _quietly(response: Any, scope: Scope, receive: Receive, send: Send) ->
         await response(scope, receive, send)
     except OSError:
         log.debug("the agent left before its refusal was sent")
+
+
+def target_refusal(error: InjectionError | UpstreamError, out: Outcome) -> tuple[int, str]:
+    """The refusal for a request the target side failed: its credential could not be
+    injected (the reason goes to the audit record only), or the target timed out or failed."""
+    if isinstance(error, InjectionError):
+        out.extra["credential_error"] = str(error)
+        return 502, "the target's credential is not usable; see the audit trail"
+    if isinstance(error, UpstreamTimeout):
+        return 504, f"the target did not answer in time: {error}"
+    return 502, f"the target failed: {error}"

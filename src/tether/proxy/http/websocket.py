@@ -52,11 +52,12 @@ from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
 from tether.proxy.http import handshake, refusals
+from tether.proxy.http.exchange import target_refusal
 from tether.proxy.http.forward import LIVE_CHECK_INTERVAL, Outcome
 from tether.proxy.http.headers import request_headers, response_headers
 from tether.proxy.http.routing import Route, query_keys
 from tether.proxy.http.upgrade import EXTENSION, READ_CHUNK, Switched, Upgrade
-from tether.proxy.http.upstream import Connection, Response, UpstreamError, UpstreamTimeout
+from tether.proxy.http.upstream import Connection, Response, UpstreamError
 from tether.vault.http_inject import Injection, InjectionError, injection_for
 from tether.vault.target_specs import HttpTargetSpec
 from tether.vault.targets import Target
@@ -132,13 +133,8 @@ class Tunnel:
                 await self._relay(connection, send, shown)
         except handshake.BadUpgrade as error:
             refusal = (400, str(error))
-        except InjectionError as error:
-            self.out.extra["credential_error"] = str(error)
-            refusal = (502, "the target's credential is not usable; see the audit trail")
-        except UpstreamTimeout as error:
-            refusal = (504, f"the target did not answer in time: {error}")
-        except UpstreamError as error:
-            refusal = (502, f"the target failed: {error}")
+        except (InjectionError, UpstreamError) as error:
+            refusal = target_refusal(error, self.out)
         except AuditUnavailable:
             refusal = (503, "the audit trail is unavailable")
         except (OSError, TimeoutError) as error:
