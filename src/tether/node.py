@@ -54,6 +54,17 @@ from tether.vault.targets import TargetStore
 log = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_SECONDS: Final = 10
+# CPython's GIL switch interval in a node (the default is 5 ms). The audit writer's thread
+# gives the GIL up for every SQLite call (BEGIN, read the head, INSERT, COMMIT) and must
+# take it back from the event loop, which under load never gives it up of its own accord:
+# each return then waits up to a whole interval, so at 5 ms a batch's transaction spent
+# more time waiting for the GIL than in SQLite (docs/audit.md has the figures).
+SWITCH_INTERVAL_SECONDS: Final = 0.0005
+
+
+def tune_interpreter() -> None:
+    """Process-wide settings of a node process (``tether serve`` calls this first)."""
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
 
 class StartupError(Exception):

@@ -318,6 +318,8 @@ def test_tokens_and_proofs_in_any_field_never_land_in_events(
     ]
     for shown, hidden in cases:
         text = data.draw(in_text(shown))
+        # The words drawn around the token must not repeat the secret outside its shape.
+        assume(text.count(hidden) == shown.count(hidden))
         place = data.draw(st.sampled_from(["target", "reason", "path", "command", "detail", "sql"]))
 
         def build(s: str, text: str = text, place: str = place, hidden: str = hidden) -> AuditEvent:
@@ -358,3 +360,31 @@ def test_redaction_keeps_what_is_not_secret() -> None:
     assert redactor.text("tat_0a1b2c.s3cr3tS3CR3Ts3cr3t") == "tat_0a1b2c.[REDACTED]"
     assert redactor.text("ssh://deploy@host:22") == "ssh://deploy@host:22"
     assert redactor.json({"user": "bob", "password": None}) == {"user": "bob", "password": None}
+
+
+# Strings made of the characters and fragments secrets are recognised by, so that the
+# pre-check is exercised around every mark, not only on clean text.
+_FRAGMENTS = st.sampled_from(
+    ["eyJ", "-----BEGIN", "Bearer", "bearer", "DPoP", "dpop", "Basic", "tat_", "tjt_", ":",
+     "=", "-", " ", "\t", "\u2003", "e", "y", "J", "t_", "a", "x", "/", "é", "\x00"]
+)  # fmt: skip
+_SHAPED_TEXT = st.one_of(st.text(max_size=40), st.lists(_FRAGMENTS, max_size=12).map("".join))
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_SHAPED_TEXT)
+def test_the_fast_pre_check_never_skips_a_string_the_pattern_would_redact(value: str) -> None:
+    from tether.audit.redact import _MAY_HOLD_SHAPE, _SHAPES, may_hold_shape
+
+    assert may_hold_shape(value) == (_MAY_HOLD_SHAPE.search(value) is not None)
+    if not may_hold_shape(value):
+        assert _SHAPES.search(value) is None
+        assert Redactor().text(value) == value
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_SHAPED_TEXT)
+def test_the_written_out_marks_are_the_listed_marks(value: str) -> None:
+    from tether.audit.redact import _SHAPE_MARKS, _has_mark
+
+    assert _has_mark(value) == any(mark in value for mark in _SHAPE_MARKS)

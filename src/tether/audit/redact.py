@@ -77,6 +77,10 @@ _SHAPES: Final = re.compile(
 _MAY_HOLD_SHAPE: Final = re.compile(
     r"eyJ|-----BEGIN|[Bb]earer|DPoP|dpop|[Bb]asic|t[aj]t_|[:=]|(?<!\S)-"
 )
+# Substrings of which every match of _MAY_HOLD_SHAPE holds one: a string with none of them
+# cannot hold a secret by its shape, and ``in`` (a C substring search) answers several
+# times faster than the pattern, on every string of every event.
+_SHAPE_MARKS: Final = ("=", ":", "-", "eyJ", "earer", "DPoP", "dpop", "asic", "t_")
 # Bounded memo of the answers for strings and names seen before: the same agent names,
 # paths, methods and keys come back on every event. Only *clean* strings are remembered,
 # so the memo never holds a secret.
@@ -132,7 +136,11 @@ class Redactor:
 
     def text(self, value: str) -> str:
         """``value`` with every secret recognised by its shape or its name replaced."""
-        if value in self._clean or _MAY_HOLD_SHAPE.search(value) is None:
+        if value in self._clean or not _has_mark(value):
+            return value
+        if _MAY_HOLD_SHAPE.search(value) is None:
+            if len(value) <= _MEMO_MAX_CHARS:
+                _remember(self._clean, value, None)
             return value
         redacted = _SHAPES.sub(self._replace, value)
         if redacted == value and len(value) <= _MEMO_MAX_CHARS:
@@ -201,6 +209,19 @@ class Redactor:
             if 0 < number <= len(out_params):
                 out_params[number - 1] = REDACTED
         return self.text(_cut(query, spans)), out_params
+
+
+def _has_mark(value: str) -> bool:
+    """Whether ``value`` holds one of :data:`_SHAPE_MARKS` (written out: no loop)."""
+    return (
+        "=" in value or ":" in value or "-" in value or "eyJ" in value or "earer" in value
+        or "DPoP" in value or "dpop" in value or "asic" in value or "t_" in value
+    )  # fmt: skip
+
+
+def may_hold_shape(value: str) -> bool:
+    """Whether ``value`` may hold a secret recognised by its shape (False is certain)."""
+    return _has_mark(value) and _MAY_HOLD_SHAPE.search(value) is not None
 
 
 def _remember(memo: dict[str, Any], key: str, value: Any) -> None:
