@@ -74,7 +74,7 @@ from tether.audit.store import event_row  # noqa: E402
 from tether.audit.verify import verify_trail  # noqa: E402
 from tether.audit.writers import COLUMNS, insert_sql, sqlite_time_value  # noqa: E402
 from tether.identity.keys import SigningKey  # noqa: E402
-from tether.node import SWITCH_INTERVAL_SECONDS  # noqa: E402
+from tether.node import SWITCH_INTERVAL_SECONDS, freeze_startup_heap  # noqa: E402
 from tether.store import Store  # noqa: E402
 
 GOAL = 20_000
@@ -186,6 +186,7 @@ async def chained(backend: str, url: str, emitters: int, seconds: float, sync: s
     async def append(i: int) -> Any:
         return await log.append_position(events[i])
 
+    freeze_startup_heap()  # as a node does once it serves (the event pool is start-up here)
     try:
         cpu = time.process_time()
         count, elapsed, latencies = await run_emitters(

@@ -111,6 +111,10 @@ def test_serve_decides_reloads_refuses_and_stops(
     policy.write_text(RULES.format(id="search", tool="search_*"))
     node = start("--listen", "127.0.0.1:0")
     url = "http://" + node.wait_for_log(r"tether serving on http://(127\.0\.0\.1:\d+)")[1]
+    # The node's interpreter settings (tether.node.tune_interpreter, freeze_startup_heap).
+    tuned = node.wait_for_log(r"GIL switch interval ([\d.]+) ms, (\d+) start-up objects")
+    assert float(tuned[1]) == 0.5
+    assert int(tuned[2]) > 10_000
 
     with httpx.Client(base_url=url, timeout=5) as client:
         health = client.get("/healthz").json()

@@ -66,7 +66,7 @@ def serve(
     Settings: built-in defaults < config file < TETHER_* variables < these options.
     Exits 2 when the configuration, the database or the policies are unusable.
     """
-    from tether.node import StartupError, bind, run_node
+    from tether.node import StartupError, bind, run_node, tune_interpreter
 
     overrides = {
         "listen": listen,
@@ -81,6 +81,7 @@ def serve(
     configure_logging(settings.log_level)
     try:
         sock = bind(settings)
+        tune_interpreter()
         with sock:
             uvloop.run(run_node(settings, sock))  # the node's loop (docs/configuration.md)
     except StartupError as error:
