@@ -6,7 +6,7 @@ import hashlib
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tether.policy.errors import AmbiguousPath
@@ -108,3 +108,20 @@ def test_digest_of_a_non_sequential_pass_is_never_wrong(
         digest.feed(offset, chunk)
     result = digest.hexdigest()
     assert result is None if extra else result == hashlib.sha256(data).hexdigest()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 3 * 1024 * 1024), st.integers(1, 300 * 1024), st.randoms())
+def test_digest_of_large_transfers_in_batches_is_the_file_digest(
+    size: int, block: int, rnd: random.Random
+) -> None:
+    """Large blocks go to the hashing thread in batches: still the digest of the file."""
+    data = rnd.randbytes(size)
+    chunks = [(i, data[i : i + block]) for i in range(0, len(data), block)]
+    early = rnd.randint(0, 4)
+    chunks[:early] = rnd.sample(chunks[:early], len(chunks[:early]))  # a few out of order
+    digest = StreamDigest()
+    for offset, chunk in chunks:
+        digest.feed(offset, chunk)
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert digest.size == len(data)

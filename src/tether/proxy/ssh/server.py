@@ -45,7 +45,7 @@ from tether.proxy.ssh.forward import forward_handler
 from tether.proxy.ssh.login import Login, LoginError, parse_login
 from tether.proxy.ssh.session import BrokerContext, BrokerSession
 from tether.proxy.ssh.sftp import BrokerSftp
-from tether.proxy.ssh.transport import gather_writes
+from tether.proxy.ssh.wire import BrokerServerConnection
 from tether.vault.ssh_certs import TargetCA
 from tether.vault.target_specs import SshTargetSpec
 from tether.vault.targets import Target
@@ -215,12 +215,9 @@ def _signing_key(key_data: bytes) -> asyncssh.SSHKey:
     return cert.key
 
 
-class _AgentConnection(asyncssh.SSHServerConnection):
-    """asyncssh's server connection with the public-key check handed to the broker, and its
-    socket writes gathered once per event-loop pass (:mod:`tether.proxy.ssh.transport`)."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(gather_writes(transport))
+class _AgentConnection(BrokerServerConnection):
+    """The broker's server connection (:mod:`tether.proxy.ssh.wire`) with the public-key
+    check handed to the broker."""
 
     async def validate_public_key(
         self, username: str, key_data: bytes, msg: bytes, signature: bytes

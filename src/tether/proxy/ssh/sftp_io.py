@@ -6,13 +6,15 @@ therefore keeps the target busy:
 
 * **reads ahead** while the agent reads sequentially: up to ``depth`` blocks (and at most
   :data:`READ_AHEAD_BYTES`) past the last request are already asked of the target (only of a
-  file the policy allowed to be read);
+  file the policy allowed to be read). A write on the handle drops what was read ahead (it
+  may hold the bytes the write replaces);
 * **writes behind**: a write is acknowledged once it is handed to the target, with at most
   ``depth`` writes in flight. A failed write is reported to the agent on its next request on
   that handle, and at ``close`` at the latest, which then fails: the agent never sees a
   successful close of a file the target did not fully accept, and the audit record of the
   transfer says it failed.
-* **coalesces contiguous writes**: OpenSSH's ``sftp`` writes 32 KiB a request; contiguous
+* **coalesces contiguous writes**: clients that write small requests (32 KiB is common;
+  OpenSSH 9.2's ``sftp`` reads the server's limits and writes 255 KiB); contiguous
   writes are gathered into one target write of up to ``gather`` bytes
   (``ssh.sftp_block_size``, the size of the target leg's requests), so the target leg carries
   a few large requests instead of many small ones. A gathered block is sent when it is
@@ -191,6 +193,7 @@ class RemoteHandle:
             self._room.clear()
             await self._room.wait()
         self.raise_pending()
+        self._drop_ahead()  # read ahead before this write: it may hold what the write replaces
         self.digest.feed(offset, data)
         block = self._block
         if offset == self._block_offset + len(block) and len(block) + len(data) <= self.gather:

@@ -1,15 +1,15 @@
 """Socket writes of the broker's SSH connections, gathered once per event-loop pass.
 
-asyncssh writes every SSH packet to its transport as soon as it is built, and before each
-one it writes an ``SSH_MSG_IGNORE`` packet, so a 255 KiB SFTP block sent to an OpenSSH peer
-(whose channels take packets of at most 32 KiB) became sixteen ``send`` calls on the socket,
-and as many wake-ups of the peer. :class:`GatheringTransport` sits between an asyncssh
-connection and its socket transport: writes made during one pass of the event loop are
-joined and handed to the socket once, at the end of that pass (``loop.call_soon``). Both
-legs use it: :func:`gather_writes` wraps the agent-facing server connections
-(:mod:`tether.proxy.ssh.server`) and :class:`GatheringDialer` the connections to targets
-(:mod:`tether.proxy.ssh.upstream`, through asyncssh's ``tunnel`` hook, which only asks for a
-``create_connection``).
+asyncssh writes every SSH packet to its transport as soon as it is built (and, unless
+:mod:`tether.proxy.ssh.wire` leaves it out, an ``SSH_MSG_IGNORE`` packet before each one), so a
+255 KiB SFTP block sent to an OpenSSH peer (whose channels take packets of at most 32 KiB)
+became eight to sixteen ``send`` calls on the socket, and as many wake-ups of the peer.
+:class:`GatheringTransport` sits between an asyncssh connection and its socket transport: writes
+made during one pass of the event loop are joined and handed to the socket once, at the end of
+that pass (``loop.call_soon``). Both legs use it: the broker's connection classes
+(:mod:`tether.proxy.ssh.wire`) wrap their socket transport with :func:`gather_writes`, and
+:class:`GatheringDialer` relays any other protocol through it (asyncssh's ``tunnel`` hook, which
+only asks for a ``create_connection``).
 
 Security decisions:
 
@@ -169,8 +169,13 @@ class GatheringDialer:
     async def create_connection(
         self, session_factory: Callable[[], asyncio.Protocol], remote_host: str, remote_port: int
     ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        return await self.relay(session_factory(), remote_host, remote_port)
+
+    async def relay(
+        self, session: asyncio.Protocol, remote_host: str, remote_port: int
+    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        """Connect ``session`` through a relay protocol that gathers its writes."""
         loop = asyncio.get_running_loop()
-        session = session_factory()
         transport, _ = await loop.create_connection(
             lambda: _Relay(session), remote_host, remote_port
         )

@@ -25,7 +25,7 @@ from typing import Final
 
 import asyncssh
 
-from tether.proxy.ssh.transport import GatheringDialer
+from tether.proxy.ssh.wire import BrokerDialer
 from tether.vault.secrets import SecretError, SecretNotFound, SecretStore
 from tether.vault.ssh_certs import TargetCA
 from tether.vault.target_specs import SshCertCredential, SshTargetSpec
@@ -133,7 +133,7 @@ async def dial(
             keepalive_interval=30,
             encryption_algs=UPSTREAM_CIPHERS,
             compression_algs=None,
-            tunnel=GatheringDialer(),  # a plain TCP connection, its writes gathered
+            tunnel=BrokerDialer(),  # a plain TCP connection (tether.proxy.ssh.wire)
         )
     except asyncssh.HostKeyNotVerifiable:
         raise UpstreamError(f"target {request.target}: host key mismatch, refused") from None
