@@ -8,6 +8,7 @@ import itertools
 import sqlite3
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -178,6 +179,62 @@ async def test_the_sqlite_writer_uses_wal_and_the_chosen_synchronous(tmp_path: o
         writer = trail.log._writer
         assert writer.journal_mode == "wal"  # type: ignore[attr-defined]
         assert writer.synchronous_level == 1  # type: ignore[attr-defined]  # NORMAL
+    finally:
+        await trail.log.close()
+        await trail.store.close()
+
+
+async def _append_in_waves(trail: Trail, events: int, wave: int = 250) -> None:
+    for start in range(0, events, wave):
+        await asyncio.gather(*(trail.log.append(sample(i)) for i in range(start, start + wave)))
+
+
+async def test_the_wal_is_checkpointed_in_the_background_not_by_the_commits(
+    tmp_path: object,
+) -> None:
+    """The writer's own connection never checkpoints (a commit would wait for the copy);
+    the background checkpointer keeps the WAL from holding the whole trail."""
+    from tether.audit.writers import SQLITE_WAL_CHECKPOINT_EVENTS, SqliteWriter
+
+    path = f"{tmp_path}/t.db"
+    trail = await open_trail(f"sqlite+aiosqlite:///{path}", checkpoint_every=1000)
+    writer = trail.log._writer
+    assert isinstance(writer, SqliteWriter)
+    try:
+        await _append_in_waves(trail, 6 * SQLITE_WAL_CHECKPOINT_EVENTS)
+        assert writer._db is not None
+        assert writer._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        if writer._wal_pending is not None:
+            await asyncio.wait([writer._wal_pending])
+        assert writer.wal_checkpoints >= 4
+        database, wal = Path(path).stat().st_size, Path(f"{path}-wal").stat().st_size
+        # Every checkpoint copied the WAL into the file, and the WAL was reused after it:
+        # it holds a few thousand events at most, the file all 6,000.
+        assert database > 2 * wal, (database, wal)
+        assert (await trail.verify()).events == 6 * SQLITE_WAL_CHECKPOINT_EVENTS
+    finally:
+        await trail.log.close()
+        await trail.store.close()
+
+
+async def test_a_failing_wal_checkpoint_is_logged_and_appends_go_on(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tether.audit.writers import SQLITE_WAL_CHECKPOINT_EVENTS, SqliteWriter
+
+    trail = await open_trail(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    writer = trail.log._writer
+    assert isinstance(writer, SqliteWriter)
+    try:
+        await trail.append(1)
+        writer._path = f"{tmp_path}/missing/t.db"  # the checkpointer's connection cannot open
+        with caplog.at_level("WARNING", logger="tether.audit.writers"):
+            await _append_in_waves(trail, 3 * SQLITE_WAL_CHECKPOINT_EVENTS)
+            if writer._wal_pending is not None:
+                await asyncio.wait([writer._wal_pending])
+        assert writer.wal_checkpoints == 0
+        assert "WAL checkpoint failed" in caplog.text
+        assert (await trail.verify()).events == 1 + 3 * SQLITE_WAL_CHECKPOINT_EVENTS
     finally:
         await trail.log.close()
         await trail.store.close()

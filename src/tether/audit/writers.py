@@ -12,7 +12,11 @@ So each backend runs the batch in the fewest round trips its driver allows:
   there: one hand-off per batch, and the event loop keeps serving while SQLite waits for the
   disk. Few statements matter: after each one the thread must take the GIL back from the
   busy event loop. The fsync (``synchronous=FULL``, WAL) happens once per batch, at
-  ``COMMIT``.
+  ``COMMIT``. The WAL is copied back into the database file (a WAL checkpoint) by a
+  connection of its own on a thread of its own, every :data:`SQLITE_WAL_CHECKPOINT_EVENTS`
+  events, ``PASSIVE`` (it never waits for, nor holds up, the writer): left to SQLite, the
+  commit that crosses 1,000 WAL pages runs it, and that batch's waiters wait for the copy
+  and two more flushes (measured: p99 of an append 10 ms instead of 3 to 5).
 * :class:`PostgresWriter` uses the asyncpg connection under a pooled SQLAlchemy
   connection: ``pg_advisory_xact_lock``, the head, a pipelined ``executemany``, COMMIT.
 
@@ -26,12 +30,15 @@ Security decisions:
   lock taken by ``BEGIN IMMEDIATE``, PostgreSQL's transaction-scoped advisory lock. A
   second writer (another process, another node) waits, then reads the new head.
 * **The SQLite connection's durability is explicit**: WAL mode, ``synchronous`` as
-  configured, ``busy_timeout`` so a writer waits for the lock instead of failing.
+  configured, ``busy_timeout`` so a writer waits for the lock instead of failing. A WAL
+  checkpoint changes nothing that is durable (a committed event is in the WAL, flushed, before
+  its waiter is released); one that fails is logged and tried again later, appends go on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +58,10 @@ SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 # Rows per INSERT statement: 24 columns x 1000 rows stays under SQLite's default limit of
 # 32,766 bound variables.
 SQLITE_ROWS_PER_STATEMENT: Final = 1000
+# Events appended between two background WAL checkpoints (an event is a page or two of WAL).
+SQLITE_WAL_CHECKPOINT_EVENTS: Final = 1000
+
+log = logging.getLogger(__name__)
 
 # The columns of audit_events in insert order (quoted: ``user`` is reserved in SQL).
 COLUMNS: Final = (
@@ -141,6 +152,12 @@ class SqliteWriter:
         )
         self.journal_mode = ""
         self.synchronous_level = -1
+        # The WAL checkpointer: its own thread and connection (module docstring).
+        self._wal_executor = ThreadPoolExecutor(1, thread_name_prefix="tether-audit-wal")
+        self._wal_db: sqlite3.Connection | None = None
+        self._wal_pending: asyncio.Future[None] | None = None
+        self._since_wal_checkpoint = 0
+        self.wal_checkpoints = 0  # completed, for the tests
 
     def time_value(self, moment: datetime, canonical: str) -> str:
         return sqlite_time_value(moment, canonical)
@@ -150,13 +167,44 @@ class SqliteWriter:
 
     async def write(self, planner: Planner) -> Plan:
         plan: Plan = await self._call(self._write, planner)
+        self._since_wal_checkpoint += len(plan.rows)
+        if self._since_wal_checkpoint >= SQLITE_WAL_CHECKPOINT_EVENTS and (
+            self._wal_pending is None or self._wal_pending.done()
+        ):
+            self._since_wal_checkpoint = 0
+            loop = asyncio.get_running_loop()
+            self._wal_pending = loop.run_in_executor(self._wal_executor, self._wal_checkpoint)
+            self._wal_pending.add_done_callback(_wal_checkpointed)
         return plan
 
     async def close(self) -> None:
         try:
+            if self._wal_pending is not None:
+                await asyncio.wait([self._wal_pending])
+            await asyncio.get_running_loop().run_in_executor(self._wal_executor, self._wal_close)
             await self._call(self._close)
         finally:
+            self._wal_executor.shutdown(wait=True)
             self._executor.shutdown(wait=True)
+
+    def _wal_checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file, without waiting for anyone."""
+        try:
+            if self._wal_db is None:
+                self._wal_db = sqlite3.connect(
+                    self._path, isolation_level=None, check_same_thread=False
+                )
+                self._wal_db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            self._wal_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            self._wal_close()  # a fresh connection next time
+            raise
+        self.wal_checkpoints += 1
+
+    def _wal_close(self) -> None:
+        if self._wal_db is not None:
+            db, self._wal_db = self._wal_db, None
+            db.close()
 
     async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
@@ -166,6 +214,7 @@ class SqliteWriter:
         db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         self.journal_mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
         db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # done in the background (module docstring)
         # What SQLite took (0 off, 1 normal, 2 full), for the tests and the benchmark.
         self.synchronous_level = int(db.execute("PRAGMA synchronous").fetchone()[0])
         self._db = db
@@ -228,6 +277,11 @@ class SqliteWriter:
             return head, None
         moment = datetime.fromisoformat(row[4] + "+00:00")
         return head, Checkpoint(int(row[2]), str(row[3]), moment, str(row[5]), str(row[6]))
+
+
+def _wal_checkpointed(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and (error := done.exception()) is not None:
+        log.warning("audit: WAL checkpoint failed, tried again later: %s", error)
 
 
 def _sqlite_checkpoint(checkpoint: Checkpoint) -> tuple[Any, ...]:
