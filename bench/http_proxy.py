@@ -32,9 +32,12 @@ With ``--json`` it prints one object per (setup, connections): ``rps``, ``p50_ms
 ``p99_ms``, ``errors`` (non-2xx answers and socket errors), ``load1`` (the 1-minute load
 average right after the measurement: the machine is shared), and the ratios
 ``rps_vs_direct``, ``rps_vs_bare``, ``p50_added_ms`` and ``p99_added_ms`` (over direct at
-the same connection count). The goals (informational, never an exit status): at 1
-connection tether adds <= 1 ms p50 and <= 3 ms p99 over direct; at 16 connections tether's
-rps >= 0.5 x bare's. Progress goes to standard error. Exit 2 when wrk or nginx is missing.
+the same connection count); the rows of a server this script started also have
+``cpu_us_per_req`` (that process's CPU time over the requests served, all threads) and,
+when wrk loaded it, ``loop_cpu_us_per_req`` (its main thread's: the event loop). The
+goals (informational, never an exit status): at 1 connection tether adds <= 1 ms p50 and
+<= 3 ms p99 over direct; at 16 connections tether's rps >= 0.5 x bare's. Progress goes
+to standard error. Exit 2 when wrk or nginx is missing.
 """
 
 from __future__ import annotations
@@ -158,17 +161,36 @@ def process(args: list[str], **kw: Any) -> Iterator[subprocess.Popen[str]]:
 # --- load ---------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int, *, main_thread: bool = False) -> float:
+    """User + system CPU time of process ``pid`` so far, in seconds: all its threads, or
+    only its main thread (the event loop's; not the audit writer's or aiosqlite's)."""
+    stat = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+    fields = Path(stat).read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(
-    url: str, connections: int, duration: int, script: list[str] | None = None
+    url: str,
+    connections: int,
+    duration: int,
+    script: list[str] | None = None,
+    pid: int | None = None,
 ) -> dict[str, Any]:
+    """One wrk run; with ``pid`` (the server's process) also its CPU µs per request."""
     threads = 1 if connections == 1 else 2
     args = [WRK or "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
     if script is not None:
         args += ["-s", script[0], url, "--", *script[1:], str(threads)]
     else:
         args.append(url)
+    before = (cpu_seconds(pid), cpu_seconds(pid, main_thread=True)) if pid else (0.0, 0.0)
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    return parse_wrk(out)
+    row = parse_wrk(out)
+    if pid is not None and row["requests"]:
+        used = cpu_seconds(pid) - before[0], cpu_seconds(pid, main_thread=True) - before[1]
+        row["cpu_us_per_req"] = round(used[0] * 1e6 / row["requests"], 1)
+        row["loop_cpu_us_per_req"] = round(used[1] * 1e6 / row["requests"], 1)
+    return row
 
 
 def parse_wrk(out: str) -> dict[str, Any]:
@@ -180,6 +202,7 @@ def parse_wrk(out: str) -> dict[str, Any]:
         return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     socket_errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
@@ -188,6 +211,7 @@ def parse_wrk(out: str) -> dict[str, Any]:
         errors += sum(int(n) for n in socket_errors.groups())
     return {
         "rps": float(rps.group(1)) if rps else 0.0,
+        "requests": int(requests.group(1)) if requests else 0,
         "p50_ms": latency("50%"),
         "p99_ms": latency("99%"),
         "errors": errors,
@@ -308,14 +332,16 @@ def stages(
         port, out = free_port(), tmp / f"stages-{connections}.json"
         serve = [sys.executable, __file__, "--serve-stages", str(tmp / "tether.yaml"),
                  str(port), node.url, str(out)]  # fmt: skip
-        with process(serve, cwd=tmp):
+        with process(serve, cwd=tmp) as proc:
             wait_port(port)
             log(f"tether-stages x{connections} ... (making proofs)")
             proofs(session.key, session.token, f"{node.url}/t/bench{PATH}", 3000 * duration,
                    tmp / "proofs.txt")  # fmt: skip
             script = [str(tmp / "bench.lua"), str(tmp / "proofs.txt"), session.token,
                       f"/t/bench{PATH}"]  # fmt: skip
-            row = wrk(f"http://127.0.0.1:{port}/t/bench{PATH}", connections, duration, script)
+            row = wrk(
+                f"http://127.0.0.1:{port}/t/bench{PATH}", connections, duration, script, proc.pid
+            )
         if not out.exists():
             raise SystemExit("http_proxy: the timed broker wrote no stage timings")
         rows.append({"setup": "tether-stages", "connections": connections, **row,
@@ -347,7 +373,7 @@ def cert_bound(
     rows: list[dict[str, Any]] = []
     serve = [sys.executable, __file__, "--serve-tls", str(tmp / "tether.yaml"), str(port),
              node.url, str(tls)]  # fmt: skip
-    with process(serve, cwd=tmp):
+    with process(serve, cwd=tmp) as proc:
         wait_port(port)
         for connections in counts:
             log(f"pygen-direct x{connections} ...")
@@ -359,13 +385,12 @@ def cert_bound(
                 }
             )
             log(f"tether-cert x{connections} ...")
-            rows.append(
-                {
-                    "setup": "tether-cert",
-                    "connections": connections,
-                    **asyncio.run(pygen(port, request, context, connections, duration)),
-                }
-            )
+            before = cpu_seconds(proc.pid)
+            row = asyncio.run(pygen(port, request, context, connections, duration))
+            if row["requests"]:
+                used = cpu_seconds(proc.pid) - before
+                row["cpu_us_per_req"] = round(used * 1e6 / row["requests"], 1)
+            rows.append({"setup": "tether-cert", "connections": connections, **row})
     return rows
 
 
@@ -433,6 +458,7 @@ async def pygen(
     count = len(latencies)
     return {
         "rps": round(count / elapsed, 2),
+        "requests": count,
         "p50_ms": round(latencies[count // 2] * 1000, 3) if count else 0.0,
         "p99_ms": round(latencies[min(count - 1, int(count * 0.99))] * 1000, 3) if count else 0.0,
         "errors": errors,
@@ -533,13 +559,14 @@ def run_all(
         with (
             process([str(NGINX), "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
                     stderr=subprocess.DEVNULL),
-            process([sys.executable, __file__, "--serve-bare", str(bare), str(upstream), "h11"]),
+            process([sys.executable, __file__, "--serve-bare", str(bare), str(upstream),
+                     "h11"]) as bare_proc,
             process([sys.executable, __file__, "--serve-bare", str(bare_ht), str(upstream),
-                     "httptools" if HTTPTOOLS else "h11"]),
+                     "httptools" if HTTPTOOLS else "h11"]) as bare_ht_proc,
             stderr.open("w") as log_file,
             process([str(TETHER), "serve", "--config", str(tmp / "tether.yaml")], cwd=tmp,
                     stderr=log_file, env={k: v for k, v in os.environ.items()
-                                          if not k.startswith("TETHER_")}),
+                                          if not k.startswith("TETHER_")}) as node_proc,
         ):  # fmt: skip
             for port in (upstream, proxy, bare, bare_ht):
                 wait_port(port)
@@ -547,11 +574,11 @@ def run_all(
             key, token = session.key, session.token
             tether_url = f"{node.url}/t/bench{PATH}"
             for connections in connection_counts:
-                for setup, url in (
-                    ("direct", f"http://127.0.0.1:{upstream}{PATH}"),
-                    ("nginx", f"http://127.0.0.1:{proxy}{PATH}"),
-                    ("bare", f"http://127.0.0.1:{bare}{PATH}"),
-                    ("bare-httptools", f"http://127.0.0.1:{bare_ht}{PATH}"),
+                for setup, url, pid in (
+                    ("direct", f"http://127.0.0.1:{upstream}{PATH}", None),
+                    ("nginx", f"http://127.0.0.1:{proxy}{PATH}", None),
+                    ("bare", f"http://127.0.0.1:{bare}{PATH}", bare_proc.pid),
+                    ("bare-httptools", f"http://127.0.0.1:{bare_ht}{PATH}", bare_ht_proc.pid),
                 ):
                     if setup not in setups and setup != "direct":
                         continue
@@ -560,7 +587,7 @@ def run_all(
                         continue
                     log(f"{setup} x{connections} ...")
                     results.append({"setup": setup, "connections": connections,
-                                    **wrk(url, connections, duration)})  # fmt: skip
+                                    **wrk(url, connections, duration, pid=pid)})  # fmt: skip
                 if "tether" not in setups:
                     continue
                 log(f"tether x{connections} ... (making proofs)")
@@ -568,7 +595,8 @@ def run_all(
                 proofs(key, token, tether_url, 3000 * duration, tmp / "proofs.txt")
                 script = [str(tmp / "bench.lua"), str(tmp / "proofs.txt"), token, f"/t/bench{PATH}"]
                 results.append({"setup": "tether", "connections": connections,
-                                **wrk(tether_url, connections, duration, script)})  # fmt: skip
+                                **wrk(tether_url, connections, duration, script,
+                                      node_proc.pid)})  # fmt: skip
             if "tether-stages" in setups:
                 results += stages(tmp, node, session, connection_counts, duration)
             if "tether-cert" in setups:
@@ -594,12 +622,14 @@ def report(results: list[dict[str, Any]], *, as_json: bool) -> None:
             print(json.dumps(row))
         return
     print(f"{'setup':<14}{'conns':>6}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-          f"{'x direct':>10}{'x bare':>8}{'+p50':>8}{'+p99':>8}{'load':>7}")  # fmt: skip
+          f"{'x direct':>10}{'x bare':>8}{'+p50':>8}{'+p99':>8}{'load':>7}"
+          f"{'cpu us':>8}")  # fmt: skip
     for r in results:
         bare = f"{r['rps_vs_bare']:.2f}" if r["rps_vs_bare"] is not None else "-"
         print(f"{r['setup']:<14}{r['connections']:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.3f}"
               f"{r['p99_ms']:>9.3f}{r['errors']:>8}{r['rps_vs_direct']:>10.3f}{bare:>8}"
-              f"{r['p50_added_ms']:>8.2f}{r['p99_added_ms']:>8.2f}{r['load1']:>7.1f}")  # fmt: skip
+              f"{r['p50_added_ms']:>8.2f}{r['p99_added_ms']:>8.2f}{r['load1']:>7.1f}"
+              f"{r.get('cpu_us_per_req', '-'):>8}")  # fmt: skip
     for r in results:
         if "stages" in r:
             print(f"\ntether-stages x{r['connections']}: {'stage':<15}{'count':>7}{'p50 ms':>9}"

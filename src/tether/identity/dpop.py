@@ -17,6 +17,12 @@ Security decisions:
   the replay cache. The jti is recorded only for a proof that passed everything else,
   so a forged or misdirected proof can neither fill the cache nor burn a real jti, and
   the replay key hashes (jkt, jti), so one key's proofs cannot collide with another's.
+* **Caches hold pure functions of exact text only.** What a proof header yields (its
+  ``typ``, ``alg`` and ``crit`` checks, the ``jwk``'s key and thumbprint) is remembered by
+  the header's exact base64url text once a proof carrying it verified (at most 4,096
+  headers of up to 1 KiB; all dropped when full), and the ``ath`` expected for a token by
+  the token's exact text. Every proof's signature, claims and jti are checked on every
+  request.
 * **htu.** The proof's ``htu`` must equal the request URI with query and fragment
   removed, after normalisation of both: scheme and host lower-cased, default port
   (80/443) removed, empty path as ``/``, percent-encodings upper-cased and unreserved
@@ -59,6 +65,8 @@ _QUERY_OR_FRAGMENT: Final = re.compile(r"[?#]")
 _PRINTABLE: Final = re.compile(r"[!-~]+")
 _JWK_FIELDS: Final = ("kty", "crv", "x", "y")
 _MAX_SAFE_INT: Final = 2**53
+_MAX_KNOWN_HEADERS: Final = 4096
+_MAX_KNOWN_HEADER_SIZE: Final = 1024  # an ES256 proof header is about 300 characters
 _UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
@@ -92,6 +100,9 @@ class DPoPVerifier:
         self._max_age = max_age
         self._future_leeway = future_leeway
         self._algs = frozenset(algs)
+        # Header text -> (alg, key, jkt), for headers of proofs whose signature verified:
+        # an agent's proofs share one header, and its checks are a pure function of it.
+        self._headers: dict[str, tuple[str, jose.PublicKey, str]] = {}
 
     @property
     def algs(self) -> str:
@@ -150,10 +161,28 @@ class DPoPVerifier:
         if len(proof) > MAX_PROOF_SIZE or not proof.isascii():
             raise DPoPInvalid("malformed DPoP proof")
         try:
-            jws = jose.split_compact(proof, max_size=MAX_PROOF_SIZE)
+            jws = jose.split_raw(proof, max_size=MAX_PROOF_SIZE)
         except ValueError:
             raise DPoPInvalid("malformed DPoP proof") from None
-        header = jws.header
+        known = self._headers.get(jws.header_b64)
+        alg, key, jkt = known if known is not None else self._header(jws.header_b64)
+        if not jose.verify_signature(alg, key, jws.signature, jws.signing_input):
+            raise DPoPInvalid("bad DPoP proof signature")
+        if known is None and len(jws.header_b64) <= _MAX_KNOWN_HEADER_SIZE:
+            if len(self._headers) >= _MAX_KNOWN_HEADERS:
+                self._headers.clear()
+            self._headers[jws.header_b64] = (alg, key, jkt)
+        try:
+            return jkt, jws.payload()
+        except ValueError:
+            raise DPoPInvalid("malformed DPoP proof payload") from None
+
+    def _header(self, header_b64: str) -> tuple[str, jose.PublicKey, str]:
+        """The algorithm, key and key thumbprint of a proof header, every check applied."""
+        try:
+            header = jose.json_object(jose.b64url_decode(header_b64))
+        except ValueError:
+            raise DPoPInvalid("malformed DPoP proof") from None
         alg = header.get("alg")
         if header.get("typ") != PROOF_TYPE:
             raise DPoPInvalid("wrong DPoP proof type")
@@ -162,12 +191,7 @@ class DPoPVerifier:
         if "crit" in header:
             raise DPoPInvalid("unsupported critical header")
         key, jkt = _jwk_key(header.get("jwk"), alg)
-        if not jose.verify_signature(alg, key, jws.signature, jws.signing_input):
-            raise DPoPInvalid("bad DPoP proof signature")
-        try:
-            return jkt, jws.payload()
-        except ValueError:
-            raise DPoPInvalid("malformed DPoP proof payload") from None
+        return alg, key, jkt
 
 
 def make_proof(
@@ -273,9 +297,14 @@ def _claim_iat(claims: dict[str, Any]) -> float:
 
 
 def _check_ath(ath: object, access_token: str) -> None:
-    expected = access_token_hash(access_token).encode("ascii")
+    expected = _expected_ath(access_token)
     if not isinstance(ath, str) or not hmac.compare_digest(_utf8(ath), expected):
         raise DPoPInvalid("ath does not match the access token")
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function of the token's exact text
+def _expected_ath(access_token: str) -> bytes:
+    return access_token_hash(access_token).encode("ascii")
 
 
 def _replay_key(jkt: str, jti: str) -> str:

@@ -34,7 +34,6 @@ Security decisions:
 from __future__ import annotations
 
 import logging
-import secrets
 import ssl
 import time
 from datetime import datetime
@@ -60,6 +59,7 @@ from tether.proxy.http.config import HttpProxyConfig
 from tether.proxy.http.exchange import Exchange
 from tether.proxy.http.flight import SingleFlight
 from tether.proxy.http.forward import Plan
+from tether.proxy.http.requestid import RequestIds
 from tether.proxy.http.routing import Route, Router, query_keys
 from tether.proxy.http.upstream import Origin, TlsContexts, UpstreamPool
 from tether.vault.oauth2 import OAuth2Tokens
@@ -94,6 +94,7 @@ class HttpBroker:
         self.oauth = oauth or OAuth2Tokens()
         self.tls = TlsContexts()
         self.audit_later = AuditLater()
+        self.request_ids = RequestIds()
         # One store query per expired cache entry, however many requests need it at once.
         self.targets = SingleFlight(services.targets.get)
         self.secrets = SingleFlight(services.secrets.get)
@@ -108,7 +109,7 @@ class HttpBroker:
 
     async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request for ``route`` (never raises before the response started)."""
-        request_id = secrets.token_hex(8)
+        request_id = self.request_ids.new()
         started = time.perf_counter()
         too_big = self._over_limits(route, scope["headers"])
         if too_big is not None:
