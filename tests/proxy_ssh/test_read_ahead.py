@@ -12,42 +12,18 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.proxy_ssh.fakefile import FakeRemoteFile
 from tether.proxy.ssh.sftp_io import RemoteHandle
 
 KIB = 1024
 
 
-class FakeFile:
-    """A target file: what each read asked, the bytes as of when it was issued."""
-
-    def __init__(self, content: bytes) -> None:
-        self.content = bytearray(content)
-        self.reads: list[tuple[int, int]] = []
-
-    async def read(self, size: int, offset: int) -> bytes:
-        self.reads.append((offset, size))
-        data = bytes(self.content[offset : offset + size])
-        await asyncio.sleep(0)
-        return data
-
-    async def write(self, data: bytes, offset: int) -> int:
-        end = offset + len(data)
-        if len(self.content) < end:
-            self.content.extend(b"\0" * (end - len(self.content)))
-        self.content[offset:end] = data
-        await asyncio.sleep(0)
-        return len(data)
-
-    async def close(self) -> None:
-        return None
-
-
-def _handle(remote: FakeFile, gather: int = 255 * KIB, depth: int = 8) -> RemoteHandle:
+def _handle(remote: FakeRemoteFile, gather: int = 255 * KIB, depth: int = 8) -> RemoteHandle:
     return RemoteHandle(remote, depth=depth, gather=gather)  # type: ignore[arg-type]
 
 
 async def test_a_write_drops_what_was_read_ahead() -> None:
-    remote = FakeFile(b"x" * (512 * KIB))
+    remote = FakeRemoteFile(b"x" * (512 * KIB))
     handle = _handle(remote)
     await handle.read(0, 32 * KIB)
     await handle.write(96 * KIB, b"y" * (32 * KIB))
@@ -83,7 +59,7 @@ def test_every_read_is_what_the_file_holds(
 
     async def scenario() -> None:
         content = bytearray(bytes(range(251)) * 4)[:size]
-        remote = FakeFile(bytes(content))
+        remote = FakeRemoteFile(bytes(content))
         handle = _handle(remote, gather=gather, depth=depth)
         offset = 0
         for op, value in ops:

@@ -11,6 +11,7 @@ import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.proxy_ssh.echoserver import echo_server
 from tether.proxy.ssh import transport as gathering
 from tether.proxy.ssh.transport import GatheringDialer, GatheringTransport
 
@@ -118,43 +119,20 @@ def test_ssh_over_gathered_connections_on_uvloop() -> None:
 async def _ssh_over_gathered_connections() -> None:
     """An asyncssh client dialled through :class:`GatheringDialer` to a server whose
     connections gather their writes (as the broker's do) moves a large stream intact."""
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     payload = bytes(range(256)) * 8192  # 2 MiB
-
-    class Server(asyncssh.SSHServer):
-        def begin_auth(self, username: str) -> bool:
-            return True
-
-        def public_key_auth_supported(self) -> bool:
-            return True
-
-        def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-            return key.public_data == client_key.public_data
 
     class Gathered(asyncssh.SSHServerConnection):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(gathering.gather_writes(transport))
 
-    async def echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
-        data = await process.stdin.read()
-        process.stdout.write(data[::-1])
-        process.exit(0)
-
-    options = asyncssh.SSHServerConnectionOptions(
-        server_factory=Server, server_host_keys=[host_key], process_factory=echo, encoding=None
-    )
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Gathered(loop, options, None, None), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with asyncssh.connect(
+    async with (
+        echo_server(Gathered, client_key) as port,
+        asyncssh.connect(
             "127.0.0.1", port, username="u", client_keys=[client_key], known_hosts=None,
             agent_path=None, config=None, tunnel=GatheringDialer(),
-        ) as conn:  # fmt: skip
-            assert isinstance(conn.get_extra_info("peername"), tuple)
-            result = await conn.run(input=payload, encoding=None, check=True)
-        assert result.stdout == payload[::-1]
-    finally:
-        server.close()
-        await server.wait_closed()
+        ) as conn,
+    ):  # fmt: skip
+        assert isinstance(conn.get_extra_info("peername"), tuple)
+        result = await conn.run(input=payload, encoding=None, check=True)
+    assert result.stdout == payload[::-1]

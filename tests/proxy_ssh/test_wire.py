@@ -21,6 +21,7 @@ import uvloop
 from asyncssh.constants import MSG_IGNORE
 
 from tests.proxy_ssh.conftest import Env
+from tests.proxy_ssh.echoserver import echo_server
 from tether.proxy.ssh import wire
 from tether.proxy.ssh.transport import GatheringDialer
 from tether.proxy.ssh.wire import BrokerClientConnection, BrokerDialer, BrokerServerConnection
@@ -60,47 +61,20 @@ class _PlainDialer(GatheringDialer):
 async def _transfer(
     server_base: type[Any], dialer: GatheringDialer, cipher: str, counts: _Counts
 ) -> Any:
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
-
-    class Server(asyncssh.SSHServer):
-        def begin_auth(self, username: str) -> bool:
-            return True
-
-        def public_key_auth_supported(self) -> bool:
-            return True
-
-        def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-            return key.public_data == client_key.public_data
-
-    async def echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
-        data = await process.stdin.read()
-        process.stdout.write(data[::-1])
-        process.exit(0)
-
-    options = asyncssh.SSHServerConnectionOptions(
-        server_factory=Server, server_host_keys=[host_key], process_factory=echo,
-        encoding=None, encryption_algs=[cipher],
-    )  # fmt: skip
     server_class = _counting(server_base, counts.server)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: server_class(loop, options, None, None), "127.0.0.1", 0
-    )
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with asyncssh.connect(
+    async with (
+        echo_server(server_class, client_key, ciphers=[cipher]) as port,
+        asyncssh.connect(
             "127.0.0.1", port, username="u", client_keys=[client_key], known_hosts=None,
             agent_path=None, config=None, tunnel=dialer, encryption_algs=[cipher],
-        ) as conn:  # fmt: skip
-            assert conn.get_extra_info("send_cipher") == cipher
-            result = await conn.run(input=PAYLOAD, encoding=None, check=True)
-            connection_type = type(conn)
-        assert result.stdout == PAYLOAD[::-1]
-        return connection_type
-    finally:
-        server.close()
-        await server.wait_closed()
+        ) as conn,
+    ):  # fmt: skip
+        assert conn.get_extra_info("send_cipher") == cipher
+        result = await conn.run(input=PAYLOAD, encoding=None, check=True)
+        connection_type = type(conn)
+    assert result.stdout == PAYLOAD[::-1]
+    return connection_type
 
 
 def _broker_dialer(counts: _Counts) -> BrokerDialer:

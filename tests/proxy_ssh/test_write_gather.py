@@ -12,38 +12,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.proxy_ssh.fakefile import FakeRemoteFile
 from tether.proxy.ssh.sftp_io import COALESCE_SECONDS, RemoteHandle
 
 
-class FakeRemote:
-    """A target file: applies each write in the order it was issued, and records it."""
-
-    def __init__(self) -> None:
-        self.content = bytearray()
-        self.writes: list[tuple[int, int]] = []
-
-    async def write(self, data: bytes, offset: int) -> int:
-        self.writes.append((offset, len(data)))
-        end = offset + len(data)
-        if len(self.content) < end:
-            self.content.extend(b"\0" * (end - len(self.content)))
-        self.content[offset:end] = data
-        await asyncio.sleep(0)
-        return len(data)
-
-    async def read(self, size: int, offset: int) -> bytes:
-        return bytes(self.content[offset : offset + size])
-
-    async def close(self) -> None:
-        return None
-
-
-def _handle(remote: FakeRemote, gather: int = 256 * 1024) -> RemoteHandle:
+def _handle(remote: FakeRemoteFile, gather: int = 256 * 1024) -> RemoteHandle:
     return RemoteHandle(remote, depth=4, gather=gather)  # type: ignore[arg-type]
 
 
 async def test_sequential_32k_writes_become_few_large_ones() -> None:
-    remote = FakeRemote()
+    remote = FakeRemoteFile()
     handle = _handle(remote, gather=255 * 1024)
     data = bytes(range(256)) * 4096  # 1 MiB
     for offset in range(0, len(data), 32 * 1024):
@@ -55,7 +33,7 @@ async def test_sequential_32k_writes_become_few_large_ones() -> None:
 
 
 async def test_a_write_left_open_reaches_the_target_promptly() -> None:
-    remote = FakeRemote()
+    remote = FakeRemoteFile()
     handle = _handle(remote)
     await handle.write(0, b"log line\n")
     assert remote.writes == []  # gathered for now
@@ -64,7 +42,7 @@ async def test_a_write_left_open_reaches_the_target_promptly() -> None:
 
 
 async def test_other_operations_send_the_gathered_block_first() -> None:
-    remote = FakeRemote()
+    remote = FakeRemoteFile()
     handle = _handle(remote)
     await handle.write(0, b"abc")
     assert await handle.read(0, 3) == b"abc"  # read after write sees the write
@@ -87,7 +65,7 @@ def test_the_target_ends_with_what_the_agent_wrote_in_order(
     exactly the agent's writes applied in the agent's order."""
 
     async def run() -> tuple[bytearray, bytearray]:
-        remote, expected = FakeRemote(), bytearray()
+        remote, expected = FakeRemoteFile(), bytearray()
         handle = _handle(remote, gather)
         for offset, data in sequence:
             await handle.write(offset, data)
@@ -103,7 +81,7 @@ def test_the_target_ends_with_what_the_agent_wrote_in_order(
 
 
 async def test_a_failed_write_is_reported_at_close() -> None:
-    class Failing(FakeRemote):
+    class Failing(FakeRemoteFile):
         async def write(self, data: bytes, offset: int) -> int:
             raise OSError("disk full")
 

@@ -34,19 +34,13 @@ from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_IGNORE
 from asyncssh.packet import String
 
+from tether.proxy.ssh.config import CIPHERS
 from tether.proxy.ssh.transport import GatheringDialer, gather_writes
 
-#: Send ciphers for which asyncssh's empty ``SSH_MSG_IGNORE`` before each packet is left out.
-NO_IGNORE_CIPHERS: Final = frozenset(
-    {
-        "aes128-gcm@openssh.com",
-        "aes256-gcm@openssh.com",
-        "chacha20-poly1305@openssh.com",
-        "aes128-ctr",
-        "aes192-ctr",
-        "aes256-ctr",
-    }
-)
+#: Send ciphers for which asyncssh's empty ``SSH_MSG_IGNORE`` before each packet is left out:
+#: those the broker accepts (``ssh.ciphers``), none of them CBC; a CBC cipher added there
+#: would keep asyncssh's IGNOREs.
+NO_IGNORE_CIPHERS: Final = frozenset(name for name in CIPHERS if "-cbc" not in name)
 
 _EMPTY: Final = (String(b""),)
 
