@@ -135,6 +135,7 @@ def serve(config: str, port: int, issuer: str, out: str) -> None:
 
     from tether.api import create_app
     from tether.audit.writers import SqliteWriter
+    from tether.node import freeze_startup_heap, tune_interpreter
     from tether.proxy.http.broker import BrokerMiddleware, HttpBroker
     from tether.proxy.http.exchange import Exchange
 
@@ -150,6 +151,7 @@ def serve(config: str, port: int, issuer: str, out: str) -> None:
     async def main() -> None:
         settings, state, broker = await node_parts(config, issuer)
         fsync = fsync_cost(settings.data_dir)
+        freeze_startup_heap()  # as tether serve does once it serves
         identity, auditor = state.identity, state.auditor
         assert identity is not None
         stop = asyncio.Event()
@@ -175,4 +177,5 @@ def serve(config: str, port: int, issuer: str, out: str) -> None:
         report["fsync"] = summary(fsync)
         Path(out).write_text(json.dumps(report))
 
+    tune_interpreter()  # the node's interpreter settings (tether serve)
     uvloop.run(main())  # the same loop as the node
