@@ -79,6 +79,7 @@ from tether.store import Store  # noqa: E402
 
 GOAL = 20_000
 KINDS = ("append", "emit")
+BACKENDS = ("sqlite-full", "sqlite-normal", "postgresql")
 # Events built ahead for the append series, per second of it (more than it can take).
 PREBUILT_PER_SECOND = 40_000
 WHO = Subject(agent="billing-bot", runtime="k8s/prod/b-7f9c", task="T-118", session_id="s-1",
@@ -357,13 +358,21 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--seconds", type=float, default=3.0, help="per series (default 3)")
     parser.add_argument("--pg-url", help="an existing PostgreSQL database (asyncpg URL)")
-    parser.add_argument("--backends", default="sqlite-full,sqlite-normal,postgresql",
+    parser.add_argument("--backends", default=",".join(BACKENDS),
                         type=lambda s: s.split(","))  # fmt: skip
     parser.add_argument("--emitters", default="1,8,64,256,1024",
                         type=lambda s: [int(n) for n in s.split(",")])  # fmt: skip
     parser.add_argument("--switch-interval", type=float, default=SWITCH_INTERVAL_SECONDS,
                         help="GIL switch interval in seconds (default: the node's)")  # fmt: skip
     args = parser.parse_args()
+    if not args.switch_interval > 0:
+        parser.error("--switch-interval must be a positive number of seconds")
+    if not args.seconds > 0:
+        parser.error("--seconds must be a positive number")
+    if unknown := sorted(set(args.backends) - set(BACKENDS)):
+        parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    if any(n < 1 for n in args.emitters):
+        parser.error("--emitters must be positive integers")
     sys.setswitchinterval(args.switch_interval)
     rows = uvloop.run(measure(args))  # the node's loop
     if args.json:

@@ -16,7 +16,8 @@ So each backend runs the batch in the fewest round trips its driver allows:
   connection of its own on a thread of its own, every :data:`SQLITE_WAL_CHECKPOINT_EVENTS`
   events, ``PASSIVE`` (it never waits for, nor holds up, the writer): left to SQLite, the
   commit that crosses 1,000 WAL pages runs it, and that batch's waiters wait for the copy
-  and two more flushes (measured: p99 of an append 10 ms instead of 3 to 5).
+  and two more flushes (measured: p99 of an append at 64 and 256 emitters 8 to 14 and 22 to
+  27 ms instead of 14.5 and 30 to 32; at one emitter p50 is ~0.15 ms worse, docs/audit.md).
 * :class:`PostgresWriter` uses the asyncpg connection under a pooled SQLAlchemy
   connection: ``pg_advisory_xact_lock``, the head, a pipelined ``executemany``, COMMIT.
 
