@@ -68,6 +68,8 @@ from tests.proxy_ssh.harness import (
     run,
 )
 
+from tether.node import tune_interpreter
+
 POLICY = """
 rules:
   - id: bench
@@ -367,6 +369,7 @@ def main() -> None:
         help="the broker's event loop (default: %(default)s)",
     )
     args = parser.parse_args()
+    tune_interpreter()  # the broker runs in this process: with tether serve's settings
     if args.loop == "uvloop":
         import uvloop
 

@@ -32,6 +32,7 @@ from asyncssh.public_key import decode_ssh_public_key
 
 from tether.audit.subject import Subject
 from tether.proxy.core import Services
+from tether.proxy.ssh import hotpath
 from tether.proxy.ssh.auth import (
     AuthRefused,
     SessionIdentity,
@@ -248,6 +249,7 @@ class SshBroker:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on ``ssh.listen`` (or ``sock``)."""
+        hotpath.install()
         host_key = load_or_create_host_key(self.data_dir / self.config.host_key)
         options = asyncssh.SSHServerConnectionOptions(
             server_factory=self._new_server,
