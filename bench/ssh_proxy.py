@@ -40,6 +40,9 @@ compares the broker, not two key exchange algorithms. A ``load`` row gives the 1
 average before and after (the machine has two cores and other work on it can move every
 figure).
 
+The broker runs with ``tether serve``'s interpreter settings (``tether.node.tune_interpreter``:
+the 0.5 ms GIL switch interval), as a node runs it.
+
 The figures are informational: the script exits 0 whatever they are (bench/README.md).
 Progress goes to stderr; ``--json`` prints one object per measurement on stdout.
 """
