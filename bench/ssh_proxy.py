@@ -273,6 +273,13 @@ async def sftp(paths: Paths, directory: Path, mb: int, rounds: int) -> list[dict
                 else:
                     batch = f"get {remote} {directory / f'back-{via}.bin'}\n"
                 runs[via].append(await sftp_once(paths, via, batch))
+            last = runs["tether"][-1]
+            log(
+                f"  {op} round {len(runs['tether'])}: direct "
+                f"{mb / runs['direct'][-1].elapsed:.1f} MB/s, tether {mb / last.elapsed:.1f} MB/s "
+                f"(broker {last.broker * 1000 / mb:.1f} ms/MB, "
+                f"busy {last.broker / last.elapsed:.2f})"
+            )
         rate = {via: statistics.median(mb / t.elapsed for t in done) for via, done in runs.items()}
         direct, tether = rate["direct"], rate["tether"]
 

@@ -115,7 +115,7 @@ def test_digest_of_a_non_sequential_pass_is_never_wrong(
 def test_digest_of_large_transfers_in_batches_is_the_file_digest(
     size: int, block: int, rnd: random.Random
 ) -> None:
-    """Large blocks go to the hashing thread in batches: still the digest of the file."""
+    """Large blocks, a few of them out of order: still the digest of the file."""
     data = rnd.randbytes(size)
     chunks = [(i, data[i : i + block]) for i in range(0, len(data), block)]
     early = rnd.randint(0, 4)

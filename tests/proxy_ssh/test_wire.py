@@ -19,6 +19,8 @@ import asyncssh
 import pytest
 import uvloop
 from asyncssh.constants import MSG_IGNORE
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.proxy_ssh.conftest import Env
 from tests.proxy_ssh.echoserver import echo_server
@@ -177,3 +179,54 @@ async def test_the_broker_leaves_them_out_with_openssh_on_both_legs(
         (False, "aes128-gcm@openssh.com", True),  # target leg: sshd
     }
     assert any(issubclass(kind, BrokerClientConnection) for kind, _, _ in negotiated)
+
+
+# --- large socket reads handed to asyncssh in pieces -----------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(size=st.integers(0, 5 * wire.FEED_BYTES), close_after=st.integers(0, 8))
+def test_feed_in_pieces_keeps_every_byte_in_order(size: int, close_after: int) -> None:
+    """Pieces are non-empty, at most FEED_BYTES, in order, and their concatenation is the
+    read; once the connection is closed no further piece is fed."""
+    data = bytes(i % 251 for i in range(size))
+    fed: list[bytes] = []
+    wire.feed_in_pieces(
+        data, lambda piece: fed.append(bytes(piece)), lambda: len(fed) >= close_after
+    )
+    assert all(0 < len(piece) <= wire.FEED_BYTES for piece in fed)
+    whole = -(-size // wire.FEED_BYTES)
+    assert len(fed) == min(whole, close_after)
+    assert b"".join(fed) == data[: len(fed) * wire.FEED_BYTES]
+
+
+class _Recorder(asyncssh.connection.SSHConnection):
+    """Stands for asyncssh's ``data_received``: records what it is handed; closes (drops its
+    transport, as asyncssh's ``_force_close`` does) after ``close_after`` pieces."""
+
+    def __init__(self, close_after: int) -> None:  # no asyncssh state needed
+        self.got: list[bytes] = []
+        self.close_after = close_after
+        self._transport = object()  # type: ignore[assignment]
+
+    def data_received(self, data: bytes, datatype: Any = None) -> None:
+        self.got.append(bytes(data))
+        if len(self.got) >= self.close_after:
+            self._transport = None
+
+
+class _Probe(wire._Wire, _Recorder):
+    pass
+
+
+def test_a_large_read_reaches_asyncssh_in_pieces_until_it_closes() -> None:
+    small = _Probe(close_after=99)
+    small.data_received(b"x" * wire.FEED_BYTES)
+    assert small.got == [b"x" * wire.FEED_BYTES]  # one packet's worth: handed over as it is
+    read = os.urandom(256 * 1024)
+    whole = _Probe(close_after=99)
+    whole.data_received(read)
+    assert len(whole.got) == 8 and b"".join(whole.got) == read
+    closing = _Probe(close_after=2)
+    closing.data_received(read)
+    assert closing.got == [read[: wire.FEED_BYTES], read[wire.FEED_BYTES : 2 * wire.FEED_BYTES]]

@@ -25,12 +25,10 @@ therefore keeps the target busy:
 
 :class:`StreamDigest` hashes what went through in file order (SFTP clients pipeline and may
 answer out of order), so the audit record carries the SHA-256 of the file as transferred;
-a transfer that was not one sequential pass (seeks, rewrites, holes) gets no digest. Blocks
-of :data:`OFFLOAD_BYTES` or more are hashed on one worker thread (hashlib releases the GIL
-for them) instead of the event loop; that thread takes them in submission order, which is
-file order, and the digest is read only after every submitted block was hashed, so the
-digest is the same as hashing inline. At most :data:`MAX_HASH_QUEUE_BYTES` per transfer wait
-for that thread; past that the loop waits for it (memory stays bounded).
+a transfer that was not one sequential pass (seeks, rewrites, holes) gets no digest. It
+hashes on the event loop, as each block arrives in order: handing blocks to a worker thread
+(hashlib lets go of the GIL for them) cost the broker more CPU per MB than the hashing
+itself, in the hand-offs and the GIL's back and forth (docs/ssh-broker.md has the figures).
 """
 
 from __future__ import annotations
@@ -39,20 +37,14 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Coroutine
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, cast
 
 import asyncssh
 
 MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
 READ_AHEAD_BYTES: Final = 8 * 1024 * 1024
-OFFLOAD_BYTES: Final = 64 * 1024
 COALESCE_BYTES: Final = 255 * 1024  # default gather size: OpenSSH sftp-server's largest write
 COALESCE_SECONDS: Final = 0.005
-MAX_HASH_QUEUE_BYTES: Final = 32 * 1024 * 1024
-
-# One worker: it runs submissions in order, so each digest's blocks are hashed in file order.
-_HASHER: Final = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sftp-sha256")
 
 
 class StreamDigest:
@@ -63,8 +55,6 @@ class StreamDigest:
         self._next = 0
         self._pending: dict[int, bytes] = {}
         self._pending_bytes = 0
-        self._queued: list[tuple[Future[None], int]] = []
-        self._queued_bytes = 0
         self.size = 0
         self.broken = False
 
@@ -89,27 +79,7 @@ class StreamDigest:
 
     def _take(self, data: bytes) -> None:
         self._next += len(data)
-        self._prune()
-        if len(data) < OFFLOAD_BYTES and not self._queued:
-            self._hash.update(data)
-            return
-        if self._queued_bytes + len(data) > MAX_HASH_QUEUE_BYTES:
-            self._drain()
-        self._queued.append((_HASHER.submit(self._hash.update, data), len(data)))
-        self._queued_bytes += len(data)
-
-    def _prune(self) -> None:
-        while self._queued and self._queued[0][0].done():
-            job, size = self._queued.pop(0)
-            self._queued_bytes -= size
-            job.result()
-
-    def _drain(self) -> None:
-        """Wait until every block handed to the worker thread was hashed."""
-        for job, _ in self._queued:
-            job.result()
-        self._queued.clear()
-        self._queued_bytes = 0
+        self._hash.update(data)
 
     def _break(self) -> None:
         self.broken = True
@@ -117,7 +87,6 @@ class StreamDigest:
         self._pending_bytes = 0
 
     def hexdigest(self) -> str | None:
-        self._drain()
         if self.broken or self._pending:
             return None
         return self._hash.hexdigest()

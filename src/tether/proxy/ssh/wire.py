@@ -17,6 +17,15 @@ docs/ssh-broker.md):
   other (a CBC cipher, or one added to asyncssh later) asyncssh's behaviour is unchanged.
   Only asyncssh's automatic empty one is left out; any other ``SSH_MSG_IGNORE`` is sent.
 
+* **Large socket reads are handed to asyncssh in pieces** of at most :data:`FEED_BYTES`.
+  asyncssh keeps its input as ``bytes`` and, for every packet it takes off the front, copies
+  the rest of the buffer twice; a 256 KiB read (what uvloop hands over during a transfer)
+  holding eight 32 KiB packets was copied about ten times over. Fed in pieces of about one
+  packet, what is left to copy is under one packet. Splitting is always valid input (TCP
+  may deliver the bytes cut anywhere, and asyncssh parses incrementally); no piece is fed
+  once asyncssh has closed the connection while taking an earlier one, as if the rest had
+  never arrived.
+
 The target leg's connection is made by ``asyncssh.connect``, which takes no connection
 class: :class:`BrokerDialer`, the ``tunnel`` it dials through, receives the new
 ``SSHClientConnection`` before its socket exists and makes it a
@@ -44,6 +53,21 @@ NO_IGNORE_CIPHERS: Final = frozenset(name for name in CIPHERS if "-cbc" not in n
 
 _EMPTY: Final = (String(b""),)
 
+#: The largest piece of a socket read handed to asyncssh at once: one 32 KiB SSH packet (the
+#: most OpenSSH sends) with its header, padding and MAC.
+FEED_BYTES: Final = 32 * 1024 + 64
+
+
+def feed_in_pieces(
+    data: bytes, feed: Callable[[memoryview], None], closed: Callable[[], bool]
+) -> None:
+    """Hand ``data`` to ``feed`` in order, :data:`FEED_BYTES` at a time, until ``closed()``."""
+    view = memoryview(data)
+    for start in range(0, len(data), FEED_BYTES):
+        if closed():
+            return
+        feed(view[start : start + FEED_BYTES])
+
 
 class _Wire(SSHConnection):
     """The changes above, for a client or a server connection."""
@@ -59,6 +83,18 @@ class _Wire(SSHConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(gather_writes(transport))
+
+    def data_received(self, data: bytes, datatype: Any = None) -> None:
+        if len(data) <= FEED_BYTES:
+            super().data_received(data, datatype)
+            return
+        receive = super().data_received
+
+        def feed(piece: memoryview) -> None:
+            receive(piece, datatype)  # type: ignore[arg-type]  # asyncssh appends it to bytes
+
+        # asyncssh drops its transport when it closes the connection (``_force_close``).
+        feed_in_pieces(data, feed, lambda: self._transport is None)
 
     def send_packet(self, pkttype: int, *args: bytes, handler: object = None) -> None:
         if pkttype == MSG_IGNORE and self._quiet_ignores and args == _EMPTY:
