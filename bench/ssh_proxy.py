@@ -25,8 +25,14 @@ with the real OpenSSH clients:
   1: the broker's event loop was the limit). Goal: Tether >= 0.5x direct. ``cpu_ms_per_mb``
   gives the CPU milliseconds per MB of each party (median): the ``sftp`` client, ``sshd``
   with its session processes (``sftp-server``), and on the Tether row the broker (this
-  process, its hashing thread included). Unlike MB/s these barely move with the machine's
+  process, every thread). Unlike MB/s these barely move with the machine's
   load: with both cores busy, every path runs at a speed set by its total CPU per MB.
+  Each transfer writes a new file (the previous round's is deleted first, outside the
+  timing). Overwriting it instead held Tether's rounds after the first at about 0.45x while
+  its first ran at about 0.6x, the broker idle a third of the time at the same CPU per MB;
+  most likely the truncation waited for the kernel to write back the old file's pages,
+  which hurts the path whose previous transfer ended more recently (Tether's: only one fast
+  direct transfer earlier). Each round's figures go to stderr.
 
 The ``sshd`` sets ``SetEnv SHLVL=1`` so that bash, the login shell ``sshd`` runs every command
 through, does not read ``~/.bashrc`` (Debian's bash does when ``sshd`` starts it as a
@@ -269,8 +275,10 @@ async def sftp(paths: Paths, directory: Path, mb: int, rounds: int) -> list[dict
             for via in ("direct", "tether"):
                 remote = directory / f"remote-{via}.bin"
                 if op == "put":
+                    remote.unlink(missing_ok=True)
                     batch = f"put {source} {remote}\n"
                 else:
+                    (directory / f"back-{via}.bin").unlink(missing_ok=True)
                     batch = f"get {remote} {directory / f'back-{via}.bin'}\n"
                 runs[via].append(await sftp_once(paths, via, batch))
             last = runs["tether"][-1]
