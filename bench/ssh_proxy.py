@@ -372,13 +372,24 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             await stack.close()
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a clear error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--sessions", type=int, default=500)
-    parser.add_argument("--mb", type=int, default=200)
-    parser.add_argument("--sftp-rounds", type=int, default=3, help="median of N per path")
+    parser.add_argument("--rounds", type=_positive, default=20, help="round trips per path")
+    parser.add_argument("--sessions", type=_positive, default=500, help="concurrent sessions")
+    parser.add_argument("--mb", type=_positive, default=200, help="SFTP file size in MB")
+    parser.add_argument("--sftp-rounds", type=_positive, default=3, help="median of N per path")
     parser.add_argument("--only", action="append", choices=PARTS, help="run only this part")
     parser.add_argument(
         "--loop",
