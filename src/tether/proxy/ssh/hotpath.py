@@ -91,7 +91,7 @@ class BrokerGCMEncryption(_encryption.Encryption):
 
     def encrypt_packet(self, seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
         sealed = self._aead.encrypt(self._nonce(), packet, header)
-        return header + sealed[:-_TAG], sealed[-_TAG:]
+        return header + memoryview(sealed)[:-_TAG], sealed[-_TAG:]  # one copy of the body
 
     def decrypt_header(self, seq: int, first_block: bytes, header_len: int) -> tuple[bytes, bytes]:
         return first_block, first_block[:header_len]  # the length travels in the clear (AAD)
