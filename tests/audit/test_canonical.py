@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -95,3 +95,29 @@ def test_a_known_event_has_a_known_hash() -> None:
     assert (
         format_time(datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC)) == "2026-01-01T00:00:00.000001Z"
     )
+
+
+def _rfc3339(moment: datetime) -> str:
+    u = moment.astimezone(UTC)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+        f".{u.microsecond:06d}Z"
+    )
+
+
+@given(
+    first=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    steps=st.lists(st.integers(-3_000_000, 3_000_000), max_size=12),
+    offsets=st.lists(st.integers(-23 * 60, 23 * 60), min_size=1, max_size=4),
+)
+def test_format_time_is_rfc3339_utc_whatever_came_before(
+    first: datetime, steps: list[int], offsets: list[int]
+) -> None:
+    """Times within a second of each other and far apart, in any order and any offset: the
+    last-second cache never hands one time another second's text."""
+    moment = first.replace(tzinfo=UTC)
+    for i, step in enumerate([0, *steps]):
+        moment += timedelta(microseconds=step)
+        zone = timezone(timedelta(minutes=offsets[i % len(offsets)]))
+        local = moment.astimezone(zone)
+        assert format_time(local) == format_time(moment) == _rfc3339(moment)

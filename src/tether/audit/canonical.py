@@ -41,9 +41,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from tether.audit.events import AuditEvent
 
@@ -81,12 +80,23 @@ def encode_value(value: Any) -> str:
     return "".join(_encode_chunks(value, 0))
 
 
+# The last whole second formatted: its fields (second first, the one that changes) and its
+# text up to the seconds. Events come in time order, so most share the previous one's
+# second: a hit costs a tuple compare instead of ``isoformat`` (measured 1.5 against 3.1 µs
+# a call). One tuple, swapped whole: safe to read and replace from any thread.
+_last_second: tuple[tuple[int, ...], str] = ((), "")
+
+
 def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds and ``Z``: ``2026-11-29T10:00:00.000000Z``."""
+    global _last_second
     utc = moment.astimezone(UTC) if moment.tzinfo is not UTC else moment
-    if utc.microsecond:  # isoformat() leaves out a zero fraction
-        return utc.isoformat()[:-6] + "Z"  # drops "+00:00"
-    return utc.isoformat()[:-6] + ".000000Z"
+    key = (utc.second, utc.minute, utc.hour, utc.day, utc.month, utc.year)
+    known, text = _last_second
+    if key != known:
+        text = utc.replace(microsecond=0).isoformat()[:-6]  # drops "+00:00"
+        _last_second = (key, text)
+    return f"{text}.{utc.microsecond:06d}Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -132,13 +142,14 @@ def event_document(event: AuditEvent, seq: int, prev_hash: str) -> dict[str, Any
     }
 
 
-@dataclass(frozen=True, slots=True)
-class Spliced:
+class Spliced(NamedTuple):
     """An event's canonical text in the pieces around its chain position, computed once:
     ``head + prev_hash + middle + str(seq) + tail`` is :func:`canonical_bytes`' text
     (the sorted keys put ``prev_hash`` after ``policy_version`` and ``seq`` after
     ``runtime``). The writer only concatenates and hashes, on its serialised path; the
-    JSON texts of ``action``, ``detail`` and ``actor_chain`` are kept for the row."""
+    JSON texts of ``action``, ``detail`` and ``actor_chain`` are kept for the row. (A named
+    tuple: one is made per event on the event loop, and a frozen dataclass's ``__init__``
+    costs a call per field.)"""
 
     head: str
     middle: str

@@ -160,8 +160,8 @@ class SqliteWriter:
         self._since_wal_checkpoint = 0
         self.wal_checkpoints = 0  # completed, for the tests
 
-    def time_value(self, moment: datetime, canonical: str) -> str:
-        return sqlite_time_value(moment, canonical)
+    # The function itself, not a method calling it: called once per event, on the loop.
+    time_value = staticmethod(sqlite_time_value)
 
     async def open(self) -> None:
         await self._call(self._open)
