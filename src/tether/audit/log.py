@@ -350,7 +350,7 @@ class AuditLog:
                 async with self._writing:
                     return await self._writer.write(planner)
             except WriterError as error:
-                if not error.transient and attempt > 0:
+                if error.outcome_unknown or (not error.transient and attempt > 0):
                     raise AuditUnavailable(f"audit trail unavailable: {error}") from error
                 log.info("audit write failed (attempt %d), retrying: %s", attempt + 1, error)
             except Exception as error:  # whatever failed (a bug, the signer), the batch is refused

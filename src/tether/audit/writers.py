@@ -6,18 +6,24 @@ hand-offs between the event loop and the driver's thread (cursor, execute, fetch
 and a batch is five statements: measured, that alone capped appends far below the goal.
 So each backend runs the batch in the fewest round trips its driver allows:
 
-* :class:`SqliteWriter` keeps its own ``sqlite3`` connection in its own thread and runs the
-  whole transaction (``BEGIN IMMEDIATE``, read the head and the last checkpoint in one
-  statement, one multi-row ``INSERT`` per 1,000 events, checkpoint, ``COMMIT``) as one call
-  there: one hand-off per batch, and the event loop keeps serving while SQLite waits for the
-  disk. Few statements matter: after each one the thread must take the GIL back from the
-  busy event loop. The fsync (``synchronous=FULL``, WAL) happens once per batch, at
-  ``COMMIT``. The WAL is copied back into the database file (a WAL checkpoint) by a
-  connection of its own on a thread of its own, every :data:`SQLITE_WAL_CHECKPOINT_EVENTS`
-  events, ``PASSIVE`` (it never waits for, nor holds up, the writer): left to SQLite, the
-  commit that crosses 1,000 WAL pages runs it, and that batch's waiters wait for the copy
-  and two more flushes (measured: p99 of an append at 64 and 256 emitters 8 to 14 and 22 to
-  27 ms instead of 14.5 and 30 to 32; at one emitter p50 is ~0.15 ms worse, docs/audit.md).
+* :class:`SqliteWriter` runs the batch's statements in a process of its own
+  (:mod:`tether.audit.sqlite_process`, started with the writer, reached through pipes on
+  the event loop). Binding each event's 24 values and running the ``INSERT`` cost about as
+  much CPU as the event loop's own share of an append; in the node's process that work held
+  the interpreter lock the loop needs, so the two took turns on one core. In its own process
+  it runs on the other (docs/audit.md: interleaved pairs, 1,024 emitters). A batch is one
+  round trip: the batch is planned on the head the previous batch left, and the process
+  compares that with the head it reads under the lock before writing; when another writer
+  got in between, it answers the actual head with the lock still held, and the batch is
+  planned again on it (a second round trip). The transaction is ``BEGIN IMMEDIATE``, one
+  multi-row ``INSERT`` per 1,000 events, the checkpoint, the head read again, ``COMMIT``.
+  The fsync (``synchronous=FULL``, WAL) happens once per batch, at ``COMMIT``. The WAL is
+  copied back into the database file (a WAL checkpoint) by a connection of its own on a
+  thread of its own, every :data:`SQLITE_WAL_CHECKPOINT_EVENTS` events, ``PASSIVE`` (it
+  never waits for, nor holds up, the writer): left to SQLite, the commit that crosses 1,000
+  WAL pages runs it, and that batch's waiters wait for the copy and two more flushes
+  (measured: p99 of an append at 64 and 256 emitters 8 to 14 and 22 to 27 ms instead of 14.5
+  and 30 to 32; at one emitter p50 is ~0.15 ms worse, docs/audit.md).
 * :class:`PostgresWriter` uses the asyncpg connection under a pooled SQLAlchemy
   connection: ``pg_advisory_xact_lock``, the head, a pipelined ``executemany``, COMMIT.
 
@@ -29,7 +35,14 @@ Security decisions:
 
 * **The head is read under the lock that the insert holds until COMMIT**: SQLite's write
   lock taken by ``BEGIN IMMEDIATE``, PostgreSQL's transaction-scoped advisory lock. A
-  second writer (another process, another node) waits, then reads the new head.
+  second writer (another process, another node) waits, then reads the new head. A SQLite
+  batch planned ahead on the expected head is written only if the head read under the lock
+  is exactly that one (its ``seq`` and hash, and the last checkpoint's row).
+* **A batch whose commit is unknown is not written again**: when the writer process dies
+  after a batch's request left, the batch may or may not be in the trail. Its appends fail
+  (:class:`WriterError` ``outcome_unknown``), so their actions are refused, rather than
+  risk the same events twice. A batch that failed before its request left is retried once,
+  through a new process.
 * **The SQLite connection's durability is explicit**: WAL mode, ``synchronous`` as
   configured, ``busy_timeout`` so a writer waits for the lock instead of failing. A WAL
   checkpoint changes nothing that is durable (a committed event is in the WAL, flushed, before
@@ -40,7 +53,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import marshal
 import sqlite3
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +66,7 @@ from typing import Any, Final, Literal, Protocol
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tether.audit import sqlite_process
 from tether.audit.store import ChainHead, Checkpoint
 
 # pg_advisory_xact_lock key of the audit chain: "tetherau" as a big-endian int64.
@@ -59,6 +75,8 @@ SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 # Rows per INSERT statement: 24 columns x 1000 rows stays under SQLite's default limit of
 # 32,766 bound variables.
 SQLITE_ROWS_PER_STATEMENT: Final = 1000
+# How long a writer process has to exit once its input is closed, before it is killed.
+SQLITE_PROCESS_EXIT_SECONDS: Final = 10.0
 # Events appended between two background WAL checkpoints (an event is a page or two of WAL).
 SQLITE_WAL_CHECKPOINT_EVENTS: Final = 1000
 
@@ -83,11 +101,14 @@ Synchronous = Literal["full", "normal"]
 
 
 class WriterError(Exception):
-    """A batch could not be written; ``transient`` when another try may succeed."""
+    """A batch could not be written; ``transient`` when another try may succeed;
+    ``outcome_unknown`` when the batch may have been committed all the same (the writer
+    process went away after its last request left): it must not be written again."""
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, outcome_unknown: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.outcome_unknown = outcome_unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,21 +159,25 @@ def sqlite_time_value(_moment: datetime, canonical: str) -> str:
 
 
 class SqliteWriter:
-    """One ``sqlite3`` connection in one thread; a batch is one call into that thread."""
+    """The batch's statements run in a process of their own (:mod:`tether.audit.sqlite_process`),
+    reached through pipes on the event loop: two round trips a batch (``begin``, which
+    answers the head, then ``write``), the plan made on the loop in between."""
 
     def __init__(self, path: str, synchronous: Synchronous) -> None:
         self._path = path
         self._synchronous = synchronous
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tether-audit-sqlite")
-        self._db: sqlite3.Connection | None = None
-        self._insert = insert_sql("audit_events", COLUMNS, lambda _: "?")
-        self._values = "(" + ", ".join("?" * len(COLUMNS)) + ")"
-        self._statements: dict[int, str] = {}
+        self._child: _Child | None = None
+        # The head row (head and last checkpoint) this writer's last batch left, to plan
+        # the next one on before reading it; None when unknown (start, any failure).
+        self._expected: tuple[Any, ...] | None = None
+        self._prefix = insert_sql("audit_events", COLUMNS, lambda _: "?")
+        self._group = "(" + ", ".join("?" * len(COLUMNS)) + ")"
         self._insert_checkpoint = insert_sql(
             "audit_checkpoints", _CHECKPOINT_COLUMNS, lambda _: "?"
         )
         self.journal_mode = ""
         self.synchronous_level = -1
+        self.wal_autocheckpoint = -1
         # The WAL checkpointer: its own thread and connection (module docstring).
         self._wal_executor = ThreadPoolExecutor(1, thread_name_prefix="tether-audit-wal")
         self._wal_db: sqlite3.Connection | None = None
@@ -163,12 +188,70 @@ class SqliteWriter:
     # The function itself, not a method calling it: called once per event, on the loop.
     time_value = staticmethod(sqlite_time_value)
 
+    @property
+    def pid(self) -> int | None:
+        """The writer process's id while it runs (for the tests)."""
+        return None if self._child is None else self._child.process.pid
+
     async def open(self) -> None:
-        await self._call(self._open)
+        """Start the writer process and open the database in it."""
+        await self._close()
+        self._expected = None
+        child = await _Child.start()
+        try:
+            request = ("open", self._path, self._synchronous, SQLITE_BUSY_TIMEOUT_MS)
+            answer = await child.call((*request, _HEAD_AND_CHECKPOINT))
+        except BaseException:
+            await child.stop()
+            raise
+        self.journal_mode, self.synchronous_level, self.wal_autocheckpoint = answer
+        self._child = child
 
     async def write(self, planner: Planner) -> Plan:
-        plan: Plan = await self._call(self._write, planner)
-        self._since_wal_checkpoint += len(plan.rows)
+        """Plan and write one batch: in one round trip when the head is the one this writer
+        left (the process checks it under the lock before writing), in two otherwise."""
+        if self._child is None or self._child.gone:
+            await self.open()
+        child = self._child
+        assert child is not None
+        expected, self._expected = self._expected, None  # unknown until this one succeeds
+        try:
+            row: tuple[Any, ...] | None = None
+            if expected is not None:
+                plan = planner(*_head_and_checkpoint(expected))
+                status, row = await child.call(self._write_request(plan, expected), commits=True)
+                if status == "done":
+                    self._expected = row
+                    self._wal_checkpoint_due(len(plan.rows))
+                    return plan
+            else:
+                row = await child.call(("begin",))
+            # The transaction is open with the head read under its lock: plan on that.
+            try:
+                plan = planner(*_head_and_checkpoint(row))
+            except BaseException:
+                await self._roll_back(child)
+                raise
+            status, row = await child.call(self._write_request(plan, None), commits=True)
+        except WriterError:
+            if not child.gone:
+                await self._roll_back(child)  # whatever is open ends here
+            raise
+        self._expected = row
+        self._wal_checkpoint_due(len(plan.rows))
+        return plan
+
+    def _write_request(self, plan: Plan, expect: tuple[Any, ...] | None) -> tuple[Any, ...]:
+        checkpoint = plan.checkpoint
+        return (
+            "write", expect, self._prefix, self._group, len(COLUMNS),
+            SQLITE_ROWS_PER_STATEMENT, list(chain.from_iterable(plan.rows)),
+            "" if checkpoint is None else self._insert_checkpoint,
+            () if checkpoint is None else _sqlite_checkpoint(checkpoint),
+        )  # fmt: skip
+
+    def _wal_checkpoint_due(self, rows: int) -> None:
+        self._since_wal_checkpoint += rows
         if self._since_wal_checkpoint >= SQLITE_WAL_CHECKPOINT_EVENTS and (
             self._wal_pending is None or self._wal_pending.done()
         ):
@@ -176,17 +259,15 @@ class SqliteWriter:
             loop = asyncio.get_running_loop()
             self._wal_pending = loop.run_in_executor(self._wal_executor, self._wal_checkpoint)
             self._wal_pending.add_done_callback(_wal_checkpointed)
-        return plan
 
     async def close(self) -> None:
         try:
             if self._wal_pending is not None:
                 await asyncio.wait([self._wal_pending])
             await asyncio.get_running_loop().run_in_executor(self._wal_executor, self._wal_close)
-            await self._call(self._close)
+            await self._close()
         finally:
             self._wal_executor.shutdown(wait=True)
-            self._executor.shutdown(wait=True)
 
     def _wal_checkpoint(self) -> None:
         """Copy what the WAL holds into the database file, without waiting for anyone."""
@@ -207,77 +288,100 @@ class SqliteWriter:
             db, self._wal_db = self._wal_db, None
             db.close()
 
-    async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+    async def _close(self) -> None:
+        if self._child is not None:
+            child, self._child = self._child, None
+            await child.stop()
 
-    def _open(self) -> None:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        self.journal_mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
-        db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
-        db.execute("PRAGMA wal_autocheckpoint=0")  # done in the background (module docstring)
-        # What SQLite took (0 off, 1 normal, 2 full), for the tests and the benchmark.
-        self.synchronous_level = int(db.execute("PRAGMA synchronous").fetchone()[0])
-        self._db = db
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def _write(self, planner: Planner) -> Plan:
-        if self._db is None:
-            self._open()
-        db = self._db
-        assert db is not None
+    async def _roll_back(self, child: _Child) -> None:
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                plan = planner(*self._head_and_checkpoint(db))
-                self._insert_rows(db, plan.rows)
-                if plan.checkpoint is not None:
-                    db.execute(self._insert_checkpoint, _sqlite_checkpoint(plan.checkpoint))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.IntegrityError as error:
-            raise WriterError(f"conflict: {error}", transient=True) from error
-        except sqlite3.OperationalError as error:
-            transient = "locked" in str(error) or "busy" in str(error)
-            if not transient:
-                self._close()
-            raise WriterError(str(error), transient=transient) from error
-        except sqlite3.Error as error:
-            self._close()
-            raise WriterError(str(error), transient=False) from error
-        return plan
+            await child.call(("rollback",))
+        except WriterError:
+            await self._close()  # the process is gone or broken: the transaction ended with it
+        except BaseException:  # cancelled: the process is in an unknown state, end it
+            await asyncio.shield(self._close())
+            raise
 
-    def _insert_rows(self, db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Multi-row ``INSERT`` statements rather than ``executemany``: one statement step
-        per chunk instead of one per row, and so one hand-back of the GIL, which the event
-        loop thread holds most of the time (each re-acquisition can wait for it)."""
-        for start in range(0, len(rows), SQLITE_ROWS_PER_STATEMENT):
-            chunk = rows[start : start + SQLITE_ROWS_PER_STATEMENT]
-            statement = self._statements.get(len(chunk))
-            if statement is None:
-                statement = self._insert + (", " + self._values) * (len(chunk) - 1)
-                if len(self._statements) < 64:
-                    self._statements[len(chunk)] = statement
-            db.execute(statement, list(chain.from_iterable(chunk)))
 
-    @staticmethod
-    def _head_and_checkpoint(db: sqlite3.Connection) -> tuple[ChainHead, Checkpoint | None]:
-        """The head and the last checkpoint in one statement: each statement the writer
-        thread runs hands the GIL back and must take it again from the busy event loop, so
-        the batch transaction is kept to four (BEGIN, this, INSERT, COMMIT)."""
-        row = db.execute(_HEAD_AND_CHECKPOINT).fetchone()
-        head = ChainHead(0, None) if row[0] is None else ChainHead(int(row[0]), str(row[1]))
-        if row[2] is None:
-            return head, None
-        moment = datetime.fromisoformat(row[4] + "+00:00")
-        return head, Checkpoint(int(row[2]), str(row[3]), moment, str(row[5]), str(row[6]))
+class _Child:
+    """The writer process and its two pipes; one request at a time (the writer task's)."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.gone = False  # it failed or was stopped: start another
+
+    @classmethod
+    async def start(cls) -> _Child:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", sqlite_process.__file__,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+        except OSError as error:
+            message = f"cannot start the audit writer process: {error}"
+            raise WriterError(message, transient=False) from error
+        return cls(process)
+
+    async def call(self, request: tuple[Any, ...], *, commits: bool = False) -> Any:
+        """Send ``request``, return the answer's value; :class:`WriterError` for an error
+        answer or a process that is gone. When ``commits`` and the process went away after
+        the request left, whether it committed is unknown: ``outcome_unknown`` is set."""
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        if self.gone:
+            raise WriterError("the audit writer process was stopped", transient=False)
+        body = marshal.dumps(request)
+        sent = False
+        try:
+            stdin.write(sqlite_process.HEADER.pack(len(body)) + body)
+            await stdin.drain()
+            sent = True
+            (size,) = sqlite_process.HEADER.unpack(await stdout.readexactly(4))
+            answer = marshal.loads(await stdout.readexactly(size))  # noqa: S302 - our child
+        except (OSError, asyncio.IncompleteReadError, ValueError, EOFError) as error:
+            await self.stop()
+            raise WriterError(
+                f"the audit writer process failed ({type(error).__name__}: {error})",
+                transient=False, outcome_unknown=commits and sent,
+            ) from error  # fmt: skip
+        except BaseException:
+            # Cancelled halfway: the pipes are out of step. Closing its input lets the
+            # process finish what it fully received (a partial request counts as the end
+            # of input) and exit; the next write starts another.
+            self.gone = True
+            if not stdin.is_closing():
+                stdin.close()
+            raise
+        if answer[0] == "ok":
+            return answer[1]
+        kind, message = answer[1], answer[2]
+        raise WriterError(
+            f"conflict: {message}" if kind == "integrity" else message,
+            transient=kind in ("integrity", "busy"),
+        )
+
+    async def stop(self) -> None:
+        """Close its input (it rolls back what is open and exits); kill it if it lingers."""
+        self.gone = True
+        process = self.process
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()
+        try:
+            async with asyncio.timeout(SQLITE_PROCESS_EXIT_SECONDS):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def _head_and_checkpoint(row: Sequence[Any]) -> tuple[ChainHead, Checkpoint | None]:
+    """The head and the last checkpoint from the one row of :data:`_HEAD_AND_CHECKPOINT`
+    (one statement: each round trip to the writer process counts, on every batch)."""
+    head = ChainHead(0, None) if row[0] is None else ChainHead(int(row[0]), str(row[1]))
+    if row[2] is None:
+        return head, None
+    moment = datetime.fromisoformat(row[4] + "+00:00")
+    return head, Checkpoint(int(row[2]), str(row[3]), moment, str(row[5]), str(row[6]))
 
 
 def _wal_checkpointed(done: asyncio.Future[None]) -> None:

@@ -1,0 +1,229 @@
+"""The SQLite audit writer's own process: the statements of a batch, run where the node's
+event loop does not wait for them.
+
+:class:`tether.audit.writers.SqliteWriter` starts this module as a script
+(``python -I -S sqlite_process.py``: the standard library only, no site packages, no
+``PYTHONPATH``) and talks to it over its standard input and output, one request and one
+answer at a time. Binding an event's 24 values and running the ``INSERT`` cost about as
+much CPU as building the event's canonical text; in the node's own process that work held
+the interpreter lock the event loop needs, so the two could not run on two cores at once.
+Here they can (docs/audit.md has the measurements).
+
+Framing: each message is a 4-byte big-endian length, then that many bytes of
+:mod:`marshal` data (a tuple). ``marshal`` is safe here: both ends are this Python, and
+the child reads only what its parent wrote.
+
+Requests, each answered ``("ok", value)`` or ``("error", kind, message)`` (``kind``:
+``integrity``, ``busy`` or ``error``):
+
+* ``("open", path, synchronous, busy_timeout_ms, head_sql)``: open the database (WAL,
+  ``synchronous`` as given, no automatic WAL checkpoint: the parent runs those); the
+  value is ``(journal_mode, synchronous_level, wal_autocheckpoint)`` as SQLite took them.
+* ``("begin",)``: ``BEGIN IMMEDIATE`` (SQLite's write lock), then ``head_sql``; the value
+  is its row (the head and the last checkpoint).
+* ``("write", expect, insert_prefix, values_group, columns, rows_per_statement, params,
+  checkpoint_sql, checkpoint_params)``: the batch's rows (``params`` is every row's values
+  in one flat list), the checkpoint row when ``checkpoint_sql`` is not empty, then
+  ``head_sql`` again and ``COMMIT``; the value is ``("done", that row)``. With ``expect``
+  None it continues the transaction ``begin`` opened. Otherwise it opens one itself and
+  first compares ``head_sql``'s row with ``expect``, the row the batch was planned on: if
+  they differ (another writer appended in between) nothing is written, the transaction
+  stays open, and the value is ``("stale", the actual row)``, for the parent to plan again
+  and send a ``write`` with ``expect`` None.
+* ``("rollback",)``: end the open transaction without writing.
+
+Security decisions:
+
+* **Nothing half-received is written.** A request is acted on only once every byte of it
+  has arrived. At end of input (the parent closed the pipe, or died) the connection is
+  closed, which rolls back an open transaction, and the process exits.
+* **Any error inside a transaction rolls it back** before it is answered: the parent never
+  inherits a transaction in an unknown state.
+* ``SIGINT`` and ``SIGTERM`` are ignored: a Ctrl-C or a service stop reaches the whole
+  process group, and the node still has its last batch and its closing checkpoint to write
+  through this process. It ends when the node closes its input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import signal
+import sqlite3
+import struct
+import sys
+from typing import IO, Any
+
+HEADER = struct.Struct(">I")
+# The largest message read: a batch of 1,000 events is about 1 MB.
+MAX_MESSAGE = 256 * 1024 * 1024
+
+
+def read_message(stream: IO[bytes]) -> Any:
+    """The next message, or None at end of input. A partial message, a length over
+    :data:`MAX_MESSAGE` or a body that is not marshal data count as the end: the framing
+    can no longer be trusted, so nothing more is read."""
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack(header)
+    if size > MAX_MESSAGE:
+        return None
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    try:
+        return marshal.loads(body)  # noqa: S302 - written by our parent (module docstring)
+    except (ValueError, EOFError, TypeError):
+        return None
+
+
+def write_message(stream: IO[bytes], message: Any) -> None:
+    body = marshal.dumps(message)
+    stream.write(HEADER.pack(len(body)) + body)
+    stream.flush()
+
+
+class Session:
+    """One connection and the requests on it (module docstring)."""
+
+    def __init__(self) -> None:
+        self.db: sqlite3.Connection | None = None
+        self.head_sql = ""
+        self.statements: dict[tuple[str, int], str] = {}
+
+    def handle(self, request: tuple[Any, ...]) -> tuple[Any, ...]:
+        try:
+            return ("ok", self._dispatch(request))
+        except sqlite3.Error as error:
+            self._roll_back()
+            return ("error", _kind(error), f"{type(error).__name__}: {error}")
+        except Exception as error:  # noqa: BLE001 - a malformed request, answered
+            self._roll_back()
+            return ("error", "error", f"{type(error).__name__}: {error}")
+
+    def close(self) -> None:
+        if self.db is not None:
+            db, self.db = self.db, None
+            db.close()  # rolls back an open transaction
+
+    def _dispatch(self, request: tuple[Any, ...]) -> Any:
+        op = request[0]
+        if op == "open":
+            return self._open(*request[1:])
+        db = self.db
+        if db is None:
+            raise RuntimeError("the database is not open")
+        if op == "begin":
+            db.execute("BEGIN IMMEDIATE")
+            return self._head(db)
+        if op == "write":
+            return self._write(db, *request[1:])
+        if op == "rollback":
+            self._roll_back()
+            return None
+        raise ValueError(f"unknown request {op!r}")
+
+    def _open(self, path: str, synchronous: str, busy_ms: int, head_sql: str) -> tuple[Any, ...]:
+        self.close()
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        journal = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be full or normal, not {synchronous!r}")
+        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        level = int(db.execute("PRAGMA synchronous").fetchone()[0])
+        autocheckpoint = int(db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        self.db, self.head_sql = db, head_sql
+        return (journal, level, autocheckpoint)
+
+    def _head(self, db: sqlite3.Connection) -> tuple[Any, ...]:
+        return tuple(db.execute(self.head_sql).fetchone())
+
+    def _write(
+        self,
+        db: sqlite3.Connection,
+        expect: tuple[Any, ...] | None,
+        prefix: str,
+        group: str,
+        columns: int,
+        per_statement: int,
+        params: list[Any],
+        checkpoint_sql: str,
+        checkpoint_params: tuple[Any, ...],
+    ) -> tuple[str, tuple[Any, ...]]:
+        if expect is None:
+            if not db.in_transaction:
+                raise RuntimeError("write without begin")
+        else:
+            if not db.in_transaction:
+                db.execute("BEGIN IMMEDIATE")
+            actual = self._head(db)
+            if actual != tuple(expect):
+                return ("stale", actual)  # the transaction stays open, its lock held
+        rows = len(params) // columns
+        if rows * columns != len(params):
+            raise ValueError(f"{len(params)} values are not rows of {columns}")
+        for start in range(0, rows, per_statement):
+            count = min(per_statement, rows - start)
+            db.execute(
+                self._statement(prefix, group, count),
+                params[start * columns : (start + count) * columns],
+            )
+        if checkpoint_sql:
+            db.execute(checkpoint_sql, checkpoint_params)
+        head = self._head(db)  # still under the lock: exactly what this transaction leaves
+        db.execute("COMMIT")
+        return ("done", head)
+
+    def _statement(self, prefix: str, group: str, count: int) -> str:
+        """``prefix`` followed by ``count`` ``group``s: one multi-row INSERT."""
+        key = (prefix, count)
+        statement = self.statements.get(key)
+        if statement is None:
+            statement = prefix + (", " + group) * (count - 1)
+            if len(self.statements) < 64:
+                self.statements[key] = statement
+        return statement
+
+    def _roll_back(self) -> None:
+        if self.db is not None and self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                self.close()  # a fresh connection for the next request
+
+
+def _kind(error: sqlite3.Error) -> str:
+    if isinstance(error, sqlite3.IntegrityError):
+        return "integrity"
+    text = str(error)
+    if isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return "busy"
+    return "error"
+
+
+def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """Answer requests until the end of input, then close the database."""
+    session = Session()
+    try:
+        while (request := read_message(requests)) is not None:
+            if not isinstance(request, tuple) or not request:
+                write_message(answers, ("error", "error", "a request is a non-empty tuple"))
+                continue
+            write_message(answers, session.handle(request))
+    finally:
+        session.close()
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(BrokenPipeError):  # the parent is gone: nothing to answer
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
