@@ -13,7 +13,7 @@ handle          the whole request inside the broker (``HttpBroker.handle``)
 authenticate    access token (cached) + DPoP proof + revocation and agent state
 decide          the policy decision (``HttpBroker._decide``)
 audit_decision  appending the decision event until it is committed (the durable wait)
-audit_write     one audit transaction in the writer's thread (SQLite: the fsync is here)
+audit_write     one audit batch written (SQLite: the round trip to the writer process, its fsync)
 forward         credential injection, upstream request and response streamed back
 fsync           ``os.fsync`` of a 4 KiB write on the data directory's file system, timed
                 once before the load (what one durable commit costs on this disk now)
@@ -70,19 +70,6 @@ def _timed(timings: dict[str, list[float]], cls: Any, name: str, stage: str) -> 
         started = time.perf_counter()
         try:
             return await original(*args, **kwargs)
-        finally:
-            timings[stage].append(time.perf_counter() - started)
-
-    setattr(cls, name, timed)
-
-
-def _timed_sync(timings: dict[str, list[float]], cls: Any, name: str, stage: str) -> None:
-    original: Callable[..., Any] = getattr(cls, name)
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
         finally:
             timings[stage].append(time.perf_counter() - started)
 
@@ -146,7 +133,7 @@ def serve(config: str, port: int, issuer: str, out: str) -> None:
     _timed(timings, HttpBroker, "_decide", "decide")
     _timed(timings, HttpBroker, "_audit_decision", "audit_decision")
     _timed(timings, Exchange, "run", "forward")
-    _timed_sync(timings, SqliteWriter, "_write", "audit_write")
+    _timed(timings, SqliteWriter, "write", "audit_write")
 
     async def main() -> None:
         settings, state, broker = await node_parts(config, issuer)

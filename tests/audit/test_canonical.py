@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import string
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -16,13 +17,14 @@ from tether.audit.canonical import (
     canonical_bytes,
     checkpoint_statement,
     encode,
+    event_columns,
     event_document,
     event_from_json,
     event_hash,
     event_json,
     format_time,
-    splice,
 )
+from tether.audit.chain_text import chain_hashes, event_text
 from tether.audit.events import KINDS, AuditEvent
 
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
@@ -57,7 +59,11 @@ events = st.builds(
 )
 def test_the_spliced_text_is_the_canonical_encoding(event: AuditEvent, seq: int, prev: str) -> None:
     expected = encode(event_document(event, seq, prev))
-    assert splice(event).text(seq, prev) == expected
+    assert event_text(event_columns(event), seq, prev) == expected
+    # The writer process gets the columns through marshal: the same text from them.
+    columns = marshal.loads(marshal.dumps(event_columns(event)))
+    assert event_text(columns, seq, prev) == expected
+    assert chain_hashes([columns], seq - 1, prev) == [event_hash(event, seq, prev)]
     assert canonical_bytes(event, seq, prev) == expected.encode("utf-8")
     # Sorted keys, no whitespace outside strings, and parseable back to the same values.
     parsed = json.loads(expected)

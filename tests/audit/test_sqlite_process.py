@@ -5,23 +5,52 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import marshal
 import os
+import shutil
 import signal
 import sqlite3
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.audit.conftest import Trail, open_trail, sample
+from tests.audit.conftest import Trail, open_trail, sample, store_signing_key
 from tether.audit import sqlite_process
+from tether.audit.canonical import event_columns
+from tether.audit.checkpoints import sign_checkpoint
 from tether.audit.log import AuditUnavailable
-from tether.audit.writers import SqliteWriter
+from tether.audit.verify import verify_trail
+from tether.audit.writers import _HEAD_AND_CHECKPOINT, SqliteWriter, _sqlite_checkpoint
+from tether.identity.keys import SigningKey
+from tether.store import Store
 
-HEAD_SQL = "SELECT max(n), NULL, NULL, NULL, NULL, NULL, NULL FROM t"
-INSERT = ("INSERT INTO t (n, s) VALUES (?, ?)", "(?, ?)")
+SHAPE = SqliteWriter("unused.db", "full")._shape  # the statements' shape, as the writer sends it
+EMPTY = (None,) * 7  # the head and last checkpoint of an empty trail
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated database, copied for each test (migrating takes a while)."""
+    path = tmp_path_factory.mktemp("template") / "t.db"
+
+    async def migrate() -> None:
+        store = await Store.open(f"sqlite+aiosqlite:///{path}")
+        await store.close()
+
+    asyncio.run(migrate())
+    return path
+
+
+def _database(template: Path, directory: Path) -> Path:
+    path = directory / "t.db"
+    shutil.copy(template, path)
+    return path
 
 
 def _frames(*messages: object) -> bytes:
@@ -38,105 +67,137 @@ def _answers(data: bytes) -> list[object]:
     return answers
 
 
-def _serve(path: Path, data: bytes) -> list[object]:
+def _serve(data: bytes) -> list[Any]:
     answers = io.BytesIO()
     sqlite_process.serve(io.BytesIO(data), answers)
     return _answers(answers.getvalue())
 
 
-def _database(tmp_path: Path) -> Path:
-    path = tmp_path / "t.db"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, s TEXT)")
-    return path
-
-
 def _open(path: Path) -> tuple[object, ...]:
-    return ("open", str(path), "full", 1000, HEAD_SQL)
+    return ("open", str(path), "full", 1000, _HEAD_AND_CHECKPOINT)
 
 
-def _write(expect: object, *rows: tuple[int, str]) -> tuple[object, ...]:
-    params = [value for row in rows for value in row]
-    return ("write", expect, *INSERT, 2, 2, params, "", ())
+def _write(expect: object, *numbers: int, sign: bool = False) -> tuple[object, ...]:
+    values = [value for i in numbers for value in event_columns(sample(i))]
+    return ("write", expect, *SHAPE, values, sign)
 
 
-def _rows(path: Path) -> list[tuple[int, str]]:
+def _stored(path: Path) -> list[str]:
+    """The stored events' paths (their identity here), in chain order."""
     with sqlite3.connect(path) as db:
-        return db.execute("SELECT n, s FROM t ORDER BY n").fetchall()
+        rows = db.execute("SELECT action FROM audit_events ORDER BY seq").fetchall()
+    return [json.loads(action)["path"] for (action,) in rows]
 
 
-def test_a_batch_is_written_in_one_transaction_and_answers_the_new_head(tmp_path: Path) -> None:
-    path = _database(tmp_path)
-    answers = _serve(
-        path,
-        _frames(_open(path), ("begin",), _write(None, (1, "a"), (2, "b"), (3, "c"))),
-    )
+async def _verified(path: Path) -> int:
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with store.engine.connect() as conn:
+            report = await verify_trail(conn)
+    finally:
+        await store.close()
+    assert report.ok, report.findings[:3]
+    return report.events
+
+
+async def test_a_batch_is_chained_in_one_transaction_and_answers_the_new_head(
+    template: Path, tmp_path: Path
+) -> None:
+    path = _database(template, tmp_path)
+    answers = _serve(_frames(_open(path), ("begin",), _write(EMPTY, 0, 1, 2)))
     assert answers[0] == ("ok", ("wal", 2, 0))  # WAL, FULL, no automatic checkpoint
-    assert answers[1] == ("ok", (None,) * 7)
-    assert answers[2] == ("ok", ("done", (3, None, None, None, None, None, None)))
-    assert _rows(path) == [(1, "a"), (2, "b"), (3, "c")]
+    assert answers[1] == ("ok", EMPTY)
+    status, head, hashes = answers[2][1]
+    assert status == "done" and head[0] == 3 and head[1] == hashes[-1] and len(hashes) == 3
+    assert _stored(path) == ["/items/0", "/items/1", "/items/2"]
+    assert await _verified(path) == 3  # the process's hashes are the canonical ones
 
 
-def test_a_stale_expectation_writes_nothing_and_keeps_the_lock(tmp_path: Path) -> None:
-    path = _database(tmp_path)
-    with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO t VALUES (7, 'other writer')")
-    expected = (5, None, None, None, None, None, None)
+async def test_a_stale_expectation_writes_nothing_and_keeps_the_lock(
+    template: Path, tmp_path: Path
+) -> None:
+    path = _database(template, tmp_path)
+    first = _serve(_frames(_open(path), _write(EMPTY, 0)))[1][1]
+    assert first[0] == "done"
+    # Planned on an empty trail while event 1 is there: refused, then planned on the head.
+    answers = _serve(_frames(_open(path), _write(EMPTY, 5), _write(first[1], 6)))
+    assert answers[1] == ("ok", ("stale", first[1]))
+    assert answers[2][1][0] == "done"
+    assert _stored(path) == ["/items/0", "/items/6"]
+    assert await _verified(path) == 2
+
+
+async def test_a_checkpoint_is_signed_by_the_parent_inside_the_transaction(
+    template: Path, tmp_path: Path
+) -> None:
+    path = _database(template, tmp_path)
+    key = SigningKey.generate(time.time())
+    await store_signing_key_at(path, key)
+    write = _write(EMPTY, 0, 1, sign=True)
+    answers = _serve(_frames(_open(path), write))  # ends there: nothing is committed
+    status, seq, digest = answers[1][1]
+    assert (status, seq) == ("sign", 2)
+    assert _stored(path) == []
+    mark = sign_checkpoint(key, seq, digest, datetime.now(UTC))
+    request = ("checkpoint", SqliteWriter("unused.db", "full")._insert_checkpoint,
+               _sqlite_checkpoint(mark))  # fmt: skip
+    answers = _serve(_frames(_open(path), write, request))
+    status, head, hashes = answers[2][1]
+    assert status == "done" and head[2] == 2 and head[3] == hashes[-1]  # the checkpoint row
+    assert await _verified(path) == 2
+
+
+async def store_signing_key_at(path: Path, key: SigningKey) -> None:
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        await store_signing_key(store.engine, key)
+    finally:
+        await store.close()
+
+
+def test_an_error_rolls_the_whole_batch_back(template: Path, tmp_path: Path) -> None:
+    path = _database(template, tmp_path)
+    broken = list(_write(EMPTY, 0, 1))
+    broken[-2][21 + 20] = None  # the second event's detail: NOT NULL in SQL
+    answers = _serve(_frames(_open(path), tuple(broken), _write(EMPTY, 2)))
+    assert answers[1][:2] == ("error", "integrity")
+    assert answers[2][1][0] == "done"
+    assert _stored(path) == ["/items/2"]
+
+
+def test_malformed_requests_are_answered_not_fatal(template: Path, tmp_path: Path) -> None:
+    path = _database(template, tmp_path)
+    short = list(_write(EMPTY, 0))
+    short[-2] = short[-2][:-1]  # not whole events
     answers = _serve(
-        path,
-        _frames(_open(path), _write(expected, (6, "x")), _write(None, (8, "y"))),
-    )
-    assert answers[1] == ("ok", ("stale", (7, None, None, None, None, None, None)))
-    assert answers[2] == ("ok", ("done", (8, None, None, None, None, None, None)))
-    assert _rows(path) == [(7, "other writer"), (8, "y")]
-
-
-def test_an_error_rolls_the_whole_batch_back(tmp_path: Path) -> None:
-    path = _database(tmp_path)
-    answers = _serve(
-        path,
-        _frames(
-            _open(path),
-            ("begin",),
-            _write(None, (1, "a"), (1, "duplicate")),
-            ("begin",),
-            _write(None, (2, "b")),
-        ),
-    )
-    assert answers[2][:2] == ("error", "integrity")  # type: ignore[index]
-    assert answers[4] == ("ok", ("done", (2, None, None, None, None, None, None)))
-    assert _rows(path) == [(2, "b")]
-
-
-def test_malformed_requests_are_answered_not_fatal(tmp_path: Path) -> None:
-    path = _database(tmp_path)
-    answers = _serve(
-        path,
         _frames(
             ("begin",),  # before open
             _open(path),
             ("drop everything",),
-            _write(None, (1, "a")),  # write without begin
-            ("write", None, *INSERT, 2, 2, [1, "a", 2], "", ()),  # not whole rows
-            ("open", str(path), "off", 1000, HEAD_SQL),  # a durability it refuses
-        ),
+            ("checkpoint", "DELETE FROM audit_events", ()),  # no write waiting for it
+            tuple(short),
+            _write(EMPTY, sign=True),  # a checkpoint of an empty trail
+            ("open", str(path), "off", 1000, _HEAD_AND_CHECKPOINT),  # a durability refused
+            7,  # not a request at all
+        )
     )
-    assert [answer[0] for answer in answers] == ["error", "ok", "error", "error", "error", "error"]  # type: ignore[index]
-    assert _rows(path) == []
+    assert [answer[0] for answer in answers] == ["error", "ok", *["error"] * 6]
+    assert _stored(path) == []
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(cut=st.integers(min_value=0), noise=st.binary(max_size=64))
-def test_a_cut_or_garbled_request_is_never_written(tmp_path_factory: pytest.TempPathFactory,
+def test_a_cut_or_garbled_request_is_never_written(template: Path,
+                                                   tmp_path_factory: pytest.TempPathFactory,
                                                    cut: int, noise: bytes) -> None:  # fmt: skip
     """Whatever arrives after a valid ``begin`` (a truncated write, random bytes, a bad
     length), the process ends without an exception, and commits only if the write request
     arrived whole (the noise may happen to complete it)."""
-    path = _database(tmp_path_factory.mktemp("db"))
-    write = _frames(_write(None, (1, "a"), (2, "b")))
+    path = _database(template, tmp_path_factory.mktemp("db"))
+    write = _frames(_write(EMPTY, 0, 1))
     after_begin = write[: cut % len(write)] + noise
-    _serve(path, _frames(_open(path), ("begin",)) + after_begin)
-    assert _rows(path) == ([(1, "a"), (2, "b")] if after_begin.startswith(write) else [])
+    _serve(_frames(_open(path), ("begin",)) + after_begin)
+    assert _stored(path) == (["/items/0", "/items/1"] if after_begin.startswith(write) else [])
 
 
 def _child_pid(trail: Trail) -> int:
@@ -183,9 +244,6 @@ async def test_the_process_ends_with_the_log_and_ignores_terminal_signals(
 
 
 async def open_and_verify(url: str) -> int:
-    from tether.audit.verify import verify_trail
-    from tether.store import Store
-
     store = await Store.open(url)
     try:
         async with store.engine.connect() as conn:
@@ -216,13 +274,17 @@ async def test_a_killed_writer_process_is_replaced_and_the_chain_goes_on(
         await trail.store.close()
 
 
+@pytest.mark.parametrize("checkpoint_due", [False, True])
 async def test_a_batch_whose_commit_is_unknown_is_refused_not_written_twice(
-    tmp_path: Path,
+    tmp_path: Path, checkpoint_due: bool
 ) -> None:
-    """The process dies after the batch's write request left: it may or may not have
-    committed. The batch's appends fail (their actions are refused) rather than being
-    written a second time; the trail still verifies and later appends go on."""
-    trail = await open_trail(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    """The process dies after the batch's write request left. Without a checkpoint due, it
+    may have committed: the batch's appends fail (their actions are refused) rather than
+    being written a second time. With one due, the request cannot commit before its
+    checkpoint is signed: the batch is written again, once, through a new process. Either
+    way the trail verifies and later appends go on."""
+    every = 10 if checkpoint_due else 1000  # the batch takes the trail from 2 to 12 events
+    trail = await open_trail(f"sqlite+aiosqlite:///{tmp_path}/t.db", checkpoint_every=every)
     try:
         await trail.append(2)
         pid = _child_pid(trail)
@@ -251,11 +313,15 @@ async def test_a_batch_whose_commit_is_unknown_is_refused_not_written_twice(
         results = await asyncio.gather(
             *(trail.log.append(sample(i)) for i in range(2, 12)), return_exceptions=True
         )
-        assert results and all(isinstance(r, AuditUnavailable) for r in results), results
+        if checkpoint_due:
+            assert [getattr(r, "seq", r) for r in results] == list(range(3, 13))
+        else:
+            assert all(isinstance(r, AuditUnavailable) for r in results), results
+        first = 13 if checkpoint_due else 3  # (the killed request never committed)
         later = await trail.append(3, start=20)
-        assert [e.seq for e in later] == [3, 4, 5]  # the killed batch never committed
+        assert [e.seq for e in later] == [first, first + 1, first + 2]
         report = await trail.verify()
-        assert report.ok and report.events == 5
+        assert report.ok and report.events == first + 2
     finally:
         await trail.log.close()
         await trail.store.close()

@@ -42,12 +42,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
+from tether.audit.chain_text import GENESIS as GENESIS  # the format's, re-exported
 from tether.audit.events import AuditEvent
 
 FORMAT_VERSION: Final = 1
-GENESIS: Final = "0" * 64
 
 # The C string encoder the json module uses with ensure_ascii=False: the same escapes.
 _encode_string: Final = json.encoder.encode_basestring
@@ -142,64 +142,19 @@ def event_document(event: AuditEvent, seq: int, prev_hash: str) -> dict[str, Any
     }
 
 
-class Spliced(NamedTuple):
-    """An event's canonical text in the pieces around its chain position, computed once:
-    ``head + prev_hash + middle + str(seq) + tail`` is :func:`canonical_bytes`' text
-    (the sorted keys put ``prev_hash`` after ``policy_version`` and ``seq`` after
-    ``runtime``). The writer only concatenates and hashes, on its serialised path; the
-    JSON texts of ``action``, ``detail`` and ``actor_chain`` are kept for the row. (A named
-    tuple: one is made per event on the event loop, and a frozen dataclass's ``__init__``
-    costs a call per field.)"""
-
-    head: str
-    middle: str
-    tail: str
-    time: str  # the event's time, RFC 3339 as above
-    action: str
-    detail: str
-    actor_chain: str
-
-    def text(self, seq: int, prev_hash: str) -> str:
-        return f"{self.head}{prev_hash}{self.middle}{seq}{self.tail}"
-
-
-def splice(event: AuditEvent) -> Spliced:
-    """The :class:`Spliced` pieces of ``event`` (tests prove them equal to the encoder's).
-
-    Every call here is a C function (the string encoder, ``int.__repr__``, ``float.__repr__``:
-    exact ints and floats print as the json module does, whatever their subclass)."""
-    e, s, i = event, _encode_string, int.__repr__
-    action = encode_value(e.action) if e.action else "{}"
-    detail = encode_value(e.detail) if e.detail else "{}"
-    chain = encode_value(e.actor_chain) if e.actor_chain else "[]"
-    time = format_time(e.time)
-    bytes_in, bytes_out, rows, duration = e.bytes_in, e.bytes_out, e.rows, e.duration_ms
-    head = (
-        f'{{"action":{action},"actor_chain":{chain},'
-        f'"agent":{"null" if e.agent is None else s(e.agent)},'
-        f'"bytes_in":{"null" if bytes_in is None else i(bytes_in)},'
-        f'"bytes_out":{"null" if bytes_out is None else i(bytes_out)},'
-        f'"decision":{"null" if e.decision is None else s(e.decision)},"detail":{detail},'
-        f'"duration_ms":{"null" if duration is None else float.__repr__(duration)},'
-        f'"id":{s(e.id)},"kind":{s(e.kind)},'
-        f'"policy_version":{"null" if e.policy_version is None else s(e.policy_version)},'
-        f'"prev_hash":"'
-    )
-    middle = (
-        f'","reason":{"null" if e.reason is None else s(e.reason)},'
-        f'"rows":{"null" if rows is None else i(rows)},'
-        f'"rule":{"null" if e.rule is None else s(e.rule)},'
-        f'"runtime":{"null" if e.runtime is None else s(e.runtime)},"seq":'
-    )
-    tail = (
-        f',"session_id":{"null" if e.session_id is None else s(e.session_id)},'
-        f'"source_ip":{"null" if e.source_ip is None else s(e.source_ip)},'
-        f'"target":{"null" if e.target is None else s(e.target)},'
-        f'"task":{"null" if e.task is None else s(e.task)},'
-        f'"time":"{time}","user":{"null" if e.user is None else s(e.user)},'
-        f'"v":{FORMAT_VERSION}}}'
-    )
-    return Spliced(head, middle, tail, time, action, detail, chain)
+def event_columns(event: AuditEvent) -> tuple[Any, ...]:
+    """The columns :func:`tether.audit.chain_text.event_text` makes ``event``'s canonical
+    text from (the order of :data:`tether.audit.chain_text.COLUMN_NAMES`): the row without
+    ``seq`` and the hashes, ``time`` as RFC 3339 text (tests prove the text equal to the
+    encoder's). Made once per event, on the appending task."""
+    e = event
+    return (
+        e.id, format_time(e.time), e.kind, e.agent, e.runtime, e.task, e.user,
+        encode_value(e.actor_chain) if e.actor_chain else "[]", e.target,
+        encode_value(e.action) if e.action else "{}", e.decision, e.rule, e.reason,
+        e.policy_version, e.session_id, e.source_ip, e.bytes_in, e.bytes_out, e.rows,
+        e.duration_ms, encode_value(e.detail) if e.detail else "{}",
+    )  # fmt: skip
 
 
 def canonical_bytes(event: AuditEvent, seq: int, prev_hash: str) -> bytes:

@@ -3,7 +3,7 @@
 :meth:`AuditLog.append` puts an event on a queue and waits. One writer task takes every
 event waiting (up to ``max_batch``) and writes them in one transaction
 (:mod:`tether.audit.writers`): under the chain lock it reads the head, gives each event
-the next ``seq`` and its hash (:mod:`tether.audit.canonical`), inserts them all, adds a
+the next ``seq`` and its hash (:mod:`tether.audit.chain_text`), inserts them all, adds a
 signed checkpoint when one is due, and commits; only then are the waiters released, each
 with its event as stored. So an append returns only once its event is durable, and many
 concurrent appends share one commit (group commit): the price of a commit, a disk flush,
@@ -38,23 +38,23 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from hashlib import sha256
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.audit.canonical import GENESIS, splice
+from tether.audit.canonical import event_columns
 from tether.audit.checkpoints import Signer, sign_checkpoint
 from tether.audit.events import AuditEvent
 from tether.audit.head import default_head_file, write_head
-from tether.audit.store import ChainHead, Checkpoint
+from tether.audit.store import Checkpoint
 from tether.audit.writers import (
+    Batch,
     BatchWriter,
-    Plan,
+    Position,
     Synchronous,
-    TimeValue,
     WriterError,
+    Written,
     writer_for,
 )
 
@@ -68,28 +68,10 @@ class AuditUnavailable(Exception):
     """The event could not be made durable: the action it audits must be refused."""
 
 
-# Where an appended event landed: its ``seq``, ``prev_hash`` and ``hash``.
-Position = tuple[int, str, str]
-
-
 # A queued append, a plain tuple (one is made per event, on the event loop): the event's
-# canonical text around the chain position (head, middle, tail: tether.audit.canonical.Spliced),
-# the columns of its row after ``seq`` and before ``prev_hash``, and its waiter, which
-# receives the event's :data:`Position`.
-_Pending = tuple[str, str, str, tuple[Any, ...], asyncio.Future[Position]]
-
-
-def _prepare(event: AuditEvent, done: asyncio.Future[Position], time_value: TimeValue) -> _Pending:
-    """What does not depend on the chain position, computed by the appending task."""
-    spliced = splice(event)
-    row = (
-        event.id, time_value(event.time, spliced.time), event.kind, event.agent,
-        event.runtime, event.task, event.user, spliced.actor_chain, event.target,
-        spliced.action, event.decision, event.rule, event.reason, event.policy_version,
-        event.session_id, event.source_ip, event.bytes_in, event.bytes_out, event.rows,
-        event.duration_ms, spliced.detail,
-    )  # fmt: skip
-    return (spliced.head, spliced.middle, spliced.tail, row, done)
+# columns (tether.audit.canonical.event_columns: everything its canonical text is made of)
+# and its waiter, which receives the event's :data:`Position`.
+_Pending = tuple[tuple[Any, ...], asyncio.Future[Position]]
 
 
 class AuditLog:
@@ -114,7 +96,6 @@ class AuditLog:
         self._writer = writer or writer_for(engine, sqlite_synchronous)
         # Where each checkpoint is also recorded (tether.audit.head); None: nowhere.
         self.head_file = head_file or default_head_file(engine.url)
-        self._time_value = self._writer.time_value
         self._signer = signer
         self._every = checkpoint_every
         self._interval = checkpoint_interval
@@ -185,7 +166,7 @@ class AuditLog:
             if not self.running:
                 raise AuditUnavailable("the audit log stopped")
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._queue.append(_prepare(event, done, self._time_value))
+        self._queue.append((event_columns(event), done))
         self._wake.set()
         # If the caller is cancelled, ``done`` is cancelled with it; the writer still
         # writes the event and skips the cancelled waiter.
@@ -194,19 +175,16 @@ class AuditLog:
     async def checkpoint(self) -> Checkpoint | None:
         """Sign a checkpoint of the head now; None when it is checkpointed already."""
 
-        def planner(head: ChainHead, last: Checkpoint | None) -> Plan:
-            checkpoint = None
-            if head.hash is not None and (last is None or last.seq < head.seq):
-                checkpoint = sign_checkpoint(self._signer(), head.seq, head.hash, self._clock())
-            return Plan((), (), checkpoint)
+        def due(seq: int, last: Checkpoint | None) -> bool:
+            return last is None or last.seq < seq
 
-        plan = await self._write(planner)
-        if plan.checkpoint is None:
+        written = await self._write(Batch((), due, self._sign))
+        if written.checkpoint is None:
             self._unanchored = False  # the head was checkpointed (maybe by another node)
-        self._anchored(plan.checkpoint)
-        self._record_head(plan.checkpoint)
+        self._anchored(written.checkpoint)
+        self._record_head(written.checkpoint)
         await self._heads_recorded()
-        return plan.checkpoint
+        return written.checkpoint
 
     # --- the writer task ------------------------------------------------------------------
 
@@ -260,49 +238,38 @@ class AuditLog:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
-            plan = await self._write(lambda head, last: self._plan(batch, head, last))
+            written = await self._write(Batch([p[0] for p in batch], self._due, self._sign))
         except AuditUnavailable as failure:
             log.error("audit batch of %d events not committed: %s", len(batch), failure)
             self._fail(batch, failure)
             return
         self.batches += 1
-        self._unanchored = plan.checkpoint is None
-        self._anchored(plan.checkpoint)
-        for pending, position in zip(batch, plan.positions, strict=True):
-            done = pending[4]
+        self._unanchored = written.checkpoint is None
+        self._anchored(written.checkpoint)
+        for pending, position in zip(batch, written.positions, strict=True):
+            done = pending[1]
             if not done.done():
                 done.set_result(position)
-        self._record_head(plan.checkpoint)
+        self._record_head(written.checkpoint)
 
     @staticmethod
     def _fail(batch: list[_Pending], failure: AuditUnavailable) -> None:
         for pending in batch:
-            done = pending[4]
+            done = pending[1]
             if not done.done():
                 done.set_exception(failure)
 
-    def _plan(self, batch: list[_Pending], head: ChainHead, last: Checkpoint | None) -> Plan:
-        """Chain ``batch`` after ``head``; add a checkpoint if one is due (pure, no I/O)."""
-        seq, prev = head.seq, head.hash or GENESIS
-        positions: list[Position] = []
-        rows: list[tuple[Any, ...]] = []
-        position, row = positions.append, rows.append
-        for start, middle, tail, columns, _ in batch:
-            seq += 1
-            digest = sha256(f"{start}{prev}{middle}{seq}{tail}".encode()).hexdigest()
-            position((seq, prev, digest))
-            row((seq, *columns, prev, digest))
-            prev = digest
-        return Plan(positions, rows, self._due_checkpoint(ChainHead(seq, prev), last))
-
-    def _due_checkpoint(self, head: ChainHead, last: Checkpoint | None) -> Checkpoint | None:
-        now = self._clock()
+    def _due(self, seq: int, last: Checkpoint | None) -> bool:
+        """Whether a checkpoint is due once the head is event ``seq``, the last checkpoint
+        (read under the chain lock) being ``last``: every ``checkpoint_every`` events or
+        ``checkpoint_interval`` seconds. Pure: the writer asks it under the lock."""
         anchor = self._anchor_time if last is None else max(self._anchor_time, last.time)
-        by_count = head.seq - (0 if last is None else last.seq) >= self._every
-        by_time = (now - anchor).total_seconds() >= self._interval
-        if head.hash is None or not (by_count or by_time):
-            return None
-        return sign_checkpoint(self._signer(), head.seq, head.hash, now)
+        by_count = seq - (0 if last is None else last.seq) >= self._every
+        return by_count or (self._clock() - anchor).total_seconds() >= self._interval
+
+    def _sign(self, seq: int, hash: str) -> Checkpoint:
+        """A checkpoint of event ``seq`` (hash ``hash``), signed now with the current key."""
+        return sign_checkpoint(self._signer(), seq, hash, self._clock())
 
     def _anchored(self, checkpoint: Checkpoint | None) -> None:
         if checkpoint is not None:
@@ -343,12 +310,12 @@ class AuditLog:
             retry_in = timedelta(seconds=max(0.0, self._interval - 1.0))
             self._anchor_time = self._clock() - retry_in
 
-    async def _write(self, planner: Callable[[ChainHead, Checkpoint | None], Plan]) -> Plan:
-        """Write what ``planner`` plans, again after a conflict with another writer."""
+    async def _write(self, batch: Batch) -> Written:
+        """Write ``batch``, again after a conflict with another writer."""
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 async with self._writing:
-                    return await self._writer.write(planner)
+                    return await self._writer.write(batch)
             except WriterError as error:
                 if error.outcome_unknown or (not error.transient and attempt > 0):
                     raise AuditUnavailable(f"audit trail unavailable: {error}") from error

@@ -47,12 +47,19 @@ Security decisions:
 from __future__ import annotations
 
 import contextlib
+import gc
 import marshal
 import signal
 import sqlite3
 import struct
 import sys
+from pathlib import Path
 from typing import IO, Any
+
+if __name__ == "__main__":  # run as a script (-I: no PYTHONPATH): find our package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tether.audit.chain_text import GENESIS, chain_hashes  # standard library only
 
 HEADER = struct.Struct(">I")
 # The largest message read: a batch of 1,000 events is about 1 MB.
@@ -91,6 +98,7 @@ class Session:
         self.db: sqlite3.Connection | None = None
         self.head_sql = ""
         self.statements: dict[tuple[str, int], str] = {}
+        self.signing: list[str] | None = None  # a batch written, waiting for its checkpoint
 
     def handle(self, request: tuple[Any, ...]) -> tuple[Any, ...]:
         try:
@@ -119,6 +127,8 @@ class Session:
             return self._head(db)
         if op == "write":
             return self._write(db, *request[1:])
+        if op == "checkpoint":
+            return self._checkpoint(db, *request[1:])
         if op == "rollback":
             self._roll_back()
             return None
@@ -144,38 +154,60 @@ class Session:
     def _write(
         self,
         db: sqlite3.Connection,
-        expect: tuple[Any, ...] | None,
+        expect: tuple[Any, ...],
         prefix: str,
         group: str,
         columns: int,
         per_statement: int,
-        params: list[Any],
-        checkpoint_sql: str,
-        checkpoint_params: tuple[Any, ...],
-    ) -> tuple[str, tuple[Any, ...]]:
-        if expect is None:
-            if not db.in_transaction:
-                raise RuntimeError("write without begin")
-        else:
-            if not db.in_transaction:
-                db.execute("BEGIN IMMEDIATE")
-            actual = self._head(db)
-            if actual != tuple(expect):
-                return ("stale", actual)  # the transaction stays open, its lock held
-        rows = len(params) // columns
-        if rows * columns != len(params):
-            raise ValueError(f"{len(params)} values are not rows of {columns}")
-        for start in range(0, rows, per_statement):
-            count = min(per_statement, rows - start)
+        width: int,
+        values: list[Any],
+        sign: bool,
+    ) -> tuple[Any, ...]:
+        if not db.in_transaction:
+            db.execute("BEGIN IMMEDIATE")
+        actual = self._head(db)
+        if actual != tuple(expect):
+            return ("stale", actual)  # the transaction stays open, its lock held
+        count = len(values) // width
+        if count * width != len(values) or columns != width + 3:
+            raise ValueError(f"{len(values)} values are not events of {width} columns")
+        seq, prev = (actual[0] or 0), (actual[1] or GENESIS)
+        events = [values[i : i + width] for i in range(0, len(values), width)]
+        hashes = chain_hashes(events, seq, prev)
+        params: list[Any] = []
+        add, extend = params.append, params.extend
+        for event, digest in zip(events, hashes, strict=True):
+            seq += 1
+            time = event[1]  # RFC 3339 UTC text -> SQLAlchemy's SQLite DATETIME text
+            extend((seq, event[0], f"{time[:10]} {time[11:26]}"))
+            extend(event[2:])
+            add(prev)
+            add(digest)
+            prev = digest
+        for start in range(0, count, per_statement):
+            rows = min(per_statement, count - start)
             db.execute(
-                self._statement(prefix, group, count),
-                params[start * columns : (start + count) * columns],
+                self._statement(prefix, group, rows),
+                params[start * columns : (start + rows) * columns],
             )
-        if checkpoint_sql:
-            db.execute(checkpoint_sql, checkpoint_params)
+        if sign:
+            if actual[1] is None and not hashes:
+                raise ValueError("nothing to checkpoint: the trail is empty")
+            self.signing = hashes
+            return ("sign", seq, prev)  # the transaction stays open for the checkpoint
+        return self._commit(db, hashes)
+
+    def _checkpoint(self, db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> Any:
+        hashes, self.signing = self.signing, None
+        if hashes is None or not db.in_transaction:
+            raise RuntimeError("checkpoint without a write waiting for it")
+        db.execute(sql, params)
+        return self._commit(db, hashes)
+
+    def _commit(self, db: sqlite3.Connection, hashes: list[str]) -> tuple[Any, ...]:
         head = self._head(db)  # still under the lock: exactly what this transaction leaves
         db.execute("COMMIT")
-        return ("done", head)
+        return ("done", head, hashes)
 
     def _statement(self, prefix: str, group: str, count: int) -> str:
         """``prefix`` followed by ``count`` ``group``s: one multi-row INSERT."""
@@ -188,6 +220,7 @@ class Session:
         return statement
 
     def _roll_back(self) -> None:
+        self.signing = None
         if self.db is not None and self.db.in_transaction:
             try:
                 self.db.execute("ROLLBACK")
@@ -220,6 +253,10 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Nothing here makes reference cycles (messages are tuples, lists and strings; one
+    # connection lives for the whole process), so the cycle collector only costs: each
+    # batch allocates some 25,000 objects, and it would walk them again and again.
+    gc.disable()
     with contextlib.suppress(BrokenPipeError):  # the parent is gone: nothing to answer
         serve(sys.stdin.buffer, sys.stdout.buffer)
     return 0

@@ -67,6 +67,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.audit import sqlite_process
+from tether.audit.chain_text import COLUMN_NAMES, GENESIS, chain_hashes
 from tether.audit.store import ChainHead, Checkpoint
 
 # pg_advisory_xact_lock key of the audit chain: "tetherau" as a big-endian int64.
@@ -111,33 +112,46 @@ class WriterError(Exception):
         self.outcome_unknown = outcome_unknown
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What one transaction writes: where each event lands (``seq``, ``prev_hash``,
-    ``hash``), their rows, maybe a checkpoint."""
+# Where an appended event landed: its ``seq``, ``prev_hash`` and ``hash``.
+Position = tuple[int, str, str]
 
-    positions: Sequence[tuple[int, str, str]]
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one transaction appends: ``rows``, each event's columns (the order of
+    :data:`tether.audit.chain_text.COLUMN_NAMES`), then a checkpoint if ``due(seq, last)``
+    says one is due once the head is event ``seq`` and the last checkpoint (read under the
+    lock) is ``last``; ``sign(seq, hash)`` makes it. Both are asked under the chain lock."""
+
     rows: Sequence[tuple[Any, ...]]
+    due: Callable[[int, Checkpoint | None], bool]
+    sign: Callable[[int, str], Checkpoint]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """Where each event of a batch landed, in order, and the checkpoint written with it."""
+
+    positions: Sequence[Position]
     checkpoint: Checkpoint | None
 
 
-# The value bound for an event's time, from the datetime and its canonical RFC 3339 text.
-TimeValue = Callable[[datetime, str], Any]
-
-# Given the head and the last checkpoint read under the lock, what to write.
-Planner = Callable[[ChainHead, Checkpoint | None], Plan]
-
-
 class BatchWriter(Protocol):
-    def time_value(self, moment: datetime, canonical: str) -> Any:
-        """The parameter to bind for an event's time (its datetime, its RFC 3339 text)."""
-        ...
-
     async def open(self) -> None: ...
 
-    async def write(self, planner: Planner) -> Plan: ...
+    async def write(self, batch: Batch) -> Written: ...
 
     async def close(self) -> None: ...
+
+
+def positions(seq: int, prev_hash: str, hashes: Sequence[str]) -> list[Position]:
+    """The positions of events with ``hashes`` appended after event ``seq`` (``prev_hash``)."""
+    found: list[Position] = []
+    for digest in hashes:
+        seq += 1
+        found.append((seq, prev_hash, digest))
+        prev_hash = digest
+    return found
 
 
 def insert_sql(table: str, columns: Sequence[str], placeholder: Callable[[int], str]) -> str:
@@ -170,8 +184,13 @@ class SqliteWriter:
         # The head row (head and last checkpoint) this writer's last batch left, to plan
         # the next one on before reading it; None when unknown (start, any failure).
         self._expected: tuple[Any, ...] | None = None
-        self._prefix = insert_sql("audit_events", COLUMNS, lambda _: "?")
-        self._group = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+        # What the process needs to build the INSERT statements: prefix, one more row,
+        # columns a row, rows a statement, columns an event (tether.audit.sqlite_process).
+        self._shape = (
+            insert_sql("audit_events", COLUMNS, lambda _: "?"),
+            "(" + ", ".join("?" * len(COLUMNS)) + ")",
+            len(COLUMNS), SQLITE_ROWS_PER_STATEMENT, len(COLUMN_NAMES),
+        )  # fmt: skip
         self._insert_checkpoint = insert_sql(
             "audit_checkpoints", _CHECKPOINT_COLUMNS, lambda _: "?"
         )
@@ -184,9 +203,6 @@ class SqliteWriter:
         self._wal_pending: asyncio.Future[None] | None = None
         self._since_wal_checkpoint = 0
         self.wal_checkpoints = 0  # completed, for the tests
-
-    # The function itself, not a method calling it: called once per event, on the loop.
-    time_value = staticmethod(sqlite_time_value)
 
     @property
     def pid(self) -> int | None:
@@ -207,48 +223,55 @@ class SqliteWriter:
         self.journal_mode, self.synchronous_level, self.wal_autocheckpoint = answer
         self._child = child
 
-    async def write(self, planner: Planner) -> Plan:
-        """Plan and write one batch: in one round trip when the head is the one this writer
-        left (the process checks it under the lock before writing), in two otherwise."""
+    async def write(self, batch: Batch) -> Written:
+        """Write one batch: in one round trip when the head is the one this writer's last
+        batch left (the process checks it under the lock), and the event loop only sends
+        the columns: the process chains them (:mod:`tether.audit.chain_text`). A due
+        checkpoint costs a second round trip, to sign the new head here (the key never
+        leaves this process)."""
         if self._child is None or self._child.gone:
             await self.open()
         child = self._child
         assert child is not None
         expected, self._expected = self._expected, None  # unknown until this one succeeds
+        count = len(batch.rows)
+        values = list(chain.from_iterable(batch.rows))
         try:
-            row: tuple[Any, ...] | None = None
-            if expected is not None:
-                plan = planner(*_head_and_checkpoint(expected))
-                status, row = await child.call(self._write_request(plan, expected), commits=True)
-                if status == "done":
-                    self._expected = row
-                    self._wal_checkpoint_due(len(plan.rows))
-                    return plan
+            row = expected if expected is not None else await child.call(("begin",))
+            held = expected is None  # the process holds a transaction of ours
+            while True:
+                head, last = _head_and_checkpoint(row)
+                try:
+                    sign = (count > 0 or head.hash is not None) and batch.due(
+                        head.seq + count, last
+                    )
+                except BaseException:
+                    if held:
+                        await self._roll_back(child)
+                    raise
+                request: tuple[Any, ...] = ("write", row, *self._shape, values, sign)
+                answer = await child.call(request, commits=not sign)
+                if answer[0] != "stale":
+                    break
+                row, held = answer[1], True  # planned again on the actual head, lock held
+            if answer[0] == "sign":
+                try:
+                    checkpoint: Checkpoint | None = batch.sign(answer[1], answer[2])
+                except BaseException:
+                    await self._roll_back(child)
+                    raise
+                assert checkpoint is not None
+                request = ("checkpoint", self._insert_checkpoint, _sqlite_checkpoint(checkpoint))
+                answer = await child.call(request, commits=True)
             else:
-                row = await child.call(("begin",))
-            # The transaction is open with the head read under its lock: plan on that.
-            try:
-                plan = planner(*_head_and_checkpoint(row))
-            except BaseException:
-                await self._roll_back(child)
-                raise
-            status, row = await child.call(self._write_request(plan, None), commits=True)
+                checkpoint = None
         except WriterError:
             if not child.gone:
                 await self._roll_back(child)  # whatever is open ends here
             raise
-        self._expected = row
-        self._wal_checkpoint_due(len(plan.rows))
-        return plan
-
-    def _write_request(self, plan: Plan, expect: tuple[Any, ...] | None) -> tuple[Any, ...]:
-        checkpoint = plan.checkpoint
-        return (
-            "write", expect, self._prefix, self._group, len(COLUMNS),
-            SQLITE_ROWS_PER_STATEMENT, list(chain.from_iterable(plan.rows)),
-            "" if checkpoint is None else self._insert_checkpoint,
-            () if checkpoint is None else _sqlite_checkpoint(checkpoint),
-        )  # fmt: skip
+        _, self._expected, hashes = answer
+        self._wal_checkpoint_due(count)
+        return Written(positions(head.seq, head.hash or GENESIS, hashes), checkpoint)
 
     def _wal_checkpoint_due(self, rows: int) -> None:
         self._since_wal_checkpoint += rows
@@ -330,7 +353,7 @@ class _Child:
         assert stdin is not None and stdout is not None
         if self.gone:
             raise WriterError("the audit writer process was stopped", transient=False)
-        body = marshal.dumps(request)
+        body = _marshalled(request)
         sent = False
         try:
             stdin.write(sqlite_process.HEADER.pack(len(body)) + body)
@@ -389,6 +412,31 @@ def _wal_checkpointed(done: asyncio.Future[None]) -> None:
         log.warning("audit: WAL checkpoint failed, tried again later: %s", error)
 
 
+def _pg_time(canonical: str) -> datetime:
+    """The datetime of an event's RFC 3339 UTC text (``...T10:00:00.000000Z``)."""
+    return datetime.fromisoformat(canonical)
+
+
+def _marshalled(request: tuple[Any, ...]) -> bytes:
+    """``request`` as marshal data. Values of a subclass of str, int or float (marshal
+    takes exact types only) are sent as their base type: the same text, the same hash."""
+    try:
+        return marshal.dumps(request)
+    except ValueError:
+        return marshal.dumps(_exact(request))
+
+
+def _exact(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return type(value)(_exact(v) for v in value) if type(value) in (tuple, list) else value
+    for base in (str, float):
+        if isinstance(value, base) and type(value) is not base:
+            return base(value)
+    if isinstance(value, int) and type(value) not in (int, bool):
+        return int(value)
+    return value
+
+
 def _sqlite_checkpoint(checkpoint: Checkpoint) -> tuple[Any, ...]:
     c = checkpoint
     return (c.seq, c.hash, _sqlite_time(c.time), c.kid, c.signature)
@@ -406,9 +454,6 @@ class PostgresWriter:
             "audit_checkpoints", _CHECKPOINT_COLUMNS, lambda i: f"${i}"
         )
 
-    def time_value(self, moment: datetime, canonical: str) -> datetime:
-        return moment
-
     async def open(self) -> None:
         self._conn = await self._engine.connect()
         raw = await self._conn.get_raw_connection()
@@ -419,7 +464,7 @@ class PostgresWriter:
             conn, self._conn, self._driver = self._conn, None, None
             await conn.close()
 
-    async def write(self, planner: Planner) -> Plan:
+    async def write(self, batch: Batch) -> Written:
         import asyncpg  # type: ignore[import-untyped]  # the driver of this backend
 
         if self._driver is None or self._driver.is_closed():
@@ -429,10 +474,20 @@ class PostgresWriter:
         try:
             async with driver.transaction():
                 await driver.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK_KEY)
-                plan = planner(await self._head(driver), await self._last_checkpoint(driver))
-                await driver.executemany(self._insert, plan.rows)
-                if plan.checkpoint is not None:
-                    c = plan.checkpoint
+                head, last = await self._head(driver), await self._last_checkpoint(driver)
+                prev = head.hash or GENESIS
+                hashes = chain_hashes(batch.rows, head.seq, prev)
+                landed = positions(head.seq, prev, hashes)
+                rows = [
+                    (seq, columns[0], _pg_time(columns[1]), *columns[2:], prev_hash, digest)
+                    for (seq, prev_hash, digest), columns in zip(landed, batch.rows, strict=True)
+                ]
+                if rows:
+                    await driver.executemany(self._insert, rows)
+                seq, end_hash = head.seq + len(rows), hashes[-1] if hashes else head.hash
+                checkpoint = None
+                if end_hash is not None and batch.due(seq, last):
+                    checkpoint = c = batch.sign(seq, end_hash)
                     await driver.execute(
                         self._insert_checkpoint, c.seq, c.hash, c.time, c.kid, c.signature
                     )
@@ -443,7 +498,7 @@ class PostgresWriter:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
             await self.close()
             raise WriterError(f"{type(error).__name__}: {error}", transient=False) from error
-        return plan
+        return Written(landed, checkpoint)
 
     @staticmethod
     async def _head(driver: Any) -> ChainHead:
