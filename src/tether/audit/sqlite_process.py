@@ -47,6 +47,7 @@ Security decisions:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import marshal
 import signal
@@ -64,6 +65,7 @@ from tether.audit.chain_text import GENESIS, chain_hashes  # standard library on
 HEADER = struct.Struct(">I")
 # The largest message read: a batch of 1,000 events is about 1 MB.
 MAX_MESSAGE = 256 * 1024 * 1024
+PIPE_BYTES = 1024 * 1024
 
 
 def read_message(stream: IO[bytes]) -> Any:
@@ -257,6 +259,11 @@ def main() -> int:
     # connection lives for the whole process), so the cycle collector only costs: each
     # batch allocates some 25,000 objects, and it would walk them again and again.
     gc.disable()
+    # Pipes of 1 MiB (Linux; 64 KiB by default): a batch of 512 events, about 400 KB,
+    # then crosses in one write instead of a hand-off every 64 KiB.
+    for fd in (0, 1):
+        with contextlib.suppress(OSError):  # not a pipe, or over the system's maximum
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     with contextlib.suppress(BrokenPipeError):  # the parent is gone: nothing to answer
         serve(sys.stdin.buffer, sys.stdout.buffer)
     return 0
