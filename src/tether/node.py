@@ -55,11 +55,12 @@ from tether.vault.targets import TargetStore
 log = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_SECONDS: Final = 10
-# CPython's GIL switch interval in a node (the default is 5 ms). The audit writer's thread
-# gives the GIL up for every SQLite call (BEGIN, read the head, INSERT, COMMIT) and must
-# take it back from the event loop, which under load never gives it up of its own accord:
-# each return then waits up to a whole interval, so at 5 ms a batch's transaction spent
-# more time waiting for the GIL than in SQLite (docs/audit.md has the figures).
+# CPython's GIL switch interval in a node (the default is 5 ms). A thread that gives the
+# GIL up for every database call must take it back from the event loop, which under load
+# never gives it up of its own accord: each return then waits up to a whole interval. Set
+# for the audit writer's thread, where at 5 ms a batch's transaction spent more time
+# waiting for the GIL than in SQLite (docs/audit.md); that writer now runs in a process of
+# its own, and the store's aiosqlite threads and the WAL checkpointer remain.
 SWITCH_INTERVAL_SECONDS: Final = 0.0005
 
 

@@ -240,18 +240,7 @@ async def test_the_process_ends_with_the_log_and_ignores_terminal_signals(
         await trail.log.close()
         await trail.store.close()
     assert await _gone(pid)
-    assert (await open_and_verify(trail.url)) == 6
-
-
-async def open_and_verify(url: str) -> int:
-    store = await Store.open(url)
-    try:
-        async with store.engine.connect() as conn:
-            report = await verify_trail(conn)
-    finally:
-        await store.close()
-    assert report.ok, report.findings[:3]
-    return report.events
+    assert (await _verified(Path(trail.url.removeprefix("sqlite+aiosqlite:///")))) == 6
 
 
 async def test_a_killed_writer_process_is_replaced_and_the_chain_goes_on(

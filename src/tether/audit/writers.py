@@ -6,17 +6,20 @@ hand-offs between the event loop and the driver's thread (cursor, execute, fetch
 and a batch is five statements: measured, that alone capped appends far below the goal.
 So each backend runs the batch in the fewest round trips its driver allows:
 
-* :class:`SqliteWriter` runs the batch's statements in a process of its own
+* :class:`SqliteWriter` runs the batch in a process of its own
   (:mod:`tether.audit.sqlite_process`, started with the writer, reached through pipes on
-  the event loop). Binding each event's 24 values and running the ``INSERT`` cost about as
-  much CPU as the event loop's own share of an append; in the node's process that work held
-  the interpreter lock the loop needs, so the two took turns on one core. In its own process
-  it runs on the other (docs/audit.md: interleaved pairs, 1,024 emitters). A batch is one
-  round trip: the batch is planned on the head the previous batch left, and the process
-  compares that with the head it reads under the lock before writing; when another writer
-  got in between, it answers the actual head with the lock still held, and the batch is
-  planned again on it (a second round trip). The transaction is ``BEGIN IMMEDIATE``, one
-  multi-row ``INSERT`` per 1,000 events, the checkpoint, the head read again, ``COMMIT``.
+  the event loop): the event loop sends each event's columns, the process chains them
+  (:mod:`tether.audit.chain_text`), binds and inserts the rows and commits. That work cost
+  more CPU than the event loop's own share of an append, and in the node's process it held
+  the interpreter lock the loop needs, so the two took turns on one core; in its own
+  process it runs on the other (docs/audit.md: interleaved pairs, 1,024 emitters, 16-18k ->
+  21k appends/s). A batch is one round trip: it is sent with the head the previous batch
+  left, and the process compares that with the head it reads under the lock before
+  writing; when another writer got in between, it answers the actual head with the lock
+  still held, and the batch is sent again on it. A batch with a checkpoint due takes one
+  more round trip: the process answers the new head's hash, this process signs it (the key
+  stays here). The transaction is ``BEGIN IMMEDIATE``, one multi-row ``INSERT`` per 1,000
+  events, the checkpoint, the head read again, ``COMMIT``.
   The fsync (``synchronous=FULL``, WAL) happens once per batch, at ``COMMIT``. The WAL is
   copied back into the database file (a WAL checkpoint) by a connection of its own on a
   thread of its own, every :data:`SQLITE_WAL_CHECKPOINT_EVENTS` events, ``PASSIVE`` (it
@@ -27,8 +30,9 @@ So each backend runs the batch in the fewest round trips its driver allows:
 * :class:`PostgresWriter` uses the asyncpg connection under a pooled SQLAlchemy
   connection: ``pg_advisory_xact_lock``, the head, a pipelined ``executemany``, COMMIT.
 
-Both call the same pure ``plan`` (``tether.audit.log``) between reading the head and
-inserting, so chaining and the checkpoint rule are written once. Reads (search, verify,
+Both chain with :func:`tether.audit.chain_text.chain_hashes` and ask the batch's ``due`` and
+``sign`` (``tether.audit.log``'s checkpoint rule and key) under the lock, so chaining and
+the checkpoint rule are written once. Reads (search, verify,
 sinks) stay on SQLAlchemy: they are not on any action's path.
 
 Security decisions:
