@@ -336,3 +336,23 @@ async def test_a_cancelled_round_trip_retires_the_process(tmp_path: Path) -> Non
     finally:
         await trail.log.close()
         await trail.store.close()
+
+
+class _Name(str):
+    """A str subclass, as a caller might pass (marshal takes exact types only)."""
+
+
+class _Count(int):
+    pass
+
+
+async def test_values_of_subclasses_are_stored_as_their_base_type(tmp_path: Path) -> None:
+    trail = await open_trail(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    try:
+        event = sample(0, agent=_Name("bot"), target=_Name("db"), bytes_in=_Count(5))
+        stored = await trail.log.append(event)
+        assert (stored.seq, stored.agent, stored.bytes_in) == (1, "bot", 5)
+        assert (await trail.verify()).events == 1
+    finally:
+        await trail.log.close()
+        await trail.store.close()
