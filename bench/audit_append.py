@@ -72,9 +72,10 @@ from tether.audit.canonical import format_time  # noqa: E402
 from tether.audit.emit import Auditor, Subject  # noqa: E402
 from tether.audit.events import AuditEvent  # noqa: E402
 from tether.audit.log import AuditLog  # noqa: E402
+from tether.audit.sqlite_process import sqlite_time  # noqa: E402
 from tether.audit.store import event_row  # noqa: E402
 from tether.audit.verify import verify_trail  # noqa: E402
-from tether.audit.writers import COLUMNS, insert_sql, sqlite_time_value  # noqa: E402
+from tether.audit.writers import COLUMNS, insert_sql  # noqa: E402
 from tether.identity.keys import SigningKey  # noqa: E402
 from tether.node import SWITCH_INTERVAL_SECONDS, freeze_startup_heap  # noqa: E402
 from tether.store import Store  # noqa: E402
@@ -227,7 +228,7 @@ def baseline_row(sqlite: bool) -> tuple[Any, ...]:
     )  # fmt: skip
     row = event_row(event.chained(1, "0" * 64, "0" * 64))
     if sqlite:
-        row["time"] = sqlite_time_value(event.time, format_time(event.time))
+        row["time"] = sqlite_time(format_time(event.time))
     return tuple(row[column] for column in COLUMNS)
 
 

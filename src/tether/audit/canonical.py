@@ -44,10 +44,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from tether.audit.chain_text import GENESIS as GENESIS  # the format's, re-exported
+# The format's constants, defined once where the writer process can import them; re-exported.
+from tether.audit.chain_text import FORMAT_VERSION as FORMAT_VERSION
+from tether.audit.chain_text import GENESIS as GENESIS
 from tether.audit.events import AuditEvent
-
-FORMAT_VERSION: Final = 1
 
 # The C string encoder the json module uses with ensure_ascii=False: the same escapes.
 _encode_string: Final = json.encoder.encode_basestring

@@ -19,6 +19,8 @@ from json.encoder import encode_basestring
 from typing import Any, Final
 
 GENESIS: Final = "0" * 64
+FORMAT_VERSION: Final = 1  # the "v" of every event's text
+_END: Final = f'"v":{FORMAT_VERSION}}}'  # the text's last member, formatted once
 
 COLUMN_NAMES: Final = (
     "id", "time", "kind", "agent", "runtime", "task", "user", "actor_chain", "target",
@@ -54,7 +56,7 @@ def event_text(columns: Sequence[Any], seq: int, prev_hash: str) -> str:
         f'"source_ip":{"null" if source_ip is None else s(source_ip)},'
         f'"target":{"null" if target is None else s(target)},'
         f'"task":{"null" if task is None else s(task)},'
-        f'"time":"{time}","user":{"null" if user is None else s(user)},"v":1}}'
+        f'"time":"{time}","user":{"null" if user is None else s(user)},{_END}'
     )
 
 

@@ -68,6 +68,12 @@ MAX_MESSAGE = 256 * 1024 * 1024
 PIPE_BYTES = 1024 * 1024
 
 
+def sqlite_time(canonical: str) -> str:
+    """An event's RFC 3339 UTC text as SQLAlchemy stores a DATETIME in SQLite:
+    ``2026-11-29T10:00:00.000000Z`` -> ``2026-11-29 10:00:00.000000``."""
+    return f"{canonical[:10]} {canonical[11:26]}"
+
+
 def read_message(stream: IO[bytes]) -> Any:
     """The next message, or None at end of input. A partial message, a length over
     :data:`MAX_MESSAGE` or a body that is not marshal data count as the end: the framing
@@ -180,7 +186,7 @@ class Session:
         add, extend = params.append, params.extend
         for event, digest in zip(events, hashes, strict=True):
             seq += 1
-            time = event[1]  # RFC 3339 UTC text -> SQLAlchemy's SQLite DATETIME text
+            time = event[1]  # sqlite_time(), inlined: this loop runs once per event
             extend((seq, event[0], f"{time[:10]} {time[11:26]}"))
             extend(event[2:])
             add(prev)

@@ -171,11 +171,6 @@ def _sqlite_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def sqlite_time_value(_moment: datetime, canonical: str) -> str:
-    # "2026-11-29T10:00:00.000000Z" -> "2026-11-29 10:00:00.000000", as _sqlite_time does.
-    return f"{canonical[:10]} {canonical[11:26]}"
-
-
 class SqliteWriter:
     """The batch's statements run in a process of their own (:mod:`tether.audit.sqlite_process`),
     reached through pipes on the event loop: two round trips a batch (``begin``, which
@@ -240,38 +235,26 @@ class SqliteWriter:
         expected, self._expected = self._expected, None  # unknown until this one succeeds
         count = len(batch.rows)
         values = list(chain.from_iterable(batch.rows))
+        checkpoint: Checkpoint | None = None
         try:
             row = expected if expected is not None else await child.call(("begin",))
-            held = expected is None  # the process holds a transaction of ours
             while True:
                 head, last = _head_and_checkpoint(row)
-                try:
-                    sign = (count > 0 or head.hash is not None) and batch.due(
-                        head.seq + count, last
-                    )
-                except BaseException:
-                    if held:
-                        await self._roll_back(child)
-                    raise
+                sign = (count > 0 or head.hash is not None) and batch.due(head.seq + count, last)
                 request: tuple[Any, ...] = ("write", row, *self._shape, values, sign)
                 answer = await child.call(request, commits=not sign)
                 if answer[0] != "stale":
                     break
-                row, held = answer[1], True  # planned again on the actual head, lock held
+                row = answer[1]  # planned again on the actual head, the lock still held
             if answer[0] == "sign":
-                try:
-                    checkpoint: Checkpoint | None = batch.sign(answer[1], answer[2])
-                except BaseException:
-                    await self._roll_back(child)
-                    raise
-                assert checkpoint is not None
+                checkpoint = batch.sign(answer[1], answer[2])
                 request = ("checkpoint", self._insert_checkpoint, _sqlite_checkpoint(checkpoint))
                 answer = await child.call(request, commits=True)
-            else:
-                checkpoint = None
-        except WriterError:
+        except BaseException:
+            # A failed round trip, the checkpoint rule or the signer: whatever the process
+            # holds open ends here (a no-op when nothing is; a retired process holds none).
             if not child.gone:
-                await self._roll_back(child)  # whatever is open ends here
+                await self._roll_back(child)
             raise
         _, self._expected, hashes = answer
         self._wal_checkpoint_due(count)
