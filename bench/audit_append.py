@@ -1,7 +1,8 @@
 """Durable hash-chained audit appends per second, and the latency an event adds to an action.
 
 Run: ``.venv/bin/python bench/audit_append.py [--json] [--seconds S] [--pg-url URL]
-[--backends sqlite-full,sqlite-normal,postgresql] [--emitters 1,8,64,256,1024]``.
+[--backends sqlite-full,sqlite-normal,postgresql] [--emitters 1,8,64,256,1024]
+[--idle-ms M]``.
 
 For each backend and each number of concurrent emitters (default 1, 8, 64, 256 and 1024:
 a broker under load has hundreds of sessions auditing at once, and below about twice the
@@ -34,6 +35,11 @@ Backends: ``sqlite-full`` (WAL, ``synchronous=FULL``: Tether's default, survives
 loss), ``sqlite-normal`` (WAL, ``NORMAL``: survives a killed process only), ``postgresql``
 (``fsync=on``, ``synchronous_commit=on``: a server started for the run from the Debian
 binaries like the tests' fixture, or ``--pg-url``).
+
+``--idle-ms M`` makes each emitter rest M milliseconds after each event (off the clock),
+as a front-end at one connection does between requests: with ``--emitters 1 --idle-ms 3``
+the latencies show what an event costs once the machine went idle in between, against the
+baseline's, which rests the same (bench/README.md: on a VM both grow).
 
 The process runs with the node's GIL switch interval (``tether.node.tune_interpreter``), as
 ``tether serve`` does; ``--switch-interval`` changes it.
@@ -118,10 +124,15 @@ class Series:
 
 
 async def run_emitters(
-    emitters: int, seconds: float, one: Callable[[int], Awaitable[Any]], limit: int | None = None
+    emitters: int,
+    seconds: float,
+    one: Callable[[int], Awaitable[Any]],
+    limit: int | None = None,
+    *,
+    idle: float = 0.0,
 ) -> tuple[int, float, list[float]]:
     """``emitters`` tasks each awaiting ``one(i)`` in a loop for ``seconds`` (and only for
-    ``i`` below ``limit``, if given)."""
+    ``i`` below ``limit``, if given), resting ``idle`` seconds after each (off the clock)."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     end = limit if limit is not None else sys.maxsize
@@ -133,6 +144,8 @@ async def run_emitters(
             await one(i)
             latencies.append(time.perf_counter() - began)
             i += emitters
+            if idle:
+                await asyncio.sleep(idle)
 
     started = time.perf_counter()
     await asyncio.gather(*(emitter(n) for n in range(emitters)))
@@ -174,7 +187,7 @@ async def built_events(count: int) -> list[AuditEvent]:
 
 
 async def chained(backend: str, url: str, emitters: int, seconds: float, sync: str,
-                  kind: str) -> Series:  # fmt: skip
+                  kind: str, idle: float = 0.0) -> Series:  # fmt: skip
     """The ``append`` or the ``emit`` series (module docstring)."""
     events = await built_events(PREBUILT_PER_SECOND * int(seconds + 1)) if kind == "append" else []
     store = await Store.open(url)
@@ -195,7 +208,11 @@ async def chained(backend: str, url: str, emitters: int, seconds: float, sync: s
     try:
         cpu = time.process_time()
         count, elapsed, latencies = await run_emitters(
-            emitters, seconds, append if kind == "append" else emit, limit=len(events) or None
+            emitters,
+            seconds,
+            append if kind == "append" else emit,
+            limit=len(events) or None,
+            idle=idle,
         )
         cpu = time.process_time() - cpu
         batches = log.batches
@@ -233,7 +250,7 @@ def baseline_row(sqlite: bool) -> tuple[Any, ...]:
 
 
 async def baseline_sqlite(backend: str, url: str, emitters: int, seconds: float,
-                          sync: str) -> Series:  # fmt: skip
+                          sync: str, idle: float = 0.0) -> Series:  # fmt: skip
     store = await Store.open(url)
     await store.close()
     path = url.removeprefix("sqlite+aiosqlite:///")
@@ -254,14 +271,16 @@ async def baseline_sqlite(backend: str, url: str, emitters: int, seconds: float,
         await loop.run_in_executor(executor, write, i)
 
     try:
-        count, elapsed, latencies = await run_emitters(emitters, seconds, one)
+        count, elapsed, latencies = await run_emitters(emitters, seconds, one, idle=idle)
     finally:
         db.close()
         executor.shutdown()
     return Series(backend, "baseline", emitters, count, elapsed, latencies)
 
 
-async def baseline_postgres(backend: str, url: str, emitters: int, seconds: float) -> Series:
+async def baseline_postgres(
+    backend: str, url: str, emitters: int, seconds: float, idle: float = 0.0
+) -> Series:
     import asyncpg
 
     store = await Store.open(url)
@@ -275,7 +294,7 @@ async def baseline_postgres(backend: str, url: str, emitters: int, seconds: floa
         await pool.execute(insert, i + 1, *template[1:])
 
     try:
-        count, elapsed, latencies = await run_emitters(emitters, seconds, one)
+        count, elapsed, latencies = await run_emitters(emitters, seconds, one, idle=idle)
     finally:
         await pool.close()
     return Series(backend, "baseline", emitters, count, elapsed, latencies)
@@ -321,31 +340,34 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         for backend in args.backends:
             for emitters in args.emitters:
-                rows += await measure_pair(databases, backend, emitters, args.seconds)
+                rows += await measure_pair(
+                    databases, backend, emitters, args.seconds, args.idle_ms / 1000
+                )
     finally:
         databases.close()
     return rows
 
 
 async def measure_pair(databases: Databases, backend: str, emitters: int,
-                       seconds: float) -> list[dict[str, Any]]:  # fmt: skip
+                       seconds: float, idle: float) -> list[dict[str, Any]]:  # fmt: skip
     progress(f"{backend}, {emitters} emitters...")
     if backend == "postgresql":
-        base = await baseline_postgres(backend, databases.postgresql(), emitters, seconds)
-        series = [await chained(backend, databases.postgresql(), emitters, seconds, "full", kind)
-                  for kind in KINDS]  # fmt: skip
+        url = databases.postgresql
+        base = await baseline_postgres(backend, url(), emitters, seconds, idle)
+        sync = "full"
     else:
+        url = databases.sqlite
         sync = backend.removeprefix("sqlite-")
-        base = await baseline_sqlite(backend, databases.sqlite(), emitters, seconds, sync)
-        series = [await chained(backend, databases.sqlite(), emitters, seconds, sync, kind)
-                  for kind in KINDS]  # fmt: skip
+        base = await baseline_sqlite(backend, url(), emitters, seconds, sync, idle)
+    series = [await chained(backend, url(), emitters, seconds, sync, kind, idle)
+              for kind in KINDS]  # fmt: skip
     base_row = base.row()
     base_row["x_baseline"] = 1.0
     rows = [base_row]
     for one in series:
         row = one.row()
         row["x_baseline"] = round(row["per_second"] / base_row["per_second"], 2)
-        if backend.startswith("sqlite") and one.kind == "append":
+        if backend.startswith("sqlite") and one.kind == "append" and not idle:  # back to back
             row["goal"], row["met"] = GOAL, row["per_second"] >= GOAL
         rows.append(row)
     return rows
@@ -374,6 +396,9 @@ def main() -> int:
                         type=lambda s: s.split(","))  # fmt: skip
     parser.add_argument("--emitters", default="1,8,64,256,1024",
                         type=lambda s: [int(n) for n in s.split(",")])  # fmt: skip
+    parser.add_argument("--idle-ms", type=float, default=0.0,
+                        help="each emitter rests this long after each event, off the clock "
+                             "(default 0: back to back)")  # fmt: skip
     parser.add_argument("--switch-interval", type=float, default=SWITCH_INTERVAL_SECONDS,
                         help="GIL switch interval in seconds (default: the node's)")  # fmt: skip
     args = parser.parse_args()
@@ -381,6 +406,8 @@ def main() -> int:
         parser.error("--switch-interval must be a positive number of seconds")
     if not args.seconds > 0:
         parser.error("--seconds must be a positive number")
+    if not 0 <= args.idle_ms <= 60_000:
+        parser.error("--idle-ms must be between 0 and 60000")
     if unknown := sorted(set(args.backends) - set(BACKENDS)):
         parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
     if any(n < 1 for n in args.emitters):
