@@ -19,6 +19,9 @@ bare-httptools   the same forwarder on uvicorn's httptools protocol, when httpto
 tether           ``tether serve`` (one process): DPoP-bound token, a fresh proof per
                  request (made ahead and fed by a wrk Lua script), policy, audit trail
                  (SQLite, ``sqlite_synchronous: full``), credential injection
+tether-pipelined the same, to a second target with ``pipeline_reads: true``: each GET goes
+                 to the upstream while its decision event commits, its answer held back
+                 until the commit (docs/http-broker.md, "Pipelined reads")
 tether-cert      the same broker served over mutual TLS with a certificate-bound token
                  (RFC 8705). wrk has no client certificates, so this row is loaded by the
                  Python generator of this file (``--generator`` shows its own ceiling)
@@ -114,11 +117,11 @@ rules:
   - id: bench-read
     effect: allow
     agents: [bench-bot]
-    targets: [bench]
+    targets: [bench, bench-reads]
     http: {methods: [GET], paths: ["/v1/items/{id}"]}
   - id: bench-no-admin
     effect: deny
-    targets: [bench]
+    targets: [bench, bench-reads]
     http: {methods: ["*"], paths: ["/admin/**"]}
 """
 
@@ -279,10 +282,11 @@ class Node:
             "log_level: warning\npolicy_watch: false\n"
             f"audit: {{sqlite_synchronous: {synchronous}}}\n"
         )
-        (tmp / "target.yaml").write_text(
-            f"kind: http\nname: bench\nbase_url: http://127.0.0.1:{upstream}\n"
-            "credential: {type: header, secret: bench-key, header_name: X-Api-Key}\n"
-        )
+        for name, extra in (("bench", ""), ("bench-reads", "pipeline_reads: true\n")):
+            (tmp / f"{name}.yaml").write_text(
+                f"kind: http\nname: {name}\nbase_url: http://127.0.0.1:{upstream}\n"
+                "credential: {type: header, secret: bench-key, header_name: X-Api-Key}\n" + extra
+            )
 
     def cli(self, *args: str, stdin: str | None = None) -> str:
         env = {**os.environ, "TETHER_SERVER": self.url, "TETHER_ADMIN_TOKEN": self.admin}
@@ -304,7 +308,8 @@ class Node:
         self.admin = re.findall(r"tat_[0-9a-f]{12}\.[A-Za-z0-9_-]{43}", stderr.read_text())[0]
         wait_port(self.port)
         self.cli("secret", "set", "bench-key", stdin="bench-api-key\n")
-        self.cli("target", "add", "bench", "--from-file", "target.yaml")
+        for name in ("bench", "bench-reads"):
+            self.cli("target", "add", name, "--from-file", f"{name}.yaml")
         self.cli("agent", "create", "bench-bot", "--owner", "bench")
         join = self.cli("agent", "join-token", "bench-bot")
         self.client = TetherClient(self.url)
@@ -502,7 +507,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument(
         "--setups",
-        default="direct,nginx,bare,tether,tether-cert",
+        default="direct,nginx,bare,tether,tether-pipelined,tether-cert",
         help="comma-separated setups to run (default: all but bare-httptools)",
     )
     parser.add_argument("--connections", default="1,16", help="comma-separated (default 1,16)")
@@ -572,7 +577,6 @@ def run_all(
                 wait_port(port)
             session = node.setup(stderr)
             key, token = session.key, session.token
-            tether_url = f"{node.url}/t/bench{PATH}"
             for connections in connection_counts:
                 for setup, url, pid in (
                     ("direct", f"http://127.0.0.1:{upstream}{PATH}", None),
@@ -588,15 +592,18 @@ def run_all(
                     log(f"{setup} x{connections} ...")
                     results.append({"setup": setup, "connections": connections,
                                     **wrk(url, connections, duration, pid=pid)})  # fmt: skip
-                if "tether" not in setups:
-                    continue
-                log(f"tether x{connections} ... (making proofs)")
-                # Proofs live 60 s: made just before the run, enough for ~3,000 req/s.
-                proofs(key, token, tether_url, 3000 * duration, tmp / "proofs.txt")
-                script = [str(tmp / "bench.lua"), str(tmp / "proofs.txt"), token, f"/t/bench{PATH}"]
-                results.append({"setup": "tether", "connections": connections,
-                                **wrk(tether_url, connections, duration, script,
-                                      node_proc.pid)})  # fmt: skip
+                for setup, target in (("tether", "bench"), ("tether-pipelined", "bench-reads")):
+                    if setup not in setups:
+                        continue
+                    log(f"{setup} x{connections} ... (making proofs)")
+                    # Proofs live 60 s: made just before the run, enough for ~3,000 req/s.
+                    url = f"{node.url}/t/{target}{PATH}"
+                    proofs(key, token, url, 3000 * duration, tmp / "proofs.txt")
+                    script = [str(tmp / "bench.lua"), str(tmp / "proofs.txt"), token,
+                              f"/t/{target}{PATH}"]  # fmt: skip
+                    results.append({"setup": setup, "connections": connections,
+                                    **wrk(url, connections, duration, script,
+                                          node_proc.pid)})  # fmt: skip
             if "tether-stages" in setups:
                 results += stages(tmp, node, session, connection_counts, duration)
             if "tether-cert" in setups:

@@ -101,6 +101,8 @@ def test_a_terminal_on_stdin_is_refused(tether_bin: Path, clean_env: dict[str, s
           "dynamic:admin:pw"), "dynamic:ADMIN_USER:ADMIN_SECRET:PARENT_ROLE"),
         (("target", "add", "t", "-k", "http", "--url", "https://x", "--max-body", "-1"),
          "greater than or equal to 0"),
+        (("target", "add", "t", "-k", "ssh", "--host", "h", "-u", "a", "-c", "certificate",
+          "--pipeline-reads"), "--pipeline-reads is not an option of kind 'ssh'"),
         (("target", "list", "--kind", "ftp"), "--kind 'ftp'"),
         (("target", "show", "UPPER"), "invalid target name"),
         (("target", "remove", "a.b"), "invalid target name"),

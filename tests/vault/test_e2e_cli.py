@@ -108,7 +108,8 @@ def test_targets_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
     http = cluster.cli(
         "target", "add", "payments", "--kind", "http", "--url", "https://api.example.com/v1",
         "--ca-bundle", "ca.pem", "--credential", "header:X-Api-Key:payments/key",
-        "--label", "env=prod", "--read-timeout", "30", "--max-body", "1048576", token=admin,
+        "--label", "env=prod", "--read-timeout", "30", "--max-body", "1048576",
+        "--pipeline-reads", token=admin,
     )  # fmt: skip
     assert ok(http) == "target payments (http) added\n"
     assert "secret payments/key does not exist yet" in http.stderr
@@ -152,7 +153,10 @@ def test_targets_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
     assert only_ssh[0]["spec"]["users"] == ["deploy", "ops"]
     assert only_ssh[0]["spec"]["credential"] == {"type": "certificate", "validity_seconds": 300}
 
+    payments = json.loads(ok(cluster.cli("target", "show", "payments", "--json", token=admin)))
+    assert payments["spec"]["pipeline_reads"] is True
     shown = json.loads(ok(cluster.cli("target", "show", "data", "--json", token=admin)))
+    assert shown["spec"]["pipeline_reads"] is False
     assert shown["spec"]["credential"]["auth_method"] == "client_secret_post"
     assert shown["spec"]["ca_bundle"].startswith("-----BEGIN CERTIFICATE-----")
     assert shown["labels"] == {"team": "data"}

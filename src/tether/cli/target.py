@@ -76,6 +76,13 @@ def add(
     max_body: Annotated[
         int | None, _opt("--max-body", help="(http) Request body limit.", metavar="BYTES")
     ] = None,
+    pipeline_reads: Annotated[
+        bool,
+        typer.Option(
+            "--pipeline-reads",
+            help="(http) Send GET/HEAD while their audit event commits (docs/targets.md).",
+        ),
+    ] = False,
     host: Annotated[str | None, _opt("--host", help="(ssh, postgres) Host name or IP.")] = None,
     port: Annotated[int | None, _opt("--port", help="(ssh, postgres) TCP port.")] = None,
     user: Annotated[
@@ -108,7 +115,7 @@ def add(
     flags = Flags(
         url, ca_bundle, insecure_skip_tls_verify, credential, connect_timeout, read_timeout,
         max_body, host, port, tuple(user or ()), known_hosts, host_ca, database, tls_mode,
-        default_schema,
+        default_schema, pipeline_reads,
     )  # fmt: skip
     from tether.vault.target_specs import SpecError, parse_spec  # pydantic: only when adding
 

@@ -62,6 +62,7 @@ class Flags:
     database: str | None = None
     tls_mode: str | None = None
     default_schema: str | None = None
+    pipeline_reads: bool = False
 
     def given(self) -> list[str]:
         """The names of the flags given."""
@@ -85,6 +86,7 @@ _FLAG_KINDS: Final[dict[str, tuple[str, ...]]] = {
     "database": ("postgres",),
     "tls_mode": ("postgres",),
     "default_schema": ("postgres",),
+    "pipeline_reads": ("http",),
 }
 
 
@@ -116,6 +118,7 @@ def _http(flags: Flags, read_text: ReadText) -> dict[str, Any]:
         "connect_timeout": flags.connect_timeout,
         "read_timeout": flags.read_timeout,
         "max_request_body": flags.max_body,
+        "pipeline_reads": True if flags.pipeline_reads else None,
     }
 
 

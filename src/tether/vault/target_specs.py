@@ -157,6 +157,10 @@ class HttpTargetSpec(_Spec):
     connect_timeout: ConnectTimeout = 5.0
     read_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
     max_request_body: Annotated[int, Field(ge=0)] | None = None
+    # GET and HEAD without a body go to the target while their decision event commits; the
+    # answer is held back until it has (docs/http-broker.md, "Pipelined reads"). Only for a
+    # target whose GET and HEAD change nothing.
+    pipeline_reads: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> HttpTargetSpec:

@@ -17,7 +17,10 @@ Security decisions:
   broker forwards exactly that string, the credential's query parameter appended.
 * **The decision event is durable before the request leaves**: ``Auditor.decision`` is
   awaited first; when the trail is unavailable the request is refused (503), never sent.
-  The decision event records the path and the query's keys, not its values.
+  The decision event records the path and the query's keys, not its values. The one
+  exception is a target's opt-in ``pipeline_reads``: a GET or HEAD with no body, upgrade
+  or method override is sent while its decision event commits, and nothing of the answer
+  reaches the agent until the commit succeeded (503 if it failed).
 * **Errors fail closed**: any unexpected exception is a 500 problem (or an aborted
   response), audited; a credential failure is a 401; the agent's token is re-checked
   during long transfers (:mod:`tether.proxy.http.forward`).
@@ -33,9 +36,11 @@ Security decisions:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final
@@ -51,6 +56,7 @@ from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError, TokenInvalid
 from tether.identity.issued import Presented
 from tether.identity.replay import ReplayCacheFull
+from tether.policy.httpmethods import OVERRIDE_HEADERS
 from tether.policy.model import APPROVAL_REQUIRED, Decision
 from tether.proxy.core import Services, decide, policy_request, subject_of
 from tether.proxy.http import bodybind, refusals, websocket
@@ -69,6 +75,8 @@ from tether.vault.targets import Target
 log = logging.getLogger(__name__)
 
 _HIDDEN: Final = frozenset({b"authorization", b"dpop", b"cookie", b"proxy-authorization"})
+_READS: Final = frozenset({"GET", "HEAD"})
+_NOT_A_READ: Final = frozenset({"transfer-encoding", "upgrade", "expect"})
 
 
 class HttpBroker:
@@ -136,6 +144,16 @@ class HttpBroker:
             if bound is None:
                 return
             decision, pending, receive = bound[0], bound[1] or pending, bound[2]
+        if decision.allowed and _pipelined(target.spec, scope["method"], policy_headers):
+            # A read: forwarded while its decision event commits, its answer held back
+            # until the commit succeeded (Exchange.run); never an effect before the event.
+            committed = asyncio.ensure_future(
+                self._audit_decision(request, route, decision, who, started)
+            )
+            exchange = Exchange(self, route, target, self.plan(target), claims, who, decision,
+                                committed=committed)  # fmt: skip
+            await exchange.run(scope, receive, send, request_id, started)
+            return
         if not await self._audit_decision(request, route, decision, who, started):
             await refusals.plain(503, "the audit trail is unavailable", request_id)(
                 scope, receive, send
@@ -300,6 +318,21 @@ class HttpBroker:
         )
         self._plans[target.name] = (target.updated_at, plan)
         return plan
+
+
+def _pipelined(spec: HttpTargetSpec, method: str, headers: Mapping[str, str]) -> bool:
+    """Whether a request may be forwarded while its decision event commits: the target opted
+    in (``pipeline_reads``), the method is GET or HEAD, and nothing makes it more than a
+    read: no body, no upgrade, no method-override header (which a target may obey)."""
+    if not spec.pipeline_reads or method not in _READS:
+        return False
+    for name, value in headers.items():
+        key = name.strip(" \t").replace("_", "-").lower()  # as the policy reads overrides
+        if key in _NOT_A_READ or key in OVERRIDE_HEADERS:
+            return False
+        if key == "content-length" and value.strip(" \t") != "0":
+            return False
+    return True
 
 
 def _policy_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:

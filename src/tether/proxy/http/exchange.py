@@ -12,10 +12,16 @@ Security decisions:
 * **The exchange event is always written**, whatever happened (in ``finally``), with the
   status (None when the target never answered), sizes, duration, the decision and rule,
   the policy version, the query's keys and whether upstream TLS was verified.
+* **A pipelined read answers nothing before its decision event committed**: with
+  ``committed`` (the broker's ``pipeline_reads``), the response head from the target is
+  read, then the commit awaited before the first byte goes to the agent; a refusal waits
+  for it too. A failed commit is a 503 and the target's answer is dropped with its
+  connection. The exchange event is appended only after the commit settled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Coroutine
@@ -62,9 +68,12 @@ class Exchange:
         claims: Claims,
         who: Subject,
         decision: Decision,
+        *,
+        committed: asyncio.Future[bool] | None = None,
     ) -> None:
         self.broker, self.route, self.target, self.plan = broker, route, target, plan
         self.claims, self.who, self.decision = claims, who, decision
+        self.committed = committed
         self.out = Outcome()
 
     async def run(
@@ -83,7 +92,11 @@ class Exchange:
             self.out.error = str(error)
         except CredentialError as error:  # revoked during a long transfer
             self.out.error = f"token no longer valid: {error.reason}"
+        except AuditGateClosed:
+            refusal = (503, AUDIT_DOWN)
         finally:
+            if not await self._committed():
+                refusal = (503, AUDIT_DOWN)
             if refusal is not None:
                 self.out.error = refusal[1]
                 if not self.out.started:
@@ -122,6 +135,9 @@ class Exchange:
         connection, response = await forwarder.open(
             method, target.encode("latin-1"), headers, receive, self.out
         )
+        if not await self._committed():
+            connection.close()  # its answer is dropped unread
+            raise AuditGateClosed
         self.out.status = response.status
         if response.status == 401 and injection.oauth_client is not None:
             broker.oauth.forget(injection.oauth_client)
@@ -132,6 +148,19 @@ class Exchange:
         self.out.response_headers = shown
         shown.append((refusals.REQUEST_ID.lower().encode(), request_id.encode()))
         await forwarder.stream_response(connection, send, shown, self.out)
+
+    async def _committed(self) -> bool:
+        """Whether the decision event is committed: at once unless pipelined, else once its
+        commit settled (shielded: a request cancelled meanwhile does not withdraw it)."""
+        if self.committed is None:
+            return True
+        try:
+            return await asyncio.shield(self.committed)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in auditing: fail closed
+            log.exception("auditing the decision of a pipelined read failed")
+            return False
 
     def _audit(self, scope: Scope, request_id: str, started: float) -> None:
         auditor = self.broker.services.auditor
@@ -160,6 +189,13 @@ class Exchange:
             )  # fmt: skip
 
         self.broker.audit_later.add(append, f"exchange {request_id} on {target}")
+
+
+AUDIT_DOWN = "the audit trail is unavailable"
+
+
+class AuditGateClosed(Exception):
+    """A pipelined read's decision event did not commit: its answer is never delivered."""
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
