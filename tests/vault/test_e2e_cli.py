@@ -113,6 +113,7 @@ def test_targets_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
     )  # fmt: skip
     assert ok(http) == "target payments (http) added\n"
     assert "secret payments/key does not exist yet" in http.stderr
+    assert "pipeline_reads: GET and HEAD are sent before their audit event commits" in http.stderr
     insecure = cluster.cli(
         "target", "add", "legacy", "-k", "http", "--url", "https://legacy.internal",
         "--insecure-skip-tls-verify", "-c", "basic:svc:legacy/pw", token=admin,
@@ -148,6 +149,7 @@ def test_targets_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
     for name in ("payments", "legacy", "bastion", "billing-db", "data"):
         assert name in table
     assert "NOT verified" in table
+    assert "WARNING payments: pipeline_reads" in table and "INSECURE" in table
     only_ssh = json.loads(ok(cluster.cli("target", "list", "--kind", "ssh", "--json", token=admin)))
     assert [t["name"] for t in only_ssh] == ["bastion"]
     assert only_ssh[0]["spec"]["users"] == ["deploy", "ops"]

@@ -184,7 +184,7 @@ def list_command(
             Text(where(target)),
             Text(credential_text(target["spec"].get("credential"))),
             Text(",".join(f"{k}={v}" for k, v in sorted(target["labels"].items())) or "-"),
-            Text("INSECURE (below)" if target["warnings"] else "-", style="bold red"),
+            Text(_flag(target["warnings"]), style="bold red"),
         )
     console = _console()
     console.print(table)
@@ -304,6 +304,13 @@ def _field_text(key: str, value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(str(item) for item in value)
     return "-" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _flag(warnings: list[str]) -> str:
+    """The list's warnings cell: INSECURE when verification is weakened."""
+    if any(warning.startswith("insecure:") for warning in warnings):
+        return "INSECURE (below)"
+    return "see below" if warnings else "-"
 
 
 def _warn(target: dict[str, Any]) -> None:

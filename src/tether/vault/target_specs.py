@@ -310,6 +310,8 @@ def warnings(spec: TargetSpec) -> tuple[str, ...]:
             found.append("insecure: upstream TLS certificates are NOT verified")
         if spec.base_url.lower().startswith("http:") and spec.credential is not None:
             found.append("insecure: the credential is sent upstream over plain http")
+        if spec.pipeline_reads:
+            found.append("pipeline_reads: GET and HEAD are sent before their audit event commits")
     if isinstance(spec, PostgresTargetSpec) and spec.tls_mode in ("require", "disable"):
         found.append(
             "insecure: TLS is off" if spec.tls_mode == "disable" else
