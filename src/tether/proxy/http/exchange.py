@@ -95,15 +95,17 @@ class Exchange:
         except AuditGateClosed:
             refusal = (503, AUDIT_DOWN)
         finally:
-            if not await self._committed():
-                refusal = (503, AUDIT_DOWN)
-            if refusal is not None:
-                self.out.error = refusal[1]
-                if not self.out.started:
-                    self.out.status = refusal[0]
-                    await _quietly(refusals.plain(refusal[0], refusal[1], request_id), scope,
-                                   receive, send)  # fmt: skip
-            self._audit(scope, request_id, started)
+            try:
+                if not await self._committed():
+                    refusal = (503, AUDIT_DOWN)
+                if refusal is not None:
+                    self.out.error = refusal[1]
+                    if not self.out.started:
+                        self.out.status = refusal[0]
+                        await _quietly(refusals.plain(refusal[0], refusal[1], request_id),
+                                       scope, receive, send)  # fmt: skip
+            finally:  # recorded even if cancelled again while the refusal goes out
+                self._audit(scope, request_id, started)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         spec = self.target.spec
