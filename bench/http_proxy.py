@@ -4,7 +4,10 @@ Run: ``.venv/bin/python bench/http_proxy.py [--json] [--duration SECONDS]``
 (needs ``wrk`` and ``nginx`` from Debian: ``apt-get install -y wrk nginx``).
 
 One small upstream (nginx, one worker, ``return 200``) is reached five ways, each loaded by
-wrk at 1 connection (1 thread) and 16 connections (2 threads) for ``--duration`` seconds:
+wrk at 1 connection (1 thread) and 16 connections (2 threads) for ``--duration`` seconds.
+With ``--upstream-delay-ms D`` the upstream of every setup is instead a small asyncio
+server in a process of its own that answers the same ``{"ok":true}`` D ms after each
+request arrived, as a real API would take its time (``direct`` then measures it):
 
 ===============  =============================================================================
 setup            what the requests go through
@@ -46,6 +49,7 @@ to standard error. Exit 2 when wrk or nginx is missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -105,7 +109,7 @@ http {{
   fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   server {{ listen 127.0.0.1:{upstream};
            location / {{ default_type application/json; return 200 '{{"ok":true}}'; }} }}
-  upstream up {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+  upstream up {{ server 127.0.0.1:{origin}; keepalive 32; }}
   server {{ listen 127.0.0.1:{proxy};
            location / {{ proxy_pass http://up; proxy_http_version 1.1;
                         proxy_set_header Connection ""; }} }}
@@ -223,6 +227,35 @@ def parse_wrk(out: str) -> dict[str, Any]:
 
 
 # --- the bare forwarder -------------------------------------------------------------------
+
+
+def serve_slow(port: int, delay_ms: float) -> None:
+    """The upstream of ``--upstream-delay-ms``: HTTP/1.1 keep-alive, every request answered
+    like nginx's ``return 200``, ``delay_ms`` after its head arrived (request bodies are not
+    expected: every setup sends GET)."""
+    import asyncio
+
+    import uvloop
+
+    body = b'{"ok":true}'
+    answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+              b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pending = b""
+        while data := await reader.read(65536):
+            pending += data
+            while b"\r\n\r\n" in pending:
+                _, pending = pending.split(b"\r\n\r\n", 1)
+                await asyncio.sleep(delay_ms / 1000)
+                writer.write(answer)
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(connection, "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(main())
 
 
 def serve_bare(port: int, upstream: int, http: str = "auto") -> None:
@@ -517,10 +550,23 @@ def main() -> int:
         default="full",
         help="tether's audit.sqlite_synchronous (default: full, the default)",
     )
+    parser.add_argument(
+        "--upstream-delay-ms",
+        type=float,
+        default=0.0,
+        help="answer every request this long after it arrived, from a small asyncio upstream "
+        "instead of nginx's return 200 (default 0: nginx)",
+    )
     parser.add_argument("--serve-bare", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-slow", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--serve-tls", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--serve-stages", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not 0 <= args.upstream_delay_ms <= 10_000:
+        parser.error("--upstream-delay-ms must be between 0 and 10000")
+    if args.serve_slow:
+        serve_slow(int(args.serve_slow[0]), float(args.serve_slow[1]))
+        return 0
     if args.serve_bare:
         port, upstream, http = args.serve_bare
         serve_bare(int(port), int(upstream), http)
@@ -545,25 +591,35 @@ def main() -> int:
         args.setups.split(","),
         [int(c) for c in args.connections.split(",")],
         args.sqlite_synchronous,
+        args.upstream_delay_ms,
     )
     report(results, as_json=args.json)
     return 0
 
 
 def run_all(
-    duration: int, setups: list[str], connection_counts: list[int], synchronous: str
+    duration: int,
+    setups: list[str],
+    connection_counts: list[int],
+    synchronous: str,
+    delay_ms: float = 0.0,
 ) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as name:
         tmp = Path(name)
-        upstream, proxy, bare, bare_ht = free_port(), free_port(), free_port(), free_port()
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream, proxy=proxy))
+        nginx_origin, proxy, bare, bare_ht = free_port(), free_port(), free_port(), free_port()
+        # Every setup reaches ``upstream``: nginx's return 200, or the delayed one.
+        upstream = free_port() if delay_ms else nginx_origin
+        conf = NGINX_CONF.format(tmp=tmp, upstream=nginx_origin, origin=upstream, proxy=proxy)
+        (tmp / "nginx.conf").write_text(conf)
         (tmp / "bench.lua").write_text(LUA)
         node = Node(tmp, upstream, synchronous)
         stderr = tmp / "tether.log"
+        slow = [sys.executable, __file__, "--serve-slow", str(upstream), str(delay_ms)]
         with (
             process([str(NGINX), "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
                     stderr=subprocess.DEVNULL),
+            process(slow) if delay_ms else contextlib.nullcontext(),
             process([sys.executable, __file__, "--serve-bare", str(bare), str(upstream),
                      "h11"]) as bare_proc,
             process([sys.executable, __file__, "--serve-bare", str(bare_ht), str(upstream),
@@ -573,7 +629,7 @@ def run_all(
                     stderr=log_file, env={k: v for k, v in os.environ.items()
                                           if not k.startswith("TETHER_")}) as node_proc,
         ):  # fmt: skip
-            for port in (upstream, proxy, bare, bare_ht):
+            for port in (nginx_origin, upstream, proxy, bare, bare_ht):
                 wait_port(port)
             session = node.setup(stderr)
             key, token = session.key, session.token
