@@ -22,12 +22,18 @@ from typing import Final
 from tether.policy.errors import InvalidRequest
 from tether.policy.httppath import show
 
-__all__ = ["OVERRIDE_HEADERS", "method_ok", "methods_match", "override_methods"]
+__all__ = ["OVERRIDE_HEADERS", "header_key", "method_ok", "methods_match", "override_methods"]
 
 OVERRIDE_HEADERS: Final = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override"}
 )
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+
+
+def header_key(name: str) -> str:
+    """A header name folded as override headers are found: lower case, ``_`` for ``-``,
+    surrounding blanks dropped."""
+    return name.strip(" \t").replace("_", "-").lower()
 
 
 def method_ok(method: str) -> bool:
@@ -47,7 +53,7 @@ def override_methods(headers: Mapping[str, str]) -> tuple[str, ...]:
     """
     found: dict[str, None] = {}
     for name, value in headers.items():
-        if name.strip(" \t").replace("_", "-").lower() not in OVERRIDE_HEADERS:
+        if header_key(name) not in OVERRIDE_HEADERS:
             continue
         method = value.strip(" \t")
         if not method_ok(method):

@@ -56,7 +56,7 @@ from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError, TokenInvalid
 from tether.identity.issued import Presented
 from tether.identity.replay import ReplayCacheFull
-from tether.policy.httpmethods import OVERRIDE_HEADERS
+from tether.policy.httpmethods import OVERRIDE_HEADERS, header_key
 from tether.policy.model import APPROVAL_REQUIRED, Decision
 from tether.proxy.core import Services, decide, policy_request, subject_of
 from tether.proxy.http import bodybind, refusals, websocket
@@ -155,9 +155,7 @@ class HttpBroker:
             await exchange.run(scope, receive, send, request_id, started)
             return
         if not await self._audit_decision(request, route, decision, who, started):
-            await refusals.plain(503, "the audit trail is unavailable", request_id)(
-                scope, receive, send
-            )
+            await refusals.plain(503, refusals.AUDIT_UNAVAILABLE, request_id)(scope, receive, send)
             return
         if not decision.allowed:
             access = None if pending is None else problem_members(pending, self.issuer)
@@ -327,7 +325,7 @@ def _pipelined(spec: HttpTargetSpec, method: str, headers: Mapping[str, str]) ->
     if not spec.pipeline_reads or method not in _READS:
         return False
     for name, value in headers.items():
-        key = name.strip(" \t").replace("_", "-").lower()  # as the policy reads overrides
+        key = header_key(name)  # as the policy finds overrides
         if key in _NOT_A_READ or key in OVERRIDE_HEADERS:
             return False
         if key == "content-length" and value.strip(" \t") != "0":

@@ -93,11 +93,11 @@ class Exchange:
         except CredentialError as error:  # revoked during a long transfer
             self.out.error = f"token no longer valid: {error.reason}"
         except AuditGateClosed:
-            refusal = (503, AUDIT_DOWN)
+            refusal = (503, refusals.AUDIT_UNAVAILABLE)
         finally:
             try:
                 if not await self._committed():
-                    refusal = (503, AUDIT_DOWN)
+                    refusal = (503, refusals.AUDIT_UNAVAILABLE)
                 if refusal is not None:
                     self.out.error = refusal[1]
                     if not self.out.started:
@@ -191,9 +191,6 @@ class Exchange:
             )  # fmt: skip
 
         self.broker.audit_later.add(append, f"exchange {request_id} on {target}")
-
-
-AUDIT_DOWN = "the audit trail is unavailable"
 
 
 class AuditGateClosed(Exception):

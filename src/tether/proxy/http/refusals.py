@@ -21,6 +21,7 @@ from tether.policy.model import Decision
 
 DPOP_ALGS: Final = " ".join(sorted(DEFAULT_ALGS))
 REQUEST_ID: Final = "X-Request-Id"
+AUDIT_UNAVAILABLE: Final = "the audit trail is unavailable"  # the 503 of invariant 5
 
 
 def unauthenticated(request_id: str) -> JSONResponse:

@@ -136,7 +136,7 @@ class Tunnel:
         except (InjectionError, UpstreamError) as error:
             refusal = target_refusal(error, self.out)
         except AuditUnavailable:
-            refusal = (503, "the audit trail is unavailable")
+            refusal = (503, refusals.AUDIT_UNAVAILABLE)
         except (OSError, TimeoutError) as error:
             self.out.error = f"the agent's connection failed: {type(error).__name__}"
         finally:
