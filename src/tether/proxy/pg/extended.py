@@ -50,6 +50,18 @@ class Refused:
     records: tuple[StatementRecord, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A name a forwarded message set (``installed``, ``None``: removed), and what to put
+    back if the server fails it (``on_fail``) or skips it (``on_skip``)."""
+
+    portal: bool
+    name: str
+    installed: Prepared | None
+    on_fail: Prepared | None
+    on_skip: Prepared | None
+
+
 def fixed_denial(policy: Policy, detail: str) -> Decision:
     """A ``sql-forbidden`` denial that no rule made (a protocol feature the broker refuses)."""
     version = getattr(policy.current(), "version", "")
@@ -75,24 +87,39 @@ class Statements:
         self._statements.pop("", None)
         self._portals.pop("", None)
 
-    def close(self, message: c.Close) -> None:
-        target = self._statements if message.kind == "S" else self._portals
-        target.pop(message.name, None)
+    def close(self, message: c.Close) -> Change:
+        portal = message.kind == "P"
+        target = self._portals if portal else self._statements
+        previous = target.pop(message.name, None)
+        return Change(portal, message.name, None, previous, previous)
 
-    def parse(self, message: c.Parse) -> Refused | None:
-        """``None`` when the ``Parse`` may go to the server."""
+    def undo(self, change: Change, *, failed: bool) -> None:
+        """The server failed (``failed``) or skipped the message that made ``change``: put
+        back what was there, unless a later message already changed the name again."""
+        target = self._portals if change.portal else self._statements
+        if target.get(change.name) is not change.installed:
+            return
+        restored = change.on_fail if failed else change.on_skip
+        if restored is None:
+            target.pop(change.name, None)
+        else:
+            target[change.name] = restored
+
+    def parse(self, message: c.Parse) -> Refused | Change | None:
+        """A :class:`Change` (or ``None``, nothing changed) when the ``Parse`` may go on."""
         verdict = self.decider.decide(message.query, "extended")
-        if message.name == "":
-            self._statements.pop("", None)
+        previous = self._statements.pop("", None) if message.name == "" else None
         if not verdict.decision.allowed:
             return Refused(verdict.decision, verdict.records)
-        if message.name not in self._statements:  # an existing name: the server refuses it
-            prepared = Prepared(message.query, verdict, self.policy.current())
-            self._statements[message.name] = prepared
-        return None
+        if message.name in self._statements:  # an existing name: the server refuses it
+            return None
+        prepared = Prepared(message.query, verdict, self.policy.current())
+        self._statements[message.name] = prepared
+        # A failed Parse of the unnamed statement has dropped the old one; a skipped one not.
+        return Change(False, message.name, prepared, None, previous)
 
-    def bind(self, message: c.Bind) -> Refused | None:
-        """``None`` when the ``Bind`` may go to the server (its portal is then recorded)."""
+    def bind(self, message: c.Bind) -> Refused | Change:
+        """A :class:`Change` when the ``Bind`` may go to the server (its portal recorded)."""
         prepared = self._statements.get(message.statement)
         if prepared is None:
             what = f"statement {message.statement!r} was not prepared through the broker"
@@ -113,8 +140,10 @@ class Statements:
                 verdict.decision, records, verdict.schemas, verdict.paths, verdict.transaction,
                 verdict.read_only,
             )  # fmt: skip
-        self._portals[message.portal] = Prepared(prepared.query, verdict, prepared.policy)
-        return None
+        previous = self._portals.get(message.portal)
+        bound = Prepared(prepared.query, verdict, prepared.policy)
+        self._portals[message.portal] = bound
+        return Change(True, message.portal, bound, None, previous)
 
     def execute(self, message: c.Execute) -> Verdict | Refused:
         """The verdict of the portal the ``Execute`` runs, or a refusal for an unknown one."""

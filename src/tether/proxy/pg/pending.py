@@ -27,6 +27,7 @@ from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
 from tether.proxy.pg import fields
 from tether.proxy.pg.commands import StatementRecord
+from tether.proxy.pg.extended import Change
 
 SENTINEL_SQL: Final = "TETHER REFUSED THIS STATEMENT"
 SENTINEL_NAME: Final = "tether.refused"
@@ -58,6 +59,7 @@ class Unit:
     index: int = 0
     schemas: list[str] = field(default_factory=list)
     ref: int = 0
+    change: Change | None = None  # the statement or portal name a Parse, Bind, Close set
 
 
 def first_error_code(body: bytes) -> str | None:

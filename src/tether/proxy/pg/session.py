@@ -67,10 +67,11 @@ from tether.proxy.pg.commands import (
     ToClient,
     ToServer,
     parameter_safe,
+    record_for,
     refusal,
 )
 from tether.proxy.pg.deciding import Decider, Verdict
-from tether.proxy.pg.extended import Refused, Statements, fixed_denial
+from tether.proxy.pg.extended import Change, Refused, Statements, fixed_denial
 from tether.proxy.pg.pending import (
     BIND,
     CLOSE,
@@ -164,8 +165,7 @@ class Session:
         elif isinstance(message, c.Describe):
             self._forward(DESCRIBE, raw, out)
         elif isinstance(message, c.Close):
-            self._extended.close(message)
-            self._forward(CLOSE, raw, out)
+            self._forward(CLOSE, raw, out, self._extended.close(message))
         elif isinstance(message, c.Sync):
             self._skipping = False
             self._forward(SYNC, raw, out)
@@ -177,14 +177,17 @@ class Session:
             self.ended = True
         else:  # FunctionCall
             denial = fixed_denial(self.policy, "the fast-path function call is refused")
+            out.append(AuditDecided((record_for(denial, "fastpath"),)))
             self._refuse_simple(denial, out)
 
     def _next_ref(self) -> int:
         self._refs += 1
         return self._refs
 
-    def _forward(self, kind: int, raw: bytes, out: list[Command]) -> None:
-        self._pending.append(Unit(kind))
+    def _forward(
+        self, kind: int, raw: bytes, out: list[Command], change: Change | None = None
+    ) -> None:
+        self._pending.append(Unit(kind, change=change))
         out.append(ToServer(raw))
 
     def _query(self, message: c.Query, raw: bytes, out: list[Command]) -> None:
@@ -221,12 +224,14 @@ class Session:
         out.append(ToServer(SENTINEL_PARSE))
         self._skipping = True
 
-    def _prepare(self, refused: Refused | None, kind: int, raw: bytes, out: list[Command]) -> None:
+    def _prepare(
+        self, checked: Refused | Change | None, kind: int, raw: bytes, out: list[Command]
+    ) -> None:
         """Forward a ``Parse`` or ``Bind`` its check allowed, or refuse it."""
-        if refused is None:
-            self._forward(kind, raw, out)
+        if isinstance(checked, Refused):
+            self._refuse_extended(checked, out)
         else:
-            self._refuse_extended(refused, out)
+            self._forward(kind, raw, out, checked)
 
     def _execute(self, message: c.Execute, raw: bytes, out: list[Command]) -> None:
         verdict = self._extended.execute(message)
@@ -321,9 +326,9 @@ class Session:
         unit = pending[0]
         if unit.refusal is not None:
             replacement: bytes = unit.refusal
-            if unit.kind != QUERY:
+            if unit.kind != QUERY:  # the sentinel Parse: the server now skips to Sync
                 pending.popleft()
-            self._drop_to_sync()
+                self._drop_to_sync(failed=False)
             return replacement
         code = first_error_code(body)
         if unit.kind == QUERY:
@@ -332,14 +337,22 @@ class Session:
             return raw
         if unit.kind == EXECUTE:
             self._result(unit, 0, be.T_ERROR, body, code, out)
-        self._drop_to_sync()
+        self._drop_to_sync(failed=True)
         return raw
 
-    def _drop_to_sync(self) -> None:
-        """After an error the server skips to the next Sync: drop what it will not answer."""
+    def _drop_to_sync(self, *, failed: bool) -> None:
+        """After an error in the extended protocol the server skips every message up to the
+        next Sync, a simple ``Query`` too: drop what it will not answer, and undo the names
+        those messages set (latest first). ``failed``: the first unit is the one that failed
+        (else it was skipped too)."""
         pending = self._pending
-        while pending and pending[0].kind not in (SYNC, QUERY, INTERNAL):
-            pending.popleft()
+        dropped: list[Unit] = []
+        while pending and pending[0].kind not in (SYNC, INTERNAL):
+            dropped.append(pending.popleft())
+        for index in range(len(dropped) - 1, -1, -1):
+            change = dropped[index].change
+            if change is not None:
+                self._extended.undo(change, failed=failed and index == 0)
 
     def _parameter(
         self, body: bytes, raw: bytes, out: list[Command], chunk: bytearray
