@@ -9,6 +9,7 @@ from tether.policy.model import Decision
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
 from tether.proxy.pg import framing
+from tether.proxy.pg.extended import touches_prepared
 from tether.proxy.pg.session import (
     SCHEMAS_SQL,
     SENTINEL_SQL,
@@ -155,6 +156,33 @@ def test_copy_data_outside_copy_mode_is_dropped() -> None:
     assert session.client(c.CopyData(b"x"), c.CopyData(b"x").encode()) == []
 
 
+class CopyPolicy(FakePolicy):
+    """The fake policy, and ``COPY items FROM STDIN`` allowed too."""
+
+    def decide(self, query: str, default_schema: str, shape: object = None) -> Decision:
+        if query.lower().startswith("copy items from stdin"):
+            return Decision("allow", "r2", "allowed", None, "v1")
+        return super().decide(query, default_schema, shape)
+
+
+def test_copy_data_right_behind_an_allowed_copy_is_forwarded_in_order() -> None:
+    session = Session(CopyPolicy(), default_schema="public", user="u1")
+    copy = c.Query("COPY items FROM STDIN")
+    out = session.client(copy, copy.encode())
+    assert isinstance(out[0], AuditDecided) and out[1] == ToServer(copy.encode())
+    for message in (c.CopyData(b"1\tx\n"), c.CopyDone()):
+        assert session.client(message, message.encode()) == [ToServer(message.encode())]
+
+
+def test_copy_data_behind_a_refused_copy_or_a_read_is_dropped() -> None:
+    session, _ = _session()  # the fake policy refuses COPY
+    session.client(c.Query("SELECT * FROM items"), c.Query("SELECT * FROM items").encode())
+    copy = c.Query("COPY items FROM STDIN")
+    session.client(copy, copy.encode())  # refused: a sentinel goes in its place
+    for message in (c.CopyData(b"1\tx\n"), c.CopyDone(), c.CopyFail("no")):
+        assert session.client(message, message.encode()) == []
+
+
 # --- property: nothing the policy refused ever reaches the server -----------------------------
 
 TEXTS = ["SELECT * FROM items", "DELETE FROM items", "SELECT * FROM secrets", "SET search_path = x",
@@ -203,3 +231,66 @@ def test_refused_text_never_reaches_the_server(
             session.server(framing.BackendFramer().feed(b"".join(replies)))
         if session.ended:
             return
+
+
+# --- the broker's statement names follow the server's ------------------------------------------
+
+
+class PreparingPolicy(FakePolicy):
+    """The fake policy, and SQL ``DEALLOCATE`` and ``DISCARD`` allowed too."""
+
+    def decide(self, query: str, default_schema: str, shape: object = None) -> Decision:
+        if query.lower().split()[:1] in (["deallocate"], ["discard"]):
+            return Decision("allow", "r3", "allowed", None, "v1")
+        return super().decide(query, default_schema, shape)
+
+
+def _texts(session: Session) -> dict[str, str]:
+    return {name: p.query for name, p in session._extended._statements.items()}
+
+
+def test_parse_of_a_name_in_use_takes_the_new_text_unless_the_server_refuses_it() -> None:
+    session, _ = _session()
+    first, second = c.Parse("s1", "SELECT * FROM items"), c.Parse("s1", "SELECT 2")
+    session.client(first, first.encode())
+    session.client(c.Sync(), c.Sync().encode())
+    session.server(_frames(b"1\x00\x00\x00\x04", be.ready("I")))
+    session.client(second, second.encode())
+    assert _texts(session) == {"s1": "SELECT 2"}  # what the server has if it accepts it
+    session.client(c.Sync(), c.Sync().encode())
+    session.server(_frames(be.error("42P05", "exists").encode(), be.ready("I")))
+    assert _texts(session) == {"s1": "SELECT * FROM items"}  # it refused the duplicate
+
+
+@given(st.sampled_from(["DEALLOCATE s1", "deallocate ALL", "DISCARD /* x */ ALL",
+                        "SELECT 1; DEALLOCATE PREPARE s1"]))  # fmt: skip
+def test_sql_that_may_drop_prepared_statements_forgets_every_name(query: str) -> None:
+    session = Session(PreparingPolicy(), default_schema="public", user="u1")
+    parse = c.Parse("s1", "SELECT * FROM items")
+    session.client(parse, parse.encode())
+    session.client(c.Sync(), c.Sync().encode())
+    session.server(_frames(b"1\x00\x00\x00\x04", be.ready("I")))
+    session.client(c.Query(query), c.Query(query).encode())
+    assert _texts(session) == {}
+    bind = c.Bind("", "s1")
+    out = session.client(bind, bind.encode())
+    assert bind.encode() not in _sent(out)  # refused: not prepared through the broker
+
+
+@given(st.text(max_size=80))
+def test_touches_prepared_never_crashes(text: str) -> None:
+    assert touches_prepared(text) in (True, False)
+
+
+PREPARED_FORMS = ["PREPARE p AS SELECT 1", "DEALLOCATE p", "DEALLOCATE ALL", "DISCARD ALL",
+                  "DISCARD PLANS", "deallocate prepare p"]  # fmt: skip
+
+
+@given(
+    st.sampled_from(PREPARED_FORMS),
+    st.sampled_from(["", "SELECT 1; ", "/* c */ ", "-- c\n", "BEGIN;\n"]),
+    st.booleans(),
+)
+def test_touches_prepared_finds_every_form(statement: str, before: str, lower: bool) -> None:
+    assert touches_prepared(before + (statement.lower() if lower else statement))
+    assert not touches_prepared(before + "SELECT 'prepare', \"deallocate\" FROM discard")

@@ -16,16 +16,30 @@ Security decisions:
 * **Only names made through the broker are used.** A ``Bind`` must name a statement this
   session parsed and was allowed, an ``Execute`` a portal it bound: anything else
   (statements made with SQL ``PREPARE``, cursors from ``DECLARE``) is refused as
-  ``sql-forbidden``. A ``Parse`` of a name already in use keeps the first statement (the
-  server refuses the second one). A ``Close``, and a simple ``Query`` for the unnamed
-  statement and portal, forget names as the server does.
+  ``sql-forbidden``. A ``Close``, and a simple ``Query`` for the unnamed statement and
+  portal, forget names as the server does.
+* **The names follow the server's, not the client's messages.** Each forwarded ``Parse``,
+  ``Bind`` or ``Close`` records what it changed (:class:`Change`); when the server fails
+  it, or skips it after an earlier error up to ``Sync``, the change is undone as the server
+  left it (:meth:`Statements.undo`). A ``Parse`` of a name already in use takes the new
+  text (the server has it if it accepts the ``Parse``; if it refuses the duplicate, the
+  old text is put back). A statement that may create or drop prepared statements in SQL
+  (``PREPARE``, ``DEALLOCATE``, ``DISCARD``: :func:`touches_prepared`) makes the broker
+  forget every name, so later ``Bind`` and ``Execute`` messages naming them are refused
+  until they are prepared again through the broker. So the text re-decided at ``Bind`` is
+  always the text the server will run.
 * The number of parameters a ``Bind`` carries is recorded with each statement's audit
   record (never their values).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from typing import Final
+
+from pglast import parser as pg_parser
 
 from tether.policy.model import Decision
 from tether.proxy.pg import codec as c
@@ -62,6 +76,27 @@ class Change:
     on_skip: Prepared | None
 
 
+_PREPARED_WORDS: Final = re.compile(r"prepare|deallocate|discard", re.IGNORECASE)
+_PREPARED_STATEMENTS: Final = frozenset({"PrepareStmt", "DeallocateStmt", "DiscardStmt"})
+
+
+def touches_prepared(query: str) -> bool:
+    """Whether ``query`` has a statement that creates or drops prepared statements on the
+    server (SQL ``PREPARE``, ``DEALLOCATE``, ``DISCARD``); True when in doubt (text the
+    parser refuses). A cheap word search first: most queries name none of them."""
+    if _PREPARED_WORDS.search(query) is None:
+        return False
+    try:
+        tree = json.loads(pg_parser.parse_sql_json(query))
+    except (pg_parser.ParseError, ValueError, RecursionError):
+        return True
+    return any(
+        kind in _PREPARED_STATEMENTS
+        for item in tree.get("stmts", ())
+        for kind in item.get("stmt", {})
+    )
+
+
 def fixed_denial(policy: Policy, detail: str) -> Decision:
     """A ``sql-forbidden`` denial that no rule made (a protocol feature the broker refuses)."""
     version = getattr(policy.current(), "version", "")
@@ -87,6 +122,12 @@ class Statements:
         self._statements.pop("", None)
         self._portals.pop("", None)
 
+    def forget_all(self) -> None:
+        """SQL may have created or dropped prepared statements (:func:`touches_prepared`):
+        forget every name, so that none is used until prepared again through the broker."""
+        self._statements.clear()
+        self._portals.clear()
+
     def close(self, message: c.Close) -> Change:
         portal = message.kind == "P"
         target = self._portals if portal else self._statements
@@ -105,18 +146,20 @@ class Statements:
         else:
             target[change.name] = restored
 
-    def parse(self, message: c.Parse) -> Refused | Change | None:
-        """A :class:`Change` (or ``None``, nothing changed) when the ``Parse`` may go on."""
+    def parse(self, message: c.Parse) -> Refused | Change:
+        """A :class:`Change` when the ``Parse`` may go on."""
         verdict = self.decider.decide(message.query, "extended")
-        previous = self._statements.pop("", None) if message.name == "" else None
+        unnamed = message.name == ""
+        names = self._statements
+        previous = names.pop("", None) if unnamed else names.get(message.name)
         if not verdict.decision.allowed:
             return Refused(verdict.decision, verdict.records)
-        if message.name in self._statements:  # an existing name: the server refuses it
-            return None
         prepared = Prepared(message.query, verdict, self.policy.current())
         self._statements[message.name] = prepared
-        # A failed Parse of the unnamed statement has dropped the old one; a skipped one not.
-        return Change(False, message.name, prepared, None, previous)
+        # A failed Parse of the unnamed statement has dropped the old one on the server; one
+        # of a named statement in use is the server refusing the duplicate (the old one
+        # stays). A skipped Parse changed nothing.
+        return Change(False, message.name, prepared, None if unnamed else previous, previous)
 
     def bind(self, message: c.Bind) -> Refused | Change:
         """A :class:`Change` when the ``Bind`` may go to the server (its portal recorded)."""
@@ -152,4 +195,6 @@ class Statements:
             return _unknown(
                 self.policy, f"portal {message.portal!r} was not bound through the broker"
             )
+        if touches_prepared(portal.query):
+            self.forget_all()
         return portal.verdict

@@ -33,7 +33,10 @@ Enforcement (security decisions):
   differently from what the policy parsed), ends the session before the next statement.
 * **COPY** runs only as the statement the policy allowed: ``COPY ... FROM STDIN`` needs
   ``insert``, ``TO STDOUT`` ``select``, file and program forms are forbidden by the
-  engine. ``CopyData`` is forwarded only while the server is in copy-in mode.
+  engine. Copy messages are forwarded only while the server is in copy-in mode, or while an
+  allowed statement that may start a ``COPY ... FROM STDIN`` is in flight (a client may
+  send its rows right behind the statement; the server ignores copy messages outside
+  copy mode); otherwise they are dropped.
 
 Refusals. A denied or approval-needing statement is answered with ``ErrorResponse`` SQLSTATE
 ``42501`` naming the reason and the rule. So that the server's transaction state is exactly
@@ -71,7 +74,7 @@ from tether.proxy.pg.commands import (
     refusal,
 )
 from tether.proxy.pg.deciding import Decider, Verdict
-from tether.proxy.pg.extended import Change, Refused, Statements, fixed_denial
+from tether.proxy.pg.extended import Change, Refused, Statements, fixed_denial, touches_prepared
 from tether.proxy.pg.pending import (
     BIND,
     CLOSE,
@@ -148,7 +151,7 @@ class Session:
 
     def _message(self, message: c.FrontendMessage, raw: bytes, out: list[Command]) -> None:
         if isinstance(message, c.CopyData | c.CopyDone | c.CopyFail):
-            if self._copy_in:
+            if self._copy_in or self._copy_may_start():
                 out.append(ToServer(raw))
                 self._copy_in = isinstance(message, c.CopyData)
             return
@@ -180,6 +183,18 @@ class Session:
             out.append(AuditDecided((record_for(denial, "fastpath"),)))
             self._refuse_simple(denial, out)
 
+    def _copy_may_start(self) -> bool:
+        """Whether an allowed statement in flight may put the server in copy-in mode (a
+        ``COPY ... FROM STDIN`` is of class ``insert``): a client may send its rows right
+        behind it, before the server's ``CopyInResponse``. The server reads them in order;
+        if that statement turns out to be no COPY, or fails, it ignores copy messages."""
+        return any(
+            unit.refusal is None
+            and unit.kind in (QUERY, EXECUTE)
+            and any("insert" in record.classes for record in unit.records)
+            for unit in self._pending
+        )
+
     def _next_ref(self) -> int:
         self._refs += 1
         return self._refs
@@ -201,6 +216,8 @@ class Session:
             out.append(AuditDecided(verdict.records))
             self._refuse_simple(verdict.decision, out)
             return
+        if touches_prepared(text):  # SQL PREPARE, DEALLOCATE, DISCARD: names may change
+            self._extended.forget_all()
         self._run(QUERY, verdict, raw, out)
 
     def _run(self, kind: int, verdict: Verdict, raw: bytes, out: list[Command]) -> None:
@@ -225,7 +242,7 @@ class Session:
         self._skipping = True
 
     def _prepare(
-        self, checked: Refused | Change | None, kind: int, raw: bytes, out: list[Command]
+        self, checked: Refused | Change, kind: int, raw: bytes, out: list[Command]
     ) -> None:
         """Forward a ``Parse`` or ``Bind`` its check allowed, or refuse it."""
         if isinstance(checked, Refused):
