@@ -26,7 +26,7 @@ import re
 import ssl
 from dataclasses import dataclass
 from typing import Final, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from tether.vault.oauth2 import ClientCredentials, OAuth2Error, OAuth2Tokens
 from tether.vault.secrets import SecretNotFound
@@ -67,11 +67,12 @@ class Injection:
         return tuple(name for name, _ in self.headers)
 
     def query(self, query: str) -> str:
-        """``query`` without the agent's occurrences of the parameter, then Tether's."""
+        """``query`` without the agent's occurrences of the parameter (under any
+        percent-encoding of its name, which targets decode), then Tether's."""
         if self.query_param is None:
             return query
         name, value = self.query_param
-        kept = [p for p in query.split("&") if p and p.partition("=")[0] != name]
+        kept = [p for p in query.split("&") if p and unquote(p.partition("=")[0]) != name]
         kept.append(f"{name}={quote(value, safe='')}")
         return "&".join(kept)
 

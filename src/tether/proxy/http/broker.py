@@ -46,7 +46,7 @@ from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.approvals.frontend import agent_reason, prefer_wait, problem_members, wait_decided
 from tether.approvals.model import AccessRequest
@@ -360,13 +360,39 @@ def _pem_to_der(pem: str) -> bytes:
     return ssl.PEM_cert_to_DER_cert(pem)
 
 
+def _both_framings(headers: list[tuple[bytes, bytes]]) -> bool:
+    names = {name for name, _ in headers}
+    return b"transfer-encoding" in names and b"content-length" in names
+
+
+def _closing(send: Send) -> Send:
+    """``send`` with ``Connection: close`` added to the response head."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", ()), (b"connection", b"close")]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return closing
+
+
 class BrokerMiddleware:
-    """ASGI middleware putting the broker's routes in front of the node's API."""
+    """ASGI middleware putting the broker's routes in front of the node's API.
+
+    A request framed both by ``Transfer-Encoding`` and ``Content-Length`` (read chunked,
+    as h11 does) closes its connection once answered (RFC 9112 section 6.3): a proxy in
+    front of the node that framed it by ``Content-Length`` would otherwise have the rest
+    of its body read here as a request of its own, on a connection it may share between
+    agents.
+    """
 
     def __init__(self, app: ASGIApp, broker: HttpBroker) -> None:
         self.app, self.broker = app, broker
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _both_framings(scope["headers"]):
+            send = _closing(send)
         if scope["type"] == "http":
             route = self.broker.router.route(scope)
             if route is not None:

@@ -15,9 +15,12 @@ Security decisions:
   a truncated response, never one that looks complete.
 * **Live checks**: at least every ``live_check_interval`` seconds of a transfer the token is
   re-checked (``IdentityService.check_live``), so a revocation ends a long transfer too.
-* **Retry only what cannot have had an effect**: a request with no body that fails on a
-  reused keep-alive connection before any answer byte is sent once more on a new one (the
-  target may have closed the idle connection); nothing else is ever retried.
+* **Retry only what may be repeated**: an idempotent request (RFC 9110 section 9.2.2:
+  ``GET``, ``HEAD``, ``OPTIONS``, ``TRACE``, ``PUT``, ``DELETE``) with no body that fails on
+  a reused keep-alive connection (the target may have closed the idle connection) is sent
+  once more on a new one. Nothing else is ever retried: not a timeout (the target has the
+  request and may be acting on it), and never a ``POST`` or ``PATCH``, which the target may
+  have carried out before the connection failed.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from tether.proxy.http.upstream import (
     Response,
     UpstreamError,
     UpstreamPool,
+    UpstreamTimeout,
 )
 
 LIVE_CHECK_INTERVAL: Final = 1.0
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class BodyTooLarge(Exception):
@@ -105,12 +110,15 @@ class Forwarder:
         """Send the request (head and body) and read the response head."""
         first = await self._receive(receive)
         body, more = first.get("body", b""), first.get("more_body", False)
-        chunked = more or (body and not any(n == b"content-length" for n, _ in headers))
-        if chunked:
+        # Never both framings (RFC 9112 section 6.1): a body the agent framed with
+        # Content-Length keeps it (h11 holds the count to it), any other body goes chunked.
+        sized = any(n == b"content-length" for n, _ in headers)
+        if (more or body) and not sized:
             headers = [*headers, (b"transfer-encoding", b"chunked")]
         self._count_in(len(body), out)
         head = [(b"host", self.plan.host), *headers]
         path = self.plan.base_path.encode("latin-1") + target
+        retry = not more and method in IDEMPOTENT
         for attempt in (0, 1):
             connection, out.reused = await self.pool.connect(
                 self.plan.origin, self.plan.connect_timeout
@@ -124,7 +132,8 @@ class Forwarder:
                 return connection, await connection.response(self.plan.read_timeout)
             except (UpstreamError, OSError) as error:
                 connection.close()
-                if attempt or more or not out.reused or isinstance(error, TimeoutError):
+                timeout = isinstance(error, TimeoutError | UpstreamTimeout)
+                if attempt or not retry or not out.reused or timeout:
                     raise _as_upstream(error) from None
             except BaseException:
                 connection.close()

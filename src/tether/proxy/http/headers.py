@@ -10,19 +10,26 @@ Request (agent → target), :func:`request_headers` drops:
   agent says about where the request came from;
 * ``Host`` (the target's own is set), ``Expect`` (Tether answers ``100-continue`` itself)
   and any header named like the injected credential, so the agent cannot shadow it;
+* ``Content-Length`` when the agent also sent ``Transfer-Encoding`` (RFC 9112 section 6.1:
+  the body was read chunked, so the length is not the body's and must not be forwarded);
 * cookies of other targets. Cookies are scoped by name: the broker renames every cookie a
   target sets to ``<target>.<name>`` (:func:`response_headers`), and forwards to a target
   only the cookies carrying its prefix, with the prefix removed. On the shared ``/t/``
   origin an agent's cookie jar holds every target's cookies; none leaks to another target.
 
 Response (target → agent), :func:`response_headers` drops hop-by-hop and
-``Connection``-listed headers, and any header whose value contains the injected credential
+``Connection``-listed headers, ``Content-Length`` when the target also sent
+``Transfer-Encoding`` (the body was read chunked, RFC 9112 section 6.3; the agent's side
+frames it anew), and any header whose value contains the injected credential
 (a target that echoes it must not hand it to the agent); it renames cookies as above,
 drops their ``Domain`` and, on the path form, confines their ``Path`` to ``/t/<target>``.
 
 Security decisions: names compare case-insensitively (ASGI gives them lower-cased, h11
-too); a malformed ``Connection`` value still removes what it names and never adds
-anything; nothing here can add a header the agent sent under another name.
+too) and, on the request side, with ``_`` read as ``-``: CGI, WSGI, PHP and some proxies
+fold the two (``X_Forwarded_For`` is their ``HTTP_X_FORWARDED_FOR``), so a header dropped
+under one spelling is dropped under the other (as the policy finds override headers); a
+malformed ``Connection`` value still removes what it names and never adds anything;
+nothing here can add a header the agent sent under another name.
 """
 
 from __future__ import annotations
@@ -53,19 +60,26 @@ def connection_listed(headers: Iterable[Header]) -> frozenset[bytes]:
     return frozenset(listed)
 
 
+def _folded(name: bytes) -> bytes:
+    """A request header name as targets may read it: lower case, ``_`` for ``-``."""
+    return name.lower().replace(b"_", b"-")
+
+
 def request_headers(
     headers: Sequence[Header], target: str, *, injected: Iterable[bytes] = ()
 ) -> list[Header]:
     """The agent's headers that may reach ``target`` (cookies re-scoped, see above)."""
-    drop = HOP_BY_HOP | _AGENT_ONLY | connection_listed(headers)
-    drop |= {name.lower() for name in injected}
+    drop = HOP_BY_HOP | _AGENT_ONLY | {_folded(n) for n in connection_listed(headers)}
+    drop |= {_folded(name) for name in injected}
+    if any(name.lower() == b"transfer-encoding" for name, _ in headers):
+        drop |= {b"content-length"}
     kept: list[Header] = []
     cookies: list[bytes] = []
     for name, value in headers:
-        lower = name.lower()
+        lower, key = name.lower(), _folded(name)
         if lower == b"cookie":
             cookies.extend(_own_cookies(value, target))
-        elif lower not in drop and not lower.startswith(b"x-forwarded-"):
+        elif key not in drop and not key.startswith(b"x-forwarded-"):
             kept.append((lower, value))
     if cookies:
         kept.append((b"cookie", b"; ".join(cookies)))
@@ -95,6 +109,8 @@ def response_headers(
     redirects are moved under it), None on the host form.
     """
     drop = HOP_BY_HOP | connection_listed(headers)
+    if any(name.lower() == b"transfer-encoding" for name, _ in headers):
+        drop |= {b"content-length"}
     kept: list[Header] = []
     for name, value in headers:
         lower = name.lower()

@@ -11,8 +11,10 @@ Security decisions:
   host name checked, unless the target sets ``tls_verify: false``; such contexts are
   marked so the broker can log and audit the opt-out (:attr:`Origin.verified`).
 * **A connection is reused only after a complete, well-framed exchange** (h11 back in
-  ``IDLE`` on both sides); any error, a partial read or a timeout discards it, so a
-  response can never be read from the tail of another one.
+  ``IDLE`` on both sides) **that left nothing unread**: any error, a partial read, a
+  timeout, or a byte the target sent beyond its response (a ``HEAD`` answered with a body,
+  a body longer than its ``Content-Length``, anything sent while the connection was idle)
+  discards it, so a response can never be read from the tail of another one.
 * **Bounded**: at most ``pool_size`` idle connections per origin, idle ones closed after
   ``idle_timeout``; response header blocks over ``max_header_bytes`` fail the exchange.
 """
@@ -170,7 +172,14 @@ class Connection:
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             with contextlib.suppress(h11.LocalProtocolError):
                 self.h11.start_next_cycle()
-        return self.h11.our_state is h11.IDLE and self.h11.their_state is h11.IDLE
+        idle = self.h11.our_state is h11.IDLE and self.h11.their_state is h11.IDLE
+        return idle and not self.unsolicited()
+
+    def unsolicited(self) -> bool:
+        """Whether the target sent bytes no request asked for (read or buffered unread)."""
+        # StreamReader has no public way to look at its buffer without consuming it.
+        buffered: bytearray = getattr(self.reader, "_buffer", bytearray())
+        return bool(self.h11.trailing_data[0]) or bool(buffered)
 
     def close(self) -> None:
         self.writer.close()
@@ -198,7 +207,8 @@ class UpstreamPool:
         now = self._clock()
         while idle:
             connection = idle.pop()
-            if now - connection.idle_since < self._idle_timeout and not _closed(connection):
+            fresh = now - connection.idle_since < self._idle_timeout
+            if fresh and not _closed(connection) and not connection.unsolicited():
                 return connection, True
             connection.close()
         return await self._open(origin, timeout), False
