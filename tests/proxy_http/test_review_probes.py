@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -274,3 +275,43 @@ def test_an_encoded_spelling_of_the_credential_parameter_is_dropped(
     )
     assert _status(answer) == 200
     assert upstream.seen[-1].target == "/v1/a?x=1&api_key=the-real-key"
+
+
+# --- the credential echoed back -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        lambda key: quote(key, safe=""),
+        lambda key: quote(key, safe="").lower(),
+        lambda key: quote_plus(key, safe=""),
+    ],
+    ids=["percent-encoded", "lower-case-hex", "form-encoded"],
+)
+def test_a_redirect_echoing_the_credential_url_encoded_never_reaches_the_agent(
+    node: Harness, echo: Callable[[str], str]
+) -> None:
+    """A target that puts the injected header credential in a redirect's query (as many
+    login redirects do) percent-encodes it; base64 keys hold '/', '+' and '='."""
+    key = "k3y/with+plus and=="
+    node.put_secret("key", key.encode())
+    location = f"/login?api_key={echo(key)}".encode()
+
+    def answer(seen: RawSeen) -> bytes:
+        return b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\nContent-Length: 0\r\n\r\n"
+
+    target = RawUpstream(answer).start()
+    try:
+        node.add_target(
+            "api",
+            base_url=target.url,
+            credential={"type": "header", "secret": "key", "header_name": "X-Api-Key"},
+        )
+        agent = node.agent()
+        answer_ = _send(node.port, _head(node, agent, "GET", "/v1/a", "Connection: close"))
+        assert _status(answer_) == 302
+        assert target.seen[-1].header("x-api-key") == [key]
+        assert location not in answer_, answer_
+    finally:
+        target.stop()

@@ -20,8 +20,9 @@ Request (agent → target), :func:`request_headers` drops:
 Response (target → agent), :func:`response_headers` drops hop-by-hop and
 ``Connection``-listed headers, ``Content-Length`` when the target also sent
 ``Transfer-Encoding`` (the body was read chunked, RFC 9112 section 6.3; the agent's side
-frames it anew), and any header whose value contains the injected credential
-(a target that echoes it must not hand it to the agent); it renames cookies as above,
+frames it anew), and any header whose value contains the injected credential, as is or
+once percent-decoded (a target that echoes it, say in a redirect's query, must not hand
+it to the agent); it renames cookies as above,
 drops their ``Domain`` and, on the path form, confines their ``Path`` to ``/t/<target>``.
 
 Security decisions: names compare case-insensitively (ASGI gives them lower-cased, h11
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Final
+from urllib.parse import unquote_to_bytes
 
 Header = tuple[bytes, bytes]
 
@@ -114,7 +116,7 @@ def response_headers(
     kept: list[Header] = []
     for name, value in headers:
         lower = name.lower()
-        if lower in drop or any(s and s in value for s in secrets):
+        if lower in drop or _holds(value, secrets):
             continue
         if lower == b"set-cookie":
             cookie = _scoped_cookie(value, target, path_prefix)
@@ -126,6 +128,15 @@ def response_headers(
         else:
             kept.append((lower, value))
     return kept
+
+
+def _holds(value: bytes, secrets: Sequence[bytes]) -> bool:
+    """Whether ``value`` carries one of ``secrets``, also URL-encoded (any hex case, ``+``
+    for a space)."""
+    forms = [value]
+    if b"%" in value or b"+" in value:
+        forms += [unquote_to_bytes(value), unquote_to_bytes(value.replace(b"+", b" "))]
+    return any(s and s in form for s in secrets for form in forms)
 
 
 def _scoped_cookie(value: bytes, target: str, path_prefix: str | None) -> bytes | None:
