@@ -315,3 +315,50 @@ def test_a_redirect_echoing_the_credential_url_encoded_never_reaches_the_agent(
         assert location not in answer_, answer_
     finally:
         target.stop()
+
+
+def _echo(seen: RawSeen) -> bytes:
+    """A target that answers TRACE as RFC 9110 9.3.8 says: the request it received."""
+    if seen.method.upper() != "TRACE":
+        return ok()
+    echo = f"{seen.method} {seen.target} HTTP/1.1\r\n".encode()
+    echo += "".join(f"{n}: {v}\r\n" for n, v in seen.headers).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: %d\r\n\r\n"
+    return head % len(echo) + echo
+
+
+@pytest.mark.parametrize("method", ["TRACE", "trace"])
+@pytest.mark.parametrize(
+    "credential",
+    [
+        {"type": "header", "secret": "key", "header_name": "X-Api-Key"},
+        {"type": "query", "secret": "key", "param": "api_key"},
+    ],
+    ids=["header", "query"],
+)
+def test_trace_never_carries_the_credential(
+    node: Harness, method: str, credential: dict[str, str]
+) -> None:
+    """RFC 9110 section 9.3.8: a client MUST NOT send stored credentials in a TRACE request,
+    whose answer echoes it: an allow rule on any method (``*``) handed the agent the key."""
+    node.put_secret("key", b"the-real-key")
+    target = RawUpstream(_echo).start()
+    try:
+        node.add_target("api", base_url=target.url, credential=credential)
+        agent = node.agent()
+        answer = _send(node.port, _head(node, agent, method, "/v1/a", "Connection: close"))
+        assert b"the-real-key" not in answer, answer
+        assert all(b"the-real-key" not in repr(s).encode() for s in target.seen)
+    finally:
+        target.stop()
+
+
+def test_connect_is_not_forwarded(node: Harness, upstream: Upstream) -> None:
+    """CONNECT takes an authority, never a path (RFC 9110 section 9.3.6); forwarded as
+    ``CONNECT /v1/a`` a 2xx switches the upstream connection to a tunnel the broker never
+    relays (the agent got an empty 200 and the node an assertion error)."""
+    node.add_target("api", base_url=upstream.url)
+    agent = node.agent()
+    answer = _send(node.port, _head(node, agent, "CONNECT", "/v1/a", "Connection: close"))
+    assert _status(answer) == 501, answer
+    assert upstream.seen == []

@@ -6,6 +6,11 @@ Security decisions:
   (:func:`tether.proxy.http.headers.request_headers`), and never leaves on the response
   side: response headers holding it are dropped, refusals are Tether's own texts, and the
   audit event records header names and sizes through the redactor, never the value.
+* **Methods the broker cannot forward are refused (501)**, whatever the policy allowed:
+  ``CONNECT`` (an authority, not a path, RFC 9110 section 9.3.6; a 2xx would switch the
+  target's connection to a tunnel) and ``TRACE`` when a credential is injected (RFC 9110
+  section 9.3.8: its answer echoes the request, credential included). Methods are
+  compared upper-cased here, as targets that fold them would read them.
 * **Upstream failures are refusals**: 502 (unreachable, TLS failure, broken framing,
   unusable credential) or 504 (timeout), audited with Tether's reason; the target's own
   error body is never read into a refusal.
@@ -46,7 +51,7 @@ from tether.proxy.http.forward import (
 from tether.proxy.http.headers import request_headers, response_headers
 from tether.proxy.http.routing import Route, query_keys
 from tether.proxy.http.upstream import UpstreamError, UpstreamTimeout
-from tether.vault.http_inject import InjectionError, injection_for
+from tether.vault.http_inject import NO_INJECTION, InjectionError, injection_for
 from tether.vault.target_specs import HttpTargetSpec
 from tether.vault.targets import Target
 
@@ -94,6 +99,8 @@ class Exchange:
             self.out.error = f"token no longer valid: {error.reason}"
         except AuditGateClosed:
             refusal = (503, refusals.AUDIT_UNAVAILABLE)
+        except NotForwarded as error:
+            refusal = (501, str(error))
         finally:
             try:
                 if not await self._committed():
@@ -111,6 +118,9 @@ class Exchange:
         spec = self.target.spec
         assert isinstance(spec, HttpTargetSpec)
         broker = self.broker
+        folded = scope["method"].upper()
+        if folded == "CONNECT":
+            raise NotForwarded("CONNECT is not forwarded to targets")
         declared = _content_length(scope["headers"])
         if (
             self.plan.max_body is not None
@@ -121,6 +131,8 @@ class Exchange:
         injection = await injection_for(
             spec.credential, broker.secrets, broker.oauth, self.plan.origin.tls
         )
+        if folded == "TRACE" and injection is not NO_INJECTION:
+            raise NotForwarded("TRACE is not forwarded to a target with a credential")
         headers = request_headers(scope["headers"], self.target.name,
                                   injected=injection.header_names)  # fmt: skip
         headers.extend(injection.headers)
@@ -191,6 +203,10 @@ class Exchange:
             )  # fmt: skip
 
         self.broker.audit_later.add(append, f"exchange {request_id} on {target}")
+
+
+class NotForwarded(Exception):
+    """A method the broker never forwards (501)."""
 
 
 class AuditGateClosed(Exception):
