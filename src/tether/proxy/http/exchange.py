@@ -9,8 +9,10 @@ Security decisions:
 * **Methods the broker cannot forward are refused (501)**, whatever the policy allowed:
   ``CONNECT`` (an authority, not a path, RFC 9110 section 9.3.6; a 2xx would switch the
   target's connection to a tunnel) and ``TRACE`` when a credential is injected (RFC 9110
-  section 9.3.8: its answer echoes the request, credential included). Methods are
-  compared upper-cased here, as targets that fold them would read them.
+  section 9.3.8: its answer echoes the request, credential included), and any method not
+  written in upper case: the policy compares methods case-sensitively (spec 5.1), but
+  Django, Werkzeug, Rack and others upper-case them, so ``delete`` allowed by a ``*`` rule
+  would be a ``DELETE`` that a deny rule never saw.
 * **Upstream failures are refusals**: 502 (unreachable, TLS failure, broken framing,
   unusable credential) or 504 (timeout), audited with Tether's reason; the target's own
   error body is never read into a refusal.
@@ -118,7 +120,10 @@ class Exchange:
         spec = self.target.spec
         assert isinstance(spec, HttpTargetSpec)
         broker = self.broker
-        folded = scope["method"].upper()
+        method_name = scope["method"]
+        folded = method_name.upper()
+        if folded != method_name:  # a target may fold it: "delete" would be its DELETE
+            raise NotForwarded("methods are forwarded in upper case only")
         if folded == "CONNECT":
             raise NotForwarded("CONNECT is not forwarded to targets")
         declared = _content_length(scope["headers"])

@@ -16,11 +16,11 @@ Security decisions:
 * **Live checks**: at least every ``live_check_interval`` seconds of a transfer the token is
   re-checked (``IdentityService.check_live``), so a revocation ends a long transfer too.
 * **Retry only what may be repeated**: an idempotent request (RFC 9110 section 9.2.2:
-  ``GET``, ``HEAD``, ``OPTIONS``, ``TRACE``, ``PUT``, ``DELETE``) with no body that fails on
-  a reused keep-alive connection (the target may have closed the idle connection) is sent
-  once more on a new one. Nothing else is ever retried: not a timeout (the target has the
-  request and may be acting on it), and never a ``POST`` or ``PATCH``, which the target may
-  have carried out before the connection failed.
+  ``GET``, ``HEAD``, ``OPTIONS``, ``TRACE``, ``PUT``, ``DELETE``) without a body that fails
+  on a reused keep-alive connection (the target may have closed the idle connection) is
+  sent once more on a new one. Nothing else is ever
+  retried: not a timeout (the target has the request and may be acting on it), and never a
+  ``POST`` or ``PATCH``, which the target may have carried out before the connection failed.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Forwarder:
         self._count_in(len(body), out)
         head = [(b"host", self.plan.host), *headers]
         path = self.plan.base_path.encode("latin-1") + target
-        retry = not more and method in IDEMPOTENT
+        retry = not more and not body and method in IDEMPOTENT
         for attempt in (0, 1):
             connection, out.reused = await self.pool.connect(
                 self.plan.origin, self.plan.connect_timeout

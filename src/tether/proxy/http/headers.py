@@ -133,6 +133,8 @@ def response_headers(
 def _holds(value: bytes, secrets: Sequence[bytes]) -> bool:
     """Whether ``value`` carries one of ``secrets``, also URL-encoded (any hex case, ``+``
     for a space)."""
+    if not secrets:
+        return False
     forms = [value]
     if b"%" in value or b"+" in value:
         forms += [unquote_to_bytes(value), unquote_to_bytes(value.replace(b"+", b" "))]
