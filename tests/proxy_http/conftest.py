@@ -241,6 +241,22 @@ def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     )  # fmt: skip
 
 
+def agent_head(harness: Harness, agent: Agent, method: str, path: str, *extra: str) -> bytes:
+    """A raw request head for ``/t/api<path>`` with the agent's token and a fresh proof,
+    exactly as written (nothing normalized by a client library), ``extra`` header lines
+    last, without the blank line that ends it (``raw_request`` adds its own)."""
+    raw = "/t/api" + path
+    auth = agent.headers(method, harness.url + raw)
+    lines = [
+        f"{method} {raw} HTTP/1.1",
+        f"Host: 127.0.0.1:{harness.port}",
+        f"Authorization: {auth['Authorization']}",
+        f"DPoP: {auth['DPoP']}",
+        *extra,
+    ]
+    return "\r\n".join(lines).encode("latin-1")
+
+
 def raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
     """Send exactly ``head`` (request line and headers, no final blank line) and ``body``."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:

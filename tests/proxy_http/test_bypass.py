@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import Agent, Harness, curl, curl_status, raw_request
+from .conftest import Agent, Harness, agent_head, curl, curl_status, raw_request
 from .upstream import Upstream
 
 # (raw path inside /t/api, what it tries): the allow rule covers /v1/**, a deny rule
@@ -67,16 +67,7 @@ def agent(shared: tuple[Harness, Upstream, Agent]) -> Agent:
 
 
 def _send(harness: Harness, agent: Agent, method: str, path: str, *extra: str) -> int:
-    raw = "/t/api" + path
-    headers = agent.headers(method, harness.url + raw)
-    lines = [
-        f"{method} {raw} HTTP/1.1",
-        f"Host: 127.0.0.1:{harness.port}",
-        f"Authorization: {headers['Authorization']}",
-        f"DPoP: {headers['DPoP']}",
-        *extra,
-    ]
-    status, _ = raw_request(harness.port, "\r\n".join(lines).encode("latin-1"))
+    status, _ = raw_request(harness.port, agent_head(harness, agent, method, path, *extra))
     return status
 
 

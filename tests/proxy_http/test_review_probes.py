@@ -11,7 +11,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from .conftest import Agent, Harness
+from .conftest import Agent, Harness, agent_head
 from .rawupstream import RawSeen, RawUpstream, ok
 from .upstream import Upstream
 
@@ -36,16 +36,7 @@ def node(tmp_path: Path) -> Iterator[Harness]:
 
 
 def _head(node: Harness, agent: Agent, method: str, path: str, *extra: str) -> bytes:
-    raw = "/t/api" + path
-    auth = agent.headers(method, node.url + raw)
-    lines = [
-        f"{method} {raw} HTTP/1.1",
-        f"Host: 127.0.0.1:{node.port}",
-        f"Authorization: {auth['Authorization']}",
-        f"DPoP: {auth['DPoP']}",
-        *extra,
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return agent_head(node, agent, method, path, *extra) + b"\r\n\r\n"
 
 
 def _send(port: int, *parts: bytes, pause: float = 0.2) -> bytes:

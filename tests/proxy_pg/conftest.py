@@ -49,6 +49,8 @@ from tether.store import agents as agent_store
 from tether.vault.secrets import SecretStore
 from tether.vault.targets import TargetStore
 
+from .wire import Wire, errors, status
+
 DATABASE = "broker_app"
 APP_PASSWORD = "app-" + secrets.token_urlsafe(12)
 ADMIN_PASSWORD = "adm-" + secrets.token_urlsafe(12)
@@ -192,6 +194,14 @@ class Broker:
         )
         key_path.chmod(0o600)
         return bound.token, cert_path, key_path
+
+    async def session(self) -> Wire:
+        """A raw wire session of a new ``bot`` agent, logged in and idle."""
+        agent = await self.agent()
+        wire = await Wire.open(self.port)
+        frames = await wire.login(self.password(agent))
+        assert status(frames) == "I", errors(frames)
+        return wire
 
     def password(self, agent: AgentKey, database: str = "app") -> str:
         return dpop_password(agent.token, agent.key, public_address=self.address, database=database)

@@ -51,11 +51,7 @@ BYPASSES = [
 
 
 async def _session(broker: Broker) -> Wire:
-    agent = await broker.agent()
-    wire = await Wire.open(broker.port)
-    frames = await wire.login(broker.password(agent))
-    assert status(frames) == "I", errors(frames)
-    return wire
+    return await broker.session()
 
 
 async def _count_items(broker: Broker) -> str:

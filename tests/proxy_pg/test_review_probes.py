@@ -14,11 +14,7 @@ LEAK = "SELECT items::text FROM items WHERE id = 1"
 
 
 async def _session(broker: Broker) -> Wire:
-    agent = await broker.agent()
-    wire = await Wire.open(broker.port)
-    frames = await wire.login(broker.password(agent))
-    assert status(frames) == "I", errors(frames)
-    return wire
+    return await broker.session()
 
 
 async def _pipeline(wire: Wire, *messages: object) -> list[tuple[int, bytes, bytes]]:
