@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 CHUNK = 65536
 ServerProcess = asyncssh.SSHServerProcess[bytes]
 ClientProcess = asyncssh.SSHClientProcess[bytes]
+Terminal = tuple[str, tuple[int, int, int, int]] | None  # type and size, or no terminal
 
 
 async def handle_process(process: ServerProcess, session: BrokerSession) -> None:
@@ -65,31 +66,46 @@ async def _fail(process: ServerProcess, message: str, status: int = 1) -> None:
     process.exit(status)
 
 
+def _terminal(process: ServerProcess) -> Terminal:
+    """The channel's terminal as it stands when its session starts, read once.
+
+    asyncssh's server takes a ``pty-req`` even after ``exec`` or ``shell``; one that comes
+    later (say while the target is dialled) must not give the target a terminal the decision
+    did not see, so the terminal is read before the decision and only that reading is used.
+    """
+    term = process.get_terminal_type()
+    if term is None:
+        return None
+    return term, process.get_terminal_size()
+
+
 async def _run_exec(process: ServerProcess, session: BrokerSession, command: str) -> None:
+    terminal = _terminal(process)
     decision = await session.decide({"ssh": {"command": command}})
-    if decision.allowed and process.get_terminal_type() is not None:
+    if decision.allowed and terminal is not None:
         decision = await session.decide({"ssh": {"shell": True}})  # a terminal: see above
     if not decision.allowed:
         await _audit_command(session, command, decision, None, 0, 0.0, refused=True)
         await _fail(process, refusal_text(decision))
         return
     canonical = parse_command(command).canonical()
-    meta = _meta(process, session, command=canonical)
-    await _forward(process, session, decision, canonical, meta)
+    meta = _meta(terminal, session, command=canonical)
+    await _forward(process, session, decision, canonical, meta, terminal)
 
 
 async def _run_shell(process: ServerProcess, session: BrokerSession) -> None:
+    terminal = _terminal(process)
     decision = await session.decide({"ssh": {"shell": True}})
     if not decision.allowed:
         await _audit_command(session, "(shell)", decision, None, 0, 0.0, refused=True)
         await _fail(process, refusal_text(decision))
         return
-    await _forward(process, session, decision, None, _meta(process, session, command=None))
+    meta = _meta(terminal, session, command=None)
+    await _forward(process, session, decision, None, meta, terminal)
 
 
-def _meta(process: ServerProcess, session: BrokerSession, *, command: str | None) -> RecordingMeta:
-    width, height = process.get_terminal_size()[:2]
-    term = process.get_terminal_type()
+def _meta(terminal: Terminal, session: BrokerSession, *, command: str | None) -> RecordingMeta:
+    term, (width, height) = (None, (0, 0)) if terminal is None else (terminal[0], terminal[1][:2])
     claims = session.identity.claims
     return RecordingMeta(
         width=width or 80,
@@ -110,8 +126,10 @@ async def _forward(
     decision: Decision,
     command: str | None,
     meta: RecordingMeta,
+    terminal: Terminal,
 ) -> None:
-    """Run ``command`` (None: a shell) on the target and stream it to the agent."""
+    """Run ``command`` (None: a shell) on the target and stream it to the agent, with the
+    terminal read before the decision (None: none)."""
     shown = command if command is not None else "(shell)"
     config = session.context.config.recording
     options = RecordingOptions(config.record_input, config.max_output_bytes)
@@ -128,12 +146,11 @@ async def _forward(
     output = 0
     try:
         upstream = await session.upstream()
-        term = process.get_terminal_type()
         remote = await upstream.create_process(
             command,
             encoding=None,
-            term_type=term,
-            term_size=process.get_terminal_size() if term else None,
+            term_type=None if terminal is None else terminal[0],
+            term_size=None if terminal is None else terminal[1],
         )
     except (UpstreamError, asyncssh.Error, OSError) as error:
         text = str(error) if isinstance(error, UpstreamError) else "the target refused the channel"

@@ -6,7 +6,8 @@ Every operation is decided (spec 5.5) on the absolute path it names
 ==================  ===========================================================
 SFTP request        decided as
 ==================  ===========================================================
-open                ``read`` (read flag) and/or ``write`` (write, append, create,
+open                ``read`` (read flag, or no write flag: the target then opens
+                    the file for reading) and/or ``write`` (write, append, create,
                     truncate flags): every one needed must be allowed
 opendir, readlink,  ``list``
 statvfs
@@ -24,7 +25,9 @@ realpath            answered here, lexically; touches no file
 
 ``opendir`` of ``dir/`` is decided as ``dir`` (``sftp``'s ``ls`` sends the slash; only a
 directory can be listed, so both name the same thing). On a handle: ``read`` and ``write``
-were decided at ``open``; ``fsetstat`` needs a handle opened for writing. A refusal is
+were decided at ``open`` (a read on a handle not decided for reading, or a write on one
+not decided for writing, is refused); ``fsetstat`` needs a handle opened for writing;
+``lsetstat`` reaches the target as ``lsetstat`` (it does not follow a link). A refusal is
 ``SSH_FX_PERMISSION_DENIED`` with the ``Tether: ...`` reason. Each file closed after data
 went through is audited with ``file_transfer`` (op ``read`` or ``write``, path, bytes,
 SHA-256) and added to the channel's recording; removals and renames are audited as well.
@@ -143,7 +146,10 @@ class BrokerSftp(asyncssh.SFTPServer):
         await (await self._sftp()).setstat(self._encode(target), attrs)
 
     async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
-        await self.setstat(path, attrs)
+        target = await self._path(path)
+        await self._allow({"op": "write", "path": target})
+        client = await self._sftp()
+        await client.setstat(self._encode(target), attrs, follow_symlinks=False)
 
     async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
         # OpenSSH's sftp opens "dir/": on a directory-only operation one trailing '/' names
@@ -204,9 +210,11 @@ class BrokerSftp(asyncssh.SFTPServer):
 
     async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
         target = await self._path(path)
-        reading, writing = bool(pflags & FXF_READ), bool(pflags & _WRITE_FLAGS)
-        if not reading and not writing:
-            reading = True
+        # Without the write flag a POSIX target opens the file read-only (OpenSSH's
+        # sftp-server: O_RDONLY, plus O_APPEND, O_CREAT or O_TRUNC for those flags), so the
+        # handle can be read: such an open is decided as ``read`` too.
+        reading = bool(pflags & FXF_READ) or not pflags & FXF_WRITE
+        writing = bool(pflags & _WRITE_FLAGS)
         ops = [op for op, wanted in (("read", reading), ("write", writing)) if wanted]
         await self._allow(*({"op": op, "path": target} for op in ops))
         config = self.session.context.config
@@ -229,12 +237,16 @@ class BrokerSftp(asyncssh.SFTPServer):
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         file = _file(file_obj)
+        if not file.reading:
+            raise asyncssh.SFTPPermissionDenied("Tether: the file was not opened for reading")
         data = await file.handle.read(offset, size)
         self.session.bytes_out += len(data)
         return data
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         file = _file(file_obj)
+        if not file.writing:
+            raise asyncssh.SFTPPermissionDenied("Tether: the file was not opened for writing")
         self.session.bytes_in += len(data)
         return await file.handle.write(offset, data)
 
