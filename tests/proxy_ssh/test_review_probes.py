@@ -150,3 +150,48 @@ async def test_env_requests_and_a_second_request_on_a_channel(env: Env) -> None:
         assert await chan._make_request(b"shell") is False
         await chan.wait_closed()
     assert received(env.sshd_dir) == [command, "sleep 1"]
+
+
+FORWARD_DENY = """
+rules:
+  - id: forward-anywhere
+    effect: allow
+    agents: [deploy-bot]
+    targets: {labels: {env: test}}
+    ssh:
+      forwards: ["*:*"]
+  - id: never-the-loopback
+    effect: deny
+    targets: {labels: {env: test}}
+    ssh:
+      forwards: ["127.0.0.1:*", "localhost:*"]
+"""
+
+
+@pytest.mark.parametrize(
+    "host", ["127.1", "2130706433", "0x7f000001", "LOCALHOST", "::ffff:127.0.0.1"]
+)
+async def test_a_denied_forward_destination_is_not_reached_by_another_spelling(
+    env: Env, host: str
+) -> None:
+    """The destination was matched as the agent spelled it, and the target's resolver reads
+    other spellings of the same address, so a deny rule on ``127.0.0.1:*`` /
+    ``localhost:*`` was passed by ``127.1``, ``2130706433``, ``0x7f000001``, ``LOCALHOST``
+    or ``::ffff:127.0.0.1``. Only the canonical spelling is accepted now."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"reached")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env.stack.holder.replace(policy(FORWARD_DENY).current)
+    agent = await env.stack.agent()
+    try:
+        async with agent.connect("root@web-1") as conn:
+            reader, _ = await conn.open_connection(host, port)
+            got = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        server.close()
+    assert got == b"", f"{host}:{port} reached the denied loopback listener"

@@ -14,12 +14,18 @@ Choices where the spec is silent (all deny-side):
 * Strings are at most 1 MiB (``_MAX_STRING`` characters).
 * A file ``rename`` is authorised as a ``delete`` of its source and a ``write`` of its
   destination.
+* An ``ssh.forward`` destination must name its host in canonical form
+  (:func:`canonical_host`) and its port in decimal without leading zeros: other spellings
+  of one address (``127.1``, ``0x7f000001``, ``LOCALHOST``, ``::ffff:127.0.0.1``) reach the
+  same place but would not match the rule written for it.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from tether.policy import filepath, httpmatch, shell, sql
 from tether.policy.errors import InvalidRequest
@@ -137,6 +143,39 @@ def _check_forward(destination: str) -> None:
         raise InvalidRequest(f"action.ssh.forward must be host:port, got {destination[:64]!r}")
     if any(c.isspace() or ord(c) < 32 for c in host):
         raise InvalidRequest("action.ssh.forward holds a space or control character")
+    if port != str(int(port)) or not canonical_host(host):
+        raise InvalidRequest(
+            "action.ssh.forward must name its host in canonical form (lower-case name, "
+            f"dotted-quad IPv4 or compressed IPv6), got {destination[:64]!r}"
+        )
+
+
+_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def canonical_host(host: str) -> bool:
+    """Whether ``host`` is written in the one form rules can name it by: an IPv4 address as
+    four decimal octets without leading zeros, an IPv6 address compressed and in lower case
+    (not IPv4-mapped, no zone), or a lower-case DNS name without a trailing dot whose last
+    label starts with a letter. Resolvers also read ``127.1``, ``2130706433``,
+    ``0x7f000001``, ``LOCALHOST`` or ``::ffff:127.0.0.1`` as the loopback, so a deny rule
+    on ``127.0.0.1:*`` would not see them: such spellings are invalid requests (denied)."""
+    if ":" in host:
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return address.ipv4_mapped is None and address.scope_id is None and str(address) == host
+    try:
+        return str(ipaddress.IPv4Address(host)) == host
+    except ValueError:
+        pass
+    labels = host.split(".")
+    return (
+        len(host) <= 253
+        and all(_LABEL.fullmatch(label) for label in labels)
+        and labels[-1][0].isalpha()
+    )
 
 
 _SQL_FIELDS = frozenset({"query", "database"})
