@@ -67,16 +67,27 @@ def test_replay_into_a_pipe_reproduces_the_output_bytes(
     assert done.stdout == shown
 
 
-def test_replay_takes_the_recorded_time_at_speed_one(recorded: tuple[Path, bytes]) -> None:
+def test_replay_takes_the_recorded_time_at_speed_one(
+    recorded: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pauses the command asks for are read off the real clock's ``sleep`` (which it
+    still calls): comparing two runs' wall times failed on a loaded machine."""
     root, _ = recorded
     args = ("replay", "s-42", "--recordings", str(root))
+    real_sleep, pauses = time.sleep, []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     started = time.monotonic()
     assert _run(None, *args).returncode == 0
-    slow = time.monotonic() - started
-    started = time.monotonic()
+    assert time.monotonic() - started >= 0.28  # the recorded `sleep 0.3`, really waited
+    assert max(pauses) >= 0.28 and sum(pauses) >= 0.28
+    pauses.clear()
     assert _run(None, *args, "--max-idle", "0").returncode == 0
-    fast = time.monotonic() - started
-    assert slow - fast >= 0.25  # the recorded `sleep 0.3`, skipped by --max-idle 0
+    assert pauses == []  # every pause capped at zero: nothing slept
 
 
 def test_export_text_strips_escape_sequences(recorded: tuple[Path, bytes], tmp_path: Path) -> None:
