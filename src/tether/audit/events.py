@@ -55,8 +55,10 @@ KINDS: Final = frozenset(
     }
 )
 
-# The count fields: non-negative integers when given.
+# The count fields: non-negative integers when given, that fit the BIGINT columns (a larger
+# one would fail the whole batch it is written in, other events with it).
 _COUNTS: Final = ("bytes_in", "bytes_out", "rows")
+MAX_COUNT: Final = 2**63 - 1
 _STRINGS: Final = (
     "id", "kind", "agent", "runtime", "task", "user", "target", "decision", "rule", "reason",
     "policy_version", "session_id", "source_ip",
@@ -175,10 +177,11 @@ class AuditEvent:
             for name in _COUNTS:
                 _check_count(name, getattr(self, name))
         duration = self.duration_ms
-        if duration is not None and not (type(duration) is float and 0.0 <= duration < math.inf):
+        if duration is not None and not (type(duration) is float and 0.0 < duration < math.inf):
             _check_duration(duration)
-            # Stored as a double: an int would read back as a float and hash differently.
-            setter(self, "duration_ms", float(duration))
+            # Stored as a double: an int would read back as a float and hash differently;
+            # and SQLite stores -0.0 as 0.0, so a zero is always written 0.0 (+ 0.0 does it).
+            setter(self, "duration_ms", float(duration) + 0.0)
         if type(self.action) is not _Checked:
             setter(self, "action", frozen_json(self.action, "action"))
         if type(self.detail) is not _Checked:
@@ -220,8 +223,8 @@ def storable(value: object, where: str) -> str:
 def _check_count(name: str, value: object) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise EventError(f"{name} must be a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise EventError(f"{name} must be a non-negative integer below 2**63, got {value!r}")
 
 
 def _check_duration(value: object) -> None:

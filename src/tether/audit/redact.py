@@ -58,29 +58,48 @@ ALWAYS_SENSITIVE_HEADERS: Final = frozenset(
 _NORMALISE: Final = str.maketrans("", "", "_-. ")
 _STRING_TOKENS: Final = frozenset({"SCONST", "USCONST"})
 
-# Secrets recognised by their shape, wherever they are.
+# Secrets recognised by their shape, wherever they are. Agent-controlled text of any length
+# goes through this on the event loop, so it must stay linear: a run of name characters is
+# entered only at its start (the look-behinds) and never backtracked into (possessive
+# ``*+``), and a run that may be a secret is looked at for a bounded length; without that,
+# an 8 KB path with a query string took seconds (review probes).
 _SHAPES: Final = re.compile(
     r"""
-    (?P<jwt>eyJ[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*){2,4})        # JWS (3 parts), JWE (5)
+    (?P<jwt>(?<![A-Za-z0-9_])eyJ[A-Za-z0-9_-]{2,4096}+(?:\.[A-Za-z0-9_-]*+){2,4})  # JWS, JWE
   | (?P<pem>-----BEGIN[A-Z ]*PRIVATE\ KEY-----[\s\S]*?(?:-----END[A-Z ]*PRIVATE\ KEY-----|\Z))
-  | (?P<scheme>\b(?:[Bb]earer|DPoP|dpop|[Bb]asic)\s+)[A-Za-z0-9._~+/=-]+
-  | (?P<tether>\bt[aj]t_[A-Za-z0-9_-]*\.)[A-Za-z0-9_-]+           # tat_<id>.<secret>
-  | (?P<userinfo>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+(?=@)
-  | (?P<flag>(?<!\S)--?(?P<flagname>[A-Za-z][A-Za-z0-9_-]*)(?:\s+|=))    # after a blank
-        (?P<flagvalue>"[^"]*"|'[^']*'|[^\s"']+)
-  | (?P<pair>(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)["']?\s*[:=]\s*)
-        (?P<value>(?:[Bb]earer|DPoP|dpop|[Bb]asic)\s+[A-Za-z0-9._~+/=-]+
-                 |"(?:[^"\\]|\\.)*"|'[^']*'|[^\s&;,"'}\]]+)
+  | (?P<scheme>\b(?:[Bb]earer|BEARER|DPoP|dpop|DPOP|[Bb]asic|BASIC)\s+)[A-Za-z0-9._~+/=-]+
+  | (?P<tether>\bt[aj]t_[A-Za-z0-9_-]{0,256}+\.)[A-Za-z0-9_-]+          # tat_<id>.<secret>
+  | (?P<userinfo>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+://[^\s/:@]*+:)[^\s@]{1,1024}+(?=@)
+  | (?P<sqlpw>\b(?i:password)\s+)                  # PostgreSQL's PASSWORD 'literal'
+        (?:(?:[Ee]|[Uu]&)?'(?:[^']|'')*'|\$(?P<tag>[A-Za-z_]*)\$[\s\S]*?\$(?P=tag)\$)
+  | (?P<auth>(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]*?(?i:authorization)["']?\s*[:=]\s*)
+        [A-Za-z][A-Za-z0-9!\#$%&*+.^_|~-]*[ \t]+[^\s"',;]+(?:[ \t]*,[ \t]*[^\s"',;]+)*
+  | (?P<flag>(?<!\S)--?(?P<flagname>[A-Za-z][A-Za-z0-9_-]*+)(?:\s++|=))(?=\S)  # after a blank
+  | (?P<pair>(?<![A-Za-z0-9_.-])[0-9.-]*+(?P<name>[A-Za-z_][A-Za-z0-9_.-]*+)["']?\s*+[:=]\s*+)
+        (?=[^\s&;,}\]])
     """,
     re.VERBOSE,
 )
+# The value after a flag or a ``name=``/``name:`` (matched from the end of ``flag`` or
+# ``pair`` only when the name is sensitive: the value of any other name is scanned like the
+# rest of the text). A quote never closed runs to the end: over-redact rather than leak.
+_FLAG_VALUE: Final = re.compile(r"""(?:"[^"]*"|'[^']*'|[^\s"']+|"[^"]*+|'[^']*+)""")
+_PAIR_VALUE: Final = re.compile(
+    r"""(?:(?:[Bb]earer|BEARER|DPoP|dpop|DPOP|[Bb]asic|BASIC)\s+[A-Za-z0-9._~+/=-]+
+         |"(?:[^"\\]|\\.)*"|'[^']*'|[^\s&;,"'}\]]+|"(?:[^"\\]|\\.)*+|'[^']*+)""",
+    re.VERBOSE,
+)
 _MAY_HOLD_SHAPE: Final = re.compile(
-    r"eyJ|-----BEGIN|[Bb]earer|DPoP|dpop|[Bb]asic|t[aj]t_|[:=]|(?<!\S)-"
+    r"eyJ|-----BEGIN|[Bb]earer|BEARER|DPoP|dpop|DPOP|[Bb]asic|BASIC|t[aj]t_|[:=]|(?<!\S)-"
+    r"|(?i:password)\s+[EeUu$']"
 )
 # Substrings of which every match of _MAY_HOLD_SHAPE holds one: a string with none of them
 # cannot hold a secret by its shape, and ``in`` (a C substring search) answers several
 # times faster than the pattern, on every string of every event.
-_SHAPE_MARKS: Final = ("=", ":", "-", "eyJ", "earer", "DPoP", "dpop", "asic", "t_")
+_SHAPE_MARKS: Final = (
+    "=", ":", "-", "eyJ", "earer", "EARER", "DPoP", "dpop", "DPOP", "asic", "ASIC", "t_", "'",
+    "$",
+)  # fmt: skip
 # Bounded memo of the answers for strings and names seen before: the same agent names,
 # paths, methods and keys come back on every event. Only *clean* strings are remembered,
 # so the memo never holds a secret.
@@ -142,24 +161,46 @@ class Redactor:
             if len(value) <= _MEMO_MAX_CHARS:
                 _remember(self._clean, value, None)
             return value
-        redacted = _SHAPES.sub(self._replace, value)
+        redacted = self._scan(value)
         if redacted == value and len(value) <= _MEMO_MAX_CHARS:
             _remember(self._clean, value, None)
         return redacted
 
-    def _replace(self, match: re.Match[str]) -> str:
+    def _scan(self, value: str) -> str:
+        """Every shape of ``value`` replaced, in one pass from left to right. The value of
+        a name that is not sensitive is scanned in place, where the scan goes on, rather
+        than by a recursive call: a value holding ``a:a:a:...`` recursed once per pair,
+        which an agent's 6 KB path made a RecursionError (review probes)."""
+        parts: list[str] = []
+        position = 0
+        search = _SHAPES.search
+        while (match := search(value, position)) is not None:
+            parts.append(value[position : match.start()])
+            replaced, position = self._replace(match)
+            parts.append(replaced)
+        parts.append(value[position:])
+        return "".join(parts)
+
+    def _replace(self, match: re.Match[str]) -> tuple[str, int]:
+        """The text that replaces ``match``, and where the scan goes on."""
         kind = match.lastgroup
+        end = match.end()
         if kind in ("jwt", "pem"):
-            return REDACTED
-        if kind == "flagvalue":
-            if not self.sensitive_name(match["flagname"]):
-                return match["flag"] + self.text(match["flagvalue"])
-            return match["flag"] + _quoted_like(match["flagvalue"], REDACTED)
-        if kind == "value":
-            if not self.sensitive_name(match["name"]):
-                return match["pair"] + self.text(match["value"])
-            return match["pair"] + _quoted_like(match["value"], REDACTED)
-        return match[kind or 0] + REDACTED  # scheme, tether, userinfo: the prefix stays
+            return REDACTED, end
+        if match["sqlpw"] is not None:  # the literal after PASSWORD
+            return match["sqlpw"] + "'" + REDACTED + "'", end
+        if match["auth"] is not None:  # an Authorization value: scheme and credentials
+            return match["auth"] + REDACTED, end
+        if kind in ("flag", "pair"):
+            name = match["flagname"] if kind == "flag" else match["name"]
+            if not self.sensitive_name(name):
+                return match[kind], end  # the value is scanned as the rest of the text
+            pattern = _FLAG_VALUE if kind == "flag" else _PAIR_VALUE
+            found = pattern.match(match.string, end)
+            if found is None:
+                return match[kind], end
+            return match[kind] + _quoted_like(found[0], REDACTED), found.end()
+        return match[kind or 0] + REDACTED, end  # scheme, tether, userinfo: the prefix stays
 
     def json(self, value: Any) -> Any:
         """A copy of a JSON value: sensitive keys' values replaced at any depth, strings
@@ -215,7 +256,9 @@ def _has_mark(value: str) -> bool:
     """Whether ``value`` holds one of :data:`_SHAPE_MARKS` (written out: no loop)."""
     return (
         "=" in value or ":" in value or "-" in value or "eyJ" in value or "earer" in value
-        or "DPoP" in value or "dpop" in value or "asic" in value or "t_" in value
+        or "EARER" in value or "DPoP" in value or "dpop" in value or "DPOP" in value
+        or "asic" in value or "ASIC" in value or "t_" in value or "'" in value
+        or "$" in value
     )  # fmt: skip
 
 

@@ -205,6 +205,16 @@ def event_from_row(row: RowMapping | Mapping[str, Any]) -> AuditEvent:
     )
 
 
+def sqlite_time_text(moment: datetime) -> str:
+    """``moment`` (aware) as SQLAlchemy stores it in SQLite: ``YYYY-MM-DD HH:MM:SS.ffffff``
+    UTC, the one text of each instant (``verify`` refuses any other)."""
+    t = moment.astimezone(UTC)
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond:06d}"
+    )
+
+
 def _sqlite_time(value: str) -> datetime:
     """A time as SQLAlchemy stores it in SQLite (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC)."""
     moment = datetime.fromisoformat(value)

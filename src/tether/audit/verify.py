@@ -5,7 +5,11 @@
 1. its ``seq`` follows the previous one (a gap is a deletion);
 2. its stored ``hash`` is the hash of its stored content, ``seq`` and ``prev_hash``
    included (a mismatch is a changed event; when the content hashes right under a
-   neighbouring ``seq``, the event was moved, so one was inserted, deleted or reordered);
+   neighbouring ``seq``, the event was moved, so one was inserted, deleted or reordered),
+   and that content is stored in exactly the text it is written in (JSON columns in
+   canonical form, strings as the event holds them, SQLite's time in SQLAlchemy's format):
+   another text of the same value, which parses back to what was hashed, is a change too,
+   since raw SQL, the indexes and ``search`` read the text;
 3. its ``prev_hash`` is the stored hash of the event before it (a mismatch is a broken
    link: an event was inserted, deleted, moved, or the one before was rewritten);
 4. a checkpoint at its ``seq`` holds its hash.
@@ -41,11 +45,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.audit.canonical import GENESIS, event_hash
+from tether.audit.canonical import GENESIS, event_hash, json_text
 from tether.audit.checkpoints import signature_valid, verification_keys
 from tether.audit.events import AuditEvent
 from tether.audit.head import HeadFileError, check_head, default_head_file, read_head
-from tether.audit.store import Checkpoint, checkpoints, event_from_row
+from tether.audit.store import Checkpoint, checkpoints, event_from_row, sqlite_time_text
 
 CHUNK: Final = 5000
 MAX_FINDINGS: Final = 1000
@@ -189,6 +193,15 @@ def _check_event(report: VerifyReport, row: RowMapping, seq: int, prev: str, pre
     stored_prev = str(row["prev_hash"])
     if event_hash(event, seq, stored_prev) != event.hash:
         report.add(seq, *_why_hash_differs(event, seq, stored_prev))
+    else:
+        column = _not_as_hashed(row, event)
+        if column is not None:
+            report.add(
+                seq,
+                "hash",
+                f"event {seq}: its {column} is not stored as it was hashed (the event was "
+                "changed: the same value in another text)",
+            )
     if stored_prev != prev:
         before = f"event {prev_seq}'s hash" if prev_seq else "the genesis value (64 zeros)"
         report.add(
@@ -197,6 +210,30 @@ def _check_event(report: VerifyReport, row: RowMapping, seq: int, prev: str, pre
             f"event {seq}: prev_hash does not match {before} "
             "(an event was inserted, deleted or moved here, or the one before was changed)",
         )
+
+
+# The columns stored as text whose value is read back through a parser or a rewrite: the
+# text must be exactly the one written, else a row could hold another text of the hashed
+# value (a duplicate JSON key, other escapes, a raw NUL, a time in another format) that
+# raw SQL, the indexes and search read differently.
+_TEXT_FIELDS: Final = (
+    "id", "kind", "agent", "runtime", "task", "user", "target", "decision", "rule", "reason",
+    "policy_version", "session_id", "source_ip",
+)  # fmt: skip
+
+
+def _not_as_hashed(row: RowMapping, event: AuditEvent) -> str | None:
+    """The first column of ``row`` not stored in the one form ``event`` is written in."""
+    for name in _TEXT_FIELDS:
+        if row[name] != getattr(event, name):
+            return name
+    for name in ("actor_chain", "action", "detail"):
+        if row[name] != json_text(getattr(event, name)):
+            return name
+    raw_time = row["time"]
+    if isinstance(raw_time, str) and raw_time != sqlite_time_text(event.time):
+        return "time"
+    return None
 
 
 def _why_hash_differs(event: AuditEvent, seq: int, prev: str) -> tuple[str, str]:
