@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,16 +31,35 @@ TABLES = ("audit_events", "audit_checkpoints")
 NO_HEAD_FILE = Path("/nonexistent/tether-tests/no.audit-head")
 
 
-async def store_signing_key(engine: AsyncEngine, key: SigningKey, state: str = "active") -> None:
-    """Record ``key`` as an access-token key, as the identity keystore does."""
-    cipher = EnvelopeCipher(MasterKey(os.urandom(32), "test"))
+# The master key of the trails these tests open (a key sealed under another one is not trusted
+# by ``verify_trail(..., cipher=MASTER)``).
+MASTER = EnvelopeCipher(MasterKey(os.urandom(32), "test"))
+
+
+async def store_signing_key(
+    engine: AsyncEngine,
+    key: SigningKey,
+    state: str = "active",
+    cipher: EnvelopeCipher | None = None,
+) -> None:
+    """Record ``key`` as an access-token key, as the identity keystore does: its private part
+    sealed under ``cipher`` (default: a master key of its own, one nobody verifies with)."""
+    cipher = cipher or EnvelopeCipher(MasterKey(os.urandom(32), "test"))
     now = datetime.now(UTC)
     row = stored_keys.StoredKey(
         kid=key.kid,
         purpose="access-token",
         algorithm="EdDSA",
         public=json.dumps(key.public_jwk(), sort_keys=True),
-        private_encrypted=cipher.encrypt(b"not used here", purpose="signing-key", name=key.kid),
+        private_encrypted=cipher.encrypt(
+            key.private_key.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            ),
+            purpose="signing-key:access-token",
+            name=key.kid,
+        ),
         created_at=now,
         active_from=now,
         state=state,  # type: ignore[arg-type]
@@ -87,7 +107,7 @@ class Trail:
         """Verify the trail: against ``head_file`` when given, else against no head file
         at all (the head file has its own tests, in test_head.py)."""
         async with self.engine.connect() as conn:
-            return await verify_trail(conn, head_file=head_file or NO_HEAD_FILE)
+            return await verify_trail(conn, head_file=head_file or NO_HEAD_FILE, cipher=MASTER)
 
     async def tamper(self, *statements: str, params: Sequence[dict[str, Any]] = ()) -> None:
         """Run SQL as a database administrator would: append-only triggers dropped first."""
@@ -111,7 +131,7 @@ async def drop_append_only_triggers(engine: AsyncEngine) -> None:
 async def open_trail(url: str, **log_options: Any) -> Trail:
     store = await Store.open(url)
     key = SigningKey.generate(time.time())
-    await store_signing_key(store.engine, key)
+    await store_signing_key(store.engine, key, cipher=MASTER)
     options: dict[str, Any] = {"checkpoint_every": 10, "checkpoint_interval": 3600.0}
     options.update(log_options)
     log = AuditLog(store.engine, lambda: key, **options)

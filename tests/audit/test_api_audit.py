@@ -20,6 +20,8 @@ import pytest
 from tests.audit.conftest import sample, store_signing_key
 from tests.test_serve import Node
 from tether.audit.log import AuditLog
+from tether.crypto.envelope import EnvelopeCipher
+from tether.crypto.masterkey import load_master_key
 from tether.identity.keys import SigningKey
 from tether.store import Store
 
@@ -57,7 +59,9 @@ async def test_search_tail_and_verify_through_a_running_node(
     env = {**clean_env, "TETHER_ADMIN_TOKEN": admin}
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'tether.db'}")
     key = SigningKey.generate(time.time())
-    await store_signing_key(store.engine, key, state="previous")
+    # Sealed by the node's master key, as its keystore does: verify trusts no other key.
+    cipher = EnvelopeCipher(load_master_key(tmp_path / "data"))
+    await store_signing_key(store.engine, key, state="previous", cipher=cipher)
     writer = AuditLog(store.engine, lambda: key, checkpoint_every=5)
     await writer.start()
     try:

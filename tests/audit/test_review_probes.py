@@ -19,13 +19,21 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
-from tests.audit.conftest import Trail, open_trail, sample, store_signing_key
+from tests.audit.conftest import (
+    MASTER,
+    NO_HEAD_FILE,
+    Trail,
+    open_trail,
+    sample,
+    store_signing_key,
+)
 from tether.audit import store
 from tether.audit.canonical import event_hash
-from tether.audit.checkpoints import sign_checkpoint
+from tether.audit.checkpoints import sign_checkpoint, verification_keys
 from tether.audit.events import AuditEvent, EventError
 from tether.audit.log import AuditUnavailable
 from tether.audit.schema import audit_checkpoints, audit_events
+from tether.audit.verify import verify_trail
 from tether.identity.keys import SigningKey
 
 
@@ -108,8 +116,8 @@ async def test_a_key_added_to_the_database_does_not_vouch_for_a_rewrite(written:
     """Whoever can write the database rewrites event 5, re-chains 5..25 and re-signs the
     checkpoints with a key of their own that they add to ``signing_keys``. Without a head
     file (PostgreSQL's default) nothing tells: the verifier trusts every key in the very
-    database it checks. Not fixed (see the review report): it needs a trust anchor outside
-    the database (the master key that wraps real keys, or pinned public keys)."""
+    database it checked. Now a key counts only if its private part is sealed by the node's
+    master key (which the database writer does not have), for its kid, and matches it."""
     async with written.engine.connect() as conn:
         events = await store.events_after(conn, 0)
     await written.tamper("DELETE FROM audit_events WHERE seq >= 5", "DELETE FROM audit_checkpoints")
@@ -130,6 +138,31 @@ async def test_a_key_added_to_the_database_does_not_vouch_for_a_rewrite(written:
             prev = digest
     report = await written.verify()
     assert not report.ok, f"a rewrite re-signed by a key added to the database verified: {report}"
+
+
+async def test_a_key_sealed_for_another_kid_is_not_trusted(written: Trail) -> None:
+    """A row whose private part was copied from the real key's row (so it opens under the
+    master key, but for another kid) does not make its own public key trusted."""
+    mallory = SigningKey.generate(time.time())
+    await store_signing_key(written.engine, mallory, state="previous", cipher=MASTER)
+    await written.tamper(
+        "UPDATE signing_keys SET private_encrypted = "
+        "(SELECT private_encrypted FROM signing_keys WHERE kid = :real) WHERE kid = :mallory",
+        params=[{"real": written.key.kid, "mallory": mallory.kid}],
+    )
+    async with written.engine.connect() as conn:
+        keys = await verification_keys(conn, MASTER)
+    assert keys[written.key.kid] is not None and not isinstance(keys[written.key.kid], str)
+    assert isinstance(keys[mallory.kid], str)
+
+
+async def test_without_the_master_key_the_report_says_the_keys_were_not_checked(
+    written: Trail,
+) -> None:
+    async with written.engine.connect() as conn:
+        report = await verify_trail(conn, head_file=NO_HEAD_FILE)
+    assert report.ok and report.to_dict()["keys_authenticated"] is False
+    assert (await written.verify()).to_dict()["keys_authenticated"] is True
 
 
 # --- values an event may hold ---------------------------------------------------------------------

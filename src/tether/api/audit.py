@@ -139,8 +139,12 @@ async def verify(
     """Recompute the hash chain and check the signed checkpoints; the report says where
     anything was changed, deleted, inserted, reordered or truncated."""
     call.target = "audit-trail"
-    auditor = tether_state(request).auditor
+    state = tether_state(request)
+    auditor, identity = state.auditor, state.identity
     head_file = None if auditor is None else auditor.log.head_file
-    report = await _read(_engine(request), partial(verify_trail, head_file=head_file))
+    cipher = None if identity is None else identity.cipher  # only keys it sealed count
+    report = await _read(
+        _engine(request), partial(verify_trail, head_file=head_file, cipher=cipher)
+    )
     call.detail["ok"] = report.ok
     return report.to_dict()

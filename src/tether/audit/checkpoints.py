@@ -31,11 +31,13 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.audit.canonical import checkpoint_statement
 from tether.audit.store import Checkpoint
+from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.identity.keys import SigningKey, jwk_thumbprint
 from tether.store import keys as stored
 
@@ -70,15 +72,41 @@ def public_key_from_jwk(kid: str, jwk: Mapping[str, Any]) -> Ed25519PublicKey:
         raise ValueError("malformed Ed25519 public key") from None
 
 
-async def verification_keys(conn: AsyncConnection) -> dict[str, Ed25519PublicKey | str]:
-    """Every access-token key in the store by kid: its public key, or why it is unusable."""
+async def verification_keys(
+    conn: AsyncConnection, cipher: EnvelopeCipher | None = None
+) -> dict[str, Ed25519PublicKey | str]:
+    """Every access-token key in the store by kid: its public key, or why it is unusable.
+
+    With ``cipher`` (the node's master key) a key counts only if its stored private part
+    opens under it, for its own kid, and is the private half of its stored public key: a
+    key that someone with write access to the database added themselves cannot be sealed
+    so, so checkpoints they re-signed with it do not verify. Without it the keys are taken
+    as the database holds them (the report says so)."""
     keys: dict[str, Ed25519PublicKey | str] = {}
     for row in await stored.list_signing_keys(conn, "access-token"):
         try:
-            keys[row.kid] = public_key_from_jwk(row.kid, json.loads(row.public))
+            public = public_key_from_jwk(row.kid, json.loads(row.public))
         except (ValueError, TypeError) as error:
             keys[row.kid] = str(error)
+            continue
+        if cipher is not None and not _sealed_by(cipher, row, public):
+            keys[row.kid] = "not sealed by this node's master key (a key added to the database?)"
+            continue
+        keys[row.kid] = public
     return keys
+
+
+def _sealed_by(cipher: EnvelopeCipher, row: stored.StoredKey, public: Ed25519PublicKey) -> bool:
+    """Whether ``row``'s private part opens under ``cipher`` and matches ``public``."""
+    try:
+        private = cipher.decrypt(
+            row.private_encrypted, purpose=f"signing-key:{row.purpose}", name=row.kid
+        )
+        derived = Ed25519PrivateKey.from_private_bytes(private).public_key()
+    except (DecryptionError, ValueError, TypeError):
+        return False
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    return derived.public_bytes(*raw) == public.public_bytes(*raw)
 
 
 def signature_valid(key: Ed25519PublicKey, checkpoint: Checkpoint) -> bool:

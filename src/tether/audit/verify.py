@@ -50,6 +50,7 @@ from tether.audit.checkpoints import signature_valid, verification_keys
 from tether.audit.events import AuditEvent
 from tether.audit.head import HeadFileError, check_head, default_head_file, read_head
 from tether.audit.store import Checkpoint, checkpoints, event_from_row, sqlite_time_text
+from tether.crypto.envelope import EnvelopeCipher
 
 CHUNK: Final = 5000
 MAX_FINDINGS: Final = 1000
@@ -82,6 +83,7 @@ class VerifyReport:
     more_findings: int = 0  # findings beyond MAX_FINDINGS, counted only
     head_file: str | None = None  # the head file checked, if any
     head_seq: int | None = None  # the checkpoint it records, None when absent
+    keys_authenticated: bool = False  # signing keys checked against the master key
 
     @property
     def ok(self) -> bool:
@@ -107,13 +109,18 @@ class VerifyReport:
             "more_findings": self.more_findings,
             "head_file": self.head_file,
             "head_seq": self.head_seq,
+            "keys_authenticated": self.keys_authenticated,
         }
 
 
-async def verify_trail(conn: AsyncConnection, *, head_file: Path | None = None) -> VerifyReport:
+async def verify_trail(
+    conn: AsyncConnection, *, head_file: Path | None = None, cipher: EnvelopeCipher | None = None
+) -> VerifyReport:
     """Verify the whole trail readable through ``conn`` (read-only), and against
-    ``head_file`` (default: the SQLite database's own, :func:`default_head_file`)."""
-    report = VerifyReport()
+    ``head_file`` (default: the SQLite database's own, :func:`default_head_file`). With
+    ``cipher`` (the node's master key) only signing keys sealed by it are trusted
+    (:func:`~tether.audit.checkpoints.verification_keys`)."""
+    report = VerifyReport(keys_authenticated=cipher is not None)
     marks = {c.seq: c for c in await checkpoints(conn)}
     head_file = head_file or default_head_file(conn.engine.url)
     head = _read_head(report, head_file)
@@ -134,7 +141,7 @@ async def verify_trail(conn: AsyncConnection, *, head_file: Path | None = None) 
         if head is not None and seq == head.seq:
             hash_at_head = stored
         expected, prev, prev_seq = seq + 1, stored, seq
-    keys = await _check_checkpoints(conn, report, marks)
+    keys = await _check_checkpoints(conn, report, marks, cipher)
     if head is not None:
         _check_signature(report, head, keys, "the head file's checkpoint")
         for seq, problem, what in check_head(
@@ -247,9 +254,12 @@ def _why_hash_differs(event: AuditEvent, seq: int, prev: str) -> tuple[str, str]
 
 
 async def _check_checkpoints(
-    conn: AsyncConnection, report: VerifyReport, marks: dict[int, Checkpoint]
+    conn: AsyncConnection,
+    report: VerifyReport,
+    marks: dict[int, Checkpoint],
+    cipher: EnvelopeCipher | None,
 ) -> dict[str, Ed25519PublicKey | str]:
-    keys = await verification_keys(conn)
+    keys = await verification_keys(conn, cipher)
     report.checkpoints = len(marks)
     for seq in sorted(marks):
         _check_signature(report, marks[seq], keys)

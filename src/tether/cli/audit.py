@@ -18,12 +18,13 @@ unreachable, 4 token refused; docs/cli.md).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -32,6 +33,9 @@ from tether.cli.audit_sinks import sinks
 from tether.cli.auditview import console, events_table, print_json_lines, print_report, summary
 from tether.cli.common import EXIT_FAILED, EXIT_UNUSABLE, fail
 from tether.config import CONFIG_ENV, DATABASE_FILE, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from tether.crypto.envelope import EnvelopeCipher
 
 T = TypeVar("T")
 
@@ -115,8 +119,11 @@ def verify(
     else:
         from tether.audit.verify import verify_trail
 
-        head_file = _load(config, data_dir).audit.head_file
-        report = _offline(config, data_dir, partial(verify_trail, head_file=head_file)).to_dict()
+        settings = _load(config, data_dir)
+        query = partial(
+            verify_trail, head_file=settings.audit.head_file, cipher=_master_cipher(settings)
+        )
+        report = _offline(config, data_dir, query).to_dict()
     if as_json:
         print_json_lines([report])
     else:
@@ -334,6 +341,26 @@ def _offline(config: Path | None, data_dir: Path | None, query: Callable[[Any], 
         if "audit_events" in reason or "audit_checkpoints" in reason:
             fail(f"this database has no audit trail yet (start tether serve once): {reason}")
         fail(f"the audit trail cannot be read: {reason}")
+
+
+def _master_cipher(settings: Settings) -> EnvelopeCipher | None:
+    """The node's master key when this machine holds it (``TETHER_MASTER_KEY`` or
+    ``<data_dir>/master.key``; never created here): verify then trusts only signing keys
+    sealed by it. None when absent: verify trusts the keys the database holds, and says so."""
+    from tether.crypto.envelope import EnvelopeCipher
+    from tether.crypto.masterkey import (
+        MASTER_KEY_ENV,
+        MASTER_KEY_FILE,
+        MasterKeyError,
+        load_master_key,
+    )
+
+    if MASTER_KEY_ENV not in os.environ and not (settings.data_dir / MASTER_KEY_FILE).exists():
+        return None
+    try:
+        return EnvelopeCipher(load_master_key(settings.data_dir))
+    except MasterKeyError as error:
+        fail(str(error))
 
 
 def _load(config: Path | None, data_dir: Path | None) -> Settings:

@@ -96,6 +96,11 @@ def print_report(report: Mapping[str, Any]) -> None:
         span = f"{report['events']} events (seq {report['first_seq']} to {report['last_seq']})"
     keys = ", ".join(report["keys"]) or "none"
     out.print(f"  {span}; {report['checkpoints']} signed checkpoints (keys: {keys})")
+    if not report.get("keys_authenticated", True):
+        out.print(
+            "  the signing keys were not checked against the master key (not available "
+            "here): a key added to the database would be trusted"
+        )
     if report["unanchored"]:
         after = report["last_checkpoint_seq"]
         where = f"after checkpoint {after}" if after is not None else "and no checkpoint yet"
