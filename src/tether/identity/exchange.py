@@ -31,6 +31,7 @@ must prove again where it runs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -44,6 +45,7 @@ ACCESS_TOKEN: Final = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S
 ID_TOKEN: Final = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
 SUBJECT_TYPES: Final = frozenset({JOIN_TOKEN, JWT, ACCESS_TOKEN, ID_TOKEN})
 _MAX_FIELD: Final = 16384
+_SECONDS: Final = re.compile(r"[0-9]{1,6}")
 _FIELDS: Final = frozenset(
     {
         "grant_type", "subject_token", "subject_token_type", "actor_token", "actor_token_type",
@@ -133,6 +135,7 @@ def _scope(value: str | None) -> tuple[str, ...] | None:
 def _lifetime(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or not 0 < int(value) <= 86400:
+    # ASCII digits only: ``str.isdigit`` also holds for superscripts, which ``int`` refuses.
+    if not _SECONDS.fullmatch(value) or not 0 < int(value) <= 86400:
         raise ExchangeError("invalid_request", "requested_lifetime is a number of seconds")
     return int(value)

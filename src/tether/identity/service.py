@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -111,6 +112,8 @@ class IdentityService:
             if presented.peer_certificate_der is None:
                 raise TokenInvalid("a certificate-bound token needs the client certificate")
             check_binding(claims, presented.peer_certificate_der)
+            if ("token", certificate_id(presented.peer_certificate_der)) in self.revoked:
+                raise TokenRevoked("the certificate is revoked")
         await self.check_live(claims)
         return claims
 
@@ -290,6 +293,13 @@ class IdentityService:
         )  # fmt: skip
         await self.record_credential(credential_record(bound, "access_token", key_thumbprint=None))
         return IssuedToken(token, bound)
+
+
+@functools.lru_cache(maxsize=1024)  # a pure function of the certificate's bytes
+def certificate_id(der: bytes) -> str:
+    """The id an X.509 client certificate of Tether is recorded, audited and revoked under
+    (``x509_certificate:<hex serial>``, as :meth:`CertificateIssuer.x509` records it)."""
+    return f"x509_certificate:{x509.load_der_x509_certificate(der).serial_number:x}"
 
 
 __all__ = [

@@ -54,7 +54,7 @@ def code_at(secret: str, unix_time: float) -> str:
 def verify(secret: str, code: str, unix_time: float, last_step: int | None = None) -> int | None:
     """The step ``code`` is valid for (within the drift, after ``last_step``), else None."""
     code = code.strip()
-    if len(code) != DIGITS or not code.isdigit():
+    if len(code) != DIGITS or not code.isascii() or not code.isdigit():
         return None
     now_step = int(unix_time) // STEP_SECONDS
     for step in range(now_step - DRIFT_STEPS, now_step + DRIFT_STEPS + 1):
