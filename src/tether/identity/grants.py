@@ -65,7 +65,7 @@ async def exchange(
             service, request, held.sub, held.runtime, held.cnf, held.scope, not_after,
             held.act, held.agent, groups=held.groups,
         )  # fmt: skip
-    proof = service.dpop.verify(dpop, htm="POST", htu=url)
+    proof = await service.verify_proof(dpop, htm="POST", htu=url)
     cnf = Confirmation(jkt=proof.jkt)
     if request.subject_token_type == ex.JOIN_TOKEN:
         agent_id, runtime = await _join(service, request.subject_token, address)

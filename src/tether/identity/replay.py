@@ -6,15 +6,29 @@ present and unexpired return ``True`` (a replay); otherwise record it until
 a separate "check" then "add", two requests carrying the same proof at the same instant
 would both pass.
 
-``MemoryReplayCache`` is the single-node implementation. Several Tether nodes behind a
-load balancer need a shared one, or a proof replayed to another node would pass: the
-PostgreSQL implementation (store layer) keeps the same contract with one statement,
-``INSERT INTO replay (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET
-expires_at = EXCLUDED.expires_at WHERE replay.expires_at <= now() RETURNING key`` (no
-row back = replay), plus a periodic ``DELETE`` of expired rows. Because that call is I/O,
-async front-ends use ``DPoPVerifier.check`` (every check but the replay one) and then
-``await`` the shared cache with the ``replay_key``/``replay_expires_at`` it returns;
-the sync ``ReplayCache`` protocol below is what ``DPoPVerifier.verify`` calls.
+``MemoryReplayCache`` is the in-process implementation. Where it lives depends on the
+backend (DESIGN "Scale"):
+
+* **SQLite**: one process serves a data directory; a SQLite data directory must never be
+  served by two processes (nor two hosts) at once. Every ``IdentityService`` of the process
+  on the same database shares one ``MemoryReplayCache`` (:func:`shared_memory_cache`, a
+  process-wide registry keyed by the database file's resolved path), so a proof accepted by
+  one is a replay for all, and the hot path makes no database round trip (no write and
+  fsync per request).
+* **PostgreSQL**: several nodes behind a load balancer share one database, so each node
+  checks its own ``MemoryReplayCache`` first (cheap; it catches a replay to the same node
+  without I/O) and then the shared table ``dpop_replay`` (migration 0009) with
+  :func:`tether.store.replay.claim`, one statement: ``INSERT INTO dpop_replay (key,
+  expires_at) VALUES (...) ON CONFLICT (key) DO UPDATE SET expires_at =
+  EXCLUDED.expires_at WHERE dpop_replay.expires_at <= :now RETURNING key`` (no row back =
+  replay). The revocation watcher deletes expired rows periodically. A database error
+  during that check refuses the proof (``ReplayCheckFailed``, a ``ReplayCacheFull``:
+  HTTP 503), never passes it.
+
+Because the shared check is I/O, :meth:`IdentityService.verify_proof` uses
+``DPoPVerifier.check`` (every check but the replay one) and then the caches above with the
+``replay_key``/``replay_expires_at`` it returns; the sync ``ReplayCache`` protocol below is
+what ``DPoPVerifier.verify`` calls.
 
 Security decisions:
 
@@ -32,13 +46,19 @@ Security decisions:
 from __future__ import annotations
 
 import heapq
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Protocol
 
 
 class ReplayCacheFull(Exception):
     """The replay cache is at capacity with unexpired entries; refuse (HTTP 503)."""
+
+
+class ReplayCheckFailed(ReplayCacheFull):
+    """The shared replay check could not be made (database error); refuse (HTTP 503)."""
 
 
 class ReplayCache(Protocol):
@@ -86,3 +106,27 @@ class MemoryReplayCache:
             _, key = heapq.heappop(heap)
             if self._expiry.get(key, now + 1) <= now:
                 del self._expiry[key]
+
+
+_SHARED: weakref.WeakValueDictionary[str, MemoryReplayCache] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_memory_cache(database: str, clock: Callable[[], float]) -> MemoryReplayCache:
+    """The process's one ``MemoryReplayCache`` for the SQLite database file ``database``.
+
+    Keyed by the file's resolved path, so every service of this process on that database
+    sees the same single-use keys. An in-memory database (``""``, ``:memory:``) is private
+    to its connection, so it gets a cache of its own. The cache lives while a service holds
+    it; ``clock`` is used by the cache this call creates (services of one process share
+    the system clock).
+    """
+    if database in ("", ":memory:") or database.startswith("file::memory:"):
+        return MemoryReplayCache(clock)
+    path = os.path.realpath(database)
+    with _SHARED_LOCK:
+        cache = _SHARED.get(path)
+        if cache is None:
+            cache = MemoryReplayCache(clock)
+            _SHARED[path] = cache
+        return cache

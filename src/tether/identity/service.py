@@ -24,6 +24,7 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.envelope import EnvelopeCipher
@@ -32,8 +33,14 @@ from tether.identity.agentstates import AgentStates
 from tether.identity.certbind import check_binding, x5t_s256
 from tether.identity.certificates import CertificateIssuer
 from tether.identity.claims import Claims, Confirmation
-from tether.identity.dpop import DPoPVerifier
-from tether.identity.errors import CredentialError, IssuanceError, TokenInvalid, TokenRevoked
+from tether.identity.dpop import DPoPResult, DPoPVerifier
+from tether.identity.errors import (
+    CredentialError,
+    IssuanceError,
+    ReplayDetected,
+    TokenInvalid,
+    TokenRevoked,
+)
 from tether.identity.grants import JOIN_TOKEN_PREFIX
 from tether.identity.issued import (
     IdentitySettings,
@@ -42,18 +49,20 @@ from tether.identity.issued import (
     credential_record,
 )
 from tether.identity.keystore import TetherKeys, rotate_access_key
-from tether.identity.replay import MemoryReplayCache
+from tether.identity.replay import MemoryReplayCache, ReplayCheckFailed, shared_memory_cache
 from tether.identity.revocation import RevocationSet
 from tether.identity.tokens import TokenIssuer, TokenVerifier
 from tether.identity.workload import TrustedIssuers
 from tether.identity.x509ca import spiffe_ids_of
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
+from tether.store import replay as replay_store
 from tether.store.identity import AgentNotActive, digest
 
 log = logging.getLogger(__name__)
 
 _REVOCATION_BATCH = 1000
+_REPLAY_PRUNE_EVERY = 60.0  # seconds between deletions of expired rows of dpop_replay
 
 
 class IdentityService:
@@ -87,7 +96,15 @@ class IdentityService:
         self.verifier = TokenVerifier(
             keys.ring, issuer=settings.issuer, audience=settings.audience, clock=seconds
         )
-        self.dpop = DPoPVerifier(clock=seconds, replay_cache=MemoryReplayCache(seconds))
+        # DPoP replays (tether.identity.replay): PostgreSQL nodes check a cache of their own
+        # and then the shared table; on SQLite the one process's services share one cache.
+        self.shared_replay = replay_store.is_shared(engine)
+        if not self.shared_replay and engine.dialect.name == "sqlite":
+            self.replay_cache = shared_memory_cache(engine.url.database or "", seconds)
+        else:
+            self.replay_cache = MemoryReplayCache(seconds)
+        self.dpop = DPoPVerifier(clock=seconds, replay_cache=self.replay_cache)
+        self._replay_pruned_at: float | None = None
         self.revoked = RevocationSet()
         self.certificates = CertificateIssuer(keys, settings, clock)
         # Agents' states, read single-flight and refreshed by watch_revocations.
@@ -101,7 +118,7 @@ class IdentityService:
         """The verified claims of a presented token, or ``CredentialError`` (fails closed)."""
         claims = self.verifier.verify(presented.token)
         if claims.cnf.jkt is not None:
-            self.dpop.verify(
+            await self.verify_proof(
                 presented.dpop,
                 htm=presented.method,
                 htu=presented.url,
@@ -116,6 +133,47 @@ class IdentityService:
                 raise TokenRevoked("the certificate is revoked")
         await self.check_live(claims)
         return claims
+
+    async def verify_proof(
+        self,
+        proof: str | None,
+        *,
+        htm: str,
+        htu: str,
+        access_token: str | None = None,
+        expected_jkt: str | None = None,
+    ) -> DPoPResult:
+        """Every check of a DPoP proof, its replay on any node included.
+
+        ``ReplayDetected`` when its jti was used (here or, on PostgreSQL, on any node);
+        ``ReplayCacheFull`` (``ReplayCheckFailed`` for a database error: fail closed)
+        when the check cannot be made.
+        """
+        result = self.dpop.check(
+            proof, htm=htm, htu=htu, access_token=access_token, expected_jkt=expected_jkt
+        )
+        key, expires = result.replay_key, result.replay_expires_at
+        if self.replay_cache.seen(key, expires):  # cheap: a replay to this very node
+            raise ReplayDetected()
+        if self.shared_replay:
+            try:
+                async with self.engine.begin() as conn:
+                    fresh = await replay_store.claim(
+                        conn, key, datetime.fromtimestamp(expires, UTC), self.clock()
+                    )
+            except (SQLAlchemyError, OSError) as error:
+                log.error("the shared DPoP replay check failed: %s", error)
+                raise ReplayCheckFailed("the shared DPoP replay check failed") from None
+            if not fresh:
+                raise ReplayDetected()
+        return result
+
+    async def prune_replays(self) -> int:
+        """Delete the expired rows of the shared replay table (PostgreSQL); how many."""
+        if not self.shared_replay:
+            return 0
+        async with self.engine.begin() as conn:
+            return await replay_store.prune(conn, self.clock())
 
     async def check_live(self, claims: Claims) -> None:
         """Revocation and agent state: what a live session re-checks every second."""
@@ -196,8 +254,22 @@ class IdentityService:
                 await self.agent_states.refresh()
             except Exception as error:  # noqa: BLE001 - keep polling; the next poll retries
                 log.error("refreshing revocations failed: %s", error)
+            await self._prune_replays_now_and_then()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.revocation_poll)
+
+    async def _prune_replays_now_and_then(self) -> None:
+        now = self.clock().timestamp()
+        if not self.shared_replay or (
+            self._replay_pruned_at is not None
+            and now - self._replay_pruned_at < _REPLAY_PRUNE_EVERY
+        ):
+            return
+        self._replay_pruned_at = now
+        try:
+            await self.prune_replays()
+        except Exception as error:  # noqa: BLE001 - keep polling; the next prune retries
+            log.error("deleting expired DPoP replay entries failed: %s", error)
 
     async def rotate_keys(self) -> str:
         """Rotate the access-token signing key; returns the new kid."""
