@@ -27,6 +27,7 @@ from tether.identity.errors import (
     TokenRevoked,
 )
 from tether.identity.keys import KeyRing, SigningKey
+from tether.identity.revocation import RevocationSet
 from tether.identity.tokens import (
     MAX_TOKEN_SIZE,
     Actor,
@@ -150,6 +151,25 @@ def test_delegated_token_carries_the_actor_chain(
     assert claims.sub == "user:alice"
     assert claims.agent_id == "billing-bot-4"
     assert claims.act == chain
+
+
+def test_a_token_names_the_token_it_was_issued_from(
+    issuer: TokenIssuer, verifier: TokenVerifier, ring: KeyRing
+) -> None:
+    """``parent_jti`` (certificate-bound tokens) round-trips; a non-string one is refused."""
+    token, issued = issue(issuer, parent_jti="jti-of-the-parent")
+    assert verifier.verify(token).parent_jti == issued.parent_jti == "jti-of-the-parent"
+    assert verifier.verify(issue(issuer)[0]).parent_jti is None
+    with pytest.raises(TokenInvalid):
+        verifier.verify(signed(ring, parent_jti=7))
+
+
+def test_revoking_the_parent_revokes_the_token(issuer: TokenIssuer) -> None:
+    _, claims = issue(issuer, parent_jti="parent")
+    revoked = RevocationSet()
+    assert revoked.reason(claims) is None
+    revoked.add("token", "parent")
+    assert revoked.reason(claims) == "the token it was issued from is revoked"
 
 
 def test_jti_is_unique_per_token(issuer: TokenIssuer) -> None:

@@ -10,6 +10,8 @@ A token's payload (RFC 9068 profile plus Tether's own claims)::
     cnf      {"jkt": thumbprint} (DPoP, RFC 9449)  or  {"x5t#S256": hash} (mTLS, RFC 8705)
     act      {"sub", "act": {...}}   optional, RFC 8693 actor chain (delegation)
     agent    "agent-id"              optional, present when sub is a user
+    parent_jti  "jti"                optional: a certificate-bound token names the token it
+                                     was issued from; revoking that token ends this one
 
 Security decisions:
 
@@ -109,6 +111,7 @@ class Claims:
     act: Actor | None = None
     agent: str | None = None
     groups: tuple[str, ...] = ()  # the delegating user's groups (delegated tokens only)
+    parent_jti: str | None = None  # certificate-bound tokens: the token they were issued from
 
     @property
     def agent_id(self) -> str:
@@ -136,6 +139,8 @@ class Claims:
             doc["agent"] = self.agent
         if self.groups:
             doc["groups"] = list(self.groups)
+        if self.parent_jti is not None:
+            doc["parent_jti"] = self.parent_jti
         return doc
 
     @classmethod
@@ -158,6 +163,7 @@ class Claims:
             act=None if act is None else _actor(act, 1),
             agent=None if doc.get("agent") is None else _string(doc, "agent"),
             groups=() if doc.get("groups") is None else _strings(doc.get("groups"), "groups"),
+            parent_jti=None if doc.get("parent_jti") is None else _string(doc, "parent_jti"),
         )
 
 

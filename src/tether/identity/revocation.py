@@ -48,6 +48,8 @@ class RevocationSet:
         revoked = self._revoked
         if claims.jti in revoked["token"]:
             return "the token is revoked"
+        if claims.parent_jti is not None and claims.parent_jti in revoked["token"]:
+            return "the token it was issued from is revoked"
         if claims.agent_id in revoked["agent"]:
             return "the agent is revoked"
         if claims.task.id in revoked["task"]:

@@ -342,7 +342,9 @@ class IdentityService:
         """A token bound to a client certificate Tether issued (RFC 8705 ``cnf.x5t#S256``).
 
         Same subject, task, scope, runtime and delegation as ``claims``; it expires with
-        the certificate or the presenting token, whichever is first. Only a certificate of
+        the certificate or the presenting token, whichever is first, and it names the
+        presenting token (``parent_jti``), so revoking that token ends it too, as it ends
+        the SSH certificates issued under it. Only a certificate of
         Tether's own client CA for this very agent can be bound: the agent proved it holds
         the key when the CA checked the CSR's signature.
         """
@@ -361,7 +363,7 @@ class IdentityService:
         token, bound = self.tokens.issue(
             subject=claims.sub, task=claims.task, scope=claims.scope, runtime=claims.runtime,
             cnf=Confirmation(x5t_s256=x5t_s256(der)), act=claims.act, agent=claims.agent,
-            lifetime=lifetime, groups=claims.groups,
+            lifetime=lifetime, groups=claims.groups, parent_jti=claims.jti,
         )  # fmt: skip
         await self.record_credential(credential_record(bound, "access_token", key_thumbprint=None))
         return IssuedToken(token, bound)

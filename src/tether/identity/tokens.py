@@ -124,6 +124,7 @@ class TokenIssuer:
         agent: str | None = None,
         lifetime: int | None = None,
         groups: Sequence[str] = (),
+        parent_jti: str | None = None,
     ) -> tuple[str, Claims]:
         """A signed token and its claims. ``IssuanceError`` if the lifetime is above the cap
         (or not a positive integer), or if a value is not a non-empty string."""
@@ -152,6 +153,7 @@ class TokenIssuer:
             act=act,
             agent=agent,
             groups=tuple(groups),
+            parent_jti=parent_jti,
         )
         token = self._sign(claims)
         if len(token) > MAX_TOKEN_SIZE:
