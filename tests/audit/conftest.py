@@ -161,3 +161,20 @@ async def sqlite_trail(tmp_path: Any) -> AsyncIterator[Trail]:
 
 
 AGENT = Subject(agent="billing-bot", runtime="k8s/prod/b-1", task="T-118", session_id="sess-1")
+
+
+@pytest.fixture
+async def written(store_url: str) -> AsyncIterator[Trail]:
+    """A trail of 25 events (checkpoints at 10 and 20), on SQLite then on PostgreSQL."""
+    trail = await open_trail(store_url)
+    try:
+        await trail.append(25)
+        yield trail
+    finally:
+        await trail.log.close()
+        await trail.store.close()
+
+
+def problems(report: VerifyReport) -> list[tuple[int, str]]:
+    """A report's findings as (seq, problem)."""
+    return [(f.seq, f.problem) for f in report.findings]

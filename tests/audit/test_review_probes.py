@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -23,7 +22,7 @@ from tests.audit.conftest import (
     MASTER,
     NO_HEAD_FILE,
     Trail,
-    open_trail,
+    problems,
     sample,
     store_signing_key,
 )
@@ -35,21 +34,6 @@ from tether.audit.log import AuditUnavailable
 from tether.audit.schema import audit_checkpoints, audit_events
 from tether.audit.verify import verify_trail
 from tether.identity.keys import SigningKey
-
-
-@pytest.fixture
-async def written(store_url: str) -> AsyncIterator[Trail]:
-    trail = await open_trail(store_url)
-    try:
-        await trail.append(25)
-        yield trail
-    finally:
-        await trail.log.close()
-        await trail.store.close()
-
-
-def problems(trail_report: object) -> list[tuple[int, str]]:
-    return [(f.seq, f.problem) for f in trail_report.findings]  # type: ignore[attr-defined]
 
 
 async def stored(trail: Trail, seq: int) -> AuditEvent:

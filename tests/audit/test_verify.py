@@ -9,33 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import insert, select, text
 
-from tests.audit.conftest import Trail, open_trail
+from tests.audit.conftest import Trail, problems
 from tether.audit import store
 from tether.audit.canonical import event_hash
 from tether.audit.checkpoints import sign_checkpoint
 from tether.audit.schema import audit_checkpoints, audit_events
-from tether.audit.verify import VerifyReport
 from tether.identity.keys import SigningKey
-
-
-@pytest.fixture
-async def written(store_url: str) -> AsyncIterator[Trail]:
-    trail = await open_trail(store_url)
-    try:
-        await trail.append(25)
-        yield trail
-    finally:
-        await trail.log.close()
-        await trail.store.close()
-
-
-def problems(report: VerifyReport) -> list[tuple[int, str]]:
-    return [(f.seq, f.problem) for f in report.findings]
 
 
 async def event(trail: Trail, seq: int) -> store.AuditEvent:

@@ -250,3 +250,11 @@ async def stack(store_url: str) -> AsyncIterator[Stack]:
         yield Stack(store, clock, cipher, await build_service(store, clock, cipher))
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def bot(stack: Stack) -> Agent:
+    """An agent ``bot`` that has joined (its token in ``bot.token``)."""
+    agent = await stack.new_agent("bot")
+    await stack.join(agent)
+    return agent

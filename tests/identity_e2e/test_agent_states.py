@@ -24,13 +24,6 @@ from tether.identity.errors import TokenRevoked
 from tether.store import agents as agent_store
 
 
-@pytest.fixture
-async def bot(stack: Stack) -> Agent:
-    agent = await stack.new_agent("bot")
-    await stack.join(agent)
-    return agent
-
-
 @contextmanager
 def connections(stack: Stack) -> Iterator[list[int]]:
     """Counts the store connections opened inside the block."""

@@ -43,13 +43,6 @@ async def stack(store_url: str) -> AsyncIterator[Stack]:
         await store.close()
 
 
-@pytest.fixture
-async def bot(stack: Stack) -> Agent:
-    agent = await stack.new_agent("bot")
-    await stack.join(agent)
-    return agent
-
-
 def _csr(key: ec.EllipticCurvePrivateKey) -> str:
     csr = (
         x509.CertificateSigningRequestBuilder()

@@ -43,13 +43,6 @@ POLICY = (
 
 
 @pytest.fixture
-async def bot(stack: Stack) -> Agent:
-    agent = await stack.new_agent("bot")
-    await stack.join(agent)
-    return agent
-
-
-@pytest.fixture
 async def http(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Stack, dict[str, str]]]:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'tether.db'}")
     clock = Clock()

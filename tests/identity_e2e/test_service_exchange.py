@@ -36,13 +36,6 @@ async def refused(stack: Stack, agent: Agent, form: dict[str, str], **kw: str) -
     return caught.value
 
 
-@pytest.fixture
-async def bot(stack: Stack) -> Agent:
-    agent = await stack.new_agent("bot")
-    await stack.join(agent)
-    return agent
-
-
 # --- joining ----------------------------------------------------------------------------------
 
 

@@ -58,13 +58,6 @@ async def refused(stack: Stack, agent: Agent, token: str | None = None, **proof:
     return caught.value
 
 
-@pytest.fixture
-async def bot(stack: Stack) -> Agent:
-    agent = await stack.new_agent("bot")
-    await stack.join(agent)
-    return agent
-
-
 async def test_a_joined_agent_is_authenticated(stack: Stack, bot: Agent) -> None:
     claims = await stack.present(bot)
     assert (claims.sub, claims.task.id, claims.iss, claims.aud) == (

@@ -37,13 +37,6 @@ from tether.store.migrate import alembic_config, upgrade
 
 
 @pytest.fixture
-async def bot(stack: Stack) -> Agent:
-    agent = await stack.new_agent("bot")
-    await stack.join(agent)
-    return agent
-
-
-@pytest.fixture
 async def bot_on_pg(pg_fresh_url: str) -> AsyncIterator[tuple[Stack, Agent]]:
     store = await Store.open(pg_fresh_url)
     try:
