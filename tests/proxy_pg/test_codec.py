@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tether.proxy.pg import audit as pg_audit
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
 from tether.proxy.pg import framing
@@ -222,3 +223,23 @@ def test_command_complete_rows() -> None:
     assert be.CommandComplete("SELECT 3").rows == 3
     assert be.CommandComplete("INSERT 0 2").rows == 2
     assert be.CommandComplete("BEGIN").rows is None
+
+
+def test_command_complete_rows_only_counts_a_count_column_holds() -> None:
+    """The tag comes from the target: ``isdigit`` holds for ``²``, which ``int`` refuses, and
+    a count past 2**63 - 1 fits no count column (the audit event would not build)."""
+    assert be.CommandComplete(f"SELECT {2**63 - 1}").rows == 2**63 - 1
+    for tag in ("SELECT \u00b2", "SELECT \u0661", f"SELECT {2**63}", "SELECT " + "9" * 5000):
+        assert be.CommandComplete(tag).rows is None, tag
+
+
+@given(st.text(max_size=40))
+def test_command_complete_rows_never_raises(tag: str) -> None:
+    rows = be.CommandComplete(tag).rows
+    assert rows is None or 0 <= rows <= 2**63 - 1
+
+
+def test_a_batch_whose_rows_overflow_a_count_column_records_no_total() -> None:
+    assert pg_audit._total([1, 2]) == 3
+    assert pg_audit._total([]) is None
+    assert pg_audit._total([2**63 - 1, 1]) is None  # the event still builds, without a total

@@ -31,7 +31,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tether.audit.events import AuditEvent
+from tether.audit.events import MAX_COUNT, AuditEvent
 
 if TYPE_CHECKING:
     from tether.audit.emit import Auditor
@@ -41,6 +41,13 @@ if TYPE_CHECKING:
 PROTOCOL = "postgres"
 BATCH = 100
 _SHAPES = 256  # statement shapes whose decided action is kept per session
+
+
+def _total(counts: list[int]) -> int | None:
+    """The rows of a batch, when there are any and the sum fits a count column (a target
+    that reports huge counts must not make the batch's event unbuildable)."""
+    total = sum(counts)
+    return total if counts and total <= MAX_COUNT else None
 
 
 def result_entry(seq: int | None, record: StatementRecord, rows: int | None,
@@ -122,7 +129,7 @@ class SessionAudit:
             kind="sql.statement", agent=who.agent, runtime=who.runtime, task=who.task,
             user=who.user, actor_chain=who.actor_chain, source_ip=who.source_ip,
             session_id=who.session_id, target=self.target, action=action,
-            rows=sum(counted) if counted else None,
+            rows=_total(counted),
             duration_ms=sum(r["duration_ms"] for r in results),
         )  # fmt: skip
         await self.auditor.emit(event)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from tether.audit.events import MAX_COUNT
 from tether.proxy.pg.fields import FieldReader, ProtocolViolation, cstr, frame, int32, reader
 
 # Authentication request codes.
@@ -124,9 +125,14 @@ class CommandComplete:
 
     @property
     def rows(self) -> int | None:
-        """Rows returned or affected, from the tag (``SELECT 3``, ``INSERT 0 2``...)."""
+        """Rows returned or affected, from the tag (``SELECT 3``, ``INSERT 0 2``...); None
+        when the tag holds none, or one no count column can hold (ASCII digits only: the
+        tag comes from the target, and ``int`` refuses other digits ``isdigit`` accepts)."""
         last = self.tag.rpartition(" ")[2]
-        return int(last) if last.isdigit() and " " in self.tag else None
+        if " " not in self.tag or not last.isascii() or not last.isdigit() or len(last) > 19:
+            return None
+        rows = int(last)
+        return rows if rows <= MAX_COUNT else None
 
 
 def error(
