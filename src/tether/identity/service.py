@@ -149,12 +149,11 @@ class IdentityService:
         ``ReplayCacheFull`` (``ReplayCheckFailed`` for a database error: fail closed)
         when the check cannot be made.
         """
-        result = self.dpop.check(
+        # Every check, then this node's replay cache (cheap: a replay to this very node).
+        result = self.dpop.verify(
             proof, htm=htm, htu=htu, access_token=access_token, expected_jkt=expected_jkt
         )
         key, expires = result.replay_key, result.replay_expires_at
-        if self.replay_cache.seen(key, expires):  # cheap: a replay to this very node
-            raise ReplayDetected()
         if self.shared_replay:
             try:
                 async with self.engine.begin() as conn:

@@ -361,8 +361,11 @@ def _pem_to_der(pem: str) -> bytes:
 
 
 def _both_framings(headers: list[tuple[bytes, bytes]]) -> bool:
-    names = {name for name, _ in headers}
-    return b"transfer-encoding" in names and b"content-length" in names
+    chunked = sized = False
+    for name, _ in headers:  # ASGI names are lower case; no set built per request
+        chunked = chunked or name == b"transfer-encoding"
+        sized = sized or name == b"content-length"
+    return chunked and sized
 
 
 def _closing(send: Send) -> Send:
@@ -391,9 +394,9 @@ class BrokerMiddleware:
         self.app, self.broker = app, broker
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _both_framings(scope["headers"]):
-            send = _closing(send)
         if scope["type"] == "http":
+            if _both_framings(scope["headers"]):
+                send = _closing(send)
             route = self.broker.router.route(scope)
             if route is not None:
                 await self.broker.handle(route, scope, receive, send)
