@@ -16,7 +16,10 @@ Security decisions:
   the broker drops the agent's headers of those names, and the agent's own occurrences of
   a query credential's parameter are removed before Tether's is appended.
 * **Errors never carry values**: an :class:`InjectionError` names the secret and the
-  problem, never a byte of the secret.
+  problem, never a byte of the secret. A secret that cannot be decrypted (its ciphertext
+  altered or copied from another row, or written under another master key) is an
+  :class:`InjectionError` too, so the broker answers 502 and audits why, like any other
+  unusable credential.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Final, Protocol
 from urllib.parse import quote, unquote
 
 from tether.vault.oauth2 import ClientCredentials, OAuth2Error, OAuth2Tokens
-from tether.vault.secrets import SecretNotFound
+from tether.vault.secrets import SecretError, SecretNotFound
 from tether.vault.target_specs import (
     BasicCredential,
     BearerCredential,
@@ -111,6 +114,8 @@ async def _secret(secrets: SecretSource, name: str) -> bytes:
         return await secrets.get(name)
     except SecretNotFound:
         raise InjectionError(f"secret {name!r} does not exist") from None
+    except SecretError as error:  # undecryptable (altered, misplaced, another master key)
+        raise InjectionError(str(error)) from None
 
 
 def _header_value(value: bytes, name: str) -> bytes:
