@@ -16,6 +16,14 @@ Security decisions:
   the old secret is not served after the rotation.
 * **Failures are never cached** and never carry the endpoint's response body into errors
   (it may echo the secret): :class:`OAuth2Error` names the status or the missing field only.
+* **The endpoint is not trusted with this process's resources**: its answer is read as a
+  stream and refused past ``MAX_RESPONSE_BYTES`` (a declared larger ``Content-Length`` is
+  refused unread), the whole exchange has one deadline (``timeout``; a trickling answer
+  cannot hold every request of the target waiting on the single flight), and a lifetime is
+  a finite ``expires_in`` > 0, capped at ``MAX_LIFETIME`` seconds (``1e999``, ``NaN`` and
+  numbers too large for a float are refused or capped, never cached forever nor crashing).
+  An access token is visible ASCII (RFC 6750 ``b64token`` and its usual relatives), sent as
+  received, never re-encoded.
 * **TLS**: the token endpoint is reached with the target's TLS settings (verification on,
   its CA bundle if any); ``http://`` endpoints are allowed only on loopback addresses.
 """
@@ -26,6 +34,9 @@ import asyncio
 import base64
 import hashlib
 import ipaddress
+import json
+import math
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -36,6 +47,9 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 MAX_RESPONSE_BYTES: Final = 65536
+MAX_LIFETIME: Final = 86400.0  # a token is fetched anew at least daily, whatever it says
+_TOKEN: Final = re.compile(r"[\x21-\x7e]{1,8192}")
+_SECONDS: Final = re.compile(r"[0-9]{1,12}")
 
 
 class OAuth2Error(Exception):
@@ -118,19 +132,44 @@ class OAuth2Tokens:
         _check_url(client.token_url)
         self.fetches += 1
         started = self._clock()
-        form, headers = _request(client)
         try:
-            async with httpx.AsyncClient(verify=tls or True, timeout=self._timeout) as http:
-                response = await http.post(client.token_url, data=form, headers=headers)
+            async with asyncio.timeout(self._timeout):
+                status, content = await self._post(client, tls)
+        except TimeoutError:
+            raise OAuth2Error("token endpoint did not answer in time") from None
         except httpx.HTTPError as error:
             raise OAuth2Error(f"token endpoint unreachable: {type(error).__name__}") from None
-        if response.status_code != 200:
-            raise OAuth2Error(f"token endpoint answered {response.status_code}")
-        token, expires_in = _parse(response)
+        if status != 200:
+            raise OAuth2Error(f"token endpoint answered {status}")
+        token, expires_in = _parse(content)
         lifetime = self._default_lifetime if expires_in is None else expires_in
         refresh_in = lifetime - max(self._min_margin, lifetime * self._margin)
+        now = self._clock()
+        for key in [k for k, cached in self._cache.items() if cached.refresh_at <= now]:
+            del self._cache[key]  # expired (or fetched with a rotated-out secret): unbounded else
         self._cache[client.key()] = _Cached(token, started + max(0.0, refresh_in))
         return token
+
+    async def _post(
+        self, client: ClientCredentials, tls: ssl.SSLContext | None
+    ) -> tuple[int, bytes]:
+        """The status and, for a 200, the body (at most ``MAX_RESPONSE_BYTES``)."""
+        form, headers = _request(client)
+        async with (
+            httpx.AsyncClient(verify=tls or True, timeout=self._timeout) as http,
+            http.stream("POST", client.token_url, data=form, headers=headers) as response,
+        ):
+            if response.status_code != 200:
+                return response.status_code, b""
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+                raise OAuth2Error("token response too large")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise OAuth2Error("token response too large")
+            return 200, bytes(body)
 
 
 def _check_url(url: str) -> None:
@@ -153,8 +192,12 @@ def _request(client: ClientCredentials) -> tuple[dict[str, str], dict[str, str]]
         form["scope"] = client.scope
     if client.audience:
         form["audience"] = client.audience
-    secret = client.client_secret.decode("utf-8", errors="strict")
-    headers = {"Accept": "application/json"}
+    try:
+        secret = client.client_secret.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise OAuth2Error("the client secret is not UTF-8 text") from None
+    # identity: a compressed answer could inflate far past what was read off the wire
+    headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
     if client.auth_method == "client_secret_post":
         form["client_id"], form["client_secret"] = client.client_id, secret
     else:  # RFC 6749 section 2.3.1: form-urlencode both parts, then Basic
@@ -163,26 +206,36 @@ def _request(client: ClientCredentials) -> tuple[dict[str, str], dict[str, str]]
     return form, headers
 
 
-def _parse(response: httpx.Response) -> tuple[str, float | None]:
-    if len(response.content) > MAX_RESPONSE_BYTES:
+def _parse(content: bytes) -> tuple[str, float | None]:
+    """The access token and its lifetime (seconds, capped) from a token response body."""
+    if len(content) > MAX_RESPONSE_BYTES:
         raise OAuth2Error("token response too large")
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(content, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         raise OAuth2Error("token response is not JSON") from None
     if not isinstance(body, dict):
         raise OAuth2Error("token response is not a JSON object")
     token = body.get("access_token")
-    if not isinstance(token, str) or not token or not token.isprintable() or len(token) > 8192:
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         raise OAuth2Error("token response has no usable access_token")
     token_type = body.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise OAuth2Error("token response is not a bearer token")
-    expires_in = body.get("expires_in")
+    return token, _lifetime(body.get("expires_in"))
+
+
+def _lifetime(expires_in: object) -> float | None:
     if expires_in is None:
-        return token, None
-    if isinstance(expires_in, str) and expires_in.isdigit():
+        return None
+    if isinstance(expires_in, str) and _SECONDS.fullmatch(expires_in):
         expires_in = int(expires_in)
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
         raise OAuth2Error("token response has an invalid expires_in")
-    return token, float(expires_in)
+    if expires_in <= 0 or (isinstance(expires_in, float) and not math.isfinite(expires_in)):
+        raise OAuth2Error("token response has an invalid expires_in")
+    return float(min(expires_in, MAX_LIFETIME))  # min first: an int past 1e308 never floats
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
