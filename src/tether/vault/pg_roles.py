@@ -18,9 +18,15 @@ Security decisions:
 * **Bounded even if Tether dies.** ``VALID UNTIL`` is the session's end (the token's expiry or
   ``validity_seconds``, whichever is first), and the broker ends the session then, so a
   leftover role can no longer log in. No lease table is needed: :func:`reap` drops every
-  role whose name is exactly the prefix and 20 hex digits and whose ``VALID UNTIL`` has
-  passed. The broker reaps each dynamic target at start and then periodically, so a crash
-  leaves nothing behind for longer than that.
+  role whose name is exactly the prefix and 20 hex digits, whose ``VALID UNTIL`` has
+  passed and which is a member of the target's parent role. The broker reaps each dynamic
+  target at start and then periodically, so a crash leaves nothing behind for longer than
+  that.
+* **A reaper touches only its own target's roles.** What a session role owns is
+  reassigned to the parent role when it is dropped, so reaping a role made for another
+  parent (two targets on one cluster share the default prefix) would hand that role's
+  tables to the wrong parent, and to every agent of this target. The membership says which
+  parent a role was made for.
 * **Names are generated, never taken from input**; the prefix and parent role are validated
   by the target spec (:mod:`tether.vault.target_specs`), and every name is quoted.
 """
@@ -88,6 +94,17 @@ def scram_verifier(password: str, *, salt: bytes | None = None) -> str:
         return base64.b64encode(data).decode("ascii")
 
     return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+# The expired roles that are members of the parent role: a session role is created in
+# exactly one, so the roles of another target (another parent, the same default prefix,
+# the same cluster) are never reassigned here to a parent they were not made for.
+_EXPIRED_MEMBERS: Final = (
+    "SELECT r.rolname FROM pg_catalog.pg_roles r "
+    "JOIN pg_catalog.pg_auth_members m ON m.member = r.oid "
+    "JOIN pg_catalog.pg_roles p ON p.oid = m.roleid "
+    "WHERE r.rolvaliduntil IS NOT NULL AND r.rolvaliduntil < $1 AND p.rolname = $2"
+)
 
 
 def role_pattern(prefix: str) -> re.Pattern[str]:
@@ -169,11 +186,7 @@ async def reap(
     conn = await _connect(admin)
     dropped: list[str] = []
     try:
-        rows = await conn.fetch(
-            "SELECT rolname FROM pg_catalog.pg_roles "
-            "WHERE rolvaliduntil IS NOT NULL AND rolvaliduntil < $1",
-            moment,
-        )
+        rows = await conn.fetch(_EXPIRED_MEMBERS, moment, parent_role)
         for row in rows:
             name = row["rolname"]
             if pattern.fullmatch(name) and await _drop(conn, name, parent_role):

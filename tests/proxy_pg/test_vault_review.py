@@ -1,0 +1,113 @@
+"""Dynamic roles and vaulted PostgreSQL credentials, attacked: the reaper of one target
+facing another target's leftover roles, and a secret that cannot be decrypted."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from tests.pg import PostgresServer
+from tether.vault import pg_roles
+from tether.vault.schema import vault_secrets
+
+from .conftest import ADMIN_PASSWORD, DATABASE, Broker
+from .wire import Wire, errors
+
+OTHER_PARENT = "review_writer"
+
+
+def _admin(pg: PostgresServer) -> pg_roles.AdminLogin:
+    return pg_roles.AdminLogin("127.0.0.1", pg.port, DATABASE, "app_admin", ADMIN_PASSWORD)
+
+
+def _owner(pg: PostgresServer, table: str) -> str:
+    return pg.psql(f"SELECT tableowner FROM pg_tables WHERE tablename = '{table}'", DATABASE)
+
+
+async def test_a_reaper_leaves_the_roles_of_another_parent_alone(app_db: PostgresServer) -> None:
+    # Two targets on one cluster, the default prefix, different parents: a leftover role of
+    # the "writer" target owns a table. The "reader" target's reaper used to reassign that
+    # table to app_reader (ownership: every privilege on it) before dropping the role.
+    app_db.psql(
+        f"DO $$ BEGIN CREATE ROLE {OTHER_PARENT} NOLOGIN; "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$; "
+        f"GRANT {OTHER_PARENT} TO app_admin WITH ADMIN OPTION"
+    )
+    admin, past = _admin(app_db), datetime.now(UTC) - timedelta(minutes=5)
+    prefix = "rv" + secrets.token_hex(3) + "_"
+    theirs = await pg_roles.create_role(
+        admin, prefix=prefix, parent_role=OTHER_PARENT, valid_until=past
+    )
+    ours = await pg_roles.create_role(
+        admin, prefix=prefix, parent_role="app_reader", valid_until=past
+    )
+    table = f"left_by_{theirs.role}"
+    app_db.psql(f'CREATE TABLE {table} (id int); ALTER TABLE {table} OWNER TO "{theirs.role}"',
+                DATABASE)  # fmt: skip
+    try:
+        dropped = await pg_roles.reap(admin, prefix=prefix, parent_role="app_reader")
+        assert dropped == [ours.role]
+        assert _owner(app_db, table) == theirs.role  # not handed to app_reader
+        # Its own target's reaper does what the other's must not.
+        assert await pg_roles.reap(admin, prefix=prefix, parent_role=OTHER_PARENT) == [theirs.role]
+        assert _owner(app_db, table) == OTHER_PARENT
+    finally:
+        app_db.psql(f"DROP TABLE IF EXISTS {table}", DATABASE)
+        for lease in (theirs, ours):
+            await pg_roles.drop_role(admin, lease.role, parent_role="app_reader")
+
+
+async def _swap_ciphertext(broker: Broker, name: str, donor: str) -> None:
+    async with broker.store.engine.begin() as conn:
+        column = vault_secrets.c.ciphertext
+        moved = (await conn.execute(select(column).where(vault_secrets.c.name == donor))).scalar()
+        await conn.execute(
+            update(vault_secrets).where(vault_secrets.c.name == name).values(ciphertext=moved)
+        )
+
+
+async def _broken_dynamic_target(broker: Broker) -> None:
+    """``aaa-broken`` (listed before ``dyn``), whose admin secret no longer decrypts."""
+    await broker.secrets.put("broken-admin", b"whatever")
+    await broker.secrets.put("donor", b"another value")
+    base = {"host": "127.0.0.1", "port": broker.pg.port, "database": DATABASE,
+            "tls_mode": "disable"}  # fmt: skip
+    await broker.targets.add("aaa-broken", "postgres", {**base, "credential": {
+        "type": "dynamic", "admin_username": "app_admin", "admin_secret": "broken-admin",
+        "parent_role": "app_reader"}})  # fmt: skip
+    await _swap_ciphertext(broker, "broken-admin", "donor")
+
+
+async def test_one_undecryptable_admin_secret_does_not_stop_reaping_the_others(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _broken_dynamic_target(broker)
+    admin = _admin(broker.pg)
+    leftover = await pg_roles.create_role(
+        admin, prefix="tether_", parent_role="app_reader",
+        valid_until=datetime.now(UTC) - timedelta(minutes=5),
+    )  # fmt: skip
+    try:
+        with caplog.at_level(logging.WARNING, logger="tether.proxy.pg.credentials"):
+            dropped = await broker.broker.reap_once()  # raised SecretError, reaping nothing
+        assert leftover.role in dropped
+        assert "aaa-broken" in caplog.text and "cannot be decrypted" in caplog.text
+    finally:
+        await pg_roles.drop_role(admin, leftover.role, parent_role="app_reader")
+
+
+async def test_a_session_on_a_target_whose_secret_does_not_decrypt_is_refused_cleanly(
+    broker: Broker,
+) -> None:
+    await _broken_dynamic_target(broker)
+    agent = await broker.agent()
+    wire = await Wire.open(broker.port)
+    frames = await wire.login(broker.password(agent, "aaa-broken"), "aaa-broken")
+    (error,) = errors(frames)
+    # Was XX000 "internal error in the broker", with a traceback in the log.
+    assert error.sqlstate == "08006" and "credential is not available" in (error.get("M") or "")
+    wire.close()
