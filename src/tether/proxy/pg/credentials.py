@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from tether.proxy.pg import tls
 from tether.proxy.pg.upstream import Login
 from tether.vault import pg_roles
-from tether.vault.secrets import SecretNotFound
+from tether.vault.secrets import SecretError, SecretNotFound
 
 if TYPE_CHECKING:
     from tether.identity.claims import Claims
@@ -56,6 +56,8 @@ async def _secret(services: Services, name: str) -> str:
         return (await services.secrets.get(name)).decode("utf-8")
     except (SecretNotFound, UnicodeDecodeError):
         raise CredentialUnavailable(f"secret {name!r} is missing or not text") from None
+    except SecretError as error:  # undecryptable: one target's, never every target's problem
+        raise CredentialUnavailable(str(error)) from None
 
 
 async def obtain(services: Services, target: Target, claims: Claims, timeout: float) -> Credential:
