@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,6 +159,30 @@ def test_key_file_through_a_symlink_is_checked_on_its_target(tmp_path: Path) -> 
         load_master_key(tmp_path / "data", environ={})
     target.chmod(0o600)
     assert load_master_key(tmp_path / "data", environ={}).material == KEY
+
+
+def test_key_file_that_is_a_dangling_symlink_is_refused(tmp_path: Path) -> None:
+    # A secret mount that is missing: was a FileNotFoundError out of load_master_key (a
+    # traceback at start), and never a reason to make a key of our own.
+    (tmp_path / "master.key").symlink_to(tmp_path / "mounted" / "key")
+    with pytest.raises(MasterKeyError, match="symbolic link to a missing file"):
+        load_master_key(tmp_path, environ={})
+    assert not (tmp_path / "mounted").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["master.key"]  # no temporary left
+
+
+def test_key_file_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "master.key", 0o600)  # opening it for reading used to block
+    # In a child process, so that the old behaviour fails the test instead of hanging it.
+    code = (
+        "import sys; from pathlib import Path; from tether.crypto import masterkey as m\n"
+        "try: m.load_master_key(Path(sys.argv[1]), environ={})\n"
+        "except m.MasterKeyError as e: print(e)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=20
+    )
+    assert "not a regular file" in done.stdout, done.stderr
 
 
 def test_key_file_that_is_a_directory_is_refused(tmp_path: Path) -> None:

@@ -17,8 +17,11 @@ Security decisions:
   ``chmod`` to run. Silently tightening it would hide that the key may already have been
   read. The mode is checked with ``fstat`` on the descriptor that is then read, so the
   file checked is the file read. Symbolic links are followed (Kubernetes mounts secrets
-  through them); the owner is not checked, because containers often run under a UID that
-  differs from the file's owner while the mode still says who can read it.
+  through them), and a link to a missing file is an error rather than a reason to generate
+  a new key (which would write nothing there and leave the stored secrets unreadable on the
+  next start with the mount in place); the owner is not checked, because containers often
+  run under a UID that differs from the file's owner while the mode still says who can
+  read it.
 * **Creation is atomic and never clobbers.** The key is written to a temporary 0600 file
   in the same directory, flushed, then hard-linked to ``master.key``. ``link`` fails when
   the name exists, so two nodes starting at once on one data directory agree on the first
@@ -123,6 +126,11 @@ def load_master_key(data_dir: Path, *, environ: Mapping[str, str] | None = None)
     try:
         return read_master_key_file(path)
     except FileNotFoundError:
+        if path.is_symlink():  # a secret mount that is not there: never a key of our own
+            raise MasterKeyError(
+                f"{path} is a symbolic link to a missing file ({path.readlink()}); "
+                "mount the master key there, or remove the link to have a key generated"
+            ) from None
         return _create_key_file(path)
 
 
@@ -131,7 +139,9 @@ def read_master_key_file(path: Path) -> MasterKey:
 
     Raises ``FileNotFoundError`` when it does not exist, ``MasterKeyError`` otherwise.
     """
-    flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+    # O_NONBLOCK: a FIFO put there would block the open until a writer came; this way it
+    # opens at once and is refused as not a regular file.
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
