@@ -7,7 +7,13 @@ from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 
 from tether.vault.schema import targets
-from tether.vault.target_specs import BearerCredential, HttpTargetSpec, SshTargetSpec
+from tether.vault.target_specs import (
+    BearerCredential,
+    HttpTargetSpec,
+    SshTargetSpec,
+    parse_spec,
+    warnings,
+)
 from tether.vault.targets import TargetError, TargetExists, TargetNotFound
 
 from .conftest import T0, Vault
@@ -116,3 +122,15 @@ async def test_malformed_names_are_absent(vault: Vault) -> None:
 
 def _host_ca() -> str:
     return "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ca"
+
+
+def test_an_opt_out_that_covers_the_oauth_client_secret_says_so() -> None:
+    oauth = {"type": "oauth2_client_credentials", "token_url": "https://idp.example/token",
+             "client_id": "c", "secret": "s"}  # fmt: skip
+    spec = parse_spec("http", {"base_url": "https://api.example", "credential": oauth,
+                               "tls_verify": False})  # fmt: skip
+    # The token endpoint is reached with the target's TLS settings, so the client secret
+    # went to it unverified while the warnings spoke only of the upstream.
+    assert "insecure: the OAuth client secret goes to token_url unverified" in warnings(spec)
+    verified = parse_spec("http", {"base_url": "https://api.example", "credential": oauth})
+    assert warnings(verified) == ()

@@ -310,6 +310,11 @@ def warnings(spec: TargetSpec) -> tuple[str, ...]:
             found.append("insecure: upstream TLS certificates are NOT verified")
         if spec.base_url.lower().startswith("http:") and spec.credential is not None:
             found.append("insecure: the credential is sent upstream over plain http")
+        credential = spec.credential
+        if isinstance(credential, OAuth2ClientCredentials) and not spec.tls_verify:
+            # The token endpoint is reached with the target's TLS settings: the opt-out
+            # covers where the client secret goes too, which may be another host.
+            found.append("insecure: the OAuth client secret goes to token_url unverified")
         if spec.pipeline_reads:
             found.append("pipeline_reads: GET and HEAD are sent before their audit event commits")
     if isinstance(spec, PostgresTargetSpec) and spec.tls_mode in ("require", "disable"):
