@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 
 from tether.crypto.envelope import EnvelopeCipher
 from tether.crypto.masterkey import MasterKey
+from tether.proxy.http.flight import SingleFlight
 from tether.vault.schema import vault_secrets
 from tether.vault.secrets import (
     MAX_SECRET_BYTES,
@@ -159,3 +160,33 @@ async def test_value_never_in_repr_or_errors(vault: Vault) -> None:
     await vault.secrets.get("hidden")
     assert VALUE.decode() not in repr(vault.secrets)
     assert VALUE.decode() not in repr(await vault.secrets.info("hidden"))
+
+
+async def test_a_read_in_flight_before_a_rotation_is_not_shared_after_it(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The HTTP broker shares one store read between concurrent requests (SingleFlight). A
+    # request that arrives once a rotation has returned must not join a read that took the
+    # old value from the database before the rotation: it would inject the old secret.
+    await vault.secrets.put("api", b"old-value")
+    read = vault.secrets._load
+    gate, reading = asyncio.Event(), asyncio.Event()
+
+    async def slow_load(name: str) -> object:
+        value = await read(name)
+        reading.set()
+        await gate.wait()  # the row is read; the answer is not back yet
+        return value
+
+    monkeypatch.setattr(vault.secrets, "_load", slow_load)
+    store = vault.secrets
+    flight = SingleFlight(store.get, lambda: store.generation)
+    vault.ticker.now += 10  # the store's own cache has expired
+    before = asyncio.create_task(flight.get("api"))
+    await reading.wait()
+    await store.put("api", b"new-value")  # done: the admin has its answer
+    after = asyncio.create_task(flight.get("api"))
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await before == b"old-value"  # it asked before the change
+    assert await after == b"new-value"  # it asked after: never the read from before

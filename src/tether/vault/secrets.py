@@ -93,6 +93,11 @@ class SecretStore:
     def __repr__(self) -> str:
         return f"SecretStore({self._cache!r})"
 
+    @property
+    def generation(self) -> int:
+        """Bumped by every change made through this object (for single-flight readers)."""
+        return self._cache.generation
+
     async def get(self, name: str) -> bytes:
         """The current value of ``name``; raises :class:`SecretNotFound`, :class:`SecretError`."""
         return (await self._current(name)).value

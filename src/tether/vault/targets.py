@@ -76,6 +76,11 @@ class TargetStore:
         self._engine, self._clock = engine, clock
         self._cache: TtlCache[Target | None] = TtlCache(cache_ttl, clock=monotonic)
 
+    @property
+    def generation(self) -> int:
+        """Bumped by every change made through this object (for single-flight readers)."""
+        return self._cache.generation
+
     async def get(self, name: str) -> Target | None:
         """The target called ``name``, or ``None`` (also for a malformed name)."""
         hit, cached = self._cache.get(name)

@@ -104,8 +104,9 @@ class HttpBroker:
         self.audit_later = AuditLater()
         self.request_ids = RequestIds()
         # One store query per expired cache entry, however many requests need it at once.
-        self.targets = SingleFlight(services.targets.get)
-        self.secrets = SingleFlight(services.secrets.get)
+        # A read in flight before a change through the store is not shared after it.
+        self.targets = SingleFlight(services.targets.get, lambda: services.targets.generation)
+        self.secrets = SingleFlight(services.secrets.get, lambda: services.secrets.generation)
         self.labels = SingleFlight(services.agents.get)
         self._plans: dict[str, tuple[datetime, Plan]] = {}
 
