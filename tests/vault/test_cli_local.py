@@ -163,3 +163,19 @@ def test_every_command_has_help() -> None:
     ):
         code, out, _ = run(*command, "--help")
         assert code == 0 and "Usage" in out
+
+
+def test_ssh_ca_under_another_master_key_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TETHER_MASTER_KEY", raising=False)
+    monkeypatch.delenv("TETHER_DATABASE_URL", raising=False)
+    data = str(tmp_path / "data")
+    first = runner.invoke(app, ["target", "ssh-ca", "--data-dir", data])
+    assert first.exit_code == 0 and first.stdout.startswith("ssh-ed25519 "), first.stderr
+    other = {"TETHER_MASTER_KEY": "A" * 43}
+    done = runner.invoke(app, ["target", "ssh-ca", "--data-dir", data], env=other)
+    # Was "tether: internal error: SecretError: ..." (exit 70).
+    assert (done.exit_code, done.stdout) == (2, ""), (done.exit_code, done.stderr)
+    assert done.stderr.startswith("tether: error: ") and done.stderr.count("\n") == 1
+    assert "another master key" in done.stderr

@@ -261,11 +261,12 @@ def ssh_ca(
     from tether.crypto.masterkey import MasterKeyError
     from tether.proxy.ssh.ca_line import target_ca_public_key
     from tether.store import StoreError
+    from tether.vault.secrets import SecretError
 
     try:
         settings = load_settings(config, overrides={"data_dir": data_dir and str(data_dir)})
         rotation = asyncio.run(target_ca_public_key(settings, rotate=rotate))
-    except (ConfigError, MasterKeyError, StoreError, DecryptionError) as error:
+    except (ConfigError, MasterKeyError, StoreError, DecryptionError, SecretError) as error:
         fail(str(error))
     typer.echo("\n".join(rotation.trusted_lines))
     if rotation.step == "staged":

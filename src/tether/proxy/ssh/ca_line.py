@@ -22,7 +22,8 @@ async def target_ca_public_key(settings: Settings, *, rotate: bool = False) -> R
     """The ``TrustedUserCAKeys`` lines of the node configured by ``settings`` (step
     ``current``), or, with ``rotate``, one rotation step and the lines after it.
 
-    Raises ``MasterKeyError``, ``StoreError`` or ``DecryptionError`` (the caller reports them).
+    Raises ``MasterKeyError``, ``StoreError``, ``DecryptionError`` or ``SecretError`` (the CA
+    key stored under another master key, say); the caller reports them.
     """
     cipher = EnvelopeCipher(load_master_key(settings.data_dir))
     store = await Store.open(settings.database)
