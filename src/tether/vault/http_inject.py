@@ -65,6 +65,10 @@ class Injection:
     secrets: tuple[bytes, ...] = ()  # never sent to the agent, in any header
     oauth_client: ClientCredentials | None = None  # to forget its token on a 401
 
+    def __repr__(self) -> str:  # names only: the values are the credential
+        query = None if self.query_param is None else self.query_param[0]
+        return f"Injection(headers={self.header_names!r}, query_param={query!r})"
+
     @property
     def header_names(self) -> tuple[bytes, ...]:
         return tuple(name for name, _ in self.headers)

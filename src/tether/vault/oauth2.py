@@ -40,7 +40,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote, urlsplit
 
@@ -62,7 +62,7 @@ class ClientCredentials:
 
     token_url: str
     client_id: str
-    client_secret: bytes
+    client_secret: bytes = field(repr=False)
     scope: str | None = None
     audience: str | None = None
     auth_method: str = "client_secret_basic"
@@ -75,7 +75,7 @@ class ClientCredentials:
 
 @dataclass(frozen=True, slots=True)
 class _Cached:
-    token: str
+    token: str = field(repr=False)
     refresh_at: float
 
 
