@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from tether.vault.schema import vault_secrets
+from tether.vault.schema import targets, vault_secrets
 
 from .conftest import Agent, Harness
 from .rawupstream import RawUpstream, ok
@@ -101,3 +101,28 @@ def _oauth_target(harness: Harness, endpoint: RawUpstream) -> None:
         "type": "oauth2_client_credentials", "token_url": endpoint.url + "/token",
         "client_id": "c", "secret": "client",
     })  # fmt: skip
+
+
+def test_a_target_row_that_no_longer_validates_is_an_audited_502(
+    harness: Harness, upstream: Upstream
+) -> None:
+    harness.put_secret("k", b"value-of-k")
+    harness.add_target("api", base_url=upstream.url, credential={"type": "bearer", "secret": "k"})
+
+    async def edit() -> None:  # a database writer points the target at Tether's own CA key
+        spec = {"base_url": upstream.url,
+                "credential": {"type": "bearer", "secret": "tether/ssh-target-ca"}}  # fmt: skip
+        async with harness.store.engine.begin() as conn:
+            await conn.execute(update(targets).where(targets.c.name == "api").values(spec=spec))
+
+    harness.run(edit())
+    time.sleep(1.1)  # the node's one-second cache of the target has expired
+    agent = harness.agent()
+    response = _get(harness, agent, "api")
+    # Was a 500 with a traceback, and no audit event of the request at all.
+    assert response.status_code == 502, response.text
+    assert "definition of target 'api' is invalid" in response.json()["detail"]
+    (event,) = harness.exchanges(1)
+    assert (event.target, event.decision) == ("api", "deny")
+    assert event.action["status"] == 502 and event.detail["reason"] == "invalid-target"
+    assert upstream.seen == []

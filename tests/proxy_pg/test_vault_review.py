@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from tests.pg import PostgresServer
 from tether.vault import pg_roles
-from tether.vault.schema import vault_secrets
+from tether.vault.schema import targets, vault_secrets
 
 from .conftest import ADMIN_PASSWORD, DATABASE, Broker
 from .wire import Wire, errors
@@ -110,4 +110,23 @@ async def test_a_session_on_a_target_whose_secret_does_not_decrypt_is_refused_cl
     (error,) = errors(frames)
     # Was XX000 "internal error in the broker", with a traceback in the log.
     assert error.sqlstate == "08006" and "credential is not available" in (error.get("M") or "")
+    wire.close()
+
+
+async def test_a_target_row_that_no_longer_validates_refuses_the_login_cleanly(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with broker.store.engine.begin() as conn:  # a database writer breaks the row
+        await conn.execute(
+            update(targets).where(targets.c.name == "app").values(spec={"host": "127.0.0.1"})
+        )
+    agent = await broker.agent()
+    wire = await Wire.open(broker.port)
+    with caplog.at_level(logging.ERROR, logger="tether.proxy.pg.server"):
+        frames = await wire.login(broker.password(agent, "app"), "app")
+    (error,) = errors(frames)
+    # Was XX000 "internal error in the broker", with a traceback in the log.
+    assert error.sqlstate == "08006" and "is invalid" in (error.get("M") or "")
+    assert "stored target 'app' is invalid" in caplog.text
+    assert "Traceback" not in caplog.text
     wire.close()

@@ -70,7 +70,7 @@ from tether.proxy.http.routing import Route, Router, query_keys
 from tether.proxy.http.upstream import Origin, TlsContexts, UpstreamPool
 from tether.vault.oauth2 import OAuth2Tokens
 from tether.vault.target_specs import HttpTargetSpec
-from tether.vault.targets import Target
+from tether.vault.targets import Target, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,12 @@ class HttpBroker:
             return
         source_ip = _client_ip(scope)
         who = subject_of(claims, source_ip=source_ip)
-        target = await self.targets.get(route.target)
+        try:
+            target = await self.targets.get(route.target)
+        except TargetError as error:  # its stored row does not validate: fail closed, audited
+            log.error("%s", error)
+            await self._unusable_target(route, scope, who, request_id, receive, send)
+            return
         if target is None or not isinstance(target.spec, HttpTargetSpec):
             await self._unknown_target(route, scope, who, request_id, receive, send)
             return
@@ -280,17 +285,30 @@ class HttpBroker:
     async def _unknown_target(
         self, route: Route, scope: Scope, who: Subject, request_id: str, r: Receive, s: Send
     ) -> None:
-        auditor = self.services.auditor
-        if auditor is not None:
-            try:
-                await auditor.http_exchange(
-                    who, target=route.target, method=scope["method"], path=route.path,
-                    status=404, decision="deny",
-                    detail={"reason": "unknown-target", "request_id": request_id},
-                )  # fmt: skip
-            except AuditUnavailable:
-                log.error("audit trail unavailable; an unknown-target refusal went unrecorded")
+        await self._target_refused(route, scope, who, request_id, 404, "unknown-target")
         await refusals.plain(404, f"no HTTP target {route.target!r}", request_id)(scope, r, s)
+
+    async def _unusable_target(
+        self, route: Route, scope: Scope, who: Subject, request_id: str, r: Receive, s: Send
+    ) -> None:
+        await self._target_refused(route, scope, who, request_id, 502, "invalid-target")
+        detail = f"the definition of target {route.target!r} is invalid; see the server log"
+        await refusals.plain(502, detail, request_id)(scope, r, s)
+
+    async def _target_refused(
+        self, route: Route, scope: Scope, who: Subject, request_id: str, status: int, reason: str
+    ) -> None:
+        auditor = self.services.auditor
+        if auditor is None:
+            return
+        try:
+            await auditor.http_exchange(
+                who, target=route.target, method=scope["method"], path=route.path,
+                status=status, decision="deny",
+                detail={"reason": reason, "request_id": request_id},
+            )  # fmt: skip
+        except AuditUnavailable:
+            log.error("audit trail unavailable; a %s refusal went unrecorded", reason)
 
     def plan(self, target: Target) -> Plan:
         """How to reach ``target``, rebuilt when its spec changes."""

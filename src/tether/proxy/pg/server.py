@@ -47,6 +47,7 @@ from tether.proxy.pg.live import LiveChecks
 from tether.proxy.pg.policy import SessionPolicy
 from tether.proxy.pg.session import Session, parameter_safe
 from tether.proxy.pg.upstream import UpstreamError, connect
+from tether.vault.targets import TargetError
 
 if TYPE_CHECKING:
     from tether.identity.claims import Claims
@@ -154,7 +155,11 @@ class PgBroker:
         claims = await asyncio.wait_for(
             handshake.authenticate(database, source_ip), self.config.login_timeout
         )
-        target = await self.services.targets.get(database)
+        try:
+            target = await self.services.targets.get(database)
+        except TargetError as error:  # its stored row does not validate: fail closed
+            log.error("%s", error)
+            raise Fatal("08006", f'the definition of database "{database}" is invalid') from None
         if target is None or target.kind != "postgres":
             raise Fatal("3D000", f'database "{database}" does not exist')
         await self._serve(reader, writer, handshake.decoder, startup, claims, target, source_ip)

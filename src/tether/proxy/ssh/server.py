@@ -49,7 +49,7 @@ from tether.proxy.ssh.sftp import BrokerSftp
 from tether.proxy.ssh.wire import BrokerServerConnection
 from tether.vault.ssh_certs import TargetCA
 from tether.vault.target_specs import SshTargetSpec
-from tether.vault.targets import Target
+from tether.vault.targets import Target, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,10 @@ class _AgentServer(asyncssh.SSHServer):
 
     async def _target(self, login: Login) -> Target:
         async with self.broker.context.lookups:
-            target = await self.broker.context.services.targets.get(login.target)
+            try:
+                target = await self.broker.context.services.targets.get(login.target)
+            except TargetError as error:  # its stored row does not validate: fail closed
+                raise AuthRefused(str(error)) from None
         if target is None or not isinstance(target.spec, SshTargetSpec):
             raise AuthRefused(f"no SSH target named {login.target!r}")
         if login.remote_user not in target.spec.users:
