@@ -210,3 +210,27 @@ async def test_expired_entries_do_not_pile_up() -> None:
         assert len(tokens._cache) == 1
     finally:
         server.stop()
+
+
+async def test_a_late_refusal_of_an_old_token_keeps_the_new_one() -> None:
+    # Requests sent with token 1 are refused (401) one after the other: the first makes
+    # Tether fetch token 2; the later ones used to forget token 2 too, one fetch each.
+    issued: list[bytes] = []
+
+    def respond(seen: RawSeen) -> bytes:
+        issued.append(b"tok-%d" % (len(issued) + 1))
+        return ok(b'{"access_token": "' + issued[-1] + b'", "expires_in": 3600}')
+
+    server = RawUpstream(respond).start()
+    tokens = OAuth2Tokens()
+    client = ClientCredentials(server.url + "/token", "c", b"client-secret")
+    try:
+        assert await tokens.token(client, None) == "tok-1"
+        tokens.forget(client, "tok-1")  # the first refusal
+        assert await tokens.token(client, None) == "tok-2"
+        for _ in range(3):  # the refusals of requests that were in flight with tok-1
+            tokens.forget(client, "tok-1")
+            assert await tokens.token(client, None) == "tok-2"
+        assert tokens.fetches == 2
+    finally:
+        server.stop()

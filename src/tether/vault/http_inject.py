@@ -64,10 +64,16 @@ class Injection:
     query_param: tuple[str, str] | None = None
     secrets: tuple[bytes, ...] = ()  # never sent to the agent, in any header
     oauth_client: ClientCredentials | None = None  # to forget its token on a 401
+    oauth_token: str | None = None  # the token sent: only that one is forgotten
 
     def __repr__(self) -> str:  # names only: the values are the credential
         query = None if self.query_param is None else self.query_param[0]
         return f"Injection(headers={self.header_names!r}, query_param={query!r})"
+
+    def refused(self, tokens: OAuth2Tokens) -> None:
+        """The target answered 401: forget the OAuth token sent, if any (not a newer one)."""
+        if self.oauth_client is not None and self.oauth_token is not None:
+            tokens.forget(self.oauth_client, self.oauth_token)
 
     @property
     def header_names(self) -> tuple[bytes, ...]:
@@ -173,4 +179,5 @@ async def _oauth2(
         headers=((b"authorization", b"Bearer " + encoded),),
         secrets=(encoded, value),
         oauth_client=client,
+        oauth_token=token,
     )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import ipaddress
 import json
 import math
@@ -124,9 +125,13 @@ class OAuth2Tokens:
         future.set_result(token)
         return token
 
-    def forget(self, client: ClientCredentials) -> None:
-        """Drop ``client``'s cached token (the target refused it)."""
-        self._cache.pop(client.key(), None)
+    def forget(self, client: ClientCredentials, token: str) -> None:
+        """Drop ``client``'s cached ``token`` (the target refused it). A newer token, fetched
+        since by another request that the target refused too, stays: N requests refused at
+        once make one fetch, not N, and none of them wipes what the first one fetched."""
+        cached = self._cache.get(client.key())
+        if cached is not None and hmac.compare_digest(cached.token, token):
+            del self._cache[client.key()]
 
     async def _fetch(self, client: ClientCredentials, tls: ssl.SSLContext | None) -> str:
         _check_url(client.token_url)

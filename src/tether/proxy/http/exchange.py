@@ -158,8 +158,8 @@ class Exchange:
             connection.close()  # its answer is dropped unread
             raise AuditGateClosed
         self.out.status = response.status
-        if response.status == 401 and injection.oauth_client is not None:
-            broker.oauth.forget(injection.oauth_client)
+        if response.status == 401:
+            injection.refused(broker.oauth)
         shown = response_headers(
             response.headers, self.target.name,
             path_prefix=self.route.path_prefix, secrets=injection.secrets,

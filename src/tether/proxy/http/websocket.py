@@ -128,8 +128,8 @@ class Tunnel:
             if response.status == 101:
                 await self._tunnel(switch, connection, shown)
             else:
-                if response.status == 401 and injection.oauth_client is not None:
-                    self.broker.oauth.forget(injection.oauth_client)
+                if response.status == 401:
+                    injection.refused(self.broker.oauth)
                 await self._relay(connection, send, shown)
         except handshake.BadUpgrade as error:
             refusal = (400, str(error))
