@@ -234,3 +234,22 @@ async def test_a_late_refusal_of_an_old_token_keeps_the_new_one() -> None:
         assert tokens.fetches == 2
     finally:
         server.stop()
+
+
+async def test_proxy_variables_never_route_the_client_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With HTTP_PROXY in the node's environment the client secret went in clear to the
+    # proxy, whose answer became the token injected upstream.
+    proxy = _endpoint(ok(b'{"access_token": "from-the-proxy"}'))
+    endpoint = _endpoint(ok(b'{"access_token": "from-the-endpoint"}'))
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        assert await _fetch(endpoint, OAuth2Tokens()) == "from-the-endpoint"
+        assert proxy.seen == []
+    finally:
+        proxy.stop()
+        endpoint.stop()

@@ -25,7 +25,10 @@ Security decisions:
   An access token is visible ASCII (RFC 6750 ``b64token`` and its usual relatives), sent as
   received, never re-encoded.
 * **TLS**: the token endpoint is reached with the target's TLS settings (verification on,
-  its CA bundle if any); ``http://`` endpoints are allowed only on loopback addresses.
+  its CA bundle if any, else the system store); ``http://`` endpoints are allowed only on
+  loopback addresses. It is reached directly: proxy variables and ``.netrc`` of the
+  environment are ignored, so the client secret never takes a route the target's own
+  requests would not.
 """
 
 from __future__ import annotations
@@ -160,8 +163,12 @@ class OAuth2Tokens:
     ) -> tuple[int, bytes]:
         """The status and, for a 200, the body (at most ``MAX_RESPONSE_BYTES``)."""
         form, headers = _request(client)
+        # trust_env off: no HTTP(S)_PROXY, ALL_PROXY or .netrc from the environment, which
+        # would send the client secret (in clear, to a loopback http endpoint) to a proxy or
+        # add credentials; the token endpoint is reached directly, as targets are.
+        verify = tls or ssl.create_default_context()  # the system store, as for targets
         async with (
-            httpx.AsyncClient(verify=tls or True, timeout=self._timeout) as http,
+            httpx.AsyncClient(verify=verify, timeout=self._timeout, trust_env=False) as http,
             http.stream("POST", client.token_url, data=form, headers=headers) as response,
         ):
             if response.status_code != 200:
