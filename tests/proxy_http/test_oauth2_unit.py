@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from typing import Any
 
@@ -253,3 +254,31 @@ async def test_proxy_variables_never_route_the_client_secret(
     finally:
         proxy.stop()
         endpoint.stop()
+
+
+async def test_a_token_is_not_shared_between_tls_settings() -> None:
+    # Two targets, one OAuth client: one opted out of TLS verification. What its token
+    # endpoint answered (over a connection anyone could have intercepted) was injected into
+    # the requests of the target that verifies.
+    issued: list[bytes] = []
+
+    def respond(seen: RawSeen) -> bytes:
+        issued.append(b"tok-%d" % (len(issued) + 1))
+        return ok(b'{"access_token": "' + issued[-1] + b'"}')
+
+    server = RawUpstream(respond).start()
+    unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+    verified = ssl.create_default_context()
+    tokens = OAuth2Tokens()
+    client = ClientCredentials(server.url + "/token", "c", b"client-secret")
+    try:
+        assert await tokens.token(client, unverified) == "tok-1"
+        assert await tokens.token(client, verified) == "tok-2"
+        assert await tokens.token(client, verified) == "tok-2"  # still cached per setting
+        assert await tokens.token(client, unverified) == "tok-1"
+        tokens.forget(client, "tok-2")
+        assert await tokens.token(client, unverified) == "tok-1"
+        assert await tokens.token(client, verified) == "tok-3"
+    finally:
+        server.stop()

@@ -103,8 +103,12 @@ class OAuth2Tokens:
         self.fetches = 0  # how many times a token endpoint was asked (for tests, metrics)
 
     async def token(self, client: ClientCredentials, tls: ssl.SSLContext | None) -> str:
-        """A valid access token for ``client``; fetched when none is cached or it is due."""
-        key = client.key()
+        """A valid access token for ``client``; fetched when none is cached or it is due.
+
+        Cached per client *and* TLS settings: a token fetched over a connection that was not
+        verified (a target's ``tls_verify: false``) is never served to a target that
+        verifies, which would inject whatever token a man in the middle chose."""
+        key = (*client.key(), _trust(tls))
         cached = self._cache.get(key)
         if cached is not None and self._clock() < cached.refresh_at:
             return cached.token
@@ -114,7 +118,7 @@ class OAuth2Tokens:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            token = await self._fetch(client, tls)
+            token = await self._fetch(client, tls, key)
         except asyncio.CancelledError:
             future.set_exception(OAuth2Error("the token fetch was cancelled"))
             future.exception()  # retrieved: waiters get it; nobody else must log it
@@ -132,11 +136,14 @@ class OAuth2Tokens:
         """Drop ``client``'s cached ``token`` (the target refused it). A newer token, fetched
         since by another request that the target refused too, stays: N requests refused at
         once make one fetch, not N, and none of them wipes what the first one fetched."""
-        cached = self._cache.get(client.key())
-        if cached is not None and hmac.compare_digest(cached.token, token):
-            del self._cache[client.key()]
+        prefix = client.key()
+        for key, cached in list(self._cache.items()):
+            if key[: len(prefix)] == prefix and hmac.compare_digest(cached.token, token):
+                del self._cache[key]
 
-    async def _fetch(self, client: ClientCredentials, tls: ssl.SSLContext | None) -> str:
+    async def _fetch(
+        self, client: ClientCredentials, tls: ssl.SSLContext | None, key: tuple[str, ...]
+    ) -> str:
         _check_url(client.token_url)
         self.fetches += 1
         started = self._clock()
@@ -153,9 +160,9 @@ class OAuth2Tokens:
         lifetime = self._default_lifetime if expires_in is None else expires_in
         refresh_in = lifetime - max(self._min_margin, lifetime * self._margin)
         now = self._clock()
-        for key in [k for k, cached in self._cache.items() if cached.refresh_at <= now]:
-            del self._cache[key]  # expired (or fetched with a rotated-out secret): unbounded else
-        self._cache[client.key()] = _Cached(token, started + max(0.0, refresh_in))
+        for old in [k for k, cached in self._cache.items() if cached.refresh_at <= now]:
+            del self._cache[old]  # expired (or fetched with a rotated-out secret): unbounded else
+        self._cache[key] = _Cached(token, started + max(0.0, refresh_in))
         return token
 
     async def _post(
@@ -182,6 +189,12 @@ class OAuth2Tokens:
                 if len(body) > MAX_RESPONSE_BYTES:
                     raise OAuth2Error("token response too large")
             return 200, bytes(body)
+
+
+def _trust(tls: ssl.SSLContext | None) -> str:
+    """Which TLS settings a token was fetched with (the broker builds one context per
+    setting and keeps it, so its id names the setting)."""
+    return "system" if tls is None else f"context-{id(tls)}"
 
 
 def _check_url(url: str) -> None:
