@@ -3,10 +3,12 @@ facing another target's leftover roles, and a secret that cannot be decrypted.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import select, update
 
@@ -132,3 +134,31 @@ async def test_a_target_row_that_no_longer_validates_refuses_the_login_cleanly(
     assert "stored target 'app' is invalid" in caplog.text
     assert "Traceback" not in caplog.text
     wire.close()
+
+
+async def test_a_role_whose_backend_is_still_running_a_statement_is_dropped(
+    app_db: PostgresServer,
+) -> None:
+    # The session ended (revoked, expired, killed) while its statement ran upstream. Ending
+    # that backend needs the admin to hold the role's privileges: it failed with "permission
+    # denied", out of release() as a traceback, and left the role and its statement running.
+    admin = _admin(app_db)
+    lease = await pg_roles.create_role(
+        admin, prefix="rv_busy_", parent_role="app_reader",
+        valid_until=datetime.now(UTC) + timedelta(minutes=5),
+    )  # fmt: skip
+    session = await asyncpg.connect(
+        host="127.0.0.1", port=app_db.port, user=lease.role, password=lease.password,
+        database=DATABASE, ssl=False,
+    )  # fmt: skip
+    running = asyncio.ensure_future(session.execute("SELECT pg_sleep(60)"))
+    try:
+        await asyncio.sleep(0.3)
+        assert await pg_roles.drop_role(admin, lease.role, parent_role="app_reader")
+        exists = f"SELECT count(*) FROM pg_roles WHERE rolname = '{lease.role}'"
+        assert app_db.psql(exists) == "0"
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await asyncio.wait_for(running, 10)  # its statement was ended, not left running
+    finally:
+        session.terminate()
+        app_db.psql(f'DROP ROLE IF EXISTS "{lease.role}"')

@@ -147,15 +147,20 @@ async def create_role(
 
 async def _drop(conn: Any, role: str, parent_role: str) -> bool:
     quoted = quote_ident(role)
-    await conn.execute(
-        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
-        "WHERE usename = $1",
-        role,
-    )
+    try:
+        # Ending the role's backends and REASSIGN OWNED both need the admin to hold the
+        # role's privileges: CREATEROLE alone gives neither, and without the grant first a
+        # backend still running a statement made the whole drop fail (permission denied).
+        await conn.execute(f"GRANT {quoted} TO CURRENT_USER")
+        await conn.execute(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+            "WHERE usename = $1",
+            role,
+        )
+    except asyncpg.PostgresError as error:
+        log.warning("could not end the backends of %s: %s", role, error)
     try:
         async with conn.transaction():
-            # REASSIGN OWNED needs the admin to hold the role's privileges (PostgreSQL 15).
-            await conn.execute(f"GRANT {quoted} TO CURRENT_USER")
             await conn.execute(f"REASSIGN OWNED BY {quoted} TO {quote_ident(parent_role)}")
             await conn.execute(f"DROP OWNED BY {quoted}")
     except asyncpg.PostgresError as error:
@@ -173,8 +178,17 @@ async def drop_role(admin: AdminLogin, role: str, *, parent_role: str) -> bool:
     conn = await _connect(admin)
     try:
         return await _drop(conn, role, parent_role)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+        raise RoleError(f"dropping session role {role} failed: {error}") from None
     finally:
-        await conn.close()
+        await _close(conn)
+
+
+async def _close(conn: Any) -> None:
+    try:
+        await conn.close(timeout=5)
+    except (asyncpg.InterfaceError, OSError, TimeoutError):
+        conn.terminate()  # the connection broke: just drop it
 
 
 async def reap(
