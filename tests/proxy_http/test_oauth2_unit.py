@@ -282,3 +282,24 @@ async def test_a_token_is_not_shared_between_tls_settings() -> None:
         assert await tokens.token(client, verified) == "tok-3"
     finally:
         server.stop()
+
+
+async def test_the_first_requester_hanging_up_does_not_fail_the_others() -> None:
+    # The fetch ran in the task of the request that started it: when that agent hung up,
+    # every request waiting for the same token failed (a 502) with "cancelled".
+    body = b'{"access_token": "tok-1"}'
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    server = _endpoint([head, body])  # the body 0.1 s after the head
+    tokens = OAuth2Tokens()
+    client = ClientCredentials(server.url + "/token", "c", b"client-secret")
+    try:
+        first = asyncio.ensure_future(tokens.token(client, None))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(tokens.token(client, None))
+        await asyncio.sleep(0)
+        first.cancel()
+        assert await asyncio.wait_for(second, 5) == "tok-1"
+        assert tokens.fetches == 1
+        assert await tokens.token(client, None) == "tok-1"  # and it was cached
+    finally:
+        server.stop()

@@ -10,7 +10,9 @@ Security decisions:
   ``refresh_margin`` of its life (at least ``min_margin`` seconds) remains; a token without
   ``expires_in`` is used for ``default_lifetime`` seconds at most.
 * **Single flight**: concurrent requests that find no usable token wait for one fetch, so a
-  burst of traffic cannot hammer the token endpoint (nor trip its rate limit).
+  burst of traffic cannot hammer the token endpoint (nor trip its rate limit). The fetch is
+  a task of its own: the agent whose request started it cannot cancel it for the others by
+  hanging up.
 * **Keyed by the secret's value** (its SHA-256) as well as endpoint, client, scope and
   audience, so a rotated client secret is used by the next fetch, and a token fetched with
   the old secret is not served after the rotation.
@@ -113,24 +115,19 @@ class OAuth2Tokens:
         if cached is not None and self._clock() < cached.refresh_at:
             return cached.token
         pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            token = await self._fetch(client, tls, key)
-        except asyncio.CancelledError:
-            future.set_exception(OAuth2Error("the token fetch was cancelled"))
-            future.exception()  # retrieved: waiters get it; nobody else must log it
-            raise
-        except Exception as error:
-            future.set_exception(error)
-            future.exception()
-            raise
-        finally:
+        if pending is None:
+            # A task of its own, not the first requester's: an agent that hangs up while
+            # the token is fetched cancels its own wait, never the others' token.
+            pending = asyncio.ensure_future(self._fetch(client, tls, key))
+            self._inflight[key] = pending
+            pending.add_done_callback(lambda done: self._landed(key, done))
+        return await asyncio.shield(pending)
+
+    def _landed(self, key: tuple[str, ...], done: asyncio.Future[str]) -> None:
+        if self._inflight.get(key) is done:
             del self._inflight[key]
-        future.set_result(token)
-        return token
+        if not done.cancelled():
+            done.exception()  # retrieved: the waiters re-raise it; nobody else logs it
 
     def forget(self, client: ClientCredentials, token: str) -> None:
         """Drop ``client``'s cached ``token`` (the target refused it). A newer token, fetched
