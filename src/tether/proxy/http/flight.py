@@ -10,10 +10,13 @@ a changed target is still seen within the store's bound.
 
 Security decisions: callers share only an answer that was in flight when they asked (never
 an older one), and a failure reaches every waiter as the same exception, so nobody gets a
-value the store did not give. With ``epoch`` (the store's invalidation counter), a caller
-never joins a read that started before a change went through the store: a request that
-arrives after a rotation returned to the admin must not get the value a read in flight
-took from the database before it (it would inject the rotated-out secret).
+value the store did not give. The read is a task of its own, so the request that started it
+cannot cancel it for the others (an agent hanging up at the right moment used to end every
+concurrent request for the same target with a CancelledError). With ``epoch`` (the store's
+invalidation counter), a caller never joins a read that started before a change went through
+the store: a request that arrives after a rotation returned to the admin must not get the
+value a read in flight took from the database before it (it would inject the rotated-out
+secret).
 """
 
 from __future__ import annotations
@@ -37,20 +40,16 @@ class SingleFlight(Generic[T]):
     async def get(self, key: str) -> T:
         flight = (key, self._epoch())
         pending = self._inflight.get(flight)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._inflight[flight] = future
-        try:
-            value = await self._fetch(key)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as error:
-            future.set_exception(error)
-            future.exception()  # retrieved: the waiters re-raise it
-            raise
-        finally:
+        if pending is None:
+            # A task of its own, not the first caller's: a request whose agent hangs up
+            # cancels its own wait, never the read the other requests are waiting for.
+            pending = asyncio.ensure_future(self._fetch(key))
+            self._inflight[flight] = pending
+            pending.add_done_callback(lambda done: self._landed(flight, done))
+        return await asyncio.shield(pending)
+
+    def _landed(self, flight: Hashable, done: asyncio.Future[T]) -> None:
+        if self._inflight.get(flight) is done:
             del self._inflight[flight]
-        future.set_result(value)
-        return value
+        if not done.cancelled():
+            done.exception()  # retrieved: the waiters re-raise it; nobody else logs it
