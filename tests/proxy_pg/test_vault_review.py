@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.pg import PostgresServer
+from tether.proxy.pg import codec as c
 from tether.vault import pg_roles
 from tether.vault.schema import targets, vault_secrets
 
@@ -162,3 +163,30 @@ async def test_a_role_whose_backend_is_still_running_a_statement_is_dropped(
     finally:
         session.terminate()
         app_db.psql(f'DROP ROLE IF EXISTS "{lease.role}"')
+
+
+async def test_a_revoked_session_does_not_leave_its_statement_running_upstream(
+    broker: Broker,
+) -> None:
+    # The broker ended the session and closed the upstream socket, but PostgreSQL only
+    # notices a closed client when it next writes: the revoked agent's statement ran on.
+    agent = await broker.agent()
+    wire = await Wire.open(broker.port)
+    frames = await wire.login(broker.password(agent))
+    assert not errors(frames)
+    marker = f"revoked_{secrets.token_hex(4)}"
+    wire.send(c.Query(f"SELECT pg_sleep(60) AS {marker}").encode())
+    running = f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%AS {marker}'"
+    for _ in range(50):
+        if broker.pg.psql(running) == "1":
+            break
+        await asyncio.sleep(0.1)
+    assert broker.pg.psql(running) == "1"
+    await broker.identity.revoke("agent", "bot", reason="test", by="admin")
+    await wire.until({0x45}, timeout=5)
+    wire.close()
+    for _ in range(50):
+        if broker.pg.psql(running) == "0":
+            break
+        await asyncio.sleep(0.1)
+    assert broker.pg.psql(running) == "0"

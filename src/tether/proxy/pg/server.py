@@ -46,7 +46,7 @@ from tether.proxy.pg.handshake import Fatal, Handshake, client_parameters, write
 from tether.proxy.pg.live import LiveChecks
 from tether.proxy.pg.policy import SessionPolicy
 from tether.proxy.pg.session import Session, parameter_safe
-from tether.proxy.pg.upstream import UpstreamError, connect
+from tether.proxy.pg.upstream import UpstreamError, connect, send_cancel
 from tether.vault.targets import TargetError
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL: Final = 600.0
+_PEER_ENDED: Final = frozenset({"client-closed", "server-closed"})  # nothing left to cancel
 
 
 class PgBroker:
@@ -258,6 +259,13 @@ class PgBroker:
                 reason = await pump.run()
             finally:
                 self._pumps.discard(pump)
+            if reason not in _PEER_ENDED and upstream.key is not None:
+                # Tether ended it (revoked, expired, shut down...): PostgreSQL notices a
+                # closed client only when it next writes, so a statement in flight would
+                # run on, as the agent, after the session ended. Cancel it.
+                login = credential.login
+                await send_cancel(login.host, login.port, login.tls, upstream.key,
+                                  self.config.connect_timeout)  # fmt: skip
             await audit.end(
                 duration_ms=(time.monotonic() - began) * 1000, bytes_in=pump.bytes_in,
                 bytes_out=pump.bytes_out, reason=reason,
