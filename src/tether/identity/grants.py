@@ -10,6 +10,11 @@ and settings it uses. Security decisions:
   renewal, delegation) keeps the key (or certificate) of the token presented.
 * A join token is consumed in the same transaction that records its runtime; an unknown, used
   or expired token, or one whose agent is not active, is ``invalid_grant``.
+* Nothing is issued for a revoked agent, task or runtime, nor with a revoked actor in the
+  chain (``invalid_grant`` naming what is revoked, audited as ``token.refused``): revocation
+  is permanent, so issuing a token that every use then refuses would only hide the refusal.
+  A join or workload grant is checked before anything is consumed or recorded (a join token
+  refused so stays unused), every grant again on the claims it would issue.
 * A workload token gives a credential only to the agent the configuration maps its issuer and
   subject to, only while that agent is active, and never for a runtime already attested for
   another agent.
@@ -68,13 +73,16 @@ async def exchange(
     proof = await service.verify_proof(dpop, htm="POST", htu=url)
     cnf = Confirmation(jkt=proof.jkt)
     if request.subject_token_type == ex.JOIN_TOKEN:
-        agent_id, runtime = await _join(service, request.subject_token, address)
+        agent_id, runtime = await _join(service, request, address)
     else:
-        agent_id, runtime = await _attest(service, request.subject_token, address)
+        agent_id, runtime = await _attest(service, request, address)
     return await _issue(service, request, agent_id, runtime, cnf, None, None, None, None)
 
 
-async def _join(service: IdentityService, token: str, address: str | None) -> tuple[str, Runtime]:
+async def _join(
+    service: IdentityService, request: ex.ExchangeRequest, address: str | None
+) -> tuple[str, Runtime]:
+    token = request.subject_token
     token_id, _, secret = token.removeprefix(JOIN_TOKEN_PREFIX).partition(".")
     if not token.startswith(JOIN_TOKEN_PREFIX) or not token_id or not secret:
         raise ex.ExchangeError("invalid_grant", "malformed join token")
@@ -89,6 +97,7 @@ async def _join(service: IdentityService, token: str, address: str | None) -> tu
                 "invalid_grant",
                 "the join token is unknown, used, expired or its agent inactive",
             )
+        _refuse_revoked(service, record.agent_id, request.task_id, runtime_id)  # rolls back
         labels = {**record.runtime_labels, "platform": "join-token"}
         await agent_store.upsert_runtime(
             conn, id=runtime_id, agent_id=record.agent_id, platform="join-token",
@@ -97,9 +106,13 @@ async def _join(service: IdentityService, token: str, address: str | None) -> tu
     return record.agent_id, Runtime(runtime_id, labels)
 
 
-async def _attest(service: IdentityService, token: str, address: str | None) -> tuple[str, Runtime]:
+async def _attest(
+    service: IdentityService, request: ex.ExchangeRequest, address: str | None
+) -> tuple[str, Runtime]:
     try:
-        workload = await verify_workload_token(token, service.issuers, service.clock())
+        workload = await verify_workload_token(
+            request.subject_token, service.issuers, service.clock()
+        )
     except WorkloadTokenError as error:
         raise ex.ExchangeError("invalid_grant", f"workload token refused: {error}") from None
     mapped = service.settings.workload_agents.get(workload.issuer_name, {})
@@ -107,6 +120,7 @@ async def _attest(service: IdentityService, token: str, address: str | None) -> 
     if agent_id is None:
         raise ex.ExchangeError("invalid_grant", "no agent is mapped to this workload")
     labels = dict(workload.labels)
+    _refuse_revoked(service, agent_id, request.task_id, workload.runtime_id)
     async with service.engine.begin() as conn:
         agent = await agent_store.get_agent(conn, agent_id)
         if agent is None or agent.state != "active":
@@ -189,7 +203,17 @@ async def _issue(
         subject=subject, task=Task(request.task_id, request.task_purpose), scope=scope,
         runtime=runtime, cnf=cnf, act=act, agent=agent, lifetime=lifetime, groups=groups,
     )  # fmt: skip
+    revoked = service.revoked.reason(claims)  # the new task, or an actor of the chain
+    if revoked is not None:
+        raise ex.ExchangeError("invalid_grant", revoked)
     await service.record_credential(
         credential_record(claims, "access_token", key_thumbprint=cnf.jkt)
     )
     return IssuedToken(token, claims)
+
+
+def _refuse_revoked(service: IdentityService, agent_id: str, task_id: str, runtime: str) -> None:
+    """``invalid_grant`` when the agent, the task asked for or the runtime is revoked."""
+    reason = service.revoked.issuance_reason(agent_id, task_id, runtime)
+    if reason is not None:
+        raise ex.ExchangeError("invalid_grant", reason)
