@@ -10,6 +10,7 @@ task, agent or runtime issued a token that every use then refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -43,8 +44,11 @@ from tether.crypto.envelope import EnvelopeCipher
 from tether.crypto.masterkey import MasterKey
 from tether.identity import exchange as ex
 from tether.identity.admintokens import create_admin_token
+from tether.identity.errors import TokenRevoked
+from tether.identity.issued import credential_record
 from tether.policy import PolicySource, load_policies
 from tether.store import Store
+from tether.users.service import UserService
 
 POLICY = "rules:\n  - {id: r, effect: allow, agents: [bot], targets: [t], mcp: {tools: [x]}}\n"
 WORKLOAD_RUNTIME = "k8s/prod/billing-7f9c"
@@ -55,6 +59,7 @@ class Api:
     stack: Stack
     http: httpx.AsyncClient
     admin: dict[str, str]
+    users: UserService
 
     async def events(self, kind: str) -> list[dict[str, Any]]:
         async with self.stack.engine.connect() as conn:
@@ -89,10 +94,14 @@ class Api:
         proof = self.stack.proof(agent, "POST", TOKEN_URL, token=ath)
         return await self.http.post("/oauth/token", data=form, headers={"DPoP": proof})
 
-    async def call(self, agent: Agent, path: str, body: dict[str, Any]) -> httpx.Response:
-        proof = self.stack.proof(agent, "POST", f"http://tether{path}", token=agent.token)
+    async def call(
+        self, agent: Agent, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """POST ``body`` to ``path`` with the agent's token, or GET it without a body."""
+        method = "GET" if body is None else "POST"
+        proof = self.stack.proof(agent, method, f"http://tether{path}", token=agent.token)
         headers = {"Authorization": f"DPoP {agent.token}", "DPoP": proof}
-        return await self.http.post(path, headers=headers, json=body)
+        return await self.http.request(method, path, headers=headers, json=body)
 
     async def revoke(self, kind: str, value: str) -> None:
         body = {"kind": kind, "value": value, "reason": "incident"}
@@ -117,13 +126,17 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     log = AuditLog(store.engine, lambda: service.keys.ring.active)
     await log.start()
     holder = PolicyHolder(load_policies([PolicySource("a.yaml", POLICY)]))
-    app = create_app(AppState(holder, store, service, Auditor(log)))
+    users = UserService(store.engine, clock=clock)
+    app = create_app(AppState(holder, store, service, Auditor(log), users=users))
     token, _ = await create_admin_token(store.engine, name="test", now=clock())
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:
             yield Api(
-                Stack(store, clock, cipher, service), http, {"Authorization": f"Bearer {token}"}
+                Stack(store, clock, cipher, service),
+                http,
+                {"Authorization": f"Bearer {token}"},
+                users,
             )
     finally:
         await log.close()
@@ -270,3 +283,51 @@ async def test_no_certificate_for_a_revoked_task_or_disabled_agent(api: Api, dis
     tls = await api.call(agent, "/v1/certificates/x509", {"csr": csr_pem(), "bind_token": True})
     await api.refused(tls, 401, "invalid_token", reason)
     assert [e["action"]["issued"] for e in await api.events("token.issued")] == ["access_token"]
+
+
+# --- users who delegated ----------------------------------------------------------------------
+
+
+async def test_a_disabled_user_delegates_nothing_and_their_tokens_end(api: Api) -> None:
+    await api.users.add("alice", password=None, groups=["finance"])
+    agent = await api.joined()
+    form = delegate_form(api.stack.user_token("alice"), agent.token, "T-1")
+    answer = await api.token(agent, form, ath=agent.token)
+    assert answer.status_code == 200, answer.text
+    delegated = Agent("bot", key=agent.key, token=answer.json()["access_token"])
+    assert (await api.call(delegated, "/v1/whoami")).json()["sub"] == "alice"
+
+    disabled = await api.http.post("/v1/users/alice/disable", headers=api.admin)
+    assert disabled.status_code == 200, disabled.text
+    await api.refused(
+        await api.call(delegated, "/v1/whoami"), 401, "invalid_token", "the token is revoked"
+    )
+    rescope = rescope_form(delegated.token, "T-1")
+    refused = await api.token(delegated, rescope, ath=delegated.token)
+    await api.refused(refused, 401, "invalid_token", "the token is revoked")
+    form = delegate_form(api.stack.user_token("alice"), agent.token, "T-1")
+    refused = await api.token(agent, form, ath=agent.token)
+    await api.refused(refused, 400, "invalid_grant", "the user is disabled")
+    assert (await api.call(agent, "/v1/whoami")).status_code == 200  # the agent's own token
+
+    form = delegate_form(api.stack.user_token("bob"), agent.token, "T-1")
+    assert (await api.token(agent, form, ath=agent.token)).status_code == 200  # not a user here
+    enabled = await api.http.post("/v1/users/alice/enable", headers=api.admin)
+    assert enabled.status_code == 200, enabled.text
+    form = delegate_form(api.stack.user_token("alice"), agent.token, "T-1")
+    assert (await api.token(agent, form, ath=agent.token)).status_code == 200
+    refused = await api.call(delegated, "/v1/whoami")  # revoked for good
+    await api.refused(refused, 401, "invalid_token", "the token is revoked")
+
+
+async def test_nothing_delegated_by_a_disabled_user_is_recorded(api: Api) -> None:
+    """What closes the race with a disabling: the store refuses the credential itself."""
+    await api.users.add("alice", password=None)
+    agent = await api.joined()
+    form = delegate_form(api.stack.user_token("alice"), agent.token, "T-1")
+    answer = await api.token(agent, form, ath=agent.token)
+    claims = api.stack.service.verifier.verify(answer.json()["access_token"])
+    await api.users.disable("alice", by="test")
+    record = credential_record(claims, "access_token", key_thumbprint=claims.cnf.jkt)
+    with pytest.raises(TokenRevoked, match="the user is disabled"):
+        await api.stack.service.record_credential(dataclasses.replace(record, jti="another"))

@@ -28,6 +28,7 @@ from tether.identity.sshca import describe_certificate
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
 from tether.store.schema import revocations
+from tether.users.service import UserService
 
 
 async def refused(stack: Stack, agent: Agent, form: dict[str, str], **kw: str) -> ExchangeError:
@@ -247,6 +248,23 @@ async def test_delegation_depth_exceeded(stack: Stack, bot: Agent) -> None:
     form = delegate_form(stack.user_token("carol"), second.token)
     error = await refused(stack, bot, form, ath=second.token)
     assert (error.error, error.description) == ("invalid_request", "delegation chain too deep")
+
+
+async def test_disabling_a_user_revokes_what_they_delegated(stack: Stack, bot: Agent) -> None:
+    users = UserService(stack.engine, clock=stack.clock)
+    await users.add("alice", password=None)
+    form = delegate_form(stack.user_token("alice"), bot.token)
+    issued = await stack.exchange(bot, form, ath=bot.token)
+    _, revoked = await users.disable("alice", by="admin")
+    assert revoked == [issued.claims.jti]
+    await stack.service.refresh_revocations()  # what another node's watcher does
+    delegated = Agent("bot", key=bot.key, token=issued.token)
+    with pytest.raises(TokenRevoked, match="the token is revoked"):
+        await stack.present(delegated)
+    error = await refused(stack, bot, delegate_form(stack.user_token("alice"), bot.token),
+                          ath=bot.token)  # fmt: skip
+    assert (error.error, error.description) == ("invalid_grant", "the user is disabled")
+    await stack.present(bot)  # the agent's own token is not the user's
 
 
 async def test_user_token_from_an_unconfigured_issuer(stack: Stack, bot: Agent) -> None:

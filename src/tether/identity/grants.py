@@ -22,7 +22,10 @@ and settings it uses. Security decisions:
   than any token it came from, except a renewal (same task, not delegated), which is bounded by
   ``max_session_lifetime`` from the runtime's last attestation instead.
 * Delegation chains are limited to ``max_delegation_depth``, and a delegated token expires with
-  the user's ID token if that comes first.
+  the user's ID token if that comes first. A user Tether has disabled (a Tether user of the id
+  the ID token names) delegates nothing; the store refuses to record a credential delegated by
+  a disabled user too, which closes the race with a disabling (:mod:`tether.store.credentials`).
+  A user Tether has no record of may delegate: users need not have signed in to Tether.
 * Every issued token is recorded before it is returned; recording fails (the token is never
   handed out) when its agent stopped being active meanwhile.
 """
@@ -39,6 +42,7 @@ from tether.identity.scope import narrowed
 from tether.identity.workload import WorkloadTokenError, verify_user_token, verify_workload_token
 from tether.store import agents as agent_store
 from tether.store.identity import RuntimeOfAnotherAgent, digest
+from tether.users import store as user_store
 
 if TYPE_CHECKING:
     from tether.identity.service import IdentityService
@@ -164,6 +168,9 @@ async def _delegate(
         user = await verify_user_token(request.subject_token, service.issuers, service.clock())
     except WorkloadTokenError as error:
         raise ex.ExchangeError("invalid_grant", f"user token refused: {error}") from None
+    async with service.engine.connect() as conn:
+        if await user_store.user_state(conn, user.user) == "disabled":
+            raise ex.ExchangeError("invalid_grant", "the user is disabled")
     act = Actor(actor.agent_id, actor.act)
     expiry = min(actor.exp, int(user.expires_at.timestamp()))
     return await _issue(

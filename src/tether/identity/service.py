@@ -57,7 +57,7 @@ from tether.identity.x509ca import spiffe_ids_of
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
 from tether.store import replay as replay_store
-from tether.store.identity import AgentNotActive, digest
+from tether.store.identity import AgentNotActive, UserDisabled, digest
 
 log = logging.getLogger(__name__)
 
@@ -306,12 +306,15 @@ class IdentityService:
         return await grants.exchange(self, form, dpop=dpop, url=url, address=address)
 
     async def record_credential(self, credential: cred_store.Credential) -> None:
-        """Record an issued credential; ``TokenRevoked`` if its agent is no longer active."""
+        """Record an issued credential; ``TokenRevoked`` if its agent is no longer active
+        or the user it is delegated by is disabled."""
         try:
             async with self.engine.begin() as conn:
                 await cred_store.insert_credential(conn, credential)
         except AgentNotActive:
             raise TokenRevoked("the agent is not active") from None
+        except UserDisabled:
+            raise TokenRevoked("the user is disabled") from None
 
     # --- certificates -------------------------------------------------------------------------
 
