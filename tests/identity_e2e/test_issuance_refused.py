@@ -177,6 +177,13 @@ async def test_join_of_a_revoked_agent_is_refused(api: Api) -> None:
     await api.refused(refused, 400, "invalid_grant", "the agent is revoked")
 
 
+async def test_no_join_token_for_a_revoked_agent(api: Api) -> None:
+    await api.create("bot")
+    await api.revoke("agent", "bot")
+    minted = await api.http.post("/v1/agents/bot/join-tokens", headers=api.admin)
+    assert (minted.status_code, minted.json()["detail"]) == (409, "agent 'bot' is not active")
+
+
 async def test_join_into_a_revoked_runtime_is_refused(api: Api) -> None:
     agent = await api.create("bot")
     join = await api.join_token("bot")

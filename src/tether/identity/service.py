@@ -284,7 +284,12 @@ class IdentityService:
         runtime_labels: Mapping[str, str] | None = None,
         ttl: int | None = None,
     ) -> tuple[str, agent_store.JoinToken]:
-        """A one-time join token for ``agent_id``: the secret (shown once) and its record."""
+        """A one-time join token for ``agent_id``: the secret (shown once) and its record.
+
+        ``AgentNotActive`` for an agent that is not active, or revoked (its state may still
+        read ``active``: a join token for it could never be exchanged)."""
+        if ("agent", agent_id) in self.revoked:
+            raise AgentNotActive(f"agent {agent_id!r} is revoked")
         ttl = ttl or self.settings.join_token_ttl
         if not 0 < ttl <= 86400:
             raise ValueError("a join token lives between 1 second and 1 day")
