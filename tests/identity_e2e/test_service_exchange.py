@@ -163,6 +163,19 @@ async def test_rescope_of_a_revoked_task_is_refused(stack: Stack, bot: Agent) ->
         await stack.exchange(bot, rescope_form(bot.token, "T-1"), ath=bot.token)
 
 
+async def test_a_revocation_on_another_node_stops_issuing_at_once(stack: Stack, bot: Agent) -> None:
+    """Issuing reads the revocations other nodes added, not only what its poll last saw."""
+    other = await build_service(stack.store, stack.clock, stack.cipher)  # another node
+    await other.revoke("task", "T-9", reason="incident", by="admin")
+    error = await refused(stack, bot, rescope_form(bot.token, "T-9"), ath=bot.token)
+    assert (error.error, error.description) == ("invalid_grant", "the task is revoked")
+    await other.revoke("task", "T-1", reason="incident", by="admin")
+    assert bot.claims is not None
+    public = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    with pytest.raises(TokenRevoked, match="the task is revoked"):
+        await stack.service.ssh_certificate(bot.claims, public, ["deploy"], None)
+
+
 # --- workload tokens --------------------------------------------------------------------------
 
 

@@ -14,7 +14,9 @@ and settings it uses. Security decisions:
   chain (``invalid_grant`` naming what is revoked, audited as ``token.refused``): revocation
   is permanent, so issuing a token that every use then refuses would only hide the refusal.
   A join or workload grant is checked before anything is consumed or recorded (a join token
-  refused so stays unused), every grant again on the claims it would issue.
+  refused so stays unused), every grant again on the claims it would issue. The revocations
+  other nodes added are read first (one query past the cursor), so issuing never waits for
+  the poll interval to honour one.
 * A workload token gives a credential only to the agent the configuration maps its issuer and
   subject to, only while that agent is active, and never for a runtime already attested for
   another agent.
@@ -63,6 +65,7 @@ async def exchange(
     # Checked before anything is consumed: a refused lifetime must not burn a join token.
     if (request.lifetime or 0) > service.settings.max_token_lifetime:
         raise ex.ExchangeError("invalid_request", "requested_lifetime is above the cap")
+    await service.refresh_revocations()  # another node's revocation counts at once here
     if request.subject_token_type == ex.ID_TOKEN:
         return await _delegate(service, request, dpop, url)
     if request.subject_token_type == ex.ACCESS_TOKEN:

@@ -323,6 +323,12 @@ class IdentityService:
 
     # --- certificates -------------------------------------------------------------------------
 
+    async def _check_issuable(self, claims: Claims) -> None:
+        """``check_live`` after reading the revocations other nodes added (one query past
+        the cursor): nothing is issued under a revocation already committed anywhere."""
+        await self.refresh_revocations()
+        await self.check_live(claims)
+
     async def ssh_certificate(
         self, claims: Claims, public_key: str, principals: Sequence[str], source: str | None
     ) -> str:
@@ -330,7 +336,7 @@ class IdentityService:
 
         ``IssuanceError`` (an ``SshCaError``) for a key or principals the CA refuses.
         """
-        await self.check_live(claims)
+        await self._check_issuable(claims)
         certificate, record = self.certificates.ssh(claims, public_key, principals, source)
         await self.record_credential(record)
         return certificate
@@ -340,7 +346,7 @@ class IdentityService:
 
         ``IssuanceError`` (an ``X509CaError``) for a CSR the CA refuses.
         """
-        await self.check_live(claims)
+        await self._check_issuable(claims)
         pem, record = self.certificates.x509(claims, csr_pem)
         await self.record_credential(record)
         return pem
@@ -355,7 +361,7 @@ class IdentityService:
         Tether's own client CA for this very agent can be bound: the agent proved it holds
         the key when the CA checked the CSR's signature.
         """
-        await self.check_live(claims)
+        await self._check_issuable(claims)
         cert = x509.load_pem_x509_certificate(certificate_pem.encode())
         if cert.issuer != self.keys.x509_ca.ca_cert.subject:
             raise TokenInvalid("only certificates of Tether's client CA can be bound")
