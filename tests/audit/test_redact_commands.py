@@ -92,6 +92,8 @@ def test_a_command_line_secret_never_stays(data: st.DataObject, form: tuple[str,
         ("curl -u 'me:pw' x", "curl -u 'me:[REDACTED]' x"),
         ("ssh://deploy@host:22", "ssh://deploy@host:22"),
         ("https://u:pw@host/a@b", "https://u:[REDACTED]@host/a@b"),
+        ("token=abc&page=2", "token=[REDACTED]&page=2"),  # a query string alone
+        ("PGPASSWORD=a,b}c psql", "PGPASSWORD=[REDACTED] psql"),
     ],
 )
 def test_what_is_not_secret_stays(text: str, kept: str) -> None:

@@ -96,6 +96,9 @@ _PAIR_VALUE: Final = re.compile(
     re.VERBOSE,
 )
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*+")
+# The value of a shell word ``NAME=value``: to a blank or a shell operator (``&`` also ends
+# the value of a query string written alone, ``token=…&page=2``).
+_SHELL_VALUE: Final = re.compile(r"""(?:"[^"]*"|'[^']*'|[^\s"'&;|]+|"[^"]*+|'[^']*+)""")
 _MAY_HOLD_SHAPE: Final = re.compile(
     r"eyJ|-----BEGIN|[Bb]earer|BEARER|DPoP|dpop|DPOP|[Bb]asic|BASIC|t[aj]t_|[:=]|(?<!\S)-"
     r"|(?i:password)\s+[EeUu$']"
@@ -204,7 +207,10 @@ class Redactor:
             name = match["flagname"] if kind == "flag" else match["name"]
             if not self.sensitive_name(name):
                 return match[kind], end  # the value is scanned as the rest of the text
-            pattern = _FLAG_VALUE if kind == "flag" or _shell_assignment(match) else _PAIR_VALUE
+            if kind == "flag":
+                pattern = _FLAG_VALUE
+            else:
+                pattern = _SHELL_VALUE if _shell_assignment(match) else _PAIR_VALUE
             found = pattern.match(match.string, end)
             if found is None:
                 return match[kind], end
@@ -263,7 +269,7 @@ class Redactor:
 
 def _shell_assignment(match: re.Match[str]) -> bool:
     """Whether a ``pair`` is a shell word ``NAME=value`` (``PGPASSWORD=… psql``): its value
-    runs to the next blank, a ``,`` ``}`` or ``]`` in it included (the shell's word)."""
+    runs to the next blank or shell operator, a ``,`` ``}`` or ``]`` in it included."""
     start, text = match.start(), match.string
     return (
         (start == 0 or text[start - 1].isspace())
