@@ -65,6 +65,12 @@ FORMS = [
     ("tool --api-key={s} list", _WORD),
     ("tool --api-key {s} list", _WORD),
     ("redis-cli -h cache -a {s} ping", _WORD),
+    ("ldapsearch -x -H ldap://dir -D cn=admin,dc=x -w {s} -b dc=x", _WORD),
+    ("ldapmodify -xw{s} -f change.ldif", _WORD),
+    ("mongosh -u app -p {s} mongodb://db/app", _WORD),
+    ("sqlcmd -S db -U sa -P {s} -Q 'select 1'", _WORD),
+    ("openssl pkcs12 -in a.p12 -passin pass:{s} -nokeys", _WORD),
+    ('openssl rsa -in k.pem -passout "pass:{s}"', _QUOTED),
     ("git clone https://deploy:{s}@git.example/app.git", _URL_WORD),
     ("curl https://me@corp.example:{s}@api.example/x", _URL_WORD),
     ("psql postgres://app:{s}@db:5432/app", _URL_WORD),
@@ -94,6 +100,8 @@ def test_a_command_line_secret_never_stays(data: st.DataObject, form: tuple[str,
         ("https://u:pw@host/a@b", "https://u:[REDACTED]@host/a@b"),
         ("token=abc&page=2", "token=[REDACTED]&page=2"),  # a query string alone
         ("PGPASSWORD=a,b}c psql", "PGPASSWORD=[REDACTED] psql"),
+        ("openssl rsa -passin env:KEY_PASS -in k", "openssl rsa -passin env:KEY_PASS -in k"),
+        ("ldapsearch -x -D cn=admin -W -b dc=x", "ldapsearch -x -D cn=admin -W -b dc=x"),
     ],
 )
 def test_what_is_not_secret_stays(text: str, kept: str) -> None:
@@ -103,7 +111,8 @@ def test_what_is_not_secret_stays(text: str, kept: str) -> None:
 _FRAGMENTS = st.sampled_from(
     ["mysql", "sshpass", "curl", "redis-cli", "mariadb-x", "--user", "--proxy-user", "-p",
      "-u", "-a", "-su", " ", "\t", "\n", ":", "@", "=", "'", '"', ";", "/", "x", "://",
-     "https", "PGPASSWORD", ",", "é", "\x00", "-", "pw"]
+     "https", "PGPASSWORD", ",", "é", "\x00", "-", "pw", "ldapadd", "-w", "pass:", "mongo",
+     "sqlcmd", "-P"]
 )  # fmt: skip
 _TEXT = st.one_of(st.text(max_size=80), st.lists(_FRAGMENTS, max_size=30).map("".join))
 

@@ -14,8 +14,12 @@ tool (the command word, or its path)        secret
 ``redis-cli``                               ``-a SECRET``, ``-aSECRET``
 ``curl``                                    ``-u user:SECRET``, ``-U user:SECRET``
                                             (also glued, and in a group: ``-su u:S``)
+``ldapsearch``, ``ldapmodify``…             ``-w SECRET``, ``-wSECRET``
+``mongosh``, ``mongo``                      ``-p SECRET``, ``-pSECRET``
+``sqlcmd``                                  ``-P SECRET``, ``-PSECRET``
 any                                         ``--user user:SECRET``,
                                             ``--proxy-user user:SECRET`` (``=`` too)
+any (OpenSSL's pass phrase arguments)       ``pass:SECRET`` (``-passin pass:…``)
 ==========================================  =========================================
 
 Short flags are read as ``getopt`` does: the letters of a group are options until one that
@@ -42,8 +46,9 @@ _TOOLS: Final = re.compile(
     r"""
     (?<![^\s;&|()`'"/])
     (?P<tool>mysql(?:dump|admin|import|show|check|pump|slap|binlog)?|mariadb(?:-[a-z]{1,12}+)?
-       |sshpass|redis-cli|curl)(?![A-Za-z0-9_.-])
+       |sshpass|redis-cli|curl|ldap[a-z]{1,12}+|mongosh|mongo|sqlcmd)(?![A-Za-z0-9_.-])
   | (?<![^\s'"])(?P<long>--(?:proxy-)?user)(?:=|[ \t]++)(?=[^\s])
+  | (?<![^\s'"=])(?P<passphrase>pass:)(?=[^\s])
   | (?<![^\s'"])-(?P<short>[A-Za-z])
     """,
     re.VERBOSE,
@@ -51,9 +56,13 @@ _TOOLS: Final = re.compile(
 # A flag's value: a quoted string (a quote never closed runs to the end) or a word.
 _VALUE: Final = re.compile(r"""(?:"[^"]*"|'[^']*'|"[^"]*+\Z|'[^']*+\Z|[^\s"']++)""")
 _BLANKS: Final = re.compile(r"[ \t]++(?=\S)")
+_BLANK: Final = re.compile(r"\s")
 _GROUP_MAX: Final = 32
 # Substrings of which every match of _TOOLS holds one: text without them is left alone.
-MARKS: Final = ("mysql", "mariadb", "sshpass", "redis-cli", "curl", "-user")
+MARKS: Final = (
+    "mysql", "mariadb", "sshpass", "redis-cli", "curl", "-user", "ldap", "mongo", "sqlcmd",
+    "pass:",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +79,11 @@ _BY_NAME: Final = {
     "sshpass": _Tool("p", "fdP", separate=True, after_colon=False, once=True),
     "redis-cli": _Tool("a", "hpnsuc", separate=True, after_colon=False, once=False),
     "curl": _Tool("uU", "HdXAoeEbcFKrTxyYzmwCD", separate=True, after_colon=True, once=False),
+    "mongosh": _Tool("p", "u", separate=True, after_colon=False, once=False),
+    "mongo": _Tool("p", "u", separate=True, after_colon=False, once=False),
+    "sqlcmd": _Tool("P", "SUdQqioHcstlW", separate=True, after_colon=False, once=False),
 }
+_LDAP: Final = _Tool("w", "DbHhpfsayYUXOReEolzST", separate=True, after_colon=False, once=False)
 _USER_FLAG: Final = _Tool("", "", separate=True, after_colon=True, once=False)
 
 
@@ -79,7 +92,8 @@ def has_mark(text: str) -> bool:
     written out, as C substring tests (this runs on every string of every event)."""
     return (
         "curl" in text or "mysql" in text or "-user" in text or "sshpass" in text
-        or "mariadb" in text or "redis-cli" in text
+        or "mariadb" in text or "redis-cli" in text or "ldap" in text or "mongo" in text
+        or "sqlcmd" in text or "pass:" in text
     )  # fmt: skip
 
 
@@ -93,24 +107,32 @@ def redact_commands(text: str, replacement: str) -> str:
             continue  # inside a value already replaced
         name = match["tool"]
         if name is not None:
-            tool = _BY_NAME.get(name, _MYSQL)
+            tool = _BY_NAME.get(name, _LDAP if name.startswith("ldap") else _MYSQL)
             continue
-        if match["long"] is not None:
-            span = _value_span(text, match.end())
-            cut = None if span is None else _secret_part(text, span, _USER_FLAG)
-        elif tool is not None:
-            span = _short_secret(text, match.start("short"), tool)
-            cut = None if span is None else _secret_part(text, span, tool)
-            if span is not None and tool.once:
-                tool = None
-        else:
+        cut = _secret_of(text, match, tool)
+        if cut is None:
             continue
-        if cut is not None:
-            parts.append(text[position : cut[0]])
-            parts.append(replacement)
-            position = cut[1]  # a closing quote stays
+        if tool is not None and tool.once and match["short"] is not None:
+            tool = None  # what follows is the command the tool runs
+        parts.append(text[position : cut[0]])
+        parts.append(replacement)
+        position = cut[1]  # a closing quote stays
     parts.append(text[position:])
     return "".join(parts)
+
+
+def _secret_of(text: str, match: re.Match[str], tool: _Tool | None) -> tuple[int, int] | None:
+    """The span of the secret a flag match introduces, if any."""
+    if match["passphrase"] is not None:
+        start, end = _passphrase_span(text, match.start(), match.end())
+        return (start, end) if start < end else None
+    if match["long"] is not None:
+        span = _value_span(text, match.end())
+        return None if span is None else _secret_part(text, span, _USER_FLAG)
+    if tool is None:
+        return None
+    span = _short_secret(text, match.start("short"), tool)
+    return None if span is None else _secret_part(text, span, tool)
 
 
 def _short_secret(text: str, at: int, tool: _Tool) -> tuple[int, int] | None:
@@ -131,6 +153,17 @@ def _short_secret(text: str, at: int, tool: _Tool) -> tuple[int, int] | None:
             return None
         index += 1
     return None
+
+
+def _passphrase_span(text: str, start: int, at: int) -> tuple[int, int]:
+    """The secret of ``pass:SECRET``: to the closing quote when the word is quoted (a
+    quote never closed: to the end), else to the next blank."""
+    quote = text[start - 1] if start > 0 and text[start - 1] in "\"'" else ""
+    if quote:
+        end = text.find(quote, at)
+        return at, len(text) if end < 0 else end
+    blank = _BLANK.search(text, at)
+    return at, len(text) if blank is None else blank.start()
 
 
 def _value_span(text: str, at: int) -> tuple[int, int] | None:
