@@ -366,7 +366,8 @@ def test_redaction_keeps_what_is_not_secret() -> None:
 # pre-check is exercised around every mark, not only on clean text.
 _FRAGMENTS = st.sampled_from(
     ["eyJ", "-----BEGIN", "Bearer", "bearer", "DPoP", "dpop", "Basic", "tat_", "tjt_", ":",
-     "=", "-", " ", "\t", "\u2003", "e", "y", "J", "t_", "a", "x", "/", "é", "\x00"]
+     "=", "-", " ", "\t", "\u2003", "e", "y", "J", "t_", "a", "x", "/", "é", "\x00", "curl",
+     "mysql", "--user", "'", "-p", "-u"]
 )  # fmt: skip
 _SHAPED_TEXT = st.one_of(st.text(max_size=40), st.lists(_FRAGMENTS, max_size=12).map("".join))
 
@@ -374,11 +375,14 @@ _SHAPED_TEXT = st.one_of(st.text(max_size=40), st.lists(_FRAGMENTS, max_size=12)
 @settings(max_examples=400, deadline=None)
 @given(value=_SHAPED_TEXT)
 def test_the_fast_pre_check_never_skips_a_string_the_pattern_would_redact(value: str) -> None:
-    from tether.audit.redact import _MAY_HOLD_SHAPE, _SHAPES, may_hold_shape
+    from tether.audit.redact import _MAY_HOLD_SHAPE, _SHAPES, _has_mark, may_hold_shape
+    from tether.audit.redact_commands import has_mark, redact_commands
 
-    assert may_hold_shape(value) == (_MAY_HOLD_SHAPE.search(value) is not None)
+    commands = _has_mark(value) and has_mark(value)
+    assert may_hold_shape(value) == (_MAY_HOLD_SHAPE.search(value) is not None or commands)
     if not may_hold_shape(value):
         assert _SHAPES.search(value) is None
+        assert redact_commands(value, REDACTED) == value
         assert Redactor().text(value) == value
 
 

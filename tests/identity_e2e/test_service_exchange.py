@@ -28,6 +28,7 @@ from tether.identity.sshca import describe_certificate
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
 from tether.store.schema import revocations
+from tether.users.service import UserService
 
 
 async def refused(stack: Stack, agent: Agent, form: dict[str, str], **kw: str) -> ExchangeError:
@@ -162,6 +163,19 @@ async def test_rescope_of_a_revoked_task_is_refused(stack: Stack, bot: Agent) ->
         await stack.exchange(bot, rescope_form(bot.token, "T-1"), ath=bot.token)
 
 
+async def test_a_revocation_on_another_node_stops_issuing_at_once(stack: Stack, bot: Agent) -> None:
+    """Issuing reads the revocations other nodes added, not only what its poll last saw."""
+    other = await build_service(stack.store, stack.clock, stack.cipher)  # another node
+    await other.revoke("task", "T-9", reason="incident", by="admin")
+    error = await refused(stack, bot, rescope_form(bot.token, "T-9"), ath=bot.token)
+    assert (error.error, error.description) == ("invalid_grant", "the task is revoked")
+    await other.revoke("task", "T-1", reason="incident", by="admin")
+    assert bot.claims is not None
+    public = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    with pytest.raises(TokenRevoked, match="the task is revoked"):
+        await stack.service.ssh_certificate(bot.claims, public, ["deploy"], None)
+
+
 # --- workload tokens --------------------------------------------------------------------------
 
 
@@ -247,6 +261,23 @@ async def test_delegation_depth_exceeded(stack: Stack, bot: Agent) -> None:
     form = delegate_form(stack.user_token("carol"), second.token)
     error = await refused(stack, bot, form, ath=second.token)
     assert (error.error, error.description) == ("invalid_request", "delegation chain too deep")
+
+
+async def test_disabling_a_user_revokes_what_they_delegated(stack: Stack, bot: Agent) -> None:
+    users = UserService(stack.engine, clock=stack.clock)
+    await users.add("alice", password=None)
+    form = delegate_form(stack.user_token("alice"), bot.token)
+    issued = await stack.exchange(bot, form, ath=bot.token)
+    _, revoked = await users.disable("alice", by="admin")
+    assert revoked == [issued.claims.jti]
+    await stack.service.refresh_revocations()  # what another node's watcher does
+    delegated = Agent("bot", key=bot.key, token=issued.token)
+    with pytest.raises(TokenRevoked, match="the token is revoked"):
+        await stack.present(delegated)
+    error = await refused(stack, bot, delegate_form(stack.user_token("alice"), bot.token),
+                          ath=bot.token)  # fmt: skip
+    assert (error.error, error.description) == ("invalid_grant", "the user is disabled")
+    await stack.present(bot)  # the agent's own token is not the user's
 
 
 async def test_user_token_from_an_unconfigured_issuer(stack: Stack, bot: Agent) -> None:

@@ -271,7 +271,11 @@ async def disable_user(
     request: Request,
 ) -> dict[str, Any]:
     call.target = f"user:{user_id}"
-    return user_json(await _guard(users_of(request).set_state(user_id, "disabled")))
+    user, revoked = await _guard(users_of(request).disable(user_id, by=call.actor))
+    call.detail["delegations_revoked"] = len(revoked)
+    if revoked:  # in force on this node before the answer, on the others within a poll
+        await call.identity.refresh_revocations()
+    return user_json(user)
 
 
 @router.post("/v1/users/{user_id}/enable")

@@ -17,9 +17,13 @@ detail) before an :class:`~tether.audit.events.AuditEvent` is built. What it rem
 * **Secrets inside any string**: JWTs and JWS/JWE compact serialisations (so access
   tokens and DPoP proofs), credentials after ``Bearer``, ``DPoP`` or ``Basic``, Tether's
   own join and admin tokens (``tjt_``/``tat_``: the id stays, the secret goes), the
-  password of a URL (``scheme://user:PASSWORD@host``), PEM private keys, and the value of
-  ``name=value``, ``name: value`` and ``--name value`` when the name is sensitive (query
-  strings, connection strings, environment assignments, command-line flags).
+  password of a URL (``scheme://user:PASSWORD@host``, to the last ``@`` before the host),
+  PEM private keys, and the value of ``name=value``, ``name: value`` and ``--name value``
+  when the name is sensitive (query strings, connection strings, environment assignments,
+  command-line flags; a shell word ``NAME=value`` to the next blank).
+* **Passwords in command-line flags whose name says nothing** (``mysql -pSECRET``,
+  ``sshpass -p SECRET``, ``curl -u user:SECRET``, ``--user user:SECRET``...): see
+  :mod:`tether.audit.redact_commands`.
 * **Passwords in SQL**: the string literal after the ``PASSWORD`` keyword (``CREATE|ALTER
   ROLE|USER ... [ENCRYPTED] PASSWORD '...'``, ``OPTIONS (password '...')``), found with
   PostgreSQL's own scanner (``pglast.parser.scan``) so that every quoting form (standard,
@@ -46,6 +50,7 @@ from typing import Any, Final
 
 from pglast import parser as pg_parser
 
+from tether.audit import redact_commands
 from tether.audit.config import DEFAULT_SENSITIVE_FIELDS
 from tether.audit.events import frozen_json
 
@@ -69,7 +74,8 @@ _SHAPES: Final = re.compile(
   | (?P<pem>-----BEGIN[A-Z ]*PRIVATE\ KEY-----[\s\S]*?(?:-----END[A-Z ]*PRIVATE\ KEY-----|\Z))
   | (?P<scheme>\b(?:[Bb]earer|BEARER|DPoP|dpop|DPOP|[Bb]asic|BASIC)\s+)[A-Za-z0-9._~+/=-]+
   | (?P<tether>\bt[aj]t_[A-Za-z0-9_-]{0,256}+\.)[A-Za-z0-9_-]+          # tat_<id>.<secret>
-  | (?P<userinfo>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+://[^\s/:@]*+:)[^\s@]{1,1024}+(?=@)
+  | (?P<userinfo>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+://[^\s/:]{0,1024}+:)
+        [^\s@]{1,1024}+(?:@[^\s@/?\#]{0,1024}+)*(?=@)  # to the last '@' before the host
   | (?P<sqlpw>\b(?i:password)\s+)                  # PostgreSQL's PASSWORD 'literal'
         (?:(?:[Ee]|[Uu]&)?'(?:[^']|'')*'|\$(?P<tag>[A-Za-z_]*)\$[\s\S]*?\$(?P=tag)\$)
   | (?P<auth>(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]*?(?i:authorization)["']?\s*[:=]\s*)
@@ -89,6 +95,10 @@ _PAIR_VALUE: Final = re.compile(
          |"(?:[^"\\]|\\.)*"|'[^']*'|[^\s&;,"'}\]]+|"(?:[^"\\]|\\.)*+|'[^']*+)""",
     re.VERBOSE,
 )
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*+")
+# The value of a shell word ``NAME=value``: to a blank or a shell operator (``&`` also ends
+# the value of a query string written alone, ``token=…&page=2``).
+_SHELL_VALUE: Final = re.compile(r"""(?:"[^"]*"|'[^']*'|[^\s"'&;|]+|"[^"]*+|'[^']*+)""")
 _MAY_HOLD_SHAPE: Final = re.compile(
     r"eyJ|-----BEGIN|[Bb]earer|BEARER|DPoP|dpop|DPOP|[Bb]asic|BASIC|t[aj]t_|[:=]|(?<!\S)-"
     r"|(?i:password)\s+[EeUu$']"
@@ -157,11 +167,13 @@ class Redactor:
         """``value`` with every secret recognised by its shape or its name replaced."""
         if value in self._clean or not _has_mark(value):
             return value
-        if _MAY_HOLD_SHAPE.search(value) is None:
+        commands = redact_commands.has_mark(value)
+        if not commands and _MAY_HOLD_SHAPE.search(value) is None:
             if len(value) <= _MEMO_MAX_CHARS:
                 _remember(self._clean, value, None)
             return value
-        redacted = self._scan(value)
+        redacted = redact_commands.redact_commands(value, REDACTED) if commands else value
+        redacted = self._scan(redacted)
         if redacted == value and len(value) <= _MEMO_MAX_CHARS:
             _remember(self._clean, value, None)
         return redacted
@@ -195,7 +207,10 @@ class Redactor:
             name = match["flagname"] if kind == "flag" else match["name"]
             if not self.sensitive_name(name):
                 return match[kind], end  # the value is scanned as the rest of the text
-            pattern = _FLAG_VALUE if kind == "flag" else _PAIR_VALUE
+            if kind == "flag":
+                pattern = _FLAG_VALUE
+            else:
+                pattern = _SHELL_VALUE if _shell_assignment(match) else _PAIR_VALUE
             found = pattern.match(match.string, end)
             if found is None:
                 return match[kind], end
@@ -252,6 +267,17 @@ class Redactor:
         return self.text(_cut(query, spans)), out_params
 
 
+def _shell_assignment(match: re.Match[str]) -> bool:
+    """Whether a ``pair`` is a shell word ``NAME=value`` (``PGPASSWORD=… psql``): its value
+    runs to the next blank or shell operator, a ``,`` ``}`` or ``]`` in it included."""
+    start, text = match.start(), match.string
+    return (
+        (start == 0 or text[start - 1].isspace())
+        and match["pair"].endswith("=")
+        and _ENV_NAME.fullmatch(match["pair"], 0, len(match["pair"]) - 1) is not None
+    )
+
+
 def _has_mark(value: str) -> bool:
     """Whether ``value`` holds one of :data:`_SHAPE_MARKS` (written out: no loop)."""
     return (
@@ -264,7 +290,9 @@ def _has_mark(value: str) -> bool:
 
 def may_hold_shape(value: str) -> bool:
     """Whether ``value`` may hold a secret recognised by its shape (False is certain)."""
-    return _has_mark(value) and _MAY_HOLD_SHAPE.search(value) is not None
+    return _has_mark(value) and (
+        redact_commands.has_mark(value) or _MAY_HOLD_SHAPE.search(value) is not None
+    )
 
 
 def _remember(memo: dict[str, Any], key: str, value: Any) -> None:

@@ -10,6 +10,13 @@ and settings it uses. Security decisions:
   renewal, delegation) keeps the key (or certificate) of the token presented.
 * A join token is consumed in the same transaction that records its runtime; an unknown, used
   or expired token, or one whose agent is not active, is ``invalid_grant``.
+* Nothing is issued for a revoked agent, task or runtime, nor with a revoked actor in the
+  chain (``invalid_grant`` naming what is revoked, audited as ``token.refused``): revocation
+  is permanent, so issuing a token that every use then refuses would only hide the refusal.
+  A join or workload grant is checked before anything is consumed or recorded (a join token
+  refused so stays unused), every grant again on the claims it would issue. The revocations
+  other nodes added are read first (one query past the cursor), so issuing never waits for
+  the poll interval to honour one.
 * A workload token gives a credential only to the agent the configuration maps its issuer and
   subject to, only while that agent is active, and never for a runtime already attested for
   another agent.
@@ -17,7 +24,10 @@ and settings it uses. Security decisions:
   than any token it came from, except a renewal (same task, not delegated), which is bounded by
   ``max_session_lifetime`` from the runtime's last attestation instead.
 * Delegation chains are limited to ``max_delegation_depth``, and a delegated token expires with
-  the user's ID token if that comes first.
+  the user's ID token if that comes first. A user Tether has disabled (a Tether user of the id
+  the ID token names) delegates nothing; the store refuses to record a credential delegated by
+  a disabled user too, which closes the race with a disabling (:mod:`tether.store.credentials`).
+  A user Tether has no record of may delegate: users need not have signed in to Tether.
 * Every issued token is recorded before it is returned; recording fails (the token is never
   handed out) when its agent stopped being active meanwhile.
 """
@@ -34,6 +44,7 @@ from tether.identity.scope import narrowed
 from tether.identity.workload import WorkloadTokenError, verify_user_token, verify_workload_token
 from tether.store import agents as agent_store
 from tether.store.identity import RuntimeOfAnotherAgent, digest
+from tether.users import store as user_store
 
 if TYPE_CHECKING:
     from tether.identity.service import IdentityService
@@ -54,6 +65,7 @@ async def exchange(
     # Checked before anything is consumed: a refused lifetime must not burn a join token.
     if (request.lifetime or 0) > service.settings.max_token_lifetime:
         raise ex.ExchangeError("invalid_request", "requested_lifetime is above the cap")
+    await service.refresh_revocations()  # another node's revocation counts at once here
     if request.subject_token_type == ex.ID_TOKEN:
         return await _delegate(service, request, dpop, url)
     if request.subject_token_type == ex.ACCESS_TOKEN:
@@ -68,13 +80,16 @@ async def exchange(
     proof = await service.verify_proof(dpop, htm="POST", htu=url)
     cnf = Confirmation(jkt=proof.jkt)
     if request.subject_token_type == ex.JOIN_TOKEN:
-        agent_id, runtime = await _join(service, request.subject_token, address)
+        agent_id, runtime = await _join(service, request, address)
     else:
-        agent_id, runtime = await _attest(service, request.subject_token, address)
+        agent_id, runtime = await _attest(service, request, address)
     return await _issue(service, request, agent_id, runtime, cnf, None, None, None, None)
 
 
-async def _join(service: IdentityService, token: str, address: str | None) -> tuple[str, Runtime]:
+async def _join(
+    service: IdentityService, request: ex.ExchangeRequest, address: str | None
+) -> tuple[str, Runtime]:
+    token = request.subject_token
     token_id, _, secret = token.removeprefix(JOIN_TOKEN_PREFIX).partition(".")
     if not token.startswith(JOIN_TOKEN_PREFIX) or not token_id or not secret:
         raise ex.ExchangeError("invalid_grant", "malformed join token")
@@ -89,6 +104,7 @@ async def _join(service: IdentityService, token: str, address: str | None) -> tu
                 "invalid_grant",
                 "the join token is unknown, used, expired or its agent inactive",
             )
+        _refuse_revoked(service, record.agent_id, request.task_id, runtime_id)  # rolls back
         labels = {**record.runtime_labels, "platform": "join-token"}
         await agent_store.upsert_runtime(
             conn, id=runtime_id, agent_id=record.agent_id, platform="join-token",
@@ -97,9 +113,13 @@ async def _join(service: IdentityService, token: str, address: str | None) -> tu
     return record.agent_id, Runtime(runtime_id, labels)
 
 
-async def _attest(service: IdentityService, token: str, address: str | None) -> tuple[str, Runtime]:
+async def _attest(
+    service: IdentityService, request: ex.ExchangeRequest, address: str | None
+) -> tuple[str, Runtime]:
     try:
-        workload = await verify_workload_token(token, service.issuers, service.clock())
+        workload = await verify_workload_token(
+            request.subject_token, service.issuers, service.clock()
+        )
     except WorkloadTokenError as error:
         raise ex.ExchangeError("invalid_grant", f"workload token refused: {error}") from None
     mapped = service.settings.workload_agents.get(workload.issuer_name, {})
@@ -107,6 +127,7 @@ async def _attest(service: IdentityService, token: str, address: str | None) -> 
     if agent_id is None:
         raise ex.ExchangeError("invalid_grant", "no agent is mapped to this workload")
     labels = dict(workload.labels)
+    _refuse_revoked(service, agent_id, request.task_id, workload.runtime_id)
     async with service.engine.begin() as conn:
         agent = await agent_store.get_agent(conn, agent_id)
         if agent is None or agent.state != "active":
@@ -150,6 +171,9 @@ async def _delegate(
         user = await verify_user_token(request.subject_token, service.issuers, service.clock())
     except WorkloadTokenError as error:
         raise ex.ExchangeError("invalid_grant", f"user token refused: {error}") from None
+    async with service.engine.connect() as conn:
+        if await user_store.user_state(conn, user.user) == "disabled":
+            raise ex.ExchangeError("invalid_grant", "the user is disabled")
     act = Actor(actor.agent_id, actor.act)
     expiry = min(actor.exp, int(user.expires_at.timestamp()))
     return await _issue(
@@ -189,7 +213,17 @@ async def _issue(
         subject=subject, task=Task(request.task_id, request.task_purpose), scope=scope,
         runtime=runtime, cnf=cnf, act=act, agent=agent, lifetime=lifetime, groups=groups,
     )  # fmt: skip
+    revoked = service.revoked.reason(claims)  # the new task, or an actor of the chain
+    if revoked is not None:
+        raise ex.ExchangeError("invalid_grant", revoked)
     await service.record_credential(
         credential_record(claims, "access_token", key_thumbprint=cnf.jkt)
     )
     return IssuedToken(token, claims)
+
+
+def _refuse_revoked(service: IdentityService, agent_id: str, task_id: str, runtime: str) -> None:
+    """``invalid_grant`` when the agent, the task asked for or the runtime is revoked."""
+    reason = service.revoked.issuance_reason(agent_id, task_id, runtime)
+    if reason is not None:
+        raise ex.ExchangeError("invalid_grant", reason)

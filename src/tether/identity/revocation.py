@@ -50,17 +50,26 @@ class RevocationSet:
             return "the token is revoked"
         if claims.parent_jti is not None and claims.parent_jti in revoked["token"]:
             return "the token it was issued from is revoked"
-        if claims.agent_id in revoked["agent"]:
-            return "the agent is revoked"
-        if claims.task.id in revoked["task"]:
-            return "the task is revoked"
-        if claims.runtime.id in revoked["runtime"]:
-            return "the runtime is revoked"
+        named = self.issuance_reason(claims.agent_id, claims.task.id, claims.runtime.id)
+        if named is not None:
+            return named
         actor = claims.act
         while actor is not None:
             if actor.sub in revoked["agent"]:
                 return "an actor of the delegation is revoked"
             actor = actor.act
+        return None
+
+    def issuance_reason(self, agent_id: str, task_id: str, runtime_id: str) -> str | None:
+        """Why a credential for this agent, task and runtime must not be issued (one of
+        them is revoked), or None: checked before a grant consumes anything."""
+        revoked = self._revoked
+        if agent_id in revoked["agent"]:
+            return "the agent is revoked"
+        if task_id in revoked["task"]:
+            return "the task is revoked"
+        if runtime_id in revoked["runtime"]:
+            return "the runtime is revoked"
         return None
 
     def __len__(self) -> int:

@@ -57,7 +57,7 @@ from tether.identity.x509ca import spiffe_ids_of
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
 from tether.store import replay as replay_store
-from tether.store.identity import AgentNotActive, digest
+from tether.store.identity import AgentNotActive, UserDisabled, digest
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,12 @@ class IdentityService:
         runtime_labels: Mapping[str, str] | None = None,
         ttl: int | None = None,
     ) -> tuple[str, agent_store.JoinToken]:
-        """A one-time join token for ``agent_id``: the secret (shown once) and its record."""
+        """A one-time join token for ``agent_id``: the secret (shown once) and its record.
+
+        ``AgentNotActive`` for an agent that is not active, or revoked (its state may still
+        read ``active``: a join token for it could never be exchanged)."""
+        if ("agent", agent_id) in self.revoked:
+            raise AgentNotActive(f"agent {agent_id!r} is revoked")
         ttl = ttl or self.settings.join_token_ttl
         if not 0 < ttl <= 86400:
             raise ValueError("a join token lives between 1 second and 1 day")
@@ -306,14 +311,23 @@ class IdentityService:
         return await grants.exchange(self, form, dpop=dpop, url=url, address=address)
 
     async def record_credential(self, credential: cred_store.Credential) -> None:
-        """Record an issued credential; ``TokenRevoked`` if its agent is no longer active."""
+        """Record an issued credential; ``TokenRevoked`` if its agent is no longer active
+        or the user it is delegated by is disabled."""
         try:
             async with self.engine.begin() as conn:
                 await cred_store.insert_credential(conn, credential)
         except AgentNotActive:
             raise TokenRevoked("the agent is not active") from None
+        except UserDisabled:
+            raise TokenRevoked("the user is disabled") from None
 
     # --- certificates -------------------------------------------------------------------------
+
+    async def _check_issuable(self, claims: Claims) -> None:
+        """``check_live`` after reading the revocations other nodes added (one query past
+        the cursor): nothing is issued under a revocation already committed anywhere."""
+        await self.refresh_revocations()
+        await self.check_live(claims)
 
     async def ssh_certificate(
         self, claims: Claims, public_key: str, principals: Sequence[str], source: str | None
@@ -322,7 +336,7 @@ class IdentityService:
 
         ``IssuanceError`` (an ``SshCaError``) for a key or principals the CA refuses.
         """
-        await self.check_live(claims)
+        await self._check_issuable(claims)
         certificate, record = self.certificates.ssh(claims, public_key, principals, source)
         await self.record_credential(record)
         return certificate
@@ -332,7 +346,7 @@ class IdentityService:
 
         ``IssuanceError`` (an ``X509CaError``) for a CSR the CA refuses.
         """
-        await self.check_live(claims)
+        await self._check_issuable(claims)
         pem, record = self.certificates.x509(claims, csr_pem)
         await self.record_credential(record)
         return pem
@@ -347,7 +361,7 @@ class IdentityService:
         Tether's own client CA for this very agent can be bound: the agent proved it holds
         the key when the CA checked the CSR's signature.
         """
-        await self.check_live(claims)
+        await self._check_issuable(claims)
         cert = x509.load_pem_x509_certificate(certificate_pem.encode())
         if cert.issuer != self.keys.x509_ca.ca_cert.subject:
             raise TokenInvalid("only certificates of Tether's client CA can be bound")

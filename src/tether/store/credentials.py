@@ -5,6 +5,14 @@ Security decisions:
 * **Nothing is issued to an agent that is not active**, checked in the inserting statement
   itself (:class:`~tether.store.identity.AgentNotActive`), and a credential's runtime must
   be one of its agent's runtimes (a composite foreign key).
+* **Nothing is issued for a disabled user** (a delegated credential: its subject is the
+  user, its actor chain names the agents): :class:`~tether.store.identity.UserDisabled`.
+  Disabling a user revokes every live credential delegated by them
+  (:func:`revoke_delegations`, in the transaction that disables). The two cannot cross:
+  the insert reads the user's row ``FOR SHARE`` on PostgreSQL (the disabling ``UPDATE``
+  waits for it, then its sweep sees the credential; an insert after the ``UPDATE`` waits
+  and then reads ``disabled``), and checks the state again in the inserting statement
+  (SQLite has one writer at a time).
 * **Revocation ids follow commit order**, so a node that polls ``id > cursor`` and keeps
   the highest id it saw never skips an entry. On PostgreSQL a sequence hands out ids at
   insert time while transactions may commit in another order; :func:`insert_revocation`
@@ -23,11 +31,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, RowMapping, delete, select, text
+from sqlalchemy import ColumnElement, RowMapping, delete, exists, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.store.identity import insert_if_agent_active, upsert_insert
+from tether.store.identity import UserDisabled, insert_if_agent_active, upsert_insert
 from tether.store.schema import credentials, revocations
+from tether.users.schema import users
 
 CredentialKind = Literal["access_token", "ssh_certificate", "x509_certificate"]
 RevocationKind = Literal["token", "agent", "task", "runtime"]
@@ -98,7 +107,41 @@ async def insert_credential(conn: AsyncConnection, credential: Credential) -> No
         "user_groups": None if credential.groups is None else list(credential.groups),
         "token_jti": credential.token_jti,
     }
-    await insert_if_agent_active(conn, credentials, values)
+    if not credential.actor_chain:
+        await insert_if_agent_active(conn, credentials, values)
+        return
+    # Delegated: the user must not be disabled, now or when the row is inserted.
+    state = await conn.scalar(
+        select(users.c.state).where(users.c.id == credential.subject).with_for_update(read=True)
+    )
+    if state == "disabled":
+        raise UserDisabled(f"user {credential.subject!r} is disabled")
+    disabled = exists().where(users.c.id == credential.subject, users.c.state == "disabled")
+    await insert_if_agent_active(conn, credentials, values, unless=disabled)
+
+
+async def revoke_delegations(
+    conn: AsyncConnection, user_id: str, *, reason: str, revoked_by: str, now: datetime
+) -> list[str]:
+    """Revoke every live credential delegated by ``user_id`` (its subject is the user and
+    it has an actor chain), each as a ``token`` entry prunable when it expires; the ids revoked.
+
+    Run in the transaction that disables the user, after its ``UPDATE`` (see the module
+    docstring: a credential recorded concurrently is either seen here or refused).
+    """
+    query = select(credentials.c.jti, credentials.c.expires_at).where(
+        credentials.c.subject == user_id,
+        credentials.c.actor_chain.is_not(None),
+        credentials.c.expires_at > now,
+    )
+    revoked: list[str] = []
+    for jti, expires_at in (await conn.execute(query.order_by(credentials.c.jti))).all():
+        await insert_revocation(
+            conn, kind="token", value=jti, reason=reason, revoked_by=revoked_by, now=now,
+            expires_at=expires_at,
+        )  # fmt: skip
+        revoked.append(jti)
+    return revoked
 
 
 async def list_credentials(

@@ -23,6 +23,7 @@ Errors::
 
     StoreError (tether.store.database)
     ├── AgentNotActive          a credential for an agent that is unknown, disabled or gone
+    ├── UserDisabled            a delegated credential for a user who is disabled
     └── RuntimeOfAnotherAgent   a runtime id already recorded for a different agent
 """
 
@@ -33,7 +34,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import Table, exists, insert, literal, select
+from sqlalchemy import ColumnElement, Table, exists, insert, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -45,6 +46,10 @@ Labels = Mapping[str, str]
 
 class AgentNotActive(StoreError):
     """The agent is unknown, disabled or offboarded: nothing may be issued to it."""
+
+
+class UserDisabled(StoreError):
+    """The user a delegated credential acts for is disabled: nothing may be issued for them."""
 
 
 class RuntimeOfAnotherAgent(StoreError):
@@ -77,15 +82,22 @@ def upsert_insert(conn: AsyncConnection, table: Table) -> sqlite.Insert | postgr
 
 
 async def insert_if_agent_active(
-    conn: AsyncConnection, table: Table, values: dict[str, Any]
+    conn: AsyncConnection,
+    table: Table,
+    values: dict[str, Any],
+    *,
+    unless: ColumnElement[bool] | None = None,
 ) -> None:
-    """Insert one row into ``table`` only while ``values["agent_id"]`` is an active agent.
+    """Insert one row into ``table`` only while ``values["agent_id"]`` is an active agent
+    (and ``unless`` does not hold).
 
     One ``INSERT ... SELECT ... WHERE EXISTS`` statement: checking the agent first and
     inserting after would let an offboarding commit in between. Raises :class:`AgentNotActive`.
     """
     active = exists().where(agents.c.id == values["agent_id"], agents.c.state == "active")
     row = select(*(literal(v, table.c[k].type).label(k) for k, v in values.items())).where(active)
+    if unless is not None:
+        row = row.where(~unless)
     result = await conn.execute(insert(table).from_select(list(values), row))
     if result.rowcount != 1:
         raise AgentNotActive(f"agent {values['agent_id']!r} is not active")

@@ -5,7 +5,8 @@ A personal API token reads ``tpt_<id>.<secret>``; like admin tokens
 the lookup key, so a copy of the database opens nothing and no comparison runs over a
 secret. Every token expires (at most ``MAX_TOKEN_TTL``) and can be revoked; a disabled
 user's tokens stop working at once (the lookup joins the user's state), and disabling
-also revokes them for good.
+also revokes them for good, with every agent token delegated by the user
+(:meth:`UserService.disable`).
 
 Login (:meth:`UserService.login`) checks the argon2 password hash and, when the user has
 enrolled TOTP, a one-time code that is then spent. Every refusal is the same
@@ -29,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.envelope import EnvelopeCipher
+from tether.store import credentials as cred_store
 from tether.store.identity import digest
 from tether.users import passwords, totp
 from tether.users import store as user_store
@@ -158,17 +160,31 @@ class UserService:
             if not await user_store.update_user(conn, user_id, self.clock(), password_hash=hashed):
                 raise UserError(f"no user {user_id!r}", 404)
 
-    async def set_state(self, user_id: str, state: str) -> User:
-        """Enable or disable; disabling also revokes every personal token of the user."""
-        if state not in ("active", "disabled"):
+    async def set_state(self, user_id: str, state: str, *, by: str = "tether") -> User:
+        """Enable or disable (:meth:`disable`)."""
+        if state == "disabled":
+            return (await self.disable(user_id, by=by))[0]
+        if state != "active":
             raise UserError("state is active or disabled")
+        async with self.engine.begin() as conn:
+            if not await user_store.update_user(conn, user_id, self.clock(), state=state):
+                raise UserError(f"no user {user_id!r}", 404)
+        return await self.get(user_id)
+
+    async def disable(self, user_id: str, *, by: str) -> tuple[User, list[str]]:
+        """Disable a user: their login, every personal token and every live credential
+        delegated by them (token exchange with the user as subject) end, for good; the
+        ids of the delegated credentials revoked. The revocations are in the store, which
+        every node polls; the caller applies them to its own node at once."""
         now = self.clock()
         async with self.engine.begin() as conn:
-            if not await user_store.update_user(conn, user_id, now, state=state):
+            if not await user_store.update_user(conn, user_id, now, state="disabled"):
                 raise UserError(f"no user {user_id!r}", 404)
-            if state == "disabled":
-                await user_store.revoke_user_tokens(conn, user_id, now)
-        return await self.get(user_id)
+            await user_store.revoke_user_tokens(conn, user_id, now)
+            revoked = await cred_store.revoke_delegations(
+                conn, user_id, reason="the user is disabled", revoked_by=by, now=now
+            )
+        return await self.get(user_id), revoked
 
     async def enroll_totp(self, user_id: str) -> str:
         """A new TOTP secret for the user (returned once, stored encrypted)."""

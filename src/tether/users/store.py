@@ -82,6 +82,12 @@ async def get_user(conn: AsyncConnection, user_id: str) -> User | None:
     return await _user(conn, row)
 
 
+async def user_state(conn: AsyncConnection, user_id: str) -> str | None:
+    """The user's state (``active``, ``disabled``), None for an id Tether has no user of."""
+    state = await conn.scalar(select(users.c.state).where(users.c.id == user_id))
+    return None if state is None else str(state)
+
+
 async def list_users(conn: AsyncConnection) -> list[User]:
     rows = (await conn.execute(select(users).order_by(users.c.id))).mappings().all()
     return [await _user(conn, row) for row in rows]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import asyncssh
-from asyncssh.packet import String
+from asyncssh.packet import SSHPacket, String
 from asyncssh.public_key import decode_ssh_public_key
 
 from tether.audit.subject import Subject
@@ -46,6 +46,7 @@ from tether.proxy.ssh.forward import forward_handler
 from tether.proxy.ssh.login import Login, LoginError, parse_login
 from tether.proxy.ssh.session import BrokerContext, BrokerSession
 from tether.proxy.ssh.sftp import BrokerSftp
+from tether.proxy.ssh.sftp_server import BrokerProcess
 from tether.proxy.ssh.wire import BrokerServerConnection
 from tether.vault.ssh_certs import TargetCA
 from tether.vault.target_specs import SshTargetSpec
@@ -221,7 +222,18 @@ def _signing_key(key_data: bytes) -> asyncssh.SSHKey:
 
 class _AgentConnection(BrokerServerConnection):
     """The broker's server connection (:mod:`tether.proxy.ssh.wire`) with the public-key
-    check handed to the broker."""
+    check handed to the broker, and its session channels served by
+    :class:`~tether.proxy.ssh.sftp_server.BrokerProcess` (SFTP with only the extensions
+    the broker carries out)."""
+
+    def _process_session_open(
+        self, packet: SSHPacket
+    ) -> tuple[asyncssh.SSHServerChannel[Any], asyncssh.SSHServerSession[Any]]:
+        chan, session = super()._process_session_open(packet)
+        if type(session) is not asyncssh.SSHServerProcess:  # the broker sets process_factory
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Session refused")
+        session.__class__ = BrokerProcess  # adds a method, no state of its own
+        return chan, session
 
     async def validate_public_key(
         self, username: str, key_data: bytes, msg: bytes, signature: bytes
