@@ -118,3 +118,16 @@ async def test_a_provider_cannot_take_over_a_local_account(api: Api, provider: P
     provider.user = "Not A Valid Id"
     page, _ = await sign_in(api)
     assert page.status_code == 400 and "not a Tether user id" in page.text
+
+
+async def test_a_provider_group_tether_cannot_name_is_left_out(
+    api: Api,  # noqa: F811
+    provider: Provider,
+) -> None:
+    """A directory's ``Domain Users`` made every sign-in of its members a 500, unaudited."""
+    provider.groups = ["sre", "Domain Users", "x" * 150, "Ünicode"]
+    page, poll_id = await sign_in(api)
+    assert page.status_code == 200, page.text
+    token = (await api.http.get(f"/v1/login/oidc/poll/{poll_id}")).json()["token"]
+    me = (await api.http.get("/v1/me", headers={"Authorization": f"Bearer {token}"})).json()
+    assert me["groups"] == ["sre"] and me["roles"] == ["approver"]

@@ -53,7 +53,7 @@ from tether.identity.workload import TrustedIssuers, WorkloadTokenError, verify_
 from tether.users import logins
 from tether.users import store as user_store
 from tether.users.config import OidcLoginConfig
-from tether.users.service import USER_ID, UserService
+from tether.users.service import GROUP_NAME, USER_ID, UserError, UserService
 from tether.users.store import User, UserToken
 
 CALLBACK_PATH: Final = "/v1/login/oidc/callback"
@@ -242,12 +242,18 @@ class OidcLogin:
                 f"the provider's user id {user_id[:100]!r} is not a Tether user id"
             )
         roles = sorted({r for g in groups for r in self.config.roles.get(g, [])})
-        existing = await self.users.find(user_id)
-        if existing is None:
-            return await self.users.add(user_id, password=None, roles=roles, groups=groups,
-                                        source="oidc")  # fmt: skip
-        if existing.source != "oidc":
-            raise OidcLoginError(f"{user_id} is a local user; sign in with a password")
-        if not existing.active:
-            raise OidcLoginError(f"{user_id} is disabled")
-        return await self.users.update(user_id, roles=roles, groups=groups)
+        # A provider's group Tether cannot name (``Domain Users``) is left out: a group only
+        # ever adds (an approver entry, a role), so leaving one out never widens anything.
+        kept = [g for g in groups if GROUP_NAME.fullmatch(g)]
+        try:
+            existing = await self.users.find(user_id)
+            if existing is None:
+                return await self.users.add(user_id, password=None, roles=roles, groups=kept,
+                                            source="oidc")  # fmt: skip
+            if existing.source != "oidc":
+                raise OidcLoginError(f"{user_id} is a local user; sign in with a password")
+            if not existing.active:
+                raise OidcLoginError(f"{user_id} is disabled")
+            return await self.users.update(user_id, roles=roles, groups=kept)
+        except UserError as error:  # e.g. two first sign-ins of one user racing
+            raise OidcLoginError(f"the user {user_id} cannot be recorded: {error}") from None
