@@ -40,7 +40,9 @@ def gated(tmp_path: Path, upstream: Upstream) -> Iterator[Gated]:  # noqa: F811
     async def wire() -> tuple[ApprovalService, User]:
         holder = harness.broker.services.policies
         approvals = ApprovalService(harness.store.engine, lambda: holder.current,
-                                    auditor=harness.auditor, clock=clock)  # fmt: skip
+                                    auditor=harness.auditor, clock=clock,
+                                    revoked=harness.identity.revoked)  # fmt: skip
+        harness.identity.revocation_listeners.append(approvals.on_revocation)  # as a node does
         harness.broker.services = dataclasses.replace(harness.broker.services, approvals=approvals)
         lead = await UserService(harness.store.engine).add("lee", password=None, groups=["leads"])
         return approvals, lead
@@ -108,7 +110,9 @@ def test_prefer_wait_proceeds_once_approved(gated: Gated, upstream: Upstream) ->
     assert upstream.seen[-1].target == "/v1/items/9"
 
 
-@pytest.mark.parametrize("how", ["token revoked", "agent disabled", "token expired"])
+@pytest.mark.parametrize(
+    "how", ["token revoked", "agent disabled", "token expired", "task revoked", "runtime revoked"]
+)
 def test_a_credential_that_ends_during_the_wait_is_not_honoured(
     gated: Gated,
     upstream: Upstream,  # noqa: F811
@@ -134,6 +138,13 @@ def test_a_credential_that_ends_during_the_wait_is_not_honoured(
             await identity.revoke("token", jti, reason="stolen", by="test")
         elif how == "agent disabled":
             await identity.set_agent_state(agent.id, "disabled")
+        elif how in ("task revoked", "runtime revoked"):  # cancels the request itself
+            kind, value = how.split()[0], found[0].task_id
+            if kind == "runtime":
+                assert found[0].runtime_id is not None
+                value = found[0].runtime_id
+            await identity.revoke(kind, value, reason="incident", by="test")  # type: ignore[arg-type]
+            return
         else:
             await asyncio.sleep(3.5)
         await gated.approvals.approve(found[0].id, gated.lead, "go")

@@ -138,6 +138,8 @@ class ApprovalService:
             if digest is None or agent is None or task is None:
                 return decision, None  # nothing to bind a grant to: the refusal stands
             runtime, delegation = ident(request.get("runtime")), delegation_user(request)
+            if self._revoked(agent, task, runtime):
+                return decision, None  # revoked meanwhile (another node): nothing to raise
             found = await self.held_approvals(agent, task, digest.digest, [rule_id],
                                               bound_digest=digest.digest, runtime_id=runtime,
                                               delegation_user=delegation)  # fmt: skip

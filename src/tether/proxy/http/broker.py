@@ -144,7 +144,7 @@ class HttpBroker:
             if bound is None:
                 return
             decision, pending, receive = bound[0], bound[1] or pending, bound[2]
-        if decision.allowed and _waits(scope["headers"]):
+        if _waits(scope["headers"]):
             # Held up to a minute for an approval: the token may have been revoked, its
             # agent disabled or the token expired meanwhile (checked as a live tunnel is).
             try:
