@@ -46,19 +46,22 @@ async def test_ask_approve_hold_exactly_then_expire(api: Api) -> None:
     polled = await asyncio.wait_for(waiting, 5)
     assert polled.json()["status"] == "approved"
 
+    runtime = pending["runtime_id"]
+    assert runtime is not None  # the agent's, from its token
     held = await api.approvals.held_approvals(
-        "bot", "T-1", digest_of("systemctl restart app"), ["restart"]
+        "bot", "T-1", digest_of("systemctl restart app"), ["restart"], runtime_id=runtime
     )
     assert held == {"restart"}
     assert not await api.approvals.held_approvals(
-        "bot", "T-1", digest_of("systemctl restart db"), ["restart"]
+        "bot", "T-1", digest_of("systemctl restart db"), ["restart"], runtime_id=runtime
     )
     assert not await api.approvals.held_approvals(
-        "bot", "T-2", digest_of("systemctl restart app"), ["restart"]
+        "bot", "T-2", digest_of("systemctl restart app"), ["restart"], runtime_id=runtime
     )
-    decision, _ = await api.approvals.decide(ssh_request("systemctl restart app"))
+    on_runtime = {"runtime": {"id": runtime}}
+    decision, _ = await api.approvals.decide(ssh_request("systemctl restart app", **on_runtime))
     assert decision.decision == "allow" and decision.rule == "restart"
-    decision, other = await api.approvals.decide(ssh_request("systemctl restart db"))
+    decision, other = await api.approvals.decide(ssh_request("systemctl restart db", **on_runtime))
     assert decision.decision == "approval_required" and other is not None
 
     again = await ask(api, bot, RESTART)  # asking again while granted: nothing to ask
@@ -67,9 +70,11 @@ async def test_ask_approve_hold_exactly_then_expire(api: Api) -> None:
 
     api.clock.advance(10 * 60)
     assert not await api.approvals.held_approvals(
-        "bot", "T-1", digest_of("systemctl restart app"), ["restart"]
+        "bot", "T-1", digest_of("systemctl restart app"), ["restart"], runtime_id=runtime
     )
-    decision, renewed = await api.approvals.decide(ssh_request("systemctl restart app"))
+    decision, renewed = await api.approvals.decide(
+        ssh_request("systemctl restart app", **on_runtime)
+    )
     assert decision.decision == "approval_required" and renewed is not None
     assert renewed.id != pending["id"]
 
@@ -139,8 +144,9 @@ async def test_revocation_cancels_pending_and_grants(api: Api) -> None:
         "grant"
     ]["revoked"]
     assert not await api.approvals.held_approvals(
-        "bot", "T-1", digest_of("systemctl restart app"), ["restart"]
-    )
+        "bot", "T-1", digest_of("systemctl restart app"), ["restart"],
+        runtime_id=granted["runtime_id"],
+    )  # fmt: skip
 
 
 async def test_concurrent_identical_asks_make_one_request(api: Api) -> None:
@@ -165,8 +171,9 @@ async def test_forged_and_replayed_grants_never_work(api: Api) -> None:
     theirs = (await ask(api, other, RESTART)).json()
     assert theirs["status"] == "pending" and theirs["id"] != granted["id"]
     assert not await api.approvals.held_approvals(
-        "other-bot", "T-1", digest_of("systemctl restart app", "other-bot"), ["restart"]
-    )
+        "other-bot", "T-1", digest_of("systemctl restart app", "other-bot"), ["restart"],
+        runtime_id=theirs["runtime_id"],
+    )  # fmt: skip
     # Ids are never credentials: unknown ids are 404, a decided one cannot be approved again.
     assert (
         await api.http.post("/v1/access-requests/ar_0000/approve", json={}, headers=sam)

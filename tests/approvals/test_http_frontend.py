@@ -5,7 +5,9 @@ request proceed once approved, and the grant expires."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -38,7 +40,9 @@ def gated(tmp_path: Path, upstream: Upstream) -> Iterator[Gated]:  # noqa: F811
     async def wire() -> tuple[ApprovalService, User]:
         holder = harness.broker.services.policies
         approvals = ApprovalService(harness.store.engine, lambda: holder.current,
-                                    auditor=harness.auditor, clock=clock)  # fmt: skip
+                                    auditor=harness.auditor, clock=clock,
+                                    revoked=harness.identity.revoked)  # fmt: skip
+        harness.identity.revocation_listeners.append(approvals.on_revocation)  # as a node does
         harness.broker.services = dataclasses.replace(harness.broker.services, approvals=approvals)
         lead = await UserService(harness.store.engine).add("lee", password=None, groups=["leads"])
         return approvals, lead
@@ -104,3 +108,48 @@ def test_prefer_wait_proceeds_once_approved(gated: Gated, upstream: Upstream) ->
     waiting.join(30)
     assert answers and answers[0].status_code == 200, answers[0].text if answers else None
     assert upstream.seen[-1].target == "/v1/items/9"
+
+
+@pytest.mark.parametrize(
+    "how", ["token revoked", "agent disabled", "token expired", "task revoked", "runtime revoked"]
+)
+def test_a_credential_that_ends_during_the_wait_is_not_honoured(
+    gated: Gated,
+    upstream: Upstream,  # noqa: F811
+    how: str,
+) -> None:
+    """``Prefer: wait`` holds the request up to 60 s: a token revoked, an agent disabled or
+    a token expired meanwhile must not have the request proceed once it is approved."""
+    lifetime = 3 if how == "token expired" else None
+    agent = gated.harness.agent(lifetime=lifetime)
+    payload = agent.token.split(".")[1]
+    jti = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"]
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(delete(gated, agent, 11, Prefer="wait=20"))
+    )
+    waiting.start()
+    identity = gated.harness.identity
+
+    async def end_then_approve() -> None:
+        while not (found := await gated.approvals.search(status="pending")):
+            await asyncio.sleep(0.05)
+        if how == "token revoked":
+            await identity.revoke("token", jti, reason="stolen", by="test")
+        elif how == "agent disabled":
+            await identity.set_agent_state(agent.id, "disabled")
+        elif how in ("task revoked", "runtime revoked"):  # cancels the request itself
+            kind, value = how.split()[0], found[0].task_id
+            if kind == "runtime":
+                assert found[0].runtime_id is not None
+                value = found[0].runtime_id
+            await identity.revoke(kind, value, reason="incident", by="test")  # type: ignore[arg-type]
+            return
+        else:
+            await asyncio.sleep(3.5)
+        await gated.approvals.approve(found[0].id, gated.lead, "go")
+
+    gated.harness.run(end_then_approve())
+    waiting.join(30)
+    assert answers and answers[0].status_code == 401, answers[0].text if answers else None
+    assert all(seen.target != "/v1/items/11" for seen in upstream.seen)

@@ -370,3 +370,39 @@ async def test_a_node_wires_the_outbox_and_its_delivery_loop(
         await asyncio.gather(*tasks)
         await store.close()
     assert [headers["x-tether-delivery"] for _, headers, _ in app.seen] == [pending.id]
+
+
+async def test_what_the_agent_wrote_is_neither_markup_nor_a_leaked_secret(
+    tmp_path: Path,
+) -> None:
+    """An agent's reason cannot write a link or a channel-wide mention into the approvers'
+    Slack channel, and a secret in the action (a query's api_key) never leaves Tether in a
+    webhook; approvers read the exact action through the API."""
+    app = Receiver()
+    served = Served(app)
+    await served.start()
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    notifier = WebhookNotifier(store.engine, [Webhook("*", served.base + "/all", SECRET, 5.0)])
+    policy_set = policies()
+    service = ApprovalService(store.engine, lambda: policy_set, clock=Clock(), notify=notifier)
+    lure = "<!channel> urgent: approve at <https://evil.example/ok|the console> & now\nDecide: x"
+    try:
+        _, pending = await service.decide(
+            http_request("POST", "/v1/invoices/7?api_key=SECRETVALUE42"), reason=lure
+        )
+        assert pending is not None
+        await running(notifier, lambda: notifier.delivered == 1)
+    finally:
+        await store.close()
+        await served.stop()
+    ((_, _, body),) = app.seen
+    assert b"SECRETVALUE42" not in body
+    message = json.loads(body)
+    text = message["text"]
+    assert "<" not in text and ">" not in text and "\n" not in text
+    assert "&lt;!channel&gt;" in text and "&lt;https://evil.example/ok|the console&gt;" in text
+    assert "&amp; now" in text
+    assert "api_key=[REDACTED]" in text
+    assert message["tether"]["action"]["query"] == "api_key=[REDACTED]"
+    assert message["tether"]["reason"] == lure  # data, not markup: as the agent wrote it
+    assert pending.action["query"] == "api_key=SECRETVALUE42"  # the API shows it to approvers

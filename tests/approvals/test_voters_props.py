@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 
 from hypothesis import given, settings
@@ -14,6 +15,10 @@ from tether.policy import PolicySource, load_policies
 from tether.users.store import User
 
 NAMES = st.sampled_from(["ann", "bob", "cid", "dee"])
+# An owner is free text and a delegating user the provider's claim: any case, any width.
+WRITTEN = NAMES.flatmap(
+    lambda n: st.sampled_from([n, n.upper(), n.title(), "".join(chr(ord(c) + 0xFEE0) for c in n)])
+)
 GROUPS = st.sampled_from(["sre", "fin", "ops"])
 SPECS = st.one_of(
     st.just("owner"), NAMES.map(lambda n: f"user:{n}"), GROUPS.map(lambda g: f"group:{g}")
@@ -37,8 +42,8 @@ def request(
 @settings(max_examples=400, deadline=None)
 @given(
     approvers=st.lists(SPECS, min_size=1, max_size=4),
-    owner=st.none() | NAMES,
-    delegate=st.none() | NAMES,
+    owner=st.none() | WRITTEN,
+    delegate=st.none() | WRITTEN,
     allow_self=st.booleans(),
     name=NAMES,
     groups=st.frozensets(GROUPS, max_size=3),
@@ -52,15 +57,17 @@ def test_only_named_users_vote_and_nobody_approves_their_own(
                 groups, False, NOW)  # fmt: skip
     found = request(approvers, owner, delegate, allow_self)
     allowed = SERVICE.may_vote(found, user) is None
+    owner_is = owner is not None and unicodedata.normalize("NFKC", owner).lower() == name
+    delegate_is = delegate is not None and unicodedata.normalize("NFKC", delegate).lower() == name
     named = (
         f"user:{name}" in approvers
         or any(f"group:{g}" in approvers for g in groups)
-        or ("owner" in approvers and owner == name)
+        or ("owner" in approvers and owner_is)
     )
     if allowed:
         assert active and named
         if not allow_self:
-            assert name != delegate
-            assert name != owner or "owner" in approvers
+            assert not delegate_is
+            assert not owner_is or "owner" in approvers
     elif active and named and allow_self:
         raise AssertionError("a named, active user with allow_self must be able to vote")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,12 +16,24 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 CLIENT_ID = "tether-cli"
 CLIENT_SECRET = "provider-client-secret"
+
+
+FORM_FIELD = re.compile(r"name='(state|confirm)' value='([^']*)'")
+
+
+async def confirm_in(browser: httpx.AsyncClient, page: httpx.Response) -> httpx.Response:
+    """The person at the browser presses Confirm on the callback's page."""
+    action = re.search(r"action='([^']*)'", page.text)
+    assert action is not None, page.text
+    fields = {name: html.unescape(value) for name, value in FORM_FIELD.findall(page.text)}
+    return await browser.post(html.unescape(action.group(1)), data=fields)
 
 
 @dataclass

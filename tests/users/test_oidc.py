@@ -5,6 +5,7 @@ PKCE each refuse what does not belong to the sign-in."""
 from __future__ import annotations
 
 import asyncio
+import html
 import socket
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,7 @@ import pytest
 import uvicorn
 
 from tests.approvals.conftest import Api, api  # noqa: F401 - the fixture
-from tests.users.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider
+from tests.users.oidc_provider import CLIENT_ID, CLIENT_SECRET, FORM_FIELD, Provider, confirm_in
 from tether.identity.jwks import JwksSource
 from tether.identity.workload import IssuerConfig, TrustedIssuers
 from tether.users.config import OidcLoginConfig
@@ -50,11 +51,14 @@ async def provider(api: Api) -> AsyncIterator[Provider]:  # noqa: F811
         await task
 
 
-async def sign_in(api: Api) -> tuple[httpx.Response, str]:  # noqa: F811
+async def sign_in(api: Api, *, confirm: bool = True) -> tuple[httpx.Response, str]:  # noqa: F811
     started = await api.http.post("/v1/login/oidc")
     assert started.status_code == 201, started.text
     async with httpx.AsyncClient(follow_redirects=True, timeout=30) as browser:
         page = await browser.get(started.json()["authorization_url"])
+        if confirm and page.status_code == 200:
+            assert started.json()["user_code"] in page.text  # the code the terminal shows
+            page = await confirm_in(browser, page)
     return page, started.json()["poll_id"]
 
 
@@ -85,7 +89,7 @@ async def test_poll_waits_for_the_callback(api: Api, provider: Provider) -> None
     assert pending.status_code == 202
     waiting = asyncio.create_task(api.http.get(f"/v1/login/oidc/poll/{started['poll_id']}?wait=20"))
     async with httpx.AsyncClient(follow_redirects=True) as browser:
-        await browser.get(started["authorization_url"])
+        await confirm_in(browser, await browser.get(started["authorization_url"]))
     assert (await asyncio.wait_for(waiting, 10)).status_code == 200
 
 
@@ -118,3 +122,47 @@ async def test_a_provider_cannot_take_over_a_local_account(api: Api, provider: P
     provider.user = "Not A Valid Id"
     page, _ = await sign_in(api)
     assert page.status_code == 400 and "not a Tether user id" in page.text
+
+
+async def test_a_provider_group_tether_cannot_name_is_left_out(
+    api: Api,  # noqa: F811
+    provider: Provider,
+) -> None:
+    """A directory's ``Domain Users`` made every sign-in of its members a 500, unaudited."""
+    provider.groups = ["sre", "Domain Users", "x" * 150, "Ünicode"]
+    page, poll_id = await sign_in(api)
+    assert page.status_code == 200, page.text
+    token = (await api.http.get(f"/v1/login/oidc/poll/{poll_id}")).json()["token"]
+    me = (await api.http.get("/v1/me", headers={"Authorization": f"Bearer {token}"})).json()
+    assert me["groups"] == ["sre"] and me["roles"] == ["approver"]
+
+
+async def test_a_sign_in_started_by_someone_else_needs_the_browsers_confirmation(
+    api: Api,  # noqa: F811
+    provider: Provider,
+) -> None:
+    """Mallory starts a sign-in and sends its authorization URL to alice, who is signed in at
+    the provider: her browser completes the provider's part without a click. Her token must
+    not go to Mallory's poll unless alice confirms, on a page naming her and Mallory's code."""
+    started = (await api.http.post("/v1/login/oidc")).json()  # mallory's terminal
+    async with httpx.AsyncClient(follow_redirects=True, timeout=30) as alices_browser:
+        page = await alices_browser.get(started["authorization_url"])
+        poll = f"/v1/login/oidc/poll/{started['poll_id']}"
+        assert (await api.http.get(poll)).status_code == 202  # nothing for mallory
+        assert page.status_code == 200 and "alice" in page.text
+        assert started["user_code"] in page.text and "tpt_" not in page.text
+        assert page.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        # A confirmation without the page's secret (mallory cannot read alice's page).
+        fields = dict(FORM_FIELD.findall(page.text))
+        forged = await api.http.post(
+            "/v1/login/oidc/confirm", data={"state": html.unescape(fields["state"]),
+                                            "confirm": "guessed"}
+        )  # fmt: skip
+        assert forged.status_code == 400
+        assert (await api.http.get(poll)).status_code == 202
+        done = await confirm_in(alices_browser, page)  # alice confirms after all
+        assert done.status_code == 200 and "Signed in to Tether as alice" in done.text
+        again = await confirm_in(alices_browser, page)
+        assert again.status_code == 400  # once
+    assert (await api.http.get(poll)).status_code == 200

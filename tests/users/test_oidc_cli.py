@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from tests.test_serve import Node
-from tests.users.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider
+from tests.users.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider, confirm_in
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ async def test_login_oidc_through_a_running_node(
         authorize = re.search(r"(http\S+)", line)
         assert authorize is not None
         async with httpx.AsyncClient(follow_redirects=True, timeout=30) as browser:
-            page = await browser.get(authorize.group(1))
+            page = await confirm_in(browser, await browser.get(authorize.group(1)))
         assert "Signed in to Tether as alice" in page.text
         out, err = await asyncio.to_thread(login.communicate, timeout=60)
         assert login.returncode == 0, err

@@ -24,7 +24,7 @@ from tether.identity.workload import IssuerConfig, TrustedIssuers
 from tether.store import Store
 from tether.users import logins
 from tether.users.config import OidcLoginConfig
-from tether.users.oidc import LOGIN_TTL, OidcLogin, OidcLoginError
+from tether.users.oidc import LOGIN_TTL, OidcLogin, OidcLoginError, Verified
 from tether.users.service import UserService
 
 REDIRECT = "https://tether.example/v1/login/oidc/callback"
@@ -95,8 +95,10 @@ async def test_a_sign_in_started_on_one_node_completes_on_another(cluster: Clust
     url, poll_id = await cluster.a.login.start()
     assert await cluster.b.login.poll(poll_id, 0) is None  # known to every node, pending
     code, state = await authorize(url)
-    user = await cluster.b.login.callback(code, state)  # the callback reaches node b
-    assert user.id == "alice" and user.roles == frozenset({"approver"})
+    verified = await cluster.b.login.callback(code, state)  # the callback reaches node b
+    assert verified.user.id == "alice" and verified.user.roles == frozenset({"approver"})
+    assert await cluster.a.login.poll(poll_id, 0) is None  # not before the confirmation
+    await cluster.a.login.confirm(state, verified.confirm)  # the page posts to either node
 
     for node in (cluster.b, cluster.a):  # a replayed state fails on every node
         with pytest.raises(OidcLoginError, match="unknown or expired"):
@@ -118,7 +120,8 @@ async def test_a_poll_waiting_on_one_node_sees_a_callback_on_another(cluster: Cl
     await asyncio.sleep(0.2)
     assert not waiting.done()
     code, state = await authorize(url)
-    await cluster.b.login.callback(code, state)
+    verified = await cluster.b.login.callback(code, state)
+    await cluster.b.login.confirm(state, verified.confirm)
     result = await asyncio.wait_for(waiting, 5)
     assert result is not None and result.user.id == "alice"
 
@@ -134,6 +137,13 @@ async def test_racing_callbacks_with_one_state_make_one_sign_in(cluster: Cluster
     refused = [o for o in outcomes if isinstance(o, OidcLoginError)]
     assert len(refused) == 1 and "unknown or expired" in str(refused[0])
     assert cluster.provider.token_requests == 1
+    (verified,) = [o for o in outcomes if isinstance(o, Verified)]
+    confirmed = await asyncio.gather(
+        cluster.a.login.confirm(state, verified.confirm),
+        cluster.b.login.confirm(state, verified.confirm),
+        return_exceptions=True,
+    )  # two racing confirmations make one token
+    assert sum(isinstance(o, OidcLoginError) for o in confirmed) == 1
     assert await cluster.b.login.poll(poll_id, 5) is not None
 
 
@@ -157,14 +167,17 @@ async def test_the_table_holds_no_secret_in_clear(cluster: Cluster) -> None:
     verifier_query = httpx.URL(url).params
     async with cluster.a.store.engine.connect() as conn:
         (before,) = (await conn.execute(select(logins.oidc_logins))).mappings().all()
-    await cluster.b.login.callback(code, state)
+    verified = await cluster.b.login.callback(code, state)
+    async with cluster.a.store.engine.connect() as conn:
+        (waiting,) = (await conn.execute(select(logins.oidc_logins))).mappings().all()
+    await cluster.b.login.confirm(state, verified.confirm)
     async with cluster.a.store.engine.connect() as conn:
         (after,) = (await conn.execute(select(logins.oidc_logins))).mappings().all()
-    dumped = repr(dict(before)).encode() + repr(dict(after)).encode()
-    for secret in (state, poll_id, verifier_query["nonce"]):
+    dumped = b"".join(repr(dict(row)).encode() for row in (before, waiting, after))
+    for secret in (state, poll_id, verifier_query["nonce"], verified.confirm):
         assert secret.encode() not in dumped
-    assert b"tpt_" not in dumped
-    assert after["sealed_start"] == b""  # the verifier is erased once the state is spent
+    assert b"tpt_" not in dumped and b"alice" not in repr(dict(waiting)).encode()
+    assert after["sealed_start"] == b""  # the verifier, then the confirmation, erased
     result = await cluster.a.login.poll(poll_id, 0)
     assert result is not None and result.token.encode() not in dumped
 

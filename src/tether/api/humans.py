@@ -26,7 +26,7 @@ from tether.api.problems import ProblemError
 from tether.api.state import AppState
 from tether.identity.admintokens import find_admin_token
 from tether.users.service import USER_TOKEN_PREFIX, UserService
-from tether.users.store import User
+from tether.users.store import User, UserToken
 
 READ_ROLES: Final = {"audit": frozenset({"admin", "auditor"})}
 _CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="tether"'}
@@ -91,6 +91,7 @@ class Caller:
 
     actor: str
     user: User | None
+    token: UserToken | None = None  # the personal token presented
 
 
 async def signed_in(request: Request) -> Caller:
@@ -98,9 +99,9 @@ async def signed_in(request: Request) -> Caller:
     presented = bearer(request)
     state = _state(request)
     if presented is not None and state.users is not None:
-        user = await state.users.authenticate(presented)
-        if user is not None:
-            return Caller(f"user:{user.id}", user)
+        found = await state.users.authenticate_token(presented)
+        if found is not None:
+            return Caller(f"user:{found[0].id}", found[0], found[1])
     if presented is not None and state.identity is not None:
         identity = state.identity
         token = await find_admin_token(identity.engine, presented, now=identity.clock())
@@ -112,7 +113,14 @@ async def signed_in(request: Request) -> Caller:
 
 async def signed_in_user(request: Request) -> User:
     """The calling user; an admin token is refused 403 (humans decide, not shared tokens)."""
+    user = (await signed_in_person(request)).user
+    assert user is not None  # signed_in_person refuses callers without one
+    return user
+
+
+async def signed_in_person(request: Request) -> Caller:
+    """The calling user with the personal token presented; an admin token is refused 403."""
     caller = await signed_in(request)
-    if caller.user is None:
+    if caller.user is None or caller.token is None:
         raise ProblemError(403, "only a signed-in user may do this (use a personal token)")
-    return caller.user
+    return caller

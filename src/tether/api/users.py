@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tether.api.adminauth import AdminCall, admin_call, audit_admin, peer_of
 from tether.api.bodies import body_schema, json_body
-from tether.api.humans import signed_in, signed_in_user, users_of
+from tether.api.humans import signed_in, signed_in_person, signed_in_user, users_of
 from tether.api.problems import ProblemError
 from tether.users.service import LoginRefused, LoginThrottled, UserError, UserService
 from tether.users.store import User, UserToken
@@ -160,10 +160,18 @@ async def me(request: Request) -> dict[str, Any]:
 
 @router.post("/v1/tokens", status_code=201, openapi_extra=body_schema(TokenCreate))
 async def create_token(request: Request) -> dict[str, Any]:
-    """A new personal token for the signed-in user; its text is in this answer only."""
-    user = await signed_in_user(request)
+    """A new personal token for the signed-in user; its text is in this answer only. It
+    expires no later than the token it is made with."""
+    caller = await signed_in_person(request)
+    user, presented = caller.user, caller.token
+    assert user is not None and presented is not None
     body = await json_body(TokenCreate)(request)
-    text, record = await _new_token(users_of(request), user.id, body.name, body.ttl)
+    try:  # never outliving the token it is made with (an OIDC sign-in's token_ttl holds)
+        text, record = await users_of(request).create_token(
+            user.id, name=body.name, ttl=body.ttl, not_after=presented.expires_at
+        )
+    except UserError as error:
+        raise _problem(error) from None
     await audit_admin(request, actor=f"user:{user.id}", action="token.create",
                       target=f"token:{record.id}", outcome="success")  # fmt: skip
     return {"token": text, **token_json(record)}

@@ -1,9 +1,13 @@
 """What a grant and a pending request are bound to, and the small pieces the flow shares.
 
-:func:`pending_key` is the database's uniqueness key of a pending request (agent, task,
-rule and action digest, or ``*`` for a rule-wide approval); :func:`grant_row` the grant an
-approval makes; :func:`names` whether an approver entry names a user. :class:`ActionDigests`
-computes an action's digest once, and only when a rule needing approval is in play.
+:func:`pending_key` is the database's uniqueness key of a pending request and
+:func:`grant_key` the key a grant is found by (the grant row's ``digest`` column). Both
+bind the same things: the agent, the task, the runtime and the delegating user the request
+came with, the rule *as it is defined* (:func:`rule_fingerprint`: a changed rule is a new
+rule, whose old grants and pending requests no longer count), and the action digest, or
+``*`` for a rule-wide approval. :func:`grant_row` is the grant an approval makes;
+:func:`names` whether an approver entry names a user. :class:`ActionDigests` computes an
+action's digest once, and only when a rule needing approval is in play.
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import secrets
+import unicodedata
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from tether.approvals.digest import ActionDigest, DigestError, action_digest
+from tether.approvals.digest import ActionDigest, DigestError, action_digest, canonical_json
 from tether.approvals.model import AccessRequest, Ask
-from tether.policy.rules import Approval
+from tether.policy.rules import Approval, Rule
 from tether.users.store import User
 
 
@@ -62,26 +68,98 @@ class ActionDigests:
         return self._made[bind_body]
 
 
+def person(name: str | None) -> str | None:
+    """A user name as user ids are written (NFKC, case-folded): an agent's owner or a
+    delegating user recorded as ``Alice`` (or in full-width letters) is the user ``alice``."""
+    return None if name is None else unicodedata.normalize("NFKC", name).casefold()
+
+
 def names(spec: str, user: User, request: AccessRequest) -> bool:
     kind, _, name = spec.partition(":")
     if spec == "owner":
-        return request.owner is not None and user.id == request.owner
+        return request.owner is not None and user.id == person(request.owner)
     if kind == "user":
         return user.id == name
     return kind == "group" and name in user.groups
 
 
-def pending_key(ask: Ask, approval: Approval) -> str:
-    digest = "*" if approval.scope == "rule" else ask.action.digest
-    parts = (ask.agent_id, ask.task_id, ask.rule_id, digest)
-    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+def rule_fingerprint(rule: Rule) -> str:
+    """The SHA-256 of a rule's definition as loaded (its description aside)."""
+    source = {key: value for key, value in rule.source.items() if key != "description"}
+    text = json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)  # fmt: skip
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def grant_row(request: AccessRequest, now: datetime) -> dict[str, Any]:
+def _binding(
+    use: str,
+    agent_id: str,
+    task_id: str,
+    rule: Rule,
+    digest: str | None,
+    runtime_id: str | None,
+    delegation: str | None,
+) -> str:
+    document = {
+        "v": 2, "use": use, "agent": agent_id, "task": task_id, "rule": rule.id,
+        "definition": rule_fingerprint(rule), "action": "*" if digest is None else digest,
+        "runtime": runtime_id, "delegation": delegation,
+    }  # fmt: skip
+    return hashlib.sha256(canonical_json(document).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def grant_key(
+    agent_id: str,
+    task_id: str,
+    rule: Rule,
+    digest: str | None,
+    runtime_id: str | None,
+    delegation: str | None,
+) -> str:
+    """The key of a grant for ``digest`` (None: every action of the rule) under ``rule``
+    as defined now, for this agent, task, runtime and delegating user."""
+    return _binding("grant", agent_id, task_id, rule, digest, runtime_id, delegation)
+
+
+def grant_keys(
+    agent_id: str,
+    task_id: str,
+    rule: Rule,
+    digest: str,
+    runtime_id: str | None,
+    delegation: str | None,
+) -> frozenset[str]:
+    """The keys of the grants that would cover the action ``digest``: for it, or rule-wide."""
+    return frozenset(
+        grant_key(agent_id, task_id, rule, bound, runtime_id, delegation)
+        for bound in (digest, None)
+    )
+
+
+def pending_key(ask: Ask, rule: Rule) -> str:
+    assert rule.approval is not None
+    digest = None if rule.approval.scope == "rule" else ask.action.digest
+    return _binding("pending", ask.agent_id, ask.task_id, rule, digest, ask.runtime_id,
+                    ask.delegation_user)  # fmt: skip
+
+
+def request_key(request: AccessRequest, rule: Rule) -> str:
+    """The pending key ``request`` would have under ``rule`` as defined now (it differs from
+    the stored one when the rule changed since the request)."""
+    digest = None if request.scope == "rule" else request.digest
+    return _binding("pending", request.agent_id, request.task_id, rule, digest, request.runtime_id,
+                    request.delegation_user)  # fmt: skip
+
+
+def grant_row(request: AccessRequest, rule: Rule, now: datetime) -> dict[str, Any]:
+    """The grant ``request``'s approval makes; its ``digest`` column holds its key."""
+    digest = None if request.scope == "rule" else request.digest
+    key = grant_key(request.agent_id, request.task_id, rule, digest, request.runtime_id,
+                    request.delegation_user)  # fmt: skip
     return {
         "id": "gr_" + secrets.token_hex(12), "request_id": request.id,
         "agent_id": request.agent_id, "task_id": request.task_id, "rule_id": request.rule_id,
-        "scope": request.scope, "digest": None if request.scope == "rule" else request.digest,
+        "scope": request.scope, "digest": key,
         "created_at": now, "expires_at": now + timedelta(seconds=request.valid_for),
         "revoked_at": None, "revoked_reason": None,
     }  # fmt: skip

@@ -28,6 +28,13 @@ Security and reliability decisions:
 * The body carries what an approver needs to decide (agent, task, target, the canonical
   action, rule, reason) and no credential; the signing secret stays in the configuration,
   never in the database.
+* **A webhook is outside Tether, and what the agent wrote is not markup.** The body goes
+  through the audit trail's :class:`~tether.audit.redact.Redactor` (a password in
+  ``ALTER ROLE ... PASSWORD '...'``, an ``api_key=`` in a query, a bearer token in a reason
+  are replaced, as in the trail; approvers read the exact action with ``tether approvals
+  show``), and in ``text`` — which Slack renders — ``&``, ``<`` and ``>`` are escaped as
+  Slack asks and control characters become spaces, so an agent's reason or path cannot
+  write a link, a ``<!channel>`` mention or a line of its own into the approvers' channel.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -52,6 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tether.approvals import outbox
 from tether.approvals.config import ApprovalsConfig
 from tether.approvals.model import AccessRequest
+from tether.audit.redact import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +83,32 @@ def signature(key: bytes, timestamp: str, body: bytes) -> str:
     return "v1=" + mac.hexdigest()
 
 
-def message(request: AccessRequest, link_base: str | None) -> dict[str, Any]:
-    """The Slack-compatible body of one notification."""
-    action = json.dumps(dict(request.action), sort_keys=True, ensure_ascii=False)
+_SLACK_ESCAPES: Final = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"}
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def slack_text(value: str) -> str:
+    """``value`` as literal text in a Slack message: control characters as spaces, and
+    ``&``, ``<``, ``>`` escaped (Slack reads ``<...>`` as links and mentions)."""
+    return _CONTROL.sub(" ", value).translate(_SLACK_ESCAPES)
+
+
+def message(
+    request: AccessRequest, link_base: str | None, redactor: Redactor | None = None
+) -> dict[str, Any]:
+    """The Slack-compatible body of one notification, with secrets redacted."""
+    redact = redactor or Redactor()
+    tether = redact.json(request.to_json())
+    action = json.dumps(tether["action"], sort_keys=True, ensure_ascii=False)
     text = (
         f"Tether: agent {request.agent_id} (task {request.task_id}) asks for {request.kind} "
         f"on {request.target}: {action} (rule {request.rule_id}, "
         f"{request.required} approval(s) needed)"
     )
-    if request.reason:
-        text += f". Reason: {request.reason}"
+    if tether["reason"]:
+        text += f". Reason: {tether['reason']}"
     text += f". Decide: tether approvals show {request.id}"
-    body: dict[str, Any] = {"text": text, "tether": request.to_json()}
+    body: dict[str, Any] = {"text": slack_text(text), "tether": tether}
     if link_base is not None:
         body["tether"]["status_url"] = f"{link_base.rstrip('/')}/v1/access-requests/{request.id}"
     return body
@@ -107,7 +130,9 @@ class WebhookNotifier:
         holder: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        redactor: Redactor | None = None,
     ) -> None:
+        self.redactor = redactor or Redactor()
         self.engine, self.hooks, self.retries, self.backoff = engine, hooks, retries, backoff
         self.link_base, self.retention, self.poll_interval = link_base, retention, poll_interval
         self.holder = holder or "notifier-" + secrets.token_hex(8)
@@ -122,12 +147,16 @@ class WebhookNotifier:
         self.failed = 0
 
     @classmethod
-    def from_config(cls, config: ApprovalsConfig, engine: AsyncEngine) -> WebhookNotifier:
-        """Raises ``ApprovalsConfigError`` when a secret variable is missing."""
+    def from_config(
+        cls, config: ApprovalsConfig, engine: AsyncEngine, redactor: Redactor | None = None
+    ) -> WebhookNotifier:
+        """Raises ``ApprovalsConfigError`` when a secret variable is missing; ``redactor``
+        is the audit trail's (its ``sensitive_headers`` and ``sensitive_fields``)."""
         hooks = [Webhook(h.group, h.url, h.signing_key(), h.timeout) for h in config.webhooks]
         return cls(
             engine, hooks, retries=config.retries, backoff=config.retry_backoff,
             link_base=config.link_base, retention=float(config.notification_retention),
+            redactor=redactor,
         )  # fmt: skip
 
     # --- writing --------------------------------------------------------------------------
@@ -135,7 +164,7 @@ class WebhookNotifier:
     def rows(self, request: AccessRequest) -> list[dict[str, Any]]:
         """The outbox entries announcing ``request``: one per webhook of its groups."""
         groups = {spec.partition(":")[2] for spec in request.approvers if spec.startswith("group:")}
-        now, body = self.clock(), message(request, self.link_base)
+        now, body = self.clock(), message(request, self.link_base, self.redactor)
         return [
             {"id": "nt_" + secrets.token_hex(12), "request_id": request.id, "channel": hook.group,
              "url": hook.url, "payload": body, "created_at": now}

@@ -50,7 +50,10 @@ def start_humans(
 ) -> Humans:
     """The services, wired; raises ``ApprovalsConfigError`` for a missing webhook or OIDC
     client secret."""
-    notifier = WebhookNotifier.from_config(config, identity.engine) if config.webhooks else None
+    redactor = None if auditor is None else auditor.redactor
+    notifier = (
+        WebhookNotifier.from_config(config, identity.engine, redactor) if config.webhooks else None
+    )
     approvals = ApprovalService(
         identity.engine, policies, auditor=auditor, revoked=identity.revoked,
         clock=identity.clock, pending_ttl=timedelta(seconds=config.pending_ttl),

@@ -5,9 +5,12 @@ the policy engine then :meth:`request`); humans call :meth:`approve` and :meth:`
 
 Security decisions:
 
-* **A grant is bound, never presented.** A grant holds for one agent, one task, one rule
-  and (unless the rule says ``approval.scope: rule``) one action digest
-  (:mod:`tether.approvals.digest`), until ``valid_for`` after the approval. The front-end
+* **A grant is bound, never presented.** A grant holds for one agent, one task, one
+  runtime, one delegating user (or none), one rule *as defined when it was requested*
+  (a rule changed since no longer counts its old grants, and a vote on a request of the
+  old rule cancels it) and (unless the rule says ``approval.scope: rule``) one action
+  digest (:mod:`tether.approvals.digest`), until ``valid_for`` after the approval
+  (:func:`tether.approvals.binding.grant_key`). The front-end
   asks :meth:`held_approvals` with what it authenticated and parsed itself; nothing an
   agent sends (no id, header or field) can name a grant, so a forged or replayed grant id
   has nothing to be checked against.
@@ -17,7 +20,9 @@ Security decisions:
   ``approval.count`` distinct approvals are needed; one denial denies.
 * **Nobody approves what they caused.** The delegating user never approves their own
   agent's request, and the agent's owner does not either unless the rule names ``owner``
-  among the approvers; ``approval.allow_self: true`` lifts both.
+  among the approvers; ``approval.allow_self: true`` lifts both. Both are compared as user
+  ids are written (:func:`tether.approvals.binding.person`: ``Alice`` is ``alice``), and a
+  request raised under another delegating user is another request.
 * **Revocation wins.** Revoking an agent, task or runtime cancels the pending requests and
   revokes the grants it covers (:meth:`on_revocation`, called by the identity service),
   and :meth:`held_approvals` also consults the node's revocation set, so a revocation made
@@ -44,11 +49,14 @@ from tether.approvals.binding import (
     ActionDigests,
     Bell,
     delegation_user,
+    grant_keys,
     grant_row,
     ident,
     names,
     pending_detail,
     pending_key,
+    person,
+    request_key,
 )
 from tether.approvals.digest import ActionDigest
 from tether.approvals.model import AccessRequest, Ask, Conflict, NotAllowed, NotFound, Unusable
@@ -57,7 +65,7 @@ from tether.audit.emit import Auditor, Subject
 from tether.identity.revocation import RevocationSet
 from tether.policy import Decision, PolicySet
 from tether.policy.model import APPROVAL_REQUIRED
-from tether.policy.rules import Approval
+from tether.policy.rules import Approval, Rule
 from tether.store import agents as agent_store
 from tether.users.store import User
 
@@ -129,13 +137,16 @@ class ApprovalService:
             agent, task = ident(request.get("agent")), ident(request.get("task"))
             if digest is None or agent is None or task is None:
                 return decision, None  # nothing to bind a grant to: the refusal stands
+            runtime, delegation = ident(request.get("runtime")), delegation_user(request)
+            if self._revoked(agent, task, runtime):
+                return decision, None  # revoked meanwhile (another node): nothing to raise
             found = await self.held_approvals(agent, task, digest.digest, [rule_id],
-                                              bound_digest=digest.digest)  # fmt: skip
+                                              bound_digest=digest.digest, runtime_id=runtime,
+                                              delegation_user=delegation)  # fmt: skip
             if rule_id not in found:
                 ask = Ask(
                     agent_id=agent, task_id=task, rule_id=rule_id, action=digest,
-                    runtime_id=ident(request.get("runtime")),
-                    delegation_user=delegation_user(request), reason=reason,
+                    runtime_id=runtime, delegation_user=delegation, reason=reason,
                 )  # fmt: skip
                 pending = await self.request(ask)
                 return dataclasses.replace(decision, detail=pending_detail(pending)), pending
@@ -153,47 +164,60 @@ class ApprovalService:
         rule_ids: Collection[str],
         *,
         bound_digest: str | None = None,
+        runtime_id: str | None = None,
+        delegation_user: str | None = None,
     ) -> frozenset[str]:
-        """The ids among ``rule_ids`` whose approval is held for this action now.
+        """The ids among ``rule_ids`` whose approval is held for this action now, by this
+        agent, task, runtime and delegating user, under the rule as defined now.
 
         ``digest`` is the action's digest; ``bound_digest`` the one including the HTTP
-        body, which rules with ``approval.bind_body`` are matched against instead.
+        body, which rules with ``approval.bind_body`` are matched against instead (no
+        grant of such a rule is held without it).
         """
-        if not rule_ids or self._revoked(agent_id, task_id):
+        if not rule_ids or self._revoked(agent_id, task_id, runtime_id):
             return frozenset()
         by_id = self.policies().by_id
-        digests: dict[str, str | None] = {}
+        keys: dict[str, frozenset[str]] = {}
         for rule_id in rule_ids:
             rule = by_id.get(rule_id)
             approval = None if rule is None else rule.approval
-            if approval is not None:
-                digests[rule_id] = bound_digest if approval.bind_body else digest
+            if rule is None or approval is None:
+                continue
+            bound = bound_digest if approval.bind_body else digest
+            if bound is not None:
+                keys[rule_id] = grant_keys(agent_id, task_id, rule, bound, runtime_id,
+                                           delegation_user)  # fmt: skip
         async with self.engine.connect() as conn:
             held = await db.held_rules(
-                conn, agent_id=agent_id, task_id=task_id, digests=digests, now=self.clock()
+                conn, agent_id=agent_id, task_id=task_id, keys=keys, now=self.clock()
             )
         return frozenset(held)
 
-    def _revoked(self, agent_id: str, task_id: str) -> bool:
+    def _revoked(self, agent_id: str, task_id: str, runtime_id: str | None = None) -> bool:
         revoked = self.revoked
         return revoked is not None and (
-            ("agent", agent_id) in revoked or ("task", task_id) in revoked
+            ("agent", agent_id) in revoked
+            or ("task", task_id) in revoked
+            or (runtime_id is not None and ("runtime", runtime_id) in revoked)
         )
 
     async def request(self, ask: Ask) -> AccessRequest:
         """Create the pending access request for ``ask``, or find the one that exists (or
         the approved one whose grant covers it)."""
-        approval = self._approval(ask.rule_id)
-        if self._revoked(ask.agent_id, ask.task_id):
-            raise Conflict("the agent or task is revoked")
+        rule = self._rule(ask.rule_id)
+        approval = rule.approval
+        assert approval is not None
+        if self._revoked(ask.agent_id, ask.task_id, ask.runtime_id):
+            raise Conflict("the agent, task or runtime is revoked")
         await self.expire_due()
         now = self.clock()
-        digest = ask.action.digest
-        key = pending_key(ask, approval)
+        key = pending_key(ask, rule)
+        keys = grant_keys(ask.agent_id, ask.task_id, rule, ask.action.digest, ask.runtime_id,
+                          ask.delegation_user)  # fmt: skip
         async with self.engine.begin() as conn:
             granted = await db.live_grant_request(
                 conn, agent_id=ask.agent_id, task_id=ask.task_id, rule_id=ask.rule_id,
-                digest=digest, now=now,
+                keys=keys, now=now,
             )  # fmt: skip
             if granted is not None:
                 found = await db.load(conn, granted)
@@ -216,11 +240,11 @@ class ApprovalService:
                 self.notify.wake()
         return created
 
-    def _approval(self, rule_id: str) -> Approval:
+    def _rule(self, rule_id: str) -> Rule:
         rule = self.policies().by_id.get(rule_id)
         if rule is None or rule.approval is None:
             raise Unusable(f"rule {rule_id!r} does not exist or needs no approval")
-        return rule.approval
+        return rule
 
     def _row(
         self,
@@ -284,9 +308,9 @@ class ApprovalService:
             return f"{user.id} is not an approver of rule {request.rule_id!r}"
         if request.allow_self:
             return None
-        if user.id == request.delegation_user:
+        if user.id == person(request.delegation_user):
             return "nobody approves a request they caused (the delegating user)"
-        if user.id == request.owner and "owner" not in request.approvers:
+        if user.id == person(request.owner) and "owner" not in request.approvers:
             return "the agent's owner does not approve its requests under this rule"
         return None
 
@@ -303,8 +327,16 @@ class ApprovalService:
         refusal = self.may_vote(current, user)
         if refusal is not None:
             raise NotAllowed(refusal)
-        if self._revoked(current.agent_id, current.task_id):
-            raise Conflict("the agent or task is revoked")
+        if self._revoked(current.agent_id, current.task_id, current.runtime_id):
+            raise Conflict("the agent, task or runtime is revoked")
+        stored = await self._pending_key(request_id)
+        if stored is None:
+            raise Conflict(f"access request {request_id} is not pending")
+        rule = self.policies().by_id.get(current.rule_id)
+        if rule is None or rule.approval is None or request_key(current, rule) != stored:
+            await self._cancel(request_id, "the rule changed since the request; ask again")
+            raise Conflict(f"rule {current.rule_id!r} changed since access request "
+                           f"{request_id} was made: it is cancelled")  # fmt: skip
         now = self.clock()
         reason = None if reason is None else reason[:500]
         try:
@@ -318,13 +350,25 @@ class ApprovalService:
                 if outcome != "vote":
                     await db.decide(conn, request_id, outcome, reason, now)
                 if outcome == "approved":
-                    await db.insert_grant(conn, grant_row(locked, now))
+                    await db.insert_grant(conn, grant_row(locked, rule, now))
         except IntegrityError:
             raise Conflict(f"{user.id} already voted on {request_id}") from None
         decided = await self.get(request_id)
         await self._audited_vote(decided, user, outcome)
         self.bell.ring()
         return decided
+
+    async def _pending_key(self, request_id: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return await db.pending_key_of(conn, request_id)
+
+    async def _cancel(self, request_id: str, reason: str) -> None:
+        """Cancel a pending request (audited); nothing when it was decided meanwhile."""
+        async with self.engine.begin() as conn:
+            done = await db.decide(conn, request_id, "cancelled", reason, self.clock())
+        if done:
+            await self._audit(await self.get(request_id), None, "cancelled")
+            self.bell.ring()
 
     @staticmethod
     def _outcome(request: AccessRequest, vote: str) -> str:

@@ -10,7 +10,7 @@ reach it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -129,9 +129,10 @@ async def insert_vote(
 
 async def decide(
     conn: AsyncConnection, request_id: str, status: str, reason: str | None, now: datetime
-) -> None:
-    """Move a pending request to ``status`` and give up its pending key."""
-    await conn.execute(
+) -> bool:
+    """Move a pending request to ``status`` and give up its pending key; False when it
+    was not pending."""
+    result = await conn.execute(
         update(access_requests)
         .where(access_requests.c.id == request_id, access_requests.c.status == "pending")
         .values(
@@ -139,6 +140,15 @@ async def decide(
             updated_at=now,
         )
     )  # fmt: skip
+    return result.rowcount == 1
+
+
+async def pending_key_of(conn: AsyncConnection, request_id: str) -> str | None:
+    """The key a pending request holds (None once decided)."""
+    found = await conn.scalar(
+        select(access_requests.c.pending_key).where(access_requests.c.id == request_id)
+    )
+    return None if found is None else str(found)
 
 
 async def insert_grant(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
@@ -150,18 +160,15 @@ async def held_rules(
     *,
     agent_id: str,
     task_id: str,
-    digests: Mapping[str, str | None],
+    keys: Mapping[str, Collection[str]],
     now: datetime,
 ) -> set[str]:
-    """The rules of ``digests`` (rule id -> the action's digest for it) with a live grant."""
+    """The rules of ``keys`` (rule id -> the grant keys that would cover the action, see
+    :func:`tether.approvals.binding.grant_keys`) with a live grant."""
     matches = [
-        and_(
-            grants.c.rule_id == rule,
-            or_(grants.c.scope == "rule", grants.c.digest == digest)
-            if digest is not None
-            else grants.c.scope == "rule",
-        )
-        for rule, digest in digests.items()
+        and_(grants.c.rule_id == rule, grants.c.digest.in_(sorted(found)))
+        for rule, found in keys.items()
+        if found
     ]
     if not matches:
         return set()
@@ -178,9 +185,15 @@ async def held_rules(
 
 
 async def live_grant_request(
-    conn: AsyncConnection, *, agent_id: str, task_id: str, rule_id: str, digest: str, now: datetime
+    conn: AsyncConnection,
+    *,
+    agent_id: str,
+    task_id: str,
+    rule_id: str,
+    keys: Collection[str],
+    now: datetime,
 ) -> str | None:
-    """The request id of a live grant covering this action, if any."""
+    """The request id of a live grant covering this action (one of its ``keys``), if any."""
     found = await conn.scalar(
         select(grants.c.request_id)
         .where(
@@ -189,7 +202,7 @@ async def live_grant_request(
             grants.c.rule_id == rule_id,
             grants.c.revoked_at.is_(None),
             grants.c.expires_at > now,
-            or_(grants.c.scope == "rule", grants.c.digest == digest),
+            grants.c.digest.in_(sorted(keys)),
         )
         .order_by(grants.c.expires_at.desc())
         .limit(1)
@@ -213,17 +226,20 @@ async def cancel_for(
         await decide(conn, request_id, "cancelled", reason, now)
     affected = set(pending)
     if column in ("agent_id", "task_id"):
-        revoked = await conn.scalars(
-            select(grants.c.request_id).where(
-                grants.c[column] == value, grants.c.revoked_at.is_(None)
-            )
+        covered = grants.c[column] == value
+    else:  # a runtime: the grants of the requests it raised
+        covered = grants.c.request_id.in_(
+            select(access_requests.c.id).where(access_requests.c[column] == value)
         )
-        affected.update(revoked)
-        await conn.execute(
-            update(grants)
-            .where(grants.c[column] == value, grants.c.revoked_at.is_(None))
-            .values(revoked_at=now, revoked_reason=reason)
-        )
+    revoked = await conn.scalars(
+        select(grants.c.request_id).where(covered, grants.c.revoked_at.is_(None))
+    )
+    affected.update(revoked)
+    await conn.execute(
+        update(grants)
+        .where(covered, grants.c.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+    )
     return sorted(affected)
 
 

@@ -1,14 +1,24 @@
-"""``tether approvals``: list, show, approve and deny access requests, as the signed-in human."""
+"""``tether approvals``: list, show, approve and deny access requests, as the signed-in human.
+
+What these commands print comes partly from agents (the action, the reason, the task id): it
+is shown as literal text (:func:`shown`). Control characters (terminal escape sequences, C1
+controls), invisible formatting characters (bidirectional overrides, zero-width characters)
+and line separators are printed as ``\\uXXXX`` escapes, and table cells are never read as
+Rich markup, so an agent cannot make an approver's terminal show another action than the one
+they approve. ``--json`` prints JSON, which escapes them too.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tether.cli.apiclient import DEFAULT_SERVER, AsJson, Server, TokenFile
 from tether.cli.humans import HumanClient, human_token
@@ -32,8 +42,19 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def shown(value: object) -> str:
+    """``value`` as literal text for a terminal: every character that is not visible text
+    (controls, formatting, separators, unassigned) as a ``\\uXXXX`` escape."""
+    return "".join(
+        f"\\u{ord(c):04x}" if unicodedata.category(c) in _HIDDEN else c for c in str(value)
+    )
+
+
 def _action(request: dict[str, Any]) -> str:
-    return json.dumps(request["action"], sort_keys=True, ensure_ascii=False)
+    return shown(json.dumps(request["action"], sort_keys=True, ensure_ascii=False))
 
 
 @app.command("list")
@@ -66,8 +87,9 @@ def list_requests(
     table = Table("id", "status", "agent", "task", "target", "action", "rule", "votes", box=None)
     for r in found["access_requests"]:
         votes = f"{r['approvals']}/{r['required_approvals']}"
-        table.add_row(r["id"], r["status"], r["agent_id"], r["task_id"], r["target"],
-                      _action(r), r["rule"], votes)  # fmt: skip
+        cells = (r["id"], r["status"], r["agent_id"], r["task_id"], r["target"])
+        table.add_row(*(Text(shown(c)) for c in cells), Text(_action(r)), Text(shown(r["rule"])),
+                      Text(votes))  # fmt: skip
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
@@ -106,7 +128,7 @@ def show(
     if found["grant"] is not None:
         state = "revoked" if found["grant"]["revoked"] else "valid"
         lines.append(f"  grant     {state} until {found['grant']['expires_at']}")
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join(shown(line) for line in lines))
 
 
 def _vote(verb: str, request_id: str, reason: str, server: str, token_file: TokenFile) -> None:
@@ -114,7 +136,7 @@ def _vote(verb: str, request_id: str, reason: str, server: str, token_file: Toke
         "POST", f"/v1/access-requests/{request_id}/{verb}", {"reason": reason}
     )
     done = f"{found['approvals']}/{found['required_approvals']} approvals"
-    typer.echo(f"{found['id']} is {found['status']} ({done})")
+    typer.echo(shown(f"{found['id']} is {found['status']} ({done})"))
 
 
 @app.command("approve")

@@ -237,6 +237,8 @@ def _oidc_login(server: str, *, open_browser: bool) -> dict[str, Any]:
     started = HumanClient(server, None).call("POST", "/v1/login/oidc")
     url = started["authorization_url"]
     typer.echo(f"Open this URL to sign in:\n\n    {url}\n", err=True)
+    typer.echo(f"Then confirm on Tether's page that it shows the code {started['user_code']}.",
+               err=True)  # fmt: skip
     if open_browser:
         webbrowser.open(url)
     deadline = time.monotonic() + started["expires_in"]

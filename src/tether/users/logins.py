@@ -19,11 +19,18 @@ Security decisions:
   exactly one proceeds; the sealed verifier is erased by the same statement.
 * **The token is handed out once**: :func:`collect` deletes the row with one conditional
   ``DELETE``; only the caller whose statement removed it gets the token.
+* **A sign-in is confirmed by a click, in the browser it completed in.** Once the callback
+  has verified the ID token, the row waits (:func:`await_confirmation`): the poll id and the
+  user are sealed under a fresh one-use secret that only the confirmation page holds, and
+  :func:`confirm` spends it once. Whoever started a sign-in (and holds its poll id) cannot
+  complete it with someone else's browser session: the person at the browser must confirm,
+  seeing the code (:func:`user_code`) the terminal that started it shows.
 * Rows expire (``expires_at``) and are deleted by :func:`prune`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import secrets
@@ -53,6 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tether.store.schema import UTCDateTime, metadata
 
 _ID_LABEL: Final = b"tether/oidc-login/id\x00"
+_CODE_LABEL: Final = b"tether/oidc-login/code\x00"
 _KEY_LABEL: Final = b"tether/oidc-login/key\x00"
 
 oidc_logins = Table(
@@ -118,6 +126,46 @@ async def insert_login(
             expires_at=now + timedelta(seconds=ttl),
         )
     )  # fmt: skip
+
+
+def user_code(poll_id: str) -> str:
+    """The code the CLI shows and the confirmation page repeats (``XXXX-XXXX``)."""
+    text = base64.b32encode(hashlib.sha256(_CODE_LABEL + poll_id.encode("utf-8")).digest())
+    return f"{text[:4].decode()}-{text[4:8].decode()}"
+
+
+async def await_confirmation(
+    conn: AsyncConnection, state: str, confirm: str, poll_id: str, user_id: str
+) -> None:
+    """After the callback: the sign-in waits for :func:`confirm` with ``confirm``."""
+    body = json.dumps({"poll_id": poll_id, "user": user_id}).encode()
+    await conn.execute(
+        update(oidc_logins)
+        .where(oidc_logins.c.state_hash == lookup(state), oidc_logins.c.sealed_token.is_(None))
+        .values(sealed_start=seal(confirm, body))
+    )
+
+
+async def confirm(
+    conn: AsyncConnection, state: str, secret: str, now: datetime
+) -> tuple[str, str] | None:
+    """Spend the confirmation of ``state`` (once): its poll id and user; None when it is
+    unknown, expired, spent already or ``secret`` is not its secret."""
+    table = oidc_logins.c
+    key = lookup(state)
+    alive = and_(table.state_hash == key, table.consumed_at.is_not(None),
+                 table.sealed_token.is_(None), table.expires_at > now)  # fmt: skip
+    sealed = await conn.scalar(select(table.sealed_start).where(alive))
+    if not sealed:
+        return None
+    try:
+        data = json.loads(unseal(secret, sealed))
+    except SealError:
+        return None
+    spend = update(oidc_logins).where(alive, table.sealed_start == sealed).values(sealed_start=b"")
+    if (await conn.execute(spend)).rowcount != 1:
+        return None  # another confirmation spent it first
+    return str(data["poll_id"]), str(data["user"])
 
 
 async def live_count(conn: AsyncConnection, now: datetime) -> int:

@@ -29,8 +29,16 @@ Security decisions:
 * Groups and roles (``roles``: group -> roles) are replaced at every sign-in, so removing
   someone from a group at the provider removes the role at their next sign-in; existing
   personal tokens keep working until they expire (``token_ttl``) or are revoked.
-* The token never reaches the browser: the callback page only says to go back to the
-  terminal; the poll id (256 bits, one use) is what the CLI holds.
+* The token never reaches the browser; the poll id (256 bits, one use) is what the CLI
+  holds.
+* **Nobody signs in with someone else's browser.** Whoever holds a poll id gets the token of
+  whoever completes its sign-in, and a provider with a live session completes it without a
+  click: a link to the authorization URL would hand its visitor's token (an admin's, say) to
+  whoever sent it. So the callback only verifies and asks the person at the browser to
+  confirm, showing the user and the code the terminal that started the sign-in shows
+  (:func:`tether.users.logins.user_code`); the token is made when they confirm
+  (:meth:`OidcLogin.confirm`, a one-use secret that only the page holds, posted back from a
+  page that may not be framed).
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ from tether.identity.workload import TrustedIssuers, WorkloadTokenError, verify_
 from tether.users import logins
 from tether.users import store as user_store
 from tether.users.config import OidcLoginConfig
-from tether.users.service import USER_ID, UserService
+from tether.users.service import GROUP_NAME, USER_ID, UserError, UserService
 from tether.users.store import User, UserToken
 
 CALLBACK_PATH: Final = "/v1/login/oidc/callback"
@@ -65,6 +73,17 @@ POLL_STEP: Final = 0.5  # seconds between database checks while a poll waits
 
 class OidcLoginError(Exception):
     """A sign-in that cannot complete; the message is safe to show."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A callback whose ID token checked out, waiting for the person at the browser to
+    confirm: ``confirm`` is the one-use secret the confirmation page posts back, ``code``
+    the code the terminal that started the sign-in shows."""
+
+    user: User
+    confirm: str
+    code: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +121,8 @@ class OidcLogin:
         self._endpoints: tuple[str, str] | None = None
 
     async def start(self) -> tuple[str, str]:
-        """The authorization URL to open in a browser, and the poll id for the CLI."""
+        """The authorization URL to open in a browser, and the poll id for the CLI (its
+        code to show is :func:`tether.users.logins.user_code` of the poll id)."""
         authorize, _token = await self._discover()
         state = secrets.token_urlsafe(32)
         started = logins.Started(
@@ -123,9 +143,9 @@ class OidcLogin:
         separator = "&" if "?" in authorize else "?"
         return f"{authorize}{separator}{query}", started.poll_id
 
-    async def callback(self, code: str, state: str) -> User:
-        """Complete the sign-in of ``state`` with the provider's ``code``; the state is
-        spent first, whatever happens next."""
+    async def callback(self, code: str, state: str) -> Verified:
+        """Verify the sign-in of ``state`` with the provider's ``code`` (the state is spent
+        first, whatever happens next); it then waits for :meth:`confirm`."""
         async with self.users.engine.begin() as conn:
             started = await logins.consume(conn, state, self.clock())
         if started is None:
@@ -140,11 +160,27 @@ class OidcLogin:
         if identity.claims.get("nonce") != started.nonce:
             raise OidcLoginError("the ID token is not for this sign-in (nonce)")
         user = await self._upsert(identity.user, identity.groups)
+        secret = secrets.token_urlsafe(32)
+        async with self.users.engine.begin() as conn:
+            await logins.await_confirmation(conn, state, secret, started.poll_id, user.id)
+        return Verified(user, secret, logins.user_code(started.poll_id))
+
+    async def confirm(self, state: str, secret: str) -> User:
+        """The person at the browser confirmed the sign-in of ``state``: the personal token
+        is made and left for the poll. Once; ``OidcLoginError`` otherwise."""
+        async with self.users.engine.begin() as conn:
+            found = await logins.confirm(conn, state, secret, self.clock())
+        if found is None:
+            raise OidcLoginError("unknown, expired or already confirmed sign-in; start again")
+        poll_id, user_id = found
+        user = await self.users.find(user_id)
+        if user is None or not user.active:
+            raise OidcLoginError(f"{user_id} is not an active user")
         text, record = await self.users.create_token(
             user.id, name="oidc login", ttl=self.config.token_ttl
         )
         async with self.users.engine.begin() as conn:
-            await logins.complete(conn, started.poll_id, text, user.id, record.id,
+            await logins.complete(conn, poll_id, text, user.id, record.id,
                                   self.clock(), LOGIN_TTL)  # fmt: skip
         self._completed.set()
         self._completed = asyncio.Event()
@@ -242,12 +278,18 @@ class OidcLogin:
                 f"the provider's user id {user_id[:100]!r} is not a Tether user id"
             )
         roles = sorted({r for g in groups for r in self.config.roles.get(g, [])})
-        existing = await self.users.find(user_id)
-        if existing is None:
-            return await self.users.add(user_id, password=None, roles=roles, groups=groups,
-                                        source="oidc")  # fmt: skip
-        if existing.source != "oidc":
-            raise OidcLoginError(f"{user_id} is a local user; sign in with a password")
-        if not existing.active:
-            raise OidcLoginError(f"{user_id} is disabled")
-        return await self.users.update(user_id, roles=roles, groups=groups)
+        # A provider's group Tether cannot name (``Domain Users``) is left out: a group only
+        # ever adds (an approver entry, a role), so leaving one out never widens anything.
+        kept = [g for g in groups if GROUP_NAME.fullmatch(g)]
+        try:
+            existing = await self.users.find(user_id)
+            if existing is None:
+                return await self.users.add(user_id, password=None, roles=roles, groups=kept,
+                                            source="oidc")  # fmt: skip
+            if existing.source != "oidc":
+                raise OidcLoginError(f"{user_id} is a local user; sign in with a password")
+            if not existing.active:
+                raise OidcLoginError(f"{user_id} is disabled")
+            return await self.users.update(user_id, roles=roles, groups=kept)
+        except UserError as error:  # e.g. two first sign-ins of one user racing
+            raise OidcLoginError(f"the user {user_id} cannot be recorded: {error}") from None

@@ -256,27 +256,44 @@ class UserService:
         return totp.verify(secret, code, self.clock().timestamp(), last)
 
     async def create_token(
-        self, user_id: str, *, name: str, ttl: int | None = None
+        self,
+        user_id: str,
+        *,
+        name: str,
+        ttl: int | None = None,
+        not_after: datetime | None = None,
     ) -> tuple[str, UserToken]:
-        """A personal API token: its text (shown once) and its record."""
+        """A personal API token: its text (shown once) and its record. ``not_after``: the
+        expiry of the token the user made it with, which it never outlives."""
         ttl = DEFAULT_TOKEN_TTL if ttl is None else ttl
         if not 0 < ttl <= MAX_TOKEN_TTL:
             raise UserError(f"a personal token lives between 1 second and {MAX_TOKEN_TTL} s")
         token_id = secrets.token_hex(8)
         text = f"{USER_TOKEN_PREFIX}{token_id}.{secrets.token_urlsafe(32)}"
         now = self.clock()
+        expires_at = now + timedelta(seconds=ttl)
+        if not_after is not None:
+            if not_after <= now:
+                raise UserError("the token it is made with has expired", 401)
+            expires_at = min(expires_at, not_after)
         async with self.engine.begin() as conn:
             user = await user_store.get_user(conn, user_id)
             if user is None or not user.active:
                 raise UserError(f"no active user {user_id!r}", 404)
             record = await user_store.insert_token(
                 conn, id=token_id, user_id=user_id, name=name[:200] or "token",
-                token_hash=digest(text), now=now, expires_at=now + timedelta(seconds=ttl),
+                token_hash=digest(text), now=now, expires_at=expires_at,
             )  # fmt: skip
         return text, record
 
     async def authenticate(self, presented: str) -> User | None:
         """The active user a personal token belongs to, else None (the use is recorded)."""
+        found = await self.authenticate_token(presented)
+        return None if found is None else found[0]
+
+    async def authenticate_token(self, presented: str) -> tuple[User, UserToken] | None:
+        """The active user a personal token belongs to and the token's record, else None
+        (the use is recorded)."""
         if not presented.startswith(USER_TOKEN_PREFIX) or len(presented) > MAX_PRESENTED:
             return None
         now = self.clock()
@@ -285,7 +302,8 @@ class UserService:
             if token is None:
                 return None
             await user_store.touch_token(conn, token.id, now)
-            return await user_store.get_user(conn, token.user_id)
+            user = await user_store.get_user(conn, token.user_id)
+        return None if user is None else (user, token)
 
     async def tokens(self, user_id: str | None = None) -> list[UserToken]:
         async with self.engine.connect() as conn:

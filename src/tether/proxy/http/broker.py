@@ -53,7 +53,7 @@ from tether.approvals.model import AccessRequest
 from tether.audit.log import AuditUnavailable
 from tether.audit.subject import Subject
 from tether.identity.claims import Claims
-from tether.identity.errors import CredentialError, TokenInvalid
+from tether.identity.errors import CredentialError, TokenExpired, TokenInvalid
 from tether.identity.issued import Presented
 from tether.identity.replay import ReplayCacheFull
 from tether.policy.httpmethods import OVERRIDE_HEADERS, header_key
@@ -150,6 +150,15 @@ class HttpBroker:
             if bound is None:
                 return
             decision, pending, receive = bound[0], bound[1] or pending, bound[2]
+        if _waits(scope["headers"]):
+            # Held up to a minute for an approval: the token may have been revoked, its
+            # agent disabled or the token expired meanwhile (checked as a live tunnel is).
+            try:
+                await self._still_valid(claims)
+            except CredentialError as error:
+                await self._refused_audit(scope, route, error.reason, error.code, request_id)
+                await refusals.credential_refused(error, request_id)(scope, receive, send)
+                return
         if decision.allowed and _pipelined(target.spec, scope["method"], policy_headers):
             # A read: forwarded while its decision event commits, its answer held back
             # until the commit succeeded (Exchange.run); never an effect before the event.
@@ -191,6 +200,14 @@ class HttpBroker:
             await wait_decided(approvals, pending.id, wait)
             decision, pending = await approvals.decide(request, body=body, reason=reason)
         return decision, pending
+
+    async def _still_valid(self, claims: Claims) -> None:
+        """Raise :class:`CredentialError` when ``claims`` stopped being valid: expired,
+        revoked, or its agent no longer active."""
+        identity = self.services.identity
+        if identity.clock().timestamp() >= claims.exp:
+            raise TokenExpired("the access token expired while the request waited")
+        await identity.check_live(claims)
 
     def _over_limits(
         self, route: Route, headers: list[tuple[bytes, bytes]]
@@ -335,6 +352,11 @@ class HttpBroker:
         )
         self._plans[target.name] = (target.updated_at, plan)
         return plan
+
+
+def _waits(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the agent asked to wait for an approval (``Prefer: wait=N``)."""
+    return prefer_wait(v.decode("latin-1") for n, v in headers if n == b"prefer") > 0
 
 
 def _pipelined(spec: HttpTargetSpec, method: str, headers: Mapping[str, str]) -> bool:

@@ -15,7 +15,9 @@ and its status path in ``DETAIL``.
 Security decisions:
 
 * **A grant covers exactly the approved statement.** A grant matches only when its rule is
-  the one the engine named and its digest is the statement's
+  the one the engine named, as defined now, for the session's agent, task, runtime and
+  delegating user (:func:`tether.approvals.binding.grant_key`), and its digest is the
+  statement's
   (:func:`tether.approvals.digest.action_digest`: PostgreSQL's deparse of the text, every
   literal kept, with the database and the default schema it is decided under), unless the
   rule says ``approval.scope: rule``. ``... WHERE id = 1`` and ``... WHERE id = 2`` are two
@@ -48,7 +50,13 @@ from typing import Any, Final, Protocol
 
 from sqlalchemy import select
 
-from tether.approvals.binding import ActionDigests, delegation_user, ident, pending_detail
+from tether.approvals.binding import (
+    ActionDigests,
+    delegation_user,
+    grant_keys,
+    ident,
+    pending_detail,
+)
 from tether.approvals.model import AccessRequest, ApprovalError, Ask
 from tether.approvals.schema import grants
 from tether.approvals.service import MAX_ROUNDS, ApprovalService
@@ -67,15 +75,11 @@ class HeldGrant:
     """A live grant of the session's agent and task."""
 
     rule_id: str
-    digest: str | None  # None: the whole rule (``approval.scope: rule``)
+    key: str  # what it is bound to (:func:`tether.approvals.binding.grant_key`)
     expires_at: float  # POSIX seconds
 
-    def covers(self, rule_id: str, digest: str, now: float) -> bool:
-        return (
-            self.rule_id == rule_id
-            and (self.digest is None or self.digest == digest)
-            and now < self.expires_at
-        )
+    def covers(self, rule_id: str, keys: frozenset[str], now: float) -> bool:
+        return self.rule_id == rule_id and self.key in keys and now < self.expires_at
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -171,9 +175,11 @@ class SessionApprovals:
                 return decision
             rule = policies.by_id.get(rule_id)
             digest = action.for_rule(rule.approval if rule is not None else None)
-            if digest is None or self.agent_id is None or self.task_id is None:
+            if digest is None or rule is None or self.agent_id is None or self.task_id is None:
                 return decision  # nothing to bind a grant to: the refusal stands
-            if not any(g.covers(rule_id, digest.digest, now) for g in self.grants):
+            keys = grant_keys(self.agent_id, self.task_id, rule, digest.digest,
+                              self.runtime_id, self.delegation_user)  # fmt: skip
+            if not any(g.covers(rule_id, keys, now) for g in self.grants):
                 key = (rule_id, digest.digest)
                 pending = self.pending.get(key)
                 if pending is not None and pending.status != "pending":
@@ -257,11 +263,15 @@ class SessionApprovals:
         agent_id, task_id = self.agent_id, self.task_id
         found: frozenset[HeldGrant] = frozenset()
         revoked = self.service.revoked
+        runtime_id = self.runtime_id
         gone = agent_id is None or task_id is None or (
-            revoked is not None and (("agent", agent_id) in revoked or ("task", task_id) in revoked)
+            revoked is not None and (
+                ("agent", agent_id) in revoked or ("task", task_id) in revoked
+                or (runtime_id is not None and ("runtime", runtime_id) in revoked)
+            )
         )  # fmt: skip
         if not gone:
-            query = select(grants.c.rule_id, grants.c.scope, grants.c.digest, grants.c.expires_at)
+            query = select(grants.c.rule_id, grants.c.digest, grants.c.expires_at)
             query = query.where(
                 grants.c.agent_id == agent_id,
                 grants.c.task_id == task_id,
@@ -271,8 +281,9 @@ class SessionApprovals:
             async with self.service.engine.connect() as conn:
                 rows = (await conn.execute(query)).all()
             found = frozenset(
-                HeldGrant(row.rule_id, _bound(row.scope, row.digest), _seconds(row.expires_at))
+                HeldGrant(row.rule_id, row.digest, _seconds(row.expires_at))
                 for row in rows
+                if row.digest is not None
             )
         if started < self._applied:
             return  # a fetch started later already answered: never bring back older grants
@@ -280,10 +291,6 @@ class SessionApprovals:
         if found != self.grants:
             self.grants = found
             self._epoch = None
-
-
-def _bound(scope: str, digest: str | None) -> str | None:
-    return None if scope == "rule" else digest
 
 
 def _seconds(value: datetime) -> float:
