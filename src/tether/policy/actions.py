@@ -257,7 +257,10 @@ def _compile_table_glob(pattern: str, deny: bool) -> Callable[[str], bool]:
     """``schema.table`` with ``*`` inside a part.
 
     For an allow rule ``*`` never crosses the dot; for a deny rule it may, so a
-    quoted name holding a dot (``"a.b"``) cannot slip past a deny rule.
+    quoted name holding a dot (``"a.b"``) cannot slip past a deny rule. A deny rule also
+    matches the wildcard relations of statements on a whole schema (``s.*`` when its schema
+    glob matches ``s``) or on every schema (``*.*``); an allow rule covers them only with a
+    table glob that is all ``*`` (and, for ``*.*``, a schema glob too).
     """
     schema, dot, table = pattern.partition(".")
     if not dot or not schema or not table or "." in table:
@@ -267,7 +270,20 @@ def _compile_table_glob(pattern: str, deny: bool) -> Callable[[str], bool]:
         r"\.".join(star.join(re.escape(s) for s in part.split("*")) for part in (schema, table)),
         re.DOTALL,
     )
-    return lambda name: regex.fullmatch(name) is not None
+    if not deny:
+        return lambda name: regex.fullmatch(name) is not None
+    schema_regex = re.compile(star.join(re.escape(s) for s in schema.split("*")), re.DOTALL)
+
+    def deny_hit(name: str) -> bool:
+        # A statement on a whole schema reports ``schema.*`` and one on every schema ``*.*``
+        # (a real name holding ``*`` is always quoted): they touch whatever this rule names there.
+        if name == "*.*":
+            return True
+        if name.endswith(".*"):
+            return schema_regex.fullmatch(name[:-2]) is not None
+        return regex.fullmatch(name) is not None
+
+    return deny_hit
 
 
 def _function_matchers(names: list[str]) -> tuple[Callable[[str], bool], ...]:
