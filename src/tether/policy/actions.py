@@ -166,10 +166,51 @@ def compile_http(body: Mapping[str, Any], deny: bool) -> HttpBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardSet:
+    """``host:port`` patterns of ``ssh.forwards``.
+
+    In a deny rule ``*`` matches any run of characters, as in names. In an allow rule it stays
+    within one DNS label, IP address part or the port (it crosses no ``.`` and no ``:``), and a
+    host part that is exactly ``*`` means any host: ``10.0.0.*:22`` must not allow
+    ``10.0.0.1.evil.example:22``, a name whose owner makes it resolve anywhere, nor ``db-*:22``
+    allow ``db-1.evil.example:22``.
+    """
+
+    names: NameSet
+    allow_globs: tuple[re.Pattern[str], ...] | None  # None: a deny rule, names as is
+
+    @classmethod
+    def compile(cls, patterns: list[str], deny: bool) -> ForwardSet:
+        for pattern in patterns:
+            host, colon, port = pattern.rpartition(":")
+            if not colon or not host or not port:
+                raise BlockError("forwards", f"forwards: {pattern!r} is not host:port")
+        names = NameSet.compile(patterns)
+        if deny:
+            return cls(names, None)
+        return cls(names, tuple(_forward_regex(p) for p in names.globs))
+
+    def __call__(self, destination: str) -> bool:
+        if self.allow_globs is None:
+            return self.names(destination)
+        if destination in self.names.exact:
+            return True
+        return any(regex.fullmatch(destination) is not None for regex in self.allow_globs)
+
+
+def _forward_regex(pattern: str) -> re.Pattern[str]:
+    host, _, port = pattern.rpartition(":")
+    within = "[^.:]*"
+    host_regex = ".*" if host == "*" else within.join(re.escape(p) for p in host.split("*"))
+    port_regex = within.join(re.escape(p) for p in port.split("*"))
+    return re.compile(f"{host_regex}:{port_regex}", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
 class SshBlock:
     commands: tuple[globs.ArgvPattern, ...]
     shell: bool
-    forwards: NameSet | None
+    forwards: ForwardSet | None
     deny: bool = False
 
     def keys(self) -> frozenset[str] | None:
@@ -245,7 +286,7 @@ def compile_ssh(body: Mapping[str, Any], deny: bool) -> SshBlock:
     return SshBlock(
         tuple(_compiled("commands", globs.ArgvPattern.compile, commands)),
         shell,
-        NameSet.compile(forwards) if forwards is not None else None,
+        ForwardSet.compile(forwards, deny) if forwards is not None else None,
         deny,
     )
 
@@ -363,6 +404,7 @@ def compile_sql(body: Mapping[str, Any], deny: bool) -> SqlBlock:
 class McpBlock:
     tools: NameSet | None
     resources: tuple[Callable[[str], bool], ...]
+    deny: bool = False
 
     def keys(self) -> frozenset[str] | None:
         if self.tools is None:
@@ -376,6 +418,11 @@ class McpBlock:
             hit = self.tools is not None and self.tools(part.tool)
         elif isinstance(part, McpResourcePart):
             hit = any(m(part.uri) for m in self.resources)
+            if not hit and self.deny:
+                # A server reads ``file:///secret?x`` or ``...#x`` as ``file:///secret``: a deny
+                # rule also sees the URI without its query and fragment.
+                bare = _URI_END.split(part.uri, maxsplit=1)[0]
+                hit = bare != part.uri and any(m(bare) for m in self.resources)
         else:
             hit = False
         return NO_CAPTURES if hit else None
@@ -388,7 +435,11 @@ def compile_mcp(body: Mapping[str, Any], deny: bool) -> McpBlock:
     return McpBlock(
         NameSet.compile(tools) if tools is not None else None,
         tuple(_compiled("resources", globs.compile_token_glob, resources)),
+        deny,
     )
+
+
+_URI_END = re.compile(r"[?#]")
 
 
 # --- files (5.5) ------------------------------------------------------------------------------
