@@ -94,7 +94,8 @@ def normalize_http(request: Request, body: dict[str, Any]) -> None:
     path = httpmatch.canonicalize_path(_text(body, "path", "action.http"))
     if headers:
         overrides = [m for m in httpmatch.override_methods(headers) if m != method]
-        request.parts = (HttpPart(method, path), *(HttpPart(m, path) for m in overrides))
+        paths = [p for p in httpmatch.override_paths(headers) if p.path != path.path]
+        request.parts = tuple(HttpPart(m, p) for p in (path, *paths) for m in (method, *overrides))
     else:
         request.parts = (HttpPart(method, path),)
     request.view_builder = lambda: http_view(method, path, headers)

@@ -1,0 +1,83 @@
+"""Adversarial review of HTTP matching (spec 5.1): path-override headers.
+
+``X-Original-URL`` / ``X-Rewrite-URL`` make IIS URL Rewrite and older Symfony and Zend
+applications route a request to the path they name. Before the fix the engine ignored them:
+``GET /public/x`` with ``X-Original-URL: /admin/delete`` was allowed by a rule for
+``/public/**`` next to a deny rule for ``/admin/**``, and the broker forwarded the header.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tether.policy.httpmatch import override_paths
+
+from .conftest import http_request, policies
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+WEB = policies(
+    """
+    rules:
+      - id: public
+        effect: allow
+        http: {methods: ["*"], paths: ["/public/**"]}
+      - id: reports
+        effect: allow
+        http: {methods: [GET], paths: ["/reports/*"]}
+      - id: no-admin
+        effect: deny
+        http: {methods: ["*"], paths: ["/admin/**"]}
+    """
+)
+
+
+def decide(path: str, method: str = "GET", **headers: str) -> tuple[str, str | None, str]:
+    d = WEB.decide(http_request(path, method, headers=headers))
+    return d.decision, d.rule, d.reason
+
+
+@pytest.mark.parametrize(
+    "name", ["X-Original-URL", "x-rewrite-url", "X_ORIGINAL_URL", " x-original-url "]
+)
+def test_a_path_override_header_meets_the_deny_rules(name: str) -> None:
+    assert decide("/public/x", **{name: "/admin/delete"}) == ("deny", "no-admin", "denied-by-rule")
+
+
+def test_the_overriding_path_must_be_allowed_too() -> None:
+    assert decide("/public/x", **{"X-Original-URL": "/internal"})[2] == "default-deny"
+    assert decide("/public/x", **{"X-Original-URL": "/public/y?z=1"}) == (
+        "allow",
+        "public",
+        "allowed",
+    )
+    # with every method of the request, override headers included
+    headers = {"X-Original-URL": "/reports/q3", "X-HTTP-Method-Override": "DELETE"}
+    assert decide("/public/x", "POST", **headers)[2] == "default-deny"
+    assert decide("/public/x", **{"X-Original-URL": "/reports/q3"})[0] == "allow"
+
+
+@pytest.mark.parametrize(
+    "target", ["/public/../admin", "http://host/admin", "admin", "/public//x", "/a, /b", ""]
+)
+def test_an_overriding_path_out_of_canonical_form_is_ambiguous(target: str) -> None:
+    assert decide("/public/x", **{"X-Rewrite-URL": target})[2] == "ambiguous-path"
+
+
+def test_other_headers_do_not_add_paths() -> None:
+    assert override_paths({"X-Original-Host": "/admin", "Referer": "/admin/x"}) == ()
+
+
+TARGETS = st.sampled_from(["/public/a", "/public/b/c", "/admin/x", "/admin", "/reports/q", "/z"])
+NAMES = st.sampled_from(["X-Original-URL", "x-original-url", "X_Rewrite_URL", "X-Rewrite-Url"])
+
+
+@SETTINGS
+@given(TARGETS, st.dictionaries(NAMES, TARGETS, max_size=3))
+def test_allowed_only_when_every_path_is_allowed(path: str, headers: dict[str, str]) -> None:
+    decision = WEB.decide(http_request(path, "GET", headers=headers)).decision
+    paths = {path, *headers.values()}
+    expected = all(p.startswith(("/public/", "/reports/")) for p in paths)
+    assert (decision == "allow") == expected, (path, headers)
