@@ -1,9 +1,12 @@
-"""Adversarial review of HTTP matching (spec 5.1): path-override headers.
+"""Adversarial review of HTTP matching (spec 5.1): path-override headers, trailing slashes.
 
 ``X-Original-URL`` / ``X-Rewrite-URL`` make IIS URL Rewrite and older Symfony and Zend
 applications route a request to the path they name. Before the fix the engine ignored them:
 ``GET /public/x`` with ``X-Original-URL: /admin/delete`` was allowed by a rule for
 ``/public/**`` next to a deny rule for ``/admin/**``, and the broker forwarded the header.
+
+A deny rule on ``/admin/users`` did not match ``/admin/users/``, which Spring (before 6),
+Express and others route to the same handler: a broad allow rule let it through.
 """
 
 from __future__ import annotations
@@ -81,3 +84,52 @@ def test_allowed_only_when_every_path_is_allowed(path: str, headers: dict[str, s
     paths = {path, *headers.values()}
     expected = all(p.startswith(("/public/", "/reports/")) for p in paths)
     assert (decision == "allow") == expected, (path, headers)
+
+
+SLASH = policies(
+    """
+    rules:
+      - id: web
+        effect: allow
+        http: {methods: ["*"], paths: ["/**"]}
+      - id: exact
+        effect: allow
+        agents: [strict]
+        http: {methods: [GET], paths: ["/reports/{id}"]}
+      - id: no-users
+        effect: deny
+        http: {methods: ["*"], paths: ["/admin/users", "/orgs/*/members", "/v1/{id}/keys"]}
+    """
+)
+
+
+@pytest.mark.parametrize("path", ["/admin/users/", "/orgs/acme/members/", "/v1/7/keys/?x=1"])
+def test_a_deny_rule_also_matches_the_path_with_a_trailing_slash(path: str) -> None:
+    d = SLASH.decide(http_request(path))
+    assert (d.decision, d.rule) == ("deny", "no-users")
+
+
+def test_allow_rules_match_only_what_was_written() -> None:
+    assert SLASH.decide(http_request("/reports/7", agent="strict")).rule in ("web", "exact")
+    strict = policies(
+        "rules:\n  - id: exact\n    effect: allow\n"
+        "    http: {methods: [GET], paths: ['/reports/{id}']}\n"
+    )
+    assert strict.decide(http_request("/reports/7")).decision == "allow"
+    assert strict.decide(http_request("/reports/7/")).decision == "deny"
+    assert SLASH.decide(http_request("/admin/users2/")).decision == "allow"
+    assert SLASH.decide(http_request("/")).decision == "allow"
+
+
+DENIED = st.sampled_from(["/admin/users", "/orgs/{}/members", "/v1/{}/keys"])
+
+
+@SETTINGS
+@given(DENIED, st.text(alphabet="abz019-_.~", min_size=1, max_size=6), st.booleans())
+def test_no_trailing_slash_spelling_of_a_denied_path_is_allowed(
+    template: str, segment: str, slash: bool
+) -> None:
+    if segment.strip(".") == "":
+        segment = "x" + segment  # a dot-only segment is ambiguous anyway
+    path = template.format(segment) + ("/" if slash else "")
+    assert SLASH.decide(http_request(path)).decision == "deny", path

@@ -124,6 +124,7 @@ def _compiled(key: str, compile_one: Callable[[str], Any], items: list[str]) -> 
 class HttpBlock:
     methods: frozenset[str]
     patterns: tuple[httpmatch.PathPattern, ...]
+    deny: bool = False
 
     def keys(self) -> frozenset[str] | None:
         """The path keys (see :func:`part_keys`) this block can match, or None when any."""
@@ -139,6 +140,22 @@ class HttpBlock:
             return None
         for pattern in self.patterns:
             captures = pattern.match(part.path)
+            if captures is not None:
+                return captures
+        if self.deny:
+            return self._match_without_trailing_slash(part.path)
+        return None
+
+    def _match_without_trailing_slash(self, path: httpmatch.HttpPath) -> Captures | None:
+        """A deny rule on ``/admin/users`` also matches ``/admin/users/``: Spring (before 6),
+        Express and others route both to one handler, and the trailing slash (spec 5.1: part
+        of the path) must not step around a deny. Allow rules match only what was written."""
+        segments = path.segments
+        if len(segments) < 2 or segments[-1] != "":
+            return None
+        trimmed = httpmatch.HttpPath(path.path[:-1], segments[:-1], path.query)
+        for pattern in self.patterns:
+            captures = pattern.match(trimmed)
             if captures is not None:
                 return captures
         return None
@@ -159,7 +176,7 @@ def compile_http(body: Mapping[str, Any], deny: bool) -> HttpBlock:
             raise BlockError("methods", f"methods: {method!r} is not an HTTP method token")
     paths = _str_list(body, "paths", required=True) or []
     patterns = _compiled("paths", _shared_pattern, paths)
-    return HttpBlock(_shared_methods(tuple(sorted(set(methods)))), tuple(patterns))
+    return HttpBlock(_shared_methods(tuple(sorted(set(methods)))), tuple(patterns), deny)
 
 
 # --- SSH (5.2) --------------------------------------------------------------------------------
