@@ -5,6 +5,9 @@ applications route a request to the path they name. Before the fix the engine ig
 ``GET /public/x`` with ``X-Original-URL: /admin/delete`` was allowed by a rule for
 ``/public/**`` next to a deny rule for ``/admin/**``, and the broker forwarded the header.
 
+A ``POST /x?_method=DELETE`` (Symfony, Laravel and Express's ``method-override`` read the query
+parameter as the method) was allowed next to a deny rule on ``DELETE``.
+
 A deny rule on ``/admin/users`` did not match ``/admin/users/``, which Spring (before 6),
 Express and others route to the same handler: a broad allow rule let it through.
 """
@@ -133,3 +136,49 @@ def test_no_trailing_slash_spelling_of_a_denied_path_is_allowed(
         segment = "x" + segment  # a dot-only segment is ambiguous anyway
     path = template.format(segment) + ("/" if slash else "")
     assert SLASH.decide(http_request(path)).decision == "deny", path
+
+
+METHODS = policies(
+    """
+    rules:
+      - id: web
+        effect: allow
+        http: {methods: [GET, POST], paths: ["/**"]}
+      - id: no-delete
+        effect: deny
+        http: {methods: [DELETE], paths: ["/**"]}
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["_method=DELETE", "a=1&_method=DELETE", "%5Fmethod=DELETE", "_METHOD=DELETE",
+     "_m%65thod=DELETE", "_method+=DELETE", "_method=delete", "_method=PUT"],
+)  # fmt: skip
+def test_a_method_override_parameter_must_name_an_allowed_method(query: str) -> None:
+    assert METHODS.decide(http_request(f"/x?{query}", "POST")).decision == "deny"
+
+
+@pytest.mark.parametrize("query", ["", "?_method=GET", "?method=DELETE", "?a=%41&b=method"])
+def test_other_queries_add_no_method(query: str) -> None:
+    assert METHODS.decide(http_request(f"/x{query}", "POST")).decision == "allow"
+
+
+def test_a_method_override_parameter_that_names_no_method_is_invalid() -> None:
+    d = METHODS.decide(http_request("/x?_method=DEL%20ETE", "POST"))
+    assert (d.decision, d.reason) == ("deny", "invalid-request")
+
+
+QUERY_PARTS = st.sampled_from(
+    ["_method=DELETE", "_method=GET", "%5fmethod=DELETE", "a=1", "method=DELETE", "_Method=delete"]
+)
+
+
+@SETTINGS
+@given(st.lists(QUERY_PARTS, max_size=4), st.sampled_from(["GET", "POST"]))
+def test_allowed_only_when_every_named_method_is_allowed(parts: list[str], method: str) -> None:
+    query = "&".join(parts)
+    decision = METHODS.decide(http_request("/x" + ("?" + query if query else ""), method))
+    named = {p.partition("=")[2] for p in parts if "method=" in p.lower() and p[0] in "_%"}
+    assert (decision.decision == "allow") == (named <= {"GET"}), query

@@ -21,6 +21,7 @@ from tether.policy.httpmethods import (
     methods_match,
     override_methods,
     override_paths,
+    query_override_methods,
 )
 from tether.policy.httppath import MAX_TARGET, HttpPath, canonicalize_path
 from tether.policy.httppattern import PathPattern
@@ -36,4 +37,5 @@ __all__ = [
     "methods_match",
     "override_methods",
     "override_paths",
+    "query_override_methods",
 ]

@@ -12,6 +12,11 @@ override value, so an override ``delete`` yields both ``delete`` and ``DELETE``:
 allowed, and a deny rule on ``DELETE`` catches it. A value that is not a method token (empty,
 a list) is an ``invalid-request``.
 
+Method-override parameters (spec silent): a ``_method`` parameter of the query string (name
+matched after percent-decoding, any case, blanks around it) makes Symfony, Laravel and Express's
+``method-override`` treat a ``POST`` as the method it names; it must be allowed too, like an
+override header's (the body's ``_method`` is not visible here).
+
 Path-override headers (spec silent): ``X-Original-URL`` and ``X-Rewrite-URL`` make some
 servers and frameworks (IIS URL Rewrite, older Symfony and Zend) route the request to the path
 they name instead of the request line's, the classic way around a front-end's path rules. The
@@ -24,6 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Final
+from urllib.parse import unquote_plus
 
 from tether.policy.errors import InvalidRequest
 from tether.policy.httppath import HttpPath, canonicalize_path, show
@@ -36,6 +42,7 @@ __all__ = [
     "methods_match",
     "override_methods",
     "override_paths",
+    "query_override_methods",
 ]
 
 OVERRIDE_HEADERS: Final = frozenset(
@@ -88,3 +95,26 @@ def override_paths(headers: Mapping[str, str]) -> tuple[HttpPath, ...]:
         if header_key(name) in PATH_OVERRIDE_HEADERS:
             found[value.strip(" \t")] = None
     return tuple(canonicalize_path(target) for target in found)
+
+
+def query_override_methods(query: str) -> tuple[str, ...]:
+    """The methods named by ``_method`` parameters of ``query``, each also upper-cased.
+
+    Raises ``InvalidRequest`` if one is not a method token.
+    """
+    found: dict[str, None] = {}
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote_plus(name).strip(" \t").lower() != "_method":
+            continue
+        method = unquote_plus(value).strip(" \t")
+        if not method_ok(method):
+            raise InvalidRequest(f"query parameter _method names no valid method: {show(value)}")
+        found[method] = None
+        found[method.upper()] = None
+    return tuple(found)
+
+
+def may_override_method(query: str) -> bool:
+    """False only if ``query`` certainly holds no ``_method`` parameter (cheap test)."""
+    return "%" in query or "method" in query.lower()

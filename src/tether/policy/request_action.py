@@ -92,8 +92,10 @@ def normalize_http(request: Request, body: dict[str, Any]) -> None:
     elif not is_str_map(headers):
         raise InvalidRequest("action.http.headers must be an object of string values")
     path = httpmatch.canonicalize_path(_text(body, "path", "action.http"))
-    if headers:
-        overrides = [m for m in httpmatch.override_methods(headers) if m != method]
+    named = httpmatch.query_override_methods(path.query) if path.query else ()
+    if headers or named:
+        found = dict.fromkeys((*httpmatch.override_methods(headers), *named))
+        overrides = [m for m in found if m != method]
         paths = [p for p in httpmatch.override_paths(headers) if p.path != path.path]
         request.parts = tuple(HttpPart(m, p) for p in (path, *paths) for m in (method, *overrides))
     else:
