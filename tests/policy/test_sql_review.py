@@ -10,6 +10,8 @@ Each test here failed before its fix:
   relations, so neither ``tables`` of an allow rule nor a deny rule saw them;
 * ``CREATE PUBLICATION ... FOR ALL TABLES`` / ``TABLES IN SCHEMA`` reported no relation and
   ``IMPORT FOREIGN SCHEMA ... INTO s`` the wrong ones;
+* a ``LANGUAGE sql`` function created with ``SET search_path = vault`` had its string body's
+  unqualified names resolved to the default schema, though they run against ``vault``;
 * ``xpath_table`` (runs a query given as text) and the functions that read the server's
   configuration files were not forbidden.
 """
@@ -315,3 +317,42 @@ def test_a_deny_rule_on_a_table_of_a_schema_catches_statements_on_all_of_it(
         assert decision.decision == "deny"
     else:
         assert decision.decision == "allow"
+
+
+# --- function bodies and their own search_path ---------------------------------------------------
+
+FUNCTION = "CREATE FUNCTION f() RETURNS int LANGUAGE sql {} AS 'SELECT count(*) FROM keys'"
+
+
+@pytest.mark.parametrize(
+    ("clause", "expected"),
+    [
+        ("", {"public.keys"}),
+        ("SET search_path = vault", {"vault.keys"}),
+        ("SET search_path TO vault, public", {"vault.keys", "public.keys"}),
+        ("SET search_path FROM CURRENT", {"public.keys"}),
+        ("SET search_path = '$user'", {"*.*", "public.keys"}),
+        ("SET search_path TO DEFAULT", {"*.*", "public.keys"}),
+        ("SET work_mem = '1MB'", {"public.keys"}),
+    ],
+)
+def test_a_function_body_resolves_names_in_the_functions_own_search_path(
+    clause: str, expected: set[str]
+) -> None:
+    assert relations(FUNCTION.format(clause)) == expected
+
+
+def test_a_deny_rule_sees_a_function_body_run_in_its_schema() -> None:
+    ps = policies(
+        """
+        rules:
+          - id: ddl
+            effect: allow
+            sql: {statements: ["*"], tables: ["*.*"]}
+          - id: no-vault
+            effect: deny
+            sql: {statements: ["*"], tables: ["vault.*"]}
+        """
+    )
+    query = FUNCTION.format("SET search_path = vault")
+    assert ps.decide(request("sql", {"query": query})).rule == "no-vault"

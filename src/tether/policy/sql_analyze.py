@@ -61,7 +61,9 @@ SUBSCRIPTION`` and ``ALTER SUBSCRIPTION ... CONNECTION`` (the server connects el
 ``CREATE FUNCTION``/``PROCEDURE`` whose body is not SQL: a body in PL/pgSQL, C, ``internal`` or
 any other language cannot be checked (``internal`` even re-exports built-ins under new names). A
 ``LANGUAGE sql`` string body is parsed and checked like the statement itself: its classes,
-relations and functions are added to the ``CREATE``.
+relations and functions are added to the ``CREATE``; with a ``SET search_path`` clause its
+unqualified names resolve in each schema listed there (the body runs with that path), and a
+path of ``"$user"`` or ``DEFAULT`` adds ``*.*``.
 
 Relations named in strings: ``'t'::regclass`` names ``t``, and so does the first (or any named)
 argument of a function on :data:`~tether.policy.sql_tables.RELATION_NAME_FUNCTIONS`

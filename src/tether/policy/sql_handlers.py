@@ -239,11 +239,34 @@ def _create_function(w: _Walker, body: JsonNode, scope: Scope) -> None:
     if language != "sql":
         w.forbid(f"CREATE FUNCTION in language {language!r}: its body cannot be checked")
     elif source:
-        if len(source) == 1:
-            w.sql_body(source[0])
-        else:
+        if len(source) != 1:
             w.forbid("CREATE FUNCTION with an object file")
+        else:
+            path = _function_search_path(body)
+            if path is None or not path:
+                w.sql_body(source[0], w.schema)
+                if path is not None:  # any schema: an unqualified name may be any relation
+                    w.relations.add("*.*")
+            for schema in path or ():
+                w.sql_body(source[0], schema)
     w.children("CreateFunctionStmt", body, scope)
+
+
+def _function_search_path(body: JsonNode) -> list[str] | None:
+    """The schemas a string body's unqualified names resolve to when the function runs with
+    ``SET search_path ...``: the listed ones, or ``[]`` for any schema (``"$user"``, the server
+    default); None without such a clause (or ``FROM CURRENT``: the schema of this statement)."""
+    for elem in _defelems(body.get("options", [])):
+        setting = elem.get("arg", {}).get("VariableSetStmt", {})
+        if elem.get("defname") != "set" or setting.get("name") != "search_path":
+            continue
+        if setting.get("kind") == "VAR_SET_CURRENT":
+            return None
+        values = [_const_text(v) for v in setting.get("args", [])]
+        if setting.get("kind") != "VAR_SET_VALUE" or "$user" in values or "" in values:
+            return []
+        return values
+    return None
 
 
 def _alter_subscription(w: _Walker, body: JsonNode, scope: Scope) -> None:

@@ -209,8 +209,9 @@ class _Walker:
                 self.node(query, visible)
         return body_scope
 
-    def sql_body(self, body: str) -> None:
-        """A ``LANGUAGE sql`` function body given as a string: checked like a query."""
+    def sql_body(self, body: str, schema: str) -> None:
+        """A ``LANGUAGE sql`` function body given as a string: checked like a query, its
+        unqualified names resolved to ``schema``."""
         if self.depth >= _MAX_BODY_DEPTH:
             self.forbid("function bodies nested too deeply")
             return
@@ -220,7 +221,7 @@ class _Walker:
             self.forbid("the function body does not parse as SQL")
             return
         for stmt in stmts:
-            inner = _Walker(self.schema, self.depth + 1)
+            inner = _Walker(schema, self.depth + 1)
             inner.node(stmt.get("stmt", {}), _NO_SCOPE)
             self.absorb(inner)
 
