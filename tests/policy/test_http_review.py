@@ -11,6 +11,9 @@ parameter as the method) was allowed next to a deny rule on ``DELETE``.
 A request method ``delete`` (Django and Flask upper-case the method before routing) was allowed
 by a rule for any method next to a deny rule on ``DELETE``.
 
+A deny rule on ``/admin/**`` did not match ``/Admin/x``, which Express (by default), ASP.NET
+Core and IIS route to the same handler.
+
 A deny rule on ``/admin/users`` did not match ``/admin/users/``, which Spring (before 6),
 Express and others route to the same handler: a broad allow rule let it through.
 """
@@ -21,7 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tether.policy.httpmatch import override_paths
+from tether.policy.actions import compile_http, part_keys
+from tether.policy.errors import AmbiguousPath, PatternError
+from tether.policy.httpmatch import canonicalize_path, override_paths
+from tether.policy.request import HttpPart
 
 from .conftest import http_request, policies
 
@@ -214,3 +220,73 @@ def test_no_spelling_of_delete_is_allowed(method: str) -> None:
     )
     decision = any_method.decide(http_request("/x", method)).decision
     assert (decision == "deny") == (method.upper() == "DELETE")
+
+
+CASES = policies(
+    """
+    rules:
+      - id: web
+        effect: allow
+        http: {methods: ["*"], paths: ["/**"]}
+      - id: exact
+        effect: allow
+        agents: [strict]
+        http: {methods: [GET], paths: ["/Reports/{id}"]}
+      - id: no-admin
+        effect: deny
+        http: {methods: ["*"], paths: ["/admin/**", "/v1/Users/{ID}/keys"]}
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "path", ["/Admin/x", "/ADMIN", "/aDmIn/", "/v1/users/7/KEYS", "/V1/USERS/7/keys/"]
+)
+def test_a_deny_rule_matches_the_path_in_any_case(path: str) -> None:
+    d = CASES.decide(http_request(path))
+    assert (d.decision, d.rule) == ("deny", "no-admin")
+
+
+def test_allow_rules_stay_case_sensitive() -> None:
+    assert CASES.decide(http_request("/Reports/7", agent="strict")).decision == "allow"
+    strict = policies(
+        "rules:\n  - id: exact\n    effect: allow\n"
+        "    http: {methods: [GET], paths: ['/Reports/{id}']}\n"
+    )
+    assert strict.decide(http_request("/reports/7")).decision == "deny"
+    assert CASES.decide(http_request("/adminx")).decision == "allow"
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["/admin", "/admin/x/y", "/v1/users/12/keys", "/v1/Users/a/keys"]),
+    st.lists(st.booleans(), min_size=20, max_size=20),
+    st.booleans(),
+)
+def test_no_case_spelling_of_a_denied_path_is_allowed(
+    path: str, upper: list[bool], slash: bool
+) -> None:
+    spelled = "".join(c.upper() if u else c for c, u in zip(path, upper[: len(path)], strict=True))
+    spelled += "/" if slash else ""
+    assert CASES.decide(http_request(spelled)).decision == "deny", spelled
+
+
+SEGMENTS = st.sampled_from(["a", "A", "v1", "V1", "*", "**", "{id}", "Inv-*", "x"])
+
+
+@SETTINGS
+@given(
+    st.lists(st.lists(SEGMENTS, min_size=1, max_size=4), min_size=1, max_size=3),
+    st.lists(st.sampled_from(["a", "A", "v1", "V1", "inv-1", "INV-1", "", "x", "X"]), max_size=5),
+)
+def test_deny_keys_cover_every_match(patterns: list[list[str]], path: list[str]) -> None:
+    """The index never skips a deny rule that matches another case or a trailing slash."""
+    sources = ["/" + "/".join(p) for p in patterns]
+    try:
+        block = compile_http({"methods": ["*"], "paths": sources}, True)
+        part = HttpPart("GET", canonicalize_path("/" + "/".join(path)))
+    except (PatternError, AmbiguousPath):
+        return
+    keys = block.keys()
+    if block.match(part) is not None and keys is not None:
+        assert set(part_keys(part)) & keys
