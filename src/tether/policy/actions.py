@@ -137,6 +137,7 @@ class HttpBlock:
     patterns: tuple[httpmatch.PathPattern, ...]
     deny: bool = False
     folded: tuple[httpmatch.PathPattern, ...] = ()
+    folded_changed: tuple[httpmatch.PathPattern, ...] = ()  # those written not in lower case
 
     def keys(self) -> frozenset[str] | None:
         """The path keys (see :func:`part_keys`) this block can match, or None when any."""
@@ -158,7 +159,9 @@ class HttpBlock:
             if captures is not None:
                 return captures
         if self.deny:
-            return self._match_other_spellings(part.path)
+            path = part.path
+            if self.folded_changed or not path.plain:
+                return self._match_other_spellings(path)
         return None
 
     def _match_other_spellings(self, path: httpmatch.HttpPath) -> Captures | None:
@@ -169,11 +172,21 @@ class HttpBlock:
                 captures = pattern.match(trimmed)
                 if captures is not None:
                     return captures
-        lowered = _lowered(path)
+        text = path.path
+        lowered_text = text.lower()
+        if lowered_text == text:  # then only a pattern written not in lower case can differ
+            folded, lowered = self.folded_changed, path
+        else:
+            folded = self.folded
+            lowered = httpmatch.HttpPath(
+                lowered_text, tuple(s.lower() for s in path.segments), path.query
+            )
+        if not folded:
+            return None
         for candidate in (lowered, _without_trailing_slash(lowered)):
             if candidate is None:
                 continue
-            for pattern in self.folded:
+            for pattern in folded:
                 captures = pattern.match(candidate)
                 if captures is not None:
                     return captures
@@ -187,22 +200,21 @@ def _without_trailing_slash(path: httpmatch.HttpPath) -> httpmatch.HttpPath | No
     return httpmatch.HttpPath(path.path[:-1], segments[:-1], path.query)
 
 
-def _lowered(path: httpmatch.HttpPath) -> httpmatch.HttpPath:
-    return httpmatch.HttpPath(
-        path.path.lower(), tuple(s.lower() for s in path.segments), path.query
-    )
-
-
-def _folded_patterns(paths: list[str]) -> tuple[httpmatch.PathPattern, ...]:
-    """A deny rule's patterns compiled lower-cased (one that then does not compile is left out:
-    its original still matches)."""
-    folded = []
+def _folded_patterns(
+    paths: list[str],
+) -> tuple[tuple[httpmatch.PathPattern, ...], tuple[httpmatch.PathPattern, ...]]:
+    """A deny rule's patterns compiled lower-cased, all and only those written not in lower
+    case (one that then does not compile is left out: its original still matches)."""
+    folded, changed = [], []
     for source in paths:
         try:
-            folded.append(_shared_pattern(source.lower()))
+            pattern = _shared_pattern(source.lower())
         except PatternError:
             continue
-    return tuple(folded)
+        folded.append(pattern)
+        if source.lower() != source:
+            changed.append(pattern)
+    return tuple(folded), tuple(changed)
 
 
 # Compiled patterns and method sets are immutable values, shared by every rule (of every
@@ -220,8 +232,9 @@ def compile_http(body: Mapping[str, Any], deny: bool) -> HttpBlock:
             raise BlockError("methods", f"methods: {method!r} is not an HTTP method token")
     paths = _str_list(body, "paths", required=True) or []
     patterns = _compiled("paths", _shared_pattern, paths)
-    folded = _folded_patterns(paths) if deny else ()
-    return HttpBlock(_shared_methods(tuple(sorted(set(methods)))), tuple(patterns), deny, folded)
+    folded, changed = _folded_patterns(paths) if deny else ((), ())
+    methods_set = _shared_methods(tuple(sorted(set(methods))))
+    return HttpBlock(methods_set, tuple(patterns), deny, folded, changed)
 
 
 # --- SSH (5.2) --------------------------------------------------------------------------------
