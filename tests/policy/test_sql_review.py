@@ -12,6 +12,8 @@ Each test here failed before its fix:
   ``IMPORT FOREIGN SCHEMA ... INTO s`` the wrong ones;
 * a ``LANGUAGE sql`` function created with ``SET search_path = vault`` had its string body's
   unqualified names resolved to the default schema, though they run against ``vault``;
+* ``SET "ROLE" TO admin`` and ``SET "Search_Path" = vault`` (PostgreSQL looks setting names up
+  in any case) were class ``set`` and no search-path change;
 * ``xpath_table`` (runs a query given as text) and the functions that read the server's
   configuration files were not forbidden.
 """
@@ -356,3 +358,49 @@ def test_a_deny_rule_sees_a_function_body_run_in_its_schema() -> None:
     )
     query = FUNCTION.format("SET search_path = vault")
     assert ps.decide(request("sql", {"query": query})).rule == "no-vault"
+
+
+# --- setting names in any case -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "classes", "search_path"),
+    [
+        ('SET "ROLE" TO admin', {"role"}, None),
+        ("SET \"Role\" = 'admin'", {"role"}, None),
+        ('RESET "ROLE"', {"role"}, None),
+        ('SET LOCAL "SESSION_AUTHORIZATION" = admin', {"role"}, None),
+        ('SET "Search_Path" = vault', {"set"}, ("vault",)),
+        ('SET SESSION "SEARCH_PATH" TO vault, public', {"set"}, ("vault", "public")),
+        ('RESET "SEARCH_PATH"', {"set"}, ()),
+        ('SET "search_path" TO DEFAULT', {"set"}, ()),
+    ],
+)
+def test_setting_names_are_read_in_any_case(
+    query: str, classes: set[str], search_path: tuple[str, ...] | None
+) -> None:
+    statement = analyze_sql_uncached(query).statements[0]
+    assert (statement.classes, statement.search_path) == (classes, search_path)
+
+
+def test_a_quoted_role_setting_needs_the_role_class() -> None:
+    ps = policies(
+        """
+        rules:
+          - id: settings
+            effect: allow
+            sql: {statements: [set]}
+        """
+    )
+    assert ps.decide(request("sql", {"query": 'SET "ROLE" TO admin'})).reason == "default-deny"
+    assert ps.decide(request("sql", {"query": "SET work_mem = '1MB'"})).reason == "allowed"
+
+
+@SETTINGS
+@given(st.sampled_from(["role", "search_path", "session_authorization"]), st.data())
+def test_any_case_of_a_setting_name_is_the_setting(name: str, data: st.DataObject) -> None:
+    flips = data.draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
+    spelled = "".join(c.upper() if f else c for c, f in zip(name, flips, strict=True))
+    quoted = analyze_sql_uncached(f'SET "{spelled}" = x').statements[0]
+    plain = analyze_sql_uncached(f"SET {name} = x").statements[0]
+    assert (quoted.classes, quoted.search_path) == (plain.classes, plain.search_path)

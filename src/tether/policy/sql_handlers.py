@@ -31,6 +31,7 @@ from tether.policy.sql_tables import (
     _qualified,
     _strings,
     is_forbidden_function,
+    setting_name,
 )
 
 _TABLE_LIST: Final = frozenset({"table_list"})
@@ -200,11 +201,11 @@ def _explain(w: _Walker, body: JsonNode, scope: Scope) -> None:
 
 
 def _variable_set(w: _Walker, body: JsonNode, scope: Scope) -> None:
-    name = body.get("name", "")
+    name = setting_name(body.get("name", ""))  # SET "ROLE", SET "Search_Path": the same settings
     kind = body.get("kind", "")
     if name in ("role", "session_authorization"):
         cls = "role"
-    elif kind == "VAR_SET_MULTI" and name.startswith("TRANSACTION"):
+    elif kind == "VAR_SET_MULTI" and name.startswith("transaction"):
         cls = "transaction"
     else:
         cls = "set"
@@ -258,7 +259,7 @@ def _function_search_path(body: JsonNode) -> list[str] | None:
     default); None without such a clause (or ``FROM CURRENT``: the schema of this statement)."""
     for elem in _defelems(body.get("options", [])):
         setting = elem.get("arg", {}).get("VariableSetStmt", {})
-        if elem.get("defname") != "set" or setting.get("name") != "search_path":
+        if elem.get("defname") != "set" or setting_name(setting.get("name", "")) != "search_path":
             continue
         if setting.get("kind") == "VAR_SET_CURRENT":
             return None

@@ -270,6 +270,12 @@ def _quoted_part(text: str, i: int) -> tuple[str, int]:
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
+def setting_name(name: str) -> str:
+    """A run-time setting's name as PostgreSQL looks it up: in any ASCII case (``guc.c``
+    compares names case-insensitively), so ``SET "ROLE"`` is ``SET ROLE``."""
+    return name.translate(_ASCII_LOWER)
+
+
 def _truncated(name: str) -> str:
     """``name`` cut to NAMEDATALEN - 1 bytes of UTF-8, at a character boundary."""
     encoded = name.encode("utf-8")
