@@ -12,11 +12,6 @@ override value, so an override ``delete`` yields both ``delete`` and ``DELETE``:
 allowed, and a deny rule on ``DELETE`` catches it. A value that is not a method token (empty,
 a list) is an ``invalid-request``.
 
-A request method that is not upper case (spec: ``get`` is not ``GET``) is also authorised in
-upper case, as an override is: Django and Flask (Werkzeug) upper-case the method before routing,
-so ``delete`` reaches the ``DELETE`` handler; an allow rule must allow both spellings and a
-deny rule on ``DELETE`` catches it.
-
 Method-override parameters (spec silent): a ``_method`` parameter of the query string (name
 matched after percent-decoding, any case, blanks around it) makes Symfony, Laravel and Express's
 ``method-override`` treat a ``POST`` as the method it names; it must be allowed too, like an

@@ -93,8 +93,6 @@ def normalize_http(request: Request, body: dict[str, Any]) -> None:
         raise InvalidRequest("action.http.headers must be an object of string values")
     path = httpmatch.canonicalize_path(_text(body, "path", "action.http"))
     named = httpmatch.query_override_methods(path.query) if path.query else ()
-    if method != method.upper():  # Django, Flask (Werkzeug) upper-case the method they route
-        named = (*named, method.upper())
     if headers or named:
         found = dict.fromkeys((*httpmatch.override_methods(headers), *named))
         overrides = [m for m in found if m != method]
