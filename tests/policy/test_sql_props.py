@@ -229,6 +229,8 @@ LITERAL_TEMPLATES = [
     "WITH d AS (DELETE FROM t WHERE a = {} RETURNING *) SELECT * FROM d",
     "SELECT set_config({}, {}, false)",
     "SELECT {}::regclass",
+    "SELECT nextval({}), currval({}) FROM t",
+    "SELECT * FROM t WHERE a = {} AND b = {}::regclass::oid",
 ]
 
 

@@ -55,13 +55,18 @@ def part_keys(part: Part) -> tuple[str, ...]:
     keys: its first segment, and its first two segments joined by ``/`` (no decoded segment
     holds a ``/``, so the two never collide); a pattern is filed under the longer one when its
     literal prefix has two segments, so ``/v1/orders/*`` is never looked at for ``/v1/users/7``.
+    A path that is not all lower case also probes the lower-cased keys, under which deny rules
+    are filed too (see :class:`HttpBlock`).
     A SQL statement probes every class it has (never none: a statement has at least one).
     """
     if isinstance(part, HttpPart):
         segments = part.path.segments
         if len(segments) > 1:
-            return (segments[0], f"{segments[0]}/{segments[1]}")
-        return (segments[0] if segments else "",)
+            keys: tuple[str, ...] = (segments[0], f"{segments[0]}/{segments[1]}")
+        else:
+            keys = (segments[0] if segments else "",)
+        lowered = tuple(k.lower() for k in keys)
+        return keys if lowered == keys else (*keys, *lowered)
     if isinstance(part, SqlPart):
         classes = part.statement.classes
         return tuple(classes) if len(classes) == 1 else tuple(sorted(classes))
@@ -122,13 +127,25 @@ def _compiled(key: str, compile_one: Callable[[str], Any], items: list[str]) -> 
 
 @dataclass(frozen=True, slots=True)
 class HttpBlock:
+    """Methods and path patterns. A deny rule also matches what some servers route to the same
+    handler (spec 5.1 reads both as other paths, so allow rules never do): the path without
+    its trailing ``/`` (Spring before 6, Express), and the path in any case (Express routes,
+    ASP.NET Core, IIS compare paths case-insensitively), by ``folded``, its patterns compiled
+    lower-cased, against the lower-cased path."""
+
     methods: frozenset[str]
     patterns: tuple[httpmatch.PathPattern, ...]
+    deny: bool = False
+    folded: tuple[httpmatch.PathPattern, ...] = ()
+    folded_changed: tuple[httpmatch.PathPattern, ...] = ()  # those written not in lower case
 
     def keys(self) -> frozenset[str] | None:
         """The path keys (see :func:`part_keys`) this block can match, or None when any."""
         if all(p.literal_prefix for p in self.patterns):
-            return frozenset("/".join(p.literal_prefix[:2]) for p in self.patterns)
+            keys = {"/".join(p.literal_prefix[:2]) for p in self.patterns}
+            if self.folded:
+                keys |= {k.lower() for k in keys}
+            return frozenset(keys)
         return None
 
     def match(self, part: Part) -> Captures | None:
@@ -141,7 +158,63 @@ class HttpBlock:
             captures = pattern.match(part.path)
             if captures is not None:
                 return captures
+        if self.deny:
+            path = part.path
+            if self.folded_changed or not path.plain:
+                return self._match_other_spellings(path)
         return None
+
+    def _match_other_spellings(self, path: httpmatch.HttpPath) -> Captures | None:
+        """A deny rule's match of the path without its trailing ``/``, or in any case."""
+        trimmed = _without_trailing_slash(path)
+        if trimmed is not None:
+            for pattern in self.patterns:
+                captures = pattern.match(trimmed)
+                if captures is not None:
+                    return captures
+        text = path.path
+        lowered_text = text.lower()
+        if lowered_text == text:  # then only a pattern written not in lower case can differ
+            folded, lowered = self.folded_changed, path
+        else:
+            folded = self.folded
+            lowered = httpmatch.HttpPath(
+                lowered_text, tuple(s.lower() for s in path.segments), path.query
+            )
+        if not folded:
+            return None
+        for candidate in (lowered, _without_trailing_slash(lowered)):
+            if candidate is None:
+                continue
+            for pattern in folded:
+                captures = pattern.match(candidate)
+                if captures is not None:
+                    return captures
+        return None
+
+
+def _without_trailing_slash(path: httpmatch.HttpPath) -> httpmatch.HttpPath | None:
+    segments = path.segments
+    if len(segments) < 2 or segments[-1] != "":
+        return None
+    return httpmatch.HttpPath(path.path[:-1], segments[:-1], path.query)
+
+
+def _folded_patterns(
+    paths: list[str],
+) -> tuple[tuple[httpmatch.PathPattern, ...], tuple[httpmatch.PathPattern, ...]]:
+    """A deny rule's patterns compiled lower-cased, all and only those written not in lower
+    case (one that then does not compile is left out: its original still matches)."""
+    folded, changed = [], []
+    for source in paths:
+        try:
+            pattern = _shared_pattern(source.lower())
+        except PatternError:
+            continue
+        folded.append(pattern)
+        if source.lower() != source:
+            changed.append(pattern)
+    return tuple(folded), tuple(changed)
 
 
 # Compiled patterns and method sets are immutable values, shared by every rule (of every
@@ -159,17 +232,60 @@ def compile_http(body: Mapping[str, Any], deny: bool) -> HttpBlock:
             raise BlockError("methods", f"methods: {method!r} is not an HTTP method token")
     paths = _str_list(body, "paths", required=True) or []
     patterns = _compiled("paths", _shared_pattern, paths)
-    return HttpBlock(_shared_methods(tuple(sorted(set(methods)))), tuple(patterns))
+    folded, changed = _folded_patterns(paths) if deny else ((), ())
+    methods_set = _shared_methods(tuple(sorted(set(methods))))
+    return HttpBlock(methods_set, tuple(patterns), deny, folded, changed)
 
 
 # --- SSH (5.2) --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardSet:
+    """``host:port`` patterns of ``ssh.forwards``.
+
+    In a deny rule ``*`` matches any run of characters, as in names. In an allow rule it stays
+    within one DNS label, IP address part or the port (it crosses no ``.`` and no ``:``), and a
+    host part that is exactly ``*`` means any host: ``10.0.0.*:22`` must not allow
+    ``10.0.0.1.evil.example:22``, a name whose owner makes it resolve anywhere, nor ``db-*:22``
+    allow ``db-1.evil.example:22``.
+    """
+
+    names: NameSet
+    allow_globs: tuple[re.Pattern[str], ...] | None  # None: a deny rule, names as is
+
+    @classmethod
+    def compile(cls, patterns: list[str], deny: bool) -> ForwardSet:
+        for pattern in patterns:
+            host, colon, port = pattern.rpartition(":")
+            if not colon or not host or not port:
+                raise BlockError("forwards", f"forwards: {pattern!r} is not host:port")
+        names = NameSet.compile(patterns)
+        if deny:
+            return cls(names, None)
+        return cls(names, tuple(_forward_regex(p) for p in names.globs))
+
+    def __call__(self, destination: str) -> bool:
+        if self.allow_globs is None:
+            return self.names(destination)
+        if destination in self.names.exact:
+            return True
+        return any(regex.fullmatch(destination) is not None for regex in self.allow_globs)
+
+
+def _forward_regex(pattern: str) -> re.Pattern[str]:
+    host, _, port = pattern.rpartition(":")
+    within = "[^.:]*"
+    host_regex = ".*" if host == "*" else within.join(re.escape(p) for p in host.split("*"))
+    port_regex = within.join(re.escape(p) for p in port.split("*"))
+    return re.compile(f"{host_regex}:{port_regex}", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
 class SshBlock:
     commands: tuple[globs.ArgvPattern, ...]
     shell: bool
-    forwards: NameSet | None
+    forwards: ForwardSet | None
     deny: bool = False
 
     def keys(self) -> frozenset[str] | None:
@@ -245,7 +361,7 @@ def compile_ssh(body: Mapping[str, Any], deny: bool) -> SshBlock:
     return SshBlock(
         tuple(_compiled("commands", globs.ArgvPattern.compile, commands)),
         shell,
-        NameSet.compile(forwards) if forwards is not None else None,
+        ForwardSet.compile(forwards, deny) if forwards is not None else None,
         deny,
     )
 
@@ -257,7 +373,10 @@ def _compile_table_glob(pattern: str, deny: bool) -> Callable[[str], bool]:
     """``schema.table`` with ``*`` inside a part.
 
     For an allow rule ``*`` never crosses the dot; for a deny rule it may, so a
-    quoted name holding a dot (``"a.b"``) cannot slip past a deny rule.
+    quoted name holding a dot (``"a.b"``) cannot slip past a deny rule. A deny rule also
+    matches the wildcard relations of statements on a whole schema (``s.*`` when its schema
+    glob matches ``s``) or on every schema (``*.*``); an allow rule covers them only with a
+    table glob that is all ``*`` (and, for ``*.*``, a schema glob too).
     """
     schema, dot, table = pattern.partition(".")
     if not dot or not schema or not table or "." in table:
@@ -267,7 +386,20 @@ def _compile_table_glob(pattern: str, deny: bool) -> Callable[[str], bool]:
         r"\.".join(star.join(re.escape(s) for s in part.split("*")) for part in (schema, table)),
         re.DOTALL,
     )
-    return lambda name: regex.fullmatch(name) is not None
+    if not deny:
+        return lambda name: regex.fullmatch(name) is not None
+    schema_regex = re.compile(star.join(re.escape(s) for s in schema.split("*")), re.DOTALL)
+
+    def deny_hit(name: str) -> bool:
+        # A statement on a whole schema reports ``schema.*`` and one on every schema ``*.*``
+        # (a real name holding ``*`` is always quoted): they touch whatever this rule names there.
+        if name == "*.*":
+            return True
+        if name.endswith(".*"):
+            return schema_regex.fullmatch(name[:-2]) is not None
+        return regex.fullmatch(name) is not None
+
+    return deny_hit
 
 
 def _function_matchers(names: list[str]) -> tuple[Callable[[str], bool], ...]:
@@ -347,6 +479,7 @@ def compile_sql(body: Mapping[str, Any], deny: bool) -> SqlBlock:
 class McpBlock:
     tools: NameSet | None
     resources: tuple[Callable[[str], bool], ...]
+    deny: bool = False
 
     def keys(self) -> frozenset[str] | None:
         if self.tools is None:
@@ -360,6 +493,11 @@ class McpBlock:
             hit = self.tools is not None and self.tools(part.tool)
         elif isinstance(part, McpResourcePart):
             hit = any(m(part.uri) for m in self.resources)
+            if not hit and self.deny:
+                # A server reads ``file:///secret?x`` or ``...#x`` as ``file:///secret``: a deny
+                # rule also sees the URI without its query and fragment.
+                bare = _URI_END.split(part.uri, maxsplit=1)[0]
+                hit = bare != part.uri and any(m(bare) for m in self.resources)
         else:
             hit = False
         return NO_CAPTURES if hit else None
@@ -372,7 +510,11 @@ def compile_mcp(body: Mapping[str, Any], deny: bool) -> McpBlock:
     return McpBlock(
         NameSet.compile(tools) if tools is not None else None,
         tuple(_compiled("resources", globs.compile_token_glob, resources)),
+        deny,
     )
+
+
+_URI_END = re.compile(r"[?#]")
 
 
 # --- files (5.5) ------------------------------------------------------------------------------

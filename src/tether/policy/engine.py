@@ -247,6 +247,16 @@ class _Evaluator:
             "task": r.task,
             "target": {"name": r.target_name, "labels": r.target_labels},
             "source_ip": r.source_ip,
-            "time": r.time if r.time is not None else self._clock(),
+            "time": _utc(r.time if r.time is not None else self._clock()),
             "request": r.cel_view(),
         }
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC. CEL reads the fields of a timestamp (``getHours()``...) in UTC unless
+    given a time zone, but the ``cel`` engine reads them in the value's own offset: a ``time``
+    written ``10:00:00+05:00`` (05:00 UTC) would pass a ``getHours() >= 9`` condition. A moment
+    without an offset (an injected clock) is taken as UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from tether.policy.httpmethods import (
     OVERRIDE_HEADERS,
+    PATH_OVERRIDE_HEADERS,
     method_ok,
     methods_match,
     override_methods,
+    override_paths,
+    query_override_methods,
 )
 from tether.policy.httppath import MAX_TARGET, HttpPath, canonicalize_path
 from tether.policy.httppattern import PathPattern
@@ -26,10 +29,13 @@ from tether.policy.httppattern import PathPattern
 __all__ = [
     "MAX_TARGET",
     "OVERRIDE_HEADERS",
+    "PATH_OVERRIDE_HEADERS",
     "HttpPath",
     "PathPattern",
     "canonicalize_path",
     "method_ok",
     "methods_match",
     "override_methods",
+    "override_paths",
+    "query_override_methods",
 ]

@@ -11,6 +11,17 @@ WSGI and some proxies fold those spellings together. Frameworks commonly upper-c
 override value, so an override ``delete`` yields both ``delete`` and ``DELETE``: each must be
 allowed, and a deny rule on ``DELETE`` catches it. A value that is not a method token (empty,
 a list) is an ``invalid-request``.
+
+Method-override parameters (spec silent): a ``_method`` parameter of the query string (name
+matched after percent-decoding, any case, blanks around it) makes Symfony, Laravel and Express's
+``method-override`` treat a ``POST`` as the method it names; it must be allowed too, like an
+override header's (the body's ``_method`` is not visible here).
+
+Path-override headers (spec silent): ``X-Original-URL`` and ``X-Rewrite-URL`` make some
+servers and frameworks (IIS URL Rewrite, older Symfony and Zend) route the request to the path
+they name instead of the request line's, the classic way around a front-end's path rules. The
+path each names (found as override headers are) must be allowed too, with every method of the
+request; one that is not in canonical form (5.1) is ``ambiguous-path``.
 """
 
 from __future__ import annotations
@@ -18,15 +29,26 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Final
+from urllib.parse import unquote_plus
 
 from tether.policy.errors import InvalidRequest
-from tether.policy.httppath import show
+from tether.policy.httppath import HttpPath, canonicalize_path, show
 
-__all__ = ["OVERRIDE_HEADERS", "header_key", "method_ok", "methods_match", "override_methods"]
+__all__ = [
+    "OVERRIDE_HEADERS",
+    "PATH_OVERRIDE_HEADERS",
+    "header_key",
+    "method_ok",
+    "methods_match",
+    "override_methods",
+    "override_paths",
+    "query_override_methods",
+]
 
 OVERRIDE_HEADERS: Final = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override"}
 )
+PATH_OVERRIDE_HEADERS: Final = frozenset({"x-original-url", "x-rewrite-url"})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
 
 
@@ -61,3 +83,38 @@ def override_methods(headers: Mapping[str, str]) -> tuple[str, ...]:
         found[method] = None
         found[method.upper()] = None
     return tuple(found)
+
+
+def override_paths(headers: Mapping[str, str]) -> tuple[HttpPath, ...]:
+    """The paths named by path-override headers, without repeats.
+
+    Raises ``AmbiguousPath`` if one is not a request target in canonical form.
+    """
+    found: dict[str, None] = {}
+    for name, value in headers.items():
+        if header_key(name) in PATH_OVERRIDE_HEADERS:
+            found[value.strip(" \t")] = None
+    return tuple(canonicalize_path(target) for target in found)
+
+
+def query_override_methods(query: str) -> tuple[str, ...]:
+    """The methods named by ``_method`` parameters of ``query``, each also upper-cased.
+
+    Raises ``InvalidRequest`` if one is not a method token.
+    """
+    found: dict[str, None] = {}
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote_plus(name).strip(" \t").lower() != "_method":
+            continue
+        method = unquote_plus(value).strip(" \t")
+        if not method_ok(method):
+            raise InvalidRequest(f"query parameter _method names no valid method: {show(value)}")
+        found[method] = None
+        found[method.upper()] = None
+    return tuple(found)
+
+
+def may_override_method(query: str) -> bool:
+    """False only if ``query`` certainly holds no ``_method`` parameter (cheap test)."""
+    return "%" in query or "method" in query.lower()

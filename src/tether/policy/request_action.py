@@ -14,6 +14,10 @@ Choices where the spec is silent (all deny-side):
 * Strings are at most 1 MiB (``_MAX_STRING`` characters).
 * A file ``rename`` is authorised as a ``delete`` of its source and a ``write`` of its
   destination.
+* An MCP ``resource`` URI must be in canonical form (:func:`check_resource_uri`, reason
+  ``ambiguous-path``): resource globs compare text, while the MCP server decodes the URI, so
+  ``file:///srv/%70rivate/x`` or ``file:///srv//private/x`` would reach ``/srv/private/x``
+  past a deny rule written for it.
 * An ``ssh.forward`` destination must name its host in canonical form
   (:func:`canonical_host`) and its port in decimal without leading zeros: other spellings
   of one address (``127.1``, ``0x7f000001``, ``LOCALHOST``, ``::ffff:127.0.0.1``) reach the
@@ -28,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from tether.policy import filepath, httpmatch, shell, sql
-from tether.policy.errors import InvalidRequest
+from tether.policy.errors import AmbiguousPath, InvalidRequest
 from tether.policy.request_fields import is_str_map
 from tether.policy.request_model import (
     FilesPart,
@@ -88,9 +92,12 @@ def normalize_http(request: Request, body: dict[str, Any]) -> None:
     elif not is_str_map(headers):
         raise InvalidRequest("action.http.headers must be an object of string values")
     path = httpmatch.canonicalize_path(_text(body, "path", "action.http"))
-    if headers:
-        overrides = [m for m in httpmatch.override_methods(headers) if m != method]
-        request.parts = (HttpPart(method, path), *(HttpPart(m, path) for m in overrides))
+    named = httpmatch.query_override_methods(path.query) if path.query else ()
+    if headers or named:
+        found = dict.fromkeys((*httpmatch.override_methods(headers), *named))
+        overrides = [m for m in found if m != method]
+        paths = [p for p in httpmatch.override_paths(headers) if p.path != path.path]
+        request.parts = tuple(HttpPart(m, p) for p in (path, *paths) for m in (method, *overrides))
     else:
         request.parts = (HttpPart(method, path),)
     request.view_builder = lambda: http_view(method, path, headers)
@@ -223,6 +230,7 @@ def normalize_mcp(request: Request, body: dict[str, Any]) -> None:
         uri = _text(body, "resource", "action.mcp")
         if not uri or any(ord(c) < 32 or ord(c) == 127 for c in uri):
             raise InvalidRequest("action.mcp.resource must be a URI without control characters")
+        check_resource_uri(uri)
         request.parts = (McpResourcePart(uri),)
         request.view = {"mcp": {"resource": uri}}
         return
@@ -234,6 +242,42 @@ def normalize_mcp(request: Request, body: dict[str, Any]) -> None:
         raise InvalidRequest("action.mcp.arguments must be an object")
     request.parts = (McpToolPart(tool),)
     request.view = {"mcp": {"tool": tool, "arguments": arguments}}
+
+
+# An escape of an unreserved character (the same URI as the character itself, RFC 3986 6.2.2.2),
+# of '/', '\\', '%', '?', '#', or of a control character; and a '%' without two hex digits.
+_RESOURCE_ESCAPE: Final = re.compile(
+    r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEeFf]|5[CcFf]|7[Ee]|[01][0-9A-Fa-f]|7[Ff]"
+    r"|2[35]|3[Ff])|%(?![0-9A-Fa-f]{2})"
+)
+
+
+_URI_END: Final = re.compile(r"[?#]")
+
+
+def check_resource_uri(uri: str) -> None:
+    """Deny (``ambiguous-path``) a resource URI that has another spelling of the same resource:
+    an escape of an unreserved character, an escaped ``/ \\ % ? #`` or control character, an
+    invalid escape, a raw backslash, an empty path segment (``//`` after the authority), and
+    (as for HTTP paths) Unicode that is not NFKC-normalised or holds format characters and
+    slash or dot look-alikes. A ``.``/``..`` segment needs no check here: no wildcard of a
+    resource glob ever matches one (spec 5.2), so such a URI meets only literal patterns."""
+    bad = _RESOURCE_ESCAPE.search(uri)
+    if bad is not None:
+        raise AmbiguousPath(f"resource URI holds the escape {bad.group()[:3]!r}")
+    if "\\" in uri:
+        raise AmbiguousPath("resource URI holds a backslash")
+    scheme, colon, rest = uri.partition(":")
+    path = _URI_END.split(rest, maxsplit=1)[0]
+    if colon and "/" not in scheme and path.startswith("//"):
+        _authority, slash, after = path[2:].partition("/")
+        path = slash + after
+    if "//" in path:
+        raise AmbiguousPath("resource URI holds an empty path segment ('//')")
+    if not uri.isascii():
+        problem = filepath.unicode_problem(uri)
+        if problem is not None:
+            raise AmbiguousPath(f"resource URI holds {problem}")
 
 
 _FILES_FIELDS = frozenset({"op", "path", "to"})

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from tether.policy import httpmatch, request_action, request_fields
 from tether.policy import request as req
+from tether.policy.httpmethods import may_override_method
 from tether.policy.request_model import HttpPart, Request
 
 # Methods that are RFC 9110 tokens (checked by a test): no regular expression for these.
@@ -136,6 +137,8 @@ def _http(request: Request, body: dict[str, Any]) -> bool:
     if type(path) is not str or len(path) > httpmatch.MAX_TARGET:
         return False
     canonical = httpmatch.canonicalize_path(path)  # raises exactly as in the full check
+    if canonical.query and may_override_method(canonical.query):
+        return False  # a `_method` parameter, perhaps: the full check reads it
     request.parts = (HttpPart(method, canonical),)
     request.view_builder = lambda: request_action.http_view(method, canonical, {})
     return True

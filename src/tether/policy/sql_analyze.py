@@ -61,10 +61,20 @@ SUBSCRIPTION`` and ``ALTER SUBSCRIPTION ... CONNECTION`` (the server connects el
 ``CREATE FUNCTION``/``PROCEDURE`` whose body is not SQL: a body in PL/pgSQL, C, ``internal`` or
 any other language cannot be checked (``internal`` even re-exports built-ins under new names). A
 ``LANGUAGE sql`` string body is parsed and checked like the statement itself: its classes,
-relations and functions are added to the ``CREATE``.
+relations and functions are added to the ``CREATE``; with a ``SET search_path`` clause its
+unqualified names resolve in each schema listed there (the body runs with that path), and a
+path of ``"$user"`` or ``DEFAULT`` adds ``*.*``.
 
-Limits, not seen by any parse-tree analysis: relations and functions named inside strings
-(``'users'::regclass``, ``nextval('s')``), code run by operators, casts, triggers, views, rules
+Relations named in strings: ``'t'::regclass`` names ``t``, and so does the first (or any named)
+argument of a function on :data:`~tether.policy.sql_tables.RELATION_NAME_FUNCTIONS`
+(``nextval('s')``, ``get_raw_page('t', 0)``), read as ``regclass`` input reads it; for such a
+function an argument that is not a string constant (an expression, a parameter, an OID) is an
+unknown relation, ``*.*``. ``nextval`` and ``setval`` also need ``update``. Reading a constant
+makes the statement literal-sensitive. ``CREATE PUBLICATION ... FOR ALL TABLES`` reports
+``*.*``, ``TABLES IN SCHEMA s`` and ``IMPORT FOREIGN SCHEMA ... INTO s`` report ``s.*``.
+
+Limits, not seen by any parse-tree analysis: other functions that take a relation name as text
+for metadata only (``pg_relation_size('t')``), code run by operators, casts, triggers, views, rules
 and functions defined earlier (their definitions were checked when created through Tether), the
 attribute notation ``x.f`` for functions of composite arguments, and ``COPY t TO ''`` (the parse
 tree drops the empty name; PostgreSQL refuses an empty file name, so nothing is read or written).

@@ -21,6 +21,8 @@ from tether.policy.sql_tables import (
     _SELECT_OWN,
     _STMT_CLASS,
     _TWO_PHASE,
+    RELATION_NAME_FUNCTIONS,
+    SEQUENCE_WRITERS,
     JsonNode,
     Scope,
     _const_text,
@@ -29,7 +31,10 @@ from tether.policy.sql_tables import (
     _qualified,
     _strings,
     is_forbidden_function,
+    setting_name,
 )
+
+_TABLE_LIST: Final = frozenset({"table_list"})
 
 if TYPE_CHECKING:
     from tether.policy.sql_walk import _Walker
@@ -49,8 +54,66 @@ def _range_var(w: _Walker, body: JsonNode, scope: Scope) -> None:
 
 
 def _func_call(w: _Walker, body: JsonNode, scope: Scope) -> None:
-    w.function(_strings(body.get("funcname", [])))
+    names = _strings(body.get("funcname", []))
+    w.function(names)
+    bare = names[-1].lower() if names else ""
+    if bare in RELATION_NAME_FUNCTIONS:
+        _relation_arguments(w, body.get("args", []))
+        if bare in SEQUENCE_WRITERS:
+            w.add_class("update")
     w.children("FuncCall", body, scope, skip=_FUNCNAME)
+
+
+def _relation_arguments(w: _Walker, args: list[JsonNode]) -> None:
+    """The relations named by the arguments of a relation-naming function: the first
+    positional one and every named one (its name is not checked: the safe side)."""
+    for index, arg in enumerate(args):
+        if "NamedArgExpr" in arg:
+            w.relation_text(arg["NamedArgExpr"].get("arg", {}), unknown=True)
+        elif index == 0:
+            w.relation_text(arg, unknown=True)
+
+
+def _type_cast(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    """``'t'::regclass`` names the relation ``t`` (a cast of anything else names nothing)."""
+    names = _strings(body.get("typeName", {}).get("names", []))
+    if names and names[-1] == "regclass" and names[:-1] in ([], ["pg_catalog"]):
+        w.relation_text(body.get("arg", {}), unknown=False)
+    w.children("TypeCast", body, scope)
+
+
+def _publication(kind: str) -> Handler:
+    """CREATE/ALTER PUBLICATION: ``FOR ALL TABLES`` publishes every relation (``*.*``)."""
+
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        w.statement(kind, _STMT_CLASS[kind])
+        if body.get("for_all_tables"):
+            w.relations.add("*.*")
+        w.children(kind, body, scope)
+
+    return handler
+
+
+def _publication_object(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    """``TABLES IN SCHEMA s`` publishes every relation of ``s``."""
+    if body.get("pubobjtype") == "PUBLICATIONOBJ_TABLES_IN_CUR_SCHEMA":
+        w.whole_schema(w.schema)
+    elif "name" in body and "pubtable" not in body:
+        w.whole_schema(body["name"])
+    w.children("PublicationObjSpec", body, scope)
+
+
+def _import_foreign_schema(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    """IMPORT FOREIGN SCHEMA creates foreign tables in the local schema: the listed ones with
+    ``LIMIT TO``, otherwise any (``local.*``)."""
+    w.statement("ImportForeignSchemaStmt", "ddl")
+    local = body.get("local_schema", "")
+    if body.get("list_type") == "FDW_IMPORT_SCHEMA_LIMIT_TO":
+        for item in body.get("table_list", []):
+            w.relations.add(_qualified(local, item.get("RangeVar", {}).get("relname", "")))
+    else:
+        w.whole_schema(local)
+    w.children("ImportForeignSchemaStmt", body, scope, skip=_TABLE_LIST)
 
 
 def _object_with_args(w: _Walker, body: JsonNode, scope: Scope) -> None:
@@ -138,11 +201,11 @@ def _explain(w: _Walker, body: JsonNode, scope: Scope) -> None:
 
 
 def _variable_set(w: _Walker, body: JsonNode, scope: Scope) -> None:
-    name = body.get("name", "")
+    name = setting_name(body.get("name", ""))  # SET "ROLE", SET "Search_Path": the same settings
     kind = body.get("kind", "")
     if name in ("role", "session_authorization"):
         cls = "role"
-    elif kind == "VAR_SET_MULTI" and name.startswith("TRANSACTION"):
+    elif kind == "VAR_SET_MULTI" and name.startswith("transaction"):
         cls = "transaction"
     else:
         cls = "set"
@@ -177,11 +240,34 @@ def _create_function(w: _Walker, body: JsonNode, scope: Scope) -> None:
     if language != "sql":
         w.forbid(f"CREATE FUNCTION in language {language!r}: its body cannot be checked")
     elif source:
-        if len(source) == 1:
-            w.sql_body(source[0])
-        else:
+        if len(source) != 1:
             w.forbid("CREATE FUNCTION with an object file")
+        else:
+            path = _function_search_path(body)
+            if path is None or not path:
+                w.sql_body(source[0], w.schema)
+                if path is not None:  # any schema: an unqualified name may be any relation
+                    w.relations.add("*.*")
+            for schema in path or ():
+                w.sql_body(source[0], schema)
     w.children("CreateFunctionStmt", body, scope)
+
+
+def _function_search_path(body: JsonNode) -> list[str] | None:
+    """The schemas a string body's unqualified names resolve to when the function runs with
+    ``SET search_path ...``: the listed ones, or ``[]`` for any schema (``"$user"``, the server
+    default); None without such a clause (or ``FROM CURRENT``: the schema of this statement)."""
+    for elem in _defelems(body.get("options", [])):
+        setting = elem.get("arg", {}).get("VariableSetStmt", {})
+        if elem.get("defname") != "set" or setting_name(setting.get("name", "")) != "search_path":
+            continue
+        if setting.get("kind") == "VAR_SET_CURRENT":
+            return None
+        values = [_const_text(v) for v in setting.get("args", [])]
+        if setting.get("kind") != "VAR_SET_VALUE" or "$user" in values or "" in values:
+            return []
+        return values
+    return None
 
 
 def _alter_subscription(w: _Walker, body: JsonNode, scope: Scope) -> None:
@@ -285,6 +371,11 @@ _HANDLERS: Final[dict[str, Handler]] = {
     "String": _string,
     "RangeVar": _range_var,
     "FuncCall": _func_call,
+    "TypeCast": _type_cast,
+    "CreatePublicationStmt": _publication("CreatePublicationStmt"),
+    "AlterPublicationStmt": _publication("AlterPublicationStmt"),
+    "PublicationObjSpec": _publication_object,
+    "ImportForeignSchemaStmt": _import_foreign_schema,
     "ObjectWithArgs": _object_with_args,
     "SelectStmt": _select,
     "InsertStmt": _insert,

@@ -34,7 +34,9 @@ FORBIDDEN_FUNCTIONS: Final = frozenset(
         "pg_copy_physical_replication_slot", "pg_replication_slot_advance",
         "pg_logical_emit_message",
         # a query or a table given as text
-        "ts_stat", "ts_rewrite", "connectby",
+        "ts_stat", "ts_rewrite", "connectby", "xpath_table",
+        # server configuration files read back as rows
+        "pg_hba_file_rules", "pg_ident_file_mappings", "pg_show_all_file_settings",
     }
 )  # fmt: skip
 
@@ -46,6 +48,26 @@ FORBIDDEN_FUNCTION_PREFIXES: Final = (
     "pg_read_", "pg_ls_", "pg_file_", "pg_logdir_", "lo_", "dblink", "query_to_xml",
     "table_to_xml", "schema_to_xml", "database_to_xml", "pg_logical_slot_", "crosstab",
 )  # fmt: skip
+
+
+# Functions whose first argument (or any named argument) names a relation as text or
+# ``regclass``: the sequence functions and extension functions that read, change or expose a
+# relation's contents (pageinspect, pgstattuple, pgrowlocks, pg_prewarm, pg_visibility,
+# pg_surgery, amcheck, pg_freespacemap) and the index maintenance functions. The relation is
+# reported like a ``FROM`` item; one given by an expression or an OID is unknown (``*.*``).
+RELATION_NAME_FUNCTIONS: Final = frozenset(
+    {
+        "nextval", "currval", "setval", "pg_sequence_last_value", "to_regclass",
+        "get_raw_page", "pgstattuple", "pgstattuple_approx", "pgstatindex", "pgstatginindex",
+        "pgstathashindex", "pg_relpages", "pgrowlocks", "pg_prewarm", "pg_visibility",
+        "pg_visibility_map", "pg_visibility_map_summary", "pg_check_frozen", "pg_check_visible",
+        "pg_truncate_visibility_map", "heap_force_kill", "heap_force_freeze", "verify_heapam",
+        "bt_index_check", "bt_index_parent_check", "pg_freespace", "brin_summarize_new_values",
+        "brin_summarize_range", "brin_desummarize_range", "gin_clean_pending_list",
+    }
+)  # fmt: skip
+# Functions that change a sequence: they also need the ``update`` class.
+SEQUENCE_WRITERS: Final = frozenset({"nextval", "setval"})
 
 
 def is_forbidden_function(name: str) -> bool:
@@ -191,6 +213,75 @@ def _strings(node: Any) -> list[str]:
         else:
             return []
     return [item["String"].get("sval", "") for item in node if "String" in item]
+
+
+_NAMEDATALEN: Final = 64
+_IDENT_BLANKS: Final = " \t\n\r\f"
+
+
+def relation_name_parts(text: str) -> list[str] | None:
+    """The name parts of a relation name given as text, as PostgreSQL's ``regclass`` input reads
+    it (``SplitIdentifierString``): parts split on ``.`` with blanks around them, double-quoted
+    parts kept (``""`` is a quote), others folded to lower case (ASCII only), each cut to 63
+    bytes. None for what ``regclass`` reads otherwise (an OID in digits) or refuses."""
+    if text.isdigit() and text.isascii():
+        return None
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in _IDENT_BLANKS:
+            i += 1
+        if i < n and text[i] == '"':
+            name, i = _quoted_part(text, i + 1)
+            if not name:
+                return None
+        else:
+            start = i
+            while i < n and text[i] != "." and text[i] not in _IDENT_BLANKS:
+                i += 1
+            if i == start:
+                return None
+            name = text[start:i].translate(_ASCII_LOWER)
+        parts.append(_truncated(name))
+        while i < n and text[i] in _IDENT_BLANKS:
+            i += 1
+        if i == n:
+            return parts
+        if text[i] != ".":
+            return None
+        i += 1
+
+
+def _quoted_part(text: str, i: int) -> tuple[str, int]:
+    """A double-quoted part starting after its quote: its text ("" if unterminated), the end."""
+    chunks: list[str] = []
+    while True:
+        end = text.find('"', i)
+        if end < 0:
+            return "", len(text)
+        if text.startswith('"', end + 1):
+            chunks.append(text[i : end + 1])
+            i = end + 2
+            continue
+        chunks.append(text[i:end])
+        return "".join(chunks), end + 1
+
+
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def setting_name(name: str) -> str:
+    """A run-time setting's name as PostgreSQL looks it up: in any ASCII case (``guc.c``
+    compares names case-insensitively), so ``SET "ROLE"`` is ``SET ROLE``."""
+    return name.translate(_ASCII_LOWER)
+
+
+def _truncated(name: str) -> str:
+    """``name`` cut to NAMEDATALEN - 1 bytes of UTF-8, at a character boundary."""
+    encoded = name.encode("utf-8")
+    if len(encoded) < _NAMEDATALEN:
+        return name
+    return encoded[: _NAMEDATALEN - 1].decode("utf-8", "ignore")
 
 
 def _defelems(options: Iterable[JsonNode]) -> Iterable[JsonNode]:

@@ -31,6 +31,7 @@ from tether.policy.sql_tables import (
     _qualified,
     _strings,
     is_forbidden_function,
+    relation_name_parts,
 )
 
 
@@ -153,6 +154,22 @@ class _Walker:
         schema = names[-2] if len(names) > 1 else self.resolve(names[-1])
         self.relations.add(_qualified(schema, names[-1]))
 
+    def relation_text(self, node: JsonNode, *, unknown: bool) -> None:
+        """A relation named by a value (``nextval('s')``, ``'t'::regclass``): a string constant
+        under any casts is read as ``regclass`` reads it; anything else (an expression, a
+        parameter, an OID) is an unknown relation, reported as ``*.*`` when ``unknown``."""
+        self.sensitive = True  # the relation is read from a constant
+        while "TypeCast" in node:
+            node = node["TypeCast"].get("arg", {})
+        const = node.get("A_Const", {})
+        text = const.get("sval", {}).get("sval") if "sval" in const else None
+        parts = relation_name_parts(text) if isinstance(text, str) else None
+        if parts is None or len(parts) > 3:
+            if unknown:
+                self.relations.add("*.*")
+            return
+        self.named_relation(parts[-2:])
+
     def whole_schema(self, schema: str) -> None:
         self.relations.add(f"{_part(schema)}.*")
 
@@ -192,8 +209,9 @@ class _Walker:
                 self.node(query, visible)
         return body_scope
 
-    def sql_body(self, body: str) -> None:
-        """A ``LANGUAGE sql`` function body given as a string: checked like a query."""
+    def sql_body(self, body: str, schema: str) -> None:
+        """A ``LANGUAGE sql`` function body given as a string: checked like a query, its
+        unqualified names resolved to ``schema``."""
         if self.depth >= _MAX_BODY_DEPTH:
             self.forbid("function bodies nested too deeply")
             return
@@ -203,7 +221,7 @@ class _Walker:
             self.forbid("the function body does not parse as SQL")
             return
         for stmt in stmts:
-            inner = _Walker(self.schema, self.depth + 1)
+            inner = _Walker(schema, self.depth + 1)
             inner.node(stmt.get("stmt", {}), _NO_SCOPE)
             self.absorb(inner)
 

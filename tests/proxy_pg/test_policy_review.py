@@ -1,0 +1,60 @@
+"""SQL defects found in the policy engine's adversarial review, end to end: real broker, real
+PostgreSQL server (the fixtures' policy allows ``select`` and ``set`` on ``public.*`` and
+denies ``public.secrets`` and ``vault.*``).
+
+* PostgreSQL looks setting names up in any case: ``SET "Search_Path" = vault`` moves the
+  session to ``vault``, but the policy did not read it as a ``search_path`` change, so the
+  broker kept deciding unqualified names under ``public`` and ``SELECT * FROM items`` read
+  ``vault.items``.
+* Relations named in strings were not relations: ``SELECT 'secrets'::regclass`` and
+  ``currval('secrets')`` reached a denied table.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Broker
+from .wire import errors, rows
+
+
+@pytest.mark.parametrize("setting", ['"Search_Path"', '"SEARCH_PATH"', "Search_Path"])
+async def test_a_search_path_set_under_any_spelling_is_tracked(
+    broker: Broker, setting: str
+) -> None:
+    wire = await broker.session()
+    assert not errors(await wire.query(f"SET {setting} = vault"))
+    frames = await wire.query("SELECT value FROM items")
+    assert [e.sqlstate for e in errors(frames)] == ["42501"]
+    assert "vaulted" not in str(rows(frames))
+    wire.close()
+
+
+async def test_a_quoted_search_path_in_the_same_query_is_tracked(broker: Broker) -> None:
+    wire = await broker.session()
+    frames = await wire.query('SET "Search_Path" = vault; SELECT value FROM items')
+    assert [e.sqlstate for e in errors(frames)] == ["42501"]
+    assert "vaulted" not in str(rows(frames))
+    wire.close()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT 'secrets'::regclass",
+        "SELECT 'vault.items'::regclass::oid",
+        "SELECT currval('secrets')",
+        "SELECT pg_relation_size('public.secrets'::regclass)",
+    ],
+)
+async def test_relations_named_in_strings_are_checked(broker: Broker, query: str) -> None:
+    wire = await broker.session()
+    frames = await wire.query(query)
+    assert [e.sqlstate for e in errors(frames)] == ["42501"]  # the broker's refusal
+    wire.close()
+
+
+async def test_a_relation_named_in_a_string_that_is_allowed_still_works(broker: Broker) -> None:
+    wire = await broker.session()
+    assert rows(await wire.query("SELECT 'items'::regclass::text")) == [["items"]]
+    wire.close()
