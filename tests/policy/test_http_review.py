@@ -1,4 +1,4 @@
-"""Adversarial review of HTTP matching (spec 5.1): path-override headers, trailing slashes.
+"""Adversarial review of HTTP matching (spec 5.1): path-override headers, method parameters.
 
 ``X-Original-URL`` / ``X-Rewrite-URL`` make IIS URL Rewrite and older Symfony and Zend
 applications route a request to the path they name. Before the fix the engine ignored them:
@@ -8,11 +8,10 @@ applications route a request to the path they name. Before the fix the engine ig
 A ``POST /x?_method=DELETE`` (Symfony, Laravel and Express's ``method-override`` read the query
 parameter as the method) was allowed next to a deny rule on ``DELETE``.
 
-A deny rule on ``/admin/**`` did not match ``/Admin/x``, which Express (by default), ASP.NET
-Core and IIS route to the same handler.
-
-A deny rule on ``/admin/users`` did not match ``/admin/users/``, which Spring (before 6),
-Express and others route to the same handler: a broad allow rule let it through.
+Not changed, by the contract: a deny rule on ``/admin/**`` does not match ``/Admin/x``, nor one
+on ``/admin/users`` ``/admin/users/`` (spec 5.1: literal segments match exactly, case-sensitively,
+and a trailing ``/`` is part of the path), though Express, ASP.NET Core and IIS route some of
+these to the same handler (docs/policy-language.md says what to write for such a target).
 """
 
 from __future__ import annotations
@@ -21,10 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tether.policy.actions import compile_http, part_keys
-from tether.policy.errors import AmbiguousPath, PatternError
-from tether.policy.httpmatch import canonicalize_path, override_paths
-from tether.policy.request import HttpPart
+from tether.policy.httpmatch import override_paths
 
 from .conftest import http_request, policies
 
@@ -95,53 +91,29 @@ def test_allowed_only_when_every_path_is_allowed(path: str, headers: dict[str, s
     assert (decision == "allow") == expected, (path, headers)
 
 
-SLASH = policies(
+SPELLINGS = policies(
     """
     rules:
       - id: web
         effect: allow
         http: {methods: ["*"], paths: ["/**"]}
-      - id: exact
-        effect: allow
-        agents: [strict]
-        http: {methods: [GET], paths: ["/reports/{id}"]}
       - id: no-users
         effect: deny
-        http: {methods: ["*"], paths: ["/admin/users", "/orgs/*/members", "/v1/{id}/keys"]}
+        http: {methods: ["*"], paths: ["/admin/users", "/admin/**"]}
     """
 )
 
 
-@pytest.mark.parametrize("path", ["/admin/users/", "/orgs/acme/members/", "/v1/7/keys/?x=1"])
-def test_a_deny_rule_also_matches_the_path_with_a_trailing_slash(path: str) -> None:
-    d = SLASH.decide(http_request(path))
-    assert (d.decision, d.rule) == ("deny", "no-users")
+@pytest.mark.parametrize("path", ["/admin/users/x", "/admin/users", "/admin/"])
+def test_deny_rules_match_as_written(path: str) -> None:
+    assert SPELLINGS.decide(http_request(path)).decision == "deny"
 
 
-def test_allow_rules_match_only_what_was_written() -> None:
-    assert SLASH.decide(http_request("/reports/7", agent="strict")).rule in ("web", "exact")
-    strict = policies(
-        "rules:\n  - id: exact\n    effect: allow\n"
-        "    http: {methods: [GET], paths: ['/reports/{id}']}\n"
-    )
-    assert strict.decide(http_request("/reports/7")).decision == "allow"
-    assert strict.decide(http_request("/reports/7/")).decision == "deny"
-    assert SLASH.decide(http_request("/admin/users2/")).decision == "allow"
-    assert SLASH.decide(http_request("/")).decision == "allow"
-
-
-DENIED = st.sampled_from(["/admin/users", "/orgs/{}/members", "/v1/{}/keys"])
-
-
-@SETTINGS
-@given(DENIED, st.text(alphabet="abz019-_.~", min_size=1, max_size=6), st.booleans())
-def test_no_trailing_slash_spelling_of_a_denied_path_is_allowed(
-    template: str, segment: str, slash: bool
-) -> None:
-    if segment.strip(".") == "":
-        segment = "x" + segment  # a dot-only segment is ambiguous anyway
-    path = template.format(segment) + ("/" if slash else "")
-    assert SLASH.decide(http_request(path)).decision == "deny", path
+@pytest.mark.parametrize("path", ["/Admin/users", "/ADMIN/x", "/adminx/"])
+def test_another_case_is_another_path(path: str) -> None:
+    """Spec 5.1: a literal segment matches itself exactly, case-sensitively, for deny rules
+    too (a trailing ``/`` is part of the path: ``/admin/`` above is ``/admin/**``'s)."""
+    assert SPELLINGS.decide(http_request(path)).rule == "web"
 
 
 METHODS = policies(
@@ -188,73 +160,3 @@ def test_allowed_only_when_every_named_method_is_allowed(parts: list[str], metho
     decision = METHODS.decide(http_request("/x" + ("?" + query if query else ""), method))
     named = {p.partition("=")[2] for p in parts if "method=" in p.lower() and p[0] in "_%"}
     assert (decision.decision == "allow") == (named <= {"GET"}), query
-
-
-CASES = policies(
-    """
-    rules:
-      - id: web
-        effect: allow
-        http: {methods: ["*"], paths: ["/**"]}
-      - id: exact
-        effect: allow
-        agents: [strict]
-        http: {methods: [GET], paths: ["/Reports/{id}"]}
-      - id: no-admin
-        effect: deny
-        http: {methods: ["*"], paths: ["/admin/**", "/v1/Users/{ID}/keys"]}
-    """
-)
-
-
-@pytest.mark.parametrize(
-    "path", ["/Admin/x", "/ADMIN", "/aDmIn/", "/v1/users/7/KEYS", "/V1/USERS/7/keys/"]
-)
-def test_a_deny_rule_matches_the_path_in_any_case(path: str) -> None:
-    d = CASES.decide(http_request(path))
-    assert (d.decision, d.rule) == ("deny", "no-admin")
-
-
-def test_allow_rules_stay_case_sensitive() -> None:
-    assert CASES.decide(http_request("/Reports/7", agent="strict")).decision == "allow"
-    strict = policies(
-        "rules:\n  - id: exact\n    effect: allow\n"
-        "    http: {methods: [GET], paths: ['/Reports/{id}']}\n"
-    )
-    assert strict.decide(http_request("/reports/7")).decision == "deny"
-    assert CASES.decide(http_request("/adminx")).decision == "allow"
-
-
-@SETTINGS
-@given(
-    st.sampled_from(["/admin", "/admin/x/y", "/v1/users/12/keys", "/v1/Users/a/keys"]),
-    st.lists(st.booleans(), min_size=20, max_size=20),
-    st.booleans(),
-)
-def test_no_case_spelling_of_a_denied_path_is_allowed(
-    path: str, upper: list[bool], slash: bool
-) -> None:
-    spelled = "".join(c.upper() if u else c for c, u in zip(path, upper[: len(path)], strict=True))
-    spelled += "/" if slash else ""
-    assert CASES.decide(http_request(spelled)).decision == "deny", spelled
-
-
-SEGMENTS = st.sampled_from(["a", "A", "v1", "V1", "*", "**", "{id}", "Inv-*", "x"])
-
-
-@SETTINGS
-@given(
-    st.lists(st.lists(SEGMENTS, min_size=1, max_size=4), min_size=1, max_size=3),
-    st.lists(st.sampled_from(["a", "A", "v1", "V1", "inv-1", "INV-1", "", "x", "X"]), max_size=5),
-)
-def test_deny_keys_cover_every_match(patterns: list[list[str]], path: list[str]) -> None:
-    """The index never skips a deny rule that matches another case or a trailing slash."""
-    sources = ["/" + "/".join(p) for p in patterns]
-    try:
-        block = compile_http({"methods": ["*"], "paths": sources}, True)
-        part = HttpPart("GET", canonicalize_path("/" + "/".join(path)))
-    except (PatternError, AmbiguousPath):
-        return
-    keys = block.keys()
-    if block.match(part) is not None and keys is not None:
-        assert set(part_keys(part)) & keys

@@ -55,18 +55,13 @@ def part_keys(part: Part) -> tuple[str, ...]:
     keys: its first segment, and its first two segments joined by ``/`` (no decoded segment
     holds a ``/``, so the two never collide); a pattern is filed under the longer one when its
     literal prefix has two segments, so ``/v1/orders/*`` is never looked at for ``/v1/users/7``.
-    A path that is not all lower case also probes the lower-cased keys, under which deny rules
-    are filed too (see :class:`HttpBlock`).
     A SQL statement probes every class it has (never none: a statement has at least one).
     """
     if isinstance(part, HttpPart):
         segments = part.path.segments
         if len(segments) > 1:
-            keys: tuple[str, ...] = (segments[0], f"{segments[0]}/{segments[1]}")
-        else:
-            keys = (segments[0] if segments else "",)
-        lowered = tuple(k.lower() for k in keys)
-        return keys if lowered == keys else (*keys, *lowered)
+            return (segments[0], f"{segments[0]}/{segments[1]}")
+        return (segments[0] if segments else "",)
     if isinstance(part, SqlPart):
         classes = part.statement.classes
         return tuple(classes) if len(classes) == 1 else tuple(sorted(classes))
@@ -127,25 +122,13 @@ def _compiled(key: str, compile_one: Callable[[str], Any], items: list[str]) -> 
 
 @dataclass(frozen=True, slots=True)
 class HttpBlock:
-    """Methods and path patterns. A deny rule also matches what some servers route to the same
-    handler (spec 5.1 reads both as other paths, so allow rules never do): the path without
-    its trailing ``/`` (Spring before 6, Express), and the path in any case (Express routes,
-    ASP.NET Core, IIS compare paths case-insensitively), by ``folded``, its patterns compiled
-    lower-cased, against the lower-cased path."""
-
     methods: frozenset[str]
     patterns: tuple[httpmatch.PathPattern, ...]
-    deny: bool = False
-    folded: tuple[httpmatch.PathPattern, ...] = ()
-    folded_changed: tuple[httpmatch.PathPattern, ...] = ()  # those written not in lower case
 
     def keys(self) -> frozenset[str] | None:
         """The path keys (see :func:`part_keys`) this block can match, or None when any."""
         if all(p.literal_prefix for p in self.patterns):
-            keys = {"/".join(p.literal_prefix[:2]) for p in self.patterns}
-            if self.folded:
-                keys |= {k.lower() for k in keys}
-            return frozenset(keys)
+            return frozenset("/".join(p.literal_prefix[:2]) for p in self.patterns)
         return None
 
     def match(self, part: Part) -> Captures | None:
@@ -158,63 +141,7 @@ class HttpBlock:
             captures = pattern.match(part.path)
             if captures is not None:
                 return captures
-        if self.deny:
-            path = part.path
-            if self.folded_changed or not path.plain:
-                return self._match_other_spellings(path)
         return None
-
-    def _match_other_spellings(self, path: httpmatch.HttpPath) -> Captures | None:
-        """A deny rule's match of the path without its trailing ``/``, or in any case."""
-        trimmed = _without_trailing_slash(path)
-        if trimmed is not None:
-            for pattern in self.patterns:
-                captures = pattern.match(trimmed)
-                if captures is not None:
-                    return captures
-        text = path.path
-        lowered_text = text.lower()
-        if lowered_text == text:  # then only a pattern written not in lower case can differ
-            folded, lowered = self.folded_changed, path
-        else:
-            folded = self.folded
-            lowered = httpmatch.HttpPath(
-                lowered_text, tuple(s.lower() for s in path.segments), path.query
-            )
-        if not folded:
-            return None
-        for candidate in (lowered, _without_trailing_slash(lowered)):
-            if candidate is None:
-                continue
-            for pattern in folded:
-                captures = pattern.match(candidate)
-                if captures is not None:
-                    return captures
-        return None
-
-
-def _without_trailing_slash(path: httpmatch.HttpPath) -> httpmatch.HttpPath | None:
-    segments = path.segments
-    if len(segments) < 2 or segments[-1] != "":
-        return None
-    return httpmatch.HttpPath(path.path[:-1], segments[:-1], path.query)
-
-
-def _folded_patterns(
-    paths: list[str],
-) -> tuple[tuple[httpmatch.PathPattern, ...], tuple[httpmatch.PathPattern, ...]]:
-    """A deny rule's patterns compiled lower-cased, all and only those written not in lower
-    case (one that then does not compile is left out: its original still matches)."""
-    folded, changed = [], []
-    for source in paths:
-        try:
-            pattern = _shared_pattern(source.lower())
-        except PatternError:
-            continue
-        folded.append(pattern)
-        if source.lower() != source:
-            changed.append(pattern)
-    return tuple(folded), tuple(changed)
 
 
 # Compiled patterns and method sets are immutable values, shared by every rule (of every
@@ -232,9 +159,7 @@ def compile_http(body: Mapping[str, Any], deny: bool) -> HttpBlock:
             raise BlockError("methods", f"methods: {method!r} is not an HTTP method token")
     paths = _str_list(body, "paths", required=True) or []
     patterns = _compiled("paths", _shared_pattern, paths)
-    folded, changed = _folded_patterns(paths) if deny else ((), ())
-    methods_set = _shared_methods(tuple(sorted(set(methods))))
-    return HttpBlock(methods_set, tuple(patterns), deny, folded, changed)
+    return HttpBlock(_shared_methods(tuple(sorted(set(methods)))), tuple(patterns))
 
 
 # --- SSH (5.2) --------------------------------------------------------------------------------

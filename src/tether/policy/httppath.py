@@ -50,7 +50,7 @@ also produces the detail of a denial.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
@@ -94,14 +94,6 @@ class HttpPath:
     """Percent-decoded segments; a trailing ``/`` gives a final ``''``, the root is ``('',)``."""
     query: str
     """The raw query string without ``?``; ``''`` when absent."""
-    plain: bool = field(init=False, repr=False, compare=False)
-    """In lower case and without a trailing ``/`` after a segment: deny rules, which also try
-    other spellings of a path (``HttpBlock``), need to try none."""
-
-    def __post_init__(self) -> None:
-        path = self.path
-        trailing = len(self.segments) > 1 and self.segments[-1] == ""
-        object.__setattr__(self, "plain", not trailing and path.lower() == path)
 
 
 def canonicalize_path(target: str) -> HttpPath:
