@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import unquote_plus
 
 import httpx
 import pytest
@@ -170,24 +171,33 @@ _SPEC_ON = HttpTargetSpec(base_url="http://127.0.0.1:9", pipeline_reads=True)
 _SPEC_OFF = HttpTargetSpec(base_url="http://127.0.0.1:9")
 _NAMES = st.sampled_from(
     ["accept", "content-length", "transfer-encoding", "upgrade", "expect", "x-http-method",
-     "x-http-method-override", "x-method-override", " X_HTTP_Method ", "x-other"]
+     "x-http-method-override", "x-method-override", " X_HTTP_Method ", "x-other",
+     "x-original-url", "X_Rewrite_URL"]
 )  # fmt: skip
+_QUERIES = st.sampled_from(
+    ["", "a=1", "_method=DELETE", "%5Fmethod=DELETE", "a=1&_Method=put", "x=method"]
+)
 
 
 @given(
     method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "get", "OPTIONS", "PATCH"]),
     headers=st.dictionaries(_NAMES | st.text(max_size=8), st.text(max_size=6), max_size=5),
+    query=_QUERIES | st.text(max_size=12),
 )
-def test_only_plain_reads_are_ever_pipelined(method: str, headers: dict[str, str]) -> None:
-    assert not _pipelined(_SPEC_OFF, method, headers)
-    if not _pipelined(_SPEC_ON, method, headers):
+def test_only_plain_reads_are_ever_pipelined(
+    method: str, headers: dict[str, str], query: str
+) -> None:
+    assert not _pipelined(_SPEC_OFF, method, headers, query)
+    if not _pipelined(_SPEC_ON, method, headers, query):
         return
     assert method in ("GET", "HEAD")
+    assert "_method" not in unquote_plus(query).lower(), query
     for name, value in headers.items():
         normalized = name.strip(" \t").replace("_", "-").lower()
         assert normalized not in (
             "transfer-encoding", "upgrade", "expect",
             "x-http-method", "x-http-method-override", "x-method-override",
+            "x-original-url", "x-rewrite-url",
         )  # fmt: skip
         if normalized == "content-length":
             assert value.strip(" \t") == "0"

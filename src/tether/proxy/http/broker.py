@@ -56,7 +56,12 @@ from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError, TokenExpired, TokenInvalid
 from tether.identity.issued import Presented
 from tether.identity.replay import ReplayCacheFull
-from tether.policy.httpmethods import OVERRIDE_HEADERS, header_key
+from tether.policy.httpmethods import (
+    OVERRIDE_HEADERS,
+    PATH_OVERRIDE_HEADERS,
+    header_key,
+    may_override_method,
+)
 from tether.policy.model import APPROVAL_REQUIRED, Decision
 from tether.proxy.core import Services, decide, policy_request, subject_of
 from tether.proxy.http import bodybind, refusals, websocket
@@ -159,7 +164,8 @@ class HttpBroker:
                 await self._refused_audit(scope, route, error.reason, error.code, request_id)
                 await refusals.credential_refused(error, request_id)(scope, receive, send)
                 return
-        if decision.allowed and _pipelined(target.spec, scope["method"], policy_headers):
+        if decision.allowed and _pipelined(target.spec, scope["method"], policy_headers,
+                                           route.query):  # fmt: skip
             # A read: forwarded while its decision event commits, its answer held back
             # until the commit succeeded (Exchange.run); never an effect before the event.
             committed = asyncio.ensure_future(
@@ -359,15 +365,18 @@ def _waits(headers: list[tuple[bytes, bytes]]) -> bool:
     return prefer_wait(v.decode("latin-1") for n, v in headers if n == b"prefer") > 0
 
 
-def _pipelined(spec: HttpTargetSpec, method: str, headers: Mapping[str, str]) -> bool:
+def _pipelined(
+    spec: HttpTargetSpec, method: str, headers: Mapping[str, str], query: str = ""
+) -> bool:
     """Whether a request may be forwarded while its decision event commits: the target opted
     in (``pipeline_reads``), the method is GET or HEAD, and nothing makes it more than a
-    read: no body, no upgrade, no method-override header (which a target may obey)."""
-    if not spec.pipeline_reads or method not in _READS:
+    read: no body, no upgrade, no method-override header or ``_method`` parameter, no
+    path-override header (which a target may obey)."""
+    if not spec.pipeline_reads or method not in _READS or may_override_method(query):
         return False
     for name, value in headers.items():
         key = header_key(name)  # as the policy finds overrides
-        if key in _NOT_A_READ or key in OVERRIDE_HEADERS:
+        if key in _NOT_A_READ or key in OVERRIDE_HEADERS or key in PATH_OVERRIDE_HEADERS:
             return False
         if key == "content-length" and value.strip(" \t") != "0":
             return False
