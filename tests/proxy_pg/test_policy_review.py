@@ -6,6 +6,10 @@ denies ``public.secrets`` and ``vault.*``).
   session to ``vault``, but the policy did not read it as a ``search_path`` change, so the
   broker kept deciding unqualified names under ``public`` and ``SELECT * FROM items`` read
   ``vault.items``.
+* A role's own ``search_path`` (``ALTER ROLE app_user SET search_path = vault``) moved the
+  server's unqualified names from the first query while the broker decided them under the
+  target's default schema: ``SELECT * FROM items`` read ``vault.items``. The broker's login
+  now sets ``search_path`` to the default schema.
 * Relations named in strings were not relations: ``SELECT 'secrets'::regclass`` and
   ``currval('secrets')`` reached a denied table.
 """
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Broker
+from tests.pg import PostgresServer
+
+from .conftest import DATABASE, Broker
 from .wire import errors, rows
 
 
@@ -58,3 +64,30 @@ async def test_a_relation_named_in_a_string_that_is_allowed_still_works(broker: 
     wire = await broker.session()
     assert rows(await wire.query("SELECT 'items'::regclass::text")) == [["items"]]
     wire.close()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["ALTER ROLE app_user SET search_path = vault",
+     f"ALTER ROLE app_user IN DATABASE {DATABASE} SET search_path = vault, public",
+     f"ALTER DATABASE {DATABASE} SET search_path = vault"],
+)  # fmt: skip
+async def test_a_role_or_database_search_path_does_not_move_unqualified_names(
+    broker: Broker, app_db: PostgresServer, setting: str
+) -> None:
+    app_db.psql(setting)
+    try:
+        wire = await broker.session()
+        frames = await wire.query("SELECT * FROM items ORDER BY id")
+        assert not errors(frames)
+        assert len(rows(frames)) == 10 and "vaulted" not in str(rows(frames))
+        assert rows(await wire.query("SHOW search_path")) == [['"public"']]
+        assert not errors(await wire.query("SET search_path = public"))
+        assert len(rows(await wire.query("SELECT * FROM items"))) == 10
+        frames = await wire.query("RESET search_path; SELECT * FROM items")
+        assert not errors(frames) and "vaulted" not in str(rows(frames))
+        wire.close()
+    finally:
+        app_db.psql("ALTER ROLE app_user RESET ALL")
+        app_db.psql(f"ALTER ROLE app_user IN DATABASE {DATABASE} RESET ALL")
+        app_db.psql(f"ALTER DATABASE {DATABASE} RESET ALL")

@@ -203,8 +203,9 @@ class PgBroker:
     ) -> None:
         try:
             upstream = await connect(
-                credential.login, client_parameters(startup), timeout=self.config.connect_timeout
-            )
+                credential.login, client_parameters(startup), timeout=self.config.connect_timeout,
+                search_path=spec.default_schema,
+            )  # fmt: skip
         except UpstreamError as error:
             log.warning("postgres target %s: %s", target.name, error)
             raise Fatal("08006", "the target could not be reached or refused the login") from None

@@ -9,6 +9,12 @@ Security decisions:
 * **The broker chooses the startup parameters**: ``user`` and ``database`` from the target,
   ``client_encoding=UTF8``, and only the harmless client parameters of
   :data:`FORWARDED_PARAMETERS` (never ``options``, ``replication`` or arbitrary settings).
+* **The session starts on the schema the policy assumes.** The broker resolves unqualified
+  names under the target's ``default_schema`` until a ``SET search_path``; the server would
+  otherwise start on the role's or database's ``search_path`` (``ALTER ROLE ... SET
+  search_path = vault``) or on ``"$user"``'s schema, and read another table than the one
+  decided. The startup message sets ``search_path`` to that schema alone (a startup
+  setting overrides role and database settings, and is what ``RESET`` returns to).
 * **TLS before credentials.** With any ``tls_mode`` but ``disable`` a server that refuses
   TLS is an error; a cleartext password is only ever sent inside TLS. SCRAM verifies the
   server's signature (:mod:`tether.proxy.pg.scram`).
@@ -34,6 +40,11 @@ FORWARDED_PARAMETERS: Final = frozenset(
     {"application_name", "datestyle", "timezone", "extra_float_digits", "intervalstyle"}
 )
 _READ_SIZE: Final = 65536
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (``"`` doubled), as a setting's value reads it."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 class UpstreamError(Exception):
@@ -94,11 +105,14 @@ async def _open(login: Login, timeout: float) -> tuple[asyncio.StreamReader, asy
 
 async def connect(
     login: Login, client_parameters: Mapping[str, str], *, timeout: float = 10.0,
-    max_message: int = 1 << 30,
+    max_message: int = 1 << 30, search_path: str | None = None,
 ) -> Upstream:  # fmt: skip
-    """A logged-in connection to the target; raises :class:`UpstreamError`."""
+    """A logged-in connection to the target; raises :class:`UpstreamError`. With
+    ``search_path`` (a schema name) the session starts with that schema alone on its path."""
     reader, writer = await _open(login, timeout)
     params = [("user", login.user), ("database", login.database), ("client_encoding", "UTF8")]
+    if search_path is not None:
+        params.append(("search_path", quote_ident(search_path)))
     params += [(k, v) for k, v in client_parameters.items() if k.lower() in FORWARDED_PARAMETERS]
     writer.write(c.StartupMessage(c.PROTOCOL_3_0, tuple(params)).encode())
     upstream = Upstream(
