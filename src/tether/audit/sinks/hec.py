@@ -8,7 +8,8 @@ format)::
      "index": "...", "event": { ...OCSF... }}
 
 authenticated with ``Authorization: Splunk <token>``. Acknowledgement is HEC's answer 200
-with ``"code": 0``; anything else (a refused token 401/403, a bad request 400, a busy
+with ``"code": 0`` (HEC always sends it; a 200 without it, say from a proxy or a server that
+is not HEC, is not an acknowledgement); anything else (a refused token 401/403, a bad request 400, a busy
 server 503) fails the batch, which is retried. With ``use_ack`` the sink also waits for
 Splunk's *indexer acknowledgement*: it sends a ``X-Splunk-Request-Channel`` and polls
 ``/services/collector/ack`` until the batch's ``ackId`` is reported indexed, so that the
@@ -94,7 +95,9 @@ class HecSink:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, url: str, body: bytes) -> dict[str, Any]:
+    async def _post(self, url: str, body: bytes, *, ack: bool = False) -> dict[str, Any]:
+        """POST ``body``; the answer must be 200 with a JSON object, and for events (not
+        ``ack``: the ack endpoint answers ``{"acks": ...}`` alone) ``"code": 0``."""
         try:
             response = await self._client.post(url, content=body, headers=self._headers)
         except httpx.HTTPError as error:
@@ -105,8 +108,9 @@ class HecSink:
             answer = None
         if response.status_code != 200 or not isinstance(answer, dict):
             raise SinkError(f"HEC {url}: status {response.status_code}: {_text(answer)}")
-        if answer.get("code", 0) != 0:
-            raise SinkError(f"HEC {url}: code {answer.get('code')}: {_text(answer)}")
+        code = answer.get("code", 0 if ack else None)
+        if type(code) is not int or code != 0:  # absent, false or 0.0 is not HEC's success
+            raise SinkError(f"HEC {url}: code {code!r}, not 0: {_text(answer)}")
         return answer
 
     async def _wait_indexed(self, ack_id: int) -> None:
@@ -114,7 +118,7 @@ class HecSink:
         body = json.dumps({"acks": [ack_id]}).encode()
         deadline = time.monotonic() + self.config.ack_timeout
         while True:
-            answer = await self._post(url, body)
+            answer = await self._post(url, body, ack=True)
             acks = answer.get("acks")
             if isinstance(acks, dict) and acks.get(str(ack_id)) is True:
                 return
