@@ -7,6 +7,9 @@ the real SQLite trail of the ``trail`` fixture.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from tests.audit_export.conftest import Trail
+from tether.audit.sinks import cursors
 from tether.audit.sinks.base import DeliveryLoop, SinkError, sink_status
 from tether.audit.sinks.config import Backoff, HecSinkConfig, WebhookSinkConfig
 from tether.audit.sinks.cursors import get_cursor
@@ -106,3 +111,65 @@ async def test_a_hec_200_with_code_0_is_one(trail: Trail, receiver: Receiver) ->
                         trail.engine)  # fmt: skip
     assert await loop.deliver_once() == 5
     await loop.sink.close()
+
+
+ESCAPES = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;owned\x07\x1b[2J\x9b6n"
+
+
+async def test_receiver_error_text_cannot_drive_the_operators_terminal(
+    trail: Trail, receiver: Receiver, tmp_path: Path
+) -> None:
+    """A receiver's error text is stored as the sink's last error and shown by
+    ``tether audit sinks``. It used to reach the operator's terminal as it was: escape
+    sequences that set the clipboard (OSC 52), retitle the window or clear the screen."""
+    await trail.emit(3)
+    receiver.answer.status = 400
+    receiver.answer.body = json.dumps({"text": f"bad {ESCAPES} request", "code": 6}).encode()
+    loop = DeliveryLoop(_hec(f"http://127.0.0.1:{receiver.port}/services/collector/event"),
+                        trail.engine, backoff=FAST)  # fmt: skip
+    assert await loop._step() > 0  # failed: the error is recorded on the cursor row
+    await loop.sink.close()
+    [status] = await sink_status(trail.engine)
+    assert status.last_error is not None and "bad" in status.last_error
+    assert not set(status.last_error) & set("\x1b\x07\x9b")
+
+    async with trail.engine.begin() as conn:  # as an older node stored it
+        await conn.execute(
+            update(cursors.audit_sink_cursors).values(last_error=f"old {ESCAPES} error")
+        )
+    arguments = ["audit", "sinks", "--data-dir", str(tmp_path)]
+    done = await asyncio.to_thread(CliRunner().invoke, app, arguments)  # it runs its own loop
+    assert done.exit_code == 0, done.output
+    assert "old" in done.stdout and "error" in done.stdout
+    assert not set(done.stdout) & set("\x1b\x07\x9b"), repr(done.stdout)
+
+
+@pytest.mark.parametrize("kind", ["hec", "webhook"])
+async def test_credentials_in_a_sink_url_stay_out_of_errors(
+    trail: Trail, receiver: Receiver, kind: str
+) -> None:
+    """A URL may carry credentials (``user:password@``, ``?token=``). Errors name the URL,
+    and they are logged and stored for ``tether audit sinks``: only scheme, host, port and
+    path are named there now."""
+    await trail.emit(2)
+    receiver.answer.status = 503
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()
+    for port in (receiver.port, dead_port):  # an error status, then no receiver at all
+        url = f"http://collector:pw-SECRET1@127.0.0.1:{port}/in/path?token=qs-SECRET2#f"
+        sink: Any
+        if kind == "hec":
+            sink = _hec(url)
+        else:
+            sink = WebhookSink(
+                WebhookSinkConfig(name="splunk", kind="webhook", url=url, secret="s")  # type: ignore[arg-type]
+            )
+        loop = DeliveryLoop(sink, trail.engine, backoff=FAST, node_id="node-1")
+        await loop._step()
+        await loop.sink.close()
+        [status] = await sink_status(trail.engine)
+        error = status.last_error or ""
+        assert f"127.0.0.1:{port}/in/path" in error, error
+        assert "SECRET" not in error and "collector" not in error, error

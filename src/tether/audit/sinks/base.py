@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Protocol
+from urllib.parse import urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -48,6 +49,29 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS: Final = 30.0
 
 Fetch = Callable[[AsyncConnection, int, int], Awaitable[list[AuditEvent]]]
+
+
+def display_url(url: str) -> str:
+    """``url`` as logs and errors name it: scheme, host, port and path, without the user,
+    password, query and fragment, any of which may hold a credential."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(unparsable URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a library's error message) with ``url`` and its credential-bearing parts
+    replaced, in case the message quotes them."""
+    parts = urlsplit(url)
+    secrets = [url, parts.query, parts.fragment, parts.username or "", parts.password or ""]
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 3:  # shorter would blank out ordinary words
+            text = text.replace(secret, display_url(url) if secret == url else "***")
+    return text
 
 
 class SinkError(Exception):
@@ -205,6 +229,7 @@ class DeliveryLoop:
         return 0
 
     async def _failed(self, message: str) -> None:
+        message = cursors.printable(message)  # receivers' text: no escapes into terminals
         self.failures += 1
         level = logging.WARNING if self.failures == 1 else logging.DEBUG
         log.log(level, "audit sink %s: delivery failed: %s", self.sink.name, message)

@@ -8,15 +8,16 @@ format)::
      "index": "...", "event": { ...OCSF... }}
 
 authenticated with ``Authorization: Splunk <token>``. Acknowledgement is HEC's answer 200
-with ``"code": 0`` (HEC always sends it; a 200 without it, say from a proxy or a server that
-is not HEC, is not an acknowledgement); anything else (a refused token 401/403, a bad request 400, a busy
-server 503) fails the batch, which is retried. With ``use_ack`` the sink also waits for
-Splunk's *indexer acknowledgement*: it sends a ``X-Splunk-Request-Channel`` and polls
+with ``"code": 0`` (HEC always sends it; a 200 without it, say from a proxy or a server
+that is not HEC, is not an acknowledgement); anything else (a refused token 401/403, a bad
+request 400, a busy server 503) fails the batch, which is retried. With ``use_ack`` the sink
+also waits for Splunk's *indexer acknowledgement*: it sends a ``X-Splunk-Request-Channel``
+and polls
 ``/services/collector/ack`` until the batch's ``ackId`` is reported indexed, so that the
 cursor moves only once the events are searchable, not merely received.
 
-The token is never logged nor put in an error message (errors name the URL and the
-status only).
+The token is never logged nor put in an error message: errors name the status and the URL
+without what may carry a credential (user, password, query; :func:`.base.display_url`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import httpx
 
 from tether.audit.events import AuditEvent
 from tether.audit.ocsf import to_ocsf
-from tether.audit.sinks.base import SinkError
+from tether.audit.sinks.base import SinkError, display_url, scrub
 from tether.audit.sinks.config import HecSinkConfig
 from tether.audit.sinks.tls import client_context
 
@@ -89,7 +90,8 @@ class HecSink:
         if self.config.use_ack:
             ack_id = answer.get("ackId")
             if not isinstance(ack_id, int):
-                raise SinkError(f"HEC {self.config.url}: no ackId in the answer (is useACK on?)")
+                url = display_url(self.config.url)
+                raise SinkError(f"HEC {url}: no ackId in the answer (is useACK on?)")
             await self._wait_indexed(ack_id)
 
     async def close(self) -> None:
@@ -101,16 +103,18 @@ class HecSink:
         try:
             response = await self._client.post(url, content=body, headers=self._headers)
         except httpx.HTTPError as error:
-            raise SinkError(f"HEC {url}: {type(error).__name__}: {error}") from None
+            reason = scrub(str(error), url)
+            raise SinkError(f"HEC {display_url(url)}: {type(error).__name__}: {reason}") from None
         try:
             answer = response.json()
         except ValueError:
             answer = None
         if response.status_code != 200 or not isinstance(answer, dict):
-            raise SinkError(f"HEC {url}: status {response.status_code}: {_text(answer)}")
+            status = response.status_code
+            raise SinkError(f"HEC {display_url(url)}: status {status}: {_text(answer)}")
         code = answer.get("code", 0 if ack else None)
         if type(code) is not int or code != 0:  # absent, false or 0.0 is not HEC's success
-            raise SinkError(f"HEC {url}: code {code!r}, not 0: {_text(answer)}")
+            raise SinkError(f"HEC {display_url(url)}: code {code!r}, not 0: {_text(answer)}")
         return answer
 
     async def _wait_indexed(self, ack_id: int) -> None:

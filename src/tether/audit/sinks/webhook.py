@@ -28,7 +28,7 @@ import httpx
 
 from tether.audit.events import AuditEvent
 from tether.audit.ocsf import to_ocsf
-from tether.audit.sinks.base import SinkError
+from tether.audit.sinks.base import SinkError, display_url, scrub
 from tether.audit.sinks.config import WebhookSinkConfig
 from tether.audit.sinks.tls import client_context
 
@@ -108,9 +108,12 @@ class WebhookSink:
         try:
             response = await self._client.post(self.config.url, content=body, headers=headers)
         except httpx.HTTPError as error:
-            raise SinkError(f"webhook {self.config.url}: {type(error).__name__}: {error}") from None
+            reason = scrub(str(error), self.config.url)
+            url = display_url(self.config.url)
+            raise SinkError(f"webhook {url}: {type(error).__name__}: {reason}") from None
         if not response.is_success:
-            raise SinkError(f"webhook {self.config.url}: status {response.status_code}")
+            url = display_url(self.config.url)
+            raise SinkError(f"webhook {url}: status {response.status_code}")
 
     async def close(self) -> None:
         await self._client.aclose()
