@@ -141,6 +141,20 @@ def test_any_signature_header_is_refused_without_raising(header: str, body: byte
     assert verify_signature(b"key", header, body, now=0) in (True, False)
 
 
+_DIGITS = st.text(st.sampled_from(list("0123456789²³¹٣৫߂\U0001d7d7")), min_size=1, max_size=12)
+
+
+@given(
+    st.one_of(_DIGITS, _DIGITS.map(lambda digits: digits * 500)),
+    st.text(st.sampled_from(list("0123456789abcdef²")), max_size=64),
+)
+def test_a_signature_header_with_any_digits_is_answered_not_raised(stamp: str, mac: str) -> None:
+    """A receiver calls this on a header anyone can send: '²' (a digit to str.isdigit, not
+    to int) and 5000 digits (past int's limit) used to raise ValueError."""
+    header = f"t={stamp},v1={mac}"
+    assert verify_signature(b"key", header, b"{}", now=1_800_000_000) is False
+
+
 @settings(max_examples=50)
 @given(st.lists(events(), min_size=1, max_size=5))
 def test_hec_batches_and_webhook_arrays_hold_every_event_in_order(

@@ -59,7 +59,11 @@ def verify_signature(
         if sep:
             fields.setdefault(key, []).append(value)
     stamps = fields.get("t", [])
-    if len(stamps) != 1 or not stamps[0].isdigit():
+    # ASCII digits only, and few: int() raises on '²' (a digit to isdigit) and past 4300
+    # digits, and this function's answer to any header is True or False.
+    if len(stamps) != 1 or not (stamps[0].isascii() and stamps[0].isdigit()):
+        return False
+    if len(stamps[0]) > 15:
         return False
     timestamp = int(stamps[0])
     current = time.time() if now is None else now
