@@ -7,8 +7,11 @@ also reads the node's audit trail (``session.start`` and ``session.end`` events,
 are listed too; a database that cannot be read is skipped with a warning.
 
 Everything a recording holds was produced by an agent, so names and values are shown with
-terminal control stripped (:func:`~tether.audit.recordings_play.strip_ansi`); only
-``replay`` writes the raw output, since showing it as the terminal did is its purpose.
+terminal control stripped (:func:`~tether.audit.recordings_play.strip_ansi`). ``replay``
+shows the output as the terminal did, but through
+:class:`~tether.audit.recordings_play.SafeTerminal`, which drops the sequences that reach
+beyond drawing (clipboard writes, titles, requests the terminal answers); ``--raw`` writes
+every byte, for a recording the viewer trusts.
 """
 
 from __future__ import annotations
@@ -216,8 +219,17 @@ def replay_session(
             "--max-idle", "-i", min=0.0, show_default=False, help="Cap each pause at SECONDS."
         ),
     ] = None,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw",
+            help="Write the output as recorded, every escape sequence included (titles, "
+            "clipboard writes, requests the terminal answers): only for a trusted recording.",
+        ),
+    ] = False,
 ) -> None:
-    """Replay a session's terminal output on standard output, with its timing."""
+    """Replay a session's terminal output on standard output, with its timing; sequences
+    that reach beyond drawing the screen are dropped unless --raw."""
     session = _find(recordings_root(config, data_dir, recordings), session_id)
     cast = _read(session.cast_path)
     out = sys.stdout
@@ -226,7 +238,7 @@ def replay_session(
         out.write(data)
         out.flush()
 
-    replay(cast, write, time.sleep, speed=speed, max_idle=max_idle)
+    replay(cast, write, time.sleep, speed=speed, max_idle=max_idle, raw=raw)
     if not cast.complete:
         typer.echo("tether: the recording ends early (its writer stopped)", err=True)
 
