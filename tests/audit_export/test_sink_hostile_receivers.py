@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from tests.audit_export.conftest import Trail
+from tests.audit_export.conftest import Trail, wait_for
 from tether.audit.sinks import cursors
 from tether.audit.sinks.base import DeliveryLoop, SinkError, sink_status
 from tether.audit.sinks.config import Backoff, HecSinkConfig, WebhookSinkConfig
@@ -173,3 +173,28 @@ async def test_credentials_in_a_sink_url_stay_out_of_errors(
         error = status.last_error or ""
         assert f"127.0.0.1:{port}/in/path" in error, error
         assert "SECRET" not in error and "collector" not in error, error
+
+
+async def test_an_answer_no_parser_expected_fails_the_batch_not_the_loop(
+    trail: Trail, receiver: Receiver
+) -> None:
+    """A collector answering 200 with JSON nested 100,000 deep made ``response.json()``
+    raise RecursionError, which no handler expected: the sink's delivery task ended, and
+    the sink delivered nothing more until the node restarted, while ``tether audit sinks``
+    showed it ``ok``. Any error of a delivery now fails that batch, visibly, and the loop
+    goes on: once the collector answers properly, everything arrives."""
+    await trail.emit(4)
+    receiver.answer.body = b"[" * 100_000 + b"]" * 100_000
+    loop = DeliveryLoop(_hec(f"http://127.0.0.1:{receiver.port}/services/collector/event"),
+                        trail.engine, backoff=FAST)  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        await wait_for(lambda: loop.failures >= 2, 20, "two failed deliveries")
+        [status] = await sink_status(trail.engine)
+        assert status.last_error is not None and "RecursionError" in status.last_error
+        receiver.answer.body = b'{"text": "Success", "code": 0}'
+        await wait_for(lambda: loop.delivered == 4, 20, "the batch, once answered properly")
+    finally:
+        stop.set()
+        await task

@@ -18,7 +18,8 @@ Guarantees, and why:
   event id) or ``metadata.sequence``.
 * **Never skip, even a poison event.** A receiver that keeps refusing a batch blocks its
   sink (and only its sink), visibly (``last_error``, growing lag), rather than losing
-  evidence silently.
+  evidence silently. Any exception of a delivery, expected or not, fails that batch the
+  same way: the loop itself never ends but when stopped.
 * **Survives restarts** because the cursor is in the store, and **several nodes** because
   a lease (:mod:`.cursors`) lets one node at a time deliver each sink.
 """
@@ -189,6 +190,13 @@ class DeliveryLoop:
         except (SQLAlchemyError, OSError) as error:  # the store itself: retry the same way
             log.warning("audit sink %s: store error: %s", self.sink.name, error)
             self.failures += 1
+            return self.backoff.delay(self.failures - 1, self._rng())
+        except Exception as error:
+            # A sink's bug or a receiver's surprise (a 200 nested too deep for the JSON
+            # parser): this batch failed, visibly, and the loop goes on. Ending it would
+            # stop the sink silently until a restart.
+            log.exception("audit sink %s: unexpected error", self.sink.name)
+            await self._failed(f"{type(error).__name__}: {error}")
             return self.backoff.delay(self.failures - 1, self._rng())
         if delivered is None:
             return self.poll_interval  # another node delivers this sink
