@@ -21,7 +21,8 @@ Guarantees, and why:
   evidence silently. Any exception of a delivery, expected or not, fails that batch the
   same way: the loop itself never ends but when stopped.
 * **Survives restarts** because the cursor is in the store, and **several nodes** because
-  a lease (:mod:`.cursors`) lets one node at a time deliver each sink.
+  a lease (:mod:`.cursors`) lets one node at a time deliver each sink. The lease is renewed
+  every third of its length while a batch is in flight, since a delivery may outlast it.
 """
 
 from __future__ import annotations
@@ -223,13 +224,31 @@ class DeliveryLoop:
             return None
         if row is None or row.last_seq != cursor:
             return 0  # another node moved it meanwhile: read again from where it is
-        await self.sink.deliver(events)
+        renewing = asyncio.create_task(self._renew_lease())
+        try:
+            await self.sink.deliver(events)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
         last = events[-1].seq
         assert last is not None
         async with self.engine.begin() as conn:
             await cursors.advance_cursor(conn, self.sink.name, last, self._clock(), self.node_id)
         self.delivered += len(events)
         return len(events)
+
+    async def _renew_lease(self) -> None:
+        """Keep the lease while a delivery is in flight: one may outlast it (a timeout of
+        up to 600 s, an indexer acknowledgement), and another node must not take the sink
+        and send the same events, or the next ones, meanwhile."""
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                async with self.engine.begin() as conn:
+                    await cursors.acquire_lease(
+                        conn, self.sink.name, self.node_id, self._clock(), LEASE_SECONDS
+                    )
 
     async def _start_seq(self, conn: AsyncConnection) -> int:
         if self.start == "end":
