@@ -28,6 +28,11 @@ Security and durability decisions:
   replacing the first, and other local users cannot read what the terminal showed.
 * **Session ids are file names**, so they are checked against :data:`SESSION_ID_PATTERN`
   (no ``/``, no leading dot) before any path is built from them.
+* **Bound to the audit trail.** The recorder hashes the cast file's bytes as it writes
+  them; :meth:`Recorder.close` puts the SHA-256 in the summary and returns it, and the
+  front-end puts it in the session's audit event (the SSH broker's ``ssh.command``
+  ``detail.recording``), which the hash chain protects. A recording changed afterwards no
+  longer matches it: ``tether sessions show`` says so.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -125,6 +131,8 @@ class RecordingSummary:
     transfers: int
     exit_status: int | None
     meta: dict[str, Any]
+    cast_sha256: str  # of the .cast.gz file's bytes, as closed
+    cast_bytes: int
 
 
 def cast_header(meta: RecordingMeta, session_id: str, started: datetime) -> dict[str, Any]:
@@ -208,6 +216,7 @@ class Recorder:
             raise RecordingError(f"a recording of session {session_id} exists already") from None
         except OSError as error:
             raise RecordingError(f"cannot create {path}: {error.strerror or error}") from None
+        raw = _HashingFile(raw)
         cast = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
         recorder = cls(
             session_id, directory, cast, raw, options or RecordingOptions(), started, monotonic,
@@ -305,6 +314,8 @@ class Recorder:
             transfers=self.transfer_count,
             exit_status=exit_status,
             meta=_meta_fields(self.meta),
+            cast_sha256=self._raw.sha256.hexdigest(),
+            cast_bytes=self._raw.size,
         )
 
     def __enter__(self) -> Self:
@@ -333,6 +344,40 @@ class Recorder:
         # Sync flush: the bytes so far become a decodable gzip prefix (see module docstring).
         self._cast.flush()
         self._raw.flush()
+
+
+class _HashingFile:
+    """The cast file, hashing every byte written to it (the gzip stream, trailer included)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._file = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        written: int = self._file.write(data)
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def fileno(self) -> int:
+        fileno: int = self._file.fileno()
+        return fileno
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _create_exclusive(path: Path, mode: Literal["wb"]) -> Any:

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tether.audit.recordings import RecordingError
+from tether.audit.recordings import RecordingError, file_sha256
 from tether.audit.recordings_play import cast_lines, plain_text, replay, strip_ansi
 from tether.audit.recordings_read import (
     Cast,
@@ -37,7 +37,7 @@ from tether.audit.recordings_read import (
     iter_recordings,
     read_cast,
 )
-from tether.cli.common import EXIT_NOT_FOUND, fail
+from tether.cli.common import EXIT_FAILED, EXIT_NOT_FOUND, fail
 from tether.config import CONFIG_ENV, ConfigError, Settings, load_settings
 
 RECORDINGS_DIR: Final = "recordings"
@@ -167,18 +167,59 @@ def show(
         "events": len(cast.events),
         "readable_to_end": cast.complete,
         "transfers": [_transfer(t) for t in session.transfers()],
+        **_integrity(session, None if recordings is not None else _settings(config, data_dir)),
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
-        return
-    console = _console()
-    for key in ("session_id", "started_at", "state", "protocol", "agent", "user", "target"):
-        console.print(Text(f"{key}: ") + _cell(info[key]))
-    for key in ("duration", "output_bytes", "truncated", "exit_status", "events", "path"):
-        console.print(Text(f"{key}: ") + _cell(info[key]))
-    for transfer in info["transfers"]:
-        line = "{direction} {path} ({size} bytes, sha256 {sha256})".format(**transfer)
-        console.print(Text("transfer: ") + _cell(line))
+    else:
+        console = _console()
+        for key in ("session_id", "started_at", "state", "protocol", "agent", "user", "target"):
+            console.print(Text(f"{key}: ") + _cell(info[key]))
+        for key in ("duration", "output_bytes", "truncated", "exit_status", "events", "path"):
+            console.print(Text(f"{key}: ") + _cell(info[key]))
+        for key in ("cast_sha256", "integrity"):
+            console.print(Text(f"{key}: ") + _cell(info[key]))
+        for transfer in info["transfers"]:
+            line = "{direction} {path} ({size} bytes, sha256 {sha256})".format(**transfer)
+            console.print(Text("transfer: ") + _cell(line))
+    if info["integrity"] == MODIFIED:
+        raise typer.Exit(EXIT_FAILED)
+
+
+MODIFIED: Final = "modified"
+
+
+def _integrity(session: RecordedSession, settings: Settings | None) -> dict[str, Any]:
+    """The cast file's SHA-256 and what it is checked against: the digest the audit trail
+    holds for it (chained, so tamper-evident) when the trail can be read, else the one in
+    its summary file (which whoever changed the cast could change too).
+
+    ``integrity``: ``verified`` (matches the audit trail), ``matches summary``, ``modified``
+    (differs from either), or ``unverified`` (nothing to check it against)."""
+    try:
+        actual = file_sha256(session.cast_path)
+    except OSError as error:
+        fail(f"cannot read {session.cast_path}: {error.strerror or error}")
+    summary = (session.summary or {}).get("cast_sha256")
+    audited: list[str] = []
+    if settings is not None:
+        from tether.audit.sessions_index import AuditIndexError, recording_digests
+
+        try:
+            audited = asyncio.run(recording_digests(settings.database, session.session_id))
+        except AuditIndexError as error:
+            typer.echo(f"tether: warning: audit trail not read: {error}", err=True)
+    if any(digest != actual for digest in audited) or summary not in (None, actual):
+        integrity = MODIFIED
+    elif audited:
+        integrity = "verified"
+    else:
+        integrity = "matches summary" if summary == actual else "unverified"
+    return {
+        "cast_sha256": actual,
+        "audited_sha256": audited[0] if audited else None,
+        "integrity": integrity,
+    }
 
 
 def _with_audited(rows: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
