@@ -151,6 +151,21 @@ def test_recordings_are_private_and_never_overwritten(tmp_path: Path) -> None:
     assert stat.S_IMODE(summary_file.stat().st_mode) == 0o600
 
 
+def test_every_directory_a_recording_creates_is_private(tmp_path: Path) -> None:
+    """``mkdir(parents=True, mode=0o700)`` gives the mode to the last directory only: the
+    recordings root and its year and month directories were created 0755 (umask 022), so
+    any local user could list them. Every directory the recorder creates is 0700 now."""
+    root = tmp_path / "data" / "recordings"
+    old = os.umask(0o022)
+    try:
+        Recorder.start("s-1", RecordingMeta(), root=root, now=T0).close()
+    finally:
+        os.umask(old)
+    day = day_dir(root, T0)
+    for directory in (root, day.parent.parent, day.parent, day):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+
+
 @pytest.mark.parametrize("bad", ["../escape", "a/b", ".hidden", "", "x" * 200, "a\nb"])
 def test_unsafe_session_ids_are_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(RecordingError, match="invalid session id"):

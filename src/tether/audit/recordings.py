@@ -210,7 +210,7 @@ class Recorder:
         directory = day_dir(root, started)
         path = directory / f"{session_id}{CAST_SUFFIX}"
         try:
-            directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            _make_private_dirs(directory)
             raw = _create_exclusive(path, "wb")
         except FileExistsError:
             raise RecordingError(f"a recording of session {session_id} exists already") from None
@@ -378,6 +378,19 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """``directory`` and its missing parents, each created 0700: ``mkdir(parents=True)``
+    would give the mode to the last one only, the others the umask's (0755)."""
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.is_dir():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another recorder made it meanwhile
+            path.mkdir(mode=_DIR_MODE)
 
 
 def _create_exclusive(path: Path, mode: Literal["wb"]) -> Any:
