@@ -22,7 +22,8 @@ Security and durability decisions:
   recording. ``RecordingOptions.record_input`` turns it on for deployments that want it.
 * **Exec output is capped** (``max_output_bytes``): past the cap output is dropped, the
   recording says ``truncated`` and a marker event shows where. A runaway command cannot fill
-  the disk through its recording.
+  the disk through its recording. Input and resize events have a budget of the same size
+  (an agent can send window changes without end), cut and marked the same way.
 * **Never overwritten, private.** Files are created exclusively (``O_EXCL``) with mode 0600
   in 0700 directories: a second recording under the same session id is refused rather than
   replacing the first, and other local users cannot read what the terminal showed.
@@ -183,6 +184,8 @@ class Recorder:
         self.meta = meta
         self.output_bytes = 0
         self.truncated = False
+        self.other_bytes = 0  # input and resize events, bounded by the same cap
+        self._others_cut = False
         self.transfer_count = 0
         self._cast = cast
         self._raw = raw
@@ -256,12 +259,30 @@ class Recorder:
             return
         raw = data.encode("utf-8", "replace") if isinstance(data, str) else data
         text = self._decoders["i"].decode(raw)
-        if text:
+        if text and self._room_for_other(len(raw)):
             self._event("i", text)
 
     def resize(self, width: int, height: int) -> None:
         """The terminal changed size."""
-        self._event("r", f"{int(width)}x{int(height)}")
+        size = f"{int(width)}x{int(height)}"
+        if self._room_for_other(len(size)):
+            self._event("r", size)
+
+    def _room_for_other(self, size: int) -> bool:
+        """Whether an input or resize event of ``size`` bytes fits under the cap, which
+        bounds these too: an agent sending window changes without end must not fill the
+        disk any more than one printing without end. Past it, one marker says so."""
+        cap = self.options.max_output_bytes
+        if cap is None:
+            return True
+        if self._others_cut:
+            return False
+        if self.other_bytes + size > cap:
+            self._others_cut = True
+            self._event("m", f"input and resize events truncated at {cap} bytes")
+            return False
+        self.other_bytes += size
+        return True
 
     def marker(self, label: str) -> None:
         """A named point in the recording (asciicast ``"m"``)."""
@@ -310,7 +331,7 @@ class Recorder:
             ended_at=datetime.fromtimestamp(ended, UTC).isoformat(),
             duration=round(duration, 6),
             output_bytes=self.output_bytes,
-            truncated=self.truncated,
+            truncated=self.truncated or self._others_cut,
             transfers=self.transfer_count,
             exit_status=exit_status,
             meta=_meta_fields(self.meta),
