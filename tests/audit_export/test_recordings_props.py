@@ -136,7 +136,7 @@ _HOSTILE = st.sampled_from(
         "\x1b]4;1;?\x07", "\x1bP$qm\x1b\\", "\x1bPtmux;\x1b\x1b]52;c;eA==\x07\x1b\\",
         "\x1b_apc\x1b\\", "\x1b^pm\x1b\\", "\x1bXsos\x1b\\", "\x9d0;t\x9c", "\x9b6n",
         "\x1b[6n", "\x1b[c", "\x1b[>c", "\x1b[21t", "\x1b[?1000h", "\x1b[?2004h", "\x1bc",
-        "\x1b[>4;1m", "\x05", "\x07", "\x90q\x9c",
+        "\x1b[>4;1m", "\x05", "\x07", "\x90q\x9c", "\x1b[999999999b",
     ]
 )  # fmt: skip
 _DRAWING = st.sampled_from(
@@ -145,7 +145,7 @@ _DRAWING = st.sampled_from(
 )  # fmt: skip
 # Anything the terminal could take as the start of an escape, or a control it acts on.
 _NOT_DRAWING = re.compile(
-    r"\x1b(?!\[[0-9;:]*[@A-HJ-MPSTXZ`a-gmr]|\[\?(?:7|25|47|104[789])[hl]|[78DEM=>]|[()*+].)"
+    r"\x1b(?!\[[0-9;:]*[@A-MPSTXZ`ad-gmr]|\[\?(?:7|25|47|104[789])[hl]|[78DEM=>]|[()*+].)"
     r"|[\x00-\x07\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f-\x9f]"
 )
 

@@ -67,8 +67,9 @@ _TOKEN: Final = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
-# CSI finals that only move the cursor, erase, insert, delete, scroll or set colours.
-_DRAWING_CSI: Final = frozenset("@ABCDEFGHIJKLMPSTXZ`abdefgmr")
+# CSI finals that only move the cursor, erase, insert, delete, scroll or set colours; each
+# bounded by the screen (not REP, ``CSI n b``: it repeats a character n times, n = 10^9).
+_DRAWING_CSI: Final = frozenset("@ABCDEFGHIJKLMPSTXZ`adefgmr")
 # DEC private modes that only change what is drawn: autowrap, cursor shown, alternate screen.
 _DRAWING_MODES: Final = frozenset({"7", "25", "47", "1047", "1048", "1049"})
 _DRAWING_ESC: Final = frozenset({"\x1b7", "\x1b8", "\x1bD", "\x1bE", "\x1bM", "\x1b=", "\x1b>"})
