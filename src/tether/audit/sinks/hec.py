@@ -86,7 +86,8 @@ class HecSink:
         )
 
     async def deliver(self, events: Sequence[AuditEvent]) -> None:
-        answer = await self._post(self.config.url, hec_body(events, self.config))
+        body = await asyncio.to_thread(hec_body, events, self.config)  # off the event loop
+        answer = await self._post(self.config.url, body)
         if self.config.use_ack:
             ack_id = answer.get("ackId")
             if not isinstance(ack_id, int):

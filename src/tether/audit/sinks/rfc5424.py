@@ -166,7 +166,9 @@ def shrink_ocsf(ocsf: Mapping[str, Any], budget: int) -> str:
     for candidate in (marked, trimmed):
         if len(_cut_message(candidate, 0)) > budget:
             continue
-        low, high = 0, _longest_string(candidate)  # cut at ``low`` fits; find the largest
+        # Cut at ``low`` fits; find the largest. No string longer than the budget can fit,
+        # so every trial dumps at most that much of each string (not a 300 kB command).
+        low, high = 0, min(_longest_string(candidate), budget)
         while low < high:
             middle = (low + high + 1) // 2
             if len(_cut_message(candidate, middle)) <= budget:

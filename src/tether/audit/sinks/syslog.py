@@ -71,6 +71,10 @@ class SyslogSink:
         text = rfc5424.shrink_ocsf(ocsf, limit - len(bare) - 1)
         return self._format(event, ocsf, params, text)
 
+    def frames(self, events: Sequence[AuditEvent]) -> bytes:
+        """The batch as octet-counted frames."""
+        return b"".join(rfc5424.frame(self.message(event)) for event in events)
+
     def _format(
         self,
         event: AuditEvent,
@@ -91,7 +95,9 @@ class SyslogSink:
         )
 
     async def deliver(self, events: Sequence[AuditEvent]) -> None:
-        data = b"".join(rfc5424.frame(self.message(event)) for event in events)
+        # Built in a thread: a batch of large events (mapped, dumped, shrunk) is CPU work
+        # the node's event loop, which decides and audits agents' actions, must not wait on.
+        data = await asyncio.to_thread(self.frames, events)
         writer = await self._connection()
         try:
             writer.write(data)

@@ -16,6 +16,7 @@ Receivers deduplicate by event (``metadata.uid``), since a retried batch may hav
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -103,7 +104,7 @@ class WebhookSink:
         )
 
     async def deliver(self, events: Sequence[AuditEvent]) -> None:
-        body = webhook_body(events)
+        body = await asyncio.to_thread(webhook_body, events)  # CPU work: off the event loop
         headers = {
             "Content-Type": "application/json",
             DELIVERY_HEADER: delivery_id(self.name, events),
