@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -151,6 +153,25 @@ def test_export_text_strips_escape_sequences(recorded: tuple[Path, bytes], tmp_p
     assert "\ngreen\n" in text
     assert "\x1b" not in text and "\r" not in text
     assert "tether$ sleep 0.3\n" in text
+
+
+def test_an_exported_recording_is_private_like_the_recording(
+    recorded: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    """Recordings are 0600; ``export -o`` wrote its copy with the umask's 0644, readable by
+    every local user."""
+    root, _ = recorded
+    old = os.umask(0o022)
+    try:
+        for fmt in ("cast", "text"):
+            out = tmp_path / f"s.{fmt}"
+            done = _run(
+                None, "export", "s-42", "--recordings", str(root), "-f", fmt, "-o", str(out)
+            )
+            assert done.returncode == 0, done.stderr
+            assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
 
 
 def test_export_cast_is_uncompressed_asciicast(recorded: tuple[Path, bytes]) -> None:

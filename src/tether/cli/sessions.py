@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -309,9 +310,18 @@ def export(
         sys.stdout.flush()
         return
     try:
-        output.write_text(text, encoding="utf-8")
+        _write_private(output, text.encode("utf-8"))
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror or error}")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, a new file created 0600 like the recording it comes from
+    (the umask's 0644 would let any local user read what the terminal showed); an existing
+    file keeps its mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def _read(path: Path) -> Cast:
