@@ -21,6 +21,8 @@ from sqlalchemy import update
 from typer.testing import CliRunner
 
 from tests.audit_export.conftest import Trail, wait_for
+from tests.audit_export.receivers.http_receiver import hec_objects
+from tether.audit.events import AuditEvent
 from tether.audit.sinks import cursors
 from tether.audit.sinks.base import DeliveryLoop, SinkError, sink_status
 from tether.audit.sinks.config import Backoff, HecSinkConfig, WebhookSinkConfig
@@ -38,6 +40,7 @@ class Answer:
     def __init__(self) -> None:
         self.status = 200
         self.body = b"{}"
+        self.max_body: int | None = None  # larger bodies get 413, as behind a proxy
         self.requests: list[dict[str, Any]] = []
 
 
@@ -52,9 +55,13 @@ class Receiver:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
-                self.rfile.read(length)
-                answer.requests.append({"path": self.path, "headers": dict(self.headers)})
-                self.send_response(answer.status)
+                body = self.rfile.read(length)
+                too_large = answer.max_body is not None and length > answer.max_body
+                answer.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body,
+                     "accepted": not too_large and 200 <= answer.status < 300}
+                )  # fmt: skip
+                self.send_response(413 if too_large else answer.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
@@ -198,3 +205,45 @@ async def test_an_answer_no_parser_expected_fails_the_batch_not_the_loop(
     finally:
         stop.set()
         await task
+
+
+@pytest.mark.parametrize("kind", ["hec", "webhook"])
+async def test_one_event_too_large_for_the_receiver_does_not_stop_the_sink(
+    trail: Trail, receiver: Receiver, kind: str
+) -> None:
+    """Behind a body limit (a proxy's, HEC's max_content_length) the receiver answers 413.
+    The same batch was refused forever: an agent that made one event large enough (a
+    100 kB command) stopped the sink, and nothing after it reached the SIEM. The batch
+    is now sent in halves, and the one event still too large shrunk and marked."""
+    commands = ["id", "ls", "w", "echo " + "x" * 100_000, "pwd", "uptime", "date"]
+    for command in commands:
+        await trail.log.append(
+            AuditEvent(kind="ssh.command", agent="bot", action={"command": command})
+        )
+    receiver.answer.max_body = 20_000
+    url = f"http://127.0.0.1:{receiver.port}/services/collector/event"
+    if kind == "hec":
+        receiver.answer.body = b'{"text": "Success", "code": 0}'
+        sink: Any = _hec(url)
+    else:
+        sink = WebhookSink(WebhookSinkConfig(name="splunk", kind="webhook", url=url, secret="s"))  # type: ignore[arg-type]
+    loop = DeliveryLoop(sink, trail.engine, backoff=FAST)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        await wait_for(lambda: loop.delivered == 7, 20, "every event")
+    finally:
+        stop.set()
+        await task
+    received: list[dict[str, Any]] = []
+    for request in receiver.answer.requests:
+        if request["accepted"]:
+            if kind == "hec":
+                received += [obj["event"] for obj in hec_objects(request["body"])]
+            else:
+                received += json.loads(request["body"])
+    seqs = [event["metadata"]["sequence"] for event in received]
+    assert sorted(set(seqs)) == list(range(1, 8)) and seqs == sorted(seqs)
+    big = next(event for event in received if event["metadata"]["sequence"] == 4)
+    assert big["unmapped"]["tether"]["truncated"] is True
+    assert big["message"].startswith("echo xxx") and len(json.dumps(big)) <= 20_000

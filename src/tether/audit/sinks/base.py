@@ -80,6 +80,52 @@ class SinkError(Exception):
     """A batch was not acknowledged (receiver down, refused, timed out): retry it later."""
 
 
+class TooLarge(SinkError):
+    """The receiver refused the request as too large (HTTP 413)."""
+
+
+# Sends ``events``, each event's OCSF JSON shrunk to at most ``budget`` octets when given.
+Send = Callable[[Sequence[AuditEvent], int | None], Awaitable[None]]
+MIN_EVENT_BUDGET: Final = 1024
+
+
+async def deliver_fitting(send: Send, events: Sequence[AuditEvent]) -> None:
+    """``send(events, None)``; on :class:`TooLarge` the batch is sent in halves, in order,
+    and a single event still too large is sent shrunk (:func:`.rfc5424.shrink_ocsf`, marked
+    ``truncated``), its budget halved until the receiver takes it.
+
+    A receiver's body limit (HTTP 413, a proxy's 1 MiB) used to refuse the same batch
+    forever: one event an agent made large enough stopped the sink for good, and every
+    event after it stayed out of the SIEM. A half that went through is sent again if the
+    other fails (at least once, in order); the whole event is always kept in Tether.
+    """
+    try:
+        await send(events, None)
+        return
+    except TooLarge:
+        if len(events) == 1:
+            await _send_shrunk(send, events)
+            return
+    middle = len(events) // 2
+    await deliver_fitting(send, events[:middle])
+    await deliver_fitting(send, events[middle:])
+
+
+async def _send_shrunk(send: Send, events: Sequence[AuditEvent]) -> None:
+    from tether.audit.ocsf import to_ocsf
+    from tether.audit.sinks.rfc5424 import ocsf_message
+
+    budget = len(ocsf_message(to_ocsf(events[0]))) // 2
+    while True:
+        try:
+            await send(events, max(budget, MIN_EVENT_BUDGET))
+            return
+        except TooLarge:
+            if budget <= MIN_EVENT_BUDGET:
+                raise
+            budget //= 2
+
+
 class Sink(Protocol):
     """Where a sink's batches go. ``deliver`` returns only once the receiver acknowledged
     the whole batch, and raises :class:`SinkError` otherwise."""

@@ -33,8 +33,8 @@ from urllib.parse import urljoin
 import httpx
 
 from tether.audit.events import AuditEvent
-from tether.audit.ocsf import to_ocsf
-from tether.audit.sinks.base import SinkError, display_url, scrub
+from tether.audit.ocsf import fitted_ocsf
+from tether.audit.sinks.base import SinkError, TooLarge, deliver_fitting, display_url, scrub
 from tether.audit.sinks.config import HecSinkConfig
 from tether.audit.sinks.tls import client_context
 
@@ -42,13 +42,15 @@ ACK_PATH: Final = "/services/collector/ack"
 ACK_POLL_SECONDS: Final = 0.5
 
 
-def hec_event(event: AuditEvent, config: HecSinkConfig) -> dict[str, Any]:
-    """One event in HEC's event format."""
+def hec_event(
+    event: AuditEvent, config: HecSinkConfig, budget: int | None = None
+) -> dict[str, Any]:
+    """One event in HEC's event format; its OCSF JSON shrunk to ``budget`` octets if given."""
     envelope: dict[str, Any] = {
         "time": round(event.time.timestamp(), 3),
         "source": config.source,
         "sourcetype": config.sourcetype,
-        "event": to_ocsf(event),
+        "event": fitted_ocsf(event, budget),
     }
     if config.host is not None:
         envelope["host"] = config.host
@@ -57,10 +59,12 @@ def hec_event(event: AuditEvent, config: HecSinkConfig) -> dict[str, Any]:
     return envelope
 
 
-def hec_body(events: Sequence[AuditEvent], config: HecSinkConfig) -> bytes:
+def hec_body(
+    events: Sequence[AuditEvent], config: HecSinkConfig, budget: int | None = None
+) -> bytes:
     """A batch: the events' JSON objects, newline-separated (HEC accepts any whitespace)."""
     return "\n".join(
-        json.dumps(hec_event(event, config), separators=(",", ":"), allow_nan=False)
+        json.dumps(hec_event(event, config, budget), separators=(",", ":"), allow_nan=False)
         for event in events
     ).encode("utf-8")
 
@@ -86,7 +90,10 @@ class HecSink:
         )
 
     async def deliver(self, events: Sequence[AuditEvent]) -> None:
-        body = await asyncio.to_thread(hec_body, events, self.config)  # off the event loop
+        await deliver_fitting(self._send, events)  # halves and shrinks on a 413
+
+    async def _send(self, events: Sequence[AuditEvent], budget: int | None) -> None:
+        body = await asyncio.to_thread(hec_body, events, self.config, budget)  # off the loop
         answer = await self._post(self.config.url, body)
         if self.config.use_ack:
             ack_id = answer.get("ackId")
@@ -110,6 +117,8 @@ class HecSink:
             answer = response.json()
         except ValueError:
             answer = None
+        if response.status_code == 413:
+            raise TooLarge(f"HEC {display_url(url)}: status 413: {len(body)} bytes too large")
         if response.status_code != 200 or not isinstance(answer, dict):
             status = response.status_code
             raise SinkError(f"HEC {display_url(url)}: status {status}: {_text(answer)}")

@@ -28,8 +28,8 @@ from typing import Final
 import httpx
 
 from tether.audit.events import AuditEvent
-from tether.audit.ocsf import to_ocsf
-from tether.audit.sinks.base import SinkError, display_url, scrub
+from tether.audit.ocsf import fitted_ocsf
+from tether.audit.sinks.base import SinkError, TooLarge, deliver_fitting, display_url, scrub
 from tether.audit.sinks.config import WebhookSinkConfig
 from tether.audit.sinks.tls import client_context
 
@@ -80,8 +80,10 @@ def delivery_id(sink: str, events: Sequence[AuditEvent]) -> str:
     return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{sink}:{first.id}:{last.id}:{len(events)}"))
 
 
-def webhook_body(events: Sequence[AuditEvent]) -> bytes:
-    return json.dumps([to_ocsf(event) for event in events], separators=(",", ":")).encode()
+def webhook_body(events: Sequence[AuditEvent], budget: int | None = None) -> bytes:
+    """The batch as a JSON array; each event's OCSF JSON shrunk to ``budget`` if given."""
+    array = [fitted_ocsf(event, budget) for event in events]
+    return json.dumps(array, separators=(",", ":")).encode()
 
 
 class WebhookSink:
@@ -104,7 +106,10 @@ class WebhookSink:
         )
 
     async def deliver(self, events: Sequence[AuditEvent]) -> None:
-        body = await asyncio.to_thread(webhook_body, events)  # CPU work: off the event loop
+        await deliver_fitting(self._send, events)  # halves and shrinks on a 413
+
+    async def _send(self, events: Sequence[AuditEvent], budget: int | None) -> None:
+        body = await asyncio.to_thread(webhook_body, events, budget)  # off the event loop
         headers = {
             "Content-Type": "application/json",
             DELIVERY_HEADER: delivery_id(self.name, events),
@@ -116,6 +121,9 @@ class WebhookSink:
             reason = scrub(str(error), self.config.url)
             url = display_url(self.config.url)
             raise SinkError(f"webhook {url}: {type(error).__name__}: {reason}") from None
+        if response.status_code == 413:
+            url = display_url(self.config.url)
+            raise TooLarge(f"webhook {url}: status 413: {len(body)} bytes too large")
         if not response.is_success:
             url = display_url(self.config.url)
             raise SinkError(f"webhook {url}: status {response.status_code}")
