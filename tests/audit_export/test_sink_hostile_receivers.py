@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from tether.audit.sinks.config import Backoff, HecSinkConfig, WebhookSinkConfig
 from tether.audit.sinks.cursors import get_cursor
 from tether.audit.sinks.hec import HecSink
 from tether.audit.sinks.webhook import WebhookSink
+from tether.cli.common import configure_logging
 from tether.cli.main import app
 
 FAST = Backoff(initial=0.05, max=0.2, jitter=0)
@@ -247,3 +249,34 @@ async def test_one_event_too_large_for_the_receiver_does_not_stop_the_sink(
     big = next(event for event in received if event["metadata"]["sequence"] == 4)
     assert big["unmapped"]["tether"]["truncated"] is True
     assert big["message"].startswith("echo xxx") and len(json.dumps(big)) <= 20_000
+
+
+async def test_the_node_log_does_not_write_a_sink_urls_credentials(
+    trail: Trail, receiver: Receiver
+) -> None:
+    """At the node's default log level (info) httpx logged every request with its whole
+    URL: a sink url's password and token went to the log at each batch."""
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    try:
+        configure_logging("info")
+        root.addHandler(Keep())
+        await trail.emit(3)
+        receiver.answer.body = b'{"text": "Success", "code": 0}'
+        url = f"http://collector:pw-SECRET1@127.0.0.1:{receiver.port}/in?token=qs-SECRET2"
+        loop = DeliveryLoop(_hec(url), trail.engine)
+        assert await loop.deliver_once() == 3
+        await loop.sink.close()
+    finally:
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    assert receiver.answer.requests  # it was sent, with its credentials, to the receiver
+    assert not [r for r in records if "SECRET" in r.getMessage()], [r.getMessage() for r in records]
