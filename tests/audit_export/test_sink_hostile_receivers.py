@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -190,8 +191,10 @@ async def test_an_answer_no_parser_expected_fails_the_batch_not_the_loop(
     """A collector answering 200 with JSON nested 100,000 deep made ``response.json()``
     raise RecursionError, which no handler expected: the sink's delivery task ended, and
     the sink delivered nothing more until the node restarted, while ``tether audit sinks``
-    showed it ``ok``. Any error of a delivery now fails that batch, visibly, and the loop
-    goes on: once the collector answers properly, everything arrives."""
+    showed it ``ok``. It fails that batch, visibly, and the loop goes on: once the
+    collector answers properly, everything arrives. (The answer is now read only up to
+    64 KiB, so it no longer reaches the parser whole; the loop's own guard is tested in
+    test_sink_loop.py.)"""
     await trail.emit(4)
     receiver.answer.body = b"[" * 100_000 + b"]" * 100_000
     loop = DeliveryLoop(_hec(f"http://127.0.0.1:{receiver.port}/services/collector/event"),
@@ -201,7 +204,7 @@ async def test_an_answer_no_parser_expected_fails_the_batch_not_the_loop(
     try:
         await wait_for(lambda: loop.failures >= 2, 20, "two failed deliveries")
         [status] = await sink_status(trail.engine)
-        assert status.last_error is not None and "RecursionError" in status.last_error
+        assert status.last_error is not None and "status 200" in status.last_error
         receiver.answer.body = b'{"text": "Success", "code": 0}'
         await wait_for(lambda: loop.delivered == 4, 20, "the batch, once answered properly")
     finally:
@@ -280,3 +283,83 @@ async def test_the_node_log_does_not_write_a_sink_urls_credentials(
             logging.getLogger(name).setLevel(logging.NOTSET)
     assert receiver.answer.requests  # it was sent, with its credentials, to the receiver
     assert not [r for r in records if "SECRET" in r.getMessage()], [r.getMessage() for r in records]
+
+
+class Trickler:
+    """A receiver that reads the request, then answers one byte every 0.2 s, without end,
+    or floods an endless chunked answer, as fast as it can."""
+
+    def __init__(self, flood: bool = False) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.flood = flood
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))  # fmt: skip
+            while len(body) < length:
+                body += conn.recv(65536)
+            try:
+                if self.flood:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    chunk = b"%x\r\n%s\r\n" % (1 << 20, b"[" * (1 << 20))
+                    while not self.stop.is_set():
+                        conn.sendall(chunk)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while not self.stop.is_set():  # a header that never ends, a byte at a time
+                    conn.sendall(b"a")
+                    time.sleep(0.2)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("kind", ["hec", "webhook"])
+@pytest.mark.parametrize("flood", [False, True], ids=["trickle", "flood"])
+async def test_a_receiver_that_never_finishes_its_answer_fails_the_batch_in_time(
+    trail: Trail, kind: str, flood: bool
+) -> None:
+    """httpx's timeout is per read: an answer trickled a byte every 0.2 s never tripped a
+    1 s timeout, and held the delivery (and the sink's lease) without end; an endless
+    answer was read into memory whole. Now an exchange has one deadline (4 x timeout) and
+    the answer is read up to 64 KiB."""
+    await trail.emit(2)
+    server = Trickler(flood)
+    url = f"http://127.0.0.1:{server.port}/services/collector/event"
+    sink: Any
+    if kind == "hec":
+        sink = HecSink(HecSinkConfig(name="s", kind="hec", url=url, token="t", timeout=1))  # type: ignore[arg-type]
+    else:
+        sink = WebhookSink(
+            WebhookSinkConfig(name="s", kind="webhook", url=url, secret="s", timeout=1)
+        )  # type: ignore[arg-type]
+    loop = DeliveryLoop(sink, trail.engine)
+    started = time.monotonic()
+    try:
+        if flood and kind == "webhook":  # a 2xx acknowledges; the rest is not read
+            assert await asyncio.wait_for(loop.deliver_once(), 15) == 2
+        else:  # trickled: no whole answer in time; flooded HEC: 64 KiB of "[", not JSON
+            with pytest.raises(SinkError):
+                await asyncio.wait_for(loop.deliver_once(), 15)
+    finally:
+        server.close()
+        await sink.close()
+    assert time.monotonic() - started < 8

@@ -81,6 +81,39 @@ async def test_one_node_at_a_time_delivers_a_sink(trail: Trail) -> None:
     assert first.batches == [[1, 2]] and second.batches == [[3, 4], [5]]
 
 
+class SurprisingSink(FlakySink):
+    """Raises what no handler expects (a bug, a parser's RecursionError), then works."""
+
+    async def deliver(self, events: Sequence[AuditEvent]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RecursionError("maximum recursion depth exceeded")
+        await super().deliver(events)
+
+
+async def test_an_unexpected_exception_fails_the_batch_not_the_loop(trail: Trail) -> None:
+    """Only SinkError and store errors were caught: anything else ended the sink's task for
+    good, silently (``tether audit sinks`` said ``ok``). It now fails the batch, recorded,
+    with backoff, and the loop delivers once the sink works."""
+    await trail.emit(3)
+    sink = SurprisingSink("odd", failures=2)
+    loop = DeliveryLoop(sink, trail.engine, backoff=Backoff(initial=0.01, max=0.02))
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        for _ in range(200):
+            if sink.batches:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+    assert sink.batches == [[1, 2, 3]]
+    async with trail.engine.connect() as conn:
+        row = await cursors.get_cursor(conn, "odd")
+    assert row is not None and row.last_seq == 3
+
+
 class SlowSink:
     """Takes ``seconds`` to acknowledge each batch (an HEC waiting for its indexer)."""
 

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Final, Protocol
 from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -78,6 +79,32 @@ def scrub(text: str, url: str) -> str:
 
 class SinkError(Exception):
     """A batch was not acknowledged (receiver down, refused, timed out): retry it later."""
+
+
+REQUEST_TIMEOUTS: Final = 4  # a whole HTTP exchange: at most this many times ``timeout``
+MAX_ANSWER_BYTES: Final = 65536
+
+
+async def post_capped(
+    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int, bytes]:
+    """POST ``body`` and read the answer: ``(status, its first MAX_ANSWER_BYTES)``.
+
+    httpx's timeout is per operation: a receiver that trickles its answer a byte at a time
+    held a delivery (and, with the lease renewed meanwhile, the sink) without end; and a
+    whole answer was read into memory, however long. The exchange now has one deadline,
+    ``REQUEST_TIMEOUTS * timeout``, and the answer is read raw (``identity`` asked, no
+    decompression) up to a cap. Raises ``httpx.HTTPError`` or :class:`TimeoutError`.
+    """
+    headers = {**headers, "Accept-Encoding": "identity"}
+    async with asyncio.timeout(timeout * REQUEST_TIMEOUTS):
+        async with client.stream("POST", url, content=body, headers=headers) as response:
+            data = bytearray()
+            async for chunk in response.aiter_raw():
+                data += chunk
+                if len(data) >= MAX_ANSWER_BYTES:
+                    break
+            return response.status_code, bytes(data[:MAX_ANSWER_BYTES])
 
 
 class TooLarge(SinkError):

@@ -34,7 +34,15 @@ import httpx
 
 from tether.audit.events import AuditEvent
 from tether.audit.ocsf import fitted_ocsf
-from tether.audit.sinks.base import SinkError, TooLarge, deliver_fitting, display_url, scrub
+from tether.audit.sinks.base import (
+    REQUEST_TIMEOUTS,
+    SinkError,
+    TooLarge,
+    deliver_fitting,
+    display_url,
+    post_capped,
+    scrub,
+)
 from tether.audit.sinks.config import HecSinkConfig
 from tether.audit.sinks.tls import client_context
 
@@ -109,18 +117,22 @@ class HecSink:
         """POST ``body``; the answer must be 200 with a JSON object, and for events (not
         ``ack``: the ack endpoint answers ``{"acks": ...}`` alone) ``"code": 0``."""
         try:
-            response = await self._client.post(url, content=body, headers=self._headers)
+            status, data = await post_capped(
+                self._client, url, body, self._headers, self.config.timeout
+            )
         except httpx.HTTPError as error:
             reason = scrub(str(error), url)
             raise SinkError(f"HEC {display_url(url)}: {type(error).__name__}: {reason}") from None
+        except TimeoutError:
+            limit = self.config.timeout * REQUEST_TIMEOUTS
+            raise SinkError(f"HEC {display_url(url)}: no whole answer in {limit:g}s") from None
         try:
-            answer = response.json()
-        except ValueError:
+            answer = json.loads(data)
+        except (ValueError, RecursionError):
             answer = None
-        if response.status_code == 413:
+        if status == 413:
             raise TooLarge(f"HEC {display_url(url)}: status 413: {len(body)} bytes too large")
-        if response.status_code != 200 or not isinstance(answer, dict):
-            status = response.status_code
+        if status != 200 or not isinstance(answer, dict):
             raise SinkError(f"HEC {display_url(url)}: status {status}: {_text(answer)}")
         code = answer.get("code", 0 if ack else None)
         if type(code) is not int or code != 0:  # absent, false or 0.0 is not HEC's success

@@ -29,7 +29,15 @@ import httpx
 
 from tether.audit.events import AuditEvent
 from tether.audit.ocsf import fitted_ocsf
-from tether.audit.sinks.base import SinkError, TooLarge, deliver_fitting, display_url, scrub
+from tether.audit.sinks.base import (
+    REQUEST_TIMEOUTS,
+    SinkError,
+    TooLarge,
+    deliver_fitting,
+    display_url,
+    post_capped,
+    scrub,
+)
 from tether.audit.sinks.config import WebhookSinkConfig
 from tether.audit.sinks.tls import client_context
 
@@ -115,18 +123,21 @@ class WebhookSink:
             DELIVERY_HEADER: delivery_id(self.name, events),
             SIGNATURE_HEADER: sign(self._key, int(self._clock()), body),
         }
+        url = display_url(self.config.url)
         try:
-            response = await self._client.post(self.config.url, content=body, headers=headers)
+            status, _ = await post_capped(
+                self._client, self.config.url, body, headers, self.config.timeout
+            )
         except httpx.HTTPError as error:
             reason = scrub(str(error), self.config.url)
-            url = display_url(self.config.url)
             raise SinkError(f"webhook {url}: {type(error).__name__}: {reason}") from None
-        if response.status_code == 413:
-            url = display_url(self.config.url)
+        except TimeoutError:
+            limit = self.config.timeout * REQUEST_TIMEOUTS
+            raise SinkError(f"webhook {url}: no whole answer in {limit:g}s") from None
+        if status == 413:
             raise TooLarge(f"webhook {url}: status 413: {len(body)} bytes too large")
-        if not response.is_success:
-            url = display_url(self.config.url)
-            raise SinkError(f"webhook {url}: status {response.status_code}")
+        if not 200 <= status < 300:
+            raise SinkError(f"webhook {url}: status {status}")
 
     async def close(self) -> None:
         await self._client.aclose()
