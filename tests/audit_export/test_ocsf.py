@@ -267,3 +267,18 @@ def test_any_event_maps_to_a_well_formed_ocsf_event(
         assert (result["status_id"], result["status"]) == (2, "Failure")
     elif "error" not in action and action.get("is_error") is not True:
         assert (result["status_id"], result["status"]) == (1, "Success")
+
+
+def test_time_is_the_exact_millisecond() -> None:
+    """``int(timestamp() * 1000)`` lost a millisecond on some instants (a float product
+    just under the whole number): this one came out as ...212."""
+    moment = datetime(2038, 6, 4, 19, 5, 25, 213000, tzinfo=UTC)
+    ocsf = to_ocsf(AuditEvent(kind="decision", time=moment))
+    assert ocsf["time"] == ocsf["metadata"]["logged_time"] == 2159291125213
+
+
+@given(st.datetimes(datetime(1970, 1, 1), datetime(2200, 1, 1), timezones=st.just(UTC)))
+def test_time_is_whole_milliseconds_since_the_epoch(moment: datetime) -> None:
+    since = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    expected = since.days * 86_400_000 + since.seconds * 1000 + since.microseconds // 1000
+    assert to_ocsf(AuditEvent(kind="decision", time=moment))["time"] == expected

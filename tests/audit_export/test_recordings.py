@@ -151,6 +151,40 @@ def test_recordings_are_private_and_never_overwritten(tmp_path: Path) -> None:
     assert stat.S_IMODE(summary_file.stat().st_mode) == 0o600
 
 
+def test_window_changes_without_end_are_capped_like_output(tmp_path: Path) -> None:
+    """Only output counted toward ``max_output_bytes``: an agent sending window changes
+    (or, with record_input, keystrokes) without end grew its recording without bound,
+    a compressed event and a write for each."""
+    options = RecordingOptions(record_input=True, max_output_bytes=1000)
+    recorder = Recorder.start("spam", RecordingMeta(), root=tmp_path, options=options, now=T0)
+    for i in range(20_000):
+        recorder.resize(80 + i % 50, 24)
+        recorder.input(b"x")
+    recorder.output(b"still recorded")
+    summary = recorder.close()
+    events = read_cast(recorder.cast_path).events
+    assert sum(1 for e in events if e.code in "ri") < 400
+    assert [e.data for e in events if e.code == "m"] == [
+        "input and resize events truncated at 1000 bytes"
+    ]
+    assert output_text(events) == "still recorded" and summary.truncated
+
+
+def test_every_directory_a_recording_creates_is_private(tmp_path: Path) -> None:
+    """``mkdir(parents=True, mode=0o700)`` gives the mode to the last directory only: the
+    recordings root and its year and month directories were created 0755 (umask 022), so
+    any local user could list them. Every directory the recorder creates is 0700 now."""
+    root = tmp_path / "data" / "recordings"
+    old = os.umask(0o022)
+    try:
+        Recorder.start("s-1", RecordingMeta(), root=root, now=T0).close()
+    finally:
+        os.umask(old)
+    day = day_dir(root, T0)
+    for directory in (root, day.parent.parent, day.parent, day):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+
+
 @pytest.mark.parametrize("bad", ["../escape", "a/b", ".hidden", "", "x" * 200, "a\nb"])
 def test_unsafe_session_ids_are_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(RecordingError, match="invalid session id"):

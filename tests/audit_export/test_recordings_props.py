@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tether.audit.recordings import Recorder, RecordingError, RecordingMeta
-from tether.audit.recordings_play import output_text, replay_delays, strip_ansi
+from tether.audit.recordings_play import (
+    SafeTerminal,
+    output_text,
+    replay_delays,
+    safe_output,
+    strip_ansi,
+)
 from tether.audit.recordings_read import (
     CastEvent,
     gunzip_prefix,
@@ -119,3 +126,63 @@ def test_replay_pauses_are_gaps_capped_and_scaled(
         assert all(d <= max_idle / speed + 1e-9 for d, _ in delays)
     if max_idle is None and delays:
         assert sum(d for d, _ in delays) == pytest.approx(delays[-1][1].time / speed, rel=1e-6)
+
+
+# --- replay through SafeTerminal ---------------------------------------------------------
+
+_HOSTILE = st.sampled_from(
+    [
+        "\x1b]52;c;cm0gLXJmIH4K\x07", "\x1b]0;owned\x1b\\", "\x1b]8;;https://evil/\x07",
+        "\x1b]4;1;?\x07", "\x1bP$qm\x1b\\", "\x1bPtmux;\x1b\x1b]52;c;eA==\x07\x1b\\",
+        "\x1b_apc\x1b\\", "\x1b^pm\x1b\\", "\x1bXsos\x1b\\", "\x9d0;t\x9c", "\x9b6n",
+        "\x1b[6n", "\x1b[c", "\x1b[>c", "\x1b[21t", "\x1b[?1000h", "\x1b[?2004h", "\x1bc",
+        "\x1b[>4;1m", "\x05", "\x07", "\x90q\x9c", "\x1b[999999999b",
+    ]
+)  # fmt: skip
+_DRAWING = st.sampled_from(
+    ["\x1b[1;31m", "\x1b[0m", "\x1b[2J", "\x1b[H", "\x1b[10;5H", "\x1b[K", "\x1b[?25l",
+     "\x1b[?1049h", "\x1b7", "\x1b8", "\x1b(B", "\n", "\r", "\t", "\b"]
+)  # fmt: skip
+# Anything the terminal could take as the start of an escape, or a control it acts on.
+_NOT_DRAWING = re.compile(
+    r"\x1b(?!\[[0-9;:]*[@A-MPSTXZ`ad-gmr]|\[\?(?:7|25|47|104[789])[hl]|[78DEM=>]|[()*+].)"
+    r"|[\x00-\x07\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f-\x9f]"
+)
+
+
+def _pieces(text: str, cuts: list[int]) -> list[str]:
+    points = sorted({min(cut, len(text)) for cut in cuts})
+    return [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.one_of(_PRINTABLE, _HOSTILE, _DRAWING, st.text(max_size=5)), max_size=12),
+    st.lists(st.integers(0, 400), max_size=6),
+)
+def test_replay_never_writes_a_sequence_that_reaches_beyond_the_screen(
+    parts: list[str], cuts: list[int]
+) -> None:
+    """Whatever the agent printed, and however it fell into output events, the replayed
+    output holds only drawing sequences and the controls BS, TAB, LF, CR: never an OSC,
+    DCS, APC, a request the terminal answers, a mode change or a C1 control."""
+    text = "".join(parts)
+    screen = SafeTerminal()
+    written = "".join(screen.feed(piece) for piece in _pieces(text, cuts))
+    assert _NOT_DRAWING.search(written) is None, repr(written)
+    assert written == safe_output(text)  # a split changes nothing
+
+
+@given(st.lists(st.one_of(_PRINTABLE, _DRAWING), max_size=12))
+def test_replay_keeps_text_and_drawing_as_they_are(parts: list[str]) -> None:
+    text = "".join(parts)
+    assert safe_output(text) == text
+
+
+@given(st.lists(st.one_of(_PRINTABLE, _HOSTILE), max_size=12))
+def test_hostile_sequences_vanish_and_the_text_around_them_stays(parts: list[str]) -> None:
+    plain = "".join(p for p in parts if p in ("",) or not _HOSTILE_START.match(p))
+    assert safe_output("".join(parts)) == plain
+
+
+_HOSTILE_START = re.compile(r"[\x00-\x1f\x7f-\x9f]")

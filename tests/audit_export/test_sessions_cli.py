@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -62,9 +64,59 @@ def test_replay_into_a_pipe_reproduces_the_output_bytes(
     recorded: tuple[Path, bytes], tether_bin: Path, clean_env: dict[str, str]
 ) -> None:
     root, shown = recorded
-    done = _tether(tether_bin, clean_env, "replay", "s-42", "--recordings", str(root), "-s", "1000")
+    args = ("replay", "s-42", "--recordings", str(root), "-s", "1000")
+    done = _tether(tether_bin, clean_env, *args, "--raw")
     assert done.returncode == 0, done.stderr
     assert done.stdout == shown
+    safe = _tether(tether_bin, clean_env, *args)  # bash's bracketed-paste mode etc. dropped
+    assert safe.returncode == 0, safe.stderr
+    assert b"\x1b[1;32mgreen\x1b[0m" in safe.stdout and b"\x1b[?2004h" not in safe.stdout
+
+
+# What an agent can print to attack whoever replays its session: a clipboard write
+# (OSC 52), a title, a hyperlink, requests the terminal answers as if typed (DSR, DA,
+# DECRQSS, title report), mouse reporting, a full reset, 8-bit C1 forms, and an OSC 52
+# split across two output events.
+HOSTILE = [
+    b"hello \x1b[1;31mred\x1b[0m\r\n",
+    b"\x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;owned\x1b\\\x1b]8;;https://evil/\x07link\x1b]8;;\x07\r\n",
+    b"\x1b[6n\x1b[c\x1b[21t\x1bP$qm\x1b\\\x1b[?1000h\x1bc",
+    "\x9d0;c1\x9c\x9b6n".encode(),
+    b"split \x1b]5",
+    b"2;c;ZXZpbA==\x07done\r\n",
+]
+
+
+def test_replay_drops_what_reaches_beyond_the_screen_unless_raw(
+    tmp_path: Path, tether_bin: Path, clean_env: dict[str, str]
+) -> None:
+    """An agent's output used to be replayed raw into the investigator's terminal: OSC 52
+    set the clipboard, titles changed, DSR/DA/DECRQSS made the terminal type answers."""
+    root = tmp_path / "recordings"
+    recorder = Recorder.start("s-evil", RecordingMeta(agent="bot"), root=root, now=T0)
+    for chunk in HOSTILE:
+        recorder.output(chunk)
+    recorder.close(exit_status=0)
+    args = ("replay", "s-evil", "--recordings", str(root), "-s", "1000")
+    done = _tether(tether_bin, clean_env, *args)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == "hello \x1b[1;31mred\x1b[0m\r\nlink\r\nsplit done\r\n"
+    raw = _tether(tether_bin, clean_env, *args, "--raw")
+    assert raw.stdout == b"".join(HOSTILE)
+
+
+def test_export_cast_escapes_c1_controls(tmp_path: Path) -> None:
+    """JSON leaves U+009B (CSI) and U+009D (OSC) unescaped; printed to a terminal the
+    exported cast would run them. They are JSON escapes now, and the cast reads the same."""
+    root = tmp_path / "recordings"
+    recorder = Recorder.start("s-c1", RecordingMeta(), root=root, now=T0)
+    recorder.output("\x9d0;owned\x9c\x9b6n\x7fok".encode())
+    recorder.close(exit_status=0)
+    done = _run(None, "export", "s-c1", "--recordings", str(root))
+    assert done.returncode == 0, done.stderr
+    assert not any(0x7F <= ord(c) <= 0x9F for c in done.stdout.decode())
+    cast = parse_cast(done.stdout)
+    assert "".join(e.data for e in cast.events) == "\x9d0;owned\x9c\x9b6n\x7fok"
 
 
 def test_replay_takes_the_recorded_time_at_speed_one(
@@ -101,6 +153,25 @@ def test_export_text_strips_escape_sequences(recorded: tuple[Path, bytes], tmp_p
     assert "\ngreen\n" in text
     assert "\x1b" not in text and "\r" not in text
     assert "tether$ sleep 0.3\n" in text
+
+
+def test_an_exported_recording_is_private_like_the_recording(
+    recorded: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    """Recordings are 0600; ``export -o`` wrote its copy with the umask's 0644, readable by
+    every local user."""
+    root, _ = recorded
+    old = os.umask(0o022)
+    try:
+        for fmt in ("cast", "text"):
+            out = tmp_path / f"s.{fmt}"
+            done = _run(
+                None, "export", "s-42", "--recordings", str(root), "-f", fmt, "-o", str(out)
+            )
+            assert done.returncode == 0, done.stderr
+            assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
 
 
 def test_export_cast_is_uncompressed_asciicast(recorded: tuple[Path, bytes]) -> None:

@@ -63,12 +63,41 @@ def test_syslog_frames_parse_back_with_an_independent_parser(batch: list[AuditEv
         assert sd["seq"] == str(event.seq) and sd["id"] == event.id
         for param, value in (("agent", event.agent), ("session", event.session_id),
                              ("target", event.target), ("decision", event.decision)):  # fmt: skip
-            assert sd.get(param) == value
+            _check_sd_value(sd.get(param), value)
         assert json.loads(parsed["msg"]) == _normal(to_ocsf(event))
         assert parsed["msg"].isascii()
         stamp = datetime.fromisoformat(parsed["timestamp"].replace("Z", "+00:00"))
         assert stamp == event.time
     assert read_frame(stream) is None
+
+
+def _check_sd_value(parsed: str | None, value: str | None) -> None:
+    """An SD value holds no control character (a newline would split the message for a
+    receiver that reads lines), fits in 128 octets, and is the value itself when the
+    value has neither controls nor more than 128 octets (else it was cut or escaped)."""
+    if value is None:
+        assert parsed is None
+        return
+    assert parsed is not None
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in parsed)
+    assert len(parsed.encode()) <= 128 + 3  # unescaped: "..." may follow a cut
+    plain = not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in value)
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+    if plain and len(escaped.encode()) <= 128:
+        assert parsed == value
+
+
+@settings(max_examples=100)
+@given(
+    st.text(st.sampled_from(list('ab"]\\\n\r\x00\x85\u2028é€😀')) | st.characters(), max_size=400)
+)
+def test_sd_values_are_escaped_and_bounded(value: str) -> None:
+    escaped = rfc5424.escape_param_value(value)
+    assert len(escaped.encode()) <= rfc5424.SD_VALUE_MAX_BYTES
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in escaped)
+    # Read back by the independent receiver's SD parser: one value, nothing after it.
+    parsed = parse_message(f'<1>1 - - - - - [x@1 v="{escaped}"]'.encode())
+    _check_sd_value(parsed["sd"]["x@1"]["v"], value)
 
 
 @given(st.text(), st.integers(1, 300))
@@ -112,6 +141,20 @@ def test_any_signature_header_is_refused_without_raising(header: str, body: byte
     assert verify_signature(b"key", header, body, now=0) in (True, False)
 
 
+_DIGITS = st.text(st.sampled_from(list("0123456789²³¹٣৫߂\U0001d7d7")), min_size=1, max_size=12)
+
+
+@given(
+    st.one_of(_DIGITS, _DIGITS.map(lambda digits: digits * 500)),
+    st.text(st.sampled_from(list("0123456789abcdef²")), max_size=64),
+)
+def test_a_signature_header_with_any_digits_is_answered_not_raised(stamp: str, mac: str) -> None:
+    """A receiver calls this on a header anyone can send: '²' (a digit to str.isdigit, not
+    to int) and 5000 digits (past int's limit) used to raise ValueError."""
+    header = f"t={stamp},v1={mac}"
+    assert verify_signature(b"key", header, b"{}", now=1_800_000_000) is False
+
+
 @settings(max_examples=50)
 @given(st.lists(events(), min_size=1, max_size=5))
 def test_hec_batches_and_webhook_arrays_hold_every_event_in_order(
@@ -127,3 +170,41 @@ def test_hec_batches_and_webhook_arrays_hold_every_event_in_order(
         line = ocsf_line(event)
         assert line.count(b"\n") == 1 and line.endswith(b"\n") and line.isascii()
         assert json.loads(line) == _normal(to_ocsf(event))
+
+
+_SMALL_CONFIG = SyslogSinkConfig(
+    name="s", kind="syslog", host="h", transport="tcp", hostname="n" * 255,
+    app_name="a" * 48, sd_id="x" * 26 + "@32473", max_message_bytes=2048,
+)  # fmt: skip
+_SMALL = SyslogSink(_SMALL_CONFIG)
+_BIG_TEXT = st.text(st.sampled_from(list('ab"\\\n\x00é😀')), min_size=0, max_size=5000)
+
+
+@settings(max_examples=60)
+@given(
+    events(),
+    st.dictionaries(st.sampled_from(["command", "path", "statement", "x", "y"]), _BIG_TEXT),
+    st.lists(_BIG_TEXT, max_size=30),
+)
+def test_every_message_fits_its_limit_as_a_parseable_message_with_valid_json(
+    event: AuditEvent, action: dict[str, str], chain: list[str]
+) -> None:
+    """Whatever the sizes an agent chose, the message is at most max_message_bytes, parses
+    as RFC 5424, and its MSG is whole JSON naming the same event; one that fits is sent
+    unchanged, one that does not is marked."""
+    import dataclasses
+
+    event = dataclasses.replace(event, action=action, actor_chain=tuple(chain), detail=action)
+    message = _SMALL.message(event)
+    assert len(message) <= 2048
+    parsed = parse_message(message)
+    ocsf = json.loads(parsed["msg"])
+    assert ocsf["metadata"]["uid"] == event.id and ocsf["metadata"]["sequence"] == event.seq
+    assert ocsf["class_uid"] == to_ocsf(event)["class_uid"]
+    whole = rfc5424.ocsf_message(to_ocsf(event))
+    sd = parsed["sd"]["x" * 26 + "@32473"]
+    if ocsf["unmapped"]["tether"].get("truncated"):
+        assert sd["truncated"] == "true"
+        assert ocsf["unmapped"]["tether"]["original_bytes"] == len(whole)
+    else:
+        assert parsed["msg"] == whole and "truncated" not in sd

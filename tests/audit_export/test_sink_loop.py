@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from tests.audit_export.conftest import Trail, sample_event
 from tether.audit.events import AuditEvent
 from tether.audit.log import AuditLog
-from tether.audit.sinks import cursors
+from tether.audit.sinks import base, cursors
 from tether.audit.sinks.base import LEASE_SECONDS, DeliveryLoop, SinkError, sink_status
 from tether.audit.sinks.config import Backoff, SinksConfig
 from tether.identity.keys import SigningKey
@@ -78,6 +79,73 @@ async def test_one_node_at_a_time_delivers_a_sink(trail: Trail) -> None:
     assert await a.deliver_once() is None  # now b holds it
     assert await b.deliver_once() == 1
     assert first.batches == [[1, 2]] and second.batches == [[3, 4], [5]]
+
+
+class SurprisingSink(FlakySink):
+    """Raises what no handler expects (a bug, a parser's RecursionError), then works."""
+
+    async def deliver(self, events: Sequence[AuditEvent]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RecursionError("maximum recursion depth exceeded")
+        await super().deliver(events)
+
+
+async def test_an_unexpected_exception_fails_the_batch_not_the_loop(trail: Trail) -> None:
+    """Only SinkError and store errors were caught: anything else ended the sink's task for
+    good, silently (``tether audit sinks`` said ``ok``). It now fails the batch, recorded,
+    with backoff, and the loop delivers once the sink works."""
+    await trail.emit(3)
+    sink = SurprisingSink("odd", failures=2)
+    loop = DeliveryLoop(sink, trail.engine, backoff=Backoff(initial=0.01, max=0.02))
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        for _ in range(200):
+            if sink.batches:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+    assert sink.batches == [[1, 2, 3]]
+    async with trail.engine.connect() as conn:
+        row = await cursors.get_cursor(conn, "odd")
+    assert row is not None and row.last_seq == 3
+
+
+class SlowSink:
+    """Takes ``seconds`` to acknowledge each batch (an HEC waiting for its indexer)."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name, self.seconds = name, seconds
+        self.batches: list[list[int]] = []
+
+    async def deliver(self, events: Sequence[AuditEvent]) -> None:
+        await asyncio.sleep(self.seconds)
+        self.batches.append([event.seq or 0 for event in events])
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_delivery_longer_than_the_lease_keeps_it(
+    trail: Trail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease (30 s) was taken once per batch, but a delivery may take longer (timeout up
+    to 600 s, HEC's ack_timeout 60 s by default): another node then took the lease and sent
+    the same events while the first was still sending them, then the next batch ahead of
+    the first's. The lease is now renewed while a delivery is in flight."""
+    monkeypatch.setattr(base, "LEASE_SECONDS", 0.6)
+    await trail.emit(5)
+    slow, other = SlowSink("shared", 2.0), SlowSink("shared", 0.0)
+    a = DeliveryLoop(slow, trail.engine, node_id="a")
+    b = DeliveryLoop(other, trail.engine, node_id="b")
+    first = asyncio.create_task(a.deliver_once())
+    await asyncio.sleep(1.3)  # two lease lengths into a's delivery
+    assert await b.deliver_once() is None  # a still holds the lease
+    assert await first == 5
+    assert slow.batches == [[1, 2, 3, 4, 5]] and other.batches == []
 
 
 async def test_the_cursor_never_moves_back(trail: Trail) -> None:

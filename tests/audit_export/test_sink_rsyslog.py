@@ -21,6 +21,7 @@ import pytest
 
 from tests.audit_export.certs import Certs
 from tests.audit_export.conftest import Trail, wait_for
+from tether.audit.events import AuditEvent
 from tether.audit.sinks.base import DeliveryLoop
 from tether.audit.sinks.config import SyslogSinkConfig
 from tether.audit.sinks.syslog import SyslogSink
@@ -45,7 +46,9 @@ def _free_port() -> int:
 
 
 class Rsyslog:
-    def __init__(self, directory: Path, certs: Certs | None) -> None:
+    def __init__(
+        self, directory: Path, certs: Certs | None, max_message_size: str | None = "256k"
+    ) -> None:
         self.directory = directory
         self.out = directory / "out.log"
         self.port = _free_port()
@@ -57,8 +60,9 @@ class Rsyslog:
                 f'DefaultNetstreamDriverKeyFile="{certs.server_key}")\n'
             )
         driver = ' StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon"'
+        size = "" if max_message_size is None else f' maxMessageSize="{max_message_size}"'
         config = (
-            f'global(workDirectory="{directory}" maxMessageSize="256k")\n{tls}'
+            f'global(workDirectory="{directory}"{size})\n{tls}'
             f'module(load="imtcp"{driver if certs else ""})\n'
             f'input(type="imtcp" port="{self.port}" address="127.0.0.1")\n{TEMPLATE}'
             f'action(type="omfile" file="{self.out}" template="fields")\n'
@@ -130,3 +134,52 @@ async def test_rsyslog_parses_every_message(rsyslog: Rsyslog, trail: Trail, cert
         assert sd.startswith(f'[tether@32473 seq="{event.seq}" id="{event.id}" ')
         ocsf = json.loads(msg)
         assert ocsf["metadata"]["uid"] == event.id and ocsf["metadata"]["sequence"] == event.seq
+
+
+async def test_an_agent_sized_event_cannot_break_the_framing_of_a_default_rsyslog(
+    tmp_path: Path, trail: Trail
+) -> None:
+    """An agent controls the size of its commands and the text of names it sends. Against
+    an rsyslog with its default limits, a 300 kB command used to make a frame larger than
+    rsyslog's maxFrameSize: rsyslog then split the rest of the connection on newlines, the
+    following events were merged into 8 kB fragments, and a newline in a later target
+    started a forged message of the agent's choosing. Now every event arrives as its own
+    message, the large one shrunk to valid, marked JSON, the newline written as text."""
+    forged = "web\n<13>1 2026-01-01T00:00:00Z forged tether - ssh.command - FORGED"
+    events = [
+        AuditEvent(kind="ssh.command", agent="bot", target="web-1", action={"command": "id"}),
+        AuditEvent(kind="ssh.command", agent="bot", target="web-1",
+                   action={"command": "echo " + "x" * 300_000}),
+        AuditEvent(kind="ssh.command", agent="bot", target="web-1", action={"command": "ls"}),
+        AuditEvent(kind="ssh.command", agent="bot", target=forged, action={"command": "w"}),
+        AuditEvent(kind="ssh.command", agent="bot", target="web-1", action={"command": "pwd"}),
+    ]  # fmt: skip
+    stored = [await trail.log.append(event) for event in events]
+    server = Rsyslog(tmp_path, None, max_message_size=None)
+    config = SyslogSinkConfig(
+        name="rsyslog", kind="syslog", host="127.0.0.1", port=server.port, transport="tcp",
+        hostname="node-1",
+    )  # fmt: skip
+    loop = DeliveryLoop(SyslogSink(config), trail.engine, batch_size=10)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        await wait_for(lambda: loop.delivered >= 5, 30, "the batch to be sent")
+        await asyncio.sleep(1.0)  # rsyslog writes what it parsed
+    finally:
+        stop.set()
+        await task
+        server.stop()
+    lines = server.lines()
+    assert [fields[2] for fields in lines] == ["node-1"] * 5, lines
+    for fields, event in zip(lines, stored, strict=True):
+        sd, msg = fields[5], fields[6]
+        assert sd.startswith(f'[tether@32473 seq="{event.seq}" id="{event.id}" ')
+        ocsf = json.loads(msg)  # whole JSON: not cut by the receiver
+        assert ocsf["metadata"]["sequence"] == event.seq
+    big = json.loads(lines[1][6])
+    assert big["unmapped"]["tether"]["truncated"] is True
+    assert big["message"].startswith("echo xxx") and big["message"].endswith("...")
+    assert 'truncated="true"' in lines[1][5]
+    assert "\\x0a<13>1" in lines[3][5]
+    assert json.loads(lines[3][6])["unmapped"]["tether"]["target"] == forged

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from tests.audit_export.certs import Certs
 from tests.audit_export.conftest import Trail, seqs_check, wait_for
 from tests.audit_export.receivers.harness import ReceiverProcess
+from tether.audit.events import AuditEvent
 from tether.audit.sinks.base import DeliveryLoop, SinkError, sink_status
 from tether.audit.sinks.config import Backoff, SyslogSinkConfig
 from tether.audit.sinks.cursors import get_cursor
@@ -178,3 +180,40 @@ async def test_tls_client_certificate(trail: Trail, tmp_path: Path, certs: Certs
         assert _seqs(receiver.records()) == [1]
     finally:
         receiver.kill()
+
+
+async def test_building_a_batch_of_large_events_does_not_stall_the_event_loop(
+    receiver: ReceiverProcess,
+) -> None:
+    """The node's event loop decides and audits agents' actions; the sinks share it. A
+    batch of large events (an agent's 300 kB commands: each mapped, dumped, shrunk to fit)
+    was built on the loop, which then answered nothing for the whole time. It is built in
+    a thread now: the loop keeps ticking while the batch is made and sent."""
+    sink = SyslogSink(_config(receiver.port))
+    action = {"command": "echo " + "x" * 300_000}
+    events = [
+        AuditEvent(kind="ssh.command", agent="bot", action=action).chained(i, "0" * 64, "1" * 64)
+        for i in range(1, 61)
+    ]
+    gaps: list[float] = []
+    running = True
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while running:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await sink.deliver(events)
+    took = time.monotonic() - started
+    running = False
+    await ticker
+    await sink.close()
+    await wait_for(lambda: len(receiver.records()) >= 60, 30, "the 60 messages")
+    assert took > 0.3, "the batch is too cheap here to show anything"
+    assert max(gaps) < min(0.25, took / 2), (max(gaps), took)

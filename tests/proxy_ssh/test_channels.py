@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import asyncssh
+from typer.testing import CliRunner
 
 from tests.proxy_ssh.conftest import Env
 from tests.proxy_ssh.harness import received
+from tether.cli.main import app
 
 
 async def test_shell_is_refused_without_a_rule(env: Env) -> None:
@@ -120,3 +124,52 @@ async def test_broker_host_key_is_private_and_stable(env: Env) -> None:
     await env.stack.broker.stop()
     await env.stack.broker.start()
     assert path.read_bytes() == first
+
+
+async def test_a_recording_is_bound_to_the_audit_trail_and_a_change_is_detected(
+    env: Env,
+) -> None:
+    """Nothing tied a recording to the audit trail: an edited cast (output removed or
+    rewritten, re-compressed, its summary edited to match) read as genuine. The
+    ``ssh.command`` event now holds the cast file's SHA-256 (in the hash chain), and
+    ``tether sessions show`` compares: verified, or modified with exit status 1."""
+    agent = await env.stack.agent("shell-bot")
+    async with agent.connect("root@web-1") as conn:
+        process = await conn.create_process(term_type="xterm", term_size=(80, 24))
+        process.stdin.write("echo secret-$((40+2))\n")
+        process.stdin.write("exit 0\n")
+        await process.wait_closed()
+    await env.stack.broker.stop()
+    [cast] = list((env.stack.broker.data_dir / "recordings").rglob("*.cast.gz"))
+    recording_id = cast.name.removesuffix(".cast.gz")
+    [event] = await env.stack.events("ssh.command")
+    detail = json.loads(event["detail"])
+    assert detail["recording"] == {
+        "id": recording_id,
+        "sha256": hashlib.sha256(cast.read_bytes()).hexdigest(),
+    }
+    config = env.stack.directory / "tether.yaml"
+    config.write_text(
+        f"data_dir: {env.stack.broker.data_dir}\n"
+        f"database_url: sqlite+aiosqlite:///{env.stack.directory / 'tether.db'}\n"
+    )
+
+    def show() -> tuple[int, dict[str, Any]]:
+        done = CliRunner().invoke(
+            app, ["sessions", "show", recording_id, "-c", str(config), "--json"]
+        )
+        return done.exit_code, json.loads(done.stdout)
+
+    code, info = await asyncio.to_thread(show)
+    assert (code, info["integrity"]) == (0, "verified"), info
+
+    # Rewrite what the agent was shown, and the summary's digest to match the new file.
+    text = gzip.decompress(cast.read_bytes()).replace(b"secret-42", b"nothing")
+    cast.write_bytes(gzip.compress(text))
+    summary_path = cast.with_name(f"{recording_id}.json")
+    summary = json.loads(summary_path.read_text())
+    summary["cast_sha256"] = hashlib.sha256(cast.read_bytes()).hexdigest()
+    summary_path.write_text(json.dumps(summary))
+    code, info = await asyncio.to_thread(show)
+    assert (code, info["integrity"]) == (1, "modified"), info
+    assert info["audited_sha256"] == detail["recording"]["sha256"] != info["cast_sha256"]

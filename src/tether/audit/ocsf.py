@@ -26,6 +26,7 @@ Decisions:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -291,3 +292,18 @@ def metadata(event: AuditEvent) -> dict[str, Any]:
     if event.session_id is not None:
         meta["correlation_uid"] = event.session_id
     return meta
+
+
+def fitted_ocsf(event: AuditEvent, budget: int | None) -> dict[str, Any]:
+    """:func:`to_ocsf`, or, with a ``budget``, the event shrunk to at most that many octets
+    of JSON when it is longer (longest strings cut, marked ``unmapped.tether.truncated``:
+    :func:`tether.audit.sinks.rfc5424.shrink_ocsf`), for a receiver that refused it whole."""
+    ocsf = to_ocsf(event)
+    if budget is None:
+        return ocsf
+    from tether.audit.sinks.rfc5424 import ocsf_message, shrink_ocsf
+
+    if len(ocsf_message(ocsf)) <= budget:
+        return ocsf
+    shrunk: dict[str, Any] = json.loads(shrink_ocsf(ocsf, budget))
+    return shrunk

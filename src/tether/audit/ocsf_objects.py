@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from tether.audit.events import AuditEvent
@@ -38,6 +38,8 @@ FILE_ACTIVITY: Final = {
     "write": 1, "upload": 1, "put": 1, "read": 2, "download": 2, "get": 2, "delete": 4,
     "remove": 4, "rename": 5,
 }  # fmt: skip
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
 SHA256_ALGORITHM_ID: Final = 3
 AUTH_PROTOCOL_OAUTH2: Final = 6
 DATABASE_RELATIONAL: Final = 1
@@ -62,7 +64,9 @@ def number(mapping: Mapping[str, Any], *keys: str) -> int | None:
 
 
 def epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+    """Whole milliseconds since the epoch, counted exactly (``timestamp() * 1000`` is a
+    float product: 2038-06-04T19:05:25.213Z came out as ...212)."""
+    return (moment - _EPOCH) // _MILLISECOND
 
 
 def protocol(event: AuditEvent) -> str | None:

@@ -22,12 +22,18 @@ Security and durability decisions:
   recording. ``RecordingOptions.record_input`` turns it on for deployments that want it.
 * **Exec output is capped** (``max_output_bytes``): past the cap output is dropped, the
   recording says ``truncated`` and a marker event shows where. A runaway command cannot fill
-  the disk through its recording.
+  the disk through its recording. Input and resize events have a budget of the same size
+  (an agent can send window changes without end), cut and marked the same way.
 * **Never overwritten, private.** Files are created exclusively (``O_EXCL``) with mode 0600
   in 0700 directories: a second recording under the same session id is refused rather than
   replacing the first, and other local users cannot read what the terminal showed.
 * **Session ids are file names**, so they are checked against :data:`SESSION_ID_PATTERN`
   (no ``/``, no leading dot) before any path is built from them.
+* **Bound to the audit trail.** The recorder hashes the cast file's bytes as it writes
+  them; :meth:`Recorder.close` puts the SHA-256 in the summary and returns it, and the
+  front-end puts it in the session's audit event (the SSH broker's ``ssh.command``
+  ``detail.recording``), which the hash chain protects. A recording changed afterwards no
+  longer matches it: ``tether sessions show`` says so.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -125,6 +132,8 @@ class RecordingSummary:
     transfers: int
     exit_status: int | None
     meta: dict[str, Any]
+    cast_sha256: str  # of the .cast.gz file's bytes, as closed
+    cast_bytes: int
 
 
 def cast_header(meta: RecordingMeta, session_id: str, started: datetime) -> dict[str, Any]:
@@ -175,6 +184,8 @@ class Recorder:
         self.meta = meta
         self.output_bytes = 0
         self.truncated = False
+        self.other_bytes = 0  # input and resize events, bounded by the same cap
+        self._others_cut = False
         self.transfer_count = 0
         self._cast = cast
         self._raw = raw
@@ -202,12 +213,13 @@ class Recorder:
         directory = day_dir(root, started)
         path = directory / f"{session_id}{CAST_SUFFIX}"
         try:
-            directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            _make_private_dirs(directory)
             raw = _create_exclusive(path, "wb")
         except FileExistsError:
             raise RecordingError(f"a recording of session {session_id} exists already") from None
         except OSError as error:
             raise RecordingError(f"cannot create {path}: {error.strerror or error}") from None
+        raw = _HashingFile(raw)
         cast = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
         recorder = cls(
             session_id, directory, cast, raw, options or RecordingOptions(), started, monotonic,
@@ -247,12 +259,30 @@ class Recorder:
             return
         raw = data.encode("utf-8", "replace") if isinstance(data, str) else data
         text = self._decoders["i"].decode(raw)
-        if text:
+        if text and self._room_for_other(len(raw)):
             self._event("i", text)
 
     def resize(self, width: int, height: int) -> None:
         """The terminal changed size."""
-        self._event("r", f"{int(width)}x{int(height)}")
+        size = f"{int(width)}x{int(height)}"
+        if self._room_for_other(len(size)):
+            self._event("r", size)
+
+    def _room_for_other(self, size: int) -> bool:
+        """Whether an input or resize event of ``size`` bytes fits under the cap, which
+        bounds these too: an agent sending window changes without end must not fill the
+        disk any more than one printing without end. Past it, one marker says so."""
+        cap = self.options.max_output_bytes
+        if cap is None:
+            return True
+        if self._others_cut:
+            return False
+        if self.other_bytes + size > cap:
+            self._others_cut = True
+            self._event("m", f"input and resize events truncated at {cap} bytes")
+            return False
+        self.other_bytes += size
+        return True
 
     def marker(self, label: str) -> None:
         """A named point in the recording (asciicast ``"m"``)."""
@@ -301,10 +331,12 @@ class Recorder:
             ended_at=datetime.fromtimestamp(ended, UTC).isoformat(),
             duration=round(duration, 6),
             output_bytes=self.output_bytes,
-            truncated=self.truncated,
+            truncated=self.truncated or self._others_cut,
             transfers=self.transfer_count,
             exit_status=exit_status,
             meta=_meta_fields(self.meta),
+            cast_sha256=self._raw.sha256.hexdigest(),
+            cast_bytes=self._raw.size,
         )
 
     def __enter__(self) -> Self:
@@ -333,6 +365,53 @@ class Recorder:
         # Sync flush: the bytes so far become a decodable gzip prefix (see module docstring).
         self._cast.flush()
         self._raw.flush()
+
+
+class _HashingFile:
+    """The cast file, hashing every byte written to it (the gzip stream, trailer included)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._file = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        written: int = self._file.write(data)
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def fileno(self) -> int:
+        fileno: int = self._file.fileno()
+        return fileno
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """``directory`` and its missing parents, each created 0700: ``mkdir(parents=True)``
+    would give the mode to the last one only, the others the umask's (0755)."""
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.is_dir():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another recorder made it meanwhile
+            path.mkdir(mode=_DIR_MODE)
 
 
 def _create_exclusive(path: Path, mode: Literal["wb"]) -> Any:

@@ -14,6 +14,16 @@ and a carriage return is a classic way to hide output from whoever only looks at
 recording is output an agent controlled, and raw escape sequences replayed into an
 investigator's terminal can retitle it, rewrite the screen or, on some terminals, answer
 back. ``export --format text`` is the safe way to look at an untrusted recording.
+
+Replay therefore passes the output through :class:`SafeTerminal` unless asked for the raw
+bytes: what only draws (text, SGR colours, cursor movement, erasing, scrolling, the
+alternate screen, charset selection) goes through; everything that reaches beyond the
+screen is dropped: OSC (window title, clipboard writes with OSC 52, hyperlinks, palette
+queries), DCS, APC, PM and SOS strings (DECRQSS and other requests that answer back, tmux
+passthrough), the CSI requests that make the terminal answer as if typed (``CSI 6n``,
+``CSI c``, ``CSI 21t``) or change its modes (mouse reporting, bracketed paste), a full
+reset, 8-bit C1 controls, and C0 controls other than BS, TAB, LF and CR. A sequence split
+across two output events is held until it is whole, so a split cannot smuggle one through.
 """
 
 from __future__ import annotations
@@ -40,6 +50,79 @@ _CR_BEFORE_LF: Final = re.compile(r"\r+\n")
 _CR_AT_LINE_START: Final = re.compile(r"(?:^|(?<=\n))\r+")
 
 
+# One terminal control at a time, or a run of text without any.
+_TOKEN: Final = re.compile(
+    r"""
+    (?P<csi> (?:\x1b\[|\x9b)
+             (?P<params>[\x30-\x3f]*) (?P<inter>[\x20-\x2f]*) (?P<final>[\x40-\x7e]) )
+  | (?P<string> (?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])     # OSC DCS SOS PM APC ... ST/BEL
+                (?:[^\x07\x1b\x9c]|\x1b(?!\\))* (?:\x07|\x1b\\|\x9c) )
+  | (?P<esc> \x1b (?:[\x20-\x2f]+[\x30-\x7e] | [\x30-\x4f\x51-\x57\x59\x5a\x5c\x60-\x7e]) )
+  | (?P<partial>
+        (?:\x1b\[|\x9b) [\x30-\x3f]* [\x20-\x2f]* \Z
+      | (?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]) (?:[^\x07\x1b\x9c]|\x1b(?!\\))* \x1b? \Z
+      | \x1b [\x20-\x2f]* \Z )
+  | (?P<control> [\x00-\x07\x0b\x0c\x0e-\x1f\x7f-\x9f] )
+  | (?P<text> [^\x00-\x07\x0b\x0c\x0e-\x1f\x7f-\x9f]+ )
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+# CSI finals that only move the cursor, erase, insert, delete, scroll or set colours; each
+# bounded by the screen (not REP, ``CSI n b``: it repeats a character n times, n = 10^9).
+_DRAWING_CSI: Final = frozenset("@ABCDEFGHIJKLMPSTXZ`adefgmr")
+# DEC private modes that only change what is drawn: autowrap, cursor shown, alternate screen.
+_DRAWING_MODES: Final = frozenset({"7", "25", "47", "1047", "1048", "1049"})
+_DRAWING_ESC: Final = frozenset({"\x1b7", "\x1b8", "\x1bD", "\x1bE", "\x1bM", "\x1b=", "\x1b>"})
+_MAX_HELD: Final = 4096  # an unfinished sequence longer than this is dropped, not held
+
+
+class SafeTerminal:
+    """Filters terminal output down to what only draws on the screen (module docstring).
+
+    Feed it the output in the pieces it was recorded in; an escape sequence cut at the end
+    of a piece is held and completed by the next one (and dropped if it never is).
+    """
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        text, self._held = self._held + text, ""
+        out: list[str] = []
+        for match in _TOKEN.finditer(text):
+            kind = match.lastgroup
+            if kind == "text":
+                out.append(match.group())
+            elif kind == "csi":
+                out.append(_drawing_csi(match))
+            elif kind == "esc":
+                sequence = match.group()
+                if sequence in _DRAWING_ESC or (len(sequence) == 3 and sequence[1] in "()*+"):
+                    out.append(sequence)
+            elif kind == "partial":
+                held = match.group()
+                self._held = held if len(held) <= _MAX_HELD else ""
+            elif kind == "control" and match.group() in "\b\t\n\r":
+                out.append(match.group())
+        return "".join(out)
+
+
+def _drawing_csi(match: re.Match[str]) -> str:
+    params, inter, final = match.group("params"), match.group("inter"), match.group("final")
+    if inter:
+        return ""
+    if final in _DRAWING_CSI and all(char in "0123456789;:" for char in params):
+        return f"\x1b[{params}{final}"
+    if final in "hl" and params.startswith("?") and set(params[1:].split(";")) <= _DRAWING_MODES:
+        return f"\x1b[{params}{final}"
+    return ""
+
+
+def safe_output(text: str) -> str:
+    """``text`` (whole) through a :class:`SafeTerminal`."""
+    return SafeTerminal().feed(text)
+
+
 def strip_ansi(text: str) -> str:
     """``text`` without escape sequences and control characters other than LF and TAB."""
     text = _ESCAPES.sub("", text)
@@ -61,11 +144,18 @@ def plain_text(cast: Cast) -> str:
     return strip_ansi(output_text(cast.events))
 
 
+# JSON escapes C0 controls but writes DEL and the C1 controls as they are; written to a
+# terminal, U+009B and U+009D would start a CSI or an OSC. They are escaped too.
+_JSON_RAW_CONTROLS: Final = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
+
+
 def cast_lines(cast: Cast) -> Iterable[str]:
-    """The cast as uncompressed asciicast v2 lines (each ending in a newline)."""
-    yield json.dumps(cast.header, ensure_ascii=False) + "\n"
+    """The cast as uncompressed asciicast v2 lines (each ending in a newline); every
+    control character is a JSON escape, so the lines are safe to print."""
+    yield json.dumps(cast.header, ensure_ascii=False).translate(_JSON_RAW_CONTROLS) + "\n"
     for event in cast.events:
-        yield json.dumps([event.time, event.code, event.data], ensure_ascii=False) + "\n"
+        line = json.dumps([event.time, event.code, event.data], ensure_ascii=False)
+        yield line.translate(_JSON_RAW_CONTROLS) + "\n"
 
 
 def replay_delays(
@@ -92,12 +182,17 @@ def replay(
     *,
     speed: float = 1.0,
     max_idle: float | None = None,
+    raw: bool = False,
 ) -> float:
-    """Write the output of ``cast`` with its timing; returns the total time slept."""
+    """Write the output of ``cast`` with its timing; returns the total time slept. The
+    output goes through a :class:`SafeTerminal` unless ``raw``."""
     slept = 0.0
+    screen = None if raw else SafeTerminal()
     for pause, event in replay_delays(cast.events, speed=speed, max_idle=max_idle):
         if pause > 0:
             sleep(pause)
             slept += pause
-        write(event.data)
+        data = event.data if screen is None else screen.feed(event.data)
+        if data:
+            write(data)
     return slept

@@ -8,6 +8,7 @@ has nothing to list, and an old schema is reported, not upgraded, by a listing c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -79,3 +80,34 @@ async def audited_sessions(url: str, limit: int = MAX_SESSIONS) -> list[AuditedS
         for event in starts
         if event.session_id is not None
     ]
+
+
+async def recording_digests(url: str, recording_id: str) -> list[str]:
+    """The SHA-256 values the audit trail holds for the recording ``recording_id``
+    (``<session id>.<channel>``: the ``detail.recording`` of its ``ssh.command`` events);
+    :class:`AuditIndexError` if the trail cannot be read."""
+    session_id = recording_id.rpartition(".")[0] or recording_id
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and not Path(database).exists():
+        return []
+    try:
+        engine = create_engine(url)
+    except StoreError as error:
+        raise AuditIndexError(str(error)) from None
+    try:
+        async with engine.connect() as conn:
+            found = EventFilter(kind="ssh.command", session_id=session_id)
+            events = await search_events(conn, found, limit=MAX_SESSIONS)
+    except (SQLAlchemyError, OSError, ValueError) as error:
+        raise AuditIndexError(str(error).splitlines()[0] if str(error) else "error") from None
+    finally:
+        await engine.dispose()
+    digests = []
+    for event in events:
+        recording = event.detail.get("recording")
+        if isinstance(recording, Mapping) and recording.get("id") == recording_id:
+            digest = recording.get("sha256")
+            if isinstance(digest, str):
+                digests.append(digest)
+    return digests

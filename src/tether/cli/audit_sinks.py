@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tether.audit.sinks.cursors import printable
 from tether.cli.common import EXIT_FAILED, fail
 from tether.config import CONFIG_ENV, DATABASE_FILE, ConfigError, Settings, load_settings
 
@@ -138,11 +139,11 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         return
     table = Table("sink", "kind", "state", "delivered", "head", "lag", "last error")
     for row in rows:
-        error = row["last_error"] or ""
+        error = printable(row["last_error"] or "")  # also what an older node stored raw
         if error and row["last_error_at"]:
             error = f"{row['last_error_at'][:19]} {error}"
         table.add_row(
-            Text(row["name"]), Text(row["kind"] or "-"), Text(row["state"]),
+            Text(printable(row["name"])), Text(row["kind"] or "-"), Text(row["state"]),
             str(row["last_seq"]), str(row["head_seq"]), str(row["lag"]), Text(error),
         )  # fmt: skip
     console.print(table)

@@ -48,3 +48,7 @@ def configure_logging(level: str) -> None:
         force=True,
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # httpx logs every request's whole URL at INFO, the default level: a SIEM sink's url
+    # with user:password@ or ?token= would be written to the log at each batch.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

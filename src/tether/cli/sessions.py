@@ -7,14 +7,18 @@ also reads the node's audit trail (``session.start`` and ``session.end`` events,
 are listed too; a database that cannot be read is skipped with a warning.
 
 Everything a recording holds was produced by an agent, so names and values are shown with
-terminal control stripped (:func:`~tether.audit.recordings_play.strip_ansi`); only
-``replay`` writes the raw output, since showing it as the terminal did is its purpose.
+terminal control stripped (:func:`~tether.audit.recordings_play.strip_ansi`). ``replay``
+shows the output as the terminal did, but through
+:class:`~tether.audit.recordings_play.SafeTerminal`, which drops the sequences that reach
+beyond drawing (clipboard writes, titles, requests the terminal answers); ``--raw`` writes
+every byte, for a recording the viewer trusts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tether.audit.recordings import RecordingError
+from tether.audit.recordings import RecordingError, file_sha256
 from tether.audit.recordings_play import cast_lines, plain_text, replay, strip_ansi
 from tether.audit.recordings_read import (
     Cast,
@@ -34,7 +38,7 @@ from tether.audit.recordings_read import (
     iter_recordings,
     read_cast,
 )
-from tether.cli.common import EXIT_NOT_FOUND, fail
+from tether.cli.common import EXIT_FAILED, EXIT_NOT_FOUND, fail
 from tether.config import CONFIG_ENV, ConfigError, Settings, load_settings
 
 RECORDINGS_DIR: Final = "recordings"
@@ -164,18 +168,59 @@ def show(
         "events": len(cast.events),
         "readable_to_end": cast.complete,
         "transfers": [_transfer(t) for t in session.transfers()],
+        **_integrity(session, None if recordings is not None else _settings(config, data_dir)),
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
-        return
-    console = _console()
-    for key in ("session_id", "started_at", "state", "protocol", "agent", "user", "target"):
-        console.print(Text(f"{key}: ") + _cell(info[key]))
-    for key in ("duration", "output_bytes", "truncated", "exit_status", "events", "path"):
-        console.print(Text(f"{key}: ") + _cell(info[key]))
-    for transfer in info["transfers"]:
-        line = "{direction} {path} ({size} bytes, sha256 {sha256})".format(**transfer)
-        console.print(Text("transfer: ") + _cell(line))
+    else:
+        console = _console()
+        for key in ("session_id", "started_at", "state", "protocol", "agent", "user", "target"):
+            console.print(Text(f"{key}: ") + _cell(info[key]))
+        for key in ("duration", "output_bytes", "truncated", "exit_status", "events", "path"):
+            console.print(Text(f"{key}: ") + _cell(info[key]))
+        for key in ("cast_sha256", "integrity"):
+            console.print(Text(f"{key}: ") + _cell(info[key]))
+        for transfer in info["transfers"]:
+            line = "{direction} {path} ({size} bytes, sha256 {sha256})".format(**transfer)
+            console.print(Text("transfer: ") + _cell(line))
+    if info["integrity"] == MODIFIED:
+        raise typer.Exit(EXIT_FAILED)
+
+
+MODIFIED: Final = "modified"
+
+
+def _integrity(session: RecordedSession, settings: Settings | None) -> dict[str, Any]:
+    """The cast file's SHA-256 and what it is checked against: the digest the audit trail
+    holds for it (chained, so tamper-evident) when the trail can be read, else the one in
+    its summary file (which whoever changed the cast could change too).
+
+    ``integrity``: ``verified`` (matches the audit trail), ``matches summary``, ``modified``
+    (differs from either), or ``unverified`` (nothing to check it against)."""
+    try:
+        actual = file_sha256(session.cast_path)
+    except OSError as error:
+        fail(f"cannot read {session.cast_path}: {error.strerror or error}")
+    summary = (session.summary or {}).get("cast_sha256")
+    audited: list[str] = []
+    if settings is not None:
+        from tether.audit.sessions_index import AuditIndexError, recording_digests
+
+        try:
+            audited = asyncio.run(recording_digests(settings.database, session.session_id))
+        except AuditIndexError as error:
+            typer.echo(f"tether: warning: audit trail not read: {error}", err=True)
+    if any(digest != actual for digest in audited) or summary not in (None, actual):
+        integrity = MODIFIED
+    elif audited:
+        integrity = "verified"
+    else:
+        integrity = "matches summary" if summary == actual else "unverified"
+    return {
+        "cast_sha256": actual,
+        "audited_sha256": audited[0] if audited else None,
+        "integrity": integrity,
+    }
 
 
 def _with_audited(rows: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
@@ -216,8 +261,17 @@ def replay_session(
             "--max-idle", "-i", min=0.0, show_default=False, help="Cap each pause at SECONDS."
         ),
     ] = None,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw",
+            help="Write the output as recorded, every escape sequence included (titles, "
+            "clipboard writes, requests the terminal answers): only for a trusted recording.",
+        ),
+    ] = False,
 ) -> None:
-    """Replay a session's terminal output on standard output, with its timing."""
+    """Replay a session's terminal output on standard output, with its timing; sequences
+    that reach beyond drawing the screen are dropped unless --raw."""
     session = _find(recordings_root(config, data_dir, recordings), session_id)
     cast = _read(session.cast_path)
     out = sys.stdout
@@ -226,7 +280,7 @@ def replay_session(
         out.write(data)
         out.flush()
 
-    replay(cast, write, time.sleep, speed=speed, max_idle=max_idle)
+    replay(cast, write, time.sleep, speed=speed, max_idle=max_idle, raw=raw)
     if not cast.complete:
         typer.echo("tether: the recording ends early (its writer stopped)", err=True)
 
@@ -256,9 +310,18 @@ def export(
         sys.stdout.flush()
         return
     try:
-        output.write_text(text, encoding="utf-8")
+        _write_private(output, text.encode("utf-8"))
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror or error}")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, a new file created 0600 like the recording it comes from
+    (the umask's 0644 would let any local user read what the terminal showed); an existing
+    file keeps its mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def _read(path: Path) -> Cast:

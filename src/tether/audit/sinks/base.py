@@ -18,9 +18,11 @@ Guarantees, and why:
   event id) or ``metadata.sequence``.
 * **Never skip, even a poison event.** A receiver that keeps refusing a batch blocks its
   sink (and only its sink), visibly (``last_error``, growing lag), rather than losing
-  evidence silently.
+  evidence silently. Any exception of a delivery, expected or not, fails that batch the
+  same way: the loop itself never ends but when stopped.
 * **Survives restarts** because the cursor is in the store, and **several nodes** because
-  a lease (:mod:`.cursors`) lets one node at a time deliver each sink.
+  a lease (:mod:`.cursors`) lets one node at a time deliver each sink. The lease is renewed
+  every third of its length while a batch is in flight, since a delivery may outlast it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Protocol
+from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -50,8 +54,103 @@ LEASE_SECONDS: Final = 30.0
 Fetch = Callable[[AsyncConnection, int, int], Awaitable[list[AuditEvent]]]
 
 
+def display_url(url: str) -> str:
+    """``url`` as logs and errors name it: scheme, host, port and path, without the user,
+    password, query and fragment, any of which may hold a credential."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(unparsable URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a library's error message) with ``url`` and its credential-bearing parts
+    replaced, in case the message quotes them."""
+    parts = urlsplit(url)
+    secrets = [url, parts.query, parts.fragment, parts.username or "", parts.password or ""]
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 3:  # shorter would blank out ordinary words
+            text = text.replace(secret, display_url(url) if secret == url else "***")
+    return text
+
+
 class SinkError(Exception):
     """A batch was not acknowledged (receiver down, refused, timed out): retry it later."""
+
+
+REQUEST_TIMEOUTS: Final = 4  # a whole HTTP exchange: at most this many times ``timeout``
+MAX_ANSWER_BYTES: Final = 65536
+
+
+async def post_capped(
+    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int, bytes]:
+    """POST ``body`` and read the answer: ``(status, its first MAX_ANSWER_BYTES)``.
+
+    httpx's timeout is per operation: a receiver that trickles its answer a byte at a time
+    held a delivery (and, with the lease renewed meanwhile, the sink) without end; and a
+    whole answer was read into memory, however long. The exchange now has one deadline,
+    ``REQUEST_TIMEOUTS * timeout``, and the answer is read raw (``identity`` asked, no
+    decompression) up to a cap. Raises ``httpx.HTTPError`` or :class:`TimeoutError`.
+    """
+    headers = {**headers, "Accept-Encoding": "identity"}
+    async with asyncio.timeout(timeout * REQUEST_TIMEOUTS):
+        async with client.stream("POST", url, content=body, headers=headers) as response:
+            data = bytearray()
+            async for chunk in response.aiter_raw():
+                data += chunk
+                if len(data) >= MAX_ANSWER_BYTES:
+                    break
+            return response.status_code, bytes(data[:MAX_ANSWER_BYTES])
+
+
+class TooLarge(SinkError):
+    """The receiver refused the request as too large (HTTP 413)."""
+
+
+# Sends ``events``, each event's OCSF JSON shrunk to at most ``budget`` octets when given.
+Send = Callable[[Sequence[AuditEvent], int | None], Awaitable[None]]
+MIN_EVENT_BUDGET: Final = 1024
+
+
+async def deliver_fitting(send: Send, events: Sequence[AuditEvent]) -> None:
+    """``send(events, None)``; on :class:`TooLarge` the batch is sent in halves, in order,
+    and a single event still too large is sent shrunk (:func:`.rfc5424.shrink_ocsf`, marked
+    ``truncated``), its budget halved until the receiver takes it.
+
+    A receiver's body limit (HTTP 413, a proxy's 1 MiB) used to refuse the same batch
+    forever: one event an agent made large enough stopped the sink for good, and every
+    event after it stayed out of the SIEM. A half that went through is sent again if the
+    other fails (at least once, in order); the whole event is always kept in Tether.
+    """
+    try:
+        await send(events, None)
+        return
+    except TooLarge:
+        if len(events) == 1:
+            await _send_shrunk(send, events)
+            return
+    middle = len(events) // 2
+    await deliver_fitting(send, events[:middle])
+    await deliver_fitting(send, events[middle:])
+
+
+async def _send_shrunk(send: Send, events: Sequence[AuditEvent]) -> None:
+    from tether.audit.ocsf import to_ocsf
+    from tether.audit.sinks.rfc5424 import ocsf_message
+
+    budget = len(ocsf_message(to_ocsf(events[0]))) // 2
+    while True:
+        try:
+            await send(events, max(budget, MIN_EVENT_BUDGET))
+            return
+        except TooLarge:
+            if budget <= MIN_EVENT_BUDGET:
+                raise
+            budget //= 2
 
 
 class Sink(Protocol):
@@ -166,6 +265,13 @@ class DeliveryLoop:
             log.warning("audit sink %s: store error: %s", self.sink.name, error)
             self.failures += 1
             return self.backoff.delay(self.failures - 1, self._rng())
+        except Exception as error:
+            # A sink's bug or a receiver's surprise (a 200 nested too deep for the JSON
+            # parser): this batch failed, visibly, and the loop goes on. Ending it would
+            # stop the sink silently until a restart.
+            log.exception("audit sink %s: unexpected error", self.sink.name)
+            await self._failed(f"{type(error).__name__}: {error}")
+            return self.backoff.delay(self.failures - 1, self._rng())
         if delivered is None:
             return self.poll_interval  # another node delivers this sink
         self.failures = 0
@@ -191,7 +297,13 @@ class DeliveryLoop:
             return None
         if row is None or row.last_seq != cursor:
             return 0  # another node moved it meanwhile: read again from where it is
-        await self.sink.deliver(events)
+        renewing = asyncio.create_task(self._renew_lease())
+        try:
+            await self.sink.deliver(events)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
         last = events[-1].seq
         assert last is not None
         async with self.engine.begin() as conn:
@@ -199,12 +311,25 @@ class DeliveryLoop:
         self.delivered += len(events)
         return len(events)
 
+    async def _renew_lease(self) -> None:
+        """Keep the lease while a delivery is in flight: one may outlast it (a timeout of
+        up to 600 s, an indexer acknowledgement), and another node must not take the sink
+        and send the same events, or the next ones, meanwhile."""
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                async with self.engine.begin() as conn:
+                    await cursors.acquire_lease(
+                        conn, self.sink.name, self.node_id, self._clock(), LEASE_SECONDS
+                    )
+
     async def _start_seq(self, conn: AsyncConnection) -> int:
         if self.start == "end":
             return (await store.chain_head(conn)).seq
         return 0
 
     async def _failed(self, message: str) -> None:
+        message = cursors.printable(message)  # receivers' text: no escapes into terminals
         self.failures += 1
         level = logging.WARNING if self.failures == 1 else logging.DEBUG
         log.log(level, "audit sink %s: delivery failed: %s", self.sink.name, message)

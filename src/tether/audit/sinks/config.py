@@ -107,6 +107,9 @@ class SyslogSinkConfig(_SinkBase, _TlsOptions):
     app_name: str = Field(default="tether", pattern=r"^[!-~]{1,48}$")
     hostname: str | None = Field(default=None, pattern=r"^[!-~]{1,255}$")  # None: this machine's
     sd_id: str = Field(default="tether@32473", pattern=r"^[!#-<>-\\^-~]{1,32}$")
+    # A whole message, in octets: larger events are shrunk to fit (see sinks/rfc5424.py).
+    # Never above the receiver's frame limit (rsyslog: maxFrameSize, 200000).
+    max_message_bytes: int = Field(default=8096, ge=2048, le=200_000)
     timeout: float = Field(default=10.0, gt=0, le=600)
 
 

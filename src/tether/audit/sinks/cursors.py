@@ -11,11 +11,15 @@ Security and correctness decisions:
   batch. A node that dies stops renewing, and another takes over after ``lease_expires_at``.
   Advancing the cursor is conditional on still holding the lease, so a node that lost it
   mid-batch cannot move the cursor (its batch is redelivered: at least once).
-* Error text is stored cut to :data:`MAX_ERROR_CHARS`: it comes from receivers.
+* Error text is stored cut to :data:`MAX_ERROR_CHARS` and with its control characters
+  written as ``\\xNN`` (:func:`printable`): it comes from receivers, and ``tether audit
+  sinks`` shows it in a terminal, where an escape sequence could set the clipboard, retitle
+  the window or rewrite the screen.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -38,6 +42,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tether.store.schema import UTCDateTime, metadata
 
 MAX_ERROR_CHARS: Final = 1000
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (C0, DEL, C1) written as ``\\xNN``."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
 
 audit_sink_cursors = Table(
     "audit_sink_cursors",
@@ -136,6 +147,6 @@ async def record_error(conn: AsyncConnection, name: str, error: str, now: dateti
     query = (
         update(audit_sink_cursors)
         .where(audit_sink_cursors.c.name == name)
-        .values(last_error=error[:MAX_ERROR_CHARS], last_error_at=now)
+        .values(last_error=printable(error[:MAX_ERROR_CHARS]), last_error_at=now)
     )
     await conn.execute(query)

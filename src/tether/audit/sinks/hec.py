@@ -8,14 +8,16 @@ format)::
      "index": "...", "event": { ...OCSF... }}
 
 authenticated with ``Authorization: Splunk <token>``. Acknowledgement is HEC's answer 200
-with ``"code": 0``; anything else (a refused token 401/403, a bad request 400, a busy
-server 503) fails the batch, which is retried. With ``use_ack`` the sink also waits for
-Splunk's *indexer acknowledgement*: it sends a ``X-Splunk-Request-Channel`` and polls
+with ``"code": 0`` (HEC always sends it; a 200 without it, say from a proxy or a server
+that is not HEC, is not an acknowledgement); anything else (a refused token 401/403, a bad
+request 400, a busy server 503) fails the batch, which is retried. With ``use_ack`` the sink
+also waits for Splunk's *indexer acknowledgement*: it sends a ``X-Splunk-Request-Channel``
+and polls
 ``/services/collector/ack`` until the batch's ``ackId`` is reported indexed, so that the
 cursor moves only once the events are searchable, not merely received.
 
-The token is never logged nor put in an error message (errors name the URL and the
-status only).
+The token is never logged nor put in an error message: errors name the status and the URL
+without what may carry a credential (user, password, query; :func:`.base.display_url`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,16 @@ from urllib.parse import urljoin
 import httpx
 
 from tether.audit.events import AuditEvent
-from tether.audit.ocsf import to_ocsf
-from tether.audit.sinks.base import SinkError
+from tether.audit.ocsf import fitted_ocsf
+from tether.audit.sinks.base import (
+    REQUEST_TIMEOUTS,
+    SinkError,
+    TooLarge,
+    deliver_fitting,
+    display_url,
+    post_capped,
+    scrub,
+)
 from tether.audit.sinks.config import HecSinkConfig
 from tether.audit.sinks.tls import client_context
 
@@ -40,13 +50,15 @@ ACK_PATH: Final = "/services/collector/ack"
 ACK_POLL_SECONDS: Final = 0.5
 
 
-def hec_event(event: AuditEvent, config: HecSinkConfig) -> dict[str, Any]:
-    """One event in HEC's event format."""
+def hec_event(
+    event: AuditEvent, config: HecSinkConfig, budget: int | None = None
+) -> dict[str, Any]:
+    """One event in HEC's event format; its OCSF JSON shrunk to ``budget`` octets if given."""
     envelope: dict[str, Any] = {
         "time": round(event.time.timestamp(), 3),
         "source": config.source,
         "sourcetype": config.sourcetype,
-        "event": to_ocsf(event),
+        "event": fitted_ocsf(event, budget),
     }
     if config.host is not None:
         envelope["host"] = config.host
@@ -55,10 +67,12 @@ def hec_event(event: AuditEvent, config: HecSinkConfig) -> dict[str, Any]:
     return envelope
 
 
-def hec_body(events: Sequence[AuditEvent], config: HecSinkConfig) -> bytes:
+def hec_body(
+    events: Sequence[AuditEvent], config: HecSinkConfig, budget: int | None = None
+) -> bytes:
     """A batch: the events' JSON objects, newline-separated (HEC accepts any whitespace)."""
     return "\n".join(
-        json.dumps(hec_event(event, config), separators=(",", ":"), allow_nan=False)
+        json.dumps(hec_event(event, config, budget), separators=(",", ":"), allow_nan=False)
         for event in events
     ).encode("utf-8")
 
@@ -84,29 +98,45 @@ class HecSink:
         )
 
     async def deliver(self, events: Sequence[AuditEvent]) -> None:
-        answer = await self._post(self.config.url, hec_body(events, self.config))
+        await deliver_fitting(self._send, events)  # halves and shrinks on a 413
+
+    async def _send(self, events: Sequence[AuditEvent], budget: int | None) -> None:
+        body = await asyncio.to_thread(hec_body, events, self.config, budget)  # off the loop
+        answer = await self._post(self.config.url, body)
         if self.config.use_ack:
             ack_id = answer.get("ackId")
             if not isinstance(ack_id, int):
-                raise SinkError(f"HEC {self.config.url}: no ackId in the answer (is useACK on?)")
+                url = display_url(self.config.url)
+                raise SinkError(f"HEC {url}: no ackId in the answer (is useACK on?)")
             await self._wait_indexed(ack_id)
 
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, url: str, body: bytes) -> dict[str, Any]:
+    async def _post(self, url: str, body: bytes, *, ack: bool = False) -> dict[str, Any]:
+        """POST ``body``; the answer must be 200 with a JSON object, and for events (not
+        ``ack``: the ack endpoint answers ``{"acks": ...}`` alone) ``"code": 0``."""
         try:
-            response = await self._client.post(url, content=body, headers=self._headers)
+            status, data = await post_capped(
+                self._client, url, body, self._headers, self.config.timeout
+            )
         except httpx.HTTPError as error:
-            raise SinkError(f"HEC {url}: {type(error).__name__}: {error}") from None
+            reason = scrub(str(error), url)
+            raise SinkError(f"HEC {display_url(url)}: {type(error).__name__}: {reason}") from None
+        except TimeoutError:
+            limit = self.config.timeout * REQUEST_TIMEOUTS
+            raise SinkError(f"HEC {display_url(url)}: no whole answer in {limit:g}s") from None
         try:
-            answer = response.json()
-        except ValueError:
+            answer = json.loads(data)
+        except (ValueError, RecursionError):
             answer = None
-        if response.status_code != 200 or not isinstance(answer, dict):
-            raise SinkError(f"HEC {url}: status {response.status_code}: {_text(answer)}")
-        if answer.get("code", 0) != 0:
-            raise SinkError(f"HEC {url}: code {answer.get('code')}: {_text(answer)}")
+        if status == 413:
+            raise TooLarge(f"HEC {display_url(url)}: status 413: {len(body)} bytes too large")
+        if status != 200 or not isinstance(answer, dict):
+            raise SinkError(f"HEC {display_url(url)}: status {status}: {_text(answer)}")
+        code = answer.get("code", 0 if ack else None)
+        if type(code) is not int or code != 0:  # absent, false or 0.0 is not HEC's success
+            raise SinkError(f"HEC {display_url(url)}: code {code!r}, not 0: {_text(answer)}")
         return answer
 
     async def _wait_indexed(self, ack_id: int) -> None:
@@ -114,7 +144,7 @@ class HecSink:
         body = json.dumps({"acks": [ack_id]}).encode()
         deadline = time.monotonic() + self.config.ack_timeout
         while True:
-            answer = await self._post(url, body)
+            answer = await self._post(url, body, ack=True)
             acks = answer.get("acks")
             if isinstance(acks, dict) and acks.get(str(ack_id)) is True:
                 return

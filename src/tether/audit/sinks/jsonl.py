@@ -48,10 +48,9 @@ class JsonlSink:
         self._lock = asyncio.Lock()
 
     async def deliver(self, events: Sequence[AuditEvent]) -> None:
-        data = b"".join(ocsf_line(event) for event in events)
         async with self._lock:
-            try:
-                await asyncio.to_thread(self._write, data)
+            try:  # the lines are built in the thread too: CPU work, off the event loop
+                await asyncio.to_thread(self._write_events, events)
             except OSError as error:
                 self._close_file()
                 raise SinkError(f"cannot write {self.config.path}: {error}") from None
@@ -59,6 +58,9 @@ class JsonlSink:
     async def close(self) -> None:
         async with self._lock:
             self._close_file()
+
+    def _write_events(self, events: Sequence[AuditEvent]) -> None:
+        self._write(b"".join(ocsf_line(event) for event in events))
 
     def _write(self, data: bytes) -> None:
         handle = self._open()

@@ -25,6 +25,7 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from tether.audit.events import AuditEvent
 from tether.audit.ocsf import to_ocsf
@@ -50,19 +51,37 @@ class SyslogSink:
         self.connects = 0  # connections opened, for tests and logs
 
     def message(self, event: AuditEvent) -> bytes:
-        """The RFC 5424 message of one event (unframed)."""
+        """The RFC 5424 message of one event (unframed), at most ``max_message_bytes``
+        octets: a larger event is shrunk and marked (:func:`rfc5424.shrink_ocsf`)."""
         ocsf = to_ocsf(event)
-        sd = rfc5424.structured_data(
-            self.config.sd_id,
-            {
-                "seq": event.seq,
-                "id": event.id,
-                "agent": event.agent,
-                "decision": event.decision,
-                "session": event.session_id,
-                "target": event.target,
-            },
-        )
+        params: dict[str, str | int | None] = {
+            "seq": event.seq,
+            "id": event.id,
+            "agent": event.agent,
+            "decision": event.decision,
+            "session": event.session_id,
+            "target": event.target,
+        }
+        message = self._format(event, ocsf, params, rfc5424.ocsf_message(ocsf))
+        limit = self.config.max_message_bytes
+        if len(message) <= limit:
+            return message
+        params["truncated"] = "true"
+        bare = self._format(event, ocsf, params, "")
+        text = rfc5424.shrink_ocsf(ocsf, limit - len(bare) - 1)
+        return self._format(event, ocsf, params, text)
+
+    def frames(self, events: Sequence[AuditEvent]) -> bytes:
+        """The batch as octet-counted frames."""
+        return b"".join(rfc5424.frame(self.message(event)) for event in events)
+
+    def _format(
+        self,
+        event: AuditEvent,
+        ocsf: dict[str, Any],
+        params: dict[str, str | int | None],
+        msg: str,
+    ) -> bytes:
         return rfc5424.format_message(
             facility=self.config.facility,
             severity=rfc5424.SYSLOG_SEVERITY.get(ocsf["severity_id"], 5),
@@ -71,12 +90,14 @@ class SyslogSink:
             app_name=self.config.app_name,
             procid=self.procid,
             msgid=event.kind,
-            sd=sd,
-            msg=rfc5424.ocsf_message(ocsf),
+            sd=rfc5424.structured_data(self.config.sd_id, params),
+            msg=msg,
         )
 
     async def deliver(self, events: Sequence[AuditEvent]) -> None:
-        data = b"".join(rfc5424.frame(self.message(event)) for event in events)
+        # Built in a thread: a batch of large events (mapped, dumped, shrunk) is CPU work
+        # the node's event loop, which decides and audits agents' actions, must not wait on.
+        data = await asyncio.to_thread(self.frames, events)
         writer = await self._connection()
         try:
             writer.write(data)

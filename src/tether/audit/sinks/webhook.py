@@ -16,6 +16,7 @@ Receivers deduplicate by event (``metadata.uid``), since a retried batch may hav
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -27,8 +28,16 @@ from typing import Final
 import httpx
 
 from tether.audit.events import AuditEvent
-from tether.audit.ocsf import to_ocsf
-from tether.audit.sinks.base import SinkError
+from tether.audit.ocsf import fitted_ocsf
+from tether.audit.sinks.base import (
+    REQUEST_TIMEOUTS,
+    SinkError,
+    TooLarge,
+    deliver_fitting,
+    display_url,
+    post_capped,
+    scrub,
+)
 from tether.audit.sinks.config import WebhookSinkConfig
 from tether.audit.sinks.tls import client_context
 
@@ -59,7 +68,11 @@ def verify_signature(
         if sep:
             fields.setdefault(key, []).append(value)
     stamps = fields.get("t", [])
-    if len(stamps) != 1 or not stamps[0].isdigit():
+    # ASCII digits only, and few: int() raises on '²' (a digit to isdigit) and past 4300
+    # digits, and this function's answer to any header is True or False.
+    if len(stamps) != 1 or not (stamps[0].isascii() and stamps[0].isdigit()):
+        return False
+    if len(stamps[0]) > 15:
         return False
     timestamp = int(stamps[0])
     current = time.time() if now is None else now
@@ -75,8 +88,10 @@ def delivery_id(sink: str, events: Sequence[AuditEvent]) -> str:
     return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{sink}:{first.id}:{last.id}:{len(events)}"))
 
 
-def webhook_body(events: Sequence[AuditEvent]) -> bytes:
-    return json.dumps([to_ocsf(event) for event in events], separators=(",", ":")).encode()
+def webhook_body(events: Sequence[AuditEvent], budget: int | None = None) -> bytes:
+    """The batch as a JSON array; each event's OCSF JSON shrunk to ``budget`` if given."""
+    array = [fitted_ocsf(event, budget) for event in events]
+    return json.dumps(array, separators=(",", ":")).encode()
 
 
 class WebhookSink:
@@ -99,18 +114,30 @@ class WebhookSink:
         )
 
     async def deliver(self, events: Sequence[AuditEvent]) -> None:
-        body = webhook_body(events)
+        await deliver_fitting(self._send, events)  # halves and shrinks on a 413
+
+    async def _send(self, events: Sequence[AuditEvent], budget: int | None) -> None:
+        body = await asyncio.to_thread(webhook_body, events, budget)  # off the event loop
         headers = {
             "Content-Type": "application/json",
             DELIVERY_HEADER: delivery_id(self.name, events),
             SIGNATURE_HEADER: sign(self._key, int(self._clock()), body),
         }
+        url = display_url(self.config.url)
         try:
-            response = await self._client.post(self.config.url, content=body, headers=headers)
+            status, _ = await post_capped(
+                self._client, self.config.url, body, headers, self.config.timeout
+            )
         except httpx.HTTPError as error:
-            raise SinkError(f"webhook {self.config.url}: {type(error).__name__}: {error}") from None
-        if not response.is_success:
-            raise SinkError(f"webhook {self.config.url}: status {response.status_code}")
+            reason = scrub(str(error), self.config.url)
+            raise SinkError(f"webhook {url}: {type(error).__name__}: {reason}") from None
+        except TimeoutError:
+            limit = self.config.timeout * REQUEST_TIMEOUTS
+            raise SinkError(f"webhook {url}: no whole answer in {limit:g}s") from None
+        if status == 413:
+            raise TooLarge(f"webhook {url}: status 413: {len(body)} bytes too large")
+        if not 200 <= status < 300:
+            raise SinkError(f"webhook {url}: status {status}")
 
     async def close(self) -> None:
         await self._client.aclose()

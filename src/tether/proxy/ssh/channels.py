@@ -29,7 +29,13 @@ from typing import Any
 
 import asyncssh
 
-from tether.audit.recordings import Recorder, RecordingError, RecordingMeta, RecordingOptions
+from tether.audit.recordings import (
+    Recorder,
+    RecordingError,
+    RecordingMeta,
+    RecordingOptions,
+    RecordingSummary,
+)
 from tether.policy.model import Decision
 from tether.policy.shell import parse_command
 from tether.proxy.ssh.session import BrokerSession, UpstreamError, refusal_text
@@ -155,8 +161,8 @@ async def _forward(
     except (UpstreamError, asyncssh.Error, OSError) as error:
         text = str(error) if isinstance(error, UpstreamError) else "the target refused the channel"
         recorder.marker(text)
-        recorder.close(None)
-        await _audit_command(session, shown, decision, None, 0, 0.0, error=text)
+        summary = recorder.close(None)
+        await _audit_command(session, shown, decision, None, 0, 0.0, error=text, recording=summary)
         await _fail(process, f"Tether: {text}")
         return
     try:
@@ -165,9 +171,9 @@ async def _forward(
         signal = remote.exit_signal
     finally:
         remote.close()
-        recorder.close(status)
+        summary = recorder.close(status)
     duration = time.monotonic() - started
-    await _audit_command(session, shown, decision, status, output, duration)
+    await _audit_command(session, shown, decision, status, output, duration, recording=summary)
     if signal is not None:
         name, core, message, lang = signal
         process.exit_with_signal(name, core, message, lang)
@@ -239,6 +245,7 @@ async def _audit_command(
     *,
     refused: bool = False,
     error: str | None = None,
+    recording: RecordingSummary | None = None,
 ) -> None:
     auditor = session.context.services.auditor
     if auditor is None:
@@ -248,6 +255,8 @@ async def _audit_command(
         detail["refused"] = decision.reason
     if error is not None:
         detail["error"] = error
+    if recording is not None:  # binds the recording to the chain: see docs/recordings.md
+        detail["recording"] = {"id": recording.session_id, "sha256": recording.cast_sha256}
     await auditor.command(
         session.subject,
         target=session.target.name,
