@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.audit_export.receivers.http_receiver import hec_objects, signature_ok
@@ -81,7 +81,10 @@ def _check_sd_value(parsed: str | None, value: str | None) -> None:
     assert parsed is not None
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in parsed)
     assert len(parsed.encode()) <= 128 + 3  # unescaped: "..." may follow a cut
-    plain = not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in value)
+    plain = not any(
+        ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" or 0xD800 <= ord(c) <= 0xDFFF
+        for c in value
+    )
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
     if plain and len(escaped.encode()) <= 128:
         assert parsed == value
@@ -91,6 +94,8 @@ def _check_sd_value(parsed: str | None, value: str | None) -> None:
 @given(
     st.text(st.sampled_from(list('ab"]\\\n\r\x00\x85\u2028é€😀')) | st.characters(), max_size=400)
 )
+@example("\ud800")  # a lone surrogate: no UTF-8 encodes it (it raised UnicodeEncodeError)
+@example('a\udfff"')
 def test_sd_values_are_escaped_and_bounded(value: str) -> None:
     escaped = rfc5424.escape_param_value(value)
     assert len(escaped.encode()) <= rfc5424.SD_VALUE_MAX_BYTES

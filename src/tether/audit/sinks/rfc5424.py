@@ -51,7 +51,9 @@ TRUNCATION_MARK: Final = "..."
 SYSLOG_SEVERITY: Final = {0: 6, 1: 6, 2: 5, 3: 4, 4: 3, 5: 2, 6: 1, 99: 5}
 _NOT_PRINTABLE: Final = re.compile(r"[^!-~]")
 _SD_PLAIN: Final = re.compile(r"[ !#-\[^-~]*")  # printable ASCII without " \\ ]
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters, the line separators, and lone surrogates (a JSON "\\ud800" in an event:
+# no UTF-8 encodes one), each written as text.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def pri(facility: int, severity: int) -> int:
@@ -76,8 +78,9 @@ def timestamp(moment: datetime) -> str:
 
 def escape_param_value(value: str, max_bytes: int = SD_VALUE_MAX_BYTES) -> str:
     """An SD PARAM-VALUE: ``"``, ``\\`` and ``]`` escaped with a backslash, control
-    characters written as ``\\xNN`` (``\\uNNNN`` above U+00FF), at most ``max_bytes``
-    octets of UTF-8, cut between characters and ending in ``...`` when cut."""
+    characters and lone surrogates written as ``\\xNN`` (``\\uNNNN`` above U+00FF), at
+    most ``max_bytes`` octets of UTF-8, cut between characters and ending in ``...`` when
+    cut."""
     if len(value) <= max_bytes and _SD_PLAIN.fullmatch(value):
         return value  # the common case: short printable ASCII, nothing to escape
     # Every character takes at least one octet: past max_bytes + 1 of them it is cut anyway.
