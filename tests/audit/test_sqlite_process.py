@@ -263,6 +263,29 @@ async def test_a_killed_writer_process_is_replaced_and_the_chain_goes_on(
         await trail.store.close()
 
 
+async def test_a_batch_sent_to_a_process_that_just_died_is_written_again(tmp_path: Path) -> None:
+    """The process dies and the next batch starts before the event loop has seen its pipes
+    close: the write fails (EPIPE) and asyncio reports the lost pipe two callbacks later,
+    after ``drain`` returned. That batch never reached the process, so it is written again
+    through a new one; it was refused as of unknown outcome (AuditUnavailable) before."""
+    trail = await open_trail(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    try:
+        await trail.append(5)
+        first = _child_pid(trail)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _alive(first) and time.monotonic() < deadline:
+            time.sleep(0.001)  # blocking: the event loop runs no callback meanwhile
+        assert not _alive(first)
+        written = await trail.append(1, start=5)
+        assert [e.seq for e in written] == [6]
+        assert _child_pid(trail) != first
+        assert (await trail.verify()).events == 6
+    finally:
+        await trail.log.close()
+        await trail.store.close()
+
+
 @pytest.mark.parametrize("checkpoint_due", [False, True])
 async def test_a_batch_whose_commit_is_unknown_is_refused_not_written_twice(
     tmp_path: Path, checkpoint_due: bool

@@ -345,6 +345,11 @@ class _Child:
         try:
             stdin.write(sqlite_process.HEADER.pack(len(body)) + body)
             await stdin.drain()
+            if stdin.is_closing():
+                # The write failed (the process is gone) or the pipe was already lost: asyncio
+                # reports that to drain() only two callbacks later. Nothing of this request
+                # arrived whole, so it was not committed and may be written again.
+                raise BrokenPipeError("the writer process's input is closed")
             sent = True
             (size,) = sqlite_process.HEADER.unpack(await stdout.readexactly(4))
             answer = marshal.loads(await stdout.readexactly(size))  # noqa: S302 - our child
