@@ -55,25 +55,35 @@ class AuditedSession:
         }
 
 
-async def audited_sessions(url: str, limit: int = MAX_SESSIONS) -> list[AuditedSession]:
-    """The last ``limit`` sessions started, oldest first; :class:`AuditIndexError` if the
-    trail cannot be read (an empty list when a SQLite database does not exist yet)."""
+async def _search(
+    url: str, *filters: EventFilter, limit: int = MAX_SESSIONS
+) -> list[list[AuditEvent]]:
+    """The events of each filter (at most ``limit`` each), read without running a
+    migration; no events when a SQLite database does not exist yet. :class:`AuditIndexError`
+    if the trail cannot be read."""
     parsed = make_url(url)
     database = parsed.database
     if parsed.get_backend_name() == "sqlite" and database and not Path(database).exists():
-        return []
+        return [[] for _ in filters]
     try:
         engine = create_engine(url)
     except StoreError as error:
         raise AuditIndexError(str(error)) from None
     try:
         async with engine.connect() as conn:
-            starts = await search_events(conn, EventFilter(kind="session.start"), limit=limit)
-            ends = await search_events(conn, EventFilter(kind="session.end"), limit=limit)
+            return [await search_events(conn, found, limit=limit) for found in filters]
     except (SQLAlchemyError, OSError, ValueError) as error:
         raise AuditIndexError(str(error).splitlines()[0] if str(error) else "error") from None
     finally:
         await engine.dispose()
+
+
+async def audited_sessions(url: str, limit: int = MAX_SESSIONS) -> list[AuditedSession]:
+    """The last ``limit`` sessions started, oldest first; :class:`AuditIndexError` if the
+    trail cannot be read (an empty list when a SQLite database does not exist yet)."""
+    starts, ends = await _search(
+        url, EventFilter(kind="session.start"), EventFilter(kind="session.end"), limit=limit
+    )
     ended = {event.session_id: event for event in ends if event.session_id is not None}
     return [
         AuditedSession(event.session_id, event.time, event, ended.get(event.session_id))
@@ -87,22 +97,7 @@ async def recording_digests(url: str, recording_id: str) -> list[str]:
     (``<session id>.<channel>``: the ``detail.recording`` of its ``ssh.command`` events);
     :class:`AuditIndexError` if the trail cannot be read."""
     session_id = recording_id.rpartition(".")[0] or recording_id
-    parsed = make_url(url)
-    database = parsed.database
-    if parsed.get_backend_name() == "sqlite" and database and not Path(database).exists():
-        return []
-    try:
-        engine = create_engine(url)
-    except StoreError as error:
-        raise AuditIndexError(str(error)) from None
-    try:
-        async with engine.connect() as conn:
-            found = EventFilter(kind="ssh.command", session_id=session_id)
-            events = await search_events(conn, found, limit=MAX_SESSIONS)
-    except (SQLAlchemyError, OSError, ValueError) as error:
-        raise AuditIndexError(str(error).splitlines()[0] if str(error) else "error") from None
-    finally:
-        await engine.dispose()
+    (events,) = await _search(url, EventFilter(kind="ssh.command", session_id=session_id))
     digests = []
     for event in events:
         recording = event.detail.get("recording")
