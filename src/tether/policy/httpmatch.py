@@ -17,10 +17,12 @@ from __future__ import annotations
 from tether.policy.httpmethods import (
     OVERRIDE_HEADERS,
     PATH_OVERRIDE_HEADERS,
+    may_override_method,
     method_ok,
     methods_match,
     override_methods,
     override_paths,
+    overrides,
     query_override_methods,
 )
 from tether.policy.httppath import MAX_TARGET, HttpPath, canonicalize_path
@@ -33,9 +35,11 @@ __all__ = [
     "HttpPath",
     "PathPattern",
     "canonicalize_path",
+    "may_override_method",
     "method_ok",
     "methods_match",
     "override_methods",
     "override_paths",
+    "overrides",
     "query_override_methods",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "methods_match",
     "override_methods",
     "override_paths",
+    "overrides",
     "query_override_methods",
 ]
 
@@ -68,33 +69,36 @@ def methods_match(allowed: frozenset[str], method: str) -> bool:
     return method in allowed or "*" in allowed
 
 
-def override_methods(headers: Mapping[str, str]) -> tuple[str, ...]:
-    """The methods named by method-override headers, each also upper-cased, without repeats.
+def overrides(headers: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[HttpPath, ...]]:
+    """In one pass over ``headers``: the methods named by method-override headers (each also
+    upper-cased) and the paths named by path-override headers, without repeats.
 
-    Raises ``InvalidRequest`` if an override value is not a method token.
+    Raises ``InvalidRequest`` if an override method is not a method token, then
+    ``AmbiguousPath`` if an override path is not a request target in canonical form.
     """
-    found: dict[str, None] = {}
+    methods: dict[str, None] = {}
+    targets: dict[str, None] = {}
     for name, value in headers.items():
-        if header_key(name) not in OVERRIDE_HEADERS:
-            continue
-        method = value.strip(" \t")
-        if not method_ok(method):
-            raise InvalidRequest(f"header {show(name)} names no valid method: {show(value)}")
-        found[method] = None
-        found[method.upper()] = None
-    return tuple(found)
+        key = header_key(name)
+        if key in OVERRIDE_HEADERS:
+            method = value.strip(" \t")
+            if not method_ok(method):
+                raise InvalidRequest(f"header {show(name)} names no valid method: {show(value)}")
+            methods[method] = None
+            methods[method.upper()] = None
+        elif key in PATH_OVERRIDE_HEADERS:
+            targets[value.strip(" \t")] = None
+    return tuple(methods), tuple(canonicalize_path(target) for target in targets)
+
+
+def override_methods(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The methods named by method-override headers (:func:`overrides`)."""
+    return overrides(headers)[0]
 
 
 def override_paths(headers: Mapping[str, str]) -> tuple[HttpPath, ...]:
-    """The paths named by path-override headers, without repeats.
-
-    Raises ``AmbiguousPath`` if one is not a request target in canonical form.
-    """
-    found: dict[str, None] = {}
-    for name, value in headers.items():
-        if header_key(name) in PATH_OVERRIDE_HEADERS:
-            found[value.strip(" \t")] = None
-    return tuple(canonicalize_path(target) for target in found)
+    """The paths named by path-override headers (:func:`overrides`)."""
+    return overrides(headers)[1]
 
 
 def query_override_methods(query: str) -> tuple[str, ...]:

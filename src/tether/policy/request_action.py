@@ -92,11 +92,12 @@ def normalize_http(request: Request, body: dict[str, Any]) -> None:
     elif not is_str_map(headers):
         raise InvalidRequest("action.http.headers must be an object of string values")
     path = httpmatch.canonicalize_path(_text(body, "path", "action.http"))
-    named = httpmatch.query_override_methods(path.query) if path.query else ()
+    query = path.query
+    named = httpmatch.query_override_methods(query) if httpmatch.may_override_method(query) else ()
     if headers or named:
-        found = dict.fromkeys((*httpmatch.override_methods(headers), *named))
-        overrides = [m for m in found if m != method]
-        paths = [p for p in httpmatch.override_paths(headers) if p.path != path.path]
+        by_header, by_path = httpmatch.overrides(headers)
+        overrides = [m for m in dict.fromkeys((*by_header, *named)) if m != method]
+        paths = [p for p in by_path if p.path != path.path]
         request.parts = tuple(HttpPart(m, p) for p in (path, *paths) for m in (method, *overrides))
     else:
         request.parts = (HttpPart(method, path),)
