@@ -294,7 +294,8 @@ def serve_bare(port: int, upstream: int, http: str = "auto") -> None:
         await forwarder.stream_response(connection, send, shown, out)
 
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=http,
-                            access_log=False, lifespan="off", server_header=False)  # fmt: skip
+                            access_log=False, lifespan="off", server_header=False,
+                            proxy_headers=False)  # as the node by default  # fmt: skip
     uvloop.run(uvicorn.Server(config).serve())  # the same loop as the node
 
 

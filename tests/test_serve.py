@@ -176,14 +176,24 @@ def test_serve_refuses_to_start_on_policies_that_do_not_load(
     assert "Traceback" not in node.stderr
 
 
-def test_serve_refuses_a_bad_config(tmp_path: Path, start: Callable[..., Node]) -> None:
-    (tmp_path / "tether.yaml").write_text("listen: nowhere\n")
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ("listen: nowhere\n", "listen: expected HOST:PORT, got 'nowhere'"),
+        (
+            "trusted_proxies: ['*']\n",
+            "trusted_proxies: expected IP addresses or networks (10.0.0.0/8, ::1), got '*'",
+        ),
+    ],
+)
+def test_serve_refuses_a_bad_config(
+    tmp_path: Path, start: Callable[..., Node], config: str, error: str
+) -> None:
+    (tmp_path / "tether.yaml").write_text(config)
     node = start("--config", "tether.yaml")
     assert node.process.wait(timeout=30) == 2
     node._reader.join(timeout=5)
-    assert node.stderr.strip() == (
-        "tether: error: tether.yaml: listen: expected HOST:PORT, got 'nowhere'"
-    )
+    assert node.stderr.strip() == f"tether: error: tether.yaml: {error}"
 
 
 def test_serve_refuses_a_busy_port(tmp_path: Path, start: Callable[..., Node]) -> None:
@@ -213,3 +223,43 @@ def test_serve_refuses_a_sink_whose_secret_is_missing(
     assert "tether: error: audit.sinks:" in node.stderr
     assert "SPLUNK_HEC_TOKEN_UNSET" in node.stderr
     assert "Traceback" not in node.stderr
+
+
+def _refused_from(url: str, forwarded_for: str) -> None:
+    """An unauthenticated broker request (audited as ``token.refused`` with the client's
+    address), sent from 127.0.0.1 with an ``X-Forwarded-For`` naming another address."""
+    headers = {"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"}
+    answer = httpx.get(f"{url}/t/anything/x", headers=headers, timeout=5)
+    assert answer.status_code == 401
+
+
+def _refused_sources(db_path: Path) -> list[str]:
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute(
+            "SELECT source_ip FROM audit_events WHERE kind = 'token.refused' ORDER BY seq"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("", "127.0.0.1"),  # the default: no peer is a trusted proxy, not even loopback
+        ("trusted_proxies: [10.9.0.0/16]\n", "127.0.0.1"),  # another peer is
+        ("trusted_proxies: [127.0.0.1]\n", "203.0.113.9"),  # this one is
+    ],
+)
+def test_forwarded_for_is_believed_only_from_trusted_proxies(
+    tmp_path: Path, start: Callable[..., Node], config: str, expected: str
+) -> None:
+    """uvicorn believes ``X-Forwarded-For`` from 127.0.0.1 unless told otherwise: a client
+    on the node's own machine could then choose the ``source_ip`` that policies (``when``)
+    and the audit trail see. The node believes it only from ``trusted_proxies``."""
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "a.yaml").write_text(RULES.format(id="a", tool="x"))
+    (tmp_path / "tether.yaml").write_text("listen: 127.0.0.1:0\n" + config)
+    node = start("--config", "tether.yaml")
+    url = "http://" + node.wait_for_log(r"tether serving on http://(127\.0\.0\.1:\d+)")[1]
+    _refused_from(url, "203.0.113.9")
+    assert node.stop() == 0
+    assert _refused_sources(tmp_path / "data" / "tether.db") == [expected]

@@ -18,6 +18,7 @@ the config file and is not a setting, nor are the variables other parts read
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -100,6 +101,19 @@ def _normalise_database_url(value: str) -> str:
     return url.set(drivername=driver).render_as_string(hide_password=False)
 
 
+def _check_proxies(value: list[str]) -> list[str]:
+    """Each entry an IP address or network (``10.0.0.0/8``), written out: uvicorn's ``*``
+    (trust every peer) is refused, as it would let any client name its own address."""
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"expected IP addresses or networks (10.0.0.0/8, ::1), got {entry!r}"
+            ) from None
+    return value
+
+
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
@@ -121,6 +135,10 @@ class Settings(BaseModel):
     )
     log_level: Annotated[LogLevel, BeforeValidator(_lower)] = "info"
     policy_watch: bool = True
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (docs/configuration.md).
+    trusted_proxies: Annotated[list[str], AfterValidator(_check_proxies)] = Field(
+        default_factory=list
+    )
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)

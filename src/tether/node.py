@@ -347,6 +347,11 @@ def _uvicorn_config(
         lifespan="off",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
+        # X-Forwarded-For names the client only when a trusted proxy sent it: uvicorn's
+        # default believes any peer on 127.0.0.1, so a local client could pick the source
+        # IP the policy (``source_ip`` in ``when``) and the audit trail see.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies) or None,
         # h11, always: httptools mode hands the app only the parsed path (a ``#fragment``
         # reached the target in a test), and the HTTP broker decides on the raw path.
         # With TLS, the h11 protocol that also reports the client certificate (tlsserver).

@@ -131,8 +131,9 @@ class Harness:
         self.broker: HttpBroker = broker
         app = create_app(state, middleware=[Middleware(BrokerMiddleware, broker=broker)])
         config = uvicorn.Config(
-            app, log_config=None, lifespan="off", server_header=False, ws=UpgradeProtocol
-        )
+            app, log_config=None, lifespan="off", server_header=False, ws=UpgradeProtocol,
+            proxy_headers=False,  # as tether.node by default (no trusted_proxies)
+        )  # fmt: skip
         if self.tls is not None:  # mutual TLS: client certificates from Tether's X.509 CA
             files = self.root / "tls"
             files.mkdir(exist_ok=True)
@@ -143,7 +144,7 @@ class Harness:
                 app, log_config=None, lifespan="off", server_header=False,
                 http=TlsH11Protocol, ssl_certfile=files / "cert.pem",
                 ssl_keyfile=files / "key.pem", ssl_ca_certs=str(files / "clients.pem"),
-                ssl_cert_reqs=ssl.CERT_OPTIONAL, ws=UpgradeProtocol,
+                ssl_cert_reqs=ssl.CERT_OPTIONAL, ws=UpgradeProtocol, proxy_headers=False,
             )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.serving = asyncio.ensure_future(self.server.serve(sockets=[self.sock]))
