@@ -263,3 +263,28 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(
     _refused_from(url, "203.0.113.9")
     assert node.stop() == 0
     assert _refused_sources(tmp_path / "data" / "tether.db") == [expected]
+
+
+def test_sinks_in_clear_start_with_a_warning(tmp_path: Path, start: Callable[..., Node]) -> None:
+    """A SIEM sink without TLS is allowed (an explicit choice), but never silently."""
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "a.yaml").write_text(RULES.format(id="a", tool="x"))
+    (tmp_path / "tether.yaml").write_text(
+        "listen: 127.0.0.1:0\n"
+        "audit:\n"
+        "  sinks:\n"
+        "    - {name: plain-hec, kind: hec, url: 'http://127.0.0.1:9/c', token: t}\n"
+        "    - {name: plain-hook, kind: webhook, url: 'http://127.0.0.1:9/h', secret: s}\n"
+        "    - {name: plain-syslog, kind: syslog, host: 127.0.0.1, port: 9, transport: tcp}\n"
+        "    - {name: tls-hook, kind: webhook, url: 'https://127.0.0.1:9/h', secret: s}\n"
+        "    - {name: unused, kind: syslog, host: 127.0.0.1, transport: tcp, enabled: false}\n"
+    )
+    node = start("--config", "tether.yaml")
+    node.wait_for_log("tether serving on")
+    assert node.stop() == 0
+    warnings = re.findall(r"WARNING .*(insecure: .*)", node.stderr)
+    assert warnings == [
+        "insecure: audit sink 'plain-hec' sends events and its HEC token over plain http",
+        "insecure: audit sink 'plain-hook' sends events over plain http",
+        "insecure: audit sink 'plain-syslog' sends events over plain TCP (no TLS)",
+    ]

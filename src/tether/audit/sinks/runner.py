@@ -4,11 +4,15 @@ A node calls :func:`start_sinks` once its store is open and awaits the returned
 :class:`SinkRunner`'s :meth:`~SinkRunner.stop` at shutdown. A sink whose configuration
 cannot be turned into a sink (a secret variable that is not set, an unreadable CA file)
 stops the node at start: a SIEM that silently receives nothing is worse than a refusal.
+A sink that sends in clear (``syslog`` over ``tcp``, an ``http://`` collector) is started
+with a warning beginning ``insecure:``, like a target that weakens TLS: the events carry
+agents' commands and statements, and a HEC token travels with them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -78,11 +82,31 @@ class SinkRunner:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+log = logging.getLogger(__name__)
+
+
+def plaintext_warning(config: SinkConfig) -> str | None:
+    """The ``insecure:`` warning for a sink that delivers without TLS, else None."""
+    if isinstance(config, SyslogSinkConfig) and config.transport == "tcp":
+        return f"insecure: audit sink {config.name!r} sends events over plain TCP (no TLS)"
+    if (
+        isinstance(config, HecSinkConfig | WebhookSinkConfig)
+        and config.url[:7].lower() == "http://"
+    ):
+        carried = "events and its HEC token" if isinstance(config, HecSinkConfig) else "events"
+        return f"insecure: audit sink {config.name!r} sends {carried} over plain http"
+    return None
+
+
 def start_sinks(
     engine: AsyncEngine, configs: Sequence[SinkConfig], *, node_id: str | None = None
 ) -> SinkRunner:
     """Build every enabled sink and start its loop; raises ``SinkConfigError`` first."""
     loops = [delivery_loop(engine, c, node_id=node_id) for c in configs if c.enabled]
+    for config in configs:
+        warning = plaintext_warning(config) if config.enabled else None
+        if warning is not None:
+            log.warning("%s", warning)
     runner = SinkRunner(loops)
     runner.tasks = [
         asyncio.create_task(loop.run(runner.stopping), name=f"tether-sink-{loop.sink.name}")
