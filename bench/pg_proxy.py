@@ -20,7 +20,13 @@ ratio more than the direct path's: it is one process against ten). ``tether`` co
 audit trail with ``synchronous=full`` (the default), ``tether-normal`` with ``normal``;
 ``tether-noaudit`` is the same broker with no auditor at all (an in-process experiment, not
 a mode Tether offers: it shows what the audit commit costs). ``latency_ms`` is pgbench's
-average latency per transaction. The
+average latency per transaction. ``cpu_us_per_txn`` is the CPU time (user + system, every
+thread, from ``/proc``) of the processes serving the path over its transactions: pgbouncer's;
+for Tether this process (the broker's event loop and threads) and its audit writer process,
+of which ``writer_cpu_us_per_txn`` is the writer's. ``budget_us_per_txn`` is what the goal
+leaves the middle: the machine's cores over direct's TPS (pgbench and PostgreSQL keep the
+machine busy at direct's rate, so at half that rate the CPU freed per transaction is what
+they used). The
 issue's goal is Tether >= 0.5x direct on ``select-only``; the figures are informational and
 the script exits 0 whatever they are. Progress goes to stderr. pgbench and PostgreSQL run
 on the same machine as the broker, so on a small machine the three compete for the same
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,6 +47,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +116,33 @@ async def pgbench(args: list[str], extra_env: dict[str, str]) -> tuple[float, fl
         raise RuntimeError(f"pgbench {' '.join(args)} failed: {err.decode()[-500:]}")
     latency = _LATENCY.search(out.decode())
     return float(found.group(1)), None if latency is None else float(latency.group(1))
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` (every thread), from ``/proc``; 0 for one gone."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (pgbouncer runs under ``runuser``)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                queue += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def start_pgbouncer(server: pg.PostgresServer, root: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -186,7 +222,16 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "pgbouncer": (["-h", "127.0.0.1", "-p", str(bouncer_port), "-U", "app_user",
                                DATABASE], {"PGPASSWORD": APP_PASSWORD}),
             }  # fmt: skip
+            # Whose CPU each path costs: the broker's process (this one: its event loop and
+            # threads) and its audit writer process; pgbouncer's process.
+            serving: dict[str, Callable[[], list[int]]] = {
+                "pgbouncer": lambda: descendants(bouncer.pid) if bouncer else [],
+            }
+            writers: dict[str, Callable[[], list[int]]] = {}
             for name, broker, _store in brokers:
+                writer = broker.auditor.log._writer if name != "tether-noaudit" else None
+                serving[name] = lambda w=writer: [os.getpid(), *_writer_pid(w)]
+                writers[name] = lambda w=writer: _writer_pid(w)
                 broker.set_policy(POLICY)
                 agent = await broker.agent()
                 token, cert, key = await broker.bound_login(agent, root / name)
@@ -212,16 +257,33 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                         continue  # transaction pooling cannot keep prepared statements
                     load = round(os.getloadavg()[0], 1)
                     log(f"{workload} via {path} (load {load})")
+                    pids, child = serving.get(path, list)(), writers.get(path, list)()
+                    cpu_before, wall_before = cpu_seconds(pids), time.monotonic()
+                    child_before = cpu_seconds(child)
                     tps, latency = await pgbench([*script, *common, *where], extra)
-                    results.append({"workload": workload, "path": path, "tps": round(tps, 1),
-                                    "latency_ms": latency, "clients": args.clients,
-                                    "seconds": args.seconds, "load": load})  # fmt: skip
+                    cpu, child_cpu = (
+                        cpu_seconds(pids) - cpu_before,
+                        cpu_seconds(child) - child_before,
+                    )
+                    row = {"workload": workload, "path": path, "tps": round(tps, 1),
+                           "latency_ms": latency, "clients": args.clients,
+                           "seconds": args.seconds, "load": load}  # fmt: skip
+                    if pids:  # pgbench's -T run, a little less than the wall time timed here
+                        spent = time.monotonic() - wall_before
+                        row["cpu_us_per_txn"] = round(cpu / (tps * spent) * 1e6, 1)
+                    if child:  # of which the audit writer process's
+                        row["writer_cpu_us_per_txn"] = round(child_cpu / (tps * spent) * 1e6, 1)
+                    results.append(row)
             for row in results:
                 direct = next((r for r in results if r["workload"] == row["workload"]
                                and r["path"] == "direct"), None)  # fmt: skip
                 if direct is None:
                     continue
                 row["x_direct"] = round(row["tps"] / direct["tps"], 3)
+                # The CPU a transaction may cost the middle at 0.5x direct, if pgbench and
+                # PostgreSQL keep the whole machine busy at direct's rate: halving the rate
+                # frees as much CPU per transaction again as they use.
+                row["budget_us_per_txn"] = round((os.cpu_count() or 1) / direct["tps"] * 1e6, 1)
                 if row["workload"] == "select-only" and row["path"] == "tether":
                     row["goal"] = ">=0.5x direct " + (
                         "met" if row["x_direct"] >= 0.5 else "not met"
@@ -240,6 +302,11 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _writer_pid(writer: Any) -> list[int]:
+    pid = getattr(writer, "pid", None)
+    return [] if pid is None else [pid]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -256,13 +323,16 @@ def main() -> int:
             print(json.dumps(row))
         return 0
     print(f"{'workload':<16} {'path':<14} {'tps':>10} {'x direct':>9} {'lat ms':>7} "
-          f"{'load':>6}  goal")  # fmt: skip
+          f"{'load':>6} {'cpu us':>7} {'budget':>7}  goal")  # fmt: skip
     for row in results:
         goal = row.get("goal", "-")
         ratio = f"{row['x_direct']:>8.2f}x" if "x_direct" in row else f"{'-':>9}"
         latency = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f}"
+        cpu = row.get("cpu_us_per_txn")
+        budget = row.get("budget_us_per_txn")
         print(f"{row['workload']:<16} {row['path']:<14} {row['tps']:>10.1f} {ratio} "
-              f"{latency:>7} {row['load']:>6.1f}  {goal}")  # fmt: skip
+              f"{latency:>7} {row['load']:>6.1f} {'-' if cpu is None else cpu:>7} "
+              f"{'-' if budget is None else budget:>7}  {goal}")  # fmt: skip
     return 0
 
 
