@@ -250,3 +250,27 @@ def test_replay_waits_the_recorded_pauses_scaled(tmp_path: Path) -> None:
     assert "".join(written) == "abcd"
     assert sleeps == [1.0, 2.5, 0.5]
     assert total == 4.0
+
+
+def test_a_failed_write_fails_every_later_one_and_close_still_closes_the_file(
+    tmp_path: Path,
+) -> None:
+    """After a short write the gzip stream is in an unknown state: nothing more is written,
+    every call says why, and the file is closed (no descriptor left open per session).
+    The disk fills for real: the cast's descriptor is pointed at ``/dev/full``."""
+    recorder = Recorder.start("full", RecordingMeta(), root=tmp_path, now=T0)
+    fd = recorder._raw.fileno()
+    device = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(device, fd)
+    finally:
+        os.close(device)
+    with pytest.raises(RecordingError, match="could not be written: No space left on device"):
+        recorder.output(b"x" * 100_000)
+    with pytest.raises(RecordingError, match="No space left on device"):
+        recorder.output(b"more")
+    with pytest.raises(RecordingError, match="No space left on device"):
+        recorder.close(0)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)
+    assert not (recorder.directory / "full.json").exists()

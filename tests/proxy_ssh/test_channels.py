@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import asyncssh
+import pytest
 from typer.testing import CliRunner
 
 from tests.proxy_ssh.conftest import Env
 from tests.proxy_ssh.harness import received
+from tether.audit import recordings
 from tether.cli.main import app
 
 
@@ -173,3 +177,58 @@ async def test_a_recording_is_bound_to_the_audit_trail_and_a_change_is_detected(
     code, info = await asyncio.to_thread(show)
     assert (code, info["integrity"]) == (1, "modified"), info
     assert info["audited_sha256"] == detail["recording"]["sha256"] != info["cast_sha256"]
+
+
+def _disk_full_after(monkeypatch: pytest.MonkeyPatch, allowed: int) -> None:
+    """Recordings get ``allowed`` bytes, then every write fails as on a full disk."""
+    original = recordings._HashingFile.write
+
+    def write(self: recordings._HashingFile, data: bytes) -> int:
+        if self.size + len(data) > allowed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, data)
+
+    monkeypatch.setattr(recordings._HashingFile, "write", write)
+
+
+async def test_a_recording_that_cannot_be_written_ends_the_session_audited(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk under the recordings: the output that could not be recorded goes no
+    further, the channel ends, and the command's event says why (before, the error escaped
+    as an internal error and the command left no ``ssh.command`` event)."""
+    _disk_full_after(monkeypatch, 600)  # the header fits, a screenful of output does not
+    agent = await env.stack.agent()
+    status, out, err = await agent.ssh("root@web-1", "sh -c 'seq 1 50000; echo done'")
+    assert status == 1 and b"Tether: the session recording failed" in err
+    assert b"done" not in out and len(out) < 4096
+    await env.stack.broker.stop()
+    [command] = await env.stack.events("ssh.command")
+    detail = json.loads(command["detail"])
+    assert "could not be written: No space left on device" in detail["error"]
+    assert "recording" not in detail
+    assert json.loads(command["action"])["exit_status"] is None
+    [summary_less] = list((env.stack.broker.data_dir / "recordings").rglob("*.cast.gz"))
+    assert not summary_less.with_name(summary_less.name.replace(".cast.gz", ".json")).exists()
+
+
+async def test_a_recording_that_cannot_be_finished_is_audited_too(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills as the cast is closed (its gzip trailer): the command ran to its end,
+    but no complete recording exists, and the event says so instead of binding one."""
+    agent = await env.stack.agent()
+    original = recordings.Recorder.close
+
+    def close(self: recordings.Recorder, exit_status: int | None = None) -> Any:
+        _disk_full_after(monkeypatch, self._raw.size)
+        return original(self, exit_status)
+
+    monkeypatch.setattr(recordings.Recorder, "close", close)
+    status, out, err = await agent.ssh("root@web-1", "echo finished")
+    assert out == b"finished\n"
+    assert status == 1 and b"Tether: the session recording failed" in err
+    await env.stack.broker.stop()
+    [command] = await env.stack.events("ssh.command")
+    detail = json.loads(command["detail"])
+    assert "could not be written" in detail["error"] and "recording" not in detail

@@ -195,6 +195,7 @@ class Recorder:
             code: codecs.getincrementaldecoder("utf-8")(errors="replace") for code in "oi"
         }
         self._closed = False
+        self._failed: str | None = None  # why writing failed, once it did
 
     @classmethod
     def start(
@@ -225,7 +226,12 @@ class Recorder:
             session_id, directory, cast, raw, options or RecordingOptions(), started, monotonic,
             meta,
         )  # fmt: skip
-        recorder._write_line(cast_header(meta, session_id, started))
+        try:
+            recorder._write_line(cast_header(meta, session_id, started))
+        except RecordingError:
+            with contextlib.suppress(OSError):
+                raw.close()
+            raise
         return recorder
 
     @property
@@ -297,30 +303,44 @@ class Recorder:
         record = TransferRecord(round(self._elapsed(), 6), path, direction, size, sha256)
         line = json.dumps(asdict(record), ensure_ascii=False) + "\n"
         target = self.directory / f"{self.session_id}{TRANSFERS_SUFFIX}"
-        with _open_append(target) as handle:
-            handle.write(line.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with _open_append(target) as handle:
+                handle.write(line.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise self._failure(error) from None
         self.transfer_count += 1
 
     def close(self, exit_status: int | None = None) -> RecordingSummary:
-        """Finish the cast (gzip trailer, fsync) and write the summary file."""
+        """Finish the cast (gzip trailer, fsync) and write the summary file. Raises
+        :class:`RecordingError` when that fails, or when an earlier write did (the file is
+        closed all the same; what was written stays, without a summary)."""
         if self._closed:
             raise RecordingError(f"recording of session {self.session_id} is closed")
-        tail = self._decoders["o"].decode(b"", final=True)
-        if tail:
-            self._event("o", tail)
-        self._closed = True
         duration = self._elapsed()
-        self._cast.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        summary = self._summary(duration, exit_status)
-        _write_atomically(
-            self.directory / f"{self.session_id}{SUMMARY_SUFFIX}",
-            json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n",
-        )
+        try:
+            tail = self._decoders["o"].decode(b"", final=True)
+            if tail:
+                self._event("o", tail)
+            self._closed = True
+            if self._failed is not None:
+                raise RecordingError(self._failed)
+            try:
+                self._cast.close()
+                self._raw.flush()
+                os.fsync(self._raw.fileno())
+                summary = self._summary(duration, exit_status)
+                _write_atomically(
+                    self.directory / f"{self.session_id}{SUMMARY_SUFFIX}",
+                    json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n",
+                )
+            except OSError as error:
+                raise self._failure(error) from None
+        finally:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self._raw.close()
         return summary
 
     def _summary(self, duration: float, exit_status: int | None) -> RecordingSummary:
@@ -360,11 +380,25 @@ class Recorder:
     def _write_line(self, value: object) -> None:
         if self._closed:
             raise RecordingError(f"recording of session {self.session_id} is closed")
+        if self._failed is not None:
+            raise RecordingError(self._failed)
         line = json.dumps(value, ensure_ascii=False, separators=(", ", ": ")) + "\n"
-        self._cast.write(line.encode("utf-8", "replace"))
-        # Sync flush: the bytes so far become a decodable gzip prefix (see module docstring).
-        self._cast.flush()
-        self._raw.flush()
+        try:
+            self._cast.write(line.encode("utf-8", "replace"))
+            # Sync flush: the bytes so far become a decodable gzip prefix (module docstring).
+            self._cast.flush()
+            self._raw.flush()
+        except OSError as error:
+            raise self._failure(error) from None
+
+    def _failure(self, error: OSError) -> RecordingError:
+        """The error to raise for a failed write; every later write fails the same way (the
+        gzip stream is in an unknown state after a short write)."""
+        self._failed = (
+            f"recording of session {self.session_id} could not be written: "
+            f"{error.strerror or error}"
+        )
+        return RecordingError(self._failed)
 
 
 class _HashingFile:

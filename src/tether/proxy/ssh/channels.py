@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 
@@ -148,8 +148,6 @@ async def _forward(
         await _fail(process, "Tether: the session cannot be recorded, refused")
         return
     started = time.monotonic()
-    status: int | None = None
-    output = 0
     try:
         upstream = await session.upstream()
         remote = await upstream.create_process(
@@ -160,20 +158,36 @@ async def _forward(
         )
     except (UpstreamError, asyncssh.Error, OSError) as error:
         text = str(error) if isinstance(error, UpstreamError) else "the target refused the channel"
-        recorder.marker(text)
-        summary = recorder.close(None)
+        summary, unrecorded = _finish(recorder, None, marker=text)
+        if unrecorded is not None:
+            log.error("session %s: %s", session.id, unrecorded)
         await _audit_command(session, shown, decision, None, 0, 0.0, error=text, recording=summary)
         await _fail(process, f"Tether: {text}")
         return
+    counted = [0]
+    failed: RecordingError | None = None
+    status: int | None = None
+    signal: tuple[str, bool, str, str] | None = None
     try:
-        output = await _pump(process, remote, session, recorder)
-        status = remote.exit_status
-        signal = remote.exit_signal
+        await _pump(process, remote, session, recorder, counted)
+        status, signal = remote.exit_status, remote.exit_signal
+    except RecordingError as error:
+        failed = error
     finally:
         remote.close()
-        summary = recorder.close(status)
+    summary, closing = _finish(recorder, status)
+    failed = failed or closing
     duration = time.monotonic() - started
-    await _audit_command(session, shown, decision, status, output, duration, recording=summary)
+    if failed is not None:
+        # What cannot be recorded does not go on: the channel ends, and the event says why
+        # (it names no recording: there is none complete to bind). Fail closed, as at start.
+        log.error("session %s: %s; the channel is ended", session.id, failed)
+        await _audit_command(
+            session, shown, decision, None, counted[0], duration, error=str(failed)
+        )
+        await _fail(process, "Tether: the session recording failed, the session is ended")
+        return
+    await _audit_command(session, shown, decision, status, counted[0], duration, recording=summary)
     if signal is not None:
         name, core, message, lang = signal
         process.exit_with_signal(name, core, message, lang)
@@ -181,11 +195,29 @@ async def _forward(
         process.exit(status if status is not None else 255)
 
 
+def _finish(
+    recorder: Recorder, status: int | None, *, marker: str | None = None
+) -> tuple[RecordingSummary | None, RecordingError | None]:
+    """Close the recording (after a last ``marker``): its summary, or why it failed."""
+    if marker is not None:
+        with contextlib.suppress(RecordingError):  # close() raises it again, and closes
+            recorder.marker(marker)
+    try:
+        return recorder.close(status), None
+    except RecordingError as error:
+        return None, error
+
+
 async def _pump(
-    process: ServerProcess, remote: ClientProcess, session: BrokerSession, recorder: Recorder
-) -> int:
-    """Copy both ways until the remote side exits; returns the bytes sent to the agent."""
-    counted = [0]
+    process: ServerProcess,
+    remote: ClientProcess,
+    session: BrokerSession,
+    recorder: Recorder,
+    counted: list[int],
+) -> None:
+    """Copy both ways until the remote side exits, counting the bytes sent to the agent in
+    ``counted[0]``. Raises :class:`RecordingError` when the recording cannot be written,
+    which ends the channel (the other direction stops too)."""
 
     async def down(source: asyncssh.SSHReader[bytes], sink: asyncssh.SSHWriter[bytes]) -> None:
         while data := await source.read(CHUNK):
@@ -197,15 +229,20 @@ async def _pump(
 
     up = asyncio.create_task(_pump_stdin(process, remote, session, recorder))
     try:
-        await asyncio.gather(
-            down(remote.stdout, process.stdout), down(remote.stderr, process.stderr)
-        )
+        try:
+            await asyncio.gather(
+                down(remote.stdout, process.stdout), down(remote.stderr, process.stderr)
+            )
+        except RecordingError:
+            remote.close()  # the other stream and the input end with it
+            raise
         await remote.wait_closed()
     finally:
         up.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await up
-    return counted[0]
+    if up.done() and not up.cancelled() and isinstance(up.exception(), RecordingError):
+        raise cast(RecordingError, up.exception())
 
 
 async def _pump_stdin(
@@ -218,7 +255,11 @@ async def _pump_stdin(
             remote.change_terminal_size(
                 change.width, change.height, change.pixwidth, change.pixheight
             )
-            recorder.resize(change.width, change.height)
+            try:
+                recorder.resize(change.width, change.height)
+            except RecordingError:
+                remote.close()
+                raise
             continue
         except asyncssh.SignalReceived as received:
             remote.send_signal(received.signal)
@@ -229,7 +270,11 @@ async def _pump_stdin(
         if not data:
             remote.stdin.write_eof()
             return
-        recorder.input(data)
+        try:
+            recorder.input(data)
+        except RecordingError:
+            remote.close()  # the output side ends too; _pump raises this task's error
+            raise
         session.bytes_in += len(data)
         remote.stdin.write(data)
         await remote.stdin.drain()
