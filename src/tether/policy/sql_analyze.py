@@ -69,12 +69,18 @@ Relations named in strings: ``'t'::regclass`` names ``t``, and so does the first
 argument of a function on :data:`~tether.policy.sql_tables.RELATION_NAME_FUNCTIONS`
 (``nextval('s')``, ``get_raw_page('t', 0)``), read as ``regclass`` input reads it; for such a
 function an argument that is not a string constant (an expression, a parameter, an OID) is an
-unknown relation, ``*.*``. ``nextval`` and ``setval`` also need ``update``. Reading a constant
-makes the statement literal-sensitive. ``CREATE PUBLICATION ... FOR ALL TABLES`` reports
-``*.*``, ``TABLES IN SCHEMA s`` and ``IMPORT FOREIGN SCHEMA ... INTO s`` report ``s.*``.
+unknown relation, ``*.*``. The same holds, position by position, for every built-in with a
+``regclass`` parameter (an untyped literal is read as ``regclass``: ``pg_relation_size('t')``)
+and every built-in that looks a ``text`` argument up as a relation (``has_table_privilege``,
+``pg_get_viewdef``...): see :mod:`tether.policy.sql_builtins`, derived from the catalog.
+They add no class: most read metadata, and the statement's own class (``select`` for a
+``SELECT``) covers them, as for ``to_regclass``. ``nextval`` and ``setval`` also need
+``update``. Reading a constant makes the statement literal-sensitive. ``CREATE PUBLICATION ...
+FOR ALL TABLES`` reports ``*.*``, ``TABLES IN SCHEMA s`` and ``IMPORT FOREIGN SCHEMA ... INTO
+s`` report ``s.*``.
 
-Limits, not seen by any parse-tree analysis: other functions that take a relation name as text
-for metadata only (``pg_relation_size('t')``), code run by operators, casts, triggers, views, rules
+Limits, not seen by any parse-tree analysis: functions that take a relation's OID as ``oid``
+(``pg_get_indexdef(16384)``), code run by operators, casts, triggers, views, rules
 and functions defined earlier (their definitions were checked when created through Tether), the
 attribute notation ``x.f`` for functions of composite arguments, and ``COPY t TO ''`` (the parse
 tree drops the empty name; PostgreSQL refuses an empty file name, so nothing is read or written).
