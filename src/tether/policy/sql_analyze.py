@@ -65,19 +65,20 @@ relations and functions are added to the ``CREATE``; with a ``SET search_path`` 
 unqualified names resolve in each schema listed there (the body runs with that path), and a
 path of ``"$user"`` or ``DEFAULT`` adds ``*.*``.
 
-Relations named in strings: ``'t'::regclass`` names ``t``, and so does the first (or any named)
-argument of a function on :data:`~tether.policy.sql_tables.RELATION_NAME_FUNCTIONS`
-(``nextval('s')``, ``get_raw_page('t', 0)``), read as ``regclass`` input reads it; for such a
-function an argument that is not a string constant (an expression, a parameter, an OID) is an
-unknown relation, ``*.*``. The same holds, position by position, for every built-in with a
-``regclass`` parameter (an untyped literal is read as ``regclass``: ``pg_relation_size('t')``)
-and every built-in that looks a ``text`` argument up as a relation (``has_table_privilege``,
-``pg_get_viewdef``...): see :mod:`tether.policy.sql_builtins`, derived from the catalog.
-They add no class: most read metadata, and the statement's own class (``select`` for a
-``SELECT``) covers them, as for ``to_regclass``. ``nextval`` and ``setval`` also need
-``update``. Reading a constant makes the statement literal-sensitive. ``CREATE PUBLICATION ...
-FOR ALL TABLES`` reports ``*.*``, ``TABLES IN SCHEMA s`` and ``IMPORT FOREIGN SCHEMA ... INTO
-s`` report ``s.*``.
+Relations named in strings: ``'t'::regclass`` names ``t``, and so does a function argument in a
+position where the function takes a relation: every ``regclass`` parameter of a built-in (an
+untyped literal is read as ``regclass``: ``pg_relation_size('t')``, ``nextval('s')``), every
+built-in ``text`` parameter looked up as a relation (``has_table_privilege``,
+``pg_get_viewdef``...), and the same for the functions of the extensions shipped with
+PostgreSQL (``get_raw_page('t', 0)``), matched in any schema. The tables are in
+:mod:`tether.policy.sql_builtins`, derived from the catalog; a named argument counts unless it
+names another parameter of the function. The string is read as ``regclass`` input reads it; an
+argument there that is not a string constant (an expression, a parameter, an OID) is an unknown
+relation, ``*.*``. ``nextval`` and ``setval`` also need ``update``; the others add no class
+(most read metadata: the statement's own class, ``select`` for a ``SELECT``, covers them, as
+for ``to_regclass``). Reading a constant makes the statement literal-sensitive. ``CREATE
+PUBLICATION ... FOR ALL TABLES`` reports ``*.*``, ``TABLES IN SCHEMA s`` and ``IMPORT FOREIGN
+SCHEMA ... INTO s`` report ``s.*``.
 
 Limits, not seen by any parse-tree analysis: functions that take a relation's OID as ``oid``
 (``pg_get_indexdef(16384)``), code run by operators, casts, triggers, views, rules
