@@ -81,7 +81,9 @@ PUBLICATION ... FOR ALL TABLES`` reports ``*.*``, ``TABLES IN SCHEMA s`` and ``I
 SCHEMA ... INTO s`` report ``s.*``.
 
 Limits, not seen by any parse-tree analysis: functions that take a relation's OID as ``oid``
-(``pg_get_indexdef(16384)``), code run by operators, casts, triggers, views, rules
+(``pg_get_indexdef(16384)``), users' functions with a ``regclass`` parameter, a string compared
+with a ``regclass`` value only the catalog types (``relid = 't'``: it reveals an OID, no
+contents), code run by operators, casts, triggers, views, rules
 and functions defined earlier (their definitions were checked when created through Tether), the
 attribute notation ``x.f`` for functions of composite arguments, and ``COPY t TO ''`` (the parse
 tree drops the empty name; PostgreSQL refuses an empty file name, so nothing is read or written).
