@@ -91,3 +91,46 @@ async def test_a_role_or_database_search_path_does_not_move_unqualified_names(
         app_db.psql("ALTER ROLE app_user RESET ALL")
         app_db.psql(f"ALTER ROLE app_user IN DATABASE {DATABASE} RESET ALL")
         app_db.psql(f"ALTER DATABASE {DATABASE} RESET ALL")
+
+
+# Built-ins taking a relation by name without a cast: PostgreSQL reads the untyped literal as a
+# ``regclass`` (or looks the text up as a relation), so these reached vault.items and
+# public.secrets under a deny rule on them before the analysis knew those functions.
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT pg_relation_size('vault.items')",
+        "SELECT pg_total_relation_size('secrets')",
+        "SELECT has_table_privilege('vault.items', 'select')",
+        "SELECT pg_relation_filepath('vault.items')",
+        "SELECT pg_relation_size(oid) FROM pg_class WHERE relname = 'items'",
+    ],
+)
+async def test_relations_named_by_builtin_arguments_are_checked(broker: Broker, query: str) -> None:
+    wire = await broker.session()
+    frames = await wire.query(query)
+    assert [e.sqlstate for e in errors(frames)] == ["42501"]  # the broker's refusal
+    assert not rows(frames)
+    wire.close()
+
+
+async def test_relations_named_by_builtin_arguments_are_allowed_where_the_policy_allows(
+    broker: Broker,
+) -> None:
+    wire = await broker.session()
+    frames = await wire.query(
+        "SELECT pg_relation_size('items') > 0, has_table_privilege('items', 'select')"
+    )
+    assert rows(frames) == [["t", "t"]]
+    broker.set_policy(
+        """
+        rules:
+          - id: read-all
+            effect: allow
+            agents: [bot]
+            sql: {statements: [select], tables: ["*.*"]}
+        """
+    )
+    frames = await wire.query("SELECT pg_relation_size('vault.items') > 0")
+    assert rows(frames) == [["t"]]  # the server read the literal as the relation vault.items
+    wire.close()

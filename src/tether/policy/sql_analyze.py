@@ -65,16 +65,25 @@ relations and functions are added to the ``CREATE``; with a ``SET search_path`` 
 unqualified names resolve in each schema listed there (the body runs with that path), and a
 path of ``"$user"`` or ``DEFAULT`` adds ``*.*``.
 
-Relations named in strings: ``'t'::regclass`` names ``t``, and so does the first (or any named)
-argument of a function on :data:`~tether.policy.sql_tables.RELATION_NAME_FUNCTIONS`
-(``nextval('s')``, ``get_raw_page('t', 0)``), read as ``regclass`` input reads it; for such a
-function an argument that is not a string constant (an expression, a parameter, an OID) is an
-unknown relation, ``*.*``. ``nextval`` and ``setval`` also need ``update``. Reading a constant
-makes the statement literal-sensitive. ``CREATE PUBLICATION ... FOR ALL TABLES`` reports
-``*.*``, ``TABLES IN SCHEMA s`` and ``IMPORT FOREIGN SCHEMA ... INTO s`` report ``s.*``.
+Relations named in strings: ``'t'::regclass`` names ``t``, and so does a function argument in a
+position where the function takes a relation: every ``regclass`` parameter of a built-in (an
+untyped literal is read as ``regclass``: ``pg_relation_size('t')``, ``nextval('s')``), every
+built-in ``text`` parameter looked up as a relation (``has_table_privilege``,
+``pg_get_viewdef``...), and the same for the functions of the extensions shipped with
+PostgreSQL (``get_raw_page('t', 0)``), matched in any schema. The tables are in
+:mod:`tether.policy.sql_builtins`, derived from the catalog; a named argument counts unless it
+names another parameter of the function. The string is read as ``regclass`` input reads it; an
+argument there that is not a string constant (an expression, a parameter, an OID) is an unknown
+relation, ``*.*``. ``nextval`` and ``setval`` also need ``update``; the others add no class
+(most read metadata: the statement's own class, ``select`` for a ``SELECT``, covers them, as
+for ``to_regclass``). Reading a constant makes the statement literal-sensitive. ``CREATE
+PUBLICATION ... FOR ALL TABLES`` reports ``*.*``, ``TABLES IN SCHEMA s`` and ``IMPORT FOREIGN
+SCHEMA ... INTO s`` report ``s.*``.
 
-Limits, not seen by any parse-tree analysis: other functions that take a relation name as text
-for metadata only (``pg_relation_size('t')``), code run by operators, casts, triggers, views, rules
+Limits, not seen by any parse-tree analysis: functions that take a relation's OID as ``oid``
+(``pg_get_indexdef(16384)``), users' functions with a ``regclass`` parameter, a string compared
+with a ``regclass`` value only the catalog types (``relid = 't'``: it reveals an OID, no
+contents), code run by operators, casts, triggers, views, rules
 and functions defined earlier (their definitions were checked when created through Tether), the
 attribute notation ``x.f`` for functions of composite arguments, and ``COPY t TO ''`` (the parse
 tree drops the empty name; PostgreSQL refuses an empty file name, so nothing is read or written).

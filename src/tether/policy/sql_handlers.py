@@ -9,6 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from tether.policy.sql_builtins import (
+    RELATION_PARAMETERS,
+    UNREADABLE_RELATION_FUNCTIONS,
+    relation_parameters,
+)
 from tether.policy.sql_tables import (
     _DML_OWN,
     _FUNCNAME,
@@ -57,11 +62,34 @@ def _func_call(w: _Walker, body: JsonNode, scope: Scope) -> None:
     names = _strings(body.get("funcname", []))
     w.function(names)
     bare = names[-1].lower() if names else ""
-    if bare in RELATION_NAME_FUNCTIONS:
+    if bare in RELATION_PARAMETERS:  # the catalog's overloads: more precise than the list
+        _builtin_relation_arguments(w, bare, body.get("args", []))
+    elif bare in RELATION_NAME_FUNCTIONS:
         _relation_arguments(w, body.get("args", []))
-        if bare in SEQUENCE_WRITERS:
-            w.add_class("update")
+    elif bare in UNREADABLE_RELATION_FUNCTIONS:
+        w.relations.add("*.*")
+    if bare in SEQUENCE_WRITERS:
+        w.add_class("update")
     w.children("FuncCall", body, scope, skip=_FUNCNAME)
+
+
+def _builtin_relation_arguments(w: _Walker, bare: str, args: list[JsonNode]) -> None:
+    """The relations named by the arguments of a function that takes a relation (built-ins and
+    contrib, see :mod:`tether.policy.sql_builtins`): a ``regclass`` parameter reads an untyped
+    string literal as ``regclass`` input, a relation-name ``text`` parameter reads it the same way.
+    A named argument counts unless its name is one of the function's other parameters; a value
+    that is not a string constant is an unknown relation (``*.*``)."""
+    found = relation_parameters(bare, len(args))
+    if found is None:
+        return
+    positions, names, others = found
+    for index, arg in enumerate(args):
+        named = arg.get("NamedArgExpr")
+        if named is None:
+            if index in positions:
+                w.relation_text(arg, unknown=True)
+        elif named.get("name", "") in names or named.get("name", "") not in others:
+            w.relation_text(named.get("arg", {}), unknown=True)
 
 
 def _relation_arguments(w: _Walker, args: list[JsonNode]) -> None:

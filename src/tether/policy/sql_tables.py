@@ -55,6 +55,9 @@ FORBIDDEN_FUNCTION_PREFIXES: Final = (
 # relation's contents (pageinspect, pgstattuple, pgrowlocks, pg_prewarm, pg_visibility,
 # pg_surgery, amcheck, pg_freespacemap) and the index maintenance functions. The relation is
 # reported like a ``FROM`` item; one given by an expression or an OID is unknown (``*.*``).
+# Every one is also in the catalog-derived tables of :mod:`tether.policy.sql_builtins`, which
+# the analysis uses first (they know each overload's positions and parameter names); this list
+# stays as the floor for a function those tables would lose.
 RELATION_NAME_FUNCTIONS: Final = frozenset(
     {
         "nextval", "currval", "setval", "pg_sequence_last_value", "to_regclass",
