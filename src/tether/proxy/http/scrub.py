@@ -50,7 +50,9 @@ Header = tuple[bytes, bytes]
 SHORT_SECRET: Final = 8
 _MASKS: Final = b"*#~X0"
 _PERCENT: Final = re.compile(rb"%[0-9A-F]{2}")
-_NOT_FORWARDED: Final = frozenset({b"accept-encoding", b"range", b"if-range"})
+_NOT_FORWARDED: Final = frozenset(
+    {b"accept-encoding", b"accept_encoding", b"range", b"if-range", b"if_range"}
+)
 _NO_BODY: Final = frozenset({204, 304})
 
 log = logging.getLogger(__name__)
@@ -84,8 +86,7 @@ class Masker:
 
     needles: tuple[bytes, ...]  # longest first: at one position the longest form wins
     pattern: re.Pattern[bytes]
-    firsts: re.Pattern[bytes]  # any first byte of a form
-    by_first: dict[int, tuple[bytes, ...]]
+    by_first: tuple[tuple[int, tuple[bytes, ...]], ...]  # the forms by their first byte
     longest: int
     mask: bytes
 
@@ -100,17 +101,24 @@ class Masker:
         """Where the longest end of ``data`` that begins a form (and is shorter) starts;
         ``len(data)`` when none does: the bytes from there are held for the next chunk."""
         size = len(data)
-        for found in self.firsts.finditer(data, max(0, size - self.longest + 1)):
-            start = found.start()
-            tail = data[start:]
-            if any(n.startswith(tail) for n in self.by_first[data[start]] if len(n) > len(tail)):
-                return start
-        return size
+        start = max(0, size - self.longest + 1)
+        held = size
+        for first, group in self.by_first:
+            at = data.find(first, start)
+            while 0 <= at < held:
+                if any(len(n) > size - at and data.startswith(n[: size - at], at) for n in group):
+                    held = at
+                    break
+                at = data.find(first, at + 1)
+        return held
 
     def masked(self, data: bytes, limit: int) -> tuple[bytes, int, int]:
         """``data`` with every form starting before ``limit`` masked: (the decided bytes,
         where they end, how many forms were masked)."""
-        if not any(n in data for n in self.needles):
+        for needle in self.needles:
+            if needle in data:
+                break
+        else:  # nothing to mask (most bodies): no copy when all of it is decided
             return (data if limit == len(data) else data[:limit]), limit, 0
         out = bytearray(data)
         end, count = limit, 0
@@ -144,6 +152,8 @@ class Scrubber:
     def flush(self) -> bytes:
         """The held bytes, at the end of the body."""
         data, self._pending = self._pending, b""
+        if not data:
+            return data
         out, _, count = self._masker.masked(data, len(data))
         self.count += count
         return out
@@ -173,12 +183,10 @@ def _masker(secrets: tuple[bytes, ...]) -> Masker | None:
     by_first: dict[int, list[bytes]] = {}
     for needle in needles:
         by_first.setdefault(needle[0], []).append(needle)
-    firsts = b"[" + b"".join(re.escape(bytes([b])) for b in sorted(by_first)) + b"]"
     return Masker(
         needles=tuple(needles),
         pattern=re.compile(b"|".join(re.escape(n) for n in needles)),
-        firsts=re.compile(firsts),
-        by_first={b: tuple(ns) for b, ns in by_first.items()},
+        by_first=tuple((b, tuple(ns)) for b, ns in by_first.items()),
         longest=len(needles[0]),
         mask=bytes([mask]),
     )
@@ -188,7 +196,7 @@ def request_headers(headers: Iterable[Header]) -> list[Header]:
     """The forwarded headers when the body will be scrubbed: no ``Range``/``If-Range``
     (a whole body is scanned), and ``Accept-Encoding: identity`` instead of the agent's
     (a compressed body cannot be); names as targets may fold them (``_`` for ``-``)."""
-    kept = [(n, v) for n, v in headers if n.lower().replace(b"_", b"-") not in _NOT_FORWARDED]
+    kept = [(n, v) for n, v in headers if n.lower() not in _NOT_FORWARDED]
     kept.append((b"accept-encoding", b"identity"))
     return kept
 

@@ -19,6 +19,10 @@ Security decisions:
   header carrying the credential are dropped and the broker sets ``Upgrade`` and
   ``Connection`` itself.
 * **A fresh connection per tunnel**, never taken from nor returned to the keep-alive pool.
+* **Frames are not scrubbed of the credential** (left open, docs/http-broker.md): a
+  ``permessage-deflate`` payload is not the secret's bytes, a secret can be cut across
+  frames, and holding back a frame's end would stall the tunnel. A target that does not
+  switch has its answer's body scrubbed like any other (:mod:`tether.proxy.http.scrub`).
 * **Only a real WebSocket handshake opens a tunnel**: the target's 101 must name
   ``Upgrade: websocket`` and carry the ``Sec-WebSocket-Accept`` derived from the agent's
   key (RFC 6455 section 4.2.2). A target that answers 101 without switching would
