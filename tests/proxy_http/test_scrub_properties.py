@@ -7,6 +7,7 @@ import base64
 import json
 from urllib.parse import quote
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -125,3 +126,10 @@ def test_what_cannot_be_scanned() -> None:
     assert unscannable(b"GET", 206, []) is not None
     assert unscannable(b"HEAD", 200, gz) is None  # no body
     assert unscannable(b"GET", 304, gz) is None and unscannable(b"GET", 204, gz) is None
+
+
+def test_a_short_secret_is_masked_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="tether.proxy.http.scrub"):
+        masker = masker_for([b"pw-1"])
+    assert masker is not None and masker.whole(b"a pw-1 b") == b"a **** b"
+    assert "shorter than 8 bytes" in caplog.text and "pw-1" not in caplog.text
