@@ -10,6 +10,11 @@ the headers), so tests can assert what the broker forwarded. Endpoints:
 * ``/leak``: answers with the request's ``Authorization`` header in a response header
   (a broken target: the broker must not pass it on);
 * ``/status/N``: answers status N;
+* ``/v1/echo``: the request echoed back as JSON, as httpbin's ``/anything`` does: its
+  target, headers, decoded query arguments and decoded basic credentials;
+* ``/v1/echo-big?n=N``: N bytes streamed in 64 KiB chunks (chunked encoding), a block of
+  filler and the request's ``X-Api-Key`` in brackets, over and over (so many of them
+  straddle chunk boundaries);
 * anything else: 200 ``{"ok": true, "method": ..., "target": ...}``.
 """
 
@@ -145,6 +150,9 @@ class Upstream:
         args: dict[str, str],
         sha: str,
     ) -> None:
+        if path == "/v1/echo-big":
+            await self._echo_big(conn, writer, seen, int(args.get("n", "0")))
+            return
         if path == "/big":
             size = int(args.get("n", "0"))
             writer.write(conn.send(h11.Response(status_code=200, headers=[
@@ -179,12 +187,32 @@ class Upstream:
                 status = 401
         elif path.startswith("/status/"):
             status = int(path.rsplit("/", 1)[1])
+        elif path == "/v1/echo":
+            body = _echo(seen, args)
         if not body:
             body = json.dumps({"ok": status < 400, "method": seen.method,
                                "target": seen.target}).encode()  # fmt: skip
         headers.append(("content-length", str(len(body))))
         writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
         writer.write(conn.send(h11.Data(data=body)))
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+
+    async def _echo_big(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, seen: Seen, size: int
+    ) -> None:
+        unit = b"-" * 1000 + b"[" + (seen.header("x-api-key") or [""])[0].encode() + b"]"
+        data = unit * (2 * CHUNK // len(unit) + 2)
+        writer.write(conn.send(h11.Response(status_code=200, headers=[
+            ("content-type", "application/octet-stream"), ("transfer-encoding", "chunked")
+        ])))  # fmt: skip
+        sent = 0
+        while sent < size:
+            start = sent % len(unit)
+            piece = data[start : start + min(CHUNK, size - sent)]
+            writer.write(conn.send(h11.Data(data=piece)))
+            sent += len(piece)
+            await writer.drain()
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
 
@@ -214,3 +242,14 @@ async def _next(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
             conn.receive_data(data)
             continue
         return event
+
+
+def _echo(seen: Seen, args: dict[str, str]) -> bytes:
+    """The request as an echo endpoint shows it (httpbin's ``/anything``, a debug page)."""
+    basic = None
+    for value in seen.header("authorization"):
+        if value.startswith("Basic "):
+            basic = base64.b64decode(value.removeprefix("Basic ")).decode()
+    echo = {"method": seen.method, "target": seen.target, "headers": dict(seen.headers),
+            "args": args, "basic": basic}  # fmt: skip
+    return json.dumps(echo, ensure_ascii=False).encode()

@@ -4,8 +4,11 @@ Security decisions:
 
 * **The credential is injected last**, into headers already filtered
   (:func:`tether.proxy.http.headers.request_headers`), and never leaves on the response
-  side: response headers holding it are dropped, refusals are Tether's own texts, and the
-  audit event records header names and sizes through the redactor, never the value.
+  side: response headers holding it are dropped, the body is streamed with every form of
+  it masked (:mod:`tether.proxy.http.scrub`; a coded or partial body, which cannot be
+  scanned, is a 502), refusals are Tether's own texts, and the audit event records header
+  names and sizes through the redactor, never the value (``credential_masked``: how many
+  occurrences were masked).
 * **Methods the broker cannot forward are refused (501)**, whatever the policy allowed:
   ``CONNECT`` (an authority, not a path, RFC 9110 section 9.3.6; a 2xx would switch the
   target's connection to a tunnel) and ``TRACE`` when a credential is injected (RFC 9110
@@ -40,7 +43,7 @@ from tether.audit.subject import Subject
 from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
-from tether.proxy.http import refusals
+from tether.proxy.http import refusals, scrub
 from tether.proxy.http.forward import (
     BodyTooLarge,
     ClientGone,
@@ -52,6 +55,7 @@ from tether.proxy.http.forward import (
 )
 from tether.proxy.http.headers import request_headers, response_headers
 from tether.proxy.http.routing import Route, query_keys
+from tether.proxy.http.scrub import masker_for
 from tether.proxy.http.upstream import UpstreamError, UpstreamTimeout
 from tether.vault.http_inject import NO_INJECTION, InjectionError, injection_for
 from tether.vault.target_specs import HttpTargetSpec
@@ -141,6 +145,9 @@ class Exchange:
         headers = request_headers(scope["headers"], self.target.name,
                                   injected=injection.header_names)  # fmt: skip
         headers.extend(injection.headers)
+        masker = masker_for(injection.secrets)
+        if masker is not None:  # a body that can be scanned: whole and uncoded
+            headers = scrub.request_headers(headers)
         query = injection.query(self.route.query)
         target = self.route.path + ("?" + query if query else "")
         limits = ClientLimits(broker.config.client_body_timeout, broker.config.client_send_timeout)
@@ -160,13 +167,23 @@ class Exchange:
         self.out.status = response.status
         if response.status == 401:
             injection.refused(broker.oauth)
+        if masker is not None:
+            why = scrub.unscannable(method, response.status, response.headers)
+            if why is not None:
+                connection.close()  # its body is dropped unread
+                raise UpstreamError(why)
         shown = response_headers(
             response.headers, self.target.name,
             path_prefix=self.route.path_prefix, secrets=injection.secrets,
         )  # fmt: skip
         self.out.response_headers = shown
         shown.append((refusals.REQUEST_ID.lower().encode(), request_id.encode()))
-        await forwarder.stream_response(connection, send, shown, self.out)
+        scrubber = None if masker is None else masker.scrubber()
+        try:
+            await forwarder.stream_response(connection, send, shown, self.out, scrubber)
+        finally:
+            if scrubber is not None and scrubber.count:
+                self.out.extra["credential_masked"] = scrubber.count
 
     async def _committed(self) -> bool:
         """Whether the decision event is committed: at once unless pipelined, else once its

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from starlette.types import Message, Receive, Send
 
+from tether.proxy.http.scrub import Scrubber
 from tether.proxy.http.upstream import (
     Connection,
     Header,
@@ -166,22 +167,33 @@ class Forwarder:
             raise BodyTooLarge
 
     async def stream_response(
-        self, connection: Connection, send: Send, headers: list[Header], out: Outcome
+        self,
+        connection: Connection,
+        send: Send,
+        headers: list[Header],
+        out: Outcome,
+        scrubber: Scrubber | None = None,
     ) -> None:
-        """The response body to the agent; the connection goes back to the pool when whole."""
+        """The response body to the agent (the credential masked by ``scrubber``, when one
+        was injected); the connection goes back to the pool when whole."""
         await self._send(send, {"type": "http.response.start", "status": out.status,
                                 "headers": headers})  # fmt: skip
         out.started = True
         try:
             async for chunk in connection.body(self.plan.read_timeout):
-                out.bytes_out += len(chunk)
-                await self._send(send, {"type": "http.response.body", "body": chunk,
-                                        "more_body": True})  # fmt: skip
+                if scrubber is not None:
+                    chunk = scrubber.feed(chunk)
+                if chunk:
+                    out.bytes_out += len(chunk)
+                    await self._send(send, {"type": "http.response.body", "body": chunk,
+                                            "more_body": True})  # fmt: skip
                 await self._tick()
         except BaseException:
             connection.close()
             raise
-        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+        last = b"" if scrubber is None else scrubber.flush()
+        out.bytes_out += len(last)
+        await self._send(send, {"type": "http.response.body", "body": last, "more_body": False})
         self.pool.release(connection)
 
     async def _send(self, send: Send, message: Message) -> None:

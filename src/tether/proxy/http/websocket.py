@@ -19,6 +19,10 @@ Security decisions:
   header carrying the credential are dropped and the broker sets ``Upgrade`` and
   ``Connection`` itself.
 * **A fresh connection per tunnel**, never taken from nor returned to the keep-alive pool.
+* **Frames are not scrubbed of the credential** (left open, docs/http-broker.md): a
+  ``permessage-deflate`` payload is not the secret's bytes, a secret can be cut across
+  frames, and holding back a frame's end would stall the tunnel. A target that does not
+  switch has its answer's body scrubbed like any other (:mod:`tether.proxy.http.scrub`).
 * **Only a real WebSocket handshake opens a tunnel**: the target's 101 must name
   ``Upgrade: websocket`` and carry the ``Sec-WebSocket-Accept`` derived from the agent's
   key (RFC 6455 section 4.2.2). A target that answers 101 without switching would
@@ -51,11 +55,12 @@ from tether.audit.subject import Subject
 from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
-from tether.proxy.http import handshake, refusals
+from tether.proxy.http import handshake, refusals, scrub
 from tether.proxy.http.exchange import target_refusal
 from tether.proxy.http.forward import LIVE_CHECK_INTERVAL, Outcome
 from tether.proxy.http.headers import request_headers, response_headers
 from tether.proxy.http.routing import Route, query_keys
+from tether.proxy.http.scrub import Masker, masker_for
 from tether.proxy.http.upgrade import EXTENSION, READ_CHUNK, Switched, Upgrade
 from tether.proxy.http.upstream import Connection, Response, UpstreamError
 from tether.vault.http_inject import Injection, InjectionError, injection_for
@@ -130,7 +135,12 @@ class Tunnel:
             else:
                 if response.status == 401:
                     injection.refused(self.broker.oauth)
-                await self._relay(connection, send, shown)
+                masker = masker_for(injection.secrets)
+                if masker is not None:
+                    why = scrub.unscannable(b"GET", response.status, response.headers)
+                    if why is not None:
+                        raise UpstreamError(why)  # the connection is closed below
+                await self._relay(connection, send, shown, masker)
         except handshake.BadUpgrade as error:
             refusal = (400, str(error))
         except (InjectionError, UpstreamError) as error:
@@ -167,6 +177,8 @@ class Tunnel:
         headers = request_headers(scope["headers"], self.target.name,
                                   injected=injection.header_names)  # fmt: skip
         headers.extend(injection.headers)
+        if injection.secrets:  # a refused upgrade's body is relayed scrubbed: uncoded
+            headers = scrub.request_headers(headers)
         headers.extend(((b"connection", b"upgrade"), (b"upgrade", b"websocket")))
         query = injection.query(self.route.query)
         path = self.plan.base_path + self.route.path + ("?" + query if query else "")
@@ -186,19 +198,33 @@ class Tunnel:
             raise
         return connection, response
 
-    async def _relay(self, connection: Connection, send: Send, headers: list[Any]) -> None:
-        """A target that did not switch: its answer goes to the agent as a response."""
+    async def _relay(
+        self, connection: Connection, send: Send, headers: list[Any], masker: Masker | None
+    ) -> None:
+        """A target that did not switch: its answer goes to the agent as a response, the
+        credential masked in its body."""
         limit = self.broker.config.client_send_timeout
         async with asyncio.timeout(limit):
             await send({"type": "http.response.start", "status": self.out.status,
                         "headers": headers})  # fmt: skip
         self.out.started = True
-        async for chunk in connection.body(self.plan.read_timeout):
-            self.out.bytes_out += len(chunk)
+        scrubber = None if masker is None else masker.scrubber()
+        try:
+            async for chunk in connection.body(self.plan.read_timeout):
+                if scrubber is not None:
+                    chunk = scrubber.feed(chunk)
+                if not chunk:
+                    continue
+                self.out.bytes_out += len(chunk)
+                async with asyncio.timeout(limit):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            last = b"" if scrubber is None else scrubber.flush()
+            self.out.bytes_out += len(last)
             async with asyncio.timeout(limit):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        async with asyncio.timeout(limit):
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": last, "more_body": False})
+        finally:
+            if scrubber is not None and scrubber.count:
+                self.out.extra["credential_masked"] = scrubber.count
 
     async def _tunnel(self, switch: Upgrade, connection: Connection, headers: list[Any]) -> None:
         chosen = b",".join(v for n, v in headers if n == b"sec-websocket-protocol")

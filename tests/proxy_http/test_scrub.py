@@ -1,0 +1,273 @@
+"""The injected credential masked in response bodies, end to end: a real node, real
+upstreams on loopback, httpx and curl as the agent. The streaming scrubber itself is
+property-tested in test_scrub_properties.py."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import resource
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from .conftest import Harness, curl, curl_status
+from .rawupstream import RawSeen, RawUpstream, ok
+from .upstream import Upstream
+
+STREAM_BYTES = int(os.environ.get("TETHER_TEST_STREAM_BYTES", str(1 << 30)))
+SECRET = 'p@ss word&="\\/é-0123'  # every escaping an echo may apply changes it
+
+
+def _get(harness: Harness, path: str, **headers: str) -> httpx.Response:
+    agent = harness.agent()
+    url = f"{harness.url}/t/api{path}"
+    return httpx.get(url, headers={**agent.headers("GET", url), **headers}, timeout=60)
+
+
+def _forms(credential: dict[str, str]) -> list[str]:
+    """What an echo of the injected credential may show."""
+    shown = [SECRET, quote(SECRET, safe=""), json.dumps(SECRET)[1:-1]]
+    if credential["type"] == "basic":
+        shown.append(base64.b64encode(f"svc:{SECRET}".encode()).decode())
+    return shown
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        {"type": "header", "secret": "key", "header_name": "X-Api-Key"},
+        {"type": "bearer", "secret": "key"},
+        {"type": "basic", "username": "svc", "secret": "key"},
+        {"type": "query", "secret": "key", "param": "api_key"},
+    ],
+    ids=["header", "bearer", "basic", "query"],
+)
+def test_an_echo_of_each_credential_kind_is_masked(
+    harness: Harness, upstream: Upstream, credential: dict[str, str]
+) -> None:
+    value = SECRET if credential["type"] in ("basic", "query") else "k3y/with+plus and=="
+    harness.put_secret("key", value.encode())
+    harness.add_target("api", base_url=upstream.url, credential=credential)
+    answer = _get(harness, "/v1/echo?a=1")
+    assert answer.status_code == 200, answer.text
+    echo = answer.json()  # still JSON: masks are as long as what they replace
+    seen = upstream.seen[-1]
+    forms = _forms(credential) if value == SECRET else [value, quote(value, safe="")]
+    for form in forms:
+        assert form not in answer.text, form
+    assert len(answer.content) == int(answer.headers["content-length"])
+    escaped = len(json.dumps(SECRET, ensure_ascii=False)[1:-1].encode())  # as the echo wrote it
+    if credential["type"] == "query":
+        assert echo["args"]["api_key"] == "*" * escaped
+        assert seen.target.endswith("api_key=" + quote(SECRET, safe=""))
+        assert echo["target"] == "/v1/echo?a=1&api_key=" + "*" * len(quote(SECRET, safe=""))
+    elif credential["type"] == "basic":
+        assert echo["basic"] == "svc:" + "*" * escaped  # the password alone
+        assert echo["headers"]["authorization"] == "Basic " + "*" * len(forms[-1])
+    else:
+        shown = echo["headers"]["authorization" if credential["type"] == "bearer" else "x-api-key"]
+        assert shown.endswith("*" * len(value)) and value not in shown
+    event = harness.exchanges(1, target="api")[0]
+    assert event.detail["credential_masked"] >= 1
+    assert value not in repr(harness.events())
+
+
+def test_an_oauth_token_echoed_is_masked(harness: Harness, upstream: Upstream) -> None:
+    harness.put_secret("oauth-secret", b"client-secret-1")
+    harness.add_target("api", base_url=upstream.url, credential={
+        "type": "oauth2_client_credentials", "token_url": upstream.url + "/oauth/token",
+        "client_id": "client-1", "secret": "oauth-secret",
+    })  # fmt: skip
+    answer = _get(harness, "/v1/echo")
+    assert answer.status_code == 200
+    token = upstream.issued[-1]
+    assert upstream.seen[-1].header("authorization") == [f"Bearer {token}"]
+    assert token not in answer.text
+    assert answer.json()["headers"]["authorization"] == "Bearer " + "*" * len(token)
+
+
+def test_curl_gets_the_query_credential_masked_in_an_error_page(harness: Harness) -> None:
+    """An error page quoting the URL, with the query credential in it, to curl."""
+
+    def answer(seen: RawSeen) -> bytes:
+        page = f"<html><p>No such page: {seen.target}</p></html>".encode()
+        return b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(page), page)
+
+    target = RawUpstream(answer).start()
+    try:
+        harness.put_secret("key", b"the-real-key/with space")
+        harness.add_target("api", base_url=target.url, credential={
+            "type": "query", "secret": "key", "param": "api_key"})  # fmt: skip
+        agent = harness.agent()
+        url = f"{harness.url}/t/api/v1/missing"
+        auth = agent.headers("GET", url)
+        status, body = curl_status(curl(url, "-H", f"Authorization: {auth['Authorization']}",
+                                        "-H", f"DPoP: {auth['DPoP']}"))  # fmt: skip
+        assert target.seen[-1].target == "/v1/missing?api_key=the-real-key%2Fwith%20space"
+        assert status == 404
+        assert body == b"<html><p>No such page: /v1/missing?api_key=" + b"*" * 27 + b"</p></html>"
+    finally:
+        target.stop()
+
+
+def test_a_secret_split_across_two_chunks_is_masked(harness: Harness) -> None:
+    """A chunked answer whose first chunk ends in the middle of the secret, the second
+    written 0.1 s later: the end of the first is held until the second comes."""
+    secret = b"the-real-key-0123456789"
+
+    def answer(seen: RawSeen) -> list[bytes]:
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        one, two = b'{"echo": "' + secret[:9], secret[9:] + b'"}\n'
+        return [
+            head + b"%x\r\n%s\r\n" % (len(one), one),
+            b"%x\r\n%s\r\n0\r\n\r\n" % (len(two), two),
+        ]
+
+    target = RawUpstream(answer).start()
+    try:
+        harness.put_secret("key", secret)
+        harness.add_target("api", base_url=target.url, credential={
+            "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
+        agent = harness.agent()
+        url = f"{harness.url}/t/api/v1/split"
+        pieces = []
+        with httpx.stream("GET", url, headers=agent.headers("GET", url), timeout=30) as response:
+            assert response.status_code == 200
+            pieces = list(response.iter_raw())
+        assert b"".join(pieces) == b'{"echo": "' + b"*" * len(secret) + b'"}\n'
+        assert target.seen[-1].header("x-api-key") == [secret.decode()]
+        auth = agent.headers("GET", url)
+        status, body = curl_status(curl(url, "-H", f"Authorization: {auth['Authorization']}",
+                                        "-H", f"DPoP: {auth['DPoP']}"))  # fmt: skip
+        assert (status, body) == (200, b'{"echo": "' + b"*" * len(secret) + b'"}\n')
+    finally:
+        target.stop()
+
+
+def test_a_large_echo_streams_masked_in_constant_memory(
+    harness: Harness, upstream: Upstream
+) -> None:
+    """``TETHER_TEST_STREAM_BYTES`` of filler and the key, the key in many chunk splits."""
+    secret = b"k3y-that-the-agent-never-sees"
+    harness.put_secret("key", secret)
+    harness.add_target("api", base_url=upstream.url, credential={
+        "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
+    agent = harness.agent()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    url = f"{harness.url}/t/api/v1/echo-big"
+    unit = b"-" * 1000 + b"[" + b"*" * len(secret) + b"]"
+    marker = b"[" + b"*" * len(secret) + b"]"
+    received, masks, tail = 0, 0, b""
+    with httpx.stream("GET", url + f"?n={STREAM_BYTES}", headers=agent.headers("GET", url),
+                      timeout=600) as response:  # fmt: skip
+        assert response.status_code == 200
+        for chunk in response.iter_raw(1 << 20):
+            window = tail + chunk  # an occurrence ending in this chunk is whole in it
+            assert secret not in window
+            masks += window.count(marker)
+            tail = window[-(len(marker) - 1) :]
+            received += len(chunk)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    assert received == STREAM_BYTES
+    assert masks == STREAM_BYTES // len(unit)  # every whole one
+    assert grown < 64, f"peak RSS grew by {grown:.0f} MiB"
+    event = harness.exchanges(1, target="api")[0]
+    assert event.bytes_out == STREAM_BYTES and event.detail["credential_masked"] >= masks
+
+
+@pytest.fixture
+def gzip_target() -> Iterator[RawUpstream]:
+    """A target that answers gzip whatever it was asked (S3 serves stored objects so)."""
+
+    def answer(seen: RawSeen) -> bytes:
+        key = (seen.header("x-api-key") or ["none"])[0]
+        body = gzip.compress(b'{"key": "%s"}' % key.encode())
+        return ok(body, b"Content-Encoding: gzip", b"Content-Type: application/json")
+
+    target = RawUpstream(answer).start()
+    yield target
+    target.stop()
+
+
+def test_a_gzip_answer_is_refused_when_a_credential_is_injected(
+    harness: Harness, gzip_target: RawUpstream
+) -> None:
+    harness.put_secret("key", b"the-real-key")
+    harness.add_target("api", base_url=gzip_target.url, credential={
+        "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
+    harness.add_target("open", base_url=gzip_target.url)
+    refused = _get(harness, "/v1/x", **{"Accept-Encoding": "gzip, br", "Accept_Encoding": "br"})
+    assert refused.status_code == 502
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "Content-Encoding 'gzip'" in refused.json()["detail"]
+    assert gzip_target.seen[-1].header("accept-encoding") == ["identity"]
+    assert "accept_encoding" not in dict(gzip_target.seen[-1].headers)
+    event = harness.exchanges(1, target="api")[0]
+    assert event.action["status"] == 502 and "Content-Encoding" in event.detail["error"]
+    # Without a credential nothing is hidden, so nothing changes: the agent's coding passes.
+    agent = harness.agent()
+    url = f"{harness.url}/t/open/v1/x"
+    passed = httpx.get(url, headers={**agent.headers("GET", url), "Accept-Encoding": "gzip"})
+    assert passed.status_code == 200 and passed.headers["content-encoding"] == "gzip"
+    assert gzip_target.seen[-1].header("accept-encoding") == ["gzip"]
+
+
+def test_a_range_is_not_forwarded_and_a_partial_answer_is_refused(harness: Harness) -> None:
+    """A range could cut the secret at its edges (two ranges give its two halves): the
+    agent's ``Range`` is dropped, and a 206 anyway is a 502."""
+    partial = {"on": False}
+
+    def answer(seen: RawSeen) -> bytes:
+        if partial["on"]:
+            body = b"-real-key"
+            return (b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 3-11/12\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+        return ok(b"the-real-key")
+
+    target = RawUpstream(answer).start()
+    try:
+        harness.put_secret("key", b"the-real-key")
+        harness.add_target("api", base_url=target.url, credential={
+            "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
+        whole = _get(harness, "/v1/x", Range="bytes=3-11", **{"If-Range": '"e"'})
+        assert (whole.status_code, whole.content) == (200, b"*" * 12)
+        assert target.seen[-1].header("range") == [] == target.seen[-1].header("if-range")
+        partial["on"] = True
+        refused = _get(harness, "/v1/x", Range="bytes=3-11")
+        assert refused.status_code == 502 and "206" in refused.json()["detail"]
+        assert b"real" not in refused.content
+    finally:
+        target.stop()
+
+
+def test_a_refused_websocket_upgrade_is_masked(harness: Harness) -> None:
+    """A target that answers an upgrade with an ordinary response (relayed as such)."""
+
+    def answer(seen: RawSeen) -> bytes:
+        body = b"bad key: %s..." % seen.header("x-api-key")[0].encode()
+        return b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    target = RawUpstream(answer).start()
+    try:
+        harness.put_secret("key", b"the-real-key")
+        harness.add_target("api", base_url=target.url, credential={
+            "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
+        agent = harness.agent()
+        url = f"{harness.url}/t/api/v1/ws"
+        headers = {
+            **agent.headers("GET", url),
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+        }
+        refused = httpx.get(url, headers=headers, timeout=30)
+        assert (refused.status_code, refused.content) == (400, b"bad key: " + b"*" * 12 + b"...")
+        assert target.seen[-1].header("accept-encoding") == ["identity"]
+    finally:
+        target.stop()
