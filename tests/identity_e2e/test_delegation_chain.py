@@ -20,8 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.identity_e2e.conftest import (
+    RESOURCE,
     TOKEN_URL,
     Agent,
     Clock,
@@ -37,7 +42,7 @@ from tether.identity.admintokens import create_admin_token
 from tether.identity.claims import Actor
 from tether.identity.errors import TokenRevoked
 from tether.identity.exchange import ExchangeError
-from tether.identity.service import IssuedToken
+from tether.identity.service import IssuedToken, Presented
 from tether.policy import load_policies
 from tether.store import Store
 from tether.store import credentials as cred_store
@@ -226,3 +231,28 @@ async def test_disabling_a_user_of_the_chain_through_the_api(
     assert refused.json()["detail"] == "the token is revoked"
     assert (await whoami(stack, http, bot)).status_code == 200
     assert TOKEN_URL  # the token endpoint the delegations went through
+
+
+async def test_a_certificate_bound_token_of_a_chain_ends_with_its_first_link(
+    stack: Stack, bot: Agent, chain: Chain
+) -> None:
+    """A token bound to a client certificate (RFC 8705) under the chained token names the
+    chained token and everything it came from: revoking alice's token ends it."""
+    assert bot.claims is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    claims = chain.chained.claims
+    pem = await stack.service.x509_certificate(claims, csr.public_bytes(Encoding.PEM).decode())
+    bound = await stack.service.certificate_bound_token(claims, pem)
+    assert bound.claims.parent_jti == claims.jti
+    assert bound.claims.derived_from == (claims.jti, chain.first.claims.jti, bot.claims.jti)
+    der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
+    presented = Presented(bound.token, "GET", RESOURCE, peer_certificate_der=der)
+    assert (await stack.service.authenticate(presented)).jti == bound.claims.jti
+    await stack.service.revoke("token", chain.first.claims.jti, reason="leaked", by="admin")
+    with pytest.raises(TokenRevoked, match="the token it was derived from is revoked"):
+        await stack.service.authenticate(presented)
