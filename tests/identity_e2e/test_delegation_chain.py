@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.identity_e2e.conftest import (
     RESOURCE,
-    TOKEN_URL,
     Agent,
     Clock,
     Stack,
@@ -165,9 +164,7 @@ async def test_a_chained_token_is_not_recorded_once_a_user_of_the_chain_is_disab
 
 
 async def test_the_depth_limit_holds_for_chains(stack: Stack, bot: Agent) -> None:
-    stack.service.settings = stack.service.settings.__class__(
-        **{**stack.service.settings.__dict__, "max_delegation_depth": 3}
-    )
+    stack.service.settings = replace(stack.service.settings, max_delegation_depth=3)
     tokens = [bot.token]
     for user in ("alice", "bob", "carol"):
         tokens.append((await delegate(stack, bot, user, tokens[-1])).token)
@@ -230,7 +227,6 @@ async def test_disabling_a_user_of_the_chain_through_the_api(
     assert refused.status_code == 401, refused.text
     assert refused.json()["detail"] == "the token is revoked"
     assert (await whoami(stack, http, bot)).status_code == 200
-    assert TOKEN_URL  # the token endpoint the delegations went through
 
 
 async def test_a_certificate_bound_token_of_a_chain_ends_with_its_first_link(
