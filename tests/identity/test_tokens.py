@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from tether.identity import jose
 from tether.identity.certbind import check_binding, x5t_s256
+from tether.identity.claims import MAX_DERIVED_FROM
 from tether.identity.errors import (
     BindingMismatch,
     CredentialError,
@@ -170,6 +171,26 @@ def test_revoking_the_parent_revokes_the_token(issuer: TokenIssuer) -> None:
     assert revoked.reason(claims) is None
     revoked.add("token", "parent")
     assert revoked.reason(claims) == "the token it was issued from is revoked"
+
+
+def test_a_token_names_every_token_it_was_derived_from(
+    issuer: TokenIssuer, verifier: TokenVerifier, ring: KeyRing
+) -> None:
+    """``derived_from`` round-trips and is bounded; anything but a short list of non-empty
+    strings is refused; revoking any entry revokes the token."""
+    token, issued = issue(issuer, derived_from=("a", "b"))
+    assert verifier.verify(token).derived_from == issued.derived_from == ("a", "b")
+    assert issued.lineage == (issued.jti, "a", "b")
+    assert verifier.verify(issue(issuer)[0]).derived_from == ()
+    for bad in ("a", ["a", 7], [""], ["j"] * (MAX_DERIVED_FROM + 1), {"a": 1}):
+        with pytest.raises(TokenInvalid, match="derived_from"):
+            verifier.verify(signed(ring, derived_from=bad))
+    with pytest.raises(IssuanceError):
+        issue(issuer, derived_from=["j"] * (MAX_DERIVED_FROM + 1))
+    revoked = RevocationSet()
+    assert revoked.reason(issued) is None
+    revoked.add("token", "b")
+    assert revoked.reason(issued) == "the token it was derived from is revoked"
 
 
 def test_jti_is_unique_per_token(issuer: TokenIssuer) -> None:

@@ -215,9 +215,12 @@ class Stack:
         source: str | None = "127.0.0.1/32",
         purpose: str = "deploy",
         on_behalf_of: tuple[str, Sequence[str]] | None = None,
+        through: Sequence[tuple[str, Sequence[str]]] = (),
     ) -> Agent:
         """An agent holding a certificate for its task token, or, with ``on_behalf_of``
-        (user, groups), for a token delegated to it by that user."""
+        (user, groups), for a token delegated to it by that user; with ``through``, that
+        delegation's actor token is itself delegated by each of those users in turn (a
+        delegation chain)."""
         engine = self.store.engine
         async with engine.begin() as conn:
             if await agent_store.get_agent(conn, agent_id) is None:
@@ -225,8 +228,8 @@ class Stack:
                     conn, id=agent_id, owner="alice", now=datetime.now(UTC)
                 )
         claims = await self.join(agent_id, task, purpose)
-        if on_behalf_of is not None:
-            claims = (await self.delegate(claims, *on_behalf_of)).claims
+        for user, groups in (*through, *([on_behalf_of] if on_behalf_of else [])):
+            claims = (await self.delegate(claims, user, groups)).claims
         key = asyncssh.generate_private_key("ssh-ed25519")
         public = key.export_public_key("openssh").decode().strip()
         certificate = await self.identity.ssh_certificate(claims, public, list(principals), source)

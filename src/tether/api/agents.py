@@ -233,4 +233,5 @@ def _credential_json(credential: cred_store.Credential) -> dict[str, Any]:
         "issued_at": _time(credential.issued_at),
         "expires_at": _time(credential.expires_at),
         "actor_chain": None if credential.actor_chain is None else list(credential.actor_chain),
+        "derived_from": list(credential.derived_from or ()),
     }

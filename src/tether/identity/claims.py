@@ -12,6 +12,10 @@ A token's payload (RFC 9068 profile plus Tether's own claims)::
     agent    "agent-id"              optional, present when sub is a user
     parent_jti  "jti"                optional: a certificate-bound token names the token it
                                      was issued from; revoking that token ends this one
+    derived_from  ["jti", ...]       optional: every token this one was derived from
+                                     (delegation, re-scoping of a delegated token,
+                                     certificate binding), nearest first; revoking any of
+                                     them ends this one
 
 Security decisions:
 
@@ -25,7 +29,13 @@ Security decisions:
 * **Unknown claims are ignored** (a newer node may add some during a rolling upgrade),
   while unknown *header* members are refused by the verifier; the payload is only read
   after its signature verified.
-* Actor chains are at most ``MAX_ACTOR_DEPTH`` deep.
+* Actor chains are at most ``MAX_ACTOR_DEPTH`` deep, ``derived_from`` at most
+  ``MAX_DERIVED_FROM`` long: the revocation check of every use looks each entry up once.
+* **A delegation chain names every user.** ``act`` follows RFC 8693 section 4.1: the actor
+  of a delegation is whoever the actor token names, its ``sub`` with that token's own
+  ``act`` nested inside. A delegated token used as the actor of a further delegation thus
+  puts its user in the new token's ``act``, and the innermost ``act`` is always the agent
+  (:attr:`Claims.delegators`).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from typing import Any, Final
 from tether.identity.errors import TokenInvalid
 
 MAX_ACTOR_DEPTH: Final = 8
+MAX_DERIVED_FROM: Final = 32
 
 
 @dataclass(frozen=True)
@@ -112,11 +123,32 @@ class Claims:
     agent: str | None = None
     groups: tuple[str, ...] = ()  # the delegating user's groups (delegated tokens only)
     parent_jti: str | None = None  # certificate-bound tokens: the token they were issued from
+    derived_from: tuple[str, ...] = ()  # every token this one came from, nearest first
 
     @property
     def agent_id(self) -> str:
         """The agent acting: ``agent`` for a delegated token, else ``sub``."""
         return self.agent if self.agent is not None else self.sub
+
+    @property
+    def delegators(self) -> tuple[str, ...]:
+        """The users of a delegated token's chain, the subject first (empty when not
+        delegated): ``sub`` and every actor but the innermost, which is the agent."""
+        if self.act is None:
+            return ()
+        users = [self.sub]
+        actor = self.act
+        while actor.act is not None:
+            users.append(actor.sub)
+            actor = actor.act
+        return tuple(users)
+
+    @property
+    def lineage(self) -> tuple[str, ...]:
+        """This token's jti and every token it came from: what a token derived from this
+        one records as ``derived_from``, so that revoking any of them ends it too."""
+        older = () if self.parent_jti is None else (self.parent_jti,)
+        return tuple(dict.fromkeys((self.jti, *older, *self.derived_from)))
 
     def to_json(self) -> dict[str, Any]:
         """The payload as signed."""
@@ -141,6 +173,8 @@ class Claims:
             doc["groups"] = list(self.groups)
         if self.parent_jti is not None:
             doc["parent_jti"] = self.parent_jti
+        if self.derived_from:
+            doc["derived_from"] = list(self.derived_from)
         return doc
 
     @classmethod
@@ -164,6 +198,7 @@ class Claims:
             agent=None if doc.get("agent") is None else _string(doc, "agent"),
             groups=() if doc.get("groups") is None else _strings(doc.get("groups"), "groups"),
             parent_jti=None if doc.get("parent_jti") is None else _string(doc, "parent_jti"),
+            derived_from=_derived_from(doc.get("derived_from")),
         )
 
 
@@ -192,6 +227,15 @@ def _strings(value: object, name: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise TokenInvalid(f"claim {name} is not a list of strings")
     return tuple(value)
+
+
+def _derived_from(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    jtis = _strings(value, "derived_from")
+    if len(jtis) > MAX_DERIVED_FROM:
+        raise TokenInvalid("claim derived_from is too long")
+    return jtis
 
 
 def _labels(value: object) -> Mapping[str, str]:

@@ -16,11 +16,14 @@ new token is bound to:
 ``urn:ietf:params:oauth:token-type:id_token`` + actor   a user's OIDC token with the agent's
                                                         Tether token as ``actor_token``:
                                                         delegation, ``act`` names the agent
+                                                        (or, for a delegated actor token,
+                                                        its user, the agent nested inside)
 ======================================================  ====================================
 
 A token derived from another one (re-scoping, delegation) only ever narrows: its scope must
 be covered by what the presenting token holds, and it expires no later than any token it
-came from. Delegation chains are limited in depth.
+came from. Delegation chains are limited in depth, and a delegated token names every token
+it came from (``derived_from``), so that revoking any of them ends it.
 
 The one exception is **renewal**: an agent's own (not delegated) token exchanged for the
 *same task* may outlive it, so that a long task keeps going on short tokens. A renewal

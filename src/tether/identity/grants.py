@@ -24,10 +24,16 @@ and settings it uses. Security decisions:
   than any token it came from, except a renewal (same task, not delegated), which is bounded by
   ``max_session_lifetime`` from the runtime's last attestation instead.
 * Delegation chains are limited to ``max_delegation_depth``, and a delegated token expires with
-  the user's ID token if that comes first. A user Tether has disabled (a Tether user of the id
-  the ID token names) delegates nothing; the store refuses to record a credential delegated by
-  a disabled user too, which closes the race with a disabling (:mod:`tether.store.credentials`).
-  A user Tether has no record of may delegate: users need not have signed in to Tether.
+  the user's ID token if that comes first. A delegated token may itself be the actor token of
+  a further delegation: the new token's ``act`` then names its user (RFC 8693 nesting, so
+  every user of the chain is in it and in the store's record), and every token it was
+  derived from is in its ``derived_from`` (as are the sources of a re-scoped delegated
+  token), so disabling any user of the chain or revoking any token upstream ends it. A user
+  Tether has disabled (a Tether user of the id an ID token of the chain names) delegates
+  nothing, not even through a chain; the store refuses to record a credential with a
+  disabled user anywhere in its chain too, which closes the race with a disabling
+  (:mod:`tether.store.credentials`). A user Tether has no record of may delegate: users
+  need not have signed in to Tether.
 * Every issued token is recorded before it is returned; recording fails (the token is never
   handed out) when its agent stopped being active meanwhile.
 """
@@ -38,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from tether.identity import exchange as ex
-from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
+from tether.identity.claims import MAX_DERIVED_FROM, Actor, Claims, Confirmation, Runtime, Task
 from tether.identity.issued import IssuedToken, Presented, credential_record
 from tether.identity.scope import narrowed
 from tether.identity.workload import WorkloadTokenError, verify_user_token, verify_workload_token
@@ -73,9 +79,12 @@ async def exchange(
         not_after = held.exp
         if request.task_id == held.task.id and held.act is None:
             not_after = await _session_end(service, held)  # renewal, see exchange's docstring
+        # A delegated token's re-scoping names it; an agent's own token's re-scoping or
+        # renewal keeps only what it came from (renewals would grow it without bound).
+        derived = held.lineage if held.act is not None else held.derived_from
         return await _issue(
             service, request, held.sub, held.runtime, held.cnf, held.scope, not_after,
-            held.act, held.agent, groups=held.groups,
+            held.act, held.agent, groups=held.groups, derived_from=derived,
         )  # fmt: skip
     proof = await service.verify_proof(dpop, htm="POST", htu=url)
     cnf = Confirmation(jkt=proof.jkt)
@@ -172,13 +181,16 @@ async def _delegate(
     except WorkloadTokenError as error:
         raise ex.ExchangeError("invalid_grant", f"user token refused: {error}") from None
     async with service.engine.connect() as conn:
-        if await user_store.user_state(conn, user.user) == "disabled":
-            raise ex.ExchangeError("invalid_grant", "the user is disabled")
-    act = Actor(actor.agent_id, actor.act)
+        for delegator in (user.user, *actor.delegators):  # every user of the chain
+            if await user_store.user_state(conn, delegator) == "disabled":
+                raise ex.ExchangeError("invalid_grant", "the user is disabled")
+    # RFC 8693 4.1: the actor is who the actor token names, with its own actors nested: a
+    # delegated actor token puts its user in the chain (the innermost actor is the agent).
+    act = Actor(actor.sub, actor.act)
     expiry = min(actor.exp, int(user.expires_at.timestamp()))
     return await _issue(
         service, request, user.user, actor.runtime, actor.cnf, actor.scope, expiry, act,
-        actor.agent_id, groups=user.groups,
+        actor.agent_id, groups=user.groups, derived_from=actor.lineage,
     )  # fmt: skip
 
 
@@ -193,7 +205,12 @@ async def _issue(
     act: Actor | None,
     agent: str | None,
     groups: Sequence[str] = (),
+    derived_from: Sequence[str] = (),
 ) -> IssuedToken:
+    if len(derived_from) > MAX_DERIVED_FROM:
+        raise ex.ExchangeError(
+            "invalid_request", f"a token is derived from at most {MAX_DERIVED_FROM} tokens"
+        )
     scope = (
         narrowed(request.scope, held_scope) if held_scope is not None else (request.scope or ("*",))
     )
@@ -212,8 +229,9 @@ async def _issue(
     token, claims = service.tokens.issue(
         subject=subject, task=Task(request.task_id, request.task_purpose), scope=scope,
         runtime=runtime, cnf=cnf, act=act, agent=agent, lifetime=lifetime, groups=groups,
+        derived_from=derived_from,
     )  # fmt: skip
-    revoked = service.revoked.reason(claims)  # the new task, or an actor of the chain
+    revoked = service.revoked.reason(claims)  # the new task, or a token it came from
     if revoked is not None:
         raise ex.ExchangeError("invalid_grant", revoked)
     await service.record_credential(

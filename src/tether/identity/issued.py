@@ -73,7 +73,9 @@ def credential_record(
     A token is recorded under its jti; a certificate under ``<kind>:<serial>`` with its own
     ``validity`` (issued, expires), and the task, runtime and scope of the token it came from
     and that token's jti. Both keep the task purpose and, when delegated, the user's groups,
-    so a front-end that authenticates by certificate (SSH) builds the same policy request.
+    so a front-end that authenticates by certificate (SSH) builds the same policy request,
+    and the tokens the token was derived from, so such a front-end ends the session when any
+    of them is revoked.
     """
     chain: list[str] = []
     actor = claims.act
@@ -97,6 +99,7 @@ def credential_record(
         task_purpose=claims.task.purpose,
         groups=claims.groups if claims.agent is not None else None,
         token_jti=None if serial is None else claims.jti,
+        derived_from=claims.derived_from or None,
     )
 
 

@@ -44,21 +44,25 @@ class RevocationSet:
         return value in self._revoked[kind]
 
     def reason(self, claims: Claims) -> str | None:
-        """Why ``claims`` is revoked (naming the kind), or None when it is not."""
+        """Why ``claims`` is revoked (naming the kind), or None when it is not.
+
+        A token derived from others (delegation, re-scoping of a delegated token,
+        certificate binding) names each of them (``derived_from``, bounded by
+        ``MAX_DERIVED_FROM``): revoking any of them, or disabling a user of the chain, which
+        revokes that user's delegated tokens, ends it, at a set lookup per ancestor. The users
+        of a delegation chain are revoked through their tokens; the one agent of the chain
+        (the innermost actor) is ``agent_id``, checked as the agent.
+        """
         revoked = self._revoked
-        if claims.jti in revoked["token"]:
+        tokens = revoked["token"]
+        if claims.jti in tokens:
             return "the token is revoked"
-        if claims.parent_jti is not None and claims.parent_jti in revoked["token"]:
+        if claims.parent_jti is not None and claims.parent_jti in tokens:
             return "the token it was issued from is revoked"
-        named = self.issuance_reason(claims.agent_id, claims.task.id, claims.runtime.id)
-        if named is not None:
-            return named
-        actor = claims.act
-        while actor is not None:
-            if actor.sub in revoked["agent"]:
-                return "an actor of the delegation is revoked"
-            actor = actor.act
-        return None
+        for jti in claims.derived_from:
+            if jti in tokens:
+                return "the token it was derived from is revoked"
+        return self.issuance_reason(claims.agent_id, claims.task.id, claims.runtime.id)
 
     def issuance_reason(self, agent_id: str, task_id: str, runtime_id: str) -> str | None:
         """Why a credential for this agent, task and runtime must not be issued (one of

@@ -356,8 +356,9 @@ class IdentityService:
 
         Same subject, task, scope, runtime and delegation as ``claims``; it expires with
         the certificate or the presenting token, whichever is first, and it names the
-        presenting token (``parent_jti``), so revoking that token ends it too, as it ends
-        the SSH certificates issued under it. Only a certificate of
+        presenting token (``parent_jti``, and in ``derived_from`` with every token that one
+        came from), so revoking any of them ends it too, as it ends the SSH certificates
+        issued under it. Only a certificate of
         Tether's own client CA for this very agent can be bound: the agent proved it holds
         the key when the CA checked the CSR's signature.
         """
@@ -377,6 +378,7 @@ class IdentityService:
             subject=claims.sub, task=claims.task, scope=claims.scope, runtime=claims.runtime,
             cnf=Confirmation(x5t_s256=x5t_s256(der)), act=claims.act, agent=claims.agent,
             lifetime=lifetime, groups=claims.groups, parent_jti=claims.jti,
+            derived_from=claims.lineage,
         )  # fmt: skip
         await self.record_credential(credential_record(bound, "access_token", key_thumbprint=None))
         return IssuedToken(token, bound)

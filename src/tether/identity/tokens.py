@@ -59,7 +59,15 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from tether.identity import jose
-from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task, validate_new
+from tether.identity.claims import (
+    MAX_DERIVED_FROM,
+    Actor,
+    Claims,
+    Confirmation,
+    Runtime,
+    Task,
+    validate_new,
+)
 from tether.identity.errors import IssuanceError, TokenExpired, TokenInvalid
 from tether.identity.keys import KeyRing
 
@@ -125,6 +133,7 @@ class TokenIssuer:
         lifetime: int | None = None,
         groups: Sequence[str] = (),
         parent_jti: str | None = None,
+        derived_from: Sequence[str] = (),
     ) -> tuple[str, Claims]:
         """A signed token and its claims. ``IssuanceError`` if the lifetime is above the cap
         (or not a positive integer), or if a value is not a non-empty string."""
@@ -137,6 +146,8 @@ class TokenIssuer:
             validate_new(subject, task, scope, runtime, agent)
         except ValueError as exc:
             raise IssuanceError(str(exc)) from None
+        if len(derived_from) > MAX_DERIVED_FROM:
+            raise IssuanceError(f"a token is derived from at most {MAX_DERIVED_FROM} tokens")
         now = int(self._clock())
         claims = Claims(
             iss=self._issuer,
@@ -154,6 +165,7 @@ class TokenIssuer:
             agent=agent,
             groups=tuple(groups),
             parent_jti=parent_jti,
+            derived_from=tuple(derived_from),
         )
         token = self._sign(claims)
         if len(token) > MAX_TOKEN_SIZE:

@@ -6,13 +6,14 @@ Security decisions:
   itself (:class:`~tether.store.identity.AgentNotActive`), and a credential's runtime must
   be one of its agent's runtimes (a composite foreign key).
 * **Nothing is issued for a disabled user** (a delegated credential: its subject is the
-  user, its actor chain names the agents): :class:`~tether.store.identity.UserDisabled`.
-  Disabling a user revokes every live credential delegated by them
-  (:func:`revoke_delegations`, in the transaction that disables). The two cannot cross:
-  the insert reads the user's row ``FOR SHARE`` on PostgreSQL (the disabling ``UPDATE``
-  waits for it, then its sweep sees the credential; an insert after the ``UPDATE`` waits
-  and then reads ``disabled``), and checks the state again in the inserting statement
-  (SQLite has one writer at a time).
+  user, its actor chain names the users it was further delegated through and, innermost,
+  the agent): :class:`~tether.store.identity.UserDisabled` when any user of the chain is
+  disabled. Disabling a user revokes every live credential delegated by them, as subject or
+  anywhere in the chain (:func:`revoke_delegations`, in the transaction that disables). The
+  two cannot cross: the insert reads the rows of every user of the chain ``FOR SHARE`` on
+  PostgreSQL (the disabling ``UPDATE`` waits for it, then its sweep sees the credential; an
+  insert after the ``UPDATE`` waits and then reads ``disabled``), and checks the states
+  again in the inserting statement (SQLite has one writer at a time).
 * **Revocation ids follow commit order**, so a node that polls ``id > cursor`` and keeps
   the highest id it saw never skips an entry. On PostgreSQL a sequence hands out ids at
   insert time while transactions may commit in another order; :func:`insert_revocation`
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, RowMapping, delete, exists, select, text
+from sqlalchemy import ColumnElement, RowMapping, Text, cast, delete, exists, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.store.identity import UserDisabled, insert_if_agent_active, upsert_insert
@@ -62,6 +63,15 @@ class Credential:
     task_purpose: str | None = None  # None: recorded before migration 0008
     groups: tuple[str, ...] | None = None  # the delegating user's groups (delegated only)
     token_jti: str | None = None  # a certificate's issuing token
+    derived_from: tuple[str, ...] | None = None  # jtis of the tokens it was derived from
+
+    @property
+    def delegators(self) -> tuple[str, ...]:
+        """The users of a delegated credential's chain: the subject and every actor but the
+        innermost, which is the agent (``Claims.delegators``); empty when not delegated."""
+        if not self.actor_chain:
+            return ()
+        return tuple(dict.fromkeys((self.subject, *self.actor_chain[:-1])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,36 +116,57 @@ async def insert_credential(conn: AsyncConnection, credential: Credential) -> No
         "task_purpose": credential.task_purpose,
         "user_groups": None if credential.groups is None else list(credential.groups),
         "token_jti": credential.token_jti,
+        "derived_from": None if credential.derived_from is None else list(credential.derived_from),
     }
     if not credential.actor_chain:
         await insert_if_agent_active(conn, credentials, values)
         return
-    # Delegated: the user must not be disabled, now or when the row is inserted.
-    state = await conn.scalar(
-        select(users.c.state).where(users.c.id == credential.subject).with_for_update(read=True)
+    # Delegated: no user of the chain may be disabled, now or when the row is inserted.
+    chain = sorted(credential.delegators)  # one lock order for every transaction
+    states = await conn.execute(
+        select(users.c.id, users.c.state)
+        .where(users.c.id.in_(chain))
+        .order_by(users.c.id)
+        .with_for_update(read=True)
     )
-    if state == "disabled":
-        raise UserDisabled(f"user {credential.subject!r} is disabled")
-    disabled = exists().where(users.c.id == credential.subject, users.c.state == "disabled")
+    for user_id, state in states.all():
+        if state == "disabled":
+            raise UserDisabled(f"user {user_id!r} is disabled")
+    disabled = exists().where(users.c.id.in_(chain), users.c.state == "disabled")
     await insert_if_agent_active(conn, credentials, values, unless=disabled)
 
 
 async def revoke_delegations(
     conn: AsyncConnection, user_id: str, *, reason: str, revoked_by: str, now: datetime
 ) -> list[str]:
-    """Revoke every live credential delegated by ``user_id`` (its subject is the user and
-    it has an actor chain), each as a ``token`` entry prunable when it expires; the ids revoked.
+    """Revoke every live credential delegated by ``user_id``: its subject is the user, or
+    the user is an actor of its chain (a delegated token was the actor token of a further
+    delegation, :attr:`Credential.delegators`). Each is a ``token`` entry prunable when it
+    expires; the ids revoked.
 
     Run in the transaction that disables the user, after its ``UPDATE`` (see the module
-    docstring: a credential recorded concurrently is either seen here or refused).
+    docstring: a credential recorded concurrently is either seen here or refused). The
+    chain is JSON; a text match narrows the rows read (``LIKE``, on both backends) and the
+    exact test is made here.
     """
-    query = select(credentials.c.jti, credentials.c.expires_at).where(
-        credentials.c.subject == user_id,
+    named = cast(credentials.c.actor_chain, Text).contains(f'"{user_id}"', autoescape=True)
+    query = select(
+        credentials.c.jti,
+        credentials.c.expires_at,
+        credentials.c.subject,
+        credentials.c.actor_chain,
+    ).where(
         credentials.c.actor_chain.is_not(None),
         credentials.c.expires_at > now,
+        or_(credentials.c.subject == user_id, named),
     )
     revoked: list[str] = []
-    for jti, expires_at in (await conn.execute(query.order_by(credentials.c.jti))).all():
+    for jti, expires_at, subject, chain in (
+        await conn.execute(query.order_by(credentials.c.jti))
+    ).all():
+        users_of_chain = (subject, *(_strings(chain) or ())[:-1])
+        if user_id not in users_of_chain:
+            continue
         await insert_revocation(
             conn, kind="token", value=jti, reason=reason, revoked_by=revoked_by, now=now,
             expires_at=expires_at,
@@ -257,6 +288,7 @@ def _credential(row: RowMapping) -> Credential:
         task_purpose=row["task_purpose"],
         groups=_strings(row["user_groups"]),
         token_jti=row["token_jti"],
+        derived_from=_strings(row["derived_from"]),
     )
 
 

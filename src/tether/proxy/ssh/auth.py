@@ -221,6 +221,7 @@ async def _identity_of(
         act=_actor(record.actor_chain or ()) if delegated else None,
         agent=record.agent_id if delegated else None,
         groups=(record.groups or ()) if delegated else (),
+        derived_from=record.derived_from or (),  # revoking any of them ends the session
     )
     session = SessionIdentity(claims, record.jti, record.serial or "", not_after, False)
     await check_live(identity, session)
