@@ -147,3 +147,33 @@ async def test_repeated_failures_throttle_one_name(service: tuple[UserService, C
     assert (await users.login("fred", PASSWORD)).id == "fred"  # other names are not affected
     clock.advance(900)
     assert (await users.login("erin", PASSWORD)).id == "erin"
+
+
+async def test_a_password_reset_revokes_the_users_personal_tokens(
+    service: tuple[UserService, Clock],
+) -> None:
+    users, _ = service
+    await users.add("gail", password=PASSWORD)
+    await users.add("hank", password=PASSWORD)
+    stolen, _ = await users.create_token("gail", name="laptop")
+    other, _ = await users.create_token("gail", name="ci")
+    bystander, _ = await users.create_token("hank", name="laptop")
+    revoked = await users.set_password("gail", PASSWORD + " new")
+    assert await users.authenticate(stolen) is None and await users.authenticate(other) is None
+    assert revoked == 2
+    assert await users.authenticate(bystander) is not None  # other users keep theirs
+    with pytest.raises(LoginRefused):
+        await users.login("gail", PASSWORD)
+    fresh, _ = await users.create_token("gail", name="after")
+    assert await users.authenticate(fresh) is not None  # tokens made after the reset work
+
+    # Setting one's own password with a token keeps that token alone.
+    kept, _ = await users.create_token("gail", name="this session")
+    assert await users.set_password("gail", PASSWORD + " newer", keep_token=kept) == 1
+    assert await users.authenticate(kept) is not None and await users.authenticate(fresh) is None
+    # Another user's token keeps nothing of this user's.
+    assert await users.set_password("gail", PASSWORD + " newest", keep_token=bystander) == 1
+    assert await users.authenticate(kept) is None
+    with pytest.raises(UserError) as caught:
+        await users.set_password("nobody", PASSWORD)
+    assert caught.value.status == 404

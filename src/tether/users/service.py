@@ -154,11 +154,28 @@ class UserService:
                 await user_store.set_groups(conn, user_id, checked_groups, now)
         return await self.get(user_id)
 
-    async def set_password(self, user_id: str, password: str) -> None:
+    async def set_password(
+        self, user_id: str, password: str, *, keep_token: str | None = None
+    ) -> int:
+        """Set the user's password and revoke their personal tokens, in one transaction;
+        how many tokens were revoked.
+
+        A password is reset because it (or the account) may be in the wrong hands, and
+        whoever had it may have made tokens with it: a reset that left those alive would
+        leave them in. So every live personal token of the user is revoked, for good,
+        except ``keep_token`` (the text of the token making the call, when the user sets
+        their own password with it: their session survives, every other one ends). A
+        ``keep_token`` of another user matches none of this user's tokens and keeps
+        nothing. Credentials delegated by the user are not touched: they come from the
+        identity provider's ID tokens, not from the password (:meth:`disable` ends them).
+        """
         hashed = await asyncio.to_thread(_hash, password)
+        now = self.clock()
+        keep = None if keep_token is None else digest(keep_token)
         async with self.engine.begin() as conn:
-            if not await user_store.update_user(conn, user_id, self.clock(), password_hash=hashed):
+            if not await user_store.update_user(conn, user_id, now, password_hash=hashed):
                 raise UserError(f"no user {user_id!r}", 404)
+            return await user_store.revoke_user_tokens(conn, user_id, now, keep_hash=keep)
 
     async def set_state(self, user_id: str, state: str, *, by: str = "tether") -> User:
         """Enable or disable (:meth:`disable`)."""
