@@ -198,3 +198,57 @@ async def test_concurrent_votes_reach_the_quorum_once(world: World) -> None:
     assert len(done) == 2 and all(isinstance(r, Conflict) for r in refused)
     final = await world.approvals.get(pending.id)
     assert final.status == "approved" and final.approvals == 2 and final.grant is not None
+
+
+async def test_a_disabled_approvers_vote_stops_counting_towards_two_of_m(world: World) -> None:
+    fay = await world.user("fay", "finance")
+    carol = await world.user("carol")
+    finn = await world.user("finn", "finance")
+    _, pending = await world.approvals.decide(http_request("POST", "/v1/invoices/7"))
+    assert pending is not None and pending.required == 2
+    assert (await world.approvals.approve(pending.id, fay, "one")).approvals == 1
+    await world.users.disable("fay", by="test")
+    assert (await world.approvals.get(pending.id)).approvals == 0  # shown as not counting
+    after = await world.approvals.approve(pending.id, carol, "two")
+    assert after.status == "pending" and after.approvals == 1  # fay's vote no longer counts
+    assert {(v.user_id, v.counts) for v in after.votes} == {("fay", False), ("carol", True)}
+    assert (await world.approvals.decide(http_request("POST", "/v1/invoices/7")))[
+        0
+    ].decision == "approval_required"
+    done = await world.approvals.approve(pending.id, finn, "three")
+    assert done.status == "approved" and done.approvals == 2 and done.grant is not None
+
+
+async def test_disabling_an_approver_revokes_the_grants_left_short_of_quorum(
+    world: World,
+) -> None:
+    fay = await world.user("fay", "finance")
+    carol = await world.user("carol")
+    finn = await world.user("finn", "finance")
+    # A grant with a vote to spare: fay voted, was disabled, came back, and two more
+    # approved (three approvals of active users for two needed).
+    spare_action = http_request("POST", "/v1/invoices/8")
+    _, spare = await world.approvals.decide(spare_action)
+    assert spare is not None
+    await world.approvals.approve(spare.id, fay, None)
+    assert (await world.users.disable_user("fay", by="test")).grants == []  # none granted yet
+    await world.approvals.approve(spare.id, carol, None)
+    await world.users.set_state("fay", "active")
+    assert (await world.approvals.approve(spare.id, finn, None)).approvals == 3
+
+    # A grant with exactly its two approvals.
+    short_action = http_request("POST", "/v1/invoices/7")
+    _, short = await world.approvals.decide(short_action)
+    assert short is not None
+    await world.approvals.approve(short.id, fay, None)
+    assert (await world.approvals.approve(short.id, carol, None)).grant is not None
+    assert (await world.approvals.decide(short_action))[0].decision == "allow"
+
+    done = await world.users.disable_user("carol", by="test")
+    assert done.grants == [short.id]  # one approval of an active user left, for two needed
+    assert (await world.approvals.decide(short_action))[0].decision == "approval_required"
+    revoked = await world.approvals.get(short.id)
+    assert revoked.grant is not None and revoked.grant.revoked_at is not None
+    assert (await world.approvals.decide(spare_action))[0].decision == "allow"  # two of two
+    await world.users.set_state("carol", "active")  # a revoked grant stays revoked
+    assert (await world.approvals.decide(short_action))[0].decision == "approval_required"

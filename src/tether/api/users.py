@@ -28,7 +28,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether.api.adminauth import AdminCall, admin_call, audit_admin, peer_of
+from tether.api.adminauth import AdminCall, admin_call, audit_admin, peer_of, tether_state
 from tether.api.bodies import body_schema, json_body
 from tether.api.humans import bearer, signed_in, signed_in_person, signed_in_user, users_of
 from tether.api.problems import ProblemError
@@ -284,11 +284,15 @@ async def disable_user(
     request: Request,
 ) -> dict[str, Any]:
     call.target = f"user:{user_id}"
-    user, revoked = await _guard(users_of(request).disable(user_id, by=call.actor))
-    call.detail["delegations_revoked"] = len(revoked)
-    if revoked:  # in force on this node before the answer, on the others within a poll
+    done = await _guard(users_of(request).disable_user(user_id, by=call.actor))
+    call.detail["delegations_revoked"] = len(done.delegations)
+    call.detail["grants_revoked"] = len(done.grants)
+    if done.delegations:  # in force on this node before the answer, on the others within a poll
         await call.identity.refresh_revocations()
-    return user_json(user)
+    approvals = tether_state(request).approvals
+    if approvals is not None:  # the grants are revoked in the store already; audit them
+        await approvals.on_approver_disabled(user_id, done.grants)
+    return user_json(done.user)
 
 
 @router.post("/v1/users/{user_id}/enable")

@@ -23,12 +23,14 @@ import functools
 import re
 import secrets
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.approvals import store as approvals_store
 from tether.crypto.envelope import EnvelopeCipher
 from tether.store import credentials as cred_store
 from tether.store.identity import digest
@@ -65,6 +67,15 @@ class LoginRefused(Exception):
 
 class LoginThrottled(LoginRefused):
     """Too many failed logins for this name lately; try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disabled:
+    """What disabling a user ended besides their login and personal tokens."""
+
+    user: User
+    delegations: list[str]  # the ids of the credentials delegated by the user, revoked
+    grants: list[str]  # the access requests whose grant lost its quorum, revoked
 
 
 @functools.cache
@@ -189,10 +200,21 @@ class UserService:
         return await self.get(user_id)
 
     async def disable(self, user_id: str, *, by: str) -> tuple[User, list[str]]:
+        """:meth:`disable_user`: the user and the ids of the delegated credentials revoked."""
+        done = await self.disable_user(user_id, by=by)
+        return done.user, done.delegations
+
+    async def disable_user(self, user_id: str, *, by: str) -> Disabled:
         """Disable a user: their login, every personal token and every live credential
-        delegated by them (token exchange with the user as subject) end, for good; the
-        ids of the delegated credentials revoked. The revocations are in the store, which
-        every node polls; the caller applies them to its own node at once."""
+        delegated by them (token exchange with the user as subject) end, for good. The
+        revocations are in the store, which every node polls; the caller applies them to
+        its own node at once.
+
+        Their approvals stop counting (:mod:`tether.approvals.store`): a pending request
+        no longer has them towards its quorum, and every live grant they approved that is
+        left with fewer than its ``required`` approvals of active users is revoked, for
+        good, in the same transaction (the caller audits them). A grant that still has
+        its quorum without them stands: enough other people approved it."""
         now = self.clock()
         async with self.engine.begin() as conn:
             if not await user_store.update_user(conn, user_id, now, state="disabled"):
@@ -201,7 +223,10 @@ class UserService:
             revoked = await cred_store.revoke_delegations(
                 conn, user_id, reason="the user is disabled", revoked_by=by, now=now
             )
-        return await self.get(user_id), revoked
+            grants = await approvals_store.revoke_short_of_quorum(
+                conn, user_id, f"approver {user_id} was disabled: too few approvals left", now
+            )
+        return Disabled(await self.get(user_id), revoked, grants)
 
     async def enroll_totp(self, user_id: str) -> str:
         """A new TOTP secret for the user (returned once, stored encrypted)."""
