@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.util import await_only
 
 from tests.approvals.helpers import Clock, http_request, policies, ssh_request
 from tether.approvals.model import Conflict, NotAllowed, NotFound
@@ -252,3 +254,42 @@ async def test_disabling_an_approver_revokes_the_grants_left_short_of_quorum(
     assert (await world.approvals.decide(spare_action))[0].decision == "allow"  # two of two
     await world.users.set_state("carol", "active")  # a revoked grant stays revoked
     assert (await world.approvals.decide(short_action))[0].decision == "approval_required"
+
+
+async def test_a_decision_between_the_insert_and_the_read_of_a_pending_key(
+    pg_fresh_url: str,
+) -> None:
+    """PostgreSQL, read committed: an identical request's insert finds the key held, then a
+    denial of the holder commits before it reads who holds it. It raises a new request
+    (the key is free) instead of failing an assertion (an unaudited 500)."""
+    store = await Store.open(pg_fresh_url)
+    try:
+        clock = Clock()
+        policy_set = policies()
+        async with store.engine.begin() as conn:
+            await agent_store.create_agent(conn, id="bot", owner="olivia", now=clock())
+        approvals = ApprovalService(store.engine, lambda: policy_set, clock=clock)
+        users = UserService(store.engine, clock=clock)
+        sam = await users.add("sam", password=None, groups=["sre"], roles=["approver"])
+        _, held = await approvals.decide(ssh_request("systemctl restart app"))
+        assert held is not None
+        interleaved: list[str] = []
+
+        def deny_in_between(conn: object, cursor: object, statement: str, *args: object) -> None:
+            if interleaved or not statement.lstrip().startswith("INSERT INTO access_requests"):
+                return
+            assert held is not None
+            # Another transaction, on another connection, commits while this one waits.
+            interleaved.append(await_only(approvals.deny(held.id, sam, "no")).status)
+
+        event.listen(store.engine.sync_engine, "after_cursor_execute", deny_in_between)
+        try:
+            decision, fresh = await approvals.decide(ssh_request("systemctl restart app"))
+        finally:
+            event.remove(store.engine.sync_engine, "after_cursor_execute", deny_in_between)
+        assert interleaved == ["denied"]
+        assert decision.decision == "approval_required" and fresh is not None
+        assert fresh.id != held.id and fresh.status == "pending"
+        assert [r.id for r in await approvals.search(status="pending")] == [fresh.id]
+    finally:
+        await store.close()

@@ -24,7 +24,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.approvals.model import AccessRequest, Grant, Vote
+from tether.approvals.model import AccessRequest, Conflict, Grant, Vote
 from tether.approvals.schema import access_requests, approval_votes, grants
 from tether.store.identity import upsert_insert
 from tether.users.schema import users
@@ -56,15 +56,30 @@ async def expire_due(conn: AsyncConnection, now: datetime) -> list[str]:
     return due
 
 
+PENDING_ATTEMPTS = 3
+
+
 async def insert_pending(conn: AsyncConnection, values: Mapping[str, Any]) -> str:
-    """Insert a pending request unless one holds its key; the id of the one that does."""
-    stmt = upsert_insert(conn, access_requests).values(**values)
-    await conn.execute(stmt.on_conflict_do_nothing(index_elements=["pending_key"]))
-    found = await conn.scalar(
-        select(access_requests.c.id).where(access_requests.c.pending_key == values["pending_key"])
-    )
-    assert found is not None  # just inserted, or held by a committed pending request
-    return str(found)
+    """Insert a pending request unless one holds its key; the id of the one that does.
+
+    The insert and the read of the holder are two statements, and on PostgreSQL (read
+    committed: each statement sees what was committed before it began) a decision of the
+    holding request can commit between them: the insert found the key held, the read finds
+    it given up. The key is then free, so the insert is tried again (it now inserts, or
+    finds a request that took the key meanwhile). Each retry needs yet another decision to
+    land in that gap; after ``PENDING_ATTEMPTS`` the request is refused as a conflict (409)
+    rather than failing unexplained. SQLite serialises writing transactions, so there the
+    first attempt always answers."""
+    key = values["pending_key"]
+    for _attempt in range(PENDING_ATTEMPTS):
+        stmt = upsert_insert(conn, access_requests).values(**values)
+        await conn.execute(stmt.on_conflict_do_nothing(index_elements=["pending_key"]))
+        found = await conn.scalar(
+            select(access_requests.c.id).where(access_requests.c.pending_key == key)
+        )
+        if found is not None:  # just inserted, or held by a committed pending request
+            return str(found)
+    raise Conflict("the access request was decided while another was raised for it; ask again")
 
 
 async def load(conn: AsyncConnection, request_id: str) -> AccessRequest | None:
