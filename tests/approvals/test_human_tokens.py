@@ -66,3 +66,16 @@ async def test_a_password_reset_revokes_personal_tokens_and_is_audited(api: Api)
              c["detail"]["sessions_revoked"]) for c in changes] == [
         ("admin-token", "user:dana", "success", 2), ("user", "user:boss", "success", 1)
     ]  # fmt: skip
+
+
+async def test_repeated_failed_sign_ins_are_answered_429_and_audited(api: Api) -> None:
+    await api.human("erin", "sre")
+    wrong = {"user": "erin", "password": "not the password"}
+    for _ in range(10):
+        assert (await api.http.post("/v1/login", json=wrong)).status_code == 401
+    refused = await api.http.post("/v1/login", json=wrong)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "900"
+    found = await api.http.get("/v1/audit/events?kind=admin.change", headers=api.admin)
+    logins = [e for e in found.json()["events"] if e["target"] == "user:erin"]
+    assert logins[-1]["action"] == {"name": "user.login", "outcome": "denied"}
+    assert logins[-1]["detail"]["status"] == 429

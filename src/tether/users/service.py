@@ -34,7 +34,7 @@ from tether.approvals import store as approvals_store
 from tether.crypto.envelope import EnvelopeCipher
 from tether.store import credentials as cred_store
 from tether.store.identity import digest
-from tether.users import passwords, totp
+from tether.users import passwords, throttle, totp
 from tether.users import store as user_store
 from tether.users.schema import ROLES
 from tether.users.store import User, UserToken
@@ -96,7 +96,6 @@ class UserService:
     ) -> None:
         self.engine, self.cipher, self.clock = engine, cipher, clock
         self.oidc: OidcLogin | None = None  # sign-in through a provider, when configured
-        self._failures: dict[str, list[float]] = {}  # user id -> recent failed logins
 
     # --- users ----------------------------------------------------------------------------
 
@@ -250,9 +249,10 @@ class UserService:
         The argon2 check runs in a worker thread (it takes tens of milliseconds of CPU), and
         against a dummy hash for an unknown user, so the time taken does not tell whether a
         name exists. After ``MAX_FAILURES`` failures for one name within ``FAILURE_WINDOW``
-        seconds, that name is refused (``LoginThrottled``) until the window has passed.
+        seconds of the first, that name is refused (``LoginThrottled``) until the window
+        has passed; the count is in the store, shared by every node (:mod:`throttle`).
         """
-        self._check_throttle(user_id)
+        await self._check_throttle(user_id)
         async with self.engine.connect() as conn:
             row = await user_store.credentials_row(conn, user_id)
         stored = row["password_hash"] if row is not None else None
@@ -272,21 +272,20 @@ class UserService:
                 rehashed = await asyncio.to_thread(passwords.hash_password, password)
                 await user_store.update_user(conn, user_id, now, password_hash=rehashed)
             user = await user_store.get_user(conn, user_id)
-        self._failures.pop(user_id, None)
+            await throttle.clear(conn, user_id, now, FAILURE_WINDOW)
         assert user is not None
         return user
 
-    def _check_throttle(self, user_id: str) -> None:
-        now = self.clock().timestamp()
-        recent = [t for t in self._failures.get(user_id, []) if now - t < FAILURE_WINDOW]
-        self._failures[user_id] = recent
-        if len(recent) >= MAX_FAILURES:
+    async def _check_throttle(self, user_id: str) -> None:
+        """Count this attempt in the store (committed at once, before the password is
+        checked, so other nodes and concurrent attempts see it); refuse past the limit."""
+        async with self.engine.begin() as conn:
+            attempts = await throttle.count_attempt(conn, user_id, self.clock(), FAILURE_WINDOW)
+        if attempts > MAX_FAILURES:
             raise LoginThrottled
 
     def _failed(self, user_id: str) -> LoginRefused:
-        if len(self._failures) > 100_000:
-            self._failures.clear()
-        self._failures.setdefault(user_id, []).append(self.clock().timestamp())
+        """The refusal of a failed attempt (already counted by :meth:`_check_throttle`)."""
         return LoginRefused()
 
     def _totp_step(
