@@ -18,9 +18,9 @@ what is left counts the failures since the window began. Security decisions:
 * **Counted before the check.** The count is taken before the slow password hash runs,
   and the row lock serialises concurrent attempts, so a burst of parallel guesses cannot
   all pass the limit before the first failure is recorded.
-* **A fixed window from the first failure**: ``max_failures`` attempts that do not succeed
-  within ``window`` seconds of the first refuse the name until ``window`` has passed since
-  that first one.
+* **A fixed window from the first failure**: ``MAX_FAILURES`` attempts that do not succeed
+  within ``FAILURE_WINDOW`` seconds of the first (:mod:`tether.users.service`) refuse the
+  name until ``FAILURE_WINDOW`` seconds after that first one.
 * **Keyed by a digest** of the name as presented, so a password typed into the name field
   is not stored in clear, and the key has a fixed size whatever was sent.
 """
