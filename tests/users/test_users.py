@@ -226,7 +226,7 @@ async def test_the_login_throttle_is_shared_by_nodes_on_one_store(store_url: str
         await two.close()
 
 
-async def test_migration_0010_round_trip(store_url: str) -> None:
+async def test_migration_0011_round_trip(store_url: str) -> None:
     engine = create_async_engine(store_url)
 
     async def tables() -> set[str]:
@@ -234,12 +234,12 @@ async def test_migration_0010_round_trip(store_url: str) -> None:
             return set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
 
     try:
-        await upgrade(engine, "0009")
+        await upgrade(engine, "0010")
         assert "login_failures" not in await tables()
         await upgrade(engine)
         assert "login_failures" in await tables()
         async with engine.begin() as conn:
-            await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0009"))
+            await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0010"))
         assert "login_failures" not in await tables()
     finally:
         await engine.dispose()

@@ -1,4 +1,4 @@
-"""The sign-in throttle, in the store (table ``login_failures``, migration 0010).
+"""The sign-in throttle, in the store (table ``login_failures``, migration 0011).
 
 Each password sign-in first counts itself for the name it presents, in one atomic
 statement that also answers the count:

@@ -7,8 +7,8 @@ before the password is checked, and a successful one deletes its row, so nodes b
 load balancer on one PostgreSQL share one limit (:mod:`tether.users.throttle`). Rows whose
 window has passed are deleted by later successful sign-ins.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-11-30
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010"
-down_revision: str | None = "0009"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
