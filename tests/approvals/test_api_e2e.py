@@ -256,3 +256,29 @@ async def test_users_without_a_role_see_only_what_they_may_decide(api: Api) -> N
         "access_requests"
     ] == []
     assert (await api.http.get("/v1/access-requests/events", headers=nobody)).status_code == 403
+
+
+async def test_disabling_an_approver_revokes_a_grant_short_of_quorum_audited(api: Api) -> None:
+    bot = await api.agent("bot")
+    fay, carol = await api.human("fay", "finance"), await api.human("carol")
+    action = {"http": {"method": "POST", "path": "/v1/invoices/7"}}
+    pending = (await ask(api, bot, action, target="billing")).json()
+    path = f"/v1/access-requests/{pending['id']}"
+    await api.http.post(path + "/approve", json={}, headers=fay)
+    done = await api.http.post(path + "/approve", json={}, headers=carol)
+    assert done.json()["status"] == "approved"
+    disabled = await api.http.post("/v1/users/fay/disable", headers=api.admin)
+    assert disabled.status_code == 200, disabled.text
+    shown = (await api.http.get(path, headers=carol)).json()
+    assert shown["grant"]["revoked"] is True and shown["approvals"] == 1
+    assert {(v["user"], v["counts"]) for v in shown["votes"]} == {("fay", False), ("carol", True)}
+    again = await ask(api, bot, action, target="billing")
+    assert again.json()["status"] == "pending" and again.json()["id"] != pending["id"]
+
+    found = await api.http.get("/v1/audit/events?kind=approval", headers=api.admin)
+    last = [e for e in found.json()["events"] if e["detail"]["request_id"] == pending["id"]][-1]
+    assert last["action"]["outcome"] == "cancelled"
+    assert last["detail"]["reason"] == "approver fay was disabled"
+    changes = await api.http.get("/v1/audit/events?kind=admin.change", headers=api.admin)
+    disable = [e for e in changes.json()["events"] if e["action"]["name"] == "user.disable"]
+    assert disable[-1]["detail"]["grants_revoked"] == 1

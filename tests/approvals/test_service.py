@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.util import await_only
 
 from tests.approvals.helpers import Clock, http_request, policies, ssh_request
 from tether.approvals.model import Conflict, NotAllowed, NotFound
@@ -198,3 +200,96 @@ async def test_concurrent_votes_reach_the_quorum_once(world: World) -> None:
     assert len(done) == 2 and all(isinstance(r, Conflict) for r in refused)
     final = await world.approvals.get(pending.id)
     assert final.status == "approved" and final.approvals == 2 and final.grant is not None
+
+
+async def test_a_disabled_approvers_vote_stops_counting_towards_two_of_m(world: World) -> None:
+    fay = await world.user("fay", "finance")
+    carol = await world.user("carol")
+    finn = await world.user("finn", "finance")
+    _, pending = await world.approvals.decide(http_request("POST", "/v1/invoices/7"))
+    assert pending is not None and pending.required == 2
+    assert (await world.approvals.approve(pending.id, fay, "one")).approvals == 1
+    await world.users.disable("fay", by="test")
+    assert (await world.approvals.get(pending.id)).approvals == 0  # shown as not counting
+    after = await world.approvals.approve(pending.id, carol, "two")
+    assert after.status == "pending" and after.approvals == 1  # fay's vote no longer counts
+    assert {(v.user_id, v.counts) for v in after.votes} == {("fay", False), ("carol", True)}
+    assert (await world.approvals.decide(http_request("POST", "/v1/invoices/7")))[
+        0
+    ].decision == "approval_required"
+    done = await world.approvals.approve(pending.id, finn, "three")
+    assert done.status == "approved" and done.approvals == 2 and done.grant is not None
+
+
+async def test_disabling_an_approver_revokes_the_grants_left_short_of_quorum(
+    world: World,
+) -> None:
+    fay = await world.user("fay", "finance")
+    carol = await world.user("carol")
+    finn = await world.user("finn", "finance")
+    # A grant with a vote to spare: fay voted, was disabled, came back, and two more
+    # approved (three approvals of active users for two needed).
+    spare_action = http_request("POST", "/v1/invoices/8")
+    _, spare = await world.approvals.decide(spare_action)
+    assert spare is not None
+    await world.approvals.approve(spare.id, fay, None)
+    assert (await world.users.disable_user("fay", by="test")).grants == []  # none granted yet
+    await world.approvals.approve(spare.id, carol, None)
+    await world.users.set_state("fay", "active")
+    assert (await world.approvals.approve(spare.id, finn, None)).approvals == 3
+
+    # A grant with exactly its two approvals.
+    short_action = http_request("POST", "/v1/invoices/7")
+    _, short = await world.approvals.decide(short_action)
+    assert short is not None
+    await world.approvals.approve(short.id, fay, None)
+    assert (await world.approvals.approve(short.id, carol, None)).grant is not None
+    assert (await world.approvals.decide(short_action))[0].decision == "allow"
+
+    done = await world.users.disable_user("carol", by="test")
+    assert done.grants == [short.id]  # one approval of an active user left, for two needed
+    assert (await world.approvals.decide(short_action))[0].decision == "approval_required"
+    revoked = await world.approvals.get(short.id)
+    assert revoked.grant is not None and revoked.grant.revoked_at is not None
+    assert (await world.approvals.decide(spare_action))[0].decision == "allow"  # two of two
+    await world.users.set_state("carol", "active")  # a revoked grant stays revoked
+    assert (await world.approvals.decide(short_action))[0].decision == "approval_required"
+
+
+async def test_a_decision_between_the_insert_and_the_read_of_a_pending_key(
+    pg_fresh_url: str,
+) -> None:
+    """PostgreSQL, read committed: an identical request's insert finds the key held, then a
+    denial of the holder commits before it reads who holds it. It raises a new request
+    (the key is free) instead of failing an assertion (an unaudited 500)."""
+    store = await Store.open(pg_fresh_url)
+    try:
+        clock = Clock()
+        policy_set = policies()
+        async with store.engine.begin() as conn:
+            await agent_store.create_agent(conn, id="bot", owner="olivia", now=clock())
+        approvals = ApprovalService(store.engine, lambda: policy_set, clock=clock)
+        users = UserService(store.engine, clock=clock)
+        sam = await users.add("sam", password=None, groups=["sre"], roles=["approver"])
+        _, held = await approvals.decide(ssh_request("systemctl restart app"))
+        assert held is not None
+        interleaved: list[str] = []
+
+        def deny_in_between(conn: object, cursor: object, statement: str, *args: object) -> None:
+            if interleaved or not statement.lstrip().startswith("INSERT INTO access_requests"):
+                return
+            assert held is not None
+            # Another transaction, on another connection, commits while this one waits.
+            interleaved.append(await_only(approvals.deny(held.id, sam, "no")).status)
+
+        event.listen(store.engine.sync_engine, "after_cursor_execute", deny_in_between)
+        try:
+            decision, fresh = await approvals.decide(ssh_request("systemctl restart app"))
+        finally:
+            event.remove(store.engine.sync_engine, "after_cursor_execute", deny_in_between)
+        assert interleaved == ["denied"]
+        assert decision.decision == "approval_required" and fresh is not None
+        assert fresh.id != held.id and fresh.status == "pending"
+        assert [r.id for r in await approvals.search(status="pending")] == [fresh.id]
+    finally:
+        await store.close()

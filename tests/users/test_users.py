@@ -3,19 +3,23 @@ personal API tokens hashed at rest, expiring, revocable, and dead with their use
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from collections.abc import AsyncIterator
 
 import pytest
+from alembic import command
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import inspect, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.identity_e2e.conftest import Clock
 from tether.crypto.envelope import EnvelopeCipher
 from tether.crypto.masterkey import MasterKey
 from tether.store import Store
+from tether.store.migrate import alembic_config, upgrade
 from tether.users import totp
 from tether.users.passwords import hash_password, verify_password
 from tether.users.schema import user_tokens
@@ -147,3 +151,95 @@ async def test_repeated_failures_throttle_one_name(service: tuple[UserService, C
     assert (await users.login("fred", PASSWORD)).id == "fred"  # other names are not affected
     clock.advance(900)
     assert (await users.login("erin", PASSWORD)).id == "erin"
+
+
+async def test_a_password_reset_revokes_the_users_personal_tokens(
+    service: tuple[UserService, Clock],
+) -> None:
+    users, _ = service
+    await users.add("gail", password=PASSWORD)
+    await users.add("hank", password=PASSWORD)
+    stolen, _ = await users.create_token("gail", name="laptop")
+    other, _ = await users.create_token("gail", name="ci")
+    bystander, _ = await users.create_token("hank", name="laptop")
+    revoked = await users.set_password("gail", PASSWORD + " new")
+    assert await users.authenticate(stolen) is None and await users.authenticate(other) is None
+    assert revoked == 2
+    assert await users.authenticate(bystander) is not None  # other users keep theirs
+    with pytest.raises(LoginRefused):
+        await users.login("gail", PASSWORD)
+    fresh, _ = await users.create_token("gail", name="after")
+    assert await users.authenticate(fresh) is not None  # tokens made after the reset work
+
+    # Setting one's own password with a token keeps that token alone.
+    kept, _ = await users.create_token("gail", name="this session")
+    assert await users.set_password("gail", PASSWORD + " newer", keep_token=kept) == 1
+    assert await users.authenticate(kept) is not None and await users.authenticate(fresh) is None
+    # Another user's token keeps nothing of this user's.
+    assert await users.set_password("gail", PASSWORD + " newest", keep_token=bystander) == 1
+    assert await users.authenticate(kept) is None
+    with pytest.raises(UserError) as caught:
+        await users.set_password("nobody", PASSWORD)
+    assert caught.value.status == 404
+
+
+async def test_the_login_throttle_is_shared_by_nodes_on_one_store(store_url: str) -> None:
+    """Two nodes (two services, each with its own engine) on one database: ten failures
+    spread over both refuse the name on both, and a burst of parallel guesses passes the
+    limit no more than a sequence of them does."""
+    one, two = await Store.open(store_url), await Store.open(store_url)
+    clock = Clock()
+    try:
+        node_a = UserService(one.engine, clock=clock)
+        node_b = UserService(two.engine, clock=clock)
+        await node_a.add("ivy", password=PASSWORD)
+        await node_a.add("jay", password=PASSWORD)
+        for node in (node_a, node_b) * 5:
+            with pytest.raises(LoginRefused) as caught:
+                await node.login("ivy", "wrong password!")
+            assert not isinstance(caught.value, LoginThrottled)
+        for node in (node_a, node_b):
+            with pytest.raises(LoginThrottled):
+                await node.login("ivy", PASSWORD)  # even the right password, on either node
+        clock.advance(900)
+        assert (await node_b.login("ivy", PASSWORD)).id == "ivy"
+
+        # A success clears the count: nine failures, a success, nine more are all refused
+        # as wrong, not throttled.
+        for round_ in range(2):
+            for node in (node_a, node_b, node_a) * 3:
+                with pytest.raises(LoginRefused) as caught:
+                    await node.login("jay", "wrong password!")
+                assert not isinstance(caught.value, LoginThrottled), round_
+            assert (await node_b.login("jay", PASSWORD)).id == "jay"
+
+        clock.advance(900)
+        burst = await asyncio.gather(
+            *(node.login("ivy", "wrong password!") for node in (node_a, node_b) * 10),
+            return_exceptions=True,
+        )
+        throttled = [r for r in burst if isinstance(r, LoginThrottled)]
+        assert all(isinstance(r, LoginRefused) for r in burst)
+        assert len(throttled) == 10  # ten checked the password, whatever their order
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_migration_0011_round_trip(store_url: str) -> None:
+    engine = create_async_engine(store_url)
+
+    async def tables() -> set[str]:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+
+    try:
+        await upgrade(engine, "0010")
+        assert "login_failures" not in await tables()
+        await upgrade(engine)
+        assert "login_failures" in await tables()
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0010"))
+        assert "login_failures" not in await tables()
+    finally:
+        await engine.dispose()

@@ -10,7 +10,7 @@
     POST   /v1/users                   admin: a new user (roles, groups, password)
     GET    /v1/users[/{id}]            admin
     PATCH  /v1/users/{id}              admin: replace roles and/or groups
-    POST   /v1/users/{id}/password     admin: set the password
+    POST   /v1/users/{id}/password     admin: set the password (revokes personal tokens)
     POST   /v1/users/{id}/disable      admin: disable (revokes every personal token)
     POST   /v1/users/{id}/enable       admin
     POST   /v1/users/{id}/totp         admin: enrol TOTP (the secret is answered once)
@@ -28,9 +28,9 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether.api.adminauth import AdminCall, admin_call, audit_admin, peer_of
+from tether.api.adminauth import AdminCall, admin_call, audit_admin, peer_of, tether_state
 from tether.api.bodies import body_schema, json_body
-from tether.api.humans import signed_in, signed_in_person, signed_in_user, users_of
+from tether.api.humans import bearer, signed_in, signed_in_person, signed_in_user, users_of
 from tether.api.problems import ProblemError
 from tether.users.service import LoginRefused, LoginThrottled, UserError, UserService
 from tether.users.store import User, UserToken
@@ -267,9 +267,14 @@ async def set_password(
     body: Annotated[PasswordSet, Depends(json_body(PasswordSet))],
     request: Request,
 ) -> dict[str, Any]:
+    """Set the password and revoke the user's personal tokens (but the caller's own, when
+    an admin sets their own password with a personal token: the other ones end)."""
     call.target = f"user:{user_id}"
-    await _guard(users_of(request).set_password(user_id, body.password))
-    return {"id": user_id, "password": "set"}
+    own = call.actor == f"user:{user_id}"
+    keep = bearer(request) if own else None
+    revoked = await _guard(users_of(request).set_password(user_id, body.password, keep_token=keep))
+    call.detail["sessions_revoked"] = revoked  # a key naming "token" would be redacted
+    return {"id": user_id, "password": "set", "tokens_revoked": revoked}
 
 
 @router.post("/v1/users/{user_id}/disable")
@@ -279,11 +284,15 @@ async def disable_user(
     request: Request,
 ) -> dict[str, Any]:
     call.target = f"user:{user_id}"
-    user, revoked = await _guard(users_of(request).disable(user_id, by=call.actor))
-    call.detail["delegations_revoked"] = len(revoked)
-    if revoked:  # in force on this node before the answer, on the others within a poll
+    done = await _guard(users_of(request).disable_user(user_id, by=call.actor))
+    call.detail["delegations_revoked"] = len(done.delegations)
+    call.detail["grants_revoked"] = len(done.grants)
+    if done.delegations:  # in force on this node before the answer, on the others within a poll
         await call.identity.refresh_revocations()
-    return user_json(user)
+    approvals = tether_state(request).approvals
+    if approvals is not None:  # the grants are revoked in the store already; audit them
+        await approvals.on_approver_disabled(user_id, done.grants)
+    return user_json(done.user)
 
 
 @router.post("/v1/users/{user_id}/enable")

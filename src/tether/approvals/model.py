@@ -62,6 +62,7 @@ class Vote:
     vote: str  # approve | deny
     reason: str | None
     created_at: datetime
+    counts: bool = True  # the voter is an active user now (a disabled user's vote does not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,8 @@ class AccessRequest:
 
     @property
     def approvals(self) -> int:
-        return sum(1 for v in self.votes if v.vote == "approve")
+        """The approvals that count: those of voters who are active users now."""
+        return sum(1 for v in self.votes if v.vote == "approve" and v.counts)
 
     def to_json(self) -> dict[str, Any]:
         grant = self.grant
@@ -158,4 +160,5 @@ def _vote_json(vote: Vote) -> dict[str, Any]:
         "vote": vote.vote,
         "reason": vote.reason,
         "at": vote.created_at.isoformat(),
+        "counts": vote.counts,
     }

@@ -17,7 +17,10 @@ Security decisions:
 * **Who approves** comes from the rule's ``approval.approvers`` at the time of the request:
   ``user:NAME``, ``group:NAME`` (active members now), ``owner`` (the agent's owner). Only
   a signed-in human votes (not an admin token), each user once (the database's key), and
-  ``approval.count`` distinct approvals are needed; one denial denies.
+  ``approval.count`` distinct approvals are needed; one denial denies. An approval counts
+  while its user is active: once the user is disabled it no longer counts towards a
+  pending request, and disabling revokes the live grants it leaves short of their count
+  (:meth:`tether.users.service.UserService.disable_user`, audited by :meth:`on_approver_disabled`).
 * **Nobody approves what they caused.** The delegating user never approves their own
   agent's request, and the agent's owner does not either unless the rule names ``owner``
   among the approvers; ``approval.allow_self: true`` lifts both. Both are compared as user
@@ -344,6 +347,7 @@ class ApprovalService:
                 if not await db.lock_pending(conn, request_id, now):
                     raise Conflict(f"access request {request_id} is not pending")
                 await db.insert_vote(conn, request_id, user.id, vote, reason, now)
+                await db.lock_voters(conn, request_id)  # a disable waits, or is counted
                 locked = await db.load(conn, request_id)
                 assert locked is not None
                 outcome = self._outcome(locked, vote)
@@ -407,12 +411,23 @@ class ApprovalService:
             self.bell.ring()
         return affected
 
+    async def on_approver_disabled(self, user_id: str, request_ids: Collection[str]) -> None:
+        """Audit the grants disabling ``user_id`` revoked (``cancelled``, like a revocation's)."""
+        for request_id in request_ids:
+            await self._audit(await self.get(request_id), None, "cancelled",
+                              reason=f"approver {user_id} was disabled")  # fmt: skip
+        if request_ids:
+            self.bell.ring()
+
     # --- audit ----------------------------------------------------------------------------
 
-    async def _audit(self, request: AccessRequest, approver: str | None, outcome: str) -> None:
+    async def _audit(
+        self, request: AccessRequest, approver: str | None, outcome: str, reason: str | None = None
+    ) -> None:
         if self.auditor is None:
             return
         grant = request.grant
+        extra = {} if reason is None else {"reason": reason}
         await self.auditor.approval(
             Subject(
                 agent=request.agent_id, runtime=request.runtime_id, task=request.task_id,
@@ -423,7 +438,7 @@ class ApprovalService:
             detail={
                 "request_id": request.id, "digest": request.digest, "status": request.status,
                 "scope": request.scope, "approvals": request.approvals,
-                "required": request.required,
+                "required": request.required, **extra,
             },
         )  # fmt: skip
 

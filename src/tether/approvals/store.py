@@ -6,6 +6,12 @@ request, on one node or several: its first statement is an ``UPDATE`` of the req
 which takes PostgreSQL's row lock and SQLite's write lock before anything is read, so two
 approvers can never both count "one approval so far" and both miss the quorum (or both
 reach it).
+
+A vote counts while its voter is an active user (:func:`load` reads each voter's state):
+the approval of a user disabled since does not count towards a pending request's quorum,
+and :func:`revoke_short_of_quorum` revokes the live grants that disabling a user leaves
+without enough approvals. :func:`lock_voters` makes a count and a concurrent disable of a
+voter serialise, so a quorum is never reached on a vote whose user was being disabled.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.approvals.model import AccessRequest, Grant, Vote
+from tether.approvals.model import AccessRequest, Conflict, Grant, Vote
 from tether.approvals.schema import access_requests, approval_votes, grants
 from tether.store.identity import upsert_insert
+from tether.users.schema import users
 
 
 async def expire_stale(conn: AsyncConnection, pending_key: str, now: datetime) -> None:
@@ -49,15 +56,30 @@ async def expire_due(conn: AsyncConnection, now: datetime) -> list[str]:
     return due
 
 
+PENDING_ATTEMPTS = 3
+
+
 async def insert_pending(conn: AsyncConnection, values: Mapping[str, Any]) -> str:
-    """Insert a pending request unless one holds its key; the id of the one that does."""
-    stmt = upsert_insert(conn, access_requests).values(**values)
-    await conn.execute(stmt.on_conflict_do_nothing(index_elements=["pending_key"]))
-    found = await conn.scalar(
-        select(access_requests.c.id).where(access_requests.c.pending_key == values["pending_key"])
-    )
-    assert found is not None  # just inserted, or held by a committed pending request
-    return str(found)
+    """Insert a pending request unless one holds its key; the id of the one that does.
+
+    The insert and the read of the holder are two statements, and on PostgreSQL (read
+    committed: each statement sees what was committed before it began) a decision of the
+    holding request can commit between them: the insert found the key held, the read finds
+    it given up. The key is then free, so the insert is tried again (it now inserts, or
+    finds a request that took the key meanwhile). Each retry needs yet another decision to
+    land in that gap; after ``PENDING_ATTEMPTS`` the request is refused as a conflict (409)
+    rather than failing unexplained. SQLite serialises writing transactions, so there the
+    first attempt always answers."""
+    key = values["pending_key"]
+    for _attempt in range(PENDING_ATTEMPTS):
+        stmt = upsert_insert(conn, access_requests).values(**values)
+        await conn.execute(stmt.on_conflict_do_nothing(index_elements=["pending_key"]))
+        found = await conn.scalar(
+            select(access_requests.c.id).where(access_requests.c.pending_key == key)
+        )
+        if found is not None:  # just inserted, or held by a committed pending request
+            return str(found)
+    raise Conflict("the access request was decided while another was raised for it; ask again")
 
 
 async def load(conn: AsyncConnection, request_id: str) -> AccessRequest | None:
@@ -243,10 +265,53 @@ async def cancel_for(
     return sorted(affected)
 
 
+async def lock_voters(conn: AsyncConnection, request_id: str) -> None:
+    """Share-lock the user rows of the request's voters until the transaction ends.
+
+    On PostgreSQL a disable (an ``UPDATE`` of the user's row) either commits before this
+    (the count then reads the voter as disabled) or waits for the vote's transaction to
+    commit (its grant is then there for :func:`revoke_short_of_quorum` to see). SQLite
+    serialises writing transactions anyway and ignores the clause."""
+    voters = select(approval_votes.c.user_id).where(approval_votes.c.request_id == request_id)
+    await conn.execute(select(users.c.id).where(users.c.id.in_(voters)).with_for_update(read=True))
+
+
+async def revoke_short_of_quorum(
+    conn: AsyncConnection, user_id: str, reason: str, now: datetime
+) -> list[str]:
+    """Revoke the live grants ``user_id`` approved that no longer have their ``required``
+    approvals of active users (call it in the transaction disabling the user); the ids of
+    their requests.
+
+    The grants' rows are locked first, so two approvers of one grant disabled at once are
+    counted one after the other (each count then sees the other's disable)."""
+    approved_by = select(approval_votes.c.request_id).where(
+        approval_votes.c.user_id == user_id, approval_votes.c.vote == "approve"
+    )
+    live = and_(
+        grants.c.request_id.in_(approved_by),
+        grants.c.revoked_at.is_(None),
+        grants.c.expires_at > now,
+    )
+    await conn.execute(update(grants).where(live).values(revoked_at=grants.c.revoked_at))
+    revoked: list[str] = []
+    for request_id in list(await conn.scalars(select(grants.c.request_id).where(live))):
+        found = await load(conn, request_id)
+        if found is not None and found.approvals < found.required:
+            await conn.execute(
+                update(grants)
+                .where(grants.c.request_id == request_id, grants.c.revoked_at.is_(None))
+                .values(revoked_at=now, revoked_reason=reason)
+            )
+            revoked.append(request_id)
+    return sorted(revoked)
+
+
 async def _full(conn: AsyncConnection, row: RowMapping) -> AccessRequest:
     votes = (
         await conn.execute(
-            select(approval_votes)
+            select(approval_votes, users.c.state)
+            .outerjoin(users, users.c.id == approval_votes.c.user_id)
             .where(approval_votes.c.request_id == row["id"])
             .order_by(approval_votes.c.created_at, approval_votes.c.user_id)
         )
@@ -266,7 +331,10 @@ async def _full(conn: AsyncConnection, row: RowMapping) -> AccessRequest:
         requested_at=row["requested_at"], expires_at=row["expires_at"],
         decided_at=row["decided_at"], decided_reason=row["decided_reason"],
         revision=row["revision"],
-        votes=tuple(Vote(v["user_id"], v["vote"], v["reason"], v["created_at"]) for v in votes),
+        votes=tuple(
+            Vote(v["user_id"], v["vote"], v["reason"], v["created_at"], v["state"] == "active")
+            for v in votes
+        ),
         grant=None if grant_row is None else _grant(grant_row), updated_at=row["updated_at"],
     )  # fmt: skip
 

@@ -115,10 +115,12 @@ def passwd(
     server: Server = DEFAULT_SERVER,
     token_file: TokenFile = None,
 ) -> None:
-    """Set a user's password (admin)."""
+    """Set a user's password (admin); revokes their personal tokens (yours but the one in
+    use, when you set your own)."""
     body = {"password": _password(password_stdin, confirm=True)}
-    _client(server, token_file).call("POST", f"/v1/users/{user_id}/password", body)
-    typer.echo(f"password of {user_id} set")
+    answer = _client(server, token_file).call("POST", f"/v1/users/{user_id}/password", body)
+    typer.echo(f"password of {user_id} set; "
+               f"{answer.get('tokens_revoked', 0)} personal token(s) revoked")  # fmt: skip
 
 
 @app.command("disable")

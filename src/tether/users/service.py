@@ -23,16 +23,18 @@ import functools
 import re
 import secrets
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.approvals import store as approvals_store
 from tether.crypto.envelope import EnvelopeCipher
 from tether.store import credentials as cred_store
 from tether.store.identity import digest
-from tether.users import passwords, totp
+from tether.users import passwords, throttle, totp
 from tether.users import store as user_store
 from tether.users.schema import ROLES
 from tether.users.store import User, UserToken
@@ -67,6 +69,15 @@ class LoginThrottled(LoginRefused):
     """Too many failed logins for this name lately; try again later."""
 
 
+@dataclass(frozen=True, slots=True)
+class Disabled:
+    """What disabling a user ended besides their login and personal tokens."""
+
+    user: User
+    delegations: list[str]  # the ids of the credentials delegated by the user, revoked
+    grants: list[str]  # the access requests whose grant lost its quorum, revoked
+
+
 @functools.cache
 def _dummy_hash() -> str:
     """A real argon2 hash of a random password, checked for unknown users."""
@@ -85,7 +96,6 @@ class UserService:
     ) -> None:
         self.engine, self.cipher, self.clock = engine, cipher, clock
         self.oidc: OidcLogin | None = None  # sign-in through a provider, when configured
-        self._failures: dict[str, list[float]] = {}  # user id -> recent failed logins
 
     # --- users ----------------------------------------------------------------------------
 
@@ -154,11 +164,28 @@ class UserService:
                 await user_store.set_groups(conn, user_id, checked_groups, now)
         return await self.get(user_id)
 
-    async def set_password(self, user_id: str, password: str) -> None:
+    async def set_password(
+        self, user_id: str, password: str, *, keep_token: str | None = None
+    ) -> int:
+        """Set the user's password and revoke their personal tokens, in one transaction;
+        how many tokens were revoked.
+
+        A password is reset because it (or the account) may be in the wrong hands, and
+        whoever had it may have made tokens with it: a reset that left those alive would
+        leave them in. So every live personal token of the user is revoked, for good,
+        except ``keep_token`` (the text of the token making the call, when the user sets
+        their own password with it: their session survives, every other one ends). A
+        ``keep_token`` of another user matches none of this user's tokens and keeps
+        nothing. Credentials delegated by the user are not touched: they come from the
+        identity provider's ID tokens, not from the password (:meth:`disable` ends them).
+        """
         hashed = await asyncio.to_thread(_hash, password)
+        now = self.clock()
+        keep = None if keep_token is None else digest(keep_token)
         async with self.engine.begin() as conn:
-            if not await user_store.update_user(conn, user_id, self.clock(), password_hash=hashed):
+            if not await user_store.update_user(conn, user_id, now, password_hash=hashed):
                 raise UserError(f"no user {user_id!r}", 404)
+            return await user_store.revoke_user_tokens(conn, user_id, now, keep_hash=keep)
 
     async def set_state(self, user_id: str, state: str, *, by: str = "tether") -> User:
         """Enable or disable (:meth:`disable`)."""
@@ -172,10 +199,21 @@ class UserService:
         return await self.get(user_id)
 
     async def disable(self, user_id: str, *, by: str) -> tuple[User, list[str]]:
+        """:meth:`disable_user`: the user and the ids of the delegated credentials revoked."""
+        done = await self.disable_user(user_id, by=by)
+        return done.user, done.delegations
+
+    async def disable_user(self, user_id: str, *, by: str) -> Disabled:
         """Disable a user: their login, every personal token and every live credential
-        delegated by them (token exchange with the user as subject) end, for good; the
-        ids of the delegated credentials revoked. The revocations are in the store, which
-        every node polls; the caller applies them to its own node at once."""
+        delegated by them (token exchange with the user as subject) end, for good. The
+        revocations are in the store, which every node polls; the caller applies them to
+        its own node at once.
+
+        Their approvals stop counting (:mod:`tether.approvals.store`): a pending request
+        no longer has them towards its quorum, and every live grant they approved that is
+        left with fewer than its ``required`` approvals of active users is revoked, for
+        good, in the same transaction (the caller audits them). A grant that still has
+        its quorum without them stands: enough other people approved it."""
         now = self.clock()
         async with self.engine.begin() as conn:
             if not await user_store.update_user(conn, user_id, now, state="disabled"):
@@ -184,7 +222,10 @@ class UserService:
             revoked = await cred_store.revoke_delegations(
                 conn, user_id, reason="the user is disabled", revoked_by=by, now=now
             )
-        return await self.get(user_id), revoked
+            grants = await approvals_store.revoke_short_of_quorum(
+                conn, user_id, f"approver {user_id} was disabled: too few approvals left", now
+            )
+        return Disabled(await self.get(user_id), revoked, grants)
 
     async def enroll_totp(self, user_id: str) -> str:
         """A new TOTP secret for the user (returned once, stored encrypted)."""
@@ -208,9 +249,10 @@ class UserService:
         The argon2 check runs in a worker thread (it takes tens of milliseconds of CPU), and
         against a dummy hash for an unknown user, so the time taken does not tell whether a
         name exists. After ``MAX_FAILURES`` failures for one name within ``FAILURE_WINDOW``
-        seconds, that name is refused (``LoginThrottled``) until the window has passed.
+        seconds of the first, that name is refused (``LoginThrottled``) until the window
+        has passed; the count is in the store, shared by every node (:mod:`throttle`).
         """
-        self._check_throttle(user_id)
+        await self._check_throttle(user_id)
         async with self.engine.connect() as conn:
             row = await user_store.credentials_row(conn, user_id)
         stored = row["password_hash"] if row is not None else None
@@ -230,21 +272,20 @@ class UserService:
                 rehashed = await asyncio.to_thread(passwords.hash_password, password)
                 await user_store.update_user(conn, user_id, now, password_hash=rehashed)
             user = await user_store.get_user(conn, user_id)
-        self._failures.pop(user_id, None)
+            await throttle.clear(conn, user_id, now, FAILURE_WINDOW)
         assert user is not None
         return user
 
-    def _check_throttle(self, user_id: str) -> None:
-        now = self.clock().timestamp()
-        recent = [t for t in self._failures.get(user_id, []) if now - t < FAILURE_WINDOW]
-        self._failures[user_id] = recent
-        if len(recent) >= MAX_FAILURES:
+    async def _check_throttle(self, user_id: str) -> None:
+        """Count this attempt in the store (committed at once, before the password is
+        checked, so other nodes and concurrent attempts see it); refuse past the limit."""
+        async with self.engine.begin() as conn:
+            attempts = await throttle.count_attempt(conn, user_id, self.clock(), FAILURE_WINDOW)
+        if attempts > MAX_FAILURES:
             raise LoginThrottled
 
     def _failed(self, user_id: str) -> LoginRefused:
-        if len(self._failures) > 100_000:
-            self._failures.clear()
-        self._failures.setdefault(user_id, []).append(self.clock().timestamp())
+        """The refusal of a failed attempt (already counted by :meth:`_check_throttle`)."""
         return LoginRefused()
 
     def _totp_step(

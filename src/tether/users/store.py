@@ -216,13 +216,18 @@ async def revoke_token(
     return (await conn.execute(query.values(revoked_at=now))).rowcount == 1
 
 
-async def revoke_user_tokens(conn: AsyncConnection, user_id: str, now: datetime) -> int:
-    result = await conn.execute(
-        update(user_tokens)
-        .where(user_tokens.c.user_id == user_id, user_tokens.c.revoked_at.is_(None))
-        .values(revoked_at=now)
+async def revoke_user_tokens(
+    conn: AsyncConnection, user_id: str, now: datetime, *, keep_hash: bytes | None = None
+) -> int:
+    """Revoke every live token of the user but the one whose digest is ``keep_hash``; how
+    many were revoked."""
+    query = update(user_tokens).where(
+        user_tokens.c.user_id == user_id, user_tokens.c.revoked_at.is_(None)
     )
-    return result.rowcount
+    if keep_hash is not None:
+        query = query.where(user_tokens.c.token_hash != keep_hash)
+    result = await conn.execute(query.values(revoked_at=now))
+    return int(result.rowcount)
 
 
 def _token(row: RowMapping) -> UserToken:
