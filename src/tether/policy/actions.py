@@ -24,6 +24,7 @@ from typing import Any
 
 from tether.policy import globs, httpmatch, sql
 from tether.policy.errors import PatternError
+from tether.policy.linearmatch import compile_fullmatch, compile_star_glob
 from tether.policy.names import NameSet, compile_name_glob
 from tether.policy.request import (
     FilesPart,
@@ -177,7 +178,7 @@ class ForwardSet:
     """
 
     names: NameSet
-    allow_globs: tuple[re.Pattern[str], ...] | None  # None: a deny rule, names as is
+    allow_globs: tuple[Callable[[str], bool], ...] | None  # None: a deny rule, names as is
 
     @classmethod
     def compile(cls, patterns: list[str], deny: bool) -> ForwardSet:
@@ -195,15 +196,15 @@ class ForwardSet:
             return self.names(destination)
         if destination in self.names.exact:
             return True
-        return any(regex.fullmatch(destination) is not None for regex in self.allow_globs)
+        return any(matches(destination) for matches in self.allow_globs)
 
 
-def _forward_regex(pattern: str) -> re.Pattern[str]:
+def _forward_regex(pattern: str) -> Callable[[str], bool]:
     host, _, port = pattern.rpartition(":")
-    within = "[^.:]*"
-    host_regex = ".*" if host == "*" else within.join(re.escape(p) for p in host.split("*"))
-    port_regex = within.join(re.escape(p) for p in port.split("*"))
-    return re.compile(f"{host_regex}:{port_regex}", re.DOTALL)
+    if host != "*":  # every wildcard stays within a label: one class
+        return compile_star_glob(pattern.split("*"), "[^.:]")
+    port_regex = "[^.:]*".join(re.escape(p) for p in port.split("*"))
+    return compile_fullmatch(f".*:{port_regex}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,14 +307,11 @@ def _compile_table_glob(pattern: str, deny: bool) -> Callable[[str], bool]:
     schema, dot, table = pattern.partition(".")
     if not dot or not schema or not table or "." in table:
         raise PatternError("a table pattern is schema.table (use * within a part: public.*)")
-    star = ".*" if deny else "[^.]*"
-    regex = re.compile(
-        r"\.".join(star.join(re.escape(s) for s in part.split("*")) for part in (schema, table)),
-        re.DOTALL,
-    )
+    star = "." if deny else "[^.]"
+    whole = compile_star_glob(pattern.split("*"), star)
     if not deny:
-        return lambda name: regex.fullmatch(name) is not None
-    schema_regex = re.compile(star.join(re.escape(s) for s in schema.split("*")), re.DOTALL)
+        return whole
+    schema_only = compile_star_glob(schema.split("*"), star)
 
     def deny_hit(name: str) -> bool:
         # A statement on a whole schema reports ``schema.*`` and one on every schema ``*.*``
@@ -321,8 +319,8 @@ def _compile_table_glob(pattern: str, deny: bool) -> Callable[[str], bool]:
         if name == "*.*":
             return True
         if name.endswith(".*"):
-            return schema_regex.fullmatch(name[:-2]) is not None
-        return regex.fullmatch(name) is not None
+            return schema_only(name[:-2])
+        return whole(name)
 
     return deny_hit
 

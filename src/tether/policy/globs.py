@@ -65,7 +65,8 @@ could never match a canonical path is a :class:`PatternError`: not absolute, an 
 backslash or a control character.
 
 Pure: no I/O. Literal patterns compare with ``==``; others compile once to one regular
-expression used with ``fullmatch``.
+expression matched whole in time linear in the argument (:mod:`tether.policy.linearmatch`:
+an agent's argument must not make a pattern with several wildcards backtrack).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from tether.policy.errors import PatternError
+from tether.policy.linearmatch import compile_fullmatch
 
 __all__ = ["ArgvPattern", "TokenMatcher", "compile_path_glob", "compile_token_glob"]
 
@@ -173,8 +175,8 @@ def _compile(pattern: str) -> TokenMatcher:
     if _WILDCARD.search(pattern) is None:
         literal = pattern
         return lambda candidate: candidate == literal
-    regex = re.compile(_pattern_regex(pattern))
-    return lambda candidate: regex.fullmatch(_encode(candidate)) is not None
+    matches = compile_fullmatch(_pattern_regex(pattern))
+    return lambda candidate: matches(_encode(candidate))
 
 
 def compile_token_glob(pattern: str) -> TokenMatcher:

@@ -44,6 +44,7 @@ from typing import Final
 
 from tether.policy.errors import PatternError
 from tether.policy.httppath import MAX_TARGET, HttpPath, literal_problem, show
+from tether.policy.linearmatch import compile_star_glob
 
 __all__ = ["PathPattern"]
 
@@ -285,4 +286,4 @@ def _glob_test(pieces: list[str]) -> _SegmentTest:
     if len(pieces) == 2 and not pieces[0]:
         suffix = pieces[1]
         return lambda segment: segment.endswith(suffix)
-    return re.compile("(?s)" + ".*".join(re.escape(piece) for piece in pieces)).fullmatch
+    return compile_star_glob(pieces)

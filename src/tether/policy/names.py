@@ -8,11 +8,11 @@ A label selector matches when every listed label is present with the listed valu
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from tether.policy.errors import PatternError
+from tether.policy.linearmatch import compile_star_glob
 
 NameMatcher = Callable[[str], bool]
 
@@ -25,8 +25,7 @@ def compile_name_glob(pattern: str) -> NameMatcher:
         return pattern.__eq__
     if pattern == "*":
         return lambda name: True
-    regex = re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
-    return lambda name: regex.fullmatch(name) is not None
+    return compile_star_glob(pattern.split("*"))
 
 
 @dataclass(frozen=True, slots=True)
