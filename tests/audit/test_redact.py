@@ -392,3 +392,24 @@ def test_the_written_out_marks_are_the_listed_marks(value: str) -> None:
     from tether.audit.redact import _SHAPE_MARKS, _has_mark
 
     assert _has_mark(value) == any(mark in value for mark in _SHAPE_MARKS)
+
+
+def test_an_action_cleaned_by_this_redactor_is_appended_as_is_and_another_is_cleaned() -> None:
+    """A front-end may clean an action once and reuse it (the PostgreSQL broker, per
+    statement shape): ``emit`` then appends the very event, without walking it again; an
+    action cleaned by another redactor (other sensitive names) is cleaned again."""
+    mine = Redactor.of(fields=("ticket",))
+    other = Redactor.of(fields=("code",))
+    raw = {"query": "SELECT 1", "ticket": "T-9", "code": "1234"}
+    cleaned = mine.event_json(raw, "action")
+    assert dict(cleaned) == {"query": "SELECT 1", "ticket": REDACTED, "code": "1234"}
+    assert mine.event_json(cleaned, "action") is cleaned
+    event = AuditEvent(kind="sql.statement", agent="bot", target="db", action=cleaned)
+
+    async def emit_with(auditor: Auditor) -> None:
+        await auditor.emit(event)
+
+    assert emitted(emit_with, mine) is event
+    again = emitted(emit_with, other)
+    assert again is not event
+    assert dict(again.action) == {"query": "SELECT 1", "ticket": REDACTED, "code": REDACTED}

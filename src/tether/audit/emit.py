@@ -61,13 +61,19 @@ class Auditor:
     async def emit(self, event: AuditEvent) -> int:
         """Append an event built elsewhere, after redacting its free-form parts."""
         redact = self.redactor
-        cleaned = dataclasses.replace(
-            event,
-            action=redact.event_json(event.action, "action"),
-            detail=redact.event_json(event.detail, "detail"),
-            target=None if event.target is None else redact.text(event.target),
-            reason=None if event.reason is None else redact.text(event.reason),
-        )
+        action = redact.event_json(event.action, "action")
+        detail = redact.event_json(event.detail, "detail")
+        target = None if event.target is None else redact.text(event.target)
+        reason = None if event.reason is None else redact.text(event.reason)
+        if (
+            action is event.action
+            and detail is event.detail
+            and target is event.target
+            and reason is event.reason
+        ):  # already clean (a cached, cleaned action): no copy, no second validation
+            return await self._append(event)
+        cleaned = dataclasses.replace(event, action=action, detail=detail, target=target,
+                                      reason=reason)  # fmt: skip
         return await self._append(cleaned)
 
     async def _record(

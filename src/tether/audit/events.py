@@ -82,12 +82,18 @@ class FrozenJson(dict[str, Any]):
 
 class _Checked(FrozenJson):
     """A JSON object that :func:`frozen_json` built and checked: events take it as it is.
-    Private, so only this module makes one; a plain :class:`FrozenJson` is checked again."""
+    Private, so only this module makes one; a plain :class:`FrozenJson` is checked again.
+    ``cleaned_by`` is the cleaner it was built with (None: none), so that cleaning it again
+    with the same one, which could change nothing, is skipped (a front-end that caches the
+    cleaned action of a statement shape then pays for its cleaning once)."""
 
-    __slots__ = ()
+    __slots__ = ("cleaned_by",)
+
+    cleaned_by: Cleaner | None
 
 
-_EMPTY: Final[Mapping[str, Any]] = _Checked()  # checked: nothing in it
+_EMPTY: Final = _Checked()  # checked: nothing in it
+_EMPTY.cleaned_by = None
 
 
 class EventError(ValueError):
@@ -261,7 +267,7 @@ def frozen_json(
     """A read-only deep copy of a JSON object, cleaned by ``cleaner`` if given, in one walk;
     :class:`EventError` naming ``where`` and the path inside it if it holds anything but
     JSON values."""
-    if type(value) is _Checked and cleaner is None:
+    if type(value) is _Checked and (cleaner is None or value.cleaned_by is cleaner):
         return value
     if type(value) is not dict and not isinstance(value, Mapping):
         raise EventError(f"{where} must be a mapping")
@@ -350,7 +356,9 @@ def _freeze_object(value: Mapping[Any, Any], depth: int, cleaner: Cleaner | None
         except _NotJson as error:
             error.path.append(f".{key}")
             raise
-    return _Checked(frozen)
+    checked = _Checked(frozen)
+    checked.cleaned_by = cleaner
+    return checked
 
 
 # The string fields' values, in :data:`_STRINGS` order, in one C call.
