@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import string
 from collections.abc import Iterator
 
 import pytest
@@ -37,6 +36,7 @@ from tether.policy.sql_tables import (
 )
 
 from .conftest import policies, request
+from .test_sql_review import UNQUOTED, spellings
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -417,28 +417,6 @@ def test_every_tabled_function_is_known_by_its_lower_case_name() -> None:
 
 # --- properties --------------------------------------------------------------------------------
 
-_UNQUOTED = st.text(alphabet=string.ascii_letters + "_", min_size=1, max_size=20)
-_QUOTED = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-    min_size=1,
-    max_size=20,
-)
-
-
-@st.composite
-def _spellings(draw: st.DrawFn) -> str:
-    """A relation name of one to three parts, as SQL would accept it as an identifier."""
-    parts = []
-    for _ in range(draw(st.integers(1, 3))):
-        if draw(st.booleans()):
-            parts.append(draw(_UNQUOTED))
-        else:
-            parts.append('"' + draw(_QUOTED).replace('"', '""') + '"')
-    blanks = st.sampled_from(["", " ", "\t"])
-    return "".join(
-        (draw(blanks) + "." + draw(blanks) if i else "") + p for i, p in enumerate(parts)
-    )
-
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
@@ -473,7 +451,7 @@ def _calls(draw: st.DrawFn) -> tuple[str, list[str | None]]:
     for position in range(draw(st.integers(overload.least, overload.most))):
         if position in overload.positions:
             if draw(st.booleans()):
-                spelling = draw(_spellings())
+                spelling = draw(spellings())
                 args.append(_literal(spelling))
                 names.append(spelling)
             else:
@@ -553,7 +531,7 @@ def _yaml(text: str) -> str:
 @given(
     st.sampled_from(sorted(RELATION_PARAMETERS) + sorted(UNREADABLE_RELATION_FUNCTIONS)),
     st.lists(
-        st.one_of(_FILLERS, st.tuples(_UNQUOTED, _FILLERS).map(lambda p: f"{p[0]} => {p[1]}")),
+        st.one_of(_FILLERS, st.tuples(UNQUOTED, _FILLERS).map(lambda p: f"{p[0]} => {p[1]}")),
         max_size=5,
     ),
 )

@@ -98,6 +98,21 @@ def received(directory: Path) -> list[str]:
     return [c for c in log.read_text().split("\0") if c]
 
 
+async def live_session(port: int, agent: Agent, sshd_dir: Path) -> asyncio.subprocess.Process:
+    """OpenSSH's ``ssh ... 'sleep 60'`` through the broker on ``port``, once the target has
+    received the command: a live session for a revocation to end."""
+    argv = ["ssh", "-p", str(port), *agent.ssh_args(), "root@web-1@127.0.0.1"]
+    process = await asyncio.create_subprocess_exec(
+        *argv, "sleep 60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    for _ in range(200):
+        if received(sshd_dir) == ["sleep 60"]:
+            break
+        await asyncio.sleep(0.05)
+    assert received(sshd_dir) == ["sleep 60"]
+    return process
+
+
 def sshd_extra(directory: Path) -> str:
     return (
         f"ForceCommand {logger_script(directory)}\n"

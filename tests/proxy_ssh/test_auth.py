@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncssh
 
 from tests.proxy_ssh.conftest import RULES, Env
-from tests.proxy_ssh.harness import Agent, build_stack, received
+from tests.proxy_ssh.harness import Agent, build_stack, live_session, received
 from tether.identity.sshca import CaPurpose, SshUserCA
 
 
@@ -134,15 +134,7 @@ async def test_plain_key_of_a_live_certificate_when_configured(tmp_path: Path, e
 
 async def test_revocation_ends_a_live_session_within_a_second(env: Env) -> None:
     agent = await env.stack.agent()
-    argv = ["ssh", "-p", str(env.stack.broker.port), *agent.ssh_args(), "root@web-1@127.0.0.1"]
-    process = await asyncio.create_subprocess_exec(
-        *argv, "sleep 60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    for _ in range(200):
-        if received(env.sshd_dir) == ["sleep 60"]:
-            break
-        await asyncio.sleep(0.05)
-    assert received(env.sshd_dir) == ["sleep 60"]
+    process = await live_session(env.stack.broker.port, agent, env.sshd_dir)
     revoked = time.monotonic()
     await env.stack.identity.revoke("task", "T-1", reason="incident", by="admin")
     await asyncio.wait_for(process.wait(), 5)

@@ -21,31 +21,18 @@ import httpx
 import pytest
 
 from tests.proxy_ssh.conftest import Env
-from tests.proxy_ssh.harness import policy, received
+from tests.proxy_ssh.harness import live_session, policy, received
+from tests.proxy_ssh.test_user_disable import DELEGATED
 from tether.api import AppState, create_app
 from tether.identity.admintokens import create_admin_token
 from tether.store import credentials as cred_store
 from tether.users.service import UserService
 
-FINANCE = """
-rules:
-  - id: agent-commands
-    effect: allow
-    agents: [deploy-bot]
-    targets: {labels: {env: test}}
-    ssh: {commands: ["echo **", "sleep *"]}
-  - id: finance-commands
-    effect: allow
-    groups: [finance]
-    targets: {labels: {env: test}}
-    ssh: {commands: ["echo **", "sleep *"]}
-"""
-
 
 @pytest.mark.parametrize("how", ["disable-alice", "disable-carol", "revoke-alices-token"])
 async def test_a_chained_session_ends_with_any_link(env: Env, how: str) -> None:
     stack = env.stack
-    stack.holder.replace(policy(FINANCE).current)
+    stack.holder.replace(policy(DELEGATED).current)
     users = UserService(stack.store.engine)
     for user in ("alice", "carol"):
         await users.add(user, password=None, groups=["finance"])
@@ -60,15 +47,7 @@ async def test_a_chained_session_ends_with_any_link(env: Env, how: str) -> None:
         issued = await cred_store.list_credentials(conn, agent_id="deploy-bot")
     (alices_token,) = [c.jti for c in issued if c.subject == "alice"]
 
-    argv = ["ssh", "-p", str(stack.broker.port), *chained.ssh_args(), "root@web-1@127.0.0.1"]
-    process = await asyncio.create_subprocess_exec(
-        *argv, "sleep 60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    for _ in range(200):
-        if received(env.sshd_dir) == ["sleep 60"]:
-            break
-        await asyncio.sleep(0.05)
-    assert received(env.sshd_dir) == ["sleep 60"]
+    process = await live_session(stack.broker.port, chained, env.sshd_dir)
 
     headers = {"Authorization": f"Bearer {admin}"}
     transport = httpx.ASGITransport(app=app)

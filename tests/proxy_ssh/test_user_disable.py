@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.proxy_ssh.conftest import Env
-from tests.proxy_ssh.harness import policy, received
+from tests.proxy_ssh.harness import live_session, policy, received
 from tether.api import AppState, create_app
 from tether.identity.admintokens import create_admin_token
 from tether.identity.exchange import ExchangeError
@@ -51,15 +51,7 @@ async def test_disabling_a_user_ends_their_delegated_sessions(env: Env) -> None:
     for_alice = await stack.agent(on_behalf_of=("alice", ["finance"]))
     alone = await stack.agent()
 
-    argv = ["ssh", "-p", str(stack.broker.port), *for_alice.ssh_args(), "root@web-1@127.0.0.1"]
-    process = await asyncio.create_subprocess_exec(
-        *argv, "sleep 60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    for _ in range(200):
-        if received(env.sshd_dir) == ["sleep 60"]:
-            break
-        await asyncio.sleep(0.05)
-    assert received(env.sshd_dir) == ["sleep 60"]
+    process = await live_session(stack.broker.port, for_alice, env.sshd_dir)
 
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:
