@@ -105,6 +105,7 @@ error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;
+  keepalive_requests 100000000;  # not nginx's default 1,000: a fast run closes mid-load
   client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   server {{ listen 127.0.0.1:{upstream};
@@ -191,13 +192,29 @@ def wrk(
     else:
         args.append(url)
     before = (cpu_seconds(pid), cpu_seconds(pid, main_thread=True)) if pid else (0.0, 0.0)
+    spy = profiler(pid, f"x{connections}-{pid}", duration) if pid else None
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    if spy is not None:
+        spy.wait()
     row = parse_wrk(out)
     if pid is not None and row["requests"]:
         used = cpu_seconds(pid) - before[0], cpu_seconds(pid, main_thread=True) - before[1]
         row["cpu_us_per_req"] = round(used[0] * 1e6 / row["requests"], 1)
         row["loop_cpu_us_per_req"] = round(used[1] * 1e6 / row["requests"], 1)
     return row
+
+
+def profiler(pid: int, name: str, duration: int) -> subprocess.Popen[bytes] | None:
+    """With ``BENCH_PYSPY=DIR`` in the environment (and py-spy installed), a py-spy sampling
+    of process ``pid`` for the run, written to ``DIR/NAME.txt`` (collapsed stacks, the
+    subprocesses too): where a setup's CPU goes. Sampling costs the node a few per cent."""
+    folder = os.environ.get("BENCH_PYSPY")
+    if not folder or shutil.which("py-spy") is None:
+        return None
+    out = Path(folder) / f"{name}.txt"
+    return subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(duration), "-r", "250",
+                             *os.environ.get("BENCH_PYSPY_ARGS", "").split(), "--subprocesses", "-f", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
 def parse_wrk(out: str) -> dict[str, Any]:
@@ -479,7 +496,7 @@ async def pygen(
             writer.write(request)
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError:  # the server closed (nginx: every 1000)
+            except (asyncio.IncompleteReadError, ConnectionResetError):  # the server closed
                 writer.close()
                 reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
                 continue
