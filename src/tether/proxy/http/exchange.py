@@ -115,7 +115,7 @@ class Exchange:
                     self.out.error = refusal[1]
                     if not self.out.started:
                         self.out.status = refusal[0]
-                        await _quietly(refusals.plain(refusal[0], refusal[1], request_id),
+                        await quietly(refusals.plain(refusal[0], refusal[1], request_id),
                                        scope, receive, send)  # fmt: skip
             finally:  # recorded even if cancelled again while the refusal goes out
                 self._audit(scope, request_id, started)
@@ -242,7 +242,7 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-async def _quietly(response: Any, scope: Scope, receive: Receive, send: Send) -> None:
+async def quietly(response: Any, scope: Scope, receive: Receive, send: Send) -> None:
     try:
         await response(scope, receive, send)
     except OSError:

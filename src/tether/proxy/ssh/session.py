@@ -34,7 +34,7 @@ import asyncssh
 
 from tether.audit.subject import Subject
 from tether.policy.model import Decision
-from tether.proxy.core import Services, decide, policy_request, subject_of
+from tether.proxy.core import Services, decide, policy_request, subject_of, undecided
 from tether.proxy.ssh.auth import AuthRefused, SessionIdentity, check_live
 from tether.proxy.ssh.config import SshConfig
 from tether.proxy.ssh.login import Login
@@ -216,7 +216,10 @@ class BrokerSession:
         for action in actions:
             request = policy_request(claims, labels, self.target, action, source_ip=self.peer_ip)
             if services.approvals is not None and len(actions) == 1:  # grants held count
-                decision, _pending = await services.approvals.decide(request)
+                try:
+                    decision, _pending = await services.approvals.decide(request)
+                except Exception as error:  # noqa: BLE001 - the store failed: refused, audited
+                    decision = undecided(services, error)
             else:
                 decision = decide(services, request)
             if decision.allowed:
