@@ -147,6 +147,9 @@ class HttpBroker:
             log.error("%s", error)
             await self._unusable_target(route, scope, who, request_id, receive, send)
             return
+        except Exception as error:  # noqa: BLE001 - the store failed: refused, audited
+            await self._undecided(error, route, scope, who, request_id, receive, send)
+            return
         if target is None or not isinstance(target.spec, HttpTargetSpec):
             await self._unknown_target(route, scope, who, request_id, receive, send)
             return
@@ -255,6 +258,13 @@ class HttpBroker:
             await refusals.plain(503, "DPoP replay cache is full; try again shortly", request_id)(
                 scope, receive, send
             )
+        except Exception as error:  # the token could not be checked: refused, audited
+            log.error("%s %s: the access token could not be checked", scope["method"],
+                      route.target, exc_info=error)  # fmt: skip
+            await self._refused_audit(scope, route, "the token could not be checked",
+                                      INTERNAL_ERROR, request_id, status=500)  # fmt: skip
+            await quietly(refusals.plain(500, "internal error; see the server log", request_id),
+                          scope, receive, send)  # fmt: skip
         return None
 
     async def _verify(self, route: Route, scope: Scope, values: list[bytes]) -> Claims:
@@ -278,12 +288,19 @@ class HttpBroker:
         return claims
 
     async def _refused_audit(
-        self, scope: Scope, route: Route, reason: str, code: str, request_id: str
+        self,
+        scope: Scope,
+        route: Route,
+        reason: str,
+        code: str,
+        request_id: str,
+        *,
+        status: int = 401,
     ) -> None:
         auditor = self.services.auditor
         if auditor is None:
             return
-        detail = {"error": code, "status": 401, "request_id": request_id,
+        detail = {"error": code, "status": status, "request_id": request_id,
                   "method": scope["method"], "path": route.path}  # fmt: skip
         try:
             await auditor.token_refused(
