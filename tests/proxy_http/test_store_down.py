@@ -82,9 +82,7 @@ def test_a_store_failure_is_refused_and_audited_never_forwarded(
         e for e in harness.events("token.refused") if e.detail.get("request_id") == token_check
     ]
     assert refused.detail["error"] == "internal-error" and refused.detail["status"] == 500
-    (failed,) = [
-        e for e in harness.exchanges(2) if e.detail.get("request_id") == target_lookup
-    ]
+    (failed,) = [e for e in harness.exchanges(2) if e.detail.get("request_id") == target_lookup]
     assert failed.detail == {"reason": "internal-error", "request_id": target_lookup}
     assert failed.decision == "deny" and failed.action["status"] == 500
 
