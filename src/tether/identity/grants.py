@@ -39,7 +39,9 @@ and settings it uses. Security decisions:
   grow with the chain, and revoking any token of the family ends all of them (a thief who
   renewed a stolen token and the agent hold the same family; the agent joins again). A
   token issued before families existed starts one at its own jti. Every other grant starts
-  a new family, and a delegation names the actor token's family in ``derived_from``.
+  a new family, and a delegation names the actor token's family in ``derived_from``. A
+  renewal racing the revocation on another node cannot escape it: it carries the family,
+  which every node refuses once the revocation reaches it.
 * Every issued token is recorded before it is returned; recording fails (the token is never
   handed out) when its agent stopped being active meanwhile.
 """
