@@ -74,8 +74,8 @@ def credential_record(
     ``validity`` (issued, expires), and the task, runtime and scope of the token it came from
     and that token's jti. Both keep the task purpose and, when delegated, the user's groups,
     so a front-end that authenticates by certificate (SSH) builds the same policy request,
-    and the tokens the token was derived from, so such a front-end ends the session when any
-    of them is revoked.
+    and the tokens the token was derived from and its renewal family, so such a front-end
+    ends the session when any of them is revoked (and a revocation by jti finds the family).
     """
     chain: list[str] = []
     actor = claims.act
@@ -100,6 +100,7 @@ def credential_record(
         groups=claims.groups if claims.agent is not None else None,
         token_jti=None if serial is None else claims.jti,
         derived_from=claims.derived_from or None,
+        family=claims.family,
     )
 
 

@@ -222,6 +222,7 @@ async def _identity_of(
         agent=record.agent_id if delegated else None,
         groups=(record.groups or ()) if delegated else (),
         derived_from=record.derived_from or (),  # revoking any of them ends the session
+        family=record.family,  # as does revoking any token of its token's renewal family
     )
     session = SessionIdentity(claims, record.jti, record.serial or "", not_after, False)
     await check_live(identity, session)
