@@ -89,3 +89,26 @@ def test_a_store_failure_is_refused_and_audited_never_forwarded(
     time.sleep(1.2)  # the store is back: the same request passes
     harness.identity.agent_states.forget(agent.id)
     assert get(harness, agent, "/v1/d").status_code == 200 and len(upstream.seen) == 2
+
+
+def test_a_credential_the_store_cannot_read_is_a_500_never_forwarded(
+    node: tuple[Harness, Upstream],
+) -> None:
+    """An allowed request to a target whose secret cannot be read (the vault's table is
+    gone): a 500 problem naming the request, an ``http.exchange`` event saying so, and
+    nothing sent to the target (was: a 500 from the last resort, the event silent on it)."""
+    harness, upstream = node
+    harness.put_secret("api-key", b"sk-live-0123456789")
+    harness.add_target("keyed", base_url=upstream.url,
+                       credential={"type": "bearer", "secret": "api-key"})  # fmt: skip
+    agent = harness.agent()
+    url = f"{harness.url}/t/keyed/v1/items"
+    assert httpx.get(url, headers=agent.headers("GET", url), timeout=30).status_code == 200
+    rename(harness, "vault_secrets", "vault_secrets_away")
+    time.sleep(1.2)  # the secret's cached value expires
+    failed = refused_500(httpx.get(url, headers=agent.headers("GET", url), timeout=30))
+    rename(harness, "vault_secrets_away", "vault_secrets")
+    assert len(upstream.seen) == 1
+    (event,) = [e for e in harness.exchanges(2) if e.detail.get("request_id") == failed]
+    assert event.action["status"] == 500 and event.detail["internal_error"] == "OperationalError"
+    assert event.detail["error"] == "internal error; see the server log"

@@ -107,6 +107,11 @@ class Exchange:
             refusal = (503, refusals.AUDIT_UNAVAILABLE)
         except NotForwarded as error:
             refusal = (501, str(error))
+        except Exception as error:  # the store failed (the credential's secret): fail closed
+            log.error("%s %s: the exchange failed", scope["method"], self.target.name,
+                      exc_info=error)  # fmt: skip
+            self.out.extra["internal_error"] = type(error).__name__
+            refusal = (500, "internal error; see the server log")
         finally:
             try:
                 if not await self._committed():
