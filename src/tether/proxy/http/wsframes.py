@@ -16,7 +16,8 @@ Security decisions:
   frame with FIN, so nothing is held past a message's end and an interactive tunnel never
   waits for the next message. Within a fragmented message the end of a fragment that may
   begin a secret (at most the longest form less one byte) waits for the next fragment's
-  bytes; a control frame that comes meanwhile waits behind it.
+  bytes; a control frame that comes meanwhile waits behind it (a target that would wait
+  for the agent's pong before sending the rest of a message would wait until it times out).
 * **Same length, headers unchanged**: masking keeps a payload's length, so each frame's
   header goes out as received and the stream's length is the input's.
 * **Control frames are masked whole** (at most 125 bytes each): a close reason or a ping
@@ -28,8 +29,8 @@ Security decisions:
   with an RSV bit set (an extension such as ``permessage-deflate`` changed its payload, so
   its bytes are not the secret's), a masked frame (a server must not mask), an unknown
   opcode, a fragmented or over-long control frame, a 64-bit length with its top bit set, a
-  continuation without a message or a new message inside one. A non-minimal length
-  encoding is passed on as it came (it hides nothing).
+  continuation without a message or a new message inside one. A failed stream stays
+  failed. A non-minimal length encoding is passed on as it came (it hides nothing).
 """
 
 from __future__ import annotations
