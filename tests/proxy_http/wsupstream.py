@@ -5,7 +5,12 @@ Every path echoes each message back (text as text, binary as binary), except:
 * ``/leak``: accepts, and its 101 answer carries the request's ``Authorization`` header
   in ``X-Leak`` (a broken target: the broker must not pass it on);
 * ``/reject``: refuses the upgrade with ``403 upstream says no``;
-* ``/greet``: sends ``hello`` first, then echoes.
+* ``/greet``: sends ``hello`` first, then echoes;
+* ``/headers``: sends the request's headers as a text message first, then echoes;
+* ``/binary``: sends the request's ``Authorization`` value as a binary message first;
+* ``/fragments``: sends it cut across three fragments of one text message (``tail`` ends
+  it), then echoes;
+* ``/close``: closes at once with the value (without ``Bearer``) as the close reason.
 
 It records the request head of every handshake, and counts open connections.
 """
@@ -67,8 +72,22 @@ class WsUpstream:
         self.open += 1
         self.closed.clear()
         try:
-            if connection.request is not None and connection.request.path == "/greet":
+            request = connection.request
+            assert request is not None
+            auth = request.headers.get("Authorization", "")
+            if request.path == "/greet":
                 connection.send("hello")
+            elif request.path == "/headers":
+                connection.send(str(request.headers))
+            elif request.path == "/binary":
+                connection.send(b"\x00" + auth.encode() + b"\xff")
+            elif request.path == "/fragments":
+                cut = len(auth) // 2
+                connection.send(
+                    ["got: " + auth[: cut - 3], auth[cut - 3 : cut], auth[cut:] + " tail"]
+                )
+            elif request.path == "/close":
+                connection.close(1000, auth.removeprefix("Bearer "))
             for message in connection:
                 connection.send(message)
         except ConnectionClosed:

@@ -11,12 +11,18 @@ Security decisions:
   agent's key. A target that answered 101 without switching would otherwise let the agent
   send raw HTTP requests on a connection the policy never decided (smuggling through the
   tunnel). Any other 1xx is skipped; a final answer is returned to be relayed.
+* **No extension when the credential is masked in frames**: an extension such as
+  ``permessage-deflate`` codes the payloads, whose bytes are then not the secret's
+  (:mod:`tether.proxy.http.wsframes`), so :func:`without_extensions` drops the agent's
+  ``Sec-WebSocket-Extensions`` (under either spelling, ``_`` or ``-``), and
+  :func:`extensions` finds a 101 that selects one anyway (the broker answers 502).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable
 from typing import Final
 
 import h11
@@ -25,6 +31,8 @@ from starlette.types import Scope
 from tether.proxy.http.upstream import Connection, Response, UpstreamError
 
 _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+_EXTENSIONS: Final = b"sec-websocket-extensions"
+Header = tuple[bytes, bytes]
 
 
 class BadUpgrade(Exception):
@@ -50,6 +58,17 @@ def check(scope: Scope) -> bytes:
 def accept_for(key: bytes) -> bytes:
     """``Sec-WebSocket-Accept`` for ``Sec-WebSocket-Key: key`` (RFC 6455 section 4.2.2)."""
     return base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID, usedforsecurity=False).digest())
+
+
+def without_extensions(headers: Iterable[Header]) -> list[Header]:
+    """The upgrade request's headers offering no extension."""
+    return [(n, v) for n, v in headers if n.lower().replace(b"_", b"-") != _EXTENSIONS]
+
+
+def extensions(headers: Iterable[Header]) -> str | None:
+    """The extensions a 101 selects (``Sec-WebSocket-Extensions``), or None."""
+    chosen = [v.strip() for n, v in headers if n.lower() == _EXTENSIONS and v.strip()]
+    return b", ".join(chosen).decode("latin-1") if chosen else None
 
 
 async def answer(connection: Connection, timeout: float, accept: bytes) -> Response:

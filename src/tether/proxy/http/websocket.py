@@ -10,19 +10,28 @@ After the broker authenticated the agent, decided the upgrade request like any r
 
 Security decisions:
 
-* **A byte tunnel, not a frame relay.** The policy decides the upgrade request, which is
-  the whole action; frames are not parsed or re-encoded, so subprotocols and extensions
-  are negotiated end to end and a large message costs the memory of one read.
+* **A byte tunnel, unless a credential is injected.** The policy decides the upgrade
+  request, which is the whole action; without an injected credential frames are not parsed
+  or re-encoded, so subprotocols and extensions are negotiated end to end and a large
+  message costs the memory of one read.
 * **The header rules of every request apply** (:mod:`tether.proxy.http.headers`): the
   agent's credentials, other targets' cookies and hop-by-hop headers never reach the
   target; the target credential is injected last; on the 101, hop-by-hop headers and any
   header carrying the credential are dropped and the broker sets ``Upgrade`` and
   ``Connection`` itself.
 * **A fresh connection per tunnel**, never taken from nor returned to the keep-alive pool.
-* **Frames are not scrubbed of the credential** (left open, docs/http-broker.md): a
-  ``permessage-deflate`` payload is not the secret's bytes, a secret can be cut across
-  frames, and holding back a frame's end would stall the tunnel. A target that does not
-  switch has its answer's body scrubbed like any other (:mod:`tether.proxy.http.scrub`).
+* **With an injected credential, the target's frames are masked** (DESIGN invariant 2: a
+  target that echoes the upgrade request's headers or the credential in a message, an echo
+  server or a debug endpoint, must not show it to the agent). The target → agent direction
+  is read frame by frame (:mod:`tether.proxy.http.wsframes`): headers pass unchanged, each
+  message's payload (its fragments together) and each control frame's payload is masked
+  as response bodies are (:mod:`tether.proxy.http.scrub`: same length, so every header
+  stays right), nothing is held past a message's end. The agent → target direction stays a
+  byte copy. Compression would hide the secret, so no extension is offered
+  (``Sec-WebSocket-Extensions`` is not forwarded); a 101 selecting one anyway is answered
+  502 (no tunnel), and a frame with an RSV bit, a masked frame or invalid framing ends the
+  tunnel (``session.end`` says why). ``session.end`` records ``credential_masked``. A target
+  that does not switch has its answer's body scrubbed like any other.
 * **Only a real WebSocket handshake opens a tunnel**: the target's 101 must name
   ``Upgrade: websocket`` and carry the ``Sec-WebSocket-Accept`` derived from the agent's
   key (RFC 6455 section 4.2.2). A target that answers 101 without switching would
@@ -30,7 +39,7 @@ Security decisions:
   decided (request smuggling through the tunnel).
 * **A tunnel lives no longer than its token**: every ``LIVE_CHECK_INTERVAL`` the token is
   re-checked (revocation, agent state) and its expiry compared; either ends the tunnel by
-  closing both connections (the broker never writes into the stream, so no close frame).
+  closing both connections (the broker never writes frames of its own, so no close frame).
   The node stopping ends it too.
 * **Audited, fail closed**: ``session.start`` (request id, path, rule, policy version) is
   durable before the agent gets its 101; when the trail is unavailable the tunnel is
@@ -45,7 +54,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from starlette.types import Receive, Scope, Send
@@ -55,14 +64,14 @@ from tether.audit.subject import Subject
 from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
-from tether.proxy.http import handshake, refusals, scrub
+from tether.proxy.http import handshake, refusals, scrub, wsframes
 from tether.proxy.http.exchange import target_refusal
 from tether.proxy.http.forward import LIVE_CHECK_INTERVAL, Outcome
 from tether.proxy.http.headers import request_headers, response_headers
 from tether.proxy.http.routing import Route, query_keys
 from tether.proxy.http.scrub import Masker, masker_for
 from tether.proxy.http.upgrade import EXTENSION, READ_CHUNK, Switched, Upgrade
-from tether.proxy.http.upstream import Connection, Response, UpstreamError
+from tether.proxy.http.upstream import Connection, Header, Response, UpstreamError
 from tether.vault.http_inject import Injection, InjectionError, injection_for
 from tether.vault.target_specs import HttpTargetSpec
 from tether.vault.targets import Target
@@ -116,6 +125,7 @@ class Tunnel:
         self.out = Outcome()
         self.started = time.perf_counter()
         self.session = False  # session.start written: the end goes to session.end
+        self.frames: wsframes.FrameMasker | None = None  # the credential masked in frames
 
     async def run(self, switch: Upgrade, scope: Scope, receive: Receive, send: Send) -> None:
         refusal: tuple[int, str] | None = None
@@ -130,12 +140,14 @@ class Tunnel:
                 path_prefix=self.route.path_prefix, secrets=injection.secrets,
             )  # fmt: skip
             shown.append((refusals.REQUEST_ID.lower().encode(), self.request_id.encode()))
+            masker = masker_for(injection.secrets)
             if response.status == 101:
+                if masker is not None:
+                    self.frames = _frames(masker, response.headers)
                 await self._tunnel(switch, connection, shown)
             else:
                 if response.status == 401:
                     injection.refused(self.broker.oauth)
-                masker = masker_for(injection.secrets)
                 if masker is not None:
                     why = scrub.unscannable(b"GET", response.status, response.headers)
                     if why is not None:
@@ -177,8 +189,9 @@ class Tunnel:
         headers = request_headers(scope["headers"], self.target.name,
                                   injected=injection.header_names)  # fmt: skip
         headers.extend(injection.headers)
-        if injection.secrets:  # a refused upgrade's body is relayed scrubbed: uncoded
-            headers = scrub.request_headers(headers)
+        if injection.secrets:  # a refused upgrade's body is relayed scrubbed: uncoded;
+            headers = scrub.request_headers(headers)  # the frames are masked: uncompressed
+            headers = handshake.without_extensions(headers)
         headers.extend(((b"connection", b"upgrade"), (b"upgrade", b"websocket")))
         query = injection.query(self.route.query)
         path = self.plan.base_path + self.route.path + ("?" + query if query else "")
@@ -250,8 +263,9 @@ class Tunnel:
         agent_timeout = self.broker.config.client_send_timeout
         to_target = asyncio.create_task(_copy(agent.reader, connection.writer, agent.early,
                                               self._count_in, target_timeout))  # fmt: skip
+        masked = None if self.frames is None else self.frames.feed
         to_agent = asyncio.create_task(_copy(connection.reader, agent.writer, bytes(early),
-                                             self._count_out, agent_timeout))  # fmt: skip
+                                             self._count_out, agent_timeout, masked))  # fmt: skip
         watch = asyncio.create_task(self._watch(stopping))
         tasks = (to_target, to_agent, watch)
         try:
@@ -268,6 +282,8 @@ class Tunnel:
                 error = task.exception()
                 if error is None:
                     return "closed", f"closed by the {side}"
+                if isinstance(error, wsframes.FrameError):
+                    return "error", f"the target's frames cannot be masked: {error}"
                 stalled = "stalled" if isinstance(error, TimeoutError) else "failed"
                 towards = "target" if task is to_target else "agent"
                 return "error", f"the connection to the {towards} {stalled}"
@@ -322,12 +338,15 @@ class Tunnel:
         auditor = self.broker.services.auditor
         if auditor is None:
             return
+        detail = {**self._detail(), "ended": why}
+        if self.frames is not None and self.frames.count:
+            detail["credential_masked"] = self.frames.count
         try:
             await auditor.session_end(
                 self.who, protocol=PROTOCOL, target=self.target.name,
                 duration_ms=(time.perf_counter() - self.started) * 1000,
                 bytes_in=self.out.bytes_in, bytes_out=self.out.bytes_out, reason=reason,
-                detail={**self._detail(), "ended": why},
+                detail=detail,
             )  # fmt: skip
         except AuditUnavailable:
             log.error("audit trail unavailable: the end of tunnel %s unrecorded", self.request_id)
@@ -355,16 +374,32 @@ class Tunnel:
         self.broker.audit_later.add(append, f"upgrade {self.request_id} on {target}")
 
 
+def _frames(masker: Masker, headers: Sequence[Header]) -> wsframes.FrameMasker:
+    """The masking of the target's frames; UpstreamError (502, no tunnel) when its 101
+    selected an extension (none was offered): coded payloads cannot be scanned."""
+    chosen = handshake.extensions(headers)
+    if chosen is not None:
+        raise UpstreamError(
+            f"the target's 101 selected the WebSocket extension {chosen!r}, not offered: "
+            "its frames could not be scanned for the credential"
+        )
+    return wsframes.FrameMasker(masker)
+
+
 async def _copy(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     first: bytes,
     count: Callable[[int], None],
     stall: float,
+    masked: Callable[[bytes], bytes] | None = None,
 ) -> None:
-    """Bytes from ``reader`` to ``writer`` (``first`` before them) until end of stream."""
+    """Bytes from ``reader`` to ``writer`` (``first`` before them) until end of stream,
+    through ``masked`` when given (its FrameError ends the copy)."""
     data = first
     while True:
+        if masked is not None and data:
+            data = masked(data)
         if data:
             count(len(data))
             writer.write(data)
