@@ -102,10 +102,21 @@ def test_a_binary_message_is_masked(node: tuple[Harness, WsUpstream]) -> None:
         assert ws.recv(timeout=10) == b"\x00Bearer " + MASK.encode() + b"\xff"
 
 
+def _streamed(ws: ClientConnection, timeout: float = 10) -> list[Any]:
+    """The fragments of one message (``recv_streaming`` has no timeout: a broken broker
+    would hang the suite)."""
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.extend(ws.recv_streaming()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert not reader.is_alive(), "no whole message within the timeout"
+    return got
+
+
 def test_a_secret_cut_across_fragments_is_masked(node: tuple[Harness, WsUpstream]) -> None:
     harness, _ = node
     with _open(harness, harness.agent(), "/ws/fragments") as ws:
-        fragments = [f for f in ws.recv_streaming() if f]
+        fragments = [f for f in _streamed(ws) if f]
         ws.send("next")
         assert ws.recv(timeout=10) == "next"
         request_id = _request_id(ws)
