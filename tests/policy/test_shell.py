@@ -17,6 +17,7 @@ import pytest
 from tether.policy.errors import ShellConstruct
 from tether.policy.shell import (
     MAX_COMMAND_LENGTH,
+    MAX_DROPPED_DASHES,
     ParsedCommand,
     SimpleCommand,
     parse_command,
@@ -487,7 +488,6 @@ def test_what_does_not_parse_is_denied(command: str) -> None:
         '"r"\\\nm',
         "ls\\\n2>/dev/null",  # sh: word 'ls2', then '>'
         "ls\\\n-la",
-        "cat - 2>&1",  # tree-sitter drops the '-' (the coverage check notices)
         "ls 1>&2 0<&3",  # sh: descriptor 0; tree-sitter: the argument 0, then <&3
         "ls 2>/dev/null 0</dev/null",
         "a\n\\| b",  # tree-sitter: one command with the word '<newline>|'; sh: two commands
@@ -496,6 +496,28 @@ def test_what_does_not_parse_is_denied(command: str) -> None:
 )
 def test_grammar_disagreements_are_denied(command: str) -> None:
     denied(command)
+
+
+def test_a_lone_dash_the_grammar_drops_is_read_again() -> None:
+    # tree-sitter reads `cat - 2>&1` as `cat 2>&1` (the '-' skipped); the parser reads the
+    # skipped lone '-' again quoted, so the argv is sh's and the canonical text keeps it
+    for command, argv in (
+        ("cat - 2>&1", ("cat", "-")),
+        ("cat - - 2>&1", ("cat", "-", "-")),
+        ("cat -\t 2>/dev/null x", ("cat", "-", "x")),
+        ("a - 1>&2 && b - 2>&1", ("a", "-")),
+    ):
+        parsed = parse_command(command)
+        assert parsed.commands[0].argv == argv
+        assert parse_command(parsed.canonical()) == parsed
+    assert parse_command("cat - 2>&1").canonical() == "cat '-' 2>&1"
+    # Only a lone '-' between blanks: `-2>&1` is sh's word '-2' then `>&1`, still refused
+    assert "descriptor" in denied("cat -2>&1")
+    assert "without a command" in denied("- 2>&1")
+    # A bounded number of retries: one dropped dash too many is the skipped-text refusal
+    most = "; ".join(["cat - 2>&1"] * MAX_DROPPED_DASHES)
+    assert [c.argv for c in parse_command(most).commands] == [("cat", "-")] * MAX_DROPPED_DASHES
+    assert "skipped" in denied(most + "; cat - 2>&1")
 
 
 def test_command_names_tree_sitter_cannot_read_bare() -> None:

@@ -76,6 +76,11 @@ Decisions where the spec is silent (each the deny side, or the shell's own behav
   word (``'time' ls``) is an ordinary command name, as in sh.
 * Known false denials, from tree-sitter's grammar (safe, rare): a word that begins with an
   escaped blank (``ls \\ x``), ``a && b 1>&2 0<&3``-style descriptor numbers after a word.
+* **A lone ``-`` the grammar drops is read again**: tree-sitter-bash skips the ``-`` word of
+  ``cat - 2>&1`` (before a numbered redirection), which the coverage check would deny as
+  skipped text. When the skipped text is exactly a ``-`` between blanks, the command is
+  parsed again with that ``-`` written ``'-'`` (the same word to every shell, which the
+  grammar keeps), at most :data:`MAX_DROPPED_DASHES` times; any other skipped text is denied.
 
 Canonical text
 ==============
@@ -107,6 +112,7 @@ import tree_sitter
 import tree_sitter_bash
 
 from tether.policy.errors import ShellConstruct
+from tether.policy.shell_nodes import DroppedDash
 from tether.policy.shell_walk import _Walker
 from tether.policy.shell_words import (
     _BAD_CHAR,
@@ -130,6 +136,8 @@ __all__ = [
 MAX_COMMAND_LENGTH: Final = 65536
 """Longest accepted command, in characters."""
 CACHEABLE_LENGTH: Final = 512
+# Lone `-` words the grammar drops that are read again quoted (`cat - 2>&1`), per command.
+MAX_DROPPED_DASHES: Final = 16
 """Longest command whose parse result is cached."""
 CACHE_SIZE: Final = 2048
 """Entries of the parse cache: at most ~11 KiB each (512 characters of two-letter words), so
@@ -195,6 +203,19 @@ def _parse(command: str) -> ParsedCommand:
         source = command.encode("utf-8")
     except UnicodeEncodeError:
         raise ShellConstruct("text that is not valid Unicode (a lone surrogate)") from None
+    for _ in range(MAX_DROPPED_DASHES):
+        try:
+            return _walk(source, command)
+        except DroppedDash as dropped:
+            # tree-sitter skipped a lone `-` word (`cat - 2>&1` reads as `cat 2>&1`): read
+            # it again as `'-'`, the same word to every shell, which the grammar keeps.
+            at = dropped.offset
+            source = source[:at] + b"'-'" + source[at + 1 :]
+            command = source.decode("utf-8")
+    return _walk(source, command)  # one dash too many: its DroppedDash is the refusal
+
+
+def _walk(source: bytes, command: str) -> ParsedCommand:
     root = _PARSERS.parser.parse(_grammar_bytes(source)).root_node
     if root.has_error:  # an ERROR or a missing node anywhere in the tree
         raise ShellConstruct("does not parse")

@@ -107,6 +107,25 @@ def skipped() -> ShellConstruct:
     return ShellConstruct("does not parse (text the grammar skipped)")
 
 
+class DroppedDash(ShellConstruct):
+    """The grammar skipped a word that is a lone ``-`` (tree-sitter-bash drops the ``-`` of
+    ``cat - 2>&1``): ``offset`` is its byte, for the parser to read it again quoted. Left
+    unhandled it is the skipped-text refusal it derives from."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(skipped().detail)
+        self.offset = offset
+
+
+_LONE_DASH: Final = re.compile(rb"[ \t]+(-)[ \t]+")
+
+
+def dropped_dash(gap: bytes) -> int | None:
+    """Where in ``gap`` a lone ``-`` word stands between blanks, or None."""
+    match = _LONE_DASH.fullmatch(gap)
+    return None if match is None else match.start(1)
+
+
 def has_bare_newline(gap: bytes) -> bool:
     """A newline in ``gap`` that is not part of a line continuation."""
     return b"\n" in gap and b"\n" in _CONTINUATION.sub(b"", gap)

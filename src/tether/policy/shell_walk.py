@@ -17,10 +17,12 @@ from tether.policy.errors import ShellConstruct
 from tether.policy.shell_nodes import (
     DENIED,
     GAP,
+    DroppedDash,
     check_command_name,
     check_gap,
     check_word_tree,
     denied,
+    dropped_dash,
     has_bare_newline,
     no_command,
     skipped,
@@ -81,6 +83,9 @@ class _Walker:
         if start != position:
             gap = self.source[position:start]
             if gap != b" ":
+                dash = None if start < position else dropped_dash(gap)
+                if dash is not None:
+                    raise DroppedDash(position + dash)
                 check_gap(gap, start < position, blank=blank, newline=newline)
         elif blank:
             raise ShellConstruct("does not parse (words not separated by a blank)")
