@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 import tempfile
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from tether.audit.recordings import Recorder, RecordingError, RecordingMeta
 from tether.audit.recordings_play import (
     SafeTerminal,
+    TextStripper,
     output_text,
     replay_delays,
     safe_output,
@@ -25,6 +27,7 @@ from tether.audit.recordings_read import (
     parse_cast,
     parse_event,
     read_cast,
+    stream_cast,
 )
 
 T0 = datetime(2026, 11, 29, tzinfo=UTC)
@@ -186,3 +189,77 @@ def test_hostile_sequences_vanish_and_the_text_around_them_stays(parts: list[str
 
 
 _HOSTILE_START = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+# --- streams: a cast read as it goes, text stripped as it goes --------------------------------
+
+_STREAM_ALPHABET = st.sampled_from([
+    "a", "b", " ", "\n", "\r", "\t", "\x1b", "[", "]", "P", "(", "0", "1", ";", "?", "m", "\x07",
+    "\\", "\x9b", "\x9d", "\x90", "\x9c", "\x85", "\x00", "\x7f", "é",
+])  # fmt: skip
+
+
+@given(st.lists(_STREAM_ALPHABET, max_size=60).map("".join), st.lists(st.integers(0, 60)))
+def test_text_stripped_in_any_pieces_is_the_whole_stripped(text: str, cuts: list[int]) -> None:
+    stripper = TextStripper()
+    points = sorted({min(cut, len(text)) for cut in cuts})
+    pieces, start = [], 0
+    for point in [*points, len(text)]:
+        pieces.append(stripper.feed(text[start:point]))
+        start = point
+    pieces.append(stripper.flush())
+    assert "".join(pieces) == strip_ansi(text)
+
+
+@given(
+    st.sampled_from(["\x1b[", "\x9b", "\x1b]", "\x9d", "\x1bP", "\x1b"]),
+    st.text("0123456789;? !/\x1b", max_size=12),
+    st.integers(1, 4),
+    st.sampled_from(["", "m", "\x07", "\x1b\\", "\x9c", "x\n"]),
+)
+def test_a_long_unfinished_sequence_is_held_in_constant_memory(
+    start: str, body: str, repeat: int, end: str
+) -> None:
+    # longer than the hold cap: shortened while held, the output unchanged
+    text = "a" + start + body * (3000 * repeat) + end + "tail\n"
+    stripper = TextStripper()
+    pieces = [stripper.feed(text[i : i + 1000]) for i in range(0, len(text), 1000)]
+    assert len(stripper._escape) <= 4096  # the bound under test
+    assert "".join([*pieces, stripper.flush()]) == strip_ansi(text)
+
+
+@given(
+    st.lists(st.one_of(st.just(b""), st.just(b"not json"), st.binary(max_size=30),
+                       st.builds(lambda t, d: f'[{t}, "o", {d!r}]'.replace("'", '"').encode(),
+                                 st.integers(0, 9), st.text("ab\\x", max_size=20))),
+             max_size=12),
+    st.booleans(),
+    st.floats(0, 1),
+    st.sampled_from([b"", b"\n"]),
+)  # fmt: skip
+def test_a_cast_read_as_a_stream_is_the_cast_read_whole(
+    lines: list[bytes], gzipped: bool, cut: float, end: bytes
+) -> None:
+    header = b'{"version": 2, "width": 80, "height": 24}'
+    text = b"\n".join([header, *lines]) + end
+    data = gzip.compress(text) if gzipped else text
+    data = data[: max(1, int(len(data) * cut))] if cut < 1 else data
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ("s.cast.gz" if gzipped else "s.cast")
+        path.write_bytes(data)
+        if gzipped:
+            whole, ended = gunzip_prefix(data)
+        else:
+            whole, ended = data, True
+        try:
+            expected = parse_cast(whole, clean_end=ended)
+            if gzipped and not whole:
+                raise RecordingError("no readable data")
+        except RecordingError:
+            with pytest.raises(RecordingError):
+                list(stream_cast(path))
+            return
+        stream = stream_cast(path)
+        assert stream.header == expected.header
+        assert list(stream) == expected.events
+        assert stream.complete == expected.complete

@@ -243,3 +243,38 @@ async def test_list_adds_the_sessions_of_the_audit_trail(recorded: tuple[Path, b
         ("sql-7", "no recording"),
     ]
     assert rows[1]["protocol"] == "postgres" and rows[1]["duration"] == 2.5
+
+
+def _max_rss_kib(tether_bin: Path, env: dict[str, str], *args: str) -> int:
+    """Run ``tether sessions ARGS`` under GNU time's peak RSS (KiB) via wait4."""
+    process = subprocess.Popen([str(tether_bin), "sessions", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read() if process.stderr else b""
+    return int(usage.ru_maxrss)
+
+
+def test_a_large_recording_is_exported_and_shown_in_constant_memory(
+    tmp_path: Path, tether_bin: Path, clean_env: dict[str, str]
+) -> None:
+    """A recording without an output cap can be gigabytes: show and export read it as it
+    goes. 48 MiB of output must not cost the command more memory than a small recording
+    does, give or take 24 MiB (read whole, as before, it cost several times its size)."""
+    root = tmp_path / "recordings"
+    sizes = {"small": 1, "large": 48 * 1024}  # KiB of output
+    line = b"\x1b[32mok\x1b[0m " + b"x" * 1000 + b"\r\n"
+    for name, kib in sizes.items():
+        recorder = Recorder.start(name, RecordingMeta(), root=root, now=T0)
+        for _ in range(kib * 1024 // len(line) + 1):
+            recorder.output(line)
+        recorder.close(exit_status=0)
+    rss: dict[tuple[str, str], int] = {}
+    for name in sizes:
+        out = tmp_path / f"{name}.txt"
+        for command in (("show", name), ("export", name, "-f", "text", "-o", str(out))):
+            rss[(name, command[0])] = _max_rss_kib(tether_bin, clean_env, *command,
+                                                   "--recordings", str(root))  # fmt: skip
+    exported = (tmp_path / "large.txt").stat().st_size
+    assert exported > 47 * 1024 * 1024 and b"\x1b" not in (tmp_path / "large.txt").read_bytes()
+    for command in ("show", "export"):
+        assert rss[("large", command)] - rss[("small", command)] < 24 * 1024, rss

@@ -30,10 +30,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final, Protocol
 
-from tether.audit.recordings_read import Cast, CastEvent
+from tether.audit.recordings_read import CastEvent
+
+
+class CastLike(Protocol):
+    """A cast read whole (:class:`~tether.audit.recordings_read.Cast`) or as a stream
+    (:class:`~tether.audit.recordings_read.CastStream`)."""
+
+    @property
+    def header(self) -> dict[str, Any]: ...
+
+    @property
+    def events(self) -> Iterable[CastEvent]: ...
+
 
 # ESC or the 8-bit C1 introducers, followed by what each kind of sequence takes.
 _ESCAPES: Final = re.compile(
@@ -130,12 +142,82 @@ def strip_ansi(text: str) -> str:
     return _CONTROLS.sub("", text.replace("\r", "\n"))
 
 
+_HOLD_CAP: Final = 4096  # a held unfinished escape is shortened past this (see TextStripper)
+_STRING_INTRODUCERS: Final = frozenset("]PX^_")
+
+
+class TextStripper:
+    """:func:`strip_ansi` over a stream: ``feed`` the text in pieces, then ``flush``; the
+    output, joined, is ``strip_ansi`` of the whole text, in constant memory.
+
+    What could change with the next piece is held back: an escape sequence that reaches the
+    end of a piece (shortened to its introducer and last character past ``_HOLD_CAP``: the
+    whole sequence is removed anyway, and those two decide how it goes on), and a run of
+    ``CR`` at the end (``CR LF`` is ``LF``). Whether the next piece starts a line is kept.
+    """
+
+    def __init__(self) -> None:
+        self._escape = ""  # an escape sequence that may go on
+        self._cr = 0  # CRs at the end of the escape-free text, held
+        self._line_start = True  # the escape-free text so far ends a line (or is empty)
+
+    def feed(self, text: str) -> str:
+        text = self._escape + text
+        self._escape = ""
+        last = _last_escape(text)
+        if last is not None and last.end() == len(text):
+            self._escape = _held(text[last.start() :])
+            text = text[: last.start()]
+        return self._lines(_ESCAPES.sub("", text), final=False)
+
+    def flush(self) -> str:
+        """The end of the text: what was held, stripped."""
+        text, self._escape = _ESCAPES.sub("", self._escape), ""
+        return self._lines(text, final=True)
+
+    def _lines(self, text: str, *, final: bool) -> str:
+        text = "\r" * self._cr + text
+        self._cr = 0
+        if not final:
+            kept = text.rstrip("\r")
+            self._cr = len(text) - len(kept)
+            text = kept
+        if not text:
+            return ""
+        # The CR rules of strip_ansi, with the line start carried over from the last piece.
+        text = _CR_AT_LINE_START.sub(
+            "", ("\n" if self._line_start else "x") + _CR_BEFORE_LF.sub("\n", text)
+        )[1:]
+        self._line_start = text.endswith("\n") if text else self._line_start
+        return _CONTROLS.sub("", text.replace("\r", "\n"))
+
+
+def _last_escape(text: str) -> re.Match[str] | None:
+    last = None
+    for match in _ESCAPES.finditer(text):
+        last = match
+    return last
+
+
+def _held(sequence: str) -> str:
+    """An unfinished escape sequence, shortened when long: its introducer and last
+    character (ESC ``\\`` may end a string, so a string keeps a last ESC only)."""
+    if len(sequence) <= _HOLD_CAP:
+        return sequence
+    first = sequence[0]
+    if (first == "\x1b" and sequence[1] in _STRING_INTRODUCERS) or first in "\x90\x98\x9d\x9e\x9f":
+        size = 2 if first == "\x1b" else 1
+        return sequence[:size] + ("\x1b" if sequence[-1] == "\x1b" else "")
+    size = 2 if first == "\x1b" and sequence[1] == "[" else 1
+    return sequence[:size] + sequence[-1]
+
+
 def output_text(events: Iterable[CastEvent]) -> str:
     """The recorded output, concatenated (escapes kept)."""
     return "".join(event.data for event in events if event.code == "o")
 
 
-def plain_text(cast: Cast) -> str:
+def plain_text(cast: CastLike) -> str:
     """The recording as plain text: its output with terminal control stripped.
 
     The output is stripped as a whole, not event by event, since an escape sequence may be
@@ -144,12 +226,23 @@ def plain_text(cast: Cast) -> str:
     return strip_ansi(output_text(cast.events))
 
 
+def plain_text_pieces(cast: CastLike) -> Iterator[str]:
+    """:func:`plain_text` as it is read, in pieces (constant memory: a :class:`TextStripper`
+    carries what an escape sequence split across events needs)."""
+    stripper = TextStripper()
+    for event in cast.events:
+        if event.code == "o" and (piece := stripper.feed(event.data)):
+            yield piece
+    if last := stripper.flush():
+        yield last
+
+
 # JSON escapes C0 controls but writes DEL and the C1 controls as they are; written to a
 # terminal, U+009B and U+009D would start a CSI or an OSC. They are escaped too.
 _JSON_RAW_CONTROLS: Final = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
 
 
-def cast_lines(cast: Cast) -> Iterable[str]:
+def cast_lines(cast: CastLike) -> Iterable[str]:
     """The cast as uncompressed asciicast v2 lines (each ending in a newline); every
     control character is a JSON escape, so the lines are safe to print."""
     yield json.dumps(cast.header, ensure_ascii=False).translate(_JSON_RAW_CONTROLS) + "\n"
@@ -176,7 +269,7 @@ def replay_delays(
 
 
 def replay(
-    cast: Cast,
+    cast: CastLike,
     write: Callable[[str], Any],
     sleep: Callable[[float], Any],
     *,

@@ -34,6 +34,7 @@ from tether.audit.recordings import (
 EVENT_CODES: Final = frozenset({"o", "i", "r", "m"})
 _GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 _CHUNK: Final = 1 << 16
+MAX_LINE: Final = 64 * 1024 * 1024  # a line of a cast read as a stream, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,17 +144,94 @@ def _is_count(value: object) -> bool:
 
 
 def read_cast(path: Path) -> Cast:
-    """The cast in ``path`` (``.cast.gz`` or plain ``.cast``); tolerant of a cut-off end."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise RecordingError(f"cannot read {path}: {error.strerror or error}") from None
-    if path.name.endswith(".gz"):
-        text, ended = gunzip_prefix(data)
-        if not text:
+    """The cast in ``path`` (``.cast.gz`` or plain ``.cast``), whole in memory; tolerant of a
+    cut-off end. :func:`stream_cast` reads it in constant memory."""
+    stream = stream_cast(path)
+    events = list(stream)
+    return Cast(stream.header, events, stream.complete)
+
+
+def stream_cast(path: Path) -> CastStream:
+    """The cast in ``path`` read as it is iterated, in constant memory (a recording made
+    without an output cap can be gigabytes); the header is read at once (RecordingError)."""
+    return CastStream(path)
+
+
+class CastStream:
+    """A cast's header, then its events one at a time from the file, as :func:`parse_cast`
+    reads them from the whole text: the same events, and ``complete`` once iterated (the
+    gzip stream ended properly and the text ends with a whole line). Iterable once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.complete = False
+        try:
+            self._handle = path.open("rb")
+        except OSError as error:
+            raise RecordingError(f"cannot read {path}: {error.strerror or error}") from None
+        self._lines = self._read_lines()
+        first = next(self._lines, None)
+        if first is None:
+            self._handle.close()
             raise RecordingError(f"{path}: no readable data")
-        return parse_cast(text, clean_end=ended)
-    return parse_cast(data)
+        self.header = _parse_header(first)
+
+    @property
+    def events(self) -> Iterator[CastEvent]:
+        """The events, read as they are iterated (once)."""
+        return iter(self)
+
+    def __iter__(self) -> Iterator[CastEvent]:
+        try:
+            for line in self._lines:
+                if not line.strip():
+                    continue
+                event = parse_event(line)
+                if event is None:
+                    self.complete = False
+                    return
+                yield event
+        finally:
+            self._handle.close()
+
+    def _read_lines(self) -> Iterator[bytes]:
+        """The text's lines (the last one maybe without its newline); sets ``complete``."""
+        pending = b""
+        ended = True
+        for chunk, clean in self._chunks():
+            ended = clean
+            data = pending + chunk if pending else chunk
+            lines = data.split(b"\n")
+            pending = lines.pop()
+            yield from lines
+            if len(pending) > MAX_LINE:  # no event is this long: not a cast Tether wrote
+                self.complete = False
+                return
+        self.complete = ended and not pending
+        if pending:
+            yield pending
+
+    def _chunks(self) -> Iterator[tuple[bytes, bool]]:
+        """Decoded chunks of the file, each with whether the data so far ended cleanly."""
+        gzipped = self.path.name.endswith(".gz")
+        inflater = zlib.decompressobj(_GZIP_WBITS) if gzipped else None
+        try:
+            while chunk := self._handle.read(_CHUNK):
+                if inflater is None:
+                    yield chunk, True
+                    continue
+                try:
+                    data = inflater.decompress(chunk)
+                except zlib.error:
+                    yield b"", False
+                    return
+                yield data, inflater.eof
+                if inflater.eof:
+                    return
+        except OSError as error:
+            raise RecordingError(f"cannot read {self.path}: {error.strerror or error}") from None
+        if inflater is not None and not inflater.eof:
+            yield b"", False  # cut off (no gzip trailer): the writer stopped
 
 
 def read_transfers(path: Path) -> list[TransferRecord]:

@@ -21,8 +21,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TextIO
 
 import typer
 from rich.console import Console
@@ -30,13 +31,13 @@ from rich.table import Table
 from rich.text import Text
 
 from tether.audit.recordings import RecordingError, file_sha256
-from tether.audit.recordings_play import cast_lines, plain_text, replay, strip_ansi
+from tether.audit.recordings_play import cast_lines, plain_text_pieces, replay, strip_ansi
 from tether.audit.recordings_read import (
-    Cast,
+    CastStream,
     RecordedSession,
     find_recording,
     iter_recordings,
-    read_cast,
+    stream_cast,
 )
 from tether.cli.common import EXIT_FAILED, EXIT_NOT_FOUND, fail
 from tether.config import CONFIG_ENV, ConfigError, Settings, load_settings
@@ -162,10 +163,11 @@ def show(
     """Show a session's metadata, summary and file transfers. Exits 5 if there is none."""
     session = _find(recordings_root(config, data_dir, recordings), session_id)
     cast = _read(session.cast_path)
+    events = _count(cast)
     info = {
         **_row(session),
         "header": session.header,
-        "events": len(cast.events),
+        "events": events,
         "readable_to_end": cast.complete,
         "transfers": [_transfer(t) for t in session.transfers()],
         **_integrity(session, None if recordings is not None else _settings(config, data_dir)),
@@ -280,7 +282,7 @@ def replay_session(
         out.write(data)
         out.flush()
 
-    replay(cast, write, time.sleep, speed=speed, max_idle=max_idle, raw=raw)
+    _guarded(lambda: replay(cast, write, time.sleep, speed=speed, max_idle=max_idle, raw=raw))
     if not cast.complete:
         typer.echo("tether: the recording ends early (its writer stopped)", err=True)
 
@@ -304,29 +306,55 @@ def export(
         fail(f"--format: expected cast or text, got {fmt!r}")
     session = _find(recordings_root(config, data_dir, recordings), session_id)
     cast = _read(session.cast_path)
-    text = "".join(cast_lines(cast)) if fmt == "cast" else plain_text(cast)
+    pieces = cast_lines(cast) if fmt == "cast" else plain_text_pieces(cast)
     if output is None:
-        sys.stdout.write(text)
+        _guarded(lambda: _write_all(sys.stdout, pieces))
         sys.stdout.flush()
         return
     try:
-        _write_private(output, text.encode("utf-8"))
+        _write_private(output, pieces)
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror or error}")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``, a new file created 0600 like the recording it comes from
+def _write_private(path: Path, pieces: Iterable[str]) -> None:
+    """Write ``pieces`` to ``path``, a new file created 0600 like the recording it comes from
     (the umask's 0644 would let any local user read what the terminal showed); an existing
-    file keeps its mode."""
+    file keeps its mode. Written as read: a recording of any size in constant memory."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        _guarded(lambda: _write_all(handle, pieces))
 
 
-def _read(path: Path) -> Cast:
+def _write_all(out: TextIO, pieces: Iterable[str]) -> None:
+    for piece in pieces:
+        out.write(piece)
+
+
+def _guarded(run: Callable[[], object]) -> None:
+    """``run()``; a recording that cannot be read further is a clear error, not a traceback."""
     try:
-        return read_cast(path)
+        run()
+    except RecordingError as error:
+        fail(str(error))
+
+
+def _count(cast: CastStream) -> int:
+    count = 0
+
+    def each() -> None:
+        nonlocal count
+        for _event in cast:
+            count += 1
+
+    _guarded(each)
+    return count
+
+
+def _read(path: Path) -> CastStream:
+    """The cast at ``path``, read as it is used (constant memory whatever its size)."""
+    try:
+        return stream_cast(path)
     except RecordingError as error:
         fail(str(error))
 
