@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,23 @@ async def test_broker_host_key_is_private_and_stable(env: Env) -> None:
     assert path.read_bytes() == first
 
 
+def shows(env: Env, recording_id: str) -> Callable[[], tuple[int, dict[str, Any]]]:
+    """``tether sessions show RECORDING --json`` on the stack's node: (exit code, JSON)."""
+    config = env.stack.directory / "tether.yaml"
+    config.write_text(
+        f"data_dir: {env.stack.broker.data_dir}\n"
+        f"database_url: sqlite+aiosqlite:///{env.stack.directory / 'tether.db'}\n"
+    )
+
+    def show() -> tuple[int, dict[str, Any]]:
+        done = CliRunner().invoke(
+            app, ["sessions", "show", recording_id, "-c", str(config), "--json"]
+        )
+        return done.exit_code, json.loads(done.stdout)
+
+    return show
+
+
 async def test_a_recording_is_bound_to_the_audit_trail_and_a_change_is_detected(
     env: Env,
 ) -> None:
@@ -152,17 +170,7 @@ async def test_a_recording_is_bound_to_the_audit_trail_and_a_change_is_detected(
         "id": recording_id,
         "sha256": hashlib.sha256(cast.read_bytes()).hexdigest(),
     }
-    config = env.stack.directory / "tether.yaml"
-    config.write_text(
-        f"data_dir: {env.stack.broker.data_dir}\n"
-        f"database_url: sqlite+aiosqlite:///{env.stack.directory / 'tether.db'}\n"
-    )
-
-    def show() -> tuple[int, dict[str, Any]]:
-        done = CliRunner().invoke(
-            app, ["sessions", "show", recording_id, "-c", str(config), "--json"]
-        )
-        return done.exit_code, json.loads(done.stdout)
+    show = shows(env, recording_id)
 
     code, info = await asyncio.to_thread(show)
     assert (code, info["integrity"]) == (0, "verified"), info
@@ -232,3 +240,32 @@ async def test_a_recording_that_cannot_be_finished_is_audited_too(
     [command] = await env.stack.events("ssh.command")
     detail = json.loads(command["detail"])
     assert "could not be written" in detail["error"] and "recording" not in detail
+
+
+async def test_sftp_transfers_are_checked_against_the_audit_trail(env: Env) -> None:
+    """A recording's ``transfers.jsonl`` was shown as written: an edited record (another
+    digest, a path that never moved) read as genuine. ``tether sessions show`` now checks
+    each record against the session's ``file.transfer`` events (in the hash chain)."""
+    agent = await env.stack.agent()
+    local = env.sshd_dir / "payload.txt"
+    local.write_bytes(b"payload for the record\n")
+    remote = env.sshd_dir / "uploaded.txt"
+    status, _, err = await agent.sftp(
+        "root@web-1", f"put {local} {remote}\nget {remote} {local}.back\n"
+    )
+    assert status == 0, err
+    await env.stack.broker.stop()
+    [records] = list((env.stack.broker.data_dir / "recordings").rglob("*.transfers.jsonl"))
+    recording_id = records.name.removesuffix(".transfers.jsonl")
+    show = shows(env, recording_id)
+
+    code, info = await asyncio.to_thread(show)
+    assert [t["direction"] for t in info["transfers"]] == ["upload", "download"]
+    assert (code, info["transfers_integrity"]) == (0, "verified"), info
+
+    lines = records.read_text().splitlines()
+    forged = json.loads(lines[0])
+    forged["sha256"] = hashlib.sha256(b"something else").hexdigest()
+    records.write_text("\n".join([json.dumps(forged), *lines[1:]]) + "\n")
+    code, info = await asyncio.to_thread(show)
+    assert (code, info["transfers_integrity"]) == (1, "modified"), info

@@ -106,3 +106,30 @@ async def recording_digests(url: str, recording_id: str) -> list[str]:
             if isinstance(digest, str):
                 digests.append(digest)
     return digests
+
+
+Transfer = tuple[str, str, int, str]  # direction (upload, download), path, size, sha256
+
+
+async def audited_transfers(url: str, recording_id: str) -> list[Transfer]:
+    """The file transfers the audit trail holds for the session of ``recording_id``
+    (``file.transfer`` events of a read or write with a digest), as a recording's
+    ``transfers.jsonl`` lists them; :class:`AuditIndexError` if the trail cannot be read."""
+    session_id = recording_id.rpartition(".")[0] or recording_id
+    (events,) = await _search(url, EventFilter(kind="file.transfer", session_id=session_id))
+    found: list[Transfer] = []
+    for event in events:
+        action = event.action
+        op, path = action.get("op"), action.get("path")
+        size, digest = action.get("size"), action.get("sha256")
+        if (
+            op in _DIRECTIONS
+            and isinstance(path, str)
+            and isinstance(size, int)
+            and isinstance(digest, str)
+        ):
+            found.append((_DIRECTIONS[op], path, size, digest))
+    return found
+
+
+_DIRECTIONS: Final = {"write": "upload", "read": "download"}

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Final, TextIO
@@ -30,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tether.audit.recordings import RecordingError, file_sha256
+from tether.audit.recordings import RecordingError, TransferRecord, file_sha256
 from tether.audit.recordings_play import cast_lines, plain_text_pieces, replay, strip_ansi
 from tether.audit.recordings_read import (
     CastStream,
@@ -164,13 +165,16 @@ def show(
     session = _find(recordings_root(config, data_dir, recordings), session_id)
     cast = _read(session.cast_path)
     events = _count(cast)
+    transfers = session.transfers()
+    settings = None if recordings is not None else _settings(config, data_dir)
     info = {
         **_row(session),
         "header": session.header,
         "events": events,
         "readable_to_end": cast.complete,
-        "transfers": [_transfer(t) for t in session.transfers()],
-        **_integrity(session, None if recordings is not None else _settings(config, data_dir)),
+        "transfers": [_transfer(t) for t in transfers],
+        **_integrity(session, settings),
+        "transfers_integrity": _transfers_integrity(session.session_id, transfers, settings),
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
@@ -180,12 +184,12 @@ def show(
             console.print(Text(f"{key}: ") + _cell(info[key]))
         for key in ("duration", "output_bytes", "truncated", "exit_status", "events", "path"):
             console.print(Text(f"{key}: ") + _cell(info[key]))
-        for key in ("cast_sha256", "integrity"):
+        for key in ("cast_sha256", "integrity", "transfers_integrity"):
             console.print(Text(f"{key}: ") + _cell(info[key]))
         for transfer in info["transfers"]:
             line = "{direction} {path} ({size} bytes, sha256 {sha256})".format(**transfer)
             console.print(Text("transfer: ") + _cell(line))
-    if info["integrity"] == MODIFIED:
+    if MODIFIED in (info["integrity"], info["transfers_integrity"]):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -223,6 +227,28 @@ def _integrity(session: RecordedSession, settings: Settings | None) -> dict[str,
         "audited_sha256": audited[0] if audited else None,
         "integrity": integrity,
     }
+
+
+def _transfers_integrity(
+    recording_id: str, transfers: list[TransferRecord], settings: Settings | None
+) -> str | None:
+    """The recording's file transfers checked against the trail's ``file.transfer`` events
+    of its session (chained, so tamper-evident): ``verified`` when each one is an audited
+    transfer (direction, path, size and SHA-256), ``modified`` when one is not, ``unverified``
+    when the trail cannot be read; None for a recording without transfers."""
+    if not transfers:
+        return None
+    if settings is None:
+        return "unverified"
+    from tether.audit.sessions_index import AuditIndexError, audited_transfers
+
+    try:
+        audited = Counter(asyncio.run(audited_transfers(settings.database, recording_id)))
+    except AuditIndexError as error:
+        typer.echo(f"tether: warning: audit trail not read: {error}", err=True)
+        return "unverified"
+    recorded = Counter((str(t.direction), t.path, t.size, t.sha256) for t in transfers)
+    return "verified" if not recorded - audited else MODIFIED
 
 
 def _with_audited(rows: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
