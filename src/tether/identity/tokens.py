@@ -64,8 +64,10 @@ from tether.identity.claims import (
     Actor,
     Claims,
     Confirmation,
+    Delegator,
     Runtime,
     Task,
+    act_groups_match,
     validate_new,
 )
 from tether.identity.errors import IssuanceError, TokenExpired, TokenInvalid
@@ -134,6 +136,7 @@ class TokenIssuer:
         groups: Sequence[str] = (),
         parent_jti: str | None = None,
         derived_from: Sequence[str] = (),
+        act_groups: Sequence[Delegator] = (),
     ) -> tuple[str, Claims]:
         """A signed token and its claims. ``IssuanceError`` if the lifetime is above the cap
         (or not a positive integer), or if a value is not a non-empty string."""
@@ -148,6 +151,8 @@ class TokenIssuer:
             raise IssuanceError(str(exc)) from None
         if len(derived_from) > MAX_DERIVED_FROM:
             raise IssuanceError(f"a token is derived from at most {MAX_DERIVED_FROM} tokens")
+        if act_groups and not act_groups_match(act, act_groups):
+            raise IssuanceError("act_groups must name the users of act, in order")
         now = int(self._clock())
         claims = Claims(
             iss=self._issuer,
@@ -166,6 +171,7 @@ class TokenIssuer:
             groups=tuple(groups),
             parent_jti=parent_jti,
             derived_from=tuple(derived_from),
+            act_groups=tuple(act_groups),
         )
         token = self._sign(claims)
         if len(token) > MAX_TOKEN_SIZE:
