@@ -153,3 +153,42 @@ def test_a_credential_that_ends_during_the_wait_is_not_honoured(
     waiting.join(30)
     assert answers and answers[0].status_code == 401, answers[0].text if answers else None
     assert all(seen.target != "/v1/items/11" for seen in upstream.seen)
+
+
+def test_a_decision_that_cannot_be_made_is_refused_and_audited(
+    gated: Gated,
+    upstream: Upstream,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store fails while the grants are read or the access request is raised: the
+    request is refused (500, a lost race 409) and the refusal is in the audit trail; the
+    target never sees it (was: an unaudited 500 from the server's last resort)."""
+    agent = gated.harness.agent()
+    seen = len(upstream.seen)
+
+    async def drop() -> None:
+        async with gated.harness.store.engine.begin() as conn:
+            await conn.exec_driver_sql("DROP TABLE access_requests")
+
+    from tether.approvals import store as approvals_store
+    from tether.approvals.model import Conflict
+
+    async def lost(*_args: object) -> str:
+        raise Conflict("the access request was decided while another was raised for it; ask again")
+
+    monkeypatch.setattr(approvals_store, "insert_pending", lost)  # the race, lost three times
+    raced = delete(gated, agent, 4)
+    assert raced.status_code == 409 and "ask again" in raced.json()["detail"]
+    monkeypatch.undo()
+    gated.harness.run(drop())  # a real store failure: the table is gone
+    failed = delete(gated, agent, 5)
+    assert failed.status_code == 500
+    assert failed.headers["content-type"] == "application/problem+json"
+    assert "OperationalError" not in failed.text and "access_requests" not in failed.text
+    assert len(upstream.seen) == seen
+    refused = gated.harness.exchanges(2)
+    by_request = {e.detail["request_id"]: e for e in refused}
+    assert by_request[raced.json()["request_id"]].detail["reason"] == "approval-conflict"
+    assert by_request[failed.json()["request_id"]].detail["reason"] == "internal-error"
+    assert {e.action["status"] for e in refused} == {409, 500}
+    assert {e.decision for e in refused} == {"deny"}

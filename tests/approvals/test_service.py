@@ -11,8 +11,9 @@ from sqlalchemy import event
 from sqlalchemy.util import await_only
 
 from tests.approvals.helpers import Clock, http_request, policies, ssh_request
-from tether.approvals.model import Conflict, NotAllowed, NotFound
+from tether.approvals.model import AccessRequest, Conflict, NotAllowed, NotFound
 from tether.approvals.service import ApprovalService
+from tether.approvals.store import PENDING_ATTEMPTS
 from tether.store import Store
 from tether.store import agents as agent_store
 from tether.users.service import UserService
@@ -256,6 +257,20 @@ async def test_disabling_an_approver_revokes_the_grants_left_short_of_quorum(
     assert (await world.approvals.decide(short_action))[0].decision == "approval_required"
 
 
+async def racing(store: Store) -> tuple[ApprovalService, User, AccessRequest]:
+    """An approval service on ``store``, an approver, and one pending access request."""
+    clock = Clock()
+    policy_set = policies()
+    async with store.engine.begin() as conn:
+        await agent_store.create_agent(conn, id="bot", owner="olivia", now=clock())
+    approvals = ApprovalService(store.engine, lambda: policy_set, clock=clock)
+    users = UserService(store.engine, clock=clock)
+    sam = await users.add("sam", password=None, groups=["sre"], roles=["approver"])
+    _, held = await approvals.decide(ssh_request("systemctl restart app"))
+    assert held is not None
+    return approvals, sam, held
+
+
 async def test_a_decision_between_the_insert_and_the_read_of_a_pending_key(
     pg_fresh_url: str,
 ) -> None:
@@ -264,15 +279,7 @@ async def test_a_decision_between_the_insert_and_the_read_of_a_pending_key(
     (the key is free) instead of failing an assertion (an unaudited 500)."""
     store = await Store.open(pg_fresh_url)
     try:
-        clock = Clock()
-        policy_set = policies()
-        async with store.engine.begin() as conn:
-            await agent_store.create_agent(conn, id="bot", owner="olivia", now=clock())
-        approvals = ApprovalService(store.engine, lambda: policy_set, clock=clock)
-        users = UserService(store.engine, clock=clock)
-        sam = await users.add("sam", password=None, groups=["sre"], roles=["approver"])
-        _, held = await approvals.decide(ssh_request("systemctl restart app"))
-        assert held is not None
+        approvals, sam, held = await racing(store)
         interleaved: list[str] = []
 
         def deny_in_between(conn: object, cursor: object, statement: str, *args: object) -> None:
@@ -291,5 +298,48 @@ async def test_a_decision_between_the_insert_and_the_read_of_a_pending_key(
         assert decision.decision == "approval_required" and fresh is not None
         assert fresh.id != held.id and fresh.status == "pending"
         assert [r.id for r in await approvals.search(status="pending")] == [fresh.id]
+    finally:
+        await store.close()
+
+
+async def test_a_key_decided_in_every_gap_is_refused_after_the_last_attempt(
+    pg_fresh_url: str,
+) -> None:
+    """The same race, lost every time: each insert finds the key held, a denial of the
+    holder commits before the read, and another identical request takes the key again
+    before the next insert. After ``PENDING_ATTEMPTS`` the request is refused as a
+    conflict (409 at the API, a refusal at a front-end), not retried for ever."""
+    store = await Store.open(pg_fresh_url)
+    try:
+        approvals, sam, first = await racing(store)
+        holders, denied = [first.id], []
+        inside = False
+
+        def race(conn: object, cursor: object, statement: str, *args: object) -> None:
+            nonlocal inside
+            if inside:
+                return  # the other transactions' own statements
+            inside = True
+            try:
+                text = statement.lstrip()
+                if text.startswith("INSERT INTO access_requests"):
+                    denied.append(await_only(approvals.deny(holders[-1], sam, "no")).status)
+                elif text.startswith("SELECT access_requests.id") and "pending_key" in text:
+                    _, again = await_only(approvals.decide(ssh_request("systemctl restart app")))
+                    assert again is not None
+                    holders.append(again.id)
+            finally:
+                inside = False
+
+        event.listen(store.engine.sync_engine, "after_cursor_execute", race)
+        try:
+            with pytest.raises(Conflict, match="decided while another was raised"):
+                await approvals.decide(ssh_request("systemctl restart app"))
+        finally:
+            event.remove(store.engine.sync_engine, "after_cursor_execute", race)
+        assert denied == ["denied"] * PENDING_ATTEMPTS
+        assert len(holders) == PENDING_ATTEMPTS + 1
+        # Nothing half-made: the one pending request is the last holder's, not ours.
+        assert [r.id for r in await approvals.search(status="pending")] == [holders[-1]]
     finally:
         await store.close()

@@ -15,6 +15,7 @@ from tests.proxy_ssh.conftest import (  # noqa: F401 - the fixtures
 )
 from tests.proxy_ssh.harness import received
 from tether.approvals.service import ApprovalService
+from tether.audit.store import EventFilter, search_events
 from tether.users.service import UserService
 
 
@@ -40,3 +41,28 @@ async def test_ssh_refusal_names_the_request_and_the_grant_is_exact(env: Env) ->
     _, _, err = await agent.ssh("root@web-1", "systemctl restart postgres")
     assert b"approval required" in err
     assert received(env.sshd_dir) == ["systemctl restart nginx"]
+
+
+async def test_ssh_command_no_decision_could_be_made_for_is_refused_and_audited(
+    env: Env,  # noqa: F811
+) -> None:
+    """The store fails while an approval rule's grants are read (its table is gone): the
+    command is refused like a denied one and its decision event says why; the target
+    never sees it (was: an unaudited "internal error" on the channel)."""
+    holder = env.stack.holder
+    approvals = ApprovalService(env.stack.store.engine, lambda: holder.current,
+                                auditor=env.stack.auditor)  # fmt: skip
+    context = env.stack.broker.context
+    context.services = dataclasses.replace(context.services, approvals=approvals)
+    agent = await env.stack.agent()
+    async with env.stack.store.engine.begin() as conn:
+        await conn.exec_driver_sql("DROP TABLE access_requests")
+
+    status, _, err = await agent.ssh("root@web-1", "systemctl restart nginx")
+    assert status != 0 and b"no decision could be made" in err
+    assert b"OperationalError" not in err and b"access_requests" not in err
+    assert received(env.sshd_dir) == []
+    async with env.stack.store.engine.connect() as conn:
+        (event,) = await search_events(conn, EventFilter(kind="decision"), limit=10)
+    assert event.decision == "deny" and event.reason == "internal-error"
+    assert event.action == {"ssh": {"command": "systemctl restart nginx"}}

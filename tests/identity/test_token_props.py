@@ -156,6 +156,7 @@ claim_names = st.sampled_from(
         "cnf",
         "act",
         "agent",
+        "family",
     ]
 )
 
@@ -179,6 +180,23 @@ def test_validly_signed_odd_tokens_only_raise_token_invalid(
     assert header == {"alg": "EdDSA", "typ": "at+jwt", "kid": RING.active.kid}
     assert claims == Claims.from_json(payload)
     assert claims.iss == ISS and claims.aud == AUD
+
+
+@SETTINGS
+@given(json_values)
+def test_any_json_as_the_family_claim_parses_or_is_token_invalid(family: Any) -> None:
+    """``family`` (the renewal family) is a non-empty string or absent (null reads as
+    absent, like every optional claim); anything else is ``TokenInvalid`` naming it, never
+    a crash nor a coerced value."""
+    payload = {**CLAIMS.to_json(), "family": family}
+    try:
+        claims = Claims.from_json(payload)
+    except TokenInvalid as error:
+        assert "family" in str(error)
+        assert not (isinstance(family, str) and family) and family is not None
+        return
+    assert claims.family == family
+    assert family is None or (isinstance(family, str) and family)
 
 
 # --- DPoP proofs ----------------------------------------------------------------------

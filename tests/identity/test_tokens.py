@@ -193,6 +193,33 @@ def test_a_token_names_every_token_it_was_derived_from(
     assert revoked.reason(issued) == "the token it was derived from is revoked"
 
 
+def test_a_token_carries_its_renewal_family(
+    issuer: TokenIssuer, verifier: TokenVerifier, ring: KeyRing
+) -> None:
+    """``family`` round-trips, a new token starts its own (its jti) unless it joins one; a
+    token without the claim (issued before families) has none; anything but a non-empty
+    string is refused; revoking the family's first token revokes every member, at one set
+    lookup; a token derived from a member names the family in its lineage."""
+    token, first = issue(issuer)
+    assert first.family == first.jti
+    assert verifier.verify(token).family == first.jti
+    token, renewal = issue(issuer, family=first.jti)
+    assert verifier.verify(token) == renewal
+    assert (renewal.family, renewal.derived_from) == (first.jti, ())
+    assert renewal.lineage == (renewal.jti, first.jti)
+    assert verifier.verify(signed(ring)).family is None
+    for bad in (7, "", ["a"], {"jti": "a"}, True, 1.5):
+        with pytest.raises(TokenInvalid, match="family"):
+            verifier.verify(signed(ring, family=bad))
+    with pytest.raises(IssuanceError):
+        issue(issuer, family="")
+    revoked = RevocationSet()
+    assert revoked.reason(renewal) is None
+    revoked.add("token", first.jti)
+    assert revoked.reason(first) == "the token is revoked"
+    assert revoked.reason(renewal) == "a token of its renewal family is revoked"
+
+
 def test_jti_is_unique_per_token(issuer: TokenIssuer) -> None:
     jtis = {issue(issuer)[1].jti for _ in range(50)}
     assert len(jtis) == 50

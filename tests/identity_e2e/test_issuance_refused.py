@@ -338,3 +338,24 @@ async def test_nothing_delegated_by_a_disabled_user_is_recorded(api: Api) -> Non
     record = credential_record(claims, "access_token", key_thumbprint=claims.cnf.jkt)
     with pytest.raises(TokenRevoked, match="the user is disabled"):
         await api.stack.service.record_credential(dataclasses.replace(record, jti="another"))
+
+
+async def test_an_exchange_the_store_fails_is_refused_and_audited(api: Api) -> None:
+    """The store fails while a renewal is recorded (its table renamed away): nothing is
+    issued, the agent gets an RFC 6749 ``server_error`` (500) and the refusal is in the
+    trail (was: an unaudited 500 from the server's last resort)."""
+    agent = await api.joined()
+    async with api.stack.engine.begin() as conn:
+        await conn.exec_driver_sql("ALTER TABLE credentials RENAME TO credentials_away")
+    refused = await api.token(agent, rescope_form(agent.token, "T-1"), ath=agent.token)
+    async with api.stack.engine.begin() as conn:
+        await conn.exec_driver_sql("ALTER TABLE credentials_away RENAME TO credentials")
+    assert "no such table" not in refused.text and "credentials" not in refused.text
+    assert refused.json()["detail"] == "internal error; see the server log"
+    event = (await api.events("token.refused"))[-1]
+    assert (refused.status_code, refused.json()["error"]) == (500, "server_error")
+    assert (event["decision"], event["reason"]) == ("deny", "internal error (OperationalError)")
+    assert (event["detail"]["error"], event["detail"]["status"]) == ("server_error", 500)
+    assert len(await api.events("token.issued")) == 1  # the join's only
+    renewed = await api.token(agent, rescope_form(agent.token, "T-1"), ath=agent.token)
+    assert renewed.status_code == 200, renewed.text  # the store is back

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from pathlib import Path
@@ -103,3 +104,34 @@ async def test_certificate_bound_token(broker: Broker, tmp_path: Path) -> None:
     wire.close()
     # Without the certificate, the bound token is refused.
     assert await _login_error(broker, bound.token) == "28P01"
+
+
+async def test_unknown_database_and_store_failures_are_audited(broker: Broker) -> None:
+    """After the agent authenticated: an unknown database is refused (3D000) and audited
+    with the agent's subject; a store failure while the token or the target is checked is
+    refused (XX000) and audited (was: unaudited), and nothing reaches PostgreSQL."""
+    agent = await broker.agent()
+    assert await _login_error(broker, broker.password(agent, "nope"), "nope") == "3D000"
+
+    async def rename(table: str, to: str) -> None:
+        async with broker.store.engine.begin() as conn:
+            await conn.exec_driver_sql(f"ALTER TABLE {table} RENAME TO {to}")
+
+    await rename("targets", "targets_away")
+    await asyncio.sleep(1.2)  # the target's cached row expires
+    assert await _login_error(broker, broker.password(agent)) == "XX000"
+    await rename("targets_away", "targets")
+    await rename("agents", "agents_away")
+    broker.identity.agent_states.forget(agent.id)
+    assert await _login_error(broker, broker.password(agent)) == "XX000"
+    await rename("agents_away", "agents")
+    broker.identity.agent_states.forget(agent.id)
+    assert await _login_error(broker, broker.password(agent)) is None  # the store is back
+
+    refused = await broker.events("token.refused")
+    assert [(e["agent"], e["reason"]) for e in refused] == [
+        ("bot", "no PostgreSQL target named 'nope'"),
+        ("bot", "the target could not be read: internal error (OperationalError)"),
+        (None, "the login could not be checked: internal error (OperationalError)"),
+    ]
+    assert len(await broker.events("session.start")) == 1

@@ -231,11 +231,13 @@ class Stack:
         purpose: str = "deploy",
         on_behalf_of: tuple[str, Sequence[str]] | None = None,
         through: Sequence[tuple[str, Sequence[str]]] = (),
+        renewals: int = 0,
     ) -> Agent:
         """An agent holding a certificate for its task token, or, with ``on_behalf_of``
         (user, groups), for a token delegated to it by that user; with ``through``, that
         delegation's actor token is itself delegated by each of those users in turn (a
-        delegation chain)."""
+        delegation chain); with ``renewals``, its own token is first renewed that many
+        times in a chain (each renewal from the previous one)."""
         engine = self.store.engine
         async with engine.begin() as conn:
             if await agent_store.get_agent(conn, agent_id) is None:
@@ -243,6 +245,8 @@ class Stack:
                     conn, id=agent_id, owner="alice", now=datetime.now(UTC)
                 )
         claims = await self.join(agent_id, task, purpose)
+        for _ in range(renewals):
+            claims = (await self.renew(claims)).claims
         for user, groups in (*through, *([on_behalf_of] if on_behalf_of else [])):
             claims = (await self.delegate(claims, user, groups)).claims
         key = asyncssh.generate_private_key("ssh-ed25519")
@@ -267,6 +271,18 @@ class Stack:
         }
         issued = await self._exchange(form, None)
         return issued.claims
+
+    async def renew(self, held: Claims) -> IssuedToken:
+        """A renewal of the token of ``held`` (same task), as the SDK makes it."""
+        token = self._tokens[held.jti]
+        form = {
+            "grant_type": ex.GRANT_TYPE,
+            "subject_token": token,
+            "subject_token_type": ex.ACCESS_TOKEN,
+            "task_id": held.task.id,
+            "task_purpose": held.task.purpose,
+        }
+        return await self._exchange(form, token)
 
     async def delegate(self, actor: Claims, user: str, groups: Sequence[str]) -> IssuedToken:
         """A token for ``actor``'s agent acting for ``user``, from the user's ID token."""

@@ -234,4 +234,5 @@ def _credential_json(credential: cred_store.Credential) -> dict[str, Any]:
         "expires_at": _time(credential.expires_at),
         "actor_chain": None if credential.actor_chain is None else list(credential.actor_chain),
         "derived_from": list(credential.derived_from or ()),
+        "family": credential.family,
     }

@@ -65,6 +65,7 @@ DPOP_ALGS: Final = " ".join(sorted(DEFAULT_ALGS))
 _NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 AUDIT_LOGGER: Final = "tether.audit.credentials"
 _audit_log = logging.getLogger(AUDIT_LOGGER)
+log = logging.getLogger(__name__)
 
 
 # The public id of a join token: ``tjt_<id>.`` (the secret after the dot).
@@ -224,6 +225,11 @@ async def token(request: Request) -> JSONResponse:
     except ReplayCacheFull:
         await _refused(request, form, "temporarily_unavailable", "replay cache full", 503)
         raise oauth_problem(503, "temporarily_unavailable", "try again shortly") from None
+    except Exception as failure:  # the store failed: nothing issued, the refusal audited
+        log.error("token exchange failed", exc_info=failure)
+        reason = f"internal error ({type(failure).__name__})"
+        await _refused(request, form, "server_error", reason, 500)
+        raise oauth_problem(500, "server_error", "internal error; see the server log") from None
     claims = issued.claims
     await audit_issued(
         request, claims, issued="access_token", jti=claims.jti, expires_at=claims.exp,

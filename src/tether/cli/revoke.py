@@ -27,6 +27,12 @@ def _revoke(kind: str, value: str, reason: str, server: str, token_file: TokenFi
     )
     state = "revoked" if answer["created"] else "was already revoked"
     typer.echo(f"{kind} {value} {state}")
+    if answer.get("family") not in (None, value):
+        typer.echo(f"its renewal family {answer['family']} is revoked with it")
+    ended = answer.get("ended") or []
+    if ended:
+        more = " (and more)" if answer.get("ended_more") else ""
+        typer.echo(f"ended {len(ended)} live credential(s){more}: " + ", ".join(ended))
 
 
 @revoke_app.command("token")
@@ -36,7 +42,8 @@ def token(
     server: Server = DEFAULT_SERVER,
     token_file: TokenFile = None,
 ) -> None:
-    """Revoke one access token by its id."""
+    """Revoke one access token by its id, with its whole renewal family (every renewal
+    of the agent's own token, older or newer) and what was derived from them."""
     _revoke("token", jti, reason, server, token_file)
 
 

@@ -20,6 +20,11 @@ A token's payload (RFC 9068 profile plus Tether's own claims)::
                                      (delegation, re-scoping of a delegated token,
                                      certificate binding), nearest first; revoking any of
                                      them ends this one
+    family  "jti"                    optional: the renewal family, the jti of the first
+                                     token of the chain of exchanges of an agent's own
+                                     token (renewals, re-scopings) this one belongs to
+                                     (its own jti when it starts one); revoking any token
+                                     of the family ends every token of it
 
 Security decisions:
 
@@ -35,6 +40,18 @@ Security decisions:
   after its signature verified.
 * Actor chains are at most ``MAX_ACTOR_DEPTH`` deep, ``derived_from`` at most
   ``MAX_DERIVED_FROM`` long: the revocation check of every use looks each entry up once.
+* **A renewal chain is one family, revoked as a whole.** An agent's own token exchanged
+  for a renewal or another task (:mod:`tether.identity.grants`) does not grow
+  ``derived_from`` (a long task renews without bound); the new token carries the
+  ``family`` of the token presented instead, one string however long the chain. Revoking
+  any token of a family revokes the family's first token, whose jti is the family
+  (:meth:`tether.identity.service.IdentityService.revoke`), so the one set lookup of
+  ``family`` among revoked token ids ends every renewal, older or newer, of a stolen token:
+  a thief who renewed it and the agent share the family, and the agent joins again.
+  A delegated or certificate-bound token starts a family of its own and names the family
+  of the token it came from in ``derived_from`` (:attr:`Claims.lineage`), as it names that
+  token. A token issued before ``family`` existed has none: it is revoked by its jti as
+  before, and a renewal of it made since starts the family at its jti.
 * **A delegation chain names every user.** ``act`` follows RFC 8693 section 4.1: the actor
   of a delegation is whoever the actor token names, its ``sub`` with that token's own
   ``act`` nested inside. A delegated token used as the actor of a further delegation thus
@@ -148,6 +165,7 @@ class Claims:
     groups: tuple[str, ...] = ()  # the delegating user's groups (delegated tokens only)
     parent_jti: str | None = None  # certificate-bound tokens: the token they were issued from
     derived_from: tuple[str, ...] = ()  # every token this one came from, nearest first
+    family: str | None = None  # the jti of its renewal chain's first token (None: older)
     act_groups: tuple[Delegator, ...] = ()  # the chain's other users with their groups
 
     @property
@@ -185,10 +203,12 @@ class Claims:
 
     @property
     def lineage(self) -> tuple[str, ...]:
-        """This token's jti and every token it came from: what a token derived from this
-        one records as ``derived_from``, so that revoking any of them ends it too."""
+        """This token's jti and every token it came from, its family last: what a token
+        derived from this one records as ``derived_from``, so that revoking any of them, or
+        any token of this one's renewal family, ends it too."""
         older = () if self.parent_jti is None else (self.parent_jti,)
-        return tuple(dict.fromkeys((self.jti, *older, *self.derived_from)))
+        family = () if self.family is None else (self.family,)
+        return tuple(dict.fromkeys((self.jti, *older, *self.derived_from, *family)))
 
     def to_json(self) -> dict[str, Any]:
         """The payload as signed."""
@@ -215,6 +235,8 @@ class Claims:
             doc["parent_jti"] = self.parent_jti
         if self.derived_from:
             doc["derived_from"] = list(self.derived_from)
+        if self.family is not None:
+            doc["family"] = self.family
         if self.act_groups:
             doc["act_groups"] = [d.to_json() for d in self.act_groups]
         return doc
@@ -241,6 +263,7 @@ class Claims:
             groups=() if doc.get("groups") is None else _strings(doc.get("groups"), "groups"),
             parent_jti=None if doc.get("parent_jti") is None else _string(doc, "parent_jti"),
             derived_from=_derived_from(doc.get("derived_from")),
+            family=None if doc.get("family") is None else _string(doc, "family"),
             act_groups=_act_groups(doc.get("act_groups")),
         )
         if claims.act_groups and not act_groups_match(claims.act, claims.act_groups):

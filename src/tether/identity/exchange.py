@@ -29,7 +29,9 @@ The one exception is **renewal**: an agent's own (not delegated) token exchanged
 *same task* may outlive it, so that a long task keeps going on short tokens. A renewal
 still narrows the scope and keeps the key, and is bounded by ``max_session_lifetime``
 counted from the runtime's last attestation (join or workload token): past it, the agent
-must prove again where it runs.
+must prove again where it runs. A renewal (and a re-scoping of an agent's own token) carries
+the renewal ``family`` of the token presented (:mod:`tether.identity.claims`): revoking any
+token of the family ends all of them, so a renewal of a stolen token ends with it.
 """
 
 from __future__ import annotations

@@ -36,6 +36,14 @@ and settings it uses. Security decisions:
   disabled user anywhere in its chain too, which closes the race with a disabling
   (:mod:`tether.store.credentials`). A user Tether has no record of may delegate: users
   need not have signed in to Tether.
+* An agent's own token exchanged for a renewal or another task joins the renewal family of
+  the token presented (claim ``family``, :mod:`tether.identity.claims`): its size does not
+  grow with the chain, and revoking any token of the family ends all of them (a thief who
+  renewed a stolen token and the agent hold the same family; the agent joins again). A
+  token issued before families existed starts one at its own jti. Every other grant starts
+  a new family, and a delegation names the actor token's family in ``derived_from``. A
+  renewal racing the revocation on another node cannot escape it: it carries the family,
+  which every node refuses once the revocation reaches it.
 * Every issued token is recorded before it is returned; recording fails (the token is never
   handed out) when its agent stopped being active meanwhile.
 """
@@ -90,11 +98,15 @@ async def exchange(
         if request.task_id == held.task.id and held.act is None:
             not_after = await _session_end(service, held)  # renewal, see exchange's docstring
         # A delegated token's re-scoping names it; an agent's own token's re-scoping or
-        # renewal keeps only what it came from (renewals would grow it without bound).
-        derived = held.lineage if held.act is not None else held.derived_from
+        # renewal keeps only what it came from (renewals would grow it without bound) and
+        # joins its renewal family instead, started at its jti if it predates families.
+        if held.act is not None:
+            derived, family = held.lineage, None
+        else:
+            derived, family = held.derived_from, held.family or held.jti
         return await _issue(
             service, request, held.sub, held.runtime, held.cnf, held.scope, not_after,
-            held.act, held.agent, groups=held.groups, derived_from=derived,
+            held.act, held.agent, groups=held.groups, derived_from=derived, family=family,
             act_groups=held.act_groups,
         )  # fmt: skip
     proof = await service.verify_proof(dpop, htm="POST", htu=url)
@@ -220,6 +232,7 @@ async def _issue(
     agent: str | None,
     groups: Sequence[str] = (),
     derived_from: Sequence[str] = (),
+    family: str | None = None,
     act_groups: Sequence[Delegator] = (),
 ) -> IssuedToken:
     if len(derived_from) > MAX_DERIVED_FROM:
@@ -244,9 +257,9 @@ async def _issue(
     token, claims = service.tokens.issue(
         subject=subject, task=Task(request.task_id, request.task_purpose), scope=scope,
         runtime=runtime, cnf=cnf, act=act, agent=agent, lifetime=lifetime, groups=groups,
-        derived_from=derived_from, act_groups=act_groups,
+        derived_from=derived_from, family=family, act_groups=act_groups,
     )  # fmt: skip
-    revoked = service.revoked.reason(claims)  # the new task, or a token it came from
+    revoked = service.revoked.reason(claims)  # the new task, a token it came from, its family
     if revoked is not None:
         raise ex.ExchangeError("invalid_grant", revoked)
     await service.record_credential(

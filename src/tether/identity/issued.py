@@ -75,8 +75,8 @@ def credential_record(
     and that token's jti. Both keep the task purpose and, when delegated, the user's groups
     (and a chain's earlier users with theirs),
     so a front-end that authenticates by certificate (SSH) builds the same policy request,
-    and the tokens the token was derived from, so such a front-end ends the session when any
-    of them is revoked.
+    and the tokens the token was derived from and its renewal family, so such a front-end
+    ends the session when any of them is revoked (and a revocation by jti finds the family).
     """
     chain: list[str] = []
     actor = claims.act
@@ -101,6 +101,7 @@ def credential_record(
         groups=claims.groups if claims.agent is not None else None,
         token_jti=None if serial is None else claims.jti,
         derived_from=claims.derived_from or None,
+        family=claims.family,
         act_groups=tuple((d.sub, d.groups) for d in claims.act_groups) or None,
     )
 

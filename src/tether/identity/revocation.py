@@ -7,6 +7,12 @@ before the API answers, and other nodes' within one poll interval (one second by
 that bound is what "a revocation ends live sessions within a second" relies on, since
 front-ends re-check live sessions on the same interval.
 
+A revoked token id also names a renewal family (:mod:`tether.identity.claims`): a family is
+named by the jti of its first token, and revoking any token of it revokes that jti too
+(:meth:`tether.identity.service.IdentityService.revoke`), so the family travels to every
+node as one more ``token`` entry of the same table and cursor, and each token's ``family``
+is looked up among revoked token ids like its own jti.
+
 Revocation is permanent for every kind: a revoked token id, agent, task or runtime is never
 accepted again (``tether agent disable`` is the reversible switch). Entries are only pruned
 by the store after everything they could affect has expired.
@@ -51,12 +57,17 @@ class RevocationSet:
         ``MAX_DERIVED_FROM``): revoking any of them, or disabling a user of the chain, which
         revokes that user's delegated tokens, ends it, at a set lookup per ancestor. The users
         of a delegation chain are revoked through their tokens; the one agent of the chain
-        (the innermost actor) is ``agent_id``, checked as the agent.
+        (the innermost actor) is ``agent_id``, checked as the agent. The renewals and
+        re-scopings of an agent's own token carry its ``family`` instead (its first token's
+        jti, revoked with any token of the family): one more set lookup, however long the
+        chain.
         """
         revoked = self._revoked
         tokens = revoked["token"]
         if claims.jti in tokens:
             return "the token is revoked"
+        if claims.family is not None and claims.family in tokens:
+            return "a token of its renewal family is revoked"
         if claims.parent_jti is not None and claims.parent_jti in tokens:
             return "the token it was issued from is revoked"
         for jti in claims.derived_from:

@@ -19,6 +19,7 @@ import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -62,7 +63,20 @@ from tether.store.identity import AgentNotActive, UserDisabled, digest
 log = logging.getLogger(__name__)
 
 _REVOCATION_BATCH = 1000
+_ENDED_LISTED = 100  # live credentials a token revocation lists as ended, at most
 _REPLAY_PRUNE_EVERY = 60.0  # seconds between deletions of expired rows of dpop_replay
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """What :meth:`IdentityService.revoke_reporting` did: ``created`` when the entry is new;
+    for a token, the renewal ``family`` revoked with it (its own jti when it has none) and
+    the ids of the live credentials it ended (``more``: there were more than listed)."""
+
+    created: bool
+    family: str | None = None
+    ended: tuple[str, ...] = ()
+    more: bool = False
 
 
 class IdentityService:
@@ -217,14 +231,49 @@ class IdentityService:
         self, kind: cred_store.RevocationKind, value: str, *, reason: str, by: str
     ) -> bool:
         """Revoke a token id, agent, task or runtime; True when newly revoked."""
+        return (await self.revoke_reporting(kind, value, reason=reason, by=by)).created
+
+    async def revoke_reporting(
+        self, kind: cred_store.RevocationKind, value: str, *, reason: str, by: str
+    ) -> Revoked:
+        """Revoke a token id, agent, task or runtime, and say what it ended.
+
+        Revoking an access token revokes its whole renewal family (:mod:`tether.identity
+        .claims`): the family's first token, whose jti names the family, is revoked in the
+        same transaction, so that every node refuses every token carrying the family within
+        one poll, older and newer than the one revoked alike. A token recorded without a
+        family (issued before families existed) is revoked alone, as before; renewals of it
+        made since name it as their family and end with it. A certificate revoked by its id
+        is revoked alone: it is no member of a family.
+        """
         now = self.clock()
+        values = [value]
         async with self.engine.begin() as conn:
+            family = await cred_store.family_of(conn, value) if kind == "token" else None
             _entry, created = await cred_store.insert_revocation(
                 conn, kind=kind, value=value, reason=reason, revoked_by=by, now=now
             )
-        self.revoked.add(kind, value)
-        await self._notify_revocation(kind, value, reason)
-        return created
+            if family is not None and family != value:
+                await cred_store.insert_revocation(
+                    conn, kind="token", value=family, revoked_by=by, now=now,
+                    reason=f"{reason} (renewal family of token {value})",
+                )  # fmt: skip
+                values.append(family)
+        for revoked in values:
+            self.revoked.add(kind, revoked)
+            await self._notify_revocation(kind, revoked, reason)
+        ended: list[str] = []
+        if kind == "token":  # for the report only: read after the commit, not under its lock
+            async with self.engine.connect() as conn:
+                ended = await cred_store.live_lineage(
+                    conn, value, family or value, now, _ENDED_LISTED + 1
+                )
+        return Revoked(
+            created,
+            family=family or (value if kind == "token" else None),
+            ended=tuple(ended[:_ENDED_LISTED]),
+            more=len(ended) > _ENDED_LISTED,
+        )
 
     async def _notify_revocation(self, kind: str, value: str, reason: str) -> None:
         for listener in self.revocation_listeners:
@@ -399,4 +448,5 @@ __all__ = [
     "IssuanceError",
     "IssuedToken",
     "Presented",
+    "Revoked",
 ]

@@ -136,10 +136,14 @@ class TokenIssuer:
         groups: Sequence[str] = (),
         parent_jti: str | None = None,
         derived_from: Sequence[str] = (),
+        family: str | None = None,
         act_groups: Sequence[Delegator] = (),
     ) -> tuple[str, Claims]:
         """A signed token and its claims. ``IssuanceError`` if the lifetime is above the cap
-        (or not a positive integer), or if a value is not a non-empty string."""
+        (or not a positive integer), or if a value is not a non-empty string.
+
+        ``family`` is the renewal family the token joins (an exchange of an agent's own
+        token); None starts a new one, named by the new token's jti."""
         lifetime = self.default_lifetime if lifetime is None else lifetime
         if type(lifetime) is not int or not 0 < lifetime <= self.max_lifetime:
             raise IssuanceError(
@@ -151,14 +155,17 @@ class TokenIssuer:
             raise IssuanceError(str(exc)) from None
         if len(derived_from) > MAX_DERIVED_FROM:
             raise IssuanceError(f"a token is derived from at most {MAX_DERIVED_FROM} tokens")
+        if family is not None and (not isinstance(family, str) or not family):
+            raise IssuanceError("a renewal family is a non-empty string")
         if act_groups and not act_groups_match(act, act_groups):
             raise IssuanceError("act_groups must name the users of act, in order")
         now = int(self._clock())
+        jti = secrets.token_urlsafe(16)
         claims = Claims(
             iss=self._issuer,
             aud=self._audience,
             sub=subject,
-            jti=secrets.token_urlsafe(16),
+            jti=jti,
             iat=now,
             nbf=now,
             exp=now + lifetime,
@@ -171,6 +178,7 @@ class TokenIssuer:
             groups=tuple(groups),
             parent_jti=parent_jti,
             derived_from=tuple(derived_from),
+            family=jti if family is None else family,
             act_groups=tuple(act_groups),
         )
         token = self._sign(claims)

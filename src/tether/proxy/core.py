@@ -25,6 +25,7 @@ Security decisions:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from tether import policychain
+from tether.approvals.model import Conflict
 from tether.audit.subject import Subject
+from tether.policy.model import DENY, Decision
 from tether.policychain import delegation_of
 from tether.store import agents as agent_store
 
@@ -44,11 +47,15 @@ if TYPE_CHECKING:
     from tether.audit.emit import Auditor
     from tether.identity.claims import Claims
     from tether.identity.service import IdentityService
-    from tether.policy.model import Decision
     from tether.vault.secrets import SecretStore
     from tether.vault.targets import Target, TargetStore
 
+log = logging.getLogger(__name__)
+
 _NO_LABELS: Final[Mapping[str, str]] = MappingProxyType({})
+# The reasons of a refusal no decision was made for (:func:`undecided`), beside the spec's.
+APPROVAL_CONFLICT: Final = "approval-conflict"
+INTERNAL_ERROR: Final = "internal-error"
 
 
 class AgentLabels:
@@ -182,3 +189,19 @@ def decide(
     """The decision of the policy set in force now, for every user of a delegation chain
     (:mod:`tether.policychain`); never raises (fails closed)."""
     return policychain.decide(services.policies.current, request, default_schema=default_schema)
+
+
+def undecided(services: Services, error: Exception) -> Decision:
+    """The refusal of an action no decision could be made for: the grants of an approval
+    rule could not be read or its access request raised (the store failed, or the request
+    lost its race every time: ``Conflict``, the agent's to retry). A deny, so the front-end
+    refuses and audits it as any other; the error itself goes to the server log."""
+    if isinstance(error, Conflict):
+        return Decision(DENY, None, APPROVAL_CONFLICT, str(error), _version(services))
+    log.error("no decision could be made: %r", error, exc_info=error)
+    detail = "no decision could be made; see the server log"
+    return Decision(DENY, None, INTERNAL_ERROR, detail, _version(services))
+
+
+def _version(services: Services) -> str:
+    return services.policies.current.version

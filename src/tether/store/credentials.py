@@ -64,6 +64,7 @@ class Credential:
     groups: tuple[str, ...] | None = None  # the delegating user's groups (delegated only)
     token_jti: str | None = None  # a certificate's issuing token
     derived_from: tuple[str, ...] | None = None  # jtis of the tokens it was derived from
+    family: str | None = None  # its renewal family (a certificate: its token's); 0012
     # A delegation chain's earlier users (those of ``actor_chain`` but the agent), each with
     # their groups, outermost first; None when not a chain or recorded before migration 0013.
     act_groups: tuple[tuple[str, tuple[str, ...]], ...] | None = None
@@ -120,6 +121,7 @@ async def insert_credential(conn: AsyncConnection, credential: Credential) -> No
         "user_groups": None if credential.groups is None else list(credential.groups),
         "token_jti": credential.token_jti,
         "derived_from": None if credential.derived_from is None else list(credential.derived_from),
+        "family": credential.family,
         "act_groups": None
         if credential.act_groups is None
         else [{"sub": sub, "groups": list(groups)} for sub, groups in credential.act_groups],
@@ -206,6 +208,51 @@ async def list_credentials(
         where.append(credentials.c.expires_at > live_at)
     query = select(credentials).where(*where).order_by(credentials.c.issued_at, credentials.c.jti)
     return [_credential(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def family_of(conn: AsyncConnection, jti: str) -> str | None:
+    """The renewal family of the access token ``jti`` as recorded; None for anything else
+    (a certificate, a token Tether has no record of, or one recorded before migration
+    0012). Revoking a certificate never reaches the family of the token it was issued
+    under: only a token is a member."""
+    query = select(credentials.c.family).where(
+        credentials.c.jti == jti, credentials.c.kind == "access_token"
+    )
+    family: str | None = (await conn.execute(query)).scalar_one_or_none()
+    return family
+
+
+async def live_lineage(
+    conn: AsyncConnection, jti: str, family: str, now: datetime, limit: int
+) -> list[str]:
+    """Up to ``limit`` ids of the credentials live at ``now`` that revoking the token
+    ``jti`` of renewal family ``family`` (its own jti when it has none) ends, in issue
+    order: the token, the tokens of the family and the certificates issued under them, and
+    whatever names the token or the family in its ``derived_from`` (delegations,
+    certificate-bound tokens, and their certificates). For the audit event of the
+    revocation; the revocation itself does not depend on it. The lineage is JSON: a text
+    match narrows the rows read (as :func:`revoke_delegations` does), the exact test is made
+    here."""
+    names = [
+        cast(credentials.c.derived_from, Text).contains(f'"{value}"', autoescape=True)
+        for value in dict.fromkeys((jti, family))
+    ]
+    query = (
+        select(credentials.c.jti, credentials.c.family, credentials.c.derived_from)
+        .where(
+            credentials.c.expires_at > now,
+            or_(credentials.c.jti == jti, credentials.c.family == family, *names),
+        )
+        .order_by(credentials.c.issued_at, credentials.c.jti)
+    )
+    ended: list[str] = []
+    for row_jti, row_family, derived in (await conn.execute(query)).all():
+        sources = _strings(derived) or ()
+        if row_jti == jti or row_family == family or jti in sources or family in sources:
+            ended.append(row_jti)
+            if len(ended) == limit:
+                break
+    return ended
 
 
 # --- revocations -------------------------------------------------------------------------------
@@ -295,6 +342,7 @@ def _credential(row: RowMapping) -> Credential:
         groups=_strings(row["user_groups"]),
         token_jti=row["token_jti"],
         derived_from=_strings(row["derived_from"]),
+        family=row["family"],
         act_groups=_act_groups(row["act_groups"]),
     )
 

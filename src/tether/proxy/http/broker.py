@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.approvals.frontend import agent_reason, prefer_wait, problem_members, wait_decided
-from tether.approvals.model import AccessRequest
+from tether.approvals.model import AccessRequest, Conflict
 from tether.audit.log import AuditUnavailable
 from tether.audit.subject import Subject
 from tether.identity.claims import Claims
@@ -63,11 +63,18 @@ from tether.policy.httpmethods import (
     may_override_method,
 )
 from tether.policy.model import APPROVAL_REQUIRED, Decision
-from tether.proxy.core import Services, decide, policy_request, subject_of
+from tether.proxy.core import (
+    APPROVAL_CONFLICT,
+    INTERNAL_ERROR,
+    Services,
+    decide,
+    policy_request,
+    subject_of,
+)
 from tether.proxy.http import bodybind, refusals, websocket
 from tether.proxy.http.auditlater import AuditLater
 from tether.proxy.http.config import HttpProxyConfig
-from tether.proxy.http.exchange import Exchange
+from tether.proxy.http.exchange import Exchange, quietly
 from tether.proxy.http.flight import SingleFlight
 from tether.proxy.http.forward import Plan
 from tether.proxy.http.requestid import RequestIds
@@ -140,21 +147,29 @@ class HttpBroker:
             log.error("%s", error)
             await self._unusable_target(route, scope, who, request_id, receive, send)
             return
+        except Exception as error:  # noqa: BLE001 - the store failed: refused, audited
+            await self._undecided(error, route, scope, who, request_id, receive, send)
+            return
         if target is None or not isinstance(target.spec, HttpTargetSpec):
             await self._unknown_target(route, scope, who, request_id, receive, send)
             return
         policy_headers = _policy_headers(scope["headers"])
         action = {"method": scope["method"], "path": route.request_target,
                   "headers": policy_headers}  # fmt: skip
-        labels = await self.labels.get(claims.agent_id)
-        request = policy_request(claims, labels, target, {"http": action}, source_ip=source_ip)
-        decision, pending = await self._decide(request, scope["headers"])
-        if decision.decision == APPROVAL_REQUIRED:  # approval.bind_body reads the body first
-            bound = await bodybind.bind_body(self, request, route, target, who, decision,
-                                             scope, receive, send, request_id)  # fmt: skip
-            if bound is None:
-                return
-            decision, pending, receive = bound[0], bound[1] or pending, bound[2]
+        try:
+            labels = await self.labels.get(claims.agent_id)
+            request = policy_request(claims, labels, target, {"http": action},
+                                     source_ip=source_ip)  # fmt: skip
+            decision, pending = await self._decide(request, scope["headers"])
+            if decision.decision == APPROVAL_REQUIRED:  # approval.bind_body reads the body
+                bound = await bodybind.bind_body(self, request, route, target, who, decision,
+                                                 scope, receive, send, request_id)  # fmt: skip
+                if bound is None:
+                    return
+                decision, pending, receive = bound[0], bound[1] or pending, bound[2]
+        except Exception as error:  # noqa: BLE001 - no decision could be made: refused
+            await self._undecided(error, route, scope, who, request_id, receive, send)
+            return
         if _waits(scope["headers"]):
             # Held up to a minute for an approval: the token may have been revoked, its
             # agent disabled or the token expired meanwhile (checked as a live tunnel is).
@@ -243,6 +258,13 @@ class HttpBroker:
             await refusals.plain(503, "DPoP replay cache is full; try again shortly", request_id)(
                 scope, receive, send
             )
+        except Exception as error:  # the token could not be checked: refused, audited
+            log.error("%s %s: the access token could not be checked", scope["method"],
+                      route.target, exc_info=error)  # fmt: skip
+            await self._refused_audit(scope, route, "the token could not be checked",
+                                      INTERNAL_ERROR, request_id, status=500)  # fmt: skip
+            await quietly(refusals.plain(500, "internal error; see the server log", request_id),
+                          scope, receive, send)  # fmt: skip
         return None
 
     async def _verify(self, route: Route, scope: Scope, values: list[bytes]) -> Claims:
@@ -266,12 +288,19 @@ class HttpBroker:
         return claims
 
     async def _refused_audit(
-        self, scope: Scope, route: Route, reason: str, code: str, request_id: str
+        self,
+        scope: Scope,
+        route: Route,
+        reason: str,
+        code: str,
+        request_id: str,
+        *,
+        status: int = 401,
     ) -> None:
         auditor = self.services.auditor
         if auditor is None:
             return
-        detail = {"error": code, "status": 401, "request_id": request_id,
+        detail = {"error": code, "status": status, "request_id": request_id,
                   "method": scope["method"], "path": route.path}  # fmt: skip
         try:
             await auditor.token_refused(
@@ -304,6 +333,28 @@ class HttpBroker:
             log.error("audit trail unavailable: refusing %s %s", http["method"], route.target)
             return False
         return True
+
+    async def _undecided(
+        self,
+        error: Exception,
+        route: Route,
+        scope: Scope,
+        who: Subject,
+        request_id: str,
+        r: Receive,
+        s: Send,
+    ) -> None:
+        """No decision could be made (the store failed while the agent's labels or its
+        grants were read; an access request lost its race every time): refused, audited.
+        A lost race is the agent's to retry (409); anything else is a 500."""
+        if isinstance(error, Conflict):
+            status, reason, detail = 409, APPROVAL_CONFLICT, str(error)
+        else:
+            log.error("%s %s: no decision could be made", scope["method"], route.target,
+                      exc_info=error)  # fmt: skip
+            status, reason, detail = 500, INTERNAL_ERROR, "internal error; see the server log"
+        await self._target_refused(route, scope, who, request_id, status, reason)
+        await quietly(refusals.plain(status, detail, request_id), scope, r, s)
 
     async def _unknown_target(
         self, route: Route, scope: Scope, who: Subject, request_id: str, r: Receive, s: Send

@@ -107,6 +107,11 @@ class Exchange:
             refusal = (503, refusals.AUDIT_UNAVAILABLE)
         except NotForwarded as error:
             refusal = (501, str(error))
+        except Exception as error:  # the store failed (the credential's secret): fail closed
+            log.error("%s %s: the exchange failed", scope["method"], self.target.name,
+                      exc_info=error)  # fmt: skip
+            self.out.extra["internal_error"] = type(error).__name__
+            refusal = (500, "internal error; see the server log")
         finally:
             try:
                 if not await self._committed():
@@ -115,7 +120,7 @@ class Exchange:
                     self.out.error = refusal[1]
                     if not self.out.started:
                         self.out.status = refusal[0]
-                        await _quietly(refusals.plain(refusal[0], refusal[1], request_id),
+                        await quietly(refusals.plain(refusal[0], refusal[1], request_id),
                                        scope, receive, send)  # fmt: skip
             finally:  # recorded even if cancelled again while the refusal goes out
                 self._audit(scope, request_id, started)
@@ -242,7 +247,7 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-async def _quietly(response: Any, scope: Scope, receive: Receive, send: Send) -> None:
+async def quietly(response: Any, scope: Scope, receive: Receive, send: Send) -> None:
     try:
         await response(scope, receive, send)
     except OSError:

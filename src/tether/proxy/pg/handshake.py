@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 from tether.audit.subject import Subject
 from tether.identity.errors import CredentialError
-from tether.proxy.core import Services
+from tether.proxy.core import Services, subject_of
 from tether.proxy.pg import backend as be
 from tether.proxy.pg import codec as c
 from tether.proxy.pg import framing
@@ -148,14 +148,28 @@ class Handshake:
         except CredentialError as error:
             await self._refused(str(error), database, source_ip)
             raise Fatal("28P01", "authentication failed") from None
+        except Exception as error:  # the store failed: the login is refused, and audited
+            log.error("postgres login could not be checked", exc_info=error)
+            await self._refused(f"the login could not be checked: internal error "
+                                f"({type(error).__name__})", database, source_ip)  # fmt: skip
+            raise Fatal("XX000", "internal error in the broker") from None
 
-    async def _refused(self, reason: str, database: str, source_ip: str | None) -> None:
+    async def refused_target(
+        self, reason: str, database: str, claims: Claims, source_ip: str | None
+    ) -> None:
+        """A login refused after the agent authenticated (no such target, or one that cannot
+        be read), audited with the agent's subject."""
+        await self._refused(reason, database, source_ip, subject_of(claims, source_ip=source_ip))
+
+    async def _refused(
+        self, reason: str, database: str, source_ip: str | None, who: Subject | None = None
+    ) -> None:
         """A refused login is audited (``token.refused``) before the client hears of it."""
         log.info("postgres login refused: %s", reason)
         if self.services.auditor is not None:
             await self.services.auditor.token_refused(
-                Subject(source_ip=source_ip), reason=reason, grant_type="postgres-login",
-                audience=database,
+                who or Subject(source_ip=source_ip), reason=reason,
+                grant_type="postgres-login", audience=database,
             )  # fmt: skip
 
 

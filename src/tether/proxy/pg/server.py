@@ -160,8 +160,17 @@ class PgBroker:
             target = await self.services.targets.get(database)
         except TargetError as error:  # its stored row does not validate: fail closed
             log.error("%s", error)
+            reason = f"the definition of target {database!r} is invalid"
+            await handshake.refused_target(reason, database, claims, source_ip)
             raise Fatal("08006", f'the definition of database "{database}" is invalid') from None
+        except Exception as error:  # the store failed: fail closed, audited
+            log.error("postgres target %r could not be read", database, exc_info=error)
+            reason = f"the target could not be read: internal error ({type(error).__name__})"
+            await handshake.refused_target(reason, database, claims, source_ip)
+            raise Fatal("XX000", "internal error in the broker") from None
         if target is None or target.kind != "postgres":
+            reason = f"no PostgreSQL target named {database!r}"
+            await handshake.refused_target(reason, database, claims, source_ip)
             raise Fatal("3D000", f'database "{database}" does not exist')
         await self._serve(reader, writer, handshake.decoder, startup, claims, target, source_ip)
 

@@ -237,6 +237,7 @@ async def _identity_of(
         agent=record.agent_id if delegated else None,
         groups=(record.groups or ()) if delegated else (),
         derived_from=record.derived_from or (),  # revoking any of them ends the session
+        family=record.family,  # as does revoking any token of its token's renewal family
         act_groups=act_groups,  # none recorded (before 0013): the earlier users get no groups
     )
     session = SessionIdentity(claims, record.jti, record.serial or "", not_after, False)

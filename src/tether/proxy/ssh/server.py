@@ -145,6 +145,11 @@ class _AgentServer(asyncssh.SSHServer):
         except AuthRefused as refused:
             await self._audit_refusal(str(refused))
             return False
+        except Exception as error:  # the store failed: the login is refused, and audited
+            log.error("ssh login from %s could not be checked", self.peer_ip, exc_info=error)
+            await self._audit_refusal(f"the login could not be checked: internal error "
+                                      f"({type(error).__name__})")  # fmt: skip
+            return False
         if identity is not None:
             self.login, self.identity = login, identity
         return True

@@ -34,7 +34,7 @@ import asyncssh
 
 from tether.audit.subject import Subject
 from tether.policy.model import Decision
-from tether.proxy.core import Services, decide, policy_request, subject_of
+from tether.proxy.core import Services, decide, policy_request, subject_of, undecided
 from tether.proxy.ssh.auth import AuthRefused, SessionIdentity, check_live
 from tether.proxy.ssh.config import SshConfig
 from tether.proxy.ssh.login import Login
@@ -210,13 +210,22 @@ class BrokerSession:
         """
         services = self.context.services
         claims = self.identity.claims
-        async with self.context.lookups:
-            labels = await services.agents.get(claims.agent_id)
+        failed: Decision | None = None
+        try:
+            async with self.context.lookups:
+                labels = await services.agents.get(claims.agent_id)
+        except Exception as error:  # noqa: BLE001 - the store failed: refused, audited
+            labels, failed = {}, undecided(services, error)
         started = time.perf_counter()
         for action in actions:
             request = policy_request(claims, labels, self.target, action, source_ip=self.peer_ip)
-            if services.approvals is not None and len(actions) == 1:  # grants held count
-                decision, _pending = await services.approvals.decide(request)
+            if failed is not None:
+                decision = failed
+            elif services.approvals is not None and len(actions) == 1:  # grants held count
+                try:
+                    decision, _pending = await services.approvals.decide(request)
+                except Exception as error:  # noqa: BLE001 - the store failed: refused, audited
+                    decision = undecided(services, error)
             else:
                 decision = decide(services, request)
             if decision.allowed:
