@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.masterkey import MasterKey, MasterKeyError, parse_master_key
 from tether.identity import jose
-from tether.identity.claims import Claims
+from tether.identity.claims import Actor, Claims, Delegator
 from tether.identity.dpop import (
     DPoPResult,
     DPoPVerifier,
@@ -157,6 +157,7 @@ claim_names = st.sampled_from(
         "act",
         "agent",
         "family",
+        "act_groups",
     ]
 )
 
@@ -197,6 +198,72 @@ def test_any_json_as_the_family_claim_parses_or_is_token_invalid(family: Any) ->
         return
     assert claims.family == family
     assert family is None or (isinstance(family, str) and family)
+
+
+names = st.sampled_from(["ann", "bob", "cy"])
+chains = st.lists(st.tuples(names, st.lists(names, max_size=3)), min_size=1, max_size=4)
+well_formed = st.lists(
+    st.fixed_dictionaries({"sub": names, "groups": st.lists(names, max_size=2)}), max_size=4
+)
+act_groups_values = (
+    well_formed
+    | json_values
+    | st.lists(
+        st.fixed_dictionaries({"sub": names | json_scalars, "groups": json_values}), max_size=3
+    )
+)
+
+
+@SETTINGS
+@given(chains, act_groups_values)
+def test_any_json_as_act_groups_parses_to_the_act_users_or_is_token_invalid(
+    users: list[tuple[str, list[str]]], act_groups: Any
+) -> None:
+    """``act_groups`` of a delegation chain (``sub`` the first user, then ``act``: the other
+    users, then the agent) is accepted only as exactly one ``{sub, groups}`` per user of
+    ``act``, in order; anything else is ``TokenInvalid`` naming it, never a crash."""
+    (sub, groups), *earlier = users
+    act: dict[str, Any] = {"sub": "bot"}
+    for user, _ in reversed(earlier):
+        act = {"sub": user, "act": act}
+    base = {**CLAIMS.to_json(), "sub": sub, "agent": "bot", "groups": groups, "act": act}
+    payload = {**base, "act_groups": act_groups}
+    try:
+        claims = Claims.from_json(payload)
+    except TokenInvalid as error:
+        assert "act_groups" in str(error)
+        return
+    if act_groups is None or act_groups == []:
+        assert claims.act_groups == ()
+        assert [(u.sub, u.groups) for u in claims.delegation_users] == [
+            (sub, tuple(groups)),
+            *[(user, ()) for user, _ in earlier],  # none recorded: no groups, fail closed
+        ]
+        return
+    assert [(d.sub, list(d.groups)) for d in claims.act_groups] == [
+        (e["sub"], e["groups"]) for e in act_groups
+    ]
+    assert [d.sub for d in claims.act_groups] == [user for user, _ in earlier]
+    assert Claims.from_json(claims.to_json()) == claims
+
+
+@SETTINGS
+@given(chains)
+def test_a_chain_issued_with_act_groups_verifies_with_every_users_groups(
+    users: list[tuple[str, list[str]]],
+) -> None:
+    (sub, groups), *earlier = users
+    act = Actor("bot")
+    for user, _ in reversed(earlier):
+        act = Actor(user, act)
+    given_groups = tuple(Delegator(user, tuple(g)) for user, g in earlier)
+    token, issued = ISSUER.issue(
+        subject=sub, task=CLAIMS.task, scope=CLAIMS.scope, runtime=CLAIMS.runtime,
+        cnf=CLAIMS.cnf, act=act, agent="bot", groups=groups, act_groups=given_groups,
+    )  # fmt: skip
+    claims = verifier().verify(token)
+    assert claims == issued
+    assert [(u.sub, list(u.groups)) for u in claims.delegation_users] == users
 
 
 # --- DPoP proofs ----------------------------------------------------------------------

@@ -38,7 +38,7 @@ from tether.api import AppState, PolicyHolder, create_app
 from tether.crypto.envelope import EnvelopeCipher
 from tether.crypto.masterkey import MasterKey
 from tether.identity.admintokens import create_admin_token
-from tether.identity.claims import Actor
+from tether.identity.claims import Actor, Delegator
 from tether.identity.errors import TokenRevoked
 from tether.identity.exchange import ExchangeError
 from tether.identity.service import IssuedToken, Presented
@@ -252,3 +252,37 @@ async def test_a_certificate_bound_token_of_a_chain_ends_with_its_first_link(
     await stack.service.revoke("token", chain.first.claims.jti, reason="leaked", by="admin")
     with pytest.raises(TokenRevoked, match="the token it was derived from is revoked"):
         await stack.service.authenticate(presented)
+
+
+async def test_a_chained_token_carries_each_earlier_users_own_groups(
+    stack: Stack, bot: Agent
+) -> None:
+    """alice's groups (from her ID token) travel in ``act_groups``, carol's in ``groups``;
+    a re-scoping, a certificate-bound token and the store's record keep them."""
+    form = delegate_form(stack.user_token("alice", groups=["leads"]), bot.token)
+    first = await stack.exchange(bot, form, ath=bot.token)
+    assert first.claims.act_groups == () and "act_groups" not in first.claims.to_json()
+    chained = await delegate(stack, bot, "carol", first.token)
+    claims = chained.claims
+    assert claims.act_groups == (Delegator("alice", ("leads",)),)
+    assert claims.delegation_users == (
+        Delegator("carol", ("finance",)),
+        Delegator("alice", ("leads",)),
+    )
+    holder = Agent("bot", key=bot.key, token=chained.token, claims=claims)
+    assert (await stack.present(holder)).act_groups == claims.act_groups  # verified as issued
+    rescoped = await stack.exchange(holder, rescope_form(chained.token, "T-3"), ath=chained.token)
+    assert rescoped.claims.act_groups == claims.act_groups
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    pem = await stack.service.x509_certificate(claims, csr.public_bytes(Encoding.PEM).decode())
+    bound = await stack.service.certificate_bound_token(claims, pem)
+    assert bound.claims.act_groups == claims.act_groups
+    async with stack.engine.connect() as conn:
+        rows = {row.jti: row for row in await cred_store.list_credentials(conn, agent_id="bot")}
+    assert rows[claims.jti].act_groups == (("alice", ("leads",)),)
+    assert rows[first.claims.jti].act_groups is None

@@ -47,6 +47,7 @@ from tether.approvals.service import ApprovalService
 from tether.approvals.store import changed_since
 from tether.identity.claims import Claims
 from tether.policy.model import ALLOW, APPROVAL_REQUIRED
+from tether.policychain import delegation_of
 from tether.store import agents as agent_store
 
 router = APIRouter(prefix="/v1/access-requests", tags=["approvals"])
@@ -136,8 +137,9 @@ async def _policy_request(claims: Claims, body: AskBody, request: Request) -> di
         "target": {"name": body.target},
         "action": body.action,
     }
-    if claims.agent is not None:  # delegated: ``sub`` is the user the agent acts for
-        value["delegation"] = {"user": claims.sub, "groups": list(claims.groups)}
+    delegation = delegation_of(claims)  # ``sub``, and a chain's earlier users (policychain)
+    if delegation is not None:
+        value["delegation"] = delegation
     return value
 
 

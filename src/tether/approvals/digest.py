@@ -39,6 +39,7 @@ from pglast import parser as pg_parser
 
 from tether.policy import request as req
 from tether.policy.errors import RequestError
+from tether.policychain import single
 
 DIGEST_VERSION: Final = 1
 
@@ -73,7 +74,7 @@ def action_digest(
 ) -> ActionDigest:
     """The digest of a spec request's action on its target; raises :class:`DigestError`."""
     try:
-        normalized = req.normalize(dict(request), default_schema=default_schema)
+        normalized = req.normalize(dict(single(request)), default_schema=default_schema)
     except RequestError as error:
         raise DigestError(f"{error.reason}: {error.detail}") from None
     except (TypeError, ValueError, RecursionError) as error:

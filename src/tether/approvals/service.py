@@ -47,6 +47,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tether import policychain
 from tether.approvals import store as db
 from tether.approvals.binding import (
     ActionDigests,
@@ -126,10 +127,14 @@ class ApprovalService:
         a time (an action of several parts may need several): an allowed or denied action
         costs no query, and the answer is the one the engine gives with every held approval
         in ``approvals``. Any ``approvals`` in ``request`` is ignored: only grants count.
+        A delegation chain is decided for each of its users (:mod:`tether.policychain`); the
+        grant is bound to the outermost user, as for a single delegation.
         """
         policies = self.policies()
         held: list[str] = []
-        decision = policies.decide({**request, "approvals": held}, default_schema=default_schema)
+        decision = policychain.decide(
+            policies, {**request, "approvals": held}, default_schema=default_schema
+        )
         action = ActionDigests(request, body, default_schema)
         for _round in range(MAX_ROUNDS):
             rule_id = decision.rule
@@ -154,8 +159,8 @@ class ApprovalService:
                 pending = await self.request(ask)
                 return dataclasses.replace(decision, detail=pending_detail(pending)), pending
             held.append(rule_id)
-            decision = policies.decide(
-                {**request, "approvals": held}, default_schema=default_schema
+            decision = policychain.decide(
+                policies, {**request, "approvals": held}, default_schema=default_schema
             )
         return decision, None
 

@@ -10,6 +10,10 @@ A token's payload (RFC 9068 profile plus Tether's own claims)::
     cnf      {"jkt": thumbprint} (DPoP, RFC 9449)  or  {"x5t#S256": hash} (mTLS, RFC 8705)
     act      {"sub", "act": {...}}   optional, RFC 8693 actor chain (delegation)
     agent    "agent-id"              optional, present when sub is a user
+    groups   ["group", ...]          optional: the delegating user's (``sub``'s) groups
+    act_groups  [{"sub", "groups"}, ...]  optional: a delegation chain's other users (those
+                                     in ``act``, outermost first, the agent excluded) with
+                                     the groups their ID tokens gave
     parent_jti  "jti"                optional: a certificate-bound token names the token it
                                      was issued from; revoking that token ends this one
     derived_from  ["jti", ...]       optional: every token this one was derived from
@@ -53,6 +57,14 @@ Security decisions:
   ``act`` nested inside. A delegated token used as the actor of a further delegation thus
   puts its user in the new token's ``act``, and the innermost ``act`` is always the agent
   (:attr:`Claims.delegators`).
+* **Every user of a chain is decided with their own groups.** RFC 8693 section 4.1 makes
+  the nested actors of ``act`` informational only ("not to be considered in access control
+  decisions"), so the groups of the chain's earlier users are a top-level Tether claim,
+  ``act_groups``, not members of ``act``: one entry per user of ``act`` in the same order,
+  checked against ``act`` (a claim that names other users, or in another order, is
+  ``TokenInvalid``). A chained token issued before the claim existed has none: its earlier
+  users then count as users *without groups* (:attr:`Claims.delegation_users`), which a
+  policy can only allow less, never more (fail closed).
 """
 
 from __future__ import annotations
@@ -122,6 +134,18 @@ class Actor:
 
 
 @dataclass(frozen=True)
+class Delegator:
+    """One user of a delegation and the groups their ID token gave when they delegated."""
+
+    sub: str
+    groups: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of an ``act_groups`` entry."""
+        return {"sub": self.sub, "groups": list(self.groups)}
+
+
+@dataclass(frozen=True)
 class Claims:
     """The verified (or just issued) claims of an access token."""
 
@@ -142,6 +166,7 @@ class Claims:
     parent_jti: str | None = None  # certificate-bound tokens: the token they were issued from
     derived_from: tuple[str, ...] = ()  # every token this one came from, nearest first
     family: str | None = None  # the jti of its renewal chain's first token (None: older)
+    act_groups: tuple[Delegator, ...] = ()  # the chain's other users with their groups
 
     @property
     def agent_id(self) -> str:
@@ -160,6 +185,21 @@ class Claims:
             users.append(actor.sub)
             actor = actor.act
         return tuple(users)
+
+    @property
+    def delegation_users(self) -> tuple[Delegator, ...]:
+        """Every user of a delegated token with their groups, the subject first (as
+        :attr:`delegators`; empty when not delegated). The users of a chain whose token
+        carries no ``act_groups`` (issued before it existed) get no groups: fail closed."""
+        users = self.delegators
+        if not users:
+            return ()
+        first = Delegator(self.sub, self.groups)
+        if len(users) == 1:
+            return (first,)
+        if tuple(d.sub for d in self.act_groups) == users[1:]:
+            return (first, *self.act_groups)
+        return (first, *(Delegator(user) for user in users[1:]))
 
     @property
     def lineage(self) -> tuple[str, ...]:
@@ -197,6 +237,8 @@ class Claims:
             doc["derived_from"] = list(self.derived_from)
         if self.family is not None:
             doc["family"] = self.family
+        if self.act_groups:
+            doc["act_groups"] = [d.to_json() for d in self.act_groups]
         return doc
 
     @classmethod
@@ -204,7 +246,7 @@ class Claims:
         """Claims from a verified payload; ``TokenInvalid`` naming the first bad claim."""
         task, runtime = _object(doc, "task"), _object(doc, "runtime")
         act = doc.get("act")
-        return cls(
+        claims = cls(
             iss=_string(doc, "iss"),
             aud=_string(doc, "aud"),
             sub=_string(doc, "sub"),
@@ -222,7 +264,11 @@ class Claims:
             parent_jti=None if doc.get("parent_jti") is None else _string(doc, "parent_jti"),
             derived_from=_derived_from(doc.get("derived_from")),
             family=None if doc.get("family") is None else _string(doc, "family"),
+            act_groups=_act_groups(doc.get("act_groups")),
         )
+        if claims.act_groups and not act_groups_match(claims.act, claims.act_groups):
+            raise TokenInvalid("claim act_groups does not match the act chain")
+        return claims
 
 
 def _object(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -259,6 +305,31 @@ def _derived_from(value: object) -> tuple[str, ...]:
     if len(jtis) > MAX_DERIVED_FROM:
         raise TokenInvalid("claim derived_from is too long")
     return jtis
+
+
+def _act_groups(value: object) -> tuple[Delegator, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_ACTOR_DEPTH:
+        raise TokenInvalid("claim act_groups is not a list of users")
+    entries: list[Delegator] = []
+    for entry in value:
+        if not isinstance(entry, dict) or entry.keys() != {"sub", "groups"}:
+            raise TokenInvalid("claim act_groups is not a list of {sub, groups}")
+        sub = _string(entry, "sub", "act_groups.sub")
+        entries.append(Delegator(sub, _strings(entry["groups"], "act_groups.groups")))
+    return tuple(entries)
+
+
+def act_groups_match(act: Actor | None, act_groups: Sequence[Delegator]) -> bool:
+    """Whether ``act_groups`` names exactly the users of ``act`` (every actor but the
+    innermost, the agent), in order."""
+    users: list[str] = []
+    actor = act
+    while actor is not None and actor.act is not None:
+        users.append(actor.sub)
+        actor = actor.act
+    return tuple(d.sub for d in act_groups) == tuple(users)
 
 
 def _labels(value: object) -> Mapping[str, str]:

@@ -26,7 +26,9 @@ and settings it uses. Security decisions:
 * Delegation chains are limited to ``max_delegation_depth``, and a delegated token expires with
   the user's ID token if that comes first. A delegated token may itself be the actor token of
   a further delegation: the new token's ``act`` then names its user (RFC 8693 nesting, so
-  every user of the chain is in it and in the store's record), and every token it was
+  every user of the chain is in it and in the store's record, and each earlier user's groups
+  are in its ``act_groups``, so the policy decides the action for every one of them), and
+  every token it was
   derived from is in its ``derived_from`` (as are the sources of a re-scoped delegated
   token), so disabling any user of the chain or revoking any token upstream ends it. A user
   Tether has disabled (a Tether user of the id an ID token of the chain names) delegates
@@ -52,7 +54,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from tether.identity import exchange as ex
-from tether.identity.claims import MAX_DERIVED_FROM, Actor, Claims, Confirmation, Runtime, Task
+from tether.identity.claims import (
+    MAX_DERIVED_FROM,
+    Actor,
+    Claims,
+    Confirmation,
+    Delegator,
+    Runtime,
+    Task,
+)
 from tether.identity.issued import IssuedToken, Presented, credential_record
 from tether.identity.scope import narrowed
 from tether.identity.workload import WorkloadTokenError, verify_user_token, verify_workload_token
@@ -97,6 +107,7 @@ async def exchange(
         return await _issue(
             service, request, held.sub, held.runtime, held.cnf, held.scope, not_after,
             held.act, held.agent, groups=held.groups, derived_from=derived, family=family,
+            act_groups=held.act_groups,
         )  # fmt: skip
     proof = await service.verify_proof(dpop, htm="POST", htu=url)
     cnf = Confirmation(jkt=proof.jkt)
@@ -200,9 +211,12 @@ async def _delegate(
     # delegated actor token puts its user in the chain (the innermost actor is the agent).
     act = Actor(actor.sub, actor.act)
     expiry = min(actor.exp, int(user.expires_at.timestamp()))
+    # Each earlier user of the chain keeps the groups their own ID token gave (an actor token
+    # issued before act_groups existed gives its earlier users none: fail closed).
     return await _issue(
         service, request, user.user, actor.runtime, actor.cnf, actor.scope, expiry, act,
         actor.agent_id, groups=user.groups, derived_from=actor.lineage,
+        act_groups=actor.delegation_users,
     )  # fmt: skip
 
 
@@ -219,6 +233,7 @@ async def _issue(
     groups: Sequence[str] = (),
     derived_from: Sequence[str] = (),
     family: str | None = None,
+    act_groups: Sequence[Delegator] = (),
 ) -> IssuedToken:
     if len(derived_from) > MAX_DERIVED_FROM:
         raise ex.ExchangeError(
@@ -242,7 +257,7 @@ async def _issue(
     token, claims = service.tokens.issue(
         subject=subject, task=Task(request.task_id, request.task_purpose), scope=scope,
         runtime=runtime, cnf=cnf, act=act, agent=agent, lifetime=lifetime, groups=groups,
-        derived_from=derived_from, family=family,
+        derived_from=derived_from, family=family, act_groups=act_groups,
     )  # fmt: skip
     revoked = service.revoked.reason(claims)  # the new task, a token it came from, its family
     if revoked is not None:

@@ -72,7 +72,8 @@ def credential_record(
 
     A token is recorded under its jti; a certificate under ``<kind>:<serial>`` with its own
     ``validity`` (issued, expires), and the task, runtime and scope of the token it came from
-    and that token's jti. Both keep the task purpose and, when delegated, the user's groups,
+    and that token's jti. Both keep the task purpose and, when delegated, the user's groups
+    (and a chain's earlier users with theirs),
     so a front-end that authenticates by certificate (SSH) builds the same policy request,
     and the tokens the token was derived from and its renewal family, so such a front-end
     ends the session when any of them is revoked (and a revocation by jti finds the family).
@@ -101,6 +102,7 @@ def credential_record(
         token_jti=None if serial is None else claims.jti,
         derived_from=claims.derived_from or None,
         family=claims.family,
+        act_groups=tuple((d.sub, d.groups) for d in claims.act_groups) or None,
     )
 
 

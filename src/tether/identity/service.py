@@ -427,7 +427,7 @@ class IdentityService:
             subject=claims.sub, task=claims.task, scope=claims.scope, runtime=claims.runtime,
             cnf=Confirmation(x5t_s256=x5t_s256(der)), act=claims.act, agent=claims.agent,
             lifetime=lifetime, groups=claims.groups, parent_jti=claims.jti,
-            derived_from=claims.lineage,
+            derived_from=claims.lineage, act_groups=claims.act_groups,
         )  # fmt: skip
         await self.record_credential(credential_record(bound, "access_token", key_thumbprint=None))
         return IssuedToken(token, bound)

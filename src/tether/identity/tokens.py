@@ -64,8 +64,10 @@ from tether.identity.claims import (
     Actor,
     Claims,
     Confirmation,
+    Delegator,
     Runtime,
     Task,
+    act_groups_match,
     validate_new,
 )
 from tether.identity.errors import IssuanceError, TokenExpired, TokenInvalid
@@ -135,6 +137,7 @@ class TokenIssuer:
         parent_jti: str | None = None,
         derived_from: Sequence[str] = (),
         family: str | None = None,
+        act_groups: Sequence[Delegator] = (),
     ) -> tuple[str, Claims]:
         """A signed token and its claims. ``IssuanceError`` if the lifetime is above the cap
         (or not a positive integer), or if a value is not a non-empty string.
@@ -154,6 +157,8 @@ class TokenIssuer:
             raise IssuanceError(f"a token is derived from at most {MAX_DERIVED_FROM} tokens")
         if family is not None and (not isinstance(family, str) or not family):
             raise IssuanceError("a renewal family is a non-empty string")
+        if act_groups and not act_groups_match(act, act_groups):
+            raise IssuanceError("act_groups must name the users of act, in order")
         now = int(self._clock())
         jti = secrets.token_urlsafe(16)
         claims = Claims(
@@ -174,6 +179,7 @@ class TokenIssuer:
             parent_jti=parent_jti,
             derived_from=tuple(derived_from),
             family=jti if family is None else family,
+            act_groups=tuple(act_groups),
         )
         token = self._sign(claims)
         if len(token) > MAX_TOKEN_SIZE:

@@ -16,6 +16,10 @@ Security decisions:
   no labels, and the identity service refuses it anyway (``check_live``).
 * **A decision never raises** (``PolicySet.decide`` fails closed); :func:`decide` only
   adds the policy set in force at the moment of the call.
+* **Every user of a delegation chain is decided**: the request of a chained token lists the
+  chain's earlier users with their own groups (``delegation.chain``), and :func:`decide`
+  decides the action for each of them (:mod:`tether.policychain`); the engine alone
+  refuses such a request, so no front-end can decide it for one user only by mistake.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
+from tether import policychain
 from tether.approvals.model import Conflict
 from tether.audit.subject import Subject
 from tether.policy.model import DENY, Decision
+from tether.policychain import delegation_of
 from tether.store import agents as agent_store
 
 if TYPE_CHECKING:
@@ -166,8 +172,9 @@ def policy_request(
         "target": {"name": target.name, "labels": dict(target.labels)},
         "action": dict(action),
     }
-    if claims.agent is not None:  # delegated: ``sub`` is the user the agent acts for
-        request["delegation"] = {"user": claims.sub, "groups": list(claims.groups)}
+    delegation = delegation_of(claims)  # the user the agent acts for (``sub``), and a chain's
+    if delegation is not None:  # earlier users: decide() decides for each of them
+        request["delegation"] = delegation
     if source_ip is not None:
         request["source_ip"] = source_ip
     held = list(approvals)
@@ -179,8 +186,9 @@ def policy_request(
 def decide(
     services: Services, request: Mapping[str, Any], *, default_schema: str = "public"
 ) -> Decision:
-    """The decision of the policy set in force now; never raises (fails closed)."""
-    return services.policies.current.decide(request, default_schema=default_schema)
+    """The decision of the policy set in force now, for every user of a delegation chain
+    (:mod:`tether.policychain`); never raises (fails closed)."""
+    return policychain.decide(services.policies.current, request, default_schema=default_schema)
 
 
 def undecided(services: Services, error: Exception) -> Decision:

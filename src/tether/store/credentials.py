@@ -65,6 +65,9 @@ class Credential:
     token_jti: str | None = None  # a certificate's issuing token
     derived_from: tuple[str, ...] | None = None  # jtis of the tokens it was derived from
     family: str | None = None  # its renewal family (a certificate: its token's); 0012
+    # A delegation chain's earlier users (those of ``actor_chain`` but the agent), each with
+    # their groups, outermost first; None when not a chain or recorded before migration 0013.
+    act_groups: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     @property
     def delegators(self) -> tuple[str, ...]:
@@ -119,6 +122,9 @@ async def insert_credential(conn: AsyncConnection, credential: Credential) -> No
         "token_jti": credential.token_jti,
         "derived_from": None if credential.derived_from is None else list(credential.derived_from),
         "family": credential.family,
+        "act_groups": None
+        if credential.act_groups is None
+        else [{"sub": sub, "groups": list(groups)} for sub, groups in credential.act_groups],
     }
     if not credential.actor_chain:
         await insert_if_agent_active(conn, credentials, values)
@@ -337,7 +343,23 @@ def _credential(row: RowMapping) -> Credential:
         token_jti=row["token_jti"],
         derived_from=_strings(row["derived_from"]),
         family=row["family"],
+        act_groups=_act_groups(row["act_groups"]),
     )
+
+
+def _act_groups(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """The recorded ``act_groups``; None (no groups for anyone) for anything else."""
+    if not isinstance(value, list):
+        return None
+    entries: list[tuple[str, tuple[str, ...]]] = []
+    for entry in value:
+        if not isinstance(entry, dict) or not isinstance(entry.get("sub"), str):
+            return None
+        groups = entry.get("groups")
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            return None
+        entries.append((entry["sub"], tuple(groups)))
+    return tuple(entries)
 
 
 def _revocation(row: RowMapping) -> Revocation:

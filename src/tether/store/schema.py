@@ -152,6 +152,7 @@ credentials = Table(
     Column("token_jti", Text, nullable=True),  # 0008: certificates: the token it was issued under
     Column("derived_from", NullableJSON, nullable=True),  # 0010: jtis of the tokens it came from
     Column("family", Text, nullable=True),  # 0012: its renewal family (null: recorded before)
+    Column("act_groups", NullableJSON, nullable=True),  # 0013: a chain's earlier users' groups
     CheckConstraint("kind IN ('access_token', 'ssh_certificate', 'x509_certificate')", name="kind"),
     CheckConstraint("expires_at > issued_at", name="lifetime"),
     ForeignKeyConstraint(

@@ -50,6 +50,7 @@ from typing import Any, Final, Protocol
 
 from sqlalchemy import select
 
+from tether import policychain
 from tether.approvals.binding import (
     ActionDigests,
     delegation_user,
@@ -194,7 +195,7 @@ class SessionApprovals:
                 return dataclasses.replace(decision, detail=detail)
             held.append(rule_id)
             again = {**request, "approvals": list(held)}
-            decision = policies.decide(again, default_schema=default_schema)
+            decision = policychain.decide(policies, again, default_schema=default_schema)
         return decision
 
     # --- asynchronous: called by the driver -------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from tether import policychain
 from tether.policy.model import APPROVAL_REQUIRED
 from tether.proxy.core import Services
 from tether.proxy.pg.approvals import SessionApprovals
@@ -72,7 +73,7 @@ class SessionPolicy:
                 return hit
         request = dict(self.base)
         request["action"] = {"sql": {"query": query, "database": self.database}}
-        decision = current.decide(request, default_schema=default_schema)
+        decision = policychain.decide(current, request, default_schema=default_schema)
         if cacheable:
             if len(self._cache) >= CACHED_DECISIONS:
                 self._cache.clear()

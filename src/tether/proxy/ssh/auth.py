@@ -22,12 +22,15 @@ these holds, in this order, each failure refusing the login:
    agent active), and the certificate record itself is not revoked.
 
 The session's claims are rebuilt from the record: subject (the user of a delegated token,
-else the agent), agent, actor chain, the user's groups, task id and purpose, scope, and the
+else the agent), agent, actor chain, the user's groups (and for a delegation chain the
+earlier users' groups, ``act_groups``, migration 0013: a record without them gives those
+users no groups, so they are allowed less, never more), task id and purpose, scope, and the
 runtime with its labels from the store; their jti is the issuing token's. The policy request
 of an SSH session is therefore the one the token would get over HTTP
 (:func:`tether.proxy.core.policy_request`): ``task.purpose`` is there, and a delegated
 session carries ``delegation`` (user and groups), so the engine grants it only what both the
-agent and the user may do. Revoking the issuing token ends the session.
+agent and the user may do (every user of a chain: :mod:`tether.policychain`). Revoking the
+issuing token ends the session.
 
 With ``ssh.allow_plain_keys``, a bare key is accepted when a live certificate record names its
 fingerprint (the newest one): the session runs under that certificate's claims, issuing token
@@ -46,7 +49,15 @@ import asyncssh
 from asyncssh.public_key import SSHOpenSSHCertificate, decode_ssh_certificate
 from sqlalchemy import select
 
-from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
+from tether.identity.claims import (
+    Actor,
+    Claims,
+    Confirmation,
+    Delegator,
+    Runtime,
+    Task,
+    act_groups_match,
+)
 from tether.identity.errors import CredentialError
 from tether.identity.service import IdentityService
 from tether.identity.sshca import describe_certificate
@@ -202,6 +213,10 @@ async def _identity_of(
         raise AuthRefused("the certificate predates Tether recording its task: get a new one")
     if delegated and (record.groups is None or not record.actor_chain):
         raise AuthRefused("the certificate's delegation is not recorded: get a new one")
+    act = _actor(record.actor_chain or ()) if delegated else None
+    act_groups = tuple(Delegator(sub, groups) for sub, groups in record.act_groups or ())
+    if act_groups and not act_groups_match(act, act_groups):
+        raise AuthRefused("the certificate's delegation chain is not recorded consistently")
     async with identity.engine.connect() as conn:
         runtime = await agent_store.get_runtime(conn, record.runtime_id)
     if runtime is None or runtime.agent_id != record.agent_id:
@@ -218,11 +233,12 @@ async def _identity_of(
         scope=record.scope,
         runtime=Runtime(runtime.id, dict(runtime.labels)),
         cnf=Confirmation(jkt=record.key_thumbprint or record.jti),
-        act=_actor(record.actor_chain or ()) if delegated else None,
+        act=act,
         agent=record.agent_id if delegated else None,
         groups=(record.groups or ()) if delegated else (),
         derived_from=record.derived_from or (),  # revoking any of them ends the session
         family=record.family,  # as does revoking any token of its token's renewal family
+        act_groups=act_groups,  # none recorded (before 0013): the earlier users get no groups
     )
     session = SessionIdentity(claims, record.jti, record.serial or "", not_after, False)
     await check_live(identity, session)
