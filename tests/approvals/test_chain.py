@@ -18,10 +18,12 @@ import pytest
 
 from tests.identity_e2e.conftest import Clock
 from tests.proxy_http.conftest import Agent, Harness, upstream  # noqa: F401 - the fixture
-from tests.proxy_http.test_delegation_chain import chain
+from tests.proxy_http.test_delegation_chain import chain, delegate
 from tests.proxy_http.upstream import Upstream
 from tests.proxy_ssh.harness import user_issuer
+from tether.approvals.model import NotAllowed
 from tether.approvals.service import ApprovalService
+from tether.store import agents as agent_store
 from tether.users.service import UserService
 from tether.users.store import User
 
@@ -106,3 +108,34 @@ def test_a_chain_needs_the_approval_and_keeps_alices_deny(
     assert "access_request" not in body
     assert len(upstream.seen) == before
     assert [r.id for r in gated.harness.run(gated.approvals.search())] == [request_id]
+
+
+def test_no_user_of_the_chain_approves_and_a_grant_covers_only_its_chain(
+    gated: Gated,
+    upstream: Upstream,  # noqa: F811
+) -> None:
+    """alice, an approver, delegated the token bob delegated on: she may not approve what
+    it asks (she caused it, as bob did); the request records the chain, and the grant
+    another approver makes covers that chain only, not bob acting alone for the agent."""
+    alice = gated.harness.run(
+        UserService(gated.harness.store.engine).add("alice", password=None, groups=["leads"])
+    )
+
+    async def owned_by_olivia() -> None:  # not alice: her refusal must be the chain's
+        async with gated.harness.store.engine.begin() as conn:
+            await agent_store.create_agent(conn, id="bot", owner="olivia", now=datetime.now(UTC))
+
+    gated.harness.run(owned_by_olivia())
+    agent = chain(gated.harness, [], [])
+    request_id = delete(gated, agent, 3).json()["access_request"]
+    pending = gated.harness.run(gated.approvals.get(request_id))
+    assert (pending.delegation_user, pending.delegation_chain) == ("bob", ("alice",))
+    assert "delegation chain" in (gated.approvals.may_vote(pending, alice) or "")
+    with pytest.raises(NotAllowed, match="delegation chain"):
+        gated.harness.run(gated.approvals.approve(request_id, alice, "mine"))
+    gated.harness.run(gated.approvals.approve(request_id, gated.lead, "ok"))
+    assert delete(gated, agent, 3).status_code == 200
+
+    bob_alone = delegate(gated.harness, gated.harness.agent(), "bob", [])
+    other = delete(gated, bob_alone, 3)  # the same action, another delegation: not granted
+    assert other.status_code == 403 and other.json()["access_request"] != request_id

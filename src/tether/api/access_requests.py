@@ -167,6 +167,7 @@ async def _rule_ask(
         agent_id=claims.agent_id, task_id=claims.task.id, rule_id=rule.id,
         action=ActionDigest(rule.kind, body.target, canonical, digest),
         runtime_id=claims.runtime.id, delegation_user=delegation, reason=body.reason,
+        delegation_chain=tuple(user.sub for user in claims.delegation_users[1:]),
     )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ import hashlib
 import json
 import secrets
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -99,12 +99,15 @@ def _binding(
     digest: str | None,
     runtime_id: str | None,
     delegation: str | None,
+    chain: Sequence[str] = (),
 ) -> str:
-    document = {
+    document: dict[str, Any] = {
         "v": 2, "use": use, "agent": agent_id, "task": task_id, "rule": rule.id,
         "definition": rule_fingerprint(rule), "action": "*" if digest is None else digest,
         "runtime": runtime_id, "delegation": delegation,
     }  # fmt: skip
+    if chain:  # a delegation chain's earlier users: bound too (none: the keys of before)
+        document["chain"] = list(chain)
     return hashlib.sha256(canonical_json(document).encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -115,10 +118,12 @@ def grant_key(
     digest: str | None,
     runtime_id: str | None,
     delegation: str | None,
+    chain: Sequence[str] = (),
 ) -> str:
     """The key of a grant for ``digest`` (None: every action of the rule) under ``rule``
-    as defined now, for this agent, task, runtime and delegating user."""
-    return _binding("grant", agent_id, task_id, rule, digest, runtime_id, delegation)
+    as defined now, for this agent, task, runtime and delegating user (and the earlier
+    users of its delegation chain)."""
+    return _binding("grant", agent_id, task_id, rule, digest, runtime_id, delegation, chain)
 
 
 def grant_keys(
@@ -128,10 +133,11 @@ def grant_keys(
     digest: str,
     runtime_id: str | None,
     delegation: str | None,
+    chain: Sequence[str] = (),
 ) -> frozenset[str]:
     """The keys of the grants that would cover the action ``digest``: for it, or rule-wide."""
     return frozenset(
-        grant_key(agent_id, task_id, rule, bound, runtime_id, delegation)
+        grant_key(agent_id, task_id, rule, bound, runtime_id, delegation, chain)
         for bound in (digest, None)
     )
 
@@ -140,7 +146,7 @@ def pending_key(ask: Ask, rule: Rule) -> str:
     assert rule.approval is not None
     digest = None if rule.approval.scope == "rule" else ask.action.digest
     return _binding("pending", ask.agent_id, ask.task_id, rule, digest, ask.runtime_id,
-                    ask.delegation_user)  # fmt: skip
+                    ask.delegation_user, ask.delegation_chain)  # fmt: skip
 
 
 def request_key(request: AccessRequest, rule: Rule) -> str:
@@ -148,14 +154,14 @@ def request_key(request: AccessRequest, rule: Rule) -> str:
     the stored one when the rule changed since the request)."""
     digest = None if request.scope == "rule" else request.digest
     return _binding("pending", request.agent_id, request.task_id, rule, digest, request.runtime_id,
-                    request.delegation_user)  # fmt: skip
+                    request.delegation_user, request.delegation_chain)  # fmt: skip
 
 
 def grant_row(request: AccessRequest, rule: Rule, now: datetime) -> dict[str, Any]:
     """The grant ``request``'s approval makes; its ``digest`` column holds its key."""
     digest = None if request.scope == "rule" else request.digest
     key = grant_key(request.agent_id, request.task_id, rule, digest, request.runtime_id,
-                    request.delegation_user)  # fmt: skip
+                    request.delegation_user, request.delegation_chain)  # fmt: skip
     return {
         "id": "gr_" + secrets.token_hex(12), "request_id": request.id,
         "agent_id": request.agent_id, "task_id": request.task_id, "rule_id": request.rule_id,
@@ -178,6 +184,16 @@ def delegation_user(request: Mapping[str, Any]) -> str | None:
     if isinstance(delegation, Mapping) and isinstance(delegation.get("user"), str):
         return str(delegation["user"])
     return None
+
+
+def delegation_chain(request: Mapping[str, Any]) -> tuple[str, ...]:
+    """The earlier users of the request's delegation chain, outermost first (``()``: none;
+    :mod:`tether.policychain` has already refused a malformed chain)."""
+    delegation = request.get("delegation")
+    chain = delegation.get("chain") if isinstance(delegation, Mapping) else None
+    if not isinstance(chain, list):
+        return ()
+    return tuple(str(e["user"]) for e in chain if isinstance(e, Mapping) and "user" in e)
 
 
 def status_path(request_id: str) -> str:

@@ -54,6 +54,7 @@ class Ask:
     runtime_id: str | None = None
     delegation_user: str | None = None
     reason: str | None = None
+    delegation_chain: tuple[str, ...] = ()  # a chain's earlier users, outermost first
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,7 @@ class AccessRequest:
     votes: tuple[Vote, ...] = ()
     grant: Grant | None = field(default=None)
     updated_at: datetime | None = None
+    delegation_chain: tuple[str, ...] = ()  # a chain's earlier users, outermost first
 
     @property
     def approvals(self) -> int:
@@ -127,6 +129,7 @@ class AccessRequest:
             "runtime_id": self.runtime_id,
             "task_id": self.task_id,
             "delegation_user": self.delegation_user,
+            "delegation_chain": list(self.delegation_chain),
             "owner": self.owner,
             "target": self.target,
             "kind": self.kind,

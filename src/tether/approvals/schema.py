@@ -38,6 +38,7 @@ access_requests = Table(
     Column("runtime_id", Text, nullable=True),
     Column("task_id", Text, nullable=False),
     Column("delegation_user", Text, nullable=True),
+    Column("delegation_chain", JSON, nullable=True),  # 0014: a chain's earlier users
     Column("owner", Text, nullable=True),
     Column("target", Text, nullable=False),
     Column("kind", String(8), nullable=False),

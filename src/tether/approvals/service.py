@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -52,6 +52,7 @@ from tether.approvals import store as db
 from tether.approvals.binding import (
     ActionDigests,
     Bell,
+    delegation_chain,
     delegation_user,
     grant_keys,
     grant_row,
@@ -146,15 +147,18 @@ class ApprovalService:
             if digest is None or agent is None or task is None:
                 return decision, None  # nothing to bind a grant to: the refusal stands
             runtime, delegation = ident(request.get("runtime")), delegation_user(request)
+            chain = delegation_chain(request)
             if self._revoked(agent, task, runtime):
                 return decision, None  # revoked meanwhile (another node): nothing to raise
             found = await self.held_approvals(agent, task, digest.digest, [rule_id],
                                               bound_digest=digest.digest, runtime_id=runtime,
-                                              delegation_user=delegation)  # fmt: skip
+                                              delegation_user=delegation,
+                                              delegation_chain=chain)  # fmt: skip
             if rule_id not in found:
                 ask = Ask(
                     agent_id=agent, task_id=task, rule_id=rule_id, action=digest,
                     runtime_id=runtime, delegation_user=delegation, reason=reason,
+                    delegation_chain=chain,
                 )  # fmt: skip
                 pending = await self.request(ask)
                 return dataclasses.replace(decision, detail=pending_detail(pending)), pending
@@ -174,6 +178,7 @@ class ApprovalService:
         bound_digest: str | None = None,
         runtime_id: str | None = None,
         delegation_user: str | None = None,
+        delegation_chain: Sequence[str] = (),
     ) -> frozenset[str]:
         """The ids among ``rule_ids`` whose approval is held for this action now, by this
         agent, task, runtime and delegating user, under the rule as defined now.
@@ -194,7 +199,7 @@ class ApprovalService:
             bound = bound_digest if approval.bind_body else digest
             if bound is not None:
                 keys[rule_id] = grant_keys(agent_id, task_id, rule, bound, runtime_id,
-                                           delegation_user)  # fmt: skip
+                                           delegation_user, delegation_chain)  # fmt: skip
         async with self.engine.connect() as conn:
             held = await db.held_rules(
                 conn, agent_id=agent_id, task_id=task_id, keys=keys, now=self.clock()
@@ -221,7 +226,7 @@ class ApprovalService:
         now = self.clock()
         key = pending_key(ask, rule)
         keys = grant_keys(ask.agent_id, ask.task_id, rule, ask.action.digest, ask.runtime_id,
-                          ask.delegation_user)  # fmt: skip
+                          ask.delegation_user, ask.delegation_chain)  # fmt: skip
         async with self.engine.begin() as conn:
             granted = await db.live_grant_request(
                 conn, agent_id=ask.agent_id, task_id=ask.task_id, rule_id=ask.rule_id,
@@ -266,6 +271,7 @@ class ApprovalService:
         return {
             "id": request_id, "agent_id": ask.agent_id, "runtime_id": ask.runtime_id,
             "task_id": ask.task_id, "delegation_user": ask.delegation_user,
+            "delegation_chain": list(ask.delegation_chain) or None,
             "owner": None if agent is None else agent.owner, "target": ask.action.target,
             "kind": ask.action.kind, "action": dict(ask.action.canonical),
             "digest": ask.action.digest, "rule_id": ask.rule_id, "scope": approval.scope,
@@ -318,6 +324,8 @@ class ApprovalService:
             return None
         if user.id == person(request.delegation_user):
             return "nobody approves a request they caused (the delegating user)"
+        if user.id in {person(u) for u in request.delegation_chain}:
+            return "nobody approves a request they caused (a user of the delegation chain)"
         if user.id == person(request.owner) and "owner" not in request.approvers:
             return "the agent's owner does not approve its requests under this rule"
         return None

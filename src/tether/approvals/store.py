@@ -331,6 +331,7 @@ async def _full(conn: AsyncConnection, row: RowMapping) -> AccessRequest:
         requested_at=row["requested_at"], expires_at=row["expires_at"],
         decided_at=row["decided_at"], decided_reason=row["decided_reason"],
         revision=row["revision"],
+        delegation_chain=tuple(row["delegation_chain"] or ()),
         votes=tuple(
             Vote(v["user_id"], v["vote"], v["reason"], v["created_at"], v["state"] == "active")
             for v in votes

@@ -53,6 +53,7 @@ from sqlalchemy import select
 from tether import policychain
 from tether.approvals.binding import (
     ActionDigests,
+    delegation_chain,
     delegation_user,
     grant_keys,
     ident,
@@ -123,6 +124,7 @@ class SessionApprovals:
         self.task_id = ident(base.get("task"))
         self.runtime_id = ident(base.get("runtime"))
         self.delegation_user = delegation_user(base)
+        self.delegation_chain = delegation_chain(base)
         self.monotonic = monotonic
         self.grants: frozenset[HeldGrant] = frozenset()
         self.pending: dict[tuple[str, str], AccessRequest] = {}
@@ -179,7 +181,8 @@ class SessionApprovals:
             if digest is None or rule is None or self.agent_id is None or self.task_id is None:
                 return decision  # nothing to bind a grant to: the refusal stands
             keys = grant_keys(self.agent_id, self.task_id, rule, digest.digest,
-                              self.runtime_id, self.delegation_user)  # fmt: skip
+                              self.runtime_id, self.delegation_user,
+                              self.delegation_chain)  # fmt: skip
             if not any(g.covers(rule_id, keys, now) for g in self.grants):
                 key = (rule_id, digest.digest)
                 pending = self.pending.get(key)
@@ -190,6 +193,7 @@ class SessionApprovals:
                         agent_id=self.agent_id, task_id=self.task_id, rule_id=rule_id,
                         action=digest, runtime_id=self.runtime_id,
                         delegation_user=self.delegation_user,
+                        delegation_chain=self.delegation_chain,
                     )  # fmt: skip
                 detail = NOT_RAISED if pending is None else pending_detail(pending)
                 return dataclasses.replace(decision, detail=detail)
