@@ -93,6 +93,7 @@ class IdentityService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.engine, self.keys, self.cipher, self.settings = engine, keys, cipher, settings
+        self.sealer = cipher.sealer  # row seals under the master key (tether.crypto.seal)
         self.clock = clock
         self.issuers = issuers or TrustedIssuers([])
 

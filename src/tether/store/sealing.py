@@ -1,0 +1,79 @@
+"""The sealed tables, and adopting the rows written before they were sealed.
+
+Migration 0013 added a nullable ``seal`` column to each table of :data:`SEALED`; Tether
+computes it on every write and refuses a row whose seal is missing or wrong
+(:mod:`tether.crypto.seal`). The migration cannot seal the rows already there (it does not
+hold the master key), so those rows are refused until an operator adopts them with
+``tether store seal`` (:func:`adopt`).
+
+Security decision: **adoption is explicit, never automatic.** A node that sealed unsealed
+rows on its own (at start, say) would seal a row planted in the database behind its back
+just as well as a genuine one written before the upgrade, and whatever marker recorded
+"adoption done" would sit in the same database, where the one who planted the row can
+delete it. Only an operator's ``tether store seal``, which lists every row it seals, turns
+an unsealed row into a trusted one; a node only counts unsealed rows at start and logs
+them as an error (:func:`unsealed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.crypto.seal import RowSealer, SealValue
+from tether.vault import targets as target_store
+from tether.vault.schema import targets
+
+
+@dataclass(frozen=True)
+class SealedTable:
+    """A table whose rows carry a seal: its key column and its sealed columns."""
+
+    table: Table
+    key: str
+    columns: Callable[[Mapping[str, Any] | RowMapping], dict[str, SealValue]]
+
+
+SEALED: tuple[SealedTable, ...] = (SealedTable(targets, "name", target_store.seal_columns),)
+
+
+async def unsealed(engine: AsyncEngine) -> dict[str, list[str]]:
+    """The keys of the rows without a seal, by table (tables without any left out)."""
+    found: dict[str, list[str]] = {}
+    async with engine.connect() as conn:
+        for sealed in SEALED:
+            key = sealed.table.c[sealed.key]
+            query = select(key).where(sealed.table.c.seal.is_(None)).order_by(key)
+            keys = [str(value) for value in (await conn.execute(query)).scalars()]
+            if keys:
+                found[sealed.table.name] = keys
+    return found
+
+
+async def adopt(engine: AsyncEngine, sealer: RowSealer) -> dict[str, list[str]]:
+    """Seal every row that has no seal, as it stands; the keys sealed, by table.
+
+    Rows whose seal is present but wrong are left as they are (refused): adoption is for
+    rows written before the seals existed, never a way to bless a tampered row.
+    """
+    done: dict[str, list[str]] = {}
+    async with engine.begin() as conn:
+        for sealed in SEALED:
+            table, key = sealed.table, sealed.table.c[sealed.key]
+            query = select(table).where(table.c.seal.is_(None)).with_for_update()
+            rows = (await conn.execute(query)).mappings()
+            for row in list(rows):
+                seal = sealer.seal(table.name, sealed.columns(row))
+                statement = (
+                    update(table)
+                    .where(key == row[sealed.key], table.c.seal.is_(None))
+                    .values(seal=seal)
+                )
+                if (await conn.execute(statement)).rowcount == 1:
+                    done.setdefault(table.name, []).append(str(row[sealed.key]))
+    return {name: sorted(keys) for name, keys in done.items()}
