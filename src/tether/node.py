@@ -131,7 +131,7 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
         holder = await load_initial(settings.policies, store)
     except LoadRefused as error:
         raise StartupError(f"policies did not load: {error}") from None
-    await _announce_first_admin_token(store)
+    await _announce_first_admin_token(store, identity)
     await _report_unsealed(store)
     try:
         auditor = await start_auditor(
@@ -318,8 +318,8 @@ def default_issuer(sock: socket.socket, *, scheme: str = "http") -> str:
     return f"{scheme}://{_bracket(host)}:{port}"
 
 
-async def _announce_first_admin_token(store: Store) -> None:
-    token = await first_admin_token(store.engine, now=datetime.now(UTC))
+async def _announce_first_admin_token(store: Store, identity: IdentityService) -> None:
+    token = await first_admin_token(store.engine, identity.sealer, now=datetime.now(UTC))
     if token is None:
         return
     # Printed, not logged: it must reach the operator whatever the log level, exactly once.

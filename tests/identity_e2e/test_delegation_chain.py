@@ -188,7 +188,7 @@ async def api_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, httpx.AsyncCli
     users = UserService(store.engine, clock=clock)
     holder = PolicyHolder(load_policies([]))
     app = create_app(AppState(holder, store, stack.service, users=users))
-    admin, _ = await create_admin_token(store.engine, name="test", now=clock())
+    admin, _ = await create_admin_token(store.engine, cipher.sealer, name="test", now=clock())
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:

@@ -39,7 +39,9 @@ async def test_a_chained_session_ends_with_any_link(env: Env, how: str) -> None:
     app = create_app(
         AppState(stack.holder, stack.store, stack.identity, stack.auditor, users=users)
     )
-    admin, _ = await create_admin_token(stack.store.engine, name="t", now=datetime.now(UTC))
+    admin, _ = await create_admin_token(
+        stack.store.engine, stack.identity.sealer, name="t", now=datetime.now(UTC)
+    )
     chained = await stack.agent(
         on_behalf_of=("carol", ["finance"]), through=[("alice", ["finance"])]
     )

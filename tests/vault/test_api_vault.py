@@ -71,7 +71,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     holder = PolicyHolder(load_policies([PolicySource("a.yaml", POLICY)]))
     targets = TargetStore(store.engine, cipher.sealer)
     state = AppState(holder, store, service, auditor, secrets=vault, targets=targets)
-    token, _ = await create_admin_token(store.engine, name="test", now=clock())
+    token, _ = await create_admin_token(store.engine, cipher.sealer, name="test", now=clock())
     transport = httpx.ASGITransport(app=create_app(state))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:

@@ -56,7 +56,7 @@ def seal(
         settings = load_settings(config, overrides=overrides)
     except ConfigError as error:
         fail(str(error))
-    sealer = None if dry_run else _sealer(settings)
+    sealer = None if dry_run else master_sealer(settings)
 
     async def run() -> dict[str, list[str]]:
         store = await Store.open(settings.database)
@@ -77,7 +77,10 @@ def seal(
     typer.echo(f"{count} row(s) {verb}", err=True)
 
 
-def _sealer(settings: Settings) -> RowSealer:
+def master_sealer(settings: Settings, *, create: bool = False) -> RowSealer:
+    """The row sealer under the node's master key; exits 2 without one, unless ``create``
+    (``tether admin-token create`` on a fresh data directory makes it, as a first start
+    would)."""
     from tether.crypto.masterkey import (
         MASTER_KEY_ENV,
         MASTER_KEY_FILE,
@@ -86,7 +89,7 @@ def _sealer(settings: Settings) -> RowSealer:
     )
 
     path = settings.data_dir / MASTER_KEY_FILE
-    if MASTER_KEY_ENV not in os.environ and not path.exists():
+    if not create and MASTER_KEY_ENV not in os.environ and not path.exists():
         fail(f"no master key: set {MASTER_KEY_ENV} or check --data-dir ({path} does not exist)")
     try:
         return RowSealer(load_master_key(settings.data_dir))

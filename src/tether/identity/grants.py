@@ -118,7 +118,12 @@ async def _join(
     now = service.clock()
     async with service.engine.begin() as conn:
         record = await agent_store.consume_join_token(
-            conn, id=token_id, token_hash=digest(secret), runtime_id=runtime_id, now=now
+            conn,
+            service.sealer,
+            id=token_id,
+            token_hash=digest(secret),
+            runtime_id=runtime_id,
+            now=now,
         )
         if record is None:
             raise ex.ExchangeError(

@@ -26,6 +26,9 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.seal import RowSealer, SealValue
+from tether.store.agents import join_seal_columns
+from tether.store.keys import admin_seal_columns
+from tether.store.schema import admin_tokens, join_tokens
 from tether.vault import targets as target_store
 from tether.vault.schema import targets
 
@@ -39,7 +42,11 @@ class SealedTable:
     columns: Callable[[Mapping[str, Any] | RowMapping], dict[str, SealValue]]
 
 
-SEALED: tuple[SealedTable, ...] = (SealedTable(targets, "name", target_store.seal_columns),)
+SEALED: tuple[SealedTable, ...] = (
+    SealedTable(targets, "name", target_store.seal_columns),
+    SealedTable(admin_tokens, "id", admin_seal_columns),
+    SealedTable(join_tokens, "id", join_seal_columns),
+)
 
 
 async def unsealed(engine: AsyncEngine) -> dict[str, list[str]]:
