@@ -65,7 +65,7 @@ async def delegate(stack: Stack, bot: Agent, user: str, actor: str, **extra: str
 
 @pytest.fixture
 async def chain(stack: Stack, bot: Agent) -> Chain:
-    users = UserService(stack.engine, clock=stack.clock)
+    users = UserService(stack.engine, stack.cipher, clock=stack.clock)
     for user in ("alice", "carol"):
         await users.add(user, password=None)
     first = await delegate(stack, bot, "alice", bot.token)
@@ -185,7 +185,7 @@ async def api_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, httpx.AsyncCli
     clock = Clock()
     cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))
     stack = Stack(store, clock, cipher, await build_service(store, clock, cipher))
-    users = UserService(store.engine, clock=clock)
+    users = UserService(store.engine, cipher, clock=clock)
     holder = PolicyHolder(load_policies([]))
     app = create_app(AppState(holder, store, stack.service, users=users))
     admin, _ = await create_admin_token(store.engine, cipher.sealer, name="test", now=clock())
@@ -209,7 +209,7 @@ async def test_disabling_a_user_of_the_chain_through_the_api(
     api_stack: tuple[Stack, httpx.AsyncClient, str], user: str
 ) -> None:
     stack, http, admin = api_stack
-    users = UserService(stack.engine, clock=stack.clock)
+    users = UserService(stack.engine, stack.cipher, clock=stack.clock)
     for name in ("alice", "carol"):
         await users.add(name, password=None)
     bot = await stack.new_agent("bot")

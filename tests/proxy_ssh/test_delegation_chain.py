@@ -33,7 +33,7 @@ from tether.users.service import UserService
 async def test_a_chained_session_ends_with_any_link(env: Env, how: str) -> None:
     stack = env.stack
     stack.holder.replace(policy(DELEGATED).current)
-    users = UserService(stack.store.engine)
+    users = UserService(stack.store.engine, stack.identity.cipher)
     for user in ("alice", "carol"):
         await users.add(user, password=None, groups=["finance"])
     app = create_app(

@@ -17,35 +17,48 @@ them as an error (:func:`unsealed`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, select, update
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.crypto.seal import RowSealer, SealValue
 from tether.store.agents import join_seal_columns
 from tether.store.keys import admin_seal_columns
 from tether.store.schema import admin_tokens, join_tokens
+from tether.users.schema import users
+from tether.users.store import user_columns
 from tether.vault import targets as target_store
 from tether.vault.schema import targets
+
+Columns = Callable[[AsyncConnection, RowMapping], Awaitable[dict[str, SealValue]]]
 
 
 @dataclass(frozen=True)
 class SealedTable:
-    """A table whose rows carry a seal: its key column and its sealed columns."""
+    """A table whose rows carry a seal: its key column and its sealed columns (which may
+    read other tables: a user's roles and groups)."""
 
     table: Table
     key: str
-    columns: Callable[[Mapping[str, Any] | RowMapping], dict[str, SealValue]]
+    columns: Columns
+
+
+def _of_row(columns: Callable[[Mapping[str, Any] | RowMapping], dict[str, SealValue]]) -> Columns:
+    async def read(_conn: AsyncConnection, row: RowMapping) -> dict[str, SealValue]:
+        return columns(row)
+
+    return read
 
 
 SEALED: tuple[SealedTable, ...] = (
-    SealedTable(targets, "name", target_store.seal_columns),
-    SealedTable(admin_tokens, "id", admin_seal_columns),
-    SealedTable(join_tokens, "id", join_seal_columns),
+    SealedTable(targets, "name", _of_row(target_store.seal_columns)),
+    SealedTable(admin_tokens, "id", _of_row(admin_seal_columns)),
+    SealedTable(join_tokens, "id", _of_row(join_seal_columns)),
+    SealedTable(users, "id", user_columns),
 )
 
 
@@ -75,7 +88,7 @@ async def adopt(engine: AsyncEngine, sealer: RowSealer) -> dict[str, list[str]]:
             query = select(table).where(table.c.seal.is_(None)).with_for_update()
             rows = (await conn.execute(query)).mappings()
             for row in list(rows):
-                seal = sealer.seal(table.name, sealed.columns(row))
+                seal = sealer.seal(table.name, await sealed.columns(conn, row))
                 statement = (
                     update(table)
                     .where(key == row[sealed.key], table.c.seal.is_(None))

@@ -36,6 +36,7 @@ users = Table(
     Column("state", String(16), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("seal", Text, nullable=True),  # 0013: tether.crypto.seal (with roles and groups)
     CheckConstraint("source IN ('local', 'oidc')", name="source"),
     CheckConstraint("state IN ('active', 'disabled')", name="state"),
 )

@@ -2,20 +2,39 @@
 
 Each takes an ``AsyncConnection`` and leaves the transaction to the caller, and takes the
 clock's ``now`` rather than reading one (the conventions of :mod:`tether.store.identity`).
+
+Security decision: **a user is sealed** (:mod:`tether.crypto.seal`, migration 0013). The
+``users`` row's ``seal`` is the HMAC under the master key of the user's id, source,
+password hash, TOTP secret, state, roles and groups (the latter two from ``user_roles`` and
+``group_members``). :func:`get_user` and :func:`credentials_row`, through which every login,
+personal token and approver check reads a user, return None for a user whose seal is
+missing or does not verify (logged as an error): whoever can write to the database without
+the master key cannot set a password hash, a role, a group or a state of their choosing.
+The writer (:class:`tether.users.service.UserService`) seals again after each change, but
+only a user whose seal verified before it: a user changed outside Tether stays refused.
+Not sealed: display name, e-mail, ``totp_last_step`` (the last TOTP step spent, written
+at each login) and the timestamps; nothing is granted on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tether.crypto.seal import RowSealer, SealValue
 from tether.store.identity import upsert_insert
 from tether.users.schema import group_members, user_groups, user_roles, user_tokens, users
+
+USERS = "users"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,17 +88,82 @@ async def insert_user(
     )  # fmt: skip
 
 
-async def credentials_row(conn: AsyncConnection, user_id: str) -> RowMapping | None:
-    """The user's row with its password hash and TOTP fields (for login only)."""
-    result = await conn.execute(select(users).where(users.c.id == user_id))
-    return result.mappings().first()
+def user_seal_columns(
+    row: Mapping[str, Any] | RowMapping, roles: Iterable[str], groups: Iterable[str]
+) -> dict[str, SealValue]:
+    """The sealed columns of a user: its ``users`` row's, its roles and its groups."""
+    sealed: dict[str, SealValue] = {
+        name: row[name] for name in ("id", "source", "password_hash", "totp_secret", "state")
+    }
+    sealed["roles"] = sorted(set(roles))
+    sealed["groups"] = sorted(set(groups))
+    return sealed
 
 
-async def get_user(conn: AsyncConnection, user_id: str) -> User | None:
-    row = await credentials_row(conn, user_id)
+async def _roles_and_groups(conn: AsyncConnection, user_id: str) -> tuple[list[str], list[str]]:
+    roles = await conn.scalars(select(user_roles.c.role).where(user_roles.c.user_id == user_id))
+    groups = await conn.scalars(
+        select(group_members.c.group_name).where(group_members.c.user_id == user_id)
+    )
+    return list(roles), list(groups)
+
+
+async def _verified_row(
+    conn: AsyncConnection, sealer: RowSealer, user_id: str
+) -> tuple[RowMapping, list[str], list[str]] | None:
+    """The user's row, roles and groups if the user exists and its seal verifies."""
+    row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
     if row is None:
         return None
-    return await _user(conn, row)
+    roles, groups = await _roles_and_groups(conn, user_id)
+    if not sealer.verify(USERS, user_seal_columns(row, roles, groups), row["seal"]):
+        state = "it has no seal" if row["seal"] is None else "its seal does not verify"
+        log.error(
+            "user %r refused: %s: the user was changed outside Tether (its row, roles or "
+            "groups; docs/vault.md, Tampering with the database)",
+            user_id, state,
+        )  # fmt: skip
+        return None
+    return row, roles, groups
+
+
+async def credentials_row(
+    conn: AsyncConnection, sealer: RowSealer, user_id: str
+) -> RowMapping | None:
+    """The user's row with its password hash and TOTP fields (for login only); None when
+    there is no such user or its seal does not verify."""
+    found = await _verified_row(conn, sealer, user_id)
+    return None if found is None else found[0]
+
+
+async def get_user(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> User | None:
+    """The user, or None when there is no such user or its seal does not verify."""
+    found = await _verified_row(conn, sealer, user_id)
+    return None if found is None else _user_of(*found)
+
+
+async def user_intact(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> bool:
+    """Whether the user exists and its seal verifies (quietly: for writers)."""
+    row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
+    if row is None:
+        return False
+    roles, groups = await _roles_and_groups(conn, user_id)
+    return sealer.verify(USERS, user_seal_columns(row, roles, groups), row["seal"])
+
+
+async def seal_user(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> None:
+    """Seal the user as it now stands (its row, roles and groups), in the caller's
+    transaction; only for a user just written by Tether (see the module docstring)."""
+    row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().one()
+    roles, groups = await _roles_and_groups(conn, user_id)
+    seal = sealer.seal(USERS, user_seal_columns(row, roles, groups))
+    await conn.execute(update(users).where(users.c.id == user_id).values(seal=seal))
+
+
+async def user_columns(conn: AsyncConnection, row: RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of a ``users`` row read back (for ``tether store seal``)."""
+    roles, groups = await _roles_and_groups(conn, row["id"])
+    return user_seal_columns(row, roles, groups)
 
 
 async def user_state(conn: AsyncConnection, user_id: str) -> str | None:
@@ -94,10 +178,10 @@ async def list_users(conn: AsyncConnection) -> list[User]:
 
 
 async def _user(conn: AsyncConnection, row: RowMapping) -> User:
-    roles = await conn.scalars(select(user_roles.c.role).where(user_roles.c.user_id == row["id"]))
-    groups = await conn.scalars(
-        select(group_members.c.group_name).where(group_members.c.user_id == row["id"])
-    )
+    return _user_of(row, *await _roles_and_groups(conn, row["id"]))
+
+
+def _user_of(row: RowMapping, roles: list[str], groups: list[str]) -> User:
     return User(
         id=row["id"], display_name=row["display_name"], email=row["email"],
         source=row["source"], state=row["state"], roles=frozenset(roles),
@@ -143,14 +227,14 @@ async def set_groups(
         await conn.execute(insert(group_members).values(group_name=name, user_id=user_id))
 
 
-async def group_member_ids(conn: AsyncConnection, group: str) -> set[str]:
-    """The active members of ``group``."""
+async def group_member_ids(conn: AsyncConnection, sealer: RowSealer, group: str) -> set[str]:
+    """The active members of ``group`` whose seal verifies."""
     rows = await conn.scalars(
         select(group_members.c.user_id)
         .join(users, users.c.id == group_members.c.user_id)
         .where(group_members.c.group_name == group, users.c.state == "active")
     )
-    return set(rows)
+    return {user_id for user_id in rows if await get_user(conn, sealer, user_id) is not None}
 
 
 # --- personal API tokens --------------------------------------------------------------------
