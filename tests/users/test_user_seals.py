@@ -1,7 +1,8 @@
 """Users are sealed (tether.users.store): a user whose password hash, TOTP secret, state,
 roles or groups were changed in the database behind Tether's back, or a user planted
-there, logs in with nothing and its personal tokens open nothing, on SQLite and
-PostgreSQL; an edit through Tether does not bless it; ``tether store seal`` adopts users
+there, logs in with nothing and its personal tokens open nothing; a personal token planted
+for a user, or one whose expiry, revocation or user was changed, opens nothing; on SQLite
+and PostgreSQL; an edit through Tether does not bless it; ``tether store seal`` adopts users
 from before the upgrade (docs/vault.md, "Tampering with the database")."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,10 +20,11 @@ from tests.identity_e2e.conftest import Clock
 from tether.crypto.envelope import EnvelopeCipher
 from tether.crypto.masterkey import MasterKey
 from tether.store import Store
+from tether.store.identity import digest
 from tether.store.sealing import adopt, unsealed
 from tether.users import totp
 from tether.users.passwords import hash_password
-from tether.users.schema import group_members, user_groups, user_roles, users
+from tether.users.schema import group_members, user_groups, user_roles, user_tokens, users
 from tether.users.service import LoginRefused, UserError, UserService
 
 PASSWORD = "correct horse battery"
@@ -134,3 +137,59 @@ async def test_users_from_before_the_upgrade_log_in_once_adopted(
     assert await adopt(users_.engine, users_.sealer) == {"users": ["hal"]}
     found = await users_.login("hal", PASSWORD)
     assert (found.roles, found.groups) == ({"approver"}, {"sre"})
+
+
+# --- personal API tokens ----------------------------------------------------------------------
+
+
+async def _set_token(users_: UserService, token_id: str, **values: Any) -> None:
+    async with users_.engine.begin() as conn:
+        await conn.execute(update(user_tokens).where(user_tokens.c.id == token_id).values(values))
+
+
+async def test_a_personal_token_planted_for_a_user_opens_nothing(
+    service: tuple[UserService, Clock], caplog: pytest.LogCaptureFixture
+) -> None:
+    users_, clock = service
+    await users_.add("ivy", password=PASSWORD, roles=["admin"])
+    chosen = "tpt_" + secrets.token_urlsafe(32)  # the writer's own token for ivy
+    row = {"id": "planted", "user_id": "ivy", "name": "x", "token_hash": digest(chosen),
+           "created_at": clock(), "expires_at": clock() + timedelta(days=1)}  # fmt: skip
+    async with users_.engine.begin() as conn:
+        await conn.execute(insert(user_tokens).values(row))
+    with caplog.at_level(logging.ERROR, "tether.users.store"):
+        assert await users_.authenticate(chosen) is None
+    assert "personal token 'planted' (user 'ivy') refused: it has no seal" in caplog.text
+    assert await users_.find("ivy") is not None  # the user itself is intact
+
+
+async def test_a_personal_token_changed_outside_tether_opens_nothing(
+    service: tuple[UserService, Clock],
+) -> None:
+    users_, clock = service
+    await users_.add("jon", password=PASSWORD, roles=["admin"])
+    await users_.add("kim", password=PASSWORD)
+    short, record = await users_.create_token("jon", name="short", ttl=60)
+    await _set_token(users_, record.id, expires_at=clock() + timedelta(days=365))
+    clock.advance(61)
+    assert await users_.authenticate(short) is None  # an expiry pushed back
+
+    revoked, record = await users_.create_token("jon", name="gone")
+    assert await users_.revoke_token(record.id)
+    await _set_token(users_, record.id, revoked_at=None)
+    assert await users_.authenticate(revoked) is None  # a revocation cleared
+
+    moved, record = await users_.create_token("kim", name="kim's")
+    await _set_token(users_, record.id, user_id="jon")
+    assert await users_.authenticate(moved) is None  # kim's token made jon's
+
+
+async def test_a_password_reset_revokes_tokens_sealed(service: tuple[UserService, Clock]) -> None:
+    users_, _ = service
+    await users_.add("lea", password=PASSWORD)
+    kept, _ = await users_.create_token("lea", name="this session")
+    other, _ = await users_.create_token("lea", name="laptop")
+    assert await users_.set_password("lea", PASSWORD + "!", keep_token=kept) == 1
+    assert await users_.authenticate(kept) is not None
+    assert await users_.authenticate(other) is None
+    assert await unsealed(users_.engine) == {}

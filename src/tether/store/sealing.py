@@ -29,8 +29,8 @@ from tether.crypto.seal import RowSealer, SealValue
 from tether.store.agents import join_seal_columns
 from tether.store.keys import admin_seal_columns
 from tether.store.schema import admin_tokens, join_tokens
-from tether.users.schema import users
-from tether.users.store import user_columns
+from tether.users.schema import user_tokens, users
+from tether.users.store import token_seal_columns, user_columns
 from tether.vault import targets as target_store
 from tether.vault.schema import targets
 
@@ -59,6 +59,7 @@ SEALED: tuple[SealedTable, ...] = (
     SealedTable(admin_tokens, "id", _of_row(admin_seal_columns)),
     SealedTable(join_tokens, "id", _of_row(join_seal_columns)),
     SealedTable(users, "id", user_columns),
+    SealedTable(user_tokens, "id", _of_row(token_seal_columns)),
 )
 
 

@@ -75,5 +75,6 @@ user_tokens = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("last_used_at", UTCDateTime, nullable=True),
+    Column("seal", Text, nullable=True),  # 0013: tether.crypto.seal; null: refused
     CheckConstraint("length(token_hash) = 32", name="token_hash_is_digest"),
 )

@@ -203,7 +203,9 @@ class UserService:
             if not await user_store.update_user(conn, user_id, now, password_hash=hashed):
                 raise UserError(f"no user {user_id!r}", 404)
             await self._reseal(conn, user_id, intact)
-            return await user_store.revoke_user_tokens(conn, user_id, now, keep_hash=keep)
+            return await user_store.revoke_user_tokens(
+                conn, self.sealer, user_id, now, keep_hash=keep
+            )
 
     async def set_state(self, user_id: str, state: str, *, by: str = "tether") -> User:
         """Enable or disable (:meth:`disable`)."""
@@ -240,7 +242,7 @@ class UserService:
             if not await user_store.update_user(conn, user_id, now, state="disabled"):
                 raise UserError(f"no user {user_id!r}", 404)
             await self._reseal(conn, user_id, intact)
-            await user_store.revoke_user_tokens(conn, user_id, now)
+            await user_store.revoke_user_tokens(conn, self.sealer, user_id, now)
             revoked = await cred_store.revoke_delegations(
                 conn, user_id, reason="the user is disabled", revoked_by=by, now=now
             )
@@ -359,7 +361,7 @@ class UserService:
             if user is None or not user.active:
                 raise UserError(f"no active user {user_id!r}", 404)
             record = await user_store.insert_token(
-                conn, id=token_id, user_id=user_id, name=name[:200] or "token",
+                conn, self.sealer, id=token_id, user_id=user_id, name=name[:200] or "token",
                 token_hash=digest(text), now=now, expires_at=expires_at,
             )  # fmt: skip
         return text, record
@@ -376,7 +378,7 @@ class UserService:
             return None
         now = self.clock()
         async with self.engine.begin() as conn:
-            token = await user_store.find_token(conn, digest(presented), now)
+            token = await user_store.find_token(conn, self.sealer, digest(presented), now)
             if token is None:
                 return None
             await user_store.touch_token(conn, token.id, now)
@@ -389,7 +391,7 @@ class UserService:
 
     async def revoke_token(self, token_id: str, *, user_id: str | None = None) -> bool:
         async with self.engine.begin() as conn:
-            return await user_store.revoke_token(conn, token_id, self.clock(), user_id)
+            return await user_store.revoke_token(conn, self.sealer, token_id, self.clock(), user_id)
 
     async def group_members(self, group: str) -> set[str]:
         async with self.engine.connect() as conn:

@@ -14,6 +14,11 @@ The writer (:class:`tether.users.service.UserService`) seals again after each ch
 only a user whose seal verified before it: a user changed outside Tether stays refused.
 Not sealed: display name, e-mail, ``totp_last_step`` (the last TOTP step spent, written
 at each login) and the timestamps; nothing is granted on them.
+
+**Personal API tokens are sealed** too: the id, user, hash, expiry and revocation time of
+each ``user_tokens`` row. :func:`find_token` treats a row that does not verify as unknown
+(logged), so a token planted for an existing user, an expiry pushed back or a revocation
+cleared opens nothing; revoking seals again, only a row that verified.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,6 +38,7 @@ from tether.store.identity import upsert_insert
 from tether.users.schema import group_members, user_groups, user_roles, user_tokens, users
 
 USERS = "users"
+USER_TOKENS = "user_tokens"
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +246,14 @@ async def group_member_ids(conn: AsyncConnection, sealer: RowSealer, group: str)
 # --- personal API tokens --------------------------------------------------------------------
 
 
+def token_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of a ``user_tokens`` row (as written, or as read back)."""
+    return {name: row[name] for name in ("id", "user_id", "token_hash", "expires_at", "revoked_at")}
+
+
 async def insert_token(
     conn: AsyncConnection,
+    sealer: RowSealer,
     *,
     id: str,
     user_id: str,
@@ -250,19 +262,22 @@ async def insert_token(
     now: datetime,
     expires_at: datetime,
 ) -> UserToken:
-    await conn.execute(
-        insert(user_tokens).values(
-            id=id, user_id=user_id, name=name, token_hash=token_hash, created_at=now,
-            expires_at=expires_at, revoked_at=None, last_used_at=None,
-        )
-    )  # fmt: skip
+    values: dict[str, Any] = {
+        "id": id, "user_id": user_id, "name": name, "token_hash": token_hash,
+        "created_at": now, "expires_at": expires_at, "revoked_at": None, "last_used_at": None,
+    }  # fmt: skip
+    values["seal"] = sealer.seal(USER_TOKENS, token_seal_columns(values))
+    await conn.execute(insert(user_tokens).values(values))
     return UserToken(id, user_id, name, now, expires_at, None, None)
 
 
-async def find_token(conn: AsyncConnection, token_hash: bytes, now: datetime) -> UserToken | None:
-    """The unexpired, unrevoked token with this digest whose user is active, else None."""
+async def find_token(
+    conn: AsyncConnection, sealer: RowSealer, token_hash: bytes, now: datetime
+) -> UserToken | None:
+    """The unexpired, unrevoked token with this digest whose user is active and whose seal
+    verifies, else None (the user's own seal is checked by :func:`get_user`)."""
     result = await conn.execute(
-        select(user_tokens)
+        select(*user_tokens.c)
         .join(users, users.c.id == user_tokens.c.user_id)
         .where(
             user_tokens.c.token_hash == token_hash,
@@ -272,7 +287,17 @@ async def find_token(conn: AsyncConnection, token_hash: bytes, now: datetime) ->
         )
     )
     row = result.mappings().first()
-    return None if row is None else _token(row)
+    if row is None:
+        return None
+    if not sealer.verify(USER_TOKENS, token_seal_columns(row), row["seal"]):
+        state = "it has no seal" if row["seal"] is None else "its seal does not verify"
+        log.error(
+            "personal token %r (user %r) refused: %s: the row was changed outside Tether "
+            "(docs/vault.md, Tampering with the database)",
+            row["id"], row["user_id"], state,
+        )  # fmt: skip
+        return None
+    return _token(row)
 
 
 async def touch_token(conn: AsyncConnection, token_id: str, now: datetime) -> None:
@@ -289,29 +314,48 @@ async def list_tokens(conn: AsyncConnection, user_id: str | None) -> list[UserTo
 
 
 async def revoke_token(
-    conn: AsyncConnection, token_id: str, now: datetime, user_id: str | None = None
+    conn: AsyncConnection,
+    sealer: RowSealer,
+    token_id: str,
+    now: datetime,
+    user_id: str | None = None,
 ) -> bool:
     """Revoke one token (only the user's own when ``user_id`` is given); False if none."""
-    query = update(user_tokens).where(
-        user_tokens.c.id == token_id, user_tokens.c.revoked_at.is_(None)
-    )
+    where = [user_tokens.c.id == token_id, user_tokens.c.revoked_at.is_(None)]
     if user_id is not None:
-        query = query.where(user_tokens.c.user_id == user_id)
-    return (await conn.execute(query.values(revoked_at=now))).rowcount == 1
+        where.append(user_tokens.c.user_id == user_id)
+    return await _revoke(conn, sealer, where, now) == 1
 
 
 async def revoke_user_tokens(
-    conn: AsyncConnection, user_id: str, now: datetime, *, keep_hash: bytes | None = None
+    conn: AsyncConnection,
+    sealer: RowSealer,
+    user_id: str,
+    now: datetime,
+    *,
+    keep_hash: bytes | None = None,
 ) -> int:
     """Revoke every live token of the user but the one whose digest is ``keep_hash``; how
     many were revoked."""
-    query = update(user_tokens).where(
-        user_tokens.c.user_id == user_id, user_tokens.c.revoked_at.is_(None)
-    )
+    where = [user_tokens.c.user_id == user_id, user_tokens.c.revoked_at.is_(None)]
     if keep_hash is not None:
-        query = query.where(user_tokens.c.token_hash != keep_hash)
-    result = await conn.execute(query.values(revoked_at=now))
-    return int(result.rowcount)
+        where.append(user_tokens.c.token_hash != keep_hash)
+    return await _revoke(conn, sealer, where, now)
+
+
+async def _revoke(
+    conn: AsyncConnection, sealer: RowSealer, where: list[ColumnElement[bool]], now: datetime
+) -> int:
+    """Revoke the live tokens matching ``where``, each sealed again with its revocation
+    time if its seal verified (a row changed outside Tether is revoked, never blessed)."""
+    revoked = 0
+    for row in (await conn.execute(select(user_tokens).where(*where))).mappings().all():
+        values: dict[str, Any] = {"revoked_at": now}
+        if sealer.verify(USER_TOKENS, token_seal_columns(row), row["seal"]):
+            values["seal"] = sealer.seal(USER_TOKENS, token_seal_columns({**row, **values}))
+        statement = update(user_tokens).where(*where, user_tokens.c.id == row["id"])
+        revoked += (await conn.execute(statement.values(values))).rowcount
+    return revoked
 
 
 def _token(row: RowMapping) -> UserToken:

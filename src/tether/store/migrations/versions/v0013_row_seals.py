@@ -28,7 +28,7 @@ down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-SEALED_TABLES = ("targets", "admin_tokens", "join_tokens", "users")
+SEALED_TABLES = ("targets", "admin_tokens", "join_tokens", "users", "user_tokens")
 
 
 def upgrade() -> None:
