@@ -107,6 +107,15 @@ async def test_adoption_seals_unsealed_rows_only_and_lists_them(vault: Vault) ->
     await _refused(vault, "good", "it has no seal")
 
 
+async def test_usable_leaves_refused_rows_out(vault: Vault) -> None:
+    for name in ("a", "b", "c"):
+        await vault.targets.add(name, "http", HTTP)
+    await _set(vault, "b", spec={**HTTP, "base_url": "https://attacker.example"})
+    _, fresh = vault.other_node()
+    assert [t.name for t in await fresh.usable("http")] == ["a", "c"]
+    assert await fresh.usable("ssh") == []
+
+
 async def test_migration_0013_round_trip(store_url: str) -> None:
     engine = create_async_engine(store_url)
 

@@ -21,6 +21,7 @@ request and other nodes sharing the database within ``cache_ttl``.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -114,12 +115,27 @@ class TargetStore:
         return found
 
     async def list(self, kind: str | None = None) -> list[Target]:
-        """Every target (of ``kind``, if given), by name."""
+        """Every target (of ``kind``, if given), by name; :class:`TargetError` if any row
+        is invalid or does not verify."""
+        return [self._target(row) for row in await self._rows(kind)]
+
+    async def usable(self, kind: str | None = None) -> builtins.list[Target]:
+        """The targets (of ``kind``, if given) whose rows validate and verify, by name; the
+        others are left out (each logged), so that one bad row stops only itself."""
+        found: builtins.list[Target] = []
+        for row in await self._rows(kind):
+            try:
+                found.append(self._target(row))
+            except TargetError as error:
+                log.error("%s", error)
+        return found
+
+    async def _rows(self, kind: str | None) -> builtins.list[Row[Any]]:
         query = select(targets).order_by(targets.c.name)
         if kind is not None:
             query = query.where(targets.c.kind == kind)
         async with self._engine.connect() as conn:
-            return [self._target(row) for row in await conn.execute(query)]
+            return list(await conn.execute(query))
 
     async def add(
         self,
