@@ -116,21 +116,27 @@ async def test_usable_leaves_refused_rows_out(vault: Vault) -> None:
     assert await fresh.usable("ssh") == []
 
 
+SEALED_TABLES = ("targets", "admin_tokens", "join_tokens", "users", "user_tokens")
+
+
 async def test_migration_0013_round_trip(store_url: str) -> None:
     engine = create_async_engine(store_url)
 
-    async def columns() -> set[str]:
+    async def with_seal() -> set[str]:
+        def tables(sync: Any) -> set[str]:
+            found = inspect(sync)
+            return {t for t in SEALED_TABLES if "seal" in {c["name"] for c in found.get_columns(t)}}
+
         async with engine.connect() as conn:
-            found = await conn.run_sync(lambda sync: inspect(sync).get_columns("targets"))
-        return {column["name"] for column in found}
+            return await conn.run_sync(tables)
 
     try:
         await upgrade(engine, "0012")
-        assert "seal" not in await columns()
+        assert await with_seal() == set()
         await upgrade(engine)
-        assert "seal" in await columns()
+        assert await with_seal() == set(SEALED_TABLES)
         async with engine.begin() as conn:
             await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0012"))
-        assert "seal" not in await columns()
+        assert await with_seal() == set()
     finally:
         await engine.dispose()
