@@ -49,7 +49,7 @@ from tether.proxy.http.upgrade import UpgradeProtocol
 from tether.proxy.pg.server import PgBroker
 from tether.proxy.ssh.server import SshBroker
 from tether.store import Store, StoreError
-from tether.store.sealing import unsealed
+from tether.store.sealing import shown, unsealed
 from tether.vault.secrets import SecretStore
 from tether.vault.targets import TargetStore
 
@@ -337,7 +337,8 @@ async def _report_unsealed(store: Store) -> None:
         log.error(
             "%d %s row(s) have no seal and are refused until `tether store seal` adopts "
             "them (rows from before the upgrade, or written outside Tether; docs/vault.md): %s",
-            len(keys), table, ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""),
+            len(keys), table,
+            ", ".join(shown(key) for key in keys[:20]) + (" ..." if len(keys) > 20 else ""),
         )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tether.crypto.masterkey import MasterKey
 from tether.crypto.seal import RowSealer
 from tether.store.migrate import alembic_config, upgrade
-from tether.store.sealing import adopt, unsealed
+from tether.store.sealing import adopt, shown, unsealed
 from tether.vault.schema import targets
 from tether.vault.targets import TargetError
 
@@ -140,3 +140,11 @@ async def test_migration_0013_round_trip(store_url: str) -> None:
         assert await with_seal() == set()
     finally:
         await engine.dispose()
+
+
+def test_keys_are_shown_escaped() -> None:
+    assert shown("api") == "api"
+    assert shown("api\nsealed targets x") == "'api\\nsealed targets x'"
+    assert shown("\x1b[2Kx") == "'\\x1b[2Kx'"
+    assert shown("") == "''" and shown("a b") == "'a b'"
+    assert shown("\u0430pi") == "'\\u0430pi'"  # a Cyrillic a

@@ -49,7 +49,7 @@ def seal(
 ) -> None:
     """Seal every row that has no seal yet (rows from before the upgrade), listing each."""
     from tether.store import Store, StoreError
-    from tether.store.sealing import adopt, unsealed
+    from tether.store.sealing import adopt, shown, unsealed
 
     overrides = {"data_dir": None if data_dir is None else str(data_dir)}
     try:
@@ -72,7 +72,7 @@ def seal(
     verb = "unsealed" if dry_run else "sealed"
     for table, keys in rows.items():
         for key in keys:
-            typer.echo(f"{verb} {table} {key}")
+            typer.echo(f"{verb} {table} {shown(key)}")
     count = sum(len(keys) for keys in rows.values())
     typer.echo(f"{count} row(s) {verb}", err=True)
 

@@ -63,6 +63,14 @@ SEALED: tuple[SealedTable, ...] = (
 )
 
 
+def shown(key: str) -> str:
+    """A row's key as printed for an operator: a key that is not plain printable ASCII
+    without spaces is shown quoted and escaped, so that a key planted in the database
+    cannot forge or hide a line of the listing, or pass for another one."""
+    plain = key.isascii() and key.isprintable() and " " not in key
+    return key if key and plain else ascii(key)
+
+
 async def unsealed(engine: AsyncEngine) -> dict[str, list[str]]:
     """The keys of the rows without a seal, by table (tables without any left out)."""
     found: dict[str, list[str]] = {}
