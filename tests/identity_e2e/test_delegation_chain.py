@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import update
 
 from tests.identity_e2e.conftest import (
     RESOURCE,
@@ -45,6 +46,7 @@ from tether.identity.service import IssuedToken, Presented
 from tether.policy import load_policies
 from tether.store import Store
 from tether.store import credentials as cred_store
+from tether.users.schema import users
 from tether.users.service import UserService
 
 
@@ -161,6 +163,21 @@ async def test_a_chained_token_is_not_recorded_once_a_user_of_the_chain_is_disab
     )  # fmt: skip
     with pytest.raises(TokenRevoked, match="the user is disabled"):
         await stack.service.record_credential(record)
+
+
+async def test_a_user_enabled_again_behind_tethers_back_delegates_nothing(
+    stack: Stack, bot: Agent, chain: Chain
+) -> None:
+    await chain.users.disable("alice", by="admin")
+    async with stack.engine.begin() as conn:  # a database writer sets alice back to active
+        await conn.execute(update(users).where(users.c.id == "alice").values(state="active"))
+    with pytest.raises(ExchangeError, match="the user's record does not verify"):
+        await delegate(stack, bot, "alice", bot.token)
+    # Set behind Tether's back into a chain's user: carol is refused as the next delegator.
+    async with stack.engine.begin() as conn:
+        await conn.execute(update(users).where(users.c.id == "carol").values(password_hash="x"))
+    with pytest.raises(ExchangeError, match="the user's record does not verify"):
+        await delegate(stack, bot, "carol", bot.token)
 
 
 async def test_the_depth_limit_holds_for_chains(stack: Stack, bot: Agent) -> None:
