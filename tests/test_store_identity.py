@@ -22,6 +22,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tests import pg
+from tether.crypto.masterkey import MasterKey
+from tether.crypto.seal import RowSealer
 from tether.store import Store
 from tether.store import agents as ag
 from tether.store import credentials as cr
@@ -31,6 +33,7 @@ from tether.store.migrate import alembic_config
 from tether.store.schema import join_tokens
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+SEALER = RowSealer(MasterKey(bytes(range(32)), "test"))
 IDENTITY_TABLES = {
     "agents", "runtimes", "join_tokens", "credentials", "revocations", "signing_keys",
     "admin_tokens",
@@ -151,7 +154,10 @@ async def test_state_changes_and_offboarded_is_final(engine: AsyncEngine) -> Non
     assert enabled.state == "active"
     with pytest.raises(ValueError, match="offboard_agent"):
         await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "offboarded", at(3)))  # type: ignore[arg-type]
-    await run(engine, lambda c: ag.offboard_agent(c, "ag-1", reason="r", revoked_by="a", now=at(3)))
+    await run(
+        engine,
+        lambda c: ag.offboard_agent(c, SEALER, "ag-1", reason="r", revoked_by="a", now=at(3)),
+    )
     assert await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "active", at(4))) is None
     assert (await run(engine, lambda c: ag.get_agent(c, "ag-1"))).state == "offboarded"
     assert await run(engine, lambda c: ag.set_agent_state(c, "nope", "active", at(4))) is None
@@ -234,7 +240,7 @@ async def test_runtime_upsert_keeps_first_seen_and_its_agent(engine: AsyncEngine
 
 async def add_token(conn: AsyncConnection, token_id: str, secret: str, **kw: Any) -> ag.JoinToken:
     return await ag.insert_join_token(
-        conn, id=token_id, token_hash=digest(secret), agent_id=kw.pop("agent_id", "ag-1"),
+        conn, SEALER, id=token_id, token_hash=digest(secret), agent_id=kw.pop("agent_id", "ag-1"),
         now=T0, expires_at=kw.pop("expires_at", at(10)), **kw,
     )  # fmt: skip
 
@@ -243,7 +249,7 @@ async def consume(engine: AsyncEngine, token_id: str, secret: str, rt: str, now:
     return await run(
         engine,
         lambda c: ag.consume_join_token(
-            c, id=token_id, token_hash=digest(secret), runtime_id=rt, now=now
+            c, SEALER, id=token_id, token_hash=digest(secret), runtime_id=rt, now=now
         ),
     )
 
@@ -297,7 +303,13 @@ async def test_token_hash_is_unique_and_a_digest(engine: AsyncEngine) -> None:
         await run(
             engine,
             lambda c: ag.insert_join_token(
-                c, id="jt-3", token_hash=b"raw-secret", agent_id="ag-1", now=T0, expires_at=at(1)
+                c,
+                SEALER,
+                id="jt-3",
+                token_hash=b"raw-secret",
+                agent_id="ag-1",
+                now=T0,
+                expires_at=at(1),
             ),
         )
 
@@ -317,7 +329,7 @@ async def test_concurrent_consumers_have_exactly_one_winner(store_url: str) -> N
             await conn.execute(text("SELECT 1"))
             await barrier.wait()
             return await ag.consume_join_token(
-                conn, id="jt-race", token_hash=digest("s"), runtime_id=f"rt-{n}", now=at(1)
+                conn, SEALER, id="jt-race", token_hash=digest("s"), runtime_id=f"rt-{n}", now=at(1)
             )
 
     try:
@@ -484,12 +496,14 @@ async def test_offboarding_revokes_and_expires_unused_join_tokens(engine: AsyncE
         await add_token(conn, "stale", "s", expires_at=at(1))
         await add_token(conn, "used", "u", expires_at=at(60))
         await add_token(conn, "other", "o", agent_id="ag-2", expires_at=at(60))
-        await ag.consume_join_token(conn, id="used", token_hash=digest("u"), runtime_id="r", now=T0)
+        await ag.consume_join_token(
+            conn, SEALER, id="used", token_hash=digest("u"), runtime_id="r", now=T0
+        )
 
     await run(engine, setup)
     done = await run(
         engine,
-        lambda c: ag.offboard_agent(c, "ag-1", reason="left", revoked_by="bob", now=at(5)),
+        lambda c: ag.offboard_agent(c, SEALER, "ag-1", reason="left", revoked_by="bob", now=at(5)),
     )
     assert done.agent.state == "offboarded"
     assert (done.revocation.kind, done.revocation.value) == ("agent", "ag-1")
@@ -504,12 +518,15 @@ async def test_offboarding_revokes_and_expires_unused_join_tokens(engine: AsyncE
     with pytest.raises(AgentNotActive):
         await run(engine, lambda c: cr.insert_credential(c, credential("j", runtime_id=None)))
     again = await run(
-        engine, lambda c: ag.offboard_agent(c, "ag-1", reason="x", revoked_by="y", now=at(6))
+        engine,
+        lambda c: ag.offboard_agent(c, SEALER, "ag-1", reason="x", revoked_by="y", now=at(6)),
     )
     assert again.revocation == done.revocation
-    assert await run(
-        engine, lambda c: ag.offboard_agent(c, "nope", reason="x", revoked_by="y", now=at(6))
-    ) is None  # fmt: skip
+    gone = await run(
+        engine,
+        lambda c: ag.offboard_agent(c, SEALER, "nope", reason="x", revoked_by="y", now=at(6)),
+    )
+    assert gone is None
     assert not await run(engine, lambda c: cr.is_revoked(c, "agent", "nope"))
 
 
@@ -525,7 +542,7 @@ async def test_offboarding_is_all_or_nothing(engine: AsyncEngine) -> None:
 
     with pytest.raises(Abort):
         async with engine.begin() as conn:
-            await ag.offboard_agent(conn, "ag-1", reason="r", revoked_by="a", now=at(5))
+            await ag.offboard_agent(conn, SEALER, "ag-1", reason="r", revoked_by="a", now=at(5))
             raise Abort
     async with engine.connect() as conn:
         assert (await ag.get_agent(conn, "ag-1")).state == "active"  # type: ignore[union-attr]
@@ -583,25 +600,27 @@ async def test_plaintext_private_keys_are_refused(engine: AsyncEngine, plaintext
 
 async def test_admin_tokens_found_by_hash_only_while_usable(engine: AsyncEngine) -> None:
     async def setup(conn: AsyncConnection) -> None:
-        await ks.insert_admin_token(conn, id="a1", name="ops", token_hash=digest("one"), now=T0)
         await ks.insert_admin_token(
-            conn, id="a2", name="ci", token_hash=digest("two"), now=at(1), expires_at=at(10)
+            conn, SEALER, id="a1", name="ops", token_hash=digest("one"), now=T0
+        )
+        await ks.insert_admin_token(
+            conn, SEALER, id="a2", name="ci", token_hash=digest("two"), now=at(1), expires_at=at(10)
         )
 
     await run(engine, setup)
     async with engine.connect() as conn:
-        found = await ks.find_admin_token(conn, digest("one"), at(100))
-        assert await ks.find_admin_token(conn, digest("three"), at(1)) is None
-        assert (await ks.find_admin_token(conn, digest("two"), at(9))) is not None
-        assert await ks.find_admin_token(conn, digest("two"), at(10)) is None
+        found = await ks.find_admin_token(conn, SEALER, digest("one"), at(100))
+        assert await ks.find_admin_token(conn, SEALER, digest("three"), at(1)) is None
+        assert (await ks.find_admin_token(conn, SEALER, digest("two"), at(9))) is not None
+        assert await ks.find_admin_token(conn, SEALER, digest("two"), at(10)) is None
     assert found == ks.AdminToken("a1", "ops", T0, None, None, None)
     await run(engine, lambda c: ks.touch_admin_token(c, "a1", at(7)))
     await run(engine, lambda c: ks.touch_admin_token(c, "a1", at(3)))
-    assert await run(engine, lambda c: ks.revoke_admin_token(c, "a1", at(8)))
-    assert not await run(engine, lambda c: ks.revoke_admin_token(c, "a1", at(9)))
-    assert not await run(engine, lambda c: ks.revoke_admin_token(c, "nope", at(9)))
+    assert await run(engine, lambda c: ks.revoke_admin_token(c, SEALER, "a1", at(8)))
+    assert not await run(engine, lambda c: ks.revoke_admin_token(c, SEALER, "a1", at(9)))
+    assert not await run(engine, lambda c: ks.revoke_admin_token(c, SEALER, "nope", at(9)))
     async with engine.connect() as conn:
-        assert await ks.find_admin_token(conn, digest("one"), at(9)) is None
+        assert await ks.find_admin_token(conn, SEALER, digest("one"), at(9)) is None
         listed = await ks.list_admin_tokens(conn)
     assert [(t.id, t.last_used_at, t.revoked_at) for t in listed] == [
         ("a1", at(7), at(8)), ("a2", None, None)
@@ -609,12 +628,16 @@ async def test_admin_tokens_found_by_hash_only_while_usable(engine: AsyncEngine)
     with pytest.raises(IntegrityError):
         await run(
             engine,
-            lambda c: ks.insert_admin_token(c, id="a3", name="x", token_hash=digest("one"), now=T0),
+            lambda c: ks.insert_admin_token(
+                c, SEALER, id="a3", name="x", token_hash=digest("one"), now=T0
+            ),
         )
     with pytest.raises(IntegrityError):
         await run(
             engine,
-            lambda c: ks.insert_admin_token(c, id="a4", name="x", token_hash=b"short", now=T0),
+            lambda c: ks.insert_admin_token(
+                c, SEALER, id="a4", name="x", token_hash=b"short", now=T0
+            ),
         )
 
 
@@ -630,7 +653,7 @@ async def test_times_round_trip_as_aware_utc_whatever_zone_was_written(
     async def setup(conn: AsyncConnection) -> None:
         await ag.create_agent(conn, id="ag-1", owner="o", now=T0.astimezone(plus5))
         await ag.insert_join_token(
-            conn, id="jt", token_hash=digest("s"), agent_id="ag-1", now=T0,
+            conn, SEALER, id="jt", token_hash=digest("s"), agent_id="ag-1", now=T0,
             expires_at=expiry_in_plus5,
         )  # fmt: skip
 

@@ -49,6 +49,7 @@ from tether.proxy.http.upgrade import UpgradeProtocol
 from tether.proxy.pg.server import PgBroker
 from tether.proxy.ssh.server import SshBroker
 from tether.store import Store, StoreError
+from tether.store.sealing import shown, unsealed
 from tether.vault.secrets import SecretStore
 from tether.vault.targets import TargetStore
 
@@ -130,7 +131,8 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
         holder = await load_initial(settings.policies, store)
     except LoadRefused as error:
         raise StartupError(f"policies did not load: {error}") from None
-    await _announce_first_admin_token(store)
+    await _announce_first_admin_token(store, identity)
+    await _report_unsealed(store)
     try:
         auditor = await start_auditor(
             settings.audit, store.engine, lambda: identity.keys.ring.active
@@ -149,7 +151,8 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
     except SinkConfigError as error:
         await auditor.log.close()
         raise StartupError(f"audit.sinks: {error}") from None
-    vault_secrets, targets = SecretStore(store.engine, identity.cipher), TargetStore(store.engine)
+    vault_secrets = SecretStore(store.engine, identity.cipher)
+    targets = TargetStore(store.engine, identity.sealer)
     state = AppState(
         holder, store, identity, auditor, approvals=humans.approvals, users=humans.users,
         secrets=vault_secrets, targets=targets,
@@ -315,8 +318,8 @@ def default_issuer(sock: socket.socket, *, scheme: str = "http") -> str:
     return f"{scheme}://{_bracket(host)}:{port}"
 
 
-async def _announce_first_admin_token(store: Store) -> None:
-    token = await first_admin_token(store.engine, now=datetime.now(UTC))
+async def _announce_first_admin_token(store: Store, identity: IdentityService) -> None:
+    token = await first_admin_token(store.engine, identity.sealer, now=datetime.now(UTC))
     if token is None:
         return
     # Printed, not logged: it must reach the operator whatever the log level, exactly once.
@@ -326,6 +329,17 @@ async def _announce_first_admin_token(store: Store) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+async def _report_unsealed(store: Store) -> None:
+    """Log the rows that have no seal: every node refuses them (tether.store.sealing)."""
+    for table, keys in (await unsealed(store.engine)).items():
+        log.error(
+            "%d %s row(s) have no seal and are refused until `tether store seal` adopts "
+            "them (rows from before the upgrade, or written outside Tether; docs/vault.md): %s",
+            len(keys), table,
+            ", ".join(shown(key) for key in keys[:20]) + (" ..." if len(keys) > 20 else ""),
+        )  # fmt: skip
 
 
 def _uvicorn_config(

@@ -104,7 +104,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
-    token, _ = await create_admin_token(store.engine, name="test", now=clock())
+    token, _ = await create_admin_token(store.engine, identity.sealer, name="test", now=clock())
     port = sock.getsockname()[1]
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:

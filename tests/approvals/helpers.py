@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from tests.identity_e2e.conftest import Clock
+from tether.crypto.envelope import EnvelopeCipher
+from tether.crypto.masterkey import MasterKey
 from tether.policy import PolicySet, PolicySource, load_policies
 
 __all__ = ["POLICY", "Clock", "http_request", "policies", "ssh_request"]
@@ -79,3 +82,8 @@ def http_request(
         "target": {"name": "billing"},
         "action": {"http": {"method": method, "path": path}},
     }
+
+
+def fresh_cipher() -> EnvelopeCipher:
+    """A cipher under a fresh master key (users are sealed under it: tether.users.store)."""
+    return EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))

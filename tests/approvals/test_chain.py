@@ -63,7 +63,9 @@ def gated(tmp_path: Path, upstream: Upstream) -> Iterator[Gated]:  # noqa: F811
                                     auditor=harness.auditor, clock=Clock(datetime.now(UTC)),
                                     revoked=harness.identity.revoked)  # fmt: skip
         harness.broker.services = dataclasses.replace(harness.broker.services, approvals=approvals)
-        lead = await UserService(harness.store.engine).add("lee", password=None, groups=["leads"])
+        lead = await UserService(harness.store.engine, harness.identity.cipher).add(
+            "lee", password=None, groups=["leads"]
+        )
         return approvals, lead
 
     approvals, lead = harness.run(wire())
@@ -118,7 +120,9 @@ def test_no_user_of_the_chain_approves_and_a_grant_covers_only_its_chain(
     it asks (she caused it, as bob did); the request records the chain, and the grant
     another approver makes covers that chain only, not bob acting alone for the agent."""
     alice = gated.harness.run(
-        UserService(gated.harness.store.engine).add("alice", password=None, groups=["leads"])
+        UserService(gated.harness.store.engine, gated.harness.identity.cipher).add(
+            "alice", password=None, groups=["leads"]
+        )
     )
 
     async def owned_by_olivia() -> None:  # not alice: her refusal must be the chain's

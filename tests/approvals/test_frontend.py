@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.approvals.helpers import Clock, policies, ssh_request
+from tests.approvals.helpers import Clock, fresh_cipher, policies, ssh_request
 from tether.approvals.frontend import (
     MAX_WAIT,
     agent_reason,
@@ -65,7 +65,7 @@ async def test_refusal_then_wait_then_decide_again(service: ApprovalService) -> 
     assert members["status_url"] == f"http://tether/v1/access-requests/{pending.id}"
     assert (await wait_decided(service, pending.id, 0.2)).status == "pending"
 
-    users = UserService(service.engine, clock=service.clock)
+    users = UserService(service.engine, fresh_cipher(), clock=service.clock)
     sam = await users.add("sam", password=None, groups=["sre"])
     waiting = asyncio.create_task(wait_decided(service, pending.id, 30))
     await asyncio.sleep(0.1)

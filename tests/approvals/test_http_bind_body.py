@@ -56,7 +56,9 @@ def gated(tmp_path: Path, upstream: Upstream) -> Iterator[Gated]:  # noqa: F811
         approvals = ApprovalService(harness.store.engine, lambda: holder.current,
                                     auditor=harness.auditor, clock=clock)  # fmt: skip
         harness.broker.services = dataclasses.replace(harness.broker.services, approvals=approvals)
-        lead = await UserService(harness.store.engine).add("lee", password=None, groups=["leads"])
+        lead = await UserService(harness.store.engine, harness.identity.cipher).add(
+            "lee", password=None, groups=["leads"]
+        )
         return approvals, lead
 
     approvals, lead = harness.run(wire())

@@ -44,7 +44,9 @@ def gated(tmp_path: Path, upstream: Upstream) -> Iterator[Gated]:  # noqa: F811
                                     revoked=harness.identity.revoked)  # fmt: skip
         harness.identity.revocation_listeners.append(approvals.on_revocation)  # as a node does
         harness.broker.services = dataclasses.replace(harness.broker.services, approvals=approvals)
-        lead = await UserService(harness.store.engine).add("lee", password=None, groups=["leads"])
+        lead = await UserService(harness.store.engine, harness.identity.cipher).add(
+            "lee", password=None, groups=["leads"]
+        )
         return approvals, lead
 
     approvals, lead = harness.run(wire())

@@ -74,7 +74,9 @@ async def env(broker: Broker) -> AsyncIterator[Env]:  # noqa: F811
     )  # fmt: skip
     broker.identity.revocation_listeners.append(approvals.on_revocation)
     broker.broker.services = dataclasses.replace(broker.broker.services, approvals=approvals)
-    dba = await UserService(broker.store.engine).add("dana", password=None, groups=["dba"])
+    dba = await UserService(broker.store.engine, broker.identity.cipher).add(
+        "dana", password=None, groups=["dba"]
+    )
     yield Env(broker, approvals, dba)
 
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.util import await_only
 
-from tests.approvals.helpers import Clock, http_request, policies, ssh_request
+from tests.approvals.helpers import Clock, fresh_cipher, http_request, policies, ssh_request
 from tether.approvals.model import AccessRequest, Conflict, NotAllowed, NotFound
 from tether.approvals.service import ApprovalService
 from tether.approvals.store import PENDING_ATTEMPTS
@@ -41,7 +41,7 @@ async def world(store_url: str) -> AsyncIterator[World]:
             await agent_store.create_agent(conn, id=agent, owner="olivia", now=clock())
     service = ApprovalService(store.engine, lambda: policy_set, clock=clock)
     try:
-        yield World(store, clock, UserService(store.engine, clock=clock), service)
+        yield World(store, clock, UserService(store.engine, fresh_cipher(), clock=clock), service)
     finally:
         await store.close()
 
@@ -264,7 +264,7 @@ async def racing(store: Store) -> tuple[ApprovalService, User, AccessRequest]:
     async with store.engine.begin() as conn:
         await agent_store.create_agent(conn, id="bot", owner="olivia", now=clock())
     approvals = ApprovalService(store.engine, lambda: policy_set, clock=clock)
-    users = UserService(store.engine, clock=clock)
+    users = UserService(store.engine, fresh_cipher(), clock=clock)
     sam = await users.add("sam", password=None, groups=["sre"], roles=["approver"])
     _, held = await approvals.decide(ssh_request("systemctl restart app"))
     assert held is not None

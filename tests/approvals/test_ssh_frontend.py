@@ -25,7 +25,9 @@ async def test_ssh_refusal_names_the_request_and_the_grant_is_exact(env: Env) ->
                                 auditor=env.stack.auditor)  # fmt: skip
     context = env.stack.broker.context
     context.services = dataclasses.replace(context.services, approvals=approvals)
-    ops = await UserService(env.stack.store.engine).add("ola", password=None, groups=["ops"])
+    ops = await UserService(env.stack.store.engine, env.stack.identity.cipher).add(
+        "ola", password=None, groups=["ops"]
+    )
     agent = await env.stack.agent()
 
     status, _, err = await agent.ssh("root@web-1", "systemctl restart nginx")

@@ -109,7 +109,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     await log.start()
     holder = PolicyHolder(load_policies([PolicySource("a.yaml", POLICY)]))
     app = create_app(AppState(holder, store, service, Auditor(log)))
-    token, record = await create_admin_token(store.engine, name="test", now=clock())
+    token, record = await create_admin_token(store.engine, cipher.sealer, name="test", now=clock())
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:

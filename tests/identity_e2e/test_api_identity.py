@@ -85,7 +85,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     stack = Stack(store, clock, cipher, service)
     holder = PolicyHolder(load_policies([PolicySource("a.yaml", POLICY)]))
     app = create_app(AppState(holder, store, service))
-    token, _ = await create_admin_token(store.engine, name="test", now=clock())
+    token, _ = await create_admin_token(store.engine, cipher.sealer, name="test", now=clock())
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:
@@ -345,17 +345,21 @@ async def test_admin_calls_need_a_valid_admin_token(
 
 async def test_expired_and_revoked_admin_tokens(api: Api) -> None:
     engine, clock = api.stack.engine, api.stack.clock
-    short, _ = await create_admin_token(engine, name="short", now=clock(), ttl=60)
+    short, _ = await create_admin_token(
+        engine, api.stack.cipher.sealer, name="short", now=clock(), ttl=60
+    )
     assert (
         await api.http.get("/v1/agents", headers={"Authorization": f"Bearer {short}"})
     ).is_success
     clock.advance(61)
     problem(await api.http.get("/v1/agents", headers={"Authorization": f"Bearer {short}"}), 401)
-    revoked, record = await create_admin_token(engine, name="gone", now=clock())
+    revoked, record = await create_admin_token(
+        engine, api.stack.cipher.sealer, name="gone", now=clock()
+    )
     from tether.store import keys as key_store
 
     async with engine.begin() as conn:
-        await key_store.revoke_admin_token(conn, record.id, clock())
+        await key_store.revoke_admin_token(conn, api.stack.cipher.sealer, record.id, clock())
     problem(await api.http.get("/v1/agents", headers={"Authorization": f"Bearer {revoked}"}), 401)
 
 

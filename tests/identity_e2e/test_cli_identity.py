@@ -13,6 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tether.cli.main import app
+from tether.crypto.masterkey import load_master_key
+from tether.crypto.seal import RowSealer
 from tether.identity.admintokens import find_admin_token
 from tether.store import Store
 
@@ -91,7 +93,8 @@ def test_admin_token_create_works_on_the_database(tmp_path: Path) -> None:
     async def check() -> str | None:
         store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'd' / 'tether.db'}")
         try:
-            found = await find_admin_token(store.engine, token, now=datetime.now(UTC))
+            sealer = RowSealer(load_master_key(tmp_path / "d"))
+            found = await find_admin_token(store.engine, sealer, token, now=datetime.now(UTC))
             return None if found is None else found.name
         finally:
             await store.close()

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import update
 
 from tests.identity_e2e.conftest import (
     RESOURCE,
@@ -45,6 +46,7 @@ from tether.identity.service import IssuedToken, Presented
 from tether.policy import load_policies
 from tether.store import Store
 from tether.store import credentials as cred_store
+from tether.users.schema import users
 from tether.users.service import UserService
 
 
@@ -65,7 +67,7 @@ async def delegate(stack: Stack, bot: Agent, user: str, actor: str, **extra: str
 
 @pytest.fixture
 async def chain(stack: Stack, bot: Agent) -> Chain:
-    users = UserService(stack.engine, clock=stack.clock)
+    users = UserService(stack.engine, stack.cipher, clock=stack.clock)
     for user in ("alice", "carol"):
         await users.add(user, password=None)
     first = await delegate(stack, bot, "alice", bot.token)
@@ -163,6 +165,21 @@ async def test_a_chained_token_is_not_recorded_once_a_user_of_the_chain_is_disab
         await stack.service.record_credential(record)
 
 
+async def test_a_user_enabled_again_behind_tethers_back_delegates_nothing(
+    stack: Stack, bot: Agent, chain: Chain
+) -> None:
+    await chain.users.disable("alice", by="admin")
+    async with stack.engine.begin() as conn:  # a database writer sets alice back to active
+        await conn.execute(update(users).where(users.c.id == "alice").values(state="active"))
+    with pytest.raises(ExchangeError, match="the user's record does not verify"):
+        await delegate(stack, bot, "alice", bot.token)
+    # Set behind Tether's back into a chain's user: carol is refused as the next delegator.
+    async with stack.engine.begin() as conn:
+        await conn.execute(update(users).where(users.c.id == "carol").values(password_hash="x"))
+    with pytest.raises(ExchangeError, match="the user's record does not verify"):
+        await delegate(stack, bot, "carol", bot.token)
+
+
 async def test_the_depth_limit_holds_for_chains(stack: Stack, bot: Agent) -> None:
     stack.service.settings = replace(stack.service.settings, max_delegation_depth=3)
     tokens = [bot.token]
@@ -185,10 +202,10 @@ async def api_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, httpx.AsyncCli
     clock = Clock()
     cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))
     stack = Stack(store, clock, cipher, await build_service(store, clock, cipher))
-    users = UserService(store.engine, clock=clock)
+    users = UserService(store.engine, cipher, clock=clock)
     holder = PolicyHolder(load_policies([]))
     app = create_app(AppState(holder, store, stack.service, users=users))
-    admin, _ = await create_admin_token(store.engine, name="test", now=clock())
+    admin, _ = await create_admin_token(store.engine, cipher.sealer, name="test", now=clock())
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:
@@ -209,7 +226,7 @@ async def test_disabling_a_user_of_the_chain_through_the_api(
     api_stack: tuple[Stack, httpx.AsyncClient, str], user: str
 ) -> None:
     stack, http, admin = api_stack
-    users = UserService(stack.engine, clock=stack.clock)
+    users = UserService(stack.engine, stack.cipher, clock=stack.clock)
     for name in ("alice", "carol"):
         await users.add(name, password=None)
     bot = await stack.new_agent("bot")

@@ -126,9 +126,9 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     log = AuditLog(store.engine, lambda: service.keys.ring.active)
     await log.start()
     holder = PolicyHolder(load_policies([PolicySource("a.yaml", POLICY)]))
-    users = UserService(store.engine, clock=clock)
+    users = UserService(store.engine, cipher, clock=clock)
     app = create_app(AppState(holder, store, service, Auditor(log), users=users))
-    token, _ = await create_admin_token(store.engine, name="test", now=clock())
+    token, _ = await create_admin_token(store.engine, cipher.sealer, name="test", now=clock())
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:

@@ -50,7 +50,7 @@ async def http(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Stack, 
     stack = Stack(store, clock, cipher, await build_service(store, clock, cipher))
     holder = PolicyHolder(load_policies([PolicySource("a.yaml", POLICY)]))
     app = create_app(AppState(holder, store, stack.service))
-    token, _ = await create_admin_token(store.engine, name="test", now=clock())
+    token, _ = await create_admin_token(store.engine, cipher.sealer, name="test", now=clock())
     try:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://tether") as client:

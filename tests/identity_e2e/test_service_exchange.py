@@ -264,7 +264,7 @@ async def test_delegation_depth_exceeded(stack: Stack, bot: Agent) -> None:
 
 
 async def test_disabling_a_user_revokes_what_they_delegated(stack: Stack, bot: Agent) -> None:
-    users = UserService(stack.engine, clock=stack.clock)
+    users = UserService(stack.engine, stack.cipher, clock=stack.clock)
     await users.add("alice", password=None)
     form = delegate_form(stack.user_token("alice"), bot.token)
     issued = await stack.exchange(bot, form, ath=bot.token)

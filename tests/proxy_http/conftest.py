@@ -123,7 +123,7 @@ class Harness:
             self.settings.audit, self.store.engine, lambda: self.identity.keys.ring.active
         )
         self.secrets = SecretStore(self.store.engine, self.identity.cipher)
-        self.targets = TargetStore(self.store.engine)
+        self.targets = TargetStore(self.store.engine, self.identity.sealer)
         state = AppState(holder, self.store, self.identity, self.auditor,
                          secrets=self.secrets, targets=self.targets)  # fmt: skip
         broker = _http_broker(self.settings, broker_services(state))
@@ -167,8 +167,16 @@ class Harness:
 
     # --- administration -------------------------------------------------------------------
 
-    def add_target(self, name: str, labels: Mapping[str, str] | None = None, **spec: Any) -> None:
-        self.run(self.targets.add(name, "http", HttpTargetSpec(**spec), dict(labels or {})))
+    def add_target(
+        self,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        replace: bool = False,
+        **spec: Any,
+    ) -> None:
+        write = self.targets.replace if replace else self.targets.add
+        self.run(write(name, "http", HttpTargetSpec(**spec), dict(labels or {})))
 
     def put_secret(self, name: str, value: bytes) -> None:
         self.run(self.secrets.put(name, value))

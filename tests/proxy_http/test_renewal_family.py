@@ -41,7 +41,9 @@ def node(tmp_path: Path, upstream: Upstream) -> Iterator[Harness]:
 def _revoke(node: Harness, jti: str) -> str:
     """``tether revoke token JTI`` against the node, as an admin; the command's output."""
     admin, _ = node.run(
-        create_admin_token(node.store.engine, name="ops", now=dt.datetime.now(dt.UTC))
+        create_admin_token(
+            node.store.engine, node.identity.sealer, name="ops", now=dt.datetime.now(dt.UTC)
+        )
     )
     environ = {"TETHER_ADMIN_TOKEN": admin, "TETHER_SERVER": node.url}
     done = CliRunner().invoke(app, ["revoke", "token", jti, "-r", "stolen"], env=environ)

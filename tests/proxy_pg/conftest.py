@@ -248,7 +248,7 @@ async def make_broker(
         audit or AuditConfig(), store.engine, lambda: identity.keys.ring.active
     )
     secret_store = SecretStore(store.engine, cipher)
-    target_store = TargetStore(store.engine)
+    target_store = TargetStore(store.engine, cipher.sealer)
     await secret_store.put("app-password", APP_PASSWORD.encode())
     await secret_store.put("app-admin", ADMIN_PASSWORD.encode())
     base = {"host": "127.0.0.1", "port": pg.port, "database": DATABASE, "tls_mode": "disable"}

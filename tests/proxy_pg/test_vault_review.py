@@ -121,9 +121,17 @@ async def test_a_session_on_a_target_whose_secret_does_not_decrypt_is_refused_cl
 async def test_a_target_row_that_no_longer_validates_refuses_the_login_cleanly(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with broker.store.engine.begin() as conn:  # a database writer breaks the row
+    # Invalid, yet sealed by Tether (a row changed without the master key is refused by its
+    # seal before it is validated: the test below).
+    columns = {"name": "app", "kind": "postgres", "labels": {}, "spec": {"host": "127.0.0.1"}}
+    async with broker.store.engine.begin() as conn:
+        query = select(targets.c.labels).where(targets.c.name == "app")
+        labels = (await conn.execute(query)).scalar_one()
+        columns["labels"] = labels
         await conn.execute(
-            update(targets).where(targets.c.name == "app").values(spec={"host": "127.0.0.1"})
+            update(targets)
+            .where(targets.c.name == "app")
+            .values(spec=columns["spec"], seal=broker.identity.sealer.seal("targets", columns))
         )
     agent = await broker.agent()
     wire = await Wire.open(broker.port)
@@ -190,3 +198,41 @@ async def test_a_revoked_session_does_not_leave_its_statement_running_upstream(
             break
         await asyncio.sleep(0.1)
     assert broker.pg.psql(running) == "0"
+
+
+async def test_a_target_redirected_in_the_database_refuses_the_login(broker: Broker) -> None:
+    connections = 0
+
+    async def attacker(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(attacker, "127.0.0.1", 0)
+    try:
+        async with broker.store.engine.begin() as conn:  # a valid spec, the seal kept
+            query = select(targets.c.spec, targets.c.labels).where(targets.c.name == "app")
+            genuine, labels = (await conn.execute(query)).one()
+            port = server.sockets[0].getsockname()[1]
+            await conn.execute(
+                update(targets)
+                .where(targets.c.name == "app")
+                .values(spec={**genuine, "port": port})
+            )
+        agent = await broker.agent()
+        wire = await Wire.open(broker.port)
+        (error,) = errors(await wire.login(broker.password(agent, "app"), "app"))
+        wire.close()
+        assert error.sqlstate == "08006" and "is invalid" in (error.get("M") or "")
+        reasons = [e["reason"] for e in await broker.events("token.refused")]
+        assert "the definition of target 'app' is invalid" in reasons, reasons
+        assert connections == 0
+
+        await broker.targets.replace("app", "postgres", genuine, labels)  # through Tether
+        wire = await Wire.open(broker.port)
+        assert errors(await wire.login(broker.password(agent, "app"), "app")) == []
+        wire.close()
+        assert connections == 0
+    finally:
+        server.close()
+        await server.wait_closed()

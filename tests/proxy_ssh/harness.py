@@ -355,7 +355,7 @@ async def build_stack(directory: Path, rules: str, **config: Any) -> Stack:
     )
     holder = policy(rules)
     vault = SecretStore(store.engine, cipher)
-    targets = TargetStore(store.engine)
+    targets = TargetStore(store.engine, cipher.sealer)
     services = Services(holder, identity, vault, targets, AgentLabels(store.engine), auditor)
     ssh_config = SshConfig(enabled=True, listen="127.0.0.1:0", **config)
     broker = SshBroker(services, ssh_config, directory / "data")

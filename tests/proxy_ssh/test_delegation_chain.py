@@ -33,13 +33,15 @@ from tether.users.service import UserService
 async def test_a_chained_session_ends_with_any_link(env: Env, how: str) -> None:
     stack = env.stack
     stack.holder.replace(policy(DELEGATED).current)
-    users = UserService(stack.store.engine)
+    users = UserService(stack.store.engine, stack.identity.cipher)
     for user in ("alice", "carol"):
         await users.add(user, password=None, groups=["finance"])
     app = create_app(
         AppState(stack.holder, stack.store, stack.identity, stack.auditor, users=users)
     )
-    admin, _ = await create_admin_token(stack.store.engine, name="t", now=datetime.now(UTC))
+    admin, _ = await create_admin_token(
+        stack.store.engine, stack.identity.sealer, name="t", now=datetime.now(UTC)
+    )
     chained = await stack.agent(
         on_behalf_of=("carol", ["finance"]), through=[("alice", ["finance"])]
     )

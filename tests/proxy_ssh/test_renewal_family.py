@@ -31,7 +31,9 @@ from tether.store import credentials as cred_store
 async def test_a_session_ends_with_any_token_of_its_family(env: Env, how: str) -> None:
     stack = env.stack
     app = create_app(AppState(stack.holder, stack.store, stack.identity, stack.auditor))
-    admin, _ = await create_admin_token(stack.store.engine, name="t", now=datetime.now(UTC))
+    admin, _ = await create_admin_token(
+        stack.store.engine, stack.identity.sealer, name="t", now=datetime.now(UTC)
+    )
     renewals = 2 if how == "session-of-renewal" else 0
     agent = await stack.agent(renewals=renewals)
     async with stack.store.engine.connect() as conn:

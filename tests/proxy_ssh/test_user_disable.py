@@ -42,12 +42,14 @@ rules:
 async def test_disabling_a_user_ends_their_delegated_sessions(env: Env) -> None:
     stack = env.stack
     stack.holder.replace(policy(DELEGATED).current)
-    users = UserService(stack.store.engine)
+    users = UserService(stack.store.engine, stack.identity.cipher)
     await users.add("alice", password=None, groups=["finance"])
     app = create_app(
         AppState(stack.holder, stack.store, stack.identity, stack.auditor, users=users)
     )
-    admin, _ = await create_admin_token(stack.store.engine, name="t", now=datetime.now(UTC))
+    admin, _ = await create_admin_token(
+        stack.store.engine, stack.identity.sealer, name="t", now=datetime.now(UTC)
+    )
     for_alice = await stack.agent(on_behalf_of=("alice", ["finance"]))
     alone = await stack.agent()
 

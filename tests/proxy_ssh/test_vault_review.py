@@ -1,21 +1,33 @@
 """A target whose stored row no longer validates (edited behind Tether's back) is a refused,
-audited login, not an error out of the authentication callback."""
+audited login, not an error out of the authentication callback; so is a target whose row
+was redirected without the master key (its seal does not verify: docs/vault.md, "Tampering
+with the database"), and the attacker's server never sees a connection."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from tests.proxy_ssh.conftest import Env
 from tests.proxy_ssh.harness import received
 from tether.vault.schema import targets
 
 
+async def _row(env: Env) -> dict[str, Any]:
+    async with env.stack.store.engine.connect() as conn:
+        found = await conn.execute(select(targets).where(targets.c.name == "web-1"))
+        return dict(found.mappings().one())
+
+
 async def test_a_target_row_that_no_longer_validates_is_a_refused_login(env: Env) -> None:
+    row = {**await _row(env), "spec": {"host": "127.0.0.1"}}  # invalid, yet sealed by Tether
+    columns = {name: row[name] for name in ("name", "kind", "labels", "spec")}
+    seal = env.stack.identity.sealer.seal("targets", columns)
     async with env.stack.store.engine.begin() as conn:
         await conn.execute(
-            update(targets).where(targets.c.name == "web-1").values(spec={"host": "127.0.0.1"})
+            update(targets).where(targets.c.name == "web-1").values(spec=row["spec"], seal=seal)
         )
     await asyncio.sleep(1.1)  # the broker's one-second cache of the target has expired
     agent = await env.stack.agent()
@@ -24,3 +36,41 @@ async def test_a_target_row_that_no_longer_validates_is_a_refused_login(env: Env
     reasons = [e["reason"] for e in await env.stack.events("token.refused")]
     assert any("stored target 'web-1' is invalid" in reason for reason in reasons), reasons
     assert received(env.sshd_dir) == []
+
+
+async def test_a_target_redirected_in_the_database_is_a_refused_login(env: Env) -> None:
+    connections = 0
+
+    async def attacker(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(attacker, "127.0.0.1", 0)
+    try:
+        genuine = (await _row(env))["spec"]
+        port = server.sockets[0].getsockname()[1]
+        async with env.stack.store.engine.begin() as conn:  # a valid spec, the seal kept
+            await conn.execute(
+                update(targets)
+                .where(targets.c.name == "web-1")
+                .values(spec={**genuine, "port": port})
+            )
+        await asyncio.sleep(1.1)  # the broker's one-second cache of the target has expired
+        agent = await env.stack.agent()
+        status, out, err = await agent.ssh("root@web-1", "echo hi")
+        assert status == 255 and out == b"" and b"Permission denied" in err, err
+        reasons = [e["reason"] for e in await env.stack.events("token.refused")]
+        assert any(
+            "stored target 'web-1' is refused: its seal does not verify" in reason
+            for reason in reasons
+        ), reasons
+        assert connections == 0
+
+        await env.stack.targets.replace("web-1", "ssh", genuine, {"env": "test"})  # sealed
+        status, out, _ = await agent.ssh("root@web-1", "echo hi")
+        assert (status, out) == (0, b"hi\n")
+        assert connections == 0
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from tests.approvals.helpers import Clock
+from tests.approvals.helpers import Clock, fresh_cipher
 from tests.users.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider
 from tether.identity.jwks import JwksSource
 from tether.identity.workload import IssuerConfig, TrustedIssuers
@@ -67,10 +67,11 @@ async def cluster(store_url: str) -> AsyncIterator[Cluster]:
         roles={"sre": ["approver"]},
     )  # fmt: skip
     nodes = []
+    cipher = fresh_cipher()  # one master key for both nodes
     for _name in ("a", "b"):  # two nodes: their own engine, services and issuer caches
         store = await Store.open(store_url)
         issuers = TrustedIssuers.from_configs([trusted], clock=clock)
-        users = UserService(store.engine, clock=clock)
+        users = UserService(store.engine, cipher, clock=clock)
         login = OidcLogin(config, issuers_of(issuers), users, redirect_uri=REDIRECT, clock=clock)
         nodes.append(Node(store, login))
     try:

@@ -190,8 +190,9 @@ async def test_the_login_throttle_is_shared_by_nodes_on_one_store(store_url: str
     one, two = await Store.open(store_url), await Store.open(store_url)
     clock = Clock()
     try:
-        node_a = UserService(one.engine, clock=clock)
-        node_b = UserService(two.engine, clock=clock)
+        cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))  # one master key
+        node_a = UserService(one.engine, cipher, clock=clock)
+        node_b = UserService(two.engine, cipher, clock=clock)
         await node_a.add("ivy", password=PASSWORD)
         await node_a.add("jay", password=PASSWORD)
         for node in (node_a, node_b) * 5:

@@ -59,7 +59,9 @@ class Vault:
         """Stores as a second node sharing the database would have them."""
         return (
             SecretStore(self.store.engine, self.cipher, clock=self.clock, monotonic=self.ticker),
-            TargetStore(self.store.engine, clock=self.clock, monotonic=self.ticker),
+            TargetStore(
+                self.store.engine, self.cipher.sealer, clock=self.clock, monotonic=self.ticker
+            ),
         )
 
 
@@ -75,7 +77,7 @@ async def vault(store_url: str) -> AsyncIterator[Vault]:
             clock,
             ticker,
             SecretStore(store.engine, cipher, clock=clock, monotonic=ticker),
-            TargetStore(store.engine, clock=clock, monotonic=ticker),
+            TargetStore(store.engine, cipher.sealer, clock=clock, monotonic=ticker),
         )
     finally:
         await store.close()

@@ -46,6 +46,7 @@ class Api:
     admin: dict[str, str]
     store: Store
     secrets: SecretStore
+    targets: TargetStore
 
     async def put(self, name: str, value: bytes = VALUE, **body: Any) -> httpx.Response:
         payload = {"value_b64": base64.b64encode(value).decode(), **body}
@@ -68,14 +69,13 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     auditor = await start_auditor(AuditConfig(), store.engine, lambda: service.keys.ring.active)
     vault = SecretStore(store.engine, service.cipher)
     holder = PolicyHolder(load_policies([PolicySource("a.yaml", POLICY)]))
-    state = AppState(
-        holder, store, service, auditor, secrets=vault, targets=TargetStore(store.engine)
-    )
-    token, _ = await create_admin_token(store.engine, name="test", now=clock())
+    targets = TargetStore(store.engine, cipher.sealer)
+    state = AppState(holder, store, service, auditor, secrets=vault, targets=targets)
+    token, _ = await create_admin_token(store.engine, cipher.sealer, name="test", now=clock())
     transport = httpx.ASGITransport(app=create_app(state))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:
-            yield Api(http, {"Authorization": f"Bearer {token}"}, store, vault)
+            yield Api(http, {"Authorization": f"Bearer {token}"}, store, vault, targets)
     finally:
         await auditor.log.close()
         await store.close()
@@ -259,4 +259,4 @@ async def test_target_lifecycle(api: Api) -> None:
 )
 async def test_target_refusals(api: Api, body: dict[str, Any], text: str) -> None:
     assert text in problem(await api.http.post("/v1/targets", json=body, headers=api.admin), 422)
-    assert await TargetStore(api.store.engine).list() == []
+    assert await api.targets.list() == []

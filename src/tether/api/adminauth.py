@@ -191,7 +191,9 @@ async def _authenticate(request: Request, identity: IdentityService, action: str
     presented = _bearer(request)
     token = None
     if presented is not None:
-        token = await find_admin_token(identity.engine, presented, now=identity.clock())
+        token = await find_admin_token(
+            identity.engine, identity.sealer, presented, now=identity.clock()
+        )
     if token is None:
         reason = "missing admin token" if presented is None else "unknown, expired or revoked"
         detail: dict[str, Any] = {"status": 401, "reason": reason}

@@ -104,7 +104,9 @@ async def signed_in(request: Request) -> Caller:
             return Caller(f"user:{found[0].id}", found[0], found[1])
     if presented is not None and state.identity is not None:
         identity = state.identity
-        token = await find_admin_token(identity.engine, presented, now=identity.clock())
+        token = await find_admin_token(
+            identity.engine, identity.sealer, presented, now=identity.clock()
+        )
         if token is not None:
             return Caller(f"admin-token:{token.id}", None)
     reason = "missing token" if presented is None else "unknown, expired or revoked token"

@@ -207,7 +207,11 @@ async def list_targets(
 ) -> dict[str, Any]:
     """Every target (of ``kind``, if given), by name."""
     call.target = "targets"
-    return {"targets": [target_json(t) for t in await _targets(request).list(kind)]}
+    try:
+        found = await _targets(request).list(kind)
+    except TargetError as refused:  # a stored row is invalid or changed outside Tether
+        raise ProblemError(409, str(refused)) from None
+    return {"targets": [target_json(t) for t in found]}
 
 
 @targets_router.post("", status_code=201, openapi_extra=body_schema(TargetCreate))
@@ -235,7 +239,10 @@ async def show_target(
 ) -> dict[str, Any]:
     """One target, with the secrets it names that do not exist (``missing_secrets``)."""
     call.target = f"target:{name}"
-    target = await _targets(request).get(name)
+    try:
+        target = await _targets(request).get(name)
+    except TargetError as refused:  # its stored row is invalid or changed outside Tether
+        raise ProblemError(409, str(refused)) from None
     if target is None:
         raise ProblemError(404, f"no target named {name!r}")
     return await _with_missing(request, target)

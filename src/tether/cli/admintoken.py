@@ -2,7 +2,9 @@
 
 It needs no server and no other admin token: it is the way back in when the first token,
 printed once at first start, is lost. Whoever can run it can read the node's configuration
-and database anyway.
+and database anyway. It needs the node's master key too (``TETHER_MASTER_KEY`` or
+``<data_dir>/master.key``, created there on a fresh data directory as a first start
+would): the token's row is sealed with it, and nodes refuse a row sealed otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Annotated
 import typer
 
 from tether.cli.common import fail
+from tether.cli.store import master_sealer
 from tether.config import CONFIG_ENV, ConfigError, load_settings
 
 app = typer.Typer(help="Admin API tokens.", no_args_is_help=True, add_completion=False)
@@ -58,12 +61,13 @@ def create(
         settings = load_settings(config, overrides=overrides)
     except ConfigError as error:
         fail(str(error))
+    sealer = master_sealer(settings, create=True)
 
     async def run() -> str:
         store = await Store.open(settings.database)
         try:
             text, _ = await create_admin_token(
-                store.engine, name=name, now=datetime.now(UTC), ttl=ttl
+                store.engine, sealer, name=name, now=datetime.now(UTC), ttl=ttl
             )
         finally:
             await store.close()

@@ -12,6 +12,7 @@ from tether.cli import admintoken, agent, demo, policy, revoke, secret, serve, t
 from tether.cli import approvals as approvals_cli
 from tether.cli import audit as audit_cli
 from tether.cli import sessions as sessions_cli
+from tether.cli import store as store_cli
 from tether.cli import users as users_cli
 from tether.cli.common import EXIT_INTERNAL
 
@@ -31,6 +32,7 @@ app.add_typer(sessions_cli.app, name="sessions")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(secret.app, name="secret")
 app.add_typer(target.app, name="target")
+app.add_typer(store_cli.app, name="store")
 app.command("serve")(serve.serve)
 app.command("demo-upstream")(demo.demo_upstream)
 app.add_typer(approvals_cli.app, name="approvals")

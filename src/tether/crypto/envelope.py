@@ -46,6 +46,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tether.crypto.masterkey import MasterKey
+from tether.crypto.seal import RowSealer
 
 VERSION: Final = 1
 _KEK_INFO: Final = b"tether/envelope/v1/kek"
@@ -67,11 +68,14 @@ class DecryptionError(Exception):
 class EnvelopeCipher:
     """Encrypts and decrypts values under one master key; safe to share between threads."""
 
-    __slots__ = ("_kek", "_key_id")
+    __slots__ = ("_kek", "_key_id", "sealer")
 
     def __init__(self, master_key: MasterKey) -> None:
         self._key_id = master_key.key_id
         self._kek = AESGCM(master_key.derive(_KEK_INFO))
+        # Row seals under the same master key, with a key of their own (tether.crypto.seal):
+        # whatever holds the cipher holds the master key's services, and nothing more.
+        self.sealer = RowSealer(master_key)
 
     def __repr__(self) -> str:
         return f"EnvelopeCipher(key_id={self._key_id.hex()})"

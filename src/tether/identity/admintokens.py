@@ -11,7 +11,9 @@ Security decisions:
 * **Shown once.** The secret exists in memory while it is created and printed, never again;
   losing it means creating another (``tether admin-token create`` works on the database
   directly, with no server and no other token, for exactly that recovery).
-* Expired and revoked tokens are refused by the store's lookup itself.
+* Expired and revoked tokens are refused by the store's lookup itself, and so is a row
+  whose seal does not verify (:mod:`tether.store.keys`): a row planted in the database
+  with the hash of a token of the writer's choosing opens nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.crypto.seal import RowSealer
 from tether.store import keys as key_store
 from tether.store.identity import digest
 
@@ -30,7 +33,7 @@ MAX_PRESENTED: Final = 256
 
 
 async def create_admin_token(
-    engine: AsyncEngine, *, name: str, now: datetime, ttl: int | None = None
+    engine: AsyncEngine, sealer: RowSealer, *, name: str, now: datetime, ttl: int | None = None
 ) -> tuple[str, key_store.AdminToken]:
     """A new admin token: its text (to show once) and its record."""
     token_id = secrets.token_hex(6)
@@ -38,28 +41,34 @@ async def create_admin_token(
     expires = None if ttl is None else now + timedelta(seconds=ttl)
     async with engine.begin() as conn:
         record = await key_store.insert_admin_token(
-            conn, id=token_id, name=name, token_hash=digest(text), now=now, expires_at=expires
+            conn,
+            sealer,
+            id=token_id,
+            name=name,
+            token_hash=digest(text),
+            now=now,
+            expires_at=expires,
         )
     return text, record
 
 
-async def first_admin_token(engine: AsyncEngine, *, now: datetime) -> str | None:
+async def first_admin_token(engine: AsyncEngine, sealer: RowSealer, *, now: datetime) -> str | None:
     """On a store without any admin token, create one and return its text; else None."""
     async with engine.connect() as conn:
         if await key_store.list_admin_tokens(conn):
             return None
-    text, _record = await create_admin_token(engine, name="initial", now=now)
+    text, _record = await create_admin_token(engine, sealer, name="initial", now=now)
     return text
 
 
 async def find_admin_token(
-    engine: AsyncEngine, presented: str, *, now: datetime
+    engine: AsyncEngine, sealer: RowSealer, presented: str, *, now: datetime
 ) -> key_store.AdminToken | None:
     """The usable token whose text is ``presented`` (its last use recorded), else None."""
     if not presented.startswith(ADMIN_TOKEN_PREFIX) or len(presented) > MAX_PRESENTED:
         return None
     async with engine.begin() as conn:
-        token = await key_store.find_admin_token(conn, digest(presented), now)
+        token = await key_store.find_admin_token(conn, sealer, digest(presented), now)
         if token is not None:
             await key_store.touch_admin_token(conn, token.id, now)
     return token

@@ -129,7 +129,12 @@ async def _join(
     now = service.clock()
     async with service.engine.begin() as conn:
         record = await agent_store.consume_join_token(
-            conn, id=token_id, token_hash=digest(secret), runtime_id=runtime_id, now=now
+            conn,
+            service.sealer,
+            id=token_id,
+            token_hash=digest(secret),
+            runtime_id=runtime_id,
+            now=now,
         )
         if record is None:
             raise ex.ExchangeError(
@@ -205,8 +210,16 @@ async def _delegate(
         raise ex.ExchangeError("invalid_grant", f"user token refused: {error}") from None
     async with service.engine.connect() as conn:
         for delegator in (user.user, *actor.delegators):  # every user of the chain
-            if await user_store.user_state(conn, delegator) == "disabled":
+            state = await user_store.user_state(conn, delegator)
+            if state == "disabled":
                 raise ex.ExchangeError("invalid_grant", "the user is disabled")
+            # A user Tether has a record of must verify (its seal; logged if not): a user
+            # disabled and set back to active behind Tether's back delegates nothing.
+            if (
+                state is not None
+                and await user_store.get_user(conn, service.sealer, delegator) is None
+            ):
+                raise ex.ExchangeError("invalid_grant", "the user's record does not verify")
     # RFC 8693 4.1: the actor is who the actor token names, with its own actors nested: a
     # delegated actor token puts its user in the chain (the innermost actor is the agent).
     act = Actor(actor.sub, actor.act)

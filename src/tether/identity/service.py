@@ -93,6 +93,7 @@ class IdentityService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.engine, self.keys, self.cipher, self.settings = engine, keys, cipher, settings
+        self.sealer = cipher.sealer  # row seals under the master key (tether.crypto.seal)
         self.clock = clock
         self.issuers = issuers or TrustedIssuers([])
 
@@ -217,7 +218,7 @@ class IdentityService:
         """Offboard an agent: final state, agent revocation, unused join tokens expired."""
         async with self.engine.begin() as conn:
             done = await agent_store.offboard_agent(
-                conn, agent_id, reason=reason, revoked_by=by, now=self.clock()
+                conn, self.sealer, agent_id, reason=reason, revoked_by=by, now=self.clock()
             )
         if done is not None:
             self.revoked.add("agent", agent_id)
@@ -346,8 +347,8 @@ class IdentityService:
         now = self.clock()
         async with self.engine.begin() as conn:
             record = await agent_store.insert_join_token(
-                conn, id=token_id, token_hash=digest(secret), agent_id=agent_id, now=now,
-                expires_at=now + timedelta(seconds=ttl), runtime_labels=runtime_labels,
+                conn, self.sealer, id=token_id, token_hash=digest(secret), agent_id=agent_id,
+                now=now, expires_at=now + timedelta(seconds=ttl), runtime_labels=runtime_labels,
             )  # fmt: skip
         return f"{JOIN_TOKEN_PREFIX}{token_id}.{secret}", record
 

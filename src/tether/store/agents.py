@@ -8,12 +8,19 @@ Security decisions:
 * **A join token is consumed at most once**, by one conditional ``UPDATE`` (unused, not
   expired, right secret, agent active) whose row count decides: of any number of concurrent
   consumers, on any number of nodes, exactly one wins. A wrong secret consumes nothing.
+* **Join token rows are sealed** (:mod:`tether.crypto.seal`, migration 0015): the HMAC
+  under the master key of the id, hash, agent, runtime labels, expiry and use. A row planted
+  or changed without the master key (a token of the writer's choosing for an existing
+  agent, an expiry pushed back, a use cleared) does not verify and
+  :func:`consume_join_token` treats it as unknown, logging an error; the consuming
+  ``UPDATE`` also requires the seal it verified, so the row cannot change in between.
 * **A runtime never changes hands**: re-attesting a runtime id under another agent is
   refused (:class:`RuntimeOfAnotherAgent`) rather than rewriting whose runtime it is.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +29,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, RowMapping, and_, exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tether.crypto.seal import RowSealer, SealValue
 from tether.store.credentials import Revocation, insert_revocation
 from tether.store.identity import (
     Labels,
@@ -33,6 +41,9 @@ from tether.store.identity import (
 from tether.store.schema import agents, join_tokens, runtimes
 
 AgentState = Literal["active", "disabled", "offboarded"]
+JOIN_TOKENS = "join_tokens"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +87,14 @@ class JoinToken:
     used_by_runtime: str | None
 
 
-_JOIN_TOKEN_COLUMNS = [c for c in join_tokens.c if c.name != "token_hash"]
+_JOIN_TOKEN_COLUMNS = [c for c in join_tokens.c if c.name not in ("token_hash", "seal")]
+
+
+def join_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of a ``join_tokens`` row (as written, or as read back)."""
+    names = ("id", "token_hash", "agent_id", "runtime_labels", "expires_at", "used_at",
+             "used_by_runtime")  # fmt: skip
+    return {name: row[name] for name in names}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +185,7 @@ async def touch_agent(conn: AsyncConnection, agent_id: str, now: datetime) -> No
 
 async def offboard_agent(
     conn: AsyncConnection,
+    sealer: RowSealer,
     agent_id: str,
     *,
     reason: str,
@@ -204,8 +223,16 @@ async def offboard_agent(
         join_tokens.c.used_at.is_(None),
         join_tokens.c.expires_at > now,
     )
-    expired = await conn.execute(update(join_tokens).where(unused).values(expires_at=now))
-    return Offboarding(_agent(row), revocation, expired.rowcount)
+    expired = 0
+    for token in (await conn.execute(select(join_tokens).where(unused))).mappings().all():
+        values: dict[str, Any] = {"expires_at": now}
+        # Sealed again only if its seal verified: a row changed outside Tether is expired
+        # all the same and stays refused, never blessed.
+        if sealer.verify(JOIN_TOKENS, join_seal_columns(token), token["seal"]):
+            values["seal"] = sealer.seal(JOIN_TOKENS, join_seal_columns({**token, **values}))
+        statement = update(join_tokens).where(unused, join_tokens.c.id == token["id"])
+        expired += (await conn.execute(statement.values(values))).rowcount
+    return Offboarding(_agent(row), revocation, expired)
 
 
 # --- runtimes ----------------------------------------------------------------------------------
@@ -277,6 +304,7 @@ async def list_runtimes(conn: AsyncConnection, agent_id: str) -> list[Runtime]:
 
 async def insert_join_token(
     conn: AsyncConnection,
+    sealer: RowSealer,
     *,
     id: str,
     token_hash: bytes,
@@ -296,7 +324,10 @@ async def insert_join_token(
         "runtime_labels": dict(runtime_labels or {}),
         "created_at": now,
         "expires_at": expires_at,
+        "used_at": None,
+        "used_by_runtime": None,
     }
+    values["seal"] = sealer.seal(JOIN_TOKENS, join_seal_columns(values))
     await insert_if_agent_active(conn, join_tokens, values)
     token = await get_join_token(conn, id)
     assert token is not None  # just inserted in this transaction
@@ -310,14 +341,38 @@ async def get_join_token(conn: AsyncConnection, token_id: str) -> JoinToken | No
 
 
 async def consume_join_token(
-    conn: AsyncConnection, *, id: str, token_hash: bytes, runtime_id: str, now: datetime
+    conn: AsyncConnection,
+    sealer: RowSealer,
+    *,
+    id: str,
+    token_hash: bytes,
+    runtime_id: str,
+    now: datetime,
 ) -> JoinToken | None:
     """Use up join token ``id`` for ``runtime_id``; None unless this very call consumed it.
 
-    The single ``UPDATE`` checks everything (secret, unused, unexpired, agent active) and
-    marks the token used; the database's row lock makes a concurrent second consumer find
-    it used. The reason of a refusal is not told, so it cannot be used to probe tokens.
+    The row found by id and secret must verify (its seal, else it is refused and logged);
+    then a single ``UPDATE`` checks everything (secret, unused, unexpired, agent active,
+    the seal just verified) and marks the token used, sealed as used; the database's row
+    lock makes a concurrent second consumer find it used. The reason of a refusal is not
+    told, so it cannot be used to probe tokens.
     """
+    found = select(join_tokens).where(
+        join_tokens.c.id == id, join_tokens.c.token_hash == token_hash
+    )
+    row = (await conn.execute(found)).mappings().first()
+    if row is None:
+        return None
+    if not sealer.verify(JOIN_TOKENS, join_seal_columns(row), row["seal"]):
+        state = "it has no seal" if row["seal"] is None else "its seal does not verify"
+        log.error(
+            "join token %r (agent %r) refused: %s: the row was changed outside Tether "
+            "(docs/vault.md, Tampering with the database)",
+            row["id"], row["agent_id"], state,
+        )  # fmt: skip
+        return None
+    used: dict[str, Any] = {"used_at": now, "used_by_runtime": runtime_id}
+    used["seal"] = sealer.seal(JOIN_TOKENS, join_seal_columns({**row, **used}))
     agent_active = exists().where(agents.c.id == join_tokens.c.agent_id, agents.c.state == "active")
     query = (
         update(join_tokens)
@@ -326,9 +381,10 @@ async def consume_join_token(
             join_tokens.c.token_hash == token_hash,
             join_tokens.c.used_at.is_(None),
             join_tokens.c.expires_at > now,
+            join_tokens.c.seal == row["seal"],
             agent_active,
         )
-        .values(used_at=now, used_by_runtime=runtime_id)
+        .values(used)
         .returning(*_JOIN_TOKEN_COLUMNS)
     )
     row = (await conn.execute(query)).mappings().first()

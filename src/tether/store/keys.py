@@ -10,19 +10,28 @@ Security decisions:
   inserts the new one, in the caller's transaction. ``retired`` is final.
 * **Admin tokens are looked up by the hash of their secret**, and :func:`find_admin_token`
   only returns a token that is neither revoked nor expired at ``now``.
+* **Admin token rows are sealed** (:mod:`tether.crypto.seal`, migration 0015): the HMAC
+  under the master key of the id, name, hash, expiry and revocation time. A row planted or
+  changed without the master key (a hash of the writer's choosing, an expiry pushed back,
+  a revocation cleared) does not verify and :func:`find_admin_token` treats it as unknown,
+  logging an error. ``last_used_at`` is not sealed: it grants nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import RowMapping, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tether.crypto.seal import RowSealer, SealValue
 from tether.store.schema import admin_tokens, signing_keys
+
+log = logging.getLogger(__name__)
 
 KeyPurpose = Literal["access-token", "ssh-user-ca", "ssh-target-ca", "x509-ca"]
 KeyState = Literal["active", "previous", "retired"]
@@ -130,6 +139,7 @@ async def rotate_signing_key(
 
 async def insert_admin_token(
     conn: AsyncConnection,
+    sealer: RowSealer,
     *,
     id: str,
     name: str,
@@ -144,22 +154,35 @@ async def insert_admin_token(
         "token_hash": token_hash,
         "created_at": now,
         "expires_at": expires_at,
+        "revoked_at": None,
     }
+    values["seal"] = sealer.seal(ADMIN_TOKENS, admin_seal_columns(values))
     query = insert(admin_tokens).values(values).returning(*_ADMIN_COLUMNS)
     return _admin((await conn.execute(query)).mappings().one())
 
 
 async def find_admin_token(
-    conn: AsyncConnection, token_hash: bytes, now: datetime
+    conn: AsyncConnection, sealer: RowSealer, token_hash: bytes, now: datetime
 ) -> AdminToken | None:
-    """The token with this hash if it is usable at ``now`` (not revoked, not expired)."""
-    query = select(*_ADMIN_COLUMNS).where(
+    """The token with this hash if it is usable at ``now`` (not revoked, not expired) and
+    its row's seal verifies; None otherwise (a row that does not verify is logged)."""
+    query = select(admin_tokens).where(
         admin_tokens.c.token_hash == token_hash,
         admin_tokens.c.revoked_at.is_(None),
         or_(admin_tokens.c.expires_at.is_(None), admin_tokens.c.expires_at > now),
     )
     row = (await conn.execute(query)).mappings().first()
-    return None if row is None else _admin(row)
+    if row is None:
+        return None
+    if not sealer.verify(ADMIN_TOKENS, admin_seal_columns(row), row["seal"]):
+        state = "it has no seal" if row["seal"] is None else "its seal does not verify"
+        log.error(
+            "admin token %r refused: %s: the row was changed outside Tether "
+            "(docs/vault.md, Tampering with the database)",
+            row["id"], state,
+        )  # fmt: skip
+        return None
+    return _admin(row)
 
 
 async def list_admin_tokens(conn: AsyncConnection) -> list[AdminToken]:
@@ -167,14 +190,21 @@ async def list_admin_tokens(conn: AsyncConnection) -> list[AdminToken]:
     return [_admin(row) for row in (await conn.execute(query)).mappings()]
 
 
-async def revoke_admin_token(conn: AsyncConnection, token_id: str, now: datetime) -> bool:
-    """Revoke a token; False when it is unknown or was revoked already."""
-    query = (
-        update(admin_tokens)
-        .where(admin_tokens.c.id == token_id, admin_tokens.c.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-    return (await conn.execute(query)).rowcount == 1
+async def revoke_admin_token(
+    conn: AsyncConnection, sealer: RowSealer, token_id: str, now: datetime
+) -> bool:
+    """Revoke a token; False when it is unknown or was revoked already.
+
+    The row is sealed again with its revocation time, but only if its seal verified: a row
+    changed outside Tether is revoked all the same and stays refused, never blessed."""
+    live = (admin_tokens.c.id == token_id, admin_tokens.c.revoked_at.is_(None))
+    row = (await conn.execute(select(admin_tokens).where(*live))).mappings().first()
+    if row is None:
+        return False
+    values: dict[str, Any] = {"revoked_at": now}
+    if sealer.verify(ADMIN_TOKENS, admin_seal_columns(row), row["seal"]):
+        values["seal"] = sealer.seal(ADMIN_TOKENS, admin_seal_columns({**row, **values}))
+    return (await conn.execute(update(admin_tokens).where(*live).values(values))).rowcount == 1
 
 
 async def touch_admin_token(conn: AsyncConnection, token_id: str, now: datetime) -> None:
@@ -187,7 +217,14 @@ async def touch_admin_token(conn: AsyncConnection, token_id: str, now: datetime)
     )
 
 
-_ADMIN_COLUMNS = [c for c in admin_tokens.c if c.name != "token_hash"]
+ADMIN_TOKENS = "admin_tokens"
+_ADMIN_COLUMNS = [c for c in admin_tokens.c if c.name not in ("token_hash", "seal")]
+
+
+def admin_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of an ``admin_tokens`` row (as written, or as read back)."""
+    names = ("id", "name", "token_hash", "expires_at", "revoked_at")
+    return {name: row[name] for name in names}
 
 
 def _key(row: RowMapping) -> StoredKey:

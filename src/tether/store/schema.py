@@ -127,6 +127,7 @@ join_tokens = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("used_at", UTCDateTime, nullable=True),
     Column("used_by_runtime", Text, nullable=True),  # no FK: the runtime is recorded after
+    Column("seal", Text, nullable=True),  # 0015: tether.crypto.seal; null: refused
     CheckConstraint(_DIGEST_LEN, name="token_hash_is_digest"),
     CheckConstraint("(used_at IS NULL) = (used_by_runtime IS NULL)", name="used_by_whom"),
     Index("ix_join_tokens_agent_id", "agent_id"),
@@ -220,5 +221,6 @@ admin_tokens = Table(
     Column("expires_at", UTCDateTime, nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("last_used_at", UTCDateTime, nullable=True),
+    Column("seal", Text, nullable=True),  # 0015: tether.crypto.seal; null: refused
     CheckConstraint(_DIGEST_LEN, name="token_hash_is_digest"),
 )

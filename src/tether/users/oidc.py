@@ -210,7 +210,7 @@ class OidcLogin:
         if collected is None:
             raise KeyError(poll_id)  # another poll collected it first
         async with self.users.engine.connect() as conn:
-            user = await user_store.get_user(conn, collected.user_id)
+            user = await user_store.get_user(conn, self.users.sealer, collected.user_id)
             tokens = await user_store.list_tokens(conn, collected.user_id)
         record = next((t for t in tokens if t.id == collected.token_id), None)
         if user is None or record is None:

@@ -36,6 +36,7 @@ users = Table(
     Column("state", String(16), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("seal", Text, nullable=True),  # 0015: tether.crypto.seal (with roles and groups)
     CheckConstraint("source IN ('local', 'oidc')", name="source"),
     CheckConstraint("state IN ('active', 'disabled')", name="state"),
 )
@@ -74,5 +75,6 @@ user_tokens = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("last_used_at", UTCDateTime, nullable=True),
+    Column("seal", Text, nullable=True),  # 0015: tether.crypto.seal; null: refused
     CheckConstraint("length(token_hash) = 32", name="token_hash_is_digest"),
 )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable
@@ -28,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.approvals import store as approvals_store
 from tether.crypto.envelope import EnvelopeCipher
@@ -41,6 +42,8 @@ from tether.users.store import User, UserToken
 
 if TYPE_CHECKING:
     from tether.users.oidc import OidcLogin
+
+log = logging.getLogger(__name__)
 
 USER_TOKEN_PREFIX: Final = "tpt_"  # noqa: S105 - a public prefix, not a secret
 USER_ID: Final = re.compile(r"[a-z0-9][a-z0-9._@-]{0,99}")
@@ -90,11 +93,12 @@ class UserService:
     def __init__(
         self,
         engine: AsyncEngine,
-        cipher: EnvelopeCipher | None = None,
+        cipher: EnvelopeCipher,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.engine, self.cipher, self.clock = engine, cipher, clock
+        self.sealer = cipher.sealer  # users are sealed (tether.users.store)
         self.oidc: OidcLogin | None = None  # sign-in through a provider, when configured
 
     # --- users ----------------------------------------------------------------------------
@@ -125,20 +129,30 @@ class UserService:
                 )  # fmt: skip
                 await user_store.set_roles(conn, user_id, roles)
                 await user_store.set_groups(conn, user_id, groups, now)
+                await user_store.seal_user(conn, self.sealer, user_id)
         except IntegrityError:
             raise UserError(f"user {user_id!r} already exists", 409) from None
         return await self.get(user_id)
 
     async def get(self, user_id: str) -> User:
+        """The user; ``UserError`` 404 when there is none, 409 when its seal does not
+        verify (the admin is told, rather than shown a user that does not exist)."""
         async with self.engine.connect() as conn:
-            user = await user_store.get_user(conn, user_id)
+            user = await user_store.get_user(conn, self.sealer, user_id)
+            present = user is not None or await user_store.user_state(conn, user_id) is not None
+        if user is None and present:
+            raise UserError(
+                f"user {user_id!r} is refused: it was changed outside Tether (docs/vault.md, "
+                "Tampering with the database)",
+                409,
+            )
         if user is None:
             raise UserError(f"no user {user_id!r}", 404)
         return user
 
     async def find(self, user_id: str) -> User | None:
         async with self.engine.connect() as conn:
-            return await user_store.get_user(conn, user_id)
+            return await user_store.get_user(conn, self.sealer, user_id)
 
     async def all(self) -> list[User]:
         async with self.engine.connect() as conn:
@@ -156,12 +170,14 @@ class UserService:
         checked_groups = None if groups is None else _check_groups(groups)
         now = self.clock()
         async with self.engine.begin() as conn:
+            intact = await user_store.user_intact(conn, self.sealer, user_id)
             if not await user_store.update_user(conn, user_id, now):
                 raise UserError(f"no user {user_id!r}", 404)
             if checked_roles is not None:
                 await user_store.set_roles(conn, user_id, checked_roles)
             if checked_groups is not None:
                 await user_store.set_groups(conn, user_id, checked_groups, now)
+            await self._reseal(conn, user_id, intact)
         return await self.get(user_id)
 
     async def set_password(
@@ -183,9 +199,13 @@ class UserService:
         now = self.clock()
         keep = None if keep_token is None else digest(keep_token)
         async with self.engine.begin() as conn:
+            intact = await user_store.user_intact(conn, self.sealer, user_id)
             if not await user_store.update_user(conn, user_id, now, password_hash=hashed):
                 raise UserError(f"no user {user_id!r}", 404)
-            return await user_store.revoke_user_tokens(conn, user_id, now, keep_hash=keep)
+            await self._reseal(conn, user_id, intact)
+            return await user_store.revoke_user_tokens(
+                conn, self.sealer, user_id, now, keep_hash=keep
+            )
 
     async def set_state(self, user_id: str, state: str, *, by: str = "tether") -> User:
         """Enable or disable (:meth:`disable`)."""
@@ -194,8 +214,10 @@ class UserService:
         if state != "active":
             raise UserError("state is active or disabled")
         async with self.engine.begin() as conn:
+            intact = await user_store.user_intact(conn, self.sealer, user_id)
             if not await user_store.update_user(conn, user_id, self.clock(), state=state):
                 raise UserError(f"no user {user_id!r}", 404)
+            await self._reseal(conn, user_id, intact)
         return await self.get(user_id)
 
     async def disable(self, user_id: str, *, by: str) -> tuple[User, list[str]]:
@@ -216,9 +238,11 @@ class UserService:
         its quorum without them stands: enough other people approved it."""
         now = self.clock()
         async with self.engine.begin() as conn:
+            intact = await user_store.user_intact(conn, self.sealer, user_id)
             if not await user_store.update_user(conn, user_id, now, state="disabled"):
                 raise UserError(f"no user {user_id!r}", 404)
-            await user_store.revoke_user_tokens(conn, user_id, now)
+            await self._reseal(conn, user_id, intact)
+            await user_store.revoke_user_tokens(conn, self.sealer, user_id, now)
             revoked = await cred_store.revoke_delegations(
                 conn, user_id, reason="the user is disabled", revoked_by=by, now=now
             )
@@ -229,14 +253,15 @@ class UserService:
 
     async def enroll_totp(self, user_id: str) -> str:
         """A new TOTP secret for the user (returned once, stored encrypted)."""
-        if self.cipher is None:
-            raise UserError("TOTP needs the master key on this node", 503)
         secret = totp.new_secret()
         sealed = self.cipher.encrypt_text(secret.encode(), purpose=_TOTP_PURPOSE, name=user_id)
         async with self.engine.begin() as conn:
+            intact = await user_store.user_intact(conn, self.sealer, user_id)
             done = await user_store.update_user(
                 conn, user_id, self.clock(), totp_secret=sealed, totp_last_step=None
             )
+            if done:
+                await self._reseal(conn, user_id, intact)
         if not done:
             raise UserError(f"no user {user_id!r}", 404)
         return secret
@@ -254,7 +279,7 @@ class UserService:
         """
         await self._check_throttle(user_id)
         async with self.engine.connect() as conn:
-            row = await user_store.credentials_row(conn, user_id)
+            row = await user_store.credentials_row(conn, self.sealer, user_id)
         stored = row["password_hash"] if row is not None else None
         ok = await asyncio.to_thread(passwords.verify_password, stored or _dummy_hash(), password)
         if row is None or stored is None or not ok or row["state"] != "active":
@@ -270,11 +295,25 @@ class UserService:
                     raise self._failed(user_id)
             if passwords.needs_rehash(stored):
                 rehashed = await asyncio.to_thread(passwords.hash_password, password)
+                intact = await user_store.user_intact(conn, self.sealer, user_id)
                 await user_store.update_user(conn, user_id, now, password_hash=rehashed)
-            user = await user_store.get_user(conn, user_id)
+                await self._reseal(conn, user_id, intact)
+            user = await user_store.get_user(conn, self.sealer, user_id)
             await throttle.clear(conn, user_id, now, FAILURE_WINDOW)
         assert user is not None
         return user
+
+    async def _reseal(self, conn: AsyncConnection, user_id: str, intact: bool) -> None:
+        """Seal the user as just changed, if its seal verified before the change; else it
+        stays refused (a user changed outside Tether is never blessed by an edit)."""
+        if intact:
+            await user_store.seal_user(conn, self.sealer, user_id)
+        else:
+            log.error(
+                "user %r changed, but its seal did not verify before: it stays refused "
+                "(docs/vault.md, Tampering with the database)",
+                user_id,
+            )
 
     async def _check_throttle(self, user_id: str) -> None:
         """Count this attempt in the store (committed at once, before the password is
@@ -291,7 +330,7 @@ class UserService:
     def _totp_step(
         self, sealed: str, user_id: str, code: str | None, last: int | None
     ) -> int | None:
-        if code is None or self.cipher is None:
+        if code is None:
             return None
         secret = self.cipher.decrypt_text(sealed, purpose=_TOTP_PURPOSE, name=user_id).decode()
         return totp.verify(secret, code, self.clock().timestamp(), last)
@@ -318,11 +357,11 @@ class UserService:
                 raise UserError("the token it is made with has expired", 401)
             expires_at = min(expires_at, not_after)
         async with self.engine.begin() as conn:
-            user = await user_store.get_user(conn, user_id)
+            user = await user_store.get_user(conn, self.sealer, user_id)
             if user is None or not user.active:
                 raise UserError(f"no active user {user_id!r}", 404)
             record = await user_store.insert_token(
-                conn, id=token_id, user_id=user_id, name=name[:200] or "token",
+                conn, self.sealer, id=token_id, user_id=user_id, name=name[:200] or "token",
                 token_hash=digest(text), now=now, expires_at=expires_at,
             )  # fmt: skip
         return text, record
@@ -339,11 +378,11 @@ class UserService:
             return None
         now = self.clock()
         async with self.engine.begin() as conn:
-            token = await user_store.find_token(conn, digest(presented), now)
+            token = await user_store.find_token(conn, self.sealer, digest(presented), now)
             if token is None:
                 return None
             await user_store.touch_token(conn, token.id, now)
-            user = await user_store.get_user(conn, token.user_id)
+            user = await user_store.get_user(conn, self.sealer, token.user_id)
         return None if user is None else (user, token)
 
     async def tokens(self, user_id: str | None = None) -> list[UserToken]:
@@ -352,11 +391,11 @@ class UserService:
 
     async def revoke_token(self, token_id: str, *, user_id: str | None = None) -> bool:
         async with self.engine.begin() as conn:
-            return await user_store.revoke_token(conn, token_id, self.clock(), user_id)
+            return await user_store.revoke_token(conn, self.sealer, token_id, self.clock(), user_id)
 
     async def group_members(self, group: str) -> set[str]:
         async with self.engine.connect() as conn:
-            return await user_store.group_member_ids(conn, group)
+            return await user_store.group_member_ids(conn, self.sealer, group)
 
 
 def _hash(password: str) -> str:

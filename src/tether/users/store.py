@@ -2,20 +2,45 @@
 
 Each takes an ``AsyncConnection`` and leaves the transaction to the caller, and takes the
 clock's ``now`` rather than reading one (the conventions of :mod:`tether.store.identity`).
+
+Security decision: **a user is sealed** (:mod:`tether.crypto.seal`, migration 0015). The
+``users`` row's ``seal`` is the HMAC under the master key of the user's id, source,
+password hash, TOTP secret, state, roles and groups (the latter two from ``user_roles`` and
+``group_members``). :func:`get_user` and :func:`credentials_row`, through which every login,
+personal token and approver check reads a user, return None for a user whose seal is
+missing or does not verify (logged as an error): whoever can write to the database without
+the master key cannot set a password hash, a role, a group or a state of their choosing.
+The writer (:class:`tether.users.service.UserService`) seals again after each change, but
+only a user whose seal verified before it: a user changed outside Tether stays refused.
+Not sealed: display name, e-mail, ``totp_last_step`` (the last TOTP step spent, written
+at each login) and the timestamps; nothing is granted on them.
+
+**Personal API tokens are sealed** too: the id, user, hash, expiry and revocation time of
+each ``user_tokens`` row. :func:`find_token` treats a row that does not verify as unknown
+(logged), so a token planted for an existing user, an expiry pushed back or a revocation
+cleared opens nothing; revoking seals again, only a row that verified.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tether.crypto.seal import RowSealer, SealValue
 from tether.store.identity import upsert_insert
 from tether.users.schema import group_members, user_groups, user_roles, user_tokens, users
+
+USERS = "users"
+USER_TOKENS = "user_tokens"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,17 +94,82 @@ async def insert_user(
     )  # fmt: skip
 
 
-async def credentials_row(conn: AsyncConnection, user_id: str) -> RowMapping | None:
-    """The user's row with its password hash and TOTP fields (for login only)."""
-    result = await conn.execute(select(users).where(users.c.id == user_id))
-    return result.mappings().first()
+def user_seal_columns(
+    row: Mapping[str, Any] | RowMapping, roles: Iterable[str], groups: Iterable[str]
+) -> dict[str, SealValue]:
+    """The sealed columns of a user: its ``users`` row's, its roles and its groups."""
+    sealed: dict[str, SealValue] = {
+        name: row[name] for name in ("id", "source", "password_hash", "totp_secret", "state")
+    }
+    sealed["roles"] = sorted(set(roles))
+    sealed["groups"] = sorted(set(groups))
+    return sealed
 
 
-async def get_user(conn: AsyncConnection, user_id: str) -> User | None:
-    row = await credentials_row(conn, user_id)
+async def _roles_and_groups(conn: AsyncConnection, user_id: str) -> tuple[list[str], list[str]]:
+    roles = await conn.scalars(select(user_roles.c.role).where(user_roles.c.user_id == user_id))
+    groups = await conn.scalars(
+        select(group_members.c.group_name).where(group_members.c.user_id == user_id)
+    )
+    return list(roles), list(groups)
+
+
+async def _verified_row(
+    conn: AsyncConnection, sealer: RowSealer, user_id: str
+) -> tuple[RowMapping, list[str], list[str]] | None:
+    """The user's row, roles and groups if the user exists and its seal verifies."""
+    row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
     if row is None:
         return None
-    return await _user(conn, row)
+    roles, groups = await _roles_and_groups(conn, user_id)
+    if not sealer.verify(USERS, user_seal_columns(row, roles, groups), row["seal"]):
+        state = "it has no seal" if row["seal"] is None else "its seal does not verify"
+        log.error(
+            "user %r refused: %s: the user was changed outside Tether (its row, roles or "
+            "groups; docs/vault.md, Tampering with the database)",
+            user_id, state,
+        )  # fmt: skip
+        return None
+    return row, roles, groups
+
+
+async def credentials_row(
+    conn: AsyncConnection, sealer: RowSealer, user_id: str
+) -> RowMapping | None:
+    """The user's row with its password hash and TOTP fields (for login only); None when
+    there is no such user or its seal does not verify."""
+    found = await _verified_row(conn, sealer, user_id)
+    return None if found is None else found[0]
+
+
+async def get_user(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> User | None:
+    """The user, or None when there is no such user or its seal does not verify."""
+    found = await _verified_row(conn, sealer, user_id)
+    return None if found is None else _user_of(*found)
+
+
+async def user_intact(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> bool:
+    """Whether the user exists and its seal verifies (quietly: for writers)."""
+    row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
+    if row is None:
+        return False
+    roles, groups = await _roles_and_groups(conn, user_id)
+    return sealer.verify(USERS, user_seal_columns(row, roles, groups), row["seal"])
+
+
+async def seal_user(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> None:
+    """Seal the user as it now stands (its row, roles and groups), in the caller's
+    transaction; only for a user just written by Tether (see the module docstring)."""
+    row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().one()
+    roles, groups = await _roles_and_groups(conn, user_id)
+    seal = sealer.seal(USERS, user_seal_columns(row, roles, groups))
+    await conn.execute(update(users).where(users.c.id == user_id).values(seal=seal))
+
+
+async def user_columns(conn: AsyncConnection, row: RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of a ``users`` row read back (for ``tether store seal``)."""
+    roles, groups = await _roles_and_groups(conn, row["id"])
+    return user_seal_columns(row, roles, groups)
 
 
 async def user_state(conn: AsyncConnection, user_id: str) -> str | None:
@@ -94,10 +184,10 @@ async def list_users(conn: AsyncConnection) -> list[User]:
 
 
 async def _user(conn: AsyncConnection, row: RowMapping) -> User:
-    roles = await conn.scalars(select(user_roles.c.role).where(user_roles.c.user_id == row["id"]))
-    groups = await conn.scalars(
-        select(group_members.c.group_name).where(group_members.c.user_id == row["id"])
-    )
+    return _user_of(row, *await _roles_and_groups(conn, row["id"]))
+
+
+def _user_of(row: RowMapping, roles: list[str], groups: list[str]) -> User:
     return User(
         id=row["id"], display_name=row["display_name"], email=row["email"],
         source=row["source"], state=row["state"], roles=frozenset(roles),
@@ -143,21 +233,27 @@ async def set_groups(
         await conn.execute(insert(group_members).values(group_name=name, user_id=user_id))
 
 
-async def group_member_ids(conn: AsyncConnection, group: str) -> set[str]:
-    """The active members of ``group``."""
+async def group_member_ids(conn: AsyncConnection, sealer: RowSealer, group: str) -> set[str]:
+    """The active members of ``group`` whose seal verifies."""
     rows = await conn.scalars(
         select(group_members.c.user_id)
         .join(users, users.c.id == group_members.c.user_id)
         .where(group_members.c.group_name == group, users.c.state == "active")
     )
-    return set(rows)
+    return {user_id for user_id in rows if await get_user(conn, sealer, user_id) is not None}
 
 
 # --- personal API tokens --------------------------------------------------------------------
 
 
+def token_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of a ``user_tokens`` row (as written, or as read back)."""
+    return {name: row[name] for name in ("id", "user_id", "token_hash", "expires_at", "revoked_at")}
+
+
 async def insert_token(
     conn: AsyncConnection,
+    sealer: RowSealer,
     *,
     id: str,
     user_id: str,
@@ -166,19 +262,22 @@ async def insert_token(
     now: datetime,
     expires_at: datetime,
 ) -> UserToken:
-    await conn.execute(
-        insert(user_tokens).values(
-            id=id, user_id=user_id, name=name, token_hash=token_hash, created_at=now,
-            expires_at=expires_at, revoked_at=None, last_used_at=None,
-        )
-    )  # fmt: skip
+    values: dict[str, Any] = {
+        "id": id, "user_id": user_id, "name": name, "token_hash": token_hash,
+        "created_at": now, "expires_at": expires_at, "revoked_at": None, "last_used_at": None,
+    }  # fmt: skip
+    values["seal"] = sealer.seal(USER_TOKENS, token_seal_columns(values))
+    await conn.execute(insert(user_tokens).values(values))
     return UserToken(id, user_id, name, now, expires_at, None, None)
 
 
-async def find_token(conn: AsyncConnection, token_hash: bytes, now: datetime) -> UserToken | None:
-    """The unexpired, unrevoked token with this digest whose user is active, else None."""
+async def find_token(
+    conn: AsyncConnection, sealer: RowSealer, token_hash: bytes, now: datetime
+) -> UserToken | None:
+    """The unexpired, unrevoked token with this digest whose user is active and whose seal
+    verifies, else None (the user's own seal is checked by :func:`get_user`)."""
     result = await conn.execute(
-        select(user_tokens)
+        select(*user_tokens.c)
         .join(users, users.c.id == user_tokens.c.user_id)
         .where(
             user_tokens.c.token_hash == token_hash,
@@ -188,7 +287,17 @@ async def find_token(conn: AsyncConnection, token_hash: bytes, now: datetime) ->
         )
     )
     row = result.mappings().first()
-    return None if row is None else _token(row)
+    if row is None:
+        return None
+    if not sealer.verify(USER_TOKENS, token_seal_columns(row), row["seal"]):
+        state = "it has no seal" if row["seal"] is None else "its seal does not verify"
+        log.error(
+            "personal token %r (user %r) refused: %s: the row was changed outside Tether "
+            "(docs/vault.md, Tampering with the database)",
+            row["id"], row["user_id"], state,
+        )  # fmt: skip
+        return None
+    return _token(row)
 
 
 async def touch_token(conn: AsyncConnection, token_id: str, now: datetime) -> None:
@@ -205,29 +314,48 @@ async def list_tokens(conn: AsyncConnection, user_id: str | None) -> list[UserTo
 
 
 async def revoke_token(
-    conn: AsyncConnection, token_id: str, now: datetime, user_id: str | None = None
+    conn: AsyncConnection,
+    sealer: RowSealer,
+    token_id: str,
+    now: datetime,
+    user_id: str | None = None,
 ) -> bool:
     """Revoke one token (only the user's own when ``user_id`` is given); False if none."""
-    query = update(user_tokens).where(
-        user_tokens.c.id == token_id, user_tokens.c.revoked_at.is_(None)
-    )
+    where = [user_tokens.c.id == token_id, user_tokens.c.revoked_at.is_(None)]
     if user_id is not None:
-        query = query.where(user_tokens.c.user_id == user_id)
-    return (await conn.execute(query.values(revoked_at=now))).rowcount == 1
+        where.append(user_tokens.c.user_id == user_id)
+    return await _revoke(conn, sealer, where, now) == 1
 
 
 async def revoke_user_tokens(
-    conn: AsyncConnection, user_id: str, now: datetime, *, keep_hash: bytes | None = None
+    conn: AsyncConnection,
+    sealer: RowSealer,
+    user_id: str,
+    now: datetime,
+    *,
+    keep_hash: bytes | None = None,
 ) -> int:
     """Revoke every live token of the user but the one whose digest is ``keep_hash``; how
     many were revoked."""
-    query = update(user_tokens).where(
-        user_tokens.c.user_id == user_id, user_tokens.c.revoked_at.is_(None)
-    )
+    where = [user_tokens.c.user_id == user_id, user_tokens.c.revoked_at.is_(None)]
     if keep_hash is not None:
-        query = query.where(user_tokens.c.token_hash != keep_hash)
-    result = await conn.execute(query.values(revoked_at=now))
-    return int(result.rowcount)
+        where.append(user_tokens.c.token_hash != keep_hash)
+    return await _revoke(conn, sealer, where, now)
+
+
+async def _revoke(
+    conn: AsyncConnection, sealer: RowSealer, where: list[ColumnElement[bool]], now: datetime
+) -> int:
+    """Revoke the live tokens matching ``where``, each sealed again with its revocation
+    time if its seal verified (a row changed outside Tether is revoked, never blessed)."""
+    revoked = 0
+    for row in (await conn.execute(select(user_tokens).where(*where))).mappings().all():
+        values: dict[str, Any] = {"revoked_at": now}
+        if sealer.verify(USER_TOKENS, token_seal_columns(row), row["seal"]):
+            values["seal"] = sealer.seal(USER_TOKENS, token_seal_columns({**row, **values}))
+        statement = update(user_tokens).where(*where, user_tokens.c.id == row["id"])
+        revoked += (await conn.execute(statement.values(values))).rowcount
+    return revoked
 
 
 def _token(row: RowMapping) -> UserToken:

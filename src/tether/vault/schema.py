@@ -2,7 +2,8 @@
 
 ``vault_secrets.ciphertext`` is the envelope ciphertext (text form of
 :meth:`tether.crypto.envelope.EnvelopeCipher.encrypt`); the plaintext is never stored.
-``targets.spec`` is the JSON form of the target's validated spec model.
+``targets.spec`` is the JSON form of the target's validated spec model; ``targets.seal``
+(migration 0015) its row seal (:mod:`tether.crypto.seal`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ targets = Table(
     Column("spec", JSON, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("seal", Text, nullable=True),  # 0015: tether.crypto.seal; null: refused
     CheckConstraint("kind IN ('http', 'ssh', 'postgres')", name="kind"),
     Index("ix_targets_kind", "kind"),
 )

@@ -5,6 +5,14 @@ which names secrets and never contains one. Reading a row validates it again, so
 edited behind Tether's back into something invalid fails closed (:class:`TargetError`)
 instead of being used.
 
+Every row is sealed (:mod:`tether.crypto.seal`, migration 0015): ``seal`` is the HMAC under
+the master key of the row's name, kind, labels and spec, everything that decides where a
+credential goes and how. Writing computes it; reading checks it before anything else, and
+a row whose seal is missing or does not verify fails closed exactly like an invalid one
+(:class:`TargetError`, logged as an error): whoever can write to the database without the
+master key cannot point a target at a server of theirs. The timestamps are not sealed:
+nothing decides on them.
+
 Lookups by name (:meth:`TargetStore.get`, what front-ends call per request) are cached for
 at most ``cache_ttl`` seconds, absent names included; a change through this object
 invalidates the cache at once (:mod:`tether.vault.cache`), so this node sees it at the next
@@ -13,6 +21,8 @@ request and other nodes sharing the database within ``cache_ttl``.
 
 from __future__ import annotations
 
+import builtins
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,10 +30,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Row, RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.crypto.seal import RowSealer, SealValue
 from tether.vault import names
 from tether.vault.cache import TtlCache
 from tether.vault.names import InvalidName, check_target_name
@@ -36,6 +47,10 @@ from tether.vault.target_specs import (
     TargetSpec,
     parse_spec,
 )
+
+log = logging.getLogger(__name__)
+
+SEALED_TABLE = "targets"
 
 
 class TargetError(Exception):
@@ -68,12 +83,13 @@ class TargetStore:
     def __init__(
         self,
         engine: AsyncEngine,
+        sealer: RowSealer,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         cache_ttl: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._engine, self._clock = engine, clock
+        self._engine, self._sealer, self._clock = engine, sealer, clock
         self._cache: TtlCache[Target | None] = TtlCache(cache_ttl, clock=monotonic)
 
     @property
@@ -94,17 +110,32 @@ class TargetStore:
         query = select(targets).where(targets.c.name == name)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).one_or_none()
-        found = None if row is None else _target(row)
+        found = None if row is None else self._target(row)
         self._cache.put(name, found, generation)
         return found
 
     async def list(self, kind: str | None = None) -> list[Target]:
-        """Every target (of ``kind``, if given), by name."""
+        """Every target (of ``kind``, if given), by name; :class:`TargetError` if any row
+        is invalid or does not verify."""
+        return [self._target(row) for row in await self._rows(kind)]
+
+    async def usable(self, kind: str | None = None) -> builtins.list[Target]:
+        """The targets (of ``kind``, if given) whose rows validate and verify, by name; the
+        others are left out (each logged), so that one bad row stops only itself."""
+        found: builtins.list[Target] = []
+        for row in await self._rows(kind):
+            try:
+                found.append(self._target(row))
+            except TargetError as error:
+                log.error("%s", error)
+        return found
+
+    async def _rows(self, kind: str | None) -> builtins.list[Row[Any]]:
         query = select(targets).order_by(targets.c.name)
         if kind is not None:
             query = query.where(targets.c.kind == kind)
         async with self._engine.connect() as conn:
-            return [_target(row) for row in await conn.execute(query)]
+            return list(await conn.execute(query))
 
     async def add(
         self,
@@ -117,7 +148,7 @@ class TargetStore:
         target = self._validated(name, kind, spec, labels, created_at=self._clock())
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(insert(targets).values(_row(target)))
+                await conn.execute(insert(targets).values(self._sealed_row(target)))
         except IntegrityError:
             raise TargetExists(f"target {name!r} already exists") from None
         finally:
@@ -133,7 +164,7 @@ class TargetStore:
     ) -> Target:
         """Replace a target's kind, spec and labels; raises :class:`TargetNotFound`."""
         target = self._validated(name, kind, spec, labels, created_at=self._clock())
-        values = _row(target)
+        values = self._sealed_row(target)
         del values["name"], values["created_at"]
         statement = (
             update(targets)
@@ -162,6 +193,23 @@ class TargetStore:
         if done.rowcount == 0:
             raise TargetNotFound(f"no target named {name!r}")
 
+    def _sealed_row(self, target: Target) -> dict[str, Any]:
+        values = _row(target)
+        values["seal"] = self._sealer.seal(SEALED_TABLE, seal_columns(values))
+        return values
+
+    def _target(self, row: Row[Any]) -> Target:
+        mapping = row._mapping
+        if not self._sealer.verify(SEALED_TABLE, seal_columns(mapping), mapping["seal"]):
+            state = "it has no seal" if mapping["seal"] is None else "its seal does not verify"
+            log.error(
+                "target %r refused: %s: the row was changed outside Tether (restore it with "
+                "`tether target add --replace`; docs/vault.md, Tampering with the database)",
+                row.name, state,
+            )  # fmt: skip
+            raise TargetError(f"stored target {row.name!r} is refused: {state}")
+        return _target(row)
+
     def _validated(
         self,
         name: str,
@@ -187,6 +235,11 @@ def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
         return names.check_labels(labels)
     except InvalidName as error:
         raise TargetError(str(error)) from None
+
+
+def seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of a ``targets`` row (as written, or as read back)."""
+    return {name: row[name] for name in ("name", "kind", "labels", "spec")}
 
 
 def _row(target: Target) -> dict[str, Any]:

@@ -98,7 +98,9 @@ async def release(credential: Credential) -> None:
 async def reap_all(services: Services, timeout: float) -> list[str]:
     """Drop the expired session roles of every dynamic target; the names dropped."""
     dropped: list[str] = []
-    for target in await services.targets.list("postgres"):
+    # usable(): a target refused (invalid, or its seal does not verify) is skipped, never
+    # sent the admin credential, and does not stop the reaping of the others.
+    for target in await services.targets.usable("postgres"):
         spec: PostgresTargetSpec = target.spec  # type: ignore[assignment]
         cred = spec.credential
         if cred.type != "dynamic":
