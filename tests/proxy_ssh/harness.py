@@ -20,6 +20,7 @@ exchanges, with an agent's token as actor, for a delegated token, as a user sign
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import secrets
@@ -110,6 +111,10 @@ async def live_session(port: int, agent: Agent, sshd_dir: Path) -> asyncio.subpr
             break
         await asyncio.sleep(0.05)
     assert received(sshd_dir) == ["sleep 60"]
+    # The callers time how soon a revocation ends the session: a full collection of the
+    # test process's heap (thousands of tests in, it takes seconds) must not fall in that
+    # window (it did, at the same test of every full run).
+    gc.collect()
     return process
 
 
