@@ -18,9 +18,10 @@ run: venv
 	$(BIN)/tether serve --config examples/tether.yaml
 
 lint: venv
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict bench  # benchmarks run rarely: a changed signature must not rot them
 
 # Lint is part of the tests: a change that does not lint does not pass.
 test: lint

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import statistics
 import sys
 import tempfile
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tether.approvals.service import ApprovalService
+from tether.crypto.envelope import EnvelopeCipher
+from tether.crypto.masterkey import MasterKey
 from tether.policy import PolicySource, load_policies
 from tether.store import Store
 from tether.store import agents as agent_store
@@ -69,7 +72,9 @@ async def main(n: int, as_json: bool) -> None:
             async with store.engine.begin() as conn:
                 await agent_store.create_agent(conn, id="bot", owner="o", now=_now())
             service = ApprovalService(store.engine, lambda: policy_set)
-            sam = await UserService(store.engine).add("sam", password=None, groups=["sre"])
+            cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "bench"))
+            users = UserService(store.engine, cipher)
+            sam = await users.add("sam", password=None, groups=["sre"])
             _, pending = await service.decide(request("systemctl restart app"))
             assert pending is not None
             await service.approve(pending.id, sam, "bench")

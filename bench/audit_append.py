@@ -281,7 +281,7 @@ async def baseline_sqlite(backend: str, url: str, emitters: int, seconds: float,
 async def baseline_postgres(
     backend: str, url: str, emitters: int, seconds: float, idle: float = 0.0
 ) -> Series:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     store = await Store.open(url)
     await store.close()
@@ -305,7 +305,8 @@ class Databases:
 
     def __init__(self, pg_url: str | None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tether-bench-"))
-        self.pg_url, self.server = pg_url, None
+        self.pg_url = pg_url
+        self.server: Any = None  # tests.pg.PostgresServer once started
 
     def sqlite(self) -> str:
         return f"sqlite+aiosqlite:///{self.dir / secrets.token_hex(6)}.db"
@@ -323,7 +324,7 @@ class Databases:
             self.server = pg.PostgresServer.start()
         name = f"bench_{secrets.token_hex(6)}"
         self.server.create_database(name)
-        return self.server.url(name)
+        return str(self.server.url(name))
 
     def close(self) -> None:
         if self.server is not None:

@@ -212,9 +212,10 @@ def profiler(pid: int, name: str, duration: int) -> subprocess.Popen[bytes] | No
     if not folder or shutil.which("py-spy") is None:
         return None
     out = Path(folder) / f"{name}.txt"
-    return subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(duration), "-r", "250",
-                             *os.environ.get("BENCH_PYSPY_ARGS", "").split(), "--subprocesses", "-f", "raw", "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    extra = os.environ.get("BENCH_PYSPY_ARGS", "").split()  # e.g. --native
+    argv = ["py-spy", "record", "-p", str(pid), "-d", str(duration), "-r", "250", *extra,
+            "--subprocesses", "-f", "raw", "-o", str(out)]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def parse_wrk(out: str) -> dict[str, Any]:

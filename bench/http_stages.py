@@ -110,7 +110,7 @@ async def node_parts(config: str, issuer: str) -> tuple[Any, Any, Any]:
                                   lambda: identity.keys.ring.active)  # fmt: skip
     state = AppState(holder, store, identity, auditor,
                      secrets=SecretStore(store.engine, identity.cipher),
-                     targets=TargetStore(store.engine))  # fmt: skip
+                     targets=TargetStore(store.engine, identity.sealer))  # fmt: skip
     broker = _http_broker(settings, broker_services(state))
     assert broker is not None
     return settings, state, broker

@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -230,8 +231,8 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             writers: dict[str, Callable[[], list[int]]] = {}
             for name, broker, _store in brokers:
                 writer = broker.auditor.log._writer if name != "tether-noaudit" else None
-                serving[name] = lambda w=writer: [os.getpid(), *_writer_pid(w)]
-                writers[name] = lambda w=writer: _writer_pid(w)
+                serving[name] = functools.partial(_serving_pids, writer)
+                writers[name] = functools.partial(_writer_pid, writer)
                 broker.set_policy(POLICY)
                 agent = await broker.agent()
                 token, cert, key = await broker.bound_login(agent, root / name)
@@ -300,6 +301,11 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             bouncer.wait(10)
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _serving_pids(writer: Any) -> list[int]:
+    """This process (the broker's) and its audit writer process, if any."""
+    return [os.getpid(), *_writer_pid(writer)]
 
 
 def _writer_pid(writer: Any) -> list[int]:

@@ -292,7 +292,8 @@ async def sftp(paths: Paths, directory: Path, mb: int, rounds: int) -> list[dict
         direct, tether = rate["direct"], rate["tether"]
 
         def ms_per_mb(done: list[Transfer], part: str) -> float:
-            return round(statistics.median(getattr(t, part) for t in done) * 1000 / mb, 1)
+            seconds: list[float] = [getattr(t, part) for t in done]
+            return round(statistics.median(seconds) * 1000 / mb, 1)
 
         rows.append({
             "kind": f"sftp-{op}", "via": "direct", "mb": mb, "mb_per_s": round(direct, 1),
