@@ -68,7 +68,7 @@ async def test_a_planted_admin_token_is_401(
            "created_at": api.stack.clock(), "seal": seal}  # fmt: skip
     async with api.stack.engine.begin() as conn:
         await conn.execute(insert(admin_tokens).values(row))
-    with caplog.at_level(logging.ERROR, "tether.store.keys"):
+    with caplog.at_level(logging.ERROR, "tether.crypto.seal"):
         body = problem(await _agents(api, chosen), 401)
     assert "unknown, expired or revoked" in body["detail"]
     assert "admin token '0123456789ab' refused" in caplog.text
@@ -151,7 +151,7 @@ async def test_a_planted_join_token_does_not_join(
            "expires_at": api.stack.clock() + timedelta(hours=1)}  # fmt: skip
     async with api.stack.engine.begin() as conn:
         await conn.execute(insert(join_tokens).values(row))
-    with caplog.at_level(logging.ERROR, "tether.store.agents"):
+    with caplog.at_level(logging.ERROR, "tether.crypto.seal"):
         _refused(await _join(api, f"{JOIN_TOKEN_PREFIX}feedfacefeedface.chosen-secret"))
     assert "join token 'feedfacefeedface' (agent 'bot') refused: it has no seal" in caplog.text
 

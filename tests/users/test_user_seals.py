@@ -157,7 +157,7 @@ async def test_a_personal_token_planted_for_a_user_opens_nothing(
            "created_at": clock(), "expires_at": clock() + timedelta(days=1)}  # fmt: skip
     async with users_.engine.begin() as conn:
         await conn.execute(insert(user_tokens).values(row))
-    with caplog.at_level(logging.ERROR, "tether.users.store"):
+    with caplog.at_level(logging.ERROR, "tether.crypto.seal"):
         assert await users_.authenticate(chosen) is None
     assert "personal token 'planted' (user 'ivy') refused: it has no seal" in caplog.text
     assert await users_.find("ivy") is not None  # the user itself is intact

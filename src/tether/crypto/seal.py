@@ -34,12 +34,15 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Final, TypeAlias
 
 from tether.crypto.masterkey import MasterKey
+
+log = logging.getLogger(__name__)
 
 SEAL_INFO: Final = b"tether/row-seal/v1"
 _LABEL: Final = "tether/row-seal/v1"
@@ -120,3 +123,18 @@ class RowSealer:
             return False
         presented = seal.encode("utf-8", "surrogatepass")
         return hmac.compare_digest(expected.encode("ascii"), presented)
+
+    def admits(
+        self, table: str, columns: Mapping[str, SealValue], seal: object, *, what: str
+    ) -> bool:
+        """:meth:`verify`, logging an error naming ``what`` (a row kind and its key) when
+        the row is refused: the one message an operator looks for after tampering."""
+        if self.verify(table, columns, seal):
+            return True
+        state = "it has no seal" if seal is None else "its seal does not verify"
+        log.error(
+            "%s refused: %s: the row was changed outside Tether "
+            "(docs/vault.md, Tampering with the database)",
+            what, state,
+        )  # fmt: skip
+        return False

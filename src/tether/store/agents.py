@@ -20,7 +20,6 @@ Security decisions:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,8 +41,6 @@ from tether.store.schema import agents, join_tokens, runtimes
 
 AgentState = Literal["active", "disabled", "offboarded"]
 JOIN_TOKENS = "join_tokens"
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,13 +360,8 @@ async def consume_join_token(
     row = (await conn.execute(found)).mappings().first()
     if row is None:
         return None
-    if not sealer.verify(JOIN_TOKENS, join_seal_columns(row), row["seal"]):
-        state = "it has no seal" if row["seal"] is None else "its seal does not verify"
-        log.error(
-            "join token %r (agent %r) refused: %s: the row was changed outside Tether "
-            "(docs/vault.md, Tampering with the database)",
-            row["id"], row["agent_id"], state,
-        )  # fmt: skip
+    what = f"join token {row['id']!r} (agent {row['agent_id']!r})"
+    if not sealer.admits(JOIN_TOKENS, join_seal_columns(row), row["seal"], what=what):
         return None
     used: dict[str, Any] = {"used_at": now, "used_by_runtime": runtime_id}
     used["seal"] = sealer.seal(JOIN_TOKENS, join_seal_columns({**row, **used}))
