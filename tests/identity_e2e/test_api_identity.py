@@ -78,7 +78,14 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'tether.db'}")
+    async for served in serving_api(f"sqlite+aiosqlite:///{tmp_path / 'tether.db'}"):
+        yield served
+
+
+async def serving_api(store_url: str) -> AsyncIterator[Api]:
+    """The node's API over the store at ``store_url`` (httpx's ASGI transport), with an
+    admin token; the store closed after."""
+    store = await Store.open(store_url)
     clock = Clock()
     cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))
     service = await build_service(store, clock, cipher)

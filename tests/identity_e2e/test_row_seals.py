@@ -16,15 +16,10 @@ import httpx
 import pytest
 from sqlalchemy import insert, select, update
 
-from tests.identity_e2e.conftest import Agent, Clock, Stack, build_service, join_form
-from tests.identity_e2e.test_api_identity import POLICY, Api, problem
-from tether.api import AppState, PolicyHolder, create_app
-from tether.crypto.envelope import EnvelopeCipher
-from tether.crypto.masterkey import MasterKey
+from tests.identity_e2e.conftest import Agent, join_form
+from tests.identity_e2e.test_api_identity import Api, problem, serving_api
 from tether.identity.admintokens import create_admin_token
 from tether.identity.grants import JOIN_TOKEN_PREFIX
-from tether.policy import PolicySource, load_policies
-from tether.store import Store
 from tether.store import keys as key_store
 from tether.store.agents import join_seal_columns
 from tether.store.identity import digest
@@ -34,20 +29,8 @@ from tether.store.sealing import adopt
 
 @pytest.fixture
 async def api(store_url: str) -> AsyncIterator[Api]:
-    store = await Store.open(store_url)
-    clock = Clock()
-    cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))
-    service = await build_service(store, clock, cipher)
-    stack = Stack(store, clock, cipher, service)
-    holder = PolicyHolder(load_policies([PolicySource("a.yaml", POLICY)]))
-    app = create_app(AppState(holder, store, service))
-    token, _ = await create_admin_token(store.engine, cipher.sealer, name="test", now=clock())
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:
-            yield Api(stack, http, {"Authorization": f"Bearer {token}"})
-    finally:
-        await store.close()
+    async for served in serving_api(store_url):
+        yield served
 
 
 async def _agents(api: Api, token: str) -> httpx.Response:

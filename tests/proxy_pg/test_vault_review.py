@@ -12,6 +12,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import select, update
 
+from tests.listener import counting_listener
 from tests.pg import PostgresServer
 from tether.proxy.pg import codec as c
 from tether.vault import pg_roles
@@ -201,19 +202,11 @@ async def test_a_revoked_session_does_not_leave_its_statement_running_upstream(
 
 
 async def test_a_target_redirected_in_the_database_refuses_the_login(broker: Broker) -> None:
-    connections = 0
-
-    async def attacker(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        writer.close()
-
-    server = await asyncio.start_server(attacker, "127.0.0.1", 0)
-    try:
+    async with counting_listener() as attacker:
         async with broker.store.engine.begin() as conn:  # a valid spec, the seal kept
             query = select(targets.c.spec, targets.c.labels).where(targets.c.name == "app")
             genuine, labels = (await conn.execute(query)).one()
-            port = server.sockets[0].getsockname()[1]
+            port = attacker.port
             await conn.execute(
                 update(targets)
                 .where(targets.c.name == "app")
@@ -226,13 +219,10 @@ async def test_a_target_redirected_in_the_database_refuses_the_login(broker: Bro
         assert error.sqlstate == "08006" and "is invalid" in (error.get("M") or "")
         reasons = [e["reason"] for e in await broker.events("token.refused")]
         assert "the definition of target 'app' is invalid" in reasons, reasons
-        assert connections == 0
+        assert attacker.connections == 0
 
         await broker.targets.replace("app", "postgres", genuine, labels)  # through Tether
         wire = await Wire.open(broker.port)
         assert errors(await wire.login(broker.password(agent, "app"), "app")) == []
         wire.close()
-        assert connections == 0
-    finally:
-        server.close()
-        await server.wait_closed()
+        assert attacker.connections == 0

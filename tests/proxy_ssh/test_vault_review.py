@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from tests.listener import counting_listener
 from tests.proxy_ssh.conftest import Env
 from tests.proxy_ssh.harness import received
 from tether.vault.schema import targets
@@ -39,17 +40,9 @@ async def test_a_target_row_that_no_longer_validates_is_a_refused_login(env: Env
 
 
 async def test_a_target_redirected_in_the_database_is_a_refused_login(env: Env) -> None:
-    connections = 0
-
-    async def attacker(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        writer.close()
-
-    server = await asyncio.start_server(attacker, "127.0.0.1", 0)
-    try:
+    async with counting_listener() as attacker:
         genuine = (await _row(env))["spec"]
-        port = server.sockets[0].getsockname()[1]
+        port = attacker.port
         async with env.stack.store.engine.begin() as conn:  # a valid spec, the seal kept
             await conn.execute(
                 update(targets)
@@ -65,12 +58,9 @@ async def test_a_target_redirected_in_the_database_is_a_refused_login(env: Env) 
             "stored target 'web-1' is refused: its seal does not verify" in reason
             for reason in reasons
         ), reasons
-        assert connections == 0
+        assert attacker.connections == 0
 
         await env.stack.targets.replace("web-1", "ssh", genuine, {"env": "test"})  # sealed
         status, out, _ = await agent.ssh("root@web-1", "echo hi")
         assert (status, out) == (0, b"hi\n")
-        assert connections == 0
-    finally:
-        server.close()
-        await server.wait_closed()
+        assert attacker.connections == 0
