@@ -76,6 +76,14 @@ class AgentLabels:
         self._cache: dict[str, tuple[Mapping[str, str], float]] = {}
         self._loading: dict[str, asyncio.Future[Mapping[str, str]]] = {}
 
+    def cached(self, agent_id: str) -> tuple[bool, Mapping[str, str] | None]:
+        """``(True, what get would answer)`` when ``get`` would answer from its cache
+        without I/O; ``(False, None)`` otherwise."""
+        hit = self._cache.get(agent_id)
+        if hit is not None and 0 <= self._clock() - hit[1] < self._ttl:
+            return True, hit[0]
+        return False, None
+
     async def get(self, agent_id: str) -> Mapping[str, str]:
         """The agent's labels (empty for an unknown agent).
 

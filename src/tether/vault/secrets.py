@@ -98,6 +98,15 @@ class SecretStore:
         """Bumped by every change made through this object (for single-flight readers)."""
         return self._cache.generation
 
+    def cached(self, name: str) -> tuple[bool, bytes | None]:
+        """``(True, the value get would answer)`` when ``get`` would answer it from its
+        cache without I/O; ``(False, None)`` otherwise (a name cached as missing too: ``get``
+        raises for it)."""
+        hit, current = self._cache.get(name)
+        if hit and current is not None:
+            return True, current.value
+        return False, None
+
     async def get(self, name: str) -> bytes:
         """The current value of ``name``; raises :class:`SecretNotFound`, :class:`SecretError`."""
         return (await self._current(name)).value

@@ -97,6 +97,11 @@ class TargetStore:
         """Bumped by every change made through this object (for single-flight readers)."""
         return self._cache.generation
 
+    def cached(self, name: str) -> tuple[bool, Target | None]:
+        """``(True, what get would answer)`` when ``get`` would answer from its cache
+        without I/O; ``(False, None)`` otherwise."""
+        return self._cache.get(name)
+
     async def get(self, name: str) -> Target | None:
         """The target called ``name``, or ``None`` (also for a malformed name)."""
         hit, cached = self._cache.get(name)

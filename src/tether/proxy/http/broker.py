@@ -117,9 +117,10 @@ class HttpBroker:
         self.request_ids = RequestIds()
         # One store query per expired cache entry, however many requests need it at once.
         # A read in flight before a change through the store is not shared after it.
-        self.targets = SingleFlight(services.targets.get, lambda: services.targets.generation)
-        self.secrets = SingleFlight(services.secrets.get, lambda: services.secrets.generation)
-        self.labels = SingleFlight(services.agents.get)
+        targets, secrets, agents = services.targets, services.secrets, services.agents
+        self.targets = SingleFlight(targets.get, lambda: targets.generation, targets.cached)
+        self.secrets = SingleFlight(secrets.get, lambda: secrets.generation, secrets.cached)
+        self.labels = SingleFlight(agents.get, peek=agents.cached)
         self._plans: dict[str, tuple[datetime, Plan]] = {}
 
     async def close(self) -> None:
