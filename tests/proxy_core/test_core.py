@@ -60,7 +60,10 @@ async def test_labels_expire_after_ttl(engine: AsyncEngine) -> None:
     clock[0] = 0.5
     assert dict(await labels.get("bot")) == {"team": "ops"}  # cached
     clock[0] = 1.5
+    assert labels.cached("bot") == (False, None)  # the broker's peek misses as get() reads
     assert dict(await labels.get("bot")) == {"team": "billing"}
+    hit, cached = labels.cached("bot")
+    assert hit and cached is not None and dict(cached) == {"team": "billing"}
 
 
 async def test_unknown_agent_has_no_labels(engine: AsyncEngine) -> None:

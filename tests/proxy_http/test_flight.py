@@ -63,3 +63,16 @@ async def test_a_new_epoch_is_a_new_read() -> None:
     await asyncio.sleep(0)
     store.gate.set()
     assert (await before, await after) == ("value of api #1", "value of api #2")
+
+
+async def test_a_cached_answer_needs_no_read_and_a_miss_reads() -> None:
+    store, cache = SlowStore(), {"api": "cached value"}
+    flight = SingleFlight(store.get, peek=lambda key: (key in cache, cache.get(key)))
+    tasks_before = len(asyncio.all_tasks())
+    assert await flight.get("api") == "cached value"  # answered at once: no task, no read
+    assert store.reads == 0 and len(asyncio.all_tasks()) == tasks_before
+    cache.clear()  # the store's cache expired: a read, shared as before
+    waiters = [asyncio.ensure_future(flight.get("api")) for _ in range(2)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert [await w for w in waiters] == ["value of api #1"] * 2 and store.reads == 1

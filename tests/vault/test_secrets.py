@@ -180,7 +180,7 @@ async def test_a_read_in_flight_before_a_rotation_is_not_shared_after_it(
 
     monkeypatch.setattr(vault.secrets, "_load", slow_load)
     store = vault.secrets
-    flight = SingleFlight(store.get, lambda: store.generation)
+    flight = SingleFlight(store.get, lambda: store.generation, store.cached)
     vault.ticker.now += 10  # the store's own cache has expired
     before = asyncio.create_task(flight.get("api"))
     await reading.wait()
@@ -190,3 +190,31 @@ async def test_a_read_in_flight_before_a_rotation_is_not_shared_after_it(
     gate.set()
     assert await before == b"old-value"  # it asked before the change
     assert await after == b"new-value"  # it asked after: never the read from before
+
+
+async def test_the_cache_peek_answers_what_get_answers_and_nothing_stale(vault: Vault) -> None:
+    # The broker answers from the store's cache without a task (SingleFlight's peek): it
+    # must answer exactly what get() would, and miss whenever get() would go to the store.
+    store = vault.secrets
+    assert store.cached("api") == (False, None)  # never read
+    await store.put("api", b"v1")
+    assert store.cached("api") == (False, None)  # a change empties the cache
+    assert await store.get("api") == b"v1"
+    assert store.cached("api") == (True, b"v1")
+    await store.put("api", b"v2")  # a rotation through this node: seen at once
+    assert store.cached("api") == (False, None)
+    assert await store.get("api") == b"v2"
+    vault.ticker.now += 10  # expired: another node's rotation is read again
+    assert store.cached("api") == (False, None)
+    with pytest.raises(SecretNotFound):
+        await store.get("missing")
+    assert store.cached("missing") == (False, None)  # cached as missing: get() raises
+
+
+async def test_a_target_peek_answers_what_get_answers(vault: Vault) -> None:
+    targets = vault.targets
+    assert targets.cached("billing") == (False, None)
+    assert await targets.get("billing") is None  # unknown: cached as such
+    assert targets.cached("billing") == (True, None)
+    vault.ticker.now += 10
+    assert targets.cached("billing") == (False, None)

@@ -76,7 +76,7 @@ class Auditor:
                                       reason=reason)  # fmt: skip
         return await self._append(cleaned)
 
-    async def _record(
+    def _event(
         self,
         kind: str,
         who: Subject,
@@ -86,9 +86,9 @@ class Auditor:
         target: str | None = None,
         reason: str | None = None,
         **fields: Any,
-    ) -> int:
+    ) -> AuditEvent:
         redact = self.redactor
-        event = AuditEvent(
+        return AuditEvent(
             kind=kind,
             time=self._clock(),
             agent=who.agent,
@@ -104,6 +104,20 @@ class Auditor:
             detail=redact.event_json(detail or {}, "detail"),
             **fields,
         )
+
+    async def _record(
+        self,
+        kind: str,
+        who: Subject,
+        *,
+        action: Mapping[str, Any],
+        detail: Mapping[str, Any] | None = None,
+        target: str | None = None,
+        reason: str | None = None,
+        **fields: Any,
+    ) -> int:
+        event = self._event(kind, who, action=action, detail=detail, target=target,
+                            reason=reason, **fields)  # fmt: skip
         return (await self.log.append_position(event))[0]
 
     async def _append(self, event: AuditEvent) -> int:
@@ -198,12 +212,39 @@ class Auditor:
     ) -> int:
         """One HTTP request forwarded to ``target`` and its response (``status`` None when
         the upstream never answered). Bodies are not recorded, only their sizes."""
+        event = self.http_exchange_event(
+            who, target=target, method=method, path=path, status=status,
+            request_headers=request_headers, response_headers=response_headers,
+            bytes_in=bytes_in, bytes_out=bytes_out, duration_ms=duration_ms,
+            decision=decision, rule=rule, detail=detail,
+        )  # fmt: skip
+        return (await self.log.append_position(event))[0]
+
+    def http_exchange_event(
+        self,
+        who: Subject,
+        *,
+        target: str,
+        method: str,
+        path: str,
+        status: int | None,
+        request_headers: Headers | None = None,
+        response_headers: Headers | None = None,
+        bytes_in: int | None = None,
+        bytes_out: int | None = None,
+        duration_ms: float | None = None,
+        decision: str | None = None,
+        rule: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        """The event :meth:`http_exchange` appends, for a caller that queues it without
+        waiting (:meth:`AuditLog.submit`)."""
         action: dict[str, Any] = {"method": method, "path": path, "status": status}
         if request_headers is not None:
             action["request_headers"] = self.redactor.headers(request_headers)
         if response_headers is not None:
             action["response_headers"] = self.redactor.headers(response_headers)
-        return await self._record(
+        return self._event(
             "http.exchange", who, target=target, action=action, decision=decision, rule=rule,
             bytes_in=bytes_in, bytes_out=bytes_out, duration_ms=duration_ms, detail=detail,
         )  # fmt: skip

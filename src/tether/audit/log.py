@@ -165,12 +165,22 @@ class AuditLog:
             await self._room.wait()
             if not self.running:
                 raise AuditUnavailable("the audit log stopped")
+        # If the caller is cancelled, the future is cancelled with it; the writer still
+        # writes the event and skips the cancelled waiter.
+        return await self.submit(event)
+
+    def submit(self, event: AuditEvent) -> asyncio.Future[Position]:
+        """Queue ``event`` now, without waiting: the future answers where it landed once
+        committed, or raises :class:`AuditUnavailable`. For events appended after their
+        action (an exchange's outcome) that nobody waits for, with no task per event. It
+        does not wait for room in the queue, as :meth:`append_position` does: callers
+        queue at most one event per action they already waited for."""
+        if not self.running:
+            raise AuditUnavailable("the audit log is not running")
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._queue.append((event_columns(event), done))
         self._wake.set()
-        # If the caller is cancelled, ``done`` is cancelled with it; the writer still
-        # writes the event and skips the cancelled waiter.
-        return await done
+        return done
 
     async def checkpoint(self) -> Checkpoint | None:
         """Sign a checkpoint of the head now; None when it is checkpointed already."""

@@ -34,12 +34,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
 
 from tether.audit.subject import Subject
+from tether.audit.writers import Position
 from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
@@ -222,12 +222,12 @@ class Exchange:
         status, out, decision = self.out.status, self.out, self.decision
         duration_ms = (time.perf_counter() - started) * 1000
 
-        def append() -> Coroutine[Any, Any, int]:
-            return auditor.http_exchange(
+        def append() -> asyncio.Future[Position]:
+            return auditor.log.submit(auditor.http_exchange_event(
                 who, target=target, method=method, path=path, status=status,
                 bytes_in=out.bytes_in, bytes_out=out.bytes_out, duration_ms=duration_ms,
                 decision=decision.decision, rule=decision.rule, detail=detail,
-            )  # fmt: skip
+            ))  # fmt: skip
 
         self.broker.audit_later.add(append, f"exchange {request_id} on {target}")
 

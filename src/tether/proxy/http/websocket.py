@@ -61,6 +61,7 @@ from starlette.types import Receive, Scope, Send
 
 from tether.audit.log import AuditUnavailable
 from tether.audit.subject import Subject
+from tether.audit.writers import Position
 from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
@@ -364,12 +365,12 @@ class Tunnel:
         target = self.target.name
         duration_ms = (time.perf_counter() - self.started) * 1000
 
-        async def append() -> int:
-            return await auditor.http_exchange(
+        def append() -> asyncio.Future[Position]:
+            return auditor.log.submit(auditor.http_exchange_event(
                 who, target=target, method="GET", path=route.path, status=out.status,
                 bytes_in=out.bytes_in, bytes_out=out.bytes_out, duration_ms=duration_ms,
                 decision=decision.decision, rule=decision.rule, detail=detail,
-            )  # fmt: skip
+            ))  # fmt: skip
 
         self.broker.audit_later.add(append, f"upgrade {self.request_id} on {target}")
 
