@@ -20,8 +20,8 @@ secret).
 
 With ``peek`` (the store's own cache, read without I/O), a value the store would answer
 from its cache is answered at once, with no task: a request's three lookups (target,
-agent labels, secret) cost a task, a shield and two loop iterations each otherwise
-(measured: ~60 us of the event loop per brokered request). ``peek`` answers exactly what
+agent labels, secret) cost a task and a shield each otherwise (measured on uvloop: 2.9
+us a lookup against 0.25, ~8 us of the event loop per brokered request). ``peek`` answers exactly what
 ``fetch`` would answer from its cache at that moment, so neither freshness rule changes.
 """
 
