@@ -69,10 +69,10 @@ async def main(n: int, as_json: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = await Store.open(f"sqlite+aiosqlite:///{Path(tmp) / 'b.db'}")
         try:
-            async with store.engine.begin() as conn:
-                await agent_store.create_agent(conn, id="bot", owner="o", now=_now())
-            service = ApprovalService(store.engine, lambda: policy_set)
             cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "bench"))
+            async with store.engine.begin() as conn:
+                await agent_store.create_agent(conn, cipher.sealer, id="bot", owner="o", now=_now())
+            service = ApprovalService(store.engine, lambda: policy_set, sealer=cipher.sealer)
             users = UserService(store.engine, cipher)
             sam = await users.add("sam", password=None, groups=["sre"])
             _, pending = await service.decide(request("systemctl restart app"))

@@ -67,7 +67,9 @@ async def refused(engine: AsyncEngine, sql: str, **params: Any) -> None:
 
 
 async def new_agent(conn: AsyncConnection, agent_id: str = "ag-1", **kw: Any) -> ag.Agent:
-    return await ag.create_agent(conn, id=agent_id, owner=kw.pop("owner", "alice"), now=T0, **kw)
+    return await ag.create_agent(
+        conn, SEALER, id=agent_id, owner=kw.pop("owner", "alice"), now=T0, **kw
+    )
 
 
 async def new_runtime(conn: AsyncConnection, rt_id: str = "rt-1", agent_id: str = "ag-1") -> None:
@@ -114,7 +116,7 @@ async def test_agents_create_get_and_list_with_filters(engine: AsyncEngine) -> N
         await new_agent(conn, "ag-1", labels={"team": "billing", "env": "prod"}, purpose="pay")
         await new_agent(conn, "ag-2", labels={"team": "billing", "env": "dev"})
         await new_agent(conn, "ag-3", owner="bob", labels={"team": "ops"})
-        await ag.set_agent_state(conn, "ag-2", "disabled", at(1))
+        await ag.set_agent_state(conn, SEALER, "ag-2", "disabled", at(1))
 
     await run(engine, setup)
     async with engine.connect() as conn:
@@ -148,19 +150,23 @@ async def test_duplicate_agent_id_is_refused(engine: AsyncEngine) -> None:
 
 async def test_state_changes_and_offboarded_is_final(engine: AsyncEngine) -> None:
     await run(engine, new_agent)
-    disabled = await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "disabled", at(1)))
+    disabled = await run(engine, lambda c: ag.set_agent_state(c, SEALER, "ag-1", "disabled", at(1)))
     assert (disabled.state, disabled.updated_at) == ("disabled", at(1))
-    enabled = await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "active", at(2)))
+    enabled = await run(engine, lambda c: ag.set_agent_state(c, SEALER, "ag-1", "active", at(2)))
     assert enabled.state == "active"
     with pytest.raises(ValueError, match="offboard_agent"):
-        await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "offboarded", at(3)))  # type: ignore[arg-type]
+        await run(engine, lambda c: ag.set_agent_state(c, SEALER, "ag-1", "offboarded", at(3)))  # type: ignore[arg-type]
     await run(
         engine,
         lambda c: ag.offboard_agent(c, SEALER, "ag-1", reason="r", revoked_by="a", now=at(3)),
     )
-    assert await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "active", at(4))) is None
+    assert (
+        await run(engine, lambda c: ag.set_agent_state(c, SEALER, "ag-1", "active", at(4))) is None
+    )
     assert (await run(engine, lambda c: ag.get_agent(c, "ag-1"))).state == "offboarded"
-    assert await run(engine, lambda c: ag.set_agent_state(c, "nope", "active", at(4))) is None
+    assert (
+        await run(engine, lambda c: ag.set_agent_state(c, SEALER, "nope", "active", at(4))) is None
+    )
 
 
 async def test_touch_moves_last_seen_forward_only(engine: AsyncEngine) -> None:
@@ -280,12 +286,12 @@ async def test_expired_token_or_inactive_agent_consumes_nothing(engine: AsyncEng
         await new_agent(conn, "ag-2")
         await add_token(conn, "jt-1", "a", expires_at=at(10))
         await add_token(conn, "jt-2", "b", agent_id="ag-2")
-        await ag.set_agent_state(conn, "ag-2", "disabled", at(1))
+        await ag.set_agent_state(conn, SEALER, "ag-2", "disabled", at(1))
 
     await run(engine, setup)
     assert await consume(engine, "jt-1", "a", "rt-1", at(10)) is None  # expiry is exclusive
     assert await consume(engine, "jt-2", "b", "rt-1", at(2)) is None
-    await run(engine, lambda c: ag.set_agent_state(c, "ag-2", "active", at(3)))
+    await run(engine, lambda c: ag.set_agent_state(c, SEALER, "ag-2", "active", at(3)))
     assert await consume(engine, "jt-2", "b", "rt-1", at(4)) is not None
     with pytest.raises(AgentNotActive):
         await run(engine, lambda c: add_token(c, "jt-3", "c", agent_id="nope"))
@@ -367,7 +373,7 @@ async def test_credentials_record_runtime_and_list_by_each_id(engine: AsyncEngin
         await new_runtime(conn, "rt-1")
         await new_runtime(conn, "rt-2")
         for c in (credential("j1"), delegated, cert, credential("j4", runtime_id="rt-2")):
-            await cr.insert_credential(conn, c)
+            await cr.insert_credential(conn, SEALER, c)
 
     await run(engine, setup)
     async with engine.connect() as conn:
@@ -396,10 +402,12 @@ async def test_credential_rules_hold_in_the_database(engine: AsyncEngine) -> Non
         await new_agent(conn, "ag-2")
         await new_runtime(conn, "rt-1", agent_id="ag-1")
         await new_runtime(conn, "rt-2", agent_id="ag-2")
-        await cr.insert_credential(conn, credential("j1", kind="x509_certificate", serial="9"))
+        await cr.insert_credential(
+            conn, SEALER, credential("j1", kind="x509_certificate", serial="9")
+        )
 
     async def insert(c: cr.Credential) -> None:
-        await run(engine, lambda conn: cr.insert_credential(conn, c))
+        await run(engine, lambda conn: cr.insert_credential(conn, SEALER, c))
 
     await run(engine, setup)
     with pytest.raises(IntegrityError):  # rt-2 is ag-2's runtime, not ag-1's
@@ -411,7 +419,7 @@ async def test_credential_rules_hold_in_the_database(engine: AsyncEngine) -> Non
         await insert(credential("j5", expires_at=T0))
     with pytest.raises(IntegrityError):
         await insert(credential("j1"))
-    await run(engine, lambda c: ag.set_agent_state(c, "ag-1", "disabled", at(1)))
+    await run(engine, lambda c: ag.set_agent_state(c, SEALER, "ag-1", "disabled", at(1)))
     with pytest.raises(AgentNotActive):
         await insert(credential("j6"))
     with pytest.raises(AgentNotActive):
@@ -516,7 +524,9 @@ async def test_offboarding_revokes_and_expires_unused_join_tokens(engine: AsyncE
         assert (await ag.get_join_token(conn, "used")).used_at == T0  # type: ignore[union-attr]
         assert (await ag.get_join_token(conn, "other")).expires_at == at(60)  # type: ignore[union-attr]
     with pytest.raises(AgentNotActive):
-        await run(engine, lambda c: cr.insert_credential(c, credential("j", runtime_id=None)))
+        await run(
+            engine, lambda c: cr.insert_credential(c, SEALER, credential("j", runtime_id=None))
+        )
     again = await run(
         engine,
         lambda c: ag.offboard_agent(c, SEALER, "ag-1", reason="x", revoked_by="y", now=at(6)),
@@ -651,7 +661,7 @@ async def test_times_round_trip_as_aware_utc_whatever_zone_was_written(
     expiry_in_plus5 = at(10).astimezone(plus5)  # 17:10+05:00, the same instant as 12:10Z
 
     async def setup(conn: AsyncConnection) -> None:
-        await ag.create_agent(conn, id="ag-1", owner="o", now=T0.astimezone(plus5))
+        await ag.create_agent(conn, SEALER, id="ag-1", owner="o", now=T0.astimezone(plus5))
         await ag.insert_join_token(
             conn, SEALER, id="jt", token_hash=digest("s"), agent_id="ag-1", now=T0,
             expires_at=expiry_in_plus5,
@@ -672,7 +682,8 @@ async def test_times_round_trip_as_aware_utc_whatever_zone_was_written(
 async def test_naive_times_are_refused(engine: AsyncEngine) -> None:
     with pytest.raises(StatementError, match="naive datetime"):
         await run(
-            engine, lambda c: ag.create_agent(c, id="ag", owner="o", now=datetime(2026, 1, 1))
+            engine,
+            lambda c: ag.create_agent(c, SEALER, id="ag", owner="o", now=datetime(2026, 1, 1)),
         )
     assert await run(engine, lambda c: ag.list_agents(c)) == []
 

@@ -229,7 +229,8 @@ def broker_services(state: AppState) -> Services:
     return Services(
         policies=state.policies, identity=state.identity, secrets=state.secrets,
         targets=state.targets, auditor=state.auditor, approvals=state.approvals,
-        agents=AgentLabels(state.store.engine, ttl=state.identity.settings.revocation_poll),
+        agents=AgentLabels(state.store.engine, state.identity.sealer,
+                           ttl=state.identity.settings.revocation_poll),
     )  # fmt: skip
 
 

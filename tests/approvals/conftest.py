@@ -92,7 +92,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     auditor = await start_auditor(AuditConfig(), store.engine, lambda: identity.keys.ring.active)
     approvals = ApprovalService(
         store.engine, lambda: holder.current, auditor=auditor, revoked=identity.revoked,
-        clock=clock,
+        clock=clock, sealer=identity.sealer,
     )  # fmt: skip
     identity.revocation_listeners.append(approvals.on_revocation)
     users = UserService(store.engine, cipher, clock=clock)

@@ -61,7 +61,8 @@ def gated(tmp_path: Path, upstream: Upstream) -> Iterator[Gated]:  # noqa: F811
         holder = harness.broker.services.policies
         approvals = ApprovalService(harness.store.engine, lambda: holder.current,
                                     auditor=harness.auditor, clock=Clock(datetime.now(UTC)),
-                                    revoked=harness.identity.revoked)  # fmt: skip
+                                    revoked=harness.identity.revoked,
+                                    sealer=harness.identity.sealer)  # fmt: skip
         harness.broker.services = dataclasses.replace(harness.broker.services, approvals=approvals)
         lead = await UserService(harness.store.engine, harness.identity.cipher).add(
             "lee", password=None, groups=["leads"]
@@ -127,7 +128,10 @@ def test_no_user_of_the_chain_approves_and_a_grant_covers_only_its_chain(
 
     async def owned_by_olivia() -> None:  # not alice: her refusal must be the chain's
         async with gated.harness.store.engine.begin() as conn:
-            await agent_store.create_agent(conn, id="bot", owner="olivia", now=datetime.now(UTC))
+            await agent_store.create_agent(
+                conn, gated.harness.identity.sealer, id="bot", owner="olivia",
+                now=datetime.now(UTC),
+            )  # fmt: skip
 
     gated.harness.run(owned_by_olivia())
     agent = chain(gated.harness, [], [])

@@ -70,7 +70,7 @@ async def env(broker: Broker) -> AsyncIterator[Env]:  # noqa: F811
     broker.set_policy(POLICY)
     approvals = ApprovalService(
         broker.store.engine, lambda: broker.holder.current, auditor=broker.auditor,
-        revoked=broker.identity.revoked,
+        revoked=broker.identity.revoked, sealer=broker.identity.sealer,
     )  # fmt: skip
     broker.identity.revocation_listeners.append(approvals.on_revocation)
     broker.broker.services = dataclasses.replace(broker.broker.services, approvals=approvals)

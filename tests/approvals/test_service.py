@@ -35,13 +35,15 @@ class World:
 async def world(store_url: str) -> AsyncIterator[World]:
     store = await Store.open(store_url)
     clock = Clock()
-    policy_set = policies()
+    policy_set, cipher = policies(), fresh_cipher()
     async with store.engine.begin() as conn:
         for agent in ("bot", "other-bot"):
-            await agent_store.create_agent(conn, id=agent, owner="olivia", now=clock())
-    service = ApprovalService(store.engine, lambda: policy_set, clock=clock)
+            await agent_store.create_agent(
+                conn, cipher.sealer, id=agent, owner="olivia", now=clock()
+            )
+    service = ApprovalService(store.engine, lambda: policy_set, clock=clock, sealer=cipher.sealer)
     try:
-        yield World(store, clock, UserService(store.engine, fresh_cipher(), clock=clock), service)
+        yield World(store, clock, UserService(store.engine, cipher, clock=clock), service)
     finally:
         await store.close()
 
@@ -260,11 +262,11 @@ async def test_disabling_an_approver_revokes_the_grants_left_short_of_quorum(
 async def racing(store: Store) -> tuple[ApprovalService, User, AccessRequest]:
     """An approval service on ``store``, an approver, and one pending access request."""
     clock = Clock()
-    policy_set = policies()
+    policy_set, cipher = policies(), fresh_cipher()
     async with store.engine.begin() as conn:
-        await agent_store.create_agent(conn, id="bot", owner="olivia", now=clock())
-    approvals = ApprovalService(store.engine, lambda: policy_set, clock=clock)
-    users = UserService(store.engine, fresh_cipher(), clock=clock)
+        await agent_store.create_agent(conn, cipher.sealer, id="bot", owner="olivia", now=clock())
+    approvals = ApprovalService(store.engine, lambda: policy_set, clock=clock, sealer=cipher.sealer)
+    users = UserService(store.engine, cipher, clock=clock)
     sam = await users.add("sam", password=None, groups=["sre"], roles=["approver"])
     _, held = await approvals.decide(ssh_request("systemctl restart app"))
     assert held is not None

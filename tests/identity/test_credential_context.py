@@ -109,8 +109,8 @@ async def test_the_context_round_trips_and_no_target_ca_is_made(store_url: str) 
         async with store.engine.begin() as conn:
             purposes = await conn.execute(text("SELECT purpose FROM signing_keys"))
             assert {row[0] for row in purposes} == {"access-token", "ssh-user-ca", "x509-ca"}
-            await agent_store.create_agent(conn, id="bot", owner="o", now=NOW)
-            await insert_credential(conn, record)
+            await agent_store.create_agent(conn, cipher.sealer, id="bot", owner="o", now=NOW)
+            await insert_credential(conn, cipher.sealer, record)
             (stored,) = await list_credentials(conn, agent_id="bot")
         assert stored == record
     finally:

@@ -98,7 +98,9 @@ class Stack:
 
     async def new_agent(self, agent_id: str = "bot") -> Agent:
         async with self.engine.begin() as conn:
-            await agent_store.create_agent(conn, id=agent_id, owner="alice", now=self.clock())
+            await agent_store.create_agent(
+                conn, self.service.sealer, id=agent_id, owner="alice", now=self.clock()
+            )
         return Agent(agent_id)
 
     def proof(

@@ -81,7 +81,9 @@ async def test_a_change_on_another_node_is_seen_at_the_next_refresh(
 ) -> None:
     await stack.present(bot)
     async with stack.engine.begin() as conn:
-        await agent_store.set_agent_state(conn, "bot", "disabled", stack.clock())
+        await agent_store.set_agent_state(
+            conn, stack.service.sealer, "bot", "disabled", stack.clock()
+        )
     await stack.present(bot)  # still cached: within the poll bound
     await stack.service.agent_states.refresh()
     with pytest.raises(TokenRevoked, match="the agent is disabled"):
@@ -91,7 +93,9 @@ async def test_a_change_on_another_node_is_seen_at_the_next_refresh(
 async def test_the_watcher_refreshes_states(stack: Stack, bot: Agent) -> None:
     await stack.present(bot)
     async with stack.engine.begin() as conn:
-        await agent_store.set_agent_state(conn, "bot", "disabled", stack.clock())
+        await agent_store.set_agent_state(
+            conn, stack.service.sealer, "bot", "disabled", stack.clock()
+        )
     stop = asyncio.Event()
     watcher = asyncio.create_task(stack.service.watch_revocations(stop))
     try:

@@ -245,7 +245,9 @@ async def test_disabled_on_another_node_within_one_poll(stack: Stack, bot: Agent
     async with stack.engine.begin() as conn:
         from tether.store import agents as agent_store
 
-        await agent_store.set_agent_state(conn, "bot", "disabled", stack.clock())
+        await agent_store.set_agent_state(
+            conn, stack.service.sealer, "bot", "disabled", stack.clock()
+        )
     stack.clock.advance(stack.service.settings.revocation_poll)
     assert (await refused(stack, bot)).reason == "the agent is disabled"
 

@@ -13,21 +13,27 @@ import pytest
 from sqlalchemy import event, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.crypto.masterkey import MasterKey
+from tether.crypto.seal import RowSealer
 from tether.identity.claims import Actor, Claims, Confirmation, Runtime, Task
 from tether.policy.loader import PolicySource, load_policies
 from tether.proxy.core import AgentLabels, policy_request, subject_of
 from tether.store import Store
 from tether.store import agents as ag
+from tether.store.identity import AGENTS, agent_seal_columns
 from tether.store.schema import agents
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
+SEALER = RowSealer(MasterKey(bytes(range(32)), "test"))
 
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
     async with store.engine.begin() as conn:
-        await ag.create_agent(conn, id="bot", owner="alice", now=NOW, labels={"team": "ops"})
+        await ag.create_agent(
+            conn, SEALER, id="bot", owner="alice", now=NOW, labels={"team": "ops"}
+        )
     yield store.engine
     await store.close()
 
@@ -45,7 +51,7 @@ def count_selects(engine: AsyncEngine) -> list[str]:
 
 async def test_concurrent_misses_share_one_read(engine: AsyncEngine) -> None:
     reads = count_selects(engine)
-    labels = AgentLabels(engine)
+    labels = AgentLabels(engine, SEALER)
     results = await asyncio.gather(*(labels.get("bot") for _ in range(50)))
     assert all(dict(r) == {"team": "ops"} for r in results)
     assert len(reads) == 1
@@ -53,10 +59,12 @@ async def test_concurrent_misses_share_one_read(engine: AsyncEngine) -> None:
 
 async def test_labels_expire_after_ttl(engine: AsyncEngine) -> None:
     clock = [0.0]
-    labels = AgentLabels(engine, ttl=1.0, clock=lambda: clock[0])
+    labels = AgentLabels(engine, SEALER, ttl=1.0, clock=lambda: clock[0])
     assert dict(await labels.get("bot")) == {"team": "ops"}
     async with engine.begin() as conn:
-        await conn.execute(update(agents).values(labels={"team": "billing"}))
+        row = {"id": "bot", "owner": "alice", "labels": {"team": "billing"}, "state": "active"}
+        seal = SEALER.seal(AGENTS, agent_seal_columns(row))  # a change Tether itself made
+        await conn.execute(update(agents).values(labels=row["labels"], seal=seal))
     clock[0] = 0.5
     assert dict(await labels.get("bot")) == {"team": "ops"}  # cached
     clock[0] = 1.5
@@ -67,11 +75,11 @@ async def test_labels_expire_after_ttl(engine: AsyncEngine) -> None:
 
 
 async def test_unknown_agent_has_no_labels(engine: AsyncEngine) -> None:
-    assert dict(await AgentLabels(engine).get("nobody")) == {}
+    assert dict(await AgentLabels(engine, SEALER).get("nobody")) == {}
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_shared_read(engine: AsyncEngine) -> None:
-    labels = AgentLabels(engine)
+    labels = AgentLabels(engine, SEALER)
     first = asyncio.ensure_future(labels.get("bot"))
     second = asyncio.ensure_future(labels.get("bot"))
     await asyncio.sleep(0)
@@ -120,3 +128,12 @@ def test_policy_request_is_a_valid_spec_request_and_scope_applies() -> None:
     assert policies.decide(request).reason == "default-deny"
     request["target"]["name"] = "db-1"  # outside the token's scope
     assert policies.decide(request).reason == "out-of-scope"
+
+
+async def test_labels_of_a_row_changed_outside_tether_are_refused(engine: AsyncEngine) -> None:
+    # Labels a database writer gave the agent could match a broader rule: no labels at all
+    # (as for an unknown agent) would be no better when a deny rule matches on a label.
+    async with engine.begin() as conn:
+        await conn.execute(update(agents).values(labels={"team": "admins"}))
+    with pytest.raises(ag.AgentUnverified):
+        await AgentLabels(engine, SEALER).get("bot")

@@ -192,7 +192,9 @@ class Harness:
             now = dt.datetime.now(dt.UTC)
             async with self.store.engine.begin() as conn:
                 if await agent_store.get_agent(conn, agent_id) is None:
-                    await agent_store.create_agent(conn, id=agent_id, owner="alice", now=now)
+                    await agent_store.create_agent(
+                        conn, self.identity.sealer, id=agent_id, owner="alice", now=now
+                    )
             secret, _ = await self.identity.create_join_token(agent_id)
             return secret
 

@@ -160,7 +160,7 @@ class Broker:
         async with self.store.engine.begin() as conn:
             if await agent_store.get_agent(conn, agent_id) is None:
                 await agent_store.create_agent(
-                    conn, id=agent_id, owner="alice", now=datetime.now(UTC)
+                    conn, self.identity.sealer, id=agent_id, owner="alice", now=datetime.now(UTC)
                 )
         agent = AgentKey(agent_id)
         join, _ = await self.identity.create_join_token(agent_id)
@@ -264,7 +264,12 @@ async def make_broker(
                                 "validity_seconds": 600}},
     )  # fmt: skip
     services = Services(
-        holder, identity, secret_store, target_store, AgentLabels(store.engine), auditor
+        holder,
+        identity,
+        secret_store,
+        target_store,
+        AgentLabels(store.engine, identity.sealer),
+        auditor,
     )
     config = PgProxyConfig(enabled=True, listen="127.0.0.1:0")
     broker = PgBroker(config, services, tmp_path, client_ca_pem=identity.keys.x509_ca.ca_cert_pem())

@@ -247,7 +247,7 @@ class Stack:
         async with engine.begin() as conn:
             if await agent_store.get_agent(conn, agent_id) is None:
                 await agent_store.create_agent(
-                    conn, id=agent_id, owner="alice", now=datetime.now(UTC)
+                    conn, self.identity.sealer, id=agent_id, owner="alice", now=datetime.now(UTC)
                 )
         claims = await self.join(agent_id, task, purpose)
         for _ in range(renewals):
@@ -361,7 +361,9 @@ async def build_stack(directory: Path, rules: str, **config: Any) -> Stack:
     holder = policy(rules)
     vault = SecretStore(store.engine, cipher)
     targets = TargetStore(store.engine, cipher.sealer)
-    services = Services(holder, identity, vault, targets, AgentLabels(store.engine), auditor)
+    services = Services(
+        holder, identity, vault, targets, AgentLabels(store.engine, cipher.sealer), auditor
+    )
     ssh_config = SshConfig(enabled=True, listen="127.0.0.1:0", **config)
     broker = SshBroker(services, ssh_config, directory / "data")
     await broker.start()

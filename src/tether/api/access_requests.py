@@ -123,12 +123,21 @@ async def ask(
     return _answer(request, pending, 202)
 
 
+async def _agent_labels(state: AppState, agent_id: str) -> dict[str, str]:
+    """The agent's labels from its verified row; 403 when the row does not verify."""
+    assert state.identity is not None
+    try:
+        async with state.identity.engine.connect() as conn:
+            agent = await agent_store.verified_agent(conn, state.identity.sealer, agent_id)
+    except agent_store.AgentUnverified:
+        raise ProblemError(403, "the agent's stored row does not verify") from None
+    return {} if agent is None else dict(agent.labels)
+
+
 async def _policy_request(claims: Claims, body: AskBody, request: Request) -> dict[str, Any]:
     state: AppState = request.app.state.tether
     assert state.identity is not None
-    async with state.identity.engine.connect() as conn:
-        agent = await agent_store.get_agent(conn, claims.agent_id)
-    labels = {} if agent is None else dict(agent.labels)
+    labels = await _agent_labels(state, claims.agent_id)
     value: dict[str, Any] = {
         "agent": {"id": claims.agent_id, "labels": labels},
         "runtime": {"id": claims.runtime.id, "labels": dict(claims.runtime.labels)},
@@ -152,9 +161,7 @@ async def _rule_ask(
         raise ProblemError(400, f"rule {body.rule!r} is not an approval rule with scope: rule")
     state: AppState = request.app.state.tether
     assert state.identity is not None
-    async with state.identity.engine.connect() as conn:
-        agent = await agent_store.get_agent(conn, claims.agent_id)
-    labels = {} if agent is None else dict(agent.labels)
+    labels = await _agent_labels(state, claims.agent_id)
     if rule.agents is not None and not rule.agents(claims.agent_id, labels):
         raise ProblemError(403, f"rule {body.rule!r} does not apply to this agent")
     if rule.targets is not None and not rule.targets(body.target, {}):

@@ -88,6 +88,7 @@ async def create_agent(
         async with identity.engine.begin() as conn:
             agent = await agent_store.create_agent(
                 conn,
+                identity.sealer,
                 id=body.id,
                 owner=body.owner,
                 purpose=body.purpose,
@@ -195,7 +196,13 @@ async def _set_state(
     call: AdminCall, agent_id: str, state: Literal["active", "disabled"]
 ) -> dict[str, Any]:
     call.target = f"agent:{agent_id}"
-    agent = await call.identity.set_agent_state(agent_id, state)
+    try:
+        agent = await call.identity.set_agent_state(agent_id, state)
+    except agent_store.AgentUnverified:
+        raise ProblemError(
+            409, f"agent {agent_id!r}: its stored row does not verify (changed outside "
+            "Tether, or written before agents were sealed: see tether store seal)",
+        ) from None  # fmt: skip
     if agent is None:
         async with call.identity.engine.connect() as conn:
             await _existing(conn, agent_id)

@@ -57,7 +57,7 @@ def start_humans(
     approvals = ApprovalService(
         identity.engine, policies, auditor=auditor, revoked=identity.revoked,
         clock=identity.clock, pending_ttl=timedelta(seconds=config.pending_ttl),
-        notify=notifier,
+        notify=notifier, sealer=identity.sealer,
     )  # fmt: skip
     identity.revocation_listeners.append(approvals.on_revocation)
     users = UserService(identity.engine, identity.cipher, clock=identity.clock)

@@ -67,6 +67,7 @@ from tether.approvals.digest import ActionDigest
 from tether.approvals.model import AccessRequest, Ask, Conflict, NotAllowed, NotFound, Unusable
 from tether.approvals.schema import grants
 from tether.audit.emit import Auditor, Subject
+from tether.crypto.seal import RowSealer
 from tether.identity.revocation import RevocationSet
 from tether.policy import Decision, PolicySet
 from tether.policy.model import APPROVAL_REQUIRED
@@ -104,8 +105,13 @@ class ApprovalService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         pending_ttl: timedelta = timedelta(hours=24),
         notify: Notify | None = None,
+        sealer: RowSealer | None = None,
     ) -> None:
         self.engine, self.policies, self.auditor = engine, policies, auditor
+        # What verifies an agent's row before its owner is trusted as an approver; without
+        # one, no row is trusted: the owner is unknown and an ``owner`` approver matches
+        # nobody (refusing is the safe side).
+        self.sealer = sealer
         self.revoked, self.clock, self.pending_ttl = revoked, clock, pending_ttl
         self.notify = notify
         self.bell = Bell()
@@ -236,7 +242,9 @@ class ApprovalService:
                 found = await db.load(conn, granted)
                 assert found is not None
                 return found
-            agent = await agent_store.get_agent(conn, ask.agent_id)
+            agent = None  # the owner an ``owner`` approver is: only from a verified row
+            if self.sealer is not None:
+                agent = await agent_store.verified_agent(conn, self.sealer, ask.agent_id)
             await db.expire_stale(conn, key, now)
             new_id = "ar_" + secrets.token_hex(12)
             request_id = await db.insert_pending(

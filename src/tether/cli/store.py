@@ -1,4 +1,5 @@
-"""``tether store seal``: seal the rows written before row seals existed (migration 0015).
+"""``tether store seal``: seal the rows written before row seals existed (migrations 0015
+and 0016).
 
 It works on the database directly, with the node's master key (``TETHER_MASTER_KEY`` or
 ``<data_dir>/master.key``, never created here): rows without a seal are refused by every

@@ -22,6 +22,9 @@ Security decisions:
   arriving after it start a fresh read.
 * **Unknown is not active**: an agent missing from the store is ``unknown``, refused by
   the caller like any state other than ``active``.
+* **A row that does not verify is not active**: an agent whose row's seal is missing or
+  wrong (changed outside Tether: migration 0016, :mod:`tether.crypto.seal`) is
+  ``unverified`` (an error is logged), refused like ``unknown``.
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ import asyncio
 from collections.abc import Callable
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import RowMapping, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.crypto.seal import RowSealer
 from tether.store import agents as agent_store
+from tether.store.identity import AGENTS, agent_admitted, agent_seal_columns
 from tether.store.schema import agents
 
 UNKNOWN: Final = "unknown"
+UNVERIFIED: Final = "unverified"
 _REFRESH_CHUNK: Final = 500
 _MAX_ENTRIES: Final = 100_000
 
@@ -44,8 +50,10 @@ _MAX_ENTRIES: Final = 100_000
 class AgentStates:
     """Agents' states read from the store, cached ``ttl`` seconds, read single-flight."""
 
-    def __init__(self, engine: AsyncEngine, ttl: float, clock: Callable[[], float]) -> None:
-        self._engine, self._ttl, self._clock = engine, ttl, clock
+    def __init__(
+        self, engine: AsyncEngine, sealer: RowSealer, ttl: float, clock: Callable[[], float]
+    ) -> None:
+        self._engine, self._sealer, self._ttl, self._clock = engine, sealer, ttl, clock
         self._cache: dict[str, tuple[str, float]] = {}  # agent -> (state, read started at)
         self._reading: dict[str, asyncio.Future[str]] = {}
         self._forgets = 0  # bumped by forget(): reads started before it store nothing
@@ -72,9 +80,13 @@ class AgentStates:
     async def _read(self, agent_id: str) -> str:
         started, forgets = self._clock(), self._forgets
         self.reads += 1
-        async with self._engine.connect() as conn:
-            agent = await agent_store.get_agent(conn, agent_id)
-        state = UNKNOWN if agent is None else agent.state
+        state: str
+        try:
+            async with self._engine.connect() as conn:
+                agent = await agent_store.verified_agent(conn, self._sealer, agent_id)
+            state = UNKNOWN if agent is None else agent.state
+        except agent_store.AgentUnverified:
+            state = UNVERIFIED
         if forgets == self._forgets:
             self._store({agent_id: state}, started)
         return state
@@ -89,12 +101,23 @@ class AgentStates:
         async with self._engine.connect() as conn:
             for start in range(0, len(ids), _REFRESH_CHUNK):
                 chunk = ids[start : start + _REFRESH_CHUNK]
-                query = select(agents.c.id, agents.c.state).where(agents.c.id.in_(chunk))
-                for agent_id, state in (await conn.execute(query)).all():
-                    states[str(agent_id)] = str(state)
+                query = select(agents).where(agents.c.id.in_(chunk))
+                for row in (await conn.execute(query)).mappings():
+                    states[str(row["id"])] = self._verified_state(row)
         if forgets == self._forgets:
             self._store(states, started)
         return len(states)
+
+    def _verified_state(self, row: RowMapping) -> str:
+        """The row's state, or ``unverified``; logged when an agent turns unverified (not
+        at every poll after that)."""
+        agent_id = str(row["id"])
+        if self._sealer.verify(AGENTS, agent_seal_columns(row), row["seal"]):
+            return str(row["state"])
+        cached = self._cache.get(agent_id)
+        if cached is None or cached[0] != UNVERIFIED:
+            agent_admitted(self._sealer, row)  # logs the refusal
+        return UNVERIFIED
 
     def _store(self, states: dict[str, str], started: float) -> None:
         if len(self._cache) + len(states) > _MAX_ENTRIES:

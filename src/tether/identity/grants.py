@@ -166,7 +166,10 @@ async def _attest(
     labels = dict(workload.labels)
     _refuse_revoked(service, agent_id, request.task_id, workload.runtime_id)
     async with service.engine.begin() as conn:
-        agent = await agent_store.get_agent(conn, agent_id)
+        try:
+            agent = await agent_store.verified_agent(conn, service.sealer, agent_id)
+        except agent_store.AgentUnverified:
+            agent = None  # changed outside Tether: refused like an unknown agent (logged)
         if agent is None or agent.state != "active":
             raise ex.ExchangeError("invalid_grant", "the agent is not active")
         try:

@@ -123,7 +123,7 @@ class IdentityService:
         self.revoked = RevocationSet()
         self.certificates = CertificateIssuer(keys, settings, clock)
         # Agents' states, read single-flight and refreshed by watch_revocations.
-        self.agent_states = AgentStates(engine, settings.revocation_poll, seconds)
+        self.agent_states = AgentStates(engine, self.sealer, settings.revocation_poll, seconds)
         # Called with (kind, value, reason) after a revocation here (approvals cancel theirs).
         self.revocation_listeners: list[Callable[[str, str, str], Awaitable[object]]] = []
 
@@ -206,9 +206,13 @@ class IdentityService:
     async def set_agent_state(
         self, agent_id: str, state: Literal["active", "disabled"]
     ) -> agent_store.Agent | None:
-        """Enable or disable an agent (None: unknown or offboarded); effective here at once."""
+        """Enable or disable an agent (None: unknown or offboarded); effective here at once.
+        :class:`agent_store.AgentUnverified` when enabling an agent whose row does not
+        verify (docs/vault.md, "Tampering with the database")."""
         async with self.engine.begin() as conn:
-            agent = await agent_store.set_agent_state(conn, agent_id, state, self.clock())
+            agent = await agent_store.set_agent_state(
+                conn, self.sealer, agent_id, state, self.clock()
+            )
         self.agent_states.forget(agent_id)
         return agent
 
@@ -365,7 +369,7 @@ class IdentityService:
         or the user it is delegated by is disabled."""
         try:
             async with self.engine.begin() as conn:
-                await cred_store.insert_credential(conn, credential)
+                await cred_store.insert_credential(conn, self.sealer, credential)
         except AgentNotActive:
             raise TokenRevoked("the agent is not active") from None
         except UserDisabled:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 from tether import policychain
 from tether.approvals.model import Conflict
 from tether.audit.subject import Subject
+from tether.crypto.seal import RowSealer
 from tether.policy.model import DENY, Decision
 from tether.policychain import delegation_of
 from tether.store import agents as agent_store
@@ -59,17 +60,22 @@ INTERNAL_ERROR: Final = "internal-error"
 
 
 class AgentLabels:
-    """The labels of agents, read from the store and cached for ``ttl`` seconds each."""
+    """The labels of agents, read from the store and cached for ``ttl`` seconds each.
+
+    Only from a row whose seal verifies (``sealer``): for an agent whose row was changed
+    outside Tether, :meth:`get` raises :class:`tether.store.agents.AgentUnverified` and no
+    decision is made (labels a writer gave it could match a broader rule)."""
 
     def __init__(
         self,
         engine: AsyncEngine,
+        sealer: RowSealer,
         *,
         ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 100_000,
     ) -> None:
-        self._engine = engine
+        self._engine, self._sealer = engine, sealer
         self._ttl = ttl
         self._clock = clock
         self._max = max_entries
@@ -105,7 +111,7 @@ class AgentLabels:
     async def _load(self, agent_id: str) -> Mapping[str, str]:
         now = self._clock()
         async with self._engine.connect() as conn:
-            agent = await agent_store.get_agent(conn, agent_id)
+            agent = await agent_store.verified_agent(conn, self._sealer, agent_id)
         labels = _NO_LABELS if agent is None else MappingProxyType(dict(agent.labels))
         if len(self._cache) >= self._max:
             self._cache.clear()

@@ -14,6 +14,16 @@ Security decisions:
   agent, an expiry pushed back, a use cleared) does not verify and
   :func:`consume_join_token` treats it as unknown, logging an error; the consuming
   ``UPDATE`` also requires the seal it verified, so the row cannot change in between.
+* **Agent rows are sealed** (migration 0016): the HMAC under the master key of the id,
+  owner, labels and state (:func:`tether.store.identity.agent_seal_columns`). Whoever can
+  write to the database could otherwise enable a disabled agent again or give it the
+  labels a broader rule matches. :func:`verified_agent` raises :class:`AgentUnverified`
+  for a row that does not verify (the node refuses its credentials: ``check_live``), and
+  nothing is issued to it (:func:`tether.store.identity.insert_if_agent_active`).
+  :func:`set_agent_state` and :func:`offboard_agent` seal again only a row whose seal
+  verified: a row changed outside Tether stays refused, never blessed. ``last_seen_at``,
+  ``purpose`` and the times are not sealed (nothing is granted on them); :func:`get_agent`
+  reads a row unverified, for display.
 * **A runtime never changes hands**: re-attesting a runtime id under another agent is
   refused (:class:`RuntimeOfAnotherAgent`) rather than rewriting whose runtime it is.
 """
@@ -30,9 +40,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.crypto.seal import RowSealer, SealValue
 from tether.store.credentials import Revocation, insert_revocation
+from tether.store.database import StoreError
 from tether.store.identity import (
+    AGENTS,
     Labels,
     RuntimeOfAnotherAgent,
+    agent_admitted,
+    agent_seal_columns,
     frozen_labels,
     insert_if_agent_active,
     upsert_insert,
@@ -84,6 +98,10 @@ class JoinToken:
     used_by_runtime: str | None
 
 
+class AgentUnverified(StoreError):
+    """The agent's row does not verify (changed outside Tether): refuse whatever it asks."""
+
+
 _JOIN_TOKEN_COLUMNS = [c for c in join_tokens.c if c.name not in ("token_hash", "seal")]
 
 
@@ -108,6 +126,7 @@ class Offboarding:
 
 async def create_agent(
     conn: AsyncConnection,
+    sealer: RowSealer,
     *,
     id: str,
     owner: str,
@@ -126,13 +145,27 @@ async def create_agent(
         "updated_at": now,
         "last_seen_at": None,
     }
+    values["seal"] = sealer.seal(AGENTS, agent_seal_columns(values))
     row = (await conn.execute(insert(agents).values(values).returning(agents))).mappings().one()
     return _agent(row)
 
 
 async def get_agent(conn: AsyncConnection, agent_id: str) -> Agent | None:
+    """The agent as stored, its seal not checked: for display (use :func:`verified_agent`
+    for anything that grants)."""
     row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).mappings().first()
     return None if row is None else _agent(row)
+
+
+async def verified_agent(conn: AsyncConnection, sealer: RowSealer, agent_id: str) -> Agent | None:
+    """The agent, or None when there is none; :class:`AgentUnverified` when its row's seal
+    does not verify (an error is logged)."""
+    row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).mappings().first()
+    if row is None:
+        return None
+    if not agent_admitted(sealer, row):
+        raise AgentUnverified(f"agent {agent_id!r}: its stored row does not verify")
+    return _agent(row)
 
 
 async def list_agents(
@@ -155,19 +188,44 @@ async def list_agents(
 
 
 async def set_agent_state(
-    conn: AsyncConnection, agent_id: str, state: Literal["active", "disabled"], now: datetime
+    conn: AsyncConnection,
+    sealer: RowSealer,
+    agent_id: str,
+    state: Literal["active", "disabled"],
+    now: datetime,
 ) -> Agent | None:
-    """Enable or disable an agent; None when it is unknown or offboarded (which is final)."""
+    """Enable or disable an agent; None when it is unknown or offboarded (which is final).
+
+    Sealed again only when its seal verified: an agent changed outside Tether can still be
+    disabled (and stays refused), never enabled into a trusted row."""
     if state not in ("active", "disabled"):
         raise ValueError(f"set_agent_state cannot set {state!r}: use offboard_agent")
+    found = (
+        (await conn.execute(select(agents).where(agents.c.id == agent_id).with_for_update()))
+        .mappings()
+        .first()
+    )
+    if found is None or found["state"] == "offboarded":
+        return None
+    values: dict[str, Any] = {"state": state, "updated_at": now}
+    if agent_admitted(sealer, found):
+        values["seal"] = sealer.seal(AGENTS, agent_seal_columns({**found, **values}))
+    elif state == "active":
+        raise AgentUnverified(f"agent {agent_id!r}: its stored row does not verify")
     query = (
         update(agents)
-        .where(agents.c.id == agent_id, agents.c.state != "offboarded")
-        .values(state=state, updated_at=now)
+        .where(
+            agents.c.id == agent_id,
+            agents.c.state != "offboarded",
+            agents.c.seal.is_not_distinct_from(found["seal"]),  # the row verified, unchanged
+        )
+        .values(values)
         .returning(agents)
     )
     row = (await conn.execute(query)).mappings().first()
-    return None if row is None else _agent(row)
+    if row is None:
+        raise StoreError(f"agent {agent_id!r} changed while its state was set; try again")
+    return _agent(row)
 
 
 async def touch_agent(conn: AsyncConnection, agent_id: str, now: datetime) -> None:
@@ -197,15 +255,20 @@ async def offboard_agent(
     (``revocation_expires_at`` None), since a credential issued concurrently on another
     node may outlive any bound computed here. None when the agent is unknown.
     """
-    query = (
-        update(agents)
-        .where(agents.c.id == agent_id)
-        .values(state="offboarded", updated_at=now)
-        .returning(agents)
+    found = (
+        (await conn.execute(select(agents).where(agents.c.id == agent_id).with_for_update()))
+        .mappings()
+        .first()
     )
-    row = (await conn.execute(query)).mappings().first()
-    if row is None:
+    if found is None:
         return None
+    # Offboarded whatever its seal says (refusing is always safe); sealed again only if
+    # its seal verified.
+    gone: dict[str, Any] = {"state": "offboarded", "updated_at": now}
+    if sealer.verify(AGENTS, agent_seal_columns(found), found["seal"]):
+        gone["seal"] = sealer.seal(AGENTS, agent_seal_columns({**found, **gone}))
+    query = update(agents).where(agents.c.id == agent_id).values(gone).returning(agents)
+    row = (await conn.execute(query)).mappings().one()
     revocation, _ = await insert_revocation(
         conn,
         kind="agent",
@@ -325,7 +388,7 @@ async def insert_join_token(
         "used_by_runtime": None,
     }
     values["seal"] = sealer.seal(JOIN_TOKENS, join_seal_columns(values))
-    await insert_if_agent_active(conn, join_tokens, values)
+    await insert_if_agent_active(conn, sealer, join_tokens, values)
     token = await get_join_token(conn, id)
     assert token is not None  # just inserted in this transaction
     return token

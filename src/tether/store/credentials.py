@@ -35,6 +35,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, RowMapping, Text, cast, delete, exists, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tether.crypto.seal import RowSealer
 from tether.store.identity import UserDisabled, insert_if_agent_active, upsert_insert
 from tether.store.schema import credentials, revocations
 from tether.users.schema import users
@@ -102,8 +103,11 @@ class RevocationBatch:
 # --- credentials -------------------------------------------------------------------------------
 
 
-async def insert_credential(conn: AsyncConnection, credential: Credential) -> None:
-    """Record an issued credential; :class:`AgentNotActive` unless its agent is active."""
+async def insert_credential(
+    conn: AsyncConnection, sealer: RowSealer, credential: Credential
+) -> None:
+    """Record an issued credential; :class:`AgentNotActive` unless its agent is active
+    (and its row verifies: ``sealer``)."""
     values: dict[str, Any] = {
         "jti": credential.jti,
         "kind": credential.kind,
@@ -127,7 +131,7 @@ async def insert_credential(conn: AsyncConnection, credential: Credential) -> No
         else [{"sub": sub, "groups": list(groups)} for sub, groups in credential.act_groups],
     }
     if not credential.actor_chain:
-        await insert_if_agent_active(conn, credentials, values)
+        await insert_if_agent_active(conn, sealer, credentials, values)
         return
     # Delegated: no user of the chain may be disabled, now or when the row is inserted.
     chain = sorted(credential.delegators)  # one lock order for every transaction
@@ -141,7 +145,7 @@ async def insert_credential(conn: AsyncConnection, credential: Credential) -> No
         if state == "disabled":
             raise UserDisabled(f"user {user_id!r} is disabled")
     disabled = exists().where(users.c.id.in_(chain), users.c.state == "disabled")
-    await insert_if_agent_active(conn, credentials, values, unless=disabled)
+    await insert_if_agent_active(conn, sealer, credentials, values, unless=disabled)
 
 
 async def revoke_delegations(

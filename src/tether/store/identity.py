@@ -22,7 +22,8 @@ Conventions, each a security decision:
 Errors::
 
     StoreError (tether.store.database)
-    ├── AgentNotActive          a credential for an agent that is unknown, disabled or gone
+    ├── AgentNotActive          a credential for an agent that is unknown, disabled or gone,
+    │                           or whose row does not verify (sealed, like the users')
     ├── UserDisabled            a delegated credential for a user who is disabled
     └── RuntimeOfAnotherAgent   a runtime id already recorded for a different agent
 """
@@ -34,14 +35,16 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, exists, insert, literal, select
+from sqlalchemy import ColumnElement, RowMapping, Table, exists, insert, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tether.crypto.seal import RowSealer, SealValue
 from tether.store.database import StoreError
 from tether.store.schema import agents
 
 Labels = Mapping[str, str]
+AGENTS = "agents"
 
 
 class AgentNotActive(StoreError):
@@ -54,6 +57,18 @@ class UserDisabled(StoreError):
 
 class RuntimeOfAnotherAgent(StoreError):
     """The runtime id is already recorded for another agent; runtimes never change hands."""
+
+
+def agent_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of an ``agents`` row (as written, or as read back): who it is,
+    whose it is, the labels policies match on and its state."""
+    return {name: row[name] for name in ("id", "owner", "labels", "state")}
+
+
+def agent_admitted(sealer: RowSealer, row: Mapping[str, Any] | RowMapping) -> bool:
+    """Whether an ``agents`` row's seal verifies (an error is logged when not)."""
+    what = f"agent {row['id']!r}"
+    return sealer.admits(AGENTS, agent_seal_columns(row), row["seal"], what=what)
 
 
 def digest(secret: str | bytes) -> bytes:
@@ -83,21 +98,31 @@ def upsert_insert(conn: AsyncConnection, table: Table) -> sqlite.Insert | postgr
 
 async def insert_if_agent_active(
     conn: AsyncConnection,
+    sealer: RowSealer,
     table: Table,
     values: dict[str, Any],
     *,
     unless: ColumnElement[bool] | None = None,
 ) -> None:
     """Insert one row into ``table`` only while ``values["agent_id"]`` is an active agent
-    (and ``unless`` does not hold).
+    whose row's seal verifies (and ``unless`` does not hold).
 
-    One ``INSERT ... SELECT ... WHERE EXISTS`` statement: checking the agent first and
-    inserting after would let an offboarding commit in between. Raises :class:`AgentNotActive`.
+    The agent's row is read and its seal verified, then one ``INSERT ... SELECT ... WHERE
+    EXISTS`` statement inserts only while that row is still active *with that very seal*:
+    checking the agent first and inserting after would let an offboarding commit in
+    between, and a row changed outside Tether in between would not be the one verified.
+    Raises :class:`AgentNotActive`.
     """
-    active = exists().where(agents.c.id == values["agent_id"], agents.c.state == "active")
+    agent_id = values["agent_id"]
+    found = (await conn.execute(select(agents).where(agents.c.id == agent_id))).mappings().first()
+    if found is None or found["state"] != "active" or not agent_admitted(sealer, found):
+        raise AgentNotActive(f"agent {agent_id!r} is not active")
+    active = exists().where(
+        agents.c.id == agent_id, agents.c.state == "active", agents.c.seal == found["seal"]
+    )
     row = select(*(literal(v, table.c[k].type).label(k) for k, v in values.items())).where(active)
     if unless is not None:
         row = row.where(~unless)
     result = await conn.execute(insert(table).from_select(list(values), row))
     if result.rowcount != 1:
-        raise AgentNotActive(f"agent {values['agent_id']!r} is not active")
+        raise AgentNotActive(f"agent {agent_id!r} is not active")

@@ -95,6 +95,7 @@ agents = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("last_seen_at", UTCDateTime, nullable=True),
+    Column("seal", Text, nullable=True),  # 0016: tether.crypto.seal; null: refused
     CheckConstraint("state IN ('active', 'disabled', 'offboarded')", name="state"),
     Index("ix_agents_owner", "owner"),
     Index("ix_agents_state", "state"),

@@ -1,6 +1,6 @@
 """The sealed tables, and adopting the rows written before they were sealed.
 
-Migration 0015 added a nullable ``seal`` column to each table of :data:`SEALED`; Tether
+Migrations 0015 and 0016 added a nullable ``seal`` column to each table of :data:`SEALED`; Tether
 computes it on every write and refuses a row whose seal is missing or wrong
 (:mod:`tether.crypto.seal`). The migration cannot seal the rows already there (it does not
 hold the master key), so those rows are refused until an operator adopts them with
@@ -27,8 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.crypto.seal import RowSealer, SealValue
 from tether.store.agents import join_seal_columns
+from tether.store.identity import agent_seal_columns
 from tether.store.keys import admin_seal_columns
-from tether.store.schema import admin_tokens, join_tokens
+from tether.store.schema import admin_tokens, agents, join_tokens
 from tether.users.schema import user_tokens, users
 from tether.users.store import token_seal_columns, user_columns
 from tether.vault import targets as target_store
@@ -60,6 +61,7 @@ SEALED: tuple[SealedTable, ...] = (
     SealedTable(join_tokens, "id", _of_row(join_seal_columns)),
     SealedTable(users, "id", user_columns),
     SealedTable(user_tokens, "id", _of_row(token_seal_columns)),
+    SealedTable(agents, "id", _of_row(agent_seal_columns)),  # migration 0016
 )
 
 

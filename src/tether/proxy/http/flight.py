@@ -21,8 +21,9 @@ secret).
 With ``peek`` (the store's own cache, read without I/O), a value the store would answer
 from its cache is answered at once, with no task: a request's three lookups (target,
 agent labels, secret) cost a task and a shield each otherwise (measured on uvloop: 2.9
-us a lookup against 0.25, ~8 us of the event loop per brokered request). ``peek`` answers exactly what
-``fetch`` would answer from its cache at that moment, so neither freshness rule changes.
+us a lookup against 0.25, ~8 us of the event loop per brokered request). ``peek``
+answers exactly what ``fetch`` would answer from its cache at that moment, so neither
+freshness rule changes.
 """
 
 from __future__ import annotations
