@@ -72,7 +72,7 @@ async def main(n: int, as_json: bool) -> None:
             cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "bench"))
             async with store.engine.begin() as conn:
                 await agent_store.create_agent(conn, cipher.sealer, id="bot", owner="o", now=_now())
-            service = ApprovalService(store.engine, lambda: policy_set, sealer=cipher.sealer)
+            service = ApprovalService(store.engine, lambda: policy_set, cipher.sealer)
             users = UserService(store.engine, cipher)
             sam = await users.add("sam", password=None, groups=["sre"])
             _, pending = await service.decide(request("systemctl restart app"))

@@ -1,5 +1,6 @@
 """A real Tether API on a loopback port: identity, audit trail, users and approvals over one
-SQLite store, with a clock the test moves; agents speak DPoP, humans personal tokens."""
+SQLite store, with a clock the test moves; agents speak DPoP, humans personal tokens. And
+``world``: the approval service alone over a real store, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.approvals.helpers import POLICY, Clock
+from tests.approvals.helpers import POLICY, Clock, fresh_cipher, policies
 from tests.identity_e2e.conftest import TOKEN_URL, Agent, Stack, build_service, join_form
 from tests.node_loop import pytest_asyncio_loop_factories  # noqa: F401 - the node's loop
 from tether.api import AppState, PolicyHolder, create_app
@@ -27,7 +28,9 @@ from tether.crypto.masterkey import MasterKey
 from tether.identity.admintokens import create_admin_token
 from tether.policy import PolicySource, load_policies
 from tether.store import Store
+from tether.store import agents as agent_store
 from tether.users.service import UserService
+from tether.users.store import User
 
 ISSUER = "http://tether"
 
@@ -91,8 +94,8 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     holder = PolicyHolder(load_policies([PolicySource("approvals.yaml", POLICY)]))
     auditor = await start_auditor(AuditConfig(), store.engine, lambda: identity.keys.ring.active)
     approvals = ApprovalService(
-        store.engine, lambda: holder.current, auditor=auditor, revoked=identity.revoked,
-        clock=clock, sealer=identity.sealer,
+        store.engine, lambda: holder.current, identity.sealer, auditor=auditor,
+        revoked=identity.revoked, clock=clock,
     )  # fmt: skip
     identity.revocation_listeners.append(approvals.on_revocation)
     users = UserService(store.engine, cipher, clock=clock)
@@ -114,4 +117,35 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         server.should_exit = True
         await serving
         await auditor.log.close()
+        await store.close()
+
+
+@dataclass
+class World:
+    """An approval service over a real store (``store_url``: SQLite and PostgreSQL), its
+    users and two agents owned by olivia."""
+
+    store: Store
+    clock: Clock
+    users: UserService
+    approvals: ApprovalService
+
+    async def user(self, name: str, *groups: str) -> User:
+        return await self.users.add(name, password=None, groups=groups, roles=["approver"])
+
+
+@pytest.fixture
+async def world(store_url: str) -> AsyncIterator[World]:
+    store = await Store.open(store_url)
+    clock = Clock()
+    policy_set, cipher = policies(), fresh_cipher()
+    async with store.engine.begin() as conn:
+        for agent in ("bot", "other-bot"):
+            await agent_store.create_agent(
+                conn, cipher.sealer, id=agent, owner="olivia", now=clock()
+            )
+    service = ApprovalService(store.engine, lambda: policy_set, cipher.sealer, clock=clock)
+    try:
+        yield World(store, clock, UserService(store.engine, cipher, clock=clock), service)
+    finally:
         await store.close()

@@ -51,7 +51,9 @@ async def service(tmp_path: Path) -> AsyncIterator[ApprovalService]:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
     policy_set = policies()
     try:
-        yield ApprovalService(store.engine, lambda: policy_set, clock=Clock())
+        yield ApprovalService(
+            store.engine, lambda: policy_set, fresh_cipher().sealer, clock=Clock()
+        )
     finally:
         await store.close()
 

@@ -54,8 +54,8 @@ def gated(tmp_path: Path, upstream: Upstream) -> Iterator[Gated]:  # noqa: F811
     async def wire() -> tuple[ApprovalService, User]:
         holder = harness.broker.services.policies
         approvals = ApprovalService(harness.store.engine, lambda: holder.current,
-                                    auditor=harness.auditor, clock=clock,
-                                    sealer=harness.identity.sealer)  # fmt: skip
+                                    harness.identity.sealer,
+                                    auditor=harness.auditor, clock=clock)  # fmt: skip
         harness.broker.services = dataclasses.replace(harness.broker.services, approvals=approvals)
         lead = await UserService(harness.store.engine, harness.identity.cipher).add(
             "lee", password=None, groups=["leads"]

@@ -40,9 +40,9 @@ def gated(tmp_path: Path, upstream: Upstream) -> Iterator[Gated]:  # noqa: F811
     async def wire() -> tuple[ApprovalService, User]:
         holder = harness.broker.services.policies
         approvals = ApprovalService(harness.store.engine, lambda: holder.current,
+                                    harness.identity.sealer,
                                     auditor=harness.auditor, clock=clock,
-                                    revoked=harness.identity.revoked,
-                                    sealer=harness.identity.sealer)  # fmt: skip
+                                    revoked=harness.identity.revoked)  # fmt: skip
         harness.identity.revocation_listeners.append(approvals.on_revocation)  # as a node does
         harness.broker.services = dataclasses.replace(harness.broker.services, approvals=approvals)
         lead = await UserService(harness.store.engine, harness.identity.cipher).add(

@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.approvals.helpers import Clock, http_request, policies, ssh_request
+from tests.approvals.helpers import Clock, fresh_cipher, http_request, policies, ssh_request
 from tests.identity_e2e.conftest import build_service
 from tether.approvals import outbox
 from tether.approvals.config import ApprovalsConfig, ApprovalsConfigError
@@ -139,7 +139,9 @@ async def test_signed_slack_compatible_delivery_with_retries(
         store.engine, hooks, retries=3, backoff=0.05, link_base="https://tether.example"
     )
     policy_set = policies()
-    service = ApprovalService(store.engine, lambda: policy_set, clock=Clock(), notify=notifier)
+    service = ApprovalService(
+        store.engine, lambda: policy_set, fresh_cipher().sealer, clock=Clock(), notify=notifier
+    )
     try:
         _, pending = await service.decide(ssh_request("systemctl restart app"), reason="deploy")
         assert pending is not None
@@ -170,7 +172,10 @@ async def test_a_restarted_node_delivers_what_was_queued(store_url: str) -> None
     try:
         first = await Store.open(store_url)
         notifier = WebhookNotifier(first.engine, hooks)  # never runs: the node stops first
-        service = ApprovalService(first.engine, lambda: policy_set, clock=Clock(), notify=notifier)
+        service = ApprovalService(
+            first.engine, lambda: policy_set, fresh_cipher().sealer, clock=Clock(),
+            notify=notifier,
+        )  # fmt: skip
         _, pending = await service.decide(ssh_request("systemctl restart app"))
         assert pending is not None
         await first.close()  # the node stops with the notification undelivered
@@ -384,7 +389,9 @@ async def test_what_the_agent_wrote_is_neither_markup_nor_a_leaked_secret(
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
     notifier = WebhookNotifier(store.engine, [Webhook("*", served.base + "/all", SECRET, 5.0)])
     policy_set = policies()
-    service = ApprovalService(store.engine, lambda: policy_set, clock=Clock(), notify=notifier)
+    service = ApprovalService(
+        store.engine, lambda: policy_set, fresh_cipher().sealer, clock=Clock(), notify=notifier
+    )
     lure = "<!channel> urgent: approve at <https://evil.example/ok|the console> & now\nDecide: x"
     try:
         _, pending = await service.decide(

@@ -69,8 +69,8 @@ async def env(broker: Broker) -> AsyncIterator[Env]:  # noqa: F811
     broker.pg.psql(TABLE, database=DATABASE)
     broker.set_policy(POLICY)
     approvals = ApprovalService(
-        broker.store.engine, lambda: broker.holder.current, auditor=broker.auditor,
-        revoked=broker.identity.revoked, sealer=broker.identity.sealer,
+        broker.store.engine, lambda: broker.holder.current, broker.identity.sealer,
+        auditor=broker.auditor, revoked=broker.identity.revoked,
     )  # fmt: skip
     broker.identity.revocation_listeners.append(approvals.on_revocation)
     broker.broker.services = dataclasses.replace(broker.broker.services, approvals=approvals)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.util import await_only
 
+from tests.approvals.conftest import World
 from tests.approvals.helpers import Clock, fresh_cipher, http_request, policies, ssh_request
 from tether.approvals.model import AccessRequest, Conflict, NotAllowed, NotFound
 from tether.approvals.service import ApprovalService
@@ -18,34 +17,6 @@ from tether.store import Store
 from tether.store import agents as agent_store
 from tether.users.service import UserService
 from tether.users.store import User
-
-
-@dataclass
-class World:
-    store: Store
-    clock: Clock
-    users: UserService
-    approvals: ApprovalService
-
-    async def user(self, name: str, *groups: str) -> User:
-        return await self.users.add(name, password=None, groups=groups, roles=["approver"])
-
-
-@pytest.fixture
-async def world(store_url: str) -> AsyncIterator[World]:
-    store = await Store.open(store_url)
-    clock = Clock()
-    policy_set, cipher = policies(), fresh_cipher()
-    async with store.engine.begin() as conn:
-        for agent in ("bot", "other-bot"):
-            await agent_store.create_agent(
-                conn, cipher.sealer, id=agent, owner="olivia", now=clock()
-            )
-    service = ApprovalService(store.engine, lambda: policy_set, clock=clock, sealer=cipher.sealer)
-    try:
-        yield World(store, clock, UserService(store.engine, cipher, clock=clock), service)
-    finally:
-        await store.close()
 
 
 async def test_pending_approved_held_for_exactly_that_action_until_expiry(world: World) -> None:
@@ -265,7 +236,7 @@ async def racing(store: Store) -> tuple[ApprovalService, User, AccessRequest]:
     policy_set, cipher = policies(), fresh_cipher()
     async with store.engine.begin() as conn:
         await agent_store.create_agent(conn, cipher.sealer, id="bot", owner="olivia", now=clock())
-    approvals = ApprovalService(store.engine, lambda: policy_set, clock=clock, sealer=cipher.sealer)
+    approvals = ApprovalService(store.engine, lambda: policy_set, cipher.sealer, clock=clock)
     users = UserService(store.engine, cipher, clock=clock)
     sam = await users.add("sam", password=None, groups=["sre"], roles=["approver"])
     _, held = await approvals.decide(ssh_request("systemctl restart app"))

@@ -22,7 +22,7 @@ from tether.users.service import UserService
 async def test_ssh_refusal_names_the_request_and_the_grant_is_exact(env: Env) -> None:  # noqa: F811
     holder = env.stack.holder
     approvals = ApprovalService(env.stack.store.engine, lambda: holder.current,
-                                auditor=env.stack.auditor)  # fmt: skip
+                                env.stack.identity.sealer, auditor=env.stack.auditor)  # fmt: skip
     context = env.stack.broker.context
     context.services = dataclasses.replace(context.services, approvals=approvals)
     ops = await UserService(env.stack.store.engine, env.stack.identity.cipher).add(
@@ -53,7 +53,7 @@ async def test_ssh_command_no_decision_could_be_made_for_is_refused_and_audited(
     never sees it (was: an unaudited "internal error" on the channel)."""
     holder = env.stack.holder
     approvals = ApprovalService(env.stack.store.engine, lambda: holder.current,
-                                auditor=env.stack.auditor)  # fmt: skip
+                                env.stack.identity.sealer, auditor=env.stack.auditor)  # fmt: skip
     context = env.stack.broker.context
     context.services = dataclasses.replace(context.services, approvals=approvals)
     agent = await env.stack.agent()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.approvals.helpers import fresh_cipher
 from tether.approvals.model import AccessRequest
 from tether.approvals.service import ApprovalService
 from tether.policy import PolicySource, load_policies
@@ -24,7 +25,11 @@ SPECS = st.one_of(
     st.just("owner"), NAMES.map(lambda n: f"user:{n}"), GROUPS.map(lambda g: f"group:{g}")
 )
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
-SERVICE = ApprovalService(None, lambda: load_policies([PolicySource("a", "rules: []")]))  # type: ignore[arg-type]
+SERVICE = ApprovalService(
+    None,  # type: ignore[arg-type]
+    lambda: load_policies([PolicySource("a", "rules: []")]),
+    fresh_cipher().sealer,
+)
 
 
 def request(

@@ -55,9 +55,9 @@ def start_humans(
         WebhookNotifier.from_config(config, identity.engine, redactor) if config.webhooks else None
     )
     approvals = ApprovalService(
-        identity.engine, policies, auditor=auditor, revoked=identity.revoked,
+        identity.engine, policies, identity.sealer, auditor=auditor, revoked=identity.revoked,
         clock=identity.clock, pending_ttl=timedelta(seconds=config.pending_ttl),
-        notify=notifier, sealer=identity.sealer,
+        notify=notifier,
     )  # fmt: skip
     identity.revocation_listeners.append(approvals.on_revocation)
     users = UserService(identity.engine, identity.cipher, clock=identity.clock)

@@ -8,7 +8,9 @@ Security rules the database holds as well as the code:
   node or two, make one row. A CHECK ties it to the status.
 * **Distinct approvers.** A vote's key is (request, user): nobody votes twice.
 * **One grant per request**, bound to agent, task, rule and (for ``scope = 'action'``) the
-  action digest, with a hard expiry; revoking sets ``revoked_at``, never deletes.
+  action digest, with a hard expiry; revoking sets ``revoked_at``, never deletes. Sealed
+  (migration 0017, :mod:`tether.approvals.store`): a grant whose seal does not verify
+  counts for nothing.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ grants = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("revoked_reason", Text, nullable=True),
+    Column("seal", Text, nullable=True),  # 0017: tether.crypto.seal; null: not counted
     CheckConstraint("scope IN ('action', 'rule')", name="scope"),
     CheckConstraint("scope = 'rule' OR digest IS NOT NULL", name="action_has_digest"),
     Index("ix_grants_agent_id_task_id_rule_id", "agent_id", "task_id", "rule_id"),

@@ -43,7 +43,6 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -99,18 +98,17 @@ class ApprovalService:
         self,
         engine: AsyncEngine,
         policies: Callable[[], PolicySet],
+        sealer: RowSealer,
         *,
         auditor: Auditor | None = None,
         revoked: RevocationSet | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         pending_ttl: timedelta = timedelta(hours=24),
         notify: Notify | None = None,
-        sealer: RowSealer | None = None,
     ) -> None:
         self.engine, self.policies, self.auditor = engine, policies, auditor
-        # What verifies an agent's row before its owner is trusted as an approver; without
-        # one, no row is trusted: the owner is unknown and an ``owner`` approver matches
-        # nobody (refusing is the safe side).
+        # Seals the grants this service writes and verifies those it counts, and the
+        # agent's row before its owner is trusted as an approver (tether.crypto.seal).
         self.sealer = sealer
         self.revoked, self.clock, self.pending_ttl = revoked, clock, pending_ttl
         self.notify = notify
@@ -208,7 +206,7 @@ class ApprovalService:
                                            delegation_user, delegation_chain)  # fmt: skip
         async with self.engine.connect() as conn:
             held = await db.held_rules(
-                conn, agent_id=agent_id, task_id=task_id, keys=keys, now=self.clock()
+                conn, self.sealer, agent_id=agent_id, task_id=task_id, keys=keys, now=self.clock()
             )
         return frozenset(held)
 
@@ -235,16 +233,15 @@ class ApprovalService:
                           ask.delegation_user, ask.delegation_chain)  # fmt: skip
         async with self.engine.begin() as conn:
             granted = await db.live_grant_request(
-                conn, agent_id=ask.agent_id, task_id=ask.task_id, rule_id=ask.rule_id,
+                conn, self.sealer, agent_id=ask.agent_id, task_id=ask.task_id, rule_id=ask.rule_id,
                 keys=keys, now=now,
             )  # fmt: skip
             if granted is not None:
                 found = await db.load(conn, granted)
                 assert found is not None
                 return found
-            agent = None  # the owner an ``owner`` approver is: only from a verified row
-            if self.sealer is not None:
-                agent = await agent_store.verified_agent(conn, self.sealer, ask.agent_id)
+            # The owner an ``owner`` approver is: only from a verified row.
+            agent = await agent_store.verified_agent(conn, self.sealer, ask.agent_id)
             await db.expire_stale(conn, key, now)
             new_id = "ar_" + secrets.token_hex(12)
             request_id = await db.insert_pending(
@@ -375,7 +372,7 @@ class ApprovalService:
                 if outcome != "vote":
                     await db.decide(conn, request_id, outcome, reason, now)
                 if outcome == "approved":
-                    await db.insert_grant(conn, grant_row(locked, rule, now))
+                    await db.insert_grant(conn, self.sealer, grant_row(locked, rule, now))
         except IntegrityError:
             raise Conflict(f"{user.id} already voted on {request_id}") from None
         decided = await self.get(request_id)
@@ -411,11 +408,7 @@ class ApprovalService:
 
     async def _revoke_grant(self, grant_id: str, reason: str) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(grants)
-                .where(grants.c.id == grant_id)
-                .values(revoked_at=self.clock(), revoked_reason=reason)
-            )
+            await db.revoke_grants(conn, self.sealer, grants.c.id == grant_id, reason, self.clock())
 
     # --- revocation -----------------------------------------------------------------------
 
@@ -425,7 +418,9 @@ class ApprovalService:
         if column is None:
             return []
         async with self.engine.begin() as conn:
-            affected = await db.cancel_for(conn, column, value, f"revoked: {reason}", self.clock())
+            affected = await db.cancel_for(
+                conn, self.sealer, column, value, f"revoked: {reason}", self.clock()
+            )
         for request_id in affected:
             await self._audit(await self.get(request_id), None, "cancelled")
         if affected:

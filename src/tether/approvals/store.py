@@ -12,6 +12,14 @@ the approval of a user disabled since does not count towards a pending request's
 and :func:`revoke_short_of_quorum` revokes the live grants that disabling a user leaves
 without enough approvals. :func:`lock_voters` makes a count and a concurrent disable of a
 voter serialise, so a quorum is never reached on a vote whose user was being disabled.
+
+Security decision: **grants are sealed** (migration 0017, :mod:`tether.crypto.seal`): the
+HMAC under the master key of a grant's id, request, agent, task, rule, scope, key
+(``digest``), expiry and revocation time. A grant is what turns ``approval_required`` into
+an allow, so a row planted or changed in the database (an approval nobody gave, an expiry
+pushed back, a revocation cleared) must not count: :func:`held_rules` and
+:func:`live_grant_request` count only grants whose seal verifies (the others are logged as
+an error), and a revocation seals the row again only when its seal verified.
 """
 
 from __future__ import annotations
@@ -26,8 +34,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.approvals.model import AccessRequest, Conflict, Grant, Vote
 from tether.approvals.schema import access_requests, approval_votes, grants
+from tether.crypto.seal import RowSealer, SealValue
 from tether.store.identity import upsert_insert
 from tether.users.schema import users
+
+GRANTS = "grants"
+_GRANT_SEALED = ("id", "request_id", "agent_id", "task_id", "rule_id", "scope", "digest",
+                 "expires_at", "revoked_at")  # fmt: skip
+
+
+def grant_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of a ``grants`` row (as written, or as read back)."""
+    return {name: row[name] for name in _GRANT_SEALED}
+
+
+def _grant_admitted(sealer: RowSealer, row: RowMapping) -> bool:
+    what = f"grant {row['id']!r} (request {row['request_id']!r})"
+    return sealer.admits(GRANTS, grant_seal_columns(row), row["seal"], what=what)
 
 
 async def expire_stale(conn: AsyncConnection, pending_key: str, now: datetime) -> None:
@@ -173,12 +196,14 @@ async def pending_key_of(conn: AsyncConnection, request_id: str) -> str | None:
     return None if found is None else str(found)
 
 
-async def insert_grant(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
-    await conn.execute(insert(grants).values(**values))
+async def insert_grant(conn: AsyncConnection, sealer: RowSealer, values: Mapping[str, Any]) -> None:
+    sealed = {**values, "seal": sealer.seal(GRANTS, grant_seal_columns(values))}
+    await conn.execute(insert(grants).values(**sealed))
 
 
 async def held_rules(
     conn: AsyncConnection,
+    sealer: RowSealer,
     *,
     agent_id: str,
     task_id: str,
@@ -186,7 +211,7 @@ async def held_rules(
     now: datetime,
 ) -> set[str]:
     """The rules of ``keys`` (rule id -> the grant keys that would cover the action, see
-    :func:`tether.approvals.binding.grant_keys`) with a live grant."""
+    :func:`tether.approvals.binding.grant_keys`) with a live grant whose seal verifies."""
     matches = [
         and_(grants.c.rule_id == rule, grants.c.digest.in_(sorted(found)))
         for rule, found in keys.items()
@@ -194,8 +219,8 @@ async def held_rules(
     ]
     if not matches:
         return set()
-    rows = await conn.scalars(
-        select(grants.c.rule_id).where(
+    rows = await conn.execute(
+        select(grants).where(
             grants.c.agent_id == agent_id,
             grants.c.task_id == task_id,
             grants.c.revoked_at.is_(None),
@@ -203,11 +228,12 @@ async def held_rules(
             or_(*matches),
         )
     )
-    return set(rows)
+    return {str(row["rule_id"]) for row in rows.mappings() if _grant_admitted(sealer, row)}
 
 
 async def live_grant_request(
     conn: AsyncConnection,
+    sealer: RowSealer,
     *,
     agent_id: str,
     task_id: str,
@@ -215,9 +241,10 @@ async def live_grant_request(
     keys: Collection[str],
     now: datetime,
 ) -> str | None:
-    """The request id of a live grant covering this action (one of its ``keys``), if any."""
-    found = await conn.scalar(
-        select(grants.c.request_id)
+    """The request id of a live grant covering this action (one of its ``keys``) whose seal
+    verifies, if any (the one that expires last)."""
+    rows = await conn.execute(
+        select(grants)
         .where(
             grants.c.agent_id == agent_id,
             grants.c.task_id == task_id,
@@ -227,13 +254,37 @@ async def live_grant_request(
             grants.c.digest.in_(sorted(keys)),
         )
         .order_by(grants.c.expires_at.desc())
-        .limit(1)
     )
-    return None if found is None else str(found)
+    for row in rows.mappings():
+        if _grant_admitted(sealer, row):
+            return str(row["request_id"])
+    return None
+
+
+async def revoke_grants(
+    conn: AsyncConnection, sealer: RowSealer, where: Any, reason: str, now: datetime
+) -> list[str]:
+    """Revoke the live grants matching ``where``; the ids of their requests. Each is sealed
+    again only if its seal verified: a revocation never blesses a changed row (and a
+    grant that does not verify counts for nothing anyway)."""
+    live = and_(where, grants.c.revoked_at.is_(None))
+    rows = (await conn.execute(select(grants).where(live).with_for_update())).mappings().all()
+    revoked: list[str] = []
+    for row in rows:
+        values: dict[str, Any] = {"revoked_at": now, "revoked_reason": reason}
+        if sealer.verify(GRANTS, grant_seal_columns(row), row["seal"]):
+            values["seal"] = sealer.seal(GRANTS, grant_seal_columns({**row, **values}))
+        done = await conn.execute(
+            update(grants).where(grants.c.id == row["id"], grants.c.revoked_at.is_(None))
+            .values(values)
+        )  # fmt: skip
+        if done.rowcount == 1:
+            revoked.append(str(row["request_id"]))
+    return revoked
 
 
 async def cancel_for(
-    conn: AsyncConnection, column: str, value: str, reason: str, now: datetime
+    conn: AsyncConnection, sealer: RowSealer, column: str, value: str, reason: str, now: datetime
 ) -> list[str]:
     """Cancel the pending requests and revoke the live grants whose ``column`` is ``value``;
     the ids of the requests affected."""
@@ -253,15 +304,7 @@ async def cancel_for(
         covered = grants.c.request_id.in_(
             select(access_requests.c.id).where(access_requests.c[column] == value)
         )
-    revoked = await conn.scalars(
-        select(grants.c.request_id).where(covered, grants.c.revoked_at.is_(None))
-    )
-    affected.update(revoked)
-    await conn.execute(
-        update(grants)
-        .where(covered, grants.c.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_reason=reason)
-    )
+    affected.update(await revoke_grants(conn, sealer, covered, reason, now))
     return sorted(affected)
 
 
@@ -277,7 +320,7 @@ async def lock_voters(conn: AsyncConnection, request_id: str) -> None:
 
 
 async def revoke_short_of_quorum(
-    conn: AsyncConnection, user_id: str, reason: str, now: datetime
+    conn: AsyncConnection, sealer: RowSealer, user_id: str, reason: str, now: datetime
 ) -> list[str]:
     """Revoke the live grants ``user_id`` approved that no longer have their ``required``
     approvals of active users (call it in the transaction disabling the user); the ids of
@@ -298,12 +341,8 @@ async def revoke_short_of_quorum(
     for request_id in list(await conn.scalars(select(grants.c.request_id).where(live))):
         found = await load(conn, request_id)
         if found is not None and found.approvals < found.required:
-            await conn.execute(
-                update(grants)
-                .where(grants.c.request_id == request_id, grants.c.revoked_at.is_(None))
-                .values(revoked_at=now, revoked_reason=reason)
-            )
-            revoked.append(request_id)
+            covered = grants.c.request_id == request_id
+            revoked.extend(await revoke_grants(conn, sealer, covered, reason, now))
     return sorted(revoked)
 
 

@@ -1,6 +1,6 @@
 """The sealed tables, and adopting the rows written before they were sealed.
 
-Migrations 0015 and 0016 added a nullable ``seal`` column to each table of :data:`SEALED`; Tether
+Migrations 0015 to 0017 added a nullable ``seal`` column to each table of :data:`SEALED`; Tether
 computes it on every write and refuses a row whose seal is missing or wrong
 (:mod:`tether.crypto.seal`). The migration cannot seal the rows already there (it does not
 hold the master key), so those rows are refused until an operator adopts them with
@@ -25,6 +25,8 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tether.approvals.schema import grants
+from tether.approvals.store import grant_seal_columns
 from tether.crypto.seal import RowSealer, SealValue
 from tether.store.agents import join_seal_columns
 from tether.store.identity import agent_seal_columns
@@ -62,6 +64,7 @@ SEALED: tuple[SealedTable, ...] = (
     SealedTable(users, "id", user_columns),
     SealedTable(user_tokens, "id", _of_row(token_seal_columns)),
     SealedTable(agents, "id", _of_row(agent_seal_columns)),  # migration 0016
+    SealedTable(grants, "id", _of_row(grant_seal_columns)),  # migration 0017
 )
 
 

@@ -247,7 +247,11 @@ class UserService:
                 conn, user_id, reason="the user is disabled", revoked_by=by, now=now
             )
             grants = await approvals_store.revoke_short_of_quorum(
-                conn, user_id, f"approver {user_id} was disabled: too few approvals left", now
+                conn,
+                self.sealer,
+                user_id,
+                f"approver {user_id} was disabled: too few approvals left",
+                now,
             )
         return Disabled(await self.get(user_id), revoked, grants)
 
