@@ -73,3 +73,21 @@ async def test_genuine_votes_still_reach_the_quorum(world: World) -> None:
     assert done.status == "approved" and done.approvals == 2 and done.grant is not None
     decision, _ = await world.approvals.decide(INVOICE)
     assert decision.decision == "allow"
+
+
+async def test_disabling_an_approver_revokes_a_grant_whose_request_was_changed(
+    world: World,
+) -> None:
+    fay, carol = await world.user("fay", "finance"), await world.user("carol")
+    pending = await _pending(world)
+    await world.approvals.approve(pending.id, fay, "one")
+    done = await world.approvals.approve(pending.id, carol, "two")
+    assert done.grant is not None
+    async with world.store.engine.begin() as conn:  # a writer lowers the quorum afterwards
+        await conn.execute(
+            update(access_requests).where(access_requests.c.id == pending.id).values(required=1)
+        )
+    disabled = await world.users.disable_user(fay.id, by="admin")
+    assert disabled.grants == [pending.id]  # two approvals were required: revoked
+    decision, _ = await world.approvals.decide(INVOICE)
+    assert decision.decision == "approval_required"
