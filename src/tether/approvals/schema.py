@@ -7,6 +7,8 @@ Security rules the database holds as well as the code:
   cleared when it is decided, and it is UNIQUE: two concurrent identical requests, on one
   node or two, make one row. A CHECK ties it to the status.
 * **Distinct approvers.** A vote's key is (request, user): nobody votes twice.
+* **Sealed** (migrations 0017 and 0018, :mod:`tether.approvals.store`): what a request
+  was made with (everything but its status and times of decision), each vote, each grant.
 * **One grant per request**, bound to agent, task, rule and (for ``scope = 'action'``) the
   action digest, with a hard expiry; revoking sets ``revoked_at``, never deletes. Sealed
   (migration 0017, :mod:`tether.approvals.store`): a grant whose seal does not verify
@@ -61,6 +63,7 @@ access_requests = Table(
     Column("decided_reason", Text, nullable=True),
     Column("revision", Integer, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("seal", Text, nullable=True),  # 0018: the columns written once; null: no vote
     CheckConstraint(
         "status IN ('pending', 'approved', 'denied', 'cancelled', 'expired')", name="status"
     ),
@@ -79,6 +82,7 @@ approval_votes = Table(
     Column("vote", String(8), nullable=False),
     Column("reason", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("seal", Text, nullable=True),  # 0018: tether.crypto.seal; null: does not count
     CheckConstraint("vote IN ('approve', 'deny')", name="vote"),
 )
 

@@ -245,7 +245,7 @@ class ApprovalService:
             await db.expire_stale(conn, key, now)
             new_id = "ar_" + secrets.token_hex(12)
             request_id = await db.insert_pending(
-                conn, self._row(new_id, ask, approval, agent, key, now)
+                conn, self.sealer, self._row(new_id, ask, approval, agent, key, now)
             )
             created = await db.load(conn, request_id)
             assert created is not None
@@ -364,9 +364,9 @@ class ApprovalService:
             async with self.engine.begin() as conn:
                 if not await db.lock_pending(conn, request_id, now):
                     raise Conflict(f"access request {request_id} is not pending")
-                await db.insert_vote(conn, request_id, user.id, vote, reason, now)
+                await db.insert_vote(conn, self.sealer, request_id, user.id, vote, reason, now)
                 await db.lock_voters(conn, request_id)  # a disable waits, or is counted
-                locked = await db.load(conn, request_id)
+                locked = await db.load(conn, request_id, self.sealer)
                 assert locked is not None
                 outcome = self._outcome(locked, vote)
                 if outcome != "vote":

@@ -20,6 +20,13 @@ an allow, so a row planted or changed in the database (an approval nobody gave, 
 pushed back, a revocation cleared) must not count: :func:`held_rules` and
 :func:`live_grant_request` count only grants whose seal verifies (the others are logged as
 an error), and a revocation seals the row again only when its seal verified.
+
+**Requests and votes are sealed too** (migration 0018), when written (neither changes
+afterwards: a request's status and decision times are not sealed). :func:`load` with the
+sealer, as a vote and the quorum checks read a request, refuses a request whose seal does
+not verify (:class:`~tether.approvals.model.Conflict`: its quorum, approvers or reason
+may have been changed) and counts only the votes whose seal verifies (a planted vote would
+otherwise complete a quorum with one genuine approval).
 """
 
 from __future__ import annotations
@@ -46,6 +53,24 @@ _GRANT_SEALED = ("id", "request_id", "agent_id", "task_id", "rule_id", "scope", 
 def grant_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
     """The sealed columns of a ``grants`` row (as written, or as read back)."""
     return {name: row[name] for name in _GRANT_SEALED}
+
+
+REQUESTS = "access_requests"
+VOTES = "approval_votes"
+_REQUEST_SEALED = ("id", "agent_id", "runtime_id", "task_id", "delegation_user",
+                   "delegation_chain", "owner", "target", "kind", "action", "digest",
+                   "rule_id", "scope", "required", "approvers", "allow_self", "valid_for",
+                   "reason", "requested_at", "expires_at")  # fmt: skip
+
+
+def request_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of an ``access_requests`` row: all it was made with."""
+    return {name: row[name] for name in _REQUEST_SEALED}
+
+
+def vote_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of an ``approval_votes`` row."""
+    return {name: row[name] for name in ("request_id", "user_id", "vote")}
 
 
 def _grant_admitted(sealer: RowSealer, row: RowMapping) -> bool:
@@ -82,7 +107,9 @@ async def expire_due(conn: AsyncConnection, now: datetime) -> list[str]:
 PENDING_ATTEMPTS = 3
 
 
-async def insert_pending(conn: AsyncConnection, values: Mapping[str, Any]) -> str:
+async def insert_pending(
+    conn: AsyncConnection, sealer: RowSealer, values: Mapping[str, Any]
+) -> str:
     """Insert a pending request unless one holds its key; the id of the one that does.
 
     The insert and the read of the holder are two statements, and on PostgreSQL (read
@@ -94,6 +121,7 @@ async def insert_pending(conn: AsyncConnection, values: Mapping[str, Any]) -> st
     rather than failing unexplained. SQLite serialises writing transactions, so there the
     first attempt always answers."""
     key = values["pending_key"]
+    values = {**values, "seal": sealer.seal(REQUESTS, request_seal_columns(values))}
     for _attempt in range(PENDING_ATTEMPTS):
         stmt = upsert_insert(conn, access_requests).values(**values)
         await conn.execute(stmt.on_conflict_do_nothing(index_elements=["pending_key"]))
@@ -105,13 +133,27 @@ async def insert_pending(conn: AsyncConnection, values: Mapping[str, Any]) -> st
     raise Conflict("the access request was decided while another was raised for it; ask again")
 
 
-async def load(conn: AsyncConnection, request_id: str) -> AccessRequest | None:
+async def load(
+    conn: AsyncConnection, request_id: str, sealer: RowSealer | None = None
+) -> AccessRequest | None:
+    """The request, its votes and grant. With ``sealer`` (to count votes or decide): a
+    request whose seal does not verify raises :class:`Conflict`, and only the votes whose
+    seal verifies count; without, as stored (to show)."""
     row = (
         (await conn.execute(select(access_requests).where(access_requests.c.id == request_id)))
         .mappings()
         .first()
     )
-    return None if row is None else await _full(conn, row)
+    if row is None:
+        return None
+    if sealer is not None:
+        what = f"access request {request_id!r}"
+        if not sealer.admits(REQUESTS, request_seal_columns(row), row["seal"], what=what):
+            raise Conflict(
+                f"access request {request_id}: its stored row does not verify "
+                "(changed outside Tether, or made before the seals); ask again"
+            )
+    return await _full(conn, row, sealer)
 
 
 async def search(
@@ -159,16 +201,17 @@ async def lock_pending(conn: AsyncConnection, request_id: str, now: datetime) ->
 
 async def insert_vote(
     conn: AsyncConnection,
+    sealer: RowSealer,
     request_id: str,
     user_id: str,
     vote: str,
     reason: str | None,
     now: datetime,
 ) -> None:
+    values = {"request_id": request_id, "user_id": user_id, "vote": vote}
+    seal = sealer.seal(VOTES, vote_seal_columns(values))
     await conn.execute(
-        insert(approval_votes).values(
-            request_id=request_id, user_id=user_id, vote=vote, reason=reason, created_at=now
-        )
+        insert(approval_votes).values(**values, reason=reason, created_at=now, seal=seal)
     )
 
 
@@ -339,14 +382,22 @@ async def revoke_short_of_quorum(
     await conn.execute(update(grants).where(live).values(revoked_at=grants.c.revoked_at))
     revoked: list[str] = []
     for request_id in list(await conn.scalars(select(grants.c.request_id).where(live))):
-        found = await load(conn, request_id)
+        try:
+            found = await load(conn, request_id, sealer)
+        except Conflict:  # a request that does not verify: its grant is revoked too
+            found = None
+            revoked.extend(
+                await revoke_grants(conn, sealer, grants.c.request_id == request_id, reason, now)
+            )
         if found is not None and found.approvals < found.required:
             covered = grants.c.request_id == request_id
             revoked.extend(await revoke_grants(conn, sealer, covered, reason, now))
     return sorted(revoked)
 
 
-async def _full(conn: AsyncConnection, row: RowMapping) -> AccessRequest:
+async def _full(
+    conn: AsyncConnection, row: RowMapping, sealer: RowSealer | None = None
+) -> AccessRequest:
     votes = (
         await conn.execute(
             select(approval_votes, users.c.state)
@@ -372,11 +423,19 @@ async def _full(conn: AsyncConnection, row: RowMapping) -> AccessRequest:
         revision=row["revision"],
         delegation_chain=tuple(row["delegation_chain"] or ()),
         votes=tuple(
-            Vote(v["user_id"], v["vote"], v["reason"], v["created_at"], v["state"] == "active")
+            Vote(v["user_id"], v["vote"], v["reason"], v["created_at"],
+                 v["state"] == "active" and _vote_counts(sealer, v))
             for v in votes
         ),
         grant=None if grant_row is None else _grant(grant_row), updated_at=row["updated_at"],
     )  # fmt: skip
+
+
+def _vote_counts(sealer: RowSealer | None, vote: RowMapping) -> bool:
+    if sealer is None:
+        return True  # shown as stored; counted only through load(..., sealer)
+    what = f"vote of {vote['user_id']!r} on access request {vote['request_id']!r}"
+    return sealer.admits(VOTES, vote_seal_columns(vote), vote["seal"], what=what)
 
 
 def _grant(row: RowMapping) -> Grant:
