@@ -12,10 +12,10 @@ series run for ``--seconds`` each on a fresh database:
 * ``append``: each emitter appends events through the ``AuditLog`` writer (canonical text,
   hash chain, group commit, signed checkpoints every 1,000 events) and waits for the
   acknowledgement, that is for COMMIT. The events, all distinct, are built by
-  ``Auditor.http_exchange`` before the clock starts: this is the trail's append rate.
+  ``Auditor.http_exchange_event`` before the clock starts: this is the trail's append rate.
 * ``emit``: the same, but each emitter also builds its event on the clock, through
-  ``Auditor.http_exchange`` (make the event, redact its headers and strings, check it): what
-  one HTTP exchange costs a front-end in all.
+  ``Auditor.http_exchange_event`` and ``emit`` (make the event, redact its headers and
+  strings, check it): what one HTTP exchange costs a front-end in all.
 * ``baseline``: each emitter inserts the same row, unchained, in a transaction of its own,
   with the same durability (what a naive durable audit log does): on SQLite through one
   ``sqlite3`` connection in one thread (SQLite has one writer anyway), on PostgreSQL
@@ -154,11 +154,11 @@ async def run_emitters(
 
 def exchange(auditor: Auditor, i: int) -> Awaitable[int]:
     """One HTTP exchange audited through the typed API (the event of both series)."""
-    return auditor.http_exchange(
+    return auditor.emit(auditor.http_exchange_event(
         WHO, target="billing-api", method="GET", path=f"/v1/invoices/{i}", status=200,
         request_headers=HEADERS, bytes_in=120, bytes_out=2048, duration_ms=3.5,
         decision="allow", rule="billing-read",
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 class Collected:

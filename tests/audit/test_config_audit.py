@@ -64,8 +64,10 @@ async def test_the_node_auditor_follows_the_section(tmp_path: Path) -> None:
     try:
         who = Subject(agent="bot")
         headers = {"X-Tenant-Key": "k", "Accept": "a"}
-        await auditor.http_exchange(
-            who, target="api", method="GET", path="/", status=200, request_headers=headers
+        await auditor.emit(
+            auditor.http_exchange_event(
+                who, target="api", method="GET", path="/", status=200, request_headers=headers
+            )
         )
         await auditor.mcp_call(who, target="t", tool="x", arguments={"pin": 1234, "password": "p"})
         assert await auditor.log.checkpoint() is None  # event 2 was checkpointed already

@@ -189,10 +189,10 @@ def test_sensitive_headers_never_land_in_events(secret: str, name: str, as_pairs
         if as_pairs:
             headers = [(name, s), ("Accept", "application/json"), (name, s)]
         return emitted(
-            lambda a: a.http_exchange(
+            lambda a: a.emit(a.http_exchange_event(
                 WHO, target="api", method="GET", path="/v1/x", status=200,
                 request_headers=headers, response_headers=headers,
-            ),
+            )),
             redactor,
         )  # fmt: skip
 

@@ -1,11 +1,13 @@
 """The typed audit API every part of Tether emits through.
 
 Front-ends and the API call one semantic method per fact (:class:`Auditor`), never a
-logger: ``session_start``, ``session_end``, ``decision``, ``http_exchange``, ``command``,
-``file_transfer``, ``sql_statement``, ``mcp_call``, ``token_issued``, ``token_refused``,
-``revocation``, ``admin_change``, ``approval``. Each builds one
-:class:`~tether.audit.events.AuditEvent`, redacts it, appends it durably and returns its
-``seq``. Who acted is a :class:`Subject`, built once per session from the credential.
+logger: ``session_start``, ``session_end``, ``decision``, ``command``, ``file_transfer``,
+``sql_statement``, ``mcp_call``, ``token_issued``, ``token_refused``, ``revocation``,
+``admin_change``, ``approval``. Each builds one :class:`~tether.audit.events.AuditEvent`,
+redacts it, appends it durably and returns its ``seq``. An HTTP exchange's event is built
+by ``http_exchange_event`` and appended with ``emit`` (or queued without waiting, after
+the response, with ``AuditLog.submit``). Who acted is a :class:`Subject`, built once per
+session from the credential.
 
 Security decisions:
 
@@ -193,33 +195,6 @@ class Auditor:
 
     # --- actions --------------------------------------------------------------------------
 
-    async def http_exchange(
-        self,
-        who: Subject,
-        *,
-        target: str,
-        method: str,
-        path: str,
-        status: int | None,
-        request_headers: Headers | None = None,
-        response_headers: Headers | None = None,
-        bytes_in: int | None = None,
-        bytes_out: int | None = None,
-        duration_ms: float | None = None,
-        decision: str | None = None,
-        rule: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> int:
-        """One HTTP request forwarded to ``target`` and its response (``status`` None when
-        the upstream never answered). Bodies are not recorded, only their sizes."""
-        event = self.http_exchange_event(
-            who, target=target, method=method, path=path, status=status,
-            request_headers=request_headers, response_headers=response_headers,
-            bytes_in=bytes_in, bytes_out=bytes_out, duration_ms=duration_ms,
-            decision=decision, rule=rule, detail=detail,
-        )  # fmt: skip
-        return (await self.log.append_position(event))[0]
-
     def http_exchange_event(
         self,
         who: Subject,
@@ -237,8 +212,10 @@ class Auditor:
         rule: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
-        """The event :meth:`http_exchange` appends, for a caller that queues it without
-        waiting (:meth:`AuditLog.submit`)."""
+        """One HTTP request forwarded to ``target`` and its response (``status`` None when
+        the upstream never answered), as an event: append it with :meth:`emit`, or queue it
+        without waiting with :meth:`AuditLog.submit`. Bodies are not recorded, only their
+        sizes."""
         action: dict[str, Any] = {"method": method, "path": path, "status": status}
         if request_headers is not None:
             action["request_headers"] = self.redactor.headers(request_headers)

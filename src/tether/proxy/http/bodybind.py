@@ -154,12 +154,12 @@ async def _refuse(
     auditor = broker.services.auditor
     if auditor is not None:
         try:
-            await auditor.http_exchange(
+            await auditor.emit(auditor.http_exchange_event(
                 who, target=route.target, method=scope["method"], path=route.path,
                 status=refused.status, decision=decision.decision, rule=decision.rule,
                 detail={"reason": "bind-body", "error": refused.reason,
                         "request_id": request_id},
-            )  # fmt: skip
+            ))  # fmt: skip
         except AuditUnavailable:
             log.error("audit trail unavailable; a refused bound body went unrecorded")
     if refused.status == 499:

@@ -377,11 +377,11 @@ class HttpBroker:
         if auditor is None:
             return
         try:
-            await auditor.http_exchange(
+            await auditor.emit(auditor.http_exchange_event(
                 who, target=route.target, method=scope["method"], path=route.path,
                 status=status, decision="deny",
                 detail={"reason": reason, "request_id": request_id},
-            )  # fmt: skip
+            ))  # fmt: skip
         except AuditUnavailable:
             log.error("audit trail unavailable; a %s refusal went unrecorded", reason)
 
