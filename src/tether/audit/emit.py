@@ -107,20 +107,9 @@ class Auditor:
             **fields,
         )
 
-    async def _record(
-        self,
-        kind: str,
-        who: Subject,
-        *,
-        action: Mapping[str, Any],
-        detail: Mapping[str, Any] | None = None,
-        target: str | None = None,
-        reason: str | None = None,
-        **fields: Any,
-    ) -> int:
-        event = self._event(kind, who, action=action, detail=detail, target=target,
-                            reason=reason, **fields)  # fmt: skip
-        return (await self.log.append_position(event))[0]
+    async def _record(self, kind: str, who: Subject, **fields: Any) -> int:
+        """:meth:`_event`'s event, appended; its ``seq``."""
+        return (await self.log.append_position(self._event(kind, who, **fields)))[0]
 
     async def _append(self, event: AuditEvent) -> int:
         return (await self.log.append_position(event))[0]
