@@ -23,7 +23,7 @@ from tether.identity.grants import JOIN_TOKEN_PREFIX
 from tether.store import keys as key_store
 from tether.store.agents import join_seal_columns
 from tether.store.identity import digest
-from tether.store.schema import admin_tokens, join_tokens
+from tether.store.schema import admin_tokens, agents, join_tokens
 from tether.store.sealing import adopt
 
 
@@ -178,3 +178,16 @@ async def test_a_join_token_from_before_the_upgrade_joins_once_adopted(api: Api)
     adopted = await adopt(api.stack.engine, api.stack.cipher.sealer)
     assert list(adopted) == ["join_tokens"] and len(adopted["join_tokens"]) == 1
     assert (await _join(api, token)).status_code == 200
+
+
+# --- agents -----------------------------------------------------------------------------------
+
+
+async def test_an_agent_changed_outside_tether_is_not_enabled_through_the_api(api: Api) -> None:
+    await api.agent("bot")
+    assert (await api.http.post("/v1/agents/bot/disable", headers=api.admin)).status_code == 200
+    async with api.stack.engine.begin() as conn:  # the writer gives it labels of their own
+        await conn.execute(update(agents).values(labels={"team": "admins"}))
+    body = problem(await api.http.post("/v1/agents/bot/enable", headers=api.admin), 409)
+    assert "its stored row does not verify" in body["detail"]
+    assert (await api.http.post("/v1/agents/bot/disable", headers=api.admin)).status_code == 200
