@@ -74,7 +74,7 @@ async def new_agent(conn: AsyncConnection, agent_id: str = "ag-1", **kw: Any) ->
 
 async def new_runtime(conn: AsyncConnection, rt_id: str = "rt-1", agent_id: str = "ag-1") -> None:
     await ag.upsert_runtime(
-        conn, id=rt_id, agent_id=agent_id, platform="k8s", attested_by="join-token", now=T0
+        conn, SEALER, id=rt_id, agent_id=agent_id, platform="k8s", attested_by="join-token", now=T0
     )
 
 
@@ -213,11 +213,11 @@ async def test_runtime_upsert_keeps_first_seen_and_its_agent(engine: AsyncEngine
         await new_agent(conn, "ag-1")
         await new_agent(conn, "ag-2")
         await ag.upsert_runtime(
-            conn, id="rt-1", agent_id="ag-1", platform="k8s", attested_by="join-token",
+            conn, SEALER, id="rt-1", agent_id="ag-1", platform="k8s", attested_by="join-token",
             now=T0, labels={"node": "n1"},
         )  # fmt: skip
         return await ag.upsert_runtime(
-            conn, id="rt-1", agent_id="ag-1", platform="k8s", attested_by="kubernetes",
+            conn, SEALER, id="rt-1", agent_id="ag-1", platform="k8s", attested_by="kubernetes",
             now=at(10), labels={"node": "n2"}, address="10.0.0.7",
         )  # fmt: skip
 
@@ -230,10 +230,12 @@ async def test_runtime_upsert_keeps_first_seen_and_its_agent(engine: AsyncEngine
         await run(
             engine,
             lambda c: ag.upsert_runtime(
-                c, id="rt-1", agent_id="ag-2", platform="vm", attested_by="x", now=at(20)
+                c, SEALER, id="rt-1", agent_id="ag-2", platform="vm", attested_by="x", now=at(20)
             ),
         )
     assert await run(engine, lambda c: ag.get_runtime(c, "rt-1")) == again
+    # Each attestation sealed the row it left: it verifies as it stands.
+    assert await run(engine, lambda c: ag.verified_runtime(c, SEALER, "rt-1")) == again
     await run(engine, lambda c: new_runtime(c, "rt-0", "ag-1"))  # seen at T0, before rt-1
     listed = await run(engine, lambda c: ag.list_runtimes(c, "ag-1"))
     assert [r.id for r in listed] == ["rt-1", "rt-0"]

@@ -3,13 +3,15 @@ delegation, certificates, key rotation, revocations at start. SQLite and Postgre
 
 from __future__ import annotations
 
+import datetime as dt
+
 import asyncssh
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from tests.identity_e2e.conftest import (
     OTHER_IDP_ISS,
@@ -27,7 +29,7 @@ from tether.identity.exchange import ExchangeError
 from tether.identity.sshca import describe_certificate
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
-from tether.store.schema import revocations
+from tether.store.schema import revocations, runtimes
 from tether.users.service import UserService
 
 
@@ -208,6 +210,7 @@ async def test_runtime_of_another_agent_is_refused(stack: Stack) -> None:
     async with stack.engine.begin() as conn:
         await agent_store.upsert_runtime(
             conn,
+            stack.service.sealer,
             id="k8s/prod/billing-7f9c",
             agent_id="other",
             platform="kubernetes",
@@ -408,3 +411,19 @@ async def test_exchange_needs_the_token_endpoint_url(stack: Stack) -> None:
 
     with pytest.raises(DPoPInvalid, match="htu"):
         await stack.service.exchange(join_form(text), dpop=proof, url=TOKEN_URL)
+
+
+async def test_a_renewal_bound_pushed_forward_in_the_database_is_refused(
+    stack: Stack, bot: Agent
+) -> None:
+    # The cap counts from the runtime's last attestation: a writer moving it forward in the
+    # database would let the task renew past it. The row's seal no longer verifies.
+    later = stack.clock() + dt.timedelta(days=30)
+    async with stack.engine.begin() as conn:
+        await conn.execute(
+            update(runtimes)
+            .where(runtimes.c.id == bot.claims.runtime.id)
+            .values(last_seen_at=later)
+        )
+    error = await refused(stack, bot, rescope_form(bot.token, "T-1"), ath=bot.token)
+    assert error.description == "the token's runtime is unknown"

@@ -35,7 +35,7 @@ import asyncssh
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwt.algorithms import OKPAlgorithm
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tether.api.state import PolicyHolder
 from tether.audit.config import AuditConfig
@@ -57,6 +57,8 @@ from tether.proxy.ssh.config import SshConfig
 from tether.proxy.ssh.server import SshBroker
 from tether.store import Store
 from tether.store import agents as agent_store
+from tether.store.schema import credentials
+from tether.store.sealing import adopt
 from tether.vault.secrets import SecretStore
 from tether.vault.target_specs import parse_spec
 from tether.vault.targets import TargetStore
@@ -320,6 +322,13 @@ class Stack:
         self, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None
     ) -> None:
         await self.targets.add(name, "ssh", parse_spec("ssh", spec), labels or {})
+
+    async def old_records(self, where: Any, **values: Any) -> None:
+        """Rewrite the credential records matching ``where`` as an earlier Tether recorded
+        them (``values``), then seal them as ``tether store seal`` adopts such rows."""
+        async with self.store.engine.begin() as conn:
+            await conn.execute(update(credentials).where(where).values(**values, seal=None))
+        await adopt(self.store.engine, self.identity.sealer)
 
     async def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         table = audit_events

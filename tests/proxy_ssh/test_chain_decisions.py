@@ -12,8 +12,6 @@ being allowed the command at all, did not stop it.
 
 from __future__ import annotations
 
-from sqlalchemy import update
-
 from tests.proxy_ssh.conftest import Env
 from tests.proxy_ssh.harness import policy, received
 from tether.store import credentials as cred_store
@@ -88,12 +86,8 @@ async def test_a_record_without_act_groups_gives_alice_no_groups(env: Env) -> No
     chained = await stack.agent(
         on_behalf_of=("carol", ["finance"]), through=[("alice", ["finance"])]
     )
-    async with stack.store.engine.begin() as conn:
-        await conn.execute(
-            update(credentials)
-            .where(credentials.c.kind == "ssh_certificate", credentials.c.subject == "carol")
-            .values(act_groups=None)
-        )
+    carols = (credentials.c.kind == "ssh_certificate") & (credentials.c.subject == "carol")
+    await stack.old_records(carols, act_groups=None)
     status, _, err = await chained.ssh("root@web-1", "echo hi")
     assert status == 1, err
     assert b"delegation-denied: user 'alice' is not allowed this action (default-deny)" in err

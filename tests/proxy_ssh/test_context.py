@@ -14,7 +14,6 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import update
 
 from tests.proxy_ssh.conftest import RULES, Env
 from tests.proxy_ssh.harness import Stack, build_stack, policy, received
@@ -107,22 +106,15 @@ async def test_a_delegated_certificate_gets_the_intersection(env: Env) -> None:
 
 async def test_a_certificate_recorded_without_its_context_is_refused(env: Env) -> None:
     agent = await env.stack.agent()
-    async with env.stack.store.engine.begin() as conn:  # as recorded before migration 0008
-        await conn.execute(
-            update(credentials)
-            .where(credentials.c.kind == "ssh_certificate")
-            .values(task_purpose=None, token_jti=None)
-        )
+    certificates = credentials.c.kind == "ssh_certificate"
+    # As recorded before migration 0008.
+    await env.stack.old_records(certificates, task_purpose=None, token_jti=None)
     status, _, err = await agent.ssh("root@web-1", "echo hi")
     assert status == 255, err
     refused = await env.stack.events("token.refused")
     assert refused and "predates" in refused[-1]["reason"]
-    async with env.stack.store.engine.begin() as conn:  # a record of another token's
-        await conn.execute(
-            update(credentials)
-            .where(credentials.c.kind == "ssh_certificate")
-            .values(task_purpose="deploy", token_jti="another-token")
-        )
+    # A record of another token's.
+    await env.stack.old_records(certificates, task_purpose="deploy", token_jti="another-token")
     status, _, err = await agent.ssh("root@web-1", "echo hi")
     assert status == 255, err
     refused = await env.stack.events("token.refused")

@@ -144,7 +144,7 @@ async def _join(
         _refuse_revoked(service, record.agent_id, request.task_id, runtime_id)  # rolls back
         labels = {**record.runtime_labels, "platform": "join-token"}
         await agent_store.upsert_runtime(
-            conn, id=runtime_id, agent_id=record.agent_id, platform="join-token",
+            conn, service.sealer, id=runtime_id, agent_id=record.agent_id, platform="join-token",
             attested_by="join-token", now=now, labels=labels, address=address,
         )  # fmt: skip
     return record.agent_id, Runtime(runtime_id, labels)
@@ -174,7 +174,7 @@ async def _attest(
             raise ex.ExchangeError("invalid_grant", "the agent is not active")
         try:
             await agent_store.upsert_runtime(
-                conn, id=workload.runtime_id, agent_id=agent_id,
+                conn, service.sealer, id=workload.runtime_id, agent_id=agent_id,
                 platform=labels.get("platform", "workload"),
                 attested_by=workload.issuer_name, now=service.clock(), labels=labels,
                 address=address,
@@ -189,8 +189,8 @@ async def _attest(
 async def _session_end(service: IdentityService, held: Claims) -> int:
     """When renewals of ``held``'s task must stop: last attestation + the session cap."""
     async with service.engine.connect() as conn:
-        runtime = await agent_store.get_runtime(conn, held.runtime.id)
-    if runtime is None:
+        runtime = await agent_store.verified_runtime(conn, service.sealer, held.runtime.id)
+    if runtime is None:  # or its row does not verify (logged)
         raise ex.ExchangeError("invalid_grant", "the token's runtime is unknown")
     attested = int(runtime.last_seen_at.timestamp())
     return attested + service.settings.max_session_lifetime

@@ -24,6 +24,10 @@ Security decisions:
   verified: a row changed outside Tether stays refused, never blessed. ``last_seen_at``,
   ``purpose`` and the times are not sealed (nothing is granted on them); :func:`get_agent`
   reads a row unverified, for display.
+* **Runtime rows are sealed** (migration 0019): everything an attestation writes (agent,
+  platform, labels, attester, last attestation, address). An SSH session's runtime labels
+  and a renewal's bound come from this row: :func:`verified_runtime` answers None for a
+  row that does not verify (refused like an unknown runtime).
 * **A runtime never changes hands**: re-attesting a runtime id under another agent is
   refused (:class:`RuntimeOfAnotherAgent`) rather than rewriting whose runtime it is.
 """
@@ -96,6 +100,15 @@ class JoinToken:
     expires_at: datetime
     used_at: datetime | None
     used_by_runtime: str | None
+
+
+RUNTIMES = "runtimes"
+
+
+def runtime_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of a ``runtimes`` row: what each attestation writes."""
+    names = ("id", "agent_id", "platform", "labels", "attested_by", "last_seen_at", "address")
+    return {name: row[name] for name in names}
 
 
 class AgentUnverified(StoreError):
@@ -300,6 +313,7 @@ async def offboard_agent(
 
 async def upsert_runtime(
     conn: AsyncConnection,
+    sealer: RowSealer,
     *,
     id: str,
     agent_id: str,
@@ -324,6 +338,8 @@ async def upsert_runtime(
         "last_seen_at": now,
         "address": address,
     }
+    # Everything an attestation writes is sealed (not first_seen_at, which it keeps).
+    values["seal"] = sealer.seal(RUNTIMES, runtime_seal_columns(values))
     stmt = upsert_insert(conn, runtimes).values(values)
     new = stmt.excluded
     stmt = stmt.on_conflict_do_update(
@@ -334,6 +350,7 @@ async def upsert_runtime(
             "attested_by": new.attested_by,
             "last_seen_at": new.last_seen_at,
             "address": new.address,
+            "seal": new.seal,
         },
         where=runtimes.c.agent_id == new.agent_id,
     )
@@ -344,9 +361,26 @@ async def upsert_runtime(
 
 
 async def get_runtime(conn: AsyncConnection, runtime_id: str) -> Runtime | None:
+    """The runtime as stored, its seal not checked: for display (use
+    :func:`verified_runtime` for anything that grants or bounds)."""
     query = select(runtimes).where(runtimes.c.id == runtime_id)
     row = (await conn.execute(query)).mappings().first()
     return None if row is None else _runtime(row)
+
+
+async def verified_runtime(
+    conn: AsyncConnection, sealer: RowSealer, runtime_id: str
+) -> Runtime | None:
+    """The runtime, or None when there is none or its row's seal does not verify (an error
+    is logged): its labels and last attestation are then nobody's to trust."""
+    query = select(runtimes).where(runtimes.c.id == runtime_id)
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        return None
+    what = f"runtime {runtime_id!r} (agent {row['agent_id']!r})"
+    if not sealer.admits(RUNTIMES, runtime_seal_columns(row), row["seal"], what=what):
+        return None
+    return _runtime(row)
 
 
 async def list_runtimes(conn: AsyncConnection, agent_id: str) -> list[Runtime]:

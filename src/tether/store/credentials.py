@@ -27,7 +27,7 @@ Security decisions:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -35,7 +35,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, RowMapping, Text, cast, delete, exists, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.crypto.seal import RowSealer
+from tether.crypto.seal import RowSealer, SealValue
 from tether.store.identity import UserDisabled, insert_if_agent_active, upsert_insert
 from tether.store.schema import credentials, revocations
 from tether.users.schema import users
@@ -102,6 +102,25 @@ class RevocationBatch:
 
 # --- credentials -------------------------------------------------------------------------------
 
+CREDENTIALS = "credentials"
+# Every column of a record (it never changes once written: revocations are rows of their own).
+_CREDENTIAL_SEALED = (
+    "jti", "kind", "agent_id", "runtime_id", "task_id", "subject", "actor_chain", "scope",
+    "issued_at", "expires_at", "serial", "key_thumbprint", "task_purpose", "user_groups",
+    "token_jti", "derived_from", "family", "act_groups",
+)  # fmt: skip
+
+
+def credential_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of a ``credentials`` row (as written, or as read back)."""
+    return {name: row[name] for name in _CREDENTIAL_SEALED}
+
+
+def credential_admitted(sealer: RowSealer, row: Mapping[str, Any] | RowMapping) -> bool:
+    """Whether a ``credentials`` row's seal verifies (an error is logged when not)."""
+    what = f"credential record {row['jti']!r} ({row['kind']}, agent {row['agent_id']!r})"
+    return sealer.admits(CREDENTIALS, credential_seal_columns(row), row["seal"], what=what)
+
 
 async def insert_credential(
     conn: AsyncConnection, sealer: RowSealer, credential: Credential
@@ -130,6 +149,7 @@ async def insert_credential(
         if credential.act_groups is None
         else [{"sub": sub, "groups": list(groups)} for sub, groups in credential.act_groups],
     }
+    values["seal"] = sealer.seal(CREDENTIALS, credential_seal_columns(values))
     if not credential.actor_chain:
         await insert_if_agent_active(conn, sealer, credentials, values)
         return

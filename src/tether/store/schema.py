@@ -112,6 +112,7 @@ runtimes = Table(
     Column("first_seen_at", UTCDateTime, nullable=False),
     Column("last_seen_at", UTCDateTime, nullable=False),
     Column("address", Text, nullable=True),
+    Column("seal", Text, nullable=True),  # 0019: tether.crypto.seal; null: refused
     # The target of credentials' composite key: a credential's runtime is one of its agent's.
     UniqueConstraint("id", "agent_id", name="uq_runtimes_id_agent_id"),
     Index("ix_runtimes_agent_id", "agent_id"),
@@ -155,6 +156,7 @@ credentials = Table(
     Column("derived_from", NullableJSON, nullable=True),  # 0010: jtis of the tokens it came from
     Column("family", Text, nullable=True),  # 0012: its renewal family (null: recorded before)
     Column("act_groups", NullableJSON, nullable=True),  # 0013: a chain's earlier users' groups
+    Column("seal", Text, nullable=True),  # 0019: tether.crypto.seal; null: refused
     CheckConstraint("kind IN ('access_token', 'ssh_certificate', 'x509_certificate')", name="kind"),
     CheckConstraint("expires_at > issued_at", name="lifetime"),
     ForeignKeyConstraint(

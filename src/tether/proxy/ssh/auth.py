@@ -13,8 +13,10 @@ these holds, in this order, each failure refusing the login:
    than ignored);
 3. the requested remote login, or the whole ``<login>@<target>``, is one of its principals;
 4. its key id parses, and the store holds the record of this very certificate (kind
-   ``ssh_certificate``, same serial, agent, task, key fingerprint and issuing token): a
-   certificate Tether did not record is refused even if the signature verifies;
+   ``ssh_certificate``, same serial, agent, task, key fingerprint and issuing token), its
+   seal verifying (migration 0019: a record changed or planted in the database, a scope
+   widened, another user's groups, is refused and logged): a certificate Tether did not
+   record is refused even if the signature verifies;
 5. the record holds the issuing token's context (task purpose, issuing token, and the user's
    groups when delegated; recorded since migration 0008): without it the policy request could
    not be built as for the token, so the login is refused (fail closed);
@@ -25,7 +27,8 @@ The session's claims are rebuilt from the record: subject (the user of a delegat
 else the agent), agent, actor chain, the user's groups (and for a delegation chain the
 earlier users' groups, ``act_groups``, migration 0013: a record without them gives those
 users no groups, so they are allowed less, never more), task id and purpose, scope, and the
-runtime with its labels from the store; their jti is the issuing token's. The policy request
+runtime with its labels from the store (its row's seal verified); their jti is the issuing
+token's. The policy request
 of an SSH session is therefore the one the token would get over HTTP
 (:func:`tether.proxy.core.policy_request`): ``task.purpose`` is there, and a delegated
 session carries ``delegation`` (user and groups), so the engine grants it only what both the
@@ -33,7 +36,8 @@ agent and the user may do (every user of a chain: :mod:`tether.policychain`). Re
 issuing token ends the session.
 
 With ``ssh.allow_plain_keys``, a bare key is accepted when a live certificate record names its
-fingerprint (the newest one): the session runs under that certificate's claims, issuing token
+fingerprint (the newest one whose seal verifies: a record planted with a key of the
+writer's own opens nothing): the session runs under that certificate's claims, issuing token
 included, so revoking that token, the agent, task, runtime or the certificate ends it too.
 """
 
@@ -63,11 +67,13 @@ from tether.identity.service import IdentityService
 from tether.identity.sshca import describe_certificate
 from tether.proxy.ssh.login import Login
 from tether.store import agents as agent_store
-from tether.store.credentials import Credential, _credential
+from tether.store.credentials import Credential, _credential, credential_admitted
 from tether.store.schema import credentials
 
 _KEY_ID: Final = re.compile(r"agent=(\S+) task=(\S+) jti=(\S+)")
 _CERT_KIND: Final = "ssh_certificate"
+# Live records naming one bare key read at most (each is a certificate issued for it).
+_PLAIN_KEY_RECORDS: Final = 20
 
 
 class AuthRefused(Exception):
@@ -163,7 +169,7 @@ async def certificate_identity(
             .mappings()
             .first()
         )
-    if row is None:
+    if row is None or not credential_admitted(identity.sealer, row):  # not: logged
         raise AuthRefused("Tether has no record of this certificate")
     record = _credential(row)
     if (record.agent_id, record.task_id, record.key_thumbprint) != (
@@ -180,22 +186,21 @@ async def plain_key_identity(identity: IdentityService, key: asyncssh.SSHKey) ->
     """The identity of a bare key Tether certified, through its newest live record."""
     now = identity.clock()
     async with identity.engine.connect() as conn:
-        row = (
-            (
-                await conn.execute(
-                    select(credentials)
-                    .where(
-                        credentials.c.kind == _CERT_KIND,
-                        credentials.c.key_thumbprint == key.get_fingerprint("sha256"),
-                        credentials.c.expires_at > now,
-                    )
-                    .order_by(credentials.c.expires_at.desc())
-                    .limit(1)
+        rows = (
+            await conn.execute(
+                select(credentials)
+                .where(
+                    credentials.c.kind == _CERT_KIND,
+                    credentials.c.key_thumbprint == key.get_fingerprint("sha256"),
+                    credentials.c.expires_at > now,
                 )
+                .order_by(credentials.c.expires_at.desc())
+                .limit(_PLAIN_KEY_RECORDS)
             )
-            .mappings()
-            .first()
-        )
+        ).mappings()
+        # The newest record Tether wrote: one planted in the database (logged) is skipped,
+        # so it can neither open a session nor hide the genuine one.
+        row = next((r for r in rows if credential_admitted(identity.sealer, r)), None)
     if row is None:
         raise AuthRefused("no live certificate of Tether's names this key")
     record = _credential(row)
@@ -217,8 +222,8 @@ async def _identity_of(
     act_groups = tuple(Delegator(sub, groups) for sub, groups in record.act_groups or ())
     if act_groups and not act_groups_match(act, act_groups):
         raise AuthRefused("the certificate's delegation chain is not recorded consistently")
-    async with identity.engine.connect() as conn:
-        runtime = await agent_store.get_runtime(conn, record.runtime_id)
+    async with identity.engine.connect() as conn:  # None too when its row does not verify
+        runtime = await agent_store.verified_runtime(conn, identity.sealer, record.runtime_id)
     if runtime is None or runtime.agent_id != record.agent_id:
         raise AuthRefused("the certificate's runtime is unknown")
     claims = Claims(
