@@ -377,3 +377,15 @@ async def build_stack(directory: Path, rules: str, **config: Any) -> Stack:
     broker = SshBroker(services, ssh_config, directory / "data")
     await broker.start()
     return Stack(directory, store, identity, auditor, holder, vault, targets, services, broker)
+
+
+async def plain_key_stack(directory: Path, beside: Stack, rules: str) -> Stack:
+    """Another broker, with ``ssh.allow_plain_keys``, to the target ``web-1`` of ``beside``
+    (and the target CA its sshd trusts); the caller closes it."""
+    stack = await build_stack(directory, rules, allow_plain_keys=True)
+    spec = await beside.targets.get("web-1")
+    assert spec is not None
+    await stack.add_target("web-1", spec.spec.model_dump(mode="json"), {"env": "test"})
+    ca_key = await beside.secrets.get("tether/ssh-target-ca")
+    await stack.secrets.put("tether/ssh-target-ca", ca_key)
+    return stack

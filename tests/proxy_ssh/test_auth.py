@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncssh
 
 from tests.proxy_ssh.conftest import RULES, Env
-from tests.proxy_ssh.harness import Agent, build_stack, live_session, received
+from tests.proxy_ssh.harness import Agent, live_session, plain_key_stack, received
 from tether.identity.sshca import CaPurpose, SshUserCA
 
 
@@ -110,13 +110,8 @@ async def test_plain_keys_and_passwords_are_refused(env: Env) -> None:
 
 
 async def test_plain_key_of_a_live_certificate_when_configured(tmp_path: Path, env: Env) -> None:
-    stack = await build_stack(tmp_path / "plain", RULES, allow_plain_keys=True)
+    stack = await plain_key_stack(tmp_path / "plain", env.stack, RULES)
     try:
-        spec = await env.stack.targets.get("web-1")
-        assert spec is not None
-        await stack.add_target("web-1", spec.spec.model_dump(mode="json"), {"env": "test"})
-        ca_key = await env.stack.secrets.get("tether/ssh-target-ca")  # the CA sshd trusts
-        await stack.secrets.put("tether/ssh-target-ca", ca_key)
         agent = await stack.agent()
         agent.cert_path = Path("/dev/null")
         status, out, err = await agent.ssh("root@web-1", "echo plain")

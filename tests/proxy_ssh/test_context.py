@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.proxy_ssh.conftest import RULES, Env
-from tests.proxy_ssh.harness import Stack, build_stack, policy, received
+from tests.proxy_ssh.harness import Stack, plain_key_stack, policy, received
 from tether.identity.claims import Claims, Confirmation, Runtime, Task
 from tether.proxy.core import actor_chain
 from tether.proxy.ssh.auth import _actor
@@ -133,14 +133,8 @@ def test_an_actor_chain_is_rebuilt_as_recorded(chain: list[str]) -> None:
 
 
 async def test_revoking_the_issuing_token_ends_plain_key_sessions(tmp_path: Path, env: Env) -> None:
-    stack = await build_stack(tmp_path / "plain", RULES, allow_plain_keys=True)
+    stack = await plain_key_stack(tmp_path / "plain", env.stack, RULES)
     try:
-        spec = await env.stack.targets.get("web-1")
-        assert spec is not None
-        await stack.add_target("web-1", spec.spec.model_dump(mode="json"), {"env": "test"})
-        await stack.secrets.put(
-            "tether/ssh-target-ca", await env.stack.secrets.get("tether/ssh-target-ca")
-        )
         agent = await stack.agent()
         agent.cert_path = Path("/dev/null")  # the bare key only
         argv = ["ssh", "-p", str(stack.broker.port), *agent.ssh_args(), "root@web-1@127.0.0.1"]

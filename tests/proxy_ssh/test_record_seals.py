@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from tests.proxy_ssh.conftest import RULES, Env
-from tests.proxy_ssh.harness import Agent, build_stack, received
+from tests.proxy_ssh.harness import Agent, plain_key_stack, received
 from tests.proxy_ssh.test_auth import assert_refused, refusal_reasons
 from tether.store.schema import credentials, runtimes
 
@@ -53,14 +53,8 @@ async def test_a_runtime_given_other_labels_is_refused(env: Env) -> None:
 
 
 async def test_a_record_planted_for_a_bare_key_opens_nothing(tmp_path: Path, env: Env) -> None:
-    stack = await build_stack(tmp_path / "plain", RULES, allow_plain_keys=True)
+    stack = await plain_key_stack(tmp_path / "plain", env.stack, RULES)
     try:
-        spec = await env.stack.targets.get("web-1")
-        assert spec is not None
-        await stack.add_target("web-1", spec.spec.model_dump(mode="json"), {"env": "test"})
-        await stack.secrets.put(
-            "tether/ssh-target-ca", await env.stack.secrets.get("tether/ssh-target-ca")
-        )
         agent = await stack.agent()
         agent.cert_path = Path("/dev/null")
         async with stack.store.engine.begin() as conn:
