@@ -2,7 +2,7 @@
 behind Tether's back (migration 0019; docs/vault.md, "Tampering with the database"): a
 certificate record whose scope was widened, a runtime given other labels, a record planted
 for a bare key of the writer's own. Each login is refused (audited) and nothing reaches the
-target; a planted record does not hide the genuine one."""
+target; a newer planted record does not hide the genuine one."""
 
 from __future__ import annotations
 

@@ -36,9 +36,10 @@ agent and the user may do (every user of a chain: :mod:`tether.policychain`). Re
 issuing token ends the session.
 
 With ``ssh.allow_plain_keys``, a bare key is accepted when a live certificate record names its
-fingerprint (the newest one whose seal verifies: a record planted with a key of the
-writer's own opens nothing): the session runs under that certificate's claims, issuing token
-included, so revoking that token, the agent, task, runtime or the certificate ends it too.
+fingerprint (the newest one whose seal verifies, among the newest 20 live ones: a record
+planted with a key of the writer's own opens nothing): the session runs under that
+certificate's claims, issuing token included, so revoking that token, the agent, task,
+runtime or the certificate ends it too.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ async def plain_key_identity(identity: IdentityService, key: asyncssh.SSHKey) ->
             )
         ).mappings()
         # The newest record Tether wrote: one planted in the database (logged) is skipped,
-        # so it can neither open a session nor hide the genuine one.
+        # so it opens no session; only more than _PLAIN_KEY_RECORDS newer planted ones
+        # could hide the genuine record, and the login is then refused.
         row = next((r for r in rows if credential_admitted(identity.sealer, r)), None)
     if row is None:
         raise AuthRefused("no live certificate of Tether's names this key")
