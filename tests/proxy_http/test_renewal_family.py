@@ -46,7 +46,9 @@ def _revoke(node: Harness, jti: str) -> str:
         )
     )
     environ = {"TETHER_ADMIN_TOKEN": admin, "TETHER_SERVER": node.url}
-    done = CliRunner().invoke(app, ["revoke", "token", jti, "-r", "stolen"], env=environ)
+    # After "--": a jti may begin with "-" (random base64url: 1 in 64), as -YsZd... did once.
+    argv = ["revoke", "token", "-r", "stolen", "--", jti]
+    done = CliRunner().invoke(app, argv, env=environ)
     assert done.exit_code == 0, done.output
     return done.stdout
 
