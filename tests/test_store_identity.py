@@ -59,6 +59,12 @@ async def run(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[A
         return await work(conn)
 
 
+async def exec_sql(engine: AsyncEngine, sql: str, **params: Any) -> None:
+    """Change rows behind Tether's back, as a database writer would."""
+    async with engine.begin() as conn:
+        await conn.execute(text(sql), params)
+
+
 async def refused(engine: AsyncEngine, sql: str, **params: Any) -> None:
     """``sql`` is rejected by a constraint of the database itself."""
     with pytest.raises(IntegrityError):
@@ -574,26 +580,66 @@ def key(kid: str, purpose: Any = "access-token", **kw: Any) -> ks.StoredKey:
 
 
 async def test_signing_keys_one_active_per_purpose_and_rotation(engine: AsyncEngine) -> None:
-    await run(engine, lambda c: ks.insert_signing_key(c, key("k1")))
-    await run(engine, lambda c: ks.insert_signing_key(c, key("s1", "ssh-user-ca")))
+    await run(engine, lambda c: ks.insert_signing_key(c, SEALER, key("k1")))
+    await run(engine, lambda c: ks.insert_signing_key(c, SEALER, key("s1", "ssh-user-ca")))
     with pytest.raises(IntegrityError):
-        await run(engine, lambda c: ks.insert_signing_key(c, key("k2")))
+        await run(engine, lambda c: ks.insert_signing_key(c, SEALER, key("k2")))
     demoted = await run(
-        engine, lambda c: ks.rotate_signing_key(c, key("k2", active_from=at(1)), at(30))
+        engine, lambda c: ks.rotate_signing_key(c, SEALER, key("k2", active_from=at(1)), at(30))
     )
     assert demoted == ["k1"]
     async with engine.connect() as conn:
         listed = await ks.list_signing_keys(conn, "access-token")
         active = await ks.list_signing_keys(conn, "access-token", states=["active"])
+        sealed = await ks.sealed_signing_keys(conn, SEALER, "access-token")
     assert [(k.kid, k.state, k.retire_after) for k in listed] == [
         ("k2", "active", None), ("k1", "previous", at(30))
     ]  # fmt: skip
+    assert sealed == ks.SigningKeys(listed, [])  # the demotion sealed the row again
     assert active == [key("k2", active_from=at(1))]
     assert listed[0].private_encrypted == b"\x01k2"
     assert "private_encrypted" not in repr(listed[0])
-    retired = await run(engine, lambda c: ks.set_signing_key_state(c, "k1", "retired"))
+    retired = await run(engine, lambda c: ks.set_signing_key_state(c, SEALER, "k1", "retired"))
     assert retired.state == "retired"
-    assert await run(engine, lambda c: ks.set_signing_key_state(c, "k1", "active")) is None
+    assert await run(engine, lambda c: ks.set_signing_key_state(c, SEALER, "k1", "active")) is None
+    async with engine.connect() as conn:
+        sealed = await ks.sealed_signing_keys(conn, SEALER, "access-token", ["retired"])
+    assert [k.kid for k in sealed.admitted] == ["k1"]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("retire_after", at(3600)), ("state", "active"), ("seal", None), ("seal", "x" * 43)],
+)
+async def test_signing_key_rows_changed_outside_tether_are_refused(
+    engine: AsyncEngine, column: str, value: Any
+) -> None:
+    """Migration 0020: a previous key's state or window changed in the database (or its seal
+    removed, or made up) no longer counts; rotating away from it retires it, not seals it."""
+    await run(engine, lambda c: ks.insert_signing_key(c, SEALER, key("k1")))
+    await run(
+        engine, lambda c: ks.rotate_signing_key(c, SEALER, key("k2", active_from=at(1)), at(30))
+    )
+    if column == "state":  # the genuine active key moved aside to make room
+        await exec_sql(engine, "UPDATE signing_keys SET state = 'previous' WHERE kid = 'k2'")
+    await exec_sql(engine, f"UPDATE signing_keys SET {column} = :v WHERE kid = 'k1'", v=value)
+    async with engine.connect() as conn:
+        sealed = await ks.sealed_signing_keys(conn, SEALER, "access-token")
+    assert "k1" in [k.kid for k in sealed.refused]
+    assert "k1" not in [k.kid for k in sealed.admitted]
+    if column == "state":
+        return
+    other = RowSealer(MasterKey(bytes(range(1, 33)), "test"))  # another node's master key
+    async with engine.connect() as conn:
+        assert (await ks.sealed_signing_keys(conn, other, "access-token")).admitted == []
+    await run(
+        engine, lambda c: ks.rotate_signing_key(c, SEALER, key("k3", active_from=at(2)), at(40))
+    )
+    await run(engine, lambda c: ks.set_signing_key_state(c, SEALER, "k1", "previous", at(99)))
+    async with engine.connect() as conn:
+        sealed = await ks.sealed_signing_keys(conn, SEALER, "access-token")
+    assert [k.kid for k in sealed.admitted] == ["k3", "k2"]  # k2 demoted and sealed again
+    assert [(k.kid, k.retire_after) for k in sealed.refused] == [("k1", at(99))]
 
 
 @pytest.mark.parametrize(
@@ -606,7 +652,7 @@ async def test_plaintext_private_keys_are_refused(engine: AsyncEngine, plaintext
         created_at=T0, active_from=T0,
     )  # fmt: skip
     with pytest.raises(ValueError, match="not encrypted"):
-        await run(engine, lambda c: ks.insert_signing_key(c, leaked))
+        await run(engine, lambda c: ks.insert_signing_key(c, SEALER, leaked))
     assert await run(engine, lambda c: ks.list_signing_keys(c, "x509-ca")) == []
 
 

@@ -37,7 +37,7 @@ from tether.config import Settings, split_listen
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.masterkey import MasterKeyError, load_master_key
 from tether.identity.admintokens import first_admin_token
-from tether.identity.keystore import load_or_create
+from tether.identity.keystore import KeysUnverified, load_or_create
 from tether.identity.service import IdentityService
 from tether.identity.workload import TrustedIssuers
 from tether.policywatch import LoadRefused, PolicyReloader, load_initial
@@ -280,7 +280,7 @@ async def open_identity(
             store.engine, cipher, clock=clock, trust_domain=identity_settings.trust_domain,
             overlap=float(identity_settings.max_token_lifetime),
         )  # fmt: skip
-    except (MasterKeyError, DecryptionError) as error:
+    except (MasterKeyError, DecryptionError, KeysUnverified) as error:
         raise StartupError(f"signing keys unusable: {error}") from None
     if keys.x509_ca.trust_domain != identity_settings.trust_domain:
         raise StartupError(

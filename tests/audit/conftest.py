@@ -65,7 +65,7 @@ async def store_signing_key(
         state=state,  # type: ignore[arg-type]
     )
     async with engine.begin() as conn:
-        await stored_keys.insert_signing_key(conn, row)
+        await stored_keys.insert_signing_key(conn, cipher.sealer, row)
 
 
 def sample(i: int, **fields: Any) -> AuditEvent:

@@ -10,6 +10,12 @@ previous keys still inside their overlap window) and the CAs agents get certific
 target-facing SSH CA is not one of them: it lives in the vault (:mod:`tether.vault.ssh_certs`).
 :func:`rotate_access_key` adds a new active key; the old one keeps verifying for the
 overlap (the longest token lifetime), then is retired.
+
+Every key row is sealed (:mod:`tether.crypto.seal`, migration 0020). A previous key whose
+row does not verify is left out of the ring (what it signed is refused); an active one
+stops the node from starting (:class:`KeysUnverified`): it neither signs with a key whose
+row it cannot trust nor replaces it on its own, which would cut every agent off on a
+database that was merely upgraded without ``tether store seal``.
 """
 
 from __future__ import annotations
@@ -82,10 +88,36 @@ def _signing_key(cipher: EnvelopeCipher, row: stored.StoredKey) -> SigningKey:
     return SigningKey.from_private_key(private, _ts(row.created_at))
 
 
+class KeysUnverified(Exception):
+    """The active key of a purpose is in the store but its row's seal does not verify:
+    the node refuses to start rather than sign with, or replace, a key it cannot trust."""
+
+
+async def _admitted(
+    conn: AsyncConnection,
+    cipher: EnvelopeCipher,
+    purpose: stored.KeyPurpose,
+    states: tuple[stored.KeyState, ...],
+) -> list[stored.StoredKey]:
+    """The keys of ``purpose`` in ``states`` whose seal verifies; ``KeysUnverified`` when
+    there is no verified active key but an active row that does not verify."""
+    keys = await stored.sealed_signing_keys(conn, cipher.sealer, purpose, states)
+    active = any(key.state == "active" for key in keys.admitted)
+    refused = [key for key in keys.refused if key.state == "active"]
+    if refused and not active:
+        _open(cipher, refused[0])  # another master key than the database's: say that instead
+        raise KeysUnverified(
+            f"the active {purpose} key {refused[0].kid!r} does not verify: its row was written "
+            "before migration 0020 (adopt it with `tether store seal`) or changed outside "
+            "Tether (docs/vault.md, Tampering with the database)"
+        )
+    return keys.admitted
+
+
 async def _load_ring(
     conn: AsyncConnection, cipher: EnvelopeCipher, now: datetime, overlap: float
 ) -> KeyRing | None:
-    rows = await stored.list_signing_keys(conn, _PURPOSE, ("active", "previous"))
+    rows = await _admitted(conn, cipher, _PURPOSE, ("active", "previous"))
     active = [r for r in rows if r.state == "active"]
     if not active:
         return None
@@ -105,7 +137,7 @@ async def _load_ca(
     make: Callable[[], tuple[str, str, bytes, str]],
 ) -> tuple[bytes, str]:
     """(private bytes, public) of the CA of ``purpose``, created by ``make`` if missing."""
-    rows = await stored.list_signing_keys(conn, purpose, _ACTIVE)
+    rows = await _admitted(conn, cipher, purpose, _ACTIVE)
     if rows:
         return _open(cipher, rows[0]), rows[0].public
     kid, public, private, algorithm = make()
@@ -118,7 +150,7 @@ async def _load_ca(
         created_at=now,
         active_from=now,
     )
-    await stored.insert_signing_key(conn, row)
+    await stored.insert_signing_key(conn, cipher.sealer, row)
     return private, public
 
 
@@ -136,7 +168,7 @@ async def load_or_create(
         ring = await _load_ring(conn, cipher, now, overlap)
         if ring is None:
             ring = KeyRing.generate(_ts(now), overlap=overlap)
-            await stored.insert_signing_key(conn, _row(cipher, ring.active, now))
+            await stored.insert_signing_key(conn, cipher.sealer, _row(cipher, ring.active, now))
         ssh_user = await _load_ssh_ca(conn, cipher, clock)
         x509 = await _load_x509_ca(conn, cipher, clock, trust_domain)
     return TetherKeys(ring, ssh_user, x509)
@@ -180,6 +212,6 @@ async def rotate_access_key(
     key = ring.rotate(_ts(now))
     async with engine.begin() as conn:
         await stored.rotate_signing_key(
-            conn, _row(cipher, key, now), now + timedelta(seconds=ring.overlap)
+            conn, cipher.sealer, _row(cipher, key, now), now + timedelta(seconds=ring.overlap)
         )
     return key

@@ -8,6 +8,11 @@ Security decisions:
 * **One active key per purpose**, by a partial unique index: two nodes rotating at once
   cannot both activate a key. :func:`rotate_signing_key` demotes the active key before it
   inserts the new one, in the caller's transaction. ``retired`` is final.
+* **Signing key rows are sealed** (migration 0020): every column, so that a row's
+  ``state`` and ``retire_after`` cannot be changed without the master key (a rotated-out
+  key kept verifying past its overlap, a retired one brought back). Only
+  :func:`sealed_signing_keys`' admitted keys sign or verify; :func:`list_signing_keys`
+  reads the rows unchecked, for ``tether audit verify``, which needs no master key.
 * **Admin tokens are looked up by the hash of their secret**, and :func:`find_admin_token`
   only returns a token that is neither revoked nor expired at ``now``.
 * **Admin token rows are sealed** (:mod:`tether.crypto.seal`, migration 0015): the HMAC
@@ -66,12 +71,31 @@ class AdminToken:
 
 # --- signing keys ------------------------------------------------------------------------------
 
+SIGNING_KEYS = "signing_keys"
+_SIGNING_KEY_COLUMNS = (
+    "kid", "purpose", "algorithm", "public", "private_encrypted", "created_at", "active_from",
+    "retire_after", "state",
+)  # fmt: skip
 
-async def insert_signing_key(conn: AsyncConnection, key: StoredKey) -> None:
-    """Store ``key``; a second active key of its purpose is an ``IntegrityError``."""
+
+def signing_key_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
+    """The sealed columns of a ``signing_keys`` row: every column but the seal."""
+    return {name: row[name] for name in _SIGNING_KEY_COLUMNS}
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeys:
+    """The keys of one purpose as read: those whose seal verifies, and those refused."""
+
+    admitted: list[StoredKey]
+    refused: list[StoredKey]
+
+
+async def insert_signing_key(conn: AsyncConnection, sealer: RowSealer, key: StoredKey) -> None:
+    """Store ``key``, sealed; a second active key of its purpose is an ``IntegrityError``."""
     if key.private_encrypted.lstrip().startswith(_PLAINTEXT_KEY_STARTS):
         raise ValueError("refusing a private key that is not encrypted")
-    values = {
+    values: dict[str, Any] = {
         "kid": key.kid,
         "purpose": key.purpose,
         "algorithm": key.algorithm,
@@ -82,52 +106,100 @@ async def insert_signing_key(conn: AsyncConnection, key: StoredKey) -> None:
         "retire_after": key.retire_after,
         "state": key.state,
     }
+    values["seal"] = sealer.seal(SIGNING_KEYS, signing_key_seal_columns(values))
     await conn.execute(insert(signing_keys).values(values))
 
 
 async def list_signing_keys(
     conn: AsyncConnection, purpose: KeyPurpose, states: Collection[KeyState] | None = None
 ) -> list[StoredKey]:
-    """The keys of ``purpose`` (in ``states`` if given), newest ``active_from`` first."""
+    """The keys of ``purpose`` (in ``states`` if given) as the database holds them, seals
+    unchecked, newest ``active_from`` first: for ``tether audit verify``, which checks each
+    public key against its kid (and, with the master key, against its private part)."""
+    return [_key(row) for row in await _signing_key_rows(conn, purpose, states)]
+
+
+async def sealed_signing_keys(
+    conn: AsyncConnection,
+    sealer: RowSealer,
+    purpose: KeyPurpose,
+    states: Collection[KeyState] | None = None,
+) -> SigningKeys:
+    """The keys of ``purpose`` (in ``states`` if given), newest ``active_from`` first, split
+    by whether their seal verifies; each refused row is logged. Only admitted keys sign or
+    verify anything."""
+    found = SigningKeys([], [])
+    for row in await _signing_key_rows(conn, purpose, states):
+        what = f"{purpose} signing key {row['kid']!r}"
+        admitted = sealer.admits(
+            SIGNING_KEYS, signing_key_seal_columns(row), row["seal"], what=what
+        )
+        (found.admitted if admitted else found.refused).append(_key(row))
+    return found
+
+
+async def _signing_key_rows(
+    conn: AsyncConnection, purpose: KeyPurpose, states: Collection[KeyState] | None
+) -> list[RowMapping]:
     query = select(signing_keys).where(signing_keys.c.purpose == purpose)
     if states is not None:
         query = query.where(signing_keys.c.state.in_(list(states)))
     query = query.order_by(signing_keys.c.active_from.desc(), signing_keys.c.kid)
-    return [_key(row) for row in (await conn.execute(query)).mappings()]
+    return list((await conn.execute(query)).mappings())
 
 
 async def set_signing_key_state(
-    conn: AsyncConnection, kid: str, state: KeyState, retire_after: datetime | None = None
+    conn: AsyncConnection,
+    sealer: RowSealer,
+    kid: str,
+    state: KeyState,
+    retire_after: datetime | None = None,
 ) -> StoredKey | None:
-    """Change a key's state (and ``retire_after``); None when unknown or already retired."""
-    query = (
-        update(signing_keys)
-        .where(signing_keys.c.kid == kid, signing_keys.c.state != "retired")
-        .values(state=state, retire_after=retire_after)
-        .returning(signing_keys)
-    )
-    row = (await conn.execute(query)).mappings().first()
-    return None if row is None else _key(row)
+    """Change a key's state (and ``retire_after``); None when unknown or already retired.
+
+    The row is sealed again only if its seal verified: a row changed outside Tether gets
+    its new state all the same and stays refused, never blessed."""
+    live = (signing_keys.c.kid == kid, signing_keys.c.state != "retired")
+    row = (await conn.execute(select(signing_keys).where(*live))).mappings().first()
+    if row is None:
+        return None
+    values: dict[str, Any] = {"state": state, "retire_after": retire_after}
+    if sealer.verify(SIGNING_KEYS, signing_key_seal_columns(row), row["seal"]):
+        values["seal"] = sealer.seal(SIGNING_KEYS, signing_key_seal_columns({**row, **values}))
+    query = update(signing_keys).where(*live).values(values).returning(signing_keys)
+    changed = (await conn.execute(query)).mappings().first()
+    return None if changed is None else _key(changed)
 
 
 async def rotate_signing_key(
-    conn: AsyncConnection, new: StoredKey, retire_previous_after: datetime | None
+    conn: AsyncConnection,
+    sealer: RowSealer,
+    new: StoredKey,
+    retire_previous_after: datetime | None,
 ) -> list[str]:
     """Make ``new`` the active key of its purpose; returns the kids it demoted to previous.
 
     The old key stays as ``previous`` (still verifying what it signed) until
-    ``retire_previous_after``. Run inside ``engine.begin()``.
+    ``retire_previous_after``; an active row whose seal does not verify is retired instead
+    (it verifies nothing, and must not take the one active place). Run inside
+    ``engine.begin()``.
     """
     if new.state != "active":
         raise ValueError("rotate_signing_key takes the new active key")
-    demote = (
-        update(signing_keys)
-        .where(signing_keys.c.purpose == new.purpose, signing_keys.c.state == "active")
-        .values(state="previous", retire_after=retire_previous_after)
-        .returning(signing_keys.c.kid)
+    active = select(signing_keys).where(
+        signing_keys.c.purpose == new.purpose, signing_keys.c.state == "active"
     )
-    demoted = list((await conn.execute(demote)).scalars())
-    await insert_signing_key(conn, new)
+    demoted: list[str] = []
+    for row in list((await conn.execute(active.with_for_update())).mappings()):
+        values: dict[str, Any] = {"state": "retired", "retire_after": row["retire_after"]}
+        if sealer.verify(SIGNING_KEYS, signing_key_seal_columns(row), row["seal"]):
+            values = {"state": "previous", "retire_after": retire_previous_after}
+            values["seal"] = sealer.seal(SIGNING_KEYS, signing_key_seal_columns({**row, **values}))
+            demoted.append(row["kid"])
+        await conn.execute(
+            update(signing_keys).where(signing_keys.c.kid == row["kid"]).values(values)
+        )
+    await insert_signing_key(conn, sealer, new)
     return demoted
 
 

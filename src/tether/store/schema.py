@@ -200,6 +200,7 @@ signing_keys = Table(
     Column("active_from", UTCDateTime, nullable=False),
     Column("retire_after", UTCDateTime, nullable=True),
     Column("state", String(16), nullable=False),
+    Column("seal", Text, nullable=True),  # migration 0020 (tether.crypto.seal)
     CheckConstraint(
         "purpose IN ('access-token', 'ssh-user-ca', 'ssh-target-ca', 'x509-ca')", name="purpose"
     ),

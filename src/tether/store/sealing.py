@@ -1,6 +1,6 @@
 """The sealed tables, and adopting the rows written before they were sealed.
 
-Migrations 0015, 0016, 0017 and 0019 added a nullable ``seal`` column to each table of
+Migrations 0015, 0016, 0017, 0019 and 0020 added a nullable ``seal`` column to each table of
 :data:`SEALED`; Tether computes it on every write and refuses a row whose seal is missing or wrong
 (:mod:`tether.crypto.seal`). The migration cannot seal the rows already there (it does not
 hold the master key), so those rows are refused until an operator adopts them with
@@ -31,8 +31,15 @@ from tether.crypto.seal import RowSealer, SealValue
 from tether.store.agents import join_seal_columns, runtime_seal_columns
 from tether.store.credentials import credential_seal_columns
 from tether.store.identity import agent_seal_columns
-from tether.store.keys import admin_seal_columns
-from tether.store.schema import admin_tokens, agents, credentials, join_tokens, runtimes
+from tether.store.keys import admin_seal_columns, signing_key_seal_columns
+from tether.store.schema import (
+    admin_tokens,
+    agents,
+    credentials,
+    join_tokens,
+    runtimes,
+    signing_keys,
+)
 from tether.users.schema import user_tokens, users
 from tether.users.store import token_seal_columns, user_columns
 from tether.vault import targets as target_store
@@ -68,6 +75,7 @@ SEALED: tuple[SealedTable, ...] = (
     SealedTable(grants, "id", _of_row(grant_seal_columns)),  # migration 0017
     SealedTable(credentials, "jti", _of_row(credential_seal_columns)),  # migration 0019
     SealedTable(runtimes, "id", _of_row(runtime_seal_columns)),  # migration 0019
+    SealedTable(signing_keys, "kid", _of_row(signing_key_seal_columns)),  # migration 0020
 )
 
 
