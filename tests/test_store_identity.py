@@ -28,6 +28,7 @@ from tether.store import Store
 from tether.store import agents as ag
 from tether.store import credentials as cr
 from tether.store import keys as ks
+from tether.store import revocation_ledger as rl
 from tether.store.identity import AgentNotActive, RuntimeOfAnotherAgent, digest
 from tether.store.migrate import alembic_config
 from tether.store.schema import join_tokens
@@ -443,13 +444,30 @@ async def revoke(engine: AsyncEngine, kind: Any, value: str, **kw: Any) -> Any:
     return await run(
         engine,
         lambda c: cr.insert_revocation(
-            c, kind=kind, value=value, reason=kw.pop("reason", "leak"), revoked_by="admin",
-            now=kw.pop("now", T0), **kw,
+            c, SEALER, kind=kind, value=value, reason=kw.pop("reason", "leak"),
+            revoked_by="admin", now=kw.pop("now", T0), **kw,
         ),
     )  # fmt: skip
 
 
-async def test_revocations_are_idempotent_and_polled_by_id(engine: AsyncEngine) -> None:
+async def ledger_holds(engine: AsyncEngine) -> bool:
+    """Whether every revocation present is exactly what the sealed ledger accounts for."""
+    async with engine.connect() as conn:
+        read = await cr.read_revocations(conn, 0)
+    held = rl.verified(SEALER, read.ledger)
+    return isinstance(held, rl.Ledger) and rl.matches(SEALER, held, read.rows)
+
+
+@pytest.fixture
+async def ledgered(engine: AsyncEngine) -> AsyncEngine:
+    """The store with its empty ledger, as a node's first start makes it."""
+    await run(engine, lambda c: rl.create_if_absent(c, SEALER))
+    return engine
+
+
+async def test_revocations_are_idempotent_and_polled_by_id(ledgered: AsyncEngine) -> None:
+    engine = ledgered
+    assert await ledger_holds(engine)  # empty
     first, created = await revoke(engine, "token", "j1", expires_at=at(15))
     assert created
     again, created_again = await revoke(engine, "token", "j1", reason="other", now=at(1))
@@ -459,46 +477,87 @@ async def test_revocations_are_idempotent_and_polled_by_id(engine: AsyncEngine) 
         revoked_at=T0, expires_at=at(15),
     )  # fmt: skip
     task, _ = await revoke(engine, "task", "task-1")
+    assert await ledger_holds(engine)
     async with engine.connect() as conn:
-        batch = await cr.revocations_since(conn, 0)
-        assert [e.value for e in batch.entries] == ["j1", "task-1"]
-        assert batch.cursor == task.id > first.id
-        assert await cr.revocations_since(conn, batch.cursor) == cr.RevocationBatch((), task.id)
-        assert (await cr.revocations_since(conn, 0, limit=1)).cursor == first.id
+        read = await cr.read_revocations(conn, 0)
+        assert [e.value for e in read.entries] == ["j1", "task-1"]
+        assert read.cursor == task.id > first.id
+        after = await cr.read_revocations(conn, read.cursor)
+        assert (after.entries, after.cursor, after.ledger) == ((), task.id, read.ledger)
+        assert (await cr.read_revocations(conn, first.id)).entries == (task,)
         assert await cr.is_revoked(conn, "token", "j1")
         assert await cr.is_revoked(conn, "task", "task-1")
         assert not await cr.is_revoked(conn, "agent", "j1")
         assert not await cr.is_revoked(conn, "token", "j2")
+    held = rl.verified(SEALER, read.ledger)
+    assert isinstance(held, rl.Ledger) and held.entries == 2
+    empty = rl.Ledger()
+    assert rl.continues(SEALER, empty, read.rows, held)
+    assert not rl.continues(SEALER, empty, read.rows[:1], held)  # one row missing
 
 
-async def test_pruning_drops_expired_entries_and_ids_never_go_back(engine: AsyncEngine) -> None:
+async def test_pruning_drops_expired_entries_and_ids_never_go_back(ledgered: AsyncEngine) -> None:
+    engine = ledgered
     await revoke(engine, "agent", "ag-1")  # never expires
     await revoke(engine, "token", "j1", expires_at=at(5))
     newest, _ = await revoke(engine, "token", "j2", expires_at=at(10))
-    assert await run(engine, lambda c: cr.prune_revocations(c, at(10))) == 2
+    assert await run(engine, lambda c: cr.prune_revocations(c, SEALER, at(10))) == 2
+    assert await ledger_holds(engine)  # the prune is accounted for
     async with engine.connect() as conn:
         assert not await cr.is_revoked(conn, "token", "j2")
         assert await cr.is_revoked(conn, "agent", "ag-1")
     # The newest row was pruned: a poller at its id must still see what comes next.
     later, _ = await revoke(engine, "runtime", "rt-9")
     assert later.id > newest.id
-    batch = await run(engine, lambda c: cr.revocations_since(c, newest.id))
-    assert [e.value for e in batch.entries] == ["rt-9"]
+    read = await run(engine, lambda c: cr.read_revocations(c, newest.id))
+    assert [e.value for e in read.entries] == ["rt-9"]
+    assert await ledger_holds(engine)
 
 
-async def test_revocation_writers_commit_in_id_order(engine: AsyncEngine) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        "DELETE FROM revocations WHERE value = 'j1'",
+        "UPDATE revocations SET value = 'j9' WHERE value = 'j1'",
+        "UPDATE revocations SET expires_at = NULL WHERE value = 'j1'",
+        "INSERT INTO revocations (kind, value, reason, revoked_by, revoked_at) "
+        "VALUES ('task', 't', 'r', 'x', '2026-01-01 00:00:00+00:00')",
+        "UPDATE revocation_ledger SET entries = 1",
+        "UPDATE revocation_ledger SET seal = 'AAAA'",
+        "DELETE FROM revocation_ledger",
+    ],
+    ids=["deleted", "changed", "expiry", "planted", "ledger-count", "ledger-seal", "no-ledger"],
+)
+async def test_a_revocation_changed_outside_tether_breaks_the_ledger(
+    ledgered: AsyncEngine, change: str
+) -> None:
+    engine = ledgered
+    await revoke(engine, "token", "j1", expires_at=at(15))
+    await revoke(engine, "agent", "ag-1")
+    assert await ledger_holds(engine)
+    await exec_sql(engine, change)
+    assert not await ledger_holds(engine)
+    # Neither a revocation nor a prune seals the broken ledger again.
+    await revoke(engine, "task", "task-2")
+    assert await run(engine, lambda c: cr.prune_revocations(c, SEALER, at(99))) == 0
+    assert not await ledger_holds(engine)
+
+
+async def test_revocation_writers_commit_in_id_order(ledgered: AsyncEngine) -> None:
     """A poller keeping the highest id it saw never skips an entry committed later."""
+    engine = ledgered
     async with engine.begin() as conn:
         first, _ = await cr.insert_revocation(
-            conn, kind="token", value="a", reason="r", revoked_by="x", now=T0
+            conn, SEALER, kind="token", value="a", reason="r", revoked_by="x", now=T0
         )
         second = asyncio.create_task(revoke(engine, "token", "b"))
         await asyncio.sleep(0.3)
         assert not second.done()  # waits for the first writer to commit
-        seen = await run(engine, lambda c: cr.revocations_since(c, 0))
+        seen = await run(engine, lambda c: cr.read_revocations(c, 0))
         assert seen.entries == ()
     (later, _) = await second
     assert later.id > first.id
+    assert await ledger_holds(engine)
 
 
 # --- offboarding -----------------------------------------------------------------------------

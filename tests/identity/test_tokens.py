@@ -165,9 +165,21 @@ def test_a_token_names_the_token_it_was_issued_from(
         verifier.verify(signed(ring, parent_jti=7))
 
 
+def test_an_unverified_revocation_list_refuses_everything(issuer: TokenIssuer) -> None:
+    """Before its first load, or when its entries do not match their ledger, a node cannot
+    tell which revocation is missing: no credential, no issuance, every id counts as revoked."""
+    _, claims = issue(issuer)
+    for unverified in ("the revocation list is not loaded", "the revocation list does not verify"):
+        revoked = RevocationSet(unverified=unverified)
+        assert revoked.reason(claims) == unverified
+        assert revoked.issuance_reason("a", "t", "r") == unverified
+        assert ("token", "anything") in revoked
+    assert RevocationSet().unverified == "the revocation list is not loaded"  # the default
+
+
 def test_revoking_the_parent_revokes_the_token(issuer: TokenIssuer) -> None:
     _, claims = issue(issuer, parent_jti="parent")
-    revoked = RevocationSet()
+    revoked = RevocationSet(unverified=None)  # as loaded and verified
     assert revoked.reason(claims) is None
     revoked.add("token", "parent")
     assert revoked.reason(claims) == "the token it was issued from is revoked"
@@ -187,7 +199,7 @@ def test_a_token_names_every_token_it_was_derived_from(
             verifier.verify(signed(ring, derived_from=bad))
     with pytest.raises(IssuanceError):
         issue(issuer, derived_from=["j"] * (MAX_DERIVED_FROM + 1))
-    revoked = RevocationSet()
+    revoked = RevocationSet(unverified=None)  # as loaded and verified
     assert revoked.reason(issued) is None
     revoked.add("token", "b")
     assert revoked.reason(issued) == "the token it was derived from is revoked"
@@ -213,7 +225,7 @@ def test_a_token_carries_its_renewal_family(
             verifier.verify(signed(ring, family=bad))
     with pytest.raises(IssuanceError):
         issue(issuer, family="")
-    revoked = RevocationSet()
+    revoked = RevocationSet(unverified=None)  # as loaded and verified
     assert revoked.reason(renewal) is None
     revoked.add("token", first.jti)
     assert revoked.reason(first) == "the token is revoked"

@@ -29,7 +29,8 @@ from tether.identity.exchange import ExchangeError
 from tether.identity.sshca import describe_certificate
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
-from tether.store.schema import revocations, runtimes
+from tether.store.schema import revocation_ledger, revocations, runtimes
+from tether.store.sealing import adopt
 from tether.users.service import UserService
 
 
@@ -399,6 +400,16 @@ async def test_start_loads_every_revocation(stack: Stack, bot: Agent) -> None:
     restarted = await build_service(stack.store, stack.clock, stack.cipher)
     assert len(restarted.revoked) == 2501
     stack.service = restarted
+    # Rows written behind Tether's back: its revocation ledger does not account for them.
+    with pytest.raises(TokenRevoked, match="the revocation list does not verify"):
+        await stack.present(bot)
+    async with stack.engine.begin() as conn:  # an operator who checked them adopts them
+        await conn.execute(update(revocation_ledger).values(seal=None))
+    assert await adopt(stack.engine, stack.cipher.sealer) == {
+        "revocation_ledger": ["revocations=2501"]
+    }
+    stack.service = await build_service(stack.store, stack.clock, stack.cipher)
+    assert len(stack.service.revoked) == 2501
     with pytest.raises(TokenRevoked, match="the task is revoked"):
         await stack.present(bot)
 

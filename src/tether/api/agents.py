@@ -180,8 +180,10 @@ async def create_join_token(
         text, record = await identity.create_join_token(
             agent_id, runtime_labels=request.runtime_labels, ttl=request.ttl
         )
-    except AgentNotActive:
-        raise ProblemError(409, f"agent {agent_id!r} is not active") from None
+    except AgentNotActive as error:
+        unverified = identity.revoked.unverified is not None  # say why: nothing is issued
+        detail = str(error) if unverified else f"agent {agent_id!r} is not active"
+        raise ProblemError(409, detail) from None
     call.detail["join_id"] = record.id
     return {
         "join_token": text,

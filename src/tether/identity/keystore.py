@@ -16,6 +16,9 @@ row does not verify is left out of the ring (what it signed is refused); an acti
 stops the node from starting (:class:`KeysUnverified`): it neither signs with a key whose
 row it cannot trust nor replaces it on its own, which would cut every agent off on a
 database that was merely upgraded without ``tether store seal``.
+
+A new database (no signing key at all) also gets its empty revocation ledger here, in the
+transaction that makes its first keys (:mod:`tether.store.revocation_ledger`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from tether.identity.keys import KeyRing, RetiredKey, SigningKey
 from tether.identity.sshca import CaPurpose, SshUserCA
 from tether.identity.x509ca import X509ClientCA
 from tether.store import keys as stored
+from tether.store import revocation_ledger
 
 _PURPOSE: stored.KeyPurpose = "access-token"
 _ACTIVE: tuple[stored.KeyState, ...] = ("active",)
@@ -165,6 +169,8 @@ async def load_or_create(
     """The node's keys, creating those that do not exist yet (first start)."""
     now = clock()
     async with engine.begin() as conn:
+        if not await stored.any_signing_key(conn):  # a new database: its revocation ledger
+            await revocation_ledger.create_if_absent(conn, cipher.sealer)
         ring = await _load_ring(conn, cipher, now, overlap)
         if ring is None:
             ring = KeyRing.generate(_ts(now), overlap=overlap)

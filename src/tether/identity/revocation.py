@@ -23,18 +23,34 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tether.crypto.seal import RowSealer
 from tether.identity.claims import Claims
-from tether.store.credentials import Revocation
+from tether.store import revocation_ledger as ledger
+from tether.store.credentials import Revocation, RevocationRead
+from tether.store.revocation_ledger import Ledger
 
 KINDS = ("token", "agent", "task", "runtime")
 
 
+UNVERIFIED = "the revocation list does not verify"
+NOT_LOADED = "the revocation list is not loaded"
+
+
 @dataclass
 class RevocationSet:
-    """Revoked values by kind, and the store cursor they are current up to."""
+    """Revoked values by kind, and the store cursor they are current up to.
+
+    ``trusted`` is the revocation ledger (:mod:`tether.store.revocation_ledger`) the set is
+    known to be complete against; while there is none (before the first load, or after a
+    load that did not match its ledger) ``unverified`` says so, and every credential and
+    every issuance is refused (:meth:`reason`, :meth:`issuance_reason`, ``in``): a node
+    cannot tell which revocation is missing, so it honours none of its credentials.
+    """
 
     cursor: int = 0
     _revoked: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in KINDS})
+    trusted: Ledger | None = None
+    unverified: str | None = NOT_LOADED
 
     def apply(self, entries: Iterable[Revocation], cursor: int | None = None) -> None:
         for entry in entries:
@@ -42,10 +58,37 @@ class RevocationSet:
         if cursor is not None and cursor > self.cursor:
             self.cursor = cursor
 
+    def take(self, read: RevocationRead, sealer: RowSealer, *, whole: bool = False) -> str | None:
+        """Apply ``read``'s entries (always: honouring more revocations is safe) and check
+        them against the ledger read with them; None when they verify, else why not.
+
+        ``whole``: ``read`` holds every entry, which must be exactly what the ledger
+        accounts for; otherwise it holds the entries after :attr:`cursor`, which must take
+        the trusted ledger to the one read. A whole read that does not verify turns the set
+        unverified; a partial one leaves that to the caller's whole read."""
+        self.apply(read.entries, read.cursor)
+        held = ledger.verified(sealer, read.ledger)
+        if isinstance(held, str):
+            problem: str | None = held
+        elif whole:
+            problem = None if ledger.matches(sealer, held, read.rows) else ledger.MISMATCH
+        elif self.trusted is None:
+            problem = NOT_LOADED
+        else:
+            fits = ledger.continues(sealer, self.trusted, read.rows, held)
+            problem = None if fits else ledger.MISMATCH
+        if problem is None:
+            self.trusted, self.unverified = held if isinstance(held, Ledger) else None, None
+        elif whole:
+            self.trusted, self.unverified = None, UNVERIFIED
+        return problem
+
     def add(self, kind: str, value: str) -> None:
         self._revoked[kind].add(value)
 
     def __contains__(self, item: tuple[str, str]) -> bool:
+        if self.unverified is not None:
+            return True
         kind, value = item
         return value in self._revoked[kind]
 
@@ -62,6 +105,8 @@ class RevocationSet:
         jti, revoked with any token of the family): one more set lookup, however long the
         chain.
         """
+        if self.unverified is not None:
+            return self.unverified
         revoked = self._revoked
         tokens = revoked["token"]
         if claims.jti in tokens:
@@ -78,6 +123,8 @@ class RevocationSet:
     def issuance_reason(self, agent_id: str, task_id: str, runtime_id: str) -> str | None:
         """Why a credential for this agent, task and runtime must not be issued (one of
         them is revoked), or None: checked before a grant consumes anything."""
+        if self.unverified is not None:
+            return self.unverified
         revoked = self._revoked
         if agent_id in revoked["agent"]:
             return "the agent is revoked"

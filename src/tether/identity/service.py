@@ -51,7 +51,7 @@ from tether.identity.issued import (
 )
 from tether.identity.keystore import TetherKeys, rotate_access_key
 from tether.identity.replay import MemoryReplayCache, ReplayCheckFailed, shared_memory_cache
-from tether.identity.revocation import RevocationSet
+from tether.identity.revocation import UNVERIFIED, RevocationSet
 from tether.identity.tokens import TokenIssuer, TokenVerifier
 from tether.identity.workload import TrustedIssuers
 from tether.identity.x509ca import spiffe_ids_of
@@ -62,7 +62,6 @@ from tether.store.identity import AgentNotActive, UserDisabled, digest
 
 log = logging.getLogger(__name__)
 
-_REVOCATION_BATCH = 1000
 _ENDED_LISTED = 100  # live credentials a token revocation lists as ended, at most
 _REPLAY_PRUNE_EVERY = 60.0  # seconds between deletions of expired rows of dpop_replay
 
@@ -256,11 +255,11 @@ class IdentityService:
         async with self.engine.begin() as conn:
             family = await cred_store.family_of(conn, value) if kind == "token" else None
             _entry, created = await cred_store.insert_revocation(
-                conn, kind=kind, value=value, reason=reason, revoked_by=by, now=now
+                conn, self.sealer, kind=kind, value=value, reason=reason, revoked_by=by, now=now
             )
             if family is not None and family != value:
                 await cred_store.insert_revocation(
-                    conn, kind="token", value=family, revoked_by=by, now=now,
+                    conn, self.sealer, kind="token", value=family, revoked_by=by, now=now,
                     reason=f"{reason} (renewal family of token {value})",
                 )  # fmt: skip
                 values.append(family)
@@ -285,17 +284,29 @@ class IdentityService:
             await listener(kind, value, reason)
 
     async def refresh_revocations(self) -> int:
-        """Apply entries other nodes added since the last refresh; returns how many."""
-        applied = 0
-        while True:  # every batch: the first refresh loads the whole table
-            async with self.engine.connect() as conn:
-                batch = await cred_store.revocations_since(
-                    conn, self.revoked.cursor, _REVOCATION_BATCH
-                )
-            self.revoked.apply(batch.entries, batch.cursor)
-            applied += len(batch.entries)
-            if len(batch.entries) < _REVOCATION_BATCH:
-                return applied
+        """Apply the entries added since the last refresh, checked against the sealed
+        revocation ledger (:mod:`tether.store.revocation_ledger`): every entry the first
+        time, and whenever the new ones do not continue the ledger this node trusts.
+        While they do not verify, every credential is refused (``RevocationSet.unverified``);
+        the change either way is logged once. Returns how many entries were read."""
+        was = self.revoked.unverified
+        problem: str | None = "not trusted yet"
+        if self.revoked.trusted is not None:
+            read = await self._read_revocations(self.revoked.cursor)
+            problem = self.revoked.take(read, self.sealer)
+        if problem is not None:
+            read = await self._read_revocations(0)
+            problem = self.revoked.take(read, self.sealer, whole=True)
+        if problem is not None and was != UNVERIFIED:  # at start, or a list that verified
+            log.error("every credential is refused: %s (docs/vault.md, Tampering with the "
+                      "database)", problem)  # fmt: skip
+        elif problem is None and was == UNVERIFIED:
+            log.warning("the revocation list verifies again: credentials are accepted")
+        return len(read.entries)
+
+    async def _read_revocations(self, after: int) -> cred_store.RevocationRead:
+        async with self.engine.connect() as conn:
+            return await cred_store.read_revocations(conn, after)
 
     async def watch_revocations(self, stop: asyncio.Event) -> None:
         """Poll the store until ``stop`` is set (one poll interval bounds propagation):
@@ -341,7 +352,10 @@ class IdentityService:
         """A one-time join token for ``agent_id``: the secret (shown once) and its record.
 
         ``AgentNotActive`` for an agent that is not active, or revoked (its state may still
-        read ``active``: a join token for it could never be exchanged)."""
+        read ``active``: a join token for it could never be exchanged), or while the
+        revocation list does not verify."""
+        if self.revoked.unverified is not None:
+            raise AgentNotActive(f"no join token for {agent_id!r}: {self.revoked.unverified}")
         if ("agent", agent_id) in self.revoked:
             raise AgentNotActive(f"agent {agent_id!r} is revoked")
         ttl = ttl or self.settings.join_token_ttl

@@ -284,6 +284,7 @@ async def offboard_agent(
     row = (await conn.execute(query)).mappings().one()
     revocation, _ = await insert_revocation(
         conn,
+        sealer,
         kind="agent",
         value=agent_id,
         reason=reason,

@@ -20,6 +20,10 @@ Security decisions:
   therefore takes an ``EXCLUSIVE`` lock on the table (readers are not blocked) so writers go
   one at a time. SQLite has a single writer anyway, and ``AUTOINCREMENT`` keeps it from
   reusing the id of a pruned newest row.
+* **Every revocation is accounted for in the sealed revocation ledger**, in its own
+  transaction (:mod:`tether.store.revocation_ledger`), and read back with the ledger in one
+  statement (:func:`read_revocations`): a revocation deleted, changed or planted behind
+  Tether's back is seen by the next node that loads them.
 * **Revoking is idempotent and never weakened**: revoking again returns the existing entry
   unchanged. :func:`is_revoked` ignores ``expires_at`` (an entry past it is revoked still,
   only prunable).
@@ -27,6 +31,7 @@ Security decisions:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,11 +41,14 @@ from sqlalchemy import ColumnElement, RowMapping, Text, cast, delete, exists, or
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.crypto.seal import RowSealer, SealValue
+from tether.store import revocation_ledger as ledger
 from tether.store.identity import UserDisabled, insert_if_agent_active, upsert_insert
-from tether.store.schema import credentials, revocations
+from tether.store.schema import credentials, revocation_ledger, revocations
 from tether.users.schema import users
 
 CredentialKind = Literal["access_token", "ssh_certificate", "x509_certificate"]
+log = logging.getLogger(__name__)
+
 RevocationKind = Literal["token", "agent", "task", "runtime"]
 
 
@@ -90,14 +98,6 @@ class Revocation:
     revoked_by: str
     revoked_at: datetime
     expires_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class RevocationBatch:
-    """Entries after a cursor, oldest first; ``cursor`` is the id to poll after next time."""
-
-    entries: tuple[Revocation, ...]
-    cursor: int
 
 
 # --- credentials -------------------------------------------------------------------------------
@@ -169,7 +169,13 @@ async def insert_credential(
 
 
 async def revoke_delegations(
-    conn: AsyncConnection, user_id: str, *, reason: str, revoked_by: str, now: datetime
+    conn: AsyncConnection,
+    sealer: RowSealer,
+    user_id: str,
+    *,
+    reason: str,
+    revoked_by: str,
+    now: datetime,
 ) -> list[str]:
     """Revoke every live credential delegated by ``user_id``: its subject is the user, or
     the user is an actor of its chain (a delegated token was the actor token of a further
@@ -200,8 +206,8 @@ async def revoke_delegations(
         if user_id not in users_of_chain:
             continue
         await insert_revocation(
-            conn, kind="token", value=jti, reason=reason, revoked_by=revoked_by, now=now,
-            expires_at=expires_at,
+            conn, sealer, kind="token", value=jti, reason=reason, revoked_by=revoked_by,
+            now=now, expires_at=expires_at,
         )  # fmt: skip
         revoked.append(jti)
     return revoked
@@ -284,6 +290,7 @@ async def live_lineage(
 
 async def insert_revocation(
     conn: AsyncConnection,
+    sealer: RowSealer,
     *,
     kind: RevocationKind,
     value: str,
@@ -292,13 +299,13 @@ async def insert_revocation(
     now: datetime,
     expires_at: datetime | None = None,
 ) -> tuple[Revocation, bool]:
-    """Revoke ``(kind, value)``; returns the entry and whether this call created it.
+    """Revoke ``(kind, value)``; returns the entry and whether this call created it (and
+    accounted for it in the revocation ledger, :mod:`tether.store.revocation_ledger`).
 
     ``expires_at`` must not come before the expiry of the longest credential the entry can
     affect; None keeps it forever.
     """
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text("LOCK TABLE revocations IN EXCLUSIVE MODE"))
+    await lock_revocations(conn)
     values = {
         "kind": kind,
         "value": value,
@@ -311,23 +318,52 @@ async def insert_revocation(
     stmt = stmt.on_conflict_do_nothing(index_elements=[revocations.c.kind, revocations.c.value])
     row = (await conn.execute(stmt.returning(revocations))).mappings().first()
     if row is not None:
+        await ledger.record(conn, sealer, row)
         return _revocation(row), True
     existing = select(revocations).where(revocations.c.kind == kind, revocations.c.value == value)
     return _revocation((await conn.execute(existing)).mappings().one()), False
 
 
-async def revocations_since(
-    conn: AsyncConnection, after_id: int, limit: int = 1000
-) -> RevocationBatch:
-    """Up to ``limit`` entries with an id above ``after_id``, for a polling revocation set."""
+async def lock_revocations(conn: AsyncConnection) -> None:
+    """Revocation writers one at a time (ids in commit order; the ledger with them)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("LOCK TABLE revocations IN EXCLUSIVE MODE"))
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationRead:
+    """Entries after a cursor, oldest first, and the ledger row as it stood in the same
+    snapshot (None: there is none); ``cursor`` is the id to poll after next time."""
+
+    entries: tuple[Revocation, ...]
+    rows: tuple[RowMapping, ...]
+    ledger: RowMapping | None
+    cursor: int
+
+
+_LEDGER_COLUMNS = [c.label(f"ledger_{c.name}") for c in revocation_ledger.c]
+
+
+async def read_revocations(conn: AsyncConnection, after_id: int) -> RevocationRead:
+    """Every entry with an id above ``after_id`` and the ledger, in **one statement** (one
+    snapshot on SQLite and PostgreSQL alike): the ledger LEFT JOIN the new entries. No
+    ledger row, no result at all (``ledger`` None, entries read on their own then)."""
     query = (
-        select(revocations)
-        .where(revocations.c.id > after_id)
+        select(*_LEDGER_COLUMNS, revocations)
+        .select_from(revocation_ledger.outerjoin(revocations, revocations.c.id > after_id))
         .order_by(revocations.c.id)
-        .limit(limit)
     )
-    entries = tuple(_revocation(row) for row in (await conn.execute(query)).mappings())
-    return RevocationBatch(entries, entries[-1].id if entries else after_id)
+    found = list((await conn.execute(query)).mappings())
+    if not found:
+        plain = select(revocations).where(revocations.c.id > after_id).order_by(revocations.c.id)
+        rows = tuple((await conn.execute(plain)).mappings())
+        held = None
+    else:
+        rows = tuple(row for row in found if row["id"] is not None)
+        held = {c.name: found[0][f"ledger_{c.name}"] for c in revocation_ledger.c}
+    entries = tuple(_revocation(row) for row in rows)
+    cursor = max(after_id, entries[-1].id) if entries else after_id
+    return RevocationRead(entries, rows, held, cursor)  # type: ignore[arg-type]
 
 
 async def is_revoked(conn: AsyncConnection, kind: RevocationKind, value: str) -> bool:
@@ -335,10 +371,25 @@ async def is_revoked(conn: AsyncConnection, kind: RevocationKind, value: str) ->
     return (await conn.execute(query)).first() is not None
 
 
-async def prune_revocations(conn: AsyncConnection, now: datetime) -> int:
-    """Delete the entries whose ``expires_at`` has passed; returns how many."""
-    query = delete(revocations).where(revocations.c.expires_at <= now)
-    return (await conn.execute(query)).rowcount
+async def prune_revocations(conn: AsyncConnection, sealer: RowSealer, now: datetime) -> int:
+    """Delete the entries whose ``expires_at`` has passed, accounting for them in the
+    ledger; returns how many. Nothing is pruned unless the ledger verifies and accounts for
+    exactly the entries present: a prune never deletes the evidence of a change made
+    outside Tether."""
+    await lock_revocations(conn)
+    held = await ledger.locked(conn, sealer)
+    present = (await conn.execute(select(revocations))).mappings().all()
+    if held is None or not ledger.matches(sealer, held, present):
+        log.error("revocations not pruned: %s", ledger.MISMATCH if held else "see above")
+        return 0
+    rows = [row for row in present if row["expires_at"] is not None and row["expires_at"] <= now]
+    if not rows:
+        return 0
+    ids = [row["id"] for row in rows]
+    await conn.execute(delete(revocations).where(revocations.c.id.in_(ids)))
+    digest, count = ledger.tags(sealer, rows)
+    await ledger.write(conn, sealer, held.pruning(digest, count))
+    return count
 
 
 # --- rows --------------------------------------------------------------------------------------

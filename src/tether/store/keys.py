@@ -110,6 +110,11 @@ async def insert_signing_key(conn: AsyncConnection, sealer: RowSealer, key: Stor
     await conn.execute(insert(signing_keys).values(values))
 
 
+async def any_signing_key(conn: AsyncConnection) -> bool:
+    """Whether the store holds any signing key, of any purpose and state."""
+    return (await conn.execute(select(signing_keys.c.kid).limit(1))).first() is not None
+
+
 async def list_signing_keys(
     conn: AsyncConnection, purpose: KeyPurpose, states: Collection[KeyState] | None = None
 ) -> list[StoredKey]:

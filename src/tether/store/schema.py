@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
@@ -186,6 +187,20 @@ revocations = Table(
     Index("ix_revocations_expires_at", "expires_at"),
     # Pollers read "id > cursor": SQLite must never reuse the id of a pruned newest row.
     sqlite_autoincrement=True,
+)
+
+# One row (id 1), sealed: how many revocations were ever recorded and pruned, and the XOR of
+# their keyed tags (tether.store.revocation_ledger, migration 0021).
+revocation_ledger = Table(
+    "revocation_ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("entries", BigInteger, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("pruned", BigInteger, nullable=False),
+    Column("pruned_digest", String(64), nullable=False),
+    Column("seal", Text, nullable=True),
+    CheckConstraint("id = 1", name="one_row"),
 )
 
 signing_keys = Table(

@@ -13,6 +13,11 @@ just as well as a genuine one written before the upgrade, and whatever marker re
 delete it. Only an operator's ``tether store seal``, which lists every row it seals, turns
 an unsealed row into a trusted one; a node only counts unsealed rows at start and logs
 them as an error (:func:`unsealed`).
+
+The revocation ledger (migration 0021, :mod:`tether.store.revocation_ledger`) is adopted the
+same way: when it is missing (a database from before 0021) or its seal was cleared by an
+operator, :func:`adopt` rebuilds it from the revocations as they stand. A database no node
+has started on yet (no signing key) has no ledger and needs none: its first start makes it.
 """
 
 from __future__ import annotations
@@ -28,15 +33,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tether.approvals.schema import grants
 from tether.approvals.store import grant_seal_columns
 from tether.crypto.seal import RowSealer, SealValue
+from tether.store import revocation_ledger as ledger
 from tether.store.agents import join_seal_columns, runtime_seal_columns
-from tether.store.credentials import credential_seal_columns
+from tether.store.credentials import credential_seal_columns, lock_revocations
 from tether.store.identity import agent_seal_columns
-from tether.store.keys import admin_seal_columns, signing_key_seal_columns
+from tether.store.keys import admin_seal_columns, any_signing_key, signing_key_seal_columns
 from tether.store.schema import (
     admin_tokens,
     agents,
     credentials,
     join_tokens,
+    revocation_ledger,
+    revocations,
     runtimes,
     signing_keys,
 )
@@ -97,6 +105,11 @@ async def unsealed(engine: AsyncEngine) -> dict[str, list[str]]:
             keys = [str(value) for value in (await conn.execute(query)).scalars()]
             if keys:
                 found[sealed.table.name] = keys
+        query = select(revocation_ledger.c.seal).where(revocation_ledger.c.id == 1)
+        held = (await conn.execute(query)).first()
+        started = await any_signing_key(conn)  # else the first start makes the ledger
+        if (held is None and started) or (held is not None and held.seal is None):
+            found[revocation_ledger.name] = ["missing" if held is None else "unsealed"]
     return found
 
 
@@ -121,4 +134,10 @@ async def adopt(engine: AsyncEngine, sealer: RowSealer) -> dict[str, list[str]]:
                 )
                 if (await conn.execute(statement)).rowcount == 1:
                     done.setdefault(table.name, []).append(str(row[sealed.key]))
+        if await any_signing_key(conn):  # else the first start makes the ledger
+            await lock_revocations(conn)
+            present = (await conn.execute(select(revocations))).mappings().all()
+            adopted = await ledger.adopt(conn, sealer, present)
+            if adopted is not None:
+                done[revocation_ledger.name] = [f"revocations={adopted}"]
     return {name: sorted(keys) for name, keys in done.items()}

@@ -244,7 +244,7 @@ class UserService:
             await self._reseal(conn, user_id, intact)
             await user_store.revoke_user_tokens(conn, self.sealer, user_id, now)
             revoked = await cred_store.revoke_delegations(
-                conn, user_id, reason="the user is disabled", revoked_by=by, now=now
+                conn, self.sealer, user_id, reason="the user is disabled", revoked_by=by, now=now
             )
             grants = await approvals_store.revoke_short_of_quorum(
                 conn,
