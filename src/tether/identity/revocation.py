@@ -13,6 +13,13 @@ named by the jti of its first token, and revoking any token of it revokes that j
 node as one more ``token`` entry of the same table and cursor, and each token's ``family``
 is looked up among revoked token ids like its own jti.
 
+Every read is checked against the sealed revocation ledger read in the same statement
+(:mod:`tether.store.revocation_ledger`): the whole list at the first load, then each poll's
+new entries as a continuation of the ledger the node trusts, the whole list again whenever
+they are not. A list that does not verify (a revocation deleted, changed or planted behind
+Tether's back) turns the set *unverified*, and every credential is refused until it verifies
+again.
+
 Revocation is permanent for every kind: a revoked token id, agent, task or runtime is never
 accepted again (``tether agent disable`` is the reversible switch). Entries are only pruned
 by the store after everything they could affect has expired.

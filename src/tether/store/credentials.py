@@ -337,7 +337,7 @@ class RevocationRead:
 
     entries: tuple[Revocation, ...]
     rows: tuple[RowMapping, ...]
-    ledger: RowMapping | None
+    ledger: Mapping[str, Any] | None
     cursor: int
 
 
@@ -363,7 +363,7 @@ async def read_revocations(conn: AsyncConnection, after_id: int) -> RevocationRe
         held = {c.name: found[0][f"ledger_{c.name}"] for c in revocation_ledger.c}
     entries = tuple(_revocation(row) for row in rows)
     cursor = max(after_id, entries[-1].id) if entries else after_id
-    return RevocationRead(entries, rows, held, cursor)  # type: ignore[arg-type]
+    return RevocationRead(entries, rows, held, cursor)
 
 
 async def is_revoked(conn: AsyncConnection, kind: RevocationKind, value: str) -> bool:
