@@ -157,3 +157,52 @@ async def test_busy_nodes_and_prunes_never_trip_the_ledger(stack: Stack, bot: Ag
     fresh = await build_service(stack.store, stack.clock, stack.cipher)
     assert fresh.revoked.unverified is None
     assert (await stack.present(bot)).sub == "bot"
+
+
+async def test_the_watcher_prunes_expired_revocations_and_the_ledger_follows(
+    stack: Stack, bot: Agent
+) -> None:
+    """Revocations past their ``expires_at`` by more than the margin are pruned (at most
+    once every ten minutes a node); every node's list still verifies afterwards."""
+    node_b = await build_service(stack.store, stack.clock, stack.cipher)
+
+    async def revoke(value: str, seconds: float | None) -> None:
+        expiry = None if seconds is None else stack.clock() + timedelta(seconds=seconds)
+        async with stack.engine.begin() as conn:
+            await cred_store.insert_revocation(
+                conn, stack.cipher.sealer, kind="token", value=value, reason="r",
+                revoked_by="a", now=stack.clock(), expires_at=expiry,
+            )  # fmt: skip
+
+    for n in range(3):
+        await revoke(f"old-{n}", 10)
+    await revoke("forever", None)
+    for node in (stack.service, node_b):
+        await node.refresh_revocations()
+    assert await stack.service.prune_revocations() == 0  # not expired yet
+    stack.clock.advance(10 + 1800)
+    assert await stack.service.prune_revocations() == 0  # expired, within the margin
+    stack.clock.advance(1800)
+    assert await stack.service.prune_revocations() == 3
+    async with stack.engine.connect() as conn:
+        left = await cred_store.read_revocations(conn, 0)
+    assert [e.value for e in left.entries] == ["forever"]
+    for node in (stack.service, node_b):
+        await node.refresh_revocations()
+        assert node.revoked.unverified is None
+        assert ("token", "old-0") in node.revoked  # still held in memory: harmless
+    fresh = await build_service(stack.store, stack.clock, stack.cipher)
+    assert fresh.revoked.unverified is None
+    assert ("token", "old-0") not in fresh.revoked
+    # The watcher's pace: one prune, then none for ten minutes.
+    await stack.service._prune_revocations_now_and_then()
+    await revoke("late", -7200)  # expired two hours ago
+    await stack.service._prune_revocations_now_and_then()
+    assert ("token", "late") in (
+        await build_service(stack.store, stack.clock, stack.cipher)
+    ).revoked
+    stack.clock.advance(600)
+    await stack.service._prune_revocations_now_and_then()
+    again = await build_service(stack.store, stack.clock, stack.cipher)
+    assert ("token", "late") not in again.revoked
+    assert again.revoked.unverified is None

@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 
 _ENDED_LISTED = 100  # live credentials a token revocation lists as ended, at most
 _REPLAY_PRUNE_EVERY = 60.0  # seconds between deletions of expired rows of dpop_replay
+_REVOCATION_PRUNE_EVERY = 600.0  # seconds between prunes of expired revocations
+# A revocation is pruned this long after its expires_at (the expiry of the longest credential
+# it can affect): far beyond the verifier's leeway and any clock skew between nodes.
+REVOCATION_PRUNE_MARGIN = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class IdentityService:
             self.replay_cache = MemoryReplayCache(seconds)
         self.dpop = DPoPVerifier(clock=seconds, replay_cache=self.replay_cache)
         self._replay_pruned_at: float | None = None
+        self._revocations_pruned_at: float | None = None
         self.revoked = RevocationSet()
         self.certificates = CertificateIssuer(keys, settings, clock)
         # Agents' states, read single-flight and refreshed by watch_revocations.
@@ -319,6 +324,7 @@ class IdentityService:
             except Exception as error:  # noqa: BLE001 - keep polling; the next poll retries
                 log.error("refreshing revocations failed: %s", error)
             await self._prune_replays_now_and_then()
+            await self._prune_revocations_now_and_then()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.revocation_poll)
 
@@ -334,6 +340,29 @@ class IdentityService:
             await self.prune_replays()
         except Exception as error:  # noqa: BLE001 - keep polling; the next prune retries
             log.error("deleting expired DPoP replay entries failed: %s", error)
+
+    async def prune_revocations(self) -> int:
+        """Delete the revocations whose ``expires_at`` passed more than
+        :data:`REVOCATION_PRUNE_MARGIN` ago, accounted for in the revocation ledger (nothing
+        is pruned while the list does not verify); how many. Nodes that hold them keep them
+        in memory: they affect only credentials that expired."""
+        async with self.engine.begin() as conn:
+            cutoff = self.clock() - REVOCATION_PRUNE_MARGIN
+            pruned = await cred_store.prune_revocations(conn, self.sealer, cutoff)
+        if pruned:
+            log.info("pruned %d expired revocation(s)", pruned)
+        return pruned
+
+    async def _prune_revocations_now_and_then(self) -> None:
+        now = self.clock().timestamp()
+        last = self._revocations_pruned_at
+        if last is not None and now - last < _REVOCATION_PRUNE_EVERY:
+            return
+        self._revocations_pruned_at = now
+        try:
+            await self.prune_revocations()
+        except Exception as error:  # noqa: BLE001 - keep polling; the next prune retries
+            log.error("pruning expired revocations failed: %s", error)
 
     async def rotate_keys(self) -> str:
         """Rotate the access-token signing key; returns the new kid."""
