@@ -195,14 +195,14 @@ async def test_the_watcher_prunes_expired_revocations_and_the_ledger_follows(
     assert fresh.revoked.unverified is None
     assert ("token", "old-0") not in fresh.revoked
     # The watcher's pace: one prune, then none for ten minutes.
-    await stack.service._prune_revocations_now_and_then()
+    await stack.service.maintain()
     await revoke("late", -7200)  # expired two hours ago
-    await stack.service._prune_revocations_now_and_then()
+    await stack.service.maintain()
     assert ("token", "late") in (
         await build_service(stack.store, stack.clock, stack.cipher)
     ).revoked
     stack.clock.advance(600)
-    await stack.service._prune_revocations_now_and_then()
+    await stack.service.maintain()
     again = await build_service(stack.store, stack.clock, stack.cipher)
     assert ("token", "late") not in again.revoked
     assert again.revoked.unverified is None

@@ -141,7 +141,7 @@ async def test_expired_rows_are_deleted_by_the_watcher(bot_on_pg: tuple[Stack, A
     await stack.service.prune_replays()
     assert await _rows(stack) == 1
     stack.clock.advance(62)
-    await stack.service._prune_replays_now_and_then()
+    await stack.service.maintain()
     assert await _rows(stack) == 0
 
 

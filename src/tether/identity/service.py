@@ -122,8 +122,7 @@ class IdentityService:
         else:
             self.replay_cache = MemoryReplayCache(seconds)
         self.dpop = DPoPVerifier(clock=seconds, replay_cache=self.replay_cache)
-        self._replay_pruned_at: float | None = None
-        self._revocations_pruned_at: float | None = None
+        self._maintained_at: dict[str, float] = {}  # maintain(): when each job last ran
         self.revoked = RevocationSet()
         self.certificates = CertificateIssuer(keys, settings, clock)
         # Agents' states, read single-flight and refreshed by watch_revocations.
@@ -323,23 +322,9 @@ class IdentityService:
                 await self.agent_states.refresh()
             except Exception as error:  # noqa: BLE001 - keep polling; the next poll retries
                 log.error("refreshing revocations failed: %s", error)
-            await self._prune_replays_now_and_then()
-            await self._prune_revocations_now_and_then()
+            await self.maintain()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.revocation_poll)
-
-    async def _prune_replays_now_and_then(self) -> None:
-        now = self.clock().timestamp()
-        if not self.shared_replay or (
-            self._replay_pruned_at is not None
-            and now - self._replay_pruned_at < _REPLAY_PRUNE_EVERY
-        ):
-            return
-        self._replay_pruned_at = now
-        try:
-            await self.prune_replays()
-        except Exception as error:  # noqa: BLE001 - keep polling; the next prune retries
-            log.error("deleting expired DPoP replay entries failed: %s", error)
 
     async def prune_revocations(self) -> int:
         """Delete the revocations whose ``expires_at`` passed more than
@@ -353,16 +338,31 @@ class IdentityService:
             log.info("pruned %d expired revocation(s)", pruned)
         return pruned
 
-    async def _prune_revocations_now_and_then(self) -> None:
+    async def maintain(self) -> None:
+        """The watcher's periodic deletions: expired DPoP replay rows (a shared replay
+        table, every minute) and expired revocations (every ten minutes)."""
+        if self.shared_replay:
+            await self._now_and_then(
+                "replays", _REPLAY_PRUNE_EVERY, self.prune_replays,
+                "deleting expired DPoP replay entries",
+            )  # fmt: skip
+        await self._now_and_then(
+            "revocations", _REVOCATION_PRUNE_EVERY, self.prune_revocations,
+            "pruning expired revocations",
+        )  # fmt: skip
+
+    async def _now_and_then(
+        self, name: str, every: float, work: Callable[[], Awaitable[int]], what: str
+    ) -> None:
         now = self.clock().timestamp()
-        last = self._revocations_pruned_at
-        if last is not None and now - last < _REVOCATION_PRUNE_EVERY:
+        last = self._maintained_at.get(name)
+        if last is not None and now - last < every:
             return
-        self._revocations_pruned_at = now
+        self._maintained_at[name] = now
         try:
-            await self.prune_revocations()
-        except Exception as error:  # noqa: BLE001 - keep polling; the next prune retries
-            log.error("pruning expired revocations failed: %s", error)
+            await work()
+        except Exception as error:  # noqa: BLE001 - keep polling; the next run retries
+            log.error("%s failed: %s", what, error)
 
     async def rotate_keys(self) -> str:
         """Rotate the access-token signing key; returns the new kid."""
