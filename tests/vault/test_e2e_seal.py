@@ -1,4 +1,5 @@
-"""End to end: upgrading to row seals with a real ``tether serve`` and ``tether store seal``.
+"""End to end: upgrading to row seals with a real ``tether serve`` and ``tether store seal``
+(migrations 0015, and 0020-0021 for signing keys and the revocation ledger).
 
 Rows from before migration 0015 have no seal (here: a database whose seals were cleared,
 which is what the migration leaves): the node names them at start and refuses them, the
@@ -9,7 +10,9 @@ the adoption is refused until an operator adopts it in turn.
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,41 @@ def test_store_seal_needs_the_master_key(cluster: Cluster) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("tether: error: no master key: set TETHER_MASTER_KEY")
     assert not (cluster.root / "elsewhere" / "master.key").exists()
+
+
+def test_keys_and_revocations_from_before_0020_and_0021_once_adopted(cluster: Cluster) -> None:
+    """A database as migrations 0020 and 0021 leave it (signing keys without a seal, no
+    revocation ledger): ``tether serve`` refuses to start, naming the key and the command,
+    with no traceback; ``tether store seal`` adopts the keys and rebuilds the ledger from
+    the revocations present, and the node starts and honours them."""
+    node = cluster.start()
+    admin = TOKEN.findall(node.stderr)[0]
+    ok(cluster.cli("revoke", "task", "T-old", "--reason", "done", token=admin))
+    assert node.stop() == 0
+    _sql(cluster, "UPDATE signing_keys SET seal = NULL")
+    _sql(cluster, "DELETE FROM revocation_ledger")
+
+    args = [str(cluster.tether), "serve", "--policies", "pol", "--data-dir", "data",
+            "--listen", f"127.0.0.1:{cluster.port}"]  # fmt: skip
+    refused = subprocess.run(
+        args, cwd=cluster.root, env=cluster.env, capture_output=True, text=True, timeout=90
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert re.search(
+        r"tether: error: signing keys unusable: the active access-token key '[^']+' does not "
+        r"verify: .*adopt it with `tether store seal`",
+        refused.stderr,
+    ), refused.stderr
+
+    listed = ok(cluster.cli("store", "seal", "--dry-run", "--data-dir", "data")).splitlines()
+    assert sum(line.startswith("unsealed signing_keys ") for line in listed) == 3
+    assert "unsealed revocation_ledger missing" in listed
+    sealed = ok(cluster.cli("store", "seal", "--data-dir", "data")).splitlines()
+    assert sum(line.startswith("sealed signing_keys ") for line in sealed) == 3
+    assert "sealed revocation_ledger revocations=1" in sealed
+    assert ok(cluster.cli("store", "seal", "--dry-run", "--data-dir", "data")) == ""
+
+    node = cluster.start()  # starts, the revocations verify, the admin token works
+    ok(cluster.cli("target", "list", token=admin))
+    assert "every credential is refused" not in node.stderr
