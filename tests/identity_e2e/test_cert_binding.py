@@ -20,11 +20,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sqlalchemy import text
 
 from tether.crypto.envelope import EnvelopeCipher
 from tether.crypto.masterkey import MasterKey
 from tether.identity.claims import Claims
-from tether.identity.errors import BindingMismatch, TokenInvalid
+from tether.identity.errors import BindingMismatch, TokenInvalid, TokenRevoked
 from tether.identity.issued import Presented
 from tether.store import Store
 
@@ -166,3 +167,19 @@ async def test_only_this_agents_certificate_of_tethers_ca_can_be_bound(
     )
     with pytest.raises(TokenInvalid):
         await stack.service.certificate_bound_token(bot.claims, other_pem)
+
+
+async def test_a_bound_token_is_refused_while_the_revocation_list_does_not_verify(
+    stack: Stack, bot: Agent, tmp_path: Path
+) -> None:
+    """Migration 0021: a revocation deleted behind Tether's back refuses every credential,
+    and the refusal names that (not "the certificate is revoked")."""
+    token, pem, key = await _bound(stack, bot)
+    der = await _peer_certificate(stack, pem, key, tmp_path)
+    presented = Presented(token, "GET", RESOURCE, None, peer_certificate_der=der)
+    await stack.service.revoke("task", "T-other", reason="done", by="admin")
+    async with stack.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM revocations WHERE value = 'T-other'"))
+    stack.service = await build_service(stack.store, stack.clock, stack.cipher)
+    with pytest.raises(TokenRevoked, match=r"^the revocation list does not verify$"):
+        await stack.service.authenticate(presented)

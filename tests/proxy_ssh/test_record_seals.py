@@ -6,18 +6,19 @@ target; a newer planted record does not hide the genuine one."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 from tests.proxy_ssh.conftest import RULES, Env
-from tests.proxy_ssh.harness import Agent, plain_key_stack, received
+from tests.proxy_ssh.harness import Agent, live_session, plain_key_stack, received
 from tests.proxy_ssh.test_auth import assert_refused, refusal_reasons
-from tether.store.schema import credentials, runtimes
+from tether.store.schema import credentials, revocations, runtimes
 
 
 async def _set_records(agent: Agent, **values: Any) -> None:
@@ -82,3 +83,23 @@ async def test_a_record_planted_for_a_bare_key_opens_nothing(tmp_path: Path, env
         assert [r for r in received(env.sshd_dir) if "thief" in str(r)] == []
     finally:
         await stack.close()
+
+
+async def test_a_deleted_revocation_ends_live_sessions_and_refuses_logins(env: Env) -> None:
+    """The revocation ledger (migration 0021), over a real OpenSSH client and server: once
+    the broker's node sees a revocation deleted behind Tether's back (its watcher's next
+    poll), a live session ends at its next check, a new login is refused naming why, and
+    nothing more reaches the target."""
+    stack = env.stack
+    agent = await stack.agent()
+    process = await live_session(stack.broker.port, agent, env.sshd_dir)
+    await stack.identity.revoke("task", "T-unrelated", reason="done", by="admin")
+    async with stack.store.engine.begin() as conn:
+        await conn.execute(delete(revocations).where(revocations.c.value == "T-unrelated"))
+    await stack.identity.refresh_revocations()  # what the node's watcher does every second
+    await asyncio.wait_for(process.wait(), 5)
+    assert process.returncode == 255
+    status, out, err = await agent.ssh("root@web-1", "echo again")
+    assert status == 255 and out == b"" and b"Permission denied" in err
+    assert (await refusal_reasons(env))[-1] == "the revocation list does not verify"
+    assert received(env.sshd_dir) == ["sleep 60"]

@@ -147,6 +147,8 @@ class IdentityService:
             if presented.peer_certificate_der is None:
                 raise TokenInvalid("a certificate-bound token needs the client certificate")
             check_binding(claims, presented.peer_certificate_der)
+            if self.revoked.unverified is not None:  # it refuses all: say so, not "revoked"
+                raise TokenRevoked(self.revoked.unverified)
             if ("token", certificate_id(presented.peer_certificate_der)) in self.revoked:
                 raise TokenRevoked("the certificate is revoked")
         await self.check_live(claims)
