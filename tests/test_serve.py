@@ -119,7 +119,12 @@ def test_serve_decides_reloads_refuses_and_stops(
     with httpx.Client(base_url=url, timeout=5) as client:
         health = client.get("/healthz").json()
         first = health["policy_version"]
-        assert health == {"status": "ok", "policy_version": first, "rules": 1}
+        assert health == {
+            "status": "ok",
+            "policy_version": first,
+            "rules": 1,
+            "revocations": "verified",
+        }
         answer = client.post("/v1/decide", json=SEARCH).json()
         assert (answer["decision"], answer["rule"], answer["policy_version"]) == (
             "allow", "search", first

@@ -12,13 +12,16 @@ import asyncio
 import logging
 from datetime import timedelta
 
+import httpx
 import pytest
 from sqlalchemy import delete, text, update
 
 from tests.identity_e2e.conftest import Agent, Stack, build_service, join_form
+from tether.api import AppState, PolicyHolder, create_app
 from tether.identity.errors import TokenRevoked
 from tether.identity.exchange import ExchangeError
 from tether.identity.service import IdentityService
+from tether.policy import load_policies
 from tether.store import credentials as cred_store
 from tether.store.identity import AgentNotActive
 from tether.store.schema import revocation_ledger, revocations
@@ -206,3 +209,27 @@ async def test_the_watcher_prunes_expired_revocations_and_the_ledger_follows(
     again = await build_service(stack.store, stack.clock, stack.cipher)
     assert ("token", "late") not in again.revoked
     assert again.revoked.unverified is None
+
+
+async def test_healthz_says_when_the_node_refuses_everything(stack: Stack) -> None:
+    """What monitoring watches: ``GET /healthz`` stays 200 (a restart would not help) but
+    says ``refusing`` while the revocation list does not verify, and ``ok`` once adopted."""
+    app = create_app(AppState(PolicyHolder(load_policies([])), stack.store, stack.service))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tether") as http:
+
+        async def health() -> tuple[int, str, str]:
+            answer = await http.get("/healthz")
+            body = answer.json()
+            return answer.status_code, body["status"], body["revocations"]
+
+        assert await health() == (200, "ok", "verified")
+        await stack.service.revoke("task", "T-1", reason="done", by="admin")
+        await _exec(stack, "DELETE FROM revocations WHERE value = 'T-1'")
+        await stack.service.refresh_revocations()
+        assert await health() == (200, "refusing", "unverified")
+        async with stack.engine.begin() as conn:
+            await conn.execute(update(revocation_ledger).values(seal=None))
+        await adopt(stack.engine, stack.cipher.sealer)
+        await stack.service.refresh_revocations()
+        assert await health() == (200, "ok", "verified")

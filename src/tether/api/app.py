@@ -64,11 +64,17 @@ def create_app(state: AppState, *, middleware: Sequence[Middleware] = ()) -> Fas
 
 
 def _add_routes(app: FastAPI, state: AppState) -> None:
-    @app.get("/healthz", response_model=Health, tags=["node"])
+    @app.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["node"])
     async def healthz() -> Health:
-        """Liveness, and the version of the policy set in force."""
+        """Liveness (always 200: a restart would not help), the version of the policy set in
+        force, and whether the node refuses every credential (an unverified revocation list)."""
         current = state.policies.current
-        return Health(status="ok", policy_version=current.version, rules=len(current.rules))
+        health = Health(status="ok", policy_version=current.version, rules=len(current.rules))
+        if state.identity is not None:
+            unverified = state.identity.revoked.unverified is not None
+            health.revocations = "unverified" if unverified else "verified"
+            health.status = "refusing" if unverified else "ok"
+        return health
 
     @app.post(
         "/v1/decide",

@@ -20,9 +20,15 @@ class DecisionBody(BaseModel):
 class Health(BaseModel):
     """The node is up and serving this policy set."""
 
-    status: Literal["ok"]
+    status: Literal["ok", "refusing"] = Field(
+        description="``refusing`` while the node refuses every credential: its revocation "
+        "list does not verify against the revocation ledger (docs/vault.md)"
+    )
     policy_version: str
     rules: int = Field(description="number of rules in the policy set in force")
+    revocations: Literal["verified", "unverified"] | None = Field(
+        default=None, description="the revocation list's state (absent without identity)"
+    )
 
 
 _NAMED: Final[dict[str, Any]] = {
