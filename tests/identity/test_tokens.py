@@ -174,7 +174,14 @@ def test_an_unverified_revocation_list_refuses_everything(issuer: TokenIssuer) -
         assert revoked.reason(claims) == unverified
         assert revoked.issuance_reason("a", "t", "r") == unverified
         assert ("token", "anything") in revoked
+        assert revoked.refusal("token", "anything", "the certificate is revoked") == unverified
     assert RevocationSet().unverified == "the revocation list is not loaded"  # the default
+    loaded = RevocationSet(unverified=None)
+    loaded.add("token", "c1")
+    assert loaded.refusal("token", "c1", "the certificate is revoked") == (
+        "the certificate is revoked"
+    )
+    assert loaded.refusal("token", "c2", "the certificate is revoked") is None
 
 
 def test_revoking_the_parent_revokes_the_token(issuer: TokenIssuer) -> None:

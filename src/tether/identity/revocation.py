@@ -93,6 +93,14 @@ class RevocationSet:
     def add(self, kind: str, value: str) -> None:
         self._revoked[kind].add(value)
 
+    def refusal(self, kind: str, value: str, revoked: str) -> str | None:
+        """Why a credential known by ``(kind, value)`` is refused: :attr:`unverified` while
+        the list does not verify (it refuses all, and says so), ``revoked`` when the value
+        is revoked, else None."""
+        if self.unverified is not None:
+            return self.unverified
+        return revoked if value in self._revoked[kind] else None
+
     def __contains__(self, item: tuple[str, str]) -> bool:
         if self.unverified is not None:
             return True

@@ -147,10 +147,13 @@ class IdentityService:
             if presented.peer_certificate_der is None:
                 raise TokenInvalid("a certificate-bound token needs the client certificate")
             check_binding(claims, presented.peer_certificate_der)
-            if self.revoked.unverified is not None:  # it refuses all: say so, not "revoked"
-                raise TokenRevoked(self.revoked.unverified)
-            if ("token", certificate_id(presented.peer_certificate_der)) in self.revoked:
-                raise TokenRevoked("the certificate is revoked")
+            refused = self.revoked.refusal(
+                "token",
+                certificate_id(presented.peer_certificate_der),
+                "the certificate is revoked",
+            )
+            if refused is not None:
+                raise TokenRevoked(refused)
         await self.check_live(claims)
         return claims
 
@@ -385,10 +388,9 @@ class IdentityService:
         ``AgentNotActive`` for an agent that is not active, or revoked (its state may still
         read ``active``: a join token for it could never be exchanged), or while the
         revocation list does not verify."""
-        if self.revoked.unverified is not None:
-            raise AgentNotActive(f"no join token for {agent_id!r}: {self.revoked.unverified}")
-        if ("agent", agent_id) in self.revoked:
-            raise AgentNotActive(f"agent {agent_id!r} is revoked")
+        refused = self.revoked.refusal("agent", agent_id, f"agent {agent_id!r} is revoked")
+        if refused is not None:
+            raise AgentNotActive(refused)
         ttl = ttl or self.settings.join_token_ttl
         if not 0 < ttl <= 86400:
             raise ValueError("a join token lives between 1 second and 1 day")

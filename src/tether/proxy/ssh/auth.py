@@ -264,10 +264,9 @@ async def check_live(identity: IdentityService, session: SessionIdentity) -> Non
     """``AuthRefused`` once the session's credential is revoked, expired or its agent inactive."""
     if identity.clock().timestamp() >= session.not_after:
         raise AuthRefused("the certificate has expired")
-    if identity.revoked.unverified is not None:  # it refuses all: say so, not "revoked"
-        raise AuthRefused(identity.revoked.unverified)
-    if ("token", session.credential) in identity.revoked:
-        raise AuthRefused("the certificate is revoked")
+    refused = identity.revoked.refusal("token", session.credential, "the certificate is revoked")
+    if refused is not None:
+        raise AuthRefused(refused)
     try:
         await identity.check_live(session.claims)
     except CredentialError as error:
