@@ -38,6 +38,8 @@ from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.masterkey import MasterKeyError, load_master_key
 from tether.identity.admintokens import first_admin_token
 from tether.identity.keystore import KeysUnverified, load_or_create
+from tether.identity.revocation_copy import FILE_NAME as COPY_FILE_NAME
+from tether.identity.revocation_copy import RevocationCopy, RevocationCopyError
 from tether.identity.service import IdentityService
 from tether.identity.workload import TrustedIssuers
 from tether.policywatch import LoadRefused, PolicyReloader, load_initial
@@ -288,9 +290,18 @@ async def open_identity(
             f"X.509 CA signs for {keys.x509_ca.trust_domain!r}"
         )
     issuers = TrustedIssuers.from_configs(config.issuer_configs(), clock=clock)
+    copy = RevocationCopy(settings.data_dir / COPY_FILE_NAME)
     service = IdentityService(
-        store.engine, keys, cipher, identity_settings, issuers=issuers, clock=clock
-    )
+        store.engine, keys, cipher, identity_settings, issuers=issuers, clock=clock,
+        revocation_copy=copy,
+    )  # fmt: skip
+    try:
+        service.hold_revocation_copy()
+    except RevocationCopyError as error:
+        raise StartupError(
+            f"the revocation copy does not parse: {error}; move it aside to start without it "
+            "(the node then forgets the revocations the database lost: docs/vault.md)"
+        ) from None
     await service.refresh_revocations()
     return service
 

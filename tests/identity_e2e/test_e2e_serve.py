@@ -42,21 +42,20 @@ class Cluster:
         (root / "pol").mkdir()
         (root / "pol" / "a.yaml").write_text(POLICY)
 
+    def serve_args(self) -> list[str]:
+        return [str(self.tether), "serve", "--policies", "pol", "--data-dir", "data",
+                "--listen", f"127.0.0.1:{self.port}"]  # fmt: skip
+
     def start(self) -> Node:
-        args = [
-            str(self.tether),
-            "serve",
-            "--policies",
-            "pol",
-            "--data-dir",
-            "data",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-        ]
-        node = Node(args, self.root, self.env)
+        node = Node(self.serve_args(), self.root, self.env)
         self.nodes.append(node)
         node.wait_for_log("tether serving on")
         return node
+
+    def refused_start(self) -> subprocess.CompletedProcess[str]:
+        """``tether serve`` expected to stop before serving (exit 2, say): its output."""
+        return subprocess.run(self.serve_args(), cwd=self.root, env=self.env,
+                              capture_output=True, text=True, timeout=90)  # fmt: skip
 
     def cli(
         self, *args: str, token: str | None = None, **env: str

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,11 +89,7 @@ def test_keys_and_revocations_from_before_0020_and_0021_once_adopted(cluster: Cl
     _sql(cluster, "UPDATE signing_keys SET seal = NULL")
     _sql(cluster, "DELETE FROM revocation_ledger")
 
-    args = [str(cluster.tether), "serve", "--policies", "pol", "--data-dir", "data",
-            "--listen", f"127.0.0.1:{cluster.port}"]  # fmt: skip
-    refused = subprocess.run(
-        args, cwd=cluster.root, env=cluster.env, capture_output=True, text=True, timeout=90
-    )
+    refused = cluster.refused_start()
     assert refused.returncode == 2, refused.stderr
     assert "Traceback" not in refused.stderr
     assert re.search(

@@ -67,13 +67,15 @@ def _add_routes(app: FastAPI, state: AppState) -> None:
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["node"])
     async def healthz() -> Health:
         """Liveness (always 200: a restart would not help), the version of the policy set in
-        force, and whether the node refuses every credential (an unverified revocation list)."""
+        force, whether the node refuses every credential (an unverified revocation list),
+        and how many revocations it holds that the database lost."""
         current = state.policies.current
         health = Health(status="ok", policy_version=current.version, rules=len(current.rules))
         if state.identity is not None:
             unverified = state.identity.revoked.unverified is not None
             health.revocations = "unverified" if unverified else "verified"
             health.status = "refusing" if unverified else "ok"
+            health.revocations_missing = state.identity.revocations_missing or None
         return health
 
     @app.post(

@@ -29,6 +29,11 @@ class Health(BaseModel):
     revocations: Literal["verified", "unverified"] | None = Field(
         default=None, description="the revocation list's state (absent without identity)"
     )
+    revocations_missing: int | None = Field(
+        default=None,
+        description="revocations in force that this node holds (and still honours) but the "
+        "database lacks: it was put back to an earlier state (absent when none)",
+    )
 
 
 _NAMED: Final[dict[str, Any]] = {

@@ -32,7 +32,6 @@ Security decisions:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,6 +39,7 @@ from sqlalchemy.engine import URL
 
 from tether.audit.canonical import format_time, parse_time
 from tether.audit.store import Checkpoint
+from tether.durable import replace_file
 
 HEAD_SUFFIX: Final = ".audit-head"
 
@@ -96,17 +96,7 @@ def write_head(path: Path, checkpoint: Checkpoint) -> bool:
         "kid": checkpoint.kid,
         "signature": checkpoint.signature,
     }
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("w", encoding="utf-8") as out:
-        out.write(json.dumps(document, sort_keys=True) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    temporary.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    replace_file(path, (json.dumps(document, sort_keys=True) + "\n").encode(), mode=0o644)
     return True
 
 

@@ -20,6 +20,12 @@ they are not. A list that does not verify (a revocation deleted, changed or plan
 Tether's back) turns the set *unverified*, and every credential is refused until it verifies
 again.
 
+A database put back whole as it was earlier (ledger included) verifies, and would forget
+the revocations made since: a running node never does (its set only grows), and a
+restarted one holds again what its own copy recorded (:mod:`tether.identity.revocation_copy`).
+Whatever the set holds that a whole read lacks, though still in force, is :attr:`missing`:
+still honoured, and reported.
+
 Revocation is permanent for every kind: a revoked token id, agent, task or runtime is never
 accepted again (``tether agent disable`` is the reversible switch). Entries are only pruned
 by the store after everything they could affect has expired.
@@ -29,15 +35,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from tether.crypto.seal import RowSealer
 from tether.identity.claims import Claims
+from tether.identity.revocation_copy import KINDS, Held
 from tether.store import revocation_ledger as ledger
 from tether.store.credentials import Revocation, RevocationRead
 from tether.store.revocation_ledger import Ledger
 
-KINDS = ("token", "agent", "task", "runtime")
-
+__all__ = ["KINDS", "NOT_LOADED", "UNVERIFIED", "RevocationSet"]
 
 UNVERIFIED = "the revocation list does not verify"
 NOT_LOADED = "the revocation list is not loaded"
@@ -58,22 +65,60 @@ class RevocationSet:
     _revoked: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in KINDS})
     trusted: Ledger | None = None
     unverified: str | None = NOT_LOADED
+    # Every entry held, with its expiry (None: forever), for the copy and for `missing`.
+    _expiry: dict[tuple[str, str], float | None] = field(default_factory=dict)
+    # Entries held, in force, that the last whole read lacked (and no read has brought back).
+    _missing: set[tuple[str, str]] = field(default_factory=set)
+    # Bumped whenever an entry is held anew or its expiry grows: the copy is behind.
+    version: int = 0
 
     def apply(self, entries: Iterable[Revocation], cursor: int | None = None) -> None:
         for entry in entries:
-            self._revoked[entry.kind].add(entry.value)
+            expires = None if entry.expires_at is None else entry.expires_at.timestamp()
+            self._hold(entry.kind, entry.value, expires)
         if cursor is not None and cursor > self.cursor:
             self.cursor = cursor
 
-    def take(self, read: RevocationRead, sealer: RowSealer, *, whole: bool = False) -> str | None:
+    def hold(self, entries: Iterable[Held]) -> None:
+        """Honour ``entries`` (a node's copy, read at start) as if the store held them."""
+        for entry in entries:
+            self._hold(entry.kind, entry.value, entry.expires_at)
+
+    def _hold(self, kind: str, value: str, expires: float | None) -> None:
+        self._revoked[kind].add(value)
+        key = (kind, value)
+        if key not in self._expiry:
+            self._expiry[key] = expires
+            self.version += 1
+            return
+        known = self._expiry[key]
+        if known is not None and (expires is None or expires > known):
+            self._expiry[key] = expires  # the longer-lived entry wins: never weakened
+            self.version += 1
+
+    def take(
+        self,
+        read: RevocationRead,
+        sealer: RowSealer,
+        *,
+        whole: bool = False,
+        now: datetime | None = None,
+    ) -> str | None:
         """Apply ``read``'s entries (always: honouring more revocations is safe) and check
         them against the ledger read with them; None when they verify, else why not.
 
         ``whole``: ``read`` holds every entry, which must be exactly what the ledger
         accounts for; otherwise it holds the entries after :attr:`cursor`, which must take
         the trusted ledger to the one read. A whole read that does not verify turns the set
-        unverified; a partial one leaves that to the caller's whole read."""
+        unverified; a partial one leaves that to the caller's whole read. A whole read also
+        recomputes :attr:`missing` (entries in force at ``now`` it lacks; without ``now``,
+        every entry held counts as in force)."""
         self.apply(read.entries, read.cursor)
+        read_keys = {(entry.kind, entry.value) for entry in read.entries}
+        if whole:
+            self._missing = self._in_force(now) - read_keys
+        else:
+            self._missing -= read_keys
         held = ledger.verified(sealer, read.ledger)
         if isinstance(held, str):
             problem: str | None = held
@@ -90,8 +135,36 @@ class RevocationSet:
             self.trusted, self.unverified = None, UNVERIFIED
         return problem
 
+    def _in_force(self, now: datetime | None) -> set[tuple[str, str]]:
+        moment = None if now is None else now.timestamp()
+        return {
+            key
+            for key, expires in self._expiry.items()
+            if expires is None or moment is None or expires > moment
+        }
+
+    def missing(self, now: datetime) -> list[Held]:
+        """The entries this set honours, still in force at ``now``, that the last whole read
+        of the store lacked: the store was put back to an earlier state (or they were
+        removed and the ledger rebuilt). Sorted by kind and value."""
+        moment = now.timestamp()
+        return [
+            Held(kind, value, self._expiry[(kind, value)])
+            for kind, value in sorted(self._missing)
+            if (expires := self._expiry[(kind, value)]) is None or expires > moment
+        ]
+
+    def held(self, now: datetime) -> list[Held]:
+        """Every entry still in force at ``now`` (what a node's copy records)."""
+        return [
+            Held(kind, value, self._expiry[(kind, value)])
+            for kind, value in sorted(self._in_force(now))
+        ]
+
     def add(self, kind: str, value: str) -> None:
-        self._revoked[kind].add(value)
+        """Honour a revocation this node just committed (kept forever: ``revoke`` makes
+        entries without an expiry)."""
+        self._hold(kind, value, None)
 
     def refusal(self, kind: str, value: str, revoked: str) -> str | None:
         """Why a credential known by ``(kind, value)`` is refused: :attr:`unverified` while

@@ -52,6 +52,7 @@ from tether.identity.issued import (
 from tether.identity.keystore import TetherKeys, rotate_access_key
 from tether.identity.replay import MemoryReplayCache, ReplayCheckFailed, shared_memory_cache
 from tether.identity.revocation import UNVERIFIED, RevocationSet
+from tether.identity.revocation_copy import RevocationCopy
 from tether.identity.tokens import TokenIssuer, TokenVerifier
 from tether.identity.workload import TrustedIssuers
 from tether.identity.x509ca import spiffe_ids_of
@@ -94,6 +95,7 @@ class IdentityService:
         *,
         issuers: TrustedIssuers | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        revocation_copy: RevocationCopy | None = None,
     ) -> None:
         self.engine, self.keys, self.cipher, self.settings = engine, keys, cipher, settings
         self.sealer = cipher.sealer  # row seals under the master key (tether.crypto.seal)
@@ -124,6 +126,11 @@ class IdentityService:
         self.dpop = DPoPVerifier(clock=seconds, replay_cache=self.replay_cache)
         self._maintained_at: dict[str, float] = {}  # maintain(): when each job last ran
         self.revoked = RevocationSet()
+        # The node's copy of the revocations in force, outside the database (a serving
+        # node's; tether.identity.revocation_copy), and how many of them it last reported
+        # missing from the database.
+        self.revocation_copy = revocation_copy
+        self._missing_reported = 0
         self.certificates = CertificateIssuer(keys, settings, clock)
         # Agents' states, read single-flight and refreshed by watch_revocations.
         self.agent_states = AgentStates(engine, self.sealer, settings.revocation_poll, seconds)
@@ -234,6 +241,7 @@ class IdentityService:
             )
         if done is not None:
             self.revoked.add("agent", agent_id)
+            await self.save_revocation_copy()
             self.agent_states.forget(agent_id)
             await self._notify_revocation("agent", agent_id, reason)
         return done
@@ -274,6 +282,8 @@ class IdentityService:
                 values.append(family)
         for revoked in values:
             self.revoked.add(kind, revoked)
+        await self.save_revocation_copy()
+        for revoked in values:
             await self._notify_revocation(kind, revoked, reason)
         ended: list[str] = []
         if kind == "token":  # for the report only: read after the commit, not under its lock
@@ -297,7 +307,9 @@ class IdentityService:
         revocation ledger (:mod:`tether.store.revocation_ledger`): every entry the first
         time, and whenever the new ones do not continue the ledger this node trusts.
         While they do not verify, every credential is refused (``RevocationSet.unverified``);
-        the change either way is logged once. Returns how many entries were read."""
+        the change either way is logged once, as is a change in how many revocations this
+        node holds that the database lacks (:meth:`RevocationSet.missing`). The node's copy
+        follows. Returns how many entries were read."""
         was = self.revoked.unverified
         problem: str | None = "not trusted yet"
         if self.revoked.trusted is not None:
@@ -305,13 +317,54 @@ class IdentityService:
             problem = self.revoked.take(read, self.sealer)
         if problem is not None:
             read = await self._read_revocations(0)
-            problem = self.revoked.take(read, self.sealer, whole=True)
+            problem = self.revoked.take(read, self.sealer, whole=True, now=self.clock())
         if problem is not None and was != UNVERIFIED:  # at start, or a list that verified
             log.error("every credential is refused: %s (docs/vault.md, Tampering with the "
                       "database)", problem)  # fmt: skip
         elif problem is None and was == UNVERIFIED:
             log.warning("the revocation list verifies again: credentials are accepted")
+        self._report_missing()
+        await self.save_revocation_copy()
         return len(read.entries)
+
+    def _report_missing(self) -> None:
+        missing = self.revoked.missing(self.clock())
+        if len(missing) == self._missing_reported:
+            return
+        self._missing_reported = len(missing)
+        if missing:
+            first = missing[0]
+            log.error(
+                "%d revocation(s) this node holds, still in force, are missing from the "
+                "database (the first: %s %r); they are still honoured here. The database was "
+                "put back to an earlier state, or they were deleted and the ledger rebuilt: "
+                "revoke them again (docs/vault.md, Tampering with the database)",
+                len(missing), first.kind, first.value,
+            )  # fmt: skip
+        else:
+            log.warning("every revocation this node holds is in the database again")
+
+    @property
+    def revocations_missing(self) -> int:
+        """How many revocations in force this node holds that the database lacks."""
+        return len(self.revoked.missing(self.clock()))
+
+    def hold_revocation_copy(self) -> int:
+        """Honour what the node's copy records (at start, before the first refresh); how
+        many entries. :class:`RevocationCopyError` when the copy does not parse."""
+        if self.revocation_copy is None:
+            return 0
+        held = self.revocation_copy.load()
+        self.revoked.hold(held)
+        return len(held)
+
+    async def save_revocation_copy(self, *, force: bool = False) -> None:
+        """Bring the node's copy up to date (``force``: rewrite it, dropping expired ones)."""
+        if self.revocation_copy is None:
+            return
+        now = self.clock()
+        revoked = self.revoked
+        await self.revocation_copy.save(revoked.version, lambda: revoked.held(now), force=force)
 
     async def _read_revocations(self, after: int) -> cred_store.RevocationRead:
         async with self.engine.connect() as conn:
@@ -345,7 +398,8 @@ class IdentityService:
 
     async def maintain(self) -> None:
         """The watcher's periodic deletions: expired DPoP replay rows (a shared replay
-        table, every minute) and expired revocations (every ten minutes)."""
+        table, every minute), expired revocations, and the expired entries of the node's
+        revocation copy (every ten minutes)."""
         if self.shared_replay:
             await self._now_and_then(
                 "replays", _REPLAY_PRUNE_EVERY, self.prune_replays,
@@ -355,6 +409,15 @@ class IdentityService:
             "revocations", _REVOCATION_PRUNE_EVERY, self.prune_revocations,
             "pruning expired revocations",
         )  # fmt: skip
+        if self.revocation_copy is not None:
+            await self._now_and_then(
+                "revocation copy", _REVOCATION_PRUNE_EVERY, self._rewrite_copy,
+                "rewriting the revocation copy",
+            )  # fmt: skip
+
+    async def _rewrite_copy(self) -> int:
+        await self.save_revocation_copy(force=True)  # drops the entries that expired
+        return 0
 
     async def _now_and_then(
         self, name: str, every: float, work: Callable[[], Awaitable[int]], what: str

@@ -1,0 +1,94 @@
+"""End to end: a real ``tether serve`` whose SQLite database is put back from a backup taken
+before a revocation (every file of it: the older list and its ledger verify). The node keeps
+refusing the revoked task's token after the restore because its copy
+(``data/revocations.json``) still holds the revocation; it says so in its log and in
+``GET /healthz``. Without the copy the restored database takes the token back (the control),
+and a copy that does not parse stops the node with one line, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.identity_e2e.test_e2e_serve import TOKEN, Cluster
+from tether.client import TetherClient, TetherRefused
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, tether_bin: Path, clean_env: dict[str, str]) -> Iterator[Cluster]:
+    made = Cluster(tmp_path, tether_bin, clean_env)
+    yield made
+    made.stop()
+
+
+def _database_files(data: Path) -> list[Path]:
+    return sorted(data.glob("tether.db*"))
+
+
+def _put_back(backup: Path, data: Path) -> None:
+    for path in _database_files(data):
+        path.unlink()
+    for path in backup.iterdir():
+        shutil.copy2(path, data / path.name)
+
+
+def test_a_restored_backup_does_not_bring_a_revoked_task_back(cluster: Cluster) -> None:
+    node = cluster.start()
+    admin = TOKEN.findall(node.stderr)[0]
+    assert cluster.cli("agent", "create", "bot", "--owner", "a", token=admin).returncode == 0
+    join = cluster.cli("agent", "join-token", "bot", token=admin)
+    assert join.returncode == 0, join.stderr
+    data, backup = cluster.root / "data", cluster.root / "backup"
+    with TetherClient(cluster.url) as tether:
+        session = tether.join(join.stdout.strip(), task_id="T-1", purpose="e2e")
+        assert session.whoami()["task"]["id"] == "T-1"
+        assert node.stop() == 0
+        backup.mkdir()
+        for path in _database_files(data):  # the backup: the whole database, as it stands
+            shutil.copy2(path, backup / path.name)
+
+        node = cluster.start()
+        revoked = cluster.cli("revoke", "task", "T-1", "--reason", "stolen", token=admin)
+        assert revoked.returncode == 0, revoked.stderr
+        with pytest.raises(TetherRefused) as refused:
+            session.whoami()
+        assert refused.value.status == 401
+        assert node.stop() == 0
+        copy = json.loads((data / "revocations.json").read_text())
+        assert {"kind": "task", "value": "T-1", "expires_at": None} in copy["revocations"]
+
+        _put_back(backup, data)
+        node = cluster.start()
+        node.wait_for_log(
+            r"1 revocation\(s\) this node holds, still in force, are missing from the "
+            r"database \(the first: task 'T-1'\); they are still honoured here"
+        )
+        with pytest.raises(TetherRefused) as refused:
+            session.whoami()
+        assert "the task is revoked" in str(refused.value)
+        health = httpx.get(f"{cluster.url}/healthz").json()
+        assert (health["status"], health["revocations_missing"]) == ("ok", 1)
+        assert node.stop() == 0
+
+        # The control: the restored database alone has forgotten the revocation.
+        (data / "revocations.json").rename(cluster.root / "revocations.json.aside")
+        _put_back(backup, data)
+        node = cluster.start()
+        assert session.whoami()["task"]["id"] == "T-1"
+        assert "missing from the database" not in node.stderr
+        assert node.stop() == 0
+
+    (data / "revocations.json").write_text('{"format": "tether-revocations/1", "revocations": [')
+    stopped = cluster.refused_start()
+    assert stopped.returncode == 2, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.startswith(
+        f"tether: error: the revocation copy does not parse: {data / 'revocations.json'}: not "
+        "a JSON document; move it aside to start without it"
+    ), stopped.stderr
+    assert stopped.stderr.count("\n") == 1
