@@ -28,9 +28,7 @@ class PatientCluster(Cluster):
     """Waits longer for the node to start: the test machine is shared and often loaded."""
 
     def start(self) -> Node:
-        args = [str(self.tether), "serve", "--policies", "pol", "--data-dir", "data",
-                "--listen", f"127.0.0.1:{self.port}"]  # fmt: skip
-        node = Node(args, self.root, self.env)
+        node = Node(self.serve_args(), self.root, self.env)
         self.nodes.append(node)
         node.wait_for_log("tether serving on", timeout=90)
         return node

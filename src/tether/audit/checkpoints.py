@@ -100,7 +100,7 @@ def _sealed_by(cipher: EnvelopeCipher, row: stored.StoredKey, public: Ed25519Pub
     """Whether ``row``'s private part opens under ``cipher`` and matches ``public``."""
     try:
         private = cipher.decrypt(
-            row.private_encrypted, purpose=f"signing-key:{row.purpose}", name=row.kid
+            row.private_encrypted, purpose=stored.private_key_purpose(row.purpose), name=row.kid
         )
         derived = Ed25519PrivateKey.from_private_bytes(private).public_key()
     except (DecryptionError, ValueError, TypeError):

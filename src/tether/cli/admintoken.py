@@ -11,39 +11,21 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from tether.cli.common import fail
+from tether.cli.nodeopts import ConfigOption, DataDirOption, node_settings
 from tether.cli.store import master_sealer
-from tether.config import CONFIG_ENV, ConfigError, load_settings
 
 app = typer.Typer(help="Admin API tokens.", no_args_is_help=True, add_completion=False)
 
 
 @app.command("create")
 def create(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            envvar=CONFIG_ENV,
-            show_default=False,
-            help="The node's config file (for its database).",
-        ),
-    ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-dir",
-            "-d",
-            show_default=False,
-            help="The node's data directory (its SQLite database). Default: ./.tether.",
-        ),
-    ] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     name: Annotated[str, typer.Option("--name", "-n", help="A name to tell tokens apart.")] = "cli",
     ttl: Annotated[
         int | None,
@@ -56,11 +38,7 @@ def create(
     from tether.identity.admintokens import create_admin_token
     from tether.store import Store, StoreError
 
-    overrides = {"data_dir": None if data_dir is None else str(data_dir)}
-    try:
-        settings = load_settings(config, overrides=overrides)
-    except ConfigError as error:
-        fail(str(error))
+    settings = node_settings(config, data_dir)
     sealer = master_sealer(settings, create=True)
 
     async def run() -> str:

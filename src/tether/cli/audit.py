@@ -32,7 +32,8 @@ from tether.cli.apiclient import AdminClient, TokenFile, admin_token
 from tether.cli.audit_sinks import sinks
 from tether.cli.auditview import console, events_table, print_json_lines, print_report, summary
 from tether.cli.common import EXIT_FAILED, EXIT_UNUSABLE, fail
-from tether.config import CONFIG_ENV, DATABASE_FILE, ConfigError, Settings, load_settings
+from tether.cli.nodeopts import node_settings
+from tether.config import CONFIG_ENV, DATABASE_FILE, Settings
 
 if TYPE_CHECKING:
     from tether.crypto.envelope import EnvelopeCipher
@@ -364,11 +365,7 @@ def _master_cipher(settings: Settings) -> EnvelopeCipher | None:
 
 
 def _load(config: Path | None, data_dir: Path | None) -> Settings:
-    overrides = {"data_dir": None if data_dir is None else str(data_dir)}
-    try:
-        return load_settings(config, overrides=overrides)
-    except ConfigError as error:
-        fail(str(error))
+    return node_settings(config, data_dir)
 
 
 def _database(config: Path | None, data_dir: Path | None) -> str:

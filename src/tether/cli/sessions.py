@@ -41,7 +41,8 @@ from tether.audit.recordings_read import (
     stream_cast,
 )
 from tether.cli.common import EXIT_FAILED, EXIT_NOT_FOUND, fail
-from tether.config import CONFIG_ENV, ConfigError, Settings, load_settings
+from tether.cli.nodeopts import ConfigOption, DataDirOption, node_settings
+from tether.config import Settings
 
 RECORDINGS_DIR: Final = "recordings"
 
@@ -52,25 +53,6 @@ app = typer.Typer(
 )
 
 SessionId = Annotated[str, typer.Argument(help="The session's id.", show_default=False)]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar=CONFIG_ENV,
-        show_default=False,
-        help="The node's config file (for its data directory).",
-    ),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        "-d",
-        show_default=False,
-        help="The node's data directory. Default: ./.tether.",
-    ),
-]
 RecordingsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -83,10 +65,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a ta
 
 
 def _settings(config: Path | None, data_dir: Path | None) -> Settings:
-    try:
-        return load_settings(config, overrides={"data_dir": _str(data_dir)})
-    except ConfigError as error:
-        fail(str(error))
+    return node_settings(config, data_dir)
 
 
 def recordings_root(config: Path | None, data_dir: Path | None, recordings: Path | None) -> Path:
@@ -124,8 +103,8 @@ def _row(session: RecordedSession) -> dict[str, Any]:
 
 @app.command("list")
 def list_sessions(
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     recordings: RecordingsOpt = None,
     agent: Annotated[
         str | None, typer.Option("--agent", show_default=False, help="Only this agent's.")
@@ -156,8 +135,8 @@ def list_sessions(
 @app.command("show")
 def show(
     session_id: SessionId,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     recordings: RecordingsOpt = None,
     as_json: AsJson = False,
 ) -> None:
@@ -277,8 +256,8 @@ def _transfer(record: Any) -> dict[str, Any]:
 @app.command("replay")
 def replay_session(
     session_id: SessionId,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     recordings: RecordingsOpt = None,
     speed: Annotated[
         float, typer.Option("--speed", "-s", min=0.001, help="Playback speed (2: twice as fast).")
@@ -316,8 +295,8 @@ def replay_session(
 @app.command("export")
 def export(
     session_id: SessionId,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     recordings: RecordingsOpt = None,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="cast (asciicast v2) or text (escapes stripped).")

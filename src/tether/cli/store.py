@@ -1,10 +1,12 @@
-"""``tether store seal``: seal the rows written before row seals existed (migrations 0015
-and 0016).
+"""``tether store seal`` and ``tether store rekey``: the node's database, worked on directly
+with the node's master key (``TETHER_MASTER_KEY`` or ``<data_dir>/master.key``, never
+created here).
 
-It works on the database directly, with the node's master key (``TETHER_MASTER_KEY`` or
-``<data_dir>/master.key``, never created here): rows without a seal are refused by every
-node until this command adopts them, and it lists each row it seals so that the operator
-sees exactly what becomes trusted (docs/vault.md, "Tampering with the database").
+``seal`` seals the rows written before row seals existed: rows without a seal are refused by
+every node until this command adopts them, and it lists each row it seals so that the
+operator sees exactly what becomes trusted (docs/vault.md, "Tampering with the database").
+``rekey`` rotates the master key (:mod:`tether.store.rekey`; docs/vault.md, "Rotating the
+master key").
 """
 
 from __future__ import annotations
@@ -12,38 +14,28 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tether.cli.common import fail
-from tether.config import CONFIG_ENV, ConfigError, Settings, load_settings
+from tether.cli.nodeopts import ConfigOption, DataDirOption, node_settings
+from tether.config import Settings
 from tether.crypto.seal import RowSealer
 
+if TYPE_CHECKING:
+    from tether.crypto.masterkey import MasterKey
+    from tether.store.rekey import RekeyReport
+
 app = typer.Typer(help="The node's database.", no_args_is_help=True, add_completion=False)
+
+NEXT_KEY_FILE = "master.key.new"  # the next master key, until rekey puts it in place
 
 
 @app.command("seal")
 def seal(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            envvar=CONFIG_ENV,
-            show_default=False,
-            help="The node's config file (for its database).",
-        ),
-    ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-dir",
-            "-d",
-            show_default=False,
-            help="The node's data directory (master key, SQLite database). Default: ./.tether.",
-        ),
-    ] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the unsealed rows; seal nothing.")
     ] = False,
@@ -52,11 +44,7 @@ def seal(
     from tether.store import Store, StoreError
     from tether.store.sealing import adopt, shown, unsealed
 
-    overrides = {"data_dir": None if data_dir is None else str(data_dir)}
-    try:
-        settings = load_settings(config, overrides=overrides)
-    except ConfigError as error:
-        fail(str(error))
+    settings = node_settings(config, data_dir)
     sealer = None if dry_run else master_sealer(settings)
 
     async def run() -> dict[str, list[str]]:
@@ -82,6 +70,10 @@ def master_sealer(settings: Settings, *, create: bool = False) -> RowSealer:
     """The row sealer under the node's master key; exits 2 without one, unless ``create``
     (``tether admin-token create`` on a fresh data directory makes it, as a first start
     would)."""
+    return RowSealer(_master_key(settings, create=create))
+
+
+def _master_key(settings: Settings, *, create: bool = False) -> MasterKey:
     from tether.crypto.masterkey import (
         MASTER_KEY_ENV,
         MASTER_KEY_FILE,
@@ -93,6 +85,78 @@ def master_sealer(settings: Settings, *, create: bool = False) -> RowSealer:
     if not create and MASTER_KEY_ENV not in os.environ and not path.exists():
         fail(f"no master key: set {MASTER_KEY_ENV} or check --data-dir ({path} does not exist)")
     try:
-        return RowSealer(load_master_key(settings.data_dir))
+        return load_master_key(settings.data_dir)
     except MasterKeyError as error:
         fail(str(error))
+
+
+@app.command("rekey")
+def rekey_command(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-key-file",
+            show_default=False,
+            help="Where the new master key is (used as it is) or is made (mode 0600). "
+            "Default: <data_dir>/master.key.new, renamed over master.key once done; "
+            "required when the key comes from TETHER_MASTER_KEY.",
+        ),
+    ] = None,
+) -> None:
+    """Rotate the master key: every ciphertext and seal under it moved to a new key in one
+    transaction, listing what moved. Stop every node first."""
+    from tether.crypto.envelope import EnvelopeCipher
+    from tether.crypto.masterkey import (
+        MASTER_KEY_ENV,
+        MasterKeyError,
+        install_master_key,
+        next_master_key,
+    )
+    from tether.store import Store, StoreError
+    from tether.store.rekey import RekeyRefused, rekey
+
+    settings = node_settings(config, data_dir)
+    old = _master_key(settings)
+    from_env = MASTER_KEY_ENV in os.environ
+    if from_env and new_key_file is None:
+        fail(f"the master key comes from {MASTER_KEY_ENV}: name a file for the new one with "
+             "--new-key-file")  # fmt: skip
+    path = new_key_file or settings.data_dir / NEXT_KEY_FILE
+    try:
+        new = next_master_key(path)
+    except MasterKeyError as error:
+        fail(str(error))
+    if new.key_id == old.key_id:
+        fail(f"the key in {path} is the current master key")
+
+    async def run() -> RekeyReport:
+        store = await Store.open(settings.database)
+        try:
+            return await rekey(store.engine, EnvelopeCipher(old), EnvelopeCipher(new))
+        finally:
+            await store.close()
+
+    try:
+        report = asyncio.run(run())
+    except RekeyRefused as refused:
+        fail("\n".join([*refused.failures, f"{refused}: nothing was changed"]))
+    except StoreError as error:
+        fail(str(error))
+    for table, count in report.moved.items():
+        typer.echo(f"moved {table} {count}")
+    for table, count in report.already.items():
+        typer.echo(f"already {table} {count}")
+    for line in report.left:
+        typer.echo(f"left {line}")
+    if from_env or new_key_file is not None:
+        typer.echo(f"the database is under the new master key in {path}: give it to every "
+                   f"node ({MASTER_KEY_ENV} or <data_dir>/master.key) before starting them, "
+                   "then delete that file", err=True)  # fmt: skip
+        return
+    try:
+        replaced = install_master_key(path, settings.data_dir)
+    except MasterKeyError as error:
+        fail(f"{error}; the database is under the new master key in {path}: move it there")
+    typer.echo(f"the master key in {replaced} is replaced: start the nodes", err=True)

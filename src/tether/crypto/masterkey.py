@@ -134,6 +134,28 @@ def load_master_key(data_dir: Path, *, environ: Mapping[str, str] | None = None)
         return _create_key_file(path)
 
 
+def next_master_key(path: Path) -> MasterKey:
+    """The key in ``path``, created (mode 0600) when absent: the next key of a rotation
+    (``tether store rekey``). An existing file is read as any key file, so that a rotation
+    interrupted after its transaction committed is finished with the same key."""
+    try:
+        return read_master_key_file(path)
+    except FileNotFoundError:
+        return _create_key_file(path)
+
+
+def install_master_key(new: Path, data_dir: Path) -> Path:
+    """Put the key file ``new`` in place of ``<data_dir>/master.key`` (an atomic rename, the
+    directory fsynced): the old key is gone. Returns the path replaced."""
+    path = data_dir / MASTER_KEY_FILE
+    try:
+        new.replace(path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise MasterKeyError(f"{path}: cannot replace the master key file: {exc}") from exc
+    return path
+
+
 def read_master_key_file(path: Path) -> MasterKey:
     """Read a key file, refusing one that group or others may access.
 

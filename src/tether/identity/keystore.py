@@ -62,11 +62,12 @@ def _dt(seconds: float) -> datetime:
 
 
 def _seal(cipher: EnvelopeCipher, purpose: str, kid: str, private: bytes) -> bytes:
-    return cipher.encrypt(private, purpose=f"signing-key:{purpose}", name=kid)
+    return cipher.encrypt(private, purpose=stored.private_key_purpose(purpose), name=kid)
 
 
 def _open(cipher: EnvelopeCipher, row: stored.StoredKey) -> bytes:
-    return cipher.decrypt(row.private_encrypted, purpose=f"signing-key:{row.purpose}", name=row.kid)
+    purpose = stored.private_key_purpose(row.purpose)
+    return cipher.decrypt(row.private_encrypted, purpose=purpose, name=row.kid)
 
 
 def _raw(key: SigningKey) -> bytes:

@@ -78,6 +78,12 @@ _SIGNING_KEY_COLUMNS = (
 )  # fmt: skip
 
 
+def private_key_purpose(purpose: str) -> str:
+    """The envelope purpose of a signing key's private part (column ``private_encrypted``;
+    its name: the kid)."""
+    return f"signing-key:{purpose}"
+
+
 def signing_key_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
     """The sealed columns of a ``signing_keys`` row: every column but the seal."""
     return {name: row[name] for name in _SIGNING_KEY_COLUMNS}

@@ -38,7 +38,7 @@ from tether.store.identity import digest
 from tether.users import passwords, throttle, totp
 from tether.users import store as user_store
 from tether.users.schema import ROLES
-from tether.users.store import User, UserToken
+from tether.users.store import TOTP_PURPOSE, User, UserToken
 
 if TYPE_CHECKING:
     from tether.users.oidc import OidcLogin
@@ -51,7 +51,6 @@ GROUP_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,99}")
 DEFAULT_TOKEN_TTL: Final = 30 * 86400
 MAX_TOKEN_TTL: Final = 365 * 86400
 MAX_PRESENTED: Final = 256
-_TOTP_PURPOSE: Final = "user.totp"
 MAX_FAILURES: Final = 10
 FAILURE_WINDOW: Final = 900.0
 
@@ -258,7 +257,7 @@ class UserService:
     async def enroll_totp(self, user_id: str) -> str:
         """A new TOTP secret for the user (returned once, stored encrypted)."""
         secret = totp.new_secret()
-        sealed = self.cipher.encrypt_text(secret.encode(), purpose=_TOTP_PURPOSE, name=user_id)
+        sealed = self.cipher.encrypt_text(secret.encode(), purpose=TOTP_PURPOSE, name=user_id)
         async with self.engine.begin() as conn:
             intact = await user_store.user_intact(conn, self.sealer, user_id)
             done = await user_store.update_user(
@@ -336,7 +335,7 @@ class UserService:
     ) -> int | None:
         if code is None:
             return None
-        secret = self.cipher.decrypt_text(sealed, purpose=_TOTP_PURPOSE, name=user_id).decode()
+        secret = self.cipher.decrypt_text(sealed, purpose=TOTP_PURPOSE, name=user_id).decode()
         return totp.verify(secret, code, self.clock().timestamp(), last)
 
     async def create_token(

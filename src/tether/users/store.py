@@ -39,6 +39,8 @@ from tether.users.schema import group_members, user_groups, user_roles, user_tok
 
 USERS = "users"
 USER_TOKENS = "user_tokens"
+# The envelope purpose of a user's TOTP secret (column totp_secret; its name: the user id).
+TOTP_PURPOSE = "user.totp"
 
 log = logging.getLogger(__name__)
 
