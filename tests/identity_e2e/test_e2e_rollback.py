@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,15 +48,10 @@ def test_a_restored_backup_does_not_bring_a_revoked_task_back(cluster: Cluster) 
         session = tether.join(join.stdout.strip(), task_id="T-1", purpose="e2e")
         assert session.whoami()["task"]["id"] == "T-1"
         backup.mkdir()
-        # The backup, taken while the node runs, as docs/operations.md says: SQLite's online
-        # backup (what `sqlite3 tether.db ".backup FILE"` runs), one consistent snapshot.
-        with (
-            sqlite3.connect(data / "tether.db") as live,
-            sqlite3.connect(backup / "tether.db") as to,
-        ):
-            live.backup(to)
-        live.close()
-        to.close()
+        # The backup, taken while the node runs, as docs/operations.md says.
+        copied = cluster.cli("store", "backup", "backup/tether.db", "--data-dir", "data")
+        assert copied.returncode == 0, copied.stderr
+        assert copied.stderr.startswith(f"backed up {data / 'tether.db'} to backup/tether.db (")
         revoked = cluster.cli("revoke", "task", "T-1", "--reason", "stolen", token=admin)
         assert revoked.returncode == 0, revoked.stderr
         with pytest.raises(TetherRefused) as refused:

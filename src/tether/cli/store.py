@@ -1,10 +1,11 @@
-"""``tether store seal`` and ``tether store rekey``: the node's database, worked on directly
-with the node's master key (``TETHER_MASTER_KEY`` or ``<data_dir>/master.key``, never
-created here).
+"""``tether store seal``, ``backup`` and ``rekey``: the node's database, worked on directly
+(``seal`` and ``rekey`` with the node's master key, ``TETHER_MASTER_KEY`` or
+``<data_dir>/master.key``, never created here).
 
 ``seal`` seals the rows written before row seals existed: rows without a seal are refused by
 every node until this command adopts them, and it lists each row it seals so that the
 operator sees exactly what becomes trusted (docs/vault.md, "Tampering with the database").
+``backup`` copies a SQLite database while the node runs (:mod:`tether.store.backup`).
 ``rekey`` rotates the master key (:mod:`tether.store.rekey`; docs/vault.md, "Rotating the
 master key").
 """
@@ -90,6 +91,26 @@ def _master_key(settings: Settings, *, create: bool = False) -> MasterKey:
         fail(str(error))
 
 
+@app.command("backup")
+def backup_command(
+    file: Annotated[Path, typer.Argument(help="The new file to copy the database to.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Copy the node's SQLite database to a new FILE (mode 0600) while the node runs.
+
+    One consistent snapshot (SQLite's online backup). PostgreSQL: use pg_dump."""
+    from tether.store.backup import BackupError, backup_sqlite, sqlite_path
+
+    settings = node_settings(config, data_dir)
+    try:
+        source = sqlite_path(settings.database)
+        pages = backup_sqlite(source, file)
+    except BackupError as error:
+        fail(str(error))
+    typer.echo(f"backed up {source} to {file} ({pages} pages)", err=True)
+
+
 @app.command("rekey")
 def rekey_command(
     config: ConfigOption = None,
@@ -105,8 +126,9 @@ def rekey_command(
         ),
     ] = None,
 ) -> None:
-    """Rotate the master key: every ciphertext and seal under it moved to a new key in one
-    transaction, listing what moved. Stop every node first."""
+    """Rotate the master key: everything under it moved to a new key. Stop the nodes first.
+
+    One transaction; it lists what moved and what was left as it was (docs/vault.md)."""
     from tether.crypto.envelope import EnvelopeCipher
     from tether.crypto.masterkey import (
         MASTER_KEY_ENV,
