@@ -51,6 +51,7 @@ from tether.proxy.http.upgrade import UpgradeProtocol
 from tether.proxy.pg.server import PgBroker
 from tether.proxy.ssh.server import SshBroker
 from tether.store import Store, StoreError
+from tether.store.nodelock import NodeLocked, lock_database
 from tether.store.sealing import shown, unsealed
 from tether.vault.secrets import SecretStore
 from tether.vault.targets import TargetStore
@@ -114,15 +115,25 @@ class _Server(uvicorn.Server):
 
 
 async def run_node(settings: Settings, sock: socket.socket) -> None:
-    """Serve on ``sock`` until SIGTERM/SIGINT; raises :class:`StartupError` before serving."""
+    """Serve on ``sock`` until SIGTERM/SIGINT; raises :class:`StartupError` before serving.
+    On SQLite the node holds the database's lock while it runs (:mod:`tether.store.nodelock`:
+    one process serves a SQLite database)."""
     try:
-        store = await Store.open(settings.database)
-    except StoreError as error:
+        lock = lock_database(settings.database, "tether serve")
+    except NodeLocked as error:
         raise StartupError(str(error)) from None
     try:
-        await _serve(settings, sock, store)
+        try:
+            store = await Store.open(settings.database)
+        except StoreError as error:
+            raise StartupError(str(error)) from None
+        try:
+            await _serve(settings, sock, store)
+        finally:
+            await store.close()
     finally:
-        await store.close()
+        if lock is not None:
+            lock.release()
 
 
 async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:

@@ -27,7 +27,9 @@ def cluster(tmp_path: Path, tether_bin: Path, clean_env: dict[str, str]) -> Iter
 
 
 def _database_files(data: Path) -> list[Path]:
-    return sorted(data.glob("tether.db*"))
+    """The database's own files (not the audit head file, nor the node's lock)."""
+    names = ("tether.db", "tether.db-wal", "tether.db-shm")
+    return [data / name for name in names if (data / name).exists()]
 
 
 def _put_back(backup: Path, data: Path) -> None:

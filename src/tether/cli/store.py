@@ -137,6 +137,7 @@ def rekey_command(
         next_master_key,
     )
     from tether.store import Store, StoreError
+    from tether.store.nodelock import NodeLocked, lock_database
     from tether.store.rekey import RekeyRefused, rekey
 
     settings = node_settings(config, data_dir)
@@ -146,6 +147,10 @@ def rekey_command(
         fail(f"the master key comes from {MASTER_KEY_ENV}: name a file for the new one with "
              "--new-key-file")  # fmt: skip
     path = new_key_file or settings.data_dir / NEXT_KEY_FILE
+    try:  # held to the end: no node may serve meanwhile (released when the command exits)
+        _lock = lock_database(settings.database, "tether store rekey")
+    except NodeLocked as error:
+        fail(f"{error}: stop the node first")
     try:
         new = next_master_key(path)
     except MasterKeyError as error:

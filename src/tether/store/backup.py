@@ -16,6 +16,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from tether.store.database import sqlite_file
+
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
@@ -25,15 +27,16 @@ class BackupError(Exception):
 
 def sqlite_path(database_url: str) -> Path:
     """The file of a SQLite database URL; :class:`BackupError` for another database."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite":
+    path = sqlite_file(database_url)
+    if path is not None:
+        return path
+    backend = make_url(database_url).get_backend_name()
+    if backend != "sqlite":
         raise BackupError(
-            f"the database is {url.get_backend_name()}: back it up with its own tools "
+            f"the database is {backend}: back it up with its own tools "
             "(pg_dump, a base backup; docs/operations.md)"
         )
-    if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
-        raise BackupError(f"not a SQLite database file: {url.database!r}")
-    return Path(url.database)
+    raise BackupError(f"not a SQLite database file: {make_url(database_url).database!r}")
 
 
 def backup_sqlite(source: Path, target: Path) -> int:
