@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, select, update
+from sqlalchemy import Table, and_, bindparam, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -50,6 +50,8 @@ from tether.users.schema import users
 from tether.users.store import TOTP_PURPOSE
 from tether.vault.schema import vault_secrets
 from tether.vault.secrets import PURPOSE as SECRET_PURPOSE
+
+_BATCH = 500  # rows sealed again per statement
 
 
 class RekeyRefused(Exception):
@@ -213,6 +215,15 @@ async def _reseal(
     report: RekeyReport,
 ) -> None:
     table, name = sealed.table, sealed.table.name
+    keys = list(table.primary_key.columns)
+    # One statement per batch of rows (executemany): a table of issued credentials can be
+    # large. Bind names of their own: a column's name is taken in an UPDATE's SET.
+    statement = (
+        update(table)
+        .where(and_(*[column == bindparam(f"key_{column.name}") for column in keys]))
+        .values(seal=bindparam("new_seal"))
+    )
+    batch: list[dict[str, Any]] = []
     for row in (await conn.execute(select(table))).mappings().all():
         key = _key(sealed, row)
         state = standing.get(key, "refused")  # a row that appeared meanwhile: not ours
@@ -220,12 +231,17 @@ async def _reseal(
             report.count(report.already, name)
         elif state == "old":
             seal = new.seal(name, await sealed.columns(conn, row))
-            match = [c == v for c, v in zip(table.primary_key.columns, key, strict=True)]
-            await conn.execute(update(table).where(and_(*match)).values(seal=seal))
+            batch.append({**{f"key_{c.name}": v for c, v in zip(keys, key, strict=True)},
+                          "new_seal": seal})  # fmt: skip
             report.count(report.moved, name)
+            if len(batch) >= _BATCH:
+                await conn.execute(statement, batch)
+                batch = []
         else:
             why = "no seal" if state == "unsealed" else "its seal does not verify"
             report.left.append(f"{name} {_shown_key(key)} ({why})")
+    if batch:
+        await conn.execute(statement, batch)
 
 
 async def _reledger(
