@@ -91,6 +91,7 @@ class Stack:
     clock: Clock
     cipher: EnvelopeCipher
     service: IdentityService
+    master: MasterKey | None = None  # the key under ``cipher``, when a test needs its text
 
     @property
     def engine(self) -> Any:
@@ -247,9 +248,10 @@ async def build_service(
 async def stack(store_url: str) -> AsyncIterator[Stack]:
     store = await Store.open(store_url)
     clock = Clock()
-    cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))
+    master = MasterKey(secrets.token_bytes(32), "test")
+    cipher = EnvelopeCipher(master)
     try:
-        yield Stack(store, clock, cipher, await build_service(store, clock, cipher))
+        yield Stack(store, clock, cipher, await build_service(store, clock, cipher), master)
     finally:
         await store.close()
 

@@ -1,10 +1,11 @@
-"""``tether store seal``, ``backup`` and ``rekey``: the node's database, worked on directly
-(``seal`` and ``rekey`` with the node's master key, ``TETHER_MASTER_KEY`` or
+"""``tether store seal``, ``verify``, ``backup`` and ``rekey``: the node's database, worked
+on directly (all but ``backup`` with the node's master key, ``TETHER_MASTER_KEY`` or
 ``<data_dir>/master.key``, never created here).
 
 ``seal`` seals the rows written before row seals existed: rows without a seal are refused by
 every node until this command adopts them, and it lists each row it seals so that the
 operator sees exactly what becomes trusted (docs/vault.md, "Tampering with the database").
+``verify`` names every row a node would refuse (:mod:`tether.store.integrity`).
 ``backup`` copies a SQLite database while the node runs (:mod:`tether.store.backup`).
 ``rekey`` rotates the master key (:mod:`tether.store.rekey`; docs/vault.md, "Rotating the
 master key").
@@ -14,19 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from tether.cli.common import fail
+from tether.cli.common import EXIT_FAILED, fail
 from tether.cli.nodeopts import ConfigOption, DataDirOption, node_settings
 from tether.config import Settings
 from tether.crypto.seal import RowSealer
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from tether.crypto.masterkey import MasterKey
-    from tether.store.rekey import RekeyReport
+
+T = TypeVar("T")
 
 app = typer.Typer(help="The node's database.", no_args_is_help=True, add_completion=False)
 
@@ -42,29 +47,37 @@ def seal(
     ] = False,
 ) -> None:
     """Seal every row that has no seal yet (rows from before the upgrade), listing each."""
-    from tether.store import Store, StoreError
     from tether.store.sealing import adopt, shown, unsealed
 
     settings = node_settings(config, data_dir)
     sealer = None if dry_run else master_sealer(settings)
-
-    async def run() -> dict[str, list[str]]:
-        store = await Store.open(settings.database)
-        try:
-            return await (unsealed(store.engine) if sealer is None else adopt(store.engine, sealer))
-        finally:
-            await store.close()
-
-    try:
-        rows = asyncio.run(run())
-    except StoreError as error:
-        fail(str(error))
+    rows = on_store(
+        settings, lambda engine: unsealed(engine) if sealer is None else adopt(engine, sealer)
+    )
     verb = "unsealed" if dry_run else "sealed"
     for table, keys in rows.items():
         for key in keys:
             typer.echo(f"{verb} {table} {shown(key)}")
     count = sum(len(keys) for keys in rows.values())
     typer.echo(f"{count} row(s) {verb}", err=True)
+
+
+def on_store(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """``work`` on the node's database, opened for it and closed after; exits 2 with the
+    reason when the database cannot be opened or used."""
+    from tether.store import Store, StoreError
+
+    async def run() -> T:
+        store = await Store.open(settings.database)
+        try:
+            return await work(store.engine)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreError as error:
+        fail(str(error))
 
 
 def master_sealer(settings: Settings, *, create: bool = False) -> RowSealer:
@@ -89,6 +102,28 @@ def _master_key(settings: Settings, *, create: bool = False) -> MasterKey:
         return load_master_key(settings.data_dir)
     except MasterKeyError as error:
         fail(str(error))
+
+
+@app.command("verify")
+def verify_command(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Check every seal, ciphertext and the revocation ledger; exit 1 if a node refuses any.
+
+    One line per row a node would refuse: unsealed, refused or unreadable (docs/vault.md)."""
+    from tether.crypto.envelope import EnvelopeCipher
+    from tether.store.integrity import check
+
+    settings = node_settings(config, data_dir)
+    cipher = EnvelopeCipher(_master_key(settings))
+    report = on_store(settings, lambda engine: check(engine, cipher))
+    for line in report.findings:
+        typer.echo(line)
+    rows = sum(report.checked.values())
+    typer.echo(f"{rows} row(s) checked, {len(report.findings)} finding(s)", err=True)
+    if report.findings:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("backup")
@@ -136,7 +171,6 @@ def rekey_command(
         install_master_key,
         next_master_key,
     )
-    from tether.store import Store, StoreError
     from tether.store.nodelock import NodeLocked, lock_database
     from tether.store.rekey import RekeyRefused, rekey
 
@@ -158,19 +192,10 @@ def rekey_command(
     if new.key_id == old.key_id:
         fail(f"the key in {path} is the current master key")
 
-    async def run() -> RekeyReport:
-        store = await Store.open(settings.database)
-        try:
-            return await rekey(store.engine, EnvelopeCipher(old), EnvelopeCipher(new))
-        finally:
-            await store.close()
-
     try:
-        report = asyncio.run(run())
+        report = on_store(settings, lambda e: rekey(e, EnvelopeCipher(old), EnvelopeCipher(new)))
     except RekeyRefused as refused:
         fail("\n".join([*refused.failures, f"{refused}: nothing was changed"]))
-    except StoreError as error:
-        fail(str(error))
     for table, count in report.moved.items():
         typer.echo(f"moved {table} {count}")
     for table, count in report.already.items():

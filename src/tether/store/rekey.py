@@ -2,8 +2,8 @@
 one transaction (``tether store rekey``).
 
 Under the master key are the envelope ciphertexts (signing keys' private parts, vault
-secrets, users' TOTP secrets: :data:`ENCRYPTED`), the row seals (:data:`RESEALED`) and the
-revocation ledger (its seal, and its digest of keyed tags). :func:`rekey` opens each
+secrets, users' TOTP secrets), the row seals and the revocation ledger (its seal, and its
+digest of keyed tags): :mod:`tether.store.integrity` lists them. :func:`rekey` opens each
 ciphertext with the old key and encrypts it afresh under the new one, seals again under the
 new key every row whose seal verifies under the old one, and rebuilds the ledger under the
 new key from the revocations present, once they match the old ledger. Nothing else changes:
@@ -29,27 +29,27 @@ Security decisions:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.approvals.schema import access_requests, approval_votes
-from tether.approvals.store import request_seal_columns, vote_seal_columns
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.seal import RowSealer
 from tether.store import revocation_ledger as ledger
 from tether.store.credentials import lock_revocations
-from tether.store.keys import private_key_purpose
-from tether.store.schema import revocation_ledger, revocations, signing_keys
-from tether.store.sealing import SEALED, SealedTable, shown
-from tether.users.schema import users
-from tether.users.store import TOTP_PURPOSE
-from tether.vault.schema import vault_secrets
-from tether.vault.secrets import PURPOSE as SECRET_PURPOSE
+from tether.store.integrity import (
+    ENCRYPTED,
+    SEALED_TABLES,
+    Encrypted,
+    Standing,
+    row_key,
+    shown_key,
+    standing,
+)
+from tether.store.schema import revocation_ledger, revocations
+from tether.store.sealing import SealedTable, shown
 
 _BATCH = 500  # rows sealed again per statement
 
@@ -60,44 +60,6 @@ class RekeyRefused(Exception):
     def __init__(self, failures: list[str]) -> None:
         super().__init__(f"{len(failures)} ciphertext(s) do not open under the current key")
         self.failures = failures
-
-
-@dataclass(frozen=True)
-class Encrypted:
-    """A column of envelope ciphertexts: its table, the column naming each (the envelope's
-    name), whether it holds text (base64url) or bytes, and the envelope purpose of a row."""
-
-    table: Table
-    name: str
-    column: str
-    text: bool
-    purpose: Callable[[RowMapping], str]
-
-
-ENCRYPTED: tuple[Encrypted, ...] = (
-    Encrypted(signing_keys, "kid", "private_encrypted", False,
-              lambda row: private_key_purpose(row["purpose"])),
-    Encrypted(vault_secrets, "name", "ciphertext", True, lambda _row: SECRET_PURPOSE),
-    Encrypted(users, "id", "totp_secret", True, lambda _row: TOTP_PURPOSE),
-)  # fmt: skip
-
-
-def _row_columns(
-    columns: Callable[[Mapping[str, Any] | RowMapping], dict[str, Any]],
-) -> Callable[[AsyncConnection, RowMapping], Any]:
-    async def read(_conn: AsyncConnection, row: RowMapping) -> dict[str, Any]:
-        return columns(row)
-
-    return read
-
-
-# Every sealed table: those `tether store seal` adopts, and the approvals' requests and votes
-# (never adopted: tether.store.sealing), keyed here by the first column of their key.
-RESEALED: tuple[SealedTable, ...] = (
-    *SEALED,
-    SealedTable(access_requests, "id", _row_columns(request_seal_columns)),
-    SealedTable(approval_votes, "request_id", _row_columns(vote_seal_columns)),
-)
 
 
 @dataclass
@@ -124,47 +86,17 @@ async def rekey(engine: AsyncEngine, old: EnvelopeCipher, new: EnvelopeCipher) -
         await lock_revocations(conn)
         # Which rows verify under the old key, judged on their columns as they stand (the
         # ciphertexts among them are about to change).
-        standing = {sealed.table.name: await _standing(conn, sealed, old.sealer, new.sealer)
-                    for sealed in RESEALED}  # fmt: skip
+        standings = {sealed.table.name: await standing(conn, sealed, old.sealer, new.sealer)
+                     for sealed in SEALED_TABLES}  # fmt: skip
         failures: list[str] = []
         for encrypted in ENCRYPTED:
             await _reencrypt(conn, encrypted, old, new, report, failures)
         if failures:
             raise RekeyRefused(failures)  # rolls the transaction back
-        for sealed in RESEALED:
-            await _reseal(conn, sealed, standing[sealed.table.name], new.sealer, report)
+        for sealed in SEALED_TABLES:
+            await _reseal(conn, sealed, standings[sealed.table.name], new.sealer, report)
         await _reledger(conn, old.sealer, new.sealer, report)
     return report
-
-
-def _key(sealed: SealedTable, row: RowMapping) -> tuple[Any, ...]:
-    return tuple(row[column.name] for column in sealed.table.primary_key.columns)
-
-
-def _shown_key(key: tuple[Any, ...]) -> str:
-    return "/".join(shown(str(part)) for part in key)
-
-
-async def _standing(
-    conn: AsyncConnection, sealed: SealedTable, old: RowSealer, new: RowSealer
-) -> dict[tuple[Any, ...], str]:
-    """Each row's standing: ``old`` (its seal verifies under the old key), ``new`` (under
-    the new one: an earlier run), ``unsealed`` or ``refused``."""
-    found: dict[tuple[Any, ...], str] = {}
-    name = sealed.table.name
-    for row in (await conn.execute(select(sealed.table))).mappings().all():
-        seal = row["seal"]
-        if seal is None:
-            found[_key(sealed, row)] = "unsealed"
-            continue
-        columns = await sealed.columns(conn, row)
-        if old.verify(name, columns, seal):
-            found[_key(sealed, row)] = "old"
-        elif new.verify(name, columns, seal):
-            found[_key(sealed, row)] = "new"
-        else:
-            found[_key(sealed, row)] = "refused"
-    return found
 
 
 async def _reencrypt(
@@ -179,14 +111,13 @@ async def _reencrypt(
     rows = (await conn.execute(select(table).where(column.is_not(None)))).mappings().all()
     for row in rows:
         name, purpose, value = str(row[encrypted.name]), encrypted.purpose(row), row[column.name]
-        where = f"{table.name} {shown(name)}"
         try:
-            plain = _open(old, value, encrypted.text, purpose, name)
+            plain = encrypted.open(old, row)
         except DecryptionError as error:
             try:
-                _open(new, value, encrypted.text, purpose, name)
+                encrypted.open(new, row)
             except DecryptionError:
-                failures.append(f"{where}: {error}")
+                failures.append(f"{table.name} {shown(name)}: {error}")
                 continue
             report.count(report.already, table.name)
             continue
@@ -201,16 +132,10 @@ async def _reencrypt(
         report.count(report.moved, table.name)
 
 
-def _open(cipher: EnvelopeCipher, value: Any, text: bool, purpose: str, name: str) -> bytes:
-    if text:
-        return cipher.decrypt_text(value, purpose=purpose, name=name)
-    return cipher.decrypt(bytes(value), purpose=purpose, name=name)
-
-
 async def _reseal(
     conn: AsyncConnection,
     sealed: SealedTable,
-    standing: dict[tuple[Any, ...], str],
+    standings: dict[tuple[Any, ...], Standing],
     new: RowSealer,
     report: RekeyReport,
 ) -> None:
@@ -225,8 +150,8 @@ async def _reseal(
     )
     batch: list[dict[str, Any]] = []
     for row in (await conn.execute(select(table))).mappings().all():
-        key = _key(sealed, row)
-        state = standing.get(key, "refused")  # a row that appeared meanwhile: not ours
+        key = row_key(sealed, row)
+        state = standings.get(key, "refused")  # a row that appeared meanwhile: not ours
         if state == "new":
             report.count(report.already, name)
         elif state == "old":
@@ -239,7 +164,7 @@ async def _reseal(
                 batch = []
         else:
             why = "no seal" if state == "unsealed" else "its seal does not verify"
-            report.left.append(f"{name} {_shown_key(key)} ({why})")
+            report.left.append(f"{name} {shown_key(key)} ({why})")
     if batch:
         await conn.execute(statement, batch)
 

@@ -1,0 +1,164 @@
+"""What the database holds under the master key, and checking all of it (``tether store
+verify``; :mod:`tether.store.rekey` moves the same things to a new key).
+
+Under the master key are the envelope ciphertexts (:data:`ENCRYPTED`: signing keys' private
+parts, vault secrets, users' TOTP secrets), the row seals of every sealed table
+(:data:`SEALED_TABLES`: those ``tether store seal`` adopts, and the approvals' requests and
+votes) and the revocation ledger. A node checks each of them when it reads it, and refuses
+what does not verify; :func:`check` reads everything once, offline, and names every row a
+node would refuse: after an incident, after a restore, or from a monitoring job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Table, select
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tether.approvals.schema import access_requests, approval_votes
+from tether.approvals.store import request_seal_columns, vote_seal_columns
+from tether.crypto.envelope import DecryptionError, EnvelopeCipher
+from tether.crypto.seal import RowSealer
+from tether.store import revocation_ledger as ledger
+from tether.store.keys import any_signing_key, private_key_purpose
+from tether.store.schema import revocation_ledger, revocations, signing_keys
+from tether.store.sealing import SEALED, SealedTable, shown
+from tether.users.schema import users
+from tether.users.store import TOTP_PURPOSE
+from tether.vault.schema import vault_secrets
+from tether.vault.secrets import PURPOSE as SECRET_PURPOSE
+
+Standing = Literal["old", "new", "unsealed", "refused"]
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    """A column of envelope ciphertexts: its table, the column naming each (the envelope's
+    name), whether it holds text (base64url) or bytes, and the envelope purpose of a row."""
+
+    table: Table
+    name: str
+    column: str
+    text: bool
+    purpose: Callable[[RowMapping], str]
+
+    def open(self, cipher: EnvelopeCipher, row: RowMapping) -> bytes:
+        """The plaintext of ``row``'s ciphertext (:class:`DecryptionError` if it does not open)."""
+        name, purpose, value = str(row[self.name]), self.purpose(row), row[self.column]
+        if self.text:
+            return cipher.decrypt_text(value, purpose=purpose, name=name)
+        return cipher.decrypt(bytes(value), purpose=purpose, name=name)
+
+
+ENCRYPTED: tuple[Encrypted, ...] = (
+    Encrypted(signing_keys, "kid", "private_encrypted", False,
+              lambda row: private_key_purpose(row["purpose"])),
+    Encrypted(vault_secrets, "name", "ciphertext", True, lambda _row: SECRET_PURPOSE),
+    Encrypted(users, "id", "totp_secret", True, lambda _row: TOTP_PURPOSE),
+)  # fmt: skip
+
+
+def _row_columns(
+    columns: Callable[[Mapping[str, Any] | RowMapping], dict[str, Any]],
+) -> Callable[[AsyncConnection, RowMapping], Any]:
+    async def read(_conn: AsyncConnection, row: RowMapping) -> dict[str, Any]:
+        return columns(row)
+
+    return read
+
+
+# Every sealed table: those `tether store seal` adopts, and the approvals' requests and votes
+# (never adopted: tether.store.sealing). Rows are named by their primary key.
+SEALED_TABLES: tuple[SealedTable, ...] = (
+    *SEALED,
+    SealedTable(access_requests, "id", _row_columns(request_seal_columns)),
+    SealedTable(approval_votes, "request_id", _row_columns(vote_seal_columns)),
+)
+
+
+def row_key(sealed: SealedTable, row: RowMapping) -> tuple[Any, ...]:
+    """A row's primary key."""
+    return tuple(row[column.name] for column in sealed.table.primary_key.columns)
+
+
+def shown_key(key: tuple[Any, ...]) -> str:
+    """A primary key as printed for an operator (parts joined by ``/``, each :func:`shown`)."""
+    return "/".join(shown(str(part)) for part in key)
+
+
+async def standing(
+    conn: AsyncConnection, sealed: SealedTable, old: RowSealer, new: RowSealer | None = None
+) -> dict[tuple[Any, ...], Standing]:
+    """Each row's standing: ``old`` (its seal verifies under ``old``), ``new`` (under
+    ``new``), ``unsealed`` or ``refused``."""
+    found: dict[tuple[Any, ...], Standing] = {}
+    name = sealed.table.name
+    for row in (await conn.execute(select(sealed.table))).mappings().all():
+        key, seal = row_key(sealed, row), row["seal"]
+        if seal is None:
+            found[key] = "unsealed"
+            continue
+        columns = await sealed.columns(conn, row)
+        if old.verify(name, columns, seal):
+            found[key] = "old"
+        elif new is not None and new.verify(name, columns, seal):
+            found[key] = "new"
+        else:
+            found[key] = "refused"
+    return found
+
+
+@dataclass
+class IntegrityReport:
+    """What :func:`check` read (rows by table) and found: one line per row a node refuses,
+    ``KIND TABLE KEY (why)`` (``unsealed``, ``refused``, ``unreadable``)."""
+
+    checked: dict[str, int] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
+
+
+async def check(engine: AsyncEngine, cipher: EnvelopeCipher) -> IntegrityReport:
+    """Every seal, ciphertext and the revocation ledger, checked under ``cipher``, in one
+    read-only transaction (one snapshot)."""
+    report = IntegrityReport()
+    async with engine.connect() as conn:
+        for sealed in SEALED_TABLES:
+            rows = await standing(conn, sealed, cipher.sealer)
+            report.checked[sealed.table.name] = len(rows)
+            for key, state in rows.items():
+                if state == "unsealed":
+                    report.findings.append(f"unsealed {sealed.table.name} {shown_key(key)}")
+                elif state == "refused":
+                    report.findings.append(
+                        f"refused {sealed.table.name} {shown_key(key)} (its seal does not verify)"
+                    )
+        for encrypted in ENCRYPTED:
+            column = encrypted.table.c[encrypted.column]
+            query = select(encrypted.table).where(column.is_not(None))
+            for row in (await conn.execute(query)).mappings().all():
+                try:
+                    encrypted.open(cipher, row)
+                except DecryptionError as error:
+                    where = f"{encrypted.table.name} {shown(str(row[encrypted.name]))}"
+                    report.findings.append(f"unreadable {where} ({error})")
+        problem = await _ledger_problem(conn, cipher.sealer)
+        report.checked[revocation_ledger.name] = 1
+        if problem is not None:
+            report.findings.append(f"refused {revocation_ledger.name} 1 ({problem})")
+    return report
+
+
+async def _ledger_problem(conn: AsyncConnection, sealer: RowSealer) -> str | None:
+    query = select(revocation_ledger).where(revocation_ledger.c.id == 1)
+    row = (await conn.execute(query)).mappings().first()
+    if row is None and not await any_signing_key(conn):
+        return None  # a database no node started on: its first start makes the ledger
+    held = ledger.verified(sealer, row)
+    if isinstance(held, str):
+        return held
+    present = (await conn.execute(select(revocations))).mappings().all()
+    return None if ledger.matches(sealer, held, present) else ledger.MISMATCH
