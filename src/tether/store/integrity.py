@@ -24,8 +24,9 @@ from tether.approvals.store import request_seal_columns, vote_seal_columns
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.seal import RowSealer
 from tether.store import revocation_ledger as ledger
+from tether.store.credentials import read_revocations
 from tether.store.keys import any_signing_key, private_key_purpose
-from tether.store.schema import revocation_ledger, revocations, signing_keys
+from tether.store.schema import revocation_ledger, signing_keys
 from tether.store.sealing import SEALED, SealedTable, shown
 from tether.users.schema import users
 from tether.users.store import TOTP_PURPOSE
@@ -122,8 +123,9 @@ class IntegrityReport:
 
 
 async def check(engine: AsyncEngine, cipher: EnvelopeCipher) -> IntegrityReport:
-    """Every seal, ciphertext and the revocation ledger, checked under ``cipher``, in one
-    read-only transaction (one snapshot)."""
+    """Every seal, ciphertext and the revocation ledger, checked under ``cipher``: each row
+    read once, the ledger with the revocations in one statement (one snapshot: a revocation
+    committed meanwhile, by a node that runs, never reads as a mismatch)."""
     report = IntegrityReport()
     async with engine.connect() as conn:
         for sealed in SEALED_TABLES:
@@ -153,12 +155,10 @@ async def check(engine: AsyncEngine, cipher: EnvelopeCipher) -> IntegrityReport:
 
 
 async def _ledger_problem(conn: AsyncConnection, sealer: RowSealer) -> str | None:
-    query = select(revocation_ledger).where(revocation_ledger.c.id == 1)
-    row = (await conn.execute(query)).mappings().first()
-    if row is None and not await any_signing_key(conn):
+    read = await read_revocations(conn, 0)
+    if read.ledger is None and not await any_signing_key(conn):
         return None  # a database no node started on: its first start makes the ledger
-    held = ledger.verified(sealer, row)
+    held = ledger.verified(sealer, read.ledger)
     if isinstance(held, str):
         return held
-    present = (await conn.execute(select(revocations))).mappings().all()
-    return None if ledger.matches(sealer, held, present) else ledger.MISMATCH
+    return None if ledger.matches(sealer, held, read.rows) else ledger.MISMATCH

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.seal import RowSealer
 from tether.store import revocation_ledger as ledger
-from tether.store.credentials import lock_revocations
+from tether.store.credentials import lock_revocations, read_revocations
 from tether.store.integrity import (
     ENCRYPTED,
     SEALED_TABLES,
@@ -48,7 +48,7 @@ from tether.store.integrity import (
     shown_key,
     standing,
 )
-from tether.store.schema import revocation_ledger, revocations
+from tether.store.schema import revocation_ledger
 from tether.store.sealing import SealedTable, shown
 
 _BATCH = 500  # rows sealed again per statement
@@ -174,11 +174,10 @@ async def _reledger(
 ) -> None:
     """The ledger under the new key, from the revocations present, when they match it under
     the old one: the same counts, the present rows' tags as its digest."""
-    query = select(revocation_ledger).where(revocation_ledger.c.id == 1)
-    row = (await conn.execute(query)).mappings().first()
+    read = await read_revocations(conn, 0)  # the ledger and the rows in one statement
+    row, present = read.ledger, read.rows
     if row is None:
         return  # a database no node started on: its first start makes it
-    present = (await conn.execute(select(revocations))).mappings().all()
     held = ledger.verified(old, row)
     if isinstance(held, ledger.Ledger) and ledger.matches(old, held, present):
         digest, _count = ledger.tags(new, present)
