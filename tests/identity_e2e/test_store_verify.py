@@ -6,6 +6,7 @@ named, one line each, and the command exits 1. Every line names a row a node ref
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import subprocess
 from pathlib import Path
@@ -68,6 +69,12 @@ async def test_every_row_a_node_refuses_is_named(
     assert done.returncode == 1, done.stderr
     assert done.stdout.splitlines() == found.findings
     assert done.stderr.endswith(" row(s) checked, 4 finding(s)\n")
+    as_json = subprocess.run([*argv, "--json"], env={**env, "TETHER_MASTER_KEY": key},
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert as_json.returncode == 1 and as_json.stderr == ""
+    document = json.loads(as_json.stdout)
+    assert (document["ok"], document["findings"]) == (False, found.findings)
+    assert document["checked"]["agents"] == 2
     keyless = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert keyless.returncode == 2 and keyless.stderr.startswith("tether: error: no master key")
 

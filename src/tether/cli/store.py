@@ -14,6 +14,7 @@ master key").
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -108,6 +109,10 @@ def _master_key(settings: Settings, *, create: bool = False) -> MasterKey:
 def verify_command(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object: rows checked by table, and the findings."),
+    ] = False,
 ) -> None:
     """Check every seal, ciphertext and the revocation ledger; exit 1 if a node refuses any.
 
@@ -118,10 +123,15 @@ def verify_command(
     settings = node_settings(config, data_dir)
     cipher = EnvelopeCipher(_master_key(settings))
     report = on_store(settings, lambda engine: check(engine, cipher))
-    for line in report.findings:
-        typer.echo(line)
     rows = sum(report.checked.values())
-    typer.echo(f"{rows} row(s) checked, {len(report.findings)} finding(s)", err=True)
+    if as_json:
+        document = {"ok": not report.findings, "checked": report.checked,
+                    "findings": report.findings}  # fmt: skip
+        typer.echo(json.dumps(document, sort_keys=True))
+    else:
+        for line in report.findings:
+            typer.echo(line)
+        typer.echo(f"{rows} row(s) checked, {len(report.findings)} finding(s)", err=True)
     if report.findings:
         raise typer.Exit(EXIT_FAILED)
 
