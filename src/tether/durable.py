@@ -9,9 +9,12 @@ from pathlib import Path
 
 def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Write ``data`` to a temporary file beside ``path`` (``mode``), fsync it, rename it
-    over ``path``, and fsync the directory so that the rename is durable too."""
+    over ``path``, and fsync the directory so that the rename is durable too. The temporary
+    is created afresh (a leftover one removed first, never followed if a link)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    temporary.unlink(missing_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(temporary, flags, mode)
     try:
         view = memoryview(data)
         while view:

@@ -53,6 +53,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
+from tether.durable import replace_file
+
 CAST_SUFFIX: Final = ".cast.gz"
 TRANSFERS_SUFFIX: Final = ".transfers.jsonl"
 SUMMARY_SUFFIX: Final = ".json"
@@ -459,11 +461,4 @@ def _open_append(path: Path) -> Any:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    with _create_exclusive(tmp, "wb") as handle:
-        handle.write(text.encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    replace_file(path, text.encode("utf-8"), mode=_FILE_MODE)

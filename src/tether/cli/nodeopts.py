@@ -4,22 +4,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from tether.cli.common import fail
 from tether.config import CONFIG_ENV, ConfigError, Settings, load_settings
 
+
+def config_option(help: str) -> Any:
+    """The ``--config``/``-c`` option (also ``TETHER_CONFIG``) with ``help``."""
+    return typer.Option("--config", "-c", envvar=CONFIG_ENV, show_default=False, help=help)
+
+
 ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar=CONFIG_ENV,
-        show_default=False,
-        help="The node's config file (for its database and data directory).",
-    ),
+    Path | None, config_option("The node's config file (for its database and data directory).")
 ]
 DataDirOption = Annotated[
     Path | None,

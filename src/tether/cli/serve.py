@@ -9,7 +9,8 @@ import typer
 import uvloop
 
 from tether.cli.common import configure_logging, fail
-from tether.config import CONFIG_ENV, ConfigError, load_settings
+from tether.cli.nodeopts import config_option
+from tether.config import ConfigError, load_settings
 
 # The server's modules (FastAPI, SQLAlchemy, uvicorn) are imported when ``serve`` runs, not
 # when any ``tether`` command starts: they would add seconds to ``tether policy eval``.
@@ -18,13 +19,9 @@ from tether.config import CONFIG_ENV, ConfigError, load_settings
 def serve(
     config: Annotated[
         Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            envvar=CONFIG_ENV,
-            show_default=False,
-            help="Config file (.toml, .yaml or .yml). Default: none, built-in "
-            "defaults and TETHER_* variables only.",
+        config_option(
+            "Config file (.toml, .yaml or .yml). Default: none, built-in "
+            "defaults and TETHER_* variables only."
         ),
     ] = None,
     listen: Annotated[
