@@ -143,8 +143,10 @@ async def test_agents_create_get_and_list_with_filters(engine: AsyncEngine) -> N
         assert await ids(labels={"missing": "x"}) == []
     assert one == ag.Agent(
         id="ag-1", owner="alice", purpose="pay", labels={"team": "billing", "env": "prod"},
-        state="active", created_at=T0, updated_at=T0, last_seen_at=None,
+        state="active", created_at=T0, updated_at=T0, last_seen_at=None, revision=1,
     )  # fmt: skip
+    async with engine.connect() as conn:  # each change raised the row's revision by one
+        assert (await ag.get_agent(conn, "ag-2")).revision == 2  # type: ignore[union-attr]
     with pytest.raises(TypeError):
         one.labels["team"] = "x"  # type: ignore[index]
 

@@ -36,8 +36,11 @@ from tether.audit.startup import AuditStartError, start_auditor
 from tether.config import Settings, split_listen
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.masterkey import MasterKeyError, load_master_key
+from tether.crypto.revisions import RowRevisions
 from tether.identity.admintokens import first_admin_token
 from tether.identity.keystore import KeysUnverified, load_or_create
+from tether.identity.revision_copy import FILE_NAME as REVISIONS_FILE_NAME
+from tether.identity.revision_copy import RevisionCopy, RevisionCopyError
 from tether.identity.revocation_copy import FILE_NAME as COPY_FILE_NAME
 from tether.identity.revocation_copy import RevocationCopy, RevocationCopyError
 from tether.identity.service import IdentityService
@@ -302,9 +305,10 @@ async def open_identity(
         )
     issuers = TrustedIssuers.from_configs(config.issuer_configs(), clock=clock)
     copy = RevocationCopy(settings.data_dir / COPY_FILE_NAME)
+    revisions = RevisionCopy(settings.data_dir / REVISIONS_FILE_NAME, RowRevisions())
     service = IdentityService(
         store.engine, keys, cipher, identity_settings, issuers=issuers, clock=clock,
-        revocation_copy=copy,
+        revocation_copy=copy, revision_copy=revisions,
     )  # fmt: skip
     try:
         service.hold_revocation_copy()
@@ -312,6 +316,13 @@ async def open_identity(
         raise StartupError(
             f"the revocation copy does not parse: {error}; move it aside to start without it "
             "(the node then forgets the revocations the database lost: docs/vault.md)"
+        ) from None
+    try:
+        service.hold_revision_copy()
+    except RevisionCopyError as error:
+        raise StartupError(
+            f"the row revisions file does not parse: {error}; move it aside to start without "
+            "it (the node then admits agent rows put back to an earlier state: docs/vault.md)"
         ) from None
     await service.refresh_revocations()
     return service

@@ -27,6 +27,8 @@ from tether.identity.claims import Claims
 from tether.identity.dpop import make_proof
 from tether.identity.jwks import JwksCache, JwksSource
 from tether.identity.keystore import load_or_create
+from tether.identity.revision_copy import RevisionCopy
+from tether.identity.revocation_copy import RevocationCopy
 from tether.identity.service import IdentityService, IdentitySettings, IssuedToken, Presented
 from tether.identity.workload import IssuerConfig, TrustedIssuers
 from tether.store import Store
@@ -226,9 +228,16 @@ def trusted_issuers(clock: Clock) -> TrustedIssuers:
 
 
 async def build_service(
-    store: Store, clock: Clock, cipher: EnvelopeCipher, **overrides: Any
+    store: Store,
+    clock: Clock,
+    cipher: EnvelopeCipher,
+    *,
+    revocation_copy: RevocationCopy | None = None,
+    revision_copy: RevisionCopy | None = None,
+    **overrides: Any,
 ) -> IdentityService:
-    """A service as a node builds it (``load_or_create`` finds or makes the keys)."""
+    """A service as a node builds it (``load_or_create`` finds or makes the keys; the
+    node's files, when given, held before the database is read, as ``tether serve`` does)."""
     config = settings(**overrides)
     keys = await load_or_create(
         store.engine,
@@ -238,8 +247,11 @@ async def build_service(
         trust_domain=config.trust_domain,
     )
     service = IdentityService(
-        store.engine, keys, cipher, config, issuers=trusted_issuers(clock), clock=clock
-    )
+        store.engine, keys, cipher, config, issuers=trusted_issuers(clock), clock=clock,
+        revocation_copy=revocation_copy, revision_copy=revision_copy,
+    )  # fmt: skip
+    service.hold_revocation_copy()
+    service.hold_revision_copy()
     await service.refresh_revocations()
     return service
 

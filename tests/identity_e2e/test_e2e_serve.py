@@ -57,6 +57,15 @@ class Cluster:
         return subprocess.run(self.serve_args(), cwd=self.root, env=self.env,
                               capture_output=True, text=True, timeout=90)  # fmt: skip
 
+    def refused_in_one_line(self, starting: str) -> None:
+        """``tether serve`` stops before serving with exit 2 and one line of error that
+        starts with ``starting``, never a traceback."""
+        stopped = self.refused_start()
+        assert stopped.returncode == 2, stopped.stderr
+        assert "Traceback" not in stopped.stderr
+        assert stopped.stderr.startswith(starting), stopped.stderr
+        assert stopped.stderr.count("\n") == 1
+
     def cli(
         self, *args: str, token: str | None = None, **env: str
     ) -> subprocess.CompletedProcess[str]:

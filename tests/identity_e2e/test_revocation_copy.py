@@ -17,10 +17,9 @@ import httpx
 import pytest
 from sqlalchemy import delete, select, update
 
-from tests.identity_e2e.conftest import Agent, Stack, settings, trusted_issuers
+from tests.identity_e2e.conftest import Agent, Stack, build_service
 from tether.api import AppState, PolicyHolder, create_app
 from tether.identity.errors import TokenRevoked
-from tether.identity.keystore import load_or_create
 from tether.identity.revocation_copy import RevocationCopy, read_copy
 from tether.identity.service import IdentityService
 from tether.policy import load_policies
@@ -31,18 +30,9 @@ MISSING = r"(\d+) revocation\(s\) this node holds, still in force, are missing f
 
 async def _node(stack: Stack, copy: Path | None) -> IdentityService:
     """A node as ``tether serve`` builds it: its copy held, then the database read."""
-    config = settings()
-    keys = await load_or_create(
-        stack.engine, stack.cipher, clock=stack.clock,
-        overlap=float(config.max_token_lifetime), trust_domain=config.trust_domain,
-    )  # fmt: skip
-    service = IdentityService(
-        stack.engine, keys, stack.cipher, config, issuers=trusted_issuers(stack.clock),
-        clock=stack.clock, revocation_copy=None if copy is None else RevocationCopy(copy),
-    )  # fmt: skip
-    service.hold_revocation_copy()
-    await service.refresh_revocations()
-    return service
+    revocation_copy = None if copy is None else RevocationCopy(copy)
+    return await build_service(stack.store, stack.clock, stack.cipher,
+                               revocation_copy=revocation_copy)  # fmt: skip
 
 
 async def _snapshot(stack: Stack) -> tuple[set[int], dict[str, Any]]:

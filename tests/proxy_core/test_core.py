@@ -62,9 +62,10 @@ async def test_labels_expire_after_ttl(engine: AsyncEngine) -> None:
     labels = AgentLabels(engine, SEALER, ttl=1.0, clock=lambda: clock[0])
     assert dict(await labels.get("bot")) == {"team": "ops"}
     async with engine.begin() as conn:
-        row = {"id": "bot", "owner": "alice", "labels": {"team": "billing"}, "state": "active"}
+        row = {"id": "bot", "owner": "alice", "labels": {"team": "billing"}, "state": "active",
+               "revision": 2}  # fmt: skip
         seal = SEALER.seal(AGENTS, agent_seal_columns(row))  # a change Tether itself made
-        await conn.execute(update(agents).values(labels=row["labels"], seal=seal))
+        await conn.execute(update(agents).values(labels=row["labels"], revision=2, seal=seal))
     clock[0] = 0.5
     assert dict(await labels.get("bot")) == {"team": "ops"}  # cached
     clock[0] = 1.5

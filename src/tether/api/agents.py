@@ -203,7 +203,8 @@ async def _set_state(
     except agent_store.AgentUnverified:
         raise ProblemError(
             409, f"agent {agent_id!r}: its stored row does not verify (changed outside "
-            "Tether, or written before agents were sealed: see tether store seal)",
+            "Tether, written before agents were sealed: see tether store seal, or put back "
+            "older than a row this node saw: disable it, review it, then enable it)",
         ) from None  # fmt: skip
     if agent is None:
         async with call.identity.engine.connect() as conn:

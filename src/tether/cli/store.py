@@ -116,13 +116,21 @@ def verify_command(
 ) -> None:
     """Check every seal, ciphertext and the revocation ledger; exit 1 if a node refuses any.
 
-    One line per row a node would refuse: unsealed, refused or unreadable (docs/vault.md)."""
+    One line per row a node would refuse: unsealed, refused, unreadable, or older than the
+    node of this data directory admitted (its revisions.json; docs/vault.md)."""
     from tether.crypto.envelope import EnvelopeCipher
+    from tether.crypto.revisions import RowRevisions
+    from tether.identity.revision_copy import FILE_NAME, RevisionCopyError, read_marks
     from tether.store.integrity import check
 
     settings = node_settings(config, data_dir)
     cipher = EnvelopeCipher(_master_key(settings))
-    report = on_store(settings, lambda engine: check(engine, cipher))
+    revisions = RowRevisions()
+    try:
+        revisions.hold(read_marks(settings.data_dir / FILE_NAME))
+    except RevisionCopyError as error:
+        fail(f"the row revisions file does not parse: {error}")
+    report = on_store(settings, lambda engine: check(engine, cipher, revisions))
     rows = sum(report.checked.values())
     if as_json:
         document = {"ok": not report.findings, "checked": report.checked,

@@ -25,7 +25,10 @@ Security decisions:
   behind Tether's back) simply does not verify.
 * **What a seal cannot see.** A deleted row, or a whole row put back as it was earlier
   (seal included), verifies: a seal proves that Tether wrote this row, not that it is the
-  latest one it wrote.
+  latest one it wrote. For rows whose state goes back and forth a node's sealer also
+  remembers the newest revision it admitted (:meth:`RowSealer.current`,
+  :mod:`tether.crypto.revisions`); deleted revocations have their ledger
+  (:mod:`tether.store.revocation_ledger`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Final, TypeAlias
 
 from tether.crypto.masterkey import MasterKey
+from tether.crypto.revisions import RowRevisions
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +102,21 @@ def _tagged(value: SealValue) -> list[object]:
 
 
 class RowSealer:
-    """Computes and checks row seals under one master key; safe to share between threads."""
+    """Computes and checks row seals under one master key; safe to share between threads.
+    A node's sealer also holds the node's :class:`RowRevisions` (:meth:`witnessed`)."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "revisions")
 
-    def __init__(self, master_key: MasterKey) -> None:
+    def __init__(self, master_key: MasterKey, revisions: RowRevisions | None = None) -> None:
         self._key = master_key.derive(SEAL_INFO)
+        self.revisions = revisions
+
+    def witnessed(self, revisions: RowRevisions) -> RowSealer:
+        """A sealer with the same key that remembers, in ``revisions``, the newest revision
+        of each row it admits (:meth:`current`): one node's."""
+        sealer = RowSealer.__new__(RowSealer)
+        sealer._key, sealer.revisions = self._key, revisions
+        return sealer
 
     def __repr__(self) -> str:
         return "RowSealer()"
@@ -143,3 +156,30 @@ class RowSealer:
             what, state,
         )  # fmt: skip
         return False
+
+    def current(
+        self, table: str, key: str, revision: int, *, what: str, quiet: bool = False
+    ) -> bool:
+        """Whether a row whose seal verified, at ``revision``, is no older than the newest
+        this sealer admitted (always, without :class:`RowRevisions`); when it is current its
+        mark moves up to it, when it is older an error naming ``what`` is logged (unless
+        ``quiet``: the caller logs once)."""
+        if self.revisions is None:
+            return True
+        newer = self.revisions.older(table, key, revision)
+        if newer is None:
+            self.revisions.advance(table, key, revision)
+            return True
+        if not quiet:
+            log_older(what, revision, newer)
+        return False
+
+
+def log_older(what: str, revision: int, newer: int) -> None:
+    """The error for a row older than one the node admitted."""
+    log.error(
+        "%s refused: its row is revision %d, older than revision %d this node saw: the "
+        "database was put back to an earlier state (docs/vault.md, Tampering with the "
+        "database)",
+        what, revision, newer,
+    )  # fmt: skip

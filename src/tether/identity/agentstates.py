@@ -23,8 +23,10 @@ Security decisions:
 * **Unknown is not active**: an agent missing from the store is ``unknown``, refused by
   the caller like any state other than ``active``.
 * **A row that does not verify is not active**: an agent whose row's seal is missing or
-  wrong (changed outside Tether: migration 0016, :mod:`tether.crypto.seal`) is
-  ``unverified`` (an error is logged), refused like ``unknown``.
+  wrong (changed outside Tether: migration 0016, :mod:`tether.crypto.seal`), or whose row
+  is older than one this node admitted (put back: migration 0022,
+  :mod:`tether.crypto.revisions`), is ``unverified`` (an error is logged), refused like
+  ``unknown``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.seal import RowSealer
 from tether.store import agents as agent_store
-from tether.store.identity import AGENTS, agent_admitted, agent_seal_columns
+from tether.store.identity import agent_admitted
 from tether.store.schema import agents
 
 UNKNOWN: Final = "unknown"
@@ -109,14 +111,13 @@ class AgentStates:
         return len(states)
 
     def _verified_state(self, row: RowMapping) -> str:
-        """The row's state, or ``unverified``; logged when an agent turns unverified (not
-        at every poll after that)."""
-        agent_id = str(row["id"])
-        if self._sealer.verify(AGENTS, agent_seal_columns(row), row["seal"]):
+        """The row's state, or ``unverified`` (its seal does not verify, or it is older
+        than a row this node admitted); logged when an agent turns unverified (not at
+        every poll after that)."""
+        cached = self._cache.get(str(row["id"]))
+        quiet = cached is not None and cached[0] == UNVERIFIED
+        if agent_admitted(self._sealer, row, quiet=quiet):
             return str(row["state"])
-        cached = self._cache.get(agent_id)
-        if cached is None or cached[0] != UNVERIFIED:
-            agent_admitted(self._sealer, row)  # logs the refusal
         return UNVERIFIED
 
     def _store(self, states: dict[str, str], started: float) -> None:

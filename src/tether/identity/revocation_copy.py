@@ -32,23 +32,25 @@ Security decisions:
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from tether.durable import replace_file
+from tether.durable import (
+    FileShape,
+    VersionedFile,
+    parse_entries,
+    read_entries,
+    replace_in_directory,
+)
 
 FORMAT: Final = "tether-revocations/1"
 FILE_NAME: Final = "revocations.json"
 KINDS: Final = ("token", "agent", "task", "runtime")
 MAX_VALUE_LENGTH: Final = 4096
-
-log = logging.getLogger(__name__)
 
 
 class RevocationCopyError(ValueError):
@@ -66,30 +68,12 @@ class Held:
 
 def read_copy(path: Path) -> list[Held]:
     """The revocations recorded in ``path``; none when there is no file."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as error:
-        raise RevocationCopyError(f"{path}: {error.strerror or error}") from None
-    try:
-        return parse_copy(data)
-    except RevocationCopyError as error:
-        raise RevocationCopyError(f"{path}: {error}") from None
+    return read_entries(path, SHAPE, RevocationCopyError)
 
 
 def parse_copy(data: bytes) -> list[Held]:
     """The revocations of a copy's content; :class:`RevocationCopyError` for anything else."""
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise RevocationCopyError("not a JSON document") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise RevocationCopyError(f"not a revocation copy (format {FORMAT!r})")
-    entries = document.get("revocations")
-    if not isinstance(entries, list):
-        raise RevocationCopyError("revocations is not a list")
-    return [_entry(position, entry) for position, entry in enumerate(entries)]
+    return parse_entries(data, SHAPE, RevocationCopyError)
 
 
 def _entry(position: int, entry: object) -> Held:
@@ -109,6 +93,9 @@ def _entry(position: int, entry: object) -> Held:
     return Held(str(kind), value, None if expires is None else float(expires))
 
 
+SHAPE: Final = FileShape(FORMAT, "revocations", "revocation copy", _entry)
+
+
 def render_copy(entries: Iterable[Held]) -> bytes:
     """The content of a copy holding ``entries`` (in a stable order)."""
     ordered = sorted(entries, key=lambda h: (h.kind, h.value))
@@ -124,21 +111,22 @@ def render_copy(entries: Iterable[Held]) -> bytes:
 def write_copy(path: Path, entries: Iterable[Held]) -> None:
     """Replace ``path`` with a copy holding ``entries`` (durably, mode 0600; the directory
     is made, mode 0700, when missing)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    replace_file(path, render_copy(entries))
+    replace_in_directory(path, render_copy(entries))
 
 
 class RevocationCopy:
     """A node's copy at ``path``: written when the entries it would hold changed (the
-    caller's ``version`` moved) or when asked to drop expired ones; one write at a time,
-    in a thread. A write that fails is logged and retried at the next save: the database
-    stays the record, the copy a second witness."""
+    caller's ``version`` moved) or when asked to drop expired ones
+    (:class:`tether.durable.VersionedFile`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._written = -1  # the version last written (-1: nothing yet)
-        self._lock = asyncio.Lock()
-        self.writes = 0  # completed, for the tests
+        self._file = VersionedFile(path, "revocation copy")
+
+    @property
+    def writes(self) -> int:
+        """Writes completed, for the tests."""
+        return self._file.writes
 
     def load(self) -> list[Held]:
         """What the copy records (:class:`RevocationCopyError` when it does not parse)."""
@@ -148,16 +136,4 @@ class RevocationCopy:
         self, version: int, entries: Callable[[], list[Held]], *, force: bool = False
     ) -> None:
         """Write ``entries()`` unless ``version`` was written already (``force``: even so)."""
-        if version == self._written and not force:
-            return
-        async with self._lock:
-            if version == self._written and not force:
-                return
-            held = entries()
-            try:
-                await asyncio.to_thread(write_copy, self.path, held)
-            except OSError as error:
-                log.error("cannot write the revocation copy %s: %s", self.path, error)
-                return
-            self._written = version
-            self.writes += 1
+        await self._file.save(version, lambda: render_copy(entries()), force=force)

@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.envelope import EnvelopeCipher
+from tether.crypto.revisions import RowRevisions
 from tether.identity import grants
 from tether.identity.agentstates import AgentStates
 from tether.identity.certbind import check_binding, x5t_s256
@@ -51,6 +52,7 @@ from tether.identity.issued import (
 )
 from tether.identity.keystore import TetherKeys, rotate_access_key
 from tether.identity.replay import MemoryReplayCache, ReplayCheckFailed, shared_memory_cache
+from tether.identity.revision_copy import RevisionCopy
 from tether.identity.revocation import UNVERIFIED, RevocationSet
 from tether.identity.revocation_copy import RevocationCopy
 from tether.identity.tokens import TokenIssuer, TokenVerifier
@@ -59,7 +61,7 @@ from tether.identity.x509ca import spiffe_ids_of
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
 from tether.store import replay as replay_store
-from tether.store.identity import AgentNotActive, UserDisabled, digest
+from tether.store.identity import AGENTS, AgentNotActive, UserDisabled, digest
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +98,15 @@ class IdentityService:
         issuers: TrustedIssuers | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         revocation_copy: RevocationCopy | None = None,
+        revision_copy: RevisionCopy | None = None,
     ) -> None:
         self.engine, self.keys, self.cipher, self.settings = engine, keys, cipher, settings
-        self.sealer = cipher.sealer  # row seals under the master key (tether.crypto.seal)
+        # Row seals under the master key (tether.crypto.seal), remembering the newest
+        # revision of each row admitted (tether.crypto.revisions): this node's, kept in
+        # its file when it serves (tether.identity.revision_copy).
+        self.revision_copy = revision_copy
+        revisions = RowRevisions() if revision_copy is None else revision_copy.revisions
+        self.sealer = cipher.sealer.witnessed(revisions)
         self.clock = clock
         self.issuers = issuers or TrustedIssuers([])
 
@@ -228,6 +236,8 @@ class IdentityService:
             agent = await agent_store.set_agent_state(
                 conn, self.sealer, agent_id, state, self.clock()
             )
+        if agent is not None:
+            await self._written(AGENTS, agent_id, agent.revision)
         self.agent_states.forget(agent_id)
         return agent
 
@@ -242,9 +252,28 @@ class IdentityService:
         if done is not None:
             self.revoked.add("agent", agent_id)
             await self.save_revocation_copy()
+            await self._written(AGENTS, agent_id, done.agent.revision)
             self.agent_states.forget(agent_id)
             await self._notify_revocation("agent", agent_id, reason)
         return done
+
+    async def _written(self, table: str, key: str, revision: int) -> None:
+        """A row this node just changed: never admit an older one again, here or after a
+        restart (its file is written before the change is answered)."""
+        revisions = self.sealer.revisions
+        assert revisions is not None  # the service's sealer is always witnessed
+        revisions.advance(table, key, revision)
+        await self.save_revision_copy()
+
+    def hold_revision_copy(self) -> int:
+        """Honour what the node's revisions file records (at start, before anything is
+        read); how many marks. :class:`RevisionCopyError` when it does not parse."""
+        return 0 if self.revision_copy is None else self.revision_copy.hold()
+
+    async def save_revision_copy(self) -> None:
+        """Bring the node's revisions file up to date (when a mark moved)."""
+        if self.revision_copy is not None:
+            await self.revision_copy.save()
 
     # --- revocation ---------------------------------------------------------------------------
 
@@ -378,6 +407,7 @@ class IdentityService:
             try:
                 await self.refresh_revocations()
                 await self.agent_states.refresh()
+                await self.save_revision_copy()
             except Exception as error:  # noqa: BLE001 - keep polling; the next poll retries
                 log.error("refreshing revocations failed: %s", error)
             await self.maintain()

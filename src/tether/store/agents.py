@@ -24,6 +24,10 @@ Security decisions:
   verified: a row changed outside Tether stays refused, never blessed. ``last_seen_at``,
   ``purpose`` and the times are not sealed (nothing is granted on them); :func:`get_agent`
   reads a row unverified, for display.
+* **A row put back is refused** (migration 0022): each change raises the row's sealed
+  ``revision`` (:func:`next_revision`), and a node refuses a row older than one it
+  admitted (:mod:`tether.crypto.revisions`): disabling an agent cannot be undone by
+  writing its earlier row back.
 * **Runtime rows are sealed** (migration 0019): everything an attestation writes (agent,
   platform, labels, attester, last attestation, address). An SSH session's runtime labels
   and a renewal's bound come from this row: :func:`verified_runtime` answers None for a
@@ -50,6 +54,7 @@ from tether.store.identity import (
     Labels,
     RuntimeOfAnotherAgent,
     agent_admitted,
+    agent_revision,
     agent_seal_columns,
     frozen_labels,
     insert_if_agent_active,
@@ -73,6 +78,7 @@ class Agent:
     created_at: datetime
     updated_at: datetime
     last_seen_at: datetime | None
+    revision: int = 0  # raised by each change (migration 0022, tether.crypto.revisions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +163,7 @@ async def create_agent(
         "created_at": now,
         "updated_at": now,
         "last_seen_at": None,
+        "revision": 1,
     }
     values["seal"] = sealer.seal(AGENTS, agent_seal_columns(values))
     row = (await conn.execute(insert(agents).values(values).returning(agents))).mappings().one()
@@ -210,7 +217,9 @@ async def set_agent_state(
     """Enable or disable an agent; None when it is unknown or offboarded (which is final).
 
     Sealed again only when its seal verified: an agent changed outside Tether can still be
-    disabled (and stays refused), never enabled into a trusted row."""
+    disabled (and stays refused), never enabled into a trusted row. A row older than one
+    this node admitted (put back whole) is refused for enabling too, but disabling it
+    seals it again, disabled, at a revision above both: the way back for an operator."""
     if state not in ("active", "disabled"):
         raise ValueError(f"set_agent_state cannot set {state!r}: use offboard_agent")
     found = (
@@ -221,7 +230,13 @@ async def set_agent_state(
     if found is None or found["state"] == "offboarded":
         return None
     values: dict[str, Any] = {"state": state, "updated_at": now}
-    if agent_admitted(sealer, found):
+    values["revision"] = next_revision(sealer, found)
+    # A row Tether wrote but older than one this node admitted (put back) may be sealed
+    # again as disabled, which grants nothing: then reviewed, and enabled on purpose.
+    genuine = state == "disabled" and sealer.verify(
+        AGENTS, agent_seal_columns(found), found["seal"]
+    )
+    if agent_admitted(sealer, found) or genuine:
         values["seal"] = sealer.seal(AGENTS, agent_seal_columns({**found, **values}))
     elif state == "active":
         raise AgentUnverified(f"agent {agent_id!r}: its stored row does not verify")
@@ -239,6 +254,13 @@ async def set_agent_state(
     if row is None:
         raise StoreError(f"agent {agent_id!r} changed while its state was set; try again")
     return _agent(row)
+
+
+def next_revision(sealer: RowSealer, found: Mapping[str, Any] | RowMapping) -> int:
+    """The revision a change to ``found`` writes: one above both the row's and the newest
+    this node admitted (the row this node writes is never older than one it saw)."""
+    mark = 0 if sealer.revisions is None else sealer.revisions.mark(AGENTS, str(found["id"]))
+    return max(agent_revision(found), mark) + 1
 
 
 async def touch_agent(conn: AsyncConnection, agent_id: str, now: datetime) -> None:
@@ -278,6 +300,7 @@ async def offboard_agent(
     # Offboarded whatever its seal says (refusing is always safe); sealed again only if
     # its seal verified.
     gone: dict[str, Any] = {"state": "offboarded", "updated_at": now}
+    gone["revision"] = next_revision(sealer, found)
     if sealer.verify(AGENTS, agent_seal_columns(found), found["seal"]):
         gone["seal"] = sealer.seal(AGENTS, agent_seal_columns({**found, **gone}))
     query = update(agents).where(agents.c.id == agent_id).values(gone).returning(agents)
@@ -494,6 +517,7 @@ def _agent(row: RowMapping) -> Agent:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         last_seen_at=row["last_seen_at"],
+        revision=agent_revision(row),
     )
 
 

@@ -61,14 +61,33 @@ class RuntimeOfAnotherAgent(StoreError):
 
 def agent_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
     """The sealed columns of an ``agents`` row (as written, or as read back): who it is,
-    whose it is, the labels policies match on and its state."""
-    return {name: row[name] for name in ("id", "owner", "labels", "state")}
+    whose it is, the labels policies match on, its state and, from migration 0022, its
+    revision (a row sealed before it, revision 0, was sealed without one)."""
+    columns: dict[str, SealValue] = {name: row[name] for name in ("id", "owner", "labels", "state")}
+    revision = row.get("revision") or 0
+    if revision:
+        columns["revision"] = revision
+    return columns
 
 
-def agent_admitted(sealer: RowSealer, row: Mapping[str, Any] | RowMapping) -> bool:
-    """Whether an ``agents`` row's seal verifies (an error is logged when not)."""
-    what = f"agent {row['id']!r}"
-    return sealer.admits(AGENTS, agent_seal_columns(row), row["seal"], what=what)
+def agent_admitted(
+    sealer: RowSealer, row: Mapping[str, Any] | RowMapping, *, quiet: bool = False
+) -> bool:
+    """Whether an ``agents`` row's seal verifies and the row is no older than the newest
+    this node admitted (:meth:`RowSealer.current`); an error is logged when not, unless
+    ``quiet`` (a caller that logs a refusal once, not at every poll)."""
+    what, columns = f"agent {row['id']!r}", agent_seal_columns(row)
+    if quiet:
+        sealed = sealer.verify(AGENTS, columns, row["seal"])
+    else:
+        sealed = sealer.admits(AGENTS, columns, row["seal"], what=what)
+    revision = agent_revision(row)
+    return sealed and sealer.current(AGENTS, str(row["id"]), revision, what=what, quiet=quiet)
+
+
+def agent_revision(row: Mapping[str, Any] | RowMapping) -> int:
+    """An ``agents`` row's revision (0: written before migration 0022)."""
+    return int(row.get("revision") or 0)
 
 
 def digest(secret: str | bytes) -> bytes:

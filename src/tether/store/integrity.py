@@ -22,11 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tether.approvals.schema import access_requests, approval_votes
 from tether.approvals.store import request_seal_columns, vote_seal_columns
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
+from tether.crypto.revisions import RowRevisions
 from tether.crypto.seal import RowSealer
 from tether.store import revocation_ledger as ledger
 from tether.store.credentials import read_revocations
+from tether.store.identity import AGENTS
 from tether.store.keys import any_signing_key, private_key_purpose
-from tether.store.schema import revocation_ledger, signing_keys
+from tether.store.schema import agents, revocation_ledger, signing_keys
 from tether.store.sealing import SEALED, SealedTable, shown
 from tether.users.schema import users
 from tether.users.store import TOTP_PURPOSE
@@ -116,21 +118,26 @@ async def standing(
 @dataclass
 class IntegrityReport:
     """What :func:`check` read (rows by table) and found: one line per row a node refuses,
-    ``KIND TABLE KEY (why)`` (``unsealed``, ``refused``, ``unreadable``)."""
+    ``KIND TABLE KEY (why)`` (``unsealed``, ``refused``, ``unreadable``, ``older``)."""
 
     checked: dict[str, int] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
 
 
-async def check(engine: AsyncEngine, cipher: EnvelopeCipher) -> IntegrityReport:
+async def check(
+    engine: AsyncEngine, cipher: EnvelopeCipher, revisions: RowRevisions | None = None
+) -> IntegrityReport:
     """Every seal, ciphertext and the revocation ledger, checked under ``cipher``: each row
     read once, the ledger with the revocations in one statement (one snapshot: a revocation
-    committed meanwhile, by a node that runs, never reads as a mismatch)."""
+    committed meanwhile, by a node that runs, never reads as a mismatch). With a node's
+    ``revisions`` (its file), also each agent row older than one that node admitted."""
     report = IntegrityReport()
     async with engine.connect() as conn:
         for sealed in SEALED_TABLES:
             rows = await standing(conn, sealed, cipher.sealer)
             report.checked[sealed.table.name] = len(rows)
+            if revisions is not None and sealed.table is agents:
+                report.findings.extend(await _older_agents(conn, rows, revisions))
             for key, state in rows.items():
                 if state == "unsealed":
                     report.findings.append(f"unsealed {sealed.table.name} {shown_key(key)}")
@@ -152,6 +159,21 @@ async def check(engine: AsyncEngine, cipher: EnvelopeCipher) -> IntegrityReport:
         if problem is not None:
             report.findings.append(f"refused {revocation_ledger.name} 1 ({problem})")
     return report
+
+
+async def _older_agents(
+    conn: AsyncConnection, rows: dict[tuple[Any, ...], Standing], revisions: RowRevisions
+) -> list[str]:
+    """``older agents KEY (...)`` for each agent row whose seal verifies but which is older
+    than the newest that node admitted (put back: :mod:`tether.crypto.revisions`)."""
+    found: list[str] = []
+    query = select(agents.c.id, agents.c.revision).order_by(agents.c.id)
+    for agent_id, revision in (await conn.execute(query)).all():
+        newer = revisions.older(AGENTS, str(agent_id), int(revision))
+        if newer is not None and rows.get((agent_id,)) == "old":
+            found.append(f"older agents {shown(str(agent_id))} (revision {revision}, the node "
+                         f"admitted revision {newer})")  # fmt: skip
+    return found
 
 
 async def _ledger_problem(conn: AsyncConnection, sealer: RowSealer) -> str | None:

@@ -97,6 +97,8 @@ agents = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("last_seen_at", UTCDateTime, nullable=True),
     Column("seal", Text, nullable=True),  # 0016: tether.crypto.seal; null: refused
+    # 0022: raised by one at each change through Tether, sealed (tether.crypto.revisions)
+    Column("revision", Integer, nullable=False, server_default=text("0")),
     CheckConstraint("state IN ('active', 'disabled', 'offboarded')", name="state"),
     Index("ix_agents_owner", "owner"),
     Index("ix_agents_state", "state"),
