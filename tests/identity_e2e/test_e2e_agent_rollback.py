@@ -1,15 +1,17 @@
 """End to end: a real ``tether serve`` whose SQLite database is put back from a backup taken
-before an agent was disabled (its row then active, sealed by Tether: it verifies). The node
-keeps refusing the agent after the restore because its file (``data/revisions.json``)
-remembers the later row; it says so in its log; ``tether agent enable`` refuses the row as
-it stands, and disabling then enabling it is the way back. Without the file the restored
-database takes the agent back (the control), and a file that does not parse stops the node
-with one line, not a traceback."""
+before an agent (or a user) was disabled (its row then active, sealed by Tether: it
+verifies). The node keeps refusing the agent after the restore because its file
+(``data/revisions.json``) remembers the later row; it says so in its log; ``tether agent
+enable`` refuses the row as it stands, and disabling then enabling it is the way back. The
+same for a user, who cannot log in. Without the file the restored database takes the agent
+(and the user) back: the controls. A file that does not parse stops the node with one line,
+not a traceback."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 from tests.identity_e2e.test_e2e_serve import TOKEN, Cluster
 from tether.client import TetherClient, TetherRefused
 
+PASSWORD = "a long enough password"
 OLDER = (
     "agent 'bot' refused: its row is revision 1, older than revision 2 this node saw: the "
     "database was put back to an earlier state"
@@ -93,3 +96,39 @@ def test_a_restored_backup_does_not_enable_a_disabled_agent(cluster: Cluster) ->
         f"tether: error: the row revisions file does not parse: {data / 'revisions.json'}: "
         "row 0 is not an object; move it aside to start without it"
     )
+
+
+def test_a_restored_backup_does_not_enable_a_disabled_user(cluster: Cluster) -> None:
+    node = cluster.start()
+    admin = TOKEN.findall(node.stderr)[0]
+    added = cluster.cli("user", "add", "sam", "--role", "approver", "--password-stdin",
+                        token=admin, stdin=PASSWORD + "\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    data, backup = cluster.root / "data", cluster.root / "backup.db"
+    home = {"XDG_CONFIG_HOME": str(cluster.root / "home")}
+
+    def login() -> subprocess.CompletedProcess[str]:
+        return cluster.cli("login", "--user", "sam", "--password-stdin", stdin=PASSWORD + "\n",
+                           **home)  # fmt: skip
+
+    assert login().returncode == 0
+    assert cluster.cli("store", "backup", str(backup), "--data-dir", "data").returncode == 0
+    assert cluster.cli("user", "disable", "sam", token=admin).returncode == 0
+    assert login().returncode == 4
+    assert node.stop() == 0
+    marks = json.loads((data / "revisions.json").read_text())
+    assert {"table": "users", "key": "sam", "revision": 2} in marks["rows"]
+
+    _put_back(backup, data)
+    node = cluster.start()
+    refused = login()
+    assert refused.returncode == 4 and "wrong user, password or code" in refused.stderr
+    node.wait_for_log("user 'sam' refused: its row is revision 1, older than revision 2")
+    assert node.stop() == 0
+
+    # The control: the restored database alone takes the user back.
+    (data / "revisions.json").unlink()
+    _put_back(backup, data)
+    node = cluster.start()
+    assert login().returncode == 0
+    assert node.stop() == 0

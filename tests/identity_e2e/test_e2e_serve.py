@@ -67,7 +67,7 @@ class Cluster:
         assert stopped.stderr.count("\n") == 1
 
     def cli(
-        self, *args: str, token: str | None = None, **env: str
+        self, *args: str, token: str | None = None, stdin: str = "", **env: str
     ) -> subprocess.CompletedProcess[str]:
         variables = {**self.env, "TETHER_SERVER": self.url, **env}
         if token is not None:
@@ -76,6 +76,7 @@ class Cluster:
             [str(self.tether), *args],
             cwd=self.root,
             env=variables,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=60,

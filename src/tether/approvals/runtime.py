@@ -60,7 +60,10 @@ def start_humans(
         notify=notifier,
     )  # fmt: skip
     identity.revocation_listeners.append(approvals.on_revocation)
-    users = UserService(identity.engine, identity.cipher, clock=identity.clock)
+    users = UserService(
+        identity.engine, identity.cipher, clock=identity.clock, sealer=identity.sealer,
+        save_revisions=identity.save_revision_copy,
+    )  # fmt: skip
     oidc = None if users_config is None else users_config.oidc
     if oidc is not None:
         try:

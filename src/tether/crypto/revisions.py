@@ -8,7 +8,8 @@ forth carry a ``revision`` that every change through Tether raises by one, cover
 seal, and each node remembers the highest revision of each row it admitted
 (:class:`RowRevisions`, kept across restarts in ``<data_dir>/revisions.json``:
 :mod:`tether.identity.revision_copy`). A row older than that is refused like a row whose
-seal does not verify, and the refusal is logged.
+seal does not verify, and the refusal is logged. The rows revised: agents (migration 0022:
+enabled, disabled, offboarded) and users (0023: state, roles, groups, password, TOTP).
 
 Security decisions:
 
@@ -30,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+REVISED_TABLES: Final = ("agents", "users")  # the tables whose rows carry a revision
 MAX_KEY_LENGTH: Final = 4096
 MAX_REVISION: Final = 2**62  # far beyond any count of changes; keeps the file's numbers exact
 

@@ -29,12 +29,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from tether.crypto.revisions import MAX_KEY_LENGTH, MAX_REVISION, Mark, RowRevisions
+from tether.crypto.revisions import (
+    MAX_KEY_LENGTH,
+    MAX_REVISION,
+    REVISED_TABLES,
+    Mark,
+    RowRevisions,
+)
 from tether.durable import FileShape, VersionedFile, parse_entries, read_entries
 
 FORMAT: Final = "tether-revisions/1"
 FILE_NAME: Final = "revisions.json"
-TABLES: Final = ("agents",)
 
 
 class RevisionCopyError(ValueError):
@@ -55,8 +60,8 @@ def _mark(position: int, row: object) -> Mark:
     if not isinstance(row, dict):
         raise RevisionCopyError(f"row {position} is not an object")
     table, key, revision = row.get("table"), row.get("key"), row.get("revision")
-    if table not in TABLES:
-        raise RevisionCopyError(f"row {position}: table must be one of {TABLES}")
+    if table not in REVISED_TABLES:
+        raise RevisionCopyError(f"row {position}: table must be one of {REVISED_TABLES}")
     if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
         raise RevisionCopyError(f"row {position}: key must be a non-empty string")
     if isinstance(revision, bool) or not isinstance(revision, int):

@@ -22,13 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tether.approvals.schema import access_requests, approval_votes
 from tether.approvals.store import request_seal_columns, vote_seal_columns
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
-from tether.crypto.revisions import RowRevisions
+from tether.crypto.revisions import REVISED_TABLES, RowRevisions
 from tether.crypto.seal import RowSealer
 from tether.store import revocation_ledger as ledger
 from tether.store.credentials import read_revocations
-from tether.store.identity import AGENTS
 from tether.store.keys import any_signing_key, private_key_purpose
-from tether.store.schema import agents, revocation_ledger, signing_keys
+from tether.store.schema import revocation_ledger, signing_keys
 from tether.store.sealing import SEALED, SealedTable, shown
 from tether.users.schema import users
 from tether.users.store import TOTP_PURPOSE
@@ -136,8 +135,8 @@ async def check(
         for sealed in SEALED_TABLES:
             rows = await standing(conn, sealed, cipher.sealer)
             report.checked[sealed.table.name] = len(rows)
-            if revisions is not None and sealed.table is agents:
-                report.findings.extend(await _older_agents(conn, rows, revisions))
+            if revisions is not None and sealed.table.name in REVISED_TABLES:
+                report.findings.extend(await _older(conn, sealed.table, rows, revisions))
             for key, state in rows.items():
                 if state == "unsealed":
                     report.findings.append(f"unsealed {sealed.table.name} {shown_key(key)}")
@@ -161,18 +160,21 @@ async def check(
     return report
 
 
-async def _older_agents(
-    conn: AsyncConnection, rows: dict[tuple[Any, ...], Standing], revisions: RowRevisions
+async def _older(
+    conn: AsyncConnection,
+    table: Table,
+    rows: dict[tuple[Any, ...], Standing],
+    revisions: RowRevisions,
 ) -> list[str]:
-    """``older agents KEY (...)`` for each agent row whose seal verifies but which is older
-    than the newest that node admitted (put back: :mod:`tether.crypto.revisions`)."""
+    """``older TABLE KEY (...)`` for each row whose seal verifies but which is older than
+    the newest that node admitted (put back: :mod:`tether.crypto.revisions`)."""
     found: list[str] = []
-    query = select(agents.c.id, agents.c.revision).order_by(agents.c.id)
-    for agent_id, revision in (await conn.execute(query)).all():
-        newer = revisions.older(AGENTS, str(agent_id), int(revision))
-        if newer is not None and rows.get((agent_id,)) == "old":
-            found.append(f"older agents {shown(str(agent_id))} (revision {revision}, the node "
-                         f"admitted revision {newer})")  # fmt: skip
+    query = select(table.c.id, table.c.revision).order_by(table.c.id)
+    for key, revision in (await conn.execute(query)).all():
+        newer = revisions.older(table.name, str(key), int(revision))
+        if newer is not None and rows.get((key,)) == "old":
+            found.append(f"older {table.name} {shown(str(key))} (revision {revision}, the "
+                         f"node admitted revision {newer})")  # fmt: skip
     return found
 
 

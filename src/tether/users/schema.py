@@ -13,10 +13,12 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     ForeignKey,
+    Integer,
     LargeBinary,
     String,
     Table,
     Text,
+    text,
 )
 
 from tether.store.schema import UTCDateTime, metadata
@@ -37,6 +39,8 @@ users = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("seal", Text, nullable=True),  # 0015: tether.crypto.seal (with roles and groups)
+    # 0023: raised by one at each seal, sealed (tether.crypto.revisions)
+    Column("revision", Integer, nullable=False, server_default=text("0")),
     CheckConstraint("source IN ('local', 'oidc')", name="source"),
     CheckConstraint("state IN ('active', 'disabled')", name="state"),
 )

@@ -23,7 +23,7 @@ import functools
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
@@ -33,12 +33,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.approvals import store as approvals_store
 from tether.crypto.envelope import EnvelopeCipher
+from tether.crypto.seal import RowSealer
 from tether.store import credentials as cred_store
 from tether.store.identity import digest
 from tether.users import passwords, throttle, totp
 from tether.users import store as user_store
 from tether.users.schema import ROLES
-from tether.users.store import TOTP_PURPOSE, User, UserToken
+from tether.users.store import TOTP_PURPOSE, USERS, User, UserToken
 
 if TYPE_CHECKING:
     from tether.users.oidc import OidcLogin
@@ -95,9 +96,15 @@ class UserService:
         cipher: EnvelopeCipher,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sealer: RowSealer | None = None,
+        save_revisions: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.engine, self.cipher, self.clock = engine, cipher, clock
-        self.sealer = cipher.sealer  # users are sealed (tether.users.store)
+        # Users are sealed (tether.users.store); a node passes its identity service's
+        # sealer, which remembers the newest revision of each user it admitted, and how
+        # to save those (tether.identity.revision_copy).
+        self.sealer = cipher.sealer if sealer is None else sealer
+        self._save_revisions = save_revisions
         self.oidc: OidcLogin | None = None  # sign-in through a provider, when configured
 
     # --- users ----------------------------------------------------------------------------
@@ -128,9 +135,10 @@ class UserService:
                 )  # fmt: skip
                 await user_store.set_roles(conn, user_id, roles)
                 await user_store.set_groups(conn, user_id, groups, now)
-                await user_store.seal_user(conn, self.sealer, user_id)
+                revision = await user_store.seal_user(conn, self.sealer, user_id)
         except IntegrityError:
             raise UserError(f"user {user_id!r} already exists", 409) from None
+        await self._revised(user_id, revision)
         return await self.get(user_id)
 
     async def get(self, user_id: str) -> User:
@@ -176,7 +184,8 @@ class UserService:
                 await user_store.set_roles(conn, user_id, checked_roles)
             if checked_groups is not None:
                 await user_store.set_groups(conn, user_id, checked_groups, now)
-            await self._reseal(conn, user_id, intact)
+            revision = await self._reseal(conn, user_id, intact)
+        await self._revised(user_id, revision)
         return await self.get(user_id)
 
     async def set_password(
@@ -201,10 +210,12 @@ class UserService:
             intact = await user_store.user_intact(conn, self.sealer, user_id)
             if not await user_store.update_user(conn, user_id, now, password_hash=hashed):
                 raise UserError(f"no user {user_id!r}", 404)
-            await self._reseal(conn, user_id, intact)
-            return await user_store.revoke_user_tokens(
+            revision = await self._reseal(conn, user_id, intact)
+            revoked = await user_store.revoke_user_tokens(
                 conn, self.sealer, user_id, now, keep_hash=keep
             )
+        await self._revised(user_id, revision)
+        return revoked
 
     async def set_state(self, user_id: str, state: str, *, by: str = "tether") -> User:
         """Enable or disable (:meth:`disable`)."""
@@ -216,7 +227,8 @@ class UserService:
             intact = await user_store.user_intact(conn, self.sealer, user_id)
             if not await user_store.update_user(conn, user_id, self.clock(), state=state):
                 raise UserError(f"no user {user_id!r}", 404)
-            await self._reseal(conn, user_id, intact)
+            revision = await self._reseal(conn, user_id, intact)
+        await self._revised(user_id, revision)
         return await self.get(user_id)
 
     async def disable(self, user_id: str, *, by: str) -> tuple[User, list[str]]:
@@ -237,10 +249,12 @@ class UserService:
         its quorum without them stands: enough other people approved it."""
         now = self.clock()
         async with self.engine.begin() as conn:
-            intact = await user_store.user_intact(conn, self.sealer, user_id)
+            # A user Tether wrote, even one put back older than this node saw, may always
+            # be sealed again as disabled: the way back after a restore (docs/vault.md).
+            standing = await user_store.user_standing(conn, self.sealer, user_id)
             if not await user_store.update_user(conn, user_id, now, state="disabled"):
                 raise UserError(f"no user {user_id!r}", 404)
-            await self._reseal(conn, user_id, intact)
+            revision = await self._reseal(conn, user_id, standing in ("intact", "older"))
             await user_store.revoke_user_tokens(conn, self.sealer, user_id, now)
             revoked = await cred_store.revoke_delegations(
                 conn, self.sealer, user_id, reason="the user is disabled", revoked_by=by, now=now
@@ -252,6 +266,7 @@ class UserService:
                 f"approver {user_id} was disabled: too few approvals left",
                 now,
             )
+        await self._revised(user_id, revision)
         return Disabled(await self.get(user_id), revoked, grants)
 
     async def enroll_totp(self, user_id: str) -> str:
@@ -263,10 +278,10 @@ class UserService:
             done = await user_store.update_user(
                 conn, user_id, self.clock(), totp_secret=sealed, totp_last_step=None
             )
-            if done:
-                await self._reseal(conn, user_id, intact)
+            revision = await self._reseal(conn, user_id, intact) if done else None
         if not done:
             raise UserError(f"no user {user_id!r}", 404)
+        await self._revised(user_id, revision)
         return secret
 
     # --- login and tokens -----------------------------------------------------------------
@@ -288,6 +303,7 @@ class UserService:
         if row is None or stored is None or not ok or row["state"] != "active":
             raise self._failed(user_id)
         now = self.clock()
+        revision: int | None = None
         async with self.engine.begin() as conn:
             if row["totp_secret"] is not None:
                 step = self._totp_step(row["totp_secret"], user_id, code, row["totp_last_step"])
@@ -300,23 +316,35 @@ class UserService:
                 rehashed = await asyncio.to_thread(passwords.hash_password, password)
                 intact = await user_store.user_intact(conn, self.sealer, user_id)
                 await user_store.update_user(conn, user_id, now, password_hash=rehashed)
-                await self._reseal(conn, user_id, intact)
+                revision = await self._reseal(conn, user_id, intact)
             user = await user_store.get_user(conn, self.sealer, user_id)
             await throttle.clear(conn, user_id, now, FAILURE_WINDOW)
+        await self._revised(user_id, revision)
         assert user is not None
         return user
 
-    async def _reseal(self, conn: AsyncConnection, user_id: str, intact: bool) -> None:
-        """Seal the user as just changed, if its seal verified before the change; else it
-        stays refused (a user changed outside Tether is never blessed by an edit)."""
+    async def _reseal(self, conn: AsyncConnection, user_id: str, intact: bool) -> int | None:
+        """Seal the user as just changed, if its seal verified before the change (its new
+        revision); else it stays refused (a user changed outside Tether, or put back older
+        than this node saw, is never blessed by an edit)."""
         if intact:
-            await user_store.seal_user(conn, self.sealer, user_id)
-        else:
-            log.error(
-                "user %r changed, but its seal did not verify before: it stays refused "
-                "(docs/vault.md, Tampering with the database)",
-                user_id,
-            )
+            return await user_store.seal_user(conn, self.sealer, user_id)
+        log.error(
+            "user %r changed, but its seal did not verify before: it stays refused (changed "
+            "outside Tether, or put back older than a revision this node saw; docs/vault.md, "
+            "Tampering with the database)",
+            user_id,
+        )  # fmt: skip
+        return None
+
+    async def _revised(self, user_id: str, revision: int | None) -> None:
+        """Once its change committed: never admit an older row of the user again here,
+        nor after a restart (the node's file is written before the change is answered)."""
+        if revision is None or self.sealer.revisions is None:
+            return
+        self.sealer.revisions.advance(USERS, user_id, revision)
+        if self._save_revisions is not None:
+            await self._save_revisions()
 
     async def _check_throttle(self, user_id: str) -> None:
         """Count this attempt in the store (committed at once, before the password is

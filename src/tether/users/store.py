@@ -12,8 +12,10 @@ missing or does not verify (logged as an error): whoever can write to the databa
 the master key cannot set a password hash, a role, a group or a state of their choosing.
 The writer (:class:`tether.users.service.UserService`) seals again after each change, but
 only a user whose seal verified before it: a user changed outside Tether stays refused.
-Not sealed: display name, e-mail, ``totp_last_step`` (the last TOTP step spent, written
-at each login) and the timestamps; nothing is granted on them.
+Each seal raises the user's sealed ``revision`` (migration 0023), and a node refuses a user
+older than one it admitted (:mod:`tether.crypto.revisions`): a user disabled or demoted
+cannot be put back as they were. Not sealed: display name, e-mail, ``totp_last_step`` (the
+last TOTP step spent, written at each login) and the timestamps; nothing is granted on them.
 
 **Personal API tokens are sealed** too: the id, user, hash, expiry and revocation time of
 each ``user_tokens`` row. :func:`find_token` treats a row that does not verify as unknown
@@ -27,7 +29,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.engine import RowMapping
@@ -99,13 +101,21 @@ async def insert_user(
 def user_seal_columns(
     row: Mapping[str, Any] | RowMapping, roles: Iterable[str], groups: Iterable[str]
 ) -> dict[str, SealValue]:
-    """The sealed columns of a user: its ``users`` row's, its roles and its groups."""
+    """The sealed columns of a user: its ``users`` row's, its roles and its groups, and from
+    migration 0023 its revision (a user sealed before it, revision 0, was sealed without)."""
     sealed: dict[str, SealValue] = {
         name: row[name] for name in ("id", "source", "password_hash", "totp_secret", "state")
     }
     sealed["roles"] = sorted(set(roles))
     sealed["groups"] = sorted(set(groups))
+    if revision := user_revision(row):
+        sealed["revision"] = revision
     return sealed
+
+
+def user_revision(row: Mapping[str, Any] | RowMapping) -> int:
+    """A ``users`` row's revision (0: written before migration 0023)."""
+    return int(row.get("revision") or 0)
 
 
 async def _roles_and_groups(conn: AsyncConnection, user_id: str) -> tuple[list[str], list[str]]:
@@ -119,7 +129,8 @@ async def _roles_and_groups(conn: AsyncConnection, user_id: str) -> tuple[list[s
 async def _verified_row(
     conn: AsyncConnection, sealer: RowSealer, user_id: str
 ) -> tuple[RowMapping, list[str], list[str]] | None:
-    """The user's row, roles and groups if the user exists and its seal verifies."""
+    """The user's row, roles and groups if the user exists, its seal verifies and it is no
+    older than the newest this node admitted (:meth:`RowSealer.current`)."""
     row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
     if row is None:
         return None
@@ -131,6 +142,8 @@ async def _verified_row(
             "groups; docs/vault.md, Tampering with the database)",
             user_id, state,
         )  # fmt: skip
+        return None
+    if not sealer.current(USERS, user_id, user_revision(row), what=f"user {user_id!r}"):
         return None
     return row, roles, groups
 
@@ -150,22 +163,44 @@ async def get_user(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> Us
     return None if found is None else _user_of(*found)
 
 
-async def user_intact(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> bool:
-    """Whether the user exists and its seal verifies (quietly: for writers)."""
+UserStanding = Literal["intact", "older", "refused", "missing"]
+
+
+async def user_standing(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> UserStanding:
+    """Quietly, for writers: ``intact`` (its seal verifies and it is current), ``older``
+    (its seal verifies, but this node admitted a newer revision: put back), ``refused``
+    (its seal does not verify) or ``missing``."""
     row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
     if row is None:
-        return False
+        return "missing"
     roles, groups = await _roles_and_groups(conn, user_id)
-    return sealer.verify(USERS, user_seal_columns(row, roles, groups), row["seal"])
+    if not sealer.verify(USERS, user_seal_columns(row, roles, groups), row["seal"]):
+        return "refused"
+    revisions = sealer.revisions
+    if revisions is not None and revisions.older(USERS, user_id, user_revision(row)) is not None:
+        return "older"
+    return "intact"
 
 
-async def seal_user(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> None:
-    """Seal the user as it now stands (its row, roles and groups), in the caller's
-    transaction; only for a user just written by Tether (see the module docstring)."""
+async def user_intact(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> bool:
+    """Whether the user exists, its seal verifies and it is current (quietly: for writers)."""
+    return await user_standing(conn, sealer, user_id) == "intact"
+
+
+async def seal_user(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> int:
+    """Seal the user as it now stands (its row, roles and groups), at a revision one above
+    both its own and the newest this node admitted, in the caller's transaction; only for a
+    user just written by Tether (see the module docstring). The revision: the caller
+    records it with the sealer once the transaction committed."""
     row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().one()
     roles, groups = await _roles_and_groups(conn, user_id)
-    seal = sealer.seal(USERS, user_seal_columns(row, roles, groups))
-    await conn.execute(update(users).where(users.c.id == user_id).values(seal=seal))
+    mark = 0 if sealer.revisions is None else sealer.revisions.mark(USERS, user_id)
+    revision = max(user_revision(row), mark) + 1
+    seal = sealer.seal(USERS, user_seal_columns({**row, "revision": revision}, roles, groups))
+    await conn.execute(
+        update(users).where(users.c.id == user_id).values(seal=seal, revision=revision)
+    )
+    return revision
 
 
 async def user_columns(conn: AsyncConnection, row: RowMapping) -> dict[str, SealValue]:
