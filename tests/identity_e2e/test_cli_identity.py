@@ -78,6 +78,8 @@ def test_every_command_has_help() -> None:
         ("revoke", "runtime"),
         ("keys", "rotate"),
         ("admin-token", "create"),
+        ("admin-token", "list"),
+        ("admin-token", "revoke"),
     ):
         code, out, _ = run(*command, "--help")
         assert code == 0 and "Usage:" in out
@@ -109,3 +111,16 @@ def test_admin_token_create_with_a_bad_config(tmp_path: Path) -> None:
     assert code == 2
     assert err.startswith(f"tether: error: {config}: identity.token_lifetime:")
     assert err.count("\n") == 1
+
+
+def test_admin_token_revoke_needs_the_master_key_and_a_live_token(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    code, _, err = run("admin-token", "list", "--data-dir", str(data), "--json")
+    assert (code, err) == (0, "")
+    code, _, err = run("admin-token", "revoke", "abc", "--data-dir", str(data))
+    assert code == 2 and err.startswith("tether: error: no master key") and err.count("\n") == 1
+    code, out, _ = run("admin-token", "create", "--data-dir", str(data))
+    token_id = out.strip().removeprefix("tat_").partition(".")[0]
+    assert run("admin-token", "revoke", token_id, "--data-dir", str(data))[0] == 0
+    code, _, err = run("admin-token", "revoke", token_id, "--data-dir", str(data))
+    assert code == 1 and "revoked already" in err and "Traceback" not in err

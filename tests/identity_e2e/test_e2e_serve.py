@@ -9,6 +9,7 @@ token; ``tether admin-token create`` works on the database alone.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -223,6 +224,25 @@ def test_identity_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
     assert TOKEN.fullmatch(recovered) and recovered != admin
     shown_bot = cluster.cli("agent", "show", "bot", "--json", token=recovered)
     assert '"state": "active"' in shown_bot.stdout
+
+    # The first token leaked: revoked offline, it is refused at its next request, the
+    # recovery token works on; list shows both, never a secret.
+    first_id = admin.removeprefix("tat_").partition(".")[0]
+    revoked = cluster.cli("admin-token", "revoke", first_id, "--data-dir", "data")
+    assert (revoked.returncode, revoked.stderr) == (0, f"admin token {first_id} revoked\n")
+    refused = cluster.cli("agent", "show", "bot", "--json", token=admin)
+    assert refused.returncode == 4 and "unknown, expired or revoked" in refused.stderr
+    assert cluster.cli("agent", "show", "bot", "--json", token=recovered).returncode == 0
+    again = cluster.cli("admin-token", "revoke", first_id, "--data-dir", "data")
+    assert again.returncode == 1 and "revoked already" in again.stderr
+    assert cluster.cli("admin-token", "revoke", "nope", "--data-dir", "data").returncode == 1
+    listed = cluster.cli("admin-token", "list", "--json", "--data-dir", "data")
+    assert listed.returncode == 0, listed.stderr
+    states = {t["name"]: t["state"] for t in json.loads(listed.stdout)["admin_tokens"]}
+    assert states == {"initial": "revoked", "recovery": "live"}
+    table = cluster.cli("admin-token", "list", "--data-dir", "data")
+    assert first_id in table.stdout and "recovery" in table.stdout
+    assert admin.partition(".")[2] not in listed.stdout + table.stdout  # no secret shown
     assert second_node.stop() == 0
 
 

@@ -1,23 +1,36 @@
-"""``tether admin-token create``: a new admin token, made directly in the database.
+"""``tether admin-token create|list|revoke``: admin tokens, directly in the database.
 
-It needs no server and no other admin token: it is the way back in when the first token,
-printed once at first start, is lost. Whoever can run it can read the node's configuration
-and database anyway. It needs the node's master key too (``TETHER_MASTER_KEY`` or
-``<data_dir>/master.key``, created there on a fresh data directory as a first start
-would): the token's row is sealed with it, and nodes refuse a row sealed otherwise.
+They need no server and no other admin token: ``create`` is the way back in when the first
+token, printed once at first start, is lost, and ``revoke`` ends a token that leaked (every
+node reads a token's row at each use: refused at its next request). Whoever can run them
+can read the node's configuration and database anyway. ``create`` and ``revoke`` need the
+node's master key too (``TETHER_MASTER_KEY`` or ``<data_dir>/master.key``, created there on
+a fresh data directory as a first start would, for ``create``): the token's row is sealed
+with it, and nodes refuse a row sealed otherwise. ``list`` shows no secret: tokens are
+stored as the hash of theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
-from tether.cli.common import fail
+from tether.cli.common import EXIT_FAILED, fail
 from tether.cli.nodeopts import ConfigOption, DataDirOption, node_settings
-from tether.cli.store import master_sealer
+from tether.cli.store import master_sealer, on_store
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from tether.store.keys import AdminToken
 
 app = typer.Typer(help="Admin API tokens.", no_args_is_help=True, add_completion=False)
 
@@ -57,3 +70,68 @@ def create(
         fail(str(error))
     typer.echo(token)
     typer.echo("admin token created; it is shown only this once", err=True)
+
+
+@app.command("list")
+def list_command(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
+) -> None:
+    """List the admin tokens of the node's database (never their secrets)."""
+    from tether.store.keys import list_admin_tokens
+
+    async def read(engine: AsyncEngine) -> list[AdminToken]:
+        async with engine.connect() as conn:
+            return await list_admin_tokens(conn)
+
+    tokens = on_store(node_settings(config, data_dir), read)
+    now = datetime.now(UTC)
+    if as_json:
+        shown = [{"id": t.id, "name": t.name, "state": _state(t, now),
+                  "created_at": _time(t.created_at), "expires_at": _time(t.expires_at),
+                  "revoked_at": _time(t.revoked_at), "last_used_at": _time(t.last_used_at)}
+                 for t in tokens]  # fmt: skip
+        typer.echo(json.dumps({"admin_tokens": shown}, indent=2, sort_keys=True))
+        return
+    table = Table("id", "name", "state", "created", "expires", "last used")
+    for token in tokens:
+        table.add_row(
+            Text(token.id), Text(token.name), Text(_state(token, now)),
+            Text(_time(token.created_at) or "-"), Text(_time(token.expires_at) or "never"),
+            Text(_time(token.last_used_at) or "never"),
+        )  # fmt: skip
+    Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
+
+
+@app.command("revoke")
+def revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (tat_<id>.…; see list).")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Revoke an admin token: every node refuses it at its next request."""
+    from tether.store.keys import revoke_admin_token
+
+    settings = node_settings(config, data_dir)
+    sealer = master_sealer(settings)
+
+    async def run(engine: AsyncEngine) -> bool:
+        async with engine.begin() as conn:
+            return await revoke_admin_token(conn, sealer, token_id, datetime.now(UTC))
+
+    if not on_store(settings, run):
+        fail(f"no live admin token {token_id!r} (unknown, or revoked already)", EXIT_FAILED)
+    typer.echo(f"admin token {token_id} revoked", err=True)
+
+
+def _state(token: AdminToken, now: datetime) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "expired"
+    return "live"
+
+
+def _time(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="seconds")
