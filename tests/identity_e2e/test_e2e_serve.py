@@ -9,9 +9,11 @@ token; ``tether admin-token create`` works on the database alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -228,18 +230,32 @@ def test_identity_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
     # The first token leaked: revoked offline, it is refused at its next request, the
     # recovery token works on; list shows both, never a secret.
     first_id = admin.removeprefix("tat_").partition(".")[0]
+    database = cluster.root / "data" / "tether.db"
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        live = db.execute("SELECT revoked_at, seal FROM admin_tokens WHERE id = ?", (first_id,))
+        before = live.fetchone()
     revoked = cluster.cli("admin-token", "revoke", first_id, "--data-dir", "data")
     assert (revoked.returncode, revoked.stderr) == (0, f"admin token {first_id} revoked\n")
     refused = cluster.cli("agent", "show", "bot", "--json", token=admin)
     assert refused.returncode == 4 and "unknown, expired or revoked" in refused.stderr
-    assert cluster.cli("agent", "show", "bot", "--json", token=recovered).returncode == 0
     again = cluster.cli("admin-token", "revoke", first_id, "--data-dir", "data")
     assert again.returncode == 1 and "revoked already" in again.stderr
     assert cluster.cli("admin-token", "revoke", "nope", "--data-dir", "data").returncode == 1
+    # Its row put back live: the node polled the revocation list, which holds it too.
+    time.sleep(2.5)  # two polls (identity.revocation_poll: 1 s)
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.execute("UPDATE admin_tokens SET revoked_at = ?, seal = ? WHERE id = ?",
+                   (*before, first_id))  # fmt: skip
+    refused = cluster.cli("agent", "show", "bot", "--json", token=admin)
+    assert refused.returncode == 4 and "unknown, expired or revoked" in refused.stderr
+    second_node.wait_for_log(
+        f"admin token '{first_id}' refused: it is revoked, but its row is live"
+    )
+    assert cluster.cli("agent", "show", "bot", "--json", token=recovered).returncode == 0
     listed = cluster.cli("admin-token", "list", "--json", "--data-dir", "data")
     assert listed.returncode == 0, listed.stderr
     states = {t["name"]: t["state"] for t in json.loads(listed.stdout)["admin_tokens"]}
-    assert states == {"initial": "revoked", "recovery": "live"}
+    assert states == {"initial": "revoked", "recovery": "live"}  # by the revocation list too
     table = cluster.cli("admin-token", "list", "--data-dir", "data")
     assert first_id in table.stdout and "recovery" in table.stdout
     assert admin.partition(".")[2] not in listed.stdout + table.stdout  # no secret shown

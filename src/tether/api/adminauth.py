@@ -192,8 +192,9 @@ async def _authenticate(request: Request, identity: IdentityService, action: str
     token = None
     if presented is not None:
         token = await find_admin_token(
-            identity.engine, identity.sealer, presented, now=identity.clock()
-        )
+            identity.engine, identity.sealer, presented, now=identity.clock(),
+            revoked=identity.revoked,
+        )  # fmt: skip
     if token is None:
         reason = "missing admin token" if presented is None else "unknown, expired or revoked"
         detail: dict[str, Any] = {"status": 401, "reason": reason}

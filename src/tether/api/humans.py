@@ -105,8 +105,9 @@ async def signed_in(request: Request) -> Caller:
     if presented is not None and state.identity is not None:
         identity = state.identity
         token = await find_admin_token(
-            identity.engine, identity.sealer, presented, now=identity.clock()
-        )
+            identity.engine, identity.sealer, presented, now=identity.clock(),
+            revoked=identity.revoked,
+        )  # fmt: skip
         if token is not None:
             return Caller(f"admin-token:{token.id}", None)
     reason = "missing token" if presented is None else "unknown, expired or revoked token"

@@ -62,7 +62,7 @@ def start_humans(
     identity.revocation_listeners.append(approvals.on_revocation)
     users = UserService(
         identity.engine, identity.cipher, clock=identity.clock, sealer=identity.sealer,
-        save_revisions=identity.save_revision_copy,
+        save_revisions=identity.save_revision_copy, revoked=identity.revoked,
     )  # fmt: skip
     oidc = None if users_config is None else users_config.oidc
     if oidc is not None:

@@ -79,25 +79,27 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
 ) -> None:
     """List the admin tokens of the node's database (never their secrets)."""
-    from tether.store.keys import list_admin_tokens
+    from tether.store.credentials import is_revoked
+    from tether.store.keys import admin_token_revocation, list_admin_tokens
 
-    async def read(engine: AsyncEngine) -> list[AdminToken]:
+    async def read(engine: AsyncEngine) -> list[tuple[AdminToken, bool]]:
         async with engine.connect() as conn:
-            return await list_admin_tokens(conn)
+            return [(token, await is_revoked(conn, "token", admin_token_revocation(token.id)))
+                    for token in await list_admin_tokens(conn)]  # fmt: skip
 
-    tokens = on_store(node_settings(config, data_dir), read)
+    listed = on_store(node_settings(config, data_dir), read)
     now = datetime.now(UTC)
     if as_json:
-        shown = [{"id": t.id, "name": t.name, "state": _state(t, now),
+        shown = [{"id": t.id, "name": t.name, "state": _state(t, listed_revoked, now),
                   "created_at": _time(t.created_at), "expires_at": _time(t.expires_at),
                   "revoked_at": _time(t.revoked_at), "last_used_at": _time(t.last_used_at)}
-                 for t in tokens]  # fmt: skip
+                 for t, listed_revoked in listed]  # fmt: skip
         typer.echo(json.dumps({"admin_tokens": shown}, indent=2, sort_keys=True))
         return
     table = Table("id", "name", "state", "created", "expires", "last used")
-    for token in tokens:
+    for token, listed_revoked in listed:
         table.add_row(
-            Text(token.id), Text(token.name), Text(_state(token, now)),
+            Text(token.id), Text(token.name), Text(_state(token, listed_revoked, now)),
             Text(_time(token.created_at) or "-"), Text(_time(token.expires_at) or "never"),
             Text(_time(token.last_used_at) or "never"),
         )  # fmt: skip
@@ -118,15 +120,19 @@ def revoke(
 
     async def run(engine: AsyncEngine) -> bool:
         async with engine.begin() as conn:
-            return await revoke_admin_token(conn, sealer, token_id, datetime.now(UTC))
+            return await revoke_admin_token(
+                conn, sealer, token_id, datetime.now(UTC), by="tether admin-token revoke"
+            )
 
     if not on_store(settings, run):
         fail(f"no live admin token {token_id!r} (unknown, or revoked already)", EXIT_FAILED)
     typer.echo(f"admin token {token_id} revoked", err=True)
 
 
-def _state(token: AdminToken, now: datetime) -> str:
-    if token.revoked_at is not None:
+def _state(token: AdminToken, listed_revoked: bool, now: datetime) -> str:
+    """Revoked when its row says so, or the revocation list does (the row put back live:
+    every node refuses it all the same)."""
+    if token.revoked_at is not None or listed_revoked:
         return "revoked"
     if token.expires_at is not None and token.expires_at <= now:
         return "expired"

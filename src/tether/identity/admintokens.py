@@ -18,6 +18,7 @@ Security decisions:
 
 from __future__ import annotations
 
+import logging
 import secrets
 from datetime import datetime, timedelta
 from typing import Final
@@ -25,8 +26,12 @@ from typing import Final
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.crypto.seal import RowSealer
+from tether.identity.revocation import RevocationSet
 from tether.store import keys as key_store
 from tether.store.identity import digest
+from tether.store.keys import admin_token_revocation
+
+log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_PREFIX: Final = "tat_"  # noqa: S105 - a public prefix, not a secret
 MAX_PRESENTED: Final = 256
@@ -62,13 +67,26 @@ async def first_admin_token(engine: AsyncEngine, sealer: RowSealer, *, now: date
 
 
 async def find_admin_token(
-    engine: AsyncEngine, sealer: RowSealer, presented: str, *, now: datetime
+    engine: AsyncEngine,
+    sealer: RowSealer,
+    presented: str,
+    *,
+    now: datetime,
+    revoked: RevocationSet | None = None,
 ) -> key_store.AdminToken | None:
-    """The usable token whose text is ``presented`` (its last use recorded), else None."""
+    """The usable token whose text is ``presented`` (its last use recorded), else None;
+    also None when the node's ``revoked`` list holds its revocation (its row live again:
+    put back from an earlier state, logged)."""
     if not presented.startswith(ADMIN_TOKEN_PREFIX) or len(presented) > MAX_PRESENTED:
         return None
     async with engine.begin() as conn:
         token = await key_store.find_admin_token(conn, sealer, digest(presented), now)
-        if token is not None:
-            await key_store.touch_admin_token(conn, token.id, now)
+        if token is None:
+            return None
+        if revoked is not None and revoked.holds("token", admin_token_revocation(token.id)):
+            log.error("admin token %r refused: it is revoked, but its row is live: the "
+                      "database was put back to an earlier state (docs/vault.md, Tampering "
+                      "with the database)", token.id)  # fmt: skip
+            return None
+        await key_store.touch_admin_token(conn, token.id, now)
     return token

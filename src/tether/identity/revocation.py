@@ -174,6 +174,12 @@ class RevocationSet:
             return self.unverified
         return revoked if value in self._revoked[kind] else None
 
+    def holds(self, kind: str, value: str) -> bool:
+        """Whether ``(kind, value)`` is revoked here, whether or not the list verifies (for
+        credentials that the state of the list does not otherwise govern: admin and
+        personal tokens)."""
+        return value in self._revoked[kind]
+
     def __contains__(self, item: tuple[str, str]) -> bool:
         if self.unverified is not None:
             return True

@@ -33,6 +33,7 @@ from sqlalchemy import RowMapping, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.crypto.seal import RowSealer, SealValue
+from tether.store.credentials import insert_revocation
 from tether.store.schema import admin_tokens, signing_keys
 
 KeyPurpose = Literal["access-token", "ssh-user-ca", "ssh-target-ca", "x509-ca"]
@@ -266,12 +267,15 @@ async def list_admin_tokens(conn: AsyncConnection) -> list[AdminToken]:
 
 
 async def revoke_admin_token(
-    conn: AsyncConnection, sealer: RowSealer, token_id: str, now: datetime
+    conn: AsyncConnection, sealer: RowSealer, token_id: str, now: datetime, *, by: str = "tether"
 ) -> bool:
     """Revoke a token; False when it is unknown or was revoked already.
 
     The row is sealed again with its revocation time, but only if its seal verified: a row
-    changed outside Tether is revoked all the same and stays refused, never blessed."""
+    changed outside Tether is revoked all the same and stays refused, never blessed. The
+    revocation is also recorded in the revocation list (:func:`admin_token_revocation`,
+    under the ledger, in nodes' copies), so that the row put back as it was, live, is
+    still refused by every node that polled it."""
     live = (admin_tokens.c.id == token_id, admin_tokens.c.revoked_at.is_(None))
     row = (await conn.execute(select(admin_tokens).where(*live))).mappings().first()
     if row is None:
@@ -279,7 +283,19 @@ async def revoke_admin_token(
     values: dict[str, Any] = {"revoked_at": now}
     if sealer.verify(ADMIN_TOKENS, admin_seal_columns(row), row["seal"]):
         values["seal"] = sealer.seal(ADMIN_TOKENS, admin_seal_columns({**row, **values}))
-    return (await conn.execute(update(admin_tokens).where(*live).values(values))).rowcount == 1
+    if (await conn.execute(update(admin_tokens).where(*live).values(values))).rowcount != 1:
+        return False
+    await insert_revocation(
+        conn, sealer, kind="token", value=admin_token_revocation(token_id),
+        reason="admin token revoked", revoked_by=by, now=now, expires_at=row["expires_at"],
+    )  # fmt: skip
+    return True
+
+
+def admin_token_revocation(token_id: str) -> str:
+    """The revocation list's value (kind ``token``) for admin token ``token_id``: never a
+    token's jti (those have no ``:``)."""
+    return f"admin-token:{token_id}"
 
 
 async def touch_admin_token(conn: AsyncConnection, token_id: str, now: datetime) -> None:

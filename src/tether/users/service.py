@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tether.approvals import store as approvals_store
 from tether.crypto.envelope import EnvelopeCipher
 from tether.crypto.seal import RowSealer
+from tether.identity.revocation import RevocationSet
 from tether.store import credentials as cred_store
 from tether.store.identity import digest
 from tether.users import passwords, throttle, totp
@@ -98,6 +99,7 @@ class UserService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sealer: RowSealer | None = None,
         save_revisions: Callable[[], Awaitable[None]] | None = None,
+        revoked: RevocationSet | None = None,
     ) -> None:
         self.engine, self.cipher, self.clock = engine, cipher, clock
         # Users are sealed (tether.users.store); a node passes its identity service's
@@ -105,6 +107,9 @@ class UserService:
         # to save those (tether.identity.revision_copy).
         self.sealer = cipher.sealer if sealer is None else sealer
         self._save_revisions = save_revisions
+        # The node's revocation list: a personal token revoked there stays refused even
+        # when its row is put back live (tether.users.store.personal_token_revocation).
+        self._revoked = revoked
         self.oidc: OidcLogin | None = None  # sign-in through a provider, when configured
 
     # --- users ----------------------------------------------------------------------------
@@ -411,6 +416,12 @@ class UserService:
         async with self.engine.begin() as conn:
             token = await user_store.find_token(conn, self.sealer, digest(presented), now)
             if token is None:
+                return None
+            revocation = user_store.personal_token_revocation(token.id)
+            if self._revoked is not None and self._revoked.holds("token", revocation):
+                log.error("personal token %r refused: it is revoked, but its row is live: the "
+                          "database was put back to an earlier state (docs/vault.md, "
+                          "Tampering with the database)", token.id)  # fmt: skip
                 return None
             await user_store.touch_token(conn, token.id, now)
             user = await user_store.get_user(conn, self.sealer, token.user_id)

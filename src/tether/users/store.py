@@ -36,6 +36,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.crypto.seal import RowSealer, SealValue
+from tether.store.credentials import insert_revocation
 from tether.store.identity import upsert_insert
 from tether.users.schema import group_members, user_groups, user_roles, user_tokens, users
 
@@ -379,15 +380,30 @@ async def _revoke(
     conn: AsyncConnection, sealer: RowSealer, where: list[ColumnElement[bool]], now: datetime
 ) -> int:
     """Revoke the live tokens matching ``where``, each sealed again with its revocation
-    time if its seal verified (a row changed outside Tether is revoked, never blessed)."""
+    time if its seal verified (a row changed outside Tether is revoked, never blessed), and
+    recorded in the revocation list (:func:`personal_token_revocation`: under the ledger,
+    in nodes' copies), so that the row put back as it was, live, is still refused."""
     revoked = 0
     for row in (await conn.execute(select(user_tokens).where(*where))).mappings().all():
         values: dict[str, Any] = {"revoked_at": now}
         if sealer.verify(USER_TOKENS, token_seal_columns(row), row["seal"]):
             values["seal"] = sealer.seal(USER_TOKENS, token_seal_columns({**row, **values}))
         statement = update(user_tokens).where(*where, user_tokens.c.id == row["id"])
-        revoked += (await conn.execute(statement.values(values))).rowcount
+        done = (await conn.execute(statement.values(values))).rowcount
+        if done:
+            await insert_revocation(
+                conn, sealer, kind="token", value=personal_token_revocation(row["id"]),
+                reason="personal token revoked", revoked_by=f"user:{row['user_id']}", now=now,
+                expires_at=row["expires_at"],
+            )  # fmt: skip
+        revoked += done
     return revoked
+
+
+def personal_token_revocation(token_id: str) -> str:
+    """The revocation list's value (kind ``token``) for personal token ``token_id``: never
+    a token's jti (those have no ``:``)."""
+    return f"user-token:{token_id}"
 
 
 def _token(row: RowMapping) -> UserToken:
