@@ -290,8 +290,18 @@ async def open_identity(
     """The identity service over ``store``: master key, signing keys, revocations in force."""
     config = settings.identity
     identity_settings = config.identity_settings(issuer)
+    # The node's row revisions (tether.identity.revision_copy), held before anything is
+    # read: its signing keys too are refused when put back older than it saw.
+    revisions = RevisionCopy(settings.data_dir / REVISIONS_FILE_NAME, RowRevisions())
     try:
-        cipher = EnvelopeCipher(load_master_key(settings.data_dir))
+        revisions.hold()
+    except RevisionCopyError as error:
+        raise StartupError(
+            f"the row revisions file does not parse: {error}; move it aside to start without "
+            "it (the node then admits rows put back to an earlier state: docs/vault.md)"
+        ) from None
+    try:
+        cipher = EnvelopeCipher(load_master_key(settings.data_dir)).witnessed(revisions.revisions)
         keys = await load_or_create(
             store.engine, cipher, clock=clock, trust_domain=identity_settings.trust_domain,
             overlap=float(identity_settings.max_token_lifetime),
@@ -305,7 +315,6 @@ async def open_identity(
         )
     issuers = TrustedIssuers.from_configs(config.issuer_configs(), clock=clock)
     copy = RevocationCopy(settings.data_dir / COPY_FILE_NAME)
-    revisions = RevisionCopy(settings.data_dir / REVISIONS_FILE_NAME, RowRevisions())
     service = IdentityService(
         store.engine, keys, cipher, identity_settings, issuers=issuers, clock=clock,
         revocation_copy=copy, revision_copy=revisions,
@@ -316,13 +325,6 @@ async def open_identity(
         raise StartupError(
             f"the revocation copy does not parse: {error}; move it aside to start without it "
             "(the node then forgets the revocations the database lost: docs/vault.md)"
-        ) from None
-    try:
-        service.hold_revision_copy()
-    except RevisionCopyError as error:
-        raise StartupError(
-            f"the row revisions file does not parse: {error}; move it aside to start without "
-            "it (the node then admits agent rows put back to an earlier state: docs/vault.md)"
         ) from None
     await service.refresh_revocations()
     return service

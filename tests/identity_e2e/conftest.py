@@ -239,6 +239,9 @@ async def build_service(
     """A service as a node builds it (``load_or_create`` finds or makes the keys; the
     node's files, when given, held before the database is read, as ``tether serve`` does)."""
     config = settings(**overrides)
+    if revision_copy is not None:  # held first, as tether.node.open_identity does
+        revision_copy.hold()
+        cipher = cipher.witnessed(revision_copy.revisions)
     keys = await load_or_create(
         store.engine,
         cipher,

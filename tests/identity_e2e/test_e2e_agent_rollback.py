@@ -9,8 +9,10 @@ not a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,4 +133,34 @@ def test_a_restored_backup_does_not_enable_a_disabled_user(cluster: Cluster) -> 
     _put_back(backup, data)
     node = cluster.start()
     assert login().returncode == 0
+    assert node.stop() == 0
+
+
+def test_a_restored_backup_does_not_bring_a_rotated_out_key_back(cluster: Cluster) -> None:
+    node = cluster.start()
+    admin = TOKEN.findall(node.stderr)[0]
+    data, backup = cluster.root / "data", cluster.root / "backup.db"
+    assert cluster.cli("store", "backup", str(backup), "--data-dir", "data").returncode == 0
+    rotated = cluster.cli("keys", "rotate", token=admin)  # the old key leaked, say
+    assert rotated.returncode == 0, rotated.stderr
+    assert node.stop() == 0
+    marks = json.loads((data / "revisions.json").read_text())["rows"]
+    assert [m["revision"] for m in marks if m["table"] == "signing_keys"].count(2) == 1
+
+    _put_back(backup, data)  # the old key active again, sealed by Tether then
+    cluster.refused_in_one_line(
+        "tether: error: signing keys unusable: the active access-token key '"
+    )
+
+    # The control: without the file, the node starts on the old key.
+    (data / "revisions.json").rename(cluster.root / "revisions.json.aside")
+    node = cluster.start()
+    assert node.stop() == 0
+
+    # The way back, with the file: the old row retired; the node makes a new key.
+    (cluster.root / "revisions.json.aside").replace(data / "revisions.json")
+    _put_back(backup, data)
+    with contextlib.closing(sqlite3.connect(data / "tether.db")) as db, db:
+        db.execute("UPDATE signing_keys SET state = 'retired' WHERE purpose = 'access-token'")
+    node = cluster.start()
     assert node.stop() == 0

@@ -46,6 +46,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tether.crypto.masterkey import MasterKey
+from tether.crypto.revisions import RowRevisions
 from tether.crypto.seal import RowSealer
 
 VERSION: Final = 1
@@ -79,6 +80,14 @@ class EnvelopeCipher:
 
     def __repr__(self) -> str:
         return f"EnvelopeCipher(key_id={self._key_id.hex()})"
+
+    def witnessed(self, revisions: RowRevisions) -> EnvelopeCipher:
+        """The same cipher, its sealer remembering in ``revisions`` the newest revision of
+        each row it admits (:meth:`RowSealer.witnessed`): a node's, from its start."""
+        cipher = EnvelopeCipher.__new__(EnvelopeCipher)
+        cipher._key_id, cipher._kek = self._key_id, self._kek
+        cipher.sealer = self.sealer.witnessed(revisions)
+        return cipher
 
     @property
     def key_id(self) -> bytes:

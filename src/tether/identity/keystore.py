@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.crypto.envelope import EnvelopeCipher
+from tether.crypto.seal import RowSealer
 from tether.identity.keys import KeyRing, RetiredKey, SigningKey
 from tether.identity.sshca import CaPurpose, SshUserCA
 from tether.identity.x509ca import X509ClientCA
@@ -113,8 +114,9 @@ async def _admitted(
         _open(cipher, refused[0])  # another master key than the database's: say that instead
         raise KeysUnverified(
             f"the active {purpose} key {refused[0].kid!r} does not verify: its row was written "
-            "before migration 0020 (adopt it with `tether store seal`) or changed outside "
-            "Tether (docs/vault.md, Tampering with the database)"
+            "before migration 0020 (adopt it with `tether store seal`), changed outside "
+            "Tether, or put back older than this node saw (docs/vault.md, Tampering with the "
+            "database)"
         )
     return keys.admitted
 
@@ -213,12 +215,19 @@ async def _load_x509_ca(
 
 
 async def rotate_access_key(
-    engine: AsyncEngine, cipher: EnvelopeCipher, ring: KeyRing, now: datetime
+    engine: AsyncEngine,
+    cipher: EnvelopeCipher,
+    ring: KeyRing,
+    now: datetime,
+    *,
+    sealer: RowSealer | None = None,
 ) -> SigningKey:
-    """A new active token key; the old one verifies for the ring's overlap, then retires."""
+    """A new active token key; the old one verifies for the ring's overlap, then retires.
+    ``sealer``: the node's (it knows the revisions the node admitted), else the cipher's."""
     key = ring.rotate(_ts(now))
     async with engine.begin() as conn:
         await stored.rotate_signing_key(
-            conn, cipher.sealer, _row(cipher, key, now), now + timedelta(seconds=ring.overlap)
-        )
+            conn, sealer or cipher.sealer, _row(cipher, key, now),
+            now + timedelta(seconds=ring.overlap),
+        )  # fmt: skip
     return key

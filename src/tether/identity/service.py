@@ -60,6 +60,7 @@ from tether.identity.workload import TrustedIssuers
 from tether.identity.x509ca import spiffe_ids_of
 from tether.store import agents as agent_store
 from tether.store import credentials as cred_store
+from tether.store import keys as key_store
 from tether.store import replay as replay_store
 from tether.store.identity import AGENTS, AgentNotActive, UserDisabled, digest
 
@@ -105,7 +106,10 @@ class IdentityService:
         # revision of each row admitted (tether.crypto.revisions): this node's, kept in
         # its file when it serves (tether.identity.revision_copy).
         self.revision_copy = revision_copy
-        revisions = RowRevisions() if revision_copy is None else revision_copy.revisions
+        if revision_copy is not None:
+            revisions = revision_copy.revisions
+        else:  # a node's cipher may already be witnessed (tether.node.open_identity)
+            revisions = cipher.sealer.revisions or RowRevisions()
         self.sealer = cipher.sealer.witnessed(revisions)
         self.clock = clock
         self.issuers = issuers or TrustedIssuers([])
@@ -463,8 +467,15 @@ class IdentityService:
             log.error("%s failed: %s", what, error)
 
     async def rotate_keys(self) -> str:
-        """Rotate the access-token signing key; returns the new kid."""
-        key = await rotate_access_key(self.engine, self.cipher, self.keys.ring, self.clock())
+        """Rotate the access-token signing key; returns the new kid. The keys' rows are read
+        again once it committed, so that this node (and its file, before answering) never
+        admits the old key's earlier row again."""
+        key = await rotate_access_key(
+            self.engine, self.cipher, self.keys.ring, self.clock(), sealer=self.sealer
+        )
+        async with self.engine.connect() as conn:
+            await key_store.sealed_signing_keys(conn, self.sealer, "access-token")
+        await self.save_revision_copy()
         return key.kid
 
     # --- join tokens --------------------------------------------------------------------------

@@ -169,7 +169,8 @@ async def _older(
     """``older TABLE KEY (...)`` for each row whose seal verifies but which is older than
     the newest that node admitted (put back: :mod:`tether.crypto.revisions`)."""
     found: list[str] = []
-    query = select(table.c.id, table.c.revision).order_by(table.c.id)
+    (key_column,) = table.primary_key.columns
+    query = select(key_column, table.c.revision).order_by(key_column)
     for key, revision in (await conn.execute(query)).all():
         newer = revisions.older(table.name, str(key), int(revision))
         if newer is not None and rows.get((key,)) == "old":

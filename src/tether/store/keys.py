@@ -86,8 +86,33 @@ def private_key_purpose(purpose: str) -> str:
 
 
 def signing_key_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
-    """The sealed columns of a ``signing_keys`` row: every column but the seal."""
-    return {name: row[name] for name in _SIGNING_KEY_COLUMNS}
+    """The sealed columns of a ``signing_keys`` row: every column but the seal (its
+    revision from migration 0024 on: a row sealed before it, revision 0, without it)."""
+    columns: dict[str, SealValue] = {name: row[name] for name in _SIGNING_KEY_COLUMNS}
+    if revision := signing_key_revision(row):
+        columns["revision"] = revision
+    return columns
+
+
+def signing_key_revision(row: Mapping[str, Any] | RowMapping) -> int:
+    """A ``signing_keys`` row's revision (0: written before migration 0024)."""
+    return int(row.get("revision") or 0)
+
+
+def _current(sealer: RowSealer, row: Mapping[str, Any] | RowMapping) -> bool:
+    """Quietly: the row's seal verifies, and it is no older than this node admitted."""
+    if not sealer.verify(SIGNING_KEYS, signing_key_seal_columns(row), row["seal"]):
+        return False
+    revisions = sealer.revisions
+    kid, revision = str(row["kid"]), signing_key_revision(row)
+    return revisions is None or revisions.older(SIGNING_KEYS, kid, revision) is None
+
+
+def _next_revision(sealer: RowSealer, row: Mapping[str, Any] | RowMapping) -> int:
+    """One above both the row's revision and the newest this node admitted."""
+    revisions = sealer.revisions
+    mark = 0 if revisions is None else revisions.mark(SIGNING_KEYS, str(row["kid"]))
+    return max(signing_key_revision(row), mark) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +137,7 @@ async def insert_signing_key(conn: AsyncConnection, sealer: RowSealer, key: Stor
         "active_from": key.active_from,
         "retire_after": key.retire_after,
         "state": key.state,
+        "revision": 1,
     }
     values["seal"] = sealer.seal(SIGNING_KEYS, signing_key_seal_columns(values))
     await conn.execute(insert(signing_keys).values(values))
@@ -138,13 +164,15 @@ async def sealed_signing_keys(
     states: Collection[KeyState] | None = None,
 ) -> SigningKeys:
     """The keys of ``purpose`` (in ``states`` if given), newest ``active_from`` first, split
-    by whether their seal verifies; each refused row is logged. Only admitted keys sign or
-    verify anything."""
+    by whether their seal verifies and the row is no older than the newest this node
+    admitted (:meth:`RowSealer.current`); each refused row is logged. Only admitted keys
+    sign or verify anything."""
     found = SigningKeys([], [])
     for row in await _signing_key_rows(conn, purpose, states):
         what = f"{purpose} signing key {row['kid']!r}"
-        admitted = sealer.admits(
-            SIGNING_KEYS, signing_key_seal_columns(row), row["seal"], what=what
+        columns, revision = signing_key_seal_columns(row), signing_key_revision(row)
+        admitted = sealer.admits(SIGNING_KEYS, columns, row["seal"], what=what) and (
+            sealer.current(SIGNING_KEYS, str(row["kid"]), revision, what=what)
         )
         (found.admitted if admitted else found.refused).append(_key(row))
     return found
@@ -176,6 +204,7 @@ async def set_signing_key_state(
     if row is None:
         return None
     values: dict[str, Any] = {"state": state, "retire_after": retire_after}
+    values["revision"] = _next_revision(sealer, row)
     if sealer.verify(SIGNING_KEYS, signing_key_seal_columns(row), row["seal"]):
         values["seal"] = sealer.seal(SIGNING_KEYS, signing_key_seal_columns({**row, **values}))
     query = update(signing_keys).where(*live).values(values).returning(signing_keys)
@@ -203,9 +232,12 @@ async def rotate_signing_key(
     )
     demoted: list[str] = []
     for row in list((await conn.execute(active.with_for_update())).mappings()):
-        values: dict[str, Any] = {"state": "retired", "retire_after": row["retire_after"]}
-        if sealer.verify(SIGNING_KEYS, signing_key_seal_columns(row), row["seal"]):
-            values = {"state": "previous", "retire_after": retire_previous_after}
+        revision = _next_revision(sealer, row)
+        values: dict[str, Any] = {"state": "retired", "retire_after": row["retire_after"],
+                                  "revision": revision}  # fmt: skip
+        if _current(sealer, row):  # a row put back older than seen verifies nothing more
+            values = {"state": "previous", "retire_after": retire_previous_after,
+                      "revision": revision}  # fmt: skip
             values["seal"] = sealer.seal(SIGNING_KEYS, signing_key_seal_columns({**row, **values}))
             demoted.append(row["kid"])
         await conn.execute(

@@ -218,6 +218,8 @@ signing_keys = Table(
     Column("retire_after", UTCDateTime, nullable=True),
     Column("state", String(16), nullable=False),
     Column("seal", Text, nullable=True),  # migration 0020 (tether.crypto.seal)
+    # 0024: raised by one at each change through Tether, sealed (tether.crypto.revisions)
+    Column("revision", Integer, nullable=False, server_default=text("0")),
     CheckConstraint(
         "purpose IN ('access-token', 'ssh-user-ca', 'ssh-target-ca', 'x509-ca')", name="purpose"
     ),
