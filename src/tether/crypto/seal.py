@@ -157,6 +157,12 @@ class RowSealer:
         )  # fmt: skip
         return False
 
+    def next_revision(self, table: str, key: str, revision: int) -> int:
+        """The revision a change to a row at ``revision`` writes: one above both it and the
+        newest this sealer admitted (a row a node writes is never older than one it saw)."""
+        mark = 0 if self.revisions is None else self.revisions.mark(table, key)
+        return max(revision, mark) + 1
+
     def current(
         self, table: str, key: str, revision: int, *, what: str, quiet: bool = False
     ) -> bool:

@@ -257,10 +257,8 @@ async def set_agent_state(
 
 
 def next_revision(sealer: RowSealer, found: Mapping[str, Any] | RowMapping) -> int:
-    """The revision a change to ``found`` writes: one above both the row's and the newest
-    this node admitted (the row this node writes is never older than one it saw)."""
-    mark = 0 if sealer.revisions is None else sealer.revisions.mark(AGENTS, str(found["id"]))
-    return max(agent_revision(found), mark) + 1
+    """The revision a change to the agent ``found`` writes (:meth:`RowSealer.next_revision`)."""
+    return sealer.next_revision(AGENTS, str(found["id"]), agent_revision(found))
 
 
 async def touch_agent(conn: AsyncConnection, agent_id: str, now: datetime) -> None:

@@ -109,10 +109,8 @@ def _current(sealer: RowSealer, row: Mapping[str, Any] | RowMapping) -> bool:
 
 
 def _next_revision(sealer: RowSealer, row: Mapping[str, Any] | RowMapping) -> int:
-    """One above both the row's revision and the newest this node admitted."""
-    revisions = sealer.revisions
-    mark = 0 if revisions is None else revisions.mark(SIGNING_KEYS, str(row["kid"]))
-    return max(signing_key_revision(row), mark) + 1
+    """The revision a change to the key ``row`` writes (:meth:`RowSealer.next_revision`)."""
+    return sealer.next_revision(SIGNING_KEYS, str(row["kid"]), signing_key_revision(row))
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,8 +195,7 @@ async def seal_user(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> i
     records it with the sealer once the transaction committed."""
     row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().one()
     roles, groups = await _roles_and_groups(conn, user_id)
-    mark = 0 if sealer.revisions is None else sealer.revisions.mark(USERS, user_id)
-    revision = max(user_revision(row), mark) + 1
+    revision = sealer.next_revision(USERS, user_id, user_revision(row))
     seal = sealer.seal(USERS, user_seal_columns({**row, "revision": revision}, roles, groups))
     await conn.execute(
         update(users).where(users.c.id == user_id).values(seal=seal, revision=revision)
