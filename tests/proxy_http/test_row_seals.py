@@ -60,3 +60,40 @@ def test_a_target_redirected_in_the_database_is_refused(
         assert attacker.connections == 0
     finally:
         attacker.stop()
+
+
+def test_a_target_put_back_after_it_moved_is_refused(harness: Harness, upstream: Upstream) -> None:
+    """Migration 0025: the target's earlier row, sealed by Tether when it pointed at an
+    address that is no longer ours (now the attacker's), written back after the target moved:
+    the node saw the move, so it refuses the older row; nothing reaches the old address."""
+    old_address = Upstream().start()
+    try:
+        harness.put_secret("k", b"value-of-k")
+        harness.add_target("api", base_url=old_address.url,
+                           credential={"type": "bearer", "secret": "k"})  # fmt: skip
+        agent = harness.agent()
+        assert _get(harness, agent).status_code == 200
+
+        async def row() -> dict[str, object]:
+            async with harness.store.engine.connect() as conn:
+                found = await conn.execute(select(targets).where(targets.c.name == "api"))
+                return dict(found.mappings().one())
+
+        earlier = harness.run(row())
+        harness.add_target("api", base_url=upstream.url,
+                           credential={"type": "bearer", "secret": "k"}, replace=True)  # fmt: skip
+        assert _get(harness, agent).status_code == 200
+        served = len(old_address.seen)
+
+        async def put_back() -> None:
+            async with harness.store.engine.begin() as conn:
+                await conn.execute(update(targets).where(targets.c.name == "api").values(earlier))
+
+        harness.run(put_back())
+        time.sleep(1.1)  # the node's one-second cache of the target has expired
+        response = _get(harness, agent)
+        assert response.status_code == 502, response.text
+        assert harness.exchanges(3)[-1].detail["reason"] == "invalid-target"
+        assert len(old_address.seen) == served  # the credential never went there again
+    finally:
+        old_address.stop()

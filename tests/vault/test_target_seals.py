@@ -14,11 +14,12 @@ from sqlalchemy import insert, inspect, select, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tether.crypto.masterkey import MasterKey
+from tether.crypto.revisions import RowRevisions
 from tether.crypto.seal import RowSealer
 from tether.store.migrate import alembic_config, upgrade
 from tether.store.sealing import adopt, shown, unsealed
 from tether.vault.schema import targets
-from tether.vault.targets import TargetError
+from tether.vault.targets import TargetError, TargetStore
 
 from .conftest import T0, Vault
 
@@ -148,3 +149,36 @@ def test_keys_are_shown_escaped() -> None:
     assert shown("\x1b[2Kx") == "'\\x1b[2Kx'"
     assert shown("") == "''" and shown("a b") == "'a b'"
     assert shown("\u0430pi") == "'\\u0430pi'"  # a Cyrillic a
+
+
+async def test_a_target_put_back_older_than_seen_is_refused(
+    vault: Vault, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Migration 0025 (tether.crypto.revisions): a target moved to a new address, or
+    removed, then its earlier row (Tether's seal and all) written back. A node that saw the
+    change refuses the earlier row; one that never did admits it (the control); replacing
+    it through Tether writes it afresh."""
+    node = TargetStore(vault.store.engine, vault.cipher.sealer.witnessed(RowRevisions()))
+    await node.add("api", "http", {**HTTP, "base_url": "https://old.example"})
+    async with vault.store.engine.connect() as conn:
+        old = dict((await conn.execute(select(targets))).mappings().one())
+    assert old["revision"] == 1
+    await node.replace("api", "http", HTTP)  # moved: the old address is not ours any more
+    await _set(vault, "api", **{k: v for k, v in old.items() if k != "name"})
+    _, unaware = vault.other_node()
+    assert str((await unaware.get("api")).spec.base_url) == "https://old.example"  # type: ignore[union-attr]
+    with (
+        caplog.at_level(logging.ERROR, "tether.crypto.seal"),
+        pytest.raises(TargetError, match="'api' is refused: its row is older than one this"),
+    ):
+        await node.get("api")
+    assert "target 'api' refused: its row is revision 1, older than revision 2" in caplog.text
+    assert await node.usable() == []
+    fresh = await node.replace("api", "http", HTTP)  # the way back
+    assert (await node.get("api")) == fresh
+
+    await node.remove("api")  # removed, then put back
+    async with vault.store.engine.begin() as conn:
+        await conn.execute(insert(targets).values(old))
+    with pytest.raises(TargetError, match="older than one this node saw"):
+        await node.get("api")

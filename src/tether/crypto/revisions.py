@@ -9,8 +9,8 @@ seal, and each node remembers the highest revision of each row it admitted
 (:class:`RowRevisions`, kept across restarts in ``<data_dir>/revisions.json``:
 :mod:`tether.identity.revision_copy`). A row older than that is refused like a row whose
 seal does not verify, and the refusal is logged. The rows revised: agents (migration 0022:
-enabled, disabled, offboarded), users (0023: state, roles, groups, password, TOTP) and
-signing keys (0024: active, previous, retired).
+enabled, disabled, offboarded), users (0023: state, roles, groups, password, TOTP),
+signing keys (0024: active, previous, retired) and targets (0025: replaced, removed).
 
 Security decisions:
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Final
 
 # The tables whose rows carry a revision.
-REVISED_TABLES: Final = ("agents", "users", "signing_keys")
+REVISED_TABLES: Final = ("agents", "users", "signing_keys", "targets")
 MAX_KEY_LENGTH: Final = 4096
 MAX_REVISION: Final = 2**62  # far beyond any count of changes; keeps the file's numbers exact
 

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, CheckConstraint, Column, Index, Integer, String, Table, Text
+from sqlalchemy import JSON, CheckConstraint, Column, Index, Integer, String, Table, Text, text
 
 from tether.store.schema import UTCDateTime, metadata
 
@@ -34,6 +34,8 @@ targets = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("seal", Text, nullable=True),  # 0015: tether.crypto.seal; null: refused
+    # 0025: raised by one at each change through Tether, sealed (tether.crypto.revisions)
+    Column("revision", Integer, nullable=False, server_default=text("0")),
     CheckConstraint("kind IN ('http', 'ssh', 'postgres')", name="kind"),
     Index("ix_targets_kind", "kind"),
 )

@@ -151,13 +151,15 @@ class TargetStore:
     ) -> Target:
         """Register a new target; raises :class:`TargetExists`, :class:`TargetError`."""
         target = self._validated(name, kind, spec, labels, created_at=self._clock())
+        revision = self._sealer.next_revision(SEALED_TABLE, name, 0)
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(insert(targets).values(self._sealed_row(target)))
+                await conn.execute(insert(targets).values(self._sealed_row(target, revision)))
         except IntegrityError:
             raise TargetExists(f"target {name!r} already exists") from None
         finally:
             self._cache.invalidate(name)
+        self._written(name, revision)
         return target
 
     async def replace(
@@ -169,21 +171,25 @@ class TargetStore:
     ) -> Target:
         """Replace a target's kind, spec and labels; raises :class:`TargetNotFound`."""
         target = self._validated(name, kind, spec, labels, created_at=self._clock())
-        values = self._sealed_row(target)
-        del values["name"], values["created_at"]
-        statement = (
-            update(targets)
-            .where(targets.c.name == name)
-            .values(values)
-            .returning(targets.c.created_at)
-        )
         try:
             async with self._engine.begin() as conn:
+                stored = select(targets.c.revision).where(targets.c.name == name)
+                current = (await conn.execute(stored.with_for_update())).scalar_one_or_none()
+                revision = self._sealer.next_revision(SEALED_TABLE, name, current or 0)
+                values = self._sealed_row(target, revision)
+                del values["name"], values["created_at"]
+                statement = (
+                    update(targets)
+                    .where(targets.c.name == name)
+                    .values(values)
+                    .returning(targets.c.created_at)
+                )
                 created_at = (await conn.execute(statement)).scalar_one_or_none()
         finally:
             self._cache.invalidate(name)
         if created_at is None:
             raise TargetNotFound(f"no target named {name!r}")
+        self._written(name, revision)
         return Target(
             target.name, target.kind, target.labels, target.spec, created_at, target.updated_at
         )
@@ -192,16 +198,25 @@ class TargetStore:
         """Remove a target; raises :class:`TargetNotFound`."""
         try:
             async with self._engine.begin() as conn:
-                done = await conn.execute(delete(targets).where(targets.c.name == name))
+                statement = delete(targets).where(targets.c.name == name)
+                gone = (await conn.execute(statement.returning(targets.c.revision))).first()
         finally:
             self._cache.invalidate(name)
-        if done.rowcount == 0:
+        if gone is None:
             raise TargetNotFound(f"no target named {name!r}")
+        # Removed is one more revision: the row written back is older than this node saw.
+        self._written(name, self._sealer.next_revision(SEALED_TABLE, name, gone.revision or 0))
 
-    def _sealed_row(self, target: Target) -> dict[str, Any]:
-        values = _row(target)
+    def _sealed_row(self, target: Target, revision: int) -> dict[str, Any]:
+        values = {**_row(target), "revision": revision}
         values["seal"] = self._sealer.seal(SEALED_TABLE, seal_columns(values))
         return values
+
+    def _written(self, name: str, revision: int) -> None:
+        """Once committed: this node never admits an older row of the target again (its
+        file follows at the node's next poll)."""
+        if self._sealer.revisions is not None:
+            self._sealer.revisions.advance(SEALED_TABLE, name, revision)
 
     def _target(self, row: Row[Any]) -> Target:
         mapping = row._mapping
@@ -213,6 +228,12 @@ class TargetStore:
                 row.name, state,
             )  # fmt: skip
             raise TargetError(f"stored target {row.name!r} is refused: {state}")
+        revision, what = int(mapping["revision"] or 0), f"target {row.name!r}"
+        if not self._sealer.current(SEALED_TABLE, row.name, revision, what=what):
+            raise TargetError(
+                f"stored target {row.name!r} is refused: its row is older than one this node "
+                "saw (put back; `tether target add --replace` writes it afresh)"
+            )
         return _target(row)
 
     def _validated(
@@ -243,8 +264,12 @@ def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
 
 
 def seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
-    """The sealed columns of a ``targets`` row (as written, or as read back)."""
-    return {name: row[name] for name in ("name", "kind", "labels", "spec")}
+    """The sealed columns of a ``targets`` row (as written, or as read back), with its
+    revision from migration 0025 on (a row sealed before it, revision 0, without it)."""
+    columns: dict[str, SealValue] = {name: row[name] for name in ("name", "kind", "labels", "spec")}
+    if revision := int(row.get("revision") or 0):
+        columns["revision"] = revision
+    return columns
 
 
 def _row(target: Target) -> dict[str, Any]:
