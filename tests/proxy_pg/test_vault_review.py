@@ -17,6 +17,7 @@ from tests.pg import PostgresServer
 from tether.proxy.pg import codec as c
 from tether.vault import pg_roles
 from tether.vault.schema import targets, vault_secrets
+from tether.vault.targets import seal_columns
 
 from .conftest import ADMIN_PASSWORD, DATABASE, Broker
 from .wire import Wire, errors
@@ -124,15 +125,12 @@ async def test_a_target_row_that_no_longer_validates_refuses_the_login_cleanly(
 ) -> None:
     # Invalid, yet sealed by Tether (a row changed without the master key is refused by its
     # seal before it is validated: the test below).
-    columns = {"name": "app", "kind": "postgres", "labels": {}, "spec": {"host": "127.0.0.1"}}
     async with broker.store.engine.begin() as conn:
-        query = select(targets.c.labels).where(targets.c.name == "app")
-        labels = (await conn.execute(query)).scalar_one()
-        columns["labels"] = labels
+        query = select(targets).where(targets.c.name == "app")
+        columns = {**(await conn.execute(query)).mappings().one(), "spec": {"host": "127.0.0.1"}}
+        seal = broker.identity.sealer.seal("targets", seal_columns(columns))
         await conn.execute(
-            update(targets)
-            .where(targets.c.name == "app")
-            .values(spec=columns["spec"], seal=broker.identity.sealer.seal("targets", columns))
+            update(targets).where(targets.c.name == "app").values(spec=columns["spec"], seal=seal)
         )
     agent = await broker.agent()
     wire = await Wire.open(broker.port)

@@ -14,6 +14,7 @@ from tests.listener import counting_listener
 from tests.proxy_ssh.conftest import Env
 from tests.proxy_ssh.harness import received
 from tether.vault.schema import targets
+from tether.vault.targets import seal_columns
 
 
 async def _row(env: Env) -> dict[str, Any]:
@@ -24,8 +25,7 @@ async def _row(env: Env) -> dict[str, Any]:
 
 async def test_a_target_row_that_no_longer_validates_is_a_refused_login(env: Env) -> None:
     row = {**await _row(env), "spec": {"host": "127.0.0.1"}}  # invalid, yet sealed by Tether
-    columns = {name: row[name] for name in ("name", "kind", "labels", "spec")}
-    seal = env.stack.identity.sealer.seal("targets", columns)
+    seal = env.stack.identity.sealer.seal("targets", seal_columns(row))
     async with env.stack.store.engine.begin() as conn:
         await conn.execute(
             update(targets).where(targets.c.name == "web-1").values(spec=row["spec"], seal=seal)

@@ -59,7 +59,7 @@ def test_rows_from_before_the_seals_work_once_adopted(cluster: Cluster) -> None:
 
     # Planted after the adoption: refused, and listed by the next dry run.
     columns = "kind, labels, spec, created_at, updated_at"
-    _sql(cluster, f"INSERT INTO targets SELECT 'planted', {columns}, NULL FROM targets")
+    _sql(cluster, f"INSERT INTO targets SELECT 'planted', {columns}, NULL, revision FROM targets")
     shown = cluster.cli("target", "show", "planted", token=admin)
     assert shown.returncode == 6, shown.stderr  # 409: named, never an internal error
     assert "stored target 'planted' is refused: it has no seal" in shown.stderr

@@ -14,7 +14,7 @@ from tether.vault.target_specs import (
     parse_spec,
     warnings,
 )
-from tether.vault.targets import TargetError, TargetExists, TargetNotFound
+from tether.vault.targets import TargetError, TargetExists, TargetNotFound, seal_columns
 
 from .conftest import T0, Vault
 
@@ -101,8 +101,9 @@ async def test_rows_that_no_longer_validate_fail_closed(vault: Vault) -> None:
     # Sealed by Tether (the seal verifies) but invalid: validation still refuses it. Rows
     # changed without the master key are refused by their seal (tests/seal).
     await vault.targets.add("api", "http", HTTP)
-    row = {"name": "api", "kind": "http", "labels": {}, "spec": {**HTTP, "tls_verify": "no"}}
-    seal = vault.cipher.sealer.seal("targets", row)
+    row = {"name": "api", "kind": "http", "labels": {}, "spec": {**HTTP, "tls_verify": "no"},
+           "revision": 1}  # fmt: skip
+    seal = vault.cipher.sealer.seal("targets", seal_columns(row))
     async with vault.store.engine.begin() as conn:
         await conn.execute(
             update(targets).where(targets.c.name == "api").values(spec=row["spec"], seal=seal)
