@@ -28,14 +28,19 @@ Pure: no I/O; the node's file is written by :mod:`tether.identity.revision_copy`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 # The tables whose rows carry a revision.
 REVISED_TABLES: Final = ("agents", "users", "signing_keys", "targets")
 MAX_KEY_LENGTH: Final = 4096
 MAX_REVISION: Final = 2**62  # far beyond any count of changes; keeps the file's numbers exact
+
+
+def row_revision(row: Mapping[Any, Any]) -> int:
+    """A revised row's revision (0: written before its table carried one)."""
+    return int(row.get("revision") or 0)
 
 
 @dataclass(frozen=True, slots=True)

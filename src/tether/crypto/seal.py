@@ -41,10 +41,10 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from tether.crypto.masterkey import MasterKey
-from tether.crypto.revisions import RowRevisions
+from tether.crypto.revisions import RowRevisions, row_revision
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,17 @@ class RowSealer:
         )  # fmt: skip
         return False
 
+    def saw(self, table: str, key: str, revision: int) -> None:
+        """A row this node just wrote, once committed: never admit an older one again (a
+        no-op without :class:`RowRevisions`)."""
+        if self.revisions is not None:
+            self.revisions.advance(table, key, revision)
+
+    def is_older(self, table: str, key: str, revision: int) -> bool:
+        """Quietly, changing nothing: whether the row is older than the newest this sealer
+        admitted (never, without :class:`RowRevisions`)."""
+        return self.revisions is not None and self.revisions.older(table, key, revision) is not None
+
     def next_revision(self, table: str, key: str, revision: int) -> int:
         """The revision a change to a row at ``revision`` writes: one above both it and the
         newest this sealer admitted (a row a node writes is never older than one it saw)."""
@@ -179,6 +190,14 @@ class RowSealer:
         if not quiet:
             log_older(what, revision, newer)
         return False
+
+
+def with_revision(columns: dict[str, SealValue], row: Mapping[Any, Any]) -> dict[str, SealValue]:
+    """``columns`` with the row's revision when it has one: a row written before its table
+    carried revisions (revision 0) was sealed without it, and still verifies."""
+    if revision := row_revision(row):
+        columns["revision"] = revision
+    return columns
 
 
 def log_older(what: str, revision: int, newer: int) -> None:

@@ -264,9 +264,7 @@ class IdentityService:
     async def _written(self, table: str, key: str, revision: int) -> None:
         """A row this node just changed: never admit an older one again, here or after a
         restart (its file is written before the change is answered)."""
-        revisions = self.sealer.revisions
-        assert revisions is not None  # the service's sealer is always witnessed
-        revisions.advance(table, key, revision)
+        self.sealer.saw(table, key, revision)
         await self.save_revision_copy()
 
     def hold_revision_copy(self) -> int:

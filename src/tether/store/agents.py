@@ -46,6 +46,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, RowMapping, and_, exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tether.crypto.revisions import row_revision
 from tether.crypto.seal import RowSealer, SealValue
 from tether.store.credentials import Revocation, insert_revocation
 from tether.store.database import StoreError
@@ -54,7 +55,6 @@ from tether.store.identity import (
     Labels,
     RuntimeOfAnotherAgent,
     agent_admitted,
-    agent_revision,
     agent_seal_columns,
     frozen_labels,
     insert_if_agent_active,
@@ -258,7 +258,7 @@ async def set_agent_state(
 
 def next_revision(sealer: RowSealer, found: Mapping[str, Any] | RowMapping) -> int:
     """The revision a change to the agent ``found`` writes (:meth:`RowSealer.next_revision`)."""
-    return sealer.next_revision(AGENTS, str(found["id"]), agent_revision(found))
+    return sealer.next_revision(AGENTS, str(found["id"]), row_revision(found))
 
 
 async def touch_agent(conn: AsyncConnection, agent_id: str, now: datetime) -> None:
@@ -515,7 +515,7 @@ def _agent(row: RowMapping) -> Agent:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         last_seen_at=row["last_seen_at"],
-        revision=agent_revision(row),
+        revision=row_revision(row),
     )
 
 

@@ -39,7 +39,8 @@ from sqlalchemy import ColumnElement, RowMapping, Table, exists, insert, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.crypto.seal import RowSealer, SealValue
+from tether.crypto.revisions import row_revision
+from tether.crypto.seal import RowSealer, SealValue, with_revision
 from tether.store.database import StoreError
 from tether.store.schema import agents
 
@@ -63,11 +64,7 @@ def agent_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealVal
     """The sealed columns of an ``agents`` row (as written, or as read back): who it is,
     whose it is, the labels policies match on, its state and, from migration 0022, its
     revision (a row sealed before it, revision 0, was sealed without one)."""
-    columns: dict[str, SealValue] = {name: row[name] for name in ("id", "owner", "labels", "state")}
-    revision = row.get("revision") or 0
-    if revision:
-        columns["revision"] = revision
-    return columns
+    return with_revision({name: row[name] for name in ("id", "owner", "labels", "state")}, row)
 
 
 def agent_admitted(
@@ -81,13 +78,8 @@ def agent_admitted(
         sealed = sealer.verify(AGENTS, columns, row["seal"])
     else:
         sealed = sealer.admits(AGENTS, columns, row["seal"], what=what)
-    revision = agent_revision(row)
+    revision = row_revision(row)
     return sealed and sealer.current(AGENTS, str(row["id"]), revision, what=what, quiet=quiet)
-
-
-def agent_revision(row: Mapping[str, Any] | RowMapping) -> int:
-    """An ``agents`` row's revision (0: written before migration 0022)."""
-    return int(row.get("revision") or 0)
 
 
 def digest(secret: str | bytes) -> bytes:

@@ -32,7 +32,8 @@ from typing import Any, Literal
 from sqlalchemy import RowMapping, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.crypto.seal import RowSealer, SealValue
+from tether.crypto.revisions import row_revision
+from tether.crypto.seal import RowSealer, SealValue, with_revision
 from tether.store.credentials import insert_revocation
 from tether.store.schema import admin_tokens, signing_keys
 
@@ -88,29 +89,19 @@ def private_key_purpose(purpose: str) -> str:
 def signing_key_seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
     """The sealed columns of a ``signing_keys`` row: every column but the seal (its
     revision from migration 0024 on: a row sealed before it, revision 0, without it)."""
-    columns: dict[str, SealValue] = {name: row[name] for name in _SIGNING_KEY_COLUMNS}
-    if revision := signing_key_revision(row):
-        columns["revision"] = revision
-    return columns
-
-
-def signing_key_revision(row: Mapping[str, Any] | RowMapping) -> int:
-    """A ``signing_keys`` row's revision (0: written before migration 0024)."""
-    return int(row.get("revision") or 0)
+    return with_revision({name: row[name] for name in _SIGNING_KEY_COLUMNS}, row)
 
 
 def _current(sealer: RowSealer, row: Mapping[str, Any] | RowMapping) -> bool:
     """Quietly: the row's seal verifies, and it is no older than this node admitted."""
     if not sealer.verify(SIGNING_KEYS, signing_key_seal_columns(row), row["seal"]):
         return False
-    revisions = sealer.revisions
-    kid, revision = str(row["kid"]), signing_key_revision(row)
-    return revisions is None or revisions.older(SIGNING_KEYS, kid, revision) is None
+    return not sealer.is_older(SIGNING_KEYS, str(row["kid"]), row_revision(row))
 
 
 def _next_revision(sealer: RowSealer, row: Mapping[str, Any] | RowMapping) -> int:
     """The revision a change to the key ``row`` writes (:meth:`RowSealer.next_revision`)."""
-    return sealer.next_revision(SIGNING_KEYS, str(row["kid"]), signing_key_revision(row))
+    return sealer.next_revision(SIGNING_KEYS, str(row["kid"]), row_revision(row))
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +159,7 @@ async def sealed_signing_keys(
     found = SigningKeys([], [])
     for row in await _signing_key_rows(conn, purpose, states):
         what = f"{purpose} signing key {row['kid']!r}"
-        columns, revision = signing_key_seal_columns(row), signing_key_revision(row)
+        columns, revision = signing_key_seal_columns(row), row_revision(row)
         admitted = sealer.admits(SIGNING_KEYS, columns, row["seal"], what=what) and (
             sealer.current(SIGNING_KEYS, str(row["kid"]), revision, what=what)
         )

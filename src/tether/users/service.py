@@ -345,9 +345,9 @@ class UserService:
     async def _revised(self, user_id: str, revision: int | None) -> None:
         """Once its change committed: never admit an older row of the user again here,
         nor after a restart (the node's file is written before the change is answered)."""
-        if revision is None or self.sealer.revisions is None:
+        if revision is None:
             return
-        self.sealer.revisions.advance(USERS, user_id, revision)
+        self.sealer.saw(USERS, user_id, revision)
         if self._save_revisions is not None:
             await self._save_revisions()
 

@@ -35,7 +35,8 @@ from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.crypto.seal import RowSealer, SealValue
+from tether.crypto.revisions import row_revision
+from tether.crypto.seal import RowSealer, SealValue, with_revision
 from tether.store.credentials import insert_revocation
 from tether.store.identity import upsert_insert
 from tether.users.schema import group_members, user_groups, user_roles, user_tokens, users
@@ -109,14 +110,7 @@ def user_seal_columns(
     }
     sealed["roles"] = sorted(set(roles))
     sealed["groups"] = sorted(set(groups))
-    if revision := user_revision(row):
-        sealed["revision"] = revision
-    return sealed
-
-
-def user_revision(row: Mapping[str, Any] | RowMapping) -> int:
-    """A ``users`` row's revision (0: written before migration 0023)."""
-    return int(row.get("revision") or 0)
+    return with_revision(sealed, row)
 
 
 async def _roles_and_groups(conn: AsyncConnection, user_id: str) -> tuple[list[str], list[str]]:
@@ -144,7 +138,7 @@ async def _verified_row(
             user_id, state,
         )  # fmt: skip
         return None
-    if not sealer.current(USERS, user_id, user_revision(row), what=f"user {user_id!r}"):
+    if not sealer.current(USERS, user_id, row_revision(row), what=f"user {user_id!r}"):
         return None
     return row, roles, groups
 
@@ -177,10 +171,7 @@ async def user_standing(conn: AsyncConnection, sealer: RowSealer, user_id: str) 
     roles, groups = await _roles_and_groups(conn, user_id)
     if not sealer.verify(USERS, user_seal_columns(row, roles, groups), row["seal"]):
         return "refused"
-    revisions = sealer.revisions
-    if revisions is not None and revisions.older(USERS, user_id, user_revision(row)) is not None:
-        return "older"
-    return "intact"
+    return "older" if sealer.is_older(USERS, user_id, row_revision(row)) else "intact"
 
 
 async def user_intact(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> bool:
@@ -195,7 +186,7 @@ async def seal_user(conn: AsyncConnection, sealer: RowSealer, user_id: str) -> i
     records it with the sealer once the transaction committed."""
     row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().one()
     roles, groups = await _roles_and_groups(conn, user_id)
-    revision = sealer.next_revision(USERS, user_id, user_revision(row))
+    revision = sealer.next_revision(USERS, user_id, row_revision(row))
     seal = sealer.seal(USERS, user_seal_columns({**row, "revision": revision}, roles, groups))
     await conn.execute(
         update(users).where(users.c.id == user_id).values(seal=seal, revision=revision)

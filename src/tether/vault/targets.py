@@ -34,7 +34,8 @@ from sqlalchemy.engine import Row, RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.crypto.seal import RowSealer, SealValue
+from tether.crypto.revisions import row_revision
+from tether.crypto.seal import RowSealer, SealValue, with_revision
 from tether.vault import names
 from tether.vault.cache import TtlCache
 from tether.vault.names import InvalidName, check_target_name
@@ -215,8 +216,7 @@ class TargetStore:
     def _written(self, name: str, revision: int) -> None:
         """Once committed: this node never admits an older row of the target again (its
         file follows at the node's next poll)."""
-        if self._sealer.revisions is not None:
-            self._sealer.revisions.advance(SEALED_TABLE, name, revision)
+        self._sealer.saw(SEALED_TABLE, name, revision)
 
     def _target(self, row: Row[Any]) -> Target:
         mapping = row._mapping
@@ -228,7 +228,7 @@ class TargetStore:
                 row.name, state,
             )  # fmt: skip
             raise TargetError(f"stored target {row.name!r} is refused: {state}")
-        revision, what = int(mapping["revision"] or 0), f"target {row.name!r}"
+        revision, what = row_revision(mapping), f"target {row.name!r}"
         if not self._sealer.current(SEALED_TABLE, row.name, revision, what=what):
             raise TargetError(
                 f"stored target {row.name!r} is refused: its row is older than one this node "
@@ -266,10 +266,7 @@ def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
 def seal_columns(row: Mapping[str, Any] | RowMapping) -> dict[str, SealValue]:
     """The sealed columns of a ``targets`` row (as written, or as read back), with its
     revision from migration 0025 on (a row sealed before it, revision 0, without it)."""
-    columns: dict[str, SealValue] = {name: row[name] for name in ("name", "kind", "labels", "spec")}
-    if revision := int(row.get("revision") or 0):
-        columns["revision"] = revision
-    return columns
+    return with_revision({name: row[name] for name in ("name", "kind", "labels", "spec")}, row)
 
 
 def _row(target: Target) -> dict[str, Any]:
