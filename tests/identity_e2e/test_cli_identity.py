@@ -115,11 +115,15 @@ def test_admin_token_create_with_a_bad_config(tmp_path: Path) -> None:
 
 def test_admin_token_revoke_needs_the_master_key_and_a_live_token(tmp_path: Path) -> None:
     data = tmp_path / "d"
-    code, _, err = run("admin-token", "list", "--data-dir", str(data), "--json")
-    assert (code, err) == (0, "")
+    code, _, err = run("admin-token", "list", "--data-dir", str(data), "--json")  # a typo, say
+    assert (code, err) == (2, f"tether: error: no database at {data / 'tether.db'}: check "
+                              "--data-dir or --config\n")  # fmt: skip
+    assert not data.exists()  # no empty database made and reported on
     code, _, err = run("admin-token", "revoke", "abc", "--data-dir", str(data))
     assert code == 2 and err.startswith("tether: error: no master key") and err.count("\n") == 1
     code, out, _ = run("admin-token", "create", "--data-dir", str(data))
+    code, listed, _ = run("admin-token", "list", "--data-dir", str(data), "--json")
+    assert code == 0 and '"name": "cli"' in listed
     token_id = out.strip().removeprefix("tat_").partition(".")[0]
     assert run("admin-token", "revoke", token_id, "--data-dir", str(data))[0] == 0
     code, _, err = run("admin-token", "revoke", token_id, "--data-dir", str(data))

@@ -65,8 +65,15 @@ def seal(
 
 def on_store(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """``work`` on the node's database, opened for it and closed after; exits 2 with the
-    reason when the database cannot be opened or used."""
+    reason when the database cannot be opened or used, or is a SQLite file that does not
+    exist (a mistyped ``--data-dir`` would otherwise make an empty database and report on
+    it as if it were the node's)."""
     from tether.store import Store, StoreError
+    from tether.store.database import sqlite_file
+
+    path = sqlite_file(settings.database)
+    if path is not None and not path.exists():
+        fail(f"no database at {path}: check --data-dir or --config")
 
     async def run() -> T:
         store = await Store.open(settings.database)
