@@ -43,14 +43,10 @@ def _put_back(backup: Path, data: Path) -> None:
 
 
 def test_a_restored_backup_does_not_enable_a_disabled_agent(cluster: Cluster) -> None:
-    node = cluster.start()
-    admin = TOKEN.findall(node.stderr)[0]
-    assert cluster.cli("agent", "create", "bot", "--owner", "a", token=admin).returncode == 0
-    join = cluster.cli("agent", "join-token", "bot", token=admin)
-    assert join.returncode == 0, join.stderr
+    node, admin, join_token = cluster.start_with_join_token()
     data, backup = cluster.root / "data", cluster.root / "backup.db"
     with TetherClient(cluster.url) as tether:
-        session = tether.join(join.stdout.strip(), task_id="T-1", purpose="e2e")
+        session = tether.join(join_token, task_id="T-1", purpose="e2e")
         assert session.whoami()["task"]["id"] == "T-1"
         copied = cluster.cli("store", "backup", str(backup), "--data-dir", "data")
         assert copied.returncode == 0, copied.stderr

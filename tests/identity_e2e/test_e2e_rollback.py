@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.identity_e2e.test_e2e_serve import TOKEN, Cluster
+from tests.identity_e2e.test_e2e_serve import Cluster
 from tether.client import TetherClient, TetherRefused
 
 
@@ -40,14 +40,10 @@ def _put_back(backup: Path, data: Path) -> None:
 
 
 def test_a_restored_backup_does_not_bring_a_revoked_task_back(cluster: Cluster) -> None:
-    node = cluster.start()
-    admin = TOKEN.findall(node.stderr)[0]
-    assert cluster.cli("agent", "create", "bot", "--owner", "a", token=admin).returncode == 0
-    join = cluster.cli("agent", "join-token", "bot", token=admin)
-    assert join.returncode == 0, join.stderr
+    node, admin, join_token = cluster.start_with_join_token()
     data, backup = cluster.root / "data", cluster.root / "backup"
     with TetherClient(cluster.url) as tether:
-        session = tether.join(join.stdout.strip(), task_id="T-1", purpose="e2e")
+        session = tether.join(join_token, task_id="T-1", purpose="e2e")
         assert session.whoami()["task"]["id"] == "T-1"
         backup.mkdir()
         # The backup, taken while the node runs, as docs/operations.md says.
@@ -89,3 +85,33 @@ def test_a_restored_backup_does_not_bring_a_revoked_task_back(cluster: Cluster) 
         f"tether: error: the revocation copy does not parse: {data / 'revocations.json'}: not "
         "a JSON document; move it aside to start without it"
     )
+
+
+def test_a_restored_backup_does_not_make_a_used_join_token_new(cluster: Cluster) -> None:
+    node, _admin, join_token = cluster.start_with_join_token()
+    data, backup = cluster.root / "data", cluster.root / "backup"
+    backup.mkdir()
+    copied = cluster.cli("store", "backup", "backup/tether.db", "--data-dir", "data")
+    assert copied.returncode == 0, copied.stderr  # taken before the token was used
+    with TetherClient(cluster.url) as tether:
+        assert tether.join(join_token, task_id="T-1", purpose="e2e").whoami()
+        with pytest.raises(TetherRefused) as refused:
+            tether.join(join_token, task_id="T-2", purpose="e2e")
+        assert refused.value.status == 400
+        assert node.stop() == 0
+
+        _put_back(backup, data)  # the token's row unused again, its use gone from the list
+        node = cluster.start()
+        node.wait_for_log(r"1 revocation\(s\) this node holds, still in force, are missing")
+        with pytest.raises(TetherRefused) as refused:
+            tether.join(join_token, task_id="T-3", purpose="e2e")
+        assert (refused.value.status, refused.value.error) == (400, "invalid_grant")
+        node.wait_for_log(r"join token '[0-9a-f]+' refused: it was used, but its row is unused")
+        assert node.stop() == 0
+
+        # The control: without the node's copy, the restored database takes the token again.
+        (data / "revocations.json").rename(cluster.root / "revocations.json.aside")
+        _put_back(backup, data)
+        node = cluster.start()
+        assert tether.join(join_token, task_id="T-4", purpose="e2e").whoami()
+        assert node.stop() == 0

@@ -55,6 +55,17 @@ class Cluster:
         node.wait_for_log("tether serving on")
         return node
 
+    def start_with_join_token(self, agent: str = "bot") -> tuple[Node, str, str]:
+        """A node started, ``agent`` created on it and a join token made for it: the node,
+        the initial admin token, the join token."""
+        node = self.start()
+        admin = TOKEN.findall(node.stderr)[0]
+        made = self.cli("agent", "create", agent, "--owner", "a", token=admin)
+        assert made.returncode == 0, made.stderr
+        join = self.cli("agent", "join-token", agent, token=admin)
+        assert join.returncode == 0, join.stderr
+        return node, admin, join.stdout.strip()
+
     def refused_start(self) -> subprocess.CompletedProcess[str]:
         """``tether serve`` expected to stop before serving (exit 2, say): its output."""
         return subprocess.run(self.serve_args(), cwd=self.root, env=self.env,

@@ -398,7 +398,7 @@ async def test_start_loads_every_revocation(stack: Stack, bot: Agent) -> None:
     async with stack.engine.begin() as conn:
         await conn.execute(insert(revocations), rows)
     restarted = await build_service(stack.store, stack.clock, stack.cipher)
-    assert len(restarted.revoked) == 2501
+    assert len(restarted.revoked) == 2502  # and the use of bot's join token
     stack.service = restarted
     # Rows written behind Tether's back: its revocation ledger does not account for them.
     with pytest.raises(TokenRevoked, match="the revocation list does not verify"):
@@ -406,10 +406,10 @@ async def test_start_loads_every_revocation(stack: Stack, bot: Agent) -> None:
     async with stack.engine.begin() as conn:  # an operator who checked them adopts them
         await conn.execute(update(revocation_ledger).values(seal=None))
     assert await adopt(stack.engine, stack.cipher.sealer) == {
-        "revocation_ledger": ["revocations=2501"]
+        "revocation_ledger": ["revocations=2502"]
     }
     stack.service = await build_service(stack.store, stack.clock, stack.cipher)
-    assert len(stack.service.revoked) == 2501
+    assert len(stack.service.revoked) == 2502
     with pytest.raises(TokenRevoked, match="the task is revoked"):
         await stack.present(bot)
 

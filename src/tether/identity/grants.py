@@ -9,7 +9,10 @@ and settings it uses. Security decisions:
 * A new key is bound only with a DPoP proof of it; a token derived from a Tether token (re-scoping,
   renewal, delegation) keeps the key (or certificate) of the token presented.
 * A join token is consumed in the same transaction that records its runtime; an unknown, used
-  or expired token, or one whose agent is not active, is ``invalid_grant``.
+  or expired token, or one whose agent is not active, is ``invalid_grant``. Its use is also
+  a revocation (:func:`tether.store.agents.join_token_revocation`) that the node holds and
+  copies before answering: the token's row put back unused is refused (logged), also by a
+  node restarted after the whole database was put back.
 * Nothing is issued for a revoked agent, task or runtime, nor with a revoked actor in the
   chain (``invalid_grant`` naming what is revoked, audited as ``token.refused``): revocation
   is permanent, so issuing a token that every use then refuses would only hide the refusal.
@@ -50,8 +53,9 @@ and settings it uses. Security decisions:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from tether.identity import exchange as ex
 from tether.identity.claims import (
@@ -73,7 +77,11 @@ from tether.users import store as user_store
 if TYPE_CHECKING:
     from tether.identity.service import IdentityService
 
+log = logging.getLogger(__name__)
+
 JOIN_TOKEN_PREFIX = "tjt_"  # noqa: S105 - a public prefix, not a secret
+# One answer for every refused join token: the reason is not told (no probing of tokens).
+_JOIN_REFUSED: Final = "the join token is unknown, used, expired or its agent inactive"
 
 
 async def exchange(
@@ -127,6 +135,12 @@ async def _join(
         raise ex.ExchangeError("invalid_grant", "malformed join token")
     runtime_id = f"join/{token_id}"
     now = service.clock()
+    used = agent_store.join_token_revocation(token_id)
+    if service.revoked.holds("token", used):
+        log.error("join token %r refused: it was used, but its row is unused: the database "
+                  "was put back to an earlier state (docs/vault.md, Tampering with the "
+                  "database)", token_id)  # fmt: skip
+        raise ex.ExchangeError("invalid_grant", _JOIN_REFUSED)
     async with service.engine.begin() as conn:
         record = await agent_store.consume_join_token(
             conn,
@@ -137,16 +151,15 @@ async def _join(
             now=now,
         )
         if record is None:
-            raise ex.ExchangeError(
-                "invalid_grant",
-                "the join token is unknown, used, expired or its agent inactive",
-            )
+            raise ex.ExchangeError("invalid_grant", _JOIN_REFUSED)
         _refuse_revoked(service, record.agent_id, request.task_id, runtime_id)  # rolls back
         labels = {**record.runtime_labels, "platform": "join-token"}
         await agent_store.upsert_runtime(
             conn, service.sealer, id=runtime_id, agent_id=record.agent_id, platform="join-token",
             attested_by="join-token", now=now, labels=labels, address=address,
         )  # fmt: skip
+    service.revoked.add("token", used, record.expires_at.timestamp())
+    await service.save_revocation_copy()
     return record.agent_id, Runtime(runtime_id, labels)
 
 

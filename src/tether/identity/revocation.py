@@ -161,10 +161,10 @@ class RevocationSet:
             for kind, value in sorted(self._in_force(now))
         ]
 
-    def add(self, kind: str, value: str) -> None:
-        """Honour a revocation this node just committed (kept forever: ``revoke`` makes
-        entries without an expiry)."""
-        self._hold(kind, value, None)
+    def add(self, kind: str, value: str, expires: float | None = None) -> None:
+        """Honour a revocation this node just committed, until ``expires`` (a POSIX time;
+        None, as ``revoke`` makes them: forever)."""
+        self._hold(kind, value, expires)
 
     def refusal(self, kind: str, value: str, revoked: str) -> str | None:
         """Why a credential known by ``(kind, value)`` is refused: :attr:`unverified` while

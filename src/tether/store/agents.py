@@ -14,6 +14,13 @@ Security decisions:
   agent, an expiry pushed back, a use cleared) does not verify and
   :func:`consume_join_token` treats it as unknown, logging an error; the consuming
   ``UPDATE`` also requires the seal it verified, so the row cannot change in between.
+* **A join token used is also a revocation** (kind ``token``, value
+  :func:`join_token_revocation`, until the token's own expiry), written in the consuming
+  transaction: its row put back unused as it was (a restored backup, or someone holding
+  the token's text and write access to the database) verifies, but every node that holds
+  the revocation (in its list, or in its copy after the whole database was put back)
+  refuses it (:func:`tether.identity.grants`). Without this a join token pasted into a CI
+  log would join again after any rollback.
 * **Agent rows are sealed** (migration 0016): the HMAC under the master key of the id,
   owner, labels and state (:func:`tether.store.identity.agent_seal_columns`). Whoever can
   write to the database could otherwise enable a disabled agent again or give it the
@@ -499,7 +506,19 @@ async def consume_join_token(
         .returning(*_JOIN_TOKEN_COLUMNS)
     )
     row = (await conn.execute(query)).mappings().first()
-    return None if row is None else _join_token(row)
+    if row is None:
+        return None
+    await insert_revocation(
+        conn, sealer, kind="token", value=join_token_revocation(id), reason="join token used",
+        revoked_by="tether", now=now, expires_at=row["expires_at"],
+    )  # fmt: skip
+    return _join_token(row)
+
+
+def join_token_revocation(token_id: str) -> str:
+    """The revocation list's value (kind ``token``) for join token ``token_id`` once used:
+    never a token's jti (those have no ``:``)."""
+    return f"join-token:{token_id}"
 
 
 # --- rows --------------------------------------------------------------------------------------
