@@ -27,13 +27,14 @@ from tether.identity.keys import SigningKey
 from tether.store import Store
 from tether.store import keys as stored_keys
 
-TABLES = ("audit_events", "audit_checkpoints")
+TABLES = ("audit_events", "audit_checkpoints", "audit_prunes")
 NO_HEAD_FILE = Path("/nonexistent/tether-tests/no.audit-head")
 
 
 # The master key of the trails these tests open (a key sealed under another one is not trusted
 # by ``verify_trail(..., cipher=MASTER)``).
-MASTER = EnvelopeCipher(MasterKey(os.urandom(32), "test"))
+MASTER_KEY = MasterKey(os.urandom(32), "test")
+MASTER = EnvelopeCipher(MASTER_KEY)
 
 
 async def store_signing_key(
@@ -115,6 +116,16 @@ class Trail:
         async with self.engine.begin() as conn:
             for index, statement in enumerate(statements):
                 await conn.execute(text(statement), params[index] if params else {})
+
+
+async def refused_statements(engine: AsyncEngine, statements: Sequence[str]) -> None:
+    """Each of ``statements``, run alone, is refused by the append-only triggers."""
+    from sqlalchemy.exc import DBAPIError
+
+    for statement in statements:
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with engine.begin() as conn:
+                await conn.execute(text(statement))
 
 
 async def drop_append_only_triggers(engine: AsyncEngine) -> None:

@@ -179,6 +179,15 @@ def checkpoint_statement(seq: int, hash: str, time: datetime) -> bytes:
     return encode({"hash": hash, "seq": seq, "time": format_time(time)}).encode("utf-8")
 
 
+def prune_statement(seq: int, hash: str, time: datetime, archive_sha256: str, events: int) -> bytes:
+    """The bytes a prune marker signs (:mod:`tether.audit.prune`): canonical JSON with a
+    ``pruned_through`` field no checkpoint statement has, so that neither signature can
+    pass for the other."""
+    document = {"archive_sha256": archive_sha256, "events": events, "hash": hash,
+                "pruned_through": seq, "time": format_time(time)}  # fmt: skip
+    return encode(document).encode("utf-8")
+
+
 def event_json(event: AuditEvent) -> dict[str, Any]:
     """``event`` as a JSON-ready object (every field, ``hash`` included): the form the
     API, ``--json`` output and the sinks use. ``time`` is RFC 3339 as in the chain."""

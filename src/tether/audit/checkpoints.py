@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.audit.canonical import checkpoint_statement
-from tether.audit.store import Checkpoint
+from tether.audit.canonical import checkpoint_statement, prune_statement
+from tether.audit.store import Checkpoint, Prune
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.identity.keys import SigningKey, jwk_thumbprint
 from tether.store import keys as stored
@@ -107,6 +107,26 @@ def _sealed_by(cipher: EnvelopeCipher, row: stored.StoredKey, public: Ed25519Pub
         return False
     raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
     return derived.public_bytes(*raw) == public.public_bytes(*raw)
+
+
+def sign_prune(
+    key: SigningKey, seq: int, hash: str, time: datetime, archive_sha256: str, events: int
+) -> Prune:
+    """A prune marker of events up to ``seq`` (hash ``hash``), made at ``time`` with ``key``."""
+    signature = key.sign(prune_statement(seq, hash, time, archive_sha256, events))
+    return Prune(seq, hash, time, archive_sha256, events, key.kid, b64url(signature))
+
+
+def prune_signature_valid(key: Ed25519PublicKey, prune: Prune) -> bool:
+    """Whether ``prune.signature`` is ``key``'s signature of its statement."""
+    statement = prune_statement(
+        prune.seq, prune.hash, prune.time, prune.archive_sha256, prune.events
+    )
+    try:
+        key.verify(b64url_decode(prune.signature), statement)
+    except (InvalidSignature, binascii.Error, ValueError):
+        return False
+    return True
 
 
 def signature_valid(key: Ed25519PublicKey, checkpoint: Checkpoint) -> bool:

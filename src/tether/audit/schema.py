@@ -5,7 +5,9 @@ indexes and verification recomputes each hash from exactly what is stored); ``ac
 ``detail`` and ``actor_chain`` are canonical JSON text (:func:`tether.audit.canonical.json_text`),
 not a JSON column type, so that what is read back is byte for byte what was hashed.
 ``audit_checkpoints`` holds the signed checkpoints. Both are append-only: the migration
-installs triggers that refuse ``UPDATE`` and ``DELETE`` on them.
+installs triggers that refuse ``UPDATE`` and ``DELETE`` on them, except (migration 0026) the
+deletion of rows up to the newest signed marker of ``audit_prunes``, which
+:mod:`tether.audit.prune` writes once the rows it deletes are archived.
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ audit_checkpoints = Table(
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("hash", String(64), nullable=False),
     Column("time", UTCDateTime, nullable=False),
+    Column("kid", Text, nullable=False),
+    Column("signature", Text, nullable=False),  # base64url Ed25519 signature
+)
+
+audit_prunes = Table(
+    "audit_prunes",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("time", UTCDateTime, nullable=False),
+    Column("archive_sha256", String(64), nullable=False),
+    Column("events", BigInteger, nullable=False),
     Column("kid", Text, nullable=False),
     Column("signature", Text, nullable=False),  # base64url Ed25519 signature
 )

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, and_, func, select
+from sqlalchemy import ColumnElement, RowMapping, and_, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.audit.canonical import json_text
 from tether.audit.events import AuditEvent
-from tether.audit.schema import audit_checkpoints, audit_events
+from tether.audit.schema import audit_checkpoints, audit_events, audit_prunes
 
 # Columns that hold an event's scalar fields under the field's own name.
 _SCALARS = (
@@ -50,6 +50,20 @@ class Checkpoint:
     seq: int
     hash: str
     time: datetime
+    kid: str
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prune:
+    """A signed prune marker: events up to ``seq`` (whose hash was ``hash``) were archived
+    in a file of SHA-256 ``archive_sha256`` holding ``events`` events, then deleted."""
+
+    seq: int
+    hash: str
+    time: datetime
+    archive_sha256: str
+    events: int
     kid: str
     signature: str
 
@@ -104,6 +118,14 @@ async def checkpoints(conn: AsyncConnection) -> list[Checkpoint]:
     """Every checkpoint, by ``seq``."""
     query = select(audit_checkpoints).order_by(audit_checkpoints.c.seq)
     return [_checkpoint(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def prunes(conn: AsyncConnection) -> list[Prune]:
+    """Every prune marker, oldest first (none on a database from before migration 0026)."""
+    if not await conn.run_sync(lambda sync: inspect(sync).has_table(audit_prunes.name)):
+        return []
+    rows = (await conn.execute(select(audit_prunes).order_by(audit_prunes.c.seq))).mappings()
+    return [Prune(**dict(row)) for row in rows]
 
 
 async def events_after(

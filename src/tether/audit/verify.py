@@ -29,6 +29,13 @@ together with every event after the new last one (which leaves a shorter trail t
 verifies) is caught as a trail that ends before its head file's checkpoint. The head
 file's signature is checked like a checkpoint's.
 
+A pruned trail (:mod:`tether.audit.prune`) starts after its newest prune marker: the first
+event's ``prev_hash`` must be the hash the marker recorded, every marker's signature is
+checked like a checkpoint's, and events the marker covers that are still present (a prune
+stopped before it finished deleting) are counted, not checked. A marker deleted leaves a
+trail whose first event does not link to the genesis value; one planted or extended does
+not carry Tether's signature.
+
 Limits, stated in docs/audit.md: without a head file (or with an older one put back by
 someone who can write it too), that truncation looks like a trail with fewer events; the
 sinks' external copies of every event and hash catch it then.
@@ -36,7 +43,7 @@ sinks' external copies of every event and hash catch it then.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -46,10 +53,21 @@ from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.audit.canonical import GENESIS, event_hash, json_text
-from tether.audit.checkpoints import signature_valid, verification_keys
+from tether.audit.checkpoints import (
+    prune_signature_valid,
+    signature_valid,
+    verification_keys,
+)
 from tether.audit.events import AuditEvent
 from tether.audit.head import HeadFileError, check_head, default_head_file, read_head
-from tether.audit.store import Checkpoint, checkpoints, event_from_row, sqlite_time_text
+from tether.audit.store import (
+    Checkpoint,
+    Prune,
+    checkpoints,
+    event_from_row,
+    prunes,
+    sqlite_time_text,
+)
 from tether.crypto.envelope import EnvelopeCipher
 
 CHUNK: Final = 5000
@@ -81,6 +99,9 @@ class VerifyReport:
     keys: set[str] = field(default_factory=set)
     findings: list[Finding] = field(default_factory=list)
     more_findings: int = 0  # findings beyond MAX_FINDINGS, counted only
+    pruned_through: int | None = None  # the newest prune marker's event, if any
+    prunes: int = 0
+    awaiting_deletion: int = 0  # events a marker covers, still present (a stopped prune)
     head_file: str | None = None  # the head file checked, if any
     head_seq: int | None = None  # the checkpoint it records, None when absent
     keys_authenticated: bool = False  # signing keys checked against the master key
@@ -107,6 +128,9 @@ class VerifyReport:
             "keys": sorted(self.keys),
             "findings": [f.to_dict() for f in self.findings],
             "more_findings": self.more_findings,
+            "pruned_through": self.pruned_through,
+            "prunes": self.prunes,
+            "awaiting_deletion": self.awaiting_deletion,
             "head_file": self.head_file,
             "head_seq": self.head_seq,
             "keys_authenticated": self.keys_authenticated,
@@ -122,12 +146,20 @@ async def verify_trail(
     (:func:`~tether.audit.checkpoints.verification_keys`)."""
     report = VerifyReport(keys_authenticated=cipher is not None)
     marks = {c.seq: c for c in await checkpoints(conn)}
+    markers = await prunes(conn)
+    pruned = markers[-1] if markers else None
     head_file = head_file or default_head_file(conn.engine.url)
     head = _read_head(report, head_file)
     hash_at_head: str | None = None
     expected, prev, prev_seq = 1, GENESIS, 0
+    if pruned is not None:
+        report.pruned_through, report.prunes = pruned.seq, len(markers)
+        expected, prev, prev_seq = pruned.seq + 1, pruned.hash, pruned.seq
     async for row in _rows(conn):
         seq = int(row["seq"])
+        if pruned is not None and seq <= pruned.seq:
+            report.awaiting_deletion += 1
+            continue
         report.events += 1
         report.first_seq = seq if report.first_seq is None else report.first_seq
         report.last_seq = seq
@@ -142,13 +174,29 @@ async def verify_trail(
             hash_at_head = stored
         expected, prev, prev_seq = seq + 1, stored, seq
     keys = await _check_checkpoints(conn, report, marks, cipher)
+    for marker in markers:
+        _check_marker(report, marker, keys)
     if head is not None:
         _check_signature(report, head, keys, "the head file's checkpoint")
+        if pruned is not None and head.seq <= pruned.seq:  # its event is archived
+            if head.seq == pruned.seq and head.hash != pruned.hash:
+                report.add(head.seq, "head", f"prune marker {head.seq} differs from the "
+                           "head file's checkpoint")  # fmt: skip
+            return report
         for seq, problem, what in check_head(
             head, report.last_seq or 0, hash_at_head, marks.get(head.seq)
         ):
             report.add(seq, problem, what)
     return report
+
+
+def _check_marker(
+    report: VerifyReport, marker: Prune, keys: dict[str, Ed25519PublicKey | str]
+) -> None:
+    _signed_by(report, marker.seq, marker.kid, keys, f"prune marker {marker.seq}",
+               lambda key: prune_signature_valid(key, marker), "prune-key",
+               ("prune-signature", "the signature is not valid (the marker was changed or "
+                "planted)"))  # fmt: skip
 
 
 def _read_head(report: VerifyReport, path: Path | None) -> Checkpoint | None:
@@ -211,6 +259,8 @@ def _check_event(report: VerifyReport, row: RowMapping, seq: int, prev: str, pre
             )
     if stored_prev != prev:
         before = f"event {prev_seq}'s hash" if prev_seq else "the genesis value (64 zeros)"
+        if report.pruned_through is not None and prev_seq == report.pruned_through:
+            before = f"the hash prune marker {prev_seq} recorded"
         report.add(
             seq,
             "link",
@@ -287,16 +337,32 @@ def _check_signature(
     keys: dict[str, Ed25519PublicKey | str],
     name: str | None = None,
 ) -> None:
-    what = name or f"checkpoint {mark.seq}"
-    key = keys.get(mark.kid)
+    _signed_by(report, mark.seq, mark.kid, keys, name or f"checkpoint {mark.seq}",
+               lambda key: signature_valid(key, mark), "checkpoint-key",
+               ("signature", "the signature is not valid"))  # fmt: skip
+
+
+def _signed_by(
+    report: VerifyReport,
+    seq: int,
+    kid: str,
+    keys: dict[str, Ed25519PublicKey | str],
+    what: str,
+    valid: Callable[[Ed25519PublicKey], bool],
+    key_problem: str,
+    invalid: tuple[str, str],
+) -> None:
+    """Whether ``what`` (at ``seq``) is signed by key ``kid`` of ``keys``, as ``valid``
+    checks; each way it is not is a finding (``key_problem`` or ``invalid``)."""
+    key = keys.get(kid)
     if key is None:
-        report.add(mark.seq, "checkpoint-key", f"{what}: unknown key {mark.kid}")
+        report.add(seq, key_problem, f"{what}: unknown key {kid}")
     elif isinstance(key, str):
-        report.add(mark.seq, "checkpoint-key", f"{what}: key {mark.kid}: {key}")
-    elif not signature_valid(key, mark):
-        report.add(mark.seq, "signature", f"{what}: the signature is not valid")
+        report.add(seq, key_problem, f"{what}: key {kid}: {key}")
+    elif not valid(key):
+        report.add(seq, invalid[0], f"{what}: {invalid[1]}")
     else:
-        report.keys.add(mark.kid)
+        report.keys.add(kid)
 
 
 def _check_checkpointed_events_exist(report: VerifyReport, marks: dict[int, Checkpoint]) -> None:
@@ -304,6 +370,8 @@ def _check_checkpointed_events_exist(report: VerifyReport, marks: dict[int, Chec
     one before the first event means the start of the trail was cut."""
     first = report.first_seq
     for seq in sorted(marks):
+        if report.pruned_through is not None and seq <= report.pruned_through:
+            continue  # archived with its event, awaiting deletion
         if first is not None and seq < first:
             report.add(seq, "truncated", f"checkpoint {seq}: its event is gone (trail cut)")
             break

@@ -24,13 +24,21 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from tether.cli.apiclient import AdminClient, TokenFile, admin_token
+from tether.cli.audit_prune import prune_command
 from tether.cli.audit_sinks import sinks
-from tether.cli.auditview import console, events_table, print_json_lines, print_report, summary
+from tether.cli.auditview import (
+    console,
+    events_table,
+    print_archive_report,
+    print_json_lines,
+    print_report,
+    summary,
+)
 from tether.cli.common import EXIT_FAILED, EXIT_UNUSABLE, fail
 from tether.cli.nodeopts import node_settings
 from tether.config import CONFIG_ENV, DATABASE_FILE, Settings
@@ -96,6 +104,7 @@ Until = Annotated[
 
 
 app.command("sinks")(sinks)  # SIEM sinks' cursors and lag: tether.cli.audit_sinks
+app.command("prune")(prune_command)  # archive and delete the oldest events: tether.cli.audit_prune
 
 
 # --- verify --------------------------------------------------------------------------------
@@ -108,13 +117,26 @@ def verify(
     server: Server = None,
     token_file: TokenFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-) -> None:
+    archive: Annotated[
+        Path | None,
+        typer.Option(
+            "--archive", "-a", show_default=False, dir_okay=False, exists=True,
+            help="Check this archive file (written by tether audit prune) instead of the "
+            "trail, and that a prune marker of the trail names it. Offline only.",
+        ),
+    ] = None,
+) -> None:  # fmt: skip
     """Recompute the hash chain and check the signed checkpoints.
 
     Reports every changed, deleted, inserted or reordered event and any truncation of
     checkpointed events, by seq; and how many events after the last checkpoint nothing
-    signed yet. Exit 0: intact; 1: tampered with; 2: the trail cannot be read.
+    signed yet. A pruned trail starts after its newest signed prune marker. Exit 0: intact;
+    1: tampered with; 2: the trail cannot be read.
     """
+    if archive is not None:
+        if server is not None:
+            fail("--archive reads the database: it does not go with --server")
+        _verify_archive(config, data_dir, archive, as_json)
     if server is not None:
         report = AdminClient(server, admin_token(token_file)).call("GET", "/v1/audit/verify")
     else:
@@ -122,13 +144,44 @@ def verify(
 
         settings = _load(config, data_dir)
         query = partial(
-            verify_trail, head_file=settings.audit.head_file, cipher=_master_cipher(settings)
+            verify_trail, head_file=settings.audit.head_file, cipher=master_cipher(settings)
         )
         report = _offline(config, data_dir, query).to_dict()
     if as_json:
         print_json_lines([report])
     else:
         print_report(report)
+    raise typer.Exit(0 if report["ok"] else EXIT_FAILED)
+
+
+def _verify_archive(
+    config: Path | None, data_dir: Path | None, archive: Path, as_json: bool
+) -> NoReturn:
+    from tether.audit.archive import match_marker, read_lines, verify_archive
+    from tether.audit.checkpoints import verification_keys
+    from tether.audit.store import prunes
+
+    settings = _load(config, data_dir)
+    cipher = master_cipher(settings)
+
+    async def check(conn: Any) -> dict[str, Any]:
+        keys = await verification_keys(conn, cipher)
+        try:
+            with archive.open("rb") as stream:
+                report = verify_archive(read_lines(stream), keys)
+        except OSError as error:
+            fail(f"the archive cannot be read: {error}")
+        marker = match_marker(report, await prunes(conn), keys)
+        document = report.to_dict()
+        document["marker"] = None if marker is None else marker.seq
+        document["keys_authenticated"] = cipher is not None
+        return document
+
+    report = _offline(config, data_dir, check)
+    if as_json:
+        print_json_lines([report])
+    else:
+        print_archive_report(report)
     raise typer.Exit(0 if report["ok"] else EXIT_FAILED)
 
 
@@ -344,7 +397,7 @@ def _offline(config: Path | None, data_dir: Path | None, query: Callable[[Any], 
         fail(f"the audit trail cannot be read: {reason}")
 
 
-def _master_cipher(settings: Settings) -> EnvelopeCipher | None:
+def master_cipher(settings: Settings) -> EnvelopeCipher | None:
     """The node's master key when this machine holds it (``TETHER_MASTER_KEY`` or
     ``<data_dir>/master.key``; never created here): verify then trusts only signing keys
     sealed by it. None when absent: verify trusts the keys the database holds, and says so."""

@@ -86,20 +86,16 @@ def summary(event: Mapping[str, Any]) -> str:
 def print_report(report: Mapping[str, Any]) -> None:
     """A verification report: a verdict line, the facts, then each finding by seq."""
     out = console()
-    if report["ok"]:
-        out.print(Text("audit trail verified", style="bold green"))
-    else:
-        count = len(report["findings"]) + report["more_findings"]
-        out.print(Text(f"audit trail TAMPERED: {count} finding(s)", style="bold red"))
-    span = "no events"
-    if report["events"]:
-        span = f"{report['events']} events (seq {report['first_seq']} to {report['last_seq']})"
-    keys = ", ".join(report["keys"]) or "none"
-    out.print(f"  {span}; {report['checkpoints']} signed checkpoints (keys: {keys})")
-    if not report.get("keys_authenticated", True):
+    _verdict(out, report, "audit trail verified", "audit trail TAMPERED")
+    if report.get("pruned_through") is not None:
         out.print(
-            "  the signing keys were not checked against the master key (not available "
-            "here): a key added to the database would be trusted"
+            f"  pruned through event {report['pruned_through']} ({report['prunes']} signed "
+            "prune marker(s)): the chain starts after it"
+        )
+    if report.get("awaiting_deletion"):
+        out.print(
+            f"  {report['awaiting_deletion']} pruned events still await deletion (a prune "
+            "stopped midway: run it again)"
         )
     if report["unanchored"]:
         after = report["last_checkpoint_seq"]
@@ -117,3 +113,35 @@ def print_report(report: Mapping[str, Any]) -> None:
         out.print(table)
     if report["more_findings"]:
         out.print(f"  … and {report['more_findings']} more findings not listed")
+
+
+def print_archive_report(report: Mapping[str, Any]) -> None:
+    """An archive's verification report: a verdict line, the facts, then each finding."""
+    out = console()
+    _verdict(out, report, "audit archive verified", "audit archive REFUSED")
+    out.print(f"  sha256 {report['sha256']}")
+    if report["marker"] is not None:
+        out.print(f"  named by prune marker {report['marker']} of this trail")
+    for finding in report["findings"]:
+        out.print(f"  {finding}", markup=False, highlight=False)
+    if report["more_findings"]:
+        out.print(f"  … and {report['more_findings']} more findings not listed")
+
+
+def _verdict(out: Console, report: Mapping[str, Any], good: str, bad: str) -> None:
+    """The verdict line of a verification report, its events, checkpoints and keys."""
+    if report["ok"]:
+        out.print(Text(good, style="bold green"))
+    else:
+        count = len(report["findings"]) + report["more_findings"]
+        out.print(Text(f"{bad}: {count} finding(s)", style="bold red"))
+    span = "no events"
+    if report["events"]:
+        span = f"{report['events']} events (seq {report['first_seq']} to {report['last_seq']})"
+    keys = ", ".join(report["keys"]) or "none"
+    out.print(f"  {span}; {report['checkpoints']} signed checkpoints (keys: {keys})")
+    if not report.get("keys_authenticated", True):
+        out.print(
+            "  the signing keys were not checked against the master key (not available "
+            "here): a key added to the database would be trusted"
+        )

@@ -161,6 +161,14 @@ async def _load_ca(
     return private, public
 
 
+async def active_access_key(conn: AsyncConnection, cipher: EnvelopeCipher) -> SigningKey | None:
+    """The active access-token key, its row verified and opened under ``cipher`` (None on a
+    database no node has started on): what tools sign with offline, as the node would
+    (``tether audit prune``). ``KeysUnverified`` like :func:`load_or_create`."""
+    rows = await _admitted(conn, cipher, _PURPOSE, ("active",))
+    return _signing_key(cipher, rows[0]) if rows else None
+
+
 async def load_or_create(
     engine: AsyncEngine,
     cipher: EnvelopeCipher,

@@ -1,0 +1,194 @@
+"""Pruning the start of the audit trail: archive, sign a marker, delete (``tether audit
+prune``).
+
+The trail only grows; a node under load writes millions of events a day. A prune moves its
+oldest events, up to a signed checkpoint, into an archive file that verifies on its own
+(:mod:`tether.audit.archive`), then records a **prune marker** in ``audit_prunes``: the last
+event archived, its hash, the archive's SHA-256 and event count, signed with the node's
+access-token key like a checkpoint (:func:`tether.audit.checkpoints.sign_prune`). Only then
+are the archived events and checkpoints deleted, in batches of their own so that a node
+appending meanwhile waits at most one batch. ``tether audit verify`` starts the chain at the
+newest marker (its event's hash as the first ``prev_hash``), checks every marker's signature,
+and ``tether audit verify --archive FILE`` checks an archive and that a marker names it.
+
+Security decisions:
+
+* **Nothing is pruned from a trail that does not verify**, nor without the master key (the
+  signing key is under it, and ``verify`` then trusts only keys it seals): a prune must
+  never delete the evidence of tampering, nor launder it into an archive.
+* **Only up to a signed checkpoint, and never the last event**: the archive ends at a
+  signature, and the chain the writer continues keeps its head in the database.
+* **Never past a sink**: every configured SIEM sink must have delivered the events pruned
+  (its cursor at or past them), so no receiver misses one.
+* **Archive first, durable, never overwritten; marker second; deletion last.** Stopped at
+  any point, nothing is lost: before the marker nothing changed; after it the trail verifies
+  with the archived events still present (counted as awaiting deletion), and running the
+  same prune again finishes the deletion.
+* **A marker cannot be made without the signing key**: someone who can write the database can
+  neither extend a marker over more events nor plant one (``verify`` reports either), and the
+  triggers refuse deleting any event past the newest marker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tether.audit.archive import ArchiveExists, write_archive
+from tether.audit.canonical import GENESIS
+from tether.audit.checkpoints import sign_prune
+from tether.audit.schema import audit_checkpoints, audit_events, audit_prunes
+from tether.audit.sinks.cursors import audit_sink_cursors
+from tether.audit.store import Checkpoint, Prune, checkpoints, prunes
+from tether.audit.verify import verify_trail
+from tether.crypto.envelope import EnvelopeCipher
+from tether.identity.keys import SigningKey
+
+BATCH: Final = 5000  # events deleted per transaction
+
+
+class PruneRefused(Exception):
+    """Why nothing was pruned (nothing was changed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What :func:`prune` did: events ``first`` to ``through`` archived (``events``; the
+    file's ``sha256``) and ``deleted`` rows deleted; ``resumed`` when an earlier run had
+    archived them and marked them already, and this one only finished the deletion."""
+
+    first: int
+    through: int
+    events: int
+    sha256: str
+    deleted: int
+    resumed: bool
+
+
+async def checkpoint_before(conn: AsyncConnection, moment: datetime) -> int | None:
+    """The newest checkpoint made before ``moment`` (the point to prune through to keep
+    what came after), or None."""
+    query = select(func.max(audit_checkpoints.c.seq)).where(audit_checkpoints.c.time < moment)
+    found = (await conn.execute(query)).scalar()
+    return None if found is None else int(found)
+
+
+async def prune(
+    engine: AsyncEngine,
+    *,
+    through: int,
+    archive: Path,
+    key: SigningKey,
+    cipher: EnvelopeCipher,
+    head_file: Path | None,
+    sinks: Sequence[str],
+    now: datetime,
+    progress: Callable[[str], None] = lambda _line: None,
+) -> Pruned:
+    """Archive the events up to ``through`` into ``archive``, mark them pruned, delete them;
+    :class:`PruneRefused` (nothing changed) when it may not."""
+    async with engine.connect() as conn:
+        done = await prunes(conn)
+        last = done[-1] if done else None
+        if last is not None and last.seq == through:
+            progress(f"events up to {through} are archived and marked already: deleting them")
+            deleted = await delete_pruned(engine, through)
+            return Pruned(_first(done[:-1]), through, last.events, last.archive_sha256,
+                          deleted, resumed=True)  # fmt: skip
+        if last is not None and last.seq > through:
+            raise PruneRefused(f"the trail is pruned through {last.seq} already")
+        marks = await _check(conn, through, head_file, cipher, sinks)
+        if archive.exists() or archive.is_symlink():
+            raise PruneRefused(f"{archive} exists: an archive is never overwritten")
+        after, prev_hash = (0, GENESIS) if last is None else (last.seq, last.hash)
+        progress(f"archiving events {after + 1} to {through} into {archive}")
+        try:
+            written = await write_archive(
+                conn, archive, after=after, prev_hash=prev_hash, through=through,
+                marks=marks.values(), created=now,
+            )  # fmt: skip
+        except ArchiveExists as error:
+            raise PruneRefused(str(error)) from None
+        except OSError as error:
+            raise PruneRefused(f"the archive cannot be written: {error}") from None
+    if written.events != through - after:
+        raise PruneRefused(f"events {after + 1} to {through} changed while they were archived")
+    marker = sign_prune(key, through, marks[through].hash, now, written.sha256, written.events)
+    await _mark(engine, marker, after)
+    progress(f"marked events {after + 1} to {through} pruned; deleting them")
+    deleted = await delete_pruned(engine, through)
+    return Pruned(after + 1, through, written.events, written.sha256, deleted, resumed=False)
+
+
+def _first(earlier: Sequence[Prune]) -> int:
+    return earlier[-1].seq + 1 if earlier else 1
+
+
+async def _check(
+    conn: AsyncConnection,
+    through: int,
+    head_file: Path | None,
+    cipher: EnvelopeCipher,
+    sinks: Sequence[str],
+) -> dict[int, Checkpoint]:
+    """The checkpoints by seq, once everything a prune requires holds."""
+    report = await verify_trail(conn, head_file=head_file, cipher=cipher)
+    if not report.ok:
+        raise PruneRefused(
+            f"the trail does not verify ({len(report.findings) + report.more_findings} "
+            "finding(s): see tether audit verify): nothing is pruned from it"
+        )
+    marks = {mark.seq: mark for mark in await checkpoints(conn)}
+    if through not in marks:
+        newest = max((seq for seq in marks if seq < (report.last_seq or 0)), default=None)
+        hint = f"the newest usable is {newest}" if newest else "there is none yet"
+        raise PruneRefused(f"event {through} has no signed checkpoint ({hint})")
+    if report.last_seq is None or through >= report.last_seq:
+        raise PruneRefused(f"event {through} is the trail's last: the chain goes on from it")
+    behind = await _sinks_behind(conn, through, sinks)
+    if behind:
+        raise PruneRefused("SIEM sink(s) have not delivered these events yet: " + ", ".join(behind))
+    return marks
+
+
+async def _sinks_behind(conn: AsyncConnection, through: int, sinks: Iterable[str]) -> list[str]:
+    rows = await conn.execute(select(audit_sink_cursors.c.name, audit_sink_cursors.c.last_seq))
+    delivered = {str(name): int(seq) for name, seq in rows}
+    return [f"{name} (at {delivered.get(name, 0)})" for name in sinks
+            if delivered.get(name, 0) < through]  # fmt: skip
+
+
+async def _mark(engine: AsyncEngine, marker: Prune, after: int) -> None:
+    """Record ``marker``, unless another prune got there first."""
+    async with engine.begin() as conn:
+        newest = (await conn.execute(select(func.max(audit_prunes.c.seq)))).scalar()
+        if (newest or 0) != after:
+            raise PruneRefused(f"another prune ran meanwhile (through {newest}): run it again")
+        values = {column.name: getattr(marker, column.name) for column in audit_prunes.c}
+        await conn.execute(insert(audit_prunes).values(values))
+
+
+async def delete_pruned(engine: AsyncEngine, through: int, batch: int = BATCH) -> int:
+    """Delete the events and checkpoints up to ``through`` (marked pruned), ``batch`` events
+    a transaction; how many rows."""
+    deleted = 0
+    while True:
+        async with engine.begin() as conn:
+            lowest = (await conn.execute(select(func.min(audit_events.c.seq)))).scalar()
+            if lowest is None or lowest > through:
+                break
+            upper = min(int(lowest) + batch - 1, through)
+            result = await conn.execute(delete(audit_events).where(audit_events.c.seq <= upper))
+            deleted += result.rowcount or 0
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            delete(audit_checkpoints).where(audit_checkpoints.c.seq <= through)
+        )
+        deleted += result.rowcount or 0
+    return deleted

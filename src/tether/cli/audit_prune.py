@@ -1,0 +1,152 @@
+"""``tether audit prune``: archive the start of the audit trail into a file, then delete it
+(:mod:`tether.audit.prune`; docs/audit.md, "Retention: archive and prune").
+
+Straight on the node's database, with the node's master key (the marker is signed with the
+access-token key under it). It may run while the node runs: the events are deleted in small
+transactions, and the node appends meanwhile. Exit 0 when pruned (or a stopped prune
+finished), 1 when the trail's state refuses it (it does not verify, a sink is behind, no
+checkpoint there, the archive's path is taken), 2 on a bad option or an unusable database.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from tether.cli.common import EXIT_FAILED, fail
+from tether.cli.nodeopts import DataDirOption, config_option, node_settings
+from tether.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from tether.crypto.envelope import EnvelopeCipher
+
+
+def prune_command(
+    archive: Annotated[
+        Path,
+        typer.Option(
+            "--archive", "-a", show_default=False, dir_okay=False,
+            help="The file to archive the pruned events into (never overwritten).",
+        ),
+    ],
+    through: Annotated[
+        int | None,
+        typer.Option(
+            "--through", min=1, show_default=False, metavar="SEQ",
+            help="Prune events up to this seq, which must have a signed checkpoint.",
+        ),
+    ] = None,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before", show_default=False, metavar="TIME",
+            help="Prune up to the newest checkpoint made before TIME: RFC 3339, a date, or "
+            "90d/12h ago.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        config_option("The node's config file (its database, data directory and audit.sinks)."),
+    ] = None,
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
+) -> None:  # fmt: skip
+    """Archive the oldest events into a file that verifies on its own, then delete them.
+
+    Refused (exit 1, nothing changed) unless the whole trail verifies, the point is a signed
+    checkpoint before the trail's last event, and every enabled SIEM sink has delivered the
+    events. The deleted events are replaced in the database by a signed prune marker, which
+    tether audit verify checks; check the archive with tether audit verify --archive FILE.
+    Stopped midway, running the same command again finishes it.
+    """
+    if (through is None) == (before is None):
+        fail("give exactly one of --through SEQ and --before TIME")
+    moment = None if before is None else _moment(before)
+    settings = node_settings(config, data_dir)
+    cipher = _cipher(settings)
+    from tether.cli.store import on_store
+
+    done = on_store(settings, lambda engine: _run(engine, settings, cipher, through, moment,
+                                                  archive))  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(done, sort_keys=True))
+    elif done["resumed"]:
+        typer.echo(f"finished the prune through {done['through']}: {done['deleted']} row(s) "
+                   "deleted (its archive was written before)")  # fmt: skip
+    else:
+        typer.echo(
+            f"pruned events {done['first']} to {done['through']} ({done['events']} events) into "
+            f"{archive} (sha256 {done['sha256']}); {done['deleted']} row(s) deleted"
+        )
+
+
+async def _run(
+    engine: AsyncEngine,
+    settings: Settings,
+    cipher: EnvelopeCipher,
+    through: int | None,
+    moment: datetime | None,
+    archive: Path,
+) -> dict[str, Any]:
+    from tether.audit.prune import PruneRefused, checkpoint_before, prune
+    from tether.crypto.envelope import DecryptionError
+    from tether.identity.keystore import KeysUnverified, active_access_key
+
+    async with engine.connect() as conn:
+        if moment is not None:
+            through = await checkpoint_before(conn, moment)
+            if through is None:
+                fail(f"no checkpoint was made before {moment.isoformat()}", EXIT_FAILED)
+        try:
+            key = await active_access_key(conn, cipher)
+        except (KeysUnverified, DecryptionError) as error:
+            fail(f"the node's signing key cannot be used: {error}")
+    if key is None:
+        fail("this database has no signing key yet (start tether serve once)")
+    assert through is not None
+    sinks = [sink.name for sink in settings.audit.sinks if sink.enabled]
+    try:
+        done = await prune(
+            engine, through=through, archive=archive, key=key, cipher=cipher,
+            head_file=settings.audit.head_file, sinks=sinks, now=datetime.now(UTC),
+            progress=lambda line: typer.echo(line, err=True),
+        )  # fmt: skip
+    except PruneRefused as error:
+        fail(f"nothing pruned: {error}", EXIT_FAILED)
+    return {"first": done.first, "through": done.through, "events": done.events,
+            "sha256": done.sha256, "deleted": done.deleted, "resumed": done.resumed,
+            "archive": str(archive)}  # fmt: skip
+
+
+def _moment(spec: str) -> datetime:
+    from tether.audit.timespec import TimeSpecError, parse_time_spec
+
+    try:
+        return parse_time_spec(spec, datetime.now(UTC))
+    except TimeSpecError as error:
+        fail(f"--before: {error}")
+
+
+def _cipher(settings: Settings) -> EnvelopeCipher:
+    """The node's master key (required: the marker is signed with a key under it), its
+    sealer remembering the rows the node admitted (its revisions.json)."""
+    from tether.cli.audit import master_cipher
+    from tether.crypto.revisions import RowRevisions
+    from tether.identity.revision_copy import FILE_NAME, RevisionCopyError, read_marks
+
+    cipher = master_cipher(settings)
+    if cipher is None:
+        fail("no master key: set TETHER_MASTER_KEY or check --data-dir (a prune signs its "
+             "marker with the node's key, under the master key)")  # fmt: skip
+    revisions = RowRevisions()
+    try:
+        revisions.hold(read_marks(settings.data_dir / FILE_NAME))
+    except RevisionCopyError as error:
+        fail(f"the row revisions file does not parse: {error}")
+    return cipher.witnessed(revisions)
