@@ -50,7 +50,7 @@ from tether.audit.verify import verify_trail
 from tether.crypto.envelope import EnvelopeCipher
 from tether.identity.keys import SigningKey
 
-BATCH: Final = 5000  # events deleted per transaction
+BATCH: Final = 1000  # events deleted per transaction (a node appending waits at most one)
 
 
 class PruneRefused(Exception):
