@@ -132,6 +132,7 @@ class IdentityConfig(BaseModel):
     certificate_lifetime: Annotated[int, Field(gt=0, le=3600)] = 600
     max_session_lifetime: Annotated[int, Field(gt=0, le=30 * 86400)] = 86400
     revocation_poll: Annotated[float, Field(gt=0, le=60)] = 1.0
+    record_retention: Annotated[int, Field(ge=0, le=10 * 366 * 86400)] = 30 * 86400
     workload_issuers: list[WorkloadIssuer] = Field(default_factory=list)
     user_issuers: list[UserIssuer] = Field(default_factory=list)
 
@@ -141,6 +142,8 @@ class IdentityConfig(BaseModel):
 
         if self.token_lifetime > self.max_token_lifetime:
             raise ValueError("token_lifetime is above max_token_lifetime")
+        if 0 < self.record_retention < 3600:
+            raise ValueError("record_retention must be 0 (keep every record) or 3600 or more")
         if not is_trust_domain(self.trust_domain):
             raise ValueError(f"trust_domain {self.trust_domain!r} is not a SPIFFE trust domain")
         names = [i.name for i in [*self.workload_issuers, *self.user_issuers]]
@@ -164,6 +167,7 @@ class IdentityConfig(BaseModel):
             certificate_lifetime=self.certificate_lifetime,
             max_session_lifetime=self.max_session_lifetime,
             revocation_poll=self.revocation_poll,
+            record_retention=self.record_retention,
             workload_agents={i.name: dict(i.agents) for i in self.workload_issuers},
         )
 

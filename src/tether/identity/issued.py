@@ -27,6 +27,8 @@ class IdentitySettings:
     certificate_lifetime: int = 600
     max_session_lifetime: int = 86400
     revocation_poll: float = 1.0
+    # Seconds an expired credential's or join token's record is kept (0: forever).
+    record_retention: int = 30 * 86400
     # Workload identities mapped to agents: {issuer name: {subject: agent id}}.
     workload_agents: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 

@@ -72,6 +72,7 @@ _REVOCATION_PRUNE_EVERY = 600.0  # seconds between prunes of expired revocations
 # A revocation is pruned this long after its expires_at (the expiry of the longest credential
 # it can affect): far beyond the verifier's leeway and any clock skew between nodes.
 REVOCATION_PRUNE_MARGIN = timedelta(hours=1)
+_RECORDS_PER_PRUNE = 100_000  # records deleted at most a run; the next run goes on
 
 
 @dataclass(frozen=True)
@@ -428,10 +429,31 @@ class IdentityService:
             log.info("pruned %d expired revocation(s)", pruned)
         return pruned
 
+    async def prune_records(self) -> int:
+        """Delete the records of credentials and join tokens that expired more than
+        ``record_retention`` seconds ago (a credential's only once its whole renewal family
+        did), :data:`_RECORDS_PER_PRUNE` at most a run, a thousand a transaction; how many.
+        Nothing with a retention of 0."""
+        if not self.settings.record_retention:
+            return 0
+        cutoff = self.clock() - timedelta(seconds=self.settings.record_retention)
+        deleted = 0
+        for prune in (cred_store.prune_records, agent_store.prune_join_tokens):
+            while deleted < _RECORDS_PER_PRUNE:
+                async with self.engine.begin() as conn:
+                    count = await prune(conn, cutoff)
+                deleted += count
+                if count == 0:
+                    break
+        if deleted:
+            log.info("deleted %d record(s) of credentials and join tokens expired before %s",
+                     deleted, cutoff.isoformat())  # fmt: skip
+        return deleted
+
     async def maintain(self) -> None:
         """The watcher's periodic deletions: expired DPoP replay rows (a shared replay
-        table, every minute), expired revocations, and the expired entries of the node's
-        revocation copy (every ten minutes)."""
+        table, every minute), expired revocations, the expired entries of the node's
+        revocation copy, and records past their retention (every ten minutes)."""
         if self.shared_replay:
             await self._now_and_then(
                 "replays", _REPLAY_PRUNE_EVERY, self.prune_replays,
@@ -446,6 +468,10 @@ class IdentityService:
                 "revocation copy", _REVOCATION_PRUNE_EVERY, self._rewrite_copy,
                 "rewriting the revocation copy",
             )  # fmt: skip
+        await self._now_and_then(
+            "records", _REVOCATION_PRUNE_EVERY, self.prune_records,
+            "deleting records past identity.record_retention",
+        )  # fmt: skip
 
     async def _rewrite_copy(self) -> int:
         await self.save_revocation_copy(force=True)  # drops the entries that expired

@@ -50,7 +50,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, RowMapping, and_, exists, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    RowMapping,
+    and_,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.crypto.revisions import row_revision
@@ -513,6 +523,16 @@ async def consume_join_token(
         revoked_by="tether", now=now, expires_at=row["expires_at"],
     )  # fmt: skip
     return _join_token(row)
+
+
+async def prune_join_tokens(conn: AsyncConnection, cutoff: datetime, limit: int = 1000) -> int:
+    """Delete up to ``limit`` join tokens, used or not, that expired before ``cutoff``; how
+    many. (One put back from a backup is refused all the same: its sealed expiry passed.)"""
+    old = select(join_tokens.c.id).where(join_tokens.c.expires_at < cutoff).limit(limit)
+    ids = list((await conn.execute(old)).scalars())
+    if ids:
+        await conn.execute(delete(join_tokens).where(join_tokens.c.id.in_(ids)))
+    return len(ids)
 
 
 def join_token_revocation(token_id: str) -> str:

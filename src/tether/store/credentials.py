@@ -24,6 +24,11 @@ Security decisions:
   transaction (:mod:`tether.store.revocation_ledger`), and read back with the ledger in one
   statement (:func:`read_revocations`): a revocation deleted, changed or planted behind
   Tether's back is seen by the next node that loads them.
+* **Records go once useless** (:func:`prune_records`, ``identity.record_retention``): a
+  record is deleted only long after it expired, and never while a record of its renewal
+  family is kept (revoking an old token by its jti then still finds the family and ends
+  it). Nothing checks a credential against its record but SSH certificates, which are live;
+  the issuance itself stays in the audit trail (``token.issued``).
 * **Revoking is idempotent and never weakened**: revoking again returns the existing entry
   unchanged. :func:`is_revoked` ignores ``expires_at`` (an entry past it is revoked still,
   only prunable).
@@ -39,6 +44,7 @@ from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, RowMapping, Text, cast, delete, exists, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from tether.crypto.seal import RowSealer, SealValue
 from tether.store import revocation_ledger as ledger
@@ -390,6 +396,22 @@ async def prune_revocations(conn: AsyncConnection, sealer: RowSealer, now: datet
     digest, count = ledger.tags(sealer, rows)
     await ledger.write(conn, sealer, held.pruning(digest, count))
     return count
+
+
+async def prune_records(conn: AsyncConnection, cutoff: datetime, limit: int = 1000) -> int:
+    """Delete up to ``limit`` credential records that expired before ``cutoff`` and whose
+    renewal family has no record expiring at or after it; how many."""
+    kept = aliased(credentials)
+    family_kept = exists().where(kept.c.family == credentials.c.family, kept.c.expires_at >= cutoff)
+    head_kept = exists().where(kept.c.family == credentials.c.jti, kept.c.expires_at >= cutoff)
+    old = select(credentials.c.jti).where(
+        credentials.c.expires_at < cutoff, ~family_kept, ~head_kept
+    )
+    jtis = list((await conn.execute(old.limit(limit))).scalars())
+    if not jtis:
+        return 0
+    await conn.execute(delete(credentials).where(credentials.c.jti.in_(jtis)))
+    return len(jtis)
 
 
 # --- rows --------------------------------------------------------------------------------------

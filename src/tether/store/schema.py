@@ -136,6 +136,7 @@ join_tokens = Table(
     CheckConstraint(_DIGEST_LEN, name="token_hash_is_digest"),
     CheckConstraint("(used_at IS NULL) = (used_by_runtime IS NULL)", name="used_by_whom"),
     Index("ix_join_tokens_agent_id", "agent_id"),
+    Index("ix_join_tokens_expires_at", "expires_at"),  # 0027
 )
 
 credentials = Table(
@@ -172,6 +173,7 @@ credentials = Table(
     Index("ix_credentials_task_id", "task_id"),
     Index("ix_credentials_runtime_id", "runtime_id"),
     Index("ix_credentials_expires_at", "expires_at"),
+    Index("ix_credentials_family", "family"),  # 0027
 )
 
 revocations = Table(
