@@ -21,15 +21,18 @@ from tests.audit.conftest import (
     Trail,
     problems,
     refused_statements,
+    sample,
     store_signing_key,
 )
+from tests.audit.test_verify import rewrite
 from tether.audit import prune as pruning
 from tether.audit.archive import read_lines, verify_archive
+from tether.audit.canonical import event_hash
 from tether.audit.checkpoints import sign_prune, verification_keys
 from tether.audit.prune import Pruned, PruneRefused, checkpoint_before, prune
 from tether.audit.schema import audit_checkpoints, audit_events, audit_prunes
 from tether.audit.sinks.cursors import audit_sink_cursors
-from tether.audit.store import Prune, prunes
+from tether.audit.store import Prune, event_row, prunes
 from tether.identity.keys import SigningKey
 
 
@@ -40,6 +43,20 @@ async def _prune(
         trail.engine, through=through, archive=archive, key=kw.get("key", trail.key),
         cipher=MASTER, head_file=NO_HEAD_FILE, sinks=sinks, now=datetime.now(UTC),
     )  # fmt: skip
+
+
+async def _stopped_prune(
+    trail: Trail, through: int, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prune killed once its marker is written, before it deleted anything."""
+
+    async def stopped(*_args: Any, **_kw: Any) -> int:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pruning, "delete_pruned", stopped)
+        with pytest.raises(RuntimeError):
+            await _prune(trail, through, archive)
 
 
 async def _markers(trail: Trail) -> list[Prune]:
@@ -157,13 +174,7 @@ async def test_the_triggers_let_only_the_marked_events_go(written: Trail, tmp_pa
 async def test_a_stopped_prune_verifies_and_finishes_when_run_again(
     written: Trail, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def stopped(*_args: Any, **_kw: Any) -> int:
-        raise RuntimeError("killed")
-
-    monkeypatch.setattr(pruning, "delete_pruned", stopped)
-    with pytest.raises(RuntimeError):
-        await _prune(written, 20, tmp_path / "audit.jsonl")
-    monkeypatch.undo()
+    await _stopped_prune(written, 20, tmp_path / "audit.jsonl", monkeypatch)
     report = await written.verify()
     assert report.ok, report.findings
     assert (report.pruned_through, report.awaiting_deletion, report.first_seq) == (20, 20, 21)
@@ -174,6 +185,28 @@ async def test_a_stopped_prune_verifies_and_finishes_when_run_again(
     report = await written.verify()
     assert report.ok and report.awaiting_deletion == 0
     assert await _seqs(written) == list(range(21, 26))
+
+
+async def test_events_planted_or_changed_before_the_marker_are_found(
+    written: Trail, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the marker covers is not read as the trail, but what is left of it must still
+    chain up to the marker's event: otherwise history could be planted there unseen."""
+
+    await _stopped_prune(written, 10, tmp_path / "audit.jsonl", monkeypatch)
+    await written.tamper("UPDATE audit_events SET target = 'innocent' WHERE seq = 4")
+    assert problems(await written.verify()) == [(4, "hash")]
+    await rewrite(written, 4, target="innocent")  # its own hash recomputed: the link breaks
+    assert problems(await written.verify()) == [(5, "link")]
+
+    await pruning.delete_pruned(written.engine, 10)  # the prune finished
+    planted = sample(3, target="made-up").chained(7, "0" * 64, "")
+    planted = planted.chained(7, "0" * 64, event_hash(planted, 7, "0" * 64))
+    async with written.engine.begin() as conn:
+        await conn.execute(insert(audit_events).values(event_row(planted)))
+    report = await written.verify()
+    assert problems(report) == [(10, "pruned")]
+    assert report.awaiting_deletion == 1
 
 
 async def test_a_marker_deleted_extended_or_planted_is_found(

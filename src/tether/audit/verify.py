@@ -32,7 +32,8 @@ file's signature is checked like a checkpoint's.
 A pruned trail (:mod:`tether.audit.prune`) starts after its newest prune marker: the first
 event's ``prev_hash`` must be the hash the marker recorded, every marker's signature is
 checked like a checkpoint's, and events the marker covers that are still present (a prune
-stopped before it finished deleting) are counted, not checked. A marker deleted leaves a
+stopped before it finished deleting) are counted, and must chain up to the marker's event
+(else ``pruned``: planted or changed there). A marker deleted leaves a
 trail whose first event does not link to the genesis value; one planted or extended does
 not carry Tether's signature.
 
@@ -155,10 +156,11 @@ async def verify_trail(
     if pruned is not None:
         report.pruned_through, report.prunes = pruned.seq, len(markers)
         expected, prev, prev_seq = pruned.seq + 1, pruned.hash, pruned.seq
+    awaiting: tuple[int, str] | None = None  # the last row the newest marker covers
     async for row in _rows(conn):
         seq = int(row["seq"])
         if pruned is not None and seq <= pruned.seq:
-            report.awaiting_deletion += 1
+            awaiting = _check_awaiting(report, row, seq, awaiting)
             continue
         report.events += 1
         report.first_seq = seq if report.first_seq is None else report.first_seq
@@ -173,6 +175,10 @@ async def verify_trail(
         if head is not None and seq == head.seq:
             hash_at_head = stored
         expected, prev, prev_seq = seq + 1, stored, seq
+    if pruned is not None and awaiting is not None and awaiting != (pruned.seq, pruned.hash):
+        report.add(pruned.seq, "pruned", f"the events still present up to prune marker "
+                   f"{pruned.seq} do not end at its event: events were planted or changed "
+                   "there")  # fmt: skip
     keys = await _check_checkpoints(conn, report, marks, cipher)
     for marker in markers:
         _check_marker(report, marker, keys)
@@ -188,6 +194,20 @@ async def verify_trail(
         ):
             report.add(seq, problem, what)
     return report
+
+
+def _check_awaiting(
+    report: VerifyReport, row: RowMapping, seq: int, last: tuple[int, str] | None
+) -> tuple[int, str]:
+    """Check a row the newest prune marker covers (a prune stopped before it deleted it):
+    the rows still there must chain, each to the one before, up to the marker's event, or
+    someone could plant events there that nothing checks."""
+    report.awaiting_deletion += 1
+    if last is not None and seq != last[0] + 1:
+        _gap(report, last[0] + 1, seq)
+    prev, prev_seq = (str(row["prev_hash"]), 0) if last is None else (last[1], last[0])
+    _check_event(report, row, seq, prev, prev_seq)
+    return seq, str(row["hash"])
 
 
 def _check_marker(
