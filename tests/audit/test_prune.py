@@ -146,6 +146,25 @@ async def test_what_a_prune_refuses_changes_nothing(written: Trail, tmp_path: Pa
         await _prune(written, 5, tmp_path / "earlier.jsonl")
 
 
+async def test_of_two_prunes_at_once_one_marks_the_other_is_refused(
+    written: Trail, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_archive = pruning.write_archive
+
+    async def meanwhile(*args: Any, **kw: Any) -> Any:
+        written_now = await write_archive(*args, **kw)
+        monkeypatch.setattr(pruning, "write_archive", write_archive)
+        await _prune(written, 20, tmp_path / "other.jsonl")  # another operator, faster
+        return written_now
+
+    monkeypatch.setattr(pruning, "write_archive", meanwhile)
+    with pytest.raises(PruneRefused, match="another prune ran meanwhile"):
+        await _prune(written, 10, tmp_path / "slow.jsonl")
+    assert not (tmp_path / "slow.jsonl").exists()  # its archive, named by no marker, is gone
+    assert [m.seq for m in await _markers(written)] == [20]
+    assert (await written.verify()).ok
+
+
 async def test_the_last_event_and_a_tampered_trail_are_never_pruned(
     trail: Trail, tmp_path: Path
 ) -> None:

@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.audit.archive import ArchiveExists, write_archive
@@ -120,7 +120,11 @@ async def prune(
     if written.events != through - after:
         raise PruneRefused(f"events {after + 1} to {through} changed while they were archived")
     marker = sign_prune(key, through, marks[through].hash, now, written.sha256, written.events)
-    await _mark(engine, marker, after)
+    try:
+        await _mark(engine, marker, after)
+    except PruneRefused:
+        archive.unlink(missing_ok=True)  # written by this run, named by no marker
+        raise
     progress(f"marked events {after + 1} to {through} pruned; deleting them")
     deleted = await delete_pruned(engine, through)
     return Pruned(after + 1, through, written.events, written.sha256, deleted, resumed=False)
@@ -165,13 +169,18 @@ async def _sinks_behind(conn: AsyncConnection, through: int, sinks: Iterable[str
 
 
 async def _mark(engine: AsyncEngine, marker: Prune, after: int) -> None:
-    """Record ``marker``, unless another prune got there first."""
+    """Record ``marker``, unless another prune got there first (checked in the inserting
+    statement itself, under a table lock on PostgreSQL: two prunes never both mark)."""
+    newest = select(func.coalesce(func.max(audit_prunes.c.seq), 0)).scalar_subquery()
+    row = select(*[literal(getattr(marker, column.name), column.type).label(column.name)
+                   for column in audit_prunes.c]).where(newest == after)  # fmt: skip
     async with engine.begin() as conn:
-        newest = (await conn.execute(select(func.max(audit_prunes.c.seq)))).scalar()
-        if (newest or 0) != after:
-            raise PruneRefused(f"another prune ran meanwhile (through {newest}): run it again")
-        values = {column.name: getattr(marker, column.name) for column in audit_prunes.c}
-        await conn.execute(insert(audit_prunes).values(values))
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("LOCK TABLE audit_prunes IN SHARE ROW EXCLUSIVE MODE"))
+        names = [column.name for column in audit_prunes.c]
+        result = await conn.execute(insert(audit_prunes).from_select(names, row))
+        if result.rowcount != 1:
+            raise PruneRefused("another prune ran meanwhile: run this one again")
 
 
 async def delete_pruned(engine: AsyncEngine, through: int, batch: int = BATCH) -> int:
