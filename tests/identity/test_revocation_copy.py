@@ -222,3 +222,24 @@ def test_the_longer_lived_entry_wins_and_the_copy_keeps_what_is_in_force() -> No
     revoked.add("token", "j")  # revoked here for good
     assert revoked.held(NOW + timedelta(days=365)) == [Held("token", "j", None)]
     assert revoked.refusal("task", "gone", "revoked") is not None  # still refused in memory
+
+
+@given(_held, st.integers(-3600, 3600))
+def test_forgetting_expired_entries_drops_exactly_those_past_the_moment(
+    entries: list[Held], seconds: int
+) -> None:
+    """A node stops holding an entry only once its own expiry passed: one without expiry, or
+    one still in force at the moment, stays refused."""
+    revoked = RevocationSet()
+    revoked.hold(entries)
+    revoked.unverified = None  # judged on the entries alone
+    before = NOW + timedelta(seconds=seconds)
+    gone = revoked.forget_expired(before)
+    for entry in entries:
+        kept = entry.expires_at is None or entry.expires_at > before.timestamp()
+        assert revoked.holds(entry.kind, entry.value) == kept
+    assert gone == sum(1 for e in entries if e.expires_at is not None
+                       and e.expires_at <= before.timestamp())  # fmt: skip
+    assert {(h.kind, h.value) for h in revoked.held(NOW - timedelta(hours=2))} == {
+        (e.kind, e.value) for e in entries if revoked.holds(e.kind, e.value)
+    }

@@ -74,6 +74,11 @@ async def test_the_use_is_a_revocation_until_the_token_expires(stack: Stack) -> 
     assert entry.expires_at == record.expires_at
     assert stack.service.revoked.holds("token", join_token_revocation(record.id))
 
+    # An hour after the token expired, the entry is pruned, and the node stops holding it.
+    stack.clock.advance(900 + 3600)
+    assert await stack.service.prune_revocations() >= 1
+    assert not stack.service.revoked.holds("token", join_token_revocation(record.id))
+
     # A refused exchange (a wrong secret) consumes nothing and revokes nothing.
     other, other_record = await stack.service.create_join_token(agent.id)
     await _refused(stack, agent, other[:-4] + ("AAAA" if not other.endswith("AAAA") else "BBBB"))

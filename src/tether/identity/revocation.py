@@ -135,6 +135,19 @@ class RevocationSet:
             self.trusted, self.unverified = None, UNVERIFIED
         return problem
 
+    def forget_expired(self, before: datetime) -> int:
+        """Stop holding the entries whose expiry came before ``before`` (the moment the
+        store prunes them too: they can only affect credentials that expired by then), so
+        that a node's memory does not grow with every join token used; how many."""
+        moment = before.timestamp()
+        gone = [key for key, expires in self._expiry.items()
+                if expires is not None and expires <= moment]  # fmt: skip
+        for key in gone:
+            del self._expiry[key]
+            self._revoked[key[0]].discard(key[1])
+            self._missing.discard(key)
+        return len(gone)
+
     def _in_force(self, now: datetime | None) -> set[tuple[str, str]]:
         moment = None if now is None else now.timestamp()
         return {

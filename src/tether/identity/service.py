@@ -420,13 +420,15 @@ class IdentityService:
     async def prune_revocations(self) -> int:
         """Delete the revocations whose ``expires_at`` passed more than
         :data:`REVOCATION_PRUNE_MARGIN` ago, accounted for in the revocation ledger (nothing
-        is pruned while the list does not verify); how many. Nodes that hold them keep them
-        in memory: they affect only credentials that expired."""
+        is pruned while the list does not verify); how many. This node stops holding them
+        in memory too (the others at their own prune): they affect only credentials that
+        expired."""
         async with self.engine.begin() as conn:
             cutoff = self.clock() - REVOCATION_PRUNE_MARGIN
             pruned = await cred_store.prune_revocations(conn, self.sealer, cutoff)
         if pruned:
             log.info("pruned %d expired revocation(s)", pruned)
+        self.revoked.forget_expired(cutoff)
         return pruned
 
     async def prune_records(self) -> int:
