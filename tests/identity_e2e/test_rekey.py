@@ -21,6 +21,7 @@ from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.masterkey import MasterKey
 from tether.identity.exchange import ExchangeError
 from tether.identity.keystore import KeysUnverified
+from tether.store import integrity
 from tether.store.agents import AgentUnverified
 from tether.store.rekey import RekeyRefused, rekey
 from tether.users.schema import users
@@ -63,7 +64,12 @@ async def _fill(stack: Stack, bot: Agent) -> dict[str, Any]:
     return {"totp": totp}
 
 
-async def test_everything_moves_to_the_new_key(stack: Stack, bot: Agent) -> None:
+@pytest.mark.parametrize("page", [None, 1], ids=["pages-of-1000", "pages-of-1"])
+async def test_everything_moves_to_the_new_key(
+    stack: Stack, bot: Agent, page: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if page is not None:  # every table read a row at a time: the paging itself is tested
+        monkeypatch.setattr(integrity.pages, "__kwdefaults__", {"size": page})
     found = await _fill(stack, bot)
     other = await stack.new_agent("other")
     # Refused before (a planted owner) and not sealed (as if from before the seals): kept so.

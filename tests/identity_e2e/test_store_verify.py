@@ -11,11 +11,13 @@ import secrets
 import subprocess
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from tests.identity_e2e.conftest import Agent, Stack
 from tether.crypto.envelope import EnvelopeCipher
 from tether.crypto.masterkey import MasterKey
+from tether.store import integrity
 from tether.store.integrity import check
 from tether.vault.secrets import SecretStore
 from tether.vault.targets import TargetStore
@@ -90,3 +92,25 @@ async def test_a_clean_database_passes_the_command(
                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout == "" and done.stderr.endswith(" row(s) checked, 0 finding(s)\n")
+
+
+async def test_the_same_findings_a_row_at_a_time(
+    stack: Stack, bot: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``check`` reads every table a page at a time (bounded memory): pages of one row find
+    exactly what whole pages do, every row counted once."""
+    for name in ("a", "b", "c"):
+        await stack.new_agent(name)
+    async with stack.engine.begin() as conn:
+        await conn.execute(text("UPDATE agents SET owner = 'eve' WHERE id IN ('a', 'c')"))
+        await conn.execute(text("UPDATE agents SET seal = NULL WHERE id = 'b'"))
+    whole = await check(stack.engine, stack.cipher)
+    monkeypatch.setattr(integrity.pages, "__kwdefaults__", {"size": 1})
+    one_by_one = await check(stack.engine, stack.cipher)
+    assert one_by_one.findings == whole.findings
+    assert one_by_one.checked == whole.checked and whole.checked["agents"] == 4
+    assert whole.findings == [
+        "refused agents a (its seal does not verify)",
+        "unsealed agents b",
+        "refused agents c (its seal does not verify)",
+    ]

@@ -11,11 +11,11 @@ node would refuse: after an incident, after a restore, or from a monitoring job.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, tuple_
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -92,25 +92,57 @@ def shown_key(key: tuple[Any, ...]) -> str:
     return "/".join(shown(str(part)) for part in key)
 
 
+PAGE = 1000  # rows read at a time: a table of issued credentials can be large
+
+
+async def pages(
+    conn: AsyncConnection, table: Table, *where: Any, size: int = PAGE
+) -> AsyncIterator[list[RowMapping]]:
+    """``table``'s rows (those matching ``where``) in primary-key order, ``size`` at a
+    time, each page read afresh after the last key of the one before: memory stays one page
+    however large the table, and updating other columns of a row between pages is safe."""
+    keys = list(table.primary_key.columns)
+    last: tuple[Any, ...] | None = None
+    while True:
+        query = select(table).where(*where).order_by(*keys).limit(size)
+        if last is not None:
+            query = query.where(tuple_(*keys) > tuple_(*last))
+        rows = list((await conn.execute(query)).mappings())
+        if rows:
+            yield rows
+        if len(rows) < size:
+            return
+        last = tuple(rows[-1][column.name] for column in keys)
+
+
+async def row_standing(
+    conn: AsyncConnection,
+    sealed: SealedTable,
+    row: RowMapping,
+    old: RowSealer,
+    new: RowSealer | None = None,
+) -> Standing:
+    """A row's standing: ``old`` (its seal verifies under ``old``), ``new`` (under ``new``),
+    ``unsealed`` or ``refused``."""
+    seal = row["seal"]
+    if seal is None:
+        return "unsealed"
+    columns = await sealed.columns(conn, row)
+    if old.verify(sealed.table.name, columns, seal):
+        return "old"
+    if new is not None and new.verify(sealed.table.name, columns, seal):
+        return "new"
+    return "refused"
+
+
 async def standing(
     conn: AsyncConnection, sealed: SealedTable, old: RowSealer, new: RowSealer | None = None
 ) -> dict[tuple[Any, ...], Standing]:
-    """Each row's standing: ``old`` (its seal verifies under ``old``), ``new`` (under
-    ``new``), ``unsealed`` or ``refused``."""
+    """Each row's standing (:func:`row_standing`), by primary key."""
     found: dict[tuple[Any, ...], Standing] = {}
-    name = sealed.table.name
-    for row in (await conn.execute(select(sealed.table))).mappings().all():
-        key, seal = row_key(sealed, row), row["seal"]
-        if seal is None:
-            found[key] = "unsealed"
-            continue
-        columns = await sealed.columns(conn, row)
-        if old.verify(name, columns, seal):
-            found[key] = "old"
-        elif new is not None and new.verify(name, columns, seal):
-            found[key] = "new"
-        else:
-            found[key] = "refused"
+    async for page in pages(conn, sealed.table):
+        for row in page:
+            found[row_key(sealed, row)] = await row_standing(conn, sealed, row, old, new)
     return found
 
 
@@ -133,26 +165,28 @@ async def check(
     report = IntegrityReport()
     async with engine.connect() as conn:
         for sealed in SEALED_TABLES:
-            rows = await standing(conn, sealed, cipher.sealer)
-            report.checked[sealed.table.name] = len(rows)
-            if revisions is not None and sealed.table.name in REVISED_TABLES:
-                report.findings.extend(await _older(conn, sealed.table, rows, revisions))
-            for key, state in rows.items():
-                if state == "unsealed":
-                    report.findings.append(f"unsealed {sealed.table.name} {shown_key(key)}")
-                elif state == "refused":
-                    report.findings.append(
-                        f"refused {sealed.table.name} {shown_key(key)} (its seal does not verify)"
-                    )
+            name = sealed.table.name
+            report.checked[name] = 0
+            if revisions is not None and name in REVISED_TABLES:  # small tables: read whole
+                report.findings.extend(await _older(conn, sealed, cipher.sealer, revisions))
+            async for page in pages(conn, sealed.table):
+                report.checked[name] += len(page)
+                for row in page:
+                    state = await row_standing(conn, sealed, row, cipher.sealer)
+                    key = shown_key(row_key(sealed, row))
+                    if state == "unsealed":
+                        report.findings.append(f"unsealed {name} {key}")
+                    elif state == "refused":
+                        report.findings.append(f"refused {name} {key} (its seal does not verify)")
         for encrypted in ENCRYPTED:
             column = encrypted.table.c[encrypted.column]
-            query = select(encrypted.table).where(column.is_not(None))
-            for row in (await conn.execute(query)).mappings().all():
-                try:
-                    encrypted.open(cipher, row)
-                except DecryptionError as error:
-                    where = f"{encrypted.table.name} {shown(str(row[encrypted.name]))}"
-                    report.findings.append(f"unreadable {where} ({error})")
+            async for page in pages(conn, encrypted.table, column.is_not(None)):
+                for row in page:
+                    try:
+                        encrypted.open(cipher, row)
+                    except DecryptionError as error:
+                        where = f"{encrypted.table.name} {shown(str(row[encrypted.name]))}"
+                        report.findings.append(f"unreadable {where} ({error})")
         problem = await _ledger_problem(conn, cipher.sealer)
         report.checked[revocation_ledger.name] = 1
         if problem is not None:
@@ -161,13 +195,12 @@ async def check(
 
 
 async def _older(
-    conn: AsyncConnection,
-    table: Table,
-    rows: dict[tuple[Any, ...], Standing],
-    revisions: RowRevisions,
+    conn: AsyncConnection, sealed: SealedTable, sealer: RowSealer, revisions: RowRevisions
 ) -> list[str]:
     """``older TABLE KEY (...)`` for each row whose seal verifies but which is older than
     the newest that node admitted (put back: :mod:`tether.crypto.revisions`)."""
+    rows = await standing(conn, sealed, sealer)
+    table = sealed.table
     found: list[str] = []
     (key_column,) = table.primary_key.columns
     query = select(key_column, table.c.revision).order_by(key_column)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.crypto.envelope import DecryptionError, EnvelopeCipher
@@ -44,14 +44,14 @@ from tether.store.integrity import (
     SEALED_TABLES,
     Encrypted,
     Standing,
+    pages,
     row_key,
+    row_standing,
     shown_key,
     standing,
 )
 from tether.store.schema import revocation_ledger
 from tether.store.sealing import SealedTable, shown
-
-_BATCH = 500  # rows sealed again per statement
 
 
 class RekeyRefused(Exception):
@@ -84,17 +84,22 @@ async def rekey(engine: AsyncEngine, old: EnvelopeCipher, new: EnvelopeCipher) -
     report = RekeyReport()
     async with engine.begin() as conn:
         await lock_revocations(conn)
-        # Which rows verify under the old key, judged on their columns as they stand (the
-        # ciphertexts among them are about to change).
+        # Which rows of a table holding ciphertexts verify under the old key, judged on
+        # their columns as they stand (the ciphertexts are about to change). The other
+        # tables, issued credentials among them, are judged a page at a time as they are
+        # sealed again: memory stays bounded however many rows they hold.
+        encrypted_tables = {encrypted.table.name for encrypted in ENCRYPTED}
         standings = {sealed.table.name: await standing(conn, sealed, old.sealer, new.sealer)
-                     for sealed in SEALED_TABLES}  # fmt: skip
+                     for sealed in SEALED_TABLES
+                     if sealed.table.name in encrypted_tables}  # fmt: skip
         failures: list[str] = []
         for encrypted in ENCRYPTED:
             await _reencrypt(conn, encrypted, old, new, report, failures)
         if failures:
             raise RekeyRefused(failures)  # rolls the transaction back
         for sealed in SEALED_TABLES:
-            await _reseal(conn, sealed, standings[sealed.table.name], new.sealer, report)
+            known = standings.get(sealed.table.name)
+            await _reseal(conn, sealed, known, old.sealer, new.sealer, report)
         await _reledger(conn, old.sealer, new.sealer, report)
     return report
 
@@ -108,7 +113,7 @@ async def _reencrypt(
     failures: list[str],
 ) -> None:
     table, column = encrypted.table, encrypted.table.c[encrypted.column]
-    rows = (await conn.execute(select(table).where(column.is_not(None)))).mappings().all()
+    rows = [row async for page in pages(conn, table, column.is_not(None)) for row in page]
     for row in rows:
         name, purpose, value = str(row[encrypted.name]), encrypted.purpose(row), row[column.name]
         try:
@@ -135,38 +140,42 @@ async def _reencrypt(
 async def _reseal(
     conn: AsyncConnection,
     sealed: SealedTable,
-    standings: dict[tuple[Any, ...], Standing],
+    standings: dict[tuple[Any, ...], Standing] | None,
+    old: RowSealer,
     new: RowSealer,
     report: RekeyReport,
 ) -> None:
+    """Seal again under ``new`` each row whose seal verifies under ``old``: as ``standings``
+    judged it before its ciphertexts moved, or, without them, as the row stands."""
     table, name = sealed.table, sealed.table.name
     keys = list(table.primary_key.columns)
-    # One statement per batch of rows (executemany): a table of issued credentials can be
-    # large. Bind names of their own: a column's name is taken in an UPDATE's SET.
+    # One statement per page of rows (executemany). Bind names of their own: a column's
+    # name is taken in an UPDATE's SET.
     statement = (
         update(table)
         .where(and_(*[column == bindparam(f"key_{column.name}") for column in keys]))
         .values(seal=bindparam("new_seal"))
     )
-    batch: list[dict[str, Any]] = []
-    for row in (await conn.execute(select(table))).mappings().all():
-        key = row_key(sealed, row)
-        state = standings.get(key, "refused")  # a row that appeared meanwhile: not ours
-        if state == "new":
-            report.count(report.already, name)
-        elif state == "old":
-            seal = new.seal(name, await sealed.columns(conn, row))
-            batch.append({**{f"key_{c.name}": v for c, v in zip(keys, key, strict=True)},
-                          "new_seal": seal})  # fmt: skip
-            report.count(report.moved, name)
-            if len(batch) >= _BATCH:
-                await conn.execute(statement, batch)
-                batch = []
-        else:
-            why = "no seal" if state == "unsealed" else "its seal does not verify"
-            report.left.append(f"{name} {shown_key(key)} ({why})")
-    if batch:
-        await conn.execute(statement, batch)
+    async for page in pages(conn, table):
+        batch: list[dict[str, Any]] = []
+        for row in page:
+            key = row_key(sealed, row)
+            if standings is None:
+                state = await row_standing(conn, sealed, row, old, new)
+            else:
+                state = standings.get(key, "refused")  # a row that appeared meanwhile
+            if state == "new":
+                report.count(report.already, name)
+            elif state == "old":
+                seal = new.seal(name, await sealed.columns(conn, row))
+                batch.append({**{f"key_{c.name}": v for c, v in zip(keys, key, strict=True)},
+                              "new_seal": seal})  # fmt: skip
+                report.count(report.moved, name)
+            else:
+                why = "no seal" if state == "unsealed" else "its seal does not verify"
+                report.left.append(f"{name} {shown_key(key)} ({why})")
+        if batch:
+            await conn.execute(statement, batch)
 
 
 async def _reledger(
