@@ -8,20 +8,26 @@ with its copy after the whole database was put back all refuse it, and say why i
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy import text as sql
 
-from tests.identity_e2e.conftest import Agent, Stack, build_service, join_form
+from tests.identity_e2e.conftest import Agent, Clock, Stack, build_service, join_form
 from tests.identity_e2e.test_revocation_copy import _put_back, _snapshot
+from tether.crypto.envelope import EnvelopeCipher
+from tether.crypto.masterkey import MasterKey
 from tether.identity import exchange as ex
 from tether.identity.revocation_copy import RevocationCopy, read_copy
+from tether.store import Store
 from tether.store import agents as agent_store
 from tether.store.agents import join_token_revocation
-from tether.store.credentials import read_revocations
+from tether.store.credentials import lock_revocations, read_revocations
 from tether.store.identity import digest
 from tether.store.schema import join_tokens
 
@@ -150,3 +156,43 @@ async def _node(stack: Stack, copy: Path | None) -> Any:
     return await build_service(
         stack.store, stack.clock, stack.cipher, revocation_copy=revocation_copy
     )
+
+
+async def test_a_join_waits_for_the_revocations_before_it_locks_its_token(
+    pg_fresh_url: str,
+) -> None:
+    """PostgreSQL: an offboarding holds the revocations' lock, then expires the agent's
+    unused join tokens. A join meanwhile must wait for that lock *before* it updates its
+    token's row, or each would wait for the other (a deadlock, one of them failing)."""
+    store = await Store.open(pg_fresh_url)
+    try:
+        stack = Stack(store, Clock(), _cipher(), None)  # type: ignore[arg-type]
+        stack.service = await build_service(store, stack.clock, stack.cipher)
+        agent = await stack.new_agent("bot")
+        text, record = await stack.service.create_join_token(agent.id)
+        secret = text.removeprefix("tjt_").partition(".")[2]
+        async with store.engine.connect() as offboarding:
+            await offboarding.begin()
+            await lock_revocations(offboarding)  # what offboard_agent holds by now
+            join = asyncio.create_task(_consume(stack, record.id, secret))
+            await asyncio.sleep(0.5)  # the join runs up to where it waits
+            assert not join.done()
+            await offboarding.execute(sql("SET LOCAL lock_timeout = '2s'"))
+            expired = update(join_tokens).where(join_tokens.c.id == record.id)
+            await offboarding.execute(expired.values(expires_at=stack.clock()))  # no wait
+            await offboarding.commit()
+        assert await join is None  # the token expired by the offboarding: not consumed
+    finally:
+        await store.close()
+
+
+async def _consume(stack: Stack, token_id: str, secret: str) -> Any:
+    async with stack.engine.begin() as conn:
+        return await agent_store.consume_join_token(
+            conn, stack.service.sealer, id=token_id, token_hash=digest(secret),
+            runtime_id=f"join/{token_id}", now=stack.clock(),
+        )  # fmt: skip
+
+
+def _cipher() -> EnvelopeCipher:
+    return EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))

@@ -65,7 +65,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.crypto.revisions import row_revision
 from tether.crypto.seal import RowSealer, SealValue
-from tether.store.credentials import Revocation, insert_revocation
+from tether.store.credentials import Revocation, insert_revocation, lock_revocations
 from tether.store.database import StoreError
 from tether.store.identity import (
     AGENTS,
@@ -501,6 +501,9 @@ async def consume_join_token(
         return None
     used: dict[str, Any] = {"used_at": now, "used_by_runtime": runtime_id}
     used["seal"] = sealer.seal(JOIN_TOKENS, join_seal_columns({**row, **used}))
+    # The revocations' lock before the token's row, the order an offboarding takes them in
+    # (it expires the agent's unused join tokens after revoking it): never a deadlock.
+    await lock_revocations(conn)
     agent_active = exists().where(agents.c.id == join_tokens.c.agent_id, agents.c.state == "active")
     query = (
         update(join_tokens)
