@@ -45,6 +45,24 @@ async def _prune(
     )  # fmt: skip
 
 
+async def test_a_dry_run_checks_everything_and_changes_nothing(
+    written: Trail, tmp_path: Path
+) -> None:
+    archive = tmp_path / "audit.jsonl"
+    planned = await prune(
+        written.engine, through=10, archive=archive, key=written.key, cipher=MASTER,
+        head_file=NO_HEAD_FILE, sinks=(), now=datetime.now(UTC), dry_run=True,
+    )  # fmt: skip
+    assert (planned.first, planned.through, planned.events, planned.deleted) == (1, 10, 10, 0)
+    assert not archive.exists() and await _markers(written) == []
+    assert await _seqs(written) == list(range(1, 26))
+    with pytest.raises(PruneRefused, match="event 15 has no signed checkpoint"):
+        await prune(
+            written.engine, through=15, archive=archive, key=written.key, cipher=MASTER,
+            head_file=NO_HEAD_FILE, sinks=(), now=datetime.now(UTC), dry_run=True,
+        )  # fmt: skip
+
+
 async def _stopped_prune(
     trail: Trail, through: int, archive: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

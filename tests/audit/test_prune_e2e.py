@@ -45,6 +45,11 @@ def test_prune_a_running_node_and_verify_the_trail_and_the_archives(cluster: Clu
     through = int(str(before["last_checkpoint_seq"]))
     assert 5 <= through < int(str(before["last_seq"]))
 
+    dry = cluster.cli("audit", "prune", "--through", str(through), "--archive", "a1.jsonl",
+                      "--data-dir", "data", "--dry-run")  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith(f"would prune events 1 to {through} ({through} events) into ")
+    assert not (cluster.root / "a1.jsonl").exists()
     pruned = cluster.cli("audit", "prune", "--through", str(through), "--archive", "a1.jsonl",
                          "--data-dir", "data")  # fmt: skip
     assert pruned.returncode == 0, pruned.stderr

@@ -90,13 +90,15 @@ async def prune(
     sinks: Sequence[str],
     now: datetime,
     progress: Callable[[str], None] = lambda _line: None,
+    dry_run: bool = False,
 ) -> Pruned:
     """Archive the events up to ``through`` into ``archive``, mark them pruned, delete them;
-    :class:`PruneRefused` (nothing changed) when it may not."""
+    :class:`PruneRefused` (nothing changed) when it may not. ``dry_run``: every check, then
+    what it would do (``deleted`` 0, ``sha256`` empty), nothing written."""
     async with engine.connect() as conn:
         done = await prunes(conn)
         last = done[-1] if done else None
-        if last is not None and last.seq == through:
+        if last is not None and last.seq == through and not dry_run:
             progress(f"events up to {through} are archived and marked already: deleting them")
             deleted = await delete_pruned(engine, through)
             return Pruned(_first(done[:-1]), through, last.events, last.archive_sha256,
@@ -107,6 +109,8 @@ async def prune(
         if archive.exists() or archive.is_symlink():
             raise PruneRefused(f"{archive} exists: an archive is never overwritten")
         after, prev_hash = (0, GENESIS) if last is None else (last.seq, last.hash)
+        if dry_run:
+            return Pruned(after + 1, through, through - after, "", 0, resumed=False)
         progress(f"archiving events {after + 1} to {through} into {archive}")
         try:
             written = await write_archive(

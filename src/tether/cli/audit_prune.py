@@ -55,6 +55,11 @@ def prune_command(
         config_option("The node's config file (its database, data directory and audit.sinks)."),
     ] = None,
     data_dir: DataDirOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Check everything and say what would be pruned; change "
+                     "nothing."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
 ) -> None:  # fmt: skip
     """Archive the oldest events into a file that verifies on its own, then delete them.
@@ -63,7 +68,8 @@ def prune_command(
     checkpoint before the trail's last event, and every enabled SIEM sink has delivered the
     events. The deleted events are replaced in the database by a signed prune marker, which
     tether audit verify checks; check the archive with tether audit verify --archive FILE.
-    Stopped midway, running the same command again finishes it.
+    Stopped midway, running the same command again finishes it. --dry-run checks
+    everything and changes nothing.
     """
     if (through is None) == (before is None):
         fail("give exactly one of --through SEQ and --before TIME")
@@ -73,9 +79,12 @@ def prune_command(
     from tether.cli.store import on_store
 
     done = on_store(settings, lambda engine: _run(engine, settings, cipher, through, moment,
-                                                  archive))  # fmt: skip
+                                                  archive, dry_run))  # fmt: skip
     if as_json:
         typer.echo(json.dumps(done, sort_keys=True))
+    elif dry_run:
+        typer.echo(f"would prune events {done['first']} to {done['through']} ({done['events']} "
+                   f"events) into {archive}: every check passed, nothing changed")  # fmt: skip
     elif done["resumed"]:
         typer.echo(f"finished the prune through {done['through']}: {done['deleted']} row(s) "
                    "deleted (its archive was written before)")  # fmt: skip
@@ -93,6 +102,7 @@ async def _run(
     through: int | None,
     moment: datetime | None,
     archive: Path,
+    dry_run: bool,
 ) -> dict[str, Any]:
     from tether.audit.prune import PruneRefused, checkpoint_before, prune
     from tether.crypto.envelope import DecryptionError
@@ -115,13 +125,13 @@ async def _run(
         done = await prune(
             engine, through=through, archive=archive, key=key, cipher=cipher,
             head_file=settings.audit.head_file, sinks=sinks, now=datetime.now(UTC),
-            progress=lambda line: typer.echo(line, err=True),
+            progress=lambda line: typer.echo(line, err=True), dry_run=dry_run,
         )  # fmt: skip
     except PruneRefused as error:
         fail(f"nothing pruned: {error}", EXIT_FAILED)
     return {"first": done.first, "through": done.through, "events": done.events,
             "sha256": done.sha256, "deleted": done.deleted, "resumed": done.resumed,
-            "archive": str(archive)}  # fmt: skip
+            "archive": str(archive), "dry_run": dry_run}  # fmt: skip
 
 
 def _moment(spec: str) -> datetime:
