@@ -45,6 +45,27 @@ async def _prune(
     )  # fmt: skip
 
 
+async def test_each_phase_reports_its_progress_up_to_its_whole(
+    written: Trail, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the command's progress bars show: each phase's count only grows, and ends at
+    its whole (pages of 3 events here, so that there are several steps)."""
+    monkeypatch.setattr(
+        pruning.delete_pruned, "__defaults__", (3, pruning.delete_pruned.__defaults__[1])
+    )
+    steps: list[tuple[str, int, int]] = []
+    await prune(
+        written.engine, through=20, archive=tmp_path / "a.jsonl", key=written.key,
+        cipher=MASTER, head_file=NO_HEAD_FILE, sinks=(), now=datetime.now(UTC),
+        advance=lambda phase, done, total: steps.append((phase, done, total)),
+    )  # fmt: skip
+    for phase in ("archive", "delete"):
+        seen = [(done, total) for name, done, total in steps if name == phase]
+        assert seen and seen[-1] == (20, 20), (phase, seen)
+        assert [done for done, _ in seen] == sorted({done for done, _ in seen})
+    assert len([s for s in steps if s[0] == "delete"]) == 7  # 20 events, 3 a transaction
+
+
 async def test_a_dry_run_checks_everything_and_changes_nothing(
     written: Trail, tmp_path: Path
 ) -> None:

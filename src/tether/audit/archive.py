@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -134,9 +134,11 @@ async def write_archive(
     through: int,
     marks: Iterable[Checkpoint],
     created: datetime,
+    advance: Callable[[int], None] = lambda _written: None,
 ) -> Written:
     """Archive events ``after + 1`` to ``through`` and the checkpoints among them into
-    ``path`` (:class:`ArchiveExists` if it is taken). Durable once it returns."""
+    ``path`` (:class:`ArchiveExists` if it is taken), calling ``advance`` with the count
+    of events written after each chunk. Durable once it returns."""
     if path.exists() or path.is_symlink():
         raise ArchiveExists(f"{path} exists: an archive is never overwritten")
     partial = path.with_name(path.name + ".partial")
@@ -157,6 +159,7 @@ async def write_archive(
                 _write(out, digest, _line({"event": event_json(event)}))
                 count += 1
             cursor = events[-1].seq or cursor
+            advance(count)
         for mark in sorted(marks, key=lambda m: m.seq):
             if after < mark.seq <= through:
                 _write(out, digest, _line({"checkpoint": checkpoint_json(mark)}))

@@ -51,6 +51,8 @@ from tether.crypto.envelope import EnvelopeCipher
 from tether.identity.keys import SigningKey
 
 BATCH: Final = 1000  # events deleted per transaction (a node appending waits at most one)
+# How far a phase ("archive", "delete") is: (phase, events done, events in all).
+Advance = Callable[[str, int, int], None]
 
 
 class PruneRefused(Exception):
@@ -91,6 +93,7 @@ async def prune(
     now: datetime,
     progress: Callable[[str], None] = lambda _line: None,
     dry_run: bool = False,
+    advance: Advance = lambda _phase, _done, _all: None,
 ) -> Pruned:
     """Archive the events up to ``through`` into ``archive``, mark them pruned, delete them;
     :class:`PruneRefused` (nothing changed) when it may not. ``dry_run``: every check, then
@@ -100,7 +103,7 @@ async def prune(
         last = done[-1] if done else None
         if last is not None and last.seq == through and not dry_run:
             progress(f"events up to {through} are archived and marked already: deleting them")
-            deleted = await delete_pruned(engine, through)
+            deleted = await delete_pruned(engine, through, advance=advance)
             return Pruned(_first(done[:-1]), through, last.events, last.archive_sha256,
                           deleted, resumed=True)  # fmt: skip
         if last is not None and last.seq > through:
@@ -116,6 +119,7 @@ async def prune(
             written = await write_archive(
                 conn, archive, after=after, prev_hash=prev_hash, through=through,
                 marks=marks.values(), created=now,
+                advance=lambda written: advance("archive", written, through - after),
             )  # fmt: skip
         except ArchiveExists as error:
             raise PruneRefused(str(error)) from None
@@ -130,7 +134,7 @@ async def prune(
         archive.unlink(missing_ok=True)  # written by this run, named by no marker
         raise
     progress(f"marked events {after + 1} to {through} pruned; deleting them")
-    deleted = await delete_pruned(engine, through)
+    deleted = await delete_pruned(engine, through, advance=advance)
     return Pruned(after + 1, through, written.events, written.sha256, deleted, resumed=False)
 
 
@@ -187,21 +191,28 @@ async def _mark(engine: AsyncEngine, marker: Prune, after: int) -> None:
             raise PruneRefused("another prune ran meanwhile: run this one again")
 
 
-async def delete_pruned(engine: AsyncEngine, through: int, batch: int = BATCH) -> int:
+async def delete_pruned(
+    engine: AsyncEngine,
+    through: int,
+    batch: int = BATCH,
+    advance: Advance = lambda _phase, _done, _all: None,
+) -> int:
     """Delete the events and checkpoints up to ``through`` (marked pruned), ``batch`` events
-    a transaction; how many rows."""
-    deleted = 0
+    a transaction, calling ``advance("delete", ...)`` after each; how many rows."""
+    events = 0
+    first: int | None = None
     while True:
         async with engine.begin() as conn:
             lowest = (await conn.execute(select(func.min(audit_events.c.seq)))).scalar()
             if lowest is None or lowest > through:
                 break
+            first = int(lowest) if first is None else first
             upper = min(int(lowest) + batch - 1, through)
             result = await conn.execute(delete(audit_events).where(audit_events.c.seq <= upper))
-            deleted += result.rowcount or 0
+            events += result.rowcount or 0
+        advance("delete", events, through - first + 1)
     async with engine.begin() as conn:
         result = await conn.execute(
             delete(audit_checkpoints).where(audit_checkpoints.c.seq <= through)
         )
-        deleted += result.rowcount or 0
-    return deleted
+        return events + (result.rowcount or 0)

@@ -11,6 +11,9 @@ checkpoint there, the archive's path is taken), 2 on a bad option or an unusable
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,6 +27,7 @@ from tether.config import Settings
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from tether.audit.prune import Advance
     from tether.crypto.envelope import EnvelopeCipher
 
 
@@ -78,8 +82,9 @@ def prune_command(
     cipher = _cipher(settings)
     from tether.cli.store import on_store
 
-    done = on_store(settings, lambda engine: _run(engine, settings, cipher, through, moment,
-                                                  archive, dry_run))  # fmt: skip
+    with _bars(shown=not as_json and sys.stderr.isatty()) as (say, advance):
+        done = on_store(settings, lambda engine: _run(engine, settings, cipher, through, moment,
+                                                      archive, dry_run, say, advance))  # fmt: skip
     if as_json:
         typer.echo(json.dumps(done, sort_keys=True))
     elif dry_run:
@@ -103,6 +108,8 @@ async def _run(
     moment: datetime | None,
     archive: Path,
     dry_run: bool,
+    say: Callable[[str], None],
+    advance: Advance,
 ) -> dict[str, Any]:
     from tether.audit.prune import PruneRefused, checkpoint_before, prune
     from tether.crypto.envelope import DecryptionError
@@ -125,13 +132,43 @@ async def _run(
         done = await prune(
             engine, through=through, archive=archive, key=key, cipher=cipher,
             head_file=settings.audit.head_file, sinks=sinks, now=datetime.now(UTC),
-            progress=lambda line: typer.echo(line, err=True), dry_run=dry_run,
+            progress=say, dry_run=dry_run, advance=advance,
         )  # fmt: skip
     except PruneRefused as error:
         fail(f"nothing pruned: {error}", EXIT_FAILED)
     return {"first": done.first, "through": done.through, "events": done.events,
             "sha256": done.sha256, "deleted": done.deleted, "resumed": done.resumed,
             "archive": str(archive), "dry_run": dry_run}  # fmt: skip
+
+
+@contextmanager
+def _bars(*, shown: bool) -> Iterator[tuple[Callable[[str], None], Advance]]:
+    """How to say a line and advance a phase on standard error: a progress bar for each
+    phase (archive, delete) above the lines when ``shown``, else the lines alone."""
+    if not shown:
+        yield (lambda line: typer.echo(line, err=True)), (lambda _phase, _done, _all: None)
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    tasks: dict[str, TaskID] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True)) as bars:
+
+        def advance(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(f"{phase} events", total=total)
+            bars.update(tasks[phase], completed=done, total=total)
+
+        yield (lambda line: bars.console.print(line, markup=False, highlight=False)), advance
 
 
 def _moment(spec: str) -> datetime:
