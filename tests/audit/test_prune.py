@@ -7,6 +7,7 @@ trail that still verifies and goes on, and every refusal and tampering that must
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -174,6 +175,11 @@ async def test_what_a_prune_refuses_changes_nothing(written: Trail, tmp_path: Pa
     taken = tmp_path / "taken.jsonl"
     taken.write_text("mine\n")
     await refused(10, "taken.jsonl exists: an archive is never overwritten", path=taken)
+    await refused(10, "the archive's directory .*/nowhere does not exist",
+                  path=tmp_path / "nowhere" / "a.jsonl")  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:  # root writes anywhere: the check is asked
+        patch.setattr(os, "access", lambda path, mode: False)
+        await refused(10, "the archive's directory .* is not writable")
     assert taken.read_text() == "mine\n"
     assert not archive.exists()
 

@@ -31,6 +31,7 @@ Security decisions:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -108,9 +109,8 @@ async def prune(
                           deleted, resumed=True)  # fmt: skip
         if last is not None and last.seq > through:
             raise PruneRefused(f"the trail is pruned through {last.seq} already")
+        _archive_possible(archive)  # before the checks, which read the whole trail
         marks = await _check(conn, through, head_file, cipher, sinks)
-        if archive.exists() or archive.is_symlink():
-            raise PruneRefused(f"{archive} exists: an archive is never overwritten")
         after, prev_hash = (0, GENESIS) if last is None else (last.seq, last.hash)
         if dry_run:
             return Pruned(after + 1, through, through - after, "", 0, resumed=False)
@@ -136,6 +136,17 @@ async def prune(
     progress(f"marked events {after + 1} to {through} pruned; deleting them")
     deleted = await delete_pruned(engine, through, advance=advance)
     return Pruned(after + 1, through, written.events, written.sha256, deleted, resumed=False)
+
+
+def _archive_possible(archive: Path) -> None:
+    """:class:`PruneRefused` when ``archive`` is taken or its directory cannot take it."""
+    if archive.exists() or archive.is_symlink():
+        raise PruneRefused(f"{archive} exists: an archive is never overwritten")
+    directory = archive.parent
+    if not directory.is_dir():
+        raise PruneRefused(f"the archive's directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PruneRefused(f"the archive's directory {directory} is not writable")
 
 
 def _first(earlier: Sequence[Prune]) -> int:
