@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tether.cli.common import EXIT_FAILED, fail
-from tether.cli.nodeopts import DataDirOption, config_option, node_settings
+from tether.cli.nodeopts import DataDirOption, config_option, node_revisions, node_settings
 from tether.config import Settings
 
 if TYPE_CHECKING:
@@ -184,16 +184,9 @@ def _cipher(settings: Settings) -> EnvelopeCipher:
     """The node's master key (required: the marker is signed with a key under it), its
     sealer remembering the rows the node admitted (its revisions.json)."""
     from tether.cli.audit import master_cipher
-    from tether.crypto.revisions import RowRevisions
-    from tether.identity.revision_copy import FILE_NAME, RevisionCopyError, read_marks
 
     cipher = master_cipher(settings)
     if cipher is None:
         fail("no master key: set TETHER_MASTER_KEY or check --data-dir (a prune signs its "
              "marker with the node's key, under the master key)")  # fmt: skip
-    revisions = RowRevisions()
-    try:
-        revisions.hold(read_marks(settings.data_dir / FILE_NAME))
-    except RevisionCopyError as error:
-        fail(f"the row revisions file does not parse: {error}")
-    return cipher.witnessed(revisions)
+    return cipher.witnessed(node_revisions(settings))

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tether.cli.common import fail
 from tether.config import CONFIG_ENV, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from tether.crypto.revisions import RowRevisions
 
 
 def config_option(help: str) -> Any:
@@ -40,3 +43,17 @@ def node_settings(config: Path | None, data_dir: Path | None) -> Settings:
         return load_settings(config, overrides=overrides)
     except ConfigError as error:
         fail(str(error))
+
+
+def node_revisions(settings: Settings) -> RowRevisions:
+    """The rows the node of ``settings`` admitted (its ``revisions.json``; none when it has
+    no file yet); exits 2 with the reason when the file does not parse."""
+    from tether.crypto.revisions import RowRevisions
+    from tether.identity.revision_copy import FILE_NAME, RevisionCopyError, read_marks
+
+    revisions = RowRevisions()
+    try:
+        revisions.hold(read_marks(settings.data_dir / FILE_NAME))
+    except RevisionCopyError as error:
+        fail(f"the row revisions file does not parse: {error}")
+    return revisions

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 
 from tether.cli.common import EXIT_FAILED, fail
-from tether.cli.nodeopts import ConfigOption, DataDirOption, node_settings
+from tether.cli.nodeopts import ConfigOption, DataDirOption, node_revisions, node_settings
 from tether.config import Settings
 from tether.crypto.seal import RowSealer
 
@@ -126,17 +126,11 @@ def verify_command(
     One line per row a node would refuse: unsealed, refused, unreadable, or older than the
     node of this data directory admitted (its revisions.json; docs/vault.md)."""
     from tether.crypto.envelope import EnvelopeCipher
-    from tether.crypto.revisions import RowRevisions
-    from tether.identity.revision_copy import FILE_NAME, RevisionCopyError, read_marks
     from tether.store.integrity import check
 
     settings = node_settings(config, data_dir)
     cipher = EnvelopeCipher(_master_key(settings))
-    revisions = RowRevisions()
-    try:
-        revisions.hold(read_marks(settings.data_dir / FILE_NAME))
-    except RevisionCopyError as error:
-        fail(f"the row revisions file does not parse: {error}")
+    revisions = node_revisions(settings)
     report = on_store(settings, lambda engine: check(engine, cipher, revisions))
     rows = sum(report.checked.values())
     if as_json:
