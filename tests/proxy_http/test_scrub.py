@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import resource
+import zlib
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -20,6 +21,7 @@ from .rawupstream import RawSeen, RawUpstream, ok
 from .upstream import Upstream
 
 STREAM_BYTES = int(os.environ.get("TETHER_TEST_STREAM_BYTES", str(1 << 30)))
+LARGE = 32 << 20
 SECRET = 'p@ss word&="\\/é-0123'  # every escaping an echo may apply changes it
 
 
@@ -27,6 +29,13 @@ def _get(harness: Harness, path: str, **headers: str) -> httpx.Response:
     agent = harness.agent()
     url = f"{harness.url}/t/api{path}"
     return httpx.get(url, headers={**agent.headers("GET", url), **headers}, timeout=60)
+
+
+def _keyed(harness: Harness, base_url: str) -> None:
+    """Target ``api`` at ``base_url``, the key ``the-real-key`` injected as ``X-Api-Key``."""
+    harness.put_secret("key", b"the-real-key")
+    harness.add_target("api", base_url=base_url, credential={
+        "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
 
 
 def _forms(credential: dict[str, str]) -> list[str]:
@@ -181,40 +190,112 @@ def test_a_large_echo_streams_masked_in_constant_memory(
 
 
 @pytest.fixture
-def gzip_target() -> Iterator[RawUpstream]:
-    """A target that answers gzip whatever it was asked (S3 serves stored objects so)."""
+def coded_target() -> Iterator[RawUpstream]:
+    """A target that codes its answers whatever it was asked (S3 serves objects stored
+    gzip-coded so), each echoing the ``X-Api-Key`` it got; the path picks the coding."""
 
-    def answer(seen: RawSeen) -> bytes:
-        key = (seen.header("x-api-key") or ["none"])[0]
-        body = gzip.compress(b'{"key": "%s"}' % key.encode())
-        return ok(body, b"Content-Encoding: gzip", b"Content-Type: application/json")
+    def answer(seen: RawSeen) -> bytes | list[bytes]:
+        key = (seen.header("x-api-key") or ["none"])[0].encode()
+        body = b'{"key": "%s", "pad": "%s"}' % (key, b"x" * 300)
+        kind = seen.target.rsplit("/", 1)[-1]
+        if kind == "deflate":
+            return ok(zlib.compress(body), b"Content-Encoding: deflate")
+        if kind == "br":  # not decoded: its bytes are whatever they are
+            return ok(body, b"Content-Encoding: br")
+        if kind == "twice":
+            return ok(gzip.compress(gzip.compress(body)), b"Content-Encoding: gzip, gzip")
+        if kind == "truncated":
+            coded = gzip.compress(body)[:-12]
+            return ok(coded, b"Content-Encoding: gzip")
+        if kind == "large":  # 32 MiB decoded from ~32 KiB, the key at both ends
+            large = key + bytes(LARGE) + key
+            return ok(gzip.compress(large, compresslevel=9), b"Content-Encoding: gzip")
+        if kind == "members":  # two gzip members, the key cut between them, sent in pieces
+            cut = body.index(key) + 4
+            coded = gzip.compress(body[:cut]) + gzip.compress(body[cut:])
+            return [ok(coded, b"Content-Encoding: gzip")[:-20], coded[-20:]]
+        return ok(gzip.compress(body), b"Content-Encoding: gzip", b'ETag: "v1"',
+                  b"Content-Type: application/json", b"Content-MD5: abc")  # fmt: skip
 
     target = RawUpstream(answer).start()
     yield target
     target.stop()
 
 
-def test_a_gzip_answer_is_refused_when_a_credential_is_injected(
-    harness: Harness, gzip_target: RawUpstream
+def test_a_coded_answer_is_decoded_and_masked_when_a_credential_is_injected(
+    harness: Harness, coded_target: RawUpstream
 ) -> None:
-    harness.put_secret("key", b"the-real-key")
-    harness.add_target("api", base_url=gzip_target.url, credential={
-        "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
-    harness.add_target("open", base_url=gzip_target.url)
-    refused = _get(harness, "/v1/x", **{"Accept-Encoding": "gzip, br", "Accept_Encoding": "br"})
-    assert refused.status_code == 502
-    assert refused.headers["content-type"] == "application/problem+json"
-    assert "Content-Encoding 'gzip'" in refused.json()["detail"]
-    assert gzip_target.seen[-1].header("accept-encoding") == ["identity"]
-    assert "accept_encoding" not in dict(gzip_target.seen[-1].headers)
+    _keyed(harness, coded_target.url)
+    harness.add_target("open", base_url=coded_target.url)
+    masked = b'{"key": "************", "pad": "%s"}' % (b"x" * 300)
+    answer = _get(harness, "/v1/gzip", **{"Accept-Encoding": "gzip, br", "Accept_Encoding": "br"})
+    assert answer.status_code == 200, answer.text
+    assert answer.content == masked  # httpx decodes nothing: none is announced
+    assert "content-encoding" not in answer.headers and "content-md5" not in answer.headers
+    assert answer.headers["etag"] == 'W/"v1"' and "content-length" not in answer.headers
+    assert answer.headers["content-type"] == "application/json"
+    assert coded_target.seen[-1].header("accept-encoding") == ["identity"]
+    assert "accept_encoding" not in dict(coded_target.seen[-1].headers)
     event = harness.exchanges(1, target="api")[0]
-    assert event.action["status"] == 502 and "Content-Encoding" in event.detail["error"]
-    # Without a credential nothing is hidden, so nothing changes: the agent's coding passes.
+    assert event.detail["decoded"] == "gzip" and event.detail["credential_masked"] == 1
+    assert event.bytes_out == len(masked) and event.action["status"] == 200
+    # curl, as the agent: what it receives is the decoded, masked body.
     agent = harness.agent()
-    url = f"{harness.url}/t/open/v1/x"
+    for kind in ("deflate", "members"):
+        url = f"{harness.url}/t/api/v1/{kind}"
+        auth = [f"-H{k}: {v}" for k, v in agent.headers("GET", url).items()]
+        status, body = curl_status(curl(*auth, url))
+        assert (status, body) == (200, masked), kind
+    assert [e.detail["decoded"] for e in harness.exchanges(3, target="api")[1:]] == [
+        "deflate", "gzip"]  # fmt: skip
+    # Without a credential nothing is hidden, so nothing changes: the agent's coding passes.
+    url = f"{harness.url}/t/open/v1/gzip"
     passed = httpx.get(url, headers={**agent.headers("GET", url), "Accept-Encoding": "gzip"})
     assert passed.status_code == 200 and passed.headers["content-encoding"] == "gzip"
-    assert gzip_target.seen[-1].header("accept-encoding") == ["gzip"]
+    assert passed.json()["key"] == "none"  # decoded by httpx, since it is announced
+    assert coded_target.seen[-1].header("accept-encoding") == ["gzip"]
+    assert "decoded" not in harness.exchanges(1, target="open")[0].detail
+
+
+def test_a_large_decoded_answer_streams_whole_and_masked(
+    harness: Harness, coded_target: RawUpstream
+) -> None:
+    _keyed(harness, coded_target.url)
+    agent = harness.agent()
+    url = f"{harness.url}/t/api/v1/large"
+    received, head, tail = 0, b"", b""
+    with httpx.stream("GET", url, headers=agent.headers("GET", url), timeout=60) as answer:
+        assert answer.status_code == 200
+        for chunk in answer.iter_raw():
+            head = head or chunk[:12]
+            tail = (tail + chunk)[-12:]
+            assert b"real" not in chunk
+            received += len(chunk)
+    assert received == LARGE + 24 and head == tail == b"*" * 12
+    event = harness.exchanges(1, target="api")[0]
+    assert event.bytes_out == LARGE + 24 and event.detail["credential_masked"] == 2
+
+
+def test_a_coded_answer_that_cannot_be_decoded_is_refused_or_cut(
+    harness: Harness, coded_target: RawUpstream
+) -> None:
+    _keyed(harness, coded_target.url)
+    for kind, coding in (("br", "'br'"), ("twice", "'gzip, gzip'")):
+        refused = _get(harness, f"/v1/{kind}")
+        assert refused.status_code == 502, kind
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert f"Content-Encoding {coding}" in refused.json()["detail"]
+        assert b"real-key" not in refused.content
+    # A body that ends inside its gzip stream: the head went out, so the answer is cut
+    # (never one that looks complete), and the event says why.
+    agent = harness.agent()
+    url = f"{harness.url}/t/api/v1/truncated"
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(url, headers=agent.headers("GET", url), timeout=30)
+    events = harness.exchanges(3, target="api")
+    assert [e.action["status"] for e in events] == [502, 502, 200]
+    assert "truncated" in events[-1].detail["error"] and events[-1].detail["decoded"] == "gzip"
+    assert "real-key" not in repr(harness.events())
 
 
 def test_a_range_is_not_forwarded_and_a_partial_answer_is_refused(harness: Harness) -> None:
@@ -231,9 +312,7 @@ def test_a_range_is_not_forwarded_and_a_partial_answer_is_refused(harness: Harne
 
     target = RawUpstream(answer).start()
     try:
-        harness.put_secret("key", b"the-real-key")
-        harness.add_target("api", base_url=target.url, credential={
-            "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
+        _keyed(harness, target.url)
         whole = _get(harness, "/v1/x", Range="bytes=3-11", **{"If-Range": '"e"'})
         assert (whole.status_code, whole.content) == (200, b"*" * 12)
         assert target.seen[-1].header("range") == [] == target.seen[-1].header("if-range")
@@ -254,9 +333,7 @@ def test_a_refused_websocket_upgrade_is_masked(harness: Harness) -> None:
 
     target = RawUpstream(answer).start()
     try:
-        harness.put_secret("key", b"the-real-key")
-        harness.add_target("api", base_url=target.url, credential={
-            "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
+        _keyed(harness, target.url)
         agent = harness.agent()
         url = f"{harness.url}/t/api/v1/ws"
         headers = {

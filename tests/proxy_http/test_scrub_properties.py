@@ -119,13 +119,20 @@ def test_request_headers_ask_for_a_whole_uncoded_body() -> None:
 
 
 def test_what_cannot_be_scanned() -> None:
-    gz = [(b"content-encoding", b"gzip")]
-    assert unscannable(b"GET", 200, gz) is not None
+    br = [(b"content-encoding", b"br")]
+    assert unscannable(b"GET", 200, br) is not None
     assert unscannable(b"GET", 200, [(b"Content-Encoding", b"identity")]) is None
     assert unscannable(b"GET", 200, [(b"content-encoding", b"identity, br")]) is not None
+    # gzip or deflate alone is decoded first (test_decode_properties.py), stacked is not.
+    for coding in (b"gzip", b"X-Gzip", b"deflate", b"identity, gzip"):
+        assert unscannable(b"GET", 200, [(b"content-encoding", coding)]) is None, coding
+    for coding in (b"gzip, gzip", b"deflate,gzip", b"compress", b"zstd", b"gzip;q=1"):
+        assert unscannable(b"GET", 200, [(b"content-encoding", coding)]) is not None, coding
+    twice = [(b"content-encoding", b"gzip"), (b"Content-Encoding", b"gzip")]
+    assert unscannable(b"GET", 200, twice) is not None  # two header lines: stacked too
     assert unscannable(b"GET", 206, []) is not None
-    assert unscannable(b"HEAD", 200, gz) is None  # no body
-    assert unscannable(b"GET", 304, gz) is None and unscannable(b"GET", 204, gz) is None
+    assert unscannable(b"HEAD", 200, br) is None  # no body
+    assert unscannable(b"GET", 304, br) is None and unscannable(b"GET", 204, br) is None
 
 
 def test_a_short_secret_is_masked_and_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -5,7 +5,8 @@ Security decisions:
 * **The credential is injected last**, into headers already filtered
   (:func:`tether.proxy.http.headers.request_headers`), and never leaves on the response
   side: response headers holding it are dropped, the body is streamed with every form of
-  it masked (:mod:`tether.proxy.http.scrub`; a coded or partial body, which cannot be
+  it masked (:mod:`tether.proxy.http.scrub`; a gzip or deflate body is decoded first,
+  :mod:`tether.proxy.http.decode`; another coding or a partial body, which cannot be
   scanned, is a 502), refusals are Tether's own texts, and the audit event records header
   names and sizes through the redactor, never the value (``credential_masked``: how many
   occurrences were masked).
@@ -44,6 +45,7 @@ from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
 from tether.proxy.http import refusals, scrub
+from tether.proxy.http.decode import BodyDecoder, decodable, decoded_headers
 from tether.proxy.http.forward import (
     BodyTooLarge,
     ClientGone,
@@ -181,11 +183,16 @@ class Exchange:
             response.headers, self.target.name,
             path_prefix=self.route.path_prefix, secrets=injection.secrets,
         )  # fmt: skip
+        decoder = None
+        if masker is not None and (coding := decodable(response.headers)) is not None:
+            decoder = BodyDecoder(coding)  # the agent gets it uncoded, masked
+            shown = decoded_headers(shown)
+            self.out.extra["decoded"] = coding
         self.out.response_headers = shown
         shown.append((refusals.REQUEST_ID.lower().encode(), request_id.encode()))
         scrubber = None if masker is None else masker.scrubber()
         try:
-            await forwarder.stream_response(connection, send, shown, self.out, scrubber)
+            await forwarder.stream_response(connection, send, shown, self.out, scrubber, decoder)
         finally:
             if scrubber is not None and scrubber.count:
                 self.out.extra["credential_masked"] = scrubber.count

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from starlette.types import Message, Receive, Send
 
+from tether.proxy.http.decode import BodyDecoder, DecodeError
 from tether.proxy.http.scrub import Scrubber
 from tether.proxy.http.upstream import (
     Connection,
@@ -173,21 +174,24 @@ class Forwarder:
         headers: list[Header],
         out: Outcome,
         scrubber: Scrubber | None = None,
+        decoder: BodyDecoder | None = None,
     ) -> None:
-        """The response body to the agent (the credential masked by ``scrubber``, when one
-        was injected); the connection goes back to the pool when whole."""
+        """The response body to the agent (decoded by ``decoder`` when the target coded it,
+        the credential masked by ``scrubber`` when one was injected); the connection goes
+        back to the pool when whole."""
         await self._send(send, {"type": "http.response.start", "status": out.status,
                                 "headers": headers})  # fmt: skip
         out.started = True
         try:
             async for chunk in connection.body(self.plan.read_timeout):
-                if scrubber is not None:
-                    chunk = scrubber.feed(chunk)
-                if chunk:
-                    out.bytes_out += len(chunk)
-                    await self._send(send, {"type": "http.response.body", "body": chunk,
-                                            "more_body": True})  # fmt: skip
+                if decoder is None:
+                    await self._send_body(send, chunk, out, scrubber)
+                else:
+                    for piece in _decoded(decoder, chunk):
+                        await self._send_body(send, piece, out, scrubber)
                 await self._tick()
+            if decoder is not None:
+                _finished(decoder)
         except BaseException:
             connection.close()
             raise
@@ -195,6 +199,16 @@ class Forwarder:
         out.bytes_out += len(last)
         await self._send(send, {"type": "http.response.body", "body": last, "more_body": False})
         self.pool.release(connection)
+
+    async def _send_body(
+        self, send: Send, chunk: bytes, out: Outcome, scrubber: Scrubber | None
+    ) -> None:
+        if scrubber is not None:
+            chunk = scrubber.feed(chunk)
+        if chunk:
+            out.bytes_out += len(chunk)
+            await self._send(send, {"type": "http.response.body", "body": chunk,
+                                    "more_body": True})  # fmt: skip
 
     async def _send(self, send: Send, message: Message) -> None:
         try:
@@ -210,6 +224,20 @@ class Forwarder:
         if now - self._checked >= LIVE_CHECK_INTERVAL:
             self._checked = now
             await self.live()
+
+
+def _decoded(decoder: BodyDecoder, chunk: bytes) -> Iterator[bytes]:
+    try:
+        yield from decoder.feed(chunk)
+    except DecodeError as error:
+        raise UpstreamError(str(error)) from None
+
+
+def _finished(decoder: BodyDecoder) -> None:
+    try:
+        decoder.finish()
+    except DecodeError as error:
+        raise UpstreamError(str(error)) from None
 
 
 def _as_upstream(error: Exception) -> UpstreamError:

@@ -24,9 +24,11 @@ Security decisions:
   hidden well: use credentials of 8 bytes or more (``SHORT_SECRET``).
 * **What cannot be scanned is refused** (:func:`unscannable`): the request asks for
   ``Accept-Encoding: identity`` and carries no ``Range``/``If-Range``
-  (:func:`request_headers`), so a body with a content coding (gzip, br, zstd...: its bytes
-  are not the secret's) or a partial ``206`` answer (a range can cut a secret at its edges,
-  and two ranges give the two halves) is answered 502 by the broker, never relayed.
+  (:func:`request_headers`). A body coded anyway with ``gzip`` or ``deflate`` alone is
+  decoded before it is scanned (:mod:`tether.proxy.http.decode`); any other coding (br,
+  zstd, stacked codings...: its bytes are not the secret's) or a partial ``206`` answer (a
+  range can cut a secret at its edges, and two ranges give the two halves) is answered 502
+  by the broker, never relayed.
 * **Forms, not transformations**: the forms are the secret as sent and as an echo would
   write it (percent-encoded, form-encoded, JSON and HTML escaped; for basic auth the
   base64 pair and the password). A target that transforms the secret otherwise (reversed,
@@ -45,6 +47,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote_from_bytes, quote_plus
+
+from tether.proxy.http.decode import codings, decodable
 
 Header = tuple[bytes, bytes]
 SHORT_SECRET: Final = 8
@@ -207,13 +211,12 @@ def unscannable(method: bytes, status: int, headers: Iterable[Header]) -> str | 
         return None
     if status == 206:
         return "the target answered a partial body (206), which cannot be scrubbed"
-    for name, value in headers:
-        if name.lower() == b"content-encoding":
-            codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
-            if any(c != b"identity" for c in codings):
-                coding = value.decode("latin-1")
-                return (
-                    f"the target answered with Content-Encoding {coding!r}, asked for "
-                    "identity: a coded body cannot be scrubbed of the credential"
-                )
+    coded = codings(headers)
+    if coded and decodable(headers) is None:
+        coding = ", ".join(c.decode("latin-1") for c in coded)
+        return (
+            f"the target answered with Content-Encoding {coding!r}, asked for identity: "
+            "only gzip or deflate alone is decoded, so this body cannot be scrubbed of the "
+            "credential"
+        )
     return None
