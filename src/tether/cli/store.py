@@ -1,6 +1,6 @@
-"""``tether store seal``, ``verify``, ``backup`` and ``rekey``: the node's database, worked
-on directly (all but ``backup`` with the node's master key, ``TETHER_MASTER_KEY`` or
-``<data_dir>/master.key``, never created here).
+"""``tether store seal``, ``verify``, ``backup``, ``rekey`` and ``vacuum``: the node's
+database, worked on directly (``seal``, ``verify`` and ``rekey`` with the node's master
+key, ``TETHER_MASTER_KEY`` or ``<data_dir>/master.key``, never created here).
 
 ``seal`` seals the rows written before row seals existed: rows without a seal are refused by
 every node until this command adopts them, and it lists each row it seals so that the
@@ -9,6 +9,8 @@ operator sees exactly what becomes trusted (docs/vault.md, "Tampering with the d
 ``backup`` copies a SQLite database while the node runs (:mod:`tether.store.backup`).
 ``rekey`` rotates the master key (:mod:`tether.store.rekey`; docs/vault.md, "Rotating the
 master key").
+``vacuum`` gives a SQLite database's free pages back to the file system, node stopped
+(:mod:`tether.store.vacuum`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from tether.crypto.masterkey import MasterKey
+    from tether.store.nodelock import NodeLock
 
 T = TypeVar("T")
 
@@ -190,7 +193,6 @@ def rekey_command(
         install_master_key,
         next_master_key,
     )
-    from tether.store.nodelock import NodeLocked, lock_database
     from tether.store.rekey import RekeyRefused, rekey
 
     settings = node_settings(config, data_dir)
@@ -200,10 +202,7 @@ def rekey_command(
         fail(f"the master key comes from {MASTER_KEY_ENV}: name a file for the new one with "
              "--new-key-file")  # fmt: skip
     path = new_key_file or settings.data_dir / NEXT_KEY_FILE
-    try:  # held to the end: no node may serve meanwhile (released when the command exits)
-        _lock = lock_database(settings.database, "tether store rekey")
-    except NodeLocked as error:
-        fail(f"{error}: stop the node first")
+    _lock = _node_stopped(settings, "tether store rekey")  # held to the end
     try:
         new = next_master_key(path)
     except MasterKeyError as error:
@@ -231,3 +230,51 @@ def rekey_command(
     except MasterKeyError as error:
         fail(f"{error}; the database is under the new master key in {path}: move it there")
     typer.echo(f"the master key in {replaced} is replaced: start the nodes", err=True)
+
+
+@app.command("vacuum")
+def vacuum_command(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Give the space of deleted rows back to the file system (SQLite). Stop the node first.
+
+    After `tether audit prune`, say. One transaction: a failure leaves the database as it
+    was. PostgreSQL: its autovacuum reuses the space; VACUUM FULL gives it back."""
+    from tether.store.vacuum import VacuumError, sqlite_database, vacuum_sqlite
+
+    settings = node_settings(config, data_dir)
+    try:
+        path = sqlite_database(settings.database)
+    except VacuumError as error:
+        fail(str(error))
+    if not path.is_file():  # before the lock, which would make its directory
+        fail(f"{path}: no such database")
+    _lock = _node_stopped(settings, "tether store vacuum")  # held to the end
+    try:
+        done = vacuum_sqlite(path)
+    except VacuumError as error:
+        fail(str(error), EXIT_FAILED)
+    given = done.before - done.after
+    typer.echo(f"vacuumed {done.path}: {_size(done.before)} -> {_size(done.after)} "
+               f"({_size(max(given, 0))} given back)", err=True)  # fmt: skip
+
+
+def _node_stopped(settings: Settings, doing: str) -> NodeLock | None:
+    """The node lock of a SQLite database, held until the command exits (no node serves
+    meanwhile); exits 2 naming the serving node when it is held."""
+    from tether.store.nodelock import NodeLocked, lock_database
+
+    try:
+        return lock_database(settings.database, doing)
+    except NodeLocked as error:
+        fail(f"{error}: stop the node first")
+
+
+def _size(count: int) -> str:
+    """``count`` bytes for a person: ``512 bytes``, ``1.5 MiB``."""
+    if count < 1024:
+        return f"{count} bytes"
+    size = float(count)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"

@@ -14,9 +14,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
-from tether.store.database import sqlite_file
+from tether.store.database import NotSqliteFile, sqlite_file_of
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -27,16 +25,11 @@ class BackupError(Exception):
 
 def sqlite_path(database_url: str) -> Path:
     """The file of a SQLite database URL; :class:`BackupError` for another database."""
-    path = sqlite_file(database_url)
-    if path is not None:
-        return path
-    backend = make_url(database_url).get_backend_name()
-    if backend != "sqlite":
-        raise BackupError(
-            f"the database is {backend}: back it up with its own tools "
-            "(pg_dump, a base backup; docs/operations.md)"
-        )
-    raise BackupError(f"not a SQLite database file: {make_url(database_url).database!r}")
+    elsewhere = "back it up with its own tools (pg_dump, a base backup; docs/operations.md)"
+    try:
+        return sqlite_file_of(database_url, elsewhere)
+    except NotSqliteFile as error:
+        raise BackupError(str(error)) from None
 
 
 def backup_sqlite(source: Path, target: Path) -> int:

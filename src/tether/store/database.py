@@ -42,6 +42,26 @@ def sqlite_file(url: str) -> Path | None:
     return None if database.startswith("file:") else Path(database)
 
 
+class NotSqliteFile(Exception):
+    """A command that works on a SQLite file was given another database."""
+
+
+def sqlite_file_of(database_url: str, elsewhere: str) -> Path:
+    """The file of a SQLite database URL; :class:`NotSqliteFile` otherwise, its message
+    naming the other backend followed by ``elsewhere`` (what to use for it)."""
+    path = sqlite_file(database_url)
+    if path is not None:
+        return path
+    try:
+        parsed = make_url(database_url)
+    except ArgumentError:
+        raise NotSqliteFile(f"not a database URL: {database_url!r}") from None
+    backend = parsed.get_backend_name()
+    if backend != "sqlite":
+        raise NotSqliteFile(f"the database is {backend}: {elsewhere}")
+    raise NotSqliteFile(f"not a SQLite database file: {parsed.database!r}")
+
+
 def _prepare_sqlite_dir(database: str | None) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
