@@ -199,7 +199,7 @@ def search(
     config: Config = None, data_dir: DataDir = None,
     server: Server = None, token_file: TokenFile = None,
 ) -> None:  # fmt: skip
-    """Find events: every filter given must match (``*`` matches any run of characters).
+    """Find events: every filter given must match (* matches any run of characters).
 
     Shows the newest LIMIT matches, oldest first, as a table or JSON Lines.
     """

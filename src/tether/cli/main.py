@@ -15,6 +15,7 @@ from tether.cli import sessions as sessions_cli
 from tether.cli import store as store_cli
 from tether.cli import users as users_cli
 from tether.cli.common import EXIT_INTERNAL
+from tether.cli.helptext import reflow_commands
 
 app = typer.Typer(
     name="tether",
@@ -50,7 +51,7 @@ def version() -> None:
 def main() -> None:
     """Run the command line; an unexpected error is one line on stderr, not a traceback."""
     try:
-        app()
+        reflow_commands(typer.main.get_command(app))()
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:

@@ -1,4 +1,4 @@
-"""``tether sessions``: list, show, replay and export session recordings.
+"""``tether sessions``: list, show, replay, export and prune session recordings.
 
 It reads the recordings directory of a node (``<data_dir>/recordings``, or ``--recordings``)
 directly, without a server: whoever can run it can read that directory anyway. ``list``
@@ -42,12 +42,13 @@ from tether.audit.recordings_read import (
 )
 from tether.cli.common import EXIT_FAILED, EXIT_NOT_FOUND, fail
 from tether.cli.nodeopts import ConfigOption, DataDirOption, node_settings
+from tether.cli.sessions_prune import prune_command
 from tether.config import Settings
 
 RECORDINGS_DIR: Final = "recordings"
 
 app = typer.Typer(
-    help="Session recordings: list, show, replay, export.",
+    help="Session recordings: list, show, replay, export, prune.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -306,7 +307,7 @@ def export(
         typer.Option("--output", "-o", show_default=False, help="File to write. Default: stdout."),
     ] = None,
 ) -> None:
-    """Export a session as an uncompressed ``.cast`` or as plain text."""
+    """Export a session as an uncompressed .cast file or as plain text."""
     if fmt not in ("cast", "text"):
         fail(f"--format: expected cast or text, got {fmt!r}")
     session = _find(recordings_root(config, data_dir, recordings), session_id)
@@ -370,3 +371,6 @@ def _cell(value: object) -> Text:
 
 def _console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+app.command("prune")(prune_command)  # a retention: tether.cli.sessions_prune
