@@ -5,10 +5,13 @@ property-tested in test_scrub_properties.py."""
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import json
 import os
 import resource
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -189,6 +192,11 @@ def test_a_large_echo_streams_masked_in_constant_memory(
     assert event.bytes_out == STREAM_BYTES and event.detail["credential_masked"] >= masks
 
 
+@functools.cache
+def _bomb_member() -> bytes:
+    return gzip.compress(bytes(64 << 20), compresslevel=9)
+
+
 @pytest.fixture
 def coded_target() -> Iterator[RawUpstream]:
     """A target that codes its answers whatever it was asked (S3 serves objects stored
@@ -210,6 +218,8 @@ def coded_target() -> Iterator[RawUpstream]:
         if kind == "large":  # 32 MiB decoded from ~32 KiB, the key at both ends
             large = key + bytes(LARGE) + key
             return ok(gzip.compress(large, compresslevel=9), b"Content-Encoding: gzip")
+        if kind == "bomb":  # 2 GiB of zeros in ~2 MiB: one 64 MiB member, 32 times
+            return ok(_bomb_member() * 32, b"Content-Encoding: gzip")
         if kind == "members":  # two gzip members, the key cut between them, sent in pieces
             cut = body.index(key) + 4
             coded = gzip.compress(body[:cut]) + gzip.compress(body[cut:])
@@ -274,6 +284,34 @@ def test_a_large_decoded_answer_streams_whole_and_masked(
     assert received == LARGE + 24 and head == tail == b"*" * 12
     event = harness.exchanges(1, target="api")[0]
     assert event.bytes_out == LARGE + 24 and event.detail["credential_masked"] == 2
+
+
+def test_revocation_ends_a_decoding_transfer_in_flight(
+    harness: Harness, coded_target: RawUpstream
+) -> None:
+    """A chunk of the target's answer may decode to 64 MiB: the token is checked again
+    between the pieces, not only between the chunks (a slow reader would take seconds)."""
+    _keyed(harness, coded_target.url)
+    agent = harness.agent(task="T-bomb")
+    url = f"{harness.url}/t/api/v1/bomb"
+    revoker = threading.Timer(
+        0.5, lambda: harness.run(harness.identity.revoke("task", "T-bomb", reason="x", by="t"))
+    )
+    received, started = 0, time.monotonic()
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.stream("GET", url, headers=agent.headers("GET", url), timeout=60) as answer,
+    ):
+        assert answer.status_code == 200 and "content-encoding" not in answer.headers
+        revoker.start()
+        for chunk in answer.iter_raw():
+            received += len(chunk)
+            time.sleep(0.01)  # ~6 MB/s: 64 MiB would take ten seconds
+    assert time.monotonic() - started < 5
+    assert 0 < received < 64 << 20
+    (exchange,) = harness.exchanges(1, target="api", task="T-bomb")
+    assert "no longer valid" in exchange.detail["error"]
+    assert exchange.detail["decoded"] == "gzip"
 
 
 def test_a_coded_answer_that_cannot_be_decoded_is_refused_or_cut(

@@ -14,7 +14,8 @@ Security decisions:
   off; after the response has started, any failure aborts the connection, so the agent sees
   a truncated response, never one that looks complete.
 * **Live checks**: at least every ``live_check_interval`` seconds of a transfer the token is
-  re-checked (``IdentityService.check_live``), so a revocation ends a long transfer too.
+  re-checked (``IdentityService.check_live``), so a revocation ends a long transfer too
+  (also between the pieces one chunk of a coded answer decodes to).
 * **Retry only what may be repeated**: an idempotent request (RFC 9110 section 9.2.2:
   ``GET``, ``HEAD``, ``OPTIONS``, ``TRACE``, ``PUT``, ``DELETE``) without a body that fails
   on a reused keep-alive connection (the target may have closed the idle connection) is
@@ -186,10 +187,11 @@ class Forwarder:
             async for chunk in connection.body(self.plan.read_timeout):
                 if decoder is None:
                     await self._send_body(send, chunk, out, scrubber)
-                else:
-                    for piece in _decoded(decoder, chunk):
-                        await self._send_body(send, piece, out, scrubber)
-                await self._tick()
+                    await self._tick()
+                    continue
+                for piece in _decoded(decoder, chunk):  # a small chunk may decode to a lot
+                    await self._send_body(send, piece, out, scrubber)
+                    await self._tick()
             if decoder is not None:
                 _finished(decoder)
         except BaseException:
