@@ -15,8 +15,9 @@ Security decisions:
   an interruption) leaves the database as it was. The space it needs is checked first (the
   rebuilt copy in the temporary directory and, in WAL mode, the same again in the
   write-ahead log), so a disk that cannot hold it is refused before anything is written.
-* **Rows are unchanged**: every table's key is declared (no table relies on SQLite's
-  implicit ``rowid``, which ``VACUUM`` may renumber), so seals, the audit chain and
+* **Rows are unchanged**: ``VACUUM`` keeps every column, and may only renumber SQLite's
+  implicit ``rowid`` of a table without an ``INTEGER PRIMARY KEY``, which nothing in
+  Tether reads (rows are found by their declared keys), so seals, the audit chain and
   references verify as before (``tether store verify``, ``tether audit verify``).
 """
 
