@@ -51,6 +51,15 @@ def _check_ciphers(value: list[str]) -> list[str]:
     return value
 
 
+def _check_retention(value: int) -> int:
+    if 0 < value < RETENTION_MIN:
+        raise ValueError(f"0 (keep every recording) or at least {RETENTION_MIN} seconds (a day)")
+    return value
+
+
+RETENTION_MIN = 86400
+
+
 class SshRecordingConfig(BaseModel):
     """How shell and exec sessions are recorded (asciicast v2, see docs/recordings.md)."""
 
@@ -58,6 +67,9 @@ class SshRecordingConfig(BaseModel):
 
     record_input: bool = False
     max_output_bytes: Annotated[int, Field(ge=0)] | None = 64 * 1024 * 1024
+    # Seconds a day of recordings is kept after it ended; 0 keeps them all (the default).
+    retention: Annotated[int, Field(ge=0, le=100 * 366 * 86400),
+                         AfterValidator(_check_retention)] = 0  # fmt: skip
 
 
 class SshConfig(BaseModel):

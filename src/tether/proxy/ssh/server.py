@@ -44,6 +44,7 @@ from tether.proxy.ssh.channels import handle_process
 from tether.proxy.ssh.config import SshConfig
 from tether.proxy.ssh.forward import forward_handler
 from tether.proxy.ssh.login import Login, LoginError, parse_login
+from tether.proxy.ssh.retention import keep_recordings
 from tether.proxy.ssh.session import BrokerContext, BrokerSession
 from tether.proxy.ssh.sftp import BrokerSftp
 from tether.proxy.ssh.sftp_server import BrokerProcess
@@ -261,6 +262,7 @@ class SshBroker:
         self._servers: set[_AgentServer] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None  # ssh.recording.retention
 
     @property
     def port(self) -> int:
@@ -306,6 +308,11 @@ class SshBroker:
                 factory, self.config.host, self.config.port, backlog=4096, reuse_address=True
             )
         self._watcher = asyncio.create_task(self.context.watch(), name="tether-ssh-watch")
+        if self.config.recording.retention:
+            self._keeper = asyncio.create_task(
+                keep_recordings(self.context.recordings, self.config.recording.retention),
+                name="tether-ssh-recordings-retention",
+            )
         log.info("tether ssh broker listening on %s", self.config.listen)
 
     def _new_server(self) -> asyncssh.SSHServer:
@@ -347,10 +354,11 @@ class SshBroker:
         """Stop listening, close every connection, and wait for the session-end events."""
         if self._server is not None:
             self._server.close()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._keeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for server in list(self._servers):
             if server.conn is not None:
                 server.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "Tether is shutting down")
