@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tether.cli.helptext import reflow, reflow_commands
 from tether.cli.main import app
@@ -29,6 +31,14 @@ def test_reflow_joins_the_lines_of_each_paragraph() -> None:
         """
     assert reflow(text) == "First line goes on.\n\nSecond paragraph, two lines."
     assert reflow("One.") == "One."
+
+
+@given(st.text(alphabet=st.sampled_from("ab \n\t."), max_size=60))
+def test_reflow_of_any_text_is_paragraphs_of_one_line(text: str) -> None:
+    out = reflow(text)
+    assert all("\n" not in p for p in out.split("\n\n"))
+    assert reflow(out) == out
+    assert out.split() == text.split()  # only line breaks and indentation change
 
 
 def test_every_command_has_help_in_paragraphs_of_one_line() -> None:

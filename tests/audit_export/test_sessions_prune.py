@@ -12,6 +12,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tether.audit.recordings import Recorder, RecordingMeta
@@ -154,3 +156,54 @@ def test_the_installed_command(root: Path, tether_bin: Path, clean_env: dict[str
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("removed 1 day(s)") and "2 session(s)" in done.stdout
+
+
+_NAME = st.sampled_from(["2026", "1999", "01", "12", "13", "00", "31", "30", "29", "x", "1"])
+
+
+_KIND = st.sampled_from(["dir", "file", "link"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    entries=st.lists(st.tuples(st.lists(_NAME, min_size=1, max_size=4), _KIND), max_size=14),
+    cutoff_days=st.integers(1, 20000),
+)
+def test_plan_picks_only_real_days_that_ended(
+    tmp_path_factory: pytest.TempPathFactory, entries: list[tuple[list[str], str]], cutoff_days: int
+) -> None:
+    """Any tree under the root (links at any level, inside days too): plan never fails and
+    names only real dates reached without a link, each ended by the cutoff; removing them
+    never reaches through a link."""
+    root = tmp_path_factory.mktemp("tree")
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "keep").write_text("not the recorder's")
+    (outside / "01" / "01").mkdir(parents=True)  # a day, if a link above one were followed
+    (outside / "01" / "01" / "keep").write_text("not the recorder's")
+    for parts, kind in entries:
+        path = root.joinpath(*parts)
+        if path.exists() or path.is_symlink():
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "dir":
+                path.mkdir()
+            elif kind == "file":
+                path.write_text("x")
+            else:
+                path.symlink_to(outside)
+        except (FileExistsError, NotADirectoryError):
+            continue  # a file where a directory was wanted: the tree is what it is
+    cutoff = NOW - timedelta(days=cutoff_days)
+    days = plan(root, cutoff, NOW)
+    for day in days:
+        parts = (f"{day.day.year:04d}", f"{day.day.month:02d}", f"{day.day.day:02d}")
+        assert day.path.relative_to(root).parts == parts
+        ended = datetime(day.day.year, day.day.month, day.day.day, tzinfo=UTC) + timedelta(days=1)
+        assert ended <= cutoff
+        if day.path.is_symlink() or not day.path.is_dir():
+            assert day.kept is not None
+        assert not day.path.parent.is_symlink() and not day.path.parent.parent.is_symlink()
+    remove(root, days)
+    assert (outside / "keep").read_text() == "not the recorder's"
+    assert (outside / "01" / "01" / "keep").read_text() == "not the recorder's"

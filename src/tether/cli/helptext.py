@@ -15,8 +15,12 @@ from typing import Any
 
 def reflow(text: str) -> str:
     """``text`` (a docstring) with the lines of each paragraph joined by a space."""
-    paragraphs = inspect.cleandoc(text).split("\n\n")
-    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        joined = " ".join(line.strip() for line in paragraph.splitlines() if line.strip())
+        if joined:
+            paragraphs.append(joined)
+    return "\n\n".join(paragraphs)
 
 
 def reflow_commands(command: Any) -> Any:
