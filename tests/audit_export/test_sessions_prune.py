@@ -10,6 +10,7 @@ import subprocess
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -207,3 +208,21 @@ def test_plan_picks_only_real_days_that_ended(
     remove(root, days)
     assert (outside / "keep").read_text() == "not the recorder's"
     assert (outside / "01" / "01" / "keep").read_text() == "not the recorder's"
+
+
+def test_a_day_that_cannot_be_read_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Root reads any directory, so the failure is injected: a unit test of plan alone.)"""
+    root = tmp_path / "recordings"
+    directory = _session(root, "s", 90)
+    _age(directory, 90)
+    listing = Path.iterdir
+
+    def refuse(self: Path) -> Any:
+        if self == directory:
+            raise PermissionError(13, "Permission denied")
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    [day] = plan(root, NOW - timedelta(days=30), NOW)
+    assert day.kept == "cannot be read: Permission denied"
+    assert remove(root, [day]) == [] and directory.is_dir()

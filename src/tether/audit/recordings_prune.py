@@ -128,10 +128,14 @@ def _numbered(directory: Path, width: int) -> list[Path]:
 def _day(day: date, path: Path, now: datetime) -> Day:
     if path.is_symlink() or not path.is_dir():
         return Day(day, path, 0, 0, kept="not a directory of recordings (a symbolic link?)")
+    try:
+        entries = list(path.iterdir())
+    except OSError as error:
+        return Day(day, path, 0, 0, kept=f"cannot be read: {error.strerror or error}")
     sessions = size = 0
     open_recent = False
     recent = (now - MIN_AGE).timestamp()
-    for entry in path.iterdir():
+    for entry in entries:
         try:
             info = entry.lstat()
         except OSError:
