@@ -18,7 +18,7 @@ Security decisions:
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -51,13 +51,13 @@ def _check_ciphers(value: list[str]) -> list[str]:
     return value
 
 
+RETENTION_MIN: Final = 86400  # a day: the recordings of the last day may be still open
+
+
 def _check_retention(value: int) -> int:
     if 0 < value < RETENTION_MIN:
         raise ValueError(f"0 (keep every recording) or at least {RETENTION_MIN} seconds (a day)")
     return value
-
-
-RETENTION_MIN = 86400
 
 
 class SshRecordingConfig(BaseModel):
