@@ -16,6 +16,7 @@ from tether.proxy.http.decode import (
     PIECE,
     BodyDecoder,
     DecodeError,
+    codings,
     decodable,
     decoded_headers,
 )
@@ -177,3 +178,33 @@ def test_decoded_headers_no_longer_describe_the_coded_bytes() -> None:
         (b"vary", b"Accept-Encoding"),
     ]
     assert decoded_headers([(b"ETag", b'W/"abc"')]) == [(b"ETag", b'W/"abc"')]
+
+
+_CODING = st.sampled_from(
+    [b"gzip", b"GZip", b"x-gzip", b"deflate", b"identity", b"br", b"zstd", b"compress", b"",
+     b" ", b"gzip;q=1", b"\tgzip", b"gzip\x00", b"id\xe9ntity"]
+)  # fmt: skip
+_HEADERS = st.lists(
+    st.tuples(
+        st.sampled_from([b"content-encoding", b"Content-Encoding", b"content_encoding",
+                         b"content-type", b"transfer-encoding"]),
+        st.lists(_CODING, max_size=3).map(lambda cs: b",".join(cs)),
+    ),
+    max_size=4,
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(headers=_HEADERS, status=st.sampled_from([200, 201, 206, 204, 304, 404]))
+def test_no_coded_body_passes_unscanned(headers: list[tuple[bytes, bytes]], status: int) -> None:
+    """Any Content-Encoding headers: a body the scrubber would see is either uncoded, or
+    coded with exactly one coding the broker decodes first; everything else is refused."""
+    from tether.proxy.http.scrub import unscannable
+
+    refused = unscannable(b"GET", status, headers)
+    coded = codings(headers)
+    if refused is None and status not in (204, 304):
+        assert not coded or (len(coded) == 1 and decodable(headers) is not None)
+    if decodable(headers) is not None:
+        assert len(coded) == 1
+        BodyDecoder(decodable(headers) or "")  # always one the decoder takes
