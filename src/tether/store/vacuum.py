@@ -72,13 +72,12 @@ def space_problem(size: int, free_here: int, free_temp: int, same_device: bool) 
     """Why a rebuild of ``size`` bytes may not fit, or None: it writes a copy of the
     database in the temporary directory, then the same again into the write-ahead log next
     to the database."""
-    needed_here = size + (size if same_device else 0)
-    if same_device and free_here < needed_here:
-        return f"it needs up to {needed_here} bytes free on the database's disk, {free_here} are"
-    if not same_device and free_here < size:
-        return f"it needs up to {size} bytes free on the database's disk, {free_here} are"
-    if not same_device and free_temp < size:
-        return f"it needs up to {size} bytes free in the temporary directory, {free_temp} are"
+    places = [("on the database's disk", free_here, size * 2 if same_device else size)]
+    if not same_device:
+        places.append(("in the temporary directory", free_temp, size))
+    for where, free, needed in places:
+        if free < needed:
+            return f"it needs up to {needed} bytes free {where}, {free} are"
     return None
 
 

@@ -33,6 +33,8 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+from tether.proxy.http.upstream import UpstreamError
+
 Header = tuple[bytes, bytes]
 
 PIECE: Final = 64 * 1024
@@ -43,8 +45,9 @@ _CODED_ONLY: Final = frozenset(
 )  # fmt: skip
 
 
-class DecodeError(Exception):
-    """The answer's body does not decode as its ``Content-Encoding`` says."""
+class DecodeError(UpstreamError):
+    """The answer's body does not decode as its ``Content-Encoding`` says: the target broke
+    its answer, handled as any other upstream failure (the agent's connection cut)."""
 
 
 def codings(headers: Iterable[Header]) -> list[bytes]:

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from starlette.types import Message, Receive, Send
 
-from tether.proxy.http.decode import BodyDecoder, DecodeError
+from tether.proxy.http.decode import BodyDecoder
 from tether.proxy.http.scrub import Scrubber
 from tether.proxy.http.upstream import (
     Connection,
@@ -189,11 +189,11 @@ class Forwarder:
                     await self._send_body(send, chunk, out, scrubber)
                     await self._tick()
                     continue
-                for piece in _decoded(decoder, chunk):  # a small chunk may decode to a lot
+                for piece in decoder.feed(chunk):  # a small chunk may decode to a lot
                     await self._send_body(send, piece, out, scrubber)
                     await self._tick()
             if decoder is not None:
-                _finished(decoder)
+                decoder.finish()
         except BaseException:
             connection.close()
             raise
@@ -226,20 +226,6 @@ class Forwarder:
         if now - self._checked >= LIVE_CHECK_INTERVAL:
             self._checked = now
             await self.live()
-
-
-def _decoded(decoder: BodyDecoder, chunk: bytes) -> Iterator[bytes]:
-    try:
-        yield from decoder.feed(chunk)
-    except DecodeError as error:
-        raise UpstreamError(str(error)) from None
-
-
-def _finished(decoder: BodyDecoder) -> None:
-    try:
-        decoder.finish()
-    except DecodeError as error:
-        raise UpstreamError(str(error)) from None
 
 
 def _as_upstream(error: Exception) -> UpstreamError:

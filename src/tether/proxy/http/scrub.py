@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote_from_bytes, quote_plus
 
-from tether.proxy.http.decode import codings, decodable
+from tether.proxy.http.decode import DECODABLE, codings
 
 Header = tuple[bytes, bytes]
 SHORT_SECRET: Final = 8
@@ -212,7 +212,7 @@ def unscannable(method: bytes, status: int, headers: Iterable[Header]) -> str | 
     if status == 206:
         return "the target answered a partial body (206), which cannot be scrubbed"
     coded = codings(headers)
-    if coded and decodable(headers) is None:
+    if len(coded) > 1 or (coded and coded[0] not in DECODABLE):
         coding = ", ".join(c.decode("latin-1") for c in coded)
         return (
             f"the target answered with Content-Encoding {coding!r}, asked for identity: "
