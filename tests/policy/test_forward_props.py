@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -66,6 +67,19 @@ def test_canonical_host_never_crashes_and_accepts_only_one_spelling(host: str) -
     except ValueError:
         return  # a name: lower case, no trailing dot, last label not a number
     assert str(address) == host
+    assert not address.is_unspecified and not (address.version == 4 and host.startswith("0."))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "0.1.2.3", "::", "0:0::0"])
+def test_this_host_is_never_a_destination(host: str) -> None:
+    """connect() to 0.0.0.0 or :: reaches the local host (Linux): past a loopback deny."""
+    anywhere = "rules:\n  - id: any\n    effect: allow\n    ssh: {forwards: ['*:*']}\n"
+    for rules in (DENY_LOOPBACK, anywhere):
+        decision = policies(rules).decide(request("ssh", {"forward": f"{host}:22"}))
+        assert decision.decision == "deny" and decision.reason == "invalid-request", (
+            host,
+            decision,
+        )
 
 
 def test_canonical_destinations_still_match_their_rules() -> None:

@@ -21,7 +21,8 @@ Choices where the spec is silent (all deny-side):
 * An ``ssh.forward`` destination must name its host in canonical form
   (:func:`canonical_host`) and its port in decimal without leading zeros: other spellings
   of one address (``127.1``, ``0x7f000001``, ``LOCALHOST``, ``::ffff:127.0.0.1``) reach the
-  same place but would not match the rule written for it.
+  same place but would not match the rule written for it; nor would ``0.0.0.0`` or ``::``,
+  which reach the local host, so they are refused too.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def _check_forward(destination: str) -> None:
         )
 
 
+_THIS_NETWORK: Final = ipaddress.IPv4Network("0.0.0.0/8")  # RFC 1122 3.2.1.3: "this host"
 _LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -167,17 +169,26 @@ def canonical_host(host: str) -> bool:
     (not IPv4-mapped, no zone), or a lower-case DNS name without a trailing dot whose last
     label starts with a letter. Resolvers also read ``127.1``, ``2130706433``,
     ``0x7f000001``, ``LOCALHOST`` or ``::ffff:127.0.0.1`` as the loopback, so a deny rule
-    on ``127.0.0.1:*`` would not see them: such spellings are invalid requests (denied)."""
+    on ``127.0.0.1:*`` would not see them: such spellings are invalid requests (denied).
+    So is an address of "this host" (``0.0.0.0/8``, ``::``): a connection to it reaches
+    the local host, past a rule written for the loopback."""
     if ":" in host:
         try:
             address = ipaddress.IPv6Address(host)
         except ValueError:
             return False
-        return address.ipv4_mapped is None and address.scope_id is None and str(address) == host
+        return (
+            address.ipv4_mapped is None
+            and address.scope_id is None
+            and not address.is_unspecified
+            and str(address) == host
+        )
     try:
-        return str(ipaddress.IPv4Address(host)) == host
+        v4 = ipaddress.IPv4Address(host)
     except ValueError:
         pass
+    else:
+        return v4 not in _THIS_NETWORK and str(v4) == host
     labels = host.split(".")
     return (
         len(host) <= 253

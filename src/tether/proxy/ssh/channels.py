@@ -14,7 +14,9 @@ recorded as asciicast v2 (output always, keystrokes only with ``ssh.recording.re
 What is typed *inside* an allowed shell is recorded, not authorized: the policy decides
 whether the shell may start, nothing more.
 
-Other subsystems than ``sftp`` are refused. Each channel is recorded under
+Other subsystems than ``sftp`` are refused (audited: a decision and an ``ssh.command``
+event). A command whose channel is cut mid-way (the agent hangs up) is audited all the
+same, with its output so far, its recording and the error. Each channel is recorded under
 ``<session id>.<channel number>``; a recording that cannot be started refuses the channel
 (fail closed).
 """
@@ -53,7 +55,7 @@ async def handle_process(process: ServerProcess, session: BrokerSession) -> None
     session.channel_opened()
     try:
         if process.subsystem is not None:
-            await _fail(process, f"Tether: subsystem {process.subsystem!r} is not available")
+            await _refuse_subsystem(process, session, process.subsystem)
         elif process.command is None:
             await _run_shell(process, session)
         else:
@@ -66,10 +68,19 @@ async def handle_process(process: ServerProcess, session: BrokerSession) -> None
 
 
 async def _fail(process: ServerProcess, message: str, status: int = 1) -> None:
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # the channel may be gone already
         process.stderr.write(message.encode("utf-8", "replace") + b"\r\n")
         await process.stderr.drain()
-    process.exit(status)
+    with contextlib.suppress(Exception):
+        process.exit(status)
+
+
+async def _refuse_subsystem(process: ServerProcess, session: BrokerSession, name: str) -> None:
+    """Only ``sftp`` is served: any other subsystem is refused, and audited as such."""
+    shown = f"(subsystem {name})"
+    decision = await session.refuse({"ssh": {"subsystem": name}}, "only sftp is served")
+    await _audit_command(session, shown, decision, None, 0, 0.0, refused=True)
+    await _fail(process, f"Tether: subsystem {name!r} is not available")
 
 
 def _terminal(process: ServerProcess) -> Terminal:
@@ -166,6 +177,7 @@ async def _forward(
         return
     counted = [0]
     failed: RecordingError | None = None
+    cut: str | None = None
     status: int | None = None
     signal: tuple[str, bool, str, str] | None = None
     try:
@@ -173,6 +185,8 @@ async def _forward(
         status, signal = remote.exit_status, remote.exit_signal
     except RecordingError as error:
         failed = error
+    except (asyncssh.Error, OSError) as error:  # the agent or the target went away mid-way
+        cut = f"the channel was cut ({type(error).__name__})"
     finally:
         remote.close()
     summary, closing = _finish(recorder, status)
@@ -186,6 +200,11 @@ async def _forward(
             session, shown, decision, None, counted[0], duration, error=str(failed)
         )
         await _fail(process, "Tether: the session recording failed, the session is ended")
+        return
+    if cut is not None:  # audited all the same: what ran, what the agent got, the recording
+        await _audit_command(session, shown, decision, None, counted[0], duration, error=cut,
+                             recording=summary)  # fmt: skip
+        await _fail(process, f"Tether: {cut}")
         return
     await _audit_command(session, shown, decision, status, counted[0], duration, recording=summary)
     if signal is not None:

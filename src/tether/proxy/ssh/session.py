@@ -33,7 +33,7 @@ from typing import Any
 import asyncssh
 
 from tether.audit.subject import Subject
-from tether.policy.model import Decision
+from tether.policy.model import DENY, INVALID_REQUEST, Decision
 from tether.proxy.core import Services, decide, policy_request, subject_of, undecided
 from tether.proxy.ssh.auth import AuthRefused, SessionIdentity, check_live
 from tether.proxy.ssh.config import SshConfig
@@ -103,11 +103,16 @@ class BrokerSession:
     _upstream: asyncssh.SSHClientConnection | None = None
     _dial_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _channels: int = 0
-    _ended: bool = False
+    _ended: bool = False  # the end is audited
+    _stopped: bool = False  # ended or terminated: nothing more reaches the target
 
     @property
     def subject(self) -> Subject:
         return subject_of(self.identity.claims, source_ip=self.peer_ip, session_id=self.id)
+
+    def stopped(self) -> bool:
+        """Ended or terminated: nothing more of this session reaches the target."""
+        return self._stopped
 
     @property
     def spec(self) -> SshTargetSpec:
@@ -133,13 +138,19 @@ class BrokerSession:
     # --- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Audit the session start; from then on the broker's watcher checks it."""
+        """Put the session under the broker's watcher, then audit its start; a start that
+        cannot be audited ends the session (fail closed)."""
+        self.context.sessions.add(self)  # watched from the first moment, audited or not
         auditor = self.context.services.auditor
-        if auditor is not None:
+        if auditor is None:
+            return
+        try:
             await auditor.session_start(
                 self.subject, protocol=PROTOCOL, target=self.target.name, detail=self._detail()
             )
-        self.context.sessions.add(self)
+        except Exception as error:  # noqa: BLE001 - the trail failed: the session ends
+            log.error("session %s: its start could not be audited: %r", self.id, error)
+            await self._terminate("error", "the session could not be audited")
 
     def _detail(self) -> dict[str, Any]:
         return {
@@ -167,6 +178,7 @@ class BrokerSession:
 
     async def _terminate(self, reason: str, message: str) -> None:
         self.end_reason = reason
+        self._stopped = True  # a dial in progress is closed when it completes (upstream)
         self.context.sessions.discard(self)
         self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"Tether: {message}")
         await self.close_upstream()
@@ -175,7 +187,7 @@ class BrokerSession:
         """Stop watching, close upstream, audit the end (once)."""
         if self._ended:
             return
-        self._ended = True
+        self._ended = self._stopped = True
         self.context.sessions.discard(self)
         await self.close_upstream()
         auditor = self.context.services.auditor
@@ -239,9 +251,22 @@ class BrokerSession:
             )
         return decision
 
+    async def refuse(self, action: Mapping[str, Any], detail: str) -> Decision:
+        """Deny ``action`` without putting it to the policy (it cannot be: a path that is not
+        UTF-8, a link, a subsystem), audited as a decision (``invalid-request``)."""
+        services = self.context.services
+        decision = Decision(DENY, None, INVALID_REQUEST, detail, services.policies.current.version)
+        if services.auditor is not None:
+            request = {"target": {"name": self.target.name}, "action": dict(action)}
+            await services.auditor.decision(request, decision, who=self.subject)
+        return decision
+
     async def upstream(self) -> asyncssh.SSHClientConnection:
-        """The upstream connection, dialled on first use; :class:`UpstreamError`."""
+        """The upstream connection, dialled on first use; :class:`UpstreamError`, also once
+        the session was ended (a revocation while the target was dialled)."""
         async with self._dial_lock:
+            if self.stopped():
+                raise UpstreamError("the session has ended")
             if self._upstream is None:
                 claims = self.identity.claims
                 request = DialRequest(
@@ -255,12 +280,16 @@ class BrokerSession:
                 )
                 config = self.context.config
                 async with self.context.dials:
-                    self._upstream = await dial(
+                    upstream = await dial(
                         request,
                         self.context.services.secrets,
                         self.context.target_ca,
                         Tuning(config.window, config.max_packet),
                     )
+                if self.stopped():  # ended while dialling: the new connection is not used
+                    upstream.close()
+                    raise UpstreamError("the session has ended")
+                self._upstream = upstream
             return self._upstream
 
 

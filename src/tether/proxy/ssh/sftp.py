@@ -96,11 +96,14 @@ class BrokerSftp(asyncssh.SFTPServer):
             self._home = decode_path(await client.realpath(b"."))
         return self._home
 
-    async def _path(self, raw: bytes) -> str:
+    async def _path(self, raw: bytes, op: str) -> str:
+        """The absolute path ``raw`` names, for the policy; a path that cannot be put to it
+        (not UTF-8) is refused for ``op``, and audited."""
         try:
             text = decode_path(raw)
             return absolute_path(raw, "" if text.startswith("/") else await self._home_dir())
         except PathRefused as refused:
+            await self.session.refuse({"files": {"op": op, "path": _shown(raw)}}, str(refused))
             raise asyncssh.SFTPPermissionDenied(f"Tether: {refused}") from None
 
     async def _allow(self, *actions: dict[str, Any]) -> None:
@@ -131,22 +134,22 @@ class BrokerSftp(asyncssh.SFTPServer):
             raise asyncssh.SFTPNoSuchFile(f"Tether: {refused}") from None
 
     async def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
-        target = await self._path(path)
+        target = await self._path(path, "stat")
         await self._allow_any(target, ("read", "write", "list"))
         return await (await self._sftp()).stat(self._encode(target))
 
     async def lstat(self, path: bytes) -> asyncssh.SFTPAttrs:
-        target = await self._path(path)
+        target = await self._path(path, "stat")
         await self._allow_any(target, ("read", "write", "list"))
         return await (await self._sftp()).lstat(self._encode(target))
 
     async def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
-        target = await self._path(path)
+        target = await self._path(path, "write")
         await self._allow({"op": "write", "path": target})
         await (await self._sftp()).setstat(self._encode(target), attrs)
 
     async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
-        target = await self._path(path)
+        target = await self._path(path, "write")
         await self._allow({"op": "write", "path": target})
         client = await self._sftp()
         await client.setstat(self._encode(target), attrs, follow_symlinks=False)
@@ -156,60 +159,67 @@ class BrokerSftp(asyncssh.SFTPServer):
         # the same directory, so it is the one spelling taken off before the decision.
         if len(path) > 1 and path.endswith(b"/") and not path.endswith(b"//"):
             path = path[:-1]
-        target = await self._path(path)
+        target = await self._path(path, "list")
         await self._allow({"op": "list", "path": target})
         async for entry in (await self._sftp()).scandir(self._encode(target)):
             yield entry
 
     async def readlink(self, path: bytes) -> bytes:
-        target = await self._path(path)
+        target = await self._path(path, "list")
         await self._allow({"op": "list", "path": target})
         return await (await self._sftp()).readlink(self._encode(target))
 
     async def statvfs(self, path: bytes) -> asyncssh.SFTPVFSAttrs:
-        target = await self._path(path)
+        target = await self._path(path, "list")
         await self._allow({"op": "list", "path": target})
         return await (await self._sftp()).statvfs(self._encode(target))
 
     async def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
-        target = await self._path(path)
+        target = await self._path(path, "write")
         await self._allow({"op": "write", "path": target})
         await (await self._sftp()).mkdir(self._encode(target), attrs)
 
     async def remove(self, path: bytes) -> None:
-        target = await self._path(path)
+        target = await self._path(path, "delete")
         await self._allow({"op": "delete", "path": target})
         await (await self._sftp()).remove(self._encode(target))
         await self._audit("delete", target, None, None)
 
     async def rmdir(self, path: bytes) -> None:
-        target = await self._path(path)
+        target = await self._path(path, "delete")
         await self._allow({"op": "delete", "path": target})
         await (await self._sftp()).rmdir(self._encode(target))
         await self._audit("delete", target, None, None)
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
-        old, new = await self._path(oldpath), await self._path(newpath)
+        old, new = await self._path(oldpath, "rename"), await self._path(newpath, "rename")
         await self._allow({"op": "rename", "path": old, "to": new})
         await (await self._sftp()).rename(self._encode(old), self._encode(new))
         await self._audit("rename", old, None, None, to=new)
 
     async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
-        old, new = await self._path(oldpath), await self._path(newpath)
+        old, new = await self._path(oldpath, "rename"), await self._path(newpath, "rename")
         await self._allow({"op": "rename", "path": old, "to": new})
         await (await self._sftp()).posix_rename(self._encode(old), self._encode(new))
         await self._audit("rename", old, None, None, to=new)
 
-    def symlink(self, oldpath: bytes, newpath: bytes) -> None:
-        raise asyncssh.SFTPPermissionDenied("Tether: links cannot be created through Tether")
+    async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._refuse_link("symlink", oldpath, newpath)
 
-    def link(self, oldpath: bytes, newpath: bytes) -> None:
+    async def link(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._refuse_link("link", oldpath, newpath)
+
+    async def _refuse_link(self, op: str, oldpath: bytes, newpath: bytes) -> None:
+        """Links are never created (a link would let an allowed path reach a denied one);
+        the refusal is audited."""
+        action = {"op": op, "path": _shown(newpath), "to": _shown(oldpath)}
+        await self.session.refuse({"files": action}, "links cannot be created through Tether")
         raise asyncssh.SFTPPermissionDenied("Tether: links cannot be created through Tether")
 
     # --- files -------------------------------------------------------------------------------
 
     async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
-        target = await self._path(path)
+        target = await self._path(path, "open")
         # Without the write flag a POSIX target opens the file read-only (OpenSSH's
         # sftp-server: O_RDONLY, plus O_APPEND, O_CREAT or O_TRUNC for those flags), so the
         # handle can be read: such an open is decided as ``read`` too.
@@ -361,6 +371,11 @@ class BrokerSftp(asyncssh.SFTPServer):
             decision="allow",
             detail=detail,
         )
+
+
+def _shown(raw: bytes) -> str:
+    """A path as the audit trail shows it: its bytes that are not UTF-8 escaped."""
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _file(file_obj: object) -> _File:
