@@ -151,13 +151,26 @@ async def test_function_call_and_unsafe_settings(broker: Broker) -> None:
     wire.send(c.FunctionCall(b"\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00").encode())
     frames = await wire.until({T_READY})
     assert [e.sqlstate for e in errors(frames)] == ["42501"]
-    # standard_conforming_strings off would change how backslashes lex: the session ends.
-    wire.send(c.Query("SET standard_conforming_strings = off").encode())
-    frames = await wire.until({0x45})
-    assert [e.sqlstate for e in errors(frames)] == ["55000"]
-    assert await wire.closed()
-    (end,) = await broker.wait_for("session.end")
-    assert end["reason"] == "unsafe-setting"
+    # standard_conforming_strings off would change how backslashes lex: the SET is refused.
+    frames = await wire.query("SET standard_conforming_strings = off")
+    assert [e.sqlstate for e in errors(frames)] == ["42501"]
+    assert not errors(await wire.query("SELECT 1"))  # and the session goes on
+    # A function of the database's own that sets it anyway: the server reports the change,
+    # and the session ends.
+    broker.pg.psql(
+        "CREATE OR REPLACE FUNCTION public.strings_off() RETURNS int LANGUAGE plpgsql AS "
+        "$$ BEGIN SET standard_conforming_strings = off; RETURN 1; END $$",
+        database="broker_app",
+    )
+    try:
+        wire.send(c.Query("SELECT public.strings_off()").encode())
+        frames = await wire.until({0x45})
+        assert [e.sqlstate for e in errors(frames)] == ["55000"]
+        assert await wire.closed()
+        (end,) = await broker.wait_for("session.end")
+        assert end["reason"] == "unsafe-setting"
+    finally:
+        broker.pg.psql("DROP FUNCTION public.strings_off()", database="broker_app")
 
 
 async def test_copy_stdin_and_stdout(broker: Broker) -> None:

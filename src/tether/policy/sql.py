@@ -104,6 +104,7 @@ class SqlStatement:
     forbidden_functions: frozenset[str]
     forbidden: str | None
     search_path: tuple[str, ...] | None  # () = reset to the server's default
+    role: str | None = None  # SET ROLE / SESSION AUTHORIZATION: the role, "" = the login's
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +260,7 @@ def _assemble(
             f.forbidden_functions,
             f.forbidden,
             f.search_path,
+            f.role,
         )
         return SqlAnalysis((statement,), query)
     return SqlAnalysis(
@@ -271,6 +273,7 @@ def _assemble(
                 f.forbidden_functions,
                 f.forbidden,
                 f.search_path,
+                f.role,
             )
             for text, f in zip(texts, facts, strict=True)
         ),

@@ -238,17 +238,44 @@ def _variable_set(w: _Walker, body: JsonNode, scope: Scope) -> None:
     else:
         cls = "set"
     w.statement("VariableSetStmt", cls)
+    if w.depth > 0:  # in a function body: a change the broker would not see take effect
+        w.forbid(f"SET {name} in a function body: the session's settings are not followed there")
+    elif kind == "VAR_SET_VALUE" and not _reading_kept(name, body.get("args", [])):
+        w.forbid(f"SET {name}: the statements after it would not read as the policy parses them")
     changes_path = name == "search_path" and kind != "VAR_SET_CURRENT"  # FROM CURRENT: as is
     if body is w.top and (changes_path or kind == "VAR_RESET_ALL"):
         values = body.get("args", []) if kind == "VAR_SET_VALUE" else []
         w.search_path = tuple(_const_text(v) for v in values)
+    if body is w.top and (cls == "role" or kind == "VAR_RESET_ALL"):
+        # Whose schema "$user" names, and which schemas are usable, follow the role.
+        values = body.get("args", []) if kind == "VAR_SET_VALUE" else []
+        role = _const_text(values[0]) if len(values) == 1 else ""
+        w.role = "" if role.lower() == "none" else role
     w.children("VariableSetStmt", body, scope)
+
+
+# The settings that change how PostgreSQL reads the text of later statements, and their
+# values under which it reads them as the policy's parser does (UTF-8, standard strings).
+# RESET and DEFAULT go back to the values of the session's start, which the broker checked.
+_READING: Final = {
+    "client_encoding": frozenset({"utf8", "utf-8", "utf_8", "unicode"}),
+    "standard_conforming_strings": frozenset({"on", "true", "yes", "1"}),
+}
+
+
+def _reading_kept(name: str, values: list[JsonNode]) -> bool:
+    """Whether ``SET name = values`` keeps statement text reading as the parser reads it."""
+    safe = _READING.get(name)
+    if safe is None:
+        return True
+    return len(values) == 1 and _const_text(values[0]).strip().lower() in safe
 
 
 def _discard(w: _Walker, body: JsonNode, scope: Scope) -> None:
     w.statement("DiscardStmt", "other")
     if body is w.top and body.get("target") == "DISCARD_ALL":
         w.search_path = ()
+        w.role = ""  # DISCARD ALL includes SET SESSION AUTHORIZATION DEFAULT
 
 
 def _transaction(w: _Walker, body: JsonNode, scope: Scope) -> None:
@@ -327,9 +354,11 @@ def _rename(w: _Walker, body: JsonNode, scope: Scope) -> None:
         w.whole_schema(body.get("subname", ""))
         w.whole_schema(body.get("newname", ""))
     elif rename_type in _RELATION_OBJECTS and "relation" in body:
-        rel = body["relation"]
-        schema = rel.get("schemaname") or w.resolve(rel.get("relname", ""))
-        w.relations.add(_qualified(schema, body.get("newname", "")))
+        rel, newname = body["relation"], body.get("newname", "")
+        if rel.get("schemaname"):
+            w.relations.add(_qualified(rel["schemaname"], newname))
+        else:  # the new name goes where the old one was found
+            w.unqualified(rel.get("relname", ""), newname)
     elif "object" in body:
         w.object_relations(rename_type, body["object"])
     w.children("RenameStmt", body, scope)
@@ -371,6 +400,32 @@ def _create_schema(w: _Walker, body: JsonNode, scope: Scope) -> None:
     saved, w.schema = w.schema, schema
     w.children("CreateSchemaStmt", body, scope)
     w.schema = saved
+    # PostgreSQL runs the elements with the new schema in front of the search path: a name
+    # they read unqualified may also be found in a schema of the path (a view's SELECT
+    # FROM secrets reads the path's secrets when the new schema has none). So the elements
+    # are walked again in this statement's schema, except for the relations they create.
+    created = {_qualified(saved, name) for name in _created_names(body)}
+    before = set(w.relations)
+    w.children("CreateSchemaStmt", body, scope)
+    w.relations -= (w.relations - before) & created
+
+
+def _created_names(body: JsonNode) -> list[str]:
+    """The names of the relations the elements of a ``CREATE SCHEMA`` create."""
+    names: list[str] = []
+    for element in body.get("schemaElts", []):
+        for kind, field in _CREATING.items():
+            if kind in element:
+                created = element[kind].get(field)
+                if isinstance(created, dict):
+                    created = created.get("relname")
+                if isinstance(created, str):
+                    names.append(created)
+    return names
+
+
+_CREATING: Final = {"CreateStmt": "relation", "ViewStmt": "view", "CreateSeqStmt": "sequence",
+                    "IndexStmt": "idxname"}  # fmt: skip
 
 
 def _everywhere(kind: str, cls: str, present: Callable[[JsonNode], bool]) -> Handler:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pglast import parser as pg_parser
 
+from tether.policy.sql_catalog import CATALOG_RELATIONS
 from tether.policy.sql_handlers import _DISPATCH
 from tether.policy.sql_tables import (
     _ALWAYS_FORBIDDEN,
@@ -46,6 +47,7 @@ class StatementFacts:
     forbidden: str | None
     search_path: tuple[str, ...] | None
     literal_sensitive: bool
+    role: str | None = None
 
 
 class _Walker:
@@ -64,6 +66,7 @@ class _Walker:
         self.forbidden_functions: set[str] = set()
         self.forbidden: str | None = None
         self.search_path: tuple[str, ...] | None = None
+        self.role: str | None = None
 
     def facts(self) -> StatementFacts:
         return StatementFacts(
@@ -73,6 +76,7 @@ class _Walker:
             forbidden_functions=frozenset(self.forbidden_functions),
             forbidden=self.forbidden,
             search_path=self.search_path,
+            role=self.role,
             literal_sensitive=self.sensitive,
         )
 
@@ -138,21 +142,34 @@ class _Walker:
     def relation(self, rangevar: JsonNode, scope: Scope, *, target: bool = False) -> None:
         name = rangevar.get("relname", "")
         schema = rangevar.get("schemaname")
+        if target and name == "pg_settings" and schema in (None, "pg_catalog"):
+            # Its rules call set_config (always forbidden): a write sets a setting unseen.
+            self.forbid("writing pg_settings changes the session's settings, as set_config does")
         if schema is None:
             if not target and name in scope:
                 return
-            schema = self.resolve(name)
+            self.unqualified(name, name)
+            return
         self.relations.add(_qualified(schema, name))
 
-    def resolve(self, name: str) -> str:
-        return "pg_catalog" if name.startswith("pg_") else self.schema
+    def unqualified(self, name: str, named: str) -> None:
+        """The relation ``named`` in the schema an unqualified ``name`` is found in: the
+        catalog's for a catalog relation, else this walk's schema, and both for any other
+        ``pg_`` name (the catalog is searched first: :mod:`tether.policy.sql_catalog`)."""
+        if name.startswith("pg_"):
+            self.relations.add(_qualified("pg_catalog", named))
+            if name in CATALOG_RELATIONS:
+                return
+        self.relations.add(_qualified(self.schema, named))
 
     def named_relation(self, names: list[str]) -> None:
         """A relation given as a name list (``[schema,] name``, a catalog part is ignored)."""
         if not names:
             return
-        schema = names[-2] if len(names) > 1 else self.resolve(names[-1])
-        self.relations.add(_qualified(schema, names[-1]))
+        if len(names) > 1:
+            self.relations.add(_qualified(names[-2], names[-1]))
+        else:
+            self.unqualified(names[-1], names[-1])
 
     def relation_text(self, node: JsonNode, *, unknown: bool) -> None:
         """A relation named by a value (``nextval('s')``, ``'t'::regclass``): a string constant

@@ -73,6 +73,7 @@ class Verdict:
     paths: tuple[tuple[str, ...], ...]  # search paths its statements set
     transaction: bool  # it holds transaction control (which may undo a SET)
     read_only: bool = False  # every statement a plain select calling no function
+    roles: tuple[str, ...] = ()  # roles its statements set ("" = back to the login's)
 
 
 class Decider:
@@ -85,6 +86,10 @@ class Decider:
         self.schemas: tuple[str, ...] = (default_schema,)
         self.path_touched = False
         self.refresh = False
+        # The last search path set (None: the server's default) and the current role, whose
+        # schema "$user" names: what a change of either may bring into the schema set.
+        self.path_names: tuple[str, ...] | None = None
+        self.role = user
 
     def decide(self, query: str, protocol: str) -> Verdict:
         schemas = self.schemas
@@ -98,16 +103,25 @@ class Decider:
         paths: tuple[tuple[str, ...], ...] = ()
         transaction = False
         read_only = False
+        roles: tuple[str, ...] = ()
         if analysis is not None:
             statements = analysis.statements
             read_only = all(s.classes == _READ and not s.functions for s in statements)
             paths = tuple(s.search_path for s in statements if s.search_path is not None)
+            roles = tuple(s.role for s in statements if s.role is not None)
             transaction = any("transaction" in s.classes for s in statements)
-            later = [s.search_path for s in statements[:-1] if s.search_path is not None]
+            later = [s for s in statements[:-1] if s.search_path is not None or s.role is not None]
             if later:
                 parts = [s.text for s in statements]
-                for path in later:
-                    candidates.extend(x for x in self._path_schemas(path) if x not in candidates)
+                names, role = self.path_names, self.role
+                for s in later:
+                    if s.search_path is not None:
+                        names = s.search_path
+                        then = self._path_schemas(names, role)
+                    if s.role is not None:
+                        role = s.role or self.user
+                        then = self._role_schemas(names, role)
+                    candidates.extend(x for x in then if x not in candidates)
         decision: Decision | None = None
         if analysis is not None and len(parts) == 1 and len(candidates) == 1:
             decision = self.policy.decide(text, candidates[0], shape_of(analysis))
@@ -118,7 +132,7 @@ class Decider:
                 decision = verdict if decision is None else more_restrictive(decision, verdict)
         assert decision is not None
         records = self._records(query, analysis, decision, protocol)
-        return Verdict(decision, records, schemas, paths, transaction, read_only)
+        return Verdict(decision, records, schemas, paths, transaction, read_only, roles)
 
     def _records(
         self,
@@ -149,22 +163,38 @@ class Decider:
             for s in statements
         )
 
-    def _path_schemas(self, path: tuple[str, ...]) -> list[str]:
-        if not path:  # RESET: the server's default, which the target names
+    def _path_schemas(self, path: tuple[str, ...], role: str) -> list[str]:
+        """The schemas ``path`` names with ``role`` current (``()``, RESET: the server's
+        default, which the target names)."""
+        if not path:
             return [self.default_schema]
-        return [self.user if name == "$user" else name for name in path]
+        return [role if name == "$user" else name for name in path]
+
+    def _role_schemas(self, path: tuple[str, ...] | None, role: str) -> list[str]:
+        """The schemas a path may resolve to once ``role`` is current: it may use schemas
+        the login could not, and "$user" is its own (a path never set or RESET is the
+        server's default, ``"$user", public`` unless configured otherwise)."""
+        return self._path_schemas(path or ("$user", self.default_schema), role)
 
     def touch(self, verdict: Verdict) -> None:
-        """Before a statement runs: widen the schema set if it may change the search path."""
-        if verdict.paths:
+        """Before a statement runs: widen the schema set if it may change the search path,
+        or the role (which "$user" names, and whose schemas the path may use)."""
+        if verdict.paths or verdict.roles:
             for path in verdict.paths:
-                for name in self._path_schemas(path):
-                    if name not in self.schemas:
-                        self.schemas = (*self.schemas, name)
+                self.path_names = path
+                self._widen(self._path_schemas(path, self.role))
+            for role in verdict.roles:
+                self.role = role or self.user
+                self._widen(self._role_schemas(self.path_names, self.role))
             self.path_touched = True
             self.refresh = True
         elif self.path_touched and verdict.transaction:
             self.refresh = True
+
+    def _widen(self, names: list[str]) -> None:
+        for name in names:
+            if name not in self.schemas:
+                self.schemas = (*self.schemas, name)
 
     def reported(self, schemas: list[str]) -> None:
         """The server's answer: exactly these schemas are in the path now."""

@@ -138,7 +138,14 @@ class Session:
             return self._violation("a startup packet in the middle of a session")
         if isinstance(message, c.CancelRequest | c.PasswordMessage):
             return self._violation("unexpected message type in a session")
-        idle = not self._pending and not self._copy_in and self.status != be.FAILED_TRANSACTION
+        # Not idle either while the server skips to the client's Sync after an error: it
+        # would skip the broker's own query too, and the Sync would wait behind it.
+        idle = (
+            not self._pending
+            and not self._copy_in
+            and not self._skipping
+            and self.status != be.FAILED_TRANSACTION
+        )
         if self._held or (self.decider.refresh and idle):
             if not self._held:
                 out.append(ToServer(SCHEMAS_QUERY))
@@ -282,7 +289,7 @@ class Session:
         pending = self._pending
         unit = pending[0] if pending else None
         if unit is not None and unit.kind == INTERNAL:
-            return self._internal(kind, body, unit, out, chunk)
+            return self._internal(kind, body, raw, unit, out, chunk)
         if kind == be.T_PARAMETER_STATUS:
             return self._parameter(body, raw, out, chunk)
         if kind == be.T_ERROR:
@@ -370,6 +377,11 @@ class Session:
             change = dropped[index].change
             if change is not None:
                 self._extended.undo(change, failed=failed and index == 0)
+        if not pending or pending[0].kind != SYNC:
+            # The client's Sync is still to come: until it does, the server skips what the
+            # client sends, so the broker drops it too (never a name it set, never a unit
+            # the server will not answer).
+            self._skipping = True
 
     def _parameter(
         self, body: bytes, raw: bytes, out: list[Command], chunk: bytearray
@@ -386,12 +398,14 @@ class Session:
         return raw
 
     def _internal(
-        self, kind: int, body: bytes, unit: Unit, out: list[Command], chunk: bytearray
+        self, kind: int, body: bytes, raw: bytes, unit: Unit, out: list[Command], chunk: bytearray
     ) -> bytes | None:
         if kind == be.T_DATA_ROW:
             value = single_text(body)
             if value is not None:
                 unit.schemas.append(value)
+        elif kind == be.T_PARAMETER_STATUS:  # a setting a statement before changed: checked
+            return self._parameter(body, raw, out, chunk)
         elif kind == be.T_ERROR:
             self._end_with(out, chunk, "error", "the broker could not read the search path")
         elif kind == be.T_READY:
