@@ -160,3 +160,51 @@ def test_allowed_only_when_every_named_method_is_allowed(parts: list[str], metho
     decision = METHODS.decide(http_request("/x" + ("?" + query if query else ""), method))
     named = {p.partition("=")[2] for p in parts if "method=" in p.lower() and p[0] in "_%"}
     assert (decision.decision == "allow") == (named <= {"GET"}), query
+
+
+# PHP registers a query parameter with "." and " " in its name as "_" (leading blanks
+# dropped): ".method" is $_GET["_method"]; its server also reads a header name's "." as "-".
+
+
+@pytest.mark.parametrize(
+    "query",
+    [".method=DELETE", "%2Emethod=DELETE", "+.method=DELETE", "%20.method=DELETE",
+     " method=DELETE", "%2eMETHOD=delete"],
+)  # fmt: skip
+def test_a_php_spelling_of_the_method_parameter_is_found(query: str) -> None:
+    assert METHODS.decide(http_request(f"/x?{query}", "POST")).decision == "deny", query
+
+
+@pytest.mark.parametrize("name", ["X-HTTP-Method.Override", "x.http.method.override"])
+def test_a_dotted_method_override_header_is_found(name: str) -> None:
+    request = http_request("/x", "POST", headers={name: "DELETE"})
+    assert METHODS.decide(request).decision == "deny"
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["/admin/delete", "http://api.example/admin/delete", "https://h:8443/admin/x?y=1"],
+)
+def test_a_webdav_destination_meets_the_deny_rules(destination: str) -> None:
+    assert decide("/public/x", "MOVE", Destination=destination) == (
+        "deny", "no-admin", "denied-by-rule"
+    )  # fmt: skip
+    assert decide("/public/x", "COPY", Destination="/public/y")[0] == "allow"
+
+
+@SETTINGS
+@given(
+    st.text(alphabet=" ._%2eE+", max_size=4),
+    st.text(alphabet=" ._%2eE+", max_size=4),
+    st.sampled_from(["DELETE", "delete", "GET"]),
+)
+def test_no_spelling_php_reads_as_method_escapes(before: str, after: str, value: str) -> None:
+    """Whatever PHP would read as ``_method`` (percent-decoded, leading blanks dropped, "."
+    and " " as "_"), a DELETE named there is never allowed."""
+    from urllib.parse import unquote_plus
+
+    name = f"{before}method{after}" if before or after else "_method"
+    php = unquote_plus(name).lstrip(" ").replace(".", "_").replace(" ", "_").lower()
+    decision = METHODS.decide(http_request(f"/x?{name}={value}", "POST"))
+    if php == "_method" and value.upper() == "DELETE":
+        assert decision.decision == "deny", name

@@ -32,7 +32,10 @@ def _sources(draw: st.DrawFn, depth: int = 0) -> str:
     for _ in range(draw(st.integers(0, 6))):
         if depth < 2 and draw(st.integers(0, 5)) == 0:
             inner = draw(_sources(depth + 1))
-            parts.append(f"(?:{inner})" + draw(st.sampled_from(["?", "*", ""])))
+            # No star over a starred group: the oracle (re) backtracks exponentially on
+            # one ((?:.*b*)*)*, holding the suite for hours; the automaton has no such case.
+            quantifiers = ["?", ""] if "*" in inner else ["?", "*", ""]
+            parts.append(f"(?:{inner})" + draw(st.sampled_from(quantifiers)))
         else:
             parts.append(draw(_atoms) + draw(st.sampled_from(["", "*", "?"])))
     flag = "(?s)" if depth == 0 and draw(st.booleans()) else ""

@@ -13,15 +13,20 @@ allowed, and a deny rule on ``DELETE`` catches it. A value that is not a method 
 a list) is an ``invalid-request``.
 
 Method-override parameters (spec silent): a ``_method`` parameter of the query string (name
-matched after percent-decoding, any case, blanks around it) makes Symfony, Laravel and Express's
-``method-override`` treat a ``POST`` as the method it names; it must be allowed too, like an
-override header's (the body's ``_method`` is not visible here).
+matched after percent-decoding, any case, blanks around it, and ``.`` or a blank inside read
+as ``_``, as PHP registers ``.method`` as ``$_GET['_method']``) makes Symfony, Laravel and
+Express's ``method-override`` treat a ``POST`` as the method it names; it must be allowed too,
+like an override header's (the body's ``_method`` is not visible here). Header names are also
+found with ``.`` for ``-`` (PHP's server folds ``X-HTTP-Method.Override`` into
+``HTTP_X_HTTP_METHOD_OVERRIDE``).
 
 Path-override headers (spec silent): ``X-Original-URL`` and ``X-Rewrite-URL`` make some
 servers and frameworks (IIS URL Rewrite, older Symfony and Zend) route the request to the path
-they name instead of the request line's, the classic way around a front-end's path rules. The
-path each names (found as override headers are) must be allowed too, with every method of the
-request; one that is not in canonical form (5.1) is ``ambiguous-path``.
+they name instead of the request line's, the classic way around a front-end's path rules; and
+WebDAV's ``Destination`` (RFC 4918: the target of ``COPY`` and ``MOVE``, an absolute URI
+whose path is taken) names a second path the request writes. The path each names (found as
+override headers are) must be allowed too, with every method of the request; one that is not
+in canonical form (5.1) is ``ambiguous-path``.
 """
 
 from __future__ import annotations
@@ -49,14 +54,16 @@ __all__ = [
 OVERRIDE_HEADERS: Final = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override"}
 )
-PATH_OVERRIDE_HEADERS: Final = frozenset({"x-original-url", "x-rewrite-url"})
+PATH_OVERRIDE_HEADERS: Final = frozenset({"x-original-url", "x-rewrite-url", "destination"})
+_URI_PREFIX: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")
+_PHP_NAME: Final = str.maketrans({".": "_", " ": "_"})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
 
 
 def header_key(name: str) -> str:
-    """A header name folded as override headers are found: lower case, ``_`` for ``-``,
-    surrounding blanks dropped."""
-    return name.strip(" \t").replace("_", "-").lower()
+    """A header name folded as override headers are found: lower case, ``_`` and ``.`` for
+    ``-``, surrounding blanks dropped."""
+    return name.strip(" \t").replace("_", "-").replace(".", "-").lower()
 
 
 def method_ok(method: str) -> bool:
@@ -87,7 +94,10 @@ def overrides(headers: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[HttpPa
             methods[method] = None
             methods[method.upper()] = None
         elif key in PATH_OVERRIDE_HEADERS:
-            targets[value.strip(" \t")] = None
+            target = value.strip(" \t")
+            # Destination is an absolute URI (RFC 4918 10.3): its path after the authority.
+            authority = _URI_PREFIX.match(target) if key == "destination" else None
+            targets[target[authority.end() :] or "/" if authority else target] = None
     return tuple(methods), tuple(canonicalize_path(target) for target in targets)
 
 
@@ -109,7 +119,7 @@ def query_override_methods(query: str) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for pair in query.split("&"):
         name, _, value = pair.partition("=")
-        if unquote_plus(name).strip(" \t").lower() != "_method":
+        if unquote_plus(name).strip(" \t").lower().translate(_PHP_NAME) != "_method":
             continue
         method = unquote_plus(value).strip(" \t")
         if not method_ok(method):

@@ -134,7 +134,10 @@ class HttpBroker:
         request_id = self.request_ids.new()
         started = time.perf_counter()
         too_big = self._over_limits(route, scope["headers"])
-        if too_big is not None:
+        if too_big is not None:  # refused before any work on it: audited all the same
+            anyone = Subject(source_ip=_client_ip(scope))
+            await self._target_refused(route, scope, anyone, request_id, too_big[0],
+                                       "request-too-large")  # fmt: skip
             await refusals.plain(*too_big, request_id)(scope, receive, send)
             return
         claims = await self._authenticate(route, scope, request_id, receive, send)

@@ -180,8 +180,8 @@ class Exchange:
                 connection.close()  # its body is dropped unread
                 raise UpstreamError(why)
         shown = response_headers(
-            response.headers, self.target.name,
-            path_prefix=self.route.path_prefix, secrets=injection.secrets,
+            response.headers, self.target.name, path_prefix=self.route.path_prefix,
+            secrets=() if masker is None else masker.needles,  # every form of the secrets
         )  # fmt: skip
         decoder = None
         if masker is not None and (coding := decodable(response.headers)) is not None:

@@ -47,9 +47,14 @@ HOP_BY_HOP: Final = frozenset(
         b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
     }
 )  # fmt: skip
+# The agent's credentials, and what would claim another client address (Rails reads
+# Client-IP, CDNs' True-Client-IP and CF-Connecting-IP, ...; X-Forwarded-* by prefix).
 _AGENT_ONLY: Final = frozenset(
-    {b"authorization", b"dpop", b"forwarded", b"x-real-ip", b"host", b"expect", b"cookie"}
-)
+    {b"authorization", b"dpop", b"forwarded", b"x-real-ip", b"host", b"expect", b"cookie",
+     b"client-ip", b"true-client-ip", b"x-client-ip", b"x-cluster-client-ip",
+     b"cf-connecting-ip", b"fastly-client-ip", b"x-originating-ip", b"x-remote-ip",
+     b"x-remote-addr"}
+)  # fmt: skip
 COOKIE_SEPARATOR: Final = b"."
 
 
@@ -63,8 +68,9 @@ def connection_listed(headers: Iterable[Header]) -> frozenset[bytes]:
 
 
 def _folded(name: bytes) -> bytes:
-    """A request header name as targets may read it: lower case, ``_`` for ``-``."""
-    return name.lower().replace(b"_", b"-")
+    """A request header name as targets may read it: lower case, ``_`` and ``.`` for ``-``
+    (CGI and PHP's server fold both into ``_``)."""
+    return name.lower().replace(b"_", b"-").replace(b".", b"-")
 
 
 def request_headers(
@@ -131,8 +137,9 @@ def response_headers(
 
 
 def _holds(value: bytes, secrets: Sequence[bytes]) -> bool:
-    """Whether ``value`` carries one of ``secrets``, also URL-encoded (any hex case, ``+``
-    for a space)."""
+    """Whether ``value`` carries one of ``secrets`` (the brokers pass every form an echo may
+    show, JSON- and HTML-escaped too: :func:`tether.proxy.http.scrub.forms`), also
+    URL-encoded (any hex case, ``+`` for a space)."""
     if not secrets:
         return False
     forms = [value]

@@ -154,7 +154,11 @@ class Connection:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as error:
-                raise UpstreamError(f"invalid response: {error}") from None
+                # h11 quotes the offending bytes after a colon ("illegal header line: ..."):
+                # they may hold the injected credential (a Location built from it), and this
+                # text reaches the agent's 502 and the audit trail. Only its fixed part does.
+                what = str(error).partition(":")[0].strip()[:80] or "malformed"
+                raise UpstreamError(f"invalid response: {what}") from None
             if event is not h11.NEED_DATA:
                 assert not isinstance(event, type)  # PAUSED is handled by reuse()
                 return event

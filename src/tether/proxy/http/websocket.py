@@ -66,6 +66,7 @@ from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
 from tether.proxy.http import handshake, refusals, scrub, wsframes
+from tether.proxy.http.decode import BodyDecoder, decodable, decoded_headers
 from tether.proxy.http.exchange import target_refusal
 from tether.proxy.http.forward import LIVE_CHECK_INTERVAL, Outcome
 from tether.proxy.http.headers import request_headers, response_headers
@@ -136,12 +137,12 @@ class Tunnel:
             injection = await self._injection()
             connection, response = await self._handshake(injection, scope, accept)
             self.out.status = response.status
+            masker = masker_for(injection.secrets)
             shown = response_headers(
-                response.headers, self.target.name,
-                path_prefix=self.route.path_prefix, secrets=injection.secrets,
+                response.headers, self.target.name, path_prefix=self.route.path_prefix,
+                secrets=() if masker is None else masker.needles,
             )  # fmt: skip
             shown.append((refusals.REQUEST_ID.lower().encode(), self.request_id.encode()))
-            masker = masker_for(injection.secrets)
             if response.status == 101:
                 if masker is not None:
                     self.frames = _frames(masker, response.headers)
@@ -149,11 +150,16 @@ class Tunnel:
             else:
                 if response.status == 401:
                     injection.refused(self.broker.oauth)
+                decoder = None
                 if masker is not None:
                     why = scrub.unscannable(b"GET", response.status, response.headers)
                     if why is not None:
                         raise UpstreamError(why)  # the connection is closed below
-                await self._relay(connection, send, shown, masker)
+                    if (coding := decodable(response.headers)) is not None:
+                        decoder = BodyDecoder(coding)  # masked uncoded, as an exchange's
+                        shown = decoded_headers(shown)
+                        self.out.extra["decoded"] = coding
+                await self._relay(connection, send, shown, masker, decoder)
         except handshake.BadUpgrade as error:
             refusal = (400, str(error))
         except (InjectionError, UpstreamError) as error:
@@ -213,10 +219,15 @@ class Tunnel:
         return connection, response
 
     async def _relay(
-        self, connection: Connection, send: Send, headers: list[Any], masker: Masker | None
+        self,
+        connection: Connection,
+        send: Send,
+        headers: list[Any],
+        masker: Masker | None,
+        decoder: BodyDecoder | None,
     ) -> None:
         """A target that did not switch: its answer goes to the agent as a response, the
-        credential masked in its body."""
+        credential masked in its body (decoded first when the target coded it)."""
         limit = self.broker.config.client_send_timeout
         async with asyncio.timeout(limit):
             await send({"type": "http.response.start", "status": self.out.status,
@@ -225,13 +236,17 @@ class Tunnel:
         scrubber = None if masker is None else masker.scrubber()
         try:
             async for chunk in connection.body(self.plan.read_timeout):
-                if scrubber is not None:
-                    chunk = scrubber.feed(chunk)
-                if not chunk:
-                    continue
-                self.out.bytes_out += len(chunk)
-                async with asyncio.timeout(limit):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                for piece in (chunk,) if decoder is None else decoder.feed(chunk):
+                    if scrubber is not None:
+                        piece = scrubber.feed(piece)
+                    if not piece:
+                        continue
+                    self.out.bytes_out += len(piece)
+                    async with asyncio.timeout(limit):
+                        await send({"type": "http.response.body", "body": piece,
+                                    "more_body": True})  # fmt: skip
+            if decoder is not None:
+                decoder.finish()
             last = b"" if scrubber is None else scrubber.flush()
             self.out.bytes_out += len(last)
             async with asyncio.timeout(limit):
