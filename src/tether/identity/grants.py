@@ -102,6 +102,10 @@ async def exchange(
         return await _delegate(service, request, dpop, url)
     if request.subject_token_type == ex.ACCESS_TOKEN:
         held = await service.authenticate(Presented(request.subject_token, "POST", url, dpop))
+        # The verifier's leeway (clock skew) is for using a token, not for making a fresh
+        # one out of a token that has expired.
+        if held.exp <= int(service.clock().timestamp()):
+            raise ex.ExchangeError("invalid_grant", "the presented token has expired")
         not_after = held.exp
         if request.task_id == held.task.id and held.act is None:
             not_after = await _session_end(service, held)  # renewal, see exchange's docstring
