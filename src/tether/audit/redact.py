@@ -62,6 +62,7 @@ ALWAYS_SENSITIVE_HEADERS: Final = frozenset(
 
 _NORMALISE: Final = str.maketrans("", "", "_-. ")
 _STRING_TOKENS: Final = frozenset({"SCONST", "USCONST"})
+_COMMENT_TOKENS: Final = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
 # Secrets recognised by their shape, wherever they are. Agent-controlled text of any length
 # goes through this on the event loop, so it must stay linear: a run of name characters is
@@ -76,8 +77,11 @@ _SHAPES: Final = re.compile(
   | (?P<tether>\bt[aj]t_[A-Za-z0-9_-]{0,256}+\.)[A-Za-z0-9_-]+          # tat_<id>.<secret>
   | (?P<userinfo>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+://[^\s/:]{0,1024}+:)
         [^\s@]{1,1024}+(?:@[^\s@/?\#]{0,1024}+)*(?=@)  # to the last '@' before the host
-  | (?P<sqlpw>\b(?i:password)\s+)                  # PostgreSQL's PASSWORD 'literal'
-        (?:(?:[Ee]|[Uu]&)?'(?:[^']|'')*'|\$(?P<tag>[A-Za-z_]*)\$[\s\S]*?\$(?P=tag)\$)
+  | (?P<usertoken>(?<![A-Za-z0-9+.-])(?i:https?)://)[^\s/:@?\#]{1,1024}+(?=@)  # a token as user
+  | (?P<sqlpw>\b(?i:password)"?(?:\s|/\*[\s\S]{0,256}?\*/|--[^\n]{0,256}\n)*+)  # PASSWORD 'literal'
+        (?:[Ee]'[^\n]{0,1024}'|(?:[Uu]&)?'(?:[^']|'')*'  # E'': to the last quote of the
+                                                          # line (a shell may unescape \\')
+          |\$(?P<tag>[A-Za-z_]*)\$[\s\S]*?\$(?P=tag)\$)
   | (?P<auth>(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]*?(?i:authorization)["']?\s*[:=]\s*)
         [A-Za-z][A-Za-z0-9!\#$%&*+.^_|~-]*[ \t]+[^\s"',;]+(?:[ \t]*,[ \t]*[^\s"',;]+)*
   | (?P<flag>(?<!\S)--?(?P<flagname>[A-Za-z][A-Za-z0-9_-]*+)(?:\s++|=))(?=\S)  # after a blank
@@ -95,13 +99,17 @@ _PAIR_VALUE: Final = re.compile(
          |"(?:[^"\\]|\\.)*"|'[^']*'|[^\s&;,"'}\]]+|"(?:[^"\\]|\\.)*+|'[^']*+)""",
     re.VERBOSE,
 )
+# A Cookie (or Set-Cookie) written as text holds several values split by ';': to the end of
+# the line or a quote.
+_COOKIE_NAMES: Final = frozenset({"cookie", "set-cookie"})
+_COOKIE_VALUE: Final = re.compile(r"""[^\r\n"']+""")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*+")
 # The value of a shell word ``NAME=value``: to a blank or a shell operator (``&`` also ends
 # the value of a query string written alone, ``token=…&page=2``).
 _SHELL_VALUE: Final = re.compile(r"""(?:"[^"]*"|'[^']*'|[^\s"'&;|]+|"[^"]*+|'[^']*+)""")
 _MAY_HOLD_SHAPE: Final = re.compile(
     r"eyJ|-----BEGIN|[Bb]earer|BEARER|DPoP|dpop|DPOP|[Bb]asic|BASIC|t[aj]t_|[:=]|(?<!\S)-"
-    r"|(?i:password)\s+[EeUu$']"
+    r"|(?i:password)\"?[\s/'EeUu$-]"
 )
 # Substrings of which every match of _MAY_HOLD_SHAPE holds one: a string with none of them
 # cannot hold a secret by its shape, and ``in`` (a C substring search) answers several
@@ -209,6 +217,8 @@ class Redactor:
                 return match[kind], end  # the value is scanned as the rest of the text
             if kind == "flag":
                 pattern = _FLAG_VALUE
+            elif name.lower() in _COOKIE_NAMES:  # every cookie of the line, not the first
+                pattern = _COOKIE_VALUE
             else:
                 pattern = _SHELL_VALUE if _shell_assignment(match) else _PAIR_VALUE
             found = pattern.match(match.string, end)
@@ -317,9 +327,12 @@ def _password_spans(query: str) -> tuple[list[tuple[int, int]], list[int]]:
     spans: list[tuple[int, int]] = []
     numbers: list[int] = []
     for index, token in enumerate(tokens):
-        if query[token.start : token.end + 1].lower() != "password":
+        # PASSWORD, or an option named "password" (CREATE USER MAPPING ... OPTIONS)
+        if query[token.start : token.end + 1].lower().strip('"') != "password":
             continue
         for following in tokens[index + 1 :]:
+            if following.name in _COMMENT_TOKENS:  # the server reads a comment as a blank
+                continue
             if following.name in _STRING_TOKENS:
                 spans.append((following.start, following.end + 1))
                 continue

@@ -158,7 +158,11 @@ async def verify_trail(
         expected, prev, prev_seq = pruned.seq + 1, pruned.hash, pruned.seq
     awaiting: tuple[int, str] | None = None  # the last row the newest marker covers
     async for row in _rows(conn):
-        seq = int(row["seq"])
+        seq = _seq_of(row)
+        if seq is None:
+            report.add(prev_seq, "unreadable", f"a row after event {prev_seq} has no integer "
+                       f"seq ({row['seq']!r:.40}): it was planted or changed")  # fmt: skip
+            continue
         if pruned is not None and seq <= pruned.seq:
             awaiting = _check_awaiting(report, row, seq, awaiting)
             continue
@@ -194,6 +198,13 @@ async def verify_trail(
         ):
             report.add(seq, problem, what)
     return report
+
+
+def _seq_of(row: RowMapping) -> int | None:
+    """A row's ``seq`` as an integer; None when it holds anything else (SQLite's column
+    affinity keeps a text or a real that an edit stored)."""
+    value = row["seq"]
+    return value if type(value) is int else None
 
 
 def _check_awaiting(
@@ -234,15 +245,22 @@ def _read_head(report: VerifyReport, path: Path | None) -> Checkpoint | None:
 
 # Raw values, without SQLAlchemy's type processing: a tampered value that the column type
 # cannot parse (a malformed time in SQLite) must be a finding about its row, not an error.
+# The first chunk has no lower bound: a row planted below any bound chosen here (seq is a
+# BIGINT, a plain INSERT passes the append-only triggers) would be a row nothing checks.
+_FIRST: Final = object()
+_FIRST_QUERY: Final = text("SELECT * FROM audit_events ORDER BY seq LIMIT :limit")
 _CHUNK_QUERY: Final = text(
     "SELECT * FROM audit_events WHERE seq > :after ORDER BY seq LIMIT :limit"
 )
 
 
 async def _rows(conn: AsyncConnection) -> AsyncIterator[RowMapping]:
-    after = -(2**62)
+    after: object = _FIRST
     while True:
-        result = await conn.execute(_CHUNK_QUERY, {"after": after, "limit": CHUNK})
+        if after is _FIRST:
+            result = await conn.execute(_FIRST_QUERY, {"limit": CHUNK})
+        else:
+            result = await conn.execute(_CHUNK_QUERY, {"after": after, "limit": CHUNK})
         rows = list(result.mappings())
         for row in rows:
             yield row
