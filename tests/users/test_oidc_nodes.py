@@ -97,9 +97,11 @@ async def test_a_sign_in_started_on_one_node_completes_on_another(cluster: Clust
     assert await cluster.b.login.poll(poll_id, 0) is None  # known to every node, pending
     code, state = await authorize(url)
     verified = await cluster.b.login.callback(code, state)  # the callback reaches node b
-    assert verified.user.id == "alice" and verified.user.roles == frozenset({"approver"})
+    assert verified.user == "alice"
+    assert await cluster.b.login.users.find("alice") is None  # recorded only once confirmed
     assert await cluster.a.login.poll(poll_id, 0) is None  # not before the confirmation
-    await cluster.a.login.confirm(state, verified.confirm)  # the page posts to either node
+    confirmed = await cluster.a.login.confirm(state, verified.confirm)  # either node
+    assert confirmed.created and confirmed.user.roles == frozenset({"approver"})
 
     for node in (cluster.b, cluster.a):  # a replayed state fails on every node
         with pytest.raises(OidcLoginError, match="unknown or expired"):

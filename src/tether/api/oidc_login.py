@@ -90,7 +90,7 @@ async def callback(
     except OidcLoginError as refused:
         return await _refused(request, refused)
     page = _CONFIRM.format(
-        user=html.escape(verified.user.id), code=html.escape(verified.code),
+        user=html.escape(verified.user), code=html.escape(verified.code),
         action=html.escape(str(request.url_for("confirm_oidc_login")), quote=True),
         state=html.escape(state, quote=True), confirm=html.escape(verified.confirm, quote=True),
     )  # fmt: skip
@@ -107,14 +107,19 @@ async def confirm(request: Request) -> HTMLResponse:
         state, secret = form.get("state", [""])[0], form.get("confirm", [""])[0]
         if not state or not secret:
             raise OidcLoginError("the confirmation is incomplete; start again")
-        user = await login.confirm(state, secret)
+        confirmed = await login.confirm(state, secret)
     except (OidcLoginError, UnicodeDecodeError, ValueError) as refused:
         problem = refused if isinstance(refused, OidcLoginError) else OidcLoginError(
             "the confirmation is malformed; start again"
         )  # fmt: skip
         return await _refused(request, problem)
+    user = confirmed.user
+    changes: dict[str, object] = {"created": confirmed.created}  # what the sign-in recorded
+    if confirmed.roles_before is not None and confirmed.roles_before != user.roles:
+        changes["roles_before"] = sorted(confirmed.roles_before)
     await audit_admin(request, actor=f"user:{user.id}", action="user.login", target="oidc",
-                      outcome="success", groups=sorted(user.groups))  # fmt: skip
+                      outcome="success", groups=sorted(user.groups), roles=sorted(user.roles),
+                      pat=confirmed.pat, **changes)  # fmt: skip
     message = (
         f"Signed in to Tether as {user.id}. You can close this page and return to the terminal."
     )

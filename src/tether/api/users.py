@@ -32,7 +32,13 @@ from tether.api.adminauth import AdminCall, admin_call, audit_admin, peer_of, te
 from tether.api.bodies import body_schema, json_body
 from tether.api.humans import bearer, signed_in, signed_in_person, signed_in_user, users_of
 from tether.api.problems import ProblemError
-from tether.users.service import LoginRefused, LoginThrottled, UserError, UserService
+from tether.users.service import (
+    USER_ID,
+    LoginRefused,
+    LoginThrottled,
+    UserError,
+    UserService,
+)
 from tether.users.store import User, UserToken
 from tether.users.totp import provisioning_uri
 
@@ -130,16 +136,19 @@ async def login(request: Request) -> dict[str, Any]:
     except LoginRefused as refused:
         throttled = isinstance(refused, LoginThrottled)
         status = 429 if throttled else 401
+        # The name is recorded only when it is a user's: a password typed as the name must
+        # not reach the trail (the throttle keys by a digest of it for the same reason).
+        known = USER_ID.fullmatch(body.user) and await users.find(body.user) is not None
         await audit_admin(request, actor="anonymous", action="user.login",
-                          target=f"user:{body.user}"[:200], outcome="denied", status=status,
-                          source=peer_of(request))  # fmt: skip
+                          target=f"user:{body.user}" if known else "user:(unknown)",
+                          outcome="denied", status=status, source=peer_of(request))  # fmt: skip
         if throttled:
             raise ProblemError(429, "too many failed sign-ins for this user; try again later",
                                headers={"Retry-After": "900"}) from None  # fmt: skip
         raise ProblemError(401, "wrong user, password or code") from None
     text, record = await _new_token(users, user.id, body.token_name, body.ttl)
     await audit_admin(request, actor=f"user:{user.id}", action="user.login",
-                      target=f"user:{user.id}", outcome="success", token_id=record.id)  # fmt: skip
+                      target=f"user:{user.id}", outcome="success", pat=record.id)  # fmt: skip
     return {"token": text, **token_json(record), "user_info": user_json(user)}
 
 
@@ -173,7 +182,7 @@ async def create_token(request: Request) -> dict[str, Any]:
     except UserError as error:
         raise _problem(error) from None
     await audit_admin(request, actor=f"user:{user.id}", action="token.create",
-                      target=f"token:{record.id}", outcome="success")  # fmt: skip
+                      target=f"pat:{record.id}", outcome="success")  # fmt: skip
     return {"token": text, **token_json(record)}
 
 
@@ -204,7 +213,7 @@ async def revoke_token(token_id: str, request: Request) -> dict[str, Any]:
     if not done:
         raise ProblemError(404, f"no live token {token_id!r}")
     await audit_admin(request, actor=caller.actor, action="token.revoke",
-                      target=f"token:{token_id}", outcome="success")  # fmt: skip
+                      target=f"pat:{token_id}", outcome="success")  # fmt: skip
     return {"id": token_id, "revoked": True}
 
 

@@ -135,10 +135,16 @@ def user_code(poll_id: str) -> str:
 
 
 async def await_confirmation(
-    conn: AsyncConnection, state: str, confirm: str, poll_id: str, user_id: str
+    conn: AsyncConnection,
+    state: str,
+    confirm: str,
+    poll_id: str,
+    user_id: str,
+    groups: tuple[str, ...],
 ) -> None:
-    """After the callback: the sign-in waits for :func:`confirm` with ``confirm``."""
-    body = json.dumps({"poll_id": poll_id, "user": user_id}).encode()
+    """After the callback: the sign-in waits for :func:`confirm` with ``confirm``, with the
+    verified user and its groups sealed under it (applied only once confirmed)."""
+    body = json.dumps({"poll_id": poll_id, "user": user_id, "groups": list(groups)}).encode()
     await conn.execute(
         update(oidc_logins)
         .where(oidc_logins.c.state_hash == lookup(state), oidc_logins.c.sealed_token.is_(None))
@@ -148,9 +154,10 @@ async def await_confirmation(
 
 async def confirm(
     conn: AsyncConnection, state: str, secret: str, now: datetime
-) -> tuple[str, str] | None:
-    """Spend the confirmation of ``state`` (once): its poll id and user; None when it is
-    unknown, expired, spent already or ``secret`` is not its secret."""
+) -> tuple[str, str, tuple[str, ...]] | None:
+    """Spend the confirmation of ``state`` (once): its poll id, user and the user's groups
+    at the provider; None when it is unknown, expired, spent already or ``secret`` is not
+    its secret."""
     table = oidc_logins.c
     key = lookup(state)
     alive = and_(table.state_hash == key, table.consumed_at.is_not(None),
@@ -165,7 +172,8 @@ async def confirm(
     spend = update(oidc_logins).where(alive, table.sealed_start == sealed).values(sealed_start=b"")
     if (await conn.execute(spend)).rowcount != 1:
         return None  # another confirmation spent it first
-    return str(data["poll_id"]), str(data["user"])
+    groups = data.get("groups", [])
+    return str(data["poll_id"]), str(data["user"]), tuple(str(g) for g in groups)
 
 
 async def live_count(conn: AsyncConnection, now: datetime) -> int:

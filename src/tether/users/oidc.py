@@ -78,12 +78,24 @@ class OidcLoginError(Exception):
 @dataclass(frozen=True, slots=True)
 class Verified:
     """A callback whose ID token checked out, waiting for the person at the browser to
-    confirm: ``confirm`` is the one-use secret the confirmation page posts back, ``code``
-    the code the terminal that started the sign-in shows."""
+    confirm: ``user`` the user id it verified (not yet recorded: nothing of the user changes
+    before the confirmation), ``confirm`` the one-use secret the confirmation page posts
+    back, ``code`` the code the terminal that started the sign-in shows."""
 
-    user: User
+    user: str
     confirm: str
     code: str
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """A confirmed sign-in: the user as recorded, and what the confirmation changed of it
+    (``created``; its roles before, None for a new user) for the audit trail."""
+
+    user: User
+    created: bool
+    roles_before: frozenset[str] | None
+    pat: str  # the id of the personal token made
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,22 +171,26 @@ class OidcLogin:
             raise OidcLoginError("the ID token is from another issuer")
         if identity.claims.get("nonce") != started.nonce:
             raise OidcLoginError("the ID token is not for this sign-in (nonce)")
-        user = await self._upsert(identity.user, identity.groups)
+        await self._admissible(identity.user)  # refused now, before any confirmation
         secret = secrets.token_urlsafe(32)
         async with self.users.engine.begin() as conn:
-            await logins.await_confirmation(conn, state, secret, started.poll_id, user.id)
-        return Verified(user, secret, logins.user_code(started.poll_id))
+            await logins.await_confirmation(
+                conn, state, secret, started.poll_id, identity.user, identity.groups
+            )
+        return Verified(identity.user, secret, logins.user_code(started.poll_id))
 
-    async def confirm(self, state: str, secret: str) -> User:
-        """The person at the browser confirmed the sign-in of ``state``: the personal token
-        is made and left for the poll. Once; ``OidcLoginError`` otherwise."""
+    async def confirm(self, state: str, secret: str) -> Confirmed:
+        """The person at the browser confirmed the sign-in of ``state``: the user is
+        recorded with its groups and roles (created or updated only now), and the personal
+        token is made and left for the poll. Once; ``OidcLoginError`` otherwise."""
         async with self.users.engine.begin() as conn:
             found = await logins.confirm(conn, state, secret, self.clock())
         if found is None:
             raise OidcLoginError("unknown, expired or already confirmed sign-in; start again")
-        poll_id, user_id = found
-        user = await self.users.find(user_id)
-        if user is None or not user.active:
+        poll_id, user_id, groups = found
+        before = await self.users.find(user_id)
+        user = await self._upsert(user_id, groups)
+        if not user.active:
             raise OidcLoginError(f"{user_id} is not an active user")
         text, record = await self.users.create_token(
             user.id, name="oidc login", ttl=self.config.token_ttl
@@ -184,7 +200,8 @@ class OidcLogin:
                                   self.clock(), LOGIN_TTL)  # fmt: skip
         self._completed.set()
         self._completed = asyncio.Event()
-        return user
+        roles_before = None if before is None else before.roles
+        return Confirmed(user, before is None, roles_before, record.id)
 
     async def poll(self, poll_id: str, wait: float) -> LoginResult | None:
         """The completed sign-in of ``poll_id`` (handed out once), or None while pending;
@@ -272,11 +289,20 @@ class OidcLogin:
             raise OidcLoginError("the provider refused the authorization code")
         return id_token
 
-    async def _upsert(self, user_id: str, groups: tuple[str, ...]) -> User:
+    async def _admissible(self, user_id: str) -> None:
+        """Refuse a user id Tether cannot record, a local user's, or a disabled user's."""
         if not USER_ID.fullmatch(user_id):
             raise OidcLoginError(
                 f"the provider's user id {user_id[:100]!r} is not a Tether user id"
             )
+        existing = await self.users.find(user_id)
+        if existing is not None and existing.source != "oidc":
+            raise OidcLoginError(f"{user_id} is a local user; sign in with a password")
+        if existing is not None and not existing.active:
+            raise OidcLoginError(f"{user_id} is disabled")
+
+    async def _upsert(self, user_id: str, groups: tuple[str, ...]) -> User:
+        await self._admissible(user_id)  # again: it may have changed since the callback
         roles = sorted({r for g in groups for r in self.config.roles.get(g, [])})
         # A provider's group Tether cannot name (``Domain Users``) is left out: a group only
         # ever adds (an approver entry, a role), so leaving one out never widens anything.
