@@ -77,6 +77,8 @@ class Condition:
         unknown = {f for f in functions if not _is_operator(f)} - FUNCTIONS
         if unknown:
             raise PatternError(f"CEL calls unknown function(s) {', '.join(sorted(unknown))}")
+        if "-_" in functions:  # the engine wraps -(-2**63) instead of failing: closed here
+            raise PatternError("CEL: negate a value with 0 - x (unary minus wraps on overflow)")
         return cls(source, program, "time" in variables)
 
     def evaluate(self, context: dict[str, Any]) -> object:

@@ -238,7 +238,7 @@ class _Evaluator:
         delegation: dict[str, Any] = {}
         if r.delegation is not None:
             delegation = {"user": r.delegation.user, "groups": sorted(r.delegation.groups)}
-        return {
+        context: dict[str, Any] = {
             "agent": {"id": r.agent_id, "labels": r.agent_labels},
             "runtime": {"id": r.runtime_id, "labels": r.runtime_labels}
             if r.runtime_id is not None
@@ -246,10 +246,12 @@ class _Evaluator:
             "delegation": delegation,
             "task": r.task,
             "target": {"name": r.target_name, "labels": r.target_labels},
-            "source_ip": r.source_ip,
             "time": _utc(r.time if r.time is not None else self._clock()),
             "request": r.cel_view(),
         }
+        if r.source_ip is not None:  # absent: a condition reading it errs (spec 4: closed)
+            context["source_ip"] = r.source_ip
+        return context
 
 
 def _utc(moment: datetime) -> datetime:

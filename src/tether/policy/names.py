@@ -84,7 +84,7 @@ class LabelSelector:
 
 
 def _label_values(key: str, value: object) -> frozenset[str] | None:
-    if value == "*":
+    if value == "*" or (isinstance(value, list) and "*" in value):  # any of them, * any value
         return None
     if isinstance(value, str):
         return frozenset((value,))

@@ -270,9 +270,9 @@ def _when(node: Node, where: _Where) -> Condition | None:
 
 
 def _approval(node: Node, where: _Where, deny: bool) -> Approval | None:
-    value = node.get("approval")
-    if value is None:
+    if "approval" not in node:  # present but empty (null) is a bad type, never "no approval"
         return None
+    value = node.get("approval")
     if deny:
         raise where.error("approval", "'approval' is only allowed on allow rules")
     if not isinstance(value, Node):
