@@ -258,6 +258,8 @@ def _parse_toml(path: Path, text: str) -> Any:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
@@ -269,6 +271,8 @@ def _parse_yaml(path: Path, text: str) -> Any:
         raise ConfigError(f"{where}: invalid YAML: {error.problem or error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     return {} if data is None else data
 
 
@@ -349,9 +353,19 @@ def _describe_error(detail: ErrorDetails, layers: list[_Layer]) -> str:
         return f"{source}: {key}: unknown setting"
     if detail["type"] == "value_error":
         message = str(detail.get("ctx", {}).get("error", detail["msg"]))
+    elif isinstance(detail["input"], dict | list) or _secret_named(key):
+        message = detail["msg"]  # a section may hold a secret (a webhook's, a sink's token)
     else:
         message = f"{detail['msg']}, got {detail['input']!r}"
     return f"{source}: {key}: {message}"
+
+
+_SECRET_PARTS: Final = ("secret", "token", "password", "passwd", "key", "credential")
+
+
+def _secret_named(key: str) -> bool:
+    """Whether a setting's dotted name says it may hold a secret (its value is not shown)."""
+    return any(part in key.lower() for part in _SECRET_PARTS)
 
 
 def _source_of(key: str, layers: list[_Layer]) -> str:

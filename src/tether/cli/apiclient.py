@@ -9,6 +9,7 @@ else (1).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Final, NoReturn
 
@@ -27,6 +28,7 @@ from tether.cli.common import (
 
 SERVER_ENV: Final = "TETHER_SERVER"
 TOKEN_ENV: Final = "TETHER_ADMIN_TOKEN"  # noqa: S105 - a variable's name
+_TOKEN_TEXT: Final = re.compile(r"[\x21-\x7e]{1,4096}")
 DEFAULT_SERVER: Final = "http://127.0.0.1:8765"
 TIMEOUT: Final = 30.0
 
@@ -72,11 +74,38 @@ def admin_token(token_file: Path | None) -> str:
             fail(f"{token_file} is not a text file")
         if not text:
             fail(f"{token_file} is empty")
-        return text
+        return checked_token(text, str(token_file))
     text = os.environ.get(TOKEN_ENV, "").strip()
     if not text:
         fail(f"no admin token: set {TOKEN_ENV} or pass --token-file")
+    return checked_token(text, TOKEN_ENV)
+
+
+def checked_token(text: str, source: str) -> str:
+    """``text`` if it is one token (printable ASCII, no blank); exits 2 naming ``source``
+    otherwise, never showing the text (an HTTP library's error would quote it)."""
+    if not _TOKEN_TEXT.fullmatch(text):
+        fail(f"the token in {source} is not one line of printable ASCII without blanks")
     return text
+
+
+def http_client(
+    server: str, headers: dict[str, str], transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """The client of the API at ``server``; exits 2 when ``server`` is not a URL."""
+    try:
+        return httpx.Client(base_url=server, headers=headers, timeout=TIMEOUT,
+                            transport=transport)  # fmt: skip
+    except httpx.InvalidURL:
+        fail(f"{server!r} is not a valid server URL")
+
+
+def json_answer(response: httpx.Response, server: str) -> Any:
+    """The JSON of a successful answer; exits when it is none (not a Tether server)."""
+    try:
+        return response.json()
+    except ValueError:
+        fail(f"the server at {server} did not answer JSON: is it a Tether server?", EXIT_FAILED)
 
 
 class AdminClient:
@@ -84,12 +113,7 @@ class AdminClient:
 
     def __init__(self, server: str, token: str, transport: httpx.BaseTransport | None = None):
         self.server = server.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.server,
-            headers={"authorization": f"Bearer {token}"},
-            timeout=TIMEOUT,
-            transport=transport,
-        )
+        self._http = http_client(self.server, {"authorization": f"Bearer {token}"}, transport)
 
     def call(
         self,
@@ -109,7 +133,7 @@ class AdminClient:
             fail(f"cannot reach the Tether server at {self.server}: {reason}", EXIT_UNREACHABLE)
         if not response.is_success:
             _refused(response)
-        return response.json()
+        return json_answer(response, self.server)
 
 
 def _refused(response: httpx.Response) -> NoReturn:

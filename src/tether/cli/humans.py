@@ -21,7 +21,7 @@ from typing import Any, Final, NoReturn
 
 import httpx
 
-from tether.cli.apiclient import TIMEOUT, TOKEN_ENV
+from tether.cli.apiclient import TIMEOUT, TOKEN_ENV, checked_token, http_client, json_answer
 from tether.cli.common import (
     EXIT_CONFLICT,
     EXIT_FAILED,
@@ -82,14 +82,14 @@ def human_token(server: str, token_file: Path | None) -> str:
             fail(f"cannot read {token_file}: {error}")
         if not text:
             fail(f"{token_file} is empty")
-        return text
+        return checked_token(text, str(token_file))
     login = stored_login()
     if login is not None and login["server"] == server.rstrip("/"):
-        return login["token"]
+        return checked_token(login["token"], str(login_path()))
     text = os.environ.get(TOKEN_ENV, "").strip()
     if not text:
         fail(f"not signed in to {server}: run `tether login`, or set {TOKEN_ENV}")
-    return text
+    return checked_token(text, TOKEN_ENV)
 
 
 class HumanClient:
@@ -98,7 +98,7 @@ class HumanClient:
     def __init__(self, server: str, token: str | None) -> None:
         self.server = server.rstrip("/")
         headers = {} if token is None else {"authorization": f"Bearer {token}"}
-        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=TIMEOUT)
+        self._http = http_client(self.server, headers)
 
     def call(
         self,
@@ -118,7 +118,7 @@ class HumanClient:
             fail(f"cannot reach the Tether server at {self.server}: {first}", EXIT_UNREACHABLE)
         if not response.is_success:
             _refused(response)
-        return response.json()
+        return json_answer(response, self.server)
 
 
 def _refused(response: httpx.Response) -> NoReturn:

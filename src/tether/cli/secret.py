@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Final
@@ -37,6 +38,7 @@ _NO_INPUT: Final = (
     "no value: pipe it on standard input or pass --file "
     "(values are never taken from the command line)"
 )
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 SecretName = Annotated[
     str, typer.Argument(help="The secret's name, e.g. billing/api-token.", show_default=False)
@@ -65,7 +67,8 @@ def read_value(file: Path | None, stdin: BinaryIO | None = None) -> bytes:
             if sys.stdin is None or sys.stdin.isatty():
                 fail(_NO_INPUT)
             stdin = sys.stdin.buffer
-        value = stdin.read(MAX_SECRET_BYTES + 2)
+        # One byte past a full value and its line end: more is refused below, never cut.
+        value = stdin.read(MAX_SECRET_BYTES + 3)
         value = value[:-2] if value.endswith(b"\r\n") else value.removesuffix(b"\n")
     if not value:
         fail("the value is empty: a secret needs at least one byte")
@@ -80,6 +83,12 @@ def _read_file(file: Path) -> bytes:
             return handle.read(MAX_SECRET_BYTES + 1)
     except OSError as error:
         fail(f"cannot read {file}: {(error.strerror or str(error)).lower()}")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters shown as ``?`` (a description stored before they
+    were refused must not drive the terminal)."""
+    return _CONTROL.sub("?", text)
 
 
 def _name(name: str) -> str:
@@ -151,7 +160,7 @@ def list_command(
             Text(info["name"]),
             Text(str(info["version"])),
             Text(info["updated_at"]),
-            Text(info["description"] or "-"),
+            Text(_printable(info["description"] or "-")),
         )
     Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
 

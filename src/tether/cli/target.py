@@ -141,6 +141,7 @@ def add(
         target = client.call("POST", "/v1/targets", {"name": name, **body})
     if as_json:
         _print_json(target)
+        _warn(target)  # on standard error, JSON or not: an opt-out of TLS is never quiet
         return
     typer.echo(f"target {target['name']} ({target['kind']}) {'replaced' if replace else 'added'}")
     _warn(target)

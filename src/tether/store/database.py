@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,14 @@ def _prepare_sqlite_dir(database: str | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise StoreError(f"cannot create {path.parent}: {error.strerror}") from None
+    # A new database is the owner's alone (password and token hashes, the audit trail):
+    # made here 0600 whatever the umask, and SQLite gives its -wal and -shm files its mode.
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise StoreError(f"cannot create {path}: {error.strerror}") from None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -21,6 +21,7 @@ Security decisions:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from tether.vault.schema import vault_secrets
 
 PURPOSE: Final = "vault.secret"
 MAX_DESCRIPTION_CHARS: Final = 500
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _PUT_ATTEMPTS: Final = 8
 
 PutMode = Literal["set", "create", "rotate"]
@@ -264,6 +266,8 @@ def _check_value(value: bytes, description: str | None) -> None:
         raise SecretError(f"a secret value is at most {MAX_SECRET_BYTES} bytes")
     if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
         raise SecretError(f"a description is at most {MAX_DESCRIPTION_CHARS} characters")
+    if description is not None and _CONTROL.search(description):  # a terminal's escapes
+        raise SecretError("a description holds no control characters")
 
 
 __all__ = [

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 MAX_URL_CHARS: Final = 2048
 MAX_PEM_CHARS: Final = 256 * 1024
+_PEM_LABEL: Final = re.compile(r"-----BEGIN ([^-\r\n]{1,64})-----")
 MAX_KNOWN_HOSTS_CHARS: Final = 64 * 1024
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -77,6 +78,9 @@ def check_pem_bundle(value: str) -> str:
     """PEM text holding at least one X.509 certificate, all of which load."""
     if len(value) > MAX_PEM_CHARS or not value.isascii():
         raise ValueError(f"a CA bundle is ASCII PEM text of at most {MAX_PEM_CHARS} characters")
+    other = set(_PEM_LABEL.findall(value)) - {"CERTIFICATE"}
+    if other:  # a key pasted in with the CA would be stored in clear
+        raise ValueError(f"a CA bundle holds certificates only, not {', '.join(sorted(other))}")
     try:
         certificates = x509.load_pem_x509_certificates(value.encode("ascii"))
     except ValueError:

@@ -216,16 +216,34 @@ def read_text_file(path: Path) -> str:
         raise TargetInputError(f"{path} is not UTF-8 text") from None
 
 
+_ALIAS_REFUSED: Final = "aliases are not taken in a target file"
+
+
+class _NoAliases(yaml.SafeLoader):
+    """The safe loader without aliases: a target needs none, and a few hundred bytes of
+    nested aliases expand to gigabytes when the spec is read."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, _ALIAS_REFUSED, event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def spec_from_document(
     text: str, *, name: str, base: Path, read_text: ReadText = read_text_file
 ) -> tuple[str, dict[str, Any], dict[str, str] | None]:
     """``(kind, spec data, labels or None)`` of a YAML/JSON target document."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_NoAliases)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise TargetInputError(f"not valid YAML or JSON{where}") from None
+        problem = getattr(error, "problem", None)
+        detail = f": {problem}" if problem == _ALIAS_REFUSED else ""
+        raise TargetInputError(f"not valid YAML or JSON{where}{detail}") from None
+    except RecursionError:
+        raise TargetInputError("not valid YAML or JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise TargetInputError("a target file is a mapping of field names to values")
     spec = dict(document)

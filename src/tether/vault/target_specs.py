@@ -279,6 +279,8 @@ def parse_spec(kind: str, data: TargetSpec | Any) -> TargetSpec:
         text = json.dumps(data, allow_nan=False)
     except (TypeError, ValueError):
         raise SpecError("spec: not JSON data (infinity, NaN or a non-JSON type)") from None
+    except RecursionError:
+        raise SpecError("spec: nested too deeply") from None
     try:
         return model.model_validate_json(text)
     except ValidationError as error:
