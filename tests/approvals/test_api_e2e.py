@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.approvals.conftest import Api
 from tests.approvals.helpers import ssh_request
-from tether.approvals.digest import action_digest
+from tether.approvals.digest import ActionDigest, action_digest
 
 RESTART = {"ssh": {"command": "systemctl restart app"}}
 
@@ -20,8 +20,8 @@ async def ask(api: Api, agent: Any, action: dict[str, Any], target: str = "web")
     return await api.as_agent(agent, "POST", "/v1/access-requests", json=body)
 
 
-def digest_of(command: str, agent: str = "bot") -> str:
-    return action_digest(ssh_request(command, agent=agent)).digest
+def digest_of(command: str, agent: str = "bot") -> ActionDigest:
+    return action_digest(ssh_request(command, agent=agent))
 
 
 async def test_ask_approve_hold_exactly_then_expire(api: Api) -> None:

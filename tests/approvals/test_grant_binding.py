@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests.approvals.conftest import Api
 from tests.approvals.helpers import POLICY, ssh_request
 from tether.approvals.binding import grant_key
+from tether.approvals.digest import ActionDigest
 from tether.policy import PolicySource, load_policies
 
 RESTART = "systemctl restart app"
@@ -96,7 +97,7 @@ async def test_a_grant_does_not_cover_another_runtime_and_dies_with_its_runtime(
     assert revoked.status_code == 201, revoked.text
     shown = await api.http.get(f"/v1/access-requests/{pending.id}", headers=sam)
     assert shown.json()["grant"]["revoked"] is True
-    digest = pending.digest
+    digest = ActionDigest("ssh", pending.target, {}, pending.digest)
     assert not await api.approvals.held_approvals(
         "bot", "T-1", digest, ["restart"], runtime_id="join/r1"
     )

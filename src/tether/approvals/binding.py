@@ -100,10 +100,15 @@ def _binding(
     runtime_id: str | None,
     delegation: str | None,
     chain: Sequence[str] = (),
+    target: str | None = None,
 ) -> str:
+    # A rule-wide key (digest None) names the target the grant was asked for: "an approval
+    # for one target never covers another" holds for scope: rule too (an action's digest
+    # holds its target already).
+    action = digest if digest is not None else canonical_json(["*", target])
     document: dict[str, Any] = {
         "v": 2, "use": use, "agent": agent_id, "task": task_id, "rule": rule.id,
-        "definition": rule_fingerprint(rule), "action": "*" if digest is None else digest,
+        "definition": rule_fingerprint(rule), "action": action,
         "runtime": runtime_id, "delegation": delegation,
     }  # fmt: skip
     if chain:  # a delegation chain's earlier users: bound too (none: the keys of before)
@@ -119,26 +124,29 @@ def grant_key(
     runtime_id: str | None,
     delegation: str | None,
     chain: Sequence[str] = (),
+    target: str | None = None,
 ) -> str:
-    """The key of a grant for ``digest`` (None: every action of the rule) under ``rule``
-    as defined now, for this agent, task, runtime and delegating user (and the earlier
-    users of its delegation chain)."""
-    return _binding("grant", agent_id, task_id, rule, digest, runtime_id, delegation, chain)
+    """The key of a grant for ``digest`` (None: every action of the rule on ``target``)
+    under ``rule`` as defined now, for this agent, task, runtime and delegating user (and
+    the earlier users of its delegation chain)."""
+    return _binding("grant", agent_id, task_id, rule, digest, runtime_id, delegation, chain,
+                    target)  # fmt: skip
 
 
 def grant_keys(
     agent_id: str,
     task_id: str,
     rule: Rule,
-    digest: str,
+    digest: ActionDigest,
     runtime_id: str | None,
     delegation: str | None,
     chain: Sequence[str] = (),
 ) -> frozenset[str]:
-    """The keys of the grants that would cover the action ``digest``: for it, or rule-wide."""
+    """The keys of the grants that would cover the action ``digest``: for it, or rule-wide
+    on its target."""
     return frozenset(
-        grant_key(agent_id, task_id, rule, bound, runtime_id, delegation, chain)
-        for bound in (digest, None)
+        grant_key(agent_id, task_id, rule, bound, runtime_id, delegation, chain, digest.target)
+        for bound in (digest.digest, None)
     )
 
 
@@ -146,7 +154,7 @@ def pending_key(ask: Ask, rule: Rule) -> str:
     assert rule.approval is not None
     digest = None if rule.approval.scope == "rule" else ask.action.digest
     return _binding("pending", ask.agent_id, ask.task_id, rule, digest, ask.runtime_id,
-                    ask.delegation_user, ask.delegation_chain)  # fmt: skip
+                    ask.delegation_user, ask.delegation_chain, ask.action.target)  # fmt: skip
 
 
 def request_key(request: AccessRequest, rule: Rule) -> str:
@@ -154,14 +162,16 @@ def request_key(request: AccessRequest, rule: Rule) -> str:
     the stored one when the rule changed since the request)."""
     digest = None if request.scope == "rule" else request.digest
     return _binding("pending", request.agent_id, request.task_id, rule, digest, request.runtime_id,
-                    request.delegation_user, request.delegation_chain)  # fmt: skip
+                    request.delegation_user, request.delegation_chain,
+                    request.target)  # fmt: skip
 
 
 def grant_row(request: AccessRequest, rule: Rule, now: datetime) -> dict[str, Any]:
     """The grant ``request``'s approval makes; its ``digest`` column holds its key."""
     digest = None if request.scope == "rule" else request.digest
     key = grant_key(request.agent_id, request.task_id, rule, digest, request.runtime_id,
-                    request.delegation_user, request.delegation_chain)  # fmt: skip
+                    request.delegation_user, request.delegation_chain,
+                    request.target)  # fmt: skip
     return {
         "id": "gr_" + secrets.token_hex(12), "request_id": request.id,
         "agent_id": request.agent_id, "task_id": request.task_id, "rule_id": request.rule_id,

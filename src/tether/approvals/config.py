@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from tether.audit.sinks.config import EnvName
@@ -34,6 +35,12 @@ class WebhookConfig(BaseModel):
     def _one_secret(self) -> WebhookConfig:
         if (self.secret is None) == (self.secret_env is None):
             raise ValueError("give exactly one of secret and secret_env")
+        try:  # what the delivery will parse: refused at start, never at the first send
+            parsed = httpx.URL(self.url)
+        except httpx.InvalidURL as error:
+            raise ValueError(f"url: not a valid URL ({error})") from None
+        if not parsed.host:
+            raise ValueError("url: no host")
         return self
 
     def signing_key(self) -> bytes:

@@ -39,6 +39,7 @@ from pglast import parser as pg_parser
 
 from tether.policy import request as req
 from tether.policy.errors import RequestError
+from tether.policy.httpmethods import PATH_OVERRIDE_HEADERS, header_key
 from tether.policychain import single
 
 DIGEST_VERSION: Final = 1
@@ -97,11 +98,24 @@ def action_digest(
     return ActionDigest(normalized.kind, normalized.target_name, canonical, digest)
 
 
-def _http(request: req.Request, _body: Mapping[str, Any], _schema: str) -> dict[str, Any]:
+def _http(request: req.Request, body: Mapping[str, Any], _schema: str) -> dict[str, Any]:
     first = request.parts[0]
     assert isinstance(first, req.HttpPart)
     methods = [part.method for part in request.parts if isinstance(part, req.HttpPart)]
-    return {"methods": methods, "path": first.path.path, "query": first.path.query}
+    action: dict[str, Any] = {"methods": methods, "path": first.path.path,
+                              "query": first.path.query}  # fmt: skip
+    # A path-override header (Destination, X-Original-URL...) names what the target acts
+    # on: its exact value is part of the action (an approval of one destination is not one
+    # of another), shown to the approver too. Absent, the form is as it always was.
+    headers = body.get("headers") or {}
+    named = sorted(
+        [header_key(name), str(value).strip(" \t")]
+        for name, value in (headers.items() if isinstance(headers, Mapping) else ())
+        if header_key(str(name)) in PATH_OVERRIDE_HEADERS
+    )
+    if named:
+        action["path_overrides"] = named
+    return action
 
 
 def _ssh(request: req.Request, body: Mapping[str, Any], _schema: str) -> dict[str, Any]:

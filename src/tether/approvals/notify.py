@@ -195,6 +195,8 @@ class WebhookNotifier:
                         self._pruned = time.monotonic()
                 except (SQLAlchemyError, OSError) as error:
                     log.error("approval notifications: the outbox is unavailable: %s", error)
+                except Exception:  # a bug in one delivery must not end every later one
+                    log.exception("approval notifications: a delivery round failed")
                 if not attempted:
                     await self._sleep(stop)
 
@@ -250,6 +252,9 @@ class WebhookNotifier:
             answer = await http.post(hook.url, content=body, headers=headers, timeout=hook.timeout)
         except httpx.HTTPError as error:
             await self._failed(entry, str(error) or type(error).__name__, retryable=True)
+            return
+        except (httpx.InvalidURL, ValueError) as error:  # not an HTTPError: never retried
+            await self._failed(entry, f"the webhook's URL is unusable: {error}", retryable=False)
             return
         if answer.is_success:
             async with self.engine.begin() as conn:

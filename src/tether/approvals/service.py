@@ -154,8 +154,8 @@ class ApprovalService:
             chain = delegation_chain(request)
             if self._revoked(agent, task, runtime):
                 return decision, None  # revoked meanwhile (another node): nothing to raise
-            found = await self.held_approvals(agent, task, digest.digest, [rule_id],
-                                              bound_digest=digest.digest, runtime_id=runtime,
+            found = await self.held_approvals(agent, task, digest, [rule_id],
+                                              bound_digest=digest, runtime_id=runtime,
                                               delegation_user=delegation,
                                               delegation_chain=chain)  # fmt: skip
             if rule_id not in found:
@@ -176,10 +176,10 @@ class ApprovalService:
         self,
         agent_id: str,
         task_id: str,
-        digest: str,
+        digest: ActionDigest,
         rule_ids: Collection[str],
         *,
-        bound_digest: str | None = None,
+        bound_digest: ActionDigest | None = None,
         runtime_id: str | None = None,
         delegation_user: str | None = None,
         delegation_chain: Sequence[str] = (),
@@ -229,7 +229,7 @@ class ApprovalService:
         await self.expire_due()
         now = self.clock()
         key = pending_key(ask, rule)
-        keys = grant_keys(ask.agent_id, ask.task_id, rule, ask.action.digest, ask.runtime_id,
+        keys = grant_keys(ask.agent_id, ask.task_id, rule, ask.action, ask.runtime_id,
                           ask.delegation_user, ask.delegation_chain)  # fmt: skip
         async with self.engine.begin() as conn:
             granted = await db.live_grant_request(

@@ -180,7 +180,7 @@ class SessionApprovals:
             digest = action.for_rule(rule.approval if rule is not None else None)
             if digest is None or rule is None or self.agent_id is None or self.task_id is None:
                 return decision  # nothing to bind a grant to: the refusal stands
-            keys = grant_keys(self.agent_id, self.task_id, rule, digest.digest,
+            keys = grant_keys(self.agent_id, self.task_id, rule, digest,
                               self.runtime_id, self.delegation_user,
                               self.delegation_chain)  # fmt: skip
             if not any(g.covers(rule_id, keys, now) for g in self.grants):
