@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import json
@@ -77,6 +78,12 @@ def check_session_id(session_id: str) -> str:
     if not SESSION_ID_PATTERN.fullmatch(session_id):
         raise RecordingError(f"invalid session id {session_id!r}")
     return session_id
+
+
+def session_of(recording_id: str) -> str:
+    """The session a recording belongs to: an SSH channel's ``<session>.<n>`` is the
+    session's; any other recording is its session's own."""
+    return recording_id.rpartition(".")[0] or recording_id
 
 
 def day_dir(root: Path, started: datetime) -> Path:
@@ -452,7 +459,27 @@ def _make_private_dirs(directory: Path) -> None:
 
 def _create_exclusive(path: Path, mode: Literal["wb"]) -> Any:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    # Held while the recorder writes (until the file is closed): how a prune, in this
+    # process or another, tells a session still being written from one long quiet.
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     return os.fdopen(fd, mode)
+
+
+def being_written(cast: Path) -> bool:
+    """Whether a recorder still holds ``cast`` open (its lock, taken at creation)."""
+    try:
+        fd = os.open(cast, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the lock taken, if any
+    return False
 
 
 def _open_append(path: Path) -> Any:

@@ -32,7 +32,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
-from tether.audit.recordings import CAST_SUFFIX, SUMMARY_SUFFIX, TRANSFERS_SUFFIX
+from tether.audit.recordings import (
+    CAST_SUFFIX,
+    SUMMARY_SUFFIX,
+    TRANSFERS_SUFFIX,
+    being_written,
+)
 
 MIN_AGE: Final = timedelta(days=1)
 IN_USE: Final = "in use: a session without its summary wrote within the last day"
@@ -146,8 +151,8 @@ def _day(day: date, path: Path, now: datetime) -> Day:
         if entry.name.endswith(CAST_SUFFIX):
             sessions += 1
             summary = entry.with_name(entry.name.removesuffix(CAST_SUFFIX) + SUMMARY_SUFFIX)
-            if not summary.exists() and _changed_since(entry, recent):
-                open_recent = True
+            if not summary.exists() and (_changed_since(entry, recent) or being_written(entry)):
+                open_recent = True  # a recorder writes it (however long it was quiet)
     if open_recent:
         return Day(day, path, sessions, size, kept=IN_USE)
     return Day(day, path, sessions, size)

@@ -29,6 +29,7 @@ from tether.audit.recordings import (
     RecordingError,
     TransferRecord,
     check_session_id,
+    session_of,
 )
 
 EVENT_CODES: Final = frozenset({"o", "i", "r", "m"})
@@ -237,7 +238,11 @@ class CastStream:
 def read_transfers(path: Path) -> list[TransferRecord]:
     """The transfer records in ``path``; a last line cut off by a crash is ignored."""
     records: list[TransferRecord] = []
-    for line in path.read_bytes().split(b"\n"):
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise RecordingError(f"cannot read {path}: {error.strerror or error}") from None
+    for line in data.split(b"\n"):
         record = _parse_transfer(line)
         if record is not None:
             records.append(record)
@@ -274,8 +279,30 @@ def find_recording(root: Path, session_id: str) -> RecordedSession:
     check_session_id(session_id)
     matches = sorted(root.glob(f"[0-9]*/[0-9]*/[0-9]*/{session_id}{CAST_SUFFIX}"))
     if not matches:
+        # An SSH session's channels are recorded as <session>.<n>: name them.
+        channels = sorted(
+            path.name.removesuffix(CAST_SUFFIX)
+            for path in root.glob(f"[0-9]*/[0-9]*/[0-9]*/{session_id}.*{CAST_SUFFIX}")
+        )
+        if channels:
+            shown = ", ".join(channels[:10]) + (", ..." if len(channels) > 10 else "")
+            raise RecordingError(
+                f"session {session_id} is recorded per channel: show one of {shown}"
+            )
         raise RecordingError(f"no recording of session {session_id}")
     return load_recording(matches[-1])
+
+
+def session_transfers(root: Path, recording_id: str) -> list[TransferRecord]:
+    """The transfer records of every recording of ``recording_id``'s session (its SSH
+    channels are ``<session>.<n>``); :class:`RecordingError` if one cannot be read."""
+    session_id = session_of(recording_id)
+    check_session_id(session_id)
+    found: list[TransferRecord] = []
+    for pattern in (f"{session_id}{TRANSFERS_SUFFIX}", f"{session_id}.*{TRANSFERS_SUFFIX}"):
+        for path in sorted(root.glob(f"[0-9]*/[0-9]*/[0-9]*/{pattern}")):
+            found.extend(read_transfers(path))
+    return found
 
 
 def load_recording(cast_path: Path) -> RecordedSession:
@@ -286,7 +313,10 @@ def load_recording(cast_path: Path) -> RecordedSession:
     summary = _read_json_object(summary_path) if summary_path.exists() else None
     timestamp = header.get("timestamp")
     seconds = timestamp if isinstance(timestamp, int) and _is_count(timestamp) else 0
-    started = datetime.fromtimestamp(seconds, UTC)
+    try:
+        started = datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):  # a timestamp no date holds
+        started = datetime.fromtimestamp(0, UTC)
     return RecordedSession(session_id, started, cast_path, header, summary)
 
 

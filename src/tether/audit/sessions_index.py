@@ -16,8 +16,10 @@ from typing import Any, Final
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.audit.events import AuditEvent
+from tether.audit.recordings import session_of
 from tether.audit.store import EventFilter, search_events
 from tether.store.database import StoreError, create_engine
 
@@ -56,11 +58,11 @@ class AuditedSession:
 
 
 async def _search(
-    url: str, *filters: EventFilter, limit: int = MAX_SESSIONS
+    url: str, *filters: EventFilter, limit: int = MAX_SESSIONS, every: bool = False
 ) -> list[list[AuditEvent]]:
-    """The events of each filter (at most ``limit`` each), read without running a
-    migration; no events when a SQLite database does not exist yet. :class:`AuditIndexError`
-    if the trail cannot be read."""
+    """The events of each filter (the last ``limit`` each, or with ``every`` all of them,
+    read ``limit`` at a time), read without running a migration; no events when a SQLite
+    database does not exist yet. :class:`AuditIndexError` if the trail cannot be read."""
     parsed = make_url(url)
     database = parsed.database
     if parsed.get_backend_name() == "sqlite" and database and not Path(database).exists():
@@ -71,11 +73,26 @@ async def _search(
         raise AuditIndexError(str(error)) from None
     try:
         async with engine.connect() as conn:
-            return [await search_events(conn, found, limit=limit) for found in filters]
+            if not every:
+                return [await search_events(conn, found, limit=limit) for found in filters]
+            return [await _every(conn, found, limit) for found in filters]
     except (SQLAlchemyError, OSError, ValueError) as error:
         raise AuditIndexError(str(error).splitlines()[0] if str(error) else "error") from None
     finally:
         await engine.dispose()
+
+
+async def _every(conn: AsyncConnection, where: EventFilter, page: int) -> list[AuditEvent]:
+    """Every event of ``where`` in ``seq`` order, ``page`` at a time: a check that reads
+    only the last page would miss what an agent buried under many newer events."""
+    found: list[AuditEvent] = []
+    after = -(2**63)
+    while True:
+        events = await search_events(conn, where, limit=page, after_seq=after)
+        found.extend(events)
+        if len(events) < page:
+            return found
+        after = events[-1].seq if events[-1].seq is not None else after + page
 
 
 async def audited_sessions(url: str, limit: int = MAX_SESSIONS) -> list[AuditedSession]:
@@ -96,8 +113,9 @@ async def recording_digests(url: str, recording_id: str) -> list[str]:
     """The SHA-256 values the audit trail holds for the recording ``recording_id``
     (``<session id>.<channel>``: the ``detail.recording`` of its ``ssh.command`` events);
     :class:`AuditIndexError` if the trail cannot be read."""
-    session_id = recording_id.rpartition(".")[0] or recording_id
-    (events,) = await _search(url, EventFilter(kind="ssh.command", session_id=session_id))
+    session_id = session_of(recording_id)
+    where = EventFilter(kind="ssh.command", session_id=session_id)
+    (events,) = await _search(url, where, every=True)
     digests = []
     for event in events:
         recording = event.detail.get("recording")
@@ -115,8 +133,9 @@ async def audited_transfers(url: str, recording_id: str) -> list[Transfer]:
     """The file transfers the audit trail holds for the session of ``recording_id``
     (``file.transfer`` events of a read or write with a digest), as a recording's
     ``transfers.jsonl`` lists them; :class:`AuditIndexError` if the trail cannot be read."""
-    session_id = recording_id.rpartition(".")[0] or recording_id
-    (events,) = await _search(url, EventFilter(kind="file.transfer", session_id=session_id))
+    session_id = session_of(recording_id)
+    where = EventFilter(kind="file.transfer", session_id=session_id)
+    (events,) = await _search(url, where, every=True)
     found: list[Transfer] = []
     for event in events:
         action = event.action

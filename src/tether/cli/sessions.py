@@ -31,13 +31,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tether.audit.recordings import RecordingError, TransferRecord, file_sha256
+from tether.audit.recordings import RecordingError, TransferRecord, file_sha256, session_of
 from tether.audit.recordings_play import cast_lines, plain_text_pieces, replay, strip_ansi
 from tether.audit.recordings_read import (
     CastStream,
     RecordedSession,
     find_recording,
     iter_recordings,
+    session_transfers,
     stream_cast,
 )
 from tether.cli.common import EXIT_FAILED, EXIT_NOT_FOUND, fail
@@ -142,10 +143,15 @@ def show(
     as_json: AsJson = False,
 ) -> None:
     """Show a session's metadata, summary and file transfers. Exits 5 if there is none."""
-    session = _find(recordings_root(config, data_dir, recordings), session_id)
+    root = recordings_root(config, data_dir, recordings)
+    session = _find(root, session_id)
     cast = _read(session.cast_path)
     events = _count(cast)
-    transfers = session.transfers()
+    try:
+        transfers = session.transfers()
+        in_session = session_transfers(root, session.session_id)
+    except RecordingError as error:
+        fail(str(error))
     settings = None if recordings is not None else _settings(config, data_dir)
     info = {
         **_row(session),
@@ -154,7 +160,7 @@ def show(
         "readable_to_end": cast.complete,
         "transfers": [_transfer(t) for t in transfers],
         **_integrity(session, settings),
-        "transfers_integrity": _transfers_integrity(session.session_id, transfers, settings),
+        "transfers_integrity": _transfers_integrity(session, transfers, in_session, settings),
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
@@ -210,25 +216,38 @@ def _integrity(session: RecordedSession, settings: Settings | None) -> dict[str,
 
 
 def _transfers_integrity(
-    recording_id: str, transfers: list[TransferRecord], settings: Settings | None
+    session: RecordedSession,
+    transfers: list[TransferRecord],
+    in_session: list[TransferRecord],
+    settings: Settings | None,
 ) -> str | None:
     """The recording's file transfers checked against the trail's ``file.transfer`` events
     of its session (chained, so tamper-evident): ``verified`` when each one is an audited
-    transfer (direction, path, size and SHA-256), ``modified`` when one is not, ``unverified``
-    when the trail cannot be read; None for a recording without transfers."""
-    if not transfers:
-        return None
+    transfer (direction, path, size and SHA-256) and each audited one of the session is in
+    one of its recordings, ``modified`` when not (a record added, or one removed: fewer than
+    the summary counts, or an audited transfer no recording of the session holds),
+    ``unverified`` when the trail cannot be read; None when neither has any."""
+    counted = (session.summary or {}).get("transfers")
+    if isinstance(counted, int) and counted != len(transfers):
+        return MODIFIED
     if settings is None:
-        return "unverified"
+        return None if not transfers else "unverified"
     from tether.audit.sessions_index import AuditIndexError, audited_transfers
 
     try:
-        audited = Counter(asyncio.run(audited_transfers(settings.database, recording_id)))
+        found = asyncio.run(audited_transfers(settings.database, session.session_id))
     except AuditIndexError as error:
         typer.echo(f"tether: warning: audit trail not read: {error}", err=True)
         return "unverified"
-    recorded = Counter((str(t.direction), t.path, t.size, t.sha256) for t in transfers)
-    return "verified" if not recorded - audited else MODIFIED
+    audited = Counter(found)
+    recorded = Counter(_key(t) for t in transfers)
+    if recorded - audited or audited - Counter(_key(t) for t in in_session):
+        return MODIFIED
+    return "verified" if transfers else None
+
+
+def _key(transfer: TransferRecord) -> tuple[str, str, int, str]:
+    return str(transfer.direction), transfer.path, transfer.size, transfer.sha256
 
 
 def _with_audited(rows: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
@@ -240,7 +259,10 @@ def _with_audited(rows: list[dict[str, Any]], settings: Settings) -> list[dict[s
     except AuditIndexError as error:
         typer.echo(f"tether: warning: audit trail not read: {error}", err=True)
         return rows
+    # The SSH broker records each channel as <session>.<n>: a session is recorded when one
+    # of its channels is.
     recorded = {row["session_id"] for row in rows}
+    recorded |= {session_of(str(name)) for name in recorded}
     extra = [
         {**session.as_row(), "state": "no recording", "path": None}
         for session in audited

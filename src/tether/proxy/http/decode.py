@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import Final
+from typing import Any, Final
 
 from tether.proxy.http.upstream import UpstreamError
 
@@ -65,6 +65,19 @@ def decodable(headers: Iterable[Header]) -> str | None:
     (none, or one this module does not decode)."""
     found = codings(headers)
     return DECODABLE.get(found[0]) if len(found) == 1 else None
+
+
+def decoding(
+    answer: Iterable[Header], shown: list[Header], extra: dict[str, Any]
+) -> tuple[BodyDecoder | None, list[Header]]:
+    """For an answer whose body is scrubbed: its decoder when it is coded (None when not),
+    and the headers the agent gets for the uncoded body; ``extra`` (the audit event's
+    detail) names the coding."""
+    coding = decodable(answer)
+    if coding is None:
+        return None, shown
+    extra["decoded"] = coding
+    return BodyDecoder(coding), decoded_headers(shown)
 
 
 def decoded_headers(headers: Iterable[Header]) -> list[Header]:

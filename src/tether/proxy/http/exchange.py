@@ -45,7 +45,7 @@ from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
 from tether.proxy.http import refusals, scrub
-from tether.proxy.http.decode import BodyDecoder, decodable, decoded_headers
+from tether.proxy.http.decode import decoding
 from tether.proxy.http.forward import (
     BodyTooLarge,
     ClientGone,
@@ -184,10 +184,8 @@ class Exchange:
             secrets=() if masker is None else masker.needles,  # every form of the secrets
         )  # fmt: skip
         decoder = None
-        if masker is not None and (coding := decodable(response.headers)) is not None:
-            decoder = BodyDecoder(coding)  # the agent gets it uncoded, masked
-            shown = decoded_headers(shown)
-            self.out.extra["decoded"] = coding
+        if masker is not None:  # a coded answer: the agent gets it uncoded, masked
+            decoder, shown = decoding(response.headers, shown, self.out.extra)
         self.out.response_headers = shown
         shown.append((refusals.REQUEST_ID.lower().encode(), request_id.encode()))
         scrubber = None if masker is None else masker.scrubber()

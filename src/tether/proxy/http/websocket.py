@@ -66,7 +66,7 @@ from tether.identity.claims import Claims
 from tether.identity.errors import CredentialError
 from tether.policy.model import Decision
 from tether.proxy.http import handshake, refusals, scrub, wsframes
-from tether.proxy.http.decode import BodyDecoder, decodable, decoded_headers
+from tether.proxy.http.decode import BodyDecoder, decoding
 from tether.proxy.http.exchange import target_refusal
 from tether.proxy.http.forward import LIVE_CHECK_INTERVAL, Outcome
 from tether.proxy.http.headers import request_headers, response_headers
@@ -155,10 +155,7 @@ class Tunnel:
                     why = scrub.unscannable(b"GET", response.status, response.headers)
                     if why is not None:
                         raise UpstreamError(why)  # the connection is closed below
-                    if (coding := decodable(response.headers)) is not None:
-                        decoder = BodyDecoder(coding)  # masked uncoded, as an exchange's
-                        shown = decoded_headers(shown)
-                        self.out.extra["decoded"] = coding
+                    decoder, shown = decoding(response.headers, shown, self.out.extra)
                 await self._relay(connection, send, shown, masker, decoder)
         except handshake.BadUpgrade as error:
             refusal = (400, str(error))
