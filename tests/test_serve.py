@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import sqlite3
+import stat
 import subprocess
 import threading
 import time
@@ -293,3 +294,23 @@ def test_sinks_in_clear_start_with_a_warning(tmp_path: Path, start: Callable[...
         "insecure: audit sink 'plain-hook' sends events over plain http",
         "insecure: audit sink 'plain-syslog' sends events over plain TCP (no TLS)",
     ]
+
+
+def test_a_database_others_may_read_is_named_at_start(
+    tmp_path: Path, start: Callable[..., Node]
+) -> None:
+    """A new database is made 0600; one others may read (made before that, or copied in)
+    is named with its mode in a warning at every start, and the node serves all the same."""
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "github.yaml").write_text(RULES.format(id="search", tool="search_*"))
+    first = start("--listen", "127.0.0.1:0")
+    first.wait_for_log(r"tether serving on")
+    assert first.stop() == 0
+    database = tmp_path / "data" / "tether.db"
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    assert "others may read it" not in first.stderr
+    database.chmod(0o644)
+    second = start("--listen", "127.0.0.1:0")
+    second.wait_for_log(r"tether\.db has mode 0644: others may read it")
+    second.wait_for_log(r"tether serving on")
+    assert second.stop() == 0

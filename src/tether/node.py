@@ -18,6 +18,7 @@ import logging
 import signal
 import socket
 import ssl
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ from tether.proxy.http.upgrade import UpgradeProtocol
 from tether.proxy.pg.server import PgBroker
 from tether.proxy.ssh.server import SshBroker
 from tether.store import Store, StoreError
+from tether.store.database import sqlite_file
 from tether.store.nodelock import NodeLocked, lock_database
 from tether.store.sealing import shown, unsealed
 from tether.vault.secrets import SecretStore
@@ -130,6 +132,7 @@ async def run_node(settings: Settings, sock: socket.socket) -> None:
             store = await Store.open(settings.database)
         except StoreError as error:
             raise StartupError(str(error)) from None
+        warn_if_shared(settings.database)
         try:
             await _serve(settings, sock, store)
         finally:
@@ -137,6 +140,23 @@ async def run_node(settings: Settings, sock: socket.socket) -> None:
     finally:
         if lock is not None:
             lock.release()
+
+
+def warn_if_shared(database: str) -> bool:
+    """Log a warning when a SQLite database file is readable or writable by others (one
+    made before Tether created them 0600, or copied in): True when it did."""
+    path = sqlite_file(database)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode) if path is not None else 0
+    except OSError:
+        return False
+    if not mode & 0o077:
+        return False
+    log.warning(
+        "%s has mode %04o: others may read it (password and token hashes, the audit "
+        "trail); chmod 600 it and its -wal and -shm files", path, mode,
+    )  # fmt: skip
+    return True
 
 
 async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:

@@ -118,7 +118,7 @@ def test_token_file_with_two_lines_does_not_print_the_token(node: Node, tmp_path
     """A token file with a comment line: httpx refuses the header and the CLI prints
     'cannot reach the Tether server ...: illegal header value b'bearer tat_...'' with
     exit 3. Should exit 2 saying the token file is malformed, without the token."""
-    token = "tat_0123456789ab.SECRETpartOfTheTokenXXXXXXXXXXXXXXXXXXXXXXXX"
+    token = "tat_0123456789ab.SECRETpartOfTheToken" + "a" * 24
     (tmp_path / "tok").write_text(token + "\n# prod admin token\n")
     done = run("secret", "list", "--token-file", "tok", "--server", node.url,
                cwd=tmp_path)  # fmt: skip
