@@ -8,11 +8,16 @@ directory behind a Kubernetes ConfigMap mount (whose visible files are symlinks,
 followed). Symlinked directories are not descended into, so a link cycle cannot loop.
 
 A directory with no policy file is an error rather than an empty policy set: it is almost always
-a wrong path, and an empty set would deny everything without saying why.
+a wrong path, and an empty set would deny everything without saying why. A policy file (or
+the target of its link) that is not a regular file is a load error: a named pipe blocked the
+read for ever (a node never started, a reload never ended and no later one ran) and a link
+to a device such as ``/dev/zero`` read without end.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Final
 
@@ -63,9 +68,11 @@ def _policy_files(directory: Path, root: Path) -> list[Path]:
 
 def _read_source(file: Path, name: str) -> PolicySource:
     try:
-        data = file.read_bytes()
+        data = _read_regular(file)
     except OSError as error:
         raise PolicyLoadError(_os_message(error), file=name) from None
+    if data is None:
+        raise PolicyLoadError("not a regular file", file=name)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -75,6 +82,17 @@ def _read_source(file: Path, name: str) -> PolicySource:
             f"not valid UTF-8 (byte 0x{byte:02x})", file=name, line=line
         ) from None
     return PolicySource(name=name, text=text)
+
+
+def _read_regular(file: Path) -> bytes | None:
+    """The bytes of ``file``, or None when it is not a regular file. Opened without blocking
+    (a named pipe would wait for a writer) and checked on the open file, so a file swapped
+    for a pipe between a check and the open is caught too."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return handle.read()
 
 
 def _os_message(error: OSError) -> str:

@@ -4,6 +4,12 @@ A reload builds the whole new set off the event loop and puts it in force only i
 whole; a set that does not load is refused loudly (an ERROR log with the load error) and the
 set in force stays. Every attempt is recorded in ``policy_loads``, except a reload that yields
 the version already in force (a file touched or an editor's temporary file, nothing changed).
+
+A reload loads only files that have stopped changing: it reads the directory, waits
+:data:`SETTLE_SECONDS` and reads it again, until two reads agree. A file written in place is
+valid YAML at many points of its writing (any cut between two rules): without this, a writer
+pausing mid-file (a copy over the network, an editor saving a large file) put the set without
+the rules still to come in force, a deny rule among them, until the next change event.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -18,7 +25,7 @@ from typing import Final
 import watchfiles
 
 from tether.api.state import PolicyHolder
-from tether.policy import PolicySet, load_policies
+from tether.policy import PolicySet, PolicySource, load_policies
 from tether.policy.errors import PolicyLoadError
 from tether.policyfiles import read_policy_dir
 from tether.store import PolicyLoad, Store
@@ -27,6 +34,10 @@ log = logging.getLogger(__name__)
 
 # After the watcher itself fails (directory removed, watch limit reached), wait and retry.
 RETRY_SECONDS: Final = 2.0
+# A reload reads the directory again after this long and loads only what two reads agree on;
+# after SETTLE_ROUNDS reads that all differ it is refused (the next change event retries).
+SETTLE_SECONDS: Final = 1.0
+SETTLE_ROUNDS: Final = 10
 
 
 class LoadRefused(Exception):
@@ -40,10 +51,11 @@ class _Attempt:
     error: str | None = None
 
 
-def _load(directory: Path) -> _Attempt:
-    """Read and load ``directory`` (blocking: run it in a thread)."""
+def _load(directory: Path, settle: bool) -> _Attempt:
+    """Read and load ``directory``, once it stopped changing if ``settle`` (blocking: run it
+    in a thread)."""
     try:
-        sources = read_policy_dir(directory)
+        sources = _settled(directory) if settle else read_policy_dir(directory)
     except PolicyLoadError as error:
         return _Attempt(None, 0, str(error))
     try:
@@ -52,9 +64,22 @@ def _load(directory: Path) -> _Attempt:
         return _Attempt(None, len(sources), str(error))
 
 
+def _settled(directory: Path) -> list[PolicySource]:
+    """The policy files of ``directory`` as two reads :data:`SETTLE_SECONDS` apart agree."""
+    sources = read_policy_dir(directory)
+    for _ in range(SETTLE_ROUNDS):
+        time.sleep(SETTLE_SECONDS)
+        again = read_policy_dir(directory)
+        if again == sources:
+            return sources
+        sources = again
+    raise PolicyLoadError("the policy files kept changing while being read", file=str(directory))
+
+
 async def _attempt(directory: Path, store: Store, in_force: str | None) -> _Attempt:
-    """Load ``directory`` and record the attempt unless it yields ``in_force`` again."""
-    attempt = await asyncio.to_thread(_load, directory)
+    """Load ``directory`` and record the attempt unless it yields ``in_force`` again. A reload
+    (``in_force`` set) waits for the files to settle; the first load does not."""
+    attempt = await asyncio.to_thread(_load, directory, in_force is not None)
     if attempt.policy_set is None:
         load = PolicyLoad(status="rejected", file_count=attempt.file_count, error=attempt.error)
     elif attempt.policy_set.version != in_force:

@@ -3,6 +3,10 @@
 Mappings come back as :class:`Node` (a ``dict`` that remembers the line of the
 mapping and of each key). Duplicate keys, which plain YAML loaders silently
 resolve to the last value, are load errors: a policy must never say two things.
+Aliases (``*name``, and so merge keys ``<<: *name``) are load errors too: a policy
+needs none, and a few hundred bytes of nested aliases in a test's ``request`` expand
+to gigabytes when the tests are read (the node froze on such a reload). A document
+nested too deeply for the parser is a load error, not a ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,15 @@ _Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Loader(_Base):  # type: ignore[valid-type,misc]
-    """A safe loader whose mappings remember lines and refuse duplicate keys."""
+    """A safe loader whose mappings remember lines and refuse duplicate keys and aliases."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # The composer (libyaml's, in C) resolves an alias to the very node it names, so
+        # a node met a second time is an alias of it (or a merge key's copy of it).
+        if node in self.constructed_objects:
+            message = "YAML aliases are not taken (this node is named again by an alias)"
+            raise PolicyLoadError(message, line=node.start_mark.line + 1)
+        return super().construct_object(node, deep)
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
@@ -58,6 +70,8 @@ def parse_yaml(text: str, file: str) -> Any:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except PolicyLoadError as error:
         raise PolicyLoadError(error.message, file=file, line=error.line) from None
+    except RecursionError:
+        raise PolicyLoadError("invalid YAML: nested too deeply", file=file) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -1,0 +1,64 @@
+"""Review s19 (policy in use: context, delegation, reload): loading defects found by driving
+the loader and the engine with hostile policy files and conditions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tether.policy import PolicySource, load_policies
+from tether.policy.errors import PolicyLoadError
+
+
+def _load(text: str) -> None:
+    load_policies([PolicySource("a.yaml", text)])
+
+
+def _alias_bomb(levels: int) -> str:
+    """A test request of ``10**levels`` strings in about 60 bytes per level."""
+    lines = ["rules: []", "tests:", "  - name: t", "    expect: {decision: deny}", "    request:"]
+    lines.append("      x0: &l0 [a, a, a, a, a, a, a, a, a, a]")
+    for i in range(1, levels):
+        aliases = ", ".join([f"*l{i - 1}"] * 10)
+        lines.append(f"      x{i}: &l{i} [{aliases}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_in_a_test_request_is_a_load_error_not_a_frozen_node() -> None:
+    # 500 bytes expanded to 10**8 strings (38 s and gigabytes) in a reload thread; one
+    # level more froze the node for minutes, then it ran out of memory.
+    started = time.monotonic()
+    with pytest.raises(PolicyLoadError, match=r"^a\.yaml:6: YAML aliases are not taken"):
+        _load(_alias_bomb(8))
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "rules:\n  - &r {id: a, effect: allow, mcp: {tools: [x]}}\n  - <<: *r\n    id: b\n",
+        "rules:\n  - id: a\n    effect: allow\n    mcp: {tools: &t [x]}\n"
+        "  - id: b\n    effect: deny\n    mcp: {tools: *t}\n",
+    ],
+    ids=["merge-key", "alias"],
+)
+def test_aliases_and_merge_keys_are_load_errors(text: str) -> None:
+    with pytest.raises(PolicyLoadError, match="YAML aliases are not taken"):
+        _load(text)
+
+
+@pytest.mark.parametrize("opening", ["[", "{a: "])
+def test_a_deeply_nested_test_request_is_a_load_error_not_a_recursion_error(
+    opening: str,
+) -> None:
+    # RecursionError escaped the loader: `tether policy check` exited 70 (internal error),
+    # a node failed to start with a traceback, and a reload went unrecorded.
+    closing = "]" if opening == "[" else "}"
+    inner = "" if opening == "[" else "1"
+    request = opening * 900 + inner + closing * 900
+    text = (
+        f"rules: []\ntests:\n  - name: t\n    expect: {{decision: deny}}\n    request: {request}\n"
+    )
+    with pytest.raises(PolicyLoadError, match=r"^a\.yaml: invalid YAML: nested too deeply"):
+        _load(text)
