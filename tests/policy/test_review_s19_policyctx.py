@@ -62,3 +62,34 @@ def test_a_deeply_nested_test_request_is_a_load_error_not_a_recursion_error(
     )
     with pytest.raises(PolicyLoadError, match=r"^a\.yaml: invalid YAML: nested too deeply"):
         _load(text)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        'time.getHours("America/New_York") >= 9',
+        "time.getDayOfWeek('Europe/Paris') == 1",
+        "time . getMinutes ( task.tz ) == 0",
+    ],
+)
+def test_a_time_zone_argument_is_a_load_error_not_a_condition_that_always_errs(
+    when: str,
+) -> None:
+    # The docs said the accessors read UTC "unless given a time zone", but the CEL engine
+    # has no such overload: every evaluation erred, so an allow rule never matched and a
+    # deny rule always did, silently.
+    text = f"rules:\n  - id: r\n    effect: allow\n    mcp: {{tools: [x]}}\n    when: {when!r}\n"
+    with pytest.raises(PolicyLoadError, match=r"with a time zone is not supported"):
+        _load(text)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "time.getHours() >= 9",
+        'task.note == ".getHours(1)"',
+        "task.note == r'\\\\' && (time + duration('1h')).getHours() < 17",
+    ],
+)
+def test_utc_accessors_and_look_alikes_in_strings_still_load(when: str) -> None:
+    _load(f"rules:\n  - id: r\n    effect: allow\n    mcp: {{tools: [x]}}\n    when: {when!r}\n")

@@ -36,6 +36,30 @@ FUNCTIONS: Final = frozenset(
 
 ERROR: Final = object()
 
+# The timestamp accessors. CEL also defines them with a time-zone argument
+# (``time.getHours("Europe/Paris")``), which the ``cel`` engine does not implement: every
+# evaluation of such a call errs, so it is refused at load rather than failing at run time.
+_TIME_ACCESSORS: Final = (
+    "getFullYear|getMonth|getDayOfYear|getDayOfMonth|getDate|getDayOfWeek"
+    "|getHours|getMinutes|getSeconds|getMilliseconds"
+)
+_ZONED_ACCESSOR: Final = re.compile(rf"\.\s*({_TIME_ACCESSORS})\s*\(\s*[^\s)]")
+# CEL string and bytes literals (any quoting, optional r/b prefixes), blanked before looking
+# for calls so that text inside a string is never taken for one.
+_STRING_LITERAL: Final = re.compile(
+    # raw: a backslash is an ordinary character
+    r"(?:[rR][bB]?|[bB][rR])(?:'''.*?'''"
+    r'|""".*?"""'
+    r"|'[^'\n]*'"
+    r'|"[^"\n]*")'
+    # cooked: a backslash escapes the next character
+    r"|[bB]?(?:'''(?:\\.|[^\\])*?'''"
+    r'|"""(?:\\.|[^\\])*?"""'
+    r"|'(?:\\.|[^'\\\n])*'"
+    r'|"(?:\\.|[^"\\\n])*")',
+    re.DOTALL,
+)
+
 # Comprehension macros bind a variable: ``list.all(x, x > 0)``.
 _MACRO_BINDING: Final = re.compile(
     r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,"
@@ -79,6 +103,12 @@ class Condition:
             raise PatternError(f"CEL calls unknown function(s) {', '.join(sorted(unknown))}")
         if "-_" in functions:  # the engine wraps -(-2**63) instead of failing: closed here
             raise PatternError("CEL: negate a value with 0 - x (unary minus wraps on overflow)")
+        zoned = _ZONED_ACCESSOR.search(_STRING_LITERAL.sub('""', source))
+        if zoned is not None:
+            raise PatternError(
+                f"CEL: {zoned.group(1)}() with a time zone is not supported "
+                "(time is in UTC: compare UTC hours, or shift time by a duration)"
+            )
         return cls(source, program, "time" in variables)
 
     def evaluate(self, context: dict[str, Any]) -> object:
