@@ -13,7 +13,7 @@ import pytest
 
 from tether.policy import PolicySet
 from tether.policy.errors import PolicyLoadError
-from tether.policyfiles import read_policy_dir
+from tether.policyfiles import load_policy_dir, read_policy_dir
 from tether.policywatch import PolicyReloader, load_initial
 from tether.store import Store
 
@@ -131,4 +131,31 @@ def test_a_link_to_a_device_is_a_load_error_not_an_endless_read(tmp_path: Path) 
     # (read as an empty file before) shows the same check without that risk.
     (tmp_path / "a.yaml").symlink_to("/dev/null")
     with pytest.raises(PolicyLoadError, match=r"^a\.yaml: not a regular file$"):
+        read_policy_dir(tmp_path)
+
+
+def test_a_linked_directory_of_policies_is_read_and_a_cycle_is_cut(tmp_path: Path) -> None:
+    # A team's directory linked into the policy directory was skipped without a word, and
+    # with it the deny rules it held: drop was allowed.
+    team = tmp_path / "team"
+    team.mkdir()
+    (team / "deny.yaml").write_text("rules:\n" + DENY, encoding="utf-8")
+    (team / "back").symlink_to(tmp_path / "pol")  # a cycle through the root
+    (team / "self").symlink_to(team)  # a cycle through itself
+    directory = tmp_path / "pol"
+    directory.mkdir()
+    (directory / "a.yaml").write_text(ALLOW, encoding="utf-8")
+    (directory / "team").symlink_to(team)
+    assert [source.name for source in read_policy_dir(directory)] == ["a.yaml", "team/deny.yaml"]
+    assert load_policy_dir(directory).decide(_mcp("drop")).decision == "deny"
+
+
+@pytest.mark.parametrize("name", ["deny.YAML", "sub/deny.Yml"])
+def test_a_policy_file_named_in_upper_case_is_a_load_error_not_left_out(
+    tmp_path: Path, name: str
+) -> None:
+    (tmp_path / "a.yaml").write_text(ALLOW, encoding="utf-8")
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_text("rules:\n" + DENY, encoding="utf-8")
+    with pytest.raises(PolicyLoadError, match=rf"^{name}: not read: policy files are named"):
         read_policy_dir(tmp_path)

@@ -5,7 +5,10 @@ lexical order of their paths relative to the directory (``a.yaml`` < ``b/c.yaml`
 that relative path is the file's name in every error message. Names starting with ``.`` are
 skipped, files and directories alike: editors' temporary files, ``.git``, and the ``..data``
 directory behind a Kubernetes ConfigMap mount (whose visible files are symlinks, which are
-followed). Symlinked directories are not descended into, so a link cycle cannot loop.
+followed). Symlinked directories are followed too, except one that leads back to a directory
+being read (a cycle, which would never end); they were skipped, and with them, silently, the
+deny rules of a team's directory linked in. A file named ``*.YAML`` or ``*.Yml`` is a load
+error rather than silently left out: its author meant it to be read.
 
 A directory with no policy file is an error rather than an empty policy set: it is almost always
 a wrong path, and an empty set would deny everything without saying why. A policy file (or
@@ -39,7 +42,10 @@ def read_policy_dir(path: Path) -> list[PolicySource]:
         raise PolicyLoadError("policy directory not found", file=str(path))
     if not path.is_dir():
         raise PolicyLoadError("not a directory", file=str(path))
-    files = sorted(_policy_files(path, path), key=lambda file: file.relative_to(path).as_posix())
+    files = sorted(
+        _policy_files(path, path, frozenset({path.resolve()})),
+        key=lambda file: file.relative_to(path).as_posix(),
+    )
     if not files:
         raise PolicyLoadError("no policy files (*.yaml, *.yml) in the directory", file=str(path))
     return [_read_source(file, file.relative_to(path).as_posix()) for file in files]
@@ -50,7 +56,9 @@ def load_policy_dir(path: Path) -> PolicySet:
     return load_policies(read_policy_dir(path))
 
 
-def _policy_files(directory: Path, root: Path) -> list[Path]:
+def _policy_files(directory: Path, root: Path, reading: frozenset[Path]) -> list[Path]:
+    """The policy files under ``directory``; ``reading`` holds the real paths of the
+    directories being read (``directory`` and its ancestors), so a link cycle is cut."""
     try:
         entries = list(directory.iterdir())
     except OSError as error:
@@ -59,10 +67,18 @@ def _policy_files(directory: Path, root: Path) -> list[Path]:
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            found.extend(_policy_files(entry, root))
-        elif is_policy_file(entry.relative_to(root)):
+        relative = entry.relative_to(root)
+        if entry.is_dir():
+            real = entry.resolve()
+            if real not in reading:
+                found.extend(_policy_files(entry, root, reading | {real}))
+        elif is_policy_file(relative):
             found.append(entry)
+        elif relative.suffix.lower() in POLICY_SUFFIXES:
+            raise PolicyLoadError(
+                "not read: policy files are named *.yaml or *.yml, in lower case",
+                file=relative.as_posix(),
+            )
     return found
 
 
