@@ -93,3 +93,52 @@ def test_a_time_zone_argument_is_a_load_error_not_a_condition_that_always_errs(
 )
 def test_utc_accessors_and_look_alikes_in_strings_still_load(when: str) -> None:
     _load(f"rules:\n  - id: r\n    effect: allow\n    mcp: {{tools: [x]}}\n    when: {when!r}\n")
+
+
+def _at(time: str) -> dict[str, object]:
+    return {
+        "agent": {"id": "bot"},
+        "target": {"name": "t"},
+        "action": {"mcp": {"tool": "x", "arguments": {}}},
+        "time": time,
+    }
+
+
+_DAYTIME = (
+    "rules:\n  - id: day\n    effect: allow\n    mcp: {tools: [x]}\n"
+    "    when: time.getHours() >= 9 && time.getHours() < 17\n"
+)
+
+
+@pytest.mark.parametrize(
+    "time", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"], ids=["year-1", "year-9999"]
+)
+def test_a_time_leaving_the_calendar_in_utc_is_an_invalid_request_not_an_internal_error(
+    time: str,
+) -> None:
+    decision = load_policies([PolicySource("a.yaml", _DAYTIME)]).decide(_at(time))
+    assert (decision.decision, decision.reason) == ("deny", "invalid-request")
+    assert decision.detail is not None and "internal error" not in decision.detail
+
+
+@pytest.mark.parametrize(
+    "time", ["2024-W09-4T10:00:00Z", "20240229T100000Z", "2024-02-29T10:00Z", "2024-060T10:00:00Z"]
+)
+def test_iso_8601_forms_that_are_not_rfc_3339_are_refused(time: str) -> None:
+    # The docs (and the spec's example) say RFC 3339; fromisoformat read week dates, the
+    # basic format and times without seconds too.
+    decision = load_policies([PolicySource("a.yaml", _DAYTIME)]).decide(_at(time))
+    assert (decision.decision, decision.reason) == ("deny", "invalid-request")
+
+
+@pytest.mark.parametrize(
+    ("time", "decision"),
+    [
+        ("2024-02-29t10:00:00z", "allow"),  # RFC 3339 5.6: "T" and "Z" may be lower case
+        ("2024-02-29T16:59:59.999999-00:00", "allow"),
+        ("2024-02-29T23:30:00+08:00", "allow"),  # 15:30 UTC
+        ("2024-03-01T01:30:00+05:00", "deny"),  # 20:30 UTC, still the leap day
+    ],
+)
+def test_rfc_3339_times_are_read_in_utc(time: str, decision: str) -> None:
+    assert load_policies([PolicySource("a.yaml", _DAYTIME)]).decide(_at(time)).decision == decision

@@ -10,14 +10,18 @@ Choices where the spec is silent (all deny-side):
 * Label values must be strings; ids must be non-empty strings.
 * ``scope`` without a ``targets`` list, or with an empty one, puts every target
   out of scope.
-* ``time`` must be RFC 3339 with an explicit offset (``Z`` or ``+hh:mm``).
+* ``time`` must be RFC 3339 with an explicit offset (``Z`` or ``+hh:mm``), and a moment a
+  timestamp can hold in UTC. The forms Python's ``fromisoformat`` reads beyond RFC 3339 (week
+  dates, the basic format, no seconds) are refused, and a moment of year 1 or 9999 that
+  leaves the calendar once in UTC is ``invalid-request``, not an internal error.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from tether.policy.errors import InvalidRequest
 from tether.policy.request_model import Delegation
@@ -126,16 +130,23 @@ def optional_str(value: Mapping[str, Any], key: str) -> str | None:
     return obj
 
 
+# RFC 3339 section 5.6 date-time ("T" and "Z" may be lower case); ASCII digits only.
+_RFC3339: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
 def timestamp(obj: object) -> datetime | None:
     """The ``time`` field, an RFC 3339 timestamp with an offset."""
     if obj is None:
         return None
     if not isinstance(obj, str):
         raise InvalidRequest("'time' must be an RFC 3339 string")
-    try:
-        parsed = datetime.fromisoformat(obj)
-    except ValueError:
-        raise InvalidRequest(f"'time' is not an RFC 3339 timestamp: {obj[:64]!r}") from None
-    if parsed.tzinfo is None or "T" not in obj.upper():
+    if not _RFC3339.fullmatch(obj):
         raise InvalidRequest("'time' needs a date, a time and an offset (e.g. ...T10:00:00Z)")
+    try:
+        parsed = datetime.fromisoformat(obj.upper())
+        parsed.astimezone(UTC)  # CEL sees it in UTC: year 1 or 9999 may leave the calendar
+    except (ValueError, OverflowError):
+        raise InvalidRequest(f"'time' is not an RFC 3339 timestamp: {obj[:64]!r}") from None
     return parsed
