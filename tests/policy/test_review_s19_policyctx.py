@@ -142,3 +142,49 @@ def test_iso_8601_forms_that_are_not_rfc_3339_are_refused(time: str) -> None:
 )
 def test_rfc_3339_times_are_read_in_utc(time: str, decision: str) -> None:
     assert load_policies([PolicySource("a.yaml", _DAYTIME)]).decide(_at(time)).decision == decision
+
+
+_OVERRIDES = """\
+rules:
+  - id: allow-all
+    effect: allow
+    http: {methods: ["*"], paths: ["/**"]}
+  - id: deny-delete
+    effect: deny
+    http: {methods: ["*"], paths: ["/**"]}
+    when: request.http.method == "DELETE"
+  - id: deny-prod
+    effect: deny
+    http: {methods: ["*"], paths: ["/**"]}
+    when: request.http.path.startsWith("/v1/prod") || request.http.query.contains("purge")
+"""
+
+
+def _http(method: str, path: str, headers: dict[str, str] | None = None) -> dict[str, object]:
+    return {
+        "agent": {"id": "bot"},
+        "target": {"name": "api"},
+        "action": {"http": {"method": method, "path": path, "headers": headers or {}}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "rule"),
+    [
+        ("POST", "/v1/dev/x", {"X-HTTP-Method-Override": "DELETE"}, "deny-delete"),
+        ("POST", "/v1/dev/x?_method=DELETE", {}, "deny-delete"),
+        ("GET", "/v1/dev/x", {"X-Original-URL": "/v1/prod/x"}, "deny-prod"),
+        ("GET", "/v1/dev/x", {"X-Rewrite-URL": "/v1/dev/x?purge=1"}, "deny-prod"),
+    ],
+    ids=["method-header", "method-parameter", "path-header", "query-of-path-header"],
+)
+def test_a_condition_sees_the_method_and_path_an_override_makes_the_target_run(
+    method: str, path: str, headers: dict[str, str], rule: str
+) -> None:
+    # CEL saw the request line's method and path for every part: a POST overridden to
+    # DELETE passed a deny rule on request.http.method == "DELETE" (allowed by allow-all),
+    # and so did a path override past a deny rule reading request.http.path.
+    decision = load_policies([PolicySource("a.yaml", _OVERRIDES)]).decide(
+        _http(method, path, headers)
+    )
+    assert (decision.decision, decision.rule) == ("deny", rule)

@@ -417,3 +417,66 @@ def test_engine_decides_like_a_reference_written_from_the_spec(data: st.DataObje
         assert got.reason != "invalid-request", (got, value)
         expected = reference(ps, value)
         assert (got.decision, got.rule, got.reason) == expected, (rule_list, value)
+
+
+# --- overrides: a request never gets more than the actions it makes the target run -----------
+
+_OVERRIDE_WHENS = [
+    'request.http.method == "DELETE"',
+    'request.http.method != "GET"',
+    'request.http.path.startsWith("/admin")',
+    'request.http.query.contains("force")',
+    "has(request.http.params.id)",
+]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["allow", "deny"]),
+            st.sampled_from(["GET", "POST", "DELETE", "*"]),
+            st.sampled_from(["/**", "/admin/**", "/v1/{id}", "/v1/*"]),
+            st.sampled_from([None, *_OVERRIDE_WHENS]),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.sampled_from(["GET", "POST"]),
+    st.sampled_from(["/v1/7", "/v1/7?force=1", "/admin/x"]),
+    st.sampled_from([None, "DELETE", "PUT", "GET"]),
+    st.sampled_from([None, "/admin/users", "/v1/8?force=1", "/v1/9"]),
+)
+def test_an_override_never_allows_what_the_overriding_action_is_denied(
+    spec: list[tuple[str, str, str, str | None]],
+    method: str,
+    path: str,
+    override_method: str | None,
+    override_path: str | None,
+) -> None:
+    rule_list: list[dict[str, Any]] = []
+    for index, (effect, rule_method, pattern, when) in enumerate(spec):
+        rule: dict[str, Any] = {
+            "id": f"r{index}",
+            "effect": effect,
+            "http": {"methods": [rule_method], "paths": [pattern]},
+        }
+        if when is not None:
+            rule["when"] = when
+        rule_list.append(rule)
+    ps = policies("rules:\n" + "".join(f"  - {json.dumps(rule)}\n" for rule in rule_list))
+    headers: dict[str, str] = {}
+    if override_method is not None:
+        headers["X-HTTP-Method-Override"] = override_method
+    if override_path is not None:
+        headers["X-Original-URL"] = override_path
+    action = {"http": {"method": method, "path": path, "headers": headers}}
+    combined = ps.decide({"agent": {"id": "bot"}, "target": {"name": "api"}, "action": action})
+    for run_method in {method, override_method or method}:
+        for run_path in {path, override_path or path}:
+            direct = {"http": {"method": run_method, "path": run_path}}
+            alone = ps.decide({"agent": {"id": "bot"}, "target": {"name": "api"}, "action": direct})
+            if alone.decision == "deny":
+                assert combined.decision == "deny", (rule_list, action, run_method, run_path)
+            elif alone.decision == "approval_required":
+                assert combined.decision != "allow", (rule_list, action, run_method, run_path)

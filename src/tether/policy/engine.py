@@ -161,7 +161,7 @@ class PolicySet:
             if when is not None:
                 if ev is None:
                     ev = _Evaluator(request, self.clock)
-                if not ev.when(when, captures):
+                if not ev.when(when, captures, part):
                     continue
             if approval is None or approval in request.approvals:
                 return hit
@@ -216,22 +216,32 @@ class _Evaluator:
         self._clock = clock
         self._base: dict[str, Any] | None = None
 
-    def when(self, rule: Rule, captures: Captures) -> bool:
+    def when(self, rule: Rule, captures: Captures, part: req.Part | None = None) -> bool:
         if rule.when is None:
             return True
-        context = self._context(captures)
+        context = self._context(captures, part)
         result = rule.when.evaluate(context)
         if result is celexpr.ERROR:
             return rule.deny  # fail closed: an allow misses, a deny hits
         return bool(result)
 
-    def _context(self, captures: Captures) -> dict[str, Any]:
+    def _context(self, captures: Captures, part: req.Part | None = None) -> dict[str, Any]:
+        """The CEL context for one part. An HTTP part made by a method or path override
+        (``X-HTTP-Method-Override: DELETE``, ``X-Original-URL``) is what the target runs, so
+        CEL sees its method, path and query, not the request line's: a deny rule reading
+        ``request.http.method`` missed the DELETE of a POST overridden to DELETE."""
         if self._base is None:
             self._base = self._build()
-        if not captures or "http" not in self._base["request"]:
+        http = self._base["request"].get("http")
+        if http is None:
             return self._base
-        http = dict(self._base["request"]["http"], params=dict(captures))
-        return dict(self._base, request={"http": http})
+        method, path, query = http["method"], http["path"], http["query"]
+        if isinstance(part, req.HttpPart):
+            method, path, query = part.method, part.path.path, part.path.query
+        if not captures and (method, path, query) == (http["method"], http["path"], http["query"]):
+            return self._base
+        view = dict(http, method=method, path=path, query=query, params=dict(captures))
+        return dict(self._base, request={"http": view})
 
     def _build(self) -> dict[str, Any]:
         r = self._request

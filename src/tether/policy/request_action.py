@@ -98,7 +98,9 @@ def normalize_http(request: Request, body: dict[str, Any]) -> None:
     if headers or named:
         by_header, by_path = httpmatch.overrides(headers)
         overrides = [m for m in dict.fromkeys((*by_header, *named)) if m != method]
-        paths = [p for p in by_path if p.path != path.path]
+        # A path override with the same path but another query is a part too: the target
+        # reads that query (a deny rule on request.http.query must see it).
+        paths = [p for p in by_path if (p.path, p.query) != (path.path, path.query)]
         request.parts = tuple(HttpPart(m, p) for p in (path, *paths) for m in (method, *overrides))
     else:
         request.parts = (HttpPart(method, path),)
