@@ -188,3 +188,30 @@ def test_a_condition_sees_the_method_and_path_an_override_makes_the_target_run(
         _http(method, path, headers)
     )
     assert (decision.decision, decision.rule) == ("deny", rule)
+
+
+_FILES = """\
+rules:
+  - id: allow-tmp-and-etc
+    effect: allow
+    files: {delete: ["/tmp/**"], write: ["/**"]}
+  - id: deny-etc-writes
+    effect: deny
+    files: {write: ["/**"]}
+    when: request.files.path.startsWith("/etc/")
+"""
+
+
+def test_a_condition_on_a_renames_write_sees_the_destination() -> None:
+    # The write part of a rename (its destination) was decided with CEL's path set to the
+    # source: a rename from /tmp into /etc passed a deny rule on writes under /etc.
+    ps = load_policies([PolicySource("a.yaml", _FILES)])
+
+    def files(body: dict[str, str]) -> dict[str, object]:
+        return {"agent": {"id": "bot"}, "target": {"name": "h"}, "action": {"files": body}}
+
+    assert ps.decide(files({"op": "write", "path": "/etc/cron.d/x"})).rule == "deny-etc-writes"
+    renamed = ps.decide(files({"op": "rename", "path": "/tmp/x", "to": "/etc/cron.d/x"}))
+    assert (renamed.decision, renamed.rule) == ("deny", "deny-etc-writes")
+    moved = ps.decide(files({"op": "rename", "path": "/tmp/x", "to": "/srv/x"}))
+    assert moved.decision == "allow"

@@ -234,7 +234,7 @@ class _Evaluator:
             self._base = self._build()
         http = self._base["request"].get("http")
         if http is None:
-            return self._base
+            return self._files_context(part)
         method, path, query = http["method"], http["path"], http["query"]
         if isinstance(part, req.HttpPart):
             method, path, query = part.method, part.path.path, part.path.query
@@ -242,6 +242,17 @@ class _Evaluator:
             return self._base
         view = dict(http, method=method, path=path, query=query, params=dict(captures))
         return dict(self._base, request={"http": view})
+
+    def _files_context(self, part: req.Part | None) -> dict[str, Any]:
+        """A rename is decided as a delete of its source and a write of its destination; for
+        the write, CEL's ``request.files.path`` is the destination (``op`` stays ``rename``,
+        ``to`` is there too): a deny rule on writes reading ``request.files.path`` saw the
+        source and missed a rename into the directory it guards."""
+        assert self._base is not None
+        files = self._base["request"].get("files")
+        if files is None or not isinstance(part, req.FilesPart) or part.path == files["path"]:
+            return self._base
+        return dict(self._base, request={"files": dict(files, path=part.path)})
 
     def _build(self) -> dict[str, Any]:
         r = self._request
