@@ -7,7 +7,8 @@ Security decisions:
 * **Keys come only from the configured source**, never from a token (``jku``, ``x5u``, ``jwk``
   and ``x5c`` headers are ignored by design: a key named by the token proves nothing).
 * **HTTPS only**, except to a loopback address (tests, a local sidecar). Redirects are not
-  followed and a response is capped at ``MAX_JWKS_BYTES``.
+  followed, a response is capped at ``MAX_JWKS_BYTES`` and a fetch at 5 seconds in all (not
+  per read: a slow endpoint must not hold the issuer's tokens waiting).
 * **A document publishing a private key is refused whole.** An issuer that leaked its private
   key cannot vouch for anything, so no key of it is used until it publishes a clean set.
   Individual keys Tether cannot use (``use: enc``, unknown ``kty``, RSA under 2048 bits, a point
@@ -240,17 +241,25 @@ def file_fetcher(path: Path) -> Fetcher:
 def http_fetcher(
     url: str, client: httpx.AsyncClient | None = None, timeout: float = 5.0
 ) -> Fetcher:
-    """GET ``url`` with ``client`` (one per fetch when None); no redirects, size-capped."""
+    """GET ``url`` with ``client`` (one per fetch when None); no redirects, size-capped.
+
+    ``timeout`` bounds the whole fetch, not each read: httpx's own timeouts are per
+    operation, so an endpoint sending a byte a second would hold the fetch, and every
+    token of the issuer waiting on the cache's lock, for as long as it likes.
+    """
     _check_url(url)
 
     async def fetch() -> bytes:
         try:
-            if client is not None:
-                return await _get(client, url, timeout)
-            async with httpx.AsyncClient() as own:
-                return await _get(own, url, timeout)
+            async with asyncio.timeout(timeout):
+                if client is not None:
+                    return await _get(client, url, timeout)
+                async with httpx.AsyncClient() as own:
+                    return await _get(own, url, timeout)
         except httpx.HTTPError as exc:
             raise JwksError(f"JWKS fetch failed: {type(exc).__name__}") from None
+        except TimeoutError:
+            raise JwksError(f"JWKS fetch failed: no complete answer within {timeout:g}s") from None
 
     return fetch
 

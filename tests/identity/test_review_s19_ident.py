@@ -1,0 +1,142 @@
+"""Red-team review s19 (identity): numbers too large for a float, a JWKS endpoint that drips."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.identity.test_dpop import T0 as DPOP_T0
+from tests.identity.test_dpop import URL, good_parts, raw_proof
+from tests.identity.test_workload import IDP, K8S, NOW, World, jwks, k8s_claims, user_claims
+from tether.identity.dpop import DPoPVerifier
+from tether.identity.errors import DPoPInvalid
+from tether.identity.jwks import JwksError, http_fetcher, parse_jwks
+from tether.identity.replay import MemoryReplayCache
+from tether.identity.workload import WorkloadTokenError, verify_user_token, verify_workload_token
+
+HUGE = 10**400  # valid JSON; float() of it raises OverflowError
+
+
+def _verifier() -> DPoPVerifier:
+    clock = lambda: DPOP_T0  # noqa: E731 - a fixed clock
+    return DPoPVerifier(clock=clock, replay_cache=MemoryReplayCache(clock))
+
+
+# --- DPoP: an iat too large for a float -------------------------------------------------------
+
+
+@pytest.mark.parametrize("iat", [HUGE, -HUGE, 2**53, 1e300], ids=["huge", "-huge", "2^53", "1e300"])
+def test_a_dpop_iat_too_large_for_a_float_is_refused_not_a_crash(iat: Any) -> None:
+    """Anyone can sign a proof with a key of their own: before, ``math.isfinite`` raised
+    OverflowError on a 400-digit iat (a 500 and a traceback at the token endpoint)."""
+    key = Ed25519PrivateKey.generate()
+    header, body = good_parts(key, iat=iat)
+    with pytest.raises(DPoPInvalid, match="iat"):
+        _verifier().verify(raw_proof(key, header, body), htm="GET", htu=URL)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(iat=st.integers() | st.floats(allow_nan=False))
+def test_any_numeric_dpop_iat_is_accepted_or_refused_never_a_crash(iat: float) -> None:
+    key = Ed25519PrivateKey.generate()
+    header, body = good_parts(key, iat=iat)
+    try:
+        result = _verifier().verify(raw_proof(key, header, body), htm="GET", htu=URL)
+    except DPoPInvalid:
+        return
+    assert abs(result.iat - DPOP_T0) <= 61  # accepted only inside the window
+
+
+# --- workload and user tokens: exp, nbf, iat too large for a float ----------------------------
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_a_workload_time_claim_too_large_for_a_float_is_refused(claim: str) -> None:
+    """The issuer signed it, but its number must still refuse the token, not raise
+    OverflowError out of the verifier."""
+    token = K8S.mint(k8s_claims(**{claim: HUGE}))
+    with pytest.raises(WorkloadTokenError, match=claim):
+        await verify_workload_token(token, World().issuers, NOW)
+
+
+async def test_a_user_token_exp_too_large_for_a_float_is_refused() -> None:
+    token = IDP.mint(user_claims(exp=HUGE))
+    with pytest.raises(WorkloadTokenError, match="exp"):
+        await verify_user_token(token, World().issuers, NOW)
+
+
+# --- a JWKS endpoint that sends its document a byte at a time ---------------------------------
+
+
+class Dripping:
+    """A real HTTP server on loopback sending a valid JWKS one byte every ``pause`` seconds:
+    every read gets data well within any per-read timeout."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause, self.stop, self.document = pause, threading.Event(), jwks(K8S)
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(state.document)))
+                self.end_headers()
+                try:
+                    for byte in state.document:
+                        if state.stop.wait(state.pause):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    return
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def dripping() -> Iterator[Dripping]:
+    server = Dripping(pause=0.2)
+    yield server
+    server.close()
+
+
+async def test_a_jwks_endpoint_that_drips_fails_closed_within_the_timeout(
+    dripping: Dripping,
+) -> None:
+    """Before, ``timeout`` bounded each read only: a document of a few hundred bytes sent a
+    byte every 0.2 s held the fetch (and every token of the issuer, waiting on the cache's
+    lock) for minutes; a byte every 4 s, for weeks."""
+    fetch = http_fetcher(dripping.url, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(JwksError, match="fetch failed"):
+        await asyncio.wait_for(fetch(), 30)
+    assert time.monotonic() - started < 3
+
+
+async def test_a_fast_enough_jwks_endpoint_still_serves() -> None:
+    server = Dripping(pause=0.0)
+    try:
+        keys = parse_jwks(await http_fetcher(server.url, timeout=5.0)())
+        assert set(keys) == {"k8s-1"}
+    finally:
+        server.close()
