@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from tests.identity.test_dpop import URL, good_parts, raw_proof
 from tests.identity.test_workload import IDP, K8S, NOW, World, jwks, k8s_claims, user_claims
 from tether.identity.dpop import DPoPVerifier
 from tether.identity.errors import DPoPInvalid
+from tether.identity.exchange import _FIELDS as ALL_FIELDS
+from tether.identity.exchange import GRANT_TYPE, ExchangeError, parse_form
 from tether.identity.jwks import JwksError, http_fetcher, parse_jwks
 from tether.identity.replay import MemoryReplayCache
 from tether.identity.workload import WorkloadTokenError, verify_user_token, verify_workload_token
@@ -140,3 +143,18 @@ async def test_a_fast_enough_jwks_endpoint_still_serves() -> None:
         assert set(keys) == {"k8s-1"}
     finally:
         server.close()
+
+
+# --- refusals name only parameter-shaped names -------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(names=st.lists(st.text(min_size=1, max_size=80), max_size=5))
+def test_an_unknown_parameter_refusal_copies_no_other_text(names: list[str]) -> None:
+    form = {"grant_type": GRANT_TYPE, **{n: "" for n in names if n not in ALL_FIELDS}}
+    try:
+        parse_form(form)
+    except ExchangeError as refused:
+        told = refused.description.removeprefix("unknown parameter(s): ")
+        for name in set(form) - ALL_FIELDS:
+            assert (name in told.split(", ")) == bool(re.fullmatch(r"[a-z_]{1,40}", name))

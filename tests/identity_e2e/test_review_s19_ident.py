@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -272,3 +273,35 @@ def test_a_jwks_endpoint_sending_a_byte_at_a_time_is_refused_in_seconds(
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant", answer.text
     assert "issuer keys unavailable" in answer.json()["error_description"]
     assert took < 15, took
+
+
+# --- a secret sent as a parameter name is not copied into the refusal -------------------------
+
+
+@pytest.mark.parametrize("twice", [False, True], ids=["unknown", "given twice"])
+async def test_a_join_token_sent_as_a_parameter_name_is_not_copied_anywhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, twice: bool
+) -> None:
+    """The token endpoint's reason is audited and logged, and documented as a text Tether
+    wrote: before, an unknown parameter's name (any length, newlines included) or 40
+    characters of one given twice were copied into it, and into the answer."""
+    from tests.identity_e2e.test_api_identity import serving_api
+    from tether.api.oauth import AUDIT_LOGGER
+
+    secret = "tjt_0123456789abcdef.S3cretS3cretS3cretS3cretS3cretS3cretS3cretS"
+    body = f"grant_type={ex.GRANT_TYPE}&{secret}=&task_id=T-1"
+    if twice:
+        body = f"grant_type={ex.GRANT_TYPE}&{secret}=1&{secret}=2"
+    async for api in serving_api(f"sqlite+aiosqlite:///{tmp_path / 'tether.db'}"):
+        with caplog.at_level(logging.INFO, logger=AUDIT_LOGGER):
+            answer = await api.http.post(
+                "/oauth/token",
+                content=body.encode(),
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_request"
+        assert "S3cret" not in answer.text
+        assert "S3cret" not in caplog.text
+        records = [r.audit for r in caplog.records if hasattr(r, "audit")]
+        assert records and all("S3cret" not in json.dumps(r) for r in records)
+        assert "parameter" in answer.json()["error_description"]
