@@ -10,9 +10,11 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -305,3 +307,41 @@ async def test_a_join_token_sent_as_a_parameter_name_is_not_copied_anywhere(
         records = [r.audit for r in caplog.records if hasattr(r, "audit")]
         assert records and all("S3cret" not in json.dumps(r) for r in records)
         assert "parameter" in answer.json()["error_description"]
+
+
+# --- DPoP replays across nodes whose clocks differ by a few seconds ---------------------------
+
+
+async def test_a_proof_pruned_by_one_node_is_still_a_replay_on_a_node_whose_clock_is_behind(
+    pg_fresh_url: str,
+) -> None:
+    """Before, a node's watcher deleted a replay row the second it expired by its own clock:
+    a node whose clock is 5 s behind still accepts the proof for 4 s more, and found nothing
+    in the shared table: the proof, used on the first node, was accepted again on it."""
+    from tests.identity_e2e.conftest import RESOURCE, Clock, Stack, build_service, join_form
+    from tether.crypto.envelope import EnvelopeCipher
+    from tether.crypto.masterkey import MasterKey
+    from tether.identity.errors import ReplayDetected
+    from tether.identity.issued import Presented
+    from tether.store import Store
+
+    store = await Store.open(pg_fresh_url)
+    try:
+        ahead = Clock()
+        behind = Clock(ahead.at - timedelta(seconds=5))
+        cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))
+        first = Stack(store, ahead, cipher, await build_service(store, ahead, cipher))
+        second = await build_service(store, behind, cipher)
+        agent = await first.new_agent("bot")
+        text, _ = await first.service.create_join_token(agent.id)
+        issued = await first.exchange(agent, join_form(text))
+        proof = first.proof(agent, token=issued.token)
+        presented = Presented(issued.token, "GET", RESOURCE, proof)
+        assert (await first.service.authenticate(presented)).sub == "bot"
+        ahead.advance(62)
+        behind.advance(62)  # 57 s after the proof by its clock: not stale there yet
+        await first.service.prune_replays()
+        with pytest.raises(ReplayDetected):
+            await second.authenticate(presented)
+    finally:
+        await store.close()
