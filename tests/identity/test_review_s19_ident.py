@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -24,6 +25,7 @@ from tether.identity.exchange import _FIELDS as ALL_FIELDS
 from tether.identity.exchange import GRANT_TYPE, ExchangeError, parse_form
 from tether.identity.jwks import JwksError, http_fetcher, parse_jwks
 from tether.identity.replay import MemoryReplayCache
+from tether.identity.revocation_copy import FORMAT, RevocationCopyError, parse_copy
 from tether.identity.workload import WorkloadTokenError, verify_user_token, verify_workload_token
 
 HUGE = 10**400  # valid JSON; float() of it raises OverflowError
@@ -158,3 +160,15 @@ def test_an_unknown_parameter_refusal_copies_no_other_text(names: list[str]) -> 
         told = refused.description.removeprefix("unknown parameter(s): ")
         for name in set(form) - ALL_FIELDS:
             assert (name in told.split(", ")) == bool(re.fullmatch(r"[a-z_]{1,40}", name))
+
+
+# --- the node's revocation copy: an expiry too large for a float ------------------------------
+
+
+def test_a_revocation_copy_with_an_expiry_too_large_for_a_float_is_refused() -> None:
+    """Before, ``math.isfinite`` raised OverflowError: a traceback at start instead of the
+    one-line refusal every other malformed copy gets."""
+    entry = {"kind": "task", "value": "T", "expires_at": HUGE}
+    data = json.dumps({"format": FORMAT, "revocations": [entry]}).encode()
+    with pytest.raises(RevocationCopyError, match="expires_at must be"):
+        parse_copy(data)
