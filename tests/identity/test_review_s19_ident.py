@@ -26,7 +26,9 @@ from tether.identity.exchange import GRANT_TYPE, ExchangeError, parse_form
 from tether.identity.jwks import JwksError, http_fetcher, parse_jwks
 from tether.identity.replay import MemoryReplayCache
 from tether.identity.revocation_copy import FORMAT, RevocationCopyError, parse_copy
+from tether.identity.scope import narrowed
 from tether.identity.workload import WorkloadTokenError, verify_user_token, verify_workload_token
+from tether.policy.names import compile_name_glob
 
 HUGE = 10**400  # valid JSON; float() of it raises OverflowError
 
@@ -172,3 +174,27 @@ def test_a_revocation_copy_with_an_expiry_too_large_for_a_float_is_refused() -> 
     data = json.dumps({"format": FORMAT, "revocations": [entry]}).encode()
     with pytest.raises(RevocationCopyError, match="expires_at must be"):
         parse_copy(data)
+
+
+# --- scope narrowing never widens ---------------------------------------------------------------
+
+_globs = st.text(alphabet="ab*-", min_size=1, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    held=st.lists(_globs, min_size=1, max_size=3),
+    requested=st.lists(_globs, min_size=1, max_size=3),
+    names=st.lists(st.text(alphabet="ab-", max_size=6), min_size=1, max_size=20),
+)
+def test_a_narrowed_scope_reaches_no_name_the_held_one_does_not(
+    held: list[str], requested: list[str], names: list[str]
+) -> None:
+    """What a derived token may reach (its scope, as the policy engine matches it) is
+    within what the token it came from may reach, for every scope ``narrowed`` accepts."""
+    scope = narrowed(requested, held)
+    if scope is None:
+        return
+    for name in names:
+        if any(compile_name_glob(g)(name) for g in scope):
+            assert any(compile_name_glob(g)(name) for g in held), (name, scope, held)
