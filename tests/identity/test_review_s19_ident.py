@@ -18,12 +18,23 @@ from hypothesis import strategies as st
 
 from tests.identity.test_dpop import T0 as DPOP_T0
 from tests.identity.test_dpop import URL, good_parts, raw_proof
-from tests.identity.test_workload import IDP, K8S, NOW, World, jwks, k8s_claims, user_claims
+from tests.identity.test_workload import (
+    IDP,
+    K8S,
+    K8S_NEXT,
+    NOW,
+    FakeClock,
+    MemoryJwks,
+    World,
+    jwks,
+    k8s_claims,
+    user_claims,
+)
 from tether.identity.dpop import DPoPVerifier
 from tether.identity.errors import DPoPInvalid
 from tether.identity.exchange import _FIELDS as ALL_FIELDS
 from tether.identity.exchange import GRANT_TYPE, ExchangeError, parse_form
-from tether.identity.jwks import JwksError, http_fetcher, parse_jwks
+from tether.identity.jwks import JwksCache, JwksError, UnknownKeyId, http_fetcher, parse_jwks
 from tether.identity.replay import MemoryReplayCache
 from tether.identity.revocation_copy import FORMAT, RevocationCopyError, parse_copy
 from tether.identity.scope import narrowed
@@ -198,3 +209,22 @@ def test_a_narrowed_scope_reaches_no_name_the_held_one_does_not(
     for name in names:
         if any(compile_name_glob(g)(name) for g in scope):
             assert any(compile_name_glob(g)(name) for g in held), (name, scope, held)
+
+
+# --- the JWKS cache when the clock steps back ---------------------------------------------------
+
+
+async def test_a_clock_stepped_back_does_not_keep_a_withdrawn_key_fresh() -> None:
+    """Before, ``now - fetched_at`` was negative after the node's clock stepped back (an NTP
+    step, a VM resumed), and a negative age is under any ttl: the set stayed "fresh", and a
+    key the issuer withdrew kept verifying, for as long as the step (an hour here), and no
+    refresh was tried (the last attempt was "in the future" too)."""
+    endpoint, clock = MemoryJwks(jwks(K8S)), FakeClock()
+    cache = JwksCache(endpoint, clock=clock)
+    assert (await cache.get_key("k8s-1")).kid == "k8s-1"
+    endpoint.document = jwks(K8S_NEXT)  # k8s-1 withdrawn
+    clock.advance(hours=-1)
+    with pytest.raises(UnknownKeyId):
+        await cache.get_key("k8s-1")
+    assert (await cache.get_key("k8s-2")).kid == "k8s-2"
+    assert endpoint.fetches == 2
