@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm
 
 from tests.identity_e2e.test_e2e_serve import Cluster
+from tests.test_serve import Node
 from tether.identity import exchange as ex
 from tether.identity import jose
 from tether.identity.dpop import make_proof
@@ -83,6 +84,13 @@ class ConfiguredCluster(Cluster):
 
     def serve_args(self) -> list[str]:
         return [*super().serve_args(), "--config", "tether.yaml"]
+
+    def start(self) -> Node:
+        """A node started, given a minute (a loaded machine starts it slowly)."""
+        node = Node(self.serve_args(), self.root, self.env)
+        self.nodes.append(node)
+        node.wait_for_log("tether serving on", timeout=60)
+        return node
 
 
 @pytest.fixture
