@@ -353,3 +353,40 @@ async def test_a_proof_pruned_by_one_node_is_still_a_replay_on_a_node_whose_cloc
             await second.authenticate(presented)
     finally:
         await store.close()
+
+
+# --- the token endpoint records a proof's jti only once the subject token proved something ----
+
+
+async def test_a_proof_sent_with_a_made_up_join_token_fills_no_replay_cache(
+    tmp_path: Path,
+) -> None:
+    """Anyone can sign a proof with a key of their own. Before, the join and workload grants
+    recorded the proof's jti before looking at the join or workload token, so made-up join
+    tokens, each with a fresh proof, filled the node's replay cache (100,000 entries a
+    minute; full, it answers 503 to every agent): the replay module's "only holders of valid
+    tokens can add entries" did not hold there."""
+    from tests.identity_e2e.conftest import Agent, Clock, Stack, build_service, join_form
+    from tether.crypto.envelope import EnvelopeCipher
+    from tether.crypto.masterkey import MasterKey
+    from tether.store import Store
+
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'tether.db'}")
+    try:
+        clock = Clock()
+        cipher = EnvelopeCipher(MasterKey(secrets.token_bytes(32), "test"))
+        stack = Stack(store, clock, cipher, await build_service(store, clock, cipher))
+        cache = stack.service.replay_cache
+        before = len(cache)
+        stranger = Agent("stranger")
+        for i in range(20):
+            with pytest.raises(ex.ExchangeError):
+                await stack.exchange(stranger, join_form(f"tjt_{i:016x}.made-up"))
+            with pytest.raises(ex.ExchangeError):
+                await stack.exchange(stranger, {**join_form("x.y.z"), "subject_token_type": ex.JWT})
+        assert len(cache) == before
+        agent = await stack.new_agent("bot")  # a real join still records its proof
+        await stack.join(agent)
+        assert len(cache) == before + 1
+    finally:
+        await store.close()
