@@ -274,6 +274,8 @@ async def _form(request: Request) -> dict[str, str]:
     form: dict[str, Any] = {}
     for name, value in pairs:
         if name in form:  # RFC 6749 section 3.2: no parameter more than once
-            raise oauth_problem(400, "invalid_request", f"{name[:40]!r} is given twice")
+            # Named only when shaped like a parameter: the reason is audited (no secret in it).
+            named = repr(name) if ex.is_parameter_name(name) else "a parameter"
+            raise oauth_problem(400, "invalid_request", f"{named} is given twice")
         form[name] = value
     return form

@@ -42,7 +42,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import math
 import re
 import secrets
 from collections.abc import Callable, Set
@@ -291,7 +290,9 @@ def _claim_iat(claims: dict[str, Any]) -> float:
     iat = claims.get("iat")
     if isinstance(iat, bool) or not isinstance(iat, int | float):
         raise DPoPInvalid("DPoP proof iat missing or invalid")
-    if not (math.isfinite(iat) and abs(iat) < _MAX_SAFE_INT):
+    # Compared, never converted: float() of a 400-digit JSON integer raises OverflowError
+    # (anyone can sign a proof with a key of their own); NaN fails the comparison too.
+    if not abs(iat) < _MAX_SAFE_INT:
         raise DPoPInvalid("DPoP proof iat missing or invalid")
     return float(iat)
 

@@ -37,7 +37,7 @@ token of the family ends all of them, so a renewal of a stolen token ends with i
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -51,6 +51,7 @@ ID_TOKEN: Final = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
 SUBJECT_TYPES: Final = frozenset({JOIN_TOKEN, JWT, ACCESS_TOKEN, ID_TOKEN})
 _MAX_FIELD: Final = 16384
 _SECONDS: Final = re.compile(r"[0-9]{1,6}")
+_PARAMETER_NAME: Final = re.compile(r"[a-z_]{1,40}")
 _FIELDS: Final = frozenset(
     {
         "grant_type", "subject_token", "subject_token_type", "actor_token", "actor_token_type",
@@ -88,9 +89,7 @@ def parse_form(form: Mapping[str, str]) -> ExchangeRequest:
     """Validate the form of a token request; ``ExchangeError`` says what is wrong."""
     unknown = set(form) - _FIELDS
     if unknown:
-        raise ExchangeError(
-            "invalid_request", f"unknown parameter(s): {', '.join(sorted(unknown))}"
-        )
+        raise ExchangeError("invalid_request", f"unknown parameter(s): {parameter_names(unknown)}")
     for key, value in form.items():
         if len(value) > _MAX_FIELD:
             raise ExchangeError("invalid_request", f"{key} is too long")
@@ -126,6 +125,23 @@ def parse_form(form: Mapping[str, str]) -> ExchangeRequest:
         task_purpose=purpose,
         lifetime=_lifetime(form.get("requested_lifetime")),
     )
+
+
+def is_parameter_name(name: str) -> bool:
+    """Whether ``name`` is shaped like an OAuth parameter name (so may be told back)."""
+    return _PARAMETER_NAME.fullmatch(name) is not None
+
+
+def parameter_names(names: Iterable[str]) -> str:
+    """Parameter names for a refusal's reason, which is audited and logged as a text Tether
+    wrote: only names shaped like an OAuth parameter are told, the others counted, so a
+    secret sent as a name (a join token, say) is never copied there."""
+    unique = set(names)
+    shown = sorted(n for n in unique if is_parameter_name(n))
+    others = len(unique) - len(shown)
+    if others:
+        shown.append(f"{others} more not shown")
+    return ", ".join(shown)
 
 
 def _scope(value: str | None) -> tuple[str, ...] | None:

@@ -54,7 +54,7 @@ and settings it uses. Security decisions:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from tether.identity import exchange as ex
@@ -121,17 +121,27 @@ async def exchange(
             held.act, held.agent, groups=held.groups, derived_from=derived, family=family,
             act_groups=held.act_groups,
         )  # fmt: skip
-    proof = await service.verify_proof(dpop, htm="POST", htu=url)
-    cnf = Confirmation(jkt=proof.jkt)
+    # Every check of the proof first (a bad one spends no join token), but its jti recorded
+    # only once the join or workload token proved something: anyone can sign a proof with a
+    # key of their own, and recording those let anyone fill the replay cache (full: 503).
+    checked = service.dpop.check(dpop, htm="POST", htu=url)
+    cnf = Confirmation(jkt=checked.jkt)
+
+    async def record_proof() -> None:
+        await service.verify_proof(dpop, htm="POST", htu=url)
+
     if request.subject_token_type == ex.JOIN_TOKEN:
-        agent_id, runtime = await _join(service, request, address)
+        agent_id, runtime = await _join(service, request, address, record_proof)
     else:
-        agent_id, runtime = await _attest(service, request, address)
+        agent_id, runtime = await _attest(service, request, address, record_proof)
     return await _issue(service, request, agent_id, runtime, cnf, None, None, None, None)
 
 
 async def _join(
-    service: IdentityService, request: ex.ExchangeRequest, address: str | None
+    service: IdentityService,
+    request: ex.ExchangeRequest,
+    address: str | None,
+    record_proof: Callable[[], Awaitable[None]],
 ) -> tuple[str, Runtime]:
     token = request.subject_token
     token_id, _, secret = token.removeprefix(JOIN_TOKEN_PREFIX).partition(".")
@@ -145,6 +155,15 @@ async def _join(
                   "was put back to an earlier state (docs/vault.md, Tampering with the "
                   "database)", token_id)  # fmt: skip
         raise ex.ExchangeError("invalid_grant", _JOIN_REFUSED)
+    # A first look, read only, before the proof is recorded (a made-up token records nothing)
+    # and outside the transaction below (the shared replay check takes a connection of its own).
+    async with service.engine.connect() as conn:
+        unused = await agent_store.join_token_unused(
+            conn, id=token_id, token_hash=digest(secret), now=now
+        )
+    if not unused:
+        raise ex.ExchangeError("invalid_grant", _JOIN_REFUSED)
+    await record_proof()  # a replayed proof is refused here, the join token still unused
     async with service.engine.begin() as conn:
         record = await agent_store.consume_join_token(
             conn,
@@ -168,7 +187,10 @@ async def _join(
 
 
 async def _attest(
-    service: IdentityService, request: ex.ExchangeRequest, address: str | None
+    service: IdentityService,
+    request: ex.ExchangeRequest,
+    address: str | None,
+    record_proof: Callable[[], Awaitable[None]],
 ) -> tuple[str, Runtime]:
     try:
         workload = await verify_workload_token(
@@ -182,6 +204,7 @@ async def _attest(
         raise ex.ExchangeError("invalid_grant", "no agent is mapped to this workload")
     labels = dict(workload.labels)
     _refuse_revoked(service, agent_id, request.task_id, workload.runtime_id)
+    await record_proof()
     async with service.engine.begin() as conn:
         try:
             agent = await agent_store.verified_agent(conn, service.sealer, agent_id)

@@ -7,7 +7,8 @@ Security decisions:
 * **Keys come only from the configured source**, never from a token (``jku``, ``x5u``, ``jwk``
   and ``x5c`` headers are ignored by design: a key named by the token proves nothing).
 * **HTTPS only**, except to a loopback address (tests, a local sidecar). Redirects are not
-  followed and a response is capped at ``MAX_JWKS_BYTES``.
+  followed, a response is capped at ``MAX_JWKS_BYTES`` and a fetch at 5 seconds in all (not
+  per read: a slow endpoint must not hold the issuer's tokens waiting).
 * **A document publishing a private key is refused whole.** An issuer that leaked its private
   key cannot vouch for anything, so no key of it is used until it publishes a clean set.
   Individual keys Tether cannot use (``use: enc``, unknown ``kty``, RSA under 2048 bits, a point
@@ -17,7 +18,8 @@ Security decisions:
   unknown ``kid`` (the issuer rotated). Fetches are at least ``min_refresh_interval`` apart, so a
   flood of tokens with made-up kids costs the issuer one request per interval, not one per token;
   concurrent callers share one fetch. A successful fetch replaces the whole set, so a key the
-  issuer withdrew stops verifying within ``ttl``.
+  issuer withdrew stops verifying within ``ttl``, also after the clock stepped back (a set
+  fetched "in the future" is fetched again).
 * **When the issuer is unreachable**, the last good set keeps serving for ``max_stale`` past its
   ``ttl`` (an issuer outage should not stop every agent at once), then fails closed.
 """
@@ -240,17 +242,25 @@ def file_fetcher(path: Path) -> Fetcher:
 def http_fetcher(
     url: str, client: httpx.AsyncClient | None = None, timeout: float = 5.0
 ) -> Fetcher:
-    """GET ``url`` with ``client`` (one per fetch when None); no redirects, size-capped."""
+    """GET ``url`` with ``client`` (one per fetch when None); no redirects, size-capped.
+
+    ``timeout`` bounds the whole fetch, not each read: httpx's own timeouts are per
+    operation, so an endpoint sending a byte a second would hold the fetch, and every
+    token of the issuer waiting on the cache's lock, for as long as it likes.
+    """
     _check_url(url)
 
     async def fetch() -> bytes:
         try:
-            if client is not None:
-                return await _get(client, url, timeout)
-            async with httpx.AsyncClient() as own:
-                return await _get(own, url, timeout)
+            async with asyncio.timeout(timeout):
+                if client is not None:
+                    return await _get(client, url, timeout)
+                async with httpx.AsyncClient() as own:
+                    return await _get(own, url, timeout)
         except httpx.HTTPError as exc:
             raise JwksError(f"JWKS fetch failed: {type(exc).__name__}") from None
+        except TimeoutError:
+            raise JwksError(f"JWKS fetch failed: no complete answer within {timeout:g}s") from None
 
     return fetch
 
@@ -303,16 +313,19 @@ class JwksCache:
                 raise UnknownKeyId("unknown signing key")
             return self._keys[kid]
 
+    # Ages are checked from both ends: after the clock stepped back (an NTP step, a VM
+    # resumed) an age is negative, and a negative age is under any bound; the set would stay
+    # fresh, a key the issuer withdrew would keep verifying and no refresh would be tried.
+
     def _fresh(self, now: datetime) -> bool:
-        return self._fetched_at is not None and now - self._fetched_at < self._ttl
+        return _within(self._fetched_at, now, self._ttl)
 
     def _usable(self, now: datetime) -> bool:
-        fetched = self._fetched_at
-        return fetched is not None and now - fetched < self._ttl + self._max_stale
+        return _within(self._fetched_at, now, self._ttl + self._max_stale)
 
     async def _refresh(self, now: datetime) -> None:
         """Fetch unless the last attempt is too recent; keep the old set on failure."""
-        if self._attempted_at is not None and now - self._attempted_at < self._interval:
+        if _within(self._attempted_at, now, self._interval):
             return
         self._attempted_at = now
         try:
@@ -321,3 +334,8 @@ class JwksCache:
             log.warning("JWKS refresh failed: %s", exc.reason)
             return
         self._keys, self._fetched_at = keys, now
+
+
+def _within(since: datetime | None, now: datetime, bound: timedelta) -> bool:
+    """Whether ``now`` is at most ``bound`` after ``since`` (never when it is before it)."""
+    return since is not None and timedelta(0) <= now - since < bound

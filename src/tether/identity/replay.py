@@ -37,7 +37,9 @@ Security decisions:
   let the evicted proof be replayed (fail open). The caller answers 503. Filling it
   takes ``max_entries`` *valid* proofs within one validity window (60 s by default),
   and DPoP verification only records a jti after the proof and its token binding
-  verified, so only holders of valid tokens can add entries.
+  verified, so only holders of valid tokens can add entries (at the token endpoint, of a
+  join token unused or a workload token that verified: a proof is signed by a key of the
+  client's own, so a proof alone proves nothing).
 * Keys are opaque strings chosen by the caller; the DPoP verifier hashes (jkt, jti) to a
   fixed-size key, so one client cannot burn another client's jti and memory per entry
   is bounded whatever the jti length.

@@ -33,7 +33,6 @@ Security decisions:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ FORMAT: Final = "tether-revocations/1"
 FILE_NAME: Final = "revocations.json"
 KINDS: Final = ("token", "agent", "task", "runtime")
 MAX_VALUE_LENGTH: Final = 4096
+_MAX_SECONDS: Final = 253402300800  # year 10000: no expiry Tether writes comes near
 
 
 class RevocationCopyError(ValueError):
@@ -87,7 +87,7 @@ def _entry(position: int, entry: object) -> Held:
     if expires is not None and (
         isinstance(expires, bool)
         or not isinstance(expires, int | float)
-        or not math.isfinite(expires)
+        or not abs(expires) < _MAX_SECONDS  # compared, not converted: a 400-digit int, NaN, inf
     ):
         raise RevocationCopyError(f"revocation {position}: expires_at must be a number or null")
     return Held(str(kind), value, None if expires is None else float(expires))

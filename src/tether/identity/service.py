@@ -68,6 +68,10 @@ log = logging.getLogger(__name__)
 
 _ENDED_LISTED = 100  # live credentials a token revocation lists as ended, at most
 _REPLAY_PRUNE_EVERY = 60.0  # seconds between deletions of expired rows of dpop_replay
+# A row of dpop_replay is deleted this long after it expired by the pruning node's clock: a
+# node whose clock is behind still accepts the proof for as long as it lags, and must still
+# find its row (a row kept longer costs nothing; the one deleted early let a replay in).
+REPLAY_PRUNE_MARGIN = timedelta(minutes=5)
 _REVOCATION_PRUNE_EVERY = 600.0  # seconds between prunes of expired revocations
 # A revocation is pruned this long after its expires_at (the expiry of the longest credential
 # it can affect): far beyond the verifier's leeway and any clock skew between nodes.
@@ -211,11 +215,12 @@ class IdentityService:
         return result
 
     async def prune_replays(self) -> int:
-        """Delete the expired rows of the shared replay table (PostgreSQL); how many."""
+        """Delete the rows of the shared replay table (PostgreSQL) expired for more than
+        :data:`REPLAY_PRUNE_MARGIN`; how many."""
         if not self.shared_replay:
             return 0
         async with self.engine.begin() as conn:
-            return await replay_store.prune(conn, self.clock())
+            return await replay_store.prune(conn, self.clock() - REPLAY_PRUNE_MARGIN)
 
     async def check_live(self, claims: Claims) -> None:
         """Revocation and agent state: what a live session re-checks every second."""

@@ -137,8 +137,11 @@ def _numeric(claims: Mapping[str, Any], name: str, *, required: bool = False) ->
     value = claims.get(name)
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise WorkloadTokenError(f"{name} missing or not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise WorkloadTokenError(f"{name} missing or not a number")
+    # Compared before any conversion: float() of a 400-digit integer raises OverflowError.
     if not 0 <= value < 253402300800:  # year 10000: beyond, datetime cannot represent it
         raise WorkloadTokenError(f"{name} out of range")
     return float(value)

@@ -473,6 +473,21 @@ async def get_join_token(conn: AsyncConnection, token_id: str) -> JoinToken | No
     return None if row is None else _join_token(row)
 
 
+async def join_token_unused(
+    conn: AsyncConnection, *, id: str, token_hash: bytes, now: datetime
+) -> bool:
+    """Whether join token ``id`` with this secret exists, unused and unexpired: a read-only
+    first look, so that a request with a made-up token is refused before anything is recorded
+    for it (:func:`consume_join_token` checks everything again, the seal included)."""
+    query = select(join_tokens.c.id).where(
+        join_tokens.c.id == id,
+        join_tokens.c.token_hash == token_hash,
+        join_tokens.c.used_at.is_(None),
+        join_tokens.c.expires_at > now,
+    )
+    return (await conn.execute(query)).first() is not None
+
+
 async def consume_join_token(
     conn: AsyncConnection,
     sealer: RowSealer,
