@@ -15,7 +15,8 @@ Guarantees, and why:
   never past an event that was not delivered. A crash between the receiver's
   acknowledgement and the cursor update redelivers that one batch: duplicates happen only
   as a whole unacknowledged batch, and receivers can drop them by ``metadata.uid`` (the
-  event id) or ``metadata.sequence``.
+  event id); not by ``metadata.sequence`` alone, which a database put back from a backup
+  gives again to new events.
 * **Never skip, even a poison event.** A receiver that keeps refusing a batch blocks its
   sink (and only its sink), visibly (``last_error``, growing lag), rather than losing
   evidence silently. Any exception of a delivery, expected or not, fails that batch the

@@ -86,8 +86,9 @@ class HecSink:
         self.name = config.name
         self.config = config
         self.channel = str(uuid.uuid4())
+        self._token = config.secret()
         self._headers = {
-            "Authorization": f"Splunk {config.secret()}",
+            "Authorization": f"Splunk {self._token}",
             "Content-Type": "application/json",
         }
         if config.use_ack:
@@ -121,7 +122,7 @@ class HecSink:
                 self._client, url, body, self._headers, self.config.timeout
             )
         except httpx.HTTPError as error:
-            reason = scrub(str(error), url)
+            reason = scrub(str(error), url).replace(self._token, "***")  # a library may quote it
             raise SinkError(f"HEC {display_url(url)}: {type(error).__name__}: {reason}") from None
         except TimeoutError:
             limit = self.config.timeout * REQUEST_TIMEOUTS

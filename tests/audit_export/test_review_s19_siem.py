@@ -1,0 +1,143 @@
+"""Review s19 (SIEM export): a HEC token a header cannot carry, an encrypted client key, a
+receiver that never answers while the node stops.
+
+Real parts: the SQLite trail of the ``trail`` fixture, real sockets on loopback, the test CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tests.audit_export.certs import Certs
+from tests.audit_export.conftest import Trail, wait_for
+from tether.audit.sinks.config import HecSinkConfig, SinkConfigError, WebhookSinkConfig
+from tether.audit.sinks.cursors import get_cursor
+from tether.audit.sinks.runner import build_sink, start_sinks
+from tether.audit.sinks.tls import client_context
+
+TOKEN = "0d6c8a7e-5b1f-4e8a-9c3d-s3cr3t70k3n"
+
+
+class BlackHole:
+    """A TCP server that accepts every connection and never reads nor answers."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    try:
+        yield hole
+    finally:
+        hole.close()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        TOKEN + "\n",
+        TOKEN + "\r\nX-Injected: 1",
+        TOKEN.replace("s3cr3t", "s3cr\u00e9t"),
+        "a " + TOKEN,
+    ],
+)
+def test_an_hec_token_a_header_cannot_carry_is_refused_at_start_without_naming_it(
+    token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token read from a file or a Kubernetes secret ends in a newline: the sink started,
+    and at every batch httpx's ``Illegal header value b'Splunk <token>\\n'`` went, token
+    and all, into the node's log, the cursor row and ``tether audit sinks``."""
+    monkeypatch.setenv("SPLUNK_HEC_TOKEN", token)
+    for secret in ({"token_env": "SPLUNK_HEC_TOKEN"}, {"token": token}):
+        config = HecSinkConfig(
+            name="splunk", kind="hec", url="http://127.0.0.1:8088/services/collector", **secret
+        )
+        with pytest.raises(SinkConfigError) as refused:
+            build_sink(config)
+        message = str(refused.value)
+        assert "s3cr" not in message and "HEC token" in message
+
+
+def test_an_hec_token_that_fits_a_header_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLUNK_HEC_TOKEN", TOKEN)
+    config = HecSinkConfig(
+        name="splunk", kind="hec", url="http://127.0.0.1:8088/", token_env="SPLUNK_HEC_TOKEN"
+    )
+    sink = build_sink(config)
+    assert sink.name == "splunk"
+    asyncio.run(sink.close())
+
+
+def test_an_encrypted_client_key_is_refused_clearly(certs: Certs, tmp_path: Path) -> None:
+    """OpenSSL asked for the passphrase on the terminal (holding the node's start), then
+    the sink was refused with ``TLS files unusable: [Errno 22] Invalid argument``."""
+    key = serialization.load_pem_private_key(certs.client_key.read_bytes(), password=None)
+    encrypted = tmp_path / "client-encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    with pytest.raises(SinkConfigError) as refused:
+        client_context(certs.ca, certs.client_cert, encrypted)
+    message = str(refused.value)
+    assert "unencrypted private key" in message and str(encrypted) in message
+    assert "Errno" not in message
+    client_context(certs.ca, certs.client_cert, certs.client_key)  # the plain key still works
+
+
+async def test_a_receiver_that_never_answers_does_not_hold_the_nodes_stop(
+    trail: Trail, black_hole: BlackHole
+) -> None:
+    """The node stops its sinks last; a batch in flight to a receiver that accepted the
+    connection and never answers held that stop for the sink's whole deadline (here 30 s
+    of read timeout; up to 4 x 600 s, or an hour of indexer acknowledgement). It is now
+    abandoned after a grace period, and the cursor has not moved: it is sent again."""
+    await trail.emit(5)
+    config = WebhookSinkConfig(
+        name="soar",
+        kind="webhook",
+        url=f"http://127.0.0.1:{black_hole.port}/hook",
+        secret="s",
+        timeout=30,
+        poll_interval=0.05,
+    )
+    runner = start_sinks(trail.engine, [config])
+    await wait_for(lambda: bool(black_hole.accepted), 20, "the delivery to start")
+    await asyncio.sleep(0.3)  # the request is sent and waits for its answer
+    started = time.monotonic()
+    await runner.stop()
+    assert time.monotonic() - started < 15
+    async with trail.engine.connect() as conn:
+        row = await get_cursor(conn, "soar")
+    assert row is not None
+    assert row.last_seq == 0, "an unacknowledged batch moved the cursor"
+    assert row.holder is None, "the stopped node kept the lease"
