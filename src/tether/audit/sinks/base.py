@@ -237,6 +237,7 @@ class DeliveryLoop:
         self._rng = rng
         self._fetch = fetch
         self._wake = asyncio.Event()
+        self._gap_reported = 0  # the first seq after the last gap logged
 
     def wake(self) -> None:
         """New events were appended: look now rather than at the next poll."""
@@ -289,6 +290,10 @@ class DeliveryLoop:
             await conn.commit()
         if not events:
             return 0
+        first = events[0].seq
+        if first is not None and first > cursor + 1 and first != self._gap_reported:
+            self._gap_reported = first  # once, not at every retry of the batch
+            self._skipped(cursor + 1, first - 1)
         async with self.engine.begin() as conn:
             held = await cursors.acquire_lease(
                 conn, self.sink.name, self.node_id, self._clock(), LEASE_SECONDS
@@ -311,6 +316,17 @@ class DeliveryLoop:
             await cursors.advance_cursor(conn, self.sink.name, last, self._clock(), self.node_id)
         self.delivered += len(events)
         return len(events)
+
+    def _skipped(self, first: int, last: int) -> None:
+        """Events the sink's cursor has not passed are gone from the trail: ``tether audit
+        prune`` took them (a sink that starts at ``beginning`` after a prune, or one whose
+        cursor row was deleted). They cannot be sent; at least the operator is told, since
+        the receiver sees a gap in ``metadata.sequence`` and nothing else says why."""
+        log.warning(
+            "audit sink %s: events %d to %d are no longer in the trail (pruned: they are in "
+            "the archives of tether audit prune) and were not sent to this sink",
+            self.sink.name, first, last,
+        )  # fmt: skip
 
     async def _renew_lease(self) -> None:
         """Keep the lease while a delivery is in flight: one may outlast it (a timeout of
