@@ -1,5 +1,5 @@
 """Review s19 (SIEM export): a HEC token a header cannot carry, an encrypted client key, a
-receiver that never answers while the node stops.
+receiver that never answers while the node stops, a cursor moved past the trail.
 
 Real parts: the SQLite trail of the ``trail`` fixture, real sockets on loopback, the test CA.
 """
@@ -15,11 +15,19 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy import update
 
 from tests.audit_export.certs import Certs
 from tests.audit_export.conftest import Trail, wait_for
-from tether.audit.sinks.config import HecSinkConfig, SinkConfigError, WebhookSinkConfig
-from tether.audit.sinks.cursors import get_cursor
+from tether.audit.sinks.base import DeliveryLoop, SinkError, sink_status
+from tether.audit.sinks.config import (
+    HecSinkConfig,
+    JsonlSinkConfig,
+    SinkConfigError,
+    WebhookSinkConfig,
+)
+from tether.audit.sinks.cursors import audit_sink_cursors, get_cursor
+from tether.audit.sinks.jsonl import JsonlSink
 from tether.audit.sinks.runner import build_sink, start_sinks
 from tether.audit.sinks.tls import client_context
 
@@ -141,3 +149,23 @@ async def test_a_receiver_that_never_answers_does_not_hold_the_nodes_stop(
     assert row is not None
     assert row.last_seq == 0, "an unacknowledged batch moved the cursor"
     assert row.holder is None, "the stopped node kept the lease"
+
+
+async def test_a_cursor_moved_past_the_trail_is_reported_not_waited_on(
+    trail: Trail, tmp_path: Path
+) -> None:
+    """Someone with write access to the database sets a sink's cursor ahead of the trail:
+    the sink waited, shown ``ok`` at lag 0 (``--max-lag`` content), and then skipped every
+    event up to it, which its receiver never gets. It now fails, visibly, while it is so."""
+    await trail.emit(5)
+    sink = JsonlSink(JsonlSinkConfig(name="file", kind="jsonl", path=tmp_path / "out.jsonl"))
+    loop = DeliveryLoop(sink, trail.engine, batch_size=100, poll_interval=0.05)
+    assert await loop.deliver_once() == 5
+    async with trail.engine.begin() as conn:
+        await conn.execute(update(audit_sink_cursors).values(last_seq=40))
+    with pytest.raises(SinkError, match=r"the cursor \(40\) is past the trail's last event \(5\)"):
+        await loop.deliver_once()
+    await loop._step()
+    [status] = await sink_status(trail.engine, ["file"])
+    assert status.last_error is not None and "past the trail's last event" in status.last_error
+    await sink.close()

@@ -287,8 +287,16 @@ class DeliveryLoop:
             start = await self._start_seq(conn)
             cursor = await cursors.ensure_cursor(conn, self.sink.name, start, self._clock())
             events = await self._fetch(conn, cursor, self.batch_size)
+            head = None if events else (await store.chain_head(conn)).seq
             await conn.commit()
         if not events:
+            if head is not None and cursor > head:
+                # Only a changed cursor row gets there: the sink would wait, "ok" and at lag 0,
+                # then skip every event up to the cursor. Failing makes it seen meanwhile.
+                raise SinkError(
+                    f"the cursor ({cursor}) is past the trail's last event ({head}): the "
+                    "events up to it would never be sent (was the cursor row changed?)"
+                )
             return 0
         first = events[0].seq
         if first is not None and first > cursor + 1 and first != self._gap_reported:
