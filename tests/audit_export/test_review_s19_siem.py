@@ -7,7 +7,9 @@ Real parts: the SQLite trail of the ``trail`` fixture, real sockets on loopback,
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -168,4 +170,33 @@ async def test_a_cursor_moved_past_the_trail_is_reported_not_waited_on(
     await loop._step()
     [status] = await sink_status(trail.engine, ["file"])
     assert status.last_error is not None and "past the trail's last event" in status.last_error
+    await sink.close()
+
+
+async def test_a_new_or_rotated_jsonl_file_has_its_directory_flushed(
+    trail: Trail, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fsync`` of a file does not make its name durable: after a power loss, a file
+    created (or renamed by a rotation) since its directory was last flushed can be gone,
+    with the batches the cursor already counted as delivered."""
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        flushed.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    config = JsonlSinkConfig(name="file", kind="jsonl", path=tmp_path / "out.jsonl",
+                             max_bytes=4096, keep=2)  # fmt: skip
+    sink = JsonlSink(config)
+    events = await trail.emit(12)
+    await sink.deliver(events[:1])  # creates the file
+    assert flushed == ["file", "dir"]
+    await sink.deliver(events[1:2])  # appends: the name is already durable
+    assert flushed == ["file", "dir", "file"]
+    flushed.clear()
+    await sink.deliver(events[2:])  # too large for the file: rotated first
+    assert (tmp_path / "out.jsonl.1").exists()
+    assert flushed == ["file", "dir"]
     await sink.close()
