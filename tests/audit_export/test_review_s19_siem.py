@@ -7,8 +7,11 @@ Real parts: the SQLite trail of the ``trail`` fixture, real sockets on loopback,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import socket
+import ssl
 import stat
 import threading
 import time
@@ -26,11 +29,13 @@ from tether.audit.sinks.config import (
     HecSinkConfig,
     JsonlSinkConfig,
     SinkConfigError,
+    SyslogSinkConfig,
     WebhookSinkConfig,
 )
 from tether.audit.sinks.cursors import audit_sink_cursors, get_cursor
 from tether.audit.sinks.jsonl import JsonlSink
 from tether.audit.sinks.runner import build_sink, start_sinks
+from tether.audit.sinks.syslog import SyslogSink
 from tether.audit.sinks.tls import client_context
 
 TOKEN = "0d6c8a7e-5b1f-4e8a-9c3d-s3cr3t70k3n"
@@ -200,3 +205,73 @@ async def test_a_new_or_rotated_jsonl_file_has_its_directory_flushed(
     assert (tmp_path / "out.jsonl.1").exists()
     assert flushed == ["file", "dir"]
     await sink.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+async def test_a_syslog_batch_is_acknowledged_only_once_it_left_the_process(
+    trail: Trail, certs: Certs, transport: str
+) -> None:
+    """asyncio's ``drain`` returns while up to 64 KiB are still in the transport's buffer
+    (and without waiting at all below that): with a receiver slow to read, ``deliver``
+    returned, the cursor moved, and the batch was still in the node's memory, where a
+    ``SIGKILL`` lost it. Here the receiver reads nothing until the node "dies" (its
+    connection aborted, which drops what the process still holds), then reads all: every
+    batch acknowledged before must be there."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    peers: list[socket.socket] = []
+
+    def accept() -> None:  # and, for TLS, the handshake; then nothing is read
+        peer, _ = server.accept()
+        if transport == "tls":
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certs.server_cert, certs.server_key)
+            peer = context.wrap_socket(peer, server_side=True)
+        peers.append(peer)
+
+    accepting = threading.Thread(target=accept, daemon=True)
+    accepting.start()
+    tls = {"ca_file": certs.ca, "server_name": "localhost"} if transport == "tls" else {}
+    config = SyslogSinkConfig(name="rs", kind="syslog", host="127.0.0.1", timeout=1,
+                              port=server.getsockname()[1], transport=transport, **tls)  # fmt: skip
+    sink = SyslogSink(config)
+    events = await trail.emit(20)
+    large = [dataclasses.replace(event, action={"command": "x" * 4000}) for event in events]
+    acknowledged, connection = 0, None
+    try:
+        for round_ in range(3000):
+            try:
+                await sink.deliver([large[round_ % len(large)]])
+            except SinkError:
+                break  # the receiver's buffers are full: not acknowledged
+            connection = connection or sink._writer
+            acknowledged += 1
+        else:
+            raise AssertionError("the receiver never filled up")
+        assert connection is not None and peers
+        connection.transport.abort()  # SIGKILL: what the process held is gone
+        await sink.close()
+        received = await asyncio.to_thread(_whole_frames, peers[0])
+        assert received >= acknowledged, f"{acknowledged - received} acknowledged batch(es) lost"
+    finally:
+        server.close()
+        for peer in peers:
+            peer.close()
+
+
+def _whole_frames(peer: socket.socket) -> int:
+    """How many whole octet-counted frames the peer can read until the stream ends."""
+    peer.settimeout(5)
+    data = bytearray()
+    with contextlib.suppress(TimeoutError, OSError):  # ssl.SSLError: an aborted TLS stream
+        while chunk := peer.recv(1 << 20):
+            data += chunk
+    frames, position = 0, 0
+    while (space := data.find(b" ", position)) > 0:
+        end = space + 1 + int(data[position:space])
+        if end > len(data):
+            break
+        frames, position = frames + 1, end
+    return frames
