@@ -1,5 +1,6 @@
 """Review s19 (SIEM export): a HEC token a header cannot carry, an encrypted client key, a
-receiver that never answers while the node stops, a cursor moved past the trail.
+receiver that never answers while the node stops, a cursor moved past the trail, a JSON
+Lines file's name, a syslog batch still in the process, a HEC behind a path prefix.
 
 Real parts: the SQLite trail of the ``trail`` fixture, real sockets on loopback, the test CA.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import socket
 import ssl
@@ -16,7 +18,9 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -33,6 +37,7 @@ from tether.audit.sinks.config import (
     WebhookSinkConfig,
 )
 from tether.audit.sinks.cursors import audit_sink_cursors, get_cursor
+from tether.audit.sinks.hec import HecSink
 from tether.audit.sinks.jsonl import JsonlSink
 from tether.audit.sinks.runner import build_sink, start_sinks
 from tether.audit.sinks.syslog import SyslogSink
@@ -275,3 +280,62 @@ def _whole_frames(peer: socket.socket) -> int:
             break
         frames, position = frames + 1, end
     return frames
+
+
+class PrefixedCollector:
+    """A HEC behind a gateway that routes only ``/splunk/services/collector/...`` to it:
+    events get an ``ackId``; acks are reported indexed; any other path is 404."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                path = self.path.partition("?")[0]
+                collector.paths.append(path)
+                if path == "/splunk/services/collector/event":
+                    answer: dict[str, Any] = {"text": "Success", "code": 0, "ackId": 7}
+                elif path == "/splunk/services/collector/ack":
+                    asked = json.loads(body)["acks"]
+                    answer = {"acks": {str(ack): True for ack in asked}}
+                else:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+async def test_indexer_acknowledgement_behind_a_path_prefix(trail: Trail) -> None:
+    """The ack endpoint was computed by ``urljoin(url, "/services/collector/ack")``, which
+    drops a gateway's prefix: with ``use_ack`` behind one, every batch failed forever."""
+    collector = PrefixedCollector()
+    try:
+        events = await trail.emit(3)
+        config = HecSinkConfig(
+            name="splunk", kind="hec", token=TOKEN, use_ack=True, ack_timeout=5,
+            url=f"http://127.0.0.1:{collector.port}/splunk/services/collector/event",
+        )  # fmt: skip
+        sink = HecSink(config)
+        await sink.deliver(events)
+        await sink.close()
+        assert collector.paths == [
+            "/splunk/services/collector/event",
+            "/splunk/services/collector/ack",
+        ]
+    finally:
+        collector.server.shutdown()
+        collector.server.server_close()
