@@ -19,7 +19,8 @@ Security decisions:
 * **Only up to a signed checkpoint, and never the last event**: the archive ends at a
   signature, and the chain the writer continues keeps its head in the database.
 * **Never past a sink**: every configured SIEM sink must have delivered the events pruned
-  (its cursor at or past them), so no receiver misses one.
+  (its cursor at or past them), so no receiver misses one; a disabled sink too once it has a
+  cursor, since it resumes from it when enabled again.
 * **Archive first, durable, never overwritten; marker second; deletion last.** Stopped at
   any point, nothing is lost: before the marker nothing changed; after it the trail verifies
   with the archived events still present (counted as awaiting deletion), and running the
@@ -92,6 +93,7 @@ async def prune(
     head_file: Path | None,
     sinks: Sequence[str],
     now: datetime,
+    paused: Sequence[str] = (),
     progress: Callable[[str], None] = lambda _line: None,
     dry_run: bool = False,
     advance: Advance = lambda _phase, _done, _all: None,
@@ -110,7 +112,7 @@ async def prune(
         if last is not None and last.seq > through:
             raise PruneRefused(f"the trail is pruned through {last.seq} already")
         _archive_possible(archive)  # before the checks, which read the whole trail
-        marks = await _check(conn, through, head_file, cipher, sinks)
+        marks = await _check(conn, through, head_file, cipher, sinks, paused)
         after, prev_hash = (0, GENESIS) if last is None else (last.seq, last.hash)
         if dry_run:
             return Pruned(after + 1, through, through - after, "", 0, resumed=False)
@@ -159,6 +161,7 @@ async def _check(
     head_file: Path | None,
     cipher: EnvelopeCipher,
     sinks: Sequence[str],
+    paused: Sequence[str] = (),
 ) -> dict[int, Checkpoint]:
     """The checkpoints by seq, once everything a prune requires holds."""
     report = await verify_trail(conn, head_file=head_file, cipher=cipher)
@@ -174,17 +177,29 @@ async def _check(
         raise PruneRefused(f"event {through} has no signed checkpoint ({hint})")
     if report.last_seq is None or through >= report.last_seq:
         raise PruneRefused(f"event {through} is the trail's last: the chain goes on from it")
-    behind = await _sinks_behind(conn, through, sinks)
+    behind = await _sinks_behind(conn, through, sinks, paused)
     if behind:
         raise PruneRefused("SIEM sink(s) have not delivered these events yet: " + ", ".join(behind))
     return marks
 
 
-async def _sinks_behind(conn: AsyncConnection, through: int, sinks: Iterable[str]) -> list[str]:
+async def _sinks_behind(
+    conn: AsyncConnection, through: int, sinks: Iterable[str], paused: Iterable[str] = ()
+) -> list[str]:
+    """The sinks that have not delivered up to ``through``: every enabled one, and every
+    disabled (``paused``) one that has a cursor. A disabled sink keeps its cursor to resume
+    from it; pruned past, it resumed at the first event left, silently skipping the pruned
+    ones (a gap its receiver never learns of). Removing it from the configuration is how to
+    prune past it."""
     rows = await conn.execute(select(audit_sink_cursors.c.name, audit_sink_cursors.c.last_seq))
     delivered = {str(name): int(seq) for name, seq in rows}
-    return [f"{name} (at {delivered.get(name, 0)})" for name in sinks
-            if delivered.get(name, 0) < through]  # fmt: skip
+    behind = [f"{name} (at {delivered.get(name, 0)})" for name in sinks
+              if delivered.get(name, 0) < through]  # fmt: skip
+    return behind + [
+        f"{name} (at {delivered[name]}, disabled: remove it from audit.sinks to prune past it)"
+        for name in paused
+        if name in delivered and delivered[name] < through
+    ]
 
 
 async def _mark(engine: AsyncEngine, marker: Prune, after: int) -> None:

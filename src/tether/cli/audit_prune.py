@@ -69,8 +69,9 @@ def prune_command(
     """Archive the oldest events into a file that verifies on its own, then delete them.
 
     Refused (exit 1, nothing changed) unless the whole trail verifies, the point is a signed
-    checkpoint before the trail's last event, and every enabled SIEM sink has delivered the
-    events. The deleted events are replaced in the database by a signed prune marker, which
+    checkpoint before the trail's last event, and every SIEM sink has delivered the
+    events (a disabled one too, once it has a cursor: it resumes from it). The deleted
+    events are replaced in the database by a signed prune marker, which
     tether audit verify checks; check the archive with tether audit verify --archive FILE.
     Stopped midway, running the same command again finishes it. --dry-run checks
     everything and changes nothing.
@@ -128,10 +129,11 @@ async def _run(
         fail("this database has no signing key yet (start tether serve once)")
     assert through is not None
     sinks = [sink.name for sink in settings.audit.sinks if sink.enabled]
+    paused = [sink.name for sink in settings.audit.sinks if not sink.enabled]
     try:
         done = await prune(
             engine, through=through, archive=archive, key=key, cipher=cipher,
-            head_file=settings.audit.head_file, sinks=sinks, now=datetime.now(UTC),
+            head_file=settings.audit.head_file, sinks=sinks, paused=paused, now=datetime.now(UTC),
             progress=say, dry_run=dry_run, advance=advance,
         )  # fmt: skip
     except PruneRefused as error:

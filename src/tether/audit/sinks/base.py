@@ -15,7 +15,8 @@ Guarantees, and why:
   never past an event that was not delivered. A crash between the receiver's
   acknowledgement and the cursor update redelivers that one batch: duplicates happen only
   as a whole unacknowledged batch, and receivers can drop them by ``metadata.uid`` (the
-  event id) or ``metadata.sequence``.
+  event id); not by ``metadata.sequence`` alone, which a database put back from a backup
+  gives again to new events.
 * **Never skip, even a poison event.** A receiver that keeps refusing a batch blocks its
   sink (and only its sink), visibly (``last_error``, growing lag), rather than losing
   evidence silently. Any exception of a delivery, expected or not, fails that batch the
@@ -236,6 +237,7 @@ class DeliveryLoop:
         self._rng = rng
         self._fetch = fetch
         self._wake = asyncio.Event()
+        self._gap_reported = 0  # the first seq after the last gap logged
 
     def wake(self) -> None:
         """New events were appended: look now rather than at the next poll."""
@@ -285,9 +287,21 @@ class DeliveryLoop:
             start = await self._start_seq(conn)
             cursor = await cursors.ensure_cursor(conn, self.sink.name, start, self._clock())
             events = await self._fetch(conn, cursor, self.batch_size)
+            head = None if events else (await store.chain_head(conn)).seq
             await conn.commit()
         if not events:
+            if head is not None and cursor > head:
+                # Only a changed cursor row gets there: the sink would wait, "ok" and at lag 0,
+                # then skip every event up to the cursor. Failing makes it seen meanwhile.
+                raise SinkError(
+                    f"the cursor ({cursor}) is past the trail's last event ({head}): the "
+                    "events up to it would never be sent (was the cursor row changed?)"
+                )
             return 0
+        first = events[0].seq
+        if first is not None and first > cursor + 1 and first != self._gap_reported:
+            self._gap_reported = first  # once, not at every retry of the batch
+            self._skipped(cursor + 1, first - 1)
         async with self.engine.begin() as conn:
             held = await cursors.acquire_lease(
                 conn, self.sink.name, self.node_id, self._clock(), LEASE_SECONDS
@@ -310,6 +324,17 @@ class DeliveryLoop:
             await cursors.advance_cursor(conn, self.sink.name, last, self._clock(), self.node_id)
         self.delivered += len(events)
         return len(events)
+
+    def _skipped(self, first: int, last: int) -> None:
+        """Events the sink's cursor has not passed are gone from the trail: ``tether audit
+        prune`` took them (a sink that starts at ``beginning`` after a prune, or one whose
+        cursor row was deleted). They cannot be sent; at least the operator is told, since
+        the receiver sees a gap in ``metadata.sequence`` and nothing else says why."""
+        log.warning(
+            "audit sink %s: events %d to %d are no longer in the trail (pruned: they are in "
+            "the archives of tether audit prune) and were not sent to this sink",
+            self.sink.name, first, last,
+        )  # fmt: skip
 
     async def _renew_lease(self) -> None:
         """Keep the lease while a delivery is in flight: one may outlast it (a timeout of

@@ -27,6 +27,7 @@ from pydantic import (
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_TOKEN = re.compile(r"[!-~]+")  # what ``Authorization: Splunk <token>`` can carry
 
 
 def _check_env_name(value: str) -> str:
@@ -135,7 +136,18 @@ class HecSinkConfig(_SinkBase, _TlsOptions):
         return self
 
     def secret(self) -> str:
-        return _secret(self.token, self.token_env, self.name)
+        """The token, checked to fit an HTTP header: a token read from a file or a
+        Kubernetes secret often ends in a newline, and the HTTP library's refusal of such a
+        header quoted it, token and all, into the sink's error, its log line and
+        ``tether audit sinks``. Refused at start instead, without naming it."""
+        token = _secret(self.token, self.token_env, self.name)
+        if not _HEADER_TOKEN.fullmatch(token):
+            where = "token" if self.token_env is None else f"environment variable {self.token_env}"
+            raise SinkConfigError(
+                f"sink {self.name}: the HEC token ({where}) must be printable ASCII without "
+                "blanks, as an HTTP header carries it (a trailing newline?)"
+            )
+        return token
 
 
 class WebhookSinkConfig(_SinkBase, _TlsOptions):

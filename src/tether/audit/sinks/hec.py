@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final
-from urllib.parse import urljoin
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -46,7 +46,8 @@ from tether.audit.sinks.base import (
 from tether.audit.sinks.config import HecSinkConfig
 from tether.audit.sinks.tls import client_context
 
-ACK_PATH: Final = "/services/collector/ack"
+COLLECTOR_PATH: Final = "/services/collector"
+ACK_PATH: Final = COLLECTOR_PATH + "/ack"
 ACK_POLL_SECONDS: Final = 0.5
 
 
@@ -86,8 +87,9 @@ class HecSink:
         self.name = config.name
         self.config = config
         self.channel = str(uuid.uuid4())
+        self._token = config.secret()
         self._headers = {
-            "Authorization": f"Splunk {config.secret()}",
+            "Authorization": f"Splunk {self._token}",
             "Content-Type": "application/json",
         }
         if config.use_ack:
@@ -121,7 +123,7 @@ class HecSink:
                 self._client, url, body, self._headers, self.config.timeout
             )
         except httpx.HTTPError as error:
-            reason = scrub(str(error), url)
+            reason = scrub(str(error), url).replace(self._token, "***")  # a library may quote it
             raise SinkError(f"HEC {display_url(url)}: {type(error).__name__}: {reason}") from None
         except TimeoutError:
             limit = self.config.timeout * REQUEST_TIMEOUTS
@@ -140,7 +142,7 @@ class HecSink:
         return answer
 
     async def _wait_indexed(self, ack_id: int) -> None:
-        url = urljoin(self.config.url, ACK_PATH) + f"?channel={self.channel}"
+        url = ack_url(self.config.url, self.channel)
         body = json.dumps({"acks": [ack_id]}).encode()
         deadline = time.monotonic() + self.config.ack_timeout
         while True:
@@ -151,6 +153,18 @@ class HecSink:
             if time.monotonic() >= deadline:
                 raise SinkError(f"HEC: ackId {ack_id} not indexed after {self.config.ack_timeout}s")
             await asyncio.sleep(ACK_POLL_SECONDS)
+
+
+def ack_url(url: str, channel: str) -> str:
+    """The indexer acknowledgement endpoint of the collector at ``url``: beside its
+    ``/services/collector`` path, under the same prefix when a proxy puts one before it
+    (``https://gw/splunk/services/collector/event`` acknowledges at
+    ``https://gw/splunk/services/collector/ack``; the prefix used to be dropped, and every
+    poll went to a path the gateway does not route to Splunk)."""
+    parts = urlsplit(url)
+    found = parts.path.find(COLLECTOR_PATH)
+    prefix = parts.path[:found] if found >= 0 else ""
+    return urlunsplit((parts.scheme, parts.netloc, prefix + ACK_PATH, f"channel={channel}", ""))
 
 
 def _text(answer: Any) -> str:

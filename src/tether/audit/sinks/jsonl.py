@@ -5,11 +5,12 @@ the previous ``path.1`` becomes ``path.2``, and so on up to ``path.<keep>``; old
 are deleted. Rotation happens between batches, never inside one, so a batch is in one file.
 
 Acknowledgement is the disk's: a batch is written, flushed and ``fsync``-ed (``fsync:
-true``, the default) before :meth:`JsonlSink.deliver` returns. A crash during a write
-leaves the file ending in a partial line; at its next start the sink cuts the file back to
-its last complete line (that batch was not acknowledged, so it will be written again),
-so every line of the file is always one whole JSON event. Files are created with mode
-0600: they hold the audit trail.
+true``, the default) before :meth:`JsonlSink.deliver` returns, and so is the directory
+after the file was created or rotated (else its new name may not survive a power loss).
+A crash during a write leaves the file ending in a partial line; at its next start the
+sink cuts the file back to its last complete line (that batch was not acknowledged, so it
+will be written again), so every line of the file is always one whole JSON event. Files
+are created with mode 0600: they hold the audit trail.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class JsonlSink:
         self.name = config.name
         self.config = config
         self._file: BinaryIO | None = None
+        self._new_name = False  # a file was created or renamed: flush the directory too
         self._lock = asyncio.Lock()
 
     async def deliver(self, events: Sequence[AuditEvent]) -> None:
@@ -72,11 +74,18 @@ class JsonlSink:
         handle.flush()
         if self.config.fsync:
             os.fsync(handle.fileno())
+            if self._new_name:
+                # The file's data is on disk, but not yet its name: after a power loss a
+                # file created (or renamed by a rotation) since the directory was last
+                # flushed may be gone, with batches the cursor counts as delivered.
+                _fsync_directory(self.config.path.parent)
+                self._new_name = False
 
     def _open(self) -> BinaryIO:
         if self._file is None:
             path = self.config.path
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._new_name = self._new_name or not path.exists()
             fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
             handle = os.fdopen(fd, "r+b")
             _cut_partial_line(handle)
@@ -84,6 +93,7 @@ class JsonlSink:
         return self._file
 
     def _rotate(self) -> None:
+        self._new_name = True
         path, keep = self.config.path, self.config.keep
         if keep == 0:
             path.unlink(missing_ok=True)
@@ -98,6 +108,15 @@ class JsonlSink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Flush ``directory``'s entries (names created, renamed, removed) to disk."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _cut_partial_line(handle: Any) -> None:

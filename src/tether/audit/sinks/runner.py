@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,6 +27,8 @@ from tether.audit.sinks.config import (
     SyslogSinkConfig,
     WebhookSinkConfig,
 )
+
+STOP_GRACE_SECONDS: Final = 5.0
 
 
 def build_sink(config: SinkConfig) -> Sink:
@@ -76,9 +79,22 @@ class SinkRunner:
         for loop in self.loops:
             loop.wake()
 
-    async def stop(self) -> None:
-        """Stop every loop after its batch in flight, and close the sinks."""
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop every loop after its batch in flight, and close the sinks.
+
+        A batch still in flight after ``grace`` seconds is abandoned (its loop cancelled):
+        a receiver that never answers held the node's stop for as long as the sink's
+        deadline (4 x ``timeout``, up to 40 minutes; an indexer acknowledgement up to
+        ``ack_timeout``). Nothing is lost: the cursor moves only once a batch is
+        acknowledged, so an abandoned one is sent again at the next start."""
         self.stopping.set()
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(self.tasks, timeout=grace)
+        for loop, task in zip(self.loops, self.tasks, strict=True):
+            if task in pending:
+                log.warning("audit sink %s: batch in flight abandoned at stop", loop.sink.name)
+                task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 

@@ -5,13 +5,14 @@ kept open and reused; it is dropped on any error and opened again at the next ba
 
 What acknowledgement means here: syslog over TCP has no application-level
 acknowledgement (RELP has one; RFC 6587 does not). A batch counts as delivered once all of
-its bytes were accepted by the connection (``drain``) while the receiver had not closed
-it. Before each batch the sink checks that the receiver has not closed the connection
-(a receiver that stopped sends FIN, seen as end of stream) and reconnects if it has, so a
-batch is not written into a connection that is already dead, and after a TLS handshake
-it waits for a TLS 1.3 receiver's verdict on its client certificate (see
-:meth:`SyslogSink._await_verdict`). What the receiver had
-accepted but not yet processed when it crashed is lost: choose a receiver that queues to
+its bytes were accepted by the connection (``drain``, with no write buffer left in this
+process: see :meth:`SyslogSink._open`) while the receiver had not closed it. Before each
+batch the sink checks that the receiver has not closed the connection (a receiver that
+stopped sends FIN, seen as end of stream) and reconnects if it has, so a batch is not
+written into a connection that is already dead, and after a TLS handshake it waits for a
+TLS 1.3 receiver's verdict on its client certificate (see
+:meth:`SyslogSink._await_verdict`). What the receiver had accepted but not yet processed
+when it crashed is lost: choose a receiver that queues to
 disk (rsyslog with a disk-assisted queue) or the HEC sink with ``use_ack`` where that
 matters.
 """
@@ -48,6 +49,7 @@ class SyslogSink:
             self._tls = client_context(config.ca_file, config.cert_file, config.key_file)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._tcp: asyncio.WriteTransport | None = None  # under TLS, the transport below it
         self.connects = 0  # connections opened, for tests and logs
 
     def message(self, event: AuditEvent) -> bytes:
@@ -101,13 +103,24 @@ class SyslogSink:
         writer = await self._connection()
         try:
             writer.write(data)
-            await asyncio.wait_for(writer.drain(), self.config.timeout)
+            await asyncio.wait_for(self._sent(writer), self.config.timeout)
         except (OSError, TimeoutError) as error:
             await self._drop()
             raise SinkError(f"syslog {self._peer()}: send failed: {_reason(error)}") from None
 
     async def close(self) -> None:
         await self._drop()
+
+    async def _sent(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until every byte written left this process (see :meth:`_open`). Under TLS
+        ``drain`` sees the TLS buffer only; the TCP transport below it may still hold the
+        last records, so it is watched too (no event tells when it empties)."""
+        await writer.drain()
+        tcp = self._tcp
+        while tcp is not None and tcp.get_write_buffer_size() > 0 and not tcp.is_closing():
+            await asyncio.sleep(0.01)
+        if tcp is not None and tcp.is_closing():
+            raise ConnectionResetError("the connection was lost")
 
     async def _connection(self) -> asyncio.StreamWriter:
         if self._writer is not None and not self._alive():
@@ -126,17 +139,37 @@ class SyslogSink:
         config = self.config
         server_name = (config.server_name or config.host) if self._tls is not None else None
         started = time.monotonic()
+        opened: list[asyncio.StreamWriter] = []
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    config.host, config.port, ssl=self._tls, server_hostname=server_name
-                ),
-                config.timeout,
-            )
+            reader, writer = await asyncio.wait_for(self._open(server_name, opened), config.timeout)
         except (OSError, TimeoutError, ssl.SSLError) as error:
+            for writer in opened:  # a TLS handshake that failed or timed out
+                writer.close()
             raise SinkError(f"syslog {self._peer()}: cannot connect: {_reason(error)}") from None
         if self._tls is not None:
             await self._await_verdict(reader, writer, time.monotonic() - started)
+        return reader, writer
+
+    async def _open(
+        self, server_name: str | None, opened: list[asyncio.StreamWriter]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect, and make ``drain`` wait for every byte to leave the process.
+
+        asyncio's ``drain`` returns while up to 64 KiB (its high-water mark) are still in the
+        transport's buffer, and does not wait at all below it: with a receiver slow to read,
+        a whole batch could sit in this process when ``deliver`` returned, the cursor moved
+        past it, and a ``SIGKILL`` lost it. With both buffers' limits at their least (the TCP
+        one, and the TLS one above it), ``drain`` returns once the kernel holds all of it.
+        """
+        reader, writer = await asyncio.open_connection(self.config.host, self.config.port)
+        opened.append(writer)
+        writer.transport.set_write_buffer_limits(high=0)
+        self._tcp = writer.transport
+        if self._tls is not None:
+            await writer.start_tls(self._tls, server_hostname=server_name)
+            # The TLS transport pauses at size >= high (the TCP one at size > high): at 0 it
+            # would stay paused with nothing left to send.
+            writer.transport.set_write_buffer_limits(high=1, low=0)
         return reader, writer
 
     async def _await_verdict(
@@ -163,7 +196,7 @@ class SyslogSink:
             raise SinkError(f"syslog {self._peer()}: refused: closed after the handshake")
 
     async def _drop(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
+        writer, self._reader, self._writer, self._tcp = self._writer, None, None, None
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
