@@ -4,9 +4,9 @@ At start the node opens the store, loads the master key and its signing keys (cr
 on first start), builds the identity service with the revocations in force, and on a store
 without any admin token creates one and prints it, once, on standard error.
 
-``SIGTERM`` or ``SIGINT`` stops the node gracefully: the server stops accepting, finishes
-the requests in flight, the watcher stops and the store closes; then the process exits 0.
-A second ``SIGINT`` skips the wait for requests in flight.
+``SIGTERM``, ``SIGINT`` or ``SIGHUP`` stops the node gracefully: the server stops accepting,
+finishes the requests in flight, the watcher stops and the store closes; then the process
+exits 0. A second ``SIGINT`` skips the wait for requests in flight.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class _Server(uvicorn.Server):
 
 
 async def run_node(settings: Settings, sock: socket.socket) -> None:
-    """Serve on ``sock`` until SIGTERM/SIGINT; raises :class:`StartupError` before serving.
+    """Serve on ``sock`` until SIGTERM/SIGINT/SIGHUP; raises :class:`StartupError` before serving.
     On SQLite the node holds the database's lock while it runs (:mod:`tether.store.nodelock`:
     one process serves a SQLite database)."""
     try:
@@ -443,7 +443,10 @@ def _outermost(middleware: list[Middleware], app: ASGIApp) -> ASGIApp:
 
 def _handle_signals(server: uvicorn.Server, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too (a closed terminal, a service manager's reload): by default it killed the
+    # node at once, so open sessions were never audited as ended and the trail's last events
+    # had no closing checkpoint. Policies reload on their own (policy_watch).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, _stop, server, stop, sig)
 
 

@@ -1,0 +1,114 @@
+"""Operator-facing defects found by the s19 newcomer review: signals, config errors, the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tether.config import ConfigError, load_settings
+
+RULE = """\
+rules:
+  - id: a
+    effect: allow
+    agents: [bot]
+    targets: [github]
+    mcp: {tools: ["search_*"]}
+"""
+SEARCH = {
+    "agent": {"id": "bot"},
+    "target": {"name": "github"},
+    "action": {"mcp": {"tool": "search_code", "arguments": {}}},
+}
+
+
+def test_a_hangup_stops_the_node_cleanly_with_a_closing_checkpoint(
+    tmp_path: Path, tether_bin: Path, clean_env: dict[str, str]
+) -> None:
+    """A closed terminal sends SIGHUP to the whole process group (the node and its SQLite
+    writer process). It killed the node at once: no closing checkpoint, sessions never
+    audited as ended. Now it stops like SIGTERM, and the writer outlives the signal."""
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "a.yaml").write_text(RULE)
+    args = [str(tether_bin), "serve", "-p", "pol", "-d", "data", "-l", "127.0.0.1:0"]
+    process = subprocess.Popen(
+        args, cwd=tmp_path, env=clean_env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 20
+        found = None
+        while found is None and time.monotonic() < deadline and process.poll() is None:
+            found = re.search(r"tether serving on (http://127\.0\.0\.1:\d+)", "".join(lines))
+            time.sleep(0.05)
+        assert found is not None, "".join(lines)
+        with httpx.Client(base_url=found[1], timeout=5) as client:
+            assert client.post("/v1/decide", json=SEARCH).json()["decision"] == "allow"
+        os.killpg(process.pid, signal.SIGHUP)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    reader.join(timeout=5)
+    stderr = "".join(lines)
+    assert "SIGHUP received, shutting down" in stderr
+    assert "tether stopped" in stderr
+    assert "Traceback" not in stderr
+    with sqlite3.connect(tmp_path / "data" / "tether.db") as db:
+        (last,) = db.execute("SELECT max(seq) FROM audit_events").fetchone()
+        (anchored,) = db.execute("SELECT max(seq) FROM audit_checkpoints").fetchone()
+    assert last is not None and anchored == last
+
+
+PG = "postgresql://tether:pw-not-shown@db.internal/tether"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("sslmode=verify-full", "ssl=verify-full"),
+        ("ssl=require", "ssl=require"),
+        ("target_session_attrs=read-write", "target_session_attrs=read-write"),
+        ("prepared_statement_cache_size=0", "prepared_statement_cache_size=0"),
+    ],
+)
+def test_a_postgres_url_takes_libpq_sslmode(query: str, expected: str) -> None:
+    """``?sslmode=require``, libpq's way to demand TLS, reached asyncpg.connect() as an
+    unexpected keyword: the node started, then died with an internal error (exit 70)."""
+    url = load_settings(environ={"TETHER_DATABASE_URL": f"{PG}?{query}"}).database_url
+    assert url == f"postgresql+asyncpg://tether:pw-not-shown@db.internal/tether?{expected}"
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("application_name=x", "unknown query parameter 'application_name'"),
+        ("sslmode=on", "sslmode must be one of disable, allow, prefer, require"),
+        ("sslmode=require&ssl=disable", "give one of sslmode and ssl"),
+        ("ssl=require&ssl=disable", "query parameter 'ssl' is given twice"),
+        ("prepared_statement_cache_size=lots", "prepared_statement_cache_size must be a number"),
+    ],
+)
+def test_a_postgres_url_with_another_query_is_refused_at_start(query: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"TETHER_DATABASE_URL": f"{PG}?{query}"})
+    assert message in str(raised.value)
+    assert "pw-not-shown" not in str(raised.value)
+
+
+def test_a_sqlite_url_keeps_its_query() -> None:
+    url = load_settings(environ={"TETHER_DATABASE_URL": "sqlite:////tmp/t.db?timeout=5"})
+    assert url.database_url == "sqlite+aiosqlite:////tmp/t.db?timeout=5"
