@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tether.cli.auditview import summary
 from tether.config import ConfigError, load_settings
 
 RULE = """\
@@ -112,3 +113,24 @@ def test_a_postgres_url_with_another_query_is_refused_at_start(query: str, messa
 def test_a_sqlite_url_keeps_its_query() -> None:
     url = load_settings(environ={"TETHER_DATABASE_URL": "sqlite:////tmp/t.db?timeout=5"})
     assert url.database_url == "sqlite+aiosqlite:////tmp/t.db?timeout=5"
+
+
+def test_the_audit_table_says_what_a_completed_or_unparsed_statement_was() -> None:
+    """`tether audit search` showed ``None`` as the action of every PostgreSQL session's
+    ``completed`` event (its results) and of a statement that did not parse."""
+    completed = {
+        "kind": "sql.statement",
+        "action": {
+            "phase": "completed",
+            "database": "analytics",
+            "results": [
+                {"seq": 52, "fingerprint": "f", "rows": 2, "duration_ms": 1.3},
+                {"seq": 53, "fingerprint": "g", "rows": None, "duration_ms": 0.4, "error": "42P01"},
+            ],
+        },
+    }
+    assert summary(completed) == "completed: 2 statement(s), 2 row(s), 1 error(s)"
+    unparsed = {"kind": "sql.statement", "action": {"phase": "decided", "query": None, "size": 17}}
+    assert summary(unparsed) == "(unparsed, 17 bytes)"
+    decided = {"kind": "sql.statement", "action": {"phase": "decided", "query": "SELECT ?"}}
+    assert summary(decided) == "SELECT ?"
