@@ -13,9 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tether.cli.auditview import summary
 from tether.config import ConfigError, load_settings
+from tether.vault.target_input import TargetInputError, spec_from_document
+from tether.yamlkeys import UniqueKeyLoader
 
 RULE = """\
 rules:
@@ -134,3 +139,46 @@ def test_the_audit_table_says_what_a_completed_or_unparsed_statement_was() -> No
     assert summary(unparsed) == "(unparsed, 17 bytes)"
     decided = {"kind": "sql.statement", "action": {"phase": "decided", "query": "SELECT ?"}}
     assert summary(decided) == "SELECT ?"
+
+
+def test_a_setting_given_twice_in_a_yaml_config_is_refused(tmp_path: Path) -> None:
+    """A second ``audit:`` section appended at the bottom silently replaced the first (and
+    its SIEM sinks): YAML keeps the last value of a repeated key without a word."""
+    config = tmp_path / "tether.yaml"
+    config.write_text(
+        "audit:\n  sinks:\n    - {name: siem, kind: jsonl, path: /tmp/siem.jsonl}\n"
+        "listen: 127.0.0.1:8765\naudit:\n  checkpoint_every: 10\n"
+    )
+    with pytest.raises(ConfigError, match=r"tether\.yaml:5: invalid YAML: duplicate key 'audit'"):
+        load_settings(config)
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path: Path) -> None:
+    config = tmp_path / "tether.yaml"
+    config.write_text("audit:\n  <<: {checkpoint_every: 5, max_batch: 3}\n  checkpoint_every: 7\n")
+    loaded = load_settings(config)
+    assert (loaded.audit.checkpoint_every, loaded.audit.max_batch) == (7, 3)
+
+
+def test_a_field_given_twice_in_a_target_file_is_refused(tmp_path: Path) -> None:
+    """``tls_verify: true`` then ``tls_verify: false`` further down: the last won unseen."""
+    text = "kind: http\nbase_url: https://a.example\ntls_verify: true\ntls_verify: false\n"
+    with pytest.raises(TargetInputError, match=r"\(line 4\): duplicate key 'tls_verify'"):
+        spec_from_document(text, name="a", base=tmp_path)
+
+
+_SCALARS = st.sampled_from(["a", "b", "c", "1", "true", "'a'", '"b"'])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_SCALARS, st.sampled_from(["1", "x", "[1]", "{k: v}"])), max_size=6))
+def test_the_loader_refuses_exactly_the_repeated_keys(pairs: list[tuple[str, str]]) -> None:
+    """Never a crash; a document whose keys are unique loads as the plain safe loader reads
+    it, and one with a key repeated is refused."""
+    text = "".join(f"{key}: {value}\n" for key, value in pairs)
+    keys = [yaml.safe_load(key) for key, _ in pairs]
+    if len(set(keys)) == len(keys):
+        assert yaml.load(text, Loader=UniqueKeyLoader) == yaml.safe_load(text)
+    else:
+        with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key"):
+            yaml.load(text, Loader=UniqueKeyLoader)

@@ -43,6 +43,7 @@ from tether.proxy.http.config import HttpProxyConfig, ListenerTlsConfig
 from tether.proxy.pg.config import PgProxyConfig
 from tether.proxy.ssh.config import SshConfig
 from tether.users.config import UsersConfig
+from tether.yamlkeys import UniqueKeyLoader
 
 ENV_PREFIX: Final = "TETHER_"
 CONFIG_ENV: Final = "TETHER_CONFIG"
@@ -296,7 +297,7 @@ def _parse_toml(path: Path, text: str) -> Any:
 
 def _parse_yaml(path: Path, text: str) -> Any:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
