@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import pty
 import re
+import select
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,11 +18,17 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tether.cli.auditview import summary
 from tether.config import ConfigError, load_settings
+from tether.proxy.pg.tls import ListenerCertificateError, server_context
+from tether.proxy.ssh.server import HostKeyError, load_or_create_host_key
 from tether.vault.target_input import TargetInputError, spec_from_document
 from tether.yamlkeys import UniqueKeyLoader
 
@@ -182,3 +192,90 @@ def test_the_loader_refuses_exactly_the_repeated_keys(pairs: list[tuple[str, str
     else:
         with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key"):
             yaml.load(text, Loader=UniqueKeyLoader)
+
+
+def _encrypted_key_and_certificate(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    key_path, cert_path = directory / "broker.key", directory / "broker.crt"
+    encryption = serialization.BestAvailableEncryption(b"a passphrase")
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+PROBE = """
+import sys
+from pathlib import Path
+from tether.proxy.pg.tls import ListenerCertificateError, server_context
+try:
+    server_context(Path(sys.argv[1]), Path(sys.argv[2]), None)
+except ListenerCertificateError as error:
+    print("refused:", error)
+"""
+
+
+def test_an_encrypted_pg_broker_key_is_refused_not_prompted_for(tmp_path: Path) -> None:
+    """With an encrypted ``pg_proxy.tls_key``, OpenSSL asked for its passphrase on the
+    node's terminal (``Enter PEM pass phrase:``) and the start waited there for ever."""
+    cert, key = _encrypted_key_and_certificate(tmp_path)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of its own, as an operator's shell gives
+        os.execv(sys.executable, [sys.executable, "-c", PROBE, str(cert), str(key)])
+    output = b""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif b"refused:" in output or b"pass phrase" in output:
+            break
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(fd)
+    text = output.decode(errors="replace")
+    assert "pass phrase" not in text
+    assert "not a PEM certificate chain and its unencrypted private key" in text
+
+
+def test_an_unusable_pg_broker_certificate_names_its_files(tmp_path: Path) -> None:
+    with pytest.raises(ListenerCertificateError, match=r"nope\.crt: no such file"):
+        server_context(tmp_path / "nope.crt", tmp_path / "nope.key", None)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ListenerCertificateError, match="not a PEM certificate chain"):
+        server_context(junk, junk, None)
+
+
+def test_an_unusable_ssh_host_key_is_a_clear_error(tmp_path: Path) -> None:
+    """A host key file that is not a key, or is encrypted, was an internal error (exit 70)."""
+    junk = tmp_path / "junk_key"
+    junk.write_text("not a key\n")
+    junk.chmod(0o600)
+    with pytest.raises(HostKeyError, match="junk_key: not an unencrypted SSH private key"):
+        load_or_create_host_key(junk)
+    encrypted = tmp_path / "encrypted_key"
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"a passphrase"),
+    )
+    encrypted.write_bytes(pem)
+    encrypted.chmod(0o600)
+    with pytest.raises(HostKeyError, match="encrypted_key: not an unencrypted SSH private key"):
+        load_or_create_host_key(encrypted)

@@ -53,7 +53,8 @@ from tether.proxy.http.demo import DemoUpstream
 from tether.proxy.http.tlsserver import ListenerTlsError, TlsH11Protocol, server_context
 from tether.proxy.http.upgrade import UpgradeProtocol
 from tether.proxy.pg.server import PgBroker
-from tether.proxy.ssh.server import SshBroker
+from tether.proxy.pg.tls import ListenerCertificateError
+from tether.proxy.ssh.server import HostKeyError, SshBroker
 from tether.store import Store, StoreError
 from tether.store.database import sqlite_file
 from tether.store.nodelock import NodeLocked, lock_database
@@ -198,12 +199,18 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
     demo = await _demo_upstream(settings)
     try:
         pg_broker = await _pg_broker(settings, services)
+    except ListenerCertificateError as error:
+        await auditor.log.close()
+        raise StartupError(f"pg_proxy.tls_cert, pg_proxy.tls_key: {error}") from None
     except OSError as error:
         await auditor.log.close()
         where = settings.pg_proxy.listen
         raise StartupError(f"pg_proxy: cannot listen on {where}: {error}") from None
     try:
         ssh_broker = await _ssh_broker(settings, services)
+    except HostKeyError as error:
+        await auditor.log.close()
+        raise StartupError(f"ssh.host_key: {error}") from None
     except OSError as error:
         await auditor.log.close()
         raise StartupError(f"ssh: cannot listen on {settings.ssh.listen}: {error}") from None
