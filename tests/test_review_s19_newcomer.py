@@ -29,6 +29,7 @@ from tether.cli.auditview import summary
 from tether.config import ConfigError, load_settings
 from tether.proxy.pg.tls import ListenerCertificateError, server_context
 from tether.proxy.ssh.server import HostKeyError, load_or_create_host_key
+from tether.store.nodelock import NodeLocked, lock_database
 from tether.vault.target_input import TargetInputError, spec_from_document
 from tether.yamlkeys import UniqueKeyLoader
 
@@ -279,3 +280,13 @@ def test_an_unusable_ssh_host_key_is_a_clear_error(tmp_path: Path) -> None:
     encrypted.chmod(0o600)
     with pytest.raises(HostKeyError, match="encrypted_key: not an unencrypted SSH private key"):
         load_or_create_host_key(encrypted)
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    """``--data-dir`` naming a file read "cannot open the lock ...: File exists"."""
+    data_dir = tmp_path / "data"
+    data_dir.write_text("not a directory\n")
+    with pytest.raises(NodeLocked, match=r"data: not a directory \(it holds the database\)"):
+        lock_database(f"sqlite:///{data_dir / 'tether.db'}", "tether serve")
+    with pytest.raises(NodeLocked, match=r"data/sub: Not a directory"):
+        lock_database(f"sqlite:///{data_dir / 'sub' / 'tether.db'}", "tether serve")
