@@ -43,6 +43,7 @@ from tether.proxy.http.config import HttpProxyConfig, ListenerTlsConfig
 from tether.proxy.pg.config import PgProxyConfig
 from tether.proxy.ssh.config import SshConfig
 from tether.users.config import UsersConfig
+from tether.yamlkeys import UniqueKeyLoader
 
 ENV_PREFIX: Final = "TETHER_"
 CONFIG_ENV: Final = "TETHER_CONFIG"
@@ -98,7 +99,39 @@ def _normalise_database_url(value: str) -> str:
     if driver is None:
         shown = url.render_as_string(hide_password=True)
         raise ValueError(f"expected a sqlite:// or postgresql:// URL, got {shown!r}")
-    return url.set(drivername=driver).render_as_string(hide_password=False)
+    url = url.set(drivername=driver)
+    if driver == _DRIVERS["postgresql"]:
+        url = url.set(query=_postgres_query(url.query))
+    return url.render_as_string(hide_password=False)
+
+
+# libpq's sslmode values, which asyncpg takes as its ``ssl`` argument.
+_SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Query parameters asyncpg (through SQLAlchemy) takes as given in a URL; every other one
+# reached asyncpg.connect() as an unexpected keyword: an internal error at the first query.
+_POSTGRES_QUERY: Final = frozenset({"ssl", "target_session_attrs", "prepared_statement_cache_size"})
+
+
+def _postgres_query(query: Mapping[str, str | tuple[str, ...]]) -> dict[str, str]:
+    """A PostgreSQL URL's query for asyncpg: libpq's ``sslmode`` (what operators write to
+    demand TLS) becomes ``ssl``; an unknown or repeated parameter, or a mode that is not
+    one, is refused at start, naming it (never the URL, which may hold a password)."""
+    options: dict[str, str] = {}
+    for name, value in query.items():
+        if not isinstance(value, str):
+            raise ValueError(f"query parameter {name!r} is given twice")
+        key = "ssl" if name == "sslmode" else name
+        if key not in _POSTGRES_QUERY:
+            known = ", ".join(["sslmode", *sorted(_POSTGRES_QUERY)])
+            raise ValueError(f"unknown query parameter {name!r} (known: {known})")
+        if key in options:
+            raise ValueError("give one of sslmode and ssl")
+        options[key] = value
+    if options.get("ssl", "require") not in _SSL_MODES:
+        raise ValueError(f"sslmode must be one of {', '.join(_SSL_MODES)}")
+    if not options.get("prepared_statement_cache_size", "0").isdigit():
+        raise ValueError("prepared_statement_cache_size must be a number")
+    return options
 
 
 def _check_proxies(value: list[str]) -> list[str]:
@@ -264,7 +297,7 @@ def _parse_toml(path: Path, text: str) -> Any:
 
 def _parse_yaml(path: Path, text: str) -> Any:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

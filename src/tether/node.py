@@ -4,9 +4,9 @@ At start the node opens the store, loads the master key and its signing keys (cr
 on first start), builds the identity service with the revocations in force, and on a store
 without any admin token creates one and prints it, once, on standard error.
 
-``SIGTERM`` or ``SIGINT`` stops the node gracefully: the server stops accepting, finishes
-the requests in flight, the watcher stops and the store closes; then the process exits 0.
-A second ``SIGINT`` skips the wait for requests in flight.
+``SIGTERM``, ``SIGINT`` or ``SIGHUP`` stops the node gracefully: the server stops accepting,
+finishes the requests in flight, the watcher stops and the store closes; then the process
+exits 0. A second ``SIGINT`` skips the wait for requests in flight.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ from tether.proxy.http.demo import DemoUpstream
 from tether.proxy.http.tlsserver import ListenerTlsError, TlsH11Protocol, server_context
 from tether.proxy.http.upgrade import UpgradeProtocol
 from tether.proxy.pg.server import PgBroker
-from tether.proxy.ssh.server import SshBroker
+from tether.proxy.pg.tls import ListenerCertificateError
+from tether.proxy.ssh.server import HostKeyError, SshBroker
 from tether.store import Store, StoreError
 from tether.store.database import sqlite_file
 from tether.store.nodelock import NodeLocked, lock_database
@@ -120,7 +121,7 @@ class _Server(uvicorn.Server):
 
 
 async def run_node(settings: Settings, sock: socket.socket) -> None:
-    """Serve on ``sock`` until SIGTERM/SIGINT; raises :class:`StartupError` before serving.
+    """Serve on ``sock`` until SIGTERM/SIGINT/SIGHUP; raises :class:`StartupError` before serving.
     On SQLite the node holds the database's lock while it runs (:mod:`tether.store.nodelock`:
     one process serves a SQLite database)."""
     try:
@@ -198,12 +199,18 @@ async def _serve(settings: Settings, sock: socket.socket, store: Store) -> None:
     demo = await _demo_upstream(settings)
     try:
         pg_broker = await _pg_broker(settings, services)
+    except ListenerCertificateError as error:
+        await auditor.log.close()
+        raise StartupError(f"pg_proxy.tls_cert, pg_proxy.tls_key: {error}") from None
     except OSError as error:
         await auditor.log.close()
         where = settings.pg_proxy.listen
         raise StartupError(f"pg_proxy: cannot listen on {where}: {error}") from None
     try:
         ssh_broker = await _ssh_broker(settings, services)
+    except HostKeyError as error:
+        await auditor.log.close()
+        raise StartupError(f"ssh.host_key: {error}") from None
     except OSError as error:
         await auditor.log.close()
         raise StartupError(f"ssh: cannot listen on {settings.ssh.listen}: {error}") from None
@@ -443,7 +450,10 @@ def _outermost(middleware: list[Middleware], app: ASGIApp) -> ASGIApp:
 
 def _handle_signals(server: uvicorn.Server, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too (a closed terminal, a service manager's reload): by default it killed the
+    # node at once, so open sessions were never audited as ended and the trail's last events
+    # had no closing checkpoint. Policies reload on their own (policy_watch).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, _stop, server, stop, sig)
 
 

@@ -104,10 +104,21 @@ def _add_routes(app: FastAPI, state: AppState) -> None:
             took = (time.perf_counter() - began) * 1000
             request_object = body if isinstance(body, Mapping) else {}
             try:
-                await state.auditor.decision(request_object, decision, duration_ms=took)
+                await state.auditor.decision(
+                    request_object, decision, duration_ms=took, extra=_unvouched(request)
+                )
             except AuditUnavailable:
                 return problem(503, "the audit trail is unavailable: no decision is given")
         return JSONResponse(decision.to_dict())
+
+
+def _unvouched(request: Request) -> dict[str, Any]:
+    """What marks a decision event of ``/v1/decide``: it takes no credential, so the agent,
+    runtime, task, user and ``source_ip`` it records are the body's word only. The event
+    said nothing of it, and read like a broker's decision for that agent from that address;
+    ``peer`` is the address the question really came from."""
+    peer = request.client.host if request.client is not None else None
+    return {"unauthenticated": True, "peer": peer}
 
 
 async def _read_body(request: Request) -> bytes:

@@ -151,12 +151,15 @@ class Auditor:
         *,
         who: Subject | None = None,
         duration_ms: float | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> int:
         """A policy decision on ``request`` (the policy request object); ``decision`` is a
         :class:`tether.policy.model.Decision` or its ``to_dict()``. ``who`` defaults to
-        :meth:`Subject.from_request`; pass it to add the session and the actor chain."""
+        :meth:`Subject.from_request`; pass it to add the session and the actor chain.
+        ``extra`` goes into ``detail`` as well."""
         verdict = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
-        detail = {"detail": verdict["detail"]} if verdict.get("detail") else None
+        detail = {"detail": verdict["detail"]} if verdict.get("detail") else {}
+        detail.update(extra or {})
         return await self._record(
             "decision",
             who or Subject.from_request(request),
@@ -167,7 +170,7 @@ class Auditor:
             reason=text_of(verdict.get("reason")),
             policy_version=text_of(verdict.get("policy_version")),
             duration_ms=duration_ms,
-            detail=detail,
+            detail=detail or None,
         )
 
     def _request_action(self, action: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,9 +39,9 @@ Security decisions:
   closed, which rolls back an open transaction, and the process exits.
 * **Any error inside a transaction rolls it back** before it is answered: the parent never
   inherits a transaction in an unknown state.
-* ``SIGINT`` and ``SIGTERM`` are ignored: a Ctrl-C or a service stop reaches the whole
-  process group, and the node still has its last batch and its closing checkpoint to write
-  through this process. It ends when the node closes its input.
+* ``SIGINT``, ``SIGTERM`` and ``SIGHUP`` are ignored: a Ctrl-C, a service stop or a closed
+  terminal reaches the whole process group, and the node still has its last batch and its
+  closing checkpoint to write through this process. It ends when the node closes its input.
 """
 
 from __future__ import annotations
@@ -261,6 +261,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Nothing here makes reference cycles (messages are tuples, lists and strings; one
     # connection lives for the whole process), so the cycle collector only costs: each
     # batch allocates some 25,000 objects, and it would walk them again and again.

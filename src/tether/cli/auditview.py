@@ -71,7 +71,7 @@ def summary(event: Mapping[str, Any]) -> str:
         if action.get("exit_status") is not None:
             text += f" (exit {action['exit_status']})"
     elif kind == "sql.statement":
-        text = str(action.get("query"))
+        text = _sql_summary(action)
     elif kind == "file.transfer":
         text = f"{action.get('op')} {action.get('path')}"
     elif kind == "mcp.call":
@@ -81,6 +81,21 @@ def summary(event: Mapping[str, Any]) -> str:
     else:
         text = json.dumps(action, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return text if len(text) <= CELL else text[: CELL - 1] + "…"
+
+
+def _sql_summary(action: Mapping[str, Any]) -> str:
+    """A statement's text; a ``completed`` batch (no text) as its count, rows and errors,
+    and a statement that did not parse (its text is never recorded) as its size: both
+    read ``None`` before."""
+    if action.get("phase") == "completed":
+        results = action.get("results") or []
+        rows = sum(r.get("rows") or 0 for r in results if isinstance(r, Mapping))
+        errors = sum(1 for r in results if isinstance(r, Mapping) and r.get("error"))
+        text = f"completed: {len(results)} statement(s), {rows} row(s)"
+        return text + (f", {errors} error(s)" if errors else "")
+    if action.get("query") is None:
+        return f"(unparsed, {action.get('size')} bytes)"
+    return str(action["query"])
 
 
 def print_report(report: Mapping[str, Any]) -> None:

@@ -51,11 +51,17 @@ def lock_database(database_url: str, doing: str) -> NodeLock | None:
     if database is None:
         return None
     path = database.with_name(database.name + LOCK_SUFFIX)
+    if path.parent.exists() and not path.parent.is_dir():  # mkdir said only "File exists"
+        raise NodeLocked(f"{path.parent}: not a directory (it holds the database)")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as error:
-        raise NodeLocked(f"cannot open the lock {path}: {error.strerror or error}") from None
+        # mkdir names the directory it could not make, which read as a problem of the lock.
+        where = error.filename if isinstance(error.filename, str) else path
+        raise NodeLocked(
+            f"cannot open the lock {path}: {where}: {error.strerror or error}"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -29,6 +29,7 @@ from typing import Any, Final
 import yaml
 
 from tether.vault.names import KINDS
+from tether.yamlkeys import UniqueKeyLoader
 
 MAX_FILE_BYTES: Final = 1 << 20
 _FILE_FIELDS: Final = {
@@ -219,7 +220,7 @@ def read_text_file(path: Path) -> str:
 _ALIAS_REFUSED: Final = "aliases are not taken in a target file"
 
 
-class _NoAliases(yaml.SafeLoader):
+class _NoAliases(UniqueKeyLoader):
     """The safe loader without aliases: a target needs none, and a few hundred bytes of
     nested aliases expand to gigabytes when the spec is read."""
 
@@ -240,7 +241,8 @@ def spec_from_document(
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(error, "problem", None)
-        detail = f": {problem}" if problem == _ALIAS_REFUSED else ""
+        shown = problem == _ALIAS_REFUSED or str(problem).startswith("duplicate key")
+        detail = f": {problem}" if shown else ""
         raise TargetInputError(f"not valid YAML or JSON{where}{detail}") from None
     except RecursionError:
         raise TargetInputError("not valid YAML or JSON: nested too deeply") from None

@@ -69,11 +69,30 @@ def ensure_certificate(data_dir: Path, host: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+class ListenerCertificateError(Exception):
+    """The listener's certificate or key cannot be used; the message names the files."""
+
+
 def server_context(cert: Path, key: Path, client_ca_pem: bytes | None) -> ssl.SSLContext:
-    """The listener's context: our certificate; client certificates optional, verified."""
+    """The listener's context: our certificate; client certificates optional, verified.
+    An encrypted key is refused: without ``password``, OpenSSL asked for its passphrase on
+    the terminal and the node's start waited there."""
+    for path in (cert, key):
+        if not path.is_file():
+            raise ListenerCertificateError(f"{path}: no such file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except ssl.SSLError as error:
+        raise ListenerCertificateError(
+            f"{cert} and {key}: not a PEM certificate chain and its unencrypted private key "
+            f"({error.reason or error})"
+        ) from None
+    except OSError as error:
+        raise ListenerCertificateError(
+            f"cannot read {cert} and {key}: {error.strerror or error}"
+        ) from None
     if client_ca_pem is not None:
         context.load_verify_locations(cadata=client_ca_pem.decode("ascii"))
         context.verify_mode = ssl.CERT_OPTIONAL
@@ -97,3 +116,7 @@ def upstream_context(tls_mode: str, ca_bundle: str | None) -> ssl.SSLContext | N
     context.check_hostname = tls_mode == "verify-full"
     context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _no_passphrase() -> bytes:
+    return b""

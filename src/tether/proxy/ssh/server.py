@@ -56,8 +56,14 @@ from tether.vault.targets import Target, TargetError
 log = logging.getLogger(__name__)
 
 
+class HostKeyError(Exception):
+    """The broker's host key file cannot be used; the message names it."""
+
+
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
-    """The broker's Ed25519 host key at ``path``, generated (mode 0600) if missing."""
+    """The broker's Ed25519 host key at ``path``, generated (mode 0600) if missing; a key
+    readable by others, encrypted or not a key is :class:`HostKeyError` (it was an internal
+    error, or a misleading "cannot listen")."""
     if not path.exists():
         key = asyncssh.generate_private_key("ssh-ed25519", comment="tether-ssh-broker")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,8 +72,11 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
             handle.write(key.export_private_key("openssh"))
         return key
     if path.stat().st_mode & 0o077:
-        raise PermissionError(f"{path}: the SSH host key must not be readable by others (0600)")
-    return asyncssh.read_private_key(str(path))
+        raise HostKeyError(f"{path}: the SSH host key must not be readable by others (0600)")
+    try:
+        return asyncssh.read_private_key(str(path))
+    except asyncssh.KeyImportError as error:
+        raise HostKeyError(f"{path}: not an unencrypted SSH private key ({error})") from None
 
 
 class _AgentServer(asyncssh.SSHServer):
