@@ -1,0 +1,61 @@
+"""Review s19 (SSH commands), on the wire with the real OpenSSH client and target."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from tests.proxy_ssh.conftest import Env
+from tether.cli.common import configure_logging
+
+SECRET = "s19-hunter2-value"
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+@pytest.fixture
+def node_log() -> Iterator[_Keep]:
+    """The log as ``tether serve`` configures it (``log_level: info``, the default)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    named = {name: logging.getLogger(name).level for name in ("asyncssh", "httpx", "httpcore")}
+    keep = _Keep()
+    configure_logging("info")
+    root.addHandler(keep)
+    try:
+        yield keep
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, was in named.items():
+            logging.getLogger(name).setLevel(was)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        f"echo --token={SECRET}",  # allowed: runs on the target
+        f"curl -u admin:{SECRET} https://example.com",  # denied
+    ],
+)
+async def test_the_command_text_is_not_written_to_the_node_log(
+    env: Env, node_log: _Keep, command: str
+) -> None:
+    """The audit trail redacts a command's secrets (docs/audit.md); the node's log wrote the
+    raw command (asyncssh logs each ``exec`` at INFO, on both legs) with the secret in it."""
+    agent = await env.stack.agent()
+    await agent.ssh("root@web-1", command)
+    events = await env.stack.events("ssh.command")
+    assert events and SECRET not in json.dumps(events[-1]["action"])  # the audit redacts
+    logged = "\n".join(node_log.lines)
+    assert SECRET not in logged, logged
