@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.proxy_ssh.conftest import Env
+from tests.proxy_ssh.harness import received, run
 from tether.cli.common import configure_logging
 
 SECRET = "s19-hunter2-value"
@@ -55,7 +56,32 @@ async def test_the_command_text_is_not_written_to_the_node_log(
     raw command (asyncssh logs each ``exec`` at INFO, on both legs) with the secret in it."""
     agent = await env.stack.agent()
     await agent.ssh("root@web-1", command)
-    events = await env.stack.events("ssh.command")
-    assert events and SECRET not in json.dumps(events[-1]["action"])  # the audit redacts
+    assert await env.stack.events("ssh.command")
+    assert SECRET not in json.dumps(await env.stack.events(), default=str)  # redacted
     logged = "\n".join(node_log.lines)
     assert SECRET not in logged, logged
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["--", b"cat /etc/\xff\xfe"], "cat /etc/\\xff\\xfe"),  # exec, not UTF-8
+        (["-s", "--", b"sftp\xff"], "(subsystem sftp\\xff)"),  # subsystem, not ASCII
+    ],
+)
+async def test_a_request_that_is_not_text_is_refused_and_audited(
+    env: Env, argv: list[str | bytes], shown: str
+) -> None:
+    """Invariant 5: every action, allowed or not, produces an audit event. asyncssh refused
+    an ``exec`` whose command is not UTF-8 (or a subsystem name that is not ASCII) before the
+    broker saw it: ``exec request failed`` to the agent, nothing in the trail."""
+    agent = await env.stack.agent()
+    ssh = ["ssh", "-p", str(env.stack.broker.port), *agent.ssh_args(), "root@web-1@127.0.0.1"]
+    status, out, err = await run([*ssh, *argv])
+    assert (status, out) == (1, b""), err
+    assert err.startswith(b"Tether: "), err
+    decision = (await env.stack.events("decision"))[-1]
+    assert (decision["decision"], decision["reason"]) == ("deny", "invalid-request")
+    command = (await env.stack.events("ssh.command"))[-1]
+    assert json.loads(command["action"])["command"] == shown
+    assert received(env.sshd_dir) == []

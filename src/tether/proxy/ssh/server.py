@@ -40,7 +40,7 @@ from tether.proxy.ssh.auth import (
     check_certificate,
     plain_key_identity,
 )
-from tether.proxy.ssh.channels import handle_process
+from tether.proxy.ssh.channels import BrokerChannel, handle_process
 from tether.proxy.ssh.config import SshConfig
 from tether.proxy.ssh.forward import forward_handler
 from tether.proxy.ssh.login import Login, LoginError, parse_login
@@ -230,15 +230,20 @@ class _AgentConnection(BrokerServerConnection):
     """The broker's server connection (:mod:`tether.proxy.ssh.wire`) with the public-key
     check handed to the broker, and its session channels served by
     :class:`~tether.proxy.ssh.sftp_server.BrokerProcess` (SFTP with only the extensions
-    the broker carries out)."""
+    the broker carries out) on a :class:`~tether.proxy.ssh.channels.BrokerChannel` (requests
+    asyncssh would refuse unseen reach the broker, to be refused and audited)."""
 
     def _process_session_open(
         self, packet: SSHPacket
     ) -> tuple[asyncssh.SSHServerChannel[Any], asyncssh.SSHServerSession[Any]]:
         chan, session = super()._process_session_open(packet)
-        if type(session) is not asyncssh.SSHServerProcess:  # the broker sets process_factory
+        if (
+            type(session) is not asyncssh.SSHServerProcess
+            or type(chan) is not asyncssh.SSHServerChannel
+        ):  # the broker sets process_factory; asyncssh makes plain session channels
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Session refused")
         session.__class__ = BrokerProcess  # adds a method, no state of its own
+        chan.__class__ = BrokerChannel  # overrides two request parsers, no state of its own
         return chan, session
 
     async def validate_public_key(
