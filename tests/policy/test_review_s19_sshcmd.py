@@ -10,10 +10,17 @@ allow rule (``dd **``) let it through to a target that reads ``/etc/shadow``.
 from __future__ import annotations
 
 import shlex
+import shutil
+import subprocess
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from tether.policy.errors import ShellConstruct
+from tether.policy.lint import lint
+from tether.policy.shell import parse_command
 
 from .conftest import policies, request
 
@@ -97,3 +104,108 @@ def test_any_spelling_of_a_denied_path_is_denied(path: str, prefix: str, extra: 
     if command != "cat":  # its deny pattern names one argument exactly
         argv += extra
     assert decide(argv) == ("deny", "secrets"), argv
+
+
+# --- builtins that evaluate a quoted word as code (bash) ---------------------------------------
+
+BASH = shutil.which("bash")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "printf -v 'a[$(id)]' x",
+        "printf -v'a[$(id)]' x",
+        "printf -v 'a[`id`]' x",
+        "test -v 'a[$(id)]'",
+        "test ! -v 'a[$(id)]'",
+        "'[' -v 'a[$(id)]' ']'",
+        "read 'a[$(id)]'",
+        "read -r x 'a[$(id)]'",
+        "read -ra 'a[$(id)]'",
+        "wait -n -p 'a[$(id)]'",
+        "let 'a[$(id)]'",
+        "read b; let b",
+        "'declare' 'a[$(id)]=1'",
+        "'typeset' -i x=b",
+        "'declare' -ri x",
+        "'export' 'a[$(id)]=1'",
+        "command printf -v 'a[$(id)]' x",
+        "builtin read 'a[$(id)]'",
+        "command -p -- test -v 'a[$(id)]'",
+    ],
+)
+def test_a_builtin_that_evaluates_a_word_is_denied(command: str) -> None:
+    with pytest.raises(ShellConstruct):
+        parse_command(command)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "printf '[%s]' x",
+        "printf -v x '[%s]' 'a[1]'",
+        "printf -- -v 'a[1]'",
+        "read -p '[y/n]' x",
+        "read -r -d '[' x",
+        "test -f /x",
+        "'declare' -p x",
+        "'export' a=b",
+        "/usr/bin/printf -v 'a[1]' x",  # not the builtin
+        "echo 'a[$(id)]'",
+        "grep '[a-z]$' f",
+    ],
+)
+def test_other_uses_stay_allowed(command: str) -> None:
+    parse_command(command)
+
+
+_NAMES = ["printf", "read", "test", "[", "let", "wait", "declare", "typeset", "export",
+          "readonly", "unset", "mapfile", "getopts", "command", "builtin", "echo"]  # fmt: skip
+_WORDS = ["-v", "-p", "-n", "-a", "-r", "-i", "-ra", "-vb", "--", "!", "x", "b", "%s", "1", "]",
+          "a[b]", "a[$(touch {m})]", "a[`touch {m}`]", "c[a[$(touch {m})]]", "x=b"]  # fmt: skip
+
+
+@st.composite
+def builtin_lines(draw: st.DrawFn) -> str:
+    commands = []
+    for _ in range(draw(st.integers(1, 3))):
+        argv = [draw(st.sampled_from(_NAMES))]
+        argv += draw(st.lists(st.sampled_from(_WORDS), max_size=4))
+        commands.append(shlex.join(argv))
+    return "; ".join(commands)
+
+
+@pytest.mark.skipif(BASH is None, reason="needs bash")
+@settings(max_examples=60, deadline=None)
+@given(line=builtin_lines())
+def test_bash_never_runs_code_from_an_accepted_command(line: str, tmp_path_factory: Any) -> None:
+    """Whatever is accepted, bash running its canonical text (with standard input that a
+    ``read`` would put in a variable) never runs the command substitution inside a word."""
+    marker = tmp_path_factory.mktemp("bash") / "pwned"
+    text = line.replace("{m}", str(marker))
+    try:
+        canonical = parse_command(text).canonical()
+    except ShellConstruct:
+        return
+    assert BASH is not None
+    subprocess.run(
+        [BASH, "-c", canonical], input=f"a[$(touch {marker})]\n".encode(), capture_output=True,
+        timeout=10, check=False, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert not marker.exists(), canonical
+
+
+@pytest.mark.parametrize("name", ["builtin", "trap", "source", "."])
+def test_lint_names_the_builtins_that_run_code(name: str) -> None:
+    """``builtin printf -v ...``, ``trap CMD EXIT``, ``source FILE``: each runs what its
+    arguments say, like ``command`` and ``eval`` (which were listed)."""
+    rules = policies(
+        f"""
+        rules:
+          - id: open
+            effect: allow
+            ssh: {{commands: ["{name} **"]}}
+        """
+    )
+    assert [f.code for f in lint(rules)] == ["arbitrary-code"]

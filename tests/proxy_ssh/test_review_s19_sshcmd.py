@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,42 @@ async def test_a_request_that_is_not_text_is_refused_and_audited(
     command = (await env.stack.events("ssh.command"))[-1]
     assert json.loads(command["action"])["command"] == shown
     assert received(env.sshd_dir) == []
+
+
+@pytest.fixture
+def bash_env(env: Env) -> Env:
+    """The target runs commands with bash, as sshd does for a login whose shell is bash."""
+    script = env.sshd_dir / "force-command.sh"
+    text = script.read_text()
+    assert 'exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"' in text
+    script.write_text(text.replace('exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"',
+                                   'exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"'))  # fmt: skip
+    return env
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "printf -v 'a[$(touch {marker})]' x",  # the conftest's rules allow "printf **"
+        "printf -v'a[`touch {marker}`]' x",
+        "printf '%s' 'a[$(touch {marker})]' | head -c 0; printf -v \"b[a[\\$(touch {marker})]]\" x",
+    ],
+)
+async def test_a_quoted_word_bash_evaluates_never_runs(
+    bash_env: Env, tmp_path: Path, command: str
+) -> None:
+    """The target's shell expands nothing (spec 5.2): every word is quoted. But bash's
+    ``printf -v NAME`` (like ``read NAME``, ``test -v NAME``, ``let``) expands and evaluates
+    an array subscript in NAME itself: allowed as ``printf **``, the target ran ``touch``."""
+    marker = tmp_path / "pwned"
+    agent = await bash_env.stack.agent()
+    status, _, err = await agent.ssh("root@web-1", command.format(marker=marker))
+    assert not marker.exists(), "the target ran code hidden in a quoted word"
+    assert status == 1 and err.startswith(b"Tether: denied: shell-construct"), err
+    assert received(bash_env.sshd_dir) == []
+
+
+async def test_bash_runs_the_commands_still_allowed(bash_env: Env) -> None:
+    agent = await bash_env.stack.agent()
+    status, out, err = await agent.ssh("root@web-1", "printf -v x '[%s]' 'a[1]' && echo ok")
+    assert (status, out) == (0, b"ok\n"), err
