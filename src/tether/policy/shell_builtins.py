@@ -1,33 +1,40 @@
 """Shell builtins that evaluate their literal arguments as code, for :mod:`tether.policy.shell`.
 
 Quoting every word (the canonical text) stops the target's shell from expanding the command
-line, but a few bash builtins expand a word themselves: a variable **name** with an array
-subscript, ``a[...]``, has its subscript expanded and evaluated as arithmetic, command
+line, but some builtins of bash and zsh expand a word themselves: a variable **name** with an
+array subscript, ``a[...]``, has its subscript expanded and evaluated as arithmetic, command
 substitution included, and arithmetic reads a variable's value as an expression again. So,
-quoted or not, in bash 5.2::
+quoted or not::
 
-    printf -v 'a[$(id)]' x       test -v 'a[$(id)]'       [ -v 'a[$(id)]' ]
+    printf -v 'a[$(id)]' x       test -v 'a[$(id)]'       [ -v 'a[$(id)]' ]      (bash)
     read 'a[$(id)]'              wait -n -p 'a[$(id)]'    'declare' 'a[$(id)]=1'
     let 'a[$(id)]'               read b; let b            'typeset' -i x=b
+    print -v 'a[$(id)]' x        zparseopts 'a=a[$(id)]'  zformat -f 'a[$(id)]' x (zsh)
 
-each run ``id`` (the last two with ``a[$(id)]`` on standard input). The policy judged
-``printf``, ``test`` or ``read``; the target would run anything. Denied here, as
-``shell-construct`` like the constructs they stand for (arithmetic, assignments):
+each run ``id`` (``read b`` with ``a[$(id)]`` on standard input; bash 5.2, zsh 5.9). The
+policy judged ``printf``, ``test`` or ``read``; the target would run anything. Denied here,
+as ``shell-construct`` like the constructs they stand for (arithmetic, assignments):
 
-* ``let`` (arithmetic evaluation of every argument);
-* ``declare``, ``typeset``, ``local`` with an integer attribute (an option holding ``i``:
-  every later assignment to the variable is evaluated, ``read`` included) or any argument
+* ``let``, and zsh's ``integer`` and ``float`` (arithmetic evaluation of their arguments);
+* ``declare``, ``typeset``, ``local``, ``private`` with an integer attribute (an option
+  holding ``i``: every later assignment to the variable is evaluated) or any argument
   holding ``[``;
-* a name holding ``[`` given to ``printf -v``, ``read`` (its operands and ``-a``);
-* any argument holding ``[`` for ``test`` and ``[`` (their ``-v`` operand; other operands
-  are not told apart from it, a safe over-approximation), ``wait`` (``-p``), ``export``,
-  ``readonly``, ``unset`` (older bash evaluated its subscripts too), ``mapfile``,
-  ``readarray`` and ``getopts``.
+* a name holding ``[`` given to ``printf -v``, and for zsh's ``print`` any argument holding
+  ``[`` once an option holds ``v``;
+* any argument holding ``[`` for the builtins that take a variable name among their
+  arguments: ``read`` (bash and zsh read their options differently), ``test`` and ``[``
+  (their ``-v`` operand), ``wait`` (``-p``), ``export``, ``readonly``, ``unset`` (older
+  bash evaluated its subscripts too), ``mapfile``, ``readarray``, ``getopts``, and zsh's
+  ``zparseopts``, ``zstyle``, ``zformat``, ``strftime``, ``getln``, ``zregexparse``,
+  ``zstat``, ``sysread`` and ``vared``. Their other operands are not told apart from the
+  name: a safe over-approximation (``read -p '[y/n]' x`` is denied too).
 
-bash finds a builtin by its bare name only (``/usr/bin/printf`` is another program, with no
-``-v``), so the command name is compared exactly, after any ``builtin`` or ``command``
-prefix (and its options) that would still run the builtin. A path-like name or ``exec``,
-``env`` and other programs run the external command. These checks come on top of the
+A shell finds a builtin by its bare name only (``/usr/bin/printf`` is another program, with
+no ``-v``), so the command name is compared exactly, after any ``builtin`` or ``command``
+prefix (and its options) that would still run the builtin; ``exec``, ``env`` and other
+programs run the external command. Builtins that run code by design (``eval``, ``trap``,
+``source``, ``emulate -c``, ``zmodload`` ...) are left to the rules, and ``tether policy
+check`` warns when one is allowed with open arguments. These checks come on top of the
 policy: a rule still has to allow the command.
 """
 
@@ -39,21 +46,23 @@ from typing import Final
 from tether.policy.errors import ShellConstruct
 
 _PREFIXES: Final = frozenset({"builtin", "command"})
-_DECLARATIONS: Final = frozenset({"declare", "typeset", "local"})
+_ARITHMETIC: Final = frozenset({"let", "integer", "float"})
+_DECLARATIONS: Final = frozenset({"declare", "typeset", "local", "private"})
 _ANY_SUBSCRIPT: Final = frozenset(
-    {"test", "[", "wait", "export", "readonly", "unset", "mapfile", "readarray", "getopts"}
-)
-# Options of bash's `read` that take a value (getopt string "ersa:d:i:n:N:p:t:u:"); the
-# value of `-a` is a name, the others are text or numbers.
-_READ_VALUED: Final = frozenset("adinNptu")
+    {
+        "read", "test", "[", "wait", "export", "readonly", "unset", "mapfile", "readarray",
+        "getopts", "zparseopts", "zstyle", "zformat", "strftime", "getln", "zregexparse",
+        "zstat", "sysread", "vared",
+    }
+)  # fmt: skip
 
 
 def check_builtin(argv: Sequence[str]) -> None:
     """Raise :class:`ShellConstruct` if a builtin would evaluate a word of ``argv`` as code."""
     name, args = _builtin(argv)
-    detail = f"bash evaluates an argument of {name!r} as code"
-    if name == "let":
-        raise ShellConstruct("arithmetic command 'let'")
+    detail = f"the shell evaluates an argument of {name!r} as code"
+    if name in _ARITHMETIC:
+        raise ShellConstruct(f"arithmetic command {name!r}")
     if name in _DECLARATIONS:
         if any(a[:1] in "-+" and "i" in a for a in args) or _subscript(args):
             raise ShellConstruct(detail + " (integer attribute or array subscript)")
@@ -63,8 +72,8 @@ def check_builtin(argv: Sequence[str]) -> None:
     elif name == "printf":
         if _subscript(_printf_names(args)):
             raise ShellConstruct(detail + " (array subscript in the name of -v)")
-    elif name == "read" and _subscript(_read_names(args)):
-        raise ShellConstruct(detail + " (array subscript in a name)")
+    elif name == "print" and _subscript(args) and any(_print_v(args)):
+        raise ShellConstruct(detail + " (array subscript with -v)")
 
 
 def _builtin(argv: Sequence[str]) -> tuple[str, Sequence[str]]:
@@ -101,25 +110,11 @@ def _printf_names(args: Sequence[str]) -> list[str]:
     return names
 
 
-def _read_names(args: Sequence[str]) -> list[str]:
-    """The variable names ``read`` assigns: its operands and the value of ``-a``."""
-    names: list[str] = []
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        index += 1
-        if arg == "--":
+def _print_v(args: Sequence[str]) -> list[bool]:
+    """For each of zsh ``print``'s leading option words: does it hold ``v``?"""
+    flags: list[bool] = []
+    for arg in args:
+        if arg in ("-", "--") or not arg.startswith("-"):
             break
-        if not arg.startswith("-") or arg == "-":
-            index -= 1
-            break
-        for position, letter in enumerate(arg[1:], start=2):
-            if letter in _READ_VALUED:
-                value = arg[position:]
-                if not value and index < len(args):
-                    value = args[index]
-                    index += 1
-                if letter == "a":
-                    names.append(value)
-                break
-    return names + list(args[index:])
+        flags.append("v" in arg)
+    return flags
