@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from tether.policy.errors import ShellConstruct
 from tether.policy.lint import lint
 from tether.policy.shell import parse_command
+from tether.policy.shell_words import _decode_word
 
 from .conftest import policies, request
 
@@ -215,3 +217,47 @@ def test_lint_names_the_builtins_that_run_code(name: str) -> None:
         """
     )
     assert [f.code for f in lint(rules)] == ["arbitrary-code"]
+
+
+# --- a long word tree-sitter splits in many nodes ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "echo " + "'a'\\x" * 8000,  # one word of 16,000 nodes
+        "echo " + '"a"\\x' * 8000,
+        "echo a" + "~" * 40000,  # each ~ joined the whole word decoded so far
+        "echo " + "'a'~" * 10000,
+    ],
+)
+def test_a_long_word_is_read_in_linear_time(command: str) -> None:
+    """The parse runs on the broker's event loop: each node of a split word decoded the whole
+    word again, so one 64 KiB command held every session of the node for minutes (206 s)."""
+    started = time.perf_counter()
+    parse_command(command)
+    assert time.perf_counter() - started < 5
+
+
+_PIECES = st.sampled_from(["a", "'", '"', "\\", "~", "#", "=", ":", "$", "b'c'", "x=~"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=st.lists(_PIECES, min_size=1, max_size=6), rest=st.lists(_PIECES, max_size=6))
+def test_a_word_decoded_in_parts_reads_as_the_whole_word(first: list[str], rest: list[str]) -> None:
+    """Decoding the rest of a word after what its first part decoded to gives what decoding
+    the whole word gives: the same text, or a refusal."""
+    head, tail = "".join(first), "".join(rest)
+    try:
+        decoded = _decode_word(head)
+    except ShellConstruct:
+        return  # the walk never reaches a second part after a refused first one
+    try:
+        whole: str | None = _decode_word(head + tail)
+    except ShellConstruct:
+        whole = None
+    try:
+        parts: str | None = decoded + _decode_word(tail, decoded) if tail else decoded
+    except ShellConstruct:
+        parts = None
+    assert parts == whole, (head, tail)
