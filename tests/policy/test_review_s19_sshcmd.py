@@ -204,10 +204,13 @@ def test_the_shell_never_runs_code_from_an_accepted_command(
     assert not marker.exists(), canonical
 
 
-@pytest.mark.parametrize("name", ["builtin", "trap", "source", ".", "emulate", "zmodload"])
+@pytest.mark.parametrize(
+    "name", ["builtin", "trap", "source", ".", "emulate", "zmodload", "hash", "enable"]
+)
 def test_lint_names_the_builtins_that_run_code(name: str) -> None:
-    """``builtin printf -v ...``, ``trap CMD EXIT``, ``source FILE``: each runs what its
-    arguments say, like ``command`` and ``eval`` (which were listed)."""
+    """``builtin printf -v ...``, ``trap CMD EXIT``, ``source FILE``, ``hash -p /bin/rm ls``
+    (then ``ls`` runs rm), ``enable -f lib.so``: each runs what its arguments say, like
+    ``command`` and ``eval`` (which were listed)."""
     rules = policies(
         f"""
         rules:
