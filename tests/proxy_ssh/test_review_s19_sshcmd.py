@@ -11,6 +11,7 @@ import pytest
 
 from tests.proxy_ssh.conftest import Env
 from tests.proxy_ssh.harness import received, run
+from tether.audit.recordings_read import read_header
 from tether.cli.common import configure_logging
 
 SECRET = "s19-hunter2-value"
@@ -125,3 +126,18 @@ async def test_bash_runs_the_commands_still_allowed(bash_env: Env) -> None:
     agent = await bash_env.stack.agent()
     status, out, err = await agent.ssh("root@web-1", "printf -v x '[%s]' 'a[1]' && echo ok")
     assert (status, out) == (0, b"ok\n"), err
+
+
+async def test_the_recorded_command_is_redacted_like_its_audit_event(env: Env) -> None:
+    """docs/recordings.md: secrets must not land in recordings (keystrokes are off, only TERM
+    and SHELL of the environment are kept). The cast's header kept the command in clear,
+    ``--token=...`` included, while its ``ssh.command`` event redacts it."""
+    agent = await env.stack.agent()
+    status, _, err = await agent.ssh("root@web-1", f"echo --token={SECRET}")
+    assert status == 0, err
+    casts = list(env.stack.broker.context.recordings.rglob("*.cast.gz"))
+    assert len(casts) == 1
+    header = read_header(casts[0])
+    assert SECRET not in header["command"] and header["command"].startswith("echo --token=")
+    event = (await env.stack.events("ssh.command"))[-1]
+    assert json.loads(event["action"])["command"] == header["command"]

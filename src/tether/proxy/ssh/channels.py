@@ -39,6 +39,7 @@ from tether.audit.recordings import (
     RecordingOptions,
     RecordingSummary,
 )
+from tether.audit.redact import Redactor
 from tether.policy.model import Decision
 from tether.policy.shell import parse_command
 from tether.proxy.ssh.session import BrokerSession, UpstreamError, refusal_text
@@ -162,8 +163,14 @@ async def _run_shell(process: ServerProcess, session: BrokerSession) -> None:
 
 
 def _meta(terminal: Terminal, session: BrokerSession, *, command: str | None) -> RecordingMeta:
+    """The recording's header. The command is redacted as its ``ssh.command`` event is
+    (docs/recordings.md: secrets must not land in recordings): the cast kept
+    ``--token=...`` or ``curl -u user:password`` in clear."""
     term, (width, height) = (None, (0, 0)) if terminal is None else (terminal[0], terminal[1][:2])
     claims = session.identity.claims
+    if command is not None:
+        auditor = session.context.services.auditor
+        command = (auditor.redactor if auditor is not None else Redactor()).text(command)
     return RecordingMeta(
         width=width or 80,
         height=height or 24,
