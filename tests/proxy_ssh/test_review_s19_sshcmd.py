@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from tests.proxy_ssh.conftest import Env
@@ -141,3 +143,31 @@ async def test_the_recorded_command_is_redacted_like_its_audit_event(env: Env) -
     assert SECRET not in header["command"] and header["command"].startswith("echo --token=")
     event = (await env.stack.events("ssh.command"))[-1]
     assert json.loads(event["action"])["command"] == header["command"]
+
+
+async def test_refused_remote_and_socket_forwards_are_audited(env: Env) -> None:
+    """Invariant 5: ``ssh -R`` and forwards to a Unix socket are never carried out, and were
+    refused by asyncssh with nothing in the audit trail."""
+    agent = await env.stack.agent()
+    async with agent.connect("root@web-1") as conn:
+        with pytest.raises(asyncssh.ChannelListenError):
+            await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 22)
+        with pytest.raises(asyncssh.ChannelListenError):
+            await conn.forward_remote_path("/tmp/tether-s19.sock", "/tmp/x.sock")
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await conn.open_unix_connection("/run/docker.sock")
+    refused: list[dict[str, str]] = []
+    for _ in range(100):  # the socket forward's refusal is audited beside its answer
+        refused = [
+            json.loads(e["action"])["ssh"]
+            for e in await env.stack.events("decision")
+            if e["reason"] == "invalid-request"
+        ]
+        if len(refused) >= 3:
+            break
+        await asyncio.sleep(0.02)
+    assert refused == [
+        {"remote_forward": "127.0.0.1:0"},
+        {"remote_forward": "/tmp/tether-s19.sock"},
+        {"forward_socket": "/run/docker.sock"},
+    ]

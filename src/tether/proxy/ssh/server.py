@@ -128,6 +128,29 @@ class _AgentServer(asyncssh.SSHServer):
             return False
         return forward_handler(self.session, dest_host, dest_port)
 
+    # Forwards the broker never carries out: refused, and audited like any refusal (DESIGN
+    # invariant 5; asyncssh's defaults refused them with nothing in the trail).
+
+    async def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        """``ssh -R``: a listener on the target (or the broker) is never opened."""
+        await self._refuse_forward("remote_forward", f"{listen_host}:{listen_port}")
+        return False
+
+    async def unix_server_requested(self, listen_path: str) -> bool:
+        """``ssh -R`` to a Unix socket path: never."""
+        await self._refuse_forward("remote_forward", listen_path)
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        """``ssh -L`` to a Unix socket path (``direct-streamlocal``): never. (asyncssh takes
+        an awaitable here for a session, not for a refusal: the audit runs beside.)"""
+        self.broker.track(self._refuse_forward("forward_socket", dest_path))
+        return False
+
+    async def _refuse_forward(self, kind: str, where: str) -> None:
+        if self.session is not None:
+            await self.session.refuse({"ssh": {kind: where}}, f"{kind} is never allowed")
+
     # --- authentication ----------------------------------------------------------------------
 
     async def check_key(
