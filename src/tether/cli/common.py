@@ -50,5 +50,8 @@ def configure_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # httpx logs every request's whole URL at INFO, the default level: a SIEM sink's url
     # with user:password@ or ?token= would be written to the log at each batch.
-    for name in ("httpx", "httpcore"):
+    # asyncssh logs every exec's whole command at INFO (on the agent's leg and on the
+    # target's), and at DEBUG every env request's value: `curl -u user:password` or
+    # `--token=...` would be written to the log in clear, where the audit trail redacts them.
+    for name in ("httpx", "httpcore", "asyncssh"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -226,8 +226,10 @@ class SshBlock:
         if isinstance(part, SshCommandPart):
             hit = any(p.matches(part.argv) for p in self.commands)
             if not hit and self.deny:
-                lexical = _lexical_argv(part.argv)
-                hit = lexical != part.argv and any(p.matches(lexical) for p in self.commands)
+                hit = any(
+                    any(p.matches(lexical) for p in self.commands)
+                    for lexical in _lexical_argvs(part.argv)
+                )
         elif isinstance(part, SshShellPart):
             hit = self.shell
         elif isinstance(part, SshForwardPart):
@@ -255,24 +257,46 @@ def _lexical_path(path: str) -> str:
     return ("/" + folded) if absolute else (folded or ".")
 
 
-def _lexical_arg(arg: str) -> str:
-    if "/" not in arg:
-        return arg
-    name, eq, value = arg.partition("=")
-    if eq and arg.startswith("-") and "/" not in name:
-        return f"{name}={_lexical_path(value)}" if "/" in value else arg
+def _lexical_arg(arg: str, *, whole: bool) -> str:
+    """``arg`` with its path folded; ``whole``: the whole argument read as one path.
+
+    Otherwise the text before the path's first ``/`` stays as it is when it is an option or a
+    ``name=``: the path of ``--in=/x``, ``if=/x`` (``dd``) or ``-f/x`` (a short option glued
+    to its value) starts after it. Folded as one path, ``if=/../etc/shadow`` lost its
+    ``if=`` to the ``..`` and read ``etc/shadow``.
+    """
+    slash = arg.find("/")
+    if slash <= 0 or whole:
+        return arg if slash < 0 else _lexical_path(arg)
+    head = arg[:slash]
+    equals = head.find("=")
+    if equals >= 0:  # `name=value`: the value is the path
+        return arg[: equals + 1] + _lexical_path(arg[equals + 1 :])
+    if head.startswith("-"):  # an option glued to an absolute path
+        return head + _lexical_path(arg[slash:])
     return _lexical_path(arg)
 
 
-def _lexical_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
-    """The argv with every path-like argument folded lexically (the command name kept).
+def _lexical_argvs(argv: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The spellings of ``argv`` with every path-like argument folded lexically (the command
+    name kept) that differ from ``argv``: options and ``name=`` kept before the path, and
+    each argument folded as one path.
 
-    A deny rule is also tried against this form, so that ``cat /etc/../etc/shadow``,
-    ``cat /etc//shadow`` or ``cat /./etc/shadow`` cannot step around a deny rule on
-    ``cat /etc/shadow`` when a broad allow rule (``cat **``) would let them through.
-    Allow rules never see the folded form: what they allow is what was written.
+    A deny rule is also tried against these forms, so that ``cat /etc/../etc/shadow``,
+    ``cat /etc//shadow``, ``cat /./etc/shadow`` or ``dd if=/../etc/shadow`` cannot step
+    around a deny rule on ``cat /etc/shadow`` (``dd if=/etc/shadow``) when a broad allow rule
+    (``cat **``) would let them through. Where an argument's path starts is a guess (a file
+    may be named ``-f``), so both readings are tried: a deny only ever gets wider. Allow
+    rules never see the folded forms: what they allow is what was written.
     """
-    return (argv[0], *(_lexical_arg(a) for a in argv[1:])) if argv else argv
+    if len(argv) < 2:
+        return ()
+    forms: list[tuple[str, ...]] = []
+    for whole in (False, True):
+        folded = (argv[0], *(_lexical_arg(a, whole=whole) for a in argv[1:]))
+        if folded != argv and folded not in forms:
+            forms.append(folded)
+    return tuple(forms)
 
 
 def compile_ssh(body: Mapping[str, Any], deny: bool) -> SshBlock:

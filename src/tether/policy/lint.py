@@ -30,6 +30,7 @@ WRAPPERS = frozenset(
         "env", "xargs", "find", "sudo", "su", "doas", "pkexec", "runuser", "chroot", "nsenter",
         "nice", "nohup", "timeout", "time", "watch", "setsid", "stdbuf", "ionice", "taskset",
         "strace", "ltrace", "gdb", "script", "flock", "parallel", "ssh", "eval", "exec", "command",
+        "builtin", "trap", "source", ".", "emulate", "zmodload", "hash", "enable",
         "python", "python2", "python3", "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh",
         "awk", "gawk", "mawk", "nawk", "sed", "vim", "vi", "less", "more", "man", "git",
         "make", "docker", "kubectl", "psql", "mysql", "sqlite3", "rsync", "tar", "ansible",

@@ -42,7 +42,8 @@ How a command is read
    check denies that. Two words of one command need a real blank between them: sh joins
    ``r\\<newline>m`` into ``rm``, tree-sitter makes two words, so it is denied. Two word nodes
    with nothing at all between them are one shell word (tree-sitter splits ``'a'\\x`` but not
-   ``'a'\\'``): their whole span is decoded again as one word, as sh reads it.
+   ``'a'\\'``): the second is decoded as the rest of the first, as sh reads it, each node
+   once (decoding the whole span again for each node took minutes on a 64 KiB word).
    The nesting of lists and pipelines in the tree is not used (tree-sitter-bash gets their
    precedence wrong: ``a | b | c && d`` comes as a pipeline holding a list): commands and
    operators are taken in source order -- the coverage check makes sure none is missed --
@@ -61,6 +62,11 @@ How a command is read
 6. The command name (``argv[0]``): an unquoted reserved word (``if``, ``time``, ``coproc``,
    ``function``, ``select``, zsh's ``repeat``/``foreach``/``noglob`` ...) is denied -- it is
    not a simple command; an unquoted ``NAME=`` prefix is an assignment and is denied.
+7. Builtins that evaluate a literal word as code: ``let``, and an array subscript ``a[..]``
+   in a name given to ``printf -v``, ``read``, ``test -v``/``[ -v``, ``wait -p``, the
+   declaration builtins (and their integer attribute) ... are denied; see
+   :mod:`tether.policy.shell_builtins`. Quoting cannot help there: bash expands the
+   subscript itself.
 
 Decisions where the spec is silent (each the deny side, or the shell's own behaviour):
 
@@ -112,6 +118,7 @@ import tree_sitter
 import tree_sitter_bash
 
 from tether.policy.errors import ShellConstruct
+from tether.policy.shell_builtins import check_builtin
 from tether.policy.shell_nodes import DroppedDash
 from tether.policy.shell_walk import _Walker
 from tether.policy.shell_words import (
@@ -222,6 +229,8 @@ def _walk(source: bytes, command: str) -> ParsedCommand:
     walker = _Walker(source, command if command.isascii() else None)
     walker.program(root)
     walker.finish()
+    for simple in walker.commands:
+        check_builtin(simple.argv)
     return ParsedCommand(tuple(walker.commands), tuple(walker.operators))
 
 

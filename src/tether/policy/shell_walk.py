@@ -229,17 +229,22 @@ class _Walker:
         """Read one word node (its type already allowed) into ``argv``.
 
         A node that starts right where the previous word ended, without a blank, is the same
-        shell word: tree-sitter splits ``'a'\\x`` in two (but not ``'a'\\'``). The whole span
-        is then decoded again as one word, as sh reads it.
+        shell word: tree-sitter splits ``'a'\\x`` in two (but not ``'a'\\'``). The node is then
+        decoded as the rest of that word, as sh reads it (see ``_decode_word``).
         """
         if node.child_count:
             check_word_tree(node)
         start, end = node.start_byte, node.end_byte
         position = self.position
         if start == position and self.word_start >= 0 and not self.first_item:
-            start = self.word_start
+            # The rest of the previous word: decoded on its own, after what that word
+            # decoded to (once per node: decoding the whole span again was quadratic).
             self.position = end
-            argv[-1] = self.decode(start, end)
+            digits = self.digits_end == start
+            argv[-1] += self.decode(start, end, before=argv[-1])
+            start = self.word_start
+            raw = self.source[start:end] if len(argv) == 1 else b""
+            self.digits_end = end if digits and self.source[position:end].isdigit() else -1
         else:
             if start - position == 1 and self.source[position] == 0x20 and not self.first_item:
                 self.position = end  # the common case: one space after the previous word
@@ -247,9 +252,9 @@ class _Walker:
                 self.split_at_newline(start, argv, redirects)
                 self.item(start, end, blank=True)
             argv.append(self.decode(start, end))
+            raw = self.source[start:end]
+            self.digits_end = end if raw.isdigit() else -1
         self.word_start = start
-        raw = self.source[start:end]
-        self.digits_end = end if raw.isdigit() else -1
         if len(argv) == 1:
             check_command_name(raw)
 
@@ -274,13 +279,14 @@ class _Walker:
         self.first_item = True
         self.word_start = -1
 
-    def decode(self, start: int, end: int) -> str:
-        """The decoded shell word of ``source[start:end]``."""
+    def decode(self, start: int, end: int, *, before: str | None = None) -> str:
+        """The decoded shell word of ``source[start:end]`` (the rest of one, after ``before``:
+        see ``_decode_word``)."""
         if self.text is not None:
             text = self.text[start:end]
-            return text if _PLAIN_WORD.fullmatch(text) else _decode_word(text)
+            return text if _PLAIN_WORD.fullmatch(text) else _decode_word(text, before)
         try:
-            return _decode_word(self.source[start:end].decode("utf-8"))
+            return _decode_word(self.source[start:end].decode("utf-8"), before)
         except UnicodeDecodeError:
             raise ShellConstruct("does not parse (a word boundary inside a character)") from None
 

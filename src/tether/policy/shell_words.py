@@ -111,18 +111,25 @@ _METACHARS: Final = frozenset(" \t\n|&;<>()")
 _DOUBLE_QUOTE_ESCAPES: Final = frozenset('$`"\\\n')
 
 
-def _decode_word(text: str) -> str:
-    """Quote removal for one shell word, denying anything but literal text."""
+def _decode_word(text: str, before: str | None = None) -> str:
+    """Quote removal for one shell word, denying anything but literal text.
+
+    ``before``: what the earlier part of the same shell word decoded to, when ``text`` is
+    the rest of it (tree-sitter splits ``'a'\\x`` in two nodes). The checks that depend on
+    the place in the word (a ``#`` first, a ``~`` first or after ``=`` or ``:``) see it, so
+    a word decoded part by part, each part once, reads as the whole word decoded at once
+    (which, done again for every part, took quadratic time: minutes for a 64 KiB word).
+    """
     if _PLAIN_WORD.fullmatch(text):
         return text
     out: list[str] = []
     index = 0
     while index < len(text):
-        index = _decode_step(text, index, out)
+        index = _decode_step(text, index, out, before)
     return "".join(out)
 
 
-def _decode_step(text: str, index: int, out: list[str]) -> int:
+def _decode_step(text: str, index: int, out: list[str], before: str | None) -> int:
     """Decode the quoted part, escape or character at ``index``; return the next index."""
     char = text[index]
     if char == "'":
@@ -139,7 +146,7 @@ def _decode_step(text: str, index: int, out: list[str]) -> int:
         if text[index + 1] != "\n":  # backslash-newline is a line continuation
             out.append(text[index + 1])
         return index + 2
-    _check_unquoted(text, index, out)
+    _check_unquoted(text, index, out, before)
     out.append(char)
     return index + 1
 
@@ -162,7 +169,7 @@ def _decode_double_quoted(text: str, index: int, out: list[str]) -> int:
     raise ShellConstruct("unterminated double quote")
 
 
-def _check_unquoted(text: str, index: int, out: list[str]) -> None:
+def _check_unquoted(text: str, index: int, out: list[str], before: str | None) -> None:
     """Deny an unquoted character that the shell would not take literally."""
     char = text[index]
     if char in "$`":
@@ -173,12 +180,25 @@ def _check_unquoted(text: str, index: int, out: list[str]) -> None:
         raise ShellConstruct(f"unquoted brace character {char!r}")
     if char in _METACHARS:
         raise ShellConstruct(f"unexpected shell metacharacter {char!r} in a word")
-    if char == "#" and index == 0:
+    if char == "#" and index == 0 and before is None:
         raise ShellConstruct("comment")
     if char == "~":
-        before = "".join(out)
-        if not before or before[-1] in "=:":
+        last = _last_char(out) or (before or "")[-1:]
+        if not last or last in "=:":
             raise ShellConstruct("leading ~ (tilde expansion)")
+
+
+def _last_char(out: list[str]) -> str:
+    """The last character decoded so far ('' if none), without joining ``out``.
+
+    Walking back stops at the last non-empty piece, which a ``~`` then follows: each empty
+    piece (``''``) is passed over once, so a word of ``~`` is still read in linear time
+    (joining ``out`` for every ``~`` was quadratic).
+    """
+    for piece in reversed(out):
+        if piece:
+            return piece[-1]
+    return ""
 
 
 def _dollar_detail(text: str, index: int) -> str:

@@ -30,6 +30,7 @@ import time
 from typing import Any, cast
 
 import asyncssh
+from asyncssh.packet import SSHPacket
 
 from tether.audit.recordings import (
     Recorder,
@@ -38,6 +39,7 @@ from tether.audit.recordings import (
     RecordingOptions,
     RecordingSummary,
 )
+from tether.audit.redact import Redactor
 from tether.policy.model import Decision
 from tether.policy.shell import parse_command
 from tether.proxy.ssh.session import BrokerSession, UpstreamError, refusal_text
@@ -48,6 +50,38 @@ CHUNK = 65536
 ServerProcess = asyncssh.SSHServerProcess[bytes]
 ClientProcess = asyncssh.SSHClientProcess[bytes]
 Terminal = tuple[str, tuple[int, int, int, int]] | None  # type and size, or no terminal
+
+
+class BrokerChannel(asyncssh.SSHServerChannel[bytes]):
+    """asyncssh's session channel, passing on the requests it would refuse unseen.
+
+    asyncssh answers an ``exec`` whose command is not UTF-8, or a ``subsystem`` whose name is
+    not ASCII, with a failure before any session exists: the agent saw ``exec request
+    failed`` and the audit trail nothing (DESIGN invariant 5: every action, allowed or not,
+    is audited). Here the command is decoded with ``surrogateescape`` (the session refuses it
+    when it finds a lone surrogate, see :func:`_run_exec`) and the subsystem name with its odd
+    bytes escaped, which can never name ``sftp``; both are then refused and audited like
+    any other.
+    """
+
+    def _process_exec_request(self, packet: SSHPacket) -> bool:
+        command = packet.get_string()
+        packet.check_end()
+        return self._start_session(command=command.decode("utf-8", "surrogateescape"))
+
+    def _process_subsystem_request(self, packet: SSHPacket) -> bool:
+        subsystem = packet.get_string()
+        packet.check_end()
+        return self._start_session(subsystem=subsystem.decode("ascii", "backslashreplace"))
+
+
+def _not_text(command: str) -> str | None:
+    """``command`` with its bytes that are not UTF-8 escaped, if it holds any (else None)."""
+    try:
+        command.encode("utf-8")
+    except UnicodeEncodeError:
+        return command.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
 
 
 async def handle_process(process: ServerProcess, session: BrokerSession) -> None:
@@ -97,6 +131,13 @@ def _terminal(process: ServerProcess) -> Terminal:
 
 
 async def _run_exec(process: ServerProcess, session: BrokerSession, command: str) -> None:
+    shown = _not_text(command)
+    if shown is not None:  # it cannot be put to the policy (BrokerChannel): refused, audited
+        action = {"ssh": {"command": shown}}
+        decision = await session.refuse(action, "the command is not valid UTF-8")
+        await _audit_command(session, shown, decision, None, 0, 0.0, refused=True)
+        await _fail(process, refusal_text(decision))
+        return
     terminal = _terminal(process)
     decision = await session.decide({"ssh": {"command": command}})
     if decision.allowed and terminal is not None:
@@ -122,8 +163,14 @@ async def _run_shell(process: ServerProcess, session: BrokerSession) -> None:
 
 
 def _meta(terminal: Terminal, session: BrokerSession, *, command: str | None) -> RecordingMeta:
+    """The recording's header. The command is redacted as its ``ssh.command`` event is
+    (docs/recordings.md: secrets must not land in recordings): the cast kept
+    ``--token=...`` or ``curl -u user:password`` in clear."""
     term, (width, height) = (None, (0, 0)) if terminal is None else (terminal[0], terminal[1][:2])
     claims = session.identity.claims
+    if command is not None:
+        auditor = session.context.services.auditor
+        command = (auditor.redactor if auditor is not None else Redactor()).text(command)
     return RecordingMeta(
         width=width or 80,
         height=height or 24,

@@ -40,7 +40,7 @@ from tether.proxy.ssh.auth import (
     check_certificate,
     plain_key_identity,
 )
-from tether.proxy.ssh.channels import handle_process
+from tether.proxy.ssh.channels import BrokerChannel, handle_process
 from tether.proxy.ssh.config import SshConfig
 from tether.proxy.ssh.forward import forward_handler
 from tether.proxy.ssh.login import Login, LoginError, parse_login
@@ -136,6 +136,29 @@ class _AgentServer(asyncssh.SSHServer):
         if self.session is None:
             return False
         return forward_handler(self.session, dest_host, dest_port)
+
+    # Forwards the broker never carries out: refused, and audited like any refusal (DESIGN
+    # invariant 5; asyncssh's defaults refused them with nothing in the trail).
+
+    async def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        """``ssh -R``: a listener on the target (or the broker) is never opened."""
+        await self._refuse_forward("remote_forward", f"{listen_host}:{listen_port}")
+        return False
+
+    async def unix_server_requested(self, listen_path: str) -> bool:
+        """``ssh -R`` to a Unix socket path: never."""
+        await self._refuse_forward("remote_forward", listen_path)
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        """``ssh -L`` to a Unix socket path (``direct-streamlocal``): never. (asyncssh takes
+        an awaitable here for a session, not for a refusal: the audit runs beside.)"""
+        self.broker.track(self._refuse_forward("forward_socket", dest_path))
+        return False
+
+    async def _refuse_forward(self, kind: str, where: str) -> None:
+        if self.session is not None:
+            await self.session.refuse({"ssh": {kind: where}}, f"{kind} is never allowed")
 
     # --- authentication ----------------------------------------------------------------------
 
@@ -239,15 +262,20 @@ class _AgentConnection(BrokerServerConnection):
     """The broker's server connection (:mod:`tether.proxy.ssh.wire`) with the public-key
     check handed to the broker, and its session channels served by
     :class:`~tether.proxy.ssh.sftp_server.BrokerProcess` (SFTP with only the extensions
-    the broker carries out)."""
+    the broker carries out) on a :class:`~tether.proxy.ssh.channels.BrokerChannel` (requests
+    asyncssh would refuse unseen reach the broker, to be refused and audited)."""
 
     def _process_session_open(
         self, packet: SSHPacket
     ) -> tuple[asyncssh.SSHServerChannel[Any], asyncssh.SSHServerSession[Any]]:
         chan, session = super()._process_session_open(packet)
-        if type(session) is not asyncssh.SSHServerProcess:  # the broker sets process_factory
+        if (
+            type(session) is not asyncssh.SSHServerProcess
+            or type(chan) is not asyncssh.SSHServerChannel
+        ):  # the broker sets process_factory; asyncssh makes plain session channels
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Session refused")
         session.__class__ = BrokerProcess  # adds a method, no state of its own
+        chan.__class__ = BrokerChannel  # overrides two request parsers, no state of its own
         return chan, session
 
     async def validate_public_key(
