@@ -1,0 +1,81 @@
+"""Probes of a red-team review of the HTTP broker's credentials (session 19), end to end
+with real upstreams on loopback and raw sockets: each one failed before its fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tether.vault.oauth2 import ClientCredentials, OAuth2Tokens
+
+from .conftest import Harness
+from .rawupstream import RawSeen, RawUpstream, ok
+from .upstream import Upstream
+
+POLICY = """
+rules:
+  - id: anything
+    effect: allow
+    agents: [bot]
+    http: {methods: ["*"], paths: ["/**"]}
+"""
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Harness]:
+    made = Harness(tmp_path, POLICY)
+    yield made
+    made.stop()
+
+
+# --- 1. a path that always answers 401 made one token request per request ------------------
+
+
+def test_a_path_answering_401_does_not_make_a_token_request_each_time(
+    node: Harness, upstream: Upstream
+) -> None:
+    """Every 401 from the target dropped the cached token, so an agent allowed a path the
+    OAuth client's scope does not cover (answered 401 whatever the token) made Tether ask
+    the token endpoint at each of its requests: a quota other agents of the target share."""
+    node.put_secret("oauth-secret", b"client-secret-1")
+    node.add_target("api", base_url=upstream.url, credential={
+        "type": "oauth2_client_credentials", "token_url": upstream.url + "/oauth/token",
+        "client_id": "client-1", "secret": "oauth-secret",
+    })  # fmt: skip
+    agent = node.agent()
+    url = f"{node.url}/t/api/status/401"
+    for _ in range(8):
+        assert httpx.get(url, headers=agent.headers("GET", url)).status_code == 401
+    assert len(upstream.issued) == 2  # the first token, and one fetched after its refusal
+    protected = f"{node.url}/t/api/protected"  # the last token issued is still good
+    assert httpx.get(protected, headers=agent.headers("GET", protected)).status_code == 200
+    assert len(upstream.issued) == 2
+
+
+async def test_a_token_refused_again_is_dropped_once_the_backoff_passed() -> None:
+    now = [0.0]
+    issued: list[bytes] = []
+
+    def respond(seen: RawSeen) -> bytes:
+        issued.append(b"tok-%d" % (len(issued) + 1))
+        return ok(b'{"access_token": "' + issued[-1] + b'", "expires_in": 3600}')
+
+    server = RawUpstream(respond).start()
+    tokens = OAuth2Tokens(clock=lambda: now[0], refusal_backoff=10.0)
+    client = ClientCredentials(server.url + "/token", "c", b"client-secret")
+    try:
+        assert await tokens.token(client, None) == "tok-1"
+        tokens.forget(client, "tok-1")  # refused: fetched anew at once
+        assert await tokens.token(client, None) == "tok-2"
+        now[0] += 1
+        tokens.forget(client, "tok-2")  # refused at once too: not about the token's age
+        assert await tokens.token(client, None) == "tok-2"
+        now[0] += 10
+        tokens.forget(client, "tok-2")  # refused after the backoff: fetched anew
+        assert await tokens.token(client, None) == "tok-3"
+        assert tokens.fetches == 3
+    finally:
+        server.stop()
