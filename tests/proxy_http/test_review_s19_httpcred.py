@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tether.vault.http_inject import Injection
 from tether.vault.oauth2 import ClientCredentials, OAuth2Tokens
 
 from .conftest import Harness
@@ -79,3 +83,37 @@ async def test_a_token_refused_again_is_dropped_once_the_backoff_passed() -> Non
         assert tokens.fetches == 3
     finally:
         server.stop()
+
+
+# --- 2. a query credential shadowed by the agent's parameter in another case ----------------
+
+
+@pytest.mark.parametrize("name", ["API_KEY", "Api_Key", "API%5fKEY", "ap%C4%B1_key"])
+def test_the_agents_parameter_in_another_case_is_dropped(
+    node: Harness, upstream: Upstream, name: str
+) -> None:
+    """ASP.NET reads query parameter names case-insensitively (ordinal: dotless i is ``I``) and
+    binds the first occurrence: the agent's ``API_KEY`` before the injected ``api_key``
+    replaced the credential, while the audit trail says Tether's was sent."""
+    node.put_secret("key", b"the-real-key-0123")
+    node.add_target("api", base_url=upstream.url,
+                    credential={"type": "query", "secret": "key", "param": "api_key"})  # fmt: skip
+    agent = node.agent()
+    url = f"{node.url}/t/api/v1/a?{name}=agent-chosen&x=1"
+    response = httpx.get(url, headers=agent.headers("GET", url.partition("?")[0]))
+    assert response.status_code == 200, response.text
+    assert upstream.seen[-1].target == "/v1/a?x=1&api_key=the-real-key-0123"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["api_key", "API_KEY", "api%5Fkey", "ApI%5fKeY", "x", "=",
+                                 "&", "%", "\u0131", "ap\u0131_key", "v", "api_key2"]),
+                max_size=12).map("".join))  # fmt: skip
+def test_the_credential_parameter_is_sent_once_and_last(query: str) -> None:
+    """Whatever the agent's query, the target gets one parameter that a case-insensitive,
+    decoding reader takes for the credential's: Tether's, last."""
+    injection = Injection(query_param=("api_key", "secret"))
+    sent = injection.query(query).split("&")
+    assert sent[-1] == "api_key=secret"
+    folded = [unquote(p.partition("=")[0]).upper().lower() for p in sent[:-1]]
+    assert "api_key" not in folded
