@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tether.proxy.http.headers import TargetBase, response_headers
 from tether.vault.http_inject import Injection
 from tether.vault.oauth2 import ClientCredentials, OAuth2Tokens
 
@@ -117,3 +118,76 @@ def test_the_credential_parameter_is_sent_once_and_last(query: str) -> None:
     assert sent[-1] == "api_key=secret"
     folded = [unquote(p.partition("=")[0]).upper().lower() for p in sent[:-1]]
     assert "api_key" not in folded
+
+
+# --- 3. a redirect of a target with a base path ---------------------------------------------
+
+
+def test_a_redirect_under_the_base_path_is_the_agents_path(node: Harness) -> None:
+    """With base URL ``.../v2``, the target's ``Location: /v2/items/7`` became
+    ``/t/api/v2/items/7``, which reaches ``/v2/v2/items/7``; an absolute redirect to the
+    target itself went as is: the agent got the target's address and a URL without the
+    credential."""
+
+    def answer(seen: RawSeen) -> bytes:
+        locations = {
+            "/v2/relative": b"/v2/items/7?x=1",
+            "/v2/absolute": b"http://127.0.0.1:%d/v2/items/8" % target.port,
+            "/v2/outside": b"/elsewhere",
+            "/v2/other-host": b"https://other.example/v2/items/9",
+        }
+        location = locations.get(seen.target)
+        if location is None:
+            return ok(seen.target.encode())
+        return b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\nContent-Length: 0\r\n\r\n"
+
+    node.put_secret("key", b"the-real-key-0123")
+    target = RawUpstream(answer).start()
+    try:
+        node.add_target("api", base_url=target.url + "/v2", credential={
+            "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
+        agent = node.agent()
+        shown = {}
+        for path in ("/relative", "/absolute", "/outside", "/other-host"):
+            url = f"{node.url}/t/api{path}"
+            response = httpx.get(url, headers=agent.headers("GET", url))
+            assert response.status_code == 302
+            shown[path] = response.headers["location"]
+        assert shown == {
+            "/relative": "/t/api/items/7?x=1",
+            "/absolute": "/t/api/items/8",
+            "/outside": "/t/api/elsewhere",  # as before: no path of the agent's is better
+            "/other-host": "https://other.example/v2/items/9",
+        }
+        url = node.url + shown["/absolute"]  # followed, it reaches what the target meant
+        followed = httpx.get(url, headers=agent.headers("GET", url))
+        assert followed.text == "/v2/items/8"
+    finally:
+        target.stop()
+
+
+_BASE = TargetBase("https", "api.example", 443, b"/v2")
+_PIECES = ["/", "//", "/v2", "/v2/", "https://api.example", "https://API.example:443",
+           "http://api.example", "https://api.example:8443", "https://u@api.example",
+           "https://evil.example", "?q", "x", "%2F", ":", "[", "@", "#f"]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=6).map("".join), st.booleans())
+def test_a_mapped_location_stays_with_the_target(location: str, path_form: bool) -> None:
+    """A Location is never made to leave the target: on the path form it is under
+    ``/t/api/``, or dropped, or passed as the target wrote it; on the host form never a
+    network-path reference (``//host``) that the target did not write."""
+    value = location.encode()
+    prefix = "/t/api" if path_form else None
+    kept = response_headers([(b"location", value)], "api", path_prefix=prefix, base=_BASE)
+    if not kept:
+        assert path_form and value.startswith(b"//")
+        return
+    ((_, shown),) = kept
+    if path_form:
+        assert shown.startswith(b"/t/api/") or shown == value
+        if shown != value:
+            assert value.startswith(b"/") or _BASE.own_path(value) is not None
+    elif shown != value:
+        assert not shown.startswith(b"//") and shown.startswith(b"/")
