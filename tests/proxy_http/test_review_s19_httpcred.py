@@ -191,3 +191,32 @@ def test_a_mapped_location_stays_with_the_target(location: str, path_form: bool)
             assert value.startswith(b"/") or _BASE.own_path(value) is not None
     elif shown != value:
         assert not shown.startswith(b"//") and shown.startswith(b"/")
+
+
+# --- 4. the target's Content-Encoding quoted into the 502 -----------------------------------
+
+
+def test_a_coding_the_target_wrote_never_shows_the_credential(node: Harness) -> None:
+    """A body that cannot be scanned is a 502 naming the target's Content-Encoding, which
+    response_headers never filtered: a target that reflects request headers into its answer
+    (the key into Content-Encoding here) gave the agent and the audit trail the key."""
+    key = "the-real-key-0123"
+
+    def answer(seen: RawSeen) -> bytes:
+        coding = b"br, " + seen.header("x-api-key")[0].encode()
+        return ok(b"\x00\x01", b"Content-Encoding: " + coding)
+
+    node.put_secret("key", key.encode())
+    target = RawUpstream(answer).start()
+    try:
+        node.add_target("api", base_url=target.url, credential={
+            "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
+        agent = node.agent()
+        url = f"{node.url}/t/api/v1/a"
+        response = httpx.get(url, headers=agent.headers("GET", url))
+        assert response.status_code == 502
+        assert "Content-Encoding" in response.text and key not in response.text
+        (event,) = node.exchanges(1)
+        assert key not in repr(event.detail), event.detail
+    finally:
+        target.stop()

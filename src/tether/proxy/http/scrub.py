@@ -58,6 +58,12 @@ _NOT_FORWARDED: Final = frozenset(
     {b"accept-encoding", b"accept_encoding", b"range", b"if-range", b"if_range"}
 )
 _NO_BODY: Final = frozenset({204, 304})
+# Content codings named in a refusal (IANA's registry, and the x- aliases): any other text
+# the target wrote there is not quoted, since it may be a reflected credential.
+_NAMED_CODINGS: Final = frozenset(
+    {b"aes128gcm", b"br", b"compress", b"dcb", b"dcz", b"deflate", b"exi", b"gzip",
+     b"pack200-gzip", b"x-compress", b"x-gzip", b"zstd"}
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +219,9 @@ def unscannable(method: bytes, status: int, headers: Iterable[Header]) -> str | 
         return "the target answered a partial body (206), which cannot be scrubbed"
     coded = codings(headers)
     if len(coded) > 1 or (coded and coded[0] not in DECODABLE):
-        coding = ", ".join(c.decode("latin-1") for c in coded)
+        coding = ", ".join(
+            c.decode("ascii") if c in _NAMED_CODINGS else "(unregistered)" for c in coded
+        )
         return (
             f"the target answered with Content-Encoding {coding!r}, asked for identity: "
             "only gzip or deflate alone is decoded, so this body cannot be scrubbed of the "
