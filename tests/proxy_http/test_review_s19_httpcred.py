@@ -3,7 +3,9 @@ with real upstreams on loopback and raw sockets: each one failed before its fix.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import tracemalloc
+import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 
 from tether.proxy.http.headers import TargetBase, response_headers
 from tether.vault.http_inject import Injection
-from tether.vault.oauth2 import ClientCredentials, OAuth2Tokens
+from tether.vault.oauth2 import ClientCredentials, OAuth2Error, OAuth2Tokens
 
 from .conftest import Harness
 from .rawupstream import RawSeen, RawUpstream, ok
@@ -220,3 +222,60 @@ def test_a_coding_the_target_wrote_never_shows_the_credential(node: Harness) -> 
         assert key not in repr(event.detail), event.detail
     finally:
         target.stop()
+
+
+# --- 5. a coded token answer decoded whole before the size limit ----------------------------
+
+
+def _gzip(pieces: Iterable[bytes]) -> bytes:
+    stream = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return b"".join([*(stream.compress(p) for p in pieces), stream.flush()])
+
+
+_ZEROS = _gzip(b"\0" * (1 << 20) for _ in range(64))  # 64 MiB in 64 KiB
+_TOKEN = b'{"access_token": "tok-1", "expires_in": 3600}'
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "error"),
+    [
+        (b"gzip, gzip", _gzip([_ZEROS]), "unsupported Content-Encoding"),  # 184 bytes
+        (b"gzip", _ZEROS, "too large"),
+        (b"br", b"\x0b\x02\x80{}\x03", "unsupported Content-Encoding"),
+        (b"gzip", _gzip([_TOKEN])[:-4], "does not decode"),
+        (b"gzip", _gzip([_TOKEN]) + b"junk", "does not decode"),
+        (b"gzip", _gzip([_TOKEN]), None),
+        (b"deflate", zlib.compress(_TOKEN), None),
+        (b"identity", _TOKEN, None),
+    ],
+    ids=[
+        "gzip-gzip-bomb",
+        "gzip-bomb",
+        "br",
+        "truncated",
+        "trailing",
+        "gzip",
+        "deflate",
+        "identity",
+    ],
+)
+async def test_a_coded_token_answer_is_decoded_within_the_limit(
+    coding: bytes, body: bytes, error: str | None
+) -> None:
+    """The endpoint is asked for identity; httpx decoded whatever it sent, every coding of
+    a chain, whole, before the 64 KiB limit was checked: 184 bytes of 'gzip, gzip' took
+    64 MiB (a few KiB take gigabytes, and the node with them)."""
+    server = RawUpstream(lambda seen: ok(body, b"Content-Encoding: " + coding)).start()
+    tokens = OAuth2Tokens()
+    client = ClientCredentials(server.url + "/token", "c", b"client-secret")
+    tracemalloc.start()
+    try:
+        if error is None:
+            assert await tokens.token(client, None) == "tok-1"
+        else:
+            with pytest.raises(OAuth2Error, match=error):
+                await tokens.token(client, None)
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()
+        server.stop()

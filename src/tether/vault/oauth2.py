@@ -27,7 +27,10 @@ Security decisions:
 * **The endpoint is not trusted with this process's resources**: its answer is read as a
   stream and refused past ``MAX_RESPONSE_BYTES`` (a declared larger ``Content-Length`` is
   refused unread), the whole exchange has one deadline (``timeout``; a trickling answer
-  cannot hold every request of the target waiting on the single flight), and a lifetime is
+  cannot hold every request of the target waiting on the single flight), a coded answer
+  (asked for ``identity``, sent ``gzip`` or ``deflate`` anyway) is decoded here up to the
+  same limit (httpx decoded any chain of codings whole: 590 bytes of ``gzip, gzip`` were
+  256 MiB in memory before the limit was looked at), and a lifetime is
   a finite ``expires_in`` > 0, capped at ``MAX_LIFETIME`` seconds (``1e999``, ``NaN`` and
   numbers too large for a float are refused or capped, never cached forever nor crashing).
   An access token is visible ASCII (RFC 6750 ``b64token`` and its usual relatives), sent as
@@ -51,6 +54,7 @@ import math
 import re
 import ssl
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -62,6 +66,8 @@ MAX_RESPONSE_BYTES: Final = 65536
 MAX_LIFETIME: Final = 86400.0  # a token is fetched anew at least daily, whatever it says
 _TOKEN: Final = re.compile(r"[\x21-\x7e]{1,8192}")
 _SECONDS: Final = re.compile(r"[0-9]{1,12}")
+_WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+                 "deflate": zlib.MAX_WBITS}  # fmt: skip
 
 
 class OAuth2Error(Exception):
@@ -203,11 +209,32 @@ class OAuth2Tokens:
             if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
                 raise OAuth2Error("token response too large")
             body = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():  # as sent: decoded below, bounded
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
                     raise OAuth2Error("token response too large")
-            return 200, bytes(body)
+            return 200, _decoded(bytes(body), response.headers.get_list("content-encoding"))
+
+
+def _decoded(body: bytes, codings: list[str]) -> bytes:
+    """``body`` without its content coding: none (as asked), or ``gzip`` or ``deflate``
+    alone, decoded to at most ``MAX_RESPONSE_BYTES``; anything else is refused."""
+    coded = [c for c in (c.strip().lower() for c in ",".join(codings).split(",")) if c]
+    coded = [c for c in coded if c != "identity"]
+    if not coded:
+        return body
+    if len(coded) > 1 or coded[0] not in _WBITS:
+        raise OAuth2Error("token response has an unsupported Content-Encoding")
+    stream = zlib.decompressobj(_WBITS[coded[0]])
+    try:
+        plain = stream.decompress(body, MAX_RESPONSE_BYTES + 1)
+    except zlib.error:
+        raise OAuth2Error("token response does not decode") from None
+    if len(plain) > MAX_RESPONSE_BYTES:
+        raise OAuth2Error("token response too large")
+    if not stream.eof or stream.unused_data:
+        raise OAuth2Error("token response does not decode")
+    return plain
 
 
 def _trust(tls: ssl.SSLContext | None) -> str:
