@@ -279,3 +279,24 @@ async def test_a_coded_token_answer_is_decoded_within_the_limit(
     finally:
         tracemalloc.stop()
         server.stop()
+
+
+# --- 6. a dotted spelling of Accept-Encoding or Range ---------------------------------------
+
+
+@pytest.mark.parametrize("header", ["Accept.Encoding: br", "If.Range: x", "accept_encoding: br"])
+def test_a_dotted_spelling_of_a_coding_header_is_not_forwarded(
+    node: Harness, upstream: Upstream, header: str
+) -> None:
+    """The broker reads '_' and '.' in header names as '-' (CGI and PHP fold both), but the
+    headers that keep a body scannable were dropped under the '_' spelling only."""
+    node.put_secret("key", b"the-real-key-0123")
+    node.add_target("api", base_url=upstream.url, credential={
+        "type": "header", "secret": "key", "header_name": "X-Api-Key"})  # fmt: skip
+    agent = node.agent()
+    url = f"{node.url}/t/api/v1/a"
+    name, _, value = header.partition(": ")
+    response = httpx.get(url, headers={**agent.headers("GET", url), name: value})
+    assert response.status_code == 200
+    names = [n for n, _ in upstream.seen[-1].headers]
+    assert name.lower() not in names and names.count("accept-encoding") == 1, names
