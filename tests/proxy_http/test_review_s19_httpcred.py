@@ -300,3 +300,24 @@ def test_a_dotted_spelling_of_a_coding_header_is_not_forwarded(
     assert response.status_code == 200
     names = [n for n, _ in upstream.seen[-1].headers]
     assert name.lower() not in names and names.count("accept-encoding") == 1, names
+
+
+def test_a_cookie_path_under_the_base_path_is_the_agents_path(node: Harness) -> None:
+    """As for redirects: ``Path=/v2/session`` became ``/t/api/v2/session``, a path the agent
+    never asks for (its ``/t/api/session`` is the target's ``/v2/session``): the cookie was
+    never sent back."""
+    answer = ok(b"ok", b"Set-Cookie: sid=1; Path=/v2/session; HttpOnly",
+                b"Set-Cookie: top=2; Path=/v2", b"Set-Cookie: other=3; Path=/v20")  # fmt: skip
+    target = RawUpstream(lambda seen: answer).start()
+    try:
+        node.add_target("api", base_url=target.url + "/v2")
+        agent = node.agent()
+        url = f"{node.url}/t/api/v1/a"
+        response = httpx.get(url, headers=agent.headers("GET", url))
+        assert response.headers.get_list("set-cookie") == [
+            "api.sid=1; Path=/t/api/session; HttpOnly",
+            "api.top=2; Path=/t/api/",
+            "api.other=3; Path=/t/api/v20",  # not under the base path: as before
+        ]
+    finally:
+        target.stop()

@@ -155,7 +155,7 @@ def response_headers(
         if lower in drop or _holds(value, secrets):
             continue
         if lower == b"set-cookie":
-            cookie = _scoped_cookie(value, target, path_prefix)
+            cookie = _scoped_cookie(value, target, path_prefix, base)
             if cookie is not None:
                 kept.append((lower, cookie))
         elif lower == b"location":
@@ -198,8 +198,11 @@ def _holds(value: bytes, secrets: Sequence[bytes]) -> bool:
     return any(s and s in form for s in secrets for form in forms)
 
 
-def _scoped_cookie(value: bytes, target: str, path_prefix: str | None) -> bytes | None:
-    """``Set-Cookie`` renamed to ``<target>.<name>``, without ``Domain``, path confined."""
+def _scoped_cookie(
+    value: bytes, target: str, path_prefix: str | None, base: TargetBase | None = None
+) -> bytes | None:
+    """``Set-Cookie`` renamed to ``<target>.<name>``, without ``Domain``, path confined (a
+    path under the target's base path is the agent's path: the base path comes off)."""
     first, *attributes = value.split(b";")
     name, eq, cookie_value = first.strip().partition(b"=")
     if not eq or not name.strip():
@@ -215,6 +218,8 @@ def _scoped_cookie(value: bytes, target: str, path_prefix: str | None) -> bytes 
             path = rest.strip() if rest.strip().startswith(b"/") else b"/"
             continue
         kept.append(attribute.strip())
+    if base is not None and base.path and (path == base.path or path.startswith(base.path + b"/")):
+        path = path[len(base.path) :] or b"/"
     if path_prefix is not None:
         path = path_prefix.encode("ascii") + path
     renamed = target.encode("ascii") + COOKIE_SEPARATOR + name.strip()
