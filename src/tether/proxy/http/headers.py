@@ -183,7 +183,8 @@ def _location(value: bytes, path_prefix: str | None, base: TargetBase | None) ->
         return value  # the target's origin, outside its base path: no path of the agent's
     if path_prefix is not None:
         return path_prefix.encode("ascii") + path
-    return value if path.startswith(b"//") else path  # never a new network-path reference
+    # Never a new network-path reference: '//host', or '/\host', which browsers read so.
+    return value if path[1:2] in (b"/", b"\\") else path
 
 
 def _holds(value: bytes, secrets: Sequence[bytes]) -> bool:
