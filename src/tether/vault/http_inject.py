@@ -81,16 +81,24 @@ class Injection:
 
     def query(self, query: str) -> str:
         """``query`` without the agent's occurrences of the parameter (under any
-        percent-encoding of its name, which targets decode), then Tether's."""
+        percent-encoding and any case of its name: targets decode names, and ASP.NET reads
+        them case-insensitively, taking the first), then Tether's."""
         if self.query_param is None:
             return query
         name, value = self.query_param
-        kept = [p for p in query.split("&") if p and unquote(p.partition("=")[0]) != name]
+        key = _param_key(name)
+        kept = [p for p in query.split("&") if p and _param_key(p.partition("=")[0]) != key]
         kept.append(f"{name}={quote(value, safe='')}")
         return "&".join(kept)
 
 
 NO_INJECTION: Final = Injection()
+
+
+def _param_key(name: str) -> str:
+    """A query parameter's name as a target may compare it: decoded, and case-folded as
+    .NET's OrdinalIgnoreCase does (upper case first: dotless i and long s are ``I`` and ``S``)."""
+    return unquote(name).upper().lower()
 
 
 async def injection_for(

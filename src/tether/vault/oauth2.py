@@ -13,6 +13,12 @@ Security decisions:
   burst of traffic cannot hammer the token endpoint (nor trip its rate limit). The fetch is
   a task of its own: the agent whose request started it cannot cancel it for the others by
   hanging up.
+* **A refusal drops the token, not the endpoint's quota**: a 401 from the target drops the
+  token it refused, so the next request fetches a new one; a token fetched that way and
+  refused again within ``refusal_backoff`` seconds is kept. Otherwise an agent allowed one
+  path that always answers 401 (a scope the client lacks) made one token request per
+  request of its own: identity providers rate-limit, and bill, client-credentials grants,
+  and every other agent of the target then failed with the endpoint's refusals.
 * **Keyed by the secret's value** (its SHA-256) as well as endpoint, client, scope and
   audience, so a rotated client secret is used by the next fetch, and a token fetched with
   the old secret is not served after the rotation.
@@ -21,7 +27,10 @@ Security decisions:
 * **The endpoint is not trusted with this process's resources**: its answer is read as a
   stream and refused past ``MAX_RESPONSE_BYTES`` (a declared larger ``Content-Length`` is
   refused unread), the whole exchange has one deadline (``timeout``; a trickling answer
-  cannot hold every request of the target waiting on the single flight), and a lifetime is
+  cannot hold every request of the target waiting on the single flight), a coded answer
+  (asked for ``identity``, sent ``gzip`` or ``deflate`` anyway) is decoded here up to the
+  same limit (httpx decoded any chain of codings whole: 590 bytes of ``gzip, gzip`` were
+  256 MiB in memory before the limit was looked at), and a lifetime is
   a finite ``expires_in`` > 0, capped at ``MAX_LIFETIME`` seconds (``1e999``, ``NaN`` and
   numbers too large for a float are refused or capped, never cached forever nor crashing).
   An access token is visible ASCII (RFC 6750 ``b64token`` and its usual relatives), sent as
@@ -45,6 +54,7 @@ import math
 import re
 import ssl
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -56,6 +66,8 @@ MAX_RESPONSE_BYTES: Final = 65536
 MAX_LIFETIME: Final = 86400.0  # a token is fetched anew at least daily, whatever it says
 _TOKEN: Final = re.compile(r"[\x21-\x7e]{1,8192}")
 _SECONDS: Final = re.compile(r"[0-9]{1,12}")
+_WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+                 "deflate": zlib.MAX_WBITS}  # fmt: skip
 
 
 class OAuth2Error(Exception):
@@ -83,6 +95,9 @@ class ClientCredentials:
 class _Cached:
     token: str = field(repr=False)
     refresh_at: float
+    fetched_at: float = 0.0
+    after_refusal: bool = False  # fetched because the target refused the token before it
+    refused: bool = False  # the target refused it: due now, the next fetch follows a refusal
 
 
 class OAuth2Tokens:
@@ -96,9 +111,11 @@ class OAuth2Tokens:
         min_margin: float = 10.0,
         default_lifetime: float = 300.0,
         timeout: float = 10.0,
+        refusal_backoff: float = 10.0,
     ) -> None:
         self._clock = clock
         self._margin, self._min_margin = refresh_margin, min_margin
+        self._refusal_backoff = refusal_backoff
         self._default_lifetime, self._timeout = default_lifetime, timeout
         self._cache: dict[tuple[str, ...], _Cached] = {}
         self._inflight: dict[tuple[str, ...], asyncio.Future[str]] = {}
@@ -132,11 +149,20 @@ class OAuth2Tokens:
     def forget(self, client: ClientCredentials, token: str) -> None:
         """Drop ``client``'s cached ``token`` (the target refused it). A newer token, fetched
         since by another request that the target refused too, stays: N requests refused at
-        once make one fetch, not N, and none of them wipes what the first one fetched."""
+        once make one fetch, not N, and none of them wipes what the first one fetched. A
+        token fetched after a refusal is dropped again only once ``refusal_backoff`` seconds
+        old: refused at once too, the refusal is not about the token (a path the client's
+        scope does not cover), and fetching again would only spend the endpoint's quota."""
         prefix = client.key()
+        now = self._clock()
         for key, cached in list(self._cache.items()):
-            if key[: len(prefix)] == prefix and hmac.compare_digest(cached.token, token):
-                del self._cache[key]
+            if key[: len(prefix)] != prefix or cached.refused:
+                continue
+            if not hmac.compare_digest(cached.token, token):
+                continue
+            if cached.after_refusal and now - cached.fetched_at < self._refusal_backoff:
+                continue
+            self._cache[key] = _Cached(cached.token, -math.inf, cached.fetched_at, refused=True)
 
     async def _fetch(
         self, client: ClientCredentials, tls: ssl.SSLContext | None, key: tuple[str, ...]
@@ -144,6 +170,8 @@ class OAuth2Tokens:
         _check_url(client.token_url)
         self.fetches += 1
         started = self._clock()
+        previous = self._cache.get(key)
+        after_refusal = previous is not None and previous.refused
         try:
             async with asyncio.timeout(self._timeout):
                 status, content = await self._post(client, tls)
@@ -159,7 +187,7 @@ class OAuth2Tokens:
         now = self._clock()
         for old in [k for k, cached in self._cache.items() if cached.refresh_at <= now]:
             del self._cache[old]  # expired (or fetched with a rotated-out secret): unbounded else
-        self._cache[key] = _Cached(token, started + max(0.0, refresh_in))
+        self._cache[key] = _Cached(token, started + max(0.0, refresh_in), started, after_refusal)
         return token
 
     async def _post(
@@ -181,11 +209,32 @@ class OAuth2Tokens:
             if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
                 raise OAuth2Error("token response too large")
             body = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():  # as sent: decoded below, bounded
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
                     raise OAuth2Error("token response too large")
-            return 200, bytes(body)
+            return 200, _decoded(bytes(body), response.headers.get_list("content-encoding"))
+
+
+def _decoded(body: bytes, codings: list[str]) -> bytes:
+    """``body`` without its content coding: none (as asked), or ``gzip`` or ``deflate``
+    alone, decoded to at most ``MAX_RESPONSE_BYTES``; anything else is refused."""
+    coded = [c for c in (c.strip().lower() for c in ",".join(codings).split(",")) if c]
+    coded = [c for c in coded if c != "identity"]
+    if not coded:
+        return body
+    if len(coded) > 1 or coded[0] not in _WBITS:
+        raise OAuth2Error("token response has an unsupported Content-Encoding")
+    stream = zlib.decompressobj(_WBITS[coded[0]])
+    try:
+        plain = stream.decompress(body, MAX_RESPONSE_BYTES + 1)
+    except zlib.error:
+        raise OAuth2Error("token response does not decode") from None
+    if len(plain) > MAX_RESPONSE_BYTES:
+        raise OAuth2Error("token response too large")
+    if not stream.eof or stream.unused_data:
+        raise OAuth2Error("token response does not decode")
+    return plain
 
 
 def _trust(tls: ssl.SSLContext | None) -> str:

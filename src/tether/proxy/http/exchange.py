@@ -182,6 +182,7 @@ class Exchange:
         shown = response_headers(
             response.headers, self.target.name, path_prefix=self.route.path_prefix,
             secrets=() if masker is None else masker.needles,  # every form of the secrets
+            base=self.plan.base,
         )  # fmt: skip
         decoder = None
         if masker is not None:  # a coded answer: the agent gets it uncoded, masked

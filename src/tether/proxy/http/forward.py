@@ -35,6 +35,7 @@ from typing import Any, Final
 from starlette.types import Message, Receive, Send
 
 from tether.proxy.http.decode import BodyDecoder
+from tether.proxy.http.headers import TargetBase
 from tether.proxy.http.scrub import Scrubber
 from tether.proxy.http.upstream import (
     Connection,
@@ -72,6 +73,13 @@ class Plan:
     connect_timeout: float
     read_timeout: float
     max_body: int | None
+
+    @property
+    def base(self) -> TargetBase:
+        """The target's base URL, to map its redirects back to the agent's paths."""
+        scheme = "http" if self.origin.tls is None else "https"
+        path = self.base_path.encode("latin-1")
+        return TargetBase(scheme, self.origin.host.lower(), self.origin.port, path)
 
 
 @dataclass(slots=True)

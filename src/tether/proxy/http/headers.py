@@ -36,8 +36,9 @@ nothing here can add a header the agent sent under another name.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 Header = tuple[bytes, bytes]
 
@@ -56,6 +57,31 @@ _AGENT_ONLY: Final = frozenset(
      b"x-remote-addr"}
 )  # fmt: skip
 COOKIE_SEPARATOR: Final = b"."
+
+
+@dataclass(frozen=True, slots=True)
+class TargetBase:
+    """Where the target is (its base URL), to map its redirects back to the agent's URLs."""
+
+    scheme: str  # "http" or "https"
+    host: str  # lower case, without brackets
+    port: int
+    path: bytes  # the base URL's path without its trailing '/', b"" for none
+
+    def own_path(self, location: bytes) -> bytes | None:
+        """The path (and query) of ``location`` when it is an absolute URL at the target's
+        own origin, else None."""
+        try:
+            parts = urlsplit(location.decode("latin-1"))
+            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        except ValueError:
+            return None
+        if parts.scheme.lower() != self.scheme or parts.hostname != self.host:
+            return None
+        if port != self.port or parts.username is not None or not parts.netloc:
+            return None
+        rest = location[len(parts.scheme) + 3 + len(parts.netloc) :]
+        return rest if rest.startswith(b"/") else b"/" + rest
 
 
 def connection_listed(headers: Iterable[Header]) -> frozenset[bytes]:
@@ -110,11 +136,15 @@ def response_headers(
     *,
     path_prefix: str | None,
     secrets: Sequence[bytes] = (),
+    base: TargetBase | None = None,
 ) -> list[Header]:
     """The target's headers that may reach the agent.
 
     ``path_prefix`` is ``/t/<target>`` on the path form (cookie paths and relative
-    redirects are moved under it), None on the host form.
+    redirects are moved under it), None on the host form. ``base``, the target's base URL:
+    a redirect to a path under its path, or to an absolute URL under it, is mapped back to
+    the agent's path (``/v2/items`` is the agent's ``/items`` when the base URL ends in
+    ``/v2``).
     """
     drop = HOP_BY_HOP | connection_listed(headers)
     if any(name.lower() == b"transfer-encoding" for name, _ in headers):
@@ -125,15 +155,36 @@ def response_headers(
         if lower in drop or _holds(value, secrets):
             continue
         if lower == b"set-cookie":
-            cookie = _scoped_cookie(value, target, path_prefix)
+            cookie = _scoped_cookie(value, target, path_prefix, base)
             if cookie is not None:
                 kept.append((lower, cookie))
-        elif lower == b"location" and path_prefix is not None and value.startswith(b"/"):
-            if not value.startswith(b"//"):
-                kept.append((lower, path_prefix.encode("ascii") + value))
+        elif lower == b"location":
+            location = _location(value, path_prefix, base)
+            if location is not None:
+                kept.append((lower, location))
         else:
             kept.append((lower, value))
     return kept
+
+
+def _location(value: bytes, path_prefix: str | None, base: TargetBase | None) -> bytes | None:
+    """A target's ``Location`` as the agent gets it (None: dropped). A path is the target's:
+    its base path comes off and, on the path form, ``/t/<target>`` goes in front; so does
+    an absolute URL of the target's own origin under its base path (the agent could not use
+    it, and it would learn the target's address). A network-path reference (``//host``) on
+    the path form is dropped; any other value passes as is."""
+    own = base.own_path(value) if base is not None else None
+    if own is None and not (value.startswith(b"/") and not value.startswith(b"//")):
+        return None if path_prefix is not None and value.startswith(b"//") else value
+    path = value if own is None else own
+    if base is not None and base.path and path.startswith(base.path + b"/"):
+        path = path[len(base.path) :]
+    elif own is not None and base is not None and base.path:
+        return value  # the target's origin, outside its base path: no path of the agent's
+    if path_prefix is not None:
+        return path_prefix.encode("ascii") + path
+    # Never a new network-path reference: '//host', or '/\host', which browsers read so.
+    return value if path[1:2] in (b"/", b"\\") else path
 
 
 def _holds(value: bytes, secrets: Sequence[bytes]) -> bool:
@@ -148,8 +199,11 @@ def _holds(value: bytes, secrets: Sequence[bytes]) -> bool:
     return any(s and s in form for s in secrets for form in forms)
 
 
-def _scoped_cookie(value: bytes, target: str, path_prefix: str | None) -> bytes | None:
-    """``Set-Cookie`` renamed to ``<target>.<name>``, without ``Domain``, path confined."""
+def _scoped_cookie(
+    value: bytes, target: str, path_prefix: str | None, base: TargetBase | None = None
+) -> bytes | None:
+    """``Set-Cookie`` renamed to ``<target>.<name>``, without ``Domain``, path confined (a
+    path under the target's base path is the agent's path: the base path comes off)."""
     first, *attributes = value.split(b";")
     name, eq, cookie_value = first.strip().partition(b"=")
     if not eq or not name.strip():
@@ -165,6 +219,8 @@ def _scoped_cookie(value: bytes, target: str, path_prefix: str | None) -> bytes 
             path = rest.strip() if rest.strip().startswith(b"/") else b"/"
             continue
         kept.append(attribute.strip())
+    if base is not None and base.path and (path == base.path or path.startswith(base.path + b"/")):
+        path = path[len(base.path) :] or b"/"
     if path_prefix is not None:
         path = path_prefix.encode("ascii") + path
     renamed = target.encode("ascii") + COOKIE_SEPARATOR + name.strip()

@@ -54,10 +54,14 @@ Header = tuple[bytes, bytes]
 SHORT_SECRET: Final = 8
 _MASKS: Final = b"*#~X0"
 _PERCENT: Final = re.compile(rb"%[0-9A-F]{2}")
-_NOT_FORWARDED: Final = frozenset(
-    {b"accept-encoding", b"accept_encoding", b"range", b"if-range", b"if_range"}
-)
+_NOT_FORWARDED: Final = frozenset({b"accept-encoding", b"range", b"if-range"})
 _NO_BODY: Final = frozenset({204, 304})
+# Content codings named in a refusal (IANA's registry, and the x- aliases): any other text
+# the target wrote there is not quoted, since it may be a reflected credential.
+_NAMED_CODINGS: Final = frozenset(
+    {b"aes128gcm", b"br", b"compress", b"dcb", b"dcz", b"deflate", b"exi", b"gzip",
+     b"pack200-gzip", b"x-compress", b"x-gzip", b"zstd"}
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +203,15 @@ def _masker(secrets: tuple[bytes, ...]) -> Masker | None:
 def request_headers(headers: Iterable[Header]) -> list[Header]:
     """The forwarded headers when the body will be scrubbed: no ``Range``/``If-Range``
     (a whole body is scanned), and ``Accept-Encoding: identity`` instead of the agent's
-    (a compressed body cannot be); names as targets may fold them (``_`` for ``-``)."""
-    kept = [(n, v) for n, v in headers if n.lower() not in _NOT_FORWARDED]
+    (a compressed body cannot be); names as targets may fold them (``_`` or ``.`` for
+    ``-``, as the broker's other header rules read them)."""
+    kept = [(n, v) for n, v in headers if _folded(n) not in _NOT_FORWARDED]
     kept.append((b"accept-encoding", b"identity"))
     return kept
+
+
+def _folded(name: bytes) -> bytes:
+    return name.lower().replace(b"_", b"-").replace(b".", b"-")
 
 
 def unscannable(method: bytes, status: int, headers: Iterable[Header]) -> str | None:
@@ -213,7 +222,9 @@ def unscannable(method: bytes, status: int, headers: Iterable[Header]) -> str | 
         return "the target answered a partial body (206), which cannot be scrubbed"
     coded = codings(headers)
     if len(coded) > 1 or (coded and coded[0] not in DECODABLE):
-        coding = ", ".join(c.decode("latin-1") for c in coded)
+        coding = ", ".join(
+            c.decode("ascii") if c in _NAMED_CODINGS else "(unregistered)" for c in coded
+        )
         return (
             f"the target answered with Content-Encoding {coding!r}, asked for identity: "
             "only gzip or deflate alone is decoded, so this body cannot be scrubbed of the "

@@ -140,7 +140,7 @@ class Tunnel:
             masker = masker_for(injection.secrets)
             shown = response_headers(
                 response.headers, self.target.name, path_prefix=self.route.path_prefix,
-                secrets=() if masker is None else masker.needles,
+                secrets=() if masker is None else masker.needles, base=self.plan.base,
             )  # fmt: skip
             shown.append((refusals.REQUEST_ID.lower().encode(), self.request_id.encode()))
             if response.status == 101:
