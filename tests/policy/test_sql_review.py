@@ -329,13 +329,13 @@ FUNCTION = "CREATE FUNCTION f() RETURNS int LANGUAGE sql {} AS 'SELECT count(*) 
 @pytest.mark.parametrize(
     ("clause", "expected"),
     [
-        ("", {"public.keys"}),
+        ("", {"*.*", "public.keys"}),  # parsed at each call, under the caller's path
         ("SET search_path = vault", {"vault.keys"}),
         ("SET search_path TO vault, public", {"vault.keys", "public.keys"}),
         ("SET search_path FROM CURRENT", {"public.keys"}),
         ("SET search_path = '$user'", {"*.*", "public.keys"}),
         ("SET search_path TO DEFAULT", {"*.*", "public.keys"}),
-        ("SET work_mem = '1MB'", {"public.keys"}),
+        ("SET work_mem = '1MB'", {"*.*", "public.keys"}),
     ],
 )
 def test_a_function_body_resolves_names_in_the_functions_own_search_path(

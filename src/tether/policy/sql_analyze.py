@@ -62,8 +62,11 @@ SUBSCRIPTION`` and ``ALTER SUBSCRIPTION ... CONNECTION`` (the server connects el
 any other language cannot be checked (``internal`` even re-exports built-ins under new names). A
 ``LANGUAGE sql`` string body is parsed and checked like the statement itself: its classes,
 relations and functions are added to the ``CREATE``; with a ``SET search_path`` clause its
-unqualified names resolve in each schema listed there (the body runs with that path), and a
-path of ``"$user"`` or ``DEFAULT`` adds ``*.*``.
+unqualified names resolve in each schema listed there (the body runs with that path). Without
+one (or with ``"$user"`` or ``DEFAULT`` in it) the body is parsed at each call under the
+caller's path, which may be any: each unqualified relation in it also reports ``*.*``. So does
+``ALTER FUNCTION ... SET search_path`` (or ``RESET``), which moves a body checked under its old
+path.
 
 Relations named in strings: ``'t'::regclass`` names ``t``, and so does a function argument in a
 position where the function takes a relation: every ``regclass`` parameter of a built-in (an

@@ -1,0 +1,117 @@
+"""SQL analysis findings of the s19 red-team review of the PostgreSQL broker (the wire probes
+are in tests/proxy_pg/test_review_s19_pgsql.py); each test failed before its fix."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tether.policy.sql import analyze_sql, analyze_sql_uncached
+
+from .conftest import policies, request
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+AGENT = policies(
+    """
+    rules:
+      - id: agent-public
+        effect: allow
+        sql: {statements: [select, set, ddl, truncate, insert, delete], tables: ["public.*"]}
+      - id: no-vault
+        effect: deny
+        sql: {statements: ["*"], tables: ["vault.*"]}
+    """
+)
+
+
+def decide(query: str) -> str:
+    return AGENT.decide(request("sql", {"query": query})).decision
+
+
+def relations(query: str) -> set[str]:
+    return set(analyze_sql_uncached(query).statements[0].relations)
+
+
+# --- a SQL function's string body is parsed at each call, under the caller's path -------------
+
+BODY = "CREATE FUNCTION f() RETURNS bigint LANGUAGE sql {} AS 'SELECT count(*) FROM {}'"
+
+
+@pytest.mark.parametrize(
+    ("clause", "table", "expected"),
+    [
+        ("", "items", {"*.*", "public.items"}),
+        ("", "public.items", {"public.items"}),
+        ("", "pg_class", {"*.*", "pg_catalog.pg_class"}),
+        ("SET search_path = public", "items", {"public.items"}),
+        ("SET search_path FROM CURRENT", "items", {"public.items"}),
+        ('SET search_path = "$user", public', "items", {"*.*", "public.items"}),
+        ("SET work_mem = '1MB'", "items", {"*.*", "public.items"}),
+    ],
+)
+def test_an_unpinned_function_body_names_any_relation(
+    clause: str, table: str, expected: set[str]
+) -> None:
+    assert relations(BODY.format(clause, table)) == expected
+
+
+def test_a_body_resolved_at_creation_keeps_its_schema() -> None:
+    atomic = "CREATE FUNCTION f() RETURNS bigint LANGUAGE sql RETURN (SELECT count(*) FROM items)"
+    assert relations(atomic) == {"public.items"}
+    regclass = "CREATE FUNCTION f() RETURNS bigint LANGUAGE sql AS 'SELECT nextval(''s'')'"
+    assert relations(regclass) == {"*.*", "public.s"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "ALTER FUNCTION f() SET search_path = vault",
+        "ALTER FUNCTION f() RESET search_path",
+        "ALTER PROCEDURE p() RESET ALL",
+        'ALTER ROUTINE f SET "Search_Path" TO public',
+    ],
+)
+def test_alter_function_moving_the_path_names_any_relation(query: str) -> None:
+    assert relations(query) == {"*.*"}
+    assert decide(query) == "deny"
+
+
+def test_alter_function_otherwise_names_nothing() -> None:
+    assert relations("ALTER FUNCTION f() SECURITY DEFINER") == set()
+    assert relations("ALTER FUNCTION f() SET work_mem = '1MB'") == set()
+
+
+_NAMES = st.sampled_from(["items", "keys", "pg_class", "pg_keys", '"Items"', "t1"])
+_CLAUSES = st.sampled_from(
+    [
+        "",
+        "SET search_path = public",
+        "SET search_path = vault",
+        "SET search_path FROM CURRENT",
+        'SET search_path = "$user"',
+        "SET search_path TO DEFAULT",
+        "SET work_mem = 64",
+        "STABLE",
+    ]
+)
+
+
+@SETTINGS
+@given(_CLAUSES, _NAMES, st.sampled_from(["", "public.", "vault."]), st.booleans())
+def test_a_function_body_never_escapes_a_deny_rule(
+    clause: str, name: str, schema: str, cached: bool
+) -> None:
+    """Whatever path a call may run under, a body that could read a vault relation is not
+    allowed: unqualified names are pinned to public only by ``SET search_path = public`` or
+    ``FROM CURRENT`` (made under public)."""
+    query = BODY.format(clause, schema + name)
+    analyzed = (analyze_sql if cached else analyze_sql_uncached)(query)
+    assert analyzed.statements
+    pinned = clause in ("SET search_path = public", "SET search_path FROM CURRENT")
+    may_read_vault = schema == "vault." or (schema == "" and not pinned)
+    if name == "pg_class" and schema == "" and clause.startswith("SET search_path ="):
+        may_read_vault = clause.endswith('"$user"')  # else the catalog's, searched first
+    if may_read_vault:
+        assert decide(query) != "allow", query
