@@ -115,3 +115,61 @@ def test_a_function_body_never_escapes_a_deny_rule(
         may_read_vault = clause.endswith('"$user"')  # else the catalog's, searched first
     if may_read_vault:
         assert decide(query) != "allow", query
+
+
+# --- file_fdw's program and filename options are COPY PROGRAM and COPY of a file ---------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "CREATE FOREIGN TABLE x (line text) SERVER files OPTIONS (program 'id')",
+        "CREATE FOREIGN TABLE x (line text) SERVER files OPTIONS (filename '/etc/passwd')",
+        "ALTER FOREIGN TABLE x OPTIONS (SET program 'id')",
+        "ALTER TABLE x OPTIONS (ADD filename 'PG_VERSION')",
+        "ALTER FOREIGN TABLE x ALTER COLUMN line OPTIONS (ADD \"Program\" 'id')",
+        "CREATE SERVER s FOREIGN DATA WRAPPER w OPTIONS (program 'id')",
+        "CREATE SCHEMA s CREATE TABLE t (a int) WITH (filename = 1)",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql SET search_path = public "
+        "AS 'CREATE FOREIGN TABLE x (l text) SERVER files OPTIONS (program ''id'')'",
+    ],
+)
+def test_server_side_file_options_are_forbidden(query: str) -> None:
+    assert analyze_sql(query).statements[0].forbidden is not None
+    decision = AGENT.decide(request("sql", {"query": query}))
+    assert (decision.decision, decision.reason) == ("deny", "sql-forbidden")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "CREATE FOREIGN TABLE x (line text) SERVER s OPTIONS (table_name 'y')",
+        "COPY t FROM STDIN (FORMAT csv, HEADER true)",
+        "CREATE TABLE t (a int) WITH (fillfactor = 50)",
+        "EXPLAIN (ANALYZE false) SELECT 1",
+    ],
+)
+def test_other_options_are_not(query: str) -> None:
+    assert analyze_sql(query).statements[0].forbidden is None
+
+
+_OPTION_NAMES = st.sampled_from(["program", "filename", "PROGRAM", "FileName", "format", "prog"])
+
+
+@SETTINGS
+@given(
+    _OPTION_NAMES,
+    st.sampled_from(
+        [
+            "CREATE FOREIGN TABLE x (l text) SERVER s OPTIONS ({})",
+            "ALTER FOREIGN TABLE x OPTIONS (ADD {})",
+            "ALTER SERVER s OPTIONS (SET {})",
+        ]
+    ),
+)
+def test_a_server_side_option_is_never_allowed(name: str, template: str) -> None:
+    query = template.format(f"\"{name}\" 'x'")
+    forbidden = analyze_sql_uncached(query).statements[0].forbidden is not None
+    assert forbidden == (name.lower() in ("program", "filename"))
+    if forbidden:
+        assert decide(query) == "deny"

@@ -64,3 +64,60 @@ async def test_alter_function_moves_its_body_to_another_schema(broker: Broker) -
         wire.close()
     finally:
         broker.pg.psql("DROP FUNCTION IF EXISTS public.peek()", database=DB)
+
+
+# --- file_fdw: a foreign table over a program or a server file is COPY PROGRAM / COPY file ------
+
+FDW_SETUP = """
+CREATE EXTENSION IF NOT EXISTS file_fdw;
+CREATE SERVER IF NOT EXISTS files FOREIGN DATA WRAPPER file_fdw;
+GRANT USAGE ON FOREIGN SERVER files TO app_user;
+GRANT pg_execute_server_program, pg_read_server_files TO app_user;
+"""
+FDW_TEARDOWN = """
+DROP FOREIGN TABLE IF EXISTS public.cmd, public.conf;
+REVOKE pg_execute_server_program, pg_read_server_files FROM app_user;
+DROP SERVER IF EXISTS files;
+DROP EXTENSION IF EXISTS file_fdw;
+"""
+
+
+async def test_foreign_table_over_a_program_is_copy_program(broker: Broker) -> None:
+    """``COPY ... PROGRAM`` is always refused, but a file_fdw foreign table with the option
+    ``program`` (or ``filename``) ran the command (read the file) at each SELECT, under a rule
+    that allows DDL and reads in public."""
+    broker.pg.psql(FDW_SETUP, database=DB)
+    broker.set_policy(DDL_PUBLIC)
+    try:
+        wire = await broker.session()
+        frames = await wire.query(
+            "CREATE FOREIGN TABLE cmd (line text) SERVER files "
+            "OPTIONS (program 'echo ran-on-the-server')"
+        )
+        assert _codes(frames) == ["42501"], errors(frames)
+        frames = await wire.query("SELECT * FROM cmd")
+        assert "ran-on-the-server" not in str(rows(frames)), rows(frames)
+        frames = await wire.query(
+            "CREATE FOREIGN TABLE conf (line text) SERVER files OPTIONS (filename 'PG_VERSION')"
+        )
+        assert _codes(frames) == ["42501"], errors(frames)
+        # One the administrator made, owned by the broker's role: its options cannot move.
+        broker.pg.psql(
+            "CREATE FOREIGN TABLE public.conf (line text) SERVER files "
+            "OPTIONS (filename 'PG_VERSION'); ALTER FOREIGN TABLE public.conf OWNER TO app_user",
+            database=DB,
+        )
+        frames = await wire.query(
+            "ALTER FOREIGN TABLE conf OPTIONS (SET filename 'postmaster.opts')"
+        )
+        assert _codes(frames) == ["42501"], errors(frames)
+        frames = await wire.query(
+            "ALTER TABLE conf OPTIONS (DROP filename, ADD program 'echo ran-on-the-server')"
+        )
+        assert _codes(frames) == ["42501"], errors(frames)
+        frames = await wire.query("SELECT * FROM conf")
+        assert not errors(frames)
+        assert "ran-on-the-server" not in str(rows(frames)), rows(frames)
+        wire.close()
+    finally:
+        broker.pg.psql(FDW_TEARDOWN, database=DB)

@@ -57,7 +57,9 @@ Always forbidden (``forbidden`` is set, whatever the rules): ``COPY`` to or from
 ``PROGRAM``, ``DO``, ``EXECUTE``, ``LOAD`` (spec); and, where the spec is silent: ``ALTER SYSTEM``
 (server configuration, e.g. ``archive_command`` runs shell commands), ``CREATE``/``ALTER
 EXTENSION`` (runs an install script as a privileged role), ``CREATE LANGUAGE``, ``CREATE
-SUBSCRIPTION`` and ``ALTER SUBSCRIPTION ... CONNECTION`` (the server connects elsewhere), and
+SUBSCRIPTION`` and ``ALTER SUBSCRIPTION ... CONNECTION`` (the server connects elsewhere), an
+option named ``program`` or ``filename`` in any statement (file_fdw's: a foreign table with one
+runs a command or reads a server file at each scan, as ``COPY ... PROGRAM`` does), and
 ``CREATE FUNCTION``/``PROCEDURE`` whose body is not SQL: a body in PL/pgSQL, C, ``internal`` or
 any other language cannot be checked (``internal`` even re-exports built-ins under new names). A
 ``LANGUAGE sql`` string body is parsed and checked like the statement itself: its classes,

@@ -338,6 +338,25 @@ def _alter_function(w: _Walker, body: JsonNode, scope: Scope) -> None:
     w.children("AlterFunctionStmt", body, scope)
 
 
+def _def_elem(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    """An option ``program`` or ``filename`` is file_fdw's (shipped with PostgreSQL): a foreign
+    table with it runs a command on the database server, or reads a server file, at every
+    scan, as ``COPY ... PROGRAM`` and ``COPY`` of a file do. No other option list PostgreSQL
+    has takes such a name (a wrong one is an error there), and another wrapper may read them
+    alike, so the name is enough, in any case and any statement."""
+    detail = _SERVER_SIDE_OPTIONS.get(str(body.get("defname", "")).lower())
+    if detail is not None:
+        w.forbid(detail)
+    w.children("DefElem", body, scope)
+
+
+_SERVER_SIDE_OPTIONS: Final = {
+    "program": "the option 'program' runs a command on the database server, as COPY ... "
+    "PROGRAM does",
+    "filename": "the option 'filename' reads a file on the database server, as COPY of a file does",
+}
+
+
 def _alter_subscription(w: _Walker, body: JsonNode, scope: Scope) -> None:
     w.statement("AlterSubscriptionStmt", "ddl")
     if body.get("kind") == "ALTER_SUBSCRIPTION_CONNECTION":
@@ -486,6 +505,7 @@ _HANDLERS: Final[dict[str, Handler]] = {
     "CreateFunctionStmt": _create_function,
     "AlterSubscriptionStmt": _alter_subscription,
     "AlterFunctionStmt": _alter_function,
+    "DefElem": _def_elem,
     "DropStmt": _objects("DropStmt", "removeType", "objects"),
     "CommentStmt": _objects("CommentStmt", "objtype", "object"),
     "SecLabelStmt": _objects("SecLabelStmt", "objtype", "object"),
