@@ -173,3 +173,31 @@ def test_a_server_side_option_is_never_allowed(name: str, template: str) -> None
     assert forbidden == (name.lower() in ("program", "filename"))
     if forbidden:
         assert decide(query) == "deny"
+
+
+# --- CASCADE acts on objects the statement does not name ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "TRUNCATE parents CASCADE",
+        "DROP TABLE parents CASCADE",
+        "DROP TYPE public.mood CASCADE",
+        "DROP SCHEMA public CASCADE",
+        "ALTER TABLE parents DROP COLUMN id CASCADE",
+        "ALTER DOMAIN d DROP CONSTRAINT c CASCADE",
+    ],
+)
+def test_cascade_names_any_relation(query: str) -> None:
+    assert "*.*" in relations(query)
+    assert decide(query) == "deny"  # no-vault: it may reach vault's objects
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["TRUNCATE parents", "TRUNCATE parents RESTRICT", "DROP TABLE parents",
+     "ALTER TABLE parents DROP COLUMN id", "REVOKE SELECT ON parents FROM bob CASCADE"],
+)  # fmt: skip
+def test_without_cascade_only_the_named_relations(query: str) -> None:
+    assert relations(query) == {"public.parents"}

@@ -121,3 +121,41 @@ async def test_foreign_table_over_a_program_is_copy_program(broker: Broker) -> N
         wire.close()
     finally:
         broker.pg.psql(FDW_TEARDOWN, database=DB)
+
+
+# --- CASCADE reaches relations the statement does not name ---------------------------------------
+
+CASCADE_SETUP = """
+CREATE TABLE public.parents (id int PRIMARY KEY);
+INSERT INTO public.parents VALUES (1);
+CREATE TABLE vault.kids (id int REFERENCES public.parents (id), value text);
+INSERT INTO vault.kids VALUES (1, 'kept');
+CREATE MATERIALIZED VIEW vault.report AS SELECT count(*) AS n FROM public.parents;
+GRANT ALL ON public.parents, vault.kids TO app_user;
+ALTER TABLE public.parents OWNER TO app_user;
+"""
+CASCADE_TEARDOWN = """
+DROP MATERIALIZED VIEW IF EXISTS vault.report;
+DROP TABLE IF EXISTS vault.kids;
+DROP TABLE IF EXISTS public.parents;
+"""
+
+
+async def test_truncate_cascade_empties_a_denied_table(broker: Broker) -> None:
+    """``TRUNCATE parents CASCADE`` named only public.parents (truncate allowed there) and
+    emptied vault.kids, whose foreign key references it (vault.* is denied)."""
+    broker.pg.psql(CASCADE_SETUP, database=DB)
+    broker.set_policy(DDL_PUBLIC)
+    try:
+        wire = await broker.session()
+        frames = await wire.query("TRUNCATE parents CASCADE")
+        assert _codes(frames) == ["42501"], errors(frames)
+        frames = await wire.query("DROP TABLE parents CASCADE")
+        assert _codes(frames) == ["42501"], errors(frames)
+        wire.close()
+        kids = broker.pg.psql("SELECT count(*) FROM vault.kids", database=DB)
+        report = broker.pg.psql("SELECT to_regclass('vault.report')", database=DB)
+        assert kids.strip() == "1", kids
+        assert "report" in report, report
+    finally:
+        broker.pg.psql(CASCADE_TEARDOWN, database=DB)

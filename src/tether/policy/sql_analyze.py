@@ -40,7 +40,9 @@ Renames and ``SET SCHEMA`` also report the new name. A statement acting on a who
 (``DROP SCHEMA``, ``GRANT ... ALL TABLES IN SCHEMA``, schema renames and owners,
 ``ALTER DEFAULT PRIVILEGES IN SCHEMA``, ``REINDEX SCHEMA``) reports ``schema.*``; one acting on
 every schema (``DROP OWNED``, ``REASSIGN OWNED``, bare ``VACUUM``/``ANALYZE``/``CLUSTER``,
-``REINDEX DATABASE``) reports ``*.*``, so only a rule whose tables cover all of it allows it. A
+``REINDEX DATABASE``) reports ``*.*``, so only a rule whose tables cover all of it allows it;
+so does ``CASCADE`` (``TRUNCATE``, ``DROP``, ``ALTER ... DROP``), which acts on dependent
+objects the statement does not name, in any schema. A
 name part holding ``.``, ``"``, ``*``, ``?`` or ``[`` is double-quoted so it cannot pose as
 another name. Relations and functions inside ``EXPLAIN`` are reported even without ``ANALYZE``
 (planning reads statistics and may fold immutable functions).

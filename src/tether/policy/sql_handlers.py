@@ -338,6 +338,23 @@ def _alter_function(w: _Walker, body: JsonNode, scope: Scope) -> None:
     w.children("AlterFunctionStmt", body, scope)
 
 
+def _cascading(kind: str, cls: str | None) -> Handler:
+    """``CASCADE`` acts on objects the statement does not name, found in the catalog:
+    ``TRUNCATE ... CASCADE`` empties every table whose foreign key references a named one,
+    ``DROP ... CASCADE`` (and ``ALTER TABLE ... DROP ... CASCADE``) drops the views,
+    materialized views, columns and constraints that depend on it, in any schema and whoever
+    owns them. They are unknown relations (``*.*``). ``cls`` None: not a statement node."""
+
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        if cls is not None:
+            w.statement(kind, cls)
+        if body.get("behavior") == "DROP_CASCADE":
+            w.relations.add("*.*")
+        w.children(kind, body, scope)
+
+    return handler
+
+
 def _def_elem(w: _Walker, body: JsonNode, scope: Scope) -> None:
     """An option ``program`` or ``filename`` is file_fdw's (shipped with PostgreSQL): a foreign
     table with it runs a command on the database server, or reads a server file, at every
@@ -369,6 +386,8 @@ def _objects(kind: str, type_field: str, objects_field: str) -> Handler:
 
     def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
         w.statement(kind, _STMT_CLASS[kind])
+        if body.get("behavior") == "DROP_CASCADE":  # as in _cascading
+            w.relations.add("*.*")
         objtype = body.get(type_field, "")
         objects = body.get(objects_field)
         if objects is not None:
@@ -507,6 +526,9 @@ _HANDLERS: Final[dict[str, Handler]] = {
     "AlterFunctionStmt": _alter_function,
     "DefElem": _def_elem,
     "DropStmt": _objects("DropStmt", "removeType", "objects"),
+    "TruncateStmt": _cascading("TruncateStmt", "truncate"),
+    "AlterTableCmd": _cascading("AlterTableCmd", None),
+    "AlterDomainStmt": _cascading("AlterDomainStmt", "ddl"),
     "CommentStmt": _objects("CommentStmt", "objtype", "object"),
     "SecLabelStmt": _objects("SecLabelStmt", "objtype", "object"),
     "AlterOwnerStmt": _objects("AlterOwnerStmt", "objectType", "object"),
