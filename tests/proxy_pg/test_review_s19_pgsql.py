@@ -3,8 +3,16 @@ each asserting the safe outcome; each one failed before its fix."""
 
 from __future__ import annotations
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tether.policy.model import Decision
+from tether.proxy.pg import codec as c
+from tether.proxy.pg.backend import T_COPY_IN, T_READY
+from tether.proxy.pg.session import Session, ToServer
+
 from .conftest import Broker
-from .wire import errors, rows
+from .wire import Wire, errors, rows
 
 DB = "broker_app"
 
@@ -159,3 +167,166 @@ async def test_truncate_cascade_empties_a_denied_table(broker: Broker) -> None:
         assert "report" in report, report
     finally:
         broker.pg.psql(CASCADE_TEARDOWN, database=DB)
+
+
+# --- messages the server reads as part of a COPY -------------------------------------------------
+
+
+def _messages(frames: list[tuple[int, bytes, bytes]]) -> list[str | None]:
+    return [dict(e.fields).get("M") for e in errors(frames)]
+
+
+async def _copy_in(wire: Wire, during: bytes) -> list[tuple[int, bytes, bytes]]:
+    """``COPY items FROM STDIN`` with ``during`` sent once the server is in copy-in mode,
+    then one row and ``CopyDone``; the frames up to the COPY's ReadyForQuery."""
+    wire.send(c.Query("COPY items FROM STDIN").encode())
+    await wire.until({T_COPY_IN})
+    wire.send(during + c.CopyData(b"300\tcopied\n").encode() + c.CopyDone().encode())
+    return await wire.until({T_READY})
+
+
+async def test_a_sync_during_copy_desynchronised_statement_names(broker: Broker) -> None:
+    """PostgreSQL ignores a ``Sync`` during COPY FROM STDIN, but the broker waited for its
+    answer, and took every later answer for the message before: a duplicate ``Parse`` of
+    ``s`` (refused by the server, which keeps the first text) was then not undone, so the
+    broker re-decided ``SELECT 1`` at ``Bind`` while the server ran the first text, here
+    under a search path whose items is vault.items (denied by no-secrets)."""
+    wire = await broker.session()
+    try:
+        frames = await _copy_in(wire, c.Sync().encode())
+        assert not errors(frames), errors(frames)
+        wire.send(c.Parse("s", "SELECT t::text FROM items t").encode() + c.Sync().encode())
+        assert not errors(await wire.until({T_READY}))
+        wire.send(c.Parse("s", "SELECT 1").encode() + c.Sync().encode())
+        assert _codes(await wire.until({T_READY})) == ["42P05"]  # the server keeps the first
+        assert not errors(await wire.query("SET search_path = vault"))
+        wire.send(c.Bind("p", "s").encode() + c.Execute("p").encode() + c.Sync().encode())
+        frames = await wire.until({T_READY})
+        assert "vaulted" not in str(rows(frames)), rows(frames)
+        assert _codes(frames) == ["42501"], errors(frames)
+        # A refusal after the COPY is still the broker's, not the sentinel's syntax error.
+        frames = await wire.query("SELECT * FROM secrets")
+        assert _messages(frames) == [
+            "statement refused by policy: denied-by-rule (rule no-secrets)"
+        ], errors(frames)
+        wire.close()
+    finally:
+        broker.pg.psql("DELETE FROM items WHERE id = 300", database=DB)
+
+
+async def test_a_query_during_copy_fails_the_copy_and_runs_nothing(broker: Broker) -> None:
+    """PostgreSQL swallows any other message during COPY FROM STDIN (it fails the COPY):
+    the broker fails the COPY in its place and owes the client no answer for the message,
+    so the next statement's answer is its own."""
+    wire = await broker.session()
+    try:
+        frames = await _copy_in(wire, c.Query("SELECT 'swallowed'").encode())
+        assert [e.sqlstate for e in errors(frames)] == ["57014"], errors(frames)
+        assert "swallowed" not in str(rows(frames))
+        frames = await wire.query("SELECT 'next'")
+        assert rows(frames) == [["next"]], frames
+        frames = await wire.query("SELECT count(*) FROM items WHERE id = 300")
+        assert rows(frames) == [["0"]]  # the COPY failed
+        wire.close()
+    finally:
+        broker.pg.psql("DELETE FROM items WHERE id = 300", database=DB)
+
+
+async def test_extended_copy_with_a_pipelined_sync(broker: Broker) -> None:
+    """An extended-protocol COPY sent with its ``Sync`` (libpq sends another after
+    ``CopyDone``): PostgreSQL ignores the first one inside the COPY, and so must the
+    broker, so the second gets the one ReadyForQuery."""
+    wire = await broker.session()
+    try:
+        wire.send(
+            c.Parse("", "COPY items FROM STDIN").encode() + c.Bind("", "").encode()
+            + c.Execute("").encode() + c.Sync().encode()
+        )  # fmt: skip
+        await wire.until({T_COPY_IN})
+        wire.send(c.CopyData(b"300\tcopied\n").encode() + c.CopyDone().encode())
+        wire.send(c.Sync().encode())
+        frames = await wire.until({T_READY})
+        assert not errors(frames), errors(frames)
+        frames = await wire.query("SELECT name FROM items WHERE id = 300")
+        assert rows(frames) == [["copied"]], frames
+        wire.close()
+    finally:
+        broker.pg.psql("DELETE FROM items WHERE id = 300", database=DB)
+
+
+# The session machine alone: whatever a client sends during a COPY, the server is sent only
+# copy messages until the COPY ends, and the broker waits for no answer the server owes not.
+
+
+class _Allow:
+    version = "v1"
+
+    def decide(self, query: str, default_schema: str, shape: object = None) -> Decision:
+        return Decision("allow", "r1", "allowed", None, "v1")
+
+    def current(self) -> object:
+        return self
+
+
+_DURING = st.lists(
+    st.sampled_from(
+        [
+            c.Sync(), c.Flush(), c.Query("SELECT 1"), c.Parse("s", "SELECT 1"),
+            c.Bind("", ""), c.Describe("S", "s"), c.CopyData(b"1\tx\n"), c.CopyDone(),
+            c.CopyFail("no"),
+        ]
+    ),
+    max_size=6,
+)  # fmt: skip
+
+
+def _server_frame(kind: int, body: bytes = b"") -> tuple[int, bytes, bytes]:
+    return (kind, body, bytes([kind]) + (len(body) + 4).to_bytes(4, "big") + body)
+
+
+def _frontend(data: bytes) -> list[c.FrontendMessage]:
+    out = []
+    while data:
+        size = int.from_bytes(data[1:5], "big")
+        out.append(c.decode_frontend(data[0], data[5 : 1 + size]))
+        data = data[1 + size :]
+    return out
+
+
+_ANSWERED = (c.Query, c.Parse, c.Bind, c.Describe, c.Execute, c.Close, c.Sync)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_DURING, _DURING)
+def test_messages_during_copy_never_reach_the_server_as_themselves(
+    before: list[c.FrontendMessage], during: list[c.FrontendMessage]
+) -> None:
+    """``before``: sent right behind the COPY, before the server's CopyInResponse; ``during``:
+    after it. The server reads all of them in copy-in mode until the first CopyDone or
+    CopyFail: only copy messages (or a Flush) may reach it until then. Once it answered the
+    COPY, the broker owes one answer per message it forwarded that the server answers."""
+    session = Session(_Allow(), default_schema="public", user="u1")
+    sent: list[c.FrontendMessage] = []
+
+    def collect(commands: list[object]) -> None:
+        for command in commands:
+            if isinstance(command, ToServer):
+                sent.extend(_frontend(command.data))
+
+    collect(session.client(c.Query("COPY items FROM STDIN"), b""))
+    sent.clear()
+    for message in before:
+        collect(session.client(message, message.encode()))
+    collect(session.server([_server_frame(T_COPY_IN, b"\x00\x00\x00")]))
+    for message in during:
+        collect(session.client(message, message.encode()))
+    ended = next((i for i, m in enumerate(sent) if isinstance(m, c.CopyDone | c.CopyFail)), None)
+    for message in sent if ended is None else sent[: ended + 1]:
+        # (a Flush is ignored there and owes no answer)
+        assert isinstance(message, c.CopyData | c.CopyDone | c.CopyFail | c.Flush), sent
+    if ended is None:
+        assert len(session._pending) == 1  # the COPY's answer only
+        return
+    sent.clear()
+    collect(session.server([_server_frame(0x43, b"COPY 1\x00"), _server_frame(T_READY, b"I")]))
+    assert len(session._pending) == sum(isinstance(m, _ANSWERED) for m in sent), sent
