@@ -201,3 +201,42 @@ def test_cascade_names_any_relation(query: str) -> None:
 )  # fmt: skip
 def test_without_cascade_only_the_named_relations(query: str) -> None:
     assert relations(query) == {"public.parents"}
+
+
+# --- a table pattern names a table as PostgreSQL stores it: at most 63 bytes --------------------
+
+_LONG_NAMES = st.text(alphabet="abcxyz_é0", min_size=1, max_size=80).filter(
+    lambda n: not n[0].isdigit()
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _LONG_NAMES,
+    st.sampled_from(
+        [
+            'SELECT * FROM "{}"',
+            'SELECT * FROM public."{}"',
+            'DELETE FROM "{}"',
+            "SELECT nextval('\"{}\"')",
+        ]
+    ),
+)
+def test_a_deny_rule_naming_a_table_matches_however_long(name: str, template: str) -> None:
+    """PostgreSQL cuts a name to 63 bytes when it makes the table and in every statement: a
+    deny rule naming it as written matches a statement naming it as written, or cut."""
+    rules = policies(
+        f"""
+        rules:
+          - id: all
+            effect: allow
+            sql: {{statements: ["*"], tables: ["*.*"]}}
+          - id: no-this
+            effect: deny
+            sql: {{statements: ["*"], tables: ["public.{name}"]}}
+        """
+    )
+    stored = name.encode()[:63].decode("utf-8", "ignore")
+    for spelling in {name, stored}:
+        query = template.format(spelling)
+        assert rules.decide(request("sql", {"query": query})).decision == "deny", query

@@ -330,3 +330,41 @@ def test_messages_during_copy_never_reach_the_server_as_themselves(
     sent.clear()
     collect(session.server([_server_frame(0x43, b"COPY 1\x00"), _server_frame(T_READY, b"I")]))
     assert len(session._pending) == sum(isinstance(m, _ANSWERED) for m in sent), sent
+
+
+# --- names longer than 63 bytes: PostgreSQL keeps 63, a rule kept them whole --------------------
+
+LONG = "secret_" + "x" * 56 + "_of_the_migration"  # as a DDL script names it
+STORED = LONG[:63]  # the name PostgreSQL keeps (and reports in the catalog)
+
+
+async def test_a_deny_rule_naming_a_long_table_as_written_matches_it(broker: Broker) -> None:
+    """``CREATE TABLE <LONG>`` makes the table <LONG cut to 63 bytes>, and every statement's
+    names are cut the same way; a deny rule naming the table as the script wrote it never
+    matched, so ``SELECT * FROM <LONG>`` read it under ``public.*``."""
+    broker.pg.psql(
+        f"CREATE TABLE public.{LONG} (v text); INSERT INTO public.{LONG} VALUES ('long-secret');"
+        f"GRANT ALL ON public.{LONG} TO app_user",
+        database=DB,
+    )
+    broker.set_policy(
+        f"""
+        rules:
+          - id: read-public
+            effect: allow
+            agents: [bot]
+            sql: {{statements: [select], tables: ["public.*"]}}
+          - id: no-long
+            effect: deny
+            sql: {{statements: ["*"], tables: ["public.{LONG}"]}}
+        """
+    )
+    try:
+        wire = await broker.session()
+        for spelling in (LONG, f'"{STORED}"', f"public.{STORED}zzz"):
+            frames = await wire.query(f"SELECT * FROM {spelling}")
+            assert "long-secret" not in str(rows(frames)), (spelling, rows(frames))
+            assert _codes(frames) == ["42501"], (spelling, errors(frames))
+        wire.close()
+    finally:
+        broker.pg.psql(f"DROP TABLE IF EXISTS public.{LONG}", database=DB)
