@@ -368,3 +368,20 @@ async def test_a_deny_rule_naming_a_long_table_as_written_matches_it(broker: Bro
         wire.close()
     finally:
         broker.pg.psql(f"DROP TABLE IF EXISTS public.{LONG}", database=DB)
+
+
+# --- the audit trail: a custom setting's value written as a name ---------------------------------
+
+
+async def test_a_custom_setting_value_is_not_in_the_trail(broker: Broker) -> None:
+    """``SET app.customer = acme_corp`` sets a string constant to PostgreSQL, but was audited
+    as written (only literal tokens were replaced; the audit trail's own redaction hides
+    only values of secret-named keys such as ``app.token``)."""
+    wire = await broker.session()
+    assert not errors(await wire.query("SET app.customer = acme_corp"))
+    assert not errors(await wire.query('SET app.tenant TO "globex-inc"'))
+    wire.close()
+    events = await broker.wait_for("sql.statement", 2)
+    trail = str(events)
+    assert "acme_corp" not in trail and "globex-inc" not in trail, trail
+    assert "SET app.customer = ?" in trail, trail
