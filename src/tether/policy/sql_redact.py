@@ -97,7 +97,7 @@ def _continues(query: str, end: int) -> bool:
     return following is not None and ("\n" in following[0] or "\r" in following[0])
 
 
-_MAY_SET: Final = re.compile(r"set", re.IGNORECASE).search
+_MAY_SET: Final = re.compile(r"\bset\b", re.IGNORECASE).search  # the keyword SET
 
 
 def _setting_values(query: str) -> list[tuple[int, int]]:
