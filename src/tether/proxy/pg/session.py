@@ -174,11 +174,12 @@ class Session:
         goes on once the server is in copy-in mode or the statement is answered. Copy
         messages (the rows a client sends right behind its ``COPY``), a ``Flush`` and a
         ``Terminate`` need no answer and never wait for a COPY (unless behind one held)."""
-        if any(unit.kind == INTERNAL for unit in self._pending):
+        pending = self._pending
+        if pending and pending[0].kind == INTERNAL:  # sent only when nothing else is owed
             return True
         if self._copy_in or isinstance(message, _NO_ANSWER):
             return False
-        return any(unit.copy for unit in self._pending)
+        return any(unit.copy for unit in pending)
 
     def _release(self, out: list[Command]) -> None:
         """Send on the held messages, in order, up to one that must still wait."""
