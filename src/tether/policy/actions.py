@@ -331,6 +331,10 @@ def _compile_table_glob(pattern: str, deny: bool) -> Callable[[str], bool]:
     schema, dot, table = pattern.partition(".")
     if not dot or not schema or not table or "." in table:
         raise PatternError("a table pattern is schema.table (use * within a part: public.*)")
+    # PostgreSQL keeps 63 bytes of a longer name (the statement's names are cut the same):
+    # a rule naming a table as a DDL script wrote it must match the table it names.
+    schema, table = _stored_name(schema), _stored_name(table)
+    pattern = f"{schema}.{table}"
     star = "." if deny else "[^.]"
     whole = compile_star_glob(pattern.split("*"), star)
     if not deny:
@@ -347,6 +351,11 @@ def _compile_table_glob(pattern: str, deny: bool) -> Callable[[str], bool]:
         return whole(name)
 
     return deny_hit
+
+
+def _stored_name(part: str) -> str:
+    """A table pattern's part without ``*`` as PostgreSQL stores the name: at most 63 bytes."""
+    return part if "*" in part else sql.stored_name(part)
 
 
 def _function_matchers(names: list[str]) -> tuple[Callable[[str], bool], ...]:

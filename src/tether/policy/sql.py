@@ -70,6 +70,7 @@ from tether.policy.sql_analyze import (
     is_forbidden_function,
 )
 from tether.policy.sql_redact import redact
+from tether.policy.sql_tables import stored_name
 
 __all__ = [
     "CACHEABLE_CHARS",
@@ -85,6 +86,7 @@ __all__ = [
     "analyze_sql_uncached",
     "clear_sql_caches",
     "is_forbidden_function",
+    "stored_name",
 ]
 
 MAX_QUERY_BYTES: Final = 1 << 20

@@ -40,7 +40,9 @@ Renames and ``SET SCHEMA`` also report the new name. A statement acting on a who
 (``DROP SCHEMA``, ``GRANT ... ALL TABLES IN SCHEMA``, schema renames and owners,
 ``ALTER DEFAULT PRIVILEGES IN SCHEMA``, ``REINDEX SCHEMA``) reports ``schema.*``; one acting on
 every schema (``DROP OWNED``, ``REASSIGN OWNED``, bare ``VACUUM``/``ANALYZE``/``CLUSTER``,
-``REINDEX DATABASE``) reports ``*.*``, so only a rule whose tables cover all of it allows it. A
+``REINDEX DATABASE``) reports ``*.*``, so only a rule whose tables cover all of it allows it;
+so does ``CASCADE`` (``TRUNCATE``, ``DROP``, ``ALTER ... DROP``), which acts on dependent
+objects the statement does not name, in any schema. A
 name part holding ``.``, ``"``, ``*``, ``?`` or ``[`` is double-quoted so it cannot pose as
 another name. Relations and functions inside ``EXPLAIN`` are reported even without ``ANALYZE``
 (planning reads statistics and may fold immutable functions).
@@ -57,13 +59,18 @@ Always forbidden (``forbidden`` is set, whatever the rules): ``COPY`` to or from
 ``PROGRAM``, ``DO``, ``EXECUTE``, ``LOAD`` (spec); and, where the spec is silent: ``ALTER SYSTEM``
 (server configuration, e.g. ``archive_command`` runs shell commands), ``CREATE``/``ALTER
 EXTENSION`` (runs an install script as a privileged role), ``CREATE LANGUAGE``, ``CREATE
-SUBSCRIPTION`` and ``ALTER SUBSCRIPTION ... CONNECTION`` (the server connects elsewhere), and
+SUBSCRIPTION`` and ``ALTER SUBSCRIPTION ... CONNECTION`` (the server connects elsewhere), an
+option named ``program`` or ``filename`` in any statement (file_fdw's: a foreign table with one
+runs a command or reads a server file at each scan, as ``COPY ... PROGRAM`` does), and
 ``CREATE FUNCTION``/``PROCEDURE`` whose body is not SQL: a body in PL/pgSQL, C, ``internal`` or
 any other language cannot be checked (``internal`` even re-exports built-ins under new names). A
 ``LANGUAGE sql`` string body is parsed and checked like the statement itself: its classes,
 relations and functions are added to the ``CREATE``; with a ``SET search_path`` clause its
-unqualified names resolve in each schema listed there (the body runs with that path), and a
-path of ``"$user"`` or ``DEFAULT`` adds ``*.*``.
+unqualified names resolve in each schema listed there (the body runs with that path). Without
+one (or with ``"$user"`` or ``DEFAULT`` in it) the body is parsed at each call under the
+caller's path, which may be any: each unqualified relation in it also reports ``*.*``. So does
+``ALTER FUNCTION ... SET search_path`` (or ``RESET``), which moves a body checked under its old
+path.
 
 Relations named in strings: ``'t'::regclass`` names ``t``, and so does a function argument in a
 position where the function takes a relation: every ``regclass`` parameter of a built-in (an

@@ -298,31 +298,80 @@ def _create_function(w: _Walker, body: JsonNode, scope: Scope) -> None:
         if len(source) != 1:
             w.forbid("CREATE FUNCTION with an object file")
         else:
-            path = _function_search_path(body)
-            if path is None or not path:
-                w.sql_body(source[0], w.schema)
-                if path is not None:  # any schema: an unqualified name may be any relation
-                    w.relations.add("*.*")
-            for schema in path or ():
-                w.sql_body(source[0], schema)
+            path = _function_search_path(body, w.schema)
+            for schema in path or (w.schema,):
+                w.sql_body(source[0], schema, anywhere=path is None)
     w.children("CreateFunctionStmt", body, scope)
 
 
-def _function_search_path(body: JsonNode) -> list[str] | None:
-    """The schemas a string body's unqualified names resolve to when the function runs with
-    ``SET search_path ...``: the listed ones, or ``[]`` for any schema (``"$user"``, the server
-    default); None without such a clause (or ``FROM CURRENT``: the schema of this statement)."""
+def _function_search_path(body: JsonNode, current: str) -> list[str] | None:
+    """The schemas a string body's unqualified names resolve to when the function runs: the
+    ones its ``SET search_path`` clause lists (``FROM CURRENT``: the path of this statement,
+    decided under ``current``); None when it runs under the caller's path, which may be any
+    (no such clause, ``"$user"``, the server default)."""
     for elem in _defelems(body.get("options", [])):
         setting = elem.get("arg", {}).get("VariableSetStmt", {})
         if elem.get("defname") != "set" or setting_name(setting.get("name", "")) != "search_path":
             continue
         if setting.get("kind") == "VAR_SET_CURRENT":
-            return None
+            return [current]
         values = [_const_text(v) for v in setting.get("args", [])]
         if setting.get("kind") != "VAR_SET_VALUE" or "$user" in values or "" in values:
-            return []
+            return None
         return values
     return None
+
+
+def _alter_function(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    """``ALTER FUNCTION ... SET search_path`` (or its ``RESET``, ``RESET ALL``) moves where the
+    function's string body finds its unqualified names, which were checked under the path it
+    had: any relation (``*.*``), as for a body that runs under the caller's path."""
+    w.statement("AlterFunctionStmt", "ddl")
+    for elem in _defelems(body.get("actions", [])):
+        setting = elem.get("arg", {}).get("VariableSetStmt", {})
+        if elem.get("defname") != "set" or not setting:
+            continue
+        if setting.get("kind") == "VAR_RESET_ALL" or (
+            setting_name(setting.get("name", "")) == "search_path"
+        ):
+            w.relations.add("*.*")
+    w.children("AlterFunctionStmt", body, scope)
+
+
+def _cascading(kind: str, cls: str | None) -> Handler:
+    """``CASCADE`` acts on objects the statement does not name, found in the catalog:
+    ``TRUNCATE ... CASCADE`` empties every table whose foreign key references a named one,
+    ``DROP ... CASCADE`` (and ``ALTER TABLE ... DROP ... CASCADE``) drops the views,
+    materialized views, columns and constraints that depend on it, in any schema and whoever
+    owns them. They are unknown relations (``*.*``). ``cls`` None: not a statement node."""
+
+    def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
+        if cls is not None:
+            w.statement(kind, cls)
+        if body.get("behavior") == "DROP_CASCADE":
+            w.relations.add("*.*")
+        w.children(kind, body, scope)
+
+    return handler
+
+
+def _def_elem(w: _Walker, body: JsonNode, scope: Scope) -> None:
+    """An option ``program`` or ``filename`` is file_fdw's (shipped with PostgreSQL): a foreign
+    table with it runs a command on the database server, or reads a server file, at every
+    scan, as ``COPY ... PROGRAM`` and ``COPY`` of a file do. No other option list PostgreSQL
+    has takes such a name (a wrong one is an error there), and another wrapper may read them
+    alike, so the name is enough, in any case and any statement."""
+    detail = _SERVER_SIDE_OPTIONS.get(str(body.get("defname", "")).lower())
+    if detail is not None:
+        w.forbid(detail)
+    w.children("DefElem", body, scope)
+
+
+_SERVER_SIDE_OPTIONS: Final = {
+    "program": "the option 'program' runs a command on the database server, as COPY ... "
+    "PROGRAM does",
+    "filename": "the option 'filename' reads a file on the database server, as COPY of a file does",
+}
 
 
 def _alter_subscription(w: _Walker, body: JsonNode, scope: Scope) -> None:
@@ -337,6 +386,8 @@ def _objects(kind: str, type_field: str, objects_field: str) -> Handler:
 
     def handler(w: _Walker, body: JsonNode, scope: Scope) -> None:
         w.statement(kind, _STMT_CLASS[kind])
+        if body.get("behavior") == "DROP_CASCADE":  # as in _cascading
+            w.relations.add("*.*")
         objtype = body.get(type_field, "")
         objects = body.get(objects_field)
         if objects is not None:
@@ -472,7 +523,12 @@ _HANDLERS: Final[dict[str, Handler]] = {
     "TransactionStmt": _transaction,
     "CreateFunctionStmt": _create_function,
     "AlterSubscriptionStmt": _alter_subscription,
+    "AlterFunctionStmt": _alter_function,
+    "DefElem": _def_elem,
     "DropStmt": _objects("DropStmt", "removeType", "objects"),
+    "TruncateStmt": _cascading("TruncateStmt", "truncate"),
+    "AlterTableCmd": _cascading("AlterTableCmd", None),
+    "AlterDomainStmt": _cascading("AlterDomainStmt", "ddl"),
     "CommentStmt": _objects("CommentStmt", "objtype", "object"),
     "SecLabelStmt": _objects("SecLabelStmt", "objtype", "object"),
     "AlterOwnerStmt": _objects("AlterOwnerStmt", "objectType", "object"),

@@ -7,12 +7,14 @@ numbers, ``--`` and non-nested ``/* */`` comments) and by PostgreSQL's own scann
 (``pglast.parser.scan``) for anything else; property tests prove the two agree on the
 subset. Security decisions: at the first token outside the subset (``E''``, ``U&''``,
 ``$$``, a nested comment, a string continued over a newline...) the lexer gives up and the
-real scanner decides; text the scanner cannot scan is hidden whole. No decision reads the
-redacted text.
+real scanner decides; text the scanner cannot scan is hidden whole. The value of a custom
+setting (``SET app.token = sk_abc``: a name with a dot) is hidden too when written as a name:
+PostgreSQL reads it as a string constant. No decision reads the redacted text.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Final
 
@@ -57,11 +59,14 @@ _CONTINUATION: Final = re.compile(r"(?:[ \t\n\r\f\v]++|--[^\n\r]*+)*+'")
 
 def redact(query: str) -> str:
     """``query`` with every literal token replaced by ``?`` (see the module docstring)."""
-    if _MAY_HOLD_LITERALS(query) is None:
+    values = _setting_values(query) if _MAY_SET(query) is not None else []
+    if _MAY_HOLD_LITERALS(query) is None and not values:
         return query
-    spans = _lexed_literals(query)
+    spans = _lexed_literals(query) if _MAY_HOLD_LITERALS(query) is not None else []
     if spans is None:
         spans = _scanned_literals(query)
+    if values:
+        spans = sorted({*spans, *values})
     parts = []
     position = 0
     for start, end in spans:
@@ -90,6 +95,55 @@ def _lexed_literals(query: str) -> list[tuple[int, int]] | None:
 def _continues(query: str, end: int) -> bool:
     following = _CONTINUATION.match(query, end)
     return following is not None and ("\n" in following[0] or "\r" in following[0])
+
+
+_MAY_SET: Final = re.compile(r"\bset\b", re.IGNORECASE).search  # the keyword SET
+
+
+def _setting_values(query: str) -> list[tuple[int, int]]:
+    """The value of a custom setting (``SET app.token = sk_abc``, a name with a dot, the
+    application's own data) written as a name, not a literal: the grammar makes it a
+    constant all the same, and the application may keep a token or a tenant there. Found
+    in the parse tree; nothing for text that does not parse."""
+    try:
+        tree = json.loads(pg_parser.parse_sql_json(query))
+    except (pg_parser.ParseError, ValueError, RecursionError):
+        return []
+    starts = {_char_offset(query, byte) for byte in _custom_setting_values(tree)}
+    if not starts:
+        return []
+    return [
+        (t.start, t.end + 1)
+        for t in pg_parser.scan(query)
+        if t.start in starts and (t.name == "IDENT" or t.kind != "NO_KEYWORD")
+    ]
+
+
+def _custom_setting_values(node: object) -> list[int]:
+    """Byte offsets of the constants set to a custom setting, anywhere in ``node``."""
+    found: list[int] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            # A VariableSetStmt's body, wrapped or bare (ALTER ROLE ... SET holds it bare).
+            kind, name = str(item.get("kind", "")), str(item.get("name", ""))
+            if kind.startswith("VAR_SET") and "." in name:
+                for arg in item.get("args", []):
+                    location = arg.get("A_Const", {}).get("location")
+                    if isinstance(location, int):
+                        found.append(location)
+            stack.extend(item.values())
+    return found
+
+
+def _char_offset(query: str, byte: int) -> int:
+    """The character offset of a byte offset of ``query``'s UTF-8 (the parser counts bytes)."""
+    if query.isascii():
+        return byte
+    return len(query.encode("utf-8")[:byte].decode("utf-8", "ignore"))
 
 
 def _scanned_literals(query: str) -> list[tuple[int, int]]:

@@ -245,7 +245,7 @@ def relation_name_parts(text: str) -> list[str] | None:
             if i == start:
                 return None
             name = text[start:i].translate(_ASCII_LOWER)
-        parts.append(_truncated(name))
+        parts.append(stored_name(name))
         while i < n and text[i] in _IDENT_BLANKS:
             i += 1
         if i == n:
@@ -279,7 +279,7 @@ def setting_name(name: str) -> str:
     return name.translate(_ASCII_LOWER)
 
 
-def _truncated(name: str) -> str:
+def stored_name(name: str) -> str:
     """``name`` cut to NAMEDATALEN - 1 bytes of UTF-8, at a character boundary."""
     encoded = name.encode("utf-8")
     if len(encoded) < _NAMEDATALEN:

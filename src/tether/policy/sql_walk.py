@@ -56,6 +56,9 @@ class _Walker:
     def __init__(self, default_schema: str, depth: int = 0) -> None:
         self.schema = default_schema
         self.depth = depth
+        # A string body resolved at each call under the caller's search path: an unqualified
+        # name there may be any schema's relation (see ``sql_body``).
+        self.anywhere = False
         self.top: Any = None
         self.count_classes = True
         self.leaves = _LEAVES_AND_NAMES
@@ -155,7 +158,10 @@ class _Walker:
     def unqualified(self, name: str, named: str) -> None:
         """The relation ``named`` in the schema an unqualified ``name`` is found in: the
         catalog's for a catalog relation, else this walk's schema, and both for any other
-        ``pg_`` name (the catalog is searched first: :mod:`tether.policy.sql_catalog`)."""
+        ``pg_`` name (the catalog is searched first: :mod:`tether.policy.sql_catalog`). In a
+        function body resolved under the caller's path, any relation (``*.*``) as well."""
+        if self.anywhere:
+            self.relations.add("*.*")
         if name.startswith("pg_"):
             self.relations.add(_qualified("pg_catalog", named))
             if name in CATALOG_RELATIONS:
@@ -226,9 +232,12 @@ class _Walker:
                 self.node(query, visible)
         return body_scope
 
-    def sql_body(self, body: str, schema: str) -> None:
+    def sql_body(self, body: str, schema: str, *, anywhere: bool = False) -> None:
         """A ``LANGUAGE sql`` function body given as a string: checked like a query, its
-        unqualified names resolved to ``schema``."""
+        unqualified names resolved to ``schema``. PostgreSQL parses such a body at each call,
+        under the search path in force then: with ``anywhere`` (the function does not pin its
+        own path), an unqualified name may be any schema's relation, so it also reports
+        ``*.*`` (the path of the statement that creates the function is no guide)."""
         if self.depth >= _MAX_BODY_DEPTH:
             self.forbid("function bodies nested too deeply")
             return
@@ -239,6 +248,7 @@ class _Walker:
             return
         for stmt in stmts:
             inner = _Walker(schema, self.depth + 1)
+            inner.anywhere = self.anywhere or anywhere
             inner.node(stmt.get("stmt", {}), _NO_SCOPE)
             self.absorb(inner)
 

@@ -38,12 +38,13 @@ The driver may forward such a statement while its audit event commits
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
 from tether.policy.errors import SqlParseError
 from tether.policy.model import Decision, more_restrictive
-from tether.policy.sql import SqlAnalysis, analyze_sql
+from tether.policy.sql import SqlAnalysis, SqlStatement, analyze_sql
 from tether.proxy.pg.commands import Policy, StatementRecord, record_for
 
 _TERMINATORS: Final = " \t\r\n;"
@@ -74,6 +75,18 @@ class Verdict:
     transaction: bool  # it holds transaction control (which may undo a SET)
     read_only: bool = False  # every statement a plain select calling no function
     roles: tuple[str, ...] = ()  # roles its statements set ("" = back to the login's)
+    copy_in: bool = False  # it may put the server in copy-in mode (COPY ... FROM STDIN)
+
+
+_COPY: Final = re.compile(r"copy(?![a-z0-9_$\x80-\U0010ffff])", re.IGNORECASE)
+
+
+def may_copy_in(statement: SqlStatement) -> bool:
+    """Whether ``statement`` is a ``COPY ... FROM STDIN``, the only statement that puts the
+    server in copy-in mode: its text starts at its first token, the keyword ``COPY`` (no
+    other statement starts so), and it is of class ``insert`` (``FROM``; the file and
+    program forms are never allowed)."""
+    return "insert" in statement.classes and _COPY.match(statement.text) is not None
 
 
 class Decider:
@@ -103,10 +116,12 @@ class Decider:
         paths: tuple[tuple[str, ...], ...] = ()
         transaction = False
         read_only = False
+        copy_in = False
         roles: tuple[str, ...] = ()
         if analysis is not None:
             statements = analysis.statements
             read_only = all(s.classes == _READ and not s.functions for s in statements)
+            copy_in = any(may_copy_in(s) for s in statements)
             paths = tuple(s.search_path for s in statements if s.search_path is not None)
             roles = tuple(s.role for s in statements if s.role is not None)
             transaction = any("transaction" in s.classes for s in statements)
@@ -132,7 +147,7 @@ class Decider:
                 decision = verdict if decision is None else more_restrictive(decision, verdict)
         assert decision is not None
         records = self._records(query, analysis, decision, protocol)
-        return Verdict(decision, records, schemas, paths, transaction, read_only, roles)
+        return Verdict(decision, records, schemas, paths, transaction, read_only, roles, copy_in)
 
     def _records(
         self,

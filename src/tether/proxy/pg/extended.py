@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from pglast import parser as pg_parser
@@ -179,10 +179,7 @@ class Statements:
         verdict = prepared.verdict
         if params:
             records = tuple(with_params(r, params) for r in verdict.records)
-            verdict = Verdict(
-                verdict.decision, records, verdict.schemas, verdict.paths, verdict.transaction,
-                verdict.read_only,
-            )  # fmt: skip
+            verdict = replace(verdict, records=records)
         previous = self._portals.get(message.portal)
         bound = Prepared(prepared.query, verdict, prepared.policy)
         self._portals[message.portal] = bound

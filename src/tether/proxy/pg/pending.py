@@ -60,6 +60,7 @@ class Unit:
     schemas: list[str] = field(default_factory=list)
     ref: int = 0
     change: Change | None = None  # the statement or portal name a Parse, Bind, Close set
+    copy: bool = False  # an allowed statement that may start a COPY ... FROM STDIN
 
 
 def first_error_code(body: bytes) -> str | None:

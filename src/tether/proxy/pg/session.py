@@ -36,7 +36,13 @@ Enforcement (security decisions):
   engine. Copy messages are forwarded only while the server is in copy-in mode, or while an
   allowed statement that may start a ``COPY ... FROM STDIN`` is in flight (a client may
   send its rows right behind the statement; the server ignores copy messages outside
-  copy mode); otherwise they are dropped.
+  copy mode); otherwise they are dropped. **Each message forwarded gets the answer the
+  broker expects**: in copy-in mode the server ignores a ``Sync`` or ``Flush`` and takes
+  any other message as the end of the COPY (it fails, the message is lost), so the broker
+  drops the first and fails the COPY in place of the second (:meth:`Session._in_copy`),
+  and holds a message sent behind an allowed ``COPY ... FROM STDIN`` until it knows how
+  the server will read it. Otherwise the queue of owed answers would be one off, and the
+  broker would take later answers (statement names, refusals) for other messages'.
 
 Refusals. A denied or approval-needing statement is answered with ``ErrorResponse`` SQLSTATE
 ``42501`` naming the reason and the rule. So that the server's transaction state is exactly
@@ -56,6 +62,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from tether.policy.model import Decision
 from tether.proxy.pg import backend as be
@@ -96,6 +103,9 @@ from tether.proxy.pg.pending import (
     first_error_code,
     single_text,
 )
+
+_COPY_MESSAGES: Final = (c.CopyData, c.CopyDone, c.CopyFail)
+_NO_ANSWER: Final = (*_COPY_MESSAGES, c.Flush, c.Terminate)  # the server owes no answer
 
 __all__ = [
     "SCHEMAS_SQL", "SENTINEL_NAME", "SENTINEL_SQL", "AuditDecided", "AuditResult", "Command",
@@ -146,21 +156,68 @@ class Session:
             and not self._skipping
             and self.status != be.FAILED_TRANSACTION
         )
-        if self._held or (self.decider.refresh and idle):
-            if not self._held:
-                out.append(ToServer(SCHEMAS_QUERY))
-                self._pending.append(Unit(INTERNAL))
-                self.decider.refresh = False
+        if self.decider.refresh and idle and not self._held:
+            out.append(ToServer(SCHEMAS_QUERY))
+            self._pending.append(Unit(INTERNAL))
+            self.decider.refresh = False
+        if self._held or self._holding(message):
             self._held.append((message, raw))
             return out
         self._message(message, raw, out)
         return out
 
+    def _holding(self, message: c.FrontendMessage) -> bool:
+        """Whether ``message`` must wait: behind the broker's own path query, or while an
+        allowed statement in flight may yet put the server in copy-in mode. The server
+        would then read the message as part of the COPY (below, :meth:`_in_copy`), not as
+        the message it is, so the broker cannot know yet what answer it owes for it. It
+        goes on once the server is in copy-in mode or the statement is answered. Copy
+        messages (the rows a client sends right behind its ``COPY``), a ``Flush`` and a
+        ``Terminate`` need no answer and never wait for a COPY (unless behind one held)."""
+        pending = self._pending
+        if pending and pending[0].kind == INTERNAL:  # sent only when nothing else is owed
+            return True
+        if self._copy_in or isinstance(message, _NO_ANSWER):
+            return False
+        return any(unit.copy for unit in pending)
+
+    def _release(self, out: list[Command]) -> None:
+        """Send on the held messages, in order, up to one that must still wait."""
+        while self._held and not self.ended:
+            message, raw = self._held[0]
+            if self._holding(message):
+                return
+            self._held.pop(0)
+            self._message(message, raw, out)
+
+    def _in_copy(self, message: c.FrontendMessage, raw: bytes, out: list[Command]) -> None:
+        """A message while the server is in copy-in mode, as PostgreSQL reads it there: copy
+        messages go on (``CopyDone`` and ``CopyFail`` end the mode), a ``Sync`` or ``Flush``
+        is ignored (dropped here), and any other message ends the COPY with an error that
+        swallows the message. The broker drops it and fails the COPY in its place, so the
+        server runs nothing the broker did not decide and owes no answer the broker does
+        not expect (it would otherwise hold a unit no answer comes for, and take later
+        answers, names and refusals for other messages')."""
+        if isinstance(message, _COPY_MESSAGES):
+            out.append(ToServer(raw))
+            if not isinstance(message, c.CopyData):
+                self._copy_in = False
+        elif isinstance(message, c.Terminate):
+            out.append(ToServer(raw))
+            out.append(End("closed"))
+            self.ended = True
+        elif not isinstance(message, c.Sync | c.Flush):
+            name = type(message).__name__
+            out.append(ToServer(c.CopyFail(f"{name} message during COPY").encode()))
+            self._copy_in = False
+
     def _message(self, message: c.FrontendMessage, raw: bytes, out: list[Command]) -> None:
-        if isinstance(message, c.CopyData | c.CopyDone | c.CopyFail):
-            if self._copy_in or self._copy_may_start():
+        if self._copy_in:
+            self._in_copy(message, raw, out)
+            return
+        if isinstance(message, _COPY_MESSAGES):
+            if self._copy_may_start():
                 out.append(ToServer(raw))
-                self._copy_in = isinstance(message, c.CopyData)
             return
         if self._skipping and not isinstance(message, c.Sync | c.Terminate):
             return
@@ -191,16 +248,12 @@ class Session:
             self._refuse_simple(denial, out)
 
     def _copy_may_start(self) -> bool:
-        """Whether an allowed statement in flight may put the server in copy-in mode (a
-        ``COPY ... FROM STDIN`` is of class ``insert``): a client may send its rows right
-        behind it, before the server's ``CopyInResponse``. The server reads them in order;
-        if that statement turns out to be no COPY, or fails, it ignores copy messages."""
-        return any(
-            unit.refusal is None
-            and unit.kind in (QUERY, EXECUTE)
-            and any("insert" in record.classes for record in unit.records)
-            for unit in self._pending
-        )
+        """Whether the server is in copy-in mode, or an allowed statement in flight may put
+        it there (:func:`~tether.proxy.pg.deciding.may_copy_in`): a client may send its rows
+        right behind it, before the server's ``CopyInResponse``. The server reads them in
+        order; if that statement turns out to be no COPY, or fails, it ignores copy
+        messages."""
+        return self._copy_in or any(unit.copy for unit in self._pending)
 
     def _next_ref(self) -> int:
         self._refs += 1
@@ -232,7 +285,9 @@ class Session:
         ref = self._next_ref()
         out.append(AuditDecided(verdict.records, ref, early=verdict.read_only))
         self.decider.touch(verdict)
-        self._pending.append(Unit(kind, verdict.records, started=self._clock(), ref=ref))
+        self._pending.append(
+            Unit(kind, verdict.records, started=self._clock(), ref=ref, copy=verdict.copy_in)
+        )
         out.append(ToServer(raw))
 
     def _refuse_simple(self, decision: Decision, out: list[Command]) -> None:
@@ -281,6 +336,8 @@ class Session:
                 chunk += forward
         if chunk:
             out.append(ToClient(bytes(chunk)))
+        if self._held:  # after the answers before them, which the client reads first
+            self._release(out)
         return out
 
     def _frame(
@@ -293,6 +350,7 @@ class Session:
         if kind == be.T_PARAMETER_STATUS:
             return self._parameter(body, raw, out, chunk)
         if kind == be.T_ERROR:
+            self._copy_in = False  # a COPY that fails ends copy-in mode
             return self._error(body, raw, out, chunk)
         if kind == be.T_READY:
             message = be.decode_backend(kind, body)
@@ -304,6 +362,11 @@ class Session:
             return raw
         if kind == be.T_COPY_IN:
             self._copy_in = True
+            if unit is not None and unit.kind == EXECUTE:
+                # Its one statement is this COPY: once it ends, nothing of it can start
+                # another, and the server sends its CommandComplete only at the client's
+                # next Sync or Flush, which must not wait for it.
+                unit.copy = False
             return raw
         if kind in (be.T_COPY_BOTH, be.T_AUTH, be.T_KEY_DATA, be.T_FUNCTION_RESULT):
             self._end_with(out, chunk, "protocol", "the server sent an unexpected message")
@@ -410,10 +473,7 @@ class Session:
             self._end_with(out, chunk, "error", "the broker could not read the search path")
         elif kind == be.T_READY:
             self._pending.popleft()
-            self.decider.reported(unit.schemas)
-            held, self._held = self._held, []
-            for message, raw in held:
-                self._message(message, raw, out)
+            self.decider.reported(unit.schemas)  # the held messages go on (``server``)
         return None
 
     def _end_with(self, out: list[Command], chunk: bytearray, reason: str, text: str) -> None:
