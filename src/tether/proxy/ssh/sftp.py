@@ -29,8 +29,11 @@ were decided at ``open`` (a read on a handle not decided for reading, or a write
 not decided for writing, is refused); ``fsetstat`` needs a handle opened for writing;
 ``lsetstat`` reaches the target as ``lsetstat`` (it does not follow a link). A refusal is
 ``SSH_FX_PERMISSION_DENIED`` with the ``Tether: ...`` reason. Each file closed after data
-went through is audited with ``file_transfer`` (op ``read`` or ``write``, path, bytes,
-SHA-256) and added to the channel's recording; removals and renames are audited as well.
+went through is audited with ``file_transfer`` (op ``read`` and/or ``write``, one event
+per direction: a handle opened for both is audited for what it did; path, bytes, SHA-256;
+a failed transfer has no digest) and added to the channel's recording when it completed;
+files the agent left open are closed and audited when the channel ends, each failure
+contained; removals and renames are audited as well.
 The upstream connection is opened by the first operation that needs it (the home
 directory, for a relative path, or the first allowed operation).
 """
@@ -47,7 +50,7 @@ from typing import Any, Final
 import asyncssh
 from asyncssh import FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC, FXF_WRITE
 
-from tether.audit.recordings import Recorder, RecordingError, RecordingMeta
+from tether.audit.recordings import Direction, Recorder, RecordingError, RecordingMeta
 from tether.proxy.ssh.session import BrokerSession, UpstreamError, refusal_text
 from tether.proxy.ssh.sftp_io import RemoteHandle
 from tether.proxy.ssh.sftp_paths import PathRefused, absolute_path, decode_path, resolve_realpath
@@ -261,32 +264,58 @@ class BrokerSftp(asyncssh.SFTPServer):
         return await file.handle.write(offset, data)
 
     async def close(self, file_obj: object) -> None:
-        file = _file(file_obj)
+        await self._close(_file(file_obj))
+
+    async def _close(self, file: _File, *, left_open: bool = False) -> None:
+        """Close ``file`` on the target and audit what went through it (``left_open``: the
+        channel ended before the agent closed it); a failure is audited, then raised."""
         self._files.discard(file)
         error: BaseException | None = None
         try:
             await file.handle.close()
         except BaseException as failure:  # noqa: BLE001 - audited, then re-raised
             error = failure
-        await self._finish(file, error)
+        await self._finish(file, error, left_open=left_open)
         if error is not None:
             raise error
 
-    async def _finish(self, file: _File, error: BaseException | None) -> None:
-        digest = file.handle.digest
-        if digest.size == 0 and not (file.writing and error is None):
-            return
-        op = "write" if file.writing else "read"
-        sha = digest.hexdigest()
+    async def _finish(self, file: _File, error: BaseException | None, *, left_open: bool) -> None:
+        """One ``file_transfer`` per direction that carried bytes (and a write-opened file
+        even without any: the open may have created or truncated it). A failed transfer has
+        no digest: what the target holds is not known, and the recording lists only the
+        transfers that completed, as ``tether sessions show`` checks against the trail."""
+        handle = file.handle
+        moved = [("read", handle.read_digest)] if handle.read_digest.size else []
+        if handle.write_digest.size or (file.writing and error is None):
+            moved.append(("write", handle.write_digest))
         duration = time.monotonic() - file.opened
-        await self._audit(op, file.path, digest.size, sha, duration=duration, failed=error)
-        if sha is not None and error is None:
-            recorder = self._recording()
-            if recorder is not None:
-                if file.writing:
-                    recorder.transfer(file.path, "upload", digest.size, sha)
-                else:
-                    recorder.transfer(file.path, "download", digest.size, sha)
+        for op, digest in moved:
+            sha = digest.hexdigest() if error is None else None
+            await self._audit(
+                op,
+                file.path,
+                digest.size,
+                sha,
+                duration=duration,
+                failed=error,
+                left_open=left_open,
+            )
+            if sha is not None:
+                recorder = self._recording()
+                if recorder is not None:
+                    direction: Direction = "upload" if op == "write" else "download"
+                    recorder.transfer(file.path, direction, digest.size, sha)
+
+    async def abandon(self) -> None:
+        """Close the files the agent left open when the channel ends, each audited; one that
+        fails (a write the target refused) does not stop the others, nor the channel's end."""
+        for file in list(self._files):
+            try:
+                await self._close(file, left_open=True)
+            except Exception as error:  # noqa: BLE001 - audited as failed by _close
+                log.warning(
+                    "session %s: %s left open failed: %r", self.session.id, file.path, error
+                )
 
     async def fstat(self, file_obj: object) -> asyncssh.SFTPAttrs:
         file = _file(file_obj)
@@ -309,8 +338,7 @@ class BrokerSftp(asyncssh.SFTPServer):
         return await _file(file_obj).handle.remote.statvfs()
 
     async def exit(self) -> None:
-        for file in list(self._files):
-            await self.close(file)
+        await self.abandon()
         if self._client is not None:
             self._client.exit()
         if self._recorder is not None:
@@ -354,11 +382,14 @@ class BrokerSftp(asyncssh.SFTPServer):
         to: str | None = None,
         duration: float | None = None,
         failed: BaseException | None = None,
+        left_open: bool = False,
     ) -> None:
         auditor = self.session.context.services.auditor
         if auditor is None:
             return
-        detail = {"error": type(failed).__name__} if failed is not None else None
+        detail: dict[str, Any] = {"error": type(failed).__name__} if failed is not None else {}
+        if left_open:
+            detail["left_open"] = True  # the agent never closed it: the transfer may be partial
         await auditor.file_transfer(
             self.session.subject,
             target=self.session.target.name,
@@ -369,7 +400,7 @@ class BrokerSftp(asyncssh.SFTPServer):
             to=to,
             duration_ms=None if duration is None else duration * 1000,
             decision="allow",
-            detail=detail,
+            detail=detail or None,
         )
 
 

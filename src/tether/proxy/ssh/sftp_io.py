@@ -25,7 +25,9 @@ therefore keeps the target busy:
 
 :class:`StreamDigest` hashes what went through in file order (SFTP clients pipeline and may
 answer out of order), so the audit record carries the SHA-256 of the file as transferred;
-a transfer that was not one sequential pass (seeks, rewrites, holes) gets no digest. It
+a transfer that was not one sequential pass (seeks, rewrites, holes) gets no digest. Reads
+and writes are counted apart (a handle opened for both may do both): the bytes the agent
+read are a download whatever else the handle was opened for. It
 hashes on the event loop, as each block arrives in order: handing blocks to a worker thread
 (hashlib lets go of the GIL for them) cost the broker more CPU per MB than the hashing
 itself, in the hand-offs and the GIL's back and forth (docs/ssh-broker.md has the figures).
@@ -107,7 +109,8 @@ class RemoteHandle:
         self.remote = remote
         self.depth = depth
         self.gather = gather  # the largest block contiguous writes are gathered into
-        self.digest = StreamDigest()
+        self.read_digest = StreamDigest()  # the bytes the agent read
+        self.write_digest = StreamDigest()  # the bytes the agent wrote
         self._ahead: dict[int, asyncio.Task[bytes]] = {}
         self._ahead_size = 0
         self._writes: set[asyncio.Task[int]] = set()
@@ -129,7 +132,7 @@ class RemoteHandle:
             task = self._fetch(offset, size)
         self._ahead_size = size
         data = await task
-        self.digest.feed(offset, data)
+        self.read_digest.feed(offset, data)
         if len(data) == size:
             self._extend_ahead(offset + size, size)
         else:
@@ -163,7 +166,7 @@ class RemoteHandle:
             await self._room.wait()
         self.raise_pending()
         self._drop_ahead()  # read ahead before this write: it may hold what the write replaces
-        self.digest.feed(offset, data)
+        self.write_digest.feed(offset, data)
         block = self._block
         if offset == self._block_offset + len(block) and len(block) + len(data) <= self.gather:
             block += data

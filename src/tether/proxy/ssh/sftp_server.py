@@ -40,6 +40,8 @@ from typing import Final
 import asyncssh
 from asyncssh.sftp import SFTPServerHandler
 
+from tether.proxy.ssh.sftp import BrokerSftp
+
 OFFERED: Final = frozenset(
     {
         b"posix-rename@openssh.com", b"statvfs@openssh.com", b"fstatvfs@openssh.com",
@@ -61,6 +63,16 @@ class BrokerSftpHandler(SFTPServerHandler):
         for kind, handler in SFTPServerHandler._packet_handlers.items()
         if not isinstance(kind, bytes) or kind in OFFERED
     }
+
+    async def _cleanup(self, exc: Exception | None) -> None:
+        # asyncssh closes each file left open and then calls the server's exit(); a close
+        # that raised (writes the target refused) stopped it there, and the error ended the
+        # agent's whole connection. The broker closes and audits those files itself, each
+        # failure contained, before asyncssh's clean-up runs with none left.
+        if isinstance(self._server, BrokerSftp):
+            await self._server.abandon()
+            self._file_handles = {}
+        await super()._cleanup(exc)
 
 
 async def run_sftp(

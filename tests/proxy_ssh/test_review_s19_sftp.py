@@ -1,0 +1,137 @@
+"""Session 19 review of SFTP transfers through the broker, to a real OpenSSH target.
+
+* A file opened for reading and writing (``r+``) and then only read was audited as a
+  ``write`` (and recorded as an ``upload``): the bytes the agent downloaded never showed up
+  as a read in the audit trail.
+* A transfer whose close failed (the target did not accept the bytes) was audited with a
+  SHA-256 but not recorded, so ``tether sessions show`` called an untouched recording
+  ``modified``: every audited transfer that carries a digest must be in the recording.
+* An SFTP channel that ended with a file still open whose writes had failed (the agent gone
+  mid-upload) stopped its clean-up at that file and the error disconnected the agent's whole
+  connection (every other channel with it); the channel's recording never got its summary,
+  and the other open files were never closed nor audited. Files the agent left open are now
+  audited with ``detail.left_open`` (the transfer may be partial).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from tests.proxy_ssh.conftest import Env
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Iterator[Path]:
+    """A directory the files rule covers (``/tmp/**``), removed afterwards."""
+    directory = Path("/tmp") / f"tether-sftp-s19-{os.getpid()}-{tmp_path.name}"
+    directory.mkdir()
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _transfers(env: Env) -> list[dict[str, Any]]:
+    found = []
+    for event in await env.stack.events("file.transfer"):
+        action = json.loads(str(event["action"]))
+        detail = json.loads(str(event["detail"])) if event.get("detail") else None
+        found.append({**action, "detail": detail})
+    return found
+
+
+def _recorded(env: Env) -> list[dict[str, Any]]:
+    root = Path(env.stack.broker.context.recordings)
+    lines = []
+    for path in sorted(root.rglob("*.transfers.jsonl")):
+        lines += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return lines
+
+
+async def _settled(check: Any) -> bool:
+    for _ in range(300):
+        if check():
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_reading_through_a_read_write_handle_is_audited_as_a_read(
+    env: Env, work: Path
+) -> None:
+    data = os.urandom(100_000)
+    (work / "secret.bin").write_bytes(data)
+    agent = await env.stack.agent()
+    async with (
+        agent.connect("root@web-1") as conn,
+        conn.start_sftp_client() as sftp,
+        sftp.open(f"{work}/secret.bin", "r+b") as remote,
+    ):
+        assert await remote.read() == data
+    digest = hashlib.sha256(data).hexdigest()
+    moved = [m for m in await _transfers(env) if m["path"] == f"{work}/secret.bin"]
+    reads = [m for m in moved if m["op"] == "read"]
+    assert [(m["size"], m["sha256"]) for m in reads] == [(100_000, digest)], moved
+    assert all(m["size"] == 0 for m in moved if m["op"] == "write"), moved
+    recorded = [r for r in _recorded(env) if r["path"] == f"{work}/secret.bin"]
+    assert {(r["direction"], r["size"]) for r in recorded} >= {("download", 100_000)}
+    assert ("upload", 100_000) not in {(r["direction"], r["size"]) for r in recorded}
+
+
+async def test_a_failed_transfer_is_not_audited_with_a_digest_the_recording_lacks(
+    env: Env, work: Path
+) -> None:
+    (work / "full").symlink_to("/dev/full")  # the target's writes fail: ENOSPC
+    agent = await env.stack.agent()
+    async with agent.connect("root@web-1") as conn, conn.start_sftp_client() as sftp:
+        with pytest.raises((asyncssh.SFTPError, OSError)):
+            async with sftp.open(f"{work}/full", "wb") as remote:
+                await remote.write(b"x" * 70_000)
+        async with sftp.open(f"{work}/ok.bin", "wb") as remote:
+            await remote.write(b"y" * 1000)
+    moved = await _transfers(env)
+    failed = [m for m in moved if m["path"] == f"{work}/full"]
+    assert failed and all(m["detail"] and m["detail"].get("error") for m in failed), failed
+    recorded = {(r["direction"], r["path"], r["size"], r["sha256"]) for r in _recorded(env)}
+    directions = {"read": "download", "write": "upload"}
+    for m in moved:
+        if m["op"] in directions and m["sha256"] is not None:
+            key = (directions[m["op"]], m["path"], m["size"], m["sha256"])
+            assert key in recorded, (m, recorded)
+
+
+async def test_a_channel_ending_on_a_failed_upload_is_cleaned_up(env: Env, work: Path) -> None:
+    (work / "full").symlink_to("/dev/full")
+    (work / "other.bin").write_bytes(b"z" * 5000)
+    agent = await env.stack.agent()
+    context = env.stack.broker.context
+    async with agent.connect("root@web-1") as conn:
+        sftp = await conn.start_sftp_client()
+        other = await sftp.open(f"{work}/other.bin", "rb")
+        assert await other.read(5000) == b"z" * 5000
+        full = await sftp.open(f"{work}/full", "wb")
+        await full.write(b"x" * 70_000)  # written behind: the failure is still to come
+        await asyncio.sleep(0.3)
+        sftp.exit()  # the channel ends with both files open; the connection stays
+        await sftp.wait_closed()
+        (session,) = context.sessions  # the agent's connection is still up
+        assert await _settled(lambda: session.open_channels == 0), "channel never closed"
+        assert (await conn.run("echo still-here", check=False)).stdout == "still-here\n"
+    moved = await _transfers(env)
+    full = [m for m in moved if m["path"] == f"{work}/full" and m["op"] == "write"]
+    assert full and full[0]["sha256"] is None and full[0]["detail"]["left_open"], moved
+    other = [m for m in moved if m["path"] == f"{work}/other.bin" and m["op"] == "read"]
+    assert other and other[0]["size"] == 5000 and other[0]["detail"] == {"left_open": True}
+    root = Path(context.recordings)
+    summaries = [p for p in root.rglob("*.json") if not p.name.endswith(".jsonl")]
+    assert summaries, "the SFTP channel's recording was never closed"
