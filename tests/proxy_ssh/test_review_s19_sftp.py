@@ -28,6 +28,7 @@ import asyncssh
 import pytest
 
 from tests.proxy_ssh.conftest import Env
+from tether.audit.log import AuditUnavailable
 
 
 @pytest.fixture
@@ -135,3 +136,40 @@ async def test_a_channel_ending_on_a_failed_upload_is_cleaned_up(env: Env, work:
     root = Path(context.recordings)
     summaries = [p for p in root.rglob("*.json") if not p.name.endswith(".jsonl")]
     assert summaries, "the SFTP channel's recording was never closed"
+
+
+async def test_an_internal_failure_does_not_reach_the_agent_with_its_text(
+    env: Env, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncssh answers an exception it does not know with ``Uncaught exception: <text>``:
+    an audit trail that failed after an SFTP operation (here the removal's event) sent the
+    writer's error, database address included, to the agent. An exec channel says
+    ``internal error (<type>)``; the SFTP channel now says the same."""
+    (work / "gone.txt").write_bytes(b"x")
+    auditor = env.stack.broker.context.services.auditor
+    assert auditor is not None
+
+    async def down(*args: object, **kwargs: object) -> int:
+        raise AuditUnavailable("audit trail unavailable: OSError: Connect call failed 10.9.8.7")
+
+    monkeypatch.setattr(auditor, "file_transfer", down)
+    agent = await env.stack.agent()
+    async with agent.connect("root@web-1") as conn, conn.start_sftp_client() as sftp:
+        with pytest.raises(asyncssh.SFTPFailure) as failed:
+            await sftp.remove(f"{work}/gone.txt")
+        with pytest.raises(asyncssh.SFTPFailure) as closing:
+            async with sftp.open(f"{work}/new.txt", "wb") as remote:
+                await remote.write(b"y")
+        assert (await sftp.stat(str(work))).size is not None  # the channel still works
+    for error in (failed.value, closing.value):
+        assert "10.9.8.7" not in str(error.reason), error.reason
+        assert str(error.reason) == "Tether: internal error (AuditUnavailable)"
+
+
+async def test_realpath_of_a_name_that_is_not_utf8_is_refused(env: Env) -> None:
+    """It was an uncaught exception (``Uncaught exception: the path is not valid UTF-8``)."""
+    agent = await env.stack.agent()
+    async with agent.connect("root@web-1") as conn, conn.start_sftp_client() as sftp:
+        with pytest.raises(asyncssh.SFTPNoSuchFile) as refused:
+            await sftp.realpath(b"/tmp/\xff")
+        assert str(refused.value.reason) == "Tether: the path is not valid UTF-8"

@@ -129,9 +129,9 @@ class BrokerSftp(asyncssh.SFTPServer):
     # --- paths -------------------------------------------------------------------------------
 
     async def realpath(self, path: bytes) -> bytes:
-        text = decode_path(path) if path else "."
-        home = "/" if text.startswith("/") else await self._home_dir()
-        try:
+        try:  # a name that is not UTF-8 is refused here too (it was an uncaught exception)
+            text = decode_path(path) if path else "."
+            home = "/" if text.startswith("/") else await self._home_dir()
             return self._encode(resolve_realpath(path or b".", home))
         except PathRefused as refused:
             raise asyncssh.SFTPNoSuchFile(f"Tether: {refused}") from None

@@ -35,12 +35,20 @@ client sends: the handler's table holds only the offered ones.
 
 from __future__ import annotations
 
-from typing import Final
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import asyncssh
+from asyncssh.packet import PacketDecodeError, SSHPacket
 from asyncssh.sftp import SFTPServerHandler
 
 from tether.proxy.ssh.sftp import BrokerSftp
+
+log = logging.getLogger(__name__)
+
+_Handler = Callable[[SFTPServerHandler, SSHPacket], Awaitable[Any]]
 
 OFFERED: Final = frozenset(
     {
@@ -51,15 +59,37 @@ OFFERED: Final = frozenset(
 )  # fmt: skip
 
 
+def _contained(handler: _Handler) -> _Handler:
+    """``handler`` answering an unexpected exception as ``Tether: internal error (<type>)``.
+
+    asyncssh answers one it does not know with ``Uncaught exception: <its text>``: the audit
+    trail's failure (which names the database and its error) then reached the agent. The
+    errors asyncssh maps itself (SFTP statuses, ``OSError``, unsupported, malformed) pass.
+    """
+
+    @functools.wraps(handler)
+    async def run(self: SFTPServerHandler, packet: SSHPacket) -> Any:
+        try:
+            return await handler(self, packet)
+        except (asyncssh.SFTPError, OSError, NotImplementedError, PacketDecodeError):
+            raise
+        except Exception as error:
+            log.exception("sftp: request failed")
+            raise asyncssh.SFTPFailure(f"Tether: internal error ({type(error).__name__})") from None
+
+    return run
+
+
 class BrokerSftpHandler(SFTPServerHandler):
-    """asyncssh's SFTP server handler without the extensions the broker does not offer."""
+    """asyncssh's SFTP server handler without the extensions the broker does not offer, each
+    request's unexpected failure answered without its text."""
 
     # asyncssh's handler reads both as class attributes (never changed): RUF012 does not apply.
     _extensions = [  # noqa: RUF012
         (name, value) for name, value in SFTPServerHandler._extensions if name in OFFERED
     ]
     _packet_handlers = {  # noqa: RUF012
-        kind: handler
+        kind: None if handler is None else _contained(handler)
         for kind, handler in SFTPServerHandler._packet_handlers.items()
         if not isinstance(kind, bytes) or kind in OFFERED
     }
