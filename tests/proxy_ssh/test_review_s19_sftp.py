@@ -173,3 +173,18 @@ async def test_realpath_of_a_name_that_is_not_utf8_is_refused(env: Env) -> None:
         with pytest.raises(asyncssh.SFTPNoSuchFile) as refused:
             await sftp.realpath(b"/tmp/\xff")
         assert str(refused.value.reason) == "Tether: the path is not valid UTF-8"
+
+
+async def test_a_read_is_capped_at_the_advertised_read_length(env: Env, work: Path) -> None:
+    """A read request names any length up to 4 GiB; the broker fetched all of it from the
+    target into memory (and as much again read ahead) before answering, so one request on
+    a large readable file could exhaust the broker's memory for every session. It now
+    answers at most the read length it advertises (``limits@openssh.com``: 4 MiB); SFTP
+    allows a short read and clients ask for the rest."""
+    (work / "zero").symlink_to("/dev/zero")  # as large as asked
+    agent = await env.stack.agent()
+    async with agent.connect("root@web-1") as conn, conn.start_sftp_client() as sftp:
+        limits = sftp.limits
+        async with sftp.open(f"{work}/zero", "rb") as remote:
+            data, _ = await sftp._handler.read(remote._handle, 0, 24 * 1024 * 1024)
+    assert 0 < len(data) <= limits.max_read_len == 4 * 1024 * 1024

@@ -49,6 +49,7 @@ from typing import Any, Final
 
 import asyncssh
 from asyncssh import FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC, FXF_WRITE
+from asyncssh.sftp import MAX_SFTP_READ_LEN
 
 from tether.audit.recordings import Direction, Recorder, RecordingError, RecordingMeta
 from tether.proxy.ssh.session import BrokerSession, UpstreamError, refusal_text
@@ -252,7 +253,10 @@ class BrokerSftp(asyncssh.SFTPServer):
         file = _file(file_obj)
         if not file.reading:
             raise asyncssh.SFTPPermissionDenied("Tether: the file was not opened for reading")
-        data = await file.handle.read(offset, size)
+        # The request may name up to 4 GiB, all of it fetched into memory (and as much read
+        # ahead): answer at most the read length limits@openssh.com advertises; SFTP allows
+        # a short read, and clients ask for the rest.
+        data = await file.handle.read(offset, min(size, MAX_SFTP_READ_LEN))
         self.session.bytes_out += len(data)
         return data
 
