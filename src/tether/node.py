@@ -20,7 +20,7 @@ import socket
 import ssl
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
@@ -39,13 +39,14 @@ from tether.crypto.envelope import DecryptionError, EnvelopeCipher
 from tether.crypto.masterkey import MasterKeyError, load_master_key
 from tether.crypto.revisions import RowRevisions
 from tether.identity.admintokens import first_admin_token
+from tether.identity.jwks import JwksError, parse_jwks
 from tether.identity.keystore import KeysUnverified, load_or_create
 from tether.identity.revision_copy import FILE_NAME as REVISIONS_FILE_NAME
 from tether.identity.revision_copy import RevisionCopy, RevisionCopyError
 from tether.identity.revocation_copy import FILE_NAME as COPY_FILE_NAME
 from tether.identity.revocation_copy import RevocationCopy, RevocationCopyError
 from tether.identity.service import IdentityService
-from tether.identity.workload import TrustedIssuers
+from tether.identity.workload import IssuerConfig, TrustedIssuers
 from tether.policywatch import LoadRefused, PolicyReloader, load_initial
 from tether.proxy.core import AgentLabels, Services
 from tether.proxy.http.broker import BrokerMiddleware, HttpBroker
@@ -341,6 +342,7 @@ async def open_identity(
             f"X.509 CA signs for {keys.x509_ca.trust_domain!r}"
         )
     issuers = TrustedIssuers.from_configs(config.issuer_configs(), clock=clock)
+    await _check_jwks_files(config.issuer_configs())
     copy = RevocationCopy(settings.data_dir / COPY_FILE_NAME)
     service = IdentityService(
         store.engine, keys, cipher, identity_settings, issuers=issuers, clock=clock,
@@ -355,6 +357,21 @@ async def open_identity(
         ) from None
     await service.refresh_revocations()
     return service
+
+
+async def _check_jwks_files(configs: Sequence[IssuerConfig]) -> None:
+    """Each issuer's ``jwks_file`` is read and parsed once at start: a missing, unreadable
+    or malformed file stopped nothing, and every token of that issuer was then refused with
+    no word to the operator. (It is read again at each refresh: a replaced file is taken.)"""
+    for issuer in configs:
+        if issuer.jwks.path is None:
+            continue
+        try:
+            parse_jwks(await issuer.jwks.fetcher()())
+        except JwksError as error:
+            raise StartupError(
+                f"issuer {issuer.name}: jwks_file {issuer.jwks.path}: {error}"
+            ) from None
 
 
 def _listener_tls(settings: Settings, identity: IdentityService) -> ssl.SSLContext | None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tether.config import ConfigError, load_settings
+from tether.identity.jose import public_jwk
 from tether.node import StartupError, default_issuer, open_identity
 from tether.store import Store
 
@@ -230,5 +233,47 @@ async def test_open_identity_refuses_unusable_keys(
         )
         with pytest.raises(StartupError, match=re.escape("X.509 CA signs for 'tether.local'")):
             await open_identity(other, store, "http://127.0.0.1:1")
+    finally:
+        await store.close()
+
+
+_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read JWKS file: No such file or directory"),
+        (b"<html>not keys</html>", "JWKS"),
+        (b'{"keys": []}', "no usable signing key"),
+        (json.dumps({"keys": [{**public_jwk(_KEY.public_key()), "kid": "k1"}]}).encode(), None),
+    ],
+    ids=["missing", "malformed", "empty", "valid"],
+)
+async def test_open_identity_reads_each_jwks_file_once(
+    tmp_path: Path, content: bytes | None, message: str | None
+) -> None:
+    """A missing or malformed ``jwks_file`` stopped nothing: the node started and refused
+    every token of that issuer without a word to the operator."""
+    if content is not None:
+        (tmp_path / "keys.json").write_bytes(content)
+    (tmp_path / "tether.yaml").write_text(
+        "identity:\n  workload_issuers:\n    - name: ci\n      issuer: https://ci.example\n"
+        "      kind: github-actions\n      audiences: [tether]\n      jwks_file: keys.json\n"
+        '      agents: {"repo:a/b:ref:refs/heads/main": bot}\n'
+    )
+    settings = load_settings(
+        tmp_path / "tether.yaml", environ={}, overrides={"data_dir": str(tmp_path / "d")},
+        cwd=tmp_path,
+    )  # fmt: skip
+    store = await Store.open(settings.database)
+    try:
+        if message is None:
+            await open_identity(settings, store, "http://127.0.0.1:1")
+        else:
+            with pytest.raises(
+                StartupError, match=f"issuer ci: jwks_file .*keys.json: .*{message}"
+            ):
+                await open_identity(settings, store, "http://127.0.0.1:1")
     finally:
         await store.close()

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from tether.httpbody import ACCEPT_IDENTITY, BodyError, read_bounded
 from tether.identity.jose import b64url_decode, json_object
 
 Clock = Callable[[], datetime]
@@ -266,17 +267,15 @@ def http_fetcher(
 
 
 async def _get(client: httpx.AsyncClient, url: str, timeout: float) -> bytes:
-    headers = {"accept": "application/jwk-set+json, application/json"}
+    headers = {"accept": "application/jwk-set+json, application/json", **ACCEPT_IDENTITY}
     request = client.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=False)
     async with request as response:
         if response.status_code != 200:
             raise JwksError(f"JWKS fetch answered HTTP {response.status_code}")
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > MAX_JWKS_BYTES:
-                raise JwksError("JWKS response too large")
-        return bytes(body)
+        try:  # capped after decoding, which httpx would do whole first (tether.httpbody)
+            return await read_bounded(response, MAX_JWKS_BYTES)
+        except BodyError as error:
+            raise JwksError(f"JWKS response {error}") from None
 
 
 class JwksCache:

@@ -47,6 +47,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from tether.httpbody import ACCEPT_IDENTITY, read_bounded
 from tether.identity.workload import TrustedIssuers, WorkloadTokenError, verify_user_token
 from tether.users import logins
 from tether.users import store as user_store
@@ -67,6 +69,9 @@ from tether.users.store import User, UserToken
 CALLBACK_PATH: Final = "/v1/login/oidc/callback"
 LOGIN_TTL: Final = 600.0
 MAX_PENDING: Final = 10_000
+# An answer of the provider (discovery document, token): read within this, after decoding
+# (tether.httpbody: httpx would decode a gzip bomb whole first).
+MAX_ANSWER_BYTES: Final = 1 << 20
 TIMEOUT: Final = 10.0
 POLL_STEP: Final = 0.5  # seconds between database checks while a poll waits
 
@@ -256,10 +261,12 @@ class OidcLogin:
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         try:
-            async with httpx.AsyncClient(transport=self._transport, timeout=TIMEOUT) as http:
-                answer = await http.get(url)
-            data = answer.json() if answer.is_success else None
-        except (httpx.HTTPError, ValueError):
+            async with (
+                httpx.AsyncClient(transport=self._transport, timeout=TIMEOUT) as http,
+                http.stream("GET", url, headers=ACCEPT_IDENTITY) as answer,
+            ):
+                data = await _json_answer(answer)
+        except (httpx.HTTPError, ValueError):  # BodyError is a ValueError
             data = None
         if not isinstance(data, dict):
             raise OidcLoginError("the OIDC provider cannot be reached or answered nonsense")
@@ -277,12 +284,12 @@ class OidcLogin:
             raise OidcLoginError(str(error)) from None
         auth = None if secret is None else httpx.BasicAuth(self.config.client_id, secret)
         try:
-            async with httpx.AsyncClient(
-                transport=self._transport, timeout=TIMEOUT, auth=auth
-            ) as http:
-                answer = await http.post(token_url, data=form)
-            data = answer.json() if answer.is_success else None
-        except (httpx.HTTPError, ValueError):
+            async with (
+                httpx.AsyncClient(transport=self._transport, timeout=TIMEOUT, auth=auth) as http,
+                http.stream("POST", token_url, data=form, headers=ACCEPT_IDENTITY) as answer,
+            ):
+                data = await _json_answer(answer)
+        except (httpx.HTTPError, ValueError):  # BodyError is a ValueError
             data = None
         id_token = data.get("id_token") if isinstance(data, dict) else None
         if not isinstance(id_token, str):
@@ -319,3 +326,10 @@ class OidcLogin:
             return await self.users.update(user_id, roles=roles, groups=kept)
         except UserError as error:  # e.g. two first sign-ins of one user racing
             raise OidcLoginError(f"the user {user_id} cannot be recorded: {error}") from None
+
+
+async def _json_answer(answer: httpx.Response) -> Any:
+    """A successful answer's JSON (read within :data:`MAX_ANSWER_BYTES`), else None."""
+    if not answer.is_success:
+        return None
+    return json.loads(await read_bounded(answer, MAX_ANSWER_BYTES))

@@ -54,7 +54,6 @@ import math
 import re
 import ssl
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -62,12 +61,12 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from tether.httpbody import BodyError, read_bounded
+
 MAX_RESPONSE_BYTES: Final = 65536
 MAX_LIFETIME: Final = 86400.0  # a token is fetched anew at least daily, whatever it says
 _TOKEN: Final = re.compile(r"[\x21-\x7e]{1,8192}")
 _SECONDS: Final = re.compile(r"[0-9]{1,12}")
-_WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
-                 "deflate": zlib.MAX_WBITS}  # fmt: skip
 
 
 class OAuth2Error(Exception):
@@ -205,36 +204,16 @@ class OAuth2Tokens:
         ):
             if response.status_code != 200:
                 return response.status_code, b""
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-                raise OAuth2Error("token response too large")
-            body = bytearray()
-            async for chunk in response.aiter_raw():  # as sent: decoded below, bounded
-                body += chunk
-                if len(body) > MAX_RESPONSE_BYTES:
-                    raise OAuth2Error("token response too large")
-            return 200, _decoded(bytes(body), response.headers.get_list("content-encoding"))
+            try:
+                return 200, await read_bounded(response, MAX_RESPONSE_BYTES)
+            except BodyError as error:
+                raise OAuth2Error(f"token response {_WORDING[str(error)]}") from None
 
 
-def _decoded(body: bytes, codings: list[str]) -> bytes:
-    """``body`` without its content coding: none (as asked), or ``gzip`` or ``deflate``
-    alone, decoded to at most ``MAX_RESPONSE_BYTES``; anything else is refused."""
-    coded = [c for c in (c.strip().lower() for c in ",".join(codings).split(",")) if c]
-    coded = [c for c in coded if c != "identity"]
-    if not coded:
-        return body
-    if len(coded) > 1 or coded[0] not in _WBITS:
-        raise OAuth2Error("token response has an unsupported Content-Encoding")
-    stream = zlib.decompressobj(_WBITS[coded[0]])
-    try:
-        plain = stream.decompress(body, MAX_RESPONSE_BYTES + 1)
-    except zlib.error:
-        raise OAuth2Error("token response does not decode") from None
-    if len(plain) > MAX_RESPONSE_BYTES:
-        raise OAuth2Error("token response too large")
-    if not stream.eof or stream.unused_data:
-        raise OAuth2Error("token response does not decode")
-    return plain
+# tether.httpbody's reasons, as this module has always worded them.
+_WORDING: Final = {"too large": "too large",
+                   "an unsupported Content-Encoding": "has an unsupported Content-Encoding",
+                   "does not decode": "does not decode"}  # fmt: skip
 
 
 def _trust(tls: ssl.SSLContext | None) -> str:

@@ -129,9 +129,15 @@ class Connection:
             self.writer.write(data)
 
     async def response(self, timeout: float) -> Response:
-        """The next final response head (1xx interim responses are skipped)."""
+        """The next final response head (1xx interim responses are skipped). ``timeout``
+        bounds the whole wait, interim responses included: each one restarted it, so a
+        target sending ``100 Continue`` every few seconds held the exchange for ever."""
+        deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            event = await self.next_event(timeout)
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise UpstreamTimeout("the target sent no final response in time")
+            event = await self.next_event(left)
             if isinstance(event, h11.Response):
                 return Response(event.status_code, event.headers)
             if not isinstance(event, h11.InformationalResponse):

@@ -74,6 +74,24 @@ class BrokerChannel(asyncssh.SSHServerChannel[bytes]):
         packet.check_end()
         return self._start_session(subsystem=subsystem.decode("ascii", "backslashreplace"))
 
+    # X11 and agent forwarding are never carried out (no listener on the target for them):
+    # refused here, before asyncssh's own handling, and audited (they were refused with
+    # nothing in the trail). What the request carries (an X11 cookie) is not recorded.
+
+    def _process_x11_req_request(self, packet: SSHPacket) -> bool:
+        self._refuse_request("x11_forward")
+        return False
+
+    def _process_auth_agent_req_at_openssh_dot_com_request(self, packet: SSHPacket) -> None:
+        self._refuse_request("agent_forward")
+        self._report_response(False)  # asyncssh answers this one itself, later
+
+    def _refuse_request(self, kind: str) -> None:
+        owner = self.get_connection().get_owner()
+        refuse = getattr(owner, "refuse_request", None)
+        if refuse is not None:
+            refuse(kind)
+
 
 def _not_text(command: str) -> str | None:
     """``command`` with its bytes that are not UTF-8 escaped, if it holds any (else None)."""

@@ -156,6 +156,12 @@ class _AgentServer(asyncssh.SSHServer):
         self.broker.track(self._refuse_forward("forward_socket", dest_path))
         return False
 
+    def refuse_request(self, kind: str) -> None:
+        """A session channel's ``x11-req`` or agent forwarding request (``kind``,
+        :class:`~tether.proxy.ssh.channels.BrokerChannel`): never; audited beside the
+        answer, as a socket forward's refusal is."""
+        self.broker.track(self._refuse_forward(kind, "requested"))
+
     async def _refuse_forward(self, kind: str, where: str) -> None:
         if self.session is not None:
             await self.session.refuse({"ssh": {kind: where}}, f"{kind} is never allowed")
